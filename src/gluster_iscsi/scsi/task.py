@@ -1,0 +1,104 @@
+"""What crosses the boundary between the transport (iSCSI) and the SCSI device server.
+
+The transport builds a :class:`ScsiTask` once all data-out has arrived and asks the device
+server to execute it. Execution is a generator: it yields :mod:`io ops <.io>` for the caller to
+run against the logical unit's backing store (off the event loop if the store blocks) and
+returns a :class:`ScsiResult`. Nothing in the SCSI layer does I/O itself.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Buffer, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Status(enum.IntEnum):
+    """SCSI status codes (SAM-5 5.3)."""
+
+    GOOD = 0x00
+    CHECK_CONDITION = 0x02
+    CONDITION_MET = 0x04
+    BUSY = 0x08
+    RESERVATION_CONFLICT = 0x18
+    TASK_SET_FULL = 0x28
+    ACA_ACTIVE = 0x30
+    TASK_ABORTED = 0x40
+
+
+class TaskAttr(enum.IntEnum):
+    """Task attribute as carried in the iSCSI SCSI Command PDU (RFC 7143 11.3.1.1)."""
+
+    UNTAGGED = 0
+    SIMPLE = 1
+    ORDERED = 2
+    HEAD_OF_QUEUE = 3
+    ACA = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Nexus:
+    """An I_T nexus: who sends the command, and through which target port.
+
+    ``initiator_port`` is the SCSI initiator port name, e.g.
+    ``iqn.1994-05.com.redhat:client,i,0x00023d000001``; ``target_port`` likewise with ``,t,0x``
+    and the TPGT. ``relative_port`` is the relative target port identifier (VPD 83h) and
+    ``transport_id`` the iSCSI TransportID (SPC-4 7.6.4.6) used by persistent reservations.
+    """
+
+    initiator_name: str
+    initiator_port: str
+    target_port: str
+    relative_port: int = 1
+    target_port_group: int = 1
+
+    @property
+    def transport_id(self) -> bytes:
+        """iSCSI TransportID, format 01b (initiator port name with ISID), padded to 4 bytes."""
+        name, _, isid = self.initiator_port.partition(",i,")
+        body = (name + ",i," + isid).encode() + b"\x00" if isid else name.encode() + b"\x00"
+        body += b"\x00" * (-len(body) % 4)
+        fmt = 0x40 if isid else 0x00
+        return bytes([fmt | 0x05, 0]) + len(body).to_bytes(2, "big") + body
+
+
+@dataclass(slots=True)
+class ScsiTask:
+    """One SCSI command as the device server sees it."""
+
+    cdb: bytes
+    lun: int
+    nexus: Nexus
+    tag: int = 0
+    attr: TaskAttr = TaskAttr.SIMPLE
+    #: All data-out the initiator sent (immediate + unsolicited + solicited), or None.
+    data_out: memoryview | None = None
+    #: The iSCSI Expected Data Transfer Length (bytes the initiator expects to move).
+    expected_length: int = 0
+    read: bool = False
+    write: bool = False
+    #: Arbitrary per-transport context (the iSCSI layer stores its own task record here).
+    context: Any = None
+
+
+@dataclass(slots=True)
+class ScsiResult:
+    """The outcome of a task: status, optional data-in, optional sense data.
+
+    ``transfer_length`` is the number of bytes the CDB asked to transfer in the direction of the
+    data (data-in or data-out), which the transport compares with the Expected Data Transfer
+    Length to set residual counts and the overflow/underflow flags. ``None`` means "the length
+    of ``data``" for data-in commands and "as expected" otherwise.
+    """
+
+    status: Status = Status.GOOD
+    data: Buffer | None = None
+    sense: bytes | None = None
+    transfer_length: int | None = None
+    #: Extra fields for the transport (e.g. "abort" when a task was aborted).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: The shape of a command's execution: yields io ops, receives their results, returns a result.
+Execution = Generator[Any, Any, ScsiResult]

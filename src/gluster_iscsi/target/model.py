@@ -1,0 +1,92 @@
+"""The target model: targets, their LUNs, ACLs and CHAP accounts, and the portals.
+
+Pure data and pure access checks; no I/O. The iSCSI login code asks this model who may log
+in where, and the control API edits it. Runtime objects (the SCSI ``DeviceServer`` of each
+target and its ``LogicalUnit``s) hang off it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..scsi.device import DeviceServer
+
+
+@dataclass(frozen=True, slots=True)
+class Portal:
+    """A listening address, and the address SendTargets advertises for it (NAT, guests)."""
+
+    host: str
+    port: int = 3260
+    advertise: str | None = None  # "host[:port]"; None means the listening address
+
+    def advertised(self) -> str:
+        if self.advertise:
+            return self.advertise if ":" in self.advertise.rsplit("]", 1)[-1] else f"{self.advertise}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChapAccount:
+    user: str
+    secret: str
+
+
+@dataclass(slots=True)
+class AccessRule:
+    """One ACL entry: an initiator name, an address or CIDR, or ALL."""
+
+    initiator: str | None = None  # exact IQN/EUI/NAA (case-insensitive)
+    network: str | None = None  # "10.0.0.0/8", "127.0.0.1", or "ALL"
+
+    def matches(self, initiator_name: str, address: str) -> bool:
+        if self.initiator is not None:
+            return self.initiator.lower() == initiator_name.lower()
+        if self.network is None or self.network.upper() == "ALL":
+            return True
+        try:
+            return ipaddress.ip_address(address.split("%", 1)[0]) in ipaddress.ip_network(
+                self.network, strict=False
+            )
+        except ValueError:
+            return False
+
+
+@dataclass(slots=True)
+class Target:
+    name: str
+    tid: int
+    alias: str | None = None
+    tpgt: int = 1
+    acl: list[AccessRule] = field(default_factory=list)
+    #: CHAP accounts an initiator may authenticate as (one-way CHAP).
+    incoming: list[ChapAccount] = field(default_factory=list)
+    #: The account the target answers with for mutual CHAP.
+    outgoing: ChapAccount | None = None
+    device: DeviceServer | None = None
+
+    def allows(self, initiator_name: str, address: str) -> bool:
+        """No rule means nobody (as tgt: a target is closed until bound); ALL opens it."""
+        return any(rule.matches(initiator_name, address) for rule in self.acl)
+
+
+@dataclass(slots=True)
+class TargetRegistry:
+    """Every target of one daemon, plus discovery-session authentication."""
+
+    targets: dict[str, Target] = field(default_factory=dict)
+    portals: list[Portal] = field(default_factory=list)
+    discovery_incoming: list[ChapAccount] = field(default_factory=list)
+    discovery_outgoing: ChapAccount | None = None
+
+    def lookup(self, name: str) -> Target | None:
+        return self.targets.get(name.lower()) or next(
+            (t for t in self.targets.values() if t.name.lower() == name.lower()), None
+        )
+
+    def visible_to(self, initiator_name: str, address: str) -> list[Target]:
+        return [t for t in self.targets.values() if t.allows(initiator_name, address)]
