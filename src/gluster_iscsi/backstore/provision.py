@@ -1,0 +1,161 @@
+"""Create and grow backing files (local paths or gluster:// URLs), and parse sizes.
+
+``parse_size`` follows the storage convention of tgt and qemu-img: ``K``/``M``/``G``/``T``/``P``
+with or without ``iB`` are powers of 1024; an explicit SI unit (``KB``, ``MB``, ``GB``, ``TB``,
+``PB``) means powers of 1000; a plain number (or ``B``) is bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+
+from .base import BackingStore, BackingStoreError
+
+_BINARY = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
+_SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[a-z]*)\s*$", re.IGNORECASE)
+
+#: progress(done_bytes, total_bytes)
+Progress = Callable[[int, int], None]
+
+
+def parse_size(text: str | int) -> int:
+    """``"10GiB"``, ``"512M"``, ``"1T"``, ``"4096"``, ``"1.5G"`` -> bytes (an exact integer)."""
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"negative size {text}")
+        return text
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid size {text!r} (try 10GiB, 512M, 4096)")
+    unit = m.group("unit").lower()
+    if unit in ("", "b"):
+        factor = 1
+    elif unit[0] in _BINARY and unit[1:] in ("", "ib"):
+        factor = 1024 ** _BINARY[unit[0]]
+    elif unit[0] in _BINARY and unit[1:] == "b":
+        factor = 1000 ** _BINARY[unit[0]]
+    else:
+        raise ValueError(f"unknown size unit {m.group('unit')!r} in {text!r}")
+    try:
+        value = Decimal(m.group("num")) * factor
+    except InvalidOperation as e:  # pragma: no cover - the regex admits only numbers
+        raise ValueError(f"invalid size {text!r}") from e
+    if value != value.to_integral_value():
+        raise ValueError(f"{text!r} is not a whole number of bytes")
+    return int(value)
+
+
+def format_size(n: int) -> str:
+    """The largest binary unit that divides ``n`` exactly: 10737418240 -> ``"10GiB"``."""
+    for unit, power in (("EiB", 6), ("PiB", 5), ("TiB", 4), ("GiB", 3), ("MiB", 2), ("KiB", 1)):
+        if n and n % (1024**power) == 0:
+            return f"{n // 1024**power}{unit}"
+    return str(n)
+
+
+class Preallocation(StrEnum):
+    SPARSE = "sparse"  # size only; blocks are allocated when written (thin)
+    FALLOC = "falloc"  # reserve blocks with fallocate (fast; falls back to FULL)
+    FULL = "full"  # write zeroes over the whole file
+
+
+_CHUNK = 64 << 20  # fallocate step, so progress moves
+_ZERO_CHUNK = 4 << 20
+
+
+def create_backing(
+    spec: str,
+    size: int | str,
+    *,
+    preallocation: Preallocation | str = Preallocation.SPARSE,
+    progress: Progress | None = None,
+    exist_ok: bool = False,
+    **options: object,
+) -> None:
+    """Create a backing file of ``size`` bytes at a local path or gluster:// URL.
+
+    An existing file is an error (EEXIST) unless ``exist_ok``; then it is grown to ``size``
+    if smaller (never shrunk) and preallocated as asked.
+    """
+    from .open import classify, open_store
+
+    nbytes = parse_size(size)
+    mode = Preallocation(preallocation)
+    kind, _ = classify(spec)
+    if kind == "memory":
+        raise BackingStoreError(errno.EINVAL, "cannot provision a memory store", spec)
+    store = open_store(spec, size=nbytes, **options)  # type: ignore[arg-type]
+    try:
+        created = getattr(store, "created", True)
+        if not created:
+            if not exist_ok:
+                raise BackingStoreError(errno.EEXIST, "backing file already exists", spec)
+            if store.size < nbytes:
+                store.resize(nbytes)
+        if mode is Preallocation.FALLOC:
+            if not _fallocate(store, nbytes, progress):
+                mode = Preallocation.FULL
+        if mode is Preallocation.FULL:
+            _write_zeroes(store, nbytes, progress)
+        elif mode is Preallocation.SPARSE and progress:
+            progress(nbytes, nbytes)
+        store.flush()
+    finally:
+        store.close()
+
+
+def grow_backing(spec: str, new_size: int | str, **options: object) -> int:
+    """Grow a backing file to ``new_size`` (never shrinks); returns the old size."""
+    from .open import open_store
+
+    nbytes = parse_size(new_size)
+    store = open_store(spec, **options)  # type: ignore[arg-type]
+    try:
+        old = store.size
+        if nbytes < old:
+            raise BackingStoreError(
+                errno.EINVAL, f"new size {nbytes} is smaller than the current {old}", spec
+            )
+        if nbytes > old:
+            store.resize(nbytes)
+        return old
+    finally:
+        store.close()
+
+
+def _fallocate(store: BackingStore, nbytes: int, progress: Progress | None) -> bool:
+    allocate = getattr(store, "allocate", None)
+    if allocate is None:
+        return False
+    done = 0
+    while done < nbytes:
+        n = min(_CHUNK, nbytes - done)
+        try:
+            allocate(done, n)
+        except BackingStoreError as e:
+            if done == 0 and e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
+                return False
+            raise
+        done += n
+        if progress:
+            progress(done, nbytes)
+    if progress and nbytes == 0:
+        progress(0, 0)
+    return True
+
+
+def _write_zeroes(store: BackingStore, nbytes: int, progress: Progress | None) -> None:
+    zeroes = memoryview(bytes(min(_ZERO_CHUNK, nbytes)))
+    done = 0
+    while done < nbytes:
+        n = min(len(zeroes), nbytes - done)
+        store.write(done, zeroes[:n])
+        done += n
+        if progress:
+            progress(done, nbytes)
+    if progress and nbytes == 0:
+        progress(0, 0)

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from gluster_iscsi.backstore.base import BackingStoreError
+from gluster_iscsi.backstore.file import FileStore
+
+MiB = 1 << 20
+
+
+def test_create_size_makes_a_sparse_file(tmp_path):
+    path = tmp_path / "disk.img"
+    s = FileStore(path, create_size=64 * MiB)
+    assert s.created
+    assert s.size == 64 * MiB
+    assert os.stat(path).st_blocks * 512 < MiB  # nothing allocated yet
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    s.close()
+    again = FileStore(path, create_size=128 * MiB)
+    assert not again.created and again.size == 64 * MiB  # existing files are left alone
+    again.close()
+
+
+def test_missing_file_without_create_size_is_enoent_with_path(tmp_path):
+    path = str(tmp_path / "nope.img")
+    with pytest.raises(BackingStoreError) as ei:
+        FileStore(path)
+    assert ei.value.errno == errno.ENOENT
+    assert ei.value.path == path
+
+
+def test_directory_is_refused(tmp_path):
+    with pytest.raises(BackingStoreError) as ei:
+        FileStore(tmp_path, read_only=True)
+    assert ei.value.errno in (errno.EINVAL, errno.EISDIR)
+
+
+def test_shrink_requires_force(tmp_path):
+    s = FileStore(tmp_path / "d.img", create_size=2 * MiB)
+    with pytest.raises(BackingStoreError) as ei:
+        s.resize(MiB)
+    assert ei.value.errno == errno.EINVAL
+    assert s.size == 2 * MiB
+    s.resize(MiB, force=True)
+    assert s.size == MiB
+    s.close()
+
+
+def test_short_read_error_names_errno_and_path(tmp_path):
+    path = tmp_path / "d.img"
+    s = FileStore(path, create_size=4096)
+    with pytest.raises(BackingStoreError) as ei:
+        s.read(2048, 4096)
+    assert ei.value.errno == errno.EIO
+    assert ei.value.path == str(path)
+    assert "short read" in ei.value.strerror
+    s.close()
+
+
+def test_writev_writes_buffers_back_to_back(tmp_path):
+    s = FileStore(tmp_path / "d.img", create_size=MiB)
+    s.writev(100, [b"abc", bytearray(b"def"), memoryview(b"ghi")])
+    assert s.read(100, 9) == b"abcdefghi"
+    s.close()
+
+
+def test_punch_hole_frees_blocks_on_disk(tmp_path):
+    path = tmp_path / "d.img"
+    s = FileStore(path, create_size=8 * MiB)
+    s.write(0, b"\x01" * (8 * MiB))
+    s.flush()
+    before = os.stat(path).st_blocks
+    s.discard(0, 4 * MiB)
+    after = os.stat(path).st_blocks
+    assert after * 512 <= before * 512 - 4 * MiB + 64 * 1024
+    s.close()
+
+
+def test_allocate_reserves_blocks(tmp_path):
+    path = tmp_path / "d.img"
+    s = FileStore(path, create_size=4 * MiB)
+    s.allocate(0, 4 * MiB)
+    assert os.stat(path).st_blocks * 512 >= 4 * MiB
+    assert s.size == 4 * MiB
+    s.close()
+
+
+def test_o_direct_handles_unaligned_requests(tmp_path):
+    try:
+        s = FileStore(tmp_path / "d.img", create_size=MiB, o_direct=True)
+    except BackingStoreError as e:
+        if e.errno == errno.EINVAL:
+            pytest.skip("file system refuses O_DIRECT")
+        raise
+    s.write(4096, b"\x07" * 8192)  # aligned offset, unaligned (bytes) buffer
+    s.write(100, b"hello")  # unaligned offset and length: read-modify-write
+    assert s.read(100, 5) == b"hello"
+    assert s.read(4096, 8192) == b"\x07" * 8192
+    assert s.read(0, 100) == bytes(100)
+    s.close()
+
+
+def test_block_device_size_and_caps():
+    dev = "/dev/loop0"
+    if not os.path.exists(dev):
+        pytest.skip("no block device to open here")
+    try:
+        s = FileStore(dev, read_only=True)
+    except BackingStoreError as e:
+        pytest.skip(f"cannot open {dev}: {e}")
+    try:
+        assert s.is_block
+        assert s.capabilities.extents is False
+        assert s.size >= 0
+    finally:
+        s.close()

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from gluster_iscsi.backstore.base import BackingStoreError
+from gluster_iscsi.backstore.provision import create_backing, grow_backing
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("mode", ["sparse", "falloc", "full"])
+def test_create_backing_modes(tmp_path, mode):
+    path = tmp_path / f"{mode}.img"
+    seen: list[tuple[int, int]] = []
+    create_backing(str(path), "8MiB", preallocation=mode, progress=lambda d, t: seen.append((d, t)))
+    st = os.stat(path)
+    assert st.st_size == 8 * MiB
+    allocated = st.st_blocks * 512
+    if mode == "sparse":
+        assert allocated < MiB
+    else:
+        assert allocated >= 8 * MiB
+    assert seen and seen[-1] == (8 * MiB, 8 * MiB)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    with open(path, "rb") as f:
+        assert f.read(4096) == bytes(4096)
+
+
+def test_create_backing_refuses_existing_unless_exist_ok(tmp_path):
+    path = str(tmp_path / "d.img")
+    create_backing(path, "1M")
+    with pytest.raises(BackingStoreError) as ei:
+        create_backing(path, "2M")
+    assert ei.value.errno == errno.EEXIST
+    assert os.path.getsize(path) == MiB
+    create_backing(path, "2M", exist_ok=True)
+    assert os.path.getsize(path) == 2 * MiB
+
+
+def test_grow_backing_grows_and_never_shrinks(tmp_path):
+    path = str(tmp_path / "d.img")
+    create_backing(path, "1M")
+    assert grow_backing(path, "3M") == MiB
+    assert os.path.getsize(path) == 3 * MiB
+    with pytest.raises(BackingStoreError):
+        grow_backing(path, "1M")
+    assert os.path.getsize(path) == 3 * MiB
+
+
+def test_create_backing_refuses_memory():
+    with pytest.raises(BackingStoreError):
+        create_backing("memory:1M", "1M")
