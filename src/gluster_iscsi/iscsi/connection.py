@@ -1,0 +1,947 @@
+"""The target side of one iSCSI connection: login, then the full feature phase.
+
+Pure state machine (RFC 7143): ``receive_data(bytes, now)`` returns events, ``data_to_send()``
+returns the buffers to write, ``complete_task``/``complete_tmf`` feed results back in, and
+``handle_timer(now)`` drives NOP-In keepalives and the login timeout. No sockets, no clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backstore.base import Buffer
+from ..scsi.sense import build_sense
+from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
+from ..target.model import TargetRegistry
+from . import pdu as P
+
+from .errors import LoginError, LoginStatus, ProtocolError, RejectReason
+from .events import CloseConnection, ExecuteTask, LoginComplete, ReinstateSession, TaskManagement
+from .params import Negotiator, SessionParams
+from .pdu import NO_TAG, Opcode, Pdu, PduReader, TmfFunction, TmfResponse
+from .session import Session, SessionTable, sn_lt
+from .text import decode_text, encode_text
+
+log = logging.getLogger(__name__)
+
+#: Default login key values the target offers (the daemon may override any of them).
+DEFAULT_TARGET_PARAMS: dict[str, str] = {
+    "HeaderDigest": "CRC32C,None",
+    "DataDigest": "CRC32C,None",
+    "MaxConnections": "1",
+    "InitialR2T": "Yes",
+    "ImmediateData": "Yes",
+    "MaxRecvDataSegmentLength": "262144",
+    "MaxBurstLength": "1048576",
+    "FirstBurstLength": "262144",
+    "DefaultTime2Wait": "2",
+    "DefaultTime2Retain": "20",
+    "MaxOutstandingR2T": "8",
+    "DataPDUInOrder": "Yes",
+    "DataSequenceInOrder": "Yes",
+    "ErrorRecoveryLevel": "0",
+}
+
+#: The largest data-out buffer one command may make us allocate (SBC MAXIMUM TRANSFER LENGTH
+#: in VPD B0h is 8 MiB; leave headroom for EXTENDED COPY and odd block sizes).
+MAX_WRITE_BUFFER = 32 << 20
+#: Login text accumulated across continued PDUs.
+MAX_LOGIN_TEXT = 64 << 10
+LOGIN_DSL = 8192  # MaxRecvDataSegmentLength during login (RFC 7143 13.12)
+
+STAGE_SECURITY, STAGE_OPERATIONAL, STAGE_FFP = 0, 1, 3
+_STAGE_NAMES = {STAGE_SECURITY: "security", STAGE_OPERATIONAL: "operational"}
+
+_COLLECTING, _EXECUTING, _ABORTED = 0, 1, 2
+
+
+@dataclass(slots=True)
+class _R2T:
+    offset: int
+    length: int
+    received: int = 0
+    datasn: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class IscsiTask:
+    """Transport state of one SCSI command."""
+
+    itt: int
+    lun: int
+    cdb: bytes
+    edtl: int
+    read: bool
+    write: bool
+    attr: int
+    cmdsn: int
+    immediate: bool
+    lun_raw: bytes
+    buf: bytearray | None = None
+    received: int = 0
+    unsolicited_left: int = 0
+    unsol_datasn: int = 0
+    next_r2t_offset: int = 0
+    r2tsn: int = 0
+    r2ts: dict[int, _R2T] = field(default_factory=dict)
+    state: int = _COLLECTING
+    scsi: ScsiTask | None = None
+    datain_pdus: int = 0
+
+
+class Connection:
+    """One TCP connection's iSCSI state."""
+
+    def __init__(
+        self,
+        registry: TargetRegistry,
+        sessions: SessionTable,
+        *,
+        peer_address: str,
+        local_address: str = "",
+        portal_tpgt: int = 1,
+        target_params: Mapping[str, str] | None = None,
+        now: float = 0.0,
+        login_timeout: float = 30.0,
+        nop_interval: float = 10.0,
+        nop_timeout: float = 30.0,
+        queue_depth: int = 128,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.registry = registry
+        self.sessions = sessions
+        self.peer_address = peer_address
+        self.local_address = local_address
+        self.tpgt = portal_tpgt
+        self.target_params = dict(DEFAULT_TARGET_PARAMS)
+        if target_params:
+            self.target_params.update(target_params)
+        self.queue_depth = queue_depth
+        self.random_bytes = random_bytes
+        self.reader = PduReader(LOGIN_DSL)
+        self._out: list[Buffer] = []
+        self._events: list[Any] = []
+        self.session: Session | None = None
+        self.params: SessionParams | None = None
+        self.cid = 0
+        self.stat_sn = 0
+        self.closed = False
+        self.logging_out = False
+        self.tasks: dict[int, IscsiTask] = {}
+        self._pending: dict[int, Pdu] = {}  # CmdSN -> PDU waiting for a gap to fill
+        self._next_ttt = 1
+        self.hd = False
+        self.dd = False
+        self.max_xmit = LOGIN_DSL
+        # login state
+        self.stage = STAGE_SECURITY
+        self._login_started = False
+        self._login_text = bytearray()
+        self._login_keys: dict[str, str] = {}
+        self._negotiator = Negotiator(self.target_params)
+        self._chap: Any = None
+        self._auth_required = False
+        self._authenticated = False
+        self._auth_method: str | None = None
+        self._isid = b""
+        self._tsih = 0
+        self._first_response = True
+        self.initiator_name = ""
+        self.target = None
+        self.session_type = "Normal"
+        # text request continuation
+        self._text_in = bytearray()
+        self._text_out: bytes = b""
+        self._text_ttt = NO_TAG
+        # timers
+        self.now = now
+        self.login_deadline: float | None = now + login_timeout
+        self.nop_interval = nop_interval
+        self.nop_timeout = nop_timeout
+        self._last_rx = now
+        self._ping_ttt: int | None = None
+        self._ping_deadline: float | None = None
+
+    # ------------------------------------------------------------------ I/O-free API
+    @property
+    def full_feature(self) -> bool:
+        return self.stage == STAGE_FFP
+
+    def receive_data(self, data: Buffer, now: float | None = None) -> list[Any]:
+        """Take bytes from the wire; return the events they caused."""
+        if now is not None:
+            self.now = now
+        if self.closed:
+            return []
+        self._last_rx = self.now
+        reader = self.reader
+        reader.feed(data)
+        while not self.closed:
+            try:
+                pdu = reader.next_pdu()
+            except P.OversizedPdu as exc:
+                self._log_bad(str(exc))
+                self._reject(exc.pdu, RejectReason.PROTOCOL_ERROR)
+                continue
+            except P.DigestError as exc:
+                self._log_bad(str(exc))
+                if exc.header or exc.pdu is None or not self.full_feature:
+                    self._close("header digest error")
+                else:
+                    self._reject(exc.pdu, RejectReason.DATA_DIGEST_ERROR)
+                continue
+            if pdu is None:
+                break
+            try:
+                self._dispatch(pdu)
+            except ProtocolError as exc:
+                self._log_bad(str(exc))
+                self._reject(pdu, exc.reason)
+        return self._take_events()
+
+    def data_to_send(self) -> list[Buffer]:
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        if self.closed:
+            return None
+        if not self.full_feature:
+            return self.login_deadline
+        if self._ping_deadline is not None:
+            return self._ping_deadline
+        if self.nop_interval > 0:
+            return self._last_rx + self.nop_interval
+        return None
+
+    def handle_timer(self, now: float) -> list[Any]:
+        self.now = now
+        if self.closed:
+            return []
+        if not self.full_feature:
+            if self.login_deadline is not None and now >= self.login_deadline:
+                self._log_bad("login timed out")
+                self._close("login timeout")
+        elif self._ping_deadline is not None:
+            if now >= self._ping_deadline:
+                self._log_bad(f"no NOP-Out answer within {self.nop_timeout:g}s")
+                self._close("NOP-In ping timed out")
+        elif self.nop_interval > 0 and now >= self._last_rx + self.nop_interval:
+            self._send_ping()
+        return self._take_events()
+
+    def complete_task(self, task: ScsiTask, result: ScsiResult) -> None:
+        """Send the response (and data-in) of a finished SCSI command."""
+        it: IscsiTask = task.context
+        if self.tasks.get(it.itt) is it:
+            del self.tasks[it.itt]
+        if self.session is not None and not it.immediate:
+            self.session.retire()
+        if it.state == _ABORTED or self.closed:
+            self._maybe_finish_logout()
+            return
+        self._send_result(it, result)
+        self._maybe_finish_logout()
+
+    def complete_tmf(self, itt: int, response: int) -> None:
+        self._emit(
+            P.bhs(Opcode.TMF_RSP, 0x80, response, itt=itt, w24=self._next_statsn(), **self._window())
+        )
+
+    def abort_tasks(self, predicate: Callable[[IscsiTask], bool]) -> tuple[int, list[ScsiTask]]:
+        """Abort matching tasks: (how many matched, the ones still executing, which the driver
+        waits for). Tasks still collecting data-out are dropped at once."""
+        running: list[ScsiTask] = []
+        found = 0
+        for it in list(self.tasks.values()):
+            if not predicate(it):
+                continue
+            found += 1
+            if it.state == _EXECUTING and it.scsi is not None:
+                it.state = _ABORTED
+                running.append(it.scsi)
+            else:
+                it.state = _ABORTED
+                del self.tasks[it.itt]
+                if self.session is not None and not it.immediate:
+                    self.session.retire()
+        return found, running
+
+    def close(self, reason: str = "closed") -> list[Any]:
+        if not self.closed:
+            self._close(reason)
+        return self._take_events()
+
+    # ------------------------------------------------------------------ plumbing
+    def _take_events(self) -> list[Any]:
+        ev, self._events = self._events, []
+        return ev
+
+    def _emit(self, header: bytes, data: Buffer | None = None) -> None:
+        self._out.extend(P.frame(header, data, self.hd, self.dd))
+
+    def _next_statsn(self) -> int:
+        sn = self.stat_sn
+        self.stat_sn = (sn + 1) & 0xFFFFFFFF
+        return sn
+
+    def _window(self) -> dict[str, int]:
+        s = self.session
+        if s is None:
+            return {"w28": 0, "w32": 0}
+        return {"w28": s.exp_cmdsn, "w32": s.max_cmdsn}
+
+    def _close(self, reason: str) -> None:
+        self.closed = True
+        self._events.append(CloseConnection(reason))
+
+    def _who(self) -> str:
+        return f"{self.initiator_name or '?'} at {self.peer_address}"
+
+    def _log_bad(self, message: str) -> None:
+        log.warning("iSCSI %s: %s", self._who(), message)
+
+    def _reject(self, bad: Pdu, reason: int) -> None:
+        if not self.full_feature:
+            # No Reject during login: a malformed login PDU ends the login (RFC 7143 6.2).
+            self._login_fail(LoginStatus.INITIATOR_ERROR, "protocol error during login")
+            return
+        w = self._window()
+        self._emit(
+            P.bhs(Opcode.REJECT, 0x80, reason, dsl=P.BHS_LEN, w24=self._next_statsn(),
+                  w28=w["w28"], w32=w["w32"]),
+            bad.bhs,
+        )
+
+    def _dispatch(self, pdu: Pdu) -> None:
+        op = pdu.opcode
+        if not self.full_feature:
+            if op != Opcode.LOGIN_REQ:
+                self._login_fail(LoginStatus.INITIATOR_ERROR, f"opcode {op:#x} before login completed")
+                return
+            self._login(pdu)
+            return
+        handler = self._FFP.get(op)
+        if handler is None:
+            self._log_bad(f"unsupported opcode {op:#04x}")
+            raise ProtocolError(f"opcode {op:#x} not supported", RejectReason.COMMAND_NOT_SUPPORTED)
+        if self.session and self.session.session_type == "Discovery" and op not in (
+            Opcode.TEXT_REQ, Opcode.LOGOUT_REQ, Opcode.NOP_OUT
+        ):
+            raise ProtocolError("only Text, NOP-Out and Logout in a discovery session",
+                                RejectReason.PROTOCOL_ERROR)
+        handler(self, pdu)
+
+    # ------------------------------------------------------------------ login
+    def _login_fail(self, status: int, message: str, itt: int = NO_TAG) -> None:
+        self._log_bad(f"login refused ({status >> 8:#04x}/{status & 0xff:#04x}): {message}")
+        self._emit(
+            P.bhs(Opcode.LOGIN_RSP, 0, 0, 0, 0, self._isid.ljust(6, b"\0") + bytes(2), itt,
+                  0, self._next_statsn(), 0, 0, (status >> 8) << 24 | (status & 0xFF) << 16)
+        )
+        self._close("login failed")
+
+    def _login(self, pdu: Pdu) -> None:
+        flags = pdu.flags
+        transit, cont = bool(flags & 0x80), bool(flags & 0x40)
+        csg, nsg = (flags >> 2) & 3, flags & 3
+        itt = pdu.itt
+        try:
+            if not self._login_started:
+                self._login_started = True
+                self._isid = pdu.isid
+                self._tsih = pdu.tsih
+                self.cid = pdu.cid
+                self.stat_sn = pdu.expstatsn
+                self._cmdsn = pdu.cmdsn
+                if pdu.bhs[3] > 0:  # VersionMin > 0: nothing we speak (we are version 0)
+                    raise LoginError(2, 5, f"unsupported version range {pdu.bhs[3]}..{pdu.bhs[2]}")
+                if csg == STAGE_OPERATIONAL:  # the security stage may be skipped (RFC 7143 6.3)
+                    self.stage = STAGE_OPERATIONAL
+            elif pdu.isid != self._isid or pdu.tsih != self._tsih:
+                raise LoginError(2, 0, "ISID/TSIH changed during login")
+            if csg != self.stage:
+                raise LoginError(2, 0, f"CSG {csg} does not match the current stage {self.stage}")
+            if csg not in (STAGE_SECURITY, STAGE_OPERATIONAL):
+                raise LoginError(2, 0, f"invalid CSG {csg}")
+            if transit and (nsg == 2 or nsg <= csg):
+                raise LoginError(2, 0, f"invalid transition {csg}->{nsg}")
+            if transit and cont:
+                raise LoginError(2, 0, "T and C bits both set")
+            if len(self._login_text) + len(pdu.data) > MAX_LOGIN_TEXT:
+                raise LoginError(2, 0, "login text too long")
+            self._login_text += pdu.data
+            if cont:
+                self._login_response(itt, False, csg, nsg, b"")
+                return
+            pairs = decode_text(bytes(self._login_text))
+            self._login_text.clear()
+            self._login_step(itt, transit, csg, nsg, pairs)
+        except LoginError as exc:
+            self._login_fail((exc.status_class << 8) | exc.status_detail, str(exc), itt)
+        except ProtocolError as exc:
+            self._login_fail(LoginStatus.INITIATOR_ERROR, str(exc), itt)
+
+    def _login_identify(self, keys: dict[str, str]) -> None:
+        """First login request: who is this, which session type, which target, may they."""
+        name = keys.get("InitiatorName")
+        if not name:
+            raise LoginError(2, 7, "InitiatorName missing")
+        self.initiator_name = name
+        self.session_type = keys.get("SessionType", "Normal")
+        if self.session_type not in ("Normal", "Discovery"):
+            raise LoginError(2, 0, f"SessionType {self.session_type!r} is invalid")
+        reg = self.registry
+        if self.session_type == "Normal":
+            tname = keys.get("TargetName")
+            if not tname:
+                raise LoginError(2, 7, "TargetName missing in a normal session")
+            target = reg.lookup(tname)
+            if target is None:
+                raise LoginError(2, 3, f"target {tname} not found")
+            if not target.allows(name, self.peer_address):
+                raise LoginError(2, 2, f"{name} at {self.peer_address} is not allowed on {tname}")
+            self.target = target
+            accounts, outgoing = target.incoming, target.outgoing
+        else:
+            accounts, outgoing = reg.discovery_incoming, reg.discovery_outgoing
+        self._auth_required = bool(accounts)
+        if self._auth_required:
+            from .chap import ChapAuthenticator
+
+            self._chap = ChapAuthenticator(accounts, outgoing, random_bytes=self.random_bytes)
+
+    def _login_step(self, itt: int, transit: bool, csg: int, nsg: int, pairs: list[tuple[str, str]]) -> None:
+        keys = dict(pairs)
+        if not self.initiator_name:
+            self._login_identify(keys)
+        out: list[tuple[str, str]] = []
+        if csg == STAGE_SECURITY:
+            sec = [(k, v) for k, v in pairs if k == "AuthMethod" or k.startswith("CHAP_")]
+            rest = [(k, v) for k, v in pairs if not (k == "AuthMethod" or k.startswith("CHAP_"))]
+            out += self._security(sec)
+            out += self._negotiator.negotiate(rest, stage="security", session_type=self.session_type)
+            if transit and not self._security_done():
+                transit = False  # keep negotiating security; the initiator will continue
+        else:
+            if self._auth_required and not self._authenticated:
+                raise LoginError(2, 1, "authentication required (CHAP) but skipped")
+            out += self._negotiator.negotiate(pairs, stage="operational", session_type=self.session_type)
+        if self._first_response:
+            self._first_response = False
+            if self.session_type == "Normal":
+                out.append(("TargetPortalGroupTag", str(self.tpgt)))
+                if self.target is not None and self.target.alias:
+                    out.append(("TargetAlias", self.target.alias))
+        if transit and nsg == STAGE_OPERATIONAL or (transit and csg == STAGE_OPERATIONAL) or (
+            csg == STAGE_OPERATIONAL and not self._declared
+        ):
+            if not self._declared:
+                self._declared = True
+                out += self._negotiator.declarations("operational", self.session_type)
+        if transit and nsg == STAGE_FFP:
+            if not self._declared:
+                self._declared = True
+                out += self._negotiator.declarations("operational", self.session_type)
+            self._finish_login(itt, csg, out)
+            return
+        if transit:
+            self.stage = nsg
+        self._login_response(itt, transit, csg, nsg if transit else csg, encode_text(out))
+
+    _declared = False
+
+    def _security_done(self) -> bool:
+        return (not self._auth_required and self._auth_method in (None, "None")) or self._authenticated
+
+    def _security(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        chap_keys: dict[str, str] = {}
+        for k, v in pairs:
+            if k == "AuthMethod":
+                if self._auth_method is not None:
+                    raise LoginError(2, 0, "AuthMethod sent twice")
+                offered = [m.strip() for m in v.split(",")]
+                if self._auth_required:
+                    if "CHAP" not in offered:
+                        raise LoginError(2, 1, f"CHAP is required but the initiator offered {v}")
+                    self._auth_method = "CHAP"
+                elif "None" in offered:
+                    self._auth_method = "None"
+                else:
+                    raise LoginError(2, 1, f"no CHAP account configured, initiator offered only {v}")
+                out.append(("AuthMethod", self._auth_method))
+            else:
+                chap_keys[k] = v
+        if chap_keys:
+            if self._auth_method != "CHAP" or self._chap is None:
+                raise LoginError(2, 0, "CHAP keys without AuthMethod=CHAP")
+            resp, done = self._chap.step(chap_keys)
+            out += resp
+            if done:
+                self._authenticated = True
+        return out
+
+    def _login_response(self, itt: int, transit: bool, csg: int, nsg: int, data: bytes,
+                        tsih: int | None = None) -> None:
+        flags = (0x80 if transit else 0) | (csg << 2) | (nsg if transit else 0)
+        exp = getattr(self, "_cmdsn", 0)
+        self._emit(
+            P.bhs(Opcode.LOGIN_RSP, flags, 0, 0, len(data),
+                  self._isid + (tsih if tsih is not None else self._tsih).to_bytes(2, "big"),
+                  itt, 0, self._next_statsn(), exp, (exp + self.queue_depth - 1) & 0xFFFFFFFF, 0),
+            data,
+        )
+
+    def _finish_login(self, itt: int, csg: int, out: list[tuple[str, str]]) -> None:
+        params = self._negotiator.result()
+        table = self.sessions
+        target = self.target
+        if self._tsih:
+            existing = table.by_tsih.get(self._tsih)
+            if existing is None or existing.isid != self._isid:
+                raise LoginError(2, 0x0A, f"session TSIH {self._tsih} does not exist")
+            raise LoginError(2, 6, "MaxConnections=1: no more connections in this session")
+        if self.session_type == "Normal":
+            old = table.find(self.initiator_name, self._isid, target.name if target else None)
+            if old is not None:
+                table.remove(old)
+                self._events.append(ReinstateSession(old))
+        tsih = table.allocate_tsih()
+        nexus = None
+        if target is not None:
+            isid_hex = self._isid.hex()
+            nexus = Nexus(
+                initiator_name=self.initiator_name,
+                initiator_port=f"{self.initiator_name},i,0x{isid_hex}",
+                target_port=f"{target.name},t,0x{self.tpgt:04x}",
+                relative_port=self.tpgt,
+                target_port_group=self.tpgt,
+            )
+        session = Session(tsih, self._isid, self.initiator_name, self.session_type, target, nexus,
+                          params, queue_depth=self.queue_depth)
+        session.start_window(self._cmdsn)
+        session.connections.append(self)
+        table.add(session)
+        self.session = session
+        self.params = params
+        self._tsih = tsih
+        self._login_response(itt, True, csg, STAGE_FFP, encode_text(out), tsih=tsih)
+        # Digests and the negotiated sizes apply from the first PDU after the final response.
+        self.stage = STAGE_FFP
+        self.login_deadline = None
+        self.hd = params.header_digest
+        self.dd = params.data_digest
+        self.reader.header_digest = params.header_digest
+        self.reader.data_digest = params.data_digest
+        self.reader.max_recv_dsl = params.max_recv_dsl
+        self.max_xmit = params.max_xmit_dsl
+        log.info("iSCSI login: %s tsih=%d %s session%s", self._who(), tsih, self.session_type,
+                 f" to {target.name}" if target else "")
+        self._events.append(LoginComplete(session))
+
+    # ------------------------------------------------------------------ full feature phase
+    def _check_cmdsn(self, pdu: Pdu) -> bool:
+        """True if the PDU is to be processed now. Out-of-window PDUs are dropped silently
+        (RFC 7143 4.2.2.1); an early one waits for the gap to fill."""
+        if pdu.immediate:
+            return True
+        s = self.session
+        assert s is not None
+        cmdsn = pdu.cmdsn
+        if cmdsn == s.exp_cmdsn:
+            s.advance()
+            return True
+        if s.in_window(cmdsn):
+            if cmdsn not in self._pending:
+                self._pending[cmdsn] = pdu
+            return False
+        log.debug("dropping PDU with CmdSN %d outside [%d, %d]", cmdsn, s.exp_cmdsn, s.max_cmdsn)
+        return False
+
+    def _drain_pending(self) -> None:
+        s = self.session
+        while s is not None and self._pending:
+            pdu = self._pending.pop(s.exp_cmdsn, None)
+            if pdu is None:
+                return
+            s.advance()
+            self._FFP[pdu.opcode](self, pdu, ordered=True)
+
+    def _on_nop_out(self, pdu: Pdu, ordered: bool = False) -> None:
+        itt = pdu.itt
+        if itt == NO_TAG:
+            if pdu.ttt == self._ping_ttt:
+                self._ping_ttt = None
+                self._ping_deadline = None
+            return
+        if pdu.ttt != NO_TAG:
+            raise ProtocolError("NOP-Out with both ITT and TTT set", RejectReason.INVALID_PDU_FIELD)
+        if not ordered and not self._check_cmdsn(pdu):
+            return
+        if not pdu.immediate and self.session is not None:
+            self.session.retire()
+        data = pdu.data[: self.max_xmit]
+        self._emit(
+            P.bhs(Opcode.NOP_IN, 0x80, 0, 0, len(data), pdu.lun_raw, itt, NO_TAG,
+                  self._next_statsn(), **self._window()),
+            data,
+        )
+        self._drain_pending()
+
+    def _send_ping(self) -> None:
+        ttt = self._new_ttt()
+        self._ping_ttt = ttt
+        self._ping_deadline = self.now + self.nop_timeout
+        self._emit(P.bhs(Opcode.NOP_IN, 0x80, itt=NO_TAG, w20=ttt, w24=self.stat_sn, **self._window()))
+
+    def _new_ttt(self) -> int:
+        ttt = self._next_ttt
+        self._next_ttt = (ttt + 1) % 0xFFFFFFFF or 1
+        return ttt
+
+    def _on_scsi_cmd(self, pdu: Pdu, ordered: bool = False) -> None:
+        if not ordered and not self._check_cmdsn(pdu):
+            return
+        try:
+            self._start_command(pdu)
+        finally:
+            self._drain_pending()
+
+    def _start_command(self, pdu: Pdu) -> None:
+        flags = pdu.flags
+        read, write = bool(flags & 0x40), bool(flags & 0x20)
+        edtl = pdu.edtl
+        itt = pdu.itt
+        params = self.params
+        assert params is not None and self.session is not None
+        if itt in self.tasks:
+            if not pdu.immediate:
+                self.session.retire()
+            raise ProtocolError(f"ITT {itt:#x} already in use", RejectReason.TASK_IN_PROGRESS)
+        it = IscsiTask(itt, pdu.lun, pdu.cdb, edtl, read, write, flags & 7, pdu.cmdsn,
+                       pdu.immediate, pdu.lun_raw)
+        self.tasks[itt] = it
+        data = pdu.data
+        if data and not write:
+            return self._fail_task(it, "data sent with a command that is not a write")
+        if write and read:
+            return self._check_condition(it, 0x05, 0x24, 0x00)  # bidirectional: not supported
+        if not write:
+            return self._execute(it)
+        if edtl > MAX_WRITE_BUFFER:
+            return self._check_condition(it, 0x05, 0x24, 0x00)
+        if len(data) > edtl or (data and not params.immediate_data) or len(data) > params.first_burst:
+            return self._fail_task(it, f"{len(data)} bytes of immediate data not allowed here")
+        it.buf = bytearray(edtl)
+        if data:
+            it.buf[: len(data)] = data
+            it.received = len(data)
+        it.next_r2t_offset = it.received
+        if not params.initial_r2t and not pdu.final:
+            it.unsolicited_left = min(params.first_burst, edtl) - it.received
+            it.next_r2t_offset = min(params.first_burst, edtl)
+        self._progress(it)
+
+    def _fail_task(self, it: IscsiTask, why: str) -> None:
+        """A command PDU that breaks the negotiated rules: Reject it; the task never starts."""
+        self.tasks.pop(it.itt, None)
+        if not it.immediate and self.session is not None:
+            self.session.retire()
+        raise ProtocolError(f"command itt={it.itt:#x}: {why}", RejectReason.PROTOCOL_ERROR)
+
+    def _check_condition(self, it: IscsiTask, key: int, asc: int, ascq: int) -> None:
+        self.tasks.pop(it.itt, None)
+        if not it.immediate and self.session is not None:
+            self.session.retire()
+        result = ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc << 8 | ascq))
+        it.state = _ABORTED
+        self._send_result(it, result)
+
+    def _progress(self, it: IscsiTask) -> None:
+        """More data-out needed? Solicit it. All in? Execute."""
+        if it.received >= it.edtl:
+            self._execute(it)
+            return
+        if it.unsolicited_left > 0:
+            return
+        params = self.params
+        assert params is not None
+        while len(it.r2ts) < params.max_outstanding_r2t and it.next_r2t_offset < it.edtl:
+            length = min(params.max_burst, it.edtl - it.next_r2t_offset)
+            ttt = self._new_ttt()
+            it.r2ts[ttt] = _R2T(it.next_r2t_offset, length)
+            self._emit(P.bhs(Opcode.R2T, 0x80, 0, 0, 0, it.lun_raw, it.itt, ttt, self.stat_sn,
+                             **self._window(), w36=it.r2tsn, w40=it.next_r2t_offset, w44=length))
+            it.r2tsn += 1
+            it.next_r2t_offset += length
+
+    def _on_data_out(self, pdu: Pdu, ordered: bool = False) -> None:
+        it = self.tasks.get(pdu.itt)
+        if it is None or it.state != _COLLECTING or it.buf is None:
+            return  # data for a task that ended (aborted, failed): drop it quietly
+        offset = pdu.buffer_offset
+        data = pdu.data
+        n = len(data)
+        if offset + n > it.edtl:
+            raise ProtocolError("Data-Out beyond the expected data transfer length",
+                                RejectReason.PROTOCOL_ERROR)
+        ttt = pdu.ttt
+        if ttt == NO_TAG:
+            if it.unsolicited_left <= 0 or n > it.unsolicited_left:
+                raise ProtocolError("unsolicited Data-Out not allowed", RejectReason.PROTOCOL_ERROR)
+            if pdu.datasn != it.unsol_datasn:
+                return self._datasn_error(it, pdu)
+            it.unsol_datasn += 1
+            it.unsolicited_left -= n
+            if pdu.final:
+                it.unsolicited_left = 0
+            seq = None
+        else:
+            seq = it.r2ts.get(ttt)
+            if seq is None:
+                raise ProtocolError(f"Data-Out for unknown TTT {ttt:#x}", RejectReason.INVALID_PDU_FIELD)
+            if pdu.datasn != seq.datasn:
+                return self._datasn_error(it, pdu)
+            if offset < seq.offset or offset + n > seq.offset + seq.length:
+                raise ProtocolError("Data-Out outside its R2T", RejectReason.PROTOCOL_ERROR)
+            seq.datasn += 1
+            seq.received += n
+        it.buf[offset : offset + n] = data
+        it.received += n
+        if seq is not None and (seq.received >= seq.length or pdu.final):
+            del it.r2ts[ttt]
+        if seq is not None or it.unsolicited_left == 0:
+            self._progress(it)
+
+    def _datasn_error(self, it: IscsiTask, pdu: Pdu) -> None:
+        # ErrorRecoveryLevel 0 cannot recover lost data PDUs: fail the command so it is never
+        # completed with GOOD and never left hanging (RFC 7143 7.1, 7.12).
+        self._log_bad(f"Data-Out DataSN {pdu.datasn} out of order for itt={it.itt:#x}")
+        self._check_condition(it, 0x0B, 0x47, 0x03)  # ABORTED COMMAND: INFORMATION UNIT iuCRC ERROR
+
+    def _execute(self, it: IscsiTask) -> None:
+        s = self.session
+        assert s is not None and s.nexus is not None
+        it.state = _EXECUTING
+        task = ScsiTask(
+            cdb=it.cdb, lun=it.lun, nexus=s.nexus, tag=it.itt, attr=TaskAttr(it.attr if it.attr <= 4 else 1),
+            data_out=memoryview(it.buf) if it.buf is not None else None,
+            expected_length=it.edtl, read=it.read, write=it.write, context=it,
+        )
+        it.scsi = task
+        it.buf = None
+        self._events.append(ExecuteTask(task))
+
+    def _send_result(self, it: IscsiTask, result: ScsiResult) -> None:
+        edtl = it.edtl
+        status = int(result.status)
+        data = result.data
+        residual_flags = 0
+        residual = 0
+        window = self._window()
+        if data is not None and it.read:
+            mv = memoryview(data)
+            if mv.ndim != 1 or mv.itemsize != 1:
+                mv = mv.cast("B")
+            want = result.transfer_length if result.transfer_length is not None else len(mv)
+            if want > edtl:
+                residual_flags, residual = 0x04, want - edtl
+            elif want < edtl:
+                residual_flags, residual = 0x02, edtl - want
+            mv = mv[: min(len(mv), edtl)]
+            total = len(mv)
+            piggyback = status == Status.GOOD and not result.sense and total > 0
+            chunk = self.max_xmit
+            burst = self.params.max_burst if self.params else total
+            offset = 0
+            datasn = 0
+            lun_raw = it.lun_raw
+            itt = it.itt
+            in_burst = 0
+            while offset < total:
+                n = min(chunk, total - offset, burst - in_burst)
+                last = offset + n >= total
+                in_burst += n
+                flags = 0
+                if last or in_burst >= burst:
+                    flags = 0x80
+                    in_burst = 0
+                statsn = 0
+                if last and piggyback:
+                    flags |= 0x01 | residual_flags
+                    statsn = self._next_statsn()
+                self._emit(
+                    P.bhs(Opcode.DATA_IN, flags, 0, status if flags & 1 else 0, n, lun_raw, itt,
+                          NO_TAG, statsn, window["w28"], window["w32"], datasn, offset,
+                          residual if flags & 1 else 0),
+                    mv[offset : offset + n],
+                )
+                datasn += 1
+                offset += n
+            it.datain_pdus = datasn
+            if piggyback:
+                return
+        elif it.write:
+            want = result.transfer_length if result.transfer_length is not None else edtl
+            if want > edtl:
+                residual_flags, residual = 0x04, want - edtl
+            elif want < edtl:
+                residual_flags, residual = 0x02, edtl - want
+        elif it.read and edtl:
+            want = result.transfer_length or 0
+            if want < edtl and status == Status.GOOD:
+                residual_flags, residual = 0x02, edtl - want
+        sense = result.sense
+        payload = None
+        if sense:
+            payload = len(sense).to_bytes(2, "big") + bytes(sense)
+        self._emit(
+            P.bhs(Opcode.SCSI_RSP, 0x80 | residual_flags, 0, status, len(payload) if payload else 0,
+                  bytes(8), it.itt, 0, self._next_statsn(), window["w28"], window["w32"],
+                  it.datain_pdus if it.read else it.r2tsn, 0, residual),
+            payload,
+        )
+
+    def _on_tmf(self, pdu: Pdu, ordered: bool = False) -> None:
+        if not ordered and not self._check_cmdsn(pdu):
+            return
+        if not pdu.immediate and self.session is not None:
+            self.session.retire()
+        function = pdu.flags & 0x7F
+        if function not in TmfFunction.__members__.values():
+            self.complete_tmf(pdu.itt, TmfResponse.NOT_SUPPORTED)
+        elif function == TmfFunction.TASK_REASSIGN:
+            self.complete_tmf(pdu.itt, TmfResponse.REASSIGNMENT_NOT_SUPPORTED)
+        else:
+            self._events.append(TaskManagement(pdu.itt, function, pdu.lun, pdu.word(20), pdu.word(32)))
+        self._drain_pending()
+
+    def _on_text(self, pdu: Pdu, ordered: bool = False) -> None:
+        if not ordered and not self._check_cmdsn(pdu):
+            return
+        if not pdu.immediate and self.session is not None:
+            self.session.retire()
+        try:
+            if pdu.ttt != NO_TAG and pdu.ttt == self._text_ttt and not pdu.data:
+                self._send_text_chunk(pdu.itt)  # the initiator asks for the next part
+                return
+            if len(self._text_in) + len(pdu.data) > MAX_LOGIN_TEXT:
+                self._text_in.clear()
+                raise ProtocolError("text request too long", RejectReason.PROTOCOL_ERROR)
+            self._text_in += pdu.data
+            if pdu.flags & 0x40:  # C: more of the request follows
+                self._emit(P.bhs(Opcode.TEXT_RSP, 0x00, itt=pdu.itt, w20=self._new_ttt(),
+                                 w24=self._next_statsn(), **self._window()))
+                return
+            pairs = decode_text(bytes(self._text_in))
+            self._text_in.clear()
+            out: list[tuple[str, str]] = []
+            rest: list[tuple[str, str]] = []
+            for k, v in pairs:
+                if k == "SendTargets":
+                    out += self._send_targets(v)
+                else:
+                    rest.append((k, v))
+            if rest:
+                out += self._negotiator.negotiate(rest, stage="ffp", session_type=self.session_type)
+                new = self._negotiator.result()
+                self.params = new
+                self.max_xmit = new.max_xmit_dsl
+            self._text_out = encode_text(out)
+            self._send_text_chunk(pdu.itt)
+        finally:
+            self._drain_pending()
+
+    def _send_text_chunk(self, itt: int) -> None:
+        data, self._text_out = self._text_out[: self.max_xmit], self._text_out[self.max_xmit :]
+        more = bool(self._text_out)
+        self._text_ttt = self._new_ttt() if more else NO_TAG
+        self._emit(
+            P.bhs(Opcode.TEXT_RSP, 0x40 if more else 0x80, dsl=len(data), itt=itt, w20=self._text_ttt,
+                  w24=self._next_statsn(), **self._window()),
+            data,
+        )
+
+    def _send_targets(self, which: str) -> list[tuple[str, str]]:
+        reg = self.registry
+        if self.session_type == "Normal":
+            # In a normal session only the session's own target is reported (RFC 7143 A.?).
+            targets = [self.target] if self.target is not None and which in ("", "All", self.target.name) else []
+        elif which == "All":
+            targets = reg.visible_to(self.initiator_name, self.peer_address)
+        elif which == "":
+            targets = []
+        else:
+            t = reg.lookup(which)
+            targets = [t] if t is not None and t.allows(self.initiator_name, self.peer_address) else []
+        out: list[tuple[str, str]] = []
+        for t in targets:
+            if t is None:
+                continue
+            out.append(("TargetName", t.name))
+            for portal in reg.portals:
+                out.append(("TargetAddress", f"{portal.advertised()},{t.tpgt}"))
+        return out
+
+    def _on_logout(self, pdu: Pdu, ordered: bool = False) -> None:
+        if not ordered and not self._check_cmdsn(pdu):
+            return
+        if not pdu.immediate and self.session is not None:
+            self.session.retire()
+        reason = pdu.flags & 0x7F
+        self._logout_itt = pdu.itt
+        if reason == P.LogoutReason.REMOVE_FOR_RECOVERY:
+            self._logout_response(P.LogoutResponse.RECOVERY_NOT_SUPPORTED)
+            return
+        if reason == P.LogoutReason.CLOSE_CONNECTION and pdu.cid != self.cid:
+            self._logout_response(P.LogoutResponse.CID_NOT_FOUND)
+            return
+        self.logging_out = True
+        self._maybe_finish_logout()
+
+    def _maybe_finish_logout(self) -> None:
+        if self.logging_out and not self.closed and not any(
+            t.state == _EXECUTING for t in self.tasks.values()
+        ):
+            self.logging_out = False
+            self._logout_response(P.LogoutResponse.SUCCESS)
+            if self.session is not None:
+                self.sessions.remove(self.session)
+            self._close("logout")
+
+    def _logout_response(self, response: int) -> None:
+        t2w = int(self.params.default_time2wait) if self.params else 2
+        t2r = int(self.params.default_time2retain) if self.params else 0
+        self._emit(P.bhs(Opcode.LOGOUT_RSP, 0x80, response, itt=self._logout_itt,
+                         w24=self._next_statsn(), **self._window(), w40=(t2w << 16) | t2r))
+
+    def _on_snack(self, pdu: Pdu, ordered: bool = False) -> None:
+        raise ProtocolError("SNACK needs ErrorRecoveryLevel > 0", RejectReason.COMMAND_NOT_SUPPORTED)
+
+    _FFP: dict[int, Callable[..., None]] = {
+        Opcode.NOP_OUT: _on_nop_out,
+        Opcode.SCSI_CMD: _on_scsi_cmd,
+        Opcode.TMF_REQ: _on_tmf,
+        Opcode.TEXT_REQ: _on_text,
+        Opcode.DATA_OUT: _on_data_out,
+        Opcode.LOGOUT_REQ: _on_logout,
+        Opcode.SNACK: _on_snack,
+    }
+
+    # ------------------------------------------------------------------ views
+    def describe(self) -> dict[str, Any]:
+        return {
+            "cid": self.cid,
+            "initiator_address": self.peer_address,
+            "local_address": self.local_address,
+            "commands_in_flight": len(self.tasks),
+            "stat_sn": self.stat_sn,
+        }
+
+
+__all__ = ["Connection", "DEFAULT_TARGET_PARAMS", "IscsiTask", "sn_lt"]

@@ -1,0 +1,190 @@
+"""The daemon: portals (listeners), targets, sessions, the store thread pool, lifecycle.
+
+Startup order (see ``cli/serve.py``): restore the saved configuration into the registry,
+start the control socket, then open the portals, so no initiator ever sees a half-built
+target. Shutdown: close the portals, let running commands finish (bounded), answer or close
+every connection, then close the backing stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..iscsi.connection import DEFAULT_TARGET_PARAMS
+from ..iscsi.session import Session, SessionTable
+from ..target.model import Portal, Target, TargetRegistry
+from .driver import ConnectionDriver
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        params: dict[str, str] | None = None,
+        io_threads: int | None = None,
+        login_timeout: float = 30.0,
+        nop_interval: float = 10.0,
+        nop_timeout: float = 30.0,
+        queue_depth: int = 128,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.registry = TargetRegistry()
+        self.session_table = SessionTable()
+        self.params: dict[str, str] = dict(DEFAULT_TARGET_PARAMS)
+        if params:
+            self.params.update(params)
+        self.login_timeout = login_timeout
+        self.nop_interval = nop_interval
+        self.nop_timeout = nop_timeout
+        self.queue_depth = queue_depth
+        self.drain_timeout = drain_timeout
+        self.connections: set[ConnectionDriver] = set()
+        self._listeners: dict[Portal, asyncio.AbstractServer] = {}
+        # Blocking store calls (ctypes, os.preadv) release the GIL: a few threads per core
+        # keep a queue depth of 32 busy without thrashing two cores.
+        self.store_executor = ThreadPoolExecutor(
+            max_workers=io_threads or max(4, 4 * (os.cpu_count() or 2)), thread_name_prefix="store-io"
+        )
+        self.stopped = asyncio.Event()
+
+    # ------------------------------------------------------------------ portals
+    def portals(self) -> list[Portal]:
+        return list(self._listeners)
+
+    async def add_portal(self, portal: Portal) -> None:
+        if portal in self._listeners:
+            return
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: ConnectionDriver(self, portal),
+            host=portal.host,
+            port=portal.port,
+            reuse_address=True,
+            family=socket.AF_INET6 if ":" in portal.host else socket.AF_INET,
+            backlog=256,
+        )
+        for sock in server.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if portal.port == 0:  # ephemeral port (tests): record the real one
+            real = server.sockets[0].getsockname()[1]
+            portal = Portal(portal.host, real, portal.advertise)
+        self._listeners[portal] = server
+        self.registry.portals = self.portals()
+        log.info("listening on %s:%d", portal.host, portal.port)
+
+    async def remove_portal(self, portal: Portal) -> None:
+        key = next((p for p in self._listeners if (p.host, p.port) == (portal.host, portal.port)), None)
+        if key is None:
+            return
+        server = self._listeners.pop(key)
+        server.close()
+        self.registry.portals = self.portals()
+        for d in list(self.connections):
+            if d.portal == key or d.portal.port in (0, key.port) and d.portal.host == key.host:
+                d.close("portal removed")
+        await server.wait_closed()
+        log.info("portal %s:%d closed", key.host, key.port)
+
+    # ------------------------------------------------------------------ targets
+    def add_target(self, target: Target) -> None:
+        self.registry.targets[target.name] = target
+
+    async def remove_target(self, name: str) -> None:
+        target = self.registry.lookup(name)
+        if target is None:
+            return
+        for d in self.drivers_of(target):
+            d.close("target removed")
+        del self.registry.targets[target.name]
+
+    def drivers_of(self, target: Target) -> list[ConnectionDriver]:
+        return [
+            d for d in self.connections
+            if d.conn is not None and d.conn.session is not None and d.conn.session.target is target
+        ]
+
+    # ------------------------------------------------------------------ sessions
+    def session_started(self, session: Session, driver: ConnectionDriver) -> None:
+        session.extra["drivers"] = [driver]
+        target = session.target
+        if target is not None and target.device is not None and session.nexus is not None:
+            target.device.nexus_added(session.nexus)
+
+    def session_ended(self, session: Session) -> None:
+        self.session_table.remove(session)
+        target = session.target
+        if target is not None and target.device is not None and session.nexus is not None:
+            target.device.nexus_lost(session.nexus)
+
+    def drop_session(self, session: Session, reason: str) -> None:
+        for d in session.extra.get("drivers", ()):
+            d.close(reason)
+        self.session_ended(session)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        out = []
+        for s in self.session_table:
+            drivers = s.extra.get("drivers", [])
+            conns = [d.conn.describe() for d in drivers if d.conn is not None]
+            out.append({
+                "tsih": s.tsih,
+                "isid": s.isid.hex(),
+                "initiator_name": s.initiator_name,
+                "initiator_address": conns[0]["initiator_address"] if conns else None,
+                "target": s.target.name if s.target else None,
+                "session_type": s.session_type,
+                "portal": f"{drivers[0].portal.host}:{drivers[0].portal.port}" if drivers else None,
+                "params": s.params.as_dict() if hasattr(s.params, "as_dict") else {},
+                "commands_in_flight": sum(c["commands_in_flight"] for c in conns),
+                "connections": conns,
+            })
+        return out
+
+    async def close_session(self, tsih: int) -> bool:
+        session = self.session_table.by_tsih.get(tsih)
+        if session is None:
+            return False
+        self.drop_session(session, "closed by the administrator")
+        return True
+
+    # ------------------------------------------------------------------ lifecycle
+    async def stop(self) -> None:
+        """Close portals, let commands in flight finish (bounded), close connections, stores."""
+        for portal in list(self._listeners):
+            server = self._listeners.pop(portal)
+            server.close()
+        drivers = list(self.connections)
+        if drivers:
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(d.drain() for d in drivers)), timeout=self.drain_timeout
+                )
+            except TimeoutError:
+                log.warning("commands still running after %.0fs; closing anyway", self.drain_timeout)
+        for d in drivers:
+            d.close("daemon shutting down")
+        if drivers:
+            await asyncio.wait([asyncio.ensure_future(d.closed.wait()) for d in drivers], timeout=5)
+        for target in list(self.registry.targets.values()):
+            device = target.device
+            if device is None:
+                continue
+            for lun in list(getattr(device, "luns", {})):
+                lu = device.lu(lun)
+                if lu is not None:
+                    try:
+                        lu.store.close()
+                    except Exception:  # closing must go on for the other stores
+                        log.exception("closing the store of %s LUN %d", target.name, lun)
+        self.store_executor.shutdown(wait=True, cancel_futures=False)
+        self.stopped.set()

@@ -1,0 +1,263 @@
+"""The asyncio adapter for one iSCSI connection.
+
+It moves bytes between the socket and the pure :class:`~gluster_iscsi.iscsi.connection.Connection`,
+runs SCSI executions (inline for non-blocking stores, in the daemon's thread pool for blocking
+ones), coordinates task management across sessions, and keeps the NOP-In/login timer armed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..iscsi import events as ev
+from ..iscsi.connection import Connection
+from ..iscsi.pdu import TmfFunction, TmfResponse
+from ..scsi.sense import build_sense
+from ..scsi.task import ScsiResult, ScsiTask, Status
+
+if TYPE_CHECKING:
+    from ..target.model import Portal
+    from .daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+_INTERNAL_ERROR = (0x04, 0x4400)  # HARDWARE ERROR / INTERNAL TARGET FAILURE
+
+
+class ConnectionDriver(asyncio.Protocol):
+    def __init__(self, daemon: Daemon, portal: Portal) -> None:
+        self.daemon = daemon
+        self.portal = portal
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.conn: Connection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._running: dict[ScsiTask, asyncio.Future[None]] = {}
+        self._closing = False
+        self._paused = False
+        self.closed = asyncio.Event()
+
+    # ------------------------------------------------------------------ asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        sock = transport.get_extra_info("sockname") or ("?", 0)
+        d = self.daemon
+        self.conn = Connection(
+            d.registry,
+            d.session_table,
+            peer_address=str(peer[0]),
+            local_address=f"{sock[0]}:{sock[1]}",
+            portal_tpgt=1,
+            target_params=d.params,
+            now=self.loop.time(),
+            login_timeout=d.login_timeout,
+            nop_interval=d.nop_interval,
+            nop_timeout=d.nop_timeout,
+            queue_depth=d.queue_depth,
+        )
+        d.connections.add(self)
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            events = conn.receive_data(data, self.loop.time())
+        except Exception:  # a bug must cost this connection only
+            log.exception("internal error on connection from %s", conn.peer_address)
+            events = conn.close("internal error")
+        self._handle(events)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        conn = self.conn
+        if self._timer is not None:
+            self._timer.cancel()
+        self.daemon.connections.discard(self)
+        if conn is not None:
+            if not conn.closed:
+                conn.close("connection lost")
+            conn.abort_tasks(lambda t: True)
+            session = conn.session
+            if session is not None and self in session.extra.get("drivers", ()):
+                self.daemon.session_ended(session)
+        self.closed.set()
+
+    def pause_writing(self) -> None:
+        # The initiator is not reading: stop reading its requests until it catches up.
+        if self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ plumbing
+    def _flush(self) -> None:
+        conn, transport = self.conn, self.transport
+        if conn is None or transport is None:
+            return
+        bufs = conn.data_to_send()
+        if bufs and not transport.is_closing():
+            transport.writelines(bufs)
+        if self._closing and not transport.is_closing():
+            transport.close()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self.conn
+        if conn is None:
+            return
+        when = conn.next_deadline()
+        if when is not None:
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.conn is None:
+            return
+        self._handle(self.conn.handle_timer(self.loop.time()))
+        self._flush()
+
+    def close(self, reason: str) -> None:
+        if self.conn is not None:
+            self._handle(self.conn.close(reason))
+        self._closing = True
+        self._flush()
+
+    def _handle(self, events: list[Any]) -> None:
+        for e in events:
+            if isinstance(e, ev.ExecuteTask):
+                self._start(e.task)
+            elif isinstance(e, ev.TaskManagement):
+                self.loop.create_task(self._tmf(e))
+            elif isinstance(e, ev.LoginComplete):
+                self.daemon.session_started(e.session, self)
+            elif isinstance(e, ev.ReinstateSession):
+                self.daemon.drop_session(e.old, "session reinstated by a new login")
+            elif isinstance(e, ev.CloseConnection):
+                self._closing = True
+
+    # ------------------------------------------------------------------ SCSI execution
+    def _start(self, task: ScsiTask) -> None:
+        session = self.conn.session if self.conn else None
+        device = session.target.device if session and session.target else None
+        if device is None:
+            self._complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(0x05, 0x2500)))
+            return
+        self._running[task] = self.loop.create_future()
+        lu = device.lu(task.lun)
+        store = lu.store if lu is not None else None
+        self._step(task, device.execute(task), store, None, None)
+
+    def _step(self, task: ScsiTask, gen: Any, store: Any, value: Any, exc: BaseException | None) -> None:
+        try:
+            while True:
+                op = gen.throw(exc) if exc is not None else gen.send(value)
+                exc = None
+                target_store = getattr(op, "store", None) or store
+                inner = getattr(op, "op", op)
+                if target_store is None or not target_store.blocking:
+                    try:
+                        value = inner.run(target_store)
+                    except Exception as e:  # handed to the SCSI layer to map to sense
+                        exc, value = e, None
+                    continue
+                fut = self.loop.run_in_executor(self.daemon.store_executor, inner.run, target_store)
+                fut.add_done_callback(lambda f: self._resume(task, gen, store, f))
+                return
+        except StopIteration as stop:
+            self._complete(task, stop.value)
+        except Exception:
+            log.exception("internal error executing CDB %s", bytes(task.cdb[:1]).hex())
+            key, asc = _INTERNAL_ERROR
+            self._complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc)))
+
+    def _resume(self, task: ScsiTask, gen: Any, store: Any, fut: asyncio.Future[Any]) -> None:
+        exc = fut.exception()
+        self._step(task, gen, store, None if exc else fut.result(), exc)
+
+    def _complete(self, task: ScsiTask, result: ScsiResult) -> None:
+        waiter = self._running.pop(task, None)
+        if self.conn is not None:
+            self.conn.complete_task(task, result)
+            self._flush()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_tasks(self, tasks: list[ScsiTask]) -> None:
+        waiters = [self._running[t] for t in tasks if t in self._running]
+        if waiters:
+            await asyncio.gather(*waiters)
+
+    async def drain(self) -> None:
+        """Wait for every running command to finish (shutdown)."""
+        if self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+
+    # ------------------------------------------------------------------ task management
+    async def _tmf(self, e: ev.TaskManagement) -> None:
+        conn = self.conn
+        assert conn is not None
+        session = conn.session
+        target = session.target if session else None
+        device = target.device if target else None
+        response = TmfResponse.COMPLETE
+        waits: list[tuple[ConnectionDriver, list[ScsiTask]]] = []
+        f = e.function
+        try:
+            if device is None or session is None:
+                response = TmfResponse.REJECTED
+            elif f == TmfFunction.ABORT_TASK:
+                found, running = conn.abort_tasks(lambda t: t.itt == e.referenced_itt)
+                waits.append((self, running))
+                if not found:
+                    response = TmfResponse.TASK_DOES_NOT_EXIST
+            elif f in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET):
+                if device.lu(e.lun) is None:
+                    response = TmfResponse.LUN_DOES_NOT_EXIST
+                else:
+                    scope = [self] if f == TmfFunction.ABORT_TASK_SET else self.daemon.drivers_of(target)
+                    for d in scope:
+                        if d.conn is not None:
+                            waits.append((d, d.conn.abort_tasks(lambda t: t.lun == e.lun)[1]))
+            elif f == TmfFunction.CLEAR_ACA:
+                response = TmfResponse.NOT_SUPPORTED
+            elif f == TmfFunction.LUN_RESET:
+                if device.lu(e.lun) is None:
+                    response = TmfResponse.LUN_DOES_NOT_EXIST
+                else:
+                    for d in self.daemon.drivers_of(target):
+                        if d.conn is not None:
+                            waits.append((d, d.conn.abort_tasks(lambda t: t.lun == e.lun)[1]))
+                    device.lun_reset(e.lun, session.nexus)
+            elif f in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
+                others = self.daemon.drivers_of(target)
+                for d in others:
+                    if d.conn is not None:
+                        waits.append((d, d.conn.abort_tasks(lambda t: True)[1]))
+                device.target_reset(session.nexus, cold=f == TmfFunction.TARGET_COLD_RESET)
+            else:
+                response = TmfResponse.NOT_SUPPORTED
+            for d, tasks in waits:
+                await d.wait_tasks(tasks)
+        except Exception:
+            log.exception("task management function %d failed", f)
+            response = TmfResponse.REJECTED
+        if conn.closed:
+            return
+        conn.complete_tmf(e.itt, response)
+        self._flush()
+        if f == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.COMPLETE:
+            for d in self.daemon.drivers_of(target):
+                d.close("target cold reset")
