@@ -18,7 +18,7 @@ from ..scsi.sense import build_sense
 from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
 from ..target.model import TargetRegistry
 from . import pdu as P
-
+from .chap import ChapAuthenticator
 from .errors import LoginError, LoginStatus, ProtocolError, RejectReason
 from .events import CloseConnection, ExecuteTask, LoginComplete, ReinstateSession, TaskManagement
 from .params import Negotiator, SessionParams
@@ -143,7 +143,7 @@ class Connection:
         self._login_text = bytearray()
         self._login_keys: dict[str, str] = {}
         self._negotiator = Negotiator(self.target_params)
-        self._chap: Any = None
+        self._chap: ChapAuthenticator | None = None
         self._auth_required = False
         self._authenticated = False
         self._auth_method: str | None = None
@@ -411,8 +411,6 @@ class Connection:
             accounts, outgoing = reg.discovery_incoming, reg.discovery_outgoing
         self._auth_required = bool(accounts)
         if self._auth_required:
-            from .chap import ChapAuthenticator
-
             self._chap = ChapAuthenticator(accounts, outgoing, random_bytes=self.random_bytes)
 
     def _login_step(self, itt: int, transit: bool, csg: int, nsg: int, pairs: list[tuple[str, str]]) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import enum
 import struct
+
 from crc32c import crc32c
 
 from ..backstore.base import Buffer
-
 from .errors import ProtocolError, RejectReason
 
 BHS_LEN = 48
