@@ -42,6 +42,10 @@ class AccessRule:
 
     initiator: str | None = None  # exact IQN/EUI/NAA (case-insensitive)
     network: str | None = None  # "10.0.0.0/8", "127.0.0.1", or "ALL"
+    #: Per-initiator CHAP (only on ``initiator`` rules): when set, this initiator must
+    #: authenticate with one of these instead of the target's accounts.
+    incoming: list[ChapAccount] = field(default_factory=list)
+    outgoing: ChapAccount | None = None
 
     def matches(self, initiator_name: str, address: str) -> bool:
         if self.initiator is not None:
@@ -68,10 +72,32 @@ class Target:
     #: The account the target answers with for mutual CHAP.
     outgoing: ChapAccount | None = None
     device: DeviceServer | None = None
+    #: Login key values this target offers instead of the daemon's defaults
+    #: (``Daemon.params``), e.g. {"MaxRecvDataSegmentLength": "65536"}.
+    params: dict[str, str] = field(default_factory=dict)
 
     def allows(self, initiator_name: str, address: str) -> bool:
         """No rule means nobody (as tgt: a target is closed until bound); ALL opens it."""
         return any(rule.matches(initiator_name, address) for rule in self.acl)
+
+    def chap_for(self, initiator_name: str) -> tuple[list[ChapAccount], ChapAccount | None]:
+        """(incoming accounts, outgoing account) this initiator must use at login.
+
+        A per-initiator rule with accounts wins over the target's own accounts. An empty
+        incoming list means no CHAP is required.
+        """
+        for rule in self.acl:
+            if (
+                rule.initiator is not None
+                and rule.initiator.lower() == initiator_name.lower()
+                and (rule.incoming or rule.outgoing)
+            ):
+                return list(rule.incoming), rule.outgoing
+        return list(self.incoming), self.outgoing
+
+    def offered_params(self, defaults: dict[str, str]) -> dict[str, str]:
+        """The daemon's defaults overridden by this target's own values."""
+        return {**defaults, **self.params}
 
 
 @dataclass(slots=True)
@@ -87,6 +113,9 @@ class TargetRegistry:
         return self.targets.get(name.lower()) or next(
             (t for t in self.targets.values() if t.name.lower() == name.lower()), None
         )
+
+    def by_tid(self, tid: int) -> Target | None:
+        return next((t for t in self.targets.values() if t.tid == tid), None)
 
     def visible_to(self, initiator_name: str, address: str) -> list[Target]:
         return [t for t in self.targets.values() if t.allows(initiator_name, address)]

@@ -1,0 +1,770 @@
+"""The ``gluster-iscsi`` command line: a thin client of the daemon's control API.
+
+Exit status (scripts can rely on it; ``--json`` also prints the error as JSON):
+
+\b
+  0  success (also: --exist-ok / --missing-ok turned "already so" into success)
+  1  internal error            5  already exists
+  2  usage / bad request       6  invalid value (name, size, secret, address ...)
+  3  daemon not running        7  busy (e.g. sessions logged in)
+  4  not found                 8  timed out       9  store or address unavailable
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..control import config as cfgmod
+from ..control.client import Client, default_timeout
+from ..control.protocol import ApiError
+from ..target.names import is_network
+from .output import emit_json, fail, human_size, table
+
+
+class Ctx:
+    def __init__(self, state_dir: Path, timeout: float) -> None:
+        self.state_dir = state_dir
+        self.timeout = timeout
+
+    def client(self) -> Client:
+        return Client(self.state_dir, self.timeout)
+
+
+def _call(op: str, *, as_json: bool = False, ok_codes: tuple[str, ...] = (), **args: Any) -> Any:
+    ctx = click.get_current_context().find_object(Ctx)
+    assert ctx is not None
+    try:
+        return ctx.client().call(op, **{k: v for k, v in args.items() if v is not None})
+    except ApiError as e:
+        if e.code in ok_codes:
+            click.echo(f"{e.message} (nothing to do)", err=True)
+            sys.exit(0)
+        fail(e, as_json=as_json)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")(f)
+
+
+def _changes(result: dict[str, Any], as_json: bool, summary: str) -> None:
+    if as_json:
+        emit_json(result)
+        return
+    for w in result.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
+    click.echo(summary)
+
+
+@click.group(help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=cfgmod.STATE_DIR_ENV,
+    default=cfgmod.DEFAULT_STATE_DIR,
+    show_default=True,
+    help="The daemon's state directory (config, control socket). Env: GLUSTER_ISCSI_STATE_DIR.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait for the daemon on each call (default 10, env GLUSTER_ISCSI_TIMEOUT).",
+)
+@click.version_option(package_name="gluster-iscsi")
+@click.pass_context
+def main(ctx: click.Context, state_dir: Path, timeout: float | None) -> None:
+    ctx.obj = Ctx(state_dir, timeout if timeout is not None else default_timeout())
+
+
+# ------------------------------------------------------------------------------ status
+
+
+@main.command()
+@json_option
+def status(as_json: bool) -> None:
+    """Is the daemon running? Version, counts, portals."""
+    info = _call("sys.show", as_json=as_json)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(
+        f"gluster-iscsi {info['version']} running (pid {info['pid']}) at {info['state_dir']}"
+    )
+    click.echo(f"{info['targets']} target(s), {info['luns']} LUN(s), {info['sessions']} session(s)")
+    for p in info["portals"]:
+        click.echo(
+            f"portal {p['host']}:{p['port']}"
+            + (f" advertised as {p['advertise']}" if p.get("advertise") else "")
+        )
+
+
+# ------------------------------------------------------------------------------ target
+
+
+@main.group()
+def target() -> None:
+    """Targets: create, delete, list, show."""
+
+
+@target.command("create")
+@click.argument("name")
+@click.option("--tid", type=click.IntRange(1), help="Target id (default: the next free one).")
+@click.option("--alias", help="A human-readable TargetAlias.")
+@click.option("--force", is_flag=True, help="Accept a name that breaks the iqn./eui./naa. rules.")
+@click.option("--exist-ok", is_flag=True, help="Succeed if the target already exists.")
+@json_option
+def target_create(
+    name: str, tid: int | None, alias: str | None, force: bool, exist_ok: bool, as_json: bool
+) -> None:
+    """Create target NAME (e.g. iqn.2026-11.com.example:storage.disk1)."""
+    res = _call(
+        "target.create", as_json=as_json, ok_codes=("exists",) if exist_ok else (),
+        name=name, tid=tid, alias=alias, force=force or None,
+    )  # fmt: skip
+    _changes(res, as_json, f"created target {res['name']} (tid {res['tid']})")
+
+
+@target.command("delete")
+@click.argument("target")
+@click.option("--force", is_flag=True, help="Close its sessions if any are logged in.")
+@click.option("--missing-ok", is_flag=True, help="Succeed if there is no such target.")
+@json_option
+def target_delete(target: str, force: bool, missing_ok: bool, as_json: bool) -> None:
+    """Delete TARGET (name or tid) and its LUN mappings (backing files are kept)."""
+    res = _call(
+        "target.delete", as_json=as_json, ok_codes=("not_found",) if missing_ok else (),
+        target=target, force=force or None,
+    )  # fmt: skip
+    _changes(res, as_json, f"deleted target {res['name']} (tid {res['tid']})")
+
+
+@target.command("list")
+@json_option
+def target_list(as_json: bool) -> None:
+    """All targets, one line each."""
+    rows = _call("target.list", as_json=as_json)
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(
+        table(
+            ["TID", "NAME", "LUNS", "SIZE", "ACL", "CHAP", "SESSIONS"],
+            [
+                [
+                    r["tid"],
+                    r["name"],
+                    r["luns"],
+                    human_size(r["size"]),
+                    ",".join(r["acl"]) or "(closed)",
+                    "yes" if r["chap"] else "no",
+                    r["sessions"],
+                ]
+                for r in rows
+            ],
+        )  # fmt: skip
+    )
+
+
+@target.command("show")
+@click.argument("target")
+@click.option("--show-secrets", is_flag=True, help="Include CHAP secrets.")
+@json_option
+def target_show(target: str, show_secrets: bool, as_json: bool) -> None:
+    """Everything about one TARGET: LUNs, ACL, CHAP, parameters, sessions."""
+    t = _call("target.show", as_json=as_json, target=target, show_secrets=show_secrets or None)
+    if as_json:
+        emit_json(t)
+        return
+    click.echo(f"Target {t['tid']}: {t['name']}" + (f" (alias {t['alias']})" if t["alias"] else ""))
+    click.echo("  LUNs:")
+    if t["luns"]:
+        click.echo(_indent(table(
+            ["LUN", "SIZE", "TYPE", "BACKING", "RO", "BLOCK", "SERIAL", "ONLINE"],
+            [[x["lun"], human_size(x["size"]), x["bstype"], x["backing"], "yes" if x["read_only"] else "no",
+              x["block_size"], x["serial"], "yes" if x["online"] else "NO"] for x in t["luns"]],
+        ), 4))  # fmt: skip
+    else:
+        click.echo("    (none)")
+    click.echo("  ACL:")
+    for r in t["acl"] or [{"network": "(none: nobody may log in; add a rule with 'acl add')"}]:
+        extra = f" (CHAP {', '.join(r['incoming'])})" if r.get("incoming") else ""
+        click.echo(f"    {r.get('initiator') or r['network']}{extra}")
+    secrets = t.get("secrets", {})
+
+    def acct(u: str) -> str:
+        return f"{u} (secret {secrets[u]})" if u in secrets else u
+
+    click.echo("  CHAP: " + (
+        ("incoming " + ", ".join(acct(u) for u in t["incoming"])) if t["incoming"] else "none"
+    ) + (f"; outgoing {acct(t['outgoing'])}" if t["outgoing"] else ""))  # fmt: skip
+    if t["params"]:
+        click.echo("  Parameters: " + ", ".join(f"{k}={v}" for k, v in t["params"].items()))
+    click.echo(f"  Sessions: {len(t['sessions'])}")
+    for s in t["sessions"]:
+        click.echo(f"    TSIH {s['tsih']} {s['initiator_name']} from {s['initiator_address']}")
+
+
+def _indent(text: str, n: int) -> str:
+    return "\n".join(" " * n + line for line in text.splitlines())
+
+
+@target.command("set")
+@click.argument("target")
+@click.option("--alias")
+@click.option("--no-alias", is_flag=True)
+@json_option
+def target_set(target: str, alias: str | None, no_alias: bool, as_json: bool) -> None:
+    """Change TARGET's alias."""
+    res = _call(
+        "target.update", as_json=as_json, target=target, alias=alias, clear_alias=no_alias or None
+    )
+    _changes(res, as_json, "\n".join(res["changes"]) or "no change")
+
+
+# ------------------------------------------------------------------------------ lun
+
+
+@main.group()
+def lun() -> None:
+    """Logical units: create, delete, list, resize."""
+
+
+@lun.command("create")
+@click.argument("target")
+@click.argument("backing")
+@click.option(
+    "--lun",
+    "lun_id",
+    type=click.IntRange(0, cfgmod.MAX_LUN),
+    help="LUN number (default: next free from 1).",
+)
+@click.option(
+    "--bstype", type=click.Choice(cfgmod.BSTYPES), help="Backing store type (guessed from BACKING)."
+)
+@click.option("--size", help="Create/grow the backing file to this size (10GiB, 500M, ...).")
+@click.option(
+    "--prealloc",
+    type=click.Choice(["sparse", "falloc", "full"]),
+    default="sparse",
+    show_default=True,
+)
+@click.option("--read-only", is_flag=True)
+@click.option(
+    "--block-size",
+    type=click.Choice(["512", "1024", "2048", "4096"]),
+    default="512",
+    show_default=True,
+)
+@click.option("--uuid", help="LUN identity (WWID); give the same on every gateway exporting it.")
+@click.option("--serial", help="SCSI unit serial number (default: from the UUID).")
+@click.option("--exist-ok", is_flag=True, help="Succeed if the LUN already exists.")
+@json_option
+def lun_create(target: str, backing: str, lun_id: int | None, bstype: str | None, size: str | None,
+               prealloc: str, read_only: bool, block_size: str, uuid: str | None, serial: str | None,
+               exist_ok: bool, as_json: bool) -> None:  # fmt: skip
+    """Export BACKING as a new LUN of TARGET.
+
+    BACKING is a file or block device path, memory:SIZE, gluster://host/volume/path or
+    tgt's volume@host:path.
+    """
+    res = _call(
+        "lun.create", as_json=as_json, ok_codes=("exists",) if exist_ok else (),
+        target=target, backing=backing, lun=lun_id, bstype=bstype, size=size,
+        create=True if size and not backing.startswith("memory") else None,
+        prealloc=prealloc, read_only=read_only or None, block_size=int(block_size),
+        uuid=uuid, serial=serial,
+    )  # fmt: skip
+    _changes(res, as_json, f"created LUN {res['lun']} of {res['target']}")
+
+
+@lun.command("delete")
+@click.argument("target")
+@click.argument("lun_id", metavar="LUN", type=int)
+@click.option("--missing-ok", is_flag=True)
+@json_option
+def lun_delete(target: str, lun_id: int, missing_ok: bool, as_json: bool) -> None:
+    """Remove LUN from TARGET (the backing file is kept)."""
+    res = _call("lun.delete", as_json=as_json, ok_codes=("not_found",) if missing_ok else (),
+                target=target, lun=lun_id)  # fmt: skip
+    _changes(res, as_json, f"deleted LUN {res['lun']} of {res['target']}")
+
+
+@lun.command("list")
+@click.argument("target", required=False)
+@json_option
+def lun_list(target: str | None, as_json: bool) -> None:
+    """LUNs of TARGET (or of every target)."""
+    rows = _call("lun.list", as_json=as_json, target=target)
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(table(
+        ["TID", "TARGET", "LUN", "SIZE", "TYPE", "BACKING", "RO", "ONLINE"],
+        [[r["tid"], r["target"], r["lun"], human_size(r["size"]), r["bstype"], r["backing"],
+          "yes" if r["read_only"] else "no", "yes" if r["online"] else "NO"] for r in rows],
+    ))  # fmt: skip
+
+
+@lun.command("resize")
+@click.argument("target")
+@click.argument("lun_id", metavar="LUN", type=int)
+@click.argument("size")
+@json_option
+def lun_resize(target: str, lun_id: int, size: str, as_json: bool) -> None:
+    """Grow LUN of TARGET online to SIZE (initiators get a capacity-changed notice)."""
+    res = _call("lun.resize", as_json=as_json, target=target, lun=lun_id, size=size)
+    _changes(res, as_json, f"LUN {res['lun']} of {res['target']} is now {human_size(res['size'])}")
+
+
+# ------------------------------------------------------------------------------ acl
+
+
+@main.group()
+def acl() -> None:
+    """Which initiators may log in to a target (by name, address, CIDR or ALL)."""
+
+
+def _rule_args(rule: str) -> dict[str, str]:
+    return {"network": rule} if is_network(rule) else {"initiator": rule}
+
+
+@acl.command("add")
+@click.argument("target")
+@click.argument("rule")
+@click.option("--force", is_flag=True, help="Accept an initiator name that breaks the rules.")
+@click.option("--exist-ok", is_flag=True)
+@json_option
+def acl_add(target: str, rule: str, force: bool, exist_ok: bool, as_json: bool) -> None:
+    """Allow RULE (an initiator IQN, an address, a CIDR network or ALL) to log in to TARGET."""
+    res = _call("acl.add", as_json=as_json, ok_codes=("exists",) if exist_ok else (),
+                target=target, force=force or None, **_rule_args(rule))  # fmt: skip
+    _changes(res, as_json, f"{res['target']}: allowed {rule}")
+
+
+@acl.command("remove")
+@click.argument("target")
+@click.argument("rule")
+@click.option("--missing-ok", is_flag=True)
+@json_option
+def acl_remove(target: str, rule: str, missing_ok: bool, as_json: bool) -> None:
+    """Remove RULE from TARGET's ACL (sessions already logged in stay)."""
+    res = _call("acl.remove", as_json=as_json, ok_codes=("not_found",) if missing_ok else (),
+                target=target, **_rule_args(rule))  # fmt: skip
+    _changes(res, as_json, f"{res['target']}: removed {rule}")
+
+
+@acl.command("list")
+@click.argument("target")
+@json_option
+def acl_list(target: str, as_json: bool) -> None:
+    rules = _call("acl.list", as_json=as_json, target=target)
+    if as_json:
+        emit_json(rules)
+        return
+    click.echo(table(["RULE", "KIND", "CHAP"], [
+        [r.get("initiator") or r["network"], "initiator" if "initiator" in r else "address",
+         ", ".join(r.get("incoming", [])) or "-"] for r in rules
+    ]))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ auth
+
+
+@main.group()
+def auth() -> None:
+    """CHAP accounts, and who must use them (a target, one initiator of it, or discovery)."""
+
+
+def _read_secret(secret: str | None, secret_file: Path | None) -> str:
+    if secret_file is not None:
+        return secret_file.read_text().strip("\n")
+    if secret is not None:
+        return secret
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("CHAP secret (12+ bytes): ")
+    if getpass.getpass("again: ") != first:
+        raise click.UsageError("the two secrets differ")
+    return first
+
+
+@auth.command("account-add")
+@click.argument("user")
+@click.option("--secret", help="The secret (visible in ps; prefer --secret-file or stdin).")
+@click.option("--secret-file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def auth_account_add(
+    user: str, secret: str | None, secret_file: Path | None, as_json: bool
+) -> None:
+    """Create CHAP account USER (secret from --secret-file, stdin, or a prompt)."""
+    res = _call(
+        "auth.account.add", as_json=as_json, user=user, secret=_read_secret(secret, secret_file)
+    )
+    _changes(res, as_json, f"created CHAP account {res['user']}")
+
+
+@auth.command("account-delete")
+@click.argument("user")
+@json_option
+def auth_account_delete(user: str, as_json: bool) -> None:
+    """Delete CHAP account USER (and unbind it everywhere)."""
+    res = _call("auth.account.delete", as_json=as_json, user=user)
+    _changes(res, as_json, f"deleted CHAP account {res['user']}")
+
+
+@auth.command("account-list")
+@click.option("--show-secrets", is_flag=True)
+@json_option
+def auth_account_list(show_secrets: bool, as_json: bool) -> None:
+    rows = _call("auth.account.list", as_json=as_json, show_secrets=show_secrets or None)
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(table(["USER", "SECRET", "USED BY"], [
+        [r["user"], r["secret"], ", ".join(r["used_by"]) or "-"] for r in rows
+    ]))  # fmt: skip
+
+
+def _bind_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--outgoing", is_flag=True, help="The account the target answers with (mutual CHAP)."
+    )(f)
+    f = click.option("--discovery", is_flag=True, help="For discovery (SendTargets) sessions.")(f)
+    f = click.option("--initiator", help="Only for this initiator of the target.")(f)
+    f = click.option("--target", "target_ref", help="Target name or tid.")(f)
+    return f
+
+
+@auth.command("bind")
+@click.argument("user")
+@_bind_options
+@json_option
+def auth_bind(
+    user: str,
+    target_ref: str | None,
+    initiator: str | None,
+    discovery: bool,
+    outgoing: bool,
+    as_json: bool,
+) -> None:
+    """Require CHAP account USER on --target (optionally --initiator) or --discovery."""
+    if not discovery and not target_ref:
+        raise click.UsageError("give --target TARGET or --discovery")
+    res = _call("auth.bind", as_json=as_json, user=user, target=target_ref, initiator=initiator,
+                discovery=discovery or None, outgoing=outgoing or None)  # fmt: skip
+    _changes(res, as_json, f"{res['bound']}: {'answers as' if outgoing else 'accepts'} {user}")
+
+
+@auth.command("unbind")
+@click.argument("user")
+@_bind_options
+@json_option
+def auth_unbind(
+    user: str,
+    target_ref: str | None,
+    initiator: str | None,
+    discovery: bool,
+    outgoing: bool,
+    as_json: bool,
+) -> None:
+    """Stop using CHAP account USER on --target/--initiator/--discovery."""
+    if not discovery and not target_ref:
+        raise click.UsageError("give --target TARGET or --discovery")
+    res = _call("auth.unbind", as_json=as_json, user=user, target=target_ref, initiator=initiator,
+                discovery=discovery or None, outgoing=outgoing or None)  # fmt: skip
+    _changes(res, as_json, f"{res['unbound']}: no longer uses {user}")
+
+
+@auth.command("show")
+@click.option("--show-secrets", is_flag=True)
+@json_option
+def auth_show(show_secrets: bool, as_json: bool) -> None:
+    """Accounts and where each is required."""
+    res = _call("auth.show", as_json=as_json, show_secrets=show_secrets or None)
+    if as_json:
+        emit_json(res)
+        return
+    click.echo(table(["USER", "SECRET"], sorted(res["accounts"].items())))
+    d = res["discovery"]
+    click.echo(f"\ndiscovery: incoming {', '.join(d['incoming']) or 'none (open)'}"
+               + (f", outgoing {d['outgoing']}" if d["outgoing"] else ""))  # fmt: skip
+    for t in res["targets"]:
+        click.echo(f"{t['name']}: incoming {', '.join(t['incoming']) or 'none'}"
+                   + (f", outgoing {t['outgoing']}" if t["outgoing"] else ""))  # fmt: skip
+        for r in t["initiators"]:
+            click.echo(f"    {r['initiator']}: incoming {', '.join(r['incoming'])}"
+                       + (f", outgoing {r['outgoing']}" if r["outgoing"] else ""))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ portal
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else 3260
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port)
+    return text, 3260
+
+
+@main.group()
+def portal() -> None:
+    """Listening addresses (and what SendTargets advertises for them)."""
+
+
+@portal.command("add")
+@click.argument("address", metavar="HOST[:PORT]")
+@click.option("--advertise", help="host[:port] SendTargets reports (NAT, guests).")
+@click.option("--exist-ok", is_flag=True)
+@json_option
+def portal_add(address: str, advertise: str | None, exist_ok: bool, as_json: bool) -> None:
+    host, port = _hostport(address)
+    res = _call("portal.add", as_json=as_json, ok_codes=("exists",) if exist_ok else (),
+                host=host, port=port, advertise=advertise)  # fmt: skip
+    _changes(res, as_json, f"listening on {address}")
+
+
+@portal.command("delete")
+@click.argument("address", metavar="HOST[:PORT]")
+@click.option("--missing-ok", is_flag=True)
+@json_option
+def portal_delete(address: str, missing_ok: bool, as_json: bool) -> None:
+    host, port = _hostport(address)
+    res = _call("portal.delete", as_json=as_json, ok_codes=("not_found",) if missing_ok else (),
+                host=host, port=port)  # fmt: skip
+    _changes(res, as_json, f"closed portal {address}")
+
+
+@portal.command("list")
+@json_option
+def portal_list(as_json: bool) -> None:
+    rows = _call("portal.list", as_json=as_json)
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(table(["HOST", "PORT", "ADVERTISE", "LISTENING"], [
+        [r["host"], r["port"], r["advertise"] or "-", "yes" if r["listening"] else "NO"] for r in rows
+    ]))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ session
+
+
+@main.group()
+def session() -> None:
+    """Who is logged in where; close a session."""
+
+
+@session.command("list")
+@click.argument("target", required=False)
+@json_option
+def session_list(target: str | None, as_json: bool) -> None:
+    rows = _call("session.list", as_json=as_json, target=target)
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(table(["TSIH", "ISID", "INITIATOR", "ADDRESS", "TARGET", "PORTAL", "CONNS", "IN FLIGHT"], [
+        [s["tsih"], s["isid"], s["initiator_name"], s["initiator_address"], s.get("target") or "(discovery)",
+         s.get("portal"), len(s.get("connections", [])), s.get("commands_in_flight", 0)] for s in rows
+    ]))  # fmt: skip
+
+
+@session.command("show")
+@click.argument("tsih", type=int)
+@json_option
+def session_show(tsih: int, as_json: bool) -> None:
+    """One session with its negotiated parameters and connections."""
+    rows = _call("session.list", as_json=as_json)
+    s = next((x for x in rows if x["tsih"] == tsih), None)
+    if s is None:
+        fail(
+            ApiError(
+                "not_found",
+                f"no session with TSIH {tsih}",
+                hint="'gluster-iscsi session list' shows the sessions",
+            ),
+            as_json=as_json,
+        )
+    assert s is not None
+    if as_json:
+        emit_json(s)
+        return
+    for k in (
+        "tsih",
+        "isid",
+        "initiator_name",
+        "initiator_address",
+        "target",
+        "portal",
+        "commands_in_flight",
+    ):
+        click.echo(f"{k}: {s.get(k)}")
+    click.echo("negotiated:")
+    for k, v in sorted((s.get("params") or {}).items()):
+        click.echo(f"    {k}={v}")
+    for c in s.get("connections", []):
+        click.echo("connection: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+
+
+@session.command("close")
+@click.argument("tsih", type=int)
+@json_option
+def session_close(tsih: int, as_json: bool) -> None:
+    """Close the session with TSIH (its connections are dropped; the initiator may log in again)."""
+    res = _call("session.close", as_json=as_json, tsih=tsih)
+    _changes(res, as_json, f"closed session {tsih}")
+
+
+# ------------------------------------------------------------------------------ param
+
+
+@main.group()
+def param() -> None:
+    """iSCSI login parameters the target offers (daemon-wide or per target)."""
+
+
+@param.command("list")
+@click.option("--target", "target_ref")
+@json_option
+def param_list(target_ref: str | None, as_json: bool) -> None:
+    res = _call("param.list", as_json=as_json, target=target_ref)
+    if as_json:
+        emit_json(res)
+        return
+    click.echo(table(["NAME", "VALUE", "SET"], [
+        [k, v, "yes" if k in res["configured"] else "default"] for k, v in sorted(res["params"].items())
+    ]))  # fmt: skip
+
+
+@param.command("set")
+@click.argument("name")
+@click.argument("value")
+@click.option("--target", "target_ref")
+@json_option
+def param_set(name: str, value: str, target_ref: str | None, as_json: bool) -> None:
+    """Offer VALUE for login key NAME (new sessions only)."""
+    res = _call("param.set", as_json=as_json, name=name, value=value, target=target_ref)
+    _changes(res, as_json, f"{res['name']}={res['value']}")
+
+
+@param.command("unset")
+@click.argument("name")
+@click.option("--target", "target_ref")
+@json_option
+def param_unset(name: str, target_ref: str | None, as_json: bool) -> None:
+    res = _call("param.unset", as_json=as_json, name=name, target=target_ref)
+    _changes(res, as_json, f"{res['name']} back to its default")
+
+
+# ------------------------------------------------------------------------------ config
+
+
+@main.group("config")
+def config_group() -> None:
+    """The declarative config: export, apply, reload, validate."""
+
+
+@config_group.command("export")
+@click.option("--show-secrets", is_flag=True, help="Include CHAP secrets (else masked).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
+def config_export(show_secrets: bool, output: Path | None) -> None:
+    """Print the running config as JSON (apply it elsewhere with 'config apply')."""
+    cfg = _call("config.export", show_secrets=show_secrets or None)
+    text = cfgmod.dumps(cfg)
+    if output:
+        output.write_text(text)
+        if show_secrets:
+            output.chmod(0o600)
+    else:
+        click.echo(text, nl=False)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text() if str(path) != "-" else sys.stdin.read())
+    except (OSError, ValueError) as e:
+        fail(
+            ApiError(
+                "invalid", f"cannot read {path}: {e}", hint="give a JSON file from 'config export'"
+            )
+        )
+    raise AssertionError
+
+
+@config_group.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@json_option
+def config_apply(file: Path, dry_run: bool, as_json: bool) -> None:
+    """Make the running daemon match FILE (idempotent: a second run changes nothing)."""
+    res = _call(
+        "config.apply", as_json=as_json, config=_read_config_file(file), dry_run=dry_run or None
+    )
+    _print_changes(res, as_json, dry_run)
+
+
+def _print_changes(res: dict[str, Any], as_json: bool, dry_run: bool) -> None:
+    if as_json:
+        emit_json(res)
+        return
+    if not res["changes"]:
+        click.echo("no changes: the daemon already matches")
+    for line in res["changes"]:
+        click.echo(("would: " if dry_run else "") + line)
+
+
+@config_group.command("reload")
+@click.option("--dry-run", is_flag=True)
+@json_option
+def config_reload(dry_run: bool, as_json: bool) -> None:
+    """Re-read the saved config file and apply only what changed (like SIGHUP)."""
+    res = _call("config.reload", as_json=as_json, dry_run=dry_run or None)
+    _print_changes(res, as_json, dry_run)
+
+
+@config_group.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def config_validate(file: Path) -> None:
+    """Check FILE offline (no daemon needed)."""
+    try:
+        cfgmod.validate(_read_config_file(file))
+    except cfgmod.ConfigError as e:
+        fail(ApiError("invalid", str(e), field=e.field))
+    click.echo(f"{file}: valid")
+
+
+@config_group.command("path")
+def config_path() -> None:
+    """Where the config file and control socket of --state-dir are."""
+    ctx = click.get_current_context().find_object(Ctx)
+    assert ctx is not None
+    click.echo(cfgmod.config_path(ctx.state_dir))
+    click.echo(cfgmod.socket_path(ctx.state_dir))
+
+
+# ------------------------------------------------------------------------------ plug-ins
+
+
+def _register() -> None:
+    from .tgtadm import tgtadm
+
+    main.add_command(tgtadm)
+    try:
+        from .serve import serve  # the lead's daemon command
+    except ImportError:  # pragma: no cover - until cli/serve.py lands
+        return
+    main.add_command(serve)
+
+
+_register()
+
+__all__ = ["main"]

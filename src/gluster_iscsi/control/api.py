@@ -1,0 +1,911 @@
+"""The control API: a versioned JSON protocol on a Unix socket (mode 0600) in the state dir.
+
+Every mutating operation follows one path (:meth:`ControlServer._mutate`): take a copy of
+the applied config, edit it, validate the whole document, let ``reconcile.apply`` change
+only the difference in the running daemon, then save the config atomically. So the file on
+disk is always what runs, a bad request changes nothing, and a reload, a ``config apply``
+and a single ``lun create`` are the same mechanism.
+
+Operations are plain methods named ``op_<area>_<verb>`` (``target.create`` ->
+``op_target_create``), so the op table is the class itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..target.names import InvalidName, is_network, validate_name
+from . import config as cfgmod
+from . import reconcile
+from .protocol import API_VERSION, MAX_LINE, ApiError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OP_TIMEOUT = 120.0
+IDLE_TIMEOUT = 60.0
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gluster-iscsi")
+    except Exception:  # pragma: no cover - not installed
+        return "unknown"
+
+
+class ControlServer:
+    def __init__(self, daemon: Any, *, op_timeout: float = DEFAULT_OP_TIMEOUT) -> None:
+        self.daemon = daemon
+        self.state_dir = Path(daemon.state_dir)
+        self.op_timeout = op_timeout
+        self._server: asyncio.AbstractServer | None = None
+        self._path: Path | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, socket_path: str | os.PathLike[str] | None = None) -> None:
+        path = Path(socket_path) if socket_path else cfgmod.socket_path(self.state_dir)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.exists() or path.is_symlink():
+            if _alive(path):
+                raise RuntimeError(
+                    f"another gluster-iscsi daemon is already running at {path.parent}"
+                    f" (its control socket {path} answers)"
+                )
+            path.unlink()
+        # Bind with a restrictive umask so the socket is never briefly world-connectable;
+        # restore it on every path (rtslib's bug was not doing so).
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._handle, path=str(path), limit=MAX_LINE
+            )
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self._path = path
+        log.info("control API listening on %s", path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for t in list(self._tasks):
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            self._server = None
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+            self._path = None
+
+    # ------------------------------------------------------------------ transport
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
+                except (TimeoutError, ValueError, ConnectionError):
+                    break
+                if not line:
+                    break
+                reply = await self.handle_line(line)
+                writer.write(json.dumps(reply).encode() + b"\n")
+                try:
+                    await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)
+                except (TimeoutError, ConnectionError):
+                    break
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def handle_line(self, line: bytes) -> dict[str, Any]:
+        req_id = None
+        try:
+            try:
+                req = json.loads(line)
+            except ValueError:
+                raise ApiError("bad_request", "the request is not valid JSON") from None
+            if not isinstance(req, dict):
+                raise ApiError("bad_request", "the request must be a JSON object")
+            req_id = req.get("id")
+            if req.get("v", API_VERSION) != API_VERSION:
+                raise ApiError(
+                    "unsupported_version",
+                    f"API version {req.get('v')!r} is not supported; this daemon speaks"
+                    f" {API_VERSION}",
+                    hint="use a CLI of the same gluster-iscsi version as the daemon",
+                )
+            result = await self.call(str(req.get("op", "")), req.get("args") or {})
+            return {"v": API_VERSION, "id": req_id, "ok": True, "result": result}
+        except ApiError as e:
+            return {"v": API_VERSION, "id": req_id, "ok": False, "error": e.to_json()}
+
+    async def call(self, op: str, args: dict[str, Any]) -> Any:
+        """Run one operation by name (also used in-process by tests and the daemon)."""
+        fn: Callable[..., Any] | None = getattr(self, "op_" + op.replace(".", "_"), None)
+        if fn is None or not op or op.startswith("_"):
+            raise ApiError("bad_request", f"unknown operation {op!r}", hint="see 'ops'")
+        if not isinstance(args, dict):
+            raise ApiError("bad_request", "args must be an object")
+        # The work is shielded: a timed-out caller gets an answer, the change still finishes
+        # (cancelling a half-applied change would be worse than finishing it).
+        work = asyncio.ensure_future(self._invoke(fn, args))
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), self.op_timeout)
+        except TimeoutError:
+            raise ApiError(
+                "timeout",
+                f"{op} did not finish within {self.op_timeout:g}s; it goes on in the background",
+                hint="check 'gluster-iscsi config export' in a moment",
+            ) from None
+
+    async def _invoke(self, fn: Callable[..., Any], args: dict[str, Any]) -> Any:
+        try:
+            res = fn(**args)
+            if asyncio.iscoroutine(res):
+                res = await res
+            return res
+        except ApiError:
+            raise
+        except TypeError as e:
+            raise ApiError("bad_request", f"bad arguments: {e}") from None
+        except cfgmod.ConfigError as e:
+            raise ApiError("invalid", str(e), field=e.field) from None
+        except reconcile.ReconcileError as e:
+            raise ApiError("unavailable", e.message, hint=e.hint, field=e.field) from None
+        except Exception as e:
+            log.exception("control op failed")
+            raise ApiError("internal", f"internal error: {e!r}") from None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _cfg(self) -> dict[str, Any]:
+        return reconcile.current(self.daemon)
+
+    async def _mutate(
+        self, edit: Callable[[dict[str, Any]], Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        async with reconcile.lock(self.daemon):
+            before = reconcile.current(self.daemon)
+            cfg = reconcile.current(self.daemon)
+            result = edit(cfg)
+            if asyncio.iscoroutine(result):
+                result = await result
+            cfg = cfgmod.validate(cfg)
+            try:
+                changes = await reconcile.apply(self.daemon, cfg, dry_run=dry_run)
+            finally:
+                if not dry_run:
+                    self._save_if_changed(before)
+            return {"result": result, "changes": changes}
+
+    def _save_if_changed(self, before: dict[str, Any]) -> None:
+        now = reconcile.current(self.daemon)
+        if cfgmod.same_ignoring_epoch(now, before) and cfgmod.config_path(self.state_dir).exists():
+            return
+        now["epoch"] = before.get("epoch", 0) + 1
+        cfgmod.save(self.state_dir, now)
+        # keep the applied copy's epoch in step with the file
+        reconcile._state(self.daemon).cfg["epoch"] = now["epoch"]
+
+    def _target(self, cfg: dict[str, Any], ref: Any) -> dict[str, Any]:
+        if ref is None or ref == "":
+            raise ApiError("bad_request", "which target? give its name or tid", kind="target")
+        t = cfgmod.find_target(cfg, ref)
+        if t is None:
+            raise ApiError(
+                "not_found",
+                f"target {ref} does not exist",
+                kind="target",
+                hint="'gluster-iscsi target list' shows the targets",
+            )
+        return t
+
+    def _sessions(self, target_name: str | None = None) -> list[dict[str, Any]]:
+        fn = getattr(self.daemon, "sessions", None)
+        sessions = list(fn()) if fn else []
+        if target_name is not None:
+            sessions = [
+                s for s in sessions if str(s.get("target", "")).lower() == target_name.lower()
+            ]
+        return sessions
+
+    def _lun_view(self, t: dict[str, Any], lu: dict[str, Any]) -> dict[str, Any]:
+        out = dict(lu)
+        lu_obj = reconcile.logical_unit(self.daemon, t["name"], lu["lun"])
+        out["online"] = lu_obj is not None
+        if lu_obj is not None:
+            with contextlib.suppress(Exception):
+                out["size"] = lu_obj.store.size
+            naa = getattr(lu_obj, "naa", None)
+            if isinstance(naa, bytes | bytearray):
+                out["naa"] = naa.hex()
+        return out
+
+    def _target_view(self, cfg: dict[str, Any], t: dict[str, Any], secrets: bool) -> dict[str, Any]:
+        sessions = self._sessions(t["name"])
+        view = {
+            "name": t["name"],
+            "tid": t["tid"],
+            "alias": t["alias"],
+            "luns": [self._lun_view(t, lu) for lu in t["luns"]],
+            "acl": t["acl"],
+            "incoming": t["incoming"],
+            "outgoing": t["outgoing"],
+            "params": t["params"],
+            "effective_params": {**getattr(self.daemon, "params", {}), **t["params"]},
+            "sessions": sessions,
+        }
+        if secrets:
+            view["secrets"] = {u: cfg["accounts"][u] for u in reconcile._users(t)}
+        return view
+
+    # ------------------------------------------------------------------ ops: general
+
+    def op_ping(self) -> dict[str, Any]:
+        return {
+            "api": API_VERSION,
+            "version": _version(),
+            "state_dir": str(self.state_dir),
+            "pid": os.getpid(),
+            "time": time.time(),
+        }
+
+    def op_ops(self) -> list[str]:
+        return sorted(n[3:].replace("_", ".") for n in dir(self) if n.startswith("op_"))
+
+    def op_sys_show(self) -> dict[str, Any]:
+        cfg = self._cfg()
+        portals = getattr(self.daemon, "portals", None)
+        return {
+            **self.op_ping(),
+            "targets": len(cfg["targets"]),
+            "luns": sum(len(t["luns"]) for t in cfg["targets"]),
+            "sessions": len(self._sessions()),
+            "portals": [
+                {"host": p.host, "port": p.port, "advertise": p.advertise} for p in portals()
+            ]
+            if portals
+            else cfg["portals"],
+            "params": dict(getattr(self.daemon, "params", {})),
+            "epoch": cfg["epoch"],
+        }
+
+    # ------------------------------------------------------------------ ops: targets
+
+    def op_target_list(self) -> list[dict[str, Any]]:
+        cfg = self._cfg()
+        return [
+            {
+                "name": t["name"],
+                "tid": t["tid"],
+                "alias": t["alias"],
+                "luns": len(t["luns"]),
+                "size": sum(lu["size"] or 0 for lu in (self._lun_view(t, x) for x in t["luns"])),
+                "acl": [r.get("initiator") or r["network"] for r in t["acl"]],
+                "chap": bool(t["incoming"]),
+                "sessions": len(self._sessions(t["name"])),
+            }
+            for t in cfg["targets"]
+        ]
+
+    def op_target_show(self, target: Any, show_secrets: bool = False) -> dict[str, Any]:
+        cfg = self._cfg()
+        return self._target_view(cfg, self._target(cfg, target), show_secrets)
+
+    async def op_target_create(
+        self,
+        name: str,
+        tid: int | None = None,
+        alias: str | None = None,
+        force: bool = False,
+        lenient: bool = False,
+    ) -> dict[str, Any]:
+        """``lenient``: tgt's rule (any name; warnings say what is wrong with it)."""
+        try:
+            warnings = validate_name(name, force=force or lenient)
+        except InvalidName as e:
+            raise ApiError(
+                "invalid",
+                str(e),
+                kind="name",
+                hint="fix the name (iqn.YYYY-MM.reversed.domain:id), or pass --force to keep it",
+            ) from None
+
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            if cfgmod.find_target(cfg, name) is not None and not name.isdigit():
+                raise ApiError(
+                    "exists", f"target {name} already exists", kind="target",
+                    hint="delete it first, or pick another name",
+                )  # fmt: skip
+            if tid is not None:
+                if isinstance(tid, bool) or not isinstance(tid, int) or tid < 1:
+                    raise ApiError("invalid", f"tid {tid!r} must be a number >= 1", kind="tid")
+                if any(t["tid"] == tid for t in cfg["targets"]):
+                    raise ApiError(
+                        "exists", f"tid {tid} is already used", kind="target",
+                        hint="pick another --tid or leave it out to get the next free one",
+                    )  # fmt: skip
+            new = {
+                "name": name,
+                "tid": tid if tid is not None else cfgmod.next_tid(cfg),
+                "alias": alias,
+                "luns": [],
+                "acl": [],
+                "incoming": [],
+                "outgoing": None,
+                "params": {},
+            }
+            if warnings:
+                new["forced"] = True
+            cfg["targets"].append(new)
+            return {"name": name, "tid": new["tid"]}
+
+        out = await self._mutate(edit)
+        for w in warnings:
+            log.warning("target name %s", w)
+        return {**out["result"], "warnings": warnings, "changes": out["changes"]}
+
+    async def op_target_delete(self, target: Any, force: bool = False) -> dict[str, Any]:
+        cfg = self._cfg()
+        t = self._target(cfg, target)
+        sessions = self._sessions(t["name"])
+        if sessions and not force:
+            raise ApiError(
+                "busy",
+                f"target {t['name']} has {len(sessions)} session(s) logged in",
+                kind="target",
+                hint="log them out first, or use --force to close them",
+            )
+
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            cfg["targets"] = [x for x in cfg["targets"] if x["name"] != t["name"]]
+            return {"name": t["name"], "tid": t["tid"]}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    async def op_target_update(
+        self, target: Any, alias: str | None = None, clear_alias: bool = False
+    ) -> dict[str, Any]:
+        def edit(cfg: dict[str, Any]) -> None:
+            t = self._target(cfg, target)
+            if alias is not None or clear_alias:
+                t["alias"] = None if clear_alias else alias
+
+        return await self._mutate(edit)
+
+    # ------------------------------------------------------------------ ops: LUNs
+
+    def op_lun_list(self, target: Any = None) -> list[dict[str, Any]]:
+        cfg = self._cfg()
+        targets = [self._target(cfg, target)] if target is not None else cfg["targets"]
+        return [
+            {"target": t["name"], "tid": t["tid"], **self._lun_view(t, lu)}
+            for t in targets
+            for lu in t["luns"]
+        ]
+
+    async def op_lun_create(
+        self,
+        target: Any,
+        backing: str,
+        lun: int | None = None,
+        bstype: str | None = None,
+        size: Any = None,
+        create: bool = False,
+        prealloc: str = "sparse",
+        read_only: bool = False,
+        block_size: int = 512,
+        uuid: str | None = None,
+        serial: str | None = None,
+    ) -> dict[str, Any]:
+        nbytes = _size(size) if size is not None else None
+        if create:
+            if nbytes is None:
+                raise ApiError("bad_request", "--create needs --size", kind="lun")
+            await self._provision(backing, nbytes, prealloc)
+
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            t = self._target(cfg, target)
+            used = {x["lun"] for x in t["luns"]}
+            n = (
+                lun
+                if lun is not None
+                else next(i for i in range(1, cfgmod.MAX_LUN + 2) if i not in used)
+            )
+            if n in used:
+                raise ApiError(
+                    "exists", f"target {t['name']} already has LUN {n}", kind="lun",
+                    hint="pick another --lun, or delete that one first",
+                )  # fmt: skip
+            entry = cfgmod.new_lun(
+                n, backing, bstype, size=nbytes, read_only=read_only, block_size=block_size,
+                uuid=uuid, serial=serial,
+            )  # fmt: skip
+            t["luns"].append(entry)
+            return {"target": t["name"], "tid": t["tid"], "lun": n}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    async def _provision(self, backing: str, nbytes: int, prealloc: str) -> None:
+        from ..backstore.provision import create_backing
+
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                getattr(self.daemon, "store_executor", None),
+                lambda: create_backing(backing, nbytes, preallocation=prealloc, exist_ok=True),
+            )
+        except OSError as e:
+            raise ApiError(
+                "unavailable", f"cannot create {backing}: {e}", kind="lun",
+                hint="check the directory/volume exists and has space",
+            ) from None  # fmt: skip
+        except ValueError as e:
+            raise ApiError("invalid", f"cannot create {backing}: {e}", kind="lun") from None
+
+    async def op_lun_delete(self, target: Any, lun: int) -> dict[str, Any]:
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            t = self._target(cfg, target)
+            if not any(x["lun"] == lun for x in t["luns"]):
+                raise ApiError(
+                    "not_found", f"target {t['name']} has no LUN {lun}", kind="lun",
+                    hint=f"'gluster-iscsi lun list {t['name']}' shows its LUNs",
+                )  # fmt: skip
+            t["luns"] = [x for x in t["luns"] if x["lun"] != lun]
+            return {"target": t["name"], "lun": lun}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    async def op_lun_resize(self, target: Any, lun: int, size: Any) -> dict[str, Any]:
+        nbytes = _size(size)
+
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            t = self._target(cfg, target)
+            entry = next((x for x in t["luns"] if x["lun"] == lun), None)
+            if entry is None:
+                raise ApiError("not_found", f"target {t['name']} has no LUN {lun}", kind="lun")
+            lu_obj = reconcile.logical_unit(self.daemon, t["name"], lun)
+            current = lu_obj.store.size if lu_obj is not None else (entry["size"] or 0)
+            if nbytes < current:
+                raise ApiError(
+                    "invalid", f"LUN {lun} of {t['name']} is {current} bytes; cannot shrink"
+                    f" to {nbytes}", kind="lun", hint="give a size larger than the current one",
+                )  # fmt: skip
+            entry["size"] = nbytes
+            return {"target": t["name"], "lun": lun, "size": nbytes}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    # ------------------------------------------------------------------ ops: ACLs
+
+    def op_acl_list(self, target: Any) -> list[dict[str, Any]]:
+        cfg = self._cfg()
+        return self._target(cfg, target)["acl"]
+
+    async def op_acl_add(
+        self,
+        target: Any,
+        initiator: str | None = None,
+        network: str | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        rule = _rule(initiator, network, force)
+
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            t = self._target(cfg, target)
+            if any(_rule_key(r) == _rule_key(rule) for r in t["acl"]):
+                raise ApiError(
+                    "exists", f"target {t['name']} already allows {_rule_key(rule)}", kind="acl"
+                )
+            t["acl"].append(rule)
+            return {"target": t["name"], "rule": rule}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    async def op_acl_remove(
+        self, target: Any, initiator: str | None = None, network: str | None = None
+    ) -> dict[str, Any]:
+        key = (initiator or network or "").lower()
+        if key == "all":
+            key = "ALL".lower()
+
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            t = self._target(cfg, target)
+            if not any(_rule_key(r).lower() == key for r in t["acl"]):
+                raise ApiError(
+                    "not_found", f"target {t['name']} has no ACL rule {initiator or network}",
+                    kind="acl", hint=f"'gluster-iscsi acl list {t['name']}' shows its rules",
+                )  # fmt: skip
+            t["acl"] = [r for r in t["acl"] if _rule_key(r).lower() != key]
+            return {"target": t["name"]}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    # ------------------------------------------------------------------ ops: CHAP
+
+    def op_auth_account_list(self, show_secrets: bool = False) -> list[dict[str, Any]]:
+        cfg = self._cfg()
+        out = []
+        for user, secret in cfg["accounts"].items():
+            used = [t["name"] for t in cfg["targets"] if user in reconcile._users(t)]
+            if user in cfg["discovery"]["incoming"] or user == cfg["discovery"]["outgoing"]:
+                used.append("(discovery)")
+            out.append(
+                {
+                    "user": user,
+                    "secret": secret if show_secrets else cfgmod.REDACTED,
+                    "used_by": used,
+                }
+            )
+        return out
+
+    async def op_auth_account_add(self, user: str, secret: str) -> dict[str, Any]:
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            if user in cfg["accounts"]:
+                raise ApiError(
+                    "exists", f"CHAP account {user} already exists", kind="account",
+                    hint="delete it first to change its secret",
+                )  # fmt: skip
+            cfgmod.check_user(user, f"account {user}")
+            cfgmod.check_secret(secret, f"account {user}")
+            cfg["accounts"][user] = secret
+            return {"user": user}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    async def op_auth_account_delete(self, user: str) -> dict[str, Any]:
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            if user not in cfg["accounts"]:
+                raise ApiError("not_found", f"no CHAP account {user}", kind="account")
+            del cfg["accounts"][user]
+            # As tgt: deleting an account unbinds it everywhere.
+            for t in [*cfg["targets"], cfg["discovery"]]:
+                _unbind(t, user)
+            for t in cfg["targets"]:
+                for r in t["acl"]:
+                    _unbind(r, user)
+                    if r.get("outgoing") and not r.get("incoming"):
+                        r["outgoing"] = None
+            return {"user": user}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    async def op_auth_bind(
+        self,
+        user: str,
+        target: Any = None,
+        discovery: bool = False,
+        initiator: str | None = None,
+        outgoing: bool = False,
+    ) -> dict[str, Any]:
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            if user not in cfg["accounts"]:
+                raise ApiError(
+                    "not_found", f"no CHAP account {user}", kind="account",
+                    hint=f"create it first: gluster-iscsi auth account-add {user}",
+                )  # fmt: skip
+            holder, what = self._auth_holder(cfg, target, discovery, initiator)
+            if outgoing:
+                if holder.get("outgoing") == user:
+                    raise ApiError("exists", f"{what} already answers as {user}", kind="account")
+                if holder.get("outgoing"):
+                    raise ApiError(
+                        "exists", f"{what} already has an outgoing account {holder['outgoing']}",
+                        kind="outgoing", hint="unbind it first",
+                    )  # fmt: skip
+                holder["outgoing"] = user
+            else:
+                holder.setdefault("incoming", [])
+                if user in holder["incoming"]:
+                    raise ApiError("exists", f"{what} already accepts {user}", kind="account")
+                holder["incoming"].append(user)
+                holder.setdefault("outgoing", None)
+            return {"bound": what, "user": user, "outgoing": outgoing}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    async def op_auth_unbind(
+        self,
+        user: str,
+        target: Any = None,
+        discovery: bool = False,
+        initiator: str | None = None,
+        outgoing: bool = False,
+    ) -> dict[str, Any]:
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            holder, what = self._auth_holder(cfg, target, discovery, initiator)
+            if outgoing:
+                if holder.get("outgoing") != user:
+                    raise ApiError("not_found", f"{what} does not answer as {user}", kind="account")
+                holder["outgoing"] = None
+            else:
+                if user not in holder.get("incoming", []):
+                    raise ApiError("not_found", f"{what} does not accept {user}", kind="account")
+                holder["incoming"].remove(user)
+            if not holder.get("incoming") and holder.get("outgoing") and not outgoing:
+                raise ApiError(
+                    "invalid", f"{what} answers as {holder['outgoing']} (mutual CHAP): unbind"
+                    " the outgoing account first", kind="account",
+                )  # fmt: skip
+            return {"unbound": what, "user": user}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    def _auth_holder(
+        self, cfg: dict[str, Any], target: Any, discovery: bool, initiator: str | None
+    ) -> tuple[dict[str, Any], str]:
+        if discovery:
+            return cfg["discovery"], "discovery"
+        t = self._target(cfg, target)
+        if initiator is None:
+            return t, f"target {t['name']}"
+        rule = next(
+            (r for r in t["acl"] if (r.get("initiator") or "").lower() == initiator.lower()), None
+        )
+        if rule is None:
+            raise ApiError(
+                "not_found", f"target {t['name']} has no ACL rule for initiator {initiator}",
+                kind="acl", hint=f"add it first: gluster-iscsi acl add {t['name']} {initiator}",
+            )  # fmt: skip
+        return rule, f"initiator {initiator} of target {t['name']}"
+
+    def op_auth_show(self, show_secrets: bool = False) -> dict[str, Any]:
+        cfg = self._cfg()
+        mask = (lambda u: u) if show_secrets else (lambda u: cfgmod.REDACTED)
+        return {
+            "accounts": {u: mask(s) if not show_secrets else s for u, s in cfg["accounts"].items()},
+            "discovery": cfg["discovery"],
+            "targets": [
+                {
+                    "name": t["name"],
+                    "incoming": t["incoming"],
+                    "outgoing": t["outgoing"],
+                    "initiators": [
+                        {
+                            "initiator": r["initiator"],
+                            "incoming": r["incoming"],
+                            "outgoing": r["outgoing"],
+                        }
+                        for r in t["acl"]
+                        if r.get("incoming")
+                    ],
+                }
+                for t in cfg["targets"]
+            ],
+        }
+
+    # ------------------------------------------------------------------ ops: portals
+
+    def op_portal_list(self) -> list[dict[str, Any]]:
+        cfg = self._cfg()
+        live = set()
+        fn = getattr(self.daemon, "portals", None)
+        if fn:
+            live = {(p.host, p.port) for p in fn()}
+        return [{**p, "listening": (p["host"], p["port"]) in live} for p in cfg["portals"]]
+
+    async def op_portal_add(
+        self, host: str, port: int = 3260, advertise: str | None = None
+    ) -> dict[str, Any]:
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            p = cfgmod.validate_portal(
+                {"host": host, "port": port, "advertise": advertise}, "portal"
+            )
+            if any((x["host"], x["port"]) == (p["host"], p["port"]) for x in cfg["portals"]):
+                raise ApiError("exists", f"portal {host}:{port} already exists", kind="portal")
+            cfg["portals"].append(p)
+            return p
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    async def op_portal_delete(self, host: str, port: int = 3260) -> dict[str, Any]:
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            h = host.strip("[]")
+            if not any((x["host"], x["port"]) == (h, port) for x in cfg["portals"]):
+                raise ApiError("not_found", f"no portal {host}:{port}", kind="portal")
+            cfg["portals"] = [x for x in cfg["portals"] if (x["host"], x["port"]) != (h, port)]
+            return {"host": h, "port": port}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    # ------------------------------------------------------------------ ops: sessions
+
+    def op_session_list(self, target: Any = None) -> list[dict[str, Any]]:
+        if target is None:
+            return self._sessions()
+        t = self._target(self._cfg(), target)
+        return self._sessions(t["name"])
+
+    async def op_session_close(self, tsih: int) -> dict[str, Any]:
+        fn = getattr(self.daemon, "close_session", None)
+        closed = await fn(int(tsih)) if fn else False
+        if not closed:
+            raise ApiError(
+                "not_found", f"no session with TSIH {tsih}", kind="session",
+                hint="'gluster-iscsi session list' shows the sessions",
+            )  # fmt: skip
+        return {"tsih": tsih, "closed": True}
+
+    # ------------------------------------------------------------------ ops: params
+
+    def op_param_list(self, target: Any = None) -> dict[str, Any]:
+        cfg = self._cfg()
+        defaults = dict(getattr(self.daemon, "params", {}))
+        if target is None:
+            return {"params": defaults, "configured": cfg["params"]}
+        t = self._target(cfg, target)
+        return {"params": {**defaults, **t["params"]}, "configured": t["params"]}
+
+    async def op_param_set(self, name: str, value: Any, target: Any = None) -> dict[str, Any]:
+        key, val = cfgmod.check_param(name, value, "param")
+
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            holder = self._target(cfg, target)["params"] if target is not None else cfg["params"]
+            holder[key] = val
+            return {"name": key, "value": val}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    async def op_param_unset(self, name: str, target: Any = None) -> dict[str, Any]:
+        key = name
+
+        def edit(cfg: dict[str, Any]) -> dict[str, Any]:
+            holder = self._target(cfg, target)["params"] if target is not None else cfg["params"]
+            real = next((k for k in holder if k.lower() == key.lower()), None)
+            if real is None:
+                raise ApiError("not_found", f"parameter {name} is not set", kind="param")
+            del holder[real]
+            return {"name": real}
+
+        out = await self._mutate(edit)
+        return {**out["result"], "changes": out["changes"]}
+
+    # ------------------------------------------------------------------ ops: config
+
+    def op_config_export(self, show_secrets: bool = False) -> dict[str, Any]:
+        cfg = self._cfg()
+        return cfg if show_secrets else cfgmod.redact(cfg)
+
+    async def op_config_apply(
+        self, config: dict[str, Any], dry_run: bool = False
+    ) -> dict[str, Any]:
+        desired = _keep_redacted_secrets(config, self._cfg())
+        desired = cfgmod.validate(desired)
+
+        def edit(cfg: dict[str, Any]) -> None:
+            cfg.clear()
+            cfg.update(desired)
+
+        out = await self._mutate(edit, dry_run=dry_run)
+        return {"changes": out["changes"], "dry_run": dry_run}
+
+    async def op_config_reload(self, dry_run: bool = False) -> dict[str, Any]:
+        desired = cfgmod.load(self.state_dir)
+        if desired is None:
+            raise ApiError(
+                "not_found", f"no config file at {cfgmod.config_path(self.state_dir)}",
+                kind="config",
+            )  # fmt: skip
+        return await self.op_config_apply(desired, dry_run=dry_run)
+
+    def op_config_save(self) -> dict[str, Any]:
+        cfg = self._cfg()
+        cfgmod.save(self.state_dir, cfg)
+        return {"path": str(cfgmod.config_path(self.state_dir)), "epoch": cfg["epoch"]}
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _size(value: Any) -> int:
+    from ..backstore.provision import parse_size
+
+    try:
+        n = parse_size(value if isinstance(value, int) else str(value))
+    except ValueError as e:
+        raise ApiError("invalid", str(e), kind="size", hint="e.g. 10GiB, 512MiB, 1T") from None
+    if n <= 0:
+        raise ApiError("invalid", "the size must be larger than 0", kind="size")
+    return n
+
+
+def _rule(initiator: str | None, network: str | None, force: bool) -> dict[str, Any]:
+    if (initiator is None) == (network is None):
+        raise ApiError(
+            "bad_request", "give exactly one of an initiator name or an address", kind="acl"
+        )
+    if network is not None:
+        if not is_network(network):
+            raise ApiError(
+                "invalid", f"{network!r} is not ALL, an IP address or a CIDR network", kind="acl",
+                hint="e.g. ALL, 192.168.1.10, 10.0.0.0/24, fd00::/64",
+            )  # fmt: skip
+        return {"network": "ALL" if network.upper() == "ALL" else network}
+    assert initiator is not None
+    try:
+        validate_name(initiator, force=force)
+    except InvalidName as e:
+        raise ApiError(
+            "invalid", str(e), kind="name",
+            hint="fix the initiator name (see /etc/iscsi/initiatorname.iscsi), or --force",
+        ) from None  # fmt: skip
+    rule: dict[str, Any] = {"initiator": initiator}
+    if force:
+        rule["forced"] = True
+    return rule
+
+
+def _rule_key(rule: dict[str, Any]) -> str:
+    return rule.get("initiator") or rule["network"]
+
+
+def _unbind(holder: dict[str, Any], user: str) -> None:
+    if user in holder.get("incoming", []):
+        holder["incoming"].remove(user)
+    if holder.get("outgoing") == user:
+        holder["outgoing"] = None
+
+
+def _keep_redacted_secrets(new: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """An exported (redacted) config applied back keeps the secrets the daemon has."""
+    accounts = new.get("accounts")
+    if not isinstance(accounts, dict):
+        return new
+    fixed = {}
+    for user, secret in accounts.items():
+        if secret == cfgmod.REDACTED:
+            if user not in current["accounts"]:
+                raise ApiError(
+                    "invalid", f"accounts.{user}: the secret is redacted and the daemon has no"
+                    " such account to keep it from", kind="account",
+                    hint="export with --show-secrets, or put the secret in the file",
+                )  # fmt: skip
+            secret = current["accounts"][user]
+        fixed[user] = secret
+    return {**new, "accounts": fixed}
+
+
+def _alive(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError as e:
+        return e.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
+    finally:
+        s.close()

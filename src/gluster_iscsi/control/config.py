@@ -1,0 +1,632 @@
+"""The declarative config: schema, validation, migration and atomic persistence.
+
+One JSON document describes everything an admin configured; the daemon restores it at start
+(before listeners open) and the control API rewrites it after every accepted change.
+``reconcile.apply`` makes a running daemon match a document.
+
+Shape (schema version 1)::
+
+    {
+      "version": 1, "epoch": 7,                       # epoch: bumped by every save
+      "params": {"MaxRecvDataSegmentLength": "262144"},   # daemon-wide login key values
+      "portals": [{"host": "0.0.0.0", "port": 3260, "advertise": null}],
+      "accounts": {"alice": "secret-of-12+"},         # CHAP accounts (tgt's account pool)
+      "discovery": {"incoming": ["alice"], "outgoing": null},
+      "targets": [{
+        "name": "iqn.2026-11.org.example:t1", "tid": 1, "alias": null,
+        "luns": [{"lun": 1, "backing": "/srv/t1.img", "bstype": "rdwr", "size": null,
+                  "uuid": "...", "serial": "...", "read_only": false, "block_size": 512}],
+        "acl": [{"network": "ALL"}, {"initiator": "iqn...:host1",
+                 "incoming": ["bob"], "outgoing": null}],
+        "incoming": ["alice"], "outgoing": null,
+        "params": {}
+      }]
+    }
+
+Accounts are named once and referenced by user name (as tgt does), so a secret lives in one
+place. Secrets never leave this module in a log line: :func:`redact` masks them for output.
+
+Persistence follows rtslib's habit, minus its flaw: the file is written to a temp file with
+mode 0600 (set with os.open, no umask games), fsynced, the previous version kept as
+``config.json.prev``, then renamed over ``config.json`` and the directory fsynced.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import logging
+import os
+import re
+import uuid as uuidlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..target.names import InvalidName, is_network, validate_name
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CONFIG_FILE = "config.json"
+PREVIOUS_FILE = "config.json.prev"
+SOCKET_FILE = "control.sock"
+DEFAULT_STATE_DIR = "/var/lib/gluster-iscsi"
+STATE_DIR_ENV = "GLUSTER_ISCSI_STATE_DIR"
+DEMO_TARGET = "iqn.2026-11.org.gluster-iscsi:demo"
+MIN_SECRET_BYTES = 12
+MAX_SECRET_BYTES = 255
+MAX_LUN = 16383
+BSTYPES = ("rdwr", "aio", "glfs", "file", "memory", "gluster")
+BLOCK_SIZES = (512, 1024, 2048, 4096)
+
+#: Login keys an admin may set, with a checker returning an error text or None.
+#: (RFC 7143 section 13; values are what the target *offers*.)
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        if not v.isdigit() or not lo <= int(v) <= hi:
+            return f"must be a whole number from {lo} to {hi}"
+        return None
+
+    return check
+
+
+def _choice(*options: str) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        parts = v.split(",")
+        if not all(p in options for p in parts):
+            return (
+                "must be "
+                + " or ".join(options)
+                + " (a comma-separated list in order of preference)"
+            )
+        return None
+
+    return check
+
+
+_BOOL = _choice("Yes", "No")
+PARAMS: dict[str, Callable[[str], str | None]] = {
+    "MaxRecvDataSegmentLength": _int_range(512, 16777215),
+    "MaxBurstLength": _int_range(512, 16777215),
+    "FirstBurstLength": _int_range(512, 16777215),
+    "MaxXmitDataSegmentLength": _int_range(512, 16777215),
+    "HeaderDigest": _choice("None", "CRC32C"),
+    "DataDigest": _choice("None", "CRC32C"),
+    "InitialR2T": _BOOL,
+    "ImmediateData": _BOOL,
+    "DataPDUInOrder": _BOOL,
+    "DataSequenceInOrder": _BOOL,
+    "MaxOutstandingR2T": _int_range(1, 65535),
+    "MaxConnections": _int_range(1, 65535),
+    "ErrorRecoveryLevel": _int_range(0, 2),
+    "DefaultTime2Wait": _int_range(0, 3600),
+    "DefaultTime2Retain": _int_range(0, 3600),
+    "MaxQueueCmd": _int_range(1, 65535),
+    "nop_interval": _int_range(0, 3600),
+    "nop_count": _int_range(0, 65535),
+}
+_PARAMS_LOWER = {k.lower(): k for k in PARAMS}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be applied. ``field`` names the place, ``hint`` what to do."""
+
+    def __init__(self, field: str, message: str, hint: str | None = None) -> None:
+        self.field = field
+        self.message = message
+        self.hint = hint
+        text = f"{field}: {message}" if field else message
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+
+# --------------------------------------------------------------------------------- paths
+
+
+def resolve_state_dir(state_dir: str | os.PathLike[str] | None = None) -> Path:
+    return Path(state_dir or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+def config_path(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / CONFIG_FILE
+
+
+def socket_path(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / SOCKET_FILE
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def empty_config() -> dict[str, Any]:
+    return {
+        "version": SCHEMA_VERSION,
+        "epoch": 0,
+        "params": {},
+        "portals": [],
+        "accounts": {},
+        "discovery": {"incoming": [], "outgoing": None},
+        "targets": [],
+    }
+
+
+def new_lun(lun: int, backing: str, bstype: str | None = None, **extra: Any) -> dict[str, Any]:
+    entry = {
+        "lun": lun,
+        "backing": backing,
+        "bstype": bstype or guess_bstype(backing),
+        "size": None,
+        "read_only": False,
+        "block_size": 512,
+    }
+    entry.update({k: v for k, v in extra.items() if v is not None})
+    return entry
+
+
+def guess_bstype(backing: str) -> str:
+    if backing.startswith("memory:"):
+        return "memory"
+    if backing.startswith("gluster://"):
+        return "gluster"
+    if re.match(r"^[^/@]+@[^/:]+:.+$", backing):  # tgt's glfs form vol@host:path
+        return "glfs"
+    return "rdwr"
+
+
+def demo_config(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """One target with a 1 GiB sparse file LUN open to everyone: the zero-config start."""
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    image = state / "demo-lun1.img"
+    if not image.exists():
+        with open(image, "wb") as f:
+            f.truncate(1 << 30)
+    cfg = empty_config()
+    cfg["portals"] = [{"host": "0.0.0.0", "port": 3260, "advertise": None}]
+    cfg["targets"] = [
+        {
+            "name": DEMO_TARGET,
+            "tid": 1,
+            "alias": "demo",
+            "luns": [new_lun(1, str(image), "rdwr", size=1 << 30)],
+            "acl": [{"network": "ALL"}],
+            "incoming": [],
+            "outgoing": None,
+            "params": {},
+        }
+    ]
+    return validate(cfg)
+
+
+# ---------------------------------------------------------------------------- migration
+
+#: version N -> function turning a version-N document into version N+1.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def migrate(cfg: dict[str, Any]) -> dict[str, Any]:
+    version = cfg.get("version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version < 1:
+        raise ConfigError("version", f"unknown schema version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            "version",
+            f"schema version {version} is newer than this gluster-iscsi understands"
+            f" ({SCHEMA_VERSION})",
+            "upgrade gluster-iscsi or restore an older config",
+        )
+    while version < SCHEMA_VERSION:
+        cfg = MIGRATIONS[version](copy.deepcopy(cfg))
+        version += 1
+        cfg["version"] = version
+    return cfg
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_secret(secret: Any, field: str) -> str:
+    if not isinstance(secret, str) or not secret:
+        raise ConfigError(field, "the CHAP secret is missing")
+    n = len(secret.encode("utf-8"))
+    if n < MIN_SECRET_BYTES:
+        raise ConfigError(
+            field,
+            f"the CHAP secret is {n} bytes; at least {MIN_SECRET_BYTES} are required",
+            "RFC 7143 section 12.1.3: shorter secrets can be brute-forced from one exchange",
+        )
+    if n > MAX_SECRET_BYTES:
+        raise ConfigError(field, f"the CHAP secret is {n} bytes; at most {MAX_SECRET_BYTES}")
+    return secret
+
+
+def check_user(user: Any, field: str) -> str:
+    if not isinstance(user, str) or not user or any(c.isspace() for c in user):
+        raise ConfigError(
+            field, f"invalid CHAP user name {user!r}", "use a non-empty name without spaces"
+        )
+    return user
+
+
+def check_param(name: str, value: Any, field: str) -> tuple[str, str]:
+    canonical = _PARAMS_LOWER.get(str(name).lower())
+    if canonical is None:
+        raise ConfigError(
+            field, f"unknown parameter {name!r}", "known: " + ", ".join(sorted(PARAMS))
+        )
+    value = str(value)
+    problem = PARAMS[canonical](value)
+    if problem:
+        raise ConfigError(f"{field}.{canonical}", f"value {value!r} {problem}")
+    return canonical, value
+
+
+def _params(raw: Any, field: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(field, "must be an object of name: value")
+    out: dict[str, str] = {}
+    for k, v in raw.items():
+        name, value = check_param(k, v, field)
+        out[name] = value
+    return out
+
+
+def _int(raw: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not lo <= raw <= hi:
+        raise ConfigError(field, f"{raw!r} is not a whole number from {lo} to {hi}")
+    return raw
+
+
+def _accounts_ref(raw: Any, accounts: dict[str, str], field: str) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(field, "must be a list of account user names")
+    for i, user in enumerate(raw):
+        if user not in accounts:
+            raise ConfigError(
+                f"{field}[{i}]", f"no CHAP account {user!r}", "create it first (auth account-add)"
+            )
+    if len(set(raw)) != len(raw):
+        raise ConfigError(field, "an account is listed twice")
+    return list(raw)
+
+
+def _account_ref(raw: Any, accounts: dict[str, str], field: str) -> str | None:
+    if raw is None:
+        return None
+    if raw not in accounts:
+        raise ConfigError(field, f"no CHAP account {raw!r}", "create it first (auth account-add)")
+    return str(raw)
+
+
+def validate_portal(raw: Any, field: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(field, "must be an object with host, port, advertise")
+    host = raw.get("host")
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"{field}.host", "missing listening address")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9.-]+$", host):
+            raise ConfigError(
+                f"{field}.host", f"{host!r} is not an IP address or host name"
+            ) from None
+    port = _int(raw.get("port", 3260), f"{field}.port", 1, 65535)
+    adv = raw.get("advertise")
+    if adv is not None and (not isinstance(adv, str) or not adv or " " in adv):
+        raise ConfigError(f"{field}.advertise", f"{adv!r} is not host[:port]")
+    return {"host": host.strip("[]"), "port": port, "advertise": adv}
+
+
+def validate_lun(raw: Any, field: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(field, "must be an object")
+    lun = _int(raw.get("lun"), f"{field}.lun", 0, MAX_LUN)
+    backing = raw.get("backing")
+    if not isinstance(backing, str) or not backing:
+        raise ConfigError(
+            f"{field}.backing",
+            "missing backing store",
+            "give a file path, memory:SIZE, gluster://host/vol/path or vol@host:path",
+        )
+    bstype = raw.get("bstype") or guess_bstype(backing)
+    if bstype not in BSTYPES:
+        raise ConfigError(
+            f"{field}.bstype",
+            f"unknown backing store type {bstype!r}",
+            "use one of " + ", ".join(BSTYPES),
+        )
+    size = raw.get("size")
+    if size is not None:
+        size = _int(size, f"{field}.size", 1, 1 << 62)
+    block_size = _int(raw.get("block_size", 512), f"{field}.block_size", 512, 4096)
+    if block_size not in BLOCK_SIZES:
+        raise ConfigError(f"{field}.block_size", f"{block_size} is not one of {BLOCK_SIZES}")
+    read_only = raw.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise ConfigError(f"{field}.read_only", "must be true or false")
+    uid = raw.get("uuid") or str(uuidlib.uuid4())
+    try:
+        uid = str(uuidlib.UUID(str(uid)))
+    except ValueError:
+        raise ConfigError(f"{field}.uuid", f"{uid!r} is not a UUID") from None
+    serial = raw.get("serial") or uuidlib.UUID(uid).hex[:16]
+    if not isinstance(serial, str) or not re.match(r"^[\x21-\x7e]{1,64}$", serial):
+        raise ConfigError(f"{field}.serial", f"{serial!r} is not 1-64 printable ASCII characters")
+    out = {
+        "lun": lun,
+        "backing": backing,
+        "bstype": bstype,
+        "size": size,
+        "uuid": uid,
+        "serial": serial,
+        "read_only": read_only,
+        "block_size": block_size,
+    }
+    for key in ("options",):
+        if raw.get(key):
+            out[key] = raw[key]
+    return out
+
+
+def validate_rule(raw: Any, accounts: dict[str, str], field: str) -> dict[str, Any]:
+    if not isinstance(raw, dict) or (("initiator" in raw) == ("network" in raw)):
+        raise ConfigError(field, "an ACL rule has exactly one of initiator or network")
+    if "initiator" in raw:
+        name = raw["initiator"]
+        if not isinstance(name, str):
+            raise ConfigError(f"{field}.initiator", "must be a string")
+        try:
+            validate_name(name, force=bool(raw.get("forced")))
+        except InvalidName as e:
+            raise ConfigError(f"{field}.initiator", str(e), "fix the name or force it") from None
+        rule: dict[str, Any] = {"initiator": name}
+        if raw.get("forced"):
+            rule["forced"] = True
+        incoming = _accounts_ref(raw.get("incoming"), accounts, f"{field}.incoming")
+        outgoing = _account_ref(raw.get("outgoing"), accounts, f"{field}.outgoing")
+        if incoming or outgoing:
+            rule["incoming"] = incoming
+            rule["outgoing"] = outgoing
+        return rule
+    net = raw["network"]
+    if not isinstance(net, str) or not is_network(net):
+        raise ConfigError(
+            f"{field}.network",
+            f"{net!r} is not ALL, an address or a CIDR network",
+            "e.g. 10.0.0.0/24, 192.168.1.5 or ALL",
+        )
+    if raw.get("incoming") or raw.get("outgoing"):
+        raise ConfigError(field, "CHAP accounts can be set per initiator name, not per network")
+    return {"network": "ALL" if net.upper() == "ALL" else net}
+
+
+def validate_target(raw: Any, accounts: dict[str, str], field: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(field, "must be an object")
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"{field}.name", "missing target name")
+    forced = bool(raw.get("forced"))
+    try:
+        validate_name(name, force=forced)
+    except InvalidName as e:
+        raise ConfigError(f"{field}.name", str(e), "fix the name, or force it to keep it") from None
+    tid = _int(raw.get("tid"), f"{field}.tid", 1, 2**31 - 1)
+    alias = raw.get("alias")
+    if alias is not None and (not isinstance(alias, str) or len(alias.encode()) > 255):
+        raise ConfigError(f"{field}.alias", "must be a string of at most 255 bytes")
+    luns = [validate_lun(x, f"{field}.luns[{i}]") for i, x in enumerate(raw.get("luns") or [])]
+    seen: set[int] = set()
+    for lu in luns:
+        if lu["lun"] in seen:
+            raise ConfigError(f"{field}.luns", f"LUN {lu['lun']} is defined twice")
+        seen.add(lu["lun"])
+    luns.sort(key=lambda x: x["lun"])
+    acl = [
+        validate_rule(x, accounts, f"{field}.acl[{i}]") for i, x in enumerate(raw.get("acl") or [])
+    ]
+    keys = [r.get("initiator", "").lower() or r["network"] for r in acl]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{field}.acl", "a rule is listed twice")
+    out = {
+        "name": name,
+        "tid": tid,
+        "alias": alias,
+        "luns": luns,
+        "acl": acl,
+        "incoming": _accounts_ref(raw.get("incoming"), accounts, f"{field}.incoming"),
+        "outgoing": _account_ref(raw.get("outgoing"), accounts, f"{field}.outgoing"),
+        "params": _params(raw.get("params"), f"{field}.params"),
+    }
+    if forced:
+        out["forced"] = True
+    return out
+
+
+def validate(cfg: Any) -> dict[str, Any]:
+    """Check a whole document and return its normalized form (missing ids filled in).
+
+    Raises :class:`ConfigError` naming the first bad field and what to fix.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError("", "the config must be a JSON object")
+    cfg = migrate(cfg)
+    known = {"version", "epoch", "params", "portals", "accounts", "discovery", "targets"}
+    extra = set(cfg) - known
+    if extra:
+        raise ConfigError(
+            sorted(extra)[0], "unknown key", "known keys: " + ", ".join(sorted(known))
+        )
+    accounts_raw = cfg.get("accounts") or {}
+    if not isinstance(accounts_raw, dict):
+        raise ConfigError("accounts", "must be an object of user: secret")
+    accounts = {
+        check_user(u, f"accounts.{u}"): check_secret(s, f"accounts.{u}")
+        for u, s in accounts_raw.items()
+    }
+    disc = cfg.get("discovery") or {}
+    if not isinstance(disc, dict):
+        raise ConfigError("discovery", "must be an object with incoming, outgoing")
+    discovery = {
+        "incoming": _accounts_ref(disc.get("incoming"), accounts, "discovery.incoming"),
+        "outgoing": _account_ref(disc.get("outgoing"), accounts, "discovery.outgoing"),
+    }
+    portals = [validate_portal(p, f"portals[{i}]") for i, p in enumerate(cfg.get("portals") or [])]
+    pkeys = [(p["host"], p["port"]) for p in portals]
+    if len(set(pkeys)) != len(pkeys):
+        raise ConfigError("portals", "a portal is listed twice")
+    targets = [
+        validate_target(t, accounts, f"targets[{i}]")
+        for i, t in enumerate(cfg.get("targets") or [])
+    ]
+    names: dict[str, int] = {}
+    tids: set[int] = set()
+    for i, t in enumerate(targets):
+        if t["name"].lower() in names:
+            raise ConfigError(f"targets[{i}].name", f"target {t['name']} is defined twice")
+        if t["tid"] in tids:
+            raise ConfigError(f"targets[{i}].tid", f"tid {t['tid']} is used by two targets")
+        names[t["name"].lower()] = i
+        tids.add(t["tid"])
+    targets.sort(key=lambda t: t["tid"])
+    epoch = cfg.get("epoch", 0)
+    return {
+        "version": SCHEMA_VERSION,
+        "epoch": epoch if isinstance(epoch, int) and epoch >= 0 else 0,
+        "params": _params(cfg.get("params"), "params"),
+        "portals": portals,
+        "accounts": accounts,
+        "discovery": discovery,
+        "targets": targets,
+    }
+
+
+# ---------------------------------------------------------------------------- redaction
+
+REDACTED = "********"
+
+
+def redact(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy with every CHAP secret masked (what show/export print unless asked)."""
+    out = copy.deepcopy(cfg)
+    if isinstance(out.get("accounts"), dict):
+        out["accounts"] = {u: REDACTED for u in out["accounts"]}
+    return out
+
+
+def same_ignoring_epoch(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {**a, "epoch": 0} == {**b, "epoch": 0}
+
+
+# -------------------------------------------------------------------------- persistence
+
+
+def load(state_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The saved config, validated and migrated; None when there is none yet.
+
+    A file that cannot be parsed raises ConfigError (the daemon must not start empty and
+    then overwrite an admin's config); ``config.json.prev`` is the previous good version.
+    """
+    path = config_path(state_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            str(path),
+            f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
+            f"fix it, or copy {PREVIOUS_FILE} (the previous version) over it",
+        ) from None
+    try:
+        return validate(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e.field}", e.message, e.hint) from None
+
+
+def dumps(cfg: dict[str, Any]) -> str:
+    return json.dumps(cfg, indent=2, sort_keys=False) + "\n"
+
+
+def save(state_dir: str | os.PathLike[str], cfg: dict[str, Any]) -> None:
+    """Write ``cfg`` atomically with mode 0600, keeping the previous version."""
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = state / CONFIG_FILE
+    tmp = state / f".{CONFIG_FILE}.{os.getpid()}.tmp"
+    data = dumps(cfg).encode("utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is only used for a new file
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    try:
+        if path.exists():
+            prev = state / PREVIOUS_FILE
+            # A hard link keeps the old version without a window where config.json is absent.
+            prev.unlink(missing_ok=True)
+            os.link(path, prev)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dfd = os.open(state, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+# ------------------------------------------------------------------------------ lookups
+
+
+def find_target(cfg: dict[str, Any], ref: str | int) -> dict[str, Any] | None:
+    """A target by IQN (case-insensitive), tid, or alias."""
+    for t in cfg["targets"]:
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            if t["tid"] == int(ref):
+                return t
+        elif t["name"].lower() == ref.lower():
+            return t
+    if isinstance(ref, str):
+        matches = [t for t in cfg["targets"] if t.get("alias") and t["alias"] == ref]
+        if len(matches) == 1:
+            return matches[0]
+    return None
+
+
+def next_tid(cfg: dict[str, Any]) -> int:
+    return max((t["tid"] for t in cfg["targets"]), default=0) + 1
+
+
+__all__ = [
+    "ConfigError",
+    "demo_config",
+    "load",
+    "save",
+    "validate",
+    "redact",
+    "migrate",
+    "resolve_state_dir",
+    "socket_path",
+    "config_path",
+]
