@@ -1,0 +1,503 @@
+"""A small typed ctypes binding of libgfapi.so.0 (GlusterFS >= 6 symbol versions).
+
+ctypes binds each symbol's default version (``@@GFAPI_6.0`` where there is one), so the
+prototypes here are the Gluster >= 6 ones: ``glfs_pread``/``glfs_pwrite``/``glfs_fdatasync``/
+``glfs_ftruncate`` take trailing ``struct glfs_stat *`` pre/post-op arguments (we pass NULL);
+``glfs_preadv``/``glfs_pwritev`` kept their old form.
+
+The library is loaded on first use (:func:`lib`), so importing this module works without
+GlusterFS installed. Every failing call raises :class:`GfapiError`, a
+:class:`BackingStoreError` carrying the errno that libgfapi set and the path involved.
+
+ctypes releases the GIL around each foreign call, so blocking calls may run on worker
+threads while the event loop keeps going. Buffers are pinned (never copied): writable ones
+with ``from_buffer``, read-only ones through the buffer protocol.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno as _errno
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from ctypes import (
+    POINTER,
+    Structure,
+    c_char_p,
+    c_int,
+    c_int64,
+    c_long,
+    c_short,
+    c_size_t,
+    c_ssize_t,
+    c_uint,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from dataclasses import dataclass
+from typing import Any
+
+from ..base import BackingStoreError, Buffer
+
+SEEK_DATA = 3
+SEEK_HOLE = 4
+GLFS_LK_ADVISORY = 0
+GLFS_LK_MANDATORY = 1
+
+# glfs_set_logging levels (gf_loglevel_t)
+LOG_NONE, LOG_EMERG, LOG_ALERT, LOG_CRITICAL, LOG_ERROR = 0, 1, 2, 3, 4
+LOG_WARNING, LOG_NOTICE, LOG_INFO, LOG_DEBUG, LOG_TRACE = 5, 6, 7, 8, 9
+
+
+class GfapiError(BackingStoreError):
+    """A libgfapi call failed; ``errno`` as set by the library, ``path`` the object."""
+
+
+class GfapiUnavailable(GfapiError):
+    """libgfapi.so.0 could not be loaded."""
+
+
+# -- C structures (x86_64 Linux ABI) ---------------------------------------------------------
+
+
+class Timespec(Structure):
+    _fields_ = [("tv_sec", c_long), ("tv_nsec", c_long)]
+
+
+class Stat(Structure):
+    """``struct stat`` for x86_64 glibc (144 bytes)."""
+
+    _fields_ = [
+        ("st_dev", c_uint64),
+        ("st_ino", c_uint64),
+        ("st_nlink", c_uint64),
+        ("st_mode", c_uint32),
+        ("st_uid", c_uint32),
+        ("st_gid", c_uint32),
+        ("_pad0", c_int),
+        ("st_rdev", c_uint64),
+        ("st_size", c_int64),
+        ("st_blksize", c_int64),
+        ("st_blocks", c_int64),
+        ("st_atim", Timespec),
+        ("st_mtim", Timespec),
+        ("st_ctim", Timespec),
+        ("_unused", c_long * 3),
+    ]
+
+
+assert ctypes.sizeof(Stat) == 144
+
+
+class Flock(Structure):
+    """``struct flock`` for x86_64 (32 bytes)."""
+
+    _fields_ = [
+        ("l_type", c_short),
+        ("l_whence", c_short),
+        ("l_start", c_int64),
+        ("l_len", c_int64),
+        ("l_pid", c_int),
+    ]
+
+
+class Iovec(Structure):
+    _fields_ = [("iov_base", c_void_p), ("iov_len", c_size_t)]
+
+
+class _PyBuffer(Structure):
+    """CPython's ``Py_buffer``, to pin read-only buffers without copying them."""
+
+    _fields_ = [
+        ("buf", c_void_p),
+        ("obj", ctypes.py_object),
+        ("len", c_ssize_t),
+        ("itemsize", c_ssize_t),
+        ("readonly", c_int),
+        ("ndim", c_int),
+        ("format", c_char_p),
+        ("shape", POINTER(c_ssize_t)),
+        ("strides", POINTER(c_ssize_t)),
+        ("suboffsets", POINTER(c_ssize_t)),
+        ("internal", c_void_p),
+    ]
+
+
+_PyObject_GetBuffer = ctypes.pythonapi.PyObject_GetBuffer
+_PyObject_GetBuffer.argtypes = [ctypes.py_object, POINTER(_PyBuffer), c_int]
+_PyObject_GetBuffer.restype = c_int
+_PyBuffer_Release = ctypes.pythonapi.PyBuffer_Release
+_PyBuffer_Release.argtypes = [POINTER(_PyBuffer)]
+_PyBuffer_Release.restype = None
+_PyBUF_SIMPLE = 0
+_PyBUF_WRITABLE = 1
+
+
+@contextmanager
+def pinned(data: Buffer, *, writable: bool = False) -> Iterator[tuple[int, int]]:
+    """Yield ``(address, nbytes)`` of a C-contiguous buffer, held still for the duration."""
+    view = _PyBuffer()
+    flags = _PyBUF_WRITABLE if writable else _PyBUF_SIMPLE
+    _PyObject_GetBuffer(data, ctypes.byref(view), flags)  # raises BufferError/TypeError
+    try:
+        yield (view.buf or 0), view.len
+    finally:
+        _PyBuffer_Release(ctypes.byref(view))
+
+
+# -- library loading ----------------------------------------------------------------------------
+
+_glfs_p = c_void_p
+_glfd_p = c_void_p
+
+# name: (restype, argtypes)
+_PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
+    "glfs_new": (_glfs_p, [c_char_p]),
+    "glfs_set_volfile_server": (c_int, [_glfs_p, c_char_p, c_char_p, c_int]),
+    "glfs_set_logging": (c_int, [_glfs_p, c_char_p, c_int]),
+    "glfs_init": (c_int, [_glfs_p]),
+    "glfs_fini": (c_int, [_glfs_p]),
+    "glfs_open": (_glfd_p, [_glfs_p, c_char_p, c_int]),
+    "glfs_creat": (_glfd_p, [_glfs_p, c_char_p, c_int, c_uint]),
+    "glfs_close": (c_int, [_glfd_p]),
+    # Gluster >= 6: trailing struct glfs_stat * arguments.
+    "glfs_pread": (c_ssize_t, [_glfd_p, c_void_p, c_size_t, c_int64, c_int, c_void_p]),
+    "glfs_pwrite": (
+        c_ssize_t,
+        [_glfd_p, c_void_p, c_size_t, c_int64, c_int, c_void_p, c_void_p],
+    ),
+    "glfs_preadv": (c_ssize_t, [_glfd_p, POINTER(Iovec), c_int, c_int64, c_int]),
+    "glfs_pwritev": (c_ssize_t, [_glfd_p, POINTER(Iovec), c_int, c_int64, c_int]),
+    "glfs_fdatasync": (c_int, [_glfd_p, c_void_p, c_void_p]),
+    "glfs_fsync": (c_int, [_glfd_p, c_void_p, c_void_p]),
+    "glfs_ftruncate": (c_int, [_glfd_p, c_int64, c_void_p, c_void_p]),
+    "glfs_fstat": (c_int, [_glfd_p, POINTER(Stat)]),
+    "glfs_stat": (c_int, [_glfs_p, c_char_p, POINTER(Stat)]),
+    "glfs_discard": (c_int, [_glfd_p, c_int64, c_size_t]),
+    "glfs_zerofill": (c_int, [_glfd_p, c_int64, c_int64]),
+    "glfs_fallocate": (c_int, [_glfd_p, c_int, c_int64, c_size_t]),
+    "glfs_lseek": (c_int64, [_glfd_p, c_int64, c_int]),
+    "glfs_copy_file_range": (
+        c_ssize_t,
+        [
+            _glfd_p,
+            POINTER(c_int64),
+            _glfd_p,
+            POINTER(c_int64),
+            c_size_t,
+            c_uint,
+            c_void_p,
+            c_void_p,
+            c_void_p,
+        ],
+    ),
+    "glfs_posix_lock": (c_int, [_glfd_p, c_int, POINTER(Flock)]),
+    "glfs_file_lock": (c_int, [_glfd_p, c_int, POINTER(Flock), c_int]),
+    "glfs_unlink": (c_int, [_glfs_p, c_char_p]),
+    "glfs_mkdir": (c_int, [_glfs_p, c_char_p, c_uint]),
+}
+
+_lib: ctypes.CDLL | None = None
+_lib_lock = threading.Lock()
+
+
+def lib() -> ctypes.CDLL:
+    """libgfapi with prototypes set; loaded once, on first use."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    with _lib_lock:
+        if _lib is None:
+            names = ["libgfapi.so.0"]
+            found = ctypes.util.find_library("gfapi")
+            if found and found not in names:
+                names.append(found)
+            last: OSError | None = None
+            for name in names:
+                try:
+                    handle = ctypes.CDLL(name, use_errno=True)
+                    break
+                except OSError as e:
+                    last = e
+            else:
+                raise GfapiUnavailable(
+                    _errno.ENOSYS,
+                    "libgfapi.so.0 not found: install GlusterFS's client library "
+                    f"(Debian: apt-get install libgfapi0 / glusterfs-client) [{last}]",
+                )
+            for fname, (restype, argtypes) in _PROTOTYPES.items():
+                fn = getattr(handle, fname)
+                fn.restype = restype
+                fn.argtypes = argtypes
+            _lib = handle
+    return _lib
+
+
+def available() -> bool:
+    try:
+        lib()
+    except GfapiUnavailable:
+        return False
+    return True
+
+
+def _raise(what: str, path: str | None) -> GfapiError:
+    err = ctypes.get_errno() or _errno.EIO
+    return GfapiError(err, f"{what}: {os.strerror(err)}", path)
+
+
+def _enc(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+# -- typed wrappers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatResult:
+    size: int
+    mode: int
+    blocks: int
+    blksize: int
+    mtime_ns: int
+    ino: int
+
+    @classmethod
+    def from_c(cls, st: Stat) -> StatResult:
+        return cls(
+            size=st.st_size,
+            mode=st.st_mode,
+            blocks=st.st_blocks,
+            blksize=st.st_blksize,
+            mtime_ns=st.st_mtim.tv_sec * 1_000_000_000 + st.st_mtim.tv_nsec,
+            ino=st.st_ino,
+        )
+
+
+class Volume:
+    """One Gluster client (``glfs_t``): a graph connected to one volume."""
+
+    def __init__(self, volume: str) -> None:
+        self.volume = volume
+        self._fs = lib().glfs_new(volume.encode())
+        if not self._fs:
+            raise _raise("glfs_new", volume)
+        self._initialised = False
+
+    @property
+    def handle(self) -> int:
+        if not self._fs:
+            raise GfapiError(_errno.EBADF, "Gluster client is finished", self.volume)
+        return self._fs
+
+    def set_volfile_server(self, host: str, port: int = 24007, transport: str = "tcp") -> None:
+        """Add a volfile server; call once per server (they are tried in order)."""
+        if lib().glfs_set_volfile_server(self.handle, transport.encode(), host.encode(), port):
+            raise _raise(f"glfs_set_volfile_server {transport}:{host}:{port}", self.volume)
+
+    def set_logging(self, log_file: str | None, level: int = LOG_WARNING) -> None:
+        """``log_file`` None: libgfapi's default file; ``"/dev/null"`` silences it."""
+        arg = _enc(log_file) if log_file is not None else None
+        if lib().glfs_set_logging(self.handle, arg, level):
+            raise _raise(f"glfs_set_logging {log_file}", self.volume)
+
+    def init(self) -> None:
+        """Fetch the volfile and connect (blocks, seconds if servers are down)."""
+        if lib().glfs_init(self.handle):
+            raise _raise("glfs_init", self.volume)
+        self._initialised = True
+
+    def fini(self) -> None:
+        fs, self._fs = self._fs, None
+        if fs:
+            lib().glfs_fini(fs)
+
+    def open(self, path: str, flags: int = os.O_RDWR) -> File:
+        fd = lib().glfs_open(self.handle, _enc(path), flags)
+        if not fd:
+            raise _raise("glfs_open", path)
+        return File(self, fd, path)
+
+    def creat(self, path: str, flags: int = os.O_RDWR, mode: int = 0o600) -> File:
+        fd = lib().glfs_creat(self.handle, _enc(path), flags, mode)
+        if not fd:
+            raise _raise("glfs_creat", path)
+        return File(self, fd, path)
+
+    def stat(self, path: str) -> StatResult:
+        st = Stat()
+        if lib().glfs_stat(self.handle, _enc(path), ctypes.byref(st)):
+            raise _raise("glfs_stat", path)
+        return StatResult.from_c(st)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+        except GfapiError as e:
+            if e.errno == _errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def unlink(self, path: str) -> None:
+        if lib().glfs_unlink(self.handle, _enc(path)):
+            raise _raise("glfs_unlink", path)
+
+    def mkdir(self, path: str, mode: int = 0o755, *, exist_ok: bool = False) -> None:
+        if lib().glfs_mkdir(self.handle, _enc(path), mode):
+            err = ctypes.get_errno()
+            if exist_ok and err == _errno.EEXIST:
+                return
+            raise _raise("glfs_mkdir", path)
+
+    def makedirs(self, path: str, mode: int = 0o755) -> None:
+        parts = [p for p in path.split("/") if p]
+        cur = ""
+        for p in parts:
+            cur += "/" + p
+            self.mkdir(cur, mode, exist_ok=True)
+
+
+class File:
+    """An open Gluster file (``glfs_fd_t``). Positional calls only, so it is thread-safe."""
+
+    def __init__(self, volume: Volume, fd: int, path: str) -> None:
+        self.volume = volume
+        self._fd = fd
+        self.path = path
+
+    @property
+    def handle(self) -> int:
+        fd = self._fd
+        if not fd:
+            raise GfapiError(_errno.EBADF, "file is closed", self.path)
+        return fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd and lib().glfs_close(fd):
+            raise _raise("glfs_close", self.path)
+
+    def pread_into(self, buf: Buffer, offset: int) -> int:
+        """One glfs_pread into ``buf`` (a writable buffer); returns the byte count (0 at EOF)."""
+        with pinned(buf, writable=True) as (addr, n):
+            got = lib().glfs_pread(self.handle, addr, n, offset, 0, None)
+        if got < 0:
+            raise _raise(f"glfs_pread {n} bytes at offset {offset}", self.path)
+        return got
+
+    def pwrite(self, data: Buffer, offset: int) -> int:
+        """One glfs_pwrite of ``data`` (any buffer, not copied); returns bytes written."""
+        if isinstance(data, bytes):
+            n = len(data)
+            got = lib().glfs_pwrite(self.handle, data, n, offset, 0, None, None)
+        else:
+            with pinned(data) as (addr, n):
+                got = lib().glfs_pwrite(self.handle, addr, n, offset, 0, None, None)
+        if got < 0:
+            raise _raise(f"glfs_pwrite {n} bytes at offset {offset}", self.path)
+        return got
+
+    def _iovecs(self, stack: list[Any], buffers: Sequence[Buffer], writable: bool) -> Any:
+        iov = (Iovec * len(buffers))()
+        for i, b in enumerate(buffers):
+            cm = pinned(b, writable=writable)
+            addr, n = cm.__enter__()
+            stack.append(cm)
+            iov[i].iov_base = addr
+            iov[i].iov_len = n
+        return iov
+
+    def preadv_into(self, buffers: Sequence[Buffer], offset: int) -> int:
+        stack: list[Any] = []
+        try:
+            iov = self._iovecs(stack, buffers, True)
+            got = lib().glfs_preadv(self.handle, iov, len(buffers), offset, 0)
+        finally:
+            for cm in reversed(stack):
+                cm.__exit__(None, None, None)
+        if got < 0:
+            raise _raise(f"glfs_preadv at offset {offset}", self.path)
+        return got
+
+    def pwritev(self, buffers: Sequence[Buffer], offset: int) -> int:
+        stack: list[Any] = []
+        try:
+            iov = self._iovecs(stack, buffers, False)
+            got = lib().glfs_pwritev(self.handle, iov, len(buffers), offset, 0)
+        finally:
+            for cm in reversed(stack):
+                cm.__exit__(None, None, None)
+        if got < 0:
+            raise _raise(f"glfs_pwritev at offset {offset}", self.path)
+        return got
+
+    def fdatasync(self) -> None:
+        if lib().glfs_fdatasync(self.handle, None, None):
+            raise _raise("glfs_fdatasync", self.path)
+
+    def fsync(self) -> None:
+        if lib().glfs_fsync(self.handle, None, None):
+            raise _raise("glfs_fsync", self.path)
+
+    def ftruncate(self, length: int) -> None:
+        if lib().glfs_ftruncate(self.handle, length, None, None):
+            raise _raise(f"glfs_ftruncate {length}", self.path)
+
+    def fstat(self) -> StatResult:
+        st = Stat()
+        if lib().glfs_fstat(self.handle, ctypes.byref(st)):
+            raise _raise("glfs_fstat", self.path)
+        return StatResult.from_c(st)
+
+    def discard(self, offset: int, length: int) -> None:
+        if lib().glfs_discard(self.handle, offset, length):
+            raise _raise(f"glfs_discard {length} bytes at offset {offset}", self.path)
+
+    def zerofill(self, offset: int, length: int) -> None:
+        if lib().glfs_zerofill(self.handle, offset, length):
+            raise _raise(f"glfs_zerofill {length} bytes at offset {offset}", self.path)
+
+    def fallocate(self, offset: int, length: int, *, keep_size: bool = False) -> None:
+        if lib().glfs_fallocate(self.handle, 1 if keep_size else 0, offset, length):
+            raise _raise(f"glfs_fallocate {length} bytes at offset {offset}", self.path)
+
+    def lseek(self, offset: int, whence: int) -> int:
+        pos = lib().glfs_lseek(self.handle, offset, whence)
+        if pos < 0:
+            raise _raise(f"glfs_lseek {offset} whence={whence}", self.path)
+        return pos
+
+    def copy_file_range(self, offset_in: int, dst: File, offset_out: int, length: int) -> int:
+        """Server-side copy from this file to ``dst``; returns bytes copied."""
+        off_in = c_int64(offset_in)
+        off_out = c_int64(offset_out)
+        got = lib().glfs_copy_file_range(
+            self.handle,
+            ctypes.byref(off_in),
+            dst.handle,
+            ctypes.byref(off_out),
+            length,
+            0,
+            None,
+            None,
+            None,
+        )
+        if got < 0:
+            raise _raise(f"glfs_copy_file_range {length} bytes", self.path)
+        return got
+
+    def posix_lock(self, cmd: int, lock: Flock) -> Flock:
+        """fcntl-style lock: ``cmd`` is fcntl.F_SETLK/F_SETLKW/F_GETLK."""
+        if lib().glfs_posix_lock(self.handle, cmd, ctypes.byref(lock)):
+            raise _raise(f"glfs_posix_lock cmd={cmd}", self.path)
+        return lock
+
+    def file_lock(self, cmd: int, lock: Flock, mode: int = GLFS_LK_ADVISORY) -> Flock:
+        if lib().glfs_file_lock(self.handle, cmd, ctypes.byref(lock), mode):
+            raise _raise(f"glfs_file_lock cmd={cmd}", self.path)
+        return lock

@@ -1,0 +1,390 @@
+"""A backing store on a GlusterFS file through libgfapi (no FUSE in the data path).
+
+One Gluster client (``glfs_t``: a connected graph with its own threads and sockets) is shared
+by every store on the same (volume, volfile servers), counted by reference in a module-level
+registry; the last store to close finishes it. Calls block and release the GIL, so the
+server runs them on worker threads.
+
+Capabilities are what libgfapi really does on this volume: discard (``glfs_discard``, reads
+back zeroes), write-zeroes (``glfs_zerofill``), and extents only if ``glfs_lseek`` answers
+SEEK_DATA (probed at open, read-only; the shard translator of the gluster-block profile
+answers ENOTSUP, so sharded volumes report no extents rather than a made-up map).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from dataclasses import dataclass, field, replace
+
+from .._util import byte_view, check_range, merge_extents
+from ..base import BackingStore, BackingStoreError, Buffer, Capabilities, Extent
+from . import _binding as gf
+from .address import GlusterAddress, VolfileServer, parse_gluster_url
+
+_NOT_SUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
+# Large requests are split so one call never exceeds what a brick RPC is happy with.
+_MAX_IO = 32 << 20
+
+ClientKey = tuple[str, tuple[VolfileServer, ...]]
+
+
+@dataclass(eq=False)
+class _Client:
+    key: ClientKey
+    volume: gf.Volume | None = None
+    refs: int = 0
+    error: BaseException | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+
+
+_registry: dict[ClientKey, _Client] = {}
+_registry_lock = threading.Lock()
+
+
+def _acquire(addr: GlusterAddress, log_file: str | None, log_level: int | None) -> _Client:
+    key: ClientKey = (addr.volume, addr.servers)
+    with _registry_lock:
+        client = _registry.get(key)
+        creator = client is None
+        if client is None:
+            client = _Client(key)
+            _registry[key] = client
+        client.refs += 1
+    if creator:
+        # Connect outside the registry lock: glfs_init can take seconds when servers are down.
+        try:
+            vol = gf.Volume(addr.volume)
+            try:
+                for s in addr.servers:
+                    vol.set_volfile_server(s.host, s.port, s.transport)
+                if log_file is not None or log_level is not None:
+                    level = gf.LOG_WARNING if log_level is None else log_level
+                    vol.set_logging(log_file, level)
+                vol.init()
+            except BaseException:
+                vol.fini()
+                raise
+            client.volume = vol
+        except BaseException as e:
+            client.error = e
+            with _registry_lock:
+                if _registry.get(key) is client:
+                    del _registry[key]
+            raise
+        finally:
+            client.ready.set()
+    else:
+        client.ready.wait()
+        if client.error is not None:
+            with _registry_lock:
+                client.refs -= 1
+            err = client.error
+            if isinstance(err, BackingStoreError):
+                raise BackingStoreError(err.errno or errno.EIO, str(err.strerror), err.path)
+            raise err
+    return client
+
+
+_finishing: set[threading.Thread] = set()
+
+
+def _fini(vol: gf.Volume) -> None:
+    try:
+        vol.fini()
+    finally:
+        with _registry_lock:
+            _finishing.discard(threading.current_thread())
+
+
+def _release(client: _Client) -> None:
+    with _registry_lock:
+        client.refs -= 1
+        if client.refs > 0:
+            return
+        if _registry.get(client.key) is client:
+            del _registry[client.key]
+        vol, client.volume = client.volume, None
+        if vol is None:
+            return
+        # glfs_fini was seen to take ~10 s (GlusterFS 10.3): finish off the caller's thread
+        # so closing a LUN never stalls the server; a new open gets a fresh client.
+        t = threading.Thread(target=_fini, args=(vol,), name=f"glfs_fini:{vol.volume}", daemon=True)
+        _finishing.add(t)
+    t.start()
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Wait for clients being finished in the background; True if none is left."""
+    with _registry_lock:
+        pending = list(_finishing)
+    for t in pending:
+        t.join(timeout)
+    with _registry_lock:
+        return not _finishing
+
+
+def client_refcounts() -> dict[ClientKey, int]:
+    """The live shared clients and how many stores use each (for tests and diagnostics)."""
+    with _registry_lock:
+        return {k: c.refs for k, c in _registry.items()}
+
+
+class GfapiStore(BackingStore):
+    blocking = True
+
+    def __init__(
+        self,
+        address: GlusterAddress | str,
+        *,
+        read_only: bool = False,
+        create_size: int | None = None,
+        log_file: str | None = None,
+        log_level: int | None = None,
+    ) -> None:
+        self.address = parse_gluster_url(address) if isinstance(address, str) else address
+        self.name = self.address.url
+        self.path = self.address.path
+        self.read_only = read_only
+        self.created = False
+        self._file: gf.File | None = None
+        self._lock = threading.Lock()
+        self._client = _acquire(self.address, log_file, log_level)
+        try:
+            self._file = self._open(create_size)
+            self._discard = True
+            self._zerofill = True
+            extents = self._probe_seek()
+        except BaseException:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except gf.GfapiError:
+                    pass
+            _release(self._client)
+            raise
+        self.capabilities = Capabilities(
+            discard=True,
+            discard_zeroes=True,
+            write_zeroes=True,
+            extents=extents,
+            flush=True,
+            resize=True,
+        )
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @property
+    def _vol(self) -> gf.Volume:
+        vol = self._client.volume
+        if vol is None:
+            raise BackingStoreError(errno.EBADF, "store is closed", self.name)
+        return vol
+
+    def _open(self, create_size: int | None) -> gf.File:
+        vol = self._vol
+        flags = os.O_RDONLY if self.read_only else os.O_RDWR
+        if create_size is None or self.read_only:
+            return vol.open(self.path, flags)
+        try:
+            return vol.open(self.path, flags)
+        except gf.GfapiError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        parent = self.path.rsplit("/", 1)[0]
+        if parent:
+            vol.makedirs(parent)
+        try:
+            f = vol.creat(self.path, os.O_RDWR | os.O_EXCL, 0o600)
+        except gf.GfapiError as e:
+            if e.errno != errno.EEXIST:
+                raise
+            return vol.open(self.path, flags)  # somebody else created it meanwhile
+        self.created = True
+        try:
+            f.ftruncate(create_size)
+        except BaseException:
+            f.close()
+            vol.unlink(self.path)
+            raise
+        return f
+
+    def _probe_seek(self) -> bool:
+        try:
+            self._fh.lseek(0, gf.SEEK_DATA)
+        except gf.GfapiError as e:
+            if e.errno == errno.ENXIO:  # no data at all: seeking works
+                return True
+            if e.errno in _NOT_SUPPORTED:
+                return False
+            raise
+        return True
+
+    @property
+    def _fh(self) -> gf.File:
+        f = self._file
+        if f is None:
+            raise BackingStoreError(errno.EBADF, "store is closed", self.name)
+        return f
+
+    def _writable(self) -> gf.File:
+        if self.read_only:
+            raise BackingStoreError(errno.EROFS, "store is read-only", self.name)
+        return self._fh
+
+    def _downgrade(self, **changes: bool) -> None:
+        with self._lock:
+            self.capabilities = replace(self.capabilities, **changes)
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._fh.fstat().size
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        f = self._fh
+        dst = byte_view(buf)
+        check_range(offset, len(dst), self.name)
+        total = len(dst)
+        done = 0
+        while done < total:
+            n = f.pread_into(dst[done : done + min(total - done, _MAX_IO)], offset + done)
+            if n == 0:
+                raise BackingStoreError(
+                    errno.EIO,
+                    f"short read: {done} of {total} bytes at offset {offset} (end of file)",
+                    self.name,
+                )
+            done += n
+
+    def write(self, offset: int, data: Buffer) -> None:
+        f = self._writable()
+        if isinstance(data, bytes) and len(data) <= _MAX_IO:
+            check_range(offset, len(data), self.name)
+            n = f.pwrite(data, offset)  # c_char_p path: no pinning needed
+            if n == len(data):
+                return
+            src = memoryview(data)
+            done = n
+        else:
+            src = byte_view(data)
+            check_range(offset, len(src), self.name)
+            done = 0
+        total = len(src)
+        while done < total:
+            n = f.pwrite(src[done : done + min(total - done, _MAX_IO)], offset + done)
+            if n == 0:
+                raise BackingStoreError(
+                    errno.EIO, f"short write: {done} of {total} bytes at offset {offset}", self.name
+                )
+            done += n
+
+    def writev(self, offset: int, buffers: list[Buffer]) -> None:
+        """Write several buffers back to back at ``offset`` (one glfs_pwritev when it can)."""
+        f = self._writable()
+        views = [byte_view(b) for b in buffers]
+        total = sum(len(v) for v in views)
+        n = f.pwritev(views, offset) if views else 0
+        if n < total:  # finish a short vectored write piecewise
+            joined = b"".join(views)
+            self.write(offset + n, memoryview(joined)[n:])
+
+    def flush(self) -> None:
+        self._fh.fdatasync()
+
+    def discard(self, offset: int, length: int) -> None:
+        f = self._writable()
+        check_range(offset, length, self.name)
+        if length == 0:
+            return
+        if self._discard:
+            try:
+                f.discard(offset, length)
+                return
+            except gf.GfapiError as e:
+                if e.errno not in _NOT_SUPPORTED:
+                    raise
+                self._discard = False
+                self._downgrade(discard=False, discard_zeroes=False)
+        # Discard was advertised as zeroing: keep that promise for requests in flight.
+        self.write_zeroes(offset, length)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        f = self._writable()
+        check_range(offset, length, self.name)
+        if length == 0:
+            return
+        if self._zerofill:
+            try:
+                f.zerofill(offset, length)
+                return
+            except gf.GfapiError as e:
+                if e.errno not in _NOT_SUPPORTED:
+                    raise
+                self._zerofill = False
+        BackingStore.write_zeroes(self, offset, length)
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        f = self._fh
+        check_range(offset, length, self.name)
+        end = offset + length
+        if not self.capabilities.extents:
+            return [Extent(offset, length, True)]
+        limit = min(end, self.size)
+        out: list[Extent] = []
+        pos = offset
+        while pos < limit:
+            try:
+                data = f.lseek(pos, gf.SEEK_DATA)
+            except gf.GfapiError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+                data = limit
+            data = min(data, limit)
+            if data > pos:
+                out.append(Extent(pos, data - pos, False))
+            if data >= limit:
+                break
+            hole = min(f.lseek(data, gf.SEEK_HOLE), limit)
+            out.append(Extent(data, hole - data, True))
+            pos = hole
+        tail = max(offset, limit)
+        if end > tail:
+            out.append(Extent(tail, end - tail, False))
+        return merge_extents(out)
+
+    def allocate(self, offset: int, length: int) -> None:
+        """Reserve space for a range (glfs_fallocate, mode 0)."""
+        f = self._writable()
+        check_range(offset, length, self.name)
+        if length:
+            f.fallocate(offset, length)
+
+    def resize(self, new_size: int, *, force: bool = False) -> None:
+        """Set the size; shrinking (which destroys data) needs ``force=True``."""
+        f = self._writable()
+        if new_size < 0:
+            raise BackingStoreError(errno.EINVAL, f"negative size {new_size}", self.name)
+        current = self.size
+        if new_size < current and not force:
+            raise BackingStoreError(
+                errno.EINVAL,
+                f"refusing to shrink from {current} to {new_size} without force",
+                self.name,
+            )
+        f.ftruncate(new_size)
+
+    def close(self) -> None:
+        with self._lock:
+            f, self._file = self._file, None
+        if f is None:
+            return
+        try:
+            f.close()
+        finally:
+            _release(self._client)
+
+    def __repr__(self) -> str:
+        return f"GfapiStore({self.name!r}, read_only={self.read_only})"
