@@ -88,8 +88,7 @@ def test_arbitrary_bytes_decode_or_raise_protocol_error_only(data: bytes) -> Non
     st.lists(
         st.tuples(
             st.from_regex(r"[A-Z][A-Za-z0-9.\-+@_]{0,62}", fullmatch=True),
-            st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
-                    max_size=40),
+            st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\0"), max_size=40),
         ),
         max_size=8,
     )
