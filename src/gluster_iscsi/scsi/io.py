@@ -11,15 +11,72 @@ callers use it. The asyncio server has its own driver that runs blocking ops in 
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Buffer
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..backstore.base import BackingStore, Extent
-
 if TYPE_CHECKING:
+    from collections.abc import Buffer  # Python 3.12+; annotations only
+
+    from ..backstore.base import BackingStore, Extent
     from .task import Execution, ScsiResult
+
+
+class IoLock:
+    """Shared/exclusive lock of one logical unit's data (COMPARE AND WRITE atomicity).
+
+    Ordinary reads and writes hold it shared, so they still run in parallel; COMPARE AND WRITE
+    holds it exclusive (``with lock:``) across its read-compare-write, so no write of another
+    command can land between the compare and the write, and no read sees half of it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._shared = 0
+        self._exclusive = False
+        self._waiting_exclusive = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._waiting_exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    def acquire(self) -> None:
+        with self._cond:
+            self._waiting_exclusive += 1
+            try:
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting_exclusive -= 1
+            self._exclusive = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+    def __enter__(self) -> IoLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _shared(lock: IoLock | None) -> contextlib.AbstractContextManager[None]:
+    return lock.shared() if lock is not None else contextlib.nullcontext()
 
 
 class IoOp:
@@ -33,9 +90,11 @@ class IoOp:
 class ReadOp(IoOp):
     offset: int
     length: int
+    lock: IoLock | None = None
 
     def run(self, store: BackingStore) -> bytearray:
-        return store.read(self.offset, self.length)
+        with _shared(self.lock):
+            return store.read(self.offset, self.length)
 
 
 @dataclass(slots=True)
@@ -43,9 +102,11 @@ class WriteOp(IoOp):
     offset: int
     data: Buffer
     fua: bool = False
+    lock: IoLock | None = None
 
     def run(self, store: BackingStore) -> None:
-        store.write(self.offset, self.data)
+        with _shared(self.lock):
+            store.write(self.offset, self.data)
         if self.fua:
             store.flush()
 
@@ -60,18 +121,22 @@ class FlushOp(IoOp):
 class DiscardOp(IoOp):
     offset: int
     length: int
+    lock: IoLock | None = None
 
     def run(self, store: BackingStore) -> None:
-        store.discard(self.offset, self.length)
+        with _shared(self.lock):
+            store.discard(self.offset, self.length)
 
 
 @dataclass(slots=True)
 class WriteZeroesOp(IoOp):
     offset: int
     length: int
+    lock: IoLock | None = None
 
     def run(self, store: BackingStore) -> None:
-        store.write_zeroes(self.offset, self.length)
+        with _shared(self.lock):
+            store.write_zeroes(self.offset, self.length)
 
 
 @dataclass(slots=True)
@@ -97,14 +162,14 @@ class CompareAndWriteOp(IoOp):
     verify: Buffer
     data: Buffer
     fua: bool = False
-    lock: threading.Lock | None = None
+    lock: threading.Lock | IoLock | None = None
 
     def run(self, store: BackingStore) -> int | None:
         lock = self.lock or threading.Lock()
         with lock:
             current = store.read(self.offset, len(memoryview(self.verify)))
             if current != self.verify:
-                mv = memoryview(self.verify)
+                mv = memoryview(self.verify).cast("B")
                 for i in range(len(current)):
                     if current[i] != mv[i]:
                         return i
@@ -112,6 +177,48 @@ class CompareAndWriteOp(IoOp):
             if self.fua:
                 store.flush()
             return None
+
+
+@dataclass(slots=True)
+class OnStore(IoOp):
+    """Run ``op`` against ``store`` instead of the addressed LU's store (EXTENDED COPY).
+
+    Drivers pick the store with :func:`store_for` (to decide e.g. whether it blocks); ``run``
+    ignores the store it is given, so :func:`drive` needs no special case.
+    """
+
+    op: IoOp
+    store: BackingStore
+
+    def run(self, store: BackingStore | None = None) -> Any:
+        return self.op.run(self.store)
+
+
+def store_for(op: IoOp, default: BackingStore | None) -> BackingStore | None:
+    """The store ``op`` will touch: its own for :class:`OnStore`, else ``default``."""
+    return op.store if isinstance(op, OnStore) else default
+
+
+@dataclass(slots=True)
+class OrWriteOp(IoOp):
+    """ORWRITE: ``data`` OR the current contents at ``offset``, atomic like COMPARE AND WRITE."""
+
+    offset: int
+    data: Buffer
+    fua: bool = False
+    lock: threading.Lock | IoLock | None = None
+
+    def run(self, store: BackingStore) -> None:
+        lock = self.lock or threading.Lock()
+        with lock:
+            mv = memoryview(self.data).cast("B")
+            current = store.read(self.offset, len(mv))
+            merged = (int.from_bytes(current, "big") | int.from_bytes(mv, "big")).to_bytes(
+                len(mv), "big"
+            )
+            store.write(self.offset, merged)
+            if self.fua:
+                store.flush()
 
 
 def drive(execution: Execution, store: BackingStore | None) -> ScsiResult:

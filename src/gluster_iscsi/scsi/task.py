@@ -9,9 +9,12 @@ returns a :class:`ScsiResult`. Nothing in the SCSI layer does I/O itself.
 from __future__ import annotations
 
 import enum
-from collections.abc import Buffer, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Buffer  # Python 3.12+; annotations only
 
 
 class Status(enum.IntEnum):

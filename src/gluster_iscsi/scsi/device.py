@@ -1,0 +1,196 @@
+"""The SCSI device server of one target: its LUN table and the common preamble.
+
+``execute(task)`` runs, in this order (SAM-5 / SPC-4): the LUN check, unit attentions, the
+opcode table lookup, reservation conflicts, NOT READY and write protection, then the handler.
+Everything that ends a command early becomes a :class:`ScsiResult` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from typing import TYPE_CHECKING, cast
+
+from .context import Ctx, ReservationConflict
+from .opcodes import Command, lookup
+from .sense import (
+    Asc,
+    CheckCondition,
+    SenseKey,
+    from_store_error,
+    illegal,
+    invalid_cdb,
+    invalid_opcode,
+)
+from .task import Execution, Nexus, ScsiResult, ScsiTask, Status
+
+if TYPE_CHECKING:
+    from .lu import LogicalUnit
+
+log = logging.getLogger(__name__)
+
+
+class DeviceServer:
+    """The logical units of one SCSI target device and the I_T nexuses that reach them."""
+
+    def __init__(
+        self, luns: dict[int, LogicalUnit] | None = None, *, target_name: str = ""
+    ) -> None:
+        self.luns: dict[int, LogicalUnit] = dict(luns or {})
+        self.target_name = target_name
+        self._nexuses: dict[str, Nexus] = {}
+        self._lock = threading.RLock()
+
+    # -- LUN table ------------------------------------------------------------------------
+
+    def lu(self, lun: int) -> LogicalUnit | None:
+        return self.luns.get(lun)
+
+    def add_lun(self, lun: int, lu: LogicalUnit) -> None:
+        with self._lock:
+            if lun in self.luns:
+                raise ValueError(f"LUN {lun} already exists")
+            lu.lun_id = lun
+            for port in self._nexuses:
+                lu.nexus_added(port)
+            self.luns[lun] = lu
+            self._luns_changed(except_lun=lun)
+
+    def remove_lun(self, lun: int) -> LogicalUnit | None:
+        with self._lock:
+            lu = self.luns.pop(lun, None)
+            if lu is not None:
+                self._luns_changed()
+            return lu
+
+    def _luns_changed(self, except_lun: int | None = None) -> None:
+        for n, lu in self.luns.items():
+            if n != except_lun:
+                lu.queue_ua_all(Asc.REPORTED_LUNS_DATA_HAS_CHANGED)
+
+    def find_by_naa(self, naa: bytes) -> LogicalUnit | None:
+        """The LU whose VPD 83h NAA designator is ``naa`` (EXTENDED COPY target descriptors)."""
+        return next((lu for lu in self.luns.values() if lu.naa == naa), None)
+
+    # -- nexus events ---------------------------------------------------------------------
+
+    def nexus_added(self, nexus: Nexus) -> None:
+        """A new I_T nexus (login): POWER ON, RESET OR BUS DEVICE RESET OCCURRED on every LU."""
+        with self._lock:
+            self._nexuses.setdefault(nexus.initiator_port, nexus)
+            for lu in self.luns.values():
+                lu.nexus_added(nexus.initiator_port)
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        """The I_T nexus is gone (session closed): release its SPC-2 reservations.
+
+        Persistent reservations survive by design; the UA queue is kept so a returning
+        initiator port still learns what happened.
+        """
+        with self._lock:
+            for lu in self.luns.values():
+                lu.nexus_lost(nexus.initiator_port)
+
+    def lun_reset(self, lun: int, nexus: Nexus) -> bool:
+        """LOGICAL UNIT RESET: False if there is no such LU."""
+        lu = self.luns.get(lun)
+        if lu is None:
+            return False
+        lu.reset(Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED, nexus.initiator_port)
+        return True
+
+    def target_reset(self, nexus: Nexus, cold: bool = False) -> None:
+        """TARGET WARM/COLD RESET: every LU is reset; persistent reservations are kept."""
+        asc = Asc.POWER_ON_OCCURRED if cold else Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED
+        with self._lock:
+            for lu in self.luns.values():
+                lu.reset(asc, nexus.initiator_port)
+
+    def clear_task_set(self, lun: int, nexus: Nexus) -> None:
+        """CLEAR TASK SET: tasks of other nexuses were cleared (SAM-5 7.4)."""
+        lu = self.luns.get(lun)
+        if lu is not None:
+            lu.queue_ua_all(
+                Asc.COMMANDS_CLEARED_BY_ANOTHER_INITIATOR, except_port=nexus.initiator_port
+            )
+
+    # -- execution ------------------------------------------------------------------------
+
+    def execute(self, task: ScsiTask) -> Execution:
+        """Run one command: a generator yielding :mod:`.io` ops, returning a ScsiResult."""
+        lu = self.luns.get(task.lun)
+        command: Command | None = None
+        try:
+            if not task.cdb:
+                raise invalid_opcode()
+            if task.nexus.initiator_port not in self._nexuses:
+                self.nexus_added(task.nexus)
+            command = self._preamble(task, lu)
+            cdb = task.cdb
+            if len(cdb) < command.cdb_length:
+                task.cdb = cdb = bytes(cdb) + bytes(command.cdb_length - len(cdb))
+            ctx = Ctx(task, cast("LogicalUnit", lu), self, command)
+            assert command.handler is not None
+            outcome = command.handler(ctx)
+            if inspect.isgenerator(outcome):
+                outcome = yield from outcome
+            return outcome
+        except CheckCondition as cc:
+            return self._check_condition(cc, lu)
+        except ReservationConflict:
+            return ScsiResult(status=Status.RESERVATION_CONFLICT)
+        except OSError as exc:
+            write = command is not None and command.write
+            return self._check_condition(from_store_error(exc, write=write), lu)
+        except Exception:
+            log.exception("internal error executing CDB %s", bytes(task.cdb[:16]).hex())
+            cc = CheckCondition(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
+            return self._check_condition(cc, lu)
+
+    def _preamble(self, task: ScsiTask, lu: LogicalUnit | None) -> Command:
+        cdb = task.cdb
+        port = task.nexus.initiator_port
+        entry = None
+        try:
+            entry = lookup(cdb)
+        except CheckCondition:
+            bad_action = True
+        else:
+            bad_action = False
+        # 1. LUN check.
+        if lu is None:
+            if entry is not None and entry.no_lu_ok:
+                return entry
+            raise illegal(Asc.LOGICAL_UNIT_NOT_SUPPORTED)
+        # 2. Unit attention (not for INQUIRY, REPORT LUNS, REQUEST SENSE).
+        lu.check_capacity()
+        if not (entry is not None and entry.ua_exempt):
+            asc = lu.pop_ua(port)
+            if asc is not None:
+                raise CheckCondition(SenseKey.UNIT_ATTENTION, asc)
+        # 3. The opcode table.
+        if bad_action:
+            raise invalid_cdb(1, 4)
+        if entry is None or not entry.offered_by(lu):
+            raise invalid_opcode()
+        control = cdb[entry.cdb_length - 1] if len(cdb) >= entry.cdb_length else 0
+        if control & 0x05:  # NACA (no ACA support) or the obsolete LINK bit
+            raise invalid_cdb(entry.cdb_length - 1, 2 if control & 0x04 else 0)
+        # 4. Reservations.
+        with lu.state_lock:
+            if lu.reserved_by is not None and lu.reserved_by != port and not entry.spc2_ok(cdb):
+                raise ReservationConflict
+            if lu.pr.conflicts(task.nexus, entry.pr_access(cdb)):
+                raise ReservationConflict
+        # 5. Medium state.
+        if entry.media and not lu.started:
+            raise CheckCondition(SenseKey.NOT_READY, Asc.LU_NOT_READY_INITIALIZING_COMMAND_REQUIRED)
+        if entry.write and lu.read_only:
+            raise CheckCondition(SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED)
+        return entry
+
+    @staticmethod
+    def _check_condition(cc: CheckCondition, lu: LogicalUnit | None) -> ScsiResult:
+        descriptor = lu.descriptor_sense if lu is not None else False
+        return ScsiResult(status=Status.CHECK_CONDITION, sense=cc.sense(descriptor))

@@ -1,0 +1,226 @@
+"""One logical unit: its store, identity, mode pages, unit attentions and reservations.
+
+All of a LU's mutable SCSI state lives here; handlers in :mod:`.spc`/:mod:`.sbc` read and
+change it. Nothing here does I/O: the store is only asked for its ``size``/``capabilities``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .io import IoLock
+from .reservations import PrState
+from .sense import Asc
+
+if TYPE_CHECKING:
+    from ..backstore.base import BackingStore
+
+#: IEEE company id used to build NAA identifiers when the configuration gives none.
+DEFAULT_OUI = 0x001A4A
+
+
+def naa_from_serial(serial: str, oui: int = DEFAULT_OUI) -> bytes:
+    """A stable 8-byte NAA IEEE Registered (type 5) identifier derived from ``serial``.
+
+    NAA 5: 4-bit NAA, 24-bit OUI, 36-bit vendor specific identifier (here: a hash of the
+    serial, so the same configured serial/UUID always yields the same id).
+    """
+    vsi = int.from_bytes(hashlib.sha256(serial.encode()).digest()[:5], "big") >> 4
+    value = (0x5 << 60) | ((oui & 0xFFFFFF) << 36) | (vsi & 0xFFFFFFFFF)
+    return value.to_bytes(8, "big")
+
+
+@dataclass(slots=True)
+class ModePage:
+    """A mode page: current/default values and the mask of bits MODE SELECT may change."""
+
+    code: int
+    current: bytearray
+    default: bytes
+    changeable: bytes
+    subpage: int = 0
+
+    @classmethod
+    def make(cls, code: int, body: bytes, changeable: bytes) -> ModePage:
+        head = bytes([code, len(body)])
+        return cls(code, bytearray(head + body), head + body, bytes([0, 0]) + changeable)
+
+
+# Bit positions in mode pages that the server itself reads.
+CACHING_PAGE = 0x08
+CONTROL_PAGE = 0x0A
+IEC_PAGE = 0x1C
+WCE = 0x04  # caching page byte 2
+D_SENSE = 0x04  # control page byte 2
+SWP = 0x08  # control page byte 4
+
+
+class LogicalUnit:
+    """A direct-access block device backed by a byte-level :class:`BackingStore`."""
+
+    def __init__(
+        self,
+        store: BackingStore,
+        *,
+        lun_id: int = 0,
+        block_size: int = 512,
+        serial: str,
+        naa: bytes | None = None,
+        vendor: str = "GLUSTER",
+        product: str = "iSCSI Disk",
+        revision: str = "0001",
+        read_only: bool = False,
+        on_persist: Callable[[dict[str, Any] | None], None] | None = None,
+    ) -> None:
+        if block_size < 512 or block_size & (block_size - 1):
+            raise ValueError(f"block size must be a power of two >= 512, not {block_size}")
+        self.store = store
+        self.lun_id = lun_id
+        self.block_size = block_size
+        self.serial = serial
+        self.naa = naa if naa is not None else naa_from_serial(serial)
+        if len(self.naa) != 8 or self.naa[0] >> 4 not in (5, 6):
+            raise ValueError("naa must be an 8-byte NAA IEEE Registered identifier (type 5/6)")
+        self.vendor = vendor
+        self.product = product
+        self.revision = revision
+        self.read_only = read_only or store.read_only
+        #: Called with the PR state dict (or None when APTPL is off) whenever it must persist.
+        self.on_persist = on_persist
+        #: Serializes COMPARE AND WRITE against every other data op of this LU.
+        self.io_lock = IoLock()
+        #: Guards this object's state (unit attentions, reservations) across threads.
+        self.state_lock = threading.RLock()
+        self.started = True
+        self.prevent_removal: set[str] = set()
+        #: SPC-2 RESERVE(6/10) holder: the initiator port name.
+        self.reserved_by: str | None = None
+        self.pr = PrState()
+        self._ua: dict[str, list[Asc]] = {}
+        self._last_blocks = self.block_count
+        flush = store.capabilities.flush
+        self.mode_pages: dict[int, ModePage] = {
+            # Caching (SBC-3 6.4.5): WCE tells the initiator to send SYNCHRONIZE CACHE.
+            CACHING_PAGE: ModePage.make(
+                CACHING_PAGE,
+                bytes([WCE if flush else 0]) + bytes(17),
+                bytes([WCE]) + bytes(17),
+            ),
+            # Control (SPC-4 7.5.8): QAM 1 (unrestricted reordering); D_SENSE changeable.
+            CONTROL_PAGE: ModePage.make(
+                CONTROL_PAGE,
+                bytes([0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x00, 0x00]),
+                bytes([D_SENSE, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            ),
+            # Informational exceptions control (SPC-4 7.5.11): none to report (DEXCPT).
+            IEC_PAGE: ModePage.make(IEC_PAGE, bytes([0x08]) + bytes(9), bytes(10)),
+        }
+
+    # -- geometry -------------------------------------------------------------------------
+
+    @property
+    def block_count(self) -> int:
+        """Blocks on the medium now (an online grow of the store is seen at once)."""
+        return self.store.size // self.block_size
+
+    def capacity_changed(self) -> None:
+        """The store was resized: tell every nexus (CAPACITY DATA HAS CHANGED)."""
+        self._last_blocks = self.block_count
+        self.queue_ua_all(Asc.CAPACITY_DATA_HAS_CHANGED)
+
+    def check_capacity(self) -> None:
+        """Raise the capacity UA if the store's size changed behind our back."""
+        if self.block_count != self._last_blocks:
+            self.capacity_changed()
+
+    # -- mode pages -----------------------------------------------------------------------
+
+    @property
+    def write_cache(self) -> bool:
+        return bool(self.mode_pages[CACHING_PAGE].current[2] & WCE)
+
+    @property
+    def descriptor_sense(self) -> bool:
+        return bool(self.mode_pages[CONTROL_PAGE].current[2] & D_SENSE)
+
+    @property
+    def write_protected(self) -> bool:
+        return self.read_only
+
+    # -- unit attentions (SAM-5 5.14) -------------------------------------------------------
+
+    def nexus_added(self, initiator_port: str) -> None:
+        with self.state_lock:
+            if initiator_port not in self._ua:
+                self._ua[initiator_port] = [Asc.POWER_ON_RESET_OR_BUS_DEVICE_RESET]
+
+    def knows(self, initiator_port: str) -> bool:
+        return initiator_port in self._ua
+
+    def queue_ua(self, initiator_port: str, asc: Asc) -> None:
+        with self.state_lock:
+            queue = self._ua.setdefault(initiator_port, [])
+            if asc not in queue:
+                queue.append(asc)
+
+    def queue_ua_all(self, asc: Asc, *, except_port: str | None = None) -> None:
+        with self.state_lock:
+            for port in list(self._ua):
+                if port != except_port:
+                    self.queue_ua(port, asc)
+
+    def clear_ua(self, initiator_port: str) -> None:
+        with self.state_lock:
+            self._ua[initiator_port] = []
+
+    def pending_ua(self, initiator_port: str) -> Asc | None:
+        queue = self._ua.get(initiator_port)
+        return queue[0] if queue else None
+
+    def pop_ua(self, initiator_port: str) -> Asc | None:
+        """Take the oldest pending unit attention of this nexus (a reset outranks the rest)."""
+        with self.state_lock:
+            queue = self._ua.get(initiator_port)
+            if not queue:
+                return None
+            resets = [a for a in queue if a.asc == 0x29]
+            asc = resets[0] if resets else queue[0]
+            if asc.asc == 0x29:
+                # A reset supersedes every older condition of this nexus (SAM-5 5.14).
+                queue[:] = [a for a in queue if a.asc != 0x29]
+            else:
+                queue.remove(asc)
+            return asc
+
+    # -- resets ---------------------------------------------------------------------------
+
+    def reset(self, asc: Asc, issuer: str | None = None) -> None:
+        """LOGICAL UNIT RESET / target reset: drop SPC-2 reservations, UA everyone."""
+        with self.state_lock:
+            self.reserved_by = None
+            self.prevent_removal.clear()
+            self.started = True
+            for port in list(self._ua):
+                self.queue_ua(port, asc)
+
+    def nexus_lost(self, initiator_port: str) -> None:
+        with self.state_lock:
+            if self.reserved_by == initiator_port:
+                self.reserved_by = None
+            self.prevent_removal.discard(initiator_port)
+
+    # -- persistent reservations ----------------------------------------------------------
+
+    def persist_pr(self) -> None:
+        """Hand the PR state to the daemon when APTPL asks for it to survive power loss."""
+        if self.on_persist is not None:
+            self.on_persist(self.pr.to_dict() if self.pr.aptpl else None)
+
+    def load_pr_state(self, state: dict[str, Any]) -> None:
+        """Restore persistent reservations saved through :attr:`on_persist` (APTPL)."""
+        with self.state_lock:
+            self.pr = PrState.from_dict(state)

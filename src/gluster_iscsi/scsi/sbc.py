@@ -1,0 +1,472 @@
+"""SBC-3 block commands: READ/WRITE, capacity, cache, verify, provisioning, atomic updates.
+
+Every handler turns LBAs into byte offsets and yields :mod:`.io` ops; the store never sees a
+CDB. Range and field checks come before any I/O so a refused command touches nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from .context import data_in
+from .io import (
+    CompareAndWriteOp,
+    DiscardOp,
+    ExtentsOp,
+    FlushOp,
+    OrWriteOp,
+    ReadOp,
+    WriteOp,
+    WriteZeroesOp,
+)
+from .sense import (
+    Asc,
+    CheckCondition,
+    SenseKey,
+    from_store_error,
+    invalid_cdb,
+    invalid_param,
+    lba_out_of_range,
+)
+from .spc import (
+    MAX_COMPARE_AND_WRITE_BLOCKS,
+    MAX_TRANSFER_BYTES,
+    MAX_UNMAP_BYTES,
+    MAX_UNMAP_DESCRIPTORS,
+    MAX_WRITE_SAME_BYTES,
+)
+from .task import ScsiResult, Status
+
+if TYPE_CHECKING:
+    from .context import Ctx
+    from .lu import LogicalUnit
+    from .task import Execution
+
+#: Largest buffer one op moves when a command spans more (VERIFY, WRITE SAME, SANITIZE).
+CHUNK_BYTES = 1 << 20
+
+
+def lba_and_length(cdb: bytes) -> tuple[int, int, int]:
+    """(LBA, transfer length, index of the length field) for the CDB's size class."""
+    op = cdb[0]
+    if op < 0x20:  # 6-byte
+        n = cdb[4]
+        return (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3], n, 4
+    if op < 0x60:  # 10-byte
+        return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big"), 7
+    if op == 0x89:  # COMPARE AND WRITE: NUMBER OF LOGICAL BLOCKS in byte 13
+        return int.from_bytes(cdb[2:10], "big"), cdb[13], 13
+    if op < 0xA0:  # 16-byte
+        return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big"), 10
+    return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[6:10], "big"), 6  # 12-byte
+
+
+def check_range(lu: LogicalUnit, lba: int, n: int) -> None:
+    count = lu.block_count
+    if lba > count or lba + n > count:
+        raise lba_out_of_range()
+
+
+def _no_protection(cdb: bytes) -> None:
+    if cdb[0] >= 0x20 and cdb[1] & 0xE0:  # RDPROTECT/WRPROTECT/VRPROTECT: no PI here
+        raise invalid_cdb(1, 7)
+
+
+def _check_transfer(lu: LogicalUnit, n: int, field: int) -> None:
+    if n * lu.block_size > MAX_TRANSFER_BYTES:
+        raise invalid_cdb(field)
+
+
+# -- READ / WRITE ----------------------------------------------------------------------------
+
+
+def read(ctx: Ctx) -> Execution:
+    cdb, lu = ctx.cdb, ctx.lu
+    lba, n, field = lba_and_length(cdb)
+    if cdb[0] == 0x08 and n == 0:
+        n = 256  # READ(6): zero means 256 blocks
+    _no_protection(cdb)
+    check_range(lu, lba, n)
+    _check_transfer(lu, n, field)
+    bs = lu.block_size
+    if n == 0:
+        return ScsiResult(transfer_length=0)
+    data = yield ReadOp(lba * bs, n * bs, lu.io_lock)
+    return ScsiResult(data=data)
+
+
+def _write_data(ctx: Ctx, need: int) -> memoryview:
+    """The whole blocks of data-out that arrived, at most ``need`` bytes.
+
+    When the initiator's Expected Data Transfer Length is shorter than the CDB asks for, we
+    write what was sent in whole blocks and let the transport report the residual overflow
+    (what libiscsi's residual tests and Linux LIO expect); extra data-out is ignored.
+    """
+    mv = ctx.parameter_list(need)
+    usable = len(mv) - len(mv) % ctx.lu.block_size
+    return mv[:usable]
+
+
+def write(ctx: Ctx) -> Execution:
+    cdb, lu = ctx.cdb, ctx.lu
+    lba, n, field = lba_and_length(cdb)
+    if cdb[0] == 0x0A and n == 0:
+        n = 256
+    _no_protection(cdb)
+    check_range(lu, lba, n)
+    _check_transfer(lu, n, field)
+    bs = lu.block_size
+    need = n * bs
+    fua = (cdb[0] != 0x0A and bool(cdb[1] & 0x08)) or not lu.write_cache
+    data = _write_data(ctx, need)
+    if len(data):
+        yield WriteOp(lba * bs, data, fua, lu.io_lock)
+    return ScsiResult(transfer_length=need)
+
+
+def write_and_verify(ctx: Ctx) -> Execution:
+    cdb, lu = ctx.cdb, ctx.lu
+    lba, n, field = lba_and_length(cdb)
+    _no_protection(cdb)
+    check_range(lu, lba, n)
+    _check_transfer(lu, n, field)
+    bs = lu.block_size
+    data = _write_data(ctx, n * bs)
+    if len(data):
+        yield WriteOp(lba * bs, data, True, lu.io_lock)
+        back = yield ReadOp(lba * bs, len(data), lu.io_lock)
+        _compare(back, data)
+    return ScsiResult(transfer_length=n * bs)
+
+
+def _compare(actual: bytes | bytearray, expected: memoryview | bytes, base: int = 0) -> None:
+    if actual != expected:
+        mv = memoryview(expected)
+        for i in range(len(actual)):
+            if actual[i] != mv[i]:
+                raise CheckCondition(
+                    SenseKey.MISCOMPARE, Asc.MISCOMPARE_DURING_VERIFY, information=base + i
+                )
+
+
+# -- VERIFY ----------------------------------------------------------------------------------
+
+
+def verify(ctx: Ctx) -> Execution:
+    cdb, lu = ctx.cdb, ctx.lu
+    lba, n, field = lba_and_length(cdb)
+    _no_protection(cdb)
+    bytchk = (cdb[1] >> 1) & 0x03
+    if bytchk == 2:
+        raise invalid_cdb(1, 2)
+    check_range(lu, lba, n)
+    bs = lu.block_size
+    if bytchk == 1:
+        _check_transfer(lu, n, field)
+        expected = _write_data(ctx, n * bs)
+        if len(expected):
+            current = yield ReadOp(lba * bs, len(expected), lu.io_lock)
+            _compare(current, expected)
+        return ScsiResult(transfer_length=n * bs)
+    if bytchk == 3:
+        block = ctx.parameter_list(bs)
+        if len(block) < bs:
+            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
+        for i in range(n):
+            current = yield ReadOp((lba + i) * bs, bs, lu.io_lock)
+            _compare(current, block, i * bs)
+        return ScsiResult(transfer_length=bs if n else 0)
+    # BYTCHK 0: check the medium can be read.
+    offset, end = lba * bs, (lba + n) * bs
+    while offset < end:
+        size = min(CHUNK_BYTES, end - offset)
+        yield ReadOp(offset, size, lu.io_lock)
+        offset += size
+    return ScsiResult()
+
+
+# -- capacity --------------------------------------------------------------------------------
+
+
+def read_capacity_10(ctx: Ctx) -> ScsiResult:
+    cdb, lu = ctx.cdb, ctx.lu
+    if not cdb[8] & 0x01 and any(cdb[2:6]):
+        raise invalid_cdb(2)  # an LBA without PMI
+    last = lu.block_count - 1
+    return ScsiResult(data=struct.pack(">II", min(max(last, 0), 0xFFFFFFFF), lu.block_size))
+
+
+def read_capacity_16(ctx: Ctx) -> ScsiResult:
+    cdb, lu = ctx.cdb, ctx.lu
+    alloc = int.from_bytes(cdb[10:14], "big")
+    caps = lu.store.capabilities
+    lbp = 0
+    if caps.discard:
+        lbp = 0x80 | (0x40 if caps.discard_zeroes else 0)  # LBPME, LBPRZ
+    out = struct.pack(">QIBBBB", max(lu.block_count - 1, 0), lu.block_size, 0, 0, lbp, 0)
+    return data_in(out + bytes(32 - len(out)), alloc)
+
+
+# -- cache -----------------------------------------------------------------------------------
+
+
+def synchronize_cache(ctx: Ctx) -> Execution:
+    lba, n, _ = lba_and_length(ctx.cdb)
+    check_range(ctx.lu, lba, n)
+    try:
+        yield FlushOp()
+    except OSError as exc:  # a failed flush loses writes: never report GOOD
+        raise from_store_error(exc, write=True) from exc
+    return ScsiResult()
+
+
+def pre_fetch(ctx: Ctx) -> ScsiResult:
+    lba, n, _ = lba_and_length(ctx.cdb)
+    check_range(ctx.lu, lba, n)
+    return ScsiResult()  # no cache to fill: GOOD, not CONDITION MET
+
+
+# -- START STOP UNIT / PREVENT ALLOW MEDIUM REMOVAL -------------------------------------------
+
+
+def start_stop_unit(ctx: Ctx) -> ScsiResult:
+    cdb, lu = ctx.cdb, ctx.lu
+    power_condition = cdb[4] >> 4
+    if power_condition:
+        return ScsiResult()  # power conditions are accepted and have no effect
+    start, loej = cdb[4] & 0x01, cdb[4] & 0x02
+    with lu.state_lock:
+        if not start and loej and lu.prevent_removal:
+            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.MEDIUM_REMOVAL_PREVENTED)
+        lu.started = bool(start)
+    return ScsiResult()
+
+
+def prevent_allow_medium_removal(ctx: Ctx) -> ScsiResult:
+    prevent = ctx.cdb[4] & 0x03
+    with ctx.lu.state_lock:
+        if prevent:
+            ctx.lu.prevent_removal.add(ctx.nexus.initiator_port)
+        else:
+            ctx.lu.prevent_removal.discard(ctx.nexus.initiator_port)
+    return ScsiResult()
+
+
+# -- COMPARE AND WRITE / ORWRITE --------------------------------------------------------------
+
+
+def compare_and_write(ctx: Ctx) -> Execution:
+    cdb, lu = ctx.cdb, ctx.lu
+    lba, n, _ = lba_and_length(cdb)
+    _no_protection(cdb)
+    if n > MAX_COMPARE_AND_WRITE_BLOCKS:
+        raise invalid_cdb(13)
+    check_range(lu, lba, n)
+    bs = lu.block_size
+    if n == 0:
+        return ScsiResult(transfer_length=0)
+    need = 2 * n * bs
+    data = ctx.parameter_list(need)
+    if len(data) < need:
+        raise invalid_cdb(13)  # the data-out cannot hold both verify and write data
+    fua = bool(cdb[1] & 0x08) or not lu.write_cache
+    miscompare = yield CompareAndWriteOp(lba * bs, data[: n * bs], data[n * bs :], fua, lu.io_lock)
+    if miscompare is not None:
+        raise CheckCondition(
+            SenseKey.MISCOMPARE, Asc.MISCOMPARE_DURING_VERIFY, information=miscompare
+        )
+    return ScsiResult(transfer_length=need)
+
+
+def orwrite(ctx: Ctx) -> Execution:
+    cdb, lu = ctx.cdb, ctx.lu
+    lba, n, field = lba_and_length(cdb)
+    _no_protection(cdb)
+    check_range(lu, lba, n)
+    _check_transfer(lu, n, field)
+    bs = lu.block_size
+    data = _write_data(ctx, n * bs)
+    if len(data):
+        fua = bool(cdb[1] & 0x08) or not lu.write_cache
+        yield OrWriteOp(lba * bs, data, fua, lu.io_lock)
+    return ScsiResult(transfer_length=n * bs)
+
+
+# -- WRITE SAME / UNMAP / GET LBA STATUS ------------------------------------------------------
+
+
+def _fill(lu: LogicalUnit, offset: int, length: int, block: bytes) -> Execution:
+    """Write ``block`` repeatedly over [offset, offset+length), a chunk at a time."""
+    bs = lu.block_size
+    chunk = block * max(1, CHUNK_BYTES // bs)
+    end = offset + length
+    while offset < end:
+        size = min(len(chunk), end - offset)
+        yield WriteOp(offset, memoryview(chunk)[:size], False, lu.io_lock)
+        offset += size
+    return ScsiResult()
+
+
+def write_same(ctx: Ctx) -> Execution:
+    cdb, lu = ctx.cdb, ctx.lu
+    lba, n, field = lba_and_length(cdb)
+    sixteen = cdb[0] == 0x93
+    _no_protection(cdb)
+    if cdb[1] & 0x10:  # ANCHOR: we never anchor
+        raise invalid_cdb(1, 4)
+    if cdb[1] & 0x06:  # PBDATA / LBDATA (obsolete)
+        raise invalid_cdb(1, 2)
+    unmap = bool(cdb[1] & 0x08)
+    ndob = sixteen and bool(cdb[1] & 0x01)
+    bs = lu.block_size
+    if n == 0:
+        raise invalid_cdb(field)  # WSNZ=1 in VPD B0h
+    if n * bs > MAX_WRITE_SAME_BYTES:
+        raise invalid_cdb(field)
+    check_range(lu, lba, n)
+    if ndob:
+        block = bytes(bs)
+    else:
+        mv = ctx.parameter_list(bs)
+        if len(mv) < bs:
+            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
+        block = bytes(mv)
+    offset, length = lba * bs, n * bs
+    zero = not any(block)
+    caps = lu.store.capabilities
+    if unmap and zero and caps.discard:
+        yield DiscardOp(offset, length, lu.io_lock)
+        if not caps.discard_zeroes:
+            # Without LBPRZ we still must return the data we were given: zeroes.
+            yield WriteZeroesOp(offset, length, lu.io_lock)
+    elif zero and caps.write_zeroes:
+        yield WriteZeroesOp(offset, length, lu.io_lock)
+    else:
+        yield from _fill(lu, offset, length, block)
+    if not lu.write_cache:
+        yield FlushOp()
+    return ScsiResult(transfer_length=0 if ndob else bs)
+
+
+def unmap(ctx: Ctx) -> Execution:
+    cdb, lu = ctx.cdb, ctx.lu
+    if cdb[1] & 0x01:  # ANCHOR
+        raise invalid_cdb(1, 0)
+    length = int.from_bytes(cdb[7:9], "big")
+    if length == 0:
+        return ScsiResult()
+    if length < 8:
+        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
+    params = ctx.require_parameter_list(length)
+    data_len = int.from_bytes(params[0:2], "big")
+    bd_len = int.from_bytes(params[2:4], "big")
+    if data_len + 2 > length or bd_len + 8 > length:
+        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
+    count = bd_len // 16  # a trailing partial descriptor is ignored (SBC-3 5.28.2)
+    if count > MAX_UNMAP_DESCRIPTORS:
+        raise invalid_param(2)
+    bs = lu.block_size
+    ranges: list[tuple[int, int]] = []
+    for i in range(count):
+        pos = 8 + 16 * i
+        lba = int.from_bytes(params[pos : pos + 8], "big")
+        n = int.from_bytes(params[pos + 8 : pos + 12], "big")
+        if n * bs > MAX_UNMAP_BYTES:
+            raise invalid_param(pos + 8)
+        check_range(lu, lba, n)
+        if n:
+            ranges.append((lba * bs, n * bs))
+    for offset, size in ranges:
+        yield DiscardOp(offset, size, lu.io_lock)
+    return ScsiResult()
+
+
+def get_lba_status(ctx: Ctx) -> Execution:
+    cdb, lu = ctx.cdb, ctx.lu
+    lba = int.from_bytes(cdb[2:10], "big")
+    alloc = int.from_bytes(cdb[10:14], "big")
+    count = lu.block_count
+    if lba >= count:
+        raise lba_out_of_range()
+    bs = lu.block_size
+    span = min(count - lba, MAX_UNMAP_BYTES // bs)
+    extents = yield ExtentsOp(lba * bs, span * bs)
+    # A block is deallocated only if every byte of it is: merge holes, round them inward.
+    holes: list[list[int]] = []
+    for ext in sorted(extents, key=lambda e: e.offset):
+        if ext.mapped or ext.length <= 0:
+            continue
+        if holes and holes[-1][1] >= ext.offset:
+            holes[-1][1] = max(holes[-1][1], ext.offset + ext.length)
+        else:
+            holes.append([ext.offset, ext.offset + ext.length])
+    runs: list[tuple[int, int, int]] = []
+    pos, end = lba, lba + span
+    for start_b, end_b in holes:
+        start, stop = max(-(-start_b // bs), pos), min(end_b // bs, end)
+        if stop <= start:
+            continue
+        if start > pos:
+            runs.append((pos, start, 0))
+        runs.append((start, stop, 1))
+        pos = stop
+    if pos < end:
+        runs.append((pos, end, 0))
+    room = max(1, (alloc - 8) // 16) if alloc >= 24 else 1
+    body = b"".join(
+        struct.pack(">QIB3x", s, min(e - s, 0xFFFFFFFF), st) for s, e, st in runs[:room]
+    )
+    out = struct.pack(">I4x", len(body) + 4) + body
+    return data_in(out, alloc)
+
+
+# -- READ DEFECT DATA ------------------------------------------------------------------------
+
+
+def read_defect_data(ctx: Ctx) -> ScsiResult:
+    cdb = ctx.cdb
+    if cdb[0] == 0x37:
+        flags = cdb[2] & 0x1F
+        alloc = int.from_bytes(cdb[7:9], "big")
+        out = bytes([0, flags, 0, 0])
+    else:
+        flags = cdb[1] & 0x1F
+        alloc = int.from_bytes(cdb[6:10], "big")
+        out = bytes([0, flags, 0, 0, 0, 0, 0, 0])
+    return data_in(out, alloc)  # an empty list: this medium has no defects to report
+
+
+# -- SANITIZE --------------------------------------------------------------------------------
+
+
+def sanitize(ctx: Ctx) -> Execution:
+    """SANITIZE OVERWRITE: really overwrite every block with the pattern (SBC-3 5.30)."""
+    cdb, lu = ctx.cdb, ctx.lu
+    action = cdb[1] & 0x1F
+    if action != 0x01:
+        raise invalid_cdb(1, 4)
+    if cdb[1] & 0x20:  # AUSE: no failure mode to exit
+        raise invalid_cdb(1, 5)
+    length = int.from_bytes(cdb[7:9], "big")
+    bs = lu.block_size
+    if length < 5 or length > bs + 4:
+        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
+    params = ctx.require_parameter_list(length)
+    invert = bool(params[0] & 0x80)
+    if params[0] & 0x60:  # TEST
+        raise invalid_param(0, 6)
+    owcount = params[0] & 0x1F
+    plen = int.from_bytes(params[2:4], "big")
+    if owcount == 0 or plen == 0 or plen > bs or plen + 4 != length:
+        raise invalid_param(2 if plen == 0 or plen > bs or plen + 4 != length else 0)
+    pattern = bytes(params[4 : 4 + plen])
+    block = (pattern * (bs // plen + 1))[:bs]
+    total = lu.block_count * bs
+    for i in range(owcount):
+        current = block
+        if invert and i % 2 == 1:
+            current = bytes(b ^ 0xFF for b in block)
+        yield from _fill(lu, 0, total, current)
+    yield FlushOp()
+    return ScsiResult(status=Status.GOOD)
