@@ -1,0 +1,253 @@
+"""GfapiStore against a real replica-3 volume started by scripts/gluster-env.sh.
+
+Data written through libgfapi is checked through the volume's FUSE mount (and the other way
+round), so the binding cannot agree with itself and still be wrong.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+import uuid
+
+import pytest
+
+from gluster_iscsi.backstore.base import BackingStoreError, Extent
+from gluster_iscsi.backstore.open import open_store
+from gluster_iscsi.backstore.provision import create_backing, grow_backing
+
+pytestmark = pytest.mark.gluster
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}.img"
+
+
+@pytest.fixture
+def store_factory():
+    from gluster_iscsi.backstore.gfapi.store import GfapiStore
+
+    opened: list[GfapiStore] = []
+
+    def make(url: str, **kw) -> GfapiStore:
+        s = GfapiStore(url, log_file="/var/tmp/gluster-iscsi-env/gfapi-tests.log", **kw)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+def _read_fuse(path: str, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def test_write_through_gfapi_reads_back_through_fuse(gluster_volume, store_factory, name):
+    s = store_factory(gluster_volume.url(name), create_size=16 * MiB)
+    assert s.created
+    payload = os.urandom(3 * MiB + 512)
+    s.write(5 * MiB + 512, payload)
+    s.flush()
+    assert s.read(5 * MiB + 512, len(payload)) == payload
+    fuse = gluster_volume.fuse_path(name)
+    assert os.path.getsize(fuse) == 16 * MiB
+    assert _read_fuse(fuse, 5 * MiB + 512, len(payload)) == payload
+
+
+def test_write_through_fuse_reads_back_through_gfapi(gluster_volume, store_factory, name):
+    fuse = gluster_volume.fuse_path(name)
+    payload = os.urandom(MiB)
+    with open(fuse, "wb") as f:
+        f.truncate(4 * MiB)
+        f.seek(MiB)
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    s = store_factory(gluster_volume.url(name))
+    assert not s.created
+    assert s.size == 4 * MiB
+    buf = bytearray(MiB)
+    s.read_into(MiB, memoryview(buf))
+    assert buf == payload
+
+
+def test_write_crossing_a_64mib_shard_boundary(gluster_volume, store_factory, name):
+    s = store_factory(gluster_volume.url(name), create_size=128 * MiB)
+    payload = os.urandom(2 * MiB)
+    s.write(64 * MiB - MiB, payload)
+    assert s.read(64 * MiB - MiB, 2 * MiB) == payload
+    assert _read_fuse(gluster_volume.fuse_path(name), 64 * MiB - MiB, 2 * MiB) == payload
+
+
+def test_short_read_past_end_raises_eio(gluster_volume, store_factory, name):
+    s = store_factory(gluster_volume.url(name), create_size=MiB)
+    with pytest.raises(BackingStoreError) as ei:
+        s.read(MiB - 10, 20)
+    assert ei.value.errno == errno.EIO
+
+
+def test_discard_reads_zeroes_on_the_sharded_volume(gluster_volume, store_factory, name):
+    s = store_factory(gluster_volume.url(name), create_size=8 * MiB)
+    assert s.capabilities.discard and s.capabilities.discard_zeroes
+    s.write(0, b"\xaa" * (4 * MiB))
+    s.discard(MiB, 2 * MiB)
+    assert s.read(MiB, 2 * MiB) == bytes(2 * MiB)
+    assert s.read(0, MiB) == b"\xaa" * MiB
+    assert s.read(3 * MiB, MiB) == b"\xaa" * MiB
+    assert _read_fuse(gluster_volume.fuse_path(name), MiB, 4096) == bytes(4096)
+
+
+def test_sharded_volume_reports_no_extents_rather_than_guessing(
+    gluster_volume, store_factory, name
+):
+    # The shard translator answers glfs_lseek(SEEK_DATA) with ENOTSUP (GlusterFS 10.3).
+    s = store_factory(gluster_volume.url(name), create_size=8 * MiB)
+    assert s.capabilities.extents is False
+    assert s.extents(0, 8 * MiB) == [Extent(0, 8 * MiB, True)]
+
+
+def test_discard_then_seek_hole_on_an_unsharded_volume(plain_gluster_volume, store_factory, name):
+    s = store_factory(plain_gluster_volume.url(name), create_size=8 * MiB)
+    assert s.capabilities.extents
+    assert s.extents(0, 8 * MiB) == [Extent(0, 8 * MiB, False)]
+    s.write(0, b"\x01" * (4 * MiB))
+    s.flush()
+    s.discard(MiB, MiB)
+    assert s.read(MiB, MiB) == bytes(MiB)
+    assert s.extents(0, 8 * MiB) == [
+        Extent(0, MiB, True),
+        Extent(MiB, MiB, False),
+        Extent(2 * MiB, 2 * MiB, True),
+        Extent(4 * MiB, 4 * MiB, False),
+    ]
+    # The FUSE mount sees the same hole.
+    fd = os.open(plain_gluster_volume.fuse_path(name), os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == MiB
+        assert os.lseek(fd, MiB, os.SEEK_DATA) == 2 * MiB
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("volume_fixture", ["gluster_volume", "plain_gluster_volume"])
+def test_zerofill_zeroes_exactly_the_range(request, volume_fixture, store_factory, name):
+    env = request.getfixturevalue(volume_fixture)
+    s = store_factory(env.url(name), create_size=4 * MiB)
+    assert s.capabilities.write_zeroes
+    s.write(0, b"\x55" * (4 * MiB))
+    s.write_zeroes(4096, 2 * MiB)
+    assert s.read(4096, 2 * MiB) == bytes(2 * MiB)
+    assert s.read(0, 4096) == b"\x55" * 4096
+    assert s.read(4096 + 2 * MiB, 4096) == b"\x55" * 4096
+    assert s._zerofill, "glfs_zerofill itself did the work, not the write fallback"
+    assert _read_fuse(env.fuse_path(name), 4096, 4096) == bytes(4096)
+
+
+def test_two_stores_on_one_volume_share_one_client(gluster_volume, store_factory):
+    from gluster_iscsi.backstore.gfapi.store import client_refcounts
+
+    a = store_factory(gluster_volume.url("share-a.img"), create_size=MiB)
+    # The second one through tgt's glfs form: same volume and server, so the same client.
+    b = open_store(
+        f"{gluster_volume.volume}@{gluster_volume.host}:share-b.img", bstype="glfs", size=MiB
+    )
+    try:
+        key = (a.address.volume, a.address.servers)
+        assert client_refcounts()[key] == 2
+        assert a._client is b._client  # type: ignore[attr-defined]
+        a.write(0, b"A")
+        b.write(0, b"B")
+        assert a.read(0, 1) == b"A" and b.read(0, 1) == b"B"
+    finally:
+        b.close()
+    assert client_refcounts()[key] == 1
+    a.close()
+    assert key not in client_refcounts()
+
+
+def test_concurrent_io_from_threads(gluster_volume, store_factory, name):
+    s = store_factory(gluster_volume.url(name), create_size=16 * MiB)
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            data = bytes([i + 1]) * (256 * 1024)
+            for j in range(4):
+                off = (i * 4 + j) * len(data)
+                s.write(off, data)
+                assert s.read(off, len(data)) == data
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_read_only_store_refuses_writes_with_erofs(gluster_volume, store_factory, name):
+    store_factory(gluster_volume.url(name), create_size=MiB).close()
+    s = store_factory(gluster_volume.url(name), read_only=True)
+    for call in (lambda: s.write(0, b"x"), lambda: s.discard(0, 4096), lambda: s.resize(2 * MiB)):
+        with pytest.raises(BackingStoreError) as ei:
+            call()
+        assert ei.value.errno == errno.EROFS
+
+
+def test_missing_file_is_enoent(gluster_volume, store_factory):
+    with pytest.raises(BackingStoreError) as ei:
+        store_factory(gluster_volume.url("does/not/exist.img"))
+    assert ei.value.errno == errno.ENOENT
+
+
+def test_unknown_volume_fails_cleanly(gluster_volume):
+    from gluster_iscsi.backstore.gfapi.store import GfapiStore, client_refcounts
+
+    with pytest.raises(BackingStoreError):
+        GfapiStore(f"gluster://{gluster_volume.host}/no-such-volume/x.img", log_file="/dev/null")
+    assert not any(k[0] == "no-such-volume" for k in client_refcounts())
+
+
+def test_provision_and_grow_through_a_gluster_url(gluster_volume, name):
+    url = gluster_volume.url(f"prov/{name}")
+    seen: list[int] = []
+    create_backing(url, "64MiB", preallocation="falloc", progress=lambda d, t: seen.append(d))
+    fuse = gluster_volume.fuse_path(f"prov/{name}")
+    assert os.path.getsize(fuse) == 64 * MiB
+    assert seen[-1] == 64 * MiB
+    with pytest.raises(BackingStoreError) as ei:
+        create_backing(url, "64MiB")
+    assert ei.value.errno == errno.EEXIST
+    assert grow_backing(url, "96MiB") == 64 * MiB
+    s = open_store(url, read_only=True)
+    try:
+        assert s.size == 96 * MiB
+    finally:
+        s.close()
+    # The FUSE client caches attributes (attribute-timeout, 1 s by default).
+    deadline = time.monotonic() + 5
+    while os.path.getsize(fuse) != 96 * MiB and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert os.path.getsize(fuse) == 96 * MiB
+
+
+def test_resize_grows_and_refuses_unforced_shrink(gluster_volume, store_factory, name):
+    s = store_factory(gluster_volume.url(name), create_size=MiB)
+    s.resize(3 * MiB)
+    assert s.size == 3 * MiB
+    with pytest.raises(BackingStoreError):
+        s.resize(MiB)
+    s.resize(MiB, force=True)
+    assert s.size == MiB

@@ -1,0 +1,78 @@
+"""The binding's pieces that need no Gluster: layouts, pinning, lazy loading."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import subprocess
+import sys
+
+import pytest
+
+from gluster_iscsi.backstore.base import BackingStoreError
+from gluster_iscsi.backstore.gfapi import _binding as gf
+
+
+def test_struct_layouts_match_x86_64_abi():
+    assert ctypes.sizeof(gf.Stat) == 144
+    assert gf.Stat.st_size.offset == 48
+    assert gf.Stat.st_mtim.offset == 88
+    assert ctypes.sizeof(gf.Flock) == 32
+    assert gf.Flock.l_start.offset == 8
+    assert ctypes.sizeof(gf.Iovec) == 16
+
+
+def test_pinned_gives_the_real_address_without_copying():
+    buf = bytearray(b"0123456789")
+    view = memoryview(buf)[3:7]
+    with gf.pinned(view, writable=True) as (addr, n):
+        assert n == 4
+        ctypes.memmove(addr, b"ABCD", 4)
+    assert buf == b"012ABCD789"
+
+
+def test_pinned_read_only_bytes_and_slices():
+    data = b"hello world"
+    with gf.pinned(memoryview(data)[6:]) as (addr, n):
+        assert ctypes.string_at(addr, n) == b"world"
+    with pytest.raises(BufferError):
+        with gf.pinned(data, writable=True):
+            pass
+
+
+def test_pinned_buffer_cannot_be_resized_while_in_use():
+    buf = bytearray(16)
+    with gf.pinned(buf, writable=True):
+        with pytest.raises(BufferError):
+            buf.extend(b"x")
+    buf.extend(b"x")
+
+
+def test_gfapi_error_is_a_backing_store_error_with_errno_and_path():
+    e = gf.GfapiError(errno.ENOTCONN, "glfs_pread: down", "/vol/disk")
+    assert isinstance(e, BackingStoreError) and isinstance(e, OSError)
+    assert e.errno == errno.ENOTCONN and e.path == "/vol/disk"
+
+
+def test_importing_the_package_does_not_load_libgfapi():
+    code = (
+        "import sys, ctypes\n"
+        "import gluster_iscsi.backstore.open, gluster_iscsi.backstore.gfapi.store\n"
+        "from gluster_iscsi.backstore.gfapi import _binding\n"
+        "assert _binding._lib is None\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_library_gives_a_clear_error(monkeypatch):
+    monkeypatch.setattr(gf, "_lib", None)
+
+    def no_lib(*a, **k):
+        raise OSError("cannot open shared object file")
+
+    monkeypatch.setattr(gf.ctypes, "CDLL", no_lib)
+    with pytest.raises(gf.GfapiUnavailable) as ei:
+        gf.lib()
+    assert ei.value.errno == errno.ENOSYS
+    assert "libgfapi" in str(ei.value)
+    assert gf.available() is False
