@@ -67,17 +67,17 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "multipath", portals=2, timeout=900,
-            required=["discovery1", "discovery2", "login", "paths_appear", "same_wwid",
+            required=["multipathd_started", "discovery1", "discovery2", "login", "paths_appear", "same_wwid",
                       "multipathd_coalesces", "mkfs", "stream_started", "stop_portal",
                       "path_failed", "io_continues", "start_portal", "path_reinstated",
-                      "stream_clean", "fsck", "data_verifies", "logout", "disks_gone"],
+                      "io_after_reinstate", "stream_clean", "fsck", "data_verifies", "logout", "disks_gone"],
             # a path whose session is down hands its I/O to dm-multipath after this long
             env={"GI_MP_REPLACEMENT_TIMEOUT": "5"},
         ),
         Scenario(
             "recovery", portals=1, timeout=600,
             required=["discovery", "login", "disk_appears", "stream_started",
-                      "restart_target", "session_recovered", "stream_clean",
+                      "restart_target", "session_recovered", "io_after_recovery", "stream_clean",
                       "data_verifies", "logout", "disk_gone"],
             env={"GI_REPLACEMENT_TIMEOUT": "60"},
         ),

@@ -53,7 +53,8 @@ step_expect_fail() {
 }
 _negate() {
     if "$@"; then echo "unexpectedly succeeded: $*"; return 1; fi
-    STEP_DETAIL="refused as expected"
+    local why; why=$(grep -o 'reported error ([^)]*)' /run/gi/step.out | tail -n 1)
+    STEP_DETAIL="refused as expected${why:+: $why}"
     return 0
 }
 
@@ -70,6 +71,7 @@ hostcmd() {
     reply=${reply%$'\r'}
     echo "HOSTREPLY $reply"
     HOSTREPLY=$reply
+    STEP_DETAIL="host: $reply"
     [ "${reply%% *}" = OK ]
 }
 
@@ -239,3 +241,80 @@ cookbook() {
 
 first_portal() { set -- $GI_PORTALS; echo "$1"; }
 second_portal() { set -- $GI_PORTALS; echo "$2"; }
+
+# ---------------------------------------------------------------------------
+# write stream: 1 MiB O_DIRECT+fsync writes, chunk i = pattern chunk (i % 64),
+# to DEST/f<i> (MODE=files) or to offset i MiB of the device DEST (MODE=raw),
+# until stream_stop. Every write's rc and duration are recorded.
+# ---------------------------------------------------------------------------
+STREAM_DIR=/run/gi/stream
+stream_start() { # MODE DEST
+    local mode=$1 dest=$2
+    rm -rf "$STREAM_DIR"; mkdir -p "$STREAM_DIR"
+    make_pattern /run/gi/pat64 64
+    if [ ! -s /run/gi/pat64.sums ]; then
+        for c in $(seq 0 63); do
+            dd if=/run/gi/pat64 bs=1M skip="$c" count=1 status=none | sha256sum | cut -d' ' -f1
+        done > /run/gi/pat64.sums
+    fi
+    echo "$mode $dest" > "$STREAM_DIR/target"
+    (
+        i=0
+        while [ ! -e "$STREAM_DIR/stop" ] && [ $i -lt "${GI_STREAM_MAX:-900}" ]; do
+            t0=$(gi_now)
+            if [ "$mode" = files ]; then of=$dest/f$i; seek=0; else of=$dest; seek=$i; fi
+            if ! dd if=/run/gi/pat64 of="$of" bs=1M count=1 skip=$((i % 64)) seek=$seek \
+                    oflag=direct conv=fsync,notrunc status=none 2>>"$STREAM_DIR/err"; then
+                echo "$i" >> "$STREAM_DIR/failed"
+            fi
+            echo "$i $(gi_since "$t0") $(date +%s.%N)" >> "$STREAM_DIR/log"
+            i=$((i + 1))
+            echo $i > "$STREAM_DIR/count"
+        done
+    ) &
+    STREAM_PID=$!
+    echo "$STREAM_PID" > "$STREAM_DIR/pid"
+    wait_for 120 stream_reached 5 || return 1
+    STEP_DETAIL="writer pid $STREAM_PID, $(stream_count) MiB written so far"
+}
+stream_count() { cat "$STREAM_DIR/count" 2>/dev/null || echo 0; }
+stream_reached() { [ "$(stream_count)" -ge "$1" ]; }
+stream_failures() { [ -s "$STREAM_DIR/failed" ] && wc -l < "$STREAM_DIR/failed" || echo 0; }
+stream_max_latency() { awk 'BEGIN{m=0} $2>m{m=$2} END{printf "%.2f", m}' "$STREAM_DIR/log"; }
+# stream_progress N SECONDS: at least N more writes complete, none failing
+stream_progress() {
+    local n=$1 limit=$2 start; start=$(stream_count)
+    wait_for "$limit" stream_reached $(( start + n )) || { echo "stream stuck at $(stream_count)"; return 1; }
+    [ "$(stream_failures)" = 0 ] || { echo "write errors: $(cat "$STREAM_DIR/err")"; return 1; }
+    STEP_DETAIL="$n more writes ($start -> $(stream_count)) without error, max latency $(stream_max_latency)s"
+}
+stream_finish() {
+    touch "$STREAM_DIR/stop"
+    wait "$(cat "$STREAM_DIR/pid")" 2>/dev/null
+    local f; f=$(stream_failures)
+    STEP_DETAIL="$(stream_count) writes, $f failed, max latency $(stream_max_latency)s"
+    if [ "$f" != 0 ]; then
+        echo "failed writes: $(tr '\n' ' ' < "$STREAM_DIR/failed")"
+        tail -n 5 "$STREAM_DIR/err"
+        return 1
+    fi
+}
+stream_verify() {
+    local mode dest; read -r mode dest < "$STREAM_DIR/target"
+    local n; n=$(stream_count)
+    local -a sums; mapfile -t sums < /run/gi/pat64.sums
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    local i got bad=0
+    for ((i = 0; i < n; i++)); do
+        if [ "$mode" = files ]; then
+            got=$(sha256sum < "$dest/f$i" | cut -d' ' -f1)
+        else
+            got=$(dd if="$dest" bs=1M skip=$i count=1 iflag=direct status=none | sha256sum | cut -d' ' -f1)
+        fi
+        if [ "$got" != "${sums[$((i % 64))]}" ]; then
+            echo "chunk $i differs"; bad=$((bad + 1))
+        fi
+    done
+    STEP_DETAIL="$n MiB verified, $bad bad"
+    [ $bad -eq 0 ]
+}
