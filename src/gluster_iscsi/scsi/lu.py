@@ -100,6 +100,8 @@ class LogicalUnit:
         #: SPC-2 RESERVE(6/10) holder: the initiator port name.
         self.reserved_by: str | None = None
         self.pr = PrState()
+        #: EXTENDED COPY outcomes by (initiator port, list identifier), for RECEIVE COPY STATUS.
+        self.copy_results: dict[tuple[str, int], Any] = {}
         self._ua: dict[str, list[Asc]] = {}
         self._last_blocks = self.block_count
         flush = store.capabilities.flush

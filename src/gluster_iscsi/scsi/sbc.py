@@ -267,9 +267,11 @@ def compare_and_write(ctx: Ctx) -> Execution:
     if n == 0:
         return ScsiResult(transfer_length=0)
     need = 2 * n * bs
-    data = ctx.parameter_list(need)
-    if len(data) < need:
-        raise invalid_cdb(13)  # the data-out cannot hold both verify and write data
+    data = ctx.parameter_list(need + 1)
+    if len(data) != need:
+        # Verify and write data must be exactly 2 x NUMBER OF LOGICAL BLOCKS: anything else
+        # means the initiator and we disagree about which half is which.
+        raise invalid_cdb(13)
     fua = bool(cdb[1] & 0x08) or not lu.write_cache
     miscompare = yield CompareAndWriteOp(lba * bs, data[: n * bs], data[n * bs :], fua, lu.io_lock)
     if miscompare is not None:
