@@ -1,0 +1,1 @@
+from .fakes import fake_runtime  # noqa: F401

@@ -1,0 +1,117 @@
+"""A minimal in-memory daemon for unit tests of diffing and the API (no sockets, no stores).
+
+Real-daemon behaviour is covered by tests/cli/test_integration.py, which runs
+``gluster-iscsi serve``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gluster_iscsi.control import reconcile
+from gluster_iscsi.target.model import Portal, TargetRegistry
+
+
+class FakeStore:
+    def __init__(self, spec: str, size: int = 1 << 20) -> None:
+        self.spec = spec
+        self.size = size
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def resize(self, n: int) -> None:
+        self.size = n
+
+
+class FakeLU:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.store = FakeStore(cfg["backing"], cfg.get("size") or 1 << 20)
+        self.naa = b"\x50" + bytes(7)
+        self.capacity_changes = 0
+
+    def capacity_changed(self) -> None:
+        self.capacity_changes += 1
+
+
+class FakeDevice:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.luns: dict[int, FakeLU] = {}
+
+    def add_lun(self, n: int, lu: FakeLU) -> None:
+        assert n not in self.luns
+        self.luns[n] = lu
+
+    def remove_lun(self, n: int) -> FakeLU | None:
+        return self.luns.pop(n, None)
+
+    def lu(self, n: int) -> FakeLU | None:
+        return self.luns.get(n)
+
+
+class FakeDaemon:
+    def __init__(self, state_dir: Any) -> None:
+        self.state_dir = state_dir
+        self.registry = TargetRegistry()
+        self.params = {"MaxRecvDataSegmentLength": "262144", "InitialR2T": "Yes"}
+        self.store_executor = None
+        self._portals: list[Portal] = []
+        self.session_list: list[dict[str, Any]] = []
+        self.calls: list[tuple[str, Any]] = []
+        self.fail_portal: tuple[str, int] | None = None
+
+    async def add_portal(self, portal: Portal) -> None:
+        self.calls.append(("add_portal", (portal.host, portal.port)))
+        if self.fail_portal == (portal.host, portal.port):
+            raise OSError(98, "Address already in use")
+        self._portals.append(portal)
+
+    async def remove_portal(self, portal: Portal) -> None:
+        self.calls.append(("remove_portal", (portal.host, portal.port)))
+        self._portals = [p for p in self._portals if (p.host, p.port) != (portal.host, portal.port)]
+
+    def portals(self) -> list[Portal]:
+        return list(self._portals)
+
+    def add_target(self, target: Any) -> None:
+        self.calls.append(("add_target", target.name))
+        self.registry.targets[target.name] = target
+
+    async def remove_target(self, name: str) -> None:
+        self.calls.append(("remove_target", name))
+        t = self.registry.lookup(name)
+        if t is not None:
+            del self.registry.targets[t.name]
+        self.session_list = [s for s in self.session_list if s["target"] != name]
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return list(self.session_list)
+
+    async def close_session(self, tsih: int) -> bool:
+        before = len(self.session_list)
+        self.session_list = [s for s in self.session_list if s["tsih"] != tsih]
+        return len(self.session_list) != before
+
+
+@pytest.fixture
+def fake_runtime(monkeypatch):
+    """Swap reconcile's store/LU/device factories for in-memory fakes."""
+    opened: list[FakeLU] = []
+    failing: set[str] = set()
+
+    def open_lu(cfg: dict[str, Any], target_name: str) -> FakeLU:
+        if cfg["backing"] in failing:
+            raise FileNotFoundError(2, "No such file or directory", cfg["backing"])
+        lu = FakeLU(cfg)
+        opened.append(lu)
+        return lu
+
+    monkeypatch.setattr(reconcile, "open_lu", open_lu)
+    monkeypatch.setattr(reconcile, "new_device", FakeDevice)
+    monkeypatch.setattr(reconcile, "close_lu", lambda lu: lu.store.close())
+    return opened, failing

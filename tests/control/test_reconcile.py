@@ -1,0 +1,237 @@
+import asyncio
+import copy
+
+import pytest
+
+from gluster_iscsi.control import config as cfgmod
+from gluster_iscsi.control import reconcile
+
+from .fakes import FakeDaemon
+
+T1 = "iqn.2001-04.com.example:t1"
+T2 = "iqn.2001-04.com.example:t2"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def desired(**kw):
+    cfg = cfgmod.empty_config()
+    cfg["accounts"] = {"alice": "alicesecret12", "bob": "bobsecret1234"}
+    cfg["portals"] = [{"host": "127.0.0.1", "port": 3260, "advertise": None}]
+    cfg["targets"] = [
+        {"name": T1, "tid": 1, "luns": [{"lun": 1, "backing": "/srv/t1.img", "size": 1 << 20,
+                                         "uuid": "5c1d0e6a-1c79-4e9c-a1a7-6d2f3c3f7c01"}],
+         "acl": [{"network": "ALL"}]},
+    ]  # fmt: skip
+    cfg.update(kw)
+    return cfgmod.validate(cfg)
+
+
+async def apply_twice(daemon, cfg):
+    first = await reconcile.apply(daemon, cfg)
+    second = await reconcile.apply(daemon, cfg)
+    return first, second
+
+
+def test_first_apply_builds_everything_and_a_second_is_a_no_op(tmp_path, fake_runtime):
+    d = FakeDaemon(tmp_path)
+    first, second = run(apply_twice(d, desired()))
+    assert f"target {T1} (tid 1): add" in first
+    assert "portal 127.0.0.1:3260: add" in first
+    assert second == []
+    t = d.registry.lookup(T1)
+    assert t.tid == 1 and t.allows("iqn.x:y", "10.1.1.1")
+    assert t.device.lu(1).cfg["backing"] == "/srv/t1.img"
+    # targets exist before the listener opens
+    assert [c[0] for c in d.calls] == ["add_target", "add_portal"]
+
+
+def test_adding_a_target_leaves_the_others_objects_untouched(tmp_path, fake_runtime):
+    d = FakeDaemon(tmp_path)
+
+    async def scenario():
+        await reconcile.apply(d, desired())
+        before_target = d.registry.lookup(T1)
+        before_lu = before_target.device.lu(1)
+        cfg = desired()
+        cfg["targets"].append(
+            {"name": T2, "tid": 2, "luns": [{"lun": 1, "backing": "/srv/t2.img"}]}
+        )
+        changes = await reconcile.apply(d, cfg)
+        return before_target, before_lu, changes
+
+    before_target, before_lu, changes = run(scenario())
+    assert all(T1 not in c for c in changes), changes
+    assert d.registry.lookup(T1) is before_target
+    assert before_target.device.lu(1) is before_lu and not before_lu.store.closed
+    assert ("remove_target", T1) not in d.calls
+    assert d.registry.lookup(T2) is not None
+
+
+def test_acl_and_chap_changes_are_made_in_place(tmp_path, fake_runtime):
+    d = FakeDaemon(tmp_path)
+
+    async def scenario():
+        await reconcile.apply(d, desired())
+        t = d.registry.lookup(T1)
+        cfg = desired()
+        cfg["targets"][0]["acl"] = [
+            {"network": "10.0.0.0/8"},
+            {"initiator": "iqn.1994-05.com.redhat:c", "incoming": ["bob"]},
+        ]
+        cfg["targets"][0]["incoming"] = ["alice"]
+        changes = await reconcile.apply(d, cfg)
+        return t, changes
+
+    t, changes = run(scenario())
+    assert d.registry.lookup(T1) is t
+    assert not t.allows("iqn.x:y", "192.168.0.1") and t.allows("iqn.x:y", "10.2.3.4")
+    assert [a.user for a in t.incoming] == ["alice"]
+    assert t.chap_for("iqn.1994-05.com.redhat:c")[0][0].secret == "bobsecret1234"
+    assert any("allow 10.0.0.0/8" in c for c in changes)
+    assert any("disallow ALL" in c for c in changes)
+    assert any("CHAP incoming alice" in c for c in changes)
+    assert all("secret" not in c or "new secret" in c for c in changes)
+    assert not any("alicesecret12" in c for c in changes)
+
+
+def test_a_new_secret_reaches_every_target_using_the_account(tmp_path, fake_runtime):
+    d = FakeDaemon(tmp_path)
+    cfg = desired()
+    cfg["targets"][0]["incoming"] = ["alice"]
+
+    async def scenario():
+        await reconcile.apply(d, cfg)
+        new = copy.deepcopy(cfg)
+        new["accounts"]["alice"] = "another-secret-99"
+        return await reconcile.apply(d, new)
+
+    changes = run(scenario())
+    assert "account alice: new secret" in changes
+    assert d.registry.lookup(T1).incoming[0].secret == "another-secret-99"
+
+
+def test_lun_changes_replace_only_that_lun_and_size_grows_online(tmp_path, fake_runtime):
+    d = FakeDaemon(tmp_path)
+
+    async def scenario():
+        cfg = desired()
+        cfg["targets"][0]["luns"].append(cfgmod.validate_lun({"lun": 2, "backing": "/srv/b"}, "x"))
+        await reconcile.apply(d, cfg)
+        dev = d.registry.lookup(T1).device
+        lu1, lu2 = dev.lu(1), dev.lu(2)
+        new = copy.deepcopy(cfg)
+        new["targets"][0]["luns"][0]["size"] = 2 << 20  # grow LUN 1
+        new["targets"][0]["luns"][1]["read_only"] = True  # LUN 2 needs a new LU
+        changes = await reconcile.apply(d, new)
+        return dev, lu1, lu2, changes
+
+    dev, lu1, lu2, changes = run(scenario())
+    assert dev.lu(1) is lu1 and lu1.store.size == 2 << 20 and lu1.capacity_changes == 1
+    assert dev.lu(2) is not lu2 and lu2.store.closed
+    assert f"target {T1}: LUN 1 size {2 << 20}" in changes
+
+
+def test_shrinking_is_refused(tmp_path, fake_runtime):
+    d = FakeDaemon(tmp_path)
+
+    async def scenario():
+        await reconcile.apply(d, desired())
+        new = desired()
+        new["targets"][0]["luns"][0]["size"] = 1 << 10
+        await reconcile.apply(d, new)
+
+    with pytest.raises(reconcile.ReconcileError, match="cannot shrink"):
+        run(scenario())
+
+
+def test_a_store_that_cannot_open_changes_nothing(tmp_path, fake_runtime):
+    opened, failing = fake_runtime
+    d = FakeDaemon(tmp_path)
+    failing.add("/srv/missing.img")
+
+    async def scenario():
+        await reconcile.apply(d, desired())
+        cfg = desired()
+        cfg["targets"].append(
+            {
+                "name": T2,
+                "tid": 2,
+                "luns": [
+                    {"lun": 1, "backing": "/srv/ok.img"},
+                    {"lun": 2, "backing": "/srv/missing.img"},
+                ],
+            }
+        )
+        cfg["targets"][0]["acl"] = []
+        await reconcile.apply(d, cfg)
+
+    with pytest.raises(reconcile.ReconcileError) as e:
+        run(scenario())
+    assert "LUN 2" in e.value.field and "missing.img" in str(e.value)
+    assert d.registry.lookup(T2) is None
+    assert d.registry.lookup(T1).acl  # untouched
+    assert [lu.store.closed for lu in opened if lu.cfg["backing"] == "/srv/ok.img"] == [True]
+    assert len(reconcile.current(d)["targets"]) == 1
+
+
+def test_removing_a_target_closes_its_stores(tmp_path, fake_runtime):
+    d = FakeDaemon(tmp_path)
+
+    async def scenario():
+        await reconcile.apply(d, desired())
+        lu = d.registry.lookup(T1).device.lu(1)
+        changes = await reconcile.apply(d, desired(targets=[]))
+        return lu, changes
+
+    lu, changes = run(scenario())
+    assert lu.store.closed and d.registry.lookup(T1) is None
+    assert changes == [f"target {T1} (tid 1): remove (closes its sessions)"]
+
+
+def test_portal_changes_and_a_port_in_use(tmp_path, fake_runtime):
+    d = FakeDaemon(tmp_path)
+    d.fail_portal = ("127.0.0.1", 3999)
+
+    async def scenario():
+        await reconcile.apply(d, desired())
+        cfg = desired(
+            portals=[
+                {"host": "127.0.0.1", "port": 3260, "advertise": "10.0.2.2"},
+                {"host": "127.0.0.1", "port": 3999},
+            ]
+        )
+        await reconcile.apply(d, cfg)
+
+    with pytest.raises(reconcile.ReconcileError, match="cannot listen") as e:
+        run(scenario())
+    assert e.value.field == "portal 127.0.0.1:3999"
+    # the advertise change went through (reopened); the failed portal is not recorded
+    assert [(p["port"], p["advertise"]) for p in reconcile.current(d)["portals"]] == [
+        (3260, "10.0.2.2")
+    ]
+
+
+def test_dry_run_reports_without_changing(tmp_path, fake_runtime):
+    d = FakeDaemon(tmp_path)
+    changes = run(reconcile.apply(d, desired(), dry_run=True))
+    assert changes and d.registry.targets == {} and d.calls == []
+    assert reconcile.current(d)["targets"] == []
+
+
+def test_params_and_discovery_auth(tmp_path, fake_runtime):
+    d = FakeDaemon(tmp_path)
+    cfg = desired(
+        params={"MaxRecvDataSegmentLength": "65536"},
+        discovery={"incoming": ["alice"], "outgoing": "bob"},
+    )
+    run(reconcile.apply(d, cfg))
+    assert d.params["MaxRecvDataSegmentLength"] == "65536" and d.params["InitialR2T"] == "Yes"
+    assert d.registry.discovery_incoming[0].user == "alice"
+    assert d.registry.discovery_outgoing.user == "bob"
+    changes = run(reconcile.apply(d, desired()))
+    assert d.params["MaxRecvDataSegmentLength"] == "262144"  # back to the daemon's default
+    assert "params: MaxRecvDataSegmentLength back to its default" in changes
+    assert d.registry.discovery_incoming == []
