@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from gluster_iscsi.backstore.base import BackingStoreError
+from gluster_iscsi.backstore.base import BackingStoreError, Extent
 from gluster_iscsi.backstore.file import FileStore
 
 MiB = 1 << 20
@@ -118,3 +118,83 @@ def test_block_device_size_and_caps():
         assert s.size >= 0
     finally:
         s.close()
+
+
+def _lying_fallocate(real, lie_about: int):
+    """fallocate that answers success for ``lie_about`` modes without doing anything, as
+    GlusterFS's FUSE bridge does for FALLOC_FL_ZERO_RANGE under this sandbox's FUSE."""
+
+    def fake(fd, mode, offset, length):
+        if mode & lie_about:
+            return None
+        return real(fd, mode, offset, length)
+
+    return fake
+
+
+def test_zero_range_that_claims_success_without_zeroing_is_caught(tmp_path, monkeypatch):
+    from gluster_iscsi.backstore import _linux
+
+    s = FileStore(tmp_path / "d.img", create_size=4 * MiB)
+    if s._zero_range is False:
+        pytest.skip("file system has no ZERO_RANGE to begin with")
+    monkeypatch.setattr(
+        _linux, "fallocate", _lying_fallocate(_linux.fallocate, _linux.FALLOC_FL_ZERO_RANGE)
+    )
+    s.write(0, b"\x11" * (2 * MiB))
+    s.write_zeroes(0, MiB)
+    assert s.read(0, MiB) == bytes(MiB)
+    assert s._zero_range is False  # never trusted again
+    s.write(0, b"\x11" * MiB)
+    s.write_zeroes(0, MiB)
+    assert s.read(0, MiB) == bytes(MiB)
+    s.close()
+
+
+def test_punch_that_claims_success_without_zeroing_downgrades_discard(tmp_path, monkeypatch):
+    from gluster_iscsi.backstore import _linux
+
+    s = FileStore(tmp_path / "d.img", create_size=4 * MiB)
+    monkeypatch.setattr(
+        _linux, "fallocate", _lying_fallocate(_linux.fallocate, _linux.FALLOC_FL_PUNCH_HOLE)
+    )
+    s.write(0, b"\x22" * (2 * MiB))
+    s.discard(0, MiB)
+    assert s.read(0, MiB) == bytes(MiB)  # the promise (discard reads zeroes) still holds
+    assert s.capabilities.discard is False and s.capabilities.discard_zeroes is False
+    s.close()
+
+
+def test_unsupported_punch_falls_back_and_reports_truthfully(tmp_path, monkeypatch):
+    from gluster_iscsi.backstore import _linux
+
+    def refuse(fd, mode, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    s = FileStore(tmp_path / "d.img", create_size=2 * MiB)
+    assert s.capabilities.discard
+    s.write(0, b"\x33" * MiB)
+    monkeypatch.setattr(_linux, "fallocate", refuse)
+    s.discard(0, 4096)
+    s.write_zeroes(4096, 4096)
+    assert s.read(0, 8192) == bytes(8192)
+    assert s.capabilities.discard is False
+    with pytest.raises(BackingStoreError) as ei:
+        s.discard(0, 4096)
+    assert ei.value.errno == errno.EOPNOTSUPP
+    s.close()
+
+
+def test_no_seek_data_means_no_extents_capability(tmp_path, monkeypatch):
+    real_lseek = os.lseek
+
+    def lseek(fd, pos, how):
+        if how in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_lseek(fd, pos, how)
+
+    monkeypatch.setattr(os, "lseek", lseek)
+    s = FileStore(tmp_path / "d.img", create_size=MiB)
+    assert s.capabilities.extents is False
+    assert s.extents(0, MiB) == [Extent(0, MiB, True)]
+    s.close()

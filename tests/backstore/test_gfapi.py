@@ -251,3 +251,48 @@ def test_resize_grows_and_refuses_unforced_shrink(gluster_volume, store_factory,
         s.resize(MiB)
     s.resize(MiB, force=True)
     assert s.size == MiB
+
+
+# -- the file store on the Gluster FUSE mount (what tgt's rdwr backend would use) ----------
+
+
+def test_file_store_on_sharded_fuse_has_no_extents_but_discards(gluster_volume, name):
+    from gluster_iscsi.backstore.file import FileStore
+
+    s = FileStore(gluster_volume.fuse_path(name), create_size=8 * MiB)
+    try:
+        assert s.fs_type == "fuse"
+        assert s.capabilities.extents is False  # shard answers SEEK_DATA with ENOTSUP
+        assert s.extents(0, 8 * MiB) == [Extent(0, 8 * MiB, True)]
+        s.write(0, b"\x01" * (4 * MiB))
+        s.discard(MiB, MiB)
+        s.write_zeroes(2 * MiB, MiB)
+        assert s.read(MiB, 2 * MiB) == bytes(2 * MiB)
+        assert s.read(3 * MiB, MiB) == b"\x01" * MiB
+        assert s.capabilities.discard and s.capabilities.discard_zeroes
+    finally:
+        s.close()
+
+
+def test_file_store_write_zeroes_really_zeroes_through_fuse(plain_gluster_volume, name):
+    # Under this machine's FUSE, FALLOC_FL_ZERO_RANGE reaches GlusterFS's fuse bridge, which
+    # answers success and zeroes nothing: the store must not rely on it.
+    from gluster_iscsi.backstore.file import FileStore
+    from gluster_iscsi.backstore.gfapi.store import GfapiStore
+
+    s = FileStore(plain_gluster_volume.fuse_path(name), create_size=4 * MiB)
+    try:
+        s.write(0, b"\x01" * (4 * MiB))
+        s.flush()
+        s.write_zeroes(MiB, MiB)
+        s.flush()
+        assert s.read(MiB, MiB) == bytes(MiB)
+        assert s.capabilities.extents
+    finally:
+        s.close()
+    g = GfapiStore(plain_gluster_volume.url(name))
+    try:
+        assert g.read(MiB, MiB) == bytes(MiB)  # zero on the bricks, not just in a cache
+        assert g.read(2 * MiB, 4096) == b"\x01" * 4096
+    finally:
+        g.close()

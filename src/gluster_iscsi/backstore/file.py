@@ -103,15 +103,50 @@ class FileStore(BackingStore):
                 discard=punch_known,
                 discard_zeroes=punch_known,
                 write_zeroes=True,
-                extents=True,
+                extents=self._probe_seek(fd),
                 flush=True,
                 resize=True,
             )
-            # None: not tried yet; the first call decides.
+            # None: not tried yet; the first call decides (and is verified by reading back).
             self._punch = None if punch_known else False
-            self._zero_range = False if self.fs_type in ("tmpfs",) else None
+            # tmpfs has no ZERO_RANGE. Through FUSE it cannot be trusted: GlusterFS's FUSE
+            # bridge was seen to answer success without zeroing anything.
+            self._zero_range = False if self.fs_type in ("tmpfs", "fuse") else None
 
     # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _probe_seek(fd: int) -> bool:
+        """Whether SEEK_DATA works here (read-only probe): sharded Gluster via FUSE says
+        ENOTSUP, and then the store reports no extents instead of failing GET LBA STATUS."""
+        try:
+            os.lseek(fd, 0, os.SEEK_DATA)
+        except OSError as e:
+            return e.errno == errno.ENXIO  # ENXIO: no data at all, but seeking works
+        return True
+
+    def _sample(self, offset: int, length: int) -> bytes | None:
+        """The first and last 4 KiB (inside the file) of a range; None if none is inside."""
+        try:
+            end = min(offset + length, self.size)
+            if end <= offset:
+                return None
+            n = min(end - offset, 4096)
+            return bytes(self.read(offset, n) + self.read(end - n, n))
+        except BackingStoreError:
+            return None
+
+    @staticmethod
+    def _verdict(before: bytes | None, after: bytes | None) -> bool | None:
+        """Did an operation that claimed success really zero the range? None: cannot tell
+        (nothing inside the file, or it read zeroes already), so decide on a later call."""
+        if after is None:
+            return None
+        if after.count(0) != len(after):
+            return False
+        if before is None or before.count(0) == len(before):
+            return None
+        return True
 
     def _error(self, e: OSError, what: str) -> BackingStoreError:
         err = e.errno or errno.EIO
@@ -266,18 +301,25 @@ class FileStore(BackingStore):
             # Discard was advertised (zeroing) before punching turned out unsupported.
             BackingStore.write_zeroes(self, offset, length)
             return
+        before = None if self._punch else self._sample(offset, length)
         try:
             _linux.fallocate(
                 fd, _linux.FALLOC_FL_PUNCH_HOLE | _linux.FALLOC_FL_KEEP_SIZE, offset, length
             )
-            self._punch = True
         except OSError as e:
-            if e.errno in _NOT_SUPPORTED:
-                self._punch = False
-                BackingStore.write_zeroes(self, offset, length)
-                self._downgrade(discard=False, discard_zeroes=False)
-                return
-            raise self._error(e, f"punch hole {length} bytes at offset {offset}") from e
+            if e.errno not in _NOT_SUPPORTED:
+                raise self._error(e, f"punch hole {length} bytes at offset {offset}") from e
+            ok: bool | None = False
+        else:
+            ok = True if self._punch else self._verdict(before, self._sample(offset, length))
+        if ok is None:  # nothing to check (read zeroes already): trust it, verify next time
+            return
+        if ok:
+            self._punch = True
+            return
+        self._punch = False
+        BackingStore.write_zeroes(self, offset, length)
+        self._downgrade(discard=False, discard_zeroes=False)
 
     def write_zeroes(self, offset: int, length: int) -> None:
         fd = self._writable()
@@ -294,28 +336,47 @@ class FileStore(BackingStore):
             BackingStore.write_zeroes(self, offset, length)
             return
         if self._zero_range is not False:
+            before = None if self._zero_range else self._sample(offset, length)
             try:
                 _linux.fallocate(
                     fd, _linux.FALLOC_FL_ZERO_RANGE | _linux.FALLOC_FL_KEEP_SIZE, offset, length
                 )
-                self._zero_range = True
-                return
             except OSError as e:
                 if e.errno not in _NOT_SUPPORTED:
                     raise self._error(e, f"zero range {length} bytes at offset {offset}") from e
                 self._zero_range = False
+            else:
+                zeroed = (
+                    True
+                    if self._zero_range
+                    else self._verdict(before, self._sample(offset, length))
+                )
+                if zeroed:
+                    self._zero_range = True
+                    return
+                if zeroed is False:
+                    self._zero_range = False  # claimed success without zeroing: never again
+                # Unverifiable (the range read zeroes already): make sure by punching.
         if self._punch is not False:
+            before = None if self._punch else self._sample(offset, length)
             try:
                 _linux.fallocate(
                     fd, _linux.FALLOC_FL_PUNCH_HOLE | _linux.FALLOC_FL_KEEP_SIZE, offset, length
                 )
-                self._punch = True
             except OSError as e:
                 if e.errno not in _NOT_SUPPORTED:
                     raise self._error(e, f"punch hole {length} bytes at offset {offset}") from e
+                punched: bool | None = False
+            else:
+                punched = (
+                    True if self._punch else self._verdict(before, self._sample(offset, length))
+                )
+            if punched is False:
                 self._punch = False
                 self._downgrade(discard=False, discard_zeroes=False)
             else:
+                if punched:
+                    self._punch = True
                 # Zeroed blocks should stay allocated (WRITE SAME without UNMAP): re-allocate.
                 try:
                     _linux.fallocate(fd, _linux.FALLOC_FL_KEEP_SIZE, offset, length)
@@ -340,7 +401,7 @@ class FileStore(BackingStore):
         fd = self._fd_or_raise()
         check_range(offset, length, self.path)
         end = offset + length
-        if self.is_block:
+        if self.is_block or not self.capabilities.extents:
             return [Extent(offset, length, True)]
         size = self.size
         limit = min(end, size)

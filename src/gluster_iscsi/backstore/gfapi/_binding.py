@@ -283,7 +283,7 @@ class Volume:
 
     def __init__(self, volume: str) -> None:
         self.volume = volume
-        self._fs = lib().glfs_new(volume.encode())
+        self._fs: int | None = lib().glfs_new(volume.encode())
         if not self._fs:
             raise _raise("glfs_new", volume)
         self._initialised = False
@@ -367,7 +367,7 @@ class File:
 
     def __init__(self, volume: Volume, fd: int, path: str) -> None:
         self.volume = volume
-        self._fd = fd
+        self._fd: int | None = fd
         self.path = path
 
     @property
