@@ -124,12 +124,13 @@ class DeviceServer:
         try:
             if not task.cdb:
                 raise invalid_opcode()
+            if len(task.cdb) < 16:
+                # iSCSI carries at least 16 CDB bytes; pad shorter ones so no field read
+                # past the end of a short CDB can fail.
+                task.cdb = bytes(task.cdb) + bytes(16 - len(task.cdb))
             if task.nexus.initiator_port not in self._nexuses:
                 self.nexus_added(task.nexus)
             command = self._preamble(task, lu)
-            cdb = task.cdb
-            if len(cdb) < command.cdb_length:
-                task.cdb = cdb = bytes(cdb) + bytes(command.cdb_length - len(cdb))
             ctx = Ctx(task, cast("LogicalUnit", lu), self, command)
             assert command.handler is not None
             outcome = command.handler(ctx)

@@ -218,8 +218,8 @@ _ENTRIES: list[Command] = [
         no_lu_ok=True,
     ),
     _c(0x15, "MODE SELECT(6)", spc.mode_select, "15100000ff00", direction=D.OUT),
-    _c(0x16, "RESERVE(6)", pr.reserve, "160000000000", access=_ALL),
-    _c(0x17, "RELEASE(6)", pr.release, "170000000000", access=_ALL, spc2=True),
+    _c(0x16, "RESERVE(6)", pr.reserve, "160000000000", access=_WRITE),
+    _c(0x17, "RELEASE(6)", pr.release, "170000000000", access=_WRITE, spc2=True),
     _c(0x1A, "MODE SENSE(6)", spc.mode_sense, "1a08ffffff00", direction=D.IN),
     _c(0x1B, "START STOP UNIT", sbc.start_stop_unit, "1b01000ff700"),
     _c(
@@ -298,8 +298,8 @@ _ENTRIES: list[Command] = [
         timeout=3600,
     ),
     _c(0x55, "MODE SELECT(10)", spc.mode_select, "55100000000000ffff00", direction=D.OUT),
-    _c(0x56, "RESERVE(10)", pr.reserve, "56000000000000000000", access=_ALL),
-    _c(0x57, "RELEASE(10)", pr.release, "57000000000000000000", access=_ALL, spc2=True),
+    _c(0x56, "RESERVE(10)", pr.reserve, "56000000000000000000", access=_WRITE),
+    _c(0x57, "RELEASE(10)", pr.release, "57000000000000000000", access=_WRITE, spc2=True),
     _c(0x5A, "MODE SENSE(10)", spc.mode_sense, "5a18ffff000000ffff00", direction=D.IN),
     _group(
         0x5E,
