@@ -260,8 +260,18 @@ def run_scenario(
     if overlay.exists():
         overlay.unlink()
     subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-         "-b", str(image_dir / "rootfs.img"), str(overlay)],
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            str(image_dir / "rootfs.img"),
+            str(overlay),
+        ],
         check=True,
     )
     bundle = _bundle(workdir, scenario, guest_env)
@@ -278,18 +288,42 @@ def run_scenario(
 
     ctl = _ControlChannel(ctl_path, host_actions or {}, log)
     cmd = [
-        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max",
-        "-m", str(memory_mb), "-smp", str(smp),
-        "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
-        "-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        str(memory_mb),
+        "-smp",
+        str(smp),
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        str(image_dir / "vmlinuz"),
+        "-initrd",
+        str(image_dir / "initrd.img"),
         "-append",
-        "root=/dev/vda rw console=ttyS0 init=/sbin/gi-init net.ifnames=0 panic=-1 "
-        "loglevel=4 quiet",
-        "-drive", f"file={overlay},format=qcow2,if=virtio,cache=unsafe",
-        "-drive", f"file={bundle},format=raw,if=virtio,readonly=on",
-        "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
-        "-chardev", f"socket,id=ctl,path={ctl_path}",
-        "-device", "virtio-serial-pci", "-device", "virtserialport,chardev=ctl,name=gi.ctl",
+        "root=/dev/vda rw console=ttyS0 init=/sbin/gi-init net.ifnames=0 panic=-1 loglevel=4 quiet",
+        "-drive",
+        f"file={overlay},format=qcow2,if=virtio,cache=unsafe",
+        "-drive",
+        f"file={bundle},format=raw,if=virtio,readonly=on",
+        "-netdev",
+        "user,id=n0",
+        "-device",
+        "virtio-net-pci,netdev=n0",
+        "-chardev",
+        f"socket,id=ctl,path={ctl_path}",
+        "-device",
+        "virtio-serial-pci",
+        "-device",
+        "virtserialport,chardev=ctl,name=gi.ctl",
     ]
     log("[harness] " + shlex.join(cmd))
     results: list[StepResult] = []

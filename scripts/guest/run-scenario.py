@@ -18,14 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scenarios import SCENARIOS, run_named_scenario  # noqa: E402
-
 from guest_harness import build_image  # noqa: E402
+from scenarios import SCENARIOS, run_named_scenario  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenarios", nargs="*", default=list(SCENARIOS), help=f"any of {list(SCENARIOS)}")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "scenarios", nargs="*", default=list(SCENARIOS), help=f"any of {list(SCENARIOS)}"
+    )
     ap.add_argument("--target", default="gluster-iscsi", choices=["gluster-iscsi", "tgt"])
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--cache", default=None, help="image cache dir (GLUSTER_ISCSI_GUEST_CACHE)")
@@ -39,14 +42,18 @@ def main() -> int:
     print(f"image {image} ready in {time.monotonic() - t0:.1f}s", flush=True)
     failed = []
     for name in args.scenarios:
-        run, problems = run_named_scenario(name, args.target, image, workdir / name, echo=args.verbose)
+        run, problems = run_named_scenario(
+            name, args.target, image, workdir / name, echo=args.verbose
+        )
         print(run.summary(), flush=True)
         for p in problems:
             print(f"  PROBLEM: {p}")
         if problems:
             failed.append(name)
-    print(f"total {time.monotonic() - t0:.1f}s; "
-          f"{'FAILED: ' + ' '.join(failed) if failed else 'all scenarios passed'}")
+    print(
+        f"total {time.monotonic() - t0:.1f}s; "
+        f"{'FAILED: ' + ' '.join(failed) if failed else 'all scenarios passed'}"
+    )
     return 1 if failed else 0
 
 

@@ -10,9 +10,8 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from targets import TargetBase, make_target
-
 from guest_harness import GuestRun, run_scenario
+from targets import TargetBase, make_target
 
 # CHAP credentials (secrets of 12..16 bytes as RFC 7143 recommends; the mutual secret
 # must differ from the initiator's)
@@ -21,8 +20,18 @@ CHAP_SECRET = "gi-chap-secret-0001"
 MUTUAL_USER = "gi-target"
 MUTUAL_SECRET = "gi-mutual-secret-02"
 
-COOKBOOK_STEPS = ["discovery", "login", "disk_appears", "dd_verify", "mkfs", "fs_write",
-                  "fsck", "fs_verify", "logout", "disk_gone"]
+COOKBOOK_STEPS = [
+    "discovery",
+    "login",
+    "disk_appears",
+    "dd_verify",
+    "mkfs",
+    "fs_write",
+    "fsck",
+    "fs_verify",
+    "logout",
+    "disk_gone",
+]
 
 
 # --- target-control steps (host side), one small function each ---------------------------
@@ -56,47 +65,96 @@ SCENARIOS: dict[str, Scenario] = {
     for s in [
         Scenario("basic", portals=1, timeout=420, required=COOKBOOK_STEPS),
         Scenario(
-            "chap", portals=1, timeout=900,
-            required=["noauth_refused",
-                      *[f"chap.{s}" for s in COOKBOOK_STEPS], "chap.bad_secret_refused",
-                      *[f"mutual.{s}" for s in COOKBOOK_STEPS],
-                      "mutual.bad_target_secret_refused"],
-            env={"GI_CHAP_USER": CHAP_USER, "GI_CHAP_SECRET": CHAP_SECRET,
-                 "GI_MUTUAL_USER": MUTUAL_USER, "GI_MUTUAL_SECRET": MUTUAL_SECRET},
+            "chap",
+            portals=1,
+            timeout=900,
+            required=[
+                "noauth_refused",
+                *[f"chap.{s}" for s in COOKBOOK_STEPS],
+                "chap.bad_secret_refused",
+                *[f"mutual.{s}" for s in COOKBOOK_STEPS],
+                "mutual.bad_target_secret_refused",
+            ],
+            env={
+                "GI_CHAP_USER": CHAP_USER,
+                "GI_CHAP_SECRET": CHAP_SECRET,
+                "GI_MUTUAL_USER": MUTUAL_USER,
+                "GI_MUTUAL_SECRET": MUTUAL_SECRET,
+            },
             setup=configure_auth,
         ),
         Scenario(
-            "multipath", portals=2, timeout=900,
-            required=["multipathd_started", "discovery1", "discovery2", "login", "paths_appear", "same_wwid",
-                      "multipathd_coalesces", "mkfs", "stream_started", "stop_portal",
-                      "path_failed", "io_continues", "start_portal", "path_reinstated",
-                      "io_after_reinstate", "stream_clean", "fsck", "data_verifies", "logout", "disks_gone"],
+            "multipath",
+            portals=2,
+            timeout=900,
+            required=[
+                "multipathd_started",
+                "discovery1",
+                "discovery2",
+                "login",
+                "paths_appear",
+                "same_wwid",
+                "multipathd_coalesces",
+                "mkfs",
+                "stream_started",
+                "stop_portal",
+                "path_failed",
+                "io_continues",
+                "start_portal",
+                "path_reinstated",
+                "io_after_reinstate",
+                "stream_clean",
+                "fsck",
+                "data_verifies",
+                "logout",
+                "disks_gone",
+            ],
             # a path whose session is down hands its I/O to dm-multipath after this long
             env={"GI_MP_REPLACEMENT_TIMEOUT": "5"},
         ),
         Scenario(
-            "recovery", portals=1, timeout=600,
-            required=["discovery", "login", "disk_appears", "stream_started",
-                      "restart_target", "session_recovered", "io_after_recovery", "stream_clean",
-                      "data_verifies", "logout", "disk_gone"],
+            "recovery",
+            portals=1,
+            timeout=600,
+            required=[
+                "discovery",
+                "login",
+                "disk_appears",
+                "stream_started",
+                "restart_target",
+                "session_recovered",
+                "io_after_recovery",
+                "stream_clean",
+                "data_verifies",
+                "logout",
+                "disk_gone",
+            ],
             env={"GI_REPLACEMENT_TIMEOUT": "60"},
         ),
     ]
 }
 
 
-def run_with_target(scenario: Scenario, target: TargetBase, image: Path, workdir: Path,
-                    echo: bool = False) -> tuple[GuestRun, list[str]]:
+def run_with_target(
+    scenario: Scenario, target: TargetBase, image: Path, workdir: Path, echo: bool = False
+) -> tuple[GuestRun, list[str]]:
     """Boot the guest for ``scenario`` against an already started ``target``."""
     env = {**target.guest_env(), **scenario.env}
-    run = run_scenario(scenario.name, env, image_dir=image, workdir=workdir,
-                       host_actions=target.host_actions(), timeout=scenario.timeout,
-                       echo=echo)
+    run = run_scenario(
+        scenario.name,
+        env,
+        image_dir=image,
+        workdir=workdir,
+        host_actions=target.host_actions(),
+        timeout=scenario.timeout,
+        echo=echo,
+    )
     return run, run.check(scenario.required)
 
 
-def run_named_scenario(name: str, kind: str, image: Path, workdir: Path,
-                       echo: bool = False) -> tuple[GuestRun, list[str]]:
+def run_named_scenario(
+    name: str, kind: str, image: Path, workdir: Path, echo: bool = False
+) -> tuple[GuestRun, list[str]]:
     scenario = SCENARIOS[name]
     target = make_target(kind, workdir / "target", portals=scenario.portals)
     target.start()

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from guest_harness import GUEST_HOST_ADDR, free_port
+from guest_harness import GUEST_HOST_ADDR, HostAction, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
@@ -147,7 +147,7 @@ class TargetBase:
             "GI_TARGET_KIND": self.kind,
         }
 
-    def host_actions(self) -> dict[str, object]:
+    def host_actions(self) -> dict[str, HostAction]:
         return {
             "stop-portal": lambda args: self.stop_portal(int(args[0])),
             "start-portal": lambda args: self.start_portal(int(args[0])),
@@ -208,7 +208,9 @@ class TgtTarget(TargetBase):
             f.truncate(size)
         self.control_port = self._free_control_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.proxies = {n: PortalProxy(self.ports[n - 1], self.ports[0]) for n in range(2, portals + 1)}
+        self.proxies = {
+            n: PortalProxy(self.ports[n - 1], self.ports[0]) for n in range(2, portals + 1)
+        }
         self.log = self.workdir / "tgtd.log"
 
     @staticmethod
@@ -227,8 +229,18 @@ class TgtTarget(TargetBase):
 
     def _configure(self) -> None:
         self.tgtadm("--op", "new", "--mode", "target", "--tid", "1", "-T", self.iqn)
-        self.tgtadm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
-                    "-b", str(self.backing))
+        self.tgtadm(
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "-b",
+            str(self.backing),
+        )
         self.tgtadm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
         if self.chap:
             self._apply_chap()
@@ -243,9 +255,17 @@ class TgtTarget(TargetBase):
         while True:  # after a kill the port may take a moment to be bindable again
             logf = open(self.log, "ab")  # noqa: SIM115
             self.proc = subprocess.Popen(
-                ["tgtd", "-f", "--iscsi", f"portal=127.0.0.1:{self.ports[0]}",
-                 "-C", str(self.control_port)],
-                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    "tgtd",
+                    "-f",
+                    "--iscsi",
+                    f"portal=127.0.0.1:{self.ports[0]}",
+                    "-C",
+                    str(self.control_port),
+                ],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
             logf.close()
             try:
@@ -257,8 +277,13 @@ class TgtTarget(TargetBase):
                     raise
                 time.sleep(0.5)
         for _ in range(50):
-            if subprocess.run(["tgtadm", "-C", str(self.control_port), "--op", "show",
-                               "--mode", "sys"], capture_output=True).returncode == 0:
+            if (
+                subprocess.run(
+                    ["tgtadm", "-C", str(self.control_port), "--op", "show", "--mode", "sys"],
+                    capture_output=True,
+                ).returncode
+                == 0
+            ):
                 break
             time.sleep(0.1)
         self._configure()
@@ -305,8 +330,7 @@ class TgtTarget(TargetBase):
         assert self.mutual
         user, secret = self.mutual
         self.tgtadm("--op", "new", "--mode", "account", "--user", user, "--password", secret)
-        self.tgtadm("--op", "bind", "--mode", "account", "--tid", "1", "--user", user,
-                    "--outgoing")
+        self.tgtadm("--op", "bind", "--mode", "account", "--tid", "1", "--user", user, "--outgoing")
 
     def set_chap(self, user: str, secret: str) -> None:
         self.chap = (user, secret)
@@ -326,8 +350,14 @@ DEMO_IQN = "iqn.2026-11.org.gluster-iscsi:demo"
 
 
 def gluster_iscsi_cmd() -> list[str]:
-    """How to run our CLI: the module with this interpreter (src/ on the path)."""
-    return [sys.executable, "-m", "gluster_iscsi.cli.main"]
+    """How to run our CLI: its console-script entry point with this interpreter (src/ on
+    the path), so that an uninstalled checkout works too."""
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from gluster_iscsi.cli.main import main; "
+        "sys.exit(main(prog_name='gluster-iscsi'))",
+    ]
 
 
 def _cli_env() -> dict[str, str]:
@@ -340,12 +370,19 @@ def _cli_env() -> dict[str, str]:
 def gluster_iscsi_available() -> tuple[bool, str]:
     """(True, "") when ``gluster-iscsi serve --help`` works, else (False, why)."""
     try:
-        r = subprocess.run([*gluster_iscsi_cmd(), "serve", "--help"], capture_output=True,
-                           text=True, env=_cli_env(), timeout=60)
+        r = subprocess.run(
+            [*gluster_iscsi_cmd(), "serve", "--help"],
+            capture_output=True,
+            text=True,
+            env=_cli_env(),
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, str(exc)
     if r.returncode != 0:
         return False, (r.stderr.strip() or r.stdout.strip())[-500:]
+    if "--listen" not in r.stdout:
+        return False, f"`serve --help` does not offer --listen: {r.stdout.strip()[-300:]!r}"
     return True, ""
 
 
@@ -381,8 +418,13 @@ class GlusterIscsiTarget(TargetBase):
         if not ok:
             raise RuntimeError(f"gluster-iscsi serve is not available: {why}")
         logf = open(self.log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.serve_cmd(), stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=_cli_env())
+        self.proc = subprocess.Popen(
+            self.serve_cmd(),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_cli_env(),
+        )
         logf.close()
         deadline = time.monotonic() + 30
         for n, p in enumerate(self.ports, 1):
@@ -420,17 +462,36 @@ class GlusterIscsiTarget(TargetBase):
             raise RuntimeError(f"{' '.join(args)} failed: {(r.stderr or r.stdout).strip()[-300:]}")
         return r.stdout
 
+    def _cli_account(self, user: str, secret: str) -> None:
+        try:
+            self.mgmt("auth", "account-add", user, "--secret", secret)
+        except RuntimeError as exc:  # kept in the state dir across a restart
+            if "exist" not in str(exc):
+                raise
+
+    def _cli_bind(self, user: str, *extra: str) -> None:
+        try:
+            self.mgmt("auth", "bind", user, "--target", self.iqn, *extra)
+        except RuntimeError as exc:
+            if "already" not in str(exc) and "exist" not in str(exc):
+                raise
+
     def _cli_set_chap(self, user: str, secret: str) -> None:
-        self.mgmt("auth", "set", self.iqn, "--user", user, "--secret", secret)
+        """``auth account-add USER --secret S`` + ``auth bind USER --target IQN``."""
+        self._cli_account(user, secret)
+        self._cli_bind(user)
 
     def _cli_set_mutual(self, user: str, secret: str) -> None:
-        self.mgmt("auth", "set", self.iqn, "--mutual-user", user, "--mutual-secret", secret)
+        """The target's own account: ``auth bind USER --target IQN --outgoing``."""
+        self._cli_account(user, secret)
+        self._cli_bind(user, "--outgoing")
 
     def _cli_portal_delete(self, port: int) -> None:
+        """``portal delete 127.0.0.1:PORT`` (closes the listener and its connections)."""
         self.mgmt("portal", "delete", f"127.0.0.1:{port}")
 
     def _cli_portal_create(self, port: int) -> None:
-        self.mgmt("portal", "create", f"127.0.0.1:{port}")
+        self.mgmt("portal", "add", f"127.0.0.1:{port}", "--advertise", f"{GUEST_HOST_ADDR}:{port}")
 
     def set_chap(self, user: str, secret: str) -> None:
         self.chap = (user, secret)

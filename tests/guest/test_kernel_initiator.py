@@ -44,16 +44,14 @@ def test_chap_and_mutual_chap(guest_image, target, guest_workdir, record_propert
     _run("chap", target, guest_image, guest_workdir, record_property)
 
 
-def test_multipath_portal_failover(guest_image, target_two_portals, guest_workdir,
-                                   record_property):
+def test_multipath_portal_failover(guest_image, target_two_portals, guest_workdir, record_property):
     """Scenario 3: one LUN via two portals -> one dm-multipath device (same VPD 83h WWID);
     ext4 on it; portal 2 stopped during a write stream -> no error, path fails; portal
     back -> path reinstated; fsck clean and all data verifies."""
     _run("multipath", target_two_portals, guest_image, guest_workdir, record_property)
 
 
-def test_session_recovery_after_daemon_restart(guest_image, target, guest_workdir,
-                                               record_property):
+def test_session_recovery_after_daemon_restart(guest_image, target, guest_workdir, record_property):
     """Scenario 4: the daemon restarts during a write stream; the same session recovers
     within replacement_timeout, no write fails, the data verifies."""
     _run("recovery", target, guest_image, guest_workdir, record_property)
