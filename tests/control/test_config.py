@@ -26,6 +26,9 @@ def test_validate_fills_in_lun_identity_once_and_keeps_it():
     assert len(lu["serial"]) == 16 and lu["uuid"]
     again = cfgmod.validate(v)
     assert again == v  # stable: a restart sees the same WWID
+    assert cfgmod.validate(cfg) == v  # even when the file never had a uuid (hand-written)
+    other = base(targets=[target(luns=[{"lun": 2, "backing": "/srv/a.img"}])])
+    assert cfgmod.validate(other)["targets"][0]["luns"][0]["uuid"] != lu["uuid"]
 
 
 @pytest.mark.parametrize(

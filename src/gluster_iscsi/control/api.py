@@ -172,7 +172,9 @@ class ControlServer:
         except cfgmod.ConfigError as e:
             raise ApiError("invalid", str(e), field=e.field) from None
         except reconcile.ReconcileError as e:
-            raise ApiError("unavailable", e.message, hint=e.hint, field=e.field) from None
+            raise ApiError(
+                "unavailable", f"{e.field}: {e.message}", hint=e.hint, field=e.field
+            ) from None
         except Exception as e:
             log.exception("control op failed")
             raise ApiError("internal", f"internal error: {e!r}") from None

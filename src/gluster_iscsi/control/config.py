@@ -327,7 +327,7 @@ def validate_portal(raw: Any, field: str) -> dict[str, Any]:
     return {"host": host.strip("[]"), "port": port, "advertise": adv}
 
 
-def validate_lun(raw: Any, field: str) -> dict[str, Any]:
+def validate_lun(raw: Any, field: str, target: str = "") -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(field, "must be an object")
     lun = _int(raw.get("lun"), f"{field}.lun", 0, MAX_LUN)
@@ -354,7 +354,11 @@ def validate_lun(raw: Any, field: str) -> dict[str, Any]:
     read_only = raw.get("read_only", False)
     if not isinstance(read_only, bool):
         raise ConfigError(f"{field}.read_only", "must be true or false")
-    uid = raw.get("uuid") or str(uuidlib.uuid4())
+    # A LUN written without a uuid gets one derived from where it is, so validating the same
+    # file twice (a reload of a hand-edited config) gives the same WWID, not a new disk.
+    uid = raw.get("uuid") or str(
+        uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"gluster-iscsi:{target.lower()}/{lun}/{backing}")
+    )
     try:
         uid = str(uuidlib.UUID(str(uid)))
     except ValueError:
@@ -425,7 +429,9 @@ def validate_target(raw: Any, accounts: dict[str, str], field: str) -> dict[str,
     alias = raw.get("alias")
     if alias is not None and (not isinstance(alias, str) or len(alias.encode()) > 255):
         raise ConfigError(f"{field}.alias", "must be a string of at most 255 bytes")
-    luns = [validate_lun(x, f"{field}.luns[{i}]") for i, x in enumerate(raw.get("luns") or [])]
+    luns = [
+        validate_lun(x, f"{field}.luns[{i}]", name) for i, x in enumerate(raw.get("luns") or [])
+    ]
     seen: set[int] = set()
     for lu in luns:
         if lu["lun"] in seen:

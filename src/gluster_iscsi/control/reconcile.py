@@ -383,7 +383,7 @@ async def apply(daemon: Any, desired: dict[str, Any], *, dry_run: bool = False) 
                 raise ReconcileError(
                     f"target {tname} LUN {lu['lun']}",
                     f"cannot open backing store {lu['backing']!r}: {e}",
-                    "check the path/volume exists and is reachable",
+                    "check that it exists and is reachable; to create a file give --size",
                 ) from e
     except BaseException:
         for lu_obj in opened.values():
