@@ -73,10 +73,11 @@ class GuestRun:
     done_rc: int | None  # rc printed by the guest's stage-2 init ("GI DONE <s> rc=N")
 
     def result(self, name: str) -> StepResult | None:
-        full = name if "." in name else f"{self.scenario}.{name}"
-        for r in self.results:
-            if r.name == full:
-                return r
+        """The step ``name`` (relative to the scenario, e.g. "login" or "chap.login")."""
+        for full in (f"{self.scenario}.{name}", name):
+            for r in self.results:
+                if r.name == full:
+                    return r
         return None
 
     @property

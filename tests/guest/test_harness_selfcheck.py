@@ -120,3 +120,11 @@ def test_in_guest_scripts_are_valid_bash():
         subprocess.run(["bash", "-n", str(f)], check=True)
     subprocess.run(["sh", "-n", str(Path(gh.HERE) / "guest-init.sh")], check=True)
     subprocess.run(["bash", "-n", str(gh.BUILD_SCRIPT)], check=True)
+
+
+def test_step_names_are_relative_to_the_scenario(tmp_path):
+    ok = [gh.StepResult(n, "PASS", 0.1, "") for n in ("chap.chap.login", "chap.done")]
+    run = gh.GuestRun("chap", ok, [], tmp_path / "log", 0, 1.0, False, 0)
+    assert run.result("chap.login") is ok[0]
+    assert run.check(["chap.login"]) == []
+    assert run.check(["mutual.login"]) == ["step chap.mutual.login never reported"]
