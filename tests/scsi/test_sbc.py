@@ -177,12 +177,26 @@ def test_start_stop_unit(h: Harness) -> None:
     assert h.run(rw(0x28, 0, 1)).status == Status.GOOD
 
 
-def test_prevent_removal_blocks_eject(h: Harness) -> None:
-    assert h.run("1e0000000100").status == Status.GOOD
-    r = h.run("1b0000000200")
-    assert h.sense(r) == (ILLEGAL, Asc.MEDIUM_REMOVAL_PREVENTED)
-    h.run("1e0000000000")
-    assert h.run("1b0000000200").status == Status.GOOD
+def test_eject_refused_on_non_removable_medium(h: Harness) -> None:
+    assert h.run("1e0000000100").status == Status.GOOD  # PREVENT is accepted
+    r = h.run("1b0000000200")  # LOEJ: RMB=0, nothing to eject (libiscsi startstopunit_simple)
+    assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)
+    assert h.run("1e0000000000").status == Status.GOOD
+    assert h.run("1b0000001000").status == Status.GOOD  # a power condition: accepted
+
+
+def test_software_write_protect(h: Harness) -> None:
+    page = bytearray(bytes(h.run("1a080a00ff00").data)[4:])
+    page[4] |= 0x08  # SWP
+    r = h.run(bytes([0x15, 0x10, 0, 0, 4 + len(page), 0]), data=bytes(4) + bytes(page))
+    assert r.status == Status.GOOD
+    assert bytes(h.run("1a080a00ff00").data)[2] & 0x80  # WP now reported
+    assert h.run(rw(0x28, 0, 1)).status == Status.GOOD
+    r = h.run(rw(0x2A, 0, 1), data=bytes(512))
+    assert h.sense(r) == (SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED)
+    page[4] &= ~0x08
+    h.run(bytes([0x15, 0x10, 0, 0, 4 + len(page), 0]), data=bytes(4) + bytes(page))
+    assert h.run(rw(0x2A, 0, 1), data=bytes(512)).status == Status.GOOD
 
 
 def test_read_only_lu_refuses_writes(make_harness) -> None:  # noqa: ANN001

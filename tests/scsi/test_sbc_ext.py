@@ -103,7 +103,8 @@ def test_write_same_pattern(h: Harness, op: int) -> None:
 @pytest.mark.parametrize("op", [0x41, 0x93])
 def test_write_same_unmap_deallocates(h: Harness, op: int) -> None:
     h.run(rw(0x2A, 0, 16), data=b"z" * 8192)
-    assert h.run(ws(op, 0, 16, flags=0x08), data=bytes(512)).status == Status.GOOD
+    # a non-zero pattern with UNMAP still deallocates (libiscsi writesame*_unmap_until_end)
+    assert h.run(ws(op, 0, 16, flags=0x08), data=b"\xff" * 512).status == Status.GOOD
     assert bytes(h.run(rw(0x28, 0, 16)).data) == bytes(8192)
     # the test store starts deallocated, so the whole LU is one deallocated run again
     assert lba_status(bytes(h.run(gls(0)).data)) == [(0, BLOCKS, 1)]
@@ -129,6 +130,13 @@ def test_write_same_ndob_anchor_and_zero_length(h: Harness) -> None:
         ILLEGAL,
         Asc.LBA_OUT_OF_RANGE,
     )
+    # zero blocks past the end is out of range before WSNZ refuses the length
+    assert h.sense(h.run(ws(0x41, BLOCKS + 1, 0), data=bytes(512))) == (
+        ILLEGAL,
+        Asc.LBA_OUT_OF_RANGE,
+    )
+    for size in (256, 1024):  # the data-out must be exactly one block
+        assert h.sense(h.run(ws(0x41, 0, 1), data=bytes(size)))[1] == Asc.INVALID_FIELD_IN_CDB
 
 
 # -- UNMAP / GET LBA STATUS --------------------------------------------------------------------
@@ -202,7 +210,7 @@ def test_read_defect_data(h: Harness) -> None:
 
 
 def test_sanitize_overwrite_really_overwrites(make_harness) -> None:  # noqa: ANN001
-    h = make_harness(blocks=64)
+    h = make_harness(blocks=64, sanitize=True)
     h.run(rw(0x2A, 0, 64), data=b"secret!!" * (64 * 64))
     params = bytes([0x01, 0, 0, 4]) + b"\xde\xad\xbe\xef"
     r = h.run(bytes([0x48, 0x01, 0, 0, 0, 0, 0, 0, len(params), 0]), data=params)
@@ -210,3 +218,50 @@ def test_sanitize_overwrite_really_overwrites(make_harness) -> None:  # noqa: AN
     assert bytes(h.server.lu(0).store.data) == b"\xde\xad\xbe\xef" * (64 * 128)
     r = h.run(bytes([0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0]))  # BLOCK ERASE: not offered
     assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        b"",
+        bytes([0x01, 0, 0]),
+        bytes([0x00, 0, 0, 4]) + b"abcd",  # OVERWRITE COUNT 0
+        bytes([0x01, 0, 0, 0]) + b"abcd",  # pattern length 0
+        bytes([0x01, 0, 0x02, 0x04]) + bytes(516),  # pattern longer than a block
+    ],
+)
+def test_sanitize_bad_parameters_are_invalid_field_in_cdb(make_harness, params: bytes) -> None:  # noqa: ANN001
+    h = make_harness(blocks=8, sanitize=True)
+    r = h.run(
+        bytes([0x48, 0x01, 0, 0, 0, 0, 0]) + len(params).to_bytes(2, "big") + b"\0", data=params
+    )
+    assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)
+
+
+def test_sanitize_in_progress_blocks_other_commands(make_harness) -> None:  # noqa: ANN001
+    h = make_harness(blocks=8, sanitize=True)
+    params = bytes([0x01, 0, 0, 1]) + b"\xaa"
+    from gluster_iscsi.scsi import ScsiTask
+
+    from .conftest import N1
+
+    h.run("000000000000")
+    execution = h.server.execute(
+        ScsiTask(bytes([0x48, 1, 0, 0, 0, 0, 0, 0, 5, 0]), 0, N1, data_out=memoryview(params))
+    )
+    op = next(execution)  # the first overwrite is in flight
+    r = h.run(rw(0x28, 0, 1))
+    assert h.sense(r) == (SenseKey.NOT_READY, Asc.LU_NOT_READY_SANITIZE_IN_PROGRESS)
+    assert h.run("120000006000").status == Status.GOOD
+    lu = h.server.lu(0)
+    try:
+        while True:
+            op = execution.send(op.run(lu.store))
+    except StopIteration as stop:
+        assert stop.value.status == Status.GOOD
+    assert h.run(rw(0x28, 0, 1)).status == Status.GOOD
+
+
+def test_sanitize_not_offered_by_default(h: Harness) -> None:
+    r = h.run(bytes([0x48, 0x01, 0, 0, 0, 0, 0, 0, 8, 0]), data=bytes([1, 0, 0, 4]) + b"abcd")
+    assert h.sense(r) == (ILLEGAL, Asc.INVALID_COMMAND_OPERATION_CODE)

@@ -185,9 +185,11 @@ class DeviceServer:
             if lu.pr.conflicts(task.nexus, entry.pr_access(cdb)):
                 raise ReservationConflict
         # 5. Medium state.
+        if lu.sanitizing and not entry.ua_exempt:
+            raise CheckCondition(SenseKey.NOT_READY, Asc.LU_NOT_READY_SANITIZE_IN_PROGRESS)
         if entry.media and not lu.started:
             raise CheckCondition(SenseKey.NOT_READY, Asc.LU_NOT_READY_INITIALIZING_COMMAND_REQUIRED)
-        if entry.write and lu.read_only:
+        if entry.write and lu.write_protected:
             raise CheckCondition(SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED)
         return entry
 

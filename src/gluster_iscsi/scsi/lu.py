@@ -74,6 +74,7 @@ class LogicalUnit:
         product: str = "iSCSI Disk",
         revision: str = "0001",
         read_only: bool = False,
+        sanitize: bool = False,
         on_persist: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> None:
         if block_size < 512 or block_size & (block_size - 1):
@@ -96,6 +97,10 @@ class LogicalUnit:
         #: Guards this object's state (unit attentions, reservations) across threads.
         self.state_lock = threading.RLock()
         self.started = True
+        #: SANITIZE OVERWRITE is offered only when the daemon allows it (it rewrites the
+        #: whole LU inside one command, so the transport must not cancel it midway).
+        self.sanitize_allowed = sanitize
+        self.sanitizing = False
         self.prevent_removal: set[str] = set()
         #: SPC-2 RESERVE(6/10) holder: the initiator port name.
         self.reserved_by: str | None = None
@@ -112,11 +117,11 @@ class LogicalUnit:
                 bytes([WCE if flush else 0]) + bytes(17),
                 bytes([WCE]) + bytes(17),
             ),
-            # Control (SPC-4 7.5.8): QAM 1 (unrestricted reordering); D_SENSE changeable.
+            # Control (SPC-4 7.5.8): QAM 1 (unrestricted reordering); D_SENSE, SWP changeable.
             CONTROL_PAGE: ModePage.make(
                 CONTROL_PAGE,
                 bytes([0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x00, 0x00]),
-                bytes([D_SENSE, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                bytes([D_SENSE, 0, SWP, 0, 0, 0, 0, 0, 0, 0]),
             ),
             # Informational exceptions control (SPC-4 7.5.11): none to report (DEXCPT).
             IEC_PAGE: ModePage.make(IEC_PAGE, bytes([0x08]) + bytes(9), bytes(10)),
@@ -151,7 +156,8 @@ class LogicalUnit:
 
     @property
     def write_protected(self) -> bool:
-        return self.read_only
+        """Read-only by configuration, or software write protect (SWP) set by MODE SELECT."""
+        return self.read_only or bool(self.mode_pages[CONTROL_PAGE].current[4] & SWP)
 
     # -- unit attentions (SAM-5 5.14) -------------------------------------------------------
 

@@ -86,6 +86,10 @@ def _can_discard(lu: LogicalUnit) -> bool:
     return lu.store.capabilities.discard
 
 
+def _can_sanitize(lu: LogicalUnit) -> bool:
+    return lu.sanitize_allowed
+
+
 def _prevent_access(cdb: bytes) -> Access:
     return Access.WRITE if cdb[4] & 0x03 else Access.ALWAYS
 
@@ -296,6 +300,7 @@ _ENTRIES: list[Command] = [
         write=True,
         media=True,
         timeout=3600,
+        available=_can_sanitize,
     ),
     _c(0x55, "MODE SELECT(10)", spc.mode_select, "55100000000000ffff00", direction=D.OUT),
     _c(0x56, "RESERVE(10)", pr.reserve, "56000000000000000000", access=_WRITE),

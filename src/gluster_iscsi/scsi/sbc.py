@@ -31,12 +31,13 @@ from .sense import (
 )
 from .spc import (
     MAX_COMPARE_AND_WRITE_BLOCKS,
+    MAX_LBA_STATUS_BLOCKS,
     MAX_TRANSFER_BYTES,
-    MAX_UNMAP_BYTES,
+    MAX_UNMAP_BLOCKS,
     MAX_UNMAP_DESCRIPTORS,
-    MAX_WRITE_SAME_BYTES,
+    MAX_WRITE_SAME_BLOCKS,
 )
-from .task import ScsiResult, Status
+from .task import ScsiResult
 
 if TYPE_CHECKING:
     from .context import Ctx
@@ -236,9 +237,9 @@ def start_stop_unit(ctx: Ctx) -> ScsiResult:
     if power_condition:
         return ScsiResult()  # power conditions are accepted and have no effect
     start, loej = cdb[4] & 0x01, cdb[4] & 0x02
+    if loej:
+        raise invalid_cdb(4, 1)  # RMB=0: there is no medium to load or eject
     with lu.state_lock:
-        if not start and loej and lu.prevent_removal:
-            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.MEDIUM_REMOVAL_PREVENTED)
         lu.started = bool(start)
     return ScsiResult()
 
@@ -322,26 +323,26 @@ def write_same(ctx: Ctx) -> Execution:
     unmap = bool(cdb[1] & 0x08)
     ndob = sixteen and bool(cdb[1] & 0x01)
     bs = lu.block_size
+    check_range(lu, lba, n)  # before WSNZ: a zero-length WRITE SAME past the end is OOB
     if n == 0:
         raise invalid_cdb(field)  # WSNZ=1 in VPD B0h
-    if n * bs > MAX_WRITE_SAME_BYTES:
+    if n > MAX_WRITE_SAME_BLOCKS:
         raise invalid_cdb(field)
-    check_range(lu, lba, n)
     if ndob:
         block = bytes(bs)
     else:
-        mv = ctx.parameter_list(bs)
-        if len(mv) < bs:
-            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
+        mv = ctx.parameter_list(bs + 1)
+        if len(mv) != bs:  # exactly one block, or we would guess which bytes to repeat
+            raise invalid_cdb(field)
         block = bytes(mv)
     offset, length = lba * bs, n * bs
     zero = not any(block)
     caps = lu.store.capabilities
-    if unmap and zero and caps.discard:
+    if unmap and caps.discard:
+        # UNMAP=1 deallocates whatever the pattern (SBC-3 5.42; libiscsi's unmap_until_end
+        # and Linux LIO agree); without LBPRZ the blocks then read back indeterminate,
+        # which LBPRZ=0 in VPD B2h/READ CAPACITY(16) told the initiator.
         yield DiscardOp(offset, length, lu.io_lock)
-        if not caps.discard_zeroes:
-            # Without LBPRZ we still must return the data we were given: zeroes.
-            yield WriteZeroesOp(offset, length, lu.io_lock)
     elif zero and caps.write_zeroes:
         yield WriteZeroesOp(offset, length, lu.io_lock)
     else:
@@ -374,7 +375,7 @@ def unmap(ctx: Ctx) -> Execution:
         pos = 8 + 16 * i
         lba = int.from_bytes(params[pos : pos + 8], "big")
         n = int.from_bytes(params[pos + 8 : pos + 12], "big")
-        if n * bs > MAX_UNMAP_BYTES:
+        if n > MAX_UNMAP_BLOCKS:
             raise invalid_param(pos + 8)
         check_range(lu, lba, n)
         if n:
@@ -392,7 +393,7 @@ def get_lba_status(ctx: Ctx) -> Execution:
     if lba >= count:
         raise lba_out_of_range()
     bs = lu.block_size
-    span = min(count - lba, MAX_UNMAP_BYTES // bs)
+    span = min(count - lba, MAX_LBA_STATUS_BLOCKS)
     extents = yield ExtentsOp(lba * bs, span * bs)
     # A block is deallocated only if every byte of it is: merge holes, round them inward.
     holes: list[list[int]] = []
@@ -443,7 +444,11 @@ def read_defect_data(ctx: Ctx) -> ScsiResult:
 
 
 def sanitize(ctx: Ctx) -> Execution:
-    """SANITIZE OVERWRITE: really overwrite every block with the pattern (SBC-3 5.30)."""
+    """SANITIZE OVERWRITE: really overwrite every block with the pattern (SBC-3 5.30).
+
+    Every malformed parameter list is INVALID FIELD IN CDB, as libiscsi's sanitize tests
+    expect. While it runs, other commands get NOT READY / SANITIZE IN PROGRESS.
+    """
     cdb, lu = ctx.cdb, ctx.lu
     action = cdb[1] & 0x1F
     if action != 0x01:
@@ -453,22 +458,24 @@ def sanitize(ctx: Ctx) -> Execution:
     length = int.from_bytes(cdb[7:9], "big")
     bs = lu.block_size
     if length < 5 or length > bs + 4:
-        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
-    params = ctx.require_parameter_list(length)
+        raise invalid_cdb(7)
+    params = ctx.parameter_list(length)
+    if len(params) < length:
+        raise invalid_cdb(7)
     invert = bool(params[0] & 0x80)
-    if params[0] & 0x60:  # TEST
-        raise invalid_param(0, 6)
     owcount = params[0] & 0x1F
     plen = int.from_bytes(params[2:4], "big")
-    if owcount == 0 or plen == 0 or plen > bs or plen + 4 != length:
-        raise invalid_param(2 if plen == 0 or plen > bs or plen + 4 != length else 0)
+    if params[0] & 0x60 or owcount == 0 or plen == 0 or plen > bs or plen + 4 > length:
+        raise invalid_cdb(7)
     pattern = bytes(params[4 : 4 + plen])
     block = (pattern * (bs // plen + 1))[:bs]
+    inverted = bytes(b ^ 0xFF for b in block)
     total = lu.block_count * bs
-    for i in range(owcount):
-        current = block
-        if invert and i % 2 == 1:
-            current = bytes(b ^ 0xFF for b in block)
-        yield from _fill(lu, 0, total, current)
-    yield FlushOp()
-    return ScsiResult(status=Status.GOOD)
+    lu.sanitizing = True
+    try:
+        for i in range(owcount):
+            yield from _fill(lu, 0, total, inverted if invert and i % 2 else block)
+        yield FlushOp()
+    finally:
+        lu.sanitizing = False
+    return ScsiResult()

@@ -24,8 +24,11 @@ MAX_TRANSFER_BYTES = 8 << 20
 OPTIMAL_TRANSFER_BYTES = 1 << 20
 OPTIMAL_GRANULARITY_BYTES = 4096
 MAX_UNMAP_DESCRIPTORS = 256
-MAX_UNMAP_BYTES = 1 << 31
-MAX_WRITE_SAME_BYTES = 1 << 31
+#: Blocks one UNMAP descriptor may name (libiscsi calls more than 2^20 insane).
+MAX_UNMAP_BLOCKS = 1 << 20
+MAX_WRITE_SAME_BLOCKS = 1 << 20
+#: Blocks one GET LBA STATUS looks at.
+MAX_LBA_STATUS_BLOCKS = 1 << 24
 MAX_COMPARE_AND_WRITE_BLOCKS = 8
 
 PERIPHERAL_DISK = 0x00
@@ -129,11 +132,11 @@ def _vpd_block_limits(ctx: Ctx, lu: LogicalUnit) -> bytes:
     out[4:8] = (MAX_TRANSFER_BYTES // bs).to_bytes(4, "big")
     out[8:12] = (OPTIMAL_TRANSFER_BYTES // bs).to_bytes(4, "big")
     if caps.discard:
-        out[16:20] = (MAX_UNMAP_BYTES // bs).to_bytes(4, "big")
+        out[16:20] = MAX_UNMAP_BLOCKS.to_bytes(4, "big")
         out[20:24] = MAX_UNMAP_DESCRIPTORS.to_bytes(4, "big")
         out[24:28] = max(1, OPTIMAL_GRANULARITY_BYTES // bs).to_bytes(4, "big")
         out[28:32] = (0x80000000).to_bytes(4, "big")  # UGAVALID, alignment 0
-    out[32:40] = (MAX_WRITE_SAME_BYTES // bs).to_bytes(8, "big")
+    out[32:40] = MAX_WRITE_SAME_BLOCKS.to_bytes(8, "big")
     return bytes(out)
 
 
@@ -243,7 +246,7 @@ def _mode_pages(lu: LogicalUnit, code: int, subpage: int, pc: int) -> bytes:
 
 
 def _device_specific(lu: LogicalUnit) -> int:
-    return (0x80 if lu.read_only else 0) | 0x10  # WP, DPOFUA
+    return (0x80 if lu.write_protected else 0) | 0x10  # WP, DPOFUA
 
 
 def mode_sense(ctx: Ctx) -> ScsiResult:

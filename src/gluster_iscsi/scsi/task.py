@@ -66,8 +66,8 @@ class Nexus:
         return bytes([fmt | 0x05, 0]) + len(body).to_bytes(2, "big") + body
 
 
-@dataclass(slots=True)
-class ScsiTask:
+@dataclass(slots=True, eq=False)
+class ScsiTask:  # identity semantics: a task is a unique in-flight command
     """One SCSI command as the device server sees it."""
 
     cdb: bytes
