@@ -168,6 +168,12 @@ def test_closing_one_session_and_deleting_a_busy_target(serve, backing, tmp_path
     assert {s["initiator_address"] for s in sessions} == {"127.0.0.1"}
     assert all(s["params"]["MaxRecvDataSegmentLength"] for s in sessions)
     tsih = sessions[0]["tsih"]
+    show = ok(serve.cli("tgtadm", "--op", "show", "--mode", "target"))
+    nexus = (f"        I_T nexus: {tsih}\n            Initiator: {sessions[0]['initiator_name']}"
+             " alias: none\n            Connection: 0\n                IP Address: 127.0.0.1\n")  # fmt: skip
+    assert nexus in show
+    conn = ok(serve.cli(*TGTADM, "--op", "show", "--mode", "conn", "--tid", "1"))
+    assert f"Session: {tsih}\n    Connection: 0\n        Initiator: " in conn
     ok(serve.cli("session", "close", str(tsih)))
     left = json.loads(ok(serve.cli("session", "list", "--json")))
     assert [s["tsih"] for s in left] == [sessions[1]["tsih"]]
@@ -225,3 +231,32 @@ def test_sizes_json_and_idempotent_apply(serve, tmp_path):
     ok(serve.cli("config", "apply", str(exported)))
     assert "no changes" in ok(serve.cli("config", "apply", str(exported)))
     assert os.path.exists(serve.state_dir / "config.json.prev")
+
+
+def _gluster_volume() -> str | None:
+    try:
+        p = subprocess.run(["gluster", "--mode=script", "volume", "info", "giscsi-plain"],
+                           capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return "giscsi-plain" if "Status: Started" in p.stdout else None
+
+
+@pytest.mark.gluster
+def test_the_cookbooks_glfs_form(serve, tmp_path):
+    vol = _gluster_volume()
+    if vol is None:
+        pytest.skip("no started Gluster volume giscsi-plain on this host")
+    name = f"mgmt-test-{os.getpid()}-{time.monotonic_ns()}.img"
+    ok(serve.cli("target", "create", T2))
+    # create the file through gfapi (tgt needs it to exist, as do we for -b)
+    ok(serve.cli("--timeout", "60", "lun", "create", T2, f"gluster://127.0.0.1/{vol}/{name}",
+                 "--size", "10MiB"))  # fmt: skip
+    ok(serve.cli(*TGTADM, "--op", "new", "--mode", "target", "--tid", "7", "-T", T1))
+    ok(serve.cli("--timeout", "60", *TGTADM, "--op", "new", "--mode", "logicalunit", "--tid", "7",
+                 "--lun", "1", "--bstype", "glfs", "-b", f"{vol}@127.0.0.1:{name}"))  # fmt: skip
+    show = ok(serve.cli("tgtadm", "--op", "show", "--mode", "target"))
+    assert (
+        f"Backing store type: glfs\n            Backing store path: {vol}@127.0.0.1:{name}" in show
+    )
+    assert "Size: 10 MB, Block size: 512" in show

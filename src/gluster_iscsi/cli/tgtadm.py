@@ -173,21 +173,29 @@ def parse(argv: list[str]) -> dict[str, Any]:
             _usage_error(f"tgtadm: invalid option -- '{opt}'")
         _usage_error(f"tgtadm: unrecognized option '{prefix}{opt}'")
     out: dict[str, Any] = {}
-    for name, value in opts:
+    for name, text in opts:
         short = _LONG_TO_SHORT.get(name, name)[1:]
+        value: Any = text
         if "-" + short in _NUMERIC:
-            try:
-                value = int(value, 0)
-            except ValueError:
-                _usage_error(f"-{short} argument value '{value}' invalid")
-            if value < 0:
-                _usage_error(f"-{short} argument value '{value}' invalid")
+            value = _number(text)
+            if value is None or value < 0:
+                _usage_error(f"-{short} argument value '{text}' invalid")
         if short in ("F", "O", "d", "h", "V"):
             value = True
         out[short] = value
     if rest:
         _usage_error(f"tgtadm: extra argument '{rest[0]}'")
     return out
+
+
+def _number(text: str) -> int | None:
+    """strtoul(text, 0) as tgtadm reads ids: decimal, 0x hex or 0 octal; None if not."""
+    try:
+        if len(text) > 1 and text.startswith("0") and text[1:].isdigit():
+            return int(text, 8)
+        return int(text, 0)
+    except ValueError:
+        return None
 
 
 class Tgtadm:

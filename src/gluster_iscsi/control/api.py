@@ -195,7 +195,7 @@ class ControlServer:
                 result = await result
             cfg = cfgmod.validate(cfg)
             try:
-                changes = await reconcile.apply(self.daemon, cfg, dry_run=dry_run)
+                changes = await reconcile.apply_locked(self.daemon, cfg, dry_run=dry_run)
             finally:
                 if not dry_run:
                     self._save_if_changed(before)

@@ -352,7 +352,16 @@ def lock(daemon: Any) -> asyncio.Lock:
 
 
 async def apply(daemon: Any, desired: dict[str, Any], *, dry_run: bool = False) -> list[str]:
-    """Make ``daemon`` match ``desired``; return the changes made (or that would be)."""
+    """Make ``daemon`` match ``desired``; return the changes made (or that would be).
+
+    Serialized with every other change to the same daemon (control API, SIGHUP).
+    """
+    async with lock(daemon):
+        return await apply_locked(daemon, desired, dry_run=dry_run)
+
+
+async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = False) -> list[str]:
+    """:func:`apply` for a caller that already holds :func:`lock` (daemon)."""
     desired = cfgmod.validate(desired)
     st = _state(daemon)
     plan = diff(st.cfg, desired)
