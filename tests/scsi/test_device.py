@@ -80,3 +80,15 @@ def test_request_sense_desc_format(h: Harness) -> None:
     r = h.run("03010000ff00", nexus=N2, clear_ua=False)
     assert bytes(r.data)[:4] == bytes([0x72, 6, 0x29, 0])
     assert parse_sense(bytes(r.data)) == (6, Asc.POWER_ON_RESET_OR_BUS_DEVICE_RESET)
+
+
+def test_nexus_loss_is_reported_when_the_port_returns(h: Harness) -> None:
+    h.run("000000000000")
+    h.server.nexus_lost(N1)
+    r = h.run("000000000000", clear_ua=False)
+    assert h.sense(r) == (SenseKey.UNIT_ATTENTION, Asc.I_T_NEXUS_LOSS_OCCURRED)
+
+
+def test_store_lookup_for_the_driver(h: Harness) -> None:
+    assert h.server.store(0) is h.server.lu(0).store
+    assert h.server.store(9) is None

@@ -102,3 +102,28 @@ def test_unknown_list_id_status_is_invalid() -> None:
     h, _, _ = two_lus()
     r = h.run(bytes([0x84, 0, 9]) + bytes(7) + struct.pack(">IBB", 64, 0, 0))
     assert h.sense(r) == (SenseKey.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_CDB)
+
+
+def test_overlapping_copy_within_one_lu_is_not_smeared() -> None:
+    h, a, _ = two_lus()
+    pattern = b"".join(bytes([i]) * 512 for i in range(8))
+    h.run(rw(0x2A, 0, 8), data=pattern)
+    import gluster_iscsi.scsi.xcopy as xc
+
+    old = xc.CHUNK_BYTES
+    xc.CHUNK_BYTES = 1024  # force several chunks
+    try:
+        cdb, params = xcopy(cscd(a), segment(0, 0, 6, 0, 2))
+        assert h.run(cdb, data=params).status == Status.GOOD
+    finally:
+        xc.CHUNK_BYTES = old
+    assert bytes(h.run(rw(0x28, 2, 6)).data) == pattern[: 6 * 512]
+
+
+def test_copy_honours_reservations_on_the_other_lu() -> None:
+    from .conftest import N2
+
+    h, a, b = two_lus()
+    assert h.run("160000000000", lun=1, nexus=N2).status == Status.GOOD  # N2 reserves LU 1
+    cdb, params = xcopy(cscd(a) + cscd(b), segment(0, 1, 1, 0, 0))
+    assert h.run(cdb, data=params).status == Status.RESERVATION_CONFLICT

@@ -26,6 +26,7 @@ from .sense import (
 from .task import Execution, Nexus, ScsiResult, ScsiTask, Status
 
 if TYPE_CHECKING:
+    from ..backstore.base import BackingStore
     from .lu import LogicalUnit
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ class DeviceServer:
 
     def lu(self, lun: int) -> LogicalUnit | None:
         return self.luns.get(lun)
+
+    def store(self, lun: int) -> BackingStore | None:
+        """The store a task's plain ops run against (see :func:`.io.store_for` for OnStore)."""
+        lu = self.luns.get(lun)
+        return lu.store if lu is not None else None
 
     def add_lun(self, lun: int, lu: LogicalUnit) -> None:
         with self._lock:

@@ -216,10 +216,13 @@ class LogicalUnit:
                 self.queue_ua(port, asc)
 
     def nexus_lost(self, initiator_port: str) -> None:
+        """SAM-5 6.3.4: drop its SPC-2 reservation; it learns of the loss when it returns."""
         with self.state_lock:
             if self.reserved_by == initiator_port:
                 self.reserved_by = None
             self.prevent_removal.discard(initiator_port)
+            if initiator_port in self._ua:
+                self.queue_ua(initiator_port, Asc.I_T_NEXUS_LOSS_OCCURRED)
 
     # -- persistent reservations ----------------------------------------------------------
 

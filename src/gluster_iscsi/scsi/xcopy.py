@@ -12,8 +12,9 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .context import data_in
+from .context import ReservationConflict, data_in
 from .io import OnStore, ReadOp, WriteOp
+from .reservations import Access
 from .sense import Asc, CheckCondition, SenseKey, invalid_cdb, invalid_param
 from .task import ScsiResult
 
@@ -68,7 +69,7 @@ def _resolve_cscd(ctx: Ctx, desc: memoryview, index: int) -> LogicalUnit:
     designator_type = desc[5] & 0x0F
     association = (desc[5] >> 4) & 0x03
     length = desc[7]
-    if designator_type != 0x3 or association != 0 or length not in (8, 16) or length > 20:
+    if designator_type != 0x3 or association != 0 or length != 8:
         raise _copy_aborted(Asc.COPY_TARGET_DEVICE_NOT_REACHABLE)
     lu = ctx.server.find_by_naa(bytes(desc[8 : 8 + 8]))
     if lu is None:
@@ -147,25 +148,31 @@ def extended_copy(ctx: Ctx) -> Execution:
         for lu, lba in ((src, src_lba), (dst, dst_lba)):
             if lba + blocks > lu.block_count:
                 raise _copy_aborted(Asc.LBA_OUT_OF_RANGE)
-        if dst.read_only:
+        if dst.write_protected:
             raise CheckCondition(SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED)
-        if not (src.started and dst.started):
+        if not (src.started and dst.started) or src.sanitizing or dst.sanitizing:
             raise _copy_aborted(Asc.COPY_TARGET_DEVICE_NOT_REACHABLE)
+        # The copy acts for this I_T nexus on both LUs: their reservations apply.
+        for lu, access in ((src, Access.READ), (dst, Access.WRITE)):
+            port = ctx.nexus.initiator_port
+            if lu.reserved_by not in (None, port) or lu.pr.conflicts(ctx.nexus, access):
+                raise ReservationConflict
         plan.append((src, src_lba, dst, dst_lba, blocks))
     done = 0
     copied = 0
     try:
         for src, src_lba, dst, dst_lba, blocks in plan:
             bs = src.block_size
-            offset, total = 0, blocks * bs
-            while offset < total:
-                size = min(CHUNK_BYTES, total - offset)
+            total = blocks * bs
+            chunks = [(o, min(CHUNK_BYTES, total - o)) for o in range(0, total, CHUNK_BYTES)]
+            if src is dst and src_lba < dst_lba < src_lba + blocks:
+                chunks.reverse()  # overlapping, destination above source: copy from the end
+            for offset, size in chunks:
                 data = yield OnStore(ReadOp(src_lba * bs + offset, size, src.io_lock), src.store)
                 yield OnStore(
                     WriteOp(dst_lba * bs + offset, data, not dst.write_cache, dst.io_lock),
                     dst.store,
                 )
-                offset += size
                 copied += size
             done += 1
     except OSError:
