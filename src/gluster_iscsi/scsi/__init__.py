@@ -1,4 +1,19 @@
-"""SPC-4/SBC-3 device server without I/O: see :mod:`.device` and :mod:`.task`."""
+"""SPC-4/SBC-3 device server without I/O.
+
+How a transport drives it::
+
+    server = DeviceServer({0: LogicalUnit(store, serial="...")}, target_name="iqn...")
+    server.nexus_added(nexus)               # at login (POWER ON UA per I_T nexus)
+    execution = server.execute(ScsiTask(cdb, lun, nexus, data_out=...))
+    op = next(execution)                    # an io op; run it against
+    store = io.store_for(op, server.store(lun))   # ... this store (OnStore for XCOPY)
+    result = execution.send(op.run(store))  # or .throw(exc); repeat until StopIteration
+    server.nexus_lost(nexus)                # session gone
+    server.lun_reset(lun, nexus) / server.target_reset(nexus, cold=False)
+
+``ScsiResult.extra["abort_initiators"]`` (PREEMPT AND ABORT) names initiator ports whose
+task sets the transport should abort. :func:`.io.drive` runs an execution synchronously.
+"""
 
 from .device import DeviceServer
 from .lu import LogicalUnit

@@ -14,8 +14,7 @@ from .sense import Asc, CheckCondition, SenseKey
 from .task import Nexus, ScsiResult, ScsiTask
 
 if TYPE_CHECKING:
-    from collections.abc import Buffer
-
+    from ..backstore.base import Buffer
     from .device import DeviceServer
     from .lu import LogicalUnit
     from .opcodes import Command

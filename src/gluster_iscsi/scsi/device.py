@@ -152,8 +152,8 @@ class DeviceServer:
             return self._check_condition(from_store_error(exc, write=write), lu)
         except Exception:
             log.exception("internal error executing CDB %s", bytes(task.cdb[:16]).hex())
-            cc = CheckCondition(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
-            return self._check_condition(cc, lu)
+            failure = CheckCondition(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
+            return self._check_condition(failure, lu)
 
     def _preamble(self, task: ScsiTask, lu: LogicalUnit | None) -> Command:
         cdb = task.cdb

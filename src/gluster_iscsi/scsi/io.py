@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Buffer  # Python 3.12+; annotations only
-
-    from ..backstore.base import BackingStore, Extent
+    from ..backstore.base import (
+        BackingStore,
+        Buffer,  # collections.abc.Buffer is 3.12+
+        Extent,
+    )
     from .task import Execution, ScsiResult
 
 

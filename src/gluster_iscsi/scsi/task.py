@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Buffer  # Python 3.12+; annotations only
+    from ..backstore.base import Buffer  # collections.abc.Buffer is 3.12+
 
 
 class Status(enum.IntEnum):
