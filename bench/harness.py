@@ -1,0 +1,814 @@
+"""gluster-iscsi benchmark harness: tgt vs ours (or tgt vs tgt) on equal terms.
+
+See BENCHMARKS.md for what it measures and how to read it. Entry point: bench/run.
+Python 3.11 stdlib only. Benchmark traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from targets import (  # noqa: E402
+    LUN_SIZE, SESSION_PARAMS, Backing, OursTarget, Target, TgtTarget, free_port, proc_stat,
+    stop_process,
+)
+
+GIB = float(1 << 30)
+LATCLIENT = os.path.join(HERE, "latclient.py")
+QEMU_RANDOM_STRIDE = 104729  # prime: 4K slots visited as a permutation of the 1 GiB LUN
+
+
+# --------------------------------------------------------------------------- workloads
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    client: str        # iscsi-perf | qemu-img | latclient
+    op: str            # read | write
+    size: int          # bytes per I/O
+    qd: int
+    random: bool
+    desc: str
+
+
+WORKLOADS = [
+    Workload("randread-4k-qd1", "iscsi-perf", "read", 4096, 1, True, "4K random read, QD1"),
+    Workload("randread-4k-qd32", "iscsi-perf", "read", 4096, 32, True, "4K random read, QD32"),
+    Workload("randwrite-4k-qd32", "qemu-img", "write", 4096, 32, True,
+             "4K write, QD32, strided over the LUN (qemu-img bench has no random mode)"),
+    Workload("seqread-256k-qd16", "iscsi-perf", "read", 256 << 10, 16, False, "256 KiB sequential read, QD16"),
+    Workload("seqread-1m-qd16", "iscsi-perf", "read", 1 << 20, 16, False, "1 MiB sequential read, QD16"),
+    Workload("seqwrite-256k-qd16", "qemu-img", "write", 256 << 10, 16, False, "256 KiB sequential write, QD16"),
+    Workload("seqwrite-1m-qd16", "qemu-img", "write", 1 << 20, 16, False, "1 MiB sequential write, QD16"),
+    Workload("lat-randread-4k-qd1", "latclient", "read", 4096, 1, True, "4K random read, QD1, latency"),
+    Workload("lat-randwrite-4k-qd1", "latclient", "write", 4096, 1, True, "4K random write, QD1, latency"),
+]
+
+
+@dataclass
+class Sample:
+    ops_s: float
+    mb_s: float
+    seconds: float
+    nbytes: int
+    cpu_s: float            # daemon CPU over the measured window
+    p50_us: float | None = None
+    p99_us: float | None = None
+    client_cpu_s: float = 0.0
+    error: str | None = None
+
+
+def _children_cpu() -> float:
+    ru = os.times()
+    return ru.children_user + ru.children_system
+
+
+def run_iscsi_perf(t: Target, w: Workload, seconds: float, block_size: int) -> Sample:
+    """iscsi-perf has no duration option: run it, read its once-a-second report lines
+    live, sample the daemon's CPU at each report, stop it with SIGINT."""
+    cmd = ["stdbuf", "-o0", "iscsi-perf", "-m", str(w.qd), "-b", str(w.size // block_size)]
+    if w.random:
+        cmd.append("-r")
+    cmd.append(t.url)
+    c0 = _children_cpu()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ticks: list[tuple[float, int, float]] = []    # (time, iops current, daemon cpu)
+    start_cpu = proc_stat(t.pid).cpu
+    t_start = time.monotonic()
+    buf = b""
+    out = b""
+    # seconds of reports wanted, +1 for the first (ramp) report that is dropped
+    want = max(1, round(seconds)) + (1 if seconds >= 2 else 0)
+    deadline = t_start + want + 10
+    os.set_blocking(p.stdout.fileno(), False)
+    try:
+        while time.monotonic() < deadline and len(ticks) < want:
+            try:
+                chunk = os.read(p.stdout.fileno(), 65536)
+            except BlockingIOError:
+                if p.poll() is not None:
+                    break
+                time.sleep(0.01)
+                continue
+            if not chunk:
+                break
+            now = time.monotonic()
+            cpu = proc_stat(t.pid).cpu
+            out += chunk
+            buf += chunk
+            for m in re.finditer(rb"iops current (\d+)", buf):
+                ticks.append((now, int(m.group(1)), cpu))
+            buf = buf[buf.rfind(b"iops current") + 1:] if b"iops current" in buf else buf[-200:]
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+        try:
+            rest, _ = p.communicate(timeout=10)
+            out += rest or b""
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+    client_cpu = _children_cpu() - c0
+    if not ticks:
+        return Sample(0, 0, 0, 0, 0, error="iscsi-perf: " + out.decode(errors="replace")[-300:])
+    if len(ticks) >= 3:
+        used = ticks[1:]
+        base_t, base_cpu = ticks[0][0], ticks[0][2]
+    else:
+        used = ticks
+        base_t, base_cpu = t_start, start_cpu
+    ops = sum(x[1] for x in used)
+    secs = float(len(used))  # iscsi-perf reports once per second
+    nbytes = ops * w.size
+    return Sample(ops / secs, nbytes / secs / 1e6, secs, nbytes, used[-1][2] - base_cpu,
+                  client_cpu_s=client_cpu)
+
+
+def run_qemu_bench(t: Target, w: Workload, count: int) -> Sample:
+    step = w.size * (QEMU_RANDOM_STRIDE if w.random else 1)
+    cmd = ["qemu-img", "bench", "-f", "raw", "-t", "writeback", "-d", str(w.qd), "-s", str(w.size),
+           "-S", str(step), "-c", str(count)]
+    if w.op == "write":
+        cmd.append("-w")
+    cmd.append(t.url)
+    c0 = _children_cpu()
+    cpu0 = proc_stat(t.pid).cpu
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    cpu1 = proc_stat(t.pid).cpu
+    m = re.search(r"Run completed in ([\d.]+) seconds", r.stdout)
+    if r.returncode != 0 or not m:
+        return Sample(0, 0, 0, 0, 0, error="qemu-img bench: " + (r.stderr or r.stdout)[-300:])
+    secs = max(float(m.group(1)), 1e-3)
+    nbytes = count * w.size
+    return Sample(count / secs, nbytes / secs / 1e6, secs, nbytes, cpu1 - cpu0,
+                  client_cpu_s=_children_cpu() - c0)
+
+
+def run_latclient(t: Target, w: Workload, seconds: float, seed: int) -> Sample:
+    cmd = [sys.executable, LATCLIENT, "bench", t.url, "--op", w.op, "--size", str(w.size),
+           "--seconds", str(seconds), "--seed", str(seed)]
+    if w.random:
+        cmd.append("--random")
+    c0 = _children_cpu()
+    cpu0 = proc_stat(t.pid).cpu
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    cpu1 = proc_stat(t.pid).cpu
+    try:
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        d = {"error": (r.stderr or r.stdout)[-300:]}
+    if "error" in d:
+        return Sample(0, 0, 0, 0, 0, error="latclient: " + d["error"])
+    return Sample(d["ops_per_s"], d["mb_per_s"], d["seconds"], d["bytes"], cpu1 - cpu0,
+                  p50_us=d["lat_us"]["p50"], p99_us=d["lat_us"]["p99"],
+                  client_cpu_s=_children_cpu() - c0)
+
+
+def probe(t: Target) -> dict:
+    r = subprocess.run([sys.executable, LATCLIENT, "probe", t.url], capture_output=True,
+                       text=True, timeout=60)
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": (r.stderr or r.stdout)[-300:]}
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class WorkloadResult:
+    workload: Workload
+    a: list[Sample] = field(default_factory=list)
+    b: list[Sample] = field(default_factory=list)
+
+    @staticmethod
+    def _ok(xs: list[Sample]) -> list[Sample]:
+        return [x for x in xs if x.error is None]
+
+    def summary(self, side: str) -> dict:
+        xs = self._ok(self.a if side == "a" else self.b)
+        if not xs:
+            errs = [x.error for x in (self.a if side == "a" else self.b) if x.error]
+            return {"error": errs[0] if errs else "no samples"}
+        tot_bytes = sum(x.nbytes for x in xs)
+        d = {"ops_s": statistics.median(x.ops_s for x in xs),
+             "mb_s": statistics.median(x.mb_s for x in xs),
+             "cpu_s_per_gib": (sum(x.cpu_s for x in xs) / (tot_bytes / GIB)) if tot_bytes else None,
+             "n": len(xs)}
+        if xs[0].p50_us is not None:
+            d["p50_us"] = statistics.median(x.p50_us for x in xs)
+            d["p99_us"] = statistics.median(x.p99_us for x in xs)
+        return d
+
+    def ratios(self) -> list[float]:
+        out = []
+        for sa, sb in zip(self.a, self.b):
+            if sa.error is None and sb.error is None and sa.ops_s > 0:
+                out.append(sb.ops_s / sa.ops_s)
+        return out
+
+
+# --------------------------------------------------------------------------- ceilings
+def iperf3_ceiling(seconds: float) -> dict:
+    if not shutil.which("iperf3"):
+        return {"error": "iperf3 not installed"}
+    port = free_port()
+    srv = subprocess.Popen(["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        r = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(max(1, round(seconds))),
+                            "-J"], capture_output=True, text=True, timeout=seconds + 30)
+        d = json.loads(r.stdout)
+        bps = d["end"]["sum_received"]["bits_per_second"]
+        return {"gbit_s": bps / 1e9, "mb_s": bps / 8 / 1e6, "streams": 1}
+    except (ValueError, KeyError, subprocess.TimeoutExpired) as e:
+        return {"error": f"iperf3: {e}"}
+    finally:
+        stop_process(srv, grace=3)
+
+
+FIO_JOBS = [
+    ("randread-4k-qd1", ["--rw=randread", "--bs=4k", "--ioengine=psync", "--iodepth=1"]),
+    ("randwrite-4k-qd1", ["--rw=randwrite", "--bs=4k", "--ioengine=psync", "--iodepth=1"]),
+    ("randread-4k-qd32", ["--rw=randread", "--bs=4k", "--ioengine=io_uring", "--iodepth=32"]),
+    ("seqread-1m", ["--rw=read", "--bs=1m", "--ioengine=psync", "--iodepth=1"]),
+    ("seqwrite-1m", ["--rw=write", "--bs=1m", "--ioengine=psync", "--iodepth=1"]),
+]
+
+
+def fio_ceiling(target_args: list[str], seconds: float, size: str) -> dict:
+    if not shutil.which("fio"):
+        return {"error": "fio not installed"}
+    out = {}
+    for name, args in FIO_JOBS:
+        cmd = ["fio", "--name=ceiling", *target_args, f"--size={size}", "--time_based",
+               f"--runtime={max(1, round(seconds))}", "--numjobs=1", "--output-format=json",
+               "--randrepeat=1", *args]
+        if "gfapi" in " ".join(target_args):
+            cmd = [c for c in cmd if not c.startswith("--ioengine=")] + ["--ioengine=gfapi"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+        try:
+            j = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+            side = j["read"] if j["read"]["io_bytes"] else j["write"]
+            pct = side.get("clat_ns", {}).get("percentile", {})
+            out[name] = {"ops_s": side["iops"], "mb_s": side["bw_bytes"] / 1e6,
+                         "p50_us": pct.get("50.000000", 0) / 1000,
+                         "p99_us": pct.get("99.000000", 0) / 1000}
+        except (ValueError, KeyError, IndexError):
+            out[name] = {"error": (r.stderr or r.stdout)[-200:]}
+    return out
+
+
+# --------------------------------------------------------------------------- idle
+def idle_measure(t: Target, sessions: int, seconds: float) -> dict:
+    """RSS before, then with N idle logged-in sessions; daemon CPU over an idle window."""
+    before = proc_stat(t.pid)
+    ready = os.path.join(t.workdir, "hold.ready")
+    if os.path.exists(ready):
+        os.unlink(ready)
+    hold_for = seconds + 10
+    p = subprocess.Popen([sys.executable, LATCLIENT, "hold", t.url, "--sessions", str(sessions),
+                          "--seconds", str(hold_for), "--ready-file", ready],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ready):
+            if p.poll() is not None or time.monotonic() > deadline:
+                return {"error": "hold client failed: " + (p.communicate()[0] or "")[-300:]}
+            time.sleep(0.05)
+        time.sleep(min(1.0, seconds / 4))   # let login work settle
+        s0 = proc_stat(t.pid)
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        s1 = proc_stat(t.pid)
+        dt = time.monotonic() - t0
+        return {"sessions": sessions, "rss_before_mib": before.rss / 2**20,
+                "rss_mib": s1.rss / 2**20, "cpu_s": s1.cpu - s0.cpu, "window_s": dt,
+                "cpu_pct": 100 * (s1.cpu - s0.cpu) / dt}
+    finally:
+        stop_process(p, signal.SIGTERM, grace=3)
+
+
+# --------------------------------------------------------------------------- environment
+def machine_info() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) // 1024} MiB"
+    except OSError:
+        pass
+
+    def ver(cmd: list[str]) -> str:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    def deb(pkg: str) -> str:
+        return ver(["dpkg-query", "-W", "-f=${Version}", pkg])
+
+    git = ver(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
+    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "memory": mem, "python": platform.python_version(), "hostname": platform.node(),
+            "tgt": deb("tgt"), "libiscsi": deb("libiscsi-bin"), "qemu-utils": deb("qemu-utils"),
+            "fio": ver(["fio", "--version"]), "glusterfs": deb("glusterfs-server"),
+            "git": git, "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def fuse_mounts() -> list[tuple[str, str]]:
+    """(source, mountpoint) of mounted FUSE Gluster volumes."""
+    out = []
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                src, mnt, fstype = line.split()[:3]
+                if fstype == "fuse.glusterfs":
+                    out.append((src, mnt.replace("\\040", " ")))
+    except OSError:
+        pass
+    return out
+
+
+# --------------------------------------------------------------------------- orchestration
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def make_target(kind: str, label: str, workdir: str, args: argparse.Namespace) -> Target:
+    wd = os.path.join(workdir, f"target-{label.lower()}-{kind}")
+    t: Target
+    if kind == "tgt":
+        t = TgtTarget(label, wd, block_size=args.block_size)
+    elif kind == "ours":
+        t = OursTarget(label, wd, cmd=args.ours_cmd.split() if args.ours_cmd else None,
+                       serve_args=args.ours_args.split(), block_size=args.block_size)
+    else:
+        raise SystemExit(f"unknown target kind {kind!r} (tgt, ours)")
+    t.cpus = args.daemon_cpus
+    return t
+
+
+def parse_pin(spec: str) -> tuple[set[int] | None, set[int] | None]:
+    """'auto' | 'none' | 'DAEMON_CPUS:CLIENT_CPUS' (e.g. '0:1', '0-1:2-3')."""
+    def cpuset(x: str) -> set[int]:
+        out: set[int] = set()
+        for part in x.split(","):
+            a, _, b = part.partition("-")
+            out.update(range(int(a), int(b or a) + 1))
+        return out
+    if spec == "none":
+        return None, None
+    if spec == "auto":
+        avail = sorted(os.sched_getaffinity(0))
+        if len(avail) < 2:
+            return None, None
+        half = len(avail) // 2
+        return set(avail[:half]), set(avail[half:])
+    d, _, c = spec.partition(":")
+    return cpuset(d), cpuset(c)
+
+
+TERM_KEYS = ["MaxRecvDataSegmentLength", "MaxBurstLength", "FirstBurstLength", "ImmediateData",
+             "InitialR2T", "MaxOutstandingR2T", "HeaderDigest", "DataDigest"]
+
+
+def terms_of(p: dict) -> dict:
+    if "error" in p:
+        return {"error": p["error"]}
+    d = {k: p["negotiated"].get(k) for k in TERM_KEYS}
+    d["block_size"] = p["block_size"]
+    d["capacity_bytes"] = p["capacity_bytes"]
+    d["WCE"] = p["caching"].get("WCE")
+    return d
+
+
+def prefill(t: Target, seconds_cap: float) -> None:
+    """Write the whole LUN once (1 MiB, QD16) so both backing files hold data, not holes."""
+    w = Workload("prefill", "qemu-img", "write", 1 << 20, 16, False, "")
+    s = run_qemu_bench(t, w, LUN_SIZE >> 20)
+    if s.error:
+        log(f"  prefill {t.name()}: {s.error}")
+    else:
+        log(f"  prefill {t.name()}: {s.mb_s:.0f} MB/s")
+
+
+def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Namespace,
+                workdir: str, workloads: list[Workload], report: dict) -> None:
+    sec = report.setdefault("backends", {}).setdefault(label, {})
+    sec["backing_a"], sec["backing_b"] = back_a.describe(), back_b.describe()
+    ta = make_target(args.target_a, "A", os.path.join(workdir, label), args)
+    tb = make_target(args.target_b, "B", os.path.join(workdir, label), args)
+    for t, bk in ((ta, back_a), (tb, back_b)):
+        why = t.supports(bk)
+        if why:
+            sec["skipped"] = f"{t.name()}: {why}"
+            log(f"{label}: skipped: {sec['skipped']}")
+            return
+    try:
+        for t, bk in ((ta, back_a), (tb, back_b)):
+            log(f"{label}: starting {t.name()} on {bk.describe()} port {t.port}")
+            t.start(bk)
+        pa, pb = probe(ta), probe(tb)
+        terms = {"A": terms_of(pa), "B": terms_of(pb)}
+        diff = [k for k in terms["A"] if terms["A"].get(k) != terms["B"].get(k)]
+        sec["terms"], sec["terms_differ"] = terms, diff
+        sec["notes"] = ta.notes + tb.notes
+        if "error" in terms["A"] or "error" in terms["B"]:
+            sec["skipped"] = f"probe failed: A={terms['A'].get('error')} B={terms['B'].get('error')}"
+            log(f"{label}: {sec['skipped']}")
+            return
+        if diff:
+            log(f"{label}: WARNING: targets differ on {diff}: A={[terms['A'][k] for k in diff]} "
+                f"B={[terms['B'][k] for k in diff]}")
+            if args.strict:
+                sec["skipped"] = f"--strict and terms differ on {diff}"
+                return
+        bs = {"A": terms["A"]["block_size"], "B": terms["B"]["block_size"]}
+        if not args.smoke and not args.no_prefill:
+            for t in (ta, tb):
+                prefill(t, 60)
+        results = []
+        for w in workloads:
+            wr = WorkloadResult(w)
+            counts = {}
+            # warm-up: one short run on each; it also calibrates qemu-img's op count.
+            for t, side in ((ta, "A"), (tb, "B")):
+                if w.client == "qemu-img":
+                    c0 = max(16 * w.qd, int(args.calib_bytes // w.size))
+                    s = run_qemu_bench(t, w, c0)
+                    rate = s.ops_s if not s.error and s.ops_s > 0 else c0
+                    counts[side] = max(w.qd * 4, int(rate * args.seconds))
+                elif args.warmup > 0:
+                    if w.client == "iscsi-perf":
+                        run_iscsi_perf(t, w, 1, bs[side])
+                    else:
+                        run_latclient(t, w, args.warmup, seed=99)
+            for r in range(args.rounds):
+                order = ((ta, "A"), (tb, "B"))
+                if args.order == "abba" and r % 2 == 1:
+                    order = order[::-1]
+                for t, side in order:
+                    if w.client == "iscsi-perf":
+                        s = run_iscsi_perf(t, w, args.seconds, bs[side])
+                    elif w.client == "qemu-img":
+                        s = run_qemu_bench(t, w, counts[side])
+                    else:
+                        s = run_latclient(t, w, args.seconds, seed=r + 1)
+                    (wr.a if side == "A" else wr.b).append(s)
+                    if s.error:
+                        log(f"  {w.name} {t.name()} round {r + 1}: ERROR {s.error}")
+                    if t.proc is not None and t.proc.poll() is not None:
+                        raise RuntimeError(f"{t.name()} died during {w.name}")
+            rs = wr.ratios()
+            log(f"{label}: {w.name}: A {wr.summary('a').get('ops_s', 0):.0f} ops/s, "
+                f"B {wr.summary('b').get('ops_s', 0):.0f} ops/s, "
+                f"B/A {statistics.median(rs) if rs else float('nan'):.2f}")
+            results.append(wr)
+        sec["workloads"] = [
+            {"name": wr.workload.name, "client": wr.workload.client, "desc": wr.workload.desc,
+             "A": wr.summary("a"), "B": wr.summary("b"),
+             "ratio": ({"median": statistics.median(wr.ratios()), "min": min(wr.ratios()),
+                        "max": max(wr.ratios())} if wr.ratios() else None),
+             "samples": {"A": [s.__dict__ for s in wr.a], "B": [s.__dict__ for s in wr.b]}}
+            for wr in results]
+    except Exception as e:  # keep the other backends going, report the failure
+        sec["error"] = f"{type(e).__name__}: {e}"
+        log(f"{label}: ERROR {sec['error']}")
+    finally:
+        for t in (ta, tb):
+            t.stop()
+
+
+def run_idle(args: argparse.Namespace, workdir: str, report: dict) -> None:
+    out = report.setdefault("idle", {})
+    d = tempfile.mkdtemp(prefix="idle-", dir="/dev/shm")
+    try:
+        for kind, label in ((args.target_a, "A"), (args.target_b, "B")):
+            t = make_target(kind, label, os.path.join(workdir, "idle"), args)
+            try:
+                t.start(Backing("file", directory=d))
+                time.sleep(0.5)
+                out[label] = idle_measure(t, args.idle_sessions, args.idle_seconds)
+                out[label]["target"] = t.name()
+                log(f"idle {t.name()}: {out[label]}")
+            except Exception as e:
+                out[label] = {"error": f"{type(e).__name__}: {e}", "target": t.name()}
+            finally:
+                t.stop()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- report
+def fmt(x, nd=0) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if x != x:
+            return "-"
+        return f"{x:,.{nd}f}"
+    return str(x)
+
+
+def render(report: dict) -> str:
+    m = report["machine"]
+    a, b = report["targets"]["A"], report["targets"]["B"]
+    L = []
+    L.append(f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, kernel {m['kernel']}, {m['memory']} RAM, "
+             f"Python {m['python']}")
+    L.append(f"Versions: tgt {m['tgt']}, libiscsi {m['libiscsi']}, qemu-utils {m['qemu-utils']}, "
+             f"{m['fio']}, glusterfs {m['glusterfs']}; repo {m['git']}; {m['date_utc']}")
+    L.append(f"Command: {report['command']}")
+    L.append(f"A = {a}, B = {b}; ratio = B/A of ops/s per round (median [min..max] over "
+             f"{report['settings']['rounds']} rounds, {report['settings']['seconds']} s each, order "
+             f"{report['settings']['order']})")
+    pin = report["settings"]["pin"]
+    L.append(f"CPU placement: daemons on CPUs {pin['daemon'] or 'any'}, clients on CPUs {pin['client'] or 'any'}")
+    L.append("Target session params set on both: " + ", ".join(f"{k}={v}" for k, v in SESSION_PARAMS.items()))
+    if report.get("target_b_note"):
+        L.append(f"NOTE: {report['target_b_note']}")
+    L.append("")
+    c = report.get("ceilings", {})
+    if c:
+        L.append("## Ceilings")
+        ip = c.get("iperf3", {})
+        L.append(f"- loopback TCP (iperf3, 1 stream): "
+                 + (f"{ip['gbit_s']:.1f} Gbit/s ({ip['mb_s']:,.0f} MB/s)" if "gbit_s" in ip else ip.get("error", "-")))
+        for be, jobs in c.get("fio", {}).items():
+            if "error" in jobs:
+                L.append(f"- fio on {be}: {jobs['error']}")
+                continue
+            parts = []
+            for name, j in jobs.items():
+                if "error" in j:
+                    parts.append(f"{name} ERROR")
+                elif name.startswith("rand"):
+                    parts.append(f"{name} {j['ops_s']:,.0f} IOPS (p50 {j['p50_us']:.0f} us, p99 {j['p99_us']:.0f} us)"
+                                 if name.endswith("qd1") else f"{name} {j['ops_s']:,.0f} IOPS")
+                else:
+                    parts.append(f"{name} {j['mb_s']:,.0f} MB/s")
+            L.append(f"- fio on {be}: " + "; ".join(parts))
+        L.append("")
+    for be, sec in report.get("backends", {}).items():
+        L.append(f"## Backend: {be} (A: {sec.get('backing_a')}; B: {sec.get('backing_b')})")
+        if sec.get("skipped"):
+            L.append(f"SKIPPED: {sec['skipped']}")
+            L.append("")
+            continue
+        if sec.get("error"):
+            L.append(f"ERROR: {sec['error']}")
+        terms = sec.get("terms")
+        if terms:
+            ta, tb = terms["A"], terms["B"]
+            same = "same on both" if not sec.get("terms_differ") else "DIFFER: " + ", ".join(sec["terms_differ"])
+            L.append(f"Terms as negotiated ({same}): "
+                     + ", ".join(f"{k}={ta.get(k)}" + (f"/{tb.get(k)}" if ta.get(k) != tb.get(k) else "")
+                                 for k in ta))
+        for n in sec.get("notes", []):
+            L.append(f"Note: {n}")
+        if sec.get("workloads"):
+            L.append("")
+            L.append("| workload | client | A ops/s | B ops/s | A MB/s | B MB/s | A p50/p99 us | B p50/p99 us "
+                     "| A CPU s/GiB | B CPU s/GiB | B/A ops/s [min..max] |")
+            L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for w in sec["workloads"]:
+                A, B, r = w["A"], w["B"], w["ratio"]
+
+                def lat(s):
+                    return f"{s['p50_us']:.0f}/{s['p99_us']:.0f}" if "p50_us" in s else "-"
+
+                def cell(s, k, nd=0):
+                    return "ERR" if "error" in s else fmt(s.get(k), nd)
+                rtxt = f"{r['median']:.2f} [{r['min']:.2f}..{r['max']:.2f}]" if r else "-"
+                L.append(f"| {w['name']} | {w['client']} | {cell(A, 'ops_s')} | {cell(B, 'ops_s')} | "
+                         f"{cell(A, 'mb_s')} | {cell(B, 'mb_s')} | {lat(A)} | {lat(B)} | "
+                         f"{cell(A, 'cpu_s_per_gib', 2)} | {cell(B, 'cpu_s_per_gib', 2)} | {rtxt} |")
+            errs = [(w["name"], s, w[s]["error"]) for w in sec["workloads"] for s in "AB" if "error" in w[s]]
+            for name, s, e in errs:
+                L.append(f"- {name} {s}: {e.strip()[:200]}")
+        L.append("")
+    idle = report.get("idle")
+    if idle:
+        L.append(f"## Idle daemon with {report['settings']['idle_sessions']} logged-in idle sessions "
+                 f"(goal for ours: RSS <= 100 MiB)")
+        L.append("| target | RSS before MiB | RSS with sessions MiB | CPU % idle | CPU s over window |")
+        L.append("|---|---:|---:|---:|---:|")
+        for lab in ("A", "B"):
+            d = idle.get(lab, {})
+            if "error" in d:
+                L.append(f"| {d.get('target', lab)} | ERROR: {d['error'][:150]} | | | |")
+            elif d:
+                L.append(f"| {d['target']} | {d['rss_before_mib']:.1f} | {d['rss_mib']:.1f} | "
+                         f"{d['cpu_pct']:.2f} | {d['cpu_s']:.2f} / {d['window_s']:.0f} s |")
+        L.append("")
+    return "\n".join(L)
+
+
+def update_benchmarks_md(text: str, path: str) -> None:
+    begin, end = "<!-- bench:last-run:begin -->", "<!-- bench:last-run:end -->"
+    try:
+        with open(path) as f:
+            doc = f.read()
+    except FileNotFoundError:
+        doc = f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in doc:
+        doc += f"\n{begin}\n{end}\n"
+    head, rest = doc.split(begin, 1)
+    _, tail_ = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(f"{head}{begin}\n{text}\n{end}{tail_}")
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__)
+    ap.add_argument("--target-a", default="tgt", help="reference target: tgt (default) | ours")
+    ap.add_argument("--target-b", default="auto",
+                    help="target under test: ours | tgt | auto (ours if `gluster-iscsi serve --demo` "
+                         "exists, else tgt, said loudly)")
+    ap.add_argument("--backends", default="tmpfs,fuse,gfapi",
+                    help="comma list of: tmpfs (file on /dev/shm), fuse (file on a FUSE-mounted Gluster "
+                         "volume, both targets), gfapi (B on its gfapi store vs A on FUSE)")
+    ap.add_argument("--workloads", default="", help="comma list of workload names (default: all)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=4.0, help="per measured run")
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per workload and target")
+    ap.add_argument("--order", choices=["abab", "abba"], default="abab")
+    ap.add_argument("--calib-bytes", type=float, default=64e6,
+                    help="bytes of the qemu-img warm-up run that calibrates its op count")
+    ap.add_argument("--block-size", type=int, default=512, help="LUN block size (both targets)")
+    ap.add_argument("--fuse-dir", default="", help="directory on a FUSE-mounted Gluster volume "
+                    "(default: first fuse.glusterfs mount in /proc/mounts)")
+    ap.add_argument("--gluster-start", action="store_true",
+                    help="run scripts/gluster-env.sh start if no Gluster FUSE mount is found (and stop after)")
+    ap.add_argument("--ours-cmd", default="", help="command for our daemon (default: gluster-iscsi)")
+    ap.add_argument("--ours-args", default="", help="extra arguments for `gluster-iscsi serve` "
+                    "(e.g. --ours-args=--no-uvloop)")
+    ap.add_argument("--no-prefill", action="store_true", help="skip writing the whole LUN before measuring")
+    ap.add_argument("--no-ceilings", action="store_true")
+    ap.add_argument("--no-idle", action="store_true")
+    ap.add_argument("--idle-sessions", type=int, default=64)
+    ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--strict", action="store_true", help="skip a backend when the targets' terms differ")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds, not minutes: tmpfs only, 1 round, short runs (CI; never pass/fail on numbers)")
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "last.json"), help="where to write raw results")
+    ap.add_argument("--update-benchmarks", action="store_true",
+                    help="replace the last-run section of BENCHMARKS.md with this run's report")
+    ap.add_argument("--pin", default="auto",
+                    help="CPU placement, identical for both targets: auto (daemons on the first half of "
+                         "the CPUs, clients and harness on the rest), none, or DAEMON:CLIENT cpu lists "
+                         "like 0:1. Unpinned runs on 2 CPUs vary by 2x with the scheduler's placement.")
+    args = ap.parse_args(argv)
+    args.daemon_cpus, client_cpus = parse_pin(args.pin)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)  # the harness and every client it starts
+
+    if args.smoke:
+        args.rounds, args.seconds, args.warmup = 1, 1.0, 0.0
+        args.calib_bytes = 4e6
+        args.idle_seconds = 1.0
+        if "--backends" not in " ".join(argv or sys.argv):
+            args.backends = "tmpfs"
+    if os.geteuid() != 0:
+        log("note: tgtd usually needs root")
+    missing = [t for t in ("tgtd", "tgtadm", "iscsi-perf", "qemu-img", "stdbuf") if not shutil.which(t)]
+    if missing:
+        raise SystemExit(f"missing tools: {missing} (apt-get install tgt libiscsi-bin qemu-utils qemu-block-extra)")
+
+    report: dict = {"machine": machine_info(), "command": " ".join(["bench/run", *(argv if argv is not None else sys.argv[1:])]),
+                    "settings": {"pin": {"daemon": sorted(args.daemon_cpus or []), "client": sorted(client_cpus or [])},
+                                 "rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup,
+                                 "order": args.order, "idle_sessions": args.idle_sessions, "smoke": args.smoke}}
+    if args.target_b == "auto":
+        why = OursTarget.available(args.ours_cmd.split() if args.ours_cmd else None)
+        if why is None:
+            args.target_b = "ours"
+        else:
+            args.target_b = "tgt"
+            report["target_b_note"] = f"target B is tgt, not ours: {why}. This run is the harness's tgt-vs-tgt sanity check."
+            log(report["target_b_note"])
+    report["targets"] = {"A": args.target_a, "B": args.target_b}
+
+    names = [n for n in args.workloads.split(",") if n]
+    workloads = [w for w in WORKLOADS if not names or w.name in names]
+    if names and len(workloads) != len(names):
+        raise SystemExit(f"unknown workload in {names}; known: {[w.name for w in WORKLOADS]}")
+    backends = [b for b in args.backends.split(",") if b]
+
+    t_begin = time.monotonic()
+    workdir = tempfile.mkdtemp(prefix="gluster-iscsi-bench-")
+    shm = tempfile.mkdtemp(prefix="gluster-iscsi-bench-", dir="/dev/shm")
+    started_gluster = False
+    try:
+        fuse_dir, fuse_src = args.fuse_dir, ""
+        if any(b in ("fuse", "gfapi") for b in backends) and not fuse_dir:
+            mounts = fuse_mounts()
+            script = os.path.join(REPO, "scripts", "gluster-env.sh")
+            if not mounts and args.gluster_start and os.path.exists(script):
+                log("no Gluster FUSE mount: running scripts/gluster-env.sh start")
+                subprocess.run(["bash", script, "start"], timeout=300)
+                started_gluster = True
+                mounts = fuse_mounts()
+            if mounts:
+                fuse_src, fuse_dir = mounts[0]
+        if fuse_dir and not fuse_src:
+            fuse_src = next((s for s, m in fuse_mounts() if fuse_dir.startswith(m)), "")
+        gdir = os.path.join(fuse_dir, f"gluster-iscsi-bench-{os.getpid()}") if fuse_dir else ""
+        no_gluster = ("no FUSE-mounted Gluster volume (mount one, pass --fuse-dir, or pass --gluster-start "
+                      "to run scripts/gluster-env.sh start)")
+
+        if not args.no_ceilings:
+            c = report.setdefault("ceilings", {})
+            log("ceiling: iperf3 loopback")
+            c["iperf3"] = iperf3_ceiling(1 if args.smoke else 3)
+            fio = c.setdefault("fio", {})
+            log("ceiling: fio on tmpfs")
+            fio["tmpfs"] = fio_ceiling([f"--filename={shm}/fio-ceiling.dat"], 1 if args.smoke else 2, "1g")
+            if gdir and any(b in ("fuse", "gfapi") for b in backends):
+                os.makedirs(gdir, exist_ok=True)
+                log("ceiling: fio on Gluster FUSE")
+                fio["gluster-fuse"] = fio_ceiling([f"--filename={gdir}/fio-ceiling.dat"], 1 if args.smoke else 2, "256m")
+                if "gfapi" in backends and ":" in fuse_src:
+                    host, vol = fuse_src.split(":", 1)
+                    log("ceiling: fio gfapi engine")
+                    fio["gluster-gfapi"] = fio_ceiling(
+                        ["--ioengine=gfapi", f"--volume={vol.strip('/')}", f"--brick={host}",
+                         f"--filename=gluster-iscsi-bench-{os.getpid()}-gfapi-ceiling.dat"],
+                        1 if args.smoke else 2, "256m")
+            for f in os.listdir(shm):
+                os.unlink(os.path.join(shm, f))
+
+        for be in backends:
+            if be == "tmpfs":
+                run_backend("tmpfs", Backing("file", directory=shm), Backing("file", directory=shm),
+                            args, workdir, workloads, report)
+            elif be == "fuse":
+                if not gdir:
+                    report.setdefault("backends", {})["fuse"] = {"skipped": no_gluster}
+                    log(f"fuse: skipped: {no_gluster}")
+                    continue
+                os.makedirs(gdir, exist_ok=True)
+                run_backend("fuse", Backing("file", directory=gdir), Backing("file", directory=gdir),
+                            args, workdir, workloads, report)
+            elif be == "gfapi":
+                if not gdir:
+                    report.setdefault("backends", {})["gfapi"] = {"skipped": no_gluster}
+                    log(f"gfapi: skipped: {no_gluster}")
+                    continue
+                os.makedirs(gdir, exist_ok=True)
+                host, vol = (fuse_src.split(":", 1) + [""])[:2] if ":" in fuse_src else ("127.0.0.1", "")
+                run_backend("gfapi-vs-fuse", Backing("file", directory=gdir),
+                            Backing("gfapi", volume=vol.strip("/"), host=host,
+                                    path=f"gluster-iscsi-bench-{os.getpid()}/ours-lun1.img"),
+                            args, workdir, workloads, report)
+            else:
+                raise SystemExit(f"unknown backend {be!r}")
+        if not args.no_idle:
+            run_idle(args, workdir, report)
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+        if fuse_dir:
+            shutil.rmtree(os.path.join(fuse_dir, f"gluster-iscsi-bench-{os.getpid()}"), ignore_errors=True)
+        if started_gluster:
+            subprocess.run(["bash", os.path.join(REPO, "scripts", "gluster-env.sh"), "stop"], timeout=300)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    report["elapsed_s"] = time.monotonic() - t_begin
+    text = render(report) + f"\nElapsed: {report['elapsed_s']:.0f} s\n"
+    print(text)
+    if args.json:
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        log(f"raw results: {args.json}")
+    if args.update_benchmarks:
+        update_benchmarks_md(text, os.path.join(REPO, "BENCHMARKS.md"))
+        log("updated BENCHMARKS.md")
+    return 0

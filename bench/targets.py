@@ -1,0 +1,371 @@
+"""Target adapters for the benchmark harness.
+
+A target adapter is small on purpose: start(backing), stop(), url, pids() for CPU/RSS
+accounting. Everything else (probing the negotiated terms, workloads, accounting) is
+done by the harness from the outside, identically for every adapter.
+
+Backing: what the LUN lives on. kind "file" = a regular file in `directory` (tmpfs or a
+FUSE-mounted Gluster volume); kind "gfapi" = a file on a Gluster volume reached through
+libgfapi (volume, host, path).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+LUN_SIZE = 1 << 30
+
+# Session parameters both targets are configured with (the target side of the
+# negotiation). The harness probes every target after start and reports any difference.
+SESSION_PARAMS = {
+    "MaxRecvDataSegmentLength": 262144,
+    "MaxBurstLength": 1048576,
+    "FirstBurstLength": 262144,
+    "ImmediateData": "Yes",
+    "InitialR2T": "No",
+}
+
+
+@dataclass
+class Backing:
+    kind: str                      # "file" | "gfapi"
+    directory: str = ""            # for kind == "file"
+    volume: str = ""               # for kind == "gfapi"
+    host: str = "127.0.0.1"
+    path: str = ""                 # file path inside the volume
+    label: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "file":
+            return f"file in {self.directory}"
+        return f"gfapi {self.host}:{self.volume}/{self.path}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: str, n: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Target:
+    """Adapter interface."""
+
+    kind = "?"
+    iqn = ""
+    lun = 1
+
+    def __init__(self, label: str, workdir: str):
+        self.label = label          # "A" or "B"
+        self.workdir = workdir      # private scratch directory (logs, state)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.notes: list[str] = []  # anything the report should say about this target
+        self.cpus: set[int] | None = None  # CPU affinity for the daemon (set by the harness)
+
+    def popen(self, cmd: list[str], log) -> subprocess.Popen:
+        cpus = self.cpus
+
+        def pin() -> None:
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=pin)
+
+    # -- to implement --
+    def supports(self, backing: Backing) -> str | None:
+        """None if this adapter can serve on `backing`, else the reason it cannot."""
+        return None
+
+    def start(self, backing: Backing) -> None:
+        raise NotImplementedError
+
+    # -- common --
+    @property
+    def url(self) -> str:
+        return f"iscsi://127.0.0.1:{self.port}/{self.iqn}/{self.lun}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+    def name(self) -> str:
+        return f"{self.kind}({self.label})"
+
+
+class TgtTarget(Target):
+    """Debian's tgt, as a private instance: own portal port and control port."""
+
+    kind = "tgt"
+
+    def __init__(self, label: str, workdir: str, block_size: int = 512):
+        super().__init__(label, workdir)
+        self.block_size = block_size
+        self.iqn = f"iqn.2026-11.org.gluster-iscsi.bench:tgt-{label.lower()}"
+        # tgtd's control "port" names an abstract unix socket; keep it unique per run.
+        self.ctl = 200 + (os.getpid() * 2 + (0 if label == "A" else 1)) % 7000
+
+    def supports(self, backing: Backing) -> str | None:
+        if backing.kind != "file":
+            return "tgt's glfs backing store segfaults against GlusterFS 10.3 (FIELD-NOTES)"
+        if not shutil.which("tgtd"):
+            return "tgtd not installed"
+        return None
+
+    def adm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run(["tgtadm", "-C", str(self.ctl), "--lld", "iscsi", *args],
+                           capture_output=True, text=True, timeout=30)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"tgtadm {' '.join(args)}: {r.stderr.strip() or r.stdout.strip()}")
+        return r
+
+    def start(self, backing: Backing) -> None:
+        os.makedirs(self.workdir, exist_ok=True)
+        os.makedirs(backing.directory, exist_ok=True)
+        self.backing_file = os.path.join(backing.directory, f"tgt-{self.label.lower()}-lun1.img")
+        with open(self.backing_file, "wb") as f:  # 1 GiB sparse, like ours' demo LUN
+            f.truncate(LUN_SIZE)
+        log = open(os.path.join(self.workdir, "tgtd.log"), "wb")
+        self.proc = self.popen(
+            ["tgtd", "-f", "--iscsi", f"portal=127.0.0.1:{self.port}", "-C", str(self.ctl)], log)
+        deadline = time.monotonic() + 10
+        while self.adm("--op", "show", "--mode", "target", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("tgtd did not come up: " + tail(log.name))
+            time.sleep(0.05)
+        self.adm("--op", "new", "--mode", "target", "--tid", "1", "-T", self.iqn)
+        lu = ["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
+              "-b", self.backing_file]
+        if self.block_size != 512:
+            lu.append(f"--blocksize={self.block_size}")
+        self.adm(*lu)
+        for k, v in SESSION_PARAMS.items():
+            self.adm("--op", "update", "--mode", "target", "--tid", "1", "--name", k,
+                     "--value", str(v))
+        # tgt also caps what it sends per Data-In PDU; keep it equal to what it receives.
+        self.adm("--op", "update", "--mode", "target", "--tid", "1",
+                 "--name", "MaxXmitDataSegmentLength",
+                 "--value", str(SESSION_PARAMS["MaxRecvDataSegmentLength"]))
+        self.adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+        wait_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        stop_process(self.proc, signal.SIGINT)  # tgtd -f ignores SIGTERM, exits on SIGINT
+        self.proc = None
+        if getattr(self, "backing_file", None):
+            try:
+                os.unlink(self.backing_file)
+            except OSError:
+                pass
+
+
+class OursTarget(Target):
+    """gluster-iscsi, configured through its own management CLI like an operator would:
+
+      serve --state-dir W --listen 127.0.0.1:PORT        (state dir in private scratch space)
+      target create IQN; acl add IQN ALL
+      lun create IQN BACKING --lun 1 --size 1GiB --block-size BS
+          BACKING = a file in the backing directory (tmpfs / FUSE), or
+                    gluster://HOST/VOLUME/PATH for the gfapi store
+      param set KEY VALUE --target IQN                   (SESSION_PARAMS)
+
+    If the management CLI is missing or fails, a "file" backing falls back to
+    `serve --demo` with the state directory in the backing directory (LUN 1 is then the
+    1 GiB sparse DIR/demo-lun1.img) and the report says so.
+    """
+
+    kind = "ours"
+
+    def __init__(self, label: str, workdir: str, cmd: list[str] | None = None,
+                 serve_args: list[str] | None = None, block_size: int = 512):
+        super().__init__(label, workdir)
+        exe = shutil.which("gluster-iscsi")
+        self.cmd = cmd or ([exe] if exe else ["python3", "-m", "gluster_iscsi.cli.main"])
+        self.serve_args = serve_args or []
+        self.block_size = block_size
+        self.iqn = f"iqn.2026-11.org.gluster-iscsi.bench:ours-{label.lower()}"
+        self.state_dir = ""
+        self.backing_file = ""
+
+    @classmethod
+    def available(cls, cmd: list[str] | None = None) -> str | None:
+        """None if `serve` exists, else why not."""
+        exe = cmd or ([shutil.which("gluster-iscsi")] if shutil.which("gluster-iscsi") else None)
+        if not exe:
+            return "gluster-iscsi is not installed"
+        try:
+            r = subprocess.run([*exe, "serve", "--help"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"gluster-iscsi serve --help failed: {e}"
+        if r.returncode != 0 or "--listen" not in r.stdout:
+            msg = (r.stderr or r.stdout).strip().splitlines()
+            return "gluster-iscsi serve is not available yet" + (f" ({msg[-1]})" if msg else "")
+        return None
+
+    def supports(self, backing: Backing) -> str | None:
+        return None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([*self.cmd, "--state-dir", self.state_dir, *args],
+                           capture_output=True, text=True, timeout=60)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"gluster-iscsi {' '.join(args)}: rc {r.returncode}: "
+                               f"{(r.stderr or r.stdout).strip()[-300:]}")
+        return r
+
+    def _serve(self, extra: list[str]) -> None:
+        log = open(os.path.join(self.workdir, "ours.log"), "ab")
+        self.proc = self.popen(
+            [*self.cmd, "serve", "--state-dir", self.state_dir,
+             "--listen", f"127.0.0.1:{self.port}", *self.serve_args, *extra], log)
+        try:
+            wait_port(self.port, self.proc)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {tail(log.name)}") from None
+
+    def start(self, backing: Backing) -> None:
+        os.makedirs(self.workdir, exist_ok=True)
+        self.state_dir = os.path.join(self.workdir, "state")
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        os.makedirs(self.state_dir)
+        if backing.kind == "gfapi":
+            spec = f"gluster://{backing.host}/{backing.volume}/{backing.path}"
+        else:
+            os.makedirs(backing.directory, exist_ok=True)
+            self.backing_file = os.path.join(backing.directory, f"ours-{self.label.lower()}-lun1.img")
+            spec = self.backing_file
+        self._serve([])
+        try:
+            self.cli("target", "create", self.iqn)
+            self.cli("acl", "add", self.iqn, "ALL")
+            self.cli("lun", "create", self.iqn, spec, "--lun", "1", "--size", "1GiB",
+                     "--block-size", str(self.block_size))
+        except RuntimeError as e:
+            if backing.kind == "gfapi":
+                raise
+            self.notes.append(f"management CLI failed ({e}); fell back to serve --demo")
+            self.stop_daemon()
+            self.iqn = "iqn.2026-11.org.gluster-iscsi:demo"
+            self.state_dir = os.path.join(backing.directory, f"ours-{self.label.lower()}-state")
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            os.makedirs(self.state_dir)
+            self._serve(["--demo"])
+        self.apply_params()
+
+    def apply_params(self) -> None:
+        """Offer SESSION_PARAMS (new sessions only, so before any client logs in)."""
+        for k, v in SESSION_PARAMS.items():
+            r = self.cli("param", "set", k, str(v), "--target", self.iqn, check=False)
+            if r.returncode != 0:
+                r = self.cli("param", "set", k, str(v), check=False)  # daemon-wide
+            if r.returncode != 0:
+                self.notes.append(f"param set {k}={v} failed: {(r.stderr or r.stdout).strip()[-200:]}")
+
+    def stop_daemon(self) -> None:
+        stop_process(self.proc, signal.SIGTERM)
+        self.proc = None
+
+    def stop(self) -> None:
+        self.stop_daemon()
+        if self.state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self.backing_file:
+            try:
+                os.unlink(self.backing_file)
+            except OSError:
+                pass
+
+
+@dataclass
+class ProcStat:
+    cpu: float = 0.0      # user+system seconds
+    rss: int = 0          # bytes
+    pids: list[int] = field(default_factory=list)
+
+
+_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all of its descendants (daemons that fork helpers are counted whole)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        ppid = int(s[s.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def proc_stat(root: int) -> ProcStat:
+    st = ProcStat()
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                s = f.read()
+            fields = s[s.rindex(")") + 2:].split()
+            st.cpu += (int(fields[11]) + int(fields[12])) / _TCK   # utime, stime (all threads)
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        st.rss += int(line.split()[1]) * 1024
+            st.pids.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return st
