@@ -18,7 +18,7 @@ def test_standard_inquiry_golden(h: Harness) -> None:
     assert r.status == Status.GOOD
     data = bytes(r.data)
     assert len(data) == 96
-    assert data[:8] == bytes([0x00, 0x00, 0x06, 0x12, 91, 0x08, 0x00, 0x02])
+    assert data[:8] == bytes([0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x00, 0x02])
     assert data[8:36] == b"GLUSTER iSCSI Disk      0001"
     assert data[58:66] == bytes.fromhex("00a00960046004c0")
 
@@ -195,3 +195,14 @@ def test_mode_select_caching_wce_off_makes_writes_fua(h: Harness) -> None:
     before = store.flushes
     h.run("2a000000000000000100", data=bytes(512))
     assert store.flushes == before + 1
+
+
+def test_report_target_port_groups(h: Harness) -> None:
+    other = N2.__class__(N2.initiator_name, N2.initiator_port, "iqn.x:tgt,t,0x0002", 2, 2)
+    h.run("000000000000", nexus=other)
+    data = bytes(h.run("a30a00000000000001000000").data)
+    assert data == bytes.fromhex(
+        "0000001800010001 00000001 0000000100010002 00000001 00000002".replace(" ", "")
+    )
+    ext = bytes(h.run("a32a00000000000001000000").data)
+    assert ext[:8] == bytes([0, 0, 0, 0x1C, 0x10, 0, 0, 0]) and ext[8:] == data[4:]

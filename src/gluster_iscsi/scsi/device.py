@@ -41,6 +41,8 @@ class DeviceServer:
         self.luns: dict[int, LogicalUnit] = dict(luns or {})
         self.target_name = target_name
         self._nexuses: dict[str, Nexus] = {}
+        #: relative target port identifier -> target port group, of every port seen.
+        self._ports: dict[int, int] = {}
         self._lock = threading.RLock()
 
     # -- LUN table ------------------------------------------------------------------------
@@ -75,6 +77,10 @@ class DeviceServer:
             if n != except_lun:
                 lu.queue_ua_all(Asc.REPORTED_LUNS_DATA_HAS_CHANGED)
 
+    def target_ports(self) -> dict[int, int]:
+        """Relative target port identifier -> target port group, for every port seen."""
+        return dict(self._ports)
+
     def find_by_naa(self, naa: bytes) -> LogicalUnit | None:
         """The LU whose VPD 83h NAA designator is ``naa`` (EXTENDED COPY target descriptors)."""
         return next((lu for lu in self.luns.values() if lu.naa == naa), None)
@@ -85,6 +91,7 @@ class DeviceServer:
         """A new I_T nexus (login): POWER ON, RESET OR BUS DEVICE RESET OCCURRED on every LU."""
         with self._lock:
             self._nexuses.setdefault(nexus.initiator_port, nexus)
+            self._ports[nexus.relative_port] = nexus.target_port_group
             for lu in self.luns.values():
                 lu.nexus_added(nexus.initiator_port)
 
@@ -134,7 +141,10 @@ class DeviceServer:
                 # iSCSI carries at least 16 CDB bytes; pad shorter ones so no field read
                 # past the end of a short CDB can fail.
                 task.cdb = bytes(task.cdb) + bytes(16 - len(task.cdb))
-            if task.nexus.initiator_port not in self._nexuses:
+            if (
+                task.nexus.initiator_port not in self._nexuses
+                or task.nexus.relative_port not in self._ports
+            ):
                 self.nexus_added(task.nexus)
             command = self._preamble(task, lu)
             ctx = Ctx(task, cast("LogicalUnit", lu), self, command)

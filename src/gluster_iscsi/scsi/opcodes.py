@@ -473,6 +473,15 @@ _ENTRIES: list[Command] = [
         "MAINTENANCE IN",
         _sa(
             0xA3,
+            0x0A,
+            "REPORT TARGET PORT GROUPS",
+            spc.report_target_port_groups,
+            "a3ea00000000ffffffff0000",
+            direction=D.IN,
+            access=_ALL,
+        ),
+        _sa(
+            0xA3,
             0x0C,
             "REPORT SUPPORTED OPERATION CODES",
             report_supported_operation_codes,

@@ -78,7 +78,7 @@ def standard_inquiry(lu: LogicalUnit | None) -> bytes:
     out[2] = 0x06  # SPC-4
     out[3] = 0x10 | 0x02  # HiSup, response data format 2
     out[4] = len(out) - 5
-    out[5] = 0x08  # 3PC: EXTENDED COPY is implemented
+    out[5] = 0x08 | 0x10  # 3PC: EXTENDED COPY; TPGS 01b: implicit ALUA (all ports optimized)
     out[7] = 0x02  # CmdQue
     out[8:16] = _pad(lu.vendor if lu else "GLUSTER", 8)
     out[16:32] = _pad(lu.product if lu else "iSCSI Disk", 16)
@@ -332,3 +332,34 @@ def mode_select(ctx: Ctx) -> ScsiResult:
         if changed:
             lu.queue_ua_all(Asc.MODE_PARAMETERS_CHANGED, except_port=ctx.nexus.initiator_port)
     return ScsiResult()
+
+
+# -- REPORT TARGET PORT GROUPS ---------------------------------------------------------------
+
+
+def report_target_port_groups(ctx: Ctx) -> ScsiResult:
+    """REPORT TARGET PORT GROUPS (SPC-4 6.36): implicit ALUA, every group active/optimized.
+
+    The groups and ports are those of the I_T nexuses seen so far (an iSCSI target port is
+    target name + TPGT, so they are all known once an initiator logged in through them).
+    """
+    cdb = ctx.cdb
+    fmt = cdb[1] >> 5
+    if fmt not in (0, 1):
+        raise invalid_cdb(1, 7)
+    alloc = int.from_bytes(cdb[6:10], "big")
+    groups: dict[int, set[int]] = {}
+    for rel, group in ctx.server.target_ports().items():
+        groups.setdefault(group, set()).add(rel)
+    body = bytearray()
+    for group in sorted(groups):
+        ports = sorted(groups[group])
+        # PREF 0, state 0h active/optimized; only AO_SUP; status: no change reason
+        body += bytes([0x00, 0x01]) + group.to_bytes(2, "big") + bytes([0, 0, 0, len(ports)])
+        for rel in ports:
+            body += bytes(2) + rel.to_bytes(2, "big")
+    if fmt == 1:  # extended header: format type 001b, implicit transition time 0
+        out = (len(body) + 4).to_bytes(4, "big") + bytes([0x10, 0, 0, 0]) + bytes(body)
+    else:
+        out = len(body).to_bytes(4, "big") + bytes(body)
+    return data_in(out, alloc)
