@@ -41,8 +41,7 @@ class ConnectionDriver(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername") or ("?", 0)
         sock = transport.get_extra_info("sockname") or ("?", 0)
         d = self.daemon
@@ -67,11 +66,10 @@ class ConnectionDriver(asyncio.Protocol):
         if conn is None:
             return
         try:
-            events = conn.receive_data(data, self.loop.time())
-        except Exception:  # a bug must cost this connection only
+            self._handle(conn.receive_data(data, self.loop.time()))
+        except Exception:  # a bug must cost this connection only, never the daemon
             log.exception("internal error on connection from %s", conn.peer_address)
-            events = conn.close("internal error")
-        self._handle(events)
+            self._handle(conn.close("internal error"))
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
