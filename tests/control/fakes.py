@@ -64,6 +64,9 @@ class FakeDaemon:
         self.session_list: list[dict[str, Any]] = []
         self.calls: list[tuple[str, Any]] = []
         self.fail_portal: tuple[str, int] | None = None
+        self.nop_interval = 10.0
+        self.nop_timeout = 30.0
+        self.queue_depth = 128
 
     async def add_portal(self, portal: Portal) -> None:
         self.calls.append(("add_portal", (portal.host, portal.port)))

@@ -198,7 +198,7 @@ def test_params_per_target_and_global(api):
     assert d.registry.lookup(T1).params == {"MaxRecvDataSegmentLength": "65536"}
     with pytest.raises(ApiError) as e:
         call(server, "param.set", name="MaxRecvDataSegmentLength", value="abc")
-    assert e.value.code == "invalid" and "whole number" in e.value.message
+    assert e.value.code == "invalid" and "expected a number in [512" in e.value.message
     call(server, "param.set", name="InitialR2T", value="No")
     assert d.params["InitialR2T"] == "No"
     call(server, "param.unset", name="InitialR2T")
@@ -288,3 +288,26 @@ def test_stale_socket_is_replaced(tmp_path, fake_runtime):
 
     asyncio.run(go())
     assert not (tmp_path / "control.sock").exists()
+
+
+def test_tgt_daemon_settings_tune_the_daemon_and_never_reach_the_negotiator(api):
+    server, d = api
+    call(server, "target.create", name=T1)
+    call(server, "param.set", name="nop_interval", value="5")
+    call(server, "param.set", name="nop_count", value="3")
+    call(server, "param.set", name="MaxQueueCmd", value="64")
+    call(server, "param.set", name="nop_interval", value="9", target=T1)
+    assert (d.nop_interval, d.nop_timeout, d.queue_depth) == (5.0, 15.0, 64)
+    assert "nop_interval" not in d.params and d.registry.lookup(T1).params == {}
+    call(server, "param.unset", name="MaxQueueCmd")
+    assert d.queue_depth == 128  # the daemon's own default again
+
+
+def test_first_burst_may_not_exceed_max_burst(api):
+    server, d = api
+    call(server, "target.create", name=T1)
+    with pytest.raises(ApiError) as e:
+        call(server, "param.set", name="FirstBurstLength", value="4194304", target=T1)
+    assert "exceeds MaxBurstLength" in e.value.message and "targets[0].params" in e.value.message
+    with pytest.raises(ApiError):
+        call(server, "param.set", name="AuthMethod", value="None")

@@ -61,9 +61,6 @@ MAX_LUN = 16383
 BSTYPES = ("rdwr", "aio", "glfs", "file", "memory", "gluster")
 BLOCK_SIZES = (512, 1024, 2048, 4096)
 
-#: Login keys an admin may set, with a checker returning an error text or None.
-#: (RFC 7143 section 13; values are what the target *offers*.)
-
 
 def _int_range(lo: int, hi: int) -> Callable[[str], str | None]:
     def check(v: str) -> str | None:
@@ -74,42 +71,32 @@ def _int_range(lo: int, hi: int) -> Callable[[str], str | None]:
     return check
 
 
-def _choice(*options: str) -> Callable[[str], str | None]:
-    def check(v: str) -> str | None:
-        parts = v.split(",")
-        if not all(p in options for p in parts):
-            return (
-                "must be "
-                + " or ".join(options)
-                + " (a comma-separated list in order of preference)"
-            )
-        return None
-
-    return check
-
-
-_BOOL = _choice("Yes", "No")
-PARAMS: dict[str, Callable[[str], str | None]] = {
-    "MaxRecvDataSegmentLength": _int_range(512, 16777215),
-    "MaxBurstLength": _int_range(512, 16777215),
-    "FirstBurstLength": _int_range(512, 16777215),
-    "MaxXmitDataSegmentLength": _int_range(512, 16777215),
-    "HeaderDigest": _choice("None", "CRC32C"),
-    "DataDigest": _choice("None", "CRC32C"),
-    "InitialR2T": _BOOL,
-    "ImmediateData": _BOOL,
-    "DataPDUInOrder": _BOOL,
-    "DataSequenceInOrder": _BOOL,
-    "MaxOutstandingR2T": _int_range(1, 65535),
-    "MaxConnections": _int_range(1, 65535),
-    "ErrorRecoveryLevel": _int_range(0, 2),
-    "DefaultTime2Wait": _int_range(0, 3600),
-    "DefaultTime2Retain": _int_range(0, 3600),
-    "MaxQueueCmd": _int_range(1, 65535),
+#: Settings tgt lists among a target's parameters that are not login keys: they tune the
+#: daemon (NOP-In keepalive, command queue), not the negotiation.
+DAEMON_SETTINGS: dict[str, Callable[[str], str | None]] = {
     "nop_interval": _int_range(0, 3600),
     "nop_count": _int_range(0, 65535),
+    "MaxQueueCmd": _int_range(1, 65535),
 }
-_PARAMS_LOWER = {k.lower(): k for k in PARAMS}
+
+
+def login_keys() -> frozenset[str]:
+    """Login keys an admin may set: the negotiator's own list (one place per fact), less
+    AuthMethod, which the CHAP accounts decide."""
+    from ..iscsi.params import CONFIGURABLE
+
+    return frozenset(CONFIGURABLE) - {"AuthMethod"}
+
+
+def _all_params() -> dict[str, str]:
+    """lower-case name -> canonical name, for every settable parameter."""
+    return {k.lower(): k for k in (*login_keys(), *DAEMON_SETTINGS)}
+
+
+def default_login_params() -> dict[str, str]:
+    from ..iscsi.connection import DEFAULT_TARGET_PARAMS
+
+    return dict(DEFAULT_TARGET_PARAMS)
 
 
 class ConfigError(ValueError):
@@ -254,16 +241,35 @@ def check_user(user: Any, field: str) -> str:
 
 
 def check_param(name: str, value: Any, field: str) -> tuple[str, str]:
-    canonical = _PARAMS_LOWER.get(str(name).lower())
+    canonical = _all_params().get(str(name).lower())
     if canonical is None:
         raise ConfigError(
-            field, f"unknown parameter {name!r}", "known: " + ", ".join(sorted(PARAMS))
+            field,
+            f"unknown parameter {name!r}",
+            "known: " + ", ".join(sorted(_all_params().values(), key=str.lower)),
         )
     value = str(value)
-    problem = PARAMS[canonical](value)
-    if problem:
-        raise ConfigError(f"{field}.{canonical}", f"value {value!r} {problem}")
-    return canonical, value
+    if canonical in DAEMON_SETTINGS:
+        problem = DAEMON_SETTINGS[canonical](value)
+        if problem:
+            raise ConfigError(f"{field}.{canonical}", f"value {value!r} {problem}")
+        return canonical, value
+    from ..iscsi.params import _validate_target_value
+
+    try:
+        return canonical, _validate_target_value(canonical, value)
+    except ValueError as e:
+        raise ConfigError(f"{field}.{canonical}", str(e).split(": ", 1)[-1]) from None
+
+
+def _check_bursts(params: dict[str, str], field: str) -> None:
+    first, most = int(params["FirstBurstLength"]), int(params["MaxBurstLength"])
+    if first > most:
+        raise ConfigError(
+            field,
+            f"FirstBurstLength {first} exceeds MaxBurstLength {most}",
+            "RFC 7143 13.14: lower FirstBurstLength or raise MaxBurstLength",
+        )
 
 
 def _params(raw: Any, field: str) -> dict[str, str]:
@@ -505,11 +511,16 @@ def validate(cfg: Any) -> dict[str, Any]:
         names[t["name"].lower()] = i
         tids.add(t["tid"])
     targets.sort(key=lambda t: t["tid"])
+    params = _params(cfg.get("params"), "params")
+    effective = {**default_login_params(), **params}
+    _check_bursts(effective, "params")
+    for i, t in enumerate(targets):
+        _check_bursts({**effective, **t["params"]}, f"targets[{i}].params")
     epoch = cfg.get("epoch", 0)
     return {
         "version": SCHEMA_VERSION,
         "epoch": epoch if isinstance(epoch, int) and epoch >= 0 else 0,
-        "params": _params(cfg.get("params"), "params"),
+        "params": params,
         "portals": portals,
         "accounts": accounts,
         "discovery": discovery,

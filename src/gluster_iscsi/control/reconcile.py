@@ -46,6 +46,7 @@ class _State:
 
     cfg: dict[str, Any] = field(default_factory=cfgmod.empty_config)
     default_params: dict[str, str] | None = None
+    default_settings: dict[str, Any] = field(default_factory=dict)
     #: (target name lower, lun) -> LogicalUnit
     lus: dict[tuple[str, int], Any] = field(default_factory=dict)
 
@@ -403,9 +404,12 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
     registry = daemon.registry
     if st.default_params is None:
         st.default_params = dict(getattr(daemon, "params", {}) or {})
-    if plan.params_changed and isinstance(getattr(daemon, "params", None), dict):
-        daemon.params.clear()
-        daemon.params.update({**st.default_params, **desired["params"]})
+        st.default_settings = {a: getattr(daemon, a) for a in _SETTING_ATTRS if hasattr(daemon, a)}
+    if plan.params_changed:
+        if isinstance(getattr(daemon, "params", None), dict):
+            daemon.params.clear()
+            daemon.params.update({**st.default_params, **_login(desired["params"])})
+        _apply_settings(daemon, st, desired["params"])
     acc = desired["accounts"]
     registry.discovery_incoming = [ChapAccount(u, acc[u]) for u in desired["discovery"]["incoming"]]
     registry.discovery_outgoing = _chap(desired["discovery"]["outgoing"], acc)
@@ -436,7 +440,7 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
             continue
         target.tid = t["tid"]
         target.alias = t["alias"]
-        target.params = dict(t["params"])
+        target.params = _login(t["params"])
         ol = {lu["lun"]: lu for lu in o["luns"]}
         nl = {lu["lun"]: lu for lu in t["luns"]}
         device = target.device
@@ -469,7 +473,7 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
             tid=t["tid"],
             alias=t["alias"],
             device=device,
-            params=dict(t["params"]),
+            params=_login(t["params"]),
         )
         _set_auth(target, t, acc)
         daemon.add_target(target)
@@ -493,6 +497,31 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
     for line in plan.lines:
         log.info("config: %s", line)
     return plan.lines
+
+
+_SETTING_ATTRS = ("nop_interval", "nop_timeout", "queue_depth")
+
+
+def _login(params: dict[str, str]) -> dict[str, str]:
+    """Only the login keys: what the negotiator is offered (it refuses anything else)."""
+    keys = cfgmod.login_keys()
+    return {k: v for k, v in params.items() if k in keys}
+
+
+def _apply_settings(daemon: Any, st: _State, params: dict[str, str]) -> None:
+    """tgt's nop_interval/nop_count/MaxQueueCmd -> the daemon's keepalive and queue depth
+    (new connections pick them up; a missing setting goes back to the daemon's default)."""
+    values = dict(st.default_settings)
+    if "nop_interval" in params:
+        values["nop_interval"] = float(params["nop_interval"])
+    if "nop_count" in params:
+        interval = values.get("nop_interval") or 0
+        values["nop_timeout"] = float(interval) * int(params["nop_count"])
+    if "MaxQueueCmd" in params:
+        values["queue_depth"] = int(params["MaxQueueCmd"])
+    for attr, value in values.items():
+        if hasattr(daemon, attr):
+            setattr(daemon, attr, value)
 
 
 def _maybe_remove_lun(device: Any, n: int) -> None:
