@@ -260,3 +260,27 @@ def test_the_cookbooks_glfs_form(serve, tmp_path):
         f"Backing store type: glfs\n            Backing store path: {vol}@127.0.0.1:{name}" in show
     )
     assert "Size: 10 MB, Block size: 512" in show
+
+
+def test_two_daemons_side_by_side_are_driven_by_state_dir(tmp_path):
+    with Serve(tmp_path / "a") as a, Serve(tmp_path / "b") as b:
+        ok(a.cli("target", "create", T2))
+        assert json.loads(ok(b.cli("target", "list", "--json"))) == []
+        # --state-dir on the command line wins over GLUSTER_ISCSI_STATE_DIR (a's)
+        via_flag = a.cli("--state-dir", str(b.state_dir), "target", "list", "--json")
+        assert json.loads(ok(via_flag)) == []
+        assert [t["name"] for t in json.loads(ok(a.cli("target", "list", "--json")))] == [T2]
+
+
+def test_a_broken_config_file_is_refused_and_the_running_config_kept(serve, backing):
+    cookbook(serve, backing)
+    (serve.state_dir / "config.json").write_text('{"version": 1, "targets": [}')
+    bad = serve.cli("config", "reload")
+    assert bad.returncode == 6
+    assert "config.json" in bad.stderr and "line 1" in bad.stderr and ".prev" in bad.stderr
+    serve.hup()
+    time.sleep(0.5)
+    assert T1 in ok(serve.cli("target", "list"))
+    # the next accepted change rewrites a good file
+    ok(serve.cli("acl", "add", "1", "10.0.0.0/8"))
+    assert cfgmod.load(serve.state_dir)["targets"][0]["acl"][1] == {"network": "10.0.0.0/8"}

@@ -305,7 +305,7 @@ class ControlServer:
                 "luns": len(t["luns"]),
                 "size": sum(lu["size"] or 0 for lu in (self._lun_view(t, x) for x in t["luns"])),
                 "acl": [r.get("initiator") or r["network"] for r in t["acl"]],
-                "chap": bool(t["incoming"]),
+                "chap": bool(t["incoming"]) or any(r.get("incoming") for r in t["acl"]),
                 "sessions": len(self._sessions(t["name"])),
             }
             for t in cfg["targets"]
