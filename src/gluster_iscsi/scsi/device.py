@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 from .context import Ctx, ReservationConflict
 from .opcodes import Command, lookup
+from .reservations import conflicts
 from .sense import (
     Asc,
     CheckCondition,
@@ -195,11 +196,8 @@ class DeviceServer:
         if control & 0x05:  # NACA (no ACA support) or the obsolete LINK bit
             raise invalid_cdb(entry.cdb_length - 1, 2 if control & 0x04 else 0)
         # 4. Reservations.
-        with lu.state_lock:
-            if lu.reserved_by is not None and lu.reserved_by != port and not entry.spc2_ok(cdb):
-                raise ReservationConflict
-            if lu.pr.conflicts(task.nexus, entry.pr_access(cdb)):
-                raise ReservationConflict
+        if conflicts(lu, task.nexus, entry, cdb):
+            raise ReservationConflict
         # 5. Medium state.
         if lu.sanitizing and not entry.ua_exempt:
             raise CheckCondition(SenseKey.NOT_READY, Asc.LU_NOT_READY_SANITIZE_IN_PROGRESS)

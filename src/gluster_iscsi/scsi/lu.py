@@ -42,7 +42,6 @@ class ModePage:
     current: bytearray
     default: bytes
     changeable: bytes
-    subpage: int = 0
 
     @classmethod
     def make(cls, code: int, body: bytes, changeable: bytes) -> ModePage:
@@ -166,9 +165,6 @@ class LogicalUnit:
             if initiator_port not in self._ua:
                 self._ua[initiator_port] = [Asc.POWER_ON_RESET_OR_BUS_DEVICE_RESET]
 
-    def knows(self, initiator_port: str) -> bool:
-        return initiator_port in self._ua
-
     def queue_ua(self, initiator_port: str, asc: Asc) -> None:
         with self.state_lock:
             queue = self._ua.setdefault(initiator_port, [])
@@ -184,10 +180,6 @@ class LogicalUnit:
     def clear_ua(self, initiator_port: str) -> None:
         with self.state_lock:
             self._ua[initiator_port] = []
-
-    def pending_ua(self, initiator_port: str) -> Asc | None:
-        queue = self._ua.get(initiator_port)
-        return queue[0] if queue else None
 
     def pop_ua(self, initiator_port: str) -> Asc | None:
         """Take the oldest pending unit attention of this nexus (a reset outranks the rest)."""
@@ -207,7 +199,10 @@ class LogicalUnit:
     # -- resets ---------------------------------------------------------------------------
 
     def reset(self, asc: Asc, issuer: str | None = None) -> None:
-        """LOGICAL UNIT RESET / target reset: drop SPC-2 reservations, UA everyone."""
+        """LOGICAL UNIT RESET / target reset: drop SPC-2 reservations, keep persistent ones.
+
+        The unit attention goes to every nexus, the issuer included (SAM-5 6.3).
+        """
         with self.state_lock:
             self.reserved_by = None
             self.prevent_removal.clear()

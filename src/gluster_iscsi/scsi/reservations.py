@@ -1,7 +1,7 @@
 """Reservations: SPC-2 RESERVE/RELEASE and persistent reservations (SPC-4 5.9, 6.15, 6.16).
 
-:class:`PrState` is the persistent-reservation state of one logical unit; :func:`conflicts`
-is the one place that decides RESERVATION CONFLICT, from the :class:`Access` class the opcode
+:class:`PrState` is the persistent-reservation state of one logical unit;
+:meth:`PrState.conflicts` is the one place that decides RESERVATION CONFLICT, from the :class:`Access` class the opcode
 table gives each command (SPC-4 table 63 and SBC-3 table 13 "commands allowed in the presence
 of various reservations").
 """
@@ -19,6 +19,8 @@ from .task import Nexus, ScsiResult
 
 if TYPE_CHECKING:
     from .context import Ctx
+    from .lu import LogicalUnit
+    from .opcodes import Command
 
 
 class Access(enum.IntEnum):
@@ -173,6 +175,20 @@ class PrState:
             holder=regs[holder_index] if holder_index is not None else None,
             aptpl=bool(state.get("aptpl", True)),
         )
+
+
+def conflicts(lu: LogicalUnit, nexus: Nexus, command: Command, cdb: bytes) -> bool:
+    """Whether ``command`` from ``nexus`` meets a reservation held by another I_T nexus.
+
+    The single decision for both kinds: an SPC-2 RESERVE (SPC-2 5.5.1: only the commands
+    the table marks ``spc2`` pass) and a persistent reservation (by the command's
+    :class:`Access` class).
+    """
+    with lu.state_lock:
+        holder = lu.reserved_by
+        if holder is not None and holder != nexus.initiator_port and not command.spc2_ok(cdb):
+            return True
+        return lu.pr.conflicts(nexus, command.pr_access(cdb))
 
 
 # ---------------------------------------------------------------------------------------
