@@ -72,6 +72,15 @@ class Sample:
     p99_us: float | None = None
     client_cpu_s: float = 0.0
     error: str | None = None
+    other_cpu: float = 0.0  # CPUs' worth busy with anything else (other daemons, other users)
+
+
+def system_busy() -> float:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _children_cpu() -> float:
@@ -140,7 +149,7 @@ def run_iscsi_perf(t: Target, w: Workload, seconds: float, block_size: int) -> S
                   client_cpu_s=client_cpu)
 
 
-def run_qemu_bench(t: Target, w: Workload, count: int) -> Sample:
+def run_qemu_bench(t: Target, w: Workload, count: int, timeout: float = 120) -> Sample:
     step = w.size * (QEMU_RANDOM_STRIDE if w.random else 1)
     cmd = ["qemu-img", "bench", "-f", "raw", "-t", "writeback", "-d", str(w.qd), "-s", str(w.size),
            "-S", str(step), "-c", str(count)]
@@ -149,7 +158,10 @@ def run_qemu_bench(t: Target, w: Workload, count: int) -> Sample:
     cmd.append(t.url)
     c0 = _children_cpu()
     cpu0 = proc_stat(t.pid).cpu
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return Sample(0, 0, 0, 0, 0, error=f"qemu-img bench: no completion within {timeout:.0f} s")
     cpu1 = proc_stat(t.pid).cpu
     m = re.search(r"Run completed in ([\d.]+) seconds", r.stdout)
     if r.returncode != 0 or not m:
@@ -178,6 +190,18 @@ def run_latclient(t: Target, w: Workload, seconds: float, seed: int) -> Sample:
     return Sample(d["ops_per_s"], d["mb_per_s"], d["seconds"], d["bytes"], cpu1 - cpu0,
                   p50_us=d["lat_us"]["p50"], p99_us=d["lat_us"]["p99"],
                   client_cpu_s=_children_cpu() - c0)
+
+
+def measured(fn, t: Target, *a) -> Sample:
+    """Run one client, note how much CPU the rest of the machine burnt meanwhile."""
+    def me() -> float:
+        x = os.times()
+        return x.user + x.system
+    b0, d0, c0, m0, w0 = system_busy(), proc_stat(t.pid).cpu, _children_cpu(), me(), time.monotonic()
+    s = fn(t, *a)
+    b1, d1, c1, m1, w1 = system_busy(), proc_stat(t.pid).cpu, _children_cpu(), me(), time.monotonic()
+    s.other_cpu = max(0.0, ((b1 - b0) - (d1 - d0) - (c1 - c0) - (m1 - m0)) / max(w1 - w0, 1e-3))
+    return s
 
 
 def probe(t: Target) -> dict:
@@ -209,7 +233,7 @@ class WorkloadResult:
         d = {"ops_s": statistics.median(x.ops_s for x in xs),
              "mb_s": statistics.median(x.mb_s for x in xs),
              "cpu_s_per_gib": (sum(x.cpu_s for x in xs) / (tot_bytes / GIB)) if tot_bytes else None,
-             "n": len(xs)}
+             "n": len(xs), "other_cpu": statistics.mean(x.other_cpu for x in xs)}
         if xs[0].p50_us is not None:
             d["p50_us"] = statistics.median(x.p50_us for x in xs)
             d["p99_us"] = statistics.median(x.p99_us for x in xs)
@@ -252,11 +276,13 @@ FIO_JOBS = [
 ]
 
 
-def fio_ceiling(target_args: list[str], seconds: float, size: str) -> dict:
+def fio_ceiling(target_args: list[str], seconds: float, size: str, only: tuple[str, ...] = ()) -> dict:
     if not shutil.which("fio"):
         return {"error": "fio not installed"}
     out = {}
     for name, args in FIO_JOBS:
+        if only and name not in only:
+            continue
         cmd = ["fio", "--name=ceiling", *target_args, f"--size={size}", "--time_based",
                f"--runtime={max(1, round(seconds))}", "--numjobs=1", "--output-format=json",
                "--randrepeat=1", *args]
@@ -339,6 +365,28 @@ def machine_info() -> dict:
             "tgt": deb("tgt"), "libiscsi": deb("libiscsi-bin"), "qemu-utils": deb("qemu-utils"),
             "fio": ver(["fio", "--version"]), "glusterfs": deb("glusterfs-server"),
             "git": git, "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def gluster_env(cmd: str, volume: str) -> tuple[str, str, bool, str]:
+    """scripts/gluster-env.sh CMD VOLUME -> (mountpoint, 'host:/volume', started_by_us, note)."""
+    script = os.path.join(REPO, "scripts", "gluster-env.sh")
+    if not os.path.exists(script):
+        return "", "", False, "scripts/gluster-env.sh not found"
+    if cmd == "stop":
+        subprocess.run(["bash", script, "stop", volume], capture_output=True, timeout=300)
+        return "", "", False, ""
+    was_up = subprocess.run(["bash", script, "status", volume], capture_output=True,
+                            timeout=120).returncode == 0
+    log(f"gluster: scripts/gluster-env.sh start {volume} (running already: {was_up})")
+    try:
+        r = subprocess.run(["bash", script, "start", volume], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "", "", not was_up, "scripts/gluster-env.sh start timed out"
+    kv = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    if r.returncode != 0 or not kv.get("MOUNT"):
+        return "", "", not was_up and r.returncode == 0, (
+            f"scripts/gluster-env.sh start {volume} exit {r.returncode}: {r.stderr.strip()[-300:]}")
+    return kv["MOUNT"], f"{kv.get('HOST', '127.0.0.1')}:/{kv.get('VOLUME', volume)}", not was_up, ""
 
 
 def fuse_mounts() -> list[tuple[str, str]]:
@@ -461,7 +509,7 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
             for t, side in ((ta, "A"), (tb, "B")):
                 if w.client == "qemu-img":
                     c0 = max(16 * w.qd, int(args.calib_bytes // w.size))
-                    s = run_qemu_bench(t, w, c0)
+                    s = run_qemu_bench(t, w, c0, 60)
                     rate = s.ops_s if not s.error and s.ops_s > 0 else c0
                     counts[side] = max(w.qd * 4, int(rate * args.seconds))
                 elif args.warmup > 0:
@@ -475,11 +523,11 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
                     order = order[::-1]
                 for t, side in order:
                     if w.client == "iscsi-perf":
-                        s = run_iscsi_perf(t, w, args.seconds, bs[side])
+                        s = measured(run_iscsi_perf, t, w, args.seconds, bs[side])
                     elif w.client == "qemu-img":
-                        s = run_qemu_bench(t, w, counts[side])
+                        s = measured(run_qemu_bench, t, w, counts[side], 30 + 10 * args.seconds)
                     else:
-                        s = run_latclient(t, w, args.seconds, seed=r + 1)
+                        s = measured(run_latclient, t, w, args.seconds, r + 1)
                     (wr.a if side == "A" else wr.b).append(s)
                     if s.error:
                         log(f"  {w.name} {t.name()} round {r + 1}: ERROR {s.error}")
@@ -551,6 +599,12 @@ def render(report: dict) -> str:
     pin = report["settings"]["pin"]
     L.append(f"CPU placement: daemons on CPUs {pin['daemon'] or 'any'}, clients on CPUs {pin['client'] or 'any'}")
     L.append("Target session params set on both: " + ", ".join(f"{k}={v}" for k, v in SESSION_PARAMS.items()))
+    L.append("bg CPU = CPUs' worth of other work on the machine during the runs (other daemons, other users); "
+             "well above 0 means the numbers were disturbed. CPU s/GiB = the daemon's user+system CPU per GiB moved.")
+    g = report.get("gluster")
+    if g:
+        L.append(f"Gluster: volume {g['volume']} ({g['source'] or '-'}) mounted at {g['mount'] or '-'}"
+                 + (f"; {g['note']}" if g.get("note") else ""))
     if report.get("target_b_note"):
         L.append(f"NOTE: {report['target_b_note']}")
     L.append("")
@@ -595,8 +649,8 @@ def render(report: dict) -> str:
         if sec.get("workloads"):
             L.append("")
             L.append("| workload | client | A ops/s | B ops/s | A MB/s | B MB/s | A p50/p99 us | B p50/p99 us "
-                     "| A CPU s/GiB | B CPU s/GiB | B/A ops/s [min..max] |")
-            L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                     "| A CPU s/GiB | B CPU s/GiB | B/A ops/s [min..max] | bg CPU |")
+            L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for w in sec["workloads"]:
                 A, B, r = w["A"], w["B"], w["ratio"]
 
@@ -606,9 +660,11 @@ def render(report: dict) -> str:
                 def cell(s, k, nd=0):
                     return "ERR" if "error" in s else fmt(s.get(k), nd)
                 rtxt = f"{r['median']:.2f} [{r['min']:.2f}..{r['max']:.2f}]" if r else "-"
+                bg = [x["other_cpu"] for x in (A, B) if "other_cpu" in x]
+                bgtxt = f"{max(bg):.2f}" if bg else "-"
                 L.append(f"| {w['name']} | {w['client']} | {cell(A, 'ops_s')} | {cell(B, 'ops_s')} | "
                          f"{cell(A, 'mb_s')} | {cell(B, 'mb_s')} | {lat(A)} | {lat(B)} | "
-                         f"{cell(A, 'cpu_s_per_gib', 2)} | {cell(B, 'cpu_s_per_gib', 2)} | {rtxt} |")
+                         f"{cell(A, 'cpu_s_per_gib', 2)} | {cell(B, 'cpu_s_per_gib', 2)} | {rtxt} | {bgtxt} |")
             errs = [(w["name"], s, w[s]["error"]) for w in sec["workloads"] for s in "AB" if "error" in w[s]]
             for name, s, e in errs:
                 L.append(f"- {name} {s}: {e.strip()[:200]}")
@@ -665,8 +721,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-size", type=int, default=512, help="LUN block size (both targets)")
     ap.add_argument("--fuse-dir", default="", help="directory on a FUSE-mounted Gluster volume "
                     "(default: first fuse.glusterfs mount in /proc/mounts)")
-    ap.add_argument("--gluster-start", action="store_true",
-                    help="run scripts/gluster-env.sh start if no Gluster FUSE mount is found (and stop after)")
+    ap.add_argument("--gluster-volume", default="giscsi-bench",
+                    help="volume for the fuse/gfapi backends, made by scripts/gluster-env.sh start VOLUME "
+                         "(replica 3, gluster-block profile) unless it runs already; stopped after if this run "
+                         "started it")
+    ap.add_argument("--keep-gluster", action="store_true", help="leave the volume this run started running")
     ap.add_argument("--ours-cmd", default="", help="command for our daemon (default: gluster-iscsi)")
     ap.add_argument("--ours-args", default="", help="extra arguments for `gluster-iscsi serve` "
                     "(e.g. --ours-args=--no-uvloop)")
@@ -728,21 +787,16 @@ def main(argv: list[str] | None = None) -> int:
     started_gluster = False
     try:
         fuse_dir, fuse_src = args.fuse_dir, ""
+        gluster_note = ""
         if any(b in ("fuse", "gfapi") for b in backends) and not fuse_dir:
-            mounts = fuse_mounts()
-            script = os.path.join(REPO, "scripts", "gluster-env.sh")
-            if not mounts and args.gluster_start and os.path.exists(script):
-                log("no Gluster FUSE mount: running scripts/gluster-env.sh start")
-                subprocess.run(["bash", script, "start"], timeout=300)
-                started_gluster = True
-                mounts = fuse_mounts()
-            if mounts:
-                fuse_src, fuse_dir = mounts[0]
+            fuse_dir, fuse_src, started_gluster, gluster_note = gluster_env("start", args.gluster_volume)
+            report["gluster"] = {"volume": args.gluster_volume, "mount": fuse_dir, "source": fuse_src,
+                                 "started_by_harness": started_gluster, "note": gluster_note}
         if fuse_dir and not fuse_src:
             fuse_src = next((s for s, m in fuse_mounts() if fuse_dir.startswith(m)), "")
         gdir = os.path.join(fuse_dir, f"gluster-iscsi-bench-{os.getpid()}") if fuse_dir else ""
-        no_gluster = ("no FUSE-mounted Gluster volume (mount one, pass --fuse-dir, or pass --gluster-start "
-                      "to run scripts/gluster-env.sh start)")
+        no_gluster = ("no FUSE-mounted Gluster volume: " + (gluster_note or "pass --fuse-dir")
+                      + " (scripts/gluster-env.sh start VOLUME makes one; or pass --fuse-dir DIR)")
 
         if not args.no_ceilings:
             c = report.setdefault("ceilings", {})
@@ -750,7 +804,9 @@ def main(argv: list[str] | None = None) -> int:
             c["iperf3"] = iperf3_ceiling(1 if args.smoke else 3)
             fio = c.setdefault("fio", {})
             log("ceiling: fio on tmpfs")
-            fio["tmpfs"] = fio_ceiling([f"--filename={shm}/fio-ceiling.dat"], 1 if args.smoke else 2, "1g")
+            fio["tmpfs"] = fio_ceiling([f"--filename={shm}/fio-ceiling.dat"], 1 if args.smoke else 2,
+                                       "128m" if args.smoke else "1g",
+                                       ("randread-4k-qd1", "seqwrite-1m") if args.smoke else ())
             if gdir and any(b in ("fuse", "gfapi") for b in backends):
                 os.makedirs(gdir, exist_ok=True)
                 log("ceiling: fio on Gluster FUSE")
@@ -796,8 +852,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(shm, ignore_errors=True)
         if fuse_dir:
             shutil.rmtree(os.path.join(fuse_dir, f"gluster-iscsi-bench-{os.getpid()}"), ignore_errors=True)
-        if started_gluster:
-            subprocess.run(["bash", os.path.join(REPO, "scripts", "gluster-env.sh"), "stop"], timeout=300)
+        if started_gluster and not args.keep_gluster:
+            log(f"stopping the Gluster volume {args.gluster_volume} this run started")
+            gluster_env("stop", args.gluster_volume)
         shutil.rmtree(workdir, ignore_errors=True)
 
     report["elapsed_s"] = time.monotonic() - t_begin
@@ -811,4 +868,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_benchmarks:
         update_benchmarks_md(text, os.path.join(REPO, "BENCHMARKS.md"))
         log("updated BENCHMARKS.md")
+    # Exit status reports breakage (a target that did not start, a client that failed),
+    # never performance: numbers are not assertions.
+    broken = []
+    for be, sec in report.get("backends", {}).items():
+        if sec.get("error"):
+            broken.append(f"{be}: {sec['error']}")
+        elif sec.get("skipped", "").startswith("probe failed"):
+            broken.append(f"{be}: {sec['skipped']}")
+        for w in sec.get("workloads", []):
+            for side in "AB":
+                if "error" in w[side]:
+                    broken.append(f"{be}/{w['name']}/{side}: {w[side]['error'][:120]}")
+    for lab, d in report.get("idle", {}).items():
+        if "error" in d:
+            broken.append(f"idle/{lab}: {d['error'][:120]}")
+    if broken:
+        log("FAILED runs (not a performance verdict):\n  " + "\n  ".join(broken))
+        return 1
     return 0
