@@ -28,8 +28,7 @@ class Serve:
     ) -> None:
         self.state_dir = Path(state_dir)
         self.port = port or free_port()
-        # uvloop is off until the server's driver accepts uvloop transports
-        self.extra = ("--no-uvloop", *extra)
+        self.extra = tuple(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> Serve:

@@ -284,3 +284,56 @@ def test_a_broken_config_file_is_refused_and_the_running_config_kept(serve, back
     # the next accepted change rewrites a good file
     ok(serve.cli("acl", "add", "1", "10.0.0.0/8"))
     assert cfgmod.load(serve.state_dir)["targets"][0]["acl"][1] == {"network": "10.0.0.0/8"}
+
+
+def _inq(serve: Serve, target: str, auth: str = "", initiator: str | None = None) -> int:
+    cmd = ["iscsi-inq"]
+    if initiator:
+        cmd += ["-i", initiator]
+    cmd.append(f"iscsi://{auth}127.0.0.1:{serve.port}/{target}/1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30).returncode
+
+
+def test_chap_bound_with_tgtadm_is_enforced_at_login(serve, backing):
+    cookbook(serve, backing)
+    assert _inq(serve, T1) == 0
+    ok(
+        serve.cli(
+            *TGTADM,
+            "--op",
+            "new",
+            "--mode",
+            "account",
+            "--user",
+            "alice",
+            "--password",
+            "alicesecret12",
+        )
+    )
+    ok(serve.cli(*TGTADM, "--op", "bind", "--mode", "account", "--tid", "1", "--user", "alice"))
+    assert _inq(serve, T1) != 0
+    assert _inq(serve, T1, "alice%wrongsecret99@") != 0
+    assert _inq(serve, T1, "alice%alicesecret12@") == 0
+    assert "alicesecret12" not in serve.log()
+
+
+def test_acl_by_address_is_enforced_at_login(serve, backing):
+    cookbook(serve, backing)
+    ok(serve.cli(*TGTADM, "--op", "unbind", "--mode", "target", "--tid", "1", "-I", "ALL"))
+    ok(serve.cli(*TGTADM, "--op", "bind", "--mode", "target", "--tid", "1", "-I", "10.9.9.9"))
+    assert _inq(serve, T1) != 0
+    ok(serve.cli("acl", "add", "1", "127.0.0.0/8"))
+    assert _inq(serve, T1) == 0
+
+
+@pytest.mark.xfail(reason="the login code reads target.incoming; per-initiator accounts need "
+                          "Target.chap_for(initiator) there", strict=False)  # fmt: skip
+def test_per_initiator_chap_is_enforced_at_login(serve, backing):
+    cookbook(serve, backing)
+    special = "iqn.2026-11.org.example:special"
+    ok(serve.cli("acl", "add", "1", special))
+    ok(serve.cli("auth", "account-add", "bob", "--secret", "bobsecret1234"))
+    ok(serve.cli("auth", "bind", "bob", "--target", "1", "--initiator", special))
+    assert _inq(serve, T1) == 0  # everyone else: no CHAP
+    assert _inq(serve, T1, initiator=special) != 0
+    assert _inq(serve, T1, "bob%bobsecret1234@", initiator=special) == 0
