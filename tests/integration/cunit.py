@@ -74,11 +74,9 @@ def parse(output: str) -> list[TestResult]:
                 close("failed")
             current = TestResult(f"{suite}.{m.group(1)}", "?")
             lines = [raw[m.end():]]
-            rest = raw[m.end():].strip()
-            if rest.endswith("passed"):
-                close("passed")
-            elif rest.endswith("FAILED"):
-                close("failed")
+            verdict = _VERDICT.match(raw[m.end():])
+            if verdict:
+                close("passed" if verdict.group(1) == "passed" else "failed")
             continue
         if current is None:
             continue
@@ -93,8 +91,8 @@ def parse(output: str) -> list[TestResult]:
 
 
 def run(url: str, test: str = "ALL", *, url2: str | None = None, dataloss: bool = True,
-        timeout: float = 1800, cwd: str | None = None) -> Run:
-    cmd = ["iscsi-test-cu", "-t", test]
+        timeout: float = 1800, cwd: str | None = None, extra: list[str] | None = None) -> Run:
+    cmd = ["iscsi-test-cu", "-t", test, *(extra or [])]
     if dataloss:
         cmd.append("-d")
     cmd.append(url)
