@@ -114,13 +114,30 @@ def test_read_capacity10_saturates_and_16_reports_all() -> None:
     assert data[:8] == struct.pack(">Q", (1 << 33) - 1)
 
 
-def test_capacity_change_raises_ua(h: Harness) -> None:
+def test_capacity_changed_raises_ua_for_everyone(h: Harness) -> None:
     lu = h.server.lu(0)
     h.run("000000000000")
     lu.store.resize((BLOCKS + 8) * 512)
+    # not measured behind the scenes: handlers never call store.size on the event loop
+    assert h.run("000000000000", clear_ua=False).status == Status.GOOD
+    lu.capacity_changed()
     r = h.run("000000000000", clear_ua=False)
     assert h.sense(r) == (SenseKey.UNIT_ATTENTION, Asc.CAPACITY_DATA_HAS_CHANGED)
     assert bytes(h.run("25000000000000000000").data)[:4] == struct.pack(">I", BLOCKS + 7)
+
+
+def test_read_capacity_sees_an_online_grow(h: Harness) -> None:
+    from .conftest import N2
+
+    lu = h.server.lu(0)
+    h.run("000000000000", nexus=N2)
+    lu.store.resize((BLOCKS + 16) * 512)
+    r = h.run("25000000000000000000")
+    assert bytes(r.data)[:4] == struct.pack(">I", BLOCKS + 15)
+    assert h.run("000000000000", clear_ua=False).status == Status.GOOD  # the issuer knows
+    assert h.run(rw(0x28, BLOCKS + 15, 1)).status == Status.GOOD
+    r = h.run("000000000000", nexus=N2, clear_ua=False)
+    assert h.sense(r) == (SenseKey.UNIT_ATTENTION, Asc.CAPACITY_DATA_HAS_CHANGED)
 
 
 def test_synchronize_cache(h: Harness) -> None:

@@ -182,7 +182,6 @@ class DeviceServer:
                 return entry
             raise illegal(Asc.LOGICAL_UNIT_NOT_SUPPORTED)
         # 2. Unit attention (not for INQUIRY, REPORT LUNS, REQUEST SENSE).
-        lu.check_capacity()
         if not (entry is not None and entry.ua_exempt):
             asc = lu.pop_ua(port)
             if asc is not None:

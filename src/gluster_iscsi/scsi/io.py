@@ -120,6 +120,14 @@ class FlushOp(IoOp):
 
 
 @dataclass(slots=True)
+class SizeOp(IoOp):
+    """The store's current size in bytes (may be a network round trip: run it like I/O)."""
+
+    def run(self, store: BackingStore) -> int:
+        return store.size
+
+
+@dataclass(slots=True)
 class DiscardOp(IoOp):
     offset: int
     length: int

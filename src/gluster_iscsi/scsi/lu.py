@@ -107,7 +107,7 @@ class LogicalUnit:
         #: EXTENDED COPY outcomes by (initiator port, list identifier), for RECEIVE COPY STATUS.
         self.copy_results: dict[tuple[str, int], Any] = {}
         self._ua: dict[str, list[Asc]] = {}
-        self._last_blocks = self.block_count
+        self._blocks = store.size // block_size
         flush = store.capabilities.flush
         self.mode_pages: dict[int, ModePage] = {
             # Caching (SBC-3 6.4.5): WCE tells the initiator to send SYNCHRONIZE CACHE.
@@ -130,18 +130,31 @@ class LogicalUnit:
 
     @property
     def block_count(self) -> int:
-        """Blocks on the medium now (an online grow of the store is seen at once)."""
-        return self.store.size // self.block_size
+        """Blocks on the medium, as last measured.
 
-    def capacity_changed(self) -> None:
-        """The store was resized: tell every nexus (CAPACITY DATA HAS CHANGED)."""
-        self._last_blocks = self.block_count
-        self.queue_ua_all(Asc.CAPACITY_DATA_HAS_CHANGED)
+        Cached: ``store.size`` may be a network round trip (gfapi fstat) and handlers run
+        on the event loop. READ CAPACITY re-measures through a :class:`~.io.SizeOp` (in a
+        worker thread) and the control plane calls :meth:`capacity_changed` after a grow.
+        """
+        return self._blocks
 
-    def check_capacity(self) -> None:
-        """Raise the capacity UA if the store's size changed behind our back."""
-        if self.block_count != self._last_blocks:
-            self.capacity_changed()
+    def capacity_changed(self, size: int | None = None) -> None:
+        """The store was resized: re-measure and tell every nexus (CAPACITY DATA HAS CHANGED).
+
+        ``size`` (bytes) avoids asking the store again when the caller already knows it.
+        """
+        blocks = (self.store.size if size is None else size) // self.block_size
+        with self.state_lock:
+            self._blocks = blocks
+            self.queue_ua_all(Asc.CAPACITY_DATA_HAS_CHANGED)
+
+    def observed_size(self, size: int, initiator_port: str) -> None:
+        """READ CAPACITY measured ``size``: on a change, the other nexuses get the UA."""
+        blocks = size // self.block_size
+        with self.state_lock:
+            if blocks != self._blocks:
+                self._blocks = blocks
+                self.queue_ua_all(Asc.CAPACITY_DATA_HAS_CHANGED, except_port=initiator_port)
 
     # -- mode pages -----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from .io import (
     FlushOp,
     OrWriteOp,
     ReadOp,
+    SizeOp,
     WriteOp,
     WriteZeroesOp,
 )
@@ -190,17 +191,26 @@ def verify(ctx: Ctx) -> Execution:
 # -- capacity --------------------------------------------------------------------------------
 
 
-def read_capacity_10(ctx: Ctx) -> ScsiResult:
+def _measure(ctx: Ctx) -> Execution:
+    """Re-read the store's size in a worker thread, so an online grow is seen here."""
+    size = yield SizeOp()
+    ctx.lu.observed_size(size, ctx.nexus.initiator_port)
+    return ScsiResult()
+
+
+def read_capacity_10(ctx: Ctx) -> Execution:
     cdb, lu = ctx.cdb, ctx.lu
     if not cdb[8] & 0x01 and any(cdb[2:6]):
         raise invalid_cdb(2)  # an LBA without PMI
+    yield from _measure(ctx)
     last = lu.block_count - 1
     return ScsiResult(data=struct.pack(">II", min(max(last, 0), 0xFFFFFFFF), lu.block_size))
 
 
-def read_capacity_16(ctx: Ctx) -> ScsiResult:
+def read_capacity_16(ctx: Ctx) -> Execution:
     cdb, lu = ctx.cdb, ctx.lu
     alloc = int.from_bytes(cdb[10:14], "big")
+    yield from _measure(ctx)
     caps = lu.store.capabilities
     lbp = 0
     if caps.discard:
