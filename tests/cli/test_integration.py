@@ -337,3 +337,24 @@ def test_per_initiator_chap_is_enforced_at_login(serve, backing):
     assert _inq(serve, T1) == 0  # everyone else: no CHAP
     assert _inq(serve, T1, initiator=special) != 0
     assert _inq(serve, T1, "bob%bobsecret1234@", initiator=special) == 0
+
+
+def test_a_backing_file_missing_at_restart_only_takes_that_lun_offline(tmp_path, backing):
+    state = tmp_path / "state"
+    with Serve(state) as s:
+        port = s.port
+        cookbook(s, backing)
+        ok(s.cli("target", "create", T2))
+        ok(s.cli("lun", "create", T2, str(backing / "file2")))
+    (backing / "file2").rename(backing / "file2.away")
+    with Serve(state, port=port) as s:
+        luns = {(x["tid"], x["lun"]): x for x in json.loads(ok(s.cli("lun", "list", "--json")))}
+        assert luns[(1, 1)]["online"] and not luns[(2, 1)]["online"]
+        assert _inq(s, T1) == 0
+        assert "Online: No" in ok(s.cli("tgtadm", "--op", "show", "--mode", "target"))
+        (backing / "file2.away").rename(backing / "file2")
+        assert f"target {T2}: LUN 1 online again" in ok(s.cli("config", "reload"))
+        luns = json.loads(ok(s.cli("lun", "list", T2, "--json")))
+        assert luns[0]["online"]
+    # the config never lost the LUN
+    assert cfgmod.load(state)["targets"][1]["luns"][0]["backing"] == str(backing / "file2")

@@ -235,3 +235,50 @@ def test_params_and_discovery_auth(tmp_path, fake_runtime):
     assert d.params["MaxRecvDataSegmentLength"] == "262144"  # back to the daemon's default
     assert "params: MaxRecvDataSegmentLength back to its default" in changes
     assert d.registry.discovery_incoming == []
+
+
+def test_a_store_missing_at_restore_leaves_only_that_lun_offline_and_a_reload_retries(
+    tmp_path, fake_runtime
+):
+    opened, failing = fake_runtime
+    d = FakeDaemon(tmp_path)
+    cfg = desired()
+    cfg["targets"].append({"name": T2, "tid": 2, "luns": [{"lun": 1, "backing": "/srv/down.img"}],
+                           "acl": [{"network": "ALL"}]})  # fmt: skip
+    cfg = cfgmod.validate(cfg)
+    failing.add("/srv/down.img")
+
+    async def scenario():
+        first = await reconcile.apply(d, cfg)  # the restore at start: tolerant
+        assert d.registry.lookup(T1).device.lu(1) is not None
+        assert d.registry.lookup(T2) is not None and d.registry.lookup(T2).device.lu(1) is None
+        assert reconcile.logical_unit(d, T2, 1) is None
+        # an unrelated change while it is still down goes through
+        edited = copy.deepcopy(cfg)
+        edited["targets"][1]["alias"] = "x"
+        second = await reconcile.apply(d, edited)
+        failing.clear()
+        third = await reconcile.apply(d, edited)  # a reload with nothing changed retries it
+        return first, second, third
+
+    first, second, third = run(scenario())
+    assert any("LUN 1 offline" in line and T2 in line for line in first)
+    assert f"target {T2}: alias x" in second
+    assert third == [f"target {T2}: LUN 1 online again"]
+    assert d.registry.lookup(T2).device.lu(1) is not None
+    assert reconcile.current(d)["targets"][1]["luns"][0]["backing"] == "/srv/down.img"
+
+
+def test_after_the_restore_a_new_lun_that_cannot_open_is_an_error(tmp_path, fake_runtime):
+    opened, failing = fake_runtime
+    d = FakeDaemon(tmp_path)
+    failing.add("/srv/down.img")
+
+    async def scenario():
+        await reconcile.apply(d, desired())
+        cfg = desired()
+        cfg["targets"][0]["luns"].append({"lun": 2, "backing": "/srv/down.img"})
+        await reconcile.apply(d, cfg)
+
+    with pytest.raises(reconcile.ReconcileError):
+        run(scenario())

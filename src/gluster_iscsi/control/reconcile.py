@@ -47,6 +47,9 @@ class _State:
     cfg: dict[str, Any] = field(default_factory=cfgmod.empty_config)
     default_params: dict[str, str] | None = None
     default_settings: dict[str, Any] = field(default_factory=dict)
+    #: LUNs in the config whose store could not be opened at restore: (target lower, lun)
+    offline: set[tuple[str, int]] = field(default_factory=set)
+    applied_once: bool = False
     #: (target name lower, lun) -> LogicalUnit
     lus: dict[tuple[str, int], Any] = field(default_factory=dict)
 
@@ -365,10 +368,24 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
     """:func:`apply` for a caller that already holds :func:`lock` (daemon)."""
     desired = cfgmod.validate(desired)
     st = _state(daemon)
+    # The first apply to a daemon is the restore at start: a LUN whose store cannot be
+    # opened then (a volume still down at boot) is left offline instead of keeping every
+    # other target from starting; later applies (reload, API) retry it.
+    restoring = not st.applied_once
     plan = diff(st.cfg, desired)
-    if dry_run or not plan.lines and not plan.portals_added:
-        if not dry_run:
-            st.cfg = copy.deepcopy(desired)
+    changed = {_key(t) for t in plan.targets_added} | {_key(t) for _, t in plan.targets_changed}
+    retry = [
+        (t["name"], lu)
+        for t in desired["targets"]
+        if _key(t) not in changed
+        for lu in t["luns"]
+        if (_key(t), lu["lun"]) in st.offline
+    ]
+    if dry_run:
+        return plan.lines + [f"target {n}: LUN {lu['lun']} retry (offline)" for n, lu in retry]
+    if not plan.lines and not plan.portals_added and not retry:
+        st.cfg = copy.deepcopy(desired)
+        st.applied_once = True
         return plan.lines
 
     # ---- prepare: every LogicalUnit that has to be built, before anything changes.
@@ -380,25 +397,38 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
         ol = {lu["lun"]: lu for lu in o["luns"]}
         for lu in t["luns"]:
             old = ol.get(lu["lun"])
-            if old is None or _lun_identity(old) != _lun_identity(lu):
+            if (
+                old is None
+                or _lun_identity(old) != _lun_identity(lu)
+                or (_key(t), lu["lun"]) in st.offline
+            ):
                 to_open.append((t["name"], lu))
             elif old["size"] != lu["size"] and lu["size"]:
                 grows.append((t["name"], lu))
     opened: dict[tuple[str, int], Any] = {}
+    failed: list[str] = []
     try:
-        for tname, lu in to_open:
+        for tname, lu in [*to_open, *retry]:
+            key = (tname.lower(), lu["lun"])
             try:
-                opened[(tname.lower(), lu["lun"])] = await _run_blocking(daemon, open_lu, lu, tname)
+                opened[key] = await _run_blocking(daemon, open_lu, lu, tname)
+                st.offline.discard(key)
             except Exception as e:
-                raise ReconcileError(
+                err = ReconcileError(
                     f"target {tname} LUN {lu['lun']}",
                     f"cannot open backing store {lu['backing']!r}: {e}",
                     "check that it exists and is reachable; to create a file give --size",
-                ) from e
+                )
+                if not restoring and key not in st.offline:
+                    raise err from e
+                log.error("%s; the LUN stays offline until a reload", err)
+                st.offline.add(key)
+                failed.append(f"target {tname}: LUN {lu['lun']} offline ({e})")
     except BaseException:
         for lu_obj in opened.values():
             await _run_blocking(daemon, close_lu, lu_obj)
         raise
+    st.applied_once = True
 
     # ---- commit
     registry = daemon.registry
@@ -465,7 +495,9 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
     for t in plan.targets_added:
         device = new_device(t["name"])
         for lu in t["luns"]:
-            lu_obj = opened.pop((_key(t), lu["lun"]))
+            lu_obj = opened.pop((_key(t), lu["lun"]), None)
+            if lu_obj is None:  # offline (restore at start)
+                continue
             device.add_lun(lu["lun"], lu_obj)
             st.lus[(_key(t), lu["lun"])] = lu_obj
         target = Target(
@@ -477,6 +509,17 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
         )
         _set_auth(target, t, acc)
         daemon.add_target(target)
+
+    for tname, lu in retry:
+        lu_obj = opened.pop((tname.lower(), lu["lun"]), None)
+        target = registry.lookup(tname)
+        if lu_obj is None or target is None:
+            continue
+        if target.device is None:
+            target.device = new_device(tname)
+        target.device.add_lun(lu["lun"], lu_obj)
+        st.lus[(tname.lower(), lu["lun"])] = lu_obj
+        plan.lines.append(f"target {tname}: LUN {lu['lun']} online again")
 
     removed = {_portal_key(p) for p in plan.portals_removed}
     live = [p for p in st.cfg["portals"] if _portal_key(p) not in removed]
@@ -494,9 +537,11 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
             ) from e
         live.append(copy.deepcopy(p))
     st.cfg = copy.deepcopy(desired)
+    wanted = {(_key(t), lu["lun"]) for t in desired["targets"] for lu in t["luns"]}
+    st.offline &= wanted
     for line in plan.lines:
         log.info("config: %s", line)
-    return plan.lines
+    return plan.lines + failed
 
 
 _SETTING_ATTRS = ("nop_interval", "nop_timeout", "queue_depth")
