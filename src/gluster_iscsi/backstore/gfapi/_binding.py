@@ -473,7 +473,13 @@ class File:
         return pos
 
     def copy_file_range(self, offset_in: int, dst: File, offset_out: int, length: int) -> int:
-        """Server-side copy from this file to ``dst``; returns bytes copied."""
+        """Server-side copy from this file to ``dst``; returns bytes copied (0 at EOF).
+
+        fdatasync the source first: write-behind does not order the copy after writes it
+        still caches (seen on GlusterFS 10.3: the copy saw an empty file and returned 0).
+        Do NOT use it on replicated volumes: GlusterFS 10.3 applied the copy on one brick of
+        a replica-3 set only and reported the full count; the other replicas kept zeroes,
+        so reads returned the copy or zeroes depending on the brick chosen."""
         off_in = c_int64(offset_in)
         off_out = c_int64(offset_out)
         got = lib().glfs_copy_file_range(

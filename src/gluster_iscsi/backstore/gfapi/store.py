@@ -13,9 +13,11 @@ answers ENOTSUP, so sharded volumes report no extents rather than a made-up map)
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import threading
+import time
 from dataclasses import dataclass, field, replace
 
 from .._util import byte_view, check_range, merge_extents
@@ -108,21 +110,32 @@ def _release(client: _Client) -> None:
         vol, client.volume = client.volume, None
         if vol is None:
             return
-        # glfs_fini was seen to take ~10 s (GlusterFS 10.3): finish off the caller's thread
-        # so closing a LUN never stalls the server; a new open gets a fresh client.
-        t = threading.Thread(target=_fini, args=(vol,), name=f"glfs_fini:{vol.volume}", daemon=True)
+    finish_later(vol)
+
+
+def finish_later(vol: gf.Volume) -> None:
+    """glfs_fini on a background thread: it was seen to take ~10 s (GlusterFS 10.3), and
+    closing a LUN must not stall the server. A new open gets a fresh client meanwhile.
+    At interpreter exit :func:`shutdown` waits for these (a process exiting while
+    glfs_fini runs was seen to segfault)."""
+    t = threading.Thread(target=_fini, args=(vol,), name=f"glfs_fini:{vol.volume}", daemon=True)
+    with _registry_lock:
         _finishing.add(t)
     t.start()
 
 
 def shutdown(timeout: float | None = None) -> bool:
     """Wait for clients being finished in the background; True if none is left."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     with _registry_lock:
         pending = list(_finishing)
     for t in pending:
-        t.join(timeout)
+        t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
     with _registry_lock:
         return not _finishing
+
+
+atexit.register(shutdown, 30.0)
 
 
 def client_refcounts() -> dict[ClientKey, int]:
