@@ -264,7 +264,9 @@ def lun() -> None:
 )
 @click.option("--uuid", help="LUN identity (WWID); give the same on every gateway exporting it.")
 @click.option("--serial", help="SCSI unit serial number (default: from the UUID).")
-@click.option("--exist-ok", is_flag=True, help="Succeed if the LUN already exists.")
+@click.option(
+    "--exist-ok", is_flag=True, help="Succeed if that LUN number is taken (not compared)."
+)
 @json_option
 def lun_create(target: str, backing: str, lun_id: int | None, bstype: str | None, size: str | None,
                prealloc: str, read_only: bool, block_size: str, uuid: str | None, serial: str | None,
@@ -274,6 +276,10 @@ def lun_create(target: str, backing: str, lun_id: int | None, bstype: str | None
     BACKING is a file or block device path, memory:SIZE, gluster://host/volume/path or
     tgt's volume@host:path.
     """
+    if size and prealloc != "sparse":  # writing zeroes over a big file takes a while
+        ctx = click.get_current_context().find_object(Ctx)
+        assert ctx is not None
+        ctx.timeout = max(ctx.timeout, 600.0)
     res = _call(
         "lun.create", as_json=as_json, ok_codes=("exists",) if exist_ok else (),
         target=target, backing=backing, lun=lun_id, bstype=bstype, size=size,

@@ -32,6 +32,8 @@ from .protocol import API_VERSION, MAX_LINE, ApiError
 log = logging.getLogger(__name__)
 
 DEFAULT_OP_TIMEOUT = 120.0
+#: Ops that may legitimately run long (writing zeroes over a new 1 TiB LUN).
+LONG_OPS = {"lun.create": 3600.0}
 IDLE_TIMEOUT = 60.0
 
 
@@ -151,11 +153,12 @@ class ControlServer:
         # (cancelling a half-applied change would be worse than finishing it).
         work = asyncio.ensure_future(self._invoke(fn, args))
         try:
-            return await asyncio.wait_for(asyncio.shield(work), self.op_timeout)
+            limit = max(self.op_timeout, LONG_OPS.get(op, 0.0))
+            return await asyncio.wait_for(asyncio.shield(work), limit)
         except TimeoutError:
             raise ApiError(
                 "timeout",
-                f"{op} did not finish within {self.op_timeout:g}s; it goes on in the background",
+                f"{op} did not finish within {limit:g}s; it goes on in the background",
                 hint="check 'gluster-iscsi config export' in a moment",
             ) from None
 
@@ -654,11 +657,6 @@ class ControlServer:
                 if user not in holder.get("incoming", []):
                     raise ApiError("not_found", f"{what} does not accept {user}", kind="account")
                 holder["incoming"].remove(user)
-            if not holder.get("incoming") and holder.get("outgoing") and not outgoing:
-                raise ApiError(
-                    "invalid", f"{what} answers as {holder['outgoing']} (mutual CHAP): unbind"
-                    " the outgoing account first", kind="account",
-                )  # fmt: skip
             return {"unbound": what, "user": user}
 
         out = await self._mutate(edit)
