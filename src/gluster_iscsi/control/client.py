@@ -68,7 +68,12 @@ class Client:
                     hint="the control socket is mode 0600: run as the daemon's user (root)",
                 ) from None
             except TimeoutError:
-                raise self._unavailable(f"no answer within {timeout:g}s") from None
+                raise ApiError(
+                    "timeout",
+                    f"the daemon at {self.state_dir} did not accept a connection within"
+                    f" {timeout:g}s",
+                    hint="it may be hung or overloaded; check its log, or retry with --timeout",
+                ) from None
             except OSError as e:
                 raise self._unavailable(e.strerror or str(e)) from None
             buf = bytearray()
