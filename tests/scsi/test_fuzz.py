@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from gluster_iscsi.scsi import DeviceServer, ScsiResult, ScsiTask, Status
 from gluster_iscsi.scsi.io import drive
-from gluster_iscsi.scsi.opcodes import TABLE
+from gluster_iscsi.scsi.opcodes import TABLE, Command, commands
 from gluster_iscsi.scsi.sense import SenseKey, parse_sense
 
 from .conftest import N1, N2, TARGET, make_lu
@@ -22,11 +22,19 @@ def small_server() -> DeviceServer:
     )
 
 
+def _with_action(cmd: Command, rest: bytes) -> bytes:
+    """A CDB for ``cmd`` with random fields but its own service action, to reach handlers."""
+    if cmd.service_action is None:
+        return bytes([cmd.opcode]) + rest
+    return bytes([cmd.opcode, (rest[0] & 0xE0) | cmd.service_action]) + rest[1:]
+
+
 cdbs = st.one_of(
     st.binary(min_size=1, max_size=32),
     st.tuples(st.sampled_from(KNOWN), st.binary(min_size=5, max_size=15)).map(
         lambda t: bytes([t[0]]) + t[1]
     ),
+    st.builds(_with_action, st.sampled_from(commands()), st.binary(min_size=15, max_size=15)),
 )
 
 
