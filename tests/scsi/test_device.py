@@ -92,3 +92,10 @@ def test_nexus_loss_is_reported_when_the_port_returns(h: Harness) -> None:
 def test_store_lookup_for_the_driver(h: Harness) -> None:
     assert h.server.store(0) is h.server.lu(0).store
     assert h.server.store(9) is None
+
+
+def test_report_luns_clears_reported_luns_changed(h: Harness) -> None:
+    h.run("000000000000")
+    h.server.add_lun(1, make_lu(serial="second"))
+    assert h.run("a00000000000000001000000", clear_ua=False).status == Status.GOOD
+    assert h.run("000000000000", clear_ua=False).status == Status.GOOD

@@ -190,6 +190,13 @@ class LogicalUnit:
                 if port != except_port:
                     self.queue_ua(port, asc)
 
+    def discard_ua(self, initiator_port: str, asc: Asc) -> None:
+        """Drop one pending condition of this nexus (e.g. REPORT LUNS clears 3Fh/0Eh)."""
+        with self.state_lock:
+            queue = self._ua.get(initiator_port)
+            if queue and asc in queue:
+                queue.remove(asc)
+
     def clear_ua(self, initiator_port: str) -> None:
         with self.state_lock:
             self._ua[initiator_port] = []

@@ -188,6 +188,9 @@ def report_luns(ctx: Ctx) -> ScsiResult:
     if select not in (0, 1, 2):
         raise invalid_cdb(2)
     luns = [] if select == 1 else sorted(ctx.server.luns)
+    # SPC-4 6.33: REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED on every LU of the nexus.
+    for lu in ctx.server.luns.values():
+        lu.discard_ua(ctx.nexus.initiator_port, Asc.REPORTED_LUNS_DATA_HAS_CHANGED)
     body = b"".join(encode_lun(n) for n in luns)
     return data_in(len(body).to_bytes(4, "big") + bytes(4) + body, alloc)
 
