@@ -58,7 +58,9 @@ def test_copy_within_one_lu() -> None:
 def test_copy_errors() -> None:
     h, a, b = two_lus()
     cdb, params = xcopy(cscd(a) + cscd(b), segment(0, 1, 8, 0, 2047))
-    assert h.sense(h.run(cdb, data=params)) == (SenseKey.COPY_ABORTED, Asc.LBA_OUT_OF_RANGE)
+    assert h.sense(h.run(cdb, data=params)) == (SenseKey.COPY_ABORTED, Asc.NO_ADDITIONAL_SENSE)
+    cdb, params = xcopy(cscd(a), segment(0, 1, 1, 0, 0))  # index 1 names no CSCD
+    assert h.sense(h.run(cdb, data=params)) == (SenseKey.COPY_ABORTED, Asc.UNREACHABLE_COPY_TARGET)
     stranger = make_lu(serial="not here")
     cdb, params = xcopy(cscd(a) + cscd(stranger), segment(0, 1, 1, 0, 0))
     r = h.run(cdb, data=params)
@@ -76,6 +78,13 @@ def test_copy_errors() -> None:
     cdb, params = xcopy(cscd(a), b"\x0a" + segment(0, 0, 1, 0, 0)[1:])
     r = h.run(cdb, data=params)
     assert h.sense(r) == (SenseKey.ILLEGAL_REQUEST, Asc.UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE)
+    e0 = b"\xe0" + cscd(a)[1:]  # a Fibre Channel N_Port_Name CSCD
+    cdb, params = xcopy(e0, segment(0, 0, 1, 0, 0))
+    r = h.run(cdb, data=params)
+    assert h.sense(r) == (SenseKey.ILLEGAL_REQUEST, Asc.UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE)
+    cdb, params = xcopy(cscd(a), segment(0, 0, 1, 0, 0))
+    r = h.run(cdb[:10] + struct.pack(">I", len(params) - 1) + cdb[14:], data=params[:-1])
+    assert h.sense(r) == (SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
     cdb, params = xcopy(cscd(a) * 20, segment(0, 0, 1, 0, 0) * 20)
     r = h.run(cdb, data=params)
     assert h.sense(r) == (SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)

@@ -135,10 +135,8 @@ def extended_copy(ctx: Ctx) -> Execution:
     plan: list[tuple[LogicalUnit, int, LogicalUnit, int, int]] = []
     for pos, seg in segments:
         src_i, dst_i = struct.unpack(">HH", seg[4:8])
-        if src_i >= n_cscd:
-            raise invalid_param(pos + 4)
-        if dst_i >= n_cscd:
-            raise invalid_param(pos + 6)
+        if src_i >= n_cscd or dst_i >= n_cscd:
+            raise _copy_aborted(Asc.UNREACHABLE_COPY_TARGET)  # index names no CSCD
         blocks = int.from_bytes(seg[10:12], "big")
         src_lba = int.from_bytes(seg[12:20], "big")
         dst_lba = int.from_bytes(seg[20:28], "big")
@@ -147,7 +145,9 @@ def extended_copy(ctx: Ctx) -> Execution:
             raise invalid_param(pos + 10)
         for lu, lba in ((src, src_lba), (dst, dst_lba)):
             if lba + blocks > lu.block_count:
-                raise _copy_aborted(Asc.LBA_OUT_OF_RANGE)
+                # COPY ABORTED with no additional sense: what libiscsi's
+                # extendedcopy_validate_seg_descr accepts for a segment past the end.
+                raise _copy_aborted(Asc.NO_ADDITIONAL_SENSE)
         if dst.write_protected:
             raise CheckCondition(SenseKey.DATA_PROTECT, Asc.WRITE_PROTECTED)
         if not (src.started and dst.started) or src.sanitizing or dst.sanitizing:
