@@ -13,3 +13,5 @@ from gluster_env import gluster_volume_fixture  # noqa: E402
 gluster_volume = gluster_volume_fixture("giscsi-test")
 # Unsharded: the only kind on which glfs_lseek SEEK_DATA/SEEK_HOLE works.
 plain_gluster_volume = gluster_volume_fixture("giscsi-test-plain", profile="plain")
+# Its bricks get killed by the fault tests: nobody else may use it.
+fault_gluster_volume = gluster_volume_fixture("giscsi-test-fault", mount=False)

@@ -392,3 +392,84 @@ def test_binding_posix_locks_conflict_between_clients(two_clients, name):
     finally:
         fa.close()
         fb.close()
+
+
+def test_o_direct_store_does_aligned_io(gluster_volume, name):
+    s = open_store(gluster_volume.url(name) + "?o_direct=1", size=MiB)
+    try:
+        assert s.o_direct  # type: ignore[attr-defined]
+        payload = os.urandom(8192)
+        s.write(4096, payload)
+        assert s.read(4096, 8192) == payload
+        with pytest.raises(BackingStoreError) as ei:
+            s.write(100, b"abc")  # the bricks open with O_DIRECT: unaligned is refused
+        assert ei.value.errno == errno.EINVAL
+    finally:
+        s.close()
+
+
+# -- node loss ----------------------------------------------------------------------------
+
+
+def _brick_pids(volume: str) -> list[int]:
+    import re
+    import subprocess
+
+    xml = subprocess.run(
+        ["gluster", "--mode=script", "volume", "status", volume, "--xml"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [int(p) for p in re.findall(r"<path>/[^<]*</path>.*?<pid>(\d+)</pid>", xml, re.S)]
+
+
+def test_brick_loss_surfaces_enotconn_and_the_store_recovers(fault_gluster_volume):
+    import signal
+    import subprocess
+
+    from gluster_iscsi.backstore.gfapi.store import GfapiStore
+
+    vol = fault_gluster_volume.volume
+    s = GfapiStore(fault_gluster_volume.url("fault.img"), create_size=16 * MiB)
+    try:
+        s.write(0, b"\x07" * 65536)
+        s.flush()
+        pids = _brick_pids(vol)
+        assert len(pids) == 3
+        os.kill(pids[0], signal.SIGKILL)
+        time.sleep(1)
+        s.write(0, b"\x08" * 65536)  # one replica lost: quorum holds, I/O goes on
+        s.flush()
+        assert s.read(0, 4) == b"\x08" * 4
+        os.kill(pids[1], signal.SIGKILL)
+        time.sleep(1)
+        # Quorum lost. write-behind may still acknowledge the write; the flush cannot lie.
+        with pytest.raises(BackingStoreError) as ei:
+            s.write(0, b"\x09" * 65536)
+            s.flush()
+        assert ei.value.errno == errno.ENOTCONN
+        with pytest.raises(BackingStoreError) as ei:
+            s.read(0, 4096)
+        assert ei.value.errno == errno.ENOTCONN
+    finally:
+        subprocess.run(
+            ["gluster", "--mode=script", "volume", "start", vol, "force"],
+            capture_output=True,
+            timeout=120,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s.write(0, b"\x0a" * 4096)
+                s.flush()
+                break
+            except BackingStoreError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert s.read(0, 4096) == b"\x0a" * 4096  # the same store, no reopen needed
+    finally:
+        s.close()

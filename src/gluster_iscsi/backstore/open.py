@@ -11,8 +11,8 @@ spec                                               store
 =================================================  ============================================
 
 ``size`` is the memory store's size, or for files the size to create them with when they
-do not exist yet. Extra keyword ``options`` go to the store: ``o_direct`` for files,
-``log_file``/``log_level`` for Gluster.
+do not exist yet. Extra keyword ``options`` go to the store: ``o_direct`` for files and
+Gluster, ``log_file``/``log_level`` for Gluster (also as URL query: ``?o_direct=1``).
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ def open_store(
     merged.update(options)
     log_file = merged.pop("log_file", merged.pop("logfile", None))
     log_level = merged.pop("log_level", merged.pop("loglevel", None))
+    o_direct = merged.pop("o_direct", False)
+    if isinstance(o_direct, str):
+        o_direct = o_direct.lower() in ("1", "true", "yes", "on")
     _no_options(merged, spec)
     return GfapiStore(
         target,
@@ -107,6 +110,7 @@ def open_store(
         create_size=size,
         log_file=log_file,
         log_level=int(log_level) if log_level is not None else None,
+        o_direct=bool(o_direct),
     )
 
 
