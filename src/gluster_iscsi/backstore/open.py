@@ -100,9 +100,12 @@ def open_store(
     merged.update(options)
     log_file = merged.pop("log_file", merged.pop("logfile", None))
     log_level = merged.pop("log_level", merged.pop("loglevel", None))
-    o_direct = merged.pop("o_direct", False)
-    if isinstance(o_direct, str):
-        o_direct = o_direct.lower() in ("1", "true", "yes", "on")
+    raw_direct = merged.pop("o_direct", False)
+    o_direct = (
+        raw_direct.lower() in ("1", "true", "yes", "on")
+        if isinstance(raw_direct, str)
+        else bool(raw_direct)
+    )
     _no_options(merged, spec)
     return GfapiStore(
         target,
@@ -110,7 +113,7 @@ def open_store(
         create_size=size,
         log_file=log_file,
         log_level=int(log_level) if log_level is not None else None,
-        o_direct=bool(o_direct),
+        o_direct=o_direct,
     )
 
 
