@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -358,3 +359,25 @@ def test_a_backing_file_missing_at_restart_only_takes_that_lun_offline(tmp_path,
         assert luns[0]["online"]
     # the config never lost the LUN
     assert cfgmod.load(state)["targets"][1]["luns"][0]["backing"] == str(backing / "file2")
+
+
+def test_io_keeps_running_while_another_target_is_added_and_reloaded(serve, backing, tmp_path):
+    cookbook(serve, backing)
+    perf = subprocess.Popen(
+        ["timeout", "-s", "INT", "6", "iscsi-perf", f"iscsi://127.0.0.1:{serve.port}/{T1}/1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(2)
+    ok(serve.cli(*TGTADM, "--op", "new", "--mode", "target", "--tid", "2", "-T", T2))
+    ok(serve.cli(*TGTADM, "--op", "new", "--mode", "logicalunit", "--tid", "2", "--lun", "1",
+                 "-b", str(backing / "file2")))  # fmt: skip
+    serve.hup()
+    ok(serve.cli("config", "reload"))
+    sessions = json.loads(ok(serve.cli("session", "list", T1, "--json")))
+    out, _ = perf.communicate(timeout=30)
+    ticks = [line for line in out.replace("\r", "\n").splitlines() if "iops current" in line]
+    assert len(ticks) >= 4, out
+    assert "reconnect" not in out.lower() and "error" not in out.lower(), out
+    iops = [int(re.search(r"iops current (\d+)", t).group(1)) for t in ticks]
+    assert min(iops) > 0, out  # no second without I/O: the session was never dropped
+    assert len(sessions) == 1
