@@ -26,8 +26,9 @@ def segment(src: int, dst: int, blocks: int, src_lba: int, dst_lba: int) -> byte
     return struct.pack(">BBHHH2xHQQ", 0x02, 0, 24, src, dst, blocks, src_lba, dst_lba)
 
 
-def xcopy(cscds: bytes, segs: bytes, list_id: int = 1) -> tuple[bytes, bytes]:
-    params = struct.pack(">BBH4xII", list_id, 0, len(cscds), len(segs), 0) + cscds + segs
+def xcopy(cscds: bytes, segs: bytes, list_id: int = 1, usage: int = 0) -> tuple[bytes, bytes]:
+    header = struct.pack(">BBH4xII", list_id, usage << 3, len(cscds), len(segs), 0)
+    params = header + cscds + segs
     cdb = bytes([0x83, 0]) + bytes(8) + struct.pack(">IBB", len(params), 0, 0)
     return cdb, params
 
@@ -43,8 +44,18 @@ def test_copy_between_lus() -> None:
     cdb, params = xcopy(cscd(a) + cscd(b), segment(0, 1, 8, 0, 100))
     assert h.run(cdb, data=params).status == Status.GOOD
     assert bytes(b.store.data[100 * 512 : 108 * 512]) == bytes(range(256)) * 16
-    status = bytes(h.run(bytes([0x84, 0, 1]) + bytes(7) + struct.pack(">IBB", 64, 0, 0)).data)
+    status_cdb = bytes([0x84, 0, 1]) + bytes(7) + struct.pack(">IBB", 64, 0, 0)
+    status = bytes(h.run(status_cdb).data)
     assert status == struct.pack(">IBHBI", 8, 1, 1, 0, 4096)
+    # held until retrieved, once
+    assert h.sense(h.run(status_cdb))[1] == Asc.INVALID_FIELD_IN_CDB
+    # LIST ID USAGE 10b (discard, as libiscsi's extendedcopy_simple sends): copies, keeps nothing
+    cdb, params = xcopy(cscd(a) + cscd(b), segment(0, 1, 8, 0, 200), usage=2)
+    assert h.run(cdb, data=params).status == Status.GOOD
+    assert bytes(b.store.data[200 * 512 : 208 * 512]) == bytes(range(256)) * 16
+    assert h.sense(h.run(status_cdb))[1] == Asc.INVALID_FIELD_IN_CDB
+    cdb, params = xcopy(cscd(a) + cscd(b), segment(0, 1, 8, 0, 200), usage=1)  # reserved
+    assert h.sense(h.run(cdb, data=params))[1] == Asc.INVALID_FIELD_IN_PARAMETER_LIST
 
 
 def test_copy_within_one_lu() -> None:

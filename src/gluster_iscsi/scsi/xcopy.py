@@ -89,8 +89,11 @@ def extended_copy(ctx: Ctx) -> Execution:
         raise _length_error()
     params = ctx.require_parameter_list(length)
     list_id = params[0]
+    # LIST ID USAGE: 00b hold results for RECEIVE COPY STATUS, 10b discard them,
+    # 11b no list identifier, 01b reserved.
     usage = (params[1] >> 3) & 0x03
-    if usage == 0x02:
+    hold = usage == 0x00
+    if usage == 0x01:
         raise invalid_param(1, 4)
     cscd_len = int.from_bytes(params[2:4], "big")
     seg_len = int.from_bytes(params[8:12], "big")
@@ -176,10 +179,10 @@ def extended_copy(ctx: Ctx) -> Execution:
                 copied += size
             done += 1
     except OSError:
-        if usage != 0x03:
+        if hold:
             _results(ctx)[(ctx.nexus.initiator_port, list_id)] = CopyStatus(2, done, copied)
         raise _copy_aborted(Asc.THIRD_PARTY_DEVICE_FAILURE) from None
-    if usage != 0x03:
+    if hold:
         _results(ctx)[(ctx.nexus.initiator_port, list_id)] = CopyStatus(1, done, copied)
     return ScsiResult()
 
@@ -188,7 +191,8 @@ def copy_status(ctx: Ctx) -> ScsiResult:
     """RECEIVE COPY STATUS(LID1) (SPC-4 6.18.2) for the list identifier in byte 2."""
     cdb = ctx.cdb
     alloc = int.from_bytes(cdb[10:14], "big")
-    status = _results(ctx).get((ctx.nexus.initiator_port, cdb[2]))
+    # Held until retrieved (SPC-4 6.18.2), so it cannot grow without bound.
+    status = _results(ctx).pop((ctx.nexus.initiator_port, cdb[2]), None)
     if status is None:
         raise invalid_cdb(2)
     units, count = 0x00, status.bytes_copied  # TRANSFER COUNT UNITS 00h: bytes
