@@ -54,7 +54,8 @@ mkdir -p /run/lock/iscsi /etc/iscsi/nodes /etc/iscsi/send_targets /mnt/gi
 # test-wide initiator defaults (scenarios add more in iscsid.conf style)
 iscsid_conf_set node.startup manual
 iscsid_conf_set node.session.timeo.replacement_timeout "${GI_REPLACEMENT_TIMEOUT:-120}"
-iscsid
+# foreground so that its log (no syslog here) lands in a file we can show
+iscsid -f > /run/gi/iscsid.log 2>&1 &
 for i in $(seq 1 50); do
     iscsiadm -m session >/dev/null 2>&1; rc=$?
     # 21 = no sessions: iscsid answers
@@ -73,6 +74,9 @@ if [ $rc -ne 0 ]; then
     echo "GI DMESG BEGIN"
     dmesg | tail -n 80
     echo "GI DMESG END"
+    echo "GI ISCSID LOG BEGIN"
+    tail -n 60 /run/gi/iscsid.log
+    echo "GI ISCSID LOG END"
 fi
 echo "GI DONE ${GI_SCENARIO} rc=$rc"
 exit $rc

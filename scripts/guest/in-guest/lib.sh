@@ -140,7 +140,10 @@ discover() {
 
 # node_login PORTAL
 node_login() {
-    iscsiadm --mode node --targetname "$GI_TARGET_IQN" --portal "$1" --login
+    iscsiadm --mode node --targetname "$GI_TARGET_IQN" --portal "$1" --login && return 0
+    local rc=$?
+    echo "--- iscsid log tail:"; tail -n 15 /run/gi/iscsid.log 2>/dev/null
+    return $rc
 }
 node_logout() {
     iscsiadm --mode node --targetname "$GI_TARGET_IQN" --portal "$1" -u
