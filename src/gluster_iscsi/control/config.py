@@ -398,7 +398,11 @@ def validate_rule(raw: Any, accounts: dict[str, str], field: str) -> dict[str, A
         try:
             validate_name(name, force=bool(raw.get("forced")))
         except InvalidName as e:
-            raise ConfigError(f"{field}.initiator", str(e), "fix the name or force it") from None
+            raise ConfigError(
+                f"{field}.initiator",
+                str(e),
+                'fix the name, or add "forced": true to the rule to keep it',
+            ) from None
         rule: dict[str, Any] = {"initiator": name}
         if raw.get("forced"):
             rule["forced"] = True
@@ -430,7 +434,9 @@ def validate_target(raw: Any, accounts: dict[str, str], field: str) -> dict[str,
     try:
         validate_name(name, force=forced)
     except InvalidName as e:
-        raise ConfigError(f"{field}.name", str(e), "fix the name, or force it to keep it") from None
+        raise ConfigError(
+            f"{field}.name", str(e), 'fix the name, or add "forced": true to the target to keep it'
+        ) from None
     tid = _int(raw.get("tid"), f"{field}.tid", 1, 2**31 - 1)
     alias = raw.get("alias")
     if alias is not None and (not isinstance(alias, str) or len(alias.encode()) > 255):
