@@ -8,14 +8,23 @@ SEEK_DATA/SEEK_HOLE. Block devices use BLKGETSIZE64, BLKDISCARD and BLKZEROOUT i
 Capabilities start from what the file system is known to support and are corrected the
 first time a call says otherwise (EOPNOTSUPP), so what the SCSI layer advertises stays true:
 a store that promised discard-zeroes falls back to writing zeroes rather than breaking it.
+The first punch/zero-range that claims success is checked by reading a sample back: on the
+GlusterFS FUSE mount here, FALLOC_FL_ZERO_RANGE answered 0 and left the data in place.
+SEEK_DATA is probed at open (sharded Gluster through FUSE answers ENOTSUP).
+
+Closing while other threads still do I/O on the store is the caller's bug (the descriptor
+number may be reused); the server drains a LUN's I/O before closing its store.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import stat
+import struct
 import threading
 from dataclasses import replace
 
@@ -75,11 +84,9 @@ class FileStore(BackingStore):
             self._fd = -1
             raise BackingStoreError(errno.EINVAL, "not a regular file or block device", self.path)
         self._align = 512
+        self.fs_type: str | None = None
         if self.is_block:
             try:
-                import fcntl
-                import struct
-
                 raw = fcntl.ioctl(fd, _linux.BLKSSZGET, b"\0" * 4)
                 self._align = struct.unpack("=i", raw)[0] or 512
             except OSError:
@@ -169,8 +176,6 @@ class FileStore(BackingStore):
             return False
         if mv.readonly:
             return False
-        import ctypes
-
         addr = ctypes.addressof((ctypes.c_char * len(mv)).from_buffer(mv)) if len(mv) else 0
         return addr % a == 0
 
