@@ -333,3 +333,24 @@ def test_pr_survives_target_reset_and_nexus_loss(h: Harness) -> None:
     h.server.target_reset(N2)
     h.server.nexus_lost(N1)
     assert prin(h, 1)[8:16] == struct.pack(">Q", A)
+
+
+def test_register_and_move_to_another_target_port(h: Harness) -> None:
+    port2 = Nexus(
+        N2.initiator_name, N2.initiator_port, "iqn.2024-01.org.gluster:tgt,t,0x0002", 2, 2
+    )
+    h.run("000000000000", nexus=port2)  # the server learns relative port 2
+    register(h, N1, A)
+    out(h, N1, 1, key=A, rtype=WE)
+    tid = iscsi_tid(N2.initiator_port)
+    params = struct.pack(">QQxBHI", A, B, 0x02, 2, len(tid)) + tid  # UNREG
+    cdb = bytes([0x5F, 7, WE, 0, 0]) + struct.pack(">IB", len(params), 0)
+    assert h.run(cdb, data=params).status == Status.GOOD
+    assert h.run(WRITE10, nexus=port2, data=BLOCK).status == Status.GOOD
+    assert h.run(WRITE10, nexus=N2, data=BLOCK).status == Status.RESERVATION_CONFLICT
+    assert prin(h, 0, nexus=port2) == struct.pack(">IIQ", 2, 8, B)  # N1 unregistered
+    # an unknown relative port is refused
+    out(h, port2, 0, key=B, sa_key=C)
+    params = struct.pack(">QQxBHI", C, A, 0, 9, len(tid)) + tid
+    r = h.run(cdb, nexus=port2, data=params)
+    assert h.sense(r) == (SenseKey.ILLEGAL_REQUEST, Asc.INVALID_FIELD_IN_PARAMETER_LIST)

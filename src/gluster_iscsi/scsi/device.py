@@ -44,6 +44,7 @@ class DeviceServer:
         self._nexuses: dict[str, Nexus] = {}
         #: relative target port identifier -> target port group, of every port seen.
         self._ports: dict[int, int] = {}
+        self._port_names: dict[int, str] = {}
         self._lock = threading.RLock()
 
     # -- LUN table ------------------------------------------------------------------------
@@ -82,6 +83,10 @@ class DeviceServer:
         """Relative target port identifier -> target port group, for every port seen."""
         return dict(self._ports)
 
+    def target_port_name(self, relative_port: int) -> str | None:
+        """The SCSI target port name ("iqn...,t,0x0001") of a relative port seen so far."""
+        return self._port_names.get(relative_port)
+
     def find_by_naa(self, naa: bytes) -> LogicalUnit | None:
         """The LU whose VPD 83h NAA designator is ``naa`` (EXTENDED COPY target descriptors)."""
         return next((lu for lu in self.luns.values() if lu.naa == naa), None)
@@ -93,6 +98,7 @@ class DeviceServer:
         with self._lock:
             self._nexuses.setdefault(nexus.initiator_port, nexus)
             self._ports[nexus.relative_port] = nexus.target_port_group
+            self._port_names[nexus.relative_port] = nexus.target_port
             for lu in self.luns.values():
                 lu.nexus_added(nexus.initiator_port)
 

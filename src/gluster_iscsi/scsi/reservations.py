@@ -532,7 +532,14 @@ def _register_and_move(ctx: Ctx, params: memoryview) -> ScsiResult:
         None,
     )
     if target is None:
-        target = Registration(dest, nexus.target_port, sa_key, False, rel_port)
+        port_name = (
+            nexus.target_port
+            if rel_port == nexus.relative_port
+            else ctx.server.target_port_name(rel_port)
+        )
+        if port_name is None:
+            raise invalid_param(18)  # no such relative target port
+        target = Registration(dest, port_name, sa_key, False, rel_port)
         pr.registrations.append(target)
     else:
         target.key = sa_key
