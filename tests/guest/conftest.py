@@ -2,14 +2,16 @@
 
 Target selection: ``GLUSTER_ISCSI_GUEST_TARGET=gluster-iscsi`` (default, our daemon)
 or ``=tgt`` (Debian's tgt, the reference the harness was validated against).
-Logs (guest console, daemon log) stay in the test's tmp dir, or under
-``$GLUSTER_ISCSI_GUEST_LOGDIR/<test>/`` when that is set (e.g. for CI artifacts).
+Logs (guest console, daemon log) stay in
+``${GLUSTER_ISCSI_GUEST_LOGDIR:-/tmp/gluster-iscsi-guest}/<session time>/<test>/``
+(e.g. point it at a CI artifact directory).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,14 +34,24 @@ def guest_image() -> Path:
     return build_image()
 
 
+_SESSION_STAMP = time.strftime("%Y%m%d-%H%M%S")
+
+
 @pytest.fixture
-def guest_workdir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    base = os.environ.get("GLUSTER_ISCSI_GUEST_LOGDIR")
-    if base:
-        d = Path(base) / request.node.name
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-    return tmp_path
+def guest_workdir(request: pytest.FixtureRequest) -> Path:
+    """Where the console log and target log of a test go. Not pytest's tmp_path: that is
+    rotated away by the next pytest runs, and these logs are what one reads after a
+    failure. Default /tmp/gluster-iscsi-guest/<session time>/<test>."""
+    base = Path(os.environ.get("GLUSTER_ISCSI_GUEST_LOGDIR") or "/tmp/gluster-iscsi-guest")
+    d = base / _SESSION_STAMP / request.node.name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _drop_images(target: TargetBase) -> None:
+    """Keep the logs, drop the (sparse, up to 1 GiB) LUN backing files."""
+    for img in target.workdir.rglob("*.img"):
+        img.unlink(missing_ok=True)
 
 
 def _start_target(workdir: Path, portals: int) -> TargetBase:
@@ -59,6 +71,7 @@ def target(guest_workdir: Path):
     t = _start_target(guest_workdir, portals=1)
     yield t
     t.stop()
+    _drop_images(t)
 
 
 @pytest.fixture
@@ -67,3 +80,4 @@ def target_two_portals(guest_workdir: Path):
     t = _start_target(guest_workdir, portals=2)
     yield t
     t.stop()
+    _drop_images(t)
