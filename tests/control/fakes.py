@@ -34,7 +34,7 @@ class FakeLU:
         self.naa = b"\x50" + bytes(7)
         self.capacity_changes = 0
 
-    def capacity_changed(self) -> None:
+    def capacity_changed(self, size: int | None = None) -> None:
         self.capacity_changes += 1
 
 

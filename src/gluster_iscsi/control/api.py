@@ -35,6 +35,7 @@ DEFAULT_OP_TIMEOUT = 120.0
 #: Ops that may legitimately run long (writing zeroes over a new 1 TiB LUN).
 LONG_OPS = {"lun.create": 3600.0}
 IDLE_TIMEOUT = 60.0
+SIZE_TIMEOUT = 3.0  # how long 'list' waits for a store to say its size
 
 
 def _version() -> str:
@@ -235,25 +236,49 @@ class ControlServer:
             ]
         return sessions
 
-    def _lun_view(self, t: dict[str, Any], lu: dict[str, Any]) -> dict[str, Any]:
+    async def _sizes(self, targets: list[dict[str, Any]]) -> dict[tuple[str, int], int | None]:
+        """Current sizes of the open LUNs, measured off the event loop (a store's size may
+        be a network call); a store that does not answer in time shows no size rather than
+        hanging 'list'."""
+        keys, futures = [], []
+        loop = asyncio.get_running_loop()
+        executor = getattr(self.daemon, "store_executor", None)
+        for t in targets:
+            for lu in t["luns"]:
+                lu_obj = reconcile.logical_unit(self.daemon, t["name"], lu["lun"])
+                if lu_obj is not None:
+                    keys.append((t["name"].lower(), lu["lun"]))
+                    futures.append(loop.run_in_executor(executor, _store_size, lu_obj))
+        if not futures:
+            return {}
+        done, _ = await asyncio.wait(futures, timeout=SIZE_TIMEOUT)
+        return {k: f.result() if f in done else None for k, f in zip(keys, futures, strict=True)}
+
+    def _lun_view(
+        self, t: dict[str, Any], lu: dict[str, Any], sizes: dict[tuple[str, int], int | None]
+    ) -> dict[str, Any]:
         out = dict(lu)
         lu_obj = reconcile.logical_unit(self.daemon, t["name"], lu["lun"])
         out["online"] = lu_obj is not None
         if lu_obj is not None:
-            with contextlib.suppress(Exception):
-                out["size"] = lu_obj.store.size
+            measured = sizes.get((t["name"].lower(), lu["lun"]))
+            if measured is not None:
+                out["size"] = measured
             naa = getattr(lu_obj, "naa", None)
             if isinstance(naa, bytes | bytearray):
                 out["naa"] = naa.hex()
         return out
 
-    def _target_view(self, cfg: dict[str, Any], t: dict[str, Any], secrets: bool) -> dict[str, Any]:
+    async def _target_view(
+        self, cfg: dict[str, Any], t: dict[str, Any], secrets: bool
+    ) -> dict[str, Any]:
         sessions = self._sessions(t["name"])
+        sizes = await self._sizes([t])
         view = {
             "name": t["name"],
             "tid": t["tid"],
             "alias": t["alias"],
-            "luns": [self._lun_view(t, lu) for lu in t["luns"]],
+            "luns": [self._lun_view(t, lu, sizes) for lu in t["luns"]],
             "acl": t["acl"],
             "incoming": t["incoming"],
             "outgoing": t["outgoing"],
@@ -298,15 +323,18 @@ class ControlServer:
 
     # ------------------------------------------------------------------ ops: targets
 
-    def op_target_list(self) -> list[dict[str, Any]]:
+    async def op_target_list(self) -> list[dict[str, Any]]:
         cfg = self._cfg()
+        sizes = await self._sizes(cfg["targets"])
         return [
             {
                 "name": t["name"],
                 "tid": t["tid"],
                 "alias": t["alias"],
                 "luns": len(t["luns"]),
-                "size": sum(lu["size"] or 0 for lu in (self._lun_view(t, x) for x in t["luns"])),
+                "size": sum(
+                    lu["size"] or 0 for lu in (self._lun_view(t, x, sizes) for x in t["luns"])
+                ),
                 "acl": [r.get("initiator") or r["network"] for r in t["acl"]],
                 "chap": bool(t["incoming"]) or any(r.get("incoming") for r in t["acl"]),
                 "sessions": len(self._sessions(t["name"])),
@@ -314,9 +342,9 @@ class ControlServer:
             for t in cfg["targets"]
         ]
 
-    def op_target_show(self, target: Any, show_secrets: bool = False) -> dict[str, Any]:
+    async def op_target_show(self, target: Any, show_secrets: bool = False) -> dict[str, Any]:
         cfg = self._cfg()
-        return self._target_view(cfg, self._target(cfg, target), show_secrets)
+        return await self._target_view(cfg, self._target(cfg, target), show_secrets)
 
     async def op_target_create(
         self,
@@ -402,11 +430,12 @@ class ControlServer:
 
     # ------------------------------------------------------------------ ops: LUNs
 
-    def op_lun_list(self, target: Any = None) -> list[dict[str, Any]]:
+    async def op_lun_list(self, target: Any = None) -> list[dict[str, Any]]:
         cfg = self._cfg()
         targets = [self._target(cfg, target)] if target is not None else cfg["targets"]
+        sizes = await self._sizes(targets)
         return [
-            {"target": t["name"], "tid": t["tid"], **self._lun_view(t, lu)}
+            {"target": t["name"], "tid": t["tid"], **self._lun_view(t, lu, sizes)}
             for t in targets
             for lu in t["luns"]
         ]
@@ -487,14 +516,15 @@ class ControlServer:
 
     async def op_lun_resize(self, target: Any, lun: int, size: Any) -> dict[str, Any]:
         nbytes = _size(size)
+        t0 = self._target(self._cfg(), target)
+        measured = (await self._sizes([t0])).get((t0["name"].lower(), lun))
 
         def edit(cfg: dict[str, Any]) -> dict[str, Any]:
             t = self._target(cfg, target)
             entry = next((x for x in t["luns"] if x["lun"] == lun), None)
             if entry is None:
                 raise ApiError("not_found", f"target {t['name']} has no LUN {lun}", kind="lun")
-            lu_obj = reconcile.logical_unit(self.daemon, t["name"], lun)
-            current = lu_obj.store.size if lu_obj is not None else (entry["size"] or 0)
+            current = measured if measured is not None else (entry["size"] or 0)
             if nbytes < current:
                 raise ApiError(
                     "invalid", f"LUN {lun} of {t['name']} is {current} bytes; cannot shrink"
@@ -829,6 +859,13 @@ class ControlServer:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _store_size(lu_obj: Any) -> int | None:
+    try:
+        return int(lu_obj.store.size)
+    except Exception:  # an unreachable store has no size to show
+        return None
 
 
 def _size(value: Any) -> int:

@@ -581,13 +581,14 @@ async def _grow(daemon: Any, st: _State, t: dict[str, Any], lu: dict[str, Any]) 
     if lu_obj is None:
         return
     store = lu_obj.store
-    if lu["size"] > store.size:
+    current = await _run_blocking(daemon, lambda: store.size)  # may be a network call
+    if lu["size"] > current:
         await _run_blocking(daemon, store.resize, lu["size"])
-        lu_obj.capacity_changed()
-    elif lu["size"] < store.size:
+        lu_obj.capacity_changed(lu["size"])  # known: no store call on the loop
+    elif lu["size"] < current:
         raise ReconcileError(
             f"target {t['name']} LUN {lu['lun']}",
-            f"cannot shrink from {store.size} to {lu['size']} bytes",
+            f"cannot shrink from {current} to {lu['size']} bytes",
             "shrinking a disk under a file system destroys data; make a new LUN",
         )
 
