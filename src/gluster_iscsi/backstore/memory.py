@@ -13,6 +13,8 @@ import threading
 from ._util import RangeSet, byte_view, check_range, merge_extents
 from .base import BackingStore, BackingStoreError, Buffer, Capabilities, Extent
 
+_ZEROES = memoryview(bytes(1 << 20))
+
 
 class MemoryStore(BackingStore):
     blocking = False
@@ -24,6 +26,9 @@ class MemoryStore(BackingStore):
         if size < 0:
             raise BackingStoreError(errno.EINVAL, f"negative size {size}", name)
         self._data = bytearray(size)
+        # One long-lived view (slicing it copies nothing); released around resizes, which
+        # a bytearray refuses while exported.
+        self._view = memoryview(self._data)
         self._holes = RangeSet()
         self._holes.add(0, size)
         # Guards resize against concurrent I/O; bytearray slicing is not atomic with resizing.
@@ -56,34 +61,40 @@ class MemoryStore(BackingStore):
         n = len(dst)
         with self._lock:
             self._check(offset, n, write=False)
-            with memoryview(self._data) as src:
-                dst[:] = src[offset : offset + n]
+            dst[:] = self._view[offset : offset + n]
 
     def write(self, offset: int, data: Buffer) -> None:
         src = byte_view(data)
         n = len(src)
         with self._lock:
             self._check(offset, n, write=True)
-            with memoryview(self._data) as dst:
-                dst[offset : offset + n] = src
-            self._holes.remove(offset, offset + n)
+            self._view[offset : offset + n] = src
+            if self._holes:
+                self._holes.remove(offset, offset + n)
 
     def flush(self) -> None:
         pass
 
+    def _zero(self, offset: int, length: int) -> None:
+        # In bounded chunks: a multi-GiB UNMAP must not allocate a multi-GiB zero buffer.
+        zeroes = _ZEROES
+        end = offset + length
+        while offset < end:
+            n = min(len(zeroes), end - offset)
+            self._view[offset : offset + n] = zeroes[:n]
+            offset += n
+
     def discard(self, offset: int, length: int) -> None:
         with self._lock:
             self._check(offset, length, write=True)
-            with memoryview(self._data) as dst:
-                dst[offset : offset + length] = bytes(length)
+            self._zero(offset, length)
             self._holes.add(offset, offset + length)
 
     def write_zeroes(self, offset: int, length: int) -> None:
         # Zeroed blocks stay mapped, like FALLOC_FL_ZERO_RANGE.
         with self._lock:
             self._check(offset, length, write=True)
-            with memoryview(self._data) as dst:
-                dst[offset : offset + length] = bytes(length)
+            self._zero(offset, length)
             self._holes.remove(offset, offset + length)
 
     def extents(self, offset: int, length: int) -> list[Extent]:
@@ -110,12 +121,16 @@ class MemoryStore(BackingStore):
             raise BackingStoreError(errno.EROFS, "store is read-only", self.name)
         with self._lock:
             old = len(self._data)
-            if new_size > old:
-                self._data.extend(bytes(new_size - old))
-                self._holes.add(old, new_size)
-            elif new_size < old:
-                del self._data[new_size:]
-                self._holes.remove(new_size, old)
+            self._view.release()
+            try:
+                if new_size > old:
+                    self._data.extend(bytes(new_size - old))
+                    self._holes.add(old, new_size)
+                elif new_size < old:
+                    del self._data[new_size:]
+                    self._holes.remove(new_size, old)
+            finally:
+                self._view = memoryview(self._data)
 
     def close(self) -> None:
         pass
