@@ -20,6 +20,7 @@ from ..iscsi.connection import DEFAULT_TARGET_PARAMS
 from ..iscsi.session import Session, SessionTable
 from ..target.model import Portal, Target, TargetRegistry
 from .driver import ConnectionDriver
+from .iopool import IoPool
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,11 @@ class Daemon:
         self._listeners: dict[Portal, asyncio.AbstractServer] = {}
         # Blocking store calls (ctypes, os.preadv) release the GIL: a few threads per core
         # keep a queue depth of 32 busy without thrashing two cores.
-        self.store_executor = ThreadPoolExecutor(
-            max_workers=io_threads or max(4, 4 * (os.cpu_count() or 2)), thread_name_prefix="store-io"
-        )
+        threads = io_threads or max(8, 4 * (os.cpu_count() or 2))
+        #: The data path: blocking store calls of SCSI commands.
+        self.iopool = IoPool(asyncio.get_running_loop(), threads)
+        #: The control path: opening stores, provisioning, anything else that blocks.
+        self.store_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-ctl")
         self.stopped = asyncio.Event()
 
     # ------------------------------------------------------------------ portals
@@ -186,5 +189,6 @@ class Daemon:
                         lu.store.close()
                     except Exception:  # closing must go on for the other stores
                         log.exception("closing the store of %s LUN %d", target.name, lun)
+        self.iopool.shutdown()
         self.store_executor.shutdown(wait=True, cancel_futures=False)
         self.stopped.set()

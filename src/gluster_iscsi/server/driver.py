@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_INTERNAL_ERROR = (0x04, 0x4400)  # HARDWARE ERROR / INTERNAL TARGET FAILURE
+_INTERNAL_ERROR = (0x04, 0x4400)
+_COALESCE = 64 << 10  # join queued PDUs up to this many bytes into one write  # HARDWARE ERROR / INTERNAL TARGET FAILURE
 
 
 class ConnectionDriver(asyncio.Protocol):
@@ -37,6 +38,8 @@ class ConnectionDriver(asyncio.Protocol):
         self._running: dict[ScsiTask, asyncio.Future[None]] = {}
         self._closing = False
         self._paused = False
+        self._in_receive = False
+        self._flush_scheduled = False
         self.closed = asyncio.Event()
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -65,11 +68,14 @@ class ConnectionDriver(asyncio.Protocol):
         conn = self.conn
         if conn is None:
             return
+        self._in_receive = True
         try:
             self._handle(conn.receive_data(data, self.loop.time()))
         except Exception:  # a bug must cost this connection only, never the daemon
             log.exception("internal error on connection from %s", conn.peer_address)
             self._handle(conn.close("internal error"))
+        finally:
+            self._in_receive = False
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -104,10 +110,21 @@ class ConnectionDriver(asyncio.Protocol):
             return
         bufs = conn.data_to_send()
         if bufs and not transport.is_closing():
-            transport.writelines(bufs)
+            if len(bufs) == 1:
+                transport.write(bufs[0])
+            elif sum(map(len, bufs)) <= _COALESCE:
+                # One send for many small PDUs: a copy of a few KiB is far cheaper than the
+                # extra system calls the transport would make for each buffer.
+                transport.write(b"".join(bufs))
+            else:
+                transport.writelines(bufs)
         if self._closing and not transport.is_closing():
             transport.close()
         self._arm_timer()
+
+    def _deferred_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
 
     def _arm_timer(self) -> None:
         if self._timer is not None:
@@ -171,8 +188,9 @@ class ConnectionDriver(asyncio.Protocol):
                     except Exception as e:  # handed to the SCSI layer to map to sense
                         exc, value = e, None
                     continue
-                fut = self.loop.run_in_executor(self.daemon.store_executor, inner.run, target_store)
-                fut.add_done_callback(lambda f: self._resume(task, gen, store, f))
+                self.daemon.iopool.submit(
+                    inner.run, target_store, lambda v, e: self._step(task, gen, store, v, e)
+                )
                 return
         except StopIteration as stop:
             self._complete(task, stop.value)
@@ -181,15 +199,14 @@ class ConnectionDriver(asyncio.Protocol):
             key, asc = _INTERNAL_ERROR
             self._complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc)))
 
-    def _resume(self, task: ScsiTask, gen: Any, store: Any, fut: asyncio.Future[Any]) -> None:
-        exc = fut.exception()
-        self._step(task, gen, store, None if exc else fut.result(), exc)
-
     def _complete(self, task: ScsiTask, result: ScsiResult) -> None:
         waiter = self._running.pop(task, None)
         if self.conn is not None:
             self.conn.complete_task(task, result)
-            self._flush()
+            if not self._in_receive and not self._flush_scheduled:
+                # Completions arrive in batches: answer them all with one send.
+                self._flush_scheduled = True
+                self.loop.call_soon(self._deferred_flush)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
