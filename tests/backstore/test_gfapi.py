@@ -21,6 +21,10 @@ from gluster_iscsi.backstore.provision import create_backing, grow_backing
 pytestmark = pytest.mark.gluster
 
 MiB = 1 << 20
+# libgfapi's own log, next to the volume's other logs (see tests/gluster_env.py).
+_LOG = os.path.join(
+    os.environ.get("GLUSTER_WORKDIR", "/var/tmp/gluster-iscsi-env"), "gfapi-tests.log"
+)
 
 
 @pytest.fixture
@@ -35,7 +39,7 @@ def store_factory():
     opened: list[GfapiStore] = []
 
     def make(url: str, **kw) -> GfapiStore:
-        s = GfapiStore(url, log_file="/var/tmp/gluster-iscsi-env/gfapi-tests.log", **kw)
+        s = GfapiStore(url, log_file=_LOG, **kw)
         opened.append(s)
         return s
 
@@ -308,7 +312,7 @@ def _clients(env, count=2):
     for _ in range(count):
         v = gf.Volume(env.volume)
         v.set_volfile_server(env.host)
-        v.set_logging("/var/tmp/gluster-iscsi-env/gfapi-tests.log", gf.LOG_WARNING)
+        v.set_logging(_LOG, gf.LOG_WARNING)
         v.init()
         clients.append(v)
     return clients
@@ -471,5 +475,40 @@ def test_brick_loss_surfaces_enotconn_and_the_store_recovers(fault_gluster_volum
                     raise
                 time.sleep(0.5)
         assert s.read(0, 4096) == b"\x0a" * 4096  # the same store, no reopen needed
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("volume_fixture", ["gluster_volume", "plain_gluster_volume"])
+def test_random_operations_agree_with_a_bytearray_model(request, volume_fixture, name):
+    import random
+
+    from gluster_iscsi.backstore.gfapi.store import GfapiStore
+
+    env = request.getfixturevalue(volume_fixture)
+    rnd = random.Random(7)
+    size = 4 * MiB
+    s = GfapiStore(env.url(name), create_size=size, log_file=_LOG)
+    model = bytearray(size)
+    try:
+        for _ in range(150):
+            op = rnd.choice(["write", "write", "discard", "zeroes", "read"])
+            offset = rnd.randrange(size // 512) * 512
+            length = min(rnd.randrange(1, 256) * 512, size - offset)
+            if op == "write":
+                data = rnd.randbytes(length)
+                s.write(offset, data)
+                model[offset : offset + length] = data
+            elif op in ("discard", "zeroes"):
+                (s.discard if op == "discard" else s.write_zeroes)(offset, length)
+                model[offset : offset + length] = bytes(length)
+            else:
+                assert s.read(offset, length) == model[offset : offset + length]
+        s.flush()
+        assert s.read(0, size) == model
+        assert _read_fuse(env.fuse_path(name), 0, size) == model
+        for e in s.extents(0, size):
+            if not e.mapped:
+                assert model[e.offset : e.offset + e.length] == bytes(e.length)
     finally:
         s.close()
