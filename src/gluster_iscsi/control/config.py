@@ -284,6 +284,14 @@ def _params(raw: Any, field: str) -> dict[str, str]:
     return out
 
 
+def _list(raw: Any, field: str) -> list[Any]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(field, "must be a list")
+    return raw
+
+
 def _int(raw: Any, field: str, lo: int, hi: int) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or not lo <= raw <= hi:
         raise ConfigError(field, f"{raw!r} is not a whole number from {lo} to {hi}")
@@ -296,6 +304,8 @@ def _accounts_ref(raw: Any, accounts: dict[str, str], field: str) -> list[str]:
     if not isinstance(raw, list):
         raise ConfigError(field, "must be a list of account user names")
     for i, user in enumerate(raw):
+        if not isinstance(user, str):
+            raise ConfigError(f"{field}[{i}]", f"{user!r} is not an account user name")
         if user not in accounts:
             raise ConfigError(
                 f"{field}[{i}]", f"no CHAP account {user!r}", "create it first (auth account-add)"
@@ -308,6 +318,8 @@ def _accounts_ref(raw: Any, accounts: dict[str, str], field: str) -> list[str]:
 def _account_ref(raw: Any, accounts: dict[str, str], field: str) -> str | None:
     if raw is None:
         return None
+    if not isinstance(raw, str):
+        raise ConfigError(field, f"{raw!r} is not an account user name")
     if raw not in accounts:
         raise ConfigError(field, f"no CHAP account {raw!r}", "create it first (auth account-add)")
     return str(raw)
@@ -345,7 +357,7 @@ def validate_lun(raw: Any, field: str, target: str = "") -> dict[str, Any]:
             "give a file path, memory:SIZE, gluster://host/vol/path or vol@host:path",
         )
     bstype = raw.get("bstype") or guess_bstype(backing)
-    if bstype not in BSTYPES:
+    if not isinstance(bstype, str) or bstype not in BSTYPES:
         raise ConfigError(
             f"{field}.bstype",
             f"unknown backing store type {bstype!r}",
@@ -382,9 +394,13 @@ def validate_lun(raw: Any, field: str, target: str = "") -> dict[str, Any]:
         "read_only": read_only,
         "block_size": block_size,
     }
-    for key in ("options",):
-        if raw.get(key):
-            out[key] = raw[key]
+    options = raw.get("options")
+    if options:
+        if not isinstance(options, dict) or not all(
+            isinstance(k, str) and isinstance(v, str | int | bool) for k, v in options.items()
+        ):
+            raise ConfigError(f"{field}.options", "must be an object of name: value")
+        out["options"] = options
     return out
 
 
@@ -396,7 +412,7 @@ def validate_rule(raw: Any, accounts: dict[str, str], field: str) -> dict[str, A
         if not isinstance(name, str):
             raise ConfigError(f"{field}.initiator", "must be a string")
         try:
-            validate_name(name, force=bool(raw.get("forced")))
+            validate_name(name, force=raw.get("forced") is True)
         except InvalidName as e:
             raise ConfigError(
                 f"{field}.initiator",
@@ -404,7 +420,7 @@ def validate_rule(raw: Any, accounts: dict[str, str], field: str) -> dict[str, A
                 'fix the name, or add "forced": true to the rule to keep it',
             ) from None
         rule: dict[str, Any] = {"initiator": name}
-        if raw.get("forced"):
+        if raw.get("forced") is True:
             rule["forced"] = True
         incoming = _accounts_ref(raw.get("incoming"), accounts, f"{field}.incoming")
         outgoing = _account_ref(raw.get("outgoing"), accounts, f"{field}.outgoing")
@@ -430,7 +446,7 @@ def validate_target(raw: Any, accounts: dict[str, str], field: str) -> dict[str,
     name = raw.get("name")
     if not isinstance(name, str):
         raise ConfigError(f"{field}.name", "missing target name")
-    forced = bool(raw.get("forced"))
+    forced = raw.get("forced") is True
     try:
         validate_name(name, force=forced)
     except InvalidName as e:
@@ -442,7 +458,8 @@ def validate_target(raw: Any, accounts: dict[str, str], field: str) -> dict[str,
     if alias is not None and (not isinstance(alias, str) or len(alias.encode()) > 255):
         raise ConfigError(f"{field}.alias", "must be a string of at most 255 bytes")
     luns = [
-        validate_lun(x, f"{field}.luns[{i}]", name) for i, x in enumerate(raw.get("luns") or [])
+        validate_lun(x, f"{field}.luns[{i}]", name)
+        for i, x in enumerate(_list(raw.get("luns"), f"{field}.luns"))
     ]
     seen: set[int] = set()
     for lu in luns:
@@ -451,7 +468,8 @@ def validate_target(raw: Any, accounts: dict[str, str], field: str) -> dict[str,
         seen.add(lu["lun"])
     luns.sort(key=lambda x: x["lun"])
     acl = [
-        validate_rule(x, accounts, f"{field}.acl[{i}]") for i, x in enumerate(raw.get("acl") or [])
+        validate_rule(x, accounts, f"{field}.acl[{i}]")
+        for i, x in enumerate(_list(raw.get("acl"), f"{field}.acl"))
     ]
     keys = [r.get("initiator", "").lower() or r["network"] for r in acl]
     if len(set(keys)) != len(keys):
@@ -485,27 +503,32 @@ def validate(cfg: Any) -> dict[str, Any]:
         raise ConfigError(
             sorted(extra)[0], "unknown key", "known keys: " + ", ".join(sorted(known))
         )
-    accounts_raw = cfg.get("accounts") or {}
+    accounts_raw = cfg.get("accounts")
+    accounts_raw = {} if accounts_raw is None else accounts_raw
     if not isinstance(accounts_raw, dict):
         raise ConfigError("accounts", "must be an object of user: secret")
     accounts = {
         check_user(u, f"accounts.{u}"): check_secret(s, f"accounts.{u}")
         for u, s in accounts_raw.items()
     }
-    disc = cfg.get("discovery") or {}
+    disc = cfg.get("discovery")
+    disc = {} if disc is None else disc
     if not isinstance(disc, dict):
         raise ConfigError("discovery", "must be an object with incoming, outgoing")
     discovery = {
         "incoming": _accounts_ref(disc.get("incoming"), accounts, "discovery.incoming"),
         "outgoing": _account_ref(disc.get("outgoing"), accounts, "discovery.outgoing"),
     }
-    portals = [validate_portal(p, f"portals[{i}]") for i, p in enumerate(cfg.get("portals") or [])]
+    portals = [
+        validate_portal(p, f"portals[{i}]")
+        for i, p in enumerate(_list(cfg.get("portals"), "portals"))
+    ]
     pkeys = [(p["host"], p["port"]) for p in portals]
     if len(set(pkeys)) != len(pkeys):
         raise ConfigError("portals", "a portal is listed twice")
     targets = [
         validate_target(t, accounts, f"targets[{i}]")
-        for i, t in enumerate(cfg.get("targets") or [])
+        for i, t in enumerate(_list(cfg.get("targets"), "targets"))
     ]
     names: dict[str, int] = {}
     tids: set[int] = set()
