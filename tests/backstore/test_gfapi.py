@@ -512,3 +512,20 @@ def test_random_operations_agree_with_a_bytearray_model(request, volume_fixture,
                 assert model[e.offset : e.offset + e.length] == bytes(e.length)
     finally:
         s.close()
+
+
+def test_discard_and_zerofill_across_64mib_shard_boundaries(gluster_volume, store_factory, name):
+    s = store_factory(gluster_volume.url(name), create_size=192 * MiB)
+    s.write(62 * MiB, b"\x05" * (6 * MiB))
+    s.discard(63 * MiB, 2 * MiB)
+    assert s.read(63 * MiB, 2 * MiB) == bytes(2 * MiB)
+    assert s.read(62 * MiB, MiB) == b"\x05" * MiB
+    assert s.read(65 * MiB, MiB) == b"\x05" * MiB
+    s.write(126 * MiB, b"\x06" * (4 * MiB))
+    s.write_zeroes(127 * MiB, 2 * MiB)
+    assert s.read(127 * MiB, 2 * MiB) == bytes(2 * MiB)
+    assert s.read(126 * MiB, MiB) == b"\x06" * MiB
+    assert s.read(129 * MiB, MiB) == b"\x06" * MiB
+    s.discard(64 * MiB, 64 * MiB)  # exactly one whole shard
+    assert s.read(64 * MiB, 64 * MiB) == bytes(64 * MiB)
+    assert _read_fuse(gluster_volume.fuse_path(name), 127 * MiB, 4096) == bytes(4096)
