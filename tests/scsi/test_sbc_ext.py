@@ -216,8 +216,29 @@ def test_sanitize_overwrite_really_overwrites(make_harness) -> None:  # noqa: AN
     r = h.run(bytes([0x48, 0x01, 0, 0, 0, 0, 0, 0, len(params), 0]), data=params)
     assert r.status == Status.GOOD
     assert bytes(h.server.lu(0).store.data) == b"\xde\xad\xbe\xef" * (64 * 128)
-    r = h.run(bytes([0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0]))  # BLOCK ERASE: not offered
-    assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)
+    for cdb in (
+        bytes([0x48, 0x03, 0, 0, 0, 0, 0, 0, 0, 0]),  # CRYPTO ERASE: nothing is encrypted
+        bytes([0x48, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0]),  # EXIT FAILURE MODE: never fails
+        bytes([0x48, 0x41, 0, 0, 0, 0, 0, 0, len(params), 0]),  # reserved bit
+        bytes([0x48, 0x01, 0, 7, 0, 0, 0, 0, len(params), 0]),  # reserved byte
+    ):
+        assert h.sense(h.run(cdb, data=params)) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB), cdb.hex()
+
+
+def test_sanitize_block_erase_deallocates_everything(make_harness) -> None:  # noqa: ANN001
+    h = make_harness(blocks=64)
+    h.run(rw(0x2A, 0, 64), data=b"secret!!" * (64 * 64))
+    assert h.run(bytes([0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0])).status == Status.GOOD
+    assert bytes(h.server.lu(0).store.data) == bytes(64 * 512)
+    assert lba_status(bytes(h.run(gls(0)).data)) == [(0, 64, 1)]
+    r = h.run(bytes([0x48, 0x02, 0, 0, 0, 0, 0, 0, 8, 0]), data=bytes(8))
+    assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)  # no parameter list allowed
+
+
+def test_block_erase_not_offered_without_zeroing_discard(make_harness) -> None:  # noqa: ANN001
+    h = make_harness(blocks=8, capabilities=Capabilities(discard=True))
+    r = h.run(bytes([0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0]))
+    assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)  # a service action it lacks
 
 
 @pytest.mark.parametrize(
@@ -262,6 +283,7 @@ def test_sanitize_in_progress_blocks_other_commands(make_harness) -> None:  # no
     assert h.run(rw(0x28, 0, 1)).status == Status.GOOD
 
 
-def test_sanitize_not_offered_by_default(h: Harness) -> None:
+def test_sanitize_can_be_turned_off(make_harness) -> None:  # noqa: ANN001
+    h = make_harness(sanitize=False)
     r = h.run(bytes([0x48, 0x01, 0, 0, 0, 0, 0, 0, 8, 0]), data=bytes([1, 0, 0, 4]) + b"abcd")
     assert h.sense(r) == (ILLEGAL, Asc.INVALID_COMMAND_OPERATION_CODE)

@@ -13,7 +13,7 @@ import threading
 from typing import TYPE_CHECKING, cast
 
 from .context import Ctx, ReservationConflict
-from .opcodes import Command, lookup
+from .opcodes import TABLE, Command, lookup
 from .reservations import conflicts
 from .sense import (
     Asc,
@@ -195,7 +195,14 @@ class DeviceServer:
         # 3. The opcode table.
         if bad_action:
             raise invalid_cdb(1, 4)
-        if entry is None or not entry.offered_by(lu):
+        if entry is None:
+            raise invalid_opcode()
+        if not entry.offered_by(lu):
+            # A service action this LU lacks of an opcode it has is a bad field; an opcode
+            # with nothing to offer here is unsupported (SPC-4 4.2.5.3).
+            siblings = TABLE[cdb[0]].actions.values() if entry.service_action is not None else ()
+            if any(a.offered_by(lu) for a in siblings):
+                raise invalid_cdb(1, 4)
             raise invalid_opcode()
         control = cdb[entry.cdb_length - 1] if len(cdb) >= entry.cdb_length else 0
         if control & 0x05:  # NACA (no ACA support) or the obsolete LINK bit

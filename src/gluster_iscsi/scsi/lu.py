@@ -73,7 +73,7 @@ class LogicalUnit:
         product: str = "iSCSI Disk",
         revision: str = "0001",
         read_only: bool = False,
-        sanitize: bool = False,
+        sanitize: bool = True,
         on_persist: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> None:
         if block_size < 512 or block_size & (block_size - 1):
@@ -96,8 +96,8 @@ class LogicalUnit:
         #: Guards this object's state (unit attentions, reservations) across threads.
         self.state_lock = threading.RLock()
         self.started = True
-        #: SANITIZE OVERWRITE is offered only when the daemon allows it (it rewrites the
-        #: whole LU inside one command, so the transport must not cancel it midway).
+        #: SANITIZE is offered unless the daemon turns it off (it rewrites the whole LU inside
+        #: one command, so the transport must let it run to the end).
         self.sanitize_allowed = sanitize
         self.sanitizing = False
         self.prevent_removal: set[str] = set()

@@ -90,6 +90,12 @@ def _can_sanitize(lu: LogicalUnit) -> bool:
     return lu.sanitize_allowed
 
 
+def _can_block_erase(lu: LogicalUnit) -> bool:
+    """BLOCK ERASE deallocates everything: honest only if deallocated blocks read zero."""
+    caps = lu.store.capabilities
+    return lu.sanitize_allowed and caps.discard and caps.discard_zeroes
+
+
 def _prevent_access(cdb: bytes) -> Access:
     return Access.WRITE if cdb[4] & 0x03 else Access.ALWAYS
 
@@ -291,16 +297,32 @@ _ENTRIES: list[Command] = [
         media=True,
         available=_can_discard,
     ),
-    _c(
+    _group(
         0x48,
         "SANITIZE",
-        sbc.sanitize,
-        "489f0000000000ffff00",
-        direction=D.OUT,
-        write=True,
-        media=True,
-        timeout=3600,
-        available=_can_sanitize,
+        _sa(
+            0x48,
+            0x01,
+            "SANITIZE/OVERWRITE",
+            sbc.sanitize,
+            "48810000000000ffff00",
+            direction=D.OUT,
+            write=True,
+            media=True,
+            timeout=3600,
+            available=_can_sanitize,
+        ),
+        _sa(
+            0x48,
+            0x02,
+            "SANITIZE/BLOCK ERASE",
+            sbc.sanitize,
+            "48820000000000000000",
+            write=True,
+            media=True,
+            timeout=3600,
+            available=_can_block_erase,
+        ),
     ),
     _c(0x55, "MODE SELECT(10)", spc.mode_select, "55100000000000ffff00", direction=D.OUT),
     _c(0x56, "RESERVE(10)", pr.reserve, "56000000000000000000", access=_WRITE),

@@ -454,19 +454,33 @@ def read_defect_data(ctx: Ctx) -> ScsiResult:
 
 
 def sanitize(ctx: Ctx) -> Execution:
-    """SANITIZE OVERWRITE: really overwrite every block with the pattern (SBC-3 5.30).
+    """SANITIZE (SBC-3 5.30): OVERWRITE really writes the pattern over every block; BLOCK
+    ERASE (offered only when deallocated blocks read back zero) deallocates them all.
 
-    Every malformed parameter list is INVALID FIELD IN CDB, as libiscsi's sanitize tests
-    expect. While it runs, other commands get NOT READY / SANITIZE IN PROGRESS.
+    Every malformed CDB or parameter list is INVALID FIELD IN CDB, as libiscsi's sanitize
+    tests expect. While it runs, other commands get NOT READY / SANITIZE IN PROGRESS.
     """
     cdb, lu = ctx.cdb, ctx.lu
     action = cdb[1] & 0x1F
-    if action != 0x01:
-        raise invalid_cdb(1, 4)
+    if cdb[1] & 0x40:
+        raise invalid_cdb(1, 6)  # reserved
     if cdb[1] & 0x20:  # AUSE: no failure mode to exit
         raise invalid_cdb(1, 5)
+    if any(cdb[2:7]):
+        raise invalid_cdb(next(i for i in range(2, 7) if cdb[i]))
     length = int.from_bytes(cdb[7:9], "big")
     bs = lu.block_size
+    total = lu.block_count * bs
+    if action == 0x02:  # BLOCK ERASE takes no parameter list
+        if length:
+            raise invalid_cdb(7)
+        lu.sanitizing = True
+        try:
+            yield DiscardOp(0, total, lu.io_lock)
+            yield FlushOp()
+        finally:
+            lu.sanitizing = False
+        return ScsiResult()
     if length < 5 or length > bs + 4:
         raise invalid_cdb(7)
     params = ctx.parameter_list(length)
@@ -480,7 +494,6 @@ def sanitize(ctx: Ctx) -> Execution:
     pattern = bytes(params[4 : 4 + plen])
     block = (pattern * (bs // plen + 1))[:bs]
     inverted = bytes(b ^ 0xFF for b in block)
-    total = lu.block_count * bs
     lu.sanitizing = True
     try:
         for i in range(owcount):
