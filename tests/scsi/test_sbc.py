@@ -224,3 +224,12 @@ def test_read_only_lu_refuses_writes(make_harness) -> None:  # noqa: ANN001
     assert h.run(rw(0x28, 0, 1)).status == Status.GOOD
     assert h.run(rw(0x35, 0, 0)).status == Status.GOOD
     assert bytes(h.run("1a003f00ff00").data)[2] & 0x80  # WP in MODE SENSE
+
+
+def test_max_transfer_length_is_per_lu(make_harness) -> None:  # noqa: ANN001
+    h = make_harness(blocks=70000, max_transfer_bytes=32 << 20)
+    data = bytes(h.run("1201b0004000").data)
+    assert struct.unpack(">I", data[8:12])[0] == 65536
+    assert h.run(rw(0x8A, 0, 65536), data=bytes(32 << 20)).status == Status.GOOD
+    r = h.run(rw(0x88, 0, 65537))
+    assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)

@@ -64,6 +64,8 @@ def test_compare_and_write_miscompare_reports_offset_and_writes_nothing(h: Harne
 
 def test_compare_and_write_limits(h: Harness) -> None:
     assert h.run(caw(0, 0)).status == Status.GOOD
+    # 256 blocks' worth of data with the 8-bit NUMBER OF LOGICAL BLOCKS wrapped to 0
+    assert h.sense(h.run(caw(0, 0), data=bytes(2 * 256 * 512)))[1] == Asc.INVALID_FIELD_IN_CDB
     r = h.run(caw(0, 9), data=bytes(9 * 1024))
     assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)
     assert h.sense(h.run(caw(BLOCKS - 1, 2), data=bytes(2048))) == (ILLEGAL, Asc.LBA_OUT_OF_RANGE)

@@ -74,6 +74,7 @@ class LogicalUnit:
         revision: str = "0001",
         read_only: bool = False,
         sanitize: bool = True,
+        max_transfer_bytes: int = 8 << 20,
         on_persist: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> None:
         if block_size < 512 or block_size & (block_size - 1):
@@ -96,6 +97,9 @@ class LogicalUnit:
         #: Guards this object's state (unit attentions, reservations) across threads.
         self.state_lock = threading.RLock()
         self.started = True
+        #: Largest READ/WRITE a command may move (VPD B0h); larger ones are INVALID FIELD IN
+        #: CDB. Data-out is buffered whole, so this bounds memory per command.
+        self.max_transfer_bytes = max(block_size, max_transfer_bytes // block_size * block_size)
         #: SANITIZE is offered unless the daemon turns it off (it rewrites the whole LU inside
         #: one command, so the transport must let it run to the end).
         self.sanitize_allowed = sanitize

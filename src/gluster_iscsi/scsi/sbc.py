@@ -33,7 +33,6 @@ from .sense import (
 from .spc import (
     MAX_COMPARE_AND_WRITE_BLOCKS,
     MAX_LBA_STATUS_BLOCKS,
-    MAX_TRANSFER_BYTES,
     MAX_UNMAP_BLOCKS,
     MAX_UNMAP_DESCRIPTORS,
     MAX_WRITE_SAME_BLOCKS,
@@ -76,7 +75,7 @@ def _no_protection(cdb: bytes) -> None:
 
 
 def _check_transfer(lu: LogicalUnit, n: int, field: int) -> None:
-    if n * lu.block_size > MAX_TRANSFER_BYTES:
+    if n * lu.block_size > lu.max_transfer_bytes:
         raise invalid_cdb(field)
 
 
@@ -275,14 +274,15 @@ def compare_and_write(ctx: Ctx) -> Execution:
         raise invalid_cdb(13)
     check_range(lu, lba, n)
     bs = lu.block_size
-    if n == 0:
-        return ScsiResult(transfer_length=0)
     need = 2 * n * bs
     data = ctx.parameter_list(need + 1)
     if len(data) != need:
         # Verify and write data must be exactly 2 x NUMBER OF LOGICAL BLOCKS: anything else
-        # means the initiator and we disagree about which half is which.
+        # means the initiator and we disagree about which half is which (libiscsi sends 256
+        # blocks' worth with the 8-bit field wrapped to 0 and expects this refusal).
         raise invalid_cdb(13)
+    if n == 0:
+        return ScsiResult(transfer_length=0)
     fua = bool(cdb[1] & 0x08) or not lu.write_cache
     miscompare = yield CompareAndWriteOp(lba * bs, data[: n * bs], data[n * bs :], fua, lu.io_lock)
     if miscompare is not None:

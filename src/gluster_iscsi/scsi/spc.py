@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 #: Version descriptors (SPC-4 table 142): SAM-5, iSCSI (RFC 7143 era: 0960h), SPC-4, SBC-3.
 VERSION_DESCRIPTORS = (0x00A0, 0x0960, 0x0460, 0x04C0)
-#: Largest single data transfer we accept (VPD B0h MAXIMUM TRANSFER LENGTH).
+#: Default largest single data transfer (VPD B0h MAXIMUM TRANSFER LENGTH); per LU it is
+#: ``LogicalUnit.max_transfer_bytes``.
 MAX_TRANSFER_BYTES = 8 << 20
 #: Preferred transfer sizes (VPD B0h OPTIMAL ...), chosen for GlusterFS/network filesystems.
 OPTIMAL_TRANSFER_BYTES = 1 << 20
@@ -129,7 +130,7 @@ def _vpd_block_limits(ctx: Ctx, lu: LogicalUnit) -> bytes:
     out[0] = 0x01  # WSNZ: a zero-length WRITE SAME is refused, not "to the end"
     out[1] = MAX_COMPARE_AND_WRITE_BLOCKS
     out[2:4] = max(1, OPTIMAL_GRANULARITY_BYTES // bs).to_bytes(2, "big")
-    out[4:8] = (MAX_TRANSFER_BYTES // bs).to_bytes(4, "big")
+    out[4:8] = (lu.max_transfer_bytes // bs).to_bytes(4, "big")
     out[8:12] = (OPTIMAL_TRANSFER_BYTES // bs).to_bytes(4, "big")
     if caps.discard:
         out[16:20] = MAX_UNMAP_BLOCKS.to_bytes(4, "big")

@@ -60,8 +60,9 @@ def _resolve_cscd(ctx: Ctx, desc: memoryview, index: int) -> LogicalUnit:
     base = HEADER + index * CSCD_LENGTH
     if desc[0] != IDENTIFICATION_CSCD:
         raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE)
-    if desc[1] >> 6:  # LU ID TYPE other than LUN
-        raise invalid_cdb(1)  # what libiscsi's validate_tgt_descr test expects
+    # LU ID TYPE (byte 1 bits 7-6) is not looked at: an identification descriptor names its
+    # LU by the designator (libiscsi 1.19's validate_tgt_descr expects a reserved value to
+    # be accepted).
     if desc[1] & 0x20:  # NUL: no LU to copy to/from
         raise _copy_aborted(Asc.COPY_TARGET_DEVICE_NOT_REACHABLE)
     if desc[1] & 0x1F:  # only direct-access block devices
