@@ -32,6 +32,7 @@ from targets import (  # noqa: E402
 
 GIB = float(1 << 30)
 LATCLIENT = os.path.join(HERE, "latclient.py")
+BG_DISTURBED = 0.25  # CPUs' worth of other work above which a row's ops/s ratio is flagged
 QEMU_RANDOM_STRIDE = 104729  # prime: 4K slots visited as a permutation of the 1 GiB LUN
 
 
@@ -239,6 +240,13 @@ class WorkloadResult:
             d["p99_us"] = statistics.median(x.p99_us for x in xs)
         return d
 
+    def cpu_ratios(self) -> list[float]:
+        out = []
+        for sa, sb in zip(self.a, self.b):
+            if sa.error is None and sb.error is None and sa.nbytes and sb.nbytes and sa.cpu_s > 0:
+                out.append((sb.cpu_s / sb.nbytes) / (sa.cpu_s / sa.nbytes))
+        return out
+
     def ratios(self) -> list[float]:
         out = []
         for sa, sb in zip(self.a, self.b):
@@ -283,11 +291,14 @@ def fio_ceiling(target_args: list[str], seconds: float, size: str, only: tuple[s
     for name, args in FIO_JOBS:
         if only and name not in only:
             continue
+        if any(a.startswith("--ioengine=gfapi") for a in target_args):
+            # engine options (--volume, --brick) must follow --ioengine; QD>1 needs the async engine
+            engine = "gfapi_async" if "--iodepth=32" in args else "gfapi"
+            args = [a for a in args if not a.startswith("--ioengine=")]
+            target_args = [f"--ioengine={engine}"] + [a for a in target_args if not a.startswith("--ioengine=")]
         cmd = ["fio", "--name=ceiling", *target_args, f"--size={size}", "--time_based",
                f"--runtime={max(1, round(seconds))}", "--numjobs=1", "--output-format=json",
                "--randrepeat=1", *args]
-        if "gfapi" in " ".join(target_args):
-            cmd = [c for c in cmd if not c.startswith("--ioengine=")] + ["--ioengine=gfapi"]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
         try:
             j = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
@@ -543,6 +554,8 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
              "A": wr.summary("a"), "B": wr.summary("b"),
              "ratio": ({"median": statistics.median(wr.ratios()), "min": min(wr.ratios()),
                         "max": max(wr.ratios())} if wr.ratios() else None),
+             "cpu_ratio": ({"median": statistics.median(wr.cpu_ratios()), "min": min(wr.cpu_ratios()),
+                            "max": max(wr.cpu_ratios())} if wr.cpu_ratios() else None),
              "samples": {"A": [s.__dict__ for s in wr.a], "B": [s.__dict__ for s in wr.b]}}
             for wr in results]
     except Exception as e:  # keep the other backends going, report the failure
@@ -597,7 +610,8 @@ def render(report: dict) -> str:
              f"{report['settings']['rounds']} rounds, {report['settings']['seconds']} s each, order "
              f"{report['settings']['order']})")
     pin = report["settings"]["pin"]
-    L.append(f"CPU placement: daemons on CPUs {pin['daemon'] or 'any'}, clients on CPUs {pin['client'] or 'any'}")
+    L.append(f"CPU placement: daemons on CPUs {pin['daemon'] or 'any'}, clients on CPUs {pin['client'] or 'any'}; "
+             f"nice {report['settings'].get('nice', 0)} for both daemons and all clients")
     L.append("Target session params set on both: " + ", ".join(f"{k}={v}" for k, v in SESSION_PARAMS.items()))
     L.append("bg CPU = CPUs' worth of other work on the machine during the runs (other daemons, other users); "
              "well above 0 means the numbers were disturbed. CPU s/GiB = the daemon's user+system CPU per GiB moved.")
@@ -649,8 +663,8 @@ def render(report: dict) -> str:
         if sec.get("workloads"):
             L.append("")
             L.append("| workload | client | A ops/s | B ops/s | A MB/s | B MB/s | A p50/p99 us | B p50/p99 us "
-                     "| A CPU s/GiB | B CPU s/GiB | B/A ops/s [min..max] | bg CPU |")
-            L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                     "| A CPU s/GiB | B CPU s/GiB | B/A ops/s [min..max] | B/A CPU per GiB [min..max] | bg CPU |")
+            L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for w in sec["workloads"]:
                 A, B, r = w["A"], w["B"], w["ratio"]
 
@@ -660,11 +674,23 @@ def render(report: dict) -> str:
                 def cell(s, k, nd=0):
                     return "ERR" if "error" in s else fmt(s.get(k), nd)
                 rtxt = f"{r['median']:.2f} [{r['min']:.2f}..{r['max']:.2f}]" if r else "-"
+                cr = w.get("cpu_ratio")
+                if cr is None and w.get("samples"):  # runs saved before the column existed
+                    wr = WorkloadResult(WORKLOADS[0], [Sample(**x) for x in w["samples"]["A"]],
+                                        [Sample(**x) for x in w["samples"]["B"]])
+                    rs = wr.cpu_ratios()
+                    cr = {"median": statistics.median(rs), "min": min(rs), "max": max(rs)} if rs else None
+                ctxt = f"{cr['median']:.2f} [{cr['min']:.2f}..{cr['max']:.2f}]" if cr else "-"
                 bg = [x["other_cpu"] for x in (A, B) if "other_cpu" in x]
                 bgtxt = f"{max(bg):.2f}" if bg else "-"
+                if bg and max(bg) > BG_DISTURBED:
+                    rtxt += " *"
                 L.append(f"| {w['name']} | {w['client']} | {cell(A, 'ops_s')} | {cell(B, 'ops_s')} | "
                          f"{cell(A, 'mb_s')} | {cell(B, 'mb_s')} | {lat(A)} | {lat(B)} | "
-                         f"{cell(A, 'cpu_s_per_gib', 2)} | {cell(B, 'cpu_s_per_gib', 2)} | {rtxt} | {bgtxt} |")
+                         f"{cell(A, 'cpu_s_per_gib', 2)} | {cell(B, 'cpu_s_per_gib', 2)} | {rtxt} | {ctxt} | {bgtxt} |")
+            if any(max([w[x].get("other_cpu", 0) for x in "AB"] or [0]) > BG_DISTURBED for w in sec["workloads"]):
+                L.append(f"\n\\* bg CPU > {BG_DISTURBED}: other work competed for the CPUs during these runs; "
+                         "the ops/s ratio is not trustworthy there (the CPU-per-GiB ratio holds up much better).")
             errs = [(w["name"], s, w[s]["error"]) for w in sec["workloads"] for s in "AB" if "error" in w[s]]
             for name, s, e in errs:
                 L.append(f"- {name} {s}: {e.strip()[:200]}")
@@ -712,8 +738,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of: tmpfs (file on /dev/shm), fuse (file on a FUSE-mounted Gluster "
                          "volume, both targets), gfapi (B on its gfapi store vs A on FUSE)")
     ap.add_argument("--workloads", default="", help="comma list of workload names (default: all)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=4.0, help="per measured run")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=3.0, help="per measured run")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per workload and target")
     ap.add_argument("--order", choices=["abab", "abba"], default="abab")
     ap.add_argument("--calib-bytes", type=float, default=64e6,
@@ -740,14 +766,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=os.path.join(HERE, "results", "last.json"), help="where to write raw results")
     ap.add_argument("--update-benchmarks", action="store_true",
                     help="replace the last-run section of BENCHMARKS.md with this run's report")
+    ap.add_argument("--nice", type=int, default=-10,
+                    help="scheduling priority for daemons, clients and harness alike (default -10: a shared "
+                         "machine's background work disturbs the runs less; 0 to leave it)")
     ap.add_argument("--pin", default="auto",
                     help="CPU placement, identical for both targets: auto (daemons on the first half of "
                          "the CPUs, clients and harness on the rest), none, or DAEMON:CLIENT cpu lists "
                          "like 0:1. Unpinned runs on 2 CPUs vary by 2x with the scheduler's placement.")
+    ap.add_argument("--render", default="", metavar="JSON",
+                    help="print the report of a saved run (with --update-benchmarks: put it in BENCHMARKS.md)")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        text = render(saved) + f"\nElapsed: {saved.get('elapsed_s', 0):.0f} s\n"
+        print(text)
+        if args.update_benchmarks:
+            update_benchmarks_md(text, os.path.join(REPO, "BENCHMARKS.md"))
+        return 0
     args.daemon_cpus, client_cpus = parse_pin(args.pin)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)  # the harness and every client it starts
+    if args.nice:
+        try:  # inherited by both daemons and every client alike
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        except OSError as e:
+            log(f"cannot renice to {args.nice}: {e}")
+            args.nice = 0
 
     if args.smoke:
         args.rounds, args.seconds, args.warmup = 1, 1.0, 0.0
@@ -762,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"missing tools: {missing} (apt-get install tgt libiscsi-bin qemu-utils qemu-block-extra)")
 
     report: dict = {"machine": machine_info(), "command": " ".join(["bench/run", *(argv if argv is not None else sys.argv[1:])]),
-                    "settings": {"pin": {"daemon": sorted(args.daemon_cpus or []), "client": sorted(client_cpus or [])},
+                    "settings": {"nice": args.nice, "pin": {"daemon": sorted(args.daemon_cpus or []), "client": sorted(client_cpus or [])},
                                  "rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup,
                                  "order": args.order, "idle_sessions": args.idle_sessions, "smoke": args.smoke}}
     if args.target_b == "auto":
