@@ -327,8 +327,6 @@ def test_acl_by_address_is_enforced_at_login(serve, backing):
     assert _inq(serve, T1) == 0
 
 
-@pytest.mark.xfail(reason="the login code reads target.incoming; per-initiator accounts need "
-                          "Target.chap_for(initiator) there", strict=False)  # fmt: skip
 def test_per_initiator_chap_is_enforced_at_login(serve, backing):
     cookbook(serve, backing)
     special = "iqn.2026-11.org.example:special"

@@ -309,6 +309,25 @@ def test_chap_wrong_secret_fails_with_authentication_failure():
     assert (r3.status_class, r3.status_detail) == (2, 1)
 
 
+def test_per_initiator_chap_account_applies_only_to_that_initiator():
+    reg = registry()
+    target = reg.targets[TNAME]
+    target.acl.append(AccessRule(initiator=INAME, incoming=[ChapAccount("bob", "bob-secret-1234")]))
+    conn = new_conn(reg)
+    _, (r,) = feed(conn, I.login(OPERATIONAL))  # INAME must now authenticate
+    assert (r.status_class, r.status_detail) == (2, 1)
+    other = [(k, "iqn.1994-05.com.example:other" if k == "InitiatorName" else v) for k, v in OPERATIONAL]
+    _, (r,) = feed(new_conn(reg), I.login(other))
+    assert r.status_class == 0
+
+
+def test_per_target_parameters_override_the_daemon_defaults():
+    reg = registry(params={"MaxBurstLength": "65536", "FirstBurstLength": "65536"})
+    conn = new_conn(reg)
+    _, (r,) = feed(conn, I.login(OPERATIONAL))
+    assert r.pairs()["MaxBurstLength"] == "65536"
+
+
 def test_skipping_chap_when_required_fails():
     reg = registry(incoming=[ChapAccount("alice", "correct-horse-battery")])
     conn = new_conn(reg)

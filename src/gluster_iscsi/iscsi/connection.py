@@ -406,7 +406,9 @@ class Connection:
             if not target.allows(name, self.peer_address):
                 raise LoginError(2, 2, f"{name} at {self.peer_address} is not allowed on {tname}")
             self.target = target
-            accounts, outgoing = target.incoming, target.outgoing
+            # Per-target parameters (e.g. a smaller MaxBurstLength) override the daemon's.
+            self._negotiator = Negotiator(target.offered_params(self.target_params))
+            accounts, outgoing = target.chap_for(name)
         else:
             accounts, outgoing = reg.discovery_incoming, reg.discovery_outgoing
         self._auth_required = bool(accounts)
