@@ -127,7 +127,10 @@ def test_write_same_ndob_anchor_and_zero_length(h: Harness) -> None:
         ILLEGAL,
         Asc.INVALID_FIELD_IN_CDB,
     )
-    assert h.sense(h.run(ws(0x41, 0, 0), data=bytes(512))) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)
+    # zero blocks: from the LBA to the end of the medium (WSNZ=0)
+    assert h.run(ws(0x41, BLOCKS - 3, 0), data=b"\x5a" * 512).status == Status.GOOD
+    assert bytes(h.run(rw(0x28, BLOCKS - 4, 4)).data) == bytes(512) + b"\x5a" * 1536
+    assert h.run(ws(0x93, BLOCKS, 0), data=bytes(512)).status == Status.GOOD  # nothing left
     assert h.sense(h.run(ws(0x41, BLOCKS - 1, 2), data=bytes(512))) == (
         ILLEGAL,
         Asc.LBA_OUT_OF_RANGE,

@@ -77,12 +77,12 @@ def test_naa_is_stable_per_serial(make_harness) -> None:  # noqa: ANN001
 def test_vpd_block_limits(h: Harness) -> None:
     data = bytes(h.run("1201b0004000").data)
     assert data[:4] == bytes([0, 0xB0, 0, 0x3C])
-    assert data[4] & 1  # WSNZ
+    assert data[4] & 1 == 0  # WSNZ 0: a zero-length WRITE SAME runs to the end
     assert data[5] == 8  # MAX COMPARE AND WRITE LENGTH
     assert struct.unpack(">I", data[8:12])[0] == (8 << 20) // 512
     assert struct.unpack(">I", data[20:24])[0] > 0  # MAX UNMAP LBA COUNT: store can discard
     assert struct.unpack(">I", data[24:28])[0] == 256
-    assert struct.unpack(">Q", data[36:44])[0] > 0
+    assert struct.unpack(">Q", data[36:44])[0] == 2048  # MAX WRITE SAME LENGTH: the whole LU
 
 
 def test_vpd_limits_and_provisioning_without_discard(make_harness) -> None:  # noqa: ANN001
@@ -92,12 +92,14 @@ def test_vpd_limits_and_provisioning_without_discard(make_harness) -> None:  # n
     assert bytes(h.run("1201b2000800").data) == bytes([0, 0xB2, 0, 4, 0, 0, 0, 0])
     rc16 = bytes(h.run("9e100000000000000000000000200000").data)
     assert rc16[14] == 0
+    assert bytes(h.run("1201b1004000").data)[7] == 0  # no BLOCK ERASE, no WABEREQ
 
 
 def test_vpd_provisioning_and_characteristics(h: Harness) -> None:
     assert bytes(h.run("1201b2000800").data) == bytes([0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0])
     b1 = bytes(h.run("1201b1004000").data)
     assert b1[4:6] == b"\x00\x01"  # non-rotating medium
+    assert b1[7] == 0x40  # WABEREQ 01b: SANITIZE BLOCK ERASE is offered, reads return zeroes
 
 
 def test_inquiry_unconfigured_lun(h: Harness) -> None:

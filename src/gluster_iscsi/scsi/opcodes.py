@@ -91,9 +91,7 @@ def _can_sanitize(lu: LogicalUnit) -> bool:
 
 
 def _can_block_erase(lu: LogicalUnit) -> bool:
-    """BLOCK ERASE deallocates everything: honest only if deallocated blocks read zero."""
-    caps = lu.store.capabilities
-    return lu.sanitize_allowed and caps.discard and caps.discard_zeroes
+    return spc.offers_block_erase(lu)
 
 
 def _prevent_access(cdb: bytes) -> Access:

@@ -35,7 +35,6 @@ from .spc import (
     MAX_LBA_STATUS_BLOCKS,
     MAX_UNMAP_BLOCKS,
     MAX_UNMAP_DESCRIPTORS,
-    MAX_WRITE_SAME_BLOCKS,
 )
 from .task import ScsiResult
 
@@ -333,11 +332,9 @@ def write_same(ctx: Ctx) -> Execution:
     unmap = bool(cdb[1] & 0x08)
     ndob = sixteen and bool(cdb[1] & 0x01)
     bs = lu.block_size
-    check_range(lu, lba, n)  # before WSNZ: a zero-length WRITE SAME past the end is OOB
+    check_range(lu, lba, n)
     if n == 0:
-        raise invalid_cdb(field)  # WSNZ=1 in VPD B0h
-    if n > MAX_WRITE_SAME_BLOCKS:
-        raise invalid_cdb(field)
+        n = lu.block_count - lba  # WSNZ=0: zero blocks means up to the end of the medium
     if ndob:
         block = bytes(bs)
     else:

@@ -27,7 +27,6 @@ OPTIMAL_GRANULARITY_BYTES = 4096
 MAX_UNMAP_DESCRIPTORS = 256
 #: Blocks one UNMAP descriptor may name (libiscsi calls more than 2^20 insane).
 MAX_UNMAP_BLOCKS = 1 << 20
-MAX_WRITE_SAME_BLOCKS = 1 << 20
 #: Blocks one GET LBA STATUS looks at.
 MAX_LBA_STATUS_BLOCKS = 1 << 24
 MAX_COMPARE_AND_WRITE_BLOCKS = 8
@@ -127,7 +126,7 @@ def _vpd_block_limits(ctx: Ctx, lu: LogicalUnit) -> bytes:
     bs = lu.block_size
     caps = lu.store.capabilities
     out = bytearray(0x3C)
-    out[0] = 0x01  # WSNZ: a zero-length WRITE SAME is refused, not "to the end"
+    # WSNZ 0: a zero-length WRITE SAME means "to the end of the medium" (SBC-3 5.42).
     out[1] = MAX_COMPARE_AND_WRITE_BLOCKS
     out[2:4] = max(1, OPTIMAL_GRANULARITY_BYTES // bs).to_bytes(2, "big")
     out[4:8] = (lu.max_transfer_bytes // bs).to_bytes(4, "big")
@@ -137,7 +136,8 @@ def _vpd_block_limits(ctx: Ctx, lu: LogicalUnit) -> bytes:
         out[20:24] = MAX_UNMAP_DESCRIPTORS.to_bytes(4, "big")
         out[24:28] = max(1, OPTIMAL_GRANULARITY_BYTES // bs).to_bytes(4, "big")
         out[28:32] = (0x80000000).to_bytes(4, "big")  # UGAVALID, alignment 0
-    out[32:40] = MAX_WRITE_SAME_BLOCKS.to_bytes(8, "big")
+    # Writes and deallocations are chunked, so any length up to the whole LU is fine.
+    out[32:40] = max(lu.block_count, 1).to_bytes(8, "big")
     return bytes(out)
 
 
@@ -145,6 +145,8 @@ def _vpd_characteristics(ctx: Ctx, lu: LogicalUnit) -> bytes:
     """VPD B1h: non-rotating medium (SBC-3 6.5.2)."""
     out = bytearray(0x3C)
     out[0:2] = (1).to_bytes(2, "big")
+    if offers_block_erase(lu):
+        out[3] = 0x40  # WABEREQ 01b: reads after BLOCK ERASE succeed (they return zeroes)
     return bytes(out)
 
 
@@ -367,3 +369,9 @@ def report_target_port_groups(ctx: Ctx) -> ScsiResult:
     else:
         out = len(body).to_bytes(4, "big") + bytes(body)
     return data_in(out, alloc)
+
+
+def offers_block_erase(lu: LogicalUnit) -> bool:
+    """SANITIZE BLOCK ERASE deallocates everything: honest only if that reads back zero."""
+    caps = lu.store.capabilities
+    return lu.sanitize_allowed and caps.discard and caps.discard_zeroes
