@@ -601,30 +601,30 @@ def render(report: dict) -> str:
     m = report["machine"]
     a, b = report["targets"]["A"], report["targets"]["B"]
     L = []
-    L.append(f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, kernel {m['kernel']}, {m['memory']} RAM, "
+    L.append(f"- Machine: {m['nproc']} CPUs, {m['cpu_model']}, kernel {m['kernel']}, {m['memory']} RAM, "
              f"Python {m['python']}")
-    L.append(f"Versions: tgt {m['tgt']}, libiscsi {m['libiscsi']}, qemu-utils {m['qemu-utils']}, "
+    L.append(f"- Versions: tgt {m['tgt']}, libiscsi {m['libiscsi']}, qemu-utils {m['qemu-utils']}, "
              f"{m['fio']}, glusterfs {m['glusterfs']}; repo {m['git']}; {m['date_utc']}")
-    L.append(f"Command: {report['command']}")
-    L.append(f"A = {a}, B = {b}; ratio = B/A of ops/s per round (median [min..max] over "
+    L.append(f"- Command: `{report['command']}`")
+    L.append(f"- A = {a}, B = {b}; ratio = B/A of ops/s per round (median [min..max] over "
              f"{report['settings']['rounds']} rounds, {report['settings']['seconds']} s each, order "
              f"{report['settings']['order']})")
     pin = report["settings"]["pin"]
-    L.append(f"CPU placement: daemons on CPUs {pin['daemon'] or 'any'}, clients on CPUs {pin['client'] or 'any'}; "
+    L.append(f"- CPU placement: daemons on CPUs {pin['daemon'] or 'any'}, clients on CPUs {pin['client'] or 'any'}; "
              f"nice {report['settings'].get('nice', 0)} for both daemons and all clients")
-    L.append("Target session params set on both: " + ", ".join(f"{k}={v}" for k, v in SESSION_PARAMS.items()))
-    L.append("bg CPU = CPUs' worth of other work on the machine during the runs (other daemons, other users); "
+    L.append("- Target session params set on both: " + ", ".join(f"{k}={v}" for k, v in SESSION_PARAMS.items()))
+    L.append("- bg CPU = CPUs' worth of other work on the machine during the runs (other daemons, other users); "
              "well above 0 means the numbers were disturbed. CPU s/GiB = the daemon's user+system CPU per GiB moved.")
     g = report.get("gluster")
     if g:
-        L.append(f"Gluster: volume {g['volume']} ({g['source'] or '-'}) mounted at {g['mount'] or '-'}"
+        L.append(f"- Gluster: volume {g['volume']} ({g['source'] or '-'}) mounted at {g['mount'] or '-'}"
                  + (f"; {g['note']}" if g.get("note") else ""))
     if report.get("target_b_note"):
-        L.append(f"NOTE: {report['target_b_note']}")
+        L.append(f"- NOTE: {report['target_b_note']}")
     L.append("")
     c = report.get("ceilings", {})
     if c:
-        L.append("## Ceilings")
+        L.append("### Ceilings")
         ip = c.get("iperf3", {})
         L.append(f"- loopback TCP (iperf3, 1 stream): "
                  + (f"{ip['gbit_s']:.1f} Gbit/s ({ip['mb_s']:,.0f} MB/s)" if "gbit_s" in ip else ip.get("error", "-")))
@@ -644,22 +644,22 @@ def render(report: dict) -> str:
             L.append(f"- fio on {be}: " + "; ".join(parts))
         L.append("")
     for be, sec in report.get("backends", {}).items():
-        L.append(f"## Backend: {be} (A: {sec.get('backing_a')}; B: {sec.get('backing_b')})")
+        L.append(f"### Backend: {be} (A: {sec.get('backing_a')}; B: {sec.get('backing_b')})")
         if sec.get("skipped"):
-            L.append(f"SKIPPED: {sec['skipped']}")
+            L.append(f"- SKIPPED: {sec['skipped']}")
             L.append("")
             continue
         if sec.get("error"):
-            L.append(f"ERROR: {sec['error']}")
+            L.append(f"- ERROR: {sec['error']}")
         terms = sec.get("terms")
         if terms:
             ta, tb = terms["A"], terms["B"]
             same = "same on both" if not sec.get("terms_differ") else "DIFFER: " + ", ".join(sec["terms_differ"])
-            L.append(f"Terms as negotiated ({same}): "
+            L.append(f"- Terms as negotiated ({same}): "
                      + ", ".join(f"{k}={ta.get(k)}" + (f"/{tb.get(k)}" if ta.get(k) != tb.get(k) else "")
                                  for k in ta))
         for n in sec.get("notes", []):
-            L.append(f"Note: {n}")
+            L.append(f"- Note: {n}")
         if sec.get("workloads"):
             L.append("")
             L.append("| workload | client | A ops/s | B ops/s | A MB/s | B MB/s | A p50/p99 us | B p50/p99 us "
@@ -697,7 +697,7 @@ def render(report: dict) -> str:
         L.append("")
     idle = report.get("idle")
     if idle:
-        L.append(f"## Idle daemon with {report['settings']['idle_sessions']} logged-in idle sessions "
+        L.append(f"### Idle daemon with {report['settings']['idle_sessions']} logged-in idle sessions "
                  f"(goal for ours: RSS <= 100 MiB)")
         L.append("| target | RSS before MiB | RSS with sessions MiB | CPU % idle | CPU s over window |")
         L.append("|---|---:|---:|---:|---:|")
@@ -712,8 +712,14 @@ def render(report: dict) -> str:
     return "\n".join(L)
 
 
-def update_benchmarks_md(text: str, path: str) -> None:
-    begin, end = "<!-- bench:last-run:begin -->", "<!-- bench:last-run:end -->"
+def md_section(report: dict) -> str:
+    """A run of a target against itself is the sanity check; anything else is "the last run"."""
+    t = report.get("targets", {})
+    return "sanity" if t.get("A") == t.get("B") else "last-run"
+
+
+def update_benchmarks_md(text: str, path: str, section: str = "last-run") -> None:
+    begin, end = f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
     try:
         with open(path) as f:
             doc = f.read()
@@ -776,13 +782,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", default="", metavar="JSON",
                     help="print the report of a saved run (with --update-benchmarks: put it in BENCHMARKS.md)")
     args = ap.parse_args(argv)
+    # A shell that starts us in the background (`bench/run &`) sets SIGINT to "ignore", which
+    # every child would inherit: iscsi-perf (stopped with SIGINT) and tgtd would not stop.
+    # A handler (not an ignore) is reset to the default in children at exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.render:
         with open(args.render) as f:
             saved = json.load(f)
         text = render(saved) + f"\nElapsed: {saved.get('elapsed_s', 0):.0f} s\n"
         print(text)
         if args.update_benchmarks:
-            update_benchmarks_md(text, os.path.join(REPO, "BENCHMARKS.md"))
+            update_benchmarks_md(text, os.path.join(REPO, "BENCHMARKS.md"), md_section(saved))
         return 0
     args.daemon_cpus, client_cpus = parse_pin(args.pin)
     if client_cpus:
@@ -861,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
                     log("ceiling: fio gfapi engine")
                     fio["gluster-gfapi"] = fio_ceiling(
                         ["--ioengine=gfapi", f"--volume={vol.strip('/')}", f"--brick={host}",
-                         f"--filename=gluster-iscsi-bench-{os.getpid()}-gfapi-ceiling.dat"],
+                         f"--filename=gluster-iscsi-bench-{os.getpid()}/gfapi-ceiling.dat"],
                         1 if args.smoke else 2, "256m")
             for f in os.listdir(shm):
                 os.unlink(os.path.join(shm, f))
@@ -911,7 +921,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(report, f, indent=1, default=str)
         log(f"raw results: {args.json}")
     if args.update_benchmarks:
-        update_benchmarks_md(text, os.path.join(REPO, "BENCHMARKS.md"))
+        update_benchmarks_md(text, os.path.join(REPO, "BENCHMARKS.md"), md_section(report))
         log("updated BENCHMARKS.md")
     # Exit status reports breakage (a target that did not start, a client that failed),
     # never performance: numbers are not assertions.
