@@ -45,7 +45,7 @@ def main() -> int:
         run, problems = run_named_scenario(
             name, args.target, image, workdir / name, echo=args.verbose
         )
-        print(run.summary(), flush=True)
+        print(f"== {name} (target {args.target})\n{run.summary()}", flush=True)
         for p in problems:
             print(f"  PROBLEM: {p}")
         if problems:

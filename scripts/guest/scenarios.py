@@ -20,6 +20,9 @@ CHAP_SECRET = "gi-chap-secret-0001"
 MUTUAL_USER = "gi-target"
 MUTUAL_SECRET = "gi-mutual-secret-02"
 
+RECOVERY_STEPS = ["discovery", "login", "disk_appears", "stream_started", "restart_target",
+                  "session_recovered", "io_after_recovery", "stream_clean", "data_verifies",
+                  "logout", "disk_gone"]  # fmt: skip
 COOKBOOK_STEPS = [
     "discovery",
     "login",
@@ -58,6 +61,10 @@ class Scenario:
     required: list[str]
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     setup: Callable[[TargetBase], None] | None = None
+    script: str = ""  # in-guest/scenario-<script>.sh; default: the name
+
+    def __post_init__(self) -> None:
+        self.script = self.script or self.name
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -116,20 +123,17 @@ SCENARIOS: dict[str, Scenario] = {
             "recovery",
             portals=1,
             timeout=600,
-            required=[
-                "discovery",
-                "login",
-                "disk_appears",
-                "stream_started",
-                "restart_target",
-                "session_recovered",
-                "io_after_recovery",
-                "stream_clean",
-                "data_verifies",
-                "logout",
-                "disk_gone",
-            ],
-            env={"GI_REPLACEMENT_TIMEOUT": "60"},
+            required=RECOVERY_STEPS,
+            env={"GI_REPLACEMENT_TIMEOUT": "60", "GI_RESTART_ACTION": "restart-target"},
+        ),
+        # the same, but the daemon is SIGKILLed (a crash) instead of shut down cleanly
+        Scenario(
+            "recovery-crash",
+            script="recovery",
+            portals=1,
+            timeout=600,
+            required=RECOVERY_STEPS,
+            env={"GI_REPLACEMENT_TIMEOUT": "60", "GI_RESTART_ACTION": "crash-restart-target"},
         ),
     ]
 }
@@ -141,7 +145,7 @@ def run_with_target(
     """Boot the guest for ``scenario`` against an already started ``target``."""
     env = {**target.guest_env(), **scenario.env}
     run = run_scenario(
-        scenario.name,
+        scenario.script,
         env,
         image_dir=image,
         workdir=workdir,

@@ -152,6 +152,7 @@ class TargetBase:
             "stop-portal": lambda args: self.stop_portal(int(args[0])),
             "start-portal": lambda args: self.start_portal(int(args[0])),
             "restart-target": lambda args: self.restart(),
+            "crash-restart-target": lambda args: self.restart(crash=True),
             "ping": lambda args: "pong",
         }
 
@@ -162,7 +163,8 @@ class TargetBase:
     def stop(self) -> None:
         raise NotImplementedError
 
-    def restart(self) -> str:
+    def restart(self, crash: bool = False) -> str:
+        """Stop and start the daemon; ``crash``: SIGKILL instead of a clean shutdown."""
         t0 = time.monotonic()
         self.stop()
         self.start()
@@ -302,8 +304,8 @@ class TgtTarget(TargetBase):
             p.stop()
         self._kill()
 
-    def restart(self) -> str:
-        # tgtd refuses a clean shutdown with sessions open: kill it (a crash-restart),
+    def restart(self, crash: bool = False) -> str:
+        # always a crash-restart: tgtd refuses a clean shutdown with sessions open: kill it (a crash-restart),
         # keep the proxies (other portals) as they are.
         t0 = time.monotonic()
         self._kill()
@@ -448,11 +450,12 @@ class GlusterIscsiTarget(TargetBase):
                 self.proc.wait(10)
         self.proc = None
 
-    def restart(self) -> str:
+    def restart(self, crash: bool = False) -> str:
         t0 = time.monotonic()
-        self.stop()
+        self.stop(signal.SIGKILL if crash else signal.SIGTERM)
         self.start()
-        return f"gluster-iscsi restarted in {time.monotonic() - t0:.2f}s"
+        how = "killed (SIGKILL) and restarted" if crash else "restarted (SIGTERM)"
+        return f"gluster-iscsi {how} in {time.monotonic() - t0:.2f}s"
 
     # -- management CLI -----------------------------------------------------------------
     def mgmt(self, *args: str) -> str:

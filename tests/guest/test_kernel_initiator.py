@@ -55,3 +55,9 @@ def test_session_recovery_after_daemon_restart(guest_image, target, guest_workdi
     """Scenario 4: the daemon restarts during a write stream; the same session recovers
     within replacement_timeout, no write fails, the data verifies."""
     _run("recovery", target, guest_image, guest_workdir, record_property)
+
+
+def test_session_recovery_after_daemon_crash(guest_image, target, guest_workdir, record_property):
+    """Scenario 4b: as 4, but the daemon is SIGKILLed mid-stream and started again (for
+    tgt, 4 already is a kill)."""
+    _run("recovery-crash", target, guest_image, guest_workdir, record_property)

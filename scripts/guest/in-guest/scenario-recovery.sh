@@ -17,7 +17,7 @@ restart_target() {
     dmesg -c > /dev/null
     T_RESTART=$(gi_now)
     COUNT_AT_RESTART=$(stream_count)
-    hostcmd restart-target || return 1
+    hostcmd "${GI_RESTART_ACTION:-restart-target}" || return 1
     STEP_DETAIL="host: ${HOSTREPLY#OK }"
 }
 
