@@ -127,21 +127,35 @@ class ConnectionDriver(asyncio.Protocol):
         self._flush()
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Keep one timer armed for the connection's next deadline.
+
+        Activity only moves deadlines later, and a timer that fires early is harmless
+        (``handle_timer`` checks the clock), so the timer is re-created only when the
+        deadline moved earlier: not on every flush of the hot path.
+        """
         conn = self.conn
         if conn is None:
             return
         when = conn.next_deadline()
+        timer = self._timer
+        if timer is not None:
+            if when is not None and when >= timer.when():
+                return
+            timer.cancel()
+            self._timer = None
         if when is not None:
             self._timer = self.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self.conn is None:
+        conn = self.conn
+        if conn is None:
             return
-        self._handle(self.conn.handle_timer(self.loop.time()))
+        when = conn.next_deadline()
+        if when is not None and when > self.loop.time():
+            self._arm_timer()  # fired early: the deadline moved on since it was armed
+            return
+        self._handle(conn.handle_timer(self.loop.time()))
         self._flush()
 
     def close(self, reason: str) -> None:

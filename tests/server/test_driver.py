@@ -1,0 +1,102 @@
+"""The asyncio layer with real sockets on loopback: keepalives, flow of a command, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+from gluster_iscsi.backstore.memory import MemoryStore
+from gluster_iscsi.iscsi.pdu import PduReader
+from gluster_iscsi.scsi.device import DeviceServer
+from gluster_iscsi.scsi.lu import LogicalUnit
+from gluster_iscsi.server.daemon import Daemon
+from gluster_iscsi.target.model import AccessRule, Portal, Target
+
+from ..iscsi import initiator as I
+
+TNAME = "iqn.2026-11.org.gluster-iscsi:server-test"
+
+
+async def start(tmp_path, **kw) -> tuple[Daemon, int]:
+    d = Daemon(tmp_path, **kw)
+    lu = LogicalUnit(MemoryStore(8 << 20), serial="srv0001", naa=bytes.fromhex("6001405000000001"))
+    d.add_target(Target(TNAME, 1, acl=[AccessRule(network="ALL")], device=DeviceServer({1: lu}, target_name=TNAME)))
+    await d.add_portal(Portal("127.0.0.1", 0))
+    return d, d.portals()[0].port
+
+
+async def login(port: int):
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(I.login([("InitiatorName", "iqn.2026-11.org.example:t"), ("TargetName", TNAME)]))
+    reader = PduReader(1 << 20)
+    rsp = await next_pdu(r, reader)
+    assert rsp.opcode == 0x23 and rsp.status_class == 0
+    return r, w, reader
+
+
+async def next_pdu(r, reader, timeout=5.0):
+    while True:
+        p = reader.next_pdu()
+        if p is not None:
+            return I.Rsp(p)
+        data = await asyncio.wait_for(r.read(65536), timeout)
+        if not data:
+            return None
+        reader.feed(data)
+
+
+def test_idle_connection_is_pinged_and_closed_when_silent(tmp_path):
+    async def main():
+        d, port = await start(tmp_path, nop_interval=0.2, nop_timeout=0.3)
+        try:
+            r, w, reader = await login(port)
+            ping = await next_pdu(r, reader, timeout=3)
+            assert ping.opcode == 0x20 and ping.itt == 0xFFFFFFFF and ping.ttt != 0xFFFFFFFF
+            # we do not answer: the target gives up on us and closes the connection
+            assert await next_pdu(r, reader, timeout=3) is None
+            w.close()
+        finally:
+            await d.stop()
+
+    asyncio.run(main())
+
+
+def test_answered_pings_keep_the_connection(tmp_path):
+    async def main():
+        d, port = await start(tmp_path, nop_interval=0.2, nop_timeout=0.3)
+        try:
+            r, w, reader = await login(port)
+            for _ in range(4):
+                ping = await next_pdu(r, reader, timeout=3)
+                assert ping.opcode == 0x20
+                w.write(I.nop_out(itt=0xFFFFFFFF, cmdsn=1, ttt=ping.ttt))
+            cdb = struct.pack(">BBIBHB", 0x28, 0, 0, 0, 1, 0)
+            w.write(I.scsi_cmd(cdb, itt=7, cmdsn=1, edtl=512, read=True, lun=1))
+            while True:
+                rsp = await next_pdu(r, reader)
+                if rsp.opcode != 0x20:
+                    break
+                w.write(I.nop_out(itt=0xFFFFFFFF, cmdsn=1, ttt=rsp.ttt))
+            assert rsp.opcode in (0x21, 0x25) and rsp.itt == 7  # answered (GOOD or the power-on UA)
+            w.close()
+        finally:
+            await d.stop()
+
+    asyncio.run(main())
+
+
+def test_stop_closes_connections_and_portals(tmp_path):
+    async def main():
+        d, port = await start(tmp_path)
+        r, w, reader = await login(port)
+        await d.stop()
+        assert await next_pdu(r, reader, timeout=5) is None
+        try:
+            await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            pass
+        else:
+            raise AssertionError("portal still open after stop")
+        w.close()
+
+    asyncio.run(main())
