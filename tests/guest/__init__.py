@@ -1,0 +1,1 @@
+"""QEMU guest tier: the Linux kernel initiator against the target (see README.md)."""
