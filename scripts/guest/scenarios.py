@@ -168,5 +168,4 @@ def run_named_scenario(
         return run_with_target(scenario, target, image, workdir, echo)
     finally:
         target.stop()
-        for img in target.workdir.rglob("*.img"):  # keep logs, drop LUN backing files
-            img.unlink(missing_ok=True)
+        target.drop_images()

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -181,6 +182,15 @@ class TargetBase:
 
     def set_mutual_chap(self, user: str, secret: str) -> None:
         raise NotImplementedError
+
+    def drop_images(self) -> None:
+        """After stop(): delete the (sparse, up to 1 GiB) LUN backing files, keep the logs."""
+        for d in {self.workdir, *self.extra_dirs()}:
+            for img in d.rglob("*.img"):
+                img.unlink(missing_ok=True)
+
+    def extra_dirs(self) -> list[Path]:
+        return []
 
     def __enter__(self) -> TargetBase:
         self.start()
@@ -402,12 +412,18 @@ class GlusterIscsiTarget(TargetBase):
 
     def __init__(self, workdir: Path, portals: int = 1):
         super().__init__(workdir, portals)
-        self.state_dir = self.workdir / "state"
-        self.state_dir.mkdir(exist_ok=True)
+        # short path: the control socket lives here and AF_UNIX paths max out at 107 bytes
+        self.state_dir = Path(tempfile.mkdtemp(prefix="gi-state-"))
+        link = self.workdir / "state"
+        if not link.exists():
+            link.symlink_to(self.state_dir)
         self.iqn = DEMO_IQN
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.workdir / "gluster-iscsi.log"
         self.stopped_portals: set[int] = set()
+
+    def extra_dirs(self) -> list[Path]:
+        return [self.state_dir]
 
     def serve_cmd(self) -> list[str]:
         cmd = [*gluster_iscsi_cmd(), "serve", "--demo", "--state-dir", str(self.state_dir)]

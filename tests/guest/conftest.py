@@ -48,12 +48,6 @@ def guest_workdir(request: pytest.FixtureRequest) -> Path:
     return d
 
 
-def _drop_images(target: TargetBase) -> None:
-    """Keep the logs, drop the (sparse, up to 1 GiB) LUN backing files."""
-    for img in target.workdir.rglob("*.img"):
-        img.unlink(missing_ok=True)
-
-
 def _start_target(workdir: Path, portals: int) -> TargetBase:
     if TARGET_KIND in ("gluster-iscsi", "daemon", "ours"):
         ok, why = gluster_iscsi_available()
@@ -71,7 +65,7 @@ def target(guest_workdir: Path):
     t = _start_target(guest_workdir, portals=1)
     yield t
     t.stop()
-    _drop_images(t)
+    t.drop_images()
 
 
 @pytest.fixture
@@ -80,4 +74,4 @@ def target_two_portals(guest_workdir: Path):
     t = _start_target(guest_workdir, portals=2)
     yield t
     t.stop()
-    _drop_images(t)
+    t.drop_images()
