@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..backstore.buffers import POOL
+
 if TYPE_CHECKING:
     from ..backstore.base import (
         BackingStore,
@@ -94,9 +96,11 @@ class ReadOp(IoOp):
     length: int
     lock: IoLock | None = None
 
-    def run(self, store: BackingStore) -> bytearray:
+    def run(self, store: BackingStore) -> memoryview:
+        buf = POOL.borrow(self.length)  # reused buffers: no zero fill, no page faults
         with _shared(self.lock):
-            return store.read(self.offset, self.length)
+            store.read_into(self.offset, buf)
+        return buf
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..backstore.buffers import POOL
 from ..iscsi import events as ev
 from ..iscsi.connection import Connection
 from ..iscsi.pdu import TmfFunction, TmfResponse
@@ -40,6 +41,7 @@ class ConnectionDriver(asyncio.Protocol):
         self._paused = False
         self._in_receive = False
         self._flush_scheduled = False
+        self._lent: list[Any] = []  # read buffers queued for sending, to return to the pool
         self.closed = asyncio.Event()
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -118,6 +120,13 @@ class ConnectionDriver(asyncio.Protocol):
                 transport.write(b"".join(bufs))
             else:
                 transport.writelines(bufs)
+        lent = self._lent
+        if lent:
+            self._lent = []
+            # Only when the transport kept none of our bytes may their buffers be reused.
+            if transport.get_write_buffer_size() == 0:
+                for view in lent:
+                    POOL.give_back(view)
         if self._closing and not transport.is_closing():
             transport.close()
         self._arm_timer()
@@ -217,6 +226,8 @@ class ConnectionDriver(asyncio.Protocol):
         waiter = self._running.pop(task, None)
         if self.conn is not None:
             self.conn.complete_task(task, result)
+            if type(result.data) is memoryview:
+                self._lent.append(result.data)
             if not self._in_receive and not self._flush_scheduled:
                 # Completions arrive in batches: answer them all with one send.
                 self._flush_scheduled = True
