@@ -13,6 +13,11 @@ How a transport drives it::
 
 ``ScsiResult.extra["abort_initiators"]`` (PREEMPT AND ABORT) names initiator ports whose
 task sets the transport should abort. :func:`.io.drive` runs an execution synchronously.
+
+What the daemon decides per LU (``LogicalUnit(...)`` keywords): ``max_transfer_bytes``
+(default 8 MiB; iscsi-test-cu's WriteSame16.Unmap needs 32 MiB), ``sanitize`` (SANITIZE
+offered, default on), ``on_persist`` + :meth:`LogicalUnit.load_pr_state` (APTPL), and
+``capacity_changed(size)`` after growing a store (pass the size: ``store.size`` may block).
 """
 
 from .device import DeviceServer
