@@ -198,3 +198,24 @@ def test_no_seek_data_means_no_extents_capability(tmp_path, monkeypatch):
     assert s.capabilities.extents is False
     assert s.extents(0, MiB) == [Extent(0, MiB, True)]
     s.close()
+
+
+def test_files_on_tmpfs_run_inline_and_others_on_workers(tmp_path):
+    from gluster_iscsi.backstore._linux import fs_type
+
+    shm = FileStore("/dev/shm/gluster-iscsi-inline-test.img", create_size=1 << 20)
+    try:
+        assert shm.fs_type == "tmpfs" and shm.blocking is False
+    finally:
+        shm.close()
+        os.unlink("/dev/shm/gluster-iscsi-inline-test.img")
+    disk = FileStore(tmp_path / "d.img", create_size=1 << 20)
+    try:
+        fd = os.open(tmp_path / "d.img", os.O_RDONLY)
+        try:
+            on_tmpfs = fs_type(fd) == "tmpfs"
+        finally:
+            os.close(fd)
+        assert disk.blocking is (not on_tmpfs)
+    finally:
+        disk.close()

@@ -119,6 +119,10 @@ class FileStore(BackingStore):
             # tmpfs has no ZERO_RANGE. Through FUSE it cannot be trusted: GlusterFS's FUSE
             # bridge was seen to answer success without zeroing anything.
             self._zero_range = False if self.fs_type in ("tmpfs", "fuse") else None
+            if self.fs_type == "tmpfs" and not o_direct:
+                # Memory: a call never waits for a device, and a 4 KiB pread costs a few
+                # microseconds, far less than handing it to a worker thread and back.
+                self.blocking = False
 
     # -- helpers ----------------------------------------------------------------------------
 
