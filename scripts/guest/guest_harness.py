@@ -101,9 +101,13 @@ class GuestRun:
         """Problems (empty when OK): failed steps, required steps that never ran, a missing
         final ``done`` step, a timeout."""
         problems = [f"FAIL {r.name}: {r.detail}" for r in self.failures]
-        for name in [*required, "done"]:
-            if self.result(name) is None:
-                problems.append(f"step {self.scenario}.{name} never reported")
+        missing = [n for n in [*required, "done"] if self.result(n) is None]
+        if missing and (self.failures or len(missing) > 3):
+            # after a failure the later steps never run: one line, not one per step
+            problems.append(f"{len(missing)} required steps never reported: "
+                            f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")  # fmt: skip
+        else:
+            problems += [f"step {self.scenario}.{n} never reported" for n in missing]
         if self.timed_out:
             problems.append("guest timed out")
         return problems
