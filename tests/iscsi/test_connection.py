@@ -341,3 +341,43 @@ def test_garbage_never_raises_out_of_the_connection(junk, after_login):
     conn = logged_in() if after_login else new_conn()
     conn.receive_data(junk)
     conn.data_to_send()  # whatever it answered, nothing escaped as an exception
+
+
+def test_data_out_out_of_order_ends_the_command_with_check_condition():
+    conn = logged_in()
+    _, (r2t,) = feed(conn, I.scsi_cmd(b"\x2a" + bytes(9), itt=3, cmdsn=1, edtl=8192, write=True))
+    events, (r,) = feed(conn, I.data_out(bytes(4096), itt=3, ttt=r2t.ttt, datasn=0, offset=4096))
+    assert events == [] and r.opcode == 0x21 and r.b3 == 0x02 and not conn.closed
+    # what the initiator still sends for that command is dropped, and nothing hangs
+    events, rsps = feed(conn, I.data_out(bytes(4096), itt=3, ttt=r2t.ttt, datasn=1, offset=0))
+    assert events == [] and rsps == [] and conn.tasks == {}
+
+
+def test_writes_beyond_the_connection_buffer_budget_get_task_set_full(monkeypatch):
+    from gluster_iscsi.iscsi import connection as C
+
+    monkeypatch.setattr(C, "MAX_CONNECTION_BUFFERS", 3 * 65536)
+    conn = logged_in()
+    for i in range(3):
+        feed(conn, I.scsi_cmd(b"\x2a" + bytes(9), itt=10 + i, cmdsn=1 + i, edtl=65536, write=True))
+    events, (r,) = feed(conn, I.scsi_cmd(b"\x2a" + bytes(9), itt=20, cmdsn=4, edtl=65536, write=True))
+    assert r.opcode == 0x21 and r.b3 == 0x28 and events == []  # TASK SET FULL
+    assert conn.buffered == 3 * 65536
+
+
+def test_reused_buffers_never_carry_an_earlier_commands_bytes():
+    conn = logged_in()
+    size = 128 << 10
+    secret = b"S" * size
+    events, (r2t,) = feed(conn, I.scsi_cmd(b"\x2a" + bytes(9), itt=1, cmdsn=1, edtl=size, write=True))
+    events, _ = feed(conn, b"".join(
+        I.data_out(secret[o : o + 65536], itt=1, ttt=r2t.ttt, datasn=o // 65536, offset=o,
+                   final=o + 65536 >= size) for o in range(0, size, 65536)))
+    conn.complete_task(events[0].task, ScsiResult(Status.GOOD))
+    conn.data_to_send()
+    # the next write of the same size reuses that buffer; its data must be entirely its own
+    mine = bytes(range(256)) * (size // 256)
+    events, (r2t,) = feed(conn, I.scsi_cmd(b"\x2a" + bytes(9), itt=2, cmdsn=2, edtl=size, write=True,
+                                           data=mine[:65536]))
+    events, _ = feed(conn, I.data_out(mine[65536:], itt=2, ttt=r2t.ttt, datasn=0, offset=65536))
+    assert bytes(events[0].task.data_out) == mine

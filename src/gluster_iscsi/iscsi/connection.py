@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backstore.base import Buffer
+from ..backstore.buffers import POOL
 from ..scsi.sense import build_sense
 from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
 from ..target.model import TargetRegistry
@@ -49,6 +50,9 @@ DEFAULT_TARGET_PARAMS: dict[str, str] = {
 #: The largest data-out buffer one command may make us allocate (SBC MAXIMUM TRANSFER LENGTH
 #: in VPD B0h is 8 MiB; leave headroom for EXTENDED COPY and odd block sizes).
 MAX_WRITE_BUFFER = 32 << 20
+#: Data-out bytes one connection may hold in memory at once (commands waiting for or holding
+#: their data). Beyond it a write gets TASK SET FULL and the initiator retries later.
+MAX_CONNECTION_BUFFERS = 256 << 20
 #: Login text accumulated across continued PDUs.
 MAX_LOGIN_TEXT = 64 << 10
 LOGIN_DSL = 8192  # MaxRecvDataSegmentLength during login (RFC 7143 13.12)
@@ -81,7 +85,7 @@ class IscsiTask:
     cmdsn: int
     immediate: bool
     lun_raw: bytes
-    buf: bytearray | None = None
+    buf: memoryview | None = None
     received: int = 0
     unsolicited_left: int = 0
     unsol_datasn: int = 0
@@ -132,6 +136,7 @@ class Connection:
         self.closed = False
         self.logging_out = False
         self.tasks: dict[int, IscsiTask] = {}
+        self.buffered = 0  # data-out bytes held by tasks of this connection
         self._pending: dict[int, Pdu] = {}  # CmdSN -> PDU waiting for a gap to fill
         self._next_ttt = 1
         self.hd = False
@@ -234,9 +239,16 @@ class Connection:
             self._send_ping()
         return self._take_events()
 
+    def _release(self, it: IscsiTask, view: memoryview | None) -> None:
+        if view is not None:
+            self.buffered -= len(view)
+            POOL.give_back(view)
+
     def complete_task(self, task: ScsiTask, result: ScsiResult) -> None:
         """Send the response (and data-in) of a finished SCSI command."""
         it: IscsiTask = task.context
+        self._release(it, task.data_out)
+        task.data_out = None
         if self.tasks.get(it.itt) is it:
             del self.tasks[it.itt]
         if self.session is not None and not it.immediate:
@@ -267,6 +279,8 @@ class Connection:
             else:
                 it.state = _ABORTED
                 del self.tasks[it.itt]
+                self._release(it, it.buf)
+                it.buf = None
                 if self.session is not None and not it.immediate:
                     self.session.retire()
         return found, running
@@ -637,7 +651,11 @@ class Connection:
             return self._check_condition(it, 0x05, 0x24, 0x00)
         if len(data) > edtl or (data and not params.immediate_data) or len(data) > params.first_burst:
             return self._fail_task(it, f"{len(data)} bytes of immediate data not allowed here")
-        it.buf = bytearray(edtl)
+        if self.buffered + edtl > MAX_CONNECTION_BUFFERS:
+            return self._fail(it, ScsiResult(Status.TASK_SET_FULL))
+        # A pooled buffer is not zeroed: Data-Out offsets are checked to cover it exactly.
+        it.buf = POOL.borrow(edtl)
+        self.buffered += edtl
         if data:
             it.buf[: len(data)] = data
             it.received = len(data)
@@ -655,10 +673,15 @@ class Connection:
         raise ProtocolError(f"command itt={it.itt:#x}: {why}", RejectReason.PROTOCOL_ERROR)
 
     def _check_condition(self, it: IscsiTask, key: int, asc: int, ascq: int) -> None:
+        self._fail(it, ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc << 8 | ascq)))
+
+    def _fail(self, it: IscsiTask, result: ScsiResult) -> None:
+        """End a command in the transport, before or instead of running it."""
         self.tasks.pop(it.itt, None)
         if not it.immediate and self.session is not None:
             self.session.retire()
-        result = ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc << 8 | ascq))
+        self._release(it, it.buf)
+        it.buf = None
         it.state = _ABORTED
         self._send_result(it, result)
 
@@ -688,14 +711,15 @@ class Connection:
         data = pdu.data
         n = len(data)
         if offset + n > it.edtl:
-            raise ProtocolError("Data-Out beyond the expected data transfer length",
-                                RejectReason.PROTOCOL_ERROR)
+            return self._data_error(it, pdu, "Data-Out beyond the expected data transfer length")
         ttt = pdu.ttt
         if ttt == NO_TAG:
             if it.unsolicited_left <= 0 or n > it.unsolicited_left:
-                raise ProtocolError("unsolicited Data-Out not allowed", RejectReason.PROTOCOL_ERROR)
+                return self._data_error(it, pdu, "unsolicited Data-Out not allowed here")
             if pdu.datasn != it.unsol_datasn:
-                return self._datasn_error(it, pdu)
+                return self._data_error(it, pdu, f"DataSN {pdu.datasn} out of order", 0x4703)
+            if offset != it.received:  # DataPDUInOrder=Yes: each PDU continues the last
+                return self._data_error(it, pdu, "unsolicited Data-Out out of order")
             it.unsol_datasn += 1
             it.unsolicited_left -= n
             if pdu.final:
@@ -704,25 +728,29 @@ class Connection:
         else:
             seq = it.r2ts.get(ttt)
             if seq is None:
-                raise ProtocolError(f"Data-Out for unknown TTT {ttt:#x}", RejectReason.INVALID_PDU_FIELD)
+                return self._data_error(it, pdu, f"Data-Out for unknown TTT {ttt:#x}")
             if pdu.datasn != seq.datasn:
-                return self._datasn_error(it, pdu)
-            if offset < seq.offset or offset + n > seq.offset + seq.length:
-                raise ProtocolError("Data-Out outside its R2T", RejectReason.PROTOCOL_ERROR)
+                return self._data_error(it, pdu, f"DataSN {pdu.datasn} out of order", 0x4703)
+            if offset != seq.offset + seq.received or offset + n > seq.offset + seq.length:
+                return self._data_error(it, pdu, "Data-Out not continuing its R2T in order")
             seq.datasn += 1
             seq.received += n
         it.buf[offset : offset + n] = data
         it.received += n
         if seq is not None and (seq.received >= seq.length or pdu.final):
+            if seq.received < seq.length:
+                return self._data_error(it, pdu, "R2T sequence ended short of its length")
             del it.r2ts[ttt]
         if seq is not None or it.unsolicited_left == 0:
             self._progress(it)
 
-    def _datasn_error(self, it: IscsiTask, pdu: Pdu) -> None:
-        # ErrorRecoveryLevel 0 cannot recover lost data PDUs: fail the command so it is never
-        # completed with GOOD and never left hanging (RFC 7143 7.1, 7.12).
-        self._log_bad(f"Data-Out DataSN {pdu.datasn} out of order for itt={it.itt:#x}")
-        self._check_condition(it, 0x0B, 0x47, 0x03)  # ABORTED COMMAND: INFORMATION UNIT iuCRC ERROR
+    def _data_error(self, it: IscsiTask, pdu: Pdu, why: str, asc: int = 0x0E03) -> None:
+        """A broken Data-Out sequence. ErrorRecoveryLevel 0 cannot recover it: the command ends
+        with CHECK CONDITION (ABORTED COMMAND), so it is never completed with GOOD and never
+        left waiting for data that will not come (RFC 7143 7.1); later Data-Out for it is
+        dropped."""
+        self._log_bad(f"itt={it.itt:#x}: {why}")
+        self._check_condition(it, 0x0B, asc >> 8, asc & 0xFF)
 
     def _execute(self, it: IscsiTask) -> None:
         s = self.session
@@ -730,7 +758,7 @@ class Connection:
         it.state = _EXECUTING
         task = ScsiTask(
             cdb=it.cdb, lun=it.lun, nexus=s.nexus, tag=it.itt, attr=TaskAttr(it.attr if it.attr <= 4 else 1),
-            data_out=memoryview(it.buf) if it.buf is not None else None,
+            data_out=it.buf,
             expected_length=it.edtl, read=it.read, write=it.write, context=it,
         )
         it.scsi = task

@@ -223,6 +223,8 @@ class ConnectionDriver(asyncio.Protocol):
             self._complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc)))
 
     def _complete(self, task: ScsiTask, result: ScsiResult) -> None:
+        if result.extra:
+            self._side_effects(task, result)
         waiter = self._running.pop(task, None)
         if self.conn is not None:
             self.conn.complete_task(task, result)
@@ -234,6 +236,19 @@ class ConnectionDriver(asyncio.Protocol):
                 self.loop.call_soon(self._deferred_flush)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _side_effects(self, task: ScsiTask, result: ScsiResult) -> None:
+        """Effects a command has beyond its own nexus (SPC-4 5.13.11.2.4 PREEMPT AND ABORT:
+        the preempted initiators' tasks on this LUN are aborted)."""
+        ports = result.extra.get("abort_initiators")
+        session = self.conn.session if self.conn else None
+        if not ports or session is None or session.target is None:
+            return
+        victims = set(ports)
+        for d in self.daemon.drivers_of(session.target):
+            s = d.conn.session if d.conn else None
+            if d.conn is not None and s is not None and s.nexus is not None and s.nexus.initiator_port in victims:
+                d.conn.abort_tasks(lambda t: t.lun == task.lun and t.scsi is not task)
 
     async def wait_tasks(self, tasks: list[ScsiTask]) -> None:
         waiters = [self._running[t] for t in tasks if t in self._running]
@@ -271,6 +286,8 @@ class ConnectionDriver(asyncio.Protocol):
                     for d in scope:
                         if d.conn is not None:
                             waits.append((d, d.conn.abort_tasks(lambda t: t.lun == e.lun)[1]))
+                    if f == TmfFunction.CLEAR_TASK_SET:
+                        device.clear_task_set(e.lun, session.nexus)
             elif f == TmfFunction.CLEAR_ACA:
                 response = TmfResponse.NOT_SUPPORTED
             elif f == TmfFunction.LUN_RESET:
