@@ -17,7 +17,7 @@ from ..backstore.base import Buffer
 from ..backstore.buffers import POOL
 from ..scsi.sense import build_sense
 from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
-from ..target.model import TargetRegistry
+from ..target.model import Target, TargetRegistry
 from . import pdu as P
 from .chap import ChapAuthenticator
 from .errors import LoginError, LoginStatus, ProtocolError, RejectReason
@@ -156,7 +156,7 @@ class Connection:
         self._tsih = 0
         self._first_response = True
         self.initiator_name = ""
-        self.target = None
+        self.target: Target | None = None
         self.session_type = "Normal"
         # text request continuation
         self._text_in = bytearray()
@@ -303,7 +303,7 @@ class Connection:
         self.stat_sn = (sn + 1) & 0xFFFFFFFF
         return sn
 
-    def _window(self) -> dict[str, int]:
+    def _window(self) -> dict[str, Any]:
         s = self.session
         if s is None:
             return {"w28": 0, "w32": 0}

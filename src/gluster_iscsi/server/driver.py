@@ -113,13 +113,13 @@ class ConnectionDriver(asyncio.Protocol):
         bufs = conn.data_to_send()
         if bufs and not transport.is_closing():
             if len(bufs) == 1:
-                transport.write(bufs[0])
-            elif sum(map(len, bufs)) <= _COALESCE:
+                transport.write(bufs[0])  # type: ignore[arg-type]  # bytes or memoryview
+            elif sum(len(memoryview(b)) for b in bufs) <= _COALESCE:
                 # One send for many small PDUs: a copy of a few KiB is far cheaper than the
                 # extra system calls the transport would make for each buffer.
                 transport.write(b"".join(bufs))
             else:
-                transport.writelines(bufs)
+                transport.writelines(bufs)  # type: ignore[arg-type]
         lent = self._lent
         if lent:
             self._lent = []
@@ -271,7 +271,7 @@ class ConnectionDriver(asyncio.Protocol):
         waits: list[tuple[ConnectionDriver, list[ScsiTask]]] = []
         f = e.function
         try:
-            if device is None or session is None:
+            if device is None or session is None or target is None or session.nexus is None:
                 response = TmfResponse.REJECTED
             elif f == TmfFunction.ABORT_TASK:
                 found, running = conn.abort_tasks(lambda t: t.itt == e.referenced_itt)
@@ -315,6 +315,6 @@ class ConnectionDriver(asyncio.Protocol):
             return
         conn.complete_tmf(e.itt, response)
         self._flush()
-        if f == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.COMPLETE:
+        if f == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.COMPLETE and target:
             for d in self.daemon.drivers_of(target):
                 d.close("target cold reset")

@@ -48,6 +48,7 @@ class IoPool:
             if item is _STOP:
                 return
             fn, arg, callback = item
+            entry: tuple[Callback, Any, BaseException | None]
             try:
                 entry = (callback, fn(arg), None)
             except BaseException as exc:  # noqa: BLE001 - delivered to the callback
