@@ -275,12 +275,12 @@ def iperf3_ceiling(seconds: float) -> dict:
         stop_process(srv, grace=3)
 
 
-FIO_JOBS = [
-    ("randread-4k-qd1", ["--rw=randread", "--bs=4k", "--ioengine=psync", "--iodepth=1"]),
+FIO_JOBS = [  # writes first: they lay the file out for the reads (fio's gfapi engine does not)
+    ("seqwrite-1m", ["--rw=write", "--bs=1m", "--ioengine=psync", "--iodepth=1"]),
     ("randwrite-4k-qd1", ["--rw=randwrite", "--bs=4k", "--ioengine=psync", "--iodepth=1"]),
+    ("randread-4k-qd1", ["--rw=randread", "--bs=4k", "--ioengine=psync", "--iodepth=1"]),
     ("randread-4k-qd32", ["--rw=randread", "--bs=4k", "--ioengine=io_uring", "--iodepth=32"]),
     ("seqread-1m", ["--rw=read", "--bs=1m", "--ioengine=psync", "--iodepth=1"]),
-    ("seqwrite-1m", ["--rw=write", "--bs=1m", "--ioengine=psync", "--iodepth=1"]),
 ]
 
 
@@ -423,7 +423,7 @@ def make_target(kind: str, label: str, workdir: str, args: argparse.Namespace) -
     wd = os.path.join(workdir, f"target-{label.lower()}-{kind}")
     t: Target
     if kind == "tgt":
-        t = TgtTarget(label, wd, block_size=args.block_size)
+        t = TgtTarget(label, wd, block_size=args.block_size, bsoflags=args.tgt_bsoflags)
     elif kind == "ours":
         t = OursTarget(label, wd, cmd=args.ours_cmd.split() if args.ours_cmd else None,
                        serve_args=args.ours_args.split(), block_size=args.block_size)
@@ -744,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of: tmpfs (file on /dev/shm), fuse (file on a FUSE-mounted Gluster "
                          "volume, both targets), gfapi (B on its gfapi store vs A on FUSE)")
     ap.add_argument("--workloads", default="", help="comma list of workload names (default: all)")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="per measured run")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per workload and target")
     ap.add_argument("--order", choices=["abab", "abba"], default="abab")
@@ -758,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(replica 3, gluster-block profile) unless it runs already; stopped after if this run "
                          "started it")
     ap.add_argument("--keep-gluster", action="store_true", help="leave the volume this run started running")
+    ap.add_argument("--tgt-bsoflags", default="", choices=["", "direct", "sync"],
+                    help="tgtadm --bsoflags for tgt's backing file (default: buffered, like a plain open). "
+                         "'direct' takes the kernel page cache out of tgt-on-FUSE, e.g. against ours on gfapi")
     ap.add_argument("--ours-cmd", default="", help="command for our daemon (default: gluster-iscsi)")
     ap.add_argument("--ours-args", default="", help="extra arguments for `gluster-iscsi serve` "
                     "(e.g. --ours-args=--no-uvloop)")

@@ -144,9 +144,10 @@ class TgtTarget(Target):
 
     kind = "tgt"
 
-    def __init__(self, label: str, workdir: str, block_size: int = 512):
+    def __init__(self, label: str, workdir: str, block_size: int = 512, bsoflags: str = ""):
         super().__init__(label, workdir)
         self.block_size = block_size
+        self.bsoflags = bsoflags  # "" (buffered, page cache), "direct" or "sync"; tgtadm --bsoflags
         self.iqn = f"iqn.2026-11.org.gluster-iscsi.bench:tgt-{label.lower()}"
         # tgtd's control "port" names an abstract unix socket; keep it unique per run.
         self.ctl = 200 + (os.getpid() * 2 + (0 if label == "A" else 1)) % 7000
@@ -184,6 +185,9 @@ class TgtTarget(Target):
               "-b", self.backing_file]
         if self.block_size != 512:
             lu.append(f"--blocksize={self.block_size}")
+        if self.bsoflags:
+            lu += ["--bsoflags", self.bsoflags]
+            self.notes.append(f"tgt backing store opened with --bsoflags {self.bsoflags}")
         self.adm(*lu)
         for k, v in SESSION_PARAMS.items():
             self.adm("--op", "update", "--mode", "target", "--tid", "1", "--name", k,
