@@ -86,8 +86,8 @@ def test_short_data_out_writes_whole_blocks_only(h: Harness) -> None:
 
 
 def test_transfer_over_maximum_is_invalid(make_harness) -> None:  # noqa: ANN001
-    h = make_harness(blocks=40000)
-    r = h.run(rw(0x88, 0, (8 << 20) // 512 + 1))
+    h = make_harness(blocks=70000)
+    r = h.run(rw(0x88, 0, (32 << 20) // 512 + 1))
     assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)
 
 
@@ -227,9 +227,9 @@ def test_read_only_lu_refuses_writes(make_harness) -> None:  # noqa: ANN001
 
 
 def test_max_transfer_length_is_per_lu(make_harness) -> None:  # noqa: ANN001
-    h = make_harness(blocks=70000, max_transfer_bytes=32 << 20)
+    h = make_harness(blocks=70000, max_transfer_bytes=1 << 20)
     data = bytes(h.run("1201b0004000").data)
-    assert struct.unpack(">I", data[8:12])[0] == 65536
-    assert h.run(rw(0x8A, 0, 65536), data=bytes(32 << 20)).status == Status.GOOD
-    r = h.run(rw(0x88, 0, 65537))
+    assert struct.unpack(">I", data[8:12])[0] == 2048
+    assert h.run(rw(0x8A, 0, 2048), data=bytes(1 << 20)).status == Status.GOOD
+    r = h.run(rw(0x88, 0, 2049))
     assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)

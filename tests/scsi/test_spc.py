@@ -79,7 +79,7 @@ def test_vpd_block_limits(h: Harness) -> None:
     assert data[:4] == bytes([0, 0xB0, 0, 0x3C])
     assert data[4] & 1 == 0  # WSNZ 0: a zero-length WRITE SAME runs to the end
     assert data[5] == 8  # MAX COMPARE AND WRITE LENGTH
-    assert struct.unpack(">I", data[8:12])[0] == (8 << 20) // 512
+    assert struct.unpack(">I", data[8:12])[0] == (32 << 20) // 512  # the iSCSI buffer cap
     assert struct.unpack(">I", data[20:24])[0] > 0  # MAX UNMAP LBA COUNT: store can discard
     assert struct.unpack(">I", data[24:28])[0] == 256
     assert struct.unpack(">Q", data[36:44])[0] == 2048  # MAX WRITE SAME LENGTH: the whole LU

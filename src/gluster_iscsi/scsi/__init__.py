@@ -15,7 +15,7 @@ How a transport drives it::
 task sets the transport should abort. :func:`.io.drive` runs an execution synchronously.
 
 What the daemon decides per LU (``LogicalUnit(...)`` keywords): ``max_transfer_bytes``
-(default 8 MiB; iscsi-test-cu's WriteSame16.Unmap needs 32 MiB), ``sanitize`` (SANITIZE
+(default 32 MiB, the iSCSI layer's largest data-out buffer), ``sanitize`` (SANITIZE
 offered, default on), ``on_persist`` + :meth:`LogicalUnit.load_pr_state` (APTPL), and
 ``capacity_changed(size)`` after growing a store (pass the size: ``store.size`` may block).
 """

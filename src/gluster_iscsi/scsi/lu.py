@@ -19,6 +19,12 @@ from .sense import Asc
 if TYPE_CHECKING:
     from ..backstore.base import BackingStore
 
+#: Default largest single data transfer (VPD B0h MAXIMUM TRANSFER LENGTH); per LU it is
+#: ``LogicalUnit.max_transfer_bytes``. 32 MiB: what the iSCSI layer buffers for one command
+#: (``iscsi.connection.MAX_WRITE_BUFFER``; a per-session budget bounds the total), and what
+#: libiscsi's WriteSame16.Unmap writes in one WRITE(16).
+MAX_TRANSFER_BYTES = 32 << 20
+
 #: IEEE company id used to build NAA identifiers when the configuration gives none.
 DEFAULT_OUI = 0x001A4A
 
@@ -74,7 +80,7 @@ class LogicalUnit:
         revision: str = "0001",
         read_only: bool = False,
         sanitize: bool = True,
-        max_transfer_bytes: int = 8 << 20,
+        max_transfer_bytes: int | None = None,
         on_persist: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> None:
         if block_size < 512 or block_size & (block_size - 1):
@@ -99,6 +105,8 @@ class LogicalUnit:
         self.started = True
         #: Largest READ/WRITE a command may move (VPD B0h); larger ones are INVALID FIELD IN
         #: CDB. Data-out is buffered whole, so this bounds memory per command.
+        if max_transfer_bytes is None:
+            max_transfer_bytes = MAX_TRANSFER_BYTES
         self.max_transfer_bytes = max(block_size, max_transfer_bytes // block_size * block_size)
         #: SANITIZE is offered unless the daemon turns it off (it rewrites the whole LU inside
         #: one command, so the transport must let it run to the end).

@@ -8,7 +8,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from .context import data_in
-from .lu import ModePage
+from .lu import MAX_TRANSFER_BYTES, ModePage
 from .sense import Asc, CheckCondition, SenseKey, build_sense, invalid_cdb, invalid_param
 from .task import ScsiResult
 
@@ -18,9 +18,6 @@ if TYPE_CHECKING:
 
 #: Version descriptors (SPC-4 table 142): SAM-5, iSCSI (RFC 7143 era: 0960h), SPC-4, SBC-3.
 VERSION_DESCRIPTORS = (0x00A0, 0x0960, 0x0460, 0x04C0)
-#: Default largest single data transfer (VPD B0h MAXIMUM TRANSFER LENGTH); per LU it is
-#: ``LogicalUnit.max_transfer_bytes``.
-MAX_TRANSFER_BYTES = 8 << 20
 #: Preferred transfer sizes (VPD B0h OPTIMAL ...), chosen for GlusterFS/network filesystems.
 OPTIMAL_TRANSFER_BYTES = 1 << 20
 OPTIMAL_GRANULARITY_BYTES = 4096
