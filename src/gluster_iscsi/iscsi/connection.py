@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,9 @@ STAGE_SECURITY, STAGE_OPERATIONAL, STAGE_FFP = 0, 1, 3
 _STAGE_NAMES = {STAGE_SECURITY: "security", STAGE_OPERATIONAL: "operational"}
 
 _COLLECTING, _EXECUTING, _ABORTED = 0, 1, 2
+# SCSI Command BHS: flags, LUN, ITT, EDTL, CmdSN (RFC 7143 11.3), read in one go.
+_CMD_FIELDS = struct.Struct(">xB6x8sIII")
+_ATTRS = tuple(TaskAttr(i) for i in range(5))
 
 
 @dataclass(slots=True)
@@ -296,7 +300,17 @@ class Connection:
         return ev
 
     def _emit(self, header: bytes, data: Buffer | None = None) -> None:
-        self._out.extend(P.frame(header, data, self.hd, self.dd))
+        if self.hd or self.dd:
+            self._out.extend(P.frame(header, data, self.hd, self.dd))
+            return
+        out = self._out
+        out.append(header)
+        if data is not None:
+            n = len(data)  # type: ignore[arg-type]
+            if n:
+                out.append(data)
+                if n & 3:
+                    out.append(P.PAD[n & 3])
 
     def _next_statsn(self) -> int:
         sn = self.stat_sn
@@ -627,18 +641,16 @@ class Connection:
             self._drain_pending()
 
     def _start_command(self, pdu: Pdu) -> None:
-        flags = pdu.flags
+        flags, lun_raw, itt, edtl, cmdsn = _CMD_FIELDS.unpack_from(pdu.bhs)
         read, write = bool(flags & 0x40), bool(flags & 0x20)
-        edtl = pdu.edtl
-        itt = pdu.itt
         params = self.params
         assert params is not None and self.session is not None
         if itt in self.tasks:
             if not pdu.immediate:
                 self.session.retire()
             raise ProtocolError(f"ITT {itt:#x} already in use", RejectReason.TASK_IN_PROGRESS)
-        it = IscsiTask(itt, pdu.lun, pdu.cdb, edtl, read, write, flags & 7, pdu.cmdsn,
-                       pdu.immediate, pdu.lun_raw)
+        it = IscsiTask(itt, P.decode_lun(lun_raw), pdu.cdb, edtl, read, write, flags & 7, cmdsn,
+                       pdu.immediate, lun_raw)
         self.tasks[itt] = it
         data = pdu.data
         if data and not write:
@@ -757,7 +769,7 @@ class Connection:
         assert s is not None and s.nexus is not None
         it.state = _EXECUTING
         task = ScsiTask(
-            cdb=it.cdb, lun=it.lun, nexus=s.nexus, tag=it.itt, attr=TaskAttr(it.attr if it.attr <= 4 else 1),
+            cdb=it.cdb, lun=it.lun, nexus=s.nexus, tag=it.itt, attr=_ATTRS[it.attr] if it.attr <= 4 else TaskAttr.SIMPLE,
             data_out=it.buf,
             expected_length=it.edtl, read=it.read, write=it.write, context=it,
         )
@@ -769,6 +781,25 @@ class Connection:
         edtl = it.edtl
         status = int(result.status)
         data = result.data
+        if (
+            type(data) is memoryview
+            and it.read
+            and status == 0
+            and result.transfer_length is None
+            and not result.sense
+            and 0 < len(data) == edtl <= self.max_xmit
+            and data.itemsize == 1
+        ):
+            # The common case: GOOD, exactly the expected bytes, one Data-In PDU carrying status.
+            s = self.session
+            sn = self.stat_sn
+            self.stat_sn = (sn + 1) & 0xFFFFFFFF
+            self._emit(
+                P.bhs(Opcode.DATA_IN, 0x81, 0, 0, edtl, it.lun_raw, it.itt, NO_TAG, sn,
+                      s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0, 0, 0, 0),
+                data,
+            )
+            return
         residual_flags = 0
         residual = 0
         window = self._window()

@@ -99,7 +99,7 @@ _BHS = struct.Struct(">BBBBI8sIIIIIIII")
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _ZERO_LUN = bytes(8)
-_PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
+PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # to a multiple of 4 bytes
 
 
 def encode_lun(lun: int) -> bytes:
@@ -259,7 +259,7 @@ def frame(header: bytes, data: Buffer | None, header_digest: bool, data_digest: 
         n = len(memoryview(data))
         if n:
             out.append(data)
-            pad = _PAD[n & 3]
+            pad = PAD[n & 3]
             if pad:
                 out.append(pad)
             if data_digest:
