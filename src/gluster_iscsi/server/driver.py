@@ -36,7 +36,9 @@ class ConnectionDriver(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._running: dict[ScsiTask, asyncio.Future[None]] = {}
+        # Commands executing, with the futures of whoever waits for them (TMFs, shutdown):
+        # created only when someone waits, not for every command.
+        self._running: dict[ScsiTask, list[asyncio.Future[None]]] = {}
         self._closing = False
         self._paused = False
         self._in_receive = False
@@ -193,7 +195,7 @@ class ConnectionDriver(asyncio.Protocol):
         if device is None:
             self._complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(0x05, 0x2500)))
             return
-        self._running[task] = self.loop.create_future()
+        self._running[task] = []
         lu = device.lu(task.lun)
         store = lu.store if lu is not None else None
         self._step(task, device.execute(task), store, None, None)
@@ -225,7 +227,7 @@ class ConnectionDriver(asyncio.Protocol):
     def _complete(self, task: ScsiTask, result: ScsiResult) -> None:
         if result.extra:
             self._side_effects(task, result)
-        waiter = self._running.pop(task, None)
+        waiters = self._running.pop(task, None)
         if self.conn is not None:
             self.conn.complete_task(task, result)
             if type(result.data) is memoryview:
@@ -234,8 +236,10 @@ class ConnectionDriver(asyncio.Protocol):
                 # Completions arrive in batches: answer them all with one send.
                 self._flush_scheduled = True
                 self.loop.call_soon(self._deferred_flush)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiters:
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
 
     def _side_effects(self, task: ScsiTask, result: ScsiResult) -> None:
         """Effects a command has beyond its own nexus (SPC-4 5.13.11.2.4 PREEMPT AND ABORT:
@@ -250,15 +254,22 @@ class ConnectionDriver(asyncio.Protocol):
             if d.conn is not None and s is not None and s.nexus is not None and s.nexus.initiator_port in victims:
                 d.conn.abort_tasks(lambda t: t.lun == task.lun and t.scsi is not task)
 
+    def _waiter(self, task: ScsiTask) -> asyncio.Future[None] | None:
+        waiters = self._running.get(task)
+        if waiters is None:
+            return None
+        fut: asyncio.Future[None] = self.loop.create_future()
+        waiters.append(fut)
+        return fut
+
     async def wait_tasks(self, tasks: list[ScsiTask]) -> None:
-        waiters = [self._running[t] for t in tasks if t in self._running]
-        if waiters:
-            await asyncio.gather(*waiters)
+        futs = [f for f in map(self._waiter, tasks) if f is not None]
+        if futs:
+            await asyncio.gather(*futs)
 
     async def drain(self) -> None:
         """Wait for every running command to finish (shutdown)."""
-        if self._running:
-            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+        await self.wait_tasks(list(self._running))
 
     # ------------------------------------------------------------------ task management
     async def _tmf(self, e: ev.TaskManagement) -> None:
