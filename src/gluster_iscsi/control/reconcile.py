@@ -104,6 +104,9 @@ def open_lu(lun_cfg: dict[str, Any], target_name: str) -> Any:
 
 
 def close_lu(lu: Any) -> None:
+    stop = getattr(lu, "stop_background", None)
+    if stop is not None:
+        stop()  # a background SANITIZE must not write to a closed store
     store = getattr(lu, "store", None)
     if store is not None:
         store.close()

@@ -18,6 +18,7 @@ from .reservations import conflicts
 from .sense import (
     Asc,
     CheckCondition,
+    Progress,
     SenseKey,
     from_store_error,
     illegal,
@@ -131,6 +132,7 @@ class DeviceServer:
         """CLEAR TASK SET: tasks of other nexuses were cleared (SAM-5 7.4)."""
         lu = self.luns.get(lun)
         if lu is not None:
+            lu._abort_waiters()
             lu.queue_ua_all(
                 Asc.COMMANDS_CLEARED_BY_ANOTHER_INITIATOR, except_port=nexus.initiator_port
             )
@@ -211,8 +213,13 @@ class DeviceServer:
         if conflicts(lu, task.nexus, entry, cdb):
             raise ReservationConflict
         # 5. Medium state.
-        if lu.sanitizing and not entry.ua_exempt:
-            raise CheckCondition(SenseKey.NOT_READY, Asc.LU_NOT_READY_SANITIZE_IN_PROGRESS)
+        job = lu.background
+        if job is not None and job.running and not entry.ua_exempt:
+            raise CheckCondition(
+                SenseKey.NOT_READY,
+                Asc.LU_NOT_READY_SANITIZE_IN_PROGRESS,
+                field=Progress(job.progress),
+            )
         if entry.media and not lu.started:
             raise CheckCondition(SenseKey.NOT_READY, Asc.LU_NOT_READY_INITIALIZING_COMMAND_REQUIRED)
         if entry.write and lu.write_protected:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         Buffer,  # collections.abc.Buffer is 3.12+
         Extent,
     )
+    from .background import BackgroundJob
     from .task import Execution, ScsiResult
 
 
@@ -206,6 +207,46 @@ class OnStore(IoOp):
 
     def run(self, store: BackingStore | None = None) -> Any:
         return self.op.run(self.store)
+
+
+class _OffLoop:
+    """A stand-in store that says "blocking": an :class:`OnStore` op wrapped around it runs
+    in the driver's worker pool, never inline on the event loop (for ops that wait)."""
+
+    blocking = True
+    read_only = True
+    name = "off-loop"
+
+    def close(self) -> None:
+        pass
+
+
+#: ``OnStore(op, OFF_LOOP)``: run ``op`` in a worker thread whatever the LU's store is.
+OFF_LOOP: Any = _OffLoop()
+
+
+@dataclass(slots=True)
+class StartJob(IoOp):
+    """Start a LU's :class:`~.background.BackgroundJob` against the store (returns at once)."""
+
+    job: BackgroundJob
+
+    def run(self, store: BackingStore | None) -> None:
+        self.job.start(store)
+
+
+@dataclass(slots=True)
+class WaitJob(IoOp):
+    """Wait up to ``timeout`` seconds for a background job: True once it ended.
+
+    Yielded as ``OnStore(WaitJob(...), OFF_LOOP)`` so the wait is never on the event loop.
+    """
+
+    job: BackgroundJob
+    timeout: float = 0.25
+
+    def run(self, store: Any = None) -> bool:
+        return self.job.wait(self.timeout)
 
 
 def store_for(op: IoOp, default: BackingStore | None) -> BackingStore | None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .background import BackgroundJob, JobBody
 from .io import IoLock
 from .reservations import PrState
 from .sense import Asc
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 #: (``iscsi.connection.MAX_WRITE_BUFFER``; a per-session budget bounds the total), and what
 #: libiscsi's WriteSame16.Unmap writes in one WRITE(16).
 MAX_TRANSFER_BYTES = 32 << 20
+
+#: Default pace of a background SANITIZE overwrite, bytes/s (see :mod:`.background`).
+SANITIZE_RATE = 128 << 20
 
 #: IEEE company id used to build NAA identifiers when the configuration gives none.
 DEFAULT_OUI = 0x001A4A
@@ -81,6 +85,7 @@ class LogicalUnit:
         read_only: bool = False,
         sanitize: bool = True,
         max_transfer_bytes: int | None = None,
+        sanitize_rate: float | None = SANITIZE_RATE,
         on_persist: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> None:
         if block_size < 512 or block_size & (block_size - 1):
@@ -108,10 +113,14 @@ class LogicalUnit:
         if max_transfer_bytes is None:
             max_transfer_bytes = MAX_TRANSFER_BYTES
         self.max_transfer_bytes = max(block_size, max_transfer_bytes // block_size * block_size)
-        #: SANITIZE is offered unless the daemon turns it off (it rewrites the whole LU inside
-        #: one command, so the transport must let it run to the end).
+        #: SANITIZE is offered unless the daemon turns it off.
         self.sanitize_allowed = sanitize
-        self.sanitizing = False
+        #: Bytes/s a background overwrite may write (None: unpaced).
+        self.sanitize_rate = sanitize_rate
+        #: The running background operation (SANITIZE), if any.
+        self.background: BackgroundJob | None = None
+        #: Tasks waiting for it (SANITIZE IMMED=0): aborted by resets and nexus loss.
+        self.job_waiters: set[Any] = set()
         self.prevent_removal: set[str] = set()
         #: SPC-2 RESERVE(6/10) holder: the initiator port name.
         self.reserved_by: str | None = None
@@ -228,14 +237,50 @@ class LogicalUnit:
                 queue.remove(asc)
             return asc
 
+    # -- background operations (SBC-3 4.11) ---------------------------------------------------
+
+    @property
+    def sanitizing(self) -> bool:
+        job = self.background
+        return job is not None and job.running
+
+    def start_background(
+        self, name: str, body: JobBody, *, total: int, rate: float | None
+    ) -> BackgroundJob:
+        """Register a background job (started by yielding :class:`~.io.StartJob`)."""
+        with self.state_lock:
+            if self.sanitizing:
+                raise RuntimeError("a background operation is already running")
+            job = BackgroundJob(name, body, total=total, rate=rate, on_end=self._job_ended)
+            self.background = job
+            return job
+
+    def _job_ended(self, job: BackgroundJob) -> None:
+        with self.state_lock:
+            if self.background is job:
+                self.background = None
+
+    def stop_background(self, timeout: float = 30.0) -> None:
+        """Cancel the background job (the LU is closing: LUN removed, daemon stopping)."""
+        job = self.background
+        if job is not None:
+            job.cancel(timeout)
+
+    def _abort_waiters(self, initiator_port: str | None = None) -> None:
+        for task in list(self.job_waiters):
+            if initiator_port is None or task.nexus.initiator_port == initiator_port:
+                task.aborted = True
+
     # -- resets ---------------------------------------------------------------------------
 
     def reset(self, asc: Asc, issuer: str | None = None) -> None:
         """LOGICAL UNIT RESET / target reset: drop SPC-2 reservations, keep persistent ones.
 
-        The unit attention goes to every nexus, the issuer included (SAM-5 6.3).
+        The unit attention goes to every nexus, the issuer included (SAM-5 6.3). A background
+        SANITIZE goes on (SBC-3 4.11); the commands waiting for it end.
         """
         with self.state_lock:
+            self._abort_waiters()
             self.reserved_by = None
             self.prevent_removal.clear()
             self.started = True
@@ -245,6 +290,7 @@ class LogicalUnit:
     def nexus_lost(self, initiator_port: str) -> None:
         """SAM-5 6.3.4: drop its SPC-2 reservation; it learns of the loss when it returns."""
         with self.state_lock:
+            self._abort_waiters(initiator_port)
             if self.reserved_by == initiator_port:
                 self.reserved_by = None
             self.prevent_removal.discard(initiator_port)

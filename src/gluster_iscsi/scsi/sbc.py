@@ -7,17 +7,23 @@ CDB. Range and field checks come before any I/O so a refused command touches not
 from __future__ import annotations
 
 import struct
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from .context import data_in
 from .io import (
+    OFF_LOOP,
     CompareAndWriteOp,
     DiscardOp,
     ExtentsOp,
     FlushOp,
+    IoOp,
+    OnStore,
     OrWriteOp,
     ReadOp,
     SizeOp,
+    StartJob,
+    WaitJob,
     WriteOp,
     WriteZeroesOp,
 )
@@ -36,7 +42,7 @@ from .spc import (
     MAX_UNMAP_BLOCKS,
     MAX_UNMAP_DESCRIPTORS,
 )
-from .task import ScsiResult
+from .task import ScsiResult, Status
 
 if TYPE_CHECKING:
     from .context import Ctx
@@ -455,10 +461,14 @@ def sanitize(ctx: Ctx) -> Execution:
     ERASE (offered only when deallocated blocks read back zero) deallocates them all.
 
     Every malformed CDB or parameter list is INVALID FIELD IN CDB, as libiscsi's sanitize
-    tests expect. While it runs, other commands get NOT READY / SANITIZE IN PROGRESS.
+    tests expect. Once accepted, the work is a background job of the LU (:mod:`.background`):
+    IMMED=1 returns GOOD at once; IMMED=0 waits for the end. Either way resets, aborts and
+    nexus loss end the command but not the sanitize, and until it is done other commands
+    get NOT READY / SANITIZE IN PROGRESS with its progress.
     """
     cdb, lu = ctx.cdb, ctx.lu
     action = cdb[1] & 0x1F
+    immed = bool(cdb[1] & 0x80)
     if cdb[1] & 0x40:
         raise invalid_cdb(1, 6)  # reserved
     if cdb[1] & 0x20:  # AUSE: no failure mode to exit
@@ -471,31 +481,65 @@ def sanitize(ctx: Ctx) -> Execution:
     if action == 0x02:  # BLOCK ERASE takes no parameter list
         if length:
             raise invalid_cdb(7)
-        lu.sanitizing = True
-        try:
-            yield DiscardOp(0, total, lu.io_lock)
-            yield FlushOp()
-        finally:
-            lu.sanitizing = False
+        job = lu.start_background(
+            "SANITIZE BLOCK ERASE", _block_erase(lu, total), total=1, rate=None
+        )
+    else:
+        if length < 5 or length > bs + 4:
+            raise invalid_cdb(7)
+        params = ctx.parameter_list(length)
+        if len(params) < length:
+            raise invalid_cdb(7)
+        invert = bool(params[0] & 0x80)
+        owcount = params[0] & 0x1F
+        plen = int.from_bytes(params[2:4], "big")
+        if params[0] & 0x60 or owcount == 0 or plen == 0 or plen > bs or plen + 4 > length:
+            raise invalid_cdb(7)
+        pattern = bytes(params[4 : 4 + plen])  # a copy: the data-out buffer goes back now
+        block = (pattern * (bs // plen + 1))[:bs]
+        passes = [
+            bytes(b ^ 0xFF for b in block) if invert and i % 2 else block for i in range(owcount)
+        ]
+        job = lu.start_background(
+            "SANITIZE OVERWRITE",
+            _overwrite(lu, total, passes),
+            total=total * owcount,
+            rate=lu.sanitize_rate,
+        )
+    yield StartJob(job)
+    if immed:
         return ScsiResult()
-    if length < 5 or length > bs + 4:
-        raise invalid_cdb(7)
-    params = ctx.parameter_list(length)
-    if len(params) < length:
-        raise invalid_cdb(7)
-    invert = bool(params[0] & 0x80)
-    owcount = params[0] & 0x1F
-    plen = int.from_bytes(params[2:4], "big")
-    if params[0] & 0x60 or owcount == 0 or plen == 0 or plen > bs or plen + 4 > length:
-        raise invalid_cdb(7)
-    pattern = bytes(params[4 : 4 + plen])
-    block = (pattern * (bs // plen + 1))[:bs]
-    inverted = bytes(b ^ 0xFF for b in block)
-    lu.sanitizing = True
+    task = ctx.task
+    lu.job_waiters.add(task)
     try:
-        for i in range(owcount):
-            yield from _fill(lu, 0, total, inverted if invert and i % 2 else block)
-        yield FlushOp()
+        while not (yield OnStore(WaitJob(job), OFF_LOOP)):
+            if task.aborted:
+                return ScsiResult(status=Status.TASK_ABORTED)  # the transport drops it
     finally:
-        lu.sanitizing = False
+        lu.job_waiters.discard(task)
+    if job.error is not None:
+        if isinstance(job.error, OSError):
+            raise from_store_error(job.error, write=True)
+        raise CheckCondition(SenseKey.MEDIUM_ERROR, Asc.WRITE_ERROR)
     return ScsiResult()
+
+
+def _block_erase(lu: LogicalUnit, total: int) -> Generator[IoOp, object, None]:
+    yield DiscardOp(0, total, lu.io_lock)
+    yield FlushOp()
+
+
+def _overwrite(lu: LogicalUnit, total: int, passes: list[bytes]) -> Generator[IoOp, object, None]:
+    """Each pass writes its block pattern over the whole LU, a chunk per op."""
+    job = lu.background
+    assert job is not None
+    bs = lu.block_size
+    for block in passes:
+        chunk = memoryview(block * max(1, CHUNK_BYTES // bs))
+        offset = 0
+        while offset < total:
+            size = min(len(chunk), total - offset)
+            yield WriteOp(offset, chunk[:size], False, lu.io_lock)
+            offset += size
+            job.advance(size)
+    yield FlushOp()

@@ -119,12 +119,22 @@ class FieldPointer:
         return bytes([b0]) + (self.byte & 0xFFFF).to_bytes(2, "big")
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The sense-key specific progress indication (SPC-4 4.5.2.4.4): ``fraction``/65536 done."""
+
+    fraction: int
+
+    def encode(self) -> bytes:
+        return bytes([0x80]) + (self.fraction & 0xFFFF).to_bytes(2, "big")
+
+
 def fixed_sense(
     key: int,
     asc: int,
     *,
     information: int | None = None,
-    field: FieldPointer | None = None,
+    field: FieldPointer | Progress | None = None,
     command_specific: int = 0,
 ) -> bytes:
     """Fixed format sense data (70h), 18 bytes (SPC-4 4.5.3)."""
@@ -147,7 +157,7 @@ def descriptor_sense(
     asc: int,
     *,
     information: int | None = None,
-    field: FieldPointer | None = None,
+    field: FieldPointer | Progress | None = None,
     command_specific: int | None = None,
 ) -> bytes:
     """Descriptor format sense data (72h) with information/sense-key specific descriptors."""
@@ -168,7 +178,7 @@ def build_sense(
     *,
     descriptor: bool = False,
     information: int | None = None,
-    field: FieldPointer | None = None,
+    field: FieldPointer | Progress | None = None,
 ) -> bytes:
     if descriptor:
         return descriptor_sense(key, asc, information=information, field=field)
@@ -193,7 +203,7 @@ class CheckCondition(Exception):  # noqa: N818 - named after the SCSI status it 
         asc: Asc,
         *,
         information: int | None = None,
-        field: FieldPointer | None = None,
+        field: FieldPointer | Progress | None = None,
     ) -> None:
         super().__init__(f"{key.name} {asc.name}")
         self.key = key

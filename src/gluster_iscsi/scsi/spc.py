@@ -8,8 +8,16 @@ import struct
 from typing import TYPE_CHECKING
 
 from .context import data_in
-from .lu import MAX_TRANSFER_BYTES, ModePage
-from .sense import Asc, CheckCondition, SenseKey, build_sense, invalid_cdb, invalid_param
+from .lu import ModePage
+from .sense import (
+    Asc,
+    CheckCondition,
+    Progress,
+    SenseKey,
+    build_sense,
+    invalid_cdb,
+    invalid_param,
+)
 from .task import ScsiResult
 
 if TYPE_CHECKING:
@@ -209,8 +217,16 @@ def request_sense(ctx: Ctx) -> ScsiResult:
         )
         return data_in(sense, alloc)
     asc = lu.pop_ua(ctx.nexus.initiator_port)
+    job = lu.background
     if asc is not None:
         sense = build_sense(SenseKey.UNIT_ATTENTION, asc, descriptor=desc)
+    elif job is not None and job.running:
+        sense = build_sense(
+            SenseKey.NOT_READY,
+            Asc.LU_NOT_READY_SANITIZE_IN_PROGRESS,
+            descriptor=desc,
+            field=Progress(job.progress),
+        )
     elif not lu.started:
         sense = build_sense(
             SenseKey.NOT_READY, Asc.LU_NOT_READY_INITIALIZING_COMMAND_REQUIRED, descriptor=desc

@@ -83,6 +83,11 @@ class ScsiTask:  # identity semantics: a task is a unique in-flight command
     write: bool = False
     #: Arbitrary per-transport context (the iSCSI layer stores its own task record here).
     context: Any = None
+    #: Set by the transport when it aborts the task (ABORT TASK, ABORT TASK SET, CLEAR TASK
+    #: SET, resets, connection loss) while it executes; the device server sets it on the tasks
+    #: it knows wait (SANITIZE IMMED=0). A long execution checks it between ops and returns
+    #: early; its result is then discarded by the transport.
+    aborted: bool = False
 
 
 @dataclass(slots=True)
