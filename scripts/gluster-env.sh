@@ -38,6 +38,26 @@ die() { log "error: $*"; exit 1; }
 # Exit status 3 means "glusterd cannot run here" (callers may skip), anything else a failure.
 unavailable() { log "unavailable: $*"; exit 3; }
 
+# A mutating gluster command, retried while another session holds glusterd's cluster lock
+# ("Another transaction is in progress"); other failures are returned at once.
+gcli() {
+    local out rc deadline=$((SECONDS + TIMEOUT))
+    while :; do
+        rc=0
+        out=$("${G[@]}" "$@" 2>&1) || rc=$?
+        if ((rc == 0)); then
+            echo "$out" >&2
+            return 0
+        fi
+        if ! grep -qiE 'another transaction|locking failed|lock.*held|try again' <<<"$out" \
+            || ((SECONDS >= deadline)); then
+            echo "$out" >&2
+            return "$rc"
+        fi
+        sleep 1
+    done
+}
+
 glusterd_answers() { timeout 10 "${G[@]}" pool list >/dev/null 2>&1; }
 volume_exists() { timeout 20 "${G[@]}" volume info "$VOLUME" >/dev/null 2>&1; }
 volume_started() {
@@ -92,20 +112,20 @@ do_start() {
         done
         log "creating volume $VOLUME (replica $REPLICA)"
         if ((REPLICA > 1)); then
-            "${G[@]}" volume create "$VOLUME" replica "$REPLICA" "${bricks[@]}" force >&2
+            gcli volume create "$VOLUME" replica "$REPLICA" "${bricks[@]}" force
         else
-            "${G[@]}" volume create "$VOLUME" "${bricks[@]}" force >&2
+            gcli volume create "$VOLUME" "${bricks[@]}" force
         fi
         if [[ $PROFILE == block ]]; then
             # Block workloads: the gluster-block option group (sharding, eager-lock, quorum,
             # strict O_DIRECT, caches off). Write-behind stays on: shard relies on it.
-            "${G[@]}" volume set "$VOLUME" group gluster-block >&2
-            "${G[@]}" volume set "$VOLUME" performance.write-behind on >&2
+            gcli volume set "$VOLUME" group gluster-block
+            gcli volume set "$VOLUME" performance.write-behind on
         fi
     fi
     if ! volume_started; then
         log "starting volume $VOLUME"
-        "${G[@]}" volume start "$VOLUME" force >&2
+        gcli volume start "$VOLUME" force
     fi
     wait_for "$REPLICA bricks of $VOLUME to come online" bricks_online
     if [[ $MOUNT == 1 ]] && ! is_mounted; then
@@ -143,8 +163,9 @@ do_stop() {
     fi
     if glusterd_answers && volume_exists; then
         log "stopping and deleting volume $VOLUME"
-        "${G[@]}" volume stop "$VOLUME" force >&2 || true
-        "${G[@]}" volume delete "$VOLUME" >&2 || true
+        gcli volume stop "$VOLUME" force || true
+        gcli volume delete "$VOLUME" || true
+        ! volume_exists || die "volume $VOLUME could not be deleted"
     fi
     # Brick processes of our volume (glusterd normally stops them on volume stop).
     local f

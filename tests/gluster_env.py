@@ -19,9 +19,12 @@ A test is skipped, with the script's reason, ONLY when glusterd itself cannot ru
 script exits 3: not installed, or it does not come up). Any later failure (volume create,
 bricks, mount) is an error: nothing is faked.
 
-Environment: GLUSTER_WORKDIR (default /var/tmp/gluster-iscsi-env), GLUSTER_KEEP=1 leaves the
-volumes running after the session (faster reruns), GLUSTER_TIMEOUT per step in seconds.
-Concurrent sessions should use distinct volume names (GLUSTER_TEST_VOLUME prefixes them).
+Each pytest session gets its own volumes (the name carries the session's pid), so sessions
+running at the same time (several engineers, several suites) never stop or break each
+other's volume. GLUSTER_KEEP=1 uses the plain names and leaves the volumes running after
+the session, for fast reruns; GLUSTER_TEST_VOLUME=NAME prefixes the names instead.
+Environment: GLUSTER_WORKDIR (default /var/tmp/gluster-iscsi-env), GLUSTER_TIMEOUT per step
+in seconds.
 """
 
 from __future__ import annotations
@@ -137,7 +140,13 @@ def gluster_volume_fixture(
     import pytest
 
     prefix = os.environ.get("GLUSTER_TEST_VOLUME")
-    name = f"{prefix}-{volume}" if prefix else volume
+    keep = os.environ.get("GLUSTER_KEEP") == "1"
+    if prefix:
+        name = f"{prefix}-{volume}"
+    elif keep:
+        name = volume
+    else:
+        name = f"{volume}-{os.getpid()}"
 
     @pytest.fixture(scope="session")
     def _fixture() -> Iterator[GlusterEnv]:
@@ -148,7 +157,7 @@ def gluster_volume_fixture(
         try:
             yield env
         finally:
-            if os.environ.get("GLUSTER_KEEP") != "1":
+            if not keep:
                 stop_volume(name)
 
     return _fixture

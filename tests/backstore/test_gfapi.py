@@ -175,8 +175,12 @@ def test_two_stores_on_one_volume_share_one_client(gluster_volume, store_factory
     finally:
         b.close()
     assert client_refcounts()[key] == 1
+    client = a._client
     a.close()
-    assert key not in client_refcounts()
+    assert client_refcounts()[key] == 0  # idle, kept for reuse
+    again = store_factory(gluster_volume.url("share-a.img"))
+    assert again._client is client  # reopened without a new glfs_new/glfs_init
+    again.close()
 
 
 def test_concurrent_io_from_threads(gluster_volume, store_factory, name):
@@ -319,10 +323,9 @@ def _clients(env, count=2):
 
 
 def _fini_later(clients):
-    from gluster_iscsi.backstore.gfapi.store import finish_later
-
-    for v in clients:  # glfs_fini can take ~10 s: in the background, awaited at exit
-        finish_later(v)
+    # Deliberately not finished: a glfs_new after another client's glfs_fini in the same
+    # process was seen to crash (GlusterFS 10.3); see store.IDLE_LINGER_SECONDS.
+    del clients
 
 
 @pytest.fixture

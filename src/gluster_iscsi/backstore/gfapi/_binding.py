@@ -203,6 +203,10 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
 
 _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
+# glfs_new, glfs_init and glfs_fini of different clients must not overlap: a test process
+# hung for good with two glfs_fini and one glfs_new all waiting in libglusterfs's mem-pool
+# lock (GlusterFS 10.3). Serialising them costs only open/close latency, never I/O.
+_lifecycle = threading.Lock()
 
 
 def lib() -> ctypes.CDLL:
@@ -283,7 +287,8 @@ class Volume:
 
     def __init__(self, volume: str) -> None:
         self.volume = volume
-        self._fs: int | None = lib().glfs_new(volume.encode())
+        with _lifecycle:
+            self._fs: int | None = lib().glfs_new(volume.encode())
         if not self._fs:
             raise _raise("glfs_new", volume)
         self._initialised = False
@@ -307,14 +312,19 @@ class Volume:
 
     def init(self) -> None:
         """Fetch the volfile and connect (blocks, seconds if servers are down)."""
-        if lib().glfs_init(self.handle):
-            raise _raise("glfs_init", self.volume)
+        with _lifecycle:
+            failed = lib().glfs_init(self.handle) != 0
+            if failed:
+                err = _raise("glfs_init", self.volume)  # read errno before anything else
+        if failed:
+            raise err
         self._initialised = True
 
     def fini(self) -> None:
         fs, self._fs = self._fs, None
         if fs:
-            lib().glfs_fini(fs)
+            with _lifecycle:
+                lib().glfs_fini(fs)
 
     def open(self, path: str, flags: int = os.O_RDWR) -> File:
         fd = lib().glfs_open(self.handle, _enc(path), flags)

@@ -2,7 +2,10 @@
 
 One Gluster client (``glfs_t``: a connected graph with its own threads and sockets) is shared
 by every store on the same (volume, volfile servers), counted by reference in a module-level
-registry; the last store to close finishes it. Calls block and release the GIL, so the
+registry. When the last store closes, the client stays connected for reuse (see
+:data:`IDLE_LINGER_SECONDS`: finishing clients in a running process proved unsafe with
+GlusterFS 10.3); glfs_fini, when it happens, runs in the background (~10 s here), and
+glfs_new/init/fini are serialised process-wide. Calls block and release the GIL, so the
 server runs them on worker threads.
 
 Durability: by default writes go through the volume's write-behind, which acknowledges
@@ -41,6 +44,15 @@ _MAX_IO = 32 << 20
 ClientKey = tuple[str, tuple[VolfileServer, ...]]
 
 
+#: Seconds an unused client stays connected before glfs_fini; None (the default): for the
+#: life of the process, reused by the next open of the same volume. In GlusterFS 10.3 a
+#: glfs_new after another client's glfs_fini in the same process segfaulted (twice in one
+#: test session) and once hung on libglusterfs's mem-pool lock, while runs that never
+#: finished a client were stable; a daemon serves a handful of volumes, so one idle client
+#: per volume is the cheaper risk. :func:`release_idle` finishes idle clients on demand.
+IDLE_LINGER_SECONDS: float | None = None
+
+
 @dataclass(eq=False)
 class _Client:
     key: ClientKey
@@ -48,6 +60,7 @@ class _Client:
     refs: int = 0
     error: BaseException | None = None
     ready: threading.Event = field(default_factory=threading.Event)
+    idle_generation: int = 0
 
 
 _registry: dict[ClientKey, _Client] = {}
@@ -114,12 +127,37 @@ def _release(client: _Client) -> None:
         client.refs -= 1
         if client.refs > 0:
             return
+        client.idle_generation += 1
+        generation = client.idle_generation
+    if IDLE_LINGER_SECONDS is None:
+        return  # kept for reuse; see IDLE_LINGER_SECONDS
+    if IDLE_LINGER_SECONDS <= 0:
+        _retire(client, generation)
+        return
+    timer = threading.Timer(IDLE_LINGER_SECONDS, _retire, (client, generation))
+    timer.daemon = True
+    timer.start()
+
+
+def _retire(client: _Client, generation: int) -> None:
+    """Finish a client still unused since it went idle (``generation`` tells)."""
+    with _registry_lock:
+        if client.refs > 0 or client.idle_generation != generation:
+            return  # reused meanwhile
         if _registry.get(client.key) is client:
             del _registry[client.key]
         vol, client.volume = client.volume, None
-        if vol is None:
-            return
-    finish_later(vol)
+    if vol is not None:
+        finish_later(vol)
+
+
+def release_idle() -> int:
+    """Finish every unused client now (daemon shutdown, tests); returns how many."""
+    with _registry_lock:
+        idle = [(c, c.idle_generation) for c in _registry.values() if c.refs == 0]
+    for client, generation in idle:
+        _retire(client, generation)
+    return len(idle)
 
 
 def finish_later(vol: gf.Volume) -> None:
@@ -148,7 +186,8 @@ atexit.register(shutdown, 30.0)
 
 
 def client_refcounts() -> dict[ClientKey, int]:
-    """The live shared clients and how many stores use each (for tests and diagnostics)."""
+    """The live shared clients and how many stores use each (for tests and diagnostics);
+    0 means idle, kept for reuse for :data:`IDLE_LINGER_SECONDS`."""
     with _registry_lock:
         return {k: c.refs for k, c in _registry.items()}
 
