@@ -292,3 +292,36 @@ def test_sanitize_can_be_turned_off(make_harness) -> None:  # noqa: ANN001
     h = make_harness(sanitize=False)
     r = h.run(bytes([0x48, 0x01, 0, 0, 0, 0, 0, 0, 8, 0]), data=bytes([1, 0, 0, 4]) + b"abcd")
     assert h.sense(r) == (ILLEGAL, Asc.INVALID_COMMAND_OPERATION_CODE)
+
+
+# -- physical blocks larger than logical blocks (LBPPBE) ----------------------------------------
+
+
+def test_4k_physical_blocks_are_reported(make_harness) -> None:  # noqa: ANN001
+    h = make_harness(physical_block_size=4096)
+    rc16 = bytes(h.run("9e100000000000000000000000200000").data)
+    assert rc16[13] & 0x0F == 3  # LBPPBE: 8 logical blocks per physical block
+    b0 = bytes(h.run("1201b0004000").data)
+    assert struct.unpack(">H", b0[6:8])[0] == 8  # OPTIMAL TRANSFER LENGTH GRANULARITY
+    assert struct.unpack(">I", b0[28:32])[0] == 8  # OPTIMAL UNMAP GRANULARITY
+
+
+def test_lba_status_is_per_physical_block(make_harness) -> None:  # noqa: ANN001
+    h = make_harness(physical_block_size=4096)
+    h.run(rw(0x2A, 0, 64), data=b"m" * (64 * 512))
+    params = unmap_params((1, 7))  # part of physical block 0
+    assert h.run(unmap_cdb(len(params)), data=params).status == Status.GOOD
+    assert lba_status(bytes(h.run(gls(0)).data))[0] == (0, 64, 0)
+    params = unmap_params((8, 16))  # physical blocks 1 and 2, whole
+    assert h.run(unmap_cdb(len(params)), data=params).status == Status.GOOD
+    assert lba_status(bytes(h.run(gls(0)).data))[:3] == [(0, 8, 0), (8, 16, 1), (24, 40, 0)]
+    # Asked from the middle of a deallocated physical block: deallocated from there on.
+    assert lba_status(bytes(h.run(gls(9)).data))[:2] == [(9, 15, 1), (24, 40, 0)]
+
+
+def test_physical_block_must_be_a_power_of_two_multiple() -> None:
+    from .conftest import make_lu
+
+    for bad in (256, 1536):
+        with pytest.raises(ValueError):
+            make_lu(physical_block_size=bad)

@@ -77,6 +77,7 @@ class LogicalUnit:
         *,
         lun_id: int = 0,
         block_size: int = 512,
+        physical_block_size: int | None = None,
         serial: str,
         naa: bytes | None = None,
         vendor: str = "GLUSTER",
@@ -90,9 +91,17 @@ class LogicalUnit:
     ) -> None:
         if block_size < 512 or block_size & (block_size - 1):
             raise ValueError(f"block size must be a power of two >= 512, not {block_size}")
+        pbs = physical_block_size or block_size
+        if pbs < block_size or pbs & (pbs - 1) or pbs // block_size > 1 << 15:
+            raise ValueError(f"physical block size {pbs} for {block_size}-byte blocks")
         self.store = store
         self.lun_id = lun_id
         self.block_size = block_size
+        #: The unit the store really allocates and writes (READ CAPACITY(16) LBPPBE): a
+        #: 512-byte-block LU on a 4 KiB file system may say so; GET LBA STATUS and the
+        #: unmap granularity then work in physical blocks.
+        self.physical_block_size = pbs
+        self.lbppbe = (pbs // block_size).bit_length() - 1
         self.serial = serial
         self.naa = naa if naa is not None else naa_from_serial(serial)
         if len(self.naa) != 8 or self.naa[0] >> 4 not in (5, 6):

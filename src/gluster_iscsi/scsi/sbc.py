@@ -219,7 +219,7 @@ def read_capacity_16(ctx: Ctx) -> Execution:
     lbp = 0
     if caps.discard:
         lbp = 0x80 | (0x40 if caps.discard_zeroes else 0)  # LBPME, LBPRZ
-    out = struct.pack(">QIBBBB", max(lu.block_count - 1, 0), lu.block_size, 0, 0, lbp, 0)
+    out = struct.pack(">QIBBBB", max(lu.block_count - 1, 0), lu.block_size, 0, lu.lbppbe, lbp, 0)
     return data_in(out + bytes(32 - len(out)), alloc)
 
 
@@ -407,8 +407,12 @@ def get_lba_status(ctx: Ctx) -> Execution:
         raise lba_out_of_range()
     bs = lu.block_size
     span = min(count - lba, MAX_LBA_STATUS_BLOCKS)
-    extents = yield ExtentsOp(lba * bs, span * bs)
-    # A block is deallocated only if every byte of it is: merge holes, round them inward.
+    # A block is deallocated only if every byte of its physical block is: ask about whole
+    # physical blocks, merge holes, round them inward (the store allocates no finer).
+    pbs = lu.physical_block_size
+    first = lba * bs // pbs * pbs
+    last = min(-(-(lba + span) * bs // pbs) * pbs, count * bs)
+    extents = yield ExtentsOp(first, last - first)
     holes: list[list[int]] = []
     for ext in sorted(extents, key=lambda e: e.offset):
         if ext.mapped or ext.length <= 0:
@@ -420,7 +424,8 @@ def get_lba_status(ctx: Ctx) -> Execution:
     runs: list[tuple[int, int, int]] = []
     pos, end = lba, lba + span
     for start_b, end_b in holes:
-        start, stop = max(-(-start_b // bs), pos), min(end_b // bs, end)
+        start_b, end_b = -(-start_b // pbs) * pbs, end_b // pbs * pbs
+        start, stop = max(start_b // bs, pos), min(end_b // bs, end)
         if stop <= start:
             continue
         if start > pos:

@@ -133,13 +133,14 @@ def _vpd_block_limits(ctx: Ctx, lu: LogicalUnit) -> bytes:
     out = bytearray(0x3C)
     # WSNZ 0: a zero-length WRITE SAME means "to the end of the medium" (SBC-3 5.42).
     out[1] = MAX_COMPARE_AND_WRITE_BLOCKS
-    out[2:4] = max(1, OPTIMAL_GRANULARITY_BYTES // bs).to_bytes(2, "big")
+    granularity = max(1, max(OPTIMAL_GRANULARITY_BYTES, lu.physical_block_size) // bs)
+    out[2:4] = granularity.to_bytes(2, "big")
     out[4:8] = (lu.max_transfer_bytes // bs).to_bytes(4, "big")
     out[8:12] = (OPTIMAL_TRANSFER_BYTES // bs).to_bytes(4, "big")
     if caps.discard:
         out[16:20] = MAX_UNMAP_BLOCKS.to_bytes(4, "big")
         out[20:24] = MAX_UNMAP_DESCRIPTORS.to_bytes(4, "big")
-        out[24:28] = max(1, OPTIMAL_GRANULARITY_BYTES // bs).to_bytes(4, "big")
+        out[24:28] = granularity.to_bytes(4, "big")
         out[28:32] = (0x80000000).to_bytes(4, "big")  # UGAVALID, alignment 0
     # Writes and deallocations are chunked, so any length up to the whole LU is fine.
     out[32:40] = max(lu.block_count, 1).to_bytes(8, "big")
