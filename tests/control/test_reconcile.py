@@ -282,3 +282,54 @@ def test_after_the_restore_a_new_lun_that_cannot_open_is_an_error(tmp_path, fake
 
     with pytest.raises(reconcile.ReconcileError):
         run(scenario())
+
+
+def test_pr_state_is_saved_atomically_0600_and_restored(tmp_path):
+    import stat
+
+    from gluster_iscsi.backstore.memory import MemoryStore
+    from gluster_iscsi.scsi.lu import LogicalUnit
+    from gluster_iscsi.scsi.reservations import PrState, Registration
+
+    cfg = {"uuid": "5c1d0e6a-1c79-4e9c-a1a7-6d2f3c3f7c01"}
+    lu = LogicalUnit(MemoryStore(1 << 20), serial="s1")
+    reconcile.attach_pr_state(tmp_path, lu, cfg)
+    assert lu.on_persist is not None
+    lu.pr = PrState(registrations=[Registration("iqn.x,i,0x1", "iqn.t,t,0x1", 7)], aptpl=True)
+    lu.persist_pr()
+    path = reconcile.pr_path(tmp_path, cfg["uuid"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no tmp left
+
+    again = LogicalUnit(MemoryStore(1 << 20), serial="s1")
+    reconcile.attach_pr_state(tmp_path, again, cfg)
+    assert [r.key for r in again.pr.registrations] == [7] and again.pr.aptpl
+
+    again.pr.aptpl = False  # APTPL cleared: nothing survives a restart
+    again.persist_pr()
+    assert not path.exists()
+
+
+def test_unreadable_pr_state_is_ignored_not_fatal(tmp_path):
+    from gluster_iscsi.backstore.memory import MemoryStore
+    from gluster_iscsi.scsi.lu import LogicalUnit
+
+    cfg = {"uuid": "u1"}
+    path = reconcile.pr_path(tmp_path, "u1")
+    path.parent.mkdir()
+    path.write_text("{not json")
+    lu = LogicalUnit(MemoryStore(1 << 20), serial="s1")
+    reconcile.attach_pr_state(tmp_path, lu, cfg)
+    assert lu.pr.registrations == [] and lu.on_persist is not None
+
+
+def test_lu_options_configure_the_lu_not_the_store(tmp_path):
+    lun = cfgmod.validate_lun(
+        {"lun": 1, "backing": f"memory:{1 << 20}", "bstype": "memory",
+         "options": {"physical_block_size": 4096}}, "x",
+    )  # fmt: skip
+    lu = reconcile.open_lu(lun, T1)
+    try:
+        assert lu.physical_block_size == 4096 and lu.lbppbe == 3
+    finally:
+        reconcile.close_lu(lu)

@@ -139,3 +139,37 @@ class Session:
                 return bytes(buf)
             else:
                 raise IscsiError(f"unexpected opcode {rsp.opcode:#x}")
+
+    async def scsi(self, cdb: bytes, *, data_out: bytes = b"", read_len: int = 0,
+                   lun: int = 1) -> tuple[int, bytes, bytes]:
+        """Any command: (status, data-in, sense). Data-out goes as immediate data, then R2Ts."""
+        itt = self._itt()
+        cdb = bytes(cdb).ljust(16, b"\x00")
+        write, read = bool(data_out), bool(read_len)
+        edtl = len(data_out) if write else read_len
+        self.w.write(I.scsi_cmd(cdb, itt=itt, cmdsn=self.cmdsn, edtl=edtl, write=write, read=read,
+                                data=data_out[: self.first_burst], lun=lun))
+        self.cmdsn += 1
+        buf = bytearray(read_len)
+        got = 0
+        while True:
+            rsp = await self._next()
+            if rsp.opcode == 0x31:
+                off, length = rsp.buffer_offset, rsp.residual
+                sn = 0
+                for start in range(off, off + length, self.target_mrdsl):
+                    chunk = data_out[start : min(start + self.target_mrdsl, off + length)]
+                    self.w.write(I.data_out(chunk, itt=itt, ttt=rsp.ttt, datasn=sn, offset=start,
+                                            final=start + len(chunk) >= off + length, lun=lun))
+                    sn += 1
+            elif rsp.opcode == 0x25:
+                off = rsp.buffer_offset
+                buf[off : off + len(rsp.data)] = rsp.data
+                got = max(got, off + len(rsp.data))
+                if rsp.flags & 0x01:
+                    return rsp.b3, bytes(buf[:got]), b""
+            elif rsp.opcode == 0x21:
+                sense = bytes(rsp.data)[2:] if rsp.b3 else b""
+                return rsp.b3, bytes(buf[:got]), sense
+            else:
+                raise IscsiError(f"unexpected opcode {rsp.opcode:#x}")

@@ -17,11 +17,16 @@ them at each login, and sessions already logged in keep running (as tgt does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import functools
+import json
 import logging
+import os
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..target.model import AccessRule, ChapAccount, Portal, Target
@@ -77,23 +82,30 @@ def logical_unit(daemon: Any, target_name: str, lun: int) -> Any | None:
 # Module-level so unit tests of the diffing can swap them for fakes.
 
 
+#: LUN ``options`` that configure the logical unit rather than its store.
+LU_OPTIONS = ("physical_block_size",)
+
+
 def open_lu(lun_cfg: dict[str, Any], target_name: str) -> Any:
     """Open the store and build the LogicalUnit for one LUN entry (blocking)."""
     from ..backstore.open import open_store
     from ..scsi.lu import LogicalUnit, naa_from_serial
 
+    options = dict(lun_cfg.get("options") or {})
+    lu_options = {k: options.pop(k) for k in LU_OPTIONS if k in options}
     store = open_store(
         lun_cfg["backing"],
         bstype=lun_cfg.get("bstype"),
         read_only=lun_cfg.get("read_only", False),
         size=lun_cfg.get("size") if lun_cfg.get("create") else None,
-        **(lun_cfg.get("options") or {}),
+        **options,
     )
     try:
         return LogicalUnit(
             store,
             lun_id=lun_cfg["lun"],
             block_size=lun_cfg.get("block_size", 512),
+            physical_block_size=int(lu_options.get("physical_block_size") or 0) or None,
             serial=lun_cfg["serial"],
             naa=naa_from_serial(lun_cfg["uuid"]),
             read_only=lun_cfg.get("read_only", False),
@@ -101,6 +113,75 @@ def open_lu(lun_cfg: dict[str, Any], target_name: str) -> Any:
     except BaseException:
         store.close()
         raise
+
+
+# ------------------------------------------------------- persistent reservations (APTPL)
+
+
+def pr_path(state_dir: Any, uuid: str) -> Path:
+    """Where the APTPL reservation state of the LUN with this UUID lives."""
+    return Path(state_dir) / "pr" / f"{uuid}.json"
+
+
+def save_pr_state(path: Path, state: dict[str, Any] | None) -> None:
+    """Write (or, for None, remove) one LU's PR state: tmp file, fsync, rename, mode 0600.
+
+    Called from the PERSISTENT RESERVE OUT handler before it answers GOOD, so a reservation
+    made with APTPL=1 is on disk when the initiator learns it was made (SPC-4 5.13.4).
+    """
+    if state is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # the rename itself survives a crash
+    finally:
+        os.close(dfd)
+
+
+def attach_pr_state(state_dir: Any, lu: Any, lun_cfg: dict[str, Any]) -> None:
+    """Restore the LU's saved APTPL reservations and have it save them on every change."""
+    if state_dir is None or not hasattr(lu, "load_pr_state"):
+        return
+    path = pr_path(state_dir, lun_cfg["uuid"])
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        saved = None
+    except (OSError, ValueError) as e:
+        log.error("%s: unreadable reservation state, starting without it: %s", path, e)
+        saved = None
+    if saved is not None:
+        lu.load_pr_state(saved)
+    lu.on_persist = functools.partial(save_pr_state, path)
+
+
+def _open_lu_with_state(state_dir: Any, lun_cfg: dict[str, Any], target_name: str) -> Any:
+    lu = open_lu(lun_cfg, target_name)
+    try:
+        attach_pr_state(state_dir, lu, lun_cfg)
+    except BaseException:
+        close_lu(lu)
+        raise
+    return lu
+
+
+def _state_dir(daemon: Any) -> Any:
+    return getattr(daemon, "state_dir", None)
 
 
 def close_lu(lu: Any) -> None:
@@ -414,7 +495,9 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
         for tname, lu in [*to_open, *retry]:
             key = (tname.lower(), lu["lun"])
             try:
-                opened[key] = await _run_blocking(daemon, open_lu, lu, tname)
+                opened[key] = await _run_blocking(
+                    daemon, _open_lu_with_state, _state_dir(daemon), lu, tname
+                )
                 st.offline.discard(key)
             except Exception as e:
                 err = ReconcileError(
@@ -468,7 +551,7 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
             for lu in t["luns"]:
                 if (_key(t), lu["lun"]) not in opened:
                     opened[(_key(t), lu["lun"])] = await _run_blocking(
-                        daemon, open_lu, lu, t["name"]
+                        daemon, _open_lu_with_state, _state_dir(daemon), lu, t["name"]
                     )
             continue
         target.tid = t["tid"]
