@@ -100,3 +100,59 @@ def test_stop_closes_connections_and_portals(tmp_path):
         w.close()
 
     asyncio.run(main())
+
+
+class HangingStore(MemoryStore):
+    """A store whose calls block until released, like a Gluster volume that lost quorum."""
+
+    blocking = True
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.release = __import__("threading").Event()
+
+    def read_into(self, offset, buf):
+        self.release.wait(30)
+        super().read_into(offset, buf)
+
+
+async def command(r, w, reader, itt: int, cmdsn: int, lun: int):
+    """READ(10) one block; retries once on the power-on unit attention. Returns (status, sense)."""
+    for attempt in range(2):
+        cdb = struct.pack(">BBIBHB", 0x28, 0, 0, 0, 1, 0)
+        w.write(I.scsi_cmd(cdb, itt=itt + attempt, cmdsn=cmdsn + attempt, edtl=512, read=True, lun=lun))
+        while True:
+            rsp = await next_pdu(r, reader, timeout=10)
+            if rsp.opcode == 0x25 and rsp.flags & 1:
+                return 0, b""
+            if rsp.opcode == 0x21:
+                sense = bytes(rsp.data)[2:]
+                if rsp.b3 == 2 and sense[2] & 0x0F == 6 and attempt == 0:
+                    break  # unit attention: once more
+                return rsp.b3, sense
+    raise AssertionError("unit attention did not clear")
+
+
+def test_a_hung_store_fails_its_commands_within_the_io_timeout_and_spares_other_luns(tmp_path):
+    async def main():
+        d, port = await start(tmp_path, io_timeout=0.5)
+        hung = HangingStore(8 << 20)
+        d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(hung, serial="hung0001"))
+        try:
+            r, w, reader = await login(port)
+            t0 = asyncio.get_running_loop().time()
+            status, sense = await command(r, w, reader, 10, 1, lun=2)
+            elapsed = asyncio.get_running_loop().time() - t0
+            assert status == 0x02 and sense[2] & 0x0F == 0x02  # CHECK CONDITION, NOT READY
+            assert 0.4 < elapsed < 5
+            # LUN 1 (another store) still answers while LUN 2's call is stuck
+            assert (await command(r, w, reader, 20, 3, lun=1))[0] == 0
+            hung.release.set()
+            # the volume is back: the same session reads LUN 2 again
+            assert (await command(r, w, reader, 30, 5, lun=2))[0] == 0
+            w.close()
+        finally:
+            hung.release.set()
+            await d.stop()
+
+    asyncio.run(main())

@@ -54,11 +54,14 @@ def _state_dir(ctx: click.Context, given: str | None) -> Path:
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--nop-interval", default=10.0, show_default=True, type=float,
               help="Seconds of silence before the target pings with NOP-In (0: never).")
+@click.option("--io-timeout", default=60.0, show_default=True, type=float,
+              help="Seconds a backing-store call may take before its command fails with NOT "
+                   "READY (keep it above Gluster's 42 s ping-timeout; 0: no limit).")
 @click.option("--uvloop/--no-uvloop", default=True, show_default=True,
               help="Use uvloop's event loop when it is installed.")
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
-          demo: bool, log_level: str, nop_interval: float, uvloop: bool) -> None:
+          demo: bool, log_level: str, nop_interval: float, io_timeout: float, uvloop: bool) -> None:
     """Run the iSCSI target daemon in the foreground."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
@@ -79,21 +82,21 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
         except ImportError:
             pass
     try:
-        code = runner(_serve(sdir, portals, advertise, demo, nop_interval))
+        code = runner(_serve(sdir, portals, advertise, demo, nop_interval, io_timeout))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
 
 
 async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str | None,
-                 demo: bool, nop_interval: float) -> int:
+                 demo: bool, nop_interval: float, io_timeout: float = 60.0) -> int:
     from ..control import config as cfgmod
     from ..control import reconcile
     from ..control.api import ControlServer
     from ..server.daemon import Daemon
 
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    daemon = Daemon(state_dir, nop_interval=nop_interval)
+    daemon = Daemon(state_dir, nop_interval=nop_interval, io_timeout=io_timeout)
     try:
         saved = cfgmod.load(state_dir)
     except Exception as exc:  # noqa: BLE001 - report and refuse to start on a broken config

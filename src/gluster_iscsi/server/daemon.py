@@ -37,6 +37,7 @@ class Daemon:
         nop_timeout: float = 30.0,
         queue_depth: int = 128,
         drain_timeout: float = 30.0,
+        io_timeout: float = 60.0,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.registry = TargetRegistry()
@@ -53,12 +54,24 @@ class Daemon:
         self._listeners: dict[Portal, asyncio.AbstractServer] = {}
         # Blocking store calls (ctypes, os.preadv) release the GIL: a few threads per core
         # keep a queue depth of 32 busy without thrashing two cores.
-        threads = io_threads or max(8, 4 * (os.cpu_count() or 2))
-        #: The data path: blocking store calls of SCSI commands.
-        self.iopool = IoPool(asyncio.get_running_loop(), threads)
+        #: Worker threads per backing store for its blocking calls (SCSI data path). Each store
+        #: has its own, so a store that hangs cannot starve the LUNs of other stores.
+        self.io_threads = io_threads or max(8, 4 * (os.cpu_count() or 2))
+        #: Seconds a store call may take before its command fails (above Gluster's 42 s
+        #: network.ping-timeout, so a brick failover completes first). 0: no limit.
+        self.io_timeout = io_timeout
+        self._pools: dict[int, tuple[object, IoPool]] = {}
         #: The control path: opening stores, provisioning, anything else that blocks.
         self.store_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-ctl")
         self.stopped = asyncio.Event()
+
+    def pool_for(self, store: object) -> IoPool:
+        entry = self._pools.get(id(store))
+        if entry is None or entry[0] is not store:
+            entry = (store, IoPool(asyncio.get_running_loop(), self.io_threads,
+                                   name=f"io-{len(self._pools)}"))
+            self._pools[id(store)] = entry
+        return entry[1]
 
     # ------------------------------------------------------------------ portals
     def portals(self) -> list[Portal]:
@@ -189,6 +202,7 @@ class Daemon:
                         lu.store.close()
                     except Exception:  # closing must go on for the other stores
                         log.exception("closing the store of %s LUN %d", target.name, lun)
-        self.iopool.shutdown()
+        for _, pool in self._pools.values():
+            pool.shutdown()
         self.store_executor.shutdown(wait=True, cancel_futures=False)
         self.stopped.set()

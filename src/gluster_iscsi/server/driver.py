@@ -8,9 +8,11 @@ ones), coordinates task management across sessions, and keeps the NOP-In/login t
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..backstore.base import BackingStoreError
 from ..backstore.buffers import POOL
 from ..iscsi import events as ev
 from ..iscsi.connection import Connection
@@ -213,9 +215,7 @@ class ConnectionDriver(asyncio.Protocol):
                     except Exception as e:  # handed to the SCSI layer to map to sense
                         exc, value = e, None
                     continue
-                self.daemon.iopool.submit(
-                    inner.run, target_store, lambda v, e: self._step(task, gen, store, v, e)
-                )
+                self._submit(task, gen, store, inner, target_store)
                 return
         except StopIteration as stop:
             self._complete(task, stop.value)
@@ -223,6 +223,34 @@ class ConnectionDriver(asyncio.Protocol):
             log.exception("internal error executing CDB %s", bytes(task.cdb[:1]).hex())
             key, asc = _INTERNAL_ERROR
             self._complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc)))
+
+    def _submit(self, task: ScsiTask, gen: Any, store: Any, op: Any, target_store: Any) -> None:
+        """Run a blocking op on the store's own workers, bounded by the I/O timeout.
+
+        A store that hangs (a Gluster volume that lost quorum) must answer the initiator within
+        the timeout: the op is then thrown into the command as ETIMEDOUT, which the SCSI layer
+        maps to a sense the initiator retries, and its late result is dropped.
+        """
+        state = [False]  # settled: completed or timed out, whichever came first
+
+        def done(value: Any, exc: BaseException | None) -> None:
+            if state[0]:
+                return
+            state[0] = True
+            if timer is not None:
+                timer.cancel()
+            self._step(task, gen, store, value, exc)
+
+        def expired() -> None:
+            if state[0]:
+                return
+            log.warning("%s: %s did not complete within %gs", getattr(target_store, "name", "store"),
+                        type(op).__name__, self.daemon.io_timeout)
+            done(None, BackingStoreError(errno.ETIMEDOUT, "I/O timed out", getattr(target_store, "name", None)))
+
+        timeout = self.daemon.io_timeout
+        timer = self.loop.call_later(timeout, expired) if timeout else None
+        self.daemon.pool_for(target_store).submit(op.run, target_store, done)
 
     def _complete(self, task: ScsiTask, result: ScsiResult) -> None:
         if result.extra:

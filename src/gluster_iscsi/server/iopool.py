@@ -7,6 +7,9 @@ a deque and wakes the loop only when that deque was empty, so a burst of complet
 one wake-up, and the loop handles the whole batch before any connection flushes (the
 drivers defer their flush with ``call_soon``, which runs after this batch).
 
+Workers start on demand, up to ``threads``, and leave after ``idle`` seconds without work,
+so a pool per backing store costs nothing while its LUN is quiet (or deleted).
+
 The store calls (``os.preadv``, ctypes into libgfapi) release the GIL while they block.
 """
 
@@ -16,7 +19,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any
 
 Callback = Callable[[Any, BaseException | None], None]
@@ -25,28 +28,65 @@ _STOP = object()
 
 
 class IoPool:
-    def __init__(self, loop: asyncio.AbstractEventLoop, threads: int, *, name: str = "store-io") -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, threads: int, *, name: str = "store-io",
+                 idle: float = 30.0) -> None:
         self.loop = loop
+        self.max_threads = threads
+        self.idle = idle
+        self.name = name
         self._q: SimpleQueue[Any] = SimpleQueue()
         self._done: deque[tuple[Callback, Any, BaseException | None]] = deque()
         self._lock = threading.Lock()
         self._wake_pending = False
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(threads)
-        ]
-        for t in self._threads:
-            t.start()
+        self._alive = 0  # worker threads running
+        self._busy = 0  # of which are running a call
+        self._queued = 0  # submitted, not yet taken by a worker
+        self._threads: set[threading.Thread] = set()
+        self._closed = False
+        self._serial = 0
+
+    @property
+    def threads(self) -> int:
+        return self._alive
 
     def submit(self, fn: Callable[[Any], Any], arg: Any, callback: Callback) -> None:
         """Run ``fn(arg)`` on a worker; ``callback(result, exc)`` runs later on the loop."""
+        with self._lock:
+            self._queued += 1
+            # Another worker when queued work outnumbers the idle ones and there is room.
+            spawn = (not self._closed and self._alive < self.max_threads
+                     and self._queued > self._alive - self._busy)
+            if spawn:
+                self._alive += 1
+                self._serial += 1
+                t = threading.Thread(target=self._work, name=f"{self.name}-{self._serial}", daemon=True)
+                self._threads.add(t)
         self._q.put((fn, arg, callback))
+        if spawn:
+            t.start()
 
     def _work(self) -> None:
         q, done, lock = self._q, self._done, self._lock
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=self.idle)
+            except Empty:
+                with lock:
+                    # Leave only if nothing is queued: a submit that counted this worker as
+                    # idle did not start another one for its item.
+                    if self._queued == 0 or self._closed:
+                        self._alive -= 1
+                        self._threads.discard(threading.current_thread())
+                        return
+                continue
             if item is _STOP:
+                with lock:
+                    self._alive -= 1
+                    self._threads.discard(threading.current_thread())
                 return
+            with lock:
+                self._queued -= 1
+                self._busy += 1
             fn, arg, callback = item
             entry: tuple[Callback, Any, BaseException | None]
             try:
@@ -54,6 +94,7 @@ class IoPool:
             except BaseException as exc:  # noqa: BLE001 - delivered to the callback
                 entry = (callback, None, exc)
             with lock:
+                self._busy -= 1
                 done.append(entry)
                 if self._wake_pending:
                     continue
@@ -76,7 +117,12 @@ class IoPool:
                 callback(result, exc)
 
     def shutdown(self) -> None:
-        for _ in self._threads:
+        """Stop the workers once the calls queued before this one are done (a call stuck in a
+        dead store is left behind: its thread is a daemon thread)."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
             self._q.put(_STOP)
-        for t in self._threads:
-            t.join(timeout=30)
+        for t in threads:
+            t.join(timeout=5)
