@@ -7,10 +7,10 @@ Everything that ends a command early becomes a :class:`ScsiResult` here and nowh
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
-from typing import TYPE_CHECKING, cast
+from types import GeneratorType
+from typing import TYPE_CHECKING
 
 from .context import Ctx, ReservationConflict
 from .opcodes import TABLE, Command, lookup
@@ -144,22 +144,19 @@ class DeviceServer:
         lu = self.luns.get(task.lun)
         command: Command | None = None
         try:
-            if not task.cdb:
-                raise invalid_opcode()
-            if len(task.cdb) < 16:
+            cdb = task.cdb
+            if len(cdb) < 16:
+                if not cdb:
+                    raise invalid_opcode()
                 # iSCSI carries at least 16 CDB bytes; pad shorter ones so no field read
                 # past the end of a short CDB can fail.
-                task.cdb = bytes(task.cdb) + bytes(16 - len(task.cdb))
-            if (
-                task.nexus.initiator_port not in self._nexuses
-                or task.nexus.relative_port not in self._ports
-            ):
-                self.nexus_added(task.nexus)
+                task.cdb = bytes(cdb) + bytes(16 - len(cdb))
+            nexus = task.nexus
+            if nexus.initiator_port not in self._nexuses or nexus.relative_port not in self._ports:
+                self.nexus_added(nexus)
             command = self._preamble(task, lu)
-            ctx = Ctx(task, cast("LogicalUnit", lu), self, command)
-            assert command.handler is not None
-            outcome = command.handler(ctx)
-            if inspect.isgenerator(outcome):
+            outcome = command.handler(Ctx(task, lu, self, command))  # type: ignore[arg-type,misc]
+            if type(outcome) is GeneratorType:
                 outcome = yield from outcome
             return outcome
         except CheckCondition as cc:
@@ -175,22 +172,27 @@ class DeviceServer:
             return self._check_condition(failure, lu)
 
     def _preamble(self, task: ScsiTask, lu: LogicalUnit | None) -> Command:
+        """SAM-5/SPC-4 order: LUN, unit attention, opcode, reservations, medium state.
+
+        Written for the common case (a known opcode, nothing pending, no reservation): each
+        step first tests the cheap condition under which it has nothing to say.
+        """
         cdb = task.cdb
-        port = task.nexus.initiator_port
-        entry = None
-        try:
-            entry = lookup(cdb)
-        except CheckCondition:
-            bad_action = True
-        else:
-            bad_action = False
+        entry = TABLE.get(cdb[0])
+        bad_action = False
+        if entry is not None and entry.actions:
+            try:
+                entry = lookup(cdb)
+            except CheckCondition:
+                bad_action = True
         # 1. LUN check.
         if lu is None:
             if entry is not None and entry.no_lu_ok:
                 return entry
             raise illegal(Asc.LOGICAL_UNIT_NOT_SUPPORTED)
+        port = task.nexus.initiator_port
         # 2. Unit attention (not for INQUIRY, REPORT LUNS, REQUEST SENSE).
-        if not (entry is not None and entry.ua_exempt):
+        if lu._ua.get(port) and not (entry is not None and entry.ua_exempt):
             asc = lu.pop_ua(port)
             if asc is not None:
                 raise CheckCondition(SenseKey.UNIT_ATTENTION, asc)
@@ -199,18 +201,21 @@ class DeviceServer:
             raise invalid_cdb(1, 4)
         if entry is None:
             raise invalid_opcode()
-        if not entry.offered_by(lu):
+        if entry.available is not None and not entry.available(lu):
             # A service action this LU lacks of an opcode it has is a bad field; an opcode
             # with nothing to offer here is unsupported (SPC-4 4.2.5.3).
             siblings = TABLE[cdb[0]].actions.values() if entry.service_action is not None else ()
             if any(a.offered_by(lu) for a in siblings):
                 raise invalid_cdb(1, 4)
             raise invalid_opcode()
-        control = cdb[entry.cdb_length - 1] if len(cdb) >= entry.cdb_length else 0
+        last = len(entry.usage) - 1
+        control = cdb[last] if len(cdb) > last else 0
         if control & 0x05:  # NACA (no ACA support) or the obsolete LINK bit
-            raise invalid_cdb(entry.cdb_length - 1, 2 if control & 0x04 else 0)
+            raise invalid_cdb(last, 2 if control & 0x04 else 0)
         # 4. Reservations.
-        if conflicts(lu, task.nexus, entry, cdb):
+        if (lu.reserved_by is not None or lu.pr.type is not None) and conflicts(
+            lu, task.nexus, entry, cdb
+        ):
             raise ReservationConflict
         # 5. Medium state.
         job = lu.background

@@ -32,30 +32,51 @@ if TYPE_CHECKING:
 class IoLock:
     """Shared/exclusive lock of one logical unit's data (COMPARE AND WRITE atomicity).
 
-    Ordinary reads and writes hold it shared, so they still run in parallel; COMPARE AND WRITE
-    holds it exclusive (``with lock:``) across its read-compare-write, so no write of another
-    command can land between the compare and the write, and no read sees half of it.
+    Ordinary reads and writes hold it shared (:meth:`acquire_shared`/:meth:`release_shared`),
+    so they still run in parallel; COMPARE AND WRITE holds it exclusive (``with lock:``)
+    across its read-compare-write, so no write of another command can land between the
+    compare and the write, and no read sees half of it.
+
+    The shared side is on every read and write: it costs one plain mutex acquire/release
+    each way while nobody wants the lock exclusive; the condition variable is used only
+    when an exclusive holder or waiter exists. An exclusive waiter blocks new shared
+    holders, so a stream of reads cannot starve COMPARE AND WRITE.
     """
 
+    __slots__ = ("_mutex", "_cond", "_shared", "_exclusive", "_waiting_exclusive")
+
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._shared = 0
         self._exclusive = False
         self._waiting_exclusive = 0
 
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
+    def acquire_shared(self) -> None:
+        mutex = self._mutex
+        mutex.acquire()
+        try:
             while self._exclusive or self._waiting_exclusive:
                 self._cond.wait()
             self._shared += 1
+        finally:
+            mutex.release()
+
+    def release_shared(self) -> None:
+        mutex = self._mutex
+        mutex.acquire()
+        self._shared -= 1
+        if not self._shared and self._waiting_exclusive:
+            self._cond.notify_all()
+        mutex.release()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        self.acquire_shared()
         try:
             yield
         finally:
-            with self._cond:
-                self._shared -= 1
-                if not self._shared:
-                    self._cond.notify_all()
+            self.release_shared()
 
     def acquire(self) -> None:
         with self._cond:
@@ -80,10 +101,6 @@ class IoLock:
         self.release()
 
 
-def _shared(lock: IoLock | None) -> contextlib.AbstractContextManager[None]:
-    return lock.shared() if lock is not None else contextlib.nullcontext()
-
-
 class IoOp:
     __slots__ = ()
 
@@ -99,8 +116,15 @@ class ReadOp(IoOp):
 
     def run(self, store: BackingStore) -> memoryview:
         buf = POOL.borrow(self.length)  # reused buffers: no zero fill, no page faults
-        with _shared(self.lock):
+        lock = self.lock
+        if lock is None:
             store.read_into(self.offset, buf)
+            return buf
+        lock.acquire_shared()
+        try:
+            store.read_into(self.offset, buf)
+        finally:
+            lock.release_shared()
         return buf
 
 
@@ -112,8 +136,15 @@ class WriteOp(IoOp):
     lock: IoLock | None = None
 
     def run(self, store: BackingStore) -> None:
-        with _shared(self.lock):
+        lock = self.lock
+        if lock is None:
             store.write(self.offset, self.data)
+        else:
+            lock.acquire_shared()
+            try:
+                store.write(self.offset, self.data)
+            finally:
+                lock.release_shared()
         if self.fua:
             store.flush()
 
@@ -139,7 +170,7 @@ class DiscardOp(IoOp):
     lock: IoLock | None = None
 
     def run(self, store: BackingStore) -> None:
-        with _shared(self.lock):
+        with self.lock.shared() if self.lock else contextlib.nullcontext():
             store.discard(self.offset, self.length)
 
 
@@ -150,7 +181,7 @@ class WriteZeroesOp(IoOp):
     lock: IoLock | None = None
 
     def run(self, store: BackingStore) -> None:
-        with _shared(self.lock):
+        with self.lock.shared() if self.lock else contextlib.nullcontext():
             store.write_zeroes(self.offset, self.length)
 
 

@@ -88,14 +88,20 @@ def _check_transfer(lu: LogicalUnit, n: int, field: int) -> None:
 
 
 def read(ctx: Ctx) -> Execution:
+    # The hot path: the checks of _no_protection/check_range/_check_transfer, inline.
     cdb, lu = ctx.cdb, ctx.lu
     lba, n, field = lba_and_length(cdb)
-    if cdb[0] == 0x08 and n == 0:
-        n = 256  # READ(6): zero means 256 blocks
-    _no_protection(cdb)
-    check_range(lu, lba, n)
-    _check_transfer(lu, n, field)
+    op = cdb[0]
+    if op == 0x08:
+        if n == 0:
+            n = 256  # READ(6): zero means 256 blocks
+    elif cdb[1] & 0xE0:  # RDPROTECT: no protection information here
+        raise invalid_cdb(1, 7)
+    if lba + n > lu.block_count:
+        raise lba_out_of_range()
     bs = lu.block_size
+    if n * bs > lu.max_transfer_bytes:
+        raise invalid_cdb(field)
     if n == 0:
         return ScsiResult(transfer_length=0)
     data = yield ReadOp(lba * bs, n * bs, lu.io_lock)
@@ -117,14 +123,19 @@ def _write_data(ctx: Ctx, need: int) -> memoryview:
 def write(ctx: Ctx) -> Execution:
     cdb, lu = ctx.cdb, ctx.lu
     lba, n, field = lba_and_length(cdb)
-    if cdb[0] == 0x0A and n == 0:
-        n = 256
-    _no_protection(cdb)
-    check_range(lu, lba, n)
-    _check_transfer(lu, n, field)
+    six = cdb[0] == 0x0A
+    if six:
+        if n == 0:
+            n = 256
+    elif cdb[1] & 0xE0:  # WRPROTECT: no protection information here
+        raise invalid_cdb(1, 7)
+    if lba + n > lu.block_count:
+        raise lba_out_of_range()
     bs = lu.block_size
     need = n * bs
-    fua = (cdb[0] != 0x0A and bool(cdb[1] & 0x08)) or not lu.write_cache
+    if need > lu.max_transfer_bytes:
+        raise invalid_cdb(field)
+    fua = (not six and bool(cdb[1] & 0x08)) or not lu.write_cache
     data = _write_data(ctx, need)
     if len(data):
         yield WriteOp(lba * bs, data, fua, lu.io_lock)
