@@ -465,16 +465,13 @@ class Connection:
                 out.append(("TargetPortalGroupTag", str(self.tpgt)))
                 if self.target is not None and self.target.alias:
                     out.append(("TargetAlias", self.target.alias))
-        if transit and nsg == STAGE_OPERATIONAL or (transit and csg == STAGE_OPERATIONAL) or (
-            csg == STAGE_OPERATIONAL and not self._declared
-        ):
-            if not self._declared:
-                self._declared = True
-                out += self._negotiator.declarations("operational", self.session_type)
+        if csg == STAGE_OPERATIONAL and not self._declared:
+            # Operational keys only in operational-stage responses: open-iscsi refuses them in
+            # the security stage. (A login going straight from security to full feature phase
+            # gets no declaration, and the initiator keeps the 8192-byte default: safe.)
+            self._declared = True
+            out += self._negotiator.declarations("operational", self.session_type)
         if transit and nsg == STAGE_FFP:
-            if not self._declared:
-                self._declared = True
-                out += self._negotiator.declarations("operational", self.session_type)
             self._finish_login(itt, csg, out)
             return
         if transit:
