@@ -15,6 +15,7 @@ import pytest
 
 from gluster_iscsi.control import config as cfgmod
 
+from ..gluster_env import gluster_volume_fixture
 from .harness import Serve
 
 pytestmark = pytest.mark.integration
@@ -234,20 +235,12 @@ def test_sizes_json_and_idempotent_apply(serve, tmp_path):
     assert os.path.exists(serve.state_dir / "config.json.prev")
 
 
-def _gluster_volume() -> str | None:
-    try:
-        p = subprocess.run(["gluster", "--mode=script", "volume", "info", "giscsi-plain"],
-                           capture_output=True, text=True, timeout=10)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return "giscsi-plain" if "Status: Started" in p.stdout else None
+cli_volume = gluster_volume_fixture("giscsi-cli", profile="plain", mount=False)
 
 
 @pytest.mark.gluster
-def test_the_cookbooks_glfs_form(serve, tmp_path):
-    vol = _gluster_volume()
-    if vol is None:
-        pytest.skip("no started Gluster volume giscsi-plain on this host")
+def test_the_cookbooks_glfs_form(serve, tmp_path, cli_volume):
+    vol = cli_volume.volume
     name = f"mgmt-test-{os.getpid()}-{time.monotonic_ns()}.img"
     ok(serve.cli("target", "create", T2))
     # create the file through gfapi (tgt needs it to exist, as do we for -b)
