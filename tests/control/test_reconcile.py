@@ -333,3 +333,46 @@ def test_lu_options_configure_the_lu_not_the_store(tmp_path):
         assert lu.physical_block_size == 4096 and lu.lbppbe == 3
     finally:
         reconcile.close_lu(lu)
+
+
+def test_an_online_grow_never_asks_the_store_its_size_on_the_event_loop(
+    tmp_path, fake_runtime, monkeypatch
+):
+    import threading
+
+    from gluster_iscsi.backstore.memory import MemoryStore
+    from gluster_iscsi.scsi.lu import LogicalUnit
+    from gluster_iscsi.scsi.sense import Asc
+
+    loop_thread: list[threading.Thread] = []
+    on_loop: list[str] = []
+
+    class Watched(MemoryStore):
+        @property
+        def size(self) -> int:
+            if loop_thread and threading.current_thread() is loop_thread[0]:
+                on_loop.append("size")  # a gfapi fstat here would stall every session
+            return super().size
+
+    def open_lu(cfg, target_name):
+        return LogicalUnit(Watched(cfg["size"]), lun_id=cfg["lun"], serial=cfg["serial"])
+
+    monkeypatch.setattr(reconcile, "open_lu", open_lu)
+    d = FakeDaemon(tmp_path)
+
+    async def scenario():
+        loop_thread.append(threading.current_thread())
+        cfg = desired()
+        await reconcile.apply(d, cfg)
+        lu = d.registry.lookup(T1).device.lu(1)
+        lu.nexus_added("iqn.x,i,0x1")
+        lu.clear_ua("iqn.x,i,0x1")
+        grown = copy.deepcopy(cfg)
+        grown["targets"][0]["luns"][0]["size"] = 4 << 20
+        await reconcile.apply(d, grown)
+        return lu
+
+    lu = run(scenario())
+    assert on_loop == []
+    assert lu.block_count == (4 << 20) // 512
+    assert lu.pop_ua("iqn.x,i,0x1") == Asc.CAPACITY_DATA_HAS_CHANGED
