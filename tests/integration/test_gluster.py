@@ -1,0 +1,544 @@
+"""The gfapi store against a real replica-3 Gluster volume, through a real daemon (issue 3).
+
+One daemon (``serve --demo --io-timeout 15``) serves the demo target with
+  LUN 1  the demo's file in the state directory,
+  LUN 2  gluster://127.0.0.1/BLOCK/lun1.img  (gluster-block profile: sharded, no SEEK_DATA),
+  LUN 3  gluster://127.0.0.1/PLAIN/lun1.img  (plain profile: SEEK_DATA/SEEK_HOLE work).
+The tests run in file order: the disruptive ones (a brick killed, the whole volume stopped)
+come last, on the block volume, and put it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import struct
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from ..gluster_env import gluster_volume_fixture
+from .conftest import need
+from .daemon import DEMO_IQN, Daemon
+from .pyinitiator import Session
+
+pytestmark = [pytest.mark.integration, pytest.mark.gluster]
+
+MiB = 1 << 20
+BS = 512
+IO_TIMEOUT = 15.0
+FILE_LUN, BLOCK_LUN, PLAIN_LUN = 1, 2, 3
+BLOCK_SIZE = 256 * MiB
+PLAIN_SIZE = 64 * MiB
+GOOD, CHECK_CONDITION = 0x00, 0x02
+NOT_READY, UNIT_ATTENTION = 0x2, 0x6
+
+block_volume = gluster_volume_fixture("giscsi-it-block")
+plain_volume = gluster_volume_fixture("giscsi-it-plain", profile="plain", mount=False)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def run(*cmd: str, timeout: float = 120) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def gluster(*args: str, timeout: float = 120) -> str:
+    """A gluster CLI call, retried while another session holds glusterd's cluster lock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = subprocess.run(["gluster", "--mode=script", *args], capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode == 0:
+            return proc.stdout
+        out = proc.stdout + proc.stderr
+        busy = re.search(r"another transaction|locking failed|lock.*held|try again", out, re.I)
+        if not busy or time.monotonic() > deadline:
+            raise AssertionError(f"gluster {' '.join(args)} -> {proc.returncode}\n{out}")
+        time.sleep(1)
+
+
+def bricks(volume: str) -> list[dict[str, str]]:
+    """The brick processes of ``volume``: path, pid, status ('1' online), from the XML status."""
+    xml = gluster("volume", "status", volume, "--xml", timeout=60)
+    out = []
+    for node in ET.fromstring(xml).iter("node"):
+        path = node.findtext("path") or ""
+        if path.startswith("/"):
+            out.append({"path": path, "pid": node.findtext("pid") or "",
+                        "status": node.findtext("status") or ""})
+    return out
+
+
+def wait_bricks_online(volume: str, count: int = 3, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            online = [b for b in bricks(volume) if b["status"] == "1"]
+        except AssertionError:
+            online = []
+        if len(online) >= count:
+            return
+        assert time.monotonic() < deadline, f"bricks of {volume} not online: {bricks(volume)}"
+        time.sleep(1)
+
+
+def pid_gone(pid: int) -> bool:
+    """True once ``pid`` no longer exists, zombie included (PID 1 here reaps lazily, and
+    glusterd's "volume start force" takes a zombie brick for a running one)."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def restart_brick(volume: str, pid: int, timeout: float = 60) -> None:
+    """``gluster volume start VOL force`` until every brick is online again (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not pid_gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    while True:
+        gluster("volume", "start", volume, "force")
+        try:
+            wait_bricks_online(volume, timeout=min(15, max(1, deadline - time.monotonic())))
+            return
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+
+
+def sense_fields(sense: bytes) -> tuple[int, int, int]:
+    """(sense key, ASC, ASCQ) of fixed (70h/71h) or descriptor (72h/73h) sense data."""
+    if not sense:
+        return (0, 0, 0)
+    if sense[0] & 0x7F in (0x72, 0x73):
+        return (sense[1] & 0x0F, sense[2], sense[3])
+    return (sense[2] & 0x0F, sense[12] if len(sense) > 12 else 0, sense[13] if len(sense) > 13 else 0)
+
+
+def read10_cdb(lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBIBHB", 0x28, 0, lba, 0, blocks, 0)
+
+
+def write10_cdb(lba: int, blocks: int, fua: bool = False) -> bytes:
+    return struct.pack(">BBIBHB", 0x2A, 0x08 if fua else 0, lba, 0, blocks, 0)
+
+
+def mode_sense_caching_cdb() -> bytes:
+    return bytes([0x1A, 0x08, 0x08, 0, 255, 0])  # MODE SENSE(6), DBD, caching page
+
+
+def sync_cache10_cdb() -> bytes:
+    return struct.pack(">BBIBHB", 0x35, 0, 0, 0, 0, 0)
+
+
+def unmap_cdb_and_params(ranges: list[tuple[int, int]]) -> tuple[bytes, bytes]:
+    descs = b"".join(struct.pack(">QI4x", lba, n) for lba, n in ranges)
+    params = struct.pack(">HH4x", 6 + len(descs), len(descs)) + descs
+    return struct.pack(">BB4xBHB", 0x42, 0, 0, len(params), 0), params
+
+
+def get_lba_status_cdb(lba: int, alloc: int = 4096) -> bytes:
+    return struct.pack(">BBQIBB", 0x9E, 0x12, lba, alloc, 0, 0)
+
+
+def parse_lba_status(data: bytes) -> list[tuple[int, int, int]]:
+    """(first LBA, block count, provisioning status) of each LBA status descriptor."""
+    n = int.from_bytes(data[0:4], "big")
+    body = data[8 : 4 + n]
+    return [struct.unpack(">QIB", body[i : i + 13]) for i in range(0, len(body) - 15, 16)]
+
+
+async def cmd(s: Session, cdb: bytes, *, lun: int, data_out: bytes = b"", read_len: int = 0,
+              timeout: float = IO_TIMEOUT + 30) -> tuple[int, bytes, bytes]:
+    """One command, retried past unit attentions; (status, data-in, sense)."""
+    for _ in range(5):
+        st, data, sense = await asyncio.wait_for(
+            s.scsi(cdb, data_out=data_out, read_len=read_len, lun=lun), timeout)
+        if st == CHECK_CONDITION and sense_fields(sense)[0] == UNIT_ATTENTION:
+            continue
+        return st, data, sense
+    raise AssertionError(f"unit attention did not clear for CDB {cdb.hex()} on LUN {lun}")
+
+
+async def write_ok(s: Session, lun: int, lba: int, data: bytes) -> None:
+    st, _, sense = await cmd(s, write10_cdb(lba, len(data) // BS), lun=lun, data_out=data)
+    assert st == GOOD, f"WRITE(10) LUN {lun} LBA {lba}: status {st:#x} sense {sense.hex()}"
+
+
+async def read_ok(s: Session, lun: int, lba: int, nbytes: int) -> bytes:
+    st, data, sense = await cmd(s, read10_cdb(lba, nbytes // BS), lun=lun, read_len=nbytes)
+    assert st == GOOD, f"READ(10) LUN {lun} LBA {lba}: status {st:#x} sense {sense.hex()}"
+    assert len(data) == nbytes
+    return data
+
+
+def session(d: Daemon, name: str) -> Session:
+    return Session("127.0.0.1", d.port, DEMO_IQN, f"iqn.2026-11.org.example:gluster-{name}")
+
+
+def vpd_b2(url: str) -> dict[str, int]:
+    """VPD page B2h as iscsi-inq decodes it (lbpu, lbprz, provisioning type, ...).
+    iscsi-inq reads the page code as a decimal integer: "0xb2" would give page 00h."""
+    out = run("iscsi-inq", "-e", "1", "-c", str(0xB2), url)
+    fields = {k.strip().lower(): int(v) for k, v in re.findall(r"^([\w ]+):(\d+)$", out, re.M)}
+    assert "lbpu" in fields and "lbprz" in fields, out
+    return fields
+
+
+# -- the daemon ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, block_volume, plain_volume):
+    d = Daemon(tmp_path_factory.mktemp("gluster") / "state",
+               extra=["--io-timeout", str(IO_TIMEOUT), "--nop-interval", "0"])
+    d.start()
+    try:
+        for lun, vol, size in ((BLOCK_LUN, block_volume, "256MiB"),
+                               (PLAIN_LUN, plain_volume, "64MiB")):
+            d.cli("--timeout", "90", "lun", "create", DEMO_IQN, vol.url("lun1.img"),
+                  "--lun", str(lun), "--size", size, timeout=120)
+        yield d
+    finally:
+        rc = d.stop()
+        log = d.log_text()
+    assert rc == 0, f"daemon exit code {rc}\n{log[-4000:]}"
+
+
+# -- 1. qemu-img through iSCSI, read back through iSCSI and through FUSE ---------------------
+
+
+def test_qemu_img_data_reads_back_through_iscsi_and_the_fuse_mount(gw, block_volume, tmp_path):
+    need("qemu-img")
+    size = 64 * MiB
+    src = tmp_path / "random.raw"
+    payload = os.urandom(size)
+    src.write_bytes(payload)
+    url = gw.url(BLOCK_LUN)
+    run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), url, timeout=300)
+    back = tmp_path / "back.raw"
+    run("qemu-img", "dd", "-f", "raw", "-O", "raw", "bs=1M", "count=64", f"if={url}",
+        f"of={back}", timeout=300)
+    assert back.read_bytes() == payload, "read back through iSCSI differs"
+    fuse = block_volume.fuse_path("lun1.img")
+    assert os.stat(fuse).st_size == BLOCK_SIZE
+    with open(fuse, "rb") as f:
+        assert f.read(size) == payload, "the file on the FUSE mount differs"
+
+
+# -- 4. UNMAP and GET LBA STATUS on both profiles ---------------------------------------------
+
+
+async def _unmap_scenario(d: Daemon, lun: int, base: int, length: int, hole: tuple[int, int]):
+    """Write ``length`` bytes of random data at byte ``base``, UNMAP the byte range ``hole``
+    inside it; returns (payload, data read back, GET LBA STATUS before, after)."""
+    payload = os.urandom(length)
+    async with session(d, f"unmap{lun}") as s:
+        for off in range(0, length, 256 * 1024):
+            await write_ok(s, lun, (base + off) // BS, payload[off : off + 256 * 1024])
+        st, _, sense = await cmd(s, sync_cache10_cdb(), lun=lun)
+        assert st == GOOD, sense.hex()
+        st, before, sense = await cmd(s, get_lba_status_cdb(base // BS), lun=lun, read_len=4096)
+        assert st == GOOD, f"GET LBA STATUS: {st:#x} {sense.hex()}"
+        ucdb, params = unmap_cdb_and_params([(hole[0] // BS, (hole[1] - hole[0]) // BS)])
+        st, _, sense = await cmd(s, ucdb, lun=lun, data_out=params)
+        assert st == GOOD, f"UNMAP: {st:#x} {sense.hex()}"
+        st, after, sense = await cmd(s, get_lba_status_cdb(base // BS), lun=lun, read_len=4096)
+        assert st == GOOD, f"GET LBA STATUS: {st:#x} {sense.hex()}"
+        got = b"".join([await read_ok(s, lun, (base + off) // BS, 256 * 1024)
+                        for off in range(0, length, 256 * 1024)])
+    return payload, got, parse_lba_status(before), parse_lba_status(after)
+
+
+def _status_of(descs: list[tuple[int, int, int]], lba: int) -> int:
+    for first, count, st in descs:
+        if first <= lba < first + count:
+            return st & 0x0F
+    raise AssertionError(f"LBA {lba} not described by {descs}")
+
+
+def test_unmap_on_plain_volume_deallocates_and_reads_zeroes(gw):
+    need("iscsi-inq")
+    b2 = vpd_b2(gw.url(PLAIN_LUN))
+    assert b2["lbpu"] == 1 and b2["lbprz"] == 1 and b2["provisioning type"] == 2, b2
+    base, length, hole = 8 * MiB, 4 * MiB, (9 * MiB, 11 * MiB)
+    payload, got, before, after = asyncio.run(_unmap_scenario(gw, PLAIN_LUN, base, length, hole))
+    assert got[: hole[0] - base] == payload[: hole[0] - base]
+    assert got[hole[0] - base : hole[1] - base] == bytes(hole[1] - hole[0]), "UNMAPped range not zero"
+    assert got[hole[1] - base :] == payload[hole[1] - base :]
+    assert before and before[0][0] == base // BS, before
+    for lba in range(base // BS, (base + length) // BS, 2048):
+        assert _status_of(before, lba) == 0, f"written LBA {lba} not mapped before UNMAP: {before}"
+    assert after[0][0] == base // BS, after
+    for lba in range(hole[0] // BS, hole[1] // BS, 256):
+        assert _status_of(after, lba) == 1, f"LBA {lba} not deallocated after UNMAP: {after}"
+    for lba in (base // BS, hole[0] // BS - 1, hole[1] // BS, (base + length) // BS - 1):
+        assert _status_of(after, lba) == 0, f"LBA {lba} outside the UNMAP not mapped: {after}"
+
+
+def test_unmap_on_sharded_volume_reads_zeroes_and_reports_mapped(gw):
+    """The gluster-block profile shards: glfs_lseek SEEK_DATA answers ENOTSUP, so the store
+    documents "no extents" (everything mapped) while discard still reads back zeroes."""
+    need("iscsi-inq")
+    b2 = vpd_b2(gw.url(BLOCK_LUN))
+    assert b2["lbpu"] == 1 and b2["lbprz"] == 1 and b2["provisioning type"] == 2, b2
+    base, length, hole = 96 * MiB, 4 * MiB, (97 * MiB, 99 * MiB)
+    payload, got, before, after = asyncio.run(_unmap_scenario(gw, BLOCK_LUN, base, length, hole))
+    assert got[: hole[0] - base] == payload[: hole[0] - base]
+    assert got[hole[0] - base : hole[1] - base] == bytes(hole[1] - hole[0]), "UNMAPped range not zero"
+    assert got[hole[1] - base :] == payload[hole[1] - base :]
+    for descs in (before, after):
+        assert descs and descs[0][0] == base // BS, descs
+        assert all(st & 0x0F == 0 for _, _, st in descs), f"sharded volume reported holes: {descs}"
+        assert descs[0][1] >= length // BS, descs
+
+
+# -- 2. one brick killed during a write stream -----------------------------------------------
+
+
+STREAMS = 4
+CHUNK = 128 * 1024
+REGION = 16 * MiB  # per stream, from 128 MiB on; a stream wraps around in its region
+STREAM_SECONDS = 8.0
+KILL_AFTER = 2.5
+
+
+def test_killing_one_brick_during_writes_loses_nothing(gw, block_volume):
+    vol = block_volume.volume
+    wait_bricks_online(vol)
+    victim = bricks(vol)[1]
+    pid = int(victim["pid"])
+    written: dict[int, bytes] = {}  # LBA -> the data last written there
+    stats = {"writes": 0, "after_kill": 0, "max_latency": 0.0, "killed_at": None}
+
+    async def stream(i: int, stop_at: float) -> None:
+        rnd = random.Random(i)
+        async with session(gw, f"stream{i}") as s:
+            lba0 = (128 * MiB + i * REGION) // BS
+            k = 0
+            while time.monotonic() < stop_at:
+                lba = lba0 + (k % (REGION // CHUNK)) * CHUNK // BS
+                k += 1
+                data = rnd.randbytes(CHUNK)
+                t = time.monotonic()
+                await write_ok(s, BLOCK_LUN, lba, data)
+                assert await read_ok(s, BLOCK_LUN, lba, CHUNK) == data, f"stream {i} LBA {lba}"
+                stats["max_latency"] = max(stats["max_latency"], time.monotonic() - t)
+                stats["writes"] += 1
+                if stats["killed_at"] is not None and t > stats["killed_at"]:
+                    stats["after_kill"] += 1
+                written[lba] = data
+            st, _, sense = await cmd(s, sync_cache10_cdb(), lun=BLOCK_LUN)
+            assert st == GOOD, f"SYNCHRONIZE CACHE after the brick loss: {st:#x} {sense.hex()}"
+
+    async def killer() -> None:
+        await asyncio.sleep(KILL_AFTER)
+        os.kill(pid, signal.SIGKILL)
+        stats["killed_at"] = time.monotonic()
+
+    async def main() -> None:
+        stop_at = time.monotonic() + STREAM_SECONDS
+        await asyncio.gather(killer(), *(stream(i, stop_at) for i in range(STREAMS)))
+        async with session(gw, "verifier") as s:
+            for lba, data in sorted(written.items()):
+                assert await read_ok(s, BLOCK_LUN, lba, CHUNK) == data, f"LBA {lba} after the loss"
+
+    try:
+        asyncio.run(main())
+        assert stats["killed_at"] is not None
+        down = [b for b in bricks(vol) if b["path"] == victim["path"]]
+        assert down and down[0]["status"] != "1", f"brick {victim} still online: {down}"
+        assert stats["after_kill"] >= STREAMS * 10, f"too few writes after the kill: {stats}"
+        print(f"\nbrick {victim['path']} (pid {pid}) killed {KILL_AFTER}s into the stream; "
+              f"{stats['writes']} writes+reads ({stats['after_kill']} after the kill), "
+              f"{len(written)} chunks verified, max write+read latency "
+              f"{stats['max_latency']:.2f}s")
+    finally:
+        restart_brick(vol, pid)
+
+
+# -- 3. the whole volume stopped under a logged-in session ------------------------------------
+
+
+RECOVERY_SECONDS = 60.0
+
+
+def test_stopped_volume_gives_not_ready_then_the_same_session_recovers(gw, block_volume, capsys):
+    vol = block_volume.volume
+    wait_bricks_online(vol)
+    seen: list[str] = []
+    base = 200 * MiB // BS  # LBAs on the Gluster LUN for this test
+    before = os.urandom(256 * 1024)
+    file_data = os.urandom(64 * 1024)
+
+    async def main() -> None:
+        async with session(gw, "outage") as s:
+            # WCE=1: a WRITE may be acknowledged from the (client's) cache; FUA and
+            # SYNCHRONIZE CACHE may not be.
+            st, page, _ = await cmd(s, mode_sense_caching_cdb(), lun=BLOCK_LUN, read_len=255)
+            assert st == GOOD
+            body = page[4 + page[3] :]
+            assert body[0] & 0x3F == 0x08 and body[2] & 0x04, f"WCE not set: {page.hex()}"
+            await write_ok(s, BLOCK_LUN, base, before)
+            assert (await cmd(s, sync_cache10_cdb(), lun=BLOCK_LUN))[0] == GOOD
+            assert await read_ok(s, BLOCK_LUN, base, len(before)) == before
+
+            t0 = time.monotonic()
+            await asyncio.to_thread(gluster, "volume", "stop", vol, "force")
+            seen.append(f"volume stop took {time.monotonic() - t0:.1f}s")
+            try:
+                # Reads must fail, each within the I/O timeout (+ slack), with a retryable sense.
+                for attempt in range(2):
+                    t = time.monotonic()
+                    st, _, sense = await cmd(s, read10_cdb(base, 8), lun=BLOCK_LUN, read_len=4096)
+                    took = time.monotonic() - t
+                    key, asc, ascq = sense_fields(sense)
+                    seen.append(f"READ #{attempt} while stopped: status {st:#x} key {key:#x} "
+                                f"ASC/ASCQ {asc:02x}/{ascq:02x} after {took:.1f}s")
+                    assert st == CHECK_CONDITION, seen[-1]
+                    assert key == NOT_READY, seen[-1]
+                    assert took <= IO_TIMEOUT + 10, seen[-1]
+                # A write may be taken by the client's write-behind; the cache flush may not lie.
+                t = time.monotonic()
+                st, _, sense = await cmd(s, write10_cdb(base + 1024, 8), lun=BLOCK_LUN,
+                                         data_out=os.urandom(4096))
+                key, asc, ascq = sense_fields(sense)
+                seen.append(f"WRITE while stopped: status {st:#x} key {key:#x} "
+                            f"ASC/ASCQ {asc:02x}/{ascq:02x} after {time.monotonic() - t:.1f}s")
+                assert st in (GOOD, CHECK_CONDITION), seen[-1]
+                t = time.monotonic()
+                st, _, sense = await cmd(s, write10_cdb(base + 1032, 8, fua=True), lun=BLOCK_LUN,
+                                         data_out=os.urandom(4096))
+                key, asc, ascq = sense_fields(sense)
+                took = time.monotonic() - t
+                seen.append(f"WRITE FUA while stopped: status {st:#x} key {key:#x} "
+                            f"ASC/ASCQ {asc:02x}/{ascq:02x} after {took:.1f}s")
+                assert st == CHECK_CONDITION and key == NOT_READY, seen[-1]
+                assert took <= IO_TIMEOUT + 10, seen[-1]
+                t = time.monotonic()
+                st, _, sense = await cmd(s, sync_cache10_cdb(), lun=BLOCK_LUN)
+                key, asc, ascq = sense_fields(sense)
+                took = time.monotonic() - t
+                seen.append(f"SYNCHRONIZE CACHE while stopped: status {st:#x} key {key:#x} "
+                            f"ASC/ASCQ {asc:02x}/{ascq:02x} after {took:.1f}s")
+                assert st == CHECK_CONDITION and key == NOT_READY, seen[-1]
+                assert took <= IO_TIMEOUT + 10, seen[-1]
+
+                # The daemon is up; the file LUN and the other volume's LUN on the same target
+                # still answer, on the same session.
+                assert gw.proc is not None and gw.proc.poll() is None, "daemon died"
+                await write_ok(s, FILE_LUN, 2048, file_data)
+                assert await read_ok(s, FILE_LUN, 2048, len(file_data)) == file_data
+                await write_ok(s, PLAIN_LUN, 2048, file_data)
+                assert await read_ok(s, PLAIN_LUN, 2048, len(file_data)) == file_data
+            finally:
+                t0 = time.monotonic()
+                await asyncio.to_thread(gluster, "volume", "start", vol, "force")
+                await asyncio.to_thread(wait_bricks_online, vol)
+                seen.append(f"volume start + bricks online took {time.monotonic() - t0:.1f}s")
+
+            # Same session: retry until the client has reconnected.
+            t0 = time.monotonic()
+            tries = 0
+            while True:
+                tries += 1
+                st, data, sense = await cmd(s, read10_cdb(base, len(before) // BS),
+                                            lun=BLOCK_LUN, read_len=len(before))
+                if st == GOOD:
+                    break
+                last = f"status {st:#x} sense {sense.hex()}"
+                assert time.monotonic() - t0 < RECOVERY_SECONDS, f"no recovery: {last}"
+                await asyncio.sleep(2)
+            seen.append(f"READ good again {time.monotonic() - t0:.1f}s after the start, "
+                        f"{tries} tries")
+            assert data == before, "data written before the outage changed"
+            after = os.urandom(256 * 1024)
+            await write_ok(s, BLOCK_LUN, base + 2048, after)
+            st, _, sense = await cmd(s, sync_cache10_cdb(), lun=BLOCK_LUN)
+            assert st == GOOD, f"SYNCHRONIZE CACHE after recovery: {st:#x} {sense.hex()}"
+            assert await read_ok(s, BLOCK_LUN, base + 2048, len(after)) == after
+
+    try:
+        asyncio.run(main())
+    finally:
+        with capsys.disabled():
+            print("\n" + "\n".join(seen))
+    assert gw.proc is not None and gw.proc.poll() is None
+
+
+# -- 3b. bricks that hang instead of failing: the I/O timeout answers ------------------------
+
+
+def test_frozen_bricks_answer_not_ready_within_the_io_timeout(gw, block_volume):
+    """SIGSTOP on every brick: gfapi calls hang (well under Gluster's 42 s ping-timeout, so
+    nothing disconnects). The daemon must answer within --io-timeout with NOT READY while
+    other LUNs keep answering, and the same session works again once the bricks resume."""
+    vol = block_volume.volume
+    wait_bricks_online(vol)
+    pids = [int(b["pid"]) for b in bricks(vol)]
+    assert len(pids) == 3, pids
+    base = 224 * MiB // BS
+    before = os.urandom(64 * 1024)
+    other = os.urandom(64 * 1024)
+    seen: list[str] = []
+
+    async def other_luns_answer() -> float:
+        await asyncio.sleep(1)
+        async with session(gw, "frozen-other") as s2:
+            t = time.monotonic()
+            await write_ok(s2, FILE_LUN, 4096, other)
+            assert await read_ok(s2, FILE_LUN, 4096, len(other)) == other
+            await write_ok(s2, PLAIN_LUN, 4096, other)
+            assert await read_ok(s2, PLAIN_LUN, 4096, len(other)) == other
+            return time.monotonic() - t
+
+    async def main() -> None:
+        async with session(gw, "frozen") as s:
+            await write_ok(s, BLOCK_LUN, base, before)
+            assert (await cmd(s, sync_cache10_cdb(), lun=BLOCK_LUN))[0] == GOOD
+            for p in pids:
+                os.kill(p, signal.SIGSTOP)
+            try:
+                t = time.monotonic()
+                (st, _, sense), other_took = await asyncio.gather(
+                    cmd(s, read10_cdb(base, len(before) // BS), lun=BLOCK_LUN,
+                        read_len=len(before)),
+                    other_luns_answer(),
+                )
+                took = time.monotonic() - t
+                key, asc, ascq = sense_fields(sense)
+                seen.append(f"READ with frozen bricks: status {st:#x} key {key:#x} "
+                            f"ASC/ASCQ {asc:02x}/{ascq:02x} after {took:.1f}s; "
+                            f"file + plain-volume LUNs meanwhile: {other_took:.2f}s")
+                assert st == CHECK_CONDITION and key == NOT_READY, seen[-1]
+                assert IO_TIMEOUT - 1 <= took <= IO_TIMEOUT + 10, seen[-1]
+                assert other_took < 5, seen[-1]
+                assert gw.proc is not None and gw.proc.poll() is None, "daemon died"
+            finally:
+                for p in pids:
+                    os.kill(p, signal.SIGCONT)
+            t0 = time.monotonic()
+            while True:
+                st, data, sense = await cmd(s, read10_cdb(base, len(before) // BS),
+                                            lun=BLOCK_LUN, read_len=len(before))
+                if st == GOOD:
+                    break
+                assert time.monotonic() - t0 < RECOVERY_SECONDS, f"no recovery: {sense.hex()}"
+                await asyncio.sleep(1)
+            seen.append(f"READ good again {time.monotonic() - t0:.1f}s after SIGCONT")
+            assert data == before
+            after = os.urandom(64 * 1024)
+            await write_ok(s, BLOCK_LUN, base + 1024, after)
+            assert (await cmd(s, sync_cache10_cdb(), lun=BLOCK_LUN))[0] == GOOD
+            assert await read_ok(s, BLOCK_LUN, base + 1024, len(after)) == after
+
+    try:
+        asyncio.run(main())
+    finally:
+        print("\n" + "\n".join(seen))
