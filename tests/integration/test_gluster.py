@@ -143,6 +143,10 @@ def unmap_cdb_and_params(ranges: list[tuple[int, int]]) -> tuple[bytes, bytes]:
     return struct.pack(">BB4xBHB", 0x42, 0, 0, len(params), 0), params
 
 
+def read_capacity16_cdb() -> bytes:
+    return struct.pack(">BBQIBB", 0x9E, 0x10, 0, 32, 0, 0)
+
+
 def get_lba_status_cdb(lba: int, alloc: int = 4096) -> bytes:
     return struct.pack(">BBQIBB", 0x9E, 0x12, lba, alloc, 0, 0)
 
@@ -202,8 +206,9 @@ def gw(tmp_path_factory, block_volume, plain_volume):
     try:
         for lun, vol, size in ((BLOCK_LUN, block_volume, "256MiB"),
                                (PLAIN_LUN, plain_volume, "64MiB")):
-            d.cli("--timeout", "90", "lun", "create", DEMO_IQN, vol.url("lun1.img"),
-                  "--lun", str(lun), "--size", size, timeout=120)
+            r = d.cli("--timeout", "90", "lun", "create", DEMO_IQN, vol.url("lun1.img"),
+                      "--lun", str(lun), "--size", size, check=False, timeout=120)
+            assert r.returncode == 0, f"lun create {lun} -> {r.returncode}\n{r.stdout}{r.stderr}"
         yield d
     finally:
         rc = d.stop()
@@ -240,6 +245,8 @@ async def _unmap_scenario(d: Daemon, lun: int, base: int, length: int, hole: tup
     inside it; returns (payload, data read back, GET LBA STATUS before, after)."""
     payload = os.urandom(length)
     async with session(d, f"unmap{lun}") as s:
+        st, cap, _ = await cmd(s, read_capacity16_cdb(), lun=lun, read_len=32)
+        assert st == GOOD and cap[14] & 0xC0 == 0xC0, f"LBPME/LBPRZ not set: {cap.hex()}"
         for off in range(0, length, 256 * 1024):
             await write_ok(s, lun, (base + off) // BS, payload[off : off + 256 * 1024])
         st, _, sense = await cmd(s, sync_cache10_cdb(), lun=lun)
