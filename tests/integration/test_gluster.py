@@ -237,6 +237,35 @@ def test_qemu_img_data_reads_back_through_iscsi_and_the_fuse_mount(gw, block_vol
         assert f.read(size) == payload, "the file on the FUSE mount differs"
 
 
+def test_tgtadm_glfs_lun_on_a_file_made_through_fuse(gw, block_volume):
+    """The cookbook: the file is made on the FUSE mount, tgtadm exports it with
+    ``--bstype glfs -b VOL@HOST:FILE``; what iSCSI writes, the mount reads."""
+    fuse = block_volume.fuse_path("tgt.img")
+    with open(fuse, "wb") as f:
+        f.truncate(32 * MiB)
+    spec = f"{block_volume.volume}@{block_volume.host}:tgt.img"
+    r = gw.cli("--timeout", "90", "tgtadm", "--lld", "iscsi", "--op", "new", "--mode",
+               "logicalunit", "--tid", "1", "--lun", "4", "-b", spec, "--bstype", "glfs",
+               check=False, timeout=120)
+    assert r.returncode == 0, f"tgtadm -> {r.returncode}\n{r.stdout}{r.stderr}"
+    show = gw.cli("tgtadm", "--lld", "iscsi", "--op", "show", "--mode", "target").stdout
+    lun4 = show[show.index("LUN: 4") :]
+    assert "Size: 34 MB" in lun4 and "Backing store type: glfs" in lun4, lun4
+    data = os.urandom(1 * MiB)
+
+    async def main() -> bytes:
+        async with session(gw, "tgtadm") as s:
+            for off in range(0, len(data), 256 * 1024):
+                await write_ok(s, 4, (4 * MiB + off) // BS, data[off : off + 256 * 1024])
+            assert (await cmd(s, sync_cache10_cdb(), lun=4))[0] == GOOD
+            return await read_ok(s, 4, 4 * MiB // BS, len(data))
+
+    assert asyncio.run(main()) == data
+    with open(fuse, "rb") as f:
+        f.seek(4 * MiB)
+        assert f.read(len(data)) == data, "the file on the FUSE mount differs"
+
+
 # -- 4. UNMAP and GET LBA STATUS on both profiles ---------------------------------------------
 
 
