@@ -26,7 +26,14 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from targets import (  # noqa: E402
-    LUN_SIZE, SESSION_PARAMS, Backing, OursTarget, Target, TgtTarget, free_port, proc_stat,
+    LUN_SIZE,
+    SESSION_PARAMS,
+    Backing,
+    OursTarget,
+    Target,
+    TgtTarget,
+    free_port,
+    proc_stat,
     stop_process,
 )
 
@@ -139,10 +146,10 @@ def run_iscsi_perf(t: Target, w: Workload, seconds: float, block_size: int) -> S
         return Sample(0, 0, 0, 0, 0, error="iscsi-perf: " + out.decode(errors="replace")[-300:])
     if len(ticks) >= 3:
         used = ticks[1:]
-        base_t, base_cpu = ticks[0][0], ticks[0][2]
+        base_cpu = ticks[0][2]
     else:
         used = ticks
-        base_t, base_cpu = t_start, start_cpu
+        base_cpu = start_cpu
     ops = sum(x[1] for x in used)
     secs = float(len(used))  # iscsi-perf reports once per second
     nbytes = ops * w.size
@@ -242,14 +249,14 @@ class WorkloadResult:
 
     def cpu_ratios(self) -> list[float]:
         out = []
-        for sa, sb in zip(self.a, self.b):
+        for sa, sb in zip(self.a, self.b, strict=False):
             if sa.error is None and sb.error is None and sa.nbytes and sb.nbytes and sa.cpu_s > 0:
                 out.append((sb.cpu_s / sb.nbytes) / (sa.cpu_s / sa.nbytes))
         return out
 
     def ratios(self) -> list[float]:
         out = []
-        for sa, sb in zip(self.a, self.b):
+        for sa, sb in zip(self.a, self.b, strict=False):
             if sa.error is None and sb.error is None and sa.ops_s > 0:
                 out.append(sb.ops_s / sa.ops_s)
         return out
@@ -375,7 +382,7 @@ def machine_info() -> dict:
             "memory": mem, "python": platform.python_version(), "hostname": platform.node(),
             "tgt": deb("tgt"), "libiscsi": deb("libiscsi-bin"), "qemu-utils": deb("qemu-utils"),
             "fio": ver(["fio", "--version"]), "glusterfs": deb("glusterfs-server"),
-            "git": git, "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "git": git, "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def gluster_env(cmd: str, volume: str) -> tuple[str, str, bool, str]:
@@ -626,7 +633,7 @@ def render(report: dict) -> str:
     if c:
         L.append("### Ceilings")
         ip = c.get("iperf3", {})
-        L.append(f"- loopback TCP (iperf3, 1 stream): "
+        L.append("- loopback TCP (iperf3, 1 stream): "
                  + (f"{ip['gbit_s']:.1f} Gbit/s ({ip['mb_s']:,.0f} MB/s)" if "gbit_s" in ip else ip.get("error", "-")))
         for be, jobs in c.get("fio", {}).items():
             if "error" in jobs:
