@@ -3,9 +3,13 @@
 One daemon (``serve --demo --io-timeout 15``) serves the demo target with
   LUN 1  the demo's file in the state directory,
   LUN 2  gluster://127.0.0.1/BLOCK/lun1.img  (gluster-block profile: sharded, no SEEK_DATA),
-  LUN 3  gluster://127.0.0.1/PLAIN/lun1.img  (plain profile: SEEK_DATA/SEEK_HOLE work).
-The tests run in file order: the disruptive ones (a brick killed, the whole volume stopped)
-come last, on the block volume, and put it back.
+  LUN 3  gluster://127.0.0.1/PLAIN/lun1.img  (plain profile: SEEK_DATA/SEEK_HOLE work),
+  LUN 4  BLOCK@127.0.0.1:tgt.img, added by tgtadm --bstype glfs (one test).
+The tests run in file order: the disruptive ones (a brick killed, the whole volume stopped,
+every brick frozen with SIGSTOP) come last, on the block volume, and put it back.
+Seen here: volume stopped -> NOT READY 04/0Ah at once; bricks frozen -> NOT READY 04/01h
+after the 15 s I/O timeout; a WRITE with the volume down may be GOOD (WCE=1, gfapi
+write-behind) but WRITE FUA and SYNCHRONIZE CACHE fail.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ BS = 512
 IO_TIMEOUT = 15.0
 FILE_LUN, BLOCK_LUN, PLAIN_LUN = 1, 2, 3
 BLOCK_SIZE = 256 * MiB
-PLAIN_SIZE = 64 * MiB
 GOOD, CHECK_CONDITION = 0x00, 0x02
 NOT_READY, UNIT_ATTENTION = 0x2, 0x6
 
