@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def run(*cmd: str, timeout: float = 120) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -31,8 +32,11 @@ def test_inquiry_and_read_capacity_answer(daemon):
     need("iscsi-inq")
     inq = run("iscsi-inq", daemon.url())
     assert "Peripheral Device Type:DIRECT_ACCESS" in inq and "Vendor:GLUSTER" in inq
-    serial = run("iscsi-inq", "-e", "1", "-c", "0x80", daemon.url())
-    assert "Unit Serial Number" in serial or "serial" in serial.lower()
+    # iscsi-inq takes the page code in decimal: 128 = 80h (serial), 131 = 83h (identifiers)
+    serial = run("iscsi-inq", "-e", "1", "-c", "128", daemon.url())
+    assert re.search(r"Unit Serial Number:\[[0-9a-f]{16}\]", serial), serial
+    ident = run("iscsi-inq", "-e", "1", "-c", "131", daemon.url())
+    assert f"Designator:[{DEMO_IQN}]" in ident and "Designator Type:(3) NAA" in ident
     cap = run("iscsi-readcapacity16", daemon.url())
     assert "Total size:1073741824" in cap and "LOGICAL BLOCK LENGTH IN BYTES:512" in cap
 
