@@ -722,7 +722,11 @@ def render(report: dict) -> str:
 def md_section(report: dict) -> str:
     """A run of a target against itself is the sanity check; anything else is "the last run"."""
     t = report.get("targets", {})
-    return "sanity" if t.get("A") == t.get("B") else "last-run"
+    if t.get("A") == t.get("B"):
+        return "sanity"
+    if report.get("settings", {}).get("tgt_bsoflags") or "--tgt-bsoflags" in report.get("command", ""):
+        return "tgt-direct"
+    return "last-run"
 
 
 def update_benchmarks_md(text: str, path: str, section: str = "last-run") -> None:
@@ -827,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"missing tools: {missing} (apt-get install tgt libiscsi-bin qemu-utils qemu-block-extra)")
 
     report: dict = {"machine": machine_info(), "command": " ".join(["bench/run", *(argv if argv is not None else sys.argv[1:])]),
-                    "settings": {"nice": args.nice, "pin": {"daemon": sorted(args.daemon_cpus or []), "client": sorted(client_cpus or [])},
+                    "settings": {"tgt_bsoflags": args.tgt_bsoflags, "nice": args.nice, "pin": {"daemon": sorted(args.daemon_cpus or []), "client": sorted(client_cpus or [])},
                                  "rounds": args.rounds, "seconds": args.seconds, "warmup": args.warmup,
                                  "order": args.order, "idle_sessions": args.idle_sessions, "smoke": args.smoke}}
     if args.target_b == "auto":
