@@ -81,6 +81,7 @@ class Sample:
     client_cpu_s: float = 0.0
     error: str | None = None
     other_cpu: float = 0.0  # CPUs' worth busy with anything else (other daemons, other users)
+    storage_cpu_s: float = 0.0  # CPU of the benchmark volume's Gluster processes (bricks, FUSE client)
 
 
 def system_busy() -> float:
@@ -200,15 +201,47 @@ def run_latclient(t: Target, w: Workload, seconds: float, seed: int) -> Sample:
                   client_cpu_s=_children_cpu() - c0)
 
 
+STORAGE_VOLUME = ""  # Gluster volume whose processes count as storage, not background
+
+
+def storage_cpu() -> float:
+    """utime+stime of the benchmark volume's bricks and FUSE client (not charged to any daemon)."""
+    vol = STORAGE_VOLUME
+    if not vol:
+        return 0.0
+    total = 0.0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+            if not argv or not os.path.basename(argv[0]).startswith("glusterfs"):
+                continue
+            if not any(a == f"--volfile-id=/{vol}" or a.startswith(f"{vol}.") for a in argv):
+                continue
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+            fields = st[st.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def measured(fn, t: Target, *a) -> Sample:
     """Run one client, note how much CPU the rest of the machine burnt meanwhile."""
     def me() -> float:
         x = os.times()
         return x.user + x.system
+    g0 = storage_cpu()
     b0, d0, c0, m0, w0 = system_busy(), proc_stat(t.pid).cpu, _children_cpu(), me(), time.monotonic()
     s = fn(t, *a)
     b1, d1, c1, m1, w1 = system_busy(), proc_stat(t.pid).cpu, _children_cpu(), me(), time.monotonic()
-    s.other_cpu = max(0.0, ((b1 - b0) - (d1 - d0) - (c1 - c0) - (m1 - m0)) / max(w1 - w0, 1e-3))
+    g1 = storage_cpu()
+    s.storage_cpu_s = g1 - g0
+    s.other_cpu = max(0.0, ((b1 - b0) - (d1 - d0) - (c1 - c0) - (m1 - m0) - (g1 - g0))
+                      / max(w1 - w0, 1e-3))
     return s
 
 
@@ -241,7 +274,8 @@ class WorkloadResult:
         d = {"ops_s": statistics.median(x.ops_s for x in xs),
              "mb_s": statistics.median(x.mb_s for x in xs),
              "cpu_s_per_gib": (sum(x.cpu_s for x in xs) / (tot_bytes / GIB)) if tot_bytes else None,
-             "n": len(xs), "other_cpu": statistics.mean(x.other_cpu for x in xs)}
+             "n": len(xs), "other_cpu": statistics.mean(x.other_cpu for x in xs),
+             "storage_cpu_s_per_gib": (sum(x.storage_cpu_s for x in xs) / (tot_bytes / GIB)) if tot_bytes else None}
         if xs[0].p50_us is not None:
             d["p50_us"] = statistics.median(x.p50_us for x in xs)
             d["p99_us"] = statistics.median(x.p99_us for x in xs)
@@ -670,8 +704,9 @@ def render(report: dict) -> str:
         if sec.get("workloads"):
             L.append("")
             L.append("| workload | client | A ops/s | B ops/s | A MB/s | B MB/s | A p50/p99 us | B p50/p99 us "
-                     "| A CPU s/GiB | B CPU s/GiB | B/A ops/s [min..max] | B/A CPU per GiB [min..max] | bg CPU |")
-            L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                     "| A CPU s/GiB | B CPU s/GiB | B/A ops/s [min..max] | B/A CPU per GiB [min..max] | bg CPU "
+                     "| Gluster CPU s/GiB A/B |")
+            L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for w in sec["workloads"]:
                 A, B, r = w["A"], w["B"], w["ratio"]
 
@@ -688,13 +723,15 @@ def render(report: dict) -> str:
                     rs = wr.cpu_ratios()
                     cr = {"median": statistics.median(rs), "min": min(rs), "max": max(rs)} if rs else None
                 ctxt = f"{cr['median']:.2f} [{cr['min']:.2f}..{cr['max']:.2f}]" if cr else "-"
+                gs = [x.get("storage_cpu_s_per_gib") for x in (A, B)]
+                gtxt = (f"{gs[0]:.2f}/{gs[1]:.2f}" if all(g is not None for g in gs) and any(gs) else "-")
                 bg = [x["other_cpu"] for x in (A, B) if "other_cpu" in x]
                 bgtxt = f"{max(bg):.2f}" if bg else "-"
                 if bg and max(bg) > BG_DISTURBED:
                     rtxt += " *"
                 L.append(f"| {w['name']} | {w['client']} | {cell(A, 'ops_s')} | {cell(B, 'ops_s')} | "
                          f"{cell(A, 'mb_s')} | {cell(B, 'mb_s')} | {lat(A)} | {lat(B)} | "
-                         f"{cell(A, 'cpu_s_per_gib', 2)} | {cell(B, 'cpu_s_per_gib', 2)} | {rtxt} | {ctxt} | {bgtxt} |")
+                         f"{cell(A, 'cpu_s_per_gib', 2)} | {cell(B, 'cpu_s_per_gib', 2)} | {rtxt} | {ctxt} | {bgtxt} | {gtxt} |")
             if any(max([w[x].get("other_cpu", 0) for x in "AB"] or [0]) > BG_DISTURBED for w in sec["workloads"]):
                 L.append(f"\n\\* bg CPU > {BG_DISTURBED}: other work competed for the CPUs during these runs; "
                          "the ops/s ratio is not trustworthy there (the CPU-per-GiB ratio holds up much better).")
@@ -864,6 +901,8 @@ def main(argv: list[str] | None = None) -> int:
         if fuse_dir and not fuse_src:
             fuse_src = next((s for s, m in fuse_mounts() if fuse_dir.startswith(m)), "")
         gdir = os.path.join(fuse_dir, f"gluster-iscsi-bench-{os.getpid()}") if fuse_dir else ""
+        global STORAGE_VOLUME
+        STORAGE_VOLUME = fuse_src.split(":/", 1)[1].strip("/") if ":/" in fuse_src else ""
         no_gluster = ("no FUSE-mounted Gluster volume: " + (gluster_note or "pass --fuse-dir")
                       + " (scripts/gluster-env.sh start VOLUME makes one; or pass --fuse-dir DIR)")
 
