@@ -786,13 +786,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     ap.add_argument("--target-a", default="tgt", help="reference target: tgt (default) | ours")
     ap.add_argument("--target-b", default="auto",
-                    help="target under test: ours | tgt | auto (ours if `gluster-iscsi serve --demo` "
+                    help="target under test: ours | tgt | auto (ours if `gluster-iscsi serve` "
                          "exists, else tgt, said loudly)")
     ap.add_argument("--backends", default="tmpfs,fuse,gfapi",
                     help="comma list of: tmpfs (file on /dev/shm), fuse (file on a FUSE-mounted Gluster "
                          "volume, both targets), gfapi (B on its gfapi store vs A on FUSE)")
     ap.add_argument("--workloads", default="", help="comma list of workload names (default: all)")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="measured A,B pairs per workload")
     ap.add_argument("--seconds", type=float, default=3.0, help="per measured run")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per workload and target")
     ap.add_argument("--order", choices=["abab", "abba"], default="abab")
