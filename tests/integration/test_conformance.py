@@ -116,6 +116,10 @@ def _start(state: Path) -> Daemon:
           "64MiB", "--read-only")
     # LUN 4: 512-byte logical blocks on 4 KiB physical blocks (LBPPBE 3).
     cfg = json.loads(d.cli("config", "export").stdout)
+    # No NOP-In keepalive: libiscsi's synchronous API answers no NOP-In while a test sleeps
+    # (Sanitize.Reset sleeps 60 s between TEST UNIT READYs), so the daemon would drop the
+    # connection, the reconnect bring a new unit attention, and the test loop for ever.
+    cfg["params"]["nop_interval"] = "0"
     target = next(t for t in cfg["targets"] if t["name"] == DEMO_IQN)
     image = state / "lbppb8.img"
     with open(image, "wb") as f:

@@ -240,8 +240,18 @@ def test_sanitize_block_erase_deallocates_everything(make_harness) -> None:  # n
     assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)  # no parameter list allowed
 
 
-def test_block_erase_not_offered_without_zeroing_discard(make_harness) -> None:  # noqa: ANN001
-    h = make_harness(blocks=8, capabilities=Capabilities(discard=True))
+@pytest.mark.parametrize(
+    "caps",
+    [
+        Capabilities(discard=True, extents=True),  # deallocated blocks may not read zero
+        Capabilities(discard=True, discard_zeroes=True),  # no map to show them deallocated
+    ],
+)
+def test_block_erase_not_offered_without_zeroing_discard_and_extents(
+    make_harness,  # noqa: ANN001
+    caps: Capabilities,
+) -> None:
+    h = make_harness(blocks=8, capabilities=caps)
     r = h.run(bytes([0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0]))
     assert h.sense(r) == (ILLEGAL, Asc.INVALID_FIELD_IN_CDB)  # a service action it lacks
 

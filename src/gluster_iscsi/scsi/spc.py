@@ -386,6 +386,7 @@ def report_target_port_groups(ctx: Ctx) -> ScsiResult:
 
 
 def offers_block_erase(lu: LogicalUnit) -> bool:
-    """SANITIZE BLOCK ERASE deallocates everything: honest only if that reads back zero."""
+    """SANITIZE BLOCK ERASE deallocates everything: honest only if that reads back zero and
+    GET LBA STATUS can then show it (a sharded Gluster volume cannot map its holes)."""
     caps = lu.store.capabilities
-    return lu.sanitize_allowed and caps.discard and caps.discard_zeroes
+    return lu.sanitize_allowed and caps.discard and caps.discard_zeroes and caps.extents
