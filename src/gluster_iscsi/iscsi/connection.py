@@ -279,6 +279,7 @@ class Connection:
             found += 1
             if it.state == _EXECUTING and it.scsi is not None:
                 it.state = _ABORTED
+                it.scsi.aborted = True  # a long command (SANITIZE waiting) may end early
                 running.append(it.scsi)
             else:
                 it.state = _ABORTED
