@@ -663,9 +663,14 @@ class Connection:
             return self._fail_task(it, f"{len(data)} bytes of immediate data not allowed here")
         if self.buffered + edtl > MAX_CONNECTION_BUFFERS:
             return self._fail(it, ScsiResult(Status.TASK_SET_FULL))
+        self.buffered += edtl
+        if len(data) == edtl:
+            # Every byte came as immediate data: the PDU's payload is the data-out buffer.
+            it.buf = memoryview(data)
+            it.received = edtl
+            return self._execute(it)
         # A pooled buffer is not zeroed: Data-Out offsets are checked to cover it exactly.
         it.buf = POOL.borrow(edtl)
-        self.buffered += edtl
         if data:
             it.buf[: len(data)] = data
             it.received = len(data)

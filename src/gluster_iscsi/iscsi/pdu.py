@@ -354,11 +354,12 @@ class PduReader:
         if avail < total:
             return None
         start = pos + BHS_LEN
-        pdu = Pdu(
-            bytes(buf[pos:start]),
-            bytes(buf[start : start + ahs_len]) if ahs_len else b"",
-            bytes(buf[pos + hdr_len : pos + hdr_len + dsl]) if dsl else b"",
-        )
+        with memoryview(buf) as mv:  # one copy per field (a bytearray slice would add one)
+            pdu = Pdu(
+                bytes(mv[pos:start]),
+                bytes(mv[start : start + ahs_len]) if ahs_len else b"",
+                bytes(mv[pos + hdr_len : pos + hdr_len + dsl]) if dsl else b"",
+            )
         self._pos = pos + total
         if self.data_digest and dsl:
             want = _U32.unpack_from(buf, pos + hdr_len + padded)[0]
