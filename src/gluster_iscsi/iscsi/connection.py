@@ -25,7 +25,7 @@ from .errors import LoginError, LoginStatus, ProtocolError, RejectReason
 from .events import CloseConnection, ExecuteTask, LoginComplete, ReinstateSession, TaskManagement
 from .params import Negotiator, SessionParams
 from .pdu import NO_TAG, Opcode, Pdu, PduReader, TmfFunction, TmfResponse
-from .session import Session, SessionTable, sn_lt
+from .session import Session, SessionTable
 from .text import decode_text, encode_text
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ class Connection:
         self._isid = b""
         self._tsih = 0
         self._first_response = True
+        self._declared = False  # the target's operational declarations were sent
         self.initiator_name = ""
         self.target: Target | None = None
         self.session_type = "Normal"
@@ -478,8 +479,6 @@ class Connection:
         if transit:
             self.stage = nsg
         self._login_response(itt, transit, csg, nsg if transit else csg, encode_text(out))
-
-    _declared = False
 
     def _security_done(self) -> bool:
         return (not self._auth_required and self._auth_method in (None, "None")) or self._authenticated
@@ -1006,4 +1005,4 @@ class Connection:
         }
 
 
-__all__ = ["Connection", "DEFAULT_TARGET_PARAMS", "IscsiTask", "sn_lt"]
+__all__ = ["Connection", "DEFAULT_TARGET_PARAMS", "IscsiTask"]
