@@ -156,3 +156,25 @@ def test_a_hung_store_fails_its_commands_within_the_io_timeout_and_spares_other_
             await d.stop()
 
     asyncio.run(main())
+
+
+def test_removing_a_portal_closes_its_connections_only(tmp_path):
+    async def main():
+        d, port = await start(tmp_path)
+        await d.add_portal(Portal("127.0.0.1", 0))
+        other = next(p.port for p in d.portals() if p.port != port)
+        try:
+            r1, w1, reader1 = await login(port)
+            r2, w2, reader2 = await login(other)
+            await d.remove_portal(Portal("127.0.0.1", port))
+            assert await next_pdu(r1, reader1, timeout=5) is None  # closed
+            w2.write(I.nop_out(itt=5, cmdsn=1))
+            rsp = await next_pdu(r2, reader2)
+            assert rsp is not None and rsp.opcode == 0x20 and rsp.itt == 5
+            assert [p.port for p in d.portals()] == [other]
+            w1.close()
+            w2.close()
+        finally:
+            await d.stop()
+
+    asyncio.run(main())

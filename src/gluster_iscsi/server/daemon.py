@@ -81,8 +81,11 @@ class Daemon:
         if portal in self._listeners:
             return
         loop = asyncio.get_running_loop()
+        # Connections carry the portal as recorded below (with the real port when the listener
+        # was asked for an ephemeral one), so remove_portal finds them by identity.
+        recorded = [portal]
         server = await loop.create_server(
-            lambda: ConnectionDriver(self, portal),
+            lambda: ConnectionDriver(self, recorded[0]),
             host=portal.host,
             port=portal.port,
             reuse_address=True,
@@ -93,7 +96,7 @@ class Daemon:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if portal.port == 0:  # ephemeral port (tests): record the real one
             real = server.sockets[0].getsockname()[1]
-            portal = Portal(portal.host, real, portal.advertise)
+            portal = recorded[0] = Portal(portal.host, real, portal.advertise)
         self._listeners[portal] = server
         self.registry.portals = self.portals()
         log.info("listening on %s:%d", portal.host, portal.port)
@@ -106,7 +109,7 @@ class Daemon:
         server.close()
         self.registry.portals = self.portals()
         for d in list(self.connections):
-            if d.portal == key or d.portal.port in (0, key.port) and d.portal.host == key.host:
+            if d.portal == key:
                 d.close("portal removed")
         await server.wait_closed()
         log.info("portal %s:%d closed", key.host, key.port)

@@ -17,6 +17,7 @@ from ..backstore.buffers import POOL
 from ..iscsi import events as ev
 from ..iscsi.connection import Connection
 from ..iscsi.pdu import TmfFunction, TmfResponse
+from ..scsi.io import store_for
 from ..scsi.sense import build_sense
 from ..scsi.task import ScsiResult, ScsiTask, Status
 
@@ -207,15 +208,14 @@ class ConnectionDriver(asyncio.Protocol):
             while True:
                 op = gen.throw(exc) if exc is not None else gen.send(value)
                 exc = None
-                target_store = getattr(op, "store", None) or store
-                inner = getattr(op, "op", op)
+                target_store = store_for(op, store)  # OnStore (EXTENDED COPY) names its own
                 if target_store is None or not target_store.blocking:
                     try:
-                        value = inner.run(target_store)
+                        value = op.run(target_store)
                     except Exception as e:  # handed to the SCSI layer to map to sense
                         exc, value = e, None
                     continue
-                self._submit(task, gen, store, inner, target_store)
+                self._submit(task, gen, store, op, target_store)
                 return
         except StopIteration as stop:
             self._complete(task, stop.value)
