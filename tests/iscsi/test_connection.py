@@ -384,3 +384,14 @@ def test_reused_buffers_never_carry_an_earlier_commands_bytes():
                                            data=mine[:65536]))
     events, _ = feed(conn, I.data_out(mine[65536:], itt=2, ttt=r2t.ttt, datasn=0, offset=65536))
     assert bytes(events[0].task.data_out) == mine
+
+
+def test_an_unsupported_opcode_is_rejected_and_logged_once(caplog):
+    conn = logged_in()
+    bad = bytearray(I.nop_out(itt=3, cmdsn=1))
+    bad[0] = 0x1C  # no such initiator opcode
+    with caplog.at_level("WARNING", logger="gluster_iscsi.iscsi.connection"):
+        events, (r,) = feed(conn, bytes(bad))
+    assert r.opcode == 0x3F and r.b2 == 0x05 and not conn.closed
+    lines = [rec.getMessage() for rec in caplog.records]
+    assert len(lines) == 1 and INAME in lines[0] and "127.0.0.1" in lines[0]

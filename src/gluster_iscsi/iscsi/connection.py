@@ -159,6 +159,7 @@ class Connection:
         self._isid = b""
         self._tsih = 0
         self._first_response = True
+        self._handlers: dict[int, Callable[..., None]] = {}  # chosen at login by session type
         self._declared = False  # the target's operational declarations were sent
         self.initiator_name = ""
         self.target: Target | None = None
@@ -355,15 +356,12 @@ class Connection:
                 return
             self._login(pdu)
             return
-        handler = self._FFP.get(op)
-        if handler is None:
-            self._log_bad(f"unsupported opcode {op:#04x}")
+        handler = self._handlers.get(op)
+        if handler is None:  # (receive_data logs it, once)
+            if op in self._FFP:
+                raise ProtocolError("only Text, NOP-Out and Logout in a discovery session",
+                                    RejectReason.PROTOCOL_ERROR)
             raise ProtocolError(f"opcode {op:#x} not supported", RejectReason.COMMAND_NOT_SUPPORTED)
-        if self.session and self.session.session_type == "Discovery" and op not in (
-            Opcode.TEXT_REQ, Opcode.LOGOUT_REQ, Opcode.NOP_OUT
-        ):
-            raise ProtocolError("only Text, NOP-Out and Logout in a discovery session",
-                                RejectReason.PROTOCOL_ERROR)
         handler(self, pdu)
 
     # ------------------------------------------------------------------ login
@@ -558,6 +556,7 @@ class Connection:
         self._login_response(itt, True, csg, STAGE_FFP, encode_text(out), tsih=tsih)
         # Digests and the negotiated sizes apply from the first PDU after the final response.
         self.stage = STAGE_FFP
+        self._handlers = self._FFP if self.session_type == "Normal" else self._FFP_DISCOVERY
         self.login_deadline = None
         self.hd = params.header_digest
         self.dd = params.data_digest
@@ -595,7 +594,7 @@ class Connection:
             if pdu is None:
                 return
             s.advance()
-            self._FFP[pdu.opcode](self, pdu, ordered=True)
+            self._handlers[pdu.opcode](self, pdu, ordered=True)
 
     def _on_nop_out(self, pdu: Pdu, ordered: bool = False) -> None:
         itt = pdu.itt
@@ -992,6 +991,12 @@ class Connection:
         Opcode.DATA_OUT: _on_data_out,
         Opcode.LOGOUT_REQ: _on_logout,
         Opcode.SNACK: _on_snack,
+    }
+    #: A discovery session carries no SCSI (RFC 7143 4.3).
+    _FFP_DISCOVERY: dict[int, Callable[..., None]] = {
+        Opcode.NOP_OUT: _on_nop_out,
+        Opcode.TEXT_REQ: _on_text,
+        Opcode.LOGOUT_REQ: _on_logout,
     }
 
     # ------------------------------------------------------------------ views
