@@ -21,6 +21,7 @@ from ..iscsi.session import Session, SessionTable
 from ..target.model import Portal, Target, TargetRegistry
 from .driver import ConnectionDriver
 from .iopool import IoPool
+from .poller import IdlePoller
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Daemon:
         queue_depth: int = 128,
         drain_timeout: float = 30.0,
         io_timeout: float = 60.0,
+        poll_usecs: float = 100.0,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.registry = TargetRegistry()
@@ -63,7 +65,18 @@ class Daemon:
         self._pools: dict[int, tuple[object, IoPool]] = {}
         #: The control path: opening stores, provisioning, anything else that blocks.
         self.store_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-ctl")
+        #: Microseconds the loop spins for the next request after it answered one (0: never);
+        #: see ``poller.py``.
+        self.poll_usecs = poll_usecs
+        self._poller: IdlePoller | None = None
         self.stopped = asyncio.Event()
+
+    @property
+    def poller(self) -> IdlePoller:
+        if self._poller is None:
+            self._poller = IdlePoller(asyncio.get_running_loop(), self.poll_usecs * 1e-6,
+                                      lambda: [pool for _, pool in self._pools.values()])
+        return self._poller
 
     def pool_for(self, store: object) -> IoPool:
         entry = self._pools.get(id(store))
@@ -208,4 +221,6 @@ class Daemon:
         for _, pool in self._pools.values():
             pool.shutdown()
         self.store_executor.shutdown(wait=True, cancel_futures=False)
+        if self._poller is not None:
+            self._poller.close()
         self.stopped.set()

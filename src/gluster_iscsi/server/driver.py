@@ -47,6 +47,8 @@ class ConnectionDriver(asyncio.Protocol):
         self._in_receive = False
         self._flush_scheduled = False
         self._lent: list[Any] = []  # read buffers queued for sending, to return to the pool
+        self._poller = daemon.poller
+        self._fd = -1
         self.closed = asyncio.Event()
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -69,6 +71,10 @@ class ConnectionDriver(asyncio.Protocol):
             queue_depth=d.queue_depth,
         )
         d.connections.add(self)
+        raw = transport.get_extra_info("socket")
+        if raw is not None:
+            self._fd = raw.fileno()
+            self._poller.watch(self._fd, self)
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -76,6 +82,8 @@ class ConnectionDriver(asyncio.Protocol):
         if conn is None:
             return
         self._in_receive = True
+        if self._poller.missed_at is not None:
+            self._poller.woke()
         try:
             self._handle(conn.receive_data(data, self.loop.time()))
         except Exception:  # a bug must cost this connection only, never the daemon
@@ -90,6 +98,7 @@ class ConnectionDriver(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self.daemon.connections.discard(self)
+        self._poller.unwatch(self._fd, self)
         if conn is not None:
             if not conn.closed:
                 conn.close("connection lost")
@@ -125,6 +134,7 @@ class ConnectionDriver(asyncio.Protocol):
                 transport.write(b"".join(bufs))
             else:
                 transport.writelines(bufs)  # type: ignore[arg-type]
+            self._poller.kick()
         lent = self._lent
         if lent:
             self._lent = []
@@ -239,6 +249,8 @@ class ConnectionDriver(asyncio.Protocol):
             state[0] = True
             if timer is not None:
                 timer.cancel()
+            if self._poller.missed_at is not None:
+                self._poller.woke()
             self._step(task, gen, store, value, exc)
 
         def expired() -> None:

@@ -49,6 +49,10 @@ class IoPool:
     def threads(self) -> int:
         return self._alive
 
+    def has_done(self) -> bool:
+        """Results wait for the loop (read without the lock: a hint for the idle poller)."""
+        return bool(self._done)
+
     def submit(self, fn: Callable[[Any], Any], arg: Any, callback: Callback) -> None:
         """Run ``fn(arg)`` on a worker; ``callback(result, exc)`` runs later on the loop."""
         with self._lock:

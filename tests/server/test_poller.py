@@ -1,0 +1,118 @@
+"""The idle poller: it stops spinning on the first sign of work, and its spin adapts to the gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from gluster_iscsi.server.poller import IdlePoller
+
+
+class FakePool:
+    def __init__(self) -> None:
+        self.threads = 1
+        self.done = False
+
+    def has_done(self) -> bool:
+        return self.done
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_readable_connection_ends_the_spin_at_once():
+    async def main():
+        a, b = socket.socketpair()
+        p = IdlePoller(asyncio.get_running_loop(), 10.0)  # a 10 s budget: only work can end it
+        p.watch(a.fileno(), "conn")
+        b.send(b"x")
+        p.kick()
+        await asyncio.sleep(0)
+        assert (p.spins, p.hits, p.missed_at) == (1, 1, None)
+        p.close()
+        a.close(), b.close()
+
+    run(main())
+
+
+def test_a_completed_store_call_ends_the_spin():
+    async def main():
+        pool = FakePool()
+        pool.done = True
+        p = IdlePoller(asyncio.get_running_loop(), 10.0, lambda: [pool])
+        p.kick()
+        await asyncio.sleep(0)
+        assert (p.spins, p.hits) == (1, 1)
+        p.close()
+
+    run(main())
+
+
+def test_a_spin_without_work_runs_out_and_is_recorded():
+    async def main():
+        a, b = socket.socketpair()
+        p = IdlePoller(asyncio.get_running_loop(), 0.002)
+        p.watch(a.fileno(), "conn")
+        p.kick()
+        p.kick()  # one spin per loop pass, however many connections sent
+        await asyncio.sleep(0)
+        assert (p.spins, p.hits) == (1, 0)
+        assert p.missed_at is not None
+        p.close()
+        a.close(), b.close()
+
+    run(main())
+
+
+def test_the_spin_shrinks_to_nothing_when_work_comes_late_and_grows_back():
+    async def main():
+        p = IdlePoller(asyncio.get_running_loop(), 100e-6)
+        assert p.current == 100e-6
+        for _ in range(10):  # a slow store: every next request came a second later
+            p.missed_at = time.perf_counter() - 1.0
+            p.woke()
+        assert p.current == 0.0
+        p.kick()
+        await asyncio.sleep(0)
+        assert p.spins == 0 and p.missed_at is not None  # no spin, but the gap is still watched
+        for _ in range(4):  # requests come right after: the spin grows back to the budget
+            p.missed_at = time.perf_counter()
+            p.woke()
+        assert p.current == 100e-6
+        assert p.missed_at is None
+        p.close()
+
+    run(main())
+
+
+def test_unwatch_by_another_owner_keeps_the_registration():
+    async def main():
+        a, b = socket.socketpair()
+        p = IdlePoller(asyncio.get_running_loop(), 10.0)
+        p.watch(a.fileno(), "new")
+        p.unwatch(a.fileno(), "old")  # a closed connection whose number was reused
+        b.send(b"x")
+        p.kick()
+        await asyncio.sleep(0)
+        assert p.hits == 1
+        p.unwatch(a.fileno(), "new")
+        p.watch(a.fileno(), "newer")
+        p.watch(a.fileno(), "newest")  # registered twice: modified, not an error
+        p.close()
+        a.close(), b.close()
+
+    run(main())
+
+
+def test_a_zero_budget_never_spins():
+    async def main():
+        p = IdlePoller(asyncio.get_running_loop(), 0.0)
+        p.watch(0, "conn")
+        p.kick()
+        await asyncio.sleep(0)
+        assert p.spins == 0
+        p.close()
+
+    run(main())
