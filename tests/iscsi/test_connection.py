@@ -395,3 +395,40 @@ def test_an_unsupported_opcode_is_rejected_and_logged_once(caplog):
     assert r.opcode == 0x3F and r.b2 == 0x05 and not conn.closed
     lines = [rec.getMessage() for rec in caplog.records]
     assert len(lines) == 1 and INAME in lines[0] and "127.0.0.1" in lines[0]
+
+
+def test_large_payloads_land_in_the_command_buffer_and_complete_the_write():
+    conn = logged_in()
+    first, rest = bytes([1]) * 65536, bytes([2]) * 65536
+    events, (r2t,) = feed(conn, I.scsi_cmd(b"\x2a" + bytes(9), itt=3, cmdsn=1, edtl=131072,
+                                           write=True, data=first))
+    assert events == []
+    (it,) = conn.tasks.values()
+    assert it.buf is not None and len(it.buf) == 131072
+    target = it.buf.obj
+    events, rsps = feed(conn, I.data_out(rest, itt=3, ttt=r2t.ttt, offset=65536))
+    (e,) = events
+    assert e.task.data_out.obj is target  # received in place: no copy, no other buffer
+    assert bytes(e.task.data_out) == first + rest
+
+
+def test_a_task_aborted_while_its_data_out_arrives_keeps_its_buffer_out_of_the_pool():
+    from gluster_iscsi.backstore.buffers import POOL
+
+    conn = logged_in()
+    _, (r2t,) = feed(conn, I.scsi_cmd(b"\x2a" + bytes(9), itt=4, cmdsn=1, edtl=65536, write=True))
+    (it,) = conn.tasks.values()
+    target = it.buf.obj
+    pdu = I.data_out(bytes([9]) * 65536, itt=4, ttt=r2t.ttt, offset=0)
+    conn.receive_data(pdu[:48 + 1000])  # the header and a little: the rest lands in the buffer
+    assert conn.reader.receiving_into(target)
+    found, running = conn.abort_tasks(lambda t: True)  # say, PREEMPT AND ABORT from elsewhere
+    assert found == 1 and running == []
+    reused = [POOL.borrow(65536) for _ in range(40)]
+    assert all(v.obj is not target for v in reused)  # not handed out while bytes still land in it
+    for v in reused:
+        POOL.give_back(v)
+    events = conn.receive_data(pdu[48 + 1000:] + I.nop_out(itt=5, cmdsn=2))
+    assert events == []
+    (nop,) = I.parse(conn.data_to_send())
+    assert nop.opcode == 0x20 and nop.itt == 5  # the stream is still in step

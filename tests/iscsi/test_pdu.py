@@ -115,3 +115,101 @@ def test_garbage_raises_only_protocol_errors(junk, hd, dd):
                 break
         except ProtocolError:
             continue
+
+
+# -- receiving straight into a PDU's own buffer (get_buffer / buffer_updated) -------------------
+
+
+def socket_feed(r: P.PduReader, stream: bytes, chunk: int) -> list[P.Pdu]:
+    """Deliver ``stream`` as a socket would: into the windows the reader offers, at most
+    ``chunk`` bytes per receive, handling the PDUs after each receive."""
+    got, mv = [], memoryview(stream)
+    while len(mv):
+        window = r.get_buffer()
+        assert len(window) > 0
+        n = min(len(window), len(mv), chunk)
+        window[:n] = mv[:n]
+        del window
+        r.buffer_updated(n)
+        mv = mv[n:]
+        while (p := r.next_pdu()) is not None:
+            got.append(p)
+    return got
+
+
+@pytest.mark.parametrize("chunk", [1, 47, 4096, 65536, 1 << 20])
+@pytest.mark.parametrize("digests", [False, True])
+def test_large_write_payloads_arrive_in_their_own_buffers(chunk, digests):
+    sizes = [P.DIRECT_MIN, 5, 256 << 10, 4096, P.DIRECT_MIN + 3, 0, 100_001]
+    payloads = [bytes([i + 1]) * n for i, n in enumerate(sizes)]
+    stream = b""
+    for i, data in enumerate(payloads):
+        raw = I.scsi_cmd(b"\x2a" + bytes(9), itt=i, cmdsn=i, edtl=len(data), write=True, data=data)
+        stream += b"".join(bytes(b) for b in P.frame(raw[:48], data, digests, digests))
+    r = P.PduReader(1 << 20)
+    r.header_digest = r.data_digest = digests
+    got = socket_feed(r, stream, chunk)
+    assert [p.itt for p in got] == list(range(len(sizes)))
+    assert [bytes(p.data) for p in got] == payloads
+    for p, n in zip(got, sizes, strict=True):
+        if n < P.DIRECT_MIN:
+            assert isinstance(p.data, bytes)
+        elif chunk <= 4096 or n > 64 << 10:
+            # in a buffer of its own (a large receive may have brought a small one all at once)
+            assert isinstance(p.data, memoryview)
+    assert r.buffered == 0
+
+
+def test_after_a_large_payload_the_next_header_is_read_alone():
+    data = bytes(64 << 10)
+    raw = I.scsi_cmd(b"\x2a" + bytes(9), itt=1, cmdsn=1, edtl=len(data), write=True, data=data)
+    r = P.PduReader(1 << 20)
+    socket_feed(r, raw[:48], 48)
+    assert r.next_pdu() is None
+    assert len(r.get_buffer()) == len(data)  # the payload's own buffer, exactly
+    (p,) = socket_feed(r, raw[48:], 1 << 20)
+    assert isinstance(p.data, memoryview) and bytes(p.data) == data
+    assert len(r.get_buffer()) == 48  # the next header alone: its payload may be large too
+    r.header_digest = True
+    assert len(r.get_buffer()) == 52
+
+
+def test_a_large_payload_with_a_bad_data_digest_is_reported_with_its_pdu():
+    data = bytes(range(256)) * 128
+    raw = I.scsi_cmd(b"\x2a" + bytes(9), itt=9, cmdsn=1, edtl=len(data), write=True, data=data)
+    wire = b"".join(bytes(b) for b in P.frame(raw[:48], data, False, True))
+    wire = wire[:-1] + bytes([wire[-1] ^ 1])
+    r = P.PduReader(1 << 20)
+    r.data_digest = True
+    with pytest.raises(P.DigestError) as e:
+        socket_feed(r, wire, 4096)
+    assert not e.value.header and e.value.pdu.itt == 9
+    assert r.buffered == 0  # the stream is still in step
+
+
+def test_data_out_payload_lands_where_place_says():
+    target = bytearray(200 << 10)
+    asked = []
+
+    def place(bhs):
+        asked.append(bhs)
+        off = struct.unpack_from(">I", bhs, 40)[0]
+        n = int.from_bytes(bhs[5:8], "big")
+        return memoryview(target)[off : off + n]
+
+    data = bytes([7]) * (64 << 10)
+    r = P.PduReader(1 << 20, place=place)
+    (p,) = socket_feed(r, I.data_out(data, itt=1, ttt=5, offset=4096), 8192)
+    assert p.placed and len(asked) == 1
+    assert target[4096 : 4096 + len(data)] == data and p.data.obj is target
+    small = I.data_out(bytes(512), itt=1, ttt=5, offset=0)
+    (q,) = socket_feed(r, small, 8192)
+    assert not q.placed and len(asked) == 1  # small payloads are not worth a placement
+
+
+def test_the_feed_path_and_a_refused_pdu_skipped_in_windows():
+    big = I.nop_out(itt=1, cmdsn=1, data=bytes(9000))
+    r = P.PduReader(8192)
+    with pytest.raises(P.OversizedPdu):
+        socket_feed(r, big[:48], 48)
+    assert socket_feed(r, big[48:] + I.nop_out(itt=2, cmdsn=2), 100)[0].itt == 2

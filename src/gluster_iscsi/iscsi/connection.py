@@ -64,6 +64,7 @@ _STAGE_NAMES = {STAGE_SECURITY: "security", STAGE_OPERATIONAL: "operational"}
 _COLLECTING, _EXECUTING, _ABORTED = 0, 1, 2
 # SCSI Command BHS: flags, LUN, ITT, EDTL, CmdSN (RFC 7143 11.3), read in one go.
 _CMD_FIELDS = struct.Struct(">xB6x8sIII")
+_U32 = struct.Struct(">I")
 _ATTRS = tuple(TaskAttr(i) for i in range(5))
 
 
@@ -130,7 +131,7 @@ class Connection:
             self.target_params.update(target_params)
         self.queue_depth = queue_depth
         self.random_bytes = random_bytes
-        self.reader = PduReader(LOGIN_DSL)
+        self.reader = PduReader(LOGIN_DSL, place=self._place)
         self._out: list[Buffer] = []
         self._events: list[Any] = []
         self.session: Session | None = None
@@ -184,13 +185,34 @@ class Connection:
 
     def receive_data(self, data: Buffer, now: float | None = None) -> list[Any]:
         """Take bytes from the wire; return the events they caused."""
+        mv = memoryview(data)  # type: ignore[arg-type]
+        reader = self.reader
+        events: list[Any] = []
+        while True:
+            # As a socket would: each window filled, then the PDUs it completed handled, so a
+            # large payload lands in its own buffer here too.
+            window = reader.get_buffer(len(mv))
+            n = min(len(window), len(mv))
+            window[:n] = mv[:n]
+            del window
+            events += self.buffer_updated(n, now)
+            mv = mv[n:]
+            if not len(mv):
+                return events
+
+    def get_buffer(self) -> memoryview:
+        """Where the next bytes from the wire should be received (zero-copy receive)."""
+        return self.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int, now: float | None = None) -> list[Any]:
+        """``nbytes`` were received into the last :meth:`get_buffer`; return the events."""
         if now is not None:
             self.now = now
         if self.closed:
             return []
         self._last_rx = self.now
         reader = self.reader
-        reader.feed(data)
+        reader.buffer_updated(nbytes)
         while not self.closed:
             try:
                 pdu = reader.next_pdu()
@@ -213,6 +235,21 @@ class Connection:
                 self._log_bad(str(exc))
                 self._reject(pdu, exc.reason)
         return self._take_events()
+
+    def _place(self, bhs: bytes) -> memoryview | None:
+        """Where a large Data-Out payload lands: straight in its command's data-out buffer
+        when the PDU fits the task's buffer (``_on_data_out`` checks the rest; a PDU it
+        refuses ends its command, so what it wrote there is never used)."""
+        if bhs[0] & 0x3F != Opcode.DATA_OUT or not self.full_feature:
+            return None
+        itt, offset = _U32.unpack_from(bhs, 16)[0], _U32.unpack_from(bhs, 40)[0]
+        it = self.tasks.get(itt)
+        if it is None or it.state != _COLLECTING or it.buf is None:
+            return None
+        n = int.from_bytes(bhs[5:8], "big")
+        if offset + n > it.edtl:
+            return None
+        return it.buf[offset : offset + n]
 
     def data_to_send(self) -> list[Buffer]:
         out, self._out = self._out, []
@@ -248,7 +285,8 @@ class Connection:
     def _release(self, it: IscsiTask, view: memoryview | None) -> None:
         if view is not None:
             self.buffered -= len(view)
-            POOL.give_back(view)
+            if not self.reader.receiving_into(view.obj):  # a Data-Out still landing in it
+                POOL.give_back(view)
 
     def complete_task(self, task: ScsiTask, result: ScsiResult) -> None:
         """Send the response (and data-in) of a finished SCSI command."""
@@ -672,6 +710,7 @@ class Connection:
         if data:
             it.buf[: len(data)] = data
             it.received = len(data)
+            POOL.give_back(data)  # a large payload's own pooled buffer (others are ignored)
         it.next_r2t_offset = it.received
         if not params.initial_r2t and not pdu.final:
             it.unsolicited_left = min(params.first_burst, edtl) - it.received
@@ -748,7 +787,9 @@ class Connection:
                 return self._data_error(it, pdu, "Data-Out not continuing its R2T in order")
             seq.datasn += 1
             seq.received += n
-        it.buf[offset : offset + n] = data
+        if not pdu.placed:
+            it.buf[offset : offset + n] = data
+            POOL.give_back(data)  # a large payload's own pooled buffer (others are ignored)
         it.received += n
         if seq is not None and (seq.received >= seq.length or pdu.final):
             if seq.received < seq.length:

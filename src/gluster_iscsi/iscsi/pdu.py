@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 
 from crc32c import crc32c
 
 from ..backstore.base import Buffer
+from ..backstore.buffers import POOL
 from .errors import ProtocolError, RejectReason
 
 BHS_LEN = 48
@@ -124,12 +126,15 @@ def decode_lun(raw: bytes) -> int:
 class Pdu:
     """A received PDU: raw BHS, AHS and data segment, with lazy field accessors."""
 
-    __slots__ = ("bhs", "ahs", "data")
+    __slots__ = ("bhs", "ahs", "data", "placed")
 
-    def __init__(self, bhs: bytes, ahs: bytes = b"", data: bytes = b"") -> None:
+    def __init__(self, bhs: bytes, ahs: bytes = b"", data: bytes | memoryview = b"") -> None:
         self.bhs = bhs
         self.ahs = ahs
+        #: bytes, or for a large SCSI Command or Data-Out payload a memoryview of its buffer
         self.data = data
+        #: The data segment was received where the reader's ``place`` said (already in place).
+        self.placed = False
 
     # -- fields common to every PDU --
     @property
@@ -287,48 +292,148 @@ class OversizedPdu(ProtocolError):
         self.pdu = pdu
 
 
+#: Data segments at least this large of SCSI Command and Data-Out PDUs are received straight
+#: into a buffer of their own (or the task's data-out buffer), never through the staging area.
+DIRECT_MIN = 16 << 10
+_DIRECT_OPCODES = (0x01, 0x05)  # SCSI Command (immediate data), SCSI Data-Out
+_STAGE = 64 << 10  # staging area: what one receive may take of a stream of small PDUs
+_MIN_WINDOW = 4096
+
+#: ``place(bhs) -> memoryview | None``: where the data segment of a large SCSI Command or
+#: Data-Out PDU should land (exactly ``dsl`` bytes), or None for a buffer of its own.
+Placement = Callable[[bytes], "memoryview | None"]
+
+
 class PduReader:
     """Splits a byte stream into PDUs. Lengths are checked before data is buffered.
 
-    ``feed`` appends received bytes; ``next_pdu`` returns one complete PDU or None. A data
-    segment larger than ``max_recv_dsl`` raises :class:`OversizedPdu` once its header is seen;
-    its payload is then skipped without being stored, and the stream stays in sync.
+    Bytes arrive either by :meth:`feed` or, without a copy, by :meth:`get_buffer` (where the
+    next bytes should be received) and :meth:`buffer_updated` (how many were). Headers and small
+    PDUs go through a staging area; a large data segment of a SCSI Command or Data-Out PDU is
+    received straight into its own buffer (from ``place``, say the command's data-out buffer at
+    the PDU's offset, or a pooled one), so its payload is copied once, by the kernel. After such
+    a PDU the reader asks for the next header alone, so the next payload is not drawn into the
+    staging area either.
+
+    :meth:`next_pdu` returns one complete PDU or None. A data segment larger than
+    ``max_recv_dsl`` raises :class:`OversizedPdu` once its header is seen; its payload is then
+    skipped without being stored, and the stream stays in sync.
     """
 
-    __slots__ = ("_buf", "_pos", "_skip", "header_digest", "data_digest", "max_recv_dsl")
+    __slots__ = ("_buf", "_pos", "_end", "_skip", "header_digest", "data_digest", "max_recv_dsl",
+                 "place", "_pdu", "_dst", "_got", "_trailer", "_headers_alone")
 
-    def __init__(self, max_recv_dsl: int = 8192) -> None:
-        self._buf = bytearray()
-        self._pos = 0
-        self._skip = 0
+    def __init__(self, max_recv_dsl: int = 8192, place: Placement | None = None) -> None:
+        self._buf = bytearray(_STAGE)
+        self._pos = 0  # next unread byte of the staging area
+        self._end = 0  # end of the received bytes in it
+        self._skip = 0  # bytes of a refused PDU still to discard
         self.header_digest = False
         self.data_digest = False
         self.max_recv_dsl = max_recv_dsl
+        self.place = place
+        self._pdu: Pdu | None = None  # a PDU whose data segment is being received into _dst
+        self._dst: memoryview | None = None
+        self._got = 0  # bytes of _dst received
+        self._trailer = 0  # pad + data digest after _dst, received through the staging area
+        self._headers_alone = False  # the last PDU was direct: read the next header by itself
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return self._end - self._pos + (self._got if self._dst is not None else 0)
+
+    def receiving_into(self, obj: object) -> bool:
+        """True while a data segment is being received into a view of ``obj``: the buffer
+        must not be reused until that PDU is complete."""
+        dst = self._dst
+        return dst is not None and dst.obj is obj
 
     def feed(self, data: Buffer) -> None:
-        if self._skip:
-            mv = memoryview(data)
-            n = min(self._skip, len(mv))
-            self._skip -= n
-            if n == len(mv):
-                return
-            data = mv[n:]
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        elif self._pos > 65536 and self._pos * 2 > len(self._buf):
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        """Take received bytes (copying them); then call :meth:`next_pdu` until it returns
+        None. A large payload goes into its own buffer only once :meth:`next_pdu` has seen
+        its header: callers that want that feed in steps (see ``Connection.receive_data``)."""
+        mv = memoryview(data)  # type: ignore[arg-type]
+        while len(mv):
+            window = self.get_buffer(len(mv))
+            n = min(len(window), len(mv))
+            window[:n] = mv[:n]
+            del window
+            self.buffer_updated(n)
+            mv = mv[n:]
+
+    def get_buffer(self, hint: int = -1) -> memoryview:
+        """Where the next received bytes should go (never empty); ``hint``: how many are
+        expected, for the size of a staging window."""
+        dst = self._dst
+        if dst is not None and self._got < len(dst):
+            return dst[self._got :]
+        buf = self._buf
+        if self._skip:  # scratch space for bytes that are discarded
+            if len(buf) - self._end < _MIN_WINDOW:
+                self._compact()
+            end = self._end
+            return memoryview(buf)[end : end + min(self._skip, len(buf) - end)]
+        pos, end = self._pos, self._end
+        if pos == end:
+            self._pos = self._end = pos = end = 0
+        avail = end - pos
+        if dst is not None:
+            want = self._trailer - avail  # the pad and digest after a direct data segment
+        elif self._headers_alone:
+            want = BHS_LEN + (4 if self.header_digest else 0) - avail
+            if avail >= BHS_LEN:
+                want += buf[pos + 4] * 4  # and its AHS
+        else:
+            want = 0
+        exact = want > 0
+        if not exact:
+            want = max(hint, _MIN_WINDOW, self._missing())
+        if len(buf) - end < want:
+            self._compact()
+            end = self._end
+            if len(buf) - end < want:
+                # A new area, not a resize: views handed out earlier may still be alive.
+                grown = bytearray(max(end + want, 2 * len(buf)))
+                grown[:end] = buf[:end]
+                self._buf = buf = grown
+        return memoryview(buf)[end : end + want] if exact else memoryview(buf)[end:]
+
+    def buffer_updated(self, n: int) -> None:
+        """``n`` bytes were received into the last :meth:`get_buffer` window."""
+        dst = self._dst
+        if dst is not None and self._got < len(dst):
+            self._got += n
+        elif self._skip:
+            self._skip -= n  # the window offered was scratch space of at most _skip bytes
+        else:
+            self._end += n
+
+    def _missing(self) -> int:
+        """Bytes still missing of the PDU whose header is in the staging area (0: unknown)."""
+        buf, pos = self._buf, self._pos
+        avail = self._end - pos
+        if avail < BHS_LEN:
+            return 0
+        dsl = int.from_bytes(buf[pos + 5 : pos + 8], "big")
+        if dsl > self.max_recv_dsl:
+            return 0
+        total = (BHS_LEN + buf[pos + 4] * 4 + (4 if self.header_digest else 0) + ((dsl + 3) & ~3)
+                 + (4 if self.data_digest and dsl else 0))
+        return max(total - avail, 0)
+
+    def _compact(self) -> None:
+        pos, end = self._pos, self._end
+        if pos:
+            buf = self._buf
+            buf[: end - pos] = buf[pos:end]
+            self._pos, self._end = 0, end - pos
 
     def next_pdu(self) -> Pdu | None:
+        if self._dst is not None:
+            return self._finish_direct()
         buf = self._buf
         pos = self._pos
-        avail = len(buf) - pos
+        avail = self._end - pos
         if avail < BHS_LEN:
             return None
         ahs_len = buf[pos + 4] * 4
@@ -351,9 +456,26 @@ class PduReader:
             raise OversizedPdu(
                 f"data segment of {dsl} bytes exceeds MaxRecvDataSegmentLength {self.max_recv_dsl}", pdu
             )
-        if avail < total:
-            return None
         start = pos + BHS_LEN
+        if avail < total:
+            if dsl < DIRECT_MIN or buf[pos] & 0x3F not in _DIRECT_OPCODES:
+                return None
+            # A large payload: receive it into its own buffer, with what is here already.
+            with memoryview(buf) as mv:
+                pdu = Pdu(bytes(mv[pos:start]), bytes(mv[start : start + ahs_len]) if ahs_len else b"")
+                dst = self.place(pdu.bhs) if self.place is not None else None
+                placed = dst is not None
+                if dst is None:
+                    dst = POOL.borrow(dsl)
+                here = min(avail - hdr_len, dsl)
+                dst[:here] = mv[pos + hdr_len : pos + hdr_len + here]
+            pdu.data = dst
+            pdu.placed = placed
+            self._pdu, self._dst, self._got = pdu, dst, here
+            self._trailer = total - hdr_len - dsl
+            self._pos = pos + hdr_len + here
+            return self._finish_direct()
+        self._headers_alone = False
         with memoryview(buf) as mv:  # one copy per field (a bytearray slice would add one)
             pdu = Pdu(
                 bytes(mv[pos:start]),
@@ -364,5 +486,25 @@ class PduReader:
         if self.data_digest and dsl:
             want = _U32.unpack_from(buf, pos + hdr_len + padded)[0]
             if crc32c(buf[pos + hdr_len : pos + hdr_len + padded]) != want:
+                raise DigestError("data digest mismatch", pdu=pdu)
+        return pdu
+
+    def _finish_direct(self) -> Pdu | None:
+        dst, pdu = self._dst, self._pdu
+        assert dst is not None and pdu is not None
+        if self._got < len(dst):
+            return None
+        trailer = self._trailer
+        pos = self._pos
+        if self._end - pos < trailer:
+            return None
+        self._pdu = self._dst = None
+        self._pos = pos + trailer
+        self._headers_alone = True
+        if self.data_digest:
+            buf = self._buf
+            pad = trailer - 4
+            want = _U32.unpack_from(buf, pos + pad)[0]
+            if crc32c(buf[pos : pos + pad], crc32c(dst)) != want:
                 raise DigestError("data digest mismatch", pdu=pdu)
         return pdu

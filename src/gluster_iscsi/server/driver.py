@@ -31,7 +31,7 @@ _INTERNAL_ERROR = (0x04, 0x4400)
 _COALESCE = 64 << 10  # join queued PDUs up to this many bytes into one write  # HARDWARE ERROR / INTERNAL TARGET FAILURE
 
 
-class ConnectionDriver(asyncio.Protocol):
+class ConnectionDriver(asyncio.BufferedProtocol):
     def __init__(self, daemon: Daemon, portal: Portal) -> None:
         self.daemon = daemon
         self.portal = portal
@@ -77,7 +77,14 @@ class ConnectionDriver(asyncio.Protocol):
             self._poller.watch(self._fd, self)
         self._arm_timer()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Received bytes land where the iSCSI core says: its staging area for headers, a
+        # large write payload's own buffer (a command's data-out buffer for Data-Out).
+        conn = self.conn
+        assert conn is not None
+        return conn.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
         conn = self.conn
         if conn is None:
             return
@@ -85,7 +92,7 @@ class ConnectionDriver(asyncio.Protocol):
         if self._poller.missed_at is not None:
             self._poller.woke()
         try:
-            self._handle(conn.receive_data(data, self.loop.time()))
+            self._handle(conn.buffer_updated(nbytes, self.loop.time()))
         except Exception:  # a bug must cost this connection only, never the daemon
             log.exception("internal error on connection from %s", conn.peer_address)
             self._handle(conn.close("internal error"))
