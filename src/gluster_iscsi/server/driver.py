@@ -98,7 +98,11 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             self._handle(conn.close("internal error"))
         finally:
             self._in_receive = False
-        self._flush()
+        if not self._flush_scheduled:
+            # The loop may read more PDUs of this burst before it gets here: their answers
+            # then go out in the same send.
+            self._flush_scheduled = True
+            self.loop.call_soon(self._deferred_flush)
 
     def connection_lost(self, exc: Exception | None) -> None:
         conn = self.conn
