@@ -14,6 +14,9 @@ class FakePool:
         self.threads = 1
         self.done = False
 
+    def in_flight(self) -> bool:
+        return True
+
     def has_done(self) -> bool:
         return self.done
 

@@ -342,6 +342,11 @@ class PduReader:
     def buffered(self) -> int:
         return self._end - self._pos + (self._got if self._dst is not None else 0)
 
+    @property
+    def large_stream(self) -> bool:
+        """Large payloads are coming: each receive takes exactly one header or one payload."""
+        return self._headers_alone or self._dst is not None
+
     def receiving_into(self, obj: object) -> bool:
         """True while a data segment is being received into a view of ``obj``: the buffer
         must not be reused until that PDU is complete."""

@@ -98,9 +98,11 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             self._handle(conn.close("internal error"))
         finally:
             self._in_receive = False
-        if not self._flush_scheduled:
-            # The loop may read more PDUs of this burst before it gets here: their answers
-            # then go out in the same send.
+        if not conn.reader.large_stream:
+            self._flush()  # the initiator may be waiting for these to send more
+        elif not self._flush_scheduled:
+            # Large writes: each receive takes one header or one payload, and the loop goes
+            # on reading while there is more; the answers of the burst go out in one send.
             self._flush_scheduled = True
             self.loop.call_soon(self._deferred_flush)
 

@@ -49,6 +49,10 @@ class IoPool:
     def threads(self) -> int:
         return self._alive
 
+    def in_flight(self) -> bool:
+        """Calls are queued or running, or results wait (a hint, read without the lock)."""
+        return bool(self._queued or self._busy or self._done)
+
     def has_done(self) -> bool:
         """Results wait for the loop (read without the lock: a hint for the idle poller)."""
         return bool(self._done)

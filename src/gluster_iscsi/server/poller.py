@@ -21,6 +21,7 @@ It is an I/O-layer concern only: the iSCSI and SCSI cores never see it.
 from __future__ import annotations
 
 import asyncio
+import os
 import select
 import time
 from collections.abc import Callable, Iterable
@@ -99,18 +100,23 @@ class IdlePoller:
         start = clock()
         if self.current > 0:
             self.spins += 1
-            pools = [p for p in self._pools() if p.threads]
+            pools = [p for p in self._pools() if p.in_flight()]
             end = start + self.current
             poll = ep.poll
+            yield_cpu = os.sched_yield if pools else None
             while True:
                 # epoll_wait(0) releases the GIL: a store worker can deliver its result meanwhile.
                 if poll(0):
                     self.hits += 1
                     return
-                for p in pools:
-                    if p.has_done():
-                        self.hits += 1
-                        return
+                if pools:
+                    # A store call is out: let its worker have the CPU and the GIL at once
+                    # when it returns, instead of waiting for the spin to end.
+                    yield_cpu()  # type: ignore[misc]
+                    for p in pools:
+                        if p.has_done():
+                            self.hits += 1
+                            return
                 if clock() >= end:
                     break
         self.missed_at = start
