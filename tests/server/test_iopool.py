@@ -60,3 +60,59 @@ def test_a_burst_gets_parallel_workers():
         pool.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_call_past_its_timeout_gets_io_timeout_once_and_its_late_result_is_dropped():
+    from gluster_iscsi.server.iopool import IoTimeout
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        pool = IoPool(loop, 4, idle=5)
+        release = threading.Event()
+        calls: list = []
+        t0 = loop.time()
+
+        def cb(value, exc):
+            calls.append((value, type(exc), loop.time() - t0))
+
+        pool.submit(lambda _: release.wait(5) and "late", None, cb, 0.2)  # hangs
+        pool.submit(lambda x: x, "quick", cb, 0.2)  # answers at once
+        await asyncio.sleep(0.1)
+        assert calls == [("quick", type(None), calls[0][2])]
+        await asyncio.sleep(0.3)
+        assert len(calls) == 2 and calls[1][:2] == (None, IoTimeout)
+        assert 0.18 <= calls[1][2] < 0.35
+        release.set()  # the hung call returns now: its result must not reach cb again
+        await asyncio.sleep(0.2)
+        assert len(calls) == 2
+        pool.shutdown()
+
+    asyncio.run(main())
+
+
+def test_timeouts_of_different_lengths_each_expire_on_time():
+    from gluster_iscsi.server.iopool import IoTimeout
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        pool = IoPool(loop, 4, idle=5)
+        release = threading.Event()
+        when: dict = {}
+        t0 = loop.time()
+
+        def cb_for(name):
+            def cb(value, exc):
+                assert isinstance(exc, IoTimeout)
+                when[name] = loop.time() - t0
+            return cb
+
+        pool.submit(lambda _: release.wait(5), None, cb_for("long"), 0.6)
+        pool.submit(lambda _: release.wait(5), None, cb_for("short"), 0.15)  # later, yet due first
+        await asyncio.sleep(0.35)
+        assert set(when) == {"short"} and when["short"] < 0.3
+        await asyncio.sleep(0.45)
+        assert set(when) == {"short", "long"} and 0.55 <= when["long"] < 0.75
+        release.set()
+        pool.shutdown()
+
+    asyncio.run(main())

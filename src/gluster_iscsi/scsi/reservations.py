@@ -413,7 +413,7 @@ def persistent_reserve_out(ctx: Ctx) -> ScsiResult:
             pr.generation += 1
             if action is PrOutAction.PREEMPT_AND_ABORT:
                 # The transport aborts the task sets of these I_T nexuses.
-                result.extra["abort_initiators"] = [r.initiator for r in preempted]
+                result.extra = {"abort_initiators": [r.initiator for r in preempted]}
         lu.persist_pr()
     return result
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -104,8 +104,9 @@ class ScsiResult:
     data: Buffer | None = None
     sense: bytes | None = None
     transfer_length: int | None = None
-    #: Extra fields for the transport (e.g. "abort" when a task was aborted).
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: Extra fields for the transport (e.g. "abort_initiators"); None (the common case, and
+    #: one dict fewer per command) when there are none.
+    extra: dict[str, Any] | None = None
 
 
 #: The shape of a command's execution: yields io ops, receives their results, returns a result.

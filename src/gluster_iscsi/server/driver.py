@@ -20,6 +20,7 @@ from ..iscsi.pdu import TmfFunction, TmfResponse
 from ..scsi.io import store_for
 from ..scsi.sense import build_sense
 from ..scsi.task import ScsiResult, ScsiTask, Status
+from .iopool import IoTimeout
 
 if TYPE_CHECKING:
     from ..target.model import Portal
@@ -40,8 +41,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         self.conn: Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
         # Commands executing, with the futures of whoever waits for them (TMFs, shutdown):
-        # created only when someone waits, not for every command.
-        self._running: dict[ScsiTask, list[asyncio.Future[None]]] = {}
+        # the list is made only when someone waits, not for every command.
+        self._running: dict[ScsiTask, list[asyncio.Future[None]] | None] = {}
         self._closing = False
         self._paused = False
         self._in_receive = False
@@ -221,7 +222,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         if device is None:
             self._complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(0x05, 0x2500)))
             return
-        self._running[task] = []
+        self._running[task] = None
         lu = device.lu(task.lun)
         store = lu.store if lu is not None else None
         self._step(task, device.execute(task), store, None, None)
@@ -252,30 +253,20 @@ class ConnectionDriver(asyncio.BufferedProtocol):
 
         A store that hangs (a Gluster volume that lost quorum) must answer the initiator within
         the timeout: the op is then thrown into the command as ETIMEDOUT, which the SCSI layer
-        maps to a sense the initiator retries, and its late result is dropped.
+        maps to a sense the initiator retries, and its late result is dropped (by the pool).
         """
-        state = [False]  # settled: completed or timed out, whichever came first
 
         def done(value: Any, exc: BaseException | None) -> None:
-            if state[0]:
-                return
-            state[0] = True
-            if timer is not None:
-                timer.cancel()
+            if exc is not None and type(exc) is IoTimeout:
+                name = getattr(target_store, "name", None)
+                log.warning("%s: %s did not complete within %gs", name or "store",
+                            type(op).__name__, self.daemon.io_timeout)
+                exc = BackingStoreError(errno.ETIMEDOUT, "I/O timed out", name)
             if self._poller.missed_at is not None:
                 self._poller.woke()
             self._step(task, gen, store, value, exc)
 
-        def expired() -> None:
-            if state[0]:
-                return
-            log.warning("%s: %s did not complete within %gs", getattr(target_store, "name", "store"),
-                        type(op).__name__, self.daemon.io_timeout)
-            done(None, BackingStoreError(errno.ETIMEDOUT, "I/O timed out", getattr(target_store, "name", None)))
-
-        timeout = self.daemon.io_timeout
-        timer = self.loop.call_later(timeout, expired) if timeout else None
-        self.daemon.pool_for(target_store).submit(op.run, target_store, done)
+        self.daemon.pool_for(target_store).submit(op.run, target_store, done, self.daemon.io_timeout)
 
     def _complete(self, task: ScsiTask, result: ScsiResult) -> None:
         if result.extra:
@@ -297,7 +288,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
     def _side_effects(self, task: ScsiTask, result: ScsiResult) -> None:
         """Effects a command has beyond its own nexus (SPC-4 5.13.11.2.4 PREEMPT AND ABORT:
         the preempted initiators' tasks on this LUN are aborted)."""
-        ports = result.extra.get("abort_initiators")
+        ports = result.extra.get("abort_initiators") if result.extra else None
         session = self.conn.session if self.conn else None
         if not ports or session is None or session.target is None:
             return
@@ -308,9 +299,11 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 d.conn.abort_tasks(lambda t: t.lun == task.lun and t.scsi is not task)
 
     def _waiter(self, task: ScsiTask) -> asyncio.Future[None] | None:
-        waiters = self._running.get(task)
-        if waiters is None:
+        if task not in self._running:
             return None
+        waiters = self._running[task]
+        if waiters is None:
+            waiters = self._running[task] = []
         fut: asyncio.Future[None] = self.loop.create_future()
         waiters.append(fut)
         return fut

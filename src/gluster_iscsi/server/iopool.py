@@ -10,6 +10,12 @@ drivers defer their flush with ``call_soon``, which runs after this batch).
 Workers start on demand, up to ``threads``, and leave after ``idle`` seconds without work,
 so a pool per backing store costs nothing while its LUN is quiet (or deleted).
 
+A call may carry a timeout: if it has not returned by then, its callback gets
+:class:`IoTimeout` and its late result is dropped. Deadlines are kept in submission order
+(with the daemon's one I/O timeout, that is also deadline order) and watched by one timer armed
+at the oldest deadline, not by a timer per call: at tens of thousands of calls a second,
+creating and cancelling a loop timer for each was a measurable part of the hand-off.
+
 The store calls (``os.preadv``, ctypes into libgfapi) release the GIL while they block.
 """
 
@@ -27,6 +33,10 @@ Callback = Callable[[Any, BaseException | None], None]
 _STOP = object()
 
 
+class IoTimeout(TimeoutError):
+    """A call did not return within its timeout (it may still be running on its worker)."""
+
+
 class IoPool:
     def __init__(self, loop: asyncio.AbstractEventLoop, threads: int, *, name: str = "store-io",
                  idle: float = 30.0) -> None:
@@ -35,7 +45,7 @@ class IoPool:
         self.idle = idle
         self.name = name
         self._q: SimpleQueue[Any] = SimpleQueue()
-        self._done: deque[tuple[Callback, Any, BaseException | None]] = deque()
+        self._done: deque[tuple[Callback, Any, BaseException | None, int]] = deque()
         self._lock = threading.Lock()
         self._wake_pending = False
         self._alive = 0  # worker threads running
@@ -44,6 +54,13 @@ class IoPool:
         self._threads: set[threading.Thread] = set()
         self._closed = False
         self._serial = 0
+        # Calls with a timeout still out: key -> (callback, deadline, timeout), in submission
+        # order; _ordered while that is also deadline order (always, with one timeout value).
+        self._deadlines: dict[int, tuple[Callback, float, float]] = {}
+        self._last_deadline = 0.0
+        self._ordered = True
+        self._next_key = 0
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def threads(self) -> int:
@@ -57,8 +74,23 @@ class IoPool:
         """Results wait for the loop (read without the lock: a hint for the idle poller)."""
         return bool(self._done)
 
-    def submit(self, fn: Callable[[Any], Any], arg: Any, callback: Callback) -> None:
-        """Run ``fn(arg)`` on a worker; ``callback(result, exc)`` runs later on the loop."""
+    def submit(self, fn: Callable[[Any], Any], arg: Any, callback: Callback,
+               timeout: float = 0.0) -> None:
+        """Run ``fn(arg)`` on a worker; ``callback(result, exc)`` runs later on the loop, once:
+        with the result, or with :class:`IoTimeout` after ``timeout`` seconds (0: no limit)."""
+        key = 0
+        if timeout > 0:
+            self._next_key = key = self._next_key + 1
+            deadline = self.loop.time() + timeout
+            if deadline < self._last_deadline:
+                self._ordered = False
+            self._last_deadline = deadline
+            self._deadlines[key] = (callback, deadline, timeout)
+            timer = self._timer
+            if timer is None or (not self._ordered and deadline < timer.when()):
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self.loop.call_at(deadline, self._on_timer)
         with self._lock:
             self._queued += 1
             # Another worker when queued work outnumbers the idle ones and there is room.
@@ -69,12 +101,13 @@ class IoPool:
                 self._serial += 1
                 t = threading.Thread(target=self._work, name=f"{self.name}-{self._serial}", daemon=True)
                 self._threads.add(t)
-        self._q.put((fn, arg, callback))
+        self._q.put((fn, arg, callback, key))
         if spawn:
             t.start()
 
     def _work(self) -> None:
         q, done, lock = self._q, self._done, self._lock
+        entry: tuple[Callback, Any, BaseException | None, int]
         while True:
             try:
                 item = q.get(timeout=self.idle)
@@ -95,12 +128,11 @@ class IoPool:
             with lock:
                 self._queued -= 1
                 self._busy += 1
-            fn, arg, callback = item
-            entry: tuple[Callback, Any, BaseException | None]
+            fn, arg, callback, key = item
             try:
-                entry = (callback, fn(arg), None)
+                entry = (callback, fn(arg), None, key)
             except BaseException as exc:  # noqa: BLE001 - delivered to the callback
-                entry = (callback, None, exc)
+                entry = (callback, None, exc, key)
             with lock:
                 self._busy -= 1
                 done.append(entry)
@@ -113,7 +145,7 @@ class IoPool:
                 return
 
     def _drain(self) -> None:
-        done, lock = self._done, self._lock
+        done, lock, deadlines = self._done, self._lock, self._deadlines
         while True:
             with lock:
                 if not done:
@@ -121,12 +153,42 @@ class IoPool:
                     break
                 batch = list(done)
                 done.clear()
-            for callback, result, exc in batch:
+            for callback, result, exc, key in batch:
+                if key and deadlines.pop(key, None) is None:
+                    continue  # it timed out already: its callback has had its answer
                 callback(result, exc)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._expire(self.loop.time())
+
+    def _expire(self, now: float) -> None:
+        """Time out the calls whose deadline is past; re-arm for the earliest one left."""
+        deadlines = self._deadlines
+        due = []
+        earliest = None
+        for key, (callback, deadline, timeout) in deadlines.items():
+            if deadline > now:
+                if earliest is None or deadline < earliest:
+                    earliest = deadline
+                if self._ordered:
+                    break  # the rest are later still
+                continue
+            due.append((key, callback, timeout))
+        for key, callback, timeout in due:
+            del deadlines[key]
+            callback(None, IoTimeout(f"no answer within {timeout:g} s"))
+        if not deadlines:
+            self._ordered = True
+        elif earliest is not None and self._timer is None:
+            self._timer = self.loop.call_at(earliest, self._on_timer)
 
     def shutdown(self) -> None:
         """Stop the workers once the calls queued before this one are done (a call stuck in a
         dead store is left behind: its thread is a daemon thread)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         with self._lock:
             self._closed = True
             threads = list(self._threads)
