@@ -102,6 +102,11 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     from ..server.daemon import Daemon
 
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from .. import DATA_PATH_MODULES, compiled_modules
+
+    compiled = compiled_modules()
+    log.info("data path: %d of %d modules compiled%s", len(compiled), len(DATA_PATH_MODULES),
+             "" if compiled else " (pure Python: scripts/install builds them with mypyc)")
     daemon = Daemon(state_dir, nop_interval=nop_interval, io_timeout=io_timeout,
                     poll_usecs=poll_usecs)
     try:

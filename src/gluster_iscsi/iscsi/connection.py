@@ -220,20 +220,20 @@ class Connection:
                 self._log_bad(str(exc))
                 self._reject(exc.pdu, RejectReason.PROTOCOL_ERROR)
                 continue
-            except P.DigestError as exc:
-                self._log_bad(str(exc))
-                if exc.header or exc.pdu is None or not self.full_feature:
+            except P.DigestError as dig:  # (one name per exception type: mypyc types them)
+                self._log_bad(str(dig))
+                if dig.header or dig.pdu is None or not self.full_feature:
                     self._close("header digest error")
                 else:
-                    self._reject(exc.pdu, RejectReason.DATA_DIGEST_ERROR)
+                    self._reject(dig.pdu, RejectReason.DATA_DIGEST_ERROR)
                 continue
             if pdu is None:
                 break
             try:
                 self._dispatch(pdu)
-            except ProtocolError as exc:
-                self._log_bad(str(exc))
-                self._reject(pdu, exc.reason)
+            except ProtocolError as perr:
+                self._log_bad(str(perr))
+                self._reject(pdu, perr.reason)
         return self._take_events()
 
     def _place(self, bhs: bytes) -> memoryview | None:
@@ -396,7 +396,7 @@ class Connection:
             return
         handler = self._handlers.get(op)
         if handler is None:  # (receive_data logs it, once)
-            if op in self._FFP:
+            if op in _FFP:
                 raise ProtocolError("only Text, NOP-Out and Logout in a discovery session",
                                     RejectReason.PROTOCOL_ERROR)
             raise ProtocolError(f"opcode {op:#x} not supported", RejectReason.COMMAND_NOT_SUPPORTED)
@@ -449,8 +449,8 @@ class Connection:
             self._login_step(itt, transit, csg, nsg, pairs)
         except LoginError as exc:
             self._login_fail((exc.status_class << 8) | exc.status_detail, str(exc), itt)
-        except ProtocolError as exc:
-            self._login_fail(LoginStatus.INITIATOR_ERROR, str(exc), itt)
+        except ProtocolError as perr:
+            self._login_fail(LoginStatus.INITIATOR_ERROR, str(perr), itt)
 
     def _login_identify(self, keys: dict[str, str]) -> None:
         """First login request: who is this, which session type, which target, may they."""
@@ -594,7 +594,7 @@ class Connection:
         self._login_response(itt, True, csg, STAGE_FFP, encode_text(out), tsih=tsih)
         # Digests and the negotiated sizes apply from the first PDU after the final response.
         self.stage = STAGE_FFP
-        self._handlers = self._FFP if self.session_type == "Normal" else self._FFP_DISCOVERY
+        self._handlers = _FFP if self.session_type == "Normal" else _FFP_DISCOVERY
         self.login_deadline = None
         self.hd = params.header_digest
         self.dd = params.data_digest
@@ -1024,22 +1024,6 @@ class Connection:
     def _on_snack(self, pdu: Pdu, ordered: bool = False) -> None:
         raise ProtocolError("SNACK needs ErrorRecoveryLevel > 0", RejectReason.COMMAND_NOT_SUPPORTED)
 
-    _FFP: dict[int, Callable[..., None]] = {
-        Opcode.NOP_OUT: _on_nop_out,
-        Opcode.SCSI_CMD: _on_scsi_cmd,
-        Opcode.TMF_REQ: _on_tmf,
-        Opcode.TEXT_REQ: _on_text,
-        Opcode.DATA_OUT: _on_data_out,
-        Opcode.LOGOUT_REQ: _on_logout,
-        Opcode.SNACK: _on_snack,
-    }
-    #: A discovery session carries no SCSI (RFC 7143 4.3).
-    _FFP_DISCOVERY: dict[int, Callable[..., None]] = {
-        Opcode.NOP_OUT: _on_nop_out,
-        Opcode.TEXT_REQ: _on_text,
-        Opcode.LOGOUT_REQ: _on_logout,
-    }
-
     # ------------------------------------------------------------------ views
     def describe(self) -> dict[str, Any]:
         return {
@@ -1049,6 +1033,25 @@ class Connection:
             "commands_in_flight": len(self.tasks),
             "stat_sn": self.stat_sn,
         }
+
+
+#: The full feature phase's handler per opcode, chosen at login by session type. (Module
+#: level, not class attributes: a class body cannot name its methods when compiled.)
+_FFP: dict[int, Callable[..., None]] = {
+    Opcode.NOP_OUT: Connection._on_nop_out,
+    Opcode.SCSI_CMD: Connection._on_scsi_cmd,
+    Opcode.TMF_REQ: Connection._on_tmf,
+    Opcode.TEXT_REQ: Connection._on_text,
+    Opcode.DATA_OUT: Connection._on_data_out,
+    Opcode.LOGOUT_REQ: Connection._on_logout,
+    Opcode.SNACK: Connection._on_snack,
+}
+#: A discovery session carries no SCSI (RFC 7143 4.3).
+_FFP_DISCOVERY: dict[int, Callable[..., None]] = {
+    Opcode.NOP_OUT: Connection._on_nop_out,
+    Opcode.TEXT_REQ: Connection._on_text,
+    Opcode.LOGOUT_REQ: Connection._on_logout,
+}
 
 
 __all__ = ["Connection", "DEFAULT_TARGET_PARAMS", "IscsiTask"]

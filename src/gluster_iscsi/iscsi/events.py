@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..scsi.task import ScsiTask
-    from .session import Session
+# At run time too: compiled (setup.py), a dataclass's field types must exist.
+from ..scsi.task import ScsiTask
+from .session import Session
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import GeneratorType
 from typing import TYPE_CHECKING
 
 from .context import Ctx, ReservationConflict
@@ -156,7 +155,7 @@ class DeviceServer:
                 self.nexus_added(nexus)
             command = self._preamble(task, lu)
             outcome = command.handler(Ctx(task, lu, self, command))  # type: ignore[arg-type,misc]
-            if type(outcome) is GeneratorType:
+            if type(outcome) is not ScsiResult:  # an Execution (a generator, maybe compiled)
                 outcome = yield from outcome
             return outcome
         except CheckCondition as cc:

@@ -15,18 +15,17 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+# At run time too: compiled (setup.py), a dataclass's field types must exist.
+from ..backstore.base import (
+    BackingStore,
+    Buffer,  # collections.abc.Buffer is 3.12+
+    Extent,
+)
 from ..backstore.buffers import POOL
-
-if TYPE_CHECKING:
-    from ..backstore.base import (
-        BackingStore,
-        Buffer,  # collections.abc.Buffer is 3.12+
-        Extent,
-    )
-    from .background import BackgroundJob
-    from .task import Execution, ScsiResult
+from .background import BackgroundJob
+from .task import Execution, ScsiResult
 
 
 class IoLock:

@@ -10,15 +10,13 @@ import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..backstore.base import BackingStore  # at run time too: compiled, see setup.py
 from .background import BackgroundJob, JobBody
 from .io import IoLock
 from .reservations import PrState
 from .sense import Asc
-
-if TYPE_CHECKING:
-    from ..backstore.base import BackingStore
 
 #: Default largest single data transfer (VPD B0h MAXIMUM TRANSFER LENGTH); per LU it is
 #: ``LogicalUnit.max_transfer_bytes``. 32 MiB: what the iSCSI layer buffers for one command

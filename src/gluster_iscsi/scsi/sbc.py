@@ -157,7 +157,7 @@ def write_and_verify(ctx: Ctx) -> Execution:
     return ScsiResult(transfer_length=n * bs)
 
 
-def _compare(actual: bytes | bytearray, expected: memoryview | bytes, base: int = 0) -> None:
+def _compare(actual: bytes | bytearray | memoryview, expected: memoryview | bytes, base: int = 0) -> None:
     if actual != expected:
         mv = memoryview(expected)
         for i in range(len(actual)):

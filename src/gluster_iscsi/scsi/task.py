@@ -11,10 +11,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..backstore.base import Buffer  # collections.abc.Buffer is 3.12+
+# At run time too: compiled (setup.py), a dataclass's field types must exist.
+from ..backstore.base import Buffer  # collections.abc.Buffer is 3.12+
 
 
 class Status(enum.IntEnum):

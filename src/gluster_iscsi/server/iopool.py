@@ -33,7 +33,7 @@ Callback = Callable[[Any, BaseException | None], None]
 _STOP = object()
 
 
-class IoTimeout(TimeoutError):
+class IoTimeout(Exception):  # noqa: N818 - not TimeoutError (an OSError): compiled, see setup.py
     """A call did not return within its timeout (it may still be running on its worker)."""
 
 
