@@ -586,7 +586,6 @@ class Connection:
         session = Session(tsih, self._isid, self.initiator_name, self.session_type, target, nexus,
                           params, queue_depth=self.queue_depth)
         session.start_window(self._cmdsn)
-        session.connections.append(self)
         table.add(session)
         self.session = session
         self.params = params

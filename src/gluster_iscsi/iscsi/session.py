@@ -8,13 +8,12 @@ daemon-wide registry; it is pure data, driven by the connection state machines.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..scsi.task import Nexus
-    from ..target.model import Target
-    from .connection import Connection
-    from .params import SessionParams
+# At run time too: compiled (setup.py), a dataclass's field types must exist.
+from ..scsi.task import Nexus
+from ..target.model import Target
+from .params import SessionParams
 
 
 def sn_lt(a: int, b: int) -> bool:
@@ -40,7 +39,6 @@ class Session:
     exp_cmdsn: int = 0
     max_cmdsn: int = 0
     outstanding: int = 0
-    connections: list[Connection] = field(default_factory=list)
     #: Free for the server (e.g. counters for the sessions view).
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -133,12 +133,13 @@ class IoPool:
                 entry = (callback, fn(arg), None, key)
             except BaseException as exc:  # noqa: BLE001 - delivered to the callback
                 entry = (callback, None, exc, key)
-            with lock:
+            with lock:  # (no break/continue inside: compiled, see setup.py)
                 self._busy -= 1
                 done.append(entry)
-                if self._wake_pending:
-                    continue
+                wake = not self._wake_pending
                 self._wake_pending = True
+            if not wake:
+                continue  # the loop has a wake-up coming: it drains this entry too
             try:
                 self.loop.call_soon_threadsafe(self._drain)
             except RuntimeError:  # loop closed during shutdown
@@ -148,11 +149,12 @@ class IoPool:
         done, lock, deadlines = self._done, self._lock, self._deadlines
         while True:
             with lock:
-                if not done:
-                    self._wake_pending = False
-                    break
                 batch = list(done)
                 done.clear()
+                if not batch:
+                    self._wake_pending = False
+            if not batch:
+                break
             for callback, result, exc, key in batch:
                 if key and deadlines.pop(key, None) is None:
                     continue  # it timed out already: its callback has had its answer
