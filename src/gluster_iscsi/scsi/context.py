@@ -7,7 +7,6 @@ Handlers are ``handler(ctx) -> Execution`` generators (or plain functions return
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .sense import Asc, CheckCondition, SenseKey
@@ -24,12 +23,17 @@ class ReservationConflict(Exception):  # noqa: N818 - named after the status it 
     """End the command with RESERVATION CONFLICT status (no sense data)."""
 
 
-@dataclass(slots=True)
 class Ctx:
-    task: ScsiTask
-    lu: LogicalUnit
-    server: DeviceServer
-    command: Command
+    """One command as its handler sees it (made for every command: a plain class with a
+    cheap __init__). Not compiled: ``lu`` is None for the commands that need no LU (REPORT
+    LUNS to a LUN that does not exist), which compiled code would refuse."""
+
+    def __init__(self, task: ScsiTask, lu: LogicalUnit, server: DeviceServer,
+                 command: Command) -> None:
+        self.task = task
+        self.lu = lu
+        self.server = server
+        self.command = command
 
     @property
     def cdb(self) -> bytes:

@@ -107,11 +107,18 @@ class IoOp:
         raise NotImplementedError
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ReadOp(IoOp):
     offset: int
     length: int
     lock: IoLock | None = None
+
+    # (An explicit __init__: compiled, see setup.py, it is native and ~4x cheaper than the
+    # dataclass-generated one, and one of these is made for every command.)
+    def __init__(self, offset: int, length: int, lock: IoLock | None = None) -> None:
+        self.offset = offset
+        self.length = length
+        self.lock = lock
 
     def run(self, store: BackingStore) -> memoryview:
         buf = POOL.borrow(self.length)  # reused buffers: no zero fill, no page faults
@@ -127,12 +134,20 @@ class ReadOp(IoOp):
         return buf
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class WriteOp(IoOp):
     offset: int
     data: Buffer
     fua: bool = False
     lock: IoLock | None = None
+
+    # (An explicit __init__: compiled, see setup.py, it is native and ~4x cheaper than the
+    # dataclass-generated one, and one of these is made for every command.)
+    def __init__(self, offset: int, data: Buffer, fua: bool = False, lock: IoLock | None = None) -> None:
+        self.offset = offset
+        self.data = data
+        self.fua = fua
+        self.lock = lock
 
     def run(self, store: BackingStore) -> None:
         lock = self.lock
