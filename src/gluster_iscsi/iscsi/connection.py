@@ -66,6 +66,7 @@ _COLLECTING, _EXECUTING, _ABORTED = 0, 1, 2
 _CMD_FIELDS = struct.Struct(">xB6x8sIII")
 _U32 = struct.Struct(">I")
 _ATTRS = tuple(TaskAttr(i) for i in range(5))
+_NO_LUN = bytes(8)  # the LUN field of a SCSI Response is reserved
 
 
 @dataclass(slots=True)
@@ -864,6 +865,24 @@ class Connection:
                 P.bhs(Opcode.DATA_IN, 0x81, 0, 0, edtl, it.lun_raw, it.itt, NO_TAG, sn,
                       s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0, 0, 0, 0),
                 data,
+            )
+            return
+        if (
+            status == 0
+            and it.write
+            and not it.read
+            and data is None
+            and not result.sense
+            and (result.transfer_length is None or result.transfer_length == edtl)
+        ):
+            # The common write: GOOD, every expected byte used, no sense (the general path
+            # below, without its residual arithmetic and keyword packing).
+            s = self.session
+            sn = self.stat_sn
+            self.stat_sn = (sn + 1) & 0xFFFFFFFF
+            self._emit(
+                P.bhs(Opcode.SCSI_RSP, 0x80, 0, 0, 0, _NO_LUN, it.itt, 0, sn,
+                      s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0, it.r2tsn, 0, 0)
             )
             return
         residual_flags = 0
