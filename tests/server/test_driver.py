@@ -178,3 +178,45 @@ def test_removing_a_portal_closes_its_connections_only(tmp_path):
             await d.stop()
 
     asyncio.run(main())
+
+
+def test_a_large_payload_that_trickles_in_completes_and_small_pdus_flow_again(tmp_path):
+    # While a large data segment streams in, the driver asks to be woken only once much of
+    # it is there (SO_RCVLOWAT): bytes that come slowly must still complete the command, and
+    # afterwards a small PDU must be answered at once again.
+    async def main():
+        d, port = await start(tmp_path)
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(I.login([("InitiatorName", "iqn.2026-11.org.example:t"), ("TargetName", TNAME),
+                             ("MaxRecvDataSegmentLength", "262144"), ("ImmediateData", "Yes"),
+                             ("InitialR2T", "No"), ("FirstBurstLength", "262144"),
+                             ("MaxBurstLength", "262144")]))
+            reader = PduReader(1 << 20)
+            rsp = await next_pdu(r, reader)
+            assert rsp.opcode == 0x23 and rsp.status_class == 0
+            payload = bytes(range(256)) * 1024  # 256 KiB, all of it immediate data
+            n = len(payload) // 512
+            for attempt in range(2):  # the first write collects the power-on unit attention
+                cdb = struct.pack(">BBIBHB", 0x2A, 0, 64, 0, n, 0)
+                pdu = I.scsi_cmd(cdb, itt=20 + attempt, cmdsn=1 + attempt, edtl=len(payload),
+                                 write=True, data=payload, lun=1)
+                for i in range(0, len(pdu), 40000):  # 40 KB every 50 ms
+                    w.write(pdu[i : i + 40000])
+                    await w.drain()
+                    await asyncio.sleep(0.05)
+                rsp = await next_pdu(r, reader, timeout=5)
+                assert rsp.opcode == 0x21 and rsp.itt == 20 + attempt
+                if rsp.b3 == 0:
+                    break
+            assert rsp.b3 == 0, "WRITE did not complete GOOD"
+            w.write(I.nop_out(itt=30, cmdsn=3, data=b"ping"))
+            pong = await next_pdu(r, reader, timeout=1)
+            assert pong.opcode == 0x20 and pong.itt == 30 and bytes(pong.data) == b"ping"
+            lu = d.registry.targets[TNAME].device.lu(1)
+            assert lu.store.read(64 * 512, len(payload)) == payload
+            w.close()
+        finally:
+            await d.stop()
+
+    asyncio.run(main())

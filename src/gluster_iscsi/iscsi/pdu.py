@@ -342,6 +342,11 @@ class PduReader:
     def buffered(self) -> int:
         return self._end - self._pos + (self._got if self._dst is not None else 0)
 
+    def awaiting(self) -> int:
+        """Bytes still to come of a data segment being received straight into its buffer."""
+        dst = self._dst
+        return len(dst) - self._got if dst is not None else 0
+
     @property
     def large_stream(self) -> bool:
         """Large payloads are coming: each receive takes exactly one header or one payload."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 from ..backstore.base import BackingStoreError
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _INTERNAL_ERROR = (0x04, 0x4400)
+_LOWAT_MIN = 64 << 10  # below this much still to come, wake for every byte as usual
+_LOWAT_MAX = 256 << 10
 _COALESCE = 64 << 10  # join queued PDUs up to this many bytes into one write  # HARDWARE ERROR / INTERNAL TARGET FAILURE
 
 
@@ -50,6 +53,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         self._lent: list[Any] = []  # read buffers queued for sending, to return to the pool
         self._poller = daemon.poller
         self._fd = -1
+        self._sock: Any = None
+        self._lowat = 1  # the socket's SO_RCVLOWAT
         self.closed = asyncio.Event()
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -74,6 +79,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         d.connections.add(self)
         raw = transport.get_extra_info("socket")
         if raw is not None:
+            self._sock = raw
             self._fd = raw.fileno()
             self._poller.watch(self._fd, self)
         self._arm_timer()
@@ -99,6 +105,16 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             self._handle(conn.close("internal error"))
         finally:
             self._in_receive = False
+        # While a large payload streams in, be woken only when a good part of it is there
+        # (SO_RCVLOWAT), not for every 64 KiB segment loopback or the NIC hands over.
+        want = conn.reader.awaiting()
+        lowat = min(want, _LOWAT_MAX) if want > _LOWAT_MIN else 1
+        if lowat != self._lowat and self._sock is not None:
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+                self._lowat = lowat
+            except OSError:
+                self._sock = None  # not supported here: leave it
         if not conn.reader.large_stream:
             self._flush()  # the initiator may be waiting for these to send more
         elif not self._flush_scheduled:
