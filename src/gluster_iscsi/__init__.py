@@ -6,8 +6,10 @@ __version__ = "0.1.0"
 
 #: The data path's modules that ``setup.py`` compiles with mypyc (the one list is there).
 DATA_PATH_MODULES = (
-    "iscsi.pdu", "iscsi.connection", "iscsi.events", "scsi.device", "scsi.sbc", "scsi.task",
-    "scsi.io", "scsi.lu", "server.driver", "backstore._util", "backstore.file", "iscsi.session", "server.iopool",
+    "iscsi.pdu", "iscsi.connection", "iscsi.session", "iscsi.events",
+    "scsi.device", "scsi.sbc", "scsi.task", "scsi.io", "scsi.lu",
+    "server.driver", "server.iopool",
+    "backstore._util", "backstore.file",
 )
 
 

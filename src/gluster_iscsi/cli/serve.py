@@ -96,14 +96,13 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
 async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str | None,
                  demo: bool, nop_interval: float, io_timeout: float = 60.0,
                  poll_usecs: float = 100.0) -> int:
+    from .. import DATA_PATH_MODULES, compiled_modules
     from ..control import config as cfgmod
     from ..control import reconcile
     from ..control.api import ControlServer
     from ..server.daemon import Daemon
 
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    from .. import DATA_PATH_MODULES, compiled_modules
-
     compiled = compiled_modules()
     log.info("data path: %d of %d modules compiled%s", len(compiled), len(DATA_PATH_MODULES),
              "" if compiled else " (pure Python: scripts/install builds them with mypyc)")

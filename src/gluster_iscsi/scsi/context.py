@@ -28,6 +28,8 @@ class Ctx:
     cheap __init__). Not compiled: ``lu`` is None for the commands that need no LU (REPORT
     LUNS to a LUN that does not exist), which compiled code would refuse."""
 
+    __slots__ = ("task", "lu", "server", "command")
+
     def __init__(self, task: ScsiTask, lu: LogicalUnit, server: DeviceServer,
                  command: Command) -> None:
         self.task = task

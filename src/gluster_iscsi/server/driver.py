@@ -29,10 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_INTERNAL_ERROR = (0x04, 0x4400)
+_INTERNAL_ERROR = (0x04, 0x4400)  # HARDWARE ERROR / INTERNAL TARGET FAILURE
+_COALESCE = 64 << 10  # join queued PDUs up to this many bytes into one write
 _LOWAT_MIN = 64 << 10  # below this much still to come, wake for every byte as usual
 _LOWAT_MAX = 256 << 10
-_COALESCE = 64 << 10  # join queued PDUs up to this many bytes into one write  # HARDWARE ERROR / INTERNAL TARGET FAILURE
 
 
 class ConnectionDriver(asyncio.BufferedProtocol):

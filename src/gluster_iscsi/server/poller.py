@@ -103,7 +103,6 @@ class IdlePoller:
             pools = [p for p in self._pools() if p.in_flight()]
             end = start + self.current
             poll = ep.poll
-            yield_cpu = os.sched_yield if pools else None
             while True:
                 # epoll_wait(0) releases the GIL: a store worker can deliver its result meanwhile.
                 if poll(0):
@@ -112,7 +111,7 @@ class IdlePoller:
                 if pools:
                     # A store call is out: let its worker have the CPU and the GIL at once
                     # when it returns, instead of waiting for the spin to end.
-                    yield_cpu()  # type: ignore[misc]
+                    os.sched_yield()
                     for p in pools:
                         if p.has_done():
                             self.hits += 1
