@@ -47,6 +47,13 @@ class Backing:
         return f"gfapi {self.host}:{self.volume}/{self.path}"
 
 
+def ours_exe() -> str | None:
+    """Our console script: this checkout's `.venv` (what scripts/install built), else PATH."""
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        ".venv", "bin", "gluster-iscsi")
+    return here if os.access(here, os.X_OK) else shutil.which("gluster-iscsi")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -229,7 +236,7 @@ class OursTarget(Target):
     def __init__(self, label: str, workdir: str, cmd: list[str] | None = None,
                  serve_args: list[str] | None = None, block_size: int = 512):
         super().__init__(label, workdir)
-        exe = shutil.which("gluster-iscsi")
+        exe = ours_exe()
         self.cmd = cmd or ([exe] if exe else ["python3", "-m", "gluster_iscsi.cli.main"])
         self.serve_args = serve_args or []
         self.block_size = block_size
@@ -240,9 +247,10 @@ class OursTarget(Target):
     @classmethod
     def available(cls, cmd: list[str] | None = None) -> str | None:
         """None if `serve` exists, else why not."""
-        exe = cmd or ([shutil.which("gluster-iscsi")] if shutil.which("gluster-iscsi") else None)
+        found = ours_exe()
+        exe = cmd or ([found] if found else None)
         if not exe:
-            return "gluster-iscsi is not installed"
+            return "gluster-iscsi is not installed (run ./scripts/install, or put it on PATH)"
         try:
             r = subprocess.run([*exe, "serve", "--help"], capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as e:
