@@ -412,6 +412,44 @@ def test_large_payloads_land_in_the_command_buffer_and_complete_the_write():
     assert bytes(e.task.data_out) == first + rest
 
 
+def test_large_immediate_data_lands_in_the_head_of_the_command_buffer(monkeypatch):
+    from gluster_iscsi.backstore.buffers import POOL
+
+    borrowed = []
+    real = POOL.borrow
+    monkeypatch.setattr(POOL, "borrow", lambda n: borrowed.append(n) or real(n))
+    conn = logged_in()
+    first, rest = bytes(range(256)) * 256, bytes([7]) * 65536
+    cmd = I.scsi_cmd(b"\x2a" + bytes(9), itt=3, cmdsn=1, edtl=131072, write=True, data=first)
+    assert conn.receive_data(cmd[: 48 + 1000]) == []  # as from a socket: the header, then the rest
+    events, (r2t,) = feed(conn, cmd[48 + 1000 :])
+    assert events == [] and r2t.buffer_offset == 65536
+    (it,) = conn.tasks.values()
+    assert borrowed == [131072]  # one buffer for the whole write: the immediate data was not copied
+    assert it.received == 65536 and len(it.buf) == 131072
+    events, _ = feed(conn, I.data_out(rest, itt=3, ttt=r2t.ttt, offset=65536))
+    (e,) = events
+    assert borrowed == [131072] and bytes(e.task.data_out) == first + rest
+
+
+def test_large_immediate_data_on_a_refused_command_is_not_kept():
+    conn = logged_in()
+    # A read that carries data: rejected; the connection and the next command carry on.
+    events, (r,) = feed(conn, I.scsi_cmd(b"\x28" + bytes(9), itt=3, cmdsn=1, edtl=131072,
+                                         read=True, data=bytes(65536)))
+    assert r.opcode == 0x3F and events == [] and conn.tasks == {}
+    # Immediate data past FirstBurstLength (65536), received into a placed buffer: rejected.
+    cmd = I.scsi_cmd(b"\x2a" + bytes(9), itt=4, cmdsn=2, edtl=262144, write=True,
+                     data=bytes(65536 + 4096))
+    assert conn.receive_data(cmd[: 48 + 1000]) == []
+    events, (r,) = feed(conn, cmd[48 + 1000 :])
+    assert r.opcode == 0x3F and events == [] and conn.tasks == {} and conn.buffered == 0
+    events, _ = feed(conn, I.scsi_cmd(b"\x2a" + bytes(9), itt=5, cmdsn=3, edtl=4096, write=True,
+                                      data=bytes([5]) * 4096))
+    (e,) = events
+    assert bytes(e.task.data_out) == bytes([5]) * 4096
+
+
 def test_a_task_aborted_while_its_data_out_arrives_keeps_its_buffer_out_of_the_pool():
     from gluster_iscsi.backstore.buffers import POOL
 

@@ -263,16 +263,27 @@ class Connection:
         return self._take_events()
 
     def _place(self, bhs: bytes) -> memoryview | None:
-        """Where a large Data-Out payload lands: straight in its command's data-out buffer
-        when the PDU fits the task's buffer (``_on_data_out`` checks the rest; a PDU it
-        refuses ends its command, so what it wrote there is never used)."""
-        if bhs[0] & 0x3F != Opcode.DATA_OUT or not self.full_feature:
+        """Where a large payload lands. A Data-Out's: straight in its command's data-out
+        buffer when the PDU fits the task's buffer (``_on_data_out`` checks the rest; a PDU
+        it refuses ends its command, so what it wrote there is never used). A write
+        command's immediate data: the head of a fresh buffer for the whole transfer, which
+        ``_start_command`` adopts as the data-out buffer (if it refuses the command, the
+        buffer is dropped, never reused)."""
+        if not self.full_feature:
+            return None
+        op = bhs[0] & 0x3F
+        n = int.from_bytes(bhs[5:8], "big")
+        if op == Opcode.SCSI_CMD:
+            edtl = _U32.unpack_from(bhs, 20)[0]
+            if not bhs[1] & 0x20 or bhs[1] & 0x40 or edtl <= n or edtl > MAX_WRITE_BUFFER:
+                return None
+            return POOL.borrow(edtl)[:n]
+        if op != Opcode.DATA_OUT:
             return None
         itt, offset = _U32.unpack_from(bhs, 16)[0], _U32.unpack_from(bhs, 40)[0]
         it = self.tasks.get(itt)
         if it is None or it.state != _COLLECTING or it.buf is None:
             return None
-        n = int.from_bytes(bhs[5:8], "big")
         if offset + n > it.edtl:
             return None
         return it.buf[offset : offset + n]
@@ -731,11 +742,18 @@ class Connection:
             it.received = edtl
             return self._execute(it)
         # A pooled buffer is not zeroed: Data-Out offsets are checked to cover it exactly.
-        it.buf = POOL.borrow(edtl)
-        if data:
-            it.buf[: len(data)] = data
+        if pdu.placed:
+            # The immediate data was received into the head of a buffer for all of it
+            # (``_place``): adopt that buffer rather than copy.
+            assert isinstance(data, memoryview)
+            it.buf = memoryview(data.obj)[:edtl]
             it.received = len(data)
-            POOL.give_back(data)  # a large payload's own pooled buffer (others are ignored)
+        else:
+            it.buf = POOL.borrow(edtl)
+            if data:
+                it.buf[: len(data)] = data
+                it.received = len(data)
+                POOL.give_back(data)  # a large payload's own pooled buffer (others are ignored)
         it.next_r2t_offset = it.received
         if not params.initial_r2t and not pdu.final:
             it.unsolicited_left = min(params.first_burst, edtl) - it.received
