@@ -8,8 +8,8 @@ __version__ = "0.1.0"
 DATA_PATH_MODULES = (
     "iscsi.pdu", "iscsi.connection", "iscsi.session", "iscsi.events",
     "scsi.device", "scsi.sbc", "scsi.task", "scsi.io", "scsi.lu",
-    "server.driver", "server.iopool",
-    "backstore._util", "backstore.file",
+    "server.driver", "server.iopool", "server.poller",
+    "backstore._util", "backstore.buffers", "backstore.file",
 )
 
 

@@ -14,12 +14,22 @@ threads, the event loop returns.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # installed without mypy: the decorator only guides the compiler
+
+    def mypyc_attr(*_attrs: str, **_kwattrs: object) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
 
 _MIN_CLASS = 64 << 10  # smaller reads are cheap to allocate: not pooled
 _MAX_CLASS = 16 << 20
 _KEEP = 32  # buffers kept per size class
 
 
+@mypyc_attr(native_class=False)  # compiled code cannot subclass bytearray natively
 class PooledBuffer(bytearray):
     """A buffer the pool made. Only these are ever taken back: a view over anything else
     (say a memory store's own storage) must never be handed out again as scratch space."""

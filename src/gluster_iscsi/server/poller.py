@@ -25,17 +25,22 @@ import os
 import select
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .iopool import IoPool
+
+class Pool(Protocol):
+    """What the poller asks of a store worker pool (``iopool.IoPool``)."""
+
+    def in_flight(self) -> bool: ...
+
+    def has_done(self) -> bool: ...
 
 
 class IdlePoller:
     """One per event loop. ``watch``/``unwatch`` connection sockets; ``kick`` after a send."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, budget: float,
-                 pools: Callable[[], Iterable[IoPool]] = tuple) -> None:
+                 pools: Callable[[], Iterable[Pool]] = tuple) -> None:
         self.loop = loop
         #: Seconds to spin before letting the loop sleep; 0 disables polling.
         self.budget = budget
