@@ -412,24 +412,20 @@ def test_large_payloads_land_in_the_command_buffer_and_complete_the_write():
     assert bytes(e.task.data_out) == first + rest
 
 
-def test_large_immediate_data_lands_in_the_head_of_the_command_buffer(monkeypatch):
-    from gluster_iscsi.backstore.buffers import POOL
-
-    borrowed = []
-    real = POOL.borrow
-    monkeypatch.setattr(POOL, "borrow", lambda n: borrowed.append(n) or real(n))
+def test_large_immediate_data_lands_in_the_head_of_the_command_buffer():
     conn = logged_in()
     first, rest = bytes(range(256)) * 256, bytes([7]) * 65536
     cmd = I.scsi_cmd(b"\x2a" + bytes(9), itt=3, cmdsn=1, edtl=131072, write=True, data=first)
     assert conn.receive_data(cmd[: 48 + 1000]) == []  # as from a socket: the header, then the rest
+    landing = conn.reader.get_buffer().obj  # where the rest of the immediate data goes
     events, (r2t,) = feed(conn, cmd[48 + 1000 :])
     assert events == [] and r2t.buffer_offset == 65536
     (it,) = conn.tasks.values()
-    assert borrowed == [131072]  # one buffer for the whole write: the immediate data was not copied
-    assert it.received == 65536 and len(it.buf) == 131072
+    # the command's data-out buffer is the one the immediate data was received into: no copy
+    assert it.buf.obj is landing and it.received == 65536 and len(it.buf) == 131072
     events, _ = feed(conn, I.data_out(rest, itt=3, ttt=r2t.ttt, offset=65536))
     (e,) = events
-    assert borrowed == [131072] and bytes(e.task.data_out) == first + rest
+    assert e.task.data_out.obj is landing and bytes(e.task.data_out) == first + rest
 
 
 def test_large_immediate_data_on_a_refused_command_is_not_kept():

@@ -9,7 +9,7 @@ import pytest
 
 from gluster_iscsi.backstore.base import Capabilities
 from gluster_iscsi.scsi.sense import Asc, SenseKey
-from gluster_iscsi.scsi.task import Status
+from gluster_iscsi.scsi.task import ScsiResult, Status
 
 from .conftest import BLOCKS, Harness
 from .test_sbc import rw
@@ -290,11 +290,9 @@ def test_sanitize_in_progress_blocks_other_commands(make_harness) -> None:  # no
     assert h.sense(r) == (SenseKey.NOT_READY, Asc.LU_NOT_READY_SANITIZE_IN_PROGRESS)
     assert h.run("120000006000").status == Status.GOOD
     lu = h.server.lu(0)
-    try:
-        while True:
-            op = execution.send(op.run(lu.store))
-    except StopIteration as stop:
-        assert stop.value.status == Status.GOOD
+    while type(op) is not ScsiResult:
+        op = execution.send(op.run(lu.store))
+    assert op.status == Status.GOOD
     assert h.run(rw(0x28, 0, 1)).status == Status.GOOD
 
 

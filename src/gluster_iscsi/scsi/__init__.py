@@ -7,7 +7,7 @@ How a transport drives it::
     execution = server.execute(ScsiTask(cdb, lun, nexus, data_out=...))
     op = next(execution)                    # an io op; run it against
     store = io.store_for(op, server.store(lun))   # ... this store (OnStore for XCOPY)
-    result = execution.send(op.run(store))  # or .throw(exc); repeat until StopIteration
+    op = execution.send(op.run(store))      # or .throw(exc); repeat until op is a ScsiResult
     server.nexus_lost(nexus)                # session gone
     server.lun_reset(lun, nexus) / server.target_reset(nexus, cold=False)
 

@@ -24,7 +24,7 @@ from .sense import (
     invalid_cdb,
     invalid_opcode,
 )
-from .task import Execution, Nexus, ScsiResult, ScsiTask, Status
+from .task import CommandRun, Nexus, ScsiResult, ScsiTask, Status
 
 if TYPE_CHECKING:
     from ..backstore.base import BackingStore
@@ -138,10 +138,11 @@ class DeviceServer:
 
     # -- execution ------------------------------------------------------------------------
 
-    def execute(self, task: ScsiTask) -> Execution:
-        """Run one command: a generator yielding :mod:`.io` ops, returning a ScsiResult."""
+    def execute(self, task: ScsiTask) -> CommandRun:
+        """Run one command: a generator yielding :mod:`.io` ops, then its ScsiResult."""
         lu = self.luns.get(task.lun)
         command: Command | None = None
+        result: ScsiResult
         try:
             cdb = task.cdb
             if len(cdb) < 16:
@@ -157,18 +158,19 @@ class DeviceServer:
             outcome = command.handler(Ctx(task, lu, self, command))  # type: ignore[arg-type,misc]
             if type(outcome) is not ScsiResult:  # an Execution (a generator, maybe compiled)
                 outcome = yield from outcome
-            return outcome
+            result = outcome
         except CheckCondition as cc:
-            return self._check_condition(cc, lu)
+            result = self._check_condition(cc, lu)
         except ReservationConflict:
-            return ScsiResult(status=Status.RESERVATION_CONFLICT)
+            result = ScsiResult(status=Status.RESERVATION_CONFLICT)
         except OSError as exc:
             write = command is not None and command.write
-            return self._check_condition(from_store_error(exc, write=write), lu)
+            result = self._check_condition(from_store_error(exc, write=write), lu)
         except Exception:
             log.exception("internal error executing CDB %s", bytes(task.cdb[:16]).hex())
             failure = CheckCondition(SenseKey.HARDWARE_ERROR, Asc.INTERNAL_TARGET_FAILURE)
-            return self._check_condition(failure, lu)
+            result = self._check_condition(failure, lu)
+        yield result  # the last item (task.CommandRun): no StopIteration for the caller to catch
 
     def _preamble(self, task: ScsiTask, lu: LogicalUnit | None) -> Command:
         """SAM-5/SPC-4 order: LUN, unit attention, opcode, reservations, medium state.

@@ -25,7 +25,7 @@ from ..backstore.base import (
 )
 from ..backstore.buffers import POOL
 from .background import BackgroundJob
-from .task import Execution, ScsiResult
+from .task import CommandRun, Execution, ScsiResult
 
 
 class IoLock:
@@ -321,16 +321,17 @@ class OrWriteOp(IoOp):
                 store.flush()
 
 
-def drive(execution: Execution, store: BackingStore | None) -> ScsiResult:
-    """Run an execution to completion on this thread."""
+def drive(execution: Execution | CommandRun, store: BackingStore | None) -> ScsiResult:
+    """Run an execution (a handler's, or a whole command's) to completion on this thread."""
     try:
         op = next(execution)
-        while True:
+        while type(op) is not ScsiResult:  # a CommandRun's last item is its result
             try:
                 value = op.run(store)
             except Exception as exc:  # noqa: BLE001 - handed to the SCSI layer to map
                 op = execution.throw(exc)
             else:
                 op = execution.send(value)
-    except StopIteration as stop:
+        return op
+    except StopIteration as stop:  # an Execution returns its result
         return stop.value

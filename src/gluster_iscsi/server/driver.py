@@ -262,6 +262,9 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             while True:
                 op = gen.throw(exc) if exc is not None else gen.send(value)
                 exc = None
+                if type(op) is ScsiResult:  # the command's last item (scsi.task.CommandRun)
+                    self._complete(task, op)
+                    return
                 target_store = store_for(op, store)  # OnStore (EXTENDED COPY) names its own
                 if target_store is None or not target_store.blocking:
                     try:
@@ -271,9 +274,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                     continue
                 self._submit(task, gen, store, op, target_store)
                 return
-        except StopIteration as stop:
-            self._complete(task, stop.value)
-        except Exception:
+        except Exception:  # a bug in the SCSI layer (a CommandRun never returns): this command only
             log.exception("internal error executing CDB %s", bytes(task.cdb[:1]).hex())
             key, asc = _INTERNAL_ERROR
             self._complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc)))
