@@ -220,3 +220,103 @@ def test_a_large_payload_that_trickles_in_completes_and_small_pdus_flow_again(tm
             await d.stop()
 
     asyncio.run(main())
+
+
+class HoldingTransport:
+    """A transport that has passed to the kernel all but the last ``held`` bytes it was given."""
+
+    def __init__(self) -> None:
+        self.given = 0
+        self.held = 0
+        self.objs: list[object] = []  # what the memoryviews it was given are views of
+
+    def write(self, data) -> None:
+        self.writelines([data])
+
+    def writelines(self, bufs) -> None:
+        for b in bufs:
+            self.given += len(b)
+            if isinstance(b, memoryview):
+                self.objs.append(b.obj)
+
+    def get_write_buffer_size(self) -> int:
+        return min(self.held, self.given)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 3260)}.get(name, default)
+
+
+def test_read_buffers_return_to_the_pool_once_the_transport_has_sent_their_bytes(tmp_path):
+    # A streaming read keeps the socket full, so the transport always holds some bytes:
+    # buffers whose bytes it has passed on must still be reused, and none whose bytes it
+    # still holds may be.
+    from gluster_iscsi.backstore.buffers import POOL, PooledBuffer
+    from gluster_iscsi.backstore.file import FileStore
+    from gluster_iscsi.server.driver import ConnectionDriver
+
+    async def main():
+        d = Daemon(tmp_path)
+        store = FileStore(tmp_path / "lun.img", create_size=4 << 20)
+        lu = LogicalUnit(store, serial="srv0002", naa=bytes.fromhex("6001405000000002"))
+        d.add_target(Target(TNAME, 1, acl=[AccessRule(network="ALL")],
+                            device=DeviceServer({1: lu}, target_name=TNAME)))
+        t = HoldingTransport()
+        drv = ConnectionDriver(d, Portal("127.0.0.1", 3260))
+        drv.connection_made(t)  # type: ignore[arg-type]
+
+        def feed(data: bytes) -> None:
+            mv = memoryview(data)
+            while len(mv):
+                window = drv.get_buffer(len(mv))
+                n = min(len(window), len(mv))
+                window[:n] = mv[:n]
+                del window
+                drv.buffer_updated(n)
+                mv = mv[n:]
+
+        async def settle(before: int) -> None:
+            for _ in range(500):
+                if t.given > before:
+                    await asyncio.sleep(0.01)  # whatever else the completion sends
+                    return
+                await asyncio.sleep(0.002)
+            raise AssertionError("no response")
+
+        feed(I.login([("InitiatorName", "iqn.2026-11.org.example:t"), ("TargetName", TNAME),
+                      ("MaxRecvDataSegmentLength", "262144")]))
+        await settle(0)
+        size = 256 << 10
+        cdb = struct.pack(">BBIBHB", 0x28, 0, 0, 0, size // 512, 0)
+        for cmdsn in (1, 2):  # the first collects the power-on unit attention
+            t.objs.clear()
+            t.held = 100  # the end of what was sent stays in the transport for now
+            before = t.given
+            feed(I.scsi_cmd(cdb, itt=10 + cmdsn, cmdsn=cmdsn, edtl=size, read=True, lun=1))
+            await settle(before)
+        (buf,) = [o for o in t.objs if type(o) is PooledBuffer]  # the read's buffer
+        reused = POOL.borrow(size)
+        assert reused.obj is not buf  # its last bytes may still be sent
+        POOL.give_back(reused)
+        t.held = 0  # all of it has reached the kernel
+        before = t.given
+        feed(I.nop_out(itt=21, cmdsn=3))
+        await settle(before)
+        reused = POOL.borrow(size)
+        assert reused.obj is buf  # back in the pool, and handed out again
+        POOL.give_back(reused)
+        drv.connection_lost(None)
+        await d.stop()
+
+    asyncio.run(main())
