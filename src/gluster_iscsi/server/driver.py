@@ -61,6 +61,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         self._fd = -1
         self._sock: socket.socket | None = None
         self._lowat = 1  # the socket's SO_RCVLOWAT
+        self._want_lowat = 1  # what it should be when the loop next waits for bytes
         self.closed = asyncio.Event()
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -121,20 +122,26 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         # While a large payload streams in, be woken only when a good part of it is there
         # (SO_RCVLOWAT), not for every 64 KiB segment loopback or the NIC hands over.
         want = conn.reader.awaiting()
-        lowat = min(want, _LOWAT_MAX) if want > _LOWAT_MIN else 1
+        self._want_lowat = min(want, _LOWAT_MAX) if want > _LOWAT_MIN else 1
+        if not conn.reader.large_stream:
+            self._set_lowat()
+            self._flush()  # the initiator may be waiting for these to send more
+        elif not self._flush_scheduled:
+            # Large writes: each receive takes one header or one payload, and the loop goes
+            # on reading while there is more; the answers of the burst go out in one send,
+            # and the low-water mark is set once, before the loop waits again (a callback
+            # made now runs before the loop next sleeps), not twice for every PDU.
+            self._flush_scheduled = True
+            self.loop.call_soon(self._deferred_flush)
+
+    def _set_lowat(self) -> None:
+        lowat = self._want_lowat
         if lowat != self._lowat and self._sock is not None:
             try:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
                 self._lowat = lowat
             except OSError:
                 self._close_sock()  # not supported here: leave it
-        if not conn.reader.large_stream:
-            self._flush()  # the initiator may be waiting for these to send more
-        elif not self._flush_scheduled:
-            # Large writes: each receive takes one header or one payload, and the loop goes
-            # on reading while there is more; the answers of the burst go out in one send.
-            self._flush_scheduled = True
-            self.loop.call_soon(self._deferred_flush)
 
     def connection_lost(self, exc: Exception | None) -> None:
         conn = self.conn
@@ -219,6 +226,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
 
     def _deferred_flush(self) -> None:
         self._flush_scheduled = False
+        self._set_lowat()
         self._flush()
 
     def _arm_timer(self) -> None:
