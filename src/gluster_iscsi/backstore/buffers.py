@@ -58,21 +58,14 @@ class BufferPool:
         return memoryview(buf)[:n]
 
     def give_back(self, view: object) -> None:
-        """Return the buffer behind ``view`` (a view from :meth:`borrow`); others are ignored.
-
-        The caller guarantees nothing reads or writes its bytes any more. A view that is
-        still exported is left to its holder: uvloop keeps a write request's buffers until
-        the whole request is done, though the bytes of the earlier ones are long sent."""
+        """Return the buffer behind ``view`` (a view from :meth:`borrow`); others are ignored."""
         if not isinstance(view, memoryview):
             return
         buf = view.obj
         if type(buf) is not PooledBuffer:
             return
         cls = len(buf)
-        try:
-            view.release()
-        except BufferError:
-            pass
+        view.release()
         free = self._free.setdefault(cls, deque())
         if len(free) < _KEEP:
             free.append(buf)

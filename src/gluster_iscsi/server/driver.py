@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import socket
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..backstore.base import BackingStoreError
@@ -53,10 +52,6 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         self._in_receive = False
         self._flush_scheduled = False
         self._lent: list[Any] = []  # read buffers queued for sending, to return to the pool
-        # Read buffers handed to the transport, by the stream position their bytes end at;
-        # returned to the pool once the transport has passed that position to the kernel.
-        self._unsent: deque[tuple[int, list[Any]]] = deque()
-        self._wrote = 0  # bytes handed to the transport so far
         self._poller = daemon.poller
         self._fd = -1
         self._sock: socket.socket | None = None
@@ -174,8 +169,6 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         if self.transport is not None and self._paused:
             self._paused = False
             self.transport.resume_reading()
-            if self._unsent:
-                self._return_sent(self.transport)
 
     # ------------------------------------------------------------------ plumbing
     def _flush(self) -> None:
@@ -185,44 +178,24 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         bufs = conn.data_to_send()
         if bufs and not transport.is_closing():
             if len(bufs) == 1:
-                first = bufs[0]
-                transport.write(first)  # type: ignore[arg-type]  # bytes or memoryview
-                self._wrote += len(first)  # type: ignore[arg-type]
+                transport.write(bufs[0])  # type: ignore[arg-type]  # bytes or memoryview
+            elif sum(map(len, bufs)) <= _COALESCE:  # type: ignore[arg-type]  # all byte-sized
+                # One send for many small PDUs: a copy of a few KiB is far cheaper than the
+                # extra system calls the transport would make for each buffer.
+                transport.write(b"".join(bufs))
             else:
-                size: int = sum(map(len, bufs))  # type: ignore[arg-type]  # all byte-sized
-                if size <= _COALESCE:
-                    # One send for many small PDUs: a copy of a few KiB is far cheaper than
-                    # the extra system calls the transport would make for each buffer.
-                    transport.write(b"".join(bufs))
-                else:
-                    transport.writelines(bufs)  # type: ignore[arg-type]
-                self._wrote += size
+                transport.writelines(bufs)  # type: ignore[arg-type]
             self._poller.kick()
         lent = self._lent
         if lent:
-            # Their bytes were just handed over (a command's data-in goes out with its result).
             self._lent = []
-            self._unsent.append((self._wrote, lent))
-        if self._unsent:
-            self._return_sent(transport)
+            # Only when the transport kept none of our bytes may their buffers be reused.
+            if transport.get_write_buffer_size() == 0:
+                for view in lent:
+                    POOL.give_back(view)
         if self._closing and not transport.is_closing():
             transport.close()
         self._arm_timer()
-
-    def _return_sent(self, transport: asyncio.Transport) -> None:
-        """Give back the read buffers whose bytes the transport has written to the socket.
-
-        The transport writes in order and ``get_write_buffer_size`` is what it still holds,
-        so everything up to ``_wrote`` minus that has reached the kernel. Waiting for an
-        empty write buffer instead lost every buffer of a streaming read to the garbage
-        collector (1 MiB reads keep the socket full): perf showed the fresh 1 MiB buffers'
-        page faults and zeroing at ~12% of the daemon's CPU.
-        """
-        sent = self._wrote - transport.get_write_buffer_size()
-        unsent = self._unsent
-        while unsent and unsent[0][0] <= sent:
-            for view in unsent.popleft()[1]:
-                POOL.give_back(view)
 
     def _deferred_flush(self) -> None:
         self._flush_scheduled = False
