@@ -266,13 +266,14 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         self._step(task, device.execute(task), store, None, None)
 
     def _step(self, task: ScsiTask, gen: Any, store: Any, value: Any, exc: BaseException | None) -> None:
+        result: ScsiResult
         try:
             while True:
                 op = gen.throw(exc) if exc is not None else gen.send(value)
                 exc = None
                 if type(op) is ScsiResult:  # the command's last item (scsi.task.CommandRun)
-                    self._complete(task, op)
-                    return
+                    result = op
+                    break
                 target_store = store_for(op, store)  # OnStore (EXTENDED COPY) names its own
                 if target_store is None or not target_store.blocking:
                     try:
@@ -285,7 +286,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         except Exception:  # a bug in the SCSI layer (a CommandRun never returns): this command only
             log.exception("internal error executing CDB %s", bytes(task.cdb[:1]).hex())
             key, asc = _INTERNAL_ERROR
-            self._complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc)))
+            result = ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc))
+        self._complete(task, result)  # outside the try: a failure here is not the command's
 
     def _submit(self, task: ScsiTask, gen: Any, store: Any, op: Any, target_store: Any) -> None:
         """Run a blocking op on the store's own workers, bounded by the I/O timeout.
