@@ -428,6 +428,24 @@ def test_large_immediate_data_lands_in_the_head_of_the_command_buffer():
     assert e.task.data_out.obj is landing and bytes(e.task.data_out) == first + rest
 
 
+def test_a_write_waiting_for_its_cmdsn_holds_no_buffer_for_its_whole_transfer():
+    conn = logged_in()
+    first, rest = bytes([3]) * 65536, bytes([4]) * (3 * 65536)
+    cmd = I.scsi_cmd(b"\x2a" + bytes(9), itt=7, cmdsn=2, edtl=262144, write=True, data=first)
+    assert conn.receive_data(cmd[: 48 + 1000]) == []  # CmdSN 2 while 1 is expected: it waits
+    landing = conn.reader.get_buffer().obj
+    assert len(landing) < 262144  # only its own payload, not a buffer for all 256 KiB
+    events, rsps = feed(conn, cmd[48 + 1000 :])
+    assert events == [] and rsps == [] and conn.buffered == 0
+    events, rsps = feed(conn, I.scsi_cmd(b"\x00" + bytes(5), itt=6, cmdsn=1))  # the gap fills
+    assert [e.task.tag for e in events] == [6]
+    (r2t,) = [r for r in rsps if r.opcode == 0x31]
+    assert r2t.itt == 7 and r2t.buffer_offset == 65536
+    events, _ = feed(conn, I.data_out(rest, itt=7, ttt=r2t.ttt, offset=65536))
+    (e,) = events
+    assert bytes(e.task.data_out) == first + rest
+
+
 def test_large_immediate_data_on_a_refused_command_is_not_kept():
     conn = logged_in()
     # A read that carries data: rejected; the connection and the next command carry on.

@@ -268,14 +268,19 @@ class Connection:
         it refuses ends its command, so what it wrote there is never used). A write
         command's immediate data: the head of a fresh buffer for the whole transfer, which
         ``_start_command`` adopts as the data-out buffer (if it refuses the command, the
-        buffer is dropped, never reused)."""
+        buffer is dropped, never reused). Only for a command that runs as soon as it is in
+        and fits the connection's buffer budget: one that waits for a CmdSN gap, or would
+        get TASK SET FULL, must not hold a buffer for its whole transfer meanwhile."""
         if not self.full_feature:
             return None
         op = bhs[0] & 0x3F
         n = int.from_bytes(bhs[5:8], "big")
         if op == Opcode.SCSI_CMD:
-            edtl = _U32.unpack_from(bhs, 20)[0]
-            if not bhs[1] & 0x20 or bhs[1] & 0x40 or edtl <= n or edtl > MAX_WRITE_BUFFER:
+            edtl, cmdsn = _U32.unpack_from(bhs, 20)[0], _U32.unpack_from(bhs, 24)[0]
+            s = self.session
+            if (not bhs[1] & 0x20 or bhs[1] & 0x40 or edtl <= n or edtl > MAX_WRITE_BUFFER
+                    or self.buffered + edtl > MAX_CONNECTION_BUFFERS or s is None
+                    or not (bhs[0] & 0x40 or cmdsn == s.exp_cmdsn)):
                 return None
             return POOL.borrow(edtl)[:n]
         if op != Opcode.DATA_OUT:
