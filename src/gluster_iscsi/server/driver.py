@@ -86,7 +86,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             # Socket options are set on a socket object of our own, over a duplicate of the
             # descriptor: uvloop's stand-in makes a new socket object (getsockname and all)
             # for every setsockopt, profiled at a fifth of the event loop's time for 1 MiB
-            # writes, which set SO_RCVLOWAT twice per Data-Out PDU.
+            # writes when SO_RCVLOWAT was still set twice per Data-Out PDU.
             try:
                 self._sock = socket.socket(fileno=os.dup(self._fd))
             except OSError:
