@@ -466,8 +466,9 @@ def make_target(kind: str, label: str, workdir: str, args: argparse.Namespace) -
     if kind == "tgt":
         t = TgtTarget(label, wd, block_size=args.block_size, bsoflags=args.tgt_bsoflags)
     elif kind == "ours":
+        extra = args.ours_args_a if label == "A" and args.ours_args_a is not None else args.ours_args
         t = OursTarget(label, wd, cmd=args.ours_cmd.split() if args.ours_cmd else None,
-                       serve_args=args.ours_args.split(), block_size=args.block_size)
+                       serve_args=extra.split(), block_size=args.block_size)
     else:
         raise SystemExit(f"unknown target kind {kind!r} (tgt, ours)")
     t.cpus = args.daemon_cpus
@@ -812,6 +813,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ours-cmd", default="", help="command for our daemon (default: gluster-iscsi)")
     ap.add_argument("--ours-args", default="", help="extra arguments for `gluster-iscsi serve` "
                     "(e.g. --ours-args=--no-uvloop)")
+    ap.add_argument("--ours-args-a", default=None, metavar="ARGS",
+                    help="with --target-a ours: its own `serve` arguments instead of --ours-args, to "
+                         "compare two settings of ours (e.g. --target-a ours --ours-args-a=--no-io-uring)")
     ap.add_argument("--no-prefill", action="store_true", help="skip writing the whole LUN before measuring")
     ap.add_argument("--no-ceilings", action="store_true")
     ap.add_argument("--no-idle", action="store_true")
