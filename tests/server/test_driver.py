@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 
+import pytest
+
+from gluster_iscsi.backstore.file import FileStore
 from gluster_iscsi.backstore.memory import MemoryStore
 from gluster_iscsi.iscsi.pdu import PduReader
 from gluster_iscsi.scsi.device import DeviceServer
@@ -215,6 +219,51 @@ def test_a_large_payload_that_trickles_in_completes_and_small_pdus_flow_again(tm
             assert pong.opcode == 0x20 and pong.itt == 30 and bytes(pong.data) == b"ping"
             lu = d.registry.targets[TNAME].device.lu(1)
             assert lu.store.read(64 * 512, len(payload)) == payload
+            w.close()
+        finally:
+            await d.stop()
+
+    asyncio.run(main())
+
+
+async def read_back(r, w, reader, itt: int, cmdsn: int, lba: int, blocks: int, lun: int) -> bytes:
+    cdb = struct.pack(">BBIBHB", 0x28, 0, lba, 0, blocks, 0)
+    w.write(I.scsi_cmd(cdb, itt=itt, cmdsn=cmdsn, edtl=blocks * 512, read=True, lun=lun))
+    data = b""
+    while True:
+        rsp = await next_pdu(r, reader, timeout=10)
+        assert rsp.opcode == 0x25, rsp.opcode  # Data-In, the last one with status
+        data += bytes(rsp.data)
+        if rsp.flags & 1:
+            assert rsp.b3 == 0
+            return data
+
+
+@pytest.mark.parametrize("io_uring", [True, False], ids=["io_uring", "worker-threads"])
+def test_a_file_lun_writes_and_reads_back_through_the_ring_or_the_workers(tmp_path, io_uring):
+    """A buffered file store goes to io_uring (or, turned off, to the worker pool): the bytes
+    written are in the file at their offset and read back the same."""
+    async def main():
+        d, port = await start(tmp_path, io_uring=io_uring)
+        store = FileStore(tmp_path / "lun2.img", create_size=8 << 20)
+        if not store.blocking:
+            pytest.skip("the test directory is on tmpfs: file stores there run inline")
+        d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(store, serial="file0001"))
+        try:
+            r, w, reader = await login(port)
+            assert (await command(r, w, reader, 10, 1, lun=2))[0] == 0  # and the unit attention
+            payload = os.urandom(4096)
+            cdb = struct.pack(">BBIBHB", 0x2A, 0, 16, 0, 8, 0)
+            w.write(I.scsi_cmd(cdb, itt=20, cmdsn=3, edtl=4096, write=True, data=payload, lun=2))
+            rsp = await next_pdu(r, reader, timeout=10)
+            assert rsp.opcode == 0x21 and rsp.b3 == 0
+            assert os.pread(store._fd, 4096, 16 * 512) == payload
+            assert await read_back(r, w, reader, 21, 4, 16, 8, lun=2) == payload
+            assert await read_back(r, w, reader, 22, 5, 12, 16, lun=2) == bytes(2048) + payload + bytes(2048)
+            if io_uring:
+                assert d.ring is not None and d.ring.submitted == 4 and not d.ring.in_flight()
+            else:
+                assert d.ring is None
             w.close()
         finally:
             await d.stop()

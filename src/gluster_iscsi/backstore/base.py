@@ -14,8 +14,9 @@ from __future__ import annotations
 import errno as _errno
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 # collections.abc.Buffer (PEP 688) exists only from Python 3.12; the project supports 3.11.
 # Import ``Buffer`` from here: at run time on 3.11 it is a plain alias usable in annotations.
@@ -25,6 +26,8 @@ elif TYPE_CHECKING:
     from typing_extensions import Buffer
 else:
     Buffer = bytes | bytearray | memoryview
+
+T = TypeVar("T")
 
 
 class BackingStoreError(OSError):
@@ -111,6 +114,14 @@ class BackingStore(ABC):
 
     def resize(self, new_size: int) -> None:
         raise BackingStoreError(_errno.EOPNOTSUPP, "resize not supported", self.name)
+
+    def with_fd(self, use: Callable[[int], T]) -> T | None:
+        """``use(fd)`` with a descriptor whose bytes are this store's bytes at the same offsets
+        (pread/pwrite on it, no alignment rules), kept open for the call; None, without calling
+        ``use``, if the store has none (memory, gfapi, O_DIRECT). For a server that does its own
+        asynchronous I/O (io_uring): ``use`` must not block, and whatever it starts on ``fd``
+        must hold its own reference to the file (the kernel does, from submission on)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release handles. Idempotent."""

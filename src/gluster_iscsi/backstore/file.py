@@ -26,11 +26,12 @@ import os
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 from . import _linux
 from ._util import byte_view, check_range, merge_extents
-from .base import BackingStore, BackingStoreError, Buffer, Capabilities, Extent
+from .base import BackingStore, BackingStoreError, Buffer, Capabilities, Extent, T
 
 _NOT_SUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.ENOTTY)
 # Caps each bounce buffer used for unaligned O_DIRECT I/O.
@@ -459,6 +460,15 @@ class FileStore(BackingStore):
             os.ftruncate(fd, new_size)
         except OSError as e:
             raise self._error(e, f"ftruncate to {new_size}") from e
+
+    def with_fd(self, use: Callable[[int], T]) -> T | None:
+        # Under the lock close() takes: the descriptor cannot be closed, and its number taken
+        # by another open, between here and the kernel's taking its own reference in ``use``.
+        if self.o_direct:
+            return None  # buffers and offsets would have to be aligned
+        with self._lock:
+            fd = self._fd
+            return use(fd) if fd >= 0 else None
 
     def close(self) -> None:
         with self._lock:

@@ -63,10 +63,13 @@ def _state_dir(ctx: click.Context, given: str | None) -> Path:
                    "event loop sleeps: lower latency at queue depth 1 for a little CPU (0: off).")
 @click.option("--uvloop/--no-uvloop", default=True, show_default=True,
               help="Use uvloop's event loop when it is installed.")
+@click.option("--io-uring/--no-io-uring", "io_uring", default=True, show_default=True,
+              help="Read and write file-backed LUNs (FUSE, local disks) through io_uring where "
+                   "the kernel allows it, instead of worker threads.")
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
           demo: bool, log_level: str, nop_interval: float, io_timeout: float, poll_usecs: float,
-          uvloop: bool) -> None:
+          uvloop: bool, io_uring: bool) -> None:
     """Run the iSCSI target daemon in the foreground."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
@@ -87,7 +90,8 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
         except ImportError:
             pass
     try:
-        code = runner(_serve(sdir, portals, advertise, demo, nop_interval, io_timeout, poll_usecs))
+        code = runner(_serve(sdir, portals, advertise, demo, nop_interval, io_timeout, poll_usecs,
+                             io_uring))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
@@ -95,7 +99,7 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
 
 async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str | None,
                  demo: bool, nop_interval: float, io_timeout: float = 60.0,
-                 poll_usecs: float = 100.0) -> int:
+                 poll_usecs: float = 100.0, io_uring: bool = True) -> int:
     from .. import DATA_PATH_MODULES, compiled_modules
     from ..control import config as cfgmod
     from ..control import reconcile
@@ -107,7 +111,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     log.info("data path: %d of %d modules compiled%s", len(compiled), len(DATA_PATH_MODULES),
              "" if compiled else " (pure Python: scripts/install builds them with mypyc)")
     daemon = Daemon(state_dir, nop_interval=nop_interval, io_timeout=io_timeout,
-                    poll_usecs=poll_usecs)
+                    poll_usecs=poll_usecs, io_uring=io_uring)
     try:
         saved = cfgmod.load(state_dir)
     except Exception as exc:  # noqa: BLE001 - report and refuse to start on a broken config

@@ -61,6 +61,20 @@ class IoLock:
         finally:
             mutex.release()
 
+    def try_acquire_shared(self) -> bool:
+        """Take the shared side only if that needs no waiting (for a caller that must not
+        block, the event loop): False while COMPARE AND WRITE holds or wants the lock."""
+        mutex = self._mutex
+        if not mutex.acquire(blocking=False):
+            return False
+        try:
+            if self._exclusive or self._waiting_exclusive:
+                return False
+            self._shared += 1
+            return True
+        finally:
+            mutex.release()
+
     def release_shared(self) -> None:
         mutex = self._mutex
         mutex.acquire()

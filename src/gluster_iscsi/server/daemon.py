@@ -21,7 +21,8 @@ from ..iscsi.session import Session, SessionTable
 from ..target.model import Portal, Target, TargetRegistry
 from .driver import ConnectionDriver
 from .iopool import IoPool
-from .poller import IdlePoller
+from .poller import IdlePoller, Pool
+from .uring import Ring
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Daemon:
         drain_timeout: float = 30.0,
         io_timeout: float = 60.0,
         poll_usecs: float = 100.0,
+        io_uring: bool = True,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.registry = TargetRegistry()
@@ -69,14 +71,34 @@ class Daemon:
         #: see ``poller.py``.
         self.poll_usecs = poll_usecs
         self._poller: IdlePoller | None = None
+        #: Reads and writes of buffered file stores through io_uring instead of the worker
+        #: pools (``uring.py``), where the kernel allows it.
+        self.io_uring = io_uring
+        self._ring: Ring | None = None
+        self._ring_tried = False
         self.stopped = asyncio.Event()
 
     @property
     def poller(self) -> IdlePoller:
         if self._poller is None:
             self._poller = IdlePoller(asyncio.get_running_loop(), self.poll_usecs * 1e-6,
-                                      lambda: [pool for _, pool in self._pools.values()])
+                                      self._completion_sources)
         return self._poller
+
+    def _completion_sources(self) -> list[Pool]:
+        sources: list[Pool] = [pool for _, pool in self._pools.values()]
+        if self._ring is not None:
+            sources.append(self._ring)
+        return sources
+
+    @property
+    def ring(self) -> Ring | None:
+        """The loop's io_uring, made on first use; None if disabled or unavailable."""
+        if not self._ring_tried:
+            self._ring_tried = True
+            if self.io_uring:
+                self._ring = Ring.create(asyncio.get_running_loop())
+        return self._ring
 
     def pool_for(self, store: object) -> IoPool:
         entry = self._pools.get(id(store))
@@ -220,6 +242,8 @@ class Daemon:
                         log.exception("closing the store of %s LUN %d", target.name, lun)
         for _, pool in self._pools.values():
             pool.shutdown()
+        if self._ring is not None:
+            self._ring.close()
         self.store_executor.shutdown(wait=True, cancel_futures=False)
         if self._poller is not None:
             self._poller.close()
