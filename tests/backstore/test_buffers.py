@@ -26,3 +26,16 @@ def test_views_of_foreign_memory_are_never_taken():
     pool.give_back(memoryview(bytes(1 << 17)))
     assert pool.borrow(1 << 20).obj is not storage
     assert pool.borrow(1 << 17).obj is not storage
+
+
+def test_an_abandoned_buffer_is_not_handed_out_again():
+    pool = BufferPool()
+    v = pool.borrow(64 << 10)
+    held = v.obj
+    pool.abandon(v[:4096])  # any view of it
+    pool.give_back(v)
+    assert all(pool.borrow(64 << 10).obj is not held for _ in range(4))
+    w = pool.borrow(64 << 10)  # others still come back
+    other = w.obj
+    pool.give_back(w)
+    assert pool.borrow(64 << 10).obj is other

@@ -5,7 +5,9 @@ faults on first touch: profiled at a third of the daemon's CPU for 256 KiB seque
 Reads therefore borrow buffers from size-classed free lists and the transport gives them
 back once their bytes have reached the kernel (see ``server.driver``). A buffer that is
 never given back is simply garbage-collected, so returning is an optimisation, never a
-correctness requirement.
+correctness requirement. One that something may still read or write (a store call that timed
+out, its worker or the kernel still holding the buffer) is :meth:`BufferPool.abandon`-ed: given
+back, it is dropped instead of handed to another command.
 
 Thread safety: ``deque.append``/``pop`` are atomic in CPython; reads borrow on worker
 threads, the event loop returns.
@@ -44,6 +46,7 @@ def _size_class(n: int) -> int:
 class BufferPool:
     def __init__(self) -> None:
         self._free: dict[int, deque[PooledBuffer]] = {}
+        self._abandoned: set[int] = set()  # ids of live buffers that must not be reused
 
     def borrow(self, n: int) -> memoryview:
         """A writable view of exactly ``n`` bytes (contents undefined)."""
@@ -64,11 +67,24 @@ class BufferPool:
         buf = view.obj
         if type(buf) is not PooledBuffer:
             return
+        abandoned = self._abandoned
+        if abandoned and id(buf) in abandoned:
+            abandoned.discard(id(buf))  # (alive now, so the id is this buffer's)
+            return
         cls = len(buf)
         view.release()
         free = self._free.setdefault(cls, deque())
         if len(free) < _KEEP:
             free.append(buf)
+
+
+    def abandon(self, view: object) -> None:
+        """Never hand out again the buffer behind ``view``: a call that timed out may still
+        use it (a worker in a hung pwrite, the kernel in an io_uring write), and the bytes it
+        writes late must be the command's own, not those of the next command to borrow it."""
+        buf = view.obj if isinstance(view, memoryview) else view
+        if type(buf) is PooledBuffer:
+            self._abandoned.add(id(buf))
 
 
 #: The process-wide pool.
