@@ -4,7 +4,8 @@ One daemon (``serve --demo --io-timeout 15``) serves the demo target with
   LUN 1  the demo's file in the state directory,
   LUN 2  gluster://127.0.0.1/BLOCK/lun1.img  (gluster-block profile: sharded, no SEEK_DATA),
   LUN 3  gluster://127.0.0.1/PLAIN/lun1.img  (plain profile: SEEK_DATA/SEEK_HOLE work),
-  LUN 4  BLOCK@127.0.0.1:tgt.img, added by tgtadm --bstype glfs (one test).
+  LUN 4  BLOCK@127.0.0.1:tgt.img, added by tgtadm --bstype glfs (one test),
+  LUN 5  a file on BLOCK's FUSE mount (one test: the cookbook's LUN, io_uring).
 The tests run in file order: the disruptive ones (a brick killed, the whole volume stopped,
 every brick frozen with SIGSTOP) come last, on the block volume, and put it back.
 Seen here: volume stopped -> NOT READY 04/0Ah at once; bricks frozen -> NOT READY 04/01h
@@ -15,6 +16,7 @@ write-behind) but WRITE FUA and SYNCHRONIZE CACHE fail.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
@@ -36,7 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.gluster]
 MiB = 1 << 20
 BS = 512
 IO_TIMEOUT = 15.0
-FILE_LUN, BLOCK_LUN, PLAIN_LUN = 1, 2, 3
+FILE_LUN, BLOCK_LUN, PLAIN_LUN, FUSE_LUN = 1, 2, 3, 5
 BLOCK_SIZE = 256 * MiB
 GOOD, CHECK_CONDITION = 0x00, 0x02
 NOT_READY, UNIT_ATTENTION = 0x2, 0x6
@@ -267,6 +269,47 @@ def test_tgtadm_glfs_lun_on_a_file_made_through_fuse(gw, block_volume):
     with open(fuse, "rb") as f:
         f.seek(4 * MiB)
         assert f.read(len(data)) == data, "the file on the FUSE mount differs"
+
+
+def test_a_lun_on_a_fuse_file_round_trips_through_io_uring(gw, block_volume, tmp_path):
+    """The cookbook's own LUN: a file on the FUSE mount. Lone commands go through io_uring
+    (``status --json`` counts them), bursts through the worker threads; either way what iSCSI
+    writes, the mount reads, and what qemu-img writes, iSCSI reads back."""
+    need("qemu-img")
+    path = block_volume.fuse_path("fuse-lun.img")
+    r = gw.cli("lun", "create", DEMO_IQN, path, "--lun", str(FUSE_LUN), "--size", "32MiB",
+               check=False, timeout=60)
+    assert r.returncode == 0, f"lun create -> {r.returncode}\n{r.stdout}{r.stderr}"
+    before = json.loads(gw.cli("status", "--json").stdout)["io_uring"]
+    assert before["enabled"] and before["available"], before
+    single = [os.urandom(BS * n) for n in (1, 8, 64)]
+
+    async def lone() -> list[bytes]:
+        async with session(gw, "fuse") as s:
+            lba = 0
+            for data in single:  # one at a time: queue depth 1, the ring's case
+                await write_ok(s, FUSE_LUN, lba, data)
+                lba += len(data) // BS
+            return [await read_ok(s, FUSE_LUN, lba, len(d)) for lba, d in
+                    zip((0, 1, 9), single, strict=True)]
+
+    assert asyncio.run(lone()) == single
+    after = json.loads(gw.cli("status", "--json").stdout)["io_uring"]
+    assert after["calls"] >= before["calls"] + 2 * len(single), (before, after)
+    with open(path, "rb") as f:
+        assert f.read(73 * BS) == b"".join(single), "the file on the FUSE mount differs"
+    # qemu-img keeps several requests in flight: the worker threads take those
+    src = tmp_path / "random.raw"
+    payload = os.urandom(8 * MiB)
+    src.write_bytes(payload)
+    url = gw.url(FUSE_LUN)
+    run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), url, timeout=300)
+    back = tmp_path / "back.raw"
+    run("qemu-img", "dd", "-f", "raw", "-O", "raw", "bs=1M", "count=8", f"if={url}",
+        f"of={back}", timeout=300)
+    assert back.read_bytes() == payload, "read back through iSCSI differs"
+    with open(path, "rb") as f:
+        assert f.read(len(payload)) == payload, "the file on the FUSE mount differs"
 
 
 # -- 4. UNMAP and GET LBA STATUS on both profiles ---------------------------------------------

@@ -8,6 +8,7 @@ import struct
 
 import pytest
 
+from gluster_iscsi.backstore.buffers import POOL
 from gluster_iscsi.backstore.file import FileStore
 from gluster_iscsi.backstore.memory import MemoryStore
 from gluster_iscsi.iscsi.pdu import PduReader
@@ -241,13 +242,15 @@ async def read_back(r, w, reader, itt: int, cmdsn: int, lba: int, blocks: int, l
 
 @pytest.mark.parametrize("io_uring", [True, False], ids=["io_uring", "worker-threads"])
 def test_a_file_lun_writes_and_reads_back_through_the_ring_or_the_workers(tmp_path, io_uring):
-    """A buffered file store goes to io_uring (or, turned off, to the worker pool): the bytes
-    written are in the file at their offset and read back the same."""
+    """A file store that lends its descriptor (one on a FUSE mount; an ext4 file made to lend
+    here, the ring cannot tell them apart) goes to io_uring, or, turned off, to the worker
+    pool: the bytes written are in the file at their offset and read back the same."""
     async def main():
         d, port = await start(tmp_path, io_uring=io_uring)
         store = FileStore(tmp_path / "lun2.img", create_size=8 << 20)
         if not store.blocking:
             pytest.skip("the test directory is on tmpfs: file stores there run inline")
+        store.lends_fd = True  # as on a FUSE mount
         d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(store, serial="file0001"))
         try:
             r, w, reader = await login(port)
@@ -266,6 +269,59 @@ def test_a_file_lun_writes_and_reads_back_through_the_ring_or_the_workers(tmp_pa
                 assert d.ring is None
             w.close()
         finally:
+            await d.stop()
+
+    asyncio.run(main())
+
+
+class HangingWrites(MemoryStore):
+    """Writes block until released, like a Gluster volume that lost quorum."""
+
+    blocking = True
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.release = __import__("threading").Event()
+        self.buffers: list[object] = []
+
+    def write(self, offset, data):
+        self.buffers.append(memoryview(data).obj)
+        self.release.wait(30)
+        super().write(offset, data)
+
+
+def test_a_timed_out_write_keeps_its_buffer_from_the_next_command(tmp_path):
+    """The worker still holds the buffer of a write that timed out, and writes it when the
+    volume comes back: another command must not be given that buffer meanwhile."""
+    async def main():
+        d, port = await start(tmp_path, io_timeout=0.5)
+        hung = HangingWrites(8 << 20)
+        d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(hung, serial="hung0002"))
+        try:
+            r, w, reader = await login(port)
+            assert (await command(r, w, reader, 10, 1, lun=2))[0] == 0  # and the unit attention
+            payload = os.urandom(64 << 10)  # the smallest size the pool keeps
+            cdb = struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 128, 0)
+            pdu = I.scsi_cmd(cdb, itt=20, cmdsn=3, edtl=len(payload), write=True, data=payload,
+                             lun=2)
+            # The header first: a payload still to come is received into a pooled buffer.
+            w.write(pdu[:48])
+            await w.drain()
+            await asyncio.sleep(0.05)
+            w.write(pdu[48:])
+            rsp = await next_pdu(r, reader, timeout=10)
+            assert rsp.opcode == 0x21 and rsp.b3 == 0x02  # CHECK CONDITION: the I/O timeout
+            assert len(hung.buffers) == 1
+            held = hung.buffers[0]
+            assert type(held).__name__ == "PooledBuffer"
+            taken = [POOL.borrow(len(payload)) for _ in range(8)]
+            assert all(v.obj is not held for v in taken)
+            for v in taken:
+                POOL.give_back(v)
+            hung.release.set()
+            w.close()
+        finally:
+            hung.release.set()
             await d.stop()
 
     asyncio.run(main())

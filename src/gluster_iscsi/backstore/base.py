@@ -73,6 +73,8 @@ class BackingStore(ABC):
     name: str = ""
     read_only: bool = False
     capabilities: Capabilities = Capabilities()
+    #: True if :meth:`with_fd` lends a descriptor (checked before doing any work for it).
+    lends_fd: bool = False
 
     @property
     @abstractmethod
@@ -118,9 +120,10 @@ class BackingStore(ABC):
     def with_fd(self, use: Callable[[int], T]) -> T | None:
         """``use(fd)`` with a descriptor whose bytes are this store's bytes at the same offsets
         (pread/pwrite on it, no alignment rules), kept open for the call; None, without calling
-        ``use``, if the store has none (memory, gfapi, O_DIRECT). For a server that does its own
-        asynchronous I/O (io_uring): ``use`` must not block, and whatever it starts on ``fd``
-        must hold its own reference to the file (the kernel does, from submission on)."""
+        ``use``, if the store lends none (:attr:`lends_fd`). For a server that does its own
+        asynchronous I/O (io_uring): ``use`` must not block, whatever it starts on ``fd`` must
+        hold its own reference to the file (the kernel does, from submission on), and a store
+        lends only where the kernel never does such I/O inside the submitting call."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -124,6 +124,11 @@ class FileStore(BackingStore):
                 # Memory: a call never waits for a device, and a 4 KiB pread costs a few
                 # microseconds, far less than handing it to a worker thread and back.
                 self.blocking = False
+            # FUSE has no non-blocking reads or writes, so io_uring hands every request on a
+            # FUSE file to its kernel workers and io_uring_enter never waits for the volume.
+            # Local file systems and block devices are tried inline first, and may wait there
+            # (readahead, metadata): they are not lent. O_DIRECT would need aligned buffers.
+            self.lends_fd = self.fs_type == "fuse" and not o_direct
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -464,8 +469,8 @@ class FileStore(BackingStore):
     def with_fd(self, use: Callable[[int], T]) -> T | None:
         # Under the lock close() takes: the descriptor cannot be closed, and its number taken
         # by another open, between here and the kernel's taking its own reference in ``use``.
-        if self.o_direct:
-            return None  # buffers and offsets would have to be aligned
+        if not self.lends_fd:
+            return None
         with self._lock:
             fd = self._fd
             return use(fd) if fd >= 0 else None

@@ -98,6 +98,11 @@ def status(as_json: bool) -> None:
         f"gluster-iscsi {info['version']} running (pid {info['pid']}) at {info['state_dir']}"
     )
     click.echo(f"{info['targets']} target(s), {info['luns']} LUN(s), {info['sessions']} session(s)")
+    ring = info.get("io_uring") or {}
+    if ring.get("available"):
+        click.echo(f"file I/O: io_uring for lone commands on FUSE files ({ring['calls']} so far)")
+    else:
+        click.echo("file I/O: worker threads" + ("" if ring.get("enabled") else " (--no-io-uring)"))
     for p in info["portals"]:
         click.echo(
             f"portal {p['host']}:{p['port']}"

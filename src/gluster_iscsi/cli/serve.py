@@ -64,8 +64,8 @@ def _state_dir(ctx: click.Context, given: str | None) -> Path:
 @click.option("--uvloop/--no-uvloop", default=True, show_default=True,
               help="Use uvloop's event loop when it is installed.")
 @click.option("--io-uring/--no-io-uring", "io_uring", default=True, show_default=True,
-              help="Read and write file-backed LUNs (FUSE, local disks) through io_uring where "
-                   "the kernel allows it, instead of worker threads.")
+              help="Read and write LUNs on FUSE files (a Gluster FUSE mount) through io_uring "
+                   "when a command is alone on its connection, instead of worker threads.")
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
           demo: bool, log_level: str, nop_interval: float, io_timeout: float, poll_usecs: float,
@@ -112,6 +112,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
              "" if compiled else " (pure Python: scripts/install builds them with mypyc)")
     daemon = Daemon(state_dir, nop_interval=nop_interval, io_timeout=io_timeout,
                     poll_usecs=poll_usecs, io_uring=io_uring)
+    _ = daemon.ring  # made now, so the log and `status` say at once which file I/O runs
     try:
         saved = cfgmod.load(state_dir)
     except Exception as exc:  # noqa: BLE001 - report and refuse to start on a broken config

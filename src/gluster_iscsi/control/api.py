@@ -319,6 +319,17 @@ class ControlServer:
             else cfg["portals"],
             "params": dict(getattr(self.daemon, "params", {})),
             "epoch": cfg["epoch"],
+            "io_uring": self._io_uring(),
+        }
+
+    def _io_uring(self) -> dict[str, Any]:
+        """Whether lone reads and writes of FUSE-file LUNs go through io_uring, and how many."""
+        d = self.daemon
+        ring = getattr(d, "_ring", None)
+        return {
+            "enabled": bool(getattr(d, "io_uring", False)),
+            "available": ring is not None,
+            "calls": ring.submitted if ring is not None else 0,
         }
 
     # ------------------------------------------------------------------ ops: targets

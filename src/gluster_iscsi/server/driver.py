@@ -301,6 +301,10 @@ class ConnectionDriver(asyncio.BufferedProtocol):
 
         def done(value: Any, exc: BaseException | None) -> None:
             if exc is not None and type(exc) is IoTimeout:
+                # The call may still read the command's data-out buffer (a write, late): it
+                # must not go back to the pool when the command now completes.
+                if task.data_out is not None:
+                    POOL.abandon(task.data_out)
                 name = getattr(target_store, "name", None)
                 log.warning("%s: %s did not complete within %gs", name or "store",
                             type(op).__name__, self.daemon.io_timeout)
@@ -310,7 +314,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             self._step(task, gen, store, value, exc)
 
         # A command alone on its connection, with nothing else in flight, goes to io_uring if
-        # its store allows (``_submit_to_ring``): there the kernel's hand-off beats ours (FUSE
+        # its store lends a descriptor (FUSE files, ``_submit_to_ring``): there the kernel's
+        # hand-off beats ours (FUSE
         # QD1 reads 1.24..1.45x, same daemon with and without, BENCHMARKS.md). Under load the
         # pool does better (its completions come in batches; through the ring, QD32 reads
         # were 0.80x), so a burst, and anything while one is in flight, goes to the pool.
@@ -325,51 +330,46 @@ class ConnectionDriver(asyncio.BufferedProtocol):
 
     def _submit_to_ring(self, ring: Ring, op: Any, target_store: Any,
                         done: Callable[[Any, BaseException | None], None]) -> bool:
-        """A read or a plain write of a buffered file store through io_uring (``uring.py``):
-        the kernel's workers instead of ours, no GIL hand-offs. False, with nothing started,
-        for anything else (FUA writes, flushes, O_DIRECT or read-only stores, stores without a
-        file descriptor, a COMPARE AND WRITE holding the LU's lock, a full ring): the worker
-        pool does those."""
+        """A read or a plain write of a FUSE file store through io_uring (``uring.py``): the
+        kernel's workers instead of ours, no GIL hand-offs. False, with nothing started, for
+        anything else (FUA writes, flushes, stores that lend no descriptor, read-only stores,
+        a COMPARE AND WRITE holding the LU's lock, a full ring): the worker pool does those."""
         t = type(op)
-        if t is not ReadOp and (t is not WriteOp or op.fua or target_store.read_only):
+        if not target_store.lends_fd or (
+                t is not ReadOp and (t is not WriteOp or op.fua or target_store.read_only)):
             return False
-        timeout = self.daemon.io_timeout
-
-        def start(fd: int) -> bool:
-            copy: memoryview | None = None
-            if t is ReadOp:
-                view = POOL.borrow(op.length)
-            else:
-                data = op.data
-                view = data if type(data) is memoryview else memoryview(data)
-                if view.itemsize != 1 or not view.c_contiguous:
-                    return False
-                if view.readonly:
-                    # Small immediate data arrives as bytes: the kernel wants an address it
-                    # may use until it is done, so a pooled copy (4 KiB: well under 1 us).
-                    copy = POOL.borrow(len(view))
-                    copy[:] = view
-                    view = copy
-            lock = op.lock
-            finish: Callable[[], None] | None = None
-            if lock is not None or copy is not None:
-                def finish() -> None:  # once the kernel is done with the buffer, even late
-                    if lock is not None:
-                        lock.release_shared()
-                    if copy is not None:
-                        POOL.give_back(copy)
-            started = False
-            if lock is None or lock.try_acquire_shared():
-                submit = ring.read if t is ReadOp else ring.write
-                started = submit(fd, view, op.offset, done, name=target_store.name,
-                                 timeout=timeout, finish=finish)
-                if not started and lock is not None:
+        copy: memoryview | None = None
+        if t is ReadOp:
+            view = POOL.borrow(op.length)
+        else:
+            data = op.data
+            view = data if type(data) is memoryview else memoryview(data)
+            if view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous:
+                return False
+            if view.readonly:
+                # Small immediate data arrives as bytes: the kernel wants an address it may
+                # use until it is done, so a pooled copy (4 KiB: well under 1 us).
+                copy = POOL.borrow(len(view))
+                copy[:] = view
+                view = copy
+        lock = op.lock
+        finish: Callable[[], None] | None = None
+        if lock is not None or copy is not None:
+            def finish() -> None:  # once the kernel is done with the buffer, even late
+                if lock is not None:
                     lock.release_shared()
-            if not started and (t is ReadOp or copy is not None):
-                POOL.give_back(view)
-            return started
-
-        return bool(target_store.with_fd(start))
+                if copy is not None:
+                    POOL.give_back(copy)
+        started = False
+        if lock is None or lock.try_acquire_shared():
+            submit = ring.read if t is ReadOp else ring.write
+            started = submit(target_store.with_fd, view, op.offset, done, name=target_store.name,
+                             timeout=self.daemon.io_timeout, finish=finish)
+            if not started and lock is not None:
+                lock.release_shared()
+        if not started and (t is ReadOp or copy is not None):
+            POOL.give_back(view)
+        return started
 
     def _complete(self, task: ScsiTask, result: ScsiResult) -> None:
         if result.extra:

@@ -17,7 +17,9 @@ give the ordering the kernel's protocol asks for (acquire the CQ tail, release t
 ``kernel.io_uring_disabled``), and the server then uses the worker pool as before.
 
 Only the byte-level data path comes here: preadv/pwrite of a store's file descriptor at the
-store's offsets (``BackingStore.with_fd``), with the same guarantees the store's own methods give
+store's offsets, each submission under the store's ``with_fd`` (so a descriptor closed and its
+number reused for another file can never be the one submitted), with the same guarantees the
+store's own methods give
 (a short transfer is continued, end of file is EIO, errors carry their errno), and the same
 deadline as the pool: a call that has not completed after ``timeout`` seconds gets
 :class:`~.iopool.IoTimeout`, its late completion is dropped, and its buffer stays referenced until
@@ -33,6 +35,7 @@ import logging
 import mmap
 import os
 import platform
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +45,8 @@ from .iopool import IoTimeout
 log = logging.getLogger(__name__)
 
 Callback = Callable[[Any, BaseException | None], None]
+#: ``BackingStore.with_fd``: calls its argument with the store's descriptor, held open.
+Lend = Callable[[Callable[[int], bool]], "bool | None"]
 
 # System calls and constants (include/uapi/linux/io_uring.h); the numbers are shared by all
 # architectures since Linux 5.1, but see the module docstring for why only x86-64 is used.
@@ -49,6 +54,7 @@ _SYS_SETUP, _SYS_ENTER, _SYS_REGISTER = 425, 426, 427
 _OFF_SQ_RING, _OFF_SQES = 0, 0x10000000
 _FEAT_SINGLE_MMAP = 1 << 0
 _FEAT_NODROP = 1 << 1
+_FEAT_RW_CUR_POS = 1 << 3  # Linux 5.6, with IORING_OP_READ/WRITE
 _REGISTER_EVENTFD = 4
 _OP_READ, _OP_WRITE = 22, 23
 
@@ -92,13 +98,13 @@ assert ctypes.sizeof(_Params) == 120 and ctypes.sizeof(_Sqe) == 64 and ctypes.si
 class _Call:
     """One read or write in flight: what to continue with after a short transfer, whom to tell."""
 
-    __slots__ = ("op", "fd", "view", "offset", "done", "total", "callback", "name", "result",
+    __slots__ = ("op", "lend", "view", "offset", "done", "total", "callback", "name", "result",
                  "deadline", "timeout", "timed_out", "finish", "keep")
 
-    def __init__(self, op: int, fd: int, view: memoryview, offset: int, callback: Callback,
+    def __init__(self, op: int, lend: Lend, view: memoryview, offset: int, callback: Callback,
                  name: str, result: Any, finish: Callable[[], None] | None) -> None:
         self.op = op
-        self.fd = fd
+        self.lend = lend
         self.view = view  # the part still to transfer; holds the buffer until the kernel is done
         self.offset = offset
         self.done = 0
@@ -135,6 +141,7 @@ class Ring:
         #: At most this many calls in flight: the completion ring then never overflows.
         self.capacity = p.cq_entries
         self._calls: dict[int, _Call] = {}
+        self._live = 0  # calls whose caller still waits (not timed out)
         self._next_key = 0
         self._reap_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
@@ -148,12 +155,17 @@ class Ring:
     @classmethod
     def create(cls, loop: asyncio.AbstractEventLoop, entries: int = 256) -> Ring | None:
         """A ring, or None (logged) where io_uring cannot be used."""
-        if platform.machine() not in ("x86_64", "AMD64"):
-            log.info("io_uring not used on %s: worker threads do the file I/O", platform.machine())
+        if sys.platform != "linux" or platform.machine() != "x86_64":
+            log.info("io_uring not used on %s %s: worker threads do the file I/O",
+                     sys.platform, platform.machine())
             return None
-        libc = ctypes.CDLL(None, use_errno=True)
-        syscall = libc.syscall
-        syscall.restype = ctypes.c_long
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            syscall = libc.syscall
+            syscall.restype = ctypes.c_long
+        except (OSError, AttributeError) as e:
+            log.info("io_uring unavailable (%s): worker threads do the file I/O", e)
+            return None
         params = _Params()
         fd = syscall(_SYS_SETUP, entries, ctypes.byref(params))
         if fd < 0:
@@ -161,11 +173,11 @@ class Ring:
             log.info("io_uring unavailable (%s): worker threads do the file I/O", os.strerror(err))
             return None
         fd = int(fd)
-        need = _FEAT_SINGLE_MMAP | _FEAT_NODROP
+        need = _FEAT_SINGLE_MMAP | _FEAT_NODROP | _FEAT_RW_CUR_POS
         efd = -1
         try:
             if params.features & need != need:
-                raise OSError(errno.ENOTSUP, "io_uring of this kernel is too old (no single mmap)")
+                raise OSError(errno.ENOTSUP, "io_uring of this kernel is older than Linux 5.6")
             size = max(params.sq_off.array + params.sq_entries * 4,
                        params.cq_off.cqes + params.cq_entries * ctypes.sizeof(_Cqe))
             prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | mmap.MAP_POPULATE
@@ -177,7 +189,7 @@ class Ring:
             if syscall(_SYS_REGISTER, fd, _REGISTER_EVENTFD, ctypes.byref(arg), 1) < 0:
                 raise OSError(ctypes.get_errno(), "io_uring_register(EVENTFD)")
             r = cls(loop, fd, params, ring, sqes, efd, syscall)
-        except OSError as e:
+        except (OSError, ValueError, AttributeError) as e:  # mmap, os.eventfd, the kernel
             log.info("io_uring unavailable (%s): worker threads do the file I/O", e)
             os.close(fd)
             if efd >= 0:
@@ -202,36 +214,43 @@ class Ring:
 
     # ------------------------------------------------------------------ the poller's view
     def in_flight(self) -> bool:
-        return bool(self._calls)
+        """Calls whose callers still wait: one that timed out (a hung volume) no longer counts,
+        so it does not keep the ring from other LUNs."""
+        return self._live > 0
 
     def has_done(self) -> bool:
         """Completions wait in the ring (a read of shared memory, no system call)."""
         return self._cq_tail.value != self._cq_head.value
 
     # ------------------------------------------------------------------ submitting
-    def read(self, fd: int, buf: memoryview, offset: int, callback: Callback, *, name: str = "",
-             timeout: float = 0.0, finish: Callable[[], None] | None = None) -> bool:
-        """Fill ``buf`` from ``fd`` at ``offset``; ``callback(buf, None)`` or ``(None, error)``
-        later, on the loop. False (nothing submitted, ``finish`` not to be called) if the ring
-        cannot take it now: the caller uses its other path."""
-        return self._start(_Call(_OP_READ, fd, buf, offset, callback, name, buf, finish), timeout)
+    def read(self, lend: Lend, buf: memoryview, offset: int, callback: Callback, *,
+             name: str = "", timeout: float = 0.0, finish: Callable[[], None] | None = None) -> bool:
+        """Fill ``buf`` with the bytes at ``offset`` of the file ``lend`` (a store's ``with_fd``)
+        lends; ``callback(buf, None)`` or ``(None, error)`` later, on the loop. False (nothing
+        submitted, ``finish`` not to be called) if the ring or the store cannot take it now:
+        the caller uses its other path."""
+        return self._start(_Call(_OP_READ, lend, buf, offset, callback, name, buf, finish), timeout)
 
-    def write(self, fd: int, data: memoryview, offset: int, callback: Callback, *, name: str = "",
-              timeout: float = 0.0, finish: Callable[[], None] | None = None) -> bool:
-        """Write all of ``data`` (writable memory) to ``fd`` at ``offset``; as :meth:`read`."""
-        return self._start(_Call(_OP_WRITE, fd, data, offset, callback, name, None, finish), timeout)
+    def write(self, lend: Lend, data: memoryview, offset: int, callback: Callback, *,
+              name: str = "", timeout: float = 0.0, finish: Callable[[], None] | None = None) -> bool:
+        """Write all of ``data`` (writable memory) at ``offset``; as :meth:`read`."""
+        return self._start(_Call(_OP_WRITE, lend, data, offset, callback, name, None, finish),
+                           timeout)
 
     def _start(self, call: _Call, timeout: float) -> bool:
-        if self._closed or len(self._calls) >= self.capacity or call.view.readonly:
+        view = call.view
+        if (self._closed or len(self._calls) >= self.capacity or view.readonly
+                or view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous):
             self.refused += 1
             return False
         if call.total == 0:
             return False
         self._next_key = key = self._next_key + 1
-        if not self._submit(key, call):
+        if not call.lend(lambda fd: self._submit(key, call, fd)):
             self.refused += 1
             return False
         self._calls[key] = call
+        self._live += 1
         self.submitted += 1
         if timeout > 0:
             call.timeout = timeout
@@ -243,7 +262,7 @@ class Ring:
                 self._timer = self.loop.call_at(call.deadline, self._expire)
         return True
 
-    def _submit(self, key: int, call: _Call) -> bool:
+    def _submit(self, key: int, call: _Call, fd: int) -> bool:
         view = call.view
         n = len(view)
         arr = (ctypes.c_char * n).from_buffer(view)
@@ -252,7 +271,7 @@ class Ring:
         sqe = self._sqes[index]
         ctypes.memset(ctypes.addressof(sqe), 0, ctypes.sizeof(_Sqe))
         sqe.opcode = call.op
-        sqe.fd = call.fd
+        sqe.fd = fd
         sqe.off = call.offset + call.done
         sqe.addr = ctypes.addressof(arr)
         sqe.len = n
@@ -261,9 +280,9 @@ class Ring:
         self._sq_tail.value = tail + 1  # x86-64: stores are seen in order (release)
         while True:
             got = self._enter(_SYS_ENTER, self.fd, 1, 0, 0, None, 0)
-            if got >= 0:
+            if got == 1:
                 break
-            err = ctypes.get_errno()
+            err = ctypes.get_errno() if got < 0 else errno.EAGAIN
             if err != errno.EINTR:
                 # Not consumed (EAGAIN, EBUSY): without SQPOLL the kernel reads the ring only
                 # inside io_uring_enter, so taking the entry back is safe.
@@ -300,6 +319,8 @@ class Ring:
     def _complete(self, key: int, call: _Call, res: int) -> None:
         what = "read" if call.op == _OP_READ else "write"
         error: BaseException | None = None
+        if res == -errno.EINTR and call.lend(lambda fd: self._submit(key, call, fd)):
+            return  # as os.preadv/pwrite do: again
         if res < 0:
             err = -res
             error = BackingStoreError(err, f"{what} {call.total} bytes at offset {call.offset}: "
@@ -312,16 +333,19 @@ class Ring:
         elif res < len(call.view):
             call.done += res
             call.view = call.view[res:]
-            if self._submit(key, call):
+            # The rest under the store's lending again: it may have been closed meanwhile.
+            if call.lend(lambda fd: self._submit(key, call, fd)):
                 return  # the rest goes on
-            error = BackingStoreError(errno.EAGAIN, f"{what}: could not continue a short "
-                                      f"transfer at offset {call.offset}", call.name or None)
+            error = BackingStoreError(errno.EBADF, f"{what}: could not continue a short "
+                                      f"transfer at offset {call.offset} (store closed?)",
+                                      call.name or None)
         del self._calls[key]
         call.keep = None
         if call.finish is not None:
             call.finish()
         if call.timed_out:
             return  # its caller has had IoTimeout; the buffer is free now
+        self._live -= 1
         if error is not None:
             call.callback(None, error)
         else:
@@ -339,6 +363,7 @@ class Ring:
                     earliest = call.deadline
                 continue
             call.timed_out = True
+            self._live -= 1
             call.callback(None, IoTimeout(f"no answer within {call.timeout:g} s"))
         if earliest is not None and not self._closed:
             self._timer = self.loop.call_at(earliest, self._expire)
