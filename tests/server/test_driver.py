@@ -325,3 +325,28 @@ def test_a_timed_out_write_keeps_its_buffer_from_the_next_command(tmp_path):
             await d.stop()
 
     asyncio.run(main())
+
+
+def test_a_command_that_waits_off_the_loop_completes_at_queue_depth_one(tmp_path):
+    """SANITIZE without IMMED waits for its job through a stand-in store (OFF_LOOP), not a
+    backing store: alone on its connection it must still go to the worker pool, not fail."""
+    async def main():
+        d, port = await start(tmp_path)
+        store = FileStore(tmp_path / "lun2.img", create_size=1 << 20)
+        d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(store, serial="file0002"))
+        try:
+            r, w, reader = await login(port)
+            assert (await command(r, w, reader, 10, 1, lun=2))[0] == 0  # and the unit attention
+            params = bytes([0x01, 0, 0, 4]) + b"\xaa" * 4  # OVERWRITE once with 0xAAAAAAAA
+            cdb = struct.pack(">BBxxxxxHB", 0x48, 0x01, len(params), 0)
+            w.write(I.scsi_cmd(cdb, itt=20, cmdsn=3, edtl=len(params), write=True, data=params,
+                               lun=2))
+            rsp = await next_pdu(r, reader, timeout=30)
+            assert rsp.opcode == 0x21, rsp.opcode
+            assert rsp.b3 == 0, bytes(rsp.data).hex()  # GOOD, not HARDWARE ERROR
+            assert os.pread(store._fd, 8, 4096) == b"\xaa" * 8
+            w.close()
+        finally:
+            await d.stop()
+
+    asyncio.run(main())

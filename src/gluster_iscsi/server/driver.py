@@ -335,8 +335,11 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         anything else (FUA writes, flushes, stores that lend no descriptor, read-only stores,
         a COMPARE AND WRITE holding the LU's lock, a full ring): the worker pool does those."""
         t = type(op)
-        if not target_store.lends_fd or (
-                t is not ReadOp and (t is not WriteOp or op.fua or target_store.read_only)):
+        # The op first: only ReadOp/WriteOp run on a real backing store (an OnStore op may name
+        # a stand-in, scsi.io.OFF_LOOP, that has none of a store's attributes).
+        if t is not ReadOp and (t is not WriteOp or op.fua or target_store.read_only):
+            return False
+        if not getattr(target_store, "lends_fd", False):
             return False
         copy: memoryview | None = None
         if t is ReadOp:
