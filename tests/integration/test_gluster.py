@@ -224,18 +224,24 @@ def gw(tmp_path_factory, block_volume, plain_volume):
 # -- 1. qemu-img through iSCSI, read back through iSCSI and through FUSE ---------------------
 
 
-def test_qemu_img_data_reads_back_through_iscsi_and_the_fuse_mount(gw, block_volume, tmp_path):
-    need("qemu-img")
-    size = 64 * MiB
+def qemu_round_trip(url: str, tmp_path, size: int) -> bytes:
+    """qemu-img writes ``size`` random bytes to the LUN at ``url`` and reads them back (several
+    requests in flight); returns them, checked."""
     src = tmp_path / "random.raw"
     payload = os.urandom(size)
     src.write_bytes(payload)
-    url = gw.url(BLOCK_LUN)
     run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), url, timeout=300)
     back = tmp_path / "back.raw"
-    run("qemu-img", "dd", "-f", "raw", "-O", "raw", "bs=1M", "count=64", f"if={url}",
+    run("qemu-img", "dd", "-f", "raw", "-O", "raw", "bs=1M", f"count={size // MiB}", f"if={url}",
         f"of={back}", timeout=300)
     assert back.read_bytes() == payload, "read back through iSCSI differs"
+    return payload
+
+
+def test_qemu_img_data_reads_back_through_iscsi_and_the_fuse_mount(gw, block_volume, tmp_path):
+    need("qemu-img")
+    size = 64 * MiB
+    payload = qemu_round_trip(gw.url(BLOCK_LUN), tmp_path, size)
     fuse = block_volume.fuse_path("lun1.img")
     assert os.stat(fuse).st_size == BLOCK_SIZE
     with open(fuse, "rb") as f:
@@ -299,15 +305,7 @@ def test_a_lun_on_a_fuse_file_round_trips_through_io_uring(gw, block_volume, tmp
     with open(path, "rb") as f:
         assert f.read(73 * BS) == b"".join(single), "the file on the FUSE mount differs"
     # qemu-img keeps several requests in flight: the worker threads take those
-    src = tmp_path / "random.raw"
-    payload = os.urandom(8 * MiB)
-    src.write_bytes(payload)
-    url = gw.url(FUSE_LUN)
-    run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), url, timeout=300)
-    back = tmp_path / "back.raw"
-    run("qemu-img", "dd", "-f", "raw", "-O", "raw", "bs=1M", "count=8", f"if={url}",
-        f"of={back}", timeout=300)
-    assert back.read_bytes() == payload, "read back through iSCSI differs"
+    payload = qemu_round_trip(gw.url(FUSE_LUN), tmp_path, 8 * MiB)
     with open(path, "rb") as f:
         assert f.read(len(payload)) == payload, "the file on the FUSE mount differs"
 

@@ -108,17 +108,26 @@ def test_stop_closes_connections_and_portals(tmp_path):
 
 
 class HangingStore(MemoryStore):
-    """A store whose calls block until released, like a Gluster volume that lost quorum."""
+    """A store whose reads and writes block until released, like a Gluster volume that lost
+    quorum; it remembers the buffers its writes were given."""
 
     blocking = True
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, reads: bool = True) -> None:
         super().__init__(size)
         self.release = __import__("threading").Event()
+        self.buffers: list[object] = []
+        self.reads = reads  # False: only writes hang
 
     def read_into(self, offset, buf):
-        self.release.wait(30)
+        if self.reads:
+            self.release.wait(30)
         super().read_into(offset, buf)
+
+    def write(self, offset, data):
+        self.buffers.append(memoryview(data).obj)
+        self.release.wait(30)
+        super().write(offset, data)
 
 
 async def command(r, w, reader, itt: int, cmdsn: int, lun: int):
@@ -274,28 +283,12 @@ def test_a_file_lun_writes_and_reads_back_through_the_ring_or_the_workers(tmp_pa
     asyncio.run(main())
 
 
-class HangingWrites(MemoryStore):
-    """Writes block until released, like a Gluster volume that lost quorum."""
-
-    blocking = True
-
-    def __init__(self, size: int) -> None:
-        super().__init__(size)
-        self.release = __import__("threading").Event()
-        self.buffers: list[object] = []
-
-    def write(self, offset, data):
-        self.buffers.append(memoryview(data).obj)
-        self.release.wait(30)
-        super().write(offset, data)
-
-
 def test_a_timed_out_write_keeps_its_buffer_from_the_next_command(tmp_path):
     """The worker still holds the buffer of a write that timed out, and writes it when the
     volume comes back: another command must not be given that buffer meanwhile."""
     async def main():
         d, port = await start(tmp_path, io_timeout=0.5)
-        hung = HangingWrites(8 << 20)
+        hung = HangingStore(8 << 20, reads=False)
         d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(hung, serial="hung0002"))
         try:
             r, w, reader = await login(port)
