@@ -71,7 +71,7 @@ class Daemon:
         #: see ``poller.py``.
         self.poll_usecs = poll_usecs
         self._poller: IdlePoller | None = None
-        #: Reads and writes of buffered file stores through io_uring instead of the worker
+        #: Lone reads and writes of FUSE file stores through io_uring instead of the worker
         #: pools (``uring.py``), where the kernel allows it.
         self.io_uring = io_uring
         self._ring: Ring | None = None

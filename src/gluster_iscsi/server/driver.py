@@ -315,9 +315,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
 
         # A command alone on its connection, with nothing else in flight, goes to io_uring if
         # its store lends a descriptor (FUSE files, ``_submit_to_ring``): there the kernel's
-        # hand-off beats ours (FUSE
-        # QD1 reads 1.24..1.45x, same daemon with and without, BENCHMARKS.md). Under load the
-        # pool does better (its completions come in batches; through the ring, QD32 reads
+        # hand-off beats ours (FUSE QD1 reads 1.24..1.45x, same daemon with and without,
+        # BENCHMARKS.md). Under load the pool does better (its completions come in batches; through the ring, QD32 reads
         # were 0.80x), so a burst, and anything while one is in flight, goes to the pool.
         ring = self.daemon.ring
         pool = self.daemon.pool_for(target_store)
