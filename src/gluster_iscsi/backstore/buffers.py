@@ -9,8 +9,19 @@ correctness requirement. One that something may still read or write (a store cal
 out, its worker or the kernel still holding the buffer) is :meth:`BufferPool.abandon`-ed: given
 back, it is dropped instead of handed to another command.
 
+The pool gives memory back: it keeps at most :attr:`BufferPool.max_retained` bytes (the daemon
+sets a small fraction of its :class:`MemoryBudget`), and :meth:`BufferPool.trim`, called on a
+timer by the server layer, empties it once nothing was borrowed for a whole interval, so an idle
+daemon returns to its starting size while a busy one keeps its buffers.
+
 Thread safety: ``deque.append``/``pop`` are atomic in CPython; reads borrow on worker
-threads, the event loop returns.
+threads, the event loop returns. The retained-bytes count is updated from both without a
+lock (no lock on the hot path): in interpreted code a rare lost update can make it drift,
+and :meth:`BufferPool.trim` recounts it from the free lists.
+
+:class:`MemoryBudget` is the other half: the bytes the daemon as a whole may hold for
+commands (data-out buffers, read buffers, responses not yet sent), charged before the memory
+is taken and released when it is given up. It only counts; it allocates nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ except ImportError:  # installed without mypy: the decorator only guides the com
 _MIN_CLASS = 64 << 10  # smaller reads are cheap to allocate: not pooled
 _MAX_CLASS = 16 << 20
 _KEEP = 32  # buffers kept per size class
+#: Bytes the pool keeps by default (the daemon sets a fraction of its memory budget).
+DEFAULT_RETAINED = 64 << 20
 
 
 @mypyc_attr(native_class=False)  # compiled code cannot subclass bytearray natively
@@ -44,20 +57,29 @@ def _size_class(n: int) -> int:
 
 
 class BufferPool:
-    def __init__(self) -> None:
+    def __init__(self, max_retained: int = DEFAULT_RETAINED) -> None:
         self._free: dict[int, deque[PooledBuffer]] = {}
         self._abandoned: set[int] = set()  # ids of live buffers that must not be reused
+        #: The most bytes the free lists may hold; more given back is left to the allocator.
+        self.max_retained = max_retained
+        #: Bytes held in the free lists (see the module's note on thread safety).
+        self.retained = 0
+        self._used = False  # a pooled size was borrowed since the last trim
 
     def borrow(self, n: int) -> memoryview:
         """A writable view of exactly ``n`` bytes (contents undefined)."""
         if n < _MIN_CLASS or n > _MAX_CLASS:
             return memoryview(bytearray(n))
         cls = _size_class(n)
+        self._used = True
         free = self._free.get(cls)
         try:
             buf = free.pop() if free is not None else PooledBuffer(cls)
         except IndexError:
             buf = PooledBuffer(cls)
+        else:
+            if free is not None:
+                self.retained -= cls
         return memoryview(buf)[:n]
 
     def give_back(self, view: object) -> None:
@@ -74,9 +96,9 @@ class BufferPool:
         cls = len(buf)
         view.release()
         free = self._free.setdefault(cls, deque())
-        if len(free) < _KEEP:
+        if len(free) < _KEEP and self.retained + cls <= self.max_retained:
             free.append(buf)
-
+            self.retained += cls
 
     def abandon(self, view: object) -> None:
         """Never hand out again the buffer behind ``view``: a call that timed out may still
@@ -86,6 +108,105 @@ class BufferPool:
         if type(buf) is PooledBuffer:
             self._abandoned.add(id(buf))
 
+    def trim(self) -> int:
+        """Called every few seconds (the server layer's timer): if nothing was borrowed from
+        the pool since the last call, free every buffer it holds (the daemon went idle: its
+        memory goes back); otherwise keep them (a busy daemon reuses them at once) but no
+        more than :attr:`max_retained`. Returns the bytes freed. Buffers out on loan, and
+        abandoned ones, are not the pool's: untouched."""
+        idle = not self._used
+        self._used = False
+        freed = 0
+        kept = 0
+        for cls, free in self._free.items():
+            while free and (idle or kept + cls * len(free) > self.max_retained):
+                try:
+                    free.popleft()  # the least recently returned first
+                except IndexError:  # a worker took the last one meanwhile
+                    break
+                freed += cls
+            kept += cls * len(free)
+        self.retained = kept
+        return freed
+
 
 #: The process-wide pool.
 POOL = BufferPool()
+
+
+#: Bounds of the default memory budget (see :func:`default_budget`).
+BUDGET_FLOOR = 256 << 20
+BUDGET_CEILING = 4 << 30
+
+
+def default_budget(mem_total: int | None = None) -> int:
+    """An eighth of the machine's memory, at least 256 MiB and at most 4 GiB.
+
+    The daemon shares the machine with what serves its stores (Gluster bricks and clients,
+    the page cache), so it takes a small part. The floor lets 32 commands of 8 MiB (SBC
+    MAXIMUM TRANSFER LENGTH, VPD B0h) be in flight at once, the queue depth initiators use;
+    beyond the ceiling more buffers buy no throughput, only more to lose to one peer."""
+    if mem_total is None:
+        mem_total = _mem_total()
+    return max(BUDGET_FLOOR, min(BUDGET_CEILING, mem_total // 8))
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class BudgetShare:
+    """What one session holds of a :class:`MemoryBudget` (MaxConnections=1: one connection)."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+
+class MemoryBudget:
+    """The bytes the whole daemon may hold for commands: data-out buffers (R2T'd writes,
+    immediate and unsolicited data), read buffers and the responses not yet sent.
+
+    A command is charged before its memory is taken; when the charge does not fit, the
+    command does not run (TASK SET FULL or BUSY, see ``iscsi.connection``). Each session has
+    a share besides (:attr:`share`), so one session cannot take it all; a session holding
+    nothing may always take one command that fits the budget, however large, so a command
+    larger than the share is slow rather than impossible. Charged and released on the event
+    loop thread only.
+    """
+
+    def __init__(self, limit: int, share: int | None = None) -> None:
+        #: The budget, in bytes.
+        self.limit = limit
+        #: The most one session may hold (default: a quarter of the budget).
+        self.share = share if share is not None else max(limit // 4, 1)
+        #: Bytes charged now, and the most ever charged at once.
+        self.used = 0
+        self.peak = 0
+
+    def fits(self, owner: BudgetShare, n: int) -> bool:
+        """Would :meth:`charge` take ``n`` bytes for ``owner`` now?"""
+        held = owner.used
+        return self.used + n <= self.limit and (not held or held + n <= self.share)
+
+    def charge(self, owner: BudgetShare, n: int) -> bool:
+        """Take ``n`` bytes for ``owner`` if they fit; False (nothing taken) if not."""
+        held = owner.used
+        used = self.used + n
+        if used > self.limit or (held and held + n > self.share):
+            return False
+        owner.used = held + n
+        self.used = used
+        if used > self.peak:
+            self.peak = used
+        return True
+
+    def release(self, owner: BudgetShare, n: int) -> None:
+        owner.used -= n
+        self.used -= n
