@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backstore.base import Buffer
-from ..backstore.buffers import POOL
+from ..backstore.buffers import POOL, BudgetShare, MemoryBudget
 from ..scsi.sense import build_sense
 from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
 from ..target.model import Target, TargetRegistry
@@ -51,8 +51,8 @@ DEFAULT_TARGET_PARAMS: dict[str, str] = {
 #: The largest data-out buffer one command may make us allocate (SBC MAXIMUM TRANSFER LENGTH
 #: in VPD B0h is 8 MiB; leave headroom for EXTENDED COPY and odd block sizes).
 MAX_WRITE_BUFFER = 32 << 20
-#: Data-out bytes one connection may hold in memory at once (commands waiting for or holding
-#: their data). Beyond it a write gets TASK SET FULL and the initiator retries later.
+#: The memory budget of a connection made without one (the daemon passes its shared
+#: :class:`~gluster_iscsi.backstore.buffers.MemoryBudget`).
 MAX_CONNECTION_BUFFERS = 256 << 20
 #: Login text accumulated across continued PDUs.
 MAX_LOGIN_TEXT = 64 << 10
@@ -101,6 +101,7 @@ class IscsiTask:
     state: int = _COLLECTING
     scsi: ScsiTask | None = None
     datain_pdus: int = 0
+    charge: int = 0  # read-buffer bytes charged to the memory budget (``reserve``)
 
     # (An explicit __init__: compiled, see setup.py, it is native and ~4x cheaper than the
     # dataclass-generated one, and one of these is made for every command.)
@@ -126,6 +127,7 @@ class IscsiTask:
         self.state = _COLLECTING
         self.scsi = None
         self.datain_pdus = 0
+        self.charge = 0
 
 
 class Connection:
@@ -146,6 +148,7 @@ class Connection:
         nop_timeout: float = 30.0,
         queue_depth: int = 128,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.registry = registry
         self.sessions = sessions
@@ -168,6 +171,11 @@ class Connection:
         self.logging_out = False
         self.tasks: dict[int, IscsiTask] = {}
         self.buffered = 0  # data-out bytes held by tasks of this connection
+        #: The daemon's memory budget, and this connection's (session's) part of it.
+        self.budget = budget if budget is not None else MemoryBudget(
+            MAX_CONNECTION_BUFFERS, share=MAX_CONNECTION_BUFFERS)
+        self.share = BudgetShare()
+        self.unsent = 0  # read bytes handed out for sending, charged until the driver says sent
         self._pending: dict[int, Pdu] = {}  # CmdSN -> PDU waiting for a gap to fill
         self._next_ttt = 1
         self.hd = False
@@ -269,8 +277,8 @@ class Connection:
         command's immediate data: the head of a fresh buffer for the whole transfer, which
         ``_start_command`` adopts as the data-out buffer (if it refuses the command, the
         buffer is dropped, never reused). Only for a command that runs as soon as it is in
-        and fits the connection's buffer budget: one that waits for a CmdSN gap, or would
-        get TASK SET FULL, must not hold a buffer for its whole transfer meanwhile."""
+        and fits the memory budget: one that waits for a CmdSN gap, or would get TASK SET
+        FULL, must not hold a buffer for its whole transfer meanwhile."""
         if not self.full_feature:
             return None
         op = bhs[0] & 0x3F
@@ -279,7 +287,7 @@ class Connection:
             edtl, cmdsn = _U32.unpack_from(bhs, 20)[0], _U32.unpack_from(bhs, 24)[0]
             s = self.session
             if (not bhs[1] & 0x20 or bhs[1] & 0x40 or edtl <= n or edtl > MAX_WRITE_BUFFER
-                    or self.buffered + edtl > MAX_CONNECTION_BUFFERS or s is None
+                    or not self.budget.fits(self.share, edtl) or s is None
                     or not (bhs[0] & 0x40 or cmdsn == s.exp_cmdsn)):
                 return None
             return POOL.borrow(edtl)[:n]
@@ -326,15 +334,53 @@ class Connection:
 
     def _release(self, it: IscsiTask, view: memoryview | None) -> None:
         if view is not None:
-            self.buffered -= len(view)
+            n = len(view)
+            self.buffered -= n
+            self.budget.release(self.share, n)
             if not self.reader.receiving_into(view.obj):  # a Data-Out still landing in it
                 POOL.give_back(view)
+
+    def reserve(self, task: ScsiTask, n: int) -> bool:
+        """Charge ``n`` bytes of read buffer to the command before the driver reads them (the
+        iSCSI layer does not know a read's size: the CDB's, which the SCSI layer decodes,
+        may exceed EDTL). False if the budget has no room: the driver ends the command with
+        :meth:`full_status` instead. The charge is held until the data has been sent."""
+        if not self.budget.charge(self.share, n):
+            return False
+        it: IscsiTask = task.context
+        it.charge += n
+        return True
+
+    def full_status(self) -> Status:
+        """The status of a command refused for want of memory (SAM-5 5.3.1): TASK SET FULL
+        while the session has other commands in flight (the initiator lowers its queue depth
+        and retries as they complete), BUSY when it has none (nothing of its own will free
+        memory, so there is no queue depth to lower: it only retries later)."""
+        return Status.TASK_SET_FULL if len(self.tasks) > 1 else Status.BUSY
+
+    def sent(self, queued: int) -> None:
+        """The transport still holds ``queued`` bytes: release the charges of read data
+        beyond that, which has left (the driver calls this after it wrote, and with 0 once
+        the transport drained or the connection is gone)."""
+        unsent = self.unsent
+        if unsent > queued:
+            self.budget.release(self.share, unsent - queued)
+            self.unsent = queued
 
     def complete_task(self, task: ScsiTask, result: ScsiResult) -> None:
         """Send the response (and data-in) of a finished SCSI command."""
         it: IscsiTask = task.context
         self._release(it, task.data_out)
         task.data_out = None
+        charge = it.charge
+        if charge:
+            # A read's buffer: charged until its bytes are sent (``sent``), or now if they
+            # will not be.
+            it.charge = 0
+            if it.state != _ABORTED and not self.closed and result.data is not None:
+                self.unsent += charge
+            else:
+                self.budget.release(self.share, charge)
         if self.tasks.get(it.itt) is it:
             del self.tasks[it.itt]
         if self.session is not None and not it.immediate:
@@ -738,8 +784,8 @@ class Connection:
             return self._check_condition(it, 0x05, 0x24, 0x00)
         if len(data) > edtl or (data and not params.immediate_data) or len(data) > params.first_burst:
             return self._fail_task(it, f"{len(data)} bytes of immediate data not allowed here")
-        if self.buffered + edtl > MAX_CONNECTION_BUFFERS:
-            return self._fail(it, ScsiResult(Status.TASK_SET_FULL))
+        if not self.budget.charge(self.share, edtl):
+            return self._fail(it, ScsiResult(self.full_status()))
         self.buffered += edtl
         if len(data) == edtl:
             # Every byte came as immediate data: the PDU's payload is the data-out buffer.

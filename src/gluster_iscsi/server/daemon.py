@@ -9,6 +9,8 @@ every connection, then close the backing stores.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import socket
@@ -16,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..backstore.buffers import POOL, MemoryBudget, default_budget
 from ..iscsi.connection import DEFAULT_TARGET_PARAMS
 from ..iscsi.session import Session, SessionTable
 from ..target.model import Portal, Target, TargetRegistry
@@ -25,6 +28,10 @@ from .poller import IdlePoller, Pool
 from .uring import Ring
 
 log = logging.getLogger(__name__)
+
+#: Seconds between looks at the read-buffer pool: one whole interval without a borrow and
+#: it gives its buffers back (``BufferPool.trim``).
+POOL_TRIM_INTERVAL = 5.0
 
 
 class Daemon:
@@ -42,6 +49,8 @@ class Daemon:
         io_timeout: float = 60.0,
         poll_usecs: float = 100.0,
         io_uring: bool = True,
+        memory_budget: int | None = None,
+        session_share: int | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.registry = TargetRegistry()
@@ -76,6 +85,13 @@ class Daemon:
         self.io_uring = io_uring
         self._ring: Ring | None = None
         self._ring_tried = False
+        #: Bytes the daemon may hold for commands' data, all sessions together (see
+        #: ``backstore.buffers.MemoryBudget``; default: sized to the machine), and the most
+        #: one session may hold (default: a quarter of it).
+        self.budget = MemoryBudget(memory_budget or default_budget(), session_share)
+        # The pool keeps at most an eighth of the budget for reuse, and less once idle.
+        POOL.max_retained = self.budget.limit // 8
+        self._trim_timer: asyncio.TimerHandle | None = None
         self.stopped = asyncio.Event()
 
     @property
@@ -108,6 +124,13 @@ class Daemon:
             self._pools[id(store)] = entry
         return entry[1]
 
+    def _trim_pool(self) -> None:
+        """Give idle read buffers back (every ``POOL_TRIM_INTERVAL``), and the freed heap
+        to the system: glibc keeps freed blocks of a few MiB in its arenas otherwise."""
+        if POOL.trim():
+            _malloc_trim()
+        self._trim_timer = asyncio.get_running_loop().call_later(POOL_TRIM_INTERVAL, self._trim_pool)
+
     # ------------------------------------------------------------------ portals
     def portals(self) -> list[Portal]:
         return list(self._listeners)
@@ -116,6 +139,8 @@ class Daemon:
         if portal in self._listeners:
             return
         loop = asyncio.get_running_loop()
+        if self._trim_timer is None:
+            self._trim_timer = loop.call_later(POOL_TRIM_INTERVAL, self._trim_pool)
         # Connections carry the portal as recorded below (with the real port when the listener
         # was asked for an ephemeral one), so remove_portal finds them by identity.
         recorded = [portal]
@@ -217,6 +242,8 @@ class Daemon:
         for portal in list(self._listeners):
             server = self._listeners.pop(portal)
             server.close()
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
         drivers = list(self.connections)
         if drivers:
             try:
@@ -248,3 +275,18 @@ class Daemon:
         if self._poller is not None:
             self._poller.close()
         self.stopped.set()
+
+
+_libc_trim: Any = None
+
+
+def _malloc_trim() -> None:
+    """glibc's malloc_trim(0), where there is one (a no-op elsewhere)."""
+    global _libc_trim
+    if _libc_trim is None:
+        try:
+            _libc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _libc_trim = False
+    if _libc_trim:
+        _libc_trim(0)

@@ -36,6 +36,10 @@ _INTERNAL_ERROR = (0x04, 0x4400)  # HARDWARE ERROR / INTERNAL TARGET FAILURE
 _COALESCE = 64 << 10  # join queued PDUs up to this many bytes into one write
 _LOWAT_MIN = 64 << 10  # below this much still to come, wake for every byte as usual
 _LOWAT_MAX = 256 << 10
+#: Unsent bytes beyond which a connection is no longer read (its peer does not read its
+#: responses): the transport's high-water mark, so ``pause_writing`` pauses reading. Reading
+#: resumes once the transport is down to a quarter of it (asyncio's default low-water mark).
+_UNSENT_CAP = 64 << 10
 
 
 class ConnectionDriver(asyncio.BufferedProtocol):
@@ -79,8 +83,10 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             nop_interval=d.nop_interval,
             nop_timeout=d.nop_timeout,
             queue_depth=d.queue_depth,
+            budget=d.budget,
         )
         d.connections.add(self)
+        transport.set_write_buffer_limits(high=_UNSENT_CAP)  # type: ignore[attr-defined]
         raw = transport.get_extra_info("socket")
         if raw is not None:
             self._fd = raw.fileno()
@@ -151,6 +157,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             if not conn.closed:
                 conn.close("connection lost")
             conn.abort_tasks(lambda t: True)
+            conn.sent(0)  # the transport dropped what it held: those charges end here
+            self._lent = []
             session = conn.session
             if session is not None and self in session.extra.get("drivers", ()):
                 self.daemon.session_ended(session)
@@ -168,6 +176,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.transport is not None and self.conn is not None:
+            self.conn.sent(self.transport.get_write_buffer_size())
         if self.transport is not None and self._paused:
             self._paused = False
             self.transport.resume_reading()
@@ -189,12 +199,15 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 transport.writelines(bufs)  # type: ignore[arg-type]
             self._poller.kick()
         lent = self._lent
-        if lent:
-            self._lent = []
-            # Only when the transport kept none of our bytes may their buffers be reused.
-            if transport.get_write_buffer_size() == 0:
-                for view in lent:
-                    POOL.give_back(view)
+        if lent or conn.unsent:
+            queued = transport.get_write_buffer_size()
+            conn.sent(queued)  # read data that left no longer counts against the budget
+            if lent:
+                self._lent = []
+                # Only when the transport kept none of our bytes may their buffers be reused.
+                if queued == 0:
+                    for view in lent:
+                        POOL.give_back(view)
         if self._closing and not transport.is_closing():
             transport.close()
         self._arm_timer()
@@ -277,6 +290,10 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                     result = op
                     break
                 target_store = store_for(op, store)  # OnStore (EXTENDED COPY) names its own
+                if type(op) is ReadOp and not self._reserve(task, op.length):
+                    gen.close()  # the command ends here, without its read
+                    result = ScsiResult(self._full_status())
+                    break
                 if target_store is None or not target_store.blocking:
                     try:
                         value = op.run(target_store)
@@ -290,6 +307,15 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             key, asc = _INTERNAL_ERROR
             result = ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc))
         self._complete(task, result)  # outside the try: a failure here is not the command's
+
+    def _reserve(self, task: ScsiTask, n: int) -> bool:
+        """Charge a read's buffer to the daemon's memory budget before it is taken."""
+        conn = self.conn
+        return conn is None or conn.reserve(task, n)
+
+    def _full_status(self) -> Status:
+        conn = self.conn
+        return conn.full_status() if conn is not None else Status.BUSY
 
     def _submit(self, task: ScsiTask, gen: Any, store: Any, op: Any, target_store: Any) -> None:
         """Run a blocking op on the store's own workers, bounded by the I/O timeout.
