@@ -181,3 +181,17 @@ def test_writes_holding_r2ts_share_one_budget_busy_then_task_set_full(tmp_path):
             await d.stop()
 
     asyncio.run(main())
+
+
+def test_serve_takes_a_memory_budget_and_refuses_a_tiny_one(tmp_path):
+    from click.testing import CliRunner
+
+    from gluster_iscsi.cli.main import main
+    from gluster_iscsi.cli.serve import _memory_budget
+
+    assert _memory_budget(None, None, "1GiB") == 1 << 30  # type: ignore[arg-type]
+    assert _memory_budget(None, None, None) is None  # type: ignore[arg-type]
+    res = CliRunner().invoke(main, ["serve", "--state-dir", str(tmp_path), "--memory-budget", "10M"])
+    assert res.exit_code == 2 and "below the minimum of 64MiB" in res.output
+    res = CliRunner().invoke(main, ["serve", "--state-dir", str(tmp_path), "--memory-budget", "lots"])
+    assert res.exit_code == 2 and "invalid size" in res.output

@@ -17,6 +17,24 @@ DEFAULT_PORTAL = "127.0.0.1:3260"
 
 log = logging.getLogger("gluster_iscsi")
 
+#: The smallest --memory-budget: two commands of the largest size the iSCSI layer buffers
+#: (32 MiB), so one session's command always fits beside another's.
+MIN_MEMORY_BUDGET = 64 << 20
+
+
+def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from ..backstore.provision import parse_size
+
+    try:
+        n = parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if n < MIN_MEMORY_BUDGET:
+        raise click.BadParameter(f"{value} is below the minimum of 64MiB")
+    return n
+
 
 def parse_hostport(text: str, default_port: int = 3260) -> tuple[str, int]:
     """'host', 'host:port', '[v6]:port' or 'v6' -> (host, port)."""
@@ -66,10 +84,14 @@ def _state_dir(ctx: click.Context, given: str | None) -> Path:
 @click.option("--io-uring/--no-io-uring", "io_uring", default=True, show_default=True,
               help="Read and write LUNs on FUSE files (a Gluster FUSE mount) through io_uring "
                    "when a command is alone on its connection, instead of worker threads.")
+@click.option("--memory-budget", metavar="SIZE", callback=_memory_budget,
+              help="Memory for commands' data, all sessions together (read and write buffers, "
+                   "responses not yet sent), e.g. 1GiB; beyond it commands get TASK SET FULL "
+                   "or BUSY. Default: an eighth of the machine's memory, 256MiB to 4GiB.")
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
           demo: bool, log_level: str, nop_interval: float, io_timeout: float, poll_usecs: float,
-          uvloop: bool, io_uring: bool) -> None:
+          uvloop: bool, io_uring: bool, memory_budget: int | None) -> None:
     """Run the iSCSI target daemon in the foreground."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
@@ -91,7 +113,7 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
             pass
     try:
         code = runner(_serve(sdir, portals, advertise, demo, nop_interval, io_timeout, poll_usecs,
-                             io_uring))
+                             io_uring, memory_budget))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
@@ -99,7 +121,8 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
 
 async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str | None,
                  demo: bool, nop_interval: float, io_timeout: float = 60.0,
-                 poll_usecs: float = 100.0, io_uring: bool = True) -> int:
+                 poll_usecs: float = 100.0, io_uring: bool = True,
+                 memory_budget: int | None = None) -> int:
     from .. import DATA_PATH_MODULES, compiled_modules
     from ..control import config as cfgmod
     from ..control import reconcile
@@ -111,7 +134,9 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     log.info("data path: %d of %d modules compiled%s", len(compiled), len(DATA_PATH_MODULES),
              "" if compiled else " (pure Python: scripts/install builds them with mypyc)")
     daemon = Daemon(state_dir, nop_interval=nop_interval, io_timeout=io_timeout,
-                    poll_usecs=poll_usecs, io_uring=io_uring)
+                    poll_usecs=poll_usecs, io_uring=io_uring, memory_budget=memory_budget)
+    log.info("memory budget: %d MiB (%d MiB per session)", daemon.budget.limit >> 20,
+             daemon.budget.share >> 20)
     _ = daemon.ring  # made now, so the log and `status` say at once which file I/O runs
     try:
         saved = cfgmod.load(state_dir)
