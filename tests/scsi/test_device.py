@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gluster_iscsi.scsi import Nexus
+from gluster_iscsi.scsi.device import DEPARTED_KEEP
 from gluster_iscsi.scsi.sense import Asc, SenseKey, parse_sense
 from gluster_iscsi.scsi.task import Status
 
@@ -99,3 +101,51 @@ def test_report_luns_clears_reported_luns_changed(h: Harness) -> None:
     h.server.add_lun(1, make_lu(serial="second"))
     assert h.run("a00000000000000001000000", clear_ua=False).status == Status.GOOD
     assert h.run("000000000000", clear_ua=False).status == Status.GOOD
+
+
+def _past_sessions(h: Harness, n: int) -> None:
+    """``n`` sessions, each with its own initiator port, that log in, do I/O and end."""
+    for i in range(n):
+        nexus = Nexus(f"iqn.2024-01.org.test:past{i}", f"iqn.2024-01.org.test:past{i},i,0x{i:012x}",
+                      N1.target_port)
+        h.server.nexus_added(nexus)
+        h.run("000000000000", nexus=nexus)
+        h.server.nexus_lost(nexus)
+
+
+def test_a_past_sessions_state_is_released_when_its_nexus_ends(h: Harness) -> None:
+    h.server.add_lun(1, make_lu())
+    h.run("000000000000", nexus=N2)  # one live nexus
+    _past_sessions(h, 50)
+    assert list(h.server._nexuses) == [N2.initiator_port]
+    for lun in (0, 1):
+        assert list(h.server.lu(lun)._ua) == [N2.initiator_port]  # what a LUN RESET walks
+    assert len(h.server._departed) == 50
+    _past_sessions(h, DEPARTED_KEEP + 10)
+    assert len(h.server._departed) == DEPARTED_KEEP  # what is remembered of them is bounded
+
+
+def test_registrations_survive_their_nexus_and_a_returning_port_learns_of_the_loss(h: Harness) -> None:
+    key = 0x1234
+    cdb = bytes([0x5F, 0x00]) + bytes(5) + (24).to_bytes(2, "big") + b"\0"  # PR OUT REGISTER
+    params = bytes(8) + key.to_bytes(8, "big") + bytes(8)
+    assert h.run(cdb, data=params).status == Status.GOOD
+    h.server.nexus_lost(N1)
+    assert N1.initiator_port not in h.server.lu(0)._ua
+    assert h.server.lu(0).pr.registrations  # SPC-4: registrations are the port's, kept
+    h.server.nexus_added(N1)
+    r = h.run("000000000000", clear_ua=False)
+    assert h.sense(r) == (SenseKey.UNIT_ATTENTION, Asc.I_T_NEXUS_LOSS_OCCURRED)
+    prin = bytes([0x5E, 0x00]) + bytes(5) + (64).to_bytes(2, "big") + b"\0"  # READ KEYS
+    assert bytes(h.run(prin).data)[8:16] == key.to_bytes(8, "big")
+
+
+def test_the_end_of_a_reinstated_session_leaves_its_successor_alone(h: Harness) -> None:
+    old = Nexus(N1.initiator_name, N1.initiator_port, N1.target_port)
+    h.server.nexus_added(old)
+    h.server.nexus_lost(old)  # reinstatement: the old session ends...
+    h.server.nexus_added(N1)  # ...and the new one starts
+    h.run("000000000000")
+    h.server.nexus_lost(old)  # the old connection goes away late: old news
+    assert h.server._nexuses[N1.initiator_port] is N1
+    assert N1.initiator_port in h.server.lu(0)._ua

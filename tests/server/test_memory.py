@@ -141,6 +141,8 @@ def test_unread_reads_stay_within_the_budget_and_another_session_still_does_io(t
             w.transport.abort()
             await until(lambda: len(d.connections) == 0)
             assert d.budget.used == 0
+            device = d.registry.lookup(TNAME).device
+            assert device._nexuses == {} and device.lu(1)._ua == {}  # both sessions ended
             POOL.trim()
             assert POOL.trim() > 0 or POOL.retained == 0  # idle: the pool gives its buffers back
             assert POOL.retained == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from .context import Ctx, ReservationConflict
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Initiator ports whose nexus ended that a device server remembers, to tell them of the
+#: loss when they log in again (SAM-5 6.3.4); beyond that, the oldest are forgotten.
+DEPARTED_KEEP = 1024
+
 
 class DeviceServer:
     """The logical units of one SCSI target device and the I_T nexuses that reach them."""
@@ -41,7 +46,8 @@ class DeviceServer:
     ) -> None:
         self.luns: dict[int, LogicalUnit] = dict(luns or {})
         self.target_name = target_name
-        self._nexuses: dict[str, Nexus] = {}
+        self._nexuses: dict[str, Nexus] = {}  # initiator port -> its live nexus
+        self._departed: OrderedDict[str, None] = OrderedDict()  # ports whose nexus ended
         #: relative target port identifier -> target port group, of every port seen.
         self._ports: dict[int, int] = {}
         self._port_names: dict[int, str] = {}
@@ -94,23 +100,45 @@ class DeviceServer:
     # -- nexus events ---------------------------------------------------------------------
 
     def nexus_added(self, nexus: Nexus) -> None:
-        """A new I_T nexus (login): POWER ON, RESET OR BUS DEVICE RESET OCCURRED on every LU."""
+        """A new I_T nexus (login): a unit attention on every LU, POWER ON, RESET OR BUS
+        DEVICE RESET OCCURRED, or I_T NEXUS LOSS OCCURRED if this port's last nexus ended."""
+        port = nexus.initiator_port
         with self._lock:
-            self._nexuses.setdefault(nexus.initiator_port, nexus)
+            self._nexuses[port] = nexus
             self._ports[nexus.relative_port] = nexus.target_port_group
             self._port_names[nexus.relative_port] = nexus.target_port
+            departed = self._departed
+            asc = Asc.POWER_ON_RESET_OR_BUS_DEVICE_RESET
+            if departed and port in departed:
+                del departed[port]
+                asc = Asc.I_T_NEXUS_LOSS_OCCURRED
             for lu in self.luns.values():
-                lu.nexus_added(nexus.initiator_port)
+                lu.nexus_added(port, asc)
 
     def nexus_lost(self, nexus: Nexus) -> None:
-        """The I_T nexus is gone (session closed): release its SPC-2 reservations.
+        """The I_T nexus is gone (session closed): release its SPC-2 reservations and its
+        state in every LU, so past sessions cost nothing (a LUN RESET walks live ones only).
 
-        Persistent reservations survive by design; the UA queue is kept so a returning
-        initiator port still learns what happened.
+        Kept: persistent reservations (registrations are the initiator port's, SPC-4 5.13,
+        and survive by design), and the port's name among the last ``DEPARTED_KEEP``, so that
+        a new nexus from it starts with I_T NEXUS LOSS OCCURRED (SAM-5 6.3.4) rather than the
+        power-on condition of a port never seen. Other conditions pending for it are dropped:
+        a unit attention is for a nexus, and the 29h one a new nexus gets first tells it that
+        anything may have changed (SAM-5 5.14), which covers them.
         """
+        port = nexus.initiator_port
         with self._lock:
+            live = self._nexuses.get(port)
+            if live is not None and live is not nexus:
+                return  # an older session of this port (reinstated): its successor lives on
+            self._nexuses.pop(port, None)
+            departed = self._departed
+            departed[port] = None
+            departed.move_to_end(port)
+            while len(departed) > DEPARTED_KEEP:
+                departed.popitem(last=False)
             for lu in self.luns.values():
-                lu.nexus_lost(nexus.initiator_port)
+                lu.nexus_lost(port)
 
     def lun_reset(self, lun: int, nexus: Nexus) -> bool:
         """LOGICAL UNIT RESET: False if there is no such LU."""

@@ -201,10 +201,11 @@ class LogicalUnit:
 
     # -- unit attentions (SAM-5 5.14) -------------------------------------------------------
 
-    def nexus_added(self, initiator_port: str) -> None:
+    def nexus_added(self, initiator_port: str,
+                    asc: Asc = Asc.POWER_ON_RESET_OR_BUS_DEVICE_RESET) -> None:
         with self.state_lock:
             if initiator_port not in self._ua:
-                self._ua[initiator_port] = [Asc.POWER_ON_RESET_OR_BUS_DEVICE_RESET]
+                self._ua[initiator_port] = [asc]
 
     def queue_ua(self, initiator_port: str, asc: Asc) -> None:
         with self.state_lock:
@@ -295,14 +296,14 @@ class LogicalUnit:
                 self.queue_ua(port, asc)
 
     def nexus_lost(self, initiator_port: str) -> None:
-        """SAM-5 6.3.4: drop its SPC-2 reservation; it learns of the loss when it returns."""
+        """SAM-5 6.3.4: drop its SPC-2 reservation and its unit attention queue (the device
+        server tells a returning port of the loss); persistent reservations stay."""
         with self.state_lock:
             self._abort_waiters(initiator_port)
             if self.reserved_by == initiator_port:
                 self.reserved_by = None
             self.prevent_removal.discard(initiator_port)
-            if initiator_port in self._ua:
-                self.queue_ua(initiator_port, Asc.I_T_NEXUS_LOSS_OCCURRED)
+            self._ua.pop(initiator_port, None)
 
     # -- persistent reservations ----------------------------------------------------------
 
