@@ -129,6 +129,8 @@ class Daemon:
         to the system: glibc keeps freed blocks of a few MiB in its arenas otherwise."""
         if POOL.trim():
             _malloc_trim()
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()  # (called early, as by a test: still one timer)
         self._trim_timer = asyncio.get_running_loop().call_later(POOL_TRIM_INTERVAL, self._trim_pool)
 
     # ------------------------------------------------------------------ portals

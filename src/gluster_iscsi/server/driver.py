@@ -201,7 +201,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         lent = self._lent
         if lent or conn.unsent:
             queued = transport.get_write_buffer_size()
-            conn.sent(queued)  # read data that left no longer counts against the budget
+            if conn.unsent > queued:
+                conn.sent(queued)  # read data that left no longer counts against the budget
             if lent:
                 self._lent = []
                 # Only when the transport kept none of our bytes may their buffers be reused.
@@ -282,6 +283,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
 
     def _step(self, task: ScsiTask, gen: Any, store: Any, value: Any, exc: BaseException | None) -> None:
         result: ScsiResult
+        conn = self.conn
         try:
             while True:
                 op = gen.throw(exc) if exc is not None else gen.send(value)
@@ -290,9 +292,10 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                     result = op
                     break
                 target_store = store_for(op, store)  # OnStore (EXTENDED COPY) names its own
-                if type(op) is ReadOp and not self._reserve(task, op.length):
+                # A read's buffer is charged to the daemon's memory budget before it is taken.
+                if type(op) is ReadOp and conn is not None and not conn.reserve(task, op.length):
                     gen.close()  # the command ends here, without its read
-                    result = ScsiResult(self._full_status())
+                    result = ScsiResult(conn.full_status())
                     break
                 if target_store is None or not target_store.blocking:
                     try:
@@ -307,15 +310,6 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             key, asc = _INTERNAL_ERROR
             result = ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc))
         self._complete(task, result)  # outside the try: a failure here is not the command's
-
-    def _reserve(self, task: ScsiTask, n: int) -> bool:
-        """Charge a read's buffer to the daemon's memory budget before it is taken."""
-        conn = self.conn
-        return conn is None or conn.reserve(task, n)
-
-    def _full_status(self) -> Status:
-        conn = self.conn
-        return conn.full_status() if conn is not None else Status.BUSY
 
     def _submit(self, task: ScsiTask, gen: Any, store: Any, op: Any, target_store: Any) -> None:
         """Run a blocking op on the store's own workers, bounded by the I/O timeout.
