@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -272,14 +273,22 @@ def lun() -> None:
 @click.option(
     "--exist-ok", is_flag=True, help="Succeed if that LUN number is taken (not compared)."
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="With --size: throw away the contents of an existing backing file and provision it"
+    " anew (without it, a file with data is refused).",
+)
 @json_option
 def lun_create(target: str, backing: str, lun_id: int | None, bstype: str | None, size: str | None,
                prealloc: str, read_only: bool, block_size: str, uuid: str | None, serial: str | None,
-               exist_ok: bool, as_json: bool) -> None:  # fmt: skip
+               exist_ok: bool, overwrite: bool, as_json: bool) -> None:  # fmt: skip
     """Export BACKING as a new LUN of TARGET.
 
-    BACKING is a file or block device path, memory:SIZE, gluster://host/volume/path or
-    tgt's volume@host:path.
+    BACKING is a file or block device path (a relative one is taken from the current
+    directory and stored absolute), memory:SIZE, gluster://host/volume/path or tgt's
+    volume@host:path. With --size a missing file is created; an existing file with data is
+    refused unless --overwrite.
     """
     if size and prealloc != "sparse":  # writing zeroes over a big file takes a while
         ctx = click.get_current_context().find_object(Ctx)
@@ -290,7 +299,7 @@ def lun_create(target: str, backing: str, lun_id: int | None, bstype: str | None
         target=target, backing=backing, lun=lun_id, bstype=bstype, size=size,
         create=True if size and not backing.startswith("memory") else None,
         prealloc=prealloc, read_only=read_only or None, block_size=int(block_size),
-        uuid=uuid, serial=serial,
+        uuid=uuid, serial=serial, overwrite=overwrite or None,
     )  # fmt: skip
     _changes(res, as_json, f"created LUN {res['lun']} of {res['target']}")
 
@@ -343,7 +352,13 @@ def acl() -> None:
 
 
 def _rule_args(rule: str) -> dict[str, str]:
-    return {"network": rule} if is_network(rule) else {"initiator": rule}
+    # Anything shaped like an address (digits, dots, colons, a /prefix) is meant as one, even
+    # when it is not a valid one (10.0.0.0/33): the daemon then says the network is invalid,
+    # not that an IQN is.
+    looks_like_address = re.match(r"^[0-9A-Fa-f.:]+(/\d*)?(%\S*)?$", rule) is not None and any(
+        c in rule for c in ".:/"
+    )
+    return {"network": rule} if is_network(rule) or looks_like_address else {"initiator": rule}
 
 
 @acl.command("add")
@@ -746,10 +761,19 @@ def config_reload(dry_run: bool, as_json: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def config_validate(file: Path) -> None:
     """Check FILE offline (no daemon needed)."""
+    # A file 'config export' wrote has its secrets masked; 'config apply' keeps the daemon's
+    # secrets for those accounts, which an offline check cannot see: accept them, with a note.
+    doc, masked = cfgmod.fill_redacted(_read_config_file(file))
     try:
-        cfgmod.validate(_read_config_file(file))
+        cfgmod.validate(doc)
     except cfgmod.ConfigError as e:
         fail(ApiError("invalid", str(e), field=e.field))
+    if masked:
+        click.echo(
+            f"note: the secret of {', '.join(masked)} is masked ({cfgmod.REDACTED}); 'config"
+            " apply' keeps the daemon's secret for it (the daemon must have that account)",
+            err=True,
+        )
     click.echo(f"{file}: valid")
 
 
