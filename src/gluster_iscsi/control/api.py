@@ -167,7 +167,7 @@ class ControlServer:
     async def call(self, op: str, args: dict[str, Any]) -> Any:
         """Run one operation by name (also used in-process by tests and the daemon)."""
         fn: Callable[..., Any] | None = getattr(self, "op_" + op.replace(".", "_"), None)
-        if fn is None or not op or op.startswith("_"):
+        if fn is None or not callable(fn) or not op or op.startswith("_"):
             raise ApiError("bad_request", f"unknown operation {op!r}", hint="see 'ops'")
         if not isinstance(args, dict):
             raise ApiError("bad_request", "args must be an object")
@@ -324,7 +324,11 @@ class ControlServer:
         }
 
     def op_ops(self) -> list[str]:
-        return sorted(n[3:].replace("_", ".") for n in dir(self) if n.startswith("op_"))
+        return sorted(
+            n[3:].replace("_", ".")
+            for n in dir(self)
+            if n.startswith("op_") and callable(getattr(self, n))  # not op_timeout
+        )
 
     def op_sys_show(self) -> dict[str, Any]:
         cfg = self._cfg()
