@@ -105,7 +105,10 @@ def test_every_op_has_a_schema_from_its_signature(api):
     for op in call(server, "ops"):
         schema = op_schema(getattr(server, "op_" + op.replace(".", "_")).__func__)
         assert all(isinstance(required, bool) for _, required in schema.values())
-    assert op_schema(ControlServer.op_lun_delete) == {"target": (str | int, True), "lun": (int, True)}
+    assert op_schema(ControlServer.op_lun_delete) == {
+        "target": (str | int, True),
+        "lun": (int, True),
+    }
 
 
 def _serve(state_dir: Path):
@@ -157,7 +160,9 @@ def test_deep_nesting_gets_an_error_reply_and_the_connection_goes_on(tmp_path, f
     srv = _serve(tmp_path)
     try:
         deep = b'{"v":1,"id":1,"op":"ping","args":{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}}\n"
-        mid = b'{"v":1,"id":2,"op":"config.apply","args":{"config":' + b"[" * 40 + b"]" * 40 + b"}}\n"
+        mid = (
+            b'{"v":1,"id":2,"op":"config.apply","args":{"config":' + b"[" * 40 + b"]" * 40 + b"}}\n"
+        )
         ping = b'{"v":1,"id":3,"op":"ping"}\n'
         replies = _exchange(tmp_path / "control.sock", deep, mid, ping)
         assert [r["ok"] for r in replies] == [False, False, True], replies

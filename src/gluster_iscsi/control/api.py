@@ -585,7 +585,10 @@ class ControlServer:
             return bool(
                 await self._in_executor(
                     lambda: create_backing(
-                        backing, nbytes, preallocation=prealloc, exist_ok=True,
+                        backing,
+                        nbytes,
+                        preallocation=prealloc,
+                        exist_ok=True,
                         overwrite=overwrite,
                     )  # fmt: skip
                 )
@@ -905,7 +908,9 @@ class ControlServer:
         t = self._target(cfg, target)
         return {"params": {**defaults, **t["params"]}, "configured": t["params"]}
 
-    async def op_param_set(self, name: str, value: str | int, target: TargetRef | None = None) -> dict[str, Any]:
+    async def op_param_set(
+        self, name: str, value: str | int, target: TargetRef | None = None
+    ) -> dict[str, Any]:
         key, val = cfgmod.check_param(name, value, "param")
 
         def edit(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -677,7 +677,9 @@ def fill_redacted(cfg: Any) -> tuple[Any, list[str]]:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("accounts"), dict):
         return cfg, []
     users = [u for u, s in cfg["accounts"].items() if s == REDACTED]
-    accounts = {u: "x" * MIN_SECRET_BYTES if s == REDACTED else s for u, s in cfg["accounts"].items()}
+    accounts = {
+        u: "x" * MIN_SECRET_BYTES if s == REDACTED else s for u, s in cfg["accounts"].items()
+    }
     return {**cfg, "accounts": accounts}, users
 
 

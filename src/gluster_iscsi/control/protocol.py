@@ -179,8 +179,7 @@ def check_args(op: str, fn: Callable[..., Any], args: dict[str, Any]) -> None:
         if not _matches(value, hint):
             raise ApiError(
                 "bad_request",
-                f"{op}: argument {name!r} must be {_describe(hint)}, not"
-                f" {json.dumps(value)[:60]}",
+                f"{op}: argument {name!r} must be {_describe(hint)}, not {json.dumps(value)[:60]}",
                 field=name,
             )
     missing = [n for n, (_, required) in schema.items() if required and n not in args]
