@@ -250,6 +250,13 @@ def test_a_failing_lun_create_leaves_no_file_it_created(api, tmp_path, fake_runt
         call(server, "lun.create", target=T1, backing=str(new), size="2MiB", create=True)
     assert not new.exists()
     assert snapshot(server) == before
+    empty = tmp_path / "empty.img"  # an empty file is provisioned, and given back empty
+    empty.touch()
+    failing.add(str(empty))
+    with pytest.raises(ApiError):
+        call(server, "lun.create", target=T1, backing=str(empty), size="2MiB", create=True)
+    assert empty.exists() and empty.stat().st_size == 0
+    assert snapshot(server) == before
 
 
 # ---------------------------------------------------------- 15.5: one file, one identity

@@ -150,6 +150,18 @@ def probe_backing(spec: str, bstype: str | None = None, **options: object) -> in
         store.close()
 
 
+def truncate_backing(spec: str, size: int, bstype: str | None = None, **options: object) -> None:
+    """Set an existing backing file's size, shrinking included (what a failed ``lun create``
+    does to give an empty file it grew its old size back)."""
+    from .open import open_store
+
+    store = open_store(spec, bstype=bstype, **options)  # type: ignore[arg-type]
+    try:
+        store.resize(size, force=True)  # type: ignore[call-arg]  # file, Gluster
+    finally:
+        store.close()
+
+
 def remove_backing(spec: str, bstype: str | None = None, **options: object) -> None:
     """Remove a backing file (what a failed ``lun create`` does with the file it made)."""
     from .open import classify, open_store

@@ -541,16 +541,16 @@ class ControlServer:
         trial = self._cfg()
         edit(trial)
         cfgmod.validate(trial)
-        created = False
+        created, existing = False, None
         if create:
             assert nbytes is not None
-            await self._check_overwrite(backing, bstype, overwrite)
+            existing = await self._check_overwrite(backing, bstype, overwrite)
             created = await self._provision(backing, nbytes, prealloc, overwrite)
         try:
             out = await self._mutate(edit)
         except BaseException:
-            if created:
-                await self._unprovision(backing, bstype)
+            if created or existing == 0:  # what was made, or an empty file that was grown
+                await self._unprovision(backing, bstype, created)
             raise
         return {**out["result"], "changes": out["changes"]}
 
@@ -558,7 +558,10 @@ class ControlServer:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(getattr(self.daemon, "store_executor", None), fn)
 
-    async def _check_overwrite(self, backing: str, bstype: str | None, overwrite: bool) -> None:
+    async def _check_overwrite(
+        self, backing: str, bstype: str | None, overwrite: bool
+    ) -> int | None:
+        """The size of the existing file (None: there is none); refuses one with data."""
         from ..backstore.provision import probe_backing
 
         try:
@@ -577,6 +580,7 @@ class ControlServer:
                 hint="omit --size to export it as it is (grow it later with 'lun resize'), or"
                 " pass --overwrite to throw its contents away",
             )  # fmt: skip
+        return existing
 
     async def _provision(self, backing: str, nbytes: int, prealloc: str, overwrite: bool) -> bool:
         from ..backstore.provision import create_backing
@@ -601,11 +605,14 @@ class ControlServer:
         except ValueError as e:
             raise ApiError("invalid", f"cannot create {backing}: {e}", kind="lun") from None
 
-    async def _unprovision(self, backing: str, bstype: str | None) -> None:
-        from ..backstore.provision import remove_backing
+    async def _unprovision(self, backing: str, bstype: str | None, created: bool) -> None:
+        from ..backstore.provision import remove_backing, truncate_backing
 
         try:
-            await self._in_executor(lambda: remove_backing(backing, bstype))
+            if created:
+                await self._in_executor(lambda: remove_backing(backing, bstype))
+            else:
+                await self._in_executor(lambda: truncate_backing(backing, 0, bstype))
         except Exception:
             log.exception("could not remove %s after a failed lun create", backing)
 
