@@ -100,12 +100,13 @@ class ProblemLog:
         """Forget every key, without summaries (tests)."""
         self._slots.clear()
 
-    def flush(self, now: float | None = None) -> None:
-        """Log the summaries of the intervals that are over, and forget their keys."""
+    def flush(self, now: float | None = None, *, everything: bool = False) -> None:
+        """Log the summaries of the intervals that are over (of all of them with
+        ``everything``: at shutdown), and forget their keys."""
         if now is None:
             now = self.clock()
         for key, slot in list(self._slots.items()):
-            if now - slot.start >= self.interval:
+            if everything or now - slot.start >= self.interval:
                 self._summarize(key, slot, now)
 
     def _summarize(self, key: tuple[str, str], slot: _Slot, now: float) -> None:

@@ -300,7 +300,7 @@ class Daemon:
         if self._log_timer is not None:
             self._log_timer.cancel()
             self._log_timer = None
-        PROBLEMS.flush()
+        PROBLEMS.flush(everything=True)
         self.stopped.set()
 
 
