@@ -75,7 +75,7 @@ def _state_dir(ctx: click.Context, given: str | None) -> Path:
                    "active of them is closed to make room. Default: half of --max-connections.")
 @click.option("--max-prelogin-per-host", type=click.IntRange(1), metavar="N",
               help="Connections not logged in from one source address (same rule). "
-                   "Default: a quarter of --max-prelogin.")
+                   "Default: a quarter of --max-prelogin, at least 256 (or all of it).")
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
           demo: bool, log_level: str, nop_interval: float, io_timeout: float, poll_usecs: float,

@@ -61,17 +61,18 @@ class Limits:
                     max_prelogin: int | None = None,
                     max_prelogin_per_host: int | None = None) -> Limits:
         """Defaults from the descriptor limit (the soft ``RLIMIT_NOFILE``): an eighth of it
-        (at least 64) kept for everything but connections, the rest two per connection; half
-        of the connections may be logging in, a quarter of those from one address. Given
-        values win; each is at least 1."""
+        (at least 64, or half of a tiny limit) kept for everything but connections, the rest two per connection; half
+        of the connections may be logging in, a quarter of those from one address but at
+        least 256 (a host that logs in all its sessions at once after a reboot must not close
+        its own logins in progress). Given values win; each is at least 1."""
         if nofile is None:
             nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             if nofile == resource.RLIM_INFINITY or nofile <= 0:
                 nofile = 1 << 20
-        reserve = max(64, nofile // 8)
+        reserve = max(min(64, nofile // 2), nofile // 8)
         total = max_connections or max(1, (nofile - reserve) // FDS_PER_CONNECTION)
         pre = max_prelogin or max(1, min(total, max(4, total // 2)))
-        per_host = max_prelogin_per_host or max(1, min(pre, max(2, pre // 4)))
+        per_host = max_prelogin_per_host or min(pre, max(256, pre // 4))
         return cls(max(1, total), max(1, pre), max(1, per_host))
 
 
