@@ -308,8 +308,10 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 if task.data_out is not None:
                     POOL.abandon(task.data_out)
                 name = getattr(target_store, "name", None)
-                log.warning("%s: %s did not complete within %gs", name or "store",
-                            type(op).__name__, self.daemon.io_timeout)
+                # one line per store per interval, not one per command queued on it
+                PROBLEMS.report(log, logging.WARNING, "store timeout", str(name),
+                                "%s: %s did not complete within %gs", name or "store",
+                                type(op).__name__, self.daemon.io_timeout)
                 exc = BackingStoreError(errno.ETIMEDOUT, "I/O timed out", name)
             if self._poller.missed_at is not None:
                 self._poller.woke()
