@@ -66,10 +66,21 @@ def _state_dir(ctx: click.Context, given: str | None) -> Path:
 @click.option("--io-uring/--no-io-uring", "io_uring", default=True, show_default=True,
               help="Read and write LUNs on FUSE files (a Gluster FUSE mount) through io_uring "
                    "when a command is alone on its connection, instead of worker threads.")
+@click.option("--max-connections", type=click.IntRange(1), metavar="N",
+              help="Connections in all, logged in or not. Default: from the descriptor limit "
+                   "(ulimit -n), two per connection, an eighth (at least 64) kept in reserve "
+                   "for the stores and the control socket.")
+@click.option("--max-prelogin", type=click.IntRange(1), metavar="N",
+              help="Connections that have not completed a login. When full, the least recently "
+                   "active of them is closed to make room. Default: half of --max-connections.")
+@click.option("--max-prelogin-per-host", type=click.IntRange(1), metavar="N",
+              help="Connections not logged in from one source address (same rule). "
+                   "Default: a quarter of --max-prelogin, at least 256 (or all of it).")
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
           demo: bool, log_level: str, nop_interval: float, io_timeout: float, poll_usecs: float,
-          uvloop: bool, io_uring: bool) -> None:
+          uvloop: bool, io_uring: bool, max_connections: int | None, max_prelogin: int | None,
+          max_prelogin_per_host: int | None) -> None:
     """Run the iSCSI target daemon in the foreground."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
@@ -91,7 +102,9 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
             pass
     try:
         code = runner(_serve(sdir, portals, advertise, demo, nop_interval, io_timeout, poll_usecs,
-                             io_uring))
+                             io_uring, {"max_connections": max_connections,
+                                        "max_prelogin": max_prelogin,
+                                        "max_prelogin_per_host": max_prelogin_per_host}))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
@@ -99,19 +112,27 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
 
 async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str | None,
                  demo: bool, nop_interval: float, io_timeout: float = 60.0,
-                 poll_usecs: float = 100.0, io_uring: bool = True) -> int:
+                 poll_usecs: float = 100.0, io_uring: bool = True,
+                 limits: dict[str, int | None] | None = None) -> int:
     from .. import DATA_PATH_MODULES, compiled_modules
     from ..control import config as cfgmod
     from ..control import reconcile
     from ..control.api import ControlServer
     from ..server.daemon import Daemon
 
+    limits = limits or {}
+
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     compiled = compiled_modules()
     log.info("data path: %d of %d modules compiled%s", len(compiled), len(DATA_PATH_MODULES),
              "" if compiled else " (pure Python: scripts/install builds them with mypyc)")
     daemon = Daemon(state_dir, nop_interval=nop_interval, io_timeout=io_timeout,
-                    poll_usecs=poll_usecs, io_uring=io_uring)
+                    poll_usecs=poll_usecs, io_uring=io_uring,
+                    max_connections=limits.get("max_connections"), max_prelogin=limits.get("max_prelogin"),
+                    max_prelogin_per_host=limits.get("max_prelogin_per_host"))
+    lim = daemon.limits
+    log.info("connections: at most %d, %d not logged in, %d of those per address",
+             lim.max_connections, lim.max_prelogin, lim.max_prelogin_per_host)
     _ = daemon.ring  # made now, so the log and `status` say at once which file I/O runs
     try:
         saved = cfgmod.load(state_dir)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..backstore.base import Buffer
 from ..backstore.buffers import POOL
+from ..logs import PROBLEMS
 from ..scsi.sense import build_sense
 from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
 from ..target.model import Target, TargetRegistry
@@ -314,11 +315,11 @@ class Connection:
             return []
         if not self.full_feature:
             if self.login_deadline is not None and now >= self.login_deadline:
-                self._log_bad("login timed out")
+                self._log_bad("login timed out", "login timeout")
                 self._close("login timeout")
         elif self._ping_deadline is not None:
             if now >= self._ping_deadline:
-                self._log_bad(f"no NOP-Out answer within {self.nop_timeout:g}s")
+                self._log_bad(f"no NOP-Out answer within {self.nop_timeout:g}s", "NOP-In timeout")
                 self._close("NOP-In ping timed out")
         elif self.nop_interval > 0 and now >= self._last_rx + self.nop_interval:
             self._send_ping()
@@ -413,8 +414,10 @@ class Connection:
     def _who(self) -> str:
         return f"{self.initiator_name or '?'} at {self.peer_address}"
 
-    def _log_bad(self, message: str) -> None:
-        log.warning("iSCSI %s: %s", self._who(), message)
+    def _log_bad(self, message: str, kind: str = "bad PDU") -> None:
+        # Escaped (names are the peer's) and rate-limited per kind and peer (``logs.py``).
+        PROBLEMS.report(log, logging.WARNING, "iSCSI " + kind, self.peer_address,
+                        "iSCSI %s: %s", self._who(), message)
 
     def _reject(self, bad: Pdu, reason: int) -> None:
         if not self.full_feature:
@@ -446,7 +449,8 @@ class Connection:
 
     # ------------------------------------------------------------------ login
     def _login_fail(self, status: int, message: str, itt: int = NO_TAG) -> None:
-        self._log_bad(f"login refused ({status >> 8:#04x}/{status & 0xff:#04x}): {message}")
+        self._log_bad(f"login refused ({status >> 8:#04x}/{status & 0xff:#04x}): {message}",
+                      "login refused")
         self._emit(
             P.bhs(Opcode.LOGIN_RSP, 0, 0, 0, 0, self._isid.ljust(6, b"\0") + bytes(2), itt,
                   0, self._next_statsn(), 0, 0, (status >> 8) << 24 | (status & 0xFF) << 16)
@@ -643,8 +647,9 @@ class Connection:
         self.reader.data_digest = params.data_digest
         self.reader.max_recv_dsl = params.max_recv_dsl
         self.max_xmit = params.max_xmit_dsl
-        log.info("iSCSI login: %s tsih=%d %s session%s", self._who(), tsih, self.session_type,
-                 f" to {target.name}" if target else "")
+        PROBLEMS.report(log, logging.INFO, "iSCSI login", self.peer_address,
+                        "iSCSI login: %s tsih=%d %s session%s", self._who(), tsih, self.session_type,
+                        f" to {target.name}" if target else "", burst=20)
         self._events.append(LoginComplete(session))
 
     # ------------------------------------------------------------------ full feature phase

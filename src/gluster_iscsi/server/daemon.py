@@ -18,7 +18,9 @@ from typing import Any
 
 from ..iscsi.connection import DEFAULT_TARGET_PARAMS
 from ..iscsi.session import Session, SessionTable
+from ..logs import PROBLEMS
 from ..target.model import Portal, Target, TargetRegistry
+from .admission import Admission, Limits, Listener, Spare, listen
 from .driver import ConnectionDriver
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
@@ -42,6 +44,9 @@ class Daemon:
         io_timeout: float = 60.0,
         poll_usecs: float = 100.0,
         io_uring: bool = True,
+        max_connections: int | None = None,
+        max_prelogin: int | None = None,
+        max_prelogin_per_host: int | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.registry = TargetRegistry()
@@ -55,7 +60,14 @@ class Daemon:
         self.queue_depth = queue_depth
         self.drain_timeout = drain_timeout
         self.connections: set[ConnectionDriver] = set()
-        self._listeners: dict[Portal, asyncio.AbstractServer] = {}
+        self._listeners: dict[Portal, Listener] = {}
+        #: Connection caps (``admission.py``); None: sized from the descriptor limit.
+        self.limits = Limits.from_nofile(max_connections=max_connections, max_prelogin=max_prelogin,
+                                         max_prelogin_per_host=max_prelogin_per_host)
+        self.admission: Admission[ConnectionDriver] = Admission(self.limits, _activity, _evict)
+        self._connecting: set[asyncio.Task[Any]] = set()
+        self._spare: Spare | None = None
+        self._log_timer: asyncio.TimerHandle | None = None
         # Blocking store calls (ctypes, os.preadv) release the GIL: a few threads per core
         # keep a queue depth of 32 busy without thrashing two cores.
         #: Worker threads per backing store for its blocking calls (SCSI data path). Each store
@@ -116,25 +128,60 @@ class Daemon:
         if portal in self._listeners:
             return
         loop = asyncio.get_running_loop()
-        # Connections carry the portal as recorded below (with the real port when the listener
-        # was asked for an ephemeral one), so remove_portal finds them by identity.
-        recorded = [portal]
-        server = await loop.create_server(
-            lambda: ConnectionDriver(self, recorded[0]),
-            host=portal.host,
-            port=portal.port,
-            reuse_address=True,
-            family=socket.AF_INET6 if ":" in portal.host else socket.AF_INET,
-            backlog=256,
-        )
-        for sock in server.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._spare is None:
+            self._spare = Spare()
+        if self._log_timer is None:
+            self._log_timer = loop.call_later(PROBLEMS.interval, self._flush_logs)
+        socks = await listen(loop, portal.host, portal.port,
+                             socket.AF_INET6 if ":" in portal.host else socket.AF_INET, 256)
+        for sock in socks:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted ones inherit it
         if portal.port == 0:  # ephemeral port (tests): record the real one
-            real = server.sockets[0].getsockname()[1]
-            portal = recorded[0] = Portal(portal.host, real, portal.advertise)
-        self._listeners[portal] = server
+            real = socks[0].getsockname()[1]
+            portal = Portal(portal.host, real, portal.advertise)
+        # Connections carry the portal as recorded here (with the real port when the listener
+        # was asked for an ephemeral one), so remove_portal finds them by identity.
+        recorded = portal
+        self._listeners[portal] = Listener(loop, socks, lambda c, a: self._accepted(c, a, recorded),
+                                           self._spare)
         self.registry.portals = self.portals()
         log.info("listening on %s:%d", portal.host, portal.port)
+
+    def _accepted(self, sock: socket.socket, address: Any, portal: Portal) -> None:
+        """A new TCP connection: admitted within the caps (``admission.py``) or closed at once."""
+        host = str(address[0]) if isinstance(address, tuple) and address else "?"
+        if not self.admission.admit(host):
+            sock.close()
+            PROBLEMS.report(log, logging.WARNING, "connection refused", host,
+                            "refused a connection from %s: %d connections, all logged in",
+                            host, self.admission.total)
+            return
+        sock.setblocking(False)
+        driver = ConnectionDriver(self, portal)
+        self.admission.add(driver, host)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(lambda: driver, sock))
+        self._connecting.add(task)
+
+        def made(t: asyncio.Task[Any]) -> None:
+            self._connecting.discard(t)
+            if t.cancelled() or t.exception() is not None:
+                self.admission.gone(driver)
+                sock.close()
+                if not t.cancelled():
+                    PROBLEMS.report(log, logging.WARNING, "connection setup failed", host,
+                                    "connection from %s not set up: %s", host, str(t.exception()))
+
+        task.add_done_callback(made)
+
+    def connection_closed(self, driver: ConnectionDriver) -> None:
+        self.connections.discard(driver)
+        self.admission.gone(driver)
+
+    def _flush_logs(self) -> None:
+        # The summaries of rate-limited problems (logs.py), also once the flood has stopped.
+        PROBLEMS.flush()
+        self._log_timer = asyncio.get_running_loop().call_later(PROBLEMS.interval, self._flush_logs)
 
     async def remove_portal(self, portal: Portal) -> None:
         key = next((p for p in self._listeners if (p.host, p.port) == (portal.host, portal.port)), None)
@@ -169,6 +216,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ sessions
     def session_started(self, session: Session, driver: ConnectionDriver) -> None:
+        self.admission.logged_in(driver)
         session.extra["drivers"] = [driver]
         target = session.target
         if target is not None and target.device is not None and session.nexus is not None:
@@ -247,4 +295,25 @@ class Daemon:
         self.store_executor.shutdown(wait=True, cancel_futures=False)
         if self._poller is not None:
             self._poller.close()
+        if self._spare is not None:
+            self._spare.close()
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+            self._log_timer = None
+        PROBLEMS.flush(everything=True)
         self.stopped.set()
+
+
+def _activity(driver: ConnectionDriver) -> float | None:
+    # For a connection still logging in, its core's clock is when it last received bytes
+    # (or was made): its login deadline is the only timer it has, and that closes it.
+    conn = driver.conn
+    return conn.now if conn is not None and driver.transport is not None else None
+
+
+def _evict(driver: ConnectionDriver, why: str) -> None:
+    conn = driver.conn
+    host = conn.peer_address if conn is not None else "?"
+    PROBLEMS.report(log, logging.WARNING, "connection closed to make room", host,
+                    "closed a connection from %s that had not logged in: %s", host, why)
+    driver.close(why)
