@@ -133,3 +133,9 @@ def test_every_other_reject_leaves_the_window_consistent(pdu):
     assert r.opcode == 0x3F
     assert conn.session.outstanding == 1  # the TUR only
     _next_command_runs(conn, 3)
+
+
+# ---------------------------------------------------------------- 3. pair rules when agreed
+def test_a_login_offering_max_burst_32768_with_first_burst_16384_succeeds():
+    conn = logged_in({"MaxBurstLength": "32768", "FirstBurstLength": "16384"})
+    assert (conn.params.max_burst, conn.params.first_burst) == (32768, 16384)
