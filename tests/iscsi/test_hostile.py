@@ -12,7 +12,7 @@ from gluster_iscsi.iscsi import events as ev
 from gluster_iscsi.scsi.task import ScsiResult, Status
 
 from . import initiator as I
-from .test_connection import INAME, feed, logged_in, new_conn
+from .test_connection import INAME, OPERATIONAL, feed, logged_in, new_conn
 
 TUR = b"\x00" + bytes(5)
 
@@ -139,3 +139,95 @@ def test_every_other_reject_leaves_the_window_consistent(pdu):
 def test_a_login_offering_max_burst_32768_with_first_burst_16384_succeeds():
     conn = logged_in({"MaxBurstLength": "32768", "FirstBurstLength": "16384"})
     assert (conn.params.max_burst, conn.params.first_burst) == (32768, 16384)
+
+
+# ---------------------------------------------------------------- 4. Data-In bursts, long text
+def _read_1mib(conn):
+    (run,), _ = feed(conn, I.scsi_cmd(read10(2048), itt=5, cmdsn=1, edtl=1 << 20, read=True))
+    payload = bytes(range(256)) * 4096
+    conn.complete_task(run.task, ScsiResult(Status.GOOD, memoryview(payload)))
+    return payload, I.parse(conn.data_to_send())
+
+
+@pytest.mark.parametrize("mrdsl, per_burst", [("16777215", 1), ("32768", 2), ("65536", 1)])
+def test_data_in_is_cut_into_sequences_of_max_burst_length(mrdsl, per_burst):
+    conn = logged_in({"MaxRecvDataSegmentLength": mrdsl, "MaxBurstLength": "65536",
+                      "FirstBurstLength": "65536"})
+    payload, rsps = _read_1mib(conn)
+    assert all(r.opcode == 0x25 for r in rsps)
+    assert len(rsps) == 16 * per_burst
+    assert b"".join(bytes(r.data) for r in rsps) == payload
+    assert [r.datasn for r in rsps] == list(range(len(rsps)))  # DataSN goes on across bursts
+    offset = 0
+    burst = 0
+    for i, r in enumerate(rsps):
+        assert r.buffer_offset == offset
+        offset += len(r.data)
+        burst += len(r.data)
+        assert burst <= 65536
+        last = i == len(rsps) - 1
+        assert bool(r.flags & 0x80) == (burst == 65536)  # F ends each sequence
+        assert bool(r.flags & 0x01) == last  # status on the final PDU only
+        if r.flags & 0x80:
+            burst = 0
+
+
+def _login_pdus(pairs_bytes: bytes, **kw) -> bytes:
+    chunks = [pairs_bytes[i : i + 8192] for i in range(0, len(pairs_bytes), 8192)]
+    out = b""
+    for i, c in enumerate(chunks):
+        last = i == len(chunks) - 1
+        out += I.login(c, cont=not last, transit=last, **kw)
+    return out
+
+
+def test_a_login_response_longer_than_8192_bytes_is_continued_with_the_c_bit():
+    conn = new_conn()
+    unknown = [(f"X-com.example.k{i:04d}", "v") for i in range(2000)]
+    request = I.text(list(OPERATIONAL) + unknown)
+    events, rsps = feed(conn, _login_pdus(request))
+    *acks, first = rsps
+    assert all(a.flags & 0xC0 == 0 and not a.data for a in acks)  # "send more" to each C request
+    got = [first]
+    while got[-1].flags & 0x40:  # C: ask for the rest with an empty request
+        assert len(got[-1].data) <= 8192 and not got[-1].flags & 0x80 and events == []
+        events, (r,) = feed(conn, I.login(b"", transit=True))
+        got.append(r)
+    assert len(got) > 5
+    final = got[-1]
+    assert final.flags & 0x80 and final.flags & 3 == 3 and final.status_class == 0
+    assert len(final.data) <= 8192 and final.tsih != 0
+    keys = I.Rsp.pairs(type("R", (), {"data": b"".join(bytes(r.data) for r in got)})())
+    assert sum(v == "NotUnderstood" for v in keys.values()) == 2000
+    assert keys["MaxBurstLength"] == "262144"
+    assert [type(e) for e in events] == [ev.LoginComplete] and conn.full_feature
+
+
+def test_keys_sent_while_the_login_response_continues_fail_the_login():
+    conn = new_conn()
+    unknown = [(f"X-com.example.k{i:04d}", "v") for i in range(1000)]
+    _, rsps = feed(conn, _login_pdus(I.text(list(OPERATIONAL) + unknown)))
+    assert rsps[-1].flags & 0x40
+    events, (r,) = feed(conn, I.login([("X-more", "1")]))
+    assert r.status_class == 2 and r.status_detail == 0 and conn.closed
+
+
+def test_login_text_beyond_64_kib_fails_the_login():
+    conn = new_conn()
+    unknown = [(f"X-com.example.key{i:05d}", "v" * 20) for i in range(2000)]  # ~90 KB
+    _, rsps = feed(conn, _login_pdus(I.text(unknown)))
+    assert rsps[-1].status_class == 2 and conn.closed
+    assert all(len(r.data) <= 8192 for r in rsps)
+
+
+def test_text_request_beyond_64_kib_is_rejected_and_the_session_goes_on():
+    conn = logged_in()
+    chunk = I.text([("X-com.example.k", "v" * 8000)])
+    sn = 1
+    rsps = []
+    for _ in range(9):
+        _, got = feed(conn, I.text_req(chunk, itt=7, cmdsn=sn, cont=True, immediate=False))
+        sn += 1
+        rsps += got
+    assert rsps[-1].opcode == 0x3F and rsps[-1].b2 == 0x04 and not conn.closed
+    _next_command_runs(conn, sn)

@@ -187,11 +187,17 @@ class Connection:
         self.hd = False
         self.dd = False
         self.max_xmit = LOGIN_DSL
+        # The largest Data-In that can go out alone, status and all: one PDU (the initiator's
+        # MaxRecvDataSegmentLength) and one sequence (MaxBurstLength, RFC 7143 13.13).
+        self._datain_single = LOGIN_DSL
         # login state
         self.stage = STAGE_SECURITY
         self._login_started = False
         self._login_text = bytearray()
         self._login_keys: dict[str, str] = {}
+        # A Login Response too long for one PDU: the rest, and the (T, NSG) it ends with.
+        self._login_out = b""
+        self._login_next = (False, 0)
         self._negotiator = Negotiator(self.target_params)
         self._chap: ChapAuthenticator | None = None
         self._auth_required = False
@@ -551,8 +557,18 @@ class Connection:
                 raise LoginError(2, 0, f"invalid transition {csg}->{nsg}")
             if transit and cont:
                 raise LoginError(2, 0, "T and C bits both set")
+            if self._login_out:
+                # Our response goes on (C bit): the initiator asks for the rest with an
+                # empty request (RFC 7143 11.13.4), and may not send keys meanwhile.
+                if pdu.data or cont:
+                    raise LoginError.of(LoginStatus.INITIATOR_ERROR,
+                                        "login request with keys while the response continues")
+                rest, (want_transit, want_nsg) = self._login_out, self._login_next
+                self._login_out = b""
+                self._answer_login(itt, want_transit and transit, csg, want_nsg, rest)
+                return
             if len(self._login_text) + len(pdu.data) > MAX_LOGIN_TEXT:
-                raise LoginError(2, 0, "login text too long")
+                raise LoginError.of(LoginStatus.INITIATOR_ERROR, "login text too long")
             self._login_text += pdu.data
             if cont:
                 self._login_response(itt, False, csg, nsg, b"")
@@ -622,12 +638,23 @@ class Connection:
             # gets no declaration, and the initiator keeps the 8192-byte default: safe.)
             self._declared = True
             out += self._negotiator.declarations("operational", self.session_type)
+        self._answer_login(itt, transit, csg, nsg, encode_text(out))
+
+    def _answer_login(self, itt: int, transit: bool, csg: int, nsg: int, data: bytes) -> None:
+        """Send a Login Response's text; beyond the 8192 bytes an initiator takes during
+        login (RFC 7143 13.12), the first part with the C bit and the rest when asked. The
+        stage changes (or the session starts) with the last part only."""
+        if len(data) > LOGIN_DSL:
+            self._login_out = data[LOGIN_DSL:]
+            self._login_next = (transit, nsg)
+            self._login_response(itt, False, csg, csg, data[:LOGIN_DSL], cont=True)
+            return
         if transit and nsg == STAGE_FFP:
-            self._finish_login(itt, csg, out)
+            self._finish_login(itt, csg, data)
             return
         if transit:
             self.stage = nsg
-        self._login_response(itt, transit, csg, nsg if transit else csg, encode_text(out))
+        self._login_response(itt, transit, csg, nsg if transit else csg, data)
 
     def _security_done(self) -> bool:
         return (not self._auth_required and self._auth_method in (None, "None")) or self._authenticated
@@ -661,8 +688,8 @@ class Connection:
         return out
 
     def _login_response(self, itt: int, transit: bool, csg: int, nsg: int, data: bytes,
-                        tsih: int | None = None) -> None:
-        flags = (0x80 if transit else 0) | (csg << 2) | (nsg if transit else 0)
+                        tsih: int | None = None, cont: bool = False) -> None:
+        flags = (0x80 if transit else 0) | (0x40 if cont else 0) | (csg << 2) | (nsg if transit else 0)
         exp = getattr(self, "_cmdsn", 0)
         self._emit(
             P.bhs(Opcode.LOGIN_RSP, flags, 0, 0, len(data),
@@ -671,7 +698,7 @@ class Connection:
             data,
         )
 
-    def _finish_login(self, itt: int, csg: int, out: list[tuple[str, str]]) -> None:
+    def _finish_login(self, itt: int, csg: int, data: bytes) -> None:
         params = self._negotiator.result()
         table = self.sessions
         target = self.target
@@ -703,7 +730,7 @@ class Connection:
         self.session = session
         self.params = params
         self._tsih = tsih
-        self._login_response(itt, True, csg, STAGE_FFP, encode_text(out), tsih=tsih)
+        self._login_response(itt, True, csg, STAGE_FFP, data, tsih=tsih)
         # Digests and the negotiated sizes apply from the first PDU after the final response.
         self.stage = STAGE_FFP
         self._handlers = _FFP if self.session_type == "Normal" else _FFP_DISCOVERY
@@ -714,6 +741,7 @@ class Connection:
         self.reader.data_digest = params.data_digest
         self.reader.max_recv_dsl = params.max_recv_dsl
         self.max_xmit = params.max_xmit_dsl
+        self._datain_single = min(params.max_xmit_dsl, params.max_burst)
         log.info("iSCSI login: %s tsih=%d %s session%s", self._who(), tsih, self.session_type,
                  f" to {target.name}" if target else "")
         self._events.append(LoginComplete(session))
@@ -904,7 +932,7 @@ class Connection:
             and status == 0
             and result.transfer_length is None
             and not result.sense
-            and 0 < len(data) == edtl <= self.max_xmit
+            and 0 < len(data) == edtl <= self._datain_single
             and data.itemsize == 1
         ):
             # The common case: GOOD, exactly the expected bytes, one Data-In PDU carrying status.
@@ -1036,6 +1064,7 @@ class Connection:
             new = self._negotiator.result()
             self.params = new
             self.max_xmit = new.max_xmit_dsl
+            self._datain_single = min(new.max_xmit_dsl, new.max_burst)
         self._text_out = encode_text(out)
         self._send_text_chunk(pdu.itt)
 
