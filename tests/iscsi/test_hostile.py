@@ -231,3 +231,28 @@ def test_text_request_beyond_64_kib_is_rejected_and_the_session_goes_on():
         rsps += got
     assert rsps[-1].opcode == 0x3F and rsps[-1].b2 == 0x04 and not conn.closed
     _next_command_runs(conn, sn)
+
+
+# ---------------------------------------------------------------- 5. commands in flight
+@pytest.mark.parametrize("immediate", [True, False])
+def test_commands_in_flight_beyond_queue_depth_get_task_set_full(immediate):
+    conn = logged_in(queue_depth=4)
+    started = []
+    refused = []
+    for i in range(40):
+        events, rsps = feed(conn, I.scsi_cmd(read10(1), itt=100 + i, cmdsn=1, edtl=512, read=True,
+                                             immediate=True))
+        started += events
+        refused += rsps
+    if not immediate:  # numbered commands are bounded by the window already; immediate fill it
+        events, rsps = feed(conn, I.scsi_cmd(read10(1), itt=1, cmdsn=1, edtl=512, read=True))
+        refused += rsps
+        assert events == []
+    assert len(started) == 4 and len(conn.tasks) == 4
+    assert refused and all(r.opcode == 0x21 and r.b3 == 0x28 for r in refused)  # TASK SET FULL
+    assert conn.session.outstanding == 0 and not conn.closed
+    conn.complete_task(started[0].task, ScsiResult(Status.GOOD, memoryview(bytes(512))))
+    conn.data_to_send()
+    events, _ = feed(conn, I.scsi_cmd(read10(1), itt=2, cmdsn=2 if not immediate else 1, edtl=512,
+                                      read=True))
+    assert len(events) == 1  # a slot freed: the next command runs

@@ -783,7 +783,13 @@ class Connection:
             raise ProtocolError(f"ITT {itt:#x} already in use", RejectReason.TASK_IN_PROGRESS)
         it = IscsiTask(itt, P.decode_lun(lun_raw), pdu.cdb, edtl, read, write, flags & 7, cmdsn,
                        pdu.immediate, lun_raw)
-        self.tasks[itt] = it
+        tasks = self.tasks
+        tasks[itt] = it
+        if len(tasks) > self.queue_depth:
+            # Commands in flight are bounded, immediate ones too: they bypass the CmdSN
+            # window, and the target may refuse what it cannot take (RFC 7143 3.2.2.1). SCSI
+            # says how: TASK SET FULL, which initiators retry, lowering their queue depth.
+            return self._fail(it, ScsiResult(Status.TASK_SET_FULL))
         data = pdu.data
         if data and not write:
             return self._fail_task(it, "data sent with a command that is not a write")
