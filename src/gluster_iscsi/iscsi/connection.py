@@ -585,21 +585,25 @@ class Connection:
         """First login request: who is this, which session type, which target, may they."""
         name = keys.get("InitiatorName")
         if not name:
-            raise LoginError(2, 7, "InitiatorName missing")
+            raise LoginError.of(LoginStatus.MISSING_PARAMETER, "InitiatorName missing")
         self.initiator_name = name
         self.session_type = keys.get("SessionType", "Normal")
         if self.session_type not in ("Normal", "Discovery"):
-            raise LoginError(2, 0, f"SessionType {self.session_type!r} is invalid")
+            raise LoginError.of(LoginStatus.INITIATOR_ERROR, f"SessionType {self.session_type!r} is invalid")
         reg = self.registry
         if self.session_type == "Normal":
             tname = keys.get("TargetName")
             if not tname:
-                raise LoginError(2, 7, "TargetName missing in a normal session")
+                raise LoginError.of(LoginStatus.MISSING_PARAMETER, "TargetName missing in a normal session")
             target = reg.lookup(tname)
+            # A target this initiator may not use is answered as one that does not exist
+            # (0x0203), as tgt does and as SendTargets already hides it: 0x0202 for one and
+            # 0x0203 for the other would let anyone probe target names. The log says which.
             if target is None:
-                raise LoginError(2, 3, f"target {tname} not found")
+                raise LoginError.of(LoginStatus.NOT_FOUND, f"target {tname} not found")
             if not target.allows(name, self.peer_address):
-                raise LoginError(2, 2, f"{name} at {self.peer_address} is not allowed on {tname}")
+                raise LoginError.of(LoginStatus.NOT_FOUND,
+                                    f"{name} at {self.peer_address} is not allowed on {tname}")
             self.target = target
             # Per-target parameters (e.g. a smaller MaxBurstLength) override the daemon's.
             self._negotiator = Negotiator(target.offered_params(self.target_params))
