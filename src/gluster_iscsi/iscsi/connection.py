@@ -473,7 +473,7 @@ class Connection:
             # comes is not taken in, the connection closes once the Logout is answered.
             return
         if not _numbered(pdu):
-            self._run(pdu, refuse, why)
+            self._run(pdu, refuse, why, False)
             return
         s = self.session
         assert s is not None
@@ -486,23 +486,23 @@ class Connection:
                 log.debug("dropping PDU with CmdSN %d outside [%d, %d]", cmdsn, s.exp_cmdsn, s.max_cmdsn)
             return
         s.advance()
-        self._run(pdu, refuse, why)
+        self._run(pdu, refuse, why, True)
         pending = self._pending
         while pending and not self.closed and not self.logging_out:
             item = pending.pop(s.exp_cmdsn, None)
             if item is None:
                 return
             s.advance()
-            self._run(item[0], item[1], item[2])
+            self._run(item[0], item[1], item[2], True)
 
-    def _run(self, pdu: Pdu, refuse: int, why: str) -> None:
+    def _run(self, pdu: Pdu, refuse: int, why: str, numbered: bool) -> None:
         """Handle a PDU taken in. Every handler but a SCSI Command's is done when it returns:
         a numbered PDU's slot in the window is given back before it answers (so the answer
         already carries the wider MaxCmdSN); a SCSI Command's when it completes, or here,
         when it is rejected before it became a task."""
         op = pdu.opcode
         s = self.session
-        early = s is not None and (refuse or op != Opcode.SCSI_CMD) and _numbered(pdu)
+        early = numbered and (refuse != 0 or op != Opcode.SCSI_CMD)
         if early and s is not None:
             s.retire()
         try:
@@ -516,7 +516,7 @@ class Connection:
                 raise ProtocolError(f"opcode {op:#x} not supported", RejectReason.COMMAND_NOT_SUPPORTED)
             handler(self, pdu)
         except ProtocolError as perr:
-            if not early and s is not None and _numbered(pdu):
+            if numbered and not early and s is not None:
                 s.retire()
             self._log_bad(str(perr))
             self._reject(pdu, perr.reason)
