@@ -381,8 +381,11 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         if result.extra:
             self._side_effects(task, result)
         waiters = self._running.pop(task, None)
-        if self.conn is not None:
-            self.conn.complete_task(task, result)
+        conn = self.conn
+        if conn is not None:
+            conn.complete_task(task, result)
+            if conn.closed and not self._closing:  # the last command behind a Logout ended
+                self._handle(conn.take_events())
             if type(result.data) is memoryview:
                 self._lent.append(result.data)
             if not self._in_receive and not self._flush_scheduled:
