@@ -150,7 +150,10 @@ def test_reload_applies_the_file(api, tmp_path):
     cfg["targets"][0]["alias"] = "edited"
     cfgmod.save(tmp_path, cfg)
     res = call(server, "config.reload")
-    assert res["changes"] == [f"target {T1}: alias edited"]
+    assert res["changes"] == [{
+        "action": "set", "object": "target", "target": T1, "field": "alias", "value": "edited",
+        "text": f"target {T1}: alias edited",
+    }]  # fmt: skip
     assert d.registry.lookup(T1).alias == "edited"
 
 

@@ -27,6 +27,40 @@ from .uring import Ring
 log = logging.getLogger(__name__)
 
 
+class PortalBinding:
+    """A portal's bound, listening sockets that accept nothing yet (see Daemon.bind_portal)."""
+
+    def __init__(self, portal: Portal, sockets: list[socket.socket]) -> None:
+        self.portal = portal
+        self.sockets = sockets
+        #: the Portal new connections are given, once open (advertise edits replace it)
+        self.recorded: list[Portal] | None = None
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+class _Listener:
+    """The server(s) of one portal (one per address its host name resolved to)."""
+
+    def __init__(self, servers: list[asyncio.AbstractServer], binding: PortalBinding) -> None:
+        self.servers = servers
+        self.binding = binding
+
+    @property
+    def sockets(self) -> list[Any]:
+        return [s for server in self.servers for s in getattr(server, "sockets", ())]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def wait_closed(self) -> None:
+        for server in self.servers:
+            await server.wait_closed()
+
+
 class Daemon:
     def __init__(
         self,
@@ -55,7 +89,7 @@ class Daemon:
         self.queue_depth = queue_depth
         self.drain_timeout = drain_timeout
         self.connections: set[ConnectionDriver] = set()
-        self._listeners: dict[Portal, asyncio.AbstractServer] = {}
+        self._listeners: dict[Portal, _Listener] = {}
         # Blocking store calls (ctypes, os.preadv) release the GIL: a few threads per core
         # keep a queue depth of 32 busy without thrashing two cores.
         #: Worker threads per backing store for its blocking calls (SCSI data path). Each store
@@ -112,32 +146,98 @@ class Daemon:
     def portals(self) -> list[Portal]:
         return list(self._listeners)
 
+    def bind_portal(self, portal: Portal) -> PortalBinding:
+        """Bind and listen on ``portal``'s address without accepting yet (the prepare half of
+        :meth:`add_portal`; may block on a name lookup, so callers run it off the loop).
+
+        Raises OSError (address in use, not local); nothing stays open then. Until
+        :meth:`open_portal` takes it, connections wait in the kernel's backlog; ``close()``
+        gives the address back.
+        """
+        family = socket.AF_INET6 if ":" in portal.host else socket.AF_INET
+        infos = socket.getaddrinfo(
+            portal.host, portal.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+        sockets: list[socket.socket] = []
+        try:
+            for fam, kind, proto, _, addr in dict.fromkeys(infos):
+                sock = socket.socket(fam, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if fam == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.bind(addr)
+                sock.listen(256)
+                sock.setblocking(False)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        if portal.port == 0:  # ephemeral port (tests): record the real one
+            portal = Portal(portal.host, sockets[0].getsockname()[1], portal.advertise)
+        return PortalBinding(portal, sockets)
+
+    async def open_portal(self, binding: PortalBinding) -> Portal:
+        """Start accepting on a bound portal (the commit half of :meth:`add_portal`)."""
+        portal = binding.portal
+        if portal in self._listeners:
+            binding.close()
+            return portal
+        loop = asyncio.get_running_loop()
+        # Connections carry the portal as recorded here, so remove_portal and
+        # set_portal_advertise find them by host and port.
+        recorded = [portal]
+        binding.recorded = recorded
+        servers: list[asyncio.AbstractServer] = []
+        try:
+            for sock in binding.sockets:
+                servers.append(await loop.create_server(
+                    lambda: ConnectionDriver(self, recorded[0]), sock=sock, backlog=256
+                ))  # fmt: skip
+        except BaseException:
+            for server in servers:
+                server.close()
+            binding.close()
+            raise
+        self._listeners[portal] = _Listener(servers, binding)
+        self.registry.portals = self.portals()
+        log.info("listening on %s:%d", portal.host, portal.port)
+        return portal
+
     async def add_portal(self, portal: Portal) -> None:
         if portal in self._listeners:
             return
-        loop = asyncio.get_running_loop()
-        # Connections carry the portal as recorded below (with the real port when the listener
-        # was asked for an ephemeral one), so remove_portal finds them by identity.
-        recorded = [portal]
-        server = await loop.create_server(
-            lambda: ConnectionDriver(self, recorded[0]),
-            host=portal.host,
-            port=portal.port,
-            reuse_address=True,
-            family=socket.AF_INET6 if ":" in portal.host else socket.AF_INET,
-            backlog=256,
-        )
-        for sock in server.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if portal.port == 0:  # ephemeral port (tests): record the real one
-            real = server.sockets[0].getsockname()[1]
-            portal = recorded[0] = Portal(portal.host, real, portal.advertise)
-        self._listeners[portal] = server
+        await self.open_portal(self.bind_portal(portal))
+
+    def set_portal_advertise(self, portal: Portal) -> None:
+        """Change what SendTargets advertises for a listening portal, without reopening it."""
+        key = self._listener_key(portal)
+        if key is None:
+            return
+        listener = self._listeners.pop(key)
+        new = Portal(key.host, key.port, portal.advertise)
+        listener.binding.portal = new
+        if listener.binding.recorded is not None:
+            listener.binding.recorded[0] = new
+        self._listeners[new] = listener
+        for d in self.connections:
+            if d.portal == key:
+                d.portal = new
         self.registry.portals = self.portals()
-        log.info("listening on %s:%d", portal.host, portal.port)
+
+    def connections_on(self, portal: Portal) -> int:
+        """How many connections (logged in or not) came in through this portal."""
+        key = self._listener_key(portal)
+        return 0 if key is None else sum(1 for d in self.connections if d.portal == key)
+
+    def _listener_key(self, portal: Portal) -> Portal | None:
+        return next(
+            (p for p in self._listeners if (p.host, p.port) == (portal.host, portal.port)), None
+        )
 
     async def remove_portal(self, portal: Portal) -> None:
-        key = next((p for p in self._listeners if (p.host, p.port) == (portal.host, portal.port)), None)
+        key = self._listener_key(portal)
         if key is None:
             return
         server = self._listeners.pop(key)
