@@ -1,19 +1,39 @@
-"""Make a running daemon match a desired config, touching only what differs.
+"""Make a running daemon match a desired config, touching only what differs, all or nothing.
 
 ``apply(daemon, desired)`` compares ``desired`` with what this module last applied to that
 daemon and changes only the difference, so a reload after adding one target leaves every
-other target, LUN and session alone. It works in two phases:
+other target, LUN and session alone. ``config apply``, ``config reload``, SIGHUP and every
+single-object op of the control API go through it. Steps:
 
-1. *prepare*: open every new backing store and build its LogicalUnit (in the daemon's store
-   executor: opening a Gluster volume blocks). If any fails, the stores opened so far are
-   closed and nothing at all has changed.
-2. *commit*: cheap in-memory edits in a safe order (params, auth, removed targets, changed
-   targets, added targets, then portals last so new listeners see complete targets).
+0. *diff* (:func:`diff`): a :class:`Plan`, whose ``changes`` are the objects the API
+   returns (schema in docs/API.md, "changes"), and the *busy check* (:func:`_busy`): a
+   change that would drop sessions or connections (a removed target with sessions, a
+   removed or replaced LUN of a target with sessions, a removed portal with connections)
+   raises :class:`BusyError` unless ``force``, before anything is opened.
+1. *prepare* (:func:`_prepare`): open every new backing store and build its LogicalUnit,
+   check every grow (no shrinking), and bind every new portal's sockets, listening but not
+   accepting (blocking work in the daemon's store executor). The running daemon is not
+   touched; on any failure :func:`_rollback` closes what was opened and bound.
+2. *commit* (:func:`_commit`): grows first (the only step that calls a store), then
+   in-memory edits in a safe order (params, auth, changed targets, added targets, advertise
+   addresses, new listeners last so they see complete targets), each recording its undo;
+   a failure undoes them in reverse and the prepared objects are closed. Only then the
+   steps that cannot be undone: removed targets and portals (closing their sessions),
+   closing replaced stores, announcing new capacities. The applied config (what the API
+   saves) becomes ``desired`` only at the very end, so only what is in force is saved.
+
+The restore at start is the one exception to "nothing": a LUN whose store cannot open
+then stays offline (and is retried by every later apply) so the other targets start.
 
 ACL and CHAP edits are attribute assignments on the live ``Target``: the iSCSI core reads
 them at each login, and sessions already logged in keep running (as tgt does).
-"""
 
+Decision (issue 15): the plan works on the validated config dicts of ``config.py``, not on
+a typed object tree yet. The all-or-nothing guarantee comes from the prepare/commit/undo
+structure, not from the types, and the typed tree (issue 17) changes config.py, the API
+and this module together: doing it here would have touched every op another change is
+editing at the same time. The steps above are the shape that tree will slot into.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -813,6 +833,9 @@ async def _commit(daemon: Any, st: _State, prep: _Prepared) -> None:
             device = new_device(t["name"])
             for lu in t["luns"]:
                 key = (_key(t), lu["lun"])
+                stale = new_lus.pop(key, None)  # a rebuilt target's old LU
+                if stale is not None:
+                    to_close.append(stale)
                 lu_obj = prep.opened.get(key)
                 if lu_obj is None:  # offline (restore at start)
                     continue
@@ -880,13 +903,19 @@ async def _commit(daemon: Any, st: _State, prep: _Prepared) -> None:
     # ---- in force: what follows cannot fail for a prepared change and is not undone.
     prep.all_opened.clear()
     for t in plan.targets_removed:
-        await _maybe_await(daemon.remove_target(t["name"]))
+        try:
+            await _maybe_await(daemon.remove_target(t["name"]))
+        except Exception:  # the rest of the change is in force: go on, say so
+            log.exception("removing target %s", t["name"])
         for lu in t["luns"]:
             lu_obj = new_lus.pop((_key(t), lu["lun"]), None)
             if lu_obj is not None:
                 to_close.append(lu_obj)
     for p in plan.portals_removed:
-        await daemon.remove_portal(Portal(p["host"], p["port"], p["advertise"]))
+        try:
+            await daemon.remove_portal(Portal(p["host"], p["port"], p["advertise"]))
+        except Exception:
+            log.exception("closing portal %s", _portal_text(p))
     for lu_obj in to_close:
         try:
             await _run_blocking(daemon, close_lu, lu_obj)
