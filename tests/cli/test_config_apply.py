@@ -237,3 +237,18 @@ def test_a_new_advertised_address_keeps_the_portals_connections(serve, tmp_path)
     finally:
         p.kill()
         p.communicate()
+
+
+def test_a_portal_moved_to_another_name_for_the_same_address_is_rebound(serve, tmp_path):
+    """127.0.0.1:P -> localhost:P: the new socket can only be bound once the old listener is
+    closed, which the commit does last (and would undo)."""
+    cfg = json.loads(ok(serve.cli("config", "export", "--show-secrets")))
+    cfg["portals"] = [{"host": "localhost", "port": serve.port, "advertise": None}]
+    path = tmp_path / "moved.json"
+    path.write_text(json.dumps(cfg))
+    out = json.loads(ok(serve.cli("config", "apply", str(path), "--json")))
+    assert [(c["action"], c["host"]) for c in out["changes"]] == [
+        ("remove", "127.0.0.1"), ("add", "localhost")
+    ]
+    assert login_works(serve)
+    assert cfgmod.load(serve.state_dir)["portals"] == cfg["portals"]

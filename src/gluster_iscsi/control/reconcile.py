@@ -16,7 +16,8 @@ single-object op of the control API go through it. Steps:
    touched; on any failure :func:`_rollback` closes what was opened and bound.
 2. *commit* (:func:`_commit`): grows first (the only step that calls a store), then
    in-memory edits in a safe order (params, auth, changed targets, added targets, advertise
-   addresses, new listeners last so they see complete targets), each recording its undo;
+   addresses, new listeners last so they see complete targets; a new portal whose address
+   only a removed portal holds is bound after closing that one), each recording its undo;
    a failure undoes them in reverse and the prepared objects are closed. Only then the
    steps that cannot be undone: removed targets and portals (closing their sessions),
    closing replaced stores, announcing new capacities. The applied config (what the API
@@ -39,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import errno
 import functools
 import json
 import logging
@@ -636,6 +638,8 @@ class _Prepared:
     retry: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     #: (portal cfg, binding from daemon.bind_portal)
     bindings: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
+    #: new portals whose address is held by a portal this change removes (bound at commit)
+    deferred: list[dict[str, Any]] = field(default_factory=list)
     #: LUNs whose store failed to open during the restore at start (they stay offline)
     offline: set[tuple[str, int]] = field(default_factory=set)
     back_online: set[tuple[str, int]] = field(default_factory=set)
@@ -719,6 +723,13 @@ async def _prepare(
             try:
                 binding = await _run_blocking(daemon, bind, portal) if bind else portal
             except OSError as e:
+                if e.errno == errno.EADDRINUSE and any(
+                    _may_clash(p, r) for r in plan.portals_removed
+                ):
+                    # Probably our own listener that this change removes (127.0.0.1:3260 ->
+                    # localhost:3260): bound at commit, once that one is closed.
+                    prep.deferred.append(p)
+                    continue
                 raise _listen_error(p, e) from e
             prep.bindings.append((p, binding))
     except BaseException:
@@ -756,6 +767,7 @@ async def _commit(daemon: Any, st: _State, prep: _Prepared) -> None:
     registry = daemon.registry
     acc = desired["accounts"]
     undo: list[Callable[[], Any]] = []
+    closed_early: set[tuple[str, int]] = set()
     new_lus = dict(st.lus)
     to_close: list[Any] = []
     try:
@@ -892,6 +904,23 @@ async def _commit(daemon: Any, st: _State, prep: _Prepared) -> None:
                 raise _listen_error(p, e) from e
             prep.bindings.pop(0)
             undo.append(functools.partial(daemon.remove_portal, portal))
+        # Last, the portals whose address a removed portal holds: close that one (its
+        # connections go, as the busy check allowed), bind; on failure reopen it.
+        for p in prep.deferred:
+            for r in plan.portals_removed:
+                if _may_clash(p, r) and _portal_key(r) not in closed_early:
+                    old_portal = Portal(r["host"], r["port"], r["advertise"])
+                    await daemon.remove_portal(old_portal)
+                    closed_early.add(_portal_key(r))
+                    undo.append(functools.partial(daemon.add_portal, old_portal))
+            try:
+                binding = await _run_blocking(
+                    daemon, daemon.bind_portal, Portal(p["host"], p["port"], p["advertise"])
+                )
+                portal = await daemon.open_portal(binding)
+            except OSError as e:
+                raise _listen_error(p, e) from e
+            undo.append(functools.partial(daemon.remove_portal, portal))
     except BaseException:
         for step in reversed(undo):
             try:
@@ -912,6 +941,8 @@ async def _commit(daemon: Any, st: _State, prep: _Prepared) -> None:
             if lu_obj is not None:
                 to_close.append(lu_obj)
     for p in plan.portals_removed:
+        if _portal_key(p) in closed_early:
+            continue
         try:
             await daemon.remove_portal(Portal(p["host"], p["port"], p["advertise"]))
         except Exception:
@@ -928,6 +959,12 @@ async def _commit(daemon: Any, st: _State, prep: _Prepared) -> None:
     st.offline = ((st.offline - prep.back_online) | prep.offline) & wanted
     st.cfg = copy.deepcopy(desired)
     st.applied_once = True
+
+
+def _may_clash(new: dict[str, Any], removed: dict[str, Any]) -> bool:
+    """Whether a removed portal may hold the address a new one needs (same port and family:
+    a host name, a wildcard or the same address)."""
+    return new["port"] == removed["port"] and (":" in new["host"]) == (":" in removed["host"])
 
 
 def _listen_error(p: dict[str, Any], e: OSError) -> ReconcileError:
