@@ -231,7 +231,7 @@ def target_set(target: str, alias: str | None, no_alias: bool, as_json: bool) ->
     res = _call(
         "target.update", as_json=as_json, target=target, alias=alias, clear_alias=no_alias or None
     )
-    _changes(res, as_json, "\n".join(res["changes"]) or "no change")
+    _changes(res, as_json, "\n".join(c["text"] for c in res["changes"]) or "no change")
 
 
 # ------------------------------------------------------------------------------ lun
@@ -726,14 +726,25 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     raise AssertionError
 
 
+_FORCE_HELP = (
+    "Apply even if it closes sessions or connections (a removed target or portal, a removed"
+    " or replaced LUN of a target in use)."
+)
+
+
 @config_group.command("apply")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @json_option
-def config_apply(file: Path, dry_run: bool, as_json: bool) -> None:
-    """Make the running daemon match FILE (idempotent: a second run changes nothing)."""
+def config_apply(file: Path, dry_run: bool, force: bool, as_json: bool) -> None:
+    """Make the running daemon match FILE, all or nothing (a second run changes nothing)."""
     res = _call(
-        "config.apply", as_json=as_json, config=_read_config_file(file), dry_run=dry_run or None
+        "config.apply",
+        as_json=as_json,
+        config=_read_config_file(file),
+        dry_run=dry_run or None,
+        force=force or None,
     )
     _print_changes(res, as_json, dry_run)
 
@@ -744,16 +755,17 @@ def _print_changes(res: dict[str, Any], as_json: bool, dry_run: bool) -> None:
         return
     if not res["changes"]:
         click.echo("no changes: the daemon already matches")
-    for line in res["changes"]:
-        click.echo(("would: " if dry_run else "") + line)
+    for c in res["changes"]:
+        click.echo(("would: " if dry_run else "") + c["text"])
 
 
 @config_group.command("reload")
-@click.option("--dry-run", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @json_option
-def config_reload(dry_run: bool, as_json: bool) -> None:
-    """Re-read the saved config file and apply only what changed (like SIGHUP)."""
-    res = _call("config.reload", as_json=as_json, dry_run=dry_run or None)
+def config_reload(dry_run: bool, force: bool, as_json: bool) -> None:
+    """Re-read the saved config file and apply what changed, all or nothing (like SIGHUP)."""
+    res = _call("config.reload", as_json=as_json, dry_run=dry_run or None, force=force or None)
     _print_changes(res, as_json, dry_run)
 
 

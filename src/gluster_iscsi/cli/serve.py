@@ -205,6 +205,8 @@ def _with_demo(cfgmod: Any, saved: dict[str, Any] | None, state_dir: Path) -> di
 
 
 async def _reload(daemon: Any, state_dir: Path) -> None:
+    """SIGHUP: apply the saved config all or nothing; never drop sessions (there is no
+    --force for a signal: the log says what to run instead)."""
     from ..control import config as cfgmod
     from ..control import reconcile
 
@@ -212,6 +214,11 @@ async def _reload(daemon: Any, state_dir: Path) -> None:
         cfg = cfgmod.load(state_dir) or cfgmod.empty_config()
         changes = await reconcile.apply(daemon, cfg)
         log.info("SIGHUP: configuration reloaded (%d change%s)", len(changes), "" if len(changes) == 1 else "s")
+    except reconcile.BusyError as exc:
+        log.error(
+            "SIGHUP: reload refused, running configuration unchanged: it would drop sessions"
+            " (%s); log them out, or run 'gluster-iscsi config reload --force'", exc.message,
+        )  # fmt: skip
     except Exception as exc:  # noqa: BLE001
         log.error("SIGHUP: reload failed, running configuration unchanged: %s", exc)
 

@@ -211,8 +211,18 @@ class ControlServer:
         return reconcile.current(self.daemon)
 
     async def _mutate(
-        self, edit: Callable[[dict[str, Any]], Any], *, dry_run: bool = False
+        self,
+        edit: Callable[[dict[str, Any]], Any],
+        *,
+        dry_run: bool = False,
+        force: bool = True,
     ) -> dict[str, Any]:
+        """Edit a copy of the applied config, apply it all or nothing, save what is in force.
+
+        ``force=False`` has reconcile refuse (code ``busy``) a change that would drop
+        sessions or connections; an op that checks its own object first (``target delete``)
+        keeps the default. On any failure the daemon and the saved file stay as they were.
+        """
         async with reconcile.lock(self.daemon):
             before = reconcile.current(self.daemon)
             cfg = reconcile.current(self.daemon)
@@ -221,13 +231,18 @@ class ControlServer:
                 result = await result
             cfg = cfgmod.validate(cfg)
             try:
-                changes = await reconcile.apply_locked(self.daemon, cfg, dry_run=dry_run)
-            finally:
-                if not dry_run:
-                    self._save_if_changed(before)
+                changes = await reconcile.apply_locked(
+                    self.daemon, cfg, dry_run=dry_run, force=force
+                )
+            except reconcile.BusyError as e:
+                kind = e.field.split()[0] if " " in e.field else None
+                raise ApiError("busy", e.message, kind=kind, hint=e.hint, field=e.field) from None
+            if not dry_run:
+                self._save_if_changed(before)
             return {"result": result, "changes": changes}
 
     def _save_if_changed(self, before: dict[str, Any]) -> None:
+        """Save the config in force if it differs from ``before`` (or no file exists yet)."""
         now = reconcile.current(self.daemon)
         if cfgmod.same_ignoring_epoch(now, before) and cfgmod.config_path(self.state_dir).exists():
             return
@@ -949,8 +964,10 @@ class ControlServer:
         return cfg if show_secrets else cfgmod.redact(cfg)
 
     async def op_config_apply(
-        self, config: dict[str, Any], dry_run: bool = False
+        self, config: dict[str, Any], dry_run: bool = False, force: bool = False
     ) -> dict[str, Any]:
+        """Make the daemon match ``config``, all or nothing; refuse to drop sessions unless
+        ``force``."""
         desired = _keep_redacted_secrets(config, self._cfg())
         desired = cfgmod.validate(desired)
 
@@ -958,17 +975,18 @@ class ControlServer:
             cfg.clear()
             cfg.update(desired)
 
-        out = await self._mutate(edit, dry_run=dry_run)
+        out = await self._mutate(edit, dry_run=dry_run, force=bool(force))
         return {"changes": out["changes"], "dry_run": dry_run}
 
-    async def op_config_reload(self, dry_run: bool = False) -> dict[str, Any]:
+    async def op_config_reload(self, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
+        """Apply the saved config file, as :meth:`op_config_apply` does."""
         desired = cfgmod.load(self.state_dir)
         if desired is None:
             raise ApiError(
                 "not_found", f"no config file at {cfgmod.config_path(self.state_dir)}",
                 kind="config",
             )  # fmt: skip
-        return await self.op_config_apply(desired, dry_run=dry_run)
+        return await self.op_config_apply(desired, dry_run=dry_run, force=force)
 
     def op_config_save(self) -> dict[str, Any]:
         cfg = self._cfg()

@@ -260,32 +260,3 @@ class Spare:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-async def listen(loop: asyncio.AbstractEventLoop, host: str, port: int, family: int,
-                 backlog: int) -> list[socket.socket]:
-    """Bound, listening, non-blocking sockets for ``host:port`` (as ``create_server`` makes)."""
-    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    socks: list[socket.socket] = []
-    seen = set()
-    try:
-        for fam, kind, proto, _, addr in infos:
-            if addr in seen:
-                continue
-            seen.add(addr)
-            sock = socket.socket(fam, kind, proto)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if fam == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(socks) > 1:  # the same ephemeral port for every address
-                addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
-            sock.bind(addr)
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except BaseException:
-        for s in socks:
-            s.close()
-        raise
-    return socks

@@ -20,13 +20,45 @@ from ..iscsi.connection import DEFAULT_TARGET_PARAMS
 from ..iscsi.session import Session, SessionTable
 from ..logs import PROBLEMS
 from ..target.model import Portal, Target, TargetRegistry
-from .admission import Admission, Limits, Listener, Spare, listen
+from .admission import Admission, Limits, Listener, Spare
 from .driver import ConnectionDriver
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
 from .uring import Ring
 
 log = logging.getLogger(__name__)
+
+
+class PortalBinding:
+    """A portal's bound, listening sockets that accept nothing yet (see Daemon.bind_portal)."""
+
+    def __init__(self, portal: Portal, sockets: list[socket.socket]) -> None:
+        self.portal = portal
+        self.sockets = sockets
+        #: the Portal new connections are given, once open (advertise edits replace it)
+        self.recorded: list[Portal] | None = None
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+class _Listener:
+    """A portal's accept loop (``admission.Listener``) and the binding it took over."""
+
+    def __init__(self, listener: Listener, binding: PortalBinding) -> None:
+        self.listener = listener
+        self.binding = binding
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return self.listener.sockets
+
+    def close(self) -> None:
+        self.listener.close()
+
+    async def wait_closed(self) -> None:
+        await self.listener.wait_closed()
 
 
 class Daemon:
@@ -60,7 +92,7 @@ class Daemon:
         self.queue_depth = queue_depth
         self.drain_timeout = drain_timeout
         self.connections: set[ConnectionDriver] = set()
-        self._listeners: dict[Portal, Listener] = {}
+        self._listeners: dict[Portal, _Listener] = {}
         #: Connection caps (``admission.py``); None: sized from the descriptor limit.
         self.limits = Limits.from_nofile(max_connections=max_connections, max_prelogin=max_prelogin,
                                          max_prelogin_per_host=max_prelogin_per_host)
@@ -124,28 +156,96 @@ class Daemon:
     def portals(self) -> list[Portal]:
         return list(self._listeners)
 
-    async def add_portal(self, portal: Portal) -> None:
+    def bind_portal(self, portal: Portal) -> PortalBinding:
+        """Bind and listen on ``portal``'s address without accepting yet (the prepare half of
+        :meth:`add_portal`; may block on a name lookup, so callers run it off the loop).
+
+        Raises OSError (address in use, not local); nothing stays open then. Until
+        :meth:`open_portal` takes it, connections wait in the kernel's backlog; ``close()``
+        gives the address back.
+        """
+        family = socket.AF_INET6 if ":" in portal.host else socket.AF_INET
+        infos = socket.getaddrinfo(
+            portal.host, portal.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+        sockets: list[socket.socket] = []
+        try:
+            for fam, kind, proto, _, addr in dict.fromkeys(infos):
+                sock = socket.socket(fam, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if fam == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted ones inherit it
+                if portal.port == 0 and len(sockets) > 1:  # one ephemeral port for every address
+                    addr = (addr[0], sockets[0].getsockname()[1], *addr[2:])
+                sock.bind(addr)
+                sock.listen(256)
+                sock.setblocking(False)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        if portal.port == 0:  # ephemeral port (tests): record the real one
+            portal = Portal(portal.host, sockets[0].getsockname()[1], portal.advertise)
+        return PortalBinding(portal, sockets)
+
+    async def open_portal(self, binding: PortalBinding) -> Portal:
+        """Start accepting on a bound portal (the commit half of :meth:`add_portal`)."""
+        portal = binding.portal
         if portal in self._listeners:
-            return
+            binding.close()
+            return portal
         loop = asyncio.get_running_loop()
+        # Connections carry the portal as recorded here, so remove_portal and
+        # set_portal_advertise find them by host and port.
+        recorded = [portal]
+        binding.recorded = recorded
         if self._spare is None:
             self._spare = Spare()
         if self._log_timer is None:
             self._log_timer = loop.call_later(PROBLEMS.interval, self._flush_logs)
-        socks = await listen(loop, portal.host, portal.port,
-                             socket.AF_INET6 if ":" in portal.host else socket.AF_INET, 256)
-        for sock in socks:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted ones inherit it
-        if portal.port == 0:  # ephemeral port (tests): record the real one
-            real = socks[0].getsockname()[1]
-            portal = Portal(portal.host, real, portal.advertise)
-        # Connections carry the portal as recorded here (with the real port when the listener
-        # was asked for an ephemeral one), so remove_portal finds them by identity.
-        recorded = portal
-        self._listeners[portal] = Listener(loop, socks, lambda c, a: self._accepted(c, a, recorded),
-                                           self._spare)
+        try:
+            listener = Listener(loop, binding.sockets,
+                                lambda c, a: self._accepted(c, a, recorded[0]), self._spare)
+        except BaseException:
+            binding.close()
+            raise
+        self._listeners[portal] = _Listener(listener, binding)
         self.registry.portals = self.portals()
         log.info("listening on %s:%d", portal.host, portal.port)
+        return portal
+
+    async def add_portal(self, portal: Portal) -> None:
+        if portal in self._listeners:
+            return
+        await self.open_portal(self.bind_portal(portal))
+
+    def set_portal_advertise(self, portal: Portal) -> None:
+        """Change what SendTargets advertises for a listening portal, without reopening it."""
+        key = self._listener_key(portal)
+        if key is None:
+            return
+        listener = self._listeners.pop(key)
+        new = Portal(key.host, key.port, portal.advertise)
+        listener.binding.portal = new
+        if listener.binding.recorded is not None:
+            listener.binding.recorded[0] = new
+        self._listeners[new] = listener
+        for d in self.connections:
+            if d.portal == key:
+                d.portal = new
+        self.registry.portals = self.portals()
+
+    def connections_on(self, portal: Portal) -> int:
+        """How many connections (logged in or not) came in through this portal."""
+        key = self._listener_key(portal)
+        return 0 if key is None else sum(1 for d in self.connections if d.portal == key)
+
+    def _listener_key(self, portal: Portal) -> Portal | None:
+        return next(
+            (p for p in self._listeners if (p.host, p.port) == (portal.host, portal.port)), None
+        )
 
     def _accepted(self, sock: socket.socket, address: Any, portal: Portal) -> None:
         """A new TCP connection: admitted within the caps (``admission.py``) or closed at once."""
@@ -184,7 +284,7 @@ class Daemon:
         self._log_timer = asyncio.get_running_loop().call_later(PROBLEMS.interval, self._flush_logs)
 
     async def remove_portal(self, portal: Portal) -> None:
-        key = next((p for p in self._listeners if (p.host, p.port) == (portal.host, portal.port)), None)
+        key = self._listener_key(portal)
         if key is None:
             return
         server = self._listeners.pop(key)
