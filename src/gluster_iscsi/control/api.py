@@ -26,7 +26,7 @@ from typing import Any
 
 from ..target.names import InvalidName, is_network, validate_name
 from . import config as cfgmod
-from . import reconcile
+from . import exposure, reconcile
 from .protocol import API_VERSION, MAX_LINE, ApiError
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,8 @@ class ControlServer:
             finally:
                 if not dry_run:
                     self._save_if_changed(before)
+                    for w in exposure.newly_exposed(before, reconcile.current(self.daemon)):
+                        log.warning("%s", w)
             return {"result": result, "changes": changes}
 
     def _save_if_changed(self, before: dict[str, Any]) -> None:
@@ -264,6 +266,8 @@ class ControlServer:
             measured = sizes.get((t["name"].lower(), lu["lun"]))
             if measured is not None:
                 out["size"] = measured
+            # What READ CAPACITY(16) reports as LBPME and INQUIRY as UNMAP support.
+            out["thin_provisioning"] = bool(lu_obj.store.capabilities.discard)
             naa = getattr(lu_obj, "naa", None)
             if isinstance(naa, bytes | bytearray):
                 out["naa"] = naa.hex()
