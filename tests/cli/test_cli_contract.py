@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from pathlib import Path
 
 import click
 import pytest
@@ -194,3 +195,10 @@ def test_tgtadm_thin_provisioning_says_what_the_lun_reports(thin):
     thin_lines = [x.strip() for x in lines if "Thin-provisioning" in x]
     # LUN 0 (the controller) is never thin; LUN 1 is what its store reports (LBPME)
     assert thin_lines == ["Thin-provisioning: No", f"Thin-provisioning: {'Yes' if thin else 'No'}"]
+
+
+def test_every_json_command_is_in_the_documented_schema():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CLI-JSON.md").read_text()
+    for name, cmd in COMMANDS:
+        if any("--json" in getattr(p, "opts", ()) for p in cmd.params) and not cmd.hidden:
+            assert f"`{name}`" in doc or f"`{name} " in doc or f"/ `{name}`" in doc, name

@@ -730,14 +730,15 @@ def config_export(show_secrets: bool, output: Path | None, as_json: bool) -> Non
         click.echo(text, nl=False)
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def _read_config_file(path: Path, as_json: bool = False) -> dict[str, Any]:
     try:
         return json.loads(path.read_text() if str(path) != "-" else sys.stdin.read())
     except (OSError, ValueError) as e:
         fail(
             ApiError(
                 "invalid", f"cannot read {path}: {e}", hint="give a JSON file from 'config export'"
-            )
+            ),
+            as_json=as_json,
         )
     raise AssertionError
 
@@ -749,7 +750,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def config_apply(file: Path, dry_run: bool, as_json: bool) -> None:
     """Make the running daemon match FILE (idempotent: a second run changes nothing)."""
     res = _call(
-        "config.apply", as_json=as_json, config=_read_config_file(file), dry_run=dry_run or None
+        "config.apply", as_json=as_json, config=_read_config_file(file, as_json),
+        dry_run=dry_run or None,
     )
     _print_changes(res, as_json, dry_run)
 
@@ -779,7 +781,7 @@ def config_reload(dry_run: bool, as_json: bool) -> None:
 def config_validate(file: Path, as_json: bool) -> None:
     """Check FILE offline (no daemon needed)."""
     try:
-        cfgmod.validate(_read_config_file(file))
+        cfgmod.validate(_read_config_file(file, as_json))
     except cfgmod.ConfigError as e:
         fail(ApiError("invalid", str(e), field=e.field), as_json=as_json)
     if as_json:

@@ -661,7 +661,7 @@ class ControlServer:
             if user not in cfg["accounts"]:
                 raise ApiError(
                     "not_found", f"no CHAP account {user}", kind="account",
-                    hint=f"create it first: gluster-iscsi auth account-add {user}",
+                    hint=f"create it first: gluster-iscsi auth account-create {user}",
                 )  # fmt: skip
             holder, what = self._auth_holder(cfg, target, discovery, initiator)
             if outgoing:
