@@ -128,3 +128,12 @@ def test_an_open_target_beyond_loopback_is_warned_about_at_start(tmp_path):
     assert len(warned) == 1 and "iqn.2026-11.com.example:open" in warned[0], serve.log()
     assert "without CHAP" in warned[0]
     json.loads((tmp_path / cfgmod.CONFIG_FILE).read_text())  # still the saved config
+
+
+def test_config_export_to_an_unwritable_place_is_a_message_and_exit_6(tmp_path):
+    with Serve(tmp_path / "state") as serve:
+        (tmp_path / "file").write_text("x")
+        for out in ("/nonexistent/dir/x.json", str(tmp_path / "file" / "x.json")):
+            r = serve.cli("config", "export", "-o", out)
+            assert r.returncode == 6 and "Traceback" not in r.stderr, r.stderr
+            assert f"cannot write {out}" in r.stderr

@@ -79,7 +79,7 @@ def _changes(result: dict[str, Any], as_json: bool, summary: str) -> None:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Seconds to wait for the daemon on each call (default 10, env GLUSTER_ISCSI_TIMEOUT).",
 )
@@ -403,9 +403,15 @@ def auth() -> None:
     """CHAP accounts, and who must use them (a target, one initiator of it, or discovery)."""
 
 
-def _read_secret(secret: str | None, secret_file: Path | None) -> str:
+def _read_secret(secret: str | None, secret_file: Path | None, as_json: bool = False) -> str:
     if secret_file is not None:
-        return secret_file.read_text().strip("\n")
+        try:
+            return secret_file.read_text().strip("\n")
+        except (OSError, UnicodeDecodeError) as e:
+            fail(ApiError("invalid", f"cannot read the secret file {secret_file}: "
+                                     f"{getattr(e, 'strerror', None) or e}",
+                          hint="give a readable file whose first line is the secret"),
+                 as_json=as_json)
     if secret is not None:
         return secret
     if not sys.stdin.isatty():
@@ -427,7 +433,7 @@ def auth_account_add(
 ) -> None:
     """Create CHAP account USER (secret from --secret-file, stdin, or a prompt)."""
     res = _call(
-        "auth.account.add", as_json=as_json, user=user, secret=_read_secret(secret, secret_file)
+        "auth.account.add", as_json=as_json, user=user, secret=_read_secret(secret, secret_file, as_json)
     )
     _changes(res, as_json, f"created CHAP account {res['user']}")
 
@@ -723,9 +729,14 @@ def config_export(show_secrets: bool, output: Path | None, as_json: bool) -> Non
     cfg = _call("config.export", as_json=as_json, show_secrets=show_secrets or None)
     text = cfgmod.dumps(cfg)
     if output:
-        output.write_text(text)
-        if show_secrets:
-            output.chmod(0o600)
+        try:
+            output.write_text(text)
+            if show_secrets:
+                output.chmod(0o600)
+        except OSError as e:
+            fail(ApiError("invalid", f"cannot write {output}: {e.strerror or e}",
+                          hint="give a writable file path with -o, or leave -o out for stdout"),
+                 as_json=as_json)
     else:
         click.echo(text, nl=False)
 

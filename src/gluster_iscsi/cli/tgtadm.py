@@ -423,8 +423,8 @@ class Tgtadm:
 
         try:
             return _hostport(value)
-        except ValueError:
-            _die("invalid request", detail=f"bad portal {value!r}")
+        except ValueError as e:
+            _die("invalid request", detail=f"bad portal {value!r}: {e}")
 
     def portal_new(self, o: dict[str, Any]) -> None:
         host, port = self._portal_param(o)
