@@ -137,6 +137,9 @@ def test_a_wildcard_is_never_printed_as_the_address_to_connect_to():
         assert addrs and addrs[0] in ("127.0.0.1:3260", "[::1]:3260")
         assert not any(a.startswith(("0.0.0.0", "[::]")) for a in addrs)
     assert serve_mod.connect_addresses("0.0.0.0", 3260, "10.0.2.2") == ["10.0.2.2:3260"]
+    # the real addresses of this host's interfaces, for initiators elsewhere
+    others = {a for a in serve_mod._local_addresses(False) if not a.startswith("127.")}
+    assert {f"{a}:3260" for a in others} <= set(serve_mod.connect_addresses("0.0.0.0", 3260))
 
 
 def _cfg(host: str, acl: list[dict], incoming: list[str] | None = None) -> dict:

@@ -392,17 +392,42 @@ def connect_addresses(host: str, port: int, advertise: str | None = None) -> lis
         return [Portal(host, port, advertise).advertised()]
     if host not in ("0.0.0.0", "::", ""):
         return [show_address(host, port)]
-    family = socket.AF_INET6 if host == "::" else socket.AF_INET
-    found = ["::1" if family == socket.AF_INET6 else "127.0.0.1"]
-    try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, family, socket.SOCK_STREAM)
-    except OSError:
-        infos = []
-    for info in infos:
-        addr = str(info[4][0])
-        if addr not in found and not ipaddress.ip_address(addr.split("%", 1)[0]).is_loopback:
+    v6 = host == "::"
+    found = ["::1" if v6 else "127.0.0.1"]
+    for addr in _local_addresses(v6):
+        ip = ipaddress.ip_address(addr)
+        if addr not in found and not ip.is_loopback and not ip.is_link_local:
             found.append(addr)
     return [show_address(a, port) for a in found]
+
+
+def _local_addresses(v6: bool) -> list[str]:
+    """This host's interface addresses (IPv4 by ioctl, IPv6 from /proc); [] where unknown."""
+    out: list[str] = []
+    if v6:
+        try:
+            for line in Path("/proc/net/if_inet6").read_text().splitlines():
+                raw = line.split()[0]
+                out.append(str(ipaddress.IPv6Address(bytes.fromhex(raw))))
+        except (OSError, ValueError, IndexError):
+            pass
+        return out
+    import fcntl
+    import struct
+
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for name in names:
+                try:
+                    req = struct.pack("256s", name.encode()[:15])
+                    res = fcntl.ioctl(s.fileno(), 0x8915, req)  # SIOCGIFADDR
+                except OSError:
+                    continue  # no IPv4 address on it
+                out.append(socket.inet_ntoa(res[20:24]))
+    except OSError:
+        pass
+    return out
 
 
 def _print_demo(daemon: Any, target: str, config_file: Path) -> None:
