@@ -207,3 +207,13 @@ def test_every_json_command_is_in_the_documented_schema():
     for name, cmd in COMMANDS:
         if any("--json" in getattr(p, "opts", ()) for p in cmd.params) and not cmd.hidden:
             assert f"`{name}`" in doc or f"`{name} " in doc or f"/ `{name}`" in doc, name
+
+
+def test_serve_refuses_a_state_dir_it_cannot_write(tmp_path, monkeypatch):
+    # As root every directory is writable, so os.access stands in for a read-only one.
+    real = serve_mod.os.access
+    monkeypatch.setattr(serve_mod.os, "access",
+                        lambda p, mode: False if str(p) == str(tmp_path) else real(p, mode))
+    r = CliRunner().invoke(main, ["serve", "--state-dir", str(tmp_path), "--listen", "127.0.0.1:1"])
+    assert r.exit_code == 6 and isinstance(r.exception, SystemExit), r.output
+    assert "is not writable" in r.output and not (tmp_path / "control.sock").exists()
