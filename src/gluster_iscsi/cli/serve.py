@@ -120,7 +120,7 @@ It listens on --listen (default {DEFAULT_PORTAL}, loopback only, or the saved po
 exports the saved configuration. With --demo it also exports a demo target whose LUN is open
 to every initiator without CHAP: on loopback unless --listen says otherwise.
 
-\\b
+\b
 Exit status:
   0  stopped (SIGTERM, SIGINT)
   1  internal error
