@@ -26,7 +26,7 @@ from typing import Any
 
 from ..target.names import InvalidName, is_network, validate_name
 from . import config as cfgmod
-from . import reconcile
+from . import exposure, reconcile
 from .protocol import API_VERSION, MAX_DEPTH, MAX_LINE, ApiError, check_args, check_depth
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,8 @@ class ControlServer:
                 raise ApiError("busy", e.message, kind=kind, hint=e.hint, field=e.field) from None
             if not dry_run:
                 self._save_if_changed(before)
+                for w in exposure.newly_exposed(before, reconcile.current(self.daemon)):
+                    log.warning("%s", w)
             return {"result": result, "changes": changes}
 
     def _save_if_changed(self, before: dict[str, Any]) -> None:
@@ -301,6 +303,8 @@ class ControlServer:
             measured = sizes.get((t["name"].lower(), lu["lun"]))
             if measured is not None:
                 out["size"] = measured
+            # What READ CAPACITY(16) reports as LBPME and INQUIRY as UNMAP support.
+            out["thin_provisioning"] = bool(lu_obj.store.capabilities.discard)
             naa = getattr(lu_obj, "naa", None)
             if isinstance(naa, bytes | bytearray):
                 out["naa"] = naa.hex()
@@ -777,7 +781,7 @@ class ControlServer:
             if user not in cfg["accounts"]:
                 raise ApiError(
                     "not_found", f"no CHAP account {user}", kind="account",
-                    hint=f"create it first: gluster-iscsi auth account-add {user}",
+                    hint=f"create it first: gluster-iscsi auth account-create {user}",
                 )  # fmt: skip
             holder, what = self._auth_holder(cfg, target, discovery, initiator)
             if outgoing:

@@ -377,7 +377,7 @@ def _accounts_ref(raw: Any, accounts: dict[str, str], field: str) -> list[str]:
             raise ConfigError(f"{field}[{i}]", f"{user!r} is not an account user name")
         if user not in accounts:
             raise ConfigError(
-                f"{field}[{i}]", f"no CHAP account {user!r}", "create it first (auth account-add)"
+                f"{field}[{i}]", f"no CHAP account {user!r}", "create it first (auth account-create)"
             )
     if len(set(raw)) != len(raw):
         raise ConfigError(field, "an account is listed twice")
@@ -390,7 +390,7 @@ def _account_ref(raw: Any, accounts: dict[str, str], field: str) -> str | None:
     if not isinstance(raw, str):
         raise ConfigError(field, f"{raw!r} is not an account user name")
     if raw not in accounts:
-        raise ConfigError(field, f"no CHAP account {raw!r}", "create it first (auth account-add)")
+        raise ConfigError(field, f"no CHAP account {raw!r}", "create it first (auth account-create)")
     return str(raw)
 
 

@@ -1111,7 +1111,7 @@ class Connection:
                 continue
             out.append(("TargetName", t.name))
             for portal in reg.portals:
-                out.append(("TargetAddress", f"{portal.advertised()},{t.tpgt}"))
+                out.append(("TargetAddress", f"{portal.advertised(self.local_address)},{t.tpgt}"))
         return out
 
     def _on_logout(self, pdu: Pdu) -> None:
