@@ -76,3 +76,41 @@ def test_missing_library_gives_a_clear_error(monkeypatch):
     assert ei.value.errno == errno.ENOSYS
     assert "libgfapi" in str(ei.value)
     assert gf.available() is False
+
+
+class _NoServerVolume:
+    """A gf.Volume whose glfs_init fails as libgfapi's does: ENOENT, whatever the cause."""
+
+    def __init__(self, volume: str) -> None:
+        self.volume = volume
+
+    def set_volfile_server(self, host: str, port: int, transport: str) -> None:
+        pass
+
+    def init(self) -> None:
+        raise gf.GfapiError(errno.ENOENT, "glfs_init: No such file or directory", self.volume)
+
+    def fini(self) -> None:
+        pass
+
+
+def test_an_unreachable_volume_server_is_named_as_such_not_as_enoent(monkeypatch):
+    import socket
+
+    from gluster_iscsi.backstore.gfapi import store
+
+    monkeypatch.setattr(store.gf, "Volume", _NoServerVolume)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens here once closed
+    with pytest.raises(BackingStoreError) as ei:
+        store.GfapiStore(f"gluster://127.0.0.1:{port}/novol/f.img")
+    assert "cannot reach the volume server" in str(ei.value)
+    assert "glusterd" in str(ei.value) and ei.value.errno == errno.ECONNREFUSED
+    with socket.socket() as listening:  # a server that answers: then the volume is the problem
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        with pytest.raises(BackingStoreError) as ei:
+            store.GfapiStore(f"gluster://127.0.0.1:{port}/novol/f.img")
+    assert "volume novol is not available" in str(ei.value) and "started" in str(ei.value)

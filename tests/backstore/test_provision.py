@@ -53,3 +53,36 @@ def test_grow_backing_grows_and_never_shrinks(tmp_path):
 def test_create_backing_refuses_memory():
     with pytest.raises(BackingStoreError):
         create_backing("memory:1M", "1M")
+
+
+def test_exist_ok_never_writes_over_existing_data(tmp_path):
+    path = tmp_path / "d.img"
+    data = os.urandom(MiB)
+    path.write_bytes(data)
+    assert create_backing(str(path), "2M", preallocation="full", exist_ok=True) is False
+    with open(path, "rb") as f:
+        assert f.read(MiB) == data and f.read() == bytes(MiB)  # only the grown part zeroed
+
+
+def test_overwrite_throws_the_old_contents_away(tmp_path):
+    path = tmp_path / "d.img"
+    path.write_bytes(os.urandom(2 * MiB))
+    assert create_backing(str(path), "1M", preallocation="falloc", overwrite=True) is False
+    assert path.read_bytes() == bytes(MiB)
+
+
+def test_a_file_created_is_removed_when_provisioning_fails(tmp_path, monkeypatch):
+    from gluster_iscsi.backstore import provision
+
+    def full(store, start, nbytes, progress):
+        raise BackingStoreError(errno.ENOSPC, "No space left on device", "x")
+
+    monkeypatch.setattr(provision, "_write_zeroes", full)
+    path = tmp_path / "new.img"
+    with pytest.raises(BackingStoreError):
+        create_backing(str(path), "4M", preallocation="full")
+    assert not path.exists()
+    path.write_bytes(b"keep")  # an existing file is never removed
+    with pytest.raises(BackingStoreError):
+        create_backing(str(path), "4M", preallocation="full", exist_ok=True)
+    assert path.exists()

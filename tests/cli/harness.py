@@ -73,10 +73,12 @@ class Serve:
         p = self.state_dir / "serve.log"
         return p.read_text(errors="replace") if p.exists() else ""
 
-    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 30, cwd: str | os.PathLike[str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, GLUSTER_ISCSI_STATE_DIR=str(self.state_dir))
         return subprocess.run(
-            [EXE, *args], capture_output=True, text=True, env=env, timeout=timeout
+            [EXE, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd
         )
 
     def client(self) -> Client:

@@ -77,7 +77,8 @@ def test_show_layout_matches_tgt_line_for_line():
         "tid": 2, "name": "iqn.2001-04.com.example:two", "sessions": [],
         "luns": [{"lun": 1, "uuid": "5c1d0e6a-1c79-4e9c-a1a7-6d2f3c3f7c01", "serial": "beaf21",
                   "naa": None, "size": 100 << 20, "block_size": 512, "online": True,
-                  "read_only": False, "bstype": "rdwr", "backing": "{DIR}/file2"}],
+                  "read_only": False, "bstype": "rdwr", "backing": "{DIR}/file2",
+                  "thin_provisioning": True}],
         "incoming": ["alice"], "outgoing": "bob",
         "acl": [{"network": "192.168.1.0/24"}, {"initiator": "iqn.1994-05.com.redhat:client"}],
     }  # fmt: skip

@@ -64,6 +64,8 @@ class FakeDaemon:
         self.session_list: list[dict[str, Any]] = []
         self.calls: list[tuple[str, Any]] = []
         self.fail_portal: tuple[str, int] | None = None
+        #: (host, port) -> connections through that portal (connections_on)
+        self.portal_connections: dict[tuple[str, int], int] = {}
         self.nop_interval = 10.0
         self.nop_timeout = 30.0
         self.queue_depth = 128
@@ -77,6 +79,9 @@ class FakeDaemon:
     async def remove_portal(self, portal: Portal) -> None:
         self.calls.append(("remove_portal", (portal.host, portal.port)))
         self._portals = [p for p in self._portals if (p.host, p.port) != (portal.host, portal.port)]
+
+    def connections_on(self, portal: Portal) -> int:
+        return self.portal_connections.get((portal.host, portal.port), 0)
 
     def portals(self) -> list[Portal]:
         return list(self._portals)

@@ -89,6 +89,65 @@ def test_deleting_a_target_with_sessions_needs_force(api):
     assert d.registry.lookup(T1) is None
 
 
+def test_config_apply_and_reload_refuse_to_drop_sessions_without_force(api, tmp_path):
+    server, d = api
+    run_ops(
+        server,
+        ("target.create", {"name": T1}),
+        ("lun.create", {"target": T1, "backing": "/srv/a.img"}),
+        ("portal.add", {"host": "127.0.0.1", "port": 3999}),
+    )
+    before = call(server, "config.export", show_secrets=True)
+    saved = (tmp_path / "config.json").read_bytes()
+    d.session_list = [{"tsih": 5, "target": T1, "initiator_name": "iqn.x:y"}]
+    d.portal_connections = {("127.0.0.1", 3999): 3}
+    replaced = json.loads(json.dumps(before))
+    replaced["targets"][0]["luns"][0]["backing"] = "/srv/b.img"
+    removed = {**before, "targets": [], "portals": []}
+    for cfg, busy in (
+        (replaced, [f"target {T1}: LUN 1 (replaced) in use by 1 session(s)"]),
+        (removed, [f"target {T1}: removing it closes its 1 session(s)",
+                   "portal 127.0.0.1:3999: removing it closes its 3 connection(s)"]),
+    ):  # fmt: skip
+        with pytest.raises(ApiError) as e:
+            call(server, "config.apply", config=cfg)
+        assert e.value.code == "busy" and "--force" in e.value.hint
+        assert e.value.message == "; ".join(busy)
+        assert call(server, "config.export", show_secrets=True) == before
+        assert (tmp_path / "config.json").read_bytes() == saved
+    # a dry run says what would change, busy or not
+    assert call(server, "config.apply", config=removed, dry_run=True)["changes"]
+    cfgmod.save(tmp_path, {**removed, "epoch": before["epoch"]})
+    with pytest.raises(ApiError) as e:
+        call(server, "config.reload")
+    assert e.value.code == "busy"
+    res = call(server, "config.reload", force=True)
+    assert {(c["action"], c["object"]) for c in res["changes"]} == {
+        ("remove", "target"), ("remove", "portal")
+    }
+    assert d.registry.lookup(T1) is None and ("remove_portal", ("127.0.0.1", 3999)) in d.calls
+
+
+def test_a_failed_config_apply_saves_nothing(api, tmp_path, fake_runtime):
+    server, d = api
+    _, failing = fake_runtime
+    call(server, "target.create", name=T1)
+    before = call(server, "config.export", show_secrets=True)
+    saved = (tmp_path / "config.json").read_bytes()
+    failing.add("/srv/missing.img")
+    cfg = json.loads(json.dumps(before))
+    cfg["targets"][0]["luns"] = [
+        {"lun": 1, "backing": "/srv/a.img"}, {"lun": 2, "backing": "/srv/missing.img"}
+    ]
+    cfg["portals"] = [{"host": "127.0.0.1", "port": 3999}]
+    with pytest.raises(ApiError) as e:
+        call(server, "config.apply", config=cfg)
+    assert e.value.code == "unavailable" and "missing.img" in e.value.message
+    assert call(server, "config.export", show_secrets=True) == before
+    assert (tmp_path / "config.json").read_bytes() == saved
+    assert d.registry.lookup(T1).device is None or d.registry.lookup(T1).device.luns == {}
+
+
 def test_secrets_never_appear_unless_asked(api, tmp_path, caplog):
     server, d = api
     caplog.set_level("DEBUG")
@@ -150,7 +209,10 @@ def test_reload_applies_the_file(api, tmp_path):
     cfg["targets"][0]["alias"] = "edited"
     cfgmod.save(tmp_path, cfg)
     res = call(server, "config.reload")
-    assert res["changes"] == [f"target {T1}: alias edited"]
+    assert res["changes"] == [{
+        "action": "set", "object": "target", "target": T1, "field": "alias", "value": "edited",
+        "text": f"target {T1}: alias edited",
+    }]  # fmt: skip
     assert d.registry.lookup(T1).alias == "edited"
 
 

@@ -16,6 +16,11 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def lines(changes):
+    """The human lines of a ``changes`` list (each change is an object with a ``text``)."""
+    return [c["text"] for c in changes]
+
+
 def desired(**kw):
     cfg = cfgmod.empty_config()
     cfg["accounts"] = {"alice": "alicesecret12", "bob": "bobsecret1234"}
@@ -38,8 +43,8 @@ async def apply_twice(daemon, cfg):
 def test_first_apply_builds_everything_and_a_second_is_a_no_op(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
     first, second = run(apply_twice(d, desired()))
-    assert f"target {T1} (tid 1): add" in first
-    assert "portal 127.0.0.1:3260: add" in first
+    assert f"target {T1} (tid 1): add" in lines(first)
+    assert "portal 127.0.0.1:3260: add" in lines(first)
     assert second == []
     t = d.registry.lookup(T1)
     assert t.tid == 1 and t.allows("iqn.x:y", "10.1.1.1")
@@ -63,7 +68,7 @@ def test_adding_a_target_leaves_the_others_objects_untouched(tmp_path, fake_runt
         return before_target, before_lu, changes
 
     before_target, before_lu, changes = run(scenario())
-    assert all(T1 not in c for c in changes), changes
+    assert all(T1 not in c for c in lines(changes)), changes
     assert d.registry.lookup(T1) is before_target
     assert before_target.device.lu(1) is before_lu and not before_lu.store.closed
     assert ("remove_target", T1) not in d.calls
@@ -90,11 +95,11 @@ def test_acl_and_chap_changes_are_made_in_place(tmp_path, fake_runtime):
     assert not t.allows("iqn.x:y", "192.168.0.1") and t.allows("iqn.x:y", "10.2.3.4")
     assert [a.user for a in t.incoming] == ["alice"]
     assert t.chap_for("iqn.1994-05.com.redhat:c")[0][0].secret == "bobsecret1234"
-    assert any("allow 10.0.0.0/8" in c for c in changes)
-    assert any("disallow ALL" in c for c in changes)
-    assert any("CHAP incoming alice" in c for c in changes)
-    assert all("secret" not in c or "new secret" in c for c in changes)
-    assert not any("alicesecret12" in c for c in changes)
+    assert any("allow 10.0.0.0/8" in c for c in lines(changes))
+    assert any("disallow ALL" in c for c in lines(changes))
+    assert any("CHAP incoming alice" in c for c in lines(changes))
+    assert all("secret" not in c or "new secret" in c for c in lines(changes))
+    assert "alicesecret12" not in repr(changes)
 
 
 def test_a_new_secret_reaches_every_target_using_the_account(tmp_path, fake_runtime):
@@ -109,7 +114,7 @@ def test_a_new_secret_reaches_every_target_using_the_account(tmp_path, fake_runt
         return await reconcile.apply(d, new)
 
     changes = run(scenario())
-    assert "account alice: new secret" in changes
+    assert "account alice: new secret" in lines(changes)
     assert d.registry.lookup(T1).incoming[0].secret == "another-secret-99"
 
 
@@ -131,7 +136,7 @@ def test_lun_changes_replace_only_that_lun_and_size_grows_online(tmp_path, fake_
     dev, lu1, lu2, changes = run(scenario())
     assert dev.lu(1) is lu1 and lu1.store.size == 2 << 20 and lu1.capacity_changes == 1
     assert dev.lu(2) is not lu2 and lu2.store.closed
-    assert f"target {T1}: LUN 1 size {2 << 20}" in changes
+    assert f"target {T1}: LUN 1 size {2 << 20}" in lines(changes)
 
 
 def test_shrinking_is_refused(tmp_path, fake_runtime):
@@ -188,30 +193,43 @@ def test_removing_a_target_closes_its_stores(tmp_path, fake_runtime):
 
     lu, changes = run(scenario())
     assert lu.store.closed and d.registry.lookup(T1) is None
-    assert changes == [f"target {T1} (tid 1): remove (closes its sessions)"]
+    assert changes == [{
+        "action": "remove", "object": "target", "target": T1, "tid": 1,
+        "text": f"target {T1} (tid 1): remove (closes its sessions)",
+    }]  # fmt: skip
 
 
-def test_portal_changes_and_a_port_in_use(tmp_path, fake_runtime):
+def test_a_port_in_use_at_commit_undoes_everything(tmp_path, fake_runtime):
+    """The fake daemon has no bind_portal, so the port fails at commit: every step before it
+    (a new target with its LUN, an ACL change, params) is undone and its store closed."""
+    opened, _ = fake_runtime
     d = FakeDaemon(tmp_path)
     d.fail_portal = ("127.0.0.1", 3999)
 
     async def scenario():
         await reconcile.apply(d, desired())
+        t1 = d.registry.lookup(T1)
         cfg = desired(
+            params={"MaxRecvDataSegmentLength": "65536"},
             portals=[
                 {"host": "127.0.0.1", "port": 3260, "advertise": "10.0.2.2"},
                 {"host": "127.0.0.1", "port": 3999},
-            ]
+            ],
         )
-        await reconcile.apply(d, cfg)
+        cfg["targets"][0]["acl"] = [{"network": "10.0.0.0/8"}]
+        cfg["targets"].append({"name": T2, "tid": 2, "luns": [{"lun": 1, "backing": "/srv/t2.img"}]})
+        with pytest.raises(reconcile.ReconcileError, match="cannot listen") as e:
+            await reconcile.apply(d, cfgmod.validate(cfg))
+        return t1, e.value
 
-    with pytest.raises(reconcile.ReconcileError, match="cannot listen") as e:
-        run(scenario())
-    assert e.value.field == "portal 127.0.0.1:3999"
-    # the advertise change went through (reopened); the failed portal is not recorded
-    assert [(p["port"], p["advertise"]) for p in reconcile.current(d)["portals"]] == [
-        (3260, "10.0.2.2")
-    ]
+    t1, err = run(scenario())
+    assert err.field == "portal 127.0.0.1:3999"
+    assert d.registry.lookup(T2) is None and d.registry.lookup(T1) is t1
+    assert t1.allows("iqn.x:y", "192.168.1.1")  # the old ACL (ALL) is back
+    assert d.params["MaxRecvDataSegmentLength"] == "262144"
+    assert [lu.cfg["backing"] for lu in opened if lu.store.closed] == ["/srv/t2.img"]
+    assert not t1.device.lu(1).store.closed
+    assert reconcile.current(d) == desired() | {"epoch": reconcile.current(d)["epoch"]}
 
 
 def test_dry_run_reports_without_changing(tmp_path, fake_runtime):
@@ -233,7 +251,7 @@ def test_params_and_discovery_auth(tmp_path, fake_runtime):
     assert d.registry.discovery_outgoing.user == "bob"
     changes = run(reconcile.apply(d, desired()))
     assert d.params["MaxRecvDataSegmentLength"] == "262144"  # back to the daemon's default
-    assert "params: MaxRecvDataSegmentLength back to its default" in changes
+    assert "params: MaxRecvDataSegmentLength back to its default" in lines(changes)
     assert d.registry.discovery_incoming == []
 
 
@@ -262,9 +280,10 @@ def test_a_store_missing_at_restore_leaves_only_that_lun_offline_and_a_reload_re
         return first, second, third
 
     first, second, third = run(scenario())
-    assert any("LUN 1 offline" in line and T2 in line for line in first)
-    assert f"target {T2}: alias x" in second
-    assert third == [f"target {T2}: LUN 1 online again"]
+    assert any("LUN 1 offline" in line and T2 in line for line in lines(first))
+    assert f"target {T2}: alias x" in lines(second)
+    assert lines(third) == [f"target {T2}: LUN 1 online again"]
+    assert third[0]["action"] == "online" and third[0]["object"] == "lun"
     assert d.registry.lookup(T2).device.lu(1) is not None
     assert reconcile.current(d)["targets"][1]["luns"][0]["backing"] == "/srv/down.img"
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gluster_iscsi.iscsi import events as ev
 from gluster_iscsi.iscsi.connection import Connection
 from gluster_iscsi.iscsi.session import SessionTable
+from gluster_iscsi.logs import PROBLEMS
 from gluster_iscsi.scsi.task import ScsiResult, Status
 from gluster_iscsi.target.model import AccessRule, ChapAccount, Portal, Target, TargetRegistry
 
@@ -101,12 +102,21 @@ def test_login_refusals_carry_the_status_and_close(pairs, status):
     assert any(isinstance(e, ev.CloseConnection) for e in events)
 
 
-def test_login_refused_by_acl_is_authorization_failure():
+def test_login_refused_by_acl_is_answered_as_target_not_found(caplog):
+    # Issue 16: 0x0202 here and 0x0203 for a missing target let target names be probed.
     reg = registry()
     reg.targets[TNAME].acl = [AccessRule(initiator="iqn.1994-05.com.example:other")]
     conn = new_conn(reg)
-    _, (r,) = feed(conn, I.login(OPERATIONAL))
-    assert (r.status_class, r.status_detail) == (2, 2)
+    with caplog.at_level("WARNING", logger="gluster_iscsi.iscsi.connection"):
+        _, (r,) = feed(conn, I.login(OPERATIONAL))
+    assert (r.status_class, r.status_detail) == (2, 3)
+    PROBLEMS.clear()  # the same peer's second refusal would be counted, not logged
+    missing = new_conn(reg)
+    _, (r2,) = feed(missing, I.login([("InitiatorName", INAME), ("TargetName", TNAME + "x")]))
+    assert bytes(r2.raw.bhs[36:38]) == bytes(r.raw.bhs[36:38])  # the same answer
+    lines = [rec.getMessage() for rec in caplog.records]
+    assert "not allowed" in lines[0] and TNAME in lines[0]  # the log keeps the real reason
+    assert "not found" in lines[1]
 
 
 def test_unsupported_version_range():

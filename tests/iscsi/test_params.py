@@ -466,3 +466,29 @@ def test_every_key_has_a_consistent_row() -> None:
             assert key.low <= int(key.default or key.low) <= key.high, name
         if key.kind is Kind.LIST:
             assert key.default in key.choices, name
+
+
+# Issue 16, item 3: pair rules only between values both agreed.
+@pytest.mark.parametrize("order", ["max-first", "first-first"])
+def test_a_max_burst_below_the_default_first_burst_is_agreed_with_a_smaller_first_burst(order) -> None:
+    n = Negotiator(TARGET)
+    pairs = [("MaxBurstLength", "32768"), ("FirstBurstLength", "16384")]
+    if order == "first-first":
+        pairs.reverse()
+    out = dict(n.negotiate(pairs, stage="operational"))
+    assert out == {"MaxBurstLength": "32768", "FirstBurstLength": "16384"}
+    assert (n.result().max_burst, n.result().first_burst) == (32768, 16384)
+
+
+def test_max_burst_then_first_burst_in_later_requests_is_agreed() -> None:
+    n = Negotiator(TARGET)
+    assert n.negotiate([("MaxBurstLength", "32768")], stage="security") == [("MaxBurstLength", "32768")]
+    assert n.negotiate([("FirstBurstLength", "16384")], stage="operational") == [
+        ("FirstBurstLength", "16384")]
+    assert n.result().first_burst == 16384
+
+
+def test_a_first_burst_never_negotiated_takes_effect_as_at_most_max_burst() -> None:
+    n = Negotiator(TARGET)
+    n.negotiate([("MaxBurstLength", "16384")], stage="operational")
+    assert (n.result().max_burst, n.result().first_burst) == (16384, 16384)

@@ -1,6 +1,11 @@
-"""The ``gluster-iscsi`` command line: a thin client of the daemon's control API.
+"""The gluster-iscsi command line: a thin client of the daemon's control API.
 
-Exit status (scripts can rely on it; ``--json`` also prints the error as JSON):
+\b
+Verbs: create/delete a named object (target, lun, auth account-create), add/remove an
+entry of a list (acl rule, portal), list/show to look, set/unset a value, bind/unbind a
+CHAP account; every command that prints state takes --json (docs/CLI-JSON.md).
+
+Exit status (scripts can rely on it; --json also prints the error as JSON):
 
 \b
   0  success (also: --exist-ok / --missing-ok turned "already so" into success)
@@ -12,8 +17,10 @@ Exit status (scripts can rely on it; ``--json`` also prints the error as JSON):
 
 from __future__ import annotations
 
+import copy
 import getpass
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +80,7 @@ def _changes(result: dict[str, Any], as_json: bool, summary: str) -> None:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Seconds to wait for the daemon on each call (default 10, env GLUSTER_ISCSI_TIMEOUT).",
 )
@@ -115,7 +122,7 @@ def status(as_json: bool) -> None:
 
 @main.group()
 def target() -> None:
-    """Targets: create, delete, list, show."""
+    """Targets: create, delete, list, show, set."""
 
 
 @target.command("create")
@@ -222,15 +229,15 @@ def _indent(text: str, n: int) -> str:
 
 @target.command("set")
 @click.argument("target")
-@click.option("--alias")
-@click.option("--no-alias", is_flag=True)
+@click.option("--alias", help="The new TargetAlias.")
+@click.option("--no-alias", is_flag=True, help="Remove the alias.")
 @json_option
 def target_set(target: str, alias: str | None, no_alias: bool, as_json: bool) -> None:
     """Change TARGET's alias."""
     res = _call(
         "target.update", as_json=as_json, target=target, alias=alias, clear_alias=no_alias or None
     )
-    _changes(res, as_json, "\n".join(res["changes"]) or "no change")
+    _changes(res, as_json, "\n".join(c["text"] for c in res["changes"]) or "no change")
 
 
 # ------------------------------------------------------------------------------ lun
@@ -259,27 +266,38 @@ def lun() -> None:
     type=click.Choice(["sparse", "falloc", "full"]),
     default="sparse",
     show_default=True,
+    help="With --size: sparse (allocate on write), falloc (reserve blocks) or full (write zeroes).",
 )
-@click.option("--read-only", is_flag=True)
+@click.option("--read-only", is_flag=True, help="Export the LUN write-protected.")
 @click.option(
     "--block-size",
     type=click.Choice(["512", "1024", "2048", "4096"]),
     default="512",
     show_default=True,
+    help="Logical block size in bytes.",
 )
 @click.option("--uuid", help="LUN identity (WWID); give the same on every gateway exporting it.")
 @click.option("--serial", help="SCSI unit serial number (default: from the UUID).")
 @click.option(
     "--exist-ok", is_flag=True, help="Succeed if that LUN number is taken (not compared)."
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="With --size: throw away the contents of an existing backing file and provision it"
+    " anew (without it, a file with data is refused).",
+)
 @json_option
 def lun_create(target: str, backing: str, lun_id: int | None, bstype: str | None, size: str | None,
                prealloc: str, read_only: bool, block_size: str, uuid: str | None, serial: str | None,
-               exist_ok: bool, as_json: bool) -> None:  # fmt: skip
+               exist_ok: bool, overwrite: bool, as_json: bool) -> None:  # fmt: skip
     """Export BACKING as a new LUN of TARGET.
 
-    BACKING is a file or block device path, memory:SIZE, gluster://host/volume/path or
-    tgt's volume@host:path.
+    \b
+    BACKING is a file or block device path (a relative one is taken from the current
+    directory and stored absolute), memory:SIZE, gluster://host/volume/path or tgt's
+    volume@host:path. With --size a missing file is created; an existing file with data is
+    refused unless --overwrite.
     """
     if size and prealloc != "sparse":  # writing zeroes over a big file takes a while
         ctx = click.get_current_context().find_object(Ctx)
@@ -290,7 +308,7 @@ def lun_create(target: str, backing: str, lun_id: int | None, bstype: str | None
         target=target, backing=backing, lun=lun_id, bstype=bstype, size=size,
         create=True if size and not backing.startswith("memory") else None,
         prealloc=prealloc, read_only=read_only or None, block_size=int(block_size),
-        uuid=uuid, serial=serial,
+        uuid=uuid, serial=serial, overwrite=overwrite or None,
     )  # fmt: skip
     _changes(res, as_json, f"created LUN {res['lun']} of {res['target']}")
 
@@ -298,7 +316,7 @@ def lun_create(target: str, backing: str, lun_id: int | None, bstype: str | None
 @lun.command("delete")
 @click.argument("target")
 @click.argument("lun_id", metavar="LUN", type=int)
-@click.option("--missing-ok", is_flag=True)
+@click.option("--missing-ok", is_flag=True, help="Succeed if there is no such LUN.")
 @json_option
 def lun_delete(target: str, lun_id: int, missing_ok: bool, as_json: bool) -> None:
     """Remove LUN from TARGET (the backing file is kept)."""
@@ -343,14 +361,20 @@ def acl() -> None:
 
 
 def _rule_args(rule: str) -> dict[str, str]:
-    return {"network": rule} if is_network(rule) else {"initiator": rule}
+    # Anything shaped like an address (digits, dots, colons, a /prefix) is meant as one, even
+    # when it is not a valid one (10.0.0.0/33): the daemon then says the network is invalid,
+    # not that an IQN is.
+    looks_like_address = re.match(r"^[0-9A-Fa-f.:]+(/\d*)?(%\S*)?$", rule) is not None and any(
+        c in rule for c in ".:/"
+    )
+    return {"network": rule} if is_network(rule) or looks_like_address else {"initiator": rule}
 
 
 @acl.command("add")
 @click.argument("target")
 @click.argument("rule")
 @click.option("--force", is_flag=True, help="Accept an initiator name that breaks the rules.")
-@click.option("--exist-ok", is_flag=True)
+@click.option("--exist-ok", is_flag=True, help="Succeed if RULE is already there.")
 @json_option
 def acl_add(target: str, rule: str, force: bool, exist_ok: bool, as_json: bool) -> None:
     """Allow RULE (an initiator IQN, an address, a CIDR network or ALL) to log in to TARGET."""
@@ -362,7 +386,7 @@ def acl_add(target: str, rule: str, force: bool, exist_ok: bool, as_json: bool) 
 @acl.command("remove")
 @click.argument("target")
 @click.argument("rule")
-@click.option("--missing-ok", is_flag=True)
+@click.option("--missing-ok", is_flag=True, help="Succeed if RULE is not there.")
 @json_option
 def acl_remove(target: str, rule: str, missing_ok: bool, as_json: bool) -> None:
     """Remove RULE from TARGET's ACL (sessions already logged in stay)."""
@@ -375,6 +399,7 @@ def acl_remove(target: str, rule: str, missing_ok: bool, as_json: bool) -> None:
 @click.argument("target")
 @json_option
 def acl_list(target: str, as_json: bool) -> None:
+    """TARGET's ACL: who may log in, and the CHAP accounts of each initiator rule."""
     rules = _call("acl.list", as_json=as_json, target=target)
     if as_json:
         emit_json(rules)
@@ -393,9 +418,15 @@ def auth() -> None:
     """CHAP accounts, and who must use them (a target, one initiator of it, or discovery)."""
 
 
-def _read_secret(secret: str | None, secret_file: Path | None) -> str:
+def _read_secret(secret: str | None, secret_file: Path | None, as_json: bool = False) -> str:
     if secret_file is not None:
-        return secret_file.read_text().strip("\n")
+        try:
+            return secret_file.read_text().strip("\n")
+        except (OSError, UnicodeDecodeError) as e:
+            fail(ApiError("invalid", f"cannot read the secret file {secret_file}: "
+                                     f"{getattr(e, 'strerror', None) or e}",
+                          hint="give a readable file whose first line is the secret"),
+                 as_json=as_json)
     if secret is not None:
         return secret
     if not sys.stdin.isatty():
@@ -406,17 +437,18 @@ def _read_secret(secret: str | None, secret_file: Path | None) -> str:
     return first
 
 
-@auth.command("account-add")
+@auth.command("account-create")
 @click.argument("user")
 @click.option("--secret", help="The secret (visible in ps; prefer --secret-file or stdin).")
-@click.option("--secret-file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--secret-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Read the secret from this file (its first line).")
 @json_option
 def auth_account_add(
     user: str, secret: str | None, secret_file: Path | None, as_json: bool
 ) -> None:
     """Create CHAP account USER (secret from --secret-file, stdin, or a prompt)."""
     res = _call(
-        "auth.account.add", as_json=as_json, user=user, secret=_read_secret(secret, secret_file)
+        "auth.account.add", as_json=as_json, user=user, secret=_read_secret(secret, secret_file, as_json)
     )
     _changes(res, as_json, f"created CHAP account {res['user']}")
 
@@ -431,9 +463,10 @@ def auth_account_delete(user: str, as_json: bool) -> None:
 
 
 @auth.command("account-list")
-@click.option("--show-secrets", is_flag=True)
+@click.option("--show-secrets", is_flag=True, help="Include the secrets (else masked).")
 @json_option
 def auth_account_list(show_secrets: bool, as_json: bool) -> None:
+    """CHAP accounts and where each is used."""
     rows = _call("auth.account.list", as_json=as_json, show_secrets=show_secrets or None)
     if as_json:
         emit_json(rows)
@@ -494,7 +527,7 @@ def auth_unbind(
 
 
 @auth.command("show")
-@click.option("--show-secrets", is_flag=True)
+@click.option("--show-secrets", is_flag=True, help="Include the secrets (else masked).")
 @json_option
 def auth_show(show_secrets: bool, as_json: bool) -> None:
     """Accounts and where each is required."""
@@ -517,14 +550,22 @@ def auth_show(show_secrets: bool, as_json: bool) -> None:
 # ------------------------------------------------------------------------------ portal
 
 
-def _hostport(text: str) -> tuple[str, int]:
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else 3260
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host, int(port)
-    return text, 3260
+def _hostport(text: str, *, resolve: bool = False) -> tuple[str, int]:
+    """HOST[:PORT] -> (host, port); raises ValueError (BadAddress) with a message for people."""
+    from .serve import parse_hostport
+
+    return parse_hostport(text, resolve=resolve)
+
+
+def _address(text: str, as_json: bool, *, resolve: bool = False) -> tuple[str, int]:
+    """Parse an address argument or exit 6 (invalid value) with the reason."""
+    try:
+        return _hostport(text, resolve=resolve)
+    except ValueError as e:
+        fail(ApiError("invalid", str(e), hint="give HOST[:PORT]: 127.0.0.1:3260, [::1]:3260, "
+                                              "0.0.0.0:3260 (every IPv4 address)"),
+             as_json=as_json)
+        raise AssertionError from None
 
 
 @main.group()
@@ -535,21 +576,23 @@ def portal() -> None:
 @portal.command("add")
 @click.argument("address", metavar="HOST[:PORT]")
 @click.option("--advertise", help="host[:port] SendTargets reports (NAT, guests).")
-@click.option("--exist-ok", is_flag=True)
+@click.option("--exist-ok", is_flag=True, help="Succeed if the daemon already has that portal.")
 @json_option
 def portal_add(address: str, advertise: str | None, exist_ok: bool, as_json: bool) -> None:
-    host, port = _hostport(address)
+    """Listen on HOST[:PORT] too (port 3260 if not given; IPv6 in brackets: [::1]:3260)."""
+    host, port = _address(address, as_json, resolve=True)
     res = _call("portal.add", as_json=as_json, ok_codes=("exists",) if exist_ok else (),
                 host=host, port=port, advertise=advertise)  # fmt: skip
     _changes(res, as_json, f"listening on {address}")
 
 
-@portal.command("delete")
+@portal.command("remove")
 @click.argument("address", metavar="HOST[:PORT]")
-@click.option("--missing-ok", is_flag=True)
+@click.option("--missing-ok", is_flag=True, help="Succeed if there is no such portal.")
 @json_option
-def portal_delete(address: str, missing_ok: bool, as_json: bool) -> None:
-    host, port = _hostport(address)
+def portal_remove(address: str, missing_ok: bool, as_json: bool) -> None:
+    """Stop listening on HOST[:PORT] (its connections are closed)."""
+    host, port = _address(address, as_json)
     res = _call("portal.delete", as_json=as_json, ok_codes=("not_found",) if missing_ok else (),
                 host=host, port=port)  # fmt: skip
     _changes(res, as_json, f"closed portal {address}")
@@ -558,6 +601,7 @@ def portal_delete(address: str, missing_ok: bool, as_json: bool) -> None:
 @portal.command("list")
 @json_option
 def portal_list(as_json: bool) -> None:
+    """The portals (listening addresses), what SendTargets advertises, and whether each listens."""
     rows = _call("portal.list", as_json=as_json)
     if as_json:
         emit_json(rows)
@@ -579,6 +623,7 @@ def session() -> None:
 @click.argument("target", required=False)
 @json_option
 def session_list(target: str | None, as_json: bool) -> None:
+    """Sessions logged in to TARGET (or to any target, and discovery sessions)."""
     rows = _call("session.list", as_json=as_json, target=target)
     if as_json:
         emit_json(rows)
@@ -644,9 +689,10 @@ def param() -> None:
 
 
 @param.command("list")
-@click.option("--target", "target_ref")
+@click.option("--target", "target_ref", help="That target's values (else the daemon-wide ones).")
 @json_option
 def param_list(target_ref: str | None, as_json: bool) -> None:
+    """The login parameters offered, and which are set rather than defaults."""
     res = _call("param.list", as_json=as_json, target=target_ref)
     if as_json:
         emit_json(res)
@@ -659,7 +705,7 @@ def param_list(target_ref: str | None, as_json: bool) -> None:
 @param.command("set")
 @click.argument("name")
 @click.argument("value")
-@click.option("--target", "target_ref")
+@click.option("--target", "target_ref", help="Only for this target (else daemon-wide).")
 @json_option
 def param_set(name: str, value: str, target_ref: str | None, as_json: bool) -> None:
     """Offer VALUE for login key NAME (new sessions only)."""
@@ -669,9 +715,10 @@ def param_set(name: str, value: str, target_ref: str | None, as_json: bool) -> N
 
 @param.command("unset")
 @click.argument("name")
-@click.option("--target", "target_ref")
+@click.option("--target", "target_ref", help="Only for this target (else daemon-wide).")
 @json_option
 def param_unset(name: str, target_ref: str | None, as_json: bool) -> None:
+    """Offer NAME's default again (new sessions only)."""
     res = _call("param.unset", as_json=as_json, name=name, target=target_ref)
     _changes(res, as_json, f"{res['name']} back to its default")
 
@@ -686,39 +733,61 @@ def config_group() -> None:
 
 @config_group.command("export")
 @click.option("--show-secrets", is_flag=True, help="Include CHAP secrets (else masked).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
-def config_export(show_secrets: bool, output: Path | None) -> None:
-    """Print the running config as JSON (apply it elsewhere with 'config apply')."""
-    cfg = _call("config.export", show_secrets=show_secrets or None)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write it to this file instead of stdout.")
+@json_option
+def config_export(show_secrets: bool, output: Path | None, as_json: bool) -> None:
+    """Print the running config as JSON (apply it elsewhere with 'config apply').
+
+    The output is JSON with or without --json (accepted like on every command).
+    """
+    cfg = _call("config.export", as_json=as_json, show_secrets=show_secrets or None)
     text = cfgmod.dumps(cfg)
     if output:
-        output.write_text(text)
-        if show_secrets:
-            output.chmod(0o600)
+        try:
+            output.write_text(text)
+            if show_secrets:
+                output.chmod(0o600)
+        except OSError as e:
+            fail(ApiError("invalid", f"cannot write {output}: {e.strerror or e}",
+                          hint="give a writable file path with -o, or leave -o out for stdout"),
+                 as_json=as_json)
     else:
         click.echo(text, nl=False)
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def _read_config_file(path: Path, as_json: bool = False) -> dict[str, Any]:
     try:
         return json.loads(path.read_text() if str(path) != "-" else sys.stdin.read())
     except (OSError, ValueError) as e:
         fail(
             ApiError(
                 "invalid", f"cannot read {path}: {e}", hint="give a JSON file from 'config export'"
-            )
+            ),
+            as_json=as_json,
         )
     raise AssertionError
+
+
+_FORCE_HELP = (
+    "Apply even if it closes sessions or connections (a removed target or portal, a removed"
+    " or replaced LUN of a target in use)."
+)
 
 
 @config_group.command("apply")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @json_option
-def config_apply(file: Path, dry_run: bool, as_json: bool) -> None:
-    """Make the running daemon match FILE (idempotent: a second run changes nothing)."""
+def config_apply(file: Path, dry_run: bool, force: bool, as_json: bool) -> None:
+    """Make the running daemon match FILE, all or nothing (a second run changes nothing)."""
     res = _call(
-        "config.apply", as_json=as_json, config=_read_config_file(file), dry_run=dry_run or None
+        "config.apply",
+        as_json=as_json,
+        config=_read_config_file(file, as_json),
+        dry_run=dry_run or None,
+        force=force or None,
     )
     _print_changes(res, as_json, dry_run)
 
@@ -729,40 +798,75 @@ def _print_changes(res: dict[str, Any], as_json: bool, dry_run: bool) -> None:
         return
     if not res["changes"]:
         click.echo("no changes: the daemon already matches")
-    for line in res["changes"]:
-        click.echo(("would: " if dry_run else "") + line)
+    for c in res["changes"]:
+        click.echo(("would: " if dry_run else "") + c["text"])
 
 
 @config_group.command("reload")
-@click.option("--dry-run", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @json_option
-def config_reload(dry_run: bool, as_json: bool) -> None:
-    """Re-read the saved config file and apply only what changed (like SIGHUP)."""
-    res = _call("config.reload", as_json=as_json, dry_run=dry_run or None)
+def config_reload(dry_run: bool, force: bool, as_json: bool) -> None:
+    """Re-read the saved config file and apply what changed, all or nothing (like SIGHUP)."""
+    res = _call("config.reload", as_json=as_json, dry_run=dry_run or None, force=force or None)
     _print_changes(res, as_json, dry_run)
 
 
 @config_group.command("validate")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def config_validate(file: Path) -> None:
+@json_option
+def config_validate(file: Path, as_json: bool) -> None:
     """Check FILE offline (no daemon needed)."""
+    # A file 'config export' wrote has its secrets masked; 'config apply' keeps the daemon's
+    # secrets for those accounts, which an offline check cannot see: accept them, with a note.
+    doc, masked = cfgmod.fill_redacted(_read_config_file(file, as_json))
     try:
-        cfgmod.validate(_read_config_file(file))
+        cfgmod.validate(doc)
     except cfgmod.ConfigError as e:
-        fail(ApiError("invalid", str(e), field=e.field))
+        fail(ApiError("invalid", str(e), field=e.field), as_json=as_json)
+    if as_json:
+        emit_json({"ok": True, "file": str(file), "masked_secrets": masked})
+        return
+    if masked:
+        click.echo(
+            f"note: the secret of {', '.join(masked)} is masked ({cfgmod.REDACTED}); 'config"
+            " apply' keeps the daemon's secret for it (the daemon must have that account)",
+            err=True,
+        )
     click.echo(f"{file}: valid")
 
 
 @config_group.command("path")
-def config_path() -> None:
+@json_option
+def config_path(as_json: bool) -> None:
     """Where the config file and control socket of --state-dir are."""
     ctx = click.get_current_context().find_object(Ctx)
     assert ctx is not None
+    if as_json:
+        emit_json({"config": str(cfgmod.config_path(ctx.state_dir)),
+                   "socket": str(cfgmod.socket_path(ctx.state_dir))})
+        return
     click.echo(cfgmod.config_path(ctx.state_dir))
     click.echo(cfgmod.socket_path(ctx.state_dir))
 
 
 # ------------------------------------------------------------------------------ plug-ins
+
+
+def _alias(group: click.Group, old: str, new: str) -> None:
+    """Keep OLD working as a hidden alias of NEW (renamed to keep one verb vocabulary)."""
+    cmd = copy.copy(group.commands[new])
+    cmd.name = old
+    cmd.hidden = True
+    cmd.help = f"Old name of '{new}' (kept so scripts do not break).\n\n{cmd.help or ''}"
+    group.add_command(cmd, old)
+
+
+#: Renamed commands: (group, old name, new name). One vocabulary: create/delete for named
+#: objects, add/remove for entries of a list.
+ALIASES = [(portal, "delete", "remove"), (auth, "account-add", "account-create")]
+for _group, _old, _new in ALIASES:
+    _alias(_group, _old, _new)
 
 
 def _register() -> None:

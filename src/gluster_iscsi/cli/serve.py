@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import logging
 import os
+import re
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,17 +40,65 @@ def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None
     return n
 
 
-def parse_hostport(text: str, default_port: int = 3260) -> tuple[str, int]:
-    """'host', 'host:port', '[v6]:port' or 'v6' -> (host, port)."""
+class BadAddress(ValueError):
+    """A HOST[:PORT] that cannot be listened on; the message says why and how to write it."""
+
+
+def parse_hostport(text: str, default_port: int = 3260, *, resolve: bool = True) -> tuple[str, int]:
+    """'host', 'host:port', '[v6]' or '[v6]:port' -> (host, port); ':port' is every IPv4 address.
+
+    Raises :class:`BadAddress` with a message fit for the user: a port that is not a number
+    from 1 to 65535, an IPv6 address without brackets (``::1:3260`` is itself an address, so
+    the port could not be told apart), a host name that does not resolve (with ``resolve``).
+    """
+    raw = text
     text = text.strip()
+    if not text:
+        raise BadAddress("empty address: use HOST:PORT, e.g. 127.0.0.1:3260")
+    port_text: str | None = None
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":")
-        return host, int(port) if port else default_port
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host or "0.0.0.0", int(port)
-    return text, default_port
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise BadAddress(f"{raw!r}: missing ']' after the IPv6 address, e.g. [::1]:3260")
+        if rest:
+            if not rest.startswith(":"):
+                raise BadAddress(f"{raw!r}: expected ':PORT' after ']', e.g. [::1]:3260")
+            port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise BadAddress(f"{raw!r}: {host!r} in brackets is not an IPv6 address") from None
+    elif text.count(":") > 1:
+        raise BadAddress(
+            f"{raw!r}: write an IPv6 address in brackets, e.g. [::1]:3260 or [::]:3260"
+        )
+    elif ":" in text:
+        host, port_text = text.split(":")
+        host = host or "0.0.0.0"
+    else:
+        host = text
+    port = default_port
+    if port_text is not None:
+        if not port_text.isdigit():
+            raise BadAddress(f"{raw!r}: the port {port_text!r} is not a number (1 to 65535)")
+        port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise BadAddress(f"{raw!r}: the port must be from 1 to 65535, not {port}")
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?", host):
+            raise BadAddress(f"{raw!r}: {host!r} is not an IP address or host name") from None
+        if resolve:
+            try:
+                socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise BadAddress(f"{raw!r}: cannot resolve host name {host!r} ({exc})") from None
+    return host, port
+
+
+def show_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _state_dir(ctx: click.Context, given: str | None) -> Path:
@@ -56,20 +108,65 @@ def _state_dir(ctx: click.Context, given: str | None) -> Path:
     return Path(parent or os.environ.get("GLUSTER_ISCSI_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
-@click.command()
+#: Exit status of ``serve`` (the same numbers as the other commands; see ``serve --help``).
+EXIT_INTERNAL = 1
+EXIT_CONFIG = 2
+EXIT_INVALID = 6
+EXIT_BUSY = 7
+EXIT_UNAVAILABLE = 9
+
+
+class StartError(Exception):
+    """``serve`` cannot start: one message, an optional hint, and the exit status."""
+
+    def __init__(self, code: int, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+
+
+def _say(message: str, hint: str | None = None) -> None:
+    click.echo(f"gluster-iscsi serve: error: {message}", err=True)
+    if hint:
+        click.echo(f"gluster-iscsi serve: hint: {hint}", err=True)
+
+
+SERVE_HELP = f"""Run the iSCSI target daemon in the foreground.
+
+It listens on --listen (default {DEFAULT_PORTAL}, loopback only, or the saved portals) and
+exports the saved configuration. With --demo it also exports a demo target whose LUN is open
+to every initiator without CHAP: on loopback unless --listen says otherwise.
+
+\b
+Exit status:
+  0  stopped (SIGTERM, SIGINT)
+  1  internal error
+  2  the saved configuration cannot be loaded or applied
+  6  invalid --listen, --advertise or --state-dir
+  7  another daemon already runs with this state directory
+  9  cannot listen on an address (port in use, address not local)
+"""
+
+
+@click.command(help=SERVE_HELP)
 @click.option("--listen", "listens", multiple=True, metavar="HOST:PORT",
-              help=f"Portal to listen on (repeatable). Default {DEFAULT_PORTAL}, or the saved portals.")
+              help=f"Portal to listen on (repeatable): 127.0.0.1:3260, [::1]:3260, 0.0.0.0:3260 "
+                   f"(every IPv4 address). Default {DEFAULT_PORTAL}, or the saved portals.")
 @click.option("--advertise", metavar="HOST",
               help="Address SendTargets reports instead of the listening host (NAT, QEMU guests); "
-                   "each portal keeps its port.")
+                   "each portal keeps its port. Without it a wildcard portal reports the address "
+                   "the initiator connected to.")
 @click.option("--state-dir", "state_dir", metavar="DIR",
               help=f"Config, control socket and demo LUN live here "
                    f"(default: $GLUSTER_ISCSI_STATE_DIR or {DEFAULT_STATE_DIR}).")
 @click.option("--demo", is_flag=True,
               help="Also serve the embedded default: a target with LUN 1 on a 1 GiB sparse file "
-                   "in the state directory, open to any initiator.")
+                   "in the state directory, open to any initiator without CHAP. Listens on "
+                   f"{DEFAULT_PORTAL} (loopback) unless --listen says otherwise.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+              type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Least severe log messages to print (on stderr).")
 @click.option("--nop-interval", default=10.0, show_default=True, type=float,
               help="Seconds of silence before the target pings with NOP-In (0: never).")
 @click.option("--io-timeout", default=60.0, show_default=True, type=float,
@@ -84,6 +181,16 @@ def _state_dir(ctx: click.Context, given: str | None) -> Path:
 @click.option("--io-uring/--no-io-uring", "io_uring", default=True, show_default=True,
               help="Read and write LUNs on FUSE files (a Gluster FUSE mount) through io_uring "
                    "when a command is alone on its connection, instead of worker threads.")
+@click.option("--max-connections", type=click.IntRange(1), metavar="N",
+              help="Connections in all, logged in or not. Default: from the descriptor limit "
+                   "(ulimit -n), two per connection, an eighth (at least 64) kept in reserve "
+                   "for the stores and the control socket.")
+@click.option("--max-prelogin", type=click.IntRange(1), metavar="N",
+              help="Connections that have not completed a login. When full, the least recently "
+                   "active of them is closed to make room. Default: half of --max-connections.")
+@click.option("--max-prelogin-per-host", type=click.IntRange(1), metavar="N",
+              help="Connections not logged in from one source address (same rule). "
+                   "Default: a quarter of --max-prelogin, at least 256 (or all of it).")
 @click.option("--memory-budget", metavar="SIZE", callback=_memory_budget,
               help="Memory for commands' data, all sessions together (read and write buffers, "
                    "responses not yet sent), e.g. 1GiB; beyond it commands get TASK SET FULL "
@@ -91,7 +198,8 @@ def _state_dir(ctx: click.Context, given: str | None) -> Path:
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
           demo: bool, log_level: str, nop_interval: float, io_timeout: float, poll_usecs: float,
-          uvloop: bool, io_uring: bool, memory_budget: int | None) -> None:
+          uvloop: bool, io_uring: bool, max_connections: int | None, max_prelogin: int | None,
+          max_prelogin_per_host: int | None, memory_budget: int | None) -> None:
     """Run the iSCSI target daemon in the foreground."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
@@ -101,8 +209,16 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
     sdir = _state_dir(ctx, state_dir)
     try:
         portals = [parse_hostport(p) for p in listens]
-    except ValueError as exc:
-        raise click.BadParameter(f"{exc}: use HOST:PORT, e.g. 127.0.0.1:3260", param_hint="--listen") from exc
+        if advertise is not None:
+            _check_advertise(advertise)
+        _check_state_dir(sdir)
+    except BadAddress as exc:
+        _say(str(exc), "e.g. --listen 127.0.0.1:3260 (loopback), --listen [::1]:3260, "
+                       "--listen 0.0.0.0:3260 (every IPv4 address)")
+        sys.exit(EXIT_INVALID)
+    except StartError as exc:
+        _say(exc.message, exc.hint)
+        sys.exit(exc.code)
     runner: Any = asyncio.run
     if uvloop:
         try:
@@ -113,72 +229,92 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
             pass
     try:
         code = runner(_serve(sdir, portals, advertise, demo, nop_interval, io_timeout, poll_usecs,
-                             io_uring, memory_budget))
+                             io_uring, {"max_connections": max_connections,
+                                        "max_prelogin": max_prelogin,
+                                        "max_prelogin_per_host": max_prelogin_per_host,
+                                        "memory_budget": memory_budget}))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
 
 
+def _check_advertise(advertise: str) -> None:
+    """--advertise is HOST or HOST:PORT (what initiators are told, so it is not resolved)."""
+    text = advertise.strip()
+    if not text or " " in text:
+        raise BadAddress(f"--advertise {advertise!r}: give HOST or HOST:PORT")
+    if text.count(":") > 1 and not text.startswith("["):
+        raise BadAddress(f"--advertise {advertise!r}: write an IPv6 address in brackets, "
+                         "e.g. [2001:db8::1]")
+    parse_hostport(text, resolve=False)
+
+
+def _check_state_dir(path: Path) -> None:
+    """The state directory must be (or become) a directory this process can write."""
+    hint = "give a writable directory with --state-dir DIR or $GLUSTER_ISCSI_STATE_DIR"
+    if path.exists() and not path.is_dir():
+        raise StartError(EXIT_INVALID, f"the state directory {path} is not a directory", hint)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StartError(EXIT_INVALID, f"cannot create the state directory {path}: "
+                                       f"{exc.strerror or exc}", hint) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartError(EXIT_INVALID, f"the state directory {path} is not writable", hint)
+
+
 async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str | None,
                  demo: bool, nop_interval: float, io_timeout: float = 60.0,
                  poll_usecs: float = 100.0, io_uring: bool = True,
-                 memory_budget: int | None = None) -> int:
+                 limits: dict[str, int | None] | None = None) -> int:
+    """Start in this order: targets and LUNs, the control socket, the portals. A failure at
+    any step undoes every earlier one (no listener, no control socket, no open store)."""
     from .. import DATA_PATH_MODULES, compiled_modules
     from ..control import config as cfgmod
-    from ..control import reconcile
+    from ..control import exposure, reconcile
     from ..control.api import ControlServer
     from ..server.daemon import Daemon
 
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    limits = limits or {}
+    try:
+        _check_state_dir(state_dir)
+    except StartError as exc:
+        _say(exc.message, exc.hint)
+        return exc.code
     compiled = compiled_modules()
     log.info("data path: %d of %d modules compiled%s", len(compiled), len(DATA_PATH_MODULES),
              "" if compiled else " (pure Python: scripts/install builds them with mypyc)")
     daemon = Daemon(state_dir, nop_interval=nop_interval, io_timeout=io_timeout,
-                    poll_usecs=poll_usecs, io_uring=io_uring, memory_budget=memory_budget)
+                    poll_usecs=poll_usecs, io_uring=io_uring,
+                    max_connections=limits.get("max_connections"), max_prelogin=limits.get("max_prelogin"),
+                    max_prelogin_per_host=limits.get("max_prelogin_per_host"),
+                    memory_budget=limits.get("memory_budget"))
+    lim = daemon.limits
+    log.info("connections: at most %d, %d not logged in, %d of those per address",
+             lim.max_connections, lim.max_prelogin, lim.max_prelogin_per_host)
     log.info("memory budget: %d MiB (%d MiB per session)", daemon.budget.limit >> 20,
              daemon.budget.share >> 20)
     _ = daemon.ring  # made now, so the log and `status` say at once which file I/O runs
-    try:
-        saved = cfgmod.load(state_dir)
-    except Exception as exc:  # noqa: BLE001 - report and refuse to start on a broken config
-        log.error("cannot load the saved configuration in %s: %s", state_dir, exc)
-        return 2
-    cfg = saved
-    if demo:
-        cfg = _with_demo(cfgmod, saved, state_dir)
-    if cfg is None:
-        cfg = cfgmod.empty_config()
-    if portals or not cfg.get("portals"):
-        chosen = portals or [parse_hostport(DEFAULT_PORTAL)]
-        cfg["portals"] = [{"host": h, "port": p, "advertise": advertise} for h, p in chosen]
-    elif advertise:
-        for p in cfg["portals"]:
-            p["advertise"] = advertise
-    try:
-        cfg = cfgmod.validate(cfg)
-        portal_cfg, cfg["portals"] = cfg["portals"], []
-        await reconcile.apply(daemon, cfg)  # targets and LUNs before any listener opens
-        cfg["portals"] = portal_cfg
-    except Exception as exc:  # noqa: BLE001
-        log.error("cannot apply the configuration: %s", exc)
-        return 2
     control = ControlServer(daemon)
+    demo_image = state_dir / "demo-lun1.img"
+    made_image = demo and not demo_image.exists()
     try:
-        await control.start()
-    except RuntimeError as exc:
-        log.error("%s", exc)
-        return 1
-    try:
-        await reconcile.apply(daemon, cfg)
-        if saved is None or cfg != saved:
-            cfgmod.save(state_dir, cfg)
-    except OSError as exc:
-        log.error("cannot listen: %s (is another target on that port? pick one with --listen)", exc)
+        cfg = await _start(state_dir, daemon, control, cfgmod, reconcile, portals, advertise, demo)
+    except StartError as exc:
+        _say(exc.message, exc.hint)
         await control.stop()
         await daemon.stop()
-        return 1
+        if made_image:  # a failed start leaves nothing it created behind
+            demo_image.unlink(missing_ok=True)
+        return exc.code
+    except BaseException:
+        await control.stop()
+        await daemon.stop()
+        raise
+    for w in exposure.exposed(cfg):
+        log.warning("%s", w)
     if demo:
-        _print_demo(daemon, cfgmod.DEMO_TARGET)
+        _print_demo(daemon, cfgmod.DEMO_TARGET, cfgmod.config_path(state_dir))
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -190,6 +326,74 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     await control.stop()
     await daemon.stop()
     return 0
+
+
+async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconcile: Any,
+                 portals: list[tuple[str, int]], advertise: str | None,
+                 demo: bool) -> dict[str, Any]:
+    """Bring the daemon up; raise StartError (the caller undoes what was started)."""
+    try:
+        saved = cfgmod.load(state_dir)
+    except Exception as exc:  # noqa: BLE001 - report and refuse to start on a broken config
+        raise StartError(EXIT_CONFIG, f"cannot load the saved configuration in {state_dir}: {exc}",
+                         f"fix or move away {cfgmod.config_path(state_dir)}") from None
+    cfg = saved
+    if demo:
+        # What the demo saves: what is in force, like any serve (the control API saves the
+        # running config at the first change anyway, and a restart should not lose the LUN
+        # someone is trying out). Its portal is never a wildcard it chose itself: the demo
+        # listens where --listen or the saved config says, else on loopback only.
+        cfg = _with_demo(cfgmod, saved, state_dir)
+    if cfg is None:
+        cfg = cfgmod.empty_config()
+    if portals or not (saved or {}).get("portals"):
+        chosen = portals or [parse_hostport(DEFAULT_PORTAL)]
+        cfg["portals"] = [{"host": h, "port": p, "advertise": advertise} for h, p in chosen]
+    elif advertise:
+        for p in cfg["portals"]:
+            p["advertise"] = advertise
+    try:
+        cfg = cfgmod.validate(cfg)
+        portal_cfg, cfg["portals"] = cfg["portals"], []
+        await reconcile.apply(daemon, cfg)  # targets and LUNs before any listener opens
+        cfg["portals"] = portal_cfg
+    except Exception as exc:  # noqa: BLE001
+        raise StartError(EXIT_CONFIG, f"cannot apply the configuration: {exc}") from None
+    try:
+        await control.start()
+    except RuntimeError as exc:
+        raise StartError(EXIT_BUSY, str(exc), "stop it first, or use another --state-dir") from None
+    except OSError as exc:
+        raise StartError(EXIT_INVALID, f"cannot open the control socket in {state_dir}: "
+                                       f"{exc.strerror or exc}",
+                         "give a writable local directory with --state-dir") from None
+    for p in cfg["portals"]:
+        try:
+            await reconcile.apply(daemon, {**cfg, "portals": [q for q in cfg["portals"]
+                                                               if q is p or _listening(daemon, q)]})
+        except Exception as exc:  # noqa: BLE001 - one message, not a traceback
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            why = (os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno
+                   else str(cause))
+            addr = show_address(p["host"], p["port"])
+            if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+                hint = (f"another target (tgtd, another gluster-iscsi) is using {addr}: stop it, "
+                        "or listen elsewhere with --listen HOST:PORT")
+            else:
+                hint = "is the address one of this host's? pick another with --listen HOST:PORT"
+            raise StartError(EXIT_UNAVAILABLE, f"cannot listen on {addr}: {why}", hint) from None
+    try:
+        if saved is None or cfg != saved:
+            cfgmod.save(state_dir, cfg)
+    except OSError as exc:
+        raise StartError(EXIT_INVALID, f"cannot save the configuration in {state_dir}: "
+                                       f"{exc.strerror or exc}",
+                         "give a writable directory with --state-dir") from None
+    return dict(cfg)
+
+
+def _listening(daemon: Any, p: dict[str, Any]) -> bool:
+    return any((x.host, x.port) == (p["host"], p["port"]) for x in daemon.portals())
 
 
 def _with_demo(cfgmod: Any, saved: dict[str, Any] | None, state_dir: Path) -> dict[str, Any]:
@@ -209,24 +413,94 @@ def _with_demo(cfgmod: Any, saved: dict[str, Any] | None, state_dir: Path) -> di
 
 
 async def _reload(daemon: Any, state_dir: Path) -> None:
+    """SIGHUP: apply the saved config all or nothing; never drop sessions (there is no
+    --force for a signal: the log says what to run instead)."""
     from ..control import config as cfgmod
-    from ..control import reconcile
+    from ..control import exposure, reconcile
 
     try:
+        before = reconcile.current(daemon)
         cfg = cfgmod.load(state_dir) or cfgmod.empty_config()
         changes = await reconcile.apply(daemon, cfg)
         log.info("SIGHUP: configuration reloaded (%d change%s)", len(changes), "" if len(changes) == 1 else "s")
+        for w in exposure.newly_exposed(before, reconcile.current(daemon)):
+            log.warning("%s", w)
+    except reconcile.BusyError as exc:
+        log.error(
+            "SIGHUP: reload refused, running configuration unchanged: it would drop sessions"
+            " (%s); log them out, or run 'gluster-iscsi config reload --force'", exc.message,
+        )  # fmt: skip
     except Exception as exc:  # noqa: BLE001
         log.error("SIGHUP: reload failed, running configuration unchanged: %s", exc)
 
 
-def _print_demo(daemon: Any, target: str) -> None:
+def connect_addresses(host: str, port: int, advertise: str | None = None) -> list[str]:
+    """Where an initiator should connect for a portal: never a wildcard.
+
+    The advertised address if there is one; for a wildcard (0.0.0.0, ::) this host's own
+    addresses of that family (loopback first, as the only one sure to work from here).
+    """
+    from ..target.model import Portal
+
+    if advertise:
+        return [Portal(host, port, advertise).advertised()]
+    if host not in ("0.0.0.0", "::", ""):
+        return [show_address(host, port)]
+    v6 = host == "::"
+    found = ["::1" if v6 else "127.0.0.1"]
+    for addr in _local_addresses(v6):
+        ip = ipaddress.ip_address(addr)
+        if addr not in found and not ip.is_loopback and not ip.is_link_local:
+            found.append(addr)
+    return [show_address(a, port) for a in found]
+
+
+def _local_addresses(v6: bool) -> list[str]:
+    """This host's interface addresses (IPv4 by ioctl, IPv6 from /proc); [] where unknown."""
+    out: list[str] = []
+    if v6:
+        try:
+            for line in Path("/proc/net/if_inet6").read_text().splitlines():
+                raw = line.split()[0]
+                out.append(str(ipaddress.IPv6Address(bytes.fromhex(raw))))
+        except (OSError, ValueError, IndexError):
+            pass
+        return out
+    import fcntl
+    import struct
+
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for name in names:
+                try:
+                    req = struct.pack("256s", name.encode()[:15])
+                    res = fcntl.ioctl(s.fileno(), 0x8915, req)  # SIOCGIFADDR
+                except OSError:
+                    continue  # no IPv4 address on it
+                out.append(socket.inet_ntoa(res[20:24]))
+    except OSError:
+        pass
+    return out
+
+
+def _print_demo(daemon: Any, target: str, config_file: Path) -> None:
+    from ..control.exposure import is_loopback_host
+
     portals = daemon.portals()
-    p = portals[0] if portals else None
-    addr = p.advertised() if p else DEFAULT_PORTAL
+    addrs = [a for p in portals for a in connect_addresses(p.host, p.port, p.advertise)]
+    addr = addrs[0] if addrs else DEFAULT_PORTAL
+    where = ", ".join(show_address(x.host, x.port) for x in portals)
+    if all(is_loopback_host(x.host) for x in portals):
+        reach = (f"on {where}: loopback only, initiators on this host only "
+                 "(to serve other hosts: --listen 0.0.0.0:3260, and limit who may log in)")
+    else:
+        reach = (f"on {where}: reachable from other hosts, and LUN 1 is writable by any "
+                 "initiator without CHAP")
     lines = [
-        f"gluster-iscsi: serving {target} LUN 1 (1 GiB sparse file in {daemon.state_dir}) on "
-        + ", ".join(f"{x.host}:{x.port}" for x in portals),
+        f"gluster-iscsi: serving {target} LUN 1 (1 GiB sparse file in {daemon.state_dir}) {reach}",
+        f"Saved in {config_file}: a plain 'serve' exports it again "
+        f"('gluster-iscsi target delete {target}' drops it).",
         "Connect from a Linux initiator:",
         f"  iscsiadm --mode discovery --type sendtargets --portal {addr}",
         f"  iscsiadm --mode node --targetname {target} --portal {addr} --login",
@@ -234,4 +508,6 @@ def _print_demo(daemon: Any, target: str) -> None:
         f"  iscsi-ls -s iscsi://{addr}",
         f"  iscsi-inq iscsi://{addr}/{target}/1",
     ]
+    if len(addrs) > 1:
+        lines.insert(2, "Addresses of this host to connect to: " + ", ".join(addrs))
     print("\n".join(lines), flush=True)

@@ -423,8 +423,8 @@ class Tgtadm:
 
         try:
             return _hostport(value)
-        except ValueError:
-            _die("invalid request", detail=f"bad portal {value!r}")
+        except ValueError as e:
+            _die("invalid request", detail=f"bad portal {value!r}: {e}")
 
     def portal_new(self, o: dict[str, Any]) -> None:
         host, port = self._portal_param(o)
@@ -492,12 +492,12 @@ def format_target(t: dict[str, Any]) -> list[str]:
     luns = t.get("luns", [])
     if not any(lu["lun"] == 0 for lu in luns):
         out += _lun_block(0, "controller", f"IET     {t['tid']:04x}0000", f"beaf{t['tid']}0", 0, 1,
-                          True, False, "null", "None")  # fmt: skip
+                          True, False, "null", "None", False)  # fmt: skip
     for lu in luns:
         out += _lun_block(
             lu["lun"], "disk", f"GLUSTER {lu.get('naa') or lu['uuid'].replace('-', '')}",
             lu["serial"], lu.get("size"), lu["block_size"], lu.get("online", True), lu["read_only"],
-            lu["bstype"], lu["backing"],
+            lu["bstype"], lu["backing"], bool(lu.get("thin_provisioning")),
         )  # fmt: skip
     out.append("    Account information:")
     for u in t.get("incoming", []):
@@ -511,7 +511,9 @@ def format_target(t: dict[str, Any]) -> list[str]:
 
 
 def _lun_block(n: int, kind: str, scsi_id: str, sn: str, size: int | None, bs: int, online: bool,
-               ro: bool, bstype: str, path: str) -> list[str]:  # fmt: skip
+               ro: bool, bstype: str, path: str, thin: bool) -> list[str]:  # fmt: skip
+    """One LUN as tgt shows it. Thin-provisioning is what the LU reports: READ CAPACITY(16)
+    LBPME and UNMAP, both there when the store can deallocate (punch holes, discard)."""
     yn = {True: "Yes", False: "No"}
     return [
         f"        LUN: {n}",
@@ -524,7 +526,7 @@ def _lun_block(n: int, kind: str, scsi_id: str, sn: str, size: int | None, bs: i
         "            Prevent removal: No",
         f"            Readonly: {yn[bool(ro)]}",
         "            SWP: No",
-        "            Thin-provisioning: No",
+        f"            Thin-provisioning: {yn[thin]}",
         f"            Backing store type: {bstype}",
         f"            Backing store path: {path}",
         "            Backing store flags: ",

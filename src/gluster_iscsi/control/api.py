@@ -26,10 +26,14 @@ from typing import Any
 
 from ..target.names import InvalidName, is_network, validate_name
 from . import config as cfgmod
-from . import reconcile
-from .protocol import API_VERSION, MAX_LINE, ApiError
+from . import exposure, reconcile
+from .protocol import API_VERSION, MAX_DEPTH, MAX_LINE, ApiError, check_args, check_depth
 
 log = logging.getLogger(__name__)
+
+#: A target named by IQN, alias or tid; a size as bytes or text ("10GiB").
+TargetRef = str | int
+Size = str | int
 
 DEFAULT_OP_TIMEOUT = 120.0
 #: Ops that may legitimately run long (writing zeroes over a new 1 TiB LUN).
@@ -68,6 +72,9 @@ class ControlServer:
                     f" (its control socket {path} answers)"
                 )
             path.unlink()
+        # No other daemon owns the state dir: what a crash mid-save left is garbage.
+        for tmp in cfgmod.remove_stale_temp_files(self.state_dir):
+            log.info("removed %s, left by an interrupted config save", tmp)
         # Bind with a restrictive umask so the socket is never briefly world-connectable;
         # restore it on every path (rtslib's bug was not doing so).
         old = os.umask(0o177)
@@ -102,17 +109,22 @@ class ControlServer:
             self._tasks.add(task)
         try:
             while True:
+                too_long = False
                 try:
                     line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
-                except (TimeoutError, ValueError, ConnectionError):
+                except ValueError:  # longer than MAX_LINE: answer, then hang up
+                    line, too_long = b"", True
+                except (TimeoutError, ConnectionError):
                     break
-                if not line:
+                if not line and not too_long:
                     break
-                reply = await self.handle_line(line)
+                reply = await self.handle_line(line) if not too_long else _too_long()
                 writer.write(json.dumps(reply).encode() + b"\n")
                 try:
                     await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)
                 except (TimeoutError, ConnectionError):
+                    break
+                if too_long:  # the rest of that line is still unread
                     break
         finally:
             if task is not None:
@@ -124,13 +136,22 @@ class ControlServer:
     async def handle_line(self, line: bytes) -> dict[str, Any]:
         req_id = None
         try:
+            if len(line) > MAX_LINE:
+                return _too_long()
             try:
                 req = json.loads(line)
             except ValueError:
                 raise ApiError("bad_request", "the request is not valid JSON") from None
+            except RecursionError:  # deeper than the parser goes
+                raise ApiError(
+                    "bad_request", f"the request nests deeper than {MAX_DEPTH} levels"
+                ) from None
+            check_depth(req)
             if not isinstance(req, dict):
                 raise ApiError("bad_request", "the request must be a JSON object")
             req_id = req.get("id")
+            if not isinstance(req_id, int | str | None) or isinstance(req_id, bool):
+                req_id = None
             if req.get("v", API_VERSION) != API_VERSION:
                 raise ApiError(
                     "unsupported_version",
@@ -146,10 +167,11 @@ class ControlServer:
     async def call(self, op: str, args: dict[str, Any]) -> Any:
         """Run one operation by name (also used in-process by tests and the daemon)."""
         fn: Callable[..., Any] | None = getattr(self, "op_" + op.replace(".", "_"), None)
-        if fn is None or not op or op.startswith("_"):
+        if fn is None or not callable(fn) or not op or op.startswith("_"):
             raise ApiError("bad_request", f"unknown operation {op!r}", hint="see 'ops'")
         if not isinstance(args, dict):
             raise ApiError("bad_request", "args must be an object")
+        check_args(op, fn, args)
         # The work is shielded: a timed-out caller gets an answer, the change still finishes
         # (cancelling a half-applied change would be worse than finishing it).
         work = asyncio.ensure_future(self._invoke(fn, args))
@@ -189,8 +211,18 @@ class ControlServer:
         return reconcile.current(self.daemon)
 
     async def _mutate(
-        self, edit: Callable[[dict[str, Any]], Any], *, dry_run: bool = False
+        self,
+        edit: Callable[[dict[str, Any]], Any],
+        *,
+        dry_run: bool = False,
+        force: bool = True,
     ) -> dict[str, Any]:
+        """Edit a copy of the applied config, apply it all or nothing, save what is in force.
+
+        ``force=False`` has reconcile refuse (code ``busy``) a change that would drop
+        sessions or connections; an op that checks its own object first (``target delete``)
+        keeps the default. On any failure the daemon and the saved file stay as they were.
+        """
         async with reconcile.lock(self.daemon):
             before = reconcile.current(self.daemon)
             cfg = reconcile.current(self.daemon)
@@ -199,13 +231,20 @@ class ControlServer:
                 result = await result
             cfg = cfgmod.validate(cfg)
             try:
-                changes = await reconcile.apply_locked(self.daemon, cfg, dry_run=dry_run)
-            finally:
-                if not dry_run:
-                    self._save_if_changed(before)
+                changes = await reconcile.apply_locked(
+                    self.daemon, cfg, dry_run=dry_run, force=force
+                )
+            except reconcile.BusyError as e:
+                kind = e.field.split()[0] if " " in e.field else None
+                raise ApiError("busy", e.message, kind=kind, hint=e.hint, field=e.field) from None
+            if not dry_run:
+                self._save_if_changed(before)
+                for w in exposure.newly_exposed(before, reconcile.current(self.daemon)):
+                    log.warning("%s", w)
             return {"result": result, "changes": changes}
 
     def _save_if_changed(self, before: dict[str, Any]) -> None:
+        """Save the config in force if it differs from ``before`` (or no file exists yet)."""
         now = reconcile.current(self.daemon)
         if cfgmod.same_ignoring_epoch(now, before) and cfgmod.config_path(self.state_dir).exists():
             return
@@ -264,6 +303,8 @@ class ControlServer:
             measured = sizes.get((t["name"].lower(), lu["lun"]))
             if measured is not None:
                 out["size"] = measured
+            # What READ CAPACITY(16) reports as LBPME and INQUIRY as UNMAP support.
+            out["thin_provisioning"] = bool(lu_obj.store.capabilities.discard)
             naa = getattr(lu_obj, "naa", None)
             if isinstance(naa, bytes | bytearray):
                 out["naa"] = naa.hex()
@@ -302,7 +343,11 @@ class ControlServer:
         }
 
     def op_ops(self) -> list[str]:
-        return sorted(n[3:].replace("_", ".") for n in dir(self) if n.startswith("op_"))
+        return sorted(
+            n[3:].replace("_", ".")
+            for n in dir(self)
+            if n.startswith("op_") and callable(getattr(self, n))  # not op_timeout
+        )
 
     def op_sys_show(self) -> dict[str, Any]:
         cfg = self._cfg()
@@ -353,7 +398,7 @@ class ControlServer:
             for t in cfg["targets"]
         ]
 
-    async def op_target_show(self, target: Any, show_secrets: bool = False) -> dict[str, Any]:
+    async def op_target_show(self, target: TargetRef, show_secrets: bool = False) -> dict[str, Any]:
         cfg = self._cfg()
         return await self._target_view(cfg, self._target(cfg, target), show_secrets)
 
@@ -410,7 +455,7 @@ class ControlServer:
             log.warning("target name %s", w)
         return {**out["result"], "warnings": warnings, "changes": out["changes"]}
 
-    async def op_target_delete(self, target: Any, force: bool = False) -> dict[str, Any]:
+    async def op_target_delete(self, target: TargetRef, force: bool = False) -> dict[str, Any]:
         cfg = self._cfg()
         t = self._target(cfg, target)
         sessions = self._sessions(t["name"])
@@ -430,7 +475,7 @@ class ControlServer:
         return {**out["result"], "changes": out["changes"]}
 
     async def op_target_update(
-        self, target: Any, alias: str | None = None, clear_alias: bool = False
+        self, target: TargetRef, alias: str | None = None, clear_alias: bool = False
     ) -> dict[str, Any]:
         def edit(cfg: dict[str, Any]) -> None:
             t = self._target(cfg, target)
@@ -441,7 +486,7 @@ class ControlServer:
 
     # ------------------------------------------------------------------ ops: LUNs
 
-    async def op_lun_list(self, target: Any = None) -> list[dict[str, Any]]:
+    async def op_lun_list(self, target: TargetRef | None = None) -> list[dict[str, Any]]:
         cfg = self._cfg()
         targets = [self._target(cfg, target)] if target is not None else cfg["targets"]
         sizes = await self._sizes(targets)
@@ -453,23 +498,36 @@ class ControlServer:
 
     async def op_lun_create(
         self,
-        target: Any,
+        target: TargetRef,
         backing: str,
         lun: int | None = None,
         bstype: str | None = None,
-        size: Any = None,
+        size: Size | None = None,
         create: bool = False,
         prealloc: str = "sparse",
         read_only: bool = False,
         block_size: int = 512,
         uuid: str | None = None,
         serial: str | None = None,
+        overwrite: bool = False,
     ) -> dict[str, Any]:
+        """Check everything, then provision the file (``create``), then change state.
+
+        ``create`` with ``size`` makes the backing file. An existing file with data is
+        never written over unless ``overwrite`` says its contents may go; a file this call
+        made is removed again if the call fails."""
+        from ..backstore.provision import Preallocation
+
         nbytes = _size(size) if size is not None else None
-        if create:
-            if nbytes is None:
-                raise ApiError("bad_request", "--create needs --size", kind="lun")
-            await self._provision(backing, nbytes, prealloc)
+        if create and nbytes is None:
+            raise ApiError("bad_request", "--create needs --size", kind="lun")
+        if prealloc not in tuple(Preallocation):
+            raise ApiError(
+                "invalid", f"unknown preallocation {prealloc!r}", kind="lun",
+                hint="one of " + ", ".join(Preallocation),
+            )  # fmt: skip
+        if nbytes is not None and block_size in cfgmod.BLOCK_SIZES:
+            cfgmod.check_lun_size(nbytes, block_size, "size")
 
         def edit(cfg: dict[str, Any]) -> dict[str, Any]:
             t = self._target(cfg, target)
@@ -484,6 +542,13 @@ class ControlServer:
                     "exists", f"target {t['name']} already has LUN {n}", kind="lun",
                     hint="pick another --lun, or delete that one first",
                 )  # fmt: skip
+            other = cfgmod.exported_as(cfg, backing, bstype)
+            if other is not None:
+                raise ApiError(
+                    "exists", f"{backing} is already exported as LUN {other[1]} of {other[0]}",
+                    kind="lun", hint="one backing file is one LUN: use that LUN, or delete it"
+                    " first",
+                )  # fmt: skip
             entry = cfgmod.new_lun(
                 n, backing, bstype, size=nbytes, read_only=read_only, block_size=block_size,
                 uuid=uuid, serial=serial,
@@ -491,17 +556,65 @@ class ControlServer:
             t["luns"].append(entry)
             return {"target": t["name"], "tid": t["tid"], "lun": n}
 
-        out = await self._mutate(edit)
+        # Everything the config can say, checked on a copy before the file is touched.
+        trial = self._cfg()
+        edit(trial)
+        cfgmod.validate(trial)
+        created, existing = False, None
+        if create:
+            assert nbytes is not None
+            existing = await self._check_overwrite(backing, bstype, overwrite)
+            created = await self._provision(backing, nbytes, prealloc, overwrite)
+        try:
+            out = await self._mutate(edit)
+        except BaseException:
+            if created or existing == 0:  # what was made, or an empty file that was grown
+                await self._unprovision(backing, bstype, created)
+            raise
         return {**out["result"], "changes": out["changes"]}
 
-    async def _provision(self, backing: str, nbytes: int, prealloc: str) -> None:
+    async def _in_executor(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(getattr(self.daemon, "store_executor", None), fn)
+
+    async def _check_overwrite(
+        self, backing: str, bstype: str | None, overwrite: bool
+    ) -> int | None:
+        """The size of the existing file (None: there is none); refuses one with data."""
+        from ..backstore.provision import probe_backing
+
+        try:
+            existing = await self._in_executor(lambda: probe_backing(backing, bstype))
+        except OSError as e:
+            raise ApiError(
+                "unavailable", f"cannot look at {backing}: {e}", kind="lun",
+                hint="check the path/volume is reachable",
+            ) from None  # fmt: skip
+        except ValueError as e:
+            raise ApiError("invalid", f"{backing}: {e}", kind="lun") from None
+        if existing and not overwrite:
+            raise ApiError(
+                "exists", f"{backing} already exists and holds {existing} bytes; --size would"
+                " provision over it", kind="lun",
+                hint="omit --size to export it as it is (grow it later with 'lun resize'), or"
+                " pass --overwrite to throw its contents away",
+            )  # fmt: skip
+        return existing
+
+    async def _provision(self, backing: str, nbytes: int, prealloc: str, overwrite: bool) -> bool:
         from ..backstore.provision import create_backing
 
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(
-                getattr(self.daemon, "store_executor", None),
-                lambda: create_backing(backing, nbytes, preallocation=prealloc, exist_ok=True),
+            return bool(
+                await self._in_executor(
+                    lambda: create_backing(
+                        backing,
+                        nbytes,
+                        preallocation=prealloc,
+                        exist_ok=True,
+                        overwrite=overwrite,
+                    )  # fmt: skip
+                )
             )
         except OSError as e:
             raise ApiError(
@@ -511,7 +624,18 @@ class ControlServer:
         except ValueError as e:
             raise ApiError("invalid", f"cannot create {backing}: {e}", kind="lun") from None
 
-    async def op_lun_delete(self, target: Any, lun: int) -> dict[str, Any]:
+    async def _unprovision(self, backing: str, bstype: str | None, created: bool) -> None:
+        from ..backstore.provision import remove_backing, truncate_backing
+
+        try:
+            if created:
+                await self._in_executor(lambda: remove_backing(backing, bstype))
+            else:
+                await self._in_executor(lambda: truncate_backing(backing, 0, bstype))
+        except Exception:
+            log.exception("could not remove %s after a failed lun create", backing)
+
+    async def op_lun_delete(self, target: TargetRef, lun: int) -> dict[str, Any]:
         def edit(cfg: dict[str, Any]) -> dict[str, Any]:
             t = self._target(cfg, target)
             if not any(x["lun"] == lun for x in t["luns"]):
@@ -525,7 +649,7 @@ class ControlServer:
         out = await self._mutate(edit)
         return {**out["result"], "changes": out["changes"]}
 
-    async def op_lun_resize(self, target: Any, lun: int, size: Any) -> dict[str, Any]:
+    async def op_lun_resize(self, target: TargetRef, lun: int, size: Size) -> dict[str, Any]:
         nbytes = _size(size)
         t0 = self._target(self._cfg(), target)
         measured = (await self._sizes([t0])).get((t0["name"].lower(), lun))
@@ -549,13 +673,13 @@ class ControlServer:
 
     # ------------------------------------------------------------------ ops: ACLs
 
-    def op_acl_list(self, target: Any) -> list[dict[str, Any]]:
+    def op_acl_list(self, target: TargetRef) -> list[dict[str, Any]]:
         cfg = self._cfg()
         return self._target(cfg, target)["acl"]
 
     async def op_acl_add(
         self,
-        target: Any,
+        target: TargetRef,
         initiator: str | None = None,
         network: str | None = None,
         force: bool = False,
@@ -575,7 +699,7 @@ class ControlServer:
         return {**out["result"], "changes": out["changes"]}
 
     async def op_acl_remove(
-        self, target: Any, initiator: str | None = None, network: str | None = None
+        self, target: TargetRef, initiator: str | None = None, network: str | None = None
     ) -> dict[str, Any]:
         key = (initiator or network or "").lower()
         if key == "all":
@@ -648,7 +772,7 @@ class ControlServer:
     async def op_auth_bind(
         self,
         user: str,
-        target: Any = None,
+        target: TargetRef | None = None,
         discovery: bool = False,
         initiator: str | None = None,
         outgoing: bool = False,
@@ -657,7 +781,7 @@ class ControlServer:
             if user not in cfg["accounts"]:
                 raise ApiError(
                     "not_found", f"no CHAP account {user}", kind="account",
-                    hint=f"create it first: gluster-iscsi auth account-add {user}",
+                    hint=f"create it first: gluster-iscsi auth account-create {user}",
                 )  # fmt: skip
             holder, what = self._auth_holder(cfg, target, discovery, initiator)
             if outgoing:
@@ -683,7 +807,7 @@ class ControlServer:
     async def op_auth_unbind(
         self,
         user: str,
-        target: Any = None,
+        target: TargetRef | None = None,
         discovery: bool = False,
         initiator: str | None = None,
         outgoing: bool = False,
@@ -784,7 +908,7 @@ class ControlServer:
 
     # ------------------------------------------------------------------ ops: sessions
 
-    def op_session_list(self, target: Any = None) -> list[dict[str, Any]]:
+    def op_session_list(self, target: TargetRef | None = None) -> list[dict[str, Any]]:
         if target is None:
             return self._sessions()
         t = self._target(self._cfg(), target)
@@ -802,7 +926,7 @@ class ControlServer:
 
     # ------------------------------------------------------------------ ops: params
 
-    def op_param_list(self, target: Any = None) -> dict[str, Any]:
+    def op_param_list(self, target: TargetRef | None = None) -> dict[str, Any]:
         cfg = self._cfg()
         defaults = dict(getattr(self.daemon, "params", {}))
         if target is None:
@@ -810,7 +934,9 @@ class ControlServer:
         t = self._target(cfg, target)
         return {"params": {**defaults, **t["params"]}, "configured": t["params"]}
 
-    async def op_param_set(self, name: str, value: Any, target: Any = None) -> dict[str, Any]:
+    async def op_param_set(
+        self, name: str, value: str | int, target: TargetRef | None = None
+    ) -> dict[str, Any]:
         key, val = cfgmod.check_param(name, value, "param")
 
         def edit(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -821,7 +947,7 @@ class ControlServer:
         out = await self._mutate(edit)
         return {**out["result"], "changes": out["changes"]}
 
-    async def op_param_unset(self, name: str, target: Any = None) -> dict[str, Any]:
+    async def op_param_unset(self, name: str, target: TargetRef | None = None) -> dict[str, Any]:
         key = name
 
         def edit(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -842,8 +968,10 @@ class ControlServer:
         return cfg if show_secrets else cfgmod.redact(cfg)
 
     async def op_config_apply(
-        self, config: dict[str, Any], dry_run: bool = False
+        self, config: dict[str, Any], dry_run: bool = False, force: bool = False
     ) -> dict[str, Any]:
+        """Make the daemon match ``config``, all or nothing; refuse to drop sessions unless
+        ``force``."""
         desired = _keep_redacted_secrets(config, self._cfg())
         desired = cfgmod.validate(desired)
 
@@ -851,17 +979,18 @@ class ControlServer:
             cfg.clear()
             cfg.update(desired)
 
-        out = await self._mutate(edit, dry_run=dry_run)
+        out = await self._mutate(edit, dry_run=dry_run, force=bool(force))
         return {"changes": out["changes"], "dry_run": dry_run}
 
-    async def op_config_reload(self, dry_run: bool = False) -> dict[str, Any]:
+    async def op_config_reload(self, dry_run: bool = False, force: bool = False) -> dict[str, Any]:
+        """Apply the saved config file, as :meth:`op_config_apply` does."""
         desired = cfgmod.load(self.state_dir)
         if desired is None:
             raise ApiError(
                 "not_found", f"no config file at {cfgmod.config_path(self.state_dir)}",
                 kind="config",
             )  # fmt: skip
-        return await self.op_config_apply(desired, dry_run=dry_run)
+        return await self.op_config_apply(desired, dry_run=dry_run, force=force)
 
     def op_config_save(self) -> dict[str, Any]:
         cfg = self._cfg()
@@ -870,6 +999,11 @@ class ControlServer:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _too_long() -> dict[str, Any]:
+    err = ApiError("bad_request", f"the request is longer than {MAX_LINE} bytes")
+    return {"v": API_VERSION, "id": None, "ok": False, "error": err.to_json()}
 
 
 def _store_size(lu_obj: Any) -> int | None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import socket_path
+from .config import absolute_backing, socket_path
 from .protocol import API_VERSION, MAX_LINE, ApiError
 
 DEFAULT_TIMEOUT = 10.0
@@ -49,6 +49,10 @@ class Client:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         req_id = next(self._ids)
+        if op == "lun.create" and isinstance(args.get("backing"), str):
+            # Only the caller knows its working directory: a relative path is resolved here
+            # and sent absolute (the daemon refuses relative ones).
+            args["backing"] = absolute_backing(args["backing"], args.get("bstype"))
         payload = (
             json.dumps({"v": API_VERSION, "id": req_id, "op": op, "args": args}).encode() + b"\n"
         )

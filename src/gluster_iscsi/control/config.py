@@ -38,6 +38,7 @@ import ipaddress
 import json
 import logging
 import os
+import posixpath
 import re
 import uuid as uuidlib
 from collections.abc import Callable
@@ -165,11 +166,79 @@ def guess_bstype(backing: str) -> str:
     return "rdwr"
 
 
+def _classify(backing: str, bstype: str | None) -> tuple[str, Any] | None:
+    from ..backstore.open import classify
+
+    try:
+        return classify(backing, bstype)
+    except ValueError:
+        return None
+
+
+def local_path(backing: str, bstype: str | None = None) -> str | None:
+    """The path of a backing string that names a local file or device, else None."""
+    kind = _classify(backing, bstype)
+    return kind[1] if kind is not None and kind[0] == "file" else None
+
+
+def absolute_backing(backing: str, bstype: str | None = None) -> str:
+    """A relative local path made absolute against this process's working directory: what
+    the CLI sends, so the daemon (whose directory is elsewhere) opens the file meant."""
+    path = local_path(backing, bstype)
+    if path is None or os.path.isabs(path):
+        return backing
+    return os.path.abspath(path)
+
+
+def backing_identity(backing: str, bstype: str | None = None) -> str | None:
+    """What a backing string names, whatever its spelling: the real path of a local file;
+    volume and path of a Gluster file (whatever the server list); None for a memory store
+    (each is its own) or a string that does not parse (validation says why)."""
+    kind = _classify(backing, bstype)
+    if kind is None or kind[0] == "memory":
+        return None
+    if kind[0] == "file":
+        return "file:" + os.path.realpath(kind[1])
+    return f"gluster:{kind[1].volume}:{posixpath.normpath(kind[1].path)}"
+
+
+def exported_as(
+    cfg: dict[str, Any], backing: str, bstype: str | None = None
+) -> tuple[str, int] | None:
+    """(target name, LUN) already exporting the file ``backing`` names, if any."""
+    key = backing_identity(backing, bstype)
+    if key is None:
+        return None
+    for t in cfg["targets"]:
+        for lu in t["luns"]:
+            if backing_identity(lu["backing"], lu.get("bstype")) == key:
+                return t["name"], lu["lun"]
+    return None
+
+
+def check_lun_size(nbytes: int, block_size: int, field: str) -> int:
+    """A LUN size is a whole number of blocks, at least one (10 bytes would be 0 blocks)."""
+    if nbytes < block_size:
+        raise ConfigError(
+            field,
+            f"{nbytes} bytes is less than one {block_size}-byte block",
+            "give a size of at least one block, e.g. 1MiB or 10GiB",
+        )
+    if nbytes % block_size:
+        up = -(-nbytes // block_size) * block_size
+        raise ConfigError(
+            field,
+            f"{nbytes} bytes is not a whole number of {block_size}-byte blocks",
+            f"give a multiple of {block_size}, e.g. {up}",
+        )
+    return nbytes
+
+
 def demo_config(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """One target with a 1 GiB sparse file LUN open to everyone: the zero-config start."""
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
-    image = state / "demo-lun1.img"
+    image = (state / "demo-lun1.img").absolute()  # stored absolute, as every backing path
     if not image.exists():
         with open(image, "wb") as f:
             f.truncate(1 << 30)
@@ -308,7 +377,7 @@ def _accounts_ref(raw: Any, accounts: dict[str, str], field: str) -> list[str]:
             raise ConfigError(f"{field}[{i}]", f"{user!r} is not an account user name")
         if user not in accounts:
             raise ConfigError(
-                f"{field}[{i}]", f"no CHAP account {user!r}", "create it first (auth account-add)"
+                f"{field}[{i}]", f"no CHAP account {user!r}", "create it first (auth account-create)"
             )
     if len(set(raw)) != len(raw):
         raise ConfigError(field, "an account is listed twice")
@@ -321,7 +390,7 @@ def _account_ref(raw: Any, accounts: dict[str, str], field: str) -> str | None:
     if not isinstance(raw, str):
         raise ConfigError(field, f"{raw!r} is not an account user name")
     if raw not in accounts:
-        raise ConfigError(field, f"no CHAP account {raw!r}", "create it first (auth account-add)")
+        raise ConfigError(field, f"no CHAP account {raw!r}", "create it first (auth account-create)")
     return str(raw)
 
 
@@ -363,12 +432,28 @@ def validate_lun(raw: Any, field: str, target: str = "") -> dict[str, Any]:
             f"unknown backing store type {bstype!r}",
             "use one of " + ", ".join(BSTYPES),
         )
-    size = raw.get("size")
-    if size is not None:
-        size = _int(size, f"{field}.size", 1, 1 << 62)
+    path = local_path(backing, bstype)
+    if path is not None and not os.path.isabs(path):
+        raise ConfigError(
+            f"{field}.backing",
+            f"{backing!r} is a relative path",
+            "give an absolute path (the CLI makes the paths it is given absolute against its"
+            " working directory; a config file's paths must already be)",
+        )
     block_size = _int(raw.get("block_size", 512), f"{field}.block_size", 512, 4096)
     if block_size not in BLOCK_SIZES:
         raise ConfigError(f"{field}.block_size", f"{block_size} is not one of {BLOCK_SIZES}")
+    size = raw.get("size")
+    if size is not None:
+        size = check_lun_size(_int(size, f"{field}.size", 1, 1 << 62), block_size, f"{field}.size")
+    kind = _classify(backing, bstype)
+    if kind is not None and kind[0] == "memory" and kind[1]:
+        from ..backstore.provision import parse_size
+
+        try:
+            check_lun_size(parse_size(kind[1]), block_size, f"{field}.backing")
+        except ValueError as e:
+            raise ConfigError(f"{field}.backing", str(e)) from None
     read_only = raw.get("read_only", False)
     if not isinstance(read_only, bool):
         raise ConfigError(f"{field}.read_only", "must be true or false")
@@ -539,6 +624,21 @@ def validate(cfg: Any) -> dict[str, Any]:
             raise ConfigError(f"targets[{i}].tid", f"tid {t['tid']} is used by two targets")
         names[t["name"].lower()] = i
         tids.add(t["tid"])
+    exported: dict[str, tuple[str, int]] = {}
+    for i, t in enumerate(targets):
+        for lu in t["luns"]:
+            key = backing_identity(lu["backing"], lu["bstype"])
+            if key is None:
+                continue
+            if key in exported:
+                name, n = exported[key]
+                raise ConfigError(
+                    f"targets[{i}].luns",
+                    f"LUN {lu['lun']} of {t['name']} exports {lu['backing']}, which LUN {n} of"
+                    f" {name} already exports",
+                    "one backing file is one LUN (one identity): export it once",
+                )
+            exported[key] = (t["name"], lu["lun"])
     targets.sort(key=lambda t: t["tid"])
     params = _params(cfg.get("params"), "params")
     effective = {**default_login_params(), **params}
@@ -568,6 +668,19 @@ def redact(cfg: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("accounts"), dict):
         out["accounts"] = {u: REDACTED for u in out["accounts"]}
     return out
+
+
+def fill_redacted(cfg: Any) -> tuple[Any, list[str]]:
+    """For validating an exported file offline: the masked secrets ``config export`` wrote
+    stand for secrets only the daemon knows (``config apply`` keeps them), so each is replaced
+    by a placeholder that passes the checks. Returns the copy and the users so filled."""
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("accounts"), dict):
+        return cfg, []
+    users = [u for u, s in cfg["accounts"].items() if s == REDACTED]
+    accounts = {
+        u: "x" * MIN_SECRET_BYTES if s == REDACTED else s for u, s in cfg["accounts"].items()
+    }
+    return {**cfg, "accounts": accounts}, users
 
 
 def same_ignoring_epoch(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -600,6 +713,38 @@ def load(state_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         return validate(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e.field}", e.message, e.hint) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(state_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove the ``.config.json.<pid>.tmp`` files a crash in :func:`save` left behind.
+
+    Called at daemon start, once the control socket shows no other daemon owns the state
+    dir. Only files whose writer is gone (or is this process, which is not saving yet) go:
+    a live process's file may be a save in progress. Returns the files removed."""
+    removed = []
+    prefix, suffix = f".{CONFIG_FILE}.", ".tmp"
+    for p in Path(state_dir).glob(f"{prefix}*{suffix}"):
+        pid = p.name[len(prefix) : -len(suffix)]
+        if not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(p)
+    return removed
 
 
 def dumps(cfg: dict[str, Any]) -> str:

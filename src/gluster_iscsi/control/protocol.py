@@ -11,10 +11,19 @@ the message text. ``kind`` says which sort of object the error is about.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, Union
 
 API_VERSION = 1
 MAX_LINE = 16 << 20  # a config with thousands of LUNs still fits
+#: How deep a request's JSON may nest. A config is 8 levels deep inside a request; anything
+#: much deeper is not a request (and would exhaust the parser's recursion).
+MAX_DEPTH = 32
 
 #: error code -> CLI exit status (documented in ``gluster-iscsi --help``).
 CODES: dict[str, int] = {
@@ -78,3 +87,105 @@ class ApiError(Exception):
     @property
     def exit_code(self) -> int:
         return CODES[self.code]
+
+
+# ----------------------------------------------------------------------- request checks
+#
+# The schema of each operation is its method's signature: argument names, which are
+# required, and their types from the annotations (one place per fact; no second table to
+# drift). ``check_args`` holds a request to it before the method runs, so a wrong type is a
+# clear ``bad_request`` and never reaches the code (``{"target": true}`` is not tid 1).
+
+
+def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+    """Refuse a decoded request that nests deeper than ``limit`` (iteratively: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > limit:
+                raise ApiError("bad_request", f"the request nests deeper than {limit} levels")
+            items = v.values() if isinstance(v, dict) else v
+            stack.extend((x, depth + 1) for x in items if isinstance(x, dict | list))
+
+
+_NAMES: dict[Any, str] = {
+    str: "a string",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if hint is dict or origin is dict:
+        return "an object"
+    if hint is list or origin is list:
+        return "a list"
+    return _NAMES.get(hint, str(hint))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if hint is list or origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and (item is Any or all(_matches(x, item) for x in value))
+    raise TypeError(f"an operation argument annotated {hint!r} cannot be checked")
+
+
+@functools.cache
+def op_schema(fn: Callable[..., Any]) -> dict[str, tuple[Any, bool]]:
+    """name -> (type, required) of an op method's arguments, from its signature."""
+    hints = typing.get_type_hints(fn)
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if name == "self":
+            continue
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            raise TypeError(f"{fn.__qualname__}: argument {name} must be a plain keyword")
+        _matches(object(), hints[name])  # a type it cannot check is a TypeError here
+        out[name] = (hints[name], p.default is p.empty)
+    return out
+
+
+def check_args(op: str, fn: Callable[..., Any], args: dict[str, Any]) -> None:
+    """Hold ``args`` to the schema of ``fn`` (names, required ones, types)."""
+    schema = op_schema(getattr(fn, "__func__", fn))
+    for name, value in args.items():
+        if name not in schema:
+            known = ", ".join(schema) or "none"
+            raise ApiError(
+                "bad_request", f"{op} has no argument {name!r} (it takes: {known})", field=name
+            )
+        hint, _ = schema[name]
+        if not _matches(value, hint):
+            raise ApiError(
+                "bad_request",
+                f"{op}: argument {name!r} must be {_describe(hint)}, not {json.dumps(value)[:60]}",
+                field=name,
+            )
+    missing = [n for n, (_, required) in schema.items() if required and n not in args]
+    if missing:
+        raise ApiError(
+            "bad_request",
+            f"{op} needs argument{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+            field=missing[0],
+        )

@@ -1,24 +1,46 @@
-"""Make a running daemon match a desired config, touching only what differs.
+"""Make a running daemon match a desired config, touching only what differs, all or nothing.
 
 ``apply(daemon, desired)`` compares ``desired`` with what this module last applied to that
 daemon and changes only the difference, so a reload after adding one target leaves every
-other target, LUN and session alone. It works in two phases:
+other target, LUN and session alone. ``config apply``, ``config reload``, SIGHUP and every
+single-object op of the control API go through it. Steps:
 
-1. *prepare*: open every new backing store and build its LogicalUnit (in the daemon's store
-   executor: opening a Gluster volume blocks). If any fails, the stores opened so far are
-   closed and nothing at all has changed.
-2. *commit*: cheap in-memory edits in a safe order (params, auth, removed targets, changed
-   targets, added targets, then portals last so new listeners see complete targets).
+0. *diff* (:func:`diff`): a :class:`Plan`, whose ``changes`` are the objects the API
+   returns (schema in docs/API.md, "changes"), and the *busy check* (:func:`_busy`): a
+   change that would drop sessions or connections (a removed target with sessions, a
+   removed or replaced LUN of a target with sessions, a removed portal with connections)
+   raises :class:`BusyError` unless ``force``, before anything is opened.
+1. *prepare* (:func:`_prepare`): open every new backing store and build its LogicalUnit,
+   check every grow (no shrinking), and bind every new portal's sockets, listening but not
+   accepting (blocking work in the daemon's store executor). The running daemon is not
+   touched; on any failure :func:`_rollback` closes what was opened and bound.
+2. *commit* (:func:`_commit`): grows first (the only step that calls a store), then
+   in-memory edits in a safe order (params, auth, changed targets, added targets, advertise
+   addresses, new listeners last so they see complete targets; a new portal whose address
+   only a removed portal holds is bound after closing that one), each recording its undo;
+   a failure undoes them in reverse and the prepared objects are closed. Only then the
+   steps that cannot be undone: removed targets and portals (closing their sessions),
+   closing replaced stores, announcing new capacities. The applied config (what the API
+   saves) becomes ``desired`` only at the very end, so only what is in force is saved.
+
+The restore at start is the one exception to "nothing": a LUN whose store cannot open
+then stays offline (and is retried by every later apply) so the other targets start.
 
 ACL and CHAP edits are attribute assignments on the live ``Target``: the iSCSI core reads
 them at each login, and sessions already logged in keep running (as tgt does).
-"""
 
+Decision (issue 15): the plan works on the validated config dicts of ``config.py``, not on
+a typed object tree yet. The all-or-nothing guarantee comes from the prepare/commit/undo
+structure, not from the types, and the typed tree (issue 17) changes config.py, the API
+and this module together: doing it here would have touched every op another change is
+editing at the same time. The steps above are the shape that tree will slot into.
+"""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import copy
+import errno
 import functools
 import json
 import logging
@@ -239,36 +261,66 @@ def _auth_names(t: dict[str, Any]) -> Any:
     )
 
 
+def change(action: str, obj: str, text: str, **ids: Any) -> dict[str, Any]:
+    """One entry of a reply's ``changes`` (schema in docs/API.md, section "changes")."""
+    return {"action": action, "object": obj, **ids, "text": text}
+
+
+def _portal_ids(p: dict[str, Any]) -> dict[str, Any]:
+    return {"host": p["host"], "port": p["port"], "advertise": p["advertise"]}
+
+
+def _lun_ids(tname: str, lu: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "target": tname,
+        "lun": lu["lun"],
+        "backing": lu["backing"],
+        "bstype": lu["bstype"],
+        "size": lu["size"],
+        "read_only": lu["read_only"],
+    }
+
+
 @dataclass
 class Plan:
-    lines: list[str] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
     params_changed: bool = False
     discovery_changed: bool = False
     targets_removed: list[dict[str, Any]] = field(default_factory=list)
     targets_added: list[dict[str, Any]] = field(default_factory=list)
     #: (old, new) for targets present in both that differ
     targets_changed: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    #: portals closed (host:port no longer wanted)
     portals_removed: list[dict[str, Any]] = field(default_factory=list)
     portals_added: list[dict[str, Any]] = field(default_factory=list)
+    #: portals whose host:port stays and whose advertised address changes (no reopening)
+    portals_readvertised: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[str]:
+        return [c["text"] for c in self.changes]
 
 
 def diff(old: dict[str, Any], new: dict[str, Any]) -> Plan:
-    """The changes turning ``old`` into ``new`` (both validated), with human-readable lines."""
+    """The changes turning ``old`` into ``new`` (both validated), each with its text line."""
     plan = Plan()
-    say = plan.lines.append
+    say = plan.changes.append
     for k in sorted(set(old["params"]) | set(new["params"])):
         a, b = old["params"].get(k), new["params"].get(k)
         if a != b:
             plan.params_changed = True
-            say(f"params: {k} = {b}" if b is not None else f"params: {k} back to its default")
+            if b is not None:
+                say(change("set", "param", f"params: {k} = {b}", name=k, value=b))
+            else:
+                say(change("unset", "param", f"params: {k} back to its default", name=k))
     for u in sorted(set(old["accounts"]) | set(new["accounts"])):
         a, b = old["accounts"].get(u), new["accounts"].get(u)
         if a is None:
-            say(f"account {u}: add")
+            say(change("add", "account", f"account {u}: add", user=u))
         elif b is None:
-            say(f"account {u}: remove")
+            say(change("remove", "account", f"account {u}: remove", user=u))
         elif a != b:
-            say(f"account {u}: new secret")
+            say(change("set", "account", f"account {u}: new secret", user=u, field="secret"))
     od, nd = old["discovery"], new["discovery"]
     if (od, [old["accounts"][u] for u in od["incoming"]]) != (
         nd,
@@ -277,47 +329,58 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> Plan:
         nd["outgoing"] and new["accounts"][nd["outgoing"]]
     ):
         plan.discovery_changed = True
-        say(
+        say(change(
+            "set", "discovery",
             "discovery: CHAP incoming "
             + (", ".join(nd["incoming"]) or "none")
-            + (f", outgoing {nd['outgoing']}" if nd["outgoing"] else "")
-        )
+            + (f", outgoing {nd['outgoing']}" if nd["outgoing"] else ""),
+            incoming=list(nd["incoming"]), outgoing=nd["outgoing"],
+        ))  # fmt: skip
     olds = {_key(t): t for t in old["targets"]}
     news = {_key(t): t for t in new["targets"]}
     for k, t in olds.items():
         if k not in news:
             plan.targets_removed.append(t)
-            say(f"target {t['name']} (tid {t['tid']}): remove (closes its sessions)")
+            say(change(
+                "remove", "target", f"target {t['name']} (tid {t['tid']}): remove (closes its sessions)",
+                target=t["name"], tid=t["tid"],
+            ))  # fmt: skip
     for k, t in news.items():
         if k not in olds:
             plan.targets_added.append(t)
-            say(f"target {t['name']} (tid {t['tid']}): add")
+            name = t["name"]
+            say(change("add", "target", f"target {name} (tid {t['tid']}): add",
+                       target=name, tid=t["tid"]))  # fmt: skip
             for lu in t["luns"]:
-                say(f"target {t['name']}: LUN {lu['lun']} add {lu['backing']} ({lu['bstype']})")
+                say(change("add", "lun", f"target {name}: LUN {lu['lun']} add {lu['backing']} ({lu['bstype']})",
+                           **_lun_ids(name, lu)))  # fmt: skip
             for r in t["acl"]:
-                say(f"target {t['name']}: allow {_rule_text(r)}")
+                say(change("add", "acl", f"target {name}: allow {_rule_text(r)}",
+                           target=name, rule=_rule_text(r)))  # fmt: skip
             continue
         o = olds[k]
-        lines = _target_lines(o, t, old["accounts"], new["accounts"])
-        if lines:
+        changes = _target_changes(o, t, old["accounts"], new["accounts"])
+        if changes:
             plan.targets_changed.append((o, t))
-            plan.lines += lines
+            plan.changes += changes
     op = {_portal_key(p): p for p in old["portals"]}
     np_ = {_portal_key(p): p for p in new["portals"]}
     for k, p in op.items():
-        if k not in np_ or np_[k] != p:
+        if k not in np_:
             plan.portals_removed.append(p)
-            if k not in np_:
-                say(f"portal {_portal_text(p)}: remove (closes its connections)")
+            say(change("remove", "portal", f"portal {_portal_text(p)}: remove (closes its connections)",
+                       **_portal_ids(p)))  # fmt: skip
     for k, p in np_.items():
         if k not in op:
             plan.portals_added.append(p)
-            say(f"portal {_portal_text(p)}: add")
+            say(change("add", "portal", f"portal {_portal_text(p)}: add", **_portal_ids(p)))
         elif op[k] != p:
-            plan.portals_added.append(p)
-            say(
-                f"portal {_portal_text(p)}: advertise {p['advertise'] or 'its own address'} (reopens it)"
-            )
+            plan.portals_readvertised.append(p)
+            say(change(
+                "set", "portal",
+                f"portal {_portal_text(p)}: advertise {p['advertise'] or 'its own address'}",
+                **_portal_ids(p), field="advertise",
+            ))  # fmt: skip
     return plan
 
 
@@ -326,57 +389,71 @@ def _portal_text(p: dict[str, Any]) -> str:
     return f"{host}:{p['port']}"
 
 
-def _target_lines(
+def _target_changes(
     o: dict[str, Any], t: dict[str, Any], oacc: dict[str, str], nacc: dict[str, str]
-) -> list[str]:
-    out: list[str] = []
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     name = t["name"]
     if o["tid"] != t["tid"]:
-        out.append(f"target {name}: tid {o['tid']} -> {t['tid']}")
+        out.append(change("set", "target", f"target {name}: tid {o['tid']} -> {t['tid']}",
+                          target=name, field="tid", value=t["tid"]))  # fmt: skip
     if o["alias"] != t["alias"]:
-        out.append(f"target {name}: alias {t['alias'] or '(none)'}")
+        out.append(change("set", "target", f"target {name}: alias {t['alias'] or '(none)'}",
+                          target=name, field="alias", value=t["alias"]))  # fmt: skip
     ol = {lu["lun"]: lu for lu in o["luns"]}
     nl = {lu["lun"]: lu for lu in t["luns"]}
     for n in sorted(set(ol) | set(nl)):
         a, b = ol.get(n), nl.get(n)
         if b is None:
-            out.append(f"target {name}: LUN {n} remove")
+            assert a is not None
+            out.append(change("remove", "lun", f"target {name}: LUN {n} remove",
+                              **_lun_ids(name, a)))  # fmt: skip
         elif a is None:
-            out.append(f"target {name}: LUN {n} add {b['backing']} ({b['bstype']})")
+            out.append(change("add", "lun", f"target {name}: LUN {n} add {b['backing']} ({b['bstype']})",
+                              **_lun_ids(name, b)))  # fmt: skip
         elif _lun_identity(a) != _lun_identity(b):
-            out.append(
-                f"target {name}: LUN {n} replace with {b['backing']} ({b['bstype']}, read-only {'yes' if b['read_only'] else 'no'})"
-            )
+            out.append(change(
+                "replace", "lun",
+                f"target {name}: LUN {n} replace with {b['backing']} ({b['bstype']}, read-only {'yes' if b['read_only'] else 'no'})",
+                **_lun_ids(name, b),
+            ))  # fmt: skip
         elif a["size"] != b["size"]:
-            out.append(f"target {name}: LUN {n} size {b['size']}")
+            out.append(change("resize", "lun", f"target {name}: LUN {n} size {b['size']}",
+                              **_lun_ids(name, b)))  # fmt: skip
     orules = {_rule_text(r).lower(): r for r in o["acl"]}
     nrules = {_rule_text(r).lower(): r for r in t["acl"]}
     for k in nrules:
         if k not in orules:
-            out.append(f"target {name}: allow {_rule_text(nrules[k])}")
+            rule = _rule_text(nrules[k])
+            out.append(change("add", "acl", f"target {name}: allow {rule}", target=name, rule=rule))
     for k in orules:
         if k not in nrules:
-            out.append(
-                f"target {name}: disallow {_rule_text(orules[k])} (sessions already logged in stay)"
-            )
+            rule = _rule_text(orules[k])
+            out.append(change(
+                "remove", "acl", f"target {name}: disallow {rule} (sessions already logged in stay)",
+                target=name, rule=rule,
+            ))  # fmt: skip
     if _auth_names(o) != _auth_names(t) or any(oacc.get(u) != nacc.get(u) for u in _users(t)):
-        out.append(
+        out.append(change(
+            "set", "chap",
             f"target {name}: CHAP incoming {', '.join(t['incoming']) or 'none'}"
             + (f", outgoing {t['outgoing']}" if t["outgoing"] else "")
             + "".join(
                 f"; {r['initiator']} uses {', '.join(r['incoming'])}"
                 for r in t["acl"]
                 if r.get("incoming")
-            )
-        )
+            ),
+            target=name, incoming=list(t["incoming"]), outgoing=t["outgoing"],
+        ))  # fmt: skip
     for k in sorted(set(o["params"]) | set(t["params"])):
         if o["params"].get(k) != t["params"].get(k):
             v = t["params"].get(k)
-            out.append(
-                f"target {name}: {k} = {v}"
-                if v is not None
-                else f"target {name}: {k} back to the default"
-            )
+            if v is not None:
+                out.append(change("set", "param", f"target {name}: {k} = {v}",
+                                  target=name, name=k, value=v))  # fmt: skip
+            else:
+                out.append(change("unset", "param", f"target {name}: {k} back to the default",
+                                  target=name, name=k))  # fmt: skip
     return out
 
 
@@ -439,23 +516,37 @@ def lock(daemon: Any) -> asyncio.Lock:
     return lk
 
 
-async def apply(daemon: Any, desired: dict[str, Any], *, dry_run: bool = False) -> list[str]:
+class BusyError(ReconcileError):
+    """The change would drop sessions or connections and ``force`` was not given."""
+
+    def __init__(self, busy: list[str]) -> None:
+        self.busy = busy
+        super().__init__(
+            busy[0].split(":", 1)[0] if len(busy) == 1 else "config",
+            "; ".join(busy),
+            "log the sessions out first, or use --force to close them",
+        )
+
+
+async def apply(
+    daemon: Any, desired: dict[str, Any], *, dry_run: bool = False, force: bool = False
+) -> list[dict[str, Any]]:
     """Make ``daemon`` match ``desired``; return the changes made (or that would be).
 
-    Serialized with every other change to the same daemon (control API, SIGHUP).
+    All or nothing: on any error (:class:`ReconcileError`, :class:`BusyError`) the daemon
+    runs as before. Serialized with every other change to the same daemon (control API,
+    SIGHUP).
     """
     async with lock(daemon):
-        return await apply_locked(daemon, desired, dry_run=dry_run)
+        return await apply_locked(daemon, desired, dry_run=dry_run, force=force)
 
 
-async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = False) -> list[str]:
+async def apply_locked(
+    daemon: Any, desired: dict[str, Any], *, dry_run: bool = False, force: bool = False
+) -> list[dict[str, Any]]:
     """:func:`apply` for a caller that already holds :func:`lock` (daemon)."""
     desired = cfgmod.validate(desired)
     st = _state(daemon)
-    # The first apply to a daemon is the restore at start: a LUN whose store cannot be
-    # opened then (a volume still down at boot) is left offline instead of keeping every
-    # other target from starting; later applies (reload, API) retry it.
-    restoring = not st.applied_once
     plan = diff(st.cfg, desired)
     changed = {_key(t) for t in plan.targets_added} | {_key(t) for _, t in plan.targets_changed}
     retry = [
@@ -466,168 +557,450 @@ async def apply_locked(daemon: Any, desired: dict[str, Any], *, dry_run: bool = 
         if (_key(t), lu["lun"]) in st.offline
     ]
     if dry_run:
-        return plan.lines + [f"target {n}: LUN {lu['lun']} retry (offline)" for n, lu in retry]
-    if not plan.lines and not plan.portals_added and not retry:
+        return plan.changes + [
+            change("retry", "lun", f"target {n}: LUN {lu['lun']} retry (offline)", **_lun_ids(n, lu))
+            for n, lu in retry
+        ]
+    if not plan.changes and not retry:
         st.cfg = copy.deepcopy(desired)
         st.applied_once = True
-        return plan.lines
+        return []
+    if not force:
+        busy = _busy(daemon, st, plan)
+        if busy:
+            raise BusyError(busy)
+    prep = await _prepare(daemon, st, desired, plan, retry)
+    try:
+        await _commit(daemon, st, prep)
+    except BaseException:
+        await _rollback(daemon, prep)
+        raise
+    for c in prep.changes:
+        log.info("config: %s", c["text"])
+    return prep.changes
 
-    # ---- prepare: every LogicalUnit that has to be built, before anything changes.
+
+# ------------------------------------------------------------------ the busy check
+
+
+def _busy(daemon: Any, st: _State, plan: Plan) -> list[str]:
+    """What ``plan`` would take away from sessions or connections, one line per object."""
+    out: list[str] = []
+    sessions_fn = getattr(daemon, "sessions", None)
+    sessions = list(sessions_fn()) if sessions_fn is not None else []
+
+    def logged_in(name: str) -> int:
+        return sum(1 for s in sessions if str(s.get("target") or "").lower() == name.lower())
+
+    for t in plan.targets_removed:
+        n = logged_in(t["name"])
+        if n:
+            out.append(f"target {t['name']}: removing it closes its {n} session(s)")
+    for o, t in plan.targets_changed:
+        ol = {lu["lun"]: lu for lu in o["luns"]}
+        nl = {lu["lun"]: lu for lu in t["luns"]}
+        taken = [
+            f"LUN {n} ({'removed' if n not in nl else 'replaced'})"
+            for n in sorted(ol)
+            if (n not in nl or _lun_identity(ol[n]) != _lun_identity(nl[n]))
+            and (_key(t), n) not in st.offline
+        ]
+        n = logged_in(t["name"]) if taken else 0
+        if n:
+            out.append(f"target {t['name']}: {', '.join(taken)} in use by {n} session(s)")
+    count = getattr(daemon, "connections_on", None)
+    for p in plan.portals_removed:
+        n = count(Portal(p["host"], p["port"], p["advertise"])) if count is not None else 0
+        if n:
+            out.append(f"portal {_portal_text(p)}: removing it closes its {n} connection(s)")
+    return out
+
+
+# --------------------------------------------------------- prepare, commit, rollback
+
+
+@dataclass
+class _Prepared:
+    """Everything :func:`_commit` needs, made ready without touching the running daemon."""
+
+    desired: dict[str, Any]
+    plan: Plan
+    changes: list[dict[str, Any]]
+    restoring: bool
+    #: (target lower, lun) -> a LogicalUnit opened for this change, not yet in any device
+    opened: dict[tuple[str, int], Any] = field(default_factory=dict)
+    #: every LogicalUnit opened here (what a rollback closes)
+    all_opened: list[Any] = field(default_factory=list)
+    #: changed targets no longer in the registry (removed behind our back): rebuilt whole
+    rebuilt: list[dict[str, Any]] = field(default_factory=list)
+    #: (target lower, lun cfg, LogicalUnit, its store's current size) for online grows
+    grows: list[tuple[str, dict[str, Any], Any, int]] = field(default_factory=list)
+    retry: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: (portal cfg, binding from daemon.bind_portal)
+    bindings: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
+    #: new portals whose address is held by a portal this change removes (bound at commit)
+    deferred: list[dict[str, Any]] = field(default_factory=list)
+    #: LUNs whose store failed to open during the restore at start (they stay offline)
+    offline: set[tuple[str, int]] = field(default_factory=set)
+    back_online: set[tuple[str, int]] = field(default_factory=set)
+
+
+async def _prepare(
+    daemon: Any,
+    st: _State,
+    desired: dict[str, Any],
+    plan: Plan,
+    retry: list[tuple[str, dict[str, Any]]],
+) -> _Prepared:
+    """Open every new store and bind every new portal; on failure close them and raise.
+
+    The first apply to a daemon is the restore at start: a LUN whose store cannot be
+    opened then (a volume still down at boot) is left offline instead of keeping every
+    other target from starting; later applies retry it (a retry that fails again leaves
+    it offline and fails nothing else).
+    """
+    prep = _Prepared(desired, plan, list(plan.changes), restoring=not st.applied_once)
+    registry = daemon.registry
     to_open: list[tuple[str, dict[str, Any]]] = []
-    grows: list[tuple[str, dict[str, Any]]] = []
     for t in plan.targets_added:
         to_open += [(t["name"], lu) for lu in t["luns"]]
     for o, t in plan.targets_changed:
+        if registry.lookup(t["name"]) is None:
+            prep.rebuilt.append(t)
+            to_open += [(t["name"], lu) for lu in t["luns"]]
+            continue
         ol = {lu["lun"]: lu for lu in o["luns"]}
         for lu in t["luns"]:
             old = ol.get(lu["lun"])
-            if (
-                old is None
-                or _lun_identity(old) != _lun_identity(lu)
-                or (_key(t), lu["lun"]) in st.offline
-            ):
+            key = (_key(t), lu["lun"])
+            if old is None or _lun_identity(old) != _lun_identity(lu) or key in st.offline:
                 to_open.append((t["name"], lu))
-            elif old["size"] != lu["size"] and lu["size"]:
-                grows.append((t["name"], lu))
-    opened: dict[tuple[str, int], Any] = {}
-    failed: list[str] = []
+            elif old["size"] != lu["size"] and lu["size"] and key in st.lus:
+                prep.grows.append((_key(t), lu, st.lus[key], 0))
     try:
         for tname, lu in [*to_open, *retry]:
             key = (tname.lower(), lu["lun"])
             try:
-                opened[key] = await _run_blocking(
+                lu_obj = await _run_blocking(
                     daemon, _open_lu_with_state, _state_dir(daemon), lu, tname
                 )
-                st.offline.discard(key)
             except Exception as e:
                 err = ReconcileError(
                     f"target {tname} LUN {lu['lun']}",
                     f"cannot open backing store {lu['backing']!r}: {e}",
                     "check that it exists and is reachable; to create a file give --size",
                 )
-                if not restoring and key not in st.offline:
+                if not prep.restoring and key not in st.offline:
                     raise err from e
                 log.error("%s; the LUN stays offline until a reload", err)
-                st.offline.add(key)
-                failed.append(f"target {tname}: LUN {lu['lun']} offline ({e})")
+                prep.offline.add(key)
+                prep.changes.append(change(
+                    "offline", "lun", f"target {tname}: LUN {lu['lun']} offline ({e})",
+                    **_lun_ids(tname, lu), error=str(e),
+                ))  # fmt: skip
+                continue
+            prep.all_opened.append(lu_obj)
+            prep.opened[key] = lu_obj
+            if key in st.offline:
+                prep.back_online.add(key)
+        prep.retry = retry
+        grows = []
+        for tkey, lu, lu_obj, _ in prep.grows:
+            store = lu_obj.store
+            current = await _run_blocking(daemon, lambda s=store: s.size)  # may be a network call
+            if lu["size"] < current:
+                raise ReconcileError(
+                    f"target {tkey} LUN {lu['lun']}",
+                    f"cannot shrink from {current} to {lu['size']} bytes",
+                    "shrinking a disk under a file system destroys data; make a new LUN",
+                )
+            if lu["size"] > current:
+                grows.append((tkey, lu, lu_obj, current))
+        prep.grows = grows
+        bind = getattr(daemon, "bind_portal", None)
+        for p in plan.portals_added:
+            portal = Portal(p["host"], p["port"], p["advertise"])
+            try:
+                binding = await _run_blocking(daemon, bind, portal) if bind else portal
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE and any(
+                    _may_clash(p, r) for r in plan.portals_removed
+                ):
+                    # Probably our own listener that this change removes (127.0.0.1:3260 ->
+                    # localhost:3260): bound at commit, once that one is closed.
+                    prep.deferred.append(p)
+                    continue
+                raise _listen_error(p, e) from e
+            prep.bindings.append((p, binding))
     except BaseException:
-        for lu_obj in opened.values():
-            await _run_blocking(daemon, close_lu, lu_obj)
+        await _rollback(daemon, prep)
         raise
+    return prep
+
+
+async def _rollback(daemon: Any, prep: _Prepared) -> None:
+    """Close what :func:`_prepare` opened and bound (none of it is in use by then)."""
+    for lu_obj in prep.all_opened:
+        try:
+            await _run_blocking(daemon, close_lu, lu_obj)
+        except Exception:  # closing must go on for the others
+            log.exception("closing a store opened for a change that was rolled back")
+    prep.all_opened.clear()
+    prep.opened.clear()
+    for _, binding in prep.bindings:
+        close = getattr(binding, "close", None)
+        if close is not None:
+            close()
+    prep.bindings.clear()
+
+
+async def _commit(daemon: Any, st: _State, prep: _Prepared) -> None:
+    """Put the prepared change in force.
+
+    Every step up to the open of the new portals records how to undo itself; a failure
+    there undoes them in reverse (and the caller's rollback closes what was prepared), so
+    the daemon runs as before. Only then come the steps that cannot be undone and cannot
+    fail for a prepared change: closing removed targets' sessions, removed portals and
+    replaced stores, and telling initiators about grown LUNs.
+    """
+    desired, plan = prep.desired, prep.plan
+    registry = daemon.registry
+    acc = desired["accounts"]
+    undo: list[Callable[[], Any]] = []
+    closed_early: set[tuple[str, int]] = set()
+    new_lus = dict(st.lus)
+    to_close: list[Any] = []
+    try:
+        # Grows first: the one step that calls a store and can fail.
+        for _tkey, lu, lu_obj, current in prep.grows:
+            store = lu_obj.store
+            await _run_blocking(daemon, store.resize, lu["size"])
+            undo.append(functools.partial(_run_blocking, daemon, store.resize, current))
+
+        if st.default_params is None:
+            st.default_params = dict(getattr(daemon, "params", {}) or {})
+            st.default_settings = {
+                a: getattr(daemon, a) for a in _SETTING_ATTRS if hasattr(daemon, a)
+            }
+        if plan.params_changed:
+            params = getattr(daemon, "params", None)
+            settings = {a: getattr(daemon, a) for a in _SETTING_ATTRS if hasattr(daemon, a)}
+            if isinstance(params, dict):
+                undo.append(functools.partial(_replace_dict, params, dict(params)))
+                params.clear()
+                params.update({**st.default_params, **_login(desired["params"])})
+            undo.append(functools.partial(_set_attrs, daemon, settings))
+            _apply_settings(daemon, st, desired["params"])
+        disc = (registry.discovery_incoming, registry.discovery_outgoing)
+        undo.append(lambda: _set_discovery(registry, *disc))
+        _set_discovery(
+            registry,
+            [ChapAccount(u, acc[u]) for u in desired["discovery"]["incoming"]],
+            _chap(desired["discovery"]["outgoing"], acc),
+        )
+
+        added = {_key(t) for t in plan.targets_added} | {_key(t) for t in prep.rebuilt}
+        for t in desired["targets"]:
+            # Accounts may have new secrets: refresh every target's auth objects (cheap).
+            target = registry.lookup(t["name"])
+            if target is not None and _key(t) not in added:
+                auth = (target.acl, target.incoming, target.outgoing)
+                undo.append(functools.partial(_restore_auth, target, auth))
+                _set_auth(target, t, acc)
+
+        for o, t in plan.targets_changed:
+            target = registry.lookup(t["name"])
+            if target is None:  # rebuilt below
+                continue
+            attrs = (target.tid, target.alias, target.params, target.device)
+            undo.append(functools.partial(_restore_target, target, attrs))
+            target.tid = t["tid"]
+            target.alias = t["alias"]
+            target.params = _login(t["params"])
+            nl = {lu["lun"]: lu for lu in t["luns"]}
+            for lu in o["luns"]:
+                n = lu["lun"]
+                key = (_key(t), n)
+                if n in nl and key not in prep.opened:
+                    continue
+                old_obj = new_lus.pop(key, None)
+                if target.device is not None:
+                    _maybe_remove_lun(target.device, n)
+                    if old_obj is not None:
+                        undo.append(functools.partial(_put_lun, target.device, n, old_obj))
+                if old_obj is not None:
+                    to_close.append(old_obj)
+            for n in nl:
+                key = (_key(t), n)
+                lu_obj = prep.opened.get(key)
+                if lu_obj is None:
+                    continue
+                if target.device is None:
+                    target.device = new_device(t["name"])
+                target.device.add_lun(n, lu_obj)
+                undo.append(functools.partial(_maybe_remove_lun, target.device, n))
+                new_lus[key] = lu_obj
+
+        for t in [*plan.targets_added, *prep.rebuilt]:
+            device = new_device(t["name"])
+            for lu in t["luns"]:
+                key = (_key(t), lu["lun"])
+                stale = new_lus.pop(key, None)  # a rebuilt target's old LU
+                if stale is not None:
+                    to_close.append(stale)
+                lu_obj = prep.opened.get(key)
+                if lu_obj is None:  # offline (restore at start)
+                    continue
+                device.add_lun(lu["lun"], lu_obj)
+                new_lus[key] = lu_obj
+            target = Target(
+                name=t["name"],
+                tid=t["tid"],
+                alias=t["alias"],
+                device=device,
+                params=_login(t["params"]),
+            )
+            _set_auth(target, t, acc)
+            daemon.add_target(target)
+            undo.append(functools.partial(registry.targets.pop, target.name, None))
+
+        for tname, lu in prep.retry:
+            key = (tname.lower(), lu["lun"])
+            lu_obj = prep.opened.get(key)
+            target = registry.lookup(tname)
+            if lu_obj is None or target is None:
+                continue
+            if target.device is None:
+                target.device = new_device(tname)
+                undo.append(functools.partial(setattr, target, "device", None))
+            target.device.add_lun(lu["lun"], lu_obj)
+            undo.append(functools.partial(_maybe_remove_lun, target.device, lu["lun"]))
+            new_lus[key] = lu_obj
+            prep.changes.append(change(
+                "online", "lun", f"target {tname}: LUN {lu['lun']} online again",
+                **_lun_ids(tname, lu),
+            ))  # fmt: skip
+
+        for p in plan.portals_readvertised:
+            old = next((x for x in st.cfg["portals"] if _portal_key(x) == _portal_key(p)), p)
+            readvertise = getattr(daemon, "set_portal_advertise", None)
+            if readvertise is not None:
+                readvertise(Portal(p["host"], p["port"], p["advertise"]))
+                undo.append(functools.partial(
+                    readvertise, Portal(old["host"], old["port"], old["advertise"])
+                ))  # fmt: skip
+
+        # New listeners last, so they see complete targets.
+        open_portal = getattr(daemon, "open_portal", None)
+        while prep.bindings:
+            p, binding = prep.bindings[0]
+            try:
+                if open_portal is not None:
+                    portal = await open_portal(binding)
+                else:
+                    portal = binding
+                    await daemon.add_portal(binding)
+            except OSError as e:
+                raise _listen_error(p, e) from e
+            prep.bindings.pop(0)
+            undo.append(functools.partial(daemon.remove_portal, portal))
+        # Last, the portals whose address a removed portal holds: close that one (its
+        # connections go, as the busy check allowed), bind; on failure reopen it.
+        for p in prep.deferred:
+            for r in plan.portals_removed:
+                if _may_clash(p, r) and _portal_key(r) not in closed_early:
+                    old_portal = Portal(r["host"], r["port"], r["advertise"])
+                    await daemon.remove_portal(old_portal)
+                    closed_early.add(_portal_key(r))
+                    undo.append(functools.partial(daemon.add_portal, old_portal))
+            try:
+                binding = await _run_blocking(
+                    daemon, daemon.bind_portal, Portal(p["host"], p["port"], p["advertise"])
+                )
+                portal = await daemon.open_portal(binding)
+            except OSError as e:
+                raise _listen_error(p, e) from e
+            undo.append(functools.partial(daemon.remove_portal, portal))
+    except BaseException:
+        for step in reversed(undo):
+            try:
+                await _maybe_await(step())
+            except Exception:  # undo as much as can be undone
+                log.exception("undoing a change that failed")
+        raise
+
+    # ---- in force: what follows cannot fail for a prepared change and is not undone.
+    prep.all_opened.clear()
+    for t in plan.targets_removed:
+        try:
+            await _maybe_await(daemon.remove_target(t["name"]))
+        except Exception:  # the rest of the change is in force: go on, say so
+            log.exception("removing target %s", t["name"])
+        for lu in t["luns"]:
+            lu_obj = new_lus.pop((_key(t), lu["lun"]), None)
+            if lu_obj is not None:
+                to_close.append(lu_obj)
+    for p in plan.portals_removed:
+        if _portal_key(p) in closed_early:
+            continue
+        try:
+            await daemon.remove_portal(Portal(p["host"], p["port"], p["advertise"]))
+        except Exception:
+            log.exception("closing portal %s", _portal_text(p))
+    for lu_obj in to_close:
+        try:
+            await _run_blocking(daemon, close_lu, lu_obj)
+        except Exception:
+            log.exception("closing a store that was replaced or removed")
+    for _, lu, lu_obj, _ in prep.grows:
+        lu_obj.capacity_changed(lu["size"])  # known: no store call on the loop
+    wanted = {(_key(t), lu["lun"]) for t in desired["targets"] for lu in t["luns"]}
+    st.lus = {k: v for k, v in new_lus.items() if k in wanted}
+    st.offline = ((st.offline - prep.back_online) | prep.offline) & wanted
+    st.cfg = copy.deepcopy(desired)
     st.applied_once = True
 
-    # ---- commit
-    registry = daemon.registry
-    if st.default_params is None:
-        st.default_params = dict(getattr(daemon, "params", {}) or {})
-        st.default_settings = {a: getattr(daemon, a) for a in _SETTING_ATTRS if hasattr(daemon, a)}
-    if plan.params_changed:
-        if isinstance(getattr(daemon, "params", None), dict):
-            daemon.params.clear()
-            daemon.params.update({**st.default_params, **_login(desired["params"])})
-        _apply_settings(daemon, st, desired["params"])
-    acc = desired["accounts"]
-    registry.discovery_incoming = [ChapAccount(u, acc[u]) for u in desired["discovery"]["incoming"]]
-    registry.discovery_outgoing = _chap(desired["discovery"]["outgoing"], acc)
 
-    for t in plan.targets_removed:
-        await _maybe_await(daemon.remove_target(t["name"]))
-        for lu in t["luns"]:
-            lu_obj = st.lus.pop((_key(t), lu["lun"]), None)
-            if lu_obj is not None:
-                await _run_blocking(daemon, close_lu, lu_obj)
-        st.cfg["targets"] = [x for x in st.cfg["targets"] if _key(x) != _key(t)]
+def _may_clash(new: dict[str, Any], removed: dict[str, Any]) -> bool:
+    """Whether a removed portal may hold the address a new one needs (same port and family:
+    a host name, a wildcard or the same address)."""
+    return new["port"] == removed["port"] and (":" in new["host"]) == (":" in removed["host"])
 
-    for t in desired["targets"]:
-        # Accounts may have new secrets: refresh every target's auth objects (cheap).
-        target = registry.lookup(t["name"])
-        if target is not None and not any(_key(x) == _key(t) for x in plan.targets_added):
-            _set_auth(target, t, acc)
 
-    for o, t in plan.targets_changed:
-        target = registry.lookup(t["name"])
-        if target is None:  # someone removed it behind our back: rebuild it below
-            plan.targets_added.append(t)
-            for lu in t["luns"]:
-                if (_key(t), lu["lun"]) not in opened:
-                    opened[(_key(t), lu["lun"])] = await _run_blocking(
-                        daemon, _open_lu_with_state, _state_dir(daemon), lu, t["name"]
-                    )
-            continue
-        target.tid = t["tid"]
-        target.alias = t["alias"]
-        target.params = _login(t["params"])
-        ol = {lu["lun"]: lu for lu in o["luns"]}
-        nl = {lu["lun"]: lu for lu in t["luns"]}
-        device = target.device
-        for n in ol:
-            if n not in nl or (_key(t), n) in opened:
-                if device is not None:
-                    _maybe_remove_lun(device, n)
-                lu_obj = st.lus.pop((_key(t), n), None)
-                if lu_obj is not None:
-                    await _run_blocking(daemon, close_lu, lu_obj)
-        for n in nl:
-            lu_obj = opened.pop((_key(t), n), None)
-            if lu_obj is not None:
-                if device is None:
-                    device = target.device = new_device(t["name"])
-                device.add_lun(n, lu_obj)
-                st.lus[(_key(t), n)] = lu_obj
-        for tname, lu in grows:
-            if tname.lower() == _key(t):
-                await _grow(daemon, st, t, lu)
+def _listen_error(p: dict[str, Any], e: OSError) -> ReconcileError:
+    return ReconcileError(
+        f"portal {_portal_text(p)}",
+        f"cannot listen: {e.strerror or e}",
+        "is another target (tgtd?) using that port, or is the address not local?",
+    )
 
-    for t in plan.targets_added:
-        device = new_device(t["name"])
-        for lu in t["luns"]:
-            lu_obj = opened.pop((_key(t), lu["lun"]), None)
-            if lu_obj is None:  # offline (restore at start)
-                continue
-            device.add_lun(lu["lun"], lu_obj)
-            st.lus[(_key(t), lu["lun"])] = lu_obj
-        target = Target(
-            name=t["name"],
-            tid=t["tid"],
-            alias=t["alias"],
-            device=device,
-            params=_login(t["params"]),
-        )
-        _set_auth(target, t, acc)
-        daemon.add_target(target)
 
-    for tname, lu in retry:
-        lu_obj = opened.pop((tname.lower(), lu["lun"]), None)
-        target = registry.lookup(tname)
-        if lu_obj is None or target is None:
-            continue
-        if target.device is None:
-            target.device = new_device(tname)
-        target.device.add_lun(lu["lun"], lu_obj)
-        st.lus[(tname.lower(), lu["lun"])] = lu_obj
-        plan.lines.append(f"target {tname}: LUN {lu['lun']} online again")
+def _replace_dict(d: dict[str, Any], values: dict[str, Any]) -> None:
+    d.clear()
+    d.update(values)
 
-    removed = {_portal_key(p) for p in plan.portals_removed}
-    live = [p for p in st.cfg["portals"] if _portal_key(p) not in removed]
-    for p in plan.portals_removed:
-        await daemon.remove_portal(Portal(p["host"], p["port"], p["advertise"]))
-    st.cfg = {**copy.deepcopy(desired), "portals": live}
-    for p in plan.portals_added:
-        try:
-            await daemon.add_portal(Portal(p["host"], p["port"], p["advertise"]))
-        except OSError as e:
-            raise ReconcileError(
-                f"portal {_portal_text(p)}",
-                f"cannot listen: {e.strerror or e}",
-                "is another target (tgtd?) using that port, or is the address not local?",
-            ) from e
-        live.append(copy.deepcopy(p))
-    st.cfg = copy.deepcopy(desired)
-    wanted = {(_key(t), lu["lun"]) for t in desired["targets"] for lu in t["luns"]}
-    st.offline &= wanted
-    for line in plan.lines:
-        log.info("config: %s", line)
-    return plan.lines + failed
+
+def _set_attrs(obj: Any, values: dict[str, Any]) -> None:
+    for attr, value in values.items():
+        setattr(obj, attr, value)
+
+
+def _set_discovery(registry: Any, incoming: Any, outgoing: Any) -> None:
+    registry.discovery_incoming = incoming
+    registry.discovery_outgoing = outgoing
+
+
+def _restore_auth(target: Target, auth: tuple[Any, Any, Any]) -> None:
+    target.acl, target.incoming, target.outgoing = auth
+
+
+def _restore_target(target: Target, attrs: tuple[Any, Any, Any, Any]) -> None:
+    target.tid, target.alias, target.params, target.device = attrs
+
+
+def _put_lun(device: Any, n: int, lu_obj: Any) -> None:
+    _maybe_remove_lun(device, n)
+    device.add_lun(n, lu_obj)
 
 
 _SETTING_ATTRS = ("nop_interval", "nop_timeout", "queue_depth")
@@ -660,23 +1033,6 @@ def _maybe_remove_lun(device: Any, n: int) -> None:
         device.remove_lun(n)
     except KeyError:
         pass
-
-
-async def _grow(daemon: Any, st: _State, t: dict[str, Any], lu: dict[str, Any]) -> None:
-    lu_obj = st.lus.get((_key(t), lu["lun"]))
-    if lu_obj is None:
-        return
-    store = lu_obj.store
-    current = await _run_blocking(daemon, lambda: store.size)  # may be a network call
-    if lu["size"] > current:
-        await _run_blocking(daemon, store.resize, lu["size"])
-        lu_obj.capacity_changed(lu["size"])  # known: no store call on the loop
-    elif lu["size"] < current:
-        raise ReconcileError(
-            f"target {t['name']} LUN {lu['lun']}",
-            f"cannot shrink from {current} to {lu['size']} bytes",
-            "shrinking a disk under a file system destroys data; make a new LUN",
-        )
 
 
 async def forget(daemon: Any) -> None:

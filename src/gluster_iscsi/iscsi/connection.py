@@ -16,6 +16,7 @@ from typing import Any
 
 from ..backstore.base import Buffer
 from ..backstore.buffers import POOL, BudgetShare, MemoryBudget
+from ..logs import PROBLEMS
 from ..scsi.sense import build_sense
 from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
 from ..target.model import Target, TargetRegistry
@@ -130,6 +131,19 @@ class IscsiTask:
         self.charge = 0
 
 
+def _numbered(pdu: Pdu) -> bool:
+    """Whether a full-feature-phase request takes a CmdSN slot: every non-immediate one but
+    Data-Out and SNACK (which carry no CmdSN) and a NOP-Out answering our ping (ITT
+    0xffffffff, RFC 7143 11.18: never numbered)."""
+    b0 = pdu.bhs[0]
+    if b0 & 0x40:
+        return False
+    op = b0 & 0x3F
+    if op == Opcode.DATA_OUT or op == Opcode.SNACK:
+        return False
+    return not (op == Opcode.NOP_OUT and pdu.itt == NO_TAG)
+
+
 class Connection:
     """One TCP connection's iSCSI state."""
 
@@ -176,16 +190,23 @@ class Connection:
             MAX_CONNECTION_BUFFERS, share=MAX_CONNECTION_BUFFERS)
         self.share = BudgetShare()
         self.unsent = 0  # read bytes handed out for sending, charged until the driver says sent
-        self._pending: dict[int, Pdu] = {}  # CmdSN -> PDU waiting for a gap to fill
+        # CmdSN -> (PDU, Reject reason or 0, why) waiting for a gap to fill
+        self._pending: dict[int, tuple[Pdu, int, str]] = {}
         self._next_ttt = 1
         self.hd = False
         self.dd = False
         self.max_xmit = LOGIN_DSL
+        # The largest Data-In that can go out alone, status and all: one PDU (the initiator's
+        # MaxRecvDataSegmentLength) and one sequence (MaxBurstLength, RFC 7143 13.13).
+        self._datain_single = LOGIN_DSL
         # login state
         self.stage = STAGE_SECURITY
         self._login_started = False
         self._login_text = bytearray()
         self._login_keys: dict[str, str] = {}
+        # A Login Response too long for one PDU: the rest, and the (T, NSG) it ends with.
+        self._login_out = b""
+        self._login_next = (False, 0)
         self._negotiator = Negotiator(self.target_params)
         self._chap: ChapAuthenticator | None = None
         self._auth_required = False
@@ -251,8 +272,8 @@ class Connection:
             try:
                 pdu = reader.next_pdu()
             except P.OversizedPdu as exc:
-                self._log_bad(str(exc))
-                self._reject(exc.pdu, RejectReason.PROTOCOL_ERROR)
+                # Refused in its CmdSN turn, like any other rejected command (``_dispatch``).
+                self._dispatch(exc.pdu, RejectReason.PROTOCOL_ERROR, str(exc))
                 continue
             except P.DigestError as dig:  # (one name per exception type: mypyc types them)
                 self._log_bad(str(dig))
@@ -263,11 +284,7 @@ class Connection:
                 continue
             if pdu is None:
                 break
-            try:
-                self._dispatch(pdu)
-            except ProtocolError as perr:
-                self._log_bad(str(perr))
-                self._reject(pdu, perr.reason)
+            self._dispatch(pdu)
         return self._take_events()
 
     def _place(self, bhs: bytes) -> memoryview | None:
@@ -322,11 +339,11 @@ class Connection:
             return []
         if not self.full_feature:
             if self.login_deadline is not None and now >= self.login_deadline:
-                self._log_bad("login timed out")
+                self._log_bad("login timed out", "login timeout")
                 self._close("login timeout")
         elif self._ping_deadline is not None:
             if now >= self._ping_deadline:
-                self._log_bad(f"no NOP-Out answer within {self.nop_timeout:g}s")
+                self._log_bad(f"no NOP-Out answer within {self.nop_timeout:g}s", "NOP-In timeout")
                 self._close("NOP-In ping timed out")
         elif self.nop_interval > 0 and now >= self._last_rx + self.nop_interval:
             self._send_ping()
@@ -418,6 +435,12 @@ class Connection:
                     self.session.retire()
         return found, running
 
+    def take_events(self) -> list[Any]:
+        """Events caused outside :meth:`receive_data` and :meth:`handle_timer`: a
+        :meth:`complete_task` that finished a Logout adds :class:`CloseConnection` (check
+        :attr:`closed`, so the hot path does not ask for an empty list every time)."""
+        return self._take_events()
+
     def close(self, reason: str = "closed") -> list[Any]:
         if not self.closed:
             self._close(reason)
@@ -459,8 +482,10 @@ class Connection:
     def _who(self) -> str:
         return f"{self.initiator_name or '?'} at {self.peer_address}"
 
-    def _log_bad(self, message: str) -> None:
-        log.warning("iSCSI %s: %s", self._who(), message)
+    def _log_bad(self, message: str, kind: str = "bad PDU") -> None:
+        # Escaped (names are the peer's) and rate-limited per kind and peer (``logs.py``).
+        PROBLEMS.report(log, logging.WARNING, "iSCSI " + kind, self.peer_address,
+                        "iSCSI %s: %s", self._who(), message)
 
     def _reject(self, bad: Pdu, reason: int) -> None:
         if not self.full_feature:
@@ -474,25 +499,81 @@ class Connection:
             bad.bhs,
         )
 
-    def _dispatch(self, pdu: Pdu) -> None:
-        op = pdu.opcode
+    def _dispatch(self, pdu: Pdu, refuse: int = 0, why: str = "") -> None:
+        """Route one received PDU; ``refuse`` is a Reject reason decided before (an oversized
+        data segment), sent when the PDU's CmdSN turn comes like any other reject.
+
+        The CmdSN rule lives here, once for every opcode (RFC 7143 4.2.2.1, 3.2.2.1): a
+        non-immediate request is taken in only in CmdSN order (an early one waits for the
+        gap, one outside the window is dropped), and once taken in, its CmdSN is consumed
+        whatever becomes of it, a Reject included, so later commands never wait behind it.
+        Data-Out and SNACK carry no CmdSN, nor does a NOP-Out answering our ping."""
         if not self.full_feature:
-            if op != Opcode.LOGIN_REQ:
-                self._login_fail(LoginStatus.INITIATOR_ERROR, f"opcode {op:#x} before login completed")
-                return
-            self._login(pdu)
+            if refuse:
+                self._log_bad(why)
+                self._reject(pdu, refuse)
+            elif pdu.opcode != Opcode.LOGIN_REQ:
+                self._login_fail(LoginStatus.INITIATOR_ERROR, f"opcode {pdu.opcode:#x} before login completed")
+            else:
+                self._login(pdu)
             return
-        handler = self._handlers.get(op)
-        if handler is None:  # (receive_data logs it, once)
-            if op in _FFP:
-                raise ProtocolError("only Text, NOP-Out and Logout in a discovery session",
-                                    RejectReason.PROTOCOL_ERROR)
-            raise ProtocolError(f"opcode {op:#x} not supported", RejectReason.COMMAND_NOT_SUPPORTED)
-        handler(self, pdu)
+        if self.logging_out:
+            # After its Logout the initiator sends nothing more (RFC 7143 11.14); whatever
+            # comes is not taken in, the connection closes once the Logout is answered.
+            return
+        if not _numbered(pdu):
+            self._run(pdu, refuse, why, False)
+            return
+        s = self.session
+        assert s is not None
+        cmdsn = pdu.cmdsn
+        if cmdsn != s.exp_cmdsn:
+            if s.in_window(cmdsn):
+                if cmdsn not in self._pending:
+                    self._pending[cmdsn] = (pdu, refuse, why)
+            else:
+                log.debug("dropping PDU with CmdSN %d outside [%d, %d]", cmdsn, s.exp_cmdsn, s.max_cmdsn)
+            return
+        s.advance()
+        self._run(pdu, refuse, why, True)
+        pending = self._pending
+        while pending and not self.closed and not self.logging_out:
+            item = pending.pop(s.exp_cmdsn, None)
+            if item is None:
+                return
+            s.advance()
+            self._run(item[0], item[1], item[2], True)
+
+    def _run(self, pdu: Pdu, refuse: int, why: str, numbered: bool) -> None:
+        """Handle a PDU taken in. Every handler but a SCSI Command's is done when it returns:
+        a numbered PDU's slot in the window is given back before it answers (so the answer
+        already carries the wider MaxCmdSN); a SCSI Command's when it completes, or here,
+        when it is rejected before it became a task."""
+        op = pdu.opcode
+        s = self.session
+        early = numbered and (refuse != 0 or op != Opcode.SCSI_CMD)
+        if early and s is not None:
+            s.retire()
+        try:
+            if refuse:
+                raise ProtocolError(why, refuse)
+            handler = self._handlers.get(op)
+            if handler is None:
+                if op in _FFP:
+                    raise ProtocolError("only Text, NOP-Out and Logout in a discovery session",
+                                        RejectReason.PROTOCOL_ERROR)
+                raise ProtocolError(f"opcode {op:#x} not supported", RejectReason.COMMAND_NOT_SUPPORTED)
+            handler(self, pdu)
+        except ProtocolError as perr:
+            if numbered and not early and s is not None:
+                s.retire()
+            self._log_bad(str(perr))
+            self._reject(pdu, perr.reason)
 
     # ------------------------------------------------------------------ login
     def _login_fail(self, status: int, message: str, itt: int = NO_TAG) -> None:
-        self._log_bad(f"login refused ({status >> 8:#04x}/{status & 0xff:#04x}): {message}")
+        self._log_bad(f"login refused ({status >> 8:#04x}/{status & 0xff:#04x}): {message}",
+                      "login refused")
         self._emit(
             P.bhs(Opcode.LOGIN_RSP, 0, 0, 0, 0, self._isid.ljust(6, b"\0") + bytes(2), itt,
                   0, self._next_statsn(), 0, 0, (status >> 8) << 24 | (status & 0xFF) << 16)
@@ -526,8 +607,18 @@ class Connection:
                 raise LoginError(2, 0, f"invalid transition {csg}->{nsg}")
             if transit and cont:
                 raise LoginError(2, 0, "T and C bits both set")
+            if self._login_out:
+                # Our response goes on (C bit): the initiator asks for the rest with an
+                # empty request (RFC 7143 11.13.4), and may not send keys meanwhile.
+                if pdu.data or cont:
+                    raise LoginError.of(LoginStatus.INITIATOR_ERROR,
+                                        "login request with keys while the response continues")
+                rest, (want_transit, want_nsg) = self._login_out, self._login_next
+                self._login_out = b""
+                self._answer_login(itt, want_transit and transit, csg, want_nsg, rest)
+                return
             if len(self._login_text) + len(pdu.data) > MAX_LOGIN_TEXT:
-                raise LoginError(2, 0, "login text too long")
+                raise LoginError.of(LoginStatus.INITIATOR_ERROR, "login text too long")
             self._login_text += pdu.data
             if cont:
                 self._login_response(itt, False, csg, nsg, b"")
@@ -544,21 +635,25 @@ class Connection:
         """First login request: who is this, which session type, which target, may they."""
         name = keys.get("InitiatorName")
         if not name:
-            raise LoginError(2, 7, "InitiatorName missing")
+            raise LoginError.of(LoginStatus.MISSING_PARAMETER, "InitiatorName missing")
         self.initiator_name = name
         self.session_type = keys.get("SessionType", "Normal")
         if self.session_type not in ("Normal", "Discovery"):
-            raise LoginError(2, 0, f"SessionType {self.session_type!r} is invalid")
+            raise LoginError.of(LoginStatus.INITIATOR_ERROR, f"SessionType {self.session_type!r} is invalid")
         reg = self.registry
         if self.session_type == "Normal":
             tname = keys.get("TargetName")
             if not tname:
-                raise LoginError(2, 7, "TargetName missing in a normal session")
+                raise LoginError.of(LoginStatus.MISSING_PARAMETER, "TargetName missing in a normal session")
             target = reg.lookup(tname)
+            # A target this initiator may not use is answered as one that does not exist
+            # (0x0203), as tgt does and as SendTargets already hides it: 0x0202 for one and
+            # 0x0203 for the other would let anyone probe target names. The log says which.
             if target is None:
-                raise LoginError(2, 3, f"target {tname} not found")
+                raise LoginError.of(LoginStatus.NOT_FOUND, f"target {tname} not found")
             if not target.allows(name, self.peer_address):
-                raise LoginError(2, 2, f"{name} at {self.peer_address} is not allowed on {tname}")
+                raise LoginError.of(LoginStatus.NOT_FOUND,
+                                    f"{name} at {self.peer_address} is not allowed on {tname}")
             self.target = target
             # Per-target parameters (e.g. a smaller MaxBurstLength) override the daemon's.
             self._negotiator = Negotiator(target.offered_params(self.target_params))
@@ -597,12 +692,23 @@ class Connection:
             # gets no declaration, and the initiator keeps the 8192-byte default: safe.)
             self._declared = True
             out += self._negotiator.declarations("operational", self.session_type)
+        self._answer_login(itt, transit, csg, nsg, encode_text(out))
+
+    def _answer_login(self, itt: int, transit: bool, csg: int, nsg: int, data: bytes) -> None:
+        """Send a Login Response's text; beyond the 8192 bytes an initiator takes during
+        login (RFC 7143 13.12), the first part with the C bit and the rest when asked. The
+        stage changes (or the session starts) with the last part only."""
+        if len(data) > LOGIN_DSL:
+            self._login_out = data[LOGIN_DSL:]
+            self._login_next = (transit, nsg)
+            self._login_response(itt, False, csg, csg, data[:LOGIN_DSL], cont=True)
+            return
         if transit and nsg == STAGE_FFP:
-            self._finish_login(itt, csg, out)
+            self._finish_login(itt, csg, data)
             return
         if transit:
             self.stage = nsg
-        self._login_response(itt, transit, csg, nsg if transit else csg, encode_text(out))
+        self._login_response(itt, transit, csg, nsg if transit else csg, data)
 
     def _security_done(self) -> bool:
         return (not self._auth_required and self._auth_method in (None, "None")) or self._authenticated
@@ -636,8 +742,8 @@ class Connection:
         return out
 
     def _login_response(self, itt: int, transit: bool, csg: int, nsg: int, data: bytes,
-                        tsih: int | None = None) -> None:
-        flags = (0x80 if transit else 0) | (csg << 2) | (nsg if transit else 0)
+                        tsih: int | None = None, cont: bool = False) -> None:
+        flags = (0x80 if transit else 0) | (0x40 if cont else 0) | (csg << 2) | (nsg if transit else 0)
         exp = getattr(self, "_cmdsn", 0)
         self._emit(
             P.bhs(Opcode.LOGIN_RSP, flags, 0, 0, len(data),
@@ -646,7 +752,7 @@ class Connection:
             data,
         )
 
-    def _finish_login(self, itt: int, csg: int, out: list[tuple[str, str]]) -> None:
+    def _finish_login(self, itt: int, csg: int, data: bytes) -> None:
         params = self._negotiator.result()
         table = self.sessions
         target = self.target
@@ -678,7 +784,7 @@ class Connection:
         self.session = session
         self.params = params
         self._tsih = tsih
-        self._login_response(itt, True, csg, STAGE_FFP, encode_text(out), tsih=tsih)
+        self._login_response(itt, True, csg, STAGE_FFP, data, tsih=tsih)
         # Digests and the negotiated sizes apply from the first PDU after the final response.
         self.stage = STAGE_FFP
         self._handlers = _FFP if self.session_type == "Normal" else _FFP_DISCOVERY
@@ -689,39 +795,14 @@ class Connection:
         self.reader.data_digest = params.data_digest
         self.reader.max_recv_dsl = params.max_recv_dsl
         self.max_xmit = params.max_xmit_dsl
-        log.info("iSCSI login: %s tsih=%d %s session%s", self._who(), tsih, self.session_type,
-                 f" to {target.name}" if target else "")
+        self._datain_single = min(params.max_xmit_dsl, params.max_burst)
+        PROBLEMS.report(log, logging.INFO, "iSCSI login", self.peer_address,
+                        "iSCSI login: %s tsih=%d %s session%s", self._who(), tsih, self.session_type,
+                        f" to {target.name}" if target else "", burst=20)
         self._events.append(LoginComplete(session))
 
     # ------------------------------------------------------------------ full feature phase
-    def _check_cmdsn(self, pdu: Pdu) -> bool:
-        """True if the PDU is to be processed now. Out-of-window PDUs are dropped silently
-        (RFC 7143 4.2.2.1); an early one waits for the gap to fill."""
-        if pdu.immediate:
-            return True
-        s = self.session
-        assert s is not None
-        cmdsn = pdu.cmdsn
-        if cmdsn == s.exp_cmdsn:
-            s.advance()
-            return True
-        if s.in_window(cmdsn):
-            if cmdsn not in self._pending:
-                self._pending[cmdsn] = pdu
-            return False
-        log.debug("dropping PDU with CmdSN %d outside [%d, %d]", cmdsn, s.exp_cmdsn, s.max_cmdsn)
-        return False
-
-    def _drain_pending(self) -> None:
-        s = self.session
-        while s is not None and self._pending:
-            pdu = self._pending.pop(s.exp_cmdsn, None)
-            if pdu is None:
-                return
-            s.advance()
-            self._handlers[pdu.opcode](self, pdu, ordered=True)
-
-    def _on_nop_out(self, pdu: Pdu, ordered: bool = False) -> None:
+    def _on_nop_out(self, pdu: Pdu) -> None:
         itt = pdu.itt
         if itt == NO_TAG:
             if pdu.ttt == self._ping_ttt:
@@ -730,17 +811,12 @@ class Connection:
             return
         if pdu.ttt != NO_TAG:
             raise ProtocolError("NOP-Out with both ITT and TTT set", RejectReason.INVALID_PDU_FIELD)
-        if not ordered and not self._check_cmdsn(pdu):
-            return
-        if not pdu.immediate and self.session is not None:
-            self.session.retire()
         data = pdu.data[: self.max_xmit]
         self._emit(
             P.bhs(Opcode.NOP_IN, 0x80, 0, 0, len(data), pdu.lun_raw, itt, NO_TAG,
                   self._next_statsn(), **self._window()),
             data,
         )
-        self._drain_pending()
 
     def _send_ping(self) -> None:
         ttt = self._new_ttt()
@@ -753,26 +829,22 @@ class Connection:
         self._next_ttt = (ttt + 1) % 0xFFFFFFFF or 1
         return ttt
 
-    def _on_scsi_cmd(self, pdu: Pdu, ordered: bool = False) -> None:
-        if not ordered and not self._check_cmdsn(pdu):
-            return
-        try:
-            self._start_command(pdu)
-        finally:
-            self._drain_pending()
-
-    def _start_command(self, pdu: Pdu) -> None:
+    def _on_scsi_cmd(self, pdu: Pdu) -> None:
         flags, lun_raw, itt, edtl, cmdsn = _CMD_FIELDS.unpack_from(pdu.bhs)
         read, write = bool(flags & 0x40), bool(flags & 0x20)
         params = self.params
         assert params is not None and self.session is not None
         if itt in self.tasks:
-            if not pdu.immediate:
-                self.session.retire()
             raise ProtocolError(f"ITT {itt:#x} already in use", RejectReason.TASK_IN_PROGRESS)
         it = IscsiTask(itt, P.decode_lun(lun_raw), pdu.cdb, edtl, read, write, flags & 7, cmdsn,
                        pdu.immediate, lun_raw)
-        self.tasks[itt] = it
+        tasks = self.tasks
+        tasks[itt] = it
+        if len(tasks) > self.queue_depth:
+            # Commands in flight are bounded, immediate ones too: they bypass the CmdSN
+            # window, and the target may refuse what it cannot take (RFC 7143 3.2.2.1). SCSI
+            # says how: TASK SET FULL, which initiators retry, lowering their queue depth.
+            return self._fail(it, ScsiResult(Status.TASK_SET_FULL))
         data = pdu.data
         if data and not write:
             return self._fail_task(it, "data sent with a command that is not a write")
@@ -814,8 +886,6 @@ class Connection:
     def _fail_task(self, it: IscsiTask, why: str) -> None:
         """A command PDU that breaks the negotiated rules: Reject it; the task never starts."""
         self.tasks.pop(it.itt, None)
-        if not it.immediate and self.session is not None:
-            self.session.retire()
         raise ProtocolError(f"command itt={it.itt:#x}: {why}", RejectReason.PROTOCOL_ERROR)
 
     def _check_condition(self, it: IscsiTask, key: int, asc: int, ascq: int) -> None:
@@ -849,7 +919,7 @@ class Connection:
             it.r2tsn += 1
             it.next_r2t_offset += length
 
-    def _on_data_out(self, pdu: Pdu, ordered: bool = False) -> None:
+    def _on_data_out(self, pdu: Pdu) -> None:
         it = self.tasks.get(pdu.itt)
         if it is None or it.state != _COLLECTING or it.buf is None:
             return  # data for a task that ended (aborted, failed): drop it quietly
@@ -923,7 +993,7 @@ class Connection:
             and status == 0
             and result.transfer_length is None
             and not result.sense
-            and 0 < len(data) == edtl <= self.max_xmit
+            and 0 < len(data) == edtl <= self._datain_single
             and data.itemsize == 1
         ):
             # The common case: GOOD, exactly the expected bytes, one Data-In PDU carrying status.
@@ -1020,11 +1090,7 @@ class Connection:
             payload,
         )
 
-    def _on_tmf(self, pdu: Pdu, ordered: bool = False) -> None:
-        if not ordered and not self._check_cmdsn(pdu):
-            return
-        if not pdu.immediate and self.session is not None:
-            self.session.retire()
+    def _on_tmf(self, pdu: Pdu) -> None:
         function = pdu.flags & 0x7F
         if function not in TmfFunction.__members__.values():
             self.complete_tmf(pdu.itt, TmfResponse.NOT_SUPPORTED)
@@ -1032,43 +1098,36 @@ class Connection:
             self.complete_tmf(pdu.itt, TmfResponse.REASSIGNMENT_NOT_SUPPORTED)
         else:
             self._events.append(TaskManagement(pdu.itt, function, pdu.lun, pdu.word(20), pdu.word(32)))
-        self._drain_pending()
 
-    def _on_text(self, pdu: Pdu, ordered: bool = False) -> None:
-        if not ordered and not self._check_cmdsn(pdu):
+    def _on_text(self, pdu: Pdu) -> None:
+        if pdu.ttt != NO_TAG and pdu.ttt == self._text_ttt and not pdu.data:
+            self._send_text_chunk(pdu.itt)  # the initiator asks for the next part
             return
-        if not pdu.immediate and self.session is not None:
-            self.session.retire()
-        try:
-            if pdu.ttt != NO_TAG and pdu.ttt == self._text_ttt and not pdu.data:
-                self._send_text_chunk(pdu.itt)  # the initiator asks for the next part
-                return
-            if len(self._text_in) + len(pdu.data) > MAX_LOGIN_TEXT:
-                self._text_in.clear()
-                raise ProtocolError("text request too long", RejectReason.PROTOCOL_ERROR)
-            self._text_in += pdu.data
-            if pdu.flags & 0x40:  # C: more of the request follows
-                self._emit(P.bhs(Opcode.TEXT_RSP, 0x00, itt=pdu.itt, w20=self._new_ttt(),
-                                 w24=self._next_statsn(), **self._window()))
-                return
-            pairs = decode_text(bytes(self._text_in))
+        if len(self._text_in) + len(pdu.data) > MAX_LOGIN_TEXT:
             self._text_in.clear()
-            out: list[tuple[str, str]] = []
-            rest: list[tuple[str, str]] = []
-            for k, v in pairs:
-                if k == "SendTargets":
-                    out += self._send_targets(v)
-                else:
-                    rest.append((k, v))
-            if rest:
-                out += self._negotiator.negotiate(rest, stage="ffp", session_type=self.session_type)
-                new = self._negotiator.result()
-                self.params = new
-                self.max_xmit = new.max_xmit_dsl
-            self._text_out = encode_text(out)
-            self._send_text_chunk(pdu.itt)
-        finally:
-            self._drain_pending()
+            raise ProtocolError("text request too long", RejectReason.PROTOCOL_ERROR)
+        self._text_in += pdu.data
+        if pdu.flags & 0x40:  # C: more of the request follows
+            self._emit(P.bhs(Opcode.TEXT_RSP, 0x00, itt=pdu.itt, w20=self._new_ttt(),
+                             w24=self._next_statsn(), **self._window()))
+            return
+        pairs = decode_text(bytes(self._text_in))
+        self._text_in.clear()
+        out: list[tuple[str, str]] = []
+        rest: list[tuple[str, str]] = []
+        for k, v in pairs:
+            if k == "SendTargets":
+                out += self._send_targets(v)
+            else:
+                rest.append((k, v))
+        if rest:
+            out += self._negotiator.negotiate(rest, stage="ffp", session_type=self.session_type)
+            new = self._negotiator.result()
+            self.params = new
+            self.max_xmit = new.max_xmit_dsl
+            self._datain_single = min(new.max_xmit_dsl, new.max_burst)
+        self._text_out = encode_text(out)
+        self._send_text_chunk(pdu.itt)
 
     def _send_text_chunk(self, itt: int) -> None:
         data, self._text_out = self._text_out[: self.max_xmit], self._text_out[self.max_xmit :]
@@ -1098,14 +1157,10 @@ class Connection:
                 continue
             out.append(("TargetName", t.name))
             for portal in reg.portals:
-                out.append(("TargetAddress", f"{portal.advertised()},{t.tpgt}"))
+                out.append(("TargetAddress", f"{portal.advertised(self.local_address)},{t.tpgt}"))
         return out
 
-    def _on_logout(self, pdu: Pdu, ordered: bool = False) -> None:
-        if not ordered and not self._check_cmdsn(pdu):
-            return
-        if not pdu.immediate and self.session is not None:
-            self.session.retire()
+    def _on_logout(self, pdu: Pdu) -> None:
         reason = pdu.flags & 0x7F
         self._logout_itt = pdu.itt
         if reason == P.LogoutReason.REMOVE_FOR_RECOVERY:
@@ -1114,13 +1169,19 @@ class Connection:
         if reason == P.LogoutReason.CLOSE_CONNECTION and pdu.cid != self.cid:
             self._logout_response(P.LogoutResponse.CID_NOT_FOUND)
             return
+        # "Close the session/connection": the target MUST terminate every pending command
+        # (RFC 7143 11.14), and no response is expected for them. Commands still collecting
+        # data or waiting for a CmdSN gap go at once; one executing is marked aborted (its
+        # result is dropped) and the Logout Response waits until the store has returned from
+        # it, as a TMF ABORT's response does: a write must not land after the initiator was
+        # told the session is gone. The store's calls are bounded by the I/O timeout.
         self.logging_out = True
+        self._pending.clear()
+        self.abort_tasks(lambda t: True)
         self._maybe_finish_logout()
 
     def _maybe_finish_logout(self) -> None:
-        if self.logging_out and not self.closed and not any(
-            t.state == _EXECUTING for t in self.tasks.values()
-        ):
+        if self.logging_out and not self.closed and not self.tasks:
             self.logging_out = False
             self._logout_response(P.LogoutResponse.SUCCESS)
             if self.session is not None:
@@ -1133,7 +1194,7 @@ class Connection:
         self._emit(P.bhs(Opcode.LOGOUT_RSP, 0x80, response, itt=self._logout_itt,
                          w24=self._next_statsn(), **self._window(), w40=(t2w << 16) | t2r))
 
-    def _on_snack(self, pdu: Pdu, ordered: bool = False) -> None:
+    def _on_snack(self, pdu: Pdu) -> None:
         raise ProtocolError("SNACK needs ErrorRecoveryLevel > 0", RejectReason.COMMAND_NOT_SUPPORTED)
 
     # ------------------------------------------------------------------ views

@@ -28,8 +28,12 @@ Decisions taken where the RFC leaves a choice (each pinned by a test):
   never ``Irrelevant`` or ``NotUnderstood``.
 * FirstBurstLength is answered at most the current MaxBurstLength (RFC 7143
   13.14: it MUST NOT exceed it).  MaxBurstLength is processed before
-  FirstBurstLength in one request; if a later request lowers MaxBurstLength
-  below the agreed FirstBurstLength the login fails (initiator error).
+  FirstBurstLength in one request.  Rules between two keys (``PAIR_RULES``) are
+  checked once both values are agreed, after every request's keys are all
+  answered, never against a default: if a later request lowers MaxBurstLength
+  below a FirstBurstLength already agreed, the login fails (initiator error).
+  A FirstBurstLength never negotiated takes effect as at most MaxBurstLength
+  (:meth:`Negotiator.result`).
 * The target makes no offers of its own except the declarative
   MaxRecvDataSegmentLength (:meth:`Negotiator.declarations`): a key the
   initiator never sends keeps its RFC default even if the target's configured
@@ -206,6 +210,14 @@ KEYS: dict[str, Key] = {
     )
 }
 
+#: Rules between two keys' agreed values: (key, key it may not exceed, RFC section). Checked
+#: when both were agreed by negotiation (:meth:`Negotiator.negotiate`), never against a
+#: default the initiator may still change. (FirstBurstLength's irrelevance, which depends on
+#: InitialR2T and ImmediateData, is ``Key.irrelevant_when``: decided after those keys.)
+PAIR_RULES: tuple[tuple[str, str, str], ...] = (
+    ("FirstBurstLength", "MaxBurstLength", "13.14"),
+)
+
 STAGES = ("security", "operational", "ffp")
 SESSION_TYPES = ("Normal", "Discovery")
 #: Keys a target may be configured with (``Negotiator(target_values)``).
@@ -363,6 +375,7 @@ class Negotiator:
         self._agreed: dict[str, str] = base.as_dict()
         self._agreed["MaxRecvDataSegmentLength"] = self._target["MaxRecvDataSegmentLength"]
         self._seen: set[str] = set()  # keys of the login negotiation sequence
+        self._negotiated: set[str] = set()  # keys whose value was agreed by negotiation
         self._declared: set[str] = set()
 
     # -- public API ----------------------------------------------------------------------
@@ -416,6 +429,7 @@ class Negotiator:
             answer = self._answer(KEYS[name], value, stage, kind_of_session)
             if answer is not None:
                 answers[index] = answer
+        self._check_pairs(stage)
         return [(pairs[i][0], answers[i]) for i in sorted(answers)]
 
     def declarations(self, stage: str, session_type: str) -> list[tuple[str, str]]:
@@ -437,7 +451,10 @@ class Negotiator:
     def result(self) -> SessionParams:
         """The values agreed so far (defaults for keys never negotiated)."""
         params = SessionParams.from_wire(self._agreed)
-        return replace(params, max_recv_dsl=int(self._target["MaxRecvDataSegmentLength"]))
+        # A FirstBurstLength left at its default may not exceed the MaxBurstLength agreed
+        # (RFC 7143 13.14): it takes effect as MaxBurstLength then.
+        return replace(params, max_recv_dsl=int(self._target["MaxRecvDataSegmentLength"]),
+                       first_burst=min(params.first_burst, params.max_burst))
 
     def value(self, name: str) -> str | None:
         """The agreed wire value of a key (e.g. ``AuthMethod``), or None if it has none."""
@@ -493,9 +510,6 @@ class Negotiator:
             agreed_number = min(number, mine) if key.result is Result.MIN else max(number, mine)
             if name == "FirstBurstLength":
                 agreed_number = min(agreed_number, int(self._agreed["MaxBurstLength"]))
-            elif name == "MaxBurstLength" and "FirstBurstLength" in self._seen:
-                if agreed_number < int(self._agreed["FirstBurstLength"]):
-                    raise _fail(stage, "MaxBurstLength below the agreed FirstBurstLength")
             agreed = str(agreed_number)
         else:  # LIST
             offered = _parse_list(value)
@@ -506,7 +520,16 @@ class Negotiator:
             if agreed == REJECT:
                 return REJECT
         self._agreed[name] = agreed
+        self._negotiated.add(name)
         return agreed
+
+    def _check_pairs(self, stage: str) -> None:
+        """The rules between two keys, for pairs whose values are both agreed."""
+        done = self._negotiated
+        for low, high, section in PAIR_RULES:
+            if low in done and high in done and int(self._agreed[low]) > int(self._agreed[high]):
+                raise _fail(stage, f"{high} {self._agreed[high]} below the agreed {low} "
+                                   f"{self._agreed[low]} (RFC 7143 {section})")
 
     def _declare(self, key: Key, value: str, stage: str) -> None:
         name = key.name

@@ -21,7 +21,9 @@ from typing import Any
 from ..backstore.buffers import POOL, MemoryBudget, default_budget
 from ..iscsi.connection import DEFAULT_TARGET_PARAMS
 from ..iscsi.session import Session, SessionTable
+from ..logs import PROBLEMS
 from ..target.model import Portal, Target, TargetRegistry
+from .admission import Admission, Limits, Listener, Spare
 from .driver import ConnectionDriver
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
@@ -32,6 +34,38 @@ log = logging.getLogger(__name__)
 #: Seconds between looks at the read-buffer pool: one whole interval without a borrow and
 #: it gives its buffers back (``BufferPool.trim``).
 POOL_TRIM_INTERVAL = 5.0
+
+
+class PortalBinding:
+    """A portal's bound, listening sockets that accept nothing yet (see Daemon.bind_portal)."""
+
+    def __init__(self, portal: Portal, sockets: list[socket.socket]) -> None:
+        self.portal = portal
+        self.sockets = sockets
+        #: the Portal new connections are given, once open (advertise edits replace it)
+        self.recorded: list[Portal] | None = None
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+class _Listener:
+    """A portal's accept loop (``admission.Listener``) and the binding it took over."""
+
+    def __init__(self, listener: Listener, binding: PortalBinding) -> None:
+        self.listener = listener
+        self.binding = binding
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return self.listener.sockets
+
+    def close(self) -> None:
+        self.listener.close()
+
+    async def wait_closed(self) -> None:
+        await self.listener.wait_closed()
 
 
 class Daemon:
@@ -49,6 +83,9 @@ class Daemon:
         io_timeout: float = 60.0,
         poll_usecs: float = 100.0,
         io_uring: bool = True,
+        max_connections: int | None = None,
+        max_prelogin: int | None = None,
+        max_prelogin_per_host: int | None = None,
         memory_budget: int | None = None,
         session_share: int | None = None,
     ) -> None:
@@ -64,7 +101,14 @@ class Daemon:
         self.queue_depth = queue_depth
         self.drain_timeout = drain_timeout
         self.connections: set[ConnectionDriver] = set()
-        self._listeners: dict[Portal, asyncio.AbstractServer] = {}
+        self._listeners: dict[Portal, _Listener] = {}
+        #: Connection caps (``admission.py``); None: sized from the descriptor limit.
+        self.limits = Limits.from_nofile(max_connections=max_connections, max_prelogin=max_prelogin,
+                                         max_prelogin_per_host=max_prelogin_per_host)
+        self.admission: Admission[ConnectionDriver] = Admission(self.limits, _activity, _evict)
+        self._connecting: set[asyncio.Task[Any]] = set()
+        self._spare: Spare | None = None
+        self._log_timer: asyncio.TimerHandle | None = None
         # Blocking store calls (ctypes, os.preadv) release the GIL: a few threads per core
         # keep a queue depth of 32 busy without thrashing two cores.
         #: Worker threads per backing store for its blocking calls (SCSI data path). Each store
@@ -137,34 +181,137 @@ class Daemon:
     def portals(self) -> list[Portal]:
         return list(self._listeners)
 
+    def bind_portal(self, portal: Portal) -> PortalBinding:
+        """Bind and listen on ``portal``'s address without accepting yet (the prepare half of
+        :meth:`add_portal`; may block on a name lookup, so callers run it off the loop).
+
+        Raises OSError (address in use, not local); nothing stays open then. Until
+        :meth:`open_portal` takes it, connections wait in the kernel's backlog; ``close()``
+        gives the address back.
+        """
+        family = socket.AF_INET6 if ":" in portal.host else socket.AF_INET
+        infos = socket.getaddrinfo(
+            portal.host, portal.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )
+        sockets: list[socket.socket] = []
+        try:
+            for fam, kind, proto, _, addr in dict.fromkeys(infos):
+                sock = socket.socket(fam, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if fam == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted ones inherit it
+                if portal.port == 0 and len(sockets) > 1:  # one ephemeral port for every address
+                    addr = (addr[0], sockets[0].getsockname()[1], *addr[2:])
+                sock.bind(addr)
+                sock.listen(256)
+                sock.setblocking(False)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        if portal.port == 0:  # ephemeral port (tests): record the real one
+            portal = Portal(portal.host, sockets[0].getsockname()[1], portal.advertise)
+        return PortalBinding(portal, sockets)
+
+    async def open_portal(self, binding: PortalBinding) -> Portal:
+        """Start accepting on a bound portal (the commit half of :meth:`add_portal`)."""
+        portal = binding.portal
+        if portal in self._listeners:
+            binding.close()
+            return portal
+        loop = asyncio.get_running_loop()
+        # Connections carry the portal as recorded here, so remove_portal and
+        # set_portal_advertise find them by host and port.
+        recorded = [portal]
+        binding.recorded = recorded
+        if self._spare is None:
+            self._spare = Spare()
+        if self._log_timer is None:
+            self._log_timer = loop.call_later(PROBLEMS.interval, self._flush_logs)
+        if self._trim_timer is None:
+            self._trim_timer = loop.call_later(POOL_TRIM_INTERVAL, self._trim_pool)
+        try:
+            listener = Listener(loop, binding.sockets,
+                                lambda c, a: self._accepted(c, a, recorded[0]), self._spare)
+        except BaseException:
+            binding.close()
+            raise
+        self._listeners[portal] = _Listener(listener, binding)
+        self.registry.portals = self.portals()
+        log.info("listening on %s:%d", portal.host, portal.port)
+        return portal
+
     async def add_portal(self, portal: Portal) -> None:
         if portal in self._listeners:
             return
-        loop = asyncio.get_running_loop()
-        if self._trim_timer is None:
-            self._trim_timer = loop.call_later(POOL_TRIM_INTERVAL, self._trim_pool)
-        # Connections carry the portal as recorded below (with the real port when the listener
-        # was asked for an ephemeral one), so remove_portal finds them by identity.
-        recorded = [portal]
-        server = await loop.create_server(
-            lambda: ConnectionDriver(self, recorded[0]),
-            host=portal.host,
-            port=portal.port,
-            reuse_address=True,
-            family=socket.AF_INET6 if ":" in portal.host else socket.AF_INET,
-            backlog=256,
-        )
-        for sock in server.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if portal.port == 0:  # ephemeral port (tests): record the real one
-            real = server.sockets[0].getsockname()[1]
-            portal = recorded[0] = Portal(portal.host, real, portal.advertise)
-        self._listeners[portal] = server
+        await self.open_portal(self.bind_portal(portal))
+
+    def set_portal_advertise(self, portal: Portal) -> None:
+        """Change what SendTargets advertises for a listening portal, without reopening it."""
+        key = self._listener_key(portal)
+        if key is None:
+            return
+        listener = self._listeners.pop(key)
+        new = Portal(key.host, key.port, portal.advertise)
+        listener.binding.portal = new
+        if listener.binding.recorded is not None:
+            listener.binding.recorded[0] = new
+        self._listeners[new] = listener
+        for d in self.connections:
+            if d.portal == key:
+                d.portal = new
         self.registry.portals = self.portals()
-        log.info("listening on %s:%d", portal.host, portal.port)
+
+    def connections_on(self, portal: Portal) -> int:
+        """How many connections (logged in or not) came in through this portal."""
+        key = self._listener_key(portal)
+        return 0 if key is None else sum(1 for d in self.connections if d.portal == key)
+
+    def _listener_key(self, portal: Portal) -> Portal | None:
+        return next(
+            (p for p in self._listeners if (p.host, p.port) == (portal.host, portal.port)), None
+        )
+
+    def _accepted(self, sock: socket.socket, address: Any, portal: Portal) -> None:
+        """A new TCP connection: admitted within the caps (``admission.py``) or closed at once."""
+        host = str(address[0]) if isinstance(address, tuple) and address else "?"
+        if not self.admission.admit(host):
+            sock.close()
+            PROBLEMS.report(log, logging.WARNING, "connection refused", host,
+                            "refused a connection from %s: %d connections, all logged in",
+                            host, self.admission.total)
+            return
+        sock.setblocking(False)
+        driver = ConnectionDriver(self, portal)
+        self.admission.add(driver, host)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(lambda: driver, sock))
+        self._connecting.add(task)
+
+        def made(t: asyncio.Task[Any]) -> None:
+            self._connecting.discard(t)
+            if t.cancelled() or t.exception() is not None:
+                self.admission.gone(driver)
+                sock.close()
+                if not t.cancelled():
+                    PROBLEMS.report(log, logging.WARNING, "connection setup failed", host,
+                                    "connection from %s not set up: %s", host, str(t.exception()))
+
+        task.add_done_callback(made)
+
+    def connection_closed(self, driver: ConnectionDriver) -> None:
+        self.connections.discard(driver)
+        self.admission.gone(driver)
+
+    def _flush_logs(self) -> None:
+        # The summaries of rate-limited problems (logs.py), also once the flood has stopped.
+        PROBLEMS.flush()
+        self._log_timer = asyncio.get_running_loop().call_later(PROBLEMS.interval, self._flush_logs)
 
     async def remove_portal(self, portal: Portal) -> None:
-        key = next((p for p in self._listeners if (p.host, p.port) == (portal.host, portal.port)), None)
+        key = self._listener_key(portal)
         if key is None:
             return
         server = self._listeners.pop(key)
@@ -196,6 +343,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ sessions
     def session_started(self, session: Session, driver: ConnectionDriver) -> None:
+        self.admission.logged_in(driver)
         session.extra["drivers"] = [driver]
         target = session.target
         if target is not None and target.device is not None and session.nexus is not None:
@@ -276,7 +424,28 @@ class Daemon:
         self.store_executor.shutdown(wait=True, cancel_futures=False)
         if self._poller is not None:
             self._poller.close()
+        if self._spare is not None:
+            self._spare.close()
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+            self._log_timer = None
+        PROBLEMS.flush(everything=True)
         self.stopped.set()
+
+
+def _activity(driver: ConnectionDriver) -> float | None:
+    # For a connection still logging in, its core's clock is when it last received bytes
+    # (or was made): its login deadline is the only timer it has, and that closes it.
+    conn = driver.conn
+    return conn.now if conn is not None and driver.transport is not None else None
+
+
+def _evict(driver: ConnectionDriver, why: str) -> None:
+    conn = driver.conn
+    host = conn.peer_address if conn is not None else "?"
+    PROBLEMS.report(log, logging.WARNING, "connection closed to make room", host,
+                    "closed a connection from %s that had not logged in: %s", host, why)
+    driver.close(why)
 
 
 _libc_trim: Any = None

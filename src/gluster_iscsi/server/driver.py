@@ -20,6 +20,7 @@ from ..backstore.buffers import POOL
 from ..iscsi import events as ev
 from ..iscsi.connection import Connection
 from ..iscsi.pdu import TmfFunction, TmfResponse
+from ..logs import PROBLEMS
 from ..scsi.io import ReadOp, WriteOp, store_for
 from ..scsi.sense import build_sense
 from ..scsi.task import ScsiResult, ScsiTask, Status
@@ -118,7 +119,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         try:
             self._handle(conn.buffer_updated(nbytes, self.loop.time()))
         except Exception:  # a bug must cost this connection only, never the daemon
-            log.exception("internal error on connection from %s", conn.peer_address)
+            PROBLEMS.report(log, logging.ERROR, "internal error", conn.peer_address,
+                            "internal error on connection from %s", conn.peer_address, exc_info=True)
             self._handle(conn.close("internal error"))
         finally:
             self._in_receive = False
@@ -150,7 +152,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         conn = self.conn
         if self._timer is not None:
             self._timer.cancel()
-        self.daemon.connections.discard(self)
+        self.daemon.connection_closed(self)
         self._poller.unwatch(self._fd, self)
         self._close_sock()
         if conn is not None:
@@ -326,8 +328,10 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 if task.data_out is not None:
                     POOL.abandon(task.data_out)
                 name = getattr(target_store, "name", None)
-                log.warning("%s: %s did not complete within %gs", name or "store",
-                            type(op).__name__, self.daemon.io_timeout)
+                # one line per store per interval, not one per command queued on it
+                PROBLEMS.report(log, logging.WARNING, "store timeout", str(name),
+                                "%s: %s did not complete within %gs", name or "store",
+                                type(op).__name__, self.daemon.io_timeout)
                 exc = BackingStoreError(errno.ETIMEDOUT, "I/O timed out", name)
             if self._poller.missed_at is not None:
                 self._poller.woke()
@@ -397,8 +401,11 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         if result.extra:
             self._side_effects(task, result)
         waiters = self._running.pop(task, None)
-        if self.conn is not None:
-            self.conn.complete_task(task, result)
+        conn = self.conn
+        if conn is not None:
+            conn.complete_task(task, result)
+            if conn.closed and not self._closing:  # the last command behind a Logout ended
+                self._handle(conn.take_events())
             if type(result.data) is memoryview:
                 self._lent.append(result.data)
             if not self._in_receive and not self._flush_scheduled:

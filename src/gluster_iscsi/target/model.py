@@ -23,10 +23,20 @@ class Portal:
     port: int = 3260
     advertise: str | None = None  # "host[:port]"; None means the listening address
 
-    def advertised(self) -> str:
+    def advertised(self, local_address: str = "") -> str:
+        """The address SendTargets reports. For a wildcard portal (0.0.0.0, ::) without
+        ``advertise`` that is the address the initiator connected to (``local_address``, the
+        connection's "host:port" sockname), as tgt does: a wildcard is no address to connect to."""
         if self.advertise:
             return self.advertise if ":" in self.advertise.rsplit("]", 1)[-1] else f"{self.advertise}:{self.port}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.host
+        if host in ("0.0.0.0", "::", "") and local_address:
+            local = local_address.rsplit(":", 1)[0].strip("[]").split("%", 1)[0]
+            if local.lower().startswith("::ffff:") and "." in local:
+                local = local[7:]  # an IPv4 initiator on a dual-stack socket
+            if local:
+                host = local
+        host = f"[{host}]" if ":" in host else host
         return f"{host}:{self.port}"
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import errno
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -86,7 +87,10 @@ def _acquire(addr: GlusterAddress, log_file: str | None, log_level: int | None) 
                 if log_file is not None or log_level is not None:
                     level = gf.LOG_WARNING if log_level is None else log_level
                     vol.set_logging(log_file, level)
-                vol.init()
+                try:
+                    vol.init()
+                except gf.GfapiError as e:
+                    raise _init_error(addr, e) from e
             except BaseException:
                 vol.fini()
                 raise
@@ -109,6 +113,43 @@ def _acquire(addr: GlusterAddress, log_file: str | None, log_level: int | None) 
                 raise BackingStoreError(err.errno or errno.EIO, str(err.strerror), err.path)
             raise err
     return client
+
+
+def _init_error(addr: GlusterAddress, err: gf.GfapiError) -> BackingStoreError:
+    """What a failed glfs_init means. libgfapi sets ENOENT both when no volfile server
+    answers and when the volume does not exist ("[Errno 2] ... novol" said neither), so try
+    the servers: if none accepts a connection, say they cannot be reached."""
+    hosts = ",".join(str(s) for s in addr.servers)
+    tcp = [s for s in addr.servers if s.transport == "tcp"]
+    problems = [_unreachable(s) for s in tcp]
+    if tcp and len(tcp) == len(addr.servers) and all(problems):
+        first = problems[0]
+        assert first is not None
+        return BackingStoreError(
+            first[0],
+            f"cannot reach the volume server{'s' if len(tcp) > 1 else ''} {hosts} of volume"
+            f" {addr.volume} ({first[1]}): is glusterd running there?",
+            addr.url,
+        )
+    return BackingStoreError(
+        err.errno or errno.EIO,
+        f"volume {addr.volume} is not available from {hosts} (glfs_init:"
+        f" {os.strerror(err.errno or errno.EIO)}): does it exist and is it started?",
+        addr.url,
+    )
+
+
+def _unreachable(server: VolfileServer, timeout: float = 3.0) -> tuple[int, str] | None:
+    """(errno, reason) if nothing accepts a TCP connection at the server, else None."""
+    try:
+        with socket.create_connection((server.host, server.port), timeout=timeout):
+            return None
+    except TimeoutError:
+        return errno.ETIMEDOUT, f"no answer from {server} within {timeout:g}s"
+    except OSError as e:
+        gai = isinstance(e, socket.gaierror)  # a name that does not resolve: EAI_* codes
+        code = e.errno if e.errno and e.errno > 0 and not gai else errno.EHOSTUNREACH
+        return code, f"{server}: {e.strerror or os.strerror(code)}"
 
 
 _finishing: set[threading.Thread] = set()
