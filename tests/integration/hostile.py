@@ -96,11 +96,13 @@ class RawSession:
     """A blocking socket speaking just what a test needs, every wait bounded."""
 
     def __init__(self, port: int, *, rcvbuf: int | None = None, timeout: float = 20.0,
-                 initiator: str = "iqn.2026-11.org.example:hostile") -> None:
+                 initiator: str = "iqn.2026-11.org.example:hostile", source: str | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:  # before connect: the window offered stays small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
+        if source is not None:  # another loopback address (127.0.0.2 ...)
+            self.sock.bind((source, 0))
         self.sock.connect((HOST, port))
         self.reader = PduReader(1 << 24)
         self.initiator = initiator

@@ -263,7 +263,7 @@ def test_mutated_logins_and_pdus_before_login_keep_every_invariant():
 
 def test_a_mutated_stream_fed_byte_by_byte_gets_the_answers_it_gets_whole():
     """The same mutated PDU stream fed whole and one byte at a time gives the same answers."""
-    for seed in range(5):
+    for seed in range(3):
         outs = []
         for split in (False, True):
             h = Harness(seed, chaos=False)
