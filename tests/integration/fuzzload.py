@@ -17,7 +17,7 @@ from pathlib import Path
 from gluster_iscsi.iscsi.pdu import PduReader
 
 from ..iscsi import initiator as I
-from ..iscsi.fuzzer import INITIATOR, TARGET, PduFuzzer, login_pairs
+from ..iscsi.fuzzer import INITIATOR, TARGET, PduFuzzer, login_pairs, spare
 from .pyinitiator import Session
 
 HOST = "127.0.0.1"
@@ -46,6 +46,7 @@ class Stats:
     logins_refused: int = 0
     stalls: int = 0  # our send did not drain within the timeout: reconnected
     probes: int = 0
+    probe_max: float = 0.0  # the slowest legitimate round trip, seconds
     probe_errors: list[str] = field(default_factory=list)
 
     def add(self, other: Stats) -> None:
@@ -82,7 +83,7 @@ async def fuzz_client(port: int, seed: int, pdus: int, *, logged_in: bool, stats
                       per_connection: int = 300, stop: asyncio.Event | None = None) -> None:
     """Send ``pdus`` fuzzed PDUs, reconnecting (and logging in again, if ``logged_in``)
     whenever the target closes or after ``per_connection`` PDUs."""
-    fuzz = PduFuzzer(seed, target_resets=False)
+    fuzz = PduFuzzer(seed, target_resets=False, spare_others=True)
     rng = fuzz.rng
     left = pdus
     while left > 0 and not (stop and stop.is_set()):
@@ -116,7 +117,7 @@ async def fuzz_client(port: int, seed: int, pdus: int, *, logged_in: bool, stats
                 else:
                     x = rng.random()
                     p = fuzz.login() if x < 0.5 else fuzz.junk() if x < 0.6 else fuzz.stream(1)
-                    batch.append(fuzz.mutate(p) if rng.random() < 0.6 else p)
+                    batch.append(spare(fuzz.mutate(p)) if rng.random() < 0.6 else p)
                 left -= 1
                 stats.sent += 1
                 if len(batch) >= 16:
@@ -141,11 +142,44 @@ async def fuzz_client(port: int, seed: int, pdus: int, *, logged_in: bool, stats
                     await drainer
 
 
+async def _scsi(s: Session, cdb: bytes, *, data_out: bytes = b"",
+                read_len: int = 0) -> tuple[int, bytes, bytes]:
+    """One command, (status, data-in, sense); answers the target's NOP-In pings meanwhile."""
+    itt = s._itt()
+    cdb = cdb.ljust(16, b"\x00")
+    edtl = len(data_out) if data_out else read_len
+    s.w.write(I.scsi_cmd(cdb, itt=itt, cmdsn=s.cmdsn, edtl=edtl, write=bool(data_out),
+                         read=bool(read_len), data=data_out[: s.first_burst], lun=1))
+    s.cmdsn += 1
+    buf = bytearray(read_len)
+    while True:
+        rsp = await s._next()
+        if rsp.opcode == 0x20:  # NOP-In: a ping wants its NOP-Out
+            if rsp.ttt != 0xFFFFFFFF:
+                s.w.write(I.nop_out(itt=0xFFFFFFFF, ttt=rsp.ttt, cmdsn=s.cmdsn))
+        elif rsp.opcode == 0x31:  # R2T
+            off, length = rsp.buffer_offset, rsp.residual
+            for sn, start in enumerate(range(off, off + length, s.target_mrdsl)):
+                chunk = data_out[start : min(start + s.target_mrdsl, off + length)]
+                s.w.write(I.data_out(chunk, itt=itt, ttt=rsp.ttt, datasn=sn, offset=start,
+                                     final=start + len(chunk) >= off + length, lun=1))
+        elif rsp.opcode == 0x25 and rsp.itt == itt:
+            buf[rsp.buffer_offset : rsp.buffer_offset + len(rsp.data)] = rsp.data
+            if rsp.flags & 0x01:
+                return rsp.b3, bytes(buf), b""
+        elif rsp.opcode == 0x21 and rsp.itt == itt:
+            return rsp.b3, bytes(buf), bytes(rsp.data)[2:] if rsp.b3 else b""
+        elif rsp.opcode == 0x32:  # an async message: nothing to do for it here
+            continue
+        else:
+            raise AssertionError(f"unexpected PDU opcode {rsp.opcode:#x} itt {rsp.itt:#x}")
+
+
 async def _command(s: Session, cdb: bytes, *, data_out: bytes = b"", read_len: int = 0) -> bytes:
     """One command as a patient initiator runs it: retried on UNIT ATTENTION (other peers
     reset the LU) and on BUSY / TASK SET FULL (the target is at its limits), failed otherwise."""
     for _ in range(200):
-        status, data, sense = await s.scsi(cdb, data_out=data_out, read_len=read_len)
+        status, data, sense = await _scsi(s, cdb, data_out=data_out, read_len=read_len)
         if status == 0:
             return data
         if status == 0x02 and len(sense) > 2 and sense[2] & 0x0F == 0x06:
@@ -164,15 +198,24 @@ async def legit_round_trip(port: int, seed: int, *, initiator: str = "iqn.2026-1
     lba = PROBE_LBA + (seed % 1024) * (size // 512)
     blocks = size // 512
 
+    step = "connect and log in"
+
     async def go() -> None:
+        nonlocal step
         async with Session(HOST, port, TARGET, initiator) as s:
+            step = "WRITE"
             await _command(s, struct.pack(">BBIBHB", 0x2A, 0, lba, 0, blocks, 0), data_out=data)
+            step = "READ"
             back = await _command(s, struct.pack(">BBIBHB", 0x28, 0, lba, 0, blocks, 0),
                                   read_len=size)
             if back != data:
                 raise AssertionError(f"read back differs from what was written at LBA {lba}")
+            step = "log out"
 
-    await asyncio.wait_for(go(), IO_TIMEOUT)
+    try:
+        await asyncio.wait_for(go(), IO_TIMEOUT)
+    except TimeoutError as exc:
+        raise TimeoutError(f"no answer within {IO_TIMEOUT:g} s at step: {step}") from exc
 
 
 async def prober(port: int, stats: Stats, stop: asyncio.Event, interval: float = 1.0) -> None:
@@ -180,9 +223,11 @@ async def prober(port: int, stats: Stats, stop: asyncio.Event, interval: float =
     n = 0
     while not stop.is_set():
         n += 1
+        t = time.monotonic()
         try:
             await legit_round_trip(port, n)
             stats.probes += 1
+            stats.probe_max = max(stats.probe_max, time.monotonic() - t)
         except Exception as exc:  # noqa: BLE001 - recorded, the caller asserts on it
             stats.probe_errors.append(f"probe {n} at {time.strftime('%H:%M:%S')}: "
                                       f"{type(exc).__name__}: {exc}")

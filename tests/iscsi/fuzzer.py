@@ -73,8 +73,12 @@ class PduFuzzer:
     """Generates valid and mutated initiator PDUs from one seed."""
 
     def __init__(self, seed: int, *, lun: int = 1, max_data: int = 70000,
-                 target_resets: bool = True) -> None:
+                 target_resets: bool = True, spare_others: bool = False) -> None:
         self.rng = random.Random(seed)
+        # Leave out the SCSI commands that change what other initiators see by design (stop
+        # the LU, reserve it, sanitize or format it): where a legitimate session must keep
+        # working meanwhile, a peer allowed to do these could stop it legitimately.
+        self.spare_others = spare_others
         # TARGET WARM/COLD RESET: off where a legitimate session must keep working meanwhile
         # (a cold reset drops every connection of the target, by design).
         self.tmf_functions = (1, 2, 3, 4, 5, 8, 14, 0, 15) + ((6, 7) if target_resets else ())
@@ -233,11 +237,33 @@ class PduFuzzer:
             p = self.mutate(p)
             if not framed(p) and self.rng.random() < 0.8:
                 p = reframe(p)
+        if self.spare_others:
+            p = spare(p)
         return p
 
     def junk(self) -> bytes:
         r = self.rng
         return bytes(r.randrange(256) for _ in range(r.randrange(1, 200)))
+
+
+#: SCSI commands that act on every initiator's view of the LU (SBC-4, SPC-5): START STOP
+#: UNIT, RESERVE/RELEASE, PERSISTENT RESERVE OUT, SANITIZE, FORMAT UNIT, MODE SELECT, WRITE
+#: BUFFER, and the vendor-specific range.
+OTHERS_OPCODES = frozenset({0x1B, 0x16, 0x17, 0x56, 0x57, 0x5F, 0x48, 0x04, 0x15, 0x55, 0x3B}
+                           | set(range(0xC0, 0x100)))
+
+
+def spare(b: bytes) -> bytes:
+    """``b`` with any SCSI Command in it whose CDB is one of :data:`OTHERS_OPCODES` turned
+    into TEST UNIT READY."""
+    out = bytearray(b)
+    pos = 0
+    while pos + 48 <= len(out):
+        if out[pos] & 0x3F == 0x01 and out[pos + 32] in OTHERS_OPCODES:
+            out[pos + 32] = 0x00
+        dsl = int.from_bytes(out[pos + 5 : pos + 8], "big")
+        pos += 48 + out[pos + 4] * 4 + dsl + (-dsl % 4)
+    return bytes(out)
 
 
 def framed(b: bytes) -> bool:
