@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -327,3 +328,29 @@ def test_an_initiator_name_with_newline_and_escape_cannot_forge_a_log_line(tmp_p
     assert len(mine) == 1, lines
     assert "x\\n2026-12-05 INFO forged: admin logged in\\x1b[31m" in mine[0]
 
+
+
+def test_serve_raises_a_low_soft_descriptor_limit_to_the_hard_one(tmp_path):
+    """Under systemd's usual soft limit of 1024 (hard 4096 here) the daemon raises its own soft
+    limit first, so its connection caps are sized from 4096, not from 1024."""
+    port = free_port()
+    logf = open(tmp_path / "daemon.log", "wb")
+
+    def soft_1024() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gluster_iscsi", "serve", "--state-dir", str(tmp_path / "state"),
+         "--listen", f"127.0.0.1:{port}", "--demo"],
+        stdout=logf, stderr=subprocess.STDOUT, preexec_fn=soft_1024,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        wait_port(port, proc=proc)
+        limits = (Path(f"/proc/{proc.pid}/limits")).read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3:5] == ["4096", "4096"], line
+        expected = Limits.from_nofile(4096)
+        log = (tmp_path / "daemon.log").read_text()
+        assert f"connections: at most {expected.max_connections}," in log
+    finally:
+        _stop(proc, logf)

@@ -263,6 +263,26 @@ def _check_state_dir(path: Path) -> None:
         raise StartError(EXIT_INVALID, f"the state directory {path} is not writable", hint)
 
 
+#: The descriptor limit the daemon raises its soft limit to (if the hard limit allows): the
+#: connection caps are sized from it (server/admission.py), and a login storm of a few
+#: thousand initiators needs two descriptors each.
+NOFILE_WANTED = 65536
+
+
+def _raise_nofile() -> None:
+    """Raise the soft RLIMIT_NOFILE towards the hard one (systemd's default soft limit of 1024
+    would cap the daemon at a few hundred connections); never lowers it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, NOFILE_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, want, exc)
+
+
 async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str | None,
                  demo: bool, nop_interval: float, io_timeout: float = 60.0,
                  poll_usecs: float = 100.0, io_uring: bool = True,
@@ -281,6 +301,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     except StartError as exc:
         _say(exc.message, exc.hint)
         return exc.code
+    _raise_nofile()
     compiled = compiled_modules()
     log.info("data path: %d of %d modules compiled%s", len(compiled), len(DATA_PATH_MODULES),
              "" if compiled else " (pure Python: scripts/install builds them with mypyc)")
