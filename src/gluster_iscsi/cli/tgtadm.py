@@ -66,6 +66,8 @@ _MESSAGES: dict[tuple[str, str | None], str] = {
     ("exists", "acl"): "this access control rule already exists",
     ("exists", "account"): "this account already exists",
     ("exists", "outgoing"): "this target already has an outgoing account",
+    # not one of tgt's messages: tgt exports a file twice without a word (issue 15)
+    ("exists", "backing"): "this backing store is already exported",
     ("busy", "target"): "this target is still active",
     ("busy", "lun"): "this logical unit is still active",
 }
@@ -224,7 +226,7 @@ class Tgtadm:
             msg = _MESSAGES.get((e.code, e.kind))
             if msg is None:
                 _die("invalid request", detail=str(e))
-            _die(msg, detail=str(e) if e.kind in ("name",) else None)
+            _die(msg, detail=str(e) if e.kind in ("name", "backing") else None)
 
     # -------------------------------------------------------------------------- dispatch
 

@@ -546,7 +546,7 @@ class ControlServer:
             if other is not None:
                 raise ApiError(
                     "exists", f"{backing} is already exported as LUN {other[1]} of {other[0]}",
-                    kind="lun", hint="one backing file is one LUN: use that LUN, or delete it"
+                    kind="backing", hint="one backing file is one LUN: use that LUN, or delete it"
                     " first",
                 )  # fmt: skip
             entry = cfgmod.new_lun(
