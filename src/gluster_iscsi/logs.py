@@ -196,8 +196,8 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def configure(level: int, fmt: str = "text", stream: IO[str] | None = None,
               journald: bool | None = None) -> None:
-    """The daemon's logging: ``fmt`` is ``text`` or ``json``; ``journald`` (default: stderr
-    is journald's stream, ``$JOURNAL_STREAM``) drops our timestamps and adds priorities.
+    """The daemon's logging: ``fmt`` is ``text`` or ``json``; ``journald`` (default: the
+    stream, stderr, is journald's, ``$JOURNAL_STREAM``) drops our timestamps, adds priorities.
 
     Like ``logging.basicConfig``, it leaves a root logger configured by someone else (a test
     harness) as it is."""
@@ -209,9 +209,13 @@ def configure(level: int, fmt: str = "text", stream: IO[str] | None = None,
             root.removeHandler(h)
     if root.handlers:
         return
+    stream = stream or sys.stderr
     if journald is None:
-        journald = stream is None and journald_stderr()
-    handler = _Handler(stream or sys.stderr)
+        try:
+            journald = journald_stderr(fd=stream.fileno())
+        except (AttributeError, OSError, ValueError):  # not a file (a test's buffer)
+            journald = False
+    handler = _Handler(stream)
     handler.setFormatter(JsonFormatter(journald) if fmt == "json" else TextFormatter(journald))
     root.addHandler(handler)
     root.setLevel(level)

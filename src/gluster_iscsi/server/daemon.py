@@ -422,12 +422,14 @@ def _evict(driver: ConnectionDriver, why: str) -> None:
     driver.close(why)
 
 
-#: Reasons a connection is closed that are the administrator's or the daemon's doing, or an
-#: initiator's own new login: logged at INFO. Anything else a logged-in connection ends with
-#: (the peer vanished, a timeout, a digest error) is a WARNING.
+#: Why a connection ends when nothing went wrong: the administrator's or the daemon's doing,
+#: an initiator's own new login, or an initiator closing TCP cleanly without a Logout
+#: (libiscsi's tools do): logged at INFO. Anything else a logged-in connection ends with (a
+#: reset, a NOP-In or login timeout, a digest error) is a WARNING.
+_CLEAN_CLOSE = "connection closed by the initiator without logout"
 _ORDINARY_CLOSE = frozenset({
     "logout", "closed by the administrator", "daemon shutting down", "portal removed",
-    "target removed", "session reinstated by a new login", "target cold reset",
+    "target removed", "session reinstated by a new login", "target cold reset", _CLEAN_CLOSE,
 })
 
 
@@ -438,7 +440,7 @@ def _log_closed(driver: ConnectionDriver, exc: Exception | None) -> None:
     if conn is None:
         return
     reason = driver.close_reason or (f"connection lost: {exc}" if exc is not None
-                                     else "connection closed by the initiator without logout")
+                                     else _CLEAN_CLOSE)
     session = conn.session
     if session is None:  # never logged in: a refused login was logged when refused
         if log.isEnabledFor(logging.DEBUG):
