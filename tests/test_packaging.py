@@ -131,7 +131,7 @@ def test_wheel_and_sdist_install_in_a_fresh_venv_and_serve_the_demo(tmp_path):
         assert {"gluster-iscsi", "click", "crc32c"} <= have
         assert not have & TEST_ONLY, f"{kind} install pulled {have & TEST_ONLY}"
         # the package data made it: the unit renders with this venv's command
-        unit = _run(bin_dir / "gluster-iscsi", "systemd", "unit", "--state-dir", tmp_path / "s")
+        unit = _run(bin_dir / "gluster-iscsi", "systemd", "show", "--state-dir", tmp_path / "s")
         assert f"ExecStart={bin_dir / 'gluster-iscsi'} serve" in unit
         out = serve_demo_and_list(bin_dir, tmp_path / f"run-{kind}")
         assert DEMO in out and "Lun:1" in out, out

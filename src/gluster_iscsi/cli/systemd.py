@@ -93,12 +93,12 @@ def systemd_install(ctx: click.Context, state_dir: Path | None, listens: tuple[s
         click.echo(m)
 
 
-@systemd.command("unit")
+@systemd.command("show")
 @_state_opt
 @_listen_opt
 @_rw_opt
 @click.pass_context
-def systemd_unit(ctx: click.Context, state_dir: Path | None, listens: tuple[str, ...],
+def systemd_show(ctx: click.Context, state_dir: Path | None, listens: tuple[str, ...],
                  rw_paths: tuple[Path, ...]) -> None:
     """Print the unit file 'systemd install' would write (for packagers, config management)."""
     click.echo(_render(ctx, state_dir, listens, rw_paths)[1], nl=False)
