@@ -22,6 +22,7 @@ from gluster_iscsi.control import config as cfgmod
 from gluster_iscsi.systemd import Notifier, journald_stderr
 from gluster_iscsi.systemd import unit as unitmod
 
+from ..iscsi import initiator as I
 from .harness import EXE, free_port
 
 
@@ -141,6 +142,13 @@ def test_watchdog_pings_when_watchdog_usec_is_set(tmp_path):
         notify.wait_for("READY", skip=())
         for _ in range(3):  # pinged again and again, from the event loop
             assert notify.wait_for("WATCHDOG", skip=("STATUS",))["WATCHDOG"] == "1"
+        # STATUS= follows the sessions (checked at each ping here)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(I.login([("InitiatorName", "iqn.2026-12.org.example:status"),
+                               ("TargetName", "iqn.2026-11.org.gluster-iscsi:demo")]))
+            assert s.recv(48)
+            status = notify.wait_for("STATUS", skip=("WATCHDOG",))
+            assert status["STATUS"] == "serving 1 target, 1 LUN on 1 portal; 1 session"
         proc.send_signal(signal.SIGTERM)
         notify.wait_for("STOPPING")
         assert proc.wait(30) == 0

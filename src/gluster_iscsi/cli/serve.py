@@ -309,9 +309,11 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     log.info("shutting down")
     notifier.stopping()
     if ticker is not None:
-        ticker.cancel()
+        ticker.stopping = True  # pings go on while commands drain, the STATUS stays
     await control.stop()
     await daemon.stop()
+    if ticker is not None:
+        ticker.cancel()
     notifier.close()
     return 0
 
@@ -339,13 +341,14 @@ class _Ticker:
         wd = notifier.watchdog_interval
         self.interval = min(wd, 10.0) if wd else 10.0
         self.last = status_line(daemon)
+        self.stopping = False
         self.handle: asyncio.TimerHandle | None = None
         self._tick()
 
     def _tick(self) -> None:
         if self.notifier.watchdog_interval:
             self.notifier.watchdog()
-        line = status_line(self.daemon)
+        line = self.last if self.stopping else status_line(self.daemon)
         if line != self.last:
             self.last = line
             self.notifier.status(line)
