@@ -870,9 +870,13 @@ for _group, _old, _new in ALIASES:
 
 
 def _register() -> None:
+    from .manpage import man
+    from .systemd import systemd
     from .tgtadm import tgtadm
 
     main.add_command(tgtadm)
+    main.add_command(systemd)
+    main.add_command(man)
     try:
         from .serve import serve  # the lead's daemon command
     except ImportError:  # pragma: no cover - until cli/serve.py lands

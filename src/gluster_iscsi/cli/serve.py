@@ -167,6 +167,11 @@ Exit status:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]),
               help="Least severe log messages to print (on stderr).")
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]),
+              help="text: a line per message; json: an object per line with time, level, logger, "
+                   "message and fields such as initiator, address, target, tsih, reason. Under "
+                   "systemd with stderr to the journal, lines carry no time of their own.")
 @click.option("--nop-interval", default=10.0, show_default=True, type=float,
               help="Seconds of silence before the target pings with NOP-In (0: never).")
 @click.option("--io-timeout", default=60.0, show_default=True, type=float,
@@ -197,15 +202,13 @@ Exit status:
                    "or BUSY. Default: an eighth of the machine's memory, 256MiB to 4GiB.")
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
-          demo: bool, log_level: str, nop_interval: float, io_timeout: float, poll_usecs: float,
+          demo: bool, log_level: str, log_format: str, nop_interval: float, io_timeout: float, poll_usecs: float,
           uvloop: bool, io_uring: bool, max_connections: int | None, max_prelogin: int | None,
           max_prelogin_per_host: int | None, memory_budget: int | None) -> None:
     """Run the iSCSI target daemon in the foreground."""
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ..logs import configure
+
+    configure(getattr(logging, log_level.upper()), log_format)
     sdir = _state_dir(ctx, state_dir)
     try:
         portals = [parse_hostport(p) for p in listens]
@@ -294,8 +297,10 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     from ..control import exposure, reconcile
     from ..control.api import ControlServer
     from ..server.daemon import Daemon
+    from ..systemd import Notifier
 
     limits = limits or {}
+    notifier = Notifier()
     try:
         _check_state_dir(state_dir)
     except StartError as exc:
@@ -323,6 +328,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
         cfg = await _start(state_dir, daemon, control, cfgmod, reconcile, portals, advertise, demo)
     except StartError as exc:
         _say(exc.message, exc.hint)
+        notifier.status(f"failed to start: {exc.message}")
         await control.stop()
         await daemon.stop()
         if made_image:  # a failed start leaves nothing it created behind
@@ -341,12 +347,63 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(daemon, state_dir)))
+    loop.add_signal_handler(signal.SIGHUP,
+                            lambda: loop.create_task(_reload(daemon, state_dir, notifier)))
+    # systemd: the saved configuration is in force and every portal listens (_start).
+    notifier.ready(status_line(daemon))
+    ticker = _Ticker(loop, notifier, daemon) if notifier.enabled else None
     await stop.wait()
     log.info("shutting down")
+    notifier.stopping()
+    if ticker is not None:
+        ticker.stopping = True  # pings go on while commands drain, the STATUS stays
     await control.stop()
     await daemon.stop()
+    if ticker is not None:
+        ticker.cancel()
+    notifier.close()
     return 0
+
+
+def status_line(daemon: Any) -> str:
+    """What ``systemctl status`` shows: "serving 3 targets, 5 LUNs on 2 portals; 4 sessions"."""
+    def n(count: int, what: str) -> str:
+        return f"{count} {what}{'' if count == 1 else 's'}"
+
+    targets = list(daemon.registry.targets.values())
+    luns = sum(len(getattr(t.device, "luns", None) or ()) for t in targets)
+    sessions = sum(1 for s in daemon.session_table if s.session_type == "Normal")
+    return (f"serving {n(len(targets), 'target')}, {n(luns, 'LUN')} on "
+            f"{n(len(daemon.portals()), 'portal')}; {n(sessions, 'session')}")
+
+
+class _Ticker:
+    """From the event loop, so a stuck loop stops them: the watchdog pings (every half of
+    $WATCHDOG_USEC) and a STATUS= line when what it says changed (at most every 10 s)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, notifier: Any, daemon: Any) -> None:
+        self.loop = loop
+        self.notifier = notifier
+        self.daemon = daemon
+        wd = notifier.watchdog_interval
+        self.interval = min(wd, 10.0) if wd else 10.0
+        self.last = status_line(daemon)
+        self.stopping = False
+        self.handle: asyncio.TimerHandle | None = None
+        self._tick()
+
+    def _tick(self) -> None:
+        if self.notifier.watchdog_interval:
+            self.notifier.watchdog()
+        line = self.last if self.stopping else status_line(self.daemon)
+        if line != self.last:
+            self.last = line
+            self.notifier.status(line)
+        self.handle = self.loop.call_later(self.interval, self._tick)
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconcile: Any,
@@ -433,9 +490,20 @@ def _with_demo(cfgmod: Any, saved: dict[str, Any] | None, state_dir: Path) -> di
     return cfg
 
 
-async def _reload(daemon: Any, state_dir: Path) -> None:
+async def _reload(daemon: Any, state_dir: Path, notifier: Any = None) -> None:
     """SIGHUP: apply the saved config all or nothing; never drop sessions (there is no
-    --force for a signal: the log says what to run instead)."""
+    --force for a signal: the log says what to run instead). systemd hears RELOADING=1 before
+    and READY=1 after, whatever the outcome (the daemon serves either way)."""
+    if notifier is not None:
+        notifier.reloading()
+    try:
+        await _reload_config(daemon, state_dir)
+    finally:
+        if notifier is not None:
+            notifier.ready(status_line(daemon))
+
+
+async def _reload_config(daemon: Any, state_dir: Path) -> None:
     from ..control import config as cfgmod
     from ..control import exposure, reconcile
 

@@ -485,7 +485,9 @@ class Connection:
     def _log_bad(self, message: str, kind: str = "bad PDU") -> None:
         # Escaped (names are the peer's) and rate-limited per kind and peer (``logs.py``).
         PROBLEMS.report(log, logging.WARNING, "iSCSI " + kind, self.peer_address,
-                        "iSCSI %s: %s", self._who(), message)
+                        "iSCSI %s: %s", self._who(), message,
+                        fields={"initiator": self.initiator_name or None,
+                                "address": self.peer_address, "reason": message})
 
     def _reject(self, bad: Pdu, reason: int) -> None:
         if not self.full_feature:
@@ -798,7 +800,10 @@ class Connection:
         self._datain_single = min(params.max_xmit_dsl, params.max_burst)
         PROBLEMS.report(log, logging.INFO, "iSCSI login", self.peer_address,
                         "iSCSI login: %s tsih=%d %s session%s", self._who(), tsih, self.session_type,
-                        f" to {target.name}" if target else "", burst=20)
+                        f" to {target.name}" if target else "", burst=20,
+                        fields={"initiator": self.initiator_name, "address": self.peer_address,
+                                "target": target.name if target else None, "tsih": tsih,
+                                "session_type": self.session_type})
         self._events.append(LoginComplete(session))
 
     # ------------------------------------------------------------------ full feature phase

@@ -281,7 +281,8 @@ class Daemon:
             sock.close()
             PROBLEMS.report(log, logging.WARNING, "connection refused", host,
                             "refused a connection from %s: %d connections, all logged in",
-                            host, self.admission.total)
+                            host, self.admission.total,
+                            fields={"address": host, "reason": "connection limit"})
             return
         sock.setblocking(False)
         driver = ConnectionDriver(self, portal)
@@ -301,9 +302,10 @@ class Daemon:
 
         task.add_done_callback(made)
 
-    def connection_closed(self, driver: ConnectionDriver) -> None:
+    def connection_closed(self, driver: ConnectionDriver, exc: Exception | None = None) -> None:
         self.connections.discard(driver)
         self.admission.gone(driver)
+        _log_closed(driver, exc)
 
     def _flush_logs(self) -> None:
         # The summaries of rate-limited problems (logs.py), also once the flood has stopped.
@@ -444,7 +446,8 @@ def _evict(driver: ConnectionDriver, why: str) -> None:
     conn = driver.conn
     host = conn.peer_address if conn is not None else "?"
     PROBLEMS.report(log, logging.WARNING, "connection closed to make room", host,
-                    "closed a connection from %s that had not logged in: %s", host, why)
+                    "closed a connection from %s that had not logged in: %s", host, why,
+                    fields={"address": host, "reason": why})
     driver.close(why)
 
 
@@ -461,3 +464,44 @@ def _malloc_trim() -> None:
             _libc_trim = False
     if _libc_trim:
         _libc_trim(0)
+
+
+#: Why a connection ends when nothing went wrong: the administrator's or the daemon's doing,
+#: an initiator's own new login, or an initiator closing TCP cleanly without a Logout
+#: (libiscsi's tools do): logged at INFO. Anything else a logged-in connection ends with (a
+#: reset, a NOP-In or login timeout, a digest error) is a WARNING.
+_CLEAN_CLOSE = "connection closed by the initiator without logout"
+_ORDINARY_CLOSE = frozenset({
+    "logout", "closed by the administrator", "daemon shutting down", "portal removed",
+    "target removed", "session reinstated by a new login", "target cold reset", _CLEAN_CLOSE,
+})
+
+
+def _log_closed(driver: ConnectionDriver, exc: Exception | None) -> None:
+    """One line for the end of a connection: logout, or a drop with its reason; with the
+    initiator, its address, the target and the session's TSIH (escaped, rate-limited)."""
+    conn = driver.conn
+    if conn is None:
+        return
+    reason = driver.close_reason or (f"connection lost: {exc}" if exc is not None
+                                     else _CLEAN_CLOSE)
+    session = conn.session
+    if session is None:  # never logged in: a refused login was logged when refused
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection from %s closed before login: %s", conn.peer_address, reason)
+        return
+    target = session.target.name if session.target is not None else None
+    fields = {"initiator": session.initiator_name, "address": conn.peer_address, "target": target,
+              "tsih": session.tsih, "reason": reason, "session_type": session.session_type}
+    where = f" to {target}" if target else ""
+    if reason == "logout":
+        PROBLEMS.report(log, logging.INFO, "iSCSI logout", conn.peer_address,
+                        "iSCSI logout: %s at %s tsih=%d %s session%s", session.initiator_name,
+                        conn.peer_address, session.tsih, session.session_type, where,
+                        burst=20, fields=fields)
+        return
+    level = logging.INFO if reason in _ORDINARY_CLOSE else logging.WARNING
+    PROBLEMS.report(log, level, "iSCSI connection dropped", conn.peer_address,
+                    "iSCSI connection dropped: %s at %s tsih=%d %s session%s: %s",
+                    session.initiator_name, conn.peer_address, session.tsih, session.session_type,
+                    where, reason, burst=20, fields=fields)

@@ -65,6 +65,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         self._lowat = 1  # the socket's SO_RCVLOWAT
         self._want_lowat = 1  # what it should be when the loop next waits for bytes
         self.closed = asyncio.Event()
+        #: why the connection was closed, from the first CloseConnection ("" : the peer left)
+        self.close_reason = ""
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,7 +154,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         conn = self.conn
         if self._timer is not None:
             self._timer.cancel()
-        self.daemon.connection_closed(self)
+        self.daemon.connection_closed(self, exc)
         self._poller.unwatch(self._fd, self)
         self._close_sock()
         if conn is not None:
@@ -270,6 +272,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 self.daemon.drop_session(e.old, "session reinstated by a new login")
             elif isinstance(e, ev.CloseConnection):
                 self._closing = True
+                if not self.close_reason:
+                    self.close_reason = e.reason
 
     # ------------------------------------------------------------------ SCSI execution
     def _start(self, task: ScsiTask) -> None:
