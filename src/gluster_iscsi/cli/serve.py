@@ -29,7 +29,7 @@ MIN_MEMORY_BUDGET = 64 << 20
 def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
-    from ..backstore.provision import parse_size
+    from ..backstore.size import parse_size
 
     try:
         n = parse_size(value)

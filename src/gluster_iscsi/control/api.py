@@ -1014,7 +1014,7 @@ def _store_size(lu_obj: Any) -> int | None:
 
 
 def _size(value: Any) -> int:
-    from ..backstore.provision import parse_size
+    from ..backstore.size import parse_size
 
     try:
         n = parse_size(value if isinstance(value, int) else str(value))
