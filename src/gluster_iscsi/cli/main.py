@@ -29,19 +29,13 @@ from typing import Any
 import click
 
 from ..control import config as cfgmod
-from ..control.client import Client, default_timeout
+from ..control.client import default_timeout
 from ..control.protocol import ApiError
 from ..target.names import is_network
+from .context import Ctx
 from .output import emit_json, fail, human_size, table
-
-
-class Ctx:
-    def __init__(self, state_dir: Path, timeout: float) -> None:
-        self.state_dir = state_dir
-        self.timeout = timeout
-
-    def client(self) -> Client:
-        return Client(self.state_dir, self.timeout)
+from .serve import parse_hostport, serve
+from .tgtadm import tgtadm
 
 
 def _call(op: str, *, as_json: bool = False, ok_codes: tuple[str, ...] = (), **args: Any) -> Any:
@@ -552,8 +546,6 @@ def auth_show(show_secrets: bool, as_json: bool) -> None:
 
 def _hostport(text: str, *, resolve: bool = False) -> tuple[str, int]:
     """HOST[:PORT] -> (host, port); raises ValueError (BadAddress) with a message for people."""
-    from .serve import parse_hostport
-
     return parse_hostport(text, resolve=resolve)
 
 
@@ -869,17 +861,7 @@ for _group, _old, _new in ALIASES:
     _alias(_group, _old, _new)
 
 
-def _register() -> None:
-    from .tgtadm import tgtadm
-
-    main.add_command(tgtadm)
-    try:
-        from .serve import serve  # the lead's daemon command
-    except ImportError:  # pragma: no cover - until cli/serve.py lands
-        return
-    main.add_command(serve)
-
-
-_register()
+main.add_command(tgtadm)
+main.add_command(serve)
 
 __all__ = ["main"]
