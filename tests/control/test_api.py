@@ -7,7 +7,6 @@ import threading
 import pytest
 
 from gluster_iscsi.control import config as cfgmod
-from gluster_iscsi.control import reconcile
 from gluster_iscsi.control.api import ControlServer
 from gluster_iscsi.control.client import Client
 from gluster_iscsi.control.protocol import ApiError
@@ -299,7 +298,6 @@ def served(tmp_path, fake_runtime):
     asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
     loop.call_soon_threadsafe(loop.stop)
     th.join(5)
-    reconcile._STATES.pop(d, None)
 
 
 def test_socket_is_private_and_speaks_json_lines(served, tmp_path):

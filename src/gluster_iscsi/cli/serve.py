@@ -12,9 +12,14 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from ..control.api import ControlServer
+    from ..control.reconcile import Reconciler
+    from ..server.daemon import Daemon
 
 DEFAULT_STATE_DIR = "/var/lib/gluster-iscsi"
 DEFAULT_PORTAL = "127.0.0.1:3260"
@@ -291,7 +296,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     any step undoes every earlier one (no listener, no control socket, no open store)."""
     from .. import DATA_PATH_MODULES, compiled_modules
     from ..control import config as cfgmod
-    from ..control import exposure, reconcile
+    from ..control import exposure
     from ..control.api import ControlServer
     from ..server.daemon import Daemon
 
@@ -320,7 +325,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     demo_image = state_dir / "demo-lun1.img"
     made_image = demo and not demo_image.exists()
     try:
-        cfg = await _start(state_dir, daemon, control, cfgmod, reconcile, portals, advertise, demo)
+        cfg = await _start(state_dir, daemon, control, cfgmod, portals, advertise, demo)
     except StartError as exc:
         _say(exc.message, exc.hint)
         await control.stop()
@@ -341,7 +346,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(daemon, state_dir)))
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(control.reconciler, state_dir)))
     await stop.wait()
     log.info("shutting down")
     await control.stop()
@@ -349,7 +354,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     return 0
 
 
-async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconcile: Any,
+async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod: Any,
                  portals: list[tuple[str, int]], advertise: str | None,
                  demo: bool) -> dict[str, Any]:
     """Bring the daemon up; raise StartError (the caller undoes what was started)."""
@@ -376,7 +381,7 @@ async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconc
     try:
         cfg = cfgmod.validate(cfg)
         portal_cfg, cfg["portals"] = cfg["portals"], []
-        await reconcile.apply(daemon, cfg)  # targets and LUNs before any listener opens
+        await control.reconciler.apply(cfg)  # targets and LUNs before any listener opens
         cfg["portals"] = portal_cfg
     except Exception as exc:  # noqa: BLE001
         raise StartError(EXIT_CONFIG, f"cannot apply the configuration: {exc}") from None
@@ -390,7 +395,7 @@ async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconc
                          "give a writable local directory with --state-dir") from None
     for p in cfg["portals"]:
         try:
-            await reconcile.apply(daemon, {**cfg, "portals": [q for q in cfg["portals"]
+            await control.reconciler.apply({**cfg, "portals": [q for q in cfg["portals"]
                                                                if q is p or _listening(daemon, q)]})
         except Exception as exc:  # noqa: BLE001 - one message, not a traceback
             cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
@@ -413,7 +418,7 @@ async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconc
     return dict(cfg)
 
 
-def _listening(daemon: Any, p: dict[str, Any]) -> bool:
+def _listening(daemon: Daemon, p: dict[str, Any]) -> bool:
     return any((x.host, x.port) == (p["host"], p["port"]) for x in daemon.portals())
 
 
@@ -433,18 +438,18 @@ def _with_demo(cfgmod: Any, saved: dict[str, Any] | None, state_dir: Path) -> di
     return cfg
 
 
-async def _reload(daemon: Any, state_dir: Path) -> None:
+async def _reload(reconciler: Reconciler, state_dir: Path) -> None:
     """SIGHUP: apply the saved config all or nothing; never drop sessions (there is no
     --force for a signal: the log says what to run instead)."""
     from ..control import config as cfgmod
     from ..control import exposure, reconcile
 
     try:
-        before = reconcile.current(daemon)
+        before = reconciler.current()
         cfg = cfgmod.load(state_dir) or cfgmod.empty_config()
-        changes = await reconcile.apply(daemon, cfg)
+        changes = await reconciler.apply(cfg)
         log.info("SIGHUP: configuration reloaded (%d change%s)", len(changes), "" if len(changes) == 1 else "s")
-        for w in exposure.newly_exposed(before, reconcile.current(daemon)):
+        for w in exposure.newly_exposed(before, reconciler.current()):
             log.warning("%s", w)
     except reconcile.BusyError as exc:
         log.error(
