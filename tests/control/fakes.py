@@ -68,6 +68,16 @@ class FakeBinding:
         self.closed = True
 
 
+class FakeBudget:
+    def __init__(self) -> None:
+        self.limit, self.share, self.used, self.peak = 256 << 20, 64 << 20, 1 << 20, 3 << 20
+
+
+class FakeLimits:
+    def __init__(self) -> None:
+        self.max_connections, self.max_prelogin, self.max_prelogin_per_host = 1000, 500, 256
+
+
 class FakeDaemon:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
@@ -76,6 +86,9 @@ class FakeDaemon:
         self.store_executor: Executor | None = None
         self.io_uring = False
         self.ring_calls: int | None = None
+        self.budget = FakeBudget()
+        self.limits = FakeLimits()
+        self.connections: set[object] = set()
         self._portals: list[Portal] = []
         self.session_list: list[dict[str, Any]] = []
         self.calls: list[tuple[str, Any]] = []

@@ -104,6 +104,15 @@ def status(as_json: bool) -> None:
         click.echo(f"file I/O: io_uring for lone commands on FUSE files ({ring['calls']} so far)")
     else:
         click.echo("file I/O: worker threads" + ("" if ring.get("enabled") else " (--no-io-uring)"))
+    mem, conns = info.get("memory"), info.get("connections")
+    if mem:
+        click.echo(f"memory for commands' data: {human_size(mem['in_use'])} in use (peak "
+                   f"{human_size(mem['peak'])}) of {human_size(mem['budget'])}, at most "
+                   f"{human_size(mem['session_share'])} per session")
+    if conns:
+        click.echo(f"connections: {conns['open']} of at most {conns['max']} (at most "
+                   f"{conns['max_prelogin']} logging in, {conns['max_prelogin_per_host']} "
+                   "of those per address)")
     for p in info["portals"]:
         click.echo(
             f"portal {p['host']}:{p['port']}"

@@ -363,6 +363,23 @@ class ControlServer:
             "params": dict(self.daemon.params),
             "epoch": cfg["epoch"],
             "io_uring": self._io_uring(),
+            "memory": self._memory(),
+            "connections": self._connections(),
+        }
+
+    def _memory(self) -> dict[str, int]:
+        """The budget for commands' data (``serve --memory-budget``) and how much is held."""
+        b = self.daemon.budget
+        return {"budget": b.limit, "session_share": b.share, "in_use": b.used, "peak": b.peak}
+
+    def _connections(self) -> dict[str, int]:
+        """Open connections and the caps (``serve --max-connections`` ...)."""
+        lim = self.daemon.limits
+        return {
+            "open": len(self.daemon.connections),
+            "max": lim.max_connections,
+            "max_prelogin": lim.max_prelogin,
+            "max_prelogin_per_host": lim.max_prelogin_per_host,
         }
 
     def _io_uring(self) -> dict[str, Any]:

@@ -4,12 +4,13 @@ implements it; ``tests/control/fakes.py`` has an in-memory one).
 The control API and ``reconcile`` reach the daemon only through :class:`DaemonControl`:
 its targets, its portals (bound in one step, opened in another, so a change that fails
 half-way closes what it bound without an initiator ever seeing it), its sessions, the login
-keys and connection settings new connections take, and the executor for blocking work.
+keys and connection settings new connections take, the executor for blocking work, and
+what ``status`` shows (io_uring, the memory budget, the connection caps).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sized
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +26,35 @@ class Binding(Protocol):
 
     def close(self) -> None:
         """Give the address back (a change that is rolled back)."""
+
+
+class Budget(Protocol):
+    """The daemon's memory budget for commands' data (``backstore.buffers.MemoryBudget``)."""
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def share(self) -> int: ...
+
+    @property
+    def used(self) -> int: ...
+
+    @property
+    def peak(self) -> int: ...
+
+
+class ConnectionLimits(Protocol):
+    """The daemon's connection caps (``server.admission.Limits``)."""
+
+    @property
+    def max_connections(self) -> int: ...
+
+    @property
+    def max_prelogin(self) -> int: ...
+
+    @property
+    def max_prelogin_per_host(self) -> int: ...
 
 
 class DaemonControl(Protocol):
@@ -56,6 +86,16 @@ class DaemonControl(Protocol):
     @property
     def ring_calls(self) -> int | None:
         """Reads and writes io_uring has taken so far; None: no ring (off or refused)."""
+
+    @property
+    def budget(self) -> Budget: ...
+
+    @property
+    def limits(self) -> ConnectionLimits: ...
+
+    @property
+    def connections(self) -> Sized:
+        """The open connections (logged in or not)."""
 
     # ------------------------------------------------------------------ targets
     def add_target(self, target: Target) -> None: ...
