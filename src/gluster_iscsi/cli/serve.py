@@ -12,9 +12,14 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from ..control.api import ControlServer
+    from ..control.reconcile import Reconciler
+    from ..server.daemon import Daemon
 
 DEFAULT_STATE_DIR = "/var/lib/gluster-iscsi"
 DEFAULT_PORTAL = "127.0.0.1:3260"
@@ -29,7 +34,7 @@ MIN_MEMORY_BUDGET = 64 << 20
 def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
-    from ..backstore.provision import parse_size
+    from ..backstore.size import parse_size
 
     try:
         n = parse_size(value)
@@ -294,7 +299,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     any step undoes every earlier one (no listener, no control socket, no open store)."""
     from .. import DATA_PATH_MODULES, compiled_modules
     from ..control import config as cfgmod
-    from ..control import exposure, reconcile
+    from ..control import exposure
     from ..control.api import ControlServer
     from ..server.daemon import Daemon
     from ..systemd import Notifier
@@ -325,7 +330,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     demo_image = state_dir / "demo-lun1.img"
     made_image = demo and not demo_image.exists()
     try:
-        cfg = await _start(state_dir, daemon, control, cfgmod, reconcile, portals, advertise, demo)
+        cfg = await _start(state_dir, daemon, control, cfgmod, portals, advertise, demo)
     except StartError as exc:
         _say(exc.message, exc.hint)
         notifier.status(f"failed to start: {exc.message}")
@@ -348,7 +353,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP,
-                            lambda: loop.create_task(_reload(daemon, state_dir, notifier)))
+                            lambda: loop.create_task(_reload(control.reconciler, daemon, state_dir, notifier)))
     # systemd: the saved configuration is in force and every portal listens (_start).
     notifier.ready(status_line(daemon))
     ticker = _Ticker(loop, notifier, daemon) if notifier.enabled else None
@@ -406,7 +411,7 @@ class _Ticker:
             self.handle.cancel()
 
 
-async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconcile: Any,
+async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod: Any,
                  portals: list[tuple[str, int]], advertise: str | None,
                  demo: bool) -> dict[str, Any]:
     """Bring the daemon up; raise StartError (the caller undoes what was started)."""
@@ -433,7 +438,7 @@ async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconc
     try:
         cfg = cfgmod.validate(cfg)
         portal_cfg, cfg["portals"] = cfg["portals"], []
-        await reconcile.apply(daemon, cfg)  # targets and LUNs before any listener opens
+        await control.reconciler.apply(cfg)  # targets and LUNs before any listener opens
         cfg["portals"] = portal_cfg
     except Exception as exc:  # noqa: BLE001
         raise StartError(EXIT_CONFIG, f"cannot apply the configuration: {exc}") from None
@@ -447,7 +452,7 @@ async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconc
                          "give a writable local directory with --state-dir") from None
     for p in cfg["portals"]:
         try:
-            await reconcile.apply(daemon, {**cfg, "portals": [q for q in cfg["portals"]
+            await control.reconciler.apply({**cfg, "portals": [q for q in cfg["portals"]
                                                                if q is p or _listening(daemon, q)]})
         except Exception as exc:  # noqa: BLE001 - one message, not a traceback
             cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
@@ -470,7 +475,7 @@ async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconc
     return dict(cfg)
 
 
-def _listening(daemon: Any, p: dict[str, Any]) -> bool:
+def _listening(daemon: Daemon, p: dict[str, Any]) -> bool:
     return any((x.host, x.port) == (p["host"], p["port"]) for x in daemon.portals())
 
 
@@ -490,29 +495,29 @@ def _with_demo(cfgmod: Any, saved: dict[str, Any] | None, state_dir: Path) -> di
     return cfg
 
 
-async def _reload(daemon: Any, state_dir: Path, notifier: Any = None) -> None:
+async def _reload(reconciler: Reconciler, daemon: Any, state_dir: Path, notifier: Any = None) -> None:
     """SIGHUP: apply the saved config all or nothing; never drop sessions (there is no
     --force for a signal: the log says what to run instead). systemd hears RELOADING=1 before
     and READY=1 after, whatever the outcome (the daemon serves either way)."""
     if notifier is not None:
         notifier.reloading()
     try:
-        await _reload_config(daemon, state_dir)
+        await _reload_config(reconciler, state_dir)
     finally:
         if notifier is not None:
             notifier.ready(status_line(daemon))
 
 
-async def _reload_config(daemon: Any, state_dir: Path) -> None:
+async def _reload_config(reconciler: Reconciler, state_dir: Path) -> None:
     from ..control import config as cfgmod
     from ..control import exposure, reconcile
 
     try:
-        before = reconcile.current(daemon)
+        before = reconciler.current()
         cfg = cfgmod.load(state_dir) or cfgmod.empty_config()
-        changes = await reconcile.apply(daemon, cfg)
+        changes = await reconciler.apply(cfg)
         log.info("SIGHUP: configuration reloaded (%d change%s)", len(changes), "" if len(changes) == 1 else "s")
-        for w in exposure.newly_exposed(before, reconcile.current(daemon)):
+        for w in exposure.newly_exposed(before, reconciler.current()):
             log.warning("%s", w)
     except reconcile.BusyError as exc:
         log.error(

@@ -160,6 +160,11 @@ class Daemon:
                 self._ring = Ring.create(asyncio.get_running_loop())
         return self._ring
 
+    @property
+    def ring_calls(self) -> int | None:
+        """Reads and writes io_uring has taken so far; None: no ring (off or refused)."""
+        return None if self._ring is None else self._ring.submitted
+
     def pool_for(self, store: object) -> IoPool:
         entry = self._pools.get(id(store))
         if entry is None or entry[0] is not store:
@@ -215,8 +220,14 @@ class Daemon:
             portal = Portal(portal.host, sockets[0].getsockname()[1], portal.advertise)
         return PortalBinding(portal, sockets)
 
-    async def open_portal(self, binding: PortalBinding) -> Portal:
-        """Start accepting on a bound portal (the commit half of :meth:`add_portal`)."""
+    async def open_portal(self, binding: object) -> Portal:
+        """Start accepting on a bound portal (the commit half of :meth:`add_portal`).
+
+        ``binding`` is what :meth:`bind_portal` returned (the control layer holds it as an
+        opaque ``control.interface.Binding``); anything else is a TypeError.
+        """
+        if not isinstance(binding, PortalBinding):
+            raise TypeError(f"not a portal binding of this daemon: {binding!r}")
         portal = binding.portal
         if portal in self._listeners:
             binding.close()
