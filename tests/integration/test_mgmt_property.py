@@ -848,10 +848,8 @@ class MgmtMachine(RuleBasedStateMachine):
         files: dict[str, int] = {}
         for t in doc["targets"]:
             for lu in t["luns"]:
-                if (
-                    grown.get((t["name"], lu["lun"])) == lu["size"]
-                    and original.get((t["name"], lu["lun"])) == lu["backing"]
-                ):
+                key = (t["name"], lu["lun"])
+                if key in grown and grown[key] == lu["size"] and original.get(key) == lu["backing"]:
                     files[lu["backing"]] = lu["size"]
         return doc, o, files
 
