@@ -63,11 +63,8 @@ STAGE_SECURITY, STAGE_OPERATIONAL, STAGE_FFP = 0, 1, 3
 _STAGE_NAMES = {STAGE_SECURITY: "security", STAGE_OPERATIONAL: "operational"}
 
 _COLLECTING, _EXECUTING, _ABORTED = 0, 1, 2
-# SCSI Command BHS: flags, LUN, ITT, EDTL, CmdSN (RFC 7143 11.3), read in one go.
-_CMD_FIELDS = struct.Struct(">xB6x8sIII")
 _U32 = struct.Struct(">I")
 _ATTRS = tuple(TaskAttr(i) for i in range(5))
-_NO_LUN = bytes(8)  # the LUN field of a SCSI Response is reserved
 
 
 @dataclass(slots=True)
@@ -409,9 +406,8 @@ class Connection:
         self._maybe_finish_logout()
 
     def complete_tmf(self, itt: int, response: int) -> None:
-        self._emit(
-            P.bhs(Opcode.TMF_RSP, 0x80, response, itt=itt, w24=self._next_statsn(), **self._window())
-        )
+        exp, mx = self._window()
+        self._emit(P.tmf_response(itt, response, self._next_statsn(), exp, mx))
 
     def abort_tasks(self, predicate: Callable[[IscsiTask], bool]) -> tuple[int, list[ScsiTask]]:
         """Abort matching tasks: (how many matched, the ones still executing, which the driver
@@ -469,11 +465,12 @@ class Connection:
         self.stat_sn = (sn + 1) & 0xFFFFFFFF
         return sn
 
-    def _window(self) -> dict[str, Any]:
+    def _window(self) -> tuple[int, int]:
+        """ExpCmdSN and MaxCmdSN as the session has them now (0, 0 before it exists)."""
         s = self.session
         if s is None:
-            return {"w28": 0, "w32": 0}
-        return {"w28": s.exp_cmdsn, "w32": s.max_cmdsn}
+            return 0, 0
+        return s.exp_cmdsn, s.max_cmdsn
 
     def _close(self, reason: str) -> None:
         self.closed = True
@@ -492,12 +489,8 @@ class Connection:
             # No Reject during login: a malformed login PDU ends the login (RFC 7143 6.2).
             self._login_fail(LoginStatus.INITIATOR_ERROR, "protocol error during login")
             return
-        w = self._window()
-        self._emit(
-            P.bhs(Opcode.REJECT, 0x80, reason, dsl=P.BHS_LEN, w24=self._next_statsn(),
-                  w28=w["w28"], w32=w["w32"]),
-            bad.bhs,
-        )
+        exp, mx = self._window()
+        self._emit(P.reject(reason, self._next_statsn(), exp, mx), bad.bhs)
 
     def _dispatch(self, pdu: Pdu, refuse: int = 0, why: str = "") -> None:
         """Route one received PDU; ``refuse`` is a Reject reason decided before (an oversized
@@ -574,10 +567,8 @@ class Connection:
     def _login_fail(self, status: int, message: str, itt: int = NO_TAG) -> None:
         self._log_bad(f"login refused ({status >> 8:#04x}/{status & 0xff:#04x}): {message}",
                       "login refused")
-        self._emit(
-            P.bhs(Opcode.LOGIN_RSP, 0, 0, 0, 0, self._isid.ljust(6, b"\0") + bytes(2), itt,
-                  0, self._next_statsn(), 0, 0, (status >> 8) << 24 | (status & 0xFF) << 16)
-        )
+        self._emit(P.login_response(itt, self._isid.ljust(6, b"\0"), 0, self._next_statsn(), 0, 0,
+                                    status=status))
         self._close("login failed")
 
     def _login(self, pdu: Pdu) -> None:
@@ -746,9 +737,9 @@ class Connection:
         flags = (0x80 if transit else 0) | (0x40 if cont else 0) | (csg << 2) | (nsg if transit else 0)
         exp = getattr(self, "_cmdsn", 0)
         self._emit(
-            P.bhs(Opcode.LOGIN_RSP, flags, 0, 0, len(data),
-                  self._isid + (tsih if tsih is not None else self._tsih).to_bytes(2, "big"),
-                  itt, 0, self._next_statsn(), exp, (exp + self.queue_depth - 1) & 0xFFFFFFFF, 0),
+            P.login_response(itt, self._isid, tsih if tsih is not None else self._tsih,
+                             self._next_statsn(), exp, (exp + self.queue_depth - 1) & 0xFFFFFFFF,
+                             flags=flags, dsl=len(data)),
             data,
         )
 
@@ -812,17 +803,16 @@ class Connection:
         if pdu.ttt != NO_TAG:
             raise ProtocolError("NOP-Out with both ITT and TTT set", RejectReason.INVALID_PDU_FIELD)
         data = pdu.data[: self.max_xmit]
-        self._emit(
-            P.bhs(Opcode.NOP_IN, 0x80, 0, 0, len(data), pdu.lun_raw, itt, NO_TAG,
-                  self._next_statsn(), **self._window()),
-            data,
-        )
+        exp, mx = self._window()
+        self._emit(P.nop_in(itt, NO_TAG, self._next_statsn(), exp, mx, lun=pdu.lun_raw, dsl=len(data)),
+                   data)
 
     def _send_ping(self) -> None:
         ttt = self._new_ttt()
         self._ping_ttt = ttt
         self._ping_deadline = self.now + self.nop_timeout
-        self._emit(P.bhs(Opcode.NOP_IN, 0x80, itt=NO_TAG, w20=ttt, w24=self.stat_sn, **self._window()))
+        exp, mx = self._window()
+        self._emit(P.nop_in(NO_TAG, ttt, self.stat_sn, exp, mx))
 
     def _new_ttt(self) -> int:
         ttt = self._next_ttt
@@ -830,7 +820,7 @@ class Connection:
         return ttt
 
     def _on_scsi_cmd(self, pdu: Pdu) -> None:
-        flags, lun_raw, itt, edtl, cmdsn = _CMD_FIELDS.unpack_from(pdu.bhs)
+        flags, lun_raw, itt, edtl, cmdsn = P.SCSI_CMD_FIELDS.unpack_from(pdu.bhs)
         read, write = bool(flags & 0x40), bool(flags & 0x20)
         params = self.params
         assert params is not None and self.session is not None
@@ -914,8 +904,9 @@ class Connection:
             length = min(params.max_burst, it.edtl - it.next_r2t_offset)
             ttt = self._new_ttt()
             it.r2ts[ttt] = _R2T(it.next_r2t_offset, length)
-            self._emit(P.bhs(Opcode.R2T, 0x80, 0, 0, 0, it.lun_raw, it.itt, ttt, self.stat_sn,
-                             **self._window(), w36=it.r2tsn, w40=it.next_r2t_offset, w44=length))
+            exp, mx = self._window()
+            self._emit(P.r2t(it.itt, it.lun_raw, ttt, self.stat_sn, exp, mx, it.r2tsn,
+                             it.next_r2t_offset, length))
             it.r2tsn += 1
             it.next_r2t_offset += length
 
@@ -1001,8 +992,7 @@ class Connection:
             sn = self.stat_sn
             self.stat_sn = (sn + 1) & 0xFFFFFFFF
             self._emit(
-                P.bhs(Opcode.DATA_IN, 0x81, 0, 0, edtl, it.lun_raw, it.itt, NO_TAG, sn,
-                      s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0, 0, 0, 0),
+                P.data_in(it.itt, it.lun_raw, edtl, sn, s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0),
                 data,
             )
             return
@@ -1019,14 +1009,12 @@ class Connection:
             s = self.session
             sn = self.stat_sn
             self.stat_sn = (sn + 1) & 0xFFFFFFFF
-            self._emit(
-                P.bhs(Opcode.SCSI_RSP, 0x80, 0, 0, 0, _NO_LUN, it.itt, 0, sn,
-                      s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0, it.r2tsn, 0, 0)
-            )
+            self._emit(P.scsi_response(it.itt, sn, s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0,
+                                       exp_data_sn=it.r2tsn))
             return
         residual_flags = 0
         residual = 0
-        window = self._window()
+        exp, mx = self._window()
         if data is not None and it.read:
             mv = memoryview(data)
             if mv.ndim != 1 or mv.itemsize != 1:
@@ -1059,9 +1047,8 @@ class Connection:
                     flags |= 0x01 | residual_flags
                     statsn = self._next_statsn()
                 self._emit(
-                    P.bhs(Opcode.DATA_IN, flags, 0, status if flags & 1 else 0, n, lun_raw, itt,
-                          NO_TAG, statsn, window["w28"], window["w32"], datasn, offset,
-                          residual if flags & 1 else 0),
+                    P.data_in(itt, lun_raw, n, statsn, exp, mx, datasn, offset, flags,
+                              status if flags & 1 else 0, residual if flags & 1 else 0),
                     mv[offset : offset + n],
                 )
                 datasn += 1
@@ -1084,20 +1071,20 @@ class Connection:
         if sense:
             payload = len(sense).to_bytes(2, "big") + bytes(sense)
         self._emit(
-            P.bhs(Opcode.SCSI_RSP, 0x80 | residual_flags, 0, status, len(payload) if payload else 0,
-                  bytes(8), it.itt, 0, self._next_statsn(), window["w28"], window["w32"],
-                  it.datain_pdus if it.read else it.r2tsn, 0, residual),
+            P.scsi_response(it.itt, self._next_statsn(), exp, mx, status,
+                            it.datain_pdus if it.read else it.r2tsn, residual_flags, residual,
+                            len(payload) if payload else 0),
             payload,
         )
 
     def _on_tmf(self, pdu: Pdu) -> None:
-        function = pdu.flags & 0x7F
+        function = pdu.function
         if function not in TmfFunction.__members__.values():
             self.complete_tmf(pdu.itt, TmfResponse.NOT_SUPPORTED)
         elif function == TmfFunction.TASK_REASSIGN:
             self.complete_tmf(pdu.itt, TmfResponse.REASSIGNMENT_NOT_SUPPORTED)
         else:
-            self._events.append(TaskManagement(pdu.itt, function, pdu.lun, pdu.word(20), pdu.word(32)))
+            self._events.append(TaskManagement(pdu.itt, function, pdu.lun, pdu.ref_task_tag, pdu.ref_cmdsn))
 
     def _on_text(self, pdu: Pdu) -> None:
         if pdu.ttt != NO_TAG and pdu.ttt == self._text_ttt and not pdu.data:
@@ -1107,9 +1094,10 @@ class Connection:
             self._text_in.clear()
             raise ProtocolError("text request too long", RejectReason.PROTOCOL_ERROR)
         self._text_in += pdu.data
-        if pdu.flags & 0x40:  # C: more of the request follows
-            self._emit(P.bhs(Opcode.TEXT_RSP, 0x00, itt=pdu.itt, w20=self._new_ttt(),
-                             w24=self._next_statsn(), **self._window()))
+        if pdu.cont:  # more of the request follows: ask for it
+            exp, mx = self._window()
+            self._emit(P.text_response(pdu.itt, self._new_ttt(), self._next_statsn(), exp, mx,
+                                       final=False))
             return
         pairs = decode_text(bytes(self._text_in))
         self._text_in.clear()
@@ -1133,11 +1121,10 @@ class Connection:
         data, self._text_out = self._text_out[: self.max_xmit], self._text_out[self.max_xmit :]
         more = bool(self._text_out)
         self._text_ttt = self._new_ttt() if more else NO_TAG
-        self._emit(
-            P.bhs(Opcode.TEXT_RSP, 0x40 if more else 0x80, dsl=len(data), itt=itt, w20=self._text_ttt,
-                  w24=self._next_statsn(), **self._window()),
-            data,
-        )
+        exp, mx = self._window()
+        self._emit(P.text_response(itt, self._text_ttt, self._next_statsn(), exp, mx, final=not more,
+                                   cont=more, dsl=len(data)),
+                   data)
 
     def _send_targets(self, which: str) -> list[tuple[str, str]]:
         reg = self.registry
@@ -1161,7 +1148,7 @@ class Connection:
         return out
 
     def _on_logout(self, pdu: Pdu) -> None:
-        reason = pdu.flags & 0x7F
+        reason = pdu.function
         self._logout_itt = pdu.itt
         if reason == P.LogoutReason.REMOVE_FOR_RECOVERY:
             self._logout_response(P.LogoutResponse.RECOVERY_NOT_SUPPORTED)
@@ -1191,8 +1178,8 @@ class Connection:
     def _logout_response(self, response: int) -> None:
         t2w = int(self.params.default_time2wait) if self.params else 2
         t2r = int(self.params.default_time2retain) if self.params else 0
-        self._emit(P.bhs(Opcode.LOGOUT_RSP, 0x80, response, itt=self._logout_itt,
-                         w24=self._next_statsn(), **self._window(), w40=(t2w << 16) | t2r))
+        exp, mx = self._window()
+        self._emit(P.logout_response(self._logout_itt, response, self._next_statsn(), exp, mx, t2w, t2r))
 
     def _on_snack(self, pdu: Pdu) -> None:
         raise ProtocolError("SNACK needs ErrorRecoveryLevel > 0", RejectReason.COMMAND_NOT_SUPPORTED)
