@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,13 +19,13 @@ from ..backstore.buffers import POOL, BudgetShare, MemoryBudget
 from ..logs import PROBLEMS
 from ..scsi.sense import build_sense
 from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
-from ..target.model import Target, TargetRegistry
 from . import pdu as P
 from .chap import ChapAuthenticator
 from .errors import LoginError, LoginStatus, ProtocolError, RejectReason
 from .events import CloseConnection, ExecuteTask, LoginComplete, ReinstateSession, TaskManagement
 from .params import Negotiator, SessionParams
 from .pdu import NO_TAG, Opcode, Pdu, PduReader, TmfFunction, TmfResponse
+from .portal import TargetDirectory, TargetEntry
 from .session import Session, SessionTable
 from .text import decode_text, encode_text
 
@@ -146,7 +146,7 @@ class Connection:
 
     def __init__(
         self,
-        registry: TargetRegistry,
+        registry: TargetDirectory,
         sessions: SessionTable,
         *,
         peer_address: str,
@@ -215,7 +215,7 @@ class Connection:
         self._handlers: dict[int, Callable[..., None]] = {}  # chosen at login by session type
         self._declared = False  # the target's operational declarations were sent
         self.initiator_name = ""
-        self.target: Target | None = None
+        self.target: TargetEntry | None = None
         self.session_type = "Normal"
         # text request continuation
         self._text_in = bytearray()
@@ -1009,8 +1009,8 @@ class Connection:
             s = self.session
             sn = self.stat_sn
             self.stat_sn = (sn + 1) & 0xFFFFFFFF
-            self._emit(P.scsi_response(it.itt, sn, s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0,
-                                       exp_data_sn=it.r2tsn))
+            self._emit(P.scsi_response(it.itt, sn, s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0, 0,
+                                       it.r2tsn))
             return
         residual_flags = 0
         residual = 0
@@ -1130,7 +1130,8 @@ class Connection:
         reg = self.registry
         if self.session_type == "Normal":
             # In a normal session only the session's own target is reported (RFC 7143 A.?).
-            targets = [self.target] if self.target is not None and which in ("", "All", self.target.name) else []
+            targets: Sequence[TargetEntry | None] = (
+                [self.target] if self.target is not None and which in ("", "All", self.target.name) else [])
         elif which == "All":
             targets = reg.visible_to(self.initiator_name, self.peer_address)
         elif which == "":
