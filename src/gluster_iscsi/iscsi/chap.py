@@ -107,7 +107,7 @@ _ACCEPTS: dict[_State, frozenset[str]] = {
 
 
 def _error(status: LoginStatus, message: str) -> LoginError:
-    return LoginError.of(status, message)
+    return LoginError(status, message)
 
 
 class ChapAuthenticator:

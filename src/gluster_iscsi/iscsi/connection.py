@@ -18,11 +18,11 @@ from ..backstore.base import Buffer
 from ..backstore.buffers import POOL, BudgetShare, MemoryBudget
 from ..logs import PROBLEMS
 from ..scsi.sense import build_sense
-from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
+from ..scsi.task import ScsiResult, ScsiTask, Status, TaskAttr
 from . import pdu as P
-from .chap import ChapAuthenticator
-from .errors import LoginError, LoginStatus, ProtocolError, RejectReason
-from .events import CloseConnection, ExecuteTask, LoginComplete, ReinstateSession, TaskManagement
+from .errors import LoginStatus, ProtocolError, RejectReason
+from .events import CloseConnection, ExecuteTask, LoginComplete, TaskManagement
+from .login import LOGIN_DSL, MAX_LOGIN_TEXT, Login
 from .params import Negotiator, SessionParams
 from .pdu import NO_TAG, Opcode, Pdu, PduReader, TmfFunction, TmfResponse
 from .portal import TargetDirectory, TargetEntry
@@ -55,12 +55,6 @@ MAX_WRITE_BUFFER = 32 << 20
 #: The memory budget of a connection made without one (the daemon passes its shared
 #: :class:`~gluster_iscsi.backstore.buffers.MemoryBudget`).
 MAX_CONNECTION_BUFFERS = 256 << 20
-#: Login text accumulated across continued PDUs.
-MAX_LOGIN_TEXT = 64 << 10
-LOGIN_DSL = 8192  # MaxRecvDataSegmentLength during login (RFC 7143 13.12)
-
-STAGE_SECURITY, STAGE_OPERATIONAL, STAGE_FFP = 0, 1, 3
-_STAGE_NAMES = {STAGE_SECURITY: "security", STAGE_OPERATIONAL: "operational"}
 
 _COLLECTING, _EXECUTING, _ABORTED = 0, 1, 2
 _U32 = struct.Struct(">I")
@@ -196,24 +190,13 @@ class Connection:
         # The largest Data-In that can go out alone, status and all: one PDU (the initiator's
         # MaxRecvDataSegmentLength) and one sequence (MaxBurstLength, RFC 7143 13.13).
         self._datain_single = LOGIN_DSL
-        # login state
-        self.stage = STAGE_SECURITY
-        self._login_started = False
-        self._login_text = bytearray()
-        self._login_keys: dict[str, str] = {}
-        # A Login Response too long for one PDU: the rest, and the (T, NSG) it ends with.
-        self._login_out = b""
-        self._login_next = (False, 0)
-        self._negotiator = Negotiator(self.target_params)
-        self._chap: ChapAuthenticator | None = None
-        self._auth_required = False
-        self._authenticated = False
-        self._auth_method: str | None = None
-        self._isid = b""
-        self._tsih = 0
-        self._first_response = True
+        # The login phase, until it hands the connection a session (``_enter_full_feature``).
+        self.login: Login | None = Login(registry, sessions, self.target_params, peer_address=peer_address,
+                                         portal_tpgt=portal_tpgt, queue_depth=queue_depth,
+                                         random_bytes=random_bytes)
+        self._ffp = False
+        self._negotiator: Negotiator | None = None  # the login's, for Text negotiation after it
         self._handlers: dict[int, Callable[..., None]] = {}  # chosen at login by session type
-        self._declared = False  # the target's operational declarations were sent
         self.initiator_name = ""
         self.target: TargetEntry | None = None
         self.session_type = "Normal"
@@ -233,7 +216,7 @@ class Connection:
     # ------------------------------------------------------------------ I/O-free API
     @property
     def full_feature(self) -> bool:
-        return self.stage == STAGE_FFP
+        return self._ffp
 
     def receive_data(self, data: Buffer, now: float | None = None) -> list[Any]:
         """Take bytes from the wire; return the events they caused."""
@@ -477,6 +460,8 @@ class Connection:
         self._events.append(CloseConnection(reason))
 
     def _who(self) -> str:
+        if self.login is not None:
+            return self.login.who()
         return f"{self.initiator_name or '?'} at {self.peer_address}"
 
     def _log_bad(self, message: str, kind: str = "bad PDU") -> None:
@@ -487,7 +472,7 @@ class Connection:
     def _reject(self, bad: Pdu, reason: int) -> None:
         if not self.full_feature:
             # No Reject during login: a malformed login PDU ends the login (RFC 7143 6.2).
-            self._login_fail(LoginStatus.INITIATOR_ERROR, "protocol error during login")
+            self._login_step(None, LoginStatus.INITIATOR_ERROR, "protocol error during login")
             return
         exp, mx = self._window()
         self._emit(P.reject(reason, self._next_statsn(), exp, mx), bad.bhs)
@@ -506,9 +491,9 @@ class Connection:
                 self._log_bad(why)
                 self._reject(pdu, refuse)
             elif pdu.opcode != Opcode.LOGIN_REQ:
-                self._login_fail(LoginStatus.INITIATOR_ERROR, f"opcode {pdu.opcode:#x} before login completed")
+                self._login_step(None, LoginStatus.INITIATOR_ERROR, f"opcode {pdu.opcode:#x} before login completed")
             else:
-                self._login(pdu)
+                self._login_step(pdu)
             return
         if self.logging_out:
             # After its Logout the initiator sends nothing more (RFC 7143 11.14); whatever
@@ -564,220 +549,41 @@ class Connection:
             self._reject(pdu, perr.reason)
 
     # ------------------------------------------------------------------ login
-    def _login_fail(self, status: int, message: str, itt: int = NO_TAG) -> None:
-        self._log_bad(f"login refused ({status >> 8:#04x}/{status & 0xff:#04x}): {message}",
-                      "login refused")
-        self._emit(P.login_response(itt, self._isid.ljust(6, b"\0"), 0, self._next_statsn(), 0, 0,
-                                    status=status))
-        self._close("login failed")
-
-    def _login(self, pdu: Pdu) -> None:
-        flags = pdu.flags
-        transit, cont = bool(flags & 0x80), bool(flags & 0x40)
-        csg, nsg = (flags >> 2) & 3, flags & 3
-        itt = pdu.itt
-        try:
-            if not self._login_started:
-                self._login_started = True
-                self._isid = pdu.isid
-                self._tsih = pdu.tsih
-                self.cid = pdu.cid
-                self.stat_sn = pdu.expstatsn
-                self._cmdsn = pdu.cmdsn
-                if pdu.bhs[3] > 0:  # VersionMin > 0: nothing we speak (we are version 0)
-                    raise LoginError(2, 5, f"unsupported version range {pdu.bhs[3]}..{pdu.bhs[2]}")
-                if csg == STAGE_OPERATIONAL:  # the security stage may be skipped (RFC 7143 6.3)
-                    self.stage = STAGE_OPERATIONAL
-            elif pdu.isid != self._isid or pdu.tsih != self._tsih:
-                raise LoginError(2, 0, "ISID/TSIH changed during login")
-            if csg != self.stage:
-                raise LoginError(2, 0, f"CSG {csg} does not match the current stage {self.stage}")
-            if csg not in (STAGE_SECURITY, STAGE_OPERATIONAL):
-                raise LoginError(2, 0, f"invalid CSG {csg}")
-            if transit and (nsg == 2 or nsg <= csg):
-                raise LoginError(2, 0, f"invalid transition {csg}->{nsg}")
-            if transit and cont:
-                raise LoginError(2, 0, "T and C bits both set")
-            if self._login_out:
-                # Our response goes on (C bit): the initiator asks for the rest with an
-                # empty request (RFC 7143 11.13.4), and may not send keys meanwhile.
-                if pdu.data or cont:
-                    raise LoginError.of(LoginStatus.INITIATOR_ERROR,
-                                        "login request with keys while the response continues")
-                rest, (want_transit, want_nsg) = self._login_out, self._login_next
-                self._login_out = b""
-                self._answer_login(itt, want_transit and transit, csg, want_nsg, rest)
-                return
-            if len(self._login_text) + len(pdu.data) > MAX_LOGIN_TEXT:
-                raise LoginError.of(LoginStatus.INITIATOR_ERROR, "login text too long")
-            self._login_text += pdu.data
-            if cont:
-                self._login_response(itt, False, csg, nsg, b"")
-                return
-            pairs = decode_text(bytes(self._login_text))
-            self._login_text.clear()
-            self._login_step(itt, transit, csg, nsg, pairs)
-        except LoginError as exc:
-            self._login_fail((exc.status_class << 8) | exc.status_detail, str(exc), itt)
-        except ProtocolError as perr:
-            self._login_fail(LoginStatus.INITIATOR_ERROR, str(perr), itt)
-
-    def _login_identify(self, keys: dict[str, str]) -> None:
-        """First login request: who is this, which session type, which target, may they."""
-        name = keys.get("InitiatorName")
-        if not name:
-            raise LoginError.of(LoginStatus.MISSING_PARAMETER, "InitiatorName missing")
-        self.initiator_name = name
-        self.session_type = keys.get("SessionType", "Normal")
-        if self.session_type not in ("Normal", "Discovery"):
-            raise LoginError.of(LoginStatus.INITIATOR_ERROR, f"SessionType {self.session_type!r} is invalid")
-        reg = self.registry
-        if self.session_type == "Normal":
-            tname = keys.get("TargetName")
-            if not tname:
-                raise LoginError.of(LoginStatus.MISSING_PARAMETER, "TargetName missing in a normal session")
-            target = reg.lookup(tname)
-            # A target this initiator may not use is answered as one that does not exist
-            # (0x0203), as tgt does and as SendTargets already hides it: 0x0202 for one and
-            # 0x0203 for the other would let anyone probe target names. The log says which.
-            if target is None:
-                raise LoginError.of(LoginStatus.NOT_FOUND, f"target {tname} not found")
-            if not target.allows(name, self.peer_address):
-                raise LoginError.of(LoginStatus.NOT_FOUND,
-                                    f"{name} at {self.peer_address} is not allowed on {tname}")
-            self.target = target
-            # Per-target parameters (e.g. a smaller MaxBurstLength) override the daemon's.
-            self._negotiator = Negotiator(target.offered_params(self.target_params))
-            accounts, outgoing = target.chap_for(name)
-        else:
-            accounts, outgoing = reg.discovery_incoming, reg.discovery_outgoing
-        self._auth_required = bool(accounts)
-        if self._auth_required:
-            self._chap = ChapAuthenticator(accounts, outgoing, random_bytes=self.random_bytes)
-
-    def _login_step(self, itt: int, transit: bool, csg: int, nsg: int, pairs: list[tuple[str, str]]) -> None:
-        keys = dict(pairs)
-        if not self.initiator_name:
-            self._login_identify(keys)
-        out: list[tuple[str, str]] = []
-        if csg == STAGE_SECURITY:
-            sec = [(k, v) for k, v in pairs if k == "AuthMethod" or k.startswith("CHAP_")]
-            rest = [(k, v) for k, v in pairs if not (k == "AuthMethod" or k.startswith("CHAP_"))]
-            out += self._security(sec)
-            out += self._negotiator.negotiate(rest, stage="security", session_type=self.session_type)
-            if transit and not self._security_done():
-                transit = False  # keep negotiating security; the initiator will continue
-        else:
-            if self._auth_required and not self._authenticated:
-                raise LoginError(2, 1, "authentication required (CHAP) but skipped")
-            out += self._negotiator.negotiate(pairs, stage="operational", session_type=self.session_type)
-        if self._first_response:
-            self._first_response = False
-            if self.session_type == "Normal":
-                out.append(("TargetPortalGroupTag", str(self.tpgt)))
-                if self.target is not None and self.target.alias:
-                    out.append(("TargetAlias", self.target.alias))
-        if csg == STAGE_OPERATIONAL and not self._declared:
-            # Operational keys only in operational-stage responses: open-iscsi refuses them in
-            # the security stage. (A login going straight from security to full feature phase
-            # gets no declaration, and the initiator keeps the 8192-byte default: safe.)
-            self._declared = True
-            out += self._negotiator.declarations("operational", self.session_type)
-        self._answer_login(itt, transit, csg, nsg, encode_text(out))
-
-    def _answer_login(self, itt: int, transit: bool, csg: int, nsg: int, data: bytes) -> None:
-        """Send a Login Response's text; beyond the 8192 bytes an initiator takes during
-        login (RFC 7143 13.12), the first part with the C bit and the rest when asked. The
-        stage changes (or the session starts) with the last part only."""
-        if len(data) > LOGIN_DSL:
-            self._login_out = data[LOGIN_DSL:]
-            self._login_next = (transit, nsg)
-            self._login_response(itt, False, csg, csg, data[:LOGIN_DSL], cont=True)
+    def _login_step(self, pdu: Pdu | None, refuse: LoginStatus = LoginStatus.SUCCESS, why: str = "") -> None:
+        """Give the login phase a Login Request (``pdu``), or have it refuse the login; send
+        what it answers, then close (refused) or enter the full feature phase (done)."""
+        login = self.login
+        if login is None:
             return
-        if transit and nsg == STAGE_FFP:
-            self._finish_login(itt, csg, data)
-            return
-        if transit:
-            self.stage = nsg
-        self._login_response(itt, transit, csg, nsg if transit else csg, data)
+        if pdu is not None:
+            login.receive(pdu)
+        else:
+            login.fail(refuse, why)
+        for header, data in login.out:
+            self._emit(header, data)
+        login.out.clear()
+        self._events += login.events
+        login.events.clear()
+        self.stat_sn = login.stat_sn
+        if login.failed is not None:
+            self._close("login failed")
+        elif login.session is not None:
+            self._enter_full_feature(login, login.session)
 
-    def _security_done(self) -> bool:
-        return (not self._auth_required and self._auth_method in (None, "None")) or self._authenticated
-
-    def _security(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        chap_keys: dict[str, str] = {}
-        for k, v in pairs:
-            if k == "AuthMethod":
-                if self._auth_method is not None:
-                    raise LoginError(2, 0, "AuthMethod sent twice")
-                offered = [m.strip() for m in v.split(",")]
-                if self._auth_required:
-                    if "CHAP" not in offered:
-                        raise LoginError(2, 1, f"CHAP is required but the initiator offered {v}")
-                    self._auth_method = "CHAP"
-                elif "None" in offered:
-                    self._auth_method = "None"
-                else:
-                    raise LoginError(2, 1, f"no CHAP account configured, initiator offered only {v}")
-                out.append(("AuthMethod", self._auth_method))
-            else:
-                chap_keys[k] = v
-        if chap_keys:
-            if self._auth_method != "CHAP" or self._chap is None:
-                raise LoginError(2, 0, "CHAP keys without AuthMethod=CHAP")
-            resp, done = self._chap.step(chap_keys)
-            out += resp
-            if done:
-                self._authenticated = True
-        return out
-
-    def _login_response(self, itt: int, transit: bool, csg: int, nsg: int, data: bytes,
-                        tsih: int | None = None, cont: bool = False) -> None:
-        flags = (0x80 if transit else 0) | (0x40 if cont else 0) | (csg << 2) | (nsg if transit else 0)
-        exp = getattr(self, "_cmdsn", 0)
-        self._emit(
-            P.login_response(itt, self._isid, tsih if tsih is not None else self._tsih,
-                             self._next_statsn(), exp, (exp + self.queue_depth - 1) & 0xFFFFFFFF,
-                             flags=flags, dsl=len(data)),
-            data,
-        )
-
-    def _finish_login(self, itt: int, csg: int, data: bytes) -> None:
-        params = self._negotiator.result()
-        table = self.sessions
-        target = self.target
-        if self._tsih:
-            existing = table.by_tsih.get(self._tsih)
-            if existing is None or existing.isid != self._isid:
-                raise LoginError(2, 0x0A, f"session TSIH {self._tsih} does not exist")
-            raise LoginError(2, 6, "MaxConnections=1: no more connections in this session")
-        if self.session_type == "Normal":
-            old = table.find(self.initiator_name, self._isid, target.name if target else None)
-            if old is not None:
-                table.remove(old)
-                self._events.append(ReinstateSession(old))
-        tsih = table.allocate_tsih()
-        nexus = None
-        if target is not None:
-            isid_hex = self._isid.hex()
-            nexus = Nexus(
-                initiator_name=self.initiator_name,
-                initiator_port=f"{self.initiator_name},i,0x{isid_hex}",
-                target_port=f"{target.name},t,0x{self.tpgt:04x}",
-                relative_port=self.tpgt,
-                target_port_group=self.tpgt,
-            )
-        session = Session(tsih, self._isid, self.initiator_name, self.session_type, target, nexus,
-                          params, queue_depth=self.queue_depth)
-        session.start_window(self._cmdsn)
-        table.add(session)
+    def _enter_full_feature(self, login: Login, session: Session) -> None:
+        """The final Login Response is queued: digests and the negotiated sizes apply from
+        the first PDU after it."""
+        params = login.params
+        assert params is not None
+        self.login = None
         self.session = session
         self.params = params
-        self._tsih = tsih
-        self._login_response(itt, True, csg, STAGE_FFP, data, tsih=tsih)
-        # Digests and the negotiated sizes apply from the first PDU after the final response.
-        self.stage = STAGE_FFP
+        self.cid = login.cid
+        self.initiator_name = login.initiator_name
+        self.target = login.target
+        self.session_type = login.session_type
+        self._negotiator = login.negotiator
+        self._ffp = True
         self._handlers = _FFP if self.session_type == "Normal" else _FFP_DISCOVERY
         self.login_deadline = None
         self.hd = params.header_digest
@@ -787,9 +593,6 @@ class Connection:
         self.reader.max_recv_dsl = params.max_recv_dsl
         self.max_xmit = params.max_xmit_dsl
         self._datain_single = min(params.max_xmit_dsl, params.max_burst)
-        PROBLEMS.report(log, logging.INFO, "iSCSI login", self.peer_address,
-                        "iSCSI login: %s tsih=%d %s session%s", self._who(), tsih, self.session_type,
-                        f" to {target.name}" if target else "", burst=20)
         self._events.append(LoginComplete(session))
 
     # ------------------------------------------------------------------ full feature phase
@@ -1109,8 +912,10 @@ class Connection:
             else:
                 rest.append((k, v))
         if rest:
-            out += self._negotiator.negotiate(rest, stage="ffp", session_type=self.session_type)
-            new = self._negotiator.result()
+            negotiator = self._negotiator
+            assert negotiator is not None
+            out += negotiator.negotiate(rest, stage="ffp", session_type=self.session_type)
+            new = negotiator.result()
             self.params = new
             self.max_xmit = new.max_xmit_dsl
             self._datain_single = min(new.max_xmit_dsl, new.max_burst)
