@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..backstore.base import Buffer
-from ..backstore.buffers import POOL, BudgetShare, MemoryBudget
-from ..logs import PROBLEMS
-from ..scsi.sense import build_sense
-from ..scsi.task import ScsiResult, ScsiTask, Status, TaskAttr
+from ..backstore.buffers import MemoryBudget
 from . import pdu as P
 from .errors import LoginStatus, ProtocolError, RejectReason
-from .events import CloseConnection, ExecuteTask, LoginComplete, TaskManagement
-from .login import LOGIN_DSL, MAX_LOGIN_TEXT, Login
-from .params import Negotiator, SessionParams
-from .pdu import NO_TAG, Opcode, Pdu, PduReader, TmfFunction, TmfResponse
+from .events import LoginComplete, TaskManagement
+from .login import MAX_LOGIN_TEXT, Login
+from .params import Negotiator
+from .pdu import NO_TAG, Opcode, Pdu, TmfFunction, TmfResponse
 from .portal import TargetDirectory, TargetEntry
 from .session import Session, SessionTable
+from .tasks import IscsiTask
 from .text import decode_text, encode_text
+from .transfer import MAX_WRITE_BUFFER, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -49,77 +46,9 @@ DEFAULT_TARGET_PARAMS: dict[str, str] = {
     "ErrorRecoveryLevel": "0",
 }
 
-#: The largest data-out buffer one command may make us allocate (SBC MAXIMUM TRANSFER LENGTH
-#: in VPD B0h is 8 MiB; leave headroom for EXTENDED COPY and odd block sizes).
-MAX_WRITE_BUFFER = 32 << 20
 #: The memory budget of a connection made without one (the daemon passes its shared
 #: :class:`~gluster_iscsi.backstore.buffers.MemoryBudget`).
 MAX_CONNECTION_BUFFERS = 256 << 20
-
-_COLLECTING, _EXECUTING, _ABORTED = 0, 1, 2
-_U32 = struct.Struct(">I")
-_ATTRS = tuple(TaskAttr(i) for i in range(5))
-
-
-@dataclass(slots=True)
-class _R2T:
-    offset: int
-    length: int
-    received: int = 0
-    datasn: int = 0
-
-
-@dataclass(slots=True, eq=False, init=False)
-class IscsiTask:
-    """Transport state of one SCSI command."""
-
-    itt: int
-    lun: int
-    cdb: bytes
-    edtl: int
-    read: bool
-    write: bool
-    attr: int
-    cmdsn: int
-    immediate: bool
-    lun_raw: bytes
-    buf: memoryview | None = None
-    received: int = 0
-    unsolicited_left: int = 0
-    unsol_datasn: int = 0
-    next_r2t_offset: int = 0
-    r2tsn: int = 0
-    r2ts: dict[int, _R2T] = field(default_factory=dict)
-    state: int = _COLLECTING
-    scsi: ScsiTask | None = None
-    datain_pdus: int = 0
-    charge: int = 0  # read-buffer bytes charged to the memory budget (``reserve``)
-
-    # (An explicit __init__: compiled, see setup.py, it is native and ~4x cheaper than the
-    # dataclass-generated one, and one of these is made for every command.)
-    def __init__(self, itt: int, lun: int, cdb: bytes, edtl: int, read: bool, write: bool,
-                 attr: int, cmdsn: int, immediate: bool, lun_raw: bytes) -> None:
-        self.itt = itt
-        self.lun = lun
-        self.cdb = cdb
-        self.edtl = edtl
-        self.read = read
-        self.write = write
-        self.attr = attr
-        self.cmdsn = cmdsn
-        self.immediate = immediate
-        self.lun_raw = lun_raw
-        self.buf = None
-        self.received = 0
-        self.unsolicited_left = 0
-        self.unsol_datasn = 0
-        self.next_r2t_offset = 0
-        self.r2tsn = 0
-        self.r2ts = {}
-        self.state = _COLLECTING
-        self.scsi = None
-        self.datain_pdus = 0
-        self.charge = 0
 
 
 def _numbered(pdu: Pdu) -> bool:
@@ -135,8 +64,9 @@ def _numbered(pdu: Pdu) -> bool:
     return not (op == Opcode.NOP_OUT and pdu.itt == NO_TAG)
 
 
-class Connection:
-    """One TCP connection's iSCSI state."""
+class Connection(Transfer):
+    """One TCP connection's iSCSI state: login, then the full feature phase's dispatch and its
+    requests other than SCSI commands and their data (``transfer.py``, ``responses.py``)."""
 
     def __init__(
         self,
@@ -155,49 +85,26 @@ class Connection:
         random_bytes: Callable[[int], bytes] = os.urandom,
         budget: MemoryBudget | None = None,
     ) -> None:
+        super().__init__(peer_address, queue_depth, budget if budget is not None else MemoryBudget(
+            MAX_CONNECTION_BUFFERS, share=MAX_CONNECTION_BUFFERS))
         self.registry = registry
         self.sessions = sessions
-        self.peer_address = peer_address
         self.local_address = local_address
         self.tpgt = portal_tpgt
         self.target_params = dict(DEFAULT_TARGET_PARAMS)
         if target_params:
             self.target_params.update(target_params)
-        self.queue_depth = queue_depth
         self.random_bytes = random_bytes
-        self.reader = PduReader(LOGIN_DSL, place=self._place)
-        self._out: list[Buffer] = []
-        self._events: list[Any] = []
-        self.session: Session | None = None
-        self.params: SessionParams | None = None
         self.cid = 0
-        self.stat_sn = 0
-        self.closed = False
         self.logging_out = False
-        self.tasks: dict[int, IscsiTask] = {}
-        self.buffered = 0  # data-out bytes held by tasks of this connection
-        #: The daemon's memory budget, and this connection's (session's) part of it.
-        self.budget = budget if budget is not None else MemoryBudget(
-            MAX_CONNECTION_BUFFERS, share=MAX_CONNECTION_BUFFERS)
-        self.share = BudgetShare()
-        self.unsent = 0  # read bytes handed out for sending, charged until the driver says sent
         # CmdSN -> (PDU, Reject reason or 0, why) waiting for a gap to fill
         self._pending: dict[int, tuple[Pdu, int, str]] = {}
-        self._next_ttt = 1
-        self.hd = False
-        self.dd = False
-        self.max_xmit = LOGIN_DSL
-        # The largest Data-In that can go out alone, status and all: one PDU (the initiator's
-        # MaxRecvDataSegmentLength) and one sequence (MaxBurstLength, RFC 7143 13.13).
-        self._datain_single = LOGIN_DSL
         # The login phase, until it hands the connection a session (``_enter_full_feature``).
         self.login: Login | None = Login(registry, sessions, self.target_params, peer_address=peer_address,
                                          portal_tpgt=portal_tpgt, queue_depth=queue_depth,
                                          random_bytes=random_bytes)
-        self._ffp = False
         self._negotiator: Negotiator | None = None  # the login's, for Text negotiation after it
         self._handlers: dict[int, Callable[..., None]] = {}  # chosen at login by session type
-        self.initiator_name = ""
         self.target: TargetEntry | None = None
         self.session_type = "Normal"
         # text request continuation
@@ -214,10 +121,6 @@ class Connection:
         self._ping_deadline: float | None = None
 
     # ------------------------------------------------------------------ I/O-free API
-    @property
-    def full_feature(self) -> bool:
-        return self._ffp
-
     def receive_data(self, data: Buffer, now: float | None = None) -> list[Any]:
         """Take bytes from the wire; return the events they caused."""
         mv = memoryview(data)  # type: ignore[arg-type]
@@ -267,41 +170,6 @@ class Connection:
             self._dispatch(pdu)
         return self._take_events()
 
-    def _place(self, bhs: bytes) -> memoryview | None:
-        """Where a large payload lands. A Data-Out's: straight in its command's data-out
-        buffer when the PDU fits the task's buffer (``_on_data_out`` checks the rest; a PDU
-        it refuses ends its command, so what it wrote there is never used). A write
-        command's immediate data: the head of a fresh buffer for the whole transfer, which
-        ``_start_command`` adopts as the data-out buffer (if it refuses the command, the
-        buffer is dropped, never reused). Only for a command that runs as soon as it is in
-        and fits the memory budget: one that waits for a CmdSN gap, or would get TASK SET
-        FULL, must not hold a buffer for its whole transfer meanwhile."""
-        if not self.full_feature:
-            return None
-        op = bhs[0] & 0x3F
-        n = int.from_bytes(bhs[5:8], "big")
-        if op == Opcode.SCSI_CMD:
-            edtl, cmdsn = _U32.unpack_from(bhs, 20)[0], _U32.unpack_from(bhs, 24)[0]
-            s = self.session
-            if (not bhs[1] & 0x20 or bhs[1] & 0x40 or edtl <= n or edtl > MAX_WRITE_BUFFER
-                    or not self.budget.fits(self.share, edtl) or s is None
-                    or not (bhs[0] & 0x40 or cmdsn == s.exp_cmdsn)):
-                return None
-            return POOL.borrow(edtl)[:n]
-        if op != Opcode.DATA_OUT:
-            return None
-        itt, offset = _U32.unpack_from(bhs, 16)[0], _U32.unpack_from(bhs, 40)[0]
-        it = self.tasks.get(itt)
-        if it is None or it.state != _COLLECTING or it.buf is None:
-            return None
-        if offset + n > it.edtl:
-            return None
-        return it.buf[offset : offset + n]
-
-    def data_to_send(self) -> list[Buffer]:
-        out, self._out = self._out, []
-        return out
-
     def next_deadline(self) -> float | None:
         if self.closed:
             return None
@@ -329,145 +197,15 @@ class Connection:
             self._send_ping()
         return self._take_events()
 
-    def _release(self, it: IscsiTask, view: memoryview | None) -> None:
-        if view is not None:
-            n = len(view)
-            self.buffered -= n
-            self.budget.release(self.share, n)
-            if not self.reader.receiving_into(view.obj):  # a Data-Out still landing in it
-                POOL.give_back(view)
-
-    def reserve(self, task: ScsiTask, n: int) -> bool:
-        """Charge ``n`` bytes of read buffer to the command before the driver reads them (the
-        iSCSI layer does not know a read's size: the CDB's, which the SCSI layer decodes,
-        may exceed EDTL). False if the budget has no room: the driver ends the command with
-        :meth:`full_status` instead. The charge is held until the data has been sent."""
-        if not self.budget.charge(self.share, n):
-            return False
-        it: IscsiTask = task.context
-        it.charge += n
-        return True
-
-    def full_status(self) -> Status:
-        """The status of a command refused for want of memory (SAM-5 5.3.1): TASK SET FULL
-        while the session has other commands in flight (the initiator lowers its queue depth
-        and retries as they complete), BUSY when it has none (nothing of its own will free
-        memory, so there is no queue depth to lower: it only retries later)."""
-        return Status.TASK_SET_FULL if len(self.tasks) > 1 else Status.BUSY
-
-    def sent(self, queued: int) -> None:
-        """The transport still holds ``queued`` bytes: release the charges of read data
-        beyond that, which has left (the driver calls this after it wrote, and with 0 once
-        the transport drained or the connection is gone)."""
-        unsent = self.unsent
-        if unsent > queued:
-            self.budget.release(self.share, unsent - queued)
-            self.unsent = queued
-
-    def complete_task(self, task: ScsiTask, result: ScsiResult) -> None:
-        """Send the response (and data-in) of a finished SCSI command."""
-        it: IscsiTask = task.context
-        self._release(it, task.data_out)
-        task.data_out = None
-        charge = it.charge
-        if charge:
-            # A read's buffer: charged until its bytes are sent (``sent``), or now if they
-            # will not be.
-            it.charge = 0
-            if it.state != _ABORTED and not self.closed and result.data is not None:
-                self.unsent += charge
-            else:
-                self.budget.release(self.share, charge)
-        if self.tasks.get(it.itt) is it:
-            del self.tasks[it.itt]
-        if self.session is not None and not it.immediate:
-            self.session.retire()
-        if it.state == _ABORTED or self.closed:
-            self._maybe_finish_logout()
-            return
-        self._send_result(it, result)
-        self._maybe_finish_logout()
-
     def complete_tmf(self, itt: int, response: int) -> None:
         exp, mx = self._window()
         self._emit(P.tmf_response(itt, response, self._next_statsn(), exp, mx))
 
-    def abort_tasks(self, predicate: Callable[[IscsiTask], bool]) -> tuple[int, list[ScsiTask]]:
-        """Abort matching tasks: (how many matched, the ones still executing, which the driver
-        waits for). Tasks still collecting data-out are dropped at once."""
-        running: list[ScsiTask] = []
-        found = 0
-        for it in list(self.tasks.values()):
-            if not predicate(it):
-                continue
-            found += 1
-            if it.state == _EXECUTING and it.scsi is not None:
-                it.state = _ABORTED
-                it.scsi.aborted = True  # a long command (SANITIZE waiting) may end early
-                running.append(it.scsi)
-            else:
-                it.state = _ABORTED
-                del self.tasks[it.itt]
-                self._release(it, it.buf)
-                it.buf = None
-                if self.session is not None and not it.immediate:
-                    self.session.retire()
-        return found, running
-
-    def take_events(self) -> list[Any]:
-        """Events caused outside :meth:`receive_data` and :meth:`handle_timer`: a
-        :meth:`complete_task` that finished a Logout adds :class:`CloseConnection` (check
-        :attr:`closed`, so the hot path does not ask for an empty list every time)."""
-        return self._take_events()
-
-    def close(self, reason: str = "closed") -> list[Any]:
-        if not self.closed:
-            self._close(reason)
-        return self._take_events()
-
     # ------------------------------------------------------------------ plumbing
-    def _take_events(self) -> list[Any]:
-        ev, self._events = self._events, []
-        return ev
-
-    def _emit(self, header: bytes, data: Buffer | None = None) -> None:
-        if self.hd or self.dd:
-            self._out.extend(P.frame(header, data, self.hd, self.dd))
-            return
-        out = self._out
-        out.append(header)
-        if data is not None:
-            n = len(data)  # type: ignore[arg-type]
-            if n:
-                out.append(data)
-                if n & 3:
-                    out.append(P.PAD[n & 3])
-
-    def _next_statsn(self) -> int:
-        sn = self.stat_sn
-        self.stat_sn = (sn + 1) & 0xFFFFFFFF
-        return sn
-
-    def _window(self) -> tuple[int, int]:
-        """ExpCmdSN and MaxCmdSN as the session has them now (0, 0 before it exists)."""
-        s = self.session
-        if s is None:
-            return 0, 0
-        return s.exp_cmdsn, s.max_cmdsn
-
-    def _close(self, reason: str) -> None:
-        self.closed = True
-        self._events.append(CloseConnection(reason))
-
     def _who(self) -> str:
         if self.login is not None:
             return self.login.who()
         return f"{self.initiator_name or '?'} at {self.peer_address}"
-
-    def _log_bad(self, message: str, kind: str = "bad PDU") -> None:
-        # Escaped (names are the peer's) and rate-limited per kind and peer (``logs.py``).
-        PROBLEMS.report(log, logging.WARNING, "iSCSI " + kind, self.peer_address,
-                        "iSCSI %s: %s", self._who(), message)
 
     def _reject(self, bad: Pdu, reason: int) -> None:
         if not self.full_feature:
@@ -617,269 +355,6 @@ class Connection:
         exp, mx = self._window()
         self._emit(P.nop_in(NO_TAG, ttt, self.stat_sn, exp, mx))
 
-    def _new_ttt(self) -> int:
-        ttt = self._next_ttt
-        self._next_ttt = (ttt + 1) % 0xFFFFFFFF or 1
-        return ttt
-
-    def _on_scsi_cmd(self, pdu: Pdu) -> None:
-        flags, lun_raw, itt, edtl, cmdsn = P.SCSI_CMD_FIELDS.unpack_from(pdu.bhs)
-        read, write = bool(flags & 0x40), bool(flags & 0x20)
-        params = self.params
-        assert params is not None and self.session is not None
-        if itt in self.tasks:
-            raise ProtocolError(f"ITT {itt:#x} already in use", RejectReason.TASK_IN_PROGRESS)
-        it = IscsiTask(itt, P.decode_lun(lun_raw), pdu.cdb, edtl, read, write, flags & 7, cmdsn,
-                       pdu.immediate, lun_raw)
-        tasks = self.tasks
-        tasks[itt] = it
-        if len(tasks) > self.queue_depth:
-            # Commands in flight are bounded, immediate ones too: they bypass the CmdSN
-            # window, and the target may refuse what it cannot take (RFC 7143 3.2.2.1). SCSI
-            # says how: TASK SET FULL, which initiators retry, lowering their queue depth.
-            return self._fail(it, ScsiResult(Status.TASK_SET_FULL))
-        data = pdu.data
-        if data and not write:
-            return self._fail_task(it, "data sent with a command that is not a write")
-        if write and read:
-            return self._check_condition(it, 0x05, 0x24, 0x00)  # bidirectional: not supported
-        if not write:
-            return self._execute(it)
-        if edtl > MAX_WRITE_BUFFER:
-            return self._check_condition(it, 0x05, 0x24, 0x00)
-        if len(data) > edtl or (data and not params.immediate_data) or len(data) > params.first_burst:
-            return self._fail_task(it, f"{len(data)} bytes of immediate data not allowed here")
-        if not self.budget.charge(self.share, edtl):
-            return self._fail(it, ScsiResult(self.full_status()))
-        self.buffered += edtl
-        if len(data) == edtl:
-            # Every byte came as immediate data: the PDU's payload is the data-out buffer.
-            it.buf = memoryview(data)
-            it.received = edtl
-            return self._execute(it)
-        # A pooled buffer is not zeroed: Data-Out offsets are checked to cover it exactly.
-        if pdu.placed:
-            # The immediate data was received into the head of a buffer for all of it
-            # (``_place``): adopt that buffer rather than copy.
-            assert isinstance(data, memoryview)
-            it.buf = memoryview(data.obj)[:edtl]
-            it.received = len(data)
-        else:
-            it.buf = POOL.borrow(edtl)
-            if data:
-                it.buf[: len(data)] = data
-                it.received = len(data)
-                POOL.give_back(data)  # a large payload's own pooled buffer (others are ignored)
-        it.next_r2t_offset = it.received
-        if not params.initial_r2t and not pdu.final:
-            it.unsolicited_left = min(params.first_burst, edtl) - it.received
-            it.next_r2t_offset = min(params.first_burst, edtl)
-        self._progress(it)
-
-    def _fail_task(self, it: IscsiTask, why: str) -> None:
-        """A command PDU that breaks the negotiated rules: Reject it; the task never starts."""
-        self.tasks.pop(it.itt, None)
-        raise ProtocolError(f"command itt={it.itt:#x}: {why}", RejectReason.PROTOCOL_ERROR)
-
-    def _check_condition(self, it: IscsiTask, key: int, asc: int, ascq: int) -> None:
-        self._fail(it, ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc << 8 | ascq)))
-
-    def _fail(self, it: IscsiTask, result: ScsiResult) -> None:
-        """End a command in the transport, before or instead of running it."""
-        self.tasks.pop(it.itt, None)
-        if not it.immediate and self.session is not None:
-            self.session.retire()
-        self._release(it, it.buf)
-        it.buf = None
-        it.state = _ABORTED
-        self._send_result(it, result)
-
-    def _progress(self, it: IscsiTask) -> None:
-        """More data-out needed? Solicit it. All in? Execute."""
-        if it.received >= it.edtl:
-            self._execute(it)
-            return
-        if it.unsolicited_left > 0:
-            return
-        params = self.params
-        assert params is not None
-        while len(it.r2ts) < params.max_outstanding_r2t and it.next_r2t_offset < it.edtl:
-            length = min(params.max_burst, it.edtl - it.next_r2t_offset)
-            ttt = self._new_ttt()
-            it.r2ts[ttt] = _R2T(it.next_r2t_offset, length)
-            exp, mx = self._window()
-            self._emit(P.r2t(it.itt, it.lun_raw, ttt, self.stat_sn, exp, mx, it.r2tsn,
-                             it.next_r2t_offset, length))
-            it.r2tsn += 1
-            it.next_r2t_offset += length
-
-    def _on_data_out(self, pdu: Pdu) -> None:
-        it = self.tasks.get(pdu.itt)
-        if it is None or it.state != _COLLECTING or it.buf is None:
-            return  # data for a task that ended (aborted, failed): drop it quietly
-        offset = pdu.buffer_offset
-        data = pdu.data
-        n = len(data)
-        if offset + n > it.edtl:
-            return self._data_error(it, pdu, "Data-Out beyond the expected data transfer length")
-        ttt = pdu.ttt
-        if ttt == NO_TAG:
-            if it.unsolicited_left <= 0 or n > it.unsolicited_left:
-                return self._data_error(it, pdu, "unsolicited Data-Out not allowed here")
-            if pdu.datasn != it.unsol_datasn:
-                return self._data_error(it, pdu, f"DataSN {pdu.datasn} out of order", 0x4703)
-            if offset != it.received:  # DataPDUInOrder=Yes: each PDU continues the last
-                return self._data_error(it, pdu, "unsolicited Data-Out out of order")
-            it.unsol_datasn += 1
-            it.unsolicited_left -= n
-            if pdu.final:
-                it.unsolicited_left = 0
-            seq = None
-        else:
-            seq = it.r2ts.get(ttt)
-            if seq is None:
-                return self._data_error(it, pdu, f"Data-Out for unknown TTT {ttt:#x}")
-            if pdu.datasn != seq.datasn:
-                return self._data_error(it, pdu, f"DataSN {pdu.datasn} out of order", 0x4703)
-            if offset != seq.offset + seq.received or offset + n > seq.offset + seq.length:
-                return self._data_error(it, pdu, "Data-Out not continuing its R2T in order")
-            seq.datasn += 1
-            seq.received += n
-        if not pdu.placed:
-            it.buf[offset : offset + n] = data
-            POOL.give_back(data)  # a large payload's own pooled buffer (others are ignored)
-        it.received += n
-        if seq is not None and (seq.received >= seq.length or pdu.final):
-            if seq.received < seq.length:
-                return self._data_error(it, pdu, "R2T sequence ended short of its length")
-            del it.r2ts[ttt]
-        if seq is not None or it.unsolicited_left == 0:
-            self._progress(it)
-
-    def _data_error(self, it: IscsiTask, pdu: Pdu, why: str, asc: int = 0x0E03) -> None:
-        """A broken Data-Out sequence. ErrorRecoveryLevel 0 cannot recover it: the command ends
-        with CHECK CONDITION (ABORTED COMMAND), so it is never completed with GOOD and never
-        left waiting for data that will not come (RFC 7143 7.1); later Data-Out for it is
-        dropped."""
-        self._log_bad(f"itt={it.itt:#x}: {why}")
-        self._check_condition(it, 0x0B, asc >> 8, asc & 0xFF)
-
-    def _execute(self, it: IscsiTask) -> None:
-        s = self.session
-        assert s is not None and s.nexus is not None
-        it.state = _EXECUTING
-        task = ScsiTask(
-            cdb=it.cdb, lun=it.lun, nexus=s.nexus, tag=it.itt, attr=_ATTRS[it.attr] if it.attr <= 4 else TaskAttr.SIMPLE,
-            data_out=it.buf,
-            expected_length=it.edtl, read=it.read, write=it.write, context=it,
-        )
-        it.scsi = task
-        it.buf = None
-        self._events.append(ExecuteTask(task))
-
-    def _send_result(self, it: IscsiTask, result: ScsiResult) -> None:
-        edtl = it.edtl
-        status = int(result.status)
-        data = result.data
-        if (
-            type(data) is memoryview
-            and it.read
-            and status == 0
-            and result.transfer_length is None
-            and not result.sense
-            and 0 < len(data) == edtl <= self._datain_single
-            and data.itemsize == 1
-        ):
-            # The common case: GOOD, exactly the expected bytes, one Data-In PDU carrying status.
-            s = self.session
-            sn = self.stat_sn
-            self.stat_sn = (sn + 1) & 0xFFFFFFFF
-            self._emit(
-                P.data_in(it.itt, it.lun_raw, edtl, sn, s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0),
-                data,
-            )
-            return
-        if (
-            status == 0
-            and it.write
-            and not it.read
-            and data is None
-            and not result.sense
-            and (result.transfer_length is None or result.transfer_length == edtl)
-        ):
-            # The common write: GOOD, every expected byte used, no sense (the general path
-            # below, without its residual arithmetic and keyword packing).
-            s = self.session
-            sn = self.stat_sn
-            self.stat_sn = (sn + 1) & 0xFFFFFFFF
-            self._emit(P.scsi_response(it.itt, sn, s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0, 0,
-                                       it.r2tsn))
-            return
-        residual_flags = 0
-        residual = 0
-        exp, mx = self._window()
-        if data is not None and it.read:
-            mv = memoryview(data)
-            if mv.ndim != 1 or mv.itemsize != 1:
-                mv = mv.cast("B")
-            want = result.transfer_length if result.transfer_length is not None else len(mv)
-            if want > edtl:
-                residual_flags, residual = 0x04, want - edtl
-            elif want < edtl:
-                residual_flags, residual = 0x02, edtl - want
-            mv = mv[: min(len(mv), edtl)]
-            total = len(mv)
-            piggyback = status == Status.GOOD and not result.sense and total > 0
-            chunk = self.max_xmit
-            burst = self.params.max_burst if self.params else total
-            offset = 0
-            datasn = 0
-            lun_raw = it.lun_raw
-            itt = it.itt
-            in_burst = 0
-            while offset < total:
-                n = min(chunk, total - offset, burst - in_burst)
-                last = offset + n >= total
-                in_burst += n
-                flags = 0
-                if last or in_burst >= burst:
-                    flags = 0x80
-                    in_burst = 0
-                statsn = 0
-                if last and piggyback:
-                    flags |= 0x01 | residual_flags
-                    statsn = self._next_statsn()
-                self._emit(
-                    P.data_in(itt, lun_raw, n, statsn, exp, mx, datasn, offset, flags,
-                              status if flags & 1 else 0, residual if flags & 1 else 0),
-                    mv[offset : offset + n],
-                )
-                datasn += 1
-                offset += n
-            it.datain_pdus = datasn
-            if piggyback:
-                return
-        elif it.write:
-            want = result.transfer_length if result.transfer_length is not None else edtl
-            if want > edtl:
-                residual_flags, residual = 0x04, want - edtl
-            elif want < edtl:
-                residual_flags, residual = 0x02, edtl - want
-        elif it.read and edtl:
-            want = result.transfer_length or 0
-            if want < edtl and status == Status.GOOD:
-                residual_flags, residual = 0x02, edtl - want
-        sense = result.sense
-        payload = None
-        if sense:
-            payload = len(sense).to_bytes(2, "big") + bytes(sense)
-        self._emit(
-            P.scsi_response(it.itt, self._next_statsn(), exp, mx, status,
-                            it.datain_pdus if it.read else it.r2tsn, residual_flags, residual,
-                            len(payload) if payload else 0),
-            payload,
-        )
-
     def _on_tmf(self, pdu: Pdu) -> None:
         function = pdu.function
         if function not in TmfFunction.__members__.values():
@@ -1020,4 +495,4 @@ _FFP_DISCOVERY: dict[int, Callable[..., None]] = {
 }
 
 
-__all__ = ["Connection", "DEFAULT_TARGET_PARAMS", "IscsiTask"]
+__all__ = ["Connection", "DEFAULT_TARGET_PARAMS", "IscsiTask", "MAX_CONNECTION_BUFFERS", "MAX_WRITE_BUFFER"]
