@@ -172,9 +172,6 @@ class Pdu:
     def itt(self) -> int:
         return _U32.unpack_from(self.bhs, 16)[0]
 
-    def word(self, offset: int) -> int:
-        return _U32.unpack_from(self.bhs, offset)[0]
-
     # -- names for the words, by opcode (RFC 7143 11.x) --
     @property
     def ttt(self) -> int:  # NOP-Out, Data-Out, Text, SNACK
