@@ -102,6 +102,10 @@ _BHS = struct.Struct(">BBBBI8sIIIIIIII")
 _U32 = struct.Struct(">I")
 #: SCSI Command (11.3): flags, LUN, ITT, EDTL, CmdSN, read in one go on the per-command path.
 SCSI_CMD_FIELDS = struct.Struct(">xB6x8sIII")
+#: Fields read from a raw BHS before its PDU is made (``PduReader.place``): a SCSI Command's
+#: EDTL and CmdSN, a Data-Out's ITT and Buffer Offset.
+SCSI_CMD_TRANSFER = struct.Struct(">20xII20x")
+DATA_OUT_PLACE = struct.Struct(">16xI20xI4x")
 _U16 = struct.Struct(">H")
 _ZERO_LUN = bytes(8)
 PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # to a multiple of 4 bytes

@@ -9,7 +9,6 @@ feature phase's other requests.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from ..backstore.buffers import POOL, BudgetShare, MemoryBudget
@@ -27,7 +26,6 @@ from .tasks import ABORTED, COLLECTING, EXECUTING, IscsiTask, R2tSequence
 #: in VPD B0h is 8 MiB; leave headroom for EXTENDED COPY and odd block sizes).
 MAX_WRITE_BUFFER = 32 << 20
 
-_U32 = struct.Struct(">I")
 _ATTRS = tuple(TaskAttr(i) for i in range(5))
 
 
@@ -145,7 +143,7 @@ class Transfer(Responder):
         op = bhs[0] & 0x3F
         n = int.from_bytes(bhs[5:8], "big")
         if op == Opcode.SCSI_CMD:
-            edtl, cmdsn = _U32.unpack_from(bhs, 20)[0], _U32.unpack_from(bhs, 24)[0]
+            edtl, cmdsn = P.SCSI_CMD_TRANSFER.unpack_from(bhs)
             s = self.session
             if (not bhs[1] & 0x20 or bhs[1] & 0x40 or edtl <= n or edtl > MAX_WRITE_BUFFER
                     or not self.budget.fits(self.share, edtl) or s is None
@@ -154,7 +152,7 @@ class Transfer(Responder):
             return POOL.borrow(edtl)[:n]
         if op != Opcode.DATA_OUT:
             return None
-        itt, offset = _U32.unpack_from(bhs, 16)[0], _U32.unpack_from(bhs, 40)[0]
+        itt, offset = P.DATA_OUT_PLACE.unpack_from(bhs)
         it = self.tasks.get(itt)
         if it is None or it.state != COLLECTING or it.buf is None:
             return None
