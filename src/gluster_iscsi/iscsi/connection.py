@@ -94,7 +94,6 @@ class Connection(Transfer):
         self.target_params = dict(DEFAULT_TARGET_PARAMS)
         if target_params:
             self.target_params.update(target_params)
-        self.random_bytes = random_bytes
         self.cid = 0
         self.logging_out = False
         # CmdSN -> (PDU, Reject reason or 0, why) waiting for a gap to fill
