@@ -20,6 +20,7 @@ from typing import Any
 
 from ..backstore.buffers import POOL, MemoryBudget, default_budget
 from ..iscsi.connection import DEFAULT_TARGET_PARAMS
+from ..iscsi.portal import TargetEntry
 from ..iscsi.session import Session, SessionTable
 from ..logs import PROBLEMS
 from ..target.model import Portal, Target, TargetRegistry
@@ -348,7 +349,7 @@ class Daemon:
             d.close("target removed")
         del self.registry.targets[target.name]
 
-    def drivers_of(self, target: Target) -> list[ConnectionDriver]:
+    def drivers_of(self, target: TargetEntry) -> list[ConnectionDriver]:
         return [
             d for d in self.connections
             if d.conn is not None and d.conn.session is not None and d.conn.session.target is target

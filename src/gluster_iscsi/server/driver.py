@@ -28,8 +28,9 @@ from .iopool import IoTimeout
 
 if TYPE_CHECKING:
     from ..backstore.buffers import MemoryBudget
+    from ..iscsi.portal import TargetEntry
     from ..iscsi.session import Session, SessionTable
-    from ..target.model import Portal, Target, TargetRegistry
+    from ..target.model import Portal, TargetRegistry
     from .iopool import IoPool
     from .poller import IdlePoller
     from .uring import Ring
@@ -70,7 +71,7 @@ class DriverHost(Protocol):
 
     def pool_for(self, store: object) -> IoPool: ...
 
-    def drivers_of(self, target: Target) -> list[ConnectionDriver]: ...
+    def drivers_of(self, target: TargetEntry) -> list[ConnectionDriver]: ...
 
     def connection_closed(self, driver: ConnectionDriver, exc: Exception | None = None) -> None: ...
 
