@@ -6,7 +6,8 @@ __version__ = "0.1.0"
 
 #: The data path's modules that ``setup.py`` compiles with mypyc (the one list is there).
 DATA_PATH_MODULES = (
-    "iscsi.pdu", "iscsi.connection", "iscsi.session", "iscsi.events",
+    "iscsi.pdu", "iscsi.connection", "iscsi.transfer", "iscsi.responses", "iscsi.tasks",
+    "iscsi.session", "iscsi.events",
     "scsi.device", "scsi.sbc", "scsi.task", "scsi.io", "scsi.lu",
     "server.driver", "server.iopool", "server.poller",
     "backstore._util", "backstore.buffers", "backstore.file",

@@ -10,14 +10,22 @@ connection) goes through :data:`PROBLEMS`: per (kind, peer) the first lines of a
 logged, the rest counted, and "N more like this in the last Xs" is logged when the interval
 ends (at the next report for that pair, or at the daemon's periodic :meth:`ProblemLog.flush`).
 The iSCSI core calls it as it would call ``logging``: no I/O of its own beyond that.
+
+Lines about a peer carry structured fields (``fields=`` of :meth:`ProblemLog.report`, or
+``extra={"fields": {...}}``): ``initiator``, ``address``, ``target``, ``tsih``, ``reason``.
+``serve --log-format json`` (:func:`configure`) prints them as keys of one JSON object per
+line; the text format has them in its message already.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
+import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import IO, Any
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
@@ -67,10 +75,12 @@ class ProblemLog:
         self._slots: dict[tuple[str, str], _Slot] = {}
 
     def report(self, logger: logging.Logger, level: int, kind: str, peer: str, msg: str,
-               *args: Any, burst: int | None = None, exc_info: bool = False) -> bool:
+               *args: Any, burst: int | None = None, exc_info: bool = False,
+               fields: dict[str, Any] | None = None) -> bool:
         """Log ``msg % args`` unless (kind, peer) used up its lines this interval; True if logged.
 
         ``msg`` is the code's own format; the ``args`` are escaped with :func:`safe`.
+        ``fields`` go with the line as structured data (the JSON log format's keys).
         """
         if not logger.isEnabledFor(level):
             return False
@@ -93,7 +103,7 @@ class ProblemLog:
             return False
         slot.logged += 1
         logger.log(level, msg, *[safe(a) if isinstance(a, str) else a for a in args],
-                   exc_info=exc_info)
+                   exc_info=exc_info, extra=None if fields is None else {"fields": fields})
         return True
 
     def clear(self) -> None:
@@ -119,3 +129,93 @@ class ProblemLog:
 
 #: The one the daemon and the iSCSI core share (the daemon flushes it periodically).
 PROBLEMS = ProblemLog()
+
+
+# ---------------------------------------------------------------------------- output formats
+
+#: syslog priority per level: the ``<N>`` prefix journald reads from a stream (sd-daemon(3)).
+_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
+             logging.DEBUG: 7}
+
+
+def _priority(levelno: int) -> int:
+    for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+        if levelno >= level:
+            return _PRIORITY[level]
+    return 7
+
+
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL logger: message``; for journald no time (it stamps each line itself) and a
+    ``<N>`` priority prefix, so ``journalctl -p warning`` finds the warnings."""
+
+    def __init__(self, journald: bool = False) -> None:
+        fmt = "%(levelname)s %(name)s: %(message)s"
+        super().__init__(fmt if journald else "%(asctime)s " + fmt)
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.journald:
+            return f"<{_priority(record.levelno)}>{text}"
+        return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601; left out for journald), ``level``,
+    ``logger``, ``message``, the record's structured ``fields`` (initiator, address, target,
+    tsih, reason ...), and ``exception`` (the traceback) if there is one. Non-ASCII and control
+    characters are escaped (``\\uXXXX``), so a peer's name cannot break a line."""
+
+    def __init__(self, journald: bool = False) -> None:
+        super().__init__()
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {}
+        if not self.journald:
+            obj["time"] = datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z")
+        obj["level"] = record.levelname
+        obj["logger"] = record.name
+        obj["message"] = record.getMessage()
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            for k, v in fields.items():
+                if v is not None and k not in obj:
+                    obj[k] = v
+        if record.exc_info:
+            obj["exception"] = self.formatException(record.exc_info)
+        text = json.dumps(obj, default=str)
+        return f"<{_priority(record.levelno)}>{text}" if self.journald else text
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so :func:`configure` can replace it (and leave anyone else's alone)."""
+
+
+def configure(level: int, fmt: str = "text", stream: IO[str] | None = None,
+              journald: bool | None = None) -> None:
+    """The daemon's logging: ``fmt`` is ``text`` or ``json``; ``journald`` (default: the
+    stream, stderr, is journald's, ``$JOURNAL_STREAM``) drops our timestamps, adds priorities.
+
+    Like ``logging.basicConfig``, it leaves a root logger configured by someone else (a test
+    harness) as it is."""
+    from .systemd import journald_stderr
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, _Handler):
+            root.removeHandler(h)
+    if root.handlers:
+        return
+    stream = stream or sys.stderr
+    if journald is None:
+        try:
+            journald = journald_stderr(fd=stream.fileno())
+        except (AttributeError, OSError, ValueError):  # not a file (a test's buffer)
+            journald = False
+    handler = _Handler(stream)
+    handler.setFormatter(JsonFormatter(journald) if fmt == "json" else TextFormatter(journald))
+    root.addHandler(handler)
+    root.setLevel(level)

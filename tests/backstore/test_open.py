@@ -9,7 +9,7 @@ from gluster_iscsi.backstore.file import FileStore
 from gluster_iscsi.backstore.gfapi.address import GlusterAddress, VolfileServer
 from gluster_iscsi.backstore.memory import MemoryStore
 from gluster_iscsi.backstore.open import classify, open_store
-from gluster_iscsi.backstore.provision import format_size, parse_size
+from gluster_iscsi.backstore.size import format_size, parse_size
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 

@@ -21,12 +21,13 @@ from gluster_iscsi.control.api import ControlServer
 from ..control.fakes import FakeDaemon, fake_runtime  # noqa: F401 - a fixture
 
 #: Commands that print no state of the daemon in a form --json could take: serve runs the
-#: daemon; tgtadm speaks tgt's grammar and prints tgt's text, line for line.
-NO_JSON = {"serve", "tgtadm"}
+#: daemon; tgtadm speaks tgt's grammar and prints tgt's text, line for line; systemd show and
+#: man print a file (a unit, a roff page) whose format is the point.
+NO_JSON = {"serve", "tgtadm", "systemd show", "man"}
 RST = re.compile(r"``|:[a-z]+:`|`[^`\n]+`_|^\.\. ", re.M)
 VERBS = {"create", "delete", "add", "remove", "list", "show", "set", "unset", "resize", "bind",
          "unbind", "close", "export", "apply", "reload", "validate", "path",
-         "account-create", "account-delete", "account-list"}  # fmt: skip
+         "account-create", "account-delete", "account-list", "install"}  # fmt: skip
 
 
 def walk(cmd: click.Command, path: tuple[str, ...] = ()):

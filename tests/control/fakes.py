@@ -1,17 +1,20 @@
 """A minimal in-memory daemon for unit tests of diffing and the API (no sockets, no stores).
 
-Real-daemon behaviour is covered by tests/cli/test_integration.py, which runs
-``gluster-iscsi serve``.
+``FakeDaemon`` implements ``control.interface.DaemonControl``, as ``server.daemon.Daemon``
+does (tests/control/test_interface.py checks both with mypy). Real-daemon behaviour is
+covered by tests/cli/test_integration.py, which runs ``gluster-iscsi serve``.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gluster_iscsi.control import reconcile
-from gluster_iscsi.target.model import Portal, TargetRegistry
+from gluster_iscsi.target.model import Portal, Target, TargetRegistry
 
 
 class FakeStore:
@@ -54,12 +57,38 @@ class FakeDevice:
         return self.luns.get(n)
 
 
+class FakeBinding:
+    """A portal "bound" by FakeDaemon.bind_portal; its port fails when opened (fail_portal)."""
+
+    def __init__(self, portal: Portal) -> None:
+        self.portal = portal
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBudget:
+    def __init__(self) -> None:
+        self.limit, self.share, self.used, self.peak = 256 << 20, 64 << 20, 1 << 20, 3 << 20
+
+
+class FakeLimits:
+    def __init__(self) -> None:
+        self.max_connections, self.max_prelogin, self.max_prelogin_per_host = 1000, 500, 256
+
+
 class FakeDaemon:
-    def __init__(self, state_dir: Any) -> None:
-        self.state_dir = state_dir
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
         self.registry = TargetRegistry()
         self.params = {"MaxRecvDataSegmentLength": "262144", "InitialR2T": "Yes"}
-        self.store_executor = None
+        self.store_executor: Executor | None = None
+        self.io_uring = False
+        self.ring_calls: int | None = None
+        self.budget = FakeBudget()
+        self.limits = FakeLimits()
+        self.connections: set[object] = set()
         self._portals: list[Portal] = []
         self.session_list: list[dict[str, Any]] = []
         self.calls: list[tuple[str, Any]] = []
@@ -69,6 +98,14 @@ class FakeDaemon:
         self.nop_interval = 10.0
         self.nop_timeout = 30.0
         self.queue_depth = 128
+
+    def bind_portal(self, portal: Portal) -> FakeBinding:
+        return FakeBinding(portal)
+
+    async def open_portal(self, binding: Any) -> Portal:
+        assert isinstance(binding, FakeBinding) and not binding.closed
+        await self.add_portal(binding.portal)
+        return binding.portal
 
     async def add_portal(self, portal: Portal) -> None:
         self.calls.append(("add_portal", (portal.host, portal.port)))
@@ -80,13 +117,19 @@ class FakeDaemon:
         self.calls.append(("remove_portal", (portal.host, portal.port)))
         self._portals = [p for p in self._portals if (p.host, p.port) != (portal.host, portal.port)]
 
+    def set_portal_advertise(self, portal: Portal) -> None:
+        self.calls.append(("set_portal_advertise", (portal.host, portal.port)))
+        self._portals = [
+            portal if (p.host, p.port) == (portal.host, portal.port) else p for p in self._portals
+        ]
+
     def connections_on(self, portal: Portal) -> int:
         return self.portal_connections.get((portal.host, portal.port), 0)
 
     def portals(self) -> list[Portal]:
         return list(self._portals)
 
-    def add_target(self, target: Any) -> None:
+    def add_target(self, target: Target) -> None:
         self.calls.append(("add_target", target.name))
         self.registry.targets[target.name] = target
 

@@ -5,9 +5,10 @@ import stat
 import threading
 
 import pytest
+from click.testing import CliRunner
 
+from gluster_iscsi.cli.main import main
 from gluster_iscsi.control import config as cfgmod
-from gluster_iscsi.control import reconcile
 from gluster_iscsi.control.api import ControlServer
 from gluster_iscsi.control.client import Client
 from gluster_iscsi.control.protocol import ApiError
@@ -299,7 +300,6 @@ def served(tmp_path, fake_runtime):
     asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
     loop.call_soon_threadsafe(loop.stop)
     th.join(5)
-    reconcile._STATES.pop(d, None)
 
 
 def test_socket_is_private_and_speaks_json_lines(served, tmp_path):
@@ -373,3 +373,23 @@ def test_first_burst_may_not_exceed_max_burst(api):
     assert "exceeds MaxBurstLength" in e.value.message and "targets[0].params" in e.value.message
     with pytest.raises(ApiError):
         call(server, "param.set", name="AuthMethod", value="None")
+
+
+def test_status_shows_the_memory_budget_and_the_connection_caps(api):
+    server, d = api
+    d.connections = {object(), object()}
+    info = call(server, "sys.show")
+    assert info["memory"] == {"budget": 256 << 20, "session_share": 64 << 20,
+                              "in_use": 1 << 20, "peak": 3 << 20}  # fmt: skip
+    assert info["connections"] == {"open": 2, "max": 1000, "max_prelogin": 500,
+                                   "max_prelogin_per_host": 256}  # fmt: skip
+    assert info["io_uring"] == {"enabled": False, "available": False, "calls": 0}
+
+
+def test_status_prints_the_memory_budget_and_the_connection_caps(served, tmp_path):
+    out = CliRunner().invoke(main, ["--state-dir", str(tmp_path), "status"])
+    assert out.exit_code == 0, out.output
+    assert ("memory for commands' data: 1 MiB in use (peak 3 MiB) of 256 MiB, at most 64 MiB"
+            " per session\n") in out.output
+    assert "connections: 0 of at most 1000 (at most 500 logging in, 256 of those per address)\n" \
+        in out.output

@@ -14,7 +14,6 @@ import pytest
 
 from gluster_iscsi.control import api as apimod
 from gluster_iscsi.control import config as cfgmod
-from gluster_iscsi.control import reconcile
 from gluster_iscsi.control.api import ControlServer
 from gluster_iscsi.control.client import Client
 from gluster_iscsi.control.protocol import ApiError
@@ -29,8 +28,7 @@ MiB = 1 << 20
 @pytest.fixture
 def api(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
-    yield ControlServer(d), d
-    reconcile._STATES.pop(d, None)
+    return ControlServer(d), d
 
 
 def call(server, op, **args):
@@ -133,7 +131,6 @@ def _stop(server, loop, th):
     asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
     loop.call_soon_threadsafe(loop.stop)
     th.join(5)
-    reconcile._STATES.pop(server.daemon, None)
 
 
 def _exchange(path: Path, *lines: bytes) -> list[dict]:

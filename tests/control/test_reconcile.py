@@ -34,15 +34,16 @@ def desired(**kw):
     return cfgmod.validate(cfg)
 
 
-async def apply_twice(daemon, cfg):
-    first = await reconcile.apply(daemon, cfg)
-    second = await reconcile.apply(daemon, cfg)
+async def apply_twice(r, cfg):
+    first = await r.apply(cfg)
+    second = await r.apply(cfg)
     return first, second
 
 
 def test_first_apply_builds_everything_and_a_second_is_a_no_op(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
-    first, second = run(apply_twice(d, desired()))
+    r = reconcile.Reconciler(d)
+    first, second = run(apply_twice(r, desired()))
     assert f"target {T1} (tid 1): add" in lines(first)
     assert "portal 127.0.0.1:3260: add" in lines(first)
     assert second == []
@@ -55,16 +56,17 @@ def test_first_apply_builds_everything_and_a_second_is_a_no_op(tmp_path, fake_ru
 
 def test_adding_a_target_leaves_the_others_objects_untouched(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
 
     async def scenario():
-        await reconcile.apply(d, desired())
+        await r.apply(desired())
         before_target = d.registry.lookup(T1)
         before_lu = before_target.device.lu(1)
         cfg = desired()
         cfg["targets"].append(
             {"name": T2, "tid": 2, "luns": [{"lun": 1, "backing": "/srv/t2.img"}]}
         )
-        changes = await reconcile.apply(d, cfg)
+        changes = await r.apply(cfg)
         return before_target, before_lu, changes
 
     before_target, before_lu, changes = run(scenario())
@@ -77,9 +79,10 @@ def test_adding_a_target_leaves_the_others_objects_untouched(tmp_path, fake_runt
 
 def test_acl_and_chap_changes_are_made_in_place(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
 
     async def scenario():
-        await reconcile.apply(d, desired())
+        await r.apply(desired())
         t = d.registry.lookup(T1)
         cfg = desired()
         cfg["targets"][0]["acl"] = [
@@ -87,7 +90,7 @@ def test_acl_and_chap_changes_are_made_in_place(tmp_path, fake_runtime):
             {"initiator": "iqn.1994-05.com.redhat:c", "incoming": ["bob"]},
         ]
         cfg["targets"][0]["incoming"] = ["alice"]
-        changes = await reconcile.apply(d, cfg)
+        changes = await r.apply(cfg)
         return t, changes
 
     t, changes = run(scenario())
@@ -104,14 +107,15 @@ def test_acl_and_chap_changes_are_made_in_place(tmp_path, fake_runtime):
 
 def test_a_new_secret_reaches_every_target_using_the_account(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
     cfg = desired()
     cfg["targets"][0]["incoming"] = ["alice"]
 
     async def scenario():
-        await reconcile.apply(d, cfg)
+        await r.apply(cfg)
         new = copy.deepcopy(cfg)
         new["accounts"]["alice"] = "another-secret-99"
-        return await reconcile.apply(d, new)
+        return await r.apply(new)
 
     changes = run(scenario())
     assert "account alice: new secret" in lines(changes)
@@ -120,17 +124,18 @@ def test_a_new_secret_reaches_every_target_using_the_account(tmp_path, fake_runt
 
 def test_lun_changes_replace_only_that_lun_and_size_grows_online(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
 
     async def scenario():
         cfg = desired()
         cfg["targets"][0]["luns"].append(cfgmod.validate_lun({"lun": 2, "backing": "/srv/b"}, "x"))
-        await reconcile.apply(d, cfg)
+        await r.apply(cfg)
         dev = d.registry.lookup(T1).device
         lu1, lu2 = dev.lu(1), dev.lu(2)
         new = copy.deepcopy(cfg)
         new["targets"][0]["luns"][0]["size"] = 2 << 20  # grow LUN 1
         new["targets"][0]["luns"][1]["read_only"] = True  # LUN 2 needs a new LU
-        changes = await reconcile.apply(d, new)
+        changes = await r.apply(new)
         return dev, lu1, lu2, changes
 
     dev, lu1, lu2, changes = run(scenario())
@@ -141,12 +146,13 @@ def test_lun_changes_replace_only_that_lun_and_size_grows_online(tmp_path, fake_
 
 def test_shrinking_is_refused(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
 
     async def scenario():
-        await reconcile.apply(d, desired())
+        await r.apply(desired())
         new = desired()
         new["targets"][0]["luns"][0]["size"] = 1 << 10
-        await reconcile.apply(d, new)
+        await r.apply(new)
 
     with pytest.raises(reconcile.ReconcileError, match="cannot shrink"):
         run(scenario())
@@ -155,10 +161,11 @@ def test_shrinking_is_refused(tmp_path, fake_runtime):
 def test_a_store_that_cannot_open_changes_nothing(tmp_path, fake_runtime):
     opened, failing = fake_runtime
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
     failing.add("/srv/missing.img")
 
     async def scenario():
-        await reconcile.apply(d, desired())
+        await r.apply(desired())
         cfg = desired()
         cfg["targets"].append(
             {
@@ -171,7 +178,7 @@ def test_a_store_that_cannot_open_changes_nothing(tmp_path, fake_runtime):
             }
         )
         cfg["targets"][0]["acl"] = []
-        await reconcile.apply(d, cfg)
+        await r.apply(cfg)
 
     with pytest.raises(reconcile.ReconcileError) as e:
         run(scenario())
@@ -179,16 +186,17 @@ def test_a_store_that_cannot_open_changes_nothing(tmp_path, fake_runtime):
     assert d.registry.lookup(T2) is None
     assert d.registry.lookup(T1).acl  # untouched
     assert [lu.store.closed for lu in opened if lu.cfg["backing"] == "/srv/ok.img"] == [True]
-    assert len(reconcile.current(d)["targets"]) == 1
+    assert len(r.current()["targets"]) == 1
 
 
 def test_removing_a_target_closes_its_stores(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
 
     async def scenario():
-        await reconcile.apply(d, desired())
+        await r.apply(desired())
         lu = d.registry.lookup(T1).device.lu(1)
-        changes = await reconcile.apply(d, desired(targets=[]))
+        changes = await r.apply(desired(targets=[]))
         return lu, changes
 
     lu, changes = run(scenario())
@@ -200,14 +208,16 @@ def test_removing_a_target_closes_its_stores(tmp_path, fake_runtime):
 
 
 def test_a_port_in_use_at_commit_undoes_everything(tmp_path, fake_runtime):
-    """The fake daemon has no bind_portal, so the port fails at commit: every step before it
-    (a new target with its LUN, an ACL change, params) is undone and its store closed."""
+    """The fake daemon's port fails when opened (at commit), not when bound: every step
+    before it (a new target with its LUN, an ACL change, params) is undone and its store
+    closed."""
     opened, _ = fake_runtime
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
     d.fail_portal = ("127.0.0.1", 3999)
 
     async def scenario():
-        await reconcile.apply(d, desired())
+        await r.apply(desired())
         t1 = d.registry.lookup(T1)
         cfg = desired(
             params={"MaxRecvDataSegmentLength": "65536"},
@@ -219,7 +229,7 @@ def test_a_port_in_use_at_commit_undoes_everything(tmp_path, fake_runtime):
         cfg["targets"][0]["acl"] = [{"network": "10.0.0.0/8"}]
         cfg["targets"].append({"name": T2, "tid": 2, "luns": [{"lun": 1, "backing": "/srv/t2.img"}]})
         with pytest.raises(reconcile.ReconcileError, match="cannot listen") as e:
-            await reconcile.apply(d, cfgmod.validate(cfg))
+            await r.apply(cfgmod.validate(cfg))
         return t1, e.value
 
     t1, err = run(scenario())
@@ -229,27 +239,29 @@ def test_a_port_in_use_at_commit_undoes_everything(tmp_path, fake_runtime):
     assert d.params["MaxRecvDataSegmentLength"] == "262144"
     assert [lu.cfg["backing"] for lu in opened if lu.store.closed] == ["/srv/t2.img"]
     assert not t1.device.lu(1).store.closed
-    assert reconcile.current(d) == desired() | {"epoch": reconcile.current(d)["epoch"]}
+    assert r.current() == desired() | {"epoch": r.current()["epoch"]}
 
 
 def test_dry_run_reports_without_changing(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
-    changes = run(reconcile.apply(d, desired(), dry_run=True))
+    r = reconcile.Reconciler(d)
+    changes = run(r.apply(desired(), dry_run=True))
     assert changes and d.registry.targets == {} and d.calls == []
-    assert reconcile.current(d)["targets"] == []
+    assert r.current()["targets"] == []
 
 
 def test_params_and_discovery_auth(tmp_path, fake_runtime):
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
     cfg = desired(
         params={"MaxRecvDataSegmentLength": "65536"},
         discovery={"incoming": ["alice"], "outgoing": "bob"},
     )
-    run(reconcile.apply(d, cfg))
+    run(r.apply(cfg))
     assert d.params["MaxRecvDataSegmentLength"] == "65536" and d.params["InitialR2T"] == "Yes"
     assert d.registry.discovery_incoming[0].user == "alice"
     assert d.registry.discovery_outgoing.user == "bob"
-    changes = run(reconcile.apply(d, desired()))
+    changes = run(r.apply(desired()))
     assert d.params["MaxRecvDataSegmentLength"] == "262144"  # back to the daemon's default
     assert "params: MaxRecvDataSegmentLength back to its default" in lines(changes)
     assert d.registry.discovery_incoming == []
@@ -260,6 +272,7 @@ def test_a_store_missing_at_restore_leaves_only_that_lun_offline_and_a_reload_re
 ):
     opened, failing = fake_runtime
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
     cfg = desired()
     cfg["targets"].append({"name": T2, "tid": 2, "luns": [{"lun": 1, "backing": "/srv/down.img"}],
                            "acl": [{"network": "ALL"}]})  # fmt: skip
@@ -267,16 +280,16 @@ def test_a_store_missing_at_restore_leaves_only_that_lun_offline_and_a_reload_re
     failing.add("/srv/down.img")
 
     async def scenario():
-        first = await reconcile.apply(d, cfg)  # the restore at start: tolerant
+        first = await r.apply(cfg)  # the restore at start: tolerant
         assert d.registry.lookup(T1).device.lu(1) is not None
         assert d.registry.lookup(T2) is not None and d.registry.lookup(T2).device.lu(1) is None
-        assert reconcile.logical_unit(d, T2, 1) is None
+        assert r.logical_unit(T2, 1) is None
         # an unrelated change while it is still down goes through
         edited = copy.deepcopy(cfg)
         edited["targets"][1]["alias"] = "x"
-        second = await reconcile.apply(d, edited)
+        second = await r.apply(edited)
         failing.clear()
-        third = await reconcile.apply(d, edited)  # a reload with nothing changed retries it
+        third = await r.apply(edited)  # a reload with nothing changed retries it
         return first, second, third
 
     first, second, third = run(scenario())
@@ -285,19 +298,20 @@ def test_a_store_missing_at_restore_leaves_only_that_lun_offline_and_a_reload_re
     assert lines(third) == [f"target {T2}: LUN 1 online again"]
     assert third[0]["action"] == "online" and third[0]["object"] == "lun"
     assert d.registry.lookup(T2).device.lu(1) is not None
-    assert reconcile.current(d)["targets"][1]["luns"][0]["backing"] == "/srv/down.img"
+    assert r.current()["targets"][1]["luns"][0]["backing"] == "/srv/down.img"
 
 
 def test_after_the_restore_a_new_lun_that_cannot_open_is_an_error(tmp_path, fake_runtime):
     opened, failing = fake_runtime
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
     failing.add("/srv/down.img")
 
     async def scenario():
-        await reconcile.apply(d, desired())
+        await r.apply(desired())
         cfg = desired()
         cfg["targets"][0]["luns"].append({"lun": 2, "backing": "/srv/down.img"})
-        await reconcile.apply(d, cfg)
+        await r.apply(cfg)
 
     with pytest.raises(reconcile.ReconcileError):
         run(scenario())
@@ -378,17 +392,18 @@ def test_an_online_grow_never_asks_the_store_its_size_on_the_event_loop(
 
     monkeypatch.setattr(reconcile, "open_lu", open_lu)
     d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
 
     async def scenario():
         loop_thread.append(threading.current_thread())
         cfg = desired()
-        await reconcile.apply(d, cfg)
+        await r.apply(cfg)
         lu = d.registry.lookup(T1).device.lu(1)
         lu.nexus_added("iqn.x,i,0x1")
         lu.clear_ua("iqn.x,i,0x1")
         grown = copy.deepcopy(cfg)
         grown["targets"][0]["luns"][0]["size"] = 4 << 20
-        await reconcile.apply(d, grown)
+        await r.apply(grown)
         return lu
 
     lu = run(scenario())

@@ -16,7 +16,8 @@ from .base import BackingStore, BackingStoreError, Buffer, Capabilities, Extent
 from .file import FileStore
 from .memory import MemoryStore
 from .open import open_store
-from .provision import create_backing, format_size, grow_backing, parse_size
+from .provision import create_backing, grow_backing
+from .size import format_size, parse_size
 
 __all__ = [
     "BackingStore",

@@ -22,7 +22,7 @@ from typing import Any
 
 from .base import BackingStore, BackingStoreError
 from .gfapi.address import GlusterAddress, is_gluster_url, parse_gluster_url, parse_tgt_glfs
-from .provision import parse_size
+from .size import parse_size
 
 FILE_BSTYPES = frozenset({"file", "rdwr", "aio"})
 GLUSTER_BSTYPES = frozenset({"glfs", "gluster", "gfapi"})

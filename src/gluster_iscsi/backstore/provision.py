@@ -1,8 +1,6 @@
-"""Create and grow backing files (local paths or gluster:// URLs), and parse sizes.
+"""Create and grow backing files (local paths or gluster:// URLs).
 
-``parse_size`` follows the storage convention of tgt and qemu-img: ``K``/``M``/``G``/``T``/``P``
-with or without ``iB`` are powers of 1024; an explicit SI unit (``KB``, ``MB``, ``GB``, ``TB``,
-``PB``) means powers of 1000; a plain number (or ``B``) is bytes.
+Sizes as people write them (``parse_size``, ``format_size``) are in ``size.py``.
 """
 
 from __future__ import annotations
@@ -10,53 +8,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
 from .base import BackingStore, BackingStoreError
-
-_BINARY = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
-_SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[a-z]*)\s*$", re.IGNORECASE)
+from .open import classify, open_store
+from .size import parse_size
 
 #: progress(done_bytes, total_bytes)
 Progress = Callable[[int, int], None]
-
-
-def parse_size(text: str | int) -> int:
-    """``"10GiB"``, ``"512M"``, ``"1T"``, ``"4096"``, ``"1.5G"`` -> bytes (an exact integer)."""
-    if isinstance(text, int):
-        if text < 0:
-            raise ValueError(f"negative size {text}")
-        return text
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"invalid size {text!r} (try 10GiB, 512M, 4096)")
-    unit = m.group("unit").lower()
-    if unit in ("", "b"):
-        factor = 1
-    elif unit[0] in _BINARY and unit[1:] in ("", "ib"):
-        factor = 1024 ** _BINARY[unit[0]]
-    elif unit[0] in _BINARY and unit[1:] == "b":
-        factor = 1000 ** _BINARY[unit[0]]
-    else:
-        raise ValueError(f"unknown size unit {m.group('unit')!r} in {text!r}")
-    try:
-        value = Decimal(m.group("num")) * factor
-    except InvalidOperation as e:  # pragma: no cover - the regex admits only numbers
-        raise ValueError(f"invalid size {text!r}") from e
-    if value != value.to_integral_value():
-        raise ValueError(f"{text!r} is not a whole number of bytes")
-    return int(value)
-
-
-def format_size(n: int) -> str:
-    """The largest binary unit that divides ``n`` exactly: 10737418240 -> ``"10GiB"``."""
-    for unit, power in (("EiB", 6), ("PiB", 5), ("TiB", 4), ("GiB", 3), ("MiB", 2), ("KiB", 1)):
-        if n and n % (1024**power) == 0:
-            return f"{n // 1024**power}{unit}"
-    return str(n)
 
 
 class Preallocation(StrEnum):
@@ -88,8 +48,6 @@ def create_backing(
     (truncated to nothing, then provisioned as a new file). A file this call created is
     removed again if provisioning it fails (a full volume, a lost server).
     """
-    from .open import classify, open_store
-
     nbytes = parse_size(size)
     mode = Preallocation(preallocation)
     kind, _ = classify(spec)
@@ -127,8 +85,6 @@ def create_backing(
 def probe_backing(spec: str, bstype: str | None = None, **options: object) -> int | None:
     """The current size of an existing backing file or block device; None if it does not
     exist (or is a memory store). Nothing is created or written."""
-    from .open import classify, open_store
-
     kind, target = classify(spec, bstype)
     if kind == "memory":
         return None
@@ -153,8 +109,6 @@ def probe_backing(spec: str, bstype: str | None = None, **options: object) -> in
 def truncate_backing(spec: str, size: int, bstype: str | None = None, **options: object) -> None:
     """Set an existing backing file's size, shrinking included (what a failed ``lun create``
     does to give an empty file it grew its old size back)."""
-    from .open import open_store
-
     store = open_store(spec, bstype=bstype, **options)  # type: ignore[arg-type]
     try:
         store.resize(size, force=True)  # type: ignore[call-arg]  # file, Gluster
@@ -164,8 +118,6 @@ def truncate_backing(spec: str, size: int, bstype: str | None = None, **options:
 
 def remove_backing(spec: str, bstype: str | None = None, **options: object) -> None:
     """Remove a backing file (what a failed ``lun create`` does with the file it made)."""
-    from .open import classify, open_store
-
     kind, target = classify(spec, bstype)
     if kind == "file":
         assert isinstance(target, str)
@@ -183,8 +135,6 @@ def remove_backing(spec: str, bstype: str | None = None, **options: object) -> N
 
 def grow_backing(spec: str, new_size: int | str, **options: object) -> int:
     """Grow a backing file to ``new_size`` (never shrinks); returns the old size."""
-    from .open import open_store
-
     nbytes = parse_size(new_size)
     store = open_store(spec, **options)  # type: ignore[arg-type]
     try:

@@ -29,19 +29,15 @@ from typing import Any
 import click
 
 from ..control import config as cfgmod
-from ..control.client import Client, default_timeout
+from ..control.client import default_timeout
 from ..control.protocol import ApiError
 from ..target.names import is_network
+from .context import Ctx
+from .manpage import man
 from .output import emit_json, fail, human_size, table
-
-
-class Ctx:
-    def __init__(self, state_dir: Path, timeout: float) -> None:
-        self.state_dir = state_dir
-        self.timeout = timeout
-
-    def client(self) -> Client:
-        return Client(self.state_dir, self.timeout)
+from .serve import parse_hostport, serve
+from .systemd import systemd
+from .tgtadm import tgtadm
 
 
 def _call(op: str, *, as_json: bool = False, ok_codes: tuple[str, ...] = (), **args: Any) -> Any:
@@ -110,6 +106,15 @@ def status(as_json: bool) -> None:
         click.echo(f"file I/O: io_uring for lone commands on FUSE files ({ring['calls']} so far)")
     else:
         click.echo("file I/O: worker threads" + ("" if ring.get("enabled") else " (--no-io-uring)"))
+    mem, conns = info.get("memory"), info.get("connections")
+    if mem:
+        click.echo(f"memory for commands' data: {human_size(mem['in_use'])} in use (peak "
+                   f"{human_size(mem['peak'])}) of {human_size(mem['budget'])}, at most "
+                   f"{human_size(mem['session_share'])} per session")
+    if conns:
+        click.echo(f"connections: {conns['open']} of at most {conns['max']} (at most "
+                   f"{conns['max_prelogin']} logging in, {conns['max_prelogin_per_host']} "
+                   "of those per address)")
     for p in info["portals"]:
         click.echo(
             f"portal {p['host']}:{p['port']}"
@@ -552,8 +557,6 @@ def auth_show(show_secrets: bool, as_json: bool) -> None:
 
 def _hostport(text: str, *, resolve: bool = False) -> tuple[str, int]:
     """HOST[:PORT] -> (host, port); raises ValueError (BadAddress) with a message for people."""
-    from .serve import parse_hostport
-
     return parse_hostport(text, resolve=resolve)
 
 
@@ -869,17 +872,9 @@ for _group, _old, _new in ALIASES:
     _alias(_group, _old, _new)
 
 
-def _register() -> None:
-    from .tgtadm import tgtadm
-
-    main.add_command(tgtadm)
-    try:
-        from .serve import serve  # the lead's daemon command
-    except ImportError:  # pragma: no cover - until cli/serve.py lands
-        return
-    main.add_command(serve)
-
-
-_register()
+main.add_command(tgtadm)
+main.add_command(serve)
+main.add_command(systemd)
+main.add_command(man)
 
 __all__ = ["main"]

@@ -12,9 +12,14 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from ..control.api import ControlServer
+    from ..control.reconcile import Reconciler
+    from ..server.daemon import Daemon
 
 DEFAULT_STATE_DIR = "/var/lib/gluster-iscsi"
 DEFAULT_PORTAL = "127.0.0.1:3260"
@@ -29,7 +34,7 @@ MIN_MEMORY_BUDGET = 64 << 20
 def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
-    from ..backstore.provision import parse_size
+    from ..backstore.size import parse_size
 
     try:
         n = parse_size(value)
@@ -167,6 +172,11 @@ Exit status:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]),
               help="Least severe log messages to print (on stderr).")
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]),
+              help="text: a line per message; json: an object per line with time, level, logger, "
+                   "message and fields such as initiator, address, target, tsih, reason. Under "
+                   "systemd with stderr to the journal, lines carry no time of their own.")
 @click.option("--nop-interval", default=10.0, show_default=True, type=float,
               help="Seconds of silence before the target pings with NOP-In (0: never).")
 @click.option("--io-timeout", default=60.0, show_default=True, type=float,
@@ -197,15 +207,13 @@ Exit status:
                    "or BUSY. Default: an eighth of the machine's memory, 256MiB to 4GiB.")
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
-          demo: bool, log_level: str, nop_interval: float, io_timeout: float, poll_usecs: float,
+          demo: bool, log_level: str, log_format: str, nop_interval: float, io_timeout: float, poll_usecs: float,
           uvloop: bool, io_uring: bool, max_connections: int | None, max_prelogin: int | None,
           max_prelogin_per_host: int | None, memory_budget: int | None) -> None:
     """Run the iSCSI target daemon in the foreground."""
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ..logs import configure
+
+    configure(getattr(logging, log_level.upper()), log_format)
     sdir = _state_dir(ctx, state_dir)
     try:
         portals = [parse_hostport(p) for p in listens]
@@ -291,11 +299,13 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     any step undoes every earlier one (no listener, no control socket, no open store)."""
     from .. import DATA_PATH_MODULES, compiled_modules
     from ..control import config as cfgmod
-    from ..control import exposure, reconcile
+    from ..control import exposure
     from ..control.api import ControlServer
     from ..server.daemon import Daemon
+    from ..systemd import Notifier
 
     limits = limits or {}
+    notifier = Notifier()
     try:
         _check_state_dir(state_dir)
     except StartError as exc:
@@ -320,9 +330,10 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     demo_image = state_dir / "demo-lun1.img"
     made_image = demo and not demo_image.exists()
     try:
-        cfg = await _start(state_dir, daemon, control, cfgmod, reconcile, portals, advertise, demo)
+        cfg = await _start(state_dir, daemon, control, cfgmod, portals, advertise, demo)
     except StartError as exc:
         _say(exc.message, exc.hint)
+        notifier.status(f"failed to start: {exc.message}")
         await control.stop()
         await daemon.stop()
         if made_image:  # a failed start leaves nothing it created behind
@@ -341,15 +352,66 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(daemon, state_dir)))
+    loop.add_signal_handler(signal.SIGHUP,
+                            lambda: loop.create_task(_reload(control.reconciler, daemon, state_dir, notifier)))
+    # systemd: the saved configuration is in force and every portal listens (_start).
+    notifier.ready(status_line(daemon))
+    ticker = _Ticker(loop, notifier, daemon) if notifier.enabled else None
     await stop.wait()
     log.info("shutting down")
+    notifier.stopping()
+    if ticker is not None:
+        ticker.stopping = True  # pings go on while commands drain, the STATUS stays
     await control.stop()
     await daemon.stop()
+    if ticker is not None:
+        ticker.cancel()
+    notifier.close()
     return 0
 
 
-async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconcile: Any,
+def status_line(daemon: Any) -> str:
+    """What ``systemctl status`` shows: "serving 3 targets, 5 LUNs on 2 portals; 4 sessions"."""
+    def n(count: int, what: str) -> str:
+        return f"{count} {what}{'' if count == 1 else 's'}"
+
+    targets = list(daemon.registry.targets.values())
+    luns = sum(len(getattr(t.device, "luns", None) or ()) for t in targets)
+    sessions = sum(1 for s in daemon.session_table if s.session_type == "Normal")
+    return (f"serving {n(len(targets), 'target')}, {n(luns, 'LUN')} on "
+            f"{n(len(daemon.portals()), 'portal')}; {n(sessions, 'session')}")
+
+
+class _Ticker:
+    """From the event loop, so a stuck loop stops them: the watchdog pings (every half of
+    $WATCHDOG_USEC) and a STATUS= line when what it says changed (at most every 10 s)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, notifier: Any, daemon: Any) -> None:
+        self.loop = loop
+        self.notifier = notifier
+        self.daemon = daemon
+        wd = notifier.watchdog_interval
+        self.interval = min(wd, 10.0) if wd else 10.0
+        self.last = status_line(daemon)
+        self.stopping = False
+        self.handle: asyncio.TimerHandle | None = None
+        self._tick()
+
+    def _tick(self) -> None:
+        if self.notifier.watchdog_interval:
+            self.notifier.watchdog()
+        line = self.last if self.stopping else status_line(self.daemon)
+        if line != self.last:
+            self.last = line
+            self.notifier.status(line)
+        self.handle = self.loop.call_later(self.interval, self._tick)
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+
+
+async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod: Any,
                  portals: list[tuple[str, int]], advertise: str | None,
                  demo: bool) -> dict[str, Any]:
     """Bring the daemon up; raise StartError (the caller undoes what was started)."""
@@ -376,7 +438,7 @@ async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconc
     try:
         cfg = cfgmod.validate(cfg)
         portal_cfg, cfg["portals"] = cfg["portals"], []
-        await reconcile.apply(daemon, cfg)  # targets and LUNs before any listener opens
+        await control.reconciler.apply(cfg)  # targets and LUNs before any listener opens
         cfg["portals"] = portal_cfg
     except Exception as exc:  # noqa: BLE001
         raise StartError(EXIT_CONFIG, f"cannot apply the configuration: {exc}") from None
@@ -390,7 +452,7 @@ async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconc
                          "give a writable local directory with --state-dir") from None
     for p in cfg["portals"]:
         try:
-            await reconcile.apply(daemon, {**cfg, "portals": [q for q in cfg["portals"]
+            await control.reconciler.apply({**cfg, "portals": [q for q in cfg["portals"]
                                                                if q is p or _listening(daemon, q)]})
         except Exception as exc:  # noqa: BLE001 - one message, not a traceback
             cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
@@ -413,7 +475,7 @@ async def _start(state_dir: Path, daemon: Any, control: Any, cfgmod: Any, reconc
     return dict(cfg)
 
 
-def _listening(daemon: Any, p: dict[str, Any]) -> bool:
+def _listening(daemon: Daemon, p: dict[str, Any]) -> bool:
     return any((x.host, x.port) == (p["host"], p["port"]) for x in daemon.portals())
 
 
@@ -433,18 +495,29 @@ def _with_demo(cfgmod: Any, saved: dict[str, Any] | None, state_dir: Path) -> di
     return cfg
 
 
-async def _reload(daemon: Any, state_dir: Path) -> None:
+async def _reload(reconciler: Reconciler, daemon: Any, state_dir: Path, notifier: Any = None) -> None:
     """SIGHUP: apply the saved config all or nothing; never drop sessions (there is no
-    --force for a signal: the log says what to run instead)."""
+    --force for a signal: the log says what to run instead). systemd hears RELOADING=1 before
+    and READY=1 after, whatever the outcome (the daemon serves either way)."""
+    if notifier is not None:
+        notifier.reloading()
+    try:
+        await _reload_config(reconciler, state_dir)
+    finally:
+        if notifier is not None:
+            notifier.ready(status_line(daemon))
+
+
+async def _reload_config(reconciler: Reconciler, state_dir: Path) -> None:
     from ..control import config as cfgmod
     from ..control import exposure, reconcile
 
     try:
-        before = reconcile.current(daemon)
+        before = reconciler.current()
         cfg = cfgmod.load(state_dir) or cfgmod.empty_config()
-        changes = await reconcile.apply(daemon, cfg)
+        changes = await reconciler.apply(cfg)
         log.info("SIGHUP: configuration reloaded (%d change%s)", len(changes), "" if len(changes) == 1 else "s")
-        for w in exposure.newly_exposed(before, reconcile.current(daemon)):
+        for w in exposure.newly_exposed(before, reconciler.current()):
             log.warning("%s", w)
     except reconcile.BusyError as exc:
         log.error(

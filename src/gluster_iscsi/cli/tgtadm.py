@@ -27,6 +27,8 @@ import click
 from ..control.client import Client
 from ..control.protocol import ApiError
 from ..target.names import check_name
+from .context import Ctx
+from .serve import parse_hostport
 
 TGT_VERSION = "1.0.85"
 EINVAL = 22
@@ -421,10 +423,8 @@ class Tgtadm:
         value = params.get("portal")
         if not value:
             _die("invalid request", detail="give --param portal=<host>:<port>")
-        from .main import _hostport
-
         try:
-            return _hostport(value)
+            return parse_hostport(value, resolve=False)
         except ValueError as e:
             _die("invalid request", detail=f"bad portal {value!r}: {e}")
 
@@ -561,8 +561,6 @@ def run(argv: list[str], client: Client) -> tuple[int, str, str]:
 @click.pass_context
 def tgtadm(ctx: click.Context, argv: tuple[str, ...]) -> None:
     """tgt's tgtadm, answering from this daemon (try: gluster-iscsi tgtadm --help)."""
-    from .main import Ctx
-
     c = ctx.find_object(Ctx)
     assert c is not None
     code, out, err = run(list(argv), c.client())

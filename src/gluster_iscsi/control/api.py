@@ -27,6 +27,7 @@ from typing import Any
 from ..target.names import InvalidName, is_network, validate_name
 from . import config as cfgmod
 from . import exposure, reconcile
+from .interface import DaemonControl
 from .protocol import API_VERSION, MAX_DEPTH, MAX_LINE, ApiError, check_args, check_depth
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,10 @@ def _version() -> str:
 
 
 class ControlServer:
-    def __init__(self, daemon: Any, *, op_timeout: float = DEFAULT_OP_TIMEOUT) -> None:
+    def __init__(self, daemon: DaemonControl, *, op_timeout: float = DEFAULT_OP_TIMEOUT) -> None:
         self.daemon = daemon
+        #: What is applied to the daemon; the restore at start and SIGHUP use it too.
+        self.reconciler = reconcile.Reconciler(daemon)
         self.state_dir = Path(daemon.state_dir)
         self.op_timeout = op_timeout
         self._server: asyncio.AbstractServer | None = None
@@ -208,7 +211,7 @@ class ControlServer:
     # ------------------------------------------------------------------ helpers
 
     def _cfg(self) -> dict[str, Any]:
-        return reconcile.current(self.daemon)
+        return self.reconciler.current()
 
     async def _mutate(
         self,
@@ -223,35 +226,33 @@ class ControlServer:
         sessions or connections; an op that checks its own object first (``target delete``)
         keeps the default. On any failure the daemon and the saved file stay as they were.
         """
-        async with reconcile.lock(self.daemon):
-            before = reconcile.current(self.daemon)
-            cfg = reconcile.current(self.daemon)
+        async with self.reconciler.lock:
+            before = self.reconciler.current()
+            cfg = self.reconciler.current()
             result = edit(cfg)
             if asyncio.iscoroutine(result):
                 result = await result
             cfg = cfgmod.validate(cfg)
             try:
-                changes = await reconcile.apply_locked(
-                    self.daemon, cfg, dry_run=dry_run, force=force
-                )
+                changes = await self.reconciler.apply_locked(cfg, dry_run=dry_run, force=force)
             except reconcile.BusyError as e:
                 kind = e.field.split()[0] if " " in e.field else None
                 raise ApiError("busy", e.message, kind=kind, hint=e.hint, field=e.field) from None
             if not dry_run:
                 self._save_if_changed(before)
-                for w in exposure.newly_exposed(before, reconcile.current(self.daemon)):
+                for w in exposure.newly_exposed(before, self.reconciler.current()):
                     log.warning("%s", w)
             return {"result": result, "changes": changes}
 
     def _save_if_changed(self, before: dict[str, Any]) -> None:
         """Save the config in force if it differs from ``before`` (or no file exists yet)."""
-        now = reconcile.current(self.daemon)
+        now = self.reconciler.current()
         if cfgmod.same_ignoring_epoch(now, before) and cfgmod.config_path(self.state_dir).exists():
             return
         now["epoch"] = before.get("epoch", 0) + 1
         cfgmod.save(self.state_dir, now)
         # keep the applied copy's epoch in step with the file
-        reconcile._state(self.daemon).cfg["epoch"] = now["epoch"]
+        self.reconciler.set_epoch(now["epoch"])
 
     def _target(self, cfg: dict[str, Any], ref: Any) -> dict[str, Any]:
         if ref is None or ref == "":
@@ -267,8 +268,7 @@ class ControlServer:
         return t
 
     def _sessions(self, target_name: str | None = None) -> list[dict[str, Any]]:
-        fn = getattr(self.daemon, "sessions", None)
-        sessions = list(fn()) if fn else []
+        sessions = self.daemon.sessions()
         if target_name is not None:
             sessions = [
                 s for s in sessions if str(s.get("target", "")).lower() == target_name.lower()
@@ -281,10 +281,10 @@ class ControlServer:
         hanging 'list'."""
         keys, futures = [], []
         loop = asyncio.get_running_loop()
-        executor = getattr(self.daemon, "store_executor", None)
+        executor = self.daemon.store_executor
         for t in targets:
             for lu in t["luns"]:
-                lu_obj = reconcile.logical_unit(self.daemon, t["name"], lu["lun"])
+                lu_obj = self.reconciler.logical_unit(t["name"], lu["lun"])
                 if lu_obj is not None:
                     keys.append((t["name"].lower(), lu["lun"]))
                     futures.append(loop.run_in_executor(executor, _store_size, lu_obj))
@@ -297,7 +297,7 @@ class ControlServer:
         self, t: dict[str, Any], lu: dict[str, Any], sizes: dict[tuple[str, int], int | None]
     ) -> dict[str, Any]:
         out = dict(lu)
-        lu_obj = reconcile.logical_unit(self.daemon, t["name"], lu["lun"])
+        lu_obj = self.reconciler.logical_unit(t["name"], lu["lun"])
         out["online"] = lu_obj is not None
         if lu_obj is not None:
             measured = sizes.get((t["name"].lower(), lu["lun"]))
@@ -305,7 +305,7 @@ class ControlServer:
                 out["size"] = measured
             # What READ CAPACITY(16) reports as LBPME and INQUIRY as UNMAP support.
             out["thin_provisioning"] = bool(lu_obj.store.capabilities.discard)
-            naa = getattr(lu_obj, "naa", None)
+            naa = lu_obj.naa
             if isinstance(naa, bytes | bytearray):
                 out["naa"] = naa.hex()
         return out
@@ -324,7 +324,7 @@ class ControlServer:
             "incoming": t["incoming"],
             "outgoing": t["outgoing"],
             "params": t["params"],
-            "effective_params": {**getattr(self.daemon, "params", {}), **t["params"]},
+            "effective_params": {**self.daemon.params, **t["params"]},
             "sessions": sessions,
         }
         if secrets:
@@ -351,30 +351,44 @@ class ControlServer:
 
     def op_sys_show(self) -> dict[str, Any]:
         cfg = self._cfg()
-        portals = getattr(self.daemon, "portals", None)
         return {
             **self.op_ping(),
             "targets": len(cfg["targets"]),
             "luns": sum(len(t["luns"]) for t in cfg["targets"]),
             "sessions": len(self._sessions()),
             "portals": [
-                {"host": p.host, "port": p.port, "advertise": p.advertise} for p in portals()
-            ]
-            if portals
-            else cfg["portals"],
-            "params": dict(getattr(self.daemon, "params", {})),
+                {"host": p.host, "port": p.port, "advertise": p.advertise}
+                for p in self.daemon.portals()
+            ],
+            "params": dict(self.daemon.params),
             "epoch": cfg["epoch"],
             "io_uring": self._io_uring(),
+            "memory": self._memory(),
+            "connections": self._connections(),
+        }
+
+    def _memory(self) -> dict[str, int]:
+        """The budget for commands' data (``serve --memory-budget``) and how much is held."""
+        b = self.daemon.budget
+        return {"budget": b.limit, "session_share": b.share, "in_use": b.used, "peak": b.peak}
+
+    def _connections(self) -> dict[str, int]:
+        """Open connections and the caps (``serve --max-connections`` ...)."""
+        lim = self.daemon.limits
+        return {
+            "open": len(self.daemon.connections),
+            "max": lim.max_connections,
+            "max_prelogin": lim.max_prelogin,
+            "max_prelogin_per_host": lim.max_prelogin_per_host,
         }
 
     def _io_uring(self) -> dict[str, Any]:
         """Whether lone reads and writes of FUSE-file LUNs go through io_uring, and how many."""
-        d = self.daemon
-        ring = getattr(d, "_ring", None)
+        calls = self.daemon.ring_calls
         return {
-            "enabled": bool(getattr(d, "io_uring", False)),
-            "available": ring is not None,
-            "calls": ring.submitted if ring is not None else 0,
+            "enabled": self.daemon.io_uring,
+            "available": calls is not None,
+            "calls": calls or 0,
         }
 
     # ------------------------------------------------------------------ ops: targets
@@ -575,7 +589,7 @@ class ControlServer:
 
     async def _in_executor(self, fn: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(getattr(self.daemon, "store_executor", None), fn)
+        return await loop.run_in_executor(self.daemon.store_executor, fn)
 
     async def _check_overwrite(
         self, backing: str, bstype: str | None, overwrite: bool
@@ -874,10 +888,7 @@ class ControlServer:
 
     def op_portal_list(self) -> list[dict[str, Any]]:
         cfg = self._cfg()
-        live = set()
-        fn = getattr(self.daemon, "portals", None)
-        if fn:
-            live = {(p.host, p.port) for p in fn()}
+        live = {(p.host, p.port) for p in self.daemon.portals()}
         return [{**p, "listening": (p["host"], p["port"]) in live} for p in cfg["portals"]]
 
     async def op_portal_add(
@@ -915,8 +926,7 @@ class ControlServer:
         return self._sessions(t["name"])
 
     async def op_session_close(self, tsih: int) -> dict[str, Any]:
-        fn = getattr(self.daemon, "close_session", None)
-        closed = await fn(int(tsih)) if fn else False
+        closed = await self.daemon.close_session(int(tsih))
         if not closed:
             raise ApiError(
                 "not_found", f"no session with TSIH {tsih}", kind="session",
@@ -928,7 +938,7 @@ class ControlServer:
 
     def op_param_list(self, target: TargetRef | None = None) -> dict[str, Any]:
         cfg = self._cfg()
-        defaults = dict(getattr(self.daemon, "params", {}))
+        defaults = dict(self.daemon.params)
         if target is None:
             return {"params": defaults, "configured": cfg["params"]}
         t = self._target(cfg, target)
@@ -1014,7 +1024,7 @@ def _store_size(lu_obj: Any) -> int | None:
 
 
 def _size(value: Any) -> int:
-    from ..backstore.provision import parse_size
+    from ..backstore.size import parse_size
 
     try:
         n = parse_size(value if isinstance(value, int) else str(value))

@@ -448,7 +448,7 @@ def validate_lun(raw: Any, field: str, target: str = "") -> dict[str, Any]:
         size = check_lun_size(_int(size, f"{field}.size", 1, 1 << 62), block_size, f"{field}.size")
     kind = _classify(backing, bstype)
     if kind is not None and kind[0] == "memory" and kind[1]:
-        from ..backstore.provision import parse_size
+        from ..backstore.size import parse_size
 
         try:
             check_lun_size(parse_size(kind[1]), block_size, f"{field}.backing")

@@ -1,7 +1,8 @@
 """Make a running daemon match a desired config, touching only what differs, all or nothing.
 
-``apply(daemon, desired)`` compares ``desired`` with what this module last applied to that
-daemon and changes only the difference, so a reload after adding one target leaves every
+``Reconciler(daemon).apply(desired)`` compares ``desired`` with what that reconciler last
+applied to the daemon (a :class:`~.interface.DaemonControl`) and changes only the
+difference, so a reload after adding one target leaves every
 other target, LUN and session alone. ``config apply``, ``config reload``, SIGHUP and every
 single-object op of the control API go through it. Steps:
 
@@ -45,14 +46,14 @@ import functools
 import json
 import logging
 import os
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..target.model import AccessRule, ChapAccount, Portal, Target
+from ..target.model import AccessRule, ChapAccount, Portal, Target, TargetRegistry
 from . import config as cfgmod
+from .interface import Binding, DaemonControl
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class _State:
 
     cfg: dict[str, Any] = field(default_factory=cfgmod.empty_config)
     default_params: dict[str, str] | None = None
-    default_settings: dict[str, Any] = field(default_factory=dict)
+    default_settings: dict[str, float] = field(default_factory=dict)
     #: LUNs in the config whose store could not be opened at restore: (target lower, lun)
     offline: set[tuple[str, int]] = field(default_factory=set)
     applied_once: bool = False
@@ -81,23 +82,56 @@ class _State:
     lus: dict[tuple[str, int], Any] = field(default_factory=dict)
 
 
-_STATES: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
+class Reconciler:
+    """What has been applied to one running daemon, and the lock every change to it takes.
 
+    One per daemon, made by its ``ControlServer`` (``api.py``); the restore at start and the
+    SIGHUP reload (``cli/serve.py``) use that same one, so the control API, a reload and the
+    start see one applied config and take turns. An explicit object rather than a table
+    keyed by the daemon: who owns the state (and for how long) is visible, a fresh
+    ``Reconciler`` is a fresh start (a restart, in tests), and nothing outlives its server.
+    """
 
-def _state(daemon: Any) -> _State:
-    st = _STATES.get(daemon)
-    if st is None:
-        st = _STATES[daemon] = _State()
-    return st
+    def __init__(self, daemon: DaemonControl) -> None:
+        self.daemon = daemon
+        #: One change at a time (the control API and SIGHUP share it).
+        self.lock = asyncio.Lock()
+        self._st = _State()
 
+    def current(self) -> dict[str, Any]:
+        """A copy of the config last applied (empty before the first apply)."""
+        return copy.deepcopy(self._st.cfg)
 
-def current(daemon: Any) -> dict[str, Any]:
-    """A copy of the config last applied to ``daemon`` (empty before the first apply)."""
-    return copy.deepcopy(_state(daemon).cfg)
+    def set_epoch(self, epoch: int) -> None:
+        """Keep the applied config's epoch in step with the file just saved."""
+        self._st.cfg["epoch"] = epoch
 
+    def logical_unit(self, target_name: str, lun: int) -> Any | None:
+        """The open LogicalUnit of a LUN; None if it is offline or not configured."""
+        return self._st.lus.get((target_name.lower(), lun))
 
-def logical_unit(daemon: Any, target_name: str, lun: int) -> Any | None:
-    return _state(daemon).lus.get((target_name.lower(), lun))
+    async def apply(
+        self, desired: dict[str, Any], *, dry_run: bool = False, force: bool = False
+    ) -> list[dict[str, Any]]:
+        """Make the daemon match ``desired``; return the changes made (or that would be).
+
+        All or nothing: on any error (:class:`ReconcileError`, :class:`BusyError`) the
+        daemon runs as before. Serialized with every other change (control API, SIGHUP).
+        """
+        async with self.lock:
+            return await self.apply_locked(desired, dry_run=dry_run, force=force)
+
+    async def apply_locked(
+        self, desired: dict[str, Any], *, dry_run: bool = False, force: bool = False
+    ) -> list[dict[str, Any]]:
+        """:meth:`apply` for a caller that already holds :attr:`lock`."""
+        return await _apply(self.daemon, self._st, desired, dry_run=dry_run, force=force)
+
+    async def forget(self) -> None:
+        """Close every store opened for the daemon (at shutdown)."""
+        lus, self._st = list(self._st.lus.values()), _State()
+        for lu_obj in lus:
+            await _run_blocking(self.daemon, close_lu, lu_obj)
 
 
 # ------------------------------------------------------------------- runtime factories
@@ -200,10 +234,6 @@ def _open_lu_with_state(state_dir: Any, lun_cfg: dict[str, Any], target_name: st
         close_lu(lu)
         raise
     return lu
-
-
-def _state_dir(daemon: Any) -> Any:
-    return getattr(daemon, "state_dir", None)
 
 
 def close_lu(lu: Any) -> None:
@@ -493,27 +523,15 @@ def _set_auth(target: Target, t: dict[str, Any], accounts: dict[str, str]) -> No
     target.outgoing = _chap(t["outgoing"], accounts)
 
 
-async def _run_blocking(daemon: Any, fn: Callable[..., Any], *args: Any) -> Any:
-    executor = getattr(daemon, "store_executor", None)
+async def _run_blocking(daemon: DaemonControl, fn: Callable[..., Any], *args: Any) -> Any:
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, fn, *args)
+    return await loop.run_in_executor(daemon.store_executor, fn, *args)
 
 
 async def _maybe_await(x: Any) -> Any:
     if isinstance(x, Awaitable):
         return await x
     return x
-
-
-_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
-
-
-def lock(daemon: Any) -> asyncio.Lock:
-    """One change at a time per daemon (the control API and SIGHUP share it)."""
-    lk = _LOCKS.get(daemon)
-    if lk is None:
-        lk = _LOCKS[daemon] = asyncio.Lock()
-    return lk
 
 
 class BusyError(ReconcileError):
@@ -528,25 +546,16 @@ class BusyError(ReconcileError):
         )
 
 
-async def apply(
-    daemon: Any, desired: dict[str, Any], *, dry_run: bool = False, force: bool = False
+async def _apply(
+    daemon: DaemonControl,
+    st: _State,
+    desired: dict[str, Any],
+    *,
+    dry_run: bool,
+    force: bool,
 ) -> list[dict[str, Any]]:
-    """Make ``daemon`` match ``desired``; return the changes made (or that would be).
-
-    All or nothing: on any error (:class:`ReconcileError`, :class:`BusyError`) the daemon
-    runs as before. Serialized with every other change to the same daemon (control API,
-    SIGHUP).
-    """
-    async with lock(daemon):
-        return await apply_locked(daemon, desired, dry_run=dry_run, force=force)
-
-
-async def apply_locked(
-    daemon: Any, desired: dict[str, Any], *, dry_run: bool = False, force: bool = False
-) -> list[dict[str, Any]]:
-    """:func:`apply` for a caller that already holds :func:`lock` (daemon)."""
+    """:meth:`Reconciler.apply_locked`, on that reconciler's daemon and state."""
     desired = cfgmod.validate(desired)
-    st = _state(daemon)
     plan = diff(st.cfg, desired)
     changed = {_key(t) for t in plan.targets_added} | {_key(t) for _, t in plan.targets_changed}
     retry = [
@@ -583,11 +592,10 @@ async def apply_locked(
 # ------------------------------------------------------------------ the busy check
 
 
-def _busy(daemon: Any, st: _State, plan: Plan) -> list[str]:
+def _busy(daemon: DaemonControl, st: _State, plan: Plan) -> list[str]:
     """What ``plan`` would take away from sessions or connections, one line per object."""
     out: list[str] = []
-    sessions_fn = getattr(daemon, "sessions", None)
-    sessions = list(sessions_fn()) if sessions_fn is not None else []
+    sessions = daemon.sessions()
 
     def logged_in(name: str) -> int:
         return sum(1 for s in sessions if str(s.get("target") or "").lower() == name.lower())
@@ -608,9 +616,8 @@ def _busy(daemon: Any, st: _State, plan: Plan) -> list[str]:
         n = logged_in(t["name"]) if taken else 0
         if n:
             out.append(f"target {t['name']}: {', '.join(taken)} in use by {n} session(s)")
-    count = getattr(daemon, "connections_on", None)
     for p in plan.portals_removed:
-        n = count(Portal(p["host"], p["port"], p["advertise"])) if count is not None else 0
+        n = daemon.connections_on(Portal(p["host"], p["port"], p["advertise"]))
         if n:
             out.append(f"portal {_portal_text(p)}: removing it closes its {n} connection(s)")
     return out
@@ -637,7 +644,7 @@ class _Prepared:
     grows: list[tuple[str, dict[str, Any], Any, int]] = field(default_factory=list)
     retry: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     #: (portal cfg, binding from daemon.bind_portal)
-    bindings: list[tuple[dict[str, Any], Any]] = field(default_factory=list)
+    bindings: list[tuple[dict[str, Any], Binding]] = field(default_factory=list)
     #: new portals whose address is held by a portal this change removes (bound at commit)
     deferred: list[dict[str, Any]] = field(default_factory=list)
     #: LUNs whose store failed to open during the restore at start (they stay offline)
@@ -646,7 +653,7 @@ class _Prepared:
 
 
 async def _prepare(
-    daemon: Any,
+    daemon: DaemonControl,
     st: _State,
     desired: dict[str, Any],
     plan: Plan,
@@ -682,7 +689,7 @@ async def _prepare(
             key = (tname.lower(), lu["lun"])
             try:
                 lu_obj = await _run_blocking(
-                    daemon, _open_lu_with_state, _state_dir(daemon), lu, tname
+                    daemon, _open_lu_with_state, daemon.state_dir, lu, tname
                 )
             except Exception as e:
                 err = ReconcileError(
@@ -717,11 +724,10 @@ async def _prepare(
             if lu["size"] > current:
                 grows.append((tkey, lu, lu_obj, current))
         prep.grows = grows
-        bind = getattr(daemon, "bind_portal", None)
         for p in plan.portals_added:
             portal = Portal(p["host"], p["port"], p["advertise"])
             try:
-                binding = await _run_blocking(daemon, bind, portal) if bind else portal
+                binding = await _run_blocking(daemon, daemon.bind_portal, portal)
             except OSError as e:
                 if e.errno == errno.EADDRINUSE and any(
                     _may_clash(p, r) for r in plan.portals_removed
@@ -738,7 +744,7 @@ async def _prepare(
     return prep
 
 
-async def _rollback(daemon: Any, prep: _Prepared) -> None:
+async def _rollback(daemon: DaemonControl, prep: _Prepared) -> None:
     """Close what :func:`_prepare` opened and bound (none of it is in use by then)."""
     for lu_obj in prep.all_opened:
         try:
@@ -748,13 +754,11 @@ async def _rollback(daemon: Any, prep: _Prepared) -> None:
     prep.all_opened.clear()
     prep.opened.clear()
     for _, binding in prep.bindings:
-        close = getattr(binding, "close", None)
-        if close is not None:
-            close()
+        binding.close()
     prep.bindings.clear()
 
 
-async def _commit(daemon: Any, st: _State, prep: _Prepared) -> None:
+async def _commit(daemon: DaemonControl, st: _State, prep: _Prepared) -> None:
     """Put the prepared change in force.
 
     Every step up to the open of the new portals records how to undo itself; a failure
@@ -778,18 +782,14 @@ async def _commit(daemon: Any, st: _State, prep: _Prepared) -> None:
             undo.append(functools.partial(_run_blocking, daemon, store.resize, current))
 
         if st.default_params is None:
-            st.default_params = dict(getattr(daemon, "params", {}) or {})
-            st.default_settings = {
-                a: getattr(daemon, a) for a in _SETTING_ATTRS if hasattr(daemon, a)
-            }
+            st.default_params = dict(daemon.params)
+            st.default_settings = _settings(daemon)
         if plan.params_changed:
-            params = getattr(daemon, "params", None)
-            settings = {a: getattr(daemon, a) for a in _SETTING_ATTRS if hasattr(daemon, a)}
-            if isinstance(params, dict):
-                undo.append(functools.partial(_replace_dict, params, dict(params)))
-                params.clear()
-                params.update({**st.default_params, **_login(desired["params"])})
-            undo.append(functools.partial(_set_attrs, daemon, settings))
+            params = daemon.params
+            undo.append(functools.partial(_replace_dict, params, dict(params)))
+            params.clear()
+            params.update({**st.default_params, **_login(desired["params"])})
+            undo.append(functools.partial(_set_settings, daemon, _settings(daemon)))
             _apply_settings(daemon, st, desired["params"])
         disc = (registry.discovery_incoming, registry.discovery_outgoing)
         undo.append(lambda: _set_discovery(registry, *disc))
@@ -883,23 +883,16 @@ async def _commit(daemon: Any, st: _State, prep: _Prepared) -> None:
 
         for p in plan.portals_readvertised:
             old = next((x for x in st.cfg["portals"] if _portal_key(x) == _portal_key(p)), p)
-            readvertise = getattr(daemon, "set_portal_advertise", None)
-            if readvertise is not None:
-                readvertise(Portal(p["host"], p["port"], p["advertise"]))
-                undo.append(functools.partial(
-                    readvertise, Portal(old["host"], old["port"], old["advertise"])
-                ))  # fmt: skip
+            daemon.set_portal_advertise(Portal(p["host"], p["port"], p["advertise"]))
+            undo.append(functools.partial(
+                daemon.set_portal_advertise, Portal(old["host"], old["port"], old["advertise"])
+            ))  # fmt: skip
 
         # New listeners last, so they see complete targets.
-        open_portal = getattr(daemon, "open_portal", None)
         while prep.bindings:
             p, binding = prep.bindings[0]
             try:
-                if open_portal is not None:
-                    portal = await open_portal(binding)
-                else:
-                    portal = binding
-                    await daemon.add_portal(binding)
+                portal = await daemon.open_portal(binding)
             except OSError as e:
                 raise _listen_error(p, e) from e
             prep.bindings.pop(0)
@@ -980,12 +973,24 @@ def _replace_dict(d: dict[str, Any], values: dict[str, Any]) -> None:
     d.update(values)
 
 
-def _set_attrs(obj: Any, values: dict[str, Any]) -> None:
-    for attr, value in values.items():
-        setattr(obj, attr, value)
+def _settings(daemon: DaemonControl) -> dict[str, float]:
+    """The connection settings tgt's params map to (see :func:`_apply_settings`)."""
+    return {
+        "nop_interval": daemon.nop_interval,
+        "nop_timeout": daemon.nop_timeout,
+        "queue_depth": daemon.queue_depth,
+    }
 
 
-def _set_discovery(registry: Any, incoming: Any, outgoing: Any) -> None:
+def _set_settings(daemon: DaemonControl, values: dict[str, float]) -> None:
+    daemon.nop_interval = float(values["nop_interval"])
+    daemon.nop_timeout = float(values["nop_timeout"])
+    daemon.queue_depth = int(values["queue_depth"])
+
+
+def _set_discovery(
+    registry: TargetRegistry, incoming: list[ChapAccount], outgoing: ChapAccount | None
+) -> None:
     registry.discovery_incoming = incoming
     registry.discovery_outgoing = outgoing
 
@@ -1003,19 +1008,16 @@ def _put_lun(device: Any, n: int, lu_obj: Any) -> None:
     device.add_lun(n, lu_obj)
 
 
-_SETTING_ATTRS = ("nop_interval", "nop_timeout", "queue_depth")
-
-
 def _login(params: dict[str, str]) -> dict[str, str]:
     """Only the login keys: what the negotiator is offered (it refuses anything else)."""
     keys = cfgmod.login_keys()
     return {k: v for k, v in params.items() if k in keys}
 
 
-def _apply_settings(daemon: Any, st: _State, params: dict[str, str]) -> None:
+def _apply_settings(daemon: DaemonControl, st: _State, params: dict[str, str]) -> None:
     """tgt's nop_interval/nop_count/MaxQueueCmd -> the daemon's keepalive and queue depth
     (new connections pick them up; a missing setting goes back to the daemon's default)."""
-    values = dict(st.default_settings)
+    values: dict[str, float] = dict(st.default_settings)
     if "nop_interval" in params:
         values["nop_interval"] = float(params["nop_interval"])
     if "nop_count" in params:
@@ -1023,9 +1025,7 @@ def _apply_settings(daemon: Any, st: _State, params: dict[str, str]) -> None:
         values["nop_timeout"] = float(interval) * int(params["nop_count"])
     if "MaxQueueCmd" in params:
         values["queue_depth"] = int(params["MaxQueueCmd"])
-    for attr, value in values.items():
-        if hasattr(daemon, attr):
-            setattr(daemon, attr, value)
+    _set_settings(daemon, values)
 
 
 def _maybe_remove_lun(device: Any, n: int) -> None:
@@ -1033,12 +1033,3 @@ def _maybe_remove_lun(device: Any, n: int) -> None:
         device.remove_lun(n)
     except KeyError:
         pass
-
-
-async def forget(daemon: Any) -> None:
-    """Close every store this module opened for ``daemon`` (at shutdown)."""
-    st = _STATES.pop(daemon, None)
-    if st is None:
-        return
-    for lu_obj in st.lus.values():
-        await _run_blocking(daemon, close_lu, lu_obj)

@@ -39,8 +39,8 @@ import os
 from collections.abc import Callable, MutableSet, Sequence
 from enum import Enum, IntEnum
 
-from ..target.model import ChapAccount
 from .errors import LoginError, LoginStatus, ProtocolError
+from .portal import ChapSecret
 from .text import (
     MAX_LARGE_BINARY_LENGTH,
     MAX_SIMPLE_VALUE_LENGTH,
@@ -107,7 +107,7 @@ _ACCEPTS: dict[_State, frozenset[str]] = {
 
 
 def _error(status: LoginStatus, message: str) -> LoginError:
-    return LoginError.of(status, message)
+    return LoginError(status, message)
 
 
 class ChapAuthenticator:
@@ -115,8 +115,8 @@ class ChapAuthenticator:
 
     def __init__(
         self,
-        accounts: Sequence[ChapAccount],
-        outgoing: ChapAccount | None,
+        accounts: Sequence[ChapSecret],
+        outgoing: ChapSecret | None,
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
         algorithms: Sequence[int] = DEFAULT_ALGORITHMS,
@@ -237,13 +237,13 @@ class ChapAuthenticator:
         self._state = _State.DONE
         return [("CHAP_N", self._outgoing.user), ("CHAP_R", encode_hex(answer))]
 
-    def _check_response(self, name: str, response: bytes) -> ChapAccount | None:
+    def _check_response(self, name: str, response: bytes) -> ChapSecret | None:
         """The account whose secret produced ``response``, checked in constant work."""
         assert self._algorithm is not None
         candidates = [a for a in self._accounts if a.user == name]
         # Always hash at least once so an unknown user costs the same as a wrong secret.
         secrets = [a.secret.encode() for a in candidates] or [b"\0" * 16]
-        found: ChapAccount | None = None
+        found: ChapSecret | None = None
         for index, secret in enumerate(secrets):
             expected = chap_response(self._algorithm, self._identifier, secret, self._challenge)
             if hmac.compare_digest(expected, response) and candidates and found is None:

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..backstore.base import Buffer
-from ..backstore.buffers import POOL, BudgetShare, MemoryBudget
-from ..logs import PROBLEMS
-from ..scsi.sense import build_sense
-from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
-from ..target.model import Target, TargetRegistry
+from ..backstore.buffers import MemoryBudget
 from . import pdu as P
-from .chap import ChapAuthenticator
-from .errors import LoginError, LoginStatus, ProtocolError, RejectReason
-from .events import CloseConnection, ExecuteTask, LoginComplete, ReinstateSession, TaskManagement
-from .params import Negotiator, SessionParams
-from .pdu import NO_TAG, Opcode, Pdu, PduReader, TmfFunction, TmfResponse
+from .errors import LoginStatus, ProtocolError, RejectReason
+from .events import LoginComplete, TaskManagement
+from .login import MAX_LOGIN_TEXT, Login
+from .params import Negotiator
+from .pdu import NO_TAG, Opcode, Pdu, TmfFunction, TmfResponse
+from .portal import TargetDirectory, TargetEntry
 from .session import Session, SessionTable
+from .tasks import IscsiTask
 from .text import decode_text, encode_text
+from .transfer import MAX_WRITE_BUFFER, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -49,86 +46,9 @@ DEFAULT_TARGET_PARAMS: dict[str, str] = {
     "ErrorRecoveryLevel": "0",
 }
 
-#: The largest data-out buffer one command may make us allocate (SBC MAXIMUM TRANSFER LENGTH
-#: in VPD B0h is 8 MiB; leave headroom for EXTENDED COPY and odd block sizes).
-MAX_WRITE_BUFFER = 32 << 20
 #: The memory budget of a connection made without one (the daemon passes its shared
 #: :class:`~gluster_iscsi.backstore.buffers.MemoryBudget`).
 MAX_CONNECTION_BUFFERS = 256 << 20
-#: Login text accumulated across continued PDUs.
-MAX_LOGIN_TEXT = 64 << 10
-LOGIN_DSL = 8192  # MaxRecvDataSegmentLength during login (RFC 7143 13.12)
-
-STAGE_SECURITY, STAGE_OPERATIONAL, STAGE_FFP = 0, 1, 3
-_STAGE_NAMES = {STAGE_SECURITY: "security", STAGE_OPERATIONAL: "operational"}
-
-_COLLECTING, _EXECUTING, _ABORTED = 0, 1, 2
-# SCSI Command BHS: flags, LUN, ITT, EDTL, CmdSN (RFC 7143 11.3), read in one go.
-_CMD_FIELDS = struct.Struct(">xB6x8sIII")
-_U32 = struct.Struct(">I")
-_ATTRS = tuple(TaskAttr(i) for i in range(5))
-_NO_LUN = bytes(8)  # the LUN field of a SCSI Response is reserved
-
-
-@dataclass(slots=True)
-class _R2T:
-    offset: int
-    length: int
-    received: int = 0
-    datasn: int = 0
-
-
-@dataclass(slots=True, eq=False, init=False)
-class IscsiTask:
-    """Transport state of one SCSI command."""
-
-    itt: int
-    lun: int
-    cdb: bytes
-    edtl: int
-    read: bool
-    write: bool
-    attr: int
-    cmdsn: int
-    immediate: bool
-    lun_raw: bytes
-    buf: memoryview | None = None
-    received: int = 0
-    unsolicited_left: int = 0
-    unsol_datasn: int = 0
-    next_r2t_offset: int = 0
-    r2tsn: int = 0
-    r2ts: dict[int, _R2T] = field(default_factory=dict)
-    state: int = _COLLECTING
-    scsi: ScsiTask | None = None
-    datain_pdus: int = 0
-    charge: int = 0  # read-buffer bytes charged to the memory budget (``reserve``)
-
-    # (An explicit __init__: compiled, see setup.py, it is native and ~4x cheaper than the
-    # dataclass-generated one, and one of these is made for every command.)
-    def __init__(self, itt: int, lun: int, cdb: bytes, edtl: int, read: bool, write: bool,
-                 attr: int, cmdsn: int, immediate: bool, lun_raw: bytes) -> None:
-        self.itt = itt
-        self.lun = lun
-        self.cdb = cdb
-        self.edtl = edtl
-        self.read = read
-        self.write = write
-        self.attr = attr
-        self.cmdsn = cmdsn
-        self.immediate = immediate
-        self.lun_raw = lun_raw
-        self.buf = None
-        self.received = 0
-        self.unsolicited_left = 0
-        self.unsol_datasn = 0
-        self.next_r2t_offset = 0
-        self.r2tsn = 0
-        self.r2ts = {}
-        self.state = _COLLECTING
-        self.scsi = None
-        self.datain_pdus = 0
-        self.charge = 0
 
 
 def _numbered(pdu: Pdu) -> bool:
@@ -144,12 +64,13 @@ def _numbered(pdu: Pdu) -> bool:
     return not (op == Opcode.NOP_OUT and pdu.itt == NO_TAG)
 
 
-class Connection:
-    """One TCP connection's iSCSI state."""
+class Connection(Transfer):
+    """One TCP connection's iSCSI state: login, then the full feature phase's dispatch and its
+    requests other than SCSI commands and their data (``transfer.py``, ``responses.py``)."""
 
     def __init__(
         self,
-        registry: TargetRegistry,
+        registry: TargetDirectory,
         sessions: SessionTable,
         *,
         peer_address: str,
@@ -164,61 +85,26 @@ class Connection:
         random_bytes: Callable[[int], bytes] = os.urandom,
         budget: MemoryBudget | None = None,
     ) -> None:
+        super().__init__(peer_address, queue_depth, budget if budget is not None else MemoryBudget(
+            MAX_CONNECTION_BUFFERS, share=MAX_CONNECTION_BUFFERS))
         self.registry = registry
         self.sessions = sessions
-        self.peer_address = peer_address
         self.local_address = local_address
         self.tpgt = portal_tpgt
         self.target_params = dict(DEFAULT_TARGET_PARAMS)
         if target_params:
             self.target_params.update(target_params)
-        self.queue_depth = queue_depth
-        self.random_bytes = random_bytes
-        self.reader = PduReader(LOGIN_DSL, place=self._place)
-        self._out: list[Buffer] = []
-        self._events: list[Any] = []
-        self.session: Session | None = None
-        self.params: SessionParams | None = None
         self.cid = 0
-        self.stat_sn = 0
-        self.closed = False
         self.logging_out = False
-        self.tasks: dict[int, IscsiTask] = {}
-        self.buffered = 0  # data-out bytes held by tasks of this connection
-        #: The daemon's memory budget, and this connection's (session's) part of it.
-        self.budget = budget if budget is not None else MemoryBudget(
-            MAX_CONNECTION_BUFFERS, share=MAX_CONNECTION_BUFFERS)
-        self.share = BudgetShare()
-        self.unsent = 0  # read bytes handed out for sending, charged until the driver says sent
         # CmdSN -> (PDU, Reject reason or 0, why) waiting for a gap to fill
         self._pending: dict[int, tuple[Pdu, int, str]] = {}
-        self._next_ttt = 1
-        self.hd = False
-        self.dd = False
-        self.max_xmit = LOGIN_DSL
-        # The largest Data-In that can go out alone, status and all: one PDU (the initiator's
-        # MaxRecvDataSegmentLength) and one sequence (MaxBurstLength, RFC 7143 13.13).
-        self._datain_single = LOGIN_DSL
-        # login state
-        self.stage = STAGE_SECURITY
-        self._login_started = False
-        self._login_text = bytearray()
-        self._login_keys: dict[str, str] = {}
-        # A Login Response too long for one PDU: the rest, and the (T, NSG) it ends with.
-        self._login_out = b""
-        self._login_next = (False, 0)
-        self._negotiator = Negotiator(self.target_params)
-        self._chap: ChapAuthenticator | None = None
-        self._auth_required = False
-        self._authenticated = False
-        self._auth_method: str | None = None
-        self._isid = b""
-        self._tsih = 0
-        self._first_response = True
+        # The login phase, until it hands the connection a session (``_enter_full_feature``).
+        self.login: Login | None = Login(registry, sessions, self.target_params, peer_address=peer_address,
+                                         portal_tpgt=portal_tpgt, queue_depth=queue_depth,
+                                         random_bytes=random_bytes)
+        self._negotiator: Negotiator | None = None  # the login's, for Text negotiation after it
         self._handlers: dict[int, Callable[..., None]] = {}  # chosen at login by session type
-        self._declared = False  # the target's operational declarations were sent
-        self.initiator_name = ""
-        self.target: Target | None = None
+        self.target: TargetEntry | None = None
         self.session_type = "Normal"
         # text request continuation
         self._text_in = bytearray()
@@ -234,10 +120,6 @@ class Connection:
         self._ping_deadline: float | None = None
 
     # ------------------------------------------------------------------ I/O-free API
-    @property
-    def full_feature(self) -> bool:
-        return self.stage == STAGE_FFP
-
     def receive_data(self, data: Buffer, now: float | None = None) -> list[Any]:
         """Take bytes from the wire; return the events they caused."""
         mv = memoryview(data)  # type: ignore[arg-type]
@@ -287,41 +169,6 @@ class Connection:
             self._dispatch(pdu)
         return self._take_events()
 
-    def _place(self, bhs: bytes) -> memoryview | None:
-        """Where a large payload lands. A Data-Out's: straight in its command's data-out
-        buffer when the PDU fits the task's buffer (``_on_data_out`` checks the rest; a PDU
-        it refuses ends its command, so what it wrote there is never used). A write
-        command's immediate data: the head of a fresh buffer for the whole transfer, which
-        ``_start_command`` adopts as the data-out buffer (if it refuses the command, the
-        buffer is dropped, never reused). Only for a command that runs as soon as it is in
-        and fits the memory budget: one that waits for a CmdSN gap, or would get TASK SET
-        FULL, must not hold a buffer for its whole transfer meanwhile."""
-        if not self.full_feature:
-            return None
-        op = bhs[0] & 0x3F
-        n = int.from_bytes(bhs[5:8], "big")
-        if op == Opcode.SCSI_CMD:
-            edtl, cmdsn = _U32.unpack_from(bhs, 20)[0], _U32.unpack_from(bhs, 24)[0]
-            s = self.session
-            if (not bhs[1] & 0x20 or bhs[1] & 0x40 or edtl <= n or edtl > MAX_WRITE_BUFFER
-                    or not self.budget.fits(self.share, edtl) or s is None
-                    or not (bhs[0] & 0x40 or cmdsn == s.exp_cmdsn)):
-                return None
-            return POOL.borrow(edtl)[:n]
-        if op != Opcode.DATA_OUT:
-            return None
-        itt, offset = _U32.unpack_from(bhs, 16)[0], _U32.unpack_from(bhs, 40)[0]
-        it = self.tasks.get(itt)
-        if it is None or it.state != _COLLECTING or it.buf is None:
-            return None
-        if offset + n > it.edtl:
-            return None
-        return it.buf[offset : offset + n]
-
-    def data_to_send(self) -> list[Buffer]:
-        out, self._out = self._out, []
-        return out
-
     def next_deadline(self) -> float | None:
         if self.closed:
             return None
@@ -349,155 +196,23 @@ class Connection:
             self._send_ping()
         return self._take_events()
 
-    def _release(self, it: IscsiTask, view: memoryview | None) -> None:
-        if view is not None:
-            n = len(view)
-            self.buffered -= n
-            self.budget.release(self.share, n)
-            if not self.reader.receiving_into(view.obj):  # a Data-Out still landing in it
-                POOL.give_back(view)
-
-    def reserve(self, task: ScsiTask, n: int) -> bool:
-        """Charge ``n`` bytes of read buffer to the command before the driver reads them (the
-        iSCSI layer does not know a read's size: the CDB's, which the SCSI layer decodes,
-        may exceed EDTL). False if the budget has no room: the driver ends the command with
-        :meth:`full_status` instead. The charge is held until the data has been sent."""
-        if not self.budget.charge(self.share, n):
-            return False
-        it: IscsiTask = task.context
-        it.charge += n
-        return True
-
-    def full_status(self) -> Status:
-        """The status of a command refused for want of memory (SAM-5 5.3.1): TASK SET FULL
-        while the session has other commands in flight (the initiator lowers its queue depth
-        and retries as they complete), BUSY when it has none (nothing of its own will free
-        memory, so there is no queue depth to lower: it only retries later)."""
-        return Status.TASK_SET_FULL if len(self.tasks) > 1 else Status.BUSY
-
-    def sent(self, queued: int) -> None:
-        """The transport still holds ``queued`` bytes: release the charges of read data
-        beyond that, which has left (the driver calls this after it wrote, and with 0 once
-        the transport drained or the connection is gone)."""
-        unsent = self.unsent
-        if unsent > queued:
-            self.budget.release(self.share, unsent - queued)
-            self.unsent = queued
-
-    def complete_task(self, task: ScsiTask, result: ScsiResult) -> None:
-        """Send the response (and data-in) of a finished SCSI command."""
-        it: IscsiTask = task.context
-        self._release(it, task.data_out)
-        task.data_out = None
-        charge = it.charge
-        if charge:
-            # A read's buffer: charged until its bytes are sent (``sent``), or now if they
-            # will not be.
-            it.charge = 0
-            if it.state != _ABORTED and not self.closed and result.data is not None:
-                self.unsent += charge
-            else:
-                self.budget.release(self.share, charge)
-        if self.tasks.get(it.itt) is it:
-            del self.tasks[it.itt]
-        if self.session is not None and not it.immediate:
-            self.session.retire()
-        if it.state == _ABORTED or self.closed:
-            self._maybe_finish_logout()
-            return
-        self._send_result(it, result)
-        self._maybe_finish_logout()
-
     def complete_tmf(self, itt: int, response: int) -> None:
-        self._emit(
-            P.bhs(Opcode.TMF_RSP, 0x80, response, itt=itt, w24=self._next_statsn(), **self._window())
-        )
-
-    def abort_tasks(self, predicate: Callable[[IscsiTask], bool]) -> tuple[int, list[ScsiTask]]:
-        """Abort matching tasks: (how many matched, the ones still executing, which the driver
-        waits for). Tasks still collecting data-out are dropped at once."""
-        running: list[ScsiTask] = []
-        found = 0
-        for it in list(self.tasks.values()):
-            if not predicate(it):
-                continue
-            found += 1
-            if it.state == _EXECUTING and it.scsi is not None:
-                it.state = _ABORTED
-                it.scsi.aborted = True  # a long command (SANITIZE waiting) may end early
-                running.append(it.scsi)
-            else:
-                it.state = _ABORTED
-                del self.tasks[it.itt]
-                self._release(it, it.buf)
-                it.buf = None
-                if self.session is not None and not it.immediate:
-                    self.session.retire()
-        return found, running
-
-    def take_events(self) -> list[Any]:
-        """Events caused outside :meth:`receive_data` and :meth:`handle_timer`: a
-        :meth:`complete_task` that finished a Logout adds :class:`CloseConnection` (check
-        :attr:`closed`, so the hot path does not ask for an empty list every time)."""
-        return self._take_events()
-
-    def close(self, reason: str = "closed") -> list[Any]:
-        if not self.closed:
-            self._close(reason)
-        return self._take_events()
+        exp, mx = self._window()
+        self._emit(P.tmf_response(itt, response, self._next_statsn(), exp, mx))
 
     # ------------------------------------------------------------------ plumbing
-    def _take_events(self) -> list[Any]:
-        ev, self._events = self._events, []
-        return ev
-
-    def _emit(self, header: bytes, data: Buffer | None = None) -> None:
-        if self.hd or self.dd:
-            self._out.extend(P.frame(header, data, self.hd, self.dd))
-            return
-        out = self._out
-        out.append(header)
-        if data is not None:
-            n = len(data)  # type: ignore[arg-type]
-            if n:
-                out.append(data)
-                if n & 3:
-                    out.append(P.PAD[n & 3])
-
-    def _next_statsn(self) -> int:
-        sn = self.stat_sn
-        self.stat_sn = (sn + 1) & 0xFFFFFFFF
-        return sn
-
-    def _window(self) -> dict[str, Any]:
-        s = self.session
-        if s is None:
-            return {"w28": 0, "w32": 0}
-        return {"w28": s.exp_cmdsn, "w32": s.max_cmdsn}
-
-    def _close(self, reason: str) -> None:
-        self.closed = True
-        self._events.append(CloseConnection(reason))
-
     def _who(self) -> str:
+        if self.login is not None:
+            return self.login.who()
         return f"{self.initiator_name or '?'} at {self.peer_address}"
-
-    def _log_bad(self, message: str, kind: str = "bad PDU") -> None:
-        # Escaped (names are the peer's) and rate-limited per kind and peer (``logs.py``).
-        PROBLEMS.report(log, logging.WARNING, "iSCSI " + kind, self.peer_address,
-                        "iSCSI %s: %s", self._who(), message)
 
     def _reject(self, bad: Pdu, reason: int) -> None:
         if not self.full_feature:
             # No Reject during login: a malformed login PDU ends the login (RFC 7143 6.2).
-            self._login_fail(LoginStatus.INITIATOR_ERROR, "protocol error during login")
+            self._login_step(None, LoginStatus.INITIATOR_ERROR, "protocol error during login")
             return
-        w = self._window()
-        self._emit(
-            P.bhs(Opcode.REJECT, 0x80, reason, dsl=P.BHS_LEN, w24=self._next_statsn(),
-                  w28=w["w28"], w32=w["w32"]),
-            bad.bhs,
-        )
+        exp, mx = self._window()
+        self._emit(P.reject(reason, self._next_statsn(), exp, mx), bad.bhs)
 
     def _dispatch(self, pdu: Pdu, refuse: int = 0, why: str = "") -> None:
         """Route one received PDU; ``refuse`` is a Reject reason decided before (an oversized
@@ -513,9 +228,9 @@ class Connection:
                 self._log_bad(why)
                 self._reject(pdu, refuse)
             elif pdu.opcode != Opcode.LOGIN_REQ:
-                self._login_fail(LoginStatus.INITIATOR_ERROR, f"opcode {pdu.opcode:#x} before login completed")
+                self._login_step(None, LoginStatus.INITIATOR_ERROR, f"opcode {pdu.opcode:#x} before login completed")
             else:
-                self._login(pdu)
+                self._login_step(pdu)
             return
         if self.logging_out:
             # After its Logout the initiator sends nothing more (RFC 7143 11.14); whatever
@@ -571,222 +286,41 @@ class Connection:
             self._reject(pdu, perr.reason)
 
     # ------------------------------------------------------------------ login
-    def _login_fail(self, status: int, message: str, itt: int = NO_TAG) -> None:
-        self._log_bad(f"login refused ({status >> 8:#04x}/{status & 0xff:#04x}): {message}",
-                      "login refused")
-        self._emit(
-            P.bhs(Opcode.LOGIN_RSP, 0, 0, 0, 0, self._isid.ljust(6, b"\0") + bytes(2), itt,
-                  0, self._next_statsn(), 0, 0, (status >> 8) << 24 | (status & 0xFF) << 16)
-        )
-        self._close("login failed")
-
-    def _login(self, pdu: Pdu) -> None:
-        flags = pdu.flags
-        transit, cont = bool(flags & 0x80), bool(flags & 0x40)
-        csg, nsg = (flags >> 2) & 3, flags & 3
-        itt = pdu.itt
-        try:
-            if not self._login_started:
-                self._login_started = True
-                self._isid = pdu.isid
-                self._tsih = pdu.tsih
-                self.cid = pdu.cid
-                self.stat_sn = pdu.expstatsn
-                self._cmdsn = pdu.cmdsn
-                if pdu.bhs[3] > 0:  # VersionMin > 0: nothing we speak (we are version 0)
-                    raise LoginError(2, 5, f"unsupported version range {pdu.bhs[3]}..{pdu.bhs[2]}")
-                if csg == STAGE_OPERATIONAL:  # the security stage may be skipped (RFC 7143 6.3)
-                    self.stage = STAGE_OPERATIONAL
-            elif pdu.isid != self._isid or pdu.tsih != self._tsih:
-                raise LoginError(2, 0, "ISID/TSIH changed during login")
-            if csg != self.stage:
-                raise LoginError(2, 0, f"CSG {csg} does not match the current stage {self.stage}")
-            if csg not in (STAGE_SECURITY, STAGE_OPERATIONAL):
-                raise LoginError(2, 0, f"invalid CSG {csg}")
-            if transit and (nsg == 2 or nsg <= csg):
-                raise LoginError(2, 0, f"invalid transition {csg}->{nsg}")
-            if transit and cont:
-                raise LoginError(2, 0, "T and C bits both set")
-            if self._login_out:
-                # Our response goes on (C bit): the initiator asks for the rest with an
-                # empty request (RFC 7143 11.13.4), and may not send keys meanwhile.
-                if pdu.data or cont:
-                    raise LoginError.of(LoginStatus.INITIATOR_ERROR,
-                                        "login request with keys while the response continues")
-                rest, (want_transit, want_nsg) = self._login_out, self._login_next
-                self._login_out = b""
-                self._answer_login(itt, want_transit and transit, csg, want_nsg, rest)
-                return
-            if len(self._login_text) + len(pdu.data) > MAX_LOGIN_TEXT:
-                raise LoginError.of(LoginStatus.INITIATOR_ERROR, "login text too long")
-            self._login_text += pdu.data
-            if cont:
-                self._login_response(itt, False, csg, nsg, b"")
-                return
-            pairs = decode_text(bytes(self._login_text))
-            self._login_text.clear()
-            self._login_step(itt, transit, csg, nsg, pairs)
-        except LoginError as exc:
-            self._login_fail((exc.status_class << 8) | exc.status_detail, str(exc), itt)
-        except ProtocolError as perr:
-            self._login_fail(LoginStatus.INITIATOR_ERROR, str(perr), itt)
-
-    def _login_identify(self, keys: dict[str, str]) -> None:
-        """First login request: who is this, which session type, which target, may they."""
-        name = keys.get("InitiatorName")
-        if not name:
-            raise LoginError.of(LoginStatus.MISSING_PARAMETER, "InitiatorName missing")
-        self.initiator_name = name
-        self.session_type = keys.get("SessionType", "Normal")
-        if self.session_type not in ("Normal", "Discovery"):
-            raise LoginError.of(LoginStatus.INITIATOR_ERROR, f"SessionType {self.session_type!r} is invalid")
-        reg = self.registry
-        if self.session_type == "Normal":
-            tname = keys.get("TargetName")
-            if not tname:
-                raise LoginError.of(LoginStatus.MISSING_PARAMETER, "TargetName missing in a normal session")
-            target = reg.lookup(tname)
-            # A target this initiator may not use is answered as one that does not exist
-            # (0x0203), as tgt does and as SendTargets already hides it: 0x0202 for one and
-            # 0x0203 for the other would let anyone probe target names. The log says which.
-            if target is None:
-                raise LoginError.of(LoginStatus.NOT_FOUND, f"target {tname} not found")
-            if not target.allows(name, self.peer_address):
-                raise LoginError.of(LoginStatus.NOT_FOUND,
-                                    f"{name} at {self.peer_address} is not allowed on {tname}")
-            self.target = target
-            # Per-target parameters (e.g. a smaller MaxBurstLength) override the daemon's.
-            self._negotiator = Negotiator(target.offered_params(self.target_params))
-            accounts, outgoing = target.chap_for(name)
-        else:
-            accounts, outgoing = reg.discovery_incoming, reg.discovery_outgoing
-        self._auth_required = bool(accounts)
-        if self._auth_required:
-            self._chap = ChapAuthenticator(accounts, outgoing, random_bytes=self.random_bytes)
-
-    def _login_step(self, itt: int, transit: bool, csg: int, nsg: int, pairs: list[tuple[str, str]]) -> None:
-        keys = dict(pairs)
-        if not self.initiator_name:
-            self._login_identify(keys)
-        out: list[tuple[str, str]] = []
-        if csg == STAGE_SECURITY:
-            sec = [(k, v) for k, v in pairs if k == "AuthMethod" or k.startswith("CHAP_")]
-            rest = [(k, v) for k, v in pairs if not (k == "AuthMethod" or k.startswith("CHAP_"))]
-            out += self._security(sec)
-            out += self._negotiator.negotiate(rest, stage="security", session_type=self.session_type)
-            if transit and not self._security_done():
-                transit = False  # keep negotiating security; the initiator will continue
-        else:
-            if self._auth_required and not self._authenticated:
-                raise LoginError(2, 1, "authentication required (CHAP) but skipped")
-            out += self._negotiator.negotiate(pairs, stage="operational", session_type=self.session_type)
-        if self._first_response:
-            self._first_response = False
-            if self.session_type == "Normal":
-                out.append(("TargetPortalGroupTag", str(self.tpgt)))
-                if self.target is not None and self.target.alias:
-                    out.append(("TargetAlias", self.target.alias))
-        if csg == STAGE_OPERATIONAL and not self._declared:
-            # Operational keys only in operational-stage responses: open-iscsi refuses them in
-            # the security stage. (A login going straight from security to full feature phase
-            # gets no declaration, and the initiator keeps the 8192-byte default: safe.)
-            self._declared = True
-            out += self._negotiator.declarations("operational", self.session_type)
-        self._answer_login(itt, transit, csg, nsg, encode_text(out))
-
-    def _answer_login(self, itt: int, transit: bool, csg: int, nsg: int, data: bytes) -> None:
-        """Send a Login Response's text; beyond the 8192 bytes an initiator takes during
-        login (RFC 7143 13.12), the first part with the C bit and the rest when asked. The
-        stage changes (or the session starts) with the last part only."""
-        if len(data) > LOGIN_DSL:
-            self._login_out = data[LOGIN_DSL:]
-            self._login_next = (transit, nsg)
-            self._login_response(itt, False, csg, csg, data[:LOGIN_DSL], cont=True)
+    def _login_step(self, pdu: Pdu | None, refuse: LoginStatus = LoginStatus.SUCCESS, why: str = "") -> None:
+        """Give the login phase a Login Request (``pdu``), or have it refuse the login; send
+        what it answers, then close (refused) or enter the full feature phase (done)."""
+        login = self.login
+        if login is None:
             return
-        if transit and nsg == STAGE_FFP:
-            self._finish_login(itt, csg, data)
-            return
-        if transit:
-            self.stage = nsg
-        self._login_response(itt, transit, csg, nsg if transit else csg, data)
+        if pdu is not None:
+            login.receive(pdu)
+        else:
+            login.fail(refuse, why)
+        for header, data in login.out:
+            self._emit(header, data)
+        login.out.clear()
+        self._events += login.events
+        login.events.clear()
+        self.stat_sn = login.stat_sn
+        if login.failed is not None:
+            self._close("login failed")
+        elif login.session is not None:
+            self._enter_full_feature(login, login.session)
 
-    def _security_done(self) -> bool:
-        return (not self._auth_required and self._auth_method in (None, "None")) or self._authenticated
-
-    def _security(self, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        chap_keys: dict[str, str] = {}
-        for k, v in pairs:
-            if k == "AuthMethod":
-                if self._auth_method is not None:
-                    raise LoginError(2, 0, "AuthMethod sent twice")
-                offered = [m.strip() for m in v.split(",")]
-                if self._auth_required:
-                    if "CHAP" not in offered:
-                        raise LoginError(2, 1, f"CHAP is required but the initiator offered {v}")
-                    self._auth_method = "CHAP"
-                elif "None" in offered:
-                    self._auth_method = "None"
-                else:
-                    raise LoginError(2, 1, f"no CHAP account configured, initiator offered only {v}")
-                out.append(("AuthMethod", self._auth_method))
-            else:
-                chap_keys[k] = v
-        if chap_keys:
-            if self._auth_method != "CHAP" or self._chap is None:
-                raise LoginError(2, 0, "CHAP keys without AuthMethod=CHAP")
-            resp, done = self._chap.step(chap_keys)
-            out += resp
-            if done:
-                self._authenticated = True
-        return out
-
-    def _login_response(self, itt: int, transit: bool, csg: int, nsg: int, data: bytes,
-                        tsih: int | None = None, cont: bool = False) -> None:
-        flags = (0x80 if transit else 0) | (0x40 if cont else 0) | (csg << 2) | (nsg if transit else 0)
-        exp = getattr(self, "_cmdsn", 0)
-        self._emit(
-            P.bhs(Opcode.LOGIN_RSP, flags, 0, 0, len(data),
-                  self._isid + (tsih if tsih is not None else self._tsih).to_bytes(2, "big"),
-                  itt, 0, self._next_statsn(), exp, (exp + self.queue_depth - 1) & 0xFFFFFFFF, 0),
-            data,
-        )
-
-    def _finish_login(self, itt: int, csg: int, data: bytes) -> None:
-        params = self._negotiator.result()
-        table = self.sessions
-        target = self.target
-        if self._tsih:
-            existing = table.by_tsih.get(self._tsih)
-            if existing is None or existing.isid != self._isid:
-                raise LoginError(2, 0x0A, f"session TSIH {self._tsih} does not exist")
-            raise LoginError(2, 6, "MaxConnections=1: no more connections in this session")
-        if self.session_type == "Normal":
-            old = table.find(self.initiator_name, self._isid, target.name if target else None)
-            if old is not None:
-                table.remove(old)
-                self._events.append(ReinstateSession(old))
-        tsih = table.allocate_tsih()
-        nexus = None
-        if target is not None:
-            isid_hex = self._isid.hex()
-            nexus = Nexus(
-                initiator_name=self.initiator_name,
-                initiator_port=f"{self.initiator_name},i,0x{isid_hex}",
-                target_port=f"{target.name},t,0x{self.tpgt:04x}",
-                relative_port=self.tpgt,
-                target_port_group=self.tpgt,
-            )
-        session = Session(tsih, self._isid, self.initiator_name, self.session_type, target, nexus,
-                          params, queue_depth=self.queue_depth)
-        session.start_window(self._cmdsn)
-        table.add(session)
+    def _enter_full_feature(self, login: Login, session: Session) -> None:
+        """The final Login Response is queued: digests and the negotiated sizes apply from
+        the first PDU after it."""
+        params = login.params
+        assert params is not None
+        self.login = None
         self.session = session
         self.params = params
-        self._tsih = tsih
-        self._login_response(itt, True, csg, STAGE_FFP, data, tsih=tsih)
-        # Digests and the negotiated sizes apply from the first PDU after the final response.
-        self.stage = STAGE_FFP
+        self.cid = login.cid
+        self.initiator_name = login.initiator_name
+        self.target = login.target
+        self.session_type = login.session_type
+        self._negotiator = login.negotiator
+        self._ffp = True
         self._handlers = _FFP if self.session_type == "Normal" else _FFP_DISCOVERY
         self.login_deadline = None
         self.hd = params.header_digest
@@ -796,9 +330,6 @@ class Connection:
         self.reader.max_recv_dsl = params.max_recv_dsl
         self.max_xmit = params.max_xmit_dsl
         self._datain_single = min(params.max_xmit_dsl, params.max_burst)
-        PROBLEMS.report(log, logging.INFO, "iSCSI login", self.peer_address,
-                        "iSCSI login: %s tsih=%d %s session%s", self._who(), tsih, self.session_type,
-                        f" to {target.name}" if target else "", burst=20)
         self._events.append(LoginComplete(session))
 
     # ------------------------------------------------------------------ full feature phase
@@ -812,292 +343,25 @@ class Connection:
         if pdu.ttt != NO_TAG:
             raise ProtocolError("NOP-Out with both ITT and TTT set", RejectReason.INVALID_PDU_FIELD)
         data = pdu.data[: self.max_xmit]
-        self._emit(
-            P.bhs(Opcode.NOP_IN, 0x80, 0, 0, len(data), pdu.lun_raw, itt, NO_TAG,
-                  self._next_statsn(), **self._window()),
-            data,
-        )
+        exp, mx = self._window()
+        self._emit(P.nop_in(itt, NO_TAG, self._next_statsn(), exp, mx, lun=pdu.lun_raw, dsl=len(data)),
+                   data)
 
     def _send_ping(self) -> None:
         ttt = self._new_ttt()
         self._ping_ttt = ttt
         self._ping_deadline = self.now + self.nop_timeout
-        self._emit(P.bhs(Opcode.NOP_IN, 0x80, itt=NO_TAG, w20=ttt, w24=self.stat_sn, **self._window()))
-
-    def _new_ttt(self) -> int:
-        ttt = self._next_ttt
-        self._next_ttt = (ttt + 1) % 0xFFFFFFFF or 1
-        return ttt
-
-    def _on_scsi_cmd(self, pdu: Pdu) -> None:
-        flags, lun_raw, itt, edtl, cmdsn = _CMD_FIELDS.unpack_from(pdu.bhs)
-        read, write = bool(flags & 0x40), bool(flags & 0x20)
-        params = self.params
-        assert params is not None and self.session is not None
-        if itt in self.tasks:
-            raise ProtocolError(f"ITT {itt:#x} already in use", RejectReason.TASK_IN_PROGRESS)
-        it = IscsiTask(itt, P.decode_lun(lun_raw), pdu.cdb, edtl, read, write, flags & 7, cmdsn,
-                       pdu.immediate, lun_raw)
-        tasks = self.tasks
-        tasks[itt] = it
-        if len(tasks) > self.queue_depth:
-            # Commands in flight are bounded, immediate ones too: they bypass the CmdSN
-            # window, and the target may refuse what it cannot take (RFC 7143 3.2.2.1). SCSI
-            # says how: TASK SET FULL, which initiators retry, lowering their queue depth.
-            return self._fail(it, ScsiResult(Status.TASK_SET_FULL))
-        data = pdu.data
-        if data and not write:
-            return self._fail_task(it, "data sent with a command that is not a write")
-        if write and read:
-            return self._check_condition(it, 0x05, 0x24, 0x00)  # bidirectional: not supported
-        if not write:
-            return self._execute(it)
-        if edtl > MAX_WRITE_BUFFER:
-            return self._check_condition(it, 0x05, 0x24, 0x00)
-        if len(data) > edtl or (data and not params.immediate_data) or len(data) > params.first_burst:
-            return self._fail_task(it, f"{len(data)} bytes of immediate data not allowed here")
-        if not self.budget.charge(self.share, edtl):
-            return self._fail(it, ScsiResult(self.full_status()))
-        self.buffered += edtl
-        if len(data) == edtl:
-            # Every byte came as immediate data: the PDU's payload is the data-out buffer.
-            it.buf = memoryview(data)
-            it.received = edtl
-            return self._execute(it)
-        # A pooled buffer is not zeroed: Data-Out offsets are checked to cover it exactly.
-        if pdu.placed:
-            # The immediate data was received into the head of a buffer for all of it
-            # (``_place``): adopt that buffer rather than copy.
-            assert isinstance(data, memoryview)
-            it.buf = memoryview(data.obj)[:edtl]
-            it.received = len(data)
-        else:
-            it.buf = POOL.borrow(edtl)
-            if data:
-                it.buf[: len(data)] = data
-                it.received = len(data)
-                POOL.give_back(data)  # a large payload's own pooled buffer (others are ignored)
-        it.next_r2t_offset = it.received
-        if not params.initial_r2t and not pdu.final:
-            it.unsolicited_left = min(params.first_burst, edtl) - it.received
-            it.next_r2t_offset = min(params.first_burst, edtl)
-        self._progress(it)
-
-    def _fail_task(self, it: IscsiTask, why: str) -> None:
-        """A command PDU that breaks the negotiated rules: Reject it; the task never starts."""
-        self.tasks.pop(it.itt, None)
-        raise ProtocolError(f"command itt={it.itt:#x}: {why}", RejectReason.PROTOCOL_ERROR)
-
-    def _check_condition(self, it: IscsiTask, key: int, asc: int, ascq: int) -> None:
-        self._fail(it, ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc << 8 | ascq)))
-
-    def _fail(self, it: IscsiTask, result: ScsiResult) -> None:
-        """End a command in the transport, before or instead of running it."""
-        self.tasks.pop(it.itt, None)
-        if not it.immediate and self.session is not None:
-            self.session.retire()
-        self._release(it, it.buf)
-        it.buf = None
-        it.state = _ABORTED
-        self._send_result(it, result)
-
-    def _progress(self, it: IscsiTask) -> None:
-        """More data-out needed? Solicit it. All in? Execute."""
-        if it.received >= it.edtl:
-            self._execute(it)
-            return
-        if it.unsolicited_left > 0:
-            return
-        params = self.params
-        assert params is not None
-        while len(it.r2ts) < params.max_outstanding_r2t and it.next_r2t_offset < it.edtl:
-            length = min(params.max_burst, it.edtl - it.next_r2t_offset)
-            ttt = self._new_ttt()
-            it.r2ts[ttt] = _R2T(it.next_r2t_offset, length)
-            self._emit(P.bhs(Opcode.R2T, 0x80, 0, 0, 0, it.lun_raw, it.itt, ttt, self.stat_sn,
-                             **self._window(), w36=it.r2tsn, w40=it.next_r2t_offset, w44=length))
-            it.r2tsn += 1
-            it.next_r2t_offset += length
-
-    def _on_data_out(self, pdu: Pdu) -> None:
-        it = self.tasks.get(pdu.itt)
-        if it is None or it.state != _COLLECTING or it.buf is None:
-            return  # data for a task that ended (aborted, failed): drop it quietly
-        offset = pdu.buffer_offset
-        data = pdu.data
-        n = len(data)
-        if offset + n > it.edtl:
-            return self._data_error(it, pdu, "Data-Out beyond the expected data transfer length")
-        ttt = pdu.ttt
-        if ttt == NO_TAG:
-            if it.unsolicited_left <= 0 or n > it.unsolicited_left:
-                return self._data_error(it, pdu, "unsolicited Data-Out not allowed here")
-            if pdu.datasn != it.unsol_datasn:
-                return self._data_error(it, pdu, f"DataSN {pdu.datasn} out of order", 0x4703)
-            if offset != it.received:  # DataPDUInOrder=Yes: each PDU continues the last
-                return self._data_error(it, pdu, "unsolicited Data-Out out of order")
-            it.unsol_datasn += 1
-            it.unsolicited_left -= n
-            if pdu.final:
-                it.unsolicited_left = 0
-            seq = None
-        else:
-            seq = it.r2ts.get(ttt)
-            if seq is None:
-                return self._data_error(it, pdu, f"Data-Out for unknown TTT {ttt:#x}")
-            if pdu.datasn != seq.datasn:
-                return self._data_error(it, pdu, f"DataSN {pdu.datasn} out of order", 0x4703)
-            if offset != seq.offset + seq.received or offset + n > seq.offset + seq.length:
-                return self._data_error(it, pdu, "Data-Out not continuing its R2T in order")
-            seq.datasn += 1
-            seq.received += n
-        if not pdu.placed:
-            it.buf[offset : offset + n] = data
-            POOL.give_back(data)  # a large payload's own pooled buffer (others are ignored)
-        it.received += n
-        if seq is not None and (seq.received >= seq.length or pdu.final):
-            if seq.received < seq.length:
-                return self._data_error(it, pdu, "R2T sequence ended short of its length")
-            del it.r2ts[ttt]
-        if seq is not None or it.unsolicited_left == 0:
-            self._progress(it)
-
-    def _data_error(self, it: IscsiTask, pdu: Pdu, why: str, asc: int = 0x0E03) -> None:
-        """A broken Data-Out sequence. ErrorRecoveryLevel 0 cannot recover it: the command ends
-        with CHECK CONDITION (ABORTED COMMAND), so it is never completed with GOOD and never
-        left waiting for data that will not come (RFC 7143 7.1); later Data-Out for it is
-        dropped."""
-        self._log_bad(f"itt={it.itt:#x}: {why}")
-        self._check_condition(it, 0x0B, asc >> 8, asc & 0xFF)
-
-    def _execute(self, it: IscsiTask) -> None:
-        s = self.session
-        assert s is not None and s.nexus is not None
-        it.state = _EXECUTING
-        task = ScsiTask(
-            cdb=it.cdb, lun=it.lun, nexus=s.nexus, tag=it.itt, attr=_ATTRS[it.attr] if it.attr <= 4 else TaskAttr.SIMPLE,
-            data_out=it.buf,
-            expected_length=it.edtl, read=it.read, write=it.write, context=it,
-        )
-        it.scsi = task
-        it.buf = None
-        self._events.append(ExecuteTask(task))
-
-    def _send_result(self, it: IscsiTask, result: ScsiResult) -> None:
-        edtl = it.edtl
-        status = int(result.status)
-        data = result.data
-        if (
-            type(data) is memoryview
-            and it.read
-            and status == 0
-            and result.transfer_length is None
-            and not result.sense
-            and 0 < len(data) == edtl <= self._datain_single
-            and data.itemsize == 1
-        ):
-            # The common case: GOOD, exactly the expected bytes, one Data-In PDU carrying status.
-            s = self.session
-            sn = self.stat_sn
-            self.stat_sn = (sn + 1) & 0xFFFFFFFF
-            self._emit(
-                P.bhs(Opcode.DATA_IN, 0x81, 0, 0, edtl, it.lun_raw, it.itt, NO_TAG, sn,
-                      s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0, 0, 0, 0),
-                data,
-            )
-            return
-        if (
-            status == 0
-            and it.write
-            and not it.read
-            and data is None
-            and not result.sense
-            and (result.transfer_length is None or result.transfer_length == edtl)
-        ):
-            # The common write: GOOD, every expected byte used, no sense (the general path
-            # below, without its residual arithmetic and keyword packing).
-            s = self.session
-            sn = self.stat_sn
-            self.stat_sn = (sn + 1) & 0xFFFFFFFF
-            self._emit(
-                P.bhs(Opcode.SCSI_RSP, 0x80, 0, 0, 0, _NO_LUN, it.itt, 0, sn,
-                      s.exp_cmdsn if s else 0, s.max_cmdsn if s else 0, it.r2tsn, 0, 0)
-            )
-            return
-        residual_flags = 0
-        residual = 0
-        window = self._window()
-        if data is not None and it.read:
-            mv = memoryview(data)
-            if mv.ndim != 1 or mv.itemsize != 1:
-                mv = mv.cast("B")
-            want = result.transfer_length if result.transfer_length is not None else len(mv)
-            if want > edtl:
-                residual_flags, residual = 0x04, want - edtl
-            elif want < edtl:
-                residual_flags, residual = 0x02, edtl - want
-            mv = mv[: min(len(mv), edtl)]
-            total = len(mv)
-            piggyback = status == Status.GOOD and not result.sense and total > 0
-            chunk = self.max_xmit
-            burst = self.params.max_burst if self.params else total
-            offset = 0
-            datasn = 0
-            lun_raw = it.lun_raw
-            itt = it.itt
-            in_burst = 0
-            while offset < total:
-                n = min(chunk, total - offset, burst - in_burst)
-                last = offset + n >= total
-                in_burst += n
-                flags = 0
-                if last or in_burst >= burst:
-                    flags = 0x80
-                    in_burst = 0
-                statsn = 0
-                if last and piggyback:
-                    flags |= 0x01 | residual_flags
-                    statsn = self._next_statsn()
-                self._emit(
-                    P.bhs(Opcode.DATA_IN, flags, 0, status if flags & 1 else 0, n, lun_raw, itt,
-                          NO_TAG, statsn, window["w28"], window["w32"], datasn, offset,
-                          residual if flags & 1 else 0),
-                    mv[offset : offset + n],
-                )
-                datasn += 1
-                offset += n
-            it.datain_pdus = datasn
-            if piggyback:
-                return
-        elif it.write:
-            want = result.transfer_length if result.transfer_length is not None else edtl
-            if want > edtl:
-                residual_flags, residual = 0x04, want - edtl
-            elif want < edtl:
-                residual_flags, residual = 0x02, edtl - want
-        elif it.read and edtl:
-            want = result.transfer_length or 0
-            if want < edtl and status == Status.GOOD:
-                residual_flags, residual = 0x02, edtl - want
-        sense = result.sense
-        payload = None
-        if sense:
-            payload = len(sense).to_bytes(2, "big") + bytes(sense)
-        self._emit(
-            P.bhs(Opcode.SCSI_RSP, 0x80 | residual_flags, 0, status, len(payload) if payload else 0,
-                  bytes(8), it.itt, 0, self._next_statsn(), window["w28"], window["w32"],
-                  it.datain_pdus if it.read else it.r2tsn, 0, residual),
-            payload,
-        )
+        exp, mx = self._window()
+        self._emit(P.nop_in(NO_TAG, ttt, self.stat_sn, exp, mx))
 
     def _on_tmf(self, pdu: Pdu) -> None:
-        function = pdu.flags & 0x7F
+        function = pdu.function
         if function not in TmfFunction.__members__.values():
             self.complete_tmf(pdu.itt, TmfResponse.NOT_SUPPORTED)
         elif function == TmfFunction.TASK_REASSIGN:
             self.complete_tmf(pdu.itt, TmfResponse.REASSIGNMENT_NOT_SUPPORTED)
         else:
-            self._events.append(TaskManagement(pdu.itt, function, pdu.lun, pdu.word(20), pdu.word(32)))
+            self._events.append(TaskManagement(pdu.itt, function, pdu.lun, pdu.ref_task_tag, pdu.ref_cmdsn))
 
     def _on_text(self, pdu: Pdu) -> None:
         if pdu.ttt != NO_TAG and pdu.ttt == self._text_ttt and not pdu.data:
@@ -1107,9 +371,10 @@ class Connection:
             self._text_in.clear()
             raise ProtocolError("text request too long", RejectReason.PROTOCOL_ERROR)
         self._text_in += pdu.data
-        if pdu.flags & 0x40:  # C: more of the request follows
-            self._emit(P.bhs(Opcode.TEXT_RSP, 0x00, itt=pdu.itt, w20=self._new_ttt(),
-                             w24=self._next_statsn(), **self._window()))
+        if pdu.cont:  # more of the request follows: ask for it
+            exp, mx = self._window()
+            self._emit(P.text_response(pdu.itt, self._new_ttt(), self._next_statsn(), exp, mx,
+                                       final=False))
             return
         pairs = decode_text(bytes(self._text_in))
         self._text_in.clear()
@@ -1121,8 +386,10 @@ class Connection:
             else:
                 rest.append((k, v))
         if rest:
-            out += self._negotiator.negotiate(rest, stage="ffp", session_type=self.session_type)
-            new = self._negotiator.result()
+            negotiator = self._negotiator
+            assert negotiator is not None
+            out += negotiator.negotiate(rest, stage="ffp", session_type=self.session_type)
+            new = negotiator.result()
             self.params = new
             self.max_xmit = new.max_xmit_dsl
             self._datain_single = min(new.max_xmit_dsl, new.max_burst)
@@ -1133,17 +400,17 @@ class Connection:
         data, self._text_out = self._text_out[: self.max_xmit], self._text_out[self.max_xmit :]
         more = bool(self._text_out)
         self._text_ttt = self._new_ttt() if more else NO_TAG
-        self._emit(
-            P.bhs(Opcode.TEXT_RSP, 0x40 if more else 0x80, dsl=len(data), itt=itt, w20=self._text_ttt,
-                  w24=self._next_statsn(), **self._window()),
-            data,
-        )
+        exp, mx = self._window()
+        self._emit(P.text_response(itt, self._text_ttt, self._next_statsn(), exp, mx, final=not more,
+                                   cont=more, dsl=len(data)),
+                   data)
 
     def _send_targets(self, which: str) -> list[tuple[str, str]]:
         reg = self.registry
         if self.session_type == "Normal":
             # In a normal session only the session's own target is reported (RFC 7143 A.?).
-            targets = [self.target] if self.target is not None and which in ("", "All", self.target.name) else []
+            targets: Sequence[TargetEntry | None] = (
+                [self.target] if self.target is not None and which in ("", "All", self.target.name) else [])
         elif which == "All":
             targets = reg.visible_to(self.initiator_name, self.peer_address)
         elif which == "":
@@ -1161,7 +428,7 @@ class Connection:
         return out
 
     def _on_logout(self, pdu: Pdu) -> None:
-        reason = pdu.flags & 0x7F
+        reason = pdu.function
         self._logout_itt = pdu.itt
         if reason == P.LogoutReason.REMOVE_FOR_RECOVERY:
             self._logout_response(P.LogoutResponse.RECOVERY_NOT_SUPPORTED)
@@ -1191,8 +458,8 @@ class Connection:
     def _logout_response(self, response: int) -> None:
         t2w = int(self.params.default_time2wait) if self.params else 2
         t2r = int(self.params.default_time2retain) if self.params else 0
-        self._emit(P.bhs(Opcode.LOGOUT_RSP, 0x80, response, itt=self._logout_itt,
-                         w24=self._next_statsn(), **self._window(), w40=(t2w << 16) | t2r))
+        exp, mx = self._window()
+        self._emit(P.logout_response(self._logout_itt, response, self._next_statsn(), exp, mx, t2w, t2r))
 
     def _on_snack(self, pdu: Pdu) -> None:
         raise ProtocolError("SNACK needs ErrorRecoveryLevel > 0", RejectReason.COMMAND_NOT_SUPPORTED)
@@ -1227,4 +494,4 @@ _FFP_DISCOVERY: dict[int, Callable[..., None]] = {
 }
 
 
-__all__ = ["Connection", "DEFAULT_TARGET_PARAMS", "IscsiTask"]
+__all__ = ["Connection", "DEFAULT_TARGET_PARAMS", "IscsiTask", "MAX_CONNECTION_BUFFERS", "MAX_WRITE_BUFFER"]

@@ -64,22 +64,20 @@ class IscsiError(Exception):
 class LoginError(IscsiError):
     """Fail the login with this status (RFC 7143 11.13.5)."""
 
-    def __init__(self, status_class: int, status_detail: int, message: str) -> None:
+    def __init__(self, status: LoginStatus, message: str) -> None:
         super().__init__(message)
-        self.status_class = status_class
-        self.status_detail = status_detail
-
-    @classmethod
-    def of(cls, status: LoginStatus, message: str) -> LoginError:
-        return cls(status.status_class, status.status_detail, message)
+        self.status = LoginStatus(status)
 
     @property
-    def status(self) -> int:
-        """``status_class << 8 | status_detail`` (compare with :class:`LoginStatus`)."""
-        return self.status_class << 8 | self.status_detail
+    def status_class(self) -> int:
+        return self.status.status_class
+
+    @property
+    def status_detail(self) -> int:
+        return self.status.status_detail
 
     def __repr__(self) -> str:
-        return f"LoginError(0x{self.status:04x}, {str(self)!r})"
+        return f"LoginError({self.status.name}, {str(self)!r})"
 
 
 class ProtocolError(IscsiError):

@@ -312,7 +312,7 @@ def _fail(stage: str, message: str, status: LoginStatus = LoginStatus.INITIATOR_
     """The error for a peer's mistake: a login failure, or a Reject in FFP."""
     if stage == "ffp":
         return ProtocolError(message, RejectReason.PROTOCOL_ERROR)
-    return LoginError.of(status, message)
+    return LoginError(status, message)
 
 
 def _parse_list(value: str) -> list[str] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable
+from typing import Final
 
 from crc32c import crc32c
 
@@ -19,9 +20,9 @@ from ..backstore.base import Buffer
 from ..backstore.buffers import POOL
 from .errors import ProtocolError, RejectReason
 
-BHS_LEN = 48
+BHS_LEN: Final = 48
 MAX_DSL = (1 << 24) - 1
-NO_TAG = 0xFFFFFFFF
+NO_TAG: Final = 0xFFFFFFFF
 
 
 class Opcode(enum.IntEnum):
@@ -99,6 +100,12 @@ class LogoutResponse(enum.IntEnum):
 # opcode, flags, b2, b3, (TotalAHSLength << 24 | DataSegmentLength), LUN, ITT, then 7 words.
 _BHS = struct.Struct(">BBBBI8sIIIIIIII")
 _U32 = struct.Struct(">I")
+#: SCSI Command (11.3): flags, LUN, ITT, EDTL, CmdSN, read in one go on the per-command path.
+SCSI_CMD_FIELDS = struct.Struct(">xB6x8sIII")
+#: Fields read from a raw BHS before its PDU is made (``PduReader.place``): a SCSI Command's
+#: EDTL and CmdSN, a Data-Out's ITT and Buffer Offset.
+SCSI_CMD_TRANSFER = struct.Struct(">20xII20x")
+DATA_OUT_PLACE = struct.Struct(">16xI20xI4x")
 _U16 = struct.Struct(">H")
 _ZERO_LUN = bytes(8)
 PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # to a multiple of 4 bytes
@@ -169,9 +176,6 @@ class Pdu:
     def itt(self) -> int:
         return _U32.unpack_from(self.bhs, 16)[0]
 
-    def word(self, offset: int) -> int:
-        return _U32.unpack_from(self.bhs, offset)[0]
-
     # -- names for the words, by opcode (RFC 7143 11.x) --
     @property
     def ttt(self) -> int:  # NOP-Out, Data-Out, Text, SNACK
@@ -202,6 +206,38 @@ class Pdu:
     @property
     def buffer_offset(self) -> int:  # Data-Out
         return _U32.unpack_from(self.bhs, 40)[0]
+
+    @property
+    def ref_task_tag(self) -> int:  # TMF: the task to abort
+        return _U32.unpack_from(self.bhs, 20)[0]
+
+    @property
+    def ref_cmdsn(self) -> int:  # TMF
+        return _U32.unpack_from(self.bhs, 32)[0]
+
+    @property
+    def function(self) -> int:  # TMF function, Logout reason code
+        return self.bhs[1] & 0x7F
+
+    @property
+    def cont(self) -> bool:  # Login, Text: C, more of the request follows
+        return bool(self.bhs[1] & 0x40)
+
+    @property
+    def csg(self) -> int:  # Login: current stage
+        return (self.bhs[1] >> 2) & 3
+
+    @property
+    def nsg(self) -> int:  # Login: next stage (with T)
+        return self.bhs[1] & 3
+
+    @property
+    def version_max(self) -> int:  # Login
+        return self.bhs[2]
+
+    @property
+    def version_min(self) -> int:  # Login
+        return self.bhs[3]
 
     @property
     def cid(self) -> int:  # Login, Logout
@@ -251,8 +287,107 @@ def bhs(
     w40: int = 0,
     w44: int = 0,
 ) -> bytes:
-    """Pack a 48-byte BHS. ``dsl`` is the data segment length (no AHS is ever sent)."""
+    """Pack a 48-byte BHS by offset (tests, and PDUs without a builder of their own below)."""
     return _BHS.pack(opcode, flags, b2, b3, dsl, lun, itt, w20, w24, w28, w32, w36, w40, w44)
+
+
+# Opcodes as Final ints: compiled, the builders pack constants, not enum look-ups.
+_OP_DATA_IN: Final = 0x25
+_OP_SCSI_RSP: Final = 0x21
+_OP_R2T: Final = 0x31
+_OP_NOP_IN: Final = 0x20
+_OP_TMF_RSP: Final = 0x22
+_OP_LOGOUT_RSP: Final = 0x26
+_OP_TEXT_RSP: Final = 0x24
+_OP_LOGIN_RSP: Final = 0x23
+_OP_REJECT: Final = 0x3F
+
+
+# -- target PDUs, one builder each (RFC 7143 11.x): named fields, one precompiled layout --
+# Every target PDU but Data-In (without status) and R2T carries StatSN, and all of them
+# ExpCmdSN/MaxCmdSN: the window as the session has it when the PDU is built. Reserved
+# fields are pad bytes of the layout, so no builder takes what the wire must not vary.
+
+# Data-In (11.7): flags, status, DSL, LUN, ITT, TTT, StatSN, ExpCmdSN, MaxCmdSN, DataSN,
+# Buffer Offset, Residual Count.
+_DATA_IN = struct.Struct(">BBxBI8sIIIIIIII")
+# SCSI Response (11.4): flags, response, status, DSL, (LUN reserved), ITT, SNACK Tag, StatSN,
+# ExpCmdSN, MaxCmdSN, ExpDataSN, Bidirectional Read Residual, Residual Count.
+_SCSI_RSP = struct.Struct(">BBBBI8xIIIIIIII")
+# R2T (11.8): LUN, ITT, TTT, StatSN, ExpCmdSN, MaxCmdSN, R2TSN, Buffer Offset, Desired Length.
+_R2T = struct.Struct(">BB2xI8sIIIIIIII")
+# NOP-In (11.19): DSL, LUN, ITT, TTT, StatSN, ExpCmdSN, MaxCmdSN.
+_NOP_IN = struct.Struct(">BB2xI8sIIIII12x")
+# TMF Response (11.6), Logout Response (11.15): response, ITT, StatSN, ExpCmdSN, MaxCmdSN
+# (Logout: and Time2Wait, Time2Retain).
+_TMF_RSP = struct.Struct(">BBBx12xI4xIII12x")
+_LOGOUT_RSP = struct.Struct(">BBBx12xI4xIII4xHH4x")
+# Text Response (11.11): flags, DSL, (LUN), ITT, TTT, StatSN, ExpCmdSN, MaxCmdSN.
+_TEXT_RSP = struct.Struct(">BB2xI8xIIIII12x")
+# Login Response (11.13): flags, DSL, ISID, TSIH, ITT, StatSN, ExpCmdSN, MaxCmdSN, Status-Class,
+# Status-Detail (versions 0: the only one there is).
+_LOGIN_RSP = struct.Struct(">BB2xI6sHI4xIIIBB10x")
+# Reject (11.17): reason, DSL (the rejected BHS), ITT 0xffffffff, StatSN, ExpCmdSN, MaxCmdSN.
+_REJECT = struct.Struct(">BBBxI8xI4xIII12x")
+
+
+def data_in(itt: int, lun: bytes, dsl: int, stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int,
+            data_sn: int = 0, offset: int = 0, flags: int = 0x81, status: int = 0,
+            residual: int = 0) -> bytes:
+    """SCSI Data-In; ``flags`` F (0x80), A, O/U residual (0x04/0x02), S (0x01: carries
+    ``status``, ``stat_sn`` and ``residual``; without S those are sent as 0 by the caller)."""
+    return _DATA_IN.pack(_OP_DATA_IN, flags, status, dsl, lun, itt, NO_TAG, stat_sn,
+                         exp_cmd_sn, max_cmd_sn, data_sn, offset, residual)
+
+
+def scsi_response(itt: int, stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int, status: int = 0,
+                  exp_data_sn: int = 0, residual_flags: int = 0, residual: int = 0,
+                  dsl: int = 0) -> bytes:
+    """SCSI Response (response 0x00: command completed at target); ``residual_flags`` O/U."""
+    return _SCSI_RSP.pack(_OP_SCSI_RSP, 0x80 | residual_flags, 0, status, dsl, itt, 0,
+                          stat_sn, exp_cmd_sn, max_cmd_sn, exp_data_sn, 0, residual)
+
+
+def r2t(itt: int, lun: bytes, ttt: int, stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int,
+        r2t_sn: int, offset: int, length: int) -> bytes:
+    """Ready To Transfer ``length`` bytes at ``offset`` (StatSN: the next one, not taken)."""
+    return _R2T.pack(_OP_R2T, 0x80, 0, lun, itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn, r2t_sn,
+                     offset, length)
+
+
+def nop_in(itt: int, ttt: int, stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int,
+           lun: bytes = _ZERO_LUN, dsl: int = 0) -> bytes:
+    """NOP-In: an answer to a NOP-Out (``ttt`` 0xffffffff) or our ping (``itt`` 0xffffffff)."""
+    return _NOP_IN.pack(_OP_NOP_IN, 0x80, dsl, lun, itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn)
+
+
+def tmf_response(itt: int, response: int, stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int) -> bytes:
+    return _TMF_RSP.pack(_OP_TMF_RSP, 0x80, response, itt, stat_sn, exp_cmd_sn, max_cmd_sn)
+
+
+def logout_response(itt: int, response: int, stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int,
+                    time2wait: int, time2retain: int) -> bytes:
+    return _LOGOUT_RSP.pack(_OP_LOGOUT_RSP, 0x80, response, itt, stat_sn, exp_cmd_sn,
+                            max_cmd_sn, time2wait, time2retain)
+
+
+def text_response(itt: int, ttt: int, stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int,
+                  final: bool = True, cont: bool = False, dsl: int = 0) -> bytes:
+    flags = (0x80 if final else 0) | (0x40 if cont else 0)
+    return _TEXT_RSP.pack(_OP_TEXT_RSP, flags, dsl, itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn)
+
+
+def login_response(itt: int, isid: bytes, tsih: int, stat_sn: int, exp_cmd_sn: int,
+                   max_cmd_sn: int, flags: int = 0, status: int = 0, dsl: int = 0) -> bytes:
+    """Login Response; ``flags`` T/C/CSG/NSG, ``status`` class << 8 | detail (LoginStatus)."""
+    return _LOGIN_RSP.pack(_OP_LOGIN_RSP, flags, dsl, isid, tsih, itt, stat_sn, exp_cmd_sn,
+                           max_cmd_sn, status >> 8, status & 0xFF)
+
+
+def reject(reason: int, stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int) -> bytes:
+    """Reject; its data segment is the rejected PDU's BHS."""
+    return _REJECT.pack(_OP_REJECT, 0x80, reason, BHS_LEN, NO_TAG, stat_sn, exp_cmd_sn,
+                        max_cmd_sn)
 
 
 def frame(header: bytes, data: Buffer | None, header_digest: bool, data_digest: bool) -> list[Buffer]:

@@ -12,8 +12,8 @@ from typing import Any
 
 # At run time too: compiled (setup.py), a dataclass's field types must exist.
 from ..scsi.task import Nexus
-from ..target.model import Target
 from .params import SessionParams
+from .portal import TargetEntry
 
 
 def sn_lt(a: int, b: int) -> bool:
@@ -31,7 +31,7 @@ class Session:
     isid: bytes
     initiator_name: str
     session_type: str  # "Normal" or "Discovery"
-    target: Target | None
+    target: TargetEntry | None
     nexus: Nexus | None
     params: SessionParams
     #: How many commands may be outstanding at once; shapes MaxCmdSN.

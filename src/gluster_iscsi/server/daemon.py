@@ -20,6 +20,7 @@ from typing import Any
 
 from ..backstore.buffers import POOL, MemoryBudget, default_budget
 from ..iscsi.connection import DEFAULT_TARGET_PARAMS
+from ..iscsi.portal import TargetEntry
 from ..iscsi.session import Session, SessionTable
 from ..logs import PROBLEMS
 from ..target.model import Portal, Target, TargetRegistry
@@ -160,6 +161,11 @@ class Daemon:
                 self._ring = Ring.create(asyncio.get_running_loop())
         return self._ring
 
+    @property
+    def ring_calls(self) -> int | None:
+        """Reads and writes io_uring has taken so far; None: no ring (off or refused)."""
+        return None if self._ring is None else self._ring.submitted
+
     def pool_for(self, store: object) -> IoPool:
         entry = self._pools.get(id(store))
         if entry is None or entry[0] is not store:
@@ -215,8 +221,14 @@ class Daemon:
             portal = Portal(portal.host, sockets[0].getsockname()[1], portal.advertise)
         return PortalBinding(portal, sockets)
 
-    async def open_portal(self, binding: PortalBinding) -> Portal:
-        """Start accepting on a bound portal (the commit half of :meth:`add_portal`)."""
+    async def open_portal(self, binding: object) -> Portal:
+        """Start accepting on a bound portal (the commit half of :meth:`add_portal`).
+
+        ``binding`` is what :meth:`bind_portal` returned (the control layer holds it as an
+        opaque ``control.interface.Binding``); anything else is a TypeError.
+        """
+        if not isinstance(binding, PortalBinding):
+            raise TypeError(f"not a portal binding of this daemon: {binding!r}")
         portal = binding.portal
         if portal in self._listeners:
             binding.close()
@@ -281,7 +293,8 @@ class Daemon:
             sock.close()
             PROBLEMS.report(log, logging.WARNING, "connection refused", host,
                             "refused a connection from %s: %d connections, all logged in",
-                            host, self.admission.total)
+                            host, self.admission.total,
+                            fields={"address": host, "reason": "connection limit"})
             return
         sock.setblocking(False)
         driver = ConnectionDriver(self, portal)
@@ -301,9 +314,10 @@ class Daemon:
 
         task.add_done_callback(made)
 
-    def connection_closed(self, driver: ConnectionDriver) -> None:
+    def connection_closed(self, driver: ConnectionDriver, exc: Exception | None = None) -> None:
         self.connections.discard(driver)
         self.admission.gone(driver)
+        _log_closed(driver, exc)
 
     def _flush_logs(self) -> None:
         # The summaries of rate-limited problems (logs.py), also once the flood has stopped.
@@ -335,7 +349,7 @@ class Daemon:
             d.close("target removed")
         del self.registry.targets[target.name]
 
-    def drivers_of(self, target: Target) -> list[ConnectionDriver]:
+    def drivers_of(self, target: TargetEntry) -> list[ConnectionDriver]:
         return [
             d for d in self.connections
             if d.conn is not None and d.conn.session is not None and d.conn.session.target is target
@@ -444,7 +458,8 @@ def _evict(driver: ConnectionDriver, why: str) -> None:
     conn = driver.conn
     host = conn.peer_address if conn is not None else "?"
     PROBLEMS.report(log, logging.WARNING, "connection closed to make room", host,
-                    "closed a connection from %s that had not logged in: %s", host, why)
+                    "closed a connection from %s that had not logged in: %s", host, why,
+                    fields={"address": host, "reason": why})
     driver.close(why)
 
 
@@ -461,3 +476,44 @@ def _malloc_trim() -> None:
             _libc_trim = False
     if _libc_trim:
         _libc_trim(0)
+
+
+#: Why a connection ends when nothing went wrong: the administrator's or the daemon's doing,
+#: an initiator's own new login, or an initiator closing TCP cleanly without a Logout
+#: (libiscsi's tools do): logged at INFO. Anything else a logged-in connection ends with (a
+#: reset, a NOP-In or login timeout, a digest error) is a WARNING.
+_CLEAN_CLOSE = "connection closed by the initiator without logout"
+_ORDINARY_CLOSE = frozenset({
+    "logout", "closed by the administrator", "daemon shutting down", "portal removed",
+    "target removed", "session reinstated by a new login", "target cold reset", _CLEAN_CLOSE,
+})
+
+
+def _log_closed(driver: ConnectionDriver, exc: Exception | None) -> None:
+    """One line for the end of a connection: logout, or a drop with its reason; with the
+    initiator, its address, the target and the session's TSIH (escaped, rate-limited)."""
+    conn = driver.conn
+    if conn is None:
+        return
+    reason = driver.close_reason or (f"connection lost: {exc}" if exc is not None
+                                     else _CLEAN_CLOSE)
+    session = conn.session
+    if session is None:  # never logged in: a refused login was logged when refused
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection from %s closed before login: %s", conn.peer_address, reason)
+        return
+    target = session.target.name if session.target is not None else None
+    fields = {"initiator": session.initiator_name, "address": conn.peer_address, "target": target,
+              "tsih": session.tsih, "reason": reason, "session_type": session.session_type}
+    where = f" to {target}" if target else ""
+    if reason == "logout":
+        PROBLEMS.report(log, logging.INFO, "iSCSI logout", conn.peer_address,
+                        "iSCSI logout: %s at %s tsih=%d %s session%s", session.initiator_name,
+                        conn.peer_address, session.tsih, session.session_type, where,
+                        burst=20, fields=fields)
+        return
+    level = logging.INFO if reason in _ORDINARY_CLOSE else logging.WARNING
+    PROBLEMS.report(log, level, "iSCSI connection dropped", conn.peer_address,
+                    "iSCSI connection dropped: %s at %s tsih=%d %s session%s: %s",
+                    session.initiator_name, conn.peer_address, session.tsih, session.session_type,
+                    where, reason, burst=20, fields=fields)

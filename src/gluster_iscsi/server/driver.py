@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backstore.base import BackingStoreError
 from ..backstore.buffers import POOL
@@ -27,8 +27,12 @@ from ..scsi.task import ScsiResult, ScsiTask, Status
 from .iopool import IoTimeout
 
 if TYPE_CHECKING:
-    from ..target.model import Portal
-    from .daemon import Daemon
+    from ..backstore.buffers import MemoryBudget
+    from ..iscsi.portal import TargetEntry
+    from ..iscsi.session import Session, SessionTable
+    from ..target.model import Portal, TargetRegistry
+    from .iopool import IoPool
+    from .poller import IdlePoller
     from .uring import Ring
 
 log = logging.getLogger(__name__)
@@ -43,8 +47,43 @@ _LOWAT_MAX = 256 << 10
 _UNSENT_CAP = 64 << 10
 
 
+class DriverHost(Protocol):
+    """What a connection driver needs of the daemon that accepted it (``daemon.Daemon``):
+    the targets and sessions, the settings new connections take, the executors, and the
+    calls that keep the daemon's view of connections and sessions current."""
+
+    registry: TargetRegistry
+    session_table: SessionTable
+    params: dict[str, str]
+    login_timeout: float
+    nop_interval: float
+    nop_timeout: float
+    queue_depth: int
+    io_timeout: float
+    budget: MemoryBudget
+    connections: set[ConnectionDriver]
+
+    @property
+    def poller(self) -> IdlePoller: ...
+
+    @property
+    def ring(self) -> Ring | None: ...
+
+    def pool_for(self, store: object) -> IoPool: ...
+
+    def drivers_of(self, target: TargetEntry) -> list[ConnectionDriver]: ...
+
+    def connection_closed(self, driver: ConnectionDriver, exc: Exception | None = None) -> None: ...
+
+    def session_started(self, session: Session, driver: ConnectionDriver) -> None: ...
+
+    def session_ended(self, session: Session) -> None: ...
+
+    def drop_session(self, session: Session, reason: str) -> None: ...
+
+
 class ConnectionDriver(asyncio.BufferedProtocol):
-    def __init__(self, daemon: Daemon, portal: Portal) -> None:
+    def __init__(self, daemon: DriverHost, portal: Portal) -> None:
         self.daemon = daemon
         self.portal = portal
         self.loop = asyncio.get_running_loop()
@@ -65,6 +104,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         self._lowat = 1  # the socket's SO_RCVLOWAT
         self._want_lowat = 1  # what it should be when the loop next waits for bytes
         self.closed = asyncio.Event()
+        #: why the connection was closed, from the first CloseConnection ("" : the peer left)
+        self.close_reason = ""
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,7 +193,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         conn = self.conn
         if self._timer is not None:
             self._timer.cancel()
-        self.daemon.connection_closed(self)
+        self.daemon.connection_closed(self, exc)
         self._poller.unwatch(self._fd, self)
         self._close_sock()
         if conn is not None:
@@ -270,6 +311,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 self.daemon.drop_session(e.old, "session reinstated by a new login")
             elif isinstance(e, ev.CloseConnection):
                 self._closing = True
+                if not self.close_reason:
+                    self.close_reason = e.reason
 
     # ------------------------------------------------------------------ SCSI execution
     def _start(self, task: ScsiTask) -> None:
