@@ -9,7 +9,7 @@ DATA_PATH_MODULES = (
     "iscsi.pdu", "iscsi.connection", "iscsi.session", "iscsi.events",
     "scsi.device", "scsi.sbc", "scsi.task", "scsi.io", "scsi.lu",
     "server.driver", "server.iopool", "server.poller",
-    "backstore._util", "backstore.buffers", "backstore.file",
+    "backstore._util", "backstore.file", "buffers",
 )
 
 

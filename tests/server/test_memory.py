@@ -11,8 +11,8 @@ import asyncio
 import socket
 import struct
 
-from gluster_iscsi.backstore.buffers import POOL
 from gluster_iscsi.backstore.memory import MemoryStore
+from gluster_iscsi.buffers import POOL
 from gluster_iscsi.iscsi.pdu import PduReader
 from gluster_iscsi.scsi.device import DeviceServer
 from gluster_iscsi.scsi.lu import LogicalUnit

@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backstore.base import Buffer
-from ..backstore.buffers import POOL, BudgetShare, MemoryBudget
+from ..buffers import POOL, BudgetShare, Buffer, MemoryBudget
 from ..logs import PROBLEMS
 from ..scsi.sense import build_sense
 from ..scsi.task import Nexus, ScsiResult, ScsiTask, Status, TaskAttr
@@ -53,7 +52,7 @@ DEFAULT_TARGET_PARAMS: dict[str, str] = {
 #: in VPD B0h is 8 MiB; leave headroom for EXTENDED COPY and odd block sizes).
 MAX_WRITE_BUFFER = 32 << 20
 #: The memory budget of a connection made without one (the daemon passes its shared
-#: :class:`~gluster_iscsi.backstore.buffers.MemoryBudget`).
+#: :class:`~gluster_iscsi.buffers.MemoryBudget`).
 MAX_CONNECTION_BUFFERS = 256 << 20
 #: Login text accumulated across continued PDUs.
 MAX_LOGIN_TEXT = 64 << 10

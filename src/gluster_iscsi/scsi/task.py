@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # At run time too: compiled (setup.py), a dataclass's field types must exist.
-from ..backstore.base import Buffer  # collections.abc.Buffer is 3.12+
+from ..buffers import Buffer  # collections.abc.Buffer is 3.12+
 
 
 class Status(enum.IntEnum):

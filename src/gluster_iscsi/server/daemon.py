@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..backstore.buffers import POOL, MemoryBudget, default_budget
+from ..buffers import POOL, MemoryBudget, default_budget
 from ..iscsi.connection import DEFAULT_TARGET_PARAMS
 from ..iscsi.session import Session, SessionTable
 from ..logs import PROBLEMS
@@ -130,7 +130,7 @@ class Daemon:
         self._ring: Ring | None = None
         self._ring_tried = False
         #: Bytes the daemon may hold for commands' data, all sessions together (see
-        #: ``backstore.buffers.MemoryBudget``; default: sized to the machine), and the most
+        #: ``buffers.MemoryBudget``; default: sized to the machine), and the most
         #: one session may hold (default: a quarter of it).
         self.budget = MemoryBudget(memory_budget or default_budget(), session_share)
         # The pool keeps at most an eighth of the budget for reuse, and less once idle.

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..backstore.base import BackingStoreError
-from ..backstore.buffers import POOL
+from ..buffers import POOL
 from ..iscsi import events as ev
 from ..iscsi.connection import Connection
 from ..iscsi.pdu import TmfFunction, TmfResponse
