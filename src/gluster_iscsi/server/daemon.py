@@ -27,6 +27,7 @@ from .admission import Admission, Limits, Listener, Spare
 from .driver import ConnectionDriver
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
+from .runner import Runner
 from .uring import Ring
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Daemon:
         self.io_uring = io_uring
         self._ring: Ring | None = None
         self._ring_tried = False
+        self._runner: Runner | None = None
         #: Bytes the daemon may hold for commands' data, all sessions together (see
         #: ``buffers.MemoryBudget``; default: sized to the machine), and the most
         #: one session may hold (default: a quarter of it).
@@ -150,6 +152,13 @@ class Daemon:
         if self._ring is not None:
             sources.append(self._ring)
         return sources
+
+    @property
+    def runner(self) -> Runner:
+        """The command runner of every connection (made on first use, in the loop)."""
+        if self._runner is None:
+            self._runner = Runner(self)
+        return self._runner
 
     @property
     def ring(self) -> Ring | None:
