@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 DATA_PATH_MODULES = (
     "iscsi.pdu", "iscsi.connection", "iscsi.session", "iscsi.events",
     "scsi.device", "scsi.sbc", "scsi.task", "scsi.io", "scsi.lu",
-    "server.driver", "server.iopool", "server.poller",
+    "server.driver", "server.iopool", "server.poller", "server.runner",
     "backstore._util", "backstore.file", "buffers",
 )
 

@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backstore.base import BackingStoreError
@@ -321,14 +321,14 @@ class Runner:
         self,
         engines: Engines | None = None,
         *,
-        calls: Mapping[type, StoreCall] | None = None,
+        calls: dict[type, StoreCall] | None = None,
         locks: Locks | None = None,
         buffers: BufferPool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         #: None: synchronous use only (:meth:`run`), every call inline.
         self.engines = engines
-        self.calls: Mapping[type, StoreCall] = calls if calls is not None else STORE_CALLS
+        self.calls: dict[type, StoreCall] = calls if calls is not None else STORE_CALLS
         self.locks: Locks = locks if locks is not None else LockTable()
         self.buffers: BufferPool = buffers if buffers is not None else POOL
         #: The clock background jobs are paced by.
