@@ -32,18 +32,13 @@ is taken and released when it is given up. It only counts; it allocates nothing.
 
 from __future__ import annotations
 
-import sys
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-# collections.abc.Buffer (PEP 688) exists only from Python 3.12; the project supports 3.11.
-# Import ``Buffer`` from here: at run time on 3.11 it is a plain alias usable in annotations.
-if sys.version_info >= (3, 12):
-    from collections.abc import Buffer
-elif TYPE_CHECKING:
-    from typing_extensions import Buffer
-else:
-    Buffer = bytes | bytearray | memoryview
+from .buffertype import Buffer  # re-exported: import it from here
+
+__all__ = ["Buffer", "POOL", "BufferPool", "BudgetShare", "MemoryBudget", "PooledBuffer",
+           "default_budget"]
 
 try:
     from mypy_extensions import mypyc_attr

@@ -321,8 +321,8 @@ def test_a_timed_out_write_keeps_its_buffer_from_the_next_command(tmp_path):
 
 
 def test_a_command_that_waits_off_the_loop_completes_at_queue_depth_one(tmp_path):
-    """SANITIZE without IMMED waits for its job through a stand-in store (OFF_LOOP), not a
-    backing store: alone on its connection it must still go to the worker pool, not fail."""
+    """SANITIZE without IMMED waits for its job (WaitJob, a wait, not a store call): alone on
+    its connection it must still go to a worker pool, never the ring or the loop, not fail."""
     async def main():
         d, port = await start(tmp_path)
         store = FileStore(tmp_path / "lun2.img", create_size=1 << 20)

@@ -115,6 +115,9 @@ class LogicalUnit:
         self.store = store
         #: What the medium can do (see :class:`Capabilities`).
         self.capabilities = capabilities
+        #: Opaque to the SCSI layer: where the command runner keeps its state for this LU
+        #: (its I/O lock, ``server.runner.LockTable``). Nothing in ``scsi/`` reads it.
+        self.runner_state: Any = None
         self.lun_id = lun_id
         self.block_size = block_size
         #: The unit the store really allocates and writes (READ CAPACITY(16) LBPPBE): a

@@ -41,7 +41,6 @@ import errno
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -165,19 +164,17 @@ class Locks(Protocol):
 
 
 class LockTable:
-    """One :class:`IoLock` per logical unit of this process, made on first use and dropped
-    with the LU."""
+    """One :class:`IoLock` per logical unit of this process, made on first use.
 
-    def __init__(self) -> None:
-        self._locks: dict[int, IoLock] = {}
+    Kept in the LU's ``runner_state`` slot (opaque to the SCSI layer), so it goes with the
+    LU: a table keyed by LU would keep removed LUs alive, and compiled LUs take no weak
+    references."""
 
     def lock(self, lu: Any) -> IoLock:
-        key = id(lu)
-        lock = self._locks.get(key)
+        lock = lu.runner_state
         if lock is None:
-            lock = self._locks[key] = IoLock()
-            weakref.finalize(lu, self._locks.pop, key, None)
-        return lock
+            lock = lu.runner_state = IoLock()
+        return lock  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------------ store calls
