@@ -68,8 +68,6 @@ from .iopool import IoTimeout
 
 if TYPE_CHECKING:
     from ..scsi.task import CommandRun, Execution
-    from .iopool import IoPool
-    from .poller import IdlePoller
     from .uring import Ring
 
 log = logging.getLogger(__name__)
@@ -156,11 +154,22 @@ class IoLock:
         self.release()
 
 
+class Lock(Protocol):
+    """What the store calls need of a LU's I/O lock (:class:`IoLock` here; a lock held with
+    the other gateways of a group later)."""
+
+    def acquire_shared(self) -> None: ...
+    def try_acquire_shared(self) -> bool: ...
+    def release_shared(self) -> None: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: object) -> Any: ...
+
+
 class Locks(Protocol):
     """Who gives a LU its I/O lock (this process's :class:`LockTable`, or later one shared
     by a gateway group)."""
 
-    def lock(self, lu: Any) -> IoLock: ...
+    def lock(self, lu: Any) -> Lock: ...
 
 
 class LockTable:
@@ -170,7 +179,7 @@ class LockTable:
     LU: a table keyed by LU would keep removed LUs alive, and compiled LUs take no weak
     references."""
 
-    def lock(self, lu: Any) -> IoLock:
+    def lock(self, lu: Any) -> Lock:
         lock = lu.runner_state
         if lock is None:
             lock = lu.runner_state = IoLock()
@@ -179,10 +188,10 @@ class LockTable:
 
 # ------------------------------------------------------------------------------ store calls
 #: A store call: ``call(runner, request, store, lock)`` -> the value sent into the command.
-StoreCall = Callable[["Runner", Any, Any, IoLock], Any]
+StoreCall = Callable[["Runner", Any, Any, Lock], Any]
 
 
-def _read(runner: Runner, req: Read, store: Any, lock: IoLock) -> memoryview:
+def _read(runner: Runner, req: Read, store: Any, lock: Lock) -> memoryview:
     buf = runner.buffers.borrow(req.length)  # reused buffers: no zero fill, no page faults
     lock.acquire_shared()
     try:
@@ -192,7 +201,7 @@ def _read(runner: Runner, req: Read, store: Any, lock: IoLock) -> memoryview:
     return buf
 
 
-def _write(runner: Runner, req: Write, store: Any, lock: IoLock) -> None:
+def _write(runner: Runner, req: Write, store: Any, lock: Lock) -> None:
     lock.acquire_shared()
     try:
         store.write(req.offset, req.data)
@@ -202,16 +211,16 @@ def _write(runner: Runner, req: Write, store: Any, lock: IoLock) -> None:
         store.flush()
 
 
-def _flush(runner: Runner, req: Flush, store: Any, lock: IoLock) -> None:
+def _flush(runner: Runner, req: Flush, store: Any, lock: Lock) -> None:
     store.flush()
 
 
-def _size(runner: Runner, req: Size, store: Any, lock: IoLock) -> int:
+def _size(runner: Runner, req: Size, store: Any, lock: Lock) -> int:
     size: int = store.size
     return size
 
 
-def _unmap(runner: Runner, req: Unmap, store: Any, lock: IoLock) -> None:
+def _unmap(runner: Runner, req: Unmap, store: Any, lock: Lock) -> None:
     lock.acquire_shared()
     try:
         store.discard(req.offset, req.length)
@@ -219,7 +228,7 @@ def _unmap(runner: Runner, req: Unmap, store: Any, lock: IoLock) -> None:
         lock.release_shared()
 
 
-def _write_zeroes(runner: Runner, req: WriteZeroes, store: Any, lock: IoLock) -> None:
+def _write_zeroes(runner: Runner, req: WriteZeroes, store: Any, lock: Lock) -> None:
     lock.acquire_shared()
     try:
         store.write_zeroes(req.offset, req.length)
@@ -227,11 +236,11 @@ def _write_zeroes(runner: Runner, req: WriteZeroes, store: Any, lock: IoLock) ->
         lock.release_shared()
 
 
-def _extents(runner: Runner, req: Extents, store: Any, lock: IoLock) -> Any:
+def _extents(runner: Runner, req: Extents, store: Any, lock: Lock) -> Any:
     return store.extents(req.offset, req.length)
 
 
-def _compare_and_write(runner: Runner, req: CompareAndWrite, store: Any, lock: IoLock) -> int | None:
+def _compare_and_write(runner: Runner, req: CompareAndWrite, store: Any, lock: Lock) -> int | None:
     verify = memoryview(req.verify).cast("B")
     with lock:
         current = store.read(req.offset, len(verify))
@@ -245,7 +254,7 @@ def _compare_and_write(runner: Runner, req: CompareAndWrite, store: Any, lock: I
         return None
 
 
-def _or_write(runner: Runner, req: OrWrite, store: Any, lock: IoLock) -> None:
+def _or_write(runner: Runner, req: OrWrite, store: Any, lock: Lock) -> None:
     mv = memoryview(req.data).cast("B")
     with lock:
         current = store.read(req.offset, len(mv))
@@ -255,11 +264,11 @@ def _or_write(runner: Runner, req: OrWrite, store: Any, lock: IoLock) -> None:
             store.flush()
 
 
-def _start_job(runner: Runner, req: StartJob, store: Any, lock: IoLock) -> None:
+def _start_job(runner: Runner, req: StartJob, store: Any, lock: Lock) -> None:
     runner.start_job(req.job, req.lu)
 
 
-def _wait_job(runner: Runner, req: WaitJob, store: Any, lock: IoLock) -> bool:
+def _wait_job(runner: Runner, req: WaitJob, store: Any, lock: Lock) -> bool:
     return runner.wait_job(req.job, req.timeout)
 
 
@@ -299,6 +308,22 @@ class Host(Protocol):
         """The command ended with ``result``."""
 
 
+class Workers(Protocol):
+    """A store's worker threads (``iopool.IoPool``)."""
+
+    def in_flight(self) -> bool: ...
+    def submit(self, fn: Callable[[Any], Any], arg: Any,
+               callback: Callable[[Any, BaseException | None], None], timeout: float = 0.0) -> None: ...
+
+
+class Waker(Protocol):
+    """The idle poller (``poller.IdlePoller``): told when a completion woke the loop."""
+
+    @property
+    def missed_at(self) -> float | None: ...
+    def woke(self) -> None: ...
+
+
 class Engines(Protocol):
     """Where blocking calls run: the daemon's pools, io_uring, I/O timeout and idle poller."""
 
@@ -307,8 +332,8 @@ class Engines(Protocol):
     @property
     def ring(self) -> Ring | None: ...
     @property
-    def poller(self) -> IdlePoller: ...
-    def pool_for(self, store: object) -> IoPool: ...
+    def poller(self) -> Waker: ...
+    def pool_for(self, store: object) -> Workers: ...
 
 
 class Runner:
