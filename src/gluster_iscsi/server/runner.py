@@ -193,6 +193,13 @@ StoreCall = Callable[["Runner", Any, Any, Lock], Any]
 
 def _read(runner: Runner, req: Read, store: Any, lock: Lock) -> memoryview:
     buf = runner.buffers.borrow(req.length)  # reused buffers: no zero fill, no page faults
+    if isinstance(lock, IoLock):  # this process's own lock: native calls (compiled), the
+        lock.acquire_shared()     # common case of every read and write
+        try:
+            store.read_into(req.offset, buf)
+        finally:
+            lock.release_shared()
+        return buf
     lock.acquire_shared()
     try:
         store.read_into(req.offset, buf)
@@ -202,11 +209,18 @@ def _read(runner: Runner, req: Read, store: Any, lock: Lock) -> memoryview:
 
 
 def _write(runner: Runner, req: Write, store: Any, lock: Lock) -> None:
-    lock.acquire_shared()
-    try:
-        store.write(req.offset, req.data)
-    finally:
-        lock.release_shared()
+    if isinstance(lock, IoLock):  # (as in _read)
+        lock.acquire_shared()
+        try:
+            store.write(req.offset, req.data)
+        finally:
+            lock.release_shared()
+    else:
+        lock.acquire_shared()
+        try:
+            store.write(req.offset, req.data)
+        finally:
+            lock.release_shared()
     if req.fua:
         store.flush()
 
@@ -352,10 +366,18 @@ class Runner:
         self.engines = engines
         self.calls: dict[type, StoreCall] = calls if calls is not None else STORE_CALLS
         self.locks: Locks = locks if locks is not None else LockTable()
+        # The default table, called natively (compiled) on every request; None for another.
+        self._table: LockTable | None = self.locks if isinstance(self.locks, LockTable) else None
         self.buffers: BufferPool = buffers if buffers is not None else POOL
         #: The clock background jobs are paced by.
         self.clock = clock
         self._jobs: dict[BackgroundJob, JobRun] = {}
+
+    def _lock(self, target: Any) -> Lock:
+        table = self._table
+        if table is not None:
+            return table.lock(target)
+        return self.locks.lock(target)
 
     # -- one request, synchronously ---------------------------------------------------------
 
@@ -364,7 +386,7 @@ class Runner:
         target = req.lu
         if target is None:
             target = lu
-        return self.calls[type(req)](self, req, target.store, self.locks.lock(target))
+        return self.calls[type(req)](self, req, target.store, self._lock(target))
 
     def run(self, execution: Execution | CommandRun, lu: Any) -> ScsiResult:
         """Run a command's (or a handler's) generator to its result on this thread."""
@@ -413,7 +435,7 @@ class Runner:
                     self._submit(task, gen, lu, host, req, target)
                     return
                 try:
-                    value = self.calls[t](self, req, store, self.locks.lock(target))
+                    value = self.calls[t](self, req, store, self._lock(target))
                 except Exception as e:  # handed to the SCSI layer to map to sense
                     exc, value = e, None
         except Exception:  # a bug in the SCSI layer (a CommandRun never returns): this command only
@@ -471,7 +493,7 @@ class Runner:
 
     def _perform_boxed(self, box: tuple[Any, Any]) -> Any:
         req, target = box
-        return self.calls[type(req)](self, req, target.store, self.locks.lock(target))
+        return self.calls[type(req)](self, req, target.store, self._lock(target))
 
     def _submit_to_ring(self, ring: Ring, req: Any, target: Any,
                         done: Callable[[Any, BaseException | None], None], timeout: float) -> bool:
@@ -500,7 +522,7 @@ class Runner:
                 copy = buffers.borrow(len(view))
                 copy[:] = view
                 view = copy
-        lock = self.locks.lock(target)
+        lock = self._lock(target)
 
         def finish() -> None:  # once the kernel is done with the buffer, even late
             lock.release_shared()
