@@ -4,8 +4,9 @@ The transport builds a :class:`ScsiTask` once all data-out has arrived and asks 
 server to execute it. Execution is a generator: it yields :mod:`I/O requests <.io>`, plain
 records, for the command runner (``server.runner``) to do against the logical unit's store,
 and last the :class:`ScsiResult`. Nothing in the SCSI layer does I/O itself: no store call, no
-thread, no clock and no I/O lock is in ``scsi/`` (the runner holds the LUs' I/O locks and
-drives background jobs). What ``scsi/`` does keep is a mutex per LU and per device server
+thread, no clock and no I/O lock is in ``scsi/`` (the runner holds the LUs' I/O locks, kept
+in a slot of the LU that ``scsi/`` never reads, ``LogicalUnit.runner_state``, and drives
+background jobs). What ``scsi/`` does keep is a mutex per LU and per device server
 (``state_lock``) guarding its own state (unit attentions, reservations) against commands
 handled on different threads; and it imports nothing of ``backstore/``, ``server/``,
 ``iscsi/``, ``control/``, ``cli/`` or ``target/`` (only the neutral ``buffers``).
