@@ -26,9 +26,9 @@ import time
 
 from gluster_iscsi.backstore.file import FileStore
 from gluster_iscsi.scsi.device import DeviceServer
-from gluster_iscsi.scsi.lu import LogicalUnit
 from gluster_iscsi.server.daemon import Daemon
 from gluster_iscsi.server.driver import ConnectionDriver
+from gluster_iscsi.server.runner import lu_on
 from gluster_iscsi.target.model import AccessRule, Portal, Target
 
 TNAME = "iqn.2026-12.org.gluster-iscsi:corepath"
@@ -133,7 +133,7 @@ async def run(workload: str, qd: int, commands: int, profile: bool, directory: s
     path = os.path.join(state, "lun.img")
     store = FileStore(path, create_size=LUN_BYTES)
     os.posix_fallocate(store._fd, 0, LUN_BYTES)
-    lu = LogicalUnit(store, serial="corepath1", naa=bytes.fromhex("6001405000000099"))
+    lu = lu_on(store, serial="corepath1", naa=bytes.fromhex("6001405000000099"))
     d = Daemon(state, poll_usecs=0)
     d.add_target(Target(TNAME, 1, acl=[AccessRule(network="ALL")],
                         device=DeviceServer({1: lu}, target_name=TNAME)))

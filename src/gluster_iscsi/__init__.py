@@ -9,8 +9,8 @@ DATA_PATH_MODULES = (
     "iscsi.pdu", "iscsi.connection", "iscsi.transfer", "iscsi.responses", "iscsi.tasks",
     "iscsi.session", "iscsi.events",
     "scsi.device", "scsi.sbc", "scsi.task", "scsi.io", "scsi.lu",
-    "server.driver", "server.iopool", "server.poller",
-    "backstore._util", "backstore.buffers", "backstore.file",
+    "server.driver", "server.iopool", "server.poller", "server.runner",
+    "backstore._util", "backstore.file", "buffers",
 )
 
 

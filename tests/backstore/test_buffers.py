@@ -1,6 +1,6 @@
 """The read-buffer pool hands out exact-size views and takes back only its own buffers."""
 
-from gluster_iscsi.backstore.buffers import (
+from gluster_iscsi.buffers import (
     BUDGET_CEILING,
     BUDGET_FLOOR,
     BudgetShare,

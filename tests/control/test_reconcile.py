@@ -321,11 +321,11 @@ def test_pr_state_is_saved_atomically_0600_and_restored(tmp_path):
     import stat
 
     from gluster_iscsi.backstore.memory import MemoryStore
-    from gluster_iscsi.scsi.lu import LogicalUnit
     from gluster_iscsi.scsi.reservations import PrState, Registration
+    from gluster_iscsi.server.runner import lu_on
 
     cfg = {"uuid": "5c1d0e6a-1c79-4e9c-a1a7-6d2f3c3f7c01"}
-    lu = LogicalUnit(MemoryStore(1 << 20), serial="s1")
+    lu = lu_on(MemoryStore(1 << 20), serial="s1")
     reconcile.attach_pr_state(tmp_path, lu, cfg)
     assert lu.on_persist is not None
     lu.pr = PrState(registrations=[Registration("iqn.x,i,0x1", "iqn.t,t,0x1", 7)], aptpl=True)
@@ -334,7 +334,7 @@ def test_pr_state_is_saved_atomically_0600_and_restored(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no tmp left
 
-    again = LogicalUnit(MemoryStore(1 << 20), serial="s1")
+    again = lu_on(MemoryStore(1 << 20), serial="s1")
     reconcile.attach_pr_state(tmp_path, again, cfg)
     assert [r.key for r in again.pr.registrations] == [7] and again.pr.aptpl
 
@@ -345,13 +345,13 @@ def test_pr_state_is_saved_atomically_0600_and_restored(tmp_path):
 
 def test_unreadable_pr_state_is_ignored_not_fatal(tmp_path):
     from gluster_iscsi.backstore.memory import MemoryStore
-    from gluster_iscsi.scsi.lu import LogicalUnit
+    from gluster_iscsi.server.runner import lu_on
 
     cfg = {"uuid": "u1"}
     path = reconcile.pr_path(tmp_path, "u1")
     path.parent.mkdir()
     path.write_text("{not json")
-    lu = LogicalUnit(MemoryStore(1 << 20), serial="s1")
+    lu = lu_on(MemoryStore(1 << 20), serial="s1")
     reconcile.attach_pr_state(tmp_path, lu, cfg)
     assert lu.pr.registrations == [] and lu.on_persist is not None
 
@@ -374,8 +374,8 @@ def test_an_online_grow_never_asks_the_store_its_size_on_the_event_loop(
     import threading
 
     from gluster_iscsi.backstore.memory import MemoryStore
-    from gluster_iscsi.scsi.lu import LogicalUnit
     from gluster_iscsi.scsi.sense import Asc
+    from gluster_iscsi.server.runner import lu_on
 
     loop_thread: list[threading.Thread] = []
     on_loop: list[str] = []
@@ -388,7 +388,7 @@ def test_an_online_grow_never_asks_the_store_its_size_on_the_event_loop(
             return super().size
 
     def open_lu(cfg, target_name):
-        return LogicalUnit(Watched(cfg["size"]), lun_id=cfg["lun"], serial=cfg["serial"])
+        return lu_on(Watched(cfg["size"]), lun_id=cfg["lun"], serial=cfg["serial"])
 
     monkeypatch.setattr(reconcile, "open_lu", open_lu)
     d = FakeDaemon(tmp_path)

@@ -475,7 +475,7 @@ def test_large_immediate_data_on_a_refused_command_is_not_kept():
 
 
 def test_a_task_aborted_while_its_data_out_arrives_keeps_its_buffer_out_of_the_pool():
-    from gluster_iscsi.backstore.buffers import POOL
+    from gluster_iscsi.buffers import POOL
 
     conn = logged_in()
     _, (r2t,) = feed(conn, I.scsi_cmd(b"\x2a" + bytes(9), itt=4, cmdsn=1, edtl=65536, write=True))

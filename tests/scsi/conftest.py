@@ -9,8 +9,8 @@ import pytest
 
 from gluster_iscsi.backstore.base import BackingStore, BackingStoreError, Capabilities, Extent
 from gluster_iscsi.scsi import DeviceServer, LogicalUnit, Nexus, ScsiResult, ScsiTask
-from gluster_iscsi.scsi.io import drive
 from gluster_iscsi.scsi.sense import parse_sense
+from gluster_iscsi.server.runner import Runner, lu_on
 
 GRANULE = 512
 
@@ -106,12 +106,13 @@ def make_lu(blocks: int = BLOCKS, **kw: object) -> LogicalUnit:
     caps = kw.pop("capabilities", None)
     store = MemStore(blocks * int(kw.get("block_size", 512)), capabilities=caps)  # type: ignore[arg-type]
     kw.setdefault("serial", "0123456789abcdef")
-    return LogicalUnit(store, **kw)  # type: ignore[arg-type]
+    return lu_on(store, **kw)  # type: ignore[arg-type]
 
 
 class Harness:
     def __init__(self, server: DeviceServer) -> None:
         self.server = server
+        self.runner = Runner()  # synchronous: every request inline, on the caller's thread
 
     def run(
         self,
@@ -138,7 +139,7 @@ class Harness:
             expected_length=len(data) if data is not None else 0,
         )
         lu = self.server.lu(lun)
-        return drive(self.server.execute(task), lu.store if lu else None)
+        return self.runner.run(self.server.execute(task), lu)
 
     def sense(self, result: ScsiResult) -> tuple[int, int]:
         assert result.sense is not None, result

@@ -6,9 +6,11 @@ import struct
 import threading
 
 from gluster_iscsi.scsi import DeviceServer, ScsiTask, Status
-from gluster_iscsi.scsi.io import drive
+from gluster_iscsi.server.runner import Runner
 
 from .conftest import N1, N2, make_lu
+
+RUNNER = Runner()  # synchronous: requests run on the calling thread
 
 
 def test_concurrent_compare_and_write_increments_are_not_lost() -> None:
@@ -20,11 +22,11 @@ def test_concurrent_compare_and_write_increments_are_not_lost() -> None:
         data = struct.pack(">Q", old) + bytes(504) + struct.pack(">Q", new) + bytes(504)
         cdb = bytes([0x89, 0]) + struct.pack(">Q3xBBB", 0, 1, 0, 0)
         task = ScsiTask(cdb, 0, nexus, data_out=memoryview(data))
-        return drive(server.execute(task), lu.store).status
+        return RUNNER.run(server.execute(task), lu).status
 
     def read() -> int:
         task = ScsiTask(bytes.fromhex("28000000000000000100"), 0, N1)
-        return struct.unpack(">Q", bytes(drive(server.execute(task), lu.store).data)[:8])[0]
+        return struct.unpack(">Q", bytes(RUNNER.run(server.execute(task), lu).data)[:8])[0]
 
     def worker(nexus) -> None:  # noqa: ANN001
         done = 0

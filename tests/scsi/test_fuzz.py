@@ -6,13 +6,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gluster_iscsi.scsi import DeviceServer, ScsiResult, ScsiTask, Status
-from gluster_iscsi.scsi.io import drive
 from gluster_iscsi.scsi.opcodes import TABLE, Command, commands
 from gluster_iscsi.scsi.sense import SenseKey, parse_sense
+from gluster_iscsi.server.runner import Runner
 
 from .conftest import N1, N2, TARGET, make_lu
 
 KNOWN = sorted(TABLE)
+
+RUNNER = Runner()  # synchronous: requests run on the calling thread
 
 
 def small_server() -> DeviceServer:
@@ -56,7 +58,7 @@ def test_random_commands_only_produce_results(
         data_out=memoryview(data) if data is not None else None,
     )
     lu = server.lu(lun)
-    result = drive(server.execute(task), lu.store if lu else None)
+    result = RUNNER.run(server.execute(task), lu)
     assert isinstance(result, ScsiResult)
     if result.status == Status.CHECK_CONDITION:
         key, _ = parse_sense(result.sense or b"")
@@ -72,7 +74,7 @@ def test_random_sequences_keep_state_consistent(seq: list[tuple[bytes, bytes | N
             task = ScsiTask(
                 cdb=cdb, lun=0, nexus=nexus, data_out=memoryview(data) if data is not None else None
             )
-            result = drive(server.execute(task), server.lu(0).store)
+            result = RUNNER.run(server.execute(task), server.lu(0))
             assert isinstance(result, ScsiResult)
             if result.status == Status.CHECK_CONDITION:
                 assert parse_sense(result.sense or b"")[0] != SenseKey.HARDWARE_ERROR, cdb.hex()

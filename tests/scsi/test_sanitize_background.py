@@ -6,7 +6,6 @@ import threading
 import time
 
 from gluster_iscsi.scsi import ScsiTask, Status
-from gluster_iscsi.scsi.io import drive
 from gluster_iscsi.scsi.sense import Asc, SenseKey
 
 from .conftest import N1, N2, Harness, make_lu
@@ -31,7 +30,7 @@ def slow_harness(rate: float, blocks: int = BLOCKS) -> Harness:
 def wait_done(h: Harness, timeout: float = 10.0) -> None:
     job = h.server.lu(0).background
     if job is not None:
-        assert job.finished.wait(timeout)
+        assert job.join is not None and job.join(timeout)
 
 
 def test_immed_returns_at_once_and_the_overwrite_goes_on() -> None:
@@ -95,7 +94,7 @@ def test_a_waiting_command_ends_on_lun_reset_but_the_sanitize_goes_on() -> None:
     task = ScsiTask(cdb, 0, N1, data_out=memoryview(params))
     lu = h.server.lu(0)
     results = []
-    t = threading.Thread(target=lambda: results.append(drive(h.server.execute(task), lu.store)))
+    t = threading.Thread(target=lambda: results.append(h.runner.run(h.server.execute(task), lu)))
     t.start()
     time.sleep(0.2)
     h.server.lun_reset(0, N2)
@@ -114,7 +113,7 @@ def test_a_waiting_command_ends_when_the_transport_aborts_it() -> None:
     task = ScsiTask(cdb, 0, N1, data_out=memoryview(params))
     lu = h.server.lu(0)
     results = []
-    t = threading.Thread(target=lambda: results.append(drive(h.server.execute(task), lu.store)))
+    t = threading.Thread(target=lambda: results.append(h.runner.run(h.server.execute(task), lu)))
     t.start()
     time.sleep(0.1)
     task.aborted = True  # what the transport does on ABORT TASK

@@ -7,9 +7,10 @@ import struct
 
 import pytest
 
-from gluster_iscsi.scsi import DeviceServer, LogicalUnit
+from gluster_iscsi.scsi import DeviceServer
 from gluster_iscsi.scsi.sense import Asc, SenseKey
 from gluster_iscsi.scsi.task import Status
+from gluster_iscsi.server.runner import lu_on
 
 from .conftest import BLOCKS, Harness, MemStore
 
@@ -108,7 +109,7 @@ class HugeStore(MemStore):
 
 
 def test_read_capacity10_saturates_and_16_reports_all() -> None:
-    h = Harness(DeviceServer({0: LogicalUnit(HugeStore(512), serial="huge")}))
+    h = Harness(DeviceServer({0: lu_on(HugeStore(512), serial="huge")}))
     assert bytes(h.run("25000000000000000000").data)[:4] == b"\xff\xff\xff\xff"
     data = bytes(h.run("9e100000000000000000000000200000").data)
     assert data[:8] == struct.pack(">Q", (1 << 33) - 1)
@@ -120,7 +121,7 @@ def test_capacity_changed_raises_ua_for_everyone(h: Harness) -> None:
     lu.store.resize((BLOCKS + 8) * 512)
     # not measured behind the scenes: handlers never call store.size on the event loop
     assert h.run("000000000000", clear_ua=False).status == Status.GOOD
-    lu.capacity_changed()
+    lu.capacity_changed(lu.store.size)  # the caller measures (scsi/ never asks the store)
     r = h.run("000000000000", clear_ua=False)
     assert h.sense(r) == (SenseKey.UNIT_ATTENTION, Asc.CAPACITY_DATA_HAS_CHANGED)
     assert bytes(h.run("25000000000000000000").data)[:4] == struct.pack(">I", BLOCKS + 7)

@@ -74,22 +74,45 @@ def test_compare_and_write_limits(h: Harness) -> None:
 
 
 def test_compare_and_write_holds_lu_lock_exclusively(h: Harness) -> None:
-    from gluster_iscsi.scsi.io import CompareAndWriteOp
+    # The runner holds the LU's lock (scsi/ holds none): exclusive across COMPARE AND
+    # WRITE's read-compare-write, shared around a plain write, from the lock table it is given.
+    from gluster_iscsi.server.runner import IoLock, Runner
 
     lu = h.server.lu(0)
     seen = []
 
-    class Spy:
-        def __enter__(self):  # noqa: ANN204
+    class Spy:  # an IoLock that says what was taken (compiled, IoLock takes no subclass)
+        def __init__(self) -> None:
+            self.real = IoLock()
+
+        def __enter__(self) -> None:
             seen.append("enter")
+            self.real.acquire()
 
-        def __exit__(self, *a):  # noqa: ANN002, ANN204
+        def __exit__(self, *exc: object) -> None:
             seen.append("exit")
+            self.real.release()
 
-    op = CompareAndWriteOp(0, bytes(512), bytes(512), lock=lu.io_lock)
-    assert op.lock is lu.io_lock
-    CompareAndWriteOp(0, bytes(512), bytes(512), lock=Spy()).run(lu.store)  # type: ignore[arg-type]
+        def acquire_shared(self) -> None:
+            seen.append("shared")
+            self.real.acquire_shared()
+
+        def release_shared(self) -> None:
+            self.real.release_shared()
+
+    spy = Spy()
+
+    class Locks:
+        def lock(self, of):  # noqa: ANN001, ANN202
+            assert of is lu
+            return spy
+
+    h.runner = Runner(locks=Locks())
+    assert h.run(caw(0, 1), data=bytes(1024)).status == Status.GOOD
     assert seen == ["enter", "exit"]
+    seen.clear()
+    assert h.run("2a000000000000000100", data=bytes(512)).status == Status.GOOD
+    assert seen == ["shared"]
 
 
 # -- WRITE SAME --------------------------------------------------------------------------------
@@ -291,7 +314,7 @@ def test_sanitize_in_progress_blocks_other_commands(make_harness) -> None:  # no
     assert h.run("120000006000").status == Status.GOOD
     lu = h.server.lu(0)
     while type(op) is not ScsiResult:
-        op = execution.send(op.run(lu.store))
+        op = execution.send(h.runner.perform(op, lu))
     assert op.status == Status.GOOD
     assert h.run(rw(0x28, 0, 1)).status == Status.GOOD
 

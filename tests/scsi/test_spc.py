@@ -114,7 +114,9 @@ def test_inquiry_unconfigured_lun(h: Harness) -> None:
 
 
 def test_report_luns(h: Harness) -> None:
-    h.server.add_lun(300, h.server.lu(0).__class__(h.server.lu(0).store, serial="x"))
+    from gluster_iscsi.server.runner import lu_on
+
+    h.server.add_lun(300, lu_on(h.server.lu(0).store, serial="x"))
     r = h.run("a00000000000000001000000")
     assert bytes(r.data) == bytes.fromhex("00000010000000000000000000000000412c000000000000")
     assert bytes(h.run("a00001000000000001000000").data) == bytes(8)

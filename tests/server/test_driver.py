@@ -8,13 +8,13 @@ import struct
 
 import pytest
 
-from gluster_iscsi.backstore.buffers import POOL
 from gluster_iscsi.backstore.file import FileStore
 from gluster_iscsi.backstore.memory import MemoryStore
+from gluster_iscsi.buffers import POOL
 from gluster_iscsi.iscsi.pdu import PduReader
 from gluster_iscsi.scsi.device import DeviceServer
-from gluster_iscsi.scsi.lu import LogicalUnit
 from gluster_iscsi.server.daemon import Daemon
+from gluster_iscsi.server.runner import lu_on
 from gluster_iscsi.target.model import AccessRule, Portal, Target
 
 from ..iscsi import initiator as I
@@ -24,7 +24,7 @@ TNAME = "iqn.2026-11.org.gluster-iscsi:server-test"
 
 async def start(tmp_path, **kw) -> tuple[Daemon, int]:
     d = Daemon(tmp_path, **kw)
-    lu = LogicalUnit(MemoryStore(8 << 20), serial="srv0001", naa=bytes.fromhex("6001405000000001"))
+    lu = lu_on(MemoryStore(8 << 20), serial="srv0001", naa=bytes.fromhex("6001405000000001"))
     d.add_target(Target(TNAME, 1, acl=[AccessRule(network="ALL")], device=DeviceServer({1: lu}, target_name=TNAME)))
     await d.add_portal(Portal("127.0.0.1", 0))
     return d, d.portals()[0].port
@@ -151,7 +151,7 @@ def test_a_hung_store_fails_its_commands_within_the_io_timeout_and_spares_other_
     async def main():
         d, port = await start(tmp_path, io_timeout=0.5)
         hung = HangingStore(8 << 20)
-        d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(hung, serial="hung0001"))
+        d.registry.lookup(TNAME).device.add_lun(2, lu_on(hung, serial="hung0001"))
         try:
             r, w, reader = await login(port)
             t0 = asyncio.get_running_loop().time()
@@ -260,7 +260,7 @@ def test_a_file_lun_writes_and_reads_back_through_the_ring_or_the_workers(tmp_pa
         if not store.blocking:
             pytest.skip("the test directory is on tmpfs: file stores there run inline")
         store.lends_fd = True  # as on a FUSE mount
-        d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(store, serial="file0001"))
+        d.registry.lookup(TNAME).device.add_lun(2, lu_on(store, serial="file0001"))
         try:
             r, w, reader = await login(port)
             assert (await command(r, w, reader, 10, 1, lun=2))[0] == 0  # and the unit attention
@@ -289,7 +289,7 @@ def test_a_timed_out_write_keeps_its_buffer_from_the_next_command(tmp_path):
     async def main():
         d, port = await start(tmp_path, io_timeout=0.5)
         hung = HangingStore(8 << 20, reads=False)
-        d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(hung, serial="hung0002"))
+        d.registry.lookup(TNAME).device.add_lun(2, lu_on(hung, serial="hung0002"))
         try:
             r, w, reader = await login(port)
             assert (await command(r, w, reader, 10, 1, lun=2))[0] == 0  # and the unit attention
@@ -321,12 +321,12 @@ def test_a_timed_out_write_keeps_its_buffer_from_the_next_command(tmp_path):
 
 
 def test_a_command_that_waits_off_the_loop_completes_at_queue_depth_one(tmp_path):
-    """SANITIZE without IMMED waits for its job through a stand-in store (OFF_LOOP), not a
-    backing store: alone on its connection it must still go to the worker pool, not fail."""
+    """SANITIZE without IMMED waits for its job (WaitJob, a wait, not a store call): alone on
+    its connection it must still go to a worker pool, never the ring or the loop, not fail."""
     async def main():
         d, port = await start(tmp_path)
         store = FileStore(tmp_path / "lun2.img", create_size=1 << 20)
-        d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(store, serial="file0002"))
+        d.registry.lookup(TNAME).device.add_lun(2, lu_on(store, serial="file0002"))
         try:
             r, w, reader = await login(port)
             assert (await command(r, w, reader, 10, 1, lun=2))[0] == 0  # and the unit attention

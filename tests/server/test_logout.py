@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from gluster_iscsi.scsi.lu import LogicalUnit
+from gluster_iscsi.server.runner import lu_on
 
 from ..iscsi import initiator as I
 from .test_driver import TNAME, HangingStore, login, next_pdu, start
@@ -15,7 +15,7 @@ def test_a_logout_behind_a_running_read_is_answered_and_the_connection_closes(tm
     async def main():
         d, port = await start(tmp_path, io_timeout=20)
         hung = HangingStore(8 << 20)
-        d.registry.lookup(TNAME).device.add_lun(2, LogicalUnit(hung, serial="hung0002"))
+        d.registry.lookup(TNAME).device.add_lun(2, lu_on(hung, serial="hung0002"))
         try:
             r, w, reader = await login(port)
             # TEST UNIT READY takes the power-on unit attention without touching the store.

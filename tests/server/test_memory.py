@@ -11,12 +11,12 @@ import asyncio
 import socket
 import struct
 
-from gluster_iscsi.backstore.buffers import POOL
 from gluster_iscsi.backstore.memory import MemoryStore
+from gluster_iscsi.buffers import POOL
 from gluster_iscsi.iscsi.pdu import PduReader
 from gluster_iscsi.scsi.device import DeviceServer
-from gluster_iscsi.scsi.lu import LogicalUnit
 from gluster_iscsi.server.daemon import Daemon
+from gluster_iscsi.server.runner import lu_on
 from gluster_iscsi.target.model import AccessRule, Portal, Target
 
 from ..iscsi import initiator as I
@@ -29,7 +29,7 @@ GOOD, BUSY, TASK_SET_FULL = 0x00, 0x08, 0x28
 
 async def start(tmp_path) -> tuple[Daemon, int]:
     d = Daemon(tmp_path, memory_budget=BUDGET, session_share=SHARE, poll_usecs=0, io_uring=False)
-    lu = LogicalUnit(MemoryStore(16 * MiB), serial="mem0001", naa=bytes.fromhex("6001405000000002"))
+    lu = lu_on(MemoryStore(16 * MiB), serial="mem0001", naa=bytes.fromhex("6001405000000002"))
     d.add_target(Target(TNAME, 1, acl=[AccessRule(network="ALL")], device=DeviceServer({1: lu}, target_name=TNAME)))
     await d.add_portal(Portal("127.0.0.1", 0))
     return d, d.portals()[0].port

@@ -12,20 +12,12 @@ ENOTCONN/ETIMEDOUT -> NOT READY, ...). A store never returns partial success sil
 from __future__ import annotations
 
 import errno as _errno
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-# collections.abc.Buffer (PEP 688) exists only from Python 3.12; the project supports 3.11.
-# Import ``Buffer`` from here: at run time on 3.11 it is a plain alias usable in annotations.
-if sys.version_info >= (3, 12):
-    from collections.abc import Buffer
-elif TYPE_CHECKING:
-    from typing_extensions import Buffer
-else:
-    Buffer = bytes | bytearray | memoryview
+from ..buffers import Buffer  # (re-exported: the stores import it from here)
 
 T = TypeVar("T")
 

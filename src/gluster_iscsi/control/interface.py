@@ -29,7 +29,7 @@ class Binding(Protocol):
 
 
 class Budget(Protocol):
-    """The daemon's memory budget for commands' data (``backstore.buffers.MemoryBudget``)."""
+    """The daemon's memory budget for commands' data (``gluster_iscsi.buffers.MemoryBudget``)."""
 
     @property
     def limit(self) -> int: ...

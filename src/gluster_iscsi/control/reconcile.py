@@ -145,7 +145,8 @@ LU_OPTIONS = ("physical_block_size",)
 def open_lu(lun_cfg: dict[str, Any], target_name: str) -> Any:
     """Open the store and build the LogicalUnit for one LUN entry (blocking)."""
     from ..backstore.open import open_store
-    from ..scsi.lu import LogicalUnit, naa_from_serial
+    from ..scsi.lu import naa_from_serial
+    from ..server.runner import lu_on
 
     options = dict(lun_cfg.get("options") or {})
     lu_options = {k: options.pop(k) for k in LU_OPTIONS if k in options}
@@ -157,7 +158,7 @@ def open_lu(lun_cfg: dict[str, Any], target_name: str) -> Any:
         **options,
     )
     try:
-        return LogicalUnit(
+        return lu_on(  # the LU is told the store's size and capabilities, measured here
             store,
             lun_id=lun_cfg["lun"],
             block_size=lun_cfg.get("block_size", 512),

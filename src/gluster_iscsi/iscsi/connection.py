@@ -12,8 +12,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..backstore.base import Buffer
-from ..backstore.buffers import MemoryBudget
+from ..buffers import Buffer, MemoryBudget
 from . import pdu as P
 from .errors import LoginStatus, ProtocolError, RejectReason
 from .events import LoginComplete, TaskManagement
@@ -47,7 +46,7 @@ DEFAULT_TARGET_PARAMS: dict[str, str] = {
 }
 
 #: The memory budget of a connection made without one (the daemon passes its shared
-#: :class:`~gluster_iscsi.backstore.buffers.MemoryBudget`).
+#: :class:`~gluster_iscsi.buffers.MemoryBudget`).
 MAX_CONNECTION_BUFFERS = 256 << 20
 
 

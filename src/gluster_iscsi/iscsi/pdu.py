@@ -16,8 +16,7 @@ from typing import Final
 
 from crc32c import crc32c
 
-from ..backstore.base import Buffer
-from ..backstore.buffers import POOL
+from ..buffers import POOL, Buffer
 from .errors import ProtocolError, RejectReason
 
 BHS_LEN: Final = 48

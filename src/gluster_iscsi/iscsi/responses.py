@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..backstore.base import Buffer
+from ..buffers import Buffer
 from ..logs import PROBLEMS
 from ..scsi.task import ScsiResult, Status
 from . import pdu as P

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..backstore.buffers import POOL, BudgetShare, MemoryBudget
+from ..buffers import POOL, BudgetShare, MemoryBudget
 from ..scsi.sense import build_sense
 from ..scsi.task import ScsiResult, ScsiTask, Status, TaskAttr
 from . import pdu as P

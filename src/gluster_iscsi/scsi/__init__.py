@@ -2,22 +2,24 @@
 
 How a transport drives it::
 
-    server = DeviceServer({0: LogicalUnit(store, serial="...")}, target_name="iqn...")
+    lu = LogicalUnit(store, size=..., capabilities=..., serial="...")  # told, not asked
+    server = DeviceServer({0: lu}, target_name="iqn...")
     server.nexus_added(nexus)               # at login (POWER ON UA per I_T nexus)
     execution = server.execute(ScsiTask(cdb, lun, nexus, data_out=...))
-    op = next(execution)                    # an io op; run it against
-    store = io.store_for(op, server.store(lun))   # ... this store (OnStore for XCOPY)
-    op = execution.send(op.run(store))      # or .throw(exc); repeat until op is a ScsiResult
+    req = next(execution)                   # an io request (a plain record); do it on the
+                                            # LU it names (req.lu) or else the command's,
+    req = execution.send(outcome)           # or .throw(exc); repeat until req is a ScsiResult
     server.nexus_lost(nexus)                # session gone
     server.lun_reset(lun, nexus) / server.target_reset(nexus, cold=False)
 
 ``ScsiResult.extra["abort_initiators"]`` (PREEMPT AND ABORT) names initiator ports whose
-task sets the transport should abort. :func:`.io.drive` runs an execution synchronously.
+task sets the transport should abort. ``server.runner.Runner`` is what does the requests
+(``Runner.run`` synchronously, ``Runner.start`` on the event loop).
 
 What the daemon decides per LU (``LogicalUnit(...)`` keywords): ``max_transfer_bytes``
 (default 32 MiB, the iSCSI layer's largest data-out buffer), ``sanitize`` (SANITIZE
 offered, default on), ``on_persist`` + :meth:`LogicalUnit.load_pr_state` (APTPL), and
-``capacity_changed(size)`` after growing a store (pass the size: ``store.size`` may block).
+``capacity_changed(size)`` after growing a store (the caller measured the size).
 """
 
 from .device import DeviceServer

@@ -13,7 +13,7 @@ from .sense import Asc, CheckCondition, SenseKey
 from .task import Nexus, ScsiResult, ScsiTask
 
 if TYPE_CHECKING:
-    from ..backstore.base import Buffer
+    from ..buffers import Buffer
     from .device import DeviceServer
     from .lu import LogicalUnit
     from .opcodes import Command

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .context import Ctx, ReservationConflict
 from .opcodes import TABLE, Command, lookup
@@ -28,7 +28,6 @@ from .sense import (
 from .task import CommandRun, Nexus, ScsiResult, ScsiTask, Status
 
 if TYPE_CHECKING:
-    from ..backstore.base import BackingStore
     from .lu import LogicalUnit
 
 log = logging.getLogger(__name__)
@@ -58,8 +57,8 @@ class DeviceServer:
     def lu(self, lun: int) -> LogicalUnit | None:
         return self.luns.get(lun)
 
-    def store(self, lun: int) -> BackingStore | None:
-        """The store a task's plain ops run against (see :func:`.io.store_for` for OnStore)."""
+    def store(self, lun: int) -> Any:
+        """The store of LUN ``lun`` (opaque here: the command runner runs requests on it)."""
         lu = self.luns.get(lun)
         return lu.store if lu is not None else None
 

@@ -1,7 +1,9 @@
-"""One logical unit: its store, identity, mode pages, unit attentions and reservations.
+"""One logical unit: its identity, geometry, mode pages, unit attentions and reservations.
 
 All of a LU's mutable SCSI state lives here; handlers in :mod:`.spc`/:mod:`.sbc` read and
-change it. Nothing here does I/O: the store is only asked for its ``size``/``capabilities``.
+change it. Nothing here does I/O or touches the store: whoever opens the store measures it
+and says what it can do (``size``, ``capabilities``, ``read_only``: ``server.runner.lu_on``);
+``store`` is only carried for the command runner, which runs the LU's requests against it.
 """
 
 from __future__ import annotations
@@ -10,11 +12,9 @@ import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from ..backstore.base import BackingStore  # at run time too: compiled, see setup.py
 from .background import BackgroundJob, JobBody
-from .io import IoLock
 from .reservations import PrState
 from .sense import Asc
 
@@ -66,13 +66,32 @@ D_SENSE = 0x04  # control page byte 2
 SWP = 0x08  # control page byte 4
 
 
+class Capabilities(Protocol):
+    """What the medium can really do, as the SCSI layer reads it (VPD B0h/B2h, READ
+    CAPACITY(16), the caching page): plain data given by whoever opens the store (the
+    stores' own ``Capabilities`` record has these fields)."""
+
+    @property
+    def discard(self) -> bool: ...  # deallocate a range
+    @property
+    def discard_zeroes(self) -> bool: ...  # a deallocated range reads back as zeroes (LBPRZ)
+    @property
+    def write_zeroes(self) -> bool: ...  # an efficient zero fill
+    @property
+    def extents(self) -> bool: ...  # can tell mapped from deallocated ranges
+    @property
+    def flush(self) -> bool: ...  # flushing makes written data durable
+
+
 class LogicalUnit:
-    """A direct-access block device backed by a byte-level :class:`BackingStore`."""
+    """A direct-access block device; its I/O goes to ``store`` through the command runner."""
 
     def __init__(
         self,
-        store: BackingStore,
+        store: Any,
         *,
+        size: int,
+        capabilities: Capabilities,
         lun_id: int = 0,
         block_size: int = 512,
         physical_block_size: int | None = None,
@@ -92,7 +111,13 @@ class LogicalUnit:
         pbs = physical_block_size or block_size
         if pbs < block_size or pbs & (pbs - 1) or pbs // block_size > 1 << 15:
             raise ValueError(f"physical block size {pbs} for {block_size}-byte blocks")
+        #: The backing store, opaque here: only the command runner calls it.
         self.store = store
+        #: What the medium can do (see :class:`Capabilities`).
+        self.capabilities = capabilities
+        #: Opaque to the SCSI layer: where the command runner keeps its state for this LU
+        #: (its I/O lock, ``server.runner.LockTable``). Nothing in ``scsi/`` reads it.
+        self.runner_state: Any = None
         self.lun_id = lun_id
         self.block_size = block_size
         #: The unit the store really allocates and writes (READ CAPACITY(16) LBPPBE): a
@@ -107,11 +132,9 @@ class LogicalUnit:
         self.vendor = vendor
         self.product = product
         self.revision = revision
-        self.read_only = read_only or store.read_only
+        self.read_only = read_only
         #: Called with the PR state dict (or None when APTPL is off) whenever it must persist.
         self.on_persist = on_persist
-        #: Serializes COMPARE AND WRITE against every other data op of this LU.
-        self.io_lock = IoLock()
         #: Guards this object's state (unit attentions, reservations) across threads.
         self.state_lock = threading.RLock()
         self.started = True
@@ -135,8 +158,8 @@ class LogicalUnit:
         #: EXTENDED COPY outcomes by (initiator port, list identifier), for RECEIVE COPY STATUS.
         self.copy_results: dict[tuple[str, int], Any] = {}
         self._ua: dict[str, list[Asc]] = {}
-        self._blocks = store.size // block_size
-        flush = store.capabilities.flush
+        self._blocks = size // block_size
+        flush = capabilities.flush
         self.mode_pages: dict[int, ModePage] = {
             # Caching (SBC-3 6.4.5): WCE tells the initiator to send SYNCHRONIZE CACHE.
             CACHING_PAGE: ModePage.make(
@@ -161,17 +184,15 @@ class LogicalUnit:
         """Blocks on the medium, as last measured.
 
         Cached: ``store.size`` may be a network round trip (gfapi fstat) and handlers run
-        on the event loop. READ CAPACITY re-measures through a :class:`~.io.SizeOp` (in a
-        worker thread) and the control plane calls :meth:`capacity_changed` after a grow.
+        on the event loop. READ CAPACITY re-measures through a :class:`~.io.Size` request
+        and the control plane calls :meth:`capacity_changed` after a grow.
         """
         return self._blocks
 
-    def capacity_changed(self, size: int | None = None) -> None:
-        """The store was resized: re-measure and tell every nexus (CAPACITY DATA HAS CHANGED).
-
-        ``size`` (bytes) avoids asking the store again when the caller already knows it.
-        """
-        blocks = (self.store.size if size is None else size) // self.block_size
+    def capacity_changed(self, size: int) -> None:
+        """The store was resized to ``size`` bytes (measured by the caller): tell every
+        nexus (CAPACITY DATA HAS CHANGED)."""
+        blocks = size // self.block_size
         with self.state_lock:
             self._blocks = blocks
             self.queue_ua_all(Asc.CAPACITY_DATA_HAS_CHANGED)
@@ -255,7 +276,8 @@ class LogicalUnit:
     def start_background(
         self, name: str, body: JobBody, *, total: int, rate: float | None
     ) -> BackgroundJob:
-        """Register a background job (started by yielding :class:`~.io.StartJob`)."""
+        """Register a background job (the runner starts it when :class:`~.io.StartJob` is
+        yielded)."""
         with self.state_lock:
             if self.sanitizing:
                 raise RuntimeError("a background operation is already running")

@@ -83,7 +83,7 @@ def _u(hexstr: str) -> bytes:
 
 
 def _can_discard(lu: LogicalUnit) -> bool:
-    return lu.store.capabilities.discard
+    return lu.capabilities.discard
 
 
 def _can_sanitize(lu: LogicalUnit) -> bool:

@@ -1,6 +1,6 @@
 """SBC-3 block commands: READ/WRITE, capacity, cache, verify, provisioning, atomic updates.
 
-Every handler turns LBAs into byte offsets and yields :mod:`.io` ops; the store never sees a
+Every handler turns LBAs into byte offsets and yields :mod:`.io` requests; the store never sees a
 CDB. Range and field checks come before any I/O so a refused command touches nothing.
 """
 
@@ -12,20 +12,18 @@ from typing import TYPE_CHECKING
 
 from .context import data_in
 from .io import (
-    OFF_LOOP,
-    CompareAndWriteOp,
-    DiscardOp,
-    ExtentsOp,
-    FlushOp,
-    IoOp,
-    OnStore,
-    OrWriteOp,
-    ReadOp,
-    SizeOp,
+    CompareAndWrite,
+    Extents,
+    Flush,
+    OrWrite,
+    Read,
+    Request,
+    Size,
     StartJob,
+    Unmap,
     WaitJob,
-    WriteOp,
-    WriteZeroesOp,
+    Write,
+    WriteZeroes,
 )
 from .sense import (
     Asc,
@@ -104,7 +102,7 @@ def read(ctx: Ctx) -> Execution:
         raise invalid_cdb(field)
     if n == 0:
         return ScsiResult(transfer_length=0)
-    data = yield ReadOp(lba * bs, n * bs, lu.io_lock)
+    data = yield Read(lba * bs, n * bs)
     return ScsiResult(data=data)
 
 
@@ -138,7 +136,7 @@ def write(ctx: Ctx) -> Execution:
     fua = (not six and bool(cdb[1] & 0x08)) or not lu.write_cache
     data = _write_data(ctx, need)
     if len(data):
-        yield WriteOp(lba * bs, data, fua, lu.io_lock)
+        yield Write(lba * bs, data, fua)
     return ScsiResult(transfer_length=need)
 
 
@@ -151,8 +149,8 @@ def write_and_verify(ctx: Ctx) -> Execution:
     bs = lu.block_size
     data = _write_data(ctx, n * bs)
     if len(data):
-        yield WriteOp(lba * bs, data, True, lu.io_lock)
-        back = yield ReadOp(lba * bs, len(data), lu.io_lock)
+        yield Write(lba * bs, data, True)
+        back = yield Read(lba * bs, len(data))
         _compare(back, data)
     return ScsiResult(transfer_length=n * bs)
 
@@ -183,7 +181,7 @@ def verify(ctx: Ctx) -> Execution:
         _check_transfer(lu, n, field)
         expected = _write_data(ctx, n * bs)
         if len(expected):
-            current = yield ReadOp(lba * bs, len(expected), lu.io_lock)
+            current = yield Read(lba * bs, len(expected))
             _compare(current, expected)
         return ScsiResult(transfer_length=n * bs)
     if bytchk == 3:
@@ -191,14 +189,14 @@ def verify(ctx: Ctx) -> Execution:
         if len(block) < bs:
             raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
         for i in range(n):
-            current = yield ReadOp((lba + i) * bs, bs, lu.io_lock)
+            current = yield Read((lba + i) * bs, bs)
             _compare(current, block, i * bs)
         return ScsiResult(transfer_length=bs if n else 0)
     # BYTCHK 0: check the medium can be read.
     offset, end = lba * bs, (lba + n) * bs
     while offset < end:
         size = min(CHUNK_BYTES, end - offset)
-        yield ReadOp(offset, size, lu.io_lock)
+        yield Read(offset, size)
         offset += size
     return ScsiResult()
 
@@ -207,8 +205,8 @@ def verify(ctx: Ctx) -> Execution:
 
 
 def _measure(ctx: Ctx) -> Execution:
-    """Re-read the store's size in a worker thread, so an online grow is seen here."""
-    size = yield SizeOp()
+    """Re-measure the medium (a :class:`~.io.Size` request), so an online grow is seen here."""
+    size = yield Size()
     ctx.lu.observed_size(size, ctx.nexus.initiator_port)
     return ScsiResult()
 
@@ -226,7 +224,7 @@ def read_capacity_16(ctx: Ctx) -> Execution:
     cdb, lu = ctx.cdb, ctx.lu
     alloc = int.from_bytes(cdb[10:14], "big")
     yield from _measure(ctx)
-    caps = lu.store.capabilities
+    caps = lu.capabilities
     lbp = 0
     if caps.discard:
         lbp = 0x80 | (0x40 if caps.discard_zeroes else 0)  # LBPME, LBPRZ
@@ -241,7 +239,7 @@ def synchronize_cache(ctx: Ctx) -> Execution:
     lba, n, _ = lba_and_length(ctx.cdb)
     check_range(ctx.lu, lba, n)
     try:
-        yield FlushOp()
+        yield Flush()
     except OSError as exc:  # a failed flush loses writes: never report GOOD
         raise from_store_error(exc, write=True) from exc
     return ScsiResult()
@@ -300,7 +298,7 @@ def compare_and_write(ctx: Ctx) -> Execution:
     if n == 0:
         return ScsiResult(transfer_length=0)
     fua = bool(cdb[1] & 0x08) or not lu.write_cache
-    miscompare = yield CompareAndWriteOp(lba * bs, data[: n * bs], data[n * bs :], fua, lu.io_lock)
+    miscompare = yield CompareAndWrite(lba * bs, data[: n * bs], data[n * bs :], fua)
     if miscompare is not None:
         raise CheckCondition(
             SenseKey.MISCOMPARE, Asc.MISCOMPARE_DURING_VERIFY, information=miscompare
@@ -318,7 +316,7 @@ def orwrite(ctx: Ctx) -> Execution:
     data = _write_data(ctx, n * bs)
     if len(data):
         fua = bool(cdb[1] & 0x08) or not lu.write_cache
-        yield OrWriteOp(lba * bs, data, fua, lu.io_lock)
+        yield OrWrite(lba * bs, data, fua)
     return ScsiResult(transfer_length=n * bs)
 
 
@@ -332,7 +330,7 @@ def _fill(lu: LogicalUnit, offset: int, length: int, block: bytes) -> Execution:
     end = offset + length
     while offset < end:
         size = min(len(chunk), end - offset)
-        yield WriteOp(offset, memoryview(chunk)[:size], False, lu.io_lock)
+        yield Write(offset, memoryview(chunk)[:size], False)
         offset += size
     return ScsiResult()
 
@@ -361,18 +359,18 @@ def write_same(ctx: Ctx) -> Execution:
         block = bytes(mv)
     offset, length = lba * bs, n * bs
     zero = not any(block)
-    caps = lu.store.capabilities
+    caps = lu.capabilities
     if unmap and caps.discard:
         # UNMAP=1 deallocates whatever the pattern (SBC-3 5.42; libiscsi's unmap_until_end
         # and Linux LIO agree); without LBPRZ the blocks then read back indeterminate,
         # which LBPRZ=0 in VPD B2h/READ CAPACITY(16) told the initiator.
-        yield DiscardOp(offset, length, lu.io_lock)
+        yield Unmap(offset, length)
     elif zero and caps.write_zeroes:
-        yield WriteZeroesOp(offset, length, lu.io_lock)
+        yield WriteZeroes(offset, length)
     else:
         yield from _fill(lu, offset, length, block)
     if not lu.write_cache:
-        yield FlushOp()
+        yield Flush()
     return ScsiResult(transfer_length=0 if ndob else bs)
 
 
@@ -405,7 +403,7 @@ def unmap(ctx: Ctx) -> Execution:
         if n:
             ranges.append((lba * bs, n * bs))
     for offset, size in ranges:
-        yield DiscardOp(offset, size, lu.io_lock)
+        yield Unmap(offset, size)
     return ScsiResult()
 
 
@@ -423,7 +421,7 @@ def get_lba_status(ctx: Ctx) -> Execution:
     pbs = lu.physical_block_size
     first = lba * bs // pbs * pbs
     last = min(-(-(lba + span) * bs // pbs) * pbs, count * bs)
-    extents = yield ExtentsOp(first, last - first)
+    extents = yield Extents(first, last - first)
     holes: list[list[int]] = []
     for ext in sorted(extents, key=lambda e: e.offset):
         if ext.mapped or ext.length <= 0:
@@ -522,13 +520,13 @@ def sanitize(ctx: Ctx) -> Execution:
             total=total * owcount,
             rate=lu.sanitize_rate,
         )
-    yield StartJob(job)
+    yield StartJob(job, lu)  # the job's requests address this LU
     if immed:
         return ScsiResult()
     task = ctx.task
     lu.job_waiters.add(task)
     try:
-        while not (yield OnStore(WaitJob(job), OFF_LOOP)):
+        while not (yield WaitJob(job)):
             if task.aborted:
                 return ScsiResult(status=Status.TASK_ABORTED)  # the transport drops it
     finally:
@@ -540,12 +538,12 @@ def sanitize(ctx: Ctx) -> Execution:
     return ScsiResult()
 
 
-def _block_erase(lu: LogicalUnit, total: int) -> Generator[IoOp, object, None]:
-    yield DiscardOp(0, total, lu.io_lock)
-    yield FlushOp()
+def _block_erase(lu: LogicalUnit, total: int) -> Generator[Request, object, None]:
+    yield Unmap(0, total)
+    yield Flush()
 
 
-def _overwrite(lu: LogicalUnit, total: int, passes: list[bytes]) -> Generator[IoOp, object, None]:
+def _overwrite(lu: LogicalUnit, total: int, passes: list[bytes]) -> Generator[Request, object, None]:
     """Each pass writes its block pattern over the whole LU, a chunk per op."""
     job = lu.background
     assert job is not None
@@ -555,7 +553,7 @@ def _overwrite(lu: LogicalUnit, total: int, passes: list[bytes]) -> Generator[Io
         offset = 0
         while offset < total:
             size = min(len(chunk), total - offset)
-            yield WriteOp(offset, chunk[:size], False, lu.io_lock)
+            yield Write(offset, chunk[:size], False)
             offset += size
             job.advance(size)
-    yield FlushOp()
+    yield Flush()

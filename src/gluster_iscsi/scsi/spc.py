@@ -129,7 +129,7 @@ def device_identifiers(ctx: Ctx, lu: LogicalUnit) -> bytes:
 def _vpd_block_limits(ctx: Ctx, lu: LogicalUnit) -> bytes:
     """VPD B0h (SBC-3 6.5.3)."""
     bs = lu.block_size
-    caps = lu.store.capabilities
+    caps = lu.capabilities
     out = bytearray(0x3C)
     # WSNZ 0: a zero-length WRITE SAME means "to the end of the medium" (SBC-3 5.42).
     out[1] = MAX_COMPARE_AND_WRITE_BLOCKS
@@ -158,7 +158,7 @@ def _vpd_characteristics(ctx: Ctx, lu: LogicalUnit) -> bytes:
 
 def _vpd_provisioning(ctx: Ctx, lu: LogicalUnit) -> bytes:
     """VPD B2h: logical block provisioning, claiming only what the store can do."""
-    caps = lu.store.capabilities
+    caps = lu.capabilities
     flags = 0
     if caps.discard:
         flags |= 0x80 | 0x40 | 0x20  # LBPU, LBPWS, LBPWS10
@@ -388,5 +388,5 @@ def report_target_port_groups(ctx: Ctx) -> ScsiResult:
 def offers_block_erase(lu: LogicalUnit) -> bool:
     """SANITIZE BLOCK ERASE deallocates everything: honest only if that reads back zero and
     GET LBA STATUS can then show it (a sharded Gluster volume cannot map its holes)."""
-    caps = lu.store.capabilities
+    caps = lu.capabilities
     return lu.sanitize_allowed and caps.discard and caps.discard_zeroes and caps.extents

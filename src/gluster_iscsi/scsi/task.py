@@ -1,9 +1,15 @@
 """What crosses the boundary between the transport (iSCSI) and the SCSI device server.
 
 The transport builds a :class:`ScsiTask` once all data-out has arrived and asks the device
-server to execute it. Execution is a generator: it yields :mod:`io ops <.io>` for the caller to
-run against the logical unit's backing store (off the event loop if the store blocks), and
-last the :class:`ScsiResult`. Nothing in the SCSI layer does I/O itself.
+server to execute it. Execution is a generator: it yields :mod:`I/O requests <.io>`, plain
+records, for the command runner (``server.runner``) to do against the logical unit's store,
+and last the :class:`ScsiResult`. Nothing in the SCSI layer does I/O itself: no store call, no
+thread, no clock and no I/O lock is in ``scsi/`` (the runner holds the LUs' I/O locks, kept
+in a slot of the LU that ``scsi/`` never reads, ``LogicalUnit.runner_state``, and drives
+background jobs). What ``scsi/`` does keep is a mutex per LU and per device server
+(``state_lock``) guarding its own state (unit attentions, reservations) against commands
+handled on different threads; and it imports nothing of ``backstore/``, ``server/``,
+``iscsi/``, ``control/``, ``cli/`` or ``target/`` (only the neutral ``buffers``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # At run time too: compiled (setup.py), a dataclass's field types must exist.
-from ..backstore.base import Buffer  # collections.abc.Buffer is 3.12+
+from ..buffers import Buffer  # collections.abc.Buffer is 3.12+
 
 
 class Status(enum.IntEnum):
@@ -138,13 +144,13 @@ class ScsiResult:
         self.extra = extra
 
 
-#: A command handler's execution: yields io ops, receives their results, returns a result.
+#: A command handler's execution: yields io requests, receives their outcomes, returns a result.
 Execution = Generator[Any, Any, ScsiResult]
 
-#: What :meth:`.device.DeviceServer.execute` gives the transport: yields io ops and receives
+#: What :meth:`.device.DeviceServer.execute` gives the runner: yields io requests and receives
 #: their results like an :data:`Execution`, then yields the command's :class:`ScsiResult` as
 #: its last item instead of returning it. (Compiled code catching the StopIteration of a
 #: return pays for a traceback entry and the catch per command: ~5k instructions, ~5% of a
 #: 4K read's.) A caller
-#: tells the result from an op by ``type(x) is ScsiResult`` and then drops the generator.
+#: tells the result from a request by ``type(x) is ScsiResult`` and then drops the generator.
 CommandRun = Generator[Any, Any, None]

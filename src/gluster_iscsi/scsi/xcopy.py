@@ -2,8 +2,8 @@
 
 Copy targets (CSCDs) are identification descriptors (E4h) naming a logical unit by the NAA
 designator of its VPD page 83h; segments are block -> block (02h). Data moves through the
-driver as ordinary read and write ops wrapped in :class:`~.io.OnStore`, so the source and the
-destination may be different stores; nothing here touches a store.
+runner as ordinary read and write requests naming their LU (``lu=``), so the source and
+the destination may be different stores; nothing here touches a store.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .context import ReservationConflict, data_in
-from .io import OnStore, ReadOp, WriteOp
+from .io import Read, Write
 from .reservations import Access
 from .sense import Asc, CheckCondition, SenseKey, invalid_cdb, invalid_param
 from .task import ScsiResult
@@ -172,11 +172,8 @@ def extended_copy(ctx: Ctx) -> Execution:
             if src is dst and src_lba < dst_lba < src_lba + blocks:
                 chunks.reverse()  # overlapping, destination above source: copy from the end
             for offset, size in chunks:
-                data = yield OnStore(ReadOp(src_lba * bs + offset, size, src.io_lock), src.store)
-                yield OnStore(
-                    WriteOp(dst_lba * bs + offset, data, not dst.write_cache, dst.io_lock),
-                    dst.store,
-                )
+                data = yield Read(src_lba * bs + offset, size, src)
+                yield Write(dst_lba * bs + offset, data, not dst.write_cache, dst)
                 copied += size
             done += 1
     except OSError:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..backstore.buffers import POOL, MemoryBudget, default_budget
+from ..buffers import POOL, MemoryBudget, default_budget
 from ..iscsi.connection import DEFAULT_TARGET_PARAMS
 from ..iscsi.portal import TargetEntry
 from ..iscsi.session import Session, SessionTable
@@ -29,6 +29,7 @@ from .admission import Admission, Limits, Listener, Spare
 from .driver import ConnectionDriver
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
+from .runner import Runner
 from .uring import Ring
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,9 @@ class Daemon:
         self.io_uring = io_uring
         self._ring: Ring | None = None
         self._ring_tried = False
+        self._runner: Runner | None = None
         #: Bytes the daemon may hold for commands' data, all sessions together (see
-        #: ``backstore.buffers.MemoryBudget``; default: sized to the machine), and the most
+        #: ``buffers.MemoryBudget``; default: sized to the machine), and the most
         #: one session may hold (default: a quarter of it).
         self.budget = MemoryBudget(memory_budget or default_budget(), session_share)
         # The pool keeps at most an eighth of the budget for reuse, and less once idle.
@@ -155,6 +157,13 @@ class Daemon:
         if self._ring is not None:
             sources.append(self._ring)
         return sources
+
+    @property
+    def runner(self) -> Runner:
+        """The command runner of every connection (made on first use, in the loop)."""
+        if self._runner is None:
+            self._runner = Runner(self)
+        return self._runner
 
     @property
     def ring(self) -> Ring | None:
@@ -496,7 +505,7 @@ def _fix_malloc_thresholds() -> None:
     never given back, so RSS stayed near its peak after a load ended (a fuzz run here:
     36 MiB at the start, 250 MiB at the peak, 190 MiB a minute after; with the threshold
     fixed: 87 MiB at the peak and 38 MiB after). Large buffers are pooled
-    (``backstore.buffers``), so the hot path does not pay for mmap."""
+    (``gluster_iscsi.buffers``), so the hot path does not pay for mmap."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)

@@ -1,43 +1,36 @@
 """The asyncio adapter for one iSCSI connection.
 
 It moves bytes between the socket and the pure :class:`~gluster_iscsi.iscsi.connection.Connection`,
-runs SCSI executions (inline for non-blocking stores, in the daemon's thread pool for blocking
-ones), coordinates task management across sessions, and keeps the NOP-In/login timer armed.
+hands commands to the daemon's command runner (``runner.py``: it runs their I/O and calls
+:meth:`ConnectionDriver.complete`), coordinates task management across sessions, and keeps
+the NOP-In/login timer armed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..backstore.base import BackingStoreError
-from ..backstore.buffers import POOL
 from ..iscsi import events as ev
 from ..iscsi.connection import Connection
 from ..iscsi.pdu import TmfFunction, TmfResponse
 from ..logs import PROBLEMS
-from ..scsi.io import ReadOp, WriteOp, store_for
 from ..scsi.sense import build_sense
 from ..scsi.task import ScsiResult, ScsiTask, Status
-from .iopool import IoTimeout
 
 if TYPE_CHECKING:
-    from ..backstore.buffers import MemoryBudget
+    from ..buffers import MemoryBudget
     from ..iscsi.portal import TargetEntry
     from ..iscsi.session import Session, SessionTable
     from ..target.model import Portal, TargetRegistry
-    from .iopool import IoPool
     from .poller import IdlePoller
-    from .uring import Ring
+    from .runner import Runner
 
 log = logging.getLogger(__name__)
 
-_INTERNAL_ERROR = (0x04, 0x4400)  # HARDWARE ERROR / INTERNAL TARGET FAILURE
 _COALESCE = 64 << 10  # join queued PDUs up to this many bytes into one write
 _LOWAT_MIN = 64 << 10  # below this much still to come, wake for every byte as usual
 _LOWAT_MAX = 256 << 10
@@ -59,7 +52,6 @@ class DriverHost(Protocol):
     nop_interval: float
     nop_timeout: float
     queue_depth: int
-    io_timeout: float
     budget: MemoryBudget
     connections: set[ConnectionDriver]
 
@@ -67,9 +59,7 @@ class DriverHost(Protocol):
     def poller(self) -> IdlePoller: ...
 
     @property
-    def ring(self) -> Ring | None: ...
-
-    def pool_for(self, store: object) -> IoPool: ...
+    def runner(self) -> Runner: ...
 
     def drivers_of(self, target: TargetEntry) -> list[ConnectionDriver]: ...
 
@@ -99,6 +89,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self._lent: list[Any] = []  # read buffers queued for sending, to return to the pool
         self._poller = daemon.poller
+        self._runner = daemon.runner
         self._fd = -1
         self._sock: socket.socket | None = None
         self._lowat = 1  # the socket's SO_RCVLOWAT
@@ -250,8 +241,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 self._lent = []
                 # Only when the transport kept none of our bytes may their buffers be reused.
                 if queued == 0:
-                    for view in lent:
-                        POOL.give_back(view)
+                    self._runner.give_back(lent)
         if self._closing and not transport.is_closing():
             transport.close()
         self._arm_timer()
@@ -319,128 +309,25 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         session = self.conn.session if self.conn else None
         device = session.target.device if session and session.target else None
         if device is None:
-            self._complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(0x05, 0x2500)))
+            self.complete(task, ScsiResult(Status.CHECK_CONDITION, None, build_sense(0x05, 0x2500)))
             return
         self._running[task] = None
-        lu = device.lu(task.lun)
-        store = lu.store if lu is not None else None
-        self._step(task, device.execute(task), store, None, None)
+        self._runner.start(task, device.execute(task), device.lu(task.lun), self)
 
-    def _step(self, task: ScsiTask, gen: Any, store: Any, value: Any, exc: BaseException | None) -> None:
-        result: ScsiResult
+    # -- what the command runner asks of the transport (server.runner.Host) --------------------
+    def reserve(self, task: ScsiTask, n: int) -> bool:
         conn = self.conn
-        try:
-            while True:
-                op = gen.throw(exc) if exc is not None else gen.send(value)
-                exc = None
-                if type(op) is ScsiResult:  # the command's last item (scsi.task.CommandRun)
-                    result = op
-                    break
-                target_store = store_for(op, store)  # OnStore (EXTENDED COPY) names its own
-                # A read's buffer is charged to the daemon's memory budget before it is taken.
-                if type(op) is ReadOp and conn is not None and not conn.reserve(task, op.length):
-                    gen.close()  # the command ends here, without its read
-                    result = ScsiResult(conn.full_status())
-                    break
-                if target_store is None or not target_store.blocking:
-                    try:
-                        value = op.run(target_store)
-                    except Exception as e:  # handed to the SCSI layer to map to sense
-                        exc, value = e, None
-                    continue
-                self._submit(task, gen, store, op, target_store)
-                return
-        except Exception:  # a bug in the SCSI layer (a CommandRun never returns): this command only
-            log.exception("internal error executing CDB %s", bytes(task.cdb[:1]).hex())
-            key, asc = _INTERNAL_ERROR
-            result = ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc))
-        self._complete(task, result)  # outside the try: a failure here is not the command's
+        return conn is not None and conn.reserve(task, n)
 
-    def _submit(self, task: ScsiTask, gen: Any, store: Any, op: Any, target_store: Any) -> None:
-        """Run a blocking op on the store's own workers, bounded by the I/O timeout.
-
-        A store that hangs (a Gluster volume that lost quorum) must answer the initiator within
-        the timeout: the op is then thrown into the command as ETIMEDOUT, which the SCSI layer
-        maps to a sense the initiator retries, and its late result is dropped (by the pool).
-        """
-
-        def done(value: Any, exc: BaseException | None) -> None:
-            if exc is not None and type(exc) is IoTimeout:
-                # The call may still read the command's data-out buffer (a write, late): it
-                # must not go back to the pool when the command now completes.
-                if task.data_out is not None:
-                    POOL.abandon(task.data_out)
-                name = getattr(target_store, "name", None)
-                # one line per store per interval, not one per command queued on it
-                PROBLEMS.report(log, logging.WARNING, "store timeout", str(name),
-                                "%s: %s did not complete within %gs", name or "store",
-                                type(op).__name__, self.daemon.io_timeout)
-                exc = BackingStoreError(errno.ETIMEDOUT, "I/O timed out", name)
-            if self._poller.missed_at is not None:
-                self._poller.woke()
-            self._step(task, gen, store, value, exc)
-
-        # A command alone on its connection, with nothing else in flight, goes to io_uring if
-        # its store lends a descriptor (FUSE files, ``_submit_to_ring``): there the kernel's
-        # hand-off beats ours (FUSE QD1 reads 1.24..1.45x, same daemon with and without,
-        # BENCHMARKS.md). Under load the pool does better (its completions come in batches; through the ring, QD32 reads
-        # were 0.80x), so a burst, and anything while one is in flight, goes to the pool.
-        ring = self.daemon.ring
-        pool = self.daemon.pool_for(target_store)
+    def full_status(self) -> Status:
         conn = self.conn
-        if (ring is not None and conn is not None and len(conn.tasks) <= 1
-                and not ring.in_flight() and not pool.in_flight()
-                and self._submit_to_ring(ring, op, target_store, done)):
-            return
-        pool.submit(op.run, target_store, done, self.daemon.io_timeout)
+        return conn.full_status() if conn is not None else Status.BUSY
 
-    def _submit_to_ring(self, ring: Ring, op: Any, target_store: Any,
-                        done: Callable[[Any, BaseException | None], None]) -> bool:
-        """A read or a plain write of a FUSE file store through io_uring (``uring.py``): the
-        kernel's workers instead of ours, no GIL hand-offs. False, with nothing started, for
-        anything else (FUA writes, flushes, stores that lend no descriptor, read-only stores,
-        a COMPARE AND WRITE holding the LU's lock, a full ring): the worker pool does those."""
-        t = type(op)
-        # The op first: only ReadOp/WriteOp run on a real backing store (an OnStore op may name
-        # a stand-in, scsi.io.OFF_LOOP, that has none of a store's attributes).
-        if t is not ReadOp and (t is not WriteOp or op.fua or target_store.read_only):
-            return False
-        if not getattr(target_store, "lends_fd", False):
-            return False
-        copy: memoryview | None = None
-        if t is ReadOp:
-            view = POOL.borrow(op.length)
-        else:
-            data = op.data
-            view = data if type(data) is memoryview else memoryview(data)
-            if view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous:
-                return False
-            if view.readonly:
-                # Small immediate data arrives as bytes: the kernel wants an address it may
-                # use until it is done, so a pooled copy (4 KiB: well under 1 us).
-                copy = POOL.borrow(len(view))
-                copy[:] = view
-                view = copy
-        lock = op.lock
-        finish: Callable[[], None] | None = None
-        if lock is not None or copy is not None:
-            def finish() -> None:  # once the kernel is done with the buffer, even late
-                if lock is not None:
-                    lock.release_shared()
-                if copy is not None:
-                    POOL.give_back(copy)
-        started = False
-        if lock is None or lock.try_acquire_shared():
-            submit = ring.read if t is ReadOp else ring.write
-            started = submit(target_store.with_fd, view, op.offset, done, name=target_store.name,
-                             timeout=self.daemon.io_timeout, finish=finish)
-            if not started and lock is not None:
-                lock.release_shared()
-        if not started and (t is ReadOp or copy is not None):
-            POOL.give_back(view)
-        return started
+    def alone(self) -> bool:
+        conn = self.conn
+        return conn is not None and len(conn.tasks) <= 1
 
-    def _complete(self, task: ScsiTask, result: ScsiResult) -> None:
+    def complete(self, task: ScsiTask, result: ScsiResult) -> None:
         if result.extra:
             self._side_effects(task, result)
         waiters = self._running.pop(task, None)

@@ -1,9 +1,15 @@
-"""Reusable read buffers.
+"""Buffers lent to commands, and the memory budget they are charged to.
+
+Neutral ground: the iSCSI core (data-out buffers, received payloads), the stores (reads land
+in these) and the server's command runner all use it, and it imports none of them.
+:data:`Buffer` is the type of a byte buffer as annotations name it.
+
+Reusable read buffers.
 
 A fresh ``bytearray(256 KiB)`` costs a zero fill and, above glibc's mmap threshold, page
 faults on first touch: profiled at a third of the daemon's CPU for 256 KiB sequential reads.
 Reads therefore borrow buffers from size-classed free lists and the transport gives them
-back once their bytes have reached the kernel (see ``server.driver``). A buffer that is
+back once their bytes have reached the kernel (see ``server.runner``). A buffer that is
 never given back is simply garbage-collected, so returning is an optimisation, never a
 correctness requirement. One that something may still read or write (a store call that timed
 out, its worker or the kernel still holding the buffer) is :meth:`BufferPool.abandon`-ed: given
@@ -28,6 +34,11 @@ from __future__ import annotations
 
 from collections import deque
 from typing import Any
+
+from .buffertype import Buffer  # re-exported: import it from here
+
+__all__ = ["Buffer", "POOL", "BufferPool", "BudgetShare", "MemoryBudget", "PooledBuffer",
+           "default_budget"]
 
 try:
     from mypy_extensions import mypyc_attr

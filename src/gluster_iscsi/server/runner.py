@@ -1,0 +1,648 @@
+"""The command runner: the one place that runs a SCSI command's I/O.
+
+A command is one generator (:data:`scsi.task.CommandRun`, from ``DeviceServer.execute``):
+it yields :mod:`scsi.io <gluster_iscsi.scsi.io>` requests, plain records, and last its
+:class:`~gluster_iscsi.scsi.task.ScsiResult`. The runner steps it, and for every request
+
+- finds the LU it addresses (the request's ``lu``, else the command's) and that LU's store;
+- maps it to a store call through one table, :data:`STORE_CALLS` (request type -> call);
+- holds the LU's I/O lock around the call (:class:`LockTable`: shared for reads and writes,
+  exclusive for COMPARE AND WRITE and ORWRITE), so a read-modify-write is atomic;
+- lends the read's buffer (:data:`~gluster_iscsi.buffers.POOL`) after charging it to the
+  transport's memory budget (:meth:`Host.reserve`), takes it back once sent
+  (:meth:`Runner.give_back`), and abandons a buffer a timed-out call may still use;
+- chooses where the call runs: inline when the store does not block, else on the store's
+  own worker pool, or through io_uring for a lone read/write of a FUSE file store;
+- bounds blocking calls by the I/O timeout: a late call becomes ETIMEDOUT in the command,
+  and its late result is dropped;
+- drives background jobs (SANITIZE) with the clock it is given (:class:`JobRun`).
+
+:meth:`Runner.start` is the asynchronous form (the connection driver's commands, on the event
+loop); :meth:`Runner.run` the synchronous one (tests, tools); both step the same generator
+with the same table and locks. The SCSI layer thus holds no thread, I/O lock, clock or store
+call; the transport holds no store.
+
+Where state shared between gateways plugs in: everything a command's I/O must agree on with
+other gateways of a gateway group goes through the two objects a runner is given, never
+through module state. ``locks`` (the :class:`Locks` protocol) is asked for a LU's lock on
+every request: a lock table backed by the shared store (a Gluster-held lease per LU, taken
+exclusive for COMPARE AND WRITE, shared otherwise) replaces :class:`LockTable` without the
+runner changing. ``calls`` (request type -> call) is where a request that must consult or
+update shared state (a reservation check-and-set, a unit attention posted to the group)
+gets a call of its own, or the read/write calls a wrapper that fences a gateway that lost
+its lease. The per-LU SCSI state itself (reservations, unit attentions) lives in
+``scsi.lu.LogicalUnit``; the group's copy of it will be loaded and stored around commands
+at this same seam.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..backstore.base import BackingStoreError
+from ..buffers import POOL, BufferPool
+from ..logs import PROBLEMS
+from ..scsi.background import BackgroundJob, JobCancelled
+from ..scsi.io import (
+    CompareAndWrite,
+    Extents,
+    Flush,
+    OrWrite,
+    Read,
+    Size,
+    StartJob,
+    Unmap,
+    WaitJob,
+    Write,
+    WriteZeroes,
+)
+from ..scsi.lu import LogicalUnit
+from ..scsi.sense import build_sense
+from ..scsi.task import ScsiResult, ScsiTask, Status
+from .iopool import IoTimeout
+
+if TYPE_CHECKING:
+    from ..scsi.task import CommandRun, Execution
+    from .uring import Ring
+
+log = logging.getLogger(__name__)
+
+_INTERNAL_ERROR = (0x04, 0x4400)  # HARDWARE ERROR / INTERNAL TARGET FAILURE
+
+
+# ------------------------------------------------------------------------------ locks
+class IoLock:
+    """Shared/exclusive lock of one logical unit's data (COMPARE AND WRITE atomicity).
+
+    Ordinary reads and writes hold it shared (:meth:`acquire_shared`/:meth:`release_shared`),
+    so they still run in parallel; COMPARE AND WRITE holds it exclusive (``with lock:``)
+    across its read-compare-write, so no write of another command can land between the
+    compare and the write, and no read sees half of it.
+
+    The shared side is on every read and write: it costs one plain mutex acquire/release
+    each way while nobody wants the lock exclusive; the condition variable is used only
+    when an exclusive holder or waiter exists. An exclusive waiter blocks new shared
+    holders, so a stream of reads cannot starve COMPARE AND WRITE.
+    """
+
+    __slots__ = ("_mutex", "_cond", "_shared", "_exclusive", "_waiting_exclusive")
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._shared = 0
+        self._exclusive = False
+        self._waiting_exclusive = 0
+
+    def acquire_shared(self) -> None:
+        mutex = self._mutex
+        mutex.acquire()
+        try:
+            while self._exclusive or self._waiting_exclusive:
+                self._cond.wait()
+            self._shared += 1
+        finally:
+            mutex.release()
+
+    def try_acquire_shared(self) -> bool:
+        """Take the shared side only if that needs no waiting (for a caller that must not
+        block, the event loop): False while COMPARE AND WRITE holds or wants the lock."""
+        mutex = self._mutex
+        if not mutex.acquire(blocking=False):
+            return False
+        try:
+            if self._exclusive or self._waiting_exclusive:
+                return False
+            self._shared += 1
+            return True
+        finally:
+            mutex.release()
+
+    def release_shared(self) -> None:
+        mutex = self._mutex
+        mutex.acquire()
+        self._shared -= 1
+        if not self._shared and self._waiting_exclusive:
+            self._cond.notify_all()
+        mutex.release()
+
+    def acquire(self) -> None:
+        with self._cond:
+            self._waiting_exclusive += 1
+            try:
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting_exclusive -= 1
+            self._exclusive = True
+
+    def release(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+    def __enter__(self) -> IoLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Lock(Protocol):
+    """What the store calls need of a LU's I/O lock (:class:`IoLock` here; a lock held with
+    the other gateways of a group later)."""
+
+    def acquire_shared(self) -> None: ...
+    def try_acquire_shared(self) -> bool: ...
+    def release_shared(self) -> None: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: object) -> Any: ...
+
+
+class Locks(Protocol):
+    """Who gives a LU its I/O lock (this process's :class:`LockTable`, or later one shared
+    by a gateway group)."""
+
+    def lock(self, lu: Any) -> Lock: ...
+
+
+class LockTable:
+    """One :class:`IoLock` per logical unit of this process, made on first use.
+
+    Kept in the LU's ``runner_state`` slot (opaque to the SCSI layer), so it goes with the
+    LU: a table keyed by LU would keep removed LUs alive, and compiled LUs take no weak
+    references."""
+
+    def lock(self, lu: Any) -> Lock:
+        lock = lu.runner_state
+        if lock is None:
+            lock = lu.runner_state = IoLock()
+        return lock  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------ store calls
+#: A store call: ``call(runner, request, store, lock)`` -> the value sent into the command.
+StoreCall = Callable[["Runner", Any, Any, Lock], Any]
+
+
+def _read(runner: Runner, req: Read, store: Any, lock: Lock) -> memoryview:
+    buf = runner.buffers.borrow(req.length)  # reused buffers: no zero fill, no page faults
+    if isinstance(lock, IoLock):  # this process's own lock: native calls (compiled), the
+        lock.acquire_shared()     # common case of every read and write
+        try:
+            store.read_into(req.offset, buf)
+        finally:
+            lock.release_shared()
+        return buf
+    lock.acquire_shared()
+    try:
+        store.read_into(req.offset, buf)
+    finally:
+        lock.release_shared()
+    return buf
+
+
+def _write(runner: Runner, req: Write, store: Any, lock: Lock) -> None:
+    if isinstance(lock, IoLock):  # (as in _read)
+        lock.acquire_shared()
+        try:
+            store.write(req.offset, req.data)
+        finally:
+            lock.release_shared()
+    else:
+        lock.acquire_shared()
+        try:
+            store.write(req.offset, req.data)
+        finally:
+            lock.release_shared()
+    if req.fua:
+        store.flush()
+
+
+def _flush(runner: Runner, req: Flush, store: Any, lock: Lock) -> None:
+    store.flush()
+
+
+def _size(runner: Runner, req: Size, store: Any, lock: Lock) -> int:
+    size: int = store.size
+    return size
+
+
+def _unmap(runner: Runner, req: Unmap, store: Any, lock: Lock) -> None:
+    lock.acquire_shared()
+    try:
+        store.discard(req.offset, req.length)
+    finally:
+        lock.release_shared()
+
+
+def _write_zeroes(runner: Runner, req: WriteZeroes, store: Any, lock: Lock) -> None:
+    lock.acquire_shared()
+    try:
+        store.write_zeroes(req.offset, req.length)
+    finally:
+        lock.release_shared()
+
+
+def _extents(runner: Runner, req: Extents, store: Any, lock: Lock) -> Any:
+    return store.extents(req.offset, req.length)
+
+
+def _compare_and_write(runner: Runner, req: CompareAndWrite, store: Any, lock: Lock) -> int | None:
+    verify = memoryview(req.verify).cast("B")
+    with lock:
+        current = store.read(req.offset, len(verify))
+        if current != verify:
+            for i in range(len(current)):
+                if current[i] != verify[i]:
+                    return i
+        store.write(req.offset, req.data)
+        if req.fua:
+            store.flush()
+        return None
+
+
+def _or_write(runner: Runner, req: OrWrite, store: Any, lock: Lock) -> None:
+    mv = memoryview(req.data).cast("B")
+    with lock:
+        current = store.read(req.offset, len(mv))
+        merged = (int.from_bytes(current, "big") | int.from_bytes(mv, "big")).to_bytes(len(mv), "big")
+        store.write(req.offset, merged)
+        if req.fua:
+            store.flush()
+
+
+def _start_job(runner: Runner, req: StartJob, store: Any, lock: Lock) -> None:
+    runner.start_job(req.job, req.lu)
+
+
+def _wait_job(runner: Runner, req: WaitJob, store: Any, lock: Lock) -> bool:
+    return runner.wait_job(req.job, req.timeout)
+
+
+#: Request type -> the call that does it. Every type in ``scsi.io.REQUEST_TYPES`` is here.
+STORE_CALLS: dict[type, StoreCall] = {
+    Read: _read,
+    Write: _write,
+    Flush: _flush,
+    Size: _size,
+    Unmap: _unmap,
+    WriteZeroes: _write_zeroes,
+    Extents: _extents,
+    CompareAndWrite: _compare_and_write,
+    OrWrite: _or_write,
+    StartJob: _start_job,
+    WaitJob: _wait_job,
+}
+
+#: Requests that wait (on another thread's work, not a store): never run on the event loop.
+_WAITS = object()  # the key of their worker pool
+
+
+# ------------------------------------------------------------------------------ the runner
+class Host(Protocol):
+    """What the runner needs of the transport a command came from (the connection driver)."""
+
+    def reserve(self, task: ScsiTask, n: int) -> bool:
+        """Charge ``n`` bytes of a read buffer for ``task`` to the memory budget."""
+
+    def full_status(self) -> Status:
+        """The status of a command the budget has no room for (TASK SET FULL or BUSY)."""
+
+    def alone(self) -> bool:
+        """Nothing else of this connection is in flight (the io_uring hand-off's condition)."""
+
+    def complete(self, task: ScsiTask, result: ScsiResult) -> None:
+        """The command ended with ``result``."""
+
+
+class Workers(Protocol):
+    """A store's worker threads (``iopool.IoPool``)."""
+
+    def in_flight(self) -> bool: ...
+    def submit(self, fn: Callable[[Any], Any], arg: Any,
+               callback: Callable[[Any, BaseException | None], None], timeout: float = 0.0) -> None: ...
+
+
+class Waker(Protocol):
+    """The idle poller (``poller.IdlePoller``): told when a completion woke the loop."""
+
+    @property
+    def missed_at(self) -> float | None: ...
+    def woke(self) -> None: ...
+
+
+class Engines(Protocol):
+    """Where blocking calls run: the daemon's pools, io_uring, I/O timeout and idle poller."""
+
+    io_timeout: float
+
+    @property
+    def ring(self) -> Ring | None: ...
+    @property
+    def poller(self) -> Waker: ...
+    def pool_for(self, store: object) -> Workers: ...
+
+
+class Runner:
+    """Runs commands' requests against their LUs' stores (see the module's docstring)."""
+
+    def __init__(
+        self,
+        engines: Engines | None = None,
+        *,
+        calls: dict[type, StoreCall] | None = None,
+        locks: Locks | None = None,
+        buffers: BufferPool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        #: None: synchronous use only (:meth:`run`), every call inline.
+        self.engines = engines
+        self.calls: dict[type, StoreCall] = calls if calls is not None else STORE_CALLS
+        self.locks: Locks = locks if locks is not None else LockTable()
+        # The default table, called natively (compiled) on every request; None for another.
+        self._table: LockTable | None = self.locks if isinstance(self.locks, LockTable) else None
+        self.buffers: BufferPool = buffers if buffers is not None else POOL
+        #: The clock background jobs are paced by.
+        self.clock = clock
+        self._jobs: dict[BackgroundJob, JobRun] = {}
+
+    def _lock(self, target: Any) -> Lock:
+        table = self._table
+        if table is not None:
+            return table.lock(target)
+        return self.locks.lock(target)
+
+    # -- one request, synchronously ---------------------------------------------------------
+
+    def perform(self, req: Any, lu: Any) -> Any:
+        """Do one request on this thread (``lu``: the LU a request without its own targets)."""
+        target = req.lu
+        if target is None:
+            target = lu
+        return self.calls[type(req)](self, req, target.store, self._lock(target))
+
+    def run(self, execution: Execution | CommandRun, lu: Any) -> ScsiResult:
+        """Run a command's (or a handler's) generator to its result on this thread."""
+        try:
+            req = next(execution)
+            while type(req) is not ScsiResult:  # a CommandRun's last item is its result
+                try:
+                    value = self.perform(req, lu)
+                except Exception as exc:  # noqa: BLE001 - handed to the SCSI layer to map
+                    req = execution.throw(exc)
+                else:
+                    req = execution.send(value)
+            result: ScsiResult = req
+            return result
+        except StopIteration as stop:  # a handler's Execution returns its result
+            done: ScsiResult = stop.value
+            return done
+
+    # -- commands, on the event loop --------------------------------------------------------
+
+    def start(self, task: ScsiTask, run: CommandRun, lu: LogicalUnit | None, host: Host) -> None:
+        """Run a command; its result goes to ``host.complete`` (now, or once its I/O is done)."""
+        self._step(task, run, lu, host, None, None)
+
+    def _step(self, task: ScsiTask, gen: Any, lu: LogicalUnit | None, host: Host, value: Any,
+              exc: BaseException | None) -> None:
+        result: ScsiResult
+        try:
+            while True:
+                req = gen.throw(exc) if exc is not None else gen.send(value)
+                exc = None
+                t = type(req)
+                if t is ScsiResult:  # the command's last item (scsi.task.CommandRun)
+                    result = req
+                    break
+                target = req.lu
+                if target is None:
+                    target = lu
+                store = target.store
+                # A read's buffer is charged to the daemon's memory budget before it is taken.
+                if t is Read and not host.reserve(task, req.length):
+                    gen.close()  # the command ends here, without its read
+                    result = ScsiResult(host.full_status())
+                    break
+                if t is WaitJob or (store.blocking and self.engines is not None):
+                    self._submit(task, gen, lu, host, req, target)
+                    return
+                try:
+                    value = self.calls[t](self, req, store, self._lock(target))
+                except Exception as e:  # handed to the SCSI layer to map to sense
+                    exc, value = e, None
+        except Exception:  # a bug in the SCSI layer (a CommandRun never returns): this command only
+            log.exception("internal error executing CDB %s", bytes(task.cdb[:1]).hex())
+            key, asc = _INTERNAL_ERROR
+            result = ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc))
+        host.complete(task, result)  # outside the try: a failure there is not the command's
+
+    def _submit(self, task: ScsiTask, gen: Any, lu: LogicalUnit | None, host: Host, req: Any,
+                target: Any) -> None:
+        """Run a blocking request on its store's own workers, bounded by the I/O timeout.
+
+        A store that hangs (a Gluster volume that lost quorum) must answer the initiator within
+        the timeout: the request is then thrown into the command as ETIMEDOUT, which the SCSI
+        layer maps to a sense the initiator retries, and its late result is dropped.
+        """
+        engines = self.engines
+        assert engines is not None
+        store = target.store
+        timeout = engines.io_timeout
+        waits = type(req) is WaitJob
+
+        def done(value: Any, exc: BaseException | None) -> None:
+            if exc is not None and type(exc) is IoTimeout:
+                # The call may still read the command's data-out buffer (a write, late): it
+                # must not go back to the pool when the command now completes.
+                if task.data_out is not None:
+                    self.buffers.abandon(task.data_out)
+                name = getattr(store, "name", None)
+                # one line per store per interval, not one per command queued on it
+                PROBLEMS.report(log, logging.WARNING, "store timeout", str(name),
+                                "%s: %s did not complete within %gs", name or "store",
+                                type(req).__name__, timeout)
+                exc = BackingStoreError(errno.ETIMEDOUT, "I/O timed out", name)
+            poller = engines.poller
+            if poller.missed_at is not None:
+                poller.woke()
+            self._step(task, gen, lu, host, value, exc)
+
+        if waits:  # on a pool of its own, never a store's, and not bounded by the I/O timeout
+            engines.pool_for(_WAITS).submit(self._perform_boxed, (req, target), done, 0.0)
+            return
+        # A command alone on its connection, with nothing else in flight, goes to io_uring if
+        # its store lends a descriptor (FUSE files, ``_submit_to_ring``): there the kernel's
+        # hand-off beats ours (FUSE QD1 reads 1.24..1.45x, same daemon with and without,
+        # BENCHMARKS.md). Under load the pool does better (its completions come in batches;
+        # through the ring, QD32 reads were 0.80x), so a burst, and anything while one is in
+        # flight, goes to the pool.
+        ring = engines.ring
+        pool = engines.pool_for(store)
+        if (ring is not None and host.alone() and not ring.in_flight() and not pool.in_flight()
+                and self._submit_to_ring(ring, req, target, done, timeout)):
+            return
+        pool.submit(self._perform_boxed, (req, target), done, timeout)
+
+    def _perform_boxed(self, box: tuple[Any, Any]) -> Any:
+        req, target = box
+        return self.calls[type(req)](self, req, target.store, self._lock(target))
+
+    def _submit_to_ring(self, ring: Ring, req: Any, target: Any,
+                        done: Callable[[Any, BaseException | None], None], timeout: float) -> bool:
+        """A read or a plain write of a FUSE file store through io_uring (``uring.py``): the
+        kernel's workers instead of ours, no GIL hand-offs. False, with nothing started, for
+        anything else (FUA writes, flushes, stores that lend no descriptor, read-only stores,
+        a COMPARE AND WRITE holding the LU's lock, a full ring): the worker pool does those."""
+        t = type(req)
+        store = target.store
+        if t is not Read and (t is not Write or req.fua or store.read_only):
+            return False
+        if not getattr(store, "lends_fd", False):
+            return False
+        buffers = self.buffers
+        copy: memoryview | None = None
+        if t is Read:
+            view = buffers.borrow(req.length)
+        else:
+            data = req.data
+            view = data if type(data) is memoryview else memoryview(data)
+            if view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous:
+                return False
+            if view.readonly:
+                # Small immediate data arrives as bytes: the kernel wants an address it may
+                # use until it is done, so a pooled copy (4 KiB: well under 1 us).
+                copy = buffers.borrow(len(view))
+                copy[:] = view
+                view = copy
+        lock = self._lock(target)
+
+        def finish() -> None:  # once the kernel is done with the buffer, even late
+            lock.release_shared()
+            if copy is not None:
+                buffers.give_back(copy)
+
+        started = False
+        if lock.try_acquire_shared():
+            submit = ring.read if t is Read else ring.write
+            started = submit(store.with_fd, view, req.offset, done, name=store.name,
+                             timeout=timeout, finish=finish)
+            if not started:
+                lock.release_shared()
+        if not started and (t is Read or copy is not None):
+            buffers.give_back(view)
+        return started
+
+    # -- buffers ------------------------------------------------------------------------------
+
+    def give_back(self, views: list[Any]) -> None:
+        """The transport sent these read buffers (nothing of theirs is queued): reuse them."""
+        give_back = self.buffers.give_back
+        for view in views:
+            give_back(view)
+
+    # -- background jobs ----------------------------------------------------------------------
+
+    def start_job(self, job: BackgroundJob, lu: Any) -> None:
+        """Drive ``job`` against ``lu`` on a thread of its own (once)."""
+        if job in self._jobs or job.ended:
+            return
+        run = JobRun(self, job, lu)
+        self._jobs[job] = run
+        run.thread = threading.Thread(target=run.loop, name=f"lu-{job.name}", daemon=True)
+        run.thread.start()
+
+    def wait_job(self, job: BackgroundJob, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``job`` to end: True once it ended."""
+        run = self._jobs.get(job)
+        if run is None:
+            return job.ended
+        return run.finished.wait(timeout)
+
+
+class JobRun:
+    """One background job being driven: :meth:`step` does its next request when the job's
+    pace allows, by the time it is given, so tests drive it with a clock of their own and
+    no thread; :meth:`loop` is the thread :meth:`Runner.start_job` starts."""
+
+    def __init__(self, runner: Runner, job: BackgroundJob, lu: Any) -> None:
+        self.runner = runner
+        self.job = job
+        self.lu = lu
+        self.finished = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._wake = threading.Event()  # cut a pacing wait short (cancel)
+        self._t0: float | None = None
+        self._req: Any = None
+        job.join = self.join
+
+    def step(self, now: float) -> float | None:
+        """Do the job's next request if its pace allows at ``now``. Returns None once the
+        job ended, else the seconds to wait before the next step (0: step again now)."""
+        job = self.job
+        if job.ended:
+            return None
+        body = job.body
+        try:
+            if self._t0 is None:
+                self._t0 = now
+                self._req = next(body)
+            if job.cancelled:
+                self._req = body.throw(JobCancelled())
+                return 0.0
+            if job.rate:
+                ahead = job.done_units / job.rate - (now - self._t0)
+                if ahead > 0:
+                    return ahead
+            try:
+                value = self.runner.perform(self._req, self.lu)
+            except Exception as exc:  # noqa: BLE001 - the body decides what it means
+                self._req = body.throw(exc)
+            else:
+                self._req = body.send(value)
+            return 0.0
+        except StopIteration:
+            self._end(None)
+        except JobCancelled as exc:
+            log.warning("%s: cancelled at %d/%d", job.name, job.done_units, job.total)
+            self._end(exc)
+        except Exception as exc:
+            log.error("%s failed: %s", job.name, exc)
+            self._end(exc)
+        return None
+
+    def _end(self, error: BaseException | None) -> None:
+        self.runner._jobs.pop(self.job, None)
+        self.job.end(error)
+        self.finished.set()
+
+    def loop(self) -> None:
+        clock = self.runner.clock
+        wake = self._wake
+        while True:
+            wait = self.step(clock())
+            if wait is None:
+                return
+            if wait > 0:
+                wake.wait(wait)
+
+    def join(self, timeout: float | None) -> bool:
+        """Wake a pacing wait (the job was cancelled) and wait up to ``timeout`` for the end."""
+        self._wake.set()
+        return self.finished.wait(timeout)
+
+
+def lu_on(store: Any, **kw: Any) -> LogicalUnit:
+    """The :class:`LogicalUnit` of an opened store: its size, what it can do and whether it
+    is read-only are asked here, once, where the store is opened (blocking: a network round
+    trip for gfapi), not by the SCSI layer."""
+    read_only = bool(kw.pop("read_only", False)) or bool(store.read_only)
+    return LogicalUnit(store, size=store.size, capabilities=store.capabilities,
+                       read_only=read_only, **kw)
