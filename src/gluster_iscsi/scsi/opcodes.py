@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import reservations as pr
-from . import sbc, spc
+from . import sbc, spc, xcopy
 from .context import data_in
 from .reservations import Access
 from .sense import invalid_cdb
@@ -166,8 +166,6 @@ def report_supported_tmfs(ctx: Ctx) -> ScsiResult:
 
 def _xcopy(name: str) -> Handler:
     def handler(ctx: Ctx) -> Any:
-        from . import xcopy
-
         return getattr(xcopy, name)(ctx)
 
     handler.__name__ = name
