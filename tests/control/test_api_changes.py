@@ -226,3 +226,10 @@ def test_concurrent_creates_of_one_file_never_remove_the_exported_file(api, tmp_
     assert len(luns(server)) == 1
     saved = cfgmod.load(server.state_dir)
     assert [lu["backing"] for t in saved["targets"] for lu in t["luns"]] == [str(img)]
+
+
+def test_the_client_leaves_tgts_glfs_spelling_alone_without_a_bstype(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cfgmod.absolute_backing("vol@host:dir/img") == "vol@host:dir/img"
+    assert cfgmod.absolute_backing("vol@host:dir/img", "glfs") == "vol@host:dir/img"
+    assert cfgmod.absolute_backing("dir/img") == str(tmp_path / "dir/img")

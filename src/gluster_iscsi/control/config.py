@@ -184,8 +184,9 @@ def local_path(backing: str, bstype: str | None = None) -> str | None:
 
 def absolute_backing(backing: str, bstype: str | None = None) -> str:
     """A relative local path made absolute against this process's working directory: what
-    the CLI sends, so the daemon (whose directory is elsewhere) opens the file meant."""
-    path = local_path(backing, bstype)
+    the CLI sends, so the daemon (whose directory is elsewhere) opens the file meant. No
+    ``bstype`` means the one the LUN entry will get (tgt's ``vol@host:path`` is glfs)."""
+    path = local_path(backing, bstype or guess_bstype(backing))
     if path is None or os.path.isabs(path):
         return backing
     return os.path.abspath(path)
