@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
+import threading
 
 import pytest
 
@@ -219,3 +221,93 @@ def test_files_on_tmpfs_run_inline_and_others_on_workers(tmp_path):
         assert disk.blocking is (not on_tmpfs)
     finally:
         disk.close()
+
+
+# --------------------------------------------- close() and calls still running on workers
+
+
+class _BlockingPwrite:
+    """os.pwrite that, for the store's descriptor, says it started and waits to be let go."""
+
+    def __init__(self, real, fd: int) -> None:
+        self.real, self.fd = real, fd
+        self.started, self.go = threading.Event(), threading.Event()
+
+    def __call__(self, fd, data, offset):
+        if fd == self.fd:
+            self.started.set()
+            assert self.go.wait(30)
+        return self.real(fd, data, offset)
+
+
+@pytest.fixture
+def blocked_pwrite(monkeypatch):
+    """Install a _BlockingPwrite for a store; whatever the test's outcome, let it go after."""
+    made: list[_BlockingPwrite] = []
+
+    def install(store: FileStore) -> _BlockingPwrite:
+        b = _BlockingPwrite(os.pwrite, store._fd)
+        monkeypatch.setattr(os, "pwrite", b)
+        made.append(b)
+        return b
+
+    yield install
+    for b in made:
+        b.go.set()
+
+
+def _wait_closing(store: FileStore) -> None:
+    while store._fd >= 0:  # close() has begun: it takes the descriptor away first
+        threading.Event().wait(0.001)
+
+
+def test_close_waits_for_a_running_write_and_later_calls_fail_cleanly(tmp_path, blocked_pwrite):
+    """Closing under a running pwrite let the number be reused by another open or accept,
+    and the late write land in that file or socket."""
+    path = tmp_path / "d.img"
+    store = FileStore(path, create_size=1 << 20)
+    fd = store._fd
+    blocking = blocked_pwrite(store)
+    writer = threading.Thread(target=store.write, args=(4096, b"\xab" * 512))
+    writer.start()
+    assert blocking.started.wait(30)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    _wait_closing(store)
+    assert os.fstat(fd)  # still open: the write still uses it
+    with pytest.raises(BackingStoreError) as e:
+        store.write(0, b"x" * 512)  # a call that starts now
+    assert e.value.errno == errno.EBADF
+    with pytest.raises(BackingStoreError):
+        store.read(0, 512)
+    assert closer.is_alive()  # close() is waiting for the write
+    blocking.go.set()
+    writer.join(30)
+    closer.join(30)
+    assert not closer.is_alive()
+    with open(path, "rb") as f:
+        f.seek(4096)
+        assert f.read(512) == b"\xab" * 512  # the write landed in its own file
+
+
+def test_close_leaks_the_descriptor_rather_than_close_it_under_a_hung_call(
+    tmp_path, blocked_pwrite, caplog
+):
+    path = tmp_path / "d.img"
+    store = FileStore(path, create_size=1 << 20)
+    fd = store._fd
+    blocking = blocked_pwrite(store)
+    writer = threading.Thread(target=store.write, args=(0, b"\xcd" * 512))
+    writer.start()
+    assert blocking.started.wait(30)
+    with caplog.at_level(logging.ERROR):
+        store.close(timeout=0.01)
+    assert "leaked" in caplog.text
+    assert os.fstat(fd)  # left open
+    with pytest.raises(BackingStoreError):
+        store.write(0, b"x" * 512)
+    blocking.go.set()
+    writer.join(30)
+    with open(path, "rb") as f:
+        assert f.read(512) == b"\xcd" * 512
+    os.close(fd)  # the test's own cleanup of what the store leaked

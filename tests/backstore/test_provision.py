@@ -86,3 +86,31 @@ def test_a_file_created_is_removed_when_provisioning_fails(tmp_path, monkeypatch
     with pytest.raises(BackingStoreError):
         create_backing(str(path), "4M", preallocation="full", exist_ok=True)
     assert path.exists()
+
+
+def test_create_backing_with_bstype_glfs_provisions_on_the_volume_not_a_local_file(
+    tmp_path, monkeypatch
+):
+    """``lun create --bstype glfs vol@host:/img --size``: tgt's form names a file on a
+    Gluster volume; without the bstype it was taken for a local path (relative to the
+    daemon's directory) and a local file was made there."""
+    from gluster_iscsi.backstore import provision
+    from gluster_iscsi.backstore.memory import MemoryStore
+
+    opened: list[tuple[str, str | None]] = []
+
+    def fake_open_store(spec, *, bstype=None, size=None, **options):
+        kind, target = provision.classify(spec, bstype)
+        assert kind == "gluster", (spec, bstype)  # what GfapiStore would be given
+        opened.append((target.volume, target.path))
+        store = MemoryStore(size or MiB)
+        store.created = True  # type: ignore[attr-defined]
+        return store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(provision, "open_store", fake_open_store)
+    assert create_backing("vol@host:/img", "8MiB", bstype="glfs") is True
+    assert opened == [("vol", "/img")]
+    assert os.listdir(tmp_path) == []
+    grow_backing("vol@host:/img", "8MiB", bstype="glfs")
+    assert opened == [("vol", "/img")] * 2

@@ -37,10 +37,12 @@ def create_backing(
     progress: Progress | None = None,
     exist_ok: bool = False,
     overwrite: bool = False,
+    bstype: str | None = None,
     **options: object,
 ) -> bool:
-    """Create a backing file of ``size`` bytes at a local path or gluster:// URL; return
-    whether this call created it.
+    """Create a backing file of ``size`` bytes at a local path or gluster:// URL (or what
+    ``bstype`` says ``spec`` is: tgt's ``vol@host:path`` with ``glfs``); return whether this
+    call created it.
 
     An existing file is an error (EEXIST) unless ``exist_ok`` or ``overwrite``. With
     ``exist_ok`` it is grown to ``size`` if smaller (never shrunk) and only the grown part is
@@ -50,10 +52,10 @@ def create_backing(
     """
     nbytes = parse_size(size)
     mode = Preallocation(preallocation)
-    kind, _ = classify(spec)
+    kind, _ = classify(spec, bstype)
     if kind == "memory":
         raise BackingStoreError(errno.EINVAL, "cannot provision a memory store", spec)
-    store = open_store(spec, size=nbytes, **options)  # type: ignore[arg-type]
+    store = open_store(spec, bstype=bstype, size=nbytes, **options)  # type: ignore[arg-type]
     created = bool(getattr(store, "created", True))
     try:
         start = 0
@@ -76,7 +78,7 @@ def create_backing(
     except BaseException:
         store.close()
         if created:
-            remove_backing(spec, **options)  # type: ignore[arg-type]
+            remove_backing(spec, bstype, **options)
         raise
     store.close()
     return created
@@ -133,10 +135,12 @@ def remove_backing(spec: str, bstype: str | None = None, **options: object) -> N
             store.close()
 
 
-def grow_backing(spec: str, new_size: int | str, **options: object) -> int:
+def grow_backing(
+    spec: str, new_size: int | str, bstype: str | None = None, **options: object
+) -> int:
     """Grow a backing file to ``new_size`` (never shrinks); returns the old size."""
     nbytes = parse_size(new_size)
-    store = open_store(spec, **options)  # type: ignore[arg-type]
+    store = open_store(spec, bstype=bstype, **options)  # type: ignore[arg-type]
     try:
         old = store.size
         if nbytes < old:

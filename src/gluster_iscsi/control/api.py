@@ -43,6 +43,14 @@ IDLE_TIMEOUT = 60.0
 SIZE_TIMEOUT = 3.0  # how long 'list' waits for a store to say its size
 
 
+class UnsavedChange(ApiError):
+    """A change that was applied but could not be saved; ``undone``: it was taken back."""
+
+    def __init__(self, code: str, message: str, *, undone: bool, hint: str | None = None) -> None:
+        super().__init__(code, message, kind="config", hint=hint)
+        self.undone = undone
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -227,22 +235,67 @@ class ControlServer:
         keeps the default. On any failure the daemon and the saved file stay as they were.
         """
         async with self.reconciler.lock:
-            before = self.reconciler.current()
-            cfg = self.reconciler.current()
-            result = edit(cfg)
-            if asyncio.iscoroutine(result):
-                result = await result
-            cfg = cfgmod.validate(cfg)
+            return await self._mutate_locked(edit, dry_run=dry_run, force=force)
+
+    async def _mutate_locked(
+        self,
+        edit: Callable[[dict[str, Any]], Any],
+        *,
+        dry_run: bool = False,
+        force: bool = True,
+    ) -> dict[str, Any]:
+        """:meth:`_mutate` for a caller that holds the reconciler's lock (``lun create``
+        holds it from its checks to the save)."""
+        before = self.reconciler.current()
+        cfg = self.reconciler.current()
+        result = edit(cfg)
+        if asyncio.iscoroutine(result):
+            result = await result
+        cfg = cfgmod.validate(cfg)
+        try:
+            changes = await self.reconciler.apply_locked(cfg, dry_run=dry_run, force=force)
+        except reconcile.BusyError as e:
+            kind = e.field.split()[0] if " " in e.field else None
+            raise ApiError("busy", e.message, kind=kind, hint=e.hint, field=e.field) from None
+        if not dry_run:
             try:
-                changes = await self.reconciler.apply_locked(cfg, dry_run=dry_run, force=force)
-            except reconcile.BusyError as e:
-                kind = e.field.split()[0] if " " in e.field else None
-                raise ApiError("busy", e.message, kind=kind, hint=e.hint, field=e.field) from None
-            if not dry_run:
                 self._save_if_changed(before)
-                for w in exposure.newly_exposed(before, self.reconciler.current()):
-                    log.warning("%s", w)
-            return {"result": result, "changes": changes}
+            except Exception as e:
+                # A change is in force only if it was saved: the next start or reload would
+                # otherwise lose it (or keep a LUN whose file a failed create removed).
+                await self._undo_unsaved(before, e)
+            for w in exposure.newly_exposed(before, self.reconciler.current()):
+                log.warning("%s", w)
+        return {"result": result, "changes": changes}
+
+    async def _undo_unsaved(self, before: dict[str, Any], err: Exception) -> None:
+        """Put ``before`` back in force after a change whose save failed; always raises.
+
+        Forced: only what the change just did is undone, sessions it dropped stay dropped.
+        Raises :class:`UnsavedChange` with ``undone`` saying whether the daemon runs
+        ``before`` again (if not, running state and saved config differ, and say so)."""
+        path = cfgmod.config_path(self.state_dir)
+        what = f"could not save the config to {path}: {err}"
+        log.error("%s; undoing the change that was applied", what)
+        try:
+            await self.reconciler.apply_locked(before, force=True)
+        except Exception as e:
+            log.error(
+                "%s, and undoing the change failed too (%s): the running daemon and the saved"
+                " config now DIFFER; fix the cause, then run 'gluster-iscsi config save' to keep"
+                " what runs or 'gluster-iscsi config reload --force' to go back to the file",
+                what, e, exc_info=True,
+            )  # fmt: skip
+            raise UnsavedChange(
+                "internal", f"{what}; the change is in force but NOT saved, and undoing it"
+                f" failed ({e}): the running daemon and the saved config differ",
+                undone=False, hint="fix the cause, then 'gluster-iscsi config save' (keep what"
+                " runs) or 'gluster-iscsi config reload --force' (go back to the saved file)",
+            ) from None  # fmt: skip
+        raise UnsavedChange(
+            "unavailable", f"{what}; the change was undone", undone=True,
+            hint=f"check the state directory {self.state_dir} (space, permissions), then retry",
+        ) from None  # fmt: skip
 
     def _save_if_changed(self, before: dict[str, Any]) -> None:
         """Save the config in force if it differs from ``before`` (or no file exists yet)."""
@@ -542,6 +595,9 @@ class ControlServer:
             )  # fmt: skip
         if nbytes is not None and block_size in cfgmod.BLOCK_SIZES:
             cfgmod.check_lun_size(nbytes, block_size, "size")
+        # What the entry will say (tgt's vol@host:path is glfs): every look at the file
+        # below must take it for the same thing the LUN will open.
+        kind_of = bstype or cfgmod.guess_bstype(backing)
 
         def edit(cfg: dict[str, Any]) -> dict[str, Any]:
             t = self._target(cfg, target)
@@ -556,7 +612,7 @@ class ControlServer:
                     "exists", f"target {t['name']} already has LUN {n}", kind="lun",
                     hint="pick another --lun, or delete that one first",
                 )  # fmt: skip
-            other = cfgmod.exported_as(cfg, backing, bstype)
+            other = cfgmod.exported_as(cfg, backing, kind_of)
             if other is not None:
                 raise ApiError(
                     "exists", f"{backing} is already exported as LUN {other[1]} of {other[0]}",
@@ -570,21 +626,31 @@ class ControlServer:
             t["luns"].append(entry)
             return {"target": t["name"], "tid": t["tid"], "lun": n}
 
-        # Everything the config can say, checked on a copy before the file is touched.
-        trial = self._cfg()
-        edit(trial)
-        cfgmod.validate(trial)
-        created, existing = False, None
-        if create:
-            assert nbytes is not None
-            existing = await self._check_overwrite(backing, bstype, overwrite)
-            created = await self._provision(backing, nbytes, prealloc, overwrite)
-        try:
-            out = await self._mutate(edit)
-        except BaseException:
-            if created or existing == 0:  # what was made, or an empty file that was grown
-                await self._unprovision(backing, bstype, created)
-            raise
+        # One change at a time from the first check to the save: a concurrent create of the
+        # same file waits, then finds it exported, rather than removing the file this one
+        # exported (or provisioning over it).
+        async with self.reconciler.lock:
+            # Everything the config can say, checked on a copy before the file is touched.
+            trial = self._cfg()
+            edit(trial)
+            cfgmod.validate(trial)
+            created, existing = False, None
+            if create:
+                assert nbytes is not None
+                existing = await self._check_overwrite(backing, kind_of, overwrite)
+                created = await self._provision(backing, kind_of, nbytes, prealloc, overwrite)
+            try:
+                out = await self._mutate_locked(edit)
+            except UnsavedChange as e:
+                # Applied, then undone because the save failed: the file is unused again,
+                # unless the undo failed, and then a running LUN may use it: keep it.
+                if e.undone and (created or existing == 0):
+                    await self._unprovision(backing, kind_of, created)
+                raise
+            except BaseException:
+                if created or existing == 0:  # what was made, or an empty file that was grown
+                    await self._unprovision(backing, kind_of, created)
+                raise
         return {**out["result"], "changes": out["changes"]}
 
     async def _in_executor(self, fn: Callable[[], Any]) -> Any:
@@ -615,7 +681,9 @@ class ControlServer:
             )  # fmt: skip
         return existing
 
-    async def _provision(self, backing: str, nbytes: int, prealloc: str, overwrite: bool) -> bool:
+    async def _provision(
+        self, backing: str, bstype: str | None, nbytes: int, prealloc: str, overwrite: bool
+    ) -> bool:
         from ..backstore.provision import create_backing
 
         try:
@@ -627,6 +695,7 @@ class ControlServer:
                         preallocation=prealloc,
                         exist_ok=True,
                         overwrite=overwrite,
+                        bstype=bstype,
                     )  # fmt: skip
                 )
             )

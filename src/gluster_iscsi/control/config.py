@@ -40,6 +40,7 @@ import logging
 import os
 import posixpath
 import re
+import stat
 import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
@@ -183,21 +184,32 @@ def local_path(backing: str, bstype: str | None = None) -> str | None:
 
 def absolute_backing(backing: str, bstype: str | None = None) -> str:
     """A relative local path made absolute against this process's working directory: what
-    the CLI sends, so the daemon (whose directory is elsewhere) opens the file meant."""
-    path = local_path(backing, bstype)
+    the CLI sends, so the daemon (whose directory is elsewhere) opens the file meant. No
+    ``bstype`` means the one the LUN entry will get (tgt's ``vol@host:path`` is glfs)."""
+    path = local_path(backing, bstype or guess_bstype(backing))
     if path is None or os.path.isabs(path):
         return backing
     return os.path.abspath(path)
 
 
 def backing_identity(backing: str, bstype: str | None = None) -> str | None:
-    """What a backing string names, whatever its spelling: the real path of a local file;
-    volume and path of a Gluster file (whatever the server list); None for a memory store
-    (each is its own) or a string that does not parse (validation says why)."""
+    """What a backing string names, whatever its spelling: for a local file that exists, its
+    device and inode (a hard link or a bind mount is the same file; a block device is its
+    device number, whatever node names it), else its real path; volume and path of a Gluster
+    file (whatever the server list); None for a memory store (each is its own) or a string
+    that does not parse (validation says why)."""
     kind = _classify(backing, bstype)
     if kind is None or kind[0] == "memory":
         return None
     if kind[0] == "file":
+        try:
+            st = os.stat(kind[1])
+        except (OSError, ValueError):  # missing (a file to create) or unreadable
+            return "file:" + os.path.realpath(kind[1])
+        if stat.S_ISBLK(st.st_mode):
+            return f"blkdev:{st.st_rdev}"
+        if stat.S_ISREG(st.st_mode):
+            return f"inode:{st.st_dev}:{st.st_ino}"
         return "file:" + os.path.realpath(kind[1])
     return f"gluster:{kind[1].volume}:{posixpath.normpath(kind[1].path)}"
 

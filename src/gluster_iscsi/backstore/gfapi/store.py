@@ -21,12 +21,18 @@ Capabilities are what libgfapi really does on this volume: discard (``glfs_disca
 back zeroes), write-zeroes (``glfs_zerofill``), and extents only if ``glfs_lseek`` answers
 SEEK_DATA (probed at open, read-only; the shard translator of the gluster-block profile
 answers ENOTSUP, so sharded volumes report no extents rather than a made-up map).
+
+``close()`` waits for calls still running on worker threads before ``glfs_close`` (which
+frees the glfs_fd a late call would still use), as ``FileStore`` does; calls that start
+after it fail with EBADF, and a call still running after :data:`CLOSE_TIMEOUT` gets the
+glfs_fd (and the client reference) leaked, with an ERROR line.
 """
 
 from __future__ import annotations
 
 import atexit
 import errno
+import logging
 import os
 import socket
 import threading
@@ -41,6 +47,10 @@ from .address import GlusterAddress, VolfileServer, parse_gluster_url
 _NOT_SUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
 # Large requests are split so one call never exceeds what a brick RPC is happy with.
 _MAX_IO = 32 << 20
+#: How long close() waits for calls still running on the store before leaking its glfs_fd.
+CLOSE_TIMEOUT = 30.0
+
+log = logging.getLogger(__name__)
 
 ClientKey = tuple[str, tuple[VolfileServer, ...]]
 
@@ -254,6 +264,8 @@ class GfapiStore(BackingStore):
         self.created = False
         self._file: gf.File | None = None
         self._lock = threading.Lock()
+        self._calls = 0  # calls running now (under _lock)
+        self._idle = threading.Condition(self._lock)  # close() waits on it for _calls == 0
         self._client = _acquire(self.address, log_file, log_level)
         try:
             self._file = self._open(create_size)
@@ -339,17 +351,104 @@ class GfapiStore(BackingStore):
             raise BackingStoreError(errno.EROFS, "store is read-only", self.name)
         return self._fh
 
+    def _enter(self) -> None:
+        """Count a call in; after close() it fails (EBADF) instead."""
+        with self._lock:
+            if self._file is None:
+                raise BackingStoreError(errno.EBADF, "store is closed", self.name)
+            self._calls += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._calls -= 1
+            if self._file is None and self._calls == 0:
+                self._idle.notify_all()  # close() is waiting
+
+    def _no_calls(self) -> bool:
+        return self._calls == 0
+
     def _downgrade(self, **changes: bool) -> None:
         with self._lock:
             self.capabilities = replace(self.capabilities, **changes)
 
     # -- the contract ---------------------------------------------------------------------------
+    # Each call counts itself in and out (see the module docstring); the work is in the
+    # underscored twin (``_discard`` and ``_zerofill`` name what the volume supports).
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        self._enter()
+        try:
+            self._read_into_(offset, buf)
+        finally:
+            self._leave()
+
+    def write(self, offset: int, data: Buffer) -> None:
+        self._enter()
+        try:
+            self._write_(offset, data)
+        finally:
+            self._leave()
+
+    def writev(self, offset: int, buffers: list[Buffer]) -> None:
+        self._enter()
+        try:
+            self._writev_(offset, buffers)
+        finally:
+            self._leave()
+
+    def flush(self) -> None:
+        self._enter()
+        try:
+            self._flush_()
+        finally:
+            self._leave()
+
+    def discard(self, offset: int, length: int) -> None:
+        self._enter()
+        try:
+            self._discard_(offset, length)
+        finally:
+            self._leave()
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        self._enter()
+        try:
+            self._write_zeroes_(offset, length)
+        finally:
+            self._leave()
+
+    def allocate(self, offset: int, length: int) -> None:
+        self._enter()
+        try:
+            self._allocate_(offset, length)
+        finally:
+            self._leave()
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        self._enter()
+        try:
+            return self._extents_(offset, length)
+        finally:
+            self._leave()
+
+    def resize(self, new_size: int, *, force: bool = False) -> None:
+        """Set the size; shrinking (which destroys data) needs ``force=True``."""
+        self._enter()
+        try:
+            self._resize_(new_size, force)
+        finally:
+            self._leave()
+
 
     @property
     def size(self) -> int:
-        return self._fh.fstat().size
+        self._enter()
+        try:
+            return self._fh.fstat().size
+        finally:
+            self._leave()
 
-    def read_into(self, offset: int, buf: memoryview) -> None:
+    def _read_into_(self, offset: int, buf: memoryview) -> None:
         f = self._fh
         dst = byte_view(buf)
         check_range(offset, len(dst), self.name)
@@ -365,7 +464,7 @@ class GfapiStore(BackingStore):
                 )
             done += n
 
-    def write(self, offset: int, data: Buffer) -> None:
+    def _write_(self, offset: int, data: Buffer) -> None:
         f = self._writable()
         if isinstance(data, bytes) and len(data) <= _MAX_IO:
             check_range(offset, len(data), self.name)
@@ -387,7 +486,7 @@ class GfapiStore(BackingStore):
                 )
             done += n
 
-    def writev(self, offset: int, buffers: list[Buffer]) -> None:
+    def _writev_(self, offset: int, buffers: list[Buffer]) -> None:
         """Write several buffers back to back at ``offset`` (one glfs_pwritev when it can)."""
         f = self._writable()
         views = [byte_view(b) for b in buffers]
@@ -397,10 +496,10 @@ class GfapiStore(BackingStore):
             joined = b"".join(views)
             self.write(offset + n, memoryview(joined)[n:])
 
-    def flush(self) -> None:
+    def _flush_(self) -> None:
         self._fh.fdatasync()
 
-    def discard(self, offset: int, length: int) -> None:
+    def _discard_(self, offset: int, length: int) -> None:
         f = self._writable()
         check_range(offset, length, self.name)
         if length == 0:
@@ -417,7 +516,7 @@ class GfapiStore(BackingStore):
         # Discard was advertised as zeroing: keep that promise for requests in flight.
         self.write_zeroes(offset, length)
 
-    def write_zeroes(self, offset: int, length: int) -> None:
+    def _write_zeroes_(self, offset: int, length: int) -> None:
         f = self._writable()
         check_range(offset, length, self.name)
         if length == 0:
@@ -432,7 +531,7 @@ class GfapiStore(BackingStore):
                 self._zerofill = False
         BackingStore.write_zeroes(self, offset, length)
 
-    def extents(self, offset: int, length: int) -> list[Extent]:
+    def _extents_(self, offset: int, length: int) -> list[Extent]:
         f = self._fh
         check_range(offset, length, self.name)
         end = offset + length
@@ -461,15 +560,14 @@ class GfapiStore(BackingStore):
             out.append(Extent(tail, end - tail, False))
         return merge_extents(out)
 
-    def allocate(self, offset: int, length: int) -> None:
+    def _allocate_(self, offset: int, length: int) -> None:
         """Reserve space for a range (glfs_fallocate, mode 0)."""
         f = self._writable()
         check_range(offset, length, self.name)
         if length:
             f.fallocate(offset, length)
 
-    def resize(self, new_size: int, *, force: bool = False) -> None:
-        """Set the size; shrinking (which destroys data) needs ``force=True``."""
+    def _resize_(self, new_size: int, force: bool) -> None:
         f = self._writable()
         if new_size < 0:
             raise BackingStoreError(errno.EINVAL, f"negative size {new_size}", self.name)
@@ -482,10 +580,23 @@ class GfapiStore(BackingStore):
             )
         f.ftruncate(new_size)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Close after the calls still running finish (blocking: call it off the event loop);
+        calls that start now fail with EBADF. One still running after ``timeout`` seconds
+        (default :data:`CLOSE_TIMEOUT`) may still use the glfs_fd: it is leaked."""
+        limit = CLOSE_TIMEOUT if timeout is None else timeout
         with self._lock:
             f, self._file = self._file, None
+            idle = f is None or self._idle.wait_for(self._no_calls, limit)
+            running = self._calls
         if f is None:
+            return
+        if not idle:
+            log.error(
+                "%s: %d call(s) still running %gs after close; its glfs_fd and volume"
+                " connection are left open (leaked) rather than freed under them",
+                self.name, running, limit,
+            )  # fmt: skip
             return
         try:
             f.close()
