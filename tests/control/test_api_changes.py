@@ -233,3 +233,35 @@ def test_the_client_leaves_tgts_glfs_spelling_alone_without_a_bstype(tmp_path, m
     assert cfgmod.absolute_backing("vol@host:dir/img") == "vol@host:dir/img"
     assert cfgmod.absolute_backing("vol@host:dir/img", "glfs") == "vol@host:dir/img"
     assert cfgmod.absolute_backing("dir/img") == str(tmp_path / "dir/img")
+
+
+def test_the_identity_of_backing_files_is_never_looked_up_on_the_event_loop(api, tmp_path,
+                                                                            monkeypatch):
+    """A stat of a file on a hung FUSE mount would stall every session if it ran on the
+    daemon's loop: the identity check (hard links, bind mounts) runs in the store executor."""
+    import threading
+
+    server, _ = api
+    on_loop: list[str] = []
+    real_stat = os.stat
+
+    h1, h2 = tmp_path / "h1", tmp_path / "h2"
+
+    def watching_stat(path, *a, **kw):
+        if threading.current_thread() is threading.main_thread() and str(path) in (
+            str(h1), str(h2)
+        ):
+            on_loop.append(str(path))
+        return real_stat(path, *a, **kw)
+
+    h1.write_bytes(bytes(MiB))
+    os.link(h1, h2)
+    call(server, "target.create", name=T1)
+    call(server, "target.create", name=T2)
+    monkeypatch.setattr(cfgmod.os, "stat", watching_stat)
+    call(server, "lun.create", target=T1, backing=str(h1))
+    with pytest.raises(ApiError) as e:  # the hard link is still found, off the loop
+        call(server, "lun.create", target=T2, backing=str(h2))
+    assert e.value.code == "exists" and e.value.kind == "backing"
+    call(server, "acl.add", target=T1, network="ALL")
+    assert on_loop == []

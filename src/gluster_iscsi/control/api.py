@@ -251,7 +251,7 @@ class ControlServer:
         result = edit(cfg)
         if asyncio.iscoroutine(result):
             result = await result
-        cfg = cfgmod.validate(cfg)
+        cfg = cfgmod.validate(cfg, stat_files=False)  # the reconciler checks files off the loop
         try:
             changes = await self.reconciler.apply_locked(cfg, dry_run=dry_run, force=force)
         except reconcile.BusyError as e:
@@ -612,7 +612,7 @@ class ControlServer:
                     "exists", f"target {t['name']} already has LUN {n}", kind="lun",
                     hint="pick another --lun, or delete that one first",
                 )  # fmt: skip
-            other = cfgmod.exported_as(cfg, backing, kind_of)
+            other = cfgmod.exported_as(cfg, backing, kind_of, stat_files=False)
             if other is not None:
                 raise ApiError(
                     "exists", f"{backing} is already exported as LUN {other[1]} of {other[0]}",
@@ -633,7 +633,14 @@ class ControlServer:
             # Everything the config can say, checked on a copy before the file is touched.
             trial = self._cfg()
             edit(trial)
-            cfgmod.validate(trial)
+            trial = cfgmod.validate(trial, stat_files=False)
+            try:  # hard links and bind mounts too: stat calls, off the loop
+                await reconcile.check_exports(self.daemon, trial)
+            except cfgmod.ConfigError as e:
+                raise ApiError(
+                    "exists", f"{backing} is already exported: {e.message}", kind="backing",
+                    hint="one backing file is one LUN: use that LUN, or delete it first",
+                ) from None
             created, existing = False, None
             if create:
                 assert nbytes is not None
@@ -1052,7 +1059,7 @@ class ControlServer:
         """Make the daemon match ``config``, all or nothing; refuse to drop sessions unless
         ``force``."""
         desired = _keep_redacted_secrets(config, self._cfg())
-        desired = cfgmod.validate(desired)
+        desired = cfgmod.validate(desired, stat_files=False)
 
         def edit(cfg: dict[str, Any]) -> None:
             cfg.clear()

@@ -192,7 +192,8 @@ def absolute_backing(backing: str, bstype: str | None = None) -> str:
     return os.path.abspath(path)
 
 
-def backing_identity(backing: str, bstype: str | None = None) -> str | None:
+def backing_identity(backing: str, bstype: str | None = None, *,
+                     stat_files: bool = True) -> str | None:
     """What a backing string names, whatever its spelling: for a local file that exists, its
     device and inode (a hard link or a bind mount is the same file; a block device is its
     device number, whatever node names it), else its real path; volume and path of a Gluster
@@ -202,6 +203,8 @@ def backing_identity(backing: str, bstype: str | None = None) -> str | None:
     if kind is None or kind[0] == "memory":
         return None
     if kind[0] == "file":
+        if not stat_files:  # the daemon's event loop: no file system call (a hung mount)
+            return "file:" + posixpath.normpath(kind[1])
         try:
             st = os.stat(kind[1])
         except (OSError, ValueError):  # missing (a file to create) or unreadable
@@ -215,17 +218,42 @@ def backing_identity(backing: str, bstype: str | None = None) -> str | None:
 
 
 def exported_as(
-    cfg: dict[str, Any], backing: str, bstype: str | None = None
+    cfg: dict[str, Any], backing: str, bstype: str | None = None, *, stat_files: bool = True
 ) -> tuple[str, int] | None:
     """(target name, LUN) already exporting the file ``backing`` names, if any."""
-    key = backing_identity(backing, bstype)
+    key = backing_identity(backing, bstype, stat_files=stat_files)
     if key is None:
         return None
     for t in cfg["targets"]:
         for lu in t["luns"]:
-            if backing_identity(lu["backing"], lu.get("bstype")) == key:
+            if backing_identity(lu["backing"], lu.get("bstype"), stat_files=stat_files) == key:
                 return t["name"], lu["lun"]
     return None
+
+
+def check_exports(cfg: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` if a validated config exports one file twice, the file
+    known by its device and inode (may block on a hung mount: the daemon runs it off its
+    event loop, with a time limit)."""
+    _check_exports(cfg["targets"], stat_files=True)
+
+
+def _check_exports(targets: list[dict[str, Any]], *, stat_files: bool) -> None:
+    exported: dict[str, tuple[str, int]] = {}
+    for i, t in enumerate(targets):
+        for lu in t["luns"]:
+            key = backing_identity(lu["backing"], lu["bstype"], stat_files=stat_files)
+            if key is None:
+                continue
+            if key in exported:
+                name, n = exported[key]
+                raise ConfigError(
+                    f"targets[{i}].luns",
+                    f"LUN {lu['lun']} of {t['name']} exports {lu['backing']}, which LUN {n} of"
+                    f" {name} already exports",
+                    "one backing file is one LUN (one identity): export it once",
+                )
+            exported[key] = (t["name"], lu["lun"])
 
 
 def check_lun_size(nbytes: int, block_size: int, field: str) -> int:
@@ -586,10 +614,13 @@ def validate_target(raw: Any, accounts: dict[str, str], field: str) -> dict[str,
     return out
 
 
-def validate(cfg: Any) -> dict[str, Any]:
+def validate(cfg: Any, *, stat_files: bool = True) -> dict[str, Any]:
     """Check a whole document and return its normalized form (missing ids filled in).
 
-    Raises :class:`ConfigError` naming the first bad field and what to fix.
+    Raises :class:`ConfigError` naming the first bad field and what to fix. With
+    ``stat_files=False`` (the daemon's event loop, where a hung mount must not stall every
+    session) a file exported twice is found by its path only; the daemon then runs
+    :func:`check_exports` off the loop, which knows hard links and bind mounts too.
     """
     if not isinstance(cfg, dict):
         raise ConfigError("", "the config must be a JSON object")
@@ -636,21 +667,7 @@ def validate(cfg: Any) -> dict[str, Any]:
             raise ConfigError(f"targets[{i}].tid", f"tid {t['tid']} is used by two targets")
         names[t["name"].lower()] = i
         tids.add(t["tid"])
-    exported: dict[str, tuple[str, int]] = {}
-    for i, t in enumerate(targets):
-        for lu in t["luns"]:
-            key = backing_identity(lu["backing"], lu["bstype"])
-            if key is None:
-                continue
-            if key in exported:
-                name, n = exported[key]
-                raise ConfigError(
-                    f"targets[{i}].luns",
-                    f"LUN {lu['lun']} of {t['name']} exports {lu['backing']}, which LUN {n} of"
-                    f" {name} already exports",
-                    "one backing file is one LUN (one identity): export it once",
-                )
-            exported[key] = (t["name"], lu["lun"])
+    _check_exports(targets, stat_files=stat_files)
     targets.sort(key=lambda t: t["tid"])
     params = _params(cfg.get("params"), "params")
     effective = {**default_login_params(), **params}

@@ -524,6 +524,25 @@ def _set_auth(target: Target, t: dict[str, Any], accounts: dict[str, str]) -> No
     target.outgoing = _chap(t["outgoing"], accounts)
 
 
+#: How long the check that no file is exported twice may wait for the file systems (a stat
+#: of each local backing file) before the change is refused.
+EXPORTS_TIMEOUT = 10.0
+
+
+async def check_exports(daemon: DaemonControl, cfg: dict[str, Any]) -> None:
+    """:func:`config.check_exports` off the event loop (a hung FUSE mount must stall only
+    this change, not every session), within :data:`EXPORTS_TIMEOUT`."""
+    try:
+        await asyncio.wait_for(_run_blocking(daemon, cfgmod.check_exports, cfg), EXPORTS_TIMEOUT)
+    except TimeoutError:
+        raise ReconcileError(
+            "backing stores",
+            f"the file systems did not answer within {EXPORTS_TIMEOUT:g}s when checking that"
+            " no file is exported twice",
+            "check the mounts of the LUNs' files (a hung FUSE mount?), then try again",
+        ) from None
+
+
 async def _run_blocking(daemon: DaemonControl, fn: Callable[..., Any], *args: Any) -> Any:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(daemon.store_executor, fn, *args)
@@ -556,7 +575,8 @@ async def _apply(
     force: bool,
 ) -> list[dict[str, Any]]:
     """:meth:`Reconciler.apply_locked`, on that reconciler's daemon and state."""
-    desired = cfgmod.validate(desired)
+    desired = cfgmod.validate(desired, stat_files=False)  # no file system call on the loop
+    await check_exports(daemon, desired)
     plan = diff(st.cfg, desired)
     changed = {_key(t) for t in plan.targets_added} | {_key(t) for _, t in plan.targets_changed}
     retry = [
