@@ -250,6 +250,49 @@ def test_problem_log_logs_one_line_per_kind_and_peer_then_a_summary(caplog):
     assert lines[3:] == ["bad PDU from 10.0.0.1: 49 more like this in the last 11s"]
 
 
+def test_problem_log_with_its_key_table_full_looks_at_the_oldest_keys_only(caplog, monkeypatch):
+    # A full table (a flood from many addresses) must not make every report for a new peer
+    # scan all the keys (it did: ~1000x slower per call). Count the slots whose age is read.
+    import gluster_iscsi.logs as logs_mod
+
+    reads = [0]
+
+    class CountingSlot(logs_mod._Slot):
+        __slots__ = ()
+
+        def __getattribute__(self, name: str):
+            if name == "start":
+                reads[0] += 1
+            return object.__getattribute__(self, name)
+
+    monkeypatch.setattr(logs_mod, "_Slot", CountingSlot)
+    now = [0.0]
+    pl = ProblemLog(interval=10.0, max_keys=1000, clock=lambda: now[0])
+    lg = logging.getLogger("gluster_iscsi.test")
+    with caplog.at_level(logging.WARNING, logger="gluster_iscsi.test"):
+        for i in range(1000):
+            now[0] = i / 1000  # key i is older than key i+1
+            pl.report(lg, logging.WARNING, "bad PDU", f"10.0.{i >> 8}.{i & 255}", "bad from %s", "x")
+        pl.report(lg, logging.WARNING, "bad PDU", "10.0.0.0", "bad from %s", "x")  # suppressed
+        caplog.clear()
+        reads[0] = 0
+        now[0] = 5.0  # nothing expired yet: new peers share the kind's "other peers" key
+        for i in range(200):
+            pl.report(lg, logging.WARNING, "bad PDU", f"10.1.{i >> 8}.{i & 255}", "bad from %s", "x")
+        assert reads[0] <= 2 * 200
+        assert len(caplog.records) == 1 and ("bad PDU", "other peers") in pl._slots  # its 1st
+        caplog.clear()
+        # the two oldest keys' intervals are over (the table holds "other peers" beyond its
+        # size): they are summed up and make room for the new peer
+        now[0] = 10.0015
+        reads[0] = 0
+        assert pl.report(lg, logging.WARNING, "bad PDU", "10.2.0.1", "bad from %s", "x")
+        assert reads[0] <= 5
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["bad PDU from 10.0.0.0: 1 more like this in the last 10s", "bad from x"]
+    assert ("bad PDU", "10.2.0.1") in pl._slots and ("bad PDU", "10.0.0.0") not in pl._slots
+
+
 def test_a_logged_in_peer_sending_bad_pdus_gets_one_warning_and_a_count(tmp_path, caplog):
     async def main():
         d, port = await start(tmp_path)
