@@ -188,6 +188,8 @@ def test_a_login_response_longer_than_8192_bytes_is_continued_with_the_c_bit():
     events, rsps = feed(conn, _login_pdus(request))
     *acks, first = rsps
     assert all(a.flags & 0xC0 == 0 and not a.data for a in acks)  # "send more" to each C request
+    assert events == [ev.LoginProgress()]  # the request is complete and valid: the login goes on
+    events = []
     got = [first]
     while got[-1].flags & 0x40:  # C: ask for the rest with an empty request
         assert len(got[-1].data) <= 8192 and not got[-1].flags & 0x80 and events == []
