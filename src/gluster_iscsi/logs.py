@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
@@ -64,6 +65,10 @@ class ProblemLog:
     ``burst`` lines per key per ``interval`` seconds are logged; the others are counted and
     summed up in one line once the interval is over. At most ``max_keys`` keys are tracked:
     beyond that (a flood from very many addresses) the peers of a kind share one key.
+
+    The keys are kept oldest first (a key is made anew when its interval ends, and the
+    clock only goes forward), so making room for a new key looks at the oldest ones only:
+    O(1) per report however full the table is, never a scan of every key.
     """
 
     def __init__(self, interval: float = 10.0, burst: int = 1, max_keys: int = 4096,
@@ -72,7 +77,7 @@ class ProblemLog:
         self.burst = burst
         self.max_keys = max_keys
         self.clock = clock
-        self._slots: dict[tuple[str, str], _Slot] = {}
+        self._slots: OrderedDict[tuple[str, str], _Slot] = OrderedDict()
 
     def report(self, logger: logging.Logger, level: int, kind: str, peer: str, msg: str,
                *args: Any, burst: int | None = None, exc_info: bool = False,
@@ -92,7 +97,7 @@ class ProblemLog:
             slot = None
         if slot is None:
             if len(self._slots) >= self.max_keys:
-                self.flush(now)
+                self._expire_oldest(now)
                 if len(self._slots) >= self.max_keys:
                     key = (kind, "other peers")
                     slot = self._slots.get(key)
@@ -118,6 +123,16 @@ class ProblemLog:
         for key, slot in list(self._slots.items()):
             if everything or now - slot.start >= self.interval:
                 self._summarize(key, slot, now)
+
+    def _expire_oldest(self, now: float) -> None:
+        """Summarize and forget the keys whose interval is over, oldest first, stopping at the
+        first one still running (the ones after it are younger)."""
+        slots = self._slots
+        while slots:
+            key, slot = next(iter(slots.items()))
+            if now - slot.start < self.interval:
+                return
+            self._summarize(key, slot, now)
 
     def _summarize(self, key: tuple[str, str], slot: _Slot, now: float) -> None:
         del self._slots[key]

@@ -76,6 +76,7 @@ class FakeBudget:
 class FakeLimits:
     def __init__(self) -> None:
         self.max_connections, self.max_prelogin, self.max_prelogin_per_host = 1000, 500, 256
+        self.max_connections_per_host = 250
 
 
 class FakeDaemon:

@@ -381,7 +381,7 @@ def test_status_shows_the_memory_budget_and_the_connection_caps(api):
     info = call(server, "sys.show")
     assert info["memory"] == {"budget": 256 << 20, "session_share": 64 << 20,
                               "in_use": 1 << 20, "peak": 3 << 20}  # fmt: skip
-    assert info["connections"] == {"open": 2, "max": 1000, "max_prelogin": 500,
+    assert info["connections"] == {"open": 2, "max": 1000, "max_per_host": 250, "max_prelogin": 500,
                                    "max_prelogin_per_host": 256}  # fmt: skip
     assert info["io_uring"] == {"enabled": False, "available": False, "calls": 0}
 
@@ -391,5 +391,5 @@ def test_status_prints_the_memory_budget_and_the_connection_caps(served, tmp_pat
     assert out.exit_code == 0, out.output
     assert ("memory for commands' data: 1 MiB in use (peak 3 MiB) of 256 MiB, at most 64 MiB"
             " per session\n") in out.output
-    assert "connections: 0 of at most 1000 (at most 500 logging in, 256 of those per address)\n" \
+    assert "connections: 0 of at most 1000 (250 per address, at most 500 logging in, 256 of those per address)\n" \
         in out.output

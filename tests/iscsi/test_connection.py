@@ -73,7 +73,7 @@ def test_login_straight_to_full_feature(one_at_a_time):
     assert keys["TargetPortalGroupTag"] == "1"
     assert keys["MaxRecvDataSegmentLength"] == "262144"  # declared by the target
     assert keys["MaxBurstLength"] == "262144"
-    assert [type(e) for e in events] == [ev.LoginComplete]
+    assert [type(e) for e in events] == [ev.LoginProgress, ev.LoginComplete]
     assert conn.full_feature and conn.max_xmit == 65536
 
 

@@ -32,8 +32,8 @@ from . import initiator as I
 from .fuzzer import TARGET, PduFuzzer, login_pairs
 
 QUEUE_DEPTH = 16
-ALLOWED_EVENTS = (ev.ExecuteTask, ev.TaskManagement, ev.LoginComplete, ev.ReinstateSession,
-                  ev.CloseConnection)
+ALLOWED_EVENTS = (ev.ExecuteTask, ev.TaskManagement, ev.LoginProgress, ev.LoginComplete,
+                  ev.ReinstateSession, ev.CloseConnection)
 TARGET_OPCODES = {0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x31, 0x32, 0x3F}
 NUMBERED = {0x00, 0x01, 0x02, 0x04, 0x06}  # initiator PDUs that carry a CmdSN
 PING_ITT = 0x7FFFFF00

@@ -188,6 +188,8 @@ def test_a_login_response_longer_than_8192_bytes_is_continued_with_the_c_bit():
     events, rsps = feed(conn, _login_pdus(request))
     *acks, first = rsps
     assert all(a.flags & 0xC0 == 0 and not a.data for a in acks)  # "send more" to each C request
+    assert events == [ev.LoginProgress()]  # the request is complete and valid: the login goes on
+    events = []
     got = [first]
     while got[-1].flags & 0x40:  # C: ask for the rest with an empty request
         assert len(got[-1].data) <= 8192 and not got[-1].flags & 0x80 and events == []
@@ -256,3 +258,73 @@ def test_commands_in_flight_beyond_queue_depth_get_task_set_full(immediate):
     events, _ = feed(conn, I.scsi_cmd(read10(1), itt=2, cmdsn=2 if not immediate else 1, edtl=512,
                                       read=True))
     assert len(events) == 1  # a slot freed: the next command runs
+
+
+# ---------------------------------------------------------------- 6. commands waiting for a gap
+_WRITE = b"\x2a" + bytes(9)
+_K64 = 65536
+
+
+def _gapped_writes(conn, cmdsns, itt0=10) -> None:
+    """Writes whose every byte is immediate data, CmdSN ahead of the expected one: they wait."""
+    for i, sn in enumerate(cmdsns):
+        events, rsps = feed(conn, I.scsi_cmd(_WRITE, itt=itt0 + i, cmdsn=sn, edtl=_K64, write=True,
+                                             data=bytes([i]) * _K64))
+        assert events == [] and rsps == []
+
+
+def test_commands_waiting_for_a_cmdsn_gap_hold_their_data_within_the_memory_budget():
+    # Before: up to the window's worth of PDUs with immediate data waited uncharged (16
+    # sessions took 500 MiB with `status` saying 0 in use).
+    from gluster_iscsi.buffers import MemoryBudget
+
+    budget = MemoryBudget(16 * _K64, share=3 * _K64)
+    conn = logged_in(budget=budget)
+    _gapped_writes(conn, range(2, 7))  # CmdSN 2..6 wait for 1
+    assert budget.used == 3 * _K64  # three fit the session's share; two keep their header only
+    events, rsps = feed(conn, I.scsi_cmd(TUR, itt=1, cmdsn=1))
+    # in CmdSN order: the TUR, the three writes that kept their data (now in their own
+    # charged buffers), then the two that could not: TASK SET FULL in their turn
+    assert [e.task.tag for e in events] == [1, 10, 11, 12]
+    assert [bytes(e.task.data_out[:1]) for e in events[1:]] == [b"\0", b"\1", b"\2"]
+    assert [(r.opcode, r.itt, r.b3) for r in rsps] == [(0x21, 13, 0x28), (0x21, 14, 0x28)]
+    assert conn.session.exp_cmdsn == 7 and budget.used == 3 * _K64
+    for e in events:
+        conn.complete_task(e.task, ScsiResult(Status.GOOD))
+    conn.data_to_send()
+    assert budget.used == 0 and conn.session.outstanding == 0
+    _next_command_runs(conn, 7)
+
+
+def test_a_waiting_nop_out_whose_data_does_not_fit_is_rejected_in_its_turn():
+    from gluster_iscsi.buffers import MemoryBudget
+
+    budget = MemoryBudget(16 * _K64, share=_K64)
+    conn = logged_in(budget=budget)
+    _gapped_writes(conn, [2])
+    feed(conn, I.nop_out(itt=20, cmdsn=3, data=b"p" * 1000, immediate=False))
+    assert budget.used == _K64
+    events, rsps = feed(conn, I.nop_out(itt=21, cmdsn=1, immediate=False))
+    assert [(r.opcode, r.itt if r.opcode != 0x3F else None) for r in rsps] == [(0x20, 21), (0x3F, None)]
+    assert rsps[1].b2 == 0x0A  # Reject, out of resources: the ping's data could not wait
+    assert [e.task.tag for e in events] == [10]
+    conn.complete_task(events[0].task, ScsiResult(Status.GOOD))
+    conn.data_to_send()
+    assert budget.used == 0
+    _next_command_runs(conn, 4)
+
+
+@pytest.mark.parametrize("end", ["logout", "close"])
+def test_the_charges_of_commands_waiting_for_a_gap_end_with_the_connection(end):
+    from gluster_iscsi.buffers import MemoryBudget
+
+    budget = MemoryBudget(16 * _K64, share=8 * _K64)
+    conn = logged_in(budget=budget)
+    _gapped_writes(conn, range(2, 5))
+    assert budget.used == 3 * _K64
+    if end == "logout":
+        _, (r,) = feed(conn, I.logout(itt=9, cmdsn=1))
+        assert r.opcode == 0x26 and r.b2 == 0
+    else:
+        conn.close("connection lost")
+    assert conn.closed and budget.used == 0

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from gluster_iscsi.cli.serve import serve
+from gluster_iscsi.iscsi.pdu import PduReader
 from gluster_iscsi.logs import PROBLEMS, ProblemLog, safe
 from gluster_iscsi.server.admission import Admission, Limits
 
@@ -79,6 +80,121 @@ def test_admission_closes_the_least_recently_active_unlogged_connection_and_spar
     assert closed == ["a2", "a1", "b2"] and adm.prelogin == 0
     adm.gone("a3")
     assert add("d1", "D", 8.0)
+
+
+def test_one_address_cannot_hold_every_connection_even_logged_in():
+    closed: list[str] = []
+    adm: Admission[str] = Admission(Limits(6, 6, 6), lambda c: 1.0, lambda c, why: closed.append(c))
+    assert adm.limits.max_connections_per_host == 5  # the default: never all of them
+    for i in range(5):
+        assert adm.admit("A")
+        adm.add(f"a{i}", "A")
+        adm.logged_in(f"a{i}")
+    assert not adm.admit("A")  # A at its cap, all logged in: refused
+    assert adm.admit("B")  # another host still gets in
+    adm.add("b0", "B")
+    adm.gone("a0")
+    assert adm.admit("A")
+    adm.add("a5", "A")
+    # at its cap with one connection not logged in: that one makes room, not another host's
+    assert adm.connections_from("A") == 5 and adm.admit("A") and closed == ["a5"]
+    assert adm.connections_from("A") == 4 and adm.connections_from("B") == 1
+
+
+def test_per_host_connection_cap_defaults():
+    assert Limits(1, 1, 1).max_connections_per_host == 1
+    assert Limits(6, 3, 3).max_connections_per_host == 5
+    assert Limits(1000, 500, 256).max_connections_per_host == 250
+    assert Limits(100, 50, 25).max_connections_per_host == 64
+    assert Limits.from_nofile(1024, max_connections_per_host=7).max_connections_per_host == 7
+    lim = Limits.from_nofile(1024)
+    assert 64 <= lim.max_connections_per_host < lim.max_connections
+
+
+def test_room_is_made_from_connections_without_login_progress_first():
+    seen: dict[str, float] = {}
+    closed: list[str] = []
+    adm: Admission[str] = Admission(Limits(100, 5, 5), seen.__getitem__,
+                                    lambda c, why: closed.append(c))
+
+    def add(c: str, host: str, at: float) -> None:
+        assert adm.admit(host)
+        seen[c] = at
+        adm.add(c, host)
+
+    add("legit", "G", 1.0)
+    adm.progressed("legit")  # between login steps: the least recently active of all
+    add("f1", "F", 1.5)  # one bare connect from F, older than E's
+    add("e1", "E", 2.0)
+    add("e2", "E", 3.0)
+    add("e3", "E", 4.0)
+    add("e4", "E", 5.0)  # pre-login cap (5): E has the most, its least active goes
+    assert closed == ["e1"]
+    add("e5", "E", 6.0)
+    add("e6", "E", 7.0)
+    assert closed == ["e1", "e2", "e3"]
+    adm.progressed("f1")
+    for c in ("e4", "e5", "e6"):
+        adm.progressed(c)
+    add("h1", "H", 8.0)  # only logins in progress left: the least recently active goes
+    assert closed[-1] == "legit"
+
+
+async def _discovery_login(port: int, source: str, name: str):
+    r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    w.write(I.login([("InitiatorName", name), ("SessionType", "Discovery")]))
+    rsp = await next_pdu(r, PduReader(1 << 20))
+    return r, w, rsp
+
+
+def test_logged_in_discovery_sessions_of_one_address_do_not_lock_out_another(tmp_path):
+    async def main():
+        d, port = await start(tmp_path, max_connections=6)
+        held = []
+        try:
+            for i in range(6):
+                r, w, rsp = await _discovery_login(port, "127.0.0.1", f"iqn.2026-12.org.evil:{i}")
+                held.append(w)
+                if i < 5:
+                    assert rsp is not None and rsp.status_class == 0
+                else:
+                    assert rsp is None  # the 6th from that address: refused (closed)
+            _, w, rsp = await _discovery_login(port, "127.0.0.2", "iqn.2026-12.org.good:h")
+            held.append(w)
+            assert rsp is not None and rsp.status_class == 0
+        finally:
+            for w in held:
+                w.close()
+            await d.stop()
+
+    asyncio.run(main())
+
+
+def test_bare_connects_do_not_evict_a_login_between_its_steps(tmp_path):
+    async def main():
+        d, port = await start(tmp_path, max_prelogin=4, max_prelogin_per_host=4)
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+            reader = PduReader(1 << 20)
+            name = "iqn.2026-12.org.good:h"
+            w.write(I.login([("InitiatorName", name), ("TargetName", TNAME), ("AuthMethod", "None")],
+                            csg=0, nsg=1))
+            rsp = await next_pdu(r, reader)
+            assert rsp is not None and rsp.status_class == 0
+            await asyncio.sleep(0.05)  # the initiator thinks: now the idlest connection
+            socks = await idle_sockets(port, 4)
+            assert d.admission.prelogin <= 4
+            w.write(I.login([("HeaderDigest", "None"), ("DataDigest", "None")], csg=1, nsg=3,
+                            expstatsn=rsp.statsn + 1))
+            rsp = await next_pdu(r, reader)
+            assert rsp is not None and rsp.status_class == 0 and rsp.opcode == 0x23
+            w.close()
+            for s in socks:
+                s.close()
+        finally:
+            await d.stop()
+
+    asyncio.run(main())
 
 
 def test_idle_unlogged_connections_beyond_the_cap_do_not_lock_out_a_login(tmp_path):
@@ -226,7 +342,8 @@ def test_accept_out_of_descriptors_logs_once_per_burst_without_tracebacks(tmp_pa
 
 def test_serve_help_documents_the_connection_limits():
     out = CliRunner().invoke(serve, ["--help"]).output
-    for flag in ("--max-connections", "--max-prelogin", "--max-prelogin-per-host"):
+    for flag in ("--max-connections", "--max-connections-per-host", "--max-prelogin",
+                 "--max-prelogin-per-host"):
         assert flag in out
 
 
@@ -248,6 +365,49 @@ def test_problem_log_logs_one_line_per_kind_and_peer_then_a_summary(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert lines[:3] == ["bad from 10.0.0.1", "bad from 10.0.0.2", "refused 10.0.0.1"]
     assert lines[3:] == ["bad PDU from 10.0.0.1: 49 more like this in the last 11s"]
+
+
+def test_problem_log_with_its_key_table_full_looks_at_the_oldest_keys_only(caplog, monkeypatch):
+    # A full table (a flood from many addresses) must not make every report for a new peer
+    # scan all the keys (it did: ~1000x slower per call). Count the slots whose age is read.
+    import gluster_iscsi.logs as logs_mod
+
+    reads = [0]
+
+    class CountingSlot(logs_mod._Slot):
+        __slots__ = ()
+
+        def __getattribute__(self, name: str):
+            if name == "start":
+                reads[0] += 1
+            return object.__getattribute__(self, name)
+
+    monkeypatch.setattr(logs_mod, "_Slot", CountingSlot)
+    now = [0.0]
+    pl = ProblemLog(interval=10.0, max_keys=1000, clock=lambda: now[0])
+    lg = logging.getLogger("gluster_iscsi.test")
+    with caplog.at_level(logging.WARNING, logger="gluster_iscsi.test"):
+        for i in range(1000):
+            now[0] = i / 1000  # key i is older than key i+1
+            pl.report(lg, logging.WARNING, "bad PDU", f"10.0.{i >> 8}.{i & 255}", "bad from %s", "x")
+        pl.report(lg, logging.WARNING, "bad PDU", "10.0.0.0", "bad from %s", "x")  # suppressed
+        caplog.clear()
+        reads[0] = 0
+        now[0] = 5.0  # nothing expired yet: new peers share the kind's "other peers" key
+        for i in range(200):
+            pl.report(lg, logging.WARNING, "bad PDU", f"10.1.{i >> 8}.{i & 255}", "bad from %s", "x")
+        assert reads[0] <= 2 * 200
+        assert len(caplog.records) == 1 and ("bad PDU", "other peers") in pl._slots  # its 1st
+        caplog.clear()
+        # the two oldest keys' intervals are over (the table holds "other peers" beyond its
+        # size): they are summed up and make room for the new peer
+        now[0] = 10.0015
+        reads[0] = 0
+        assert pl.report(lg, logging.WARNING, "bad PDU", "10.2.0.1", "bad from %s", "x")
+        assert reads[0] <= 5
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["bad PDU from 10.0.0.0: 1 more like this in the last 10s", "bad from x"]
+    assert ("bad PDU", "10.2.0.1") in pl._slots and ("bad PDU", "10.0.0.0") not in pl._slots
 
 
 def test_a_logged_in_peer_sending_bad_pdus_gets_one_warning_and_a_count(tmp_path, caplog):

@@ -112,7 +112,8 @@ def status(as_json: bool) -> None:
                    f"{human_size(mem['peak'])}) of {human_size(mem['budget'])}, at most "
                    f"{human_size(mem['session_share'])} per session")
     if conns:
-        click.echo(f"connections: {conns['open']} of at most {conns['max']} (at most "
+        per_host = f"{conns['max_per_host']} per address, " if "max_per_host" in conns else ""
+        click.echo(f"connections: {conns['open']} of at most {conns['max']} ({per_host}at most "
                    f"{conns['max_prelogin']} logging in, {conns['max_prelogin_per_host']} "
                    "of those per address)")
     for p in info["portals"]:

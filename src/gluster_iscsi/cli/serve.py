@@ -195,9 +195,16 @@ Exit status:
               help="Connections in all, logged in or not. Default: from the descriptor limit "
                    "(ulimit -n), two per connection, an eighth (at least 64) kept in reserve "
                    "for the stores and the control socket.")
+@click.option("--max-connections-per-host", type=click.IntRange(1), metavar="N",
+              help="Connections from one source address, logged in or not: one host can never "
+                   "take them all. At the cap, that address's own least active connection not "
+                   "logged in is closed to make room, else the new one is refused. Default: a "
+                   "quarter of --max-connections, at least 64, always fewer than all of them.")
 @click.option("--max-prelogin", type=click.IntRange(1), metavar="N",
-              help="Connections that have not completed a login. When full, the least recently "
-                   "active of them is closed to make room. Default: half of --max-connections.")
+              help="Connections that have not completed a login. When full, one of them is closed "
+                   "to make room: one that never sent a valid Login Request first, from the "
+                   "address with the most, then the least recently active. Default: half of "
+                   "--max-connections.")
 @click.option("--max-prelogin-per-host", type=click.IntRange(1), metavar="N",
               help="Connections not logged in from one source address (same rule). "
                    "Default: a quarter of --max-prelogin, at least 256 (or all of it).")
@@ -208,7 +215,8 @@ Exit status:
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
           demo: bool, log_level: str, log_format: str, nop_interval: float, io_timeout: float, poll_usecs: float,
-          uvloop: bool, io_uring: bool, max_connections: int | None, max_prelogin: int | None,
+          uvloop: bool, io_uring: bool, max_connections: int | None,
+          max_connections_per_host: int | None, max_prelogin: int | None,
           max_prelogin_per_host: int | None, memory_budget: int | None) -> None:
     """Run the iSCSI target daemon in the foreground."""
     from ..logs import configure
@@ -238,6 +246,7 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
     try:
         code = runner(_serve(sdir, portals, advertise, demo, nop_interval, io_timeout, poll_usecs,
                              io_uring, {"max_connections": max_connections,
+                                        "max_connections_per_host": max_connections_per_host,
                                         "max_prelogin": max_prelogin,
                                         "max_prelogin_per_host": max_prelogin_per_host,
                                         "memory_budget": memory_budget}))
@@ -319,10 +328,12 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
                     poll_usecs=poll_usecs, io_uring=io_uring,
                     max_connections=limits.get("max_connections"), max_prelogin=limits.get("max_prelogin"),
                     max_prelogin_per_host=limits.get("max_prelogin_per_host"),
+                    max_connections_per_host=limits.get("max_connections_per_host"),
                     memory_budget=limits.get("memory_budget"))
     lim = daemon.limits
-    log.info("connections: at most %d, %d not logged in, %d of those per address",
-             lim.max_connections, lim.max_prelogin, lim.max_prelogin_per_host)
+    log.info("connections: at most %d, %d per address, %d not logged in, %d of those per address",
+             lim.max_connections, lim.max_connections_per_host, lim.max_prelogin,
+             lim.max_prelogin_per_host)
     log.info("memory budget: %d MiB (%d MiB per session)", daemon.budget.limit >> 20,
              daemon.budget.share >> 20)
     _ = daemon.ring  # made now, so the log and `status` say at once which file I/O runs

@@ -431,6 +431,7 @@ class ControlServer:
         return {
             "open": len(self.daemon.connections),
             "max": lim.max_connections,
+            "max_per_host": lim.max_connections_per_host,
             "max_prelogin": lim.max_prelogin,
             "max_prelogin_per_host": lim.max_prelogin_per_host,
         }

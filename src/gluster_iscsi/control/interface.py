@@ -51,6 +51,9 @@ class ConnectionLimits(Protocol):
     def max_connections(self) -> int: ...
 
     @property
+    def max_connections_per_host(self) -> int: ...
+
+    @property
     def max_prelogin(self) -> int: ...
 
     @property

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..buffers import Buffer, MemoryBudget
+from ..buffers import POOL, Buffer, MemoryBudget
 from . import pdu as P
 from .errors import LoginStatus, ProtocolError, RejectReason
 from .events import LoginComplete, TaskManagement
@@ -48,6 +48,11 @@ DEFAULT_TARGET_PARAMS: dict[str, str] = {
 #: The memory budget of a connection made without one (the daemon passes its shared
 #: :class:`~gluster_iscsi.buffers.MemoryBudget`).
 MAX_CONNECTION_BUFFERS = 256 << 20
+
+#: The refusal kept for a SCSI Command that waits for a CmdSN gap when its immediate data did
+#: not fit the memory budget: in its turn it ends with TASK SET FULL or BUSY
+#: (``Transfer._refuse_full``), as a command the budget refuses on arrival does.
+_NO_MEMORY = -1
 
 
 def _numbered(pdu: Pdu) -> bool:
@@ -95,8 +100,9 @@ class Connection(Transfer):
             self.target_params.update(target_params)
         self.cid = 0
         self.logging_out = False
-        # CmdSN -> (PDU, Reject reason or 0, why) waiting for a gap to fill
-        self._pending: dict[int, tuple[Pdu, int, str]] = {}
+        # CmdSN -> (PDU, its refusal: a Reject reason, _NO_MEMORY or 0; why; the bytes of its
+        # data charged to the memory budget), waiting for a gap to fill (``_hold``)
+        self._pending: dict[int, tuple[Pdu, int, str, int]] = {}
         # The login phase, until it hands the connection a session (``_enter_full_feature``).
         self.login: Login | None = Login(registry, sessions, self.target_params, peer_address=peer_address,
                                          portal_tpgt=portal_tpgt, queue_depth=queue_depth,
@@ -244,7 +250,7 @@ class Connection(Transfer):
         if cmdsn != s.exp_cmdsn:
             if s.in_window(cmdsn):
                 if cmdsn not in self._pending:
-                    self._pending[cmdsn] = (pdu, refuse, why)
+                    self._hold(cmdsn, pdu, refuse, why)
             else:
                 log.debug("dropping PDU with CmdSN %d outside [%d, %d]", cmdsn, s.exp_cmdsn, s.max_cmdsn)
             return
@@ -255,8 +261,54 @@ class Connection(Transfer):
             item = pending.pop(s.exp_cmdsn, None)
             if item is None:
                 return
+            if item[3]:
+                # Its data leaves the wait: a write's moves into the command's own buffer,
+                # which ``_on_scsi_cmd`` charges.
+                self.budget.release(self.share, item[3])
             s.advance()
             self._run(item[0], item[1], item[2], True)
+
+    def _hold(self, cmdsn: int, pdu: Pdu, refuse: int, why: str) -> None:
+        """Keep a PDU that came before its CmdSN turn until the gap fills. Its data is held
+        meanwhile, so it is charged to the session's share of the memory budget (released
+        when it runs, or when the wait ends: Logout, the connection closing): up to the
+        window's worth of whole PDUs per session would otherwise escape the budget. When it
+        does not fit, only what answers it in its turn is kept, its header: a SCSI Command
+        then gets TASK SET FULL or BUSY, anything else a Reject (out of resources); so does
+        one refused in any case (oversized, an opcode the session does not take), whose data
+        is never needed."""
+        data = pdu.data
+        n = len(data)
+        if n:
+            if refuse or self._handlers.get(pdu.opcode) is None:
+                n = 0
+            elif not self.budget.charge(self.share, n):
+                n = 0
+                if pdu.opcode == Opcode.SCSI_CMD:
+                    refuse = _NO_MEMORY
+                else:
+                    refuse = RejectReason.LONG_OPERATION_REJECT
+                    why = f"no memory to hold the data of CmdSN {cmdsn} until its turn"
+            if not n:
+                pdu = Pdu(pdu.bhs, pdu.ahs)
+                POOL.give_back(data)  # a large payload's own pooled buffer (others are ignored)
+        self._pending[cmdsn] = (pdu, refuse, why, n)
+
+    def _drop_pending(self) -> None:
+        """The PDUs waiting for a CmdSN gap are dropped (Logout, the connection closed): their
+        data's charges end here."""
+        pending = self._pending
+        if pending:
+            held = 0
+            for item in pending.values():
+                held += item[3]
+            pending.clear()
+            if held:
+                self.budget.release(self.share, held)
+
+    def _close(self, reason: str) -> None:
+        self._drop_pending()
+        super()._close(reason)
 
     def _run(self, pdu: Pdu, refuse: int, why: str, numbered: bool) -> None:
         """Handle a PDU taken in. Every handler but a SCSI Command's is done when it returns:
@@ -265,12 +317,15 @@ class Connection(Transfer):
         when it is rejected before it became a task."""
         op = pdu.opcode
         s = self.session
-        early = numbered and (refuse != 0 or op != Opcode.SCSI_CMD)
+        early = numbered and (refuse > 0 or op != Opcode.SCSI_CMD)
         if early and s is not None:
             s.retire()
         try:
             if refuse:
-                raise ProtocolError(why, refuse)
+                if refuse != _NO_MEMORY:
+                    raise ProtocolError(why, refuse)
+                self._refuse_full(pdu)  # a SCSI Command whose data could not wait (``_hold``)
+                return
             handler = self._handlers.get(op)
             if handler is None:
                 if op in _FFP:
@@ -442,7 +497,7 @@ class Connection(Transfer):
         # it, as a TMF ABORT's response does: a write must not land after the initiator was
         # told the session is gone. The store's calls are bounded by the I/O timeout.
         self.logging_out = True
-        self._pending.clear()
+        self._drop_pending()
         self.abort_tasks(lambda t: True)
         self._maybe_finish_logout()
 

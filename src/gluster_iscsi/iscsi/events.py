@@ -36,6 +36,11 @@ class TaskManagement:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginProgress:
+    """The login took its first complete, valid Login Request (once per connection)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LoginComplete:
     session: Session
 

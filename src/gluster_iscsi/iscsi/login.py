@@ -25,7 +25,7 @@ from ..scsi.task import Nexus
 from . import pdu as P
 from .chap import ChapAuthenticator
 from .errors import LoginError, LoginStatus, ProtocolError
-from .events import ReinstateSession
+from .events import LoginProgress, ReinstateSession
 from .params import Negotiator, SessionParams
 from .pdu import NO_TAG, Pdu
 from .portal import TargetDirectory, TargetEntry
@@ -196,6 +196,9 @@ class Login:
         out, transit = STAGE_HANDLERS[self.stage](self, pairs, transit)
         if self._first_response:
             self._first_response = False
+            # A complete, valid request: the connection is a login in progress, which the
+            # daemon's admission spares while it has bare connections to close.
+            self.events.append(LoginProgress())
             if self.session_type == "Normal":
                 out.append(("TargetPortalGroupTag", str(self.tpgt)))
                 if self.target is not None and self.target.alias:

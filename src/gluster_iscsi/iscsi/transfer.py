@@ -223,6 +223,18 @@ class Transfer(Responder):
             it.next_r2t_offset = min(params.first_burst, edtl)
         self._progress(it)
 
+    def _refuse_full(self, pdu: Pdu) -> None:
+        """A SCSI Command whose immediate data was not kept while it waited for its CmdSN turn
+        (no room in the memory budget, ``Connection._hold``): in its turn it ends as one the
+        budget refuses on arrival does, with TASK SET FULL or BUSY (:meth:`full_status`)."""
+        flags, lun_raw, itt, edtl, cmdsn = P.SCSI_CMD_FIELDS.unpack_from(pdu.bhs)
+        if itt in self.tasks:
+            raise ProtocolError(f"ITT {itt:#x} already in use", RejectReason.TASK_IN_PROGRESS)
+        it = IscsiTask(itt, P.decode_lun(lun_raw), pdu.cdb, edtl, bool(flags & 0x40), bool(flags & 0x20),
+                       flags & 7, cmdsn, pdu.immediate, lun_raw)
+        self.tasks[itt] = it
+        self._fail(it, ScsiResult(self.full_status()))
+
     def _fail_task(self, it: IscsiTask, why: str) -> None:
         """A command PDU that breaks the negotiated rules: Reject it; the task never starts."""
         self.tasks.pop(it.itt, None)

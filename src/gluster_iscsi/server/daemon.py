@@ -89,6 +89,7 @@ class Daemon:
         max_connections: int | None = None,
         max_prelogin: int | None = None,
         max_prelogin_per_host: int | None = None,
+        max_connections_per_host: int | None = None,
         memory_budget: int | None = None,
         session_share: int | None = None,
     ) -> None:
@@ -107,7 +108,8 @@ class Daemon:
         self._listeners: dict[Portal, _Listener] = {}
         #: Connection caps (``admission.py``); None: sized from the descriptor limit.
         self.limits = Limits.from_nofile(max_connections=max_connections, max_prelogin=max_prelogin,
-                                         max_prelogin_per_host=max_prelogin_per_host)
+                                         max_prelogin_per_host=max_prelogin_per_host,
+                                         max_connections_per_host=max_connections_per_host)
         self.admission: Admission[ConnectionDriver] = Admission(self.limits, _activity, _evict)
         self._connecting: set[asyncio.Task[Any]] = set()
         self._spare: Spare | None = None
@@ -315,8 +317,9 @@ class Daemon:
         if not self.admission.admit(host):
             sock.close()
             PROBLEMS.report(log, logging.WARNING, "connection refused", host,
-                            "refused a connection from %s: %d connections, all logged in",
-                            host, self.admission.total,
+                            "refused a connection from %s: %d connections (%d from that address), "
+                            "all logged in", host, self.admission.total,
+                            self.admission.connections_from(host),
                             fields={"address": host, "reason": "connection limit"})
             return
         sock.setblocking(False)
@@ -380,6 +383,9 @@ class Daemon:
         ]
 
     # ------------------------------------------------------------------ sessions
+    def login_progress(self, driver: ConnectionDriver) -> None:
+        self.admission.progressed(driver)
+
     def session_started(self, session: Session, driver: ConnectionDriver) -> None:
         self.admission.logged_in(driver)
         session.extra["drivers"] = [driver]

@@ -67,6 +67,8 @@ class DriverHost(Protocol):
 
     def session_started(self, session: Session, driver: ConnectionDriver) -> None: ...
 
+    def login_progress(self, driver: ConnectionDriver) -> None: ...
+
     def session_ended(self, session: Session) -> None: ...
 
     def drop_session(self, session: Session, reason: str) -> None: ...
@@ -297,6 +299,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 self.loop.create_task(self._tmf(e))
             elif isinstance(e, ev.LoginComplete):
                 self.daemon.session_started(e.session, self)
+            elif isinstance(e, ev.LoginProgress):
+                self.daemon.login_progress(self)
             elif isinstance(e, ev.ReinstateSession):
                 self.daemon.drop_session(e.old, "session reinstated by a new login")
             elif isinstance(e, ev.CloseConnection):
