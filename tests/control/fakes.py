@@ -23,7 +23,7 @@ class FakeStore:
         self.size = size
         self.closed = False
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         self.closed = True
 
     def resize(self, n: int) -> None:

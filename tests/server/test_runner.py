@@ -68,7 +68,7 @@ class Recorder(BackingStore):
     def resize(self, size: int) -> None:  # pragma: no cover - not a request
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         pass
 
 

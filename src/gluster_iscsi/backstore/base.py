@@ -118,5 +118,7 @@ class BackingStore(ABC):
         lends only where the kernel never does such I/O inside the submitting call."""
         return None
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release handles. Idempotent."""
+    def close(self, timeout: float | None = None) -> None:  # noqa: B027 - optional hook
+        """Release handles. Idempotent. A store whose calls run on worker threads waits for
+        those still running, at most ``timeout`` seconds (None: its own default), and leaks
+        a handle a hung call may still use rather than close it under that call."""

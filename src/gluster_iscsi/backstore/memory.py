@@ -132,7 +132,7 @@ class MemoryStore(BackingStore):
             finally:
                 self._view = memoryview(self._data)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         pass
 
     def __repr__(self) -> str:

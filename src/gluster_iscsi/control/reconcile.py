@@ -131,7 +131,7 @@ class Reconciler:
         """Close every store opened for the daemon (at shutdown)."""
         lus, self._st = list(self._st.lus.values()), _State()
         for lu_obj in lus:
-            await _run_blocking(self.daemon, close_lu, lu_obj)
+            await close_lu_off_loop(self.daemon, lu_obj)
 
 
 # ------------------------------------------------------------------- runtime factories
@@ -235,6 +235,22 @@ def _open_lu_with_state(state_dir: Any, lun_cfg: dict[str, Any], target_name: st
         close_lu(lu)
         raise
     return lu
+
+
+async def close_lu_off_loop(daemon: DaemonControl, lu: Any) -> None:
+    """Close a LU's store where its calls run. A blocking store (worker threads) closes in the
+    store executor, after the calls still running on its workers (``FileStore.close`` waits
+    for them). An inline store (tmpfs) is called only on this event loop, and by a background
+    job stopped first: it closes here, where no call of it can be running, so its hot calls
+    need not count themselves in and out (``FileStore.read_into``)."""
+    store = getattr(lu, "store", None)
+    if store is None or getattr(store, "blocking", True):
+        await _run_blocking(daemon, close_lu, lu)
+        return
+    stop = getattr(lu, "stop_background", None)
+    if stop is not None:
+        await _run_blocking(daemon, stop)
+    store.close()
 
 
 def close_lu(lu: Any) -> None:
@@ -769,7 +785,7 @@ async def _rollback(daemon: DaemonControl, prep: _Prepared) -> None:
     """Close what :func:`_prepare` opened and bound (none of it is in use by then)."""
     for lu_obj in prep.all_opened:
         try:
-            await _run_blocking(daemon, close_lu, lu_obj)
+            await close_lu_off_loop(daemon, lu_obj)
         except Exception:  # closing must go on for the others
             log.exception("closing a store opened for a change that was rolled back")
     prep.all_opened.clear()
@@ -963,7 +979,7 @@ async def _commit(daemon: DaemonControl, st: _State, prep: _Prepared) -> None:
             log.exception("closing portal %s", _portal_text(p))
     for lu_obj in to_close:
         try:
-            await _run_blocking(daemon, close_lu, lu_obj)
+            await close_lu_off_loop(daemon, lu_obj)
         except Exception:
             log.exception("closing a store that was replaced or removed")
     for _, lu, lu_obj, _ in prep.grows:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 #: Seconds between looks at the read-buffer pool: one whole interval without a borrow and
 #: it gives its buffers back (``BufferPool.trim``).
 POOL_TRIM_INTERVAL = 5.0
+#: At shutdown, how long closing a store waits for a (hung) call still running on it.
+SHUTDOWN_CLOSE_TIMEOUT = 1.0
 
 
 class PortalBinding:
@@ -458,7 +460,9 @@ class Daemon:
                 lu = device.lu(lun)
                 if lu is not None:
                     try:
-                        lu.store.close()
+                        # Commands were drained above; a call still running is hung: do not
+                        # hold the exit for it (the process ends, a leaked handle with it).
+                        lu.store.close(timeout=SHUTDOWN_CLOSE_TIMEOUT)
                     except Exception:  # closing must go on for the other stores
                         log.exception("closing the store of %s LUN %d", target.name, lun)
         for _, pool in self._pools.values():
