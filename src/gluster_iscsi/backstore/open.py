@@ -12,7 +12,9 @@ spec                                               store
 
 ``size`` is the memory store's size, or for files the size to create them with when they
 do not exist yet. Extra keyword ``options`` go to the store: ``o_direct`` for files and
-Gluster, ``log_file``/``log_level`` for Gluster (also as URL query: ``?o_direct=1``).
+Gluster, ``log_file``/``log_level`` for Gluster (also as URL query: ``?o_direct=1``), and
+``cache`` for Gluster: the read cache's size (``64MiB``; ``0`` or ``off``: none; default
+:func:`.cache.default_capacity`, set by ``serve --gfapi-cache``), see :mod:`.cache`.
 """
 
 from __future__ import annotations
@@ -106,8 +108,17 @@ def open_store(
         if isinstance(raw_direct, str)
         else bool(raw_direct)
     )
+    raw_cache = merged.pop("cache", None)
+    from . import cache as cachemod
+
+    try:
+        capacity = (
+            cachemod.default_capacity() if raw_cache is None else cachemod.parse_capacity(raw_cache)
+        )
+    except ValueError as e:
+        raise BackingStoreError(errno.EINVAL, f"option cache: {e}", spec) from e
     _no_options(merged, spec)
-    return GfapiStore(
+    store = GfapiStore(
         target,
         read_only=read_only,
         create_size=size,
@@ -115,6 +126,14 @@ def open_store(
         log_level=int(log_level) if log_level is not None else None,
         o_direct=o_direct,
     )
+    capacity = min(capacity, cachemod.ledger().limit)
+    if capacity <= 0:
+        return store
+    try:
+        return cachemod.CachedStore(store, capacity)
+    except BaseException:
+        store.close()
+        raise
 
 
 def _no_options(options: dict[str, Any], spec: str) -> None:
