@@ -212,13 +212,13 @@ def test_not_sole_writer_turns_the_cache_off_and_empties_it():
     assert store.bytes == 0 and not store.enabled
     inner.write(0, b"q" * 10)  # another gateway writes
     assert store.read(0, 10) == b"q" * 10
-    assert store.status()["coherence"] == "off"
+    assert store.cache_status()["coherence"] == "off"
 
 
 def test_without_upcalls_status_says_single_writer_only():
     store = _cached(MemoryStore(CHUNK))
-    assert store.status()["single_writer_only"] is True
-    assert store.status()["coherence"] == "single-writer"
+    assert store.cache_status()["single_writer_only"] is True
+    assert store.cache_status()["coherence"] == "single-writer"
 
 
 def test_a_store_that_watches_invalidations_is_coherent_and_an_upcall_empties_it():
@@ -235,7 +235,7 @@ def test_a_store_that_watches_invalidations_is_coherent_and_an_upcall_empties_it
     inner = Watched(4 * CHUNK)
     now = [0.0]
     store = _cached(inner, clock=lambda: now[0])
-    assert store.status()["coherence"] == "upcall" and store.ttl == 30.0
+    assert store.cache_status()["coherence"] == "upcall" and store.ttl == 30.0
     store.read(0, 10)
     inner.write(0, b"o" * 10)  # another client
     inner.callback()  # its upcall

@@ -64,13 +64,11 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._util import byte_view, check_range
 from .base import BackingStore, Buffer, Capabilities, Extent
-
-if TYPE_CHECKING:
-    from .buffers import MemoryBudget
+from .buffers import MemoryBudget, default_budget  # the one coupling to the command budget
 
 #: Bytes per cached chunk; reads that miss fetch whole chunks (clipped at the end of the LUN).
 DEFAULT_CHUNK = 64 << 10
@@ -116,8 +114,6 @@ def configure(budget: MemoryBudget | None, lun_default: int | None) -> CacheLedg
     """Set the daemon-wide ledger from the command memory budget (a quarter of it) and the
     default per-LUN cap (``serve --gfapi-cache``; 0 disables caches of LUNs that set none)."""
     global _ledger, _default_capacity
-    from .buffers import default_budget
-
     limit = (budget.limit if budget is not None else default_budget()) // 4
     with _config_lock:
         if _ledger is None:
@@ -273,7 +269,7 @@ class CachedStore(BackingStore):
             size = self._size = self.inner.size
         return size
 
-    def status(self) -> dict[str, Any]:
+    def cache_status(self) -> dict[str, Any]:
         """What ``lun list --json``/``status`` show of the cache."""
         return {
             "enabled": self.enabled,
