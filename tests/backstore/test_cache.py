@@ -54,6 +54,15 @@ class CacheModel(RuleBasedStateMachine):
         self.store.read_into(offset, memoryview(buf))
         assert buf == self.ref[offset : offset + length], (offset, length)
 
+    @rule(length=st.integers(1, 2 * CHUNK))
+    def read_next(self, length: int) -> None:
+        """Where the last read ended: sequential streams (readahead)."""
+        offset = self.store._next if 0 <= self.store._next < len(self.ref) else 0
+        length = min(length, len(self.ref) - offset)
+        buf = bytearray(length)
+        self.store.read_into(offset, memoryview(buf))
+        assert buf == self.ref[offset : offset + length], (offset, length)
+
     @rule(data=st.data(), fill=st.integers(1, 255))
     def write(self, data: st.DataObject, fill: int) -> None:
         offset, length = self._range(data)
@@ -299,3 +308,27 @@ def test_parse_capacity():
     assert parse_capacity("off") == 0 and parse_capacity(0) == 0
     with pytest.raises(ValueError):
         parse_capacity("lots")
+
+
+def test_a_sequential_stream_reads_ahead_and_random_reads_do_not():
+    class Counting(MemoryStore):
+        calls = 0
+
+        def read_into(self, offset, buf):  # type: ignore[override]
+            self.calls += 1
+            super().read_into(offset, buf)
+
+    inner = Counting(64 * CHUNK)
+    inner.write(0, bytes(range(256)) * (64 * CHUNK // 256))
+    store = _cached(inner, capacity=64 * CHUNK, readahead=8 * CHUNK)
+    for i in range(32):
+        assert store.read(i * CHUNK, CHUNK) == inner.read(i * CHUNK, CHUNK)
+        inner.calls -= 1  # (the check's own read)
+    assert inner.calls <= 32 // 8 + 3, inner.calls  # one brick read per window, not per read
+    assert store.readahead_bytes
+
+    inner2 = Counting(64 * CHUNK)
+    random_reads = _cached(inner2, capacity=64 * CHUNK, readahead=8 * CHUNK)
+    for i in (5, 1, 9, 3, 30, 17):
+        random_reads.read(i * CHUNK, CHUNK)
+    assert random_reads.readahead_bytes == 0 and inner2.calls == 6

@@ -49,6 +49,14 @@ the file within ``features.cache-invalidation-timeout``; a chunk read from the b
 than that long ago is covered). Without upcalls :attr:`coherence` is ``"single-writer"``:
 status says the cache is correct only while nothing else writes the file.
 
+Readahead
+---------
+A stream of sequential reads issued one at a time (each starting where the previous ended,
+the third in a row) that misses fetches :data:`DEFAULT_READAHEAD` more bytes in the same
+call, so the next reads hit. Only while no other miss of the store is in flight: several
+reads in flight already fetch ahead by themselves, and a wider fetch would read bytes twice.
+What is fetched ahead is inserted like any fill (same generation check).
+
 Memory
 ------
 Each cache has its own cap (``capacity``) and all caches together a daemon-wide
@@ -72,6 +80,9 @@ from .buffers import MemoryBudget, default_budget  # the one coupling to the com
 
 #: Bytes per cached chunk; reads that miss fetch whole chunks (clipped at the end of the LUN).
 DEFAULT_CHUNK = 64 << 10
+#: How far a miss of a sequential stream (the third read in a row that starts where the last
+#: ended, with no other miss in flight) reads beyond the request.
+DEFAULT_READAHEAD = 4 * DEFAULT_CHUNK
 #: A LUN's cache cap when neither its options nor ``serve --gfapi-cache`` say.
 DEFAULT_LUN_CAPACITY = 256 << 20
 #: Invalidations remembered for fills in flight (older ones: a fill that started before
@@ -165,6 +176,7 @@ class CachedStore(BackingStore):
         capacity: int,
         *,
         chunk: int = DEFAULT_CHUNK,
+        readahead: int = DEFAULT_READAHEAD,
         ledger_: CacheLedger | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -194,6 +206,12 @@ class CachedStore(BackingStore):
         self.ttl: float | None = None
         self.hits = 0
         self.misses = 0
+        #: Bytes fetched ahead of a sequential stream on a miss (0: no readahead).
+        self.readahead = readahead
+        self.readahead_bytes = 0
+        self._next = -1
+        self._streak = 0
+        self._filling = 0
         self.invalidations = 0  # whole-cache drops from outside (upcalls)
         #: "upcall": other Gluster clients' writes invalidate it; "single-writer": they do not.
         self.coherence = "single-writer"
@@ -281,6 +299,7 @@ class CachedStore(BackingStore):
             "hits": self.hits,
             "misses": self.misses,
             "invalidations": self.invalidations,
+            "readahead_bytes": self.readahead_bytes,
         }
 
     # -- reads ----------------------------------------------------------------------------------
@@ -297,24 +316,41 @@ class CachedStore(BackingStore):
         shift = self._shift
         first = offset >> shift
         last = (offset + length - 1) >> shift
+        # Sequential-stream detection for readahead (racy counters: a hint, never data).
+        streak = self._streak + 1 if offset == self._next else 0
+        self._streak = streak
+        self._next = offset + length
         if self._copy_hits(offset, dst, first, last):
             self.hits += 1
             return
         self.misses += 1
         with self._lock:
             start = self._gen
-        chunk = self.chunk
-        lo = first << shift
-        size = self._known_size()
-        hi = min((last + 1) << shift, max(size, offset + length))
-        if lo == offset and hi == offset + length:
-            self.inner.read_into(offset, dst)  # aligned already: straight into the caller's
-            data: memoryview = dst
-        else:
-            scratch = bytearray(hi - lo)
-            self.inner.read_into(lo, memoryview(scratch))
-            data = memoryview(scratch)
-            dst[:] = data[offset - lo : offset - lo + length]
+            alone = not self._filling  # no other miss of this store in flight
+            self._filling += 1
+        try:
+            chunk = self.chunk
+            lo = first << shift
+            size = self._known_size()
+            hi = min((last + 1) << shift, max(size, offset + length))
+            if alone and streak >= 2 and self.readahead and hi < size:
+                # A sequential stream read one call at a time: fetch the next window with
+                # this call (fewer round trips); never with several reads in flight, which
+                # fetch ahead by themselves and would only read the same bytes twice.
+                ahead = min(hi + self.readahead, size)
+                self.readahead_bytes += ahead - hi
+                hi = ahead
+            if lo == offset and hi == offset + length:
+                self.inner.read_into(offset, dst)  # aligned already: straight into the caller's
+                data: memoryview = dst
+            else:
+                scratch = bytearray(hi - lo)
+                self.inner.read_into(lo, memoryview(scratch))
+                data = memoryview(scratch)
+                dst[:] = data[offset - lo : offset - lo + length]
+        finally:
+            with self._lock:
+                self._filling -= 1
         if hi > size:  # read past the size we knew: the file grew elsewhere; learn it later
             return
         self._insert(start, first, data, hi - lo, chunk)
