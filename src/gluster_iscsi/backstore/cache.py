@@ -186,7 +186,8 @@ class CachedStore(BackingStore):
         self.blocking = inner.blocking
         self.name = inner.name
         self.read_only = inner.read_only
-        self.lends_fd = inner.lends_fd
+        # No descriptor is lent: I/O on it (io_uring) would bypass the cache's invalidation.
+        self.lends_fd = False
         self.chunk = chunk
         self._shift = chunk.bit_length() - 1
         self.capacity = max(0, capacity)
