@@ -233,8 +233,7 @@ class CachedStore(BackingStore):
         """Gateway-group hook: False as soon as another gateway may write this LUN (the
         cache empties and stays off), True again only once this gateway owns it afresh."""
         self.sole_writer = sole
-        if not sole:
-            self.clear()
+        self.clear()  # either way: nothing cached before a change of ownership is trusted
 
     def invalidate_all(self) -> None:
         """Another writer changed the file (an upcall): forget every chunk and the size."""
