@@ -332,3 +332,17 @@ def test_a_sequential_stream_reads_ahead_and_random_reads_do_not():
     for i in (5, 1, 9, 3, 30, 17):
         random_reads.read(i * CHUNK, CHUNK)
     assert random_reads.readahead_bytes == 0 and inner2.calls == 6
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"cache": "lots"}, {"cache": "-1"}, {"cache_chunk": "3000"}, {"cache_chunk": "4MiB"}],
+)
+def test_bad_cache_options_are_einval_before_any_connection(options):
+    import errno
+
+    from gluster_iscsi.backstore.open import open_store
+
+    with pytest.raises(BackingStoreError) as e:
+        open_store("gluster://127.0.0.1/no-such-volume/x.img", **options)
+    assert e.value.errno == errno.EINVAL and "cache" in str(e.value)
