@@ -16,6 +16,7 @@ with ``from_buffer``, read-only ones through the buffer protocol.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import errno as _errno
@@ -343,6 +344,7 @@ class Volume:
         self._initialised = True
 
     def fini(self) -> None:
+        self.unregister_upcalls()
         fs, self._fs = self._fs, None
         if fs:
             with _lifecycle:
@@ -430,7 +432,14 @@ class Volume:
         if ret < 0 or not ret & GLFS_EVENT_INODE_INVALIDATE:
             return False
         self._upcall_cbk = cbk  # kept alive for as long as gfapi may call it
+        # A callback into an interpreter that is finalizing can crash the process: stop them
+        # at exit (clients are normally never finished, see store.IDLE_LINGER_SECONDS).
+        atexit.register(self.unregister_upcalls)
         return True
+
+    def unregister_upcalls(self) -> None:
+        if self._upcall_cbk is not None and self._fs:
+            lib().glfs_upcall_unregister(self._fs, GLFS_EVENT_INODE_INVALIDATE)
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         parts = [p for p in path.split("/") if p]
