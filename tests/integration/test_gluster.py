@@ -519,9 +519,12 @@ def test_stopped_volume_gives_not_ready_then_the_same_session_recovers(gw, block
             seen.append(f"volume stop took {time.monotonic() - t0:.1f}s")
             try:
                 # Reads must fail, each within the I/O timeout (+ slack), with a retryable sense.
+                # (Of a range the gateway never read: what its gfapi read cache holds, say
+                # `before`, it answers from there, correctly, as tgt does from the page cache.)
                 for attempt in range(2):
                     t = time.monotonic()
-                    st, _, sense = await cmd(s, read10_cdb(base, 8), lun=BLOCK_LUN, read_len=4096)
+                    st, _, sense = await cmd(s, read10_cdb(base + 4096, 8), lun=BLOCK_LUN,
+                                             read_len=4096)
                     took = time.monotonic() - t
                     key, asc, ascq = sense_fields(sense)
                     seen.append(f"READ #{attempt} while stopped: status {st:#x} key {key:#x} "
@@ -568,14 +571,16 @@ def test_stopped_volume_gives_not_ready_then_the_same_session_recovers(gw, block
                 await asyncio.to_thread(wait_bricks_online, vol)
                 seen.append(f"volume start + bricks online took {time.monotonic() - t0:.1f}s")
 
-            # Same session: retry until the client has reconnected.
+            # Same session: retry until the client has reconnected (probing the range never
+            # read, which the read cache cannot answer).
             t0 = time.monotonic()
             tries = 0
             while True:
                 tries += 1
-                st, data, sense = await cmd(s, read10_cdb(base, len(before) // BS),
-                                            lun=BLOCK_LUN, read_len=len(before))
+                st, _, sense = await cmd(s, read10_cdb(base + 4096, 8), lun=BLOCK_LUN,
+                                         read_len=4096)
                 if st == GOOD:
+                    data = await read_ok(s, BLOCK_LUN, base, len(before))
                     break
                 last = f"status {st:#x} sense {sense.hex()}"
                 assert time.monotonic() - t0 < RECOVERY_SECONDS, f"no recovery: {last}"
