@@ -346,3 +346,22 @@ def test_bad_cache_options_are_einval_before_any_connection(options):
     with pytest.raises(BackingStoreError) as e:
         open_store("gluster://127.0.0.1/no-such-volume/x.img", **options)
     assert e.value.errno == errno.EINVAL and "cache" in str(e.value)
+
+
+def test_serve_gfapi_cache_option_and_the_ledger_from_the_budget():
+    import click
+
+    from gluster_iscsi.backstore import cache as cachemod
+    from gluster_iscsi.backstore.buffers import MemoryBudget
+    from gluster_iscsi.cli.serve import _cache_size
+
+    assert _cache_size(None, None, "1GiB") == 1 << 30  # type: ignore[arg-type]
+    assert _cache_size(None, None, "0") == 0  # type: ignore[arg-type]
+    with pytest.raises(click.BadParameter):
+        _cache_size(None, None, "plenty")  # type: ignore[arg-type]
+    saved = (cachemod._ledger, cachemod._default_capacity)
+    try:
+        led = cachemod.configure(MemoryBudget(1 << 30), 64 << 20)
+        assert led.limit == 256 << 20 and cachemod.default_capacity() == 64 << 20
+    finally:
+        cachemod._ledger, cachemod._default_capacity = saved
