@@ -360,6 +360,7 @@ def test_serve_gfapi_cache_option_and_the_ledger_from_the_budget():
     with pytest.raises(click.BadParameter):
         _cache_size(None, None, "plenty")  # type: ignore[arg-type]
     saved = (cachemod._ledger, cachemod._default_capacity)
+    cachemod._ledger = None
     try:
         led = cachemod.configure(MemoryBudget(1 << 30), 64 << 20)
         assert led.limit == 256 << 20 and cachemod.default_capacity() == 64 << 20
