@@ -53,6 +53,12 @@ class Workload:
     qd: int
     random: bool
     desc: str
+    span: int = 0      # bytes of the LUN used (0: all); latclient only
+
+
+#: The hot set: well inside the gfapi LUN's read cache (``serve --gfapi-cache``, 256 MiB by
+#: default) and tgt-on-FUSE's page cache alike; the cold set is the whole 1 GiB LUN, beyond it.
+HOT_SET = 64 << 20
 
 
 WORKLOADS = [
@@ -66,6 +72,10 @@ WORKLOADS = [
     Workload("seqwrite-1m-qd16", "qemu-img", "write", 1 << 20, 16, False, "1 MiB sequential write, QD16"),
     Workload("lat-randread-4k-qd1", "latclient", "read", 4096, 1, True, "4K random read, QD1, latency"),
     Workload("lat-randwrite-4k-qd1", "latclient", "write", 4096, 1, True, "4K random write, QD1, latency"),
+    Workload("hotset-randread-4k-qd1", "latclient", "read", 4096, 1, True,
+             "4K random read, QD1, in a 64 MiB hot set (read once before: inside the caches)", HOT_SET),
+    Workload("coldset-randread-4k-qd1", "latclient", "read", 4096, 1, True,
+             "4K random read, QD1, over the whole LUN (beyond the gfapi read cache)"),
 ]
 
 
@@ -181,11 +191,15 @@ def run_qemu_bench(t: Target, w: Workload, count: int, timeout: float = 120) -> 
                   client_cpu_s=_children_cpu() - c0)
 
 
-def run_latclient(t: Target, w: Workload, seconds: float, seed: int) -> Sample:
+def run_latclient(t: Target, w: Workload, seconds: float, seed: int, count: int = 0) -> Sample:
     cmd = [sys.executable, LATCLIENT, "bench", t.url, "--op", w.op, "--size", str(w.size),
            "--seconds", str(seconds), "--seed", str(seed)]
+    if count:
+        cmd += ["--count", str(count)]
     if w.random:
         cmd.append("--random")
+    if w.span:
+        cmd += ["--span", str(w.span)]
     c0 = _children_cpu()
     cpu0 = proc_stat(t.pid).cpu
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
@@ -560,6 +574,9 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
             counts = {}
             # warm-up: one short run on each; it also calibrates qemu-img's op count.
             for t, side in ((ta, "A"), (tb, "B")):
+                if w.span and w.op == "read":  # a hot set: read it once, on both sides alike
+                    whole = Workload("warm", "latclient", "read", 1 << 20, 1, False, "", w.span)
+                    run_latclient(t, whole, 3600, seed=0, count=max(1, w.span >> 20))
                 if w.client == "qemu-img":
                     c0 = max(16 * w.qd, int(args.calib_bytes // w.size))
                     s = run_qemu_bench(t, w, c0, 60)

@@ -121,6 +121,8 @@ do_start() {
             # strict O_DIRECT, caches off). Write-behind stays on: shard relies on it.
             gcli volume set "$VOLUME" group gluster-block
             gcli volume set "$VOLUME" performance.write-behind on
+            # Upcalls: a write by another client invalidates the gfapi read cache.
+            gcli volume set "$VOLUME" features.cache-invalidation on
         fi
     fi
     if ! volume_started; then

@@ -389,6 +389,51 @@ STREAM_SECONDS = 8.0
 KILL_AFTER = 2.5
 
 
+def test_read_cache_sees_a_fuse_write_through_the_lun_and_lun_list_says_how(gw, block_volume):
+    """The gfapi read cache (issue 19): with upcalls (the block profile sets
+    features.cache-invalidation) a write by another Gluster client, the FUSE mount, reaches
+    the next reads through the LUN; ``lun list --json`` says which LUN is coherent that way
+    and which (the plain volume, no upcalls) is single-writer only."""
+    rows = json.loads(gw.cli("lun", "list", DEMO_IQN, "--json").stdout)
+    cache = {r["lun"]: r.get("cache") for r in rows}
+    assert cache[BLOCK_LUN] and cache[BLOCK_LUN]["coherence"] == "upcall", cache
+    assert cache[BLOCK_LUN]["single_writer_only"] is False
+    assert cache[PLAIN_LUN] and cache[PLAIN_LUN]["single_writer_only"] is True, cache
+    assert cache[PLAIN_LUN]["coherence"] == "single-writer"
+    assert cache[FILE_LUN] is None  # files have the kernel's page cache
+
+    offset = 200 * MiB
+    old, new = b"o" * (64 * 1024), b"n" * 4096
+
+    async def scenario() -> bytes:
+        async with session(gw, "cache") as s:
+            await write_ok(s, BLOCK_LUN, offset // BS, old)
+            st, _, sense = await cmd(s, sync_cache10_cdb(), lun=BLOCK_LUN)  # past write-behind
+            assert st == GOOD, sense.hex()
+            assert await read_ok(s, BLOCK_LUN, offset // BS, 8192) == old[:8192]
+            assert await read_ok(s, BLOCK_LUN, offset // BS, 8192) == old[:8192]  # cached
+            fd = os.open(block_volume.fuse_path("lun1.img"), os.O_WRONLY)
+            try:
+                os.pwrite(fd, new, offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # The upcall travels on its own (brick -> this daemon's gfapi client), not with
+            # the FUSE write's reply: wait for it, failing (not passing) at the deadline.
+            deadline = time.monotonic() + 60
+            while True:
+                got = await read_ok(s, BLOCK_LUN, offset // BS, 8192)
+                if got[:4096] == new or time.monotonic() > deadline:
+                    return got
+                await asyncio.sleep(0.1)
+
+    got = asyncio.run(scenario())
+    assert got == new + old[:4096], "the FUSE write never reached reads through the LUN"
+    rows = json.loads(gw.cli("lun", "list", DEMO_IQN, "--json").stdout)
+    after = {r["lun"]: r.get("cache") for r in rows}[BLOCK_LUN]
+    assert after["hits"] >= 1 and after["invalidations"] >= 1, after
+
+
 def test_killing_one_brick_during_writes_loses_nothing(gw, block_volume):
     vol = block_volume.volume
     wait_bricks_online(vol)
@@ -474,9 +519,12 @@ def test_stopped_volume_gives_not_ready_then_the_same_session_recovers(gw, block
             seen.append(f"volume stop took {time.monotonic() - t0:.1f}s")
             try:
                 # Reads must fail, each within the I/O timeout (+ slack), with a retryable sense.
+                # (Of a range the gateway never read: what its gfapi read cache holds, say
+                # `before`, it answers from there, correctly, as tgt does from the page cache.)
                 for attempt in range(2):
                     t = time.monotonic()
-                    st, _, sense = await cmd(s, read10_cdb(base, 8), lun=BLOCK_LUN, read_len=4096)
+                    st, _, sense = await cmd(s, read10_cdb(base + 4096, 8), lun=BLOCK_LUN,
+                                             read_len=4096)
                     took = time.monotonic() - t
                     key, asc, ascq = sense_fields(sense)
                     seen.append(f"READ #{attempt} while stopped: status {st:#x} key {key:#x} "
@@ -523,14 +571,16 @@ def test_stopped_volume_gives_not_ready_then_the_same_session_recovers(gw, block
                 await asyncio.to_thread(wait_bricks_online, vol)
                 seen.append(f"volume start + bricks online took {time.monotonic() - t0:.1f}s")
 
-            # Same session: retry until the client has reconnected.
+            # Same session: retry until the client has reconnected (probing the range never
+            # read, which the read cache cannot answer).
             t0 = time.monotonic()
             tries = 0
             while True:
                 tries += 1
-                st, data, sense = await cmd(s, read10_cdb(base, len(before) // BS),
-                                            lun=BLOCK_LUN, read_len=len(before))
+                st, _, sense = await cmd(s, read10_cdb(base + 4096, 8), lun=BLOCK_LUN,
+                                         read_len=4096)
                 if st == GOOD:
+                    data = await read_ok(s, BLOCK_LUN, base, len(before))
                     break
                 last = f"status {st:#x} sense {sense.hex()}"
                 assert time.monotonic() - t0 < RECOVERY_SECONDS, f"no recovery: {last}"

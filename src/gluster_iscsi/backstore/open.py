@@ -12,7 +12,10 @@ spec                                               store
 
 ``size`` is the memory store's size, or for files the size to create them with when they
 do not exist yet. Extra keyword ``options`` go to the store: ``o_direct`` for files and
-Gluster, ``log_file``/``log_level`` for Gluster (also as URL query: ``?o_direct=1``).
+Gluster, ``log_file``/``log_level`` for Gluster (also as URL query: ``?o_direct=1``), and
+``cache`` for Gluster: the read cache's size (``64MiB``; ``0`` or ``off``: none; default
+:func:`.cache.default_capacity`, set by ``serve --gfapi-cache``) and ``cache_chunk`` its
+unit (a power of two, 4KiB to 1MiB; default 64KiB: what a miss reads), see :mod:`.cache`.
 """
 
 from __future__ import annotations
@@ -106,8 +109,30 @@ def open_store(
         if isinstance(raw_direct, str)
         else bool(raw_direct)
     )
+    raw_cache = merged.pop("cache", None)
+    raw_chunk = merged.pop("cache_chunk", None)
+    from . import cache as cachemod
+
+    try:
+        capacity = (
+            cachemod.default_capacity() if raw_cache is None else cachemod.parse_capacity(raw_cache)
+        )
+    except ValueError as e:
+        raise BackingStoreError(errno.EINVAL, f"option cache: {e}", spec) from e
+    chunk = cachemod.DEFAULT_CHUNK
+    if raw_chunk is not None:
+        try:
+            chunk = parse_size(str(raw_chunk))
+        except ValueError as e:
+            raise BackingStoreError(errno.EINVAL, f"option cache_chunk: {e}", spec) from e
+        if not 4096 <= chunk <= 1 << 20 or chunk & (chunk - 1):
+            raise BackingStoreError(
+                errno.EINVAL,
+                f"option cache_chunk: {raw_chunk} is not a power of two from 4KiB to 1MiB",
+                spec,
+            )
     _no_options(merged, spec)
-    return GfapiStore(
+    store = GfapiStore(
         target,
         read_only=read_only,
         create_size=size,
@@ -115,6 +140,14 @@ def open_store(
         log_level=int(log_level) if log_level is not None else None,
         o_direct=o_direct,
     )
+    capacity = min(capacity, cachemod.ledger().limit)
+    if capacity <= 0:
+        return store
+    try:
+        return cachemod.CachedStore(store, capacity, chunk=chunk)
+    except BaseException:
+        store.close()
+        raise
 
 
 def _no_options(options: dict[str, Any], spec: str) -> None:

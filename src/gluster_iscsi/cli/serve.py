@@ -45,6 +45,17 @@ def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None
     return n
 
 
+def _cache_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from ..backstore.cache import parse_capacity
+
+    try:
+        return parse_capacity(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 class BadAddress(ValueError):
     """A HOST[:PORT] that cannot be listened on; the message says why and how to write it."""
 
@@ -212,12 +223,17 @@ Exit status:
               help="Memory for commands' data, all sessions together (read and write buffers, "
                    "responses not yet sent), e.g. 1GiB; beyond it commands get TASK SET FULL "
                    "or BUSY. Default: an eighth of the machine's memory, 256MiB to 4GiB.")
+@click.option("--gfapi-cache", metavar="SIZE", callback=_cache_size,
+              help="Read cache of each LUN on a gluster:// backing (a LUN's own `cache` option "
+                   "wins), at most a quarter of --memory-budget for all LUNs together; "
+                   "0 disables it. Default: 256MiB.")
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
           demo: bool, log_level: str, log_format: str, nop_interval: float, io_timeout: float, poll_usecs: float,
           uvloop: bool, io_uring: bool, max_connections: int | None,
           max_connections_per_host: int | None, max_prelogin: int | None,
-          max_prelogin_per_host: int | None, memory_budget: int | None) -> None:
+          max_prelogin_per_host: int | None, memory_budget: int | None,
+          gfapi_cache: int | None) -> None:
     """Run the iSCSI target daemon in the foreground."""
     from ..logs import configure
 
@@ -249,7 +265,8 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
                                         "max_connections_per_host": max_connections_per_host,
                                         "max_prelogin": max_prelogin,
                                         "max_prelogin_per_host": max_prelogin_per_host,
-                                        "memory_budget": memory_budget}))
+                                        "memory_budget": memory_budget,
+                                        "gfapi_cache": gfapi_cache}))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
@@ -336,6 +353,11 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
              lim.max_prelogin_per_host)
     log.info("memory budget: %d MiB (%d MiB per session)", daemon.budget.limit >> 20,
              daemon.budget.share >> 20)
+    from ..backstore import cache as read_cache
+
+    cache_ledger = read_cache.configure(daemon.budget, limits.get("gfapi_cache"))
+    log.info("gfapi read cache: %d MiB per LUN, %d MiB for all LUNs",
+             min(read_cache.default_capacity(), cache_ledger.limit) >> 20, cache_ledger.limit >> 20)
     _ = daemon.ring  # made now, so the log and `status` say at once which file I/O runs
     control = ControlServer(daemon)
     demo_image = state_dir / "demo-lun1.img"

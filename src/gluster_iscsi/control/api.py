@@ -358,6 +358,11 @@ class ControlServer:
                 out["size"] = measured
             # What READ CAPACITY(16) reports as LBPME and INQUIRY as UNMAP support.
             out["thin_provisioning"] = bool(lu_obj.store.capabilities.discard)
+            # The gfapi read cache (backstore/cache.py): size, hits, and whether it is
+            # coherent with other Gluster clients (upcalls) or single-writer only.
+            cache_status = getattr(lu_obj.store, "cache_status", None)
+            if cache_status is not None:
+                out["cache"] = cache_status()
             naa = lu_obj.naa
             if isinstance(naa, bytes | bytearray):
                 out["naa"] = naa.hex()

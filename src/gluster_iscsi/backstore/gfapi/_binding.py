@@ -16,12 +16,13 @@ with ``from_buffer``, read-only ones through the buffer protocol.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import errno as _errno
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from ctypes import (
     POINTER,
@@ -198,8 +199,29 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "glfs_posix_lock": (c_int, [_glfd_p, c_int, POINTER(Flock)]),
     "glfs_file_lock": (c_int, [_glfd_p, c_int, POINTER(Flock), c_int]),
     "glfs_unlink": (c_int, [_glfs_p, c_char_p]),
+    # Handles (for a file's GFID) and upcalls (cache invalidation, GlusterFS >= 3.13).
+    "glfs_h_lookupat": (c_void_p, [_glfs_p, c_void_p, c_char_p, POINTER(Stat), c_int]),
+    "glfs_h_extract_handle": (c_int, [c_void_p, c_void_p, c_int]),
+    "glfs_h_close": (c_int, [c_void_p]),
+    "glfs_upcall_register": (c_int, [_glfs_p, c_uint32, c_void_p, c_void_p]),
+    "glfs_upcall_unregister": (c_int, [_glfs_p, c_uint32]),
+    "glfs_upcall_get_reason": (c_int, [c_void_p]),
+    "glfs_upcall_get_event": (c_void_p, [c_void_p]),
+    "glfs_upcall_inode_get_object": (c_void_p, [c_void_p]),
+    "glfs_upcall_inode_get_stat": (POINTER(Stat), [c_void_p]),
+    "glfs_free": (None, [c_void_p]),
     "glfs_mkdir": (c_int, [_glfs_p, c_char_p, c_uint]),
 }
+
+#: glfs_upcall_register's event bit and glfs_upcall_get_reason's value for an inode
+#: invalidation (glfs.h: GLFS_EVENT_INODE_INVALIDATE, GLFS_UPCALL_INODE_INVALIDATE).
+GLFS_EVENT_INODE_INVALIDATE = 0x1
+GLFS_UPCALL_INODE_INVALIDATE = 1
+#: Bytes of a GFID (GFAPI_HANDLE_LENGTH).
+GFID_LENGTH = 16
+#: ``void (*glfs_upcall_cbk)(struct glfs_upcall *up_arg, void *data)``: called on one of
+#: gfapi's threads; the callee owns ``up_arg`` and frees it with glfs_free.
+UPCALL_CBK = ctypes.CFUNCTYPE(None, c_void_p, c_void_p)
 
 _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
@@ -292,6 +314,7 @@ class Volume:
         if not self._fs:
             raise _raise("glfs_new", volume)
         self._initialised = False
+        self._upcall_cbk: Any = None
 
     @property
     def handle(self) -> int:
@@ -321,6 +344,7 @@ class Volume:
         self._initialised = True
 
     def fini(self) -> None:
+        self.unregister_upcalls()
         fs, self._fs = self._fs, None
         if fs:
             with _lifecycle:
@@ -364,12 +388,73 @@ class Volume:
                 return
             raise _raise("glfs_mkdir", path)
 
+    def gfid(self, path: str) -> bytes:
+        """The GFID (16 bytes) of the object at ``path``, as upcalls name it."""
+        st = Stat()
+        obj = lib().glfs_h_lookupat(self.handle, None, _enc(path), ctypes.byref(st), 1)
+        if not obj:
+            raise _raise("glfs_h_lookupat", path)
+        try:
+            return _extract_gfid(obj, path)
+        finally:
+            lib().glfs_h_close(obj)
+
+    def register_upcalls(self, on_invalidate: Callable[[bytes, int], None]) -> bool:
+        """Have ``on_invalidate(gfid, st_mode)`` called (on a gfapi thread) for every inode
+        invalidation the bricks send this client (``features.cache-invalidation`` must be on
+        for them to send any; registering succeeds either way). ``st_mode`` is 0 when the
+        upcall carries no usable stat. Once per client; False if gfapi refused it."""
+        if self._upcall_cbk is not None:
+            return True
+
+        def dispatch(up: int | None, _data: int | None) -> None:
+            if not up:
+                return
+            try:
+                if lib().glfs_upcall_get_reason(up) != GLFS_UPCALL_INODE_INVALIDATE:
+                    return
+                event = lib().glfs_upcall_get_event(up)
+                obj = lib().glfs_upcall_inode_get_object(event) if event else None
+                if not obj:
+                    return
+                st = lib().glfs_upcall_inode_get_stat(event)
+                mode = st.contents.st_mode if st else 0
+                on_invalidate(_extract_gfid(obj, self.volume), mode)
+            except Exception:  # noqa: BLE001 - nothing may escape into gfapi's thread
+                pass
+            finally:
+                lib().glfs_free(up)
+
+        cbk = UPCALL_CBK(dispatch)
+        ret = lib().glfs_upcall_register(
+            self.handle, GLFS_EVENT_INODE_INVALIDATE, ctypes.cast(cbk, c_void_p), None
+        )
+        if ret < 0 or not ret & GLFS_EVENT_INODE_INVALIDATE:
+            return False
+        self._upcall_cbk = cbk  # kept alive for as long as gfapi may call it
+        # A callback into an interpreter that is finalizing can crash the process: stop them
+        # at exit (clients are normally never finished, see store.IDLE_LINGER_SECONDS).
+        atexit.register(self.unregister_upcalls)
+        return True
+
+    def unregister_upcalls(self) -> None:
+        if self._upcall_cbk is not None and self._fs:
+            lib().glfs_upcall_unregister(self._fs, GLFS_EVENT_INODE_INVALIDATE)
+
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         parts = [p for p in path.split("/") if p]
         cur = ""
         for p in parts:
             cur += "/" + p
             self.mkdir(cur, mode, exist_ok=True)
+
+
+def _extract_gfid(obj: int, path: str) -> bytes:
+    buf = ctypes.create_string_buffer(GFID_LENGTH)
+    n = lib().glfs_h_extract_handle(obj, buf, GFID_LENGTH)
+    if n < 0:
+        raise _raise("glfs_h_extract_handle", path)
+    return buf.raw[:n]
 
 
 class File:

@@ -35,9 +35,13 @@ import errno
 import logging
 import os
 import socket
+import stat
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from .._util import byte_view, check_range, merge_extents
 from ..base import BackingStore, BackingStoreError, Buffer, Capabilities, Extent
@@ -72,6 +76,65 @@ class _Client:
     error: BaseException | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     idle_generation: int = 0
+    # Upcalls (see GfapiStore.watch_invalidations): probed once per client.
+    coherence_probed: bool = False
+    coherence_ttl: float | None = None
+    watchers: dict[bytes, list[Callable[[], None]]] = field(default_factory=dict)
+    watch_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+#: How to learn whether a volume sends upcalls: ``probe(address) -> timeout seconds or None``
+#: (None: ``features.cache-invalidation`` is off or cannot be read). Replaceable for tests.
+def probe_cache_invalidation(addr: GlusterAddress) -> float | None:
+    """Ask glusterd (the ``gluster`` CLI: the local glusterd, as on a Gluster server node, else
+    the first volfile server's) whether the volume has ``features.cache-invalidation on``; if
+    so its ``features.cache-invalidation-timeout`` (the bricks notify only clients that
+    touched the file within it). libgfapi has no call that tells: registering for upcalls
+    succeeds on a volume that never sends any. None whenever it cannot be told."""
+    host = addr.servers[0].host if addr.servers else None
+    wheres: list[list[str]] = [[]]
+    if host and host not in ("localhost", "127.0.0.1", "::1"):
+        wheres.append([f"--remote-host={host}"])  # (glusterd may refuse remote `volume get`)
+
+    def get(key: str) -> str | None:
+        for where in wheres:
+            try:
+                out = subprocess.run(
+                    ["gluster", "--mode=script", *where, "volume", "get", addr.volume, key],
+                    capture_output=True, text=True, timeout=15, check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if out.returncode != 0:
+                continue
+            for line in out.stdout.splitlines():
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == key:
+                    return fields[1]
+        return None
+
+    if (get("features.cache-invalidation") or "").lower() not in ("on", "enable", "true", "yes"):
+        return None
+    try:
+        return float(get("features.cache-invalidation-timeout") or 60)
+    except ValueError:
+        return 60.0
+
+
+def _on_upcall(client: _Client, gfid: bytes, mode: int) -> None:
+    """An inode invalidation from the bricks (on a gfapi thread). A GFID we watch: its
+    watchers. Another regular file (or no stat): every watcher of this client, since it may be
+    a shard (``/.shard/GFID.N``) of a watched file. Directories: nobody."""
+    with client.watch_lock:
+        hit = client.watchers.get(gfid)
+        if hit is not None:
+            todo = list(hit)
+        elif mode == 0 or stat.S_ISREG(mode):
+            todo = [cb for cbs in client.watchers.values() for cb in cbs]
+        else:
+            return
+    for cb in todo:
+        cb()
 
 
 _registry: dict[ClientKey, _Client] = {}
@@ -370,6 +433,47 @@ class GfapiStore(BackingStore):
     def _downgrade(self, **changes: bool) -> None:
         with self._lock:
             self.capabilities = replace(self.capabilities, **changes)
+
+    # -- upcalls (backstore/cache.py) -----------------------------------------------------------
+
+    def watch_invalidations(self, callback: Callable[[], None]) -> float | None:
+        """Call ``callback()`` (on a gfapi thread) whenever another Gluster client changes
+        this file, as far as upcalls tell. Returns how long cached bytes may be trusted
+        without a new brick read (half the volume's cache-invalidation-timeout), or None if
+        the volume sends no upcalls (``features.cache-invalidation`` off, or not known) or
+        gfapi refused to register: then the caller is coherent with no other writer."""
+        client = self._client
+        vol = self._vol
+        with client.watch_lock:
+            if not client.coherence_probed:
+                timeout = probe_cache_invalidation(self.address)
+                if timeout is not None and not vol.register_upcalls(partial(_on_upcall, client)):
+                    timeout = None
+                client.coherence_ttl = None if timeout is None else max(timeout / 2, 0.5)
+                client.coherence_probed = True
+            ttl = client.coherence_ttl
+        if ttl is None:
+            return None
+        try:
+            gfid = vol.gfid(self.path)
+        except gf.GfapiError:
+            return None
+        with client.watch_lock:
+            client.watchers.setdefault(gfid, []).append(callback)
+        self._gfid = gfid
+        return ttl
+
+    def unwatch_invalidations(self, callback: Callable[[], None]) -> None:
+        gfid = getattr(self, "_gfid", None)
+        if gfid is None:
+            return
+        client = self._client
+        with client.watch_lock:
+            cbs = client.watchers.get(gfid, [])
+            if callback in cbs:
+                cbs.remove(callback)
+            if not cbs:
+                client.watchers.pop(gfid, None)
 
     # -- the contract ---------------------------------------------------------------------------
     # Each call counts itself in and out (see the module docstring); the work is in the

@@ -1,0 +1,368 @@
+"""The read cache (backstore/cache.py): never older than the last acknowledged write.
+
+A model-based test (hypothesis stateful) runs reads, writes, writev, discards (UNMAP,
+SANITIZE BLOCK ERASE), write_zeroes (WRITE SAME) and resizes against a reference bytearray,
+in front of a memory store here and of the real gfapi store in test_cache_gluster.py; a
+deterministic interleaving pins the fill race, and worker threads race reads with writes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from gluster_iscsi.backstore.base import BackingStore, BackingStoreError
+from gluster_iscsi.backstore.cache import CachedStore, CacheLedger, parse_capacity
+from gluster_iscsi.backstore.memory import MemoryStore
+
+CHUNK = 4096
+KiB = 1024
+
+
+def _cached(inner: BackingStore, capacity: int = 64 * KiB, **kw) -> CachedStore:
+    return CachedStore(inner, capacity, chunk=CHUNK, ledger_=CacheLedger(1 << 30), **kw)
+
+
+class CacheModel(RuleBasedStateMachine):
+    """Every operation a LUN's commands end in, checked against a bytearray."""
+
+    max_size = 40 * KiB
+
+    def make_store(self, size: int) -> BackingStore:
+        return MemoryStore(size)
+
+    @initialize(size=st.integers(1, 40 * KiB), capacity=st.sampled_from([0, CHUNK, 3 * CHUNK, 64 * KiB]))
+    def setup(self, size: int, capacity: int) -> None:
+        self.inner = self.make_store(size)
+        self.store = _cached(self.inner, capacity)
+        self.ref = bytearray(size)
+
+    def _range(self, data: st.DataObject) -> tuple[int, int]:
+        size = len(self.ref)
+        offset = data.draw(st.integers(0, size - 1))
+        length = data.draw(st.integers(1, min(size - offset, 3 * CHUNK + 17)))
+        return offset, length
+
+    @rule(data=st.data())
+    def read(self, data: st.DataObject) -> None:
+        offset, length = self._range(data)
+        buf = bytearray(length)
+        self.store.read_into(offset, memoryview(buf))
+        assert buf == self.ref[offset : offset + length], (offset, length)
+
+    @rule(length=st.integers(1, 2 * CHUNK))
+    def read_next(self, length: int) -> None:
+        """Where the last read ended: sequential streams (readahead)."""
+        offset = self.store._next if 0 <= self.store._next < len(self.ref) else 0
+        length = min(length, len(self.ref) - offset)
+        buf = bytearray(length)
+        self.store.read_into(offset, memoryview(buf))
+        assert buf == self.ref[offset : offset + length], (offset, length)
+
+    @rule(data=st.data(), fill=st.integers(1, 255))
+    def write(self, data: st.DataObject, fill: int) -> None:
+        offset, length = self._range(data)
+        payload = bytes([fill]) * length
+        self.store.write(offset, payload)
+        self.ref[offset : offset + length] = payload
+
+    @rule(data=st.data(), a=st.integers(1, 255), b=st.integers(1, 255))
+    def writev(self, data: st.DataObject, a: int, b: int) -> None:
+        offset, length = self._range(data)
+        cut = data.draw(st.integers(0, length))
+        parts = [bytes([a]) * cut, bytearray([b]) * (length - cut)]
+        self.store.writev(offset, parts)
+        self.ref[offset : offset + length] = b"".join(parts)
+
+    @rule(data=st.data())
+    def unmap(self, data: st.DataObject) -> None:
+        offset, length = self._range(data)
+        self.store.discard(offset, length)  # UNMAP, SANITIZE BLOCK ERASE: reads back zeroes
+        self.ref[offset : offset + length] = bytes(length)
+
+    @rule(data=st.data())
+    def write_same_zeroes(self, data: st.DataObject) -> None:
+        offset, length = self._range(data)
+        self.store.write_zeroes(offset, length)
+        self.ref[offset : offset + length] = bytes(length)
+
+    @rule(new_size=st.integers(1, 40 * KiB))
+    def resize(self, new_size: int) -> None:
+        old = len(self.ref)
+        if isinstance(self.inner, MemoryStore):
+            self.store.resize(new_size)
+        else:
+            self.store.resize(new_size, force=True)
+        if new_size < old:
+            del self.ref[new_size:]
+        else:
+            self.ref.extend(bytes(new_size - old))
+
+    @invariant()
+    def bounded(self) -> None:
+        if hasattr(self, "store"):
+            assert self.store.bytes <= self.store.capacity
+
+    def teardown(self) -> None:
+        if hasattr(self, "store"):
+            self.store.close()
+
+
+TestCacheModel = CacheModel.TestCase
+TestCacheModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+class _PausingStore(MemoryStore):
+    """A memory store whose next read_into stops after reading, until released."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.pause_next = False
+        self.read_done = threading.Event()
+        self.release = threading.Event()
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        super().read_into(offset, buf)
+        if self.pause_next:
+            self.pause_next = False
+            self.read_done.set()
+            assert self.release.wait(10)
+
+
+@pytest.mark.parametrize("change", ["write", "discard", "write_zeroes", "resize"])
+def test_a_fill_that_read_before_a_write_completed_is_not_inserted(change):
+    inner = _PausingStore(4 * CHUNK)
+    inner.write(0, b"\1" * (4 * CHUNK))
+    store = _cached(inner)
+    inner.pause_next = True
+    got = bytearray(100)
+    reader = threading.Thread(target=store.read_into, args=(CHUNK + 10, memoryview(got)))
+    reader.start()
+    assert inner.read_done.wait(10)  # the reader holds the old bytes, not inserted yet
+    if change == "write":
+        store.write(CHUNK, b"\2" * CHUNK)
+    elif change == "discard":
+        store.discard(CHUNK, CHUNK)
+    elif change == "write_zeroes":
+        store.write_zeroes(0, 4 * CHUNK)
+    else:
+        store.resize(8 * CHUNK)
+        inner.write(CHUNK, b"\2" * CHUNK)  # (the new contents, as far as this test goes)
+    inner.release.set()
+    reader.join(10)
+    assert got == b"\1" * 100  # it started before the change: the old bytes are an answer
+    after = store.read(CHUNK + 10, 100)
+    expected = {"write": b"\2", "discard": b"\0", "write_zeroes": b"\0", "resize": b"\2"}[change]
+    assert after == expected * 100
+
+
+def test_a_write_drops_the_range_before_it_returns_even_when_it_fails():
+    class Failing(MemoryStore):
+        fail = False
+
+        def write(self, offset, data):  # type: ignore[override]
+            super().write(offset, data)  # half-done, say: the bytes changed, then an error
+            if self.fail:
+                raise BackingStoreError(5, "EIO after the fact")
+
+    inner = Failing(2 * CHUNK)
+    store = _cached(inner)
+    assert store.read(0, 10) == bytes(10)  # cached now
+    inner.fail = True
+    with pytest.raises(BackingStoreError):
+        store.write(0, b"x" * 10)
+    assert store.read(0, 10) == b"x" * 10
+
+
+def test_hits_come_from_the_cache_and_writes_invalidate():
+    inner = MemoryStore(8 * CHUNK)
+    store = _cached(inner)
+    store.read(0, 100)
+    store.read(50, 100)
+    assert (store.hits, store.misses) == (1, 1)
+    inner.write(0, b"z" * 10)  # behind the cache's back: a hit still answers from the cache
+    assert store.read(0, 10) == bytes(10)
+    store.write(0, b"y" * 10)
+    assert store.read(0, 10) == b"y" * 10
+
+
+def test_capacity_and_the_ledger_bound_the_cache_and_it_yields_to_commands():
+    class Budget:
+        limit = 10 * CHUNK
+        used = 0
+
+    budget = Budget()
+    led = CacheLedger(6 * CHUNK, budget)  # type: ignore[arg-type]
+    a = CachedStore(MemoryStore(16 * CHUNK), 4 * CHUNK, chunk=CHUNK, ledger_=led)
+    b = CachedStore(MemoryStore(16 * CHUNK), 4 * CHUNK, chunk=CHUNK, ledger_=led)
+    a.read(0, 8 * CHUNK)
+    assert a.bytes == 4 * CHUNK and led.used == 4 * CHUNK  # its own cap, LRU kept the tail
+    b.read(0, 8 * CHUNK)
+    assert b.bytes <= 2 * CHUNK and led.used <= 6 * CHUNK  # the daemon-wide limit
+    budget.used = 10 * CHUNK  # commands hold the whole budget: the cache takes nothing more
+    before = led.used
+    b.read(8 * CHUNK, CHUNK)
+    assert led.used <= before
+    a.close()
+    b.close()
+    assert led.used == 0
+
+
+def test_not_sole_writer_turns_the_cache_off_and_empties_it():
+    inner = MemoryStore(4 * CHUNK)
+    store = _cached(inner)
+    store.read(0, 10)
+    assert store.bytes
+    store.set_sole_writer(False)
+    assert store.bytes == 0 and not store.enabled
+    inner.write(0, b"q" * 10)  # another gateway writes
+    assert store.read(0, 10) == b"q" * 10
+    assert store.cache_status()["coherence"] == "off"
+
+
+def test_without_upcalls_status_says_single_writer_only():
+    store = _cached(MemoryStore(CHUNK))
+    assert store.cache_status()["single_writer_only"] is True
+    assert store.cache_status()["coherence"] == "single-writer"
+
+
+def test_a_store_that_watches_invalidations_is_coherent_and_an_upcall_empties_it():
+    class Watched(MemoryStore):
+        callback = None
+
+        def watch_invalidations(self, cb):
+            self.callback = cb
+            return 30.0
+
+        def unwatch_invalidations(self, cb):
+            self.callback = None
+
+    inner = Watched(4 * CHUNK)
+    now = [0.0]
+    store = _cached(inner, clock=lambda: now[0])
+    assert store.cache_status()["coherence"] == "upcall" and store.ttl == 30.0
+    store.read(0, 10)
+    inner.write(0, b"o" * 10)  # another client
+    inner.callback()  # its upcall
+    assert store.read(0, 10) == b"o" * 10
+    inner.write(0, b"p" * 10)
+    now[0] = 31.0  # older than the invalidation timeout: not trusted any more
+    assert store.read(0, 10) == b"p" * 10
+    store.close()
+    assert inner.callback is None
+
+
+def test_worker_threads_never_read_older_than_the_last_acknowledged_write():
+    """Readers race a writer that stamps chunks with rising versions; a read must see at least
+    the version acknowledged before it started."""
+    nblocks = 8
+    inner = MemoryStore(nblocks * CHUNK)
+    store = _cached(inner, capacity=4 * CHUNK)  # smaller than the data: eviction too
+    acked = [0] * nblocks
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def writer() -> None:
+        import random
+
+        rnd = random.Random(1)
+        for v in range(1, 1500):
+            blk = rnd.randrange(nblocks)
+            op = rnd.randrange(4)
+            stamp = v.to_bytes(4, "big") * (CHUNK // 4)
+            if op == 3:
+                store.writev(blk * CHUNK, [stamp[:100], stamp[100:]])
+            else:
+                store.write(blk * CHUNK, stamp)
+            acked[blk] = v
+        stop.set()
+
+    def reader(seed: int) -> None:
+        import random
+
+        rnd = random.Random(seed)
+        while not stop.is_set():
+            blk = rnd.randrange(nblocks)
+            floor = acked[blk]
+            off = blk * CHUNK + 4 * rnd.randrange(CHUNK // 4 - 1)
+            got = store.read(off - off % 4, 4)
+            if int.from_bytes(got, "big") < floor:
+                errors.append(f"block {blk}: read {int.from_bytes(got, 'big')} after {floor}")
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    writer()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:5]
+    assert store.hits  # the cache did serve some of it
+
+
+def test_parse_capacity():
+    assert parse_capacity("64MiB") == 64 << 20
+    assert parse_capacity("off") == 0 and parse_capacity(0) == 0
+    with pytest.raises(ValueError):
+        parse_capacity("lots")
+
+
+def test_a_sequential_stream_reads_ahead_and_random_reads_do_not():
+    class Counting(MemoryStore):
+        calls = 0
+
+        def read_into(self, offset, buf):  # type: ignore[override]
+            self.calls += 1
+            super().read_into(offset, buf)
+
+    inner = Counting(64 * CHUNK)
+    inner.write(0, bytes(range(256)) * (64 * CHUNK // 256))
+    store = _cached(inner, capacity=64 * CHUNK, readahead=8 * CHUNK)
+    for i in range(32):
+        assert store.read(i * CHUNK, CHUNK) == inner.read(i * CHUNK, CHUNK)
+        inner.calls -= 1  # (the check's own read)
+    assert inner.calls <= 32 // 8 + 3, inner.calls  # one brick read per window, not per read
+    assert store.readahead_bytes
+
+    inner2 = Counting(64 * CHUNK)
+    random_reads = _cached(inner2, capacity=64 * CHUNK, readahead=8 * CHUNK)
+    for i in (5, 1, 9, 3, 30, 17):
+        random_reads.read(i * CHUNK, CHUNK)
+    assert random_reads.readahead_bytes == 0 and inner2.calls == 6
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"cache": "lots"}, {"cache": "-1"}, {"cache_chunk": "3000"}, {"cache_chunk": "4MiB"}],
+)
+def test_bad_cache_options_are_einval_before_any_connection(options):
+    import errno
+
+    from gluster_iscsi.backstore.open import open_store
+
+    with pytest.raises(BackingStoreError) as e:
+        open_store("gluster://127.0.0.1/no-such-volume/x.img", **options)
+    assert e.value.errno == errno.EINVAL and "cache" in str(e.value)
+
+
+def test_serve_gfapi_cache_option_and_the_ledger_from_the_budget():
+    import click
+    from gluster_iscsi.backstore.buffers import MemoryBudget
+
+    from gluster_iscsi.backstore import cache as cachemod
+    from gluster_iscsi.cli.serve import _cache_size
+
+    assert _cache_size(None, None, "1GiB") == 1 << 30  # type: ignore[arg-type]
+    assert _cache_size(None, None, "0") == 0  # type: ignore[arg-type]
+    with pytest.raises(click.BadParameter):
+        _cache_size(None, None, "plenty")  # type: ignore[arg-type]
+    saved = (cachemod._ledger, cachemod._default_capacity)
+    cachemod._ledger = None
+    try:
+        led = cachemod.configure(MemoryBudget(1 << 30), 64 << 20)
+        assert led.limit == 256 << 20 and cachemod.default_capacity() == 64 << 20
+    finally:
+        cachemod._ledger, cachemod._default_capacity = saved
