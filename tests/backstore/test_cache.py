@@ -350,9 +350,9 @@ def test_bad_cache_options_are_einval_before_any_connection(options):
 
 def test_serve_gfapi_cache_option_and_the_ledger_from_the_budget():
     import click
-    from gluster_iscsi.backstore.buffers import MemoryBudget
 
     from gluster_iscsi.backstore import cache as cachemod
+    from gluster_iscsi.buffers import MemoryBudget
     from gluster_iscsi.cli.serve import _cache_size
 
     assert _cache_size(None, None, "1GiB") == 1 << 30  # type: ignore[arg-type]
