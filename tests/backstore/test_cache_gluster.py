@@ -77,7 +77,7 @@ class _Unclosed:
     def __init__(self, store) -> None:
         self._s = store
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         pass
 
     def __getattr__(self, name):

@@ -489,7 +489,10 @@ class CachedStore(BackingStore):
             self._gen += 1
             self._floor = self._gen
             self._drop_all_locked()
-        self.inner.close(timeout)
+        if timeout is None:
+            self.inner.close()
+        else:
+            self.inner.close(timeout)
 
     def __getattr__(self, name: str) -> Any:
         # Store-specific attributes (address, path, created, o_direct, ...) are the inner's.
