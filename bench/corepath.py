@@ -25,11 +25,11 @@ import tempfile
 import time
 
 from gluster_iscsi.backstore.file import FileStore
+from gluster_iscsi.model.targets import AccessRule, Portal, Target
 from gluster_iscsi.scsi.device import DeviceServer
 from gluster_iscsi.server.daemon import Daemon
 from gluster_iscsi.server.driver import ConnectionDriver
 from gluster_iscsi.server.runner import lu_on
-from gluster_iscsi.target.model import AccessRule, Portal, Target
 
 TNAME = "iqn.2026-12.org.gluster-iscsi:corepath"
 BLOCKS = 8  # 4 KiB commands on a 512-byte-block LUN

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gluster_iscsi.control import reconcile
-from gluster_iscsi.target.model import Portal, Target, TargetRegistry
+from gluster_iscsi.model.targets import Portal, Target, TargetRegistry
 
 
 class FakeStore:

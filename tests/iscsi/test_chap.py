@@ -9,7 +9,7 @@ import pytest
 
 from gluster_iscsi.iscsi.chap import ChapAlgorithm, ChapAuthenticator, chap_response
 from gluster_iscsi.iscsi.errors import LoginError, LoginStatus
-from gluster_iscsi.target.model import ChapAccount
+from gluster_iscsi.model.targets import ChapAccount
 
 ALICE = ChapAccount("alice", "alice-secret-123")
 TARGET = ChapAccount("target-user", "target-secret-456")

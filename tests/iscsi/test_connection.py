@@ -12,8 +12,8 @@ from gluster_iscsi.iscsi import events as ev
 from gluster_iscsi.iscsi.connection import Connection
 from gluster_iscsi.iscsi.session import SessionTable
 from gluster_iscsi.logs import PROBLEMS
+from gluster_iscsi.model.targets import AccessRule, ChapAccount, Portal, Target, TargetRegistry
 from gluster_iscsi.scsi.task import ScsiResult, Status
-from gluster_iscsi.target.model import AccessRule, ChapAccount, Portal, Target, TargetRegistry
 
 from . import initiator as I
 

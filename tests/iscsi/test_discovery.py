@@ -6,7 +6,7 @@ import pytest
 
 from gluster_iscsi.iscsi.connection import Connection
 from gluster_iscsi.iscsi.session import SessionTable
-from gluster_iscsi.target.model import AccessRule, Portal, Target, TargetRegistry
+from gluster_iscsi.model.targets import AccessRule, Portal, Target, TargetRegistry
 
 from . import initiator as I
 

@@ -25,8 +25,8 @@ from gluster_iscsi.iscsi import events as ev
 from gluster_iscsi.iscsi.connection import Connection
 from gluster_iscsi.iscsi.pdu import _STAGE
 from gluster_iscsi.iscsi.session import SessionTable
+from gluster_iscsi.model.targets import AccessRule, Target, TargetRegistry
 from gluster_iscsi.scsi.task import ScsiResult, Status
-from gluster_iscsi.target.model import AccessRule, Target, TargetRegistry
 
 from . import initiator as I
 from .fuzzer import TARGET, PduFuzzer, login_pairs

@@ -6,10 +6,10 @@ import ast
 from pathlib import Path
 
 from gluster_iscsi.iscsi import connection, portal
-from gluster_iscsi.target.model import ChapAccount, Portal, Target, TargetRegistry
+from gluster_iscsi.model.targets import ChapAccount, Portal, Target, TargetRegistry
 
 ISCSI = Path(connection.__file__).parent
-FORBIDDEN = ("target", "server", "control", "cli")
+FORBIDDEN = ("model", "server", "control", "cli")
 
 
 def _imports(path: Path) -> list[str]:

@@ -12,10 +12,10 @@ from gluster_iscsi.backstore.file import FileStore
 from gluster_iscsi.backstore.memory import MemoryStore
 from gluster_iscsi.buffers import POOL
 from gluster_iscsi.iscsi.pdu import PduReader
+from gluster_iscsi.model.targets import AccessRule, Portal, Target
 from gluster_iscsi.scsi.device import DeviceServer
 from gluster_iscsi.server.daemon import Daemon
 from gluster_iscsi.server.runner import lu_on
-from gluster_iscsi.target.model import AccessRule, Portal, Target
 
 from ..iscsi import initiator as I
 

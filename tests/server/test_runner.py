@@ -300,7 +300,7 @@ def test_scsi_holds_no_store_thread_or_clock_and_imports_only_the_neutral_buffer
     for path in sorted((SRC / "scsi").glob("*.py")):
         for name in _imports(path):
             assert not name.startswith(("..backstore", "..server", "..iscsi", "..control",
-                                        "..cli", "..target")), (path.name, name)
+                                        "..cli", "..model")), (path.name, name)
             assert name not in ("time", "asyncio", "concurrent.futures"), (path.name, name)
             # threading: only the state mutex of a device server and of a LU (task.py says so)
             if name == "threading":

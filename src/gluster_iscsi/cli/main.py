@@ -31,7 +31,7 @@ import click
 from ..control import config as cfgmod
 from ..control.client import default_timeout
 from ..control.protocol import ApiError
-from ..target.names import is_network
+from ..model.names import is_network
 from .context import Ctx
 from .manpage import man
 from .output import emit_json, fail, human_size, table

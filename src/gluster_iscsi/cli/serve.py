@@ -567,7 +567,7 @@ def connect_addresses(host: str, port: int, advertise: str | None = None) -> lis
     The advertised address if there is one; for a wildcard (0.0.0.0, ::) this host's own
     addresses of that family (loopback first, as the only one sure to work from here).
     """
-    from ..target.model import Portal
+    from ..model.targets import Portal
 
     if advertise:
         return [Portal(host, port, advertise).advertised()]

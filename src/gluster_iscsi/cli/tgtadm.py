@@ -26,7 +26,7 @@ import click
 
 from ..control.client import Client
 from ..control.protocol import ApiError
-from ..target.names import check_name
+from ..model.names import check_name
 from .context import Ctx
 from .serve import parse_hostport
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..target.names import InvalidName, is_network, validate_name
+from ..model.names import InvalidName, is_network, validate_name
 from . import config as cfgmod
 from . import exposure, reconcile
 from .interface import DaemonControl

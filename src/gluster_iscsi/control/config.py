@@ -46,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..target.names import InvalidName, is_network, validate_name
+from ..model.names import InvalidName, is_network, validate_name
 
 log = logging.getLogger(__name__)
 

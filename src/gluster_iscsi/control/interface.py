@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..target.model import Portal, Target, TargetRegistry
+from ..model.targets import Portal, Target, TargetRegistry
 
 
 class Binding(Protocol):

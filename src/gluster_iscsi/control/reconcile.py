@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..target.model import AccessRule, ChapAccount, Portal, Target, TargetRegistry
+from ..model.targets import AccessRule, ChapAccount, Portal, Target, TargetRegistry
 from . import config as cfgmod
 from .interface import Binding, DaemonControl
 

@@ -1,10 +1,10 @@
-"""What the iSCSI layer asks of the target model: the protocol ``target/`` implements.
+"""What the iSCSI layer asks of the target model: the protocol ``model/`` implements.
 
 The iSCSI core names targets, checks who may log in, takes CHAP secrets, offers login keys,
 lists targets for SendTargets and advertises portals, and it does so only through these
-``Protocol`` classes (structural: ``target.model``'s :class:`Target`, :class:`TargetRegistry`,
+``Protocol`` classes (structural: ``model.targets``'s :class:`Target`, :class:`TargetRegistry`,
 :class:`ChapAccount` and :class:`Portal` satisfy them without naming them). So ``iscsi/``
-imports nothing from ``target/``, ``server/``, ``control/`` or ``cli/``, and a test (or a
+imports nothing from ``model/``, ``server/``, ``control/`` or ``cli/``, and a test (or a
 gateway group's shared directory) can hand it any object of the right shape.
 
 Compiled code checks concrete classes at run time but not protocols: the daemon's objects

@@ -9,7 +9,7 @@ in a slot of the LU that ``scsi/`` never reads, ``LogicalUnit.runner_state``, an
 background jobs). What ``scsi/`` does keep is a mutex per LU and per device server
 (``state_lock``) guarding its own state (unit attentions, reservations) against commands
 handled on different threads; and it imports nothing of ``backstore/``, ``server/``,
-``iscsi/``, ``control/``, ``cli/`` or ``target/`` (only the neutral ``buffers``).
+``iscsi/``, ``control/``, ``cli/`` or ``model/`` (only the neutral ``buffers``).
 """
 
 from __future__ import annotations

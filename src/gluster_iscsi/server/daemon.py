@@ -24,7 +24,7 @@ from ..iscsi.connection import DEFAULT_TARGET_PARAMS
 from ..iscsi.portal import TargetEntry
 from ..iscsi.session import Session, SessionTable
 from ..logs import PROBLEMS
-from ..target.model import Portal, Target, TargetRegistry
+from ..model.targets import Portal, Target, TargetRegistry
 from .admission import Admission, Limits, Listener, Spare
 from .driver import ConnectionDriver
 from .iopool import IoPool

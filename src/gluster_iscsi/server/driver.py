@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..buffers import MemoryBudget
     from ..iscsi.portal import TargetEntry
     from ..iscsi.session import Session, SessionTable
-    from ..target.model import Portal, TargetRegistry
+    from ..model.targets import Portal, TargetRegistry
     from .poller import IdlePoller
     from .runner import Runner
 

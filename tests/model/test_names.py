@@ -1,6 +1,6 @@
 import pytest
 
-from gluster_iscsi.target.names import InvalidName, check_name, is_network, validate_name
+from gluster_iscsi.model.names import InvalidName, check_name, is_network, validate_name
 
 VALID = [
     "iqn.2013-10.com.redhat:tgt1",

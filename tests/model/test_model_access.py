@@ -1,4 +1,4 @@
-from gluster_iscsi.target.model import AccessRule, ChapAccount, Target, TargetRegistry
+from gluster_iscsi.model.targets import AccessRule, ChapAccount, Target, TargetRegistry
 
 ALICE = ChapAccount("alice", "alicesecret12")
 BOB = ChapAccount("bob", "bobsecret1234")
