@@ -94,3 +94,44 @@ def test_a_metrics_address_in_use_is_exit_9(tmp_path: Any) -> None:
                       "--metrics-listen", f"127.0.0.1:{port}")
     assert r.returncode == 9, r.stderr
     assert "Traceback" not in r.stderr and "metrics" in r.stderr
+
+
+def test_session_and_lun_views_show_login_time_keys_and_counters(tmp_path: Any) -> None:
+    import json
+    import time
+
+    with Serve(tmp_path, extra=("--demo",)) as d:
+        async def during() -> tuple[Any, Any, Any]:
+            async with Session("127.0.0.1", d.port, DEMO, INITIATOR) as s:
+                for i in range(10):
+                    await s.read10(i * 8, 4096)
+                await s.write10(0, bytes(4096))
+                listed = await asyncio.to_thread(d.cli, "session", "list", "--json")
+                rows = json.loads(listed.stdout)
+                tsih = rows[0]["tsih"]
+                shown = await asyncio.to_thread(d.cli, "session", "show", str(tsih), "--json")
+                text = await asyncio.to_thread(d.cli, "session", "show", str(tsih))
+                return rows, json.loads(shown.stdout), text.stdout
+
+        t0 = time.time()
+        rows, one, text = asyncio.run(during())
+        stats = d.cli("lun", "stats", "--json")
+        one_lun = d.cli("lun", "stats", DEMO, "1", "--json")
+        no_lun = d.cli("lun", "stats", DEMO, "9", "--json")
+        table = d.cli("lun", "stats")
+    [s] = rows
+    assert s == one
+    assert t0 - 5 <= s["login_time"] <= time.time()
+    assert s["params"]["MaxBurstLength"] == "262144"
+    ua = 1  # the first read's unit attention, retried
+    assert s["commands"] == 10 + 1 + ua and s["errors"] == ua
+    assert s["bytes_out"] == 10 * 4096 and s["bytes_in"] == 4096
+    assert "login_time: " in text and "commands: 12" in text
+    [lu] = json.loads(stats.stdout)
+    assert json.loads(one_lun.stdout) == [lu]
+    assert (lu["target"], lu["lun"], lu["reads"], lu["writes"]) == (DEMO, 1, 10 + ua, 1)
+    assert (lu["read_bytes"], lu["write_bytes"]) == (10 * 4096, 4096)
+    assert lu["errors"] == {"unit_attention": 1} and lu["unit_attentions"] == 1
+    assert lu["latency"]["count"] == 12 and lu["latency"]["buckets"][-1] == [None, 12]
+    assert no_lun.returncode == 4 and json.loads(no_lun.stdout or no_lun.stderr)["error"]["code"] == "not_found"
+    assert "READS" in table.stdout and DEMO in table.stdout

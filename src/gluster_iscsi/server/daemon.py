@@ -462,6 +462,12 @@ class Daemon:
                 "params": s.params.as_dict() if hasattr(s.params, "as_dict") else {},
                 "commands_in_flight": sum(c["commands_in_flight"] for c in conns),
                 "connections": conns,
+                "login_time": s.extra.get("login_time"),
+                # the counts of its connections now open (a connection that ended took its own)
+                "commands": sum(d.commands for d in drivers),
+                "errors": sum(d.errors for d in drivers),
+                "bytes_in": sum(d.bytes_in for d in drivers),
+                "bytes_out": sum(d.bytes_out for d in drivers),
             })
         return out
 
