@@ -93,3 +93,27 @@ def test_latency_buckets_are_powers_of_two_from_16us_to_4s() -> None:
     fields = vars(st) if hasattr(st, "__dict__") else {}
     for value in fields.values():  # plain ints and lists of ints only
         assert type(value) is int or (type(value) is list and all(type(v) is int for v in value))
+
+
+def test_the_event_loop_lag_is_how_late_the_timer_ran(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A loop blocked past the timer's due time shows at least that lateness (a lower bound
+    the blocking itself guarantees: no timing assumption)."""
+    import asyncio
+    import time
+
+    from gluster_iscsi.server.daemon import Daemon
+
+    async def main() -> Daemon:
+        d = Daemon(tmp_path)
+        loop = asyncio.get_running_loop()
+        d._lag_due = loop.time()  # due now
+        loop.call_soon(time.sleep, 0.2)  # ...but the loop is busy for 0.2 s first
+        loop.call_soon(d._measure_lag)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert d._lag_timer is not None
+        d._lag_timer.cancel()
+        return d
+
+    d = asyncio.run(main())
+    assert d.loop_lag >= 0.2 and d.loop_lag_max == d.loop_lag

@@ -185,7 +185,7 @@ class LockTable:
 
 
 # ------------------------------------------------------------------------------ counters
-#: Latency histogram: bucket ``i`` counts commands that took at most ``2**(LAT_SHIFT + i)`` ns
+#: Latency histogram: bucket ``i`` counts commands that took less than ``2**(LAT_SHIFT + i)`` ns
 #: (16.4 us, 32.8 us, ... 4.29 s); the last bucket counts the slower ones (+Inf).
 LAT_SHIFT = 14
 LAT_BUCKETS = 20
@@ -219,10 +219,8 @@ class LuStats:
     def count(self, task: ScsiTask, result: ScsiResult, t0: int) -> None:
         self.in_flight -= 1
         ns = perf_counter_ns() - t0
-        i = (ns - 1).bit_length() - LAT_SHIFT
-        if i < 0:
-            i = 0
-        elif i >= LAT_BUCKETS:
+        i = (ns >> LAT_SHIFT).bit_length()  # bucket i: under 2**(LAT_SHIFT + i) ns
+        if i >= LAT_BUCKETS:
             i = LAT_BUCKETS - 1
         self.latency[i] += 1
         self.latency_ns += ns
@@ -491,7 +489,10 @@ class Runner:
         A command of a LU is counted in its :class:`LuStats` (in flight now, the rest once it
         ends)."""
         if lu is not None:
-            lu_state(lu).stats.in_flight += 1
+            state = lu.runner_state
+            if state is None:
+                state = lu_state(lu)
+            state.stats.in_flight += 1
         self._step(task, run, lu, host, None, None, perf_counter_ns())
 
     def _step(self, task: ScsiTask, gen: Any, lu: LogicalUnit | None, host: Host, value: Any,
@@ -526,7 +527,7 @@ class Runner:
             key, asc = _INTERNAL_ERROR
             result = ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc))
         if lu is not None:
-            lu_state(lu).stats.count(task, result, t0)
+            lu.runner_state.stats.count(task, result, t0)  # made by start()
         host.complete(task, result)  # outside the try: a failure there is not the command's
 
     def _submit(self, task: ScsiTask, gen: Any, lu: LogicalUnit | None, host: Host, req: Any,
