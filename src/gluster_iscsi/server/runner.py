@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..backstore.base import BackingStoreError
 from ..buffers import POOL, BufferPool
@@ -187,14 +187,14 @@ class LockTable:
 # ------------------------------------------------------------------------------ counters
 #: Latency histogram: bucket ``i`` counts commands that took less than ``2**(LAT_SHIFT + i)`` ns
 #: (16.4 us, 32.8 us, ... 4.29 s); the last bucket counts the slower ones (+Inf).
-LAT_SHIFT = 14
-LAT_BUCKETS = 20
+LAT_SHIFT: Final = 14  # (Final: compiled, a constant, not a module dict lookup per command)
+LAT_BUCKETS: Final = 20
 
 #: The first CDB byte -> 1 (a read), 2 (a write) or 0 (anything else): one list index per
 #: command, not a set or dict lookup.
 _READS = (0x08, 0x28, 0xA8, 0x88)
 _WRITES = (0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E, 0x93, 0x89)  # + (WRITE AND VERIFY, WRITE SAME, CAW)
-OP_KIND: list[int] = [1 if op in _READS else 2 if op in _WRITES else 0 for op in range(256)]
+OP_KIND: Final[list[int]] = [1 if op in _READS else 2 if op in _WRITES else 0 for op in range(256)]
 
 
 class LuStats:
@@ -489,7 +489,7 @@ class Runner:
         A command of a LU is counted in its :class:`LuStats` (in flight now, the rest once it
         ends)."""
         if lu is not None:
-            state = lu.runner_state
+            state: LuState | None = lu.runner_state  # typed: native attribute access
             if state is None:
                 state = lu_state(lu)
             state.stats.in_flight += 1
@@ -527,7 +527,8 @@ class Runner:
             key, asc = _INTERNAL_ERROR
             result = ScsiResult(Status.CHECK_CONDITION, None, build_sense(key, asc))
         if lu is not None:
-            lu.runner_state.stats.count(task, result, t0)  # made by start()
+            counted: LuState = lu.runner_state  # made by start()
+            counted.stats.count(task, result, t0)
         host.complete(task, result)  # outside the try: a failure there is not the command's
 
     def _submit(self, task: ScsiTask, gen: Any, lu: LogicalUnit | None, host: Host, req: Any,
