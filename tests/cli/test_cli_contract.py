@@ -27,7 +27,8 @@ NO_JSON = {"serve", "tgtadm", "systemd show", "man"}
 RST = re.compile(r"``|:[a-z]+:`|`[^`\n]+`_|^\.\. ", re.M)
 VERBS = {"create", "delete", "add", "remove", "list", "show", "set", "unset", "resize", "bind",
          "unbind", "close", "export", "apply", "reload", "validate", "path",
-         "account-create", "account-delete", "account-list", "install"}  # fmt: skip
+         "account-create", "account-delete", "account-list", "install",
+         "stats"}  # fmt: skip
 
 
 def walk(cmd: click.Command, path: tuple[str, ...] = ()):

@@ -149,6 +149,11 @@ class FakeDaemon:
         self.session_list = [s for s in self.session_list if s["tsih"] != tsih]
         return len(self.session_list) != before
 
+    def lun_stats(self) -> list[dict[str, Any]]:
+        return [{"target": t.name, "lun": n, "reads": 0}
+                for t in self.registry.targets.values() if t.device is not None
+                for n in sorted(t.device.luns)]
+
 
 @pytest.fixture
 def fake_runtime(monkeypatch):

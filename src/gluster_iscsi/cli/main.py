@@ -347,6 +347,44 @@ def lun_list(target: str | None, as_json: bool) -> None:
     ))  # fmt: skip
 
 
+@lun.command("stats")
+@click.argument("target", required=False)
+@click.argument("lun_id", metavar="[LUN]", type=int, required=False)
+@json_option
+def lun_stats(target: str | None, lun_id: int | None, as_json: bool) -> None:
+    """Counters of every LUN, of TARGET's, or of one LUN since the daemon started: commands,
+    bytes, errors by sense key, I/O timeouts, latency (the numbers serve --metrics-listen
+    exports)."""
+    if lun_id is not None and target is None:  # pragma: no cover - click fills TARGET first
+        raise click.UsageError("give TARGET with LUN")
+    rows = _call("lun.stats", as_json=as_json, target=target, lun=lun_id)
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(table(
+        ["TARGET", "LUN", "READS", "WRITES", "OTHER", "READ", "WRITTEN", "ERRORS", "TIMEOUTS",
+         "IN FLIGHT", "MEAN LATENCY"],
+        [[r["target"], r["lun"], r["reads"], r["writes"], r["others"], human_size(r["read_bytes"]),
+          human_size(r["write_bytes"]), _errors(r), r["io_timeouts"], r["in_flight"],
+          _mean_latency(r)] for r in rows],
+    ))  # fmt: skip
+
+
+def _errors(r: dict[str, Any]) -> str:
+    parts = [f"{k}={n}" for k, n in sorted(r["errors"].items())]
+    if r["busy"]:
+        parts.append(f"busy={r['busy']}")
+    return ",".join(parts) or "0"
+
+
+def _mean_latency(r: dict[str, Any]) -> str:
+    lat = r["latency"]
+    if not lat["count"]:
+        return "-"
+    us = lat["sum_seconds"] / lat["count"] * 1e6
+    return f"{us:.0f} us" if us < 10000 else f"{us / 1000:.1f} ms"
+
+
 @lun.command("resize")
 @click.argument("target")
 @click.argument("lun_id", metavar="LUN", type=int)
@@ -632,17 +670,28 @@ def session_list(target: str | None, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    click.echo(table(["TSIH", "ISID", "INITIATOR", "ADDRESS", "TARGET", "PORTAL", "CONNS", "IN FLIGHT"], [
+    click.echo(table(["TSIH", "ISID", "INITIATOR", "ADDRESS", "TARGET", "PORTAL", "CONNS", "IN FLIGHT",
+                      "LOGIN", "COMMANDS", "ERRORS"], [
         [s["tsih"], s["isid"], s["initiator_name"], s["initiator_address"], s.get("target") or "(discovery)",
-         s.get("portal"), len(s.get("connections", [])), s.get("commands_in_flight", 0)] for s in rows
+         s.get("portal"), len(s.get("connections", [])), s.get("commands_in_flight", 0),
+         _when(s.get("login_time")), s.get("commands", 0), s.get("errors", 0)] for s in rows
     ]))  # fmt: skip
+
+
+def _when(t: float | None) -> str:
+    """A login time, local, to the second."""
+    if t is None:
+        return "-"
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
 
 
 @session.command("show")
 @click.argument("tsih", type=int)
 @json_option
 def session_show(tsih: int, as_json: bool) -> None:
-    """One session with its negotiated parameters and connections."""
+    """One session: login time, negotiated parameters, connections and its counters."""
     rows = _call("session.list", as_json=as_json)
     s = next((x for x in rows if x["tsih"] == tsih), None)
     if s is None:
@@ -668,6 +717,9 @@ def session_show(tsih: int, as_json: bool) -> None:
         "commands_in_flight",
     ):
         click.echo(f"{k}: {s.get(k)}")
+    click.echo(f"login_time: {_when(s.get('login_time'))}")
+    for k in ("commands", "errors", "bytes_in", "bytes_out"):
+        click.echo(f"{k}: {s.get(k, 0)}")
     click.echo("negotiated:")
     for k, v in sorted((s.get("params") or {}).items()):
         click.echo(f"    {k}={v}")

@@ -227,13 +227,18 @@ Exit status:
               help="Read cache of each LUN on a gluster:// backing (a LUN's own `cache` option "
                    "wins), at most a quarter of --memory-budget for all LUNs together; "
                    "0 disables it. Default: 256MiB.")
+@click.option("--metrics-listen", "metrics_listen", metavar="HOST:PORT",
+              help="Serve Prometheus metrics (text format, GET /metrics) on this address, e.g. "
+                   "127.0.0.1:9283: per LUN commands, bytes, errors by sense key, latency, I/O "
+                   "timeouts; per target sessions and logins; memory budget, connections, event "
+                   "loop lag (docs/OPERATIONS.md lists them). Off by default.")
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
           demo: bool, log_level: str, log_format: str, nop_interval: float, io_timeout: float, poll_usecs: float,
           uvloop: bool, io_uring: bool, max_connections: int | None,
           max_connections_per_host: int | None, max_prelogin: int | None,
           max_prelogin_per_host: int | None, memory_budget: int | None,
-          gfapi_cache: int | None) -> None:
+          gfapi_cache: int | None, metrics_listen: str | None = None) -> None:
     """Run the iSCSI target daemon in the foreground."""
     from ..logs import configure
 
@@ -241,6 +246,7 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
     sdir = _state_dir(ctx, state_dir)
     try:
         portals = [parse_hostport(p) for p in listens]
+        metrics = parse_hostport(metrics_listen, 9283) if metrics_listen is not None else None
         if advertise is not None:
             _check_advertise(advertise)
         _check_state_dir(sdir)
@@ -266,7 +272,7 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
                                         "max_prelogin": max_prelogin,
                                         "max_prelogin_per_host": max_prelogin_per_host,
                                         "memory_budget": memory_budget,
-                                        "gfapi_cache": gfapi_cache}))
+                                        "gfapi_cache": gfapi_cache}, metrics))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
@@ -320,7 +326,8 @@ def _raise_nofile() -> None:
 async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str | None,
                  demo: bool, nop_interval: float, io_timeout: float = 60.0,
                  poll_usecs: float = 100.0, io_uring: bool = True,
-                 limits: dict[str, int | None] | None = None) -> int:
+                 limits: dict[str, int | None] | None = None,
+                 metrics: tuple[str, int] | None = None) -> int:
     """Start in this order: targets and LUNs, the control socket, the portals. A failure at
     any step undoes every earlier one (no listener, no control socket, no open store)."""
     from .. import DATA_PATH_MODULES, compiled_modules
@@ -376,6 +383,20 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
         await control.stop()
         await daemon.stop()
         raise
+    metrics_server = None
+    if metrics is not None:
+        from ..server.metrics import serve_metrics
+
+        try:
+            metrics_server = await serve_metrics(daemon, *metrics)
+        except OSError as exc:
+            addr = show_address(*metrics)
+            _say(f"cannot serve metrics on {addr}: {exc.strerror or exc}",
+                 "pick another address with --metrics-listen HOST:PORT")
+            await control.stop()
+            await daemon.stop()
+            return EXIT_UNAVAILABLE
+        log.info("metrics on http://%s/metrics", show_address(*metrics))
     for w in exposure.exposed(cfg):
         log.warning("%s", w)
     if demo:
@@ -395,6 +416,8 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     notifier.stopping()
     if ticker is not None:
         ticker.stopping = True  # pings go on while commands drain, the STATUS stays
+    if metrics_server is not None:
+        metrics_server.close()
     await control.stop()
     await daemon.stop()
     if ticker is not None:

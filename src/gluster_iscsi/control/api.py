@@ -569,6 +569,19 @@ class ControlServer:
             for lu in t["luns"]
         ]
 
+    def op_lun_stats(self, target: TargetRef | None = None, lun: int | None = None) -> list[dict[str, Any]]:
+        """Counters of every LUN, of TARGET's, or of one LUN (``lun stats``)."""
+        rows = self.daemon.lun_stats()
+        if target is not None:
+            t = self._target(self._cfg(), target)
+            rows = [r for r in rows if r["target"] == t["name"]]
+            if lun is not None:
+                if not any(lu["lun"] == lun for lu in t["luns"]):
+                    raise ApiError("not_found", f"target {t['name']} has no LUN {lun}", kind="lun",
+                                   hint=f"'gluster-iscsi lun list {t['name']}' shows its LUNs")
+                rows = [r for r in rows if r["lun"] == lun]
+        return rows
+
     async def op_lun_create(
         self,
         target: TargetRef,

@@ -135,3 +135,7 @@ class DaemonControl(Protocol):
 
     def close_session(self, tsih: int) -> Awaitable[bool]:
         """Close the session with this TSIH; False if there is none."""
+
+    # ------------------------------------------------------------------ counters
+    def lun_stats(self) -> list[dict[str, Any]]:
+        """Every LUN's counters, as ``lun stats --json`` shows them (docs/CLI-JSON.md)."""

@@ -112,6 +112,8 @@ class Login:
         self.session: Session | None = None
         self.params: SessionParams | None = None
         self.failed: str | None = None
+        #: the status a refused login was answered with (for the server's counters)
+        self.refusal: LoginStatus | None = None
         self._started = False
         self._text = bytearray()
         # A Login Response too long for one PDU: the rest, and the (T, NSG) it ends with.
@@ -146,6 +148,7 @@ class Login:
         self.out.append((P.login_response(itt, self.isid.ljust(6, b"\0"), 0, self._next_statsn(), 0, 0,
                                           status=status), None))
         self.failed = message
+        self.refusal = status
 
     def who(self) -> str:
         return f"{self.initiator_name or '?'} at {self.peer_address}"

@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from .admission import Admission, Limits, Listener, Spare
 from .driver import ConnectionDriver
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
-from .runner import Runner
+from .runner import LAT_BUCKETS, LAT_SHIFT, Runner, lu_state
 from .uring import Ring
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 POOL_TRIM_INTERVAL = 5.0
 #: At shutdown, how long closing a store waits for a (hung) call still running on it.
 SHUTDOWN_CLOSE_TIMEOUT = 1.0
+#: Seconds between two measures of the event loop's lag.
+LAG_INTERVAL = 1.0
 
 
 class PortalBinding:
@@ -147,6 +150,15 @@ class Daemon:
         #: Connections closed since the last collection of cyclic garbage (``_trim_pool``).
         self._closed_since_gc = 0
         _fix_malloc_thresholds()
+        #: Counters of the metrics and views (``server/metrics.py``): logins accepted per
+        #: target, refused per (target, reason); the event loop's lateness (seconds) the last
+        #: time and the most since start, measured by a timer every LAG_INTERVAL seconds.
+        self.logins: dict[str, int] = {}
+        self.login_refusals: dict[tuple[str, str], int] = {}
+        self.loop_lag = 0.0
+        self.loop_lag_max = 0.0
+        self._lag_timer: asyncio.TimerHandle | None = None
+        self._lag_due = 0.0
         self.stopped = asyncio.Event()
 
     @property
@@ -271,6 +283,9 @@ class Daemon:
             self._log_timer = loop.call_later(PROBLEMS.interval, self._flush_logs)
         if self._trim_timer is None:
             self._trim_timer = loop.call_later(POOL_TRIM_INTERVAL, self._trim_pool)
+        if self._lag_timer is None:
+            self._lag_due = loop.time() + LAG_INTERVAL
+            self._lag_timer = loop.call_at(self._lag_due, self._measure_lag)
         try:
             listener = Listener(loop, binding.sockets,
                                 lambda c, a: self._accepted(c, a, recorded[0]), self._spare)
@@ -346,7 +361,37 @@ class Daemon:
         self.connections.discard(driver)
         self.admission.gone(driver)
         self._closed_since_gc += 1
+        self._count_refusal(driver)
         _log_closed(driver, exc)
+
+    def _count_refusal(self, driver: ConnectionDriver) -> None:
+        """A connection that ends without a session: a refused or timed-out login counts
+        under its target (if it named one) and its reason; one that just went away does not."""
+        conn = driver.conn
+        if conn is None or conn.session is not None or conn.login is None:
+            return
+        login = conn.login
+        if login.refusal is not None:
+            reason = login.refusal.name.lower()
+        elif driver.close_reason == "login timeout":
+            reason = "login_timeout"
+        elif driver.close_reason:  # closed by the target (to make room, portal removed, ...)
+            reason = "closed"
+        else:
+            return
+        key = (login.target.name if login.target is not None else "", reason)
+        self.login_refusals[key] = self.login_refusals.get(key, 0) + 1
+
+    def _measure_lag(self) -> None:
+        """How late this timer ran: the event loop's lag (a blocked loop delays every answer)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        lag = max(0.0, now - self._lag_due)
+        self.loop_lag = lag
+        if lag > self.loop_lag_max:
+            self.loop_lag_max = lag
+        self._lag_due = now + LAG_INTERVAL
+        self._lag_timer = loop.call_at(self._lag_due, self._measure_lag)
 
     def _flush_logs(self) -> None:
         # The summaries of rate-limited problems (logs.py), also once the flood has stopped.
@@ -391,7 +436,10 @@ class Daemon:
     def session_started(self, session: Session, driver: ConnectionDriver) -> None:
         self.admission.logged_in(driver)
         session.extra["drivers"] = [driver]
+        session.extra["login_time"] = time.time()
         target = session.target
+        name = target.name if target is not None else ""
+        self.logins[name] = self.logins.get(name, 0) + 1
         if target is not None and target.device is not None and session.nexus is not None:
             target.device.nexus_added(session.nexus)
 
@@ -422,7 +470,39 @@ class Daemon:
                 "params": s.params.as_dict() if hasattr(s.params, "as_dict") else {},
                 "commands_in_flight": sum(c["commands_in_flight"] for c in conns),
                 "connections": conns,
+                "login_time": s.extra.get("login_time"),
+                # the counts of its connections now open (a connection that ended took its own)
+                "commands": sum(d.commands for d in drivers),
+                "errors": sum(d.errors for d in drivers),
+                "bytes_in": sum(d.bytes_in for d in drivers),
+                "bytes_out": sum(d.bytes_out for d in drivers),
             })
+        return out
+
+    def lun_stats(self) -> list[dict[str, Any]]:
+        """Every LUN's counters (``runner.LuStats``), as ``lun stats`` and the metrics show them."""
+        from .metrics import SENSE_KEYS
+
+        out = []
+        for name, target in sorted(self.registry.targets.items()):
+            device = target.device
+            for lun, lu in sorted(getattr(device, "luns", {}).items()):
+                st = lu_state(lu).stats
+                cumulative, buckets = 0, []
+                for i, n in enumerate(st.latency):
+                    cumulative += n
+                    le = 2 ** (LAT_SHIFT + i) / 1e9 if i < LAT_BUCKETS - 1 else None  # None: +Inf
+                    buckets.append([le, cumulative])
+                out.append({
+                    "target": name, "lun": lun,
+                    "reads": st.reads, "writes": st.writes, "others": st.others,
+                    "read_bytes": st.read_bytes, "write_bytes": st.write_bytes,
+                    "errors": {SENSE_KEYS[k]: n for k, n in enumerate(st.errors) if n},
+                    "busy": st.busy, "unit_attentions": st.errors[6],
+                    "io_timeouts": st.timeouts, "in_flight": st.in_flight,
+                    "latency": {"buckets": buckets, "sum_seconds": st.latency_ns / 1e9,
+                                "count": cumulative},
+                })
         return out
 
     async def close_session(self, tsih: int) -> bool:
@@ -440,6 +520,9 @@ class Daemon:
             server.close()
         if self._trim_timer is not None:
             self._trim_timer.cancel()
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
+            self._lag_timer = None
         drivers = list(self.connections)
         if drivers:
             try:

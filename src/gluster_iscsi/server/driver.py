@@ -99,6 +99,12 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         self.closed = asyncio.Event()
         #: why the connection was closed, from the first CloseConnection ("" : the peer left)
         self.close_reason = ""
+        #: this connection's commands, those that did not end GOOD, and bytes of data in
+        #: (written by the initiator) and out (read), counted where a command ends
+        self.commands = 0
+        self.errors = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -335,13 +341,21 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         if result.extra:
             self._side_effects(task, result)
         waiters = self._running.pop(task, None)
+        self.commands += 1
+        if result.status != 0:
+            self.errors += 1
+        out = task.data_out
+        if out is not None:
+            self.bytes_in += len(out)
         conn = self.conn
         if conn is not None:
             conn.complete_task(task, result)
             if conn.closed and not self._closing:  # the last command behind a Logout ended
                 self._handle(conn.take_events())
-            if type(result.data) is memoryview:
-                self._lent.append(result.data)
+            data = result.data
+            if type(data) is memoryview:
+                self.bytes_out += len(data)
+                self._lent.append(data)
             if not self._in_receive and not self._flush_scheduled:
                 # Completions arrive in batches: answer them all with one send.
                 self._flush_scheduled = True

@@ -1,0 +1,137 @@
+"""``serve --metrics-listen``: a real daemon's /metrics, parsed by prometheus_client's own
+parser, counts what a real initiator did (issue 18). Every address here is loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gluster_iscsi.server.metrics import METRICS, exposed_names
+
+from ..integration.pyinitiator import IscsiError, Session
+from .harness import Serve, free_port
+
+pytestmark = pytest.mark.integration
+
+DEMO = "iqn.2026-11.org.gluster-iscsi:demo"
+INITIATOR = "iqn.2026-11.test:metrics"
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def lun(target: str = DEMO, n: int = 1, **more: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({"target": target, "lun": str(n), **more}.items()))
+
+
+async def reads(port: int, n: int) -> None:
+    async with Session("127.0.0.1", port, DEMO, INITIATOR) as s:
+        for i in range(n):
+            await s.read10(i * 8, 4096)
+
+
+async def refused(port: int) -> None:
+    with pytest.raises(IscsiError, match="login failed 2/3"):
+        async with Session("127.0.0.1", port, "iqn.2026-11.nowhere:x", INITIATOR):
+            pass
+
+
+def test_metrics_count_what_an_initiator_did(tmp_path: Any) -> None:
+    mport = free_port()
+    with Serve(tmp_path, extra=("--demo", "--metrics-listen", f"127.0.0.1:{mport}")) as d:
+        before = scrape(mport)
+        assert before[("gluster_iscsi_lun_read_commands_total", lun())] == 0
+        asyncio.run(reads(d.port, 25))
+        asyncio.run(refused(d.port))
+        m = scrape(mport)
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{mport}/other", timeout=10)
+    ua = m[("gluster_iscsi_lun_unit_attentions_total", lun())]
+    assert ua == m[("gluster_iscsi_lun_errors_total", lun(sense_key="unit_attention"))] == 1
+    assert m[("gluster_iscsi_lun_read_commands_total", lun())] == 25 + ua  # the UA'd try too
+    assert m[("gluster_iscsi_lun_read_bytes_total", lun())] == 25 * 4096
+    assert m[("gluster_iscsi_lun_command_duration_seconds_count", lun())] >= 25 + ua
+    assert m[("gluster_iscsi_lun_command_duration_seconds_bucket", lun(le="+Inf"))] == \
+        m[("gluster_iscsi_lun_command_duration_seconds_count", lun())]
+    assert m[("gluster_iscsi_lun_commands_in_flight", lun())] == 0
+    assert m[("gluster_iscsi_target_logins_total", (("target", DEMO),))] == 1
+    assert m[("gluster_iscsi_target_login_refusals_total",
+              (("reason", "not_found"), ("target", "")))] == 1
+    assert m[("gluster_iscsi_memory_budget_limit_bytes", ())] > 0
+    assert ("gluster_iscsi_event_loop_lag_seconds", ()) in m
+    # Every name exported is documented in OPERATIONS.md, and every documented one exported.
+    assert {name for name, _ in m} <= exposed_names()
+    from pathlib import Path
+
+    ops = (Path(__file__).parents[2] / "docs" / "OPERATIONS.md").read_text()
+    missing = [name for name in METRICS if name not in ops]
+    assert not missing, f"not in docs/OPERATIONS.md: {missing}"
+
+
+def test_a_metrics_address_in_use_is_exit_9(tmp_path: Any) -> None:
+    import socket
+
+    from .test_serve_start import run_serve
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_serve(tmp_path, "--listen", f"127.0.0.1:{free_port()}",
+                      "--metrics-listen", f"127.0.0.1:{port}")
+    assert r.returncode == 9, r.stderr
+    assert "Traceback" not in r.stderr and "metrics" in r.stderr
+
+
+def test_session_and_lun_views_show_login_time_keys_and_counters(tmp_path: Any) -> None:
+    import json
+    import time
+
+    with Serve(tmp_path, extra=("--demo",)) as d:
+        async def during() -> tuple[Any, Any, Any]:
+            async with Session("127.0.0.1", d.port, DEMO, INITIATOR) as s:
+                for i in range(10):
+                    await s.read10(i * 8, 4096)
+                await s.write10(0, bytes(4096))
+                listed = await asyncio.to_thread(d.cli, "session", "list", "--json")
+                rows = json.loads(listed.stdout)
+                tsih = rows[0]["tsih"]
+                shown = await asyncio.to_thread(d.cli, "session", "show", str(tsih), "--json")
+                text = await asyncio.to_thread(d.cli, "session", "show", str(tsih))
+                return rows, json.loads(shown.stdout), text.stdout
+
+        t0 = time.time()
+        rows, one, text = asyncio.run(during())
+        stats = d.cli("lun", "stats", "--json")
+        one_lun = d.cli("lun", "stats", DEMO, "1", "--json")
+        no_lun = d.cli("lun", "stats", DEMO, "9", "--json")
+        table = d.cli("lun", "stats")
+    [s] = rows
+    assert s == one
+    assert t0 - 5 <= s["login_time"] <= time.time()
+    assert s["params"]["MaxBurstLength"] == "262144"
+    ua = 1  # the first read's unit attention, retried
+    assert s["commands"] == 10 + 1 + ua and s["errors"] == ua
+    assert s["bytes_out"] == 10 * 4096 and s["bytes_in"] == 4096
+    assert "login_time: " in text and "commands: 12" in text
+    [lu] = json.loads(stats.stdout)
+    assert json.loads(one_lun.stdout) == [lu]
+    assert (lu["target"], lu["lun"], lu["reads"], lu["writes"]) == (DEMO, 1, 10 + ua, 1)
+    assert (lu["read_bytes"], lu["write_bytes"]) == (10 * 4096, 4096)
+    assert lu["errors"] == {"unit_attention": 1} and lu["unit_attentions"] == 1
+    assert lu["latency"]["count"] == 12 and lu["latency"]["buckets"][-1] == [None, 12]
+    assert no_lun.returncode == 4 and json.loads(no_lun.stdout or no_lun.stderr)["error"]["code"] == "not_found"
+    assert "READS" in table.stdout and DEMO in table.stdout
