@@ -80,8 +80,13 @@ class PduFuzzer:
         # working meanwhile, a peer allowed to do these could stop it legitimately.
         self.spare_others = spare_others
         # TARGET WARM/COLD RESET: off where a legitimate session must keep working meanwhile
-        # (a cold reset drops every connection of the target, by design).
-        self.tmf_functions = (1, 2, 3, 4, 5, 8, 14, 0, 15) + ((6, 7) if target_resets else ())
+        # (a cold reset drops every connection of the target, by design). So are CLEAR TASK
+        # SET and LOGICAL UNIT RESET where others are spared: they end every initiator's
+        # tasks on the LU, and with TAS=0 those end without status (SAM-5), so a legitimate
+        # command in flight then gets no answer until its initiator times out, by design
+        # (seen once in the daemon fuzz: a probe's READ unanswered for 30 s).
+        functions = (1, 2, 3, 4, 5, 8, 14, 0, 15) + ((6, 7) if target_resets else ())
+        self.tmf_functions = tuple(f for f in functions if not (spare_others and f in (4, 5)))
         self.lun = lun
         self.max_data = max_data
         self.itt = 0x1000
