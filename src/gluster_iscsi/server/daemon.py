@@ -599,23 +599,26 @@ def _fix_malloc_thresholds() -> None:
     36 MiB at the start, 250 MiB at the peak, 190 MiB a minute after; with the threshold
     fixed: 87 MiB at the peak and 38 MiB after). Large buffers are pooled
     (``gluster_iscsi.buffers``), so the hot path does not pay for mmap."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):  # not glibc: nothing to fix
-        pass
+    mallopt = _glibc("mallopt")
+    if mallopt:
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def _malloc_trim() -> None:
     """glibc's malloc_trim(0), where there is one (a no-op elsewhere)."""
     global _libc_trim
     if _libc_trim is None:
-        try:
-            _libc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _libc_trim = False
+        _libc_trim = _glibc("malloc_trim")
     if _libc_trim:
         _libc_trim(0)
+
+
+def _glibc(name: str) -> Any:
+    """A function of the C library by name, or False where there is none (not glibc)."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return False
 
 
 #: Why a connection ends when nothing went wrong: the administrator's or the daemon's doing,
