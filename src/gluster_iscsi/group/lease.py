@@ -303,6 +303,10 @@ class Lease:
         """The last written record with another ``seen`` (for status views)."""
         return None if self.record is None else replace(self.record, seen=seen)
 
+    def heard_within(self, now: float) -> bool:
+        """A standby: the heartbeat in the record moved less than ``lease_seconds`` ago."""
+        return self._seen_key is not None and now - self._seen_since < self.lease_seconds
+
     def owner_name(self) -> str | None:
         """Who owns the LUN as far as this gateway knows."""
         if self.role in (Role.OWNER, Role.MOVING_OUT, Role.FENCED):
