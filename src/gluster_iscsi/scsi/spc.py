@@ -358,28 +358,44 @@ def mode_select(ctx: Ctx) -> ScsiResult:
 
 
 def report_target_port_groups(ctx: Ctx) -> ScsiResult:
-    """REPORT TARGET PORT GROUPS (SPC-4 6.36): implicit ALUA, every group active/optimized.
+    """REPORT TARGET PORT GROUPS (SPC-4 6.36), implicit ALUA.
 
-    The groups and ports are those of the I_T nexuses seen so far (an iSCSI target port is
-    target name + TPGT, so they are all known once an initiator logged in through them).
+    A lone gateway (``lu.alua`` unrestricted): every group active/optimized, the groups and
+    ports being those of the I_T nexuses seen so far (an iSCSI target port is target name +
+    TPGT, so they are all known once an initiator logged in through them). In a gateway
+    group: the table the group set (:meth:`.alua.Alua.set_groups`), every group with its
+    true state, the same bytes through every port.
     """
     cdb = ctx.cdb
     fmt = cdb[1] >> 5
     if fmt not in (0, 1):
         raise invalid_cdb(1, 7)
     alloc = int.from_bytes(cdb[6:10], "big")
-    groups: dict[int, set[int]] = {}
-    for rel, group in ctx.server.target_ports().items():
-        groups.setdefault(group, set()).add(rel)
+    alua = ctx.lu.alua
     body = bytearray()
-    for group in sorted(groups):
-        ports = sorted(groups[group])
-        # PREF 0, state 0h active/optimized; only AO_SUP; status: no change reason
-        body += bytes([0x00, 0x01]) + group.to_bytes(2, "big") + bytes([0, 0, 0, len(ports)])
-        for rel in ports:
-            body += bytes(2) + rel.to_bytes(2, "big")
-    if fmt == 1:  # extended header: format type 001b, implicit transition time 0
-        out = (len(body) + 4).to_bytes(4, "big") + bytes([0x10, 0, 0, 0]) + bytes(body)
+    transition = 0
+    if alua.restricted:
+        for group, state, supported, status, members in alua.descriptors():
+            body += bytes([state, supported]) + group.to_bytes(2, "big")
+            body += bytes([0, status, 0, len(members)])
+            for rel in members:
+                body += bytes(2) + rel.to_bytes(2, "big")
+        transition = min(max(alua.implicit_transition_seconds, 0), 0xFF)
+    else:
+        groups: dict[int, set[int]] = {}
+        for rel, group in ctx.server.target_ports().items():
+            groups.setdefault(group, set()).add(rel)
+        for group in sorted(groups):
+            ports = sorted(groups[group])
+            # PREF 0, state 0h active/optimized; only AO_SUP; status: no change reason
+            body += bytes([0x00, 0x01]) + group.to_bytes(2, "big") + bytes([0, 0, 0, len(ports)])
+            for rel in ports:
+                body += bytes(2) + rel.to_bytes(2, "big")
+    if fmt == 1:  # extended header: format type 001b, implicit transition time
+        # RETURN DATA LENGTH counts what follows it, the rest of the header included (as
+        # sg_rtpg and Linux's scsi_dh_alua read it).
+        head = bytes([0x10, transition, 0, 0])
+        out = (len(body) + 4).to_bytes(4, "big") + head + bytes(body)
     else:
         out = len(body).to_bytes(4, "big") + bytes(body)
     return data_in(out, alloc)
