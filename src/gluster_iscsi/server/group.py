@@ -150,14 +150,16 @@ class GroupMember:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Publish this gateway and start beating (before the portals open)."""
+    async def start(self, *, run: bool = True) -> None:
+        """Publish this gateway and start beating (before the portals open). ``run=False``:
+        no task and no timer (tests step it with :meth:`beat` and :meth:`watch`)."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         await self._publish()
         await self._read_gateways()
-        self._task = self._loop.create_task(self._run(), name=f"group-{self.gateway}")
-        self._watch()
+        if run:
+            self._task = self._loop.create_task(self._run(), name=f"group-{self.gateway}")
+            self._watch()
 
     async def stop(self, release: bool = True) -> None:
         """Stop beating. With ``release`` (a planned stop): every owned LU is announced
@@ -307,6 +309,14 @@ class GroupMember:
             if wait > 0:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def beat(self) -> None:
+        """One beat: publish, read the gateways, step every LU, push the ALUA tables."""
+        await self._beat_once()
+
+    def watch(self) -> None:
+        """The fencing check the timer runs (for tests that step the member)."""
+        self._fence(self.clock())
 
     async def _beat_once(self) -> None:
         await self._publish()
@@ -492,14 +502,16 @@ class GroupMember:
         loop = self._loop
         if loop is None or self._stopping:
             return
-        now = self.clock()
+        self._fence(self.clock())
+        self._timer = loop.call_later(min(0.25, self.beat_seconds / 4), self._watch)
+
+    def _fence(self, now: float) -> None:
         for glu in list(self.luns.values()):
             if glu.lease.tick(now):
                 log.warning("group: LUN %s: no heartbeat for %gs: fenced (no I/O until the "
                             "volume answers)", glu.key, self.lease_seconds)
                 self._sync_deadline(glu)
                 self._push(glu)
-        self._timer = loop.call_later(min(0.25, self.beat_seconds / 4), self._watch)
 
     def table(self, glu: GroupLu, now: float | None = None) -> dict[int, tuple[Any, list[int]]]:
         """The ALUA table of one LU from the records as this gateway last read them:
