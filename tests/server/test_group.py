@@ -21,6 +21,7 @@ from gluster_iscsi.scsi.io import Read, Size, Write
 from gluster_iscsi.server.group import GroupMember, lease_name
 from gluster_iscsi.server.runner import Runner, lu_on, lu_state
 
+
 def arun(fn: Any) -> Any:
     """Run an async test on a fresh event loop."""
 
