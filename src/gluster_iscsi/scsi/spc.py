@@ -8,6 +8,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from .context import data_in
+from .io import SharedRefresh, SharedUpdate
 from .lu import ModePage
 from .sense import (
     Asc,
@@ -18,7 +19,7 @@ from .sense import (
     invalid_cdb,
     invalid_param,
 )
-from .task import ScsiResult
+from .task import Execution, ScsiResult
 
 if TYPE_CHECKING:
     from .context import Ctx
@@ -269,14 +270,16 @@ def _device_specific(lu: LogicalUnit) -> int:
     return (0x80 if lu.write_protected else 0) | 0x10  # WP, DPOFUA
 
 
-def mode_sense(ctx: Ctx) -> ScsiResult:
+def mode_sense(ctx: Ctx) -> Execution:
     cdb, lu = ctx.cdb, ctx.lu
     ten = cdb[0] == 0x5A
     dbd = bool(cdb[1] & 0x08)
     llbaa = ten and bool(cdb[1] & 0x10)
     pc, code, subpage = cdb[2] >> 6, cdb[2] & 0x3F, cdb[3]
     alloc = int.from_bytes(cdb[7:9], "big") if ten else cdb[4]
-    pages = _mode_pages(lu, code, subpage, pc)
+    yield SharedRefresh("mode", lu)  # another gateway of a group may have changed them
+    with lu.state_lock:
+        pages = _mode_pages(lu, code, subpage, pc)
     blocks = lu.block_count
     if dbd:
         desc = b""
@@ -294,7 +297,9 @@ def mode_sense(ctx: Ctx) -> ScsiResult:
     return data_in(out, alloc)
 
 
-def mode_select(ctx: Ctx) -> ScsiResult:
+def mode_select(ctx: Ctx) -> Execution:
+    """MODE SELECT: the parameter list is checked here (against the bits no MODE SELECT
+    changes, the same on every gateway); the change is a :class:`~.io.SharedUpdate`."""
     cdb, lu = ctx.cdb, ctx.lu
     ten = cdb[0] == 0x55
     if cdb[1] & 0x01:  # SP: we keep no saved pages
@@ -343,14 +348,19 @@ def mode_select(ctx: Ctx) -> ScsiResult:
                 raise invalid_param(pos + i)
         updates.append((page, new))
         pos += 2 + plen
-    changed = False
-    with lu.state_lock:
-        for page, new in updates:
-            if bytes(page.current[2:]) != new[2:]:
-                page.current[2:] = new[2:]
-                changed = True
-        if changed:
-            lu.queue_ua_all(Asc.MODE_PARAMETERS_CHANGED, except_port=ctx.nexus.initiator_port)
+    issuer = ctx.nexus.initiator_port
+
+    def apply() -> None:
+        changed = False
+        with lu.state_lock:
+            for page, new in updates:
+                if bytes(page.current[2:]) != new[2:]:
+                    page.current[2:] = new[2:]
+                    changed = True
+            if changed:
+                lu.queue_ua_all(Asc.MODE_PARAMETERS_CHANGED, except_port=issuer)
+
+    yield SharedUpdate("mode", apply, lu)
     return ScsiResult()
 
 

@@ -56,6 +56,8 @@ from ..scsi.io import (
     Flush,
     OrWrite,
     Read,
+    SharedRefresh,
+    SharedUpdate,
     Size,
     StartJob,
     Unmap,
@@ -375,6 +377,16 @@ def _wait_job(runner: Runner, req: WaitJob, store: Any, lock: Lock) -> bool:
     return runner.wait_job(req.job, req.timeout)
 
 
+def _shared_update(runner: Runner, req: SharedUpdate, store: Any, lock: Lock) -> Any:
+    # A lone gateway: the LU's state is this process's alone, changed in place.
+    with req.lu.state_lock:
+        return req.apply()
+
+
+def _shared_refresh(runner: Runner, req: SharedRefresh, store: Any, lock: Lock) -> None:
+    return None  # a lone gateway's memory is the latest state
+
+
 #: Request type -> the call that does it. Every type in ``scsi.io.REQUEST_TYPES`` is here.
 STORE_CALLS: dict[type, StoreCall] = {
     Read: _read,
@@ -388,7 +400,13 @@ STORE_CALLS: dict[type, StoreCall] = {
     OrWrite: _or_write,
     StartJob: _start_job,
     WaitJob: _wait_job,
+    SharedUpdate: _shared_update,
+    SharedRefresh: _shared_refresh,
 }
+
+#: Requests that touch memory only (a lone gateway's shared-state calls): run inline on the
+#: event loop even for a blocking store, never behind its workers or its I/O timeout.
+_INLINE: frozenset[type] = frozenset({SharedUpdate, SharedRefresh})
 
 #: Requests that wait (on another thread's work, not a store): never run on the event loop.
 _WAITS = object()  # the key of their worker pool
@@ -553,7 +571,8 @@ class Runner:
                     gen.close()  # the command ends here, without its read
                     result = ScsiResult(host.full_status())
                     break
-                if t is WaitJob or (store.blocking and self.engines is not None):
+                if t is WaitJob or (store.blocking and self.engines is not None
+                                    and t not in _INLINE):
                     self._submit(task, gen, lu, host, req, target, t0)
                     return
                 try:
