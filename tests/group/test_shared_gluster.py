@@ -1,0 +1,236 @@
+"""The group directory on a real replica-3 Gluster volume, through FUSE and through gfapi:
+the facts HA.md's lease rests on (docs/HA.md, "Measured").
+
+* byte locks conflict between processes, between two objects of one process (one Gluster
+  client even), and between FUSE and gfapi; reading and writing the locked file through
+  other fds does not drop them;
+* a SIGKILLed holder's lock is free for another process within seconds (measured, printed);
+* a record written by one client is read by the other access method in another process
+  right after write() returns (no stale read), on the gluster-block profile and on a volume
+  with default options (write-behind, read-ahead, io-cache, quick-read on);
+* GFIDs agree between FUSE and gfapi, whatever the server list.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+from group_agent import Agent, holding
+
+from gluster_iscsi.group import definition as gd
+from gluster_iscsi.group.identity import LunIdentity, read_identity, record_identity
+from gluster_iscsi.group.shared import (
+    GfapiSharedDir,
+    LockHeld,
+    PathSharedDir,
+    Record,
+    SharedDir,
+    open_shared,
+)
+
+pytestmark = pytest.mark.gluster
+
+ROUNDS = 200
+
+
+def _dir() -> str:
+    return f"grp-{uuid.uuid4().hex[:8]}"
+
+
+def fuse_loc(env, d: str) -> str:
+    return env.fuse_path(d)
+
+
+def gfapi_loc(env, d: str, hosts: str | None = None) -> str:
+    return f"gluster://{hosts or env.host}/{env.volume}/{d}"
+
+
+def loc_of(env, d: str, how: str) -> str:
+    return fuse_loc(env, d) if how == "fuse" else gfapi_loc(env, d)
+
+
+def test_both_backends_open_the_same_directory(group_gluster_volume):
+    env, d = group_gluster_volume, _dir()
+    fuse = open_shared(fuse_loc(env, d))
+    api = open_shared(gfapi_loc(env, d))
+    assert isinstance(fuse, PathSharedDir) and isinstance(api, GfapiSharedDir)
+    assert fuse.on_gluster and api.on_gluster
+    api.write("gateways/gw-a", {"n": 1})
+    fuse.write("gateways/gw-b", {"n": 2})
+    assert fuse.names("gateways/") == api.names("gateways/") == ["gateways/gw-a",
+                                                                  "gateways/gw-b"]
+    assert fuse.read("gateways/gw-a") == Record(1, {"n": 1})
+    assert api.read("gateways/gw-b") == Record(1, {"n": 2})
+    api.remove("gateways/gw-b")
+    assert fuse.names("gateways/") == ["gateways/gw-a"]
+    assert fuse.read("gateways/gw-b") is None
+    fuse.close()
+    api.close()
+
+
+def test_the_gfid_is_the_same_through_fuse_and_every_gfapi_address(group_gluster_volume):
+    env, d = group_gluster_volume, _dir()
+    fuse = open_shared(fuse_loc(env, d))
+    for name in ("f1.img", "f2.img"):
+        with open(env.fuse_path(name), "wb") as f:
+            f.write(b"x")
+    one = open_shared(gfapi_loc(env, d))
+    two = open_shared(gfapi_loc(env, d, f"{env.host},localhost"))
+    g1 = fuse.gfid(env.fuse_path("f1.img"))
+    assert str(uuid.UUID(g1)) == g1
+    assert g1 == one.gfid("/f1.img") == one.gfid("f1.img") == two.gfid("/f1.img")
+    assert g1 == one.gfid(f"gluster://{env.host},localhost/{env.volume}/f1.img")
+    assert g1 == two.gfid(env.url("f1.img"))
+    g2 = fuse.gfid(env.fuse_path("f2.img"))
+    assert g2 != g1 and g2 == one.gfid("/f2.img")
+    with pytest.raises(ValueError, match="not on volume"):
+        one.gfid("gluster://127.0.0.1/othervol/f1.img")
+    with pytest.raises(OSError) as exc:
+        one.gfid("/missing.img")
+    assert exc.value.errno == 2 and d in str(exc.value)
+
+
+@pytest.mark.parametrize("mine", ["fuse", "gfapi"])
+@pytest.mark.parametrize("theirs", ["fuse", "gfapi"])
+def test_locks_conflict_between_processes(group_gluster_volume, agent, mine, theirs):
+    env, d = group_gluster_volume, _dir()
+    shared = open_shared(loc_of(env, d, mine))
+    other = holding(agent(loc_of(env, d, theirs)), "luns/g.lease", 0)
+    with pytest.raises(LockHeld):
+        shared.try_lock("luns/g.lease", 0)
+    lock1 = shared.try_lock("luns/g.lease", 1)  # another byte is another lock
+    assert other.call("release") == "released"
+    lock0 = shared.try_lock("luns/g.lease", 0)
+    assert other.call("lock", "luns/g.lease", 0) == "held"
+    assert other.call("lock", "luns/g.lease", 1) == "held"
+    lock0.release()
+    lock1.release()
+    assert other.call("lock", "luns/g.lease", 0) == "locked"
+    shared.close()
+
+
+@pytest.mark.parametrize("pair", [("fuse", "fuse"), ("gfapi", "gfapi"), ("gfapi", "gfapi2"),
+                                  ("fuse", "gfapi")])
+def test_locks_conflict_inside_one_process(group_gluster_volume, pair):
+    """Two SharedDir objects of this process (for gfapi/gfapi: one Gluster client; gfapi2 is
+    another client, reached as localhost): the second Lock gets LockHeld, not success."""
+    env, d = group_gluster_volume, _dir()
+
+    def make(how: str) -> SharedDir:
+        if how == "gfapi2":
+            return open_shared(gfapi_loc(env, d, "localhost"))
+        return open_shared(loc_of(env, d, how))
+
+    a, b = make(pair[0]), make(pair[1])
+    lock = a.try_lock("luns/g.lease", 0)
+    with pytest.raises(LockHeld):
+        b.try_lock("luns/g.lease", 0)
+    with pytest.raises(LockHeld):
+        a.try_lock("luns/g.lease", 0)
+    lock.release()
+    b.try_lock("luns/g.lease", 0).release()
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("how", ["fuse", "gfapi"])
+def test_other_fds_of_the_locked_file_do_not_drop_the_lock(group_gluster_volume, agent, how):
+    """Reads and writes of the lease record (their own fds, opened and closed) and a plain
+    open/close through FUSE leave the Lock held, as another process sees."""
+    env, d = group_gluster_volume, _dir()
+    shared = open_shared(loc_of(env, d, how))
+    second = open_shared(loc_of(env, d, how))
+    lock = shared.try_lock("luns/g.lease", 0)
+    for i in range(5):
+        shared.write("luns/g.lease", {"beat": i})
+        second.write("luns/g.lease", {"beat": i})
+        assert shared.read("luns/g.lease") is not None
+        assert second.read("luns/g.lease") is not None
+    with open(env.fuse_path(f"{d}/luns/g.lease"), "rb") as f:
+        f.read(100)
+    other = agent(loc_of(env, d, "gfapi" if how == "fuse" else "fuse"))
+    assert other.call("lock", "luns/g.lease", 0) == "held"
+    lock.release()
+    assert other.call("lock", "luns/g.lease", 0) == "locked"
+
+
+def _free_after_kill(holder: Agent, shared: SharedDir, name: str) -> float:
+    """SIGKILL the holder; seconds until ``shared`` gets the lock (polled every 10 ms)."""
+    dead = holder.kill()
+    deadline = dead + 120  # a hang guard, not a timing assertion
+    while True:
+        try:
+            shared.try_lock(name, 0).release()
+            return time.monotonic() - dead
+        except LockHeld:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"lock still held {time.monotonic() - dead:.1f}s after"
+                                     " its holder was killed") from None
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("holder_how", ["fuse", "gfapi"])
+def test_a_killed_holder_frees_the_lock_within_seconds(group_gluster_volume, agent, holder_how,
+                                                       capsys):
+    env, d = group_gluster_volume, _dir()
+    shared = open_shared(gfapi_loc(env, d))
+    fuse = open_shared(fuse_loc(env, d))
+    times = []
+    for i in range(3):
+        name = f"luns/k{i}.lease"
+        holder = holding(agent(loc_of(env, d, holder_how)), name, 0)
+        with pytest.raises(LockHeld):
+            shared.try_lock(name, 0)
+        times.append(_free_after_kill(holder, shared if i % 2 else fuse, name))
+    with capsys.disabled():
+        print(f"\n[measured] lock free after SIGKILL of a {holder_how} holder: "
+              + ", ".join(f"{t:.3f}s" for t in times))
+
+
+@pytest.mark.parametrize("volume", ["group_gluster_volume", "group_plain_volume"])
+@pytest.mark.parametrize("writer", ["fuse", "gfapi"])
+def test_no_stale_read_across_clients(request, agent, volume, writer, capsys):
+    """ROUNDS times: this process writes through one access method; another process, through
+    the other, reads right after write() returned and must see exactly that record. Then the
+    other way round (it writes, we read)."""
+    env, d = request.getfixturevalue(volume), _dir()
+    reader_how = "gfapi" if writer == "fuse" else "fuse"
+    mine = open_shared(loc_of(env, d, writer))
+    other = agent(loc_of(env, d, reader_how))
+    stale = 0
+    t0 = time.monotonic()
+    for i in range(ROUNDS):
+        data = {"i": i, "pad": "x" * (i % 7) * 300}
+        seq = mine.write("luns/s.lease", data)
+        got = other.call("read", "luns/s.lease")
+        stale += got != [seq, data]
+        assert got == [seq, data], f"round {i}: read {got!r}, wrote seq {seq}"
+        seq2 = other.call("write", "luns/s.lease", {"back": i})
+        assert mine.read("luns/s.lease") == Record(seq2, {"back": i}), f"round {i}"
+    with capsys.disabled():
+        print(f"\n[measured] {volume} {writer} -> {reader_how} and back: {ROUNDS} rounds,"
+              f" {stale} stale, {1000 * (time.monotonic() - t0) / ROUNDS / 2:.1f} ms per"
+              " write + cross-process read")
+
+
+def test_identity_and_definition_through_both_backends(group_gluster_volume):
+    env, d = group_gluster_volume, _dir()
+    fuse = open_shared(fuse_loc(env, d))
+    api = open_shared(gfapi_loc(env, d))
+    with open(env.fuse_path("lun1.img"), "wb") as f:
+        f.truncate(1 << 20)
+    gfid = api.gfid("/lun1.img")
+    assert fuse.gfid(env.fuse_path("lun1.img")) == gfid
+    first = LunIdentity.new(str(uuid.uuid4()), "60014051234", "s1", 512, "/lun1.img")
+    assert record_identity(api, gfid, first) == first
+    other = LunIdentity.new(str(uuid.uuid4()), "60014059999", "s2", 4096, "/lun1.img")
+    assert record_identity(fuse, gfid, other) == first
+    assert read_identity(fuse, gfid) == first
+    gd.create(fuse, "g1")
+    gd.update(api, lambda defn: defn.gateways.update(a={"number": 1, "addresses": []}))
+    loaded = gd.load(fuse)
+    assert loaded is not None and loaded.version == 2 and "a" in loaded.gateways
+    assert os.path.getsize(env.fuse_path(f"{d}/group.json")) == 2 * 64 * 1024
