@@ -385,3 +385,29 @@ async def test_a_change_fails_not_ready_when_the_owner_never_applies_it(tmp_path
     assert res.status == Status.CHECK_CONDITION
     assert parse_sense(res.sense) == (SenseKey.NOT_READY, Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
     g.close()
+
+
+@arun
+async def test_preempt_and_abort_through_a_standby_aborts_the_victims_tasks_on_the_owner(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    aborted: list[tuple[Any, list[str]]] = []
+    g.members["a"].abort = lambda lu, ports: aborted.append((lu, ports))
+    servers = {n: DeviceServer({0: g.lus[n]}, target_name=TARGET) for n in ("a", "b")}
+    runners = {n: Runner(clock=g.clock) for n in ("a", "b")}
+    one_b, two_a = nexus("one", 2), nexus("two", 1)
+    for cdb, params in (prout(0, sa_key=0x2222), prout(1, key=0x2222, rtype=1)):
+        assert command(runners["a"], servers["a"], g.lus["a"], cdb, two_a, params).status == 0
+    cdb, params = prout(0, sa_key=0x1111)
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              one_b, params)
+    assert res.status == 0
+    cdb, params = prout(5, key=0x1111, sa_key=0x2222, rtype=1)  # PREEMPT AND ABORT
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              one_b, params)
+    assert res.status == 0
+    await asyncio.sleep(0.05)  # the abort is handed to the loop
+    assert aborted == [(g.lus["a"], [two_a.initiator_port])]
+    assert g.lus["a"].pop_ua(two_a.initiator_port) is Asc.REGISTRATIONS_PREEMPTED
+    g.close()

@@ -537,15 +537,19 @@ async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod
 
 def group_luns(cfg: dict[str, Any]) -> dict[str, Any]:
     """A group's LUNs are opened O_DIRECT (docs/HA.md decision 3: GOOD follows the bricks'
-    acknowledgement, no gateway-side cache a failover could lose)."""
+    acknowledgement, no gateway-side cache a failover could lose), and through gfapi without
+    the read cache (nothing drops it yet when ownership moves)."""
+
+    def direct(lu: dict[str, Any]) -> dict[str, Any]:
+        if lu["bstype"] == "memory":
+            return lu
+        options = {**(lu.get("options") or {}), "o_direct": True}
+        if lu["bstype"] in ("glfs", "gluster"):
+            options["cache"] = "off"
+        return {**lu, "options": options}
+
     out = dict(cfg)
-    out["targets"] = [
-        {**t, "luns": [
-            lu if lu["bstype"] == "memory"
-            else {**lu, "options": {**(lu.get("options") or {}), "o_direct": True}}
-            for lu in t["luns"]]}
-        for t in cfg["targets"]
-    ]
+    out["targets"] = [{**t, "luns": [direct(lu) for lu in t["luns"]]} for t in cfg["targets"]]
     return out
 
 
