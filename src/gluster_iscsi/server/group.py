@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from .. import __version__
 from ..backstore.base import BackingStoreError
 from ..group.lease import Do, Lease, LeaseRecord, Role
+from ..logs import PROBLEMS
 from .runner import lu_state
 
 log = logging.getLogger(__name__)
@@ -176,24 +177,30 @@ class GroupMember:
             self._timer.cancel()
             self._timer = None
         if release:
+            # Each call bounded: a volume that hangs must not hold the daemon's exit (the
+            # bricks drop this client's locks when the process ends anyway).
+            bound = self.lease_seconds
             for glu in list(self.luns.values()):
                 if glu.lock is None:
                     continue
                 self._push(glu, own_state="transitioning")
-                await self._drain(glu, self.lease_seconds)
+                await self._drain(glu, bound)
                 self._set_deadline(glu, -math.inf)
                 rec = glu.lease.record
                 try:
                     if rec is not None and glu.lease.role in (Role.OWNER, Role.MOVING_OUT,
                                                               Role.FENCED):
                         gone = LeaseRecord(None, glu.lease.epoch, rec.beat + 1, glu.applied, None)
-                        await self._call(self.shared.write, lease_name(glu.key), gone.to_dict())
-                except Exception as exc:  # noqa: BLE001 - releasing matters more
-                    log.warning("group: LUN %s: could not mark released: %s", glu.key, exc)
-                await self._release(glu)
+                        await asyncio.wait_for(self._call(self.shared.write, lease_name(glu.key),
+                                                          gone.to_dict()), bound)
+                    lock, glu.lock = glu.lock, None
+                    if lock is not None:
+                        await asyncio.wait_for(self._call(lock.release), bound)
+                except Exception as exc:  # noqa: BLE001 - the rest must be released too
+                    log.warning("group: LUN %s: not released cleanly: %s", glu.key, exc)
             with contextlib.suppress(Exception):
-                await self._call(self.shared.write, gateway_name(self.gateway),
-                                 self._gateway_record(stopped=True))
+                await asyncio.wait_for(self._call(self.shared.write, gateway_name(self.gateway),
+                                                  self._gateway_record(stopped=True)), bound)
         else:
             for glu in self.luns.values():
                 self._set_deadline(glu, -math.inf)
@@ -359,6 +366,11 @@ class GroupMember:
             data = rec.data if rec is not None else None
             if not isinstance(data, dict) or not isinstance(data.get("number"), int):
                 continue
+            if data["number"] == self.number and not data.get("stopped"):
+                PROBLEMS.report(log, logging.ERROR, "group number", name,
+                                "group: gateway %s also claims number %d: give each gateway "
+                                "its own number (the ALUA tables are wrong until then)",
+                                name, self.number)
             beat = data.get("beat", 0)
             old = self.gateways.get(name)
             if old is None or old.beat != beat or old.number != data["number"]:
