@@ -18,6 +18,8 @@ from group_agent import Agent  # noqa: E402
 group_gluster_volume = gluster_volume_fixture("giscsi-group")
 # Default volume options (write-behind, read-ahead, io-cache, quick-read... all on).
 group_plain_volume = gluster_volume_fixture("giscsi-group-plain", profile="plain")
+# Its bricks get killed and restarted by the fault tests: nobody else may use it.
+group_fault_volume = gluster_volume_fixture("giscsi-group-fault")
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ as a script in a child process::
 Reads one JSON array per line on stdin and answers one JSON value per line on stdout:
 
     ["lock", NAME, BYTE]   -> "locked" | "held"     (try_lock; the Lock is kept)
+    ["refresh"]            -> "refreshed" | "lost"  (the last Lock taken)
     ["release"]            -> "released"            (the last Lock taken)
     ["read", NAME]         -> [seq, data] | null
     ["write", NAME, DATA]  -> seq
@@ -91,6 +92,12 @@ def main() -> int:
                 out = "locked"
             except LockHeld:
                 out = "held"
+        elif cmd[0] == "refresh":
+            try:
+                locks[-1].refresh()
+                out = "refreshed"
+            except LockHeld:
+                out = "lost"
         elif cmd[0] == "release":
             locks.pop().release()
             out = "released"

@@ -14,6 +14,9 @@ the facts HA.md's lease rests on (docs/HA.md, "Measured").
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
 import time
 import uuid
 
@@ -234,3 +237,74 @@ def test_identity_and_definition_through_both_backends(group_gluster_volume):
     loaded = gd.load(fuse)
     assert loaded is not None and loaded.version == 2 and "a" in loaded.gateways
     assert os.path.getsize(env.fuse_path(f"{d}/group.json")) == 2 * 64 * 1024
+
+
+# -- bricks that restart ------------------------------------------------------------------
+
+
+def _gluster(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(["gluster", "--mode=script", *args], capture_output=True, text=True,
+                          timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gluster {' '.join(args)}: {proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def _brick_pids(volume: str) -> dict[str, int]:
+    """Brick path -> pid of the bricks that run."""
+    xml = _gluster("volume", "status", volume, "--xml")
+    return {path: int(pid) for path, pid in
+            re.findall(r"<path>(/[^<]*)</path>.*?<pid>(-?\d+)</pid>", xml, re.S)
+            if int(pid) > 0}
+
+
+def _clients(volume: str) -> dict[str, int]:
+    """Brick path -> how many clients are connected to it."""
+    out = _gluster("volume", "status", volume, "clients", check=False)
+    return {path: int(n) for path, n in
+            re.findall(r"Brick : [^:\n]*:(\S+)\nClients connected : (\d+)", out)}
+
+
+def _restart_brick(volume: str, path: str, before: dict[str, int], holder: Agent) -> None:
+    """SIGKILL the brick, start it again (``volume start force``, retried while glusterd is
+    busy with another session's transaction) and wait until as many clients as ``before`` are
+    connected to it again, refreshing ``holder``'s lock meanwhile."""
+    os.kill(_brick_pids(volume)[path], signal.SIGKILL)
+    deadline = time.monotonic() + 120  # hang guards
+    while path in _brick_pids(volume):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    while path not in _brick_pids(volume):
+        assert time.monotonic() < deadline, "the brick does not start again"
+        _gluster("volume", "start", volume, "force", check=False)
+        time.sleep(1)
+    while _clients(volume).get(path, 0) < before[path]:
+        assert time.monotonic() < deadline, f"clients do not reconnect to {path}"
+        assert holder.call("refresh") == "refreshed"
+        time.sleep(0.5)
+    assert holder.call("refresh") == "refreshed"
+
+
+@pytest.mark.parametrize("how", ["fuse", "gfapi"])
+def test_a_lock_survives_restarting_every_brick_only_if_refreshed(group_fault_volume, agent,
+                                                                   how):
+    """GlusterFS 10.3 does not re-take locks on a brick that comes back: restart the three
+    bricks of the replica set one after the other and a lock nobody refreshed is gone (another
+    process takes it, while its holder's writes still succeed), whereas Lock.refresh() after
+    each reconnect keeps it held. The lease refreshes every beat (docs/HA.md, Measured)."""
+    env, d = group_fault_volume, _dir()
+    refreshing = holding(agent(loc_of(env, d, how)), "luns/kept.lease", 0)
+    idle = holding(agent(loc_of(env, d, how)), "luns/idle.lease", 0)
+    other = agent(gfapi_loc(env, d))
+    other_fuse = agent(fuse_loc(env, d))
+    before = _clients(env.volume)
+    assert len(before) == 3 and len(_brick_pids(env.volume)) == 3
+    for path in sorted(before):
+        _restart_brick(env.volume, path, before, refreshing)
+        assert other.call("lock", "luns/kept.lease", 0) == "held", path
+        assert other_fuse.call("lock", "luns/kept.lease", 0) == "held", path
+    assert idle.call("write", "luns/idle.lease", {"still": "writing"}) >= 1
+    assert other.call("lock", "luns/idle.lease", 0) == "locked"  # the idle holder lost it
+    assert idle.call("refresh") == "lost"  # ... and refresh tells it so
+    assert refreshing.call("release") == "released"
+    assert other.call("lock", "luns/kept.lease", 0) == "locked"

@@ -238,3 +238,18 @@ def test_writes_and_locks_create_their_folder(loc):
     shared.write("new/sub/rec", {"a": 1})
     assert open_shared(loc).read("new/sub/rec") == Record(1, {"a": 1})
     shared.try_lock("other/lockfile", 3).release()
+
+
+def test_refresh_keeps_a_held_lock_and_refuses_a_released_one(loc, agent):
+    shared = open_shared(loc)
+    lock = shared.try_lock("luns/g.lease", 0)
+    lock.refresh()
+    lock.refresh()
+    assert lock.held
+    assert agent(loc).call("lock", "luns/g.lease", 0) == "held"
+    lock.release()
+    with pytest.raises(SharedDirError) as exc:
+        lock.refresh()
+    assert exc.value.errno == errno.EBADF
+    h = holding(agent(loc), "luns/g.lease", 0)
+    assert h.call("refresh") == "refreshed"

@@ -411,3 +411,43 @@ async def test_preempt_and_abort_through_a_standby_aborts_the_victims_tasks_on_t
     assert aborted == [(g.lus["a"], [two_a.initiator_port])]
     assert g.lus["a"].pop_ua(two_a.initiator_port) is Asc.REGISTRATIONS_PREEMPTED
     g.close()
+
+
+class Forgetful:
+    """The owner's lock as a Gluster brick restart leaves it: gone on the bricks while its
+    holder still thinks it holds it; ``refresh`` re-takes the byte (or finds it taken)."""
+
+    def __init__(self, shared: Any, name: str, inner: Any) -> None:
+        self.shared, self.name, self.inner = shared, name, inner
+        self.held = True
+
+    def forget(self) -> None:
+        self.inner.release()  # the bricks dropped it; the holder was not told
+
+    def refresh(self) -> None:
+        if not self.inner.held:
+            self.inner = self.shared.try_lock(self.name, 0)  # LockHeld if taken meanwhile
+
+    def release(self) -> None:
+        self.held = False
+        self.inner.release()
+
+
+@arun
+async def test_an_owner_whose_lock_the_bricks_forgot_refreshes_it_or_stands_down(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a = g.members["a"].luns[KEY]
+    lock = Forgetful(g.dirs[0], lease_name(KEY), a.lock)
+    a.lock = lock
+    lock.forget()
+    await g.rounds(1, only=["a"])  # refreshed before anyone took it: still the owner
+    assert g.role("a") is Role.OWNER and lock.inner.held
+    lock.forget()
+    await g.rounds(1, only=["b"])  # b takes the byte the bricks forgot
+    assert g.role("b") is Role.OWNER
+    await g.rounds(1, only=["a"])  # a's refresh finds it taken: a stands down at once
+    assert g.role("a") is Role.STANDBY
+    assert lu_state(g.lus["a"]).issue_deadline == float("-inf")
+    g.close()

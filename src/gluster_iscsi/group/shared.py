@@ -123,19 +123,47 @@ class Lock:
     the process ends: dropping the object does not release it. ``held`` is False once
     released.
 
-    ``held`` says only that this object has not released it: a Gluster client that lost its
-    bricks for longer than their timeouts has lost its locks without knowing (the lease's
-    heartbeat and issue deadline, HA.md decision 3, are what bound that)."""
+    ``held`` says only that this object has not released it (nor seen it lost in
+    :meth:`refresh`). On Gluster a lock can be lost without its holder hearing of it: a brick
+    that restarts comes back without the locks it held (GlusterFS 10.3 does not re-take them
+    on reconnect), so once every brick of the replica set has restarted, nobody holds the
+    lock any more while its holder's writes still succeed (measured: docs/HA.md, "Measured").
+    A holder that keeps a lock for long (the lease) must :meth:`refresh` it often (every
+    beat): that re-takes it on the bricks that came back, or tells it was lost."""
 
     def __init__(self, location: str, name: str, byte: int,
-                 release: Callable[[], None]) -> None:
+                 release: Callable[[], None], relock: Callable[[], None]) -> None:
         self.location = location
         self.name = name
         self.byte = byte
         self.held = True
         self._release: Callable[[], None] | None = release
+        self._relock = relock
         self._on_release: Callable[[Lock], None] | None = None
         self._mutex = threading.Lock()
+
+    def refresh(self) -> None:
+        """Take the lock again on its own fd: a no-op where it is held, and it re-takes it on
+        Gluster bricks that lost it by restarting. Raises :class:`LockHeld` if someone else
+        holds the byte now (the lock was lost; this Lock is released: ``held`` False),
+        SharedDirError (EBADF if already released) on other errors."""
+        with self._mutex:
+            if self._release is None:
+                raise SharedDirError(errno.EBADF, f"lock on byte {self.byte} of {self.name}"
+                                     f" in group directory {self.location} was released")
+        try:
+            self._relock()
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                try:
+                    self.release()
+                except OSError:
+                    pass
+                raise LockHeld(self.location, self.name, self.byte) from None
+            code = e.errno or errno.EIO
+            raise SharedDirError(code, f"cannot refresh the lock on byte {self.byte} of"
+                                 f" {self.name} in group directory {self.location}:"
+                                 f" {os.strerror(code)}") from e
 
     def release(self) -> None:
         """Unlock and close the lock's fd; idempotent. Raises SharedDirError if the unlock
@@ -460,7 +488,10 @@ class PathSharedDir(SharedDir):
             finally:
                 os.close(fd)
 
-        return Lock(self.location, name, byte, release)
+        def relock() -> None:
+            fcntl.fcntl(fd, _OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
+
+        return Lock(self.location, name, byte, release, relock)
 
     def _list(self, folder: str) -> list[str]:
         try:
@@ -624,7 +655,10 @@ class GfapiSharedDir(SharedDir):
             finally:
                 self._close_fd(f, name)
 
-        return Lock(self.location, name, byte, release)
+        def relock() -> None:
+            f.posix_lock(fcntl.F_SETLK, gf.Flock(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
+
+        return Lock(self.location, name, byte, release, relock)
 
     def _list(self, folder: str) -> list[str]:
         path = self._path(folder)

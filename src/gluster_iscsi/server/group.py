@@ -58,6 +58,7 @@ class Locked(Protocol):
     held: bool
 
     def release(self) -> None: ...
+    def refresh(self) -> None: ...
 
 
 class Shared(Protocol):
@@ -403,9 +404,18 @@ class GroupMember:
     async def _owner_beat(self, glu: GroupLu, start: float) -> None:
         lease = glu.lease
         try:
+            # Re-take the lock first: a Gluster brick that restarted lost it (docs/HA.md,
+            # "Measured"); a byte someone else holds now means the LUN was lost.
+            holding = glu.lock is not None and glu.lock.held
+            if glu.lock is not None and holding:
+                try:
+                    await self._call(glu.lock.refresh)
+                except Exception as exc:
+                    if not _lock_held_error(exc):
+                        raise
+                    holding = False
             got = await self._call(self.shared.read, lease_name(glu.key))
             rec = LeaseRecord.from_dict(got.data if got is not None else None)
-            holding = glu.lock is not None and glu.lock.held
             await self._poll_state(glu)
             new = lease.owner_read(rec, glu.applied, holding=holding)
             if new is None:
