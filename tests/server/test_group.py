@@ -451,3 +451,50 @@ async def test_an_owner_whose_lock_the_bricks_forgot_refreshes_it_or_stands_down
     assert g.role("a") is Role.STANDBY
     assert lu_state(g.lus["a"]).issue_deadline == float("-inf")
     g.close()
+
+
+class Host:
+    def __init__(self) -> None:
+        self.results: list[ScsiResult] = []
+
+    def reserve(self, task: ScsiTask, n: int) -> bool:
+        return True
+
+    def full_status(self) -> Status:
+        return Status.TASK_SET_FULL
+
+    def alone(self) -> bool:
+        return True
+
+    def complete(self, task: ScsiTask, result: ScsiResult) -> None:
+        self.results.append(result)
+
+
+@arun
+async def test_past_the_deadline_the_runner_issues_nothing_even_before_the_alua_table_says_so(
+        tmp_path):
+    g = Group(tmp_path, ["a"])
+    await g.start()
+    await g.rounds(1, step=0.0)
+    lu = g.lus["a"]
+    server = DeviceServer({0: lu}, target_name=TARGET)
+    who = nexus("one", 1)
+    server.nexus_added(who)
+    runner, host = Runner(clock=g.clock), Host()
+
+    def write(fill: bytes) -> ScsiResult:
+        lu.clear_ua(who.initiator_port)
+        data = memoryview(bytearray(fill * 512))
+        task = ScsiTask(bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0]), 0, who, data_out=data,
+                        expected_length=512, write=True)
+        runner.start(task, server.execute(task), lu, host)
+        return host.results[-1]
+
+    assert write(b"1").status == Status.GOOD
+    g.clock.now += 5.0  # the deadline passed; the fencing timer has not run yet
+    assert lu.alua.state_of(1) is S.ACTIVE_OPTIMIZED
+    res = write(b"2")
+    assert res.status == Status.CHECK_CONDITION
+    assert parse_sense(res.sense) == (SenseKey.NOT_READY, Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
+    assert bytes(lu.store.read(0, 1)) == b"1"  # nothing was issued
+    g.close()
