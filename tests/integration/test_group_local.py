@@ -190,4 +190,14 @@ def test_group_of_three_owner_standby_alua_pr_and_failover(gateways):
             assert status == 0 and data == b"\x5a" * 512
         print(f"failover after SIGKILL: {took:.2f}s")
 
+        # a planned stop (SIGTERM) of the new owner: it releases, the last gateway takes over
+        last = gw3 if owner is gw2 else gw2
+        assert owner.stop(signal.SIGTERM) == 0
+        async with Session("127.0.0.1", last.port, IQN, "iqn.2026-12.org.test:x") as s:
+            async def good():
+                status, data, _ = await cmd(s, read10(8), read_len=512)
+                return data if status == 0 else None
+
+            assert await until(good, 10, "the last gateway serving") == b"\xa5" * 512
+
     asyncio.run(main())
