@@ -141,8 +141,9 @@ def test_locks_conflict_inside_one_process(group_gluster_volume, pair):
 
 @pytest.mark.parametrize("how", ["fuse", "gfapi"])
 def test_other_fds_of_the_locked_file_do_not_drop_the_lock(group_gluster_volume, agent, how):
-    """Reads and writes of the lease record (their own fds, opened and closed) and a plain
-    open/close through FUSE leave the Lock held, as another process sees."""
+    """Reads and writes of the lease record (their own fds, opened and closed), a plain
+    open/close through FUSE and another Lock on byte 1 taken and released leave the Lock on
+    byte 0 held, as another process sees."""
     env, d = group_gluster_volume, _dir()
     shared = open_shared(loc_of(env, d, how))
     second = open_shared(loc_of(env, d, how))
@@ -154,6 +155,8 @@ def test_other_fds_of_the_locked_file_do_not_drop_the_lock(group_gluster_volume,
         assert second.read("luns/g.lease") is not None
     with open(env.fuse_path(f"{d}/luns/g.lease"), "rb") as f:
         f.read(100)
+    for _ in range(3):  # the state lock: byte 1 of the same file, taken and released
+        second.try_lock("luns/g.lease", 1).release()
     other = agent(loc_of(env, d, "gfapi" if how == "fuse" else "fuse"))
     assert other.call("lock", "luns/g.lease", 0) == "held"
     lock.release()
