@@ -11,6 +11,7 @@ Reads one JSON array per line on stdin and answers one JSON value per line on st
     ["read", NAME]         -> [seq, data] | null
     ["write", NAME, DATA]  -> seq
     ["gfid", PATH]         -> "uuid"
+    ["joins", PREFIX, N]   -> version               (N gateways PREFIX0.. join group.json)
 
 EOF on stdin ends it (the process's end drops its locks); it may also be killed.
 """
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gluster_iscsi.group import definition
 from gluster_iscsi.group.shared import Lock, LockHeld, open_shared
 
 
@@ -49,10 +51,17 @@ class Agent:
             raise RuntimeError(f"agent exited ({self.proc.wait(30)})")
         return json.loads(line)
 
-    def call(self, *cmd: Any) -> Any:
+    def send(self, *cmd: Any) -> None:
+        """Send a command without waiting for its answer (:meth:`answer` reads it)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
+
+    def answer(self) -> Any:
+        return self._answer()
+
+    def call(self, *cmd: Any) -> Any:
+        self.send(*cmd)
         return self._answer()
 
     def kill(self) -> float:
@@ -106,6 +115,15 @@ def main() -> int:
             out = None if rec is None else [rec.seq, rec.data]
         elif cmd[0] == "write":
             out = shared.write(cmd[1], cmd[2])
+        elif cmd[0] == "joins":  # ["joins", PREFIX, N]: N gateways join group.json
+            for i in range(cmd[2]):
+                gw = f"{cmd[1]}{i}"
+
+                def join(defn: definition.GroupDefinition, gw: str = gw) -> None:
+                    defn.gateways[gw] = {"number": definition.assign_number(defn, gw),
+                                         "addresses": [], "joined_at": 0}
+
+                out = definition.update(shared, join, timeout=60).version
         elif cmd[0] == "gfid":
             out = shared.gfid(cmd[1])
         else:

@@ -141,8 +141,9 @@ def test_locks_conflict_inside_one_process(group_gluster_volume, pair):
 
 @pytest.mark.parametrize("how", ["fuse", "gfapi"])
 def test_other_fds_of_the_locked_file_do_not_drop_the_lock(group_gluster_volume, agent, how):
-    """Reads and writes of the lease record (their own fds, opened and closed) and a plain
-    open/close through FUSE leave the Lock held, as another process sees."""
+    """Reads and writes of the lease record (their own fds, opened and closed), a plain
+    open/close through FUSE and another Lock on byte 1 taken and released leave the Lock on
+    byte 0 held, as another process sees."""
     env, d = group_gluster_volume, _dir()
     shared = open_shared(loc_of(env, d, how))
     second = open_shared(loc_of(env, d, how))
@@ -154,6 +155,8 @@ def test_other_fds_of_the_locked_file_do_not_drop_the_lock(group_gluster_volume,
         assert second.read("luns/g.lease") is not None
     with open(env.fuse_path(f"{d}/luns/g.lease"), "rb") as f:
         f.read(100)
+    for _ in range(3):  # the state lock: byte 1 of the same file, taken and released
+        second.try_lock("luns/g.lease", 1).release()
     other = agent(loc_of(env, d, "gfapi" if how == "fuse" else "fuse"))
     assert other.call("lock", "luns/g.lease", 0) == "held"
     lock.release()
@@ -308,3 +311,49 @@ def test_a_lock_survives_restarting_every_brick_only_if_refreshed(group_fault_vo
     assert idle.call("refresh") == "lost"  # ... and refresh tells it so
     assert refreshing.call("release") == "released"
     assert other.call("lock", "luns/kept.lease", 0) == "locked"
+
+
+@pytest.mark.parametrize("how", ["fuse", "gfapi"])
+def test_a_frozen_holder_keeps_its_lock(group_gluster_volume, agent, how):
+    """SIGSTOP is not death: the bricks never ping clients and the stopped process's
+    connections stay up, so its lock stays held (HA.md, Measured: a hung gateway blocks the
+    takeover of its LUNs until it is killed)."""
+    env, d = group_gluster_volume, _dir()
+    holder = holding(agent(loc_of(env, d, how)), "luns/f.lease", 0)
+    shared = open_shared(gfapi_loc(env, d))
+    os.kill(holder.proc.pid, signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            time.sleep(4)
+            with pytest.raises(LockHeld):
+                shared.try_lock("luns/f.lease", 0)
+    finally:
+        os.kill(holder.proc.pid, signal.SIGCONT)
+    assert holder.call("refresh") == "refreshed"
+
+
+def test_an_unknown_volume_is_an_error_naming_the_location(group_gluster_volume):
+    env = group_gluster_volume
+    loc = f"gluster://{env.host}/no-such-volume-{uuid.uuid4().hex[:6]}/grp"
+    with pytest.raises(OSError) as exc:
+        open_shared(loc)
+    assert loc in str(exc.value)
+    assert "no-such-volume" in str(exc.value)
+
+
+def test_concurrent_definition_updates_through_fuse_and_gfapi_lose_nothing(
+        group_gluster_volume, agent):
+    """Two processes, one through FUSE and one through gfapi, each make 15 updates of
+    group.json at the same time: the lock and the fresh read under it lose none."""
+    env, d = group_gluster_volume, _dir()
+    gd.create(open_shared(fuse_loc(env, d)), "g1")
+    a, b = agent(fuse_loc(env, d)), agent(gfapi_loc(env, d))
+    a.send("joins", "fuse-", 15)
+    b.send("joins", "gfapi-", 15)
+    assert max(a.answer(), b.answer()) == 31
+    for shared in (open_shared(fuse_loc(env, d)), open_shared(gfapi_loc(env, d))):
+        defn = gd.load(shared)
+        assert defn is not None and defn.version == 31
+        assert sorted(defn.gateways) == sorted([f"fuse-{i}" for i in range(15)]
+                                               + [f"gfapi-{i}" for i in range(15)])
+        assert sorted(g["number"] for g in defn.gateways.values()) == list(range(1, 31))
