@@ -498,3 +498,18 @@ async def test_past_the_deadline_the_runner_issues_nothing_even_before_the_alua_
     assert parse_sense(res.sense) == (SenseKey.NOT_READY, Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
     assert bytes(lu.store.read(0, 1)) == b"1"  # nothing was issued
     g.close()
+
+
+@arun
+async def test_mode_select_through_a_standby_write_protects_the_owner(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    server = DeviceServer({0: g.lus["b"]}, target_name=TARGET)
+    page = bytes([0x0A, 10, 0, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0])  # control page, SWP
+    params = bytes(4) + page
+    cdb = bytes([0x15, 0x10, 0, 0, len(params), 0])
+    res = await while_beating(g, ["a"], command, Runner(clock=g.clock), server, g.lus["b"], cdb,
+                              nexus("one", 2), params)
+    assert res.status == Status.GOOD
+    assert g.lus["a"].write_protected  # the owner refuses writes from now on
