@@ -513,3 +513,4 @@ async def test_mode_select_through_a_standby_write_protects_the_owner(tmp_path):
                               nexus("one", 2), params)
     assert res.status == Status.GOOD
     assert g.lus["a"].write_protected  # the owner refuses writes from now on
+    g.close()

@@ -622,8 +622,11 @@ class GroupMember:
                         asc = _asc(ev.get("asc", 0))
                     except ValueError:
                         continue
-                    if port in lu._ua:
-                        lu.queue_ua(port, asc)
+                    # a port, or an initiator name (a registration made for all its ports)
+                    prefix = port.lower() + ",i,"
+                    for local in list(lu._ua):
+                        if local == port or local.lower().startswith(prefix):
+                            lu.queue_ua(local, asc)
                     if ev.get("abort"):
                         aborts.append(port)
             glu.applied = version
