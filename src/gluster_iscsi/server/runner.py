@@ -462,7 +462,7 @@ class Runner:
         self.engines = engines
         self.calls: dict[type, StoreCall] = calls if calls is not None else STORE_CALLS
         #: Request types whose call (in ``calls`` as given) is memory only: always inline.
-        self._inline: frozenset[type] = frozenset(
+        self._memory_only_requests: frozenset[type] = frozenset(
             t for t, call in self.calls.items() if call in _MEMORY_ONLY
         )
         self.locks: Locks = locks if locks is not None else LockTable()
@@ -539,7 +539,7 @@ class Runner:
                     result = ScsiResult(host.full_status())
                     break
                 if t is WaitJob or (store.blocking and self.engines is not None
-                                    and t not in self._inline):
+                                    and t not in self._memory_only_requests):
                     self._submit(task, gen, lu, host, req, target, t0)
                     return
                 try:
