@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import uuid
 
@@ -357,3 +358,32 @@ def test_concurrent_definition_updates_through_fuse_and_gfapi_lose_nothing(
         assert sorted(defn.gateways) == sorted([f"fuse-{i}" for i in range(15)]
                                                + [f"gfapi-{i}" for i in range(15)])
         assert sorted(g["number"] for g in defn.gateways.values()) == list(range(1, 31))
+
+
+@pytest.mark.parametrize("how", ["fuse", "gfapi"])
+def test_one_shared_dir_serves_several_threads(group_gluster_volume, how):
+    """The server calls one SharedDir from several worker threads: records and locks of
+    different files from 4 threads at once, each sees its own writes, and the locks of one
+    thread never leak into another's (a thread's last gfapi lock owner lingers in libgfapi)."""
+    env, d = group_gluster_volume, _dir()
+    shared = open_shared(loc_of(env, d, how))
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(25):
+                seq = shared.write(f"gateways/t{t}", {"t": t, "i": i})
+                assert shared.read(f"gateways/t{t}") == Record(seq, {"t": t, "i": i})
+                with shared.try_lock(f"luns/t{t}.lease", 0):
+                    with pytest.raises(LockHeld):
+                        shared.try_lock(f"luns/t{t}.lease", 0)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert shared.names("gateways/") == [f"gateways/t{t}" for t in range(4)]

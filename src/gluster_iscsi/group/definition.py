@@ -6,13 +6,12 @@ Shape (the record's data)::
      "settings": {"beat_seconds": 1.0, "lease_seconds": 5.0},
      "gateways": {"gw-a": {"number": 1, "addresses": ["192.0.2.1:3260"], "joined_at": 1.7e9}},
      "targets": [ ... ],          # as the daemon config's "targets" (control/config.py)
-     "accounts": {"alice": "secret-of-12+"},   # CHAP accounts the targets name, as there
      "luns": {"<gfid>": {"target": "iqn...", "lun": 1, "path": "/luns/d1.img",
                          "preferred": "gw-a"}}}
 
-Targets and accounts are stored as plain dicts: this layer cannot import ``control/`` (its
-validation); ``control`` validates them before :func:`update` and after :func:`load`. CHAP
-secrets are readable by anyone who can read the volume's group directory.
+Targets are stored as plain dicts: this layer cannot import ``control/`` (its validation);
+``control`` validates them before :func:`update` and after :func:`load`. The CHAP accounts
+the targets name are ``control``'s own record beside this one (``accounts.json``).
 
 Changes go through :func:`update`: lock byte 0 of ``group.json``, read the latest version,
 apply the caller's function, version + 1, write, unlock. Every gateway polls the version.
@@ -44,9 +43,8 @@ class DefinitionExists(ValueError):
 @dataclass
 class GroupDefinition:
     """The group: its name, version (bumped by every :func:`update`), settings, gateways
-    ``{name: {number, addresses: ["host:port"], joined_at}}``, targets and CHAP accounts (the
-    daemon config's shapes) and LUNs ``{gfid: {target, lun, path (volume-relative),
-    preferred (gateway)}}``."""
+    ``{name: {number, addresses: ["host:port"], joined_at}}``, targets (the daemon config's
+    shape) and LUNs ``{gfid: {target, lun, path (volume-relative), preferred (gateway)}}``."""
 
     name: str
     version: int = 0
@@ -54,7 +52,6 @@ class GroupDefinition:
     gateways: dict[str, dict[str, Any]] = field(default_factory=dict)
     targets: list[dict[str, Any]] = field(default_factory=list)
     luns: dict[str, dict[str, Any]] = field(default_factory=dict)
-    accounts: dict[str, str] = field(default_factory=dict)
 
     @property
     def beat_seconds(self) -> float:
@@ -72,7 +69,6 @@ class GroupDefinition:
             "gateways": copy.deepcopy(self.gateways),
             "targets": copy.deepcopy(self.targets),
             "luns": copy.deepcopy(self.luns),
-            "accounts": dict(self.accounts),
         }
 
     @classmethod
@@ -87,7 +83,6 @@ class GroupDefinition:
             gateways=copy.deepcopy(data.get("gateways") or {}),
             targets=copy.deepcopy(data.get("targets") or []),
             luns=copy.deepcopy(data.get("luns") or {}),
-            accounts=dict(data.get("accounts") or {}),
         )
         check(defn)
         return defn
@@ -131,10 +126,6 @@ def check(defn: GroupDefinition) -> None:
             raise ValueError(f"{where}.addresses must be a list of \"host:port\" strings")
     if not isinstance(defn.targets, list) or not all(isinstance(t, dict) for t in defn.targets):
         raise ValueError("group definition: targets must be a list of objects")
-    if not isinstance(defn.accounts, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in defn.accounts.items()
-    ):
-        raise ValueError("group definition: accounts must be an object of user: secret")
     if not isinstance(defn.luns, dict):
         raise ValueError("group definition: luns must be an object keyed by GFID")
     for gfid, lun in defn.luns.items():

@@ -15,8 +15,10 @@ written in place (never renamed: one inode, so no name cache anywhere serves an 
 opened O_DIRECT for both reads and writes with aligned buffers (Gluster's write-behind,
 read-ahead and io-cache let O_DIRECT fds through when ``performance.strict-o-direct`` is on;
 fsync after every write covers volumes where it is off), and fsynced: when ``write`` returns,
-another client that reads the record sees it. Writers of one record must be serialised by
-their caller (a lock), or pass the ``seq`` they mean.
+another client that reads the record sees it (measured: docs/HA.md, "Measured"). Writers of
+one record must be serialised by their caller (a lock, and a read under it), or pass the
+``seq`` they mean: a writer whose remembered seq is behind writes a record that readers do
+not pick (the other slot has a higher seq) until its next write.
 
 Locks (:meth:`SharedDir.try_lock`, :meth:`SharedDir.lock`) are exclusive advisory locks on one
 byte of a file, each with an fd of its own kept open for the Lock's life:
@@ -31,7 +33,12 @@ byte of a file, each with an fd of its own kept open for the Lock's life:
   its owner on the file, and libgfapi keeps a thread's last owner for later calls.
 
 A lock dies with its holder: when the process exits or is killed, the kernel closes its fds
-(path) or its connections to the bricks close (gfapi), and the bricks drop its locks.
+(path) or its connections to the bricks close (gfapi), and the bricks drop its locks at once.
+Not before: a stopped (SIGSTOP) or hung holder keeps its locks. And a lock can die without
+its holder knowing: a Gluster brick that restarts comes back without its locks, so a holder
+that keeps a lock must :meth:`Lock.refresh` it (every beat).
+
+A SharedDir may be called from several threads at once (every call opens its own fds).
 
 GFIDs (:meth:`SharedDir.gfid`) name a file whatever address or mount path reaches it: the
 ``glusterfs.gfid.string`` xattr on FUSE, the gfapi handle (``glfs_h_lookupat`` +
@@ -42,8 +49,9 @@ Every call blocks (the server runs them on a worker thread). Errors are :class:`
 subclasses naming the location: :class:`SharedDirError`, :class:`TimeoutError` from
 :meth:`SharedDir.lock`. Nothing waits forever on our side, but a call on a Gluster volume
 whose bricks stop answering blocks until the client gives up on them: up to the volume's
-``network.ping-timeout`` (42 s by default, 20 s in the gluster-block profile) through gfapi,
-and the same through FUSE (plus the kernel's own FUSE request handling).
+``network.ping-timeout`` (42 s unless set; the gluster-block group leaves it) through gfapi,
+and the same through FUSE (plus the kernel's own FUSE request handling). Callers that must
+not wait that long bound the call from outside (the server's coordinator does).
 """
 
 from __future__ import annotations
