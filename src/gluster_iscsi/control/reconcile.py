@@ -97,14 +97,51 @@ class Reconciler:
         #: One change at a time (the control API and SIGHUP share it).
         self.lock = asyncio.Lock()
         self._st = _State()
+        #: In a gateway group (``control/group.py``): the link to the group directory, whose
+        #: definition (targets, LUNs, ACLs, CHAP) every apply composes with the local config.
+        self.group_link: Any = None
+        #: the local config last applied in a group (what the config file keeps)
+        self._local: dict[str, Any] | None = None
 
     def current(self) -> dict[str, Any]:
-        """A copy of the config last applied (empty before the first apply)."""
+        """A copy of the config last applied (empty before the first apply); in a group,
+        the composed one (the group's targets as this gateway reaches their files)."""
         return copy.deepcopy(self._st.cfg)
+
+    def local(self) -> dict[str, Any]:
+        """A copy of what the config file keeps: :meth:`current` outside a group; in a group,
+        the local config without the group's targets."""
+        if self.group_link is None or self._local is None:
+            return self.current()
+        return copy.deepcopy({**self._local, "epoch": self._st.cfg["epoch"]})
 
     def set_epoch(self, epoch: int) -> None:
         """Keep the applied config's epoch in step with the file just saved."""
         self._st.cfg["epoch"] = epoch
+        if self._local is not None:
+            self._local["epoch"] = epoch
+
+    def compose(self, desired: dict[str, Any]) -> dict[str, Any]:
+        """What to run for the local config ``desired``: itself outside a group, else with
+        the group definition's targets (``group.compose``)."""
+        link = self.group_link
+        if link is None or not desired.get("group") or link.definition is None:
+            return desired
+        from .group import compose
+
+        return compose(desired, link.definition, link.access)
+
+    def group_lun(self, target_name: str, lun: int) -> tuple[str, str | None] | None:
+        """(gfid, preferred gateway) of a LUN the group definition owns, else None (a
+        local LUN): the one place that decides which LUNs are group LUNs."""
+        link = self.group_link
+        if link is None or link.definition is None:
+            return None
+        luns = link.definition.get("luns") or {}
+        for gfid, e in luns.items():
+            if str(e.get("target", "")).lower() == target_name.lower() and e.get("lun") == lun:
+                return gfid, e.get("preferred")
+        return None
 
     def logical_unit(self, target_name: str, lun: int) -> Any | None:
         """The open LogicalUnit of a LUN; None if it is offline or not configured."""
@@ -125,7 +162,11 @@ class Reconciler:
         self, desired: dict[str, Any], *, dry_run: bool = False, force: bool = False
     ) -> list[dict[str, Any]]:
         """:meth:`apply` for a caller that already holds :attr:`lock`."""
-        return await _apply(self.daemon, self._st, desired, dry_run=dry_run, force=force)
+        effective = self.compose(desired)
+        changes = await _apply(self.daemon, self._st, effective, dry_run=dry_run, force=force)
+        if not dry_run and self.group_link is not None:
+            self._local = cfgmod.validate(copy.deepcopy(desired), stat_files=False)
+        return changes
 
     async def forget(self) -> None:
         """Close every store opened for the daemon (at shutdown)."""
