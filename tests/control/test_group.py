@@ -123,17 +123,13 @@ def volume(tmp_path):
 
 
 class Gateway:
+    """A fake daemon with what a group member adds (status, moves), and its control."""
+
     def __init__(self, state_dir, fake_runtime) -> None:
         self.state_dir = state_dir
-        self.daemon = FakeDaemon(state_dir)
-        self.server = ControlServer(self.daemon)
         self.moves: list[tuple[str, str]] = []
-
-        async def group_move(key, to):
-            self.moves.append((key, to))
-            return {"epoch": 7}
-
-        self.daemon.group_move = group_move  # type: ignore[attr-defined]
+        self.status: dict = {}
+        self.restart()
 
     def call(self, op, **args):
         return asyncio.run(self._call(op, args))
@@ -156,16 +152,14 @@ class Gateway:
 
     def restart(self):
         self.daemon = FakeDaemon(self.state_dir)
-        self.daemon.group_move = self._move_fn()  # type: ignore[attr-defined]
-        self.server = ControlServer(self.daemon)
-        self._started = False
 
-    def _move_fn(self):
         async def group_move(key, to):
             self.moves.append((key, to))
-            return {"epoch": 7}
 
-        return group_move
+        self.daemon.group_move = group_move  # type: ignore[attr-defined]
+        self.daemon.group_status = lambda: self.status  # type: ignore[attr-defined]
+        self.server = ControlServer(self.daemon)
+        self._started = False
 
     def refresh(self):
         async def go():
@@ -318,14 +312,23 @@ def test_show_move_rebalance_and_initiator_config(pair):
         ("gw-a", 1, True), ("gw-b", 2, False)]
     assert [(x["lun"], x["preferred"]) for x in show["luns"]] == [(1, "gw-a"), (2, "gw-b")]
     gfid = show["luns"][0]["gfid"]
+    assert show["gateways"][1]["state"] == "unknown" and show["luns"][0]["owner"] is None
+    # what the group member knows (server/group.py GroupMember.status's shape)
+    a.status = {"gateways": {"gw-a": {"number": 1, "age": 0.0, "live": True, "version": "x"},
+                             "gw-b": {"number": 2, "age": 9.5, "live": False, "version": "x"}},
+                "luns": {gfid: {"owner": "gw-a", "epoch": 4, "role": "owner"}}}  # fmt: skip
+    show = a.call("group.show")
+    assert [(g["state"], g["beat_age"]) for g in show["gateways"]] == [("up", 0.0), ("down", 9.5)]
+    assert (show["luns"][0]["owner"], show["luns"][0]["epoch"]) == ("gw-a", 4)
     res = a.call("lun.move", target=T1, lun=1, to="gw-b")
     assert res["to"] == "gw-b" and a.moves == [(gfid, "gw-b")]
     with pytest.raises(ApiError) as e:
         a.call("lun.move", target=T1, lun=1, to="gw-z")
     assert e.value.code == "not_found" and "gw-a" in e.value.hint
     a.moves.clear()
-    reb = a.call("group.rebalance")
-    assert [(m["lun"], m["to"]) for m in reb["moves"]] == [(1, "gw-a"), (2, "gw-b")]
+    reb = a.call("group.rebalance")  # LUN 1 is on gw-a already, LUN 2 (owner unknown) moves
+    assert [(m["lun"], m["to"], m["done"]) for m in reb["moves"]] == [(2, "gw-b", True)]
+    assert len(a.moves) == 1
     ic = a.call("group.initiator_config")
     assert "127.0.0.1:3261" in "\n".join(ic["iscsiadm"]) and "127.0.0.1:3262" in "\n".join(
         ic["iscsiadm"])

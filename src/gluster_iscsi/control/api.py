@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ..model.names import InvalidName, is_network, validate_name
 from . import config as cfgmod
@@ -41,6 +41,16 @@ DEFAULT_OP_TIMEOUT = 120.0
 LONG_OPS = {"lun.create": 3600.0}
 IDLE_TIMEOUT = 60.0
 SIZE_TIMEOUT = 3.0  # how long 'list' waits for a store to say its size
+
+
+@runtime_checkable
+class GroupDaemon(Protocol):
+    """What a daemon in a gateway group adds to DaemonControl (its group member's view and
+    planned moves); a daemon without a member has neither."""
+
+    def group_status(self) -> Any: ...
+
+    def group_move(self, lun_key: str, gateway: str) -> Any: ...
 
 
 class UnsavedChange(ApiError):
@@ -682,18 +692,15 @@ class ControlServer:
         status = await self._group_status()
         gstat = status.get("gateways") or {}
         lstat = status.get("luns") or {}
-        now = time.time()
         gateways = []
         for name, g in groupmod.gateways_by_number(defn):
             st = gstat.get(name) or {}
-            age = st.get("beat_age")
-            if age is None and isinstance(st.get("beat"), int | float) and st["beat"] > 1e9:
-                age = max(0.0, now - st["beat"])
+            live = st.get("live")
             gateways.append({
                 "name": name, "number": g.get("number"), "addresses": g.get("addresses") or [],
                 "joined_at": g.get("joined_at"), "this": name == link.gateway,
-                "beat_age": age, "state": st.get("state") or ("up" if name == link.gateway
-                                                             else "unknown"),
+                "beat_age": st.get("age"), "version": st.get("version"),
+                "state": "unknown" if live is None else ("up" if live else "down"),
             })  # fmt: skip
         luns = []
         sessions = self._sessions()
@@ -705,7 +712,7 @@ class ControlServer:
             luns.append({
                 "gfid": gfid, "target": e.get("target"), "lun": e.get("lun"),
                 "path": e.get("path"), "preferred": e.get("preferred"),
-                "owner": st.get("owner"), "epoch": st.get("epoch"), "state": st.get("state"),
+                "owner": st.get("owner"), "epoch": st.get("epoch"), "role": st.get("role"),
                 "sessions": {link.gateway: here, **(st.get("sessions") or {})},
             })  # fmt: skip
         return {
@@ -718,11 +725,10 @@ class ControlServer:
 
     async def _group_status(self) -> dict[str, Any]:
         """What the runtime's group member knows (owners, epochs, beats); {} without one."""
-        fn = getattr(self.daemon, "group_status", None)
-        if fn is None:
+        if not isinstance(self.daemon, GroupDaemon):
             return {}
         try:
-            res = fn()
+            res = self.daemon.group_status()
             if asyncio.iscoroutine(res):
                 res = await res
         except Exception as e:  # the status is extra: the definition still shows
@@ -757,12 +763,11 @@ class ControlServer:
         return {"target": t["name"], "lun": lun, "gfid": found[0], "to": to, **moved}
 
     async def _move(self, gfid: str, to: str) -> dict[str, Any]:
-        fn = getattr(self.daemon, "group_move", None)
-        if fn is None:
+        if not isinstance(self.daemon, GroupDaemon):
             raise ApiError("unavailable", "this daemon cannot move LUNs (no group member)",
                            kind="group", hint="restart it after 'group join'")
         try:
-            res = fn(gfid, to)
+            res = self.daemon.group_move(gfid, to)
             if asyncio.iscoroutine(res):
                 res = await res
         except ApiError:
