@@ -222,9 +222,7 @@ class ControlServer:
         except cfgmod.ConfigError as e:
             raise ApiError("invalid", str(e), field=e.field) from None
         except reconcile.ReconcileError as e:
-            raise ApiError(
-                "unavailable", f"{e.field}: {e.message}", hint=e.hint, field=e.field
-            ) from None
+            raise ApiError(e.code, f"{e.field}: {e.message}", hint=e.hint, field=e.field) from None
         except Exception as e:
             log.exception("control op failed")
             raise ApiError("internal", f"internal error: {e!r}") from None
@@ -1003,7 +1001,7 @@ class ControlServer:
         async with self.reconciler.lock:
             # Everything the config can say, checked on a copy before the file is touched.
             trial = self._cfg()
-            edit(trial)
+            made = edit(trial)
             trial = cfgmod.validate(trial, stat_files=False)
             try:  # hard links and bind mounts too: stat calls, off the loop
                 await reconcile.check_exports(self.daemon, trial)
@@ -1018,6 +1016,13 @@ class ControlServer:
                 existing = await self._check_overwrite(backing, kind_of, overwrite)
                 created = await self._provision(backing, kind_of, nbytes, prealloc, overwrite)
             try:
+                if self.reconciler.group_link is None:
+                    # A file on a Gluster volume: the identity recorded there (decision 5),
+                    # whatever spelling or mount path names the file here.
+                    ident = await self._lone_identity(trial, made)
+                    if ident is not None:
+                        uuid, serial = ident["uuid"], ident["serial"]
+                        block_size = ident["block_size"]
                 out = await self._mutate_locked(edit)
             except UnsavedChange as e:
                 # Applied, then undone because the save failed: the file is unused again,
@@ -1030,6 +1035,19 @@ class ControlServer:
                     await self._unprovision(backing, kind_of, created)
                 raise
         return {**out["result"], "changes": out["changes"]}
+
+    async def _lone_identity(
+        self, cfg: dict[str, Any], made: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        from . import group as groupmod
+
+        t = cfgmod.find_target(cfg, made["target"])
+        assert t is not None
+        entry = next(x for x in t["luns"] if x["lun"] == made["lun"])
+        try:
+            return await self._in_executor(lambda: groupmod.lone_identity(entry))  # type: ignore[no-any-return]
+        except groupmod.GroupError as e:
+            raise ApiError(e.code, e.message, kind="lun", hint=e.hint) from None
 
     async def _in_executor(self, fn: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ Pure functions take plain dicts (:func:`definition_dict` turns the group layer's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -776,3 +777,133 @@ RESTART_HINT = (
     "restart the daemon so it serves as a group member: 'systemctl restart gluster-iscsi'"
     " (or stop it and run 'gluster-iscsi --state-dir {state_dir} serve' again)"
 )
+
+
+# ------------------------------------------------------------------ a lone gateway's claim
+
+
+def volume_of(backing: str, bstype: str | None = None) -> tuple[str, str, str] | None:
+    """Where the identity and lease of a lone gateway's file live: (group directory
+    location, what ``SharedDir.gfid`` takes, volume-relative path), or None for a file that
+    is on no shared volume (a local disk: nothing to claim). Blocking (stat calls).
+
+    A Gluster file is one through gfapi (``.gluster-iscsi`` at the volume's root, reached
+    with the same servers) or on a ``fuse.glusterfs`` mount (at the mount's root, created on
+    demand). Any other file under a directory that holds a ``.gluster-iscsi`` directory is
+    treated alike (a shared tree of another kind; the tests' stand-in for a volume)."""
+    from ..backstore.open import classify
+
+    try:
+        kind, where = classify(backing, bstype)
+    except ValueError:
+        return None
+    if kind == "gluster":
+        servers = ",".join(str(s) for s in getattr(where, "servers", ()))
+        vol, path = getattr(where, "volume", ""), str(getattr(where, "path", ""))
+        return f"gluster://{servers}/{vol}/{GROUP_DIR}", path, path
+    if kind != "file":
+        return None
+    path = posixpath.normpath(os.path.abspath(str(where)))
+    root = fuse_mount_root(path)
+    if root is None:
+        d = posixpath.dirname(path)
+        while True:
+            if os.path.isdir(posixpath.join(d, GROUP_DIR)):
+                root = d
+                break
+            if d == "/":
+                return None
+            d = posixpath.dirname(d)
+    return posixpath.join(root, GROUP_DIR), path, path[len(root.rstrip("/")):]
+
+
+class LoneClaim:
+    """A lone gateway's hold on one exported file: the group directory, the exclusive lock
+    on byte 0 of ``luns/<gfid>.lease`` and the identity recorded for the file."""
+
+    def __init__(self, shared: Any, lock: Any, gfid: str, identity: dict[str, Any]) -> None:
+        self.shared = shared
+        self.lock = lock
+        self.gfid = gfid
+        self.identity = identity
+
+    def release(self) -> None:
+        """Give the file back (its LU is closed): say so in the record, unlock, close."""
+        try:
+            with contextlib.suppress(OSError):
+                self.shared.write(lease_name(self.gfid), _lease_record(None))
+            self.lock.release()
+        finally:
+            self.shared.close()
+
+
+def lease_name(gfid: str) -> str:
+    return f"luns/{gfid}.lease"
+
+
+def _lease_record(owner: str | None) -> dict[str, Any]:
+    # The lease record's keys (group/lease.py LeaseRecord) plus "lone": not a group's owner.
+    return {"owner": owner, "epoch": 0, "beat": 0, "seen": 0, "move_to": None,
+            "lone": owner is not None}
+
+
+def claim_lone(lun_cfg: dict[str, Any], holder: str) -> LoneClaim | None:
+    """Claim the file of ``lun_cfg`` for this lone gateway (blocking): its identity (the
+    recorded one, or the entry's recorded now) and its lease lock. None for a file on no
+    shared volume. GroupError "busy" when another gateway holds it (naming it if its record
+    does): put both in a group."""
+    from ..group.shared import LockHeld
+
+    where = volume_of(lun_cfg["backing"], lun_cfg.get("bstype"))
+    if where is None:
+        return None
+    location, gfid_of, rel = where
+    shared = open_location(location)
+    try:
+        try:
+            gfid = str(shared.gfid(gfid_of))
+        except OSError as e:
+            raise GroupError("unavailable", f"cannot read the GFID of {lun_cfg['backing']}:"
+                             f" {e.strerror or e}") from None
+        name = lease_name(gfid)
+        try:
+            lock = shared.try_lock(name, 0)
+        except LockHeld:
+            rec = shared.read(name)
+            owner = (rec.data if rec is not None else {}).get("owner")
+            raise GroupError(
+                "busy", f"{lun_cfg['backing']} is exported by gateway"
+                f" {owner or '(another, unnamed)'}", "two gateways may export one file only"
+                " as members of one gateway group: put both in a group (gluster-iscsi group"
+                " create / group join), or stop exporting it there",
+            ) from None  # fmt: skip
+        try:
+            ident = record_lun_identity(shared, gfid, lun_cfg, rel)
+            shared.write(name, _lease_record(holder))
+        except BaseException:
+            lock.release()
+            raise
+        return LoneClaim(shared, lock, gfid, ident)
+    except BaseException:
+        shared.close()
+        raise
+
+
+def lone_identity(lun_cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The identity a lone gateway's new LUN gets: the one recorded for its file in the
+    volume's group directory (recording the entry's if none yet), or None for a file on no
+    shared volume (blocking)."""
+    where = volume_of(lun_cfg["backing"], lun_cfg.get("bstype"))
+    if where is None:
+        return None
+    location, gfid_of, rel = where
+    shared = open_location(location)
+    try:
+        try:
+            gfid = str(shared.gfid(gfid_of))
+        except OSError as e:
+            raise GroupError("unavailable", f"cannot read the GFID of {lun_cfg['backing']}:"
+                             f" {e.strerror or e}") from None
+        return record_lun_identity(shared, gfid, lun_cfg, rel)
+    finally:
+        shared.close()
