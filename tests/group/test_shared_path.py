@@ -9,6 +9,7 @@ import os
 import time
 
 import pytest
+from group_agent import holding
 
 from gluster_iscsi.group import records
 from gluster_iscsi.group.shared import (
@@ -126,36 +127,44 @@ def test_closing_other_fds_of_the_file_keeps_the_lock(loc):
     lock.release()
 
 
-def test_locks_conflict_across_processes(loc, holder):
-    h = holder(loc, "luns/g.lease", 0)
-    assert h.locked
+def test_locks_conflict_across_processes(loc, agent):
     shared = open_shared(loc)
+    h = holding(agent(loc), "luns/g.lease", 0)
     with pytest.raises(LockHeld):
         shared.try_lock("luns/g.lease", 0)
-    assert holder(loc, "luns/g.lease", 0).first == "held"  # a third process too
-    assert h.release() == "released"
+    assert agent(loc).call("lock", "luns/g.lease", 0) == "held"  # a third process too
+    assert h.call("lock", "luns/g.lease", 0) == "held"  # and its own second Lock
+    assert h.call("release") == "released"
     shared.try_lock("luns/g.lease", 0).release()
 
 
-def test_our_lock_is_seen_by_another_process(loc, holder):
+def test_our_lock_is_seen_by_another_process(loc, agent):
     shared = open_shared(loc)
     lock = shared.try_lock("luns/g.lease", 0)
-    assert holder(loc, "luns/g.lease", 0).first == "held"
+    other = agent(loc)
+    assert other.call("lock", "luns/g.lease", 0) == "held"
     lock.release()
-    h = holder(loc, "luns/g.lease", 0)
-    assert h.locked
+    assert other.call("lock", "luns/g.lease", 0) == "locked"
 
 
-def test_a_killed_holder_frees_the_lock(loc, holder):
-    h = holder(loc, "luns/g.lease", 0)
-    assert h.locked
+def test_a_killed_holder_frees_the_lock(loc, agent):
+    h = holding(agent(loc), "luns/g.lease", 0)
     h.kill()
     open_shared(loc).lock("luns/g.lease", 0, timeout=30).release()
 
 
-def test_lock_waits_then_times_out(loc, holder):
-    h = holder(loc, "luns/g.lease", 0)
-    assert h.locked
+def test_a_record_written_by_another_process_is_read_at_once(loc, agent):
+    other = agent(loc)
+    shared = open_shared(loc)
+    for i in range(20):
+        seq = other.call("write", "gateways/x", {"i": i})
+        assert shared.read("gateways/x") == Record(seq, {"i": i})
+        shared.write("gateways/x", {"j": i})
+        assert other.call("read", "gateways/x") == [seq + 1, {"j": i}]
+
+
+def test_lock_waits_then_times_out(loc, agent):
+    h = holding(agent(loc), "luns/g.lease", 0)
     shared = open_shared(loc)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError) as exc:
@@ -163,7 +172,7 @@ def test_lock_waits_then_times_out(loc, holder):
     assert time.monotonic() - t0 >= 0.3
     assert exc.value.errno == errno.ETIMEDOUT
     assert loc in str(exc.value) and "luns/g.lease" in str(exc.value)
-    h.release()
+    h.call("release")
     shared.lock("luns/g.lease", 0, timeout=5).release()
 
 
@@ -229,3 +238,18 @@ def test_writes_and_locks_create_their_folder(loc):
     shared.write("new/sub/rec", {"a": 1})
     assert open_shared(loc).read("new/sub/rec") == Record(1, {"a": 1})
     shared.try_lock("other/lockfile", 3).release()
+
+
+def test_refresh_keeps_a_held_lock_and_refuses_a_released_one(loc, agent):
+    shared = open_shared(loc)
+    lock = shared.try_lock("luns/g.lease", 0)
+    lock.refresh()
+    lock.refresh()
+    assert lock.held
+    assert agent(loc).call("lock", "luns/g.lease", 0) == "held"
+    lock.release()
+    with pytest.raises(SharedDirError) as exc:
+        lock.refresh()
+    assert exc.value.errno == errno.EBADF
+    h = holding(agent(loc), "luns/g.lease", 0)
+    assert h.call("refresh") == "refreshed"
