@@ -279,3 +279,23 @@ def test_a_lone_gateways_shared_state_requests_run_inline_even_for_a_blocking_st
     assert [r.status for r in host.results] == [Status.GOOD] * 3
     assert bytes(host.results[1].data or b"")[8:16] == A.to_bytes(8, "big")
     assert engines.pool.submitted == [] and lu.write_protected
+
+
+def test_a_groups_own_shared_state_calls_go_to_the_workers_for_a_blocking_store() -> None:
+    # The same requests with another call (a gateway group's, which does volume I/O) must
+    # not block the event loop: they go where the store's other blocking calls go.
+    lu = make_lu()
+    lu.store.blocking = True
+    server = DeviceServer({0: lu}, target_name=TARGET)
+    server.nexus_added(N1)
+    lu.clear_ua(N1.initiator_port)
+    engines = Engines()
+    group = StandIn(lu)
+    runner = Runner(engines, calls=group.runner.calls)  # type: ignore[arg-type]
+    host = Host()
+    cdb, params = prout(0, sa_key=A)
+    task = ScsiTask(cdb, 0, N1, data_out=memoryview(params), expected_length=len(params))
+    runner.start(task, server.execute(task), lu, host)
+    assert [type(req) for req, _ in engines.pool.submitted] == [SharedUpdate]
+    assert parse_sense(host.results[0].sense or b"")[0] == SenseKey.NOT_READY  # timed out
+    assert lu.shared_state("pr")["registrations"] == []

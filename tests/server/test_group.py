@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,11 @@ from gluster_iscsi.backstore.base import BackingStoreError
 from gluster_iscsi.backstore.memory import MemoryStore
 from gluster_iscsi.group.lease import Role
 from gluster_iscsi.group.shared import open_shared
+from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiResult, ScsiTask
 from gluster_iscsi.scsi.alua import AccessState as S
 from gluster_iscsi.scsi.io import Read, Size, Write
+from gluster_iscsi.scsi.sense import Asc, SenseKey, parse_sense
+from gluster_iscsi.scsi.task import Status
 from gluster_iscsi.server.group import GroupMember, lease_name
 from gluster_iscsi.server.runner import Runner, lu_on, lu_state
 
@@ -159,13 +163,12 @@ async def test_takeover_after_the_holder_dies_bumps_the_epoch(tmp_path):
     # a is SIGKILLed: its locks go with its descriptors, its heartbeat stops
     g.members["a"].luns[KEY].lock.release()
     dead = g.members.pop("a")
-    await g.rounds(3)
-    assert g.role("b") is Role.STANDBY  # a's record is fresh for a lease yet
-    await g.rounds(4)
+    await g.rounds(1)  # the lock is free: the next beat takes it, no lease to wait out
     owners = [n for n in ("b", "c") if g.role(n) is Role.OWNER]
     assert len(owners) == 1
     new = g.members[owners[0]].luns[KEY].lease
     assert new.epoch == epoch + 1
+    await g.rounds(6)  # a lease without a's heartbeat
     tables = g.tables(["b", "c"])
     assert tables[0] == tables[1]
     states = {d[0]: d[1] for d in tables[0]}
@@ -266,4 +269,248 @@ async def test_two_members_never_both_hold_the_lease_lock(tmp_path):
     with pytest.raises(LockHeld):
         shared.try_lock(lease_name(KEY), 0)
     shared.close()
+    g.close()
+
+
+# ------------------------------------------------------------------ LU-wide state (decision 4)
+TARGET = "iqn.2024-01.org.gluster:tgt"
+
+
+def nexus(who: str, number: int) -> Nexus:
+    return Nexus(f"iqn.2024-01.org.test:{who}", f"iqn.2024-01.org.test:{who},i,0x023d0000000{number}",
+                 f"{TARGET},t,0x{number:04x}", relative_port=number, target_port_group=number)
+
+
+def prout(sa: int, key: int = 0, sa_key: int = 0, rtype: int = 0) -> tuple[bytes, bytes]:
+    params = struct.pack(">QQ4xBxH", key, sa_key, 0, 0)
+    return bytes([0x5F, sa, rtype, 0, 0]) + struct.pack(">IB", len(params), 0), params
+
+
+def command(runner: Runner, server: DeviceServer, lu: Any, cdb: bytes, who: Nexus,
+            data: bytes | None = None) -> ScsiResult:
+    if who.initiator_port not in server._nexuses:
+        server.nexus_added(who)
+    lu.clear_ua(who.initiator_port)
+    task = ScsiTask(cdb, 0, who, data_out=memoryview(data) if data is not None else None,
+                    expected_length=len(data) if data is not None else 0)
+    return runner.run(server.execute(task), lu)
+
+
+async def while_beating(g: Group, names: list[str], fn: Any, *args: Any) -> Any:
+    """Run ``fn`` on a thread while the named members beat (the clock moves 0.1 s a beat)."""
+    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    while not fut.done():
+        await g.rounds(1, step=0.1, only=names)
+        await asyncio.sleep(0.01)
+    return await fut
+
+
+@arun
+async def test_pr_through_a_standby_is_enforced_by_the_owner_before_good(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    servers = {n: DeviceServer({0: g.lus[n]}, target_name=TARGET) for n in ("a", "b")}
+    runners = {n: Runner(clock=g.clock) for n in ("a", "b")}
+    one_b = nexus("one", 2)  # initiator one through gateway b (number 2)
+    two_a = nexus("two", 1)  # initiator two through gateway a, the owner
+    # two is logged in on a before the change: it must hear of the reservation
+    write = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+    assert command(runners["a"], servers["a"], g.lus["a"], write, two_a, b"\0" * 512).status == 0
+    cdb, params = prout(0, sa_key=0xAAAA)  # REGISTER through the standby
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              one_b, params)
+    assert res.status == Status.GOOD
+    version = g.members["b"].luns[KEY].applied
+    assert g.members["a"].luns[KEY].applied >= version  # the owner had it before GOOD
+    cdb, params = prout(1, key=0xAAAA, rtype=1)  # RESERVE, write exclusive
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              one_b, params)
+    assert res.status == Status.GOOD
+    assert g.lus["a"].pr.type is not None  # in the owner's memory: no round trip per command
+    res = command(runners["a"], servers["a"], g.lus["a"], write, two_a, b"\0" * 512)
+    assert res.status == Status.RESERVATION_CONFLICT
+    # the standby's own PR IN sees it too (SharedRefresh reads the record)
+    read_res = bytes([0x5E, 1, 0, 0, 0, 0, 0, 0x10, 0, 0])  # READ RESERVATION
+    out = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"],
+                              read_res, one_b)
+    assert out.status == Status.GOOD and bytes(out.data)[8:16] != bytes(8)
+    g.close()
+
+
+@arun
+async def test_unit_attentions_of_a_change_reach_nexuses_on_other_gateways(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    servers = {n: DeviceServer({0: g.lus[n]}, target_name=TARGET) for n in ("a", "b")}
+    runners = {n: Runner(clock=g.clock) for n in ("a", "b")}
+    one_a, two_b = nexus("one", 1), nexus("two", 2)
+    cdb, params = prout(0, sa_key=0x1111)
+    assert command(runners["a"], servers["a"], g.lus["a"], cdb, one_a, params).status == 0
+    cdb, params = prout(0, sa_key=0x2222)
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              two_b, params)
+    assert res.status == 0
+    cdb, params = prout(1, key=0x2222, rtype=1)
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              two_b, params)
+    assert res.status == 0
+    # PREEMPT through a: two (on b) loses its registration: REGISTRATIONS PREEMPTED there
+    g.lus["b"].clear_ua(two_b.initiator_port)
+    cdb, params = prout(4, key=0x1111, sa_key=0x2222, rtype=1)
+    assert command(runners["a"], servers["a"], g.lus["a"], cdb, one_a, params).status == 0
+    await g.rounds(1, only=["b"])
+    assert g.lus["b"].pop_ua(two_b.initiator_port) is Asc.REGISTRATIONS_PREEMPTED
+    g.close()
+
+
+@arun
+async def test_a_change_fails_not_ready_when_the_owner_never_applies_it(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    server = DeviceServer({0: g.lus["b"]}, target_name=TARGET)
+    cdb, params = prout(0, sa_key=0xAAAA)
+
+    async def tick() -> None:  # time passes, a never beats (hung)
+        while True:
+            await asyncio.sleep(0.01)
+            g.clock.now += 0.5
+
+    ticker = asyncio.get_running_loop().create_task(tick())
+    res = await asyncio.to_thread(command, Runner(clock=g.clock), server, g.lus["b"], cdb,
+                                  nexus("one", 2), params)
+    ticker.cancel()
+    assert res.status == Status.CHECK_CONDITION
+    assert parse_sense(res.sense) == (SenseKey.NOT_READY, Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
+    g.close()
+
+
+@arun
+async def test_preempt_and_abort_through_a_standby_aborts_the_victims_tasks_on_the_owner(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    aborted: list[tuple[Any, list[str]]] = []
+    g.members["a"].abort = lambda lu, ports: aborted.append((lu, ports))
+    servers = {n: DeviceServer({0: g.lus[n]}, target_name=TARGET) for n in ("a", "b")}
+    runners = {n: Runner(clock=g.clock) for n in ("a", "b")}
+    one_b, two_a = nexus("one", 2), nexus("two", 1)
+    for cdb, params in (prout(0, sa_key=0x2222), prout(1, key=0x2222, rtype=1)):
+        assert command(runners["a"], servers["a"], g.lus["a"], cdb, two_a, params).status == 0
+    cdb, params = prout(0, sa_key=0x1111)
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              one_b, params)
+    assert res.status == 0
+    cdb, params = prout(5, key=0x1111, sa_key=0x2222, rtype=1)  # PREEMPT AND ABORT
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              one_b, params)
+    assert res.status == 0
+    await asyncio.sleep(0.05)  # the abort is handed to the loop
+    assert aborted == [(g.lus["a"], [two_a.initiator_port])]
+    assert g.lus["a"].pop_ua(two_a.initiator_port) is Asc.REGISTRATIONS_PREEMPTED
+    g.close()
+
+
+class Forgetful:
+    """The owner's lock as a Gluster brick restart leaves it: gone on the bricks while its
+    holder still thinks it holds it; ``refresh`` re-takes the byte (or finds it taken)."""
+
+    def __init__(self, shared: Any, name: str, inner: Any) -> None:
+        self.shared, self.name, self.inner = shared, name, inner
+        self.held = True
+
+    def forget(self) -> None:
+        self.inner.release()  # the bricks dropped it; the holder was not told
+
+    def refresh(self) -> None:
+        if not self.inner.held:
+            self.inner = self.shared.try_lock(self.name, 0)  # LockHeld if taken meanwhile
+
+    def release(self) -> None:
+        self.held = False
+        self.inner.release()
+
+
+@arun
+async def test_an_owner_whose_lock_the_bricks_forgot_refreshes_it_or_stands_down(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a = g.members["a"].luns[KEY]
+    lock = Forgetful(g.dirs[0], lease_name(KEY), a.lock)
+    a.lock = lock
+    lock.forget()
+    await g.rounds(1, only=["a"])  # refreshed before anyone took it: still the owner
+    assert g.role("a") is Role.OWNER and lock.inner.held
+    lock.forget()
+    await g.rounds(1, only=["b"])  # b takes the byte the bricks forgot
+    assert g.role("b") is Role.OWNER
+    await g.rounds(1, only=["a"])  # a's refresh finds it taken: a stands down at once
+    assert g.role("a") is Role.STANDBY
+    assert lu_state(g.lus["a"]).issue_deadline == float("-inf")
+    g.close()
+
+
+class Host:
+    def __init__(self) -> None:
+        self.results: list[ScsiResult] = []
+
+    def reserve(self, task: ScsiTask, n: int) -> bool:
+        return True
+
+    def full_status(self) -> Status:
+        return Status.TASK_SET_FULL
+
+    def alone(self) -> bool:
+        return True
+
+    def complete(self, task: ScsiTask, result: ScsiResult) -> None:
+        self.results.append(result)
+
+
+@arun
+async def test_past_the_deadline_the_runner_issues_nothing_even_before_the_alua_table_says_so(
+        tmp_path):
+    g = Group(tmp_path, ["a"])
+    await g.start()
+    await g.rounds(1, step=0.0)
+    lu = g.lus["a"]
+    server = DeviceServer({0: lu}, target_name=TARGET)
+    who = nexus("one", 1)
+    server.nexus_added(who)
+    runner, host = Runner(clock=g.clock), Host()
+
+    def write(fill: bytes) -> ScsiResult:
+        lu.clear_ua(who.initiator_port)
+        data = memoryview(bytearray(fill * 512))
+        task = ScsiTask(bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0]), 0, who, data_out=data,
+                        expected_length=512, write=True)
+        runner.start(task, server.execute(task), lu, host)
+        return host.results[-1]
+
+    assert write(b"1").status == Status.GOOD
+    g.clock.now += 5.0  # the deadline passed; the fencing timer has not run yet
+    assert lu.alua.state_of(1) is S.ACTIVE_OPTIMIZED
+    res = write(b"2")
+    assert res.status == Status.CHECK_CONDITION
+    assert parse_sense(res.sense) == (SenseKey.NOT_READY, Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
+    assert bytes(lu.store.read(0, 1)) == b"1"  # nothing was issued
+    g.close()
+
+
+@arun
+async def test_mode_select_through_a_standby_write_protects_the_owner(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    server = DeviceServer({0: g.lus["b"]}, target_name=TARGET)
+    page = bytes([0x0A, 10, 0, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0])  # control page, SWP
+    params = bytes(4) + page
+    cdb = bytes([0x15, 0x10, 0, 0, len(params), 0])
+    res = await while_beating(g, ["a"], command, Runner(clock=g.clock), server, g.lus["b"], cdb,
+                              nexus("one", 2), params)
+    assert res.status == Status.GOOD
+    assert g.lus["a"].write_protected  # the owner refuses writes from now on
     g.close()

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from .. import __version__
 from ..backstore.base import BackingStoreError
 from ..group.lease import Do, Lease, LeaseRecord, Role
+from ..logs import PROBLEMS
 from .runner import lu_state
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Locked(Protocol):
     held: bool
 
     def release(self) -> None: ...
+    def refresh(self) -> None: ...
 
 
 class Shared(Protocol):
@@ -158,6 +160,7 @@ class GroupMember:
         await self._publish()
         await self._read_gateways()
         if run:
+            await self._beat_once()  # a LU free for the taking is served from the first login
             self._task = self._loop.create_task(self._run(), name=f"group-{self.gateway}")
             self._watch()
 
@@ -175,24 +178,30 @@ class GroupMember:
             self._timer.cancel()
             self._timer = None
         if release:
+            # Each call bounded: a volume that hangs must not hold the daemon's exit (the
+            # bricks drop this client's locks when the process ends anyway).
+            bound = self.lease_seconds
             for glu in list(self.luns.values()):
                 if glu.lock is None:
                     continue
                 self._push(glu, own_state="transitioning")
-                await self._drain(glu, self.lease_seconds)
+                await self._drain(glu, bound)
                 self._set_deadline(glu, -math.inf)
                 rec = glu.lease.record
                 try:
                     if rec is not None and glu.lease.role in (Role.OWNER, Role.MOVING_OUT,
                                                               Role.FENCED):
                         gone = LeaseRecord(None, glu.lease.epoch, rec.beat + 1, glu.applied, None)
-                        await self._call(self.shared.write, lease_name(glu.key), gone.to_dict())
-                except Exception as exc:  # noqa: BLE001 - releasing matters more
-                    log.warning("group: LUN %s: could not mark released: %s", glu.key, exc)
-                await self._release(glu)
+                        await asyncio.wait_for(self._call(self.shared.write, lease_name(glu.key),
+                                                          gone.to_dict()), bound)
+                    lock, glu.lock = glu.lock, None
+                    if lock is not None:
+                        await asyncio.wait_for(self._call(lock.release), bound)
+                except Exception as exc:  # noqa: BLE001 - the rest must be released too
+                    log.warning("group: LUN %s: not released cleanly: %s", glu.key, exc)
             with contextlib.suppress(Exception):
-                await self._call(self.shared.write, gateway_name(self.gateway),
-                                 self._gateway_record(stopped=True))
+                await asyncio.wait_for(self._call(self.shared.write, gateway_name(self.gateway),
+                                                  self._gateway_record(stopped=True)), bound)
         else:
             for glu in self.luns.values():
                 self._set_deadline(glu, -math.inf)
@@ -358,6 +367,11 @@ class GroupMember:
             data = rec.data if rec is not None else None
             if not isinstance(data, dict) or not isinstance(data.get("number"), int):
                 continue
+            if data["number"] == self.number and not data.get("stopped"):
+                PROBLEMS.report(log, logging.ERROR, "group number", name,
+                                "group: gateway %s also claims number %d: give each gateway "
+                                "its own number (the ALUA tables are wrong until then)",
+                                name, self.number)
             beat = data.get("beat", 0)
             old = self.gateways.get(name)
             if old is None or old.beat != beat or old.number != data["number"]:
@@ -390,9 +404,18 @@ class GroupMember:
     async def _owner_beat(self, glu: GroupLu, start: float) -> None:
         lease = glu.lease
         try:
+            # Re-take the lock first: a Gluster brick that restarted lost it (docs/HA.md,
+            # "Measured"); a byte someone else holds now means the LUN was lost.
+            holding = glu.lock is not None and glu.lock.held
+            if glu.lock is not None and holding:
+                try:
+                    await self._call(glu.lock.refresh)
+                except Exception as exc:
+                    if not _lock_held_error(exc):
+                        raise
+                    holding = False
             got = await self._call(self.shared.read, lease_name(glu.key))
             rec = LeaseRecord.from_dict(got.data if got is not None else None)
-            holding = glu.lock is not None and glu.lock.held
             await self._poll_state(glu)
             new = lease.owner_read(rec, glu.applied, holding=holding)
             if new is None:
@@ -599,8 +622,11 @@ class GroupMember:
                         asc = _asc(ev.get("asc", 0))
                     except ValueError:
                         continue
-                    if port in lu._ua:
-                        lu.queue_ua(port, asc)
+                    # a port, or an initiator name (a registration made for all its ports)
+                    prefix = port.lower() + ",i,"
+                    for local in list(lu._ua):
+                        if local == port or local.lower().startswith(prefix):
+                            lu.queue_ua(local, asc)
                     if ev.get("abort"):
                         aborts.append(port)
             glu.applied = version

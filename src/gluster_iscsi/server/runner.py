@@ -378,12 +378,22 @@ def _wait_job(runner: Runner, req: WaitJob, store: Any, lock: Lock) -> bool:
 
 
 def _shared_update(runner: Runner, req: SharedUpdate, store: Any, lock: Lock) -> Any:
+    lu = req.lu
+    rs = lu.runner_state
+    if rs is not None and rs.group is not None:
+        # A group LU (on a worker: ``Runner._step``): through the state record on the volume,
+        # GOOD only once the owner enforces it (docs/HA.md decision 4).
+        return rs.group.shared_update(lu, req.apply)
     # A lone gateway: the LU's state is this process's alone, changed in place.
-    with req.lu.state_lock:
+    with lu.state_lock:
         return req.apply()
 
 
 def _shared_refresh(runner: Runner, req: SharedRefresh, store: Any, lock: Lock) -> None:
+    lu = req.lu
+    rs = lu.runner_state
+    if rs is not None and rs.group is not None:
+        rs.group.shared_refresh(lu)  # the latest state record, loaded (on a worker)
     return None  # a lone gateway's memory is the latest state
 
 
@@ -404,9 +414,10 @@ STORE_CALLS: dict[type, StoreCall] = {
     SharedRefresh: _shared_refresh,
 }
 
-#: Requests that touch memory only (a lone gateway's shared-state calls): run inline on the
-#: event loop even for a blocking store, never behind its workers or its I/O timeout.
-_INLINE: frozenset[type] = frozenset({SharedUpdate, SharedRefresh})
+#: Calls that touch memory only (a lone gateway's shared-state calls): their requests run
+#: inline on the event loop even for a blocking store, never behind its workers or its I/O
+#: timeout. (A gateway group's calls for the same requests do volume I/O: off the loop.)
+_MEMORY_ONLY: tuple[StoreCall, ...] = (_shared_update, _shared_refresh)
 
 #: Requests that wait (on another thread's work, not a store): never run on the event loop.
 _WAITS = object()  # the key of their worker pool
@@ -485,6 +496,10 @@ class Runner:
         #: None: synchronous use only (:meth:`run`), every call inline.
         self.engines = engines
         self.calls: dict[type, StoreCall] = calls if calls is not None else STORE_CALLS
+        #: Request types whose call (in ``calls`` as given) is memory only: always inline.
+        self._inline: frozenset[type] = frozenset(
+            t for t, call in self.calls.items() if call in _MEMORY_ONLY
+        )
         self.locks: Locks = locks if locks is not None else LockTable()
         # The default table, called natively (compiled) on every request; None for another.
         self._table: LockTable | None = self.locks if isinstance(self.locks, LockTable) else None
@@ -571,8 +586,10 @@ class Runner:
                     gen.close()  # the command ends here, without its read
                     result = ScsiResult(host.full_status())
                     break
-                if t is WaitJob or (store.blocking and self.engines is not None
-                                    and t not in _INLINE):
+                if t is WaitJob or (self.engines is not None and (
+                        (store.blocking and t not in self._inline)
+                        # a group LU's shared-state requests do volume I/O: off the loop
+                        or (t in self._inline and rs is not None and rs.group is not None))):
                     self._submit(task, gen, lu, host, req, target, t0)
                     return
                 try:
@@ -600,7 +617,9 @@ class Runner:
         assert engines is not None
         store = target.store
         timeout = engines.io_timeout
-        waits = type(req) is WaitJob
+        # (a group LU's shared-state calls wait on the volume and the owner: bounded by the
+        # group's lease, not by the store's I/O timeout)
+        waits = type(req) is WaitJob or type(req) in (SharedUpdate, SharedRefresh)
 
         def done(value: Any, exc: BaseException | None) -> None:
             if exc is not None and type(exc) is IoTimeout:
