@@ -122,6 +122,33 @@ def volume(tmp_path):
     return vol
 
 
+class FakeMember:
+    """What control asks of ``server.group.GroupMember``: attach and detach LUs."""
+
+    class Glu:
+        def __init__(self, lu, key, preferred):
+            self.lu, self.key, self.preferred = lu, key, preferred
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+        self.luns: dict = {}
+        self.events: list = []
+
+    def serving(self, lu):
+        return any(lu in t.device.luns.values() for t in self.registry.targets.values()
+                   if t.device is not None)
+
+    def attach(self, lu, key, preferred=None):
+        self.events.append(("attach", key, preferred, self.serving(lu)))
+        self.luns[key] = self.Glu(lu, key, preferred)
+
+    def detach(self, lu):
+        for k, g in list(self.luns.items()):
+            if g.lu is lu:
+                del self.luns[k]
+                self.events.append(("detach", k))
+
+
 class Gateway:
     """A fake daemon with what a group member adds (status, moves), and its control."""
 
@@ -159,6 +186,8 @@ class Gateway:
         self.daemon.group_move = group_move  # type: ignore[attr-defined]
         self.daemon.group_status = lambda: self.status  # type: ignore[attr-defined]
         self.server = ControlServer(self.daemon)
+        self.member = FakeMember(self.daemon.registry)
+        self.server.group_member = self.member
         self._started = False
 
     def refresh(self):
@@ -316,12 +345,13 @@ def test_show_move_rebalance_and_initiator_config(pair):
     # what the group member knows (server/group.py GroupMember.status's shape)
     a.status = {"gateways": {"gw-a": {"number": 1, "age": 0.0, "live": True, "version": "x"},
                              "gw-b": {"number": 2, "age": 9.5, "live": False, "version": "x"}},
-                "luns": {gfid: {"owner": "gw-a", "epoch": 4, "role": "owner"}}}  # fmt: skip
+                "luns": {groupmod.member_key(gfid): {"owner": "gw-a", "epoch": 4,
+                                                     "role": "owner"}}}  # fmt: skip
     show = a.call("group.show")
     assert [(g["state"], g["beat_age"]) for g in show["gateways"]] == [("up", 0.0), ("down", 9.5)]
     assert (show["luns"][0]["owner"], show["luns"][0]["epoch"]) == ("gw-a", 4)
     res = a.call("lun.move", target=T1, lun=1, to="gw-b")
-    assert res["to"] == "gw-b" and a.moves == [(gfid, "gw-b")]
+    assert res["to"] == "gw-b" and a.moves == [(groupmod.member_key(gfid), "gw-b")]
     with pytest.raises(ApiError) as e:
         a.call("lun.move", target=T1, lun=1, to="gw-z")
     assert e.value.code == "not_found" and "gw-a" in e.value.hint
@@ -341,3 +371,22 @@ def test_leave_drops_the_groups_targets_here_and_the_section(pair):
     assert res["gateway"] == "gw-b" and res["restart_required"]
     assert "group" not in cfgmod.load(b.state_dir)
     assert [g["name"] for g in a.call("group.show")["gateways"]] == ["gw-a"]
+
+
+def test_group_luns_are_attached_to_the_member_before_they_serve_and_detached(pair):
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    a.call("lun.create", target=T1, backing=str(vol / "disk1.img"))
+    b.refresh()
+    gfid = a.call("group.show")["luns"][0]["gfid"]
+    key = groupmod.member_key(gfid)
+    assert ":" not in key
+    for gw in (a, b):
+        # attached with its preferred gateway, while not yet in any device (no command can
+        # reach its store before the member owns it)
+        assert gw.member.events == [("attach", key, "gw-a", False)]
+        assert gw.member.luns[key].lu is gw.server.reconciler.logical_unit(T1, 1)
+    a.call("lun.delete", target=T1, lun=1)
+    b.refresh()
+    assert a.member.events[-1] == ("detach", key) == b.member.events[-1]
+    assert a.member.luns == {} == b.member.luns

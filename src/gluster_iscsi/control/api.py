@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from ..model.names import InvalidName, is_network, validate_name
 from . import config as cfgmod
@@ -41,16 +41,6 @@ DEFAULT_OP_TIMEOUT = 120.0
 LONG_OPS = {"lun.create": 3600.0}
 IDLE_TIMEOUT = 60.0
 SIZE_TIMEOUT = 3.0  # how long 'list' waits for a store to say its size
-
-
-@runtime_checkable
-class GroupDaemon(Protocol):
-    """What a daemon in a gateway group adds to DaemonControl (its group member's view and
-    planned moves); a daemon without a member has neither."""
-
-    def group_status(self) -> Any: ...
-
-    def group_move(self, lun_key: str, gateway: str) -> Any: ...
 
 
 class UnsavedChange(ApiError):
@@ -81,6 +71,9 @@ class ControlServer:
         self._path: Path | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._group_task: asyncio.Task[None] | None = None
+        #: the daemon's group member (``server.group.GroupMember``, set by ``serve`` when it
+        #: joins): group LUNs are attached to it as they open, detached before they close
+        self.group_member: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -544,7 +537,29 @@ class ControlServer:
         link = GroupLink(section)
         self.reconciler._local = self.reconciler.current()
         self.reconciler.group_link = link
+        if self.group_member is not None:
+            self.reconciler.set_hooks(self._attach_lu, self._detach_lu)
         self._group_task = asyncio.ensure_future(self._group_poll(link))
+
+    def _attach_lu(self, target_name: str, lun: int, lu: Any) -> None:
+        """A LU just opened (not serving yet): a LUN of the group definition becomes a group
+        LU of the member, keyed by its file's GFID, so no store call is issued until this
+        gateway owns it (the definition decides which LUNs are the group's: one place)."""
+        from .group import member_key
+
+        found = self.reconciler.group_lun(target_name, lun)
+        member = self.group_member
+        if found is None or member is None:
+            return
+        key = member_key(found[0])
+        old = member.luns.get(key)
+        if old is not None and old.lu is not lu:  # a replaced LU: the new one takes the lease
+            member.detach(old.lu)
+        member.attach(lu, key, found[1])
+
+    def _detach_lu(self, lu: Any) -> None:
+        if self.group_member is not None:
+            self.group_member.detach(lu)
 
     async def stop_group(self) -> None:
         task, self._group_task = self._group_task, None
@@ -704,7 +719,7 @@ class ControlServer:
         sessions = self._sessions()
         for gfid, e in sorted((defn.get("luns") or {}).items(),
                               key=lambda kv: (str(kv[1].get("target")), kv[1].get("lun", 0))):
-            st = lstat.get(gfid) or {}
+            st = lstat.get(groupmod.member_key(gfid)) or lstat.get(gfid) or {}
             here = sum(1 for s in sessions
                        if str(s.get("target", "")).lower() == str(e.get("target")).lower())
             luns.append({
@@ -723,8 +738,6 @@ class ControlServer:
 
     async def _group_status(self) -> dict[str, Any]:
         """What the runtime's group member knows (owners, epochs, beats); {} without one."""
-        if not isinstance(self.daemon, GroupDaemon):
-            return {}
         try:
             res = self.daemon.group_status()
             if asyncio.iscoroutine(res):
@@ -761,11 +774,10 @@ class ControlServer:
         return {"target": t["name"], "lun": lun, "gfid": found[0], "to": to, **moved}
 
     async def _move(self, gfid: str, to: str) -> dict[str, Any]:
-        if not isinstance(self.daemon, GroupDaemon):
-            raise ApiError("unavailable", "this daemon cannot move LUNs (no group member)",
-                           kind="group", hint="restart it after 'group join'")
+        from .group import member_key
+
         try:
-            res = self.daemon.group_move(gfid, to)
+            res = self.daemon.group_move(member_key(gfid), to)
             if asyncio.iscoroutine(res):
                 res = await res
         except ApiError:
@@ -790,10 +802,11 @@ class ControlServer:
         moves = []
         for gfid, to in plan.items():
             e = defn["luns"][gfid]
-            if owners.get(gfid) == to:
+            owner = owners.get(groupmod.member_key(gfid), owners.get(gfid))
+            if owner == to:
                 continue
             row = {"gfid": gfid, "target": e.get("target"), "lun": e.get("lun"),
-                   "from": owners.get(gfid), "to": to, "done": False}
+                   "from": owner, "to": to, "done": False}
             if not dry_run:
                 await self._move(gfid, to)
                 row["done"] = True

@@ -173,6 +173,12 @@ def definition_dict(defn: Any) -> dict[str, Any]:
     return copy.deepcopy(dict(vars(defn)))
 
 
+def member_key(gfid: str) -> str:
+    """The key a group member knows a LUN by: its GFID (a path backend's ``dev:ino``
+    stand-in with ``-`` for ``:``, as ``server/group.py`` names its record files)."""
+    return gfid.replace(":", "-")
+
+
 def gateways_by_number(defn: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return sorted(defn.get("gateways", {}).items(), key=lambda kv: kv[1].get("number", 0))
 
@@ -203,7 +209,9 @@ def compose(local: dict[str, Any], defn: dict[str, Any], access: VolumeAccess) -
             lu.pop("path", None)
             lu["backing"], lu["bstype"] = access.backing(rel)
             options = dict(lu.get("options") or {})
-            options["o_direct"] = True
+            options["o_direct"] = True  # GOOD after the bricks' ack (HA.md decision 3)
+            if lu["bstype"] == "gluster":
+                options["cache"] = "off"  # no read cache a change of owner would leave stale
             lu["options"] = options
             luns.append(lu)
         t["luns"] = luns
@@ -464,7 +472,8 @@ def decompose(
                 e["preferred"] = next_preferred({**work, "luns": {**work["luns"], **kept}})
             kept[gfid] = e
             out = {k: v for k, v in lu.items() if k not in _LOCAL_LUN_KEYS}
-            options = {k: v for k, v in (out.get("options") or {}).items() if k != "o_direct"}
+            options = {k: v for k, v in (out.get("options") or {}).items()
+                       if k not in ("o_direct", "cache")}
             if options:
                 out["options"] = options
             else:
