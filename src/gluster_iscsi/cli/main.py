@@ -980,6 +980,7 @@ def _join(location: str, gateway: str, number: int | None, addresses: tuple[str,
     from ..control import group as groupmod
 
     addrs = [_check_address(a, as_json) for a in addresses]
+    location = _absolute_location(location)
     if _daemon_running():
         return _call("group.join", as_json=as_json, location=location, gateway=gateway,
                      number=number, addresses=addrs or None, timeout=_long_timeout())
@@ -997,6 +998,15 @@ def _join(location: str, gateway: str, number: int | None, addresses: tuple[str,
         }  # fmt: skip
 
     return dict(_offline(offline, as_json))
+
+
+def _absolute_location(location: str) -> str:
+    """A group directory path is made absolute here (the daemon runs elsewhere)."""
+    import os
+
+    if re.match(r"^gluster(\+[a-z]+)?://", location, re.IGNORECASE):
+        return location
+    return os.path.abspath(location)
 
 
 def _check_address(text: str, as_json: bool) -> str:
@@ -1041,6 +1051,7 @@ def group_create(name: str, location: str, gateway: str | None, number: int | No
 
     from ..control import group as groupmod
 
+    location = _absolute_location(location)
     defn = _offline(lambda: groupmod.create_group(location, name), as_json)
     out: dict[str, Any] = {"group": defn.get("name"), "location": location,
                            "version": defn.get("version"), "joined": None}
@@ -1166,6 +1177,8 @@ def group_initiator_config(location: str | None, as_json: bool) -> None:
     from ..control import group as groupmod
 
     if location is not None:
+        location = _absolute_location(location)
+
         def read() -> dict[str, Any]:
             shared = groupmod.open_location(location)
             try:
