@@ -299,3 +299,34 @@ def test_a_groups_own_shared_state_calls_go_to_the_workers_for_a_blocking_store(
     assert [type(req) for req, _ in engines.pool.submitted] == [SharedUpdate]
     assert parse_sense(host.results[0].sense or b"")[0] == SenseKey.NOT_READY  # timed out
     assert lu.shared_state("pr")["registrations"] == []
+
+
+def test_unit_attentions_of_a_change_are_recorded_for_the_other_gateways_and_replayed() -> None:
+    # Gateway 1 (this LU) and gateway 2 (``other``) export the same LU; N2 is logged in
+    # through both, N1 only through gateway 1.
+    lu, server, g = setup()
+    other = make_lu()
+    for n in (N1, N2):
+        server.nexus_added(n)
+    other.nexus_added(N2.initiator_port)
+    for cdb, params, nexus in (prout(0, sa_key=A) + (N1,), prout(0, sa_key=B) + (N2,),
+                               prout(1, key=B, rtype=WE) + (N2,)):
+        assert g.run(server, cdb, nexus, params).status == Status.GOOD
+    assert lu.ua_events is None  # a lone gateway records nothing
+    lu.ua_events = []  # the group collects, around its update
+    cdb, params = prout(4, key=A, sa_key=B, rtype=WE)  # N1 preempts N2
+    g.run(server, cdb, N1, params)
+    cdb, params = mode_select_control(swp=True)
+    g.run(server, cdb, N1, params)
+    events, lu.ua_events = lu.ua_events, None
+    assert events == [
+        {"asc": Asc.REGISTRATIONS_PREEMPTED, "initiator": N2.initiator_port},
+        {"asc": Asc.MODE_PARAMETERS_CHANGED, "initiator": None},
+    ]
+    other.clear_ua(N2.initiator_port)
+    other.ua_events = []
+    other.replay_ua_events(events)
+    assert other.ua_events == []  # replayed, not recorded again
+    assert other._ua[N2.initiator_port] == [
+        Asc.REGISTRATIONS_PREEMPTED, Asc.MODE_PARAMETERS_CHANGED
+    ]

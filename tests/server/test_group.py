@@ -506,6 +506,9 @@ async def test_mode_select_through_a_standby_write_protects_the_owner(tmp_path):
     await g.start()
     await g.rounds(2)
     server = DeviceServer({0: g.lus["b"]}, target_name=TARGET)
+    on_a = nexus("two", 1)
+    DeviceServer({0: g.lus["a"]}, target_name=TARGET).nexus_added(on_a)
+    g.lus["a"].clear_ua(on_a.initiator_port)
     page = bytes([0x0A, 10, 0, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0])  # control page, SWP
     params = bytes(4) + page
     cdb = bytes([0x15, 0x10, 0, 0, len(params), 0])
@@ -513,4 +516,6 @@ async def test_mode_select_through_a_standby_write_protects_the_owner(tmp_path):
                               nexus("one", 2), params)
     assert res.status == Status.GOOD
     assert g.lus["a"].write_protected  # the owner refuses writes from now on
+    # and a nexus through the owner hears of it (SPC-4: MODE PARAMETERS CHANGED)
+    assert g.lus["a"].pop_ua(on_a.initiator_port) is Asc.MODE_PARAMETERS_CHANGED
     g.close()

@@ -614,21 +614,18 @@ class GroupMember:
             for kind in STATE_KINDS:
                 if kind in data and hasattr(lu, "load_shared_state"):
                     lu.load_shared_state(kind, data[kind])
-            for ev in data.get("events", ()):
-                if (ev.get("version", 0) > glu.applied and ev.get("by") != self.gateway
-                        and ev.get("relative_port") in (0, self.number)):
-                    port = ev.get("initiator_port", "")
-                    try:
-                        asc = _asc(ev.get("asc", 0))
-                    except ValueError:
-                        continue
-                    # a port, or an initiator name (a registration made for all its ports)
-                    prefix = port.lower() + ",i,"
-                    for local in list(lu._ua):
-                        if local == port or local.lower().startswith(prefix):
-                            lu.queue_ua(local, asc)
-                    if ev.get("abort"):
-                        aborts.append(port)
+            fresh = [ev for ev in data.get("events", ())
+                     if isinstance(ev, dict) and isinstance(ev.get("version"), int)
+                     and ev["version"] > glu.applied and ev.get("by") != self.gateway]
+            uas = [{"asc": ev["asc"], "initiator": ev.get("initiator")}
+                   for ev in fresh if isinstance(ev.get("asc"), int)]
+            if uas and hasattr(lu, "replay_ua_events"):
+                try:
+                    lu.replay_ua_events(uas)
+                except (ValueError, KeyError) as exc:  # a gateway of another version
+                    log.warning("group: LUN %s: unknown event: %s", glu.key, exc)
+            for ev in fresh:
+                aborts += [p for p in ev.get("abort") or () if isinstance(p, str)]
             glu.applied = version
         if aborts and self.abort is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.abort, lu, aborts)
@@ -664,17 +661,19 @@ class GroupMember:
             self._load(glu, data)
             version = max(int(data.get("version", 0) or 0), glu.applied)
             with lu.state_lock:
-                before, placeholders = self._capture(lu)
+                # the unit attentions the change queues here, recorded for the other
+                # gateways' nexuses (LogicalUnit.ua_events; replayed there on load)
+                lu.ua_events = []
                 try:
                     value = apply()
                 finally:
-                    queued = self._queued(lu, before, placeholders)
+                    recorded, lu.ua_events = lu.ua_events, None
                 new_state = {kind: lu.shared_state(kind) for kind in STATE_KINDS
                              if hasattr(lu, "shared_state")}
             version += 1
             events = [e for e in data.get("events", ())
                       if isinstance(e, dict) and e.get("version", 0) > version - EVENT_HISTORY]
-            events += self._events(lu, queued, version, value)
+            events += self._events(recorded or [], version, value)
             record = {"version": version, "by": self.gateway, "events": events, **new_state}
             self._bounded(end, self.shared.write, state_name(glu.key), record)
             glu.applied = version
@@ -721,45 +720,14 @@ class GroupMember:
                 raise BackingStoreError(errno.ESHUTDOWN, "the owner has not applied the change")
             time.sleep(min(0.02, self.beat_seconds / 10))
 
-    def _capture(self, lu: Any) -> tuple[dict[str, list[Any]], set[str]]:
-        """Before a change: the UA queues, and empty queues for registrants that have no
-        nexus here, so the change's unit attentions for them can be seen (and sent on)."""
-        ua = lu._ua
-        before = {k: list(v) for k, v in ua.items()}
-        placeholders: set[str] = set()
-        pr = getattr(lu, "pr", None)
-        for reg in getattr(pr, "registrations", ()):
-            if reg.initiator not in ua:
-                ua[reg.initiator] = []
-                placeholders.add(reg.initiator)
-        return before, placeholders
-
-    def _queued(self, lu: Any, before: dict[str, list[Any]],
-                placeholders: set[str]) -> list[tuple[str, Any]]:
-        ua = lu._ua
-        out: list[tuple[str, Any]] = []
-        for port, queue in ua.items():
-            old = before.get(port, [])
-            out += [(port, asc) for asc in queue if asc not in old]
-        for port in placeholders:
-            ua.pop(port, None)
-        return out
-
-    def _events(self, lu: Any, queued: list[tuple[str, Any]], version: int,
+    def _events(self, recorded: list[dict[str, Any]], version: int,
                 value: Any) -> list[dict[str, Any]]:
-        """The change's unit attentions (and PREEMPT AND ABORT victims) for nexuses on
-        other gateways: (initiator port, relative port: 0 for every other gateway, asc)."""
-        events = [{"version": version, "by": self.gateway, "initiator_port": port,
-                   "relative_port": 0, "asc": int(asc)} for port, asc in queued]
+        """The change's events for the other gateways: the unit attentions it queued
+        ({asc, initiator: a port, a name, or None for every nexus}) and the initiator ports
+        whose tasks a PREEMPT AND ABORT aborts ({abort: [...]})."""
+        events = [{"version": version, "by": self.gateway, **e} for e in recorded]
         extra = getattr(value, "extra", None)
-        if isinstance(extra, dict):
-            for port in extra.get("abort_initiators") or ():
-                events.append({"version": version, "by": self.gateway, "initiator_port": port,
-                               "relative_port": 0, "asc": 0x2A05, "abort": True})
+        if isinstance(extra, dict) and extra.get("abort_initiators"):
+            events.append({"version": version, "by": self.gateway,
+                           "abort": list(extra["abort_initiators"])})
         return events
-
-
-def _asc(value: int) -> Any:
-    from ..scsi.sense import Asc
-
-    return Asc(value)

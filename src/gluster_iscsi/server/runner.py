@@ -497,7 +497,7 @@ class Runner:
         self.engines = engines
         self.calls: dict[type, StoreCall] = calls if calls is not None else STORE_CALLS
         #: Request types whose call (in ``calls`` as given) is memory only: always inline.
-        self._inline: frozenset[type] = frozenset(
+        self._memory_only_requests: frozenset[type] = frozenset(
             t for t, call in self.calls.items() if call in _MEMORY_ONLY
         )
         self.locks: Locks = locks if locks is not None else LockTable()
@@ -587,9 +587,10 @@ class Runner:
                     result = ScsiResult(host.full_status())
                     break
                 if t is WaitJob or (self.engines is not None and (
-                        (store.blocking and t not in self._inline)
+                        (store.blocking and t not in self._memory_only_requests)
                         # a group LU's shared-state requests do volume I/O: off the loop
-                        or (t in self._inline and rs is not None and rs.group is not None))):
+                        or (t in self._memory_only_requests and rs is not None
+                            and rs.group is not None))):
                     self._submit(task, gen, lu, host, req, target, t0)
                     return
                 try:
