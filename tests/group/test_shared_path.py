@@ -253,3 +253,44 @@ def test_refresh_keeps_a_held_lock_and_refuses_a_released_one(loc, agent):
     assert exc.value.errno == errno.EBADF
     h = holding(agent(loc), "luns/g.lease", 0)
     assert h.call("refresh") == "refreshed"
+
+
+def test_tmpfs_works_with_or_without_o_direct(agent):
+    """tmpfs refuses O_DIRECT before Linux 6.6 (then records go through its page cache, the
+    only copy there) and takes it since: either way records round-trip between processes."""
+    if not os.path.isdir("/dev/shm") or "tmpfs" not in open("/proc/mounts").read():
+        pytest.skip("no tmpfs at /dev/shm")
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        loc = os.path.join(base, "grp")
+        shared = open_shared(loc)
+        assert shared.write("gateways/a", {"n": 1}) == 1
+        assert agent(loc).call("read", "gateways/a") == [1, {"n": 1}]
+        shared.write("gateways/a", {"n": 2})
+        assert agent(loc).call("read", "gateways/a") == [2, {"n": 2}]
+    finally:
+        shutil.rmtree(base)
+
+
+def test_no_o_direct_falls_back_except_on_gluster(loc, monkeypatch):
+    """A file system that refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6) gets buffered
+    I/O; a Gluster FUSE mount never does (a reader could be served stale pages)."""
+    real_open = os.open
+
+    def no_direct(path, flags, mode=0o777):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    shared = open_shared(loc)
+    monkeypatch.setattr(os, "open", no_direct)
+    assert shared.write("a", {"n": 1}) == 1
+    assert shared.read("a") == Record(1, {"n": 1})
+    on_gluster = open_shared(loc)
+    on_gluster.on_gluster = True
+    with pytest.raises(SharedDirError) as exc:
+        on_gluster.read("a")
+    assert exc.value.errno == errno.EINVAL and loc in str(exc.value)

@@ -437,8 +437,10 @@ class PathSharedDir(SharedDir):
                 try:
                     return os.open(path, flags | extra | os.O_CLOEXEC, 0o644)
                 except OSError as e:
-                    if e.errno == errno.EINVAL and extra:
-                        self._direct = 0  # this file system has no O_DIRECT (tmpfs)
+                    if e.errno == errno.EINVAL and extra and not self.on_gluster:
+                        # this file system has no O_DIRECT (tmpfs); on Gluster, without it a
+                        # reader could be served stale pages: fail instead
+                        self._direct = 0
                     elif e.errno == errno.ENOENT and flags & os.O_CREAT and not made:
                         os.makedirs(os.path.dirname(path), exist_ok=True)
                         made = True
