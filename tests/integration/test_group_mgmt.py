@@ -7,6 +7,7 @@ volume's FUSE mount (``-m gluster``)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -138,3 +139,50 @@ def test_two_gateways_on_a_gluster_volume_through_fuse(tmp_path, group_volume):
     volume, host, mountpoint = group_volume[:3]
     name = f"grp-{tmp_path.name}"
     run_group(tmp_path, f"{mountpoint}/.gluster-iscsi-{name}", f"{mountpoint}/{name}.img")
+
+
+# ----------------------------------------------------------------- lone gateways, one file
+
+lone_volume = gluster_volume_fixture("giscsi-grp-lone")
+
+
+def run_lone(tmp_path: Path, spellings: list[str]) -> None:
+    """Two lone daemons (no group): the first exports the file; the second, under another
+    spelling, is refused naming the first; once the first lets go, the second exports it
+    with the same identity."""
+    a = Serve(tmp_path / "a", free_port()).start(timeout=60)
+    b = Serve(tmp_path / "b", free_port()).start(timeout=60)
+    try:
+        for gw in (a, b):
+            cli(gw, "target", "create", T1)
+        cli(a, "lun", "create", T1, spellings[0], "--size", "8MiB")
+        first = js(a, "lun", "list")[0]
+        res = cli(b, "lun", "create", T1, spellings[1], ok=False)
+        assert res.returncode == 7, res.stdout + res.stderr
+        assert f"exported by gateway {os.uname().nodename}:{a.state_dir}" in res.stderr
+        assert "put both in a group" in res.stderr
+        assert js(b, "lun", "list") == []
+        cli(a, "lun", "delete", T1, "1")
+        for spelling in spellings[1:]:
+            cli(b, "lun", "create", T1, spelling, "--lun", "1")
+            again = js(b, "lun", "list")[0]
+            assert (again["uuid"], again["serial"]) == (first["uuid"], first["serial"]), spelling
+            cli(b, "lun", "delete", T1, "1")
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_two_lone_gateways_one_file_on_a_shared_directory(tmp_path):
+    vol = tmp_path / "vol"
+    (vol / ".gluster-iscsi").mkdir(parents=True)  # what makes a tree a shared volume
+    os.symlink(vol, tmp_path / "other-mount")
+    run_lone(tmp_path, [str(vol / "f.img"), str(tmp_path / "other-mount" / "f.img")])
+
+
+@pytest.mark.gluster
+def test_two_lone_gateways_one_gluster_file_whatever_its_spelling(tmp_path, lone_volume):
+    volume, host, mountpoint = lone_volume[:3]
+    name = f"lone-{tmp_path.name}.img"
+    run_lone(tmp_path, [f"gluster://{host}/{volume}/{name}", f"{mountpoint}/{name}",
+                        f"gluster://{host},localhost/{volume}/{name}"])
