@@ -327,6 +327,7 @@ class ControlServer:
         result = edit(cfg)
         if asyncio.iscoroutine(result):
             result = await result
+        cfg.setdefault("group", local_before.get("group"))  # a whole document (config apply)
         cfg = cfgmod.validate(cfg, stat_files=False)
         try:
             new_defn = await self._in_executor(
