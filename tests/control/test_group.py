@@ -390,3 +390,20 @@ def test_group_luns_are_attached_to_the_member_before_they_serve_and_detached(pa
     b.refresh()
     assert a.member.events[-1] == ("detach", key) == b.member.events[-1]
     assert a.member.luns == {} == b.member.luns
+
+
+def test_chap_accounts_and_bindings_are_the_groups(pair):
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    a.call("auth.account_add", user="alice", secret="s" * 12)
+    a.call("auth.bind", user="alice", target=T1)
+    b.refresh()
+    tb = b.daemon.registry.lookup(T1)
+    assert [(c.user, c.secret) for c in tb.incoming] == [("alice", "s" * 12)]
+    assert "alice" not in cfgmod.load(a.state_dir)["accounts"]  # on the volume, not here
+    assert a.call("group.show")["version"] == b.call("group.show")["applied_version"]
+    # a new secret on B reaches A
+    b.call("auth.account_add", user="bob", secret="b" * 12)
+    b.call("auth.bind", user="bob", target=T1)
+    a.refresh()
+    assert {c.user for c in a.daemon.registry.lookup(T1).incoming} == {"alice", "bob"}
