@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import os
 import posixpath
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -828,22 +829,39 @@ def volume_of(backing: str, bstype: str | None = None) -> tuple[str, str, str] |
 
 class LoneClaim:
     """A lone gateway's hold on one exported file: the group directory, the exclusive lock
-    on byte 0 of ``luns/<gfid>.lease`` and the identity recorded for the file."""
+    on byte 0 of ``luns/<gfid>.lease`` and the identity recorded for the file. One per file
+    and process, counted: a LUN replaced by a new LogicalUnit of the same file (new options)
+    opens the new one while the old still holds it (:data:`_HELD`)."""
 
-    def __init__(self, shared: Any, lock: Any, gfid: str, identity: dict[str, Any]) -> None:
+    def __init__(self, key: tuple[str, str, str], shared: Any, lock: Any, gfid: str,
+                 identity: dict[str, Any]) -> None:
+        self.key = key
         self.shared = shared
         self.lock = lock
         self.gfid = gfid
         self.identity = identity
+        self.users = 1
 
     def release(self) -> None:
-        """Give the file back (its LU is closed): say so in the record, unlock, close."""
+        """Give the file back once its last LU here is closed: say so in the record,
+        unlock, close."""
+        with _HELD_LOCK:
+            self.users -= 1
+            if self.users > 0:
+                return
+            _HELD.pop(self.key, None)
         try:
             with contextlib.suppress(OSError):
                 self.shared.write(lease_name(self.gfid), _lease_record(None))
             self.lock.release()
         finally:
             self.shared.close()
+
+
+#: (group directory, gfid, holder) -> the claim this process holds on that file for the
+#: daemon ``holder`` (tests run several daemons' controls in one process)
+_HELD: dict[tuple[str, str, str], LoneClaim] = {}
+_HELD_LOCK = threading.Lock()
 
 
 def lease_name(gfid: str) -> str:
@@ -875,6 +893,13 @@ def claim_lone(lun_cfg: dict[str, Any], holder: str) -> LoneClaim | None:
             raise GroupError("unavailable", f"cannot read the GFID of {lun_cfg['backing']}:"
                              f" {e.strerror or e}") from None
         name = lease_name(gfid)
+        with _HELD_LOCK:
+            mine = _HELD.get((location, gfid, holder))
+            if mine is not None:  # this process holds it already (a LUN being replaced)
+                mine.users += 1
+        if mine is not None:
+            shared.close()
+            return mine
         try:
             lock = shared.try_lock(name, 0)
         except LockHeld:
@@ -892,7 +917,10 @@ def claim_lone(lun_cfg: dict[str, Any], holder: str) -> LoneClaim | None:
         except BaseException:
             lock.release()
             raise
-        return LoneClaim(shared, lock, gfid, ident)
+        claim = LoneClaim((location, gfid, holder), shared, lock, gfid, ident)
+        with _HELD_LOCK:
+            _HELD[claim.key] = claim
+        return claim
     except BaseException:
         shared.close()
         raise
