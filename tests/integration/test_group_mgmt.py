@@ -186,3 +186,27 @@ def test_two_lone_gateways_one_gluster_file_whatever_its_spelling(tmp_path, lone
     name = f"lone-{tmp_path.name}.img"
     run_lone(tmp_path, [f"gluster://{host}/{volume}/{name}", f"{mountpoint}/{name}",
                         f"gluster://{host},localhost/{volume}/{name}"])
+
+
+def test_group_create_joins_a_running_daemon_which_serves_the_group_after_a_restart(tmp_path):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    loc = str(vol / ".gluster-iscsi")
+    a = Serve(tmp_path / "a", free_port()).start(timeout=60)
+    try:
+        res = cli(a, "group", "create", "g1", "--location", loc, "--gateway", "gw-a",
+                  "--address", f"127.0.0.1:{a.port}")
+        assert "created group g1" in res.stdout and "gateway gw-a (number 1)" in res.stdout
+        assert "restart required" in res.stdout and "systemctl restart gluster-iscsi" in res.stdout
+        res = cli(a, "group", "show", ok=False)  # joined, not restarted yet
+        assert res.returncode == 4 and "not been restarted" in res.stderr
+        a.stop()
+        a.start(timeout=60)
+        cli(a, "target", "create", T1)
+        cli(a, "lun", "create", T1, str(vol / "d.img"), "--size", "1MiB")
+        a.stop()
+        a.start(timeout=60)  # the group's targets are in force before the portals open
+        assert js(a, "lun", "list")[0]["online"]
+        assert js(a, "group", "show")["applied_version"] == js(a, "group", "show")["version"]
+    finally:
+        a.stop()

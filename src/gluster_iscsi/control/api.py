@@ -40,6 +40,8 @@ DEFAULT_OP_TIMEOUT = 120.0
 #: Ops that may legitimately run long (writing zeroes over a new 1 TiB LUN).
 LONG_OPS = {"lun.create": 3600.0}
 IDLE_TIMEOUT = 60.0
+#: How long the start waits for the group definition to be in force before opening portals.
+FIRST_REFRESH_TIMEOUT = 30.0
 SIZE_TIMEOUT = 3.0  # how long 'list' waits for a store to say its size
 
 
@@ -103,6 +105,16 @@ class ControlServer:
         self._path = path
         log.info("control API listening on %s", path)
         self.start_group()
+        if self.reconciler.group_link is not None:
+            # The group's targets before the portals open (serve opens them after this), so
+            # initiators logging in at once find them; a volume that does not answer in time
+            # delays nothing more: the poll goes on applying it.
+            try:
+                first = asyncio.ensure_future(self.refresh_group())  # not cancelled mid-apply
+                await asyncio.wait_for(asyncio.shield(first), FIRST_REFRESH_TIMEOUT)
+            except Exception as e:  # noqa: BLE001 - logged; the poll retries every beat
+                log.error("group: the group definition is not in force yet: %s",
+                          str(e) or repr(e))
 
     async def stop(self) -> None:
         await self.stop_group()
