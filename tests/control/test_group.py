@@ -407,3 +407,46 @@ def test_chap_accounts_and_bindings_are_the_groups(pair):
     b.call("auth.bind", user="bob", target=T1)
     a.refresh()
     assert {c.user for c in a.daemon.registry.lookup(T1).incoming} == {"alice", "bob"}
+
+
+def test_a_definition_that_cannot_be_written_undoes_the_change_here(pair, monkeypatch):
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    before = a.targets()
+
+    def busy(self, old, new):
+        raise groupmod.GroupError("busy", "the group definition changed meanwhile (version 5"
+                                  " -> 6)", "run the command again")
+
+    monkeypatch.setattr(groupmod.GroupLink, "write", busy)
+    with pytest.raises(ApiError) as e:
+        a.call("lun.create", target=T1, backing=str(vol / "disk1.img"))
+    assert e.value.code == "busy" and "changed meanwhile" in e.value.message
+    assert a.targets() == before and a.daemon.registry.lookup(T1).device.luns == {}
+    monkeypatch.undo()
+    assert a.call("group.show")["luns"] == []
+
+
+def test_writing_over_a_newer_version_is_refused(pair):
+    a, b, vol = pair
+    link = a.server.reconciler.group_link
+    old = link.load()
+    b.call("target.create", name=T1)  # version + 1 meanwhile
+    new = {**old, "targets": [{"name": "iqn.2026-11.com.example:other", "tid": 9, "luns": []}]}
+    with pytest.raises(groupmod.GroupError) as e:
+        link.write(old, new)
+    assert e.value.code == "busy" and "changed meanwhile" in e.value.message
+    assert [t["name"] for t in link.load()["targets"]] == [T1]
+
+
+def test_config_apply_in_a_group_changes_the_definition_and_keeps_the_section(pair):
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    doc = a.call("config.export")
+    assert doc["group"]["gateway"] == "gw-a"
+    doc.pop("group")  # a document written for a lone gateway
+    doc["targets"][0]["acl"] = [{"network": "ALL"}]
+    a.call("config.apply", config=doc)
+    assert cfgmod.load(a.state_dir)["group"]["gateway"] == "gw-a"
+    b.refresh()
+    assert b.targets()[0]["acl"] == [{"network": "ALL"}]
