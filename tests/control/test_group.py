@@ -450,3 +450,38 @@ def test_config_apply_in_a_group_changes_the_definition_and_keeps_the_section(pa
     assert cfgmod.load(a.state_dir)["group"]["gateway"] == "gw-a"
     b.refresh()
     assert b.targets()[0]["acl"] == [{"network": "ALL"}]
+
+
+GLUSTER_GET = """\
+Option                                   Value
+------                                   -----
+network.ping-timeout                     42 (DEFAULT)
+transport.keepalive                      1
+server.tcp-user-timeout                  42 (DEFAULT)
+server.keepalive-time                    20
+server.keepalive-interval                2
+server.keepalive-count                   9
+"""
+
+
+def test_the_lease_must_end_before_a_brick_can_drop_its_holder():
+    opts = groupmod.parse_volume_options(GLUSTER_GET)
+    assert opts["server.tcp-user-timeout"] == "42"
+    assert groupmod.brick_drop_seconds(opts)[0] == 38  # keepalive: 20 + 2 x 9
+    fast = {**opts, "server.keepalive-time": "2", "server.keepalive-count": "1"}
+    assert groupmod.brick_drop_seconds(fast) == (4.0, "server.keepalive-time 2 + interval 2 x count 1")
+    assert groupmod.brick_drop_seconds({**opts, "server.tcp-user-timeout": "3"})[0] == 3
+    assert groupmod.brick_drop_seconds({**opts, "transport.keepalive": "off"})[0] == 42
+    assert groupmod.brick_drop_seconds({}) is None
+
+
+def test_group_create_refuses_a_lease_the_volume_breaks(tmp_path):
+    loc = str(tmp_path / "g")
+    refuse = lambda location, lease: f"a brick drops a silent client after 4 s, lease {lease:g}"  # noqa: E731
+    with pytest.raises(groupmod.GroupError) as e:
+        groupmod.create_group(loc, "g", {"lease_seconds": 5.0}, check=refuse)
+    assert e.value.code == "invalid" and "lease 5" in e.value.message and "--lease-seconds" in e.value.hint
+    with pytest.raises(groupmod.GroupError, match="longer than beat_seconds"):
+        groupmod.create_group(loc, "g", {"lease_seconds": 1.0, "beat_seconds": 2.0})
+    out = groupmod.create_group(loc, "g", {"lease_seconds": 8.0}, check=lambda *a: None)
+    assert out["settings"]["lease_seconds"] == 8.0

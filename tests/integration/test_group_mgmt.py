@@ -138,6 +138,11 @@ def test_two_gateways_on_a_shared_directory(tmp_path):
 def test_two_gateways_on_a_gluster_volume_through_fuse(tmp_path, group_volume):
     volume, host, mountpoint = group_volume[:3]
     name = f"grp-{tmp_path.name}"
+    # the volume's own options bound the lease (keepalive 20 + 2 x 9 s by default)
+    res = Serve(tmp_path / "x").cli("group", "create", "gx", "--location",
+                                    f"{mountpoint}/.gluster-iscsi-x-{name}", "--lease-seconds", "40")
+    assert res.returncode == 6, res.stdout + res.stderr
+    assert "drops a silent client after 38 s" in res.stderr and "--lease-seconds" in res.stderr
     run_group(tmp_path, f"{mountpoint}/.gluster-iscsi-{name}", f"{mountpoint}/{name}.img")
 
 

@@ -1042,9 +1042,15 @@ def _joined(res: dict[str, Any], as_json: bool) -> None:
               " the lowest free one).")
 @click.option("--address", "addresses", multiple=True, metavar="HOST:PORT",
               help="Where initiators reach this gateway (repeat; default: its portals).")
+@click.option("--beat-seconds", type=click.FloatRange(min=0.1), help="How often each gateway"
+              " beats and polls the definition (default 1).")
+@click.option("--lease-seconds", type=click.FloatRange(min=0.5), help="How long an owner"
+              " that cannot beat keeps issuing I/O before it fences itself (default 5; must"
+              " stay under the bricks' keepalive and tcp-user-timeout: checked).")
 @json_option
 def group_create(name: str, location: str, gateway: str | None, number: int | None,
-                 addresses: tuple[str, ...], as_json: bool) -> None:
+                 addresses: tuple[str, ...], beat_seconds: float | None,
+                 lease_seconds: float | None, as_json: bool) -> None:
     """Create gateway group NAME with its directory at LOC; with a running daemon (or
     --gateway) this gateway joins it."""
     import socket
@@ -1052,7 +1058,9 @@ def group_create(name: str, location: str, gateway: str | None, number: int | No
     from ..control import group as groupmod
 
     location = _absolute_location(location)
-    defn = _offline(lambda: groupmod.create_group(location, name), as_json)
+    given = {"beat_seconds": beat_seconds, "lease_seconds": lease_seconds}
+    settings = {k: v for k, v in given.items() if v is not None}
+    defn = _offline(lambda: groupmod.create_group(location, name, settings), as_json)
     out: dict[str, Any] = {"group": defn.get("name"), "location": location,
                            "version": defn.get("version"), "joined": None}
     running = _daemon_running()
