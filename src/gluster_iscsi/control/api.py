@@ -608,8 +608,21 @@ class ControlServer:
     async def refresh_group(self, link: Any = None) -> bool:
         """One poll: read the definition; a version not yet in force (or one that failed
         before) is applied all or nothing. True if it is in force now; raises why not."""
+        from .group import GroupError
+
         link = link or self._link()
-        defn = await self._in_executor(link.load)
+        try:
+            defn = await self._in_executor(link.load)
+        except GroupError as e:
+            if e.code != "not_found":
+                raise
+            # A group written by hand in each gateway's config (no definition on the
+            # volume): this gateway serves its own LUNs as group LUNs (serve attaches them).
+            if not link.no_definition_said:
+                log.info("group %s: no group definition there; the LUNs of this gateway's"
+                         " own config are its group LUNs", link.location)
+                link.no_definition_said = True
+            return False
         if defn.get("version") != link.applied_version or link.error is not None:
             async with self.reconciler.lock:
                 await self._take_definition(link, defn)

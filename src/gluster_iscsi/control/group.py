@@ -348,6 +348,8 @@ class GroupLink:
         #: why the newest definition is not in force (None: it is)
         self.error: str | None = None
         self.error_version: int | None = None
+        #: logged once: the group directory holds no definition (a hand-written group)
+        self.no_definition_said = False
         self._task: asyncio.Task[None] | None = None
 
     @property

@@ -183,7 +183,8 @@ class Reconciler:
     ) -> list[dict[str, Any]]:
         """:meth:`apply` for a caller that already holds :attr:`lock`."""
         effective = self.compose(desired)
-        self._st.in_group = self.group_link is not None
+        # A group member's LUNs (its own config's too) are leased by its member, not claimed
+        self._st.in_group = self.group_link is not None or bool(desired.get("group"))
         changes = await _apply(self.daemon, self._st, effective, dry_run=dry_run, force=force)
         if not dry_run and self.group_link is not None:
             self._local = cfgmod.validate(copy.deepcopy(desired), stat_files=False)
