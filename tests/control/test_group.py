@@ -485,3 +485,16 @@ def test_group_create_refuses_a_lease_the_volume_breaks(tmp_path):
         groupmod.create_group(loc, "g", {"lease_seconds": 1.0, "beat_seconds": 2.0})
     out = groupmod.create_group(loc, "g", {"lease_seconds": 8.0}, check=lambda *a: None)
     assert out["settings"]["lease_seconds"] == 8.0
+
+
+def test_status_says_which_group_and_whether_its_definition_is_in_force(pair, tmp_path, volume):
+    a, b, vol = pair
+    g = a.call("sys.show")["group"]
+    assert (g["name"], g["gateway"], g["number"], g["active"], g["error"]) == (
+        "g1", "gw-a", 1, True, None)
+    assert g["applied_version"] is not None
+    c = Gateway(tmp_path / "c", None)
+    assert c.call("sys.show")["group"] is None
+    c.call("group.join", location=str(volume / ".gluster-iscsi"), gateway="gw-c",
+           addresses=["127.0.0.1:3263"])
+    assert c.call("sys.show")["group"]["active"] is False  # joined, not restarted

@@ -116,6 +116,13 @@ def status(as_json: bool) -> None:
         click.echo(f"connections: {conns['open']} of at most {conns['max']} ({per_host}at most "
                    f"{conns['max_prelogin']} logging in, {conns['max_prelogin_per_host']} "
                    "of those per address)")
+    g = info.get("group")
+    if g:
+        state = (f"definition version {g['applied_version']} in force" if g["active"]
+                 else "joined: restart the daemon to serve as a member")
+        click.echo(f"gateway {g['gateway']} (number {g['number']}) of group {g['name'] or '?'}"
+                   f" at {g['location']}: {state}"
+                   + (f"; NOT IN FORCE: {g['error']}" if g.get("error") else ""))
     for p in info["portals"]:
         click.echo(
             f"portal {p['host']}:{p['port']}"

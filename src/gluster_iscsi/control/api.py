@@ -508,7 +508,23 @@ class ControlServer:
             "io_uring": self._io_uring(),
             "memory": self._memory(),
             "connections": self._connections(),
+            "group": self._group_summary(cfg),
         }
+
+    def _group_summary(self, cfg: dict[str, Any]) -> dict[str, Any] | None:
+        """This gateway's group membership for ``status`` (None: a lone gateway)."""
+        section = cfg.get("group")
+        if not section:
+            return None
+        link = self.reconciler.group_link
+        defn = link.definition if link is not None else None
+        return {
+            "name": (defn or {}).get("name"), "location": section["location"],
+            "gateway": section["gateway"], "number": section["number"],
+            "active": link is not None,
+            "applied_version": link.applied_version if link is not None else None,
+            "error": link.error if link is not None else None,
+        }  # fmt: skip
 
     def _memory(self) -> dict[str, int]:
         """The budget for commands' data (``serve --memory-budget``) and how much is held."""
