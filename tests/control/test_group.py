@@ -498,3 +498,19 @@ def test_status_says_which_group_and_whether_its_definition_is_in_force(pair, tm
     c.call("group.join", location=str(volume / ".gluster-iscsi"), gateway="gw-c",
            addresses=["127.0.0.1:3263"])
     assert c.call("sys.show")["group"]["active"] is False  # joined, not restarted
+
+
+def test_the_clients_ping_timeout_must_fail_pending_writes_before_a_brick_frees_the_lock():
+    # docs/HA.md "Measured by the harness": with the default ping timeout (42 s) a write the
+    # cut-off owner had issued landed after another gateway took the lock; with 10 s it failed
+    # at 30 s, before the bricks let the lock go (42 s).
+    opts = groupmod.parse_volume_options(GLUSTER_GET)
+    problem = groupmod.lease_problem("v", opts, 5.0)
+    assert problem is not None and "network.ping-timeout 42" in problem
+    assert "gluster volume set v network.ping-timeout 9" in problem
+    assert groupmod.lease_problem("v", {**opts, "network.ping-timeout": "10"}, 5.0) is None
+    assert groupmod.lease_problem("v", {**opts, "network.ping-timeout": "13"}, 5.0) is not None
+    # the lease itself still has to end before a brick drops its holder
+    assert "lease_seconds 40" in groupmod.lease_problem(
+        "v", {**opts, "network.ping-timeout": "10"}, 40.0)
+    assert groupmod.lease_problem("v", {}, 5.0) is None  # nothing known: not refused here

@@ -143,6 +143,14 @@ def test_two_gateways_on_a_gluster_volume_through_fuse(tmp_path, group_volume):
                                     f"{mountpoint}/.gluster-iscsi-x-{name}", "--lease-seconds", "40")
     assert res.returncode == 6, res.stdout + res.stderr
     assert "drops a silent client after 38 s" in res.stderr and "--lease-seconds" in res.stderr
+    # ... and the clients' ping timeout must fail a cut-off owner's pending writes before a
+    # brick frees its lock (42 s by default: refused, with the command that fixes it)
+    res = Serve(tmp_path / "y").cli("group", "create", "gy", "--location",
+                                    f"{mountpoint}/.gluster-iscsi-y-{name}")
+    assert res.returncode == 6, res.stdout + res.stderr
+    assert f"gluster volume set {volume} network.ping-timeout 9" in res.stderr
+    subprocess.run(["gluster", "--mode=script", "volume", "set", volume, "network.ping-timeout",
+                    "9"], check=True, capture_output=True, timeout=60)
     run_group(tmp_path, f"{mountpoint}/.gluster-iscsi-{name}", f"{mountpoint}/{name}.img")
 
 

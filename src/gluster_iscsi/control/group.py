@@ -647,8 +647,8 @@ def create_group(location: str, name: str, settings: dict[str, float] | None = N
                          f" {beat:g} (a lease must survive a beat)")
     problem = (check or check_volume_options)(location, lease)
     if problem is not None:
-        raise GroupError("invalid", problem, "lower --lease-seconds, or raise the volume's"
-                         " keepalive / tcp-user-timeout options (docs/OPERATIONS.md, HA)")
+        raise GroupError("invalid", problem, "change what the message says: --lease-seconds or"
+                         " the volume's options (docs/OPERATIONS.md, HA)")
     shared = open_location(location)
     try:
         try:
@@ -1052,9 +1052,36 @@ def check_volume_options(location: str, lease_seconds: float) -> str | None:
         log.warning("group: cannot read the options of volume %s: %s", volume,
                     (proc.stderr or proc.stdout).strip())
         return None
-    drop = brick_drop_seconds(parse_volume_options(proc.stdout))
-    if drop is not None and drop[0] <= lease_seconds:
+    return lease_problem(volume, parse_volume_options(proc.stdout), lease_seconds)
+
+
+#: A client fails the I/O it has pending on a silent brick connection about this many
+#: ping timeouts after the cut (measured: 30 s with network.ping-timeout 10; docs/HA.md).
+PING_TIMEOUTS_TO_FAIL = 3
+
+
+def lease_problem(volume: str, options: dict[str, str], lease_seconds: float) -> str | None:
+    """Why a group's lease is not safe with these volume options, or None (HA.md, decision 3).
+
+    Two orders must hold after an owner is cut off from the bricks: it must fence itself
+    (``lease_seconds``) before a brick can drop it and so free its lock for another gateway;
+    and its Gluster client must fail the writes it already issued before that too, or one of
+    them lands after the new owner wrote (measured with the default ping timeout, 42 s)."""
+    drop = brick_drop_seconds(options)
+    if drop is None:
+        return None
+    if drop[0] <= lease_seconds:
         return (f"volume {volume}: a brick drops a silent client after {drop[0]:g} s"
                 f" ({drop[1]}), not longer than lease_seconds {lease_seconds:g}: a hung owner"
                 " could lose its lock before it stops issuing writes")
+    try:
+        ping = float(options.get("network.ping-timeout", "42"))
+    except ValueError:
+        ping = 42.0
+    if PING_TIMEOUTS_TO_FAIL * ping >= drop[0]:
+        return (f"volume {volume}: network.ping-timeout {ping:g} lets a cut-off owner's"
+                f" pending writes outlive its lock (a brick frees it after {drop[0]:g} s,"
+                f" {drop[1]}; the client fails them only after ~{PING_TIMEOUTS_TO_FAIL} ping"
+                f" timeouts): set 'gluster volume set {volume} network.ping-timeout"
+                f" {max(1, int(drop[0] / (PING_TIMEOUTS_TO_FAIL + 1)))}'")
     return None
