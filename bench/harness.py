@@ -30,6 +30,7 @@ from targets import (  # noqa: E402
     SESSION_PARAMS,
     Backing,
     OursTarget,
+    Scraper,
     Target,
     TgtTarget,
     free_port,
@@ -483,6 +484,8 @@ def make_target(kind: str, label: str, workdir: str, args: argparse.Namespace) -
         extra = args.ours_args_a if label == "A" and args.ours_args_a is not None else args.ours_args
         t = OursTarget(label, wd, cmd=args.ours_cmd.split() if args.ours_cmd else None,
                        serve_args=extra.split(), block_size=args.block_size)
+        if label == args.metrics_on:
+            t.metrics_port = free_port()
     else:
         raise SystemExit(f"unknown target kind {kind!r} (tgt, ours)")
     t.cpus = args.daemon_cpus
@@ -545,10 +548,15 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
             sec["skipped"] = f"{t.name()}: {why}"
             log(f"{label}: skipped: {sec['skipped']}")
             return
+    scraper = None
     try:
         for t, bk in ((ta, back_a), (tb, back_b)):
             log(f"{label}: starting {t.name()} on {bk.describe()} port {t.port}")
             t.start(bk)
+        for t in (ta, tb):
+            if isinstance(t, OursTarget) and t.metrics_port:
+                scraper = Scraper(t.label, t.metrics_port, args.metrics_interval)
+                scraper.start()
         pa, pb = probe(ta), probe(tb)
         terms = {"A": terms_of(pa), "B": terms_of(pb)}
         diff = [k for k in terms["A"] if terms["A"].get(k) != terms["B"].get(k)]
@@ -621,6 +629,10 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
         sec["error"] = f"{type(e).__name__}: {e}"
         log(f"{label}: ERROR {sec['error']}")
     finally:
+        if scraper is not None:
+            note = scraper.stop()
+            log(f"{label}: {note}")
+            sec.setdefault("notes", []).append(note)
         for t in (ta, tb):
             t.stop()
 
@@ -833,6 +845,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ours-args-a", default=None, metavar="ARGS",
                     help="with --target-a ours: its own `serve` arguments instead of --ours-args, to "
                          "compare two settings of ours (e.g. --target-a ours --ours-args-a=--no-io-uring)")
+    ap.add_argument("--metrics-on", choices=["A", "B"], default="",
+                    help="that target (ours) serves --metrics-listen on a free loopback port and the "
+                         "harness scrapes its /metrics every --metrics-interval s while it runs. The "
+                         "metrics on/off ratio: --target-a ours --target-b ours --metrics-on B")
+    ap.add_argument("--metrics-interval", type=float, default=1.0, help="seconds between scrapes (--metrics-on)")
     ap.add_argument("--no-prefill", action="store_true", help="skip writing the whole LUN before measuring")
     ap.add_argument("--no-ceilings", action="store_true")
     ap.add_argument("--no-idle", action="store_true")
@@ -901,6 +918,8 @@ def main(argv: list[str] | None = None) -> int:
             report["target_b_note"] = f"target B is tgt, not ours: {why}. This run is the harness's tgt-vs-tgt sanity check."
             log(report["target_b_note"])
     report["targets"] = {"A": args.target_a, "B": args.target_b}
+    if args.metrics_on and {"A": args.target_a, "B": args.target_b}[args.metrics_on] != "ours":
+        raise SystemExit(f"--metrics-on {args.metrics_on}: that target must be ours (tgt has no metrics endpoint)")
 
     names = [n for n in args.workloads.split(",") if n]
     workloads = [w for w in WORKLOADS if not names or w.name in names]

@@ -366,3 +366,43 @@ def test_serve_gfapi_cache_option_and_the_ledger_from_the_budget():
         assert led.limit == 256 << 20 and cachemod.default_capacity() == 64 << 20
     finally:
         cachemod._ledger, cachemod._default_capacity = saved
+
+
+def test_summary_for_status_hit_ratio_bytes_and_upcalls():
+    """``cache.summary()``, the read caches in the daemon's ``status`` (issue 19): hit ratio,
+    bytes held, and "off (single-writer only)" when no cache has upcalls."""
+    import gc
+
+    from gluster_iscsi.backstore import cache as cachemod
+
+    class Watched(MemoryStore):
+        def watch_invalidations(self, cb):
+            return 30.0
+
+        def unwatch_invalidations(self, cb):
+            pass
+
+    gc.collect()
+    plain = _cached(MemoryStore(8 * CHUNK))
+    empty = cachemod.summary([])
+    assert empty["luns"] == 0 and empty["hit_ratio"] is None and empty["upcalls"] is None
+    plain.read(0, 10)  # miss: one chunk filled
+    plain.read(0, 10)  # hit
+    plain.read(5, 10)  # hit
+    plain.read(CHUNK, 10)  # miss
+    s = cachemod.summary([plain])
+    assert (s["luns"], s["enabled"], s["hits"], s["misses"]) == (1, 1, 2, 2)
+    assert s["hit_ratio"] == 0.5 and s["bytes_cached"] == 2 * CHUNK == plain.bytes
+    assert s["upcalls"] == cachemod.SINGLE_WRITER_ONLY == "off (single-writer only)"
+    watched = _cached(Watched(8 * CHUNK))
+    assert cachemod.summary([watched])["upcalls"] == "on"
+    assert cachemod.summary([plain, watched])["upcalls"] == "mixed"
+    off = _cached(MemoryStore(CHUNK), capacity=0)  # cache 0: not a cached LUN
+    assert cachemod.summary([off])["luns"] == 0
+    # Without an argument: every cache open now, and none once closed.
+    every = cachemod.summary()
+    assert every["luns"] >= 2 and every["bytes_cached"] >= 2 * CHUNK
+    for c in (plain, watched, off):
+        c.close()
+    gc.collect()
+    assert cachemod.summary()["bytes_cached"] == every["bytes_cached"] - 2 * CHUNK

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -147,6 +148,43 @@ def default_capacity() -> int:
     return _default_capacity
 
 
+#: The caches open now (made by :class:`CachedStore`, left at its close), for :func:`summary`.
+_open_caches: weakref.WeakSet[CachedStore] = weakref.WeakSet()
+
+#: What :func:`summary` says of a daemon whose caches get no upcalls.
+SINGLE_WRITER_ONLY = "off (single-writer only)"
+
+
+def summary(caches_: list[CachedStore] | None = None) -> dict[str, Any]:
+    """The daemon's read caches in one dict, for ``status``: how many LUNs have one on, the
+    hit ratio (hits over reads that went through an enabled cache; None before any), the bytes
+    held against the caps, and whether upcalls keep them coherent with other Gluster clients:
+    ``"on"`` (every cache), :data:`SINGLE_WRITER_ONLY` (none: correct only while this gateway
+    is the file's only writer), ``"mixed"`` (per LUN in ``lun list --json``), None when no
+    LUN has a cache. ``caches_``: these instead of every cache open now (tests)."""
+    caches = [c for c in (list(_open_caches) if caches_ is None else caches_) if c.capacity > 0]
+    on = [c for c in caches if c.enabled]
+    hits = sum(c.hits for c in caches)
+    misses = sum(c.misses for c in caches)
+    upcall = sum(1 for c in caches if c.coherence == "upcall")
+    led = ledger()
+    return {
+        "luns": len(caches),
+        "enabled": len(on),
+        "hits": hits,
+        "misses": misses,
+        "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+        "bytes_cached": sum(c.bytes for c in caches),
+        "capacity": sum(c.capacity for c in caches),
+        "limit_all_luns": led.limit,
+        "lun_default": default_capacity(),
+        "readahead_bytes": sum(c.readahead_bytes for c in caches),
+        "invalidations": sum(c.invalidations for c in caches),
+        "upcalls": (None if not caches else "on" if upcall == len(caches) else
+                    SINGLE_WRITER_ONLY if not upcall else "mixed"),
+    }
+
+
 def parse_capacity(value: Any) -> int:
     """A LUN's ``cache`` option: a size (``64MiB``, bytes), ``0``/``off`` to disable."""
     from .size import parse_size
@@ -222,6 +260,7 @@ class CachedStore(BackingStore):
             if ttl is not None:
                 self.coherence = "upcall"
                 self.ttl = ttl
+        _open_caches.add(self)
 
     # -- the cache ------------------------------------------------------------------------------
 
@@ -482,6 +521,7 @@ class CachedStore(BackingStore):
         return self.inner.extents(offset, length)
 
     def close(self, timeout: float | None = None) -> None:
+        _open_caches.discard(self)
         unwatch = getattr(self.inner, "unwatch_invalidations", None)
         if unwatch is not None:
             unwatch(self.invalidate_all)
