@@ -965,7 +965,8 @@ def main(argv: list[str] | None = None) -> int:
                     fio["gluster-gfapi"] = fio_ceiling(
                         ["--ioengine=gfapi", f"--volume={vol.strip('/')}", f"--brick={host}",
                          f"--filename=gluster-iscsi-bench-{os.getpid()}/gfapi-ceiling.dat"],
-                        1 if args.smoke else 2, "256m")
+                        # the LUN's size: its 4K random reads are the cold set's yardstick
+                        1 if args.smoke else 2, "256m" if args.smoke else "1g")
             for f in os.listdir(shm):
                 os.unlink(os.path.join(shm, f))
 

@@ -394,6 +394,10 @@ def test_summary_for_status_hit_ratio_bytes_and_upcalls():
     assert (s["luns"], s["enabled"], s["hits"], s["misses"]) == (1, 1, 2, 2)
     assert s["hit_ratio"] == 0.5 and s["bytes_cached"] == 2 * CHUNK == plain.bytes
     assert s["upcalls"] == cachemod.SINGLE_WRITER_ONLY == "off (single-writer only)"
+    line = cachemod.summary_line(s)
+    assert "1 of 1 LUNs on" in line and "hit ratio 50.0%" in line
+    assert line.endswith("upcalls off (single-writer only)")
+    assert cachemod.summary_line(empty) == "read cache: no gfapi LUN has one"
     watched = _cached(Watched(8 * CHUNK))
     assert cachemod.summary([watched])["upcalls"] == "on"
     assert cachemod.summary([plain, watched])["upcalls"] == "mixed"

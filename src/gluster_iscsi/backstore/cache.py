@@ -205,6 +205,16 @@ def parse_capacity(value: Any) -> int:
     return n
 
 
+def summary_line(s: dict[str, Any]) -> str:
+    """:func:`summary` as the one line ``status`` prints."""
+    if not s["luns"]:
+        return "read cache: no gfapi LUN has one"
+    ratio = "-" if s["hit_ratio"] is None else f"{100 * s['hit_ratio']:.1f}%"
+    return (f"read cache: {s['enabled']} of {s['luns']} LUNs on, hit ratio {ratio}, "
+            f"{s['bytes_cached'] / (1 << 20):.1f} MiB cached (at most "
+            f"{min(s['capacity'], s['limit_all_luns']) >> 20} MiB), upcalls {s['upcalls']}")
+
+
 class CachedStore(BackingStore):
     """``inner`` with a read cache of up to ``capacity`` bytes in front (see the module)."""
 
