@@ -410,3 +410,45 @@ def test_summary_for_status_hit_ratio_bytes_and_upcalls():
         c.close()
     gc.collect()
     assert cachemod.summary()["bytes_cached"] == every["bytes_cached"] - 2 * CHUNK
+
+
+def test_a_write_of_whole_chunks_is_cached_and_racing_writes_are_not():
+    """A write that succeeded leaves the whole chunks it covered in the cache (as the page
+    cache keeps what is written: a LUN written end to end reads from memory), partial
+    chunks dropped; but when another write of the same chunks was in flight, the two may
+    have landed in either order, and neither is cached."""
+
+    class PausingWrites(MemoryStore):
+        pause_next = False
+
+        def __init__(self, size: int) -> None:
+            super().__init__(size)
+            self.landed = threading.Event()
+            self.release = threading.Event()
+
+        def write(self, offset, data):  # type: ignore[override]
+            super().write(offset, data)
+            if self.pause_next:
+                self.pause_next = False
+                self.landed.set()
+                assert self.release.wait(10)
+
+    inner = PausingWrites(8 * CHUNK)
+    store = _cached(inner)
+    store.write(CHUNK - 10, b"a" * (2 * CHUNK + 20))  # chunks 1 and 2 whole, 0 and 3 partly
+    assert sorted(store._chunks) == [1, 2] and store.bytes == 2 * CHUNK
+    inner.write(CHUNK, b"z" * 10)  # behind its back: a hit proves it came from the cache
+    assert store.read(CHUNK, 10) == b"a" * 10 and (store.hits, store.misses) == (1, 0)
+    assert store.read(CHUNK - 20, 20) == bytes(10) + b"a" * 10  # chunk 0 was dropped: a miss
+    assert store.misses == 1
+    # Two writes of chunk 4 in flight: the first lands, then the second runs whole, then
+    # the first returns. The store holds the second's bytes; the first must not be cached.
+    inner.pause_next = True
+    first = threading.Thread(target=store.write, args=(4 * CHUNK, b"1" * CHUNK))
+    first.start()
+    assert inner.landed.wait(10)
+    store.write(4 * CHUNK, b"2" * CHUNK)
+    inner.release.set()
+    first.join(10)
+    assert 4 not in store._chunks
+    assert store.read(4 * CHUNK, CHUNK) == inner.read(4 * CHUNK, CHUNK)

@@ -15,7 +15,11 @@ A write (and discard, write_zeroes) goes to the store first, then, before the ca
 (so before the SCSI layer can answer GOOD), the chunks it touched are dropped, in a
 ``finally``: a failed or partial write drops them too. A read that hits the cache while a
 write is in flight may see the old bytes: the write is not acknowledged yet, so either
-answer is correct.
+answer is correct. A write that succeeded then puts the whole chunks it covered back, with
+its own bytes (copied before it returns), as the kernel's page cache keeps what is written
+to a file: a LUN written end to end is read from memory, as tgt reads a FUSE file. Not when
+another change of those chunks was numbered after the write began: two overlapping writes in
+flight may land on the bricks in either order, so neither is trusted then.
 
 The race that matters is a *fill*: a read misses, reads the bricks without the lock (other
 reads and writes go on meanwhile), then inserts what it read. If a write completed between
@@ -304,16 +308,32 @@ class CachedStore(BackingStore):
         if freed:
             self._ledger.give(freed)
 
-    def _invalidate(self, offset: int, length: int) -> None:
-        """Drop the chunks of [offset, offset+length) and remember it for fills in flight."""
+    def _invalidate(self, offset: int, length: int, start: int = -1,
+                    data: memoryview | None = None) -> None:
+        """Drop the chunks of [offset, offset+length) and remember it for fills in flight.
+
+        With ``data`` (the bytes a write that began at generation ``start`` has just put
+        there, successfully), the whole chunks it covers are then cached (as the page cache
+        keeps what is written): only if no other change of those chunks was numbered after
+        ``start``, since two overlapping writes in flight may land in either order."""
         if length <= 0:
             return
-        first = offset >> self._shift
-        last = (offset + length - 1) >> self._shift
+        shift = self._shift
+        first = offset >> shift
+        last = (offset + length - 1) >> shift
+        chunk = self.chunk
+        keep_first = (offset + chunk - 1) >> shift  # the whole chunks the write covers
+        keep_last = ((offset + length) >> shift) - 1
+        pieces: list[bytes] = []
+        if data is not None and keep_first <= keep_last:
+            base = (keep_first << shift) - offset
+            pieces = [bytes(data[base + k * chunk : base + (k + 1) * chunk])
+                      for k in range(keep_last - keep_first + 1)]
         with self._lock:
             self._gen += 1
+            gen = self._gen
             recent = self._recent
-            recent.append((self._gen, first, last))
+            recent.append((gen, first, last))
             if len(recent) > _RING:
                 self._floor = recent.popleft()[0]
             chunks = self._chunks
@@ -329,6 +349,20 @@ class CachedStore(BackingStore):
             if freed:
                 self.bytes -= freed
                 self._ledger.give(freed)
+            if not pieces or start < self._floor or not self.enabled:
+                return
+            for g, lo, hi in recent:
+                if start < g < gen and lo <= keep_last and hi >= keep_first:
+                    return  # another change of these chunks raced this write
+            size = self._size
+            if size is not None and (keep_last + 1) << shift > size:
+                return  # beyond the size we know (a shrink raced it): leave it to reads
+            now = self._clock()
+            for k, piece in enumerate(pieces):
+                if not self._make_room_locked(len(piece)):
+                    return
+                chunks[keep_first + k] = (piece, now)
+                self.bytes += len(piece)
 
     def _known_size(self) -> int:
         size = self._size
@@ -475,21 +509,32 @@ class CachedStore(BackingStore):
     # -- writes: the store first, then the drop, before returning --------------------------------
 
     def write(self, offset: int, data: Buffer) -> None:
+        view = byte_view(data)
+        start = self._gen
+        done = False
         try:
             self.inner.write(offset, data)
+            done = True
         finally:
-            self._invalidate(offset, len(byte_view(data)))
+            self._invalidate(offset, len(view), start, view if done and self.enabled else None)
 
     def writev(self, offset: int, buffers: list[Buffer]) -> None:
-        total = sum(len(byte_view(b)) for b in buffers)
+        views = [byte_view(b) for b in buffers]
+        total = sum(len(v) for v in views)
+        start = self._gen
+        done = False
         try:
             writev = getattr(self.inner, "writev", None)
             if writev is not None:
                 writev(offset, buffers)
             else:
-                self.inner.write(offset, b"".join(byte_view(b) for b in buffers))
+                self.inner.write(offset, b"".join(views))
+            done = True
         finally:
-            self._invalidate(offset, total)
+            keep = None
+            if done and self.enabled and total >= self.chunk:
+                keep = views[0] if len(views) == 1 else memoryview(b"".join(views))
+            self._invalidate(offset, total, start, keep)
 
     def discard(self, offset: int, length: int) -> None:
         try:
