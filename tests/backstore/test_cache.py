@@ -452,3 +452,95 @@ def test_a_write_of_whole_chunks_is_cached_and_racing_writes_are_not():
     first.join(10)
     assert 4 not in store._chunks
     assert store.read(4 * CHUNK, CHUNK) == inner.read(4 * CHUNK, CHUNK)
+
+
+def test_the_runner_answers_cache_hits_on_the_loop_and_sends_misses_to_the_workers():
+    """A hit costs no hand-off to the store's worker threads (issue 19: gfapi hot reads as
+    fast as the page cache); a miss, or a LU whose lock COMPARE AND WRITE holds, goes there."""
+    from gluster_iscsi.buffers import BufferPool
+    from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiTask, Status
+    from gluster_iscsi.server.runner import Runner, lu_on, lu_state
+
+    class Blocking(MemoryStore):
+        blocking = True  # as the gfapi store: its calls run on the workers
+
+    class Pool:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.hold = False  # True: take the call, never run it (a worker still busy)
+
+        def in_flight(self) -> bool:
+            return False
+
+        def submit(self, fn, arg, callback, timeout=0.0) -> None:
+            self.calls += 1
+            if self.hold:
+                return
+            try:
+                value, exc = fn(arg), None
+            except Exception as e:  # handed back as the pool does
+                value, exc = None, e
+            callback(value, exc)
+
+    class Engines:
+        io_timeout = 7.0
+        ring = None
+
+        class poller:
+            missed_at = None
+
+        def __init__(self) -> None:
+            self.pool = Pool()
+
+        def pool_for(self, store):
+            return self.pool
+
+    class Host:
+        def __init__(self) -> None:
+            self.results = []
+
+        def reserve(self, task, n):
+            return True
+
+        def alone(self):
+            return True
+
+        def complete(self, task, result):
+            self.results.append(result)
+
+    nexus = Nexus("iqn.x:i", "iqn.x:i,i,0x1", "iqn.x:t,t,0x1")
+    inner = Blocking(16 * CHUNK)
+    inner.write(CHUNK, b"h" * CHUNK)
+    store = _cached(inner)
+    lu = lu_on(store, serial="hits")
+    device = DeviceServer({0: lu})
+    device.nexus_added(nexus)
+    lu.clear_ua(nexus.initiator_port)
+    engines = Engines()
+    runner = Runner(engines, buffers=BufferPool())  # type: ignore[arg-type]
+    host = Host()
+
+    def read(lba: int, blocks: int) -> bytes:
+        cdb = bytes([0x28, 0]) + lba.to_bytes(4, "big") + bytes([0]) + blocks.to_bytes(2, "big") + b"\0"
+        task = ScsiTask(cdb, 0, nexus, expected_length=blocks * 512)
+        runner.start(task, device.execute(task), lu, host)
+        result = host.results[-1]
+        assert result.status == Status.GOOD
+        return bytes(result.data)
+
+    lba = CHUNK // 512
+    assert read(lba, 8) == b"h" * 4096 and engines.pool.calls == 1  # a miss: on the workers
+    assert read(lba, 8) == b"h" * 4096 and engines.pool.calls == 1  # a hit: not
+    assert (store.hits, store.misses) == (1, 1) and len(host.results) == 2
+    # COMPARE AND WRITE holds the LU's lock: the loop must not wait for it, the hit goes to
+    # the workers (which wait there).
+    lock = lu_state(lu).lock
+    lock.acquire()
+    engines.pool.hold = True
+    try:
+        cdb = bytes([0x28, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 8, 0])
+        task = ScsiTask(cdb, 0, nexus, expected_length=4096)
+        runner.start(task, device.execute(task), lu, host)
+        assert engines.pool.calls == 2 and len(host.results) == 2
+    finally:
+        lock.release()

@@ -438,6 +438,25 @@ class CachedStore(BackingStore):
             return
         self._insert(start, first, data, hi - lo, chunk)
 
+    def read_hit(self, offset: int, buf: memoryview) -> bool:
+        """:meth:`read_into` if every chunk is cached and fresh, else False with nothing done:
+        it never calls the store, so the command runner calls it on the event loop first and
+        sends only misses to the store's workers (a hit then costs no thread hand-off)."""
+        if not self.enabled:
+            return False
+        dst = byte_view(buf)
+        length = len(dst)
+        if length == 0 or offset < 0:
+            return False
+        shift = self._shift
+        if not self._copy_hits(offset, dst, offset >> shift, (offset + length - 1) >> shift):
+            return False
+        self.hits += 1
+        # (the sequential-stream hint of read_into, for the misses that follow)
+        self._streak = self._streak + 1 if offset == self._next else 0
+        self._next = offset + length
+        return True
+
     def _copy_hits(self, offset: int, dst: memoryview, first: int, last: int) -> bool:
         """Copy [offset, +len(dst)) from cached chunks if every one is there and fresh."""
         shift = self._shift
