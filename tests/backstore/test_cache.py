@@ -441,6 +441,16 @@ def test_a_write_of_whole_chunks_is_cached_and_racing_writes_are_not():
     assert store.read(CHUNK, 10) == b"a" * 10 and (store.hits, store.misses) == (1, 0)
     assert store.read(CHUNK - 20, 20) == bytes(10) + b"a" * 10  # chunk 0 was dropped: a miss
     assert store.misses == 1
+    # A write covering a cached chunk in part patches it (a 4K write does not cost the
+    # chunk); one covering an uncached chunk in part leaves it uncached.
+    assert store.read(6 * CHUNK, 10) == bytes(10) and store.misses == 2  # chunk 6 cached
+    store.writev(6 * CHUNK + 100, [b"p" * 5, bytearray(b"q" * 5)])
+    assert sorted(store._chunks) == [0, 1, 2, 6] and store.bytes == 4 * CHUNK
+    inner.write(6 * CHUNK, b"z" * 200)  # behind its back again
+    assert store.read(6 * CHUNK + 95, 20) == bytes(5) + b"ppppp" + b"qqqqq" + bytes(5)
+    assert store.misses == 2
+    store.write(7 * CHUNK + 1, b"u")  # chunk 7 was not cached: stays out
+    assert 7 not in store._chunks
     # Two writes of chunk 4 in flight: the first lands, then the second runs whole, then
     # the first returns. The store holds the second's bytes; the first must not be cached.
     inner.pause_next = True

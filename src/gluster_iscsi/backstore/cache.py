@@ -15,9 +15,11 @@ A write (and discard, write_zeroes) goes to the store first, then, before the ca
 (so before the SCSI layer can answer GOOD), the chunks it touched are dropped, in a
 ``finally``: a failed or partial write drops them too. A read that hits the cache while a
 write is in flight may see the old bytes: the write is not acknowledged yet, so either
-answer is correct. A write that succeeded then puts the whole chunks it covered back, with
-its own bytes (copied before it returns), as the kernel's page cache keeps what is written
-to a file: a LUN written end to end is read from memory, as tgt reads a FUSE file. Not when
+answer is correct. A write that succeeded then puts the chunks back with its own bytes
+(copied before it returns): the whole chunks it covered, and the cached chunks it covered in
+part, patched. So the cache keeps what is written as the kernel's page cache does (a LUN
+written end to end is read from memory, as tgt reads a FUSE file; a 4K write does not cost
+a cached 64K chunk). Not when
 another change of those chunks was numbered after the write began: two overlapping writes in
 flight may land on the bricks in either order, so neither is trusted then.
 
@@ -313,9 +315,10 @@ class CachedStore(BackingStore):
         """Drop the chunks of [offset, offset+length) and remember it for fills in flight.
 
         With ``data`` (the bytes a write that began at generation ``start`` has just put
-        there, successfully), the whole chunks it covers are then cached (as the page cache
-        keeps what is written): only if no other change of those chunks was numbered after
-        ``start``, since two overlapping writes in flight may land in either order."""
+        there, successfully), the chunks are then cached with those bytes, as the page cache
+        keeps what is written: the whole chunks it covers, and the cached chunks it covers in
+        part, patched. Only if no other change of those chunks was numbered after ``start``,
+        since two overlapping writes in flight may land in either order."""
         if length <= 0:
             return
         shift = self._shift
@@ -338,31 +341,46 @@ class CachedStore(BackingStore):
                 self._floor = recent.popleft()[0]
             chunks = self._chunks
             freed = 0
+            edges: list[tuple[int, bytes]] = []  # cached chunks the write covers in part
             if last - first < len(chunks):
                 for i in range(first, last + 1):
                     entry = chunks.pop(i, None)
                     if entry is not None:
                         freed += len(entry[0])
+                        if data is not None and (i < keep_first or i > keep_last):
+                            edges.append((i, entry[0]))
             else:
                 for i in [i for i in chunks if first <= i <= last]:
                     freed += len(chunks.pop(i)[0])
             if freed:
                 self.bytes -= freed
                 self._ledger.give(freed)
-            if not pieces or start < self._floor or not self.enabled:
+            if data is None or (not pieces and not edges):
+                return
+            if start < self._floor or not self.enabled:
                 return
             for g, lo, hi in recent:
-                if start < g < gen and lo <= keep_last and hi >= keep_first:
+                if start < g < gen and lo <= last and hi >= first:
                     return  # another change of these chunks raced this write
-            size = self._size
-            if size is not None and (keep_last + 1) << shift > size:
-                return  # beyond the size we know (a shrink raced it): leave it to reads
             now = self._clock()
-            for k, piece in enumerate(pieces):
-                if not self._make_room_locked(len(piece)):
+            size = self._size
+            if pieces and (size is None or (keep_last + 1) << shift <= size):
+                for k, piece in enumerate(pieces):
+                    if not self._make_room_locked(len(piece)):
+                        return
+                    chunks[keep_first + k] = (piece, now)
+                    self.bytes += len(piece)
+            for i, old in edges:
+                lo_b = max(offset, i << shift)
+                hi_b = min(offset + length, (i << shift) + len(old))
+                if hi_b - lo_b != min(offset + length, (i + 1) << shift) - lo_b:
+                    continue  # the write runs past the cached (last, short) chunk: dropped
+                patched = bytearray(old)
+                patched[lo_b - (i << shift) : hi_b - (i << shift)] = data[lo_b - offset : hi_b - offset]
+                if not self._make_room_locked(len(patched)):
                     return
-                chunks[keep_first + k] = (piece, now)
-                self.bytes += len(piece)
+                chunks[i] = (bytes(patched), now)
+                self.bytes += len(patched)
 
     def _known_size(self) -> int:
         size = self._size
@@ -551,7 +569,7 @@ class CachedStore(BackingStore):
             done = True
         finally:
             keep = None
-            if done and self.enabled and total >= self.chunk:
+            if done and self.enabled:
                 keep = views[0] if len(views) == 1 else memoryview(b"".join(views))
             self._invalidate(offset, total, start, keep)
 
