@@ -826,7 +826,9 @@ def main(argv: list[str] | None = None) -> int:
                          "exists, else tgt, said loudly)")
     ap.add_argument("--backends", default="tmpfs,fuse,gfapi",
                     help="comma list of: tmpfs (file on /dev/shm), fuse (file on a FUSE-mounted Gluster "
-                         "volume, both targets), gfapi (B on its gfapi store vs A on FUSE)")
+                         "volume, both targets), gfapi (B on its gfapi store vs A on FUSE), gfapi-both "
+                         "(A and B each on a gfapi store: --target-a ours, e.g. with "
+                         "--ours-args-a='--gfapi-cache 0' for the cache against none)")
     ap.add_argument("--workloads", default="", help="comma list of workload names (default: all)")
     ap.add_argument("--rounds", type=int, default=3, help="measured A,B pairs per workload")
     ap.add_argument("--seconds", type=float, default=3.0, help="per measured run")
@@ -940,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fuse_dir, fuse_src = args.fuse_dir, ""
         gluster_note = ""
-        if any(b in ("fuse", "gfapi") for b in backends) and not fuse_dir:
+        if any(b in ("fuse", "gfapi", "gfapi-both") for b in backends) and not fuse_dir:
             fuse_dir, fuse_src, started_gluster, gluster_note = gluster_env("start", args.gluster_volume)
             report["gluster"] = {"volume": args.gluster_volume, "mount": fuse_dir, "source": fuse_src,
                                  "started_by_harness": started_gluster, "note": gluster_note}
@@ -998,6 +1000,18 @@ def main(argv: list[str] | None = None) -> int:
                 run_backend("gfapi-vs-fuse", Backing("file", directory=gdir),
                             Backing("gfapi", volume=vol.strip("/"), host=host,
                                     path=f"gluster-iscsi-bench-{os.getpid()}/ours-lun1.img"),
+                            args, workdir, workloads, report)
+            elif be == "gfapi-both":  # ours against ours, both on gfapi (--target-a ours)
+                if not gdir:
+                    report.setdefault("backends", {})["gfapi-both"] = {"skipped": no_gluster}
+                    log(f"gfapi-both: skipped: {no_gluster}")
+                    continue
+                os.makedirs(gdir, exist_ok=True)
+                host, vol = (fuse_src.split(":", 1) + [""])[:2] if ":" in fuse_src else ("127.0.0.1", "")
+                run_backend("gfapi-both",
+                            *(Backing("gfapi", volume=vol.strip("/"), host=host,
+                                      path=f"gluster-iscsi-bench-{os.getpid()}/{side}-lun1.img")
+                              for side in ("a", "b")),
                             args, workdir, workloads, report)
             else:
                 raise SystemExit(f"unknown backend {be!r}")
