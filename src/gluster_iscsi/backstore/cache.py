@@ -248,8 +248,9 @@ class CachedStore(BackingStore):
         self._ledger = ledger_ if ledger_ is not None else ledger()
         self._clock = clock
         self._lock = threading.Lock()
-        # chunk index -> (bytes, time filled); OrderedDict order is LRU (oldest first).
-        self._chunks: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
+        # chunk index -> (bytes, time filled); OrderedDict order is LRU (oldest first). A
+        # chunk a write patched is a bytearray, changed in place under the lock.
+        self._chunks: OrderedDict[int, tuple[bytes | bytearray, float]] = OrderedDict()
         self.bytes = 0  # held now
         self._gen = 0
         self._floor = 0  # fills that started before this number insert nothing
@@ -341,14 +342,15 @@ class CachedStore(BackingStore):
                 self._floor = recent.popleft()[0]
             chunks = self._chunks
             freed = 0
-            edges: list[tuple[int, bytes]] = []  # cached chunks the write covers in part
+            edges: list[int] = []  # cached chunks the write covers in part: patched below
             if last - first < len(chunks):
                 for i in range(first, last + 1):
+                    if data is not None and (i < keep_first or i > keep_last) and i in chunks:
+                        edges.append(i)
+                        continue
                     entry = chunks.pop(i, None)
                     if entry is not None:
                         freed += len(entry[0])
-                        if data is not None and (i < keep_first or i > keep_last):
-                            edges.append((i, entry[0]))
             else:
                 for i in [i for i in chunks if first <= i <= last]:
                     freed += len(chunks.pop(i)[0])
@@ -357,12 +359,26 @@ class CachedStore(BackingStore):
                 self._ledger.give(freed)
             if data is None or (not pieces and not edges):
                 return
-            if start < self._floor or not self.enabled:
+            if start < self._floor or not self.enabled or any(
+                    start < g < gen and lo <= last and hi >= first for g, lo, hi in recent):
+                # another change of these chunks raced this write (two overlapping writes in
+                # flight may land in either order), or the cache was cleared meanwhile
+                self._drop_locked(edges)
                 return
-            for g, lo, hi in recent:
-                if start < g < gen and lo <= last and hi >= first:
-                    return  # another change of these chunks raced this write
             now = self._clock()
+            for n, i in enumerate(edges):
+                old, filled = chunks[i]
+                lo_b = max(offset, i << shift)
+                hi_b = min(offset + length, (i << shift) + len(old))
+                if hi_b - lo_b != min(offset + length, (i + 1) << shift) - lo_b:
+                    self._drop_locked(edges[n:])  # runs past the cached (last, short) chunk
+                    break
+                # In place: readers copy out of chunks only under this lock.
+                buf = old if type(old) is bytearray else bytearray(old)
+                buf[lo_b - (i << shift) : hi_b - (i << shift)] = data[lo_b - offset : hi_b - offset]
+                # (the time it was filled stays: the bytes not written are that old)
+                chunks[i] = (buf, filled)
+                chunks.move_to_end(i)
             size = self._size
             if pieces and (size is None or (keep_last + 1) << shift <= size):
                 for k, piece in enumerate(pieces):
@@ -370,17 +386,16 @@ class CachedStore(BackingStore):
                         return
                     chunks[keep_first + k] = (piece, now)
                     self.bytes += len(piece)
-            for i, old in edges:
-                lo_b = max(offset, i << shift)
-                hi_b = min(offset + length, (i << shift) + len(old))
-                if hi_b - lo_b != min(offset + length, (i + 1) << shift) - lo_b:
-                    continue  # the write runs past the cached (last, short) chunk: dropped
-                patched = bytearray(old)
-                patched[lo_b - (i << shift) : hi_b - (i << shift)] = data[lo_b - offset : hi_b - offset]
-                if not self._make_room_locked(len(patched)):
-                    return
-                chunks[i] = (bytes(patched), now)
-                self.bytes += len(patched)
+
+    def _drop_locked(self, indexes: list[int]) -> None:
+        freed = 0
+        for i in indexes:
+            entry = self._chunks.pop(i, None)
+            if entry is not None:
+                freed += len(entry[0])
+        if freed:
+            self.bytes -= freed
+            self._ledger.give(freed)
 
     def _known_size(self) -> int:
         size = self._size
