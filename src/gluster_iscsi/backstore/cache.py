@@ -359,8 +359,7 @@ class CachedStore(BackingStore):
                 self._ledger.give(freed)
             if data is None or (not pieces and not edges):
                 return
-            if start < self._floor or not self.enabled or any(
-                    start < g < gen and lo <= last and hi >= first for g, lo, hi in recent):
+            if start < self._floor or not self.enabled or self._raced_locked(start, gen, first, last):
                 # another change of these chunks raced this write (two overlapping writes in
                 # flight may land in either order), or the cache was cleared meanwhile
                 self._drop_locked(edges)
@@ -386,6 +385,16 @@ class CachedStore(BackingStore):
                         return
                     chunks[keep_first + k] = (piece, now)
                     self.bytes += len(piece)
+
+    def _raced_locked(self, start: int, gen: int, first: int, last: int) -> bool:
+        """Whether a change numbered between ``start`` and ``gen`` touched chunks
+        ``first..last`` (the ring is in number order: only its newest entries are read)."""
+        for g, lo, hi in reversed(self._recent):
+            if g <= start:
+                return False
+            if g < gen and lo <= last and hi >= first:
+                return True
+        return False
 
     def _drop_locked(self, indexes: list[int]) -> None:
         freed = 0
