@@ -627,13 +627,14 @@ def test_stopped_volume_gives_not_ready_then_the_same_session_recovers(gw, block
             print("\n" + "\n".join(seen))
     assert gw.proc is not None and gw.proc.poll() is None
     # The failed store calls are in /metrics by errno (issue 18: the gfapi store has no
-    # reconnect path to count; its errors are what an outage looks like). At least one per
-    # command that failed above: 2 READs, WRITE FUA, SYNCHRONIZE CACHE.
+    # reconnect path to count; its errors are what an outage looks like). Typically one per
+    # command that failed above (2 READs, WRITE FUA, SYNCHRONIZE CACHE: 5-6 seen), but how
+    # many store calls an outage fails is Gluster's business: at least one.
     errors = lun_metric(gw, "gluster_iscsi_lun_store_errors_total", BLOCK_LUN)
     grown = {k: v - errors0.get(k, 0) for k, v in errors.items() if v > errors0.get(k, 0)}
     with capsys.disabled():
         print(f"store errors by errno during the outage: {grown}")
-    assert sum(grown.values()) >= 4, (errors0, errors)
+    assert sum(grown.values()) >= 1, (errors0, errors)
     assert all(k.startswith("errno=E") for k in grown), grown
     assert lun_metric(gw, "gluster_iscsi_lun_store_errors_total", PLAIN_LUN) == plain0
 
@@ -673,8 +674,10 @@ def test_frozen_bricks_answer_not_ready_within_the_io_timeout(gw, block_volume):
                 os.kill(p, signal.SIGSTOP)
             try:
                 t = time.monotonic()
+                # A range the gateway never read nor wrote: what it wrote is in its gfapi read
+                # cache (issue 19), answered from there as tgt answers from the page cache.
                 (st, _, sense), other_took = await asyncio.gather(
-                    cmd(s, read10_cdb(base, len(before) // BS), lun=BLOCK_LUN,
+                    cmd(s, read10_cdb(base + 2048, len(before) // BS), lun=BLOCK_LUN,
                         read_len=len(before)),
                     other_luns_answer(),
                 )
@@ -692,9 +695,10 @@ def test_frozen_bricks_answer_not_ready_within_the_io_timeout(gw, block_volume):
                     os.kill(p, signal.SIGCONT)
             t0 = time.monotonic()
             while True:
-                st, data, sense = await cmd(s, read10_cdb(base, len(before) // BS),
+                st, data, sense = await cmd(s, read10_cdb(base + 2048, len(before) // BS),
                                             lun=BLOCK_LUN, read_len=len(before))
                 if st == GOOD:
+                    data = await read_ok(s, BLOCK_LUN, base, len(before))
                     break
                 assert time.monotonic() - t0 < RECOVERY_SECONDS, f"no recovery: {sense.hex()}"
                 await asyncio.sleep(1)
