@@ -30,6 +30,7 @@ from targets import (  # noqa: E402
     SESSION_PARAMS,
     Backing,
     OursTarget,
+    Scraper,
     Target,
     TgtTarget,
     free_port,
@@ -343,6 +344,12 @@ def fio_ceiling(target_args: list[str], seconds: float, size: str, only: tuple[s
     if not shutil.which("fio"):
         return {"error": "fio not installed"}
     out = {}
+    if any(a.startswith("--ioengine=gfapi") for a in target_args):
+        # fio lays out no file through gfapi: write it whole first, else the read jobs run
+        # past the end of what the time-bound write job wrote (0 IOPS)
+        subprocess.run(["fio", "--name=layout", *target_args, f"--size={size}", "--rw=write",
+                        "--bs=1m", "--numjobs=1", "--output-format=json"],
+                       capture_output=True, text=True, timeout=600)
     for name, args in FIO_JOBS:
         if only and name not in only:
             continue
@@ -483,6 +490,8 @@ def make_target(kind: str, label: str, workdir: str, args: argparse.Namespace) -
         extra = args.ours_args_a if label == "A" and args.ours_args_a is not None else args.ours_args
         t = OursTarget(label, wd, cmd=args.ours_cmd.split() if args.ours_cmd else None,
                        serve_args=extra.split(), block_size=args.block_size)
+        if label == args.metrics_on:
+            t.metrics_port = free_port()
     else:
         raise SystemExit(f"unknown target kind {kind!r} (tgt, ours)")
     t.cpus = args.daemon_cpus
@@ -545,10 +554,15 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
             sec["skipped"] = f"{t.name()}: {why}"
             log(f"{label}: skipped: {sec['skipped']}")
             return
+    scraper = None
     try:
         for t, bk in ((ta, back_a), (tb, back_b)):
             log(f"{label}: starting {t.name()} on {bk.describe()} port {t.port}")
             t.start(bk)
+        for t in (ta, tb):
+            if isinstance(t, OursTarget) and t.metrics_port:
+                scraper = Scraper(t.label, t.metrics_port, args.metrics_interval)
+                scraper.start()
         pa, pb = probe(ta), probe(tb)
         terms = {"A": terms_of(pa), "B": terms_of(pb)}
         diff = [k for k in terms["A"] if terms["A"].get(k) != terms["B"].get(k)]
@@ -621,6 +635,10 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
         sec["error"] = f"{type(e).__name__}: {e}"
         log(f"{label}: ERROR {sec['error']}")
     finally:
+        if scraper is not None:
+            note = scraper.stop()
+            log(f"{label}: {note}")
+            sec.setdefault("notes", []).append(note)
         for t in (ta, tb):
             t.stop()
 
@@ -808,7 +826,9 @@ def main(argv: list[str] | None = None) -> int:
                          "exists, else tgt, said loudly)")
     ap.add_argument("--backends", default="tmpfs,fuse,gfapi",
                     help="comma list of: tmpfs (file on /dev/shm), fuse (file on a FUSE-mounted Gluster "
-                         "volume, both targets), gfapi (B on its gfapi store vs A on FUSE)")
+                         "volume, both targets), gfapi (B on its gfapi store vs A on FUSE), gfapi-both "
+                         "(A and B each on a gfapi store: --target-a ours, e.g. with "
+                         "--ours-args-a='--gfapi-cache 0' for the cache against none)")
     ap.add_argument("--workloads", default="", help="comma list of workload names (default: all)")
     ap.add_argument("--rounds", type=int, default=3, help="measured A,B pairs per workload")
     ap.add_argument("--seconds", type=float, default=3.0, help="per measured run")
@@ -833,6 +853,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ours-args-a", default=None, metavar="ARGS",
                     help="with --target-a ours: its own `serve` arguments instead of --ours-args, to "
                          "compare two settings of ours (e.g. --target-a ours --ours-args-a=--no-io-uring)")
+    ap.add_argument("--metrics-on", choices=["A", "B"], default="",
+                    help="that target (ours) serves --metrics-listen on a free loopback port and the "
+                         "harness scrapes its /metrics every --metrics-interval s while it runs. The "
+                         "metrics on/off ratio: --target-a ours --target-b ours --metrics-on B")
+    ap.add_argument("--metrics-interval", type=float, default=1.0, help="seconds between scrapes (--metrics-on)")
     ap.add_argument("--no-prefill", action="store_true", help="skip writing the whole LUN before measuring")
     ap.add_argument("--no-ceilings", action="store_true")
     ap.add_argument("--no-idle", action="store_true")
@@ -901,6 +926,8 @@ def main(argv: list[str] | None = None) -> int:
             report["target_b_note"] = f"target B is tgt, not ours: {why}. This run is the harness's tgt-vs-tgt sanity check."
             log(report["target_b_note"])
     report["targets"] = {"A": args.target_a, "B": args.target_b}
+    if args.metrics_on and {"A": args.target_a, "B": args.target_b}[args.metrics_on] != "ours":
+        raise SystemExit(f"--metrics-on {args.metrics_on}: that target must be ours (tgt has no metrics endpoint)")
 
     names = [n for n in args.workloads.split(",") if n]
     workloads = [w for w in WORKLOADS if not names or w.name in names]
@@ -915,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fuse_dir, fuse_src = args.fuse_dir, ""
         gluster_note = ""
-        if any(b in ("fuse", "gfapi") for b in backends) and not fuse_dir:
+        if any(b in ("fuse", "gfapi", "gfapi-both") for b in backends) and not fuse_dir:
             fuse_dir, fuse_src, started_gluster, gluster_note = gluster_env("start", args.gluster_volume)
             report["gluster"] = {"volume": args.gluster_volume, "mount": fuse_dir, "source": fuse_src,
                                  "started_by_harness": started_gluster, "note": gluster_note}
@@ -946,7 +973,8 @@ def main(argv: list[str] | None = None) -> int:
                     fio["gluster-gfapi"] = fio_ceiling(
                         ["--ioengine=gfapi", f"--volume={vol.strip('/')}", f"--brick={host}",
                          f"--filename=gluster-iscsi-bench-{os.getpid()}/gfapi-ceiling.dat"],
-                        1 if args.smoke else 2, "256m")
+                        # the LUN's size: its 4K random reads are the cold set's yardstick
+                        1 if args.smoke else 2, "256m" if args.smoke else "1g")
             for f in os.listdir(shm):
                 os.unlink(os.path.join(shm, f))
 
@@ -972,6 +1000,18 @@ def main(argv: list[str] | None = None) -> int:
                 run_backend("gfapi-vs-fuse", Backing("file", directory=gdir),
                             Backing("gfapi", volume=vol.strip("/"), host=host,
                                     path=f"gluster-iscsi-bench-{os.getpid()}/ours-lun1.img"),
+                            args, workdir, workloads, report)
+            elif be == "gfapi-both":  # ours against ours, both on gfapi (--target-a ours)
+                if not gdir:
+                    report.setdefault("backends", {})["gfapi-both"] = {"skipped": no_gluster}
+                    log(f"gfapi-both: skipped: {no_gluster}")
+                    continue
+                os.makedirs(gdir, exist_ok=True)
+                host, vol = (fuse_src.split(":", 1) + [""])[:2] if ":" in fuse_src else ("127.0.0.1", "")
+                run_backend("gfapi-both",
+                            *(Backing("gfapi", volume=vol.strip("/"), host=host,
+                                      path=f"gluster-iscsi-bench-{os.getpid()}/{side}-lun1.img")
+                              for side in ("a", "b")),
                             args, workdir, workloads, report)
             else:
                 raise SystemExit(f"unknown backend {be!r}")

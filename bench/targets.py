@@ -16,7 +16,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 LUN_SIZE = 1 << 30
@@ -243,6 +245,7 @@ class OursTarget(Target):
         self.iqn = f"iqn.2026-11.org.gluster-iscsi.bench:ours-{label.lower()}"
         self.state_dir = ""
         self.backing_file = ""
+        self.metrics_port = 0       # > 0: serve with --metrics-listen 127.0.0.1:PORT
 
     @classmethod
     def available(cls, cmd: list[str] | None = None) -> str | None:
@@ -273,6 +276,8 @@ class OursTarget(Target):
 
     def _serve(self, extra: list[str]) -> None:
         log = open(os.path.join(self.workdir, "ours.log"), "ab")
+        if self.metrics_port:
+            extra = [*extra, "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
         self.proc = self.popen(
             [*self.cmd, "serve", "--state-dir", self.state_dir,
              "--listen", f"127.0.0.1:{self.port}", *self.serve_args, *extra], log)
@@ -332,6 +337,45 @@ class OursTarget(Target):
                 os.unlink(self.backing_file)
             except OSError:
                 pass
+
+
+class Scraper:
+    """What a Prometheus server does to the daemon: GET /metrics every `interval` seconds, in
+    a thread of the harness, for as long as the target runs. Counts what it got."""
+
+    def __init__(self, label: str, port: int, interval: float = 1.0):
+        self.label = label
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.interval = interval
+        self.ok = 0
+        self.failed = 0
+        self.last_bytes = 0
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    body = r.read()
+                if b"gluster_iscsi_lun_read_commands_total" not in body:
+                    raise ValueError("no per-LUN read counter in the answer")
+                self.ok += 1
+                self.last_bytes = len(body)
+            except (OSError, ValueError) as e:
+                self.failed += 1
+                self.last_error = str(e)
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return (f"{self.label}'s /metrics scraped every {self.interval:g} s during the run: {self.ok} scrapes "
+                f"({self.last_bytes} bytes the last), {self.failed} failed"
+                + (f" ({self.last_error})" if self.failed else ""))
 
 
 @dataclass

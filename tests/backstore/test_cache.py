@@ -366,3 +366,191 @@ def test_serve_gfapi_cache_option_and_the_ledger_from_the_budget():
         assert led.limit == 256 << 20 and cachemod.default_capacity() == 64 << 20
     finally:
         cachemod._ledger, cachemod._default_capacity = saved
+
+
+def test_summary_for_status_hit_ratio_bytes_and_upcalls():
+    """``cache.summary()``, the read caches in the daemon's ``status`` (issue 19): hit ratio,
+    bytes held, and "off (single-writer only)" when no cache has upcalls."""
+    import gc
+
+    from gluster_iscsi.backstore import cache as cachemod
+
+    class Watched(MemoryStore):
+        def watch_invalidations(self, cb):
+            return 30.0
+
+        def unwatch_invalidations(self, cb):
+            pass
+
+    gc.collect()
+    plain = _cached(MemoryStore(8 * CHUNK))
+    empty = cachemod.summary([])
+    assert empty["luns"] == 0 and empty["hit_ratio"] is None and empty["upcalls"] is None
+    plain.read(0, 10)  # miss: one chunk filled
+    plain.read(0, 10)  # hit
+    plain.read(5, 10)  # hit
+    plain.read(CHUNK, 10)  # miss
+    s = cachemod.summary([plain])
+    assert (s["luns"], s["enabled"], s["hits"], s["misses"]) == (1, 1, 2, 2)
+    assert s["hit_ratio"] == 0.5 and s["bytes_cached"] == 2 * CHUNK == plain.bytes
+    assert s["upcalls"] == cachemod.SINGLE_WRITER_ONLY == "off (single-writer only)"
+    line = cachemod.summary_line(s)
+    assert "1 of 1 LUNs on" in line and "hit ratio 50.0%" in line
+    assert line.endswith("upcalls off (single-writer only)")
+    assert cachemod.summary_line(empty) == "read cache: no gfapi LUN has one"
+    watched = _cached(Watched(8 * CHUNK))
+    assert cachemod.summary([watched])["upcalls"] == "on"
+    assert cachemod.summary([plain, watched])["upcalls"] == "mixed"
+    off = _cached(MemoryStore(CHUNK), capacity=0)  # cache 0: not a cached LUN
+    assert cachemod.summary([off])["luns"] == 0
+    # Without an argument: every cache open now, and none once closed.
+    every = cachemod.summary()
+    assert every["luns"] >= 2 and every["bytes_cached"] >= 2 * CHUNK
+    for c in (plain, watched, off):
+        c.close()
+    gc.collect()
+    assert cachemod.summary()["bytes_cached"] == every["bytes_cached"] - 2 * CHUNK
+
+
+def test_a_write_of_whole_chunks_is_cached_and_racing_writes_are_not():
+    """A write that succeeded leaves the whole chunks it covered in the cache (as the page
+    cache keeps what is written: a LUN written end to end reads from memory), partial
+    chunks dropped; but when another write of the same chunks was in flight, the two may
+    have landed in either order, and neither is cached."""
+
+    class PausingWrites(MemoryStore):
+        pause_next = False
+
+        def __init__(self, size: int) -> None:
+            super().__init__(size)
+            self.landed = threading.Event()
+            self.release = threading.Event()
+
+        def write(self, offset, data):  # type: ignore[override]
+            super().write(offset, data)
+            if self.pause_next:
+                self.pause_next = False
+                self.landed.set()
+                assert self.release.wait(10)
+
+    inner = PausingWrites(8 * CHUNK)
+    store = _cached(inner)
+    store.write(CHUNK - 10, b"a" * (2 * CHUNK + 20))  # chunks 1 and 2 whole, 0 and 3 partly
+    assert sorted(store._chunks) == [1, 2] and store.bytes == 2 * CHUNK
+    inner.write(CHUNK, b"z" * 10)  # behind its back: a hit proves it came from the cache
+    assert store.read(CHUNK, 10) == b"a" * 10 and (store.hits, store.misses) == (1, 0)
+    assert store.read(CHUNK - 20, 20) == bytes(10) + b"a" * 10  # chunk 0 was dropped: a miss
+    assert store.misses == 1
+    # A write covering a cached chunk in part patches it (a 4K write does not cost the
+    # chunk); one covering an uncached chunk in part leaves it uncached.
+    assert store.read(6 * CHUNK, 10) == bytes(10) and store.misses == 2  # chunk 6 cached
+    store.writev(6 * CHUNK + 100, [b"p" * 5, bytearray(b"q" * 5)])
+    assert sorted(store._chunks) == [0, 1, 2, 6] and store.bytes == 4 * CHUNK
+    inner.write(6 * CHUNK, b"z" * 200)  # behind its back again
+    assert store.read(6 * CHUNK + 95, 20) == bytes(5) + b"ppppp" + b"qqqqq" + bytes(5)
+    assert store.misses == 2
+    store.write(7 * CHUNK + 1, b"u")  # chunk 7 was not cached: stays out
+    assert 7 not in store._chunks
+    # Two writes of chunk 4 in flight: the first lands, then the second runs whole, then
+    # the first returns. The store holds the second's bytes; the first must not be cached.
+    inner.pause_next = True
+    first = threading.Thread(target=store.write, args=(4 * CHUNK, b"1" * CHUNK))
+    first.start()
+    assert inner.landed.wait(10)
+    store.write(4 * CHUNK, b"2" * CHUNK)
+    inner.release.set()
+    first.join(10)
+    assert 4 not in store._chunks
+    assert store.read(4 * CHUNK, CHUNK) == inner.read(4 * CHUNK, CHUNK)
+
+
+def test_the_runner_answers_cache_hits_on_the_loop_and_sends_misses_to_the_workers():
+    """A hit costs no hand-off to the store's worker threads (issue 19: gfapi hot reads as
+    fast as the page cache); a miss, or a LU whose lock COMPARE AND WRITE holds, goes there."""
+    from gluster_iscsi.buffers import BufferPool
+    from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiTask, Status
+    from gluster_iscsi.server.runner import Runner, lu_on, lu_state
+
+    class Blocking(MemoryStore):
+        blocking = True  # as the gfapi store: its calls run on the workers
+
+    class Pool:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.hold = False  # True: take the call, never run it (a worker still busy)
+
+        def in_flight(self) -> bool:
+            return False
+
+        def submit(self, fn, arg, callback, timeout=0.0) -> None:
+            self.calls += 1
+            if self.hold:
+                return
+            try:
+                value, exc = fn(arg), None
+            except Exception as e:  # handed back as the pool does
+                value, exc = None, e
+            callback(value, exc)
+
+    class Engines:
+        io_timeout = 7.0
+        ring = None
+
+        class poller:
+            missed_at = None
+
+        def __init__(self) -> None:
+            self.pool = Pool()
+
+        def pool_for(self, store):
+            return self.pool
+
+    class Host:
+        def __init__(self) -> None:
+            self.results = []
+
+        def reserve(self, task, n):
+            return True
+
+        def alone(self):
+            return True
+
+        def complete(self, task, result):
+            self.results.append(result)
+
+    nexus = Nexus("iqn.x:i", "iqn.x:i,i,0x1", "iqn.x:t,t,0x1")
+    inner = Blocking(16 * CHUNK)
+    inner.write(CHUNK, b"h" * CHUNK)
+    store = _cached(inner)
+    lu = lu_on(store, serial="hits")
+    device = DeviceServer({0: lu})
+    device.nexus_added(nexus)
+    lu.clear_ua(nexus.initiator_port)
+    engines = Engines()
+    runner = Runner(engines, buffers=BufferPool())  # type: ignore[arg-type]
+    host = Host()
+
+    def read(lba: int, blocks: int) -> bytes:
+        cdb = bytes([0x28, 0]) + lba.to_bytes(4, "big") + bytes([0]) + blocks.to_bytes(2, "big") + b"\0"
+        task = ScsiTask(cdb, 0, nexus, expected_length=blocks * 512)
+        runner.start(task, device.execute(task), lu, host)
+        result = host.results[-1]
+        assert result.status == Status.GOOD
+        return bytes(result.data)
+
+    lba = CHUNK // 512
+    assert read(lba, 8) == b"h" * 4096 and engines.pool.calls == 1  # a miss: on the workers
+    assert read(lba, 8) == b"h" * 4096 and engines.pool.calls == 1  # a hit: not
+    assert (store.hits, store.misses) == (1, 1) and len(host.results) == 2
+    # COMPARE AND WRITE holds the LU's lock: the loop must not wait for it, the hit goes to
+    # the workers (which wait there).
+    lock = lu_state(lu).lock
+    lock.acquire()
+    engines.pool.hold = True
+    try:
+        cdb = bytes([0x28, 0]) + lba.to_bytes(4, "big") + bytes([0, 0, 8, 0])
+        task = ScsiTask(cdb, 0, nexus, expected_length=4096)
+        runner.start(task, device.execute(task), lu, host)
+        assert engines.pool.calls == 2 and len(host.results) == 2
+    finally:
+        lock.release()

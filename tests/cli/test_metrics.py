@@ -135,3 +135,31 @@ def test_session_and_lun_views_show_login_time_keys_and_counters(tmp_path: Any) 
     assert lu["latency"]["count"] == 12 and lu["latency"]["buckets"][-1] == [None, 12]
     assert no_lun.returncode == 4 and json.loads(no_lun.stdout or no_lun.stderr)["error"]["code"] == "not_found"
     assert "READS" in table.stdout and DEMO in table.stdout
+
+
+def test_unit_attentions_queued_and_delivered_per_lun(tmp_path: Any) -> None:
+    """A grow queues CAPACITY DATA HAS CHANGED for every nexus of the LU: the pending gauge
+    counts them, and one reported to an initiator moves from pending to the delivered
+    counter (issue 18: unit attentions per LU)."""
+    mport = free_port()
+    ua = "gluster_iscsi_lun_unit_attentions_total"
+    pending = "gluster_iscsi_lun_unit_attentions_pending"
+    with Serve(tmp_path, extra=("--demo", "--metrics-listen", f"127.0.0.1:{mport}")) as d:
+        async def scenario() -> list[dict[Any, float]]:
+            seen = []
+            async with Session("127.0.0.1", d.port, DEMO, INITIATOR) as a, \
+                    Session("127.0.0.1", d.port, DEMO, INITIATOR + "-b") as b:
+                await a.read10(0, 4096)  # each takes its power-on UA here
+                await b.read10(0, 4096)
+                seen.append(await asyncio.to_thread(scrape, mport))
+                r = await asyncio.to_thread(d.cli, "lun", "resize", DEMO, "1", "2GiB")
+                assert r.returncode == 0, r.stderr
+                seen.append(await asyncio.to_thread(scrape, mport))
+                await a.read10(8, 4096)  # A is told (and retries); B is not asked yet
+                seen.append(await asyncio.to_thread(scrape, mport))
+            return seen
+
+        m0, m1, m2 = asyncio.run(scenario())
+    assert (m0[(ua, lun())], m0[(pending, lun())]) == (2, 0)
+    assert (m1[(ua, lun())], m1[(pending, lun())]) == (2, 2)
+    assert (m2[(ua, lun())], m2[(pending, lun())]) == (3, 1)

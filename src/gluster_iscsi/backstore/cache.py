@@ -15,7 +15,13 @@ A write (and discard, write_zeroes) goes to the store first, then, before the ca
 (so before the SCSI layer can answer GOOD), the chunks it touched are dropped, in a
 ``finally``: a failed or partial write drops them too. A read that hits the cache while a
 write is in flight may see the old bytes: the write is not acknowledged yet, so either
-answer is correct.
+answer is correct. A write that succeeded then puts the chunks back with its own bytes
+(copied before it returns): the whole chunks it covered, and the cached chunks it covered in
+part, patched. So the cache keeps what is written as the kernel's page cache does (a LUN
+written end to end is read from memory, as tgt reads a FUSE file; a 4K write does not cost
+a cached 64K chunk). Not when
+another change of those chunks was numbered after the write began: two overlapping writes in
+flight may land on the bricks in either order, so neither is trusted then.
 
 The race that matters is a *fill*: a read misses, reads the bricks without the lock (other
 reads and writes go on meanwhile), then inserts what it read. If a write completed between
@@ -70,6 +76,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -147,6 +154,43 @@ def default_capacity() -> int:
     return _default_capacity
 
 
+#: The caches open now (made by :class:`CachedStore`, left at its close), for :func:`summary`.
+_open_caches: weakref.WeakSet[CachedStore] = weakref.WeakSet()
+
+#: What :func:`summary` says of a daemon whose caches get no upcalls.
+SINGLE_WRITER_ONLY = "off (single-writer only)"
+
+
+def summary(caches_: list[CachedStore] | None = None) -> dict[str, Any]:
+    """The daemon's read caches in one dict, for ``status``: how many LUNs have one on, the
+    hit ratio (hits over reads that went through an enabled cache; None before any), the bytes
+    held against the caps, and whether upcalls keep them coherent with other Gluster clients:
+    ``"on"`` (every cache), :data:`SINGLE_WRITER_ONLY` (none: correct only while this gateway
+    is the file's only writer), ``"mixed"`` (per LUN in ``lun list --json``), None when no
+    LUN has a cache. ``caches_``: these instead of every cache open now (tests)."""
+    caches = [c for c in (list(_open_caches) if caches_ is None else caches_) if c.capacity > 0]
+    on = [c for c in caches if c.enabled]
+    hits = sum(c.hits for c in caches)
+    misses = sum(c.misses for c in caches)
+    upcall = sum(1 for c in caches if c.coherence == "upcall")
+    led = ledger()
+    return {
+        "luns": len(caches),
+        "enabled": len(on),
+        "hits": hits,
+        "misses": misses,
+        "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+        "bytes_cached": sum(c.bytes for c in caches),
+        "capacity": sum(c.capacity for c in caches),
+        "limit_all_luns": led.limit,
+        "lun_default": default_capacity(),
+        "readahead_bytes": sum(c.readahead_bytes for c in caches),
+        "invalidations": sum(c.invalidations for c in caches),
+        "upcalls": (None if not caches else "on" if upcall == len(caches) else
+                    SINGLE_WRITER_ONLY if not upcall else "mixed"),
+    }
+
+
 def parse_capacity(value: Any) -> int:
     """A LUN's ``cache`` option: a size (``64MiB``, bytes), ``0``/``off`` to disable."""
     from .size import parse_size
@@ -165,6 +209,16 @@ def parse_capacity(value: Any) -> int:
     if n < 0:
         raise ValueError(f"negative cache size {value!r}")
     return n
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    """:func:`summary` as the one line ``status`` prints."""
+    if not s["luns"]:
+        return "read cache: no gfapi LUN has one"
+    ratio = "-" if s["hit_ratio"] is None else f"{100 * s['hit_ratio']:.1f}%"
+    return (f"read cache: {s['enabled']} of {s['luns']} LUNs on, hit ratio {ratio}, "
+            f"{s['bytes_cached'] / (1 << 20):.1f} MiB cached (at most "
+            f"{min(s['capacity'], s['limit_all_luns']) >> 20} MiB), upcalls {s['upcalls']}")
 
 
 class CachedStore(BackingStore):
@@ -194,8 +248,9 @@ class CachedStore(BackingStore):
         self._ledger = ledger_ if ledger_ is not None else ledger()
         self._clock = clock
         self._lock = threading.Lock()
-        # chunk index -> (bytes, time filled); OrderedDict order is LRU (oldest first).
-        self._chunks: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
+        # chunk index -> (bytes, time filled); OrderedDict order is LRU (oldest first). A
+        # chunk a write patched is a bytearray, changed in place under the lock.
+        self._chunks: OrderedDict[int, tuple[bytes | bytearray, float]] = OrderedDict()
         self.bytes = 0  # held now
         self._gen = 0
         self._floor = 0  # fills that started before this number insert nothing
@@ -222,6 +277,7 @@ class CachedStore(BackingStore):
             if ttl is not None:
                 self.coherence = "upcall"
                 self.ttl = ttl
+        _open_caches.add(self)
 
     # -- the cache ------------------------------------------------------------------------------
 
@@ -255,22 +311,43 @@ class CachedStore(BackingStore):
         if freed:
             self._ledger.give(freed)
 
-    def _invalidate(self, offset: int, length: int) -> None:
-        """Drop the chunks of [offset, offset+length) and remember it for fills in flight."""
+    def _invalidate(self, offset: int, length: int, start: int = -1,
+                    data: memoryview | None = None) -> None:
+        """Drop the chunks of [offset, offset+length) and remember it for fills in flight.
+
+        With ``data`` (the bytes a write that began at generation ``start`` has just put
+        there, successfully), the chunks are then cached with those bytes, as the page cache
+        keeps what is written: the whole chunks it covers, and the cached chunks it covers in
+        part, patched. Only if no other change of those chunks was numbered after ``start``,
+        since two overlapping writes in flight may land in either order."""
         if length <= 0:
             return
-        first = offset >> self._shift
-        last = (offset + length - 1) >> self._shift
+        shift = self._shift
+        first = offset >> shift
+        last = (offset + length - 1) >> shift
+        chunk = self.chunk
+        keep_first = (offset + chunk - 1) >> shift  # the whole chunks the write covers
+        keep_last = ((offset + length) >> shift) - 1
+        pieces: list[bytes] = []
+        if data is not None and keep_first <= keep_last:
+            base = (keep_first << shift) - offset
+            pieces = [bytes(data[base + k * chunk : base + (k + 1) * chunk])
+                      for k in range(keep_last - keep_first + 1)]
         with self._lock:
             self._gen += 1
+            gen = self._gen
             recent = self._recent
-            recent.append((self._gen, first, last))
+            recent.append((gen, first, last))
             if len(recent) > _RING:
                 self._floor = recent.popleft()[0]
             chunks = self._chunks
             freed = 0
+            edges: list[int] = []  # cached chunks the write covers in part: patched below
             if last - first < len(chunks):
                 for i in range(first, last + 1):
+                    if data is not None and (i < keep_first or i > keep_last) and i in chunks:
+                        edges.append(i)
+                        continue
                     entry = chunks.pop(i, None)
                     if entry is not None:
                         freed += len(entry[0])
@@ -280,6 +357,54 @@ class CachedStore(BackingStore):
             if freed:
                 self.bytes -= freed
                 self._ledger.give(freed)
+            if data is None or (not pieces and not edges):
+                return
+            if start < self._floor or not self.enabled or self._raced_locked(start, gen, first, last):
+                # another change of these chunks raced this write (two overlapping writes in
+                # flight may land in either order), or the cache was cleared meanwhile
+                self._drop_locked(edges)
+                return
+            now = self._clock()
+            for n, i in enumerate(edges):
+                old, filled = chunks[i]
+                lo_b = max(offset, i << shift)
+                hi_b = min(offset + length, (i << shift) + len(old))
+                if hi_b - lo_b != min(offset + length, (i + 1) << shift) - lo_b:
+                    self._drop_locked(edges[n:])  # runs past the cached (last, short) chunk
+                    break
+                # In place: readers copy out of chunks only under this lock.
+                buf = old if type(old) is bytearray else bytearray(old)
+                buf[lo_b - (i << shift) : hi_b - (i << shift)] = data[lo_b - offset : hi_b - offset]
+                # (the time it was filled stays: the bytes not written are that old)
+                chunks[i] = (buf, filled)
+                chunks.move_to_end(i)
+            size = self._size
+            if pieces and (size is None or (keep_last + 1) << shift <= size):
+                for k, piece in enumerate(pieces):
+                    if not self._make_room_locked(len(piece)):
+                        return
+                    chunks[keep_first + k] = (piece, now)
+                    self.bytes += len(piece)
+
+    def _raced_locked(self, start: int, gen: int, first: int, last: int) -> bool:
+        """Whether a change numbered between ``start`` and ``gen`` touched chunks
+        ``first..last`` (the ring is in number order: only its newest entries are read)."""
+        for g, lo, hi in reversed(self._recent):
+            if g <= start:
+                return False
+            if g < gen and lo <= last and hi >= first:
+                return True
+        return False
+
+    def _drop_locked(self, indexes: list[int]) -> None:
+        freed = 0
+        for i in indexes:
+            entry = self._chunks.pop(i, None)
+            if entry is not None:
+                freed += len(entry[0])
+        if freed:
+            self.bytes -= freed
+            self._ledger.give(freed)
 
     def _known_size(self) -> int:
         size = self._size
@@ -355,6 +480,25 @@ class CachedStore(BackingStore):
             return
         self._insert(start, first, data, hi - lo, chunk)
 
+    def read_hit(self, offset: int, buf: memoryview) -> bool:
+        """:meth:`read_into` if every chunk is cached and fresh, else False with nothing done:
+        it never calls the store, so the command runner calls it on the event loop first and
+        sends only misses to the store's workers (a hit then costs no thread hand-off)."""
+        if not self.enabled:
+            return False
+        dst = byte_view(buf)
+        length = len(dst)
+        if length == 0 or offset < 0:
+            return False
+        shift = self._shift
+        if not self._copy_hits(offset, dst, offset >> shift, (offset + length - 1) >> shift):
+            return False
+        self.hits += 1
+        # (the sequential-stream hint of read_into, for the misses that follow)
+        self._streak = self._streak + 1 if offset == self._next else 0
+        self._next = offset + length
+        return True
+
     def _copy_hits(self, offset: int, dst: memoryview, first: int, last: int) -> bool:
         """Copy [offset, +len(dst)) from cached chunks if every one is there and fresh."""
         shift = self._shift
@@ -426,21 +570,32 @@ class CachedStore(BackingStore):
     # -- writes: the store first, then the drop, before returning --------------------------------
 
     def write(self, offset: int, data: Buffer) -> None:
+        view = byte_view(data)
+        start = self._gen
+        done = False
         try:
             self.inner.write(offset, data)
+            done = True
         finally:
-            self._invalidate(offset, len(byte_view(data)))
+            self._invalidate(offset, len(view), start, view if done and self.enabled else None)
 
     def writev(self, offset: int, buffers: list[Buffer]) -> None:
-        total = sum(len(byte_view(b)) for b in buffers)
+        views = [byte_view(b) for b in buffers]
+        total = sum(len(v) for v in views)
+        start = self._gen
+        done = False
         try:
             writev = getattr(self.inner, "writev", None)
             if writev is not None:
                 writev(offset, buffers)
             else:
-                self.inner.write(offset, b"".join(byte_view(b) for b in buffers))
+                self.inner.write(offset, b"".join(views))
+            done = True
         finally:
-            self._invalidate(offset, total)
+            keep = None
+            if done and self.enabled:
+                keep = views[0] if len(views) == 1 else memoryview(b"".join(views))
+            self._invalidate(offset, total, start, keep)
 
     def discard(self, offset: int, length: int) -> None:
         try:
@@ -482,6 +637,7 @@ class CachedStore(BackingStore):
         return self.inner.extents(offset, length)
 
     def close(self, timeout: float | None = None) -> None:
+        _open_caches.discard(self)
         unwatch = getattr(self.inner, "unwatch_invalidations", None)
         if unwatch is not None:
             unwatch(self.invalidate_all)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..backstore import cache as read_cache
 from ..model.names import InvalidName, is_network, validate_name
 from . import config as cfgmod
 from . import exposure, reconcile
@@ -509,6 +510,7 @@ class ControlServer:
             "memory": self._memory(),
             "connections": self._connections(),
             "group": self._group_summary(cfg),
+            "read_cache": read_cache.summary(),
         }
 
     def _group_summary(self, cfg: dict[str, Any]) -> dict[str, Any] | None:

@@ -56,6 +56,15 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                                    "RESERVATION CONFLICT"),
     P + "lun_unit_attentions": ("counter", ("target", "lun"), "Unit attentions reported"),
     P + "lun_io_timeouts": ("counter", ("target", "lun"), "Store calls that exceeded the I/O timeout"),
+    P + "lun_unit_attentions_pending": ("gauge", ("target", "lun"), "Unit attentions queued for the "
+                                                                    "LU's initiator ports, not reported yet"),
+    P + "lun_store_errors": ("counter", ("target", "lun", "errno"), "Store calls that failed, by errno "
+                                                                    "(gfapi LUNs; the store has no "
+                                                                    "reconnect path of its own to count)"),
+    P + "lun_cache_hits": ("counter", ("target", "lun"), "Reads answered from the gfapi read cache"),
+    P + "lun_cache_misses": ("counter", ("target", "lun"), "Reads through the gfapi read cache that "
+                                                           "went to the bricks"),
+    P + "lun_cache_bytes": ("gauge", ("target", "lun"), "Bytes the gfapi read cache holds"),
     P + "lun_commands_in_flight": ("gauge", ("target", "lun"), "Commands executing now"),
     P + "lun_command_duration_seconds": ("histogram", ("target", "lun"),
                                          "Time from a command's start to its end in the daemon"),
@@ -114,6 +123,25 @@ class DaemonCollector(Collector):
             lat = s["latency"]
             buckets = [(repr(le) if le is not None else "+Inf", n) for le, n in lat["buckets"]]
             fam[P + "lun_command_duration_seconds"].add_metric(lv, buckets, lat["sum_seconds"])
+        for name, target in sorted(d.registry.targets.items()):
+            for lun, lu in sorted(getattr(target.device, "luns", {}).items()):
+                lv = [name, str(lun)]
+                # queued and not yet reported (lu.queue_ua*/pop_ua); reported ones are
+                # lun_unit_attentions (CHECK CONDITION with UNIT ATTENTION)
+                pending = getattr(lu, "_ua", None) or {}
+                fam[P + "lun_unit_attentions_pending"].add_metric(
+                    lv, sum(len(q) for q in list(pending.values())))
+                store = lu.store
+                errors = getattr(store, "store_errors", None)
+                if errors is not None:
+                    for code, n in errors().items():
+                        fam[P + "lun_store_errors"].add_metric(lv + [code], n)
+                cache = getattr(store, "cache_status", None)
+                if cache is not None:
+                    c = cache()
+                    fam[P + "lun_cache_hits"].add_metric(lv, c["hits"])
+                    fam[P + "lun_cache_misses"].add_metric(lv, c["misses"])
+                    fam[P + "lun_cache_bytes"].add_metric(lv, c["bytes"])
         sessions: dict[str, int] = {}
         for name in d.registry.targets:
             sessions[name] = 0

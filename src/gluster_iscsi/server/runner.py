@@ -299,6 +299,23 @@ def _read(runner: Runner, req: Read, store: Any, lock: Lock) -> memoryview:
     return buf
 
 
+def _read_hit(runner: Runner, req: Read, store: Any, lock: Lock) -> memoryview | None:
+    """A read that a blocking store answers from memory (``store.read_hit``: the gfapi read
+    cache, backstore/cache.py), here on the loop; None (nothing done): go to the workers."""
+    read_hit = getattr(store, "read_hit", None)
+    if read_hit is None or not lock.try_acquire_shared():
+        return None
+    buf = runner.buffers.borrow(req.length)
+    try:
+        ok = read_hit(req.offset, buf)
+    finally:
+        lock.release_shared()
+    if ok:
+        return buf
+    runner.buffers.give_back(buf)
+    return None
+
+
 def _write(runner: Runner, req: Write, store: Any, lock: Lock) -> None:
     if isinstance(lock, IoLock):  # (as in _read)
         lock.acquire_shared()
@@ -591,8 +608,12 @@ class Runner:
                         # a group LU's shared-state requests do volume I/O: off the loop
                         or (t in self._memory_only_requests and rs is not None
                             and rs.group is not None))):
-                    self._submit(task, gen, lu, host, req, target, t0)
-                    return
+                    hit = _read_hit(self, req, store, self._lock(target)) if t is Read else None
+                    if hit is None:
+                        self._submit(task, gen, lu, host, req, target, t0)
+                        return
+                    value = hit  # answered from the store's memory: no worker hand-off
+                    continue
                 try:
                     value = self.calls[t](self, req, store, self._lock(target))
                 except Exception as e:  # handed to the SCSI layer to map to sense

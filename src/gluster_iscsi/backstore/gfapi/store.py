@@ -328,6 +328,9 @@ class GfapiStore(BackingStore):
         self._file: gf.File | None = None
         self._lock = threading.Lock()
         self._calls = 0  # calls running now (under _lock)
+        #: Calls that failed, by errno (see :meth:`_failed`): what the metrics show as
+        #: ``gluster_iscsi_lun_store_errors_total``.
+        self.errors_by_errno: dict[int, int] = {}
         self._idle = threading.Condition(self._lock)  # close() waits on it for _calls == 0
         self._client = _acquire(self.address, log_file, log_level)
         try:
@@ -427,6 +430,24 @@ class GfapiStore(BackingStore):
             if self._file is None and self._calls == 0:
                 self._idle.notify_all()  # close() is waiting
 
+    def _failed(self, e: BackingStoreError) -> None:
+        """Count a failed call by errno, once (a call that falls back to another, e.g.
+        discard to write_zeroes to write, fails once). This store has no reconnect path to
+        count: libgfapi reconnects to bricks inside the client by itself, and a brick or
+        quorum loss shows here as ENOTCONN/EIO/EROFS failures."""
+        if getattr(e, "counted", False):
+            return
+        e.counted = True  # type: ignore[attr-defined]
+        code = e.errno or errno.EIO
+        with self._lock:
+            self.errors_by_errno[code] = self.errors_by_errno.get(code, 0) + 1
+
+    def store_errors(self) -> dict[str, int]:
+        """Failed calls by errno name (``ENOTCONN``: the bricks could not be reached)."""
+        with self._lock:
+            items = list(self.errors_by_errno.items())
+        return {errno.errorcode.get(k, str(k)): n for k, n in sorted(items)}
+
     def _no_calls(self) -> bool:
         return self._calls == 0
 
@@ -483,6 +504,9 @@ class GfapiStore(BackingStore):
         self._enter()
         try:
             self._read_into_(offset, buf)
+        except BackingStoreError as e:
+            self._failed(e)
+            raise
         finally:
             self._leave()
 
@@ -490,6 +514,9 @@ class GfapiStore(BackingStore):
         self._enter()
         try:
             self._write_(offset, data)
+        except BackingStoreError as e:
+            self._failed(e)
+            raise
         finally:
             self._leave()
 
@@ -497,6 +524,9 @@ class GfapiStore(BackingStore):
         self._enter()
         try:
             self._writev_(offset, buffers)
+        except BackingStoreError as e:
+            self._failed(e)
+            raise
         finally:
             self._leave()
 
@@ -504,6 +534,9 @@ class GfapiStore(BackingStore):
         self._enter()
         try:
             self._flush_()
+        except BackingStoreError as e:
+            self._failed(e)
+            raise
         finally:
             self._leave()
 
@@ -511,6 +544,9 @@ class GfapiStore(BackingStore):
         self._enter()
         try:
             self._discard_(offset, length)
+        except BackingStoreError as e:
+            self._failed(e)
+            raise
         finally:
             self._leave()
 
@@ -518,6 +554,9 @@ class GfapiStore(BackingStore):
         self._enter()
         try:
             self._write_zeroes_(offset, length)
+        except BackingStoreError as e:
+            self._failed(e)
+            raise
         finally:
             self._leave()
 
@@ -525,6 +564,9 @@ class GfapiStore(BackingStore):
         self._enter()
         try:
             self._allocate_(offset, length)
+        except BackingStoreError as e:
+            self._failed(e)
+            raise
         finally:
             self._leave()
 
@@ -532,6 +574,9 @@ class GfapiStore(BackingStore):
         self._enter()
         try:
             return self._extents_(offset, length)
+        except BackingStoreError as e:
+            self._failed(e)
+            raise
         finally:
             self._leave()
 
@@ -540,6 +585,9 @@ class GfapiStore(BackingStore):
         self._enter()
         try:
             self._resize_(new_size, force)
+        except BackingStoreError as e:
+            self._failed(e)
+            raise
         finally:
             self._leave()
 
