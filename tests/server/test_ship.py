@@ -406,3 +406,36 @@ async def test_a_truncated_frame_is_dropped_and_not_run(tmp_path):
     finally:
         writer.close()
         await g.close()
+
+
+# ------------------------------------------------------------------------------ the setting
+def test_the_non_owner_setting_is_checked_where_beat_and_lease_are() -> None:
+    from gluster_iscsi.control.config import ConfigError, validate_group
+    from gluster_iscsi.group import definition
+
+    base = {"location": "/mnt/v/.gluster-iscsi", "gateway": "a", "number": 1}
+    assert "non_owner" not in validate_group(base)  # the group's default applies
+    got = validate_group({**base, "non_owner": "standby", "ship_listen": "127.0.0.1:0"})
+    assert got["non_owner"] == "standby" and got["ship_listen"] == "127.0.0.1:0"
+    with pytest.raises(ConfigError, match="non_owner"):
+        validate_group({**base, "non_owner": "active"})
+    defn = definition.GroupDefinition(name="g", settings={**definition.DEFAULT_SETTINGS})
+    assert defn.non_owner == definition.DEFAULT_NON_OWNER == "non-optimized"
+    defn.settings["non_owner"] = "sometimes"
+    with pytest.raises(ValueError, match="non_owner"):
+        definition.check(defn)
+    with pytest.raises(ValueError, match="non_owner"):
+        GroupMember(object(), "a", 1, non_owner="sometimes")  # type: ignore[arg-type]
+
+
+def test_group_create_writes_non_owner_and_join_carries_it_to_the_gateway(tmp_path) -> None:
+    from gluster_iscsi.control import group as groupmod
+
+    loc = str(tmp_path / "g")
+    defn = groupmod.create_group(loc, "g", {"non_owner": "standby", "lease_seconds": 4},
+                                 check=lambda *_: None)
+    assert defn["settings"]["non_owner"] == "standby"
+    assert defn["settings"]["lease_seconds"] == 4.0
+    with pytest.raises(groupmod.GroupError, match="non_owner"):
+        groupmod.create_group(str(tmp_path / "h"), "h", {"non_owner": "x"},
+                              check=lambda *_: None)
