@@ -225,7 +225,7 @@ class GroupMember:
         state.group_key = key
         self.luns[key] = glu
         if self.shipper is not None:
-            state.ship = self.shipper.maybe_ship
+            state.ship = self.shipper
         self._push(glu, own_state="transitioning", announce=False)
         if self._wake is not None:
             self._wake.set()

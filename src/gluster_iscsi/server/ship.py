@@ -2,14 +2,14 @@
 decision 1).
 
 In a group whose ``non_owner`` setting is ``non-optimized``, a gateway that does not own a
-LU reports its target port group active/non-optimized, and every command the opcode table
-does not allow in standby (media access: ``Command.alua`` lacks the STANDBY bit) is sent
-over a gateway-to-gateway channel to the LU's owner, which runs it through the same device
+LU reports its target port group active/non-optimized, and every command of the LU but
+those it can answer alone (:data:`LOCAL_OPCODES`) is sent over a gateway-to-gateway channel
+to the LU's owner, which runs it through the same device
 server and command runner as a local one, with the sender's nexus (initiator port + the
 sender's target port, relative port and target port group). Reservations, COMPARE AND WRITE
 atomicity, unit attentions, fencing and the single writer all stay the owner's; no media I/O
-happens on a non-owner. Everything else (INQUIRY, REPORT LUNS, RTPG, MODE SENSE/SELECT,
-PR IN/OUT through the shared state record) runs where it arrived, as before.
+happens on a non-owner. INQUIRY, REPORT LUNS, RTPG, REQUEST SENSE (allowed in every access
+state) and PR IN/OUT (through the shared state record) run where they arrived, as before.
 
 The channel (one TCP connection per pair of gateways, opened lazily, kept):
 
@@ -47,7 +47,7 @@ from typing import Any
 
 from ..buffers import BudgetShare, MemoryBudget
 from ..logs import PROBLEMS
-from ..scsi.alua import STANDBY, AccessState
+from ..scsi.alua import UNAVAILABLE, AccessState
 from ..scsi.lu import MAX_TRANSFER_BYTES
 from ..scsi.opcodes import TABLE
 from ..scsi.sense import build_sense
@@ -68,6 +68,15 @@ HANDSHAKE_SECONDS = 5.0
 #: NOT READY, ASYMMETRIC ACCESS STATE TRANSITION: the answer when the owner cannot be reached
 #: or is no longer the owner (initiators retry; multipath on another path).
 NOT_OWNER_SENSE = (0x02, 0x040A)
+
+
+#: Commands a non-owner runs itself besides those every access state allows (INQUIRY,
+#: REPORT LUNS, REPORT TARGET PORT GROUPS, REQUEST SENSE: ``alua.ANY_STATE``): PERSISTENT
+#: RESERVE IN/OUT, whose state every gateway shares through the state record (HA.md
+#: decision 4). Everything else goes to the owner, the standby-allowed commands too (MODE
+#: SENSE, LOG SENSE, TEST UNIT READY, ...): an SPC-2 RESERVE lives in the owner's memory only,
+#: and only the owner can say whether it conflicts.
+LOCAL_OPCODES = frozenset({0x5E, 0x5F})
 
 
 class FrameError(Exception):
@@ -325,6 +334,10 @@ class ShipServer:
             return not_owner, b""
         nexus = Nexus(str(h["initiator"]), str(h["port"]), str(h["target_port"]),
                       relative_port=int(h["relative_port"]), target_port_group=int(h["tpg"]))
+        if h.get("tmf") == "lun_reset":
+            register(device, nexus)
+            device.lun_reset(lun, nexus)
+            return {"t": "res", "id": rid, "status": 0}, b""
         if not self.budget.charge(share, len(data)):
             return {"t": "res", "id": rid, "status": int(Status.BUSY)}, b""
         loop = asyncio.get_running_loop()
@@ -499,7 +512,7 @@ class Shipper:
 
         self.member.shipper = self
         for glu in list(self.member.luns.values()):
-            lu_state(glu.lu).ship = self.maybe_ship
+            lu_state(glu.lu).ship = self
 
     def close(self) -> None:
         from .runner import lu_state
@@ -523,39 +536,64 @@ class Shipper:
         entry = TABLE.get(cdb[0])
         if entry is not None and entry.actions:
             entry = entry.actions.get(cdb[1] & 0x1F)
-        if entry is None or entry.alua & STANDBY:
-            return False  # runs here: standby commands, and whatever the preamble refuses
+        if entry is None or entry.alua & UNAVAILABLE or cdb[0] in LOCAL_OPCODES:
+            return False  # runs here: what every state allows, PR, what the preamble refuses
         if lu._ua.get(nexus.initiator_port):
             return False  # this gateway's unit attention first (the preamble's order)
-        member = self.member
-        glu = member.handle(lu)
-        rec = glu.lease.record if glu is not None else None
-        if rec is None or rec.owner is None or rec.owner == member.gateway or rec.move_to:
+        owner = self._owner(lu)
+        if owner is None:
             return False  # nobody to ship to: here, where the lease refuses it 04/0Ah
-        address = member.ship_addresses.get(rec.owner)
-        if address is None:
-            return False
+        glu, rec, address = owner
         if task.read and task.expected_length and not host.reserve(task, task.expected_length):
             run.close()
             host.complete(task, ScsiResult(host.full_status()))
             return True
         run.close()
-        header = {
-            "t": "cmd", "key": glu.key, "epoch": rec.epoch,  # type: ignore[union-attr]
-            "target": nexus.target_port.partition(",t,")[0], "lun": task.lun,
-            "cdb": bytes(cdb).hex(), "attr": int(task.attr), "expected": task.expected_length,
-            "read": task.read, "write": task.write, "initiator": nexus.initiator_name,
-            "port": nexus.initiator_port, "target_port": nexus.target_port,
-            "relative_port": nexus.relative_port, "tpg": nexus.target_port_group,
-        }
-        client = self.clients.get(address)
-        if client is None:
-            client = self.clients[address] = _Client(self, address)
+        header = _header(glu.key, rec.epoch, task.lun, nexus)
+        header.update(cdb=bytes(cdb).hex(), attr=int(task.attr), expected=task.expected_length,
+                      read=task.read, write=task.write)
+        client = self._client(address)
         t = asyncio.get_running_loop().create_task(self._ship(client, header, task, lu, host))
         self._inflight.add(t)
         t.add_done_callback(self._inflight.discard)
         self.shipped += 1
         return True
+
+    def _owner(self, lu: Any) -> tuple[Any, Any, str] | None:
+        """(group LU, lease record, ship address) of ``lu``'s owner when it is another
+        gateway, not moving, with an address; else None."""
+        member = self.member
+        glu = member.handle(lu)
+        rec = glu.lease.record if glu is not None else None
+        if rec is None or rec.owner is None or rec.owner == member.gateway or rec.move_to:
+            return None
+        address = member.ship_addresses.get(rec.owner)
+        return (glu, rec, address) if address is not None else None
+
+    def _client(self, address: str) -> _Client:
+        client = self.clients.get(address)
+        if client is None:
+            client = self.clients[address] = _Client(self, address)
+        return client
+
+    async def lun_reset(self, lu: Any, lun: int, nexus: Nexus) -> None:
+        """A LOGICAL UNIT RESET through this non-owner: the owner resets the LU too (its
+        SPC-2 reservation, its unit attentions for every nexus it knows). Best effort,
+        bounded: the reset here is done already."""
+        if lu.alua.state_of(nexus.target_port_group) is not AccessState.ACTIVE_NON_OPTIMIZED:
+            return
+        owner = self._owner(lu)
+        if owner is None:
+            return
+        glu, rec, address = owner
+        header = _header(glu.key, rec.epoch, lun, nexus)
+        header["tmf"] = "lun_reset"
+        try:
+            await asyncio.wait_for(self._client(address).request(header, b""), self.timeout)
+        except (OSError, TimeoutError, FrameError) as exc:
+            PROBLEMS.report(log, logging.WARNING, "ship send", address,
+                            "command shipping: LUN reset to %s failed: %s", address,
+                            str(exc) or type(exc).__name__)
 
     async def _ship(self, client: _Client, header: dict[str, Any], task: ScsiTask, lu: Any,
                     host: Any) -> None:
@@ -577,6 +615,13 @@ class Shipper:
         if task.aborted:
             result = ScsiResult(Status.TASK_ABORTED)
         host.complete(task, result)
+
+
+def _header(key: str, epoch: int, lun: int, nexus: Nexus) -> dict[str, Any]:
+    return {"t": "cmd", "key": key, "epoch": epoch, "target": nexus.target_port.partition(",t,")[0],
+            "lun": lun, "initiator": nexus.initiator_name, "port": nexus.initiator_port,
+            "target_port": nexus.target_port, "relative_port": nexus.relative_port,
+            "tpg": nexus.target_port_group}
 
 
 def _not_owner(lu: Any) -> ScsiResult:
