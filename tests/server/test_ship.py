@@ -305,6 +305,49 @@ async def test_a_command_shipped_to_a_gateway_that_no_longer_owns_ends_not_ready
 
 
 @arun
+async def test_a_lun_reset_through_a_non_owner_resets_the_owner_lu(tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    try:
+        assert (await a.command(bytes(6), "x")).status == Status.GOOD  # x known on a
+        # an SPC-2 RESERVE(6) by x through a: the owner's memory alone
+        assert (await a.command(bytes([0x16, 0, 0, 0, 0, 0]), "x")).status == Status.GOOD
+        res = await b.command(bytes(6), "y")  # TEST UNIT READY, shipped: conflicts on a
+        assert res.status == Status.RESERVATION_CONFLICT
+        b.device.lun_reset(0, b.nexus("y"))  # what the driver does, then the hook:
+        await b.shipper.lun_reset(b.lu, 0, b.nexus("y"))
+        res = await a.command(bytes(6), "x")
+        assert parse_sense(res.sense or b"") == (0x06, 0x2903)  # BUS DEVICE RESET FUNCTION
+        b.lu.clear_ua(b.nexus("y").initiator_port)
+        res = await b.command(bytes(6), "y")  # the owner's reset UA for y, then no conflict
+        assert parse_sense(res.sense or b"") == (0x06, 0x2903)
+        assert (await b.command(bytes(6), "y")).status == Status.GOOD
+    finally:
+        await g.close()
+
+
+@arun
+async def test_a_unit_attention_pending_on_the_non_owner_is_delivered_there_first(tmp_path):
+    from gluster_iscsi.scsi.sense import Asc
+
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    b = g.gw["b"]
+    try:
+        assert (await b.command(write10(1), "y", b"\x01" * 512)).status == Status.GOOD
+        shipped = b.shipper.shipped
+        b.lu.queue_ua(b.nexus("y").initiator_port, Asc.MODE_PARAMETERS_CHANGED)
+        res = await b.command(write10(1), "y", b"\x01" * 512)
+        assert parse_sense(res.sense or b"") == (0x06, 0x2A01)
+        assert b.shipper.shipped == shipped  # not shipped: the preamble's order (UA first)
+        assert (await b.command(write10(1), "y", b"\x01" * 512)).status == Status.GOOD
+        assert b.shipper.shipped == shipped + 1
+    finally:
+        await g.close()
+
+
+@arun
 async def test_standby_mode_keeps_standby_and_ships_nothing(tmp_path):
     g = Ships(tmp_path, ["a", "b"], mode="standby")
     await g.start()
