@@ -34,7 +34,9 @@ The codec and the handshake (:class:`FrameDecoder`, :func:`encode`, :func:`clien
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -214,19 +216,19 @@ def _peer(writer: asyncio.StreamWriter) -> str:
 
 # ----------------------------------------------------------------------------- the owner's side
 class _ShipHost:
-    """The runner's ``Host`` for one shipped command on the owner."""
+    """The runner's ``Host`` for one shipped command on the owner: its completion answers
+    the peer (no task per command)."""
 
-    __slots__ = ("budget", "share", "charged", "future")
+    __slots__ = ("conn", "rid", "charged")
 
-    def __init__(self, budget: MemoryBudget, share: BudgetShare,
-                 future: asyncio.Future[ScsiResult]) -> None:
-        self.budget = budget
-        self.share = share
-        self.charged = 0
-        self.future = future
+    def __init__(self, conn: _Served, rid: int, charged: int) -> None:
+        self.conn = conn
+        self.rid = rid
+        self.charged = charged
 
     def reserve(self, task: ScsiTask, n: int) -> bool:
-        if not self.budget.charge(self.share, n):
+        conn = self.conn
+        if not conn.server.budget.charge(conn.share, n):
             return False
         self.charged += n
         return True
@@ -238,8 +240,40 @@ class _ShipHost:
         return False
 
     def complete(self, task: ScsiTask, result: ScsiResult) -> None:
-        if not self.future.done():
-            self.future.set_result(result)
+        conn = self.conn
+        server = conn.server
+        server.budget.release(conn.share, self.charged)
+        server.served += 1
+        out = b""
+        data = result.data
+        if data is not None:
+            out = bytes(data)  # type: ignore[arg-type]  # byte-sized buffers
+            server.runner.give_back([data])
+        answer: dict[str, Any] = {"t": "res", "id": self.rid, "status": int(result.status)}
+        if result.sense:
+            answer["sense"] = bytes(result.sense).hex()
+        if result.transfer_length is not None:
+            answer["length"] = result.transfer_length
+        conn.answer(answer, out)
+
+
+class _Served:
+    """One authenticated connection from a peer, on the owner."""
+
+    def __init__(self, server: ShipServer, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.writer = writer
+        self.share = BudgetShare()
+        self.in_flight = 0
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def answer(self, header: dict[str, Any], data: bytes) -> None:
+        self.in_flight -= 1
+        if self.in_flight < MAX_IN_FLIGHT:
+            self.room.set()
+        if not self.writer.is_closing():
+            self.writer.write(encode(header, data))
 
 
 class ShipServer:
@@ -281,91 +315,64 @@ class ShipServer:
         if task is not None:
             self._conns.add(task)
         peer = _peer(writer)
-        share = BudgetShare()
-        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        running: set[asyncio.Task[None]] = set()
+        conn = _Served(self, writer)
         try:
             await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_SECONDS)
             while True:
-                await slots.acquire()
+                if conn.in_flight >= MAX_IN_FLIGHT:  # stop reading: TCP pushes back
+                    conn.room.clear()
+                    await conn.room.wait()
                 header, data = await read_frame(reader, self.max_data)
                 if header["t"] != "cmd" or not isinstance(header.get("id"), int):
                     raise FrameError(f"unexpected {header['t']!r} frame")
-                one = asyncio.get_running_loop().create_task(
-                    self._one(header, data, writer, share, slots))
-                running.add(one)  # (the owner finishes what it started, as any I/O)
-                one.add_done_callback(running.discard)
+                conn.in_flight += 1
+                try:
+                    self._start(conn, header, data)
+                except Exception as exc:  # noqa: BLE001 - a malformed request: that one only
+                    PROBLEMS.report(log, logging.WARNING, "ship request", peer,
+                                    "command shipping: bad request from %s: %s", peer, exc)
+                    conn.answer({"t": "res", "id": header["id"], "not_owner": True}, b"")
         except (EOFError, asyncio.CancelledError):
             pass
-        except (TimeoutError, FrameError, OSError) as exc:
+        except (FrameError, TimeoutError, OSError) as exc:
             _drop("protocol", peer, str(exc) or type(exc).__name__)
         finally:
             if task is not None:
                 self._conns.discard(task)
-            writer.close()
+            writer.close()  # (the owner finishes what it started, as any I/O in flight)
 
-    async def _one(self, header: dict[str, Any], data: bytes, writer: asyncio.StreamWriter,
-                   share: BudgetShare, slots: asyncio.Semaphore) -> None:
-        try:
-            answer, out = await self._execute(header, data, share)
-        except Exception as exc:  # noqa: BLE001 - a malformed request: that command only
-            PROBLEMS.report(log, logging.WARNING, "ship request", _peer(writer),
-                            "command shipping: bad request from %s: %s", _peer(writer), exc)
-            answer, out = {"t": "res", "id": header.get("id"), "not_owner": True}, b""
-        finally:
-            slots.release()
-        if not writer.is_closing():
-            writer.write(encode(answer, out))
-
-    async def _execute(self, h: dict[str, Any], data: bytes,
-                       share: BudgetShare) -> tuple[dict[str, Any], bytes]:
+    def _start(self, conn: _Served, h: dict[str, Any], data: bytes) -> None:
+        """Check and start one shipped command; its host answers when it ends."""
         from ..group.lease import Role
 
         rid = h["id"]
-        not_owner = {"t": "res", "id": rid, "not_owner": True}
         glu = self.member.luns.get(h["key"])
         lease = glu.lease if glu is not None else None
-        if lease is None or lease.role is not Role.OWNER or lease.epoch != h["epoch"]:
-            return not_owner, b""
         lun = int(h["lun"])
-        device = self.resolve(str(h["target"]), lun)
+        device = self.resolve(str(h["target"]), lun) if lease is not None else None
         lu = device.lu(lun) if device is not None else None
-        if lu is None or lu is not glu.lu:
-            return not_owner, b""
+        if lease is None or lease.role is not Role.OWNER or lease.epoch != h["epoch"] \
+                or device is None or lu is None or lu is not glu.lu:  # type: ignore[union-attr]
+            conn.answer({"t": "res", "id": rid, "not_owner": True}, b"")
+            return
         nexus = Nexus(str(h["initiator"]), str(h["port"]), str(h["target_port"]),
                       relative_port=int(h["relative_port"]), target_port_group=int(h["tpg"]))
+        register(device, nexus)
         if h.get("tmf") == "lun_reset":
-            register(device, nexus)
             device.lun_reset(lun, nexus)
-            return {"t": "res", "id": rid, "status": 0}, b""
-        if not self.budget.charge(share, len(data)):
-            return {"t": "res", "id": rid, "status": int(Status.BUSY)}, b""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ScsiResult] = loop.create_future()
-        host = _ShipHost(self.budget, share, future)
-        try:
-            register(device, nexus)
-            write = bool(h.get("write"))
-            task = ScsiTask(bytes.fromhex(h["cdb"]), lun, nexus, tag=rid,
-                            attr=TaskAttr(int(h.get("attr", 1))),
-                            data_out=memoryview(data) if write else None,
-                            expected_length=int(h.get("expected", 0)),
-                            read=bool(h.get("read")), write=write)
-            self.runner.start(task, device.execute(task), lu, host)
-            result = await future
-        finally:
-            self.budget.release(share, len(data) + host.charged)
-        self.served += 1
-        out = b""
-        if result.data is not None:
-            out = bytes(result.data)  # type: ignore[arg-type]  # byte-sized buffers
-            self.runner.give_back([result.data])
-        answer: dict[str, Any] = {"t": "res", "id": rid, "status": int(result.status)}
-        if result.sense:
-            answer["sense"] = bytes(result.sense).hex()
-        if result.transfer_length is not None:
-            answer["length"] = result.transfer_length
-        return answer, out
+            conn.answer({"t": "res", "id": rid, "status": 0}, b"")
+            return
+        if not self.budget.charge(conn.share, len(data)):
+            conn.answer({"t": "res", "id": rid, "status": int(Status.BUSY)}, b"")
+            return
+        write = bool(h.get("write"))
+        task = ScsiTask(bytes.fromhex(h["cdb"]), lun, nexus, tag=rid,
+                        attr=TaskAttr(int(h.get("attr", 1))),
+                        data_out=memoryview(data) if write else None,
+                        expected_length=int(h.get("expected", 0)),
+                        read=bool(h.get("read")), write=write)
+        host = _ShipHost(conn, rid, len(data))
+        self.runner.start(task, device.execute(task), lu, host)
 
     async def _handshake(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> str:
@@ -403,23 +410,62 @@ def register(device: Any, nexus: Nexus) -> None:
 
 
 # ----------------------------------------------------------------------------- the sender's side
+#: What a shipped command's sender is told: (response header, data-in) or the error.
+Done = Callable[[dict[str, Any] | None, bytes, BaseException | None], None]
+
+
 class _Client:
-    """One kept, authenticated connection to a peer's ship address."""
+    """One kept, authenticated connection to a peer's ship address. Commands are written as
+    they come (no task per command); beyond :data:`MAX_IN_FLIGHT`, or while connecting, they
+    wait in a backlog."""
 
     def __init__(self, shipper: Shipper, address: str) -> None:
         self.shipper = shipper
         self.address = address
-        self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
-        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._connecting = asyncio.Lock()
+        self.pending: dict[int, tuple[Done, asyncio.TimerHandle]] = {}
+        self.backlog: collections.deque[tuple[dict[str, Any], Any, Done, float]] = \
+            collections.deque()
+        self._connecting: asyncio.Task[None] | None = None
         self._ids = 0
 
-    async def _connect(self) -> asyncio.StreamWriter:
-        async with self._connecting:
-            if self.writer is not None and not self.writer.is_closing():
-                return self.writer
+    def send(self, header: dict[str, Any], data: Any, done: Done, timeout: float) -> None:
+        writer = self.writer
+        if writer is None or writer.is_closing() or len(self.pending) >= MAX_IN_FLIGHT \
+                or self.backlog:
+            self.backlog.append((header, data, done, time.monotonic() + timeout))
+            if (writer is None or writer.is_closing()) and self._connecting is None:
+                self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            return
+        self._write(writer, header, data, done, timeout)
+
+    def _write(self, writer: asyncio.StreamWriter, header: dict[str, Any], data: Any,
+               done: Done, timeout: float) -> None:
+        self._ids += 1
+        rid = header["id"] = self._ids
+        timer = asyncio.get_running_loop().call_later(timeout, self._expire, rid)
+        self.pending[rid] = (done, timer)
+        writer.write(encode(header, data))
+
+    def _expire(self, rid: int) -> None:
+        entry = self.pending.pop(rid, None)
+        if entry is not None:
+            entry[0](None, b"", TimeoutError("no answer from the owner"))
+
+    def _flush(self) -> None:
+        writer = self.writer
+        backlog = self.backlog
+        now = time.monotonic()
+        while backlog and writer is not None and not writer.is_closing() \
+                and len(self.pending) < MAX_IN_FLIGHT:
+            header, data, done, end = backlog.popleft()
+            if end <= now:
+                done(None, b"", TimeoutError("no answer from the owner"))
+                continue
+            self._write(writer, header, data, done, end - now)
+
+    async def _connect(self) -> None:
+        try:
             host, _, port = self.address.rpartition(":")
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host.strip("[]"), int(port)), HANDSHAKE_SECONDS)
@@ -428,9 +474,16 @@ class _Client:
             except BaseException:
                 writer.close()
                 raise
-            self.reader, self.writer = reader, writer
-            asyncio.get_running_loop().create_task(self._read(reader, writer))
-            return writer
+        except (OSError, TimeoutError, FrameError, EOFError, ValueError) as exc:
+            backlog, self.backlog = self.backlog, collections.deque()
+            for _, _, done, _ in backlog:
+                done(None, b"", ConnectionError(f"cannot reach {self.address}: {exc}"))
+            return
+        finally:
+            self._connecting = None
+        self.writer = writer
+        asyncio.get_running_loop().create_task(self._read(reader, writer))
+        self._flush()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         secret = self.shipper.secret
@@ -451,11 +504,14 @@ class _Client:
         try:
             while True:
                 header, data = await read_frame(reader, self.shipper.max_data)
-                fut = self.pending.pop(header.get("id"), None)  # type: ignore[arg-type]
-                if header["t"] != "res" or fut is None:
+                entry = self.pending.pop(header.get("id"), None)  # type: ignore[arg-type]
+                if header["t"] != "res":
                     raise FrameError(f"unexpected {header['t']!r} frame")
-                if not fut.done():
-                    fut.set_result((header, data))
+                if entry is not None:  # (else: expired)
+                    entry[1].cancel()
+                    entry[0](header, data, None)
+                if self.backlog:
+                    self._flush()
         except (EOFError, asyncio.CancelledError):
             pass
         except (FrameError, OSError) as exc:
@@ -464,25 +520,28 @@ class _Client:
             writer.close()
             if self.writer is writer:
                 self.writer = None
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionError("ship connection lost"))
-            self.pending.clear()
+            pending, self.pending = self.pending, {}
+            for done, timer in pending.values():
+                timer.cancel()
+                done(None, b"", ConnectionError("ship connection lost"))
 
     async def request(self, header: dict[str, Any],
                       data: bytes | memoryview) -> tuple[dict[str, Any], bytes]:
-        async with self.slots:
-            writer = await self._connect()
-            self._ids += 1
-            rid = header["id"] = self._ids
-            fut: asyncio.Future[tuple[dict[str, Any], bytes]] = \
-                asyncio.get_running_loop().create_future()
-            self.pending[rid] = fut
-            writer.write(encode(header, data))
-            try:
-                return await fut
-            finally:
-                self.pending.pop(rid, None)
+        """One request, awaited (the LUN reset; tests)."""
+        fut: asyncio.Future[tuple[dict[str, Any], bytes]] = \
+            asyncio.get_running_loop().create_future()
+
+        def done(answer: dict[str, Any] | None, out: bytes, exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                assert answer is not None
+                fut.set_result((answer, out))
+
+        self.send(header, data, done, self.shipper.timeout)
+        return await fut
 
     def close(self) -> None:
         if self.writer is not None:
@@ -552,10 +611,9 @@ class Shipper:
         header = _header(glu.key, rec.epoch, task.lun, nexus)
         header.update(cdb=bytes(cdb).hex(), attr=int(task.attr), expected=task.expected_length,
                       read=task.read, write=task.write)
-        client = self._client(address)
-        t = asyncio.get_running_loop().create_task(self._ship(client, header, task, lu, host))
-        self._inflight.add(t)
-        t.add_done_callback(self._inflight.discard)
+        self._client(address).send(header, task.data_out if task.data_out is not None else b"",
+                                   functools.partial(self._done, task, lu, host, address),
+                                   self.timeout)
         self.shipped += 1
         return True
 
@@ -595,22 +653,23 @@ class Shipper:
                             "command shipping: LUN reset to %s failed: %s", address,
                             str(exc) or type(exc).__name__)
 
-    async def _ship(self, client: _Client, header: dict[str, Any], task: ScsiTask, lu: Any,
-                    host: Any) -> None:
-        data = task.data_out if task.data_out is not None else b""
-        try:
-            answer, out = await asyncio.wait_for(client.request(header, data), self.timeout)
-            if answer.get("not_owner"):
-                result = _not_owner(lu)
-            else:
+    @staticmethod
+    def _done(task: ScsiTask, lu: Any, host: Any, address: str, answer: dict[str, Any] | None,
+              out: bytes, exc: BaseException | None) -> None:
+        result: ScsiResult | None = None
+        if exc is None and answer is not None and not answer.get("not_owner"):
+            try:
                 sense = answer.get("sense")
                 result = ScsiResult(Status(int(answer["status"])), out if out else None,
                                     bytes.fromhex(sense) if isinstance(sense, str) else None,
                                     answer.get("length"))
-        except (TimeoutError, OSError, FrameError, ValueError, KeyError) as exc:
-            PROBLEMS.report(log, logging.WARNING, "ship send", client.address,
-                            "command shipping to %s failed: %s", client.address,
+            except (ValueError, KeyError, TypeError) as e:
+                exc = e
+        if exc is not None:
+            PROBLEMS.report(log, logging.WARNING, "ship send", address,
+                            "command shipping to %s failed: %s", address,
                             str(exc) or type(exc).__name__)
+        if result is None:
             result = _not_owner(lu)
         if task.aborted:
             result = ScsiResult(Status.TASK_ABORTED)
