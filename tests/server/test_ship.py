@@ -166,8 +166,9 @@ class Ships:
 
     async def start(self) -> None:
         for gw in self.gw.values():
-            gw.member.ship_address = await gw.server.start("127.0.0.1")
-            gw.shipper.install()
+            if gw.member.non_owner == "non-optimized":  # as the daemon does
+                gw.member.ship_address = await gw.server.start("127.0.0.1")
+                gw.shipper.install()
             await gw.member.start(run=False)
         await self.rounds(2)
 
@@ -343,6 +344,19 @@ async def test_a_unit_attention_pending_on_the_non_owner_is_delivered_there_firs
         assert b.shipper.shipped == shipped  # not shipped: the preamble's order (UA first)
         assert (await b.command(write10(1), "y", b"\x01" * 512)).status == Status.GOOD
         assert b.shipper.shipped == shipped + 1
+    finally:
+        await g.close()
+
+
+@arun
+async def test_a_standby_gateway_among_shipping_ones_is_standby_in_every_table(tmp_path):
+    g = Ships(tmp_path, ["a", "b", "c"])
+    g.gw["c"].member.non_owner = "standby"  # (a hand-written config may say so for one)
+    await g.start()
+    try:
+        for gw in g.gw.values():
+            assert [gw.lu.alua.state_of(n) for n in (1, 2, 3)] == \
+                [S.ACTIVE_OPTIMIZED, S.ACTIVE_NON_OPTIMIZED, S.STANDBY], gw.name
     finally:
         await g.close()
 

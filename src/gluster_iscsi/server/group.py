@@ -559,7 +559,6 @@ class GroupMember:
         owner = lease.owner_name()
         move_to = rec.move_to if rec is not None else None
         fresh = lease.role is not Role.STANDBY or lease.heard_within(now)
-        standby = self._non_owner_state(glu, now, fresh)
         out: dict[int, tuple[Any, list[int]]] = {}
         numbers = {self.gateway: self.number}
         for name, g in self.gateways.items():
@@ -576,7 +575,7 @@ class GroupMember:
                 elif move_to == name and fresh:
                     state = S.TRANSITIONING
                 else:
-                    state = standby
+                    state = self._non_owner_state(glu, now, fresh, name)
             else:
                 g = self.gateways[name]
                 live = self._live(g, now)
@@ -588,7 +587,7 @@ class GroupMember:
                 elif name == move_to and (fresh or lease.role is not Role.STANDBY):
                     state = S.TRANSITIONING
                 else:
-                    state = standby
+                    state = self._non_owner_state(glu, now, fresh, name)
             out[number] = (state, [number])
         return out
 
@@ -614,16 +613,22 @@ class GroupMember:
         else:
             self.ship_addresses.pop(name, None)
 
-    def _non_owner_state(self, glu: GroupLu, now: float, fresh: bool) -> Any:
-        """A live non-owner's access state: active/non-optimized when the group ships and the
-        LU has a live owner to ship to (this gateway, or one heard from lately), else standby."""
+    def _non_owner_state(self, glu: GroupLu, now: float, fresh: bool, name: str) -> Any:
+        """Live non-owner ``name``'s access state: active/non-optimized when it ships (it
+        publishes a ship address; this gateway: its mode) and the LU has an owner that
+        takes shipped commands (this gateway, or one heard from lately with an address);
+        else standby. Every gateway computes the same from the same records."""
         from ..scsi.alua import AccessState as S
 
-        if self.non_owner != "non-optimized":
+        if name == self.gateway:
+            ships = self.non_owner == "non-optimized" and self.ship_address is not None
+        else:
+            ships = name in self.ship_addresses
+        if not ships:
             return S.STANDBY
         lease = glu.lease
         if lease.role is Role.OWNER:
-            return S.ACTIVE_NON_OPTIMIZED
+            return S.ACTIVE_NON_OPTIMIZED if self.ship_address is not None else S.STANDBY
         owner = lease.owner_name()
         seen = self.gateways.get(owner) if owner is not None else None
         if lease.role is Role.STANDBY and fresh and seen is not None and self._live(seen, now) \
