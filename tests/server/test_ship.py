@@ -496,3 +496,6 @@ def test_group_create_writes_non_owner_and_join_carries_it_to_the_gateway(tmp_pa
     with pytest.raises(groupmod.GroupError, match="non_owner"):
         groupmod.create_group(str(tmp_path / "h"), "h", {"non_owner": "x"},
                               check=lambda *_: None)
+    local = {"version": 1, "portals": [{"host": "127.0.0.1", "port": 3260}], "targets": []}
+    cfg, _ = groupmod.join_group(local, loc, "gw1", None, ["127.0.0.1:3260"])
+    assert cfg["group"]["non_owner"] == "standby"
