@@ -269,3 +269,30 @@ def test_iscsi_test_cu_two_paths_owner_and_non_owner_no_failure(shipping):
             failed.append(run.output[-2500:])
     assert ran and not failed, "\n".join(failed) + gw2.log_text()[-3000:]
     assert "command shipping on 127.0.0.1:" in gw2.log_text()
+
+
+def test_shipped_writes_read_back_through_the_owner_and_survive_its_death(shipping):
+    gw1, gw2 = shipping
+
+    async def main() -> None:
+        async with Session("127.0.0.1", gw2.port, IQN, "iqn.2026-12.org.test:y") as y2, \
+                Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:x") as x1:
+            for lba in range(16):  # through the non-owner: run by the owner
+                status, _, sense = await cmd(y2, write10(lba), data_out=bytes([lba + 1]) * 512)
+                assert status == 0, sense_of(sense)
+            for lba in range(16):
+                status, data, _ = await cmd(x1, read10(lba), read_len=512)
+                assert status == 0 and data == bytes([lba + 1]) * 512
+        gw1.stop(signal.SIGKILL)
+
+        async def served():  # the non-owner takes the LUN over and serves the data itself
+            async with Session("127.0.0.1", gw2.port, IQN, "iqn.2026-12.org.test:y") as s:
+                status, data, _ = await cmd(s, read10(15), read_len=512)
+                return data if status == 0 else None
+
+        assert await until(served, 15, "gw2 serving after gw1's death") == b"\x10" * 512
+        async with Session("127.0.0.1", gw2.port, IQN, "iqn.2026-12.org.test:y") as s:
+            status, data, _ = await cmd(s, RTPG, read_len=1024)
+            assert status == 0 and rtpg_states(data)[2][0] == 0  # gw2 active/optimized now
+
+    asyncio.run(main())
