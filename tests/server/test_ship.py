@@ -361,6 +361,45 @@ async def test_a_standby_gateway_among_shipping_ones_is_standby_in_every_table(t
         await g.close()
 
 
+class Stuck:
+    """An owner's runner whose commands never end (a store that hangs)."""
+
+    def __init__(self) -> None:
+        self.started: list[ScsiTask] = []
+
+    def start(self, task: ScsiTask, run: Any, lu: Any, host: Any) -> None:
+        run.close()
+        self.started.append(task)
+
+
+@arun
+async def test_an_aborted_shipped_task_is_answered_aborted_without_waiting_for_the_owner(
+        tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    a.server.runner = stuck = Stuck()
+    b.shipper.timeout = 3600  # the abort must not wait for the command's timeout
+    try:
+        nexus = b.nexus("y")
+        b.device.nexus_added(nexus)
+        b.lu.clear_ua(nexus.initiator_port)
+        task = ScsiTask(write10(4), 0, nexus, data_out=memoryview(b"\x04" * 512),
+                        expected_length=512, write=True)
+        host = Host()
+        b.runner.start(task, b.device.execute(task), b.lu, host)
+        for _ in range(200):
+            if stuck.started:
+                break
+            await asyncio.sleep(0.01)
+        assert stuck.started and not host.done.is_set()  # at the owner, never ending
+        task.aborted = True  # what the transport does for ABORT TASK
+        await asyncio.wait_for(host.done.wait(), 60)
+        assert host.result is not None and host.result.status == Status.TASK_ABORTED
+    finally:
+        await g.close()
+
+
 @arun
 async def test_standby_mode_keeps_standby_and_ships_nothing(tmp_path):
     g = Ships(tmp_path, ["a", "b"], mode="standby")

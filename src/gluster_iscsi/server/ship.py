@@ -81,6 +81,14 @@ NOT_OWNER_SENSE = (0x02, 0x040A)
 LOCAL_OPCODES = frozenset({0x5E, 0x5F})
 
 
+#: How often a connection looks for aborted tasks among the shipped ones in flight.
+ABORT_SWEEP_SECONDS = 0.1
+
+
+class Aborted(Exception):
+    """A shipped task the transport aborted: answered here, not waited for."""
+
+
 class FrameError(Exception):
     """A frame that breaks the protocol (too large, truncated, not JSON): drop the link."""
 
@@ -423,29 +431,50 @@ class _Client:
         self.shipper = shipper
         self.address = address
         self.writer: asyncio.StreamWriter | None = None
-        self.pending: dict[int, tuple[Done, asyncio.TimerHandle]] = {}
-        self.backlog: collections.deque[tuple[dict[str, Any], Any, Done, float]] = \
+        self.pending: dict[int, tuple[Done, asyncio.TimerHandle, Any]] = {}
+        self.backlog: collections.deque[tuple[dict[str, Any], Any, Done, float, Any]] = \
             collections.deque()
         self._connecting: asyncio.Task[None] | None = None
+        self._sweep: asyncio.TimerHandle | None = None
         self._ids = 0
 
-    def send(self, header: dict[str, Any], data: Any, done: Done, timeout: float) -> None:
+    def send(self, header: dict[str, Any], data: Any, done: Done, timeout: float,
+             task: Any = None) -> None:
+        """Ship one request; ``done`` is called once with the answer or the error. ``task``
+        (a ScsiTask): once the transport aborts it, ``done`` is called at once with
+        :class:`Aborted` (the owner may still finish it; its late answer is dropped)."""
         writer = self.writer
         if writer is None or writer.is_closing() or len(self.pending) >= MAX_IN_FLIGHT \
                 or self.backlog:
-            self.backlog.append((header, data, done, time.monotonic() + timeout))
+            self.backlog.append((header, data, done, time.monotonic() + timeout, task))
             if (writer is None or writer.is_closing()) and self._connecting is None:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())
             return
-        self._write(writer, header, data, done, timeout)
+        self._write(writer, header, data, done, timeout, task)
 
     def _write(self, writer: asyncio.StreamWriter, header: dict[str, Any], data: Any,
-               done: Done, timeout: float) -> None:
+               done: Done, timeout: float, task: Any) -> None:
         self._ids += 1
         rid = header["id"] = self._ids
-        timer = asyncio.get_running_loop().call_later(timeout, self._expire, rid)
-        self.pending[rid] = (done, timer)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, self._expire, rid)
+        self.pending[rid] = (done, timer, task)
         writer.write(encode(header, data))
+        if self._sweep is None:
+            self._sweep = loop.call_later(ABORT_SWEEP_SECONDS, self._aborted)
+
+    def _aborted(self) -> None:
+        """Answer the aborted tasks among those in flight now (ABORT TASK, LUN RESET, ...
+        wait for them), without waiting for the owner."""
+        self._sweep = None
+        pending = self.pending
+        for rid in [r for r, e in pending.items() if e[2] is not None and e[2].aborted]:
+            done, timer, _ = pending.pop(rid)
+            timer.cancel()
+            done(None, b"", Aborted())
+        if pending:
+            self._sweep = asyncio.get_running_loop().call_later(ABORT_SWEEP_SECONDS,
+                                                                self._aborted)
 
     def _expire(self, rid: int) -> None:
         entry = self.pending.pop(rid, None)
@@ -458,11 +487,11 @@ class _Client:
         now = time.monotonic()
         while backlog and writer is not None and not writer.is_closing() \
                 and len(self.pending) < MAX_IN_FLIGHT:
-            header, data, done, end = backlog.popleft()
+            header, data, done, end, task = backlog.popleft()
             if end <= now:
                 done(None, b"", TimeoutError("no answer from the owner"))
                 continue
-            self._write(writer, header, data, done, end - now)
+            self._write(writer, header, data, done, end - now, task)
 
     async def _connect(self) -> None:
         try:
@@ -476,7 +505,7 @@ class _Client:
                 raise
         except (OSError, TimeoutError, FrameError, EOFError, ValueError) as exc:
             backlog, self.backlog = self.backlog, collections.deque()
-            for _, _, done, _ in backlog:
+            for _, _, done, _, _ in backlog:
                 done(None, b"", ConnectionError(f"cannot reach {self.address}: {exc}"))
             return
         finally:
@@ -521,7 +550,7 @@ class _Client:
             if self.writer is writer:
                 self.writer = None
             pending, self.pending = self.pending, {}
-            for done, timer in pending.values():
+            for done, timer, _ in pending.values():
                 timer.cancel()
                 done(None, b"", ConnectionError("ship connection lost"))
 
@@ -613,7 +642,7 @@ class Shipper:
                       read=task.read, write=task.write)
         self._client(address).send(header, task.data_out if task.data_out is not None else b"",
                                    functools.partial(self._done, task, lu, host, address),
-                                   self.timeout)
+                                   self.timeout, task)
         self.shipped += 1
         return True
 
@@ -665,7 +694,7 @@ class Shipper:
                                     answer.get("length"))
             except (ValueError, KeyError, TypeError) as e:
                 exc = e
-        if exc is not None:
+        if exc is not None and type(exc) is not Aborted:
             PROBLEMS.report(log, logging.WARNING, "ship send", address,
                             "command shipping to %s failed: %s", address,
                             str(exc) or type(exc).__name__)
