@@ -111,3 +111,15 @@ def test_help_of_the_group_commands_names_what_they_do():
     for cmd in ("create", "join", "leave", "show", "rebalance", "initiator-config"):
         assert cmd in res.output
     assert "--to" in CliRunner().invoke(main, ["lun", "move", "--help"]).output
+
+
+def test_create_non_owner_is_written_and_join_carries_it(tmp_path, loc):
+    a = tmp_path / "a"
+    res = run(a, "group", "create", "g1", "--location", loc, "--non-owner", "standby", "--json")
+    assert res.exit_code == 0, res.output
+    res = run(a, "group", "join", loc, "--gateway", "gw-a", "--address", "192.0.2.1:3260")
+    assert res.exit_code == 0, res.output
+    assert cfgmod.load(a)["group"]["non_owner"] == "standby"
+    res = run(tmp_path / "b", "group", "create", "g2", "--location", loc + "2",
+              "--non-owner", "sometimes")
+    assert res.exit_code == 2 and "non-optimized" in res.output

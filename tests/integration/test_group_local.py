@@ -26,7 +26,8 @@ NOT_READY, UNIT_ATTENTION = 2, 6
 BEAT, LEASE = 0.25, 1.5
 
 
-def write_config(state: Path, port: int, lun: Path, group: Path, name: str, number: int) -> None:
+def write_config(state: Path, port: int, lun: Path, group: Path, name: str, number: int,
+                 non_owner: str = "standby") -> None:
     state.mkdir(parents=True, exist_ok=True)
     cfg = {
         "version": 1,
@@ -35,7 +36,7 @@ def write_config(state: Path, port: int, lun: Path, group: Path, name: str, numb
                      "luns": [{"lun": 1, "backing": str(lun), "bstype": "rdwr",
                                "uuid": UUID, "serial": "ha0001"}]}],
         "group": {"location": str(group), "gateway": name, "number": number,
-                  "beat_seconds": BEAT, "lease_seconds": LEASE},
+                  "beat_seconds": BEAT, "lease_seconds": LEASE, "non_owner": non_owner},
     }
     (state / "config.json").write_text(json.dumps(cfg))
 
@@ -199,5 +200,99 @@ def test_group_of_three_owner_standby_alua_pr_and_failover(gateways):
                 return data if status == 0 else None
 
             assert await until(good, 10, "the last gateway serving") == b"\xa5" * 512
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------- active/non-optimized non-owners (shipping)
+@pytest.fixture
+def shipping(tmp_path):
+    """Two gateways whose non-owner paths are active/non-optimized (server/ship.py): gw1
+    owns the LUN, gw2 ships its media commands to it."""
+    lun = tmp_path / "lun.img"
+    with open(lun, "wb") as f:
+        f.truncate(64 << 20)
+    group = tmp_path / "group"
+    daemons = []
+    for n in (1, 2):
+        port = free_port()
+        state = tmp_path / f"gw{n}"
+        write_config(state, port, lun, group, f"gw{n}", n, non_owner="non-optimized")
+        daemons.append(Daemon(state, ports=[port], demo=False))
+    daemons[0].start()
+
+    async def owned() -> bool:
+        async with Session("127.0.0.1", daemons[0].port, IQN, "iqn.2026-12.org.test:x") as s:
+            return (await cmd(s, TUR))[0] == 0
+
+    asyncio.run(until(owned, 10, "gw1 owning the LUN"))
+    daemons[1].start()
+
+    async def both() -> bool:
+        async with Session("127.0.0.1", daemons[1].port, IQN, "iqn.2026-12.org.test:x") as s:
+            status, data, _ = await cmd(s, RTPG, read_len=1024)
+            return status == 0 and rtpg_states(data) == {1: (0, (1,)), 2: (1, (2,))} \
+                and (await cmd(s, TUR))[0] == 0
+
+    asyncio.run(until(both, 15, "gw2 active/non-optimized"))
+    yield daemons
+    for d in daemons:
+        d.stop()
+
+
+#: The iscsi-test-cu families that take a second path (the second URL): MultipathIO, and the
+#: reservation tests whose second initiator logs in through it.
+SHIPPED_FAMILIES = ("ALL.MultipathIO", "ALL.ProutReserve", "ALL.Reserve6", "ALL.ProutRegister",
+                    "ALL.PrinReadKeys", "ALL.PrinServiceactionRange", "ALL.ProutClear",
+                    "ALL.ProutPreempt")
+
+
+def test_iscsi_test_cu_two_paths_owner_and_non_owner_no_failure(shipping):
+    from . import cunit
+
+    need("iscsi-test-cu")
+    gw1, gw2 = shipping
+    listed = subprocess.run(["iscsi-test-cu", "--list"], capture_output=True, text=True,
+                            timeout=30).stdout.split()
+    failed: list[str] = []
+    ran = 0
+    for family in SHIPPED_FAMILIES:
+        if family not in listed:
+            continue
+        run = cunit.run(gw1.url(1, IQN), family, url2=gw2.url(1, IQN), cwd=str(gw1.state_dir),
+                        timeout=600)
+        assert run.results, run.output[-3000:]
+        ran += len(run.results)
+        print(f"{family}: {run.summary()}")
+        failed += [f"{r.name}: {r.detail[-600:]}" for r in run.by("failed")]
+        if run.by("failed"):
+            failed.append(run.output[-2500:])
+    assert ran and not failed, "\n".join(failed) + gw2.log_text()[-3000:]
+    assert "command shipping on 127.0.0.1:" in gw2.log_text()
+
+
+def test_shipped_writes_read_back_through_the_owner_and_survive_its_death(shipping):
+    gw1, gw2 = shipping
+
+    async def main() -> None:
+        async with Session("127.0.0.1", gw2.port, IQN, "iqn.2026-12.org.test:y") as y2, \
+                Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:x") as x1:
+            for lba in range(16):  # through the non-owner: run by the owner
+                status, _, sense = await cmd(y2, write10(lba), data_out=bytes([lba + 1]) * 512)
+                assert status == 0, sense_of(sense)
+            for lba in range(16):
+                status, data, _ = await cmd(x1, read10(lba), read_len=512)
+                assert status == 0 and data == bytes([lba + 1]) * 512
+        gw1.stop(signal.SIGKILL)
+
+        async def served():  # the non-owner takes the LUN over and serves the data itself
+            async with Session("127.0.0.1", gw2.port, IQN, "iqn.2026-12.org.test:y") as s:
+                status, data, _ = await cmd(s, read10(15), read_len=512)
+                return data if status == 0 else None
+
+        assert await until(served, 15, "gw2 serving after gw1's death") == b"\x10" * 512
+        async with Session("127.0.0.1", gw2.port, IQN, "iqn.2026-12.org.test:y") as s:
+            status, data, _ = await cmd(s, RTPG, read_len=1024)
+            assert status == 0 and rtpg_states(data)[2][0] == 0  # gw2 active/optimized now
 
     asyncio.run(main())

@@ -179,13 +179,15 @@ def test_set_groups_refuses_states_it_does_not_report_and_ports_in_two_groups() 
     alua = make_lu().alua
     with pytest.raises(ValueError, match="OFFLINE"):
         alua.set_groups({1: (AccessState.OFFLINE, [1])})
-    with pytest.raises(ValueError, match="ACTIVE_NON_OPTIMIZED"):
-        alua.set_groups({1: (AccessState.ACTIVE_NON_OPTIMIZED, [1])})
+    with pytest.raises(ValueError, match="LBA_DEPENDENT|0x4|4"):
+        alua.set_groups({1: (4, [1])})  # LBA dependent: not offered
     with pytest.raises(ValueError, match="port 2"):
         alua.set_groups({1: (AO, [1, 2]), 2: (SB, [2])})
     with pytest.raises(ValueError, match="group 0"):
         alua.set_groups({0: (AO, [1])})
     assert not alua.restricted  # nothing was installed
+    # active/non-optimized is: a non-owner that ships commands to the owner (server/ship.py)
+    assert alua.set_groups({1: (AccessState.ACTIVE_NON_OPTIMIZED, [1])})
 
 
 def rtpg_descriptors(data: bytes, start: int) -> list[dict[str, object]]:
@@ -219,11 +221,11 @@ def test_rtpg_lists_every_group_with_its_true_state_the_same_through_every_port(
     groups = rtpg_descriptors(data, 4)
     # T_SUP | U_SUP | S_SUP | AO_SUP: no offline, no LBA dependent, no active/non-optimized
     assert groups == [
-        {"pref": 0, "state": 0x0, "supported": 0x8D, "group": 1, "reserved": 0, "status": 0,
+        {"pref": 0, "state": 0x0, "supported": 0x8F, "group": 1, "reserved": 0, "status": 0,
          "vendor": 0, "ports": [1]},
-        {"pref": 0, "state": 0x2, "supported": 0x8D, "group": 2, "reserved": 0, "status": 0,
+        {"pref": 0, "state": 0x2, "supported": 0x8F, "group": 2, "reserved": 0, "status": 0,
          "vendor": 0, "ports": [2]},
-        {"pref": 0, "state": 0x3, "supported": 0x8D, "group": 3, "reserved": 0, "status": 0,
+        {"pref": 0, "state": 0x3, "supported": 0x8F, "group": 3, "reserved": 0, "status": 0,
          "vendor": 0, "ports": [3]},
     ]
     e = ext[0]

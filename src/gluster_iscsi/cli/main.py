@@ -1054,10 +1054,14 @@ def _joined(res: dict[str, Any], as_json: bool) -> None:
 @click.option("--lease-seconds", type=click.FloatRange(min=0.5), help="How long an owner"
               " that cannot beat keeps issuing I/O before it fences itself (default 5; must"
               " stay under the bricks' keepalive and tcp-user-timeout: checked).")
+@click.option("--non-owner", type=click.Choice(["standby", "non-optimized"]),
+              help="What a gateway that does not own a LUN offers: non-optimized (default:"
+              " active, its media commands shipped to the owner, for initiators without ALUA)"
+              " or standby (media access refused NOT READY 04/0B).")
 @json_option
 def group_create(name: str, location: str, gateway: str | None, number: int | None,
                  addresses: tuple[str, ...], beat_seconds: float | None,
-                 lease_seconds: float | None, as_json: bool) -> None:
+                 lease_seconds: float | None, non_owner: str | None, as_json: bool) -> None:
     """Create gateway group NAME with its directory at LOC; with a running daemon (or
     --gateway) this gateway joins it."""
     import socket
@@ -1065,7 +1069,8 @@ def group_create(name: str, location: str, gateway: str | None, number: int | No
     from ..control import group as groupmod
 
     location = _absolute_location(location)
-    given = {"beat_seconds": beat_seconds, "lease_seconds": lease_seconds}
+    given: dict[str, Any] = {"beat_seconds": beat_seconds, "lease_seconds": lease_seconds,
+                             "non_owner": non_owner}
     settings = {k: v for k, v in given.items() if v is not None}
     defn = _offline(lambda: groupmod.create_group(location, name, settings), as_json)
     out: dict[str, Any] = {"group": defn.get("name"), "location": location,

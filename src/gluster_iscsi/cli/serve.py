@@ -555,6 +555,7 @@ def group_luns(cfg: dict[str, Any]) -> dict[str, Any]:
 
 async def _join_group(daemon: Daemon, control: ControlServer, cfg: dict[str, Any]) -> None:
     """Open the group directory (off the loop), join as this gateway and attach every LUN."""
+    from ..group.definition import DEFAULT_NON_OWNER
     from ..group.shared import open_shared
     from ..server.group import GroupMember
 
@@ -568,12 +569,14 @@ async def _join_group(daemon: Daemon, control: ControlServer, cfg: dict[str, Any
                          "check that the volume is mounted (or reachable) and the location in "
                          "the config's group section") from None
     member = GroupMember(shared, g["gateway"], g["number"], beat_seconds=g["beat_seconds"],
-                         lease_seconds=g["lease_seconds"])
+                         lease_seconds=g["lease_seconds"],
+                         non_owner=g.get("non_owner", DEFAULT_NON_OWNER))
     daemon.join_group(member)
     # The group definition says which LUNs are the group's: control attaches each to the
     # member as it opens (before it serves), from the first poll on (control/api.py).
     control.group_member = member
     try:
+        await _start_shipping(daemon, shared, cfg)
         await attach_group_luns(daemon, member, shared, control.reconciler.current())
         await member.start()
     except Exception as exc:  # noqa: BLE001
@@ -583,6 +586,22 @@ async def _join_group(daemon: Daemon, control: ControlServer, cfg: dict[str, Any
     daemon.group_shared = shared
     log.info("gateway group: %s is gateway %d (TPGT %d) of %s; %d LUNs", g["gateway"],
              g["number"], daemon.tpgt, g["location"], len(member.luns))
+
+
+async def _start_shipping(daemon: Daemon, shared: Any, cfg: dict[str, Any]) -> None:
+    """The command channel of a non-optimized group (server/ship.py): on ``group.ship_listen``
+    ("host" or "host:port"), else the first portal's host, on an ephemeral port."""
+    listen = cfg["group"].get("ship_listen")
+    host, port = "", 0
+    if listen:
+        host, sep, tail = str(listen).rpartition(":")
+        if not sep or not tail.isdigit() or (host.count(":") and not host.startswith("[")):
+            host, port = str(listen), 0
+        else:
+            port = int(tail)
+    elif cfg.get("portals"):
+        host = cfg["portals"][0]["host"]
+    await daemon.start_shipping(shared, host.strip("[]"), port)
 
 
 async def attach_group_luns(daemon: Daemon, member: Any, shared: Any,

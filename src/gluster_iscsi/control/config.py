@@ -634,10 +634,12 @@ def validate_group(raw: Any, field: str = "group") -> dict[str, Any]:
         raise ConfigError(field, "must be an object with location, gateway, number",
                           'e.g. {"location": "/mnt/vol/.gluster-iscsi", "gateway": "gw1", '
                           '"number": 1}')
-    extra = set(raw) - {"location", "gateway", "number", "beat_seconds", "lease_seconds"}
+    extra = set(raw) - {"location", "gateway", "number", "beat_seconds", "lease_seconds",
+                        "non_owner", "ship_listen"}
     if extra:
         raise ConfigError(f"{field}.{sorted(extra)[0]}", "unknown key",
-                          "known keys: location, gateway, number, beat_seconds, lease_seconds")
+                          "known keys: location, gateway, number, beat_seconds, lease_seconds,"
+                          " non_owner, ship_listen")
     location = raw.get("location")
     if not isinstance(location, str) or not location.strip():
         raise ConfigError(f"{field}.location", "missing group directory",
@@ -660,8 +662,24 @@ def validate_group(raw: Any, field: str = "group") -> dict[str, Any]:
                           f"{lease:g} s is under two heartbeats ({beat:g} s each)",
                           "a lease must outlast at least two missed heartbeats: raise "
                           "lease_seconds or lower beat_seconds")
-    return {"location": location, "gateway": gateway, "number": number,
-            "beat_seconds": beat, "lease_seconds": lease}
+    out: dict[str, Any] = {"location": location, "gateway": gateway, "number": number,
+                           "beat_seconds": beat, "lease_seconds": lease}
+    # what a non-owner gateway's paths are (docs/HA.md decision 1); and where it listens for
+    # the commands peers ship to it when they are "non-optimized"
+    from ..group.definition import NON_OWNER_MODES
+
+    if "non_owner" in raw:
+        if raw["non_owner"] not in NON_OWNER_MODES:
+            raise ConfigError(f"{field}.non_owner", f"{raw['non_owner']!r} is not a mode",
+                              "one of: " + ", ".join(NON_OWNER_MODES))
+        out["non_owner"] = raw["non_owner"]
+    if raw.get("ship_listen") is not None:
+        listen = raw["ship_listen"]
+        if not isinstance(listen, str) or not listen.strip():
+            raise ConfigError(f"{field}.ship_listen", f"{listen!r} is not an address",
+                              'give "HOST" or "HOST:PORT" (the port: 0 or none for any)')
+        out["ship_listen"] = listen
+    return out
 
 
 def validate(cfg: Any, *, stat_files: bool = True) -> dict[str, Any]:

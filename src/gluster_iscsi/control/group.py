@@ -631,7 +631,7 @@ def load_definition(shared: Any, location: str) -> dict[str, Any]:
     return out
 
 
-def create_group(location: str, name: str, settings: dict[str, float] | None = None,
+def create_group(location: str, name: str, settings: dict[str, Any] | None = None,
                  check: Callable[[str, float], str | None] | None = None) -> dict[str, Any]:
     """Write a new definition at ``location`` (blocking). ``check(location, lease_seconds)``
     (default :func:`check_volume_options`) refuses a lease the volume's options break."""
@@ -639,7 +639,11 @@ def create_group(location: str, name: str, settings: dict[str, float] | None = N
 
     if not name or not name.strip() or "/" in name:
         raise GroupError("invalid", f"group name {name!r} must be a non-empty name without '/'")
-    settings = {k: float(v) for k, v in (settings or {}).items() if v is not None}
+    settings = {k: v if k == "non_owner" else float(v)
+                for k, v in (settings or {}).items() if v is not None}
+    if settings.get("non_owner", definition.DEFAULT_NON_OWNER) not in definition.NON_OWNER_MODES:
+        raise GroupError("invalid", f"non_owner {settings['non_owner']!r} is not one of "
+                         + ", ".join(definition.NON_OWNER_MODES))
     lease = settings.get("lease_seconds", definition.DEFAULT_SETTINGS["lease_seconds"])
     beat = settings.get("beat_seconds", definition.DEFAULT_SETTINGS["beat_seconds"])
     if not 0 < beat < lease:
@@ -765,6 +769,8 @@ def join_group(
         "beat_seconds": settings.get("beat_seconds", 1.0),
         "lease_seconds": settings.get("lease_seconds", 5.0),
     }
+    if settings.get("non_owner"):
+        out["group"]["non_owner"] = settings["non_owner"]
     return out, written
 
 

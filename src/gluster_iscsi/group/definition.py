@@ -32,6 +32,11 @@ RECORD = "group.json"
 #: Gateway numbers (TPGT, relative target port identifier, target port group): 1..255.
 MIN_NUMBER, MAX_NUMBER = 1, 255
 DEFAULT_SETTINGS: dict[str, float] = {"beat_seconds": 1.0, "lease_seconds": 5.0}
+#: ``settings.non_owner``: what a live non-owner gateway's target port group is (docs/HA.md,
+#: decision 1): "standby" (media access refused, 04/0Bh) or "non-optimized" (active, its
+#: media commands shipped to the owner, server/ship.py).
+NON_OWNER_MODES = ("standby", "non-optimized")
+DEFAULT_NON_OWNER = "non-optimized"
 #: Seconds :func:`update` and :func:`create` wait for the definition's lock by default.
 LOCK_TIMEOUT = 10.0
 
@@ -60,6 +65,10 @@ class GroupDefinition:
     @property
     def lease_seconds(self) -> float:
         return float(self.settings.get("lease_seconds", DEFAULT_SETTINGS["lease_seconds"]))
+
+    @property
+    def non_owner(self) -> str:
+        return str(self.settings.get("non_owner", DEFAULT_NON_OWNER))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +117,9 @@ def check(defn: GroupDefinition) -> None:
     if float(defn.settings["lease_seconds"]) <= float(defn.settings["beat_seconds"]):
         raise ValueError("group definition: settings.lease_seconds must be longer than"
                          " settings.beat_seconds (a lease must survive a beat)")
+    if defn.settings.get("non_owner", DEFAULT_NON_OWNER) not in NON_OWNER_MODES:
+        raise ValueError(f"group definition: settings.non_owner {defn.settings['non_owner']!r}"
+                         f" is not one of {', '.join(NON_OWNER_MODES)}")
     if not isinstance(defn.gateways, dict):
         raise ValueError("group definition: gateways must be an object")
     numbers: dict[int, str] = {}

@@ -36,15 +36,17 @@ class AccessState(enum.IntEnum):
 
 
 #: The states :meth:`Alua.set_groups` accepts, and the supported-state bits RTPG reports
-#: for them (SPC-4 6.37 table 306: T_SUP 80h, U_SUP 08h, S_SUP 04h, AO_SUP 01h). No
-#: active/non-optimized (one owner per LUN, docs/HA.md), LBA dependent or offline.
+#: for them (SPC-4 6.37 table 306: T_SUP 80h, U_SUP 08h, S_SUP 04h, AN_SUP 02h, AO_SUP 01h).
+#: Active/non-optimized: a non-owner that ships media commands to the owner (docs/HA.md,
+#: decision 1, server/ship.py). No LBA dependent or offline.
 SUPPORTED: frozenset[AccessState] = frozenset({
     AccessState.ACTIVE_OPTIMIZED,
+    AccessState.ACTIVE_NON_OPTIMIZED,
     AccessState.STANDBY,
     AccessState.UNAVAILABLE,
     AccessState.TRANSITIONING,
 })
-SUPPORTED_BITS = 0x80 | 0x08 | 0x04 | 0x01
+SUPPORTED_BITS = 0x80 | 0x08 | 0x04 | 0x02 | 0x01
 
 #: RTPG status codes (SPC-4 6.37 table 308).
 STATUS_NONE = 0x00

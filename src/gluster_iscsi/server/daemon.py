@@ -169,6 +169,10 @@ class Daemon:
         self.group: GroupMember | None = None
         #: its group directory (``group.shared.SharedDir``), closed at stop
         self.group_shared: Any = None
+        #: command shipping (``server/ship.py``) of a group whose non-owners are
+        #: active/non-optimized: this gateway's listener and its sender
+        self.ship_server: Any = None
+        self.shipper: Any = None
 
     @property
     def poller(self) -> IdlePoller:
@@ -547,6 +551,38 @@ class Daemon:
                             and s.nexus.initiator_port in victims:
                         conn.abort_tasks(functools.partial(_on_lun, n))
 
+    async def start_shipping(self, shared: Any, host: str, port: int = 0) -> str | None:
+        """Command shipping (docs/HA.md decision 1) when the group's non-owners are
+        active/non-optimized: read (or make) the group secret, listen on ``host:port``
+        (port 0: ephemeral), publish the address with the gateway record and hook the group
+        LUs. Returns the address published, None in standby mode."""
+        from . import ship
+
+        member = self.group
+        if member is None or member.non_owner != "non-optimized":
+            return None
+        loop = asyncio.get_running_loop()
+        secret = await loop.run_in_executor(self.store_executor, ship.group_secret, shared)
+
+        def resolve(target: str, lun: int) -> Any:
+            entry = self.registry.lookup(target)
+            return entry.device if entry is not None else None
+
+        server = ship.ShipServer(member, self.runner, resolve, secret, self.budget)
+        address = await server.start(host, port)
+        if host in ("", "0.0.0.0", "::"):  # a wildcard is no address for the peers
+            import socket
+
+            address = f"{socket.gethostname()}:{address.rpartition(':')[2]}"
+        self.ship_server = server
+        member.ship_address = address
+        self.shipper = ship.Shipper(member, secret,
+                                    timeout=self.io_timeout + member.lease_seconds)
+        self.shipper.install()
+        log.info("gateway group: command shipping on %s (non-owner paths active/non-optimized)",
+                 address)
+        return address
+
     def group_status(self) -> dict[str, Any] | None:
         """The gateway group as this daemon sees it (``GroupMember.status``), None when alone."""
         return self.group.status() if self.group is not None else None
@@ -576,6 +612,10 @@ class Daemon:
                 )
             except TimeoutError:
                 log.warning("commands still running after %.0fs; closing anyway", self.drain_timeout)
+        if self.shipper is not None:
+            self.shipper.close()
+        if self.ship_server is not None:
+            await self.ship_server.stop()
         if self.group is not None:
             # A planned stop: the LUs this gateway owns are released now, so a peer takes
             # them at its next beat instead of after a lease.

@@ -438,6 +438,10 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                         if d.conn is not None:
                             waits.append((d, d.conn.abort_tasks(lambda t: t.lun == e.lun)[1]))
                     device.lun_reset(e.lun, session.nexus)
+                    lu = device.lu(e.lun)
+                    state = lu.runner_state if lu is not None else None
+                    if state is not None and state.ship is not None:  # a non-owner's path:
+                        await state.ship.lun_reset(lu, e.lun, session.nexus)  # and the owner
             elif f in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
                 others = self.daemon.drivers_of(target)
                 for d in others:

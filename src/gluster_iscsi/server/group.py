@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 EVENT_HISTORY = 32
 #: Kinds of LU-wide state the state record carries (``lu.shared_state(kind)``).
 STATE_KINDS = ("pr", "mode")
+#: The group's ``non_owner`` setting: what a live non-owner gateway's target port group is.
+NON_OWNER_MODES = ("standby", "non-optimized")
 
 
 class Locked(Protocol):
@@ -123,7 +125,8 @@ class GroupMember:
 
     def __init__(self, shared: Shared, gateway: str, number: int, *, beat_seconds: float = 1.0,
                  lease_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 abort: Callable[[Any, list[str]], None] | None = None) -> None:
+                 abort: Callable[[Any, list[str]], None] | None = None,
+                 non_owner: str = "standby") -> None:
         if not 1 <= number <= 255:
             raise ValueError(f"gateway number {number} is not 1..255")
         if not 0 < beat_seconds < lease_seconds:
@@ -149,6 +152,7 @@ class GroupMember:
         self._stopping = False
         self._wake: asyncio.Event | None = None  # made in start()
         self._mutex = threading.Lock()  # luns/gateways seen from worker threads
+        self._ship_init(non_owner)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -220,6 +224,8 @@ class GroupMember:
         state.group = self
         state.group_key = key
         self.luns[key] = glu
+        if self.shipper is not None:
+            state.ship = self.shipper
         self._push(glu, own_state="transitioning", announce=False)
         if self._wake is not None:
             self._wake.set()
@@ -232,6 +238,7 @@ class GroupMember:
                 self._set_deadline(glu, -math.inf)
                 state = lu_state(lu)
                 state.group = None
+                state.ship = None
                 if glu.lock is not None and self._loop is not None and not self._stopping:
                     lock, glu.lock = glu.lock, None
                     self._io.submit(lock.release)
@@ -337,8 +344,11 @@ class GroupMember:
             self._push(glu)
 
     def _gateway_record(self, *, stopped: bool = False) -> dict[str, Any]:
-        return {"number": self.number, "version": __version__, "beat": self._beat,
-                "stopped": stopped}
+        record = {"number": self.number, "version": __version__, "beat": self._beat,
+                  "stopped": stopped}
+        if self.ship_address is not None:
+            record["ship"] = self.ship_address
+        return record
 
     async def _publish(self) -> None:
         start = self.clock()
@@ -372,6 +382,7 @@ class GroupMember:
                                 "group: gateway %s also claims number %d: give each gateway "
                                 "its own number (the ALUA tables are wrong until then)",
                                 name, self.number)
+            self._seen_ship(name, data)
             beat = data.get("beat", 0)
             old = self.gateways.get(name)
             if old is None or old.beat != beat or old.number != data["number"]:
@@ -564,7 +575,7 @@ class GroupMember:
                 elif move_to == name and fresh:
                     state = S.TRANSITIONING
                 else:
-                    state = S.STANDBY
+                    state = self._non_owner_state(glu, now, fresh, name)
             else:
                 g = self.gateways[name]
                 live = self._live(g, now)
@@ -576,9 +587,54 @@ class GroupMember:
                 elif name == move_to and (fresh or lease.role is not Role.STANDBY):
                     state = S.TRANSITIONING
                 else:
-                    state = S.STANDBY
+                    state = self._non_owner_state(glu, now, fresh, name)
             out[number] = (state, [number])
         return out
+
+    # -- active/non-optimized non-owners (command shipping, server/ship.py) --------------------
+
+    def _ship_init(self, non_owner: str) -> None:
+        if non_owner not in NON_OWNER_MODES:
+            raise ValueError(f"non_owner {non_owner!r} is not one of {', '.join(NON_OWNER_MODES)}")
+        #: what a live non-owner's target port group is: "standby" (media access refused
+        #: 04/0Bh) or "non-optimized" (media commands shipped to the owner)
+        self.non_owner = non_owner
+        #: the command shipper (``ship.Shipper``) hooked into this member's LUs, or None
+        self.shipper: Any = None
+        #: this gateway's ship address ("host:port"), published in its gateway record
+        self.ship_address: str | None = None
+        #: the other gateways' ship addresses, from their records
+        self.ship_addresses: dict[str, str] = {}
+
+    def _seen_ship(self, name: str, data: dict[str, Any]) -> None:
+        address = data.get("ship")
+        if isinstance(address, str) and not data.get("stopped"):
+            self.ship_addresses[name] = address
+        else:
+            self.ship_addresses.pop(name, None)
+
+    def _non_owner_state(self, glu: GroupLu, now: float, fresh: bool, name: str) -> Any:
+        """Live non-owner ``name``'s access state: active/non-optimized when it ships (it
+        publishes a ship address; this gateway: its mode) and the LU has an owner that
+        takes shipped commands (this gateway, or one heard from lately with an address);
+        else standby. Every gateway computes the same from the same records."""
+        from ..scsi.alua import AccessState as S
+
+        if name == self.gateway:
+            ships = self.non_owner == "non-optimized" and self.ship_address is not None
+        else:
+            ships = name in self.ship_addresses
+        if not ships:
+            return S.STANDBY
+        lease = glu.lease
+        if lease.role is Role.OWNER:
+            return S.ACTIVE_NON_OPTIMIZED if self.ship_address is not None else S.STANDBY
+        owner = lease.owner_name()
+        seen = self.gateways.get(owner) if owner is not None else None
+        if lease.role is Role.STANDBY and fresh and seen is not None and self._live(seen, now) \
+                and owner in self.ship_addresses:
+            return S.ACTIVE_NON_OPTIMIZED
+        return S.STANDBY
 
     def _push(self, glu: GroupLu, own_state: str | None = None, announce: bool = True) -> None:
         alua = getattr(glu.lu, "alua", None)

@@ -267,6 +267,10 @@ class LuState:
         #: the start of the owner's last successful heartbeat + lease_seconds; -inf while
         #: this gateway does not own the LU (docs/HA.md decision 3)
         self.issue_deadline = -math.inf
+        #: a group LU on a gateway whose non-owner paths are active/non-optimized: the
+        #: command shipper (``ship.Shipper``: its ``maybe_ship`` is True if it sent the
+        #: command to the LU's owner); None: every command runs here
+        self.ship: Any = None
 
 
 def lu_state(lu: Any) -> LuState:
@@ -575,6 +579,8 @@ class Runner:
             state: LuState | None = lu.runner_state  # typed: native attribute access
             if state is None:
                 state = lu_state(lu)
+            if state.ship is not None and state.ship.maybe_ship(task, run, lu, host):
+                return  # a non-owner's media command: run by the owner (``ship.py``)
             state.stats.in_flight += 1
         self._step(task, run, lu, host, None, None, perf_counter_ns())
 

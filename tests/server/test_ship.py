@@ -1,0 +1,540 @@
+"""Command shipping (server/ship.py): the frame codec and the handshake, pure; then two or
+three group members in one process on one tmp-dir group directory, each with its own
+memory LU (so data can only be where the owner wrote it), real loopback sockets between
+them, and a clock the tests move."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gluster_iscsi.backstore.memory import MemoryStore
+from gluster_iscsi.buffers import MemoryBudget
+from gluster_iscsi.group.shared import open_shared
+from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiResult, ScsiTask
+from gluster_iscsi.scsi.alua import AccessState as S
+from gluster_iscsi.scsi.sense import parse_sense
+from gluster_iscsi.scsi.task import Status
+from gluster_iscsi.server import ship
+from gluster_iscsi.server.group import GroupMember
+from gluster_iscsi.server.runner import Runner, lu_on
+
+KEY = "0b6cfa4e-1111-2222-3333-444455556666"
+TARGET = "iqn.2024-01.org.gluster:tgt"
+SECRET = bytes(range(32))
+
+
+def arun(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def run(*a: Any, **kw: Any) -> Any:
+        return asyncio.run(fn(*a, **kw))
+
+    return run
+
+
+# ------------------------------------------------------------------------------------ codec
+def test_frames_round_trip_whole_byte_by_byte_and_with_trailing_bytes() -> None:
+    one = ship.encode({"t": "cmd", "id": 1, "cdb": "2a00"}, b"\x01" * 512)
+    two = ship.encode({"t": "res", "id": 1, "status": 0})
+    dec = ship.FrameDecoder(4096)
+    assert dec.feed(one + two) == [({"t": "cmd", "id": 1, "cdb": "2a00"}, b"\x01" * 512),
+                                   ({"t": "res", "id": 1, "status": 0}, b"")]
+    dec.end()
+    dec = ship.FrameDecoder(4096)
+    got = []
+    for i in range(len(one)):
+        got += dec.feed(one[i:i + 1])
+    assert got == [({"t": "cmd", "id": 1, "cdb": "2a00"}, b"\x01" * 512)]
+    assert dec.feed(two[:3]) == []
+    with pytest.raises(ship.FrameError, match="ended inside"):
+        dec.end()  # a truncated frame
+
+
+def test_oversize_and_malformed_frames_are_refused_before_their_data() -> None:
+    big = ship.encode({"t": "cmd", "id": 1}, b"\0" * 8193)
+    with pytest.raises(ship.FrameError, match="data of 8193"):
+        ship.FrameDecoder(8192).feed(big[:ship.PREFIX.size])  # the prefix alone says it
+    with pytest.raises(ship.FrameError, match="header of"):
+        ship.FrameDecoder(8192).feed(struct.pack(">II", ship.MAX_HEADER + 1, 0))
+    with pytest.raises(ship.FrameError, match="not JSON"):
+        ship.FrameDecoder(8192).feed(struct.pack(">II", 3, 0) + b"{x}")
+    with pytest.raises(ship.FrameError, match="type"):
+        ship.FrameDecoder(8192).feed(struct.pack(">II", 2, 0) + b"[]")
+
+
+def test_proofs_need_the_secret_and_bind_both_nonces_and_the_name() -> None:
+    ns, nc = b"s" * 32, b"c" * 32
+    good = ship.client_proof(SECRET, ns, nc, "b")
+    assert ship._proof_ok(good, ship.client_proof(SECRET, ns, nc, "b"))
+    assert not ship._proof_ok(good, ship.client_proof(b"x" * 32, ns, nc, "b"))
+    assert not ship._proof_ok(good, ship.client_proof(SECRET, nc, ns, "b"))
+    assert not ship._proof_ok(good, ship.client_proof(SECRET, ns, nc, "c"))
+    assert ship.server_proof(SECRET, nc, ns) != ship.client_proof(SECRET, ns, nc, "")
+    assert not ship._proof_ok(good, None)
+
+
+def test_the_group_secret_is_made_once_and_read_by_everyone(tmp_path: Path) -> None:
+    one, two = open_shared(str(tmp_path / "g")), open_shared(str(tmp_path / "g"))
+    try:
+        first = ship.group_secret(one)
+        assert len(first) == 32 and ship.group_secret(two) == first == ship.group_secret(one)
+    finally:
+        one.close()
+        two.close()
+
+
+# ------------------------------------------------------------------------------ the group
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Host:
+    """The runner's transport for one command; ``done`` once it completed."""
+
+    def __init__(self) -> None:
+        self.result: ScsiResult | None = None
+        self.done = asyncio.Event()
+
+    def reserve(self, task: ScsiTask, n: int) -> bool:
+        return True
+
+    def full_status(self) -> Status:
+        return Status.TASK_SET_FULL
+
+    def alone(self) -> bool:
+        return True
+
+    def complete(self, task: ScsiTask, result: ScsiResult) -> None:
+        self.result = result
+        self.done.set()
+
+
+class Gateway:
+    def __init__(self, g: Ships, name: str, number: int, tmp_path: Path, mode: str) -> None:
+        self.name = name
+        self.number = number
+        self.shared = open_shared(str(tmp_path / "group"))
+        self.member = GroupMember(self.shared, name, number, clock=g.clock, non_owner=mode)
+        self.lu = lu_on(MemoryStore(1 << 20), serial="s1")
+        self.member.attach(self.lu, KEY, "a")
+        self.device = DeviceServer({0: self.lu}, target_name=TARGET)
+        self.runner = Runner(clock=g.clock)
+        self.server = ship.ShipServer(self.member, self.runner, self.resolve, SECRET,
+                                      MemoryBudget(64 << 20))
+        self.shipper = ship.Shipper(self.member, SECRET, timeout=10)
+
+    def resolve(self, target: str, lun: int) -> DeviceServer | None:
+        return self.device if target == TARGET else None
+
+    def nexus(self, who: str) -> Nexus:
+        n = self.number
+        return Nexus(f"iqn.2024-01.org.test:{who}", f"iqn.2024-01.org.test:{who},i,0x023d0000000{n}",
+                     f"{TARGET},t,0x{n:04x}", relative_port=n, target_port_group=n)
+
+    async def command(self, cdb: bytes, who: str, data: bytes | None = None,
+                      read: int = 0) -> ScsiResult:
+        """One command from initiator ``who`` through this gateway (its login's unit
+        attention already delivered), as the connection driver starts it."""
+        nexus = self.nexus(who)
+        if nexus.initiator_port not in self.device._nexuses:
+            self.device.nexus_added(nexus)
+            self.lu.clear_ua(nexus.initiator_port)
+        task = ScsiTask(cdb, 0, nexus, data_out=memoryview(data) if data is not None else None,
+                        expected_length=len(data) if data is not None else read,
+                        read=bool(read), write=data is not None)
+        host = Host()
+        self.runner.start(task, self.device.execute(task), self.lu, host)
+        await asyncio.wait_for(host.done.wait(), 20)
+        assert host.result is not None
+        return host.result
+
+
+class Ships:
+    def __init__(self, tmp_path: Path, names: list[str], mode: str = "non-optimized") -> None:
+        self.clock = Clock()
+        self.gw = {name: Gateway(self, name, i, tmp_path, mode) for i, name in enumerate(names, 1)}
+
+    async def start(self) -> None:
+        for gw in self.gw.values():
+            if gw.member.non_owner == "non-optimized":  # as the daemon does
+                gw.member.ship_address = await gw.server.start("127.0.0.1")
+                gw.shipper.install()
+            await gw.member.start(run=False)
+        await self.rounds(2)
+
+    async def rounds(self, n: int = 1) -> None:
+        for _ in range(n):
+            for gw in self.gw.values():
+                await gw.member.beat()
+            self.clock.now += 1.0
+
+    async def close(self) -> None:
+        for gw in self.gw.values():
+            gw.shipper.close()
+            await gw.server.stop()
+            gw.shared.close()
+
+
+def write10(lba: int, blocks: int = 1) -> bytes:
+    return bytes([0x2A, 0]) + lba.to_bytes(4, "big") + bytes([0]) + blocks.to_bytes(2, "big") + b"\0"
+
+
+def read10(lba: int, blocks: int = 1) -> bytes:
+    return bytes([0x28, 0]) + lba.to_bytes(4, "big") + bytes([0]) + blocks.to_bytes(2, "big") + b"\0"
+
+
+def caw(lba: int) -> bytes:
+    return bytes([0x89, 0]) + lba.to_bytes(8, "big") + bytes(3) + bytes([1, 0, 0])
+
+
+def prout(sa: int, key: int = 0, sa_key: int = 0, rtype: int = 0) -> tuple[bytes, bytes]:
+    params = struct.pack(">QQ4xBxH", key, sa_key, 0, 0)
+    return bytes([0x5F, sa, rtype, 0, 0]) + struct.pack(">IB", len(params), 0), params
+
+
+@arun
+async def test_a_non_owner_reports_non_optimized_and_its_write_lands_on_the_owner(tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    try:
+        assert a.member.luns[KEY].lease.role.value == "owner"
+        for gw in (a, b):  # the same table on both gateways
+            assert gw.lu.alua.state_of(1) is S.ACTIVE_OPTIMIZED
+            assert gw.lu.alua.state_of(2) is S.ACTIVE_NON_OPTIMIZED
+        res = await b.command(write10(5), "y", b"\xab" * 512)
+        # GOOD at once: a nexus first seen by shipping gets no POWER ON unit attention there
+        assert res.status == Status.GOOD, parse_sense(res.sense or b"")
+        assert b.shipper.shipped == 1 and a.server.served == 1
+        assert b.lu.store.read(5 * 512, 512) == bytes(512)  # nothing written on b
+        assert a.lu.store.read(5 * 512, 512) == b"\xab" * 512
+        back = await a.command(read10(5), "x", read=512)
+        assert back.status == Status.GOOD and bytes(back.data) == b"\xab" * 512
+        shipped = await b.command(read10(5), "y", read=512)  # a read shipped back
+        assert shipped.status == Status.GOOD and bytes(shipped.data) == b"\xab" * 512
+        # the owner knows the shipped nexus by b's port: relative port 2, group 2
+        assert a.device.target_ports()[2] == 2
+        # INQUIRY is b's own: not shipped
+        inq = await b.command(bytes([0x12, 0, 0, 0, 96, 0]), "y", read=96)
+        assert inq.status == Status.GOOD and b.shipper.shipped == 2
+    finally:
+        await g.close()
+
+
+@arun
+async def test_a_reservation_made_through_the_owner_is_enforced_on_a_write_shipped_through_b(
+        tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    try:
+        loop = asyncio.get_running_loop()
+
+        def pr(cdb: bytes, params: bytes) -> ScsiResult:  # PR OUT on a worker (volume I/O)
+            nexus = a.nexus("x")
+            if nexus.initiator_port not in a.device._nexuses:
+                a.device.nexus_added(nexus)
+                a.lu.clear_ua(nexus.initiator_port)
+            task = ScsiTask(cdb, 0, nexus, data_out=memoryview(params),
+                            expected_length=len(params), write=True)
+            return a.runner.run(a.device.execute(task), a.lu)
+
+        assert (await loop.run_in_executor(None, pr, *prout(0, sa_key=0xAA))).status == 0
+        assert (await loop.run_in_executor(None, pr, *prout(1, key=0xAA, rtype=1))).status == 0
+        # write exclusive, held by x through a: y through b conflicts, on the owner
+        res = await b.command(write10(1), "y", b"\x01" * 512)
+        assert res.status == Status.RESERVATION_CONFLICT
+        # so does x through b: another I_T nexus (the owner saw b's relative port)
+        res = await b.command(write10(1), "x", b"\x01" * 512)
+        assert res.status == Status.RESERVATION_CONFLICT
+        assert (await a.command(write10(1), "x", b"\x02" * 512)).status == Status.GOOD
+        read = await b.command(read10(1), "y", read=512)  # reads are not excluded
+        assert read.status == Status.GOOD and bytes(read.data) == b"\x02" * 512
+        assert b.shipper.shipped == 3
+    finally:
+        await g.close()
+
+
+@arun
+async def test_compare_and_write_from_three_gateways_exactly_one_wins_each_round(tmp_path):
+    g = Ships(tmp_path, ["a", "b", "c"])
+    await g.start()
+    gws = list(g.gw.values())
+    try:
+        current = bytes(512)
+        for rnd in range(12):
+            order = gws[rnd % 3:] + gws[:rnd % 3]
+            news = {gw.name: bytes([rnd * 3 + i + 1]) * 512 for i, gw in enumerate(order)}
+            results = await asyncio.gather(*(
+                gw.command(caw(7), "i" + gw.name, current + news[gw.name]) for gw in order))
+            won = [gw.name for gw, r in zip(order, results, strict=True) if r.status == 0]
+            assert len(won) == 1, [(r.status, parse_sense(r.sense or b"")) for r in results]
+            for r in results:
+                if r.status != 0:
+                    assert parse_sense(r.sense or b"") == (0x0E, 0x1D00)  # MISCOMPARE
+            current = news[won[0]]
+            assert g.gw["a"].lu.store.read(7 * 512, 512) == current
+        assert g.gw["b"].shipper.shipped == 12 and g.gw["c"].shipper.shipped == 12
+    finally:
+        await g.close()
+
+
+@arun
+async def test_a_command_shipped_to_a_gateway_that_no_longer_owns_ends_not_ready_04_0a(tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    try:
+        lease = b.member.luns[KEY].lease
+        lease.record = dataclasses.replace(lease.record, epoch=lease.record.epoch + 7)
+        res = await b.command(write10(2), "y", b"\x05" * 512)
+        assert res.status == Status.CHECK_CONDITION
+        assert parse_sense(res.sense or b"") == (0x02, 0x040A)
+        assert a.server.served == 0 and a.lu.store.read(2 * 512, 512) == bytes(512)
+    finally:
+        await g.close()
+
+
+@arun
+async def test_a_lun_reset_through_a_non_owner_resets_the_owner_lu(tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    try:
+        assert (await a.command(bytes(6), "x")).status == Status.GOOD  # x known on a
+        # an SPC-2 RESERVE(6) by x through a: the owner's memory alone
+        assert (await a.command(bytes([0x16, 0, 0, 0, 0, 0]), "x")).status == Status.GOOD
+        res = await b.command(bytes(6), "y")  # TEST UNIT READY, shipped: conflicts on a
+        assert res.status == Status.RESERVATION_CONFLICT
+        b.device.lun_reset(0, b.nexus("y"))  # what the driver does, then the hook:
+        await b.shipper.lun_reset(b.lu, 0, b.nexus("y"))
+        res = await a.command(bytes(6), "x")
+        assert parse_sense(res.sense or b"") == (0x06, 0x2903)  # BUS DEVICE RESET FUNCTION
+        b.lu.clear_ua(b.nexus("y").initiator_port)
+        res = await b.command(bytes(6), "y")  # the owner's reset UA for y, then no conflict
+        assert parse_sense(res.sense or b"") == (0x06, 0x2903)
+        assert (await b.command(bytes(6), "y")).status == Status.GOOD
+    finally:
+        await g.close()
+
+
+@arun
+async def test_a_unit_attention_pending_on_the_non_owner_is_delivered_there_first(tmp_path):
+    from gluster_iscsi.scsi.sense import Asc
+
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    b = g.gw["b"]
+    try:
+        assert (await b.command(write10(1), "y", b"\x01" * 512)).status == Status.GOOD
+        shipped = b.shipper.shipped
+        b.lu.queue_ua(b.nexus("y").initiator_port, Asc.MODE_PARAMETERS_CHANGED)
+        res = await b.command(write10(1), "y", b"\x01" * 512)
+        assert parse_sense(res.sense or b"") == (0x06, 0x2A01)
+        assert b.shipper.shipped == shipped  # not shipped: the preamble's order (UA first)
+        assert (await b.command(write10(1), "y", b"\x01" * 512)).status == Status.GOOD
+        assert b.shipper.shipped == shipped + 1
+    finally:
+        await g.close()
+
+
+@arun
+async def test_a_standby_gateway_among_shipping_ones_is_standby_in_every_table(tmp_path):
+    g = Ships(tmp_path, ["a", "b", "c"])
+    g.gw["c"].member.non_owner = "standby"  # (a hand-written config may say so for one)
+    await g.start()
+    try:
+        for gw in g.gw.values():
+            assert [gw.lu.alua.state_of(n) for n in (1, 2, 3)] == \
+                [S.ACTIVE_OPTIMIZED, S.ACTIVE_NON_OPTIMIZED, S.STANDBY], gw.name
+    finally:
+        await g.close()
+
+
+class Stuck:
+    """An owner's runner whose commands never end (a store that hangs)."""
+
+    def __init__(self) -> None:
+        self.started: list[ScsiTask] = []
+
+    def start(self, task: ScsiTask, run: Any, lu: Any, host: Any) -> None:
+        run.close()
+        self.started.append(task)
+
+
+@arun
+async def test_an_aborted_shipped_task_is_answered_aborted_without_waiting_for_the_owner(
+        tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    a.server.runner = stuck = Stuck()
+    b.shipper.timeout = 3600  # the abort must not wait for the command's timeout
+    try:
+        nexus = b.nexus("y")
+        b.device.nexus_added(nexus)
+        b.lu.clear_ua(nexus.initiator_port)
+        task = ScsiTask(write10(4), 0, nexus, data_out=memoryview(b"\x04" * 512),
+                        expected_length=512, write=True)
+        host = Host()
+        b.runner.start(task, b.device.execute(task), b.lu, host)
+        for _ in range(200):
+            if stuck.started:
+                break
+            await asyncio.sleep(0.01)
+        assert stuck.started and not host.done.is_set()  # at the owner, never ending
+        task.aborted = True  # what the transport does for ABORT TASK
+        await asyncio.wait_for(host.done.wait(), 60)
+        assert host.result is not None and host.result.status == Status.TASK_ABORTED
+    finally:
+        await g.close()
+
+
+@arun
+async def test_standby_mode_keeps_standby_and_ships_nothing(tmp_path):
+    g = Ships(tmp_path, ["a", "b"], mode="standby")
+    await g.start()
+    b = g.gw["b"]
+    try:
+        assert b.lu.alua.state_of(2) is S.STANDBY
+        res = await b.command(write10(2), "y", b"\x05" * 512)
+        assert parse_sense(res.sense or b"") == (0x02, 0x040B)
+        assert b.shipper.shipped == 0
+    finally:
+        await g.close()
+
+
+# ------------------------------------------------------------------ unauthenticated peers
+async def _raw_peer(tmp_path: Path) -> tuple[Ships, asyncio.StreamReader, asyncio.StreamWriter]:
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    host, _, port = g.gw["a"].server.address.rpartition(":")  # type: ignore[union-attr]
+    reader, writer = await asyncio.open_connection(host, int(port))
+    hello, _ = await ship.read_frame(reader, 0)
+    assert hello["t"] == "hello"
+    return g, reader, writer
+
+
+async def _dropped(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(), 10) == b""
+    except ConnectionError:
+        return True
+
+
+def _command_frame() -> bytes:
+    return ship.encode({"t": "cmd", "id": 1, "key": KEY, "epoch": 1, "target": TARGET, "lun": 0,
+                        "cdb": write10(3).hex(), "expected": 512, "write": True,
+                        "initiator": "iqn.x", "port": "iqn.x,i,0x1", "target_port": "t",
+                        "relative_port": 2, "tpg": 2}, b"\x07" * 512)
+
+
+@arun
+async def test_a_peer_with_a_bad_hmac_is_dropped_and_nothing_runs(tmp_path):
+    g, reader, writer = await _raw_peer(tmp_path)
+    try:
+        writer.write(ship.encode({"t": "auth", "gateway": "b", "nonce": "00" * 32,
+                                  "mac": "00" * 32}) + _command_frame())
+        assert await _dropped(reader)
+        assert g.gw["a"].server.served == 0
+        assert g.gw["a"].lu.store.read(3 * 512, 512) == bytes(512)
+    finally:
+        writer.close()
+        await g.close()
+
+
+@arun
+async def test_a_command_before_authentication_is_dropped(tmp_path):
+    g, reader, writer = await _raw_peer(tmp_path)
+    try:
+        writer.write(_command_frame())
+        assert await _dropped(reader)
+        assert g.gw["a"].server.served == 0
+    finally:
+        writer.close()
+        await g.close()
+
+
+async def _authenticated(tmp_path: Path) -> tuple[Ships, asyncio.StreamReader,
+                                                   asyncio.StreamWriter]:
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    host, _, port = g.gw["a"].server.address.rpartition(":")  # type: ignore[union-attr]
+    reader, writer = await asyncio.open_connection(host, int(port))
+    client = ship._Client(g.gw["b"].shipper, "unused")
+    await client._handshake(reader, writer)
+    return g, reader, writer
+
+
+@arun
+async def test_an_oversize_frame_after_authentication_is_dropped_unread(tmp_path):
+    g, reader, writer = await _authenticated(tmp_path)
+    try:
+        writer.write(struct.pack(">II", 20, g.gw["a"].server.max_data + 1))
+        assert await _dropped(reader)
+        assert g.gw["a"].server.served == 0
+    finally:
+        writer.close()
+        await g.close()
+
+
+@arun
+async def test_a_truncated_frame_is_dropped_and_not_run(tmp_path):
+    g, reader, writer = await _authenticated(tmp_path)
+    try:
+        frame = _command_frame()
+        writer.write(frame[:-100])
+        writer.write_eof()
+        assert await _dropped(reader)
+        await asyncio.sleep(0.05)
+        assert g.gw["a"].server.served == 0
+        assert g.gw["a"].lu.store.read(3 * 512, 512) == bytes(512)
+    finally:
+        writer.close()
+        await g.close()
+
+
+# ------------------------------------------------------------------------------ the setting
+def test_the_non_owner_setting_is_checked_where_beat_and_lease_are() -> None:
+    from gluster_iscsi.control.config import ConfigError, validate_group
+    from gluster_iscsi.group import definition
+
+    base = {"location": "/mnt/v/.gluster-iscsi", "gateway": "a", "number": 1}
+    assert "non_owner" not in validate_group(base)  # the group's default applies
+    got = validate_group({**base, "non_owner": "standby", "ship_listen": "127.0.0.1:0"})
+    assert got["non_owner"] == "standby" and got["ship_listen"] == "127.0.0.1:0"
+    with pytest.raises(ConfigError, match="non_owner"):
+        validate_group({**base, "non_owner": "active"})
+    defn = definition.GroupDefinition(name="g", settings={**definition.DEFAULT_SETTINGS})
+    assert defn.non_owner == definition.DEFAULT_NON_OWNER == "non-optimized"
+    defn.settings["non_owner"] = "sometimes"
+    with pytest.raises(ValueError, match="non_owner"):
+        definition.check(defn)
+    with pytest.raises(ValueError, match="non_owner"):
+        GroupMember(object(), "a", 1, non_owner="sometimes")  # type: ignore[arg-type]
+
+
+def test_group_create_writes_non_owner_and_join_carries_it_to_the_gateway(tmp_path) -> None:
+    from gluster_iscsi.control import group as groupmod
+
+    loc = str(tmp_path / "g")
+    defn = groupmod.create_group(loc, "g", {"non_owner": "standby", "lease_seconds": 4},
+                                 check=lambda *_: None)
+    assert defn["settings"]["non_owner"] == "standby"
+    assert defn["settings"]["lease_seconds"] == 4.0
+    with pytest.raises(groupmod.GroupError, match="non_owner"):
+        groupmod.create_group(str(tmp_path / "h"), "h", {"non_owner": "x"},
+                              check=lambda *_: None)
+    local = {"version": 1, "portals": [{"host": "127.0.0.1", "port": 3260}], "targets": []}
+    cfg, _ = groupmod.join_group(local, loc, "gw1", None, ["127.0.0.1:3260"])
+    assert cfg["group"]["non_owner"] == "standby"
