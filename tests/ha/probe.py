@@ -4,10 +4,11 @@ Commands (one line of output each, flushed, so a test can follow them through a 
 
 ``write URL_OR_PATH OFFSET TEXT``
     Write TEXT at OFFSET (O_DIRECT-free, then fsync) and print ``OK``.
-``hold URL_OR_PATH``
+``hold URL_OR_PATH [direct]``
     Take an exclusive POSIX lock on byte 0 (F_SETLK, non-blocking; fails if taken), print
     ``LOCKED``, then read commands from stdin: ``write OFFSET TEXT`` (pwrite + fsync, prints
-    ``WROTE`` or ``ERROR errno``), ``quit``.
+    ``WROTE`` or ``ERROR errno``), ``quit``. With ``direct`` the file is opened O_DIRECT
+    (as group LUNs are) and each write is one aligned 4 KiB block, TEXT padded with '.'.
 ``take URL_OR_PATH TIMEOUT``
     Try the same lock every 0.1 s; print ``TAKEN SECONDS`` (time since the start) or
     ``TIMEOUT``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import sys
 import time
@@ -29,8 +31,10 @@ DATA = b""
 
 
 class Handle:
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, direct: bool = False) -> None:
         self.where = where
+        self.direct = direct
+        flags = os.O_RDWR | (os.O_DIRECT if direct else 0)
         self.vol: Any = None
         if where.startswith("gluster://"):
             from gluster_iscsi.backstore.gfapi import _binding as g
@@ -41,10 +45,10 @@ class Handle:
             self.vol.set_volfile_server(host)
             self.vol.set_logging(f"/tmp/giha-probe-{os.getpid()}.log", g.LOG_WARNING)
             self.vol.init()
-            self.f = self.vol.open("/" + path, os.O_RDWR)
+            self.f = self.vol.open("/" + path, flags)
             self.fd = -1
         else:
-            self.fd = os.open(where, os.O_RDWR)
+            self.fd = os.open(where, flags)
 
     def try_lock(self) -> bool:
         if self.vol is not None:
@@ -65,6 +69,10 @@ class Handle:
         return True
 
     def write(self, offset: int, data: bytes) -> None:
+        if self.direct:
+            buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants
+            buf[:] = data[:4096].ljust(4096, b".")
+            data = buf  # type: ignore[assignment]
         if self.vol is not None:
             self.f.pwrite(data, offset)
             self.f.fsync()
@@ -84,7 +92,7 @@ def main(argv: list[str]) -> int:
         say("OK")
         return 0
     if cmd == "hold":
-        h = Handle(where)
+        h = Handle(where, direct=argv[2:3] == ["direct"])
         if not h.try_lock():
             say("BUSY")
             return 1
