@@ -8,7 +8,7 @@ a cycle is still that cycle) and, for the layers, under ``TYPE_CHECKING``. Two r
    is how a handler module of ``scsi/`` names ``LogicalUnit`` while ``lu.py`` imports the
    handlers' helpers; across packages the layers below already forbid it;
 2. the layers: the neutral top-level modules (``logs.py``, ``__init__.py``, the buffer pool
-   ...) < ``backstore`` < ``scsi`` < ``iscsi`` < ``model`` < ``server`` < ``control`` <
+   ...) < ``backstore`` < ``group`` < ``scsi`` < ``iscsi`` < ``model`` < ``server`` < ``control`` <
    ``cli``; nothing imports a higher layer, and some lower arrows are closed too (``FORBIDDEN``:
    the protocol cores import no store, the iSCSI core no store either).
 
@@ -33,6 +33,7 @@ PACKAGE = "gluster_iscsi"
 LAYERS: list[tuple[str, list[str]]] = [
     ("neutral", ["", "systemd"]),
     ("backstore", ["backstore"]),
+    ("group", ["group"]),
     ("scsi", ["scsi"]),
     ("iscsi", ["iscsi"]),
     ("model", ["model"]),
@@ -53,6 +54,7 @@ ROLES: dict[str, str] = {
     "": "neutral top-level modules: version and compiled-module list, logging, buffer pool",
     "backstore": "byte-level backing stores: memory, file, gfapi; specs, sizes, provisioning",
     "backstore/gfapi": "our ctypes binding of libgfapi, and the store on it",
+    "group": "the gateway group's storage: group directory, records, locks, identity, definition",
     "scsi": "SPC-4/SBC-3 device server without I/O: one opcode table, sense, reservations",
     "iscsi": "RFC 7143 without I/O: PDUs, text keys, CHAP, login and full-feature phases",
     "model": "the model: targets, portals, ACLs, CHAP accounts, names (not LUNs)",

@@ -28,7 +28,7 @@ RST = re.compile(r"``|:[a-z]+:`|`[^`\n]+`_|^\.\. ", re.M)
 VERBS = {"create", "delete", "add", "remove", "list", "show", "set", "unset", "resize", "bind",
          "unbind", "close", "export", "apply", "reload", "validate", "path",
          "account-create", "account-delete", "account-list", "install",
-         "stats"}  # fmt: skip
+         "stats", "join", "leave", "move", "rebalance", "initiator-config"}  # fmt: skip
 
 
 def walk(cmd: click.Command, path: tuple[str, ...] = ()):

@@ -396,6 +396,23 @@ def lun_resize(target: str, lun_id: int, size: str, as_json: bool) -> None:
     _changes(res, as_json, f"LUN {res['lun']} of {res['target']} is now {human_size(res['size'])}")
 
 
+@lun.command("move")
+@click.argument("target")
+@click.argument("lun_id", metavar="LUN", type=int)
+@click.option("--to", "to", required=True, metavar="GATEWAY",
+              help="The gateway of the group that is to own the LUN.")
+@json_option
+def lun_move(target: str, lun_id: int, to: str, as_json: bool) -> None:
+    """Move the ownership of a group LUN to gateway GATEWAY (a planned move: initiators
+    see the paths change state, I/O goes on)."""
+    res = _call("lun.move", as_json=as_json, target=target, lun=lun_id, to=to,
+                timeout=_long_timeout())
+    if as_json:
+        emit_json(res)
+        return
+    click.echo(f"LUN {res['lun']} of {res['target']} is owned by {res['to']}")
+
+
 # ------------------------------------------------------------------------------ acl
 
 
@@ -904,6 +921,270 @@ def config_path(as_json: bool) -> None:
         return
     click.echo(cfgmod.config_path(ctx.state_dir))
     click.echo(cfgmod.socket_path(ctx.state_dir))
+
+
+# ------------------------------------------------------------------------------ group
+
+
+@main.group()
+def group() -> None:
+    """A gateway group: several gateways export the same targets and LUNs from one volume.
+
+    \b
+    The definition (targets, LUNs, ACLs, CHAP) lives in the group directory on the volume;
+    each gateway's own config keeps its portals and how it reaches the volume. In a group,
+    target, lun, acl and auth commands change the group's definition, and every gateway
+    applies it. See docs/HA.md and the README's two-gateway quick start.
+    """
+
+
+def _daemon_running() -> bool:
+    ctx = click.get_current_context().find_object(Ctx)
+    assert ctx is not None
+    try:
+        ctx.client().call("ping")
+    except ApiError as e:
+        if e.code == "daemon_unavailable":
+            return False
+        fail(e)
+    return True
+
+
+def _state_dir() -> Path:
+    ctx = click.get_current_context().find_object(Ctx)
+    assert ctx is not None
+    return ctx.state_dir
+
+
+def _long_timeout() -> float:
+    """Group calls touch the volume (and a move waits for the other gateway): at least 30 s."""
+    ctx = click.get_current_context().find_object(Ctx)
+    assert ctx is not None
+    return max(ctx.timeout, 30.0)
+
+
+def _offline(fn: Callable[[], Any], as_json: bool) -> Any:
+    """Run a group step in this process (no daemon), its GroupError as an API error."""
+    from ..control.group import GroupError
+
+    try:
+        return fn()
+    except GroupError as e:
+        fail(ApiError(e.code, e.message, kind="group", hint=e.hint), as_json=as_json)
+    except cfgmod.ConfigError as e:
+        fail(ApiError("invalid", str(e), field=e.field), as_json=as_json)
+
+
+def _join(location: str, gateway: str, number: int | None, addresses: tuple[str, ...],
+          as_json: bool) -> dict[str, Any]:
+    from ..control import group as groupmod
+
+    addrs = [_check_address(a, as_json) for a in addresses]
+    if _daemon_running():
+        return _call("group.join", as_json=as_json, location=location, gateway=gateway,
+                     number=number, addresses=addrs or None, timeout=_long_timeout())
+    state_dir = _state_dir()
+
+    def offline() -> dict[str, Any]:
+        local = cfgmod.load(state_dir) or cfgmod.empty_config()
+        joined, defn = groupmod.join_group(local, location, gateway, number, addrs)
+        cfgmod.save(state_dir, cfgmod.validate(joined, stat_files=False))
+        return {
+            "group": defn.get("name"), "location": location, "gateway": gateway,
+            "number": joined["group"]["number"],
+            "addresses": defn["gateways"][gateway]["addresses"], "restart_required": False,
+            "hint": f"start the daemon: gluster-iscsi --state-dir {state_dir} serve",
+        }  # fmt: skip
+
+    return dict(_offline(offline, as_json))
+
+
+def _check_address(text: str, as_json: bool) -> str:
+    try:
+        host, port = parse_hostport(text, resolve=False)
+    except (click.BadParameter, ValueError) as e:
+        fail(ApiError("invalid", f"--address {text}: {e}", kind="address",
+                      hint="HOST:PORT, e.g. 192.0.2.10:3260"), as_json=as_json)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _joined(res: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(res)
+        return
+    click.echo(f"gateway {res['gateway']} (number {res['number']}) is in group {res['group']}"
+               f" at {res['location']}, reached at {', '.join(res['addresses'])}")
+    if res.get("restart_required"):
+        click.echo(f"restart required: {res['hint']}")
+    elif res.get("hint"):
+        click.echo(res["hint"])
+
+
+@group.command("create")
+@click.argument("name")
+@click.option("--location", required=True, metavar="LOC",
+              help="The group directory: a directory on the volume's FUSE mount (e.g."
+              " /mnt/vol/.gluster-iscsi) or gluster://HOST/VOLUME/.gluster-iscsi.")
+@click.option("--gateway", metavar="NAME",
+              help="Join this gateway as NAME too (default with a running daemon: this"
+              " host's short name).")
+@click.option("--number", type=click.IntRange(1, 255), help="This gateway's number (default:"
+              " the lowest free one).")
+@click.option("--address", "addresses", multiple=True, metavar="HOST:PORT",
+              help="Where initiators reach this gateway (repeat; default: its portals).")
+@json_option
+def group_create(name: str, location: str, gateway: str | None, number: int | None,
+                 addresses: tuple[str, ...], as_json: bool) -> None:
+    """Create gateway group NAME with its directory at LOC; with a running daemon (or
+    --gateway) this gateway joins it."""
+    import socket
+
+    from ..control import group as groupmod
+
+    defn = _offline(lambda: groupmod.create_group(location, name), as_json)
+    out: dict[str, Any] = {"group": defn.get("name"), "location": location,
+                           "version": defn.get("version"), "joined": None}
+    running = _daemon_running()
+    if gateway is None and running:
+        gateway = socket.gethostname().split(".")[0]
+    if gateway is not None:
+        out["joined"] = _join(location, gateway, number, addresses, as_json)
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"created group {out['group']} at {location}")
+    if out["joined"]:
+        _joined(out["joined"], False)
+    else:
+        click.echo(f"join gateways with: gluster-iscsi group join {location} --gateway NAME")
+
+
+@group.command("join")
+@click.argument("location", metavar="LOC")
+@click.option("--gateway", required=True, metavar="NAME",
+              help="This gateway's name in the group (unique in it).")
+@click.option("--number", type=click.IntRange(1, 255), help="This gateway's number: its TPGT,"
+              " relative port and port group (default: the lowest free one).")
+@click.option("--address", "addresses", multiple=True, metavar="HOST:PORT",
+              help="Where initiators reach this gateway (repeat; default: its portals).")
+@json_option
+def group_join(location: str, gateway: str, number: int | None, addresses: tuple[str, ...],
+               as_json: bool) -> None:
+    """Join this gateway to the group whose directory is LOC. A running daemon takes it
+    in when restarted (the command says so)."""
+    _joined(_join(location, gateway, number, addresses, as_json), as_json)
+
+
+@group.command("leave")
+@click.option("--force", is_flag=True, help="Close the sessions on the group's targets here.")
+@json_option
+def group_leave(force: bool, as_json: bool) -> None:
+    """Take this gateway out of its group (the group's targets stop here)."""
+    from ..control import group as groupmod
+
+    if _daemon_running():
+        res = _call("group.leave", as_json=as_json, force=force or None,
+                    timeout=_long_timeout())
+    else:
+        state_dir = _state_dir()
+
+        def offline() -> dict[str, Any]:
+            local = cfgmod.load(state_dir) or cfgmod.empty_config()
+            left, defn = groupmod.leave_group(local)
+            cfgmod.save(state_dir, cfgmod.validate(left, stat_files=False))
+            mine = local["group"]
+            return {"group": (defn or {}).get("name"), "location": mine["location"],
+                    "gateway": mine["gateway"], "restart_required": False, "hint": None}
+
+        res = _offline(offline, as_json)
+    if as_json:
+        emit_json(res)
+        return
+    click.echo(f"gateway {res['gateway']} left group {res['group']}")
+    if res.get("restart_required"):
+        click.echo(f"restart required: {res['hint']}")
+
+
+def _age(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}s"
+
+
+@group.command("show")
+@json_option
+def group_show(as_json: bool) -> None:
+    """The group: its gateways (number, addresses, last beat, state) and LUNs (owner,
+    epoch, preferred gateway, sessions)."""
+    g = _call("group.show", as_json=as_json, timeout=_long_timeout())
+    if as_json:
+        emit_json(g)
+        return
+    click.echo(f"group {g['name']} (definition version {g['version']}) at {g['location']};"
+               f" this is gateway {g['gateway']} ({g['access']})")
+    if g.get("error"):
+        click.echo(f"NOT IN FORCE here: {g['error']}")
+    click.echo(table(
+        ["NUMBER", "GATEWAY", "ADDRESSES", "LAST BEAT", "STATE"],
+        [[x["number"], x["name"] + (" *" if x["this"] else ""), ",".join(x["addresses"]),
+          _age(x["beat_age"]), x["state"]] for x in g["gateways"]],
+    ))  # fmt: skip
+    if g["luns"]:
+        click.echo("")
+        click.echo(table(
+            ["TARGET", "LUN", "PATH", "OWNER", "EPOCH", "PREFERRED", "SESSIONS"],
+            [[x["target"], x["lun"], x["path"], x["owner"], x["epoch"], x["preferred"],
+              ",".join(f"{k}:{v}" for k, v in sorted(x["sessions"].items()))]
+             for x in g["luns"]],
+        ))  # fmt: skip
+
+
+@group.command("rebalance")
+@click.option("--dry-run", is_flag=True, help="Say which LUNs would move, move none.")
+@json_option
+def group_rebalance(dry_run: bool, as_json: bool) -> None:
+    """Move every LUN to its preferred gateway (assigned round robin by gateway number when
+    the LUN was made; a LUN whose preferred gateway left goes round robin too)."""
+    res = _call("group.rebalance", as_json=as_json, dry_run=dry_run or None,
+                timeout=max(_long_timeout(), 120.0))
+    if as_json:
+        emit_json(res)
+        return
+    if not res["moves"]:
+        click.echo("every LUN is on its preferred gateway")
+    for m in res["moves"]:
+        verb = "would move" if dry_run else "moved"
+        click.echo(f"{verb} LUN {m['lun']} of {m['target']}: {m['from'] or '(none)'} ->"
+                   f" {m['to']}")
+
+
+@group.command("initiator-config")
+@click.option("--location", metavar="LOC", help="Read the group at LOC directly (no daemon"
+              " needed: for an initiator host that mounts the volume).")
+@json_option
+def group_initiator_config(location: str | None, as_json: bool) -> None:
+    """What an initiator host needs: a multipath.conf device section (ALUA) and the
+    iscsiadm discovery and login lines for every gateway."""
+    from ..control import group as groupmod
+
+    if location is not None:
+        def read() -> dict[str, Any]:
+            shared = groupmod.open_location(location)
+            try:
+                return groupmod.initiator_config(groupmod.load_definition(shared, location))
+            finally:
+                shared.close()
+
+        res = _offline(read, as_json)
+    else:
+        res = _call("group.initiator_config", as_json=as_json)
+    if as_json:
+        emit_json(res)
+        return
+    click.echo("# /etc/multipath.conf (then: systemctl reload multipathd)")
+    click.echo(res["multipath_conf"], nl=False)
+    click.echo("")
+    click.echo("# discovery and login, every gateway")
+    for line in res["iscsiadm"]:
+        click.echo(line)
 
 
 # ------------------------------------------------------------------------------ plug-ins

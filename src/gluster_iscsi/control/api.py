@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ..model.names import InvalidName, is_network, validate_name
 from . import config as cfgmod
@@ -41,6 +41,16 @@ DEFAULT_OP_TIMEOUT = 120.0
 LONG_OPS = {"lun.create": 3600.0}
 IDLE_TIMEOUT = 60.0
 SIZE_TIMEOUT = 3.0  # how long 'list' waits for a store to say its size
+
+
+@runtime_checkable
+class GroupDaemon(Protocol):
+    """What a daemon in a gateway group adds to DaemonControl (its group member's view and
+    planned moves); a daemon without a member has neither."""
+
+    def group_status(self) -> Any: ...
+
+    def group_move(self, lun_key: str, gateway: str) -> Any: ...
 
 
 class UnsavedChange(ApiError):
@@ -70,6 +80,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._path: Path | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._group_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -98,8 +109,10 @@ class ControlServer:
         os.chmod(path, 0o600)
         self._path = path
         log.info("control API listening on %s", path)
+        self.start_group()
 
     async def stop(self) -> None:
+        await self.stop_group()
         if self._server is not None:
             self._server.close()
             for t in list(self._tasks):
@@ -209,9 +222,7 @@ class ControlServer:
         except cfgmod.ConfigError as e:
             raise ApiError("invalid", str(e), field=e.field) from None
         except reconcile.ReconcileError as e:
-            raise ApiError(
-                "unavailable", f"{e.field}: {e.message}", hint=e.hint, field=e.field
-            ) from None
+            raise ApiError(e.code, f"{e.field}: {e.message}", hint=e.hint, field=e.field) from None
         except Exception as e:
             log.exception("control op failed")
             raise ApiError("internal", f"internal error: {e!r}") from None
@@ -246,6 +257,8 @@ class ControlServer:
     ) -> dict[str, Any]:
         """:meth:`_mutate` for a caller that holds the reconciler's lock (``lun create``
         holds it from its checks to the save)."""
+        if self.reconciler.group_link is not None:
+            return await self._mutate_group(edit, dry_run=dry_run, force=force)
         before = self.reconciler.current()
         cfg = self.reconciler.current()
         result = edit(cfg)
@@ -297,9 +310,75 @@ class ControlServer:
             hint=f"check the state directory {self.state_dir} (space, permissions), then retry",
         ) from None  # fmt: skip
 
+    async def _mutate_group(
+        self, edit: Callable[[dict[str, Any]], Any], *, dry_run: bool, force: bool
+    ) -> dict[str, Any]:
+        """:meth:`_mutate_locked` in a gateway group: the edit sees the composed config;
+        what it changes of the targets, LUNs and CHAP accounts goes to the group definition
+        (on the volume, under its lock, only if nobody changed it meanwhile), the rest
+        (portals, params, discovery) to the local config. Applied here first, all or nothing;
+        if the definition cannot be written, undone here too. The other gateways take the
+        new version at their next poll."""
+        from . import group as groupmod
+
+        link = self.reconciler.group_link
+        local_before = self.reconciler.local()
+        try:
+            defn = await self._in_executor(link.load)
+            groupmod.check_version(defn)
+        except groupmod.GroupError as e:
+            raise ApiError(e.code, e.message, kind="group", hint=e.hint) from None
+        except Exception as e:
+            raise _volume_error(link.location, e) from None
+        cfg = groupmod.compose(local_before, defn, link.access)
+        result = edit(cfg)
+        if asyncio.iscoroutine(result):
+            result = await result
+        cfg = cfgmod.validate(cfg, stat_files=False)
+        try:
+            new_defn = await self._in_executor(
+                lambda: groupmod.decompose(cfg, defn, local_before, link)
+            )
+        except groupmod.GroupError as e:
+            raise ApiError(e.code, e.message, kind="group", hint=e.hint) from None
+        new_local = groupmod.local_part(cfg, local_before, new_defn)
+        old_defn = link.definition
+        link.definition = new_defn
+        try:
+            changes = await self.reconciler.apply_locked(new_local, dry_run=dry_run, force=force)
+        except reconcile.BusyError as e:
+            link.definition = old_defn
+            kind = e.field.split()[0] if " " in e.field else None
+            raise ApiError("busy", e.message, kind=kind, hint=e.hint, field=e.field) from None
+        except BaseException:
+            link.definition = old_defn
+            raise
+        if dry_run:
+            link.definition = old_defn
+            return {"result": result, "changes": changes}
+        if groupmod.definition_changed(defn, new_defn):
+            try:
+                written = await self._in_executor(lambda: link.write(defn, new_defn))
+            except Exception as e:
+                link.definition = old_defn
+                try:
+                    await self.reconciler.apply_locked(local_before, force=True)
+                except Exception:
+                    log.exception("undoing a change whose group definition was not written")
+                if isinstance(e, groupmod.GroupError):
+                    raise ApiError(e.code, e.message, kind="group", hint=e.hint) from None
+                raise _volume_error(link.location, e) from None
+            link.definition = written
+            link.applied_version = written.get("version")
+        try:
+            self._save_if_changed(local_before)
+        except Exception as e:
+            await self._undo_unsaved(local_before, e)
+        return {"result": result, "changes": changes}
+
     def _save_if_changed(self, before: dict[str, Any]) -> None:
         """Save the config in force if it differs from ``before`` (or no file exists yet)."""
-        now = self.reconciler.current()
+        now = self.reconciler.local()
         if cfgmod.same_ignoring_epoch(now, before) and cfgmod.config_path(self.state_dir).exists():
             return
         now["epoch"] = before.get("epoch", 0) + 1
@@ -449,6 +528,277 @@ class ControlServer:
             "available": calls is not None,
             "calls": calls or 0,
         }
+
+    # ------------------------------------------------------------------ the group
+
+    def start_group(self) -> None:
+        """In a gateway group (the applied config has a ``group`` section): link to the
+        group directory and start the poll that applies each new definition version."""
+        if self._group_task is not None:
+            return
+        section = self.reconciler.current().get("group")
+        if not section:
+            return
+        from .group import GroupLink
+
+        link = GroupLink(section)
+        self.reconciler._local = self.reconciler.current()
+        self.reconciler.group_link = link
+        self._group_task = asyncio.ensure_future(self._group_poll(link))
+
+    async def stop_group(self) -> None:
+        task, self._group_task = self._group_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        link = self.reconciler.group_link
+        if link is not None:
+            with contextlib.suppress(Exception):
+                await self._in_executor(link.close)
+
+    async def _group_poll(self, link: Any) -> None:
+        """Every beat: read the definition (one record); a new version is applied through
+        ``reconcile`` all or nothing; one that fails leaves the daemon as it was, is logged
+        once and retried at the next beat."""
+        failing: str | None = None
+        while True:
+            try:
+                await self.refresh_group(link)
+                failing = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                text = str(e) or repr(e)
+                link.error = text
+                if text != failing:
+                    log.error("group %s: cannot take the group definition in: %s",
+                              link.location, text)
+                failing = text
+            await asyncio.sleep(link.beat_seconds)
+
+    async def refresh_group(self, link: Any = None) -> bool:
+        """One poll: read the definition; a version not yet in force (or one that failed
+        before) is applied all or nothing. True if it is in force now; raises why not."""
+        link = link or self._link()
+        defn = await self._in_executor(link.load)
+        if defn.get("version") != link.applied_version or link.error is not None:
+            async with self.reconciler.lock:
+                await self._take_definition(link, defn)
+        return True
+
+    async def _take_definition(self, link: Any, defn: dict[str, Any]) -> None:
+        old, old_version = link.definition, link.applied_version
+        link.definition = defn
+        try:
+            changes = await self.reconciler.apply_locked(self.reconciler.local(), force=True)
+        except BaseException as e:
+            link.definition = old
+            link.error = f"definition version {defn.get('version')} not applied: {e}"
+            link.error_version = defn.get("version")
+            raise RuntimeError(link.error) from None
+        link.applied_version = defn.get("version")
+        link.error = None
+        if changes or old_version is None:
+            log.info("group %s: definition version %s in force (%d change(s))",
+                     link.location, defn.get("version"), len(changes))
+
+    def _link(self) -> Any:
+        link = self.reconciler.group_link
+        if link is None:
+            section = self.reconciler.current().get("group")
+            raise ApiError(
+                "not_found",
+                "this gateway is in no group" if not section else "this gateway joined group"
+                f" at {section.get('location')} but has not been restarted since",
+                kind="group",
+                hint="'gluster-iscsi group join LOCATION --gateway NAME'" if not section
+                else "restart the daemon (systemctl restart gluster-iscsi)",
+            )  # fmt: skip
+        return link
+
+    async def _group_call(self, fn: Callable[[], Any]) -> Any:
+        from . import group as groupmod
+
+        try:
+            return await self._in_executor(fn)
+        except groupmod.GroupError as e:
+            raise ApiError(e.code, e.message, kind="group", hint=e.hint) from None
+
+    async def op_group_join(
+        self, location: str, gateway: str, number: int | None = None,
+        addresses: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Record this gateway in the group at ``location`` and save the ``group`` section
+        in its config; in force once the daemon restarts (``restart_required``)."""
+        from . import group as groupmod
+
+        async with self.reconciler.lock:
+            local = self.reconciler.local()
+            joined, defn = await self._group_call(lambda: groupmod.join_group(
+                local, location, gateway, number, list(addresses or [])))  # fmt: skip
+            section = joined["group"]
+
+            def edit(cfg: dict[str, Any]) -> None:
+                cfg["group"] = section
+
+            await self._mutate_locked(edit)
+        link = self.reconciler.group_link
+        restart = link is None or link.location != location or link.gateway != gateway
+        return {
+            "group": defn.get("name"), "location": location, "gateway": gateway,
+            "number": section["number"], "addresses": defn["gateways"][gateway]["addresses"],
+            "restart_required": restart,
+            "hint": groupmod.RESTART_HINT.format(state_dir=self.state_dir) if restart else None,
+        }  # fmt: skip
+
+    async def op_group_leave(self, force: bool = False) -> dict[str, Any]:
+        """Take this gateway out of its group: the group's targets stop here at once (their
+        sessions close: ``force`` needed if any), its config keeps no ``group`` section."""
+        from . import group as groupmod
+
+        section = self.reconciler.local().get("group")
+        if not section:
+            raise ApiError("not_found", "this gateway is in no group", kind="group")
+        if not force and self._sessions():
+            raise ApiError("busy", f"{len(self._sessions())} session(s) are logged in to the"
+                           " group's targets here", kind="group",
+                           hint="log them out first, or use --force to close them")
+        await self.stop_group()
+        async with self.reconciler.lock:
+            local = self.reconciler.local()
+            left, defn = await self._group_call(lambda: groupmod.leave_group(local))
+            link, self.reconciler.group_link = self.reconciler.group_link, None
+            before = self.reconciler.local()
+            try:
+                await self.reconciler.apply_locked(left, force=True)
+                self._save_if_changed(before)
+            except BaseException:
+                self.reconciler.group_link = link
+                raise
+        return {"group": (defn or {}).get("name"), "location": section["location"],
+                "gateway": section["gateway"], "restart_required": True,
+                "hint": groupmod.RESTART_HINT.format(state_dir=self.state_dir)}
+
+    async def op_group_show(self) -> dict[str, Any]:
+        """The group: each gateway (number, addresses, last beat, state) and each LUN
+        (owner, epoch, preferred gateway, sessions here)."""
+        from . import group as groupmod
+
+        link = self._link()
+        defn = await self._group_call(link.load)
+        status = await self._group_status()
+        gstat = status.get("gateways") or {}
+        lstat = status.get("luns") or {}
+        gateways = []
+        for name, g in groupmod.gateways_by_number(defn):
+            st = gstat.get(name) or {}
+            live = st.get("live")
+            gateways.append({
+                "name": name, "number": g.get("number"), "addresses": g.get("addresses") or [],
+                "joined_at": g.get("joined_at"), "this": name == link.gateway,
+                "beat_age": st.get("age"), "version": st.get("version"),
+                "state": "unknown" if live is None else ("up" if live else "down"),
+            })  # fmt: skip
+        luns = []
+        sessions = self._sessions()
+        for gfid, e in sorted((defn.get("luns") or {}).items(),
+                              key=lambda kv: (str(kv[1].get("target")), kv[1].get("lun", 0))):
+            st = lstat.get(gfid) or {}
+            here = sum(1 for s in sessions
+                       if str(s.get("target", "")).lower() == str(e.get("target")).lower())
+            luns.append({
+                "gfid": gfid, "target": e.get("target"), "lun": e.get("lun"),
+                "path": e.get("path"), "preferred": e.get("preferred"),
+                "owner": st.get("owner"), "epoch": st.get("epoch"), "role": st.get("role"),
+                "sessions": {link.gateway: here, **(st.get("sessions") or {})},
+            })  # fmt: skip
+        return {
+            "name": defn.get("name"), "version": defn.get("version"),
+            "location": link.location, "gateway": link.gateway,
+            "access": link.access.kind, "settings": defn.get("settings") or {},
+            "applied_version": link.applied_version, "error": link.error,
+            "gateways": gateways, "luns": luns,
+        }  # fmt: skip
+
+    async def _group_status(self) -> dict[str, Any]:
+        """What the runtime's group member knows (owners, epochs, beats); {} without one."""
+        if not isinstance(self.daemon, GroupDaemon):
+            return {}
+        try:
+            res = self.daemon.group_status()
+            if asyncio.iscoroutine(res):
+                res = await res
+        except Exception as e:  # the status is extra: the definition still shows
+            log.warning("group status: %s", e)
+            return {}
+        return _keyed(res)
+
+    def op_group_initiator_config(self) -> dict[str, Any]:
+        """The initiator side: a multipath.conf device section, iscsiadm lines."""
+        from . import group as groupmod
+
+        link = self._link()
+        defn = link.definition
+        if defn is None:
+            raise ApiError("unavailable", "the group definition has not been read yet",
+                           kind="group", hint="try again in a moment")
+        return groupmod.initiator_config(defn)
+
+    async def op_lun_move(self, target: TargetRef, lun: int, to: str) -> dict[str, Any]:
+        """A planned move of a group LUN's ownership to gateway ``to``."""
+        link = self._link()
+        t = self._target(self._cfg(), target)
+        found = self.reconciler.group_lun(t["name"], lun)
+        if found is None:
+            raise ApiError("not_found", f"target {t['name']} has no group LUN {lun}",
+                           kind="lun", hint=f"'gluster-iscsi lun list {t['name']}'")
+        gws = (link.definition or {}).get("gateways") or {}
+        if to not in gws:
+            raise ApiError("not_found", f"no gateway {to} in the group", kind="gateway",
+                           hint="known: " + ", ".join(sorted(gws)))
+        moved = await self._move(found[0], to)
+        return {"target": t["name"], "lun": lun, "gfid": found[0], "to": to, **moved}
+
+    async def _move(self, gfid: str, to: str) -> dict[str, Any]:
+        if not isinstance(self.daemon, GroupDaemon):
+            raise ApiError("unavailable", "this daemon cannot move LUNs (no group member)",
+                           kind="group", hint="restart it after 'group join'")
+        try:
+            res = self.daemon.group_move(gfid, to)
+            if asyncio.iscoroutine(res):
+                res = await res
+        except ApiError:
+            raise
+        except KeyError as e:
+            raise ApiError("not_found", f"cannot move: {e}", kind="lun") from None
+        except (TimeoutError, OSError, RuntimeError, ValueError) as e:
+            raise ApiError("unavailable", f"the move to {to} did not complete: {e}",
+                           kind="lun", hint="'gluster-iscsi group show' says who owns it") from None
+        return res if isinstance(res, dict) else {}
+
+    async def op_group_rebalance(self, dry_run: bool = False) -> dict[str, Any]:
+        """Move every LUN to its preferred gateway (round robin by number when that gateway
+        left); LUNs already there stay."""
+        from . import group as groupmod
+
+        link = self._link()
+        defn = await self._group_call(link.load)
+        status = await self._group_status()
+        owners = {g: (s or {}).get("owner") for g, s in (status.get("luns") or {}).items()}
+        plan = groupmod.rebalance_plan(defn)
+        moves = []
+        for gfid, to in plan.items():
+            e = defn["luns"][gfid]
+            if owners.get(gfid) == to:
+                continue
+            row = {"gfid": gfid, "target": e.get("target"), "lun": e.get("lun"),
+                   "from": owners.get(gfid), "to": to, "done": False}
+            if not dry_run:
+                await self._move(gfid, to)
+                row["done"] = True
+            moves.append(row)
+        return {"moves": moves, "dry_run": dry_run}
 
     # ------------------------------------------------------------------ ops: targets
 
@@ -651,7 +1001,7 @@ class ControlServer:
         async with self.reconciler.lock:
             # Everything the config can say, checked on a copy before the file is touched.
             trial = self._cfg()
-            edit(trial)
+            made = edit(trial)
             trial = cfgmod.validate(trial, stat_files=False)
             try:  # hard links and bind mounts too: stat calls, off the loop
                 await reconcile.check_exports(self.daemon, trial)
@@ -666,6 +1016,13 @@ class ControlServer:
                 existing = await self._check_overwrite(backing, kind_of, overwrite)
                 created = await self._provision(backing, kind_of, nbytes, prealloc, overwrite)
             try:
+                if self.reconciler.group_link is None:
+                    # A file on a Gluster volume: the identity recorded there (decision 5),
+                    # whatever spelling or mount path names the file here.
+                    ident = await self._lone_identity(trial, made)
+                    if ident is not None:
+                        uuid, serial = ident["uuid"], ident["serial"]
+                        block_size = ident["block_size"]
                 out = await self._mutate_locked(edit)
             except UnsavedChange as e:
                 # Applied, then undone because the save failed: the file is unused again,
@@ -678,6 +1035,19 @@ class ControlServer:
                     await self._unprovision(backing, kind_of, created)
                 raise
         return {**out["result"], "changes": out["changes"]}
+
+    async def _lone_identity(
+        self, cfg: dict[str, Any], made: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        from . import group as groupmod
+
+        t = cfgmod.find_target(cfg, made["target"])
+        assert t is not None
+        entry = next(x for x in t["luns"] if x["lun"] == made["lun"])
+        try:
+            return await self._in_executor(lambda: groupmod.lone_identity(entry))  # type: ignore[no-any-return]
+        except groupmod.GroupError as e:
+            raise ApiError(e.code, e.message, kind="lun", hint=e.hint) from None
 
     async def _in_executor(self, fn: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -1196,3 +1566,23 @@ def _alive(path: Path) -> bool:
         return e.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
     finally:
         s.close()
+
+
+def _volume_error(location: str, e: BaseException) -> ApiError:
+    return ApiError(
+        "unavailable", f"cannot reach the group definition at {location}: {e}", kind="group",
+        hint="is the volume reachable from this gateway? (the change was not made)",
+    )
+
+
+def _keyed(status: Any) -> dict[str, Any]:
+    """The runtime's group status with ``gateways`` and ``luns`` keyed by name and gfid,
+    whether it gave dicts or lists of rows."""
+    if not isinstance(status, dict):
+        return {}
+    out = dict(status)
+    for key, idkey in (("gateways", "name"), ("luns", "gfid")):
+        v = status.get(key)
+        if isinstance(v, list):
+            out[key] = {r.get(idkey) or r.get("key"): r for r in v if isinstance(r, dict)}
+    return out

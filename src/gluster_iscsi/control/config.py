@@ -625,7 +625,7 @@ def validate(cfg: Any, *, stat_files: bool = True) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ConfigError("", "the config must be a JSON object")
     cfg = migrate(cfg)
-    known = {"version", "epoch", "params", "portals", "accounts", "discovery", "targets"}
+    known = {"version", "epoch", "params", "portals", "accounts", "discovery", "targets", "group"}
     extra = set(cfg) - known
     if extra:
         raise ConfigError(
@@ -675,7 +675,7 @@ def validate(cfg: Any, *, stat_files: bool = True) -> dict[str, Any]:
     for i, t in enumerate(targets):
         _check_bursts({**effective, **t["params"]}, f"targets[{i}].params")
     epoch = cfg.get("epoch", 0)
-    return {
+    out = {
         "version": SCHEMA_VERSION,
         "epoch": epoch if isinstance(epoch, int) and epoch >= 0 else 0,
         "params": params,
@@ -683,6 +683,26 @@ def validate(cfg: Any, *, stat_files: bool = True) -> dict[str, Any]:
         "accounts": accounts,
         "discovery": discovery,
         "targets": targets,
+    }
+    if cfg.get("group") is not None:
+        out["group"] = validate_group_section(cfg["group"])
+    return out
+
+
+def validate_group_section(raw: Any) -> dict[str, Any]:
+    """The ``group`` section (the runtime branch owns its schema; this stand-in keeps the
+    keys the management side writes until that lands)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("group", "must be an object")
+    for key in ("location", "gateway"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"group.{key}", "missing")
+    return {
+        "location": raw["location"],
+        "gateway": raw["gateway"],
+        "number": _int(raw.get("number"), "group.number", 1, 255),
+        "beat_seconds": float(raw.get("beat_seconds") or 1.0),
+        "lease_seconds": float(raw.get("lease_seconds") or 5.0),
     }
 
 

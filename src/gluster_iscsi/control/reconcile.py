@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 class ReconcileError(RuntimeError):
     """A change that could not be applied; ``field`` names the object (as ConfigError)."""
 
+    #: the API error code it answers with
+    code = "unavailable"
+
     def __init__(self, field: str, message: str, hint: str | None = None) -> None:
         self.field = field
         self.message = message
@@ -78,6 +81,8 @@ class _State:
     #: LUNs in the config whose store could not be opened at restore: (target lower, lun)
     offline: set[tuple[str, int]] = field(default_factory=set)
     applied_once: bool = False
+    #: a group member: its LUNs' leases are the group member's, not lone claims
+    in_group: bool = False
     #: (target name lower, lun) -> LogicalUnit
     lus: dict[tuple[str, int], Any] = field(default_factory=dict)
 
@@ -97,14 +102,51 @@ class Reconciler:
         #: One change at a time (the control API and SIGHUP share it).
         self.lock = asyncio.Lock()
         self._st = _State()
+        #: In a gateway group (``control/group.py``): the link to the group directory, whose
+        #: definition (targets, LUNs, ACLs, CHAP) every apply composes with the local config.
+        self.group_link: Any = None
+        #: the local config last applied in a group (what the config file keeps)
+        self._local: dict[str, Any] | None = None
 
     def current(self) -> dict[str, Any]:
-        """A copy of the config last applied (empty before the first apply)."""
+        """A copy of the config last applied (empty before the first apply); in a group,
+        the composed one (the group's targets as this gateway reaches their files)."""
         return copy.deepcopy(self._st.cfg)
+
+    def local(self) -> dict[str, Any]:
+        """A copy of what the config file keeps: :meth:`current` outside a group; in a group,
+        the local config without the group's targets."""
+        if self.group_link is None or self._local is None:
+            return self.current()
+        return copy.deepcopy({**self._local, "epoch": self._st.cfg["epoch"]})
 
     def set_epoch(self, epoch: int) -> None:
         """Keep the applied config's epoch in step with the file just saved."""
         self._st.cfg["epoch"] = epoch
+        if self._local is not None:
+            self._local["epoch"] = epoch
+
+    def compose(self, desired: dict[str, Any]) -> dict[str, Any]:
+        """What to run for the local config ``desired``: itself outside a group, else with
+        the group definition's targets (``group.compose``)."""
+        link = self.group_link
+        if link is None or not desired.get("group") or link.definition is None:
+            return desired
+        from .group import compose
+
+        return compose(desired, link.definition, link.access)
+
+    def group_lun(self, target_name: str, lun: int) -> tuple[str, str | None] | None:
+        """(gfid, preferred gateway) of a LUN the group definition owns, else None (a
+        local LUN): the one place that decides which LUNs are group LUNs."""
+        link = self.group_link
+        if link is None or link.definition is None:
+            return None
+        luns = link.definition.get("luns") or {}
+        for gfid, e in luns.items():
+            if str(e.get("target", "")).lower() == target_name.lower() and e.get("lun") == lun:
+                return gfid, e.get("preferred")
+        return None
 
     def logical_unit(self, target_name: str, lun: int) -> Any | None:
         """The open LogicalUnit of a LUN; None if it is offline or not configured."""
@@ -125,7 +167,12 @@ class Reconciler:
         self, desired: dict[str, Any], *, dry_run: bool = False, force: bool = False
     ) -> list[dict[str, Any]]:
         """:meth:`apply` for a caller that already holds :attr:`lock`."""
-        return await _apply(self.daemon, self._st, desired, dry_run=dry_run, force=force)
+        effective = self.compose(desired)
+        self._st.in_group = self.group_link is not None
+        changes = await _apply(self.daemon, self._st, effective, dry_run=dry_run, force=force)
+        if not dry_run and self.group_link is not None:
+            self._local = cfgmod.validate(copy.deepcopy(desired), stat_files=False)
+        return changes
 
     async def forget(self) -> None:
         """Close every store opened for the daemon (at shutdown)."""
@@ -227,14 +274,56 @@ def attach_pr_state(state_dir: Any, lu: Any, lun_cfg: dict[str, Any]) -> None:
     lu.on_persist = functools.partial(save_pr_state, path)
 
 
-def _open_lu_with_state(state_dir: Any, lun_cfg: dict[str, Any], target_name: str) -> Any:
-    lu = open_lu(lun_cfg, target_name)
+#: id(LogicalUnit) -> the lone gateway's claim on its Gluster file (``group.LoneClaim``: the
+#: group directory and the lease lock, held while the LU is open; released when it closes).
+_claims: dict[int, Any] = {}
+
+
+def _open_lu_with_state(
+    state_dir: Any, lun_cfg: dict[str, Any], target_name: str, lone: bool = False
+) -> Any:
+    """Open one LUN (blocking). ``lone``: outside a group, a file on a Gluster volume (or
+    in a tree with a ``.gluster-iscsi`` directory at its top) is first claimed in the
+    volume's group directory: its recorded identity, and the lease lock that keeps another
+    gateway from exporting it too (``group.claim_lone``)."""
+    claim = None
+    if lone:
+        from .group import claim_lone
+
+        claim = claim_lone(lun_cfg, holder_name(state_dir))
+        if claim is not None and claim.identity:
+            lun_cfg = {**lun_cfg, **claim.identity}
+    try:
+        lu = open_lu(lun_cfg, target_name)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+    if claim is not None:
+        _claims[id(lu)] = claim
     try:
         attach_pr_state(state_dir, lu, lun_cfg)
     except BaseException:
         close_lu(lu)
+        _release_claim(lu)
         raise
     return lu
+
+
+def holder_name(state_dir: Any) -> str:
+    """How a lone gateway names itself in a lease record: host and state directory."""
+    import socket
+
+    return f"{socket.gethostname()}:{state_dir}"
+
+
+def _release_claim(lu: Any) -> None:
+    claim = _claims.pop(id(lu), None)
+    if claim is not None:
+        try:
+            claim.release()
+        except Exception:
+            log.exception("releasing the lease of a closed LUN")
 
 
 async def close_lu_off_loop(daemon: DaemonControl, lu: Any) -> None:
@@ -244,13 +333,17 @@ async def close_lu_off_loop(daemon: DaemonControl, lu: Any) -> None:
     job stopped first: it closes here, where no call of it can be running, so its hot calls
     need not count themselves in and out (``FileStore.read_into``)."""
     store = getattr(lu, "store", None)
-    if store is None or getattr(store, "blocking", True):
-        await _run_blocking(daemon, close_lu, lu)
-        return
-    stop = getattr(lu, "stop_background", None)
-    if stop is not None:
-        await _run_blocking(daemon, stop)
-    store.close()
+    try:
+        if store is None or getattr(store, "blocking", True):
+            await _run_blocking(daemon, close_lu, lu)
+            return
+        stop = getattr(lu, "stop_background", None)
+        if stop is not None:
+            await _run_blocking(daemon, stop)
+        store.close()
+    finally:
+        if id(lu) in _claims:  # after the store: nothing of it can write any more
+            await _run_blocking(daemon, _release_claim, lu)
 
 
 def close_lu(lu: Any) -> None:
@@ -726,14 +819,20 @@ async def _prepare(
             key = (tname.lower(), lu["lun"])
             try:
                 lu_obj = await _run_blocking(
-                    daemon, _open_lu_with_state, daemon.state_dir, lu, tname
+                    daemon, _open_lu_with_state, daemon.state_dir, lu, tname, not st.in_group
                 )
             except Exception as e:
-                err = ReconcileError(
-                    f"target {tname} LUN {lu['lun']}",
-                    f"cannot open backing store {lu['backing']!r}: {e}",
-                    "check that it exists and is reachable; to create a file give --size",
-                )
+                from .group import GroupError
+
+                if isinstance(e, GroupError):  # the lone claim: exported elsewhere, a UUID
+                    err = ReconcileError(f"target {tname} LUN {lu['lun']}", e.message, e.hint)
+                    err.code = e.code
+                else:
+                    err = ReconcileError(
+                        f"target {tname} LUN {lu['lun']}",
+                        f"cannot open backing store {lu['backing']!r}: {e}",
+                        "check that it exists and is reachable; to create a file give --size",
+                    )
                 if not prep.restoring and key not in st.offline:
                     raise err from e
                 log.error("%s; the LUN stays offline until a reload", err)

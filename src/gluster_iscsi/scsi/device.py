@@ -1,7 +1,8 @@
 """The SCSI device server of one target: its LUN table and the common preamble.
 
 ``execute(task)`` runs, in this order (SAM-5 / SPC-4): the LUN check, unit attentions, the
-opcode table lookup, reservation conflicts, NOT READY and write protection, then the handler.
+opcode table lookup, the target port group's access state (ALUA), reservation conflicts, NOT
+READY and write protection, then the handler.
 Everything that ends a command early becomes a :class:`ScsiResult` here and nowhere else.
 """
 
@@ -200,7 +201,8 @@ class DeviceServer:
         yield result  # the last item (task.CommandRun): no StopIteration for the caller to catch
 
     def _preamble(self, task: ScsiTask, lu: LogicalUnit | None) -> Command:
-        """SAM-5/SPC-4 order: LUN, unit attention, opcode, reservations, medium state.
+        """SAM-5/SPC-4 order: LUN, unit attention, opcode, asymmetric access (ALUA),
+        reservations, medium state.
 
         Written for the common case (a known opcode, nothing pending, no reservation): each
         step first tests the cheap condition under which it has nothing to say.
@@ -240,12 +242,17 @@ class DeviceServer:
         control = cdb[last] if len(cdb) > last else 0
         if control & 0x05:  # NACA (no ACA support) or the obsolete LINK bit
             raise invalid_cdb(last, 2 if control & 0x04 else 0)
-        # 4. Reservations.
+        # 4. Asymmetric access (SPC-4 5.15.2.4; after unit attentions, before reservations,
+        # as LIO orders them): one attribute test on a lone gateway.
+        alua = lu.alua
+        if alua.restricted:
+            alua.check(entry.alua, task.nexus.target_port_group)
+        # 5. Reservations.
         if (lu.reserved_by is not None or lu.pr.type is not None) and conflicts(
             lu, task.nexus, entry, cdb
         ):
             raise ReservationConflict
-        # 5. Medium state.
+        # 6. Medium state.
         job = lu.background
         if job is not None and job.running and not entry.ua_exempt:
             raise CheckCondition(

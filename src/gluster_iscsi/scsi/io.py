@@ -16,6 +16,7 @@ command (or background job) addresses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,8 +193,45 @@ class WaitJob(Request):
         self.lu = lu
 
 
+@dataclass(slots=True, init=False)
+class SharedUpdate(Request):
+    """Change LU-wide state of ``kind`` ("pr": persistent reservations, "mode": the
+    changeable mode page bits) by calling ``apply()``: the outcome is what it returned, or
+    the exception it raised, thrown in (a CheckCondition or ReservationConflict then ends
+    the command as it would have without the request).
+
+    ``apply`` reads and changes the LU in memory only. Whoever runs it calls it with the
+    LU's ``state_lock`` held, and in a gateway group (docs/HA.md decision 4) around it:
+    takes the state record's lock, loads the latest state into the LU
+    (``LogicalUnit.load_shared_state``), and afterwards stores ``shared_state(kind)``. The
+    handlers name their LU in ``lu`` (the runner's calls see the request, not the command).
+    """
+
+    kind: str
+    apply: Callable[[], Any]
+    lu: Any
+
+    def __init__(self, kind: str, apply: Callable[[], Any], lu: Any = None) -> None:
+        self.kind = kind
+        self.apply = apply
+        self.lu = lu
+
+
+@dataclass(slots=True, init=False)
+class SharedRefresh(Request):
+    """About to read LU-wide state of ``kind``: a gateway group may load the latest into the
+    LU first (a lone gateway has nothing to do). The outcome is None."""
+
+    kind: str
+    lu: Any
+
+    def __init__(self, kind: str, lu: Any = None) -> None:
+        self.kind = kind
+        self.lu = lu
+
+
 #: Every request type, for whoever maps them (``server.runner.STORE_CALLS`` must cover all).
 REQUEST_TYPES: tuple[type[Request], ...] = (
     Read, Write, Flush, Size, Unmap, WriteZeroes, Extents, CompareAndWrite, OrWrite,
-    StartJob, WaitJob,
+    StartJob, WaitJob, SharedUpdate, SharedRefresh,
 )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .alua import Alua
 from .background import BackgroundJob, JobBody
 from .reservations import PrState
 from .sense import Asc
@@ -137,6 +138,8 @@ class LogicalUnit:
         self.on_persist = on_persist
         #: Guards this object's state (unit attentions, reservations) across threads.
         self.state_lock = threading.RLock()
+        #: Target port groups and their access states (unrestricted: a lone gateway).
+        self.alua = Alua(self)
         self.started = True
         #: Largest READ/WRITE a command may move (VPD B0h); larger ones are INVALID FIELD IN
         #: CDB. Data-out is buffered whole, so this bounds memory per command.
@@ -338,3 +341,42 @@ class LogicalUnit:
         """Restore persistent reservations saved through :attr:`on_persist` (APTPL)."""
         with self.state_lock:
             self.pr = PrState.from_dict(state)
+
+    # -- state shared by a gateway group (docs/HA.md decision 4) ----------------------------
+
+    def shared_state(self, kind: str) -> dict[str, Any]:
+        """The LU-wide state of ``kind`` a gateway group keeps on the volume, as plain data:
+        "pr" (persistent reservations) or "mode" (the changeable bits of the caching and
+        control mode pages)."""
+        with self.state_lock:
+            if kind == "pr":
+                return self.pr.to_dict()
+            if kind == "mode":
+                caching = self.mode_pages[CACHING_PAGE].current
+                control = self.mode_pages[CONTROL_PAGE].current
+                return {
+                    "wce": bool(caching[2] & WCE),
+                    "d_sense": bool(control[2] & D_SENSE),
+                    "swp": bool(control[4] & SWP),
+                }
+        raise ValueError(f"no shared state {kind!r}")
+
+    def load_shared_state(self, kind: str, state: dict[str, Any]) -> None:
+        """Replace the LU-wide state of ``kind`` with ``state`` (from :meth:`shared_state`,
+        maybe another gateway's). Only the state: no unit attention is queued here."""
+        with self.state_lock:
+            if kind == "pr":
+                self.pr = PrState.from_dict(state)
+                return
+            if kind == "mode":
+                caching = self.mode_pages[CACHING_PAGE].current
+                control = self.mode_pages[CONTROL_PAGE].current
+                caching[2] = _with_bit(caching[2], WCE, bool(state["wce"]))
+                control[2] = _with_bit(control[2], D_SENSE, bool(state["d_sense"]))
+                control[4] = _with_bit(control[4], SWP, bool(state["swp"]))
+                return
+        raise ValueError(f"no shared state {kind!r}")
+
+
+def _with_bit(byte: int, bit: int, on: bool) -> int:
+    return byte | bit if on else byte & ~bit & 0xFF

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import alua, sbc, spc, xcopy
 from . import reservations as pr
-from . import sbc, spc, xcopy
 from .context import data_in
 from .reservations import Access
 from .sense import invalid_cdb
@@ -61,6 +61,10 @@ class Command:
     available: Callable[[LogicalUnit], bool] | None = None
     #: Overrides ``access`` for commands whose conflict depends on a CDB field.
     access_for: Callable[[bytes], Access] | None = None
+    #: The asymmetric access states other than active ones that allow it (a mask of
+    #: ``1 << AccessState``, :func:`.alua.allowed_in`): through a standby, unavailable or
+    #: transitioning target port group, any other command ends NOT READY (SPC-4 5.15.2.4).
+    alua: int = 0
 
     @property
     def cdb_length(self) -> int:
@@ -176,6 +180,9 @@ D = Direction
 _ALL = Access.ALWAYS
 _READ = Access.READ
 _WRITE = Access.WRITE
+# SPC-4 5.15.2.4: what a target port group in each non-active state still serves.
+_ANY_STATE = alua.ANY_STATE  # INQUIRY, REPORT LUNS, RTPG, REQUEST SENSE
+_STANDBY = alua.STANDBY
 
 
 def _c(opcode: int, name: str, handler: Handler | None, usage: str, **kw: Any) -> Command:
@@ -209,6 +216,7 @@ _ENTRIES: list[Command] = [
         spc2=True,
         ua_exempt=True,
         no_lu_ok=True,
+        alua=_ANY_STATE,
     ),
     _c(0x08, "READ(6)", sbc.read, "081fffffff00", direction=D.IN, access=_READ, media=True),
     _c(0x0A, "WRITE(6)", sbc.write, "0a1fffffff00", direction=D.OUT, write=True, media=True),
@@ -222,11 +230,12 @@ _ENTRIES: list[Command] = [
         spc2=True,
         ua_exempt=True,
         no_lu_ok=True,
+        alua=_ANY_STATE,
     ),
-    _c(0x15, "MODE SELECT(6)", spc.mode_select, "15100000ff00", direction=D.OUT),
+    _c(0x15, "MODE SELECT(6)", spc.mode_select, "15100000ff00", direction=D.OUT, alua=_STANDBY),
     _c(0x16, "RESERVE(6)", pr.reserve, "160000000000", access=_WRITE),
     _c(0x17, "RELEASE(6)", pr.release, "170000000000", access=_WRITE, spc2=True),
-    _c(0x1A, "MODE SENSE(6)", spc.mode_sense, "1a08ffffff00", direction=D.IN),
+    _c(0x1A, "MODE SENSE(6)", spc.mode_sense, "1a08ffffff00", direction=D.IN, alua=_STANDBY),
     _c(0x1B, "START STOP UNIT", sbc.start_stop_unit, "1b01000ff700"),
     _c(
         0x1E,
@@ -243,6 +252,9 @@ _ENTRIES: list[Command] = [
         direction=D.IN,
         access=_ALL,
         media=True,
+        # Not in SPC-4's standby list, but Linux sd reads the capacity through every path
+        # and multipathd drops a path whose size differs from the map's (LIO allows it too).
+        alua=_STANDBY,
     ),
     _c(0x28, "READ(10)", sbc.read, _RW10.format(0x28), direction=D.IN, access=_READ, media=True),
     _c(0x2A, "WRITE(10)", sbc.write, _RW10.format(0x2A), direction=D.OUT, write=True, media=True),
@@ -320,10 +332,24 @@ _ENTRIES: list[Command] = [
             available=_can_block_erase,
         ),
     ),
-    _c(0x55, "MODE SELECT(10)", spc.mode_select, "55100000000000ffff00", direction=D.OUT),
+    _c(
+        0x55,
+        "MODE SELECT(10)",
+        spc.mode_select,
+        "55100000000000ffff00",
+        direction=D.OUT,
+        alua=_STANDBY,
+    ),
     _c(0x56, "RESERVE(10)", pr.reserve, "56000000000000000000", access=_WRITE),
     _c(0x57, "RELEASE(10)", pr.release, "57000000000000000000", access=_WRITE, spc2=True),
-    _c(0x5A, "MODE SENSE(10)", spc.mode_sense, "5a18ffff000000ffff00", direction=D.IN),
+    _c(
+        0x5A,
+        "MODE SENSE(10)",
+        spc.mode_sense,
+        "5a18ffff000000ffff00",
+        direction=D.IN,
+        alua=_STANDBY,
+    ),
     _group(
         0x5E,
         "PERSISTENT RESERVE IN",
@@ -336,6 +362,7 @@ _ENTRIES: list[Command] = [
                 f"5e{sa:02x}0000000000ffff00",
                 direction=D.IN,
                 access=_ALL,
+                alua=_STANDBY,
             )
             for sa in range(4)
         ),
@@ -352,6 +379,7 @@ _ENTRIES: list[Command] = [
                 f"5f{sa:02x}ff0000ffffffff00",
                 direction=D.OUT,
                 access=_ALL,
+                alua=_STANDBY,
             )
             for sa in range(8)
         ),
@@ -463,6 +491,7 @@ _ENTRIES: list[Command] = [
             direction=D.IN,
             access=_ALL,
             media=True,
+            alua=_STANDBY,  # as READ CAPACITY(10)
         ),
         _sa(
             0x9E,
@@ -485,6 +514,7 @@ _ENTRIES: list[Command] = [
         spc2=True,
         ua_exempt=True,
         no_lu_ok=True,
+        alua=_ANY_STATE,
     ),
     _group(
         0xA3,
@@ -497,6 +527,7 @@ _ENTRIES: list[Command] = [
             "a3ea00000000ffffffff0000",
             direction=D.IN,
             access=_ALL,
+            alua=_ANY_STATE,
         ),
         _sa(
             0xA3,
@@ -505,6 +536,8 @@ _ENTRIES: list[Command] = [
             report_supported_operation_codes,
             "a30c87ffffffffffffff0000",
             direction=D.IN,
+            # They describe the device and touch nothing; sd asks through every path.
+            alua=_STANDBY,
         ),
         _sa(
             0xA3,
@@ -513,6 +546,7 @@ _ENTRIES: list[Command] = [
             report_supported_tmfs,
             "a30d80000000ffffffff0000",
             direction=D.IN,
+            alua=_STANDBY,
         ),
     ),
     _c(0xA8, "READ(12)", sbc.read, _RW12.format(0xA8), direction=D.IN, access=_READ, media=True),

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .context import ReservationConflict, data_in
+from .io import SharedRefresh, SharedUpdate
 from .sense import Asc, CheckCondition, SenseKey, invalid_cdb, invalid_param
-from .task import Nexus, ScsiResult
+from .task import Execution, Nexus, ScsiResult
 
 if TYPE_CHECKING:
     from .context import Ctx
@@ -234,15 +235,16 @@ def _check_type(cdb: bytes) -> PrType:
         raise invalid_cdb(2, 0) from None
 
 
-def persistent_reserve_in(ctx: Ctx) -> ScsiResult:
+def persistent_reserve_in(ctx: Ctx) -> Execution:
     cdb = ctx.cdb
     alloc = int.from_bytes(cdb[7:9], "big")
     try:
         action = PrInAction(cdb[1] & 0x1F)
     except ValueError:
         raise invalid_cdb(1, 4) from None
-    pr = ctx.lu.pr
+    yield SharedRefresh("pr", ctx.lu)  # another gateway of a group may have changed them
     with ctx.lu.state_lock:
+        pr = ctx.lu.pr
         if action is PrInAction.READ_KEYS:
             keys = b"".join(r.key.to_bytes(8, "big") for r in pr.registrations)
             out = struct.pack(">II", pr.generation, len(keys)) + keys
@@ -300,24 +302,41 @@ def _parse_transport_ids(data: memoryview, start: int) -> list[str]:
     return out
 
 
-def persistent_reserve_out(ctx: Ctx) -> ScsiResult:
-    cdb, lu, nexus = ctx.cdb, ctx.lu, ctx.nexus
+def persistent_reserve_out(ctx: Ctx) -> Execution:
+    """PERSISTENT RESERVE OUT: what needs no reservation state is checked here; the rest,
+    and every change, happens in the :class:`~.io.SharedUpdate` the runner applies (under
+    the LU's state lock; in a gateway group, on the group's latest state)."""
+    cdb, lu = ctx.cdb, ctx.lu
     try:
         action = PrOutAction(cdb[1] & 0x1F)
     except ValueError:
         raise invalid_cdb(1, 4) from None
     length = int.from_bytes(cdb[5:9], "big")
-    if action is PrOutAction.REGISTER_AND_MOVE:
-        if length < 24:
-            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
-        params = ctx.require_parameter_list(length)
-        with lu.state_lock:
-            result = _register_and_move(ctx, params)
-            lu.persist_pr()
-        return result
     if length < 24:
         raise CheckCondition(SenseKey.ILLEGAL_REQUEST, Asc.PARAMETER_LIST_LENGTH_ERROR)
-    params = ctx.require_parameter_list(length)
+    # A copy: whoever applies the update may do so on another thread, and it must not read
+    # a data-out buffer the command has given back.
+    params = memoryview(bytes(ctx.require_parameter_list(length)))
+    if action is PrOutAction.REGISTER_AND_MOVE:
+
+        def move() -> ScsiResult:
+            result = _register_and_move(ctx, params)
+            lu.persist_pr()
+            return result
+
+        moved: ScsiResult = yield SharedUpdate("pr", move, lu)
+        return moved
+    applied: ScsiResult = yield SharedUpdate(
+        "pr", lambda: _persistent_reserve_out(ctx, action, length, params), lu
+    )
+    return applied
+
+
+def _persistent_reserve_out(
+    ctx: Ctx, action: PrOutAction, length: int, params: memoryview
+) -> ScsiResult:
+    """Every PERSISTENT RESERVE OUT service action but REGISTER AND MOVE, on the LU's state."""
+    cdb, lu, nexus = ctx.cdb, ctx.lu, ctx.nexus
     key = int.from_bytes(params[0:8], "big")
     sa_key = int.from_bytes(params[8:16], "big")
     spec_i_pt = bool(params[20] & 0x08)

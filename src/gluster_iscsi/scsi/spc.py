@@ -8,6 +8,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from .context import data_in
+from .io import SharedRefresh, SharedUpdate
 from .lu import ModePage
 from .sense import (
     Asc,
@@ -18,7 +19,7 @@ from .sense import (
     invalid_cdb,
     invalid_param,
 )
-from .task import ScsiResult
+from .task import Execution, ScsiResult
 
 if TYPE_CHECKING:
     from .context import Ctx
@@ -269,14 +270,16 @@ def _device_specific(lu: LogicalUnit) -> int:
     return (0x80 if lu.write_protected else 0) | 0x10  # WP, DPOFUA
 
 
-def mode_sense(ctx: Ctx) -> ScsiResult:
+def mode_sense(ctx: Ctx) -> Execution:
     cdb, lu = ctx.cdb, ctx.lu
     ten = cdb[0] == 0x5A
     dbd = bool(cdb[1] & 0x08)
     llbaa = ten and bool(cdb[1] & 0x10)
     pc, code, subpage = cdb[2] >> 6, cdb[2] & 0x3F, cdb[3]
     alloc = int.from_bytes(cdb[7:9], "big") if ten else cdb[4]
-    pages = _mode_pages(lu, code, subpage, pc)
+    yield SharedRefresh("mode", lu)  # another gateway of a group may have changed them
+    with lu.state_lock:
+        pages = _mode_pages(lu, code, subpage, pc)
     blocks = lu.block_count
     if dbd:
         desc = b""
@@ -294,7 +297,9 @@ def mode_sense(ctx: Ctx) -> ScsiResult:
     return data_in(out, alloc)
 
 
-def mode_select(ctx: Ctx) -> ScsiResult:
+def mode_select(ctx: Ctx) -> Execution:
+    """MODE SELECT: the parameter list is checked here (against the bits no MODE SELECT
+    changes, the same on every gateway); the change is a :class:`~.io.SharedUpdate`."""
     cdb, lu = ctx.cdb, ctx.lu
     ten = cdb[0] == 0x55
     if cdb[1] & 0x01:  # SP: we keep no saved pages
@@ -343,14 +348,19 @@ def mode_select(ctx: Ctx) -> ScsiResult:
                 raise invalid_param(pos + i)
         updates.append((page, new))
         pos += 2 + plen
-    changed = False
-    with lu.state_lock:
-        for page, new in updates:
-            if bytes(page.current[2:]) != new[2:]:
-                page.current[2:] = new[2:]
-                changed = True
-        if changed:
-            lu.queue_ua_all(Asc.MODE_PARAMETERS_CHANGED, except_port=ctx.nexus.initiator_port)
+    issuer = ctx.nexus.initiator_port
+
+    def apply() -> None:
+        changed = False
+        with lu.state_lock:
+            for page, new in updates:
+                if bytes(page.current[2:]) != new[2:]:
+                    page.current[2:] = new[2:]
+                    changed = True
+            if changed:
+                lu.queue_ua_all(Asc.MODE_PARAMETERS_CHANGED, except_port=issuer)
+
+    yield SharedUpdate("mode", apply, lu)
     return ScsiResult()
 
 
@@ -358,28 +368,44 @@ def mode_select(ctx: Ctx) -> ScsiResult:
 
 
 def report_target_port_groups(ctx: Ctx) -> ScsiResult:
-    """REPORT TARGET PORT GROUPS (SPC-4 6.36): implicit ALUA, every group active/optimized.
+    """REPORT TARGET PORT GROUPS (SPC-4 6.36), implicit ALUA.
 
-    The groups and ports are those of the I_T nexuses seen so far (an iSCSI target port is
-    target name + TPGT, so they are all known once an initiator logged in through them).
+    A lone gateway (``lu.alua`` unrestricted): every group active/optimized, the groups and
+    ports being those of the I_T nexuses seen so far (an iSCSI target port is target name +
+    TPGT, so they are all known once an initiator logged in through them). In a gateway
+    group: the table the group set (:meth:`.alua.Alua.set_groups`), every group with its
+    true state, the same bytes through every port.
     """
     cdb = ctx.cdb
     fmt = cdb[1] >> 5
     if fmt not in (0, 1):
         raise invalid_cdb(1, 7)
     alloc = int.from_bytes(cdb[6:10], "big")
-    groups: dict[int, set[int]] = {}
-    for rel, group in ctx.server.target_ports().items():
-        groups.setdefault(group, set()).add(rel)
+    alua = ctx.lu.alua
     body = bytearray()
-    for group in sorted(groups):
-        ports = sorted(groups[group])
-        # PREF 0, state 0h active/optimized; only AO_SUP; status: no change reason
-        body += bytes([0x00, 0x01]) + group.to_bytes(2, "big") + bytes([0, 0, 0, len(ports)])
-        for rel in ports:
-            body += bytes(2) + rel.to_bytes(2, "big")
-    if fmt == 1:  # extended header: format type 001b, implicit transition time 0
-        out = (len(body) + 4).to_bytes(4, "big") + bytes([0x10, 0, 0, 0]) + bytes(body)
+    transition = 0
+    if alua.restricted:
+        for group, state, supported, status, members in alua.descriptors():
+            body += bytes([state, supported]) + group.to_bytes(2, "big")
+            body += bytes([0, status, 0, len(members)])
+            for rel in members:
+                body += bytes(2) + rel.to_bytes(2, "big")
+        transition = min(max(alua.implicit_transition_seconds, 0), 0xFF)
+    else:
+        groups: dict[int, set[int]] = {}
+        for rel, group in ctx.server.target_ports().items():
+            groups.setdefault(group, set()).add(rel)
+        for group in sorted(groups):
+            ports = sorted(groups[group])
+            # PREF 0, state 0h active/optimized; only AO_SUP; status: no change reason
+            body += bytes([0x00, 0x01]) + group.to_bytes(2, "big") + bytes([0, 0, 0, len(ports)])
+            for rel in ports:
+                body += bytes(2) + rel.to_bytes(2, "big")
+    if fmt == 1:  # extended header: format type 001b, implicit transition time
+        # RETURN DATA LENGTH counts what follows it, the rest of the header included (as
+        # sg_rtpg and Linux's scsi_dh_alua read it).
+        head = bytes([0x10, transition, 0, 0])
+        out = (len(body) + 4).to_bytes(4, "big") + head + bytes(body)
     else:
         out = len(body).to_bytes(4, "big") + bytes(body)
     return data_in(out, alloc)

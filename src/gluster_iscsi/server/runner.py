@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +56,8 @@ from ..scsi.io import (
     Flush,
     OrWrite,
     Read,
+    SharedRefresh,
+    SharedUpdate,
     Size,
     StartJob,
     Unmap,
@@ -248,11 +251,22 @@ class LuStats:
 
 
 class LuState:
-    """What the runner keeps in a LU's ``runner_state``: its I/O lock and its counters."""
+    """What the runner keeps in a LU's ``runner_state``: its I/O lock and its counters, and
+    for a LU of a gateway group (``server/group.py``) the group member and the issue
+    deadline it keeps here: no store call of the LU is issued at or after it."""
 
     def __init__(self) -> None:
         self.lock = IoLock()
         self.stats = LuStats()
+        #: the gateway group's member (``group.GroupMember``) of a group LU; None: a lone LU,
+        #: nothing checked per request
+        self.group: Any = None
+        #: the LU's key in the group (its file's GFID)
+        self.group_key: str | None = None
+        #: monotonic seconds (the runner's clock) from which no store call may be issued:
+        #: the start of the owner's last successful heartbeat + lease_seconds; -inf while
+        #: this gateway does not own the LU (docs/HA.md decision 3)
+        self.issue_deadline = -math.inf
 
 
 def lu_state(lu: Any) -> LuState:
@@ -363,6 +377,16 @@ def _wait_job(runner: Runner, req: WaitJob, store: Any, lock: Lock) -> bool:
     return runner.wait_job(req.job, req.timeout)
 
 
+def _shared_update(runner: Runner, req: SharedUpdate, store: Any, lock: Lock) -> Any:
+    # A lone gateway: the LU's state is this process's alone, changed in place.
+    with req.lu.state_lock:
+        return req.apply()
+
+
+def _shared_refresh(runner: Runner, req: SharedRefresh, store: Any, lock: Lock) -> None:
+    return None  # a lone gateway's memory is the latest state
+
+
 #: Request type -> the call that does it. Every type in ``scsi.io.REQUEST_TYPES`` is here.
 STORE_CALLS: dict[type, StoreCall] = {
     Read: _read,
@@ -376,10 +400,29 @@ STORE_CALLS: dict[type, StoreCall] = {
     OrWrite: _or_write,
     StartJob: _start_job,
     WaitJob: _wait_job,
+    SharedUpdate: _shared_update,
+    SharedRefresh: _shared_refresh,
 }
+
+#: Requests that touch memory only (a lone gateway's shared-state calls): run inline on the
+#: event loop even for a blocking store, never behind its workers or its I/O timeout.
+_INLINE: frozenset[type] = frozenset({SharedUpdate, SharedRefresh})
 
 #: Requests that wait (on another thread's work, not a store): never run on the event loop.
 _WAITS = object()  # the key of their worker pool
+
+#: The requests that reach a group LU's medium: none is issued past the LU's issue deadline
+#: (a size query writes nothing: READ CAPACITY, which standby allows, is not refused).
+FENCED: frozenset[type] = frozenset({Read, Write, Flush, Unmap, WriteZeroes, Extents,
+                                     CompareAndWrite, OrWrite, StartJob})
+
+
+def fenced_error(target: Any) -> BackingStoreError:
+    """What a request of a group LU past its issue deadline gets instead of its store call:
+    NOT READY, LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION (04/0Ah, the
+    ESHUTDOWN mapping), which initiators retry, on this path or another."""
+    return BackingStoreError(errno.ESHUTDOWN, "not the owner of this LUN (lease)",
+                             getattr(target.store, "name", None))
 
 
 # ------------------------------------------------------------------------------ the runner
@@ -463,7 +506,15 @@ class Runner:
         target = req.lu
         if target is None:
             target = lu
+        self._check_deadline(target, type(req))
         return self.calls[type(req)](self, req, target.store, self._lock(target))
+
+    def _check_deadline(self, target: Any, t: type) -> None:
+        """Raise the fenced error for a group LU's media request past its issue deadline."""
+        rs = target.runner_state
+        if (rs is not None and rs.group is not None and t in FENCED
+                and self.clock() >= rs.issue_deadline):
+            raise fenced_error(target)
 
     def run(self, execution: Execution | CommandRun, lu: Any) -> ScsiResult:
         """Run a command's (or a handler's) generator to its result on this thread."""
@@ -510,12 +561,18 @@ class Runner:
                 if target is None:
                     target = lu
                 store = target.store
+                rs = target.runner_state
+                if rs is not None and rs.group is not None and t in FENCED \
+                        and self.clock() >= rs.issue_deadline:  # a group LU: the lease
+                    exc, value = fenced_error(target), None
+                    continue
                 # A read's buffer is charged to the daemon's memory budget before it is taken.
                 if t is Read and not host.reserve(task, req.length):
                     gen.close()  # the command ends here, without its read
                     result = ScsiResult(host.full_status())
                     break
-                if t is WaitJob or (store.blocking and self.engines is not None):
+                if t is WaitJob or (store.blocking and self.engines is not None
+                                    and t not in _INLINE):
                     self._submit(task, gen, lu, host, req, target, t0)
                     return
                 try:
@@ -581,6 +638,8 @@ class Runner:
 
     def _perform_boxed(self, box: tuple[Any, Any]) -> Any:
         req, target = box
+        if target.runner_state is not None:  # checked again: the call may have waited its turn
+            self._check_deadline(target, type(req))
         return self.calls[type(req)](self, req, target.store, self._lock(target))
 
     def _submit_to_ring(self, ring: Ring, req: Any, target: Any,

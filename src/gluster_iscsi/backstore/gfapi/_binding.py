@@ -106,6 +106,18 @@ class Flock(Structure):
     ]
 
 
+class Dirent(Structure):
+    """``struct dirent`` for x86_64 glibc (what glfs_readdir returns)."""
+
+    _fields_ = [
+        ("d_ino", c_uint64),
+        ("d_off", c_int64),
+        ("d_reclen", ctypes.c_uint16),
+        ("d_type", ctypes.c_uint8),
+        ("d_name", ctypes.c_char * 256),
+    ]
+
+
 class Iovec(Structure):
     _fields_ = [("iov_base", c_void_p), ("iov_len", c_size_t)]
 
@@ -211,6 +223,11 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "glfs_upcall_inode_get_stat": (POINTER(Stat), [c_void_p]),
     "glfs_free": (None, [c_void_p]),
     "glfs_mkdir": (c_int, [_glfs_p, c_char_p, c_uint]),
+    # The group directory (group/shared.py): a lock owner per fd, directory listings.
+    "glfs_fd_set_lkowner": (c_int, [_glfd_p, c_void_p, c_int]),
+    "glfs_opendir": (_glfd_p, [_glfs_p, c_char_p]),
+    "glfs_readdir": (c_void_p, [_glfd_p]),
+    "glfs_closedir": (c_int, [_glfd_p]),
 }
 
 #: glfs_upcall_register's event bit and glfs_upcall_get_reason's value for an inode
@@ -441,6 +458,26 @@ class Volume:
         if self._upcall_cbk is not None and self._fs:
             lib().glfs_upcall_unregister(self._fs, GLFS_EVENT_INODE_INVALIDATE)
 
+    def listdir(self, path: str) -> list[str]:
+        """The names in the directory at ``path`` (without "." and "..")."""
+        dfd = lib().glfs_opendir(self.handle, _enc(path))
+        if not dfd:
+            raise _raise("glfs_opendir", path)
+        names: list[str] = []
+        try:
+            while True:
+                ctypes.set_errno(0)
+                ent = lib().glfs_readdir(dfd)
+                if not ent:
+                    if ctypes.get_errno():
+                        raise _raise("glfs_readdir", path)
+                    return names
+                name = os.fsdecode(ctypes.cast(ent, POINTER(Dirent)).contents.d_name)
+                if name not in (".", ".."):
+                    names.append(name)
+        finally:
+            lib().glfs_closedir(dfd)
+
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         parts = [p for p in path.split("/") if p]
         cur = ""
@@ -591,6 +628,13 @@ class File:
         if got < 0:
             raise _raise(f"glfs_copy_file_range {length} bytes", self.path)
         return got
+
+    def set_lkowner(self, owner: bytes) -> None:
+        """The lock owner of every call on this fd (locks, and the flush of glfs_close, which
+        drops the locks of its owner on the file). libgfapi keeps it per thread after each
+        call that sets it, so give every fd of a locked file its own owner."""
+        if lib().glfs_fd_set_lkowner(self.handle, owner, len(owner)):
+            raise _raise("glfs_fd_set_lkowner", self.path)
 
     def posix_lock(self, cmd: int, lock: Flock) -> Flock:
         """fcntl-style lock: ``cmd`` is fcntl.F_SETLK/F_SETLKW/F_GETLK."""

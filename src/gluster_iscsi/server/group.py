@@ -1,0 +1,739 @@
+"""The gateway group's coordinator on one gateway (docs/HA.md, decisions 1-4).
+
+One :class:`GroupMember` per daemon in a group. Its asyncio task beats every
+``beat_seconds``: it publishes ``gateways/<name>`` (number, version, beat), reads every other
+gateway's record, and for every attached LU asks the LU's :class:`~..group.lease.Lease` what
+to do (heartbeat as owner, watch and take over as standby, hand over on a move), polls the
+LU's state record and pushes the group's ALUA table into the LU (``lu.alua.set_groups``: the
+owner's target port group active/optimized, live non-owners standby, fenced or silent
+gateways unavailable, both ends of a move transitioning).
+
+Every call to the group directory (the ``SharedDir``: blocking) runs on one worker thread of
+its own, never on the event loop. A call that hangs (a volume that stops answering) stalls
+the beats, not the sessions, and not the fencing: the issue deadline lives in the LU's
+runner state (``LuState.issue_deadline``) and the command runner compares it with its clock
+before every store call, and a timer on the loop (:meth:`GroupMember._watch`) reports the
+fenced LU unavailable once the deadline passed, whatever the worker is doing.
+
+LU-wide SCSI state (decision 4) goes through :meth:`GroupMember.shared_update` and
+:meth:`GroupMember.shared_refresh`, which the command runner calls on a worker thread for
+``scsi.io.SharedUpdate``/``SharedRefresh`` of a group LU: take byte 1 of the lease file,
+load the latest state record, apply the change in memory (the same ``scsi/`` code a lone
+gateway runs), write the record with version + 1 and the unit attentions the change made
+for nexuses on other gateways, release; a non-owner then waits until the owner's lease
+record says it has applied that version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Protocol
+
+from .. import __version__
+from ..backstore.base import BackingStoreError
+from ..group.lease import Do, Lease, LeaseRecord, Role
+from .runner import lu_state
+
+log = logging.getLogger(__name__)
+
+#: How many versions of LU-wide events (unit attentions for other gateways' nexuses, PREEMPT
+#: AND ABORT victims) the state record keeps, for a gateway that missed some versions.
+EVENT_HISTORY = 32
+#: Kinds of LU-wide state the state record carries (``lu.shared_state(kind)``).
+STATE_KINDS = ("pr", "mode")
+
+
+class Locked(Protocol):
+    held: bool
+
+    def release(self) -> None: ...
+
+
+class Shared(Protocol):
+    """What the member needs of the group directory (``group.shared.SharedDir``)."""
+
+    def read(self, name: str) -> Any: ...
+    def write(self, name: str, data: dict[str, Any], *, seq: int | None = None) -> int: ...
+    def try_lock(self, name: str, byte: int) -> Locked: ...
+    def names(self, prefix: str) -> list[str]: ...
+
+
+def _lock_held_error(exc: BaseException) -> bool:
+    return type(exc).__name__ == "LockHeld"
+
+
+def lease_name(key: str) -> str:
+    return f"luns/{key}.lease"
+
+
+def state_name(key: str) -> str:
+    return f"luns/{key}.state"
+
+
+def move_name(key: str) -> str:
+    return f"luns/{key}.move"
+
+
+def gateway_name(name: str) -> str:
+    return f"gateways/{name}"
+
+
+class GatewaySeen:
+    """Another gateway as this one last read it, and since when its beat has not moved."""
+
+    __slots__ = ("number", "beat", "since", "stopped", "version")
+
+    def __init__(self, number: int, beat: int, since: float, stopped: bool, version: str) -> None:
+        self.number = number
+        self.beat = beat
+        self.since = since
+        self.stopped = stopped
+        self.version = version
+
+
+class GroupLu:
+    """One attached LU: its lease, its lock on byte 0 while held, and the state version applied."""
+
+    def __init__(self, lu: Any, key: str, lease: Lease) -> None:
+        self.lu = lu
+        self.key = key
+        self.lease = lease
+        self.lock: Locked | None = None
+        #: the state record version loaded into the LU
+        self.applied = 0
+        self.drain: asyncio.Task[None] | None = None
+        #: the move request record's seq already acted on
+        self.move_seq = 0
+
+
+class GroupMember:
+    """This gateway's part in a gateway group (see the module's docstring)."""
+
+    def __init__(self, shared: Shared, gateway: str, number: int, *, beat_seconds: float = 1.0,
+                 lease_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 abort: Callable[[Any, list[str]], None] | None = None) -> None:
+        if not 1 <= number <= 255:
+            raise ValueError(f"gateway number {number} is not 1..255")
+        if not 0 < beat_seconds < lease_seconds:
+            raise ValueError(f"beat_seconds ({beat_seconds}) must be above 0 and below "
+                             f"lease_seconds ({lease_seconds})")
+        self.shared = shared
+        self.gateway = gateway
+        self.number = number
+        self.beat_seconds = beat_seconds
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        #: called on the loop with (lu, initiator ports) whose tasks a PREEMPT AND ABORT made
+        #: through another gateway aborts here
+        self.abort = abort
+        self.luns: dict[str, GroupLu] = {}
+        self.gateways: dict[str, GatewaySeen] = {}
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"group-{gateway}")
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._beat = 0
+        self._published_at = -math.inf  # start of the last successful gateway record write
+        self._stopping = False
+        self._wake: asyncio.Event | None = None  # made in start()
+        self._mutex = threading.Lock()  # luns/gateways seen from worker threads
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self, *, run: bool = True) -> None:
+        """Publish this gateway and start beating (before the portals open). ``run=False``:
+        no task and no timer (tests step it with :meth:`beat` and :meth:`watch`)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        await self._publish()
+        await self._read_gateways()
+        if run:
+            self._task = self._loop.create_task(self._run(), name=f"group-{self.gateway}")
+            self._watch()
+
+    async def stop(self, release: bool = True) -> None:
+        """Stop beating. With ``release`` (a planned stop): every owned LU is announced
+        transitioning, drained, written as released and its lock given back, so a peer
+        takes it at its next beat instead of after a lease."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if release:
+            for glu in list(self.luns.values()):
+                if glu.lock is None:
+                    continue
+                self._push(glu, own_state="transitioning")
+                await self._drain(glu, self.lease_seconds)
+                self._set_deadline(glu, -math.inf)
+                rec = glu.lease.record
+                try:
+                    if rec is not None and glu.lease.role in (Role.OWNER, Role.MOVING_OUT,
+                                                              Role.FENCED):
+                        gone = LeaseRecord(None, glu.lease.epoch, rec.beat + 1, glu.applied, None)
+                        await self._call(self.shared.write, lease_name(glu.key), gone.to_dict())
+                except Exception as exc:  # noqa: BLE001 - releasing matters more
+                    log.warning("group: LUN %s: could not mark released: %s", glu.key, exc)
+                await self._release(glu)
+            with contextlib.suppress(Exception):
+                await self._call(self.shared.write, gateway_name(self.gateway),
+                                 self._gateway_record(stopped=True))
+        else:
+            for glu in self.luns.values():
+                self._set_deadline(glu, -math.inf)
+        self._io.shutdown(wait=False)
+
+    # -- LUs ------------------------------------------------------------------------------------
+
+    def attach(self, lu: Any, key: str, preferred: str | None = None) -> None:
+        """Make ``lu`` a group LU keyed ``key`` (its file's GFID): no store call is issued
+        until this gateway owns it; until the first beat tells, it reports transitioning."""
+        lease = Lease(self.gateway, preferred=preferred, beat_seconds=self.beat_seconds,
+                      lease_seconds=self.lease_seconds)
+        glu = GroupLu(lu, key, lease)
+        state = lu_state(lu)
+        state.issue_deadline = -math.inf
+        state.group = self
+        state.group_key = key
+        self.luns[key] = glu
+        self._push(glu, own_state="transitioning", announce=False)
+        if self._wake is not None:
+            self._wake.set()
+
+    def detach(self, lu: Any) -> None:
+        """Forget ``lu`` (removed): its lock is given back on the worker."""
+        for key, glu in list(self.luns.items()):
+            if glu.lu is lu:
+                del self.luns[key]
+                self._set_deadline(glu, -math.inf)
+                state = lu_state(lu)
+                state.group = None
+                if glu.lock is not None and self._loop is not None and not self._stopping:
+                    lock, glu.lock = glu.lock, None
+                    self._io.submit(lock.release)
+
+    def handle(self, lu: Any) -> GroupLu | None:
+        key = getattr(lu_state(lu), "group_key", None)
+        return self.luns.get(key) if key is not None else None
+
+    # -- the view -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        luns = {}
+        for key, glu in self.luns.items():
+            lease = glu.lease
+            rec = lease.record
+            luns[key] = {
+                "owner": lease.owner_name(),
+                "epoch": lease.epoch if lease.role is not Role.STANDBY else (rec.epoch if rec else 0),
+                "role": lease.role.value,
+                "state_version": glu.applied,
+                "move_to": rec.move_to if rec else None,
+                "issue_deadline_in": (round(lease.issue_deadline - now, 3)
+                                      if math.isfinite(lease.issue_deadline) else None),
+            }
+        gateways = {self.gateway: {"number": self.number, "beat": self._beat, "age": 0.0,
+                                   "live": self._self_live(now), "version": __version__}}
+        for name, g in self.gateways.items():
+            if name != self.gateway:
+                gateways[name] = {"number": g.number, "beat": g.beat,
+                                  "age": round(now - g.since, 3), "live": self._live(g, now),
+                                  "version": g.version}
+        return {"gateway": self.gateway, "number": self.number,
+                "beat_seconds": self.beat_seconds, "lease_seconds": self.lease_seconds,
+                "luns": luns, "gateways": gateways}
+
+    # -- moves ----------------------------------------------------------------------------------
+
+    async def move(self, key: str, to_gateway: str) -> None:
+        """Ask the owner of LUN ``key`` to hand it to ``to_gateway`` (a request record the
+        owner reads at its next beat; the move itself is asynchronous)."""
+        if key not in self.luns:
+            raise KeyError(f"no group LUN {key}")
+        if to_gateway != self.gateway and to_gateway not in self.gateways:
+            raise ValueError(f"no gateway {to_gateway!r} in the group")
+        glu = self.luns[key]
+        if to_gateway == self.gateway and glu.lease.role is Role.OWNER:
+            return
+        await self._call(self.shared.write, move_name(key),
+                         {"to": to_gateway, "by": self.gateway})
+        if glu.lease.role is Role.OWNER:
+            self._start_move(glu, to_gateway)
+
+    def _start_move(self, glu: GroupLu, to: str) -> None:
+        if glu.lease.move_out(to):
+            log.info("group: LUN %s moves to %s", glu.key, to)
+            self._push(glu)
+            if self._wake is not None:
+                self._wake.set()
+
+    # -- the beat -------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        loop = self._loop or asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, functools.partial(fn, *args, **kw))
+
+    def call_sync(self, timeout: float, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """A directory call from a thread that is not the loop, bounded by ``timeout``
+        (TimeoutError past it: the call may still run)."""
+        return self._io.submit(functools.partial(fn, *args, **kw)).result(max(timeout, 0.0))
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            start = self.clock()
+            try:
+                await self._beat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad beat must not end the group
+                log.exception("group: beat failed")
+            wait = start + self.beat_seconds - self.clock()
+            self._wake.clear()
+            if wait > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def beat(self) -> None:
+        """One beat: publish, read the gateways, step every LU, push the ALUA tables."""
+        await self._beat_once()
+
+    def watch(self) -> None:
+        """The fencing check the timer runs (for tests that step the member)."""
+        self._fence(self.clock())
+
+    async def _beat_once(self) -> None:
+        await self._publish()
+        await self._read_gateways()
+        for glu in list(self.luns.values()):
+            if glu.key in self.luns:
+                await self._step(glu)
+        for glu in list(self.luns.values()):
+            self._push(glu)
+
+    def _gateway_record(self, *, stopped: bool = False) -> dict[str, Any]:
+        return {"number": self.number, "version": __version__, "beat": self._beat,
+                "stopped": stopped}
+
+    async def _publish(self) -> None:
+        start = self.clock()
+        self._beat += 1
+        try:
+            await self._call(self.shared.write, gateway_name(self.gateway), self._gateway_record())
+            self._published_at = start
+        except Exception as exc:  # noqa: BLE001
+            log.warning("group: cannot publish gateway %s: %s", self.gateway, exc)
+
+    async def _read_gateways(self) -> None:
+        try:
+            names = await self._call(self.shared.names, "gateways/")
+        except Exception as exc:  # noqa: BLE001
+            log.warning("group: cannot list gateways: %s", exc)
+            return
+        now = self.clock()
+        for full in names:
+            name = full.rsplit("/", 1)[-1]
+            if name == self.gateway:
+                continue
+            try:
+                rec = await self._call(self.shared.read, gateway_name(name))
+            except Exception:  # noqa: BLE001
+                continue
+            data = rec.data if rec is not None else None
+            if not isinstance(data, dict) or not isinstance(data.get("number"), int):
+                continue
+            beat = data.get("beat", 0)
+            old = self.gateways.get(name)
+            if old is None or old.beat != beat or old.number != data["number"]:
+                self.gateways[name] = GatewaySeen(data["number"], beat, now,
+                                                  bool(data.get("stopped")),
+                                                  str(data.get("version", "")))
+            else:
+                old.stopped = bool(data.get("stopped"))
+
+    def _live(self, g: GatewaySeen, now: float) -> bool:
+        return not g.stopped and now - g.since < self.lease_seconds
+
+    def _self_live(self, now: float) -> bool:
+        return now - self._published_at < self.lease_seconds
+
+    async def _step(self, glu: GroupLu) -> None:
+        lease = glu.lease
+        now = self.clock()
+        do = lease.next(now)
+        self._sync_deadline(glu)
+        if do is Do.BEAT:
+            await self._owner_beat(glu, now)
+        elif do is Do.RELEASE:
+            await self._release(glu)
+            lease.released(self.clock())
+        elif do is Do.READ:
+            await self._standby_read(glu, now)
+        self._sync_deadline(glu)
+
+    async def _owner_beat(self, glu: GroupLu, start: float) -> None:
+        lease = glu.lease
+        try:
+            got = await self._call(self.shared.read, lease_name(glu.key))
+            rec = LeaseRecord.from_dict(got.data if got is not None else None)
+            holding = glu.lock is not None and glu.lock.held
+            await self._poll_state(glu)
+            new = lease.owner_read(rec, glu.applied, holding=holding)
+            if new is None:
+                log.warning("group: LUN %s: lost (record %s), standing by", glu.key, rec)
+                self._set_deadline(glu, -math.inf)
+                await self._release(glu)
+                lease.released(self.clock())
+                return
+            await self._call(self.shared.write, lease_name(glu.key), new.to_dict())
+            lease.beat_ok(start, new, self.clock())
+            if lease.role is Role.MOVING_OUT and glu.drain is None:
+                glu.drain = asyncio.get_running_loop().create_task(self._drain_for_move(glu))
+            elif lease.role is Role.OWNER:
+                await self._check_move_request(glu)
+        except Exception as exc:  # noqa: BLE001 - the deadline stands; try again next beat
+            log.warning("group: LUN %s: heartbeat failed: %s", glu.key, exc)
+            lease.beat_failed(self.clock())
+
+    async def _check_move_request(self, glu: GroupLu) -> None:
+        got = await self._call(self.shared.read, move_name(glu.key))
+        if got is None or got.seq <= glu.move_seq:
+            return
+        glu.move_seq = got.seq
+        to = got.data.get("to") if isinstance(got.data, dict) else None
+        if isinstance(to, str) and to != self.gateway:
+            self._start_move(glu, to)
+
+    async def _drain_for_move(self, glu: GroupLu) -> None:
+        try:
+            await self._drain(glu, self.lease_seconds)
+        finally:
+            glu.drain = None
+        glu.lease.drained()
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _drain(self, glu: GroupLu, timeout: float) -> None:
+        """Wait (bounded) for the LU's commands in flight to end."""
+        stats = lu_state(glu.lu).stats
+        end = self.clock() + timeout
+        while stats.in_flight > 0 and self.clock() < end:
+            await asyncio.sleep(0.005)
+
+    async def _standby_read(self, glu: GroupLu, now: float) -> None:
+        lease = glu.lease
+        try:
+            got = await self._call(self.shared.read, lease_name(glu.key))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("group: LUN %s: cannot read its lease: %s", glu.key, exc)
+            lease.beat_failed(self.clock())
+            return
+        rec = LeaseRecord.from_dict(got.data if got is not None else None)
+        with contextlib.suppress(Exception):
+            await self._poll_state(glu)
+        if lease.observed(rec, now) is not Do.TRY_LOCK:
+            return
+        try:
+            lock = await self._call(self.shared.try_lock, lease_name(glu.key), 0)
+        except Exception as exc:  # noqa: BLE001
+            if not _lock_held_error(exc):
+                log.warning("group: LUN %s: lock try failed: %s", glu.key, exc)
+            lease.lock_result(False, self.clock())
+            return
+        glu.lock = lock
+        if lease.lock_result(True, self.clock()) is not Do.READ:
+            await self._release(glu)
+            return
+        try:
+            got = await self._call(self.shared.read, lease_name(glu.key))
+            under = LeaseRecord.from_dict(got.data if got is not None else None)
+            await self._poll_state(glu)  # serve with the latest LU-wide state
+            new = lease.take(under, glu.applied)
+            start = self.clock()
+            await self._call(self.shared.write, lease_name(glu.key), new.to_dict())
+            lease.took(start, new, self.clock())
+            log.info("group: LUN %s: owner, epoch %d", glu.key, new.epoch)
+            mv = await self._call(self.shared.read, move_name(glu.key))
+            if mv is not None:
+                glu.move_seq = mv.seq  # a request that brought it here is done
+        except Exception as exc:  # noqa: BLE001
+            log.warning("group: LUN %s: take-over failed: %s", glu.key, exc)
+            lease.take_failed(self.clock())
+            await self._release(glu)
+
+    async def _release(self, glu: GroupLu) -> None:
+        lock, glu.lock = glu.lock, None
+        if lock is not None:
+            try:
+                await self._call(lock.release)
+            except Exception as exc:  # noqa: BLE001 - the bricks drop it with the fd anyway
+                log.warning("group: LUN %s: release: %s", glu.key, exc)
+
+    # -- deadlines and ALUA ---------------------------------------------------------------------
+
+    def _set_deadline(self, glu: GroupLu, deadline: float) -> None:
+        lu_state(glu.lu).issue_deadline = deadline
+
+    def _sync_deadline(self, glu: GroupLu) -> None:
+        lease = glu.lease
+        if lease.role in (Role.OWNER, Role.MOVING_OUT):
+            self._set_deadline(glu, lease.issue_deadline)
+        else:
+            self._set_deadline(glu, -math.inf)
+
+    def _watch(self) -> None:
+        """The loop's timer: fence LUs whose deadline passed, even while a call hangs."""
+        loop = self._loop
+        if loop is None or self._stopping:
+            return
+        self._fence(self.clock())
+        self._timer = loop.call_later(min(0.25, self.beat_seconds / 4), self._watch)
+
+    def _fence(self, now: float) -> None:
+        for glu in list(self.luns.values()):
+            if glu.lease.tick(now):
+                log.warning("group: LUN %s: no heartbeat for %gs: fenced (no I/O until the "
+                            "volume answers)", glu.key, self.lease_seconds)
+                self._sync_deadline(glu)
+                self._push(glu)
+
+    def table(self, glu: GroupLu, now: float | None = None) -> dict[int, tuple[Any, list[int]]]:
+        """The ALUA table of one LU from the records as this gateway last read them:
+        target port group (= gateway number) -> (access state, [relative port])."""
+        from ..scsi.alua import AccessState as S
+
+        if now is None:
+            now = self.clock()
+        lease = glu.lease
+        rec = lease.record
+        owner = lease.owner_name()
+        move_to = rec.move_to if rec is not None else None
+        fresh = lease.role is not Role.STANDBY or lease.heard_within(now)
+        out: dict[int, tuple[Any, list[int]]] = {}
+        numbers = {self.gateway: self.number}
+        for name, g in self.gateways.items():
+            numbers.setdefault(name, g.number)
+        for name, number in numbers.items():
+            if name == self.gateway:
+                role = lease.role
+                if role is Role.OWNER:
+                    state = S.ACTIVE_OPTIMIZED
+                elif role in (Role.MOVING_OUT, Role.TAKING):
+                    state = S.TRANSITIONING
+                elif role is Role.FENCED or not self._self_live(now):
+                    state = S.UNAVAILABLE
+                elif move_to == name and fresh:
+                    state = S.TRANSITIONING
+                else:
+                    state = S.STANDBY
+            else:
+                g = self.gateways[name]
+                live = self._live(g, now)
+                if name == owner and lease.role is Role.STANDBY:
+                    state = (S.TRANSITIONING if move_to else S.ACTIVE_OPTIMIZED) \
+                        if (fresh and live) else S.UNAVAILABLE
+                elif not live:
+                    state = S.UNAVAILABLE
+                elif name == move_to and (fresh or lease.role is not Role.STANDBY):
+                    state = S.TRANSITIONING
+                else:
+                    state = S.STANDBY
+            out[number] = (state, [number])
+        return out
+
+    def _push(self, glu: GroupLu, own_state: str | None = None, announce: bool = True) -> None:
+        alua = getattr(glu.lu, "alua", None)
+        if alua is None:
+            return
+        table = self.table(glu)
+        if own_state == "transitioning":
+            from ..scsi.alua import AccessState
+
+            table[self.number] = (AccessState.TRANSITIONING, [self.number])
+        try:
+            alua.set_groups(table, announce=announce)
+        except ValueError as exc:  # two gateways with one number: say so, keep the old table
+            log.error("group: LUN %s: %s", glu.key, exc)
+
+    # -- LU-wide state (decision 4) -------------------------------------------------------------
+
+    async def _poll_state(self, glu: GroupLu) -> None:
+        got = await self._call(self.shared.read, state_name(glu.key))
+        if got is not None:
+            self._load(glu, got.data)
+
+    def _load(self, glu: GroupLu, data: Any) -> bool:
+        """Load a state record newer than what the LU has (any thread). True if loaded."""
+        if not isinstance(data, dict):
+            return False
+        version = data.get("version", 0)
+        if not isinstance(version, int) or version <= glu.applied:
+            return False
+        lu = glu.lu
+        aborts: list[str] = []
+        with lu.state_lock:
+            for kind in STATE_KINDS:
+                if kind in data and hasattr(lu, "load_shared_state"):
+                    lu.load_shared_state(kind, data[kind])
+            for ev in data.get("events", ()):
+                if (ev.get("version", 0) > glu.applied and ev.get("by") != self.gateway
+                        and ev.get("relative_port") in (0, self.number)):
+                    port = ev.get("initiator_port", "")
+                    try:
+                        asc = _asc(ev.get("asc", 0))
+                    except ValueError:
+                        continue
+                    if port in lu._ua:
+                        lu.queue_ua(port, asc)
+                    if ev.get("abort"):
+                        aborts.append(port)
+            glu.applied = version
+        if aborts and self.abort is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.abort, lu, aborts)
+        return True
+
+    def shared_refresh(self, lu: Any) -> None:
+        """Load the LU's latest state record (PR IN, MODE SENSE on a group LU): on a worker
+        thread. The volume unreachable: NOT READY 04/0A (ESHUTDOWN), never stale data."""
+        glu = self.handle(lu)
+        if glu is None:
+            return
+        try:
+            got = self.call_sync(self.lease_seconds, self.shared.read, state_name(glu.key))
+        except (FutureTimeout, OSError) as exc:
+            raise BackingStoreError(errno.ESHUTDOWN, f"group state unreachable: {exc}") from exc
+        if got is not None:
+            self._load(glu, got.data)
+
+    def shared_update(self, lu: Any, apply: Callable[[], Any]) -> Any:
+        """Change LU-wide state through the group (decision 4), on a worker thread: returns
+        what ``apply`` returned once the owner enforces it; raises what ``apply`` raised
+        (nothing written), or ESHUTDOWN (NOT READY 04/0A) when the volume or the owner does
+        not answer within ``lease_seconds``."""
+        glu = self.handle(lu)
+        if glu is None:
+            with lu.state_lock:
+                return apply()
+        end = self.clock() + self.lease_seconds
+        lock = self._lock_state(glu, end)
+        try:
+            got = self._bounded(end, self.shared.read, state_name(glu.key))
+            data = got.data if got is not None and isinstance(got.data, dict) else {}
+            self._load(glu, data)
+            version = max(int(data.get("version", 0) or 0), glu.applied)
+            with lu.state_lock:
+                before, placeholders = self._capture(lu)
+                try:
+                    value = apply()
+                finally:
+                    queued = self._queued(lu, before, placeholders)
+                new_state = {kind: lu.shared_state(kind) for kind in STATE_KINDS
+                             if hasattr(lu, "shared_state")}
+            version += 1
+            events = [e for e in data.get("events", ())
+                      if isinstance(e, dict) and e.get("version", 0) > version - EVENT_HISTORY]
+            events += self._events(lu, queued, version, value)
+            record = {"version": version, "by": self.gateway, "events": events, **new_state}
+            self._bounded(end, self.shared.write, state_name(glu.key), record)
+            glu.applied = version
+        finally:
+            with contextlib.suppress(Exception):
+                self.call_sync(self.lease_seconds, lock.release)
+        if glu.lease.role in (Role.OWNER, Role.MOVING_OUT):
+            return value
+        self._wait_seen(glu, version, end)
+        return value
+
+    def _bounded(self, end: float, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return self.call_sync(end - self.clock(), fn, *args)
+        except FutureTimeout as exc:
+            raise BackingStoreError(errno.ESHUTDOWN, "group directory did not answer") from exc
+        except BackingStoreError:
+            raise
+        except OSError as exc:
+            raise BackingStoreError(errno.ESHUTDOWN, f"group directory: {exc}") from exc
+
+    def _lock_state(self, glu: GroupLu, end: float) -> Locked:
+        while True:
+            try:
+                lock: Locked = self._bounded(end, self.shared.try_lock, lease_name(glu.key), 1)
+                return lock
+            except Exception as exc:
+                if not _lock_held_error(exc):
+                    raise
+            if self.clock() >= end:
+                raise BackingStoreError(errno.ESHUTDOWN, "state lock busy")
+            time.sleep(0.01)
+
+    def _wait_seen(self, glu: GroupLu, version: int, end: float) -> None:
+        """Wait until the owner's lease record says it applied ``version`` (bounded)."""
+        while True:
+            got = self._bounded(end, self.shared.read, lease_name(glu.key))
+            rec = LeaseRecord.from_dict(got.data if got is not None else None)
+            if rec is None or rec.owner is None:
+                return  # no owner: whoever takes it loads the record before serving
+            if rec.seen >= version:
+                return
+            if self.clock() >= end:
+                raise BackingStoreError(errno.ESHUTDOWN, "the owner has not applied the change")
+            time.sleep(min(0.02, self.beat_seconds / 10))
+
+    def _capture(self, lu: Any) -> tuple[dict[str, list[Any]], set[str]]:
+        """Before a change: the UA queues, and empty queues for registrants that have no
+        nexus here, so the change's unit attentions for them can be seen (and sent on)."""
+        ua = lu._ua
+        before = {k: list(v) for k, v in ua.items()}
+        placeholders: set[str] = set()
+        pr = getattr(lu, "pr", None)
+        for reg in getattr(pr, "registrations", ()):
+            if reg.initiator not in ua:
+                ua[reg.initiator] = []
+                placeholders.add(reg.initiator)
+        return before, placeholders
+
+    def _queued(self, lu: Any, before: dict[str, list[Any]],
+                placeholders: set[str]) -> list[tuple[str, Any]]:
+        ua = lu._ua
+        out: list[tuple[str, Any]] = []
+        for port, queue in ua.items():
+            old = before.get(port, [])
+            out += [(port, asc) for asc in queue if asc not in old]
+        for port in placeholders:
+            ua.pop(port, None)
+        return out
+
+    def _events(self, lu: Any, queued: list[tuple[str, Any]], version: int,
+                value: Any) -> list[dict[str, Any]]:
+        """The change's unit attentions (and PREEMPT AND ABORT victims) for nexuses on
+        other gateways: (initiator port, relative port: 0 for every other gateway, asc)."""
+        events = [{"version": version, "by": self.gateway, "initiator_port": port,
+                   "relative_port": 0, "asc": int(asc)} for port, asc in queued]
+        extra = getattr(value, "extra", None)
+        if isinstance(extra, dict):
+            for port in extra.get("abort_initiators") or ():
+                events.append({"version": version, "by": self.gateway, "initiator_port": port,
+                               "relative_port": 0, "asc": 0x2A05, "abort": True})
+        return events
+
+
+def _asc(value: int) -> Any:
+    from ..scsi.sense import Asc
+
+    return Asc(value)

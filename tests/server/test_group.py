@@ -1,0 +1,269 @@
+"""The gateway group's coordinator (server/group.py): several members in one process on one
+tmp-dir group directory (OFD locks conflict between members), a clock the tests move."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gluster_iscsi.backstore.base import BackingStoreError
+from gluster_iscsi.backstore.memory import MemoryStore
+from gluster_iscsi.group.lease import Role
+from gluster_iscsi.group.shared import open_shared
+from gluster_iscsi.scsi.alua import AccessState as S
+from gluster_iscsi.scsi.io import Read, Size, Write
+from gluster_iscsi.server.group import GroupMember, lease_name
+from gluster_iscsi.server.runner import Runner, lu_on, lu_state
+
+
+def arun(fn: Any) -> Any:
+    """Run an async test on a fresh event loop."""
+
+    @functools.wraps(fn)
+    def run(*a: Any, **kw: Any) -> Any:
+        return asyncio.run(fn(*a, **kw))
+
+    return run
+
+
+KEY = "0b6cfa4e-1111-2222-3333-444455556666"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Hanging:
+    """A group directory whose calls block while ``hang`` is set (a volume that stopped
+    answering), then go on. Only reads hang: the LU's heartbeat starts with one."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.go = threading.Event()
+        self.go.set()
+        self.entered = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+        if name != "read":
+            return fn
+
+        def call(*a: Any, **kw: Any) -> Any:
+            if not self.go.is_set():
+                self.entered.set()
+                self.go.wait(30)
+            return fn(*a, **kw)
+
+        return call
+
+
+def make_lu() -> Any:
+    return lu_on(MemoryStore(1 << 20), serial="s1")
+
+
+class Group:
+    def __init__(self, tmp_path: Path, names: list[str], preferred: str | None = "a",
+                 hang: bool = False) -> None:
+        self.clock = Clock()
+        self.members: dict[str, GroupMember] = {}
+        self.lus: dict[str, Any] = {}
+        self.dirs: list[Any] = []
+        for i, name in enumerate(names, 1):
+            shared: Any = open_shared(str(tmp_path / "group"))
+            self.dirs.append(shared)
+            if hang:
+                shared = Hanging(shared)
+            m = GroupMember(shared, name, i, beat_seconds=1.0, lease_seconds=5.0,
+                            clock=self.clock)
+            lu = make_lu()
+            m.attach(lu, KEY, preferred)
+            self.members[name] = m
+            self.lus[name] = lu
+
+    async def start(self) -> None:
+        for m in self.members.values():
+            await m.start(run=False)
+
+    async def rounds(self, n: int = 1, step: float = 1.0, only: list[str] | None = None) -> None:
+        for _ in range(n):
+            for name, m in self.members.items():
+                if only is None or name in only:
+                    await m.beat()
+            self.clock.now += step
+
+    def role(self, name: str) -> Role:
+        return self.members[name].luns[KEY].lease.role
+
+    def tables(self, names: list[str] | None = None) -> list[Any]:
+        # (group, state, ports): RTPG's status code says whether this gateway saw the state
+        # change, which depends on when it joined
+        return [[(d[0], d[1], d[4]) for d in self.lus[n].alua.descriptors()]
+                for n in (names or list(self.members))]
+
+    def close(self) -> None:
+        for d in self.dirs:
+            d.close()
+
+
+@arun
+async def test_preferred_gateway_owns_others_stand_by_same_alua_everywhere(tmp_path):
+    g = Group(tmp_path, ["a", "b", "c"])
+    await g.start()
+    await g.rounds(2)
+    assert g.role("a") is Role.OWNER
+    assert g.role("b") is Role.STANDBY and g.role("c") is Role.STANDBY
+    # the runner's deadline: the owner may issue, the others may not
+    assert lu_state(g.lus["a"]).issue_deadline > g.clock.now
+    assert lu_state(g.lus["b"]).issue_deadline < g.clock.now
+    tables = g.tables()
+    assert tables[0] == tables[1] == tables[2]
+    states = {d[0]: d[1] for d in tables[0]}
+    assert states == {1: S.ACTIVE_OPTIMIZED, 2: S.STANDBY, 3: S.STANDBY}
+    status = g.members["b"].status()
+    assert status["luns"][KEY]["owner"] == "a" and status["luns"][KEY]["role"] == "standby"
+    assert set(status["gateways"]) == {"a", "b", "c"}
+    g.close()
+
+
+@arun
+async def test_the_owner_serves_a_standby_refuses_media_with_04_0a_at_the_runner(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    runner = Runner(clock=g.clock)
+    runner.perform(Write(0, b"x" * 512), g.lus["a"])
+    assert bytes(runner.perform(Read(0, 512), g.lus["a"]))[:1] == b"x"
+    with pytest.raises(BackingStoreError) as e:
+        runner.perform(Read(0, 512), g.lus["b"])
+    assert e.value.errno == errno.ESHUTDOWN  # NOT READY 04/0A through the SCSI layer
+    assert runner.perform(Size(), g.lus["b"]) == 1 << 20  # READ CAPACITY is not media access
+    g.close()
+
+
+@arun
+async def test_takeover_after_the_holder_dies_bumps_the_epoch(tmp_path):
+    g = Group(tmp_path, ["a", "b", "c"])
+    await g.start()
+    await g.rounds(2)
+    epoch = g.members["a"].luns[KEY].lease.epoch
+    # a is SIGKILLed: its locks go with its descriptors, its heartbeat stops
+    g.members["a"].luns[KEY].lock.release()
+    dead = g.members.pop("a")
+    await g.rounds(3)
+    assert g.role("b") is Role.STANDBY  # a's record is fresh for a lease yet
+    await g.rounds(4)
+    owners = [n for n in ("b", "c") if g.role(n) is Role.OWNER]
+    assert len(owners) == 1
+    new = g.members[owners[0]].luns[KEY].lease
+    assert new.epoch == epoch + 1
+    tables = g.tables(["b", "c"])
+    assert tables[0] == tables[1]
+    states = {d[0]: d[1] for d in tables[0]}
+    assert states[1] is S.UNAVAILABLE  # the silent gateway
+    assert states[g.members[owners[0]].number] is S.ACTIVE_OPTIMIZED
+    # the old owner comes back from a pause: its lock is gone, the record has a new epoch
+    g.members["a"] = dead
+    await dead.beat()
+    assert dead.luns[KEY].lease.role is Role.STANDBY
+    assert lu_state(g.lus["a"]).issue_deadline == float("-inf")
+    g.close()
+
+
+@arun
+async def test_a_planned_stop_hands_over_at_once(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a = g.members.pop("a")
+    await a.stop(release=True)
+    await g.rounds(1)
+    assert g.role("b") is Role.OWNER  # no lease to wait out
+    g.close()
+
+
+@arun
+async def test_fenced_while_the_volume_hangs_then_owner_again(tmp_path):
+    g = Group(tmp_path, ["a"], hang=True)
+    await g.start()
+    await g.rounds(1)
+    a = g.members["a"]
+    lu = g.lus["a"]
+    assert g.role("a") is Role.OWNER
+    runner = Runner(clock=g.clock)
+    runner.perform(Write(0, b"y" * 512), lu)
+    hanging = a.shared
+    hanging.go.clear()
+    beat = asyncio.get_running_loop().create_task(a.beat())
+    await asyncio.to_thread(hanging.entered.wait, 10)
+    assert not beat.done()
+    g.clock.now += 5.0  # a lease with no heartbeat: the loop is free, the worker is stuck
+    a.watch()
+    assert g.role("a") is Role.FENCED
+    assert lu.alua.state_of(1) is S.UNAVAILABLE
+    with pytest.raises(BackingStoreError):
+        runner.perform(Write(0, b"z" * 512), lu)
+    hanging.go.set()
+    await beat  # the heartbeat that hung started before the deadline: it renews nothing
+    assert g.role("a") is Role.FENCED
+    g.clock.now += 1.0
+    await a.beat()
+    assert g.role("a") is Role.OWNER and lu.alua.state_of(1) is S.ACTIVE_OPTIMIZED
+    runner.perform(Write(0, b"z" * 512), lu)
+    g.close()
+
+
+@arun
+async def test_move_drains_announces_transitioning_and_the_target_takes(tmp_path):
+    g = Group(tmp_path, ["a", "b", "c"])
+    await g.start()
+    await g.rounds(2)
+    lu_a = g.lus["a"]
+    lu_state(lu_a).stats.in_flight = 1  # a command still running on a
+    await g.members["c"].move(KEY, "b")
+    await g.rounds(1)
+    assert g.role("a") is Role.MOVING_OUT
+    tables = g.tables()
+    await g.rounds(1, step=0.0)
+    tables = g.tables()
+    assert tables[0] == tables[1] == tables[2]
+    states = {d[0]: d[1] for d in tables[0]}
+    assert states[1] is S.TRANSITIONING and states[2] is S.TRANSITIONING
+    assert g.role("a") is Role.MOVING_OUT  # still draining
+    assert lu_state(lu_a).issue_deadline > g.clock.now  # the in-flight command may finish
+    lu_state(lu_a).stats.in_flight = 0
+    await asyncio.sleep(0.05)
+    await g.rounds(2)
+    assert g.role("b") is Role.OWNER and g.role("a") is Role.STANDBY
+    await g.rounds(2)
+    assert g.role("b") is Role.OWNER  # a, the preferred gateway, leaves it to b
+    tables = g.tables()
+    assert tables[0] == tables[1] == tables[2]
+    states = {d[0]: d[1] for d in tables[0]}
+    assert states == {1: S.STANDBY, 2: S.ACTIVE_OPTIMIZED, 3: S.STANDBY}
+    g.close()
+
+
+@arun
+async def test_two_members_never_both_hold_the_lease_lock(tmp_path):
+    g = Group(tmp_path, ["a", "b"], preferred=None)
+    await g.start()
+    await g.rounds(3)
+    roles = sorted(g.role(n).value for n in ("a", "b"))
+    assert roles == ["owner", "standby"]
+    shared = open_shared(str(tmp_path / "group"))
+    from gluster_iscsi.group.shared import LockHeld
+
+    with pytest.raises(LockHeld):
+        shared.try_lock(lease_name(KEY), 0)
+    shared.close()
+    g.close()
