@@ -154,6 +154,12 @@ class FakeDaemon:
                 for t in self.registry.targets.values() if t.device is not None
                 for n in sorted(t.device.luns)]
 
+    def group_status(self) -> dict[str, Any] | None:
+        return None  # a lone daemon
+
+    async def group_move(self, lun_key: str, gateway: str) -> None:
+        raise ValueError("this daemon is not in a gateway group")
+
 
 @pytest.fixture
 def fake_runtime(monkeypatch):

@@ -88,15 +88,22 @@ def test_owner_that_finds_another_epoch_lost_the_lun():
     assert a.role is Role.STANDBY
 
 
-def test_standby_takes_over_a_heartbeat_that_stopped_for_a_lease():
+def test_standby_tries_the_lock_every_beat_the_lock_decides():
     b = Lease("b", preferred="a")
-    rec = LeaseRecord("a", 3, 10)
-    assert b.observed(rec, 0.0) is Do.NOTHING
-    assert b.observed(LeaseRecord("a", 3, 11), 1.0) is Do.NOTHING  # still beating
-    assert b.observed(LeaseRecord("a", 3, 11), 5.9) is Do.NOTHING
-    assert b.observed(LeaseRecord("a", 3, 11), 6.0) is Do.TRY_LOCK
-    assert b.lock_result(False, 6.0) is Do.NOTHING  # the bricks still hold a's lock
+    assert b.observed(LeaseRecord("a", 3, 10), 0.0) is Do.TRY_LOCK
+    assert b.lock_result(False, 0.0) is Do.NOTHING  # a holds it
     assert b.role is Role.STANDBY
+    assert b.observed(LeaseRecord("a", 3, 11), 1.0) is Do.TRY_LOCK
+    assert b.lock_result(True, 1.0) is Do.READ  # the bricks freed a killed owner's lock
+    assert b.role is Role.TAKING
+
+
+def test_a_move_to_another_gateway_is_left_alone_until_it_goes_stale():
+    c = Lease("c", preferred="c")
+    moving = LeaseRecord("a", 3, 10, move_to="b")
+    assert c.observed(moving, 0.0) is Do.NOTHING
+    assert c.observed(moving, LEASE - 0.1) is Do.NOTHING
+    assert c.observed(moving, LEASE) is Do.TRY_LOCK  # b never took it
 
 
 def test_preferred_standby_tries_every_beat_and_a_released_lun_is_taken_at_once():

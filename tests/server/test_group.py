@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,11 @@ from gluster_iscsi.backstore.base import BackingStoreError
 from gluster_iscsi.backstore.memory import MemoryStore
 from gluster_iscsi.group.lease import Role
 from gluster_iscsi.group.shared import open_shared
+from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiResult, ScsiTask
 from gluster_iscsi.scsi.alua import AccessState as S
 from gluster_iscsi.scsi.io import Read, Size, Write
+from gluster_iscsi.scsi.sense import Asc, SenseKey, parse_sense
+from gluster_iscsi.scsi.task import Status
 from gluster_iscsi.server.group import GroupMember, lease_name
 from gluster_iscsi.server.runner import Runner, lu_on, lu_state
 
@@ -159,13 +163,12 @@ async def test_takeover_after_the_holder_dies_bumps_the_epoch(tmp_path):
     # a is SIGKILLed: its locks go with its descriptors, its heartbeat stops
     g.members["a"].luns[KEY].lock.release()
     dead = g.members.pop("a")
-    await g.rounds(3)
-    assert g.role("b") is Role.STANDBY  # a's record is fresh for a lease yet
-    await g.rounds(4)
+    await g.rounds(1)  # the lock is free: the next beat takes it, no lease to wait out
     owners = [n for n in ("b", "c") if g.role(n) is Role.OWNER]
     assert len(owners) == 1
     new = g.members[owners[0]].luns[KEY].lease
     assert new.epoch == epoch + 1
+    await g.rounds(6)  # a lease without a's heartbeat
     tables = g.tables(["b", "c"])
     assert tables[0] == tables[1]
     states = {d[0]: d[1] for d in tables[0]}
@@ -266,4 +269,119 @@ async def test_two_members_never_both_hold_the_lease_lock(tmp_path):
     with pytest.raises(LockHeld):
         shared.try_lock(lease_name(KEY), 0)
     shared.close()
+    g.close()
+
+
+# ------------------------------------------------------------------ LU-wide state (decision 4)
+TARGET = "iqn.2024-01.org.gluster:tgt"
+
+
+def nexus(who: str, number: int) -> Nexus:
+    return Nexus(f"iqn.2024-01.org.test:{who}", f"iqn.2024-01.org.test:{who},i,0x023d0000000{number}",
+                 f"{TARGET},t,0x{number:04x}", relative_port=number, target_port_group=number)
+
+
+def prout(sa: int, key: int = 0, sa_key: int = 0, rtype: int = 0) -> tuple[bytes, bytes]:
+    params = struct.pack(">QQ4xBxH", key, sa_key, 0, 0)
+    return bytes([0x5F, sa, rtype, 0, 0]) + struct.pack(">IB", len(params), 0), params
+
+
+def command(runner: Runner, server: DeviceServer, lu: Any, cdb: bytes, who: Nexus,
+            data: bytes | None = None) -> ScsiResult:
+    if who.initiator_port not in server._nexuses:
+        server.nexus_added(who)
+    lu.clear_ua(who.initiator_port)
+    task = ScsiTask(cdb, 0, who, data_out=memoryview(data) if data is not None else None,
+                    expected_length=len(data) if data is not None else 0)
+    return runner.run(server.execute(task), lu)
+
+
+async def while_beating(g: Group, names: list[str], fn: Any, *args: Any) -> Any:
+    """Run ``fn`` on a thread while the named members beat (the clock moves 0.1 s a beat)."""
+    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    while not fut.done():
+        await g.rounds(1, step=0.1, only=names)
+        await asyncio.sleep(0.01)
+    return await fut
+
+
+@arun
+async def test_pr_through_a_standby_is_enforced_by_the_owner_before_good(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    servers = {n: DeviceServer({0: g.lus[n]}, target_name=TARGET) for n in ("a", "b")}
+    runners = {n: Runner(clock=g.clock) for n in ("a", "b")}
+    one_b = nexus("one", 2)  # initiator one through gateway b (number 2)
+    two_a = nexus("two", 1)  # initiator two through gateway a, the owner
+    # two is logged in on a before the change: it must hear of the reservation
+    write = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])
+    assert command(runners["a"], servers["a"], g.lus["a"], write, two_a, b"\0" * 512).status == 0
+    cdb, params = prout(0, sa_key=0xAAAA)  # REGISTER through the standby
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              one_b, params)
+    assert res.status == Status.GOOD
+    version = g.members["b"].luns[KEY].applied
+    assert g.members["a"].luns[KEY].applied >= version  # the owner had it before GOOD
+    cdb, params = prout(1, key=0xAAAA, rtype=1)  # RESERVE, write exclusive
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              one_b, params)
+    assert res.status == Status.GOOD
+    assert g.lus["a"].pr.type is not None  # in the owner's memory: no round trip per command
+    res = command(runners["a"], servers["a"], g.lus["a"], write, two_a, b"\0" * 512)
+    assert res.status == Status.RESERVATION_CONFLICT
+    # the standby's own PR IN sees it too (SharedRefresh reads the record)
+    read_res = bytes([0x5E, 1, 0, 0, 0, 0, 0, 0x10, 0, 0])  # READ RESERVATION
+    out = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"],
+                              read_res, one_b)
+    assert out.status == Status.GOOD and bytes(out.data)[8:16] != bytes(8)
+    g.close()
+
+
+@arun
+async def test_unit_attentions_of_a_change_reach_nexuses_on_other_gateways(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    servers = {n: DeviceServer({0: g.lus[n]}, target_name=TARGET) for n in ("a", "b")}
+    runners = {n: Runner(clock=g.clock) for n in ("a", "b")}
+    one_a, two_b = nexus("one", 1), nexus("two", 2)
+    cdb, params = prout(0, sa_key=0x1111)
+    assert command(runners["a"], servers["a"], g.lus["a"], cdb, one_a, params).status == 0
+    cdb, params = prout(0, sa_key=0x2222)
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              two_b, params)
+    assert res.status == 0
+    cdb, params = prout(1, key=0x2222, rtype=1)
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              two_b, params)
+    assert res.status == 0
+    # PREEMPT through a: two (on b) loses its registration: REGISTRATIONS PREEMPTED there
+    g.lus["b"].clear_ua(two_b.initiator_port)
+    cdb, params = prout(4, key=0x1111, sa_key=0x2222, rtype=1)
+    assert command(runners["a"], servers["a"], g.lus["a"], cdb, one_a, params).status == 0
+    await g.rounds(1, only=["b"])
+    assert g.lus["b"].pop_ua(two_b.initiator_port) is Asc.REGISTRATIONS_PREEMPTED
+    g.close()
+
+
+@arun
+async def test_a_change_fails_not_ready_when_the_owner_never_applies_it(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    server = DeviceServer({0: g.lus["b"]}, target_name=TARGET)
+    cdb, params = prout(0, sa_key=0xAAAA)
+
+    async def tick() -> None:  # time passes, a never beats (hung)
+        while True:
+            await asyncio.sleep(0.01)
+            g.clock.now += 0.5
+
+    ticker = asyncio.get_running_loop().create_task(tick())
+    res = await asyncio.to_thread(command, Runner(clock=g.clock), server, g.lus["b"], cdb,
+                                  nexus("one", 2), params)
+    ticker.cancel()
+    assert res.status == Status.CHECK_CONDITION
+    assert parse_sense(res.sense) == (SenseKey.NOT_READY, Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
     g.close()

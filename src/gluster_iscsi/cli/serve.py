@@ -493,11 +493,15 @@ async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod
             p["advertise"] = advertise
     try:
         cfg = cfgmod.validate(cfg)
+        if cfg.get("group"):
+            cfg = group_luns(cfg)
         portal_cfg, cfg["portals"] = cfg["portals"], []
         await control.reconciler.apply(cfg)  # targets and LUNs before any listener opens
         cfg["portals"] = portal_cfg
     except Exception as exc:  # noqa: BLE001
         raise StartError(EXIT_CONFIG, f"cannot apply the configuration: {exc}") from None
+    if cfg.get("group"):
+        await _join_group(daemon, control, cfg)  # the member beats before any portal opens
     try:
         await control.start()
     except RuntimeError as exc:
@@ -529,6 +533,69 @@ async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod
                                        f"{exc.strerror or exc}",
                          "give a writable directory with --state-dir") from None
     return dict(cfg)
+
+
+def group_luns(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A group's LUNs are opened O_DIRECT (docs/HA.md decision 3: GOOD follows the bricks'
+    acknowledgement, no gateway-side cache a failover could lose)."""
+    out = dict(cfg)
+    out["targets"] = [
+        {**t, "luns": [
+            lu if lu["bstype"] == "memory"
+            else {**lu, "options": {**(lu.get("options") or {}), "o_direct": True}}
+            for lu in t["luns"]]}
+        for t in cfg["targets"]
+    ]
+    return out
+
+
+async def _join_group(daemon: Daemon, control: ControlServer, cfg: dict[str, Any]) -> None:
+    """Open the group directory (off the loop), join as this gateway and attach every LUN."""
+    from ..group.shared import open_shared
+    from ..server.group import GroupMember
+
+    g = cfg["group"]
+    loop = asyncio.get_running_loop()
+    try:
+        shared = await loop.run_in_executor(daemon.store_executor, open_shared, g["location"])
+    except (OSError, ValueError) as exc:
+        raise StartError(EXIT_UNAVAILABLE, f"cannot open the group directory {g['location']}: "
+                                           f"{exc}",
+                         "check that the volume is mounted (or reachable) and the location in "
+                         "the config's group section") from None
+    member = GroupMember(shared, g["gateway"], g["number"], beat_seconds=g["beat_seconds"],
+                         lease_seconds=g["lease_seconds"])
+    daemon.join_group(member)
+    try:
+        await attach_group_luns(daemon, member, shared, control.reconciler.current())
+        await member.start()
+    except Exception as exc:  # noqa: BLE001
+        await member.stop(release=True)
+        shared.close()
+        raise StartError(EXIT_UNAVAILABLE, f"cannot join the gateway group: {exc}") from None
+    daemon.group_shared = shared
+    log.info("gateway group: %s is gateway %d (TPGT %d) of %s; %d LUNs", g["gateway"],
+             g["number"], daemon.tpgt, g["location"], len(member.luns))
+
+
+async def attach_group_luns(daemon: Daemon, member: Any, shared: Any,
+                            cfg: dict[str, Any]) -> None:
+    """Every LUN of this daemon becomes a group LUN keyed by its file's GFID (the one place
+    that chooses which LUNs are in the group: the group definition replaces it later)."""
+    from ..control.config import _classify
+
+    loop = asyncio.get_running_loop()
+    for t in cfg["targets"]:
+        target = daemon.registry.lookup(t["name"])
+        device = target.device if target is not None else None
+        for lun in t["luns"]:
+            lu = device.lu(lun["lun"]) if device is not None else None
+            kind = _classify(lun["backing"], lun.get("bstype"))
+            if lu is None or kind is None or kind[0] == "memory":
+                continue
+            path = kind[1] if kind[0] == "file" else kind[1].path
+            key = await loop.run_in_executor(daemon.store_executor, shared.gfid, path)
+            member.attach(lu, key.replace(":", "-"), lun.get("preferred"))
 
 
 def _listening(daemon: Daemon, p: dict[str, Any]) -> bool:

@@ -20,7 +20,9 @@ Shape (schema version 1)::
                  "incoming": ["bob"], "outgoing": null}],
         "incoming": ["alice"], "outgoing": null,
         "params": {}
-      }]
+      }],
+      "group": {"location": "/mnt/vol/.gluster-iscsi", "gateway": "gw1", "number": 1,
+                "beat_seconds": 1.0, "lease_seconds": 5.0}   # optional: a gateway group
     }
 
 Accounts are named once and referenced by user name (as tgt does), so a secret lives in one
@@ -614,6 +616,54 @@ def validate_target(raw: Any, accounts: dict[str, str], field: str) -> dict[str,
     return out
 
 
+GATEWAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _seconds(raw: Any, field: str, default: float) -> float:
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= 3600:
+        raise ConfigError(field, f"{raw!r} is not a number of seconds above 0 (at most 3600)")
+    return float(raw)
+
+
+def validate_group(raw: Any, field: str = "group") -> dict[str, Any]:
+    """This daemon's membership of a gateway group (docs/HA.md): where the group directory
+    is, this gateway's name and number, its heartbeat and lease."""
+    if not isinstance(raw, dict):
+        raise ConfigError(field, "must be an object with location, gateway, number",
+                          'e.g. {"location": "/mnt/vol/.gluster-iscsi", "gateway": "gw1", '
+                          '"number": 1}')
+    extra = set(raw) - {"location", "gateway", "number", "beat_seconds", "lease_seconds"}
+    if extra:
+        raise ConfigError(f"{field}.{sorted(extra)[0]}", "unknown key",
+                          "known keys: location, gateway, number, beat_seconds, lease_seconds")
+    location = raw.get("location")
+    if not isinstance(location, str) or not location.strip():
+        raise ConfigError(f"{field}.location", "missing group directory",
+                          "give a directory on the volume's FUSE mount (an absolute path) or "
+                          "gluster://host/VOLUME[/dir]")
+    if not re.match(r"^gluster(\+[a-z]+)?://", location, re.IGNORECASE) \
+            and not os.path.isabs(location):
+        raise ConfigError(f"{field}.location", f"{location!r} is a relative path",
+                          "give an absolute path or a gluster:// URL")
+    gateway = raw.get("gateway")
+    if not isinstance(gateway, str) or not GATEWAY_NAME.match(gateway):
+        raise ConfigError(f"{field}.gateway", f"{gateway!r} is not a gateway name",
+                          "1-64 letters, digits, '.', '_' or '-', starting with a letter or "
+                          "digit (e.g. the host name)")
+    number = _int(raw.get("number"), f"{field}.number", 1, 255)
+    beat = _seconds(raw.get("beat_seconds"), f"{field}.beat_seconds", 1.0)
+    lease = _seconds(raw.get("lease_seconds"), f"{field}.lease_seconds", 5.0)
+    if lease < 2 * beat:
+        raise ConfigError(f"{field}.lease_seconds",
+                          f"{lease:g} s is under two heartbeats ({beat:g} s each)",
+                          "a lease must outlast at least two missed heartbeats: raise "
+                          "lease_seconds or lower beat_seconds")
+    return {"location": location, "gateway": gateway, "number": number,
+            "beat_seconds": beat, "lease_seconds": lease}
+
+
 def validate(cfg: Any, *, stat_files: bool = True) -> dict[str, Any]:
     """Check a whole document and return its normalized form (missing ids filled in).
 
@@ -625,7 +675,8 @@ def validate(cfg: Any, *, stat_files: bool = True) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ConfigError("", "the config must be a JSON object")
     cfg = migrate(cfg)
-    known = {"version", "epoch", "params", "portals", "accounts", "discovery", "targets", "group"}
+    known = {"version", "epoch", "params", "portals", "accounts", "discovery", "targets",
+             "group"}
     extra = set(cfg) - known
     if extra:
         raise ConfigError(
@@ -675,7 +726,9 @@ def validate(cfg: Any, *, stat_files: bool = True) -> dict[str, Any]:
     for i, t in enumerate(targets):
         _check_bursts({**effective, **t["params"]}, f"targets[{i}].params")
     epoch = cfg.get("epoch", 0)
-    out = {
+    group = cfg.get("group")
+    out_group = {} if group is None else {"group": validate_group(group)}
+    return {
         "version": SCHEMA_VERSION,
         "epoch": epoch if isinstance(epoch, int) and epoch >= 0 else 0,
         "params": params,
@@ -683,26 +736,7 @@ def validate(cfg: Any, *, stat_files: bool = True) -> dict[str, Any]:
         "accounts": accounts,
         "discovery": discovery,
         "targets": targets,
-    }
-    if cfg.get("group") is not None:
-        out["group"] = validate_group_section(cfg["group"])
-    return out
-
-
-def validate_group_section(raw: Any) -> dict[str, Any]:
-    """The ``group`` section (the runtime branch owns its schema; this stand-in keeps the
-    keys the management side writes until that lands)."""
-    if not isinstance(raw, dict):
-        raise ConfigError("group", "must be an object")
-    for key in ("location", "gateway"):
-        if not isinstance(raw.get(key), str) or not raw[key]:
-            raise ConfigError(f"group.{key}", "missing")
-    return {
-        "location": raw["location"],
-        "gateway": raw["gateway"],
-        "number": _int(raw.get("number"), "group.number", 1, 255),
-        "beat_seconds": float(raw.get("beat_seconds") or 1.0),
-        "lease_seconds": float(raw.get("lease_seconds") or 5.0),
+        **out_group,
     }
 
 

@@ -139,3 +139,16 @@ class DaemonControl(Protocol):
     # ------------------------------------------------------------------ counters
     def lun_stats(self) -> list[dict[str, Any]]:
         """Every LUN's counters, as ``lun stats --json`` shows them (docs/CLI-JSON.md)."""
+
+    # ------------------------------------------------------------------ the gateway group
+    def group_status(self) -> dict[str, Any] | None:
+        """The gateway group as this daemon sees it (docs/HA.md): ``gateway``, ``number``,
+        ``beat_seconds``, ``lease_seconds``, ``luns`` (key -> owner, epoch, role,
+        state_version, move_to, issue_deadline_in), ``gateways`` (name -> number, beat, age,
+        live, version); None when the daemon is not in a group."""
+
+    def group_move(self, lun_key: str, gateway: str) -> Awaitable[None]:
+        """Ask the owner of the group LUN ``lun_key`` (its file's GFID) to hand it to
+        ``gateway``; the move itself completes asynchronously (``group_status`` shows it).
+        Raises ValueError when not in a group or ``gateway`` is unknown, KeyError for an
+        unknown LUN."""

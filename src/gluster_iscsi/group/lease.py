@@ -17,9 +17,10 @@ The lease is a Gluster POSIX lock on byte 0 of the LUN's lease file plus the lea
 - **MOVING_OUT**: a planned move (:meth:`Lease.move_out`): the owner keeps beating with
   ``move_to`` set (every gateway then reports the LUN transitioning), waits for its in-flight
   commands to end (:meth:`Lease.drained`), then releases the lock for the target.
-- **STANDBY**: reads the record every beat (:meth:`Lease.observed`) and tries the lock when
-  the record hands it over (``move_to`` is this gateway), was released (owner None), the
-  LUN prefers this gateway, or the heartbeat in it has not changed for ``lease_seconds``.
+- **STANDBY**: reads the record every beat (:meth:`Lease.observed`) and tries the lock
+  (non-blocking) every beat, except while a planned move hands the LUN to another gateway,
+  or, before anyone ever owned the LUN, while the LUN's preferred gateway may still come;
+  either holds only until the record has not changed for ``lease_seconds``.
 - **TAKING**: got the lock; re-reads the record under it and writes the next epoch
   (:meth:`Lease.take`), then OWNER (:meth:`Lease.took`) or, on any failure, releases.
 
@@ -255,11 +256,10 @@ class Lease:
             return self.preferred in (None, me)
         if record.move_to is not None:
             return record.move_to == me
-        if record.owner is None:  # released on a planned stop
-            return True
-        if record.owner == me:  # ours by the record (a restart of this gateway): reclaim
-            return True
-        return self.preferred == me
+        # Owned, or released on a planned stop: try every beat. The lock is the fence (a live
+        # owner holds it; the bricks free it the moment a killed owner's connection goes), so
+        # a try costs one call and a SIGKILL costs about one beat, not a lease.
+        return True
 
     def lock_result(self, got: bool, now: float) -> Do:
         """The try of byte 0: READ (the record again, under the lock) or NOTHING."""

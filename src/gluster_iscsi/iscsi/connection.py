@@ -478,7 +478,8 @@ class Connection(Transfer):
                 continue
             out.append(("TargetName", t.name))
             for portal in reg.portals:
-                out.append(("TargetAddress", f"{portal.advertised(self.local_address)},{t.tpgt}"))
+                # the portal group tag of this daemon's portals (a gateway group's member: its number)
+                out.append(("TargetAddress", f"{portal.advertised(self.local_address)},{self.tpgt}"))
         return out
 
     def _on_logout(self, pdu: Pdu) -> None:

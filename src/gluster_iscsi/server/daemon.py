@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import os
@@ -28,6 +29,7 @@ from ..logs import PROBLEMS
 from ..model.targets import Portal, Target, TargetRegistry
 from .admission import Admission, Limits, Listener, Spare
 from .driver import ConnectionDriver
+from .group import GroupMember
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
 from .runner import LAT_BUCKETS, LAT_SHIFT, Runner, lu_state
@@ -160,6 +162,13 @@ class Daemon:
         self._lag_timer: asyncio.TimerHandle | None = None
         self._lag_due = 0.0
         self.stopped = asyncio.Event()
+        #: The portal group tag of every portal: 1, or in a gateway group the gateway's number
+        #: (its TPGT, relative target port and target port group: docs/HA.md decision 2).
+        self.tpgt = 1
+        #: This daemon's part in a gateway group (``server/group.py``), None when alone.
+        self.group: GroupMember | None = None
+        #: its group directory (``group.shared.SharedDir``), closed at stop
+        self.group_shared: Any = None
 
     @property
     def poller(self) -> IdlePoller:
@@ -512,6 +521,42 @@ class Daemon:
         self.drop_session(session, "closed by the administrator")
         return True
 
+    # ------------------------------------------------------------------ the gateway group
+    def join_group(self, member: GroupMember) -> None:
+        """Serve as gateway ``member.number`` of a group: every portal's TPGT is that number
+        (before any portal opens), and a PREEMPT AND ABORT made through another gateway aborts
+        the victims' tasks here."""
+        self.group = member
+        self.tpgt = member.number
+        member.abort = self.abort_lu_tasks
+
+    def abort_lu_tasks(self, lu: Any, initiator_ports: list[str]) -> None:
+        """Abort the tasks these initiator ports have on ``lu`` (SPC-4 5.13.11.2.4 PREEMPT AND
+        ABORT, decided on another gateway)."""
+        victims = set(initiator_ports)
+        for target in list(self.registry.targets.values()):
+            device = target.device
+            luns = getattr(device, "luns", None) or {}
+            for n, candidate in list(luns.items()):
+                if candidate is not lu:
+                    continue
+                for d in self.drivers_of(target):
+                    conn = d.conn
+                    s = conn.session if conn is not None else None
+                    if conn is not None and s is not None and s.nexus is not None \
+                            and s.nexus.initiator_port in victims:
+                        conn.abort_tasks(functools.partial(_on_lun, n))
+
+    def group_status(self) -> dict[str, Any] | None:
+        """The gateway group as this daemon sees it (``GroupMember.status``), None when alone."""
+        return self.group.status() if self.group is not None else None
+
+    async def group_move(self, lun_key: str, gateway: str) -> None:
+        """Ask the owner of the group LUN ``lun_key`` to hand it to ``gateway``."""
+        if self.group is None:
+            raise ValueError("this daemon is not in a gateway group")
+        await self.group.move(lun_key, gateway)
+
     # ------------------------------------------------------------------ lifecycle
     async def stop(self) -> None:
         """Close portals, let commands in flight finish (bounded), close connections, stores."""
@@ -531,6 +576,20 @@ class Daemon:
                 )
             except TimeoutError:
                 log.warning("commands still running after %.0fs; closing anyway", self.drain_timeout)
+        if self.group is not None:
+            # A planned stop: the LUs this gateway owns are released now, so a peer takes
+            # them at its next beat instead of after a lease.
+            try:
+                await self.group.stop(release=True)
+            except Exception:  # noqa: BLE001 - the rest of the shutdown must go on
+                log.exception("leaving the gateway group")
+            shared, self.group_shared = self.group_shared, None
+            if shared is not None:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(self.store_executor,
+                                                                     shared.close)
+                except Exception:  # noqa: BLE001
+                    log.exception("closing the group directory")
         for d in drivers:
             d.close("daemon shutting down")
         if drivers:
@@ -562,6 +621,10 @@ class Daemon:
             self._log_timer = None
         PROBLEMS.flush(everything=True)
         self.stopped.set()
+
+
+def _on_lun(lun: int, task: Any) -> bool:
+    return bool(task.lun == lun)
 
 
 def _activity(driver: ConnectionDriver) -> float | None:

@@ -49,6 +49,9 @@ class DriverHost(Protocol):
     session_table: SessionTable
     params: dict[str, str]
     login_timeout: float
+    #: the target portal group tag of every portal (1; in a gateway group, the gateway's
+    #: number: its TPGT, relative target port and target port group, docs/HA.md decision 2)
+    tpgt: int
     nop_interval: float
     nop_timeout: float
     queue_depth: int
@@ -117,7 +120,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             d.session_table,
             peer_address=str(peer[0]),
             local_address=f"{sock[0]}:{sock[1]}",
-            portal_tpgt=1,
+            portal_tpgt=d.tpgt,
             target_params=d.params,
             now=self.loop.time(),
             login_timeout=d.login_timeout,

@@ -158,6 +158,7 @@ class GroupMember:
         await self._publish()
         await self._read_gateways()
         if run:
+            await self._beat_once()  # a LU free for the taking is served from the first login
             self._task = self._loop.create_task(self._run(), name=f"group-{self.gateway}")
             self._watch()
 

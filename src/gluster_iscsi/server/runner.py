@@ -378,12 +378,22 @@ def _wait_job(runner: Runner, req: WaitJob, store: Any, lock: Lock) -> bool:
 
 
 def _shared_update(runner: Runner, req: SharedUpdate, store: Any, lock: Lock) -> Any:
+    lu = req.lu
+    rs = lu.runner_state
+    if rs is not None and rs.group is not None:
+        # A group LU (on a worker: ``Runner._step``): through the state record on the volume,
+        # GOOD only once the owner enforces it (docs/HA.md decision 4).
+        return rs.group.shared_update(lu, req.apply)
     # A lone gateway: the LU's state is this process's alone, changed in place.
-    with req.lu.state_lock:
+    with lu.state_lock:
         return req.apply()
 
 
 def _shared_refresh(runner: Runner, req: SharedRefresh, store: Any, lock: Lock) -> None:
+    lu = req.lu
+    rs = lu.runner_state
+    if rs is not None and rs.group is not None:
+        rs.group.shared_refresh(lu)  # the latest state record, loaded (on a worker)
     return None  # a lone gateway's memory is the latest state
 
 
@@ -571,8 +581,9 @@ class Runner:
                     gen.close()  # the command ends here, without its read
                     result = ScsiResult(host.full_status())
                     break
-                if t is WaitJob or (store.blocking and self.engines is not None
-                                    and t not in _INLINE):
+                if t is WaitJob or (self.engines is not None and (
+                        (store.blocking and t not in _INLINE)
+                        or (t in _INLINE and rs is not None and rs.group is not None))):
                     self._submit(task, gen, lu, host, req, target, t0)
                     return
                 try:
@@ -600,7 +611,9 @@ class Runner:
         assert engines is not None
         store = target.store
         timeout = engines.io_timeout
-        waits = type(req) is WaitJob
+        # (a group LU's shared-state calls wait on the volume and the owner: bounded by the
+        # group's lease, not by the store's I/O timeout)
+        waits = type(req) is WaitJob or type(req) in _INLINE
 
         def done(value: Any, exc: BaseException | None) -> None:
             if exc is not None and type(exc) is IoTimeout:

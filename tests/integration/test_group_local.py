@@ -1,0 +1,187 @@
+"""A gateway group of real daemons on one machine (docs/HA.md): three ``serve`` processes on
+loopback ports, each with its own state directory and a config whose ``group`` section names
+one tmp-dir group directory, all exporting one file LUN."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from .daemon import Daemon, free_port
+from .pyinitiator import Session
+
+pytestmark = pytest.mark.integration
+
+IQN = "iqn.2026-12.org.test:ha"
+UUID = "6f1c2c3e-0000-4000-8000-000000000001"
+NOT_READY, UNIT_ATTENTION = 2, 6
+BEAT, LEASE = 0.25, 1.5
+
+
+def write_config(state: Path, port: int, lun: Path, group: Path, name: str, number: int) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "version": 1,
+        "portals": [{"host": "127.0.0.1", "port": port, "advertise": None}],
+        "targets": [{"name": IQN, "tid": 1, "acl": [{"network": "ALL"}],
+                     "luns": [{"lun": 1, "backing": str(lun), "bstype": "rdwr",
+                               "uuid": UUID, "serial": "ha0001"}]}],
+        "group": {"location": str(group), "gateway": name, "number": number,
+                  "beat_seconds": BEAT, "lease_seconds": LEASE},
+    }
+    (state / "config.json").write_text(json.dumps(cfg))
+
+
+def sense_of(sense: bytes) -> tuple[int, int]:
+    if not sense:
+        return 0, 0
+    if sense[0] & 0x7F in (0x72, 0x73):
+        return sense[1] & 0x0F, sense[2] << 8 | sense[3]
+    return sense[2] & 0x0F, sense[12] << 8 | sense[13]
+
+
+async def cmd(s: Session, cdb: bytes, **kw) -> tuple[int, bytes, bytes]:
+    """A command, past the unit attentions a login and ALUA changes queue."""
+    for _ in range(20):
+        status, data, sense = await s.scsi(cdb, **kw)
+        if status == 2 and sense_of(sense)[0] == UNIT_ATTENTION:
+            continue
+        return status, data, sense
+    raise AssertionError("unit attentions without end")
+
+
+def rtpg_states(data: bytes) -> dict[int, tuple[int, tuple[int, ...]]]:
+    """REPORT TARGET PORT GROUPS: group -> (access state, relative ports)."""
+    end = 4 + struct.unpack(">I", data[:4])[0]
+    out = {}
+    i = 4
+    while i < end:
+        state, tpg, count = data[i] & 0x0F, struct.unpack(">H", data[i + 2:i + 4])[0], data[i + 7]
+        ports = tuple(struct.unpack(">H", data[i + 8 + 4 * k + 2:i + 8 + 4 * k + 4])[0]
+                      for k in range(count))
+        out[tpg] = (state, ports)
+        i += 8 + 4 * count
+    return out
+
+
+RTPG = bytes([0xA3, 0x0A, 0, 0, 0, 0]) + struct.pack(">I", 1024) + bytes(2)
+TUR = bytes(6)
+
+
+def write10(lba: int, blocks: int = 1) -> bytes:
+    return struct.pack(">BBIBHB", 0x2A, 0, lba, 0, blocks, 0)
+
+
+def read10(lba: int, blocks: int = 1) -> bytes:
+    return struct.pack(">BBIBHB", 0x28, 0, lba, 0, blocks, 0)
+
+
+def pr_out(action: int, key: int, sa_key: int = 0, rtype: int = 0) -> tuple[bytes, bytes]:
+    params = struct.pack(">QQ4xBxH", key, sa_key, 0, 0)
+    return struct.pack(">BBBxxIx", 0x5F, action, rtype, len(params)), params
+
+
+async def until(fn, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while True:
+        got = await fn()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def gateways(tmp_path):
+    lun = tmp_path / "lun.img"
+    with open(lun, "wb") as f:
+        f.truncate(8 << 20)
+    group = tmp_path / "group"
+    daemons = []
+    for n in (1, 2, 3):
+        port = free_port()
+        state = tmp_path / f"gw{n}"
+        write_config(state, port, lun, group, f"gw{n}", n)
+        daemons.append(Daemon(state, ports=[port], demo=False))
+    daemons[0].start()  # gw1 first: it takes the LUN
+    yield daemons
+    for d in daemons:
+        d.stop()
+
+
+def test_group_of_three_owner_standby_alua_pr_and_failover(gateways):
+    gw1, gw2, gw3 = gateways
+
+    async def main() -> None:
+        async with Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:x") as a:
+            assert (await cmd(a, TUR))[0] == 0
+            status, _, _ = await cmd(a, write10(8), data_out=b"\xa5" * 512)
+            assert status == 0  # the owner serves
+        gw2.start()
+        gw3.start()
+        x2 = Session("127.0.0.1", gw2.port, IQN, "iqn.2026-12.org.test:x")
+        y1 = Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:y")
+        async with x2, y1:
+            # a standby answers media access NOT READY, LU NOT ACCESSIBLE, STANDBY (04/0B)
+            status, _, sense = await cmd(x2, TUR)
+            assert status == 2 and sense_of(sense) == (NOT_READY, 0x040B), gw2.log_text()[-2000:]
+            # VPD 83h through gw2 carries relative target port 2 and target port group 2
+            status, vpd, _ = await cmd(x2, bytes([0x12, 1, 0x83, 0, 255, 0]), read_len=255)
+            assert status == 0
+            assert bytes([0x94, 0, 4, 0, 0, 0, 2]) in vpd  # relative target port 2
+            assert bytes([0x95, 0, 4, 0, 0, 0, 2]) in vpd  # target port group 2
+            assert b"iqn.2026-12.org.test:ha,t,0x0002" in vpd  # the target port's name
+
+            async def tables():
+                out = []
+                for port in (gw1.port, gw2.port, gw3.port):
+                    async with Session("127.0.0.1", port, IQN, "iqn.2026-12.org.test:z") as s:
+                        status, data, _ = await cmd(s, RTPG, read_len=1024)
+                        assert status == 0
+                        out.append(rtpg_states(data))
+                return out if out[0] == out[1] == out[2] and len(out[0]) == 3 else None
+
+            t = (await until(tables, 10, "equal RTPG on every gateway"))[0]
+            assert t == {1: (0, (1,)), 2: (2, (2,)), 3: (2, (3,))}
+            # PR made through the standby, enforced by the owner for another initiator
+            cdb, params = pr_out(0, 0, 0xAB)  # REGISTER
+            assert (await cmd(x2, cdb, data_out=params))[0] == 0
+            cdb, params = pr_out(1, 0xAB, rtype=1)  # RESERVE, write exclusive
+            assert (await cmd(x2, cdb, data_out=params))[0] == 0
+            status, _, _ = await cmd(y1, write10(9), data_out=b"\x5a" * 512)
+            assert status == 0x18  # RESERVATION CONFLICT
+            status, data, _ = await cmd(y1, read10(8), read_len=512)
+            assert status == 0 and data == b"\xa5" * 512  # reads stay allowed (WE)
+            cdb, params = pr_out(3, 0xAB)  # CLEAR
+            assert (await cmd(x2, cdb, data_out=params))[0] == 0
+            status, _, _ = await cmd(y1, write10(9), data_out=b"\x5a" * 512)
+            assert status == 0
+
+        # SIGKILL of the owner: another gateway serves within a few seconds, data intact
+        killed = time.monotonic()
+        gw1.stop(signal.SIGKILL)
+
+        async def served():
+            for d in (gw2, gw3):
+                async with Session("127.0.0.1", d.port, IQN, "iqn.2026-12.org.test:x") as s:
+                    status, data, _ = await cmd(s, read10(8), read_len=512)
+                    if status == 0:
+                        return d, data
+            return None
+
+        owner, data = await until(served, 10, "a surviving gateway serving")
+        took = time.monotonic() - killed
+        assert data == b"\xa5" * 512
+        async with Session("127.0.0.1", owner.port, IQN, "iqn.2026-12.org.test:x") as s:
+            status, data, _ = await cmd(s, read10(9), read_len=512)
+            assert status == 0 and data == b"\x5a" * 512
+        print(f"failover after SIGKILL: {took:.2f}s")
+
+    asyncio.run(main())
