@@ -28,11 +28,25 @@ BEAT = 1.0
 LUN_SIZE = 64 << 20
 LUN_BLOCKS = LUN_SIZE // BLOCK
 
-RUNTIME_MISSING = (
-    "the group runtime (branch `runtime`: the daemon config's \"group\" section, standby "
-    "gateways, leases) has not landed: today a daemon refuses the config ('group: unknown key')"
+# Measured 2026-12-05 16:13 on this branch (runtime 1aef3f3 + mgmt f802217 merged): every
+# test below fails because all three gateways answer media access GOOD (three active
+# writers, no standby). With the runtime branch alone (its src on PYTHONPATH) every test
+# here but the `lun move` one (mgmt's command) passes. The merge breaks it twice over:
+#  - a config whose "group" section names a directory without group.json (the runtime's
+#    way) gets "cannot take the group definition in: no gateway group" from mgmt's control
+#    layer, and its lone-gateway check refuses gw2/gw3's LUN ("exported by gateway gw1 ...
+#    put both in a group") although they are group members; the LUN then comes back
+#    ("LUN 1 online again") as a plain, non-group LUN on gw2 and gw3;
+#  - a group made with `group create/join` + `lun create` (mgmt's way,
+#    test_a_group_made_with_the_cli_has_one_owner) attaches no LUN to the group coordinator
+#    ("gateway group: gwN ... 0 LUNs"; `group show` owner null): attach_group_luns runs at
+#    start on the local config's targets only, the definition's LUNs are added later as
+#    plain LUNs, so every gateway serves them active.
+INTEGRATION_GAP = (
+    "runtime+mgmt merged: group LUNs are served active by every gateway (mgmt's definition "
+    "and lone-gateway checks vs. the runtime's config-section group; see the comment above)"
 )
-pytestmark = pytest.mark.xfail(strict=True, reason=RUNTIME_MISSING)
+pytestmark = pytest.mark.xfail(strict=True, reason=INTEGRATION_GAP)
 
 
 def ask(gw: Gateway, what: str, *args: object) -> Answer:
@@ -80,6 +94,28 @@ def group(gateways: list[Gateway], ha_volume: GlusterEnv,
     request.node.user_properties.append(("gateway logs", logs))
 
 
+def rtpg_tables(gws: list[Gateway]) -> dict[str, object]:
+    from tests.ha.scsi import parse_rtpg
+
+    out: dict[str, object] = {}
+    for g in gws:
+        a = ask(g, "rtpg")
+        out[g.name] = parse_rtpg(a.data) if a.good else str(a)
+    return out
+
+
+def wait_settled(gws: list[Gateway], timeout: float = 6 * LEASE) -> Gateway:
+    """The owner, once every gateway reports the same ALUA table (each has seen every other
+    gateway's heartbeat): before that, tables and unit attentions are still changing."""
+    owner = wait_owner(gws)
+    deadline = time.monotonic() + timeout
+    tables = rtpg_tables(gws)
+    while len({repr(t) for t in tables.values()}) != 1 and time.monotonic() < deadline:
+        time.sleep(BEAT)
+        tables = rtpg_tables(gws)
+    return owner
+
+
 def blocks_for(lbas: list[int], tag: str) -> dict[int, bytes]:
     return {lba: f"{tag}:{lba}:".encode().ljust(BLOCK, b"#") for lba in lbas}
 
@@ -115,15 +151,12 @@ def test_one_owner_the_others_answer_not_ready_standby(group):
 
 
 def test_rtpg_is_identical_through_every_gateway_and_names_the_owner(group):
-    from tests.ha.scsi import parse_rtpg
-
-    owner = wait_owner(group)
-    answers = {gw.name: ask(gw, "rtpg") for gw in group}
-    for name, a in answers.items():
-        assert a.good, f"RTPG through {name}: {a}"
-    datas = {name: a.data for name, a in answers.items()}
-    assert len(set(datas.values())) == 1, datas
-    groups = parse_rtpg(next(iter(datas.values())))
+    owner = wait_settled(group)
+    # Identical but for each descriptor's status code (byte 5: why the state last changed,
+    # which each gateway knows for the changes it saw itself)
+    tables = rtpg_tables(group)
+    assert len({repr(t) for t in tables.values()}) == 1, tables
+    groups = next(iter(tables.values()))
     # one target port group per gateway, numbered as the gateway, one relative port each
     assert sorted(groups) == [gw.number for gw in group], groups
     for gw in group:
@@ -164,37 +197,37 @@ def test_lun_move_hands_the_data_to_the_new_owner(group):
 
 # -- libiscsi's multipath and reservation families -------------------------------------------
 
-# Which libiscsi tests need medium access through the second URL (test-tool/*.c, read via the
-# project's source index): MultipathIO.Simple writes through path i and reads through path
-# i+1 for every i; Reset and CompareAndWrite(Async) issue media commands on each path too.
-# Against a standby second path they must fail with NOT READY 04/0B on that path (what an
-# ALUA initiator routes around), so they are run with both URLs on the owner's portal
-# (two sessions, one gateway) for their data checks, and against the standby only to see
-# that every refusal there is 04/0B.
+# Which libiscsi tests need medium access through the second URL (libiscsi test-tool/*.c):
+# MultipathIO.Simple writes through path i and reads through path i+1 for every i; Reset and
+# CompareAndWrite(Async) issue media commands on each path too; the PR families pair the
+# first URL with a second session (mp_sds[1] when given) and check READ/WRITE through both.
+# None of them can run with a standby second URL: iscsi-test-cu's connect itself runs TEST
+# UNIT READY and gives up on NOT READY 04/0B ("Login Failed ... 0x040b"), which the first
+# test below pins. So the families run with both URLs on the owner (two sessions, two
+# initiator names, one gateway), on a LUN whose state lives in the group.
 PR_FAMILIES = ["ALL.PrinReadKeys", "ALL.PrinServiceactionRange", "ALL.PrinReportCapabilities",
                "ALL.ProutRegister", "ALL.ProutReserve", "ALL.ProutClear", "ALL.ProutPreempt"]
 
 
-def test_iscsi_test_cu_reservation_families_with_the_second_url_on_a_standby(group):
-    owner = wait_owner(group)
+def test_iscsi_test_cu_cannot_use_a_standby_path_it_is_refused_04_0b(group):
+    owner = wait_settled(group)
     standby = next(gw for gw in group if gw is not owner)
+    run = cunit.run(owner.url(1), "ALL.MultipathIO.Simple", url2=standby.url(1), timeout=600)
+    assert not run.by("passed"), run.output[-2000:]
+    assert "NOT READY" in run.output and "0x040b" in run.output, run.output[-2000:]
+
+
+def test_iscsi_test_cu_reservation_and_multipath_families_on_a_group_lun(group):
+    owner = wait_settled(group)
     failed = []
-    for family in PR_FAMILIES:
-        run = cunit.run(owner.url(1), family, url2=standby.url(1), timeout=600)
+    ran = 0
+    for family in [*PR_FAMILIES, "ALL.MultipathIO"]:
+        run = cunit.run(owner.url(1), family, url2=owner.url(1), timeout=600)
         assert run.results, run.output[-3000:]
+        ran += len(run.results)
         failed += [f"{r.name}: {r.detail[-300:]}" for r in run.by("failed")]
     assert not failed, "\n".join(failed)
-
-
-def test_iscsi_test_cu_multipathio_on_the_owner_and_refused_on_a_standby(group):
-    owner = wait_owner(group)
-    standby = next(gw for gw in group if gw is not owner)
-    both_owner = cunit.run(owner.url(1), "ALL.MultipathIO", url2=owner.url(1), timeout=600)
-    assert both_owner.results and not both_owner.by("failed"), both_owner.output[-3000:]
-    against_standby = cunit.run(owner.url(1), "ALL.MultipathIO", url2=standby.url(1),
-                                timeout=600)
-    for r in against_standby.by("failed"):
-        assert "NOT_READY" in r.detail or "NOT READY" in r.detail, (r.name, r.detail)
+    assert ran >= 20
 
 
 # -- failures --------------------------------------------------------------------------------
@@ -276,3 +309,31 @@ def test_a_partitioned_owner_stops_acknowledging_and_nothing_it_took_lands_later
     assert not landed, f"old owner's writes landed after the takeover ({took_over:.0f}s): {landed}"
     # and the old owner, back on the network, is a standby now
     assert wait_owner(group, timeout=60) is new
+
+
+def test_a_group_made_with_the_cli_has_one_owner(gateways, ha_volume, request):
+    """The admin's way (README quick start): group create, group join on every gateway,
+    target/LUN/ACL made once through one gateway; then one owner, two standby."""
+    name = request.node.name[:40]
+    os.makedirs(ha_volume.fuse_path("group"), exist_ok=True)
+    lun_path = f"group/{name}.img"
+    make_file(ha_volume, lun_path, LUN_SIZE)
+    location = ha_volume.url(f"group/{name}.gluster-iscsi")
+    first = gateways[0]
+    first.cli("group", "create", "ha", "--location", location)
+    for gw in gateways:
+        gw.state_dir.mkdir(parents=True, exist_ok=True)
+        gw.cli("group", "join", location, "--gateway", gw.name, "--number", str(gw.number),
+               "--address", gw.portal)
+    for gw in gateways:
+        gw.start()
+    first.cli("target", "create", IQN)
+    first.cli("lun", "create", IQN, ha_volume.url(lun_path), "--lun", "1")
+    first.cli("acl", "add", IQN, "ALL")
+    try:
+        owner = wait_owner(gateways, timeout=60)
+        for gw in gateways:
+            assert ask(gw, "tur").good == (gw is owner)
+    finally:
+        for gw in gateways:
+            gw.stop()
