@@ -1,0 +1,50 @@
+"""The kernel initiator with dm-multipath over a gateway group (issue 20, docs/HA.md).
+
+Three gateways of one group run in network namespaces on the host (tests/ha harness: a
+replica-3 volume, one gfapi LUN); the QEMU guest reaches two of them through user
+networking (outbound NAT to 192.0.2.11/12) and runs in-guest/scenario-hamultipath.sh:
+one multipath device for the LUN, the `alua` device handler on both paths, and the owner's
+path in the active path group (priority 50) with the other gateway's path standing by.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ha.conftest import gateways, ha_net, ha_volume  # noqa: F401 (fixtures)
+from tests.ha.harness import IQN
+from tests.ha.test_group import INTEGRATION_GAP, group, wait_settled  # noqa: F401 (fixture)
+
+GUEST_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "guest"
+if str(GUEST_SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(GUEST_SCRIPTS))
+
+from guest_harness import run_scenario  # noqa: E402
+
+pytestmark = [pytest.mark.guest, pytest.mark.gluster]
+
+REQUIRED = ["multipathd_started", "discovery1", "discovery2", "login", "paths_appear",
+            "same_wwid", "alua_handler", "owner_group_active", "io", "done"]
+
+
+@pytest.mark.xfail(strict=True, reason=INTEGRATION_GAP)
+def test_dm_multipath_sees_one_alua_device_with_the_owners_path_active(
+        guest_image, guest_workdir, group, record_property):  # noqa: F811
+    owner = wait_settled(group)
+    other = next(gw for gw in group if gw is not owner)
+    first, second = sorted([owner, other], key=lambda g: g.number)
+    env = {
+        "GI_TARGET_IQN": IQN,
+        "GI_LUN": "1",
+        "GI_PORTALS": f"{first.portal} {second.portal}",
+        "GI_OWNER_PORTAL": owner.portal,
+        "GI_STRICT_DISCOVERY": "1",
+    }
+    run = run_scenario("hamultipath", env, image_dir=guest_image, workdir=guest_workdir,
+                       timeout=900)
+    record_property("guest", run.summary())
+    problems = run.check(REQUIRED)
+    assert not problems, f"{problems}\n{run.summary()}\nconsole: {guest_workdir}"
