@@ -31,8 +31,10 @@ REQUIRED = ["multipathd_started", "discovery1", "discovery2", "login", "paths_ap
 
 
 @pytest.mark.xfail(strict=True, reason=INTEGRATION_GAP)
-def test_dm_multipath_sees_one_alua_device_with_the_owners_path_active(
+def test_multipath_alua_owner_active(
         guest_image, guest_workdir, group, record_property):  # noqa: F811
+    """dm-multipath sees one ALUA device whose active path group is the owner's (a short
+    name: the guest harness puts a Unix socket under a directory named after the test)."""
     owner = wait_settled(group)
     other = next(gw for gw in group if gw is not owner)
     first, second = sorted([owner, other], key=lambda g: g.number)

@@ -61,6 +61,7 @@ def wait_owner(gws: list[Gateway], timeout: float = 90, among: list[Gateway] | N
     """The one gateway whose TUR is GOOD, once every other running one answers standby."""
     deadline = time.monotonic() + timeout
     last = ""
+    several = 0
     while time.monotonic() < deadline:
         answers = {g.name: ask(g, "tur") for g in gws if g.running}
         good = [g for g in gws if g.running and answers[g.name].good]
@@ -68,6 +69,9 @@ def wait_owner(gws: list[Gateway], timeout: float = 90, among: list[Gateway] | N
             if among is None or good[0] in among:
                 return good[0]
         last = ", ".join(f"{n}: {a}" for n, a in answers.items())
+        # two gateways giving media access at once is never a transient state of a group
+        several = several + 1 if len(good) > 1 else 0
+        assert several < 3, f"several gateways serve the medium: {last}"
         time.sleep(0.5)
     raise AssertionError(f"no single owner after {timeout}s: {last}")
 
