@@ -5,6 +5,9 @@ replica-3 volume, one gfapi LUN); the QEMU guest reaches two of them through use
 networking (outbound NAT to 192.0.2.11/12) and runs in-guest/scenario-hamultipath.sh:
 one multipath device for the LUN, the `alua` device handler on both paths, and the owner's
 path in the active path group (priority 50) with the other gateway's path standing by.
+Then SIGKILL of the owner during a write stream: no I/O error, the other gateway's path
+becomes active, the killed gateway returns (a standby now) and its path is reinstated,
+every acknowledged MiB verifies.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from guest_harness import run_scenario  # noqa: E402
 pytestmark = [pytest.mark.guest, pytest.mark.gluster]
 
 REQUIRED = ["multipathd_started", "discovery1", "discovery2", "login", "paths_appear",
-            "same_wwid", "alua_handler", "owner_group_active", "io", "done"]
+            "same_wwid", "alua_handler", "owner_group_active", "io", "stream_started",
+            "kill_owner", "failover", "io_continues", "restart_owner", "path_reinstated",
+            "io_after_return", "stream_clean", "data_verifies", "done"]
 
 
 @pytest.mark.xfail(strict=True, reason=INTEGRATION_GAP)
@@ -44,9 +49,12 @@ def test_multipath_alua_owner_active(
         "GI_PORTALS": f"{first.portal} {second.portal}",
         "GI_OWNER_PORTAL": owner.portal,
         "GI_STRICT_DISCOVERY": "1",
+        "GI_STREAM_MAX": "900",  # MiB, within the 1 GiB LUN
     }
+    actions = {"kill-owner": lambda args: str(owner.kill()),
+               "restart-owner": lambda args: (owner.start(), "started")[1]}
     run = run_scenario("hamultipath", env, image_dir=guest_image, workdir=guest_workdir,
-                       timeout=900)
+                       host_actions=actions, timeout=900)
     record_property("guest", run.summary())
     problems = run.check(REQUIRED)
     assert not problems, f"{problems}\n{run.summary()}\nconsole: {guest_workdir}"

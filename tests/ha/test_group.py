@@ -25,7 +25,7 @@ from tests.integration import cunit
 
 LEASE = 5.0
 BEAT = 1.0
-LUN_SIZE = 64 << 20
+LUN_SIZE = 1 << 30  # sparse; the guest's write stream needs room
 LUN_BLOCKS = LUN_SIZE // BLOCK
 
 # Measured 2026-12-05 16:13 on this branch (runtime 1aef3f3 + mgmt f802217 merged): every
@@ -79,7 +79,7 @@ def wait_owner(gws: list[Gateway], timeout: float = 90, among: list[Gateway] | N
 @pytest.fixture
 def group(gateways: list[Gateway], ha_volume: GlusterEnv,
           request: pytest.FixtureRequest) -> Iterator[list[Gateway]]:
-    """Three running gateways of one group exporting LUN 1 (a fresh 64 MiB file)."""
+    """Three running gateways of one group exporting LUN 1 (a fresh sparse 1 GiB file)."""
     name = request.node.name.replace("[", "-").replace("]", "")[:60]
     lun_path = f"group/{name}.img"
     os.makedirs(ha_volume.fuse_path("group"), exist_ok=True)

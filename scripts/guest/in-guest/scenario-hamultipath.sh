@@ -98,6 +98,23 @@ io_through_map() {
     cmp /run/gi/pattern /run/gi/readback && STEP_DETAIL="8 MiB written and read back"
 }
 
+other_active() { # after the owner's death: the other gateway's path is active/optimized
+    multipathd show paths raw format "%d %t %T %p" | grep -Eq "^$NS active ready 50"
+}
+failover() {
+    wait_for 180 other_active || { multipathd show paths raw format "%d %t %T %p"; return 1; }
+    multipathd show paths raw format "%d %t %T %p"
+    STEP_DETAIL="$NS active (prio 50); stream at $(stream_count) MiB, max latency $(stream_max_latency)s"
+}
+owner_path_back() { # the returned gateway is a standby now: its path ready again, not failed
+    multipathd show paths raw format "%d %t %T %p" | grep -Eq "^$NO (active|ghost) (ready|ghost)"
+}
+reinstated() {
+    wait_for 180 owner_path_back || { multipathd show paths raw format "%d %t %T %p"; return 1; }
+    multipath -ll
+    STEP_DETAIL="$(multipathd show paths raw format '%d %t %T %p' | tr '\n' ';')"
+}
+
 step multipathd_started start_multipathd
 step discovery1 discover "$P1"
 step discovery2 discover "$P2"
@@ -107,4 +124,14 @@ step same_wwid same_wwid
 step alua_handler alua_handler
 step owner_group_active coalesces
 step io io_through_map
+# SIGKILL of the owner during a write stream (1 MiB O_DIRECT+fsync writes, no flush first)
+step stream_started stream_start raw "$MAPDEV"
+step kill_owner hostcmd kill-owner
+step failover failover
+step io_continues stream_progress 10 180
+step restart_owner hostcmd restart-owner
+step path_reinstated reinstated
+step io_after_return stream_progress 5 120
+step stream_clean stream_finish
+step data_verifies stream_verify
 result done PASS 0 "hamultipath complete"
