@@ -6,8 +6,9 @@ end of the session even after failures (``python -m tests.ha.netenv down`` after
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,37 +25,59 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.gluster)
 
 
+# The session's namespaces and volume, shared by every registration of these fixtures: a
+# test module elsewhere (tests/guest/test_multipath.py) imports them, which makes pytest
+# keep a second session-scoped instance; both must use the one set of namespaces and the
+# one volume, torn down by the last user.
+_SHARED: dict[str, Any] = {}
+
+
+def _acquire(key: str, make: Callable[[], Any]) -> Any:
+    if key not in _SHARED:
+        _SHARED[key] = [make(), 0]
+    _SHARED[key][1] += 1
+    return _SHARED[key][0]
+
+
+def _release(key: str, drop: Callable[[Any], None]) -> None:
+    entry = _SHARED[key]
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _SHARED[key]
+        drop(entry[0])
+
+
 @pytest.fixture(scope="session")
 def ha_net() -> Iterator[NetEnv]:
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
-    net = NetEnv(3).up()
+    net = _acquire("net", lambda: NetEnv(3).up())
     try:
         yield net
     finally:
-        NetEnv.down()
+        _release("net", lambda _n: NetEnv.down())
 
 
-def _volume(name: str, net: NetEnv) -> Iterator[GlusterEnv]:
-    del net  # the bricks' address exists only while the bridges do
-    full = f"{name}-{os.getpid()}"
+def _start(name: str) -> GlusterEnv:
     try:
-        env = start_volume(full, brick_host=STORAGE_HOST)
+        return start_volume(name, brick_host=STORAGE_HOST)
     except GlusterUnavailable as e:
         if os.environ.get("CI"):
             pytest.fail(f"glusterd cannot be started: {e}")
         pytest.skip(f"glusterd cannot be started here: {e}")
-    try:
-        yield env
-    finally:
-        stop_volume(full)
 
 
 @pytest.fixture(scope="session")
 def ha_volume(ha_net: NetEnv) -> Iterator[GlusterEnv]:
     """The replica-3 volume (gluster-block options) whose bricks listen on 192.0.2.17,
-    FUSE-mounted on the host (for making and checking files; gateways use gfapi)."""
-    yield from _volume("giscsi-ha", ha_net)
+    FUSE-mounted on the host (for making and checking files; gateways use gfapi). The
+    bricks' address exists only while the bridges do: hence the dependency on ha_net."""
+    name = f"giscsi-ha-{os.getpid()}"
+    env = _acquire("volume", lambda: _start(name))
+    try:
+        yield env
+    finally:
+        _release("volume", lambda _v: stop_volume(name))
 
 
 @pytest.fixture
