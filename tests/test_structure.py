@@ -47,6 +47,8 @@ LAYERS: list[tuple[str, list[str]]] = [
 FORBIDDEN: set[tuple[str, str]] = {
     ("iscsi", "backstore"),  # the iSCSI core neither stores nor owns buffers of a store
     ("scsi", "backstore"),  # handlers yield requests; stores are called by the server
+    ("iscsi", "group"),  # the protocol cores do no I/O: the group directory is the server's
+    ("scsi", "group"),
 }
 
 #: One line per folder (and for the neutral top-level modules), for the printed tree.

@@ -122,6 +122,33 @@ def volume(tmp_path):
     return vol
 
 
+class FakeMember:
+    """What control asks of ``server.group.GroupMember``: attach and detach LUs."""
+
+    class Glu:
+        def __init__(self, lu, key, preferred):
+            self.lu, self.key, self.preferred = lu, key, preferred
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+        self.luns: dict = {}
+        self.events: list = []
+
+    def serving(self, lu):
+        return any(lu in t.device.luns.values() for t in self.registry.targets.values()
+                   if t.device is not None)
+
+    def attach(self, lu, key, preferred=None):
+        self.events.append(("attach", key, preferred, self.serving(lu)))
+        self.luns[key] = self.Glu(lu, key, preferred)
+
+    def detach(self, lu):
+        for k, g in list(self.luns.items()):
+            if g.lu is lu:
+                del self.luns[k]
+                self.events.append(("detach", k))
+
+
 class Gateway:
     """A fake daemon with what a group member adds (status, moves), and its control."""
 
@@ -159,6 +186,8 @@ class Gateway:
         self.daemon.group_move = group_move  # type: ignore[attr-defined]
         self.daemon.group_status = lambda: self.status  # type: ignore[attr-defined]
         self.server = ControlServer(self.daemon)
+        self.member = FakeMember(self.daemon.registry)
+        self.server.group_member = self.member
         self._started = False
 
     def refresh(self):
@@ -316,12 +345,13 @@ def test_show_move_rebalance_and_initiator_config(pair):
     # what the group member knows (server/group.py GroupMember.status's shape)
     a.status = {"gateways": {"gw-a": {"number": 1, "age": 0.0, "live": True, "version": "x"},
                              "gw-b": {"number": 2, "age": 9.5, "live": False, "version": "x"}},
-                "luns": {gfid: {"owner": "gw-a", "epoch": 4, "role": "owner"}}}  # fmt: skip
+                "luns": {groupmod.member_key(gfid): {"owner": "gw-a", "epoch": 4,
+                                                     "role": "owner"}}}  # fmt: skip
     show = a.call("group.show")
     assert [(g["state"], g["beat_age"]) for g in show["gateways"]] == [("up", 0.0), ("down", 9.5)]
     assert (show["luns"][0]["owner"], show["luns"][0]["epoch"]) == ("gw-a", 4)
     res = a.call("lun.move", target=T1, lun=1, to="gw-b")
-    assert res["to"] == "gw-b" and a.moves == [(gfid, "gw-b")]
+    assert res["to"] == "gw-b" and a.moves == [(groupmod.member_key(gfid), "gw-b")]
     with pytest.raises(ApiError) as e:
         a.call("lun.move", target=T1, lun=1, to="gw-z")
     assert e.value.code == "not_found" and "gw-a" in e.value.hint
@@ -341,3 +371,130 @@ def test_leave_drops_the_groups_targets_here_and_the_section(pair):
     assert res["gateway"] == "gw-b" and res["restart_required"]
     assert "group" not in cfgmod.load(b.state_dir)
     assert [g["name"] for g in a.call("group.show")["gateways"]] == ["gw-a"]
+
+
+def test_group_luns_are_attached_to_the_member_before_they_serve_and_detached(pair):
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    a.call("lun.create", target=T1, backing=str(vol / "disk1.img"))
+    b.refresh()
+    gfid = a.call("group.show")["luns"][0]["gfid"]
+    key = groupmod.member_key(gfid)
+    assert ":" not in key
+    for gw in (a, b):
+        # attached with its preferred gateway, while not yet in any device (no command can
+        # reach its store before the member owns it)
+        assert gw.member.events == [("attach", key, "gw-a", False)]
+        assert gw.member.luns[key].lu is gw.server.reconciler.logical_unit(T1, 1)
+    a.call("lun.delete", target=T1, lun=1)
+    b.refresh()
+    assert a.member.events[-1] == ("detach", key) == b.member.events[-1]
+    assert a.member.luns == {} == b.member.luns
+
+
+def test_chap_accounts_and_bindings_are_the_groups(pair):
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    a.call("auth.account_add", user="alice", secret="s" * 12)
+    a.call("auth.bind", user="alice", target=T1)
+    b.refresh()
+    tb = b.daemon.registry.lookup(T1)
+    assert [(c.user, c.secret) for c in tb.incoming] == [("alice", "s" * 12)]
+    assert "alice" not in cfgmod.load(a.state_dir)["accounts"]  # on the volume, not here
+    assert a.call("group.show")["version"] == b.call("group.show")["applied_version"]
+    # a new secret on B reaches A
+    b.call("auth.account_add", user="bob", secret="b" * 12)
+    b.call("auth.bind", user="bob", target=T1)
+    a.refresh()
+    assert {c.user for c in a.daemon.registry.lookup(T1).incoming} == {"alice", "bob"}
+
+
+def test_a_definition_that_cannot_be_written_undoes_the_change_here(pair, monkeypatch):
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    before = a.targets()
+
+    def busy(self, old, new):
+        raise groupmod.GroupError("busy", "the group definition changed meanwhile (version 5"
+                                  " -> 6)", "run the command again")
+
+    monkeypatch.setattr(groupmod.GroupLink, "write", busy)
+    with pytest.raises(ApiError) as e:
+        a.call("lun.create", target=T1, backing=str(vol / "disk1.img"))
+    assert e.value.code == "busy" and "changed meanwhile" in e.value.message
+    assert a.targets() == before and a.daemon.registry.lookup(T1).device.luns == {}
+    monkeypatch.undo()
+    assert a.call("group.show")["luns"] == []
+
+
+def test_writing_over_a_newer_version_is_refused(pair):
+    a, b, vol = pair
+    link = a.server.reconciler.group_link
+    old = link.load()
+    b.call("target.create", name=T1)  # version + 1 meanwhile
+    new = {**old, "targets": [{"name": "iqn.2026-11.com.example:other", "tid": 9, "luns": []}]}
+    with pytest.raises(groupmod.GroupError) as e:
+        link.write(old, new)
+    assert e.value.code == "busy" and "changed meanwhile" in e.value.message
+    assert [t["name"] for t in link.load()["targets"]] == [T1]
+
+
+def test_config_apply_in_a_group_changes_the_definition_and_keeps_the_section(pair):
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    doc = a.call("config.export")
+    assert doc["group"]["gateway"] == "gw-a"
+    doc.pop("group")  # a document written for a lone gateway
+    doc["targets"][0]["acl"] = [{"network": "ALL"}]
+    a.call("config.apply", config=doc)
+    assert cfgmod.load(a.state_dir)["group"]["gateway"] == "gw-a"
+    b.refresh()
+    assert b.targets()[0]["acl"] == [{"network": "ALL"}]
+
+
+GLUSTER_GET = """\
+Option                                   Value
+------                                   -----
+network.ping-timeout                     42 (DEFAULT)
+transport.keepalive                      1
+server.tcp-user-timeout                  42 (DEFAULT)
+server.keepalive-time                    20
+server.keepalive-interval                2
+server.keepalive-count                   9
+"""
+
+
+def test_the_lease_must_end_before_a_brick_can_drop_its_holder():
+    opts = groupmod.parse_volume_options(GLUSTER_GET)
+    assert opts["server.tcp-user-timeout"] == "42"
+    assert groupmod.brick_drop_seconds(opts)[0] == 38  # keepalive: 20 + 2 x 9
+    fast = {**opts, "server.keepalive-time": "2", "server.keepalive-count": "1"}
+    assert groupmod.brick_drop_seconds(fast) == (4.0, "server.keepalive-time 2 + interval 2 x count 1")
+    assert groupmod.brick_drop_seconds({**opts, "server.tcp-user-timeout": "3"})[0] == 3
+    assert groupmod.brick_drop_seconds({**opts, "transport.keepalive": "off"})[0] == 42
+    assert groupmod.brick_drop_seconds({}) is None
+
+
+def test_group_create_refuses_a_lease_the_volume_breaks(tmp_path):
+    loc = str(tmp_path / "g")
+    refuse = lambda location, lease: f"a brick drops a silent client after 4 s, lease {lease:g}"  # noqa: E731
+    with pytest.raises(groupmod.GroupError) as e:
+        groupmod.create_group(loc, "g", {"lease_seconds": 5.0}, check=refuse)
+    assert e.value.code == "invalid" and "lease 5" in e.value.message and "--lease-seconds" in e.value.hint
+    with pytest.raises(groupmod.GroupError, match="longer than beat_seconds"):
+        groupmod.create_group(loc, "g", {"lease_seconds": 1.0, "beat_seconds": 2.0})
+    out = groupmod.create_group(loc, "g", {"lease_seconds": 8.0}, check=lambda *a: None)
+    assert out["settings"]["lease_seconds"] == 8.0
+
+
+def test_status_says_which_group_and_whether_its_definition_is_in_force(pair, tmp_path, volume):
+    a, b, vol = pair
+    g = a.call("sys.show")["group"]
+    assert (g["name"], g["gateway"], g["number"], g["active"], g["error"]) == (
+        "g1", "gw-a", 1, True, None)
+    assert g["applied_version"] is not None
+    c = Gateway(tmp_path / "c", None)
+    assert c.call("sys.show")["group"] is None
+    c.call("group.join", location=str(volume / ".gluster-iscsi"), gateway="gw-c",
+           addresses=["127.0.0.1:3263"])
+    assert c.call("sys.show")["group"]["active"] is False  # joined, not restarted

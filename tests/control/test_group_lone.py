@@ -118,3 +118,34 @@ def test_volume_of_gluster_urls_names_the_volumes_group_directory():
     loc, gfid_of, rel = groupmod.volume_of("gluster://h1,h2/vol/d/a.img")
     assert loc.endswith("/vol/.gluster-iscsi") and loc.startswith("gluster://h1")
     assert gfid_of == rel == "/d/a.img"
+
+
+def test_a_lun_replaced_by_a_new_one_of_the_same_file_keeps_its_claim(two, volume):
+    a, b = two
+    a.call("lun.create", target=T1, backing=str(volume / "disk1.img"))
+    cfg = a.call("config.export")
+    cfg["targets"][0]["luns"][0]["read_only"] = True  # a new LogicalUnit, same file
+    res = a.call("config.apply", config=cfg)
+    assert [c["action"] for c in res["changes"]] == ["replace"]
+    with pytest.raises(ApiError) as e:  # still held, by A
+        b.call("lun.create", target=T1, backing=str(volume / "disk1.img"))
+    assert e.value.code == "busy"
+    a.call("lun.delete", target=T1, lun=1)
+    b.call("lun.create", target=T1, backing=str(volume / "disk1.img"))  # let go at last
+
+
+def test_a_group_members_own_luns_are_not_claimed_as_a_lone_gateways(tmp_path, volume,
+                                                                      fake_runtime):
+    # A hand-written group (the config's group section, no definition): the member leases
+    # its LUNs; a lone claim on the same lease file would lock the member out.
+    a = Lone(tmp_path / "a")
+    cfg = {"targets": [{"name": T1, "tid": 1, "luns": [
+               {"lun": 1, "backing": str(volume / "disk1.img")}]}],
+           "group": {"location": str(volume / ".gluster-iscsi"), "gateway": "gw-a",
+                     "number": 1}}  # fmt: skip
+    asyncio.run(a.server.reconciler.apply(cfgmod.validate(cfg)))
+    from gluster_iscsi.group.shared import open_shared
+
+    with open_shared(str(volume / ".gluster-iscsi")) as shared:
+        gfid = shared.gfid(str(volume / "disk1.img"))
+        shared.try_lock(groupmod.lease_name(gfid), 0).release()  # free for the member

@@ -9,6 +9,7 @@ import os
 import time
 
 import pytest
+from group_agent import holding
 
 from gluster_iscsi.group import records
 from gluster_iscsi.group.shared import (
@@ -126,36 +127,44 @@ def test_closing_other_fds_of_the_file_keeps_the_lock(loc):
     lock.release()
 
 
-def test_locks_conflict_across_processes(loc, holder):
-    h = holder(loc, "luns/g.lease", 0)
-    assert h.locked
+def test_locks_conflict_across_processes(loc, agent):
     shared = open_shared(loc)
+    h = holding(agent(loc), "luns/g.lease", 0)
     with pytest.raises(LockHeld):
         shared.try_lock("luns/g.lease", 0)
-    assert holder(loc, "luns/g.lease", 0).first == "held"  # a third process too
-    assert h.release() == "released"
+    assert agent(loc).call("lock", "luns/g.lease", 0) == "held"  # a third process too
+    assert h.call("lock", "luns/g.lease", 0) == "held"  # and its own second Lock
+    assert h.call("release") == "released"
     shared.try_lock("luns/g.lease", 0).release()
 
 
-def test_our_lock_is_seen_by_another_process(loc, holder):
+def test_our_lock_is_seen_by_another_process(loc, agent):
     shared = open_shared(loc)
     lock = shared.try_lock("luns/g.lease", 0)
-    assert holder(loc, "luns/g.lease", 0).first == "held"
+    other = agent(loc)
+    assert other.call("lock", "luns/g.lease", 0) == "held"
     lock.release()
-    h = holder(loc, "luns/g.lease", 0)
-    assert h.locked
+    assert other.call("lock", "luns/g.lease", 0) == "locked"
 
 
-def test_a_killed_holder_frees_the_lock(loc, holder):
-    h = holder(loc, "luns/g.lease", 0)
-    assert h.locked
+def test_a_killed_holder_frees_the_lock(loc, agent):
+    h = holding(agent(loc), "luns/g.lease", 0)
     h.kill()
     open_shared(loc).lock("luns/g.lease", 0, timeout=30).release()
 
 
-def test_lock_waits_then_times_out(loc, holder):
-    h = holder(loc, "luns/g.lease", 0)
-    assert h.locked
+def test_a_record_written_by_another_process_is_read_at_once(loc, agent):
+    other = agent(loc)
+    shared = open_shared(loc)
+    for i in range(20):
+        seq = other.call("write", "gateways/x", {"i": i})
+        assert shared.read("gateways/x") == Record(seq, {"i": i})
+        shared.write("gateways/x", {"j": i})
+        assert other.call("read", "gateways/x") == [seq + 1, {"j": i}]
+
+
+def test_lock_waits_then_times_out(loc, agent):
+    h = holding(agent(loc), "luns/g.lease", 0)
     shared = open_shared(loc)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError) as exc:
@@ -163,7 +172,7 @@ def test_lock_waits_then_times_out(loc, holder):
     assert time.monotonic() - t0 >= 0.3
     assert exc.value.errno == errno.ETIMEDOUT
     assert loc in str(exc.value) and "luns/g.lease" in str(exc.value)
-    h.release()
+    h.call("release")
     shared.lock("luns/g.lease", 0, timeout=5).release()
 
 
@@ -229,3 +238,59 @@ def test_writes_and_locks_create_their_folder(loc):
     shared.write("new/sub/rec", {"a": 1})
     assert open_shared(loc).read("new/sub/rec") == Record(1, {"a": 1})
     shared.try_lock("other/lockfile", 3).release()
+
+
+def test_refresh_keeps_a_held_lock_and_refuses_a_released_one(loc, agent):
+    shared = open_shared(loc)
+    lock = shared.try_lock("luns/g.lease", 0)
+    lock.refresh()
+    lock.refresh()
+    assert lock.held
+    assert agent(loc).call("lock", "luns/g.lease", 0) == "held"
+    lock.release()
+    with pytest.raises(SharedDirError) as exc:
+        lock.refresh()
+    assert exc.value.errno == errno.EBADF
+    h = holding(agent(loc), "luns/g.lease", 0)
+    assert h.call("refresh") == "refreshed"
+
+
+def test_tmpfs_works_with_or_without_o_direct(agent):
+    """tmpfs refuses O_DIRECT before Linux 6.6 (then records go through its page cache, the
+    only copy there) and takes it since: either way records round-trip between processes."""
+    if not os.path.isdir("/dev/shm") or "tmpfs" not in open("/proc/mounts").read():
+        pytest.skip("no tmpfs at /dev/shm")
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        loc = os.path.join(base, "grp")
+        shared = open_shared(loc)
+        assert shared.write("gateways/a", {"n": 1}) == 1
+        assert agent(loc).call("read", "gateways/a") == [1, {"n": 1}]
+        shared.write("gateways/a", {"n": 2})
+        assert agent(loc).call("read", "gateways/a") == [2, {"n": 2}]
+    finally:
+        shutil.rmtree(base)
+
+
+def test_no_o_direct_falls_back_except_on_gluster(loc, monkeypatch):
+    """A file system that refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6) gets buffered
+    I/O; a Gluster FUSE mount never does (a reader could be served stale pages)."""
+    real_open = os.open
+
+    def no_direct(path, flags, mode=0o777):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    shared = open_shared(loc)
+    monkeypatch.setattr(os, "open", no_direct)
+    assert shared.write("a", {"n": 1}) == 1
+    assert shared.read("a") == Record(1, {"n": 1})
+    on_gluster = open_shared(loc)
+    on_gluster.on_gluster = True
+    with pytest.raises(SharedDirError) as exc:
+        on_gluster.read("a")
+    assert exc.value.errno == errno.EINVAL and loc in str(exc.value)

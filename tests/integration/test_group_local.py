@@ -8,11 +8,13 @@ import asyncio
 import json
 import signal
 import struct
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from .conftest import need
 from .daemon import Daemon, free_port
 from .pyinitiator import Session
 
@@ -126,6 +128,10 @@ def test_group_of_three_owner_standby_alua_pr_and_failover(gateways):
             assert status == 0  # the owner serves
         gw2.start()
         gw3.start()
+        # SendTargets: each gateway's portal with its own portal group tag
+        ls = subprocess.run([need("iscsi-ls"), f"iscsi://127.0.0.1:{gw3.port}"],
+                            capture_output=True, text=True, timeout=30)
+        assert f"Portal:127.0.0.1:{gw3.port},3" in ls.stdout, ls.stdout + ls.stderr
         x2 = Session("127.0.0.1", gw2.port, IQN, "iqn.2026-12.org.test:x")
         y1 = Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:y")
         async with x2, y1:
@@ -183,5 +189,15 @@ def test_group_of_three_owner_standby_alua_pr_and_failover(gateways):
             status, data, _ = await cmd(s, read10(9), read_len=512)
             assert status == 0 and data == b"\x5a" * 512
         print(f"failover after SIGKILL: {took:.2f}s")
+
+        # a planned stop (SIGTERM) of the new owner: it releases, the last gateway takes over
+        last = gw3 if owner is gw2 else gw2
+        assert owner.stop(signal.SIGTERM) == 0
+        async with Session("127.0.0.1", last.port, IQN, "iqn.2026-12.org.test:x") as s:
+            async def good():
+                status, data, _ = await cmd(s, read10(8), read_len=512)
+                return data if status == 0 else None
+
+            assert await until(good, 10, "the last gateway serving") == b"\xa5" * 512
 
     asyncio.run(main())

@@ -279,3 +279,54 @@ def test_a_lone_gateways_shared_state_requests_run_inline_even_for_a_blocking_st
     assert [r.status for r in host.results] == [Status.GOOD] * 3
     assert bytes(host.results[1].data or b"")[8:16] == A.to_bytes(8, "big")
     assert engines.pool.submitted == [] and lu.write_protected
+
+
+def test_a_groups_own_shared_state_calls_go_to_the_workers_for_a_blocking_store() -> None:
+    # The same requests with another call (a gateway group's, which does volume I/O) must
+    # not block the event loop: they go where the store's other blocking calls go.
+    lu = make_lu()
+    lu.store.blocking = True
+    server = DeviceServer({0: lu}, target_name=TARGET)
+    server.nexus_added(N1)
+    lu.clear_ua(N1.initiator_port)
+    engines = Engines()
+    group = StandIn(lu)
+    runner = Runner(engines, calls=group.runner.calls)  # type: ignore[arg-type]
+    host = Host()
+    cdb, params = prout(0, sa_key=A)
+    task = ScsiTask(cdb, 0, N1, data_out=memoryview(params), expected_length=len(params))
+    runner.start(task, server.execute(task), lu, host)
+    assert [type(req) for req, _ in engines.pool.submitted] == [SharedUpdate]
+    assert parse_sense(host.results[0].sense or b"")[0] == SenseKey.NOT_READY  # timed out
+    assert lu.shared_state("pr")["registrations"] == []
+
+
+def test_unit_attentions_of_a_change_are_recorded_for_the_other_gateways_and_replayed() -> None:
+    # Gateway 1 (this LU) and gateway 2 (``other``) export the same LU; N2 is logged in
+    # through both, N1 only through gateway 1.
+    lu, server, g = setup()
+    other = make_lu()
+    for n in (N1, N2):
+        server.nexus_added(n)
+    other.nexus_added(N2.initiator_port)
+    for cdb, params, nexus in (prout(0, sa_key=A) + (N1,), prout(0, sa_key=B) + (N2,),
+                               prout(1, key=B, rtype=WE) + (N2,)):
+        assert g.run(server, cdb, nexus, params).status == Status.GOOD
+    assert lu.ua_events is None  # a lone gateway records nothing
+    lu.ua_events = []  # the group collects, around its update
+    cdb, params = prout(4, key=A, sa_key=B, rtype=WE)  # N1 preempts N2
+    g.run(server, cdb, N1, params)
+    cdb, params = mode_select_control(swp=True)
+    g.run(server, cdb, N1, params)
+    events, lu.ua_events = lu.ua_events, None
+    assert events == [
+        {"asc": Asc.REGISTRATIONS_PREEMPTED, "initiator": N2.initiator_port},
+        {"asc": Asc.MODE_PARAMETERS_CHANGED, "initiator": None},
+    ]
+    other.clear_ua(N2.initiator_port)
+    other.ua_events = []
+    other.replay_ua_events(events)
+    assert other.ua_events == []  # replayed, not recorded again
+    assert other._ua[N2.initiator_port] == [
+        Asc.REGISTRATIONS_PREEMPTED, Asc.MODE_PARAMETERS_CHANGED
+    ]

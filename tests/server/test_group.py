@@ -385,3 +385,137 @@ async def test_a_change_fails_not_ready_when_the_owner_never_applies_it(tmp_path
     assert res.status == Status.CHECK_CONDITION
     assert parse_sense(res.sense) == (SenseKey.NOT_READY, Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
     g.close()
+
+
+@arun
+async def test_preempt_and_abort_through_a_standby_aborts_the_victims_tasks_on_the_owner(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    aborted: list[tuple[Any, list[str]]] = []
+    g.members["a"].abort = lambda lu, ports: aborted.append((lu, ports))
+    servers = {n: DeviceServer({0: g.lus[n]}, target_name=TARGET) for n in ("a", "b")}
+    runners = {n: Runner(clock=g.clock) for n in ("a", "b")}
+    one_b, two_a = nexus("one", 2), nexus("two", 1)
+    for cdb, params in (prout(0, sa_key=0x2222), prout(1, key=0x2222, rtype=1)):
+        assert command(runners["a"], servers["a"], g.lus["a"], cdb, two_a, params).status == 0
+    cdb, params = prout(0, sa_key=0x1111)
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              one_b, params)
+    assert res.status == 0
+    cdb, params = prout(5, key=0x1111, sa_key=0x2222, rtype=1)  # PREEMPT AND ABORT
+    res = await while_beating(g, ["a"], command, runners["b"], servers["b"], g.lus["b"], cdb,
+                              one_b, params)
+    assert res.status == 0
+    await asyncio.sleep(0.05)  # the abort is handed to the loop
+    assert aborted == [(g.lus["a"], [two_a.initiator_port])]
+    assert g.lus["a"].pop_ua(two_a.initiator_port) is Asc.REGISTRATIONS_PREEMPTED
+    g.close()
+
+
+class Forgetful:
+    """The owner's lock as a Gluster brick restart leaves it: gone on the bricks while its
+    holder still thinks it holds it; ``refresh`` re-takes the byte (or finds it taken)."""
+
+    def __init__(self, shared: Any, name: str, inner: Any) -> None:
+        self.shared, self.name, self.inner = shared, name, inner
+        self.held = True
+
+    def forget(self) -> None:
+        self.inner.release()  # the bricks dropped it; the holder was not told
+
+    def refresh(self) -> None:
+        if not self.inner.held:
+            self.inner = self.shared.try_lock(self.name, 0)  # LockHeld if taken meanwhile
+
+    def release(self) -> None:
+        self.held = False
+        self.inner.release()
+
+
+@arun
+async def test_an_owner_whose_lock_the_bricks_forgot_refreshes_it_or_stands_down(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a = g.members["a"].luns[KEY]
+    lock = Forgetful(g.dirs[0], lease_name(KEY), a.lock)
+    a.lock = lock
+    lock.forget()
+    await g.rounds(1, only=["a"])  # refreshed before anyone took it: still the owner
+    assert g.role("a") is Role.OWNER and lock.inner.held
+    lock.forget()
+    await g.rounds(1, only=["b"])  # b takes the byte the bricks forgot
+    assert g.role("b") is Role.OWNER
+    await g.rounds(1, only=["a"])  # a's refresh finds it taken: a stands down at once
+    assert g.role("a") is Role.STANDBY
+    assert lu_state(g.lus["a"]).issue_deadline == float("-inf")
+    g.close()
+
+
+class Host:
+    def __init__(self) -> None:
+        self.results: list[ScsiResult] = []
+
+    def reserve(self, task: ScsiTask, n: int) -> bool:
+        return True
+
+    def full_status(self) -> Status:
+        return Status.TASK_SET_FULL
+
+    def alone(self) -> bool:
+        return True
+
+    def complete(self, task: ScsiTask, result: ScsiResult) -> None:
+        self.results.append(result)
+
+
+@arun
+async def test_past_the_deadline_the_runner_issues_nothing_even_before_the_alua_table_says_so(
+        tmp_path):
+    g = Group(tmp_path, ["a"])
+    await g.start()
+    await g.rounds(1, step=0.0)
+    lu = g.lus["a"]
+    server = DeviceServer({0: lu}, target_name=TARGET)
+    who = nexus("one", 1)
+    server.nexus_added(who)
+    runner, host = Runner(clock=g.clock), Host()
+
+    def write(fill: bytes) -> ScsiResult:
+        lu.clear_ua(who.initiator_port)
+        data = memoryview(bytearray(fill * 512))
+        task = ScsiTask(bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0]), 0, who, data_out=data,
+                        expected_length=512, write=True)
+        runner.start(task, server.execute(task), lu, host)
+        return host.results[-1]
+
+    assert write(b"1").status == Status.GOOD
+    g.clock.now += 5.0  # the deadline passed; the fencing timer has not run yet
+    assert lu.alua.state_of(1) is S.ACTIVE_OPTIMIZED
+    res = write(b"2")
+    assert res.status == Status.CHECK_CONDITION
+    assert parse_sense(res.sense) == (SenseKey.NOT_READY, Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
+    assert bytes(lu.store.read(0, 1)) == b"1"  # nothing was issued
+    g.close()
+
+
+@arun
+async def test_mode_select_through_a_standby_write_protects_the_owner(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    server = DeviceServer({0: g.lus["b"]}, target_name=TARGET)
+    on_a = nexus("two", 1)
+    DeviceServer({0: g.lus["a"]}, target_name=TARGET).nexus_added(on_a)
+    g.lus["a"].clear_ua(on_a.initiator_port)
+    page = bytes([0x0A, 10, 0, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0])  # control page, SWP
+    params = bytes(4) + page
+    cdb = bytes([0x15, 0x10, 0, 0, len(params), 0])
+    res = await while_beating(g, ["a"], command, Runner(clock=g.clock), server, g.lus["b"], cdb,
+                              nexus("one", 2), params)
+    assert res.status == Status.GOOD
+    assert g.lus["a"].write_protected  # the owner refuses writes from now on
+    # and a nexus through the owner hears of it (SPC-4: MODE PARAMETERS CHANGED)
+    assert g.lus["a"].pop_ua(on_a.initiator_port) is Asc.MODE_PARAMETERS_CHANGED
+    g.close()

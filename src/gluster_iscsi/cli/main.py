@@ -116,6 +116,13 @@ def status(as_json: bool) -> None:
         click.echo(f"connections: {conns['open']} of at most {conns['max']} ({per_host}at most "
                    f"{conns['max_prelogin']} logging in, {conns['max_prelogin_per_host']} "
                    "of those per address)")
+    g = info.get("group")
+    if g:
+        state = (f"definition version {g['applied_version']} in force" if g["active"]
+                 else "joined: restart the daemon to serve as a member")
+        click.echo(f"gateway {g['gateway']} (number {g['number']}) of group {g['name'] or '?'}"
+                   f" at {g['location']}: {state}"
+                   + (f"; NOT IN FORCE: {g['error']}" if g.get("error") else ""))
     for p in info["portals"]:
         click.echo(
             f"portal {p['host']}:{p['port']}"
@@ -980,6 +987,7 @@ def _join(location: str, gateway: str, number: int | None, addresses: tuple[str,
     from ..control import group as groupmod
 
     addrs = [_check_address(a, as_json) for a in addresses]
+    location = _absolute_location(location)
     if _daemon_running():
         return _call("group.join", as_json=as_json, location=location, gateway=gateway,
                      number=number, addresses=addrs or None, timeout=_long_timeout())
@@ -997,6 +1005,15 @@ def _join(location: str, gateway: str, number: int | None, addresses: tuple[str,
         }  # fmt: skip
 
     return dict(_offline(offline, as_json))
+
+
+def _absolute_location(location: str) -> str:
+    """A group directory path is made absolute here (the daemon runs elsewhere)."""
+    import os
+
+    if re.match(r"^gluster(\+[a-z]+)?://", location, re.IGNORECASE):
+        return location
+    return os.path.abspath(location)
 
 
 def _check_address(text: str, as_json: bool) -> str:
@@ -1032,16 +1049,25 @@ def _joined(res: dict[str, Any], as_json: bool) -> None:
               " the lowest free one).")
 @click.option("--address", "addresses", multiple=True, metavar="HOST:PORT",
               help="Where initiators reach this gateway (repeat; default: its portals).")
+@click.option("--beat-seconds", type=click.FloatRange(min=0.1), help="How often each gateway"
+              " beats and polls the definition (default 1).")
+@click.option("--lease-seconds", type=click.FloatRange(min=0.5), help="How long an owner"
+              " that cannot beat keeps issuing I/O before it fences itself (default 5; must"
+              " stay under the bricks' keepalive and tcp-user-timeout: checked).")
 @json_option
 def group_create(name: str, location: str, gateway: str | None, number: int | None,
-                 addresses: tuple[str, ...], as_json: bool) -> None:
+                 addresses: tuple[str, ...], beat_seconds: float | None,
+                 lease_seconds: float | None, as_json: bool) -> None:
     """Create gateway group NAME with its directory at LOC; with a running daemon (or
     --gateway) this gateway joins it."""
     import socket
 
     from ..control import group as groupmod
 
-    defn = _offline(lambda: groupmod.create_group(location, name), as_json)
+    location = _absolute_location(location)
+    given = {"beat_seconds": beat_seconds, "lease_seconds": lease_seconds}
+    settings = {k: v for k, v in given.items() if v is not None}
+    defn = _offline(lambda: groupmod.create_group(location, name, settings), as_json)
     out: dict[str, Any] = {"group": defn.get("name"), "location": location,
                            "version": defn.get("version"), "joined": None}
     running = _daemon_running()
@@ -1166,6 +1192,8 @@ def group_initiator_config(location: str | None, as_json: bool) -> None:
     from ..control import group as groupmod
 
     if location is not None:
+        location = _absolute_location(location)
+
         def read() -> dict[str, Any]:
             shared = groupmod.open_location(location)
             try:

@@ -537,15 +537,19 @@ async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod
 
 def group_luns(cfg: dict[str, Any]) -> dict[str, Any]:
     """A group's LUNs are opened O_DIRECT (docs/HA.md decision 3: GOOD follows the bricks'
-    acknowledgement, no gateway-side cache a failover could lose)."""
+    acknowledgement, no gateway-side cache a failover could lose), and through gfapi without
+    the read cache (nothing drops it yet when ownership moves)."""
+
+    def direct(lu: dict[str, Any]) -> dict[str, Any]:
+        if lu["bstype"] == "memory":
+            return lu
+        options = {**(lu.get("options") or {}), "o_direct": True}
+        if lu["bstype"] in ("glfs", "gluster"):
+            options["cache"] = "off"
+        return {**lu, "options": options}
+
     out = dict(cfg)
-    out["targets"] = [
-        {**t, "luns": [
-            lu if lu["bstype"] == "memory"
-            else {**lu, "options": {**(lu.get("options") or {}), "o_direct": True}}
-            for lu in t["luns"]]}
-        for t in cfg["targets"]
-    ]
+    out["targets"] = [{**t, "luns": [direct(lu) for lu in t["luns"]]} for t in cfg["targets"]]
     return out
 
 
@@ -566,6 +570,9 @@ async def _join_group(daemon: Daemon, control: ControlServer, cfg: dict[str, Any
     member = GroupMember(shared, g["gateway"], g["number"], beat_seconds=g["beat_seconds"],
                          lease_seconds=g["lease_seconds"])
     daemon.join_group(member)
+    # The group definition says which LUNs are the group's: control attaches each to the
+    # member as it opens (before it serves), from the first poll on (control/api.py).
+    control.group_member = member
     try:
         await attach_group_luns(daemon, member, shared, control.reconciler.current())
         await member.start()
@@ -580,8 +587,10 @@ async def _join_group(daemon: Daemon, control: ControlServer, cfg: dict[str, Any
 
 async def attach_group_luns(daemon: Daemon, member: Any, shared: Any,
                             cfg: dict[str, Any]) -> None:
-    """Every LUN of this daemon becomes a group LUN keyed by its file's GFID (the one place
-    that chooses which LUNs are in the group: the group definition replaces it later)."""
+    """The LUNs of this daemon's own config (a hand-written group: no definition on the
+    volume) become group LUNs keyed by their files' GFIDs. The group definition's LUNs are
+    attached by control as they open (control/api.py ``_attach_lu``); a gateway that joined
+    with ``group join`` has no LUNs of its own."""
     from ..control.config import _classify
 
     loop = asyncio.get_running_loop()

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from ..model.names import InvalidName, is_network, validate_name
 from . import config as cfgmod
@@ -40,17 +40,9 @@ DEFAULT_OP_TIMEOUT = 120.0
 #: Ops that may legitimately run long (writing zeroes over a new 1 TiB LUN).
 LONG_OPS = {"lun.create": 3600.0}
 IDLE_TIMEOUT = 60.0
+#: How long the start waits for the group definition to be in force before opening portals.
+FIRST_REFRESH_TIMEOUT = 30.0
 SIZE_TIMEOUT = 3.0  # how long 'list' waits for a store to say its size
-
-
-@runtime_checkable
-class GroupDaemon(Protocol):
-    """What a daemon in a gateway group adds to DaemonControl (its group member's view and
-    planned moves); a daemon without a member has neither."""
-
-    def group_status(self) -> Any: ...
-
-    def group_move(self, lun_key: str, gateway: str) -> Any: ...
 
 
 class UnsavedChange(ApiError):
@@ -81,6 +73,9 @@ class ControlServer:
         self._path: Path | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._group_task: asyncio.Task[None] | None = None
+        #: the daemon's group member (``server.group.GroupMember``, set by ``serve`` when it
+        #: joins): group LUNs are attached to it as they open, detached before they close
+        self.group_member: Any = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -110,6 +105,16 @@ class ControlServer:
         self._path = path
         log.info("control API listening on %s", path)
         self.start_group()
+        if self.reconciler.group_link is not None:
+            # The group's targets before the portals open (serve opens them after this), so
+            # initiators logging in at once find them; a volume that does not answer in time
+            # delays nothing more: the poll goes on applying it.
+            try:
+                first = asyncio.ensure_future(self.refresh_group())  # not cancelled mid-apply
+                await asyncio.wait_for(asyncio.shield(first), FIRST_REFRESH_TIMEOUT)
+            except Exception as e:  # noqa: BLE001 - logged; the poll retries every beat
+                log.error("group: the group definition is not in force yet: %s",
+                          str(e) or repr(e))
 
     async def stop(self) -> None:
         await self.stop_group()
@@ -334,6 +339,7 @@ class ControlServer:
         result = edit(cfg)
         if asyncio.iscoroutine(result):
             result = await result
+        cfg.setdefault("group", local_before.get("group"))  # a whole document (config apply)
         cfg = cfgmod.validate(cfg, stat_files=False)
         try:
             new_defn = await self._in_executor(
@@ -502,7 +508,23 @@ class ControlServer:
             "io_uring": self._io_uring(),
             "memory": self._memory(),
             "connections": self._connections(),
+            "group": self._group_summary(cfg),
         }
+
+    def _group_summary(self, cfg: dict[str, Any]) -> dict[str, Any] | None:
+        """This gateway's group membership for ``status`` (None: a lone gateway)."""
+        section = cfg.get("group")
+        if not section:
+            return None
+        link = self.reconciler.group_link
+        defn = link.definition if link is not None else None
+        return {
+            "name": (defn or {}).get("name"), "location": section["location"],
+            "gateway": section["gateway"], "number": section["number"],
+            "active": link is not None,
+            "applied_version": link.applied_version if link is not None else None,
+            "error": link.error if link is not None else None,
+        }  # fmt: skip
 
     def _memory(self) -> dict[str, int]:
         """The budget for commands' data (``serve --memory-budget``) and how much is held."""
@@ -544,7 +566,29 @@ class ControlServer:
         link = GroupLink(section)
         self.reconciler._local = self.reconciler.current()
         self.reconciler.group_link = link
+        if self.group_member is not None:
+            self.reconciler.set_hooks(self._attach_lu, self._detach_lu)
         self._group_task = asyncio.ensure_future(self._group_poll(link))
+
+    def _attach_lu(self, target_name: str, lun: int, lu: Any) -> None:
+        """A LU just opened (not serving yet): a LUN of the group definition becomes a group
+        LU of the member, keyed by its file's GFID, so no store call is issued until this
+        gateway owns it (the definition decides which LUNs are the group's: one place)."""
+        from .group import member_key
+
+        found = self.reconciler.group_lun(target_name, lun)
+        member = self.group_member
+        if found is None or member is None:
+            return
+        key = member_key(found[0])
+        old = member.luns.get(key)
+        if old is not None and old.lu is not lu:  # a replaced LU: the new one takes the lease
+            member.detach(old.lu)
+        member.attach(lu, key, found[1])
+
+    def _detach_lu(self, lu: Any) -> None:
+        if self.group_member is not None:
+            self.group_member.detach(lu)
 
     async def stop_group(self) -> None:
         task, self._group_task = self._group_task, None
@@ -580,8 +624,21 @@ class ControlServer:
     async def refresh_group(self, link: Any = None) -> bool:
         """One poll: read the definition; a version not yet in force (or one that failed
         before) is applied all or nothing. True if it is in force now; raises why not."""
+        from .group import GroupError
+
         link = link or self._link()
-        defn = await self._in_executor(link.load)
+        try:
+            defn = await self._in_executor(link.load)
+        except GroupError as e:
+            if e.code != "not_found":
+                raise
+            # A group written by hand in each gateway's config (no definition on the
+            # volume): this gateway serves its own LUNs as group LUNs (serve attaches them).
+            if not link.no_definition_said:
+                log.info("group %s: no group definition there; the LUNs of this gateway's"
+                         " own config are its group LUNs", link.location)
+                link.no_definition_said = True
+            return False
         if defn.get("version") != link.applied_version or link.error is not None:
             async with self.reconciler.lock:
                 await self._take_definition(link, defn)
@@ -704,7 +761,7 @@ class ControlServer:
         sessions = self._sessions()
         for gfid, e in sorted((defn.get("luns") or {}).items(),
                               key=lambda kv: (str(kv[1].get("target")), kv[1].get("lun", 0))):
-            st = lstat.get(gfid) or {}
+            st = lstat.get(groupmod.member_key(gfid)) or lstat.get(gfid) or {}
             here = sum(1 for s in sessions
                        if str(s.get("target", "")).lower() == str(e.get("target")).lower())
             luns.append({
@@ -723,8 +780,6 @@ class ControlServer:
 
     async def _group_status(self) -> dict[str, Any]:
         """What the runtime's group member knows (owners, epochs, beats); {} without one."""
-        if not isinstance(self.daemon, GroupDaemon):
-            return {}
         try:
             res = self.daemon.group_status()
             if asyncio.iscoroutine(res):
@@ -761,11 +816,10 @@ class ControlServer:
         return {"target": t["name"], "lun": lun, "gfid": found[0], "to": to, **moved}
 
     async def _move(self, gfid: str, to: str) -> dict[str, Any]:
-        if not isinstance(self.daemon, GroupDaemon):
-            raise ApiError("unavailable", "this daemon cannot move LUNs (no group member)",
-                           kind="group", hint="restart it after 'group join'")
+        from .group import member_key
+
         try:
-            res = self.daemon.group_move(gfid, to)
+            res = self.daemon.group_move(member_key(gfid), to)
             if asyncio.iscoroutine(res):
                 res = await res
         except ApiError:
@@ -790,10 +844,11 @@ class ControlServer:
         moves = []
         for gfid, to in plan.items():
             e = defn["luns"][gfid]
-            if owners.get(gfid) == to:
+            owner = owners.get(groupmod.member_key(gfid), owners.get(gfid))
+            if owner == to:
                 continue
             row = {"gfid": gfid, "target": e.get("target"), "lun": e.get("lun"),
-                   "from": owners.get(gfid), "to": to, "done": False}
+                   "from": owner, "to": to, "done": False}
             if not dry_run:
                 await self._move(gfid, to)
                 row["done"] = True

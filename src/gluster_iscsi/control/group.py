@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import os
 import posixpath
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -173,6 +174,12 @@ def definition_dict(defn: Any) -> dict[str, Any]:
     return copy.deepcopy(dict(vars(defn)))
 
 
+def member_key(gfid: str) -> str:
+    """The key a group member knows a LUN by: its GFID (a path backend's ``dev:ino``
+    stand-in with ``-`` for ``:``, as ``server/group.py`` names its record files)."""
+    return gfid.replace(":", "-")
+
+
 def gateways_by_number(defn: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return sorted(defn.get("gateways", {}).items(), key=lambda kv: kv[1].get("number", 0))
 
@@ -203,7 +210,9 @@ def compose(local: dict[str, Any], defn: dict[str, Any], access: VolumeAccess) -
             lu.pop("path", None)
             lu["backing"], lu["bstype"] = access.backing(rel)
             options = dict(lu.get("options") or {})
-            options["o_direct"] = True
+            options["o_direct"] = True  # GOOD after the bricks' ack (HA.md decision 3)
+            if lu["bstype"] == "gluster":
+                options["cache"] = "off"  # no read cache a change of owner would leave stale
             lu["options"] = options
             luns.append(lu)
         t["luns"] = luns
@@ -339,6 +348,8 @@ class GroupLink:
         #: why the newest definition is not in force (None: it is)
         self.error: str | None = None
         self.error_version: int | None = None
+        #: logged once: the group directory holds no definition (a hand-written group)
+        self.no_definition_said = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -464,7 +475,8 @@ def decompose(
                 e["preferred"] = next_preferred({**work, "luns": {**work["luns"], **kept}})
             kept[gfid] = e
             out = {k: v for k, v in lu.items() if k not in _LOCAL_LUN_KEYS}
-            options = {k: v for k, v in (out.get("options") or {}).items() if k != "o_direct"}
+            options = {k: v for k, v in (out.get("options") or {}).items()
+                       if k not in ("o_direct", "cache")}
             if options:
                 out["options"] = options
             else:
@@ -619,16 +631,28 @@ def load_definition(shared: Any, location: str) -> dict[str, Any]:
     return out
 
 
-def create_group(location: str, name: str) -> dict[str, Any]:
-    """Write a new definition at ``location`` (blocking)."""
+def create_group(location: str, name: str, settings: dict[str, float] | None = None,
+                 check: Callable[[str, float], str | None] | None = None) -> dict[str, Any]:
+    """Write a new definition at ``location`` (blocking). ``check(location, lease_seconds)``
+    (default :func:`check_volume_options`) refuses a lease the volume's options break."""
     from ..group import definition
 
     if not name or not name.strip() or "/" in name:
         raise GroupError("invalid", f"group name {name!r} must be a non-empty name without '/'")
+    settings = {k: float(v) for k, v in (settings or {}).items() if v is not None}
+    lease = settings.get("lease_seconds", definition.DEFAULT_SETTINGS["lease_seconds"])
+    beat = settings.get("beat_seconds", definition.DEFAULT_SETTINGS["beat_seconds"])
+    if not 0 < beat < lease:
+        raise GroupError("invalid", f"lease_seconds {lease:g} must be longer than beat_seconds"
+                         f" {beat:g} (a lease must survive a beat)")
+    problem = (check or check_volume_options)(location, lease)
+    if problem is not None:
+        raise GroupError("invalid", problem, "lower --lease-seconds, or raise the volume's"
+                         " keepalive / tcp-user-timeout options (docs/OPERATIONS.md, HA)")
     shared = open_location(location)
     try:
         try:
-            return definition_dict(definition.create(shared, name))
+            return definition_dict(definition.create(shared, name, settings=settings))
         except definition.DefinitionExists as e:
             raise GroupError(
                 "exists", str(e), f"join it with 'gluster-iscsi group join {location}"
@@ -819,22 +843,39 @@ def volume_of(backing: str, bstype: str | None = None) -> tuple[str, str, str] |
 
 class LoneClaim:
     """A lone gateway's hold on one exported file: the group directory, the exclusive lock
-    on byte 0 of ``luns/<gfid>.lease`` and the identity recorded for the file."""
+    on byte 0 of ``luns/<gfid>.lease`` and the identity recorded for the file. One per file
+    and process, counted: a LUN replaced by a new LogicalUnit of the same file (new options)
+    opens the new one while the old still holds it (:data:`_HELD`)."""
 
-    def __init__(self, shared: Any, lock: Any, gfid: str, identity: dict[str, Any]) -> None:
+    def __init__(self, key: tuple[str, str, str], shared: Any, lock: Any, gfid: str,
+                 identity: dict[str, Any]) -> None:
+        self.key = key
         self.shared = shared
         self.lock = lock
         self.gfid = gfid
         self.identity = identity
+        self.users = 1
 
     def release(self) -> None:
-        """Give the file back (its LU is closed): say so in the record, unlock, close."""
+        """Give the file back once its last LU here is closed: say so in the record,
+        unlock, close."""
+        with _HELD_LOCK:
+            self.users -= 1
+            if self.users > 0:
+                return
+            _HELD.pop(self.key, None)
         try:
             with contextlib.suppress(OSError):
                 self.shared.write(lease_name(self.gfid), _lease_record(None))
             self.lock.release()
         finally:
             self.shared.close()
+
+
+#: (group directory, gfid, holder) -> the claim this process holds on that file for the
+#: daemon ``holder`` (tests run several daemons' controls in one process)
+_HELD: dict[tuple[str, str, str], LoneClaim] = {}
+_HELD_LOCK = threading.Lock()
 
 
 def lease_name(gfid: str) -> str:
@@ -866,6 +907,13 @@ def claim_lone(lun_cfg: dict[str, Any], holder: str) -> LoneClaim | None:
             raise GroupError("unavailable", f"cannot read the GFID of {lun_cfg['backing']}:"
                              f" {e.strerror or e}") from None
         name = lease_name(gfid)
+        with _HELD_LOCK:
+            mine = _HELD.get((location, gfid, holder))
+            if mine is not None:  # this process holds it already (a LUN being replaced)
+                mine.users += 1
+        if mine is not None:
+            shared.close()
+            return mine
         try:
             lock = shared.try_lock(name, 0)
         except LockHeld:
@@ -883,7 +931,10 @@ def claim_lone(lun_cfg: dict[str, Any], holder: str) -> LoneClaim | None:
         except BaseException:
             lock.release()
             raise
-        return LoneClaim(shared, lock, gfid, ident)
+        claim = LoneClaim((location, gfid, holder), shared, lock, gfid, ident)
+        with _HELD_LOCK:
+            _HELD[claim.key] = claim
+        return claim
     except BaseException:
         shared.close()
         raise
@@ -907,3 +958,103 @@ def lone_identity(lun_cfg: dict[str, Any]) -> dict[str, Any] | None:
         return record_lun_identity(shared, gfid, lun_cfg, rel)
     finally:
         shared.close()
+
+
+# ------------------------------------------------------------------ the volume's options
+
+
+def parse_volume_options(text: str) -> dict[str, str]:
+    """``gluster volume get VOL all`` -> {option: value} ("42 (DEFAULT)" -> "42")."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "." in parts[0] and not parts[0].startswith("-"):
+            out[parts[0]] = parts[1]
+    return out
+
+
+def brick_drop_seconds(options: dict[str, str]) -> tuple[float, str] | None:
+    """How soon a brick drops a client that went silent (its locks go with it), and why:
+    TCP keepalive (time + interval x count, if ``transport.keepalive`` is on) or
+    ``server.tcp-user-timeout`` (unacknowledged data; 0: the kernel's, minutes), whichever
+    comes first. None when the options do not say."""
+
+    def num(key: str) -> float | None:
+        try:
+            return float(options[key])
+        except (KeyError, ValueError):
+            return None
+
+    found: list[tuple[float, str]] = []
+    if options.get("transport.keepalive", "1") not in ("0", "off", "false", "no"):
+        t, i, c = (num("server.keepalive-time"), num("server.keepalive-interval"),
+                   num("server.keepalive-count"))
+        if t is not None and i is not None and c is not None:
+            found.append((t + i * c, f"server.keepalive-time {t:g} + interval {i:g} x count"
+                                     f" {c:g}"))
+    tcp = num("server.tcp-user-timeout")
+    if tcp:
+        found.append((tcp, f"server.tcp-user-timeout {tcp:g}"))
+    return min(found) if found else None
+
+
+def volume_and_host(location: str) -> tuple[str, str] | None:
+    """(volume, a server) of the group directory's volume, if known."""
+    access = access_for(location)
+    if access.kind == "gfapi":
+        host = access.url_prefix.split("://", 1)[1].split("/", 1)[0].split(",")[0]
+        return access.volume, host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if access.kind == "fuse":
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                info = f.read()
+        except OSError:
+            return None
+        for line in info.splitlines():
+            left, _, right = line.partition(" - ")
+            fields, parts = left.split(), right.split()
+            if len(fields) >= 5 and fields[4] == access.root and len(parts) >= 2:
+                host, _, vol = parts[1].partition(":")
+                return vol.strip("/"), host
+    return None
+
+
+def check_volume_options(location: str, lease_seconds: float) -> str | None:
+    """Why ``lease_seconds`` is not safe on this volume (HA.md decision 3: the owner must
+    fence itself before a brick can drop it and let another gateway take its lock), or None
+    (safe, or not a Gluster volume, or the options cannot be read here: logged)."""
+    import shutil
+    import subprocess
+
+    where = volume_and_host(location)
+    if where is None:
+        return None
+    volume, host = where
+    exe = shutil.which("gluster")
+    if exe is None:
+        log.warning("group: cannot check the options of volume %s (no gluster CLI here):"
+                    " lease_seconds %g must stay under the bricks' keepalive and"
+                    " server.tcp-user-timeout", volume, lease_seconds)
+        return None
+    # `volume get` asks the local glusterd (it fails through --remote-host): a gateway that
+    # is also a server answers; another tries the volume's server, and says when it cannot.
+    proc: Any = None
+    for remote in ([], [f"--remote-host={host}"]):
+        try:
+            proc = subprocess.run([exe, "--mode=script", *remote, "volume", "get", volume, "all"],
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("group: cannot read the options of volume %s: %s", volume, e)
+            return None
+        if proc.returncode == 0:
+            break
+    if proc is None or proc.returncode != 0:
+        log.warning("group: cannot read the options of volume %s: %s", volume,
+                    (proc.stderr or proc.stdout).strip())
+        return None
+    drop = brick_drop_seconds(parse_volume_options(proc.stdout))
+    if drop is not None and drop[0] <= lease_seconds:
+        return (f"volume {volume}: a brick drops a silent client after {drop[0]:g} s"
+                f" ({drop[1]}), not longer than lease_seconds {lease_seconds:g}: a hung owner"
+                " could lose its lock before it stops issuing writes")
+    return None

@@ -83,6 +83,11 @@ class _State:
     applied_once: bool = False
     #: a group member: its LUNs' leases are the group member's, not lone claims
     in_group: bool = False
+    #: (target name, lun, LogicalUnit) -> None: called when a LU is opened, before it enters
+    #: any device (a group LU is attached to the group member there, so no command reaches
+    #: its store before this gateway owns it); ``detach(LogicalUnit)`` before it is closed
+    attach: Callable[[str, int, Any], None] | None = None
+    detach: Callable[[Any], None] | None = None
     #: (target name lower, lun) -> LogicalUnit
     lus: dict[tuple[str, int], Any] = field(default_factory=dict)
 
@@ -136,6 +141,16 @@ class Reconciler:
 
         return compose(desired, link.definition, link.access)
 
+    def set_hooks(
+        self, attach: Callable[[str, int, Any], None] | None, detach: Callable[[Any], None] | None
+    ) -> None:
+        """What to call when a LU is opened (before it serves) and before it is closed."""
+        self._st.attach, self._st.detach = attach, detach
+
+    def logical_units(self) -> list[tuple[str, int, Any]]:
+        """(target name lower, lun, LogicalUnit) of every open LUN."""
+        return [(t, n, lu) for (t, n), lu in self._st.lus.items()]
+
     def group_lun(self, target_name: str, lun: int) -> tuple[str, str | None] | None:
         """(gfid, preferred gateway) of a LUN the group definition owns, else None (a
         local LUN): the one place that decides which LUNs are group LUNs."""
@@ -168,7 +183,8 @@ class Reconciler:
     ) -> list[dict[str, Any]]:
         """:meth:`apply` for a caller that already holds :attr:`lock`."""
         effective = self.compose(desired)
-        self._st.in_group = self.group_link is not None
+        # A group member's LUNs (its own config's too) are leased by its member, not claimed
+        self._st.in_group = self.group_link is not None or bool(desired.get("group"))
         changes = await _apply(self.daemon, self._st, effective, dry_run=dry_run, force=force)
         if not dry_run and self.group_link is not None:
             self._local = cfgmod.validate(copy.deepcopy(desired), stat_files=False)
@@ -176,8 +192,10 @@ class Reconciler:
 
     async def forget(self) -> None:
         """Close every store opened for the daemon (at shutdown)."""
-        lus, self._st = list(self._st.lus.values()), _State()
+        st = self._st
+        lus, self._st = list(st.lus.values()), _State(attach=st.attach, detach=st.detach)
         for lu_obj in lus:
+            _detach(st.detach, lu_obj)
             await close_lu_off_loop(self.daemon, lu_obj)
 
 
@@ -308,6 +326,14 @@ def _open_lu_with_state(
         _release_claim(lu)
         raise
     return lu
+
+
+def _detach(detach: Callable[[Any], None] | None, lu: Any) -> None:
+    if detach is not None:
+        try:
+            detach(lu)
+        except Exception:  # closing must go on
+            log.exception("detaching a LUN from the gateway group")
 
 
 def holder_name(state_dir: Any) -> str:
@@ -764,6 +790,7 @@ class _Prepared:
     plan: Plan
     changes: list[dict[str, Any]]
     restoring: bool
+    detach: Callable[[Any], None] | None = None
     #: (target lower, lun) -> a LogicalUnit opened for this change, not yet in any device
     opened: dict[tuple[str, int], Any] = field(default_factory=dict)
     #: every LogicalUnit opened here (what a rollback closes)
@@ -796,7 +823,8 @@ async def _prepare(
     other target from starting; later applies retry it (a retry that fails again leaves
     it offline and fails nothing else).
     """
-    prep = _Prepared(desired, plan, list(plan.changes), restoring=not st.applied_once)
+    prep = _Prepared(desired, plan, list(plan.changes), restoring=not st.applied_once,
+                     detach=st.detach)
     registry = daemon.registry
     to_open: list[tuple[str, dict[str, Any]]] = []
     for t in plan.targets_added:
@@ -844,6 +872,8 @@ async def _prepare(
                 continue
             prep.all_opened.append(lu_obj)
             prep.opened[key] = lu_obj
+            if st.attach is not None:
+                st.attach(tname, lu["lun"], lu_obj)
             if key in st.offline:
                 prep.back_online.add(key)
         prep.retry = retry
@@ -884,6 +914,7 @@ async def _rollback(daemon: DaemonControl, prep: _Prepared) -> None:
     """Close what :func:`_prepare` opened and bound (none of it is in use by then)."""
     for lu_obj in prep.all_opened:
         try:
+            _detach(prep.detach, lu_obj)
             await close_lu_off_loop(daemon, lu_obj)
         except Exception:  # closing must go on for the others
             log.exception("closing a store opened for a change that was rolled back")
@@ -1078,6 +1109,7 @@ async def _commit(daemon: DaemonControl, st: _State, prep: _Prepared) -> None:
             log.exception("closing portal %s", _portal_text(p))
     for lu_obj in to_close:
         try:
+            _detach(st.detach, lu_obj)
             await close_lu_off_loop(daemon, lu_obj)
         except Exception:
             log.exception("closing a store that was replaced or removed")

@@ -10,7 +10,8 @@ Shape (the record's data)::
                          "preferred": "gw-a"}}}
 
 Targets are stored as plain dicts: this layer cannot import ``control/`` (its validation);
-``control`` validates them before :func:`update` and after :func:`load`.
+``control`` validates them before :func:`update` and after :func:`load`. The CHAP accounts
+the targets name are ``control``'s own record beside this one (``accounts.json``).
 
 Changes go through :func:`update`: lock byte 0 of ``group.json``, read the latest version,
 apply the caller's function, version + 1, write, unlock. Every gateway polls the version.

@@ -15,8 +15,10 @@ written in place (never renamed: one inode, so no name cache anywhere serves an 
 opened O_DIRECT for both reads and writes with aligned buffers (Gluster's write-behind,
 read-ahead and io-cache let O_DIRECT fds through when ``performance.strict-o-direct`` is on;
 fsync after every write covers volumes where it is off), and fsynced: when ``write`` returns,
-another client that reads the record sees it. Writers of one record must be serialised by
-their caller (a lock), or pass the ``seq`` they mean.
+another client that reads the record sees it (measured: docs/HA.md, "Measured"). Writers of
+one record must be serialised by their caller (a lock, and a read under it), or pass the
+``seq`` they mean: a writer whose remembered seq is behind writes a record that readers do
+not pick (the other slot has a higher seq) until its next write.
 
 Locks (:meth:`SharedDir.try_lock`, :meth:`SharedDir.lock`) are exclusive advisory locks on one
 byte of a file, each with an fd of its own kept open for the Lock's life:
@@ -31,7 +33,12 @@ byte of a file, each with an fd of its own kept open for the Lock's life:
   its owner on the file, and libgfapi keeps a thread's last owner for later calls.
 
 A lock dies with its holder: when the process exits or is killed, the kernel closes its fds
-(path) or its connections to the bricks close (gfapi), and the bricks drop its locks.
+(path) or its connections to the bricks close (gfapi), and the bricks drop its locks at once.
+Not before: a stopped (SIGSTOP) or hung holder keeps its locks. And a lock can die without
+its holder knowing: a Gluster brick that restarts comes back without its locks, so a holder
+that keeps a lock must :meth:`Lock.refresh` it (every beat).
+
+A SharedDir may be called from several threads at once (every call opens its own fds).
 
 GFIDs (:meth:`SharedDir.gfid`) name a file whatever address or mount path reaches it: the
 ``glusterfs.gfid.string`` xattr on FUSE, the gfapi handle (``glfs_h_lookupat`` +
@@ -42,8 +49,9 @@ Every call blocks (the server runs them on a worker thread). Errors are :class:`
 subclasses naming the location: :class:`SharedDirError`, :class:`TimeoutError` from
 :meth:`SharedDir.lock`. Nothing waits forever on our side, but a call on a Gluster volume
 whose bricks stop answering blocks until the client gives up on them: up to the volume's
-``network.ping-timeout`` (42 s by default, 20 s in the gluster-block profile) through gfapi,
-and the same through FUSE (plus the kernel's own FUSE request handling).
+``network.ping-timeout`` (42 s unless set; the gluster-block group leaves it) through gfapi,
+and the same through FUSE (plus the kernel's own FUSE request handling). Callers that must
+not wait that long bound the call from outside (the server's coordinator does).
 """
 
 from __future__ import annotations
@@ -123,19 +131,47 @@ class Lock:
     the process ends: dropping the object does not release it. ``held`` is False once
     released.
 
-    ``held`` says only that this object has not released it: a Gluster client that lost its
-    bricks for longer than their timeouts has lost its locks without knowing (the lease's
-    heartbeat and issue deadline, HA.md decision 3, are what bound that)."""
+    ``held`` says only that this object has not released it (nor seen it lost in
+    :meth:`refresh`). On Gluster a lock can be lost without its holder hearing of it: a brick
+    that restarts comes back without the locks it held (GlusterFS 10.3 does not re-take them
+    on reconnect), so once every brick of the replica set has restarted, nobody holds the
+    lock any more while its holder's writes still succeed (measured: docs/HA.md, "Measured").
+    A holder that keeps a lock for long (the lease) must :meth:`refresh` it often (every
+    beat): that re-takes it on the bricks that came back, or tells it was lost."""
 
     def __init__(self, location: str, name: str, byte: int,
-                 release: Callable[[], None]) -> None:
+                 release: Callable[[], None], relock: Callable[[], None]) -> None:
         self.location = location
         self.name = name
         self.byte = byte
         self.held = True
         self._release: Callable[[], None] | None = release
+        self._relock = relock
         self._on_release: Callable[[Lock], None] | None = None
         self._mutex = threading.Lock()
+
+    def refresh(self) -> None:
+        """Take the lock again on its own fd: a no-op where it is held, and it re-takes it on
+        Gluster bricks that lost it by restarting. Raises :class:`LockHeld` if someone else
+        holds the byte now (the lock was lost; this Lock is released: ``held`` False),
+        SharedDirError (EBADF if already released) on other errors."""
+        with self._mutex:
+            if self._release is None:
+                raise SharedDirError(errno.EBADF, f"lock on byte {self.byte} of {self.name}"
+                                     f" in group directory {self.location} was released")
+        try:
+            self._relock()
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                try:
+                    self.release()
+                except OSError:
+                    pass
+                raise LockHeld(self.location, self.name, self.byte) from None
+            code = e.errno or errno.EIO
+            raise SharedDirError(code, f"cannot refresh the lock on byte {self.byte} of"
+                                 f" {self.name} in group directory {self.location}:"
+                                 f" {os.strerror(code)}") from e
 
     def release(self) -> None:
         """Unlock and close the lock's fd; idempotent. Raises SharedDirError if the unlock
@@ -401,8 +437,10 @@ class PathSharedDir(SharedDir):
                 try:
                     return os.open(path, flags | extra | os.O_CLOEXEC, 0o644)
                 except OSError as e:
-                    if e.errno == errno.EINVAL and extra:
-                        self._direct = 0  # this file system has no O_DIRECT (tmpfs)
+                    if e.errno == errno.EINVAL and extra and not self.on_gluster:
+                        # this file system has no O_DIRECT (tmpfs); on Gluster, without it a
+                        # reader could be served stale pages: fail instead
+                        self._direct = 0
                     elif e.errno == errno.ENOENT and flags & os.O_CREAT and not made:
                         os.makedirs(os.path.dirname(path), exist_ok=True)
                         made = True
@@ -460,7 +498,10 @@ class PathSharedDir(SharedDir):
             finally:
                 os.close(fd)
 
-        return Lock(self.location, name, byte, release)
+        def relock() -> None:
+            fcntl.fcntl(fd, _OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
+
+        return Lock(self.location, name, byte, release, relock)
 
     def _list(self, folder: str) -> list[str]:
         try:
@@ -624,7 +665,10 @@ class GfapiSharedDir(SharedDir):
             finally:
                 self._close_fd(f, name)
 
-        return Lock(self.location, name, byte, release)
+        def relock() -> None:
+            f.posix_lock(fcntl.F_SETLK, gf.Flock(fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0))
+
+        return Lock(self.location, name, byte, release, relock)
 
     def _list(self, folder: str) -> list[str]:
         path = self._path(folder)

@@ -12,6 +12,12 @@ How a transport drives it::
     server.nexus_lost(nexus)                # session gone
     server.lun_reset(lun, nexus) / server.target_reset(nexus, cold=False)
 
+LU-wide state changes (PERSISTENT RESERVE OUT, MODE SELECT) come as ``io.SharedUpdate``:
+call its ``apply()`` with ``lu.state_lock`` held and send back what it returned (or throw in
+what it raised); ``io.SharedRefresh`` precedes reading that state (nothing to do for a lone
+gateway). A gateway group sets each LU's target port groups and access states with
+``lu.alua.set_groups(...)``; until then every port is active/optimized.
+
 ``ScsiResult.extra["abort_initiators"]`` (PREEMPT AND ABORT) names initiator ports whose
 task sets the transport should abort. ``server.runner.Runner`` is what does the requests
 (``Runner.run`` synchronously, ``Runner.start`` on the event loop).

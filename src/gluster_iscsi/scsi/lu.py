@@ -161,6 +161,11 @@ class LogicalUnit:
         #: EXTENDED COPY outcomes by (initiator port, list identifier), for RECEIVE COPY STATUS.
         self.copy_results: dict[tuple[str, int], Any] = {}
         self._ua: dict[str, list[Asc]] = {}
+        #: Set to a list by a gateway group while it applies a :class:`~.io.SharedUpdate`:
+        #: the unit attentions the change queues (for this gateway's nexuses) are recorded
+        #: there too, as plain events the other gateways replay on theirs
+        #: (:meth:`replay_ua_events`). None, a lone gateway's case: nothing is recorded.
+        self.ua_events: list[dict[str, Any]] | None = None
         self._blocks = size // block_size
         flush = capabilities.flush
         self.mode_pages: dict[int, ModePage] = {
@@ -242,6 +247,44 @@ class LogicalUnit:
             for port in list(self._ua):
                 if port != except_port:
                     self.queue_ua(port, asc)
+
+    def queue_ua_initiator(self, initiator: str, asc: Asc) -> None:
+        """A unit attention for every nexus of ``initiator``: an initiator port name
+        ("iqn...,i,0x...") or an initiator name (all its ports), as a PR registration names
+        it. Recorded in :attr:`ua_events` while a group collects them."""
+        who = initiator.lower()
+        with self.state_lock:
+            for port in list(self._ua):
+                low = port.lower()
+                if low == who or low.startswith(who + ",i,"):
+                    self.queue_ua(port, asc)
+            if self.ua_events is not None:
+                self.ua_events.append({"asc": int(asc), "initiator": initiator})
+
+    def queue_ua_others(self, asc: Asc, issuer: str) -> None:
+        """A unit attention for every nexus but the issuer's (MODE PARAMETERS CHANGED);
+        recorded in :attr:`ua_events` for the other gateways, where every nexus is
+        another I_T nexus than the issuer's, the same initiator port's included."""
+        with self.state_lock:
+            self.queue_ua_all(asc, except_port=issuer)
+            if self.ua_events is not None:
+                self.ua_events.append({"asc": int(asc), "initiator": None})
+
+    def replay_ua_events(self, events: list[dict[str, Any]]) -> None:
+        """Queue on this gateway's nexuses the unit attentions another gateway's change
+        recorded (:attr:`ua_events`). Not recorded again."""
+        with self.state_lock:
+            recording, self.ua_events = self.ua_events, None
+            try:
+                for event in events:
+                    asc = Asc(event["asc"])
+                    initiator = event.get("initiator")
+                    if initiator is None:
+                        self.queue_ua_all(asc)
+                    else:
+                        self.queue_ua_initiator(initiator, asc)
+            finally:
+                self.ua_events = recording
 
     def discard_ua(self, initiator_port: str, asc: Asc) -> None:
         """Drop one pending condition of this nexus (e.g. REPORT LUNS clears 3Fh/0Eh)."""

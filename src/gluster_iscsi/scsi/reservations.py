@@ -438,11 +438,7 @@ def _persistent_reserve_out(
 
 
 def _ua_registration(lu: Any, reg: Registration, asc: Asc) -> None:
-    for port in list(lu._ua):
-        if port.lower() == reg.initiator.lower() or port.lower().startswith(
-            reg.initiator.lower() + ",i,"
-        ):
-            lu.queue_ua(port, asc)
+    lu.queue_ua_initiator(reg.initiator, asc)
 
 
 def _release(lu: Any, nexus: Nexus) -> None:

@@ -358,7 +358,7 @@ def mode_select(ctx: Ctx) -> Execution:
                     page.current[2:] = new[2:]
                     changed = True
             if changed:
-                lu.queue_ua_all(Asc.MODE_PARAMETERS_CHANGED, except_port=issuer)
+                lu.queue_ua_others(Asc.MODE_PARAMETERS_CHANGED, issuer)
 
     yield SharedUpdate("mode", apply, lu)
     return ScsiResult()

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from .. import __version__
 from ..backstore.base import BackingStoreError
 from ..group.lease import Do, Lease, LeaseRecord, Role
+from ..logs import PROBLEMS
 from .runner import lu_state
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Locked(Protocol):
     held: bool
 
     def release(self) -> None: ...
+    def refresh(self) -> None: ...
 
 
 class Shared(Protocol):
@@ -176,24 +178,30 @@ class GroupMember:
             self._timer.cancel()
             self._timer = None
         if release:
+            # Each call bounded: a volume that hangs must not hold the daemon's exit (the
+            # bricks drop this client's locks when the process ends anyway).
+            bound = self.lease_seconds
             for glu in list(self.luns.values()):
                 if glu.lock is None:
                     continue
                 self._push(glu, own_state="transitioning")
-                await self._drain(glu, self.lease_seconds)
+                await self._drain(glu, bound)
                 self._set_deadline(glu, -math.inf)
                 rec = glu.lease.record
                 try:
                     if rec is not None and glu.lease.role in (Role.OWNER, Role.MOVING_OUT,
                                                               Role.FENCED):
                         gone = LeaseRecord(None, glu.lease.epoch, rec.beat + 1, glu.applied, None)
-                        await self._call(self.shared.write, lease_name(glu.key), gone.to_dict())
-                except Exception as exc:  # noqa: BLE001 - releasing matters more
-                    log.warning("group: LUN %s: could not mark released: %s", glu.key, exc)
-                await self._release(glu)
+                        await asyncio.wait_for(self._call(self.shared.write, lease_name(glu.key),
+                                                          gone.to_dict()), bound)
+                    lock, glu.lock = glu.lock, None
+                    if lock is not None:
+                        await asyncio.wait_for(self._call(lock.release), bound)
+                except Exception as exc:  # noqa: BLE001 - the rest must be released too
+                    log.warning("group: LUN %s: not released cleanly: %s", glu.key, exc)
             with contextlib.suppress(Exception):
-                await self._call(self.shared.write, gateway_name(self.gateway),
-                                 self._gateway_record(stopped=True))
+                await asyncio.wait_for(self._call(self.shared.write, gateway_name(self.gateway),
+                                                  self._gateway_record(stopped=True)), bound)
         else:
             for glu in self.luns.values():
                 self._set_deadline(glu, -math.inf)
@@ -359,6 +367,11 @@ class GroupMember:
             data = rec.data if rec is not None else None
             if not isinstance(data, dict) or not isinstance(data.get("number"), int):
                 continue
+            if data["number"] == self.number and not data.get("stopped"):
+                PROBLEMS.report(log, logging.ERROR, "group number", name,
+                                "group: gateway %s also claims number %d: give each gateway "
+                                "its own number (the ALUA tables are wrong until then)",
+                                name, self.number)
             beat = data.get("beat", 0)
             old = self.gateways.get(name)
             if old is None or old.beat != beat or old.number != data["number"]:
@@ -391,9 +404,18 @@ class GroupMember:
     async def _owner_beat(self, glu: GroupLu, start: float) -> None:
         lease = glu.lease
         try:
+            # Re-take the lock first: a Gluster brick that restarted lost it (docs/HA.md,
+            # "Measured"); a byte someone else holds now means the LUN was lost.
+            holding = glu.lock is not None and glu.lock.held
+            if glu.lock is not None and holding:
+                try:
+                    await self._call(glu.lock.refresh)
+                except Exception as exc:
+                    if not _lock_held_error(exc):
+                        raise
+                    holding = False
             got = await self._call(self.shared.read, lease_name(glu.key))
             rec = LeaseRecord.from_dict(got.data if got is not None else None)
-            holding = glu.lock is not None and glu.lock.held
             await self._poll_state(glu)
             new = lease.owner_read(rec, glu.applied, holding=holding)
             if new is None:
@@ -592,18 +614,18 @@ class GroupMember:
             for kind in STATE_KINDS:
                 if kind in data and hasattr(lu, "load_shared_state"):
                     lu.load_shared_state(kind, data[kind])
-            for ev in data.get("events", ()):
-                if (ev.get("version", 0) > glu.applied and ev.get("by") != self.gateway
-                        and ev.get("relative_port") in (0, self.number)):
-                    port = ev.get("initiator_port", "")
-                    try:
-                        asc = _asc(ev.get("asc", 0))
-                    except ValueError:
-                        continue
-                    if port in lu._ua:
-                        lu.queue_ua(port, asc)
-                    if ev.get("abort"):
-                        aborts.append(port)
+            fresh = [ev for ev in data.get("events", ())
+                     if isinstance(ev, dict) and isinstance(ev.get("version"), int)
+                     and ev["version"] > glu.applied and ev.get("by") != self.gateway]
+            uas = [{"asc": ev["asc"], "initiator": ev.get("initiator")}
+                   for ev in fresh if isinstance(ev.get("asc"), int)]
+            if uas and hasattr(lu, "replay_ua_events"):
+                try:
+                    lu.replay_ua_events(uas)
+                except (ValueError, KeyError) as exc:  # a gateway of another version
+                    log.warning("group: LUN %s: unknown event: %s", glu.key, exc)
+            for ev in fresh:
+                aborts += [p for p in ev.get("abort") or () if isinstance(p, str)]
             glu.applied = version
         if aborts and self.abort is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.abort, lu, aborts)
@@ -639,17 +661,19 @@ class GroupMember:
             self._load(glu, data)
             version = max(int(data.get("version", 0) or 0), glu.applied)
             with lu.state_lock:
-                before, placeholders = self._capture(lu)
+                # the unit attentions the change queues here, recorded for the other
+                # gateways' nexuses (LogicalUnit.ua_events; replayed there on load)
+                lu.ua_events = []
                 try:
                     value = apply()
                 finally:
-                    queued = self._queued(lu, before, placeholders)
+                    recorded, lu.ua_events = lu.ua_events, None
                 new_state = {kind: lu.shared_state(kind) for kind in STATE_KINDS
                              if hasattr(lu, "shared_state")}
             version += 1
             events = [e for e in data.get("events", ())
                       if isinstance(e, dict) and e.get("version", 0) > version - EVENT_HISTORY]
-            events += self._events(lu, queued, version, value)
+            events += self._events(recorded or [], version, value)
             record = {"version": version, "by": self.gateway, "events": events, **new_state}
             self._bounded(end, self.shared.write, state_name(glu.key), record)
             glu.applied = version
@@ -696,45 +720,14 @@ class GroupMember:
                 raise BackingStoreError(errno.ESHUTDOWN, "the owner has not applied the change")
             time.sleep(min(0.02, self.beat_seconds / 10))
 
-    def _capture(self, lu: Any) -> tuple[dict[str, list[Any]], set[str]]:
-        """Before a change: the UA queues, and empty queues for registrants that have no
-        nexus here, so the change's unit attentions for them can be seen (and sent on)."""
-        ua = lu._ua
-        before = {k: list(v) for k, v in ua.items()}
-        placeholders: set[str] = set()
-        pr = getattr(lu, "pr", None)
-        for reg in getattr(pr, "registrations", ()):
-            if reg.initiator not in ua:
-                ua[reg.initiator] = []
-                placeholders.add(reg.initiator)
-        return before, placeholders
-
-    def _queued(self, lu: Any, before: dict[str, list[Any]],
-                placeholders: set[str]) -> list[tuple[str, Any]]:
-        ua = lu._ua
-        out: list[tuple[str, Any]] = []
-        for port, queue in ua.items():
-            old = before.get(port, [])
-            out += [(port, asc) for asc in queue if asc not in old]
-        for port in placeholders:
-            ua.pop(port, None)
-        return out
-
-    def _events(self, lu: Any, queued: list[tuple[str, Any]], version: int,
+    def _events(self, recorded: list[dict[str, Any]], version: int,
                 value: Any) -> list[dict[str, Any]]:
-        """The change's unit attentions (and PREEMPT AND ABORT victims) for nexuses on
-        other gateways: (initiator port, relative port: 0 for every other gateway, asc)."""
-        events = [{"version": version, "by": self.gateway, "initiator_port": port,
-                   "relative_port": 0, "asc": int(asc)} for port, asc in queued]
+        """The change's events for the other gateways: the unit attentions it queued
+        ({asc, initiator: a port, a name, or None for every nexus}) and the initiator ports
+        whose tasks a PREEMPT AND ABORT aborts ({abort: [...]})."""
+        events = [{"version": version, "by": self.gateway, **e} for e in recorded]
         extra = getattr(value, "extra", None)
-        if isinstance(extra, dict):
-            for port in extra.get("abort_initiators") or ():
-                events.append({"version": version, "by": self.gateway, "initiator_port": port,
-                               "relative_port": 0, "asc": 0x2A05, "abort": True})
+        if isinstance(extra, dict) and extra.get("abort_initiators"):
+            events.append({"version": version, "by": self.gateway,
+                           "abort": list(extra["abort_initiators"])})
         return events
-
-
-def _asc(value: int) -> Any:
-    from ..scsi.sense import Asc
-
-    return Asc(value)

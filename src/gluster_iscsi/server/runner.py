@@ -414,9 +414,10 @@ STORE_CALLS: dict[type, StoreCall] = {
     SharedRefresh: _shared_refresh,
 }
 
-#: Requests that touch memory only (a lone gateway's shared-state calls): run inline on the
-#: event loop even for a blocking store, never behind its workers or its I/O timeout.
-_INLINE: frozenset[type] = frozenset({SharedUpdate, SharedRefresh})
+#: Calls that touch memory only (a lone gateway's shared-state calls): their requests run
+#: inline on the event loop even for a blocking store, never behind its workers or its I/O
+#: timeout. (A gateway group's calls for the same requests do volume I/O: off the loop.)
+_MEMORY_ONLY: tuple[StoreCall, ...] = (_shared_update, _shared_refresh)
 
 #: Requests that wait (on another thread's work, not a store): never run on the event loop.
 _WAITS = object()  # the key of their worker pool
@@ -495,6 +496,10 @@ class Runner:
         #: None: synchronous use only (:meth:`run`), every call inline.
         self.engines = engines
         self.calls: dict[type, StoreCall] = calls if calls is not None else STORE_CALLS
+        #: Request types whose call (in ``calls`` as given) is memory only: always inline.
+        self._memory_only_requests: frozenset[type] = frozenset(
+            t for t, call in self.calls.items() if call in _MEMORY_ONLY
+        )
         self.locks: Locks = locks if locks is not None else LockTable()
         # The default table, called natively (compiled) on every request; None for another.
         self._table: LockTable | None = self.locks if isinstance(self.locks, LockTable) else None
@@ -582,8 +587,10 @@ class Runner:
                     result = ScsiResult(host.full_status())
                     break
                 if t is WaitJob or (self.engines is not None and (
-                        (store.blocking and t not in _INLINE)
-                        or (t in _INLINE and rs is not None and rs.group is not None))):
+                        (store.blocking and t not in self._memory_only_requests)
+                        # a group LU's shared-state requests do volume I/O: off the loop
+                        or (t in self._memory_only_requests and rs is not None
+                            and rs.group is not None))):
                     self._submit(task, gen, lu, host, req, target, t0)
                     return
                 try:
@@ -613,7 +620,7 @@ class Runner:
         timeout = engines.io_timeout
         # (a group LU's shared-state calls wait on the volume and the owner: bounded by the
         # group's lease, not by the store's I/O timeout)
-        waits = type(req) is WaitJob or type(req) in _INLINE
+        waits = type(req) is WaitJob or type(req) in (SharedUpdate, SharedRefresh)
 
         def done(value: Any, exc: BaseException | None) -> None:
             if exc is not None and type(exc) is IoTimeout:

@@ -1,0 +1,113 @@
+"""The group commands of the CLI (issue 20) without a daemon: create, join, leave and
+initiator-config work on the group directory and the local config file; every refusal is a
+message with its exit code, in --json too. (With daemons: tests/integration/test_group_mgmt.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from gluster_iscsi.cli.main import main
+from gluster_iscsi.control import config as cfgmod
+from gluster_iscsi.control import group as groupmod
+
+
+def run(state_dir, *args):
+    return CliRunner().invoke(main, ["--state-dir", str(state_dir), "--timeout", "2", *args])
+
+
+@pytest.fixture
+def loc(tmp_path):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    return str(vol / ".gluster-iscsi")
+
+
+def test_create_join_show_config_and_leave_without_a_daemon(tmp_path, loc):
+    a, b = tmp_path / "a", tmp_path / "b"
+    res = run(a, "group", "create", "g1", "--location", loc)
+    assert res.exit_code == 0, res.output
+    assert "created group g1" in res.output and f"group join {loc} --gateway NAME" in res.output
+    res = run(a, "group", "join", loc, "--gateway", "gw-a", "--address", "192.0.2.1:3260")
+    assert res.exit_code == 0, res.output
+    assert "gateway gw-a (number 1) is in group g1" in res.output
+    assert f"start the daemon: gluster-iscsi --state-dir {a} serve" in res.output
+    assert cfgmod.load(a)["group"] == {"location": loc, "gateway": "gw-a", "number": 1,
+                                       "beat_seconds": 1.0, "lease_seconds": 5.0}  # fmt: skip
+    res = run(b, "group", "join", loc, "--gateway", "gw-b", "--address", "192.0.2.2:3260",
+              "--address", "[2001:db8::2]:3260", "--json")
+    out = json.loads(res.output)
+    assert res.exit_code == 0 and set(out) == {"group", "location", "gateway", "number",
+                                               "addresses", "restart_required", "hint"}
+    assert (out["number"], out["addresses"]) == (2, ["192.0.2.2:3260", "[2001:db8::2]:3260"])
+    res = run(a, "group", "initiator-config", "--location", loc)
+    assert res.exit_code == 0, res.output
+    for text in ("prio alua", 'hardware_handler "1 alua"', "failback immediate",
+                 "--portal 192.0.2.1:3260", "--portal [2001:db8::2]:3260"):
+        assert text in res.output
+    out = json.loads(run(a, "group", "initiator-config", "--location", loc, "--json").output)
+    assert set(out) == {"group", "no_path_retry", "multipath_conf", "addresses", "targets",
+                        "iscsiadm"}  # fmt: skip
+    assert [x["gateway"] for x in out["addresses"]] == ["gw-a", "gw-b", "gw-b"]
+    res = run(b, "group", "leave", "--json")
+    assert res.exit_code == 0 and json.loads(res.output)["gateway"] == "gw-b"
+    assert "group" not in cfgmod.load(b)
+    out = json.loads(run(a, "group", "initiator-config", "--location", loc, "--json").output)
+    assert [x["gateway"] for x in out["addresses"]] == ["gw-a"]
+
+
+def test_refusals_say_why_with_their_exit_codes(tmp_path, loc):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run(a, "group", "create", "g1", "--location", loc).exit_code == 0
+    res = run(a, "group", "create", "g2", "--location", loc)
+    assert res.exit_code == 5 and "already holds group 'g1'" in res.output
+    assert run(a, "group", "join", loc, "--gateway", "gw-a", "--address", "h:1").exit_code == 0
+    res = run(b, "group", "join", loc, "--gateway", "gw-a", "--address", "h:2", "--json")
+    assert res.exit_code == 5
+    err = json.loads(res.stdout)["error"]
+    assert err["code"] == "exists" and "gw-a is already in group g1" in err["message"]
+    assert "pick another --gateway name" in err["hint"]
+    res = run(b, "group", "join", loc, "--gateway", "gw-b", "--number", "1", "--address", "h:2")
+    assert res.exit_code == 5 and "gateway number 1 is held by gw-a" in res.output
+    res = run(b, "group", "join", loc, "--gateway", "gw-b")  # no portal, no --address
+    assert res.exit_code == 6 and "--address HOST:PORT" in res.output
+    res = run(b, "group", "join", loc, "--gateway", "gw-b", "--address", "h:99999")
+    assert res.exit_code == 6 and "--address h:99999" in res.output
+    res = run(a, "group", "join", str(tmp_path / "other" / ".gluster-iscsi"), "--gateway", "gw-a",
+              "--address", "h:1")
+    assert res.exit_code == 5 and "group leave" in res.output  # already in another group
+    # the volume cannot be reached: a file where the directory should be
+    (tmp_path / "file").write_text("x")
+    res = run(c, "group", "create", "g3", "--location", str(tmp_path / "file" / ".gluster-iscsi"))
+    assert res.exit_code == 9 and "cannot reach the group directory" in res.output
+    res = run(c, "group", "join", str(tmp_path / "nowhere" / ".gluster-iscsi"), "--gateway", "x",
+              "--address", "h:1")
+    assert res.exit_code == 4 and "no gateway group at" in res.output and "group create" in res.output
+    res = run(c, "group", "leave")
+    assert res.exit_code == 4 and "in no group" in res.output
+    res = run(c, "group", "show")
+    assert res.exit_code == 3 and "not running" in res.output
+
+
+def test_a_definition_from_a_newer_version_is_refused(tmp_path, loc):
+    assert run(tmp_path / "a", "group", "create", "g1", "--location", loc).exit_code == 0
+    from gluster_iscsi.group.shared import open_shared
+
+    with open_shared(loc) as shared:
+        rec = shared.read("group.json")
+        shared.write("group.json", {**rec.data, "format": groupmod.FORMAT + 1})
+    for args in (("group", "initiator-config", "--location", loc),
+                 ("group", "join", loc, "--gateway", "gw-a", "--address", "h:1")):
+        res = run(tmp_path / "a", *args)
+        assert res.exit_code == 6, res.output
+        assert "written by a newer gluster-iscsi" in res.output and "upgrade" in res.output
+    assert "group" not in (cfgmod.load(tmp_path / "a") or {})
+
+
+def test_help_of_the_group_commands_names_what_they_do():
+    res = CliRunner().invoke(main, ["group", "--help"])
+    for cmd in ("create", "join", "leave", "show", "rebalance", "initiator-config"):
+        assert cmd in res.output
+    assert "--to" in CliRunner().invoke(main, ["lun", "move", "--help"]).output
