@@ -19,7 +19,7 @@ import pytest
 
 from tests.ha.conftest import gateways, ha_net, ha_volume  # noqa: F401 (fixtures)
 from tests.ha.harness import IQN
-from tests.ha.test_group import INTEGRATION_GAP, group, wait_settled  # noqa: F401 (fixture)
+from tests.ha.test_group import group, wait_settled  # noqa: F401 (fixture)
 
 GUEST_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "guest"
 if str(GUEST_SCRIPTS) not in sys.path:
@@ -35,7 +35,6 @@ REQUIRED = ["multipathd_started", "discovery1", "discovery2", "login", "paths_ap
             "io_after_return", "stream_clean", "data_verifies", "done"]
 
 
-@pytest.mark.xfail(strict=True, reason=INTEGRATION_GAP)
 def test_multipath_alua_owner_active(
         guest_image, guest_workdir, group, record_property):  # noqa: F811
     """dm-multipath sees one ALUA device whose active path group is the owner's (a short

@@ -28,25 +28,10 @@ BEAT = 1.0
 LUN_SIZE = 1 << 30  # sparse; the guest's write stream needs room
 LUN_BLOCKS = LUN_SIZE // BLOCK
 
-# Measured 2026-12-05 16:13 on this branch (runtime 1aef3f3 + mgmt f802217 merged): every
-# test below fails because all three gateways answer media access GOOD (three active
-# writers, no standby). With the runtime branch alone (its src on PYTHONPATH) every test
-# here but the `lun move` one (mgmt's command) passes. The merge breaks it twice over:
-#  - a config whose "group" section names a directory without group.json (the runtime's
-#    way) gets "cannot take the group definition in: no gateway group" from mgmt's control
-#    layer, and its lone-gateway check refuses gw2/gw3's LUN ("exported by gateway gw1 ...
-#    put both in a group") although they are group members; the LUN then comes back
-#    ("LUN 1 online again") as a plain, non-group LUN on gw2 and gw3;
-#  - a group made with `group create/join` + `lun create` (mgmt's way,
-#    test_a_group_made_with_the_cli_has_one_owner) attaches no LUN to the group coordinator
-#    ("gateway group: gwN ... 0 LUNs"; `group show` owner null): attach_group_luns runs at
-#    start on the local config's targets only, the definition's LUNs are added later as
-#    plain LUNs, so every gateway serves them active.
-INTEGRATION_GAP = (
-    "runtime+mgmt merged: group LUNs are served active by every gateway (mgmt's definition "
-    "and lone-gateway checks vs. the runtime's config-section group; see the comment above)"
-)
-pytestmark = pytest.mark.xfail(strict=True, reason=INTEGRATION_GAP)
+# History: with runtime 1aef3f3 + mgmt f802217 merged every test here failed (all three
+# gateways served the LUN active: mgmt's definition/lone-gateway checks against the
+# runtime's config-section group, and definition LUNs never attached to the group); mgmt
+# 878b2f2/0ebb482 fixed both, and they pass on runtime + mgmt 560050d merged.
 
 
 def ask(gw: Gateway, what: str, *args: object) -> Answer:
@@ -185,7 +170,10 @@ def test_after_failover_the_new_owner_reads_what_the_old_one_acknowledged(group)
     assert not stale, f"{len(stale)} of 300 LBAs stale through {new.name}: {stale[:10]}"
 
 
-def test_lun_move_hands_the_data_to_the_new_owner(group):
+def test_lun_move_hands_the_data_to_the_new_owner(cli_group):
+    # `lun move` moves the LUNs of a group's definition (made with the CLI); a hand-written
+    # config-section group has no definition to name them ("has no group LUN 1")
+    group = cli_group
     owner = wait_owner(group)
     target = next(gw for gw in group if gw is not owner)
     lbas = random.Random(21).sample(range(LUN_BLOCKS), 300)
@@ -315,16 +303,19 @@ def test_a_partitioned_owner_stops_acknowledging_and_nothing_it_took_lands_later
     assert wait_owner(group, timeout=60) is new
 
 
-def test_a_group_made_with_the_cli_has_one_owner(gateways, ha_volume, request):
+@pytest.fixture
+def cli_group(gateways: list[Gateway], ha_volume: GlusterEnv,
+              request: pytest.FixtureRequest) -> Iterator[list[Gateway]]:
     """The admin's way (README quick start): group create, group join on every gateway,
-    target/LUN/ACL made once through one gateway; then one owner, two standby."""
+    target/LUN/ACL made once through one gateway (the definition on the volume)."""
     name = request.node.name[:40]
     os.makedirs(ha_volume.fuse_path("group"), exist_ok=True)
     lun_path = f"group/{name}.img"
     make_file(ha_volume, lun_path, LUN_SIZE)
     location = ha_volume.url(f"group/{name}.gluster-iscsi")
     first = gateways[0]
-    first.cli("group", "create", "ha", "--location", location)
+    first.cli("group", "create", "ha", "--location", location,
+              "--beat-seconds", str(BEAT), "--lease-seconds", str(LEASE))
     for gw in gateways:
         gw.state_dir.mkdir(parents=True, exist_ok=True)
         gw.cli("group", "join", location, "--gateway", gw.name, "--number", str(gw.number),
@@ -334,10 +325,12 @@ def test_a_group_made_with_the_cli_has_one_owner(gateways, ha_volume, request):
     first.cli("target", "create", IQN)
     first.cli("lun", "create", IQN, ha_volume.url(lun_path), "--lun", "1")
     first.cli("acl", "add", IQN, "ALL")
-    try:
-        owner = wait_owner(gateways, timeout=60)
-        for gw in gateways:
-            assert ask(gw, "tur").good == (gw is owner)
-    finally:
-        for gw in gateways:
-            gw.stop()
+    yield gateways
+    for gw in gateways:
+        gw.stop()
+
+
+def test_a_group_made_with_the_cli_has_one_owner(cli_group):
+    owner = wait_owner(cli_group, timeout=60)
+    for gw in cli_group:
+        assert ask(gw, "tur").good == (gw is owner)
