@@ -13,7 +13,8 @@ iscsid_conf_set node.session.timeo.replacement_timeout 5
 iscsid_conf_set 'node.conn[0].timeo.noop_out_interval' 2
 iscsid_conf_set 'node.conn[0].timeo.noop_out_timeout' 2
 
-# what `gluster-iscsi group initiator-config` is to print: ALUA handler, group by priority
+# ALUA priorities, grouped by priority (the kernel attaches scsi_dh_alua itself to a TPGS
+# device; multipath-tools 0.9 refuses hardware_handler in overrides)
 cat > /etc/multipath.conf <<'CONF'
 defaults {
     user_friendly_names yes
@@ -24,7 +25,6 @@ blacklist {
     devnode "^(vd|sr|fd|loop|ram)[a-z0-9]*"
 }
 overrides {
-    hardware_handler "1 alua"
     prio alua
     path_grouping_policy group_by_prio
     path_checker tur
