@@ -13,6 +13,10 @@
 #   GLUSTER_TIMEOUT  seconds to wait for each step       (default: 60)
 #   GLUSTER_PROFILE  block: apply the gluster-block group (sharded; the default)
 #                    plain: no option group (unsharded; SEEK_DATA/SEEK_HOLE work)
+#   GLUSTER_BRICK_HOST  the address the bricks are created on and clients are told to use
+#                    (default: the host name). Clients in network namespaces cannot reach the
+#                    host name (it resolves to 127.0.0.1): give a local address they can reach,
+#                    e.g. the host end of their veths (tests/ha). HOST then prints this address.
 #
 # Idempotent: start on a running environment only fills in what is missing; stop on a stopped
 # one does nothing. glusterd is stopped only if this script started it (its pid file lives in
@@ -27,8 +31,8 @@ REPLICA=${GLUSTER_REPLICA:-3}
 MOUNT=${GLUSTER_MOUNT:-1}
 TIMEOUT=${GLUSTER_TIMEOUT:-60}
 PROFILE=${GLUSTER_PROFILE:-block}
-HOST=127.0.0.1
-BRICK_HOST=$(hostname)
+BRICK_HOST=${GLUSTER_BRICK_HOST:-$(hostname)}
+if [[ -n ${GLUSTER_BRICK_HOST:-} ]]; then HOST=$GLUSTER_BRICK_HOST; else HOST=127.0.0.1; fi
 MNT="$WORKDIR/mnt/$VOLUME"
 PIDFILE="$WORKDIR/glusterd.pid"
 G=(gluster --mode=script)

@@ -88,8 +88,13 @@ def start_volume(
     profile: str = "block",
     mount: bool = True,
     replica: int = 3,
+    brick_host: str | None = None,
 ) -> GlusterEnv:
-    """Start glusterd if needed and a ``replica``-way volume on local bricks; idempotent."""
+    """Start glusterd if needed and a ``replica``-way volume on local bricks; idempotent.
+
+    ``brick_host``: a local address to create the bricks on (default: the host name); the
+    returned ``host`` is then that address, for clients in network namespaces (tests/ha).
+    """
     if os.geteuid() != 0:
         raise GlusterUnavailable("glusterd needs root")
     extra = {
@@ -97,6 +102,8 @@ def start_volume(
         "GLUSTER_MOUNT": "1" if mount else "0",
         "GLUSTER_REPLICA": str(replica),
     }
+    if brick_host:
+        extra["GLUSTER_BRICK_HOST"] = brick_host
     try:
         proc = _run("start", volume, workdir, extra)
     except FileNotFoundError as e:
