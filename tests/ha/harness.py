@@ -65,6 +65,9 @@ class Gateway:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.state_dir / "daemon.log"
         self._logf: Any = None
+        #: the group's non_owner mode this gateway was configured with (tests read it to
+        #: know what a non-owner's paths answer)
+        self.non_owner: str | None = None
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -174,18 +177,23 @@ def lone_config(gw: Gateway, iqn: str, luns: dict[int, str], *,
     }
 
 
-def group_config(gw: Gateway, iqn: str, luns: dict[int, str], *,
+def group_config(gw: Gateway, iqn: str, luns: dict[int, str], *, non_owner: str,
                  beat_seconds: float = 1.0, lease_seconds: float = 5.0,
                  location: str | None = None) -> dict[str, Any]:
     """:func:`lone_config` plus the group runtime's section (docs/HA.md): this daemon is
-    gateway ``gw.name`` number ``gw.number`` of a group whose directory is on the volume."""
+    gateway ``gw.name`` number ``gw.number`` of a group whose directory is on the volume;
+    ``non_owner`` ("standby" | "non-optimized") is what its paths are for LUNs it does not
+    own (non-optimized: it ships their media commands to the owner over the front network,
+    listening on its portal's address)."""
     cfg = lone_config(gw, iqn, luns)
+    gw.non_owner = non_owner
     cfg["group"] = {
         "location": location or gw.volume.url(".gluster-iscsi"),
         "gateway": gw.name,
         "number": gw.number,
         "beat_seconds": beat_seconds,
         "lease_seconds": lease_seconds,
+        "non_owner": non_owner,
     }
     return cfg
 

@@ -38,6 +38,10 @@ class Answer:
         return self.status == CHECK_CONDITION and (self.key, self.asc, self.ascq) == (2, 4, 0x0B)
 
     @property
+    def miscompare(self) -> bool:
+        return self.status == CHECK_CONDITION and self.key == 0xE
+
+    @property
     def unit_attention(self) -> bool:
         return self.status == CHECK_CONDITION and self.key == UNIT_ATTENTION
 
@@ -69,6 +73,10 @@ def read10_cdb(lba: int, blocks: int = 1) -> bytes:
 
 def write10_cdb(lba: int, blocks: int = 1) -> bytes:
     return struct.pack(">BBIBHB", 0x2A, 0, lba, 0, blocks, 0)
+
+
+def caw_cdb(lba: int, blocks: int = 1) -> bytes:
+    return struct.pack(">BBQ3xBBB", 0x89, 0, lba, blocks, 0, 0)
 
 
 def rtpg_cdb(alloc: int = 4096, extended: bool = True) -> bytes:
@@ -138,6 +146,11 @@ class Path:
 
     async def rtpg(self) -> Answer:
         return await self.cmd_past_ua(rtpg_cdb(), read_len=4096)
+
+    async def caw(self, lba: int, verify: bytes, write: bytes) -> Answer:
+        """COMPARE AND WRITE of one block: GOOD, or MISCOMPARE (key 0xE) when ``verify``
+        is not what the block holds."""
+        return await self.cmd_past_ua(caw_cdb(lba), data_out=verify + write)
 
 
 async def one(host: str, port: int, iqn: str, what: str, *args: object) -> Answer:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.gluster_env import GlusterEnv
 from tests.ha.harness import IQN, ISCSI_PORT, Gateway, group_config, make_file
-from tests.ha.scsi import BLOCK, Answer, one
+from tests.ha.scsi import BLOCK, Answer, one, tur_cdb
 from tests.ha.scsi import Path as ScsiPath
 from tests.integration import cunit
 
@@ -39,11 +39,32 @@ def ask(gw: Gateway, what: str, *args: object) -> Answer:
 
 
 def owners(gws: list[Gateway]) -> list[Gateway]:
-    return [g for g in gws if g.running and ask(g, "tur").good]
+    """The running gateways that serve the medium as owners: TUR GOOD (standby mode), the
+    active/optimized group of their own RTPG (non-optimized mode: every path is GOOD)."""
+    return [g for g in gws if g.running and owner_number(g) == g.number]
+
+
+def owner_number(gw: Gateway) -> int | None:
+    """The gateway number this gateway names as the owner: in standby mode its own number if
+    its TUR is GOOD; in non-optimized mode the one active/optimized group of its RTPG (None
+    if none, -1 if several)."""
+    if gw.non_owner == "standby":
+        return gw.number if ask(gw, "tur").good else None
+    from tests.ha.scsi import parse_rtpg
+
+    a = ask(gw, "rtpg")
+    if not a.good:
+        return None
+    opt = [n for n, (state, _p, _ports) in parse_rtpg(a.data).items() if state == 0]
+    return opt[0] if len(opt) == 1 else (-1 if opt else None)
 
 
 def wait_owner(gws: list[Gateway], timeout: float = 90, among: list[Gateway] | None = None) -> Gateway:
-    """The one gateway whose TUR is GOOD, once every other running one answers standby."""
+    """The one owner: standby mode, the one gateway whose TUR is GOOD once every other
+    running one answers standby; non-optimized mode, the gateway every running one names
+    active/optimized in RTPG (all of them answering TUR GOOD)."""
+    if gws[0].non_owner != "standby":
+        return _wait_owner_non_optimized(gws, timeout, among)
     deadline = time.monotonic() + timeout
     last = ""
     several = 0
@@ -61,10 +82,32 @@ def wait_owner(gws: list[Gateway], timeout: float = 90, among: list[Gateway] | N
     raise AssertionError(f"no single owner after {timeout}s: {last}")
 
 
+def _wait_owner_non_optimized(gws: list[Gateway], timeout: float,
+                              among: list[Gateway] | None) -> Gateway:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        named = {g.name: owner_number(g) for g in gws if g.running}
+        last = f"owner named: {named}"
+        assert -1 not in named.values(), f"several active/optimized groups: {last}"
+        numbers = set(named.values())
+        if len(numbers) == 1:
+            (n,) = numbers
+            owner = next((g for g in gws if g.number == n and g.running), None)
+            if owner is not None and (among is None or owner in among) \
+                    and all(ask(g, "tur").good for g in gws if g.running):
+                return owner
+        time.sleep(0.5)
+    raise AssertionError(f"no single owner after {timeout}s: {last}")
+
+
 @pytest.fixture
 def group(gateways: list[Gateway], ha_volume: GlusterEnv,
           request: pytest.FixtureRequest) -> Iterator[list[Gateway]]:
-    """Three running gateways of one group exporting LUN 1 (a fresh sparse 1 GiB file)."""
+    """Three running gateways of one group exporting LUN 1 (a fresh sparse 1 GiB file);
+    the group's ``non_owner`` mode is the test's indirect parameter (no default: every test
+    says which mode it tests)."""
+    mode = request.param
     name = request.node.name.replace("[", "-").replace("]", "")[:60]
     lun_path = f"group/{name}.img"
     os.makedirs(ha_volume.fuse_path("group"), exist_ok=True)
@@ -72,7 +115,7 @@ def group(gateways: list[Gateway], ha_volume: GlusterEnv,
     location = ha_volume.url(f"group/{name}.gluster-iscsi")
     for gw in gateways:
         gw.write_config(group_config(gw, IQN, {1: ha_volume.url(lun_path)}, location=location,
-                                     beat_seconds=BEAT, lease_seconds=LEASE))
+                                     non_owner=mode, beat_seconds=BEAT, lease_seconds=LEASE))
     for gw in gateways:
         gw.start()
     yield gateways
@@ -129,6 +172,7 @@ async def read_all(gw: Gateway, lbas: list[int]) -> dict[int, bytes]:
 # -- one owner, standby elsewhere ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("group", ["standby"], indirect=True)
 def test_one_owner_the_others_answer_not_ready_standby(group):
     owner = wait_owner(group)
     for gw in group:
@@ -139,6 +183,7 @@ def test_one_owner_the_others_answer_not_ready_standby(group):
         assert r.good if gw is owner else r.standby, f"{gw.name} READ: {r}"
 
 
+@pytest.mark.parametrize("group", ["standby"], indirect=True)
 def test_rtpg_is_identical_through_every_gateway_and_names_the_owner(group):
     owner = wait_settled(group)
     # Identical but for each descriptor's status code (byte 5: why the state last changed,
@@ -157,6 +202,7 @@ def test_rtpg_is_identical_through_every_gateway_and_names_the_owner(group):
 # -- the data follows the ownership ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("group", ["standby"], indirect=True)
 def test_after_failover_the_new_owner_reads_what_the_old_one_acknowledged(group):
     owner = wait_owner(group)
     lbas = random.Random(20).sample(range(LUN_BLOCKS), 300)
@@ -170,6 +216,7 @@ def test_after_failover_the_new_owner_reads_what_the_old_one_acknowledged(group)
     assert not stale, f"{len(stale)} of 300 LBAs stale through {new.name}: {stale[:10]}"
 
 
+@pytest.mark.parametrize("cli_group", ["standby"], indirect=True)
 def test_lun_move_hands_the_data_to_the_new_owner(cli_group):
     # `lun move` moves the LUNs of a group's definition (made with the CLI); a hand-written
     # config-section group has no definition to name them ("has no group LUN 1")
@@ -201,6 +248,7 @@ PR_FAMILIES = ["ALL.PrinReadKeys", "ALL.PrinServiceactionRange", "ALL.PrinReport
                "ALL.ProutRegister", "ALL.ProutReserve", "ALL.ProutClear", "ALL.ProutPreempt"]
 
 
+@pytest.mark.parametrize("group", ["standby"], indirect=True)
 def test_iscsi_test_cu_cannot_use_a_standby_path_it_is_refused_04_0b(group):
     owner = wait_settled(group)
     standby = next(gw for gw in group if gw is not owner)
@@ -209,6 +257,7 @@ def test_iscsi_test_cu_cannot_use_a_standby_path_it_is_refused_04_0b(group):
     assert "NOT READY" in run.output and "0x040b" in run.output, run.output[-2000:]
 
 
+@pytest.mark.parametrize("group", ["standby"], indirect=True)
 def test_iscsi_test_cu_reservation_and_multipath_families_on_a_group_lun(group):
     owner = wait_settled(group)
     failed = []
@@ -264,6 +313,7 @@ async def _writer(group: list[Gateway], first: Gateway, count: int, kill_at: int
     return acked
 
 
+@pytest.mark.parametrize("group", ["standby"], indirect=True)
 def test_sigkill_of_the_owner_during_writes_loses_no_acknowledged_block(group):
     owner = wait_owner(group)
     acked = asyncio.run(_writer(group, owner, count=600, kill_at=200, kill=owner))
@@ -274,11 +324,19 @@ def test_sigkill_of_the_owner_during_writes_loses_no_acknowledged_block(group):
     assert not lost, f"{len(lost)} acknowledged blocks differ: {lost[:10]}"
 
 
-def test_a_partitioned_owner_stops_acknowledging_and_nothing_it_took_lands_later(group):
+@pytest.mark.parametrize("run", [1, 2, 3])
+@pytest.mark.parametrize("group", ["non-optimized"], indirect=True)
+def test_a_partitioned_owner_stops_acknowledging_and_nothing_it_took_lands_later(
+        group, run, record_property):
+    """The owner's storage link cut (volume network.ping-timeout 10): it answers no GOOD to a
+    media command once its lease is past (fence), another gateway takes the LUN over, and
+    nothing the old owner had taken (a write issued right after the cut) lands after the
+    heal. Fence and takeover times are recorded (user_properties, -rA prints them)."""
     owner = wait_owner(group)
     lbas = list(range(1000, 1064))
     owner.partition()
     t0 = time.monotonic()
+    fenced: list[float] = []
 
     async def through_old_owner() -> list[Answer]:
         # every write after the cut: none may be acknowledged (the bricks are unreachable,
@@ -287,8 +345,24 @@ def test_a_partitioned_owner_stops_acknowledging_and_nothing_it_took_lands_later
             return [await p.write(lba, f"OLD:{lba}".encode().ljust(BLOCK, b"o"), timeout=150)
                     for lba in lbas[:4]]
 
-    old_answers = asyncio.run(through_old_owner())
+    async def fence_probe() -> None:
+        # a fresh session per probe (the writer's session has a write pending): the first
+        # media command refused NOT READY after the cut is the fence as an initiator sees it
+        while time.monotonic() - t0 < 120:
+            async with ScsiPath(owner.address, ISCSI_PORT, IQN) as p:
+                a = await p.cmd_past_ua(tur_cdb(), timeout=5)
+            if not a.good and not a.error:
+                fenced.append(time.monotonic() - t0)
+                return
+            await asyncio.sleep(0.25)
+
+    async def both() -> list[Answer]:
+        answers, _ = await asyncio.gather(through_old_owner(), fence_probe())
+        return answers
+
+    old_answers = asyncio.run(both())
     assert not any(a.good for a in old_answers), [str(a) for a in old_answers]
+    assert fenced, "the partitioned owner still answered TUR GOOD 120 s after the cut"
     others = [g for g in group if g is not owner]
     new = wait_owner(others, timeout=180)
     took_over = time.monotonic() - t0
@@ -299,23 +373,33 @@ def test_a_partitioned_owner_stops_acknowledging_and_nothing_it_took_lands_later
     got = asyncio.run(read_all(new, lbas))
     landed = [lba for lba in lbas if got[lba] != new_data[lba]]
     assert not landed, f"old owner's writes landed after the takeover ({took_over:.0f}s): {landed}"
-    # and the old owner, back on the network, is a standby now
+    # and the old owner, back on the network, is a non-owner now
     assert wait_owner(group, timeout=60) is new
+    figures = (f"run {run}: fenced (TUR not GOOD) {fenced[0]:.1f} s, takeover seen"
+               f" {took_over:.1f} s after the cut; old owner's writes: "
+               + ", ".join(str(a) for a in old_answers))
+    record_property("partition", figures)
+    print(figures)
 
 
 @pytest.fixture
 def cli_group(gateways: list[Gateway], ha_volume: GlusterEnv,
               request: pytest.FixtureRequest) -> Iterator[list[Gateway]]:
     """The admin's way (README quick start): group create, group join on every gateway,
-    target/LUN/ACL made once through one gateway (the definition on the volume)."""
-    name = request.node.name[:40]
+    target/LUN/ACL made once through one gateway (the definition on the volume). The
+    parameter: the ``--non-owner`` given to group create ("default": none)."""
+    mode = request.param
+    name = request.node.name.replace("[", "-").replace("]", "")[:40]
     os.makedirs(ha_volume.fuse_path("group"), exist_ok=True)
     lun_path = f"group/{name}.img"
     make_file(ha_volume, lun_path, LUN_SIZE)
     location = ha_volume.url(f"group/{name}.gluster-iscsi")
     first = gateways[0]
     first.cli("group", "create", "ha", "--location", location,
-              "--beat-seconds", str(BEAT), "--lease-seconds", str(LEASE))
+              "--beat-seconds", str(BEAT), "--lease-seconds", str(LEASE),
+              *(["--non-owner", mode] if mode != "default" else []))
+    for gw in gateways:
+        gw.non_owner = "non-optimized" if mode == "default" else mode
     for gw in gateways:
         gw.state_dir.mkdir(parents=True, exist_ok=True)
         gw.cli("group", "join", location, "--gateway", gw.name, "--number", str(gw.number),
@@ -330,7 +414,12 @@ def cli_group(gateways: list[Gateway], ha_volume: GlusterEnv,
         gw.stop()
 
 
+@pytest.mark.parametrize("cli_group", ["standby", "default"], indirect=True)
 def test_a_group_made_with_the_cli_has_one_owner(cli_group):
     owner = wait_owner(cli_group, timeout=60)
     for gw in cli_group:
-        assert ask(gw, "tur").good == (gw is owner)
+        a = ask(gw, "tur")
+        if cli_group[0].non_owner == "standby":
+            assert a.good == (gw is owner), f"{gw.name}: {a}"
+        else:  # the default: every path active, the owner's optimized (wait_owner's RTPG)
+            assert a.good, f"{gw.name}: {a}"
