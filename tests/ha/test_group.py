@@ -341,9 +341,15 @@ def test_a_partitioned_owner_stops_acknowledging_and_nothing_it_took_lands_later
     async def through_old_owner() -> list[Answer]:
         # every write after the cut: none may be acknowledged (the bricks are unreachable,
         # and past lease_seconds the owner must not even issue them)
+        out = []
         async with ScsiPath(owner.address, ISCSI_PORT, IQN) as p:
-            return [await p.write(lba, f"OLD:{lba}".encode().ljust(BLOCK, b"o"), timeout=150)
-                    for lba in lbas[:4]]
+            for lba in lbas[:4]:
+                out.append(await p.write(lba, f"OLD:{lba}".encode().ljust(BLOCK, b"o"),
+                                         timeout=150))
+                answered.append(time.monotonic() - t0)
+        return out
+
+    answered: list[float] = []
 
     async def fence_probe() -> None:
         # a fresh session per probe (the writer's session has a write pending): the first
@@ -377,7 +383,7 @@ def test_a_partitioned_owner_stops_acknowledging_and_nothing_it_took_lands_later
     assert wait_owner(group, timeout=60) is new
     figures = (f"run {run}: fenced (TUR not GOOD) {fenced[0]:.1f} s, takeover seen"
                f" {took_over:.1f} s after the cut; old owner's writes: "
-               + ", ".join(str(a) for a in old_answers))
+               + ", ".join(f"{a} at {t:.1f} s" for a, t in zip(old_answers, answered, strict=True)))
     record_property("partition", figures)
     print(figures)
 
@@ -389,7 +395,7 @@ def cli_group(gateways: list[Gateway], ha_volume: GlusterEnv,
     target/LUN/ACL made once through one gateway (the definition on the volume). The
     parameter: the ``--non-owner`` given to group create ("default": none)."""
     mode = request.param
-    name = request.node.name.replace("[", "-").replace("]", "")[:40]
+    name = f"{request.node.originalname[:40]}-{mode}"
     os.makedirs(ha_volume.fuse_path("group"), exist_ok=True)
     lun_path = f"group/{name}.img"
     make_file(ha_volume, lun_path, LUN_SIZE)
