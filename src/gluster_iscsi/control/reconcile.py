@@ -1120,6 +1120,24 @@ async def _commit(daemon: DaemonControl, st: _State, prep: _Prepared) -> None:
     st.offline = ((st.offline - prep.back_online) | prep.offline) & wanted
     st.cfg = copy.deepcopy(desired)
     st.applied_once = True
+    for _, lu, lu_obj, _ in prep.grows:
+        await _tell_group_capacity(lu_obj, lu["size"])
+
+
+async def _tell_group_capacity(lu_obj: Any, size: int) -> None:
+    """A gateway group's LU grown here: the other gateways' LUs learn the size and queue
+    CAPACITY DATA HAS CHANGED through the state record (``GroupMember.capacity_changed``).
+    The grow is in force either way: a gateway not told measures it at its next READ
+    CAPACITY (which re-reads the size) and tells its nexuses then."""
+    rs = getattr(lu_obj, "runner_state", None)
+    member = getattr(rs, "group", None)
+    if member is None:
+        return
+    try:
+        await member.capacity_changed(lu_obj, size)
+    except Exception as e:  # noqa: BLE001
+        log.warning("LUN grown to %d bytes; the other gateways of the group were not told (%s):"
+                    " they see it at their next READ CAPACITY", size, e)
 
 
 def _may_clash(new: dict[str, Any], removed: dict[str, Any]) -> bool:

@@ -529,11 +529,13 @@ class Daemon:
         self.group = member
         self.tpgt = member.number
         member.abort = self.abort_lu_tasks
+        member.abort_all = functools.partial(self.abort_lu_tasks, initiator_ports=None)
 
-    def abort_lu_tasks(self, lu: Any, initiator_ports: list[str]) -> None:
+    def abort_lu_tasks(self, lu: Any, initiator_ports: list[str] | None) -> None:
         """Abort the tasks these initiator ports have on ``lu`` (SPC-4 5.13.11.2.4 PREEMPT AND
-        ABORT, decided on another gateway)."""
-        victims = set(initiator_ports)
+        ABORT, decided on another gateway); None: every task of ``lu`` (a LOGICAL UNIT RESET
+        received by another gateway)."""
+        victims = set(initiator_ports) if initiator_ports is not None else None
         for target in list(self.registry.targets.values()):
             device = target.device
             luns = getattr(device, "luns", None) or {}
@@ -544,7 +546,7 @@ class Daemon:
                     conn = d.conn
                     s = conn.session if conn is not None else None
                     if conn is not None and s is not None and s.nexus is not None \
-                            and s.nexus.initiator_port in victims:
+                            and (victims is None or s.nexus.initiator_port in victims):
                         conn.abort_tasks(functools.partial(_on_lun, n))
 
     def group_status(self) -> dict[str, Any] | None:

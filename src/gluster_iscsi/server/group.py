@@ -138,6 +138,9 @@ class GroupMember:
         #: called on the loop with (lu, initiator ports) whose tasks a PREEMPT AND ABORT made
         #: through another gateway aborts here
         self.abort = abort
+        #: called on the loop with (lu) whose tasks a LOGICAL UNIT RESET made through another
+        #: gateway aborts here (every task of the LU, every nexus: SAM-5 6.3.3)
+        self.abort_all: Callable[[Any], None] | None = None
         self.luns: dict[str, GroupLu] = {}
         self.gateways: dict[str, GatewaySeen] = {}
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"group-{gateway}")
@@ -626,9 +629,12 @@ class GroupMember:
                     log.warning("group: LUN %s: unknown event: %s", glu.key, exc)
             for ev in fresh:
                 aborts += [p for p in ev.get("abort") or () if isinstance(p, str)]
+            reset = self._replay_lu_events(glu, fresh)
             glu.applied = version
         if aborts and self.abort is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.abort, lu, aborts)
+        if reset and self.abort_all is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.abort_all, lu)
         return True
 
     def shared_refresh(self, lu: Any) -> None:
@@ -644,7 +650,8 @@ class GroupMember:
         if got is not None:
             self._load(glu, got.data)
 
-    def shared_update(self, lu: Any, apply: Callable[[], Any]) -> Any:
+    def shared_update(self, lu: Any, apply: Callable[[], Any],
+                      extra_events: list[dict[str, Any]] | None = None) -> Any:
         """Change LU-wide state through the group (decision 4), on a worker thread: returns
         what ``apply`` returned once the owner enforces it; raises what ``apply`` raised
         (nothing written), or ESHUTDOWN (NOT READY 04/0A) when the volume or the owner does
@@ -674,6 +681,7 @@ class GroupMember:
             events = [e for e in data.get("events", ())
                       if isinstance(e, dict) and e.get("version", 0) > version - EVENT_HISTORY]
             events += self._events(recorded or [], version, value)
+            events += [{"version": version, "by": self.gateway, **e} for e in extra_events or ()]
             record = {"version": version, "by": self.gateway, "events": events, **new_state}
             self._bounded(end, self.shared.write, state_name(glu.key), record)
             glu.applied = version
@@ -731,3 +739,47 @@ class GroupMember:
             events.append({"version": version, "by": self.gateway,
                            "abort": list(extra["abort_initiators"])})
         return events
+
+    # -- LU-wide events beyond PR and mode pages: LUN RESET, capacity --------------------------
+
+    async def lun_reset(self, lu: Any, asc: int) -> None:
+        """A LOGICAL UNIT RESET this gateway just did to ``lu`` (``DeviceServer.lun_reset``:
+        its SPC-2 reservation dropped, the unit attention ``asc`` queued to its nexuses, its
+        tasks aborted) goes to the group as an event of the state record: every other
+        gateway does the same when it loads that version (:meth:`_replay_lu_events`), the
+        owner aborting the LU's tasks. Returns once the owner applied it (as a PR OUT does);
+        raises ``BackingStoreError`` (ESHUTDOWN) when the group did not take it."""
+        await self._publish_event(lu, {"reset": int(asc)})
+
+    async def capacity_changed(self, lu: Any, size: int) -> None:
+        """This gateway grew ``lu``'s file to ``size`` bytes (and told its own LU): every
+        other gateway's LU learns the size and queues CAPACITY DATA HAS CHANGED to its
+        nexuses when it loads the event."""
+        await self._publish_event(lu, {"capacity": int(size)})
+
+    async def _publish_event(self, lu: Any, event: dict[str, Any]) -> None:
+        if self.handle(lu) is None:
+            return
+        await asyncio.to_thread(self.shared_update, lu, lambda: None, [event])
+
+    def _replay_lu_events(self, glu: GroupLu, fresh: list[dict[str, Any]]) -> bool:
+        """Apply another gateway's reset and capacity events to this gateway's LU (under its
+        state lock, from :meth:`_load`). True if a reset was among them (its tasks to abort)."""
+        from ..scsi.sense import Asc
+
+        lu = glu.lu
+        reset = False
+        for ev in fresh:
+            asc = ev.get("reset")
+            if isinstance(asc, int) and hasattr(lu, "reset"):
+                try:
+                    lu.reset(Asc(asc))
+                except ValueError as exc:  # a gateway of another version
+                    log.warning("group: LUN %s: unknown reset event: %s", glu.key, exc)
+                    continue
+                reset = True
+            size = ev.get("capacity")
+            if isinstance(size, int) and size > 0 and hasattr(lu, "capacity_changed"):
+                if size // lu.block_size != lu.block_count:
+                    lu.capacity_changed(size)
+        return reset

@@ -1,0 +1,90 @@
+"""The gateway group at run time (issue 20's gaps): LUN RESET and capacity through the state
+record, a hung owner, a duplicate gateway, PR OUT that outlives its wait for the owner.
+Members in one process on a tmp-dir group directory, a clock the tests move."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gluster_iscsi.group.lease import Role
+from gluster_iscsi.scsi import DeviceServer
+from gluster_iscsi.scsi.sense import Asc
+from gluster_iscsi.server.driver import _group_lun_reset
+
+from .test_group import KEY, TARGET, Group, arun, nexus
+
+
+async def beating(g: Group, names: list[str], coro: Any) -> Any:
+    """Await ``coro`` while the named members beat (the clock moves 0.1 s a beat)."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        await g.rounds(1, step=0.1, only=names)
+        await asyncio.sleep(0.01)
+    return await task
+
+
+@arun
+async def test_lun_reset_through_a_standby_resets_the_lu_on_every_gateway(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    assert g.role("a") is Role.OWNER
+    aborted: list[Any] = []
+    g.members["a"].abort_all = aborted.append
+    servers = {n: DeviceServer({0: g.lus[n]}, target_name=TARGET) for n in ("a", "b")}
+    two_a, one_b = nexus("two", 1), nexus("one", 2)
+    servers["a"].nexus_added(two_a)
+    servers["b"].nexus_added(one_b)
+    lu_a = g.lus["a"]
+    lu_a.clear_ua(two_a.initiator_port)
+    lu_a.reserved_by = two_a.initiator_port  # an SPC-2 RESERVE through the owner
+    # the TMF reaches b: b's LU is reset there (driver: DeviceServer.lun_reset), then the group
+    servers["b"].lun_reset(0, one_b)
+    assert await beating(g, ["a"], _group_lun_reset(g.lus["b"]))
+    await asyncio.sleep(0.05)  # the abort is handed to the loop
+    assert lu_a.reserved_by is None
+    assert lu_a.pop_ua(two_a.initiator_port) is Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED
+    assert aborted == [lu_a]  # the owner aborts the LU's tasks
+    g.close()
+
+
+@arun
+async def test_a_grow_on_a_standby_reaches_every_gateway_with_capacity_data_has_changed(
+        tmp_path):
+    from gluster_iscsi.backstore.file import FileStore
+    from gluster_iscsi.control.reconcile import _tell_group_capacity
+    from gluster_iscsi.scsi import ScsiTask
+    from gluster_iscsi.server.runner import Runner, lu_on
+
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    g = Group(tmp_path, ["a", "b"])
+    stores = {}
+    for n in ("a", "b"):  # both gateways export one file
+        g.members[n].detach(g.lus[n])
+        stores[n] = FileStore(disk)
+        g.lus[n] = lu_on(stores[n], serial="s1")
+        g.members[n].attach(g.lus[n], KEY, "a")
+    await g.start()
+    await g.rounds(2)
+    assert g.role("a") is Role.OWNER
+    two_a = nexus("two", 1)
+    server_a = DeviceServer({0: g.lus["a"]}, target_name=TARGET)
+    server_a.nexus_added(two_a)
+    g.lus["a"].clear_ua(two_a.initiator_port)
+    # lun resize on b (reconcile's commit): the file grows there, b's LU is told, then the group
+    stores["b"].resize(4 << 20)
+    g.lus["b"].capacity_changed(4 << 20)
+    await beating(g, ["a"], _tell_group_capacity(g.lus["b"], 4 << 20))
+    lu_a = g.lus["a"]
+    assert lu_a.block_count == (4 << 20) // 512
+    assert lu_a.pop_ua(two_a.initiator_port) is Asc.CAPACITY_DATA_HAS_CHANGED
+    # READ CAPACITY (16) through the owner gives the new size
+    cdb = bytes([0x9E, 0x10]) + bytes(8) + (32).to_bytes(4, "big") + bytes(2)
+    res = Runner(clock=g.clock).run(server_a.execute(ScsiTask(cdb, 0, two_a,
+                                                              expected_length=32)), lu_a)
+    assert res.status == 0 and int.from_bytes(bytes(res.data)[:8], "big") == (4 << 20) // 512 - 1
+    for s in stores.values():
+        s.close()
+    g.close()
