@@ -366,28 +366,6 @@ async def test_unit_attentions_of_a_change_reach_nexuses_on_other_gateways(tmp_p
 
 
 @arun
-async def test_a_change_fails_not_ready_when_the_owner_never_applies_it(tmp_path):
-    g = Group(tmp_path, ["a", "b"])
-    await g.start()
-    await g.rounds(2)
-    server = DeviceServer({0: g.lus["b"]}, target_name=TARGET)
-    cdb, params = prout(0, sa_key=0xAAAA)
-
-    async def tick() -> None:  # time passes, a never beats (hung)
-        while True:
-            await asyncio.sleep(0.01)
-            g.clock.now += 0.5
-
-    ticker = asyncio.get_running_loop().create_task(tick())
-    res = await asyncio.to_thread(command, Runner(clock=g.clock), server, g.lus["b"], cdb,
-                                  nexus("one", 2), params)
-    ticker.cancel()
-    assert res.status == Status.CHECK_CONDITION
-    assert parse_sense(res.sense) == (SenseKey.NOT_READY, Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
-    g.close()
-
-
-@arun
 async def test_preempt_and_abort_through_a_standby_aborts_the_victims_tasks_on_the_owner(tmp_path):
     g = Group(tmp_path, ["a", "b"])
     await g.start()

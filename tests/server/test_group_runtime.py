@@ -88,3 +88,40 @@ async def test_a_grow_on_a_standby_reaches_every_gateway_with_capacity_data_has_
     for s in stores.values():
         s.close()
     g.close()
+
+
+@arun
+async def test_pr_out_the_hung_owner_never_acknowledges_is_good_once_it_is_fenced(tmp_path):
+    # Before: 04/0A although the registration was written, so the initiator's retry of the
+    # REGISTER met its own registration: RESERVATION CONFLICT.
+    from gluster_iscsi.scsi.task import Status
+    from gluster_iscsi.server.runner import Runner
+
+    from .test_group import command, prout
+
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    server = DeviceServer({0: g.lus["b"]}, target_name=TARGET)
+    a = g.members["a"].luns[KEY].lease
+
+    async def tick() -> None:  # time passes, a never beats (hung)
+        while True:
+            await asyncio.sleep(0.01)
+            g.clock.now += 0.5
+
+    ticker = asyncio.ensure_future(tick())
+    cdb, params = prout(0, sa_key=0xAAAA)  # REGISTER through the standby
+    try:
+        res = await asyncio.to_thread(command, Runner(clock=g.clock), server, g.lus["b"], cdb,
+                                      nexus("one", 2), params)
+        assert not a.may_issue(g.clock.now)  # GOOD only once the owner cannot issue
+    finally:
+        ticker.cancel()
+    assert res.status == Status.GOOD
+    # the owner runs again: its first heartbeat loads the registration before it renews
+    await g.rounds(1, only=["a"])
+    assert g.role("a") is Role.OWNER and a.may_issue(g.clock.now)
+    assert g.lus["a"].pr.to_dict() == g.lus["b"].pr.to_dict()
+    assert g.members["a"].luns[KEY].applied == g.members["b"].luns[KEY].applied
+    g.close()

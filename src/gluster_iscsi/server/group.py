@@ -654,8 +654,11 @@ class GroupMember:
                       extra_events: list[dict[str, Any]] | None = None) -> Any:
         """Change LU-wide state through the group (decision 4), on a worker thread: returns
         what ``apply`` returned once the owner enforces it; raises what ``apply`` raised
-        (nothing written), or ESHUTDOWN (NOT READY 04/0A) when the volume or the owner does
-        not answer within ``lease_seconds``."""
+        (nothing written), or ESHUTDOWN (NOT READY 04/0A) when the record could not be
+        written within ``lease_seconds`` (nothing changed, unless a write that timed out
+        lands later). Once written, the change is in force: GOOD when the owner says it
+        applied it, or at the latest ``lease_seconds`` after the write (:meth:`_wait_enforced`),
+        never 04/0A: a retried REGISTER would meet its own registration."""
         glu = self.handle(lu)
         if glu is None:
             with lu.state_lock:
@@ -684,13 +687,14 @@ class GroupMember:
             events += [{"version": version, "by": self.gateway, **e} for e in extra_events or ()]
             record = {"version": version, "by": self.gateway, "events": events, **new_state}
             self._bounded(end, self.shared.write, state_name(glu.key), record)
+            written = self.clock()
             glu.applied = version
         finally:
             with contextlib.suppress(Exception):
                 self.call_sync(self.lease_seconds, lock.release)
         if glu.lease.role in (Role.OWNER, Role.MOVING_OUT):
             return value
-        self._wait_seen(glu, version, end)
+        self._wait_enforced(glu, version, written)
         return value
 
     def _bounded(self, end: float, fn: Callable[..., Any], *args: Any) -> Any:
@@ -783,3 +787,30 @@ class GroupMember:
                 if size // lu.block_size != lu.block_count:
                     lu.capacity_changed(size)
         return reset
+
+    def _wait_enforced(self, glu: GroupLu, version: int, written: float) -> None:
+        """A non-owner's change, written at ``written``: wait until the owner's lease record
+        says it applied ``version``, or until ``written + lease_seconds``, whichever comes
+        first. Past that, no owner can issue a command without it: an owner's issue
+        deadline is the start of a heartbeat + ``lease_seconds``, a heartbeat loads the
+        state record before it renews anything, and a heartbeat that read the record before
+        this write started before ``written``; a new owner loads the record before it
+        serves. So the change is enforced either way and PR OUT answers GOOD: answering
+        NOT READY for a change that is already in force would make the initiator's retry of
+        a REGISTER meet its own registration (RESERVATION CONFLICT)."""
+        until = written + self.lease_seconds
+        while True:
+            try:
+                got = self._bounded(until, self.shared.read, lease_name(glu.key))
+            except BackingStoreError:
+                got = False  # the volume does not answer: the deadline still holds
+            if got is not False:
+                rec = LeaseRecord.from_dict(got.data if got is not None else None)
+                if rec is None or rec.owner is None or rec.seen >= version:
+                    return  # applied, or no owner (whoever takes it loads it first)
+            if self.clock() >= until:
+                log.warning("group: LUN %s: the owner has not said it applied state version "
+                            "%d within %gs; in force anyway (no owner issues without it)",
+                            glu.key, version, self.lease_seconds)
+                return
+            time.sleep(min(0.02, self.beat_seconds / 10))
