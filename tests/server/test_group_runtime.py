@@ -5,10 +5,12 @@ Members in one process on a tmp-dir group directory, a clock the tests move."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from gluster_iscsi.group.lease import Role
 from gluster_iscsi.scsi import DeviceServer
+from gluster_iscsi.scsi.alua import AccessState as S
 from gluster_iscsi.scsi.sense import Asc
 from gluster_iscsi.server.driver import _group_lun_reset
 
@@ -124,4 +126,75 @@ async def test_pr_out_the_hung_owner_never_acknowledges_is_good_once_it_is_fence
     assert g.role("a") is Role.OWNER and a.may_issue(g.clock.now)
     assert g.lus["a"].pr.to_dict() == g.lus["b"].pr.to_dict()
     assert g.members["a"].luns[KEY].applied == g.members["b"].luns[KEY].applied
+    g.close()
+
+
+@arun
+async def test_a_hung_owner_keeping_its_lock_is_reported_unavailable_and_said_once(
+        tmp_path, caplog):
+    g = Group(tmp_path, ["a", "b", "c"])
+    await g.start()
+    await g.rounds(2)
+    assert g.role("a") is Role.OWNER
+    caplog.set_level(logging.WARNING, logger="gluster_iscsi.server.group")
+    await g.rounds(8, only=["b", "c"])  # a is SIGSTOPped: it holds the lock, never beats
+    assert g.role("b") is Role.STANDBY and g.role("c") is Role.STANDBY  # nobody can take it
+    for n in ("b", "c"):
+        states = {d[0]: d[1] for d in g.tables([n])[0]}
+        assert states[1] is S.UNAVAILABLE  # RTPG says so on every path
+    said = [r.getMessage() for r in caplog.records if "still holds the lock" in r.getMessage()]
+    assert len(said) == 2  # once per LUN per standby, not once per beat
+    assert "owner a has not renewed for" in said[0] and "WatchdogSec" in said[0]
+    st = g.members["b"].status()["luns"][KEY]
+    assert st["owner_hung"] is True and st["owner_silent_for"] >= 5.0
+    # a runs again: it renews, the standbys say so and stop reporting it
+    await g.rounds(2)
+    assert g.role("a") is Role.OWNER
+    assert "owner_hung" not in g.members["b"].status()["luns"][KEY]
+    g.close()
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self.watchdog_interval = 1.0
+        self.pings = 0
+
+    def watchdog(self) -> bool:
+        self.pings += 1
+        return True
+
+    def status(self, line: str) -> None:
+        pass
+
+
+class Daemon:
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self.registry = type("R", (), {"targets": {}})()
+        self.session_table: list[Any] = []
+
+    def portals(self) -> list[Any]:
+        return []
+
+
+@arun
+async def test_the_watchdog_is_fed_only_while_the_owners_beats_succeed(tmp_path):
+    from gluster_iscsi.cli.serve import _Ticker
+
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    loop = asyncio.get_running_loop()
+    pings = {}
+    for n in ("a", "b"):
+        notifier = Notifier()
+        ticker = _Ticker(loop, notifier, Daemon(g.members[n]))
+        ticker.cancel()
+        pings[n] = notifier
+    assert pings["a"].pings == 1 and pings["b"].pings == 1
+    g.clock.now += 6.0  # a's beat is stuck (its worker hangs in a call): no beat for a lease
+    for n in ("a", "b"):
+        _Ticker(loop, pings[n], Daemon(g.members[n])).cancel()
+    assert pings["a"].pings == 1  # the owner holds the lock: systemd must be able to kill it
+    assert pings["b"].pings == 2  # a standby that holds nothing blocks nobody
     g.close()

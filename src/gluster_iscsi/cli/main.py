@@ -1157,10 +1157,18 @@ def group_show(as_json: bool) -> None:
         click.echo("")
         click.echo(table(
             ["TARGET", "LUN", "PATH", "OWNER", "EPOCH", "PREFERRED", "SESSIONS"],
-            [[x["target"], x["lun"], x["path"], x["owner"], x["epoch"], x["preferred"],
+            [[x["target"], x["lun"], x["path"], _owner_text(x), x["epoch"], x["preferred"],
               ",".join(f"{k}:{v}" for k, v in sorted(x["sessions"].items()))]
              for x in g["luns"]],
         ))  # fmt: skip
+
+
+def _owner_text(lun: dict[str, Any]) -> str:
+    """The OWNER column: a hung owner (holds the lock, no longer renews) says so."""
+    owner = str(lun.get("owner") or "-")
+    if lun.get("owner_hung"):
+        owner += f" (HUNG? silent {_age(lun.get('owner_silent_for'))})"
+    return owner
 
 
 @group.command("rebalance")

@@ -450,11 +450,12 @@ class _Ticker:
         self.interval = min(wd, 10.0) if wd else 10.0
         self.last = status_line(daemon)
         self.stopping = False
+        self.withheld = False  # watchdog pings withheld (a stuck group beat): said once
         self.handle: asyncio.TimerHandle | None = None
         self._tick()
 
     def _tick(self) -> None:
-        if self.notifier.watchdog_interval:
+        if self.notifier.watchdog_interval and self._group_alive():
             self.notifier.watchdog()
         line = self.last if self.stopping else status_line(self.daemon)
         if line != self.last:
@@ -465,6 +466,22 @@ class _Ticker:
     def cancel(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
+
+    def _group_alive(self) -> bool:
+        """In a gateway group, the watchdog is fed only while the group's beats succeed or
+        this gateway holds no LUN (``GroupMember.beating``): a loop that still runs while the
+        beat is stuck must not keep a gateway that holds locks alive (nobody else could take
+        its LUNs; systemd kills it, the bricks free them)."""
+        member = getattr(self.daemon, "group", None)
+        if member is None:
+            return True
+        alive = bool(member.beating())
+        if not alive and not self.withheld:
+            log.error("gateway group: no successful beat for %gs while this gateway holds "
+                      "LUNs: watchdog pings withheld (systemd restarts it)",
+                      member.lease_seconds)
+        self.withheld = not alive
+        return alive
 
 
 async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod: Any,

@@ -769,6 +769,9 @@ class ControlServer:
                 "path": e.get("path"), "preferred": e.get("preferred"),
                 "owner": st.get("owner"), "epoch": st.get("epoch"), "role": st.get("role"),
                 "sessions": {link.gateway: here, **(st.get("sessions") or {})},
+                # the owner holds the lock without renewing (hung: only a kill frees it)
+                "owner_hung": bool(st.get("owner_hung")),
+                "owner_silent_for": st.get("owner_silent_for"),
             })  # fmt: skip
         return {
             "name": defn.get("name"), "version": defn.get("version"),

@@ -116,6 +116,9 @@ class GroupLu:
         self.drain: asyncio.Task[None] | None = None
         #: the move request record's seq already acted on
         self.move_seq = 0
+        #: a standby: the owner named in the record has not renewed for a lease while its
+        #: lock is still held (a hung owner: said once, see GroupMember._owner_hung)
+        self.owner_hung = False
 
 
 class GroupMember:
@@ -259,6 +262,7 @@ class GroupMember:
                 "move_to": rec.move_to if rec else None,
                 "issue_deadline_in": (round(lease.issue_deadline - now, 3)
                                       if math.isfinite(lease.issue_deadline) else None),
+                **self._lun_problems(glu, now),
             }
         gateways = {self.gateway: {"number": self.number, "beat": self._beat, "age": 0.0,
                                    "live": self._self_live(now), "version": __version__}}
@@ -473,13 +477,20 @@ class GroupMember:
         rec = LeaseRecord.from_dict(got.data if got is not None else None)
         with contextlib.suppress(Exception):
             await self._poll_state(glu)
-        if lease.observed(rec, now) is not Do.TRY_LOCK:
+        do = lease.observed(rec, now)
+        if glu.owner_hung and lease.heard_within(now):
+            glu.owner_hung = False
+            log.warning("group: LUN %s: owner %s renews again", glu.key,
+                        rec.owner if rec is not None else None)
+        if do is not Do.TRY_LOCK:
             return
         try:
             lock = await self._call(self.shared.try_lock, lease_name(glu.key), 0)
         except Exception as exc:  # noqa: BLE001
             if not _lock_held_error(exc):
                 log.warning("group: LUN %s: lock try failed: %s", glu.key, exc)
+            else:
+                self._owner_hung(glu, rec, now)
             lease.lock_result(False, self.clock())
             return
         glu.lock = lock
@@ -814,3 +825,39 @@ class GroupMember:
                             glu.key, version, self.lease_seconds)
                 return
             time.sleep(min(0.02, self.beat_seconds / 10))
+
+    # -- a hung owner -------------------------------------------------------------------------
+
+    def _owner_hung(self, glu: GroupLu, rec: LeaseRecord | None, now: float) -> None:
+        """A standby found the lock held although the record has not changed for a lease:
+        its holder neither renews nor lets go (SIGSTOPped, a thread stuck in the kernel: the
+        bricks keep a frozen client's lock, docs/HA.md "Measured"). The ALUA table already
+        reports its group unavailable (the record is not fresh); said once per LUN here, and
+        in the status (``owner_hung``), since only a kill frees the LUN."""
+        if glu.owner_hung or rec is None or rec.owner is None or glu.lease.heard_within(now):
+            return
+        glu.owner_hung = True
+        log.error("group: LUN %s: owner %s has not renewed for %.0f s but still holds the "
+                  "lock: hung? a watchdog (systemd WatchdogSec, see `gluster-iscsi systemd "
+                  "install`) or an admin must kill it", glu.key, rec.owner,
+                  glu.lease.silent_for(now))
+
+    def _lun_problems(self, glu: GroupLu, now: float) -> dict[str, Any]:
+        """What the status adds for a LUN in trouble (empty when there is none)."""
+        out: dict[str, Any] = {}
+        if glu.owner_hung and glu.lease.role is Role.STANDBY:
+            out["owner_hung"] = True
+            out["owner_silent_for"] = round(glu.lease.silent_for(now), 1)
+        return out
+
+    def beating(self, now: float | None = None) -> bool:
+        """Whether this gateway's group work is alive, for the systemd watchdog: its beats
+        succeed (the gateway record was written within ``lease_seconds``), or it holds no
+        LUN (a standby that cannot beat blocks nobody). A beat stuck in a call to the
+        volume, or a loop that no longer runs the beat, stops the pings while this gateway
+        holds locks: systemd then kills it and the bricks free its LUNs."""
+        if now is None:
+            now = self.clock()
+        if self._self_live(now):
+            return True
+        return not any(glu.lock is not None for glu in self.luns.values())
