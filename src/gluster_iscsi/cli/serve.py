@@ -591,7 +591,7 @@ async def _join_group(daemon: Daemon, control: ControlServer, cfg: dict[str, Any
     # member as it opens (before it serves), from the first poll on (control/api.py).
     control.group_member = member
     try:
-        await attach_group_luns(daemon, member, shared, control.reconciler.current())
+        await control.attach_opened_luns()  # the config's LUNs, as control attaches later ones
         await member.start()
     except Exception as exc:  # noqa: BLE001
         await member.stop(release=True)
@@ -600,28 +600,6 @@ async def _join_group(daemon: Daemon, control: ControlServer, cfg: dict[str, Any
     daemon.group_shared = shared
     log.info("gateway group: %s is gateway %d (TPGT %d) of %s; %d LUNs", g["gateway"],
              g["number"], daemon.tpgt, g["location"], len(member.luns))
-
-
-async def attach_group_luns(daemon: Daemon, member: Any, shared: Any,
-                            cfg: dict[str, Any]) -> None:
-    """The LUNs of this daemon's own config (a hand-written group: no definition on the
-    volume) become group LUNs keyed by their files' GFIDs. The group definition's LUNs are
-    attached by control as they open (control/api.py ``_attach_lu``); a gateway that joined
-    with ``group join`` has no LUNs of its own."""
-    from ..control.config import _classify
-
-    loop = asyncio.get_running_loop()
-    for t in cfg["targets"]:
-        target = daemon.registry.lookup(t["name"])
-        device = target.device if target is not None else None
-        for lun in t["luns"]:
-            lu = device.lu(lun["lun"]) if device is not None else None
-            kind = _classify(lun["backing"], lun.get("bstype"))
-            if lu is None or kind is None or kind[0] == "memory":
-                continue
-            path = kind[1] if kind[0] == "file" else kind[1].path
-            key = await loop.run_in_executor(daemon.store_executor, shared.gfid, path)
-            member.attach(lu, key.replace(":", "-"), lun.get("preferred"))
 
 
 def _listening(daemon: Daemon, p: dict[str, Any]) -> bool:

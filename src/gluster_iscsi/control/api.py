@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -262,7 +263,10 @@ class ControlServer:
     ) -> dict[str, Any]:
         """:meth:`_mutate` for a caller that holds the reconciler's lock (``lun create``
         holds it from its checks to the save)."""
-        if self.reconciler.group_link is not None:
+        link = self.reconciler.group_link
+        # A hand-written group (no definition on the volume): changes stay in the local
+        # config, as outside a group; its LUNs become group LUNs as they open (_attach_lu).
+        if link is not None and not (link.definition is None and link.no_definition_said):
             return await self._mutate_group(edit, dry_run=dry_run, force=force)
         before = self.reconciler.current()
         cfg = self.reconciler.current()
@@ -570,21 +574,55 @@ class ControlServer:
             self.reconciler.set_hooks(self._attach_lu, self._detach_lu)
         self._group_task = asyncio.ensure_future(self._group_poll(link))
 
-    def _attach_lu(self, target_name: str, lun: int, lu: Any) -> None:
-        """A LU just opened (not serving yet): a LUN of the group definition becomes a group
-        LU of the member, keyed by its file's GFID, so no store call is issued until this
-        gateway owns it (the definition decides which LUNs are the group's: one place)."""
+    async def _attach_lu(self, target_name: str, lun: int, lu: Any,
+                         entry: dict[str, Any] | None = None) -> None:
+        """A LU just opened on a group member (not serving yet) becomes a group LU of the
+        member, so no store call is issued until this gateway owns it: the one function for
+        every way a LUN arrives (start, SIGHUP, ``config reload``, the CLI; definition or
+        hand-written group). A LUN of the group definition is keyed by the definition's
+        GFID (the definition decides which LUNs are the group's); any other LUN of the
+        config (a hand-written group: no definition) by its file's GFID, read through the
+        group directory; a memory LUN is this process's own and is not attached.
+        ``entry``: the LUN's config entry (its backing)."""
         from .group import member_key
 
-        found = self.reconciler.group_lun(target_name, lun)
         member = self.group_member
-        if found is None or member is None:
+        if member is None:
             return
-        key = member_key(found[0])
+        found = self.reconciler.group_lun(target_name, lun)
+        if found is not None:
+            key, preferred = member_key(found[0]), found[1]
+        else:
+            if entry is None:
+                return
+            gfid = await self._file_gfid(member, entry)
+            if gfid is None:
+                return
+            key, preferred = member_key(gfid), entry.get("preferred")
         old = member.luns.get(key)
         if old is not None and old.lu is not lu:  # a replaced LU: the new one takes the lease
             member.detach(old.lu)
-        member.attach(lu, key, found[1])
+        member.attach(lu, key, preferred)
+
+    async def _file_gfid(self, member: Any, entry: dict[str, Any]) -> str | None:
+        """The GFID of a config entry's file, through the member's group directory (off the
+        loop); None for a memory LUN."""
+        from .config import _classify
+
+        kind = _classify(entry["backing"], entry.get("bstype"))
+        if kind is None or kind[0] == "memory":
+            return None
+        path = kind[1] if kind[0] == "file" else kind[1].path
+        gfid: str = await self._in_executor(functools.partial(member.shared.gfid, path))
+        return gfid
+
+    async def attach_opened_luns(self) -> None:
+        """Attach every LUN open now (the ones applied before the member existed, at start)
+        through :meth:`_attach_lu`."""
+        entries = {(t["name"].lower(), e["lun"]): e
+                   for t in self.reconciler.current().get("targets", []) for e in t["luns"]}
+        for tname, n, lu in self.reconciler.logical_units():
+            await self._attach_lu(tname, n, lu, entries.get((tname.lower(), n)))
 
     def _detach_lu(self, lu: Any) -> None:
         if self.group_member is not None:
