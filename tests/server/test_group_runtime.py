@@ -198,3 +198,59 @@ async def test_the_watchdog_is_fed_only_while_the_owners_beats_succeed(tmp_path)
     assert pings["a"].pings == 1  # the owner holds the lock: systemd must be able to kill it
     assert pings["b"].pings == 2  # a standby that holds nothing blocks nobody
     g.close()
+
+
+@arun
+async def test_a_second_daemon_as_the_same_gateway_notices_and_stands_down(tmp_path, caplog):
+    from gluster_iscsi.group.shared import open_shared
+    from gluster_iscsi.server.group import GroupMember
+    from gluster_iscsi.server.runner import lu_state
+
+    from .test_group import Clock, make_lu
+
+    clock = Clock()
+    dirs = [open_shared(str(tmp_path / "group")) for _ in range(3)]
+
+    def member(i: int, name: str, number: int, started: float) -> tuple[GroupMember, Any]:
+        m = GroupMember(dirs[i], name, number, beat_seconds=1.0, lease_seconds=5.0,
+                        clock=clock, started=started)
+        lu = make_lu()
+        m.attach(lu, KEY, None)
+        return m, lu
+
+    first, lu1 = member(0, "a", 1, started=100.0)  # the daemon that ran first
+    second, lu2 = member(1, "a", 1, started=200.0)  # started later under the same name
+    b, _ = member(2, "b", 2, started=150.0)
+    # the later one got the LUN before the first came up
+    await second.start(run=False)
+    await b.start(run=False)
+    for _ in range(2):
+        await second.beat()
+        await b.beat()
+        clock.now += 1.0
+    assert second.luns[KEY].lease.role is Role.OWNER
+    caplog.set_level(logging.ERROR, logger="gluster_iscsi.server.group")
+    await first.start(run=False)
+    for _ in range(3):
+        for m in (first, second, b):
+            await m.beat()
+        clock.now += 1.0
+    assert second.yielded and not first.yielded
+    assert second.luns[KEY].lease.role is Role.STANDBY  # stands down: released what it held
+    assert lu_state(lu2).issue_deadline == float("-inf")
+    for _ in range(3):
+        for m in (first, second, b):
+            await m.beat()
+        clock.now += 1.0
+    owners = [m for m in (first, b) if m.luns[KEY].lease.role is Role.OWNER]
+    assert len(owners) == 1 and second.luns[KEY].lease.role is Role.STANDBY  # never again
+    assert second.status()["duplicate"]["yielded"] is True
+    assert first.status()["duplicate"]["yielded"] is False
+    said = [r.getMessage() for r in caplog.records if "another daemon" in r.getMessage()]
+    assert len(said) == 2  # each says it once
+    # the gateway record stays the first daemon's
+    assert dirs[2].read("gateways/a").data["instance"] == first.instance
+    for m in (first, second, b):
+        await m.stop(release=False)
+    for d in dirs:
+        d.close()

@@ -528,7 +528,21 @@ class ControlServer:
             "active": link is not None,
             "applied_version": link.applied_version if link is not None else None,
             "error": link.error if link is not None else None,
+            **self._member_problems(),
         }  # fmt: skip
+
+    def _member_problems(self) -> dict[str, Any]:
+        """What the group member reports wrong (``status``): another daemon running as this
+        gateway (``duplicate``), LUNs whose owner holds its lock without renewing."""
+        try:
+            st = self.daemon.group_status()
+        except Exception:  # noqa: BLE001 - the status is extra
+            return {}
+        if not isinstance(st, dict):
+            return {}
+        return {"duplicate": st.get("duplicate"),
+                "hung_owners": {k: v.get("owner") for k, v in (st.get("luns") or {}).items()
+                                if isinstance(v, dict) and v.get("owner_hung")}}
 
     def _memory(self) -> dict[str, int]:
         """The budget for commands' data (``serve --memory-budget``) and how much is held."""
@@ -817,6 +831,8 @@ class ControlServer:
             "access": link.access.kind, "settings": defn.get("settings") or {},
             "applied_version": link.applied_version, "error": link.error,
             "gateways": gateways, "luns": luns,
+            # another daemon runs as this gateway (name or number): who, and who stands down
+            "duplicate": status.get("duplicate"),
         }  # fmt: skip
 
     async def _group_status(self) -> dict[str, Any]:

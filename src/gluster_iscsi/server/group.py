@@ -32,8 +32,11 @@ import errno
 import functools
 import logging
 import math
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 #: How many versions of LU-wide events (unit attentions for other gateways' nexuses, PREEMPT
 #: AND ABORT victims) the state record keeps, for a gateway that missed some versions.
 EVENT_HISTORY = 32
+#: In a gateway record's name: a duplicate daemon's own record (``gateways/<name>~<id>``)
+DUPLICATE_MARK = "~"
 #: Kinds of LU-wide state the state record carries (``lu.shared_state(kind)``).
 STATE_KINDS = ("pr", "mode")
 
@@ -126,7 +131,8 @@ class GroupMember:
 
     def __init__(self, shared: Shared, gateway: str, number: int, *, beat_seconds: float = 1.0,
                  lease_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 abort: Callable[[Any, list[str]], None] | None = None) -> None:
+                 abort: Callable[[Any, list[str]], None] | None = None,
+                 instance: str | None = None, started: float | None = None) -> None:
         if not 1 <= number <= 255:
             raise ValueError(f"gateway number {number} is not 1..255")
         if not 0 < beat_seconds < lease_seconds:
@@ -155,6 +161,16 @@ class GroupMember:
         self._stopping = False
         self._wake: asyncio.Event | None = None  # made in start()
         self._mutex = threading.Lock()  # luns/gateways seen from worker threads
+        #: this daemon among the gateway's incarnations: a random id and its start time
+        #: (wall clock), published in the gateway record (see _check_duplicate)
+        self.instance = instance or uuid.uuid4().hex
+        self.started = started if started is not None else time.time()
+        #: another running daemon with this gateway's name or number, as its record says
+        #: ({gateway, number, host, pid, instance, started}); None: none seen
+        self.duplicate: dict[str, Any] | None = None
+        #: this daemon is the later of two duplicates: it owns nothing and publishes nothing
+        self.yielded = False
+        self._dup_beats: dict[str, Any] = {}  # duplicates' records: the beat last read
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -205,8 +221,11 @@ class GroupMember:
                         await asyncio.wait_for(self._call(lock.release), bound)
                 except Exception as exc:  # noqa: BLE001 - the rest must be released too
                     log.warning("group: LUN %s: not released cleanly: %s", glu.key, exc)
+            # (a duplicate that stood down says it stopped in its own record, never the
+            # gateway's: that one is the other daemon's)
+            own = self._duplicate_name() if self.yielded else gateway_name(self.gateway)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._call(self.shared.write, gateway_name(self.gateway),
+                await asyncio.wait_for(self._call(self.shared.write, own,
                                                   self._gateway_record(stopped=True)), bound)
         else:
             for glu in self.luns.values():
@@ -271,9 +290,12 @@ class GroupMember:
                 gateways[name] = {"number": g.number, "beat": g.beat,
                                   "age": round(now - g.since, 3), "live": self._live(g, now),
                                   "version": g.version}
-        return {"gateway": self.gateway, "number": self.number,
-                "beat_seconds": self.beat_seconds, "lease_seconds": self.lease_seconds,
-                "luns": luns, "gateways": gateways}
+        out = {"gateway": self.gateway, "number": self.number,
+               "beat_seconds": self.beat_seconds, "lease_seconds": self.lease_seconds,
+               "luns": luns, "gateways": gateways}
+        if self.duplicate is not None:
+            out["duplicate"] = {**self.duplicate, "yielded": self.yielded}
+        return out
 
     # -- moves ----------------------------------------------------------------------------------
 
@@ -337,6 +359,8 @@ class GroupMember:
     async def _beat_once(self) -> None:
         await self._publish()
         await self._read_gateways()
+        if self.yielded:
+            await self._stand_down()
         for glu in list(self.luns.values()):
             if glu.key in self.luns:
                 await self._step(glu)
@@ -345,9 +369,12 @@ class GroupMember:
 
     def _gateway_record(self, *, stopped: bool = False) -> dict[str, Any]:
         return {"number": self.number, "version": __version__, "beat": self._beat,
-                "stopped": stopped}
+                "stopped": stopped, "instance": self.instance, "started": self.started,
+                "host": socket.gethostname(), "pid": os.getpid()}
 
     async def _publish(self) -> None:
+        if not await self._check_own_record():
+            return  # a duplicate that yielded: the gateway's record is the other daemon's
         start = self.clock()
         self._beat += 1
         try:
@@ -365,6 +392,9 @@ class GroupMember:
         now = self.clock()
         for full in names:
             name = full.rsplit("/", 1)[-1]
+            if DUPLICATE_MARK in name:  # a duplicate's record (see _stand_down), not a gateway
+                await self._read_duplicate_record(name)
+                continue
             if name == self.gateway:
                 continue
             try:
@@ -375,6 +405,9 @@ class GroupMember:
             if not isinstance(data, dict) or not isinstance(data.get("number"), int):
                 continue
             if data["number"] == self.number and not data.get("stopped"):
+                old = self.gateways.get(name)
+                if old is not None and old.beat != data.get("beat", 0):  # alive, not a leftover
+                    self._duplicate_seen(name, data)
                 PROBLEMS.report(log, logging.ERROR, "group number", name,
                                 "group: gateway %s also claims number %d: give each gateway "
                                 "its own number (the ALUA tables are wrong until then)",
@@ -478,6 +511,8 @@ class GroupMember:
         with contextlib.suppress(Exception):
             await self._poll_state(glu)
         do = lease.observed(rec, now)
+        if self.yielded:
+            return  # a duplicate gateway takes no lease
         if glu.owner_hung and lease.heard_within(now):
             glu.owner_hung = False
             log.warning("group: LUN %s: owner %s renews again", glu.key,
@@ -861,3 +896,98 @@ class GroupMember:
         if self._self_live(now):
             return True
         return not any(glu.lock is not None for glu in self.luns.values())
+
+    # -- two daemons as one gateway -----------------------------------------------------------
+
+    async def _check_own_record(self) -> bool:
+        """Before each write of the gateway record: read it; another instance's writes there
+        since this daemon's last one mean a second daemon runs under this gateway's name
+        (the first write is not checked: a restart finds its previous incarnation's
+        record). False once this daemon yielded: it writes the record no more."""
+        if self._beat > 0:
+            try:
+                got = await self._call(self.shared.read, gateway_name(self.gateway))
+            except Exception:  # noqa: BLE001 - the write that follows says what is wrong
+                got = None
+            data = got.data if got is not None else None
+            if (isinstance(data, dict) and isinstance(data.get("instance"), str)
+                    and data["instance"] != self.instance and not data.get("stopped")):
+                self._duplicate_seen(self.gateway, data)
+        if self.yielded:
+            # Publish under a name of its own, so the daemon that stays hears of this one.
+            with contextlib.suppress(Exception):
+                self._beat += 1
+                await self._call(self.shared.write, self._duplicate_name(),
+                                 {**self._gateway_record(), "duplicate_of": self.gateway})
+        return not self.yielded
+
+    def _duplicate_name(self) -> str:
+        return gateway_name(f"{self.gateway}{DUPLICATE_MARK}{self.instance[:12]}")
+
+    async def _read_duplicate_record(self, name: str) -> None:
+        """A yielded duplicate's record: if it is this gateway's name or number and another
+        instance, and its beat moves, this daemon hears of it."""
+        try:
+            got = await self._call(self.shared.read, gateway_name(name))
+        except Exception:  # noqa: BLE001
+            return
+        data = got.data if got is not None else None
+        if not isinstance(data, dict) or data.get("instance") == self.instance \
+                or data.get("stopped"):
+            return
+        if data.get("duplicate_of") != self.gateway and data.get("number") != self.number:
+            return
+        beat = data.get("beat")
+        last = self._dup_beats.get(name)
+        self._dup_beats[name] = beat
+        if last is not None and last != beat:
+            self._duplicate_seen(str(data.get("duplicate_of")), data)
+
+    def _duplicate_seen(self, name: str, data: dict[str, Any]) -> None:
+        """Another running daemon is gateway ``name`` (this one's name or number). The later
+        started of the two (by their records' start times; ties by instance id) yields: it
+        stops acting as owner (:meth:`_stand_down`) and takes no lease; the other goes on.
+        Both say so, once, in the log and in :meth:`status` (never silent divergence)."""
+        other_started = data.get("started")
+        other_instance = str(data.get("instance") or "")
+        if not isinstance(other_started, (int, float)):
+            other_started = -math.inf  # a gateway of an older version: it was there first
+        later = (self.started, self.instance) > (other_started, other_instance)
+        info = {"gateway": name, "number": data.get("number"), "host": data.get("host"),
+                "pid": data.get("pid"), "instance": other_instance or None,
+                "started": data.get("started")}
+        first = self.duplicate is None or self.duplicate.get("instance") != info["instance"]
+        self.duplicate = info
+        if later and not self.yielded:
+            self.yielded = True
+            log.error("group: another daemon runs as gateway %s (number %s, host %s, pid %s) "
+                      "since before this one: this daemon stands down (owns no LUN, takes no "
+                      "lease) until it is stopped; give each gateway its own name and number",
+                      name, info["number"], info["host"], info["pid"])
+        elif first and not later:
+            log.error("group: another daemon also runs as gateway %s (number %s, host %s, pid "
+                      "%s), started after this one: it stands down; stop it", name,
+                      info["number"], info["host"], info["pid"])
+
+    async def _stand_down(self) -> None:
+        """A yielded duplicate gives back what it holds: each LUN whose lock this daemon
+        holds is announced transitioning, drained (bounded), written released and its lock
+        released, so the gateway that stays (or a peer) takes it; nothing it does not hold
+        is written."""
+        for glu in list(self.luns.values()):
+            if glu.lock is None:
+                continue
+            self._push(glu, own_state="transitioning")
+            self._set_deadline(glu, -math.inf)
+            await self._drain(glu, self.lease_seconds)
+            rec = glu.lease.record
+            try:
+                if rec is not None and glu.lease.role in (Role.OWNER, Role.MOVING_OUT,
+                                                          Role.FENCED):
+                    gone = LeaseRecord(None, glu.lease.epoch, rec.beat + 1, glu.applied, None)
+                    await self._call(self.shared.write, lease_name(glu.key), gone.to_dict())
+            except Exception as exc:  # noqa: BLE001 - released all the same
+                log.warning("group: LUN %s: not released cleanly: %s", glu.key, exc)
+            await self._release(glu)
+            glu.lease.released(self.clock())
+            log.warning("group: LUN %s released (a duplicate gateway stands down)", glu.key)
