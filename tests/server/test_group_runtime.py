@@ -254,3 +254,15 @@ async def test_a_second_daemon_as_the_same_gateway_notices_and_stands_down(tmp_p
         await m.stop(release=False)
     for d in dirs:
         d.close()
+
+
+@arun
+async def test_each_gateway_publishes_its_sessions_per_lun_for_group_show(tmp_path):
+    g = Group(tmp_path, ["a", "b", "c"])
+    g.members["a"].session_counts = lambda lus: [2 for _ in lus]
+    g.members["c"].session_counts = lambda lus: [1 for _ in lus]
+    await g.start()
+    await g.rounds(2)
+    assert g.members["b"].status()["luns"][KEY]["sessions"] == {"a": 2, "c": 1}
+    assert g.members["a"].status()["luns"][KEY]["sessions"] == {"b": 0, "c": 1}
+    g.close()

@@ -98,7 +98,7 @@ def gateway_name(name: str) -> str:
 class GatewaySeen:
     """Another gateway as this one last read it, and since when its beat has not moved."""
 
-    __slots__ = ("number", "beat", "since", "stopped", "version")
+    __slots__ = ("number", "beat", "since", "stopped", "version", "sessions")
 
     def __init__(self, number: int, beat: int, since: float, stopped: bool, version: str) -> None:
         self.number = number
@@ -106,6 +106,8 @@ class GatewaySeen:
         self.since = since
         self.stopped = stopped
         self.version = version
+        #: its sessions per LUN key, as its record last said
+        self.sessions: dict[str, int] = {}
 
 
 class GroupLu:
@@ -171,6 +173,9 @@ class GroupMember:
         #: this daemon is the later of two duplicates: it owns nothing and publishes nothing
         self.yielded = False
         self._dup_beats: dict[str, Any] = {}  # duplicates' records: the beat last read
+        #: this gateway's sessions per attached LU (the daemon's count), published in its
+        #: gateway record for ``group show``; None: not counted
+        self.session_counts: Callable[[list[Any]], list[int]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -282,6 +287,8 @@ class GroupMember:
                 "issue_deadline_in": (round(lease.issue_deadline - now, 3)
                                       if math.isfinite(lease.issue_deadline) else None),
                 **self._lun_problems(glu, now),
+                "sessions": {name: g.sessions.get(key, 0) for name, g in self.gateways.items()
+                             if name != self.gateway and not g.stopped},
             }
         gateways = {self.gateway: {"number": self.number, "beat": self._beat, "age": 0.0,
                                    "live": self._self_live(now), "version": __version__}}
@@ -370,7 +377,8 @@ class GroupMember:
     def _gateway_record(self, *, stopped: bool = False) -> dict[str, Any]:
         return {"number": self.number, "version": __version__, "beat": self._beat,
                 "stopped": stopped, "instance": self.instance, "started": self.started,
-                "host": socket.gethostname(), "pid": os.getpid()}
+                "host": socket.gethostname(), "pid": os.getpid(),
+                "sessions": self._sessions_here()}
 
     async def _publish(self) -> None:
         if not await self._check_own_record():
@@ -420,6 +428,10 @@ class GroupMember:
                                                   str(data.get("version", "")))
             else:
                 old.stopped = bool(data.get("stopped"))
+            seen = self.gateways[name]
+            counts = data.get("sessions")
+            seen.sessions = ({k: v for k, v in counts.items() if isinstance(v, int)}
+                             if isinstance(counts, dict) else {})
 
     def _live(self, g: GatewaySeen, now: float) -> bool:
         return not g.stopped and now - g.since < self.lease_seconds
@@ -991,3 +1003,17 @@ class GroupMember:
             await self._release(glu)
             glu.lease.released(self.clock())
             log.warning("group: LUN %s released (a duplicate gateway stands down)", glu.key)
+
+    # -- sessions per gateway -----------------------------------------------------------------
+
+    def _sessions_here(self) -> dict[str, int]:
+        """This gateway's sessions per attached LU key (what its record publishes)."""
+        count = self.session_counts
+        if count is None:
+            return {}
+        items = list(self.luns.items())
+        try:
+            numbers = count([glu.lu for _, glu in items])
+        except Exception:  # noqa: BLE001 - a count is extra, never a failed beat
+            return {}
+        return {key: n for (key, _), n in zip(items, numbers, strict=False)}
