@@ -201,3 +201,64 @@ def test_group_of_three_owner_standby_alua_pr_and_failover(gateways):
             assert await until(good, 10, "the last gateway serving") == b"\xa5" * 512
 
     asyncio.run(main())
+
+
+def test_lun_reset_through_a_standby_resets_the_owners_lu(gateways):
+    """A LOGICAL UNIT RESET received by a standby: the owner's SPC-2 reservation is dropped
+    and its nexuses get the reset's unit attention (29h/03h): the state record's event."""
+    gw1, gw2, _ = gateways
+    gw2.start()
+
+    async def main() -> None:
+        y1 = Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:y")
+        z1 = Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:z")
+        x2 = Session("127.0.0.1", gw2.port, IQN, "iqn.2026-12.org.test:x")
+        async with y1, z1, x2:
+            assert (await cmd(y1, TUR))[0] == 0
+            assert (await cmd(z1, TUR))[0] == 0
+            assert (await cmd(y1, bytes([0x16, 0, 0, 0, 0, 0])))[0] == 0  # RESERVE(6) on gw1
+            status, _, _ = await cmd(z1, write10(3), data_out=b"\x11" * 512)
+            assert status == 0x18  # RESERVATION CONFLICT
+            await cmd(x2, TUR)  # x2 logged in on the standby, its UAs taken
+            assert await x2.tmf(5, lun=1) == 0  # LOGICAL UNIT RESET through gw2
+            status, _, sense = await y1.scsi(TUR)
+            assert status == 2 and sense_of(sense) == (UNIT_ATTENTION, 0x2903), \
+                gw1.log_text()[-2000:]
+            status, _, _ = await cmd(z1, write10(3), data_out=b"\x11" * 512)
+            assert status == 0  # the reservation went with the reset
+
+    asyncio.run(main())
+
+
+def test_a_second_daemon_as_the_same_gateway_stands_down_and_says_so(gateways, tmp_path):
+    gw1 = gateways[0]
+    lun, group = tmp_path / "lun.img", tmp_path / "group"
+    port = free_port()
+    twin = Daemon(tmp_path / "twin", ports=[port], demo=False)
+    write_config(tmp_path / "twin", port, lun, group, "gw1", 1)  # gw1's name and number
+    twin.start()
+    try:
+        def duplicate(d: Daemon) -> dict | None:
+            g = json.loads(d.cli("status", "--json").stdout).get("group") or {}
+            return g.get("duplicate")
+
+        end = time.monotonic() + 15
+        while (duplicate(twin) is None or duplicate(gw1) is None) and time.monotonic() < end:
+            time.sleep(0.2)
+        seen_twin, seen_gw1 = duplicate(twin), duplicate(gw1)
+        assert seen_twin is not None and seen_twin["yielded"] is True, twin.log_text()[-2000:]
+        assert seen_gw1 is not None and seen_gw1["yielded"] is False, gw1.log_text()[-2000:]
+        assert "stands down" in twin.cli("status").stdout
+        assert "another daemon runs as gateway gw1" in twin.log_text()
+
+        async def main() -> None:
+            async with Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:x") as s:
+                status, _, _ = await cmd(s, write10(5), data_out=b"\x77" * 512)
+                assert status == 0  # the first daemon goes on owning the LUN
+            async with Session("127.0.0.1", port, IQN, "iqn.2026-12.org.test:x") as s:
+                status, _, _ = await cmd(s, read10(5), read_len=512)
+                assert status == 2  # the twin touches nothing
+
+        asyncio.run(main())
+    finally:
+        twin.stop()
