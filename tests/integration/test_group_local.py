@@ -262,3 +262,33 @@ def test_a_second_daemon_as_the_same_gateway_stands_down_and_says_so(gateways, t
         asyncio.run(main())
     finally:
         twin.stop()
+
+
+def test_lun_resize_on_a_standby_reaches_the_owners_nexuses(gateways):
+    """``lun resize`` on a standby gateway: the file grows once (there), the owner's LU learns
+    the size from the state record's event and tells its nexuses CAPACITY DATA HAS CHANGED
+    (2Ah/09h); READ CAPACITY through either gateway gives the new size."""
+    gw1, gw2, _ = gateways
+    gw2.start()
+    read_capacity = bytes([0x9E, 0x10]) + bytes(8) + (32).to_bytes(4, "big") + bytes(2)
+
+    async def main() -> None:
+        y1 = Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:y")
+        async with y1:
+            assert (await cmd(y1, TUR))[0] == 0
+            res = await asyncio.to_thread(gw2.cli, "lun", "resize", IQN, "1", "16M")
+            assert res.returncode == 0, res.stderr
+            heard = []  # every unit attention pending for y1 on the owner
+            for _ in range(10):
+                status, _, sense = await y1.scsi(TUR)
+                if status == 0:
+                    break
+                heard.append(sense_of(sense))
+            assert (UNIT_ATTENTION, 0x2A09) in heard, (heard, gw1.log_text()[-2000:])
+            for port in (gw1.port, gw2.port):
+                async with Session("127.0.0.1", port, IQN, "iqn.2026-12.org.test:z") as s:
+                    status, data, _ = await cmd(s, read_capacity, read_len=32)
+                    assert status == 0
+                    assert struct.unpack(">Q", data[:8])[0] == (16 << 20) // 512 - 1
+
+    asyncio.run(main())
