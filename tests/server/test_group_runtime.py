@@ -266,3 +266,33 @@ async def test_each_gateway_publishes_its_sessions_per_lun_for_group_show(tmp_pa
     assert g.members["b"].status()["luns"][KEY]["sessions"] == {"a": 2, "c": 1}
     assert g.members["a"].status()["luns"][KEY]["sessions"] == {"b": 0, "c": 1}
     g.close()
+
+
+@arun
+async def test_two_gateways_with_one_number_the_later_stands_down(tmp_path):
+    from gluster_iscsi.group.shared import open_shared
+    from gluster_iscsi.server.group import GroupMember
+
+    from .test_group import Clock, make_lu
+
+    clock = Clock()
+    dirs = [open_shared(str(tmp_path / "group")) for _ in range(2)]
+    first = GroupMember(dirs[0], "a", 1, clock=clock, started=100.0)
+    later = GroupMember(dirs[1], "c", 1, clock=clock, started=200.0)  # a's number, by mistake
+    for m in (first, later):
+        m.attach(make_lu(), KEY, None)
+    await first.start(run=False)
+    await later.start(run=False)
+    for _ in range(3):
+        for m in (first, later):
+            await m.beat()
+        clock.now += 1.0
+    assert later.yielded and not first.yielded
+    assert later.status()["duplicate"]["gateway"] == "a"
+    assert first.status()["duplicate"]["gateway"] == "c"
+    assert first.luns[KEY].lease.role is Role.OWNER
+    assert later.luns[KEY].lease.role is Role.STANDBY
+    for m in (first, later):
+        await m.stop(release=False)
+    for d in dirs:
+        d.close()
