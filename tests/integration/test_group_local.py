@@ -292,3 +292,38 @@ def test_lun_resize_on_a_standby_reaches_the_owners_nexuses(gateways):
                     assert struct.unpack(">Q", data[:8])[0] == (16 << 20) // 512 - 1
 
     asyncio.run(main())
+
+
+def test_a_stopped_owner_is_reported_unavailable_and_hung_by_the_standby(gateways):
+    """SIGSTOP of the owner: it keeps its lock, nobody can take over; the standby reports its
+    group unavailable in RTPG, says once that it is hung, and its status shows it."""
+    gw1, gw2, _ = gateways
+    gw2.start()
+
+    async def rtpg(port: int) -> dict:
+        async with Session("127.0.0.1", port, IQN, "iqn.2026-12.org.test:z") as s:
+            status, data, _ = await cmd(s, RTPG, read_len=1024)
+            assert status == 0
+            return rtpg_states(data)
+
+    async def main() -> None:
+        async def two_groups():
+            t = await rtpg(gw2.port)
+            return t if t.get(1, (None,))[0] == 0 and len(t) == 2 else None
+
+        await until(two_groups, 10, "gw1 the owner in gw2's table")
+        gw1.proc.send_signal(signal.SIGSTOP)
+        try:
+            async def hung():
+                return "still holds the lock" in gw2.log_text()
+
+            await until(hung, 10, "the standby says the owner is hung")
+            assert (await rtpg(gw2.port))[1][0] == 3  # UNAVAILABLE
+            g = json.loads(gw2.cli("status", "--json").stdout)["group"]
+            assert list(g["hung_owners"].values()) == ["gw1"]
+            assert "hung?" in gw2.cli("status").stdout
+            assert gw2.log_text().count("still holds the lock") == 1
+        finally:
+            gw1.proc.send_signal(signal.SIGCONT)
+
+    asyncio.run(main())
