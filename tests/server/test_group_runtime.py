@@ -296,3 +296,38 @@ async def test_two_gateways_with_one_number_the_later_stands_down(tmp_path):
         await m.stop(release=False)
     for d in dirs:
         d.close()
+
+
+@arun
+async def test_a_gateway_that_comes_later_replays_no_past_reset_or_grow(tmp_path):
+    from gluster_iscsi.group.shared import open_shared
+    from gluster_iscsi.server.group import GroupMember
+
+    from .test_group import make_lu
+
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    await beating(g, ["a"], g.members["b"].lun_reset(g.lus["b"], 0x2903))
+    await beating(g, ["a"], g.members["b"].capacity_changed(g.lus["b"], 1 << 19))  # stale
+    shared = open_shared(str(tmp_path / "group"))
+    late = GroupMember(shared, "c", 3, clock=g.clock)
+    aborted: list[Any] = []
+    late.abort_all = aborted.append
+    lu = make_lu()
+    late.attach(lu, KEY, "a")
+    DeviceServer({0: lu}, target_name=TARGET).nexus_added(nexus("one", 3))
+    lu.clear_ua(nexus("one", 3).initiator_port)
+    await late.start(run=False)
+    await late.beat()
+    await asyncio.sleep(0.05)
+    assert late.luns[KEY].applied == g.members["b"].luns[KEY].applied  # the state is loaded
+    port = nexus("one", 3).initiator_port
+    pending = [lu.pop_ua(port) for _ in range(4)]
+    assert aborted == [] and Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED not in pending
+    assert Asc.CAPACITY_DATA_HAS_CHANGED not in pending
+    assert lu.block_count == (1 << 20) // 512  # its own measure, not an old event's
+    assert g.lus["a"].block_count == (1 << 20) // 512  # an event never shrinks a LU
+    await late.stop(release=False)
+    shared.close()
+    g.close()

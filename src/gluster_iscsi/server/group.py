@@ -126,6 +126,9 @@ class GroupLu:
         #: a standby: the owner named in the record has not renewed for a lease while its
         #: lock is still held (a hung owner: said once, see GroupMember._owner_hung)
         self.owner_hung = False
+        #: the state record was read at least once (a first load replays no reset or
+        #: capacity event: the LU was just opened and measured, its nexuses are new)
+        self.state_seen = False
 
 
 class GroupMember:
@@ -659,11 +662,11 @@ class GroupMember:
 
     async def _poll_state(self, glu: GroupLu) -> None:
         got = await self._call(self.shared.read, state_name(glu.key))
-        if got is not None:
-            self._load(glu, got.data)
+        self._load(glu, got.data if got is not None else None)
 
     def _load(self, glu: GroupLu, data: Any) -> bool:
         """Load a state record newer than what the LU has (any thread). True if loaded."""
+        first, glu.state_seen = not glu.state_seen, True
         if not isinstance(data, dict):
             return False
         version = data.get("version", 0)
@@ -687,7 +690,7 @@ class GroupMember:
                     log.warning("group: LUN %s: unknown event: %s", glu.key, exc)
             for ev in fresh:
                 aborts += [p for p in ev.get("abort") or () if isinstance(p, str)]
-            reset = self._replay_lu_events(glu, fresh)
+            reset = self._replay_lu_events(glu, fresh) if not first else False
             glu.applied = version
         if aborts and self.abort is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.abort, lu, aborts)
@@ -705,8 +708,7 @@ class GroupMember:
             got = self.call_sync(self.lease_seconds, self.shared.read, state_name(glu.key))
         except (FutureTimeout, OSError) as exc:
             raise BackingStoreError(errno.ESHUTDOWN, f"group state unreachable: {exc}") from exc
-        if got is not None:
-            self._load(glu, got.data)
+        self._load(glu, got.data if got is not None else None)
 
     def shared_update(self, lu: Any, apply: Callable[[], Any],
                       extra_events: list[dict[str, Any]] | None = None) -> Any:
@@ -842,8 +844,8 @@ class GroupMember:
                 reset = True
             size = ev.get("capacity")
             if isinstance(size, int) and size > 0 and hasattr(lu, "capacity_changed"):
-                if size // lu.block_size != lu.block_count:
-                    lu.capacity_changed(size)
+                if size // lu.block_size > lu.block_count:  # grows only: an older event
+                    lu.capacity_changed(size)               # never shrinks a newer size
         return reset
 
     def _wait_enforced(self, glu: GroupLu, version: int, written: float) -> None:
