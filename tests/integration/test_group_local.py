@@ -226,6 +226,13 @@ def test_lun_reset_through_a_standby_resets_the_owners_lu(gateways):
                 gw1.log_text()[-2000:]
             status, _, _ = await cmd(z1, write10(3), data_out=b"\x11" * 512)
             assert status == 0  # the reservation went with the reset
+            # a TARGET WARM RESET through the standby resets the owner's LU the same way
+            assert (await cmd(y1, bytes([0x16, 0, 0, 0, 0, 0])))[0] == 0
+            assert await x2.tmf(6, lun=0) == 0
+            status, _, sense = await y1.scsi(TUR)
+            assert status == 2 and sense_of(sense) == (UNIT_ATTENTION, 0x2903)
+            status, _, _ = await cmd(z1, write10(3), data_out=b"\x11" * 512)
+            assert status == 0
 
     asyncio.run(main())
 

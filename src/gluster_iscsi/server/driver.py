@@ -409,7 +409,9 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         device = target.device if target else None
         response = TmfResponse.COMPLETE
         waits: list[tuple[ConnectionDriver, list[ScsiTask]]] = []
-        group_reset: Any = None  # a LU of a gateway group reset here: the group is told
+        # the LUs reset here (a gateway group's are told to the group) and the reset's ASC
+        group_reset: list[Any] = []
+        reset_asc = Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED
         f = e.function
         try:
             if device is None or session is None or target is None or session.nexus is None:
@@ -439,19 +441,23 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                         if d.conn is not None:
                             waits.append((d, d.conn.abort_tasks(lambda t: t.lun == e.lun)[1]))
                     device.lun_reset(e.lun, session.nexus)
-                    group_reset = device.lu(e.lun)
+                    group_reset = [device.lu(e.lun)]
             elif f in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
                 others = self.daemon.drivers_of(target)
                 for d in others:
                     if d.conn is not None:
                         waits.append((d, d.conn.abort_tasks(lambda t: True)[1]))
                 device.target_reset(session.nexus, cold=f == TmfFunction.TARGET_COLD_RESET)
+                group_reset = list((getattr(device, "luns", None) or {}).values())
+                if f == TmfFunction.TARGET_COLD_RESET:
+                    reset_asc = Asc.POWER_ON_OCCURRED
             else:
                 response = TmfResponse.NOT_SUPPORTED
             for d, tasks in waits:
                 await d.wait_tasks(tasks)
-            if group_reset is not None and not await _group_lun_reset(group_reset):
-                response = TmfResponse.REJECTED  # the initiator escalates (target reset...)
+            for lu in group_reset:
+                if not await _group_lun_reset(lu, reset_asc):
+                    response = TmfResponse.REJECTED  # the initiator escalates
         except Exception:
             log.exception("task management function %d failed", f)
             response = TmfResponse.REJECTED
@@ -464,16 +470,17 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 d.close("target cold reset")
 
 
-async def _group_lun_reset(lu: Any) -> bool:
-    """A LOGICAL UNIT RESET of a gateway group's LU: its LU-wide effects reach every gateway
-    through the group's state record (``GroupMember.lun_reset``, docs/HA.md decision 4).
-    True for a lone LU or once the group took it; False (logged) when it did not."""
+async def _group_lun_reset(lu: Any, asc: Asc = Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED) -> bool:
+    """A LOGICAL UNIT RESET (or a target reset's, ``asc``) of a gateway group's LU: its
+    LU-wide effects reach every gateway through the group's state record
+    (``GroupMember.lun_reset``, docs/HA.md decision 4). True for a lone LU or once the group
+    took it; False (logged) when it did not."""
     rs = lu.runner_state
     member = rs.group if rs is not None else None
     if member is None:
         return True
     try:
-        await member.lun_reset(lu, Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+        await member.lun_reset(lu, asc)
     except Exception as exc:  # noqa: BLE001 - the TMF answers, the initiator escalates
         log.warning("LOGICAL UNIT RESET: the gateway group did not take it: %s", exc)
         return False
