@@ -835,19 +835,6 @@ class GroupMember:
                 raise BackingStoreError(errno.ESHUTDOWN, "state lock busy")
             time.sleep(0.01)
 
-    def _wait_seen(self, glu: GroupLu, version: int, end: float) -> None:
-        """Wait until the owner's lease record says it applied ``version`` (bounded)."""
-        while True:
-            got = self._bounded(end, self.shared.read, lease_name(glu.key))
-            rec = LeaseRecord.from_dict(got.data if got is not None else None)
-            if rec is None or rec.owner is None:
-                return  # no owner: whoever takes it loads the record before serving
-            if rec.seen >= version:
-                return
-            if self.clock() >= end:
-                raise BackingStoreError(errno.ESHUTDOWN, "the owner has not applied the change")
-            time.sleep(min(0.02, self.beat_seconds / 10))
-
     def _events(self, recorded: list[dict[str, Any]], version: int,
                 value: Any) -> list[dict[str, Any]]:
         """The change's events for the other gateways: the unit attentions it queued
