@@ -140,6 +140,14 @@ class Session:
             else:
                 raise IscsiError(f"unexpected opcode {rsp.opcode:#x}")
 
+    async def tmf(self, function: int, lun: int = 1) -> int:
+        """A task management function (immediate): the target's response code (0: done)."""
+        self.w.write(I.tmf(function, itt=self._itt(), cmdsn=self.cmdsn, lun=lun))
+        while True:
+            rsp = await self._next()
+            if rsp.opcode == 0x22:
+                return rsp.b2
+
     async def scsi(self, cdb: bytes, *, data_out: bytes = b"", read_len: int = 0,
                    lun: int = 1) -> tuple[int, bytes, bytes]:
         """Any command: (status, data-in, sense). Data-out goes as immediate data, then R2Ts."""

@@ -296,3 +296,136 @@ def test_shipped_writes_read_back_through_the_owner_and_survive_its_death(shippi
             assert status == 0 and rtpg_states(data)[2][0] == 0  # gw2 active/optimized now
 
     asyncio.run(main())
+
+
+def test_lun_reset_through_a_standby_resets_the_owners_lu(gateways):
+    """A LOGICAL UNIT RESET received by a standby: the owner's SPC-2 reservation is dropped
+    and its nexuses get the reset's unit attention (29h/03h): the state record's event."""
+    gw1, gw2, _ = gateways
+    gw2.start()
+
+    async def main() -> None:
+        y1 = Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:y")
+        z1 = Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:z")
+        x2 = Session("127.0.0.1", gw2.port, IQN, "iqn.2026-12.org.test:x")
+        async with y1, z1, x2:
+            assert (await cmd(y1, TUR))[0] == 0
+            assert (await cmd(z1, TUR))[0] == 0
+            assert (await cmd(y1, bytes([0x16, 0, 0, 0, 0, 0])))[0] == 0  # RESERVE(6) on gw1
+            status, _, _ = await cmd(z1, write10(3), data_out=b"\x11" * 512)
+            assert status == 0x18  # RESERVATION CONFLICT
+            await cmd(x2, TUR)  # x2 logged in on the standby, its UAs taken
+            assert await x2.tmf(5, lun=1) == 0  # LOGICAL UNIT RESET through gw2
+            status, _, sense = await y1.scsi(TUR)
+            assert status == 2 and sense_of(sense) == (UNIT_ATTENTION, 0x2903), \
+                gw1.log_text()[-2000:]
+            status, _, _ = await cmd(z1, write10(3), data_out=b"\x11" * 512)
+            assert status == 0  # the reservation went with the reset
+            # a TARGET WARM RESET through the standby resets the owner's LU the same way
+            assert (await cmd(y1, bytes([0x16, 0, 0, 0, 0, 0])))[0] == 0
+            assert await x2.tmf(6, lun=0) == 0
+            status, _, sense = await y1.scsi(TUR)
+            assert status == 2 and sense_of(sense) == (UNIT_ATTENTION, 0x2903)
+            status, _, _ = await cmd(z1, write10(3), data_out=b"\x11" * 512)
+            assert status == 0
+
+    asyncio.run(main())
+
+
+def test_a_second_daemon_as_the_same_gateway_stands_down_and_says_so(gateways, tmp_path):
+    gw1 = gateways[0]
+    lun, group = tmp_path / "lun.img", tmp_path / "group"
+    port = free_port()
+    twin = Daemon(tmp_path / "twin", ports=[port], demo=False)
+    write_config(tmp_path / "twin", port, lun, group, "gw1", 1)  # gw1's name and number
+    twin.start()
+    try:
+        def duplicate(d: Daemon) -> dict | None:
+            g = json.loads(d.cli("status", "--json").stdout).get("group") or {}
+            return g.get("duplicate")
+
+        end = time.monotonic() + 15
+        while (duplicate(twin) is None or duplicate(gw1) is None) and time.monotonic() < end:
+            time.sleep(0.2)
+        seen_twin, seen_gw1 = duplicate(twin), duplicate(gw1)
+        assert seen_twin is not None and seen_twin["yielded"] is True, twin.log_text()[-2000:]
+        assert seen_gw1 is not None and seen_gw1["yielded"] is False, gw1.log_text()[-2000:]
+        assert "stands down" in twin.cli("status").stdout
+        assert "another daemon runs as gateway gw1" in twin.log_text()
+
+        async def main() -> None:
+            async with Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:x") as s:
+                status, _, _ = await cmd(s, write10(5), data_out=b"\x77" * 512)
+                assert status == 0  # the first daemon goes on owning the LUN
+            async with Session("127.0.0.1", port, IQN, "iqn.2026-12.org.test:x") as s:
+                status, _, _ = await cmd(s, read10(5), read_len=512)
+                assert status == 2  # the twin touches nothing
+
+        asyncio.run(main())
+    finally:
+        twin.stop()
+
+
+def test_lun_resize_on_a_standby_reaches_the_owners_nexuses(gateways):
+    """``lun resize`` on a standby gateway: the file grows once (there), the owner's LU learns
+    the size from the state record's event and tells its nexuses CAPACITY DATA HAS CHANGED
+    (2Ah/09h); READ CAPACITY through either gateway gives the new size."""
+    gw1, gw2, _ = gateways
+    gw2.start()
+    read_capacity = bytes([0x9E, 0x10]) + bytes(8) + (32).to_bytes(4, "big") + bytes(2)
+
+    async def main() -> None:
+        y1 = Session("127.0.0.1", gw1.port, IQN, "iqn.2026-12.org.test:y")
+        async with y1:
+            assert (await cmd(y1, TUR))[0] == 0
+            res = await asyncio.to_thread(gw2.cli, "lun", "resize", IQN, "1", "16M")
+            assert res.returncode == 0, res.stderr
+            heard = []  # every unit attention pending for y1 on the owner
+            for _ in range(10):
+                status, _, sense = await y1.scsi(TUR)
+                if status == 0:
+                    break
+                heard.append(sense_of(sense))
+            assert (UNIT_ATTENTION, 0x2A09) in heard, (heard, gw1.log_text()[-2000:])
+            for port in (gw1.port, gw2.port):
+                async with Session("127.0.0.1", port, IQN, "iqn.2026-12.org.test:z") as s:
+                    status, data, _ = await cmd(s, read_capacity, read_len=32)
+                    assert status == 0
+                    assert struct.unpack(">Q", data[:8])[0] == (16 << 20) // 512 - 1
+
+    asyncio.run(main())
+
+
+def test_a_stopped_owner_is_reported_unavailable_and_hung_by_the_standby(gateways):
+    """SIGSTOP of the owner: it keeps its lock, nobody can take over; the standby reports its
+    group unavailable in RTPG, says once that it is hung, and its status shows it."""
+    gw1, gw2, _ = gateways
+    gw2.start()
+
+    async def rtpg(port: int) -> dict:
+        async with Session("127.0.0.1", port, IQN, "iqn.2026-12.org.test:z") as s:
+            status, data, _ = await cmd(s, RTPG, read_len=1024)
+            assert status == 0
+            return rtpg_states(data)
+
+    async def main() -> None:
+        async def two_groups():
+            t = await rtpg(gw2.port)
+            return t if t.get(1, (None,))[0] == 0 and len(t) == 2 else None
+
+        await until(two_groups, 10, "gw1 the owner in gw2's table")
+        gw1.proc.send_signal(signal.SIGSTOP)
+        try:
+            async def hung():
+                return "still holds the lock" in gw2.log_text()
+
+            await until(hung, 10, "the standby says the owner is hung")
+            assert (await rtpg(gw2.port))[1][0] == 3  # UNAVAILABLE
+            g = json.loads(gw2.cli("status", "--json").stdout)["group"]
+            assert list(g["hung_owners"].values()) == ["gw1"]
+            assert "hung?" in gw2.cli("status").stdout
+            assert gw2.log_text().count("still holds the lock") == 1
+        finally:
+            gw1.proc.send_signal(signal.SIGCONT)
+
+    asyncio.run(main())

@@ -49,7 +49,8 @@ class Clock:
 
 class Hanging:
     """A group directory whose calls block while ``hang`` is set (a volume that stopped
-    answering), then go on. Only reads hang: the LU's heartbeat starts with one."""
+    answering), then go on. Only reads of the LU's records hang: its heartbeat starts with
+    one."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -63,7 +64,8 @@ class Hanging:
             return fn
 
         def call(*a: Any, **kw: Any) -> Any:
-            if not self.go.is_set():
+            # (the LU's records: a beat's read of the gateway record must not hang first)
+            if not self.go.is_set() and str(a[0]).startswith("luns/"):
                 self.entered.set()
                 self.go.wait(30)
             return fn(*a, **kw)
@@ -362,28 +364,6 @@ async def test_unit_attentions_of_a_change_reach_nexuses_on_other_gateways(tmp_p
     assert command(runners["a"], servers["a"], g.lus["a"], cdb, one_a, params).status == 0
     await g.rounds(1, only=["b"])
     assert g.lus["b"].pop_ua(two_b.initiator_port) is Asc.REGISTRATIONS_PREEMPTED
-    g.close()
-
-
-@arun
-async def test_a_change_fails_not_ready_when_the_owner_never_applies_it(tmp_path):
-    g = Group(tmp_path, ["a", "b"])
-    await g.start()
-    await g.rounds(2)
-    server = DeviceServer({0: g.lus["b"]}, target_name=TARGET)
-    cdb, params = prout(0, sa_key=0xAAAA)
-
-    async def tick() -> None:  # time passes, a never beats (hung)
-        while True:
-            await asyncio.sleep(0.01)
-            g.clock.now += 0.5
-
-    ticker = asyncio.get_running_loop().create_task(tick())
-    res = await asyncio.to_thread(command, Runner(clock=g.clock), server, g.lus["b"], cdb,
-                                  nexus("one", 2), params)
-    ticker.cancel()
-    assert res.status == Status.CHECK_CONDITION
-    assert parse_sense(res.sense) == (SenseKey.NOT_READY, Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
     g.close()
 
 

@@ -22,6 +22,7 @@ from gluster_iscsi.scsi.alua import AccessState as S
 from gluster_iscsi.scsi.sense import parse_sense
 from gluster_iscsi.scsi.task import Status
 from gluster_iscsi.server import ship
+from gluster_iscsi.server.driver import _group_lun_reset
 from gluster_iscsi.server.group import GroupMember
 from gluster_iscsi.server.runner import Runner, lu_on
 
@@ -316,8 +317,16 @@ async def test_a_lun_reset_through_a_non_owner_resets_the_owner_lu(tmp_path):
         assert (await a.command(bytes([0x16, 0, 0, 0, 0, 0]), "x")).status == Status.GOOD
         res = await b.command(bytes(6), "y")  # TEST UNIT READY, shipped: conflicts on a
         assert res.status == Status.RESERVATION_CONFLICT
-        b.device.lun_reset(0, b.nexus("y"))  # what the driver does, then the hook:
-        await b.shipper.lun_reset(b.lu, 0, b.nexus("y"))
+        # what the driver does: b's own LU reset, then the group's event (state record),
+        # applied by the owner at its beat; the TMF answers once the owner said so
+        b.device.lun_reset(0, b.nexus("y"))
+        reset = asyncio.ensure_future(_group_lun_reset(b.lu))
+        while not reset.done():
+            await a.member.beat()
+            g.clock.now += 0.1
+            await asyncio.sleep(0.01)
+        assert reset.result() is True
+        await asyncio.sleep(0.05)  # the abort of the owner's tasks is handed to the loop
         res = await a.command(bytes(6), "x")
         assert parse_sense(res.sense or b"") == (0x06, 0x2903)  # BUS DEVICE RESET FUNCTION
         b.lu.clear_ua(b.nexus("y").initiator_port)

@@ -123,6 +123,11 @@ def status(as_json: bool) -> None:
         click.echo(f"gateway {g['gateway']} (number {g['number']}) of group {g['name'] or '?'}"
                    f" at {g['location']}: {state}"
                    + (f"; NOT IN FORCE: {g['error']}" if g.get("error") else ""))
+        if g.get("duplicate"):
+            click.echo(_duplicate_text(g["duplicate"]))
+        for key, owner in sorted((g.get("hung_owners") or {}).items()):
+            click.echo(f"LUN {key}: owner {owner} holds its lock without renewing (hung?): "
+                       "kill it (a watchdog or an admin)")
     for p in info["portals"]:
         click.echo(
             f"portal {p['host']}:{p['port']}"
@@ -1153,6 +1158,8 @@ def group_show(as_json: bool) -> None:
                f" this is gateway {g['gateway']} ({g['access']})")
     if g.get("error"):
         click.echo(f"NOT IN FORCE here: {g['error']}")
+    if g.get("duplicate"):
+        click.echo(_duplicate_text(g["duplicate"]))
     click.echo(table(
         ["NUMBER", "GATEWAY", "ADDRESSES", "LAST BEAT", "STATE"],
         [[x["number"], x["name"] + (" *" if x["this"] else ""), ",".join(x["addresses"]),
@@ -1162,10 +1169,25 @@ def group_show(as_json: bool) -> None:
         click.echo("")
         click.echo(table(
             ["TARGET", "LUN", "PATH", "OWNER", "EPOCH", "PREFERRED", "SESSIONS"],
-            [[x["target"], x["lun"], x["path"], x["owner"], x["epoch"], x["preferred"],
+            [[x["target"], x["lun"], x["path"], _owner_text(x), x["epoch"], x["preferred"],
               ",".join(f"{k}:{v}" for k, v in sorted(x["sessions"].items()))]
              for x in g["luns"]],
         ))  # fmt: skip
+
+
+def _duplicate_text(d: dict[str, Any]) -> str:
+    who = f"gateway {d.get('gateway')} (number {d.get('number')}) on {d.get('host')} pid {d.get('pid')}"
+    if d.get("yielded"):
+        return f"DUPLICATE: {who} ran first; this daemon stands down (owns no LUN): stop it"
+    return f"DUPLICATE: {who} runs as this gateway too (it stands down): stop it"
+
+
+def _owner_text(lun: dict[str, Any]) -> str:
+    """The OWNER column: a hung owner (holds the lock, no longer renews) says so."""
+    owner = str(lun.get("owner") or "-")
+    if lun.get("owner_hung"):
+        owner += f" (HUNG? silent {_age(lun.get('owner_silent_for'))})"
+    return owner
 
 
 @group.command("rebalance")

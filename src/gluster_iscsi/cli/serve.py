@@ -450,11 +450,12 @@ class _Ticker:
         self.interval = min(wd, 10.0) if wd else 10.0
         self.last = status_line(daemon)
         self.stopping = False
+        self.withheld = False  # watchdog pings withheld (a stuck group beat): said once
         self.handle: asyncio.TimerHandle | None = None
         self._tick()
 
     def _tick(self) -> None:
-        if self.notifier.watchdog_interval:
+        if self.notifier.watchdog_interval and self._group_alive():
             self.notifier.watchdog()
         line = self.last if self.stopping else status_line(self.daemon)
         if line != self.last:
@@ -465,6 +466,22 @@ class _Ticker:
     def cancel(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
+
+    def _group_alive(self) -> bool:
+        """In a gateway group, the watchdog is fed only while the group's beats succeed or
+        this gateway holds no LUN (``GroupMember.beating``): a loop that still runs while the
+        beat is stuck must not keep a gateway that holds locks alive (nobody else could take
+        its LUNs; systemd kills it, the bricks free them)."""
+        member = getattr(self.daemon, "group", None)
+        if member is None:
+            return True
+        alive = bool(member.beating())
+        if not alive and not self.withheld:
+            log.error("gateway group: no successful beat for %gs while this gateway holds "
+                      "LUNs: watchdog pings withheld (systemd restarts it)",
+                      member.lease_seconds)
+        self.withheld = not alive
+        return alive
 
 
 async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod: Any,
@@ -576,8 +593,8 @@ async def _join_group(daemon: Daemon, control: ControlServer, cfg: dict[str, Any
     # member as it opens (before it serves), from the first poll on (control/api.py).
     control.group_member = member
     try:
-        await _start_shipping(daemon, shared, cfg)
-        await attach_group_luns(daemon, member, shared, control.reconciler.current())
+        await _start_shipping(daemon, shared, cfg)  # first: every LU attached is hooked
+        await control.attach_opened_luns()  # the config's LUNs, as control attaches later ones
         await member.start()
     except Exception as exc:  # noqa: BLE001
         await member.stop(release=True)
@@ -602,28 +619,6 @@ async def _start_shipping(daemon: Daemon, shared: Any, cfg: dict[str, Any]) -> N
     elif cfg.get("portals"):
         host = cfg["portals"][0]["host"]
     await daemon.start_shipping(shared, host.strip("[]"), port)
-
-
-async def attach_group_luns(daemon: Daemon, member: Any, shared: Any,
-                            cfg: dict[str, Any]) -> None:
-    """The LUNs of this daemon's own config (a hand-written group: no definition on the
-    volume) become group LUNs keyed by their files' GFIDs. The group definition's LUNs are
-    attached by control as they open (control/api.py ``_attach_lu``); a gateway that joined
-    with ``group join`` has no LUNs of its own."""
-    from ..control.config import _classify
-
-    loop = asyncio.get_running_loop()
-    for t in cfg["targets"]:
-        target = daemon.registry.lookup(t["name"])
-        device = target.device if target is not None else None
-        for lun in t["luns"]:
-            lu = device.lu(lun["lun"]) if device is not None else None
-            kind = _classify(lun["backing"], lun.get("bstype"))
-            if lu is None or kind is None or kind[0] == "memory":
-                continue
-            path = kind[1] if kind[0] == "file" else kind[1].path
-            key = await loop.run_in_executor(daemon.store_executor, shared.gfid, path)
-            member.attach(lu, key.replace(":", "-"), lun.get("preferred"))
 
 
 def _listening(daemon: Daemon, p: dict[str, Any]) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -263,7 +264,10 @@ class ControlServer:
     ) -> dict[str, Any]:
         """:meth:`_mutate` for a caller that holds the reconciler's lock (``lun create``
         holds it from its checks to the save)."""
-        if self.reconciler.group_link is not None:
+        link = self.reconciler.group_link
+        # A hand-written group (no definition on the volume): changes stay in the local
+        # config, as outside a group; its LUNs become group LUNs as they open (_attach_lu).
+        if link is not None and not (link.definition is None and link.no_definition_said):
             return await self._mutate_group(edit, dry_run=dry_run, force=force)
         before = self.reconciler.current()
         cfg = self.reconciler.current()
@@ -526,7 +530,21 @@ class ControlServer:
             "active": link is not None,
             "applied_version": link.applied_version if link is not None else None,
             "error": link.error if link is not None else None,
+            **self._member_problems(),
         }  # fmt: skip
+
+    def _member_problems(self) -> dict[str, Any]:
+        """What the group member reports wrong (``status``): another daemon running as this
+        gateway (``duplicate``), LUNs whose owner holds its lock without renewing."""
+        try:
+            st = self.daemon.group_status()
+        except Exception:  # noqa: BLE001 - the status is extra
+            return {}
+        if not isinstance(st, dict):
+            return {}
+        return {"duplicate": st.get("duplicate"),
+                "hung_owners": {k: v.get("owner") for k, v in (st.get("luns") or {}).items()
+                                if isinstance(v, dict) and v.get("owner_hung")}}
 
     def _memory(self) -> dict[str, int]:
         """The budget for commands' data (``serve --memory-budget``) and how much is held."""
@@ -572,21 +590,55 @@ class ControlServer:
             self.reconciler.set_hooks(self._attach_lu, self._detach_lu)
         self._group_task = asyncio.ensure_future(self._group_poll(link))
 
-    def _attach_lu(self, target_name: str, lun: int, lu: Any) -> None:
-        """A LU just opened (not serving yet): a LUN of the group definition becomes a group
-        LU of the member, keyed by its file's GFID, so no store call is issued until this
-        gateway owns it (the definition decides which LUNs are the group's: one place)."""
+    async def _attach_lu(self, target_name: str, lun: int, lu: Any,
+                         entry: dict[str, Any] | None = None) -> None:
+        """A LU just opened on a group member (not serving yet) becomes a group LU of the
+        member, so no store call is issued until this gateway owns it: the one function for
+        every way a LUN arrives (start, SIGHUP, ``config reload``, the CLI; definition or
+        hand-written group). A LUN of the group definition is keyed by the definition's
+        GFID (the definition decides which LUNs are the group's); any other LUN of the
+        config (a hand-written group: no definition) by its file's GFID, read through the
+        group directory; a memory LUN is this process's own and is not attached.
+        ``entry``: the LUN's config entry (its backing)."""
         from .group import member_key
 
-        found = self.reconciler.group_lun(target_name, lun)
         member = self.group_member
-        if found is None or member is None:
+        if member is None:
             return
-        key = member_key(found[0])
+        found = self.reconciler.group_lun(target_name, lun)
+        if found is not None:
+            key, preferred = member_key(found[0]), found[1]
+        else:
+            if entry is None:
+                return
+            gfid = await self._file_gfid(member, entry)
+            if gfid is None:
+                return
+            key, preferred = member_key(gfid), entry.get("preferred")
         old = member.luns.get(key)
         if old is not None and old.lu is not lu:  # a replaced LU: the new one takes the lease
             member.detach(old.lu)
-        member.attach(lu, key, found[1])
+        member.attach(lu, key, preferred)
+
+    async def _file_gfid(self, member: Any, entry: dict[str, Any]) -> str | None:
+        """The GFID of a config entry's file, through the member's group directory (off the
+        loop); None for a memory LUN."""
+        from .config import _classify
+
+        kind = _classify(entry["backing"], entry.get("bstype"))
+        if kind is None or kind[0] == "memory":
+            return None
+        path = kind[1] if kind[0] == "file" else kind[1].path
+        gfid: str = await self._in_executor(functools.partial(member.shared.gfid, path))
+        return gfid
+
+    async def attach_opened_luns(self) -> None:
+        """Attach every LUN open now (the ones applied before the member existed, at start)
+        through :meth:`_attach_lu`."""
+        entries = {(t["name"].lower(), e["lun"]): e
+                   for t in self.reconciler.current().get("targets", []) for e in t["luns"]}
+        for tname, n, lu in self.reconciler.logical_units():
+            await self._attach_lu(tname, n, lu, entries.get((tname.lower(), n)))
 
     def _detach_lu(self, lu: Any) -> None:
         if self.group_member is not None:
@@ -771,6 +823,9 @@ class ControlServer:
                 "path": e.get("path"), "preferred": e.get("preferred"),
                 "owner": st.get("owner"), "epoch": st.get("epoch"), "role": st.get("role"),
                 "sessions": {link.gateway: here, **(st.get("sessions") or {})},
+                # the owner holds the lock without renewing (hung: only a kill frees it)
+                "owner_hung": bool(st.get("owner_hung")),
+                "owner_silent_for": st.get("owner_silent_for"),
             })  # fmt: skip
         return {
             "name": defn.get("name"), "version": defn.get("version"),
@@ -778,6 +833,8 @@ class ControlServer:
             "access": link.access.kind, "settings": defn.get("settings") or {},
             "applied_version": link.applied_version, "error": link.error,
             "gateways": gateways, "luns": luns,
+            # another daemon runs as this gateway (name or number): who, and who stands down
+            "duplicate": status.get("duplicate"),
         }  # fmt: skip
 
     async def _group_status(self) -> dict[str, Any]:

@@ -83,10 +83,11 @@ class _State:
     applied_once: bool = False
     #: a group member: its LUNs' leases are the group member's, not lone claims
     in_group: bool = False
-    #: (target name, lun, LogicalUnit) -> None: called when a LU is opened, before it enters
-    #: any device (a group LU is attached to the group member there, so no command reaches
-    #: its store before this gateway owns it); ``detach(LogicalUnit)`` before it is closed
-    attach: Callable[[str, int, Any], None] | None = None
+    #: (target name, lun, LogicalUnit, LUN entry) -> None or an awaitable: called when a LU
+    #: is opened, before it enters any device (a group LU is attached to the group member
+    #: there, so no command reaches its store before this gateway owns it);
+    #: ``detach(LogicalUnit)`` before it is closed
+    attach: Callable[[str, int, Any, dict[str, Any]], Any] | None = None
     detach: Callable[[Any], None] | None = None
     #: (target name lower, lun) -> LogicalUnit
     lus: dict[tuple[str, int], Any] = field(default_factory=dict)
@@ -142,7 +143,8 @@ class Reconciler:
         return compose(desired, link.definition, link.access)
 
     def set_hooks(
-        self, attach: Callable[[str, int, Any], None] | None, detach: Callable[[Any], None] | None
+        self, attach: Callable[[str, int, Any, dict[str, Any]], Any] | None,
+        detach: Callable[[Any], None] | None
     ) -> None:
         """What to call when a LU is opened (before it serves) and before it is closed."""
         self._st.attach, self._st.detach = attach, detach
@@ -873,7 +875,14 @@ async def _prepare(
             prep.all_opened.append(lu_obj)
             prep.opened[key] = lu_obj
             if st.attach is not None:
-                st.attach(tname, lu["lun"], lu_obj)
+                try:
+                    await _maybe_await(st.attach(tname, lu["lun"], lu_obj, lu))
+                except Exception as e:
+                    raise ReconcileError(
+                        f"target {tname} LUN {lu['lun']}",
+                        f"cannot make it a LUN of the gateway group: {e}",
+                        "check that the group directory and the file are reachable",
+                    ) from e
             if key in st.offline:
                 prep.back_online.add(key)
         prep.retry = retry
@@ -1120,6 +1129,24 @@ async def _commit(daemon: DaemonControl, st: _State, prep: _Prepared) -> None:
     st.offline = ((st.offline - prep.back_online) | prep.offline) & wanted
     st.cfg = copy.deepcopy(desired)
     st.applied_once = True
+    for _, lu, lu_obj, _ in prep.grows:
+        await _tell_group_capacity(lu_obj, lu["size"])
+
+
+async def _tell_group_capacity(lu_obj: Any, size: int) -> None:
+    """A gateway group's LU grown here: the other gateways' LUs learn the size and queue
+    CAPACITY DATA HAS CHANGED through the state record (``GroupMember.capacity_changed``).
+    The grow is in force either way: a gateway not told measures it at its next READ
+    CAPACITY (which re-reads the size) and tells its nexuses then."""
+    rs = getattr(lu_obj, "runner_state", None)
+    member = getattr(rs, "group", None)
+    if member is None:
+        return
+    try:
+        await member.capacity_changed(lu_obj, size)
+    except Exception as e:  # noqa: BLE001
+        log.warning("LUN grown to %d bytes; the other gateways of the group were not told (%s):"
+                    " they see it at their next READ CAPACITY", size, e)
 
 
 def _may_clash(new: dict[str, Any], removed: dict[str, Any]) -> bool:

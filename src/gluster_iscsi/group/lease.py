@@ -307,6 +307,10 @@ class Lease:
         """A standby: the heartbeat in the record moved less than ``lease_seconds`` ago."""
         return self._seen_key is not None and now - self._seen_since < self.lease_seconds
 
+    def silent_for(self, now: float) -> float:
+        """A standby: seconds since the record last changed (0 before the first read)."""
+        return now - self._seen_since if self._seen_key is not None else 0.0
+
     def owner_name(self) -> str | None:
         """Who owns the LUN as far as this gateway knows."""
         if self.role in (Role.OWNER, Role.MOVING_OUT, Role.FENCED):

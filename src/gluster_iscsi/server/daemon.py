@@ -533,11 +533,32 @@ class Daemon:
         self.group = member
         self.tpgt = member.number
         member.abort = self.abort_lu_tasks
+        member.abort_all = functools.partial(self.abort_lu_tasks, initiator_ports=None)
+        member.session_counts = self.sessions_per_lu
 
-    def abort_lu_tasks(self, lu: Any, initiator_ports: list[str]) -> None:
+    def sessions_per_lu(self, lus: list[Any]) -> list[int]:
+        """How many normal sessions of this daemon reach each of ``lus`` (through a target
+        whose device has it): what a group member publishes for ``group show``."""
+        per_target: dict[int, int] = {}
+        for s in self.session_table:
+            if s.session_type == "Normal" and s.target is not None:
+                per_target[id(s.target)] = per_target.get(id(s.target), 0) + 1
+        out = []
+        targets = list(self.registry.targets.values())
+        for lu in lus:
+            n = 0
+            for target in targets:
+                luns = getattr(target.device, "luns", None) or {}
+                if any(candidate is lu for candidate in luns.values()):
+                    n += per_target.get(id(target), 0)
+            out.append(n)
+        return out
+
+    def abort_lu_tasks(self, lu: Any, initiator_ports: list[str] | None) -> None:
         """Abort the tasks these initiator ports have on ``lu`` (SPC-4 5.13.11.2.4 PREEMPT AND
-        ABORT, decided on another gateway)."""
-        victims = set(initiator_ports)
+        ABORT, decided on another gateway); None: every task of ``lu`` (a LOGICAL UNIT RESET
+        received by another gateway)."""
+        victims = set(initiator_ports) if initiator_ports is not None else None
         for target in list(self.registry.targets.values()):
             device = target.device
             luns = getattr(device, "luns", None) or {}
@@ -548,7 +569,7 @@ class Daemon:
                     conn = d.conn
                     s = conn.session if conn is not None else None
                     if conn is not None and s is not None and s.nexus is not None \
-                            and s.nexus.initiator_port in victims:
+                            and (victims is None or s.nexus.initiator_port in victims):
                         conn.abort_tasks(functools.partial(_on_lun, n))
 
     async def start_shipping(self, shared: Any, host: str, port: int = 0) -> str | None:

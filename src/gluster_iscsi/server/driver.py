@@ -18,7 +18,7 @@ from ..iscsi import events as ev
 from ..iscsi.connection import Connection
 from ..iscsi.pdu import TmfFunction, TmfResponse
 from ..logs import PROBLEMS
-from ..scsi.sense import build_sense
+from ..scsi.sense import Asc, build_sense
 from ..scsi.task import ScsiResult, ScsiTask, Status
 
 if TYPE_CHECKING:
@@ -409,6 +409,9 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         device = target.device if target else None
         response = TmfResponse.COMPLETE
         waits: list[tuple[ConnectionDriver, list[ScsiTask]]] = []
+        # the LUs reset here (a gateway group's are told to the group) and the reset's ASC
+        group_reset: list[Any] = []
+        reset_asc = Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED
         f = e.function
         try:
             if device is None or session is None or target is None or session.nexus is None:
@@ -438,20 +441,23 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                         if d.conn is not None:
                             waits.append((d, d.conn.abort_tasks(lambda t: t.lun == e.lun)[1]))
                     device.lun_reset(e.lun, session.nexus)
-                    lu = device.lu(e.lun)
-                    state = lu.runner_state if lu is not None else None
-                    if state is not None and state.ship is not None:  # a non-owner's path:
-                        await state.ship.lun_reset(lu, e.lun, session.nexus)  # and the owner
+                    group_reset = [device.lu(e.lun)]
             elif f in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
                 others = self.daemon.drivers_of(target)
                 for d in others:
                     if d.conn is not None:
                         waits.append((d, d.conn.abort_tasks(lambda t: True)[1]))
                 device.target_reset(session.nexus, cold=f == TmfFunction.TARGET_COLD_RESET)
+                group_reset = list((getattr(device, "luns", None) or {}).values())
+                if f == TmfFunction.TARGET_COLD_RESET:
+                    reset_asc = Asc.POWER_ON_OCCURRED
             else:
                 response = TmfResponse.NOT_SUPPORTED
             for d, tasks in waits:
                 await d.wait_tasks(tasks)
+            for lu in group_reset:
+                if not await _group_lun_reset(lu, reset_asc):
+                    response = TmfResponse.REJECTED  # the initiator escalates
         except Exception:
             log.exception("task management function %d failed", f)
             response = TmfResponse.REJECTED
@@ -462,3 +468,20 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         if f == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.COMPLETE and target:
             for d in self.daemon.drivers_of(target):
                 d.close("target cold reset")
+
+
+async def _group_lun_reset(lu: Any, asc: Asc = Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED) -> bool:
+    """A LOGICAL UNIT RESET (or a target reset's, ``asc``) of a gateway group's LU: its
+    LU-wide effects reach every gateway through the group's state record
+    (``GroupMember.lun_reset``, docs/HA.md decision 4). True for a lone LU or once the group
+    took it; False (logged) when it did not."""
+    rs = lu.runner_state
+    member = rs.group if rs is not None else None
+    if member is None:
+        return True
+    try:
+        await member.lun_reset(lu, asc)
+    except Exception as exc:  # noqa: BLE001 - the TMF answers, the initiator escalates
+        log.warning("LOGICAL UNIT RESET: the gateway group did not take it: %s", exc)
+        return False
+    return True

@@ -32,8 +32,11 @@ import errno
 import functools
 import logging
 import math
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 #: How many versions of LU-wide events (unit attentions for other gateways' nexuses, PREEMPT
 #: AND ABORT victims) the state record keeps, for a gateway that missed some versions.
 EVENT_HISTORY = 32
+#: In a gateway record's name: a duplicate daemon's own record (``gateways/<name>~<id>``)
+DUPLICATE_MARK = "~"
 #: Kinds of LU-wide state the state record carries (``lu.shared_state(kind)``).
 STATE_KINDS = ("pr", "mode")
 #: The group's ``non_owner`` setting: what a live non-owner gateway's target port group is.
@@ -95,7 +100,7 @@ def gateway_name(name: str) -> str:
 class GatewaySeen:
     """Another gateway as this one last read it, and since when its beat has not moved."""
 
-    __slots__ = ("number", "beat", "since", "stopped", "version")
+    __slots__ = ("number", "beat", "since", "stopped", "version", "sessions")
 
     def __init__(self, number: int, beat: int, since: float, stopped: bool, version: str) -> None:
         self.number = number
@@ -103,6 +108,8 @@ class GatewaySeen:
         self.since = since
         self.stopped = stopped
         self.version = version
+        #: its sessions per LUN key, as its record last said
+        self.sessions: dict[str, int] = {}
 
 
 class GroupLu:
@@ -118,6 +125,12 @@ class GroupLu:
         self.drain: asyncio.Task[None] | None = None
         #: the move request record's seq already acted on
         self.move_seq = 0
+        #: a standby: the owner named in the record has not renewed for a lease while its
+        #: lock is still held (a hung owner: said once, see GroupMember._owner_hung)
+        self.owner_hung = False
+        #: the state record was read at least once (a first load replays no reset or
+        #: capacity event: the LU was just opened and measured, its nexuses are new)
+        self.state_seen = False
 
 
 class GroupMember:
@@ -126,7 +139,8 @@ class GroupMember:
     def __init__(self, shared: Shared, gateway: str, number: int, *, beat_seconds: float = 1.0,
                  lease_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic,
                  abort: Callable[[Any, list[str]], None] | None = None,
-                 non_owner: str = "standby") -> None:
+                 non_owner: str = "standby",
+                 instance: str | None = None, started: float | None = None) -> None:
         if not 1 <= number <= 255:
             raise ValueError(f"gateway number {number} is not 1..255")
         if not 0 < beat_seconds < lease_seconds:
@@ -141,6 +155,9 @@ class GroupMember:
         #: called on the loop with (lu, initiator ports) whose tasks a PREEMPT AND ABORT made
         #: through another gateway aborts here
         self.abort = abort
+        #: called on the loop with (lu) whose tasks a LOGICAL UNIT RESET made through another
+        #: gateway aborts here (every task of the LU, every nexus: SAM-5 6.3.3)
+        self.abort_all: Callable[[Any], None] | None = None
         self.luns: dict[str, GroupLu] = {}
         self.gateways: dict[str, GatewaySeen] = {}
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"group-{gateway}")
@@ -153,6 +170,19 @@ class GroupMember:
         self._wake: asyncio.Event | None = None  # made in start()
         self._mutex = threading.Lock()  # luns/gateways seen from worker threads
         self._ship_init(non_owner)
+        #: this daemon among the gateway's incarnations: a random id and its start time
+        #: (wall clock), published in the gateway record (see _check_duplicate)
+        self.instance = instance or uuid.uuid4().hex
+        self.started = started if started is not None else time.time()
+        #: another running daemon with this gateway's name or number, as its record says
+        #: ({gateway, number, host, pid, instance, started}); None: none seen
+        self.duplicate: dict[str, Any] | None = None
+        #: this daemon is the later of two duplicates: it owns nothing and publishes nothing
+        self.yielded = False
+        self._dup_beats: dict[str, Any] = {}  # duplicates' records: the beat last read
+        #: this gateway's sessions per attached LU (the daemon's count), published in its
+        #: gateway record for ``group show``; None: not counted
+        self.session_counts: Callable[[list[Any]], list[int]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -203,8 +233,11 @@ class GroupMember:
                         await asyncio.wait_for(self._call(lock.release), bound)
                 except Exception as exc:  # noqa: BLE001 - the rest must be released too
                     log.warning("group: LUN %s: not released cleanly: %s", glu.key, exc)
+            # (a duplicate that stood down says it stopped in its own record, never the
+            # gateway's: that one is the other daemon's)
+            own = self._duplicate_name() if self.yielded else gateway_name(self.gateway)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._call(self.shared.write, gateway_name(self.gateway),
+                await asyncio.wait_for(self._call(self.shared.write, own,
                                                   self._gateway_record(stopped=True)), bound)
         else:
             for glu in self.luns.values():
@@ -263,6 +296,9 @@ class GroupMember:
                 "move_to": rec.move_to if rec else None,
                 "issue_deadline_in": (round(lease.issue_deadline - now, 3)
                                       if math.isfinite(lease.issue_deadline) else None),
+                **self._lun_problems(glu, now),
+                "sessions": {name: g.sessions.get(key, 0) for name, g in self.gateways.items()
+                             if name != self.gateway and not g.stopped},
             }
         gateways = {self.gateway: {"number": self.number, "beat": self._beat, "age": 0.0,
                                    "live": self._self_live(now), "version": __version__}}
@@ -271,9 +307,12 @@ class GroupMember:
                 gateways[name] = {"number": g.number, "beat": g.beat,
                                   "age": round(now - g.since, 3), "live": self._live(g, now),
                                   "version": g.version}
-        return {"gateway": self.gateway, "number": self.number,
-                "beat_seconds": self.beat_seconds, "lease_seconds": self.lease_seconds,
-                "luns": luns, "gateways": gateways}
+        out = {"gateway": self.gateway, "number": self.number,
+               "beat_seconds": self.beat_seconds, "lease_seconds": self.lease_seconds,
+               "luns": luns, "gateways": gateways}
+        if self.duplicate is not None:
+            out["duplicate"] = {**self.duplicate, "yielded": self.yielded}
+        return out
 
     # -- moves ----------------------------------------------------------------------------------
 
@@ -337,6 +376,8 @@ class GroupMember:
     async def _beat_once(self) -> None:
         await self._publish()
         await self._read_gateways()
+        if self.yielded:
+            await self._stand_down()
         for glu in list(self.luns.values()):
             if glu.key in self.luns:
                 await self._step(glu)
@@ -344,13 +385,17 @@ class GroupMember:
             self._push(glu)
 
     def _gateway_record(self, *, stopped: bool = False) -> dict[str, Any]:
-        record = {"number": self.number, "version": __version__, "beat": self._beat,
-                  "stopped": stopped}
+        record: dict[str, Any] = {
+            "number": self.number, "version": __version__, "beat": self._beat,
+            "stopped": stopped, "instance": self.instance, "started": self.started,
+            "host": socket.gethostname(), "pid": os.getpid(), "sessions": self._sessions_here()}
         if self.ship_address is not None:
             record["ship"] = self.ship_address
         return record
 
     async def _publish(self) -> None:
+        if not await self._check_own_record():
+            return  # a duplicate that yielded: the gateway's record is the other daemon's
         start = self.clock()
         self._beat += 1
         try:
@@ -368,6 +413,9 @@ class GroupMember:
         now = self.clock()
         for full in names:
             name = full.rsplit("/", 1)[-1]
+            if DUPLICATE_MARK in name:  # a duplicate's record (see _stand_down), not a gateway
+                await self._read_duplicate_record(name)
+                continue
             if name == self.gateway:
                 continue
             try:
@@ -378,6 +426,9 @@ class GroupMember:
             if not isinstance(data, dict) or not isinstance(data.get("number"), int):
                 continue
             if data["number"] == self.number and not data.get("stopped"):
+                old = self.gateways.get(name)
+                if old is not None and old.beat != data.get("beat", 0):  # alive, not a leftover
+                    self._duplicate_seen(name, data)
                 PROBLEMS.report(log, logging.ERROR, "group number", name,
                                 "group: gateway %s also claims number %d: give each gateway "
                                 "its own number (the ALUA tables are wrong until then)",
@@ -391,6 +442,10 @@ class GroupMember:
                                                   str(data.get("version", "")))
             else:
                 old.stopped = bool(data.get("stopped"))
+            seen = self.gateways[name]
+            counts = data.get("sessions")
+            seen.sessions = ({k: v for k, v in counts.items() if isinstance(v, int)}
+                             if isinstance(counts, dict) else {})
 
     def _live(self, g: GatewaySeen, now: float) -> bool:
         return not g.stopped and now - g.since < self.lease_seconds
@@ -481,13 +536,22 @@ class GroupMember:
         rec = LeaseRecord.from_dict(got.data if got is not None else None)
         with contextlib.suppress(Exception):
             await self._poll_state(glu)
-        if lease.observed(rec, now) is not Do.TRY_LOCK:
+        do = lease.observed(rec, now)
+        if self.yielded:
+            return  # a duplicate gateway takes no lease
+        if glu.owner_hung and lease.heard_within(now):
+            glu.owner_hung = False
+            log.warning("group: LUN %s: owner %s renews again", glu.key,
+                        rec.owner if rec is not None else None)
+        if do is not Do.TRY_LOCK:
             return
         try:
             lock = await self._call(self.shared.try_lock, lease_name(glu.key), 0)
         except Exception as exc:  # noqa: BLE001
             if not _lock_held_error(exc):
                 log.warning("group: LUN %s: lock try failed: %s", glu.key, exc)
+            else:
+                self._owner_hung(glu, rec, now)
             lease.lock_result(False, self.clock())
             return
         glu.lock = lock
@@ -654,11 +718,11 @@ class GroupMember:
 
     async def _poll_state(self, glu: GroupLu) -> None:
         got = await self._call(self.shared.read, state_name(glu.key))
-        if got is not None:
-            self._load(glu, got.data)
+        self._load(glu, got.data if got is not None else None)
 
     def _load(self, glu: GroupLu, data: Any) -> bool:
         """Load a state record newer than what the LU has (any thread). True if loaded."""
+        first, glu.state_seen = not glu.state_seen, True
         if not isinstance(data, dict):
             return False
         version = data.get("version", 0)
@@ -682,9 +746,12 @@ class GroupMember:
                     log.warning("group: LUN %s: unknown event: %s", glu.key, exc)
             for ev in fresh:
                 aborts += [p for p in ev.get("abort") or () if isinstance(p, str)]
+            reset = self._replay_lu_events(glu, fresh) if not first else False
             glu.applied = version
         if aborts and self.abort is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.abort, lu, aborts)
+        if reset and self.abort_all is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.abort_all, lu)
         return True
 
     def shared_refresh(self, lu: Any) -> None:
@@ -697,14 +764,17 @@ class GroupMember:
             got = self.call_sync(self.lease_seconds, self.shared.read, state_name(glu.key))
         except (FutureTimeout, OSError) as exc:
             raise BackingStoreError(errno.ESHUTDOWN, f"group state unreachable: {exc}") from exc
-        if got is not None:
-            self._load(glu, got.data)
+        self._load(glu, got.data if got is not None else None)
 
-    def shared_update(self, lu: Any, apply: Callable[[], Any]) -> Any:
+    def shared_update(self, lu: Any, apply: Callable[[], Any],
+                      extra_events: list[dict[str, Any]] | None = None) -> Any:
         """Change LU-wide state through the group (decision 4), on a worker thread: returns
         what ``apply`` returned once the owner enforces it; raises what ``apply`` raised
-        (nothing written), or ESHUTDOWN (NOT READY 04/0A) when the volume or the owner does
-        not answer within ``lease_seconds``."""
+        (nothing written), or ESHUTDOWN (NOT READY 04/0A) when the record could not be
+        written within ``lease_seconds`` (nothing changed, unless a write that timed out
+        lands later). Once written, the change is in force: GOOD when the owner says it
+        applied it, or at the latest ``lease_seconds`` after the write (:meth:`_wait_enforced`),
+        never 04/0A: a retried REGISTER would meet its own registration."""
         glu = self.handle(lu)
         if glu is None:
             with lu.state_lock:
@@ -730,15 +800,17 @@ class GroupMember:
             events = [e for e in data.get("events", ())
                       if isinstance(e, dict) and e.get("version", 0) > version - EVENT_HISTORY]
             events += self._events(recorded or [], version, value)
+            events += [{"version": version, "by": self.gateway, **e} for e in extra_events or ()]
             record = {"version": version, "by": self.gateway, "events": events, **new_state}
             self._bounded(end, self.shared.write, state_name(glu.key), record)
+            written = self.clock()
             glu.applied = version
         finally:
             with contextlib.suppress(Exception):
                 self.call_sync(self.lease_seconds, lock.release)
         if glu.lease.role in (Role.OWNER, Role.MOVING_OUT):
             return value
-        self._wait_seen(glu, version, end)
+        self._wait_enforced(glu, version, written)
         return value
 
     def _bounded(self, end: float, fn: Callable[..., Any], *args: Any) -> Any:
@@ -763,19 +835,6 @@ class GroupMember:
                 raise BackingStoreError(errno.ESHUTDOWN, "state lock busy")
             time.sleep(0.01)
 
-    def _wait_seen(self, glu: GroupLu, version: int, end: float) -> None:
-        """Wait until the owner's lease record says it applied ``version`` (bounded)."""
-        while True:
-            got = self._bounded(end, self.shared.read, lease_name(glu.key))
-            rec = LeaseRecord.from_dict(got.data if got is not None else None)
-            if rec is None or rec.owner is None:
-                return  # no owner: whoever takes it loads the record before serving
-            if rec.seen >= version:
-                return
-            if self.clock() >= end:
-                raise BackingStoreError(errno.ESHUTDOWN, "the owner has not applied the change")
-            time.sleep(min(0.02, self.beat_seconds / 10))
-
     def _events(self, recorded: list[dict[str, Any]], version: int,
                 value: Any) -> list[dict[str, Any]]:
         """The change's events for the other gateways: the unit attentions it queued
@@ -787,3 +846,219 @@ class GroupMember:
             events.append({"version": version, "by": self.gateway,
                            "abort": list(extra["abort_initiators"])})
         return events
+
+    # -- LU-wide events beyond PR and mode pages: LUN RESET, capacity --------------------------
+
+    async def lun_reset(self, lu: Any, asc: int) -> None:
+        """A LOGICAL UNIT RESET this gateway just did to ``lu`` (``DeviceServer.lun_reset``:
+        its SPC-2 reservation dropped, the unit attention ``asc`` queued to its nexuses, its
+        tasks aborted) goes to the group as an event of the state record: every other
+        gateway does the same when it loads that version (:meth:`_replay_lu_events`), the
+        owner aborting the LU's tasks. Returns once the owner applied it (as a PR OUT does);
+        raises ``BackingStoreError`` (ESHUTDOWN) when the group did not take it."""
+        await self._publish_event(lu, {"reset": int(asc)})
+
+    async def capacity_changed(self, lu: Any, size: int) -> None:
+        """This gateway grew ``lu``'s file to ``size`` bytes (and told its own LU): every
+        other gateway's LU learns the size and queues CAPACITY DATA HAS CHANGED to its
+        nexuses when it loads the event."""
+        await self._publish_event(lu, {"capacity": int(size)})
+
+    async def _publish_event(self, lu: Any, event: dict[str, Any]) -> None:
+        if self.handle(lu) is None:
+            return
+        await asyncio.to_thread(self.shared_update, lu, lambda: None, [event])
+
+    def _replay_lu_events(self, glu: GroupLu, fresh: list[dict[str, Any]]) -> bool:
+        """Apply another gateway's reset and capacity events to this gateway's LU (under its
+        state lock, from :meth:`_load`). True if a reset was among them (its tasks to abort)."""
+        from ..scsi.sense import Asc
+
+        lu = glu.lu
+        reset = False
+        for ev in fresh:
+            asc = ev.get("reset")
+            if isinstance(asc, int) and hasattr(lu, "reset"):
+                try:
+                    lu.reset(Asc(asc))
+                except ValueError as exc:  # a gateway of another version
+                    log.warning("group: LUN %s: unknown reset event: %s", glu.key, exc)
+                    continue
+                reset = True
+            size = ev.get("capacity")
+            if isinstance(size, int) and size > 0 and hasattr(lu, "capacity_changed"):
+                if size // lu.block_size > lu.block_count:  # grows only: an older event
+                    lu.capacity_changed(size)               # never shrinks a newer size
+        return reset
+
+    def _wait_enforced(self, glu: GroupLu, version: int, written: float) -> None:
+        """A non-owner's change, written at ``written``: wait until the owner's lease record
+        says it applied ``version``, or until ``written + lease_seconds``, whichever comes
+        first. Past that, no owner can issue a command without it: an owner's issue
+        deadline is the start of a heartbeat + ``lease_seconds``, a heartbeat loads the
+        state record before it renews anything, and a heartbeat that read the record before
+        this write started before ``written``; a new owner loads the record before it
+        serves. So the change is enforced either way and PR OUT answers GOOD: answering
+        NOT READY for a change that is already in force would make the initiator's retry of
+        a REGISTER meet its own registration (RESERVATION CONFLICT)."""
+        until = written + self.lease_seconds
+        while True:
+            try:
+                got = self._bounded(until, self.shared.read, lease_name(glu.key))
+            except BackingStoreError:
+                got = False  # the volume does not answer: the deadline still holds
+            if got is not False:
+                rec = LeaseRecord.from_dict(got.data if got is not None else None)
+                if rec is None or rec.owner is None or rec.seen >= version:
+                    return  # applied, or no owner (whoever takes it loads it first)
+            if self.clock() >= until:
+                log.warning("group: LUN %s: the owner has not said it applied state version "
+                            "%d within %gs; in force anyway (no owner issues without it)",
+                            glu.key, version, self.lease_seconds)
+                return
+            time.sleep(min(0.02, self.beat_seconds / 10))
+
+    # -- a hung owner -------------------------------------------------------------------------
+
+    def _owner_hung(self, glu: GroupLu, rec: LeaseRecord | None, now: float) -> None:
+        """A standby found the lock held although the record has not changed for a lease:
+        its holder neither renews nor lets go (SIGSTOPped, a thread stuck in the kernel: the
+        bricks keep a frozen client's lock, docs/HA.md "Measured"). The ALUA table already
+        reports its group unavailable (the record is not fresh); said once per LUN here, and
+        in the status (``owner_hung``), since only a kill frees the LUN."""
+        if glu.owner_hung or rec is None or rec.owner is None or glu.lease.heard_within(now):
+            return
+        glu.owner_hung = True
+        log.error("group: LUN %s: owner %s has not renewed for %.0f s but still holds the "
+                  "lock: hung? a watchdog (systemd WatchdogSec, see `gluster-iscsi systemd "
+                  "install`) or an admin must kill it", glu.key, rec.owner,
+                  glu.lease.silent_for(now))
+
+    def _lun_problems(self, glu: GroupLu, now: float) -> dict[str, Any]:
+        """What the status adds for a LUN in trouble (empty when there is none)."""
+        out: dict[str, Any] = {}
+        if glu.owner_hung and glu.lease.role is Role.STANDBY:
+            out["owner_hung"] = True
+            out["owner_silent_for"] = round(glu.lease.silent_for(now), 1)
+        return out
+
+    def beating(self, now: float | None = None) -> bool:
+        """Whether this gateway's group work is alive, for the systemd watchdog: its beats
+        succeed (the gateway record was written within ``lease_seconds``), or it holds no
+        LUN (a standby that cannot beat blocks nobody). A beat stuck in a call to the
+        volume, or a loop that no longer runs the beat, stops the pings while this gateway
+        holds locks: systemd then kills it and the bricks free its LUNs."""
+        if now is None:
+            now = self.clock()
+        if self._self_live(now):
+            return True
+        return not any(glu.lock is not None for glu in self.luns.values())
+
+    # -- two daemons as one gateway -----------------------------------------------------------
+
+    async def _check_own_record(self) -> bool:
+        """Before each write of the gateway record: read it; another instance's writes there
+        since this daemon's last one mean a second daemon runs under this gateway's name
+        (the first write is not checked: a restart finds its previous incarnation's
+        record). False once this daemon yielded: it writes the record no more."""
+        if self._beat > 0:
+            try:
+                got = await self._call(self.shared.read, gateway_name(self.gateway))
+            except Exception:  # noqa: BLE001 - the write that follows says what is wrong
+                got = None
+            data = got.data if got is not None else None
+            if (isinstance(data, dict) and isinstance(data.get("instance"), str)
+                    and data["instance"] != self.instance and not data.get("stopped")):
+                self._duplicate_seen(self.gateway, data)
+        if self.yielded:
+            # Publish under a name of its own, so the daemon that stays hears of this one.
+            with contextlib.suppress(Exception):
+                self._beat += 1
+                await self._call(self.shared.write, self._duplicate_name(),
+                                 {**self._gateway_record(), "duplicate_of": self.gateway})
+        return not self.yielded
+
+    def _duplicate_name(self) -> str:
+        return gateway_name(f"{self.gateway}{DUPLICATE_MARK}{self.instance[:12]}")
+
+    async def _read_duplicate_record(self, name: str) -> None:
+        """A yielded duplicate's record: if it is this gateway's name or number and another
+        instance, and its beat moves, this daemon hears of it."""
+        try:
+            got = await self._call(self.shared.read, gateway_name(name))
+        except Exception:  # noqa: BLE001
+            return
+        data = got.data if got is not None else None
+        if not isinstance(data, dict) or data.get("instance") == self.instance \
+                or data.get("stopped"):
+            return
+        if data.get("duplicate_of") != self.gateway and data.get("number") != self.number:
+            return
+        beat = data.get("beat")
+        last = self._dup_beats.get(name)
+        self._dup_beats[name] = beat
+        if last is not None and last != beat:
+            self._duplicate_seen(str(data.get("duplicate_of")), data)
+
+    def _duplicate_seen(self, name: str, data: dict[str, Any]) -> None:
+        """Another running daemon is gateway ``name`` (this one's name or number). The later
+        started of the two (by their records' start times; ties by instance id) yields: it
+        stops acting as owner (:meth:`_stand_down`) and takes no lease; the other goes on.
+        Both say so, once, in the log and in :meth:`status` (never silent divergence)."""
+        other_started = data.get("started")
+        other_instance = str(data.get("instance") or "")
+        if not isinstance(other_started, (int, float)):
+            other_started = -math.inf  # a gateway of an older version: it was there first
+        later = (self.started, self.instance) > (other_started, other_instance)
+        info = {"gateway": name, "number": data.get("number"), "host": data.get("host"),
+                "pid": data.get("pid"), "instance": other_instance or None,
+                "started": data.get("started")}
+        first = self.duplicate is None or self.duplicate.get("instance") != info["instance"]
+        self.duplicate = info
+        if later and not self.yielded:
+            self.yielded = True
+            log.error("group: another daemon runs as gateway %s (number %s, host %s, pid %s) "
+                      "since before this one: this daemon stands down (owns no LUN, takes no "
+                      "lease) until it is stopped; give each gateway its own name and number",
+                      name, info["number"], info["host"], info["pid"])
+        elif first and not later:
+            log.error("group: another daemon also runs as gateway %s (number %s, host %s, pid "
+                      "%s), started after this one: it stands down; stop it", name,
+                      info["number"], info["host"], info["pid"])
+
+    async def _stand_down(self) -> None:
+        """A yielded duplicate gives back what it holds: each LUN whose lock this daemon
+        holds is announced transitioning, drained (bounded), written released and its lock
+        released, so the gateway that stays (or a peer) takes it; nothing it does not hold
+        is written."""
+        for glu in list(self.luns.values()):
+            if glu.lock is None:
+                continue
+            self._push(glu, own_state="transitioning")
+            self._set_deadline(glu, -math.inf)
+            await self._drain(glu, self.lease_seconds)
+            rec = glu.lease.record
+            try:
+                if rec is not None and glu.lease.role in (Role.OWNER, Role.MOVING_OUT,
+                                                          Role.FENCED):
+                    gone = LeaseRecord(None, glu.lease.epoch, rec.beat + 1, glu.applied, None)
+                    await self._call(self.shared.write, lease_name(glu.key), gone.to_dict())
+            except Exception as exc:  # noqa: BLE001 - released all the same
+                log.warning("group: LUN %s: not released cleanly: %s", glu.key, exc)
+            await self._release(glu)
+            glu.lease.released(self.clock())
+            log.warning("group: LUN %s released (a duplicate gateway stands down)", glu.key)
+
+    # -- sessions per gateway -----------------------------------------------------------------
+
+    def _sessions_here(self) -> dict[str, int]:
+        """This gateway's sessions per attached LU key (what its record publishes)."""
+        count = self.session_counts
+        if count is None:
+            return {}
+        items = list(self.luns.items())
+        try:
+            numbers = count([glu.lu for _, glu in items])
+        except Exception:  # noqa: BLE001 - a count is extra, never a failed beat
+            return {}
+        return {key: n for (key, _), n in zip(items, numbers, strict=False)}

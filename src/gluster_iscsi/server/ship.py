@@ -366,10 +366,6 @@ class ShipServer:
         nexus = Nexus(str(h["initiator"]), str(h["port"]), str(h["target_port"]),
                       relative_port=int(h["relative_port"]), target_port_group=int(h["tpg"]))
         register(device, nexus)
-        if h.get("tmf") == "lun_reset":
-            device.lun_reset(lun, nexus)
-            conn.answer({"t": "res", "id": rid, "status": 0}, b"")
-            return
         if not self.budget.charge(conn.share, len(data)):
             conn.answer({"t": "res", "id": rid, "status": int(Status.BUSY)}, b"")
             return
@@ -554,24 +550,6 @@ class _Client:
                 timer.cancel()
                 done(None, b"", ConnectionError("ship connection lost"))
 
-    async def request(self, header: dict[str, Any],
-                      data: bytes | memoryview) -> tuple[dict[str, Any], bytes]:
-        """One request, awaited (the LUN reset; tests)."""
-        fut: asyncio.Future[tuple[dict[str, Any], bytes]] = \
-            asyncio.get_running_loop().create_future()
-
-        def done(answer: dict[str, Any] | None, out: bytes, exc: BaseException | None) -> None:
-            if fut.done():
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                assert answer is not None
-                fut.set_result((answer, out))
-
-        self.send(header, data, done, self.shipper.timeout)
-        return await fut
-
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
@@ -662,25 +640,6 @@ class Shipper:
         if client is None:
             client = self.clients[address] = _Client(self, address)
         return client
-
-    async def lun_reset(self, lu: Any, lun: int, nexus: Nexus) -> None:
-        """A LOGICAL UNIT RESET through this non-owner: the owner resets the LU too (its
-        SPC-2 reservation, its unit attentions for every nexus it knows). Best effort,
-        bounded: the reset here is done already."""
-        if lu.alua.state_of(nexus.target_port_group) is not AccessState.ACTIVE_NON_OPTIMIZED:
-            return
-        owner = self._owner(lu)
-        if owner is None:
-            return
-        glu, rec, address = owner
-        header = _header(glu.key, rec.epoch, lun, nexus)
-        header["tmf"] = "lun_reset"
-        try:
-            await asyncio.wait_for(self._client(address).request(header, b""), self.timeout)
-        except (OSError, TimeoutError, FrameError) as exc:
-            PROBLEMS.report(log, logging.WARNING, "ship send", address,
-                            "command shipping: LUN reset to %s failed: %s", address,
-                            str(exc) or type(exc).__name__)
 
     @staticmethod
     def _done(task: ScsiTask, lu: Any, host: Any, address: str, answer: dict[str, Any] | None,

@@ -1,0 +1,64 @@
+"""A hand-written gateway group (the config's ``group`` section, no definition on the volume):
+a LUN added or removed while the daemon runs (the CLI, ``config reload``, SIGHUP: all go
+through ``reconcile``) is attached to / detached from the group member, as the LUNs present
+at start are (control/api.py ``_attach_lu``: one function for every way)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from gluster_iscsi.control import config as cfgmod
+from gluster_iscsi.control import group as groupmod
+from gluster_iscsi.group.shared import open_shared
+
+from .test_group import T1, Gateway
+
+
+@pytest.fixture
+def volume(tmp_path):
+    vol = tmp_path / "vol"
+    (vol / ".gluster-iscsi").mkdir(parents=True)  # the group directory, no definition in it
+    for name in ("disk1.img", "disk2.img"):
+        with open(vol / name, "wb") as f:
+            f.truncate(1 << 20)
+    return vol
+
+
+def test_luns_added_and_removed_at_run_time_join_and_leave_the_member(tmp_path, volume,
+                                                                     fake_runtime):
+    location = str(volume / ".gluster-iscsi")
+    shared = open_shared(location)
+    gid1 = groupmod.member_key(shared.gfid(str(volume / "disk1.img")))
+    gid2 = groupmod.member_key(shared.gfid(str(volume / "disk2.img")))
+    state = tmp_path / "a"
+    state.mkdir()
+    cfg = {**cfgmod.empty_config(),
+           "targets": [{"name": T1, "tid": 1, "luns": [
+               {"lun": 1, "backing": str(volume / "disk1.img")}]}],
+           "group": {"location": location, "gateway": "gw-a", "number": 1}}  # fmt: skip
+    (state / "config.json").write_text(json.dumps(cfgmod.validate(cfg)))
+    gw = Gateway(state, fake_runtime)
+    gw.member.shared = shared
+    gw.refresh()  # start: the saved config, the group linked (no definition there)
+    # what serve does once the member exists: the LUNs open at start
+    asyncio.run(gw.server.attach_opened_luns())
+    assert set(gw.member.luns) == {gid1}
+    # the CLI on the running daemon
+    gw.call("lun.create", target=T1, backing=str(volume / "disk2.img"))
+    assert set(gw.member.luns) == {gid1, gid2}
+    assert gw.member.luns[gid2].lu is gw.server.reconciler.logical_unit(T1, 2)
+    assert gw.member.events[-1][3] is False  # attached before it serves
+    gw.call("lun.delete", target=T1, lun=2)
+    assert set(gw.member.luns) == {gid1}
+    # config reload (SIGHUP applies the same way): the LUN comes back, attached again
+    saved = cfgmod.load(state)
+    saved["targets"][0]["luns"].append({**saved["targets"][0]["luns"][0], "lun": 3,
+                                        "backing": str(volume / "disk2.img"), "uuid": None,
+                                        "serial": None})
+    cfgmod.save(state, cfgmod.validate(saved))
+    gw.call("config.reload")
+    assert set(gw.member.luns) == {gid1, gid2}
+    shared.close()
