@@ -167,13 +167,22 @@ write_one() { # DEV: one WRITE(10) of LBA 2048 through SG_IO; its output has the
     head -c 512 /dev/zero > /run/gi/blk
     sg_raw -s 512 -i /run/gi/blk "$1" 2a 00 00 00 08 00 00 00 01 00 2>&1
 }
-conflict_on() { write_one "$1" | tee /run/gi/sgraw.out; grep -qi "reservation conflict" /run/gi/sgraw.out; }
+conflict_on() { # past the unit attention the preemption queues (2A/05 registrations preempted)
+    local i
+    for i in 1 2 3 4 5; do
+        write_one "$1" > /run/gi/sgraw.out; cat /run/gi/sgraw.out
+        grep -qi "unit attention" /run/gi/sgraw.out || break
+        grep -qi "preempted" /run/gi/sgraw.out && UA_SEEN="$UA_SEEN $(basename "$1")"
+    done
+    grep -qi "reservation conflict" /run/gi/sgraw.out
+}
 pr_fenced() {
+    UA_SEEN=""
     sg_persist --in --read-keys "$D1" | tee /run/gi/keys.out
     grep -qi "$KEY_A" /run/gi/keys.out && { echo "key A still registered"; return 1; }
     conflict_on "$D1" || return 1
     conflict_on "$D2" || return 1
-    STEP_DETAIL="A's key gone; WRITE through $N1 and $N2: RESERVATION CONFLICT"
+    STEP_DETAIL="A's key gone; WRITE through $N1 and $N2: RESERVATION CONFLICT (registrations preempted UA first on:${UA_SEEN:- none})"
 }
 reinstated() {
     wait_for 180 owner_path_back || { multipathd show paths raw format "%d %t %T %p"; return 1; }
