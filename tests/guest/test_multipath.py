@@ -67,6 +67,11 @@ def node_b(gws: list[Gateway], key_a: int | None) -> str:
             async with ScsiPath(gw.address, ISCSI_PORT, IQN, NODE_B) as p:
                 if key_a is None:
                     if i == 0:
+                        # a new session is a new I_T nexus (another ISID): register it
+                        # (REGISTER AND IGNORE EXISTING KEY), then CLEAR
+                        a = await p.cmd_past_ua(prout_cdb(6), data_out=prout_params(0, KEY_B))
+                        out.append(f"register via {gw.name}: {a}")
+                        assert a.good, out
                         a = await p.cmd_past_ua(prout_cdb(3), data_out=prout_params(KEY_B, 0))
                         out.append(f"clear via {gw.name}: {a}")
                         assert a.good, out
