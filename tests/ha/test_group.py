@@ -275,7 +275,7 @@ def test_iscsi_test_cu_reservation_and_multipath_families_on_a_group_lun(group):
 
 
 async def _writer(group: list[Gateway], first: Gateway, count: int, kill_at: int,
-                  kill: Gateway) -> dict[int, bytes]:
+                  kill: Gateway, times: list[float] | None = None) -> dict[int, bytes]:
     """Sequential one-block writes, each retried through the next gateway on NOT READY or a
     dead path, as a multipath initiator would; SIGKILL of ``kill`` after ``kill_at`` acks.
     Returns what was acknowledged (LBA -> data)."""
@@ -299,6 +299,8 @@ async def _writer(group: list[Gateway], first: Gateway, count: int, kill_at: int
         a = await path.write(lba, block, timeout=90)
         if a.good:
             acked[lba] = block
+            if times is not None:
+                times.append(time.monotonic())
             lba += 1
             if len(acked) == kill_at:
                 kill.kill()
@@ -316,7 +318,9 @@ async def _writer(group: list[Gateway], first: Gateway, count: int, kill_at: int
 @pytest.mark.parametrize("group", ["standby"], indirect=True)
 def test_sigkill_of_the_owner_during_writes_loses_no_acknowledged_block(group):
     owner = wait_owner(group)
-    acked = asyncio.run(_writer(group, owner, count=600, kill_at=200, kill=owner))
+    times: list[float] = []
+    acked = asyncio.run(_writer(group, owner, count=600, kill_at=200, kill=owner, times=times))
+    print(f"SIGKILL to the next acknowledged write: {times[200] - times[199]:.1f} s")
     new = wait_owner(group, timeout=60)
     assert new is not owner
     got = asyncio.run(read_all(new, sorted(acked)))
