@@ -670,22 +670,25 @@ def run_group(be: str, args: argparse.Namespace, workdir: str, workloads: list[W
     for v in variants:
         if v not in LONE_VARIANTS:
             raise SystemExit(f"--lone: unknown {v!r}; known: {', '.join(LONE_VARIANTS)}")
+    sides = ("a", "b") if args.group_file == "separate" else ("shared",)
     if be == "group-gfapi":
         rel = f"gluster-iscsi-bench-{os.getpid()}"
         os.makedirs(os.path.join(gdir, "group"), exist_ok=True)
-        lun_file = os.path.join(gdir, "group-lun.img")   # gdir is the volume's rel dir on FUSE
-        back = Backing("gfapi", volume=vol, host=host, path=f"{rel}/group-lun.img")
+        files = [os.path.join(gdir, f"group-{x}-lun.img") for x in sides]  # gdir: rel on FUSE
+        backs = [Backing("gfapi", volume=vol, host=host, path=f"{rel}/group-{x}-lun.img") for x in sides]
         location = f"gluster://{host}/{vol}/{rel}/group"
         tmp = ""
     else:
         tmp = tempfile.mkdtemp(prefix="gluster-iscsi-bench-group-", dir=args.local_dir)
-        lun_file = os.path.join(tmp, "group-lun.img")
-        back = Backing("file", file=lun_file)
+        files = [os.path.join(tmp, f"group-{x}-lun.img") for x in sides]
+        backs = [Backing("file", file=f) for f in files]
         location = os.path.join(tmp, "group")
         os.makedirs(location)
+    back_a, back_b = backs[0], backs[-1]
     try:
-        with open(lun_file, "wb") as f:
-            f.truncate(LUN_SIZE)
+        for lun_file in files:
+            with open(lun_file, "wb") as f:
+                f.truncate(LUN_SIZE)
         for i, v in enumerate(variants):
             desc, gfapi_opts, file_opts = LONE_VARIANTS[v]
             label = f"{be} (A: lone {v})"
@@ -693,7 +696,7 @@ def run_group(be: str, args: argparse.Namespace, workdir: str, workloads: list[W
             cmd = args.ours_cmd.split() if args.ours_cmd else None
             ta = OursConfigTarget("A", os.path.join(wd, "a"), cmd=cmd, serve_args=args.ours_args.split(),
                                   block_size=args.block_size,
-                                  lun_options=gfapi_opts if back.kind == "gfapi" else file_opts)
+                                  lun_options=gfapi_opts if back_a.kind == "gfapi" else file_opts)
             tb = OursConfigTarget("B", os.path.join(wd, "b"), cmd=cmd, serve_args=args.ours_args.split(),
                                   block_size=args.block_size,
                                   group={"location": location, "beat_seconds": args.group_beat,
@@ -703,16 +706,17 @@ def run_group(be: str, args: argparse.Namespace, workdir: str, workloads: list[W
             tb.notes.append("B: gateway group member owning the LUN (the daemon opens group LUNs "
                             "O_DIRECT, no read cache: docs/HA.md decision 3)")
             ta.cpus = tb.cpus = args.daemon_cpus
-            run_backend(label, back, back, args, workdir, workloads, report, targets=(ta, tb),
+            run_backend(label, back_a, back_b, args, workdir, workloads, report, targets=(ta, tb),
                         do_prefill=i == 0)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            try:
-                os.unlink(lun_file)
-            except OSError:
-                pass
+            for lun_file in files:
+                try:
+                    os.unlink(lun_file)
+                except OSError:
+                    pass
 
 
 def run_idle(args: argparse.Namespace, workdir: str, report: dict) -> None:
@@ -905,6 +909,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="group-* backends: how lone gateway A opens the shared LUN, one backend "
                          "section each: direct (O_DIRECT, no read cache: as the group member B) and/or "
                          "default (the lone default: buffered, gfapi read cache on)")
+    ap.add_argument("--group-file", choices=["separate", "shared"], default="separate",
+                    help="group-* backends: A and B each on its own LUN file of the same make in the "
+                         "same directory (default), or both on one file. One Gluster file open in two "
+                         "clients at once turns AFR's eager lock off for both (every write takes and "
+                         "drops its inode lock): a cost neither side has alone")
     ap.add_argument("--group-standby", action="store_true",
                     help="group-* backends: a second gateway joins the group as standby of the LUN "
                          "(its heartbeats and lock tries on the volume during the runs)")

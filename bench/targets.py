@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 
 LUN_SIZE = 1 << 30
@@ -363,13 +364,15 @@ class OursConfigTarget(OursTarget):
         self.group = dict(group) if group else None
         self.standby: subprocess.Popen | None = None
         self.standby_port = 0
+        self.uuid = str(uuid.uuid4())
         what = "group" if group else "lone"
         self.iqn = f"iqn.2026-11.org.gluster-iscsi.bench:{what}"
 
     def _config(self, port: int, spec: str, bstype: str, gateway: str = "", number: int = 0) -> dict:
         lun = {"lun": 1, "backing": spec, "bstype": bstype, "block_size": self.block_size,
-               # one identity for the file, whoever exports it (lone A, group B)
-               "uuid": "6f1c2c3e-0000-4000-8000-0000000b0001", "serial": "bench0001"}
+               # a fresh identity per run and side: a lone gateway records its file's identity
+               # in the volume's group directory and refuses one UUID for two files
+               "uuid": self.uuid, "serial": self.uuid.replace("-", "")[:16]}
         if self.lun_options:
             lun["options"] = self.lun_options
         cfg: dict = {"version": 1,
