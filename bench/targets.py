@@ -43,12 +43,12 @@ class Backing:
     host: str = "127.0.0.1"
     path: str = ""                 # file path inside the volume
     label: str = ""
-    file: str = ""                 # kind "file": this exact file, shared by both targets
-                                   # (made by the harness), instead of one per target
+    file: str = ""                 # kind "file": this exact file (made by the harness, maybe
+                                   # shared by both targets), instead of one per target
 
     def describe(self) -> str:
         if self.kind == "file" and self.file:
-            return f"file {self.file} (the same for both)"
+            return f"file {self.file}"
         if self.kind == "file":
             return f"file in {self.directory}"
         return f"gfapi {self.host}:{self.volume}/{self.path}"
