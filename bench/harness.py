@@ -553,7 +553,8 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
     else:
         ta = make_target(args.target_a, "A", os.path.join(workdir, label), args)
         tb = make_target(args.target_b, "B", os.path.join(workdir, label), args)
-    shared = back_a == back_b  # one backing file for both: written once, by A
+    # one backing file for both (a group backend's --group-file shared): written once, by A
+    shared = back_a == back_b and bool(back_a.file or back_a.path)
     for t, bk in ((ta, back_a), (tb, back_b)):
         why = t.supports(bk)
         if why:
