@@ -29,6 +29,7 @@ from targets import (  # noqa: E402
     LUN_SIZE,
     SESSION_PARAMS,
     Backing,
+    OursConfigTarget,
     OursTarget,
     Scraper,
     Target,
@@ -543,11 +544,17 @@ def prefill(t: Target, seconds_cap: float) -> None:
 
 
 def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Namespace,
-                workdir: str, workloads: list[Workload], report: dict) -> None:
+                workdir: str, workloads: list[Workload], report: dict,
+                targets: tuple[Target, Target] | None = None, do_prefill: bool = True) -> None:
     sec = report.setdefault("backends", {}).setdefault(label, {})
     sec["backing_a"], sec["backing_b"] = back_a.describe(), back_b.describe()
-    ta = make_target(args.target_a, "A", os.path.join(workdir, label), args)
-    tb = make_target(args.target_b, "B", os.path.join(workdir, label), args)
+    if targets is not None:
+        ta, tb = targets
+    else:
+        ta = make_target(args.target_a, "A", os.path.join(workdir, label), args)
+        tb = make_target(args.target_b, "B", os.path.join(workdir, label), args)
+    # one backing file for both (a group backend's --group-file shared): written once, by A
+    shared = back_a == back_b and bool(back_a.file or back_a.path)
     for t, bk in ((ta, back_a), (tb, back_b)):
         why = t.supports(bk)
         if why:
@@ -579,8 +586,8 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
                 sec["skipped"] = f"--strict and terms differ on {diff}"
                 return
         bs = {"A": terms["A"]["block_size"], "B": terms["B"]["block_size"]}
-        if not args.smoke and not args.no_prefill:
-            for t in (ta, tb):
+        if not args.smoke and not args.no_prefill and do_prefill:
+            for t in ((ta,) if shared else (ta, tb)):
                 prefill(t, 60)
         results = []
         for w in workloads:
@@ -641,6 +648,76 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
             sec.setdefault("notes", []).append(note)
         for t in (ta, tb):
             t.stop()
+
+
+#: How the lone gateway A of a group backend opens the shared LUN: (what the report says,
+#: LUN options for a gfapi LUN, for a file LUN)
+LONE_VARIANTS = {
+    "direct": ("lone gateway, LUN opened O_DIRECT and without read cache, as the group opens "
+               "its LUNs (the fair comparison)", {"o_direct": True, "cache": "off"},
+               {"o_direct": True}),
+    "default": ("lone gateway with default LUN options (gfapi: buffered, read cache on; "
+                "file: buffered, kernel page cache)", {}, {}),
+}
+
+
+def run_group(be: str, args: argparse.Namespace, workdir: str, workloads: list[Workload],
+              report: dict, gdir: str = "", host: str = "", vol: str = "") -> None:
+    """Issue 20's yardstick: one gateway-group member (the LUN's owner) against the same
+    daemon as a lone gateway, on the same backing file, same run. be = group-gfapi (the LUN
+    through gfapi on the benchmark volume, the group directory on that volume) or group-local
+    (a file on a local disk, not tmpfs: O_DIRECT; the group directory beside it)."""
+    variants = [v for v in args.lone.split(",") if v]
+    for v in variants:
+        if v not in LONE_VARIANTS:
+            raise SystemExit(f"--lone: unknown {v!r}; known: {', '.join(LONE_VARIANTS)}")
+    sides = ("a", "b") if args.group_file == "separate" else ("shared",)
+    if be == "group-gfapi":
+        rel = f"gluster-iscsi-bench-{os.getpid()}"
+        os.makedirs(os.path.join(gdir, "group"), exist_ok=True)
+        files = [os.path.join(gdir, f"group-{x}-lun.img") for x in sides]  # gdir: rel on FUSE
+        backs = [Backing("gfapi", volume=vol, host=host, path=f"{rel}/group-{x}-lun.img") for x in sides]
+        location = f"gluster://{host}/{vol}/{rel}/group"
+        tmp = ""
+    else:
+        tmp = tempfile.mkdtemp(prefix="gluster-iscsi-bench-group-", dir=args.local_dir)
+        files = [os.path.join(tmp, f"group-{x}-lun.img") for x in sides]
+        backs = [Backing("file", file=f) for f in files]
+        location = os.path.join(tmp, "group")
+        os.makedirs(location)
+    back_a, back_b = backs[0], backs[-1]
+    try:
+        for lun_file in files:
+            with open(lun_file, "wb") as f:
+                f.truncate(LUN_SIZE)
+        for i, v in enumerate(variants):
+            desc, gfapi_opts, file_opts = LONE_VARIANTS[v]
+            label = f"{be} (A: lone {v})"
+            wd = os.path.join(workdir, be, v)
+            cmd = args.ours_cmd.split() if args.ours_cmd else None
+            ta = OursConfigTarget("A", os.path.join(wd, "a"), cmd=cmd, serve_args=args.ours_args.split(),
+                                  block_size=args.block_size,
+                                  lun_options=gfapi_opts if back_a.kind == "gfapi" else file_opts)
+            tb = OursConfigTarget("B", os.path.join(wd, "b"), cmd=cmd, serve_args=args.ours_args.split(),
+                                  block_size=args.block_size,
+                                  group={"location": location, "beat_seconds": args.group_beat,
+                                         "lease_seconds": args.group_lease,
+                                         "standby": args.group_standby})
+            ta.notes.append(f"A: {desc}")
+            tb.notes.append("B: gateway group member owning the LUN (the daemon opens group LUNs "
+                            "O_DIRECT, no read cache: docs/HA.md decision 3)")
+            ta.cpus = tb.cpus = args.daemon_cpus
+            run_backend(label, back_a, back_b, args, workdir, workloads, report, targets=(ta, tb),
+                        do_prefill=i == 0)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            for lun_file in files:
+                try:
+                    os.unlink(lun_file)
+                except OSError:
+                    pass
 
 
 def run_idle(args: argparse.Namespace, workdir: str, report: dict) -> None:
@@ -829,6 +906,22 @@ def main(argv: list[str] | None = None) -> int:
                          "volume, both targets), gfapi (B on its gfapi store vs A on FUSE), gfapi-both "
                          "(A and B each on a gfapi store: --target-a ours, e.g. with "
                          "--ours-args-a='--gfapi-cache 0' for the cache against none)")
+    ap.add_argument("--lone", default="direct,default",
+                    help="group-* backends: how lone gateway A opens the shared LUN, one backend "
+                         "section each: direct (O_DIRECT, no read cache: as the group member B) and/or "
+                         "default (the lone default: buffered, gfapi read cache on)")
+    ap.add_argument("--group-file", choices=["separate", "shared"], default="separate",
+                    help="group-* backends: A and B each on its own LUN file of the same make in the "
+                         "same directory (default), or both on one file. One Gluster file open in two "
+                         "clients at once turns AFR's eager lock off for both (every write takes and "
+                         "drops its inode lock): a cost neither side has alone")
+    ap.add_argument("--group-standby", action="store_true",
+                    help="group-* backends: a second gateway joins the group as standby of the LUN "
+                         "(its heartbeats and lock tries on the volume during the runs)")
+    ap.add_argument("--group-beat", type=float, default=1.0, help="group-* backends: beat_seconds")
+    ap.add_argument("--group-lease", type=float, default=5.0, help="group-* backends: lease_seconds")
+    ap.add_argument("--local-dir", default="/var/tmp",
+                    help="group-local: directory on a local disk (not tmpfs: the LUN is opened O_DIRECT)")
     ap.add_argument("--workloads", default="", help="comma list of workload names (default: all)")
     ap.add_argument("--rounds", type=int, default=3, help="measured A,B pairs per workload")
     ap.add_argument("--seconds", type=float, default=3.0, help="per measured run")
@@ -926,6 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
             report["target_b_note"] = f"target B is tgt, not ours: {why}. This run is the harness's tgt-vs-tgt sanity check."
             log(report["target_b_note"])
     report["targets"] = {"A": args.target_a, "B": args.target_b}
+    if all(b.startswith("group-") for b in args.backends.split(",") if b):
+        report["targets"] = {"A": "ours (lone gateway)", "B": "ours (gateway group member, owner)"}
     if args.metrics_on and {"A": args.target_a, "B": args.target_b}[args.metrics_on] != "ours":
         raise SystemExit(f"--metrics-on {args.metrics_on}: that target must be ours (tgt has no metrics endpoint)")
 
@@ -942,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fuse_dir, fuse_src = args.fuse_dir, ""
         gluster_note = ""
-        if any(b in ("fuse", "gfapi", "gfapi-both") for b in backends) and not fuse_dir:
+        if any(b in ("fuse", "gfapi", "gfapi-both", "group-gfapi") for b in backends) and not fuse_dir:
             fuse_dir, fuse_src, started_gluster, gluster_note = gluster_env("start", args.gluster_volume)
             report["gluster"] = {"volume": args.gluster_volume, "mount": fuse_dir, "source": fuse_src,
                                  "started_by_harness": started_gluster, "note": gluster_note}
@@ -1013,6 +1108,15 @@ def main(argv: list[str] | None = None) -> int:
                                       path=f"gluster-iscsi-bench-{os.getpid()}/{side}-lun1.img")
                               for side in ("a", "b")),
                             args, workdir, workloads, report)
+            elif be in ("group-gfapi", "group-local"):
+                if be == "group-gfapi" and not gdir:
+                    report.setdefault("backends", {})[be] = {"skipped": no_gluster}
+                    log(f"{be}: skipped: {no_gluster}")
+                    continue
+                if gdir:
+                    os.makedirs(gdir, exist_ok=True)
+                host, vol = (fuse_src.split(":", 1) + [""])[:2] if ":" in fuse_src else ("127.0.0.1", "")
+                run_group(be, args, workdir, workloads, report, gdir, host, vol.strip("/"))
             else:
                 raise SystemExit(f"unknown backend {be!r}")
         if not args.no_idle:

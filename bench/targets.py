@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 
 LUN_SIZE = 1 << 30
@@ -42,8 +43,12 @@ class Backing:
     host: str = "127.0.0.1"
     path: str = ""                 # file path inside the volume
     label: str = ""
+    file: str = ""                 # kind "file": this exact file (made by the harness, maybe
+                                   # shared by both targets), instead of one per target
 
     def describe(self) -> str:
+        if self.kind == "file" and self.file:
+            return f"file {self.file}"
         if self.kind == "file":
             return f"file in {self.directory}"
         return f"gfapi {self.host}:{self.volume}/{self.path}"
@@ -337,6 +342,99 @@ class OursTarget(Target):
                 os.unlink(self.backing_file)
             except OSError:
                 pass
+
+
+class OursConfigTarget(OursTarget):
+    """Ours started from a hand-written config (no management CLI), on a backing file the
+    harness made: a lone gateway with the LUN options it is given (``o_direct``, ``cache``),
+    or, with ``group``, a member of a gateway group (docs/HA.md: the config's ``group``
+    section, the LUN opened O_DIRECT and without read cache by the daemon itself).
+
+    ``group`` = {"location": DIR, "standby": bool, ...}: gateway ``bench1`` (number 1) is
+    started first and measured once it owns the LUN; with ``standby`` a second gateway
+    (``bench2``, number 2, its own port) joins the same group and LUN and stands by, trying
+    the lease lock every beat as a real standby does (its CPU is not the measured daemon's).
+    """
+
+    def __init__(self, label: str, workdir: str, cmd: list[str] | None = None,
+                 serve_args: list[str] | None = None, block_size: int = 512,
+                 lun_options: dict | None = None, group: dict | None = None):
+        super().__init__(label, workdir, cmd=cmd, serve_args=serve_args, block_size=block_size)
+        self.lun_options = dict(lun_options or {})
+        self.group = dict(group) if group else None
+        self.standby: subprocess.Popen | None = None
+        self.standby_port = 0
+        self.uuid = str(uuid.uuid4())
+        what = "group" if group else "lone"
+        self.iqn = f"iqn.2026-11.org.gluster-iscsi.bench:{what}"
+
+    def _config(self, port: int, spec: str, bstype: str, gateway: str = "", number: int = 0) -> dict:
+        lun = {"lun": 1, "backing": spec, "bstype": bstype, "block_size": self.block_size,
+               # a fresh identity per run and side: a lone gateway records its file's identity
+               # in the volume's group directory and refuses one UUID for two files
+               "uuid": self.uuid, "serial": self.uuid.replace("-", "")[:16]}
+        if self.lun_options:
+            lun["options"] = self.lun_options
+        cfg: dict = {"version": 1,
+                     "portals": [{"host": "127.0.0.1", "port": port, "advertise": None}],
+                     "targets": [{"name": self.iqn, "tid": 1, "acl": [{"network": "ALL"}],
+                                  "params": {k: str(v) for k, v in SESSION_PARAMS.items()},
+                                  "luns": [lun]}]}
+        if self.group is not None:
+            g = {k: v for k, v in self.group.items() if k != "standby"}
+            cfg["group"] = {**g, "gateway": gateway, "number": number}
+        return cfg
+
+    def _write_config(self, state: str, cfg: dict) -> None:
+        import json
+        shutil.rmtree(state, ignore_errors=True)
+        os.makedirs(state)
+        with open(os.path.join(state, "config.json"), "w") as f:
+            json.dump(cfg, f)
+
+    def start(self, backing: Backing) -> None:
+        os.makedirs(self.workdir, exist_ok=True)
+        if backing.kind == "gfapi":
+            spec, bstype = f"gluster://{backing.host}/{backing.volume}/{backing.path}", "gluster"
+        else:
+            spec, bstype = backing.file, "rdwr"
+        self.state_dir = os.path.join(self.workdir, "state")
+        self._write_config(self.state_dir, self._config(self.port, spec, bstype, "bench1", 1))
+        self._serve([])
+        if self.group is None:
+            return
+        self.notes.append(f"{self.name()}: gateway bench1 (number 1) of a group in "
+                          f"{self.group['location']}, beat {self.group.get('beat_seconds', 1)} s, "
+                          f"lease {self.group.get('lease_seconds', 5)} s")
+        self._wait_log("owner, epoch", os.path.join(self.workdir, "ours.log"), self.proc)
+        if self.group.get("standby"):
+            self.standby_port = free_port()
+            state2 = os.path.join(self.workdir, "state-standby")
+            self._write_config(state2, self._config(self.standby_port, spec, bstype, "bench2", 2))
+            log = open(os.path.join(self.workdir, "standby.log"), "ab")
+            self.standby = self.popen(
+                [*self.cmd, "serve", "--state-dir", state2,
+                 "--listen", f"127.0.0.1:{self.standby_port}", *self.serve_args], log)
+            wait_port(self.standby_port, self.standby)
+            self.notes.append(f"{self.name()}: a second gateway bench2 (number 2) of the group "
+                              "runs as standby of the LUN (its heartbeats and lock tries load "
+                              "the volume; its CPU is not counted as the daemon's)")
+
+    @staticmethod
+    def _wait_log(text: str, path: str, proc: subprocess.Popen | None, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in tail(path, 1 << 16):
+            if proc is None or proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"group member never logged {text!r}: {tail(path)}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        stop_process(self.standby, signal.SIGTERM)
+        self.standby = None
+        self.stop_daemon()
+        for d in (self.state_dir, os.path.join(self.workdir, "state-standby")):
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 class Scraper:
