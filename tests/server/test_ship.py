@@ -547,3 +547,32 @@ def test_group_create_writes_non_owner_and_join_carries_it_to_the_gateway(tmp_pa
     local = {"version": 1, "portals": [{"host": "127.0.0.1", "port": 3260}], "targets": []}
     cfg, _ = groupmod.join_group(local, loc, "gw1", None, ["127.0.0.1:3260"])
     assert cfg["group"]["non_owner"] == "standby"
+
+
+@arun
+async def test_a_session_ending_on_the_non_owner_ends_its_nexus_on_the_owner_too(tmp_path):
+    # libiscsi Reserve6.Logout with both URLs on non-owners: a RESERVE(6) shipped through b
+    # lives on the owner; the session's logout on b must release it there (SAM-5 6.3.4)
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    try:
+        reserve6 = bytes([0x16, 0, 0, 0, 0, 0])
+        assert (await b.command(reserve6, "y")).status == Status.GOOD
+        assert b.shipper.shipped == 1 and a.lu.reserved_by == b.nexus("y").initiator_port
+        assert (await a.command(write10(1), "x", b"\x01" * 512)).status == \
+            Status.RESERVATION_CONFLICT
+        # the same initiator port seen by a through another port is not b's nexus: kept
+        a.device.nexus_added(a.nexus("z"))
+        b.device.nexus_lost(b.nexus("y"))
+        b.shipper.nexus_gone(b.nexus("y"))  # as Daemon.session_ended does
+        for _ in range(100):
+            if a.lu.reserved_by is None:
+                break
+            await asyncio.sleep(0.02)
+        assert a.lu.reserved_by is None
+        assert b.nexus("y").initiator_port not in a.device._nexuses
+        assert a.nexus("z").initiator_port in a.device._nexuses
+        assert (await a.command(write10(1), "x", b"\x01" * 512)).status == Status.GOOD
+    finally:
+        await g.close()

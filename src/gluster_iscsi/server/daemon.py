@@ -461,6 +461,8 @@ class Daemon:
         target = session.target
         if target is not None and target.device is not None and session.nexus is not None:
             target.device.nexus_lost(session.nexus)
+            if self.shipper is not None:  # the owners this gateway shipped to end it too
+                self.shipper.nexus_gone(session.nexus)
 
     def drop_session(self, session: Session, reason: str) -> None:
         for d in session.extra.get("drivers", ()):

@@ -331,6 +331,11 @@ class ShipServer:
                     conn.room.clear()
                     await conn.room.wait()
                 header, data = await read_frame(reader, self.max_data)
+                if header["t"] == "gone" and isinstance(header.get("id"), int):
+                    self._gone(header)
+                    conn.in_flight += 1  # (answer() counts it back)
+                    conn.answer({"t": "res", "id": header["id"], "status": 0}, b"")
+                    continue
                 if header["t"] != "cmd" or not isinstance(header.get("id"), int):
                     raise FrameError(f"unexpected {header['t']!r} frame")
                 conn.in_flight += 1
@@ -377,6 +382,17 @@ class ShipServer:
                         read=bool(h.get("read")), write=write)
         host = _ShipHost(conn, rid, len(data))
         self.runner.start(task, device.execute(task), lu, host)
+
+    def _gone(self, h: dict[str, Any]) -> None:
+        """A session of a peer's ended: the owner ends the nexus it knew by that peer's
+        port (its SPC-2 reservation goes, SAM-5 6.3.4), as for a session of its own. A nexus
+        of the same initiator port through another port (the owner's own session) stays."""
+        device = self.resolve(str(h.get("target")), 0)
+        if device is None:
+            return
+        live = device._nexuses.get(str(h.get("port")))
+        if live is not None and live.relative_port == int(h.get("relative_port", -1)):
+            device.nexus_lost(live)
 
     async def _handshake(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> str:
@@ -624,6 +640,14 @@ class Shipper:
         self.shipped += 1
         return True
 
+    def nexus_gone(self, nexus: Nexus) -> None:
+        """A session through this gateway ended: tell the owners it shipped to, so that what
+        the owner keeps for that nexus (an SPC-2 reservation, unit attentions) ends with it."""
+        header = _header("", 0, 0, nexus)
+        header["t"] = "gone"
+        for client in list(self.clients.values()):
+            client.send(dict(header), b"", _ignore, self.timeout)
+
     def _owner(self, lu: Any) -> tuple[Any, Any, str] | None:
         """(group LU, lease record, ship address) of ``lu``'s owner when it is another
         gateway, not moving, with an address; else None."""
@@ -662,6 +686,10 @@ class Shipper:
         if task.aborted:
             result = ScsiResult(Status.TASK_ABORTED)
         host.complete(task, result)
+
+
+def _ignore(answer: dict[str, Any] | None, out: bytes, exc: BaseException | None) -> None:
+    """A notice's answer: nothing to do (an owner that is gone took the nexus with it)."""
 
 
 def _header(key: str, epoch: int, lun: int, nexus: Nexus) -> dict[str, Any]:
