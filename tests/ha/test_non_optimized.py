@@ -84,13 +84,9 @@ SHIPPED_FAMILIES = ("ALL.MultipathIO", "ALL.ProutReserve", "ALL.Reserve6", "ALL.
 @NON_OPTIMIZED
 @pytest.mark.parametrize("paths", [
     "owner+non-owner",
-    # Seen 2026-12-05 (int2 7a9a800 + ha2): Reserve6.Logout and the Reserve6 tests after it
-    # fail: the first initiator's logout through a non-owner does not release the RESERVE(6)
-    # it took through that non-owner (the owner keeps it; same on loopback with both URLs on
-    # one non-owner of tests/integration's `shipping` pair); MultipathIO.CompareAndWrite
-    # got a MISCOMPARE once (not reproduced on loopback). Strict: it flips when fixed.
-    pytest.param("non-owner+non-owner", marks=pytest.mark.xfail(
-        strict=True, reason="a logout through a non-owner keeps its shipped RESERVE(6)")),
+    # Both on non-owners: a RESERVE(6) is shipped to the owner and must end with the session
+    # that took it (Reserve6.Logout; failed until ship's nexus_gone, 2026-12-05).
+    "non-owner+non-owner",
 ])
 def test_iscsi_test_cu_multipath_and_reservations_across_gateways(group, paths, tmp_path):  # noqa: F811
     owner = wait_settled(group)
