@@ -429,3 +429,63 @@ def test_a_stopped_owner_is_reported_unavailable_and_hung_by_the_standby(gateway
             gw1.proc.send_signal(signal.SIGCONT)
 
     asyncio.run(main())
+
+
+def test_each_gateway_exports_its_group_view_as_metrics(tmp_path):
+    """Issue 18 "in a gateway group, each gateway's state": per LU this gateway's ALUA state
+    and whether it owns the LU; per gateway whether it beats and how long ago."""
+    import urllib.request
+
+    lun = tmp_path / "lun.img"
+    with open(lun, "wb") as f:
+        f.truncate(8 << 20)
+    group = tmp_path / "group"
+    daemons, metrics = [], []
+    for n in (1, 2):
+        port, mport = free_port(), free_port()
+        state = tmp_path / f"gw{n}"
+        write_config(state, port, lun, group, f"gw{n}", n, non_owner="non-optimized")
+        daemons.append(Daemon(state, ports=[port], demo=False,
+                              extra=["--metrics-listen", f"127.0.0.1:{mport}"]))
+        metrics.append(mport)
+    try:
+        daemons[0].start()
+        daemons[1].start()
+
+        def scrape(i: int) -> dict[str, float]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics[i]}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            out = {}
+            for line in text.splitlines():
+                if line.startswith("gluster_iscsi_") and ("lun_owned" in line or "alua" in line
+                                                          or "group_gateway" in line):
+                    name, _, value = line.rpartition(" ")
+                    out[name] = float(value)
+            return out
+
+        lbl = f'{{lun="1",target="{IQN}"}}'  # (the client library sorts the labels)
+        deadline = time.monotonic() + 20
+        while True:
+            a, b = scrape(0), scrape(1)
+            if (a.get("gluster_iscsi_lun_owned" + lbl) == 1
+                    and b.get("gluster_iscsi_lun_owned" + lbl) == 0
+                    and b.get("gluster_iscsi_lun_alua_state" + lbl) == 1
+                    and b.get('gluster_iscsi_group_gateway_up{gateway="gw1",number="1"}') == 1
+                    and a.get('gluster_iscsi_group_gateway_up{gateway="gw2",number="2"}') == 1):
+                break
+            assert time.monotonic() < deadline, (a, b)
+            time.sleep(0.5)
+        assert a["gluster_iscsi_lun_alua_state" + lbl] == 0  # the owner: active/optimized
+        daemons[0].stop(signal.SIGKILL)  # gw2 takes over; it stops seeing gw1 beat
+        deadline = time.monotonic() + 20
+        while True:
+            b = scrape(1)
+            if b.get("gluster_iscsi_lun_owned" + lbl) == 1 \
+                    and b.get("gluster_iscsi_lun_alua_state" + lbl) == 0:
+                break
+            assert time.monotonic() < deadline, b
+            time.sleep(0.5)
+        assert b['gluster_iscsi_group_gateway_beat_age_seconds{gateway="gw1",number="1"}'] > 0
+    finally:
+        for d in daemons:
+            d.stop()

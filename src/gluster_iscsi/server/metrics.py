@@ -65,6 +65,18 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     P + "lun_cache_misses": ("counter", ("target", "lun"), "Reads through the gfapi read cache that "
                                                            "went to the bricks"),
     P + "lun_cache_bytes": ("gauge", ("target", "lun"), "Bytes the gfapi read cache holds"),
+    P + "lun_alua_state": ("gauge", ("target", "lun"), "This gateway's asymmetric access state for "
+                                                       "the LU (SPC-4 codes: 0 active/optimized, 1 "
+                                                       "active/non-optimized, 2 standby, 3 "
+                                                       "unavailable, 15 transitioning)"),
+    P + "lun_owned": ("gauge", ("target", "lun"), "1 if this gateway owns the group LU (holds its "
+                                                  "lease), 0 if another does; absent outside a group"),
+    P + "group_gateway_up": ("gauge", ("gateway", "number"), "1 while a gateway of the group beats "
+                                                             "(this gateway's view)"),
+    P + "group_gateway_beat_age_seconds": ("gauge", ("gateway", "number"), "Seconds since this "
+                                                                           "gateway saw that "
+                                                                           "gateway's heartbeat "
+                                                                           "change"),
     P + "lun_commands_in_flight": ("gauge", ("target", "lun"), "Commands executing now"),
     P + "lun_command_duration_seconds": ("histogram", ("target", "lun"),
                                          "Time from a command's start to its end in the daemon"),
@@ -131,6 +143,15 @@ class DaemonCollector(Collector):
                 pending = getattr(lu, "_ua", None) or {}
                 fam[P + "lun_unit_attentions_pending"].add_metric(
                     lv, sum(len(q) for q in list(pending.values())))
+                alua = getattr(lu, "alua", None)
+                if alua is not None:
+                    state = alua.state_of(d.tpgt) if alua.restricted else 0
+                    fam[P + "lun_alua_state"].add_metric(lv, int(state))
+                member = d.group
+                glu = member.handle(lu) if member is not None else None
+                if member is not None and glu is not None:
+                    fam[P + "lun_owned"].add_metric(
+                        lv, 1 if glu.lease.owner_name() == member.gateway else 0)
                 store = lu.store
                 errors = getattr(store, "store_errors", None)
                 if errors is not None:
@@ -154,6 +175,11 @@ class DaemonCollector(Collector):
             fam[P + "target_logins"].add_metric([name], n)
         for (name, reason), n in d.login_refusals.items():
             fam[P + "target_login_refusals"].add_metric([name, reason], n)
+        if d.group is not None:
+            for gw, g in sorted(d.group.status()["gateways"].items()):
+                gv = [gw, str(g["number"])]
+                fam[P + "group_gateway_up"].add_metric(gv, 1 if g["live"] else 0)
+                fam[P + "group_gateway_beat_age_seconds"].add_metric(gv, float(g["age"]))
         fam[P + "memory_budget_used_bytes"].add_metric([], d.budget.used)
         fam[P + "memory_budget_limit_bytes"].add_metric([], d.budget.limit)
         conns = list(d.connections)
