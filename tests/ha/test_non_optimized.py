@@ -92,6 +92,16 @@ def test_iscsi_test_cu_multipath_and_reservations_across_gateways(group, paths, 
     owner = wait_settled(group)
     a, b = non_owners(group, owner)
     first, second = (owner, a) if paths == "owner+non-owner" else (a, b)
+
+    async def zero_first_blocks() -> None:
+        # libiscsi's MultipathIO.CompareAndWrite zeroes LBAs 0-255 but compares LBA 256 with
+        # zeroes (FIELD-NOTES): the LUN is shared by this test's runs, so start from zeroes
+        async with ScsiPath(owner.address, ISCSI_PORT, IQN,
+                            "iqn.2026-12.org.gluster-iscsi:zero") as p:
+            for lba in range(0, 1024, 128):
+                assert (await p.write(lba, bytes(128 * BLOCK))).good
+
+    asyncio.run(zero_first_blocks())
     listed = subprocess.run(["iscsi-test-cu", "--list"], capture_output=True, text=True,
                             timeout=30).stdout.split()
     failed: list[str] = []
