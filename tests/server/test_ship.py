@@ -371,41 +371,140 @@ async def test_a_standby_gateway_among_shipping_ones_is_standby_in_every_table(t
 
 
 class Stuck:
-    """An owner's runner whose commands never end (a store that hangs)."""
+    """An owner's runner whose commands end only when the test says (a store that hangs)."""
 
     def __init__(self) -> None:
         self.started: list[ScsiTask] = []
+        self.hosts: list[Any] = []
 
     def start(self, task: ScsiTask, run: Any, lu: Any, host: Any) -> None:
         run.close()
         self.started.append(task)
+        self.hosts.append(host)
+
+
+async def _stuck_write(g: Ships) -> tuple[Stuck, ScsiTask, Host]:
+    """A WRITE shipped from b to a, whose owner never ends it by itself."""
+    a, b = g.gw["a"], g.gw["b"]
+    a.server.runner = stuck = Stuck()
+    nexus = b.nexus("y")
+    b.device.nexus_added(nexus)
+    b.lu.clear_ua(nexus.initiator_port)
+    task = ScsiTask(write10(4), 0, nexus, data_out=memoryview(b"\x04" * 512),
+                    expected_length=512, write=True)
+    host = Host()
+    b.runner.start(task, b.device.execute(task), b.lu, host)
+    for _ in range(500):
+        if stuck.started:
+            break
+        await asyncio.sleep(0.01)
+    assert stuck.started and not host.done.is_set()  # at the owner, not ended
+    return stuck, task, host
 
 
 @arun
-async def test_an_aborted_shipped_task_is_answered_aborted_without_waiting_for_the_owner(
-        tmp_path):
+async def test_an_aborted_shipped_task_is_answered_only_after_the_owner_answered_it(tmp_path):
+    # F7: answering TASK ABORTED while the owner may still write lets the old write land on
+    # top of the initiator's retry. The sender tells the owner, and waits for its answer.
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    g.gw["b"].shipper.timeout = 3600
+    try:
+        stuck, task, host = await _stuck_write(g)
+        task.aborted = True  # what the transport does for ABORT TASK
+        owner_task = stuck.started[0]
+        for _ in range(500):
+            if owner_task.aborted:  # the abort frame reached the owner
+                break
+            await asyncio.sleep(0.01)
+        assert owner_task.aborted
+        await asyncio.sleep(0.3)
+        assert not host.done.is_set()  # the owner has not answered: neither does b
+        stuck.hosts[0].complete(owner_task, ScsiResult(Status.GOOD))
+        await asyncio.wait_for(host.done.wait(), 20)
+        assert host.result is not None and host.result.status == Status.TASK_ABORTED
+    finally:
+        await g.close()
+
+
+@arun
+async def test_a_timed_out_shipped_command_is_answered_only_after_the_lease(tmp_path):
+    # F7: on a timeout the owner may still issue the write until its lease runs out
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    b = g.gw["b"]
+    b.shipper.timeout = 0.05
+    b.member.lease_seconds = 3.0
+    try:
+        stuck, _, host = await _stuck_write(g)
+        owner_task = stuck.started[0]
+        for _ in range(500):
+            if owner_task.aborted:  # the timeout asks the owner not to issue it
+                break
+            await asyncio.sleep(0.01)
+        assert owner_task.aborted
+        assert not host.done.is_set()
+        await asyncio.wait_for(host.done.wait(), 30)
+        assert host.result is not None and parse_sense(host.result.sense or b"") == (0x02, 0x040A)
+    finally:
+        await g.close()
+
+
+@arun
+async def test_an_aborted_command_still_in_the_backlog_is_never_sent(tmp_path):
+    # F7 (b): a backlog entry aborted before it went out ends aborted, unsent
     g = Ships(tmp_path, ["a", "b"])
     await g.start()
     a, b = g.gw["a"], g.gw["b"]
     a.server.runner = stuck = Stuck()
-    b.shipper.timeout = 3600  # the abort must not wait for the command's timeout
     try:
+        client = b.shipper._client(a.server.address)  # type: ignore[arg-type]
         nexus = b.nexus("y")
-        b.device.nexus_added(nexus)
-        b.lu.clear_ua(nexus.initiator_port)
         task = ScsiTask(write10(4), 0, nexus, data_out=memoryview(b"\x04" * 512),
                         expected_length=512, write=True)
-        host = Host()
-        b.runner.start(task, b.device.execute(task), b.lu, host)
-        for _ in range(200):
-            if stuck.started:
+        got: list[Any] = []
+        header = ship._header(KEY, 1, 0, nexus)
+        header.update(cdb=write10(4).hex(), attr=1, expected=512, read=False, write=True)
+        client.send(header, b"\x04" * 512, lambda h, d, e: got.append(e), 60, task)
+        task.aborted = True  # aborted while connecting
+        for _ in range(500):
+            if got:
                 break
             await asyncio.sleep(0.01)
-        assert stuck.started and not host.done.is_set()  # at the owner, never ending
-        task.aborted = True  # what the transport does for ABORT TASK
-        await asyncio.wait_for(host.done.wait(), 60)
-        assert host.result is not None and host.result.status == Status.TASK_ABORTED
+        assert len(got) == 1 and type(got[0]) is ship.Aborted
+        await asyncio.sleep(0.2)
+        assert not stuck.started
     finally:
+        await g.close()
+
+
+@arun
+async def test_a_shipped_write_aborted_before_its_store_call_is_not_issued(tmp_path):
+    # F7 (c): the owner ends a shipped task aborted when the abort frame came first
+    g, reader, writer = await _authenticated(tmp_path)
+    a = g.gw["a"]
+    real = a.server.runner
+
+    class Late:
+        """Issues a command's store calls only once its abort frame arrived."""
+
+        def start(self, task: ScsiTask, run: Any, lu: Any, host: Any) -> None:
+            async def later() -> None:
+                for _ in range(500):
+                    if task.aborted:
+                        break
+                    await asyncio.sleep(0.01)
+                real.start(task, run, lu, host)
+            asyncio.get_running_loop().create_task(later())
+
+    a.server.runner = Late()
+    try:
+        writer.write(_owner_frame(a) + ship.encode({"t": "abort", "id": 1}))
+        answer, _ = await asyncio.wait_for(ship.read_frame(reader, 1 << 20), 20)
+        assert answer["id"] == 1 and answer["status"] == int(Status.TASK_ABORTED)
+        assert a.lu.store.read(3 * 512, 512) == bytes(512)
+    finally:
+        writer.close()
         await g.close()
 
 
@@ -439,6 +538,16 @@ async def _dropped(reader: asyncio.StreamReader) -> bool:
         return await asyncio.wait_for(reader.read(), 10) == b""
     except ConnectionError:
         return True
+
+
+def _owner_frame(a: Gateway) -> bytes:
+    """A WRITE(10) of LBA 3 for a's LU at its current epoch, through a peer's port 2."""
+    glu = a.member.luns[KEY]
+    return ship.encode({"t": "cmd", "id": 1, "key": KEY, "epoch": glu.lease.epoch,
+                        "target": TARGET, "lun": 0, "cdb": write10(3).hex(), "expected": 512,
+                        "write": True, "initiator": "iqn.x", "port": "iqn.x,i,0x1",
+                        "target_port": f"{TARGET},t,0x0002", "relative_port": 2, "tpg": 2},
+                       b"\x07" * 512)
 
 
 def _command_frame() -> bytes:

@@ -601,7 +601,8 @@ class Runner:
                 store = target.store
                 rs = target.runner_state
                 if rs is not None and rs.group is not None and t in FENCED \
-                        and self.clock() >= rs.issue_deadline:  # a group LU: the lease
+                        and (self.clock() >= rs.issue_deadline  # a group LU: the lease
+                             or task.aborted):  # (a shipped task aborted by its sender)
                     exc, value = fenced_error(target), None
                     continue
                 # A read's buffer is charged to the daemon's memory budget before it is taken.

@@ -252,6 +252,9 @@ class _ShipHost:
         server = conn.server
         server.budget.release(conn.share, self.charged)
         server.served += 1
+        conn.tasks.pop(self.rid, None)
+        if task.aborted:  # the sender's abort frame came first: whatever it did, it ends so
+            result = ScsiResult(Status.TASK_ABORTED, result.data)
         out = b""
         data = result.data
         if data is not None:
@@ -273,6 +276,8 @@ class _Served:
         self.writer = writer
         self.share = BudgetShare()
         self.in_flight = 0
+        #: request id -> its task, until answered (an ``abort`` frame marks it aborted)
+        self.tasks: dict[int, ScsiTask] = {}
         self.room = asyncio.Event()
         self.room.set()
 
@@ -336,6 +341,11 @@ class ShipServer:
                     conn.in_flight += 1  # (answer() counts it back)
                     conn.answer({"t": "res", "id": header["id"], "status": 0}, b"")
                     continue
+                if header["t"] == "abort":  # the sender's task was aborted: issue nothing more
+                    aborted = conn.tasks.get(header.get("id"))  # type: ignore[arg-type]
+                    if aborted is not None:
+                        aborted.aborted = True
+                    continue
                 if header["t"] != "cmd" or not isinstance(header.get("id"), int):
                     raise FrameError(f"unexpected {header['t']!r} frame")
                 conn.in_flight += 1
@@ -381,6 +391,7 @@ class ShipServer:
                         expected_length=int(h.get("expected", 0)),
                         read=bool(h.get("read")), write=write)
         host = _ShipHost(conn, rid, len(data))
+        conn.tasks[rid] = task
         self.runner.start(task, device.execute(task), lu, host)
 
     def _gone(self, h: dict[str, Any]) -> None:
@@ -443,7 +454,10 @@ class _Client:
         self.shipper = shipper
         self.address = address
         self.writer: asyncio.StreamWriter | None = None
-        self.pending: dict[int, tuple[Done, asyncio.TimerHandle, Any]] = {}
+        #: request id -> [done, timer, task, loop time sent]
+        self.pending: dict[int, list[Any]] = {}
+        #: request ids whose ``abort`` frame went out
+        self.aborting: set[int] = set()
         self.backlog: collections.deque[tuple[dict[str, Any], Any, Done, float, Any]] = \
             collections.deque()
         self._connecting: asyncio.Task[None] | None = None
@@ -453,8 +467,10 @@ class _Client:
     def send(self, header: dict[str, Any], data: Any, done: Done, timeout: float,
              task: Any = None) -> None:
         """Ship one request; ``done`` is called once with the answer or the error. ``task``
-        (a ScsiTask): once the transport aborts it, ``done`` is called at once with
-        :class:`Aborted` (the owner may still finish it; its late answer is dropped)."""
+        (a ScsiTask): once the transport aborts it, an ``abort`` frame asks the owner not to
+        issue it, and ``done`` waits for the owner's answer all the same (docs/HA.md decision
+        1: an aborted write must not land after the abort was answered). Never sent (still
+        in the backlog): ``done`` at once with :class:`Aborted`."""
         writer = self.writer
         if writer is None or writer.is_closing() or len(self.pending) >= MAX_IN_FLIGHT \
                 or self.backlog:
@@ -470,28 +486,48 @@ class _Client:
         rid = header["id"] = self._ids
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout, self._expire, rid)
-        self.pending[rid] = (done, timer, task)
+        self.pending[rid] = [done, timer, task, loop.time()]
         writer.write(encode(header, data))
         if self._sweep is None:
             self._sweep = loop.call_later(ABORT_SWEEP_SECONDS, self._aborted)
 
     def _aborted(self) -> None:
-        """Answer the aborted tasks among those in flight now (ABORT TASK, LUN RESET, ...
-        wait for them), without waiting for the owner."""
+        """Tell the owner of the aborted tasks among those in flight (ABORT TASK, LUN RESET,
+        ...): it issues nothing more for them. Their answer still comes from the owner."""
         self._sweep = None
         pending = self.pending
-        for rid in [r for r, e in pending.items() if e[2] is not None and e[2].aborted]:
-            done, timer, _ = pending.pop(rid)
-            timer.cancel()
-            done(None, b"", Aborted())
+        for rid, e in pending.items():
+            if e[2] is not None and e[2].aborted and rid not in self.aborting:
+                self._abort(rid)
         if pending:
             self._sweep = asyncio.get_running_loop().call_later(ABORT_SWEEP_SECONDS,
                                                                 self._aborted)
 
+    def _abort(self, rid: int) -> None:
+        self.aborting.add(rid)
+        writer = self.writer
+        if writer is not None and not writer.is_closing():
+            writer.write(encode({"t": "abort", "id": rid}))
+
+    def _lease_left(self, sent: float) -> float:
+        """Seconds until a command sent at ``sent`` can no longer be issued by an owner that
+        lost contact (it fenced itself after ``lease_seconds``)."""
+        lease = float(getattr(self.shipper.member, "lease_seconds", 0.0))
+        return sent + lease - asyncio.get_running_loop().time()
+
     def _expire(self, rid: int) -> None:
-        entry = self.pending.pop(rid, None)
-        if entry is not None:
-            entry[0](None, b"", TimeoutError("no answer from the owner"))
+        entry = self.pending.get(rid)
+        if entry is None:
+            return
+        if rid not in self.aborting:
+            self._abort(rid)  # the owner must not issue it late
+        left = self._lease_left(entry[3])
+        if left > 0:  # the owner may still issue it: not answered before the lease ran out
+            entry[1] = asyncio.get_running_loop().call_later(left, self._expire, rid)
+            return
+        del self.pending[rid]
+        self.aborting.discard(rid)
+        entry[0](None, b"", TimeoutError("no answer from the owner"))
 
     def _flush(self) -> None:
         writer = self.writer
@@ -500,6 +536,9 @@ class _Client:
         while backlog and writer is not None and not writer.is_closing() \
                 and len(self.pending) < MAX_IN_FLIGHT:
             header, data, done, end, task = backlog.popleft()
+            if task is not None and task.aborted:  # never sent: nothing to wait for
+                done(None, b"", Aborted())
+                continue
             if end <= now:
                 done(None, b"", TimeoutError("no answer from the owner"))
                 continue
@@ -548,6 +587,7 @@ class _Client:
                 entry = self.pending.pop(header.get("id"), None)  # type: ignore[arg-type]
                 if header["t"] != "res":
                     raise FrameError(f"unexpected {header['t']!r} frame")
+                self.aborting.discard(header.get("id"))  # type: ignore[arg-type]
                 if entry is not None:  # (else: expired)
                     entry[1].cancel()
                     entry[0](header, data, None)
@@ -562,9 +602,17 @@ class _Client:
             if self.writer is writer:
                 self.writer = None
             pending, self.pending = self.pending, {}
-            for done, timer, _ in pending.values():
+            self.aborting.clear()
+            loop = asyncio.get_running_loop()
+            for done, timer, _, sent in pending.values():
                 timer.cancel()
-                done(None, b"", ConnectionError("ship connection lost"))
+                # the owner may still issue it until its lease runs out: answer no earlier
+                left = self._lease_left(sent)
+                lost = ConnectionError("ship connection lost")
+                if left > 0:
+                    loop.call_later(left, done, None, b"", lost)
+                else:
+                    done(None, b"", lost)
 
     def close(self) -> None:
         if self.writer is not None:
