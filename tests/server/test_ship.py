@@ -583,6 +583,52 @@ async def test_a_command_before_authentication_is_dropped(tmp_path):
         await g.close()
 
 
+@arun
+async def test_the_listener_caps_connections_per_source_and_in_all(tmp_path):
+    # F10: unlimited unauthenticated connections would use up the owner's descriptors
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    server = g.gw["a"].server
+    server.max_conns_per_source, server.max_conns = 2, 3
+    host, _, port = server.address.rpartition(":")  # type: ignore[union-attr]
+    opened: list[asyncio.StreamWriter] = []
+
+    async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+        opened.append(writer)
+        return reader, writer
+
+    async def greeted(reader: asyncio.StreamReader) -> bool:
+        try:
+            hello, _ = await asyncio.wait_for(ship.read_frame(reader, 0), 10)
+        except (EOFError, ship.FrameError, ConnectionError):
+            return False
+        return hello["t"] == "hello"
+
+    try:
+        r1, _ = await connect("127.0.0.1")
+        r2, _ = await connect("127.0.0.1")
+        assert await greeted(r1) and await greeted(r2)
+        r3, _ = await connect("127.0.0.1")  # a third from the same address: closed at once
+        assert not await greeted(r3) and await _dropped(r3)
+        r4, _ = await connect("127.0.0.2")  # another address: room in all for one more
+        assert await greeted(r4)
+        r5, _ = await connect("127.0.0.3")
+        assert not await greeted(r5)  # 3 in all
+        opened[0].close()  # one goes: room again
+        assert await _dropped(r1)
+        for _ in range(200):
+            if sum(server._sources.values()) < 3:
+                break
+            await asyncio.sleep(0.01)
+        r6, _ = await connect("127.0.0.3")
+        assert await greeted(r6)
+    finally:
+        for w in opened:
+            w.close()
+        await g.close()
+
+
 async def _authenticated(tmp_path: Path) -> tuple[Ships, asyncio.StreamReader,
                                                    asyncio.StreamWriter]:
     g = Ships(tmp_path, ["a", "b"])

@@ -63,6 +63,11 @@ MAX_HEADER = 16 << 10
 #: Commands one connection carries at once (the sender waits beyond; the owner stops
 #: reading the connection, so TCP pushes back).
 MAX_IN_FLIGHT = 64
+#: Connections the listener keeps at once from one source address, and in all (before and
+#: after authentication): beyond, a new one is closed at once, so that unauthenticated
+#: connections cannot use up the owner's descriptors (its record writes need them).
+MAX_CONNS_PER_SOURCE = 4
+MAX_CONNS = 32
 #: The group directory record holding the channel's secret.
 SECRET_RECORD = "secret"
 #: Seconds a handshake may take.
@@ -305,6 +310,10 @@ class ShipServer:
         self.server: asyncio.AbstractServer | None = None
         self.address: str | None = None
         self._conns: set[asyncio.Task[Any]] = set()
+        self.max_conns = MAX_CONNS
+        self.max_conns_per_source = MAX_CONNS_PER_SOURCE
+        #: source address -> connections open from it
+        self._sources: dict[str, int] = {}
         #: commands run for peers (tests, status)
         self.served = 0
 
@@ -324,10 +333,22 @@ class ShipServer:
             self.server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer(writer)
+        addr = writer.get_extra_info("peername")
+        source = str(addr[0]) if isinstance(addr, tuple) else str(addr)
+        sources = self._sources
+        if sum(sources.values()) >= self.max_conns \
+                or sources.get(source, 0) >= self.max_conns_per_source:
+            PROBLEMS.report(log, logging.WARNING, "ship limit", source,
+                            "command shipping: refused a connection from %s: too many open "
+                            "(%d from one address, %d in all)", peer,
+                            self.max_conns_per_source, self.max_conns)
+            writer.close()
+            return
+        sources[source] = sources.get(source, 0) + 1
         task = asyncio.current_task()
         if task is not None:
             self._conns.add(task)
-        peer = _peer(writer)
         conn = _Served(self, writer)
         try:
             await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_SECONDS)
@@ -362,6 +383,11 @@ class ShipServer:
         finally:
             if task is not None:
                 self._conns.discard(task)
+            left = sources.get(source, 1) - 1
+            if left > 0:
+                sources[source] = left
+            else:
+                sources.pop(source, None)
             writer.close()  # (the owner finishes what it started, as any I/O in flight)
 
     def _start(self, conn: _Served, h: dict[str, Any], data: bytes) -> None:
