@@ -652,6 +652,60 @@ async def test_an_oversize_frame_after_authentication_is_dropped_unread(tmp_path
         await g.close()
 
 
+class SpyBudget(MemoryBudget):
+    """A memory budget that refuses everything and records what it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(64 << 20)
+        self.asked: list[int] = []
+
+    def charge(self, owner: Any, n: int) -> bool:
+        self.asked.append(n)
+        return False
+
+
+@arun
+async def test_shipped_data_is_charged_from_the_prefix_before_it_is_read(tmp_path):
+    # F11: the data is charged before it is read; refused: drained and answered BUSY
+    g, reader, writer = await _authenticated(tmp_path)
+    a = g.gw["a"]
+    a.server.budget = spy = SpyBudget()
+    try:
+        frame = _owner_frame(a)
+        writer.write(frame[:-512])  # prefix and header, no data yet
+        for _ in range(500):
+            if spy.asked:
+                break
+            await asyncio.sleep(0.01)
+        assert spy.asked == [512]  # charged with its data still unread
+        writer.write(frame[-512:])
+        answer, _ = await asyncio.wait_for(ship.read_frame(reader, 1 << 20), 20)
+        assert answer["id"] == 1 and answer["status"] == int(Status.BUSY)
+        assert a.server.served == 0 and a.lu.store.read(3 * 512, 512) == bytes(512)
+        writer.write(ship.encode({"t": "gone", "id": 2, "target": TARGET, "port": "p"}))
+        answer, _ = await asyncio.wait_for(ship.read_frame(reader, 1 << 20), 20)
+        assert answer["id"] == 2  # the connection goes on
+    finally:
+        writer.close()
+        await g.close()
+
+
+@arun
+async def test_frame_data_above_the_lus_max_transfer_is_dropped_unread(tmp_path):
+    # F11: the bound is the target LU's max transfer, not only the global maximum
+    g, reader, writer = await _authenticated(tmp_path)
+    a = g.gw["a"]
+    a.lu.max_transfer_bytes = 4096
+    try:
+        head = ship.encode({"t": "cmd", "id": 1, "key": KEY, "epoch": 1})[8:]
+        writer.write(struct.pack(">II", len(head), 8192) + head)  # the data never follows
+        assert await _dropped(reader)
+        assert a.server.served == 0
+    finally:
+        writer.close()
+        await g.close()
+
+
 @arun
 async def test_a_truncated_frame_is_dropped_and_not_run(tmp_path):
     g, reader, writer = await _authenticated(tmp_path)

@@ -356,7 +356,17 @@ class ShipServer:
                 if conn.in_flight >= MAX_IN_FLIGHT:  # stop reading: TCP pushes back
                     conn.room.clear()
                     await conn.room.wait()
-                header, data = await read_frame(reader, self.max_data)
+                header, data, charged = await self._read_request(reader, conn)
+                if charged < 0:  # the budget said no: drained, answered BUSY
+                    if header["t"] != "cmd" or not isinstance(header.get("id"), int):
+                        raise FrameError(f"unexpected {header['t']!r} frame with data")
+                    conn.in_flight += 1
+                    conn.answer({"t": "res", "id": header["id"], "status": int(Status.BUSY)},
+                                b"")
+                    continue
+                if charged and header["t"] != "cmd":
+                    self.budget.release(conn.share, charged)
+                    raise FrameError(f"unexpected {header['t']!r} frame with data")
                 if header["t"] == "gone" and isinstance(header.get("id"), int):
                     self._gone(header)
                     conn.in_flight += 1  # (answer() counts it back)
@@ -368,10 +378,11 @@ class ShipServer:
                         aborted.aborted = True
                     continue
                 if header["t"] != "cmd" or not isinstance(header.get("id"), int):
+                    self.budget.release(conn.share, charged)
                     raise FrameError(f"unexpected {header['t']!r} frame")
                 conn.in_flight += 1
                 try:
-                    self._start(conn, header, data)
+                    self._start(conn, header, data, charged)
                 except Exception as exc:  # noqa: BLE001 - a malformed request: that one only
                     PROBLEMS.report(log, logging.WARNING, "ship request", peer,
                                     "command shipping: bad request from %s: %s", peer, exc)
@@ -390,8 +401,48 @@ class ShipServer:
                 sources.pop(source, None)
             writer.close()  # (the owner finishes what it started, as any I/O in flight)
 
-    def _start(self, conn: _Served, h: dict[str, Any], data: bytes) -> None:
-        """Check and start one shipped command; its host answers when it ends."""
+    async def _read_request(self, reader: asyncio.StreamReader,
+                            conn: _Served) -> tuple[dict[str, Any], bytes, int]:
+        """The next frame, its data charged to the memory budget from the prefix, before it
+        is read, and bounded by the named LU's max transfer: (header, data, bytes charged),
+        or charged -1 when the budget said no (the data was drained, not kept)."""
+        try:
+            prefix = await reader.readexactly(PREFIX.size)
+            hlen, dlen = check_prefix(prefix, self.max_data)
+            header = decode_header(await reader.readexactly(hlen))
+            if not dlen:
+                return header, b"", 0
+            glu = self.member.luns.get(header.get("key")) if header["t"] == "cmd" else None
+            limit = getattr(glu.lu, "max_transfer_bytes", None) if glu is not None else None
+            if isinstance(limit, int) and dlen > limit:
+                raise FrameError(f"data of {dlen} bytes (at most {limit} for its LU)")
+            if not self.budget.charge(conn.share, dlen):
+                left = dlen
+                while left:  # drain it in small pieces: nothing held
+                    left -= len(await reader.readexactly(min(left, 64 << 10)))
+                return header, b"", -1
+            try:
+                data = await reader.readexactly(dlen)
+            except BaseException:
+                self.budget.release(conn.share, dlen)
+                raise
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial and exc.expected == PREFIX.size:
+                raise EOFError from None
+            raise FrameError("truncated frame") from None
+        return header, data, dlen
+
+    def _start(self, conn: _Served, h: dict[str, Any], data: bytes, charged: int) -> None:
+        """Check and start one shipped command (its data already charged: ``charged``
+        bytes); its host answers when it ends."""
+        try:
+            self._start_charged(conn, h, data, charged)
+        except Exception:  # (raised before its host took the charge)
+            self.budget.release(conn.share, charged)
+            raise
+
+    def _start_charged(self, conn: _Served, h: dict[str, Any], data: bytes,
+                       charged: int) -> None:
         from ..group.lease import Role
 
         rid = h["id"]
@@ -402,23 +453,21 @@ class ShipServer:
         lu = device.lu(lun) if device is not None else None
         if lease is None or lease.role is not Role.OWNER or lease.epoch != h["epoch"] \
                 or device is None or lu is None or lu is not glu.lu:  # type: ignore[union-attr]
+            self.budget.release(conn.share, charged)
             conn.answer({"t": "res", "id": rid, "not_owner": True}, b"")
             return
         nexus = Nexus(str(h["initiator"]), str(h["port"]), str(h["target_port"]),
                       relative_port=int(h["relative_port"]), target_port_group=int(h["tpg"]))
         register(device, nexus)
-        if not self.budget.charge(conn.share, len(data)):
-            conn.answer({"t": "res", "id": rid, "status": int(Status.BUSY)}, b"")
-            return
         write = bool(h.get("write"))
         task = ScsiTask(bytes.fromhex(h["cdb"]), lun, nexus, tag=rid,
                         attr=TaskAttr(int(h.get("attr", 1))),
                         data_out=memoryview(data) if write else None,
                         expected_length=int(h.get("expected", 0)),
                         read=bool(h.get("read")), write=write)
-        host = _ShipHost(conn, rid, len(data))
+        host = _ShipHost(conn, rid, charged)
         conn.tasks[rid] = task
-        self.runner.start(task, device.execute(task), lu, host)
+        self.runner.start(task, device.execute(task), lu, host)  # (errors: the host answers)
 
     def _gone(self, h: dict[str, Any]) -> None:
         """A session of a peer's ended: the owner ends the nexus it knew by that peer's
