@@ -86,7 +86,7 @@ class _State:
     #: (target name, lun, LogicalUnit, LUN entry) -> None or an awaitable: called when a LU
     #: is opened, before it enters any device (a group LU is attached to the group member
     #: there, so no command reaches its store before this gateway owns it);
-    #: ``detach(LogicalUnit)`` before it is closed
+    #: ``detach(LogicalUnit)`` once it is out of every device and closed
     attach: Callable[[str, int, Any, dict[str, Any]], Any] | None = None
     detach: Callable[[Any], None] | None = None
     #: (target name lower, lun) -> LogicalUnit
@@ -197,8 +197,10 @@ class Reconciler:
         st = self._st
         lus, self._st = list(st.lus.values()), _State(attach=st.attach, detach=st.detach)
         for lu_obj in lus:
-            _detach(st.detach, lu_obj)
-            await close_lu_off_loop(self.daemon, lu_obj)
+            try:  # a group LU stays checked against its lease until closed
+                await close_lu_off_loop(self.daemon, lu_obj)
+            finally:
+                _detach(st.detach, lu_obj)
 
 
 # ------------------------------------------------------------------- runtime factories
@@ -1117,11 +1119,13 @@ async def _commit(daemon: DaemonControl, st: _State, prep: _Prepared) -> None:
         except Exception:
             log.exception("closing portal %s", _portal_text(p))
     for lu_obj in to_close:
+        # Out of the device: closed first (its queued and running calls done, still checked
+        # against the group lease), then detached (the lease given back).
         try:
-            _detach(st.detach, lu_obj)
             await close_lu_off_loop(daemon, lu_obj)
         except Exception:
             log.exception("closing a store that was replaced or removed")
+        _detach(st.detach, lu_obj)
     for _, lu, lu_obj, _ in prep.grows:
         lu_obj.capacity_changed(lu["size"])  # known: no store call on the loop
     wanted = {(_key(t), lu["lun"]) for t in desired["targets"] for lu in t["luns"]}
