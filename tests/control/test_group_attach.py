@@ -125,3 +125,32 @@ def test_a_replacement_that_fails_keeps_the_old_group_lun_attached(tmp_path, vol
     assert gw.server.reconciler.logical_unit(T1, 1) is old  # still serving
     assert set(gw.member.luns) == {key} and gw.member.luns[key].lu is old  # and attached
     assert gw.member.detached_serving == []
+
+
+def test_a_hand_written_groups_luns_are_opened_o_direct_however_they_arrive(tmp_path, volume,
+                                                                           fake_runtime):
+    # F8: the group's LUN options (O_DIRECT, no gfapi read cache) for every LUN of a config
+    # with a group section, at start and at run time (the CLI, config reload)
+    gw, _ = _one_lun_gateway(tmp_path, volume, fake_runtime)
+    rec = gw.server.reconciler
+    assert rec.logical_unit(T1, 1).cfg["options"]["o_direct"] is True  # at start
+    gw.call("lun.create", target=T1, backing=str(volume / "disk2.img"))
+    assert rec.logical_unit(T1, 2).cfg["options"]["o_direct"] is True  # the CLI
+    gw.call("lun.delete", target=T1, lun=2)
+    saved = cfgmod.load(tmp_path / "a")
+    saved["targets"][0]["luns"].append({**saved["targets"][0]["luns"][0], "lun": 3,
+                                        "backing": str(volume / "disk2.img"), "uuid": None,
+                                        "serial": None, "options": {}})
+    cfgmod.save(tmp_path / "a", cfgmod.validate(saved))
+    gw.call("config.reload")
+    assert rec.logical_unit(T1, 3).cfg["options"]["o_direct"] is True  # config reload
+    assert rec.logical_unit(T1, 1).cfg["options"]["o_direct"] is True
+
+
+def test_group_lun_options_turn_off_the_gfapi_read_cache_and_leave_memory_luns():
+    cfg = {"targets": [{"name": T1, "luns": [
+        {"lun": 1, "bstype": "gluster", "backing": "gluster://h/v/a.img", "options": {}},
+        {"lun": 2, "bstype": "memory", "backing": "memory:1M"}]}]}  # fmt: skip
+    out = groupmod.group_lun_options(cfg)
+    assert out["targets"][0]["luns"][0]["options"] == {"o_direct": True, "cache": "off"}
+    assert "options" not in out["targets"][0]["luns"][1]

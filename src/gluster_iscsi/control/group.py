@@ -184,6 +184,27 @@ def gateways_by_number(defn: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]
     return sorted(defn.get("gateways", {}).items(), key=lambda kv: kv[1].get("number", 0))
 
 
+def group_lun_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with every LUN of a group's gateway opened O_DIRECT (docs/HA.md decision 3:
+    GOOD follows the bricks' acknowledgement, no gateway-side cache a failover could lose)
+    and, through gfapi, without the read cache (nothing drops it when ownership moves).
+    The one place: ``Reconciler.compose`` calls it on every apply of a config with a
+    ``group`` section, definition or hand-written. A memory LUN is left as it is."""
+
+    def direct(lu: dict[str, Any]) -> dict[str, Any]:
+        if lu.get("bstype") == "memory":
+            return lu
+        options = {**(lu.get("options") or {}), "o_direct": True}
+        if lu.get("bstype") in ("glfs", "gluster"):
+            options["cache"] = "off"
+        return {**lu, "options": options}
+
+    out = dict(cfg)
+    out["targets"] = [{**t, "luns": [direct(lu) for lu in t.get("luns") or []]}
+                      for t in cfg.get("targets") or []]
+    return out
+
+
 def compose(local: dict[str, Any], defn: dict[str, Any], access: VolumeAccess) -> dict[str, Any]:
     """The config this gateway runs: its ``local`` config (portals, params, discovery, its
     ``group`` section) plus the definition's targets, each LUN's volume-relative path mapped

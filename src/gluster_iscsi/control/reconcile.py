@@ -134,13 +134,17 @@ class Reconciler:
 
     def compose(self, desired: dict[str, Any]) -> dict[str, Any]:
         """What to run for the local config ``desired``: itself outside a group, else with
-        the group definition's targets (``group.compose``)."""
-        link = self.group_link
-        if link is None or not desired.get("group") or link.definition is None:
+        the group definition's targets (``group.compose``), and every LUN with the group's
+        LUN options (``group.group_lun_options``: a hand-written group's too, whichever way
+        a LUN arrives: start, SIGHUP, ``config reload``, the CLI)."""
+        if not desired.get("group"):
             return desired
-        from .group import compose
+        from .group import compose, group_lun_options
 
-        return compose(desired, link.definition, link.access)
+        link = self.group_link
+        if link is not None and link.definition is not None:
+            desired = compose(desired, link.definition, link.access)
+        return group_lun_options(desired)
 
     def set_hooks(
         self, attach: Callable[[str, int, Any, dict[str, Any]], Any] | None,
