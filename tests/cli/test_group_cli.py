@@ -123,3 +123,30 @@ def test_create_non_owner_is_written_and_join_carries_it(tmp_path, loc):
     res = run(tmp_path / "b", "group", "create", "g2", "--location", loc + "2",
               "--non-owner", "sometimes")
     assert res.exit_code == 2 and "non-optimized" in res.output
+
+
+def test_create_refuses_a_gluster_volume_whose_options_it_cannot_read(tmp_path, loc,
+                                                                       monkeypatch):
+    # F12: the location is on a Gluster volume, but no gluster CLI here to read its options:
+    # refused (it failed open before), unless --skip-volume-check, which is recorded
+    import shutil
+
+    monkeypatch.setattr(groupmod, "volume_and_host", lambda location: ("vol", "h1"))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    a = tmp_path / "a"
+    res = run(a, "group", "create", "g1", "--location", loc)
+    assert res.exit_code != 0, res.output
+    assert "cannot check the options of volume vol" in res.output
+    assert "--skip-volume-check" in res.output
+    res = run(a, "group", "create", "g1", "--location", loc, "--skip-volume-check")
+    assert res.exit_code == 0, res.output
+    with groupmod.open_location(loc) as shared:
+        defn = groupmod.load_definition(shared, loc)
+    assert defn["settings"]["volume_check"] == "skipped"
+
+
+def test_create_on_a_location_that_is_not_gluster_needs_no_volume_check(tmp_path, loc):
+    res = run(tmp_path / "a", "group", "create", "g1", "--location", loc)
+    assert res.exit_code == 0, res.output
+    with groupmod.open_location(loc) as shared:
+        assert "volume_check" not in groupmod.load_definition(shared, loc)["settings"]

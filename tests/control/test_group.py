@@ -133,6 +133,8 @@ class FakeMember:
         self.registry = registry
         self.luns: dict = {}
         self.events: list = []
+        self.detached_serving: list = []
+        self.detached_open: list = []
 
     def serving(self, lu):
         return any(lu in t.device.luns.values() for t in self.registry.targets.values()
@@ -147,6 +149,11 @@ class FakeMember:
             if g.lu is lu:
                 del self.luns[k]
                 self.events.append(("detach", k))
+                if self.serving(lu):  # a LU detached while still in a device: unchecked
+                    self.detached_serving.append(k)
+                store = getattr(lu, "store", None)
+                if store is not None and not getattr(store, "closed", True):
+                    self.detached_open.append(k)  # its queued calls would run unchecked
 
 
 class Gateway:

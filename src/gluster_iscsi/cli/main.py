@@ -1063,10 +1063,15 @@ def _joined(res: dict[str, Any], as_json: bool) -> None:
               help="What a gateway that does not own a LUN offers: non-optimized (default:"
               " active, its media commands shipped to the owner, for initiators without ALUA)"
               " or standby (media access refused NOT READY 04/0B).")
+@click.option("--skip-volume-check", is_flag=True,
+              help="Create the group although the volume's options cannot be read here (no"
+              " gluster CLI, glusterd unreachable): lease-seconds is then unchecked (logged,"
+              " and recorded in the definition as settings.volume_check: skipped).")
 @json_option
 def group_create(name: str, location: str, gateway: str | None, number: int | None,
                  addresses: tuple[str, ...], beat_seconds: float | None,
-                 lease_seconds: float | None, non_owner: str | None, as_json: bool) -> None:
+                 lease_seconds: float | None, non_owner: str | None,
+                 skip_volume_check: bool, as_json: bool) -> None:
     """Create gateway group NAME with its directory at LOC; with a running daemon (or
     --gateway) this gateway joins it."""
     import socket
@@ -1077,7 +1082,9 @@ def group_create(name: str, location: str, gateway: str | None, number: int | No
     given: dict[str, Any] = {"beat_seconds": beat_seconds, "lease_seconds": lease_seconds,
                              "non_owner": non_owner}
     settings = {k: v for k, v in given.items() if v is not None}
-    defn = _offline(lambda: groupmod.create_group(location, name, settings), as_json)
+    defn = _offline(lambda: groupmod.create_group(location, name, settings,
+                                                  skip_volume_check=skip_volume_check),
+                    as_json)
     out: dict[str, Any] = {"group": defn.get("name"), "location": location,
                            "version": defn.get("version"), "joined": None}
     running = _daemon_running()

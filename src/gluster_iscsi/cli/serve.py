@@ -509,9 +509,7 @@ async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod
         for p in cfg["portals"]:
             p["advertise"] = advertise
     try:
-        cfg = cfgmod.validate(cfg)
-        if cfg.get("group"):
-            cfg = group_luns(cfg)
+        cfg = cfgmod.validate(cfg)  # a group's LUN options: Reconciler.compose, every apply
         portal_cfg, cfg["portals"] = cfg["portals"], []
         await control.reconciler.apply(cfg)  # targets and LUNs before any listener opens
         cfg["portals"] = portal_cfg
@@ -550,24 +548,6 @@ async def _start(state_dir: Path, daemon: Daemon, control: ControlServer, cfgmod
                                        f"{exc.strerror or exc}",
                          "give a writable directory with --state-dir") from None
     return dict(cfg)
-
-
-def group_luns(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A group's LUNs are opened O_DIRECT (docs/HA.md decision 3: GOOD follows the bricks'
-    acknowledgement, no gateway-side cache a failover could lose), and through gfapi without
-    the read cache (nothing drops it yet when ownership moves)."""
-
-    def direct(lu: dict[str, Any]) -> dict[str, Any]:
-        if lu["bstype"] == "memory":
-            return lu
-        options = {**(lu.get("options") or {}), "o_direct": True}
-        if lu["bstype"] in ("glfs", "gluster"):
-            options["cache"] = "off"
-        return {**lu, "options": options}
-
-    out = dict(cfg)
-    out["targets"] = [{**t, "luns": [direct(lu) for lu in t["luns"]]} for t in cfg["targets"]]
-    return out
 
 
 async def _join_group(daemon: Daemon, control: ControlServer, cfg: dict[str, Any]) -> None:

@@ -76,8 +76,10 @@ class ControlServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._group_task: asyncio.Task[None] | None = None
         #: the daemon's group member (``server.group.GroupMember``, set by ``serve`` when it
-        #: joins): group LUNs are attached to it as they open, detached before they close
+        #: joins): group LUNs are attached to it as they open, detached once closed
         self.group_member: Any = None
+        #: id(new LU) -> (its key, the side key of the LU it replaces, attached until closed)
+        self._replacing: dict[int, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -616,8 +618,15 @@ class ControlServer:
                 return
             key, preferred = member_key(gfid), entry.get("preferred")
         old = member.luns.get(key)
-        if old is not None and old.lu is not lu:  # a replaced LU: the new one takes the lease
-            member.detach(old.lu)
+        if old is not None and old.lu is not lu:
+            # A replaced LU: the old one is still in the device and serving (and a change
+            # that fails keeps it). It stays a group LU under a side key, its lease renewed
+            # and its commands checked, until it has left the device and closed (reconcile
+            # detaches it after the close); only then is its lock given back and the new
+            # LU takes the lease. Detached now, it would serve as a lone LU, unchecked.
+            side = f"{key}#replaced-{id(old.lu)}"
+            member.luns[side] = member.luns.pop(key)
+            self._replacing[id(lu)] = (key, side)
         member.attach(lu, key, preferred)
 
     async def _file_gfid(self, member: Any, entry: dict[str, Any]) -> str | None:
@@ -641,8 +650,22 @@ class ControlServer:
             await self._attach_lu(tname, n, lu, entries.get((tname.lower(), n)))
 
     def _detach_lu(self, lu: Any) -> None:
-        if self.group_member is not None:
-            self.group_member.detach(lu)
+        """Reconcile detaches a group LU once it has left the device and closed (removed,
+        replaced), or a new LU of a change that was rolled back: then the LU it was to
+        replace, still serving, takes its own key back, attached all along."""
+        member = self.group_member
+        if member is None:
+            return
+        member.detach(lu)
+        pending = self._replacing.pop(id(lu), None)
+        if pending is not None:
+            key, side = pending
+            old = member.luns.pop(side, None)
+            if old is not None and key not in member.luns:
+                member.luns[key] = old
+        for new_id, (_key, side) in list(self._replacing.items()):
+            if side.endswith(f"#replaced-{id(lu)}"):  # the replaced LU closed: in force
+                del self._replacing[new_id]
 
     async def stop_group(self) -> None:
         task, self._group_task = self._group_task, None

@@ -184,6 +184,27 @@ def gateways_by_number(defn: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]
     return sorted(defn.get("gateways", {}).items(), key=lambda kv: kv[1].get("number", 0))
 
 
+def group_lun_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with every LUN of a group's gateway opened O_DIRECT (docs/HA.md decision 3:
+    GOOD follows the bricks' acknowledgement, no gateway-side cache a failover could lose)
+    and, through gfapi, without the read cache (nothing drops it when ownership moves).
+    The one place: ``Reconciler.compose`` calls it on every apply of a config with a
+    ``group`` section, definition or hand-written. A memory LUN is left as it is."""
+
+    def direct(lu: dict[str, Any]) -> dict[str, Any]:
+        if lu.get("bstype") == "memory":
+            return lu
+        options = {**(lu.get("options") or {}), "o_direct": True}
+        if lu.get("bstype") in ("glfs", "gluster"):
+            options["cache"] = "off"
+        return {**lu, "options": options}
+
+    out = dict(cfg)
+    out["targets"] = [{**t, "luns": [direct(lu) for lu in t.get("luns") or []]}
+                      for t in cfg.get("targets") or []]
+    return out
+
+
 def compose(local: dict[str, Any], defn: dict[str, Any], access: VolumeAccess) -> dict[str, Any]:
     """The config this gateway runs: its ``local`` config (portals, params, discovery, its
     ``group`` section) plus the definition's targets, each LUN's volume-relative path mapped
@@ -632,14 +653,17 @@ def load_definition(shared: Any, location: str) -> dict[str, Any]:
 
 
 def create_group(location: str, name: str, settings: dict[str, Any] | None = None,
-                 check: Callable[[str, float], str | None] | None = None) -> dict[str, Any]:
+                 check: Callable[[str, float], str | None] | None = None,
+                 skip_volume_check: bool = False) -> dict[str, Any]:
     """Write a new definition at ``location`` (blocking). ``check(location, lease_seconds)``
-    (default :func:`check_volume_options`) refuses a lease the volume's options break."""
+    (default :func:`check_volume_options`) refuses a lease the volume's options break, or
+    options it cannot read; ``skip_volume_check`` (``--skip-volume-check``) does without
+    it: logged, and recorded in the definition (``settings.volume_check: skipped``)."""
     from ..group import definition
 
     if not name or not name.strip() or "/" in name:
         raise GroupError("invalid", f"group name {name!r} must be a non-empty name without '/'")
-    settings = {k: v if k == "non_owner" else float(v)
+    settings = {k: v if k in ("non_owner", "volume_check") else float(v)
                 for k, v in (settings or {}).items() if v is not None}
     if settings.get("non_owner", definition.DEFAULT_NON_OWNER) not in definition.NON_OWNER_MODES:
         raise GroupError("invalid", f"non_owner {settings['non_owner']!r} is not one of "
@@ -649,7 +673,14 @@ def create_group(location: str, name: str, settings: dict[str, Any] | None = Non
     if not 0 < beat < lease:
         raise GroupError("invalid", f"lease_seconds {lease:g} must be longer than beat_seconds"
                          f" {beat:g} (a lease must survive a beat)")
-    problem = (check or check_volume_options)(location, lease)
+    if skip_volume_check:
+        log.warning("group %s: the volume's options were not checked against lease_seconds"
+                    " %g (--skip-volume-check): it must stay under the bricks' keepalive and"
+                    " server.tcp-user-timeout, or two gateways may write", name, lease)
+        settings["volume_check"] = "skipped"
+        problem = None
+    else:
+        problem = (check or check_volume_options)(location, lease)
     if problem is not None:
         raise GroupError("invalid", problem, "change what the message says: --lease-seconds or"
                          " the volume's options (docs/OPERATIONS.md, HA)")
@@ -1025,10 +1056,20 @@ def volume_and_host(location: str) -> tuple[str, str] | None:
     return None
 
 
+#: What ``group create`` says when it cannot read the volume's options.
+SKIP_VOLUME_CHECK_HINT = ("run it where the gluster CLI reaches glusterd (a server of the"
+                          " volume), or give --skip-volume-check and check yourself that"
+                          " lease_seconds stays under the bricks' keepalive and"
+                          " server.tcp-user-timeout (docs/OPERATIONS.md, HA)")
+
+
 def check_volume_options(location: str, lease_seconds: float) -> str | None:
     """Why ``lease_seconds`` is not safe on this volume (HA.md decision 3: the owner must
     fence itself before a brick can drop it and let another gateway take its lock), or None
-    (safe, or not a Gluster volume, or the options cannot be read here: logged)."""
+    (safe, or the location is not on a Gluster volume: nothing to check). A Gluster volume
+    whose options cannot be read here (no gluster CLI, glusterd unreachable) raises
+    GroupError ``unavailable``: an unchecked lease could let two gateways write (the caller
+    may skip the check on purpose: ``create_group(skip_volume_check=True)``)."""
     import shutil
     import subprocess
 
@@ -1036,12 +1077,15 @@ def check_volume_options(location: str, lease_seconds: float) -> str | None:
     if where is None:
         return None
     volume, host = where
+
+    def cannot(why: str) -> GroupError:
+        return GroupError("unavailable", f"cannot check the options of volume {volume}"
+                          f" against lease_seconds {lease_seconds:g}: {why}",
+                          SKIP_VOLUME_CHECK_HINT)
+
     exe = shutil.which("gluster")
     if exe is None:
-        log.warning("group: cannot check the options of volume %s (no gluster CLI here):"
-                    " lease_seconds %g must stay under the bricks' keepalive and"
-                    " server.tcp-user-timeout", volume, lease_seconds)
-        return None
+        raise cannot("no gluster CLI here")
     # `volume get` asks the local glusterd (it fails through --remote-host): a gateway that
     # is also a server answers; another tries the volume's server, and says when it cannot.
     proc: Any = None
@@ -1050,15 +1094,15 @@ def check_volume_options(location: str, lease_seconds: float) -> str | None:
             proc = subprocess.run([exe, "--mode=script", *remote, "volume", "get", volume, "all"],
                                   capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as e:
-            log.warning("group: cannot read the options of volume %s: %s", volume, e)
-            return None
+            raise cannot(str(e)) from None
         if proc.returncode == 0:
             break
     if proc is None or proc.returncode != 0:
-        log.warning("group: cannot read the options of volume %s: %s", volume,
-                    (proc.stderr or proc.stdout).strip())
-        return None
-    return lease_problem(volume, parse_volume_options(proc.stdout), lease_seconds)
+        raise cannot((proc.stderr or proc.stdout).strip() if proc is not None else "no answer")
+    options = parse_volume_options(proc.stdout)
+    if not options:
+        raise cannot("`gluster volume get` listed no options")
+    return lease_problem(volume, options, lease_seconds)
 
 
 #: A client fails the I/O it has pending on a silent brick connection about this many

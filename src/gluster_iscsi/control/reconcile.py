@@ -86,7 +86,7 @@ class _State:
     #: (target name, lun, LogicalUnit, LUN entry) -> None or an awaitable: called when a LU
     #: is opened, before it enters any device (a group LU is attached to the group member
     #: there, so no command reaches its store before this gateway owns it);
-    #: ``detach(LogicalUnit)`` before it is closed
+    #: ``detach(LogicalUnit)`` once it is out of every device and closed
     attach: Callable[[str, int, Any, dict[str, Any]], Any] | None = None
     detach: Callable[[Any], None] | None = None
     #: (target name lower, lun) -> LogicalUnit
@@ -134,13 +134,17 @@ class Reconciler:
 
     def compose(self, desired: dict[str, Any]) -> dict[str, Any]:
         """What to run for the local config ``desired``: itself outside a group, else with
-        the group definition's targets (``group.compose``)."""
-        link = self.group_link
-        if link is None or not desired.get("group") or link.definition is None:
+        the group definition's targets (``group.compose``), and every LUN with the group's
+        LUN options (``group.group_lun_options``: a hand-written group's too, whichever way
+        a LUN arrives: start, SIGHUP, ``config reload``, the CLI)."""
+        if not desired.get("group"):
             return desired
-        from .group import compose
+        from .group import compose, group_lun_options
 
-        return compose(desired, link.definition, link.access)
+        link = self.group_link
+        if link is not None and link.definition is not None:
+            desired = compose(desired, link.definition, link.access)
+        return group_lun_options(desired)
 
     def set_hooks(
         self, attach: Callable[[str, int, Any, dict[str, Any]], Any] | None,
@@ -197,8 +201,10 @@ class Reconciler:
         st = self._st
         lus, self._st = list(st.lus.values()), _State(attach=st.attach, detach=st.detach)
         for lu_obj in lus:
-            _detach(st.detach, lu_obj)
-            await close_lu_off_loop(self.daemon, lu_obj)
+            try:  # a group LU stays checked against its lease until closed
+                await close_lu_off_loop(self.daemon, lu_obj)
+            finally:
+                _detach(st.detach, lu_obj)
 
 
 # ------------------------------------------------------------------- runtime factories
@@ -1117,11 +1123,13 @@ async def _commit(daemon: DaemonControl, st: _State, prep: _Prepared) -> None:
         except Exception:
             log.exception("closing portal %s", _portal_text(p))
     for lu_obj in to_close:
+        # Out of the device: closed first (its queued and running calls done, still checked
+        # against the group lease), then detached (the lease given back).
         try:
-            _detach(st.detach, lu_obj)
             await close_lu_off_loop(daemon, lu_obj)
         except Exception:
             log.exception("closing a store that was replaced or removed")
+        _detach(st.detach, lu_obj)
     for _, lu, lu_obj, _ in prep.grows:
         lu_obj.capacity_changed(lu["size"])  # known: no store call on the loop
     wanted = {(_key(t), lu["lun"]) for t in desired["targets"] for lu in t["luns"]}
