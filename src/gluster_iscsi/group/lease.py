@@ -153,6 +153,11 @@ class Lease:
             return Do.BEAT
         return Do.READ
 
+    @property
+    def releasing(self) -> bool:
+        """A move out drained: the lock goes back next, nothing may be issued any more."""
+        return self.role is Role.MOVING_OUT and self._drained
+
     def due(self, now: float) -> float:
         """Seconds until :meth:`next` may have something to do (for the coordinator's sleep)."""
         return max(0.0, self._next_at - now)

@@ -221,6 +221,12 @@ class GroupMember:
                 self._push(glu, own_state="transitioning")
                 await self._drain(glu, bound)
                 self._set_deadline(glu, -math.inf)
+                if self._busy(glu):
+                    # a store call may still run: keep the lock (the bricks drop it with
+                    # this process), so no peer issues while it can still land
+                    log.warning("group: LUN %s: commands still in flight, lock kept",
+                                glu.key)
+                    continue
                 rec = glu.lease.record
                 try:
                     if rec is not None and glu.lease.role in (Role.OWNER, Role.MOVING_OUT,
@@ -274,7 +280,21 @@ class GroupMember:
                 state.ship = None
                 if glu.lock is not None and self._loop is not None and not self._stopping:
                     lock, glu.lock = glu.lock, None
-                    self._io.submit(lock.release)
+                    if self._busy(glu):
+                        # its commands still in flight may still issue: release after them
+                        self._loop.create_task(self._release_when_idle(glu, lock))
+                    else:
+                        self._io.submit(lock.release)
+
+    async def _release_when_idle(self, glu: GroupLu, lock: Locked) -> None:
+        stats = lu_state(glu.lu).stats
+        while stats.in_flight > 0:
+            await asyncio.sleep(0.005)
+        await self._call(lock.release)
+
+    def _busy(self, glu: GroupLu) -> bool:
+        """Commands of the LU still in flight (a store call may still be issued or run)."""
+        return bool(lu_state(glu.lu).stats.in_flight > 0)
 
     def handle(self, lu: Any) -> GroupLu | None:
         key = getattr(lu_state(lu), "group_key", None)
@@ -456,11 +476,18 @@ class GroupMember:
     async def _step(self, glu: GroupLu) -> None:
         lease = glu.lease
         now = self.clock()
+        if self.yielded and glu.lock is not None:
+            self._set_deadline(glu, -math.inf)
+            return  # standing down (see _stand_down): it is not an owner any more
         do = lease.next(now)
         self._sync_deadline(glu)
         if do is Do.BEAT:
             await self._owner_beat(glu, now)
         elif do is Do.RELEASE:
+            # no store call of this LU past this point, before the lock goes back
+            self._set_deadline(glu, -math.inf)
+            if self._busy(glu):
+                return  # a command slipped in: wait for it (the next tick asks again)
             await self._release(glu)
             lease.released(self.clock())
         elif do is Do.READ:
@@ -514,7 +541,14 @@ class GroupMember:
             await self._drain(glu, self.lease_seconds)
         finally:
             glu.drain = None
+        if self._busy(glu):
+            # a drain that timed out: a store call may still run, so the lock stays (the
+            # owner stays MOVING_OUT, or FENCED past its deadline); the next beat drains again
+            log.warning("group: LUN %s: commands still in flight after %gs, move waits",
+                        glu.key, self.lease_seconds)
+            return
         glu.lease.drained()
+        self._sync_deadline(glu)
         if self._wake is not None:
             self._wake.set()
 
@@ -590,7 +624,9 @@ class GroupMember:
 
     def _sync_deadline(self, glu: GroupLu) -> None:
         lease = glu.lease
-        if lease.role in (Role.OWNER, Role.MOVING_OUT):
+        if self.yielded and glu.lock is not None or lease.releasing:
+            self._set_deadline(glu, -math.inf)
+        elif lease.role in (Role.OWNER, Role.MOVING_OUT):
             self._set_deadline(glu, lease.issue_deadline)
         else:
             self._set_deadline(glu, -math.inf)
@@ -1037,6 +1073,11 @@ class GroupMember:
             self._push(glu, own_state="transitioning")
             self._set_deadline(glu, -math.inf)
             await self._drain(glu, self.lease_seconds)
+            if self._busy(glu):
+                # a store call may still run: keep the lock, try again at the next beat
+                log.warning("group: LUN %s: commands still in flight, stand-down waits",
+                            glu.key)
+                continue
             rec = glu.lease.record
             try:
                 if rec is not None and glu.lease.role in (Role.OWNER, Role.MOVING_OUT,

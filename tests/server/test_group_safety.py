@@ -1,0 +1,105 @@
+"""The gateway group's safety review (docs/HA.md): no lock goes back while a store call of
+the LU may still run, a take from a live owner waits out its lease, a new owner loads the
+state again after its take, state loads and updates are serialised and roll back, a state
+lock that arrives late is released. Members in one process on a tmp-dir group directory,
+a clock the tests move."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from gluster_iscsi.group.lease import Role
+from gluster_iscsi.server.runner import lu_state
+
+from .test_group import KEY, Group, arun
+
+
+def spy_release(g: Group, name: str, seen: list[float]) -> None:
+    """Record the LU's issue deadline at the moment its lease lock is given back."""
+    glu = g.members[name].luns[KEY]
+    lock = glu.lock
+    assert lock is not None
+    real = lock.release
+
+    def release() -> None:
+        seen.append(lu_state(glu.lu).issue_deadline)
+        real()
+
+    lock.release = release  # type: ignore[method-assign]
+
+
+@arun
+async def test_a_move_gives_the_lock_back_only_after_the_deadline_is_minus_infinity(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    seen: list[float] = []
+    spy_release(g, "a", seen)
+    await g.members["b"].move(KEY, "b")
+    for _ in range(4):
+        await g.rounds(1)
+        await asyncio.sleep(0.02)
+    assert g.role("b") is Role.OWNER
+    assert seen == [-math.inf]
+    g.close()
+
+
+@arun
+async def test_a_move_whose_drain_times_out_keeps_the_lock_while_commands_run(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    stats = lu_state(g.lus["a"]).stats
+    stats.in_flight = 1  # a store call that does not come back
+    await g.members["b"].move(KEY, "b")
+    await g.rounds(1)
+    assert g.role("a") is Role.MOVING_OUT
+    for _ in range(12):  # past the drain's bound (a lease)
+        await asyncio.sleep(0.02)
+        await g.rounds(1)
+    assert g.members["a"].luns[KEY].lock is not None
+    assert g.role("b") is not Role.OWNER
+    stats.in_flight = 0  # it came back: the next beat drains and hands over
+    for _ in range(4):
+        await asyncio.sleep(0.02)
+        await g.rounds(1)
+    assert g.role("b") is Role.OWNER and g.role("a") is Role.STANDBY
+    g.close()
+
+
+@arun
+async def test_a_planned_stop_with_commands_in_flight_keeps_the_lock(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    lu_state(g.lus["a"]).stats.in_flight = 1
+    a = g.members.pop("a")
+    g.clock.now += 0.0
+    stop = asyncio.ensure_future(a.stop(release=True))
+    while not stop.done():
+        await asyncio.sleep(0.01)
+        g.clock.now += 1.0  # the drain's bound passes
+    await stop
+    assert lu_state(g.lus["a"]).issue_deadline == -math.inf
+    assert a.luns[KEY].lock is not None  # kept: the process exit drops it
+    await g.rounds(1)
+    assert g.role("b") is not Role.OWNER
+    g.close()
+
+
+@arun
+async def test_a_planned_stop_releases_with_the_deadline_already_minus_infinity(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    seen: list[float] = []
+    spy_release(g, "a", seen)
+    a = g.members.pop("a")
+    await a.stop(release=True)
+    assert seen == [-math.inf]
+    await g.rounds(1)
+    assert g.role("b") is Role.OWNER
+    g.close()
+
+
