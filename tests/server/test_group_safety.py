@@ -103,3 +103,39 @@ async def test_a_planned_stop_releases_with_the_deadline_already_minus_infinity(
     g.close()
 
 
+
+
+@arun
+async def test_a_take_from_a_live_owner_issues_nothing_for_a_lease_after_its_read(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a = g.members["a"].luns[KEY]
+    assert a.lock is not None
+    a.lock.release()  # every brick restarted: a's lock is gone, a itself beats on
+    await g.rounds(1, only=["b"])
+    read_at = g.clock.now - 1.0  # the round's beat ran before its clock step
+    b = g.members["b"].luns[KEY]
+    assert b.lock is not None
+    assert not b.lease.may_issue(g.clock.now)
+    assert lu_state(g.lus["b"]).issue_deadline == -math.inf  # 04/0A at the runner
+    while g.clock.now < read_at + 5.0:
+        await g.rounds(1, only=["b"])
+        if g.clock.now < read_at + 5.0:
+            assert lu_state(g.lus["b"]).issue_deadline == -math.inf
+    await g.rounds(1, only=["b"])
+    assert g.role("b") is Role.OWNER
+    assert lu_state(g.lus["b"]).issue_deadline > g.clock.now
+    g.close()
+
+
+@arun
+async def test_a_take_from_a_stale_or_released_record_serves_at_once(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a = g.members.pop("a")
+    await a.stop(release=True)  # owner null in the record
+    await g.rounds(1)
+    assert g.role("b") is Role.OWNER
+    g.close()

@@ -488,6 +488,7 @@ class GroupMember:
             self._set_deadline(glu, -math.inf)
             if self._busy(glu):
                 return  # a command slipped in: wait for it (the next tick asks again)
+            await self._write_released(glu)
             await self._release(glu)
             lease.released(self.clock())
         elif do is Do.READ:
@@ -596,7 +597,7 @@ class GroupMember:
             got = await self._call(self.shared.read, lease_name(glu.key))
             under = LeaseRecord.from_dict(got.data if got is not None else None)
             await self._poll_state(glu)  # serve with the latest LU-wide state
-            new = lease.take(under, glu.applied)
+            new = lease.take(under, glu.applied, self.clock())
             start = self.clock()
             await self._call(self.shared.write, lease_name(glu.key), new.to_dict())
             lease.took(start, new, self.clock())
@@ -608,6 +609,18 @@ class GroupMember:
             log.warning("group: LUN %s: take-over failed: %s", glu.key, exc)
             lease.take_failed(self.clock())
             await self._release(glu)
+
+    async def _write_released(self, glu: GroupLu) -> None:
+        """Say in the record that no owner issues any more (owner null): the gateway that
+        takes it next may serve at once (:meth:`Lease.take`). A failure only makes it wait."""
+        rec = glu.lease.record
+        if rec is None:
+            return
+        gone = LeaseRecord(None, glu.lease.epoch, rec.beat + 1, glu.applied, None)
+        try:
+            await self._call(self.shared.write, lease_name(glu.key), gone.to_dict())
+        except Exception as exc:  # noqa: BLE001 - released all the same
+            log.warning("group: LUN %s: could not write it released: %s", glu.key, exc)
 
     async def _release(self, glu: GroupLu) -> None:
         lock, glu.lock = glu.lock, None
