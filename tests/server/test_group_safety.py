@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 from gluster_iscsi.group.lease import Role
+from gluster_iscsi.server.group import lease_name
 from gluster_iscsi.server.runner import lu_state
 
 from .test_group import KEY, Group, arun
@@ -138,4 +140,50 @@ async def test_a_take_from_a_stale_or_released_record_serves_at_once(tmp_path):
     await a.stop(release=True)  # owner null in the record
     await g.rounds(1)
     assert g.role("b") is Role.OWNER
+    g.close()
+
+
+class WriteHook:
+    """A member's group directory that runs ``before`` once, just before the first write
+    of ``name``."""
+
+    def __init__(self, inner: Any, name: str, before: Any) -> None:
+        self.inner = inner
+        self.name = name
+        self.before = before
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def write(self, name: str, data: Any, **kw: Any) -> Any:
+        if name == self.name and self.before is not None:
+            before, self.before = self.before, None
+            before()
+        return self.inner.write(name, data, **kw)
+
+
+def swp_on(lu: Any) -> None:
+    lu.load_shared_state("mode", {**lu.shared_state("mode"), "swp": True})
+
+
+@arun
+async def test_a_new_owner_loads_the_state_again_after_its_take_record(tmp_path):
+    g = Group(tmp_path, ["a", "b", "c"])
+    await g.start()
+    await g.rounds(2)
+    a = g.members.pop("a")
+    await a.stop(release=True)  # owner null: b takes at its next beat
+    b, c = g.members["b"], g.members["c"]
+    lu_c = g.lus["c"]
+
+    def change() -> None:
+        # c (a non-owner) writes a change after b loaded the state, before b's take record:
+        # the record still says no owner, so c counts on whoever takes it to load it
+        c.shared_update(lu_c, lambda: swp_on(lu_c))
+
+    b.shared = WriteHook(b.shared, lease_name(KEY), change)  # type: ignore[assignment]
+    await b.beat()
+    assert b.luns[KEY].lease.role is Role.OWNER
+    assert b.luns[KEY].applied == c.luns[KEY].applied
+    assert g.lus["b"].shared_state("mode")["swp"] is True  # enforced before it serves
     g.close()

@@ -600,6 +600,9 @@ class GroupMember:
             new = lease.take(under, glu.applied, self.clock())
             start = self.clock()
             await self._call(self.shared.write, lease_name(glu.key), new.to_dict())
+            # Load the state again before serving: a non-owner that wrote a change after the
+            # load above saw no owner in the record and counts on this load (_wait_enforced).
+            await self._poll_state(glu)
             lease.took(start, new, self.clock())
             log.info("group: LUN %s: owner, epoch %d", glu.key, new.epoch)
             mv = await self._call(self.shared.read, move_name(glu.key))
