@@ -7,11 +7,16 @@ a clock the tests move."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
+import threading
 from typing import Any
 
+import pytest
+
+from gluster_iscsi.backstore.base import BackingStoreError
 from gluster_iscsi.group.lease import Role
-from gluster_iscsi.server.group import lease_name
+from gluster_iscsi.server.group import lease_name, state_name
 from gluster_iscsi.server.runner import lu_state
 
 from .test_group import KEY, Group, arun
@@ -186,4 +191,91 @@ async def test_a_new_owner_loads_the_state_again_after_its_take_record(tmp_path)
     assert b.luns[KEY].lease.role is Role.OWNER
     assert b.luns[KEY].applied == c.luns[KEY].applied
     assert g.lus["b"].shared_state("mode")["swp"] is True  # enforced before it serves
+    g.close()
+
+
+class GatedLock:
+    """An LU's state lock that holds thread ``slow`` at its door until ``gate`` opens (a
+    beat's load that read an older record and waits for the lock)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.slow: threading.Thread | None = None
+        self.waiting = threading.Event()
+        self.gate = threading.Event()
+
+    def __enter__(self) -> Any:
+        if threading.current_thread() is self.slow:
+            self.waiting.set()
+            self.gate.wait(10)
+        return self.inner.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.inner.__exit__(*exc)
+
+    def acquire(self, *a: Any, **kw: Any) -> Any:
+        return self.inner.acquire(*a, **kw)
+
+    def release(self) -> None:
+        self.inner.release()
+
+
+def d_sense_on(lu: Any) -> None:
+    lu.load_shared_state("mode", {**lu.shared_state("mode"), "d_sense": True})
+
+
+@arun
+async def test_a_load_of_an_older_record_never_overwrites_a_newer_change_in_memory(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a, b = g.members["a"], g.members["b"]
+    lu_a, lu_b = g.lus["a"], g.lus["b"]
+    await asyncio.to_thread(a.shared_update, lu_a, lambda: d_sense_on(lu_a))  # version 1
+    older = g.dirs[0].read(state_name(KEY)).data
+    glu = b.luns[KEY]
+    assert glu.applied == 0  # b has not beaten since
+    gated = GatedLock(lu_b.state_lock)
+    lu_b.state_lock = gated
+    # a beat of b read version 1 and is about to load it ...
+    slow = threading.Thread(target=b._load, args=(glu, older))
+    gated.slow = slow
+    slow.start()
+    assert gated.waiting.wait(10)
+
+    def change() -> None:  # ... when b's own change (version 2) is about to be written
+        gated.gate.set()
+        slow.join(10)
+
+    b.shared = WriteHook(b.shared, state_name(KEY), change)  # type: ignore[assignment]
+    update = asyncio.ensure_future(asyncio.to_thread(b.shared_update, lu_b,
+                                                     lambda: swp_on(lu_b)))
+    while not update.done():  # the owner beats: b waits until it applied the change
+        await g.rounds(1, step=0.1, only=["a"])
+        await asyncio.sleep(0.01)
+    await update
+    assert not slow.is_alive()
+    assert glu.applied == 2
+    mode = lu_b.shared_state("mode")
+    assert mode["swp"] is True and mode["d_sense"] is True
+    g.close()
+
+
+@arun
+async def test_a_change_whose_record_cannot_be_written_is_rolled_back_in_memory(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    b = g.members["b"]
+    lu_b = g.lus["b"]
+
+    def fail() -> None:
+        raise OSError(errno.EIO, "the volume is gone")
+
+    b.shared = WriteHook(b.shared, state_name(KEY), fail)  # type: ignore[assignment]
+    with pytest.raises(BackingStoreError) as e:
+        await asyncio.to_thread(b.shared_update, lu_b, lambda: swp_on(lu_b))
+    assert e.value.errno == errno.ESHUTDOWN
+    assert lu_b.shared_state("mode")["swp"] is False  # not in force: not in memory either
+    assert b.luns[KEY].applied == 0
     g.close()

@@ -131,6 +131,9 @@ class GroupLu:
         #: the state record was read at least once (a first load replays no reset or
         #: capacity event: the LU was just opened and measured, its nexuses are new)
         self.state_seen = False
+        #: shared_update calls of this gateway under way (under the LU's state_lock): a load
+        #: from a beat or a refresh meanwhile is left to the update (see GroupMember._load)
+        self.updating = 0
 
 
 class GroupMember:
@@ -772,17 +775,22 @@ class GroupMember:
         got = await self._call(self.shared.read, state_name(glu.key))
         self._load(glu, got.data if got is not None else None)
 
-    def _load(self, glu: GroupLu, data: Any) -> bool:
-        """Load a state record newer than what the LU has (any thread). True if loaded."""
+    def _load(self, glu: GroupLu, data: Any, own: bool = False) -> bool:
+        """Load a state record newer than what the LU has (any thread). True if loaded.
+        The version is compared under the LU's state lock, and no load but the update's own
+        (``own``) runs while a :meth:`shared_update` of this gateway is under way: a record
+        read before that update's write must not overwrite its change in memory."""
         first, glu.state_seen = not glu.state_seen, True
         if not isinstance(data, dict):
             return False
         version = data.get("version", 0)
-        if not isinstance(version, int) or version <= glu.applied:
+        if not isinstance(version, int):
             return False
         lu = glu.lu
         aborts: list[str] = []
         with lu.state_lock:
+            if version <= glu.applied or (glu.updating and not own):
+                return False
             for kind in STATE_KINDS:
                 if kind in data and hasattr(lu, "load_shared_state"):
                     lu.load_shared_state(kind, data[kind])
@@ -833,12 +841,17 @@ class GroupMember:
                 return apply()
         end = self.clock() + self.lease_seconds
         lock = self._lock_state(glu, end)
+        with lu.state_lock:
+            glu.updating += 1
         try:
             got = self._bounded(end, self.shared.read, state_name(glu.key))
             data = got.data if got is not None and isinstance(got.data, dict) else {}
-            self._load(glu, data)
-            version = max(int(data.get("version", 0) or 0), glu.applied)
+            self._load(glu, data, own=True)
             with lu.state_lock:
+                version = max(int(data.get("version", 0) or 0), glu.applied)
+                # what to go back to if the record cannot be written
+                before = {kind: lu.shared_state(kind) for kind in STATE_KINDS
+                          if hasattr(lu, "shared_state")}
                 # the unit attentions the change queues here, recorded for the other
                 # gateways' nexuses (LogicalUnit.ua_events; replayed there on load)
                 lu.ua_events = []
@@ -854,10 +867,21 @@ class GroupMember:
             events += self._events(recorded or [], version, value)
             events += [{"version": version, "by": self.gateway, **e} for e in extra_events or ()]
             record = {"version": version, "by": self.gateway, "events": events, **new_state}
-            self._bounded(end, self.shared.write, state_name(glu.key), record)
+            try:
+                self._bounded(end, self.shared.write, state_name(glu.key), record)
+            except BaseException:
+                # not written (or not known to be): the change is not in force, so not in
+                # memory either (a write that lands later is loaded by a later beat)
+                with lu.state_lock:
+                    for kind, state in before.items():
+                        lu.load_shared_state(kind, state)
+                raise
             written = self.clock()
-            glu.applied = version
+            with lu.state_lock:
+                glu.applied = max(glu.applied, version)
         finally:
+            with lu.state_lock:
+                glu.updating -= 1
             with contextlib.suppress(Exception):
                 self.call_sync(self.lease_seconds, lock.release)
         if glu.lease.role in (Role.OWNER, Role.MOVING_OUT):
