@@ -279,3 +279,49 @@ async def test_a_change_whose_record_cannot_be_written_is_rolled_back_in_memory(
     assert lu_b.shared_state("mode")["swp"] is False  # not in force: not in memory either
     assert b.luns[KEY].applied == 0
     g.close()
+
+
+class SlowLock:
+    """A member's group directory whose first try of the state byte answers only once
+    ``go`` is set (a volume that stalls), and moves the clock past the update's bound."""
+
+    def __init__(self, inner: Any, clock: Any) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.go = threading.Event()
+        self.got: list[Any] = []
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def try_lock(self, name: str, byte: int) -> Any:
+        if byte == 1 and not self.got:
+            self.clock.now += 10.0
+            self.go.wait(10)
+            lock = self.inner.try_lock(name, byte)
+            self.got.append(lock)
+            return lock
+        return self.inner.try_lock(name, byte)
+
+
+@arun
+async def test_a_state_lock_that_arrives_after_the_update_gave_up_is_released(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    b = g.members["b"]
+    lu_b = g.lus["b"]
+    slow = SlowLock(b.shared, g.clock)
+    b.shared = slow  # type: ignore[assignment]
+    with pytest.raises(BackingStoreError) as e:
+        await asyncio.to_thread(b.shared_update, lu_b, lambda: swp_on(lu_b))
+    assert e.value.errno == errno.ESHUTDOWN
+    slow.go.set()  # the try gets the byte after all
+    for _ in range(200):
+        if slow.got and not slow.got[0].held:
+            break
+        await asyncio.sleep(0.01)
+    assert slow.got and not slow.got[0].held  # given back: a's updates still run
+    lock = g.dirs[0].try_lock(lease_name(KEY), 1)
+    lock.release()
+    g.close()

@@ -81,6 +81,16 @@ def _lock_held_error(exc: BaseException) -> bool:
     return type(exc).__name__ == "LockHeld"
 
 
+def _release_late(fut: Any) -> None:
+    """A lock try that timed out got the lock after all: give it back."""
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    try:
+        fut.result().release()
+    except Exception as exc:  # noqa: BLE001 - the bricks drop it with the fd anyway
+        log.warning("group: a state lock got too late: release: %s", exc)
+
+
 def lease_name(key: str) -> str:
     return f"luns/{key}.lease"
 
@@ -901,11 +911,21 @@ class GroupMember:
 
     def _lock_state(self, glu: GroupLu, end: float) -> Locked:
         while True:
+            fut = self._io.submit(self.shared.try_lock, lease_name(glu.key), 1)
             try:
-                lock: Locked = self._bounded(end, self.shared.try_lock, lease_name(glu.key), 1)
+                lock: Locked = fut.result(max(end - self.clock(), 0.0))
                 return lock
+            except FutureTimeout as exc:
+                # the try may still get the byte: whoever waits for it is gone, so a lock
+                # that arrives late is given back at once (else no update runs again)
+                if not fut.cancel():
+                    fut.add_done_callback(_release_late)
+                raise BackingStoreError(errno.ESHUTDOWN, "group directory did not answer") from exc
             except Exception as exc:
                 if not _lock_held_error(exc):
+                    if isinstance(exc, OSError) and not isinstance(exc, BackingStoreError):
+                        raise BackingStoreError(errno.ESHUTDOWN,
+                                                f"group directory: {exc}") from exc
                     raise
             if self.clock() >= end:
                 raise BackingStoreError(errno.ESHUTDOWN, "state lock busy")
