@@ -300,3 +300,42 @@ def test_healed_owner_that_lost_its_lock_meets_the_new_epoch():
     # b took over meanwhile (after the bricks dropped a); a's heartbeat sees it
     assert a.owner_read(LeaseRecord("b", rec.epoch + 1, rec.beat + 1), 0) is None
     assert a.role is Role.STANDBY and a.issue_deadline == -math.inf
+
+
+def test_a_take_waits_a_lease_only_after_a_fresh_record_of_another_owner():
+    live = LeaseRecord("b", epoch=3, beat=9)
+    # fresh: b's beat changed under this gateway's eyes a moment ago
+    a = Lease("a")
+    a.next(0.0)
+    a.observed(live, 0.0)
+    a.lock_result(True, 1.0)
+    rec = a.take(live, 0, 1.0)
+    a.took(1.0, rec, 1.1)
+    assert a.role is Role.FENCED and not a.may_issue(1.1)
+    a.next(2.0)
+    new = a.owner_read(rec, 0)
+    assert new is not None
+    a.beat_ok(5.9, new, 5.95)
+    assert a.role is Role.FENCED  # before 1.0 + LEASE
+    a.next(6.0)
+    a.beat_ok(6.0, new, 6.05)
+    assert a.role is Role.OWNER and a.may_issue(6.05)
+    # stale: the same record unchanged for a lease
+    c = Lease("c")
+    c.next(0.0)
+    c.observed(live, 0.0)
+    c.next(LEASE)
+    assert c.observed(live, LEASE) is Do.TRY_LOCK
+    c.lock_result(True, LEASE)
+    rec = c.take(live, 0, LEASE)
+    c.took(LEASE, rec, LEASE)
+    assert c.role is Role.OWNER and c.may_issue(LEASE)
+    # released (owner null): at once
+    d = Lease("d")
+    d.next(0.0)
+    gone = LeaseRecord(None, epoch=3, beat=10)
+    d.observed(gone, 0.0)
+    d.lock_result(True, 0.0)
+    rec = d.take(gone, 0, 0.0)
+    d.took(0.0, rec, 0.0)
+    assert d.role is Role.OWNER and d.may_issue(0.0)

@@ -127,16 +127,21 @@ class Lease:
         # after a move out: leave the LUN to its target until then
         self._yield_to: str | None = None
         self._yield_until = -math.inf
+        #: after a take from a live-looking owner: nothing may be issued before this time
+        #: (that owner may still issue until its own deadline, see :meth:`take`)
+        self.wait_until = -math.inf
 
     # -- what now ---------------------------------------------------------------------------
 
     def may_issue(self, now: float) -> bool:
         """Whether a store call of this LUN may be issued at ``now``."""
-        return self.role in (Role.OWNER, Role.MOVING_OUT) and now < self.issue_deadline
+        return (self.role in (Role.OWNER, Role.MOVING_OUT) and self.wait_until <= now
+                and now < self.issue_deadline)
 
     def tick(self, now: float) -> bool:
         """Fence an owner whose deadline has passed; True when the role changed."""
-        if self.role in (Role.OWNER, Role.MOVING_OUT) and now >= self.issue_deadline:
+        if self.role in (Role.OWNER, Role.MOVING_OUT) and (now >= self.issue_deadline
+                                                            or now < self.wait_until):
             self.role = Role.FENCED
             return True
         return False
@@ -152,6 +157,11 @@ class Lease:
         if self.role in (Role.OWNER, Role.FENCED, Role.MOVING_OUT):
             return Do.BEAT
         return Do.READ
+
+    @property
+    def releasing(self) -> bool:
+        """A move out drained: the lock goes back next, nothing may be issued any more."""
+        return self.role is Role.MOVING_OUT and self._drained
 
     def due(self, now: float) -> float:
         """Seconds until :meth:`next` may have something to do (for the coordinator's sleep)."""
@@ -180,7 +190,7 @@ class Lease:
         self.record = written
         self.last_good_start = start
         self.issue_deadline = start + self.lease_seconds
-        if self.role is Role.FENCED:
+        if self.role is Role.FENCED and now >= self.wait_until:
             self.role = Role.MOVING_OUT if self.move_to is not None else Role.OWNER
         self.tick(now)  # a heartbeat that took longer than the lease renews nothing
         self._next_at = start + self.beat_seconds
@@ -270,10 +280,26 @@ class Lease:
         self.role = Role.TAKING
         return Do.READ
 
-    def take(self, record: LeaseRecord | None, seen: int) -> LeaseRecord:
-        """The record read while holding the lock: the record that makes this gateway the
-        owner (the next epoch). Write it, then :meth:`took` (or :meth:`take_failed`)."""
+    def take(self, record: LeaseRecord | None, seen: int,
+             now: float | None = None) -> LeaseRecord:
+        """The record read while holding the lock (the read ended at ``now``): the record
+        that makes this gateway the owner (the next epoch). Write it, then :meth:`took` (or
+        :meth:`take_failed`).
+
+        A record that names another owner whose heartbeat was fresh (it changed within
+        ``lease_seconds`` as this gateway saw it, or since its last read) means that owner
+        may be alive and issuing until its own deadline, at most ``lease_seconds`` after
+        this read: its lock can vanish without it dying (every brick restarted). Nothing is
+        issued before ``now + lease_seconds`` then (FENCED until a beat past it). A record
+        with no owner (a planned stop or move handed it over) or a stale heartbeat is taken
+        at once. ``now`` None (no clock known): taken at once."""
         assert self.role is Role.TAKING
+        self.wait_until = -math.inf
+        if (now is not None and record is not None and record.owner is not None
+                and record.owner != self.me):
+            key = (record.owner, record.epoch, record.beat, record.move_to)
+            if key != self._seen_key or self.heard_within(now):
+                self.wait_until = now + self.lease_seconds
         epoch = (record.epoch if record is not None else 0) + 1
         beat = record.beat + 1 if record is not None else 1
         self.epoch = epoch

@@ -81,6 +81,16 @@ def _lock_held_error(exc: BaseException) -> bool:
     return type(exc).__name__ == "LockHeld"
 
 
+def _release_late(fut: Any) -> None:
+    """A lock try that timed out got the lock after all: give it back."""
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    try:
+        fut.result().release()
+    except Exception as exc:  # noqa: BLE001 - the bricks drop it with the fd anyway
+        log.warning("group: a state lock got too late: release: %s", exc)
+
+
 def lease_name(key: str) -> str:
     return f"luns/{key}.lease"
 
@@ -131,6 +141,9 @@ class GroupLu:
         #: the state record was read at least once (a first load replays no reset or
         #: capacity event: the LU was just opened and measured, its nexuses are new)
         self.state_seen = False
+        #: shared_update calls of this gateway under way (under the LU's state_lock): a load
+        #: from a beat or a refresh meanwhile is left to the update (see GroupMember._load)
+        self.updating = 0
 
 
 class GroupMember:
@@ -221,6 +234,12 @@ class GroupMember:
                 self._push(glu, own_state="transitioning")
                 await self._drain(glu, bound)
                 self._set_deadline(glu, -math.inf)
+                if self._busy(glu):
+                    # a store call may still run: keep the lock (the bricks drop it with
+                    # this process), so no peer issues while it can still land
+                    log.warning("group: LUN %s: commands still in flight, lock kept",
+                                glu.key)
+                    continue
                 rec = glu.lease.record
                 try:
                     if rec is not None and glu.lease.role in (Role.OWNER, Role.MOVING_OUT,
@@ -274,7 +293,21 @@ class GroupMember:
                 state.ship = None
                 if glu.lock is not None and self._loop is not None and not self._stopping:
                     lock, glu.lock = glu.lock, None
-                    self._io.submit(lock.release)
+                    if self._busy(glu):
+                        # its commands still in flight may still issue: release after them
+                        self._loop.create_task(self._release_when_idle(glu, lock))
+                    else:
+                        self._io.submit(lock.release)
+
+    async def _release_when_idle(self, glu: GroupLu, lock: Locked) -> None:
+        stats = lu_state(glu.lu).stats
+        while stats.in_flight > 0:
+            await asyncio.sleep(0.005)
+        await self._call(lock.release)
+
+    def _busy(self, glu: GroupLu) -> bool:
+        """Commands of the LU still in flight (a store call may still be issued or run)."""
+        return bool(lu_state(glu.lu).stats.in_flight > 0)
 
     def handle(self, lu: Any) -> GroupLu | None:
         key = getattr(lu_state(lu), "group_key", None)
@@ -456,11 +489,19 @@ class GroupMember:
     async def _step(self, glu: GroupLu) -> None:
         lease = glu.lease
         now = self.clock()
+        if self.yielded and glu.lock is not None:
+            self._set_deadline(glu, -math.inf)
+            return  # standing down (see _stand_down): it is not an owner any more
         do = lease.next(now)
         self._sync_deadline(glu)
         if do is Do.BEAT:
             await self._owner_beat(glu, now)
         elif do is Do.RELEASE:
+            # no store call of this LU past this point, before the lock goes back
+            self._set_deadline(glu, -math.inf)
+            if self._busy(glu):
+                return  # a command slipped in: wait for it (the next tick asks again)
+            await self._write_released(glu)
             await self._release(glu)
             lease.released(self.clock())
         elif do is Do.READ:
@@ -514,7 +555,14 @@ class GroupMember:
             await self._drain(glu, self.lease_seconds)
         finally:
             glu.drain = None
+        if self._busy(glu):
+            # a drain that timed out: a store call may still run, so the lock stays (the
+            # owner stays MOVING_OUT, or FENCED past its deadline); the next beat drains again
+            log.warning("group: LUN %s: commands still in flight after %gs, move waits",
+                        glu.key, self.lease_seconds)
+            return
         glu.lease.drained()
+        self._sync_deadline(glu)
         if self._wake is not None:
             self._wake.set()
 
@@ -562,9 +610,12 @@ class GroupMember:
             got = await self._call(self.shared.read, lease_name(glu.key))
             under = LeaseRecord.from_dict(got.data if got is not None else None)
             await self._poll_state(glu)  # serve with the latest LU-wide state
-            new = lease.take(under, glu.applied)
+            new = lease.take(under, glu.applied, self.clock())
             start = self.clock()
             await self._call(self.shared.write, lease_name(glu.key), new.to_dict())
+            # Load the state again before serving: a non-owner that wrote a change after the
+            # load above saw no owner in the record and counts on this load (_wait_enforced).
+            await self._poll_state(glu)
             lease.took(start, new, self.clock())
             log.info("group: LUN %s: owner, epoch %d", glu.key, new.epoch)
             mv = await self._call(self.shared.read, move_name(glu.key))
@@ -574,6 +625,18 @@ class GroupMember:
             log.warning("group: LUN %s: take-over failed: %s", glu.key, exc)
             lease.take_failed(self.clock())
             await self._release(glu)
+
+    async def _write_released(self, glu: GroupLu) -> None:
+        """Say in the record that no owner issues any more (owner null): the gateway that
+        takes it next may serve at once (:meth:`Lease.take`). A failure only makes it wait."""
+        rec = glu.lease.record
+        if rec is None:
+            return
+        gone = LeaseRecord(None, glu.lease.epoch, rec.beat + 1, glu.applied, None)
+        try:
+            await self._call(self.shared.write, lease_name(glu.key), gone.to_dict())
+        except Exception as exc:  # noqa: BLE001 - released all the same
+            log.warning("group: LUN %s: could not write it released: %s", glu.key, exc)
 
     async def _release(self, glu: GroupLu) -> None:
         lock, glu.lock = glu.lock, None
@@ -590,7 +653,9 @@ class GroupMember:
 
     def _sync_deadline(self, glu: GroupLu) -> None:
         lease = glu.lease
-        if lease.role in (Role.OWNER, Role.MOVING_OUT):
+        if self.yielded and glu.lock is not None or lease.releasing:
+            self._set_deadline(glu, -math.inf)
+        elif lease.role in (Role.OWNER, Role.MOVING_OUT):
             self._set_deadline(glu, lease.issue_deadline)
         else:
             self._set_deadline(glu, -math.inf)
@@ -720,17 +785,22 @@ class GroupMember:
         got = await self._call(self.shared.read, state_name(glu.key))
         self._load(glu, got.data if got is not None else None)
 
-    def _load(self, glu: GroupLu, data: Any) -> bool:
-        """Load a state record newer than what the LU has (any thread). True if loaded."""
+    def _load(self, glu: GroupLu, data: Any, own: bool = False) -> bool:
+        """Load a state record newer than what the LU has (any thread). True if loaded.
+        The version is compared under the LU's state lock, and no load but the update's own
+        (``own``) runs while a :meth:`shared_update` of this gateway is under way: a record
+        read before that update's write must not overwrite its change in memory."""
         first, glu.state_seen = not glu.state_seen, True
         if not isinstance(data, dict):
             return False
         version = data.get("version", 0)
-        if not isinstance(version, int) or version <= glu.applied:
+        if not isinstance(version, int):
             return False
         lu = glu.lu
         aborts: list[str] = []
         with lu.state_lock:
+            if version <= glu.applied or (glu.updating and not own):
+                return False
             for kind in STATE_KINDS:
                 if kind in data and hasattr(lu, "load_shared_state"):
                     lu.load_shared_state(kind, data[kind])
@@ -781,12 +851,17 @@ class GroupMember:
                 return apply()
         end = self.clock() + self.lease_seconds
         lock = self._lock_state(glu, end)
+        with lu.state_lock:
+            glu.updating += 1
         try:
             got = self._bounded(end, self.shared.read, state_name(glu.key))
             data = got.data if got is not None and isinstance(got.data, dict) else {}
-            self._load(glu, data)
-            version = max(int(data.get("version", 0) or 0), glu.applied)
+            self._load(glu, data, own=True)
             with lu.state_lock:
+                version = max(int(data.get("version", 0) or 0), glu.applied)
+                # what to go back to if the record cannot be written
+                before = {kind: lu.shared_state(kind) for kind in STATE_KINDS
+                          if hasattr(lu, "shared_state")}
                 # the unit attentions the change queues here, recorded for the other
                 # gateways' nexuses (LogicalUnit.ua_events; replayed there on load)
                 lu.ua_events = []
@@ -802,10 +877,21 @@ class GroupMember:
             events += self._events(recorded or [], version, value)
             events += [{"version": version, "by": self.gateway, **e} for e in extra_events or ()]
             record = {"version": version, "by": self.gateway, "events": events, **new_state}
-            self._bounded(end, self.shared.write, state_name(glu.key), record)
+            try:
+                self._bounded(end, self.shared.write, state_name(glu.key), record)
+            except BaseException:
+                # not written (or not known to be): the change is not in force, so not in
+                # memory either (a write that lands later is loaded by a later beat)
+                with lu.state_lock:
+                    for kind, state in before.items():
+                        lu.load_shared_state(kind, state)
+                raise
             written = self.clock()
-            glu.applied = version
+            with lu.state_lock:
+                glu.applied = max(glu.applied, version)
         finally:
+            with lu.state_lock:
+                glu.updating -= 1
             with contextlib.suppress(Exception):
                 self.call_sync(self.lease_seconds, lock.release)
         if glu.lease.role in (Role.OWNER, Role.MOVING_OUT):
@@ -825,11 +911,21 @@ class GroupMember:
 
     def _lock_state(self, glu: GroupLu, end: float) -> Locked:
         while True:
+            fut = self._io.submit(self.shared.try_lock, lease_name(glu.key), 1)
             try:
-                lock: Locked = self._bounded(end, self.shared.try_lock, lease_name(glu.key), 1)
+                lock: Locked = fut.result(max(end - self.clock(), 0.0))
                 return lock
+            except FutureTimeout as exc:
+                # the try may still get the byte: whoever waits for it is gone, so a lock
+                # that arrives late is given back at once (else no update runs again)
+                if not fut.cancel():
+                    fut.add_done_callback(_release_late)
+                raise BackingStoreError(errno.ESHUTDOWN, "group directory did not answer") from exc
             except Exception as exc:
                 if not _lock_held_error(exc):
+                    if isinstance(exc, OSError) and not isinstance(exc, BackingStoreError):
+                        raise BackingStoreError(errno.ESHUTDOWN,
+                                                f"group directory: {exc}") from exc
                     raise
             if self.clock() >= end:
                 raise BackingStoreError(errno.ESHUTDOWN, "state lock busy")
@@ -1037,6 +1133,11 @@ class GroupMember:
             self._push(glu, own_state="transitioning")
             self._set_deadline(glu, -math.inf)
             await self._drain(glu, self.lease_seconds)
+            if self._busy(glu):
+                # a store call may still run: keep the lock, try again at the next beat
+                log.warning("group: LUN %s: commands still in flight, stand-down waits",
+                            glu.key)
+                continue
             rec = glu.lease.record
             try:
                 if rec is not None and glu.lease.role in (Role.OWNER, Role.MOVING_OUT,
