@@ -453,8 +453,12 @@ def test_each_gateway_exports_its_group_view_as_metrics(tmp_path):
         daemons[1].start()
 
         def scrape(i: int) -> dict[str, float]:
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics[i]}/metrics", timeout=5) as r:
-                text = r.read().decode()
+            try:  # (the portal listens first; the metrics listener may follow it)
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics[i]}/metrics",
+                                            timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                return {}
             out = {}
             for line in text.splitlines():
                 if line.startswith("gluster_iscsi_") and ("lun_owned" in line or "alua" in line
