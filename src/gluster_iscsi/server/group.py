@@ -632,7 +632,9 @@ class GroupMember:
         rec = glu.lease.record
         if rec is None:
             return
-        gone = LeaseRecord(None, glu.lease.epoch, rec.beat + 1, glu.applied, None)
+        # a move keeps naming its target: the other gateways leave the LUN to it
+        # (Lease._should_try), and anyone takes it once the record has gone stale
+        gone = LeaseRecord(None, glu.lease.epoch, rec.beat + 1, glu.applied, rec.move_to)
         try:
             await self._call(self.shared.write, lease_name(glu.key), gone.to_dict())
         except Exception as exc:  # noqa: BLE001 - released all the same
