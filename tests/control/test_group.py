@@ -380,6 +380,38 @@ def test_leave_drops_the_groups_targets_here_and_the_section(pair):
     assert [g["name"] for g in a.call("group.show")["gateways"]] == ["gw-a"]
 
 
+def test_a_leave_that_fails_keeps_the_gateway_taking_in_the_groups_changes(pair, monkeypatch):
+    """R1: a leave refused by the volume leaves the gateway in the group, so its definition
+    poll must still run (it stopped for good before: later versions never applied)."""
+    a, b, vol = pair
+
+    def unreachable(local):
+        raise groupmod.GroupError("unavailable", "cannot write the group definition: EIO")
+
+    async def go():
+        await b._ensure()
+        link = b.server.reconciler.group_link
+        b.server._group_task = asyncio.ensure_future(b.server._group_poll(link))
+        monkeypatch.setattr(groupmod, "leave_group", unreachable)
+        with pytest.raises(ApiError) as e:
+            await b.server.call("group.leave", {})
+        assert e.value.code == "unavailable"
+        monkeypatch.undo()
+        assert b.server.reconciler.group_link is link
+        task = b.server._group_task
+        assert task is not None and not task.done()
+        # a change made on gateway A reaches B through the poll that still runs
+        await asyncio.to_thread(a.call, "target.create", name=T1)
+        for _ in range(200):
+            if any(t["name"] == T1 for t in b.targets()):
+                break
+            await asyncio.sleep(0.1)
+        assert [t["name"] for t in b.targets()] == [T1]
+        await b.server.stop_group()
+
+    asyncio.run(go())
+
+
 def test_group_luns_are_attached_to_the_member_before_they_serve_and_detached(pair):
     a, b, vol = pair
     a.call("target.create", name=T1)

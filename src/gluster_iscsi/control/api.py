@@ -798,18 +798,27 @@ class ControlServer:
             raise ApiError("busy", f"{len(self._sessions())} session(s) are logged in to the"
                            " group's targets here", kind="group",
                            hint="log them out first, or use --force to close them")
+        link = self.reconciler.group_link
         await self.stop_group()
-        async with self.reconciler.lock:
-            local = self.reconciler.local()
-            left, defn = await self._group_call(lambda: groupmod.leave_group(local))
-            link, self.reconciler.group_link = self.reconciler.group_link, None
-            before = self.reconciler.local()
-            try:
-                await self.reconciler.apply_locked(left, force=True)
-                self._save_if_changed(before)
-            except BaseException:
-                self.reconciler.group_link = link
-                raise
+        try:
+            async with self.reconciler.lock:
+                local = self.reconciler.local()
+                left, defn = await self._group_call(lambda: groupmod.leave_group(local))
+                self.reconciler.group_link = None
+                before = self.reconciler.local()
+                try:
+                    await self.reconciler.apply_locked(left, force=True)
+                    self._save_if_changed(before)
+                except BaseException:
+                    self.reconciler.group_link = link
+                    raise
+        except BaseException:
+            # Still in the group (the volume refused the leave, or it could not be applied
+            # here): the definition poll goes on, else no later version is taken in.
+            if link is not None and self.reconciler.group_link is link \
+                    and self._group_task is None:
+                self._group_task = asyncio.ensure_future(self._group_poll(link))
+            raise
         return {"group": (defn or {}).get("name"), "location": section["location"],
                 "gateway": section["gateway"], "restart_required": True,
                 "hint": groupmod.RESTART_HINT.format(state_dir=self.state_dir)}
