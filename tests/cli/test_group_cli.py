@@ -150,3 +150,70 @@ def test_create_on_a_location_that_is_not_gluster_needs_no_volume_check(tmp_path
     assert res.exit_code == 0, res.output
     with groupmod.open_location(loc) as shared:
         assert "volume_check" not in groupmod.load_definition(shared, loc)["settings"]
+
+
+class _FakeClient:
+    """A daemon that answers with canned results (or raises), for the output of the group
+    commands that need one."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.calls = []
+
+    def call(self, op, **args):
+        self.calls.append(op)
+        answer = self.answers[op]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def daemon(monkeypatch):
+    from gluster_iscsi.cli.context import Ctx
+
+    fake = _FakeClient({"ping": {}})
+    monkeypatch.setattr(Ctx, "client", lambda self: fake)
+    return fake
+
+
+T = "iqn.2026-11.com.example:t"
+
+
+def test_rebalance_reports_every_row_and_exits_unavailable_if_a_move_failed(tmp_path, daemon):
+    """R2/R3: the moves asked are listed as asked (not done), a failed one as NOT moved,
+    and the exit status says that not all were asked, in --json too."""
+    daemon.answers["group.rebalance"] = {"dry_run": False, "failed": 1, "moves": [
+        {"gfid": "g1", "target": T, "lun": 1, "from": None, "to": "gw-a", "done": False,
+         "error": "the move to gw-a did not complete: timed out"},
+        {"gfid": "g2", "target": T, "lun": 2, "from": "gw-a", "to": "gw-b", "done": True}]}
+    res = run(tmp_path, "group", "rebalance")
+    assert res.exit_code == 9, res.output
+    assert f"NOT moved LUN 1 of {T}: (none) -> gw-a (the move to gw-a" in res.output
+    assert f"move asked: LUN 2 of {T}: gw-a -> gw-b" in res.output
+    res = run(tmp_path, "group", "rebalance", "--json")
+    assert res.exit_code == 9 and json.loads(res.output)["failed"] == 1
+    daemon.answers["group.rebalance"]["moves"].pop(0)
+    daemon.answers["group.rebalance"]["failed"] = 0
+    res = run(tmp_path, "group", "rebalance")
+    assert res.exit_code == 0 and "group show' says when the moves are done" in res.output
+
+
+def test_lun_move_says_the_move_is_asked_not_done(tmp_path, daemon):
+    daemon.answers["lun.move"] = {"target": T, "lun": 1, "gfid": "g1", "to": "gw-b"}
+    res = run(tmp_path, "lun", "move", T, "1", "--to", "gw-b")
+    assert res.exit_code == 0, res.output
+    assert "move to gw-b asked of its owner" in res.output and "is owned by" not in res.output
+
+
+def test_group_join_json_reports_a_daemon_error_as_json(tmp_path, daemon, loc):
+    """R4: a daemon that answers the ping with an error (not 'unavailable'): --json gets
+    the error as JSON, not only as text on stderr."""
+    from gluster_iscsi.control.protocol import ApiError
+
+    daemon.answers["ping"] = ApiError("bad_request", "permission denied on the socket")
+    res = CliRunner().invoke(
+        main, ["--state-dir", str(tmp_path), "--timeout", "2", "group", "join", loc,
+               "--gateway", "gw-a", "--address", "192.0.2.1:3260", "--json"])
+    assert res.exit_code == 2
+    assert json.loads(res.stdout)["error"]["message"] == "permission denied on the socket"

@@ -371,6 +371,29 @@ def test_show_move_rebalance_and_initiator_config(pair):
         ic["iscsiadm"])
 
 
+def test_rebalance_tries_every_move_and_says_which_failed(pair):
+    """R2: one move that fails (its owner unreachable) no longer hides the moves asked
+    before it nor stops the ones after it."""
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    a.call("lun.create", target=T1, backing=str(vol / "disk1.img"))
+    a.call("lun.create", target=T1, backing=str(vol / "disk2.img"))
+    first = groupmod.member_key(a.call("group.show")["luns"][0]["gfid"])
+    asked = []
+
+    async def group_move(key, to):
+        if key == first:
+            raise RuntimeError("the owner did not answer")
+        asked.append((key, to))
+
+    a.daemon.group_move = group_move
+    reb = a.call("group.rebalance")  # owners unknown: both LUNs are to move
+    rows = [(m["lun"], m["to"], m["done"], m.get("error")) for m in reb["moves"]]
+    assert rows[0][:3] == (1, "gw-a", False) and "did not answer" in rows[0][3]
+    assert rows[1] == (2, "gw-b", True, None)
+    assert len(asked) == 1 and reb["failed"] == 1
+
+
 def test_leave_drops_the_groups_targets_here_and_the_section(pair):
     a, b, vol = pair
     a.call("target.create", name=T1)

@@ -30,7 +30,7 @@ import click
 
 from ..control import config as cfgmod
 from ..control.client import default_timeout
-from ..control.protocol import ApiError
+from ..control.protocol import CODES, ApiError
 from ..model.names import is_network
 from .context import Ctx
 from .manpage import man
@@ -422,7 +422,9 @@ def lun_move(target: str, lun_id: int, to: str, as_json: bool) -> None:
     if as_json:
         emit_json(res)
         return
-    click.echo(f"LUN {res['lun']} of {res['target']} is owned by {res['to']}")
+    # the owner hands the LUN over at its next beat: asked here, not done yet
+    click.echo(f"LUN {res['lun']} of {res['target']}: move to {res['to']} asked of its owner;"
+               " 'gluster-iscsi group show' says when it is done")
 
 
 # ------------------------------------------------------------------------------ acl
@@ -950,7 +952,7 @@ def group() -> None:
     """
 
 
-def _daemon_running() -> bool:
+def _daemon_running(as_json: bool = False) -> bool:
     ctx = click.get_current_context().find_object(Ctx)
     assert ctx is not None
     try:
@@ -958,7 +960,7 @@ def _daemon_running() -> bool:
     except ApiError as e:
         if e.code == "daemon_unavailable":
             return False
-        fail(e)
+        fail(e, as_json=as_json)
     return True
 
 
@@ -993,7 +995,7 @@ def _join(location: str, gateway: str, number: int | None, addresses: tuple[str,
 
     addrs = [_check_address(a, as_json) for a in addresses]
     location = _absolute_location(location)
-    if _daemon_running():
+    if _daemon_running(as_json):
         return _call("group.join", as_json=as_json, location=location, gateway=gateway,
                      number=number, addresses=addrs or None, timeout=_long_timeout())
     state_dir = _state_dir()
@@ -1087,7 +1089,7 @@ def group_create(name: str, location: str, gateway: str | None, number: int | No
                     as_json)
     out: dict[str, Any] = {"group": defn.get("name"), "location": location,
                            "version": defn.get("version"), "joined": None}
-    running = _daemon_running()
+    running = _daemon_running(as_json)
     if gateway is None and running:
         gateway = socket.gethostname().split(".")[0]
     if gateway is not None:
@@ -1125,7 +1127,7 @@ def group_leave(force: bool, as_json: bool) -> None:
     """Take this gateway out of its group (the group's targets stop here)."""
     from ..control import group as groupmod
 
-    if _daemon_running():
+    if _daemon_running(as_json):
         res = _call("group.leave", as_json=as_json, force=force or None,
                     timeout=_long_timeout())
     else:
@@ -1205,15 +1207,22 @@ def group_rebalance(dry_run: bool, as_json: bool) -> None:
     the LUN was made; a LUN whose preferred gateway left goes round robin too)."""
     res = _call("group.rebalance", as_json=as_json, dry_run=dry_run or None,
                 timeout=max(_long_timeout(), 120.0))
+    failed = [m for m in res["moves"] if m.get("error")]
     if as_json:
         emit_json(res)
-        return
-    if not res["moves"]:
-        click.echo("every LUN is on its preferred gateway")
-    for m in res["moves"]:
-        verb = "would move" if dry_run else "moved"
-        click.echo(f"{verb} LUN {m['lun']} of {m['target']}: {m['from'] or '(none)'} ->"
-                   f" {m['to']}")
+    else:
+        if not res["moves"]:
+            click.echo("every LUN is on its preferred gateway")
+        for m in res["moves"]:
+            # a move is asked of the LUN's owner, which hands it over at its next beat
+            verb = ("would move" if dry_run else "NOT moved" if m.get("error")
+                    else "move asked:")
+            click.echo(f"{verb} LUN {m['lun']} of {m['target']}: {m['from'] or '(none)'} ->"
+                       f" {m['to']}" + (f" ({m['error']})" if m.get("error") else ""))
+        if res["moves"] and not dry_run and not failed:
+            click.echo("'gluster-iscsi group show' says when the moves are done")
+    if failed:  # the other moves were asked; the exit status says not all were
+        sys.exit(CODES["unavailable"])
 
 
 @group.command("initiator-config")

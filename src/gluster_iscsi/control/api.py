@@ -924,7 +924,8 @@ class ControlServer:
 
     async def op_group_rebalance(self, dry_run: bool = False) -> dict[str, Any]:
         """Move every LUN to its preferred gateway (round robin by number when that gateway
-        left); LUNs already there stay."""
+        left); LUNs already there stay. Every move is tried: one that fails is a row with
+        ``error`` (``failed`` counts them), the others go on."""
         from . import group as groupmod
 
         link = self._link()
@@ -941,10 +942,14 @@ class ControlServer:
             row = {"gfid": gfid, "target": e.get("target"), "lun": e.get("lun"),
                    "from": owner, "to": to, "done": False}
             if not dry_run:
-                await self._move(gfid, to)
-                row["done"] = True
+                try:
+                    await self._move(gfid, to)
+                    row["done"] = True  # asked of the owner (the move is asynchronous)
+                except ApiError as exc:
+                    row["error"] = exc.message
             moves.append(row)
-        return {"moves": moves, "dry_run": dry_run}
+        failed = sum(1 for m in moves if "error" in m)
+        return {"moves": moves, "dry_run": dry_run, "failed": failed}
 
     # ------------------------------------------------------------------ ops: targets
 
