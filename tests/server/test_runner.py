@@ -222,6 +222,46 @@ def test_a_read_the_budget_has_no_room_for_ends_with_the_hosts_full_status() -> 
     assert [r.status for r in host.results] == [Status.TASK_SET_FULL]
 
 
+class InlinePool:
+    """Runs every call at once, on the caller's thread (a worker that is never late)."""
+
+    def in_flight(self) -> bool:
+        return False
+
+    def submit(self, fn: Any, arg: Any, callback: Any, timeout: float = 0.0) -> None:
+        try:
+            value = fn(arg)
+        except Exception as e:  # noqa: BLE001 - handed on as the call's outcome
+            callback(None, e)
+            return
+        callback(value, None)
+
+
+def test_a_read_hit_that_raises_goes_to_the_workers_instead_of_failing_the_command() -> None:
+    """R6: ``store.read_hit`` runs on the loop before the workers; when it raises (a cache
+    bug), the read is done by the workers, not ended as an internal error."""
+    store = MemoryStore(1 << 20)
+    store.write(0, b"\x5a" * 4096)
+    store.blocking = True  # type: ignore[misc]  # as a gfapi store: on the workers
+
+    def read_hit(offset: int, buf: Any) -> bool:
+        raise MemoryError("the cache could not copy")
+
+    store.read_hit = read_hit  # type: ignore[attr-defined]
+    lu = lu_on(store, serial="hit")
+    device = DeviceServer({0: lu})
+    device.nexus_added(N1)
+    lu.clear_ua(N1.initiator_port)
+    engines = Engines()
+    engines.pool = InlinePool()  # type: ignore[assignment]
+    host = Host()
+    task = ScsiTask(bytes.fromhex("28000000000000080000"), 0, N1, read=True, expected_length=4096)
+    Runner(engines).start(task, device.execute(task), lu, host)  # type: ignore[arg-type]
+    [result] = host.results
+    assert result.status == Status.GOOD, result.sense
+    assert bytes(result.data or b"")[:4096] == b"\x5a" * 4096
+
+
 # -- background jobs, on the test's clock --------------------------------------------------------
 
 

@@ -305,13 +305,20 @@ def _read(runner: Runner, req: Read, store: Any, lock: Lock) -> memoryview:
 
 def _read_hit(runner: Runner, req: Read, store: Any, lock: Lock) -> memoryview | None:
     """A read that a blocking store answers from memory (``store.read_hit``: the gfapi read
-    cache, backstore/cache.py), here on the loop; None (nothing done): go to the workers."""
+    cache, backstore/cache.py), here on the loop; None (nothing done): go to the workers,
+    also when ``read_hit`` raises (the workers' read then says what the store says)."""
     read_hit = getattr(store, "read_hit", None)
     if read_hit is None or not lock.try_acquire_shared():
         return None
     buf = runner.buffers.borrow(req.length)
+    ok = False
     try:
         ok = read_hit(req.offset, buf)
+    except Exception as e:  # not the command's end: a bug of the cache, read elsewhere
+        name = getattr(store, "name", None)
+        # one line per store per interval, not one per read
+        PROBLEMS.report(log, logging.ERROR, "read cache", str(name),
+                        "%s: the read cache failed (%r); reading from the store", name, e)
     finally:
         lock.release_shared()
     if ok:
@@ -547,7 +554,7 @@ class Runner:
 
     def _check_deadline(self, target: Any, t: type) -> None:
         """Raise the fenced error for a group LU's media request past its issue deadline."""
-        rs = target.runner_state
+        rs: LuState | None = target.runner_state  # typed: native attribute access
         if (rs is not None and rs.group is not None and t in FENCED
                 and self.clock() >= rs.issue_deadline):
             raise fenced_error(target)
@@ -599,7 +606,7 @@ class Runner:
                 if target is None:
                     target = lu
                 store = target.store
-                rs = target.runner_state
+                rs: LuState | None = target.runner_state  # typed: native attribute access
                 if rs is not None and rs.group is not None and t in FENCED \
                         and (self.clock() >= rs.issue_deadline  # a group LU: the lease
                              or task.aborted):  # (a shipped task aborted by its sender)
@@ -686,8 +693,9 @@ class Runner:
 
     def _perform_boxed(self, box: tuple[Any, Any]) -> Any:
         req, target = box
-        if target.runner_state is not None:  # checked again: the call may have waited its turn
-            self._check_deadline(target, type(req))
+        rs: LuState | None = target.runner_state  # typed: native attribute access
+        if rs is not None and rs.group is not None:  # a group LU, checked again: the call
+            self._check_deadline(target, type(req))  # may have waited its turn
         return self.calls[type(req)](self, req, target.store, self._lock(target))
 
     def _submit_to_ring(self, ring: Ring, req: Any, target: Any,
