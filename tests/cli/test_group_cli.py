@@ -217,3 +217,29 @@ def test_group_join_json_reports_a_daemon_error_as_json(tmp_path, daemon, loc):
                "--gateway", "gw-a", "--address", "192.0.2.1:3260", "--json"])
     assert res.exit_code == 2
     assert json.loads(res.stdout)["error"]["message"] == "permission denied on the socket"
+
+
+def test_create_refuses_a_bad_address_before_it_makes_the_group(tmp_path, loc):
+    """R13: a malformed --address was checked only when joining, after the group was
+    made: the command failed, and running it again fixed was refused ('exists')."""
+    a = tmp_path / "a"
+    res = run(a, "group", "create", "g1", "--location", loc, "--gateway", "gw-a",
+              "--address", "192.0.2.1:notaport")
+    assert res.exit_code == 6, res.output
+    assert not (tmp_path / "vol" / ".gluster-iscsi" / "group.json").exists()
+    res = run(a, "group", "create", "g1", "--location", loc, "--gateway", "gw-a",
+              "--address", "192.0.2.1:3260")
+    assert res.exit_code == 0, res.output
+    assert "created group g1" in res.output and "gateway gw-a (number 1)" in res.output
+
+
+def test_create_says_the_group_exists_when_the_join_fails(tmp_path, daemon, loc):
+    """R13: with a running daemon, create joins this gateway; when that join is refused the
+    output still says the group was made (a second create would say 'exists')."""
+    from gluster_iscsi.control.protocol import ApiError
+
+    daemon.answers["group.join"] = ApiError(
+        "invalid", "no address initiators can reach this gateway at")
+    res = run(tmp_path, "group", "create", "g1", "--location", loc, "--gateway", "gw-a")
+    assert res.exit_code == 6
+    assert f"created group g1 at {loc}" in res.output

@@ -1081,6 +1081,8 @@ def group_create(name: str, location: str, gateway: str | None, number: int | No
     from ..control import group as groupmod
 
     location = _absolute_location(location)
+    for a in addresses:  # bad input refused before the group exists
+        _check_address(a, as_json)
     given: dict[str, Any] = {"beat_seconds": beat_seconds, "lease_seconds": lease_seconds,
                              "non_owner": non_owner}
     settings = {k: v for k, v in given.items() if v is not None}
@@ -1089,6 +1091,8 @@ def group_create(name: str, location: str, gateway: str | None, number: int | No
                     as_json)
     out: dict[str, Any] = {"group": defn.get("name"), "location": location,
                            "version": defn.get("version"), "joined": None}
+    if not as_json:  # said before the join, which may fail: the group is there either way
+        click.echo(f"created group {out['group']} at {location}")
     running = _daemon_running(as_json)
     if gateway is None and running:
         gateway = socket.gethostname().split(".")[0]
@@ -1097,7 +1101,6 @@ def group_create(name: str, location: str, gateway: str | None, number: int | No
     if as_json:
         emit_json(out)
         return
-    click.echo(f"created group {out['group']} at {location}")
     if out["joined"]:
         _joined(out["joined"], False)
     else:
