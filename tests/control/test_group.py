@@ -489,6 +489,43 @@ def test_a_definition_that_cannot_be_written_undoes_the_change_here(pair, monkey
     assert a.call("group.show")["luns"] == []
 
 
+def test_a_failed_local_save_after_the_definition_was_written_keeps_the_lun_file(
+        pair, monkeypatch):
+    """R11: the definition is on the volume (every gateway takes it in) when this gateway's
+    own config cannot be saved: the error must not say the change was undone, and
+    ``lun create`` must not remove the file the definition now names."""
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    cfgmod.config_path(a.state_dir).unlink()  # the next change saves the local config
+
+    def full(*args, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cfgmod, "save", full)
+    new = vol / "new.img"
+    with pytest.raises(ApiError) as e:
+        a.call("lun.create", target=T1, backing=str(new), size=1 << 20, create=True)
+    monkeypatch.undo()
+    assert "group definition" in e.value.message and "stays in force" in e.value.message
+    assert [x["target"] for x in a.call("group.show")["luns"]] == [T1]  # on the volume
+    assert new.exists()  # the file the definition names is kept
+    b.refresh()
+    assert [lu["lun"] for lu in b.targets()[0]["luns"]] == [1]  # B serves it
+
+
+def test_a_lun_file_that_does_not_exist_is_a_clear_error_in_a_group(pair):
+    """R14: in a group, ``lun create`` of a missing file answered ``internal`` (exit 1)
+    with a SharedDirError repr and a traceback in the log; outside a group the same input
+    gets a clear message."""
+    a, b, vol = pair
+    a.call("target.create", name=T1)
+    with pytest.raises(ApiError) as e:
+        a.call("lun.create", target=T1, backing=str(vol / "missing.img"))
+    assert e.value.code == "unavailable", e.value.message
+    assert "missing.img" in e.value.message and "--create" in (e.value.hint or "")
+    assert a.call("group.show")["luns"] == []
+
+
 def test_writing_over_a_newer_version_is_refused(pair):
     a, b, vol = pair
     link = a.server.reconciler.group_link

@@ -354,6 +354,13 @@ class ControlServer:
             )
         except groupmod.GroupError as e:
             raise ApiError(e.code, e.message, kind="group", hint=e.hint) from None
+        except OSError as e:  # a LUN file not there (or not reachable) through the group
+            raise ApiError(
+                "unavailable", f"cannot record a LUN file in the group: {e.strerror or e}"
+                f" ({getattr(e, 'filename', None) or e})", kind="backing",
+                hint="check that the file exists on the group's volume (to create it give"
+                " --create --size); the change was not made",
+            ) from None  # fmt: skip
         new_local = groupmod.local_part(cfg, local_before, new_defn)
         old_defn = link.definition
         link.definition = new_defn
@@ -369,6 +376,7 @@ class ControlServer:
         if dry_run:
             link.definition = old_defn
             return {"result": result, "changes": changes}
+        written_version = None
         if groupmod.definition_changed(defn, new_defn):
             try:
                 written = await self._in_executor(lambda: link.write(defn, new_defn))
@@ -382,11 +390,22 @@ class ControlServer:
                     raise ApiError(e.code, e.message, kind="group", hint=e.hint) from None
                 raise _volume_error(link.location, e) from None
             link.definition = written
-            link.applied_version = written.get("version")
+            link.applied_version = written_version = written.get("version")
         try:
             self._save_if_changed(local_before)
         except Exception as e:
-            await self._undo_unsaved(local_before, e)
+            try:
+                await self._undo_unsaved(local_before, e)
+            except UnsavedChange as u:
+                if written_version is None:
+                    raise
+                # Only this gateway's own part is undone: the definition on the volume is
+                # every gateway's, and what it names (a file just made) stays in use.
+                raise UnsavedChange(
+                    u.code, f"{u.message}; this gateway's own part only: the group definition"
+                    f" part (version {written_version}) is written and stays in force on every"
+                    " gateway", undone=False, hint=u.hint,
+                ) from None  # fmt: skip
         return {"result": result, "changes": changes}
 
     def _save_if_changed(self, before: dict[str, Any]) -> None:
