@@ -284,6 +284,60 @@ def test_a_definition_a_gateway_cannot_apply_leaves_it_as_it_was(pair, fake_runt
     assert b.call("group.show")["error"] is None
 
 
+def test_a_version_that_fails_here_is_retried_less_and_less_often(pair, fake_runtime,
+                                                                    tmp_path, monkeypatch):
+    """R10: the poll retried a version it could not apply at every beat, each try opening
+    that version's stores again (a gfapi store mounts the volume). Now the tries of one
+    failing version back off (after 1, 2, 4, ... beats, at most RETRY_MAX s apart) and a
+    newer version is tried at the next beat. Time is the test's: a beat is one second of
+    a fake clock, and the poll waits at beat 100 while the test makes a newer version."""
+    a, b, vol = pair
+    _, failing = fake_runtime
+    a.call("target.create", name=T1)
+    failing.add(str(tmp_path / "other-mount" / "disk1.img"))  # B cannot open it
+    a.call("lun.create", target=T1, backing=str(vol / "disk1.img"))
+    now = [0.0]
+    tries: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def go():
+        await b._ensure()
+        b.server.clock = lambda: now[0]
+        apply_locked = b.server.reconciler.apply_locked
+
+        async def counted(*args, **kw):
+            tries.append(now[0])
+            return await apply_locked(*args, **kw)
+
+        b.server.reconciler.apply_locked = counted
+        paused, resume = asyncio.Event(), asyncio.Event()
+
+        async def beat(seconds, *args):
+            if seconds:  # the poll's beat
+                if now[0] == 100.0:
+                    paused.set()
+                    await resume.wait()
+                now[0] += 1.0
+            await real_sleep(0)
+
+        monkeypatch.setattr(asyncio, "sleep", beat)
+        task = asyncio.ensure_future(b.server._group_poll(b.server.reconciler.group_link))
+        await paused.wait()
+        assert tries == [0.0, 1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0]  # not one per beat
+        await asyncio.to_thread(a.call, "lun.create", target=T1, backing=str(vol / "disk2.img"))
+        resume.set()
+        while now[0] < 103.0:
+            await real_sleep(0.01)
+        task.cancel()
+        monkeypatch.undo()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert tries[8] == 101.0  # the newer version, at the next beat (not at 121)
+    assert "not applied" in (b.server.reconciler.group_link.error or "")
+
+
 def test_a_change_the_initiating_gateway_cannot_apply_is_not_written(pair, fake_runtime):
     a, b, vol = pair
     _, failing = fake_runtime

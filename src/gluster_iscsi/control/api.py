@@ -44,6 +44,13 @@ LONG_OPS = {"lun.create": 3600.0}
 IDLE_TIMEOUT = 60.0
 #: How long the start waits for the group definition to be in force before opening portals.
 FIRST_REFRESH_TIMEOUT = 30.0
+#: The longest wait between two tries of a definition version that failed to apply here
+#: (the waits double from one beat; a newer version is tried at once).
+RETRY_MAX = 30.0
+
+
+class _NotRetried(Exception):
+    """The definition version that failed here is unchanged and its next try is not due."""
 SIZE_TIMEOUT = 3.0  # how long 'list' waits for a store to say its size
 
 
@@ -75,6 +82,10 @@ class ControlServer:
         self._path: Path | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._group_task: asyncio.Task[None] | None = None
+        #: the definition version whose apply failed here last (None: none did)
+        self._failed_version: int | None = None
+        #: the poll's clock (monotonic seconds)
+        self.clock: Callable[[], float] = time.monotonic
         #: the daemon's group member (``server.group.GroupMember``, set by ``serve`` when it
         #: joins): group LUNs are attached to it as they open, detached once closed
         self.group_member: Any = None
@@ -700,15 +711,22 @@ class ControlServer:
     async def _group_poll(self, link: Any) -> None:
         """Every beat: read the definition (one record); a new version is applied through
         ``reconcile`` all or nothing; one that fails leaves the daemon as it was, is logged
-        once and retried at the next beat."""
+        once and retried, after one beat, then two, four, ... at most :data:`RETRY_MAX`
+        seconds apart (each try opens the version's new stores: a gfapi one mounts the
+        volume), and at once when a newer version appears."""
         failing: str | None = None
+        retry_in, retry_at = 0.0, 0.0
         while True:
             try:
-                await self.refresh_group(link)
-                failing = None
+                await self.refresh_group(link, retry_failed=self.clock() >= retry_at)
+                failing, retry_in = None, 0.0
             except asyncio.CancelledError:
                 raise
+            except _NotRetried:
+                pass  # still failing: said already
             except Exception as e:
+                retry_in = min(max(2 * retry_in, link.beat_seconds), RETRY_MAX)
+                retry_at = self.clock() + retry_in
                 text = str(e) or repr(e)
                 link.error = text
                 if text != failing:
@@ -717,9 +735,10 @@ class ControlServer:
                 failing = text
             await asyncio.sleep(link.beat_seconds)
 
-    async def refresh_group(self, link: Any = None) -> bool:
+    async def refresh_group(self, link: Any = None, retry_failed: bool = True) -> bool:
         """One poll: read the definition; a version not yet in force (or one that failed
-        before) is applied all or nothing. True if it is in force now; raises why not."""
+        before, unless ``retry_failed`` is false) is applied all or nothing. True if it is
+        in force now; raises why not."""
         from .group import GroupError
 
         link = link or self._link()
@@ -736,6 +755,9 @@ class ControlServer:
                 link.no_definition_said = True
             return False
         if defn.get("version") != link.applied_version or link.error is not None:
+            if not retry_failed and self._failed_version is not None \
+                    and defn.get("version") == self._failed_version:
+                raise _NotRetried(link.error)
             async with self.reconciler.lock:
                 await self._take_definition(link, defn)
         return True
@@ -748,10 +770,11 @@ class ControlServer:
         except BaseException as e:
             link.definition = old
             link.error = f"definition version {defn.get('version')} not applied: {e}"
-            link.error_version = defn.get("version")
+            link.error_version = self._failed_version = defn.get("version")
             raise RuntimeError(link.error) from None
         link.applied_version = defn.get("version")
         link.error = None
+        self._failed_version = None
         if changes or old_version is None:
             log.info("group %s: definition version %s in force (%d change(s))",
                      link.location, defn.get("version"), len(changes))
