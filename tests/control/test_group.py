@@ -576,7 +576,7 @@ def test_a_lun_file_that_does_not_exist_is_a_clear_error_in_a_group(pair):
     with pytest.raises(ApiError) as e:
         a.call("lun.create", target=T1, backing=str(vol / "missing.img"))
     assert e.value.code == "unavailable", e.value.message
-    assert "missing.img" in e.value.message and "--create" in (e.value.hint or "")
+    assert "missing.img" in e.value.message and "--size" in (e.value.hint or "")
     assert a.call("group.show")["luns"] == []
 
 

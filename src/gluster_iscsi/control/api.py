@@ -369,8 +369,8 @@ class ControlServer:
             raise ApiError(
                 "unavailable", f"cannot record a LUN file in the group: {e.strerror or e}"
                 f" ({getattr(e, 'filename', None) or e})", kind="backing",
-                hint="check that the file exists on the group's volume (to create it give"
-                " --create --size); the change was not made",
+                hint="check that the file exists on the group's volume (lun create makes it"
+                " when given --size); the change was not made",
             ) from None  # fmt: skip
         new_local = groupmod.local_part(cfg, local_before, new_defn)
         old_defn = link.definition
