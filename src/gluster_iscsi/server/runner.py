@@ -669,7 +669,7 @@ class Runner:
             self._step(task, gen, lu, host, value, exc, t0)
 
         if waits:  # on a pool of its own, never a store's, and not bounded by the I/O timeout
-            engines.pool_for(_WAITS).submit(self._perform_boxed, (req, target), done, 0.0)
+            engines.pool_for(_WAITS).submit(self._perform_boxed, (req, target, task), done, 0.0)
             return
         # A command alone on its connection, with nothing else in flight, goes to io_uring if
         # its store lends a descriptor (FUSE files, ``_submit_to_ring``): there the kernel's
@@ -682,12 +682,19 @@ class Runner:
         if (ring is not None and host.alone() and not ring.in_flight() and not pool.in_flight()
                 and self._submit_to_ring(ring, req, target, done, timeout)):
             return
-        pool.submit(self._perform_boxed, (req, target), done, timeout)
+        pool.submit(self._perform_boxed, (req, target, task), done, timeout)
 
-    def _perform_boxed(self, box: tuple[Any, Any]) -> Any:
-        req, target = box
-        if target.runner_state is not None:  # checked again: the call may have waited its turn
-            self._check_deadline(target, type(req))
+    def _perform_boxed(self, box: tuple[Any, Any, ScsiTask]) -> Any:
+        req, target, task = box
+        rs = target.runner_state
+        # A group LU's media request is checked again on the worker, just before it is
+        # issued: it may have waited its turn in the queue past the LU's issue deadline, or
+        # past an abort of its command (ABORT TASK, LUN RESET, PREEMPT AND ABORT, its nexus
+        # gone; a shipped one's sender said so): then it is never issued. One already issued
+        # cannot be pulled back: its command ends only once it returned.
+        if rs is not None and rs.group is not None and type(req) in FENCED \
+                and (self.clock() >= rs.issue_deadline or task.aborted):
+            raise fenced_error(target)
         return self.calls[type(req)](self, req, target.store, self._lock(target))
 
     def _submit_to_ring(self, ring: Ring, req: Any, target: Any,

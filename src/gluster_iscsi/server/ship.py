@@ -316,6 +316,8 @@ class ShipServer:
         self._sources: dict[str, int] = {}
         #: commands run for peers (tests, status)
         self.served = 0
+        #: the authenticated connections open now (their tasks: :meth:`abort_tasks`)
+        self.connections: set[_Served] = set()
 
     async def start(self, host: str, port: int = 0) -> str:
         self.server = await asyncio.start_server(self._serve, host, port)
@@ -352,6 +354,7 @@ class ShipServer:
         conn = _Served(self, writer)
         try:
             await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_SECONDS)
+            self.connections.add(conn)
             while True:
                 if conn.in_flight >= MAX_IN_FLIGHT:  # stop reading: TCP pushes back
                     conn.room.clear()
@@ -368,7 +371,7 @@ class ShipServer:
                     self.budget.release(conn.share, charged)
                     raise FrameError(f"unexpected {header['t']!r} frame with data")
                 if header["t"] == "gone" and isinstance(header.get("id"), int):
-                    self._gone(header)
+                    self._gone(conn, header)
                     conn.in_flight += 1  # (answer() counts it back)
                     conn.answer({"t": "res", "id": header["id"], "status": 0}, b"")
                     continue
@@ -392,6 +395,7 @@ class ShipServer:
         except (FrameError, TimeoutError, OSError) as exc:
             _drop("protocol", peer, str(exc) or type(exc).__name__)
         finally:
+            self.connections.discard(conn)
             if task is not None:
                 self._conns.discard(task)
             left = sources.get(source, 1) - 1
@@ -469,16 +473,36 @@ class ShipServer:
         conn.tasks[rid] = task
         self.runner.start(task, device.execute(task), lu, host)  # (errors: the host answers)
 
-    def _gone(self, h: dict[str, Any]) -> None:
+    def _gone(self, conn: _Served, h: dict[str, Any]) -> None:
         """A session of a peer's ended: the owner ends the nexus it knew by that peer's
-        port (its SPC-2 reservation goes, SAM-5 6.3.4), as for a session of its own. A nexus
-        of the same initiator port through another port (the owner's own session) stays."""
+        port (its SPC-2 reservation goes, SAM-5 6.3.4), as for a session of its own, and its
+        commands that peer shipped are aborted (no store call of theirs is issued from now
+        on; one under way ends first). A nexus of the same initiator port through another
+        port (the owner's own session) stays."""
+        port, relative = str(h.get("port")), h.get("relative_port")
+        for task in conn.tasks.values():
+            nexus = task.nexus
+            if nexus.initiator_port == port and nexus.relative_port == relative:
+                task.aborted = True
         device = self.resolve(str(h.get("target")), 0)
         if device is None:
             return
-        live = device._nexuses.get(str(h.get("port")))
+        live = device._nexuses.get(port)
         if live is not None and live.relative_port == int(h.get("relative_port", -1)):
             device.nexus_lost(live)
+
+    def abort_tasks(self, lu: Any, initiator_ports: set[str] | None) -> None:
+        """Abort the commands peers shipped here for ``lu`` from these initiator ports (None:
+        all of them): a PREEMPT AND ABORT or a LUN RESET (``Daemon.abort_lu_tasks``). No
+        store call of theirs is issued from now on; their answers say TASK ABORTED."""
+        for conn in self.connections:
+            for task in conn.tasks.values():
+                nexus = task.nexus
+                if initiator_ports is not None and nexus.initiator_port not in initiator_ports:
+                    continue
+                device = self.resolve(nexus.target_port.partition(",t,")[0], task.lun)
+                if device is not None and device.lu(task.lun) is lu:
+                    task.aborted = True
 
     async def _handshake(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> str:
