@@ -816,13 +816,14 @@ class GatedStore(MemoryStore):
 
 
 class PoolEngines:
-    """The owner's engines: one worker thread, no I/O timeout, no io_uring."""
+    """The owner's engines: one worker thread, the I/O timeout given (0: none), no
+    io_uring."""
 
-    io_timeout = 0.0
     ring = None
 
-    def __init__(self, pool: IoPool) -> None:
+    def __init__(self, pool: IoPool, io_timeout: float = 0.0) -> None:
         self.pool = pool
+        self.io_timeout = io_timeout
 
         class Poller:
             missed_at = None
@@ -859,21 +860,22 @@ async def _until(cond: Any, what: str) -> None:
     raise AssertionError(f"never: {what}")
 
 
-async def _owner_on_workers(g: Ships) -> tuple[GatedStore, IoPool, SpyRunner]:
+async def _owner_on_workers(g: Ships, io_timeout: float = 0.0) -> tuple[GatedStore, IoPool,
+                                                                       SpyRunner]:
     a = g.gw["a"]
     store = GatedStore(1 << 20)
     a.lu.store = store
     pool = IoPool(asyncio.get_running_loop(), 1, idle=5)
-    spy = SpyRunner(Runner(PoolEngines(pool), clock=g.clock))  # type: ignore[arg-type]
+    spy = SpyRunner(Runner(PoolEngines(pool, io_timeout), clock=g.clock))  # type: ignore[arg-type]
     a.server.runner = spy
     return store, pool, spy
 
 
-async def _queued_shipped_write(g: Ships) -> tuple[GatedStore, IoPool, SpyRunner, threading.Event,
-                                                   ScsiTask, Host]:
+async def _queued_shipped_write(g: Ships, io_timeout: float = 0.0) -> tuple[
+        GatedStore, IoPool, SpyRunner, threading.Event, ScsiTask, Host]:
     """A WRITE of LBA 4 shipped from b to a, whose store call waits in a's worker queue
     behind another call (the one worker is blocked on the returned event)."""
-    store, pool, spy = await _owner_on_workers(g)
+    store, pool, spy = await _owner_on_workers(g, io_timeout)
     b = g.gw["b"]
     blocked = threading.Event()
     pool.submit(lambda _: blocked.wait(20), None, lambda r, e: None)
@@ -965,17 +967,20 @@ async def test_a_reset_or_preempt_and_abort_on_the_owner_aborts_the_queued_shipp
         await g.close()
 
 
+@pytest.mark.parametrize("late", ["none", "owner io timeout", "sender timeout"])
 @arun
 async def test_an_aborted_shipped_write_already_in_the_store_is_answered_once_it_returned(
-        tmp_path):
+        tmp_path, late):
+    # neither the owner's I/O timeout nor the sender's shipping timeout answers the abort
+    # while the write it cannot pull back is still in the store
     g = Ships(tmp_path, ["a", "b"])
     await g.start()
     b = g.gw["b"]
-    b.shipper.timeout = 3600
+    b.shipper.timeout = 3600  # the timeouts run out when the test says (below)
     pool: IoPool | None = None
     store: GatedStore | None = None
     try:
-        store, pool, spy = await _owner_on_workers(g)
+        store, pool, spy = await _owner_on_workers(g, 3600.0)
         store.gate.clear()  # the write stays in the store until the test opens it
         nexus = b.nexus("y")
         b.device.nexus_added(nexus)
@@ -987,6 +992,14 @@ async def test_an_aborted_shipped_write_already_in_the_store_is_answered_once_it
         await asyncio.to_thread(store.entered.wait, 20)  # issued: it cannot be pulled back
         task.aborted = True
         await _until(lambda: spy.tasks[0].aborted, "the abort frame reached the owner")
+        loop = asyncio.get_running_loop()
+        if late == "owner io timeout":
+            pool._expire(loop.time() + 7200)  # the write's I/O timeout passes
+        elif late == "sender timeout":
+            b.member.lease_seconds = 0.0  # (an owner out of contact would have fenced)
+            client = next(iter(b.shipper.clients.values()))
+            for rid in list(client.pending):
+                client._expire(rid)  # the shipping timeout passes
         await asyncio.sleep(0.3)
         assert not host.done.is_set()  # neither the owner nor b answers while it runs
         store.gate.set()
@@ -996,6 +1009,30 @@ async def test_an_aborted_shipped_write_already_in_the_store_is_answered_once_it
     finally:
         if store is not None:
             store.gate.set()
+        if pool is not None:
+            pool.shutdown()
+        await g.close()
+
+
+@arun
+async def test_a_shipped_write_whose_io_timeout_passed_in_the_queue_is_never_issued(tmp_path):
+    # its command was answered (the I/O timeout): a group LU's call issued after that could
+    # land on top of the initiator's retry
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    g.gw["b"].shipper.timeout = 3600
+    blocked = threading.Event()
+    pool: IoPool | None = None
+    try:
+        store, pool, spy, blocked, task, host = await _queued_shipped_write(g, io_timeout=0.1)
+        await asyncio.wait_for(host.done.wait(), 20)  # answered at the owner's I/O timeout
+        assert host.result is not None and host.result.status == Status.CHECK_CONDITION
+        blocked.set()
+        await _until(lambda: pool is not None and not pool.in_flight(), "the queue is empty")
+        assert store.writes == []
+        assert g.gw["a"].lu.store.read(4 * 512, 512) == bytes(512)
+    finally:
+        blocked.set()
         if pool is not None:
             pool.shutdown()
         await g.close()

@@ -567,9 +567,10 @@ class _Client:
              task: Any = None) -> None:
         """Ship one request; ``done`` is called once with the answer or the error. ``task``
         (a ScsiTask): once the transport aborts it, an ``abort`` frame asks the owner not to
-        issue it, and ``done`` waits for the owner's answer all the same (docs/HA.md decision
-        1: an aborted write must not land after the abort was answered). Never sent (still
-        in the backlog): ``done`` at once with :class:`Aborted`."""
+        issue it, and ``done`` waits for the owner's answer all the same, past ``timeout``
+        while the connection stands (docs/HA.md decision 1: an aborted write must not land
+        after the abort was answered). Never sent (still in the backlog): ``done`` at once
+        with :class:`Aborted`."""
         writer = self.writer
         if writer is None or writer.is_closing() or len(self.pending) >= MAX_IN_FLIGHT \
                 or self.backlog:
@@ -620,6 +621,13 @@ class _Client:
             return
         if rid not in self.aborting:
             self._abort(rid)  # the owner must not issue it late
+        task = entry[2]
+        writer = self.writer
+        if task is not None and task.aborted and writer is not None and not writer.is_closing():
+            # aborted, and the owner can still say when it is done: its answer ends it (the
+            # owner answers once the store call it had issued returned), or the loss of the
+            # connection does (below, in _read)
+            return
         left = self._lease_left(entry[3])
         if left > 0:  # the owner may still issue it: not answered before the lease ran out
             entry[1] = asyncio.get_running_loop().call_later(left, self._expire, rid)
