@@ -1036,3 +1036,43 @@ async def test_a_shipped_write_whose_io_timeout_passed_in_the_queue_is_never_iss
         if pool is not None:
             pool.shutdown()
         await g.close()
+
+
+@arun
+async def test_a_reset_on_the_owner_waits_for_a_shipped_write_already_in_the_store(tmp_path):
+    # a LUN RESET through the owner (its TMF: ShipServer.abort_tasks, then wait_tasks)
+    # answers only once the shipped write it could not pull back returned
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    b.shipper.timeout = 3600
+    pool: IoPool | None = None
+    store: GatedStore | None = None
+    try:
+        store, pool, spy = await _owner_on_workers(g)
+        store.gate.clear()
+        nexus = b.nexus("y")
+        b.device.nexus_added(nexus)
+        b.lu.clear_ua(nexus.initiator_port)
+        task = ScsiTask(write10(4), 0, nexus, data_out=memoryview(b"\x04" * 512),
+                        expected_length=512, write=True)
+        host = Host()
+        b.runner.start(task, b.device.execute(task), b.lu, host)
+        await asyncio.to_thread(store.entered.wait, 20)
+        aborted = a.server.abort_tasks(a.lu, None)
+        assert aborted == spy.tasks and spy.tasks[0].aborted
+        reset = asyncio.ensure_future(a.server.wait_tasks(aborted))
+        await asyncio.sleep(0.3)
+        assert not reset.done() and not host.done.is_set()
+        store.gate.set()
+        await asyncio.wait_for(reset, 20)
+        await asyncio.wait_for(host.done.wait(), 20)
+        assert host.result is not None and host.result.status == Status.TASK_ABORTED
+        assert a.server.waiters == {}
+        await asyncio.wait_for(a.server.wait_tasks(aborted), 20)  # ended: nothing to wait for
+    finally:
+        if store is not None:
+            store.gate.set()
+        if pool is not None:
+            pool.shutdown()
+        await g.close()

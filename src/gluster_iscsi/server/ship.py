@@ -258,6 +258,10 @@ class _ShipHost:
         server.budget.release(conn.share, self.charged)
         server.served += 1
         conn.tasks.pop(self.rid, None)
+        if server.waiters:  # a reset through this gateway waits for it (abort_tasks)
+            waiter = server.waiters.pop(task, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         if task.aborted:  # the sender's abort frame came first: whatever it did, it ends so
             result = ScsiResult(Status.TASK_ABORTED, result.data)
         out = b""
@@ -318,6 +322,8 @@ class ShipServer:
         self.served = 0
         #: the authenticated connections open now (their tasks: :meth:`abort_tasks`)
         self.connections: set[_Served] = set()
+        #: aborted shipped tasks someone waits for (:meth:`wait_tasks`) -> their futures
+        self.waiters: dict[ScsiTask, asyncio.Future[None]] = {}
 
     async def start(self, host: str, port: int = 0) -> str:
         self.server = await asyncio.start_server(self._serve, host, port)
@@ -491,10 +497,12 @@ class ShipServer:
         if live is not None and live.relative_port == int(h.get("relative_port", -1)):
             device.nexus_lost(live)
 
-    def abort_tasks(self, lu: Any, initiator_ports: set[str] | None) -> None:
+    def abort_tasks(self, lu: Any, initiator_ports: set[str] | None) -> list[ScsiTask]:
         """Abort the commands peers shipped here for ``lu`` from these initiator ports (None:
         all of them): a PREEMPT AND ABORT or a LUN RESET (``Daemon.abort_lu_tasks``). No
-        store call of theirs is issued from now on; their answers say TASK ABORTED."""
+        store call of theirs is issued from now on; their answers say TASK ABORTED. Returns
+        them (:meth:`wait_tasks`)."""
+        aborted: list[ScsiTask] = []
         for conn in self.connections:
             for task in conn.tasks.values():
                 nexus = task.nexus
@@ -503,6 +511,22 @@ class ShipServer:
                 device = self.resolve(nexus.target_port.partition(",t,")[0], task.lun)
                 if device is not None and device.lu(task.lun) is lu:
                     task.aborted = True
+                    aborted.append(task)
+        return aborted
+
+    async def wait_tasks(self, tasks: list[ScsiTask]) -> None:
+        """Wait until these shipped tasks ended (their store calls under way returned)."""
+        running = {t for conn in self.connections for t in conn.tasks.values()}
+        loop = asyncio.get_running_loop()
+        futs = []
+        for task in tasks:
+            if task in running:
+                fut = self.waiters.get(task)
+                if fut is None:
+                    fut = self.waiters[task] = loop.create_future()
+                futs.append(fut)
+        if futs:
+            await asyncio.gather(*futs)
 
     async def _handshake(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> str:
