@@ -296,7 +296,7 @@ def test_a_groups_own_shared_state_calls_go_to_the_workers_for_a_blocking_store(
     cdb, params = prout(0, sa_key=A)
     task = ScsiTask(cdb, 0, N1, data_out=memoryview(params), expected_length=len(params))
     runner.start(task, server.execute(task), lu, host)
-    assert [type(req) for req, _ in engines.pool.submitted] == [SharedUpdate]
+    assert [type(req) for req, *_ in engines.pool.submitted] == [SharedUpdate]
     assert parse_sense(host.results[0].sense or b"")[0] == SenseKey.NOT_READY  # timed out
     assert lu.shared_state("pr")["registrations"] == []
 

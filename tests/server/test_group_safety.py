@@ -16,10 +16,13 @@ import pytest
 
 from gluster_iscsi.backstore.base import BackingStoreError
 from gluster_iscsi.group.lease import Role
+from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiResult
+from gluster_iscsi.scsi.sense import Asc, SenseKey, parse_sense
+from gluster_iscsi.scsi.task import Status
 from gluster_iscsi.server.group import lease_name, state_name
-from gluster_iscsi.server.runner import lu_state
+from gluster_iscsi.server.runner import Runner, lu_state
 
-from .test_group import KEY, Group, arun
+from .test_group import KEY, TARGET, Group, arun, command, nexus, prout, while_beating
 
 
 def spy_release(g: Group, name: str, seen: list[float]) -> None:
@@ -324,4 +327,116 @@ async def test_a_state_lock_that_arrives_after_the_update_gave_up_is_released(tm
     assert slow.got and not slow.got[0].held  # given back: a's updates still run
     lock = g.dirs[0].try_lock(lease_name(KEY), 1)
     lock.release()
+    g.close()
+
+
+# F6: a change whose state record is not written is not heard of either ------------------------
+def _all_or_nothing_setup(g: Group) -> tuple[Any, Any, dict[str, Nexus]]:
+    """Servers and runners of a (the owner) and b, and three nexuses: one and two through a,
+    three through b; every unit attention cleared."""
+    servers = {n: DeviceServer({0: g.lus[n]}, target_name=TARGET) for n in ("a", "b")}
+    runners = {n: Runner(clock=g.clock) for n in ("a", "b")}
+    who = {"one": nexus("one", 1), "two": nexus("two", 1), "three": nexus("three", 2)}
+    for n in who.values():
+        servers["a" if n.relative_port == 1 else "b"].nexus_added(n)
+    return servers, runners, who
+
+
+def _pending(lu: Any) -> dict[str, list[Any]]:
+    with lu.state_lock:
+        return {port: list(q) for port, q in lu._ua.items() if q}
+
+
+def _clear(g: Group) -> None:
+    for lu in g.lus.values():
+        for port in list(lu._ua):
+            lu.clear_ua(port)
+
+
+def _failing_state_write(member: Any) -> None:
+    def fail() -> None:
+        raise OSError(errno.EIO, "the volume is gone")
+
+    member.shared = WriteHook(member.shared, state_name(KEY), fail)
+
+
+@pytest.mark.parametrize("written", [False, True])
+@arun
+async def test_a_preempt_whose_record_is_not_written_queues_no_unit_attention(tmp_path, written):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    servers, runners, who = _all_or_nothing_setup(g)
+    lu_a, lu_b = g.lus["a"], g.lus["b"]
+
+    def on(gw: str, cdb_params: tuple[bytes, bytes], n: Nexus) -> ScsiResult:
+        cdb, params = cdb_params
+        return command(runners[gw], servers[gw], g.lus[gw], cdb, n, params)
+
+    assert on("a", prout(0, sa_key=0x1111), who["one"]).status == Status.GOOD
+    assert on("a", prout(0, sa_key=0x2222), who["two"]).status == Status.GOOD
+    assert on("a", prout(1, key=0x2222, rtype=1), who["two"]).status == Status.GOOD
+    res = await while_beating(g, ["a"], on, "b", prout(0, sa_key=0x3333), who["three"])
+    assert res.status == Status.GOOD
+    await g.rounds(1)
+    _clear(g)
+    pr_before = lu_a.shared_state("pr")
+    if not written:
+        _failing_state_write(g.members["a"])
+    # PREEMPT by one of two's registration and reservation, as exclusive access: two's
+    # registration goes (REGISTRATIONS PREEMPTED), three's reservation type changed
+    # (RESERVATIONS RELEASED, on b through the record's event)
+    res = on("a", prout(4, key=0x1111, sa_key=0x2222, rtype=3), who["one"])
+    await g.rounds(1)  # b loads whatever was written
+    if written:
+        assert res.status == Status.GOOD
+        assert lu_a.shared_state("pr") != pr_before
+        assert _pending(lu_a) == {who["two"].initiator_port: [Asc.REGISTRATIONS_PREEMPTED]}
+        assert _pending(lu_b) == {who["three"].initiator_port: [Asc.RESERVATIONS_RELEASED]}
+    else:
+        assert res.status == Status.CHECK_CONDITION
+        assert parse_sense(res.sense) == (SenseKey.NOT_READY,
+                                          Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
+        assert lu_a.shared_state("pr") == pr_before  # nothing changed ...
+        assert _pending(lu_a) == {} and _pending(lu_b) == {}  # ... and nobody hears of it
+    g.close()
+
+
+def _wce_toggled(lu: Any) -> tuple[bytes, bytes]:
+    """MODE SELECT(6) of the caching page with WCE flipped."""
+    page = bytearray(lu.mode_pages[0x08].current)
+    page[0] &= 0x3F
+    page[2] ^= 0x04
+    params = bytes(4) + bytes(page)
+    return bytes([0x15, 0x10, 0, 0, len(params), 0]), params
+
+
+@pytest.mark.parametrize("written", [False, True])
+@arun
+async def test_a_mode_select_whose_record_is_not_written_queues_no_unit_attention(tmp_path,
+                                                                                  written):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    servers, runners, who = _all_or_nothing_setup(g)
+    lu_a, lu_b = g.lus["a"], g.lus["b"]
+    await g.rounds(1)
+    _clear(g)
+    wce = lu_a.write_cache
+    if not written:
+        _failing_state_write(g.members["a"])
+    cdb, params = _wce_toggled(lu_a)
+    res = command(runners["a"], servers["a"], lu_a, cdb, who["one"], params)
+    await g.rounds(1)
+    if written:
+        assert res.status == Status.GOOD
+        assert lu_a.write_cache is not wce and lu_b.write_cache is not wce
+        assert _pending(lu_a) == {who["two"].initiator_port: [Asc.MODE_PARAMETERS_CHANGED]}
+        assert _pending(lu_b) == {who["three"].initiator_port: [Asc.MODE_PARAMETERS_CHANGED]}
+    else:
+        assert res.status == Status.CHECK_CONDITION
+        assert parse_sense(res.sense) == (SenseKey.NOT_READY,
+                                          Asc.LU_NOT_ACCESSIBLE_TRANSITIONING)
+        assert lu_a.write_cache is wce and lu_b.write_cache is wce
+        assert _pending(lu_a) == {} and _pending(lu_b) == {}
     g.close()

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import functools
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from gluster_iscsi.scsi.task import Status
 from gluster_iscsi.server import ship
 from gluster_iscsi.server.driver import _group_lun_reset
 from gluster_iscsi.server.group import GroupMember
+from gluster_iscsi.server.iopool import IoPool
 from gluster_iscsi.server.runner import Runner, lu_on
 
 KEY = "0b6cfa4e-1111-2222-3333-444455556666"
@@ -789,4 +791,288 @@ async def test_a_session_ending_on_the_non_owner_ends_its_nexus_on_the_owner_too
         assert a.nexus("z").initiator_port in a.device._nexuses
         assert (await a.command(write10(1), "x", b"\x01" * 512)).status == Status.GOOD
     finally:
+        await g.close()
+
+
+# F7: an aborted shipped command issues no store call that had not started ---------------------
+class GatedStore(MemoryStore):
+    """A blocking store (its calls go to the owner's workers) that records the writes that
+    reach it; a write waits in the store while ``gate`` is shut."""
+
+    blocking = True
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.writes: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def write(self, offset: int, data: Any) -> None:
+        self.writes.append(offset)
+        self.entered.set()
+        self.gate.wait(20)
+        super().write(offset, data)
+
+
+class PoolEngines:
+    """The owner's engines: one worker thread, the I/O timeout given (0: none), no
+    io_uring."""
+
+    ring = None
+
+    def __init__(self, pool: IoPool, io_timeout: float = 0.0) -> None:
+        self.pool = pool
+        self.io_timeout = io_timeout
+
+        class Poller:
+            missed_at = None
+
+            def woke(self) -> None: ...
+
+        self.poller = Poller()
+
+    def pool_for(self, store: object) -> Any:
+        return self.pool
+
+
+class SpyRunner:
+    """The owner's runner, recording the shipped tasks it starts (a wrapper: Runner is
+    compiled in the real build)."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner = inner
+        self.tasks: list[ScsiTask] = []
+
+    def start(self, task: ScsiTask, run: Any, lu: Any, host: Any) -> None:
+        self.tasks.append(task)
+        self.inner.start(task, run, lu, host)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def _until(cond: Any, what: str) -> None:
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def _owner_on_workers(g: Ships, io_timeout: float = 0.0) -> tuple[GatedStore, IoPool,
+                                                                       SpyRunner]:
+    a = g.gw["a"]
+    store = GatedStore(1 << 20)
+    a.lu.store = store
+    pool = IoPool(asyncio.get_running_loop(), 1, idle=5)
+    spy = SpyRunner(Runner(PoolEngines(pool, io_timeout), clock=g.clock))  # type: ignore[arg-type]
+    a.server.runner = spy
+    return store, pool, spy
+
+
+async def _queued_shipped_write(g: Ships, io_timeout: float = 0.0) -> tuple[
+        GatedStore, IoPool, SpyRunner, threading.Event, ScsiTask, Host]:
+    """A WRITE of LBA 4 shipped from b to a, whose store call waits in a's worker queue
+    behind another call (the one worker is blocked on the returned event)."""
+    store, pool, spy = await _owner_on_workers(g, io_timeout)
+    b = g.gw["b"]
+    blocked = threading.Event()
+    pool.submit(lambda _: blocked.wait(20), None, lambda r, e: None)
+    await _until(lambda: pool._busy == 1, "the worker is busy")
+    nexus = b.nexus("y")
+    b.device.nexus_added(nexus)
+    b.lu.clear_ua(nexus.initiator_port)
+    task = ScsiTask(write10(4), 0, nexus, data_out=memoryview(b"\x04" * 512),
+                    expected_length=512, write=True)
+    host = Host()
+    b.runner.start(task, b.device.execute(task), b.lu, host)
+    await _until(lambda: spy.tasks and pool._queued == 1, "the shipped write is queued")
+    return store, pool, spy, blocked, task, host
+
+
+@arun
+async def test_an_aborted_shipped_write_still_queued_on_a_worker_never_reaches_the_store(
+        tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    g.gw["b"].shipper.timeout = 3600
+    blocked = threading.Event()
+    pool: IoPool | None = None
+    try:
+        store, pool, spy, blocked, task, host = await _queued_shipped_write(g)
+        task.aborted = True  # ABORT TASK on b
+        await _until(lambda: spy.tasks[0].aborted, "the abort frame reached the owner")
+        blocked.set()  # the worker is free: it takes the aborted write from the queue
+        await asyncio.wait_for(host.done.wait(), 20)
+        assert host.result is not None and host.result.status == Status.TASK_ABORTED
+        assert store.writes == []  # never issued
+        assert g.gw["a"].lu.store.read(4 * 512, 512) == bytes(512)
+    finally:
+        blocked.set()
+        if pool is not None:
+            pool.shutdown()
+        await g.close()
+
+
+@arun
+async def test_a_session_gone_on_the_sender_aborts_its_queued_shipped_write(tmp_path):
+    # the session ends on b: b tells the owner its nexus is gone, before any abort frame
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    b = g.gw["b"]
+    b.shipper.timeout = 3600
+    blocked = threading.Event()
+    pool: IoPool | None = None
+    try:
+        store, pool, spy, blocked, task, host = await _queued_shipped_write(g)
+        b.shipper.nexus_gone(b.nexus("y"))  # as Daemon.session_ended does
+        await _until(lambda: spy.tasks[0].aborted, "the owner aborted the nexus's task")
+        blocked.set()
+        await asyncio.wait_for(host.done.wait(), 20)
+        assert store.writes == []
+        assert g.gw["a"].lu.store.read(4 * 512, 512) == bytes(512)
+    finally:
+        blocked.set()
+        if pool is not None:
+            pool.shutdown()
+        await g.close()
+
+
+@arun
+async def test_a_reset_or_preempt_and_abort_on_the_owner_aborts_the_queued_shipped_writes(
+        tmp_path):
+    # a PREEMPT AND ABORT or LUN RESET that reaches the owner (Daemon.abort_lu_tasks, the
+    # owner's own TMF) aborts what the other gateways shipped for the LU too
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    b.shipper.timeout = 3600
+    blocked = threading.Event()
+    pool: IoPool | None = None
+    try:
+        store, pool, spy, blocked, task, host = await _queued_shipped_write(g)
+        a.server.abort_tasks(a.lu, {a.nexus("other").initiator_port})  # not its port
+        assert not spy.tasks[0].aborted
+        a.server.abort_tasks(a.lu, {b.nexus("y").initiator_port})
+        assert spy.tasks[0].aborted
+        blocked.set()
+        await asyncio.wait_for(host.done.wait(), 20)
+        assert host.result is not None and host.result.status == Status.TASK_ABORTED
+        assert store.writes == []
+    finally:
+        blocked.set()
+        if pool is not None:
+            pool.shutdown()
+        await g.close()
+
+
+@pytest.mark.parametrize("late", ["none", "owner io timeout", "sender timeout"])
+@arun
+async def test_an_aborted_shipped_write_already_in_the_store_is_answered_once_it_returned(
+        tmp_path, late):
+    # neither the owner's I/O timeout nor the sender's shipping timeout answers the abort
+    # while the write it cannot pull back is still in the store
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    b = g.gw["b"]
+    b.shipper.timeout = 3600  # the timeouts run out when the test says (below)
+    pool: IoPool | None = None
+    store: GatedStore | None = None
+    try:
+        store, pool, spy = await _owner_on_workers(g, 3600.0)
+        store.gate.clear()  # the write stays in the store until the test opens it
+        nexus = b.nexus("y")
+        b.device.nexus_added(nexus)
+        b.lu.clear_ua(nexus.initiator_port)
+        task = ScsiTask(write10(4), 0, nexus, data_out=memoryview(b"\x04" * 512),
+                        expected_length=512, write=True)
+        host = Host()
+        b.runner.start(task, b.device.execute(task), b.lu, host)
+        await asyncio.to_thread(store.entered.wait, 20)  # issued: it cannot be pulled back
+        task.aborted = True
+        await _until(lambda: spy.tasks[0].aborted, "the abort frame reached the owner")
+        loop = asyncio.get_running_loop()
+        if late == "owner io timeout":
+            pool._expire(loop.time() + 7200)  # the write's I/O timeout passes
+        elif late == "sender timeout":
+            b.member.lease_seconds = 0.0  # (an owner out of contact would have fenced)
+            client = next(iter(b.shipper.clients.values()))
+            for rid in list(client.pending):
+                client._expire(rid)  # the shipping timeout passes
+        await asyncio.sleep(0.3)
+        assert not host.done.is_set()  # neither the owner nor b answers while it runs
+        store.gate.set()
+        await asyncio.wait_for(host.done.wait(), 20)
+        assert host.result is not None and host.result.status == Status.TASK_ABORTED
+        assert store.writes == [4 * 512]
+    finally:
+        if store is not None:
+            store.gate.set()
+        if pool is not None:
+            pool.shutdown()
+        await g.close()
+
+
+@arun
+async def test_a_shipped_write_whose_io_timeout_passed_in_the_queue_is_never_issued(tmp_path):
+    # its command was answered (the I/O timeout): a group LU's call issued after that could
+    # land on top of the initiator's retry
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    g.gw["b"].shipper.timeout = 3600
+    blocked = threading.Event()
+    pool: IoPool | None = None
+    try:
+        store, pool, spy, blocked, task, host = await _queued_shipped_write(g, io_timeout=0.1)
+        await asyncio.wait_for(host.done.wait(), 20)  # answered at the owner's I/O timeout
+        assert host.result is not None and host.result.status == Status.CHECK_CONDITION
+        blocked.set()
+        await _until(lambda: pool is not None and not pool.in_flight(), "the queue is empty")
+        assert store.writes == []
+        assert g.gw["a"].lu.store.read(4 * 512, 512) == bytes(512)
+    finally:
+        blocked.set()
+        if pool is not None:
+            pool.shutdown()
+        await g.close()
+
+
+@arun
+async def test_a_reset_on_the_owner_waits_for_a_shipped_write_already_in_the_store(tmp_path):
+    # a LUN RESET through the owner (its TMF: ShipServer.abort_tasks, then wait_tasks)
+    # answers only once the shipped write it could not pull back returned
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    b.shipper.timeout = 3600
+    pool: IoPool | None = None
+    store: GatedStore | None = None
+    try:
+        store, pool, spy = await _owner_on_workers(g)
+        store.gate.clear()
+        nexus = b.nexus("y")
+        b.device.nexus_added(nexus)
+        b.lu.clear_ua(nexus.initiator_port)
+        task = ScsiTask(write10(4), 0, nexus, data_out=memoryview(b"\x04" * 512),
+                        expected_length=512, write=True)
+        host = Host()
+        b.runner.start(task, b.device.execute(task), b.lu, host)
+        await asyncio.to_thread(store.entered.wait, 20)
+        aborted = a.server.abort_tasks(a.lu, None)
+        assert aborted == spy.tasks and spy.tasks[0].aborted
+        reset = asyncio.ensure_future(a.server.wait_tasks(aborted))
+        await asyncio.sleep(0.3)
+        assert not reset.done() and not host.done.is_set()
+        store.gate.set()
+        await asyncio.wait_for(reset, 20)
+        await asyncio.wait_for(host.done.wait(), 20)
+        assert host.result is not None and host.result.status == Status.TASK_ABORTED
+        assert a.server.waiters == {}
+        await asyncio.wait_for(a.server.wait_tasks(aborted), 20)  # ended: nothing to wait for
+    finally:
+        if store is not None:
+            store.gate.set()
+        if pool is not None:
+            pool.shutdown()
         await g.close()

@@ -166,6 +166,12 @@ class LogicalUnit:
         #: there too, as plain events the other gateways replay on theirs
         #: (:meth:`replay_ua_events`). None, a lone gateway's case: nothing is recorded.
         self.ua_events: list[dict[str, Any]] | None = None
+        #: Set to a list by a gateway group while it applies a :class:`~.io.SharedUpdate`:
+        #: the unit attentions the change queues are held there (initiator port, condition)
+        #: instead of queued, and queued by :meth:`release_ua` once the change's state record
+        #: is written; dropped if it is not (no initiator hears of a change that did not
+        #: happen: docs/HA.md decision 4). None: queued at once.
+        self.ua_held: list[tuple[str, Asc]] | None = None
         self._blocks = size // block_size
         flush = capabilities.flush
         self.mode_pages: dict[int, ModePage] = {
@@ -238,9 +244,21 @@ class LogicalUnit:
 
     def queue_ua(self, initiator_port: str, asc: Asc) -> None:
         with self.state_lock:
-            queue = self._ua.setdefault(initiator_port, [])
-            if asc not in queue:
-                queue.append(asc)
+            held = self.ua_held
+            if held is not None:  # a group's change not yet written (see ua_held)
+                held.append((initiator_port, asc))
+            else:
+                queue = self._ua.setdefault(initiator_port, [])
+                if asc not in queue:
+                    queue.append(asc)
+
+    def release_ua(self, held: list[tuple[str, Asc]]) -> None:
+        """Queue the unit attentions a change held back (:attr:`ua_held`) now that it is in
+        force; a nexus lost meanwhile gets none (its queue went with it)."""
+        with self.state_lock:
+            for port, asc in held:
+                if port in self._ua:
+                    self.queue_ua(port, asc)
 
     def queue_ua_all(self, asc: Asc, *, except_port: str | None = None) -> None:
         with self.state_lock:

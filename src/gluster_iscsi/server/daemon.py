@@ -573,6 +573,8 @@ class Daemon:
                     if conn is not None and s is not None and s.nexus is not None \
                             and (victims is None or s.nexus.initiator_port in victims):
                         conn.abort_tasks(functools.partial(_on_lun, n))
+        if self.ship_server is not None:  # and what the other gateways shipped here for it
+            self.ship_server.abort_tasks(lu, victims)
 
     async def start_shipping(self, shared: Any, host: str, port: int = 0) -> str | None:
         """Command shipping (docs/HA.md decision 1) when the group's non-owners are

@@ -380,6 +380,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             s = d.conn.session if d.conn else None
             if d.conn is not None and s is not None and s.nexus is not None and s.nexus.initiator_port in victims:
                 d.conn.abort_tasks(lambda t: t.lun == task.lun and t.scsi is not task)
+        _abort_shipped(self.daemon, session.target.device, task.lun, victims)
 
     def _waiter(self, task: ScsiTask) -> asyncio.Future[None] | None:
         if task not in self._running:
@@ -411,6 +412,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         waits: list[tuple[ConnectionDriver, list[ScsiTask]]] = []
         # the LUs reset here (a gateway group's are told to the group) and the reset's ASC
         group_reset: list[Any] = []
+        # tasks other gateways shipped here, aborted by a reset (ship.ShipServer)
+        shipped: list[Any] = []
         reset_asc = Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED
         f = e.function
         try:
@@ -442,12 +445,15 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                             waits.append((d, d.conn.abort_tasks(lambda t: t.lun == e.lun)[1]))
                     device.lun_reset(e.lun, session.nexus)
                     group_reset = [device.lu(e.lun)]
+                    shipped += _abort_shipped(self.daemon, device, e.lun, None)
             elif f in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
                 others = self.daemon.drivers_of(target)
                 for d in others:
                     if d.conn is not None:
                         waits.append((d, d.conn.abort_tasks(lambda t: True)[1]))
                 device.target_reset(session.nexus, cold=f == TmfFunction.TARGET_COLD_RESET)
+                for n in list(getattr(device, "luns", None) or {}):
+                    shipped += _abort_shipped(self.daemon, device, n, None)
                 group_reset = list((getattr(device, "luns", None) or {}).values())
                 if f == TmfFunction.TARGET_COLD_RESET:
                     reset_asc = Asc.POWER_ON_OCCURRED
@@ -455,6 +461,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 response = TmfResponse.NOT_SUPPORTED
             for d, tasks in waits:
                 await d.wait_tasks(tasks)
+            if shipped:  # what other gateways shipped here: their calls under way returned
+                await self.daemon.ship_server.wait_tasks(shipped)  # type: ignore[attr-defined]
             for lu in group_reset:
                 if not await _group_lun_reset(lu, reset_asc):
                     response = TmfResponse.REJECTED  # the initiator escalates
@@ -468,6 +476,18 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         if f == TmfFunction.TARGET_COLD_RESET and response == TmfResponse.COMPLETE and target:
             for d in self.daemon.drivers_of(target):
                 d.close("target cold reset")
+
+
+def _abort_shipped(daemon: Any, device: Any, lun: int, ports: set[str] | None) -> list[Any]:
+    """Abort what other gateways of a group shipped here for ``device``'s LU ``lun`` from
+    ``ports`` (None: every port): a PREEMPT AND ABORT or a reset made through this gateway
+    (``ship.ShipServer.abort_tasks``; nothing without command shipping). Returns them."""
+    server = getattr(daemon, "ship_server", None)
+    lu = device.lu(lun) if device is not None else None
+    if server is not None and lu is not None:
+        aborted: list[Any] = server.abort_tasks(lu, ports)
+        return aborted
+    return []
 
 
 async def _group_lun_reset(lu: Any, asc: Asc = Asc.BUS_DEVICE_RESET_FUNCTION_OCCURRED) -> bool:

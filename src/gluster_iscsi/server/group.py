@@ -844,7 +844,8 @@ class GroupMember:
         what ``apply`` returned once the owner enforces it; raises what ``apply`` raised
         (nothing written), or ESHUTDOWN (NOT READY 04/0A) when the record could not be
         written within ``lease_seconds`` (nothing changed, unless a write that timed out
-        lands later). Once written, the change is in force: GOOD when the owner says it
+        lands later; the unit attentions the change queued are held back until the record
+        is written, so none is queued for a change that is not: F6). Once written, the change is in force: GOOD when the owner says it
         applied it, or at the latest ``lease_seconds`` after the write (:meth:`_wait_enforced`),
         never 04/0A: a retried REGISTER would meet its own registration."""
         glu = self.handle(lu)
@@ -865,12 +866,19 @@ class GroupMember:
                 before = {kind: lu.shared_state(kind) for kind in STATE_KINDS
                           if hasattr(lu, "shared_state")}
                 # the unit attentions the change queues here, recorded for the other
-                # gateways' nexuses (LogicalUnit.ua_events; replayed there on load)
+                # gateways' nexuses (LogicalUnit.ua_events; replayed there on load), and
+                # held back from this gateway's until the record is written (ua_held)
                 lu.ua_events = []
+                held: list[Any] = []
+                holds = hasattr(lu, "release_ua")
+                if holds:
+                    lu.ua_held = held
                 try:
                     value = apply()
                 finally:
                     recorded, lu.ua_events = lu.ua_events, None
+                    if holds:
+                        lu.ua_held = None
                 new_state = {kind: lu.shared_state(kind) for kind in STATE_KINDS
                              if hasattr(lu, "shared_state")}
             version += 1
@@ -883,14 +891,23 @@ class GroupMember:
                 self._bounded(end, self.shared.write, state_name(glu.key), record)
             except BaseException:
                 # not written (or not known to be): the change is not in force, so not in
-                # memory either (a write that lands later is loaded by a later beat)
+                # memory either (a write that lands later is loaded by a later beat), and
+                # no nexus hears of it: its unit attentions were held back, and are dropped
                 with lu.state_lock:
                     for kind, state in before.items():
                         lu.load_shared_state(kind, state)
+                if "pr" in before and hasattr(lu, "persist_pr"):
+                    try:  # an APTPL copy apply() saved goes back too
+                        lu.persist_pr()
+                    except Exception as exc:  # noqa: BLE001 - the command's answer stands
+                        log.warning("group: LUN %s: reservations not saved back: %s",
+                                    glu.key, exc)
                 raise
             written = self.clock()
             with lu.state_lock:
                 glu.applied = max(glu.applied, version)
+                if holds:  # in force: this gateway's nexuses hear of it now
+                    lu.release_ua(held)
         finally:
             with lu.state_lock:
                 glu.updating -= 1

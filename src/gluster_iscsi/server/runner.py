@@ -37,7 +37,9 @@ at this same seam.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import functools
 import logging
 import math
 import threading
@@ -456,6 +458,17 @@ FENCED: frozenset[type] = frozenset({Read, Write, Flush, Unmap, WriteZeroes, Ext
                                      CompareAndWrite, OrWrite, StartJob})
 
 
+#: Marks of a group LU's media call on a worker (``Runner._submit``): "start" is set once,
+#: to _RUNNING by the worker about to issue it or to _CANCELLED by its command timing out
+#: first (then it is never issued); "end" to _FINISHED by the worker once the call returned,
+#: or first to what the command does then (an aborted command waits for its call).
+_RUNNING: Final = object()
+_CANCELLED: Final = object()
+_FINISHED: Final = object()
+#: The I/O timeout of an aborted command handed back once its call returned.
+_LATE: Final = IoTimeout("returned late")
+
+
 def fenced_error(target: Any) -> BackingStoreError:
     """What a request of a group LU past its issue deadline gets instead of its store call:
     NOT READY, LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION (04/0Ah, the
@@ -656,9 +669,25 @@ class Runner:
         # (a group LU's shared-state calls wait on the volume and the owner: bounded by the
         # group's lease, not by the store's I/O timeout)
         waits = type(req) is WaitJob or type(req) in (SharedUpdate, SharedRefresh)
+        rs = target.runner_state
+        # A group LU's media call: whether it started is known to its command (set-once
+        # marks, see _perform_fenced). None for anything else: nothing more per call.
+        marks: dict[str, Any] | None = None
+        if rs is not None and rs.group is not None and type(req) in FENCED:
+            marks = {}
 
         def done(value: Any, exc: BaseException | None) -> None:
             if exc is not None and type(exc) is IoTimeout:
+                # A group LU's call that timed out: one still queued is never issued now;
+                # one under way for an aborted command holds the command's end (TASK
+                # ABORTED, the abort's answer) until it returned: an aborted write must
+                # not land after the abort was answered (docs/HA.md decision 1).
+                if marks is not None and exc is not _LATE \
+                        and marks.setdefault("start", _CANCELLED) is _RUNNING and task.aborted:
+                    marks["loop"] = asyncio.get_running_loop()
+                    if marks.setdefault("end", functools.partial(done, None, _LATE)) \
+                            is not _FINISHED:
+                        return  # the worker hands it back once the call returned
                 # The call may still read the command's data-out buffer (a write, late): it
                 # must not go back to the pool when the command now completes.
                 if task.data_out is not None:
@@ -676,7 +705,8 @@ class Runner:
             self._step(task, gen, lu, host, value, exc, t0)
 
         if waits:  # on a pool of its own, never a store's, and not bounded by the I/O timeout
-            engines.pool_for(_WAITS).submit(self._perform_boxed, (req, target), done, 0.0)
+            engines.pool_for(_WAITS).submit(self._perform_boxed, (req, target, task, None), done,
+                                            0.0)
             return
         # A command alone on its connection, with nothing else in flight, goes to io_uring if
         # its store lends a descriptor (FUSE files, ``_submit_to_ring``): there the kernel's
@@ -689,14 +719,33 @@ class Runner:
         if (ring is not None and host.alone() and not ring.in_flight() and not pool.in_flight()
                 and self._submit_to_ring(ring, req, target, done, timeout)):
             return
-        pool.submit(self._perform_boxed, (req, target), done, timeout)
+        pool.submit(self._perform_boxed, (req, target, task, marks), done, timeout)
 
-    def _perform_boxed(self, box: tuple[Any, Any]) -> Any:
-        req, target = box
-        rs: LuState | None = target.runner_state  # typed: native attribute access
-        if rs is not None and rs.group is not None:  # a group LU, checked again: the call
-            self._check_deadline(target, type(req))  # may have waited its turn
+    def _perform_boxed(self, box: tuple[Any, Any, ScsiTask, dict[str, Any] | None]) -> Any:
+        req, target, task, marks = box
+        if marks is not None:  # a group LU's media call
+            return self._perform_fenced(req, target, task, marks)
         return self.calls[type(req)](self, req, target.store, self._lock(target))
+
+    def _perform_fenced(self, req: Any, target: Any, task: ScsiTask,
+                        marks: dict[str, Any]) -> Any:
+        """A group LU's media call, checked again on the worker just before it is issued: it
+        may have waited its turn in the queue past the LU's issue deadline, past an abort of
+        its command (ABORT TASK, LUN RESET, PREEMPT AND ABORT, its nexus gone; for a shipped
+        one, its sender's word) or past its I/O timeout: then it is never issued. One issued
+        cannot be pulled back: an aborted command waiting for it is handed back once it
+        returned (``marks``: set-once entries, so the loop and this thread agree without a
+        lock)."""
+        rs = target.runner_state
+        if self.clock() >= rs.issue_deadline or task.aborted \
+                or marks.setdefault("start", _RUNNING) is not _RUNNING:
+            raise fenced_error(target)
+        try:
+            return self.calls[type(req)](self, req, target.store, self._lock(target))
+        finally:
+            then = marks.setdefault("end", _FINISHED)
+            if then is not _FINISHED:  # its command waits for it (see _submit)
+                marks["loop"].call_soon_threadsafe(then)
 
     def _submit_to_ring(self, ring: Ring, req: Any, target: Any,
                         done: Callable[[Any, BaseException | None], None], timeout: float) -> bool:

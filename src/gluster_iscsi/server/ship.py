@@ -258,6 +258,10 @@ class _ShipHost:
         server.budget.release(conn.share, self.charged)
         server.served += 1
         conn.tasks.pop(self.rid, None)
+        if server.waiters:  # a reset through this gateway waits for it (abort_tasks)
+            waiter = server.waiters.pop(task, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         if task.aborted:  # the sender's abort frame came first: whatever it did, it ends so
             result = ScsiResult(Status.TASK_ABORTED, result.data)
         out = b""
@@ -316,6 +320,10 @@ class ShipServer:
         self._sources: dict[str, int] = {}
         #: commands run for peers (tests, status)
         self.served = 0
+        #: the authenticated connections open now (their tasks: :meth:`abort_tasks`)
+        self.connections: set[_Served] = set()
+        #: aborted shipped tasks someone waits for (:meth:`wait_tasks`) -> their futures
+        self.waiters: dict[ScsiTask, asyncio.Future[None]] = {}
 
     async def start(self, host: str, port: int = 0) -> str:
         self.server = await asyncio.start_server(self._serve, host, port)
@@ -352,6 +360,7 @@ class ShipServer:
         conn = _Served(self, writer)
         try:
             await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_SECONDS)
+            self.connections.add(conn)
             while True:
                 if conn.in_flight >= MAX_IN_FLIGHT:  # stop reading: TCP pushes back
                     conn.room.clear()
@@ -368,7 +377,7 @@ class ShipServer:
                     self.budget.release(conn.share, charged)
                     raise FrameError(f"unexpected {header['t']!r} frame with data")
                 if header["t"] == "gone" and isinstance(header.get("id"), int):
-                    self._gone(header)
+                    self._gone(conn, header)
                     conn.in_flight += 1  # (answer() counts it back)
                     conn.answer({"t": "res", "id": header["id"], "status": 0}, b"")
                     continue
@@ -392,6 +401,7 @@ class ShipServer:
         except (FrameError, TimeoutError, OSError) as exc:
             _drop("protocol", peer, str(exc) or type(exc).__name__)
         finally:
+            self.connections.discard(conn)
             if task is not None:
                 self._conns.discard(task)
             left = sources.get(source, 1) - 1
@@ -469,16 +479,54 @@ class ShipServer:
         conn.tasks[rid] = task
         self.runner.start(task, device.execute(task), lu, host)  # (errors: the host answers)
 
-    def _gone(self, h: dict[str, Any]) -> None:
+    def _gone(self, conn: _Served, h: dict[str, Any]) -> None:
         """A session of a peer's ended: the owner ends the nexus it knew by that peer's
-        port (its SPC-2 reservation goes, SAM-5 6.3.4), as for a session of its own. A nexus
-        of the same initiator port through another port (the owner's own session) stays."""
+        port (its SPC-2 reservation goes, SAM-5 6.3.4), as for a session of its own, and its
+        commands that peer shipped are aborted (no store call of theirs is issued from now
+        on; one under way ends first). A nexus of the same initiator port through another
+        port (the owner's own session) stays."""
+        port, relative = str(h.get("port")), h.get("relative_port")
+        for task in conn.tasks.values():
+            nexus = task.nexus
+            if nexus.initiator_port == port and nexus.relative_port == relative:
+                task.aborted = True
         device = self.resolve(str(h.get("target")), 0)
         if device is None:
             return
-        live = device._nexuses.get(str(h.get("port")))
+        live = device._nexuses.get(port)
         if live is not None and live.relative_port == int(h.get("relative_port", -1)):
             device.nexus_lost(live)
+
+    def abort_tasks(self, lu: Any, initiator_ports: set[str] | None) -> list[ScsiTask]:
+        """Abort the commands peers shipped here for ``lu`` from these initiator ports (None:
+        all of them): a PREEMPT AND ABORT or a LUN RESET (``Daemon.abort_lu_tasks``). No
+        store call of theirs is issued from now on; their answers say TASK ABORTED. Returns
+        them (:meth:`wait_tasks`)."""
+        aborted: list[ScsiTask] = []
+        for conn in self.connections:
+            for task in conn.tasks.values():
+                nexus = task.nexus
+                if initiator_ports is not None and nexus.initiator_port not in initiator_ports:
+                    continue
+                device = self.resolve(nexus.target_port.partition(",t,")[0], task.lun)
+                if device is not None and device.lu(task.lun) is lu:
+                    task.aborted = True
+                    aborted.append(task)
+        return aborted
+
+    async def wait_tasks(self, tasks: list[ScsiTask]) -> None:
+        """Wait until these shipped tasks ended (their store calls under way returned)."""
+        running = {t for conn in self.connections for t in conn.tasks.values()}
+        loop = asyncio.get_running_loop()
+        futs = []
+        for task in tasks:
+            if task in running:
+                fut = self.waiters.get(task)
+                if fut is None:
+                    fut = self.waiters[task] = loop.create_future()
+                futs.append(fut)
+        if futs:
+            await asyncio.gather(*futs)
 
     async def _handshake(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> str:
@@ -543,9 +591,10 @@ class _Client:
              task: Any = None) -> None:
         """Ship one request; ``done`` is called once with the answer or the error. ``task``
         (a ScsiTask): once the transport aborts it, an ``abort`` frame asks the owner not to
-        issue it, and ``done`` waits for the owner's answer all the same (docs/HA.md decision
-        1: an aborted write must not land after the abort was answered). Never sent (still
-        in the backlog): ``done`` at once with :class:`Aborted`."""
+        issue it, and ``done`` waits for the owner's answer all the same, past ``timeout``
+        while the connection stands (docs/HA.md decision 1: an aborted write must not land
+        after the abort was answered). Never sent (still in the backlog): ``done`` at once
+        with :class:`Aborted`."""
         writer = self.writer
         if writer is None or writer.is_closing() or len(self.pending) >= MAX_IN_FLIGHT \
                 or self.backlog:
@@ -596,6 +645,13 @@ class _Client:
             return
         if rid not in self.aborting:
             self._abort(rid)  # the owner must not issue it late
+        task = entry[2]
+        writer = self.writer
+        if task is not None and task.aborted and writer is not None and not writer.is_closing():
+            # aborted, and the owner can still say when it is done: its answer ends it (the
+            # owner answers once the store call it had issued returned), or the loss of the
+            # connection does (below, in _read)
+            return
         left = self._lease_left(entry[3])
         if left > 0:  # the owner may still issue it: not answered before the lease ran out
             entry[1] = asyncio.get_running_loop().call_later(left, self._expire, rid)
