@@ -90,6 +90,11 @@ DEFAULT_CHUNK = 64 << 10
 #: How far a miss of a sequential stream (the third read in a row that starts where the last
 #: ended, with no other miss in flight) reads beyond the request.
 DEFAULT_READAHEAD = 4 * DEFAULT_CHUNK
+#: What a random miss reads at least, aligned (the units a chunk's validity is kept in).
+DEFAULT_UNIT = 4 << 10
+#: Bricks forget a client per inode (per shard with sharding, 4 MiB at the least): the cache
+#: keeps when it last reached the bricks per region of this size (see ``CachedStore.ttl``).
+_REGION_SHIFT = 22
 #: A LUN's cache cap when neither its options nor ``serve --gfapi-cache`` say.
 DEFAULT_LUN_CAPACITY = 256 << 20
 #: Invalidations remembered for fills in flight (older ones: a fill that started before
@@ -221,6 +226,34 @@ def summary_line(s: dict[str, Any]) -> str:
             f"{min(s['capacity'], s['limit_all_luns']) >> 20} MiB), upcalls {s['upcalls']}")
 
 
+class _Chunk:
+    """A cached chunk: its bytes (``chunk`` long, shorter at the end of the LUN) and which of
+    its units (bit ``u``: bytes ``[u * unit, (u + 1) * unit)``) hold the store's bytes."""
+
+    __slots__ = ("data", "valid")
+
+    def __init__(self, data: bytearray, valid: int) -> None:
+        self.data = data
+        self.valid = valid
+
+
+def _units(a: int, b: int, ushift: int) -> int:
+    """The bits of the units that overlap [a, b) (offsets inside a chunk, a < b)."""
+    u0 = a >> ushift
+    u1 = (b - 1) >> ushift
+    return ((1 << (u1 - u0 + 1)) - 1) << u0
+
+
+def _whole_units(a: int, b: int, n: int, ushift: int) -> int:
+    """The bits of the units that [a, b) covers whole in a chunk of ``n`` bytes (the last
+    unit of a short chunk ends at ``n``)."""
+    u0 = (a + (1 << ushift) - 1) >> ushift
+    u1 = (n + (1 << ushift) - 1) >> ushift if b >= n else b >> ushift
+    if u1 <= u0:
+        return 0
+    return ((1 << (u1 - u0)) - 1) << u0
+
+
 class CachedStore(BackingStore):
     """``inner`` with a read cache of up to ``capacity`` bytes in front (see the module)."""
 
@@ -230,12 +263,16 @@ class CachedStore(BackingStore):
         capacity: int,
         *,
         chunk: int = DEFAULT_CHUNK,
+        unit: int = DEFAULT_UNIT,
         readahead: int = DEFAULT_READAHEAD,
         ledger_: CacheLedger | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if chunk <= 0 or chunk & (chunk - 1):
-            raise ValueError(f"cache chunk {chunk} is not a power of two")
+        if chunk <= 0 or chunk & (chunk - 1) or chunk > 1 << _REGION_SHIFT:
+            raise ValueError(f"cache chunk {chunk} is not a power of two up to 4 MiB")
+        if unit <= 0 or unit & (unit - 1):
+            raise ValueError(f"cache unit {unit} is not a power of two")
+        unit = min(unit, chunk)
         self.inner = inner
         self.blocking = inner.blocking
         self.name = inner.name
@@ -244,13 +281,15 @@ class CachedStore(BackingStore):
         self.lends_fd = False
         self.chunk = chunk
         self._shift = chunk.bit_length() - 1
+        self.unit = unit
+        self._ushift = unit.bit_length() - 1
         self.capacity = max(0, capacity)
         self._ledger = ledger_ if ledger_ is not None else ledger()
         self._clock = clock
         self._lock = threading.Lock()
-        # chunk index -> (bytes, time filled); OrderedDict order is LRU (oldest first). A
-        # chunk a write patched is a bytearray, changed in place under the lock.
-        self._chunks: OrderedDict[int, tuple[bytes | bytearray, float]] = OrderedDict()
+        # chunk index -> _Chunk; OrderedDict order is LRU (oldest first). A chunk's bytes
+        # change in place under the lock (readers copy out of them only under it).
+        self._chunks: OrderedDict[int, _Chunk] = OrderedDict()
         self.bytes = 0  # held now
         self._gen = 0
         self._floor = 0  # fills that started before this number insert nothing
@@ -258,8 +297,11 @@ class CachedStore(BackingStore):
         self._size: int | None = None
         #: False once another gateway may write the LUN (see the module): the cache is off.
         self.sole_writer = True
-        #: Seconds a chunk stays valid (None: until invalidated); set with upcalls on.
+        #: With upcalls: how long after this store last touched a region of the file at the
+        #: bricks its cached bytes there stay trusted (None: until invalidated).
         self.ttl: float | None = None
+        # region (offset >> _REGION_SHIFT) -> when this store last touched it at the bricks
+        self._contact: dict[int, float] = {}
         self.hits = 0
         self.misses = 0
         #: Bytes fetched ahead of a sequential stream on a miss (0: no readahead).
@@ -276,7 +318,7 @@ class CachedStore(BackingStore):
             ttl = watch(self.invalidate_all)
             if ttl is not None:
                 self.coherence = "upcall"
-                self.ttl = ttl
+                self.ttl = float(ttl)
         _open_caches.add(self)
 
     # -- the cache ------------------------------------------------------------------------------
@@ -311,80 +353,141 @@ class CachedStore(BackingStore):
         if freed:
             self._ledger.give(freed)
 
-    def _invalidate(self, offset: int, length: int, start: int = -1,
-                    data: memoryview | None = None) -> None:
-        """Drop the chunks of [offset, offset+length) and remember it for fills in flight.
+    def _free_locked(self, i: int) -> None:
+        entry = self._chunks.pop(i, None)
+        if entry is not None:
+            n = len(entry.data)
+            self.bytes -= n
+            self._ledger.give(n)
 
-        With ``data`` (the bytes a write that began at generation ``start`` has just put
-        there, successfully), the chunks are then cached with those bytes, as the page cache
-        keeps what is written: the whole chunks it covers, and the cached chunks it covers in
-        part, patched. Only if no other change of those chunks was numbered after ``start``,
-        since two overlapping writes in flight may land in either order."""
+    def _touch_locked(self, lo: int, hi: int, when: float) -> None:
+        """This store reached the bricks for [lo, hi) at ``when`` (with upcalls on). A region
+        it had not touched for longer than the ttl may have missed invalidations: its chunks
+        go. (The bricks forget a client that has not touched an inode, a shard with sharding,
+        for the volume's cache-invalidation-timeout, twice the ttl.)"""
+        ttl = self.ttl
+        if ttl is None or hi <= lo:
+            return
+        contact = self._contact
+        per = _REGION_SHIFT - self._shift
+        for r in range(lo >> _REGION_SHIFT, ((hi - 1) >> _REGION_SHIFT) + 1):
+            prev = contact.get(r)
+            if prev is None or when - prev > ttl:
+                if prev is not None:
+                    for i in range(r << per, (r + 1) << per):
+                        self._free_locked(i)
+                contact[r] = when
+            elif when > prev:
+                contact[r] = when
+
+    def _fresh_locked(self, offset: int, end: int, now: float, ttl: float) -> bool:
+        """Whether every region of [offset, end) was touched at the bricks within half the
+        ttl: past that a read goes to the bricks (a miss), which renews the region, so a
+        region in use stays cached however long and one left alone expires."""
+        contact = self._contact
+        limit = ttl / 2
+        for r in range(offset >> _REGION_SHIFT, ((end - 1) >> _REGION_SHIFT) + 1):
+            t = contact.get(r)
+            if t is None or now - t > limit:
+                return False
+        return True
+
+    def _forget_locked(self, offset: int, end: int) -> None:
+        """The units of [offset, end) no longer hold the store's bytes (a change that is not
+        kept): their bits go, and chunks left with none."""
+        shift = self._shift
+        ushift = self._ushift
+        first = offset >> shift
+        last = (end - 1) >> shift
+        chunks = self._chunks
+        if last - first < len(chunks):
+            indexes = [i for i in range(first, last + 1) if i in chunks]
+        else:
+            indexes = [i for i in chunks if first <= i <= last]
+        for i in indexes:
+            entry = chunks[i]
+            base = i << shift
+            a = max(offset, base) - base
+            b = min(end - base, len(entry.data))
+            if b > a:
+                entry.valid &= ~_units(a, b, ushift)
+            if b <= a or not entry.valid:
+                self._free_locked(i)
+
+    def _invalidate(self, offset: int, length: int, start: int = -1,
+                    views: list[memoryview] | None = None, size: int = -1,
+                    when: float = 0.0) -> None:
+        """A change of [offset, offset+length) returns: remember it for fills in flight, and
+        either forget the units it touched or, with ``views`` (the bytes a write that began
+        at generation ``start`` has just put there, successfully), keep those bytes, as the
+        page cache keeps what is written: the cached chunks it touches are patched in place
+        and the units it covers whole are cached. Only if no other change of those chunks
+        was numbered after ``start``, since two overlapping writes in flight may land in
+        either order."""
         if length <= 0:
             return
+        with self._lock:
+            self._invalidate_locked(offset, length, start, views, size, when)
+
+    def _invalidate_locked(self, offset: int, length: int, start: int,
+                           views: list[memoryview] | None, size: int, when: float) -> None:
         shift = self._shift
         first = offset >> shift
         last = (offset + length - 1) >> shift
+        self._gen += 1
+        gen = self._gen
+        recent = self._recent
+        recent.append((gen, first, last))
+        if len(recent) > _RING:
+            self._floor = recent.popleft()[0]
+        if (views is None or start < self._floor or not self.enabled
+                or self._raced_locked(start, gen, first, last)):
+            # not kept: failed, or a discard, or raced by another change of these chunks
+            # (two overlapping writes in flight may land in either order), or cleared
+            self._forget_locked(offset, offset + length)
+            return
+        self._touch_locked(offset, offset + length, when)
+        pos = offset
+        for v in views:
+            n = len(v)
+            if n:
+                self._patch_locked(pos, v, size)
+            pos += n
+
+    def _patch_locked(self, offset: int, data: memoryview, size: int) -> None:
+        """Put a successful write's bytes ``data`` at ``offset`` into the cache: cached chunks
+        patched in place (the units it covers whole become valid, the others keep their
+        state), chunks not cached made for the units it covers whole."""
+        shift = self._shift
+        ushift = self._ushift
         chunk = self.chunk
-        keep_first = (offset + chunk - 1) >> shift  # the whole chunks the write covers
-        keep_last = ((offset + length) >> shift) - 1
-        pieces: list[bytes] = []
-        if data is not None and keep_first <= keep_last:
-            base = (keep_first << shift) - offset
-            pieces = [bytes(data[base + k * chunk : base + (k + 1) * chunk])
-                      for k in range(keep_last - keep_first + 1)]
-        with self._lock:
-            self._gen += 1
-            gen = self._gen
-            recent = self._recent
-            recent.append((gen, first, last))
-            if len(recent) > _RING:
-                self._floor = recent.popleft()[0]
-            chunks = self._chunks
-            freed = 0
-            edges: list[int] = []  # cached chunks the write covers in part: patched below
-            if last - first < len(chunks):
-                for i in range(first, last + 1):
-                    if data is not None and (i < keep_first or i > keep_last) and i in chunks:
-                        edges.append(i)
-                        continue
-                    entry = chunks.pop(i, None)
-                    if entry is not None:
-                        freed += len(entry[0])
+        end = offset + len(data)
+        chunks = self._chunks
+        for i in range(offset >> shift, ((end - 1) >> shift) + 1):
+            base = i << shift
+            a = max(offset, base)
+            b = min(end, base + chunk)
+            entry = chunks.get(i)
+            if entry is not None:
+                buf = entry.data
+                n = len(buf)
+                if b - base > n:  # runs past a short (last) chunk: the size changed
+                    self._free_locked(i)
+                else:
+                    buf[a - base : b - base] = data[a - offset : b - offset]
+                    entry.valid |= _whole_units(a - base, b - base, n, ushift)
+                    chunks.move_to_end(i)
             else:
-                for i in [i for i in chunks if first <= i <= last]:
-                    freed += len(chunks.pop(i)[0])
-            if freed:
-                self.bytes -= freed
-                self._ledger.give(freed)
-            if data is None or (not pieces and not edges):
-                return
-            if start < self._floor or not self.enabled or self._raced_locked(start, gen, first, last):
-                # another change of these chunks raced this write (two overlapping writes in
-                # flight may land in either order), or the cache was cleared meanwhile
-                self._drop_locked(edges)
-                return
-            now = self._clock()
-            for n, i in enumerate(edges):
-                old, filled = chunks[i]
-                lo_b = max(offset, i << shift)
-                hi_b = min(offset + length, (i << shift) + len(old))
-                if hi_b - lo_b != min(offset + length, (i + 1) << shift) - lo_b:
-                    self._drop_locked(edges[n:])  # runs past the cached (last, short) chunk
-                    break
-                # In place: readers copy out of chunks only under this lock.
-                buf = old if type(old) is bytearray else bytearray(old)
-                buf[lo_b - (i << shift) : hi_b - (i << shift)] = data[lo_b - offset : hi_b - offset]
-                # (the time it was filled stays: the bytes not written are that old)
-                chunks[i] = (buf, filled)
-                chunks.move_to_end(i)
-            size = self._size
-            if pieces and (size is None or (keep_last + 1) << shift <= size):
-                for k, piece in enumerate(pieces):
-                    if not self._make_room_locked(len(piece)):
-                        return
-                    chunks[keep_first + k] = (piece, now)
-                    self.bytes += len(piece)
+                n = min(chunk, size - base)
+                mask = _whole_units(a - base, b - base, n, ushift) if b - base <= n else 0
+                if mask and self._make_room_locked(n):
+                    if a == base and b - base == n:
+                        buf = bytearray(data[a - offset : b - offset])
+                    else:
+                        buf = bytearray(n)
+                        buf[a - base : b - base] = data[a - offset : b - offset]
+                    chunks[i] = _Chunk(buf, mask)
+                    self.bytes += n
 
     def _raced_locked(self, start: int, gen: int, first: int, last: int) -> bool:
         """Whether a change numbered between ``start`` and ``gen`` touched chunks
@@ -396,20 +499,20 @@ class CachedStore(BackingStore):
                 return True
         return False
 
-    def _drop_locked(self, indexes: list[int]) -> None:
-        freed = 0
-        for i in indexes:
-            entry = self._chunks.pop(i, None)
-            if entry is not None:
-                freed += len(entry[0])
-        if freed:
-            self.bytes -= freed
-            self._ledger.give(freed)
-
     def _known_size(self) -> int:
         size = self._size
         if size is None:
             size = self._size = self.inner.size
+        return size
+
+    def _size_or_unknown(self) -> int:
+        """The size, or -1 if the store cannot tell now (then a write caches no new chunk)."""
+        size = self._size
+        if size is None:
+            try:
+                size = self._known_size()
+            except Exception:
+                return -1
         return size
 
     def cache_status(self) -> dict[str, Any]:
@@ -421,6 +524,7 @@ class CachedStore(BackingStore):
             "capacity": self.capacity,
             "bytes": self.bytes,
             "chunk": self.chunk,
+            "unit": self.unit,
             "hits": self.hits,
             "misses": self.misses,
             "invalidations": self.invalidations,
@@ -438,14 +542,12 @@ class CachedStore(BackingStore):
         check_range(offset, length, self.name)
         if length == 0:
             return
-        shift = self._shift
-        first = offset >> shift
-        last = (offset + length - 1) >> shift
-        # Sequential-stream detection for readahead (racy counters: a hint, never data).
+        end = offset + length
+        # Sequential-stream detection (racy counters: a hint, never data).
         streak = self._streak + 1 if offset == self._next else 0
         self._streak = streak
-        self._next = offset + length
-        if self._copy_hits(offset, dst, first, last):
+        self._next = end
+        if self._copy_hits(offset, dst):
             self.hits += 1
             return
         self.misses += 1
@@ -453,35 +555,42 @@ class CachedStore(BackingStore):
             start = self._gen
             alone = not self._filling  # no other miss of this store in flight
             self._filling += 1
+        when = self._clock() if self.ttl is not None else 0.0
         try:
-            chunk = self.chunk
-            lo = first << shift
             size = self._known_size()
-            hi = min((last + 1) << shift, max(size, offset + length))
-            if alone and streak >= 2 and self.readahead and hi < size:
-                # A sequential stream read one call at a time: fetch the next window with
-                # this call (fewer round trips); never with several reads in flight, which
-                # fetch ahead by themselves and would only read the same bytes twice.
-                ahead = min(hi + self.readahead, size)
-                self.readahead_bytes += ahead - hi
-                hi = ahead
-            if lo == offset and hi == offset + length:
+            if streak:
+                # A sequential stream: whole chunks, and, read one call at a time, the next
+                # window with this call (fewer round trips); never with several reads in
+                # flight, which fetch ahead by themselves and would read the same bytes twice.
+                lo = offset >> self._shift << self._shift
+                hi = min(((end - 1) >> self._shift) + 1 << self._shift, max(size, end))
+                if alone and streak >= 2 and self.readahead and hi < size:
+                    ahead = min(hi + self.readahead, size)
+                    self.readahead_bytes += ahead - hi
+                    hi = ahead
+            else:
+                # A random read: only the units it needs (a 64 KiB fill costs a 4 KiB read
+                # nearly twice its time at the bricks).
+                lo = offset >> self._ushift << self._ushift
+                hi = min(((end - 1) >> self._ushift) + 1 << self._ushift, max(size, end))
+            if lo == offset and hi == end:
                 self.inner.read_into(offset, dst)  # aligned already: straight into the caller's
                 data: memoryview = dst
             else:
                 scratch = bytearray(hi - lo)
                 self.inner.read_into(lo, memoryview(scratch))
                 data = memoryview(scratch)
-                dst[:] = data[offset - lo : offset - lo + length]
+                dst[:] = data[offset - lo : end - lo]
         finally:
             with self._lock:
                 self._filling -= 1
         if hi > size:  # read past the size we knew: the file grew elsewhere; learn it later
             return
-        self._insert(start, first, data, hi - lo, chunk)
+        with self._lock:
+            self._insert_locked(start, lo, data, size, when)
 
     def read_hit(self, offset: int, buf: memoryview) -> bool:
-        """:meth:`read_into` if every chunk is cached and fresh, else False with nothing done:
+        """:meth:`read_into` if every unit is cached and fresh, else False with nothing done:
         it never calls the store, so the command runner calls it on the event loop first and
         sends only misses to the store's workers (a hit then costs no thread hand-off)."""
         if not self.enabled:
@@ -490,8 +599,7 @@ class CachedStore(BackingStore):
         length = len(dst)
         if length == 0 or offset < 0:
             return False
-        shift = self._shift
-        if not self._copy_hits(offset, dst, offset >> shift, (offset + length - 1) >> shift):
+        if not self._copy_hits(offset, dst):
             return False
         self.hits += 1
         # (the sequential-stream hint of read_into, for the misses that follow)
@@ -499,72 +607,112 @@ class CachedStore(BackingStore):
         self._next = offset + length
         return True
 
-    def _copy_hits(self, offset: int, dst: memoryview, first: int, last: int) -> bool:
-        """Copy [offset, +len(dst)) from cached chunks if every one is there and fresh."""
-        shift = self._shift
+    def _copy_hits(self, offset: int, dst: memoryview) -> bool:
+        """Copy [offset, +len(dst)) from cached units if every one is there and fresh."""
         ttl = self.ttl
         now = self._clock() if ttl is not None else 0.0
-        end = offset + len(dst)
         with self._lock:
-            chunks = self._chunks
-            entries = []
-            for i in range(first, last + 1):
-                entry = chunks.get(i)
-                if entry is None or (ttl is not None and now - entry[1] > ttl):
-                    return False
-                entries.append(entry[0])
-            pos = 0
-            for i, data in zip(range(first, last + 1), entries, strict=True):
-                base = i << shift
-                a = max(offset, base) - base
-                b = min(end - base, len(data))
-                if b < min(end - base, self.chunk):
-                    return False  # a short last chunk (the end then) that does not cover it
-                dst[pos : pos + b - a] = data[a:b]
-                pos += b - a
-                chunks.move_to_end(i)
-            return pos == len(dst)
+            return self._copy_hits_locked(offset, dst, ttl, now)
 
-    def _insert(self, start: int, first: int, data: memoryview, total: int, chunk: int) -> None:
-        n_chunks = (total + chunk - 1) // chunk
-        pieces = [bytes(data[k * chunk : min(total, (k + 1) * chunk)]) for k in range(n_chunks)]
-        now = self._clock()
-        with self._lock:
-            if start < self._floor or not self.enabled:
-                return
-            stale: set[int] = set()
-            for gen, lo, hi in self._recent:
-                if gen > start:
-                    stale.update(range(max(lo, first), min(hi, first + n_chunks - 1) + 1))
-            chunks = self._chunks
-            for k, piece in enumerate(pieces):
-                i = first + k
-                if i in stale:
-                    continue
-                old = chunks.pop(i, None)
-                if old is not None:
-                    self.bytes -= len(old[0])
-                    self._ledger.give(len(old[0]))
-                if not self._make_room_locked(len(piece)):
-                    return
-                chunks[i] = (piece, now)
-                self.bytes += len(piece)
+    def _copy_hits_locked(self, offset: int, dst: memoryview, ttl: float | None,
+                          now: float) -> bool:
+        end = offset + len(dst)
+        if ttl is not None and not self._fresh_locked(offset, end, now, ttl):
+            return False
+        shift = self._shift
+        ushift = self._ushift
+        first = offset >> shift
+        last = (end - 1) >> shift
+        chunks = self._chunks
+        for i in range(first, last + 1):
+            entry = chunks.get(i)
+            if entry is None:
+                return False
+            base = i << shift
+            a = max(offset, base) - base
+            b = min(end, base + self.chunk) - base
+            if b > len(entry.data):
+                return False  # a short last chunk (the end then) that does not cover it
+            need = _units(a, b, ushift)
+            if entry.valid & need != need:
+                return False
+        pos = 0
+        for i in range(first, last + 1):
+            entry = chunks[i]
+            base = i << shift
+            a = max(offset, base) - base
+            b = min(end, base + self.chunk) - base
+            dst[pos : pos + b - a] = entry.data[a:b]
+            pos += b - a
+            chunks.move_to_end(i)
+        return True
+
+    def _insert_locked(self, start: int, lo: int, data: memoryview, size: int,
+                       when: float) -> None:
+        """A fill that began at generation ``start`` read ``data`` at ``lo``: cache it, but
+        not in the chunks a change numbered after ``start`` touched (the bricks may have
+        answered before it), and nothing if the ring forgot such changes."""
+        if start < self._floor or not self.enabled:
+            return
+        hi = lo + len(data)
+        shift = self._shift
+        first = lo >> shift
+        last = (hi - 1) >> shift
+        stale: list[tuple[int, int]] = []
+        for gen, a, b in reversed(self._recent):
+            if gen <= start:
+                break
+            if a <= last and b >= first:
+                stale.append((a, b))
+        self._touch_locked(lo, hi, when)
+        ushift = self._ushift
+        chunk = self.chunk
+        chunks = self._chunks
+        for i in range(first, last + 1):
+            if stale and any(a <= i <= b for a, b in stale):
+                continue
+            base = i << shift
+            a = max(lo, base)
+            b = min(hi, base + chunk)
+            entry = chunks.get(i)
+            if entry is None:
+                n = min(chunk, size - base)
+                mask = _whole_units(a - base, b - base, n, ushift) if b - base <= n else 0
+                if mask and self._make_room_locked(n):
+                    if a == base and b - base == n:
+                        buf = bytearray(data[a - lo : b - lo])
+                    else:
+                        buf = bytearray(n)
+                        buf[a - base : b - base] = data[a - lo : b - lo]
+                    chunks[i] = _Chunk(buf, mask)
+                    self.bytes += n
+            elif b - base > len(entry.data):
+                self._free_locked(i)  # a short (last) chunk: the size changed
+            else:
+                n = len(entry.data)
+                mask = _whole_units(a - base, b - base, n, ushift)
+                # Only the units not cached yet: the cached ones are as new (no change of this
+                # chunk since ``start``), and a write may have patched part of a unit.
+                if mask & ~entry.valid:
+                    entry.data[a - base : b - base] = data[a - lo : b - lo]
+                    entry.valid |= mask
+                chunks.move_to_end(i)
 
     def _make_room_locked(self, n: int) -> bool:
         """Evict own LRU chunks until ``n`` more bytes fit the cap and the ledger; take them."""
-        if n > self.capacity:
+        if n > self.capacity or n <= 0:
             return False
         chunks = self._chunks
         while self.bytes + n > self.capacity and chunks:
-            _, (old, _t) = chunks.popitem(last=False)
-            self.bytes -= len(old)
-            self._ledger.give(len(old))
+            old = chunks.popitem(last=False)[1]
+            self.bytes -= len(old.data)
+            self._ledger.give(len(old.data))
         while not self._ledger.take(n):
             if not chunks:
                 return False
-            _, (old, _t) = chunks.popitem(last=False)
-            self.bytes -= len(old)
-            self._ledger.give(len(old))
+            old = chunks.popitem(last=False)[1]
+            self.bytes -= len(old.data)
+            self._ledger.give(len(old.data))
         return True
 
     # -- writes: the store first, then the drop, before returning --------------------------------
@@ -572,17 +720,21 @@ class CachedStore(BackingStore):
     def write(self, offset: int, data: Buffer) -> None:
         view = byte_view(data)
         start = self._gen
+        when = self._clock() if self.ttl is not None else 0.0
         done = False
         try:
             self.inner.write(offset, data)
             done = True
         finally:
-            self._invalidate(offset, len(view), start, view if done and self.enabled else None)
+            keep = done and self.enabled
+            self._invalidate(offset, len(view), start, [view] if keep else None,
+                             self._size_or_unknown() if keep else -1, when)
 
     def writev(self, offset: int, buffers: list[Buffer]) -> None:
         views = [byte_view(b) for b in buffers]
         total = sum(len(v) for v in views)
         start = self._gen
+        when = self._clock() if self.ttl is not None else 0.0
         done = False
         try:
             writev = getattr(self.inner, "writev", None)
@@ -592,10 +744,9 @@ class CachedStore(BackingStore):
                 self.inner.write(offset, b"".join(views))
             done = True
         finally:
-            keep = None
-            if done and self.enabled:
-                keep = views[0] if len(views) == 1 else memoryview(b"".join(views))
-            self._invalidate(offset, total, start, keep)
+            keep = done and self.enabled
+            self._invalidate(offset, total, start, views if keep else None,
+                             self._size_or_unknown() if keep else -1, when)
 
     def discard(self, offset: int, length: int) -> None:
         try:
