@@ -262,12 +262,13 @@ def test_a_store_that_watches_invalidations_is_coherent_and_an_upcall_empties_it
     assert inner.callback is None
 
 
-def test_worker_threads_never_read_older_than_the_last_acknowledged_write():
+@pytest.mark.parametrize("unit", [CHUNK, 512])
+def test_worker_threads_never_read_older_than_the_last_acknowledged_write(unit):
     """Readers race a writer that stamps chunks with rising versions; a read must see at least
-    the version acknowledged before it started."""
+    the version acknowledged before it started (whole-chunk fills, and unit fills)."""
     nblocks = 8
     inner = MemoryStore(nblocks * CHUNK)
-    store = _cached(inner, capacity=4 * CHUNK)  # smaller than the data: eviction too
+    store = _cached(inner, capacity=4 * CHUNK, unit=unit)  # smaller than the data: eviction too
     acked = [0] * nblocks
     stop = threading.Event()
     errors: list[str] = []
@@ -605,31 +606,42 @@ def test_a_random_miss_reads_only_its_units_and_a_sequential_stream_whole_chunks
     assert len(inner.reads) <= 4  # one brick read per readahead window, not per read
 
 
-def test_a_write_caches_the_units_it_covers_and_a_discard_drops_only_its_own():
-    """A write caches the units it covers whole even in a chunk not cached (a 4K write into
-    a 64K chunk used to be dropped), and UNMAP/WRITE SAME drop only the units they touch."""
+def test_a_write_patches_the_units_it_covers_and_a_discard_drops_only_its_own():
+    """A write into a cached chunk patches it and makes the units it covers whole valid; one
+    into a chunk not cached caches it only if it covers it whole (a 64K chunk for each 4K
+    write cost more CPU than the write's own path). UNMAP/WRITE SAME drop only the units they
+    touch, not the whole chunk."""
     big = 64 * KiB
     inner = MemoryStore(8 * big)
     store = CachedStore(inner, 8 * big, ledger_=CacheLedger(1 << 30))
+    store.write(3 * big + 4096, b"n" * 4096)  # a chunk not cached, covered in part: stays out
+    assert 3 not in store._chunks
+    store.write(4 * big, b"c" * big)  # covered whole: cached
+    inner.write(4 * big, b"x" * 10)
+    assert store.read(4 * big, 10) == b"c" * 10 and store.misses == 0
+    assert store.read(big + 4096, 10) == bytes(10) and store.misses == 1  # caches unit 1 only
     store.write(big + 4096 - 10, b"w" * (8192 + 20))  # units 1, 2 whole; 0 and 3 in part
     inner.write(big + 4096, b"z" * 8192)  # behind its back: a hit proves the cache answered
-    assert store.read(big + 4096, 8192) == b"w" * 8192 and store.misses == 0
-    assert store._chunks[1].valid == 0b0110 and store.bytes == big
-    assert store.read(big + 4096 - 10, 10) == b"w" * 10 and store.misses == 1  # unit 0: a miss
+    assert store.read(big + 4096, 8192) == b"w" * 8192 and store.misses == 1
+    assert store.bytes == 2 * big
+    assert store.read(big + 4096 - 10, 10) == b"w" * 10 and store.misses == 2  # unit 0: a miss
     # a write covering a valid unit in part patches it
     store.write(big + 4096 + 1, b"p")
     inner.write(big + 4096, b"z" * 8192)
-    assert store.read(big + 4096, 3) == b"wpw" and store.misses == 1
-    # A discard (and WRITE SAME of zeroes) of unit 2 leaves units 0 and 1
+    assert store.read(big + 4096, 3) == b"wpw" and store.misses == 2
+    # A discard (UNMAP) of unit 2 leaves units 0 and 1 cached
     store.discard(big + 8192, 4096)
-    assert store._chunks[1].valid == 0b0011
-    assert store.read(big + 4096, 3) == b"wpw" and store.misses == 1
-    assert store.read(big + 8192, 4096) == bytes(4096) and store.misses == 2  # from the store
-    store.write_zeroes(big, 8192)  # units 0 and 1: the chunk keeps only unit 2
+    assert store.read(big + 4096, 3) == b"wpw" and store.misses == 2
+    assert store._chunks[1].valid == 0b0011 and store._chunks[4].valid == 0xFFFF
+    assert store.read(big + 8192, 4096) == bytes(4096) and store.misses == 3  # from the store
+    store.write_zeroes(big, 8192)  # WRITE SAME: units 0 and 1; the chunk keeps only unit 2
     assert store._chunks[1].valid == 0b0100
     assert store.read(big, 8192) == bytes(8192)
     store.discard(big, big)
     assert 1 not in store._chunks
+    # SANITIZE BLOCK ERASE, XCOPY and resize end in the same calls (discard, write, resize)
+    store.resize(16 * big)
+    assert store.bytes == 0 and not store._chunks
 
 
 def test_a_region_in_use_stays_cached_past_the_ttl_and_one_left_alone_expires():

@@ -440,6 +440,8 @@ class CachedStore(BackingStore):
         recent.append((gen, first, last))
         if len(recent) > _RING:
             self._floor = recent.popleft()[0]
+        if views is not None and not self._keeps_any_locked(offset, length, first, last):
+            return  # (a write into chunks not cached that covers none whole: nothing to do)
         if (views is None or start < self._floor or not self.enabled
                 or self._raced_locked(start, gen, first, last)):
             # not kept: failed, or a discard, or raced by another change of these chunks
@@ -454,10 +456,23 @@ class CachedStore(BackingStore):
                 self._patch_locked(pos, v, size)
             pos += n
 
+    def _keeps_any_locked(self, offset: int, length: int, first: int, last: int) -> bool:
+        """Whether a write of [offset, +length) touches a cached chunk or covers one whole."""
+        shift = self._shift
+        if (offset + self.chunk - 1) >> shift < (offset + length) >> shift:
+            return True
+        chunks = self._chunks
+        if last - first < 8:
+            for i in range(first, last + 1):
+                if i in chunks:
+                    return True
+            return False
+        return True
+
     def _patch_locked(self, offset: int, data: memoryview, size: int) -> None:
         """Put a successful write's bytes ``data`` at ``offset`` into the cache: cached chunks
         patched in place (the units it covers whole become valid, the others keep their
-        state), chunks not cached made for the units it covers whole."""
+        state), and the chunks not cached that it covers whole made."""
         shift = self._shift
         ushift = self._ushift
         chunk = self.chunk
@@ -478,16 +493,16 @@ class CachedStore(BackingStore):
                     entry.valid |= _whole_units(a - base, b - base, n, ushift)
                     chunks.move_to_end(i)
             else:
+                # Only a chunk it writes whole is made (one copy of its bytes): a new chunk for
+                # a 4K write would cost a 64K allocation (and an eviction) for each, ~2.5x
+                # the cache's CPU per write, for bytes that random writes rarely read back.
                 n = min(chunk, size - base)
-                mask = _whole_units(a - base, b - base, n, ushift) if b - base <= n else 0
-                if mask and self._make_room_locked(n):
-                    if a == base and b - base == n:
-                        buf = bytearray(data[a - offset : b - offset])
-                    else:
-                        buf = bytearray(n)
-                        buf[a - base : b - base] = data[a - offset : b - offset]
-                    chunks[i] = _Chunk(buf, mask)
-                    self.bytes += n
+                if a == base and b - base == n and n > 0:
+                    made = self._make_room_locked(n)
+                    if made is not None:
+                        made[:] = data[a - offset : b - offset]
+                        chunks[i] = _Chunk(made, _whole_units(0, n, n, ushift))
+                        self.bytes += n
 
     def _raced_locked(self, start: int, gen: int, first: int, last: int) -> bool:
         """Whether a change numbered between ``start`` and ``gen`` touched chunks
@@ -678,13 +693,10 @@ class CachedStore(BackingStore):
             if entry is None:
                 n = min(chunk, size - base)
                 mask = _whole_units(a - base, b - base, n, ushift) if b - base <= n else 0
-                if mask and self._make_room_locked(n):
-                    if a == base and b - base == n:
-                        buf = bytearray(data[a - lo : b - lo])
-                    else:
-                        buf = bytearray(n)
-                        buf[a - base : b - base] = data[a - lo : b - lo]
-                    chunks[i] = _Chunk(buf, mask)
+                new = self._make_room_locked(n) if mask else None
+                if new is not None:
+                    new[a - base : b - base] = data[a - lo : b - lo]
+                    chunks[i] = _Chunk(new, mask)
                     self.bytes += n
             elif b - base > len(entry.data):
                 self._free_locked(i)  # a short (last) chunk: the size changed
@@ -698,22 +710,30 @@ class CachedStore(BackingStore):
                     entry.valid |= mask
                 chunks.move_to_end(i)
 
-    def _make_room_locked(self, n: int) -> bool:
-        """Evict own LRU chunks until ``n`` more bytes fit the cap and the ledger; take them."""
+    def _make_room_locked(self, n: int) -> bytearray | None:
+        """Evict own LRU chunks until ``n`` more bytes fit the cap and the ledger; take them
+        and return a buffer of ``n`` bytes for the new chunk (an evicted chunk's, when one
+        is that long: no allocation, no fresh pages to fault in), or None if they do not fit.
+        (Its bytes are old: only the units the caller marks valid count.)"""
         if n > self.capacity or n <= 0:
-            return False
+            return None
         chunks = self._chunks
+        spare: bytearray | None = None
         while self.bytes + n > self.capacity and chunks:
-            old = chunks.popitem(last=False)[1]
-            self.bytes -= len(old.data)
-            self._ledger.give(len(old.data))
+            old = chunks.popitem(last=False)[1].data
+            self.bytes -= len(old)
+            self._ledger.give(len(old))
+            if len(old) == n:
+                spare = old
         while not self._ledger.take(n):
             if not chunks:
-                return False
-            old = chunks.popitem(last=False)[1]
-            self.bytes -= len(old.data)
-            self._ledger.give(len(old.data))
-        return True
+                return None
+            old = chunks.popitem(last=False)[1].data
+            self.bytes -= len(old)
+            self._ledger.give(len(old))
+            if len(old) == n:
+                spare = old
+        return spare if spare is not None else bytearray(n)
 
     # -- writes: the store first, then the drop, before returning --------------------------------
 
