@@ -43,6 +43,8 @@ def main() -> int:
     ap.add_argument("--bs", type=int, default=4096, help="bytes per op")
     ap.add_argument("--label", default="")
     ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--age", type=float, default=0.0,
+                    help="hot: read the hot set at random this many seconds before measuring")
     args = ap.parse_args()
     from gluster_iscsi.backstore.cache import CachedStore, CacheLedger
 
@@ -62,6 +64,12 @@ def main() -> int:
             store.write(off, bytes(range(256)) * 4096)
     span = (args.hot if args.mode == "hot" else args.size) // bs
     offsets = [rnd.randrange(span) * bs for _ in range(args.ops)]
+    deadline = time.monotonic() + args.age
+    while time.monotonic() < deadline:  # the hot set in use for a while (past the ttl)
+        store.read_into(rnd.randrange(span) * bs, buf)
+        time.sleep(0.001)
+    if args.age and args.cache:
+        store.hits = store.misses = 0
     c0, t0 = time.process_time(), time.perf_counter()
     if args.mode == "write":
         for off in offsets:

@@ -202,7 +202,7 @@ def test_capacity_and_the_ledger_bound_the_cache_and_it_yields_to_commands():
         used = 0
 
     budget = Budget()
-    led = CacheLedger(6 * CHUNK, budget)  # type: ignore[arg-type]
+    led = CacheLedger(6 * CHUNK, budget)
     a = CachedStore(MemoryStore(16 * CHUNK), 4 * CHUNK, chunk=CHUNK, ledger_=led)
     b = CachedStore(MemoryStore(16 * CHUNK), 4 * CHUNK, chunk=CHUNK, ledger_=led)
     a.read(0, 8 * CHUNK)

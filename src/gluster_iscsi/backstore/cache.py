@@ -79,9 +79,9 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from ..buffers import MemoryBudget, default_budget  # the one coupling to the command budget
+from ..buffers import default_budget  # (and the budget's two fields: the one coupling)
 from ._util import byte_view, check_range
 from .base import BackingStore, Buffer, Capabilities, Extent
 
@@ -102,11 +102,19 @@ DEFAULT_LUN_CAPACITY = 256 << 20
 _RING = 64
 
 
+class _Budget(Protocol):
+    """What the ledger reads of the command memory budget (``buffers.MemoryBudget``; a
+    Protocol, not the class: compiled code checks concrete classes, and tests pass fakes)."""
+
+    limit: int
+    used: int
+
+
 class CacheLedger:
     """The bytes all read caches of the daemon hold together, bounded by :attr:`limit` and by
     what the command memory budget (if any) leaves over. Thread-safe (fills run on workers)."""
 
-    def __init__(self, limit: int, budget: MemoryBudget | None = None) -> None:
+    def __init__(self, limit: int, budget: _Budget | None = None) -> None:
         self.limit = limit
         self.budget = budget
         self.used = 0
@@ -133,7 +141,7 @@ _default_capacity = DEFAULT_LUN_CAPACITY
 _config_lock = threading.Lock()
 
 
-def configure(budget: MemoryBudget | None, lun_default: int | None) -> CacheLedger:
+def configure(budget: _Budget | None, lun_default: int | None) -> CacheLedger:
     """Set the daemon-wide ledger from the command memory budget (a quarter of it) and the
     default per-LUN cap (``serve --gfapi-cache``; 0 disables caches of LUNs that set none)."""
     global _ledger, _default_capacity
