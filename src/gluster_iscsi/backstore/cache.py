@@ -82,6 +82,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..buffers import default_budget  # (and the budget's two fields: the one coupling)
+from ._forward import ForwardsToInner
 from ._util import byte_view, check_range
 from .base import BackingStore, Buffer, Capabilities, Extent
 
@@ -262,8 +263,9 @@ def _whole_units(a: int, b: int, n: int, ushift: int) -> int:
     return ((1 << (u1 - u0)) - 1) << u0
 
 
-class CachedStore(BackingStore):
-    """``inner`` with a read cache of up to ``capacity`` bytes in front (see the module)."""
+class CachedStore(BackingStore, ForwardsToInner):
+    """``inner`` with a read cache of up to ``capacity`` bytes in front (see the module).
+    Store-specific attributes (address, path, created, ...) are the inner's."""
 
     def __init__(
         self,
@@ -828,12 +830,6 @@ class CachedStore(BackingStore):
             self.inner.close()
         else:
             self.inner.close(timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        # Store-specific attributes (address, path, created, o_direct, ...) are the inner's.
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def __repr__(self) -> str:
         return f"CachedStore({self.inner!r}, capacity={self.capacity})"
