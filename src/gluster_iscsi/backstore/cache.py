@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -169,7 +168,9 @@ def default_capacity() -> int:
 
 
 #: The caches open now (made by :class:`CachedStore`, left at its close), for :func:`summary`.
-_open_caches: weakref.WeakSet[CachedStore] = weakref.WeakSet()
+#: A plain set, not a WeakSet: compiled (mypyc), weak references to a CachedStore crashed
+#: the interpreter (a WeakSet.add segfaulted in the test suite). A store is always closed.
+_open_caches: set[CachedStore] = set()
 
 #: What :func:`summary` says of a daemon whose caches get no upcalls.
 SINGLE_WRITER_ONLY = "off (single-writer only)"
@@ -182,7 +183,9 @@ def summary(caches_: list[CachedStore] | None = None) -> dict[str, Any]:
     ``"on"`` (every cache), :data:`SINGLE_WRITER_ONLY` (none: correct only while this gateway
     is the file's only writer), ``"mixed"`` (per LUN in ``lun list --json``), None when no
     LUN has a cache. ``caches_``: these instead of every cache open now (tests)."""
-    caches = [c for c in (list(_open_caches) if caches_ is None else caches_) if c.capacity > 0]
+    with _config_lock:
+        everyone = list(_open_caches)
+    caches = [c for c in (everyone if caches_ is None else caches_) if c.capacity > 0]
     on = [c for c in caches if c.enabled]
     hits = sum(c.hits for c in caches)
     misses = sum(c.misses for c in caches)
@@ -329,7 +332,8 @@ class CachedStore(BackingStore, ForwardsToInner):
             if ttl is not None:
                 self.coherence = "upcall"
                 self.ttl = float(ttl)
-        _open_caches.add(self)
+        with _config_lock:
+            _open_caches.add(self)
 
     # -- the cache ------------------------------------------------------------------------------
 
@@ -818,7 +822,8 @@ class CachedStore(BackingStore, ForwardsToInner):
         return self.inner.extents(offset, length)
 
     def close(self, timeout: float | None = None) -> None:
-        _open_caches.discard(self)
+        with _config_lock:
+            _open_caches.discard(self)
         unwatch = getattr(self.inner, "unwatch_invalidations", None)
         if unwatch is not None:
             unwatch(self.invalidate_all)
