@@ -674,3 +674,42 @@ def test_a_region_in_use_stays_cached_past_the_ttl_and_one_left_alone_expires():
     now[0] = 80.0  # left alone for more than the ttl: what was cached there is dropped
     assert store.read(0, 10) == b"z" * 10 and store.misses == 2
     assert store.read(big + 100, 10) == b"z" * 10 and store.misses == 3
+
+
+def test_the_keeper_renews_the_regions_a_cache_holds_so_they_stay_trusted_when_only_hit():
+    """A hot set read only from memory (or an idle LUN) does not touch the bricks, which then
+    forget this client after the volume's cache-invalidation-timeout: the whole cache used to
+    expire ttl after its fill (the benchmark's reads a minute after the prefill went to the
+    bricks). ``keep_alive`` (the keeper thread's pass) reads one unit at each end of every
+    region held and not touched for a quarter of the ttl, so those bytes stay trusted."""
+
+    class Watched(_Recording):
+        def watch_invalidations(self, cb):
+            return 40.0
+
+        def unwatch_invalidations(self, cb):
+            pass
+
+    big = 64 * KiB
+    region = 4 << 20
+    inner = Watched(2 * region)
+    now = [0.0]
+    store = CachedStore(inner, 2 * region, ledger_=CacheLedger(1 << 30), clock=lambda: now[0])
+    assert not store.kept  # (a test clock: no keeper thread, the test calls keep_alive)
+    store.write(0, b"a" * (2 * big))  # region 0
+    store.write(region, b"b" * big)  # region 1
+    inner.write(0, b"z" * (2 * big))  # behind its back: hits answer "a"
+    now[0] = 5.0
+    assert store.keep_alive() == 0 and not inner.reads  # touched 5 s ago: nothing due
+    now[0] = 11.0  # past ttl/4 = 10
+    assert store.keep_alive() == 2
+    assert sorted(inner.reads) == [(0, 4096), (region - 4096, 4096), (region, 4096),
+                                   (2 * region - 4096, 4096)]
+    for t in (21.0, 31.0, 41.0, 51.0, 61.0):  # only hits from now on, the keeper renewing
+        now[0] = t
+        store.keep_alive()
+        assert store.read(100, 10) == b"a" * 10
+    assert store.misses == 0 and store.expired == 0 and store.renewals >= 6
+    now[0] = 200.0  # the keeper stopped (say the bricks were away): dropped, not trusted
+    assert store.keep_alive() == 0 and store.expired == 2 and not store._chunks
+    assert store.read(100, 10) == b"z" * 10

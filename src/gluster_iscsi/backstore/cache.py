@@ -238,6 +238,39 @@ def summary_line(s: dict[str, Any]) -> str:
             f"{min(s['capacity'], s['limit_all_luns']) >> 20} MiB), upcalls {s['upcalls']}")
 
 
+_keeper: threading.Thread | None = None
+
+
+def _start_keeper_locked() -> None:
+    """Start the keeper thread once (under ``_config_lock``)."""
+    global _keeper
+    if _keeper is None:
+        _keeper = threading.Thread(target=_keep_loop, name="cache-keeper", daemon=True)
+        _keeper.start()
+
+
+def _keep_loop() -> None:
+    """The keeper: every eighth of the shortest ttl (at least 0.25 s, at most 30 s), each
+    cache with upcalls renews the regions it holds (:meth:`CachedStore.keep_alive`)."""
+    while True:
+        with _config_lock:
+            caches = [c for c in _open_caches if c.kept]
+        pause = 30.0
+        for c in caches:
+            ttl = c.ttl
+            if ttl is not None:
+                pause = min(pause, ttl / 8)
+            _keep_one(c)
+        time.sleep(max(0.25, pause))
+
+
+def _keep_one(cache: CachedStore) -> None:
+    try:
+        cache.keep_alive()
+    except Exception:  # a store closing under it: the next pass no longer sees it
+        pass
+
+
 class _Chunk:
     """A cached chunk: its bytes (``chunk`` long, shorter at the end of the LUN) and which of
     its units (bit ``u``: bytes ``[u * unit, (u + 1) * unit)``) hold the store's bytes."""
@@ -332,8 +365,15 @@ class CachedStore(BackingStore, ForwardsToInner):
             if ttl is not None:
                 self.coherence = "upcall"
                 self.ttl = float(ttl)
+        #: Whether the keeper thread renews this cache's regions (real time only: a store
+        #: on a test clock is renewed by calling :meth:`keep_alive`).
+        self.kept = self.ttl is not None and clock is time.monotonic
+        self.renewals = 0  # regions the keeper touched at the bricks
+        self.expired = 0  # regions dropped: not touched at the bricks for longer than the ttl
         with _config_lock:
             _open_caches.add(self)
+            if self.kept:
+                _start_keeper_locked()
 
     # -- the cache ------------------------------------------------------------------------------
 
@@ -388,6 +428,7 @@ class CachedStore(BackingStore, ForwardsToInner):
             prev = contact.get(r)
             if prev is None or when - prev > ttl:
                 if prev is not None:
+                    self.expired += 1
                     for i in range(r << per, (r + 1) << per):
                         self._free_locked(i)
                 contact[r] = when
@@ -534,6 +575,63 @@ class CachedStore(BackingStore, ForwardsToInner):
             size = self._size = self.inner.size
         return size
 
+    def keep_alive(self) -> int:
+        """With upcalls: touch at the bricks each region that holds cached chunks and was
+        last touched more than a quarter of the ttl ago (one unit read at its start and one
+        at its end: with sharding a region lies in at most two shards), so the bricks go on
+        sending this client the region's invalidations and its cached bytes stay trusted
+        however long they are only read from memory (a hot set, an idle LUN). Regions not
+        touched for longer than the ttl are dropped instead. Returns the regions renewed.
+        The keeper thread calls it (:func:`_keep_loop`); it never holds the lock while it
+        reads."""
+        ttl = self.ttl
+        if ttl is None or not self.enabled:
+            return 0
+        with self._lock:
+            due = self._due_regions_locked(self._clock(), ttl)
+        if not due:
+            return 0
+        size = self._size_or_unknown()
+        renewed = 0
+        for r in due:
+            lo = r << _REGION_SHIFT
+            hi = min(lo + (1 << _REGION_SHIFT), size)
+            if hi > lo and self._renew(r, lo, hi):
+                renewed += 1
+        self.renewals += renewed
+        return renewed
+
+    def _renew(self, r: int, lo: int, hi: int) -> bool:
+        n = min(self.unit, hi - lo)
+        when = self._clock()
+        try:
+            self.inner.read_into(lo, memoryview(bytearray(n)))
+            if hi - n > lo:
+                self.inner.read_into(hi - n, memoryview(bytearray(n)))
+        except Exception:  # (closed meanwhile, or the bricks are away: the ttl decides)
+            return False
+        with self._lock:
+            self._touch_locked(lo, lo + 1, when)
+        return True
+
+    def _due_regions_locked(self, now: float, ttl: float) -> list[int]:
+        per = _REGION_SHIFT - self._shift
+        held = {i >> per for i in self._chunks}
+        contact = self._contact
+        due: list[int] = []
+        for r in sorted(held):
+            t = contact.get(r)
+            if t is None:
+                continue
+            if now - t > ttl:  # the bricks may have forgotten this client there
+                del contact[r]
+                self.expired += 1
+                for i in range(r << per, (r + 1) << per):
+                    self._free_locked(i)
+            elif now - t > ttl / 4:
+                due.append(r)
+        return due
+
     def _size_or_unknown(self) -> int:
         """The size, or -1 if the store cannot tell now (then a write caches no new chunk)."""
         size = self._size
@@ -558,6 +656,8 @@ class CachedStore(BackingStore, ForwardsToInner):
             "misses": self.misses,
             "invalidations": self.invalidations,
             "readahead_bytes": self.readahead_bytes,
+            "expired": self.expired,
+            "renewals": self.renewals,
         }
 
     # -- reads ----------------------------------------------------------------------------------
