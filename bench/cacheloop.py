@@ -43,6 +43,8 @@ def main() -> int:
     ap.add_argument("--bs", type=int, default=4096, help="bytes per op")
     ap.add_argument("--label", default="")
     ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--idle", type=float, default=0.0,
+                    help="hot: sleep this many seconds after writing the hot set")
     ap.add_argument("--age", type=float, default=0.0,
                     help="hot: read the hot set at random this many seconds before measuring")
     args = ap.parse_args()
@@ -64,19 +66,24 @@ def main() -> int:
             store.write(off, bytes(range(256)) * 4096)
     span = (args.hot if args.mode == "hot" else args.size) // bs
     offsets = [rnd.randrange(span) * bs for _ in range(args.ops)]
+    time.sleep(args.idle)  # the LUN idle (nothing read or written) before measuring
     deadline = time.monotonic() + args.age
     while time.monotonic() < deadline:  # the hot set in use for a while (past the ttl)
         store.read_into(rnd.randrange(span) * bs, buf)
         time.sleep(0.001)
     if args.age and args.cache:
         store.hits = store.misses = 0
+    lat: list[float] = []
     c0, t0 = time.process_time(), time.perf_counter()
     if args.mode == "write":
         for off in offsets:
             store.write(off, data)
     else:
+        pc = time.perf_counter
         for off in offsets:
+            a = pc()
             store.read_into(off, buf)
+            lat.append(pc() - a)
     c1, t1 = time.process_time(), time.perf_counter()
     out = {
         "label": args.label, "mode": args.mode, "store": args.store.split("/")[0],
@@ -84,6 +91,7 @@ def main() -> int:
         "wall_us": round((t1 - t0) / args.ops * 1e6, 2),
         "cpu_us": round((c1 - c0) / args.ops * 1e6, 2),
         "hits": getattr(store, "hits", None), "misses": getattr(store, "misses", None),
+        "p50_us": round(sorted(lat)[len(lat) // 2] * 1e6, 1) if lat else None,
     }
     print(json.dumps(out))
     store.close()
