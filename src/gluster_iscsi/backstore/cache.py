@@ -4,8 +4,8 @@ Reads through libgfapi go to the bricks every time, while a target on a FUSE fil
 the kernel's page cache. :class:`CachedStore` wraps a store and keeps recently read bytes in
 fixed chunks (:data:`DEFAULT_CHUNK`, 64 KiB) in LRU order, each with a bitmask of which of
 its units (:data:`DEFAULT_UNIT`, 4 KiB) hold the store's bytes: a random read that misses
-reads only the units it needs (a 64 KiB fill cost ~450 us at the bricks against ~260 us for
-4 KiB), and one object per 64 KiB keeps a big cache cheap. It sees bytes only, never CDBs:
+reads only the units it needs (a 64 KiB read at the bricks took 15-70% longer than 4 KiB),
+and one object per 64 KiB keeps a big cache cheap. It sees bytes only, never CDBs:
 every way the SCSI layer changes data ends in :meth:`write`, :meth:`writev`,
 :meth:`discard`, :meth:`write_zeroes` or :meth:`resize` of the store (WRITE/WRITE SAME/
 SANITIZE OVERWRITE/COMPARE AND WRITE/ORWRITE/XCOPY targets are writes, UNMAP and SANITIZE
@@ -713,8 +713,8 @@ class CachedStore(BackingStore, ForwardsToInner):
                     self.readahead_bytes += ahead - hi
                     hi = ahead
             else:
-                # A random read: only the units it needs (a 64 KiB fill costs a 4 KiB read
-                # nearly twice its time at the bricks).
+                # A random read: only the units it needs (a 64 KiB read at the bricks took
+                # 15-70% longer than a 4 KiB one, BENCHMARKS.md, issue 19).
                 lo = offset >> self._ushift << self._ushift
                 hi = min(((end - 1) >> self._ushift) + 1 << self._ushift, max(size, end))
             if lo == offset and hi == end:
