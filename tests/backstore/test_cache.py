@@ -713,3 +713,25 @@ def test_the_keeper_renews_the_regions_a_cache_holds_so_they_stay_trusted_when_o
     now[0] = 200.0  # the keeper stopped (say the bricks were away): dropped, not trusted
     assert store.keep_alive() == 0 and store.expired == 2 and not store._chunks
     assert store.read(100, 10) == b"z" * 10
+
+
+def test_a_cache_with_upcalls_on_real_time_is_kept_by_the_keeper_thread():
+    from gluster_iscsi.backstore import cache as cachemod
+
+    class Watched(MemoryStore):
+        def watch_invalidations(self, cb):
+            return 30.0
+
+        def unwatch_invalidations(self, cb):
+            pass
+
+    plain = CachedStore(MemoryStore(CHUNK), CHUNK, ledger_=CacheLedger(1 << 30))
+    watched = CachedStore(Watched(CHUNK), CHUNK, ledger_=CacheLedger(1 << 30))
+    try:
+        assert not plain.kept and watched.kept  # no upcalls: nothing to renew
+        keeper = cachemod._keeper
+        assert keeper is not None and keeper.is_alive() and keeper.daemon
+        assert watched.cache_status()["renewals"] == 0 and "expired" in watched.cache_status()
+    finally:
+        plain.close()
+        watched.close()
