@@ -1,7 +1,9 @@
 """The read cache (backstore/cache.py): never older than the last acknowledged write.
 
-A model-based test (hypothesis stateful) runs reads, writes, writev, discards (UNMAP,
-SANITIZE BLOCK ERASE), write_zeroes (WRITE SAME) and resizes against a reference bytearray,
+A model-based test (hypothesis stateful) runs reads (random, sequential with readahead,
+straddling units and chunks), overlapping partial writes and writevs (WRITE, SANITIZE
+OVERWRITE, XCOPY targets), discards (UNMAP, SANITIZE BLOCK ERASE), write_zeroes (WRITE SAME)
+and resizes, with units (what a random miss reads) smaller than chunks, against a reference bytearray,
 in front of a memory store here and of the real gfapi store in test_cache_gluster.py; a
 deterministic interleaving pins the fill race, and worker threads race reads with writes.
 """
@@ -35,10 +37,11 @@ class CacheModel(RuleBasedStateMachine):
     def make_store(self, size: int) -> BackingStore:
         return MemoryStore(size)
 
-    @initialize(size=st.integers(1, 40 * KiB), capacity=st.sampled_from([0, CHUNK, 3 * CHUNK, 64 * KiB]))
-    def setup(self, size: int, capacity: int) -> None:
+    @initialize(size=st.integers(1, 40 * KiB), capacity=st.sampled_from([0, CHUNK, 3 * CHUNK, 64 * KiB]),
+                unit=st.sampled_from([512, 1024, CHUNK]))
+    def setup(self, size: int, capacity: int, unit: int) -> None:
         self.inner = self.make_store(size)
-        self.store = _cached(self.inner, capacity)
+        self.store = _cached(self.inner, capacity, unit=unit, readahead=2 * CHUNK)
         self.ref = bytearray(size)
 
     def _range(self, data: st.DataObject) -> tuple[int, int]:
@@ -105,7 +108,10 @@ class CacheModel(RuleBasedStateMachine):
     @invariant()
     def bounded(self) -> None:
         if hasattr(self, "store"):
-            assert self.store.bytes <= self.store.capacity
+            store = self.store
+            assert store.bytes <= store.capacity
+            assert store.bytes == sum(len(c.data) for c in store._chunks.values())
+            assert all(c.valid for c in store._chunks.values())
 
     def teardown(self) -> None:
         if hasattr(self, "store"):
@@ -196,7 +202,7 @@ def test_capacity_and_the_ledger_bound_the_cache_and_it_yields_to_commands():
         used = 0
 
     budget = Budget()
-    led = CacheLedger(6 * CHUNK, budget)  # type: ignore[arg-type]
+    led = CacheLedger(6 * CHUNK, budget)
     a = CachedStore(MemoryStore(16 * CHUNK), 4 * CHUNK, chunk=CHUNK, ledger_=led)
     b = CachedStore(MemoryStore(16 * CHUNK), 4 * CHUNK, chunk=CHUNK, ledger_=led)
     a.read(0, 8 * CHUNK)
@@ -256,12 +262,13 @@ def test_a_store_that_watches_invalidations_is_coherent_and_an_upcall_empties_it
     assert inner.callback is None
 
 
-def test_worker_threads_never_read_older_than_the_last_acknowledged_write():
+@pytest.mark.parametrize("unit", [CHUNK, 512])
+def test_worker_threads_never_read_older_than_the_last_acknowledged_write(unit):
     """Readers race a writer that stamps chunks with rising versions; a read must see at least
-    the version acknowledged before it started."""
+    the version acknowledged before it started (whole-chunk fills, and unit fills)."""
     nblocks = 8
     inner = MemoryStore(nblocks * CHUNK)
-    store = _cached(inner, capacity=4 * CHUNK)  # smaller than the data: eviction too
+    store = _cached(inner, capacity=4 * CHUNK, unit=unit)  # smaller than the data: eviction too
     acked = [0] * nblocks
     stop = threading.Event()
     errors: list[str] = []
@@ -554,3 +561,177 @@ def test_the_runner_answers_cache_hits_on_the_loop_and_sends_misses_to_the_worke
         assert engines.pool.calls == 2 and len(host.results) == 2
     finally:
         lock.release()
+
+
+class _Recording(MemoryStore):
+    """A memory store that records the (offset, length) of each read_into."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.reads: list[tuple[int, int]] = []
+
+    def read_into(self, offset, buf):  # type: ignore[override]
+        self.reads.append((offset, len(buf)))
+        super().read_into(offset, buf)
+
+
+def test_a_random_miss_reads_only_its_units_and_a_sequential_stream_whole_chunks():
+    """Issue 19, cold set: a 4K random miss read a whole 64 KiB chunk (~450 us at the bricks
+    against ~260 us for 4 KiB); now it reads the units it needs, and only a sequential stream
+    fills whole chunks and reads ahead."""
+    big = 64 * KiB
+    inner = _Recording(64 * big)
+    inner.write(0, bytes(range(256)) * (64 * big // 256))
+    store = CachedStore(inner, 16 * big, ledger_=CacheLedger(1 << 30))  # the defaults
+    assert store.read(5 * big + 8192 + 512, 4096) == inner.read(5 * big + 8192 + 512, 4096)
+    inner.reads.pop()  # (the check's own read)
+    assert inner.reads == [(5 * big + 8192, 8192)]  # the two 4K units it straddles, not 64K
+    assert (store.chunk, store.unit) == (big, 4 * KiB)
+    # those units hit now, their neighbours miss (one unit each)
+    inner.reads.clear()
+    assert store.read(5 * big + 8192, 8192) == inner.read(5 * big + 8192, 8192)
+    assert store.read(5 * big + 20480, 100) == inner.read(5 * big + 20480, 100)
+    assert inner.reads == [(5 * big + 8192, 8192), (5 * big + 20480, 4096), (5 * big + 20480, 100)]
+    assert store.bytes == big  # one chunk's memory, three of its units valid
+    # A sequential stream: the second read in a row fills whole chunks, the third reads ahead.
+    inner.reads.clear()
+    for k in range(3):
+        store.read(20 * big + k * 4096, 4096)
+    assert inner.reads[0] == (20 * big, 4096)
+    assert inner.reads[1] == (20 * big, big)
+    assert len(inner.reads) == 2 and store.readahead_bytes == 0  # the third read hit
+    for k in range(3, 40):
+        store.read(20 * big + k * 4096, 4096)
+    assert store.readahead_bytes > 0
+    assert len(inner.reads) <= 4  # one brick read per readahead window, not per read
+
+
+def test_a_write_patches_the_units_it_covers_and_a_discard_drops_only_its_own():
+    """A write into a cached chunk patches it and makes the units it covers whole valid; one
+    into a chunk not cached caches it only if it covers it whole (a 64K chunk for each 4K
+    write cost more CPU than the write's own path). UNMAP/WRITE SAME drop only the units they
+    touch, not the whole chunk."""
+    big = 64 * KiB
+    inner = MemoryStore(8 * big)
+    store = CachedStore(inner, 8 * big, ledger_=CacheLedger(1 << 30))
+    store.write(3 * big + 4096, b"n" * 4096)  # a chunk not cached, covered in part: stays out
+    assert 3 not in store._chunks
+    store.write(4 * big, b"c" * big)  # covered whole: cached
+    inner.write(4 * big, b"x" * 10)
+    assert store.read(4 * big, 10) == b"c" * 10 and store.misses == 0
+    assert store.read(big + 4096, 10) == bytes(10) and store.misses == 1  # caches unit 1 only
+    store.write(big + 4096 - 10, b"w" * (8192 + 20))  # units 1, 2 whole; 0 and 3 in part
+    inner.write(big + 4096, b"z" * 8192)  # behind its back: a hit proves the cache answered
+    assert store.read(big + 4096, 8192) == b"w" * 8192 and store.misses == 1
+    assert store.bytes == 2 * big
+    assert store.read(big + 4096 - 10, 10) == b"w" * 10 and store.misses == 2  # unit 0: a miss
+    # a write covering a valid unit in part patches it
+    store.write(big + 4096 + 1, b"p")
+    inner.write(big + 4096, b"z" * 8192)
+    assert store.read(big + 4096, 3) == b"wpw" and store.misses == 2
+    # A discard (UNMAP) of unit 2 leaves units 0 and 1 cached
+    store.discard(big + 8192, 4096)
+    assert store.read(big + 4096, 3) == b"wpw" and store.misses == 2
+    assert store._chunks[1].valid == 0b0011 and store._chunks[4].valid == 0xFFFF
+    assert store.read(big + 8192, 4096) == bytes(4096) and store.misses == 3  # from the store
+    store.write_zeroes(big, 8192)  # WRITE SAME: units 0 and 1; the chunk keeps only unit 2
+    assert store._chunks[1].valid == 0b0100
+    assert store.read(big, 8192) == bytes(8192)
+    store.discard(big, big)
+    assert 1 not in store._chunks
+    # SANITIZE BLOCK ERASE, XCOPY and resize end in the same calls (discard, write, resize)
+    store.resize(16 * big)
+    assert store.bytes == 0 and not store._chunks
+
+
+def test_a_region_in_use_stays_cached_past_the_ttl_and_one_left_alone_expires():
+    """With upcalls the bricks notify a client only of inodes it touched within the volume's
+    cache-invalidation-timeout (ttl: half of it). Cached bytes used to expire ttl after their
+    fill however busy the file was, so a LUN written end to end (the benchmark's prefill) was
+    read from the bricks again half a timeout later. Now a region that this store keeps
+    touching (a miss every ttl/2 renews it) stays cached; one left alone longer than the ttl
+    is dropped at the next touch."""
+
+    class Watched(MemoryStore):
+        def watch_invalidations(self, cb):
+            return 30.0
+
+        def unwatch_invalidations(self, cb):
+            pass
+
+    big = 64 * KiB
+    inner = Watched(128 * big)
+    now = [0.0]
+    store = CachedStore(inner, 128 * big, ledger_=CacheLedger(1 << 30), clock=lambda: now[0])
+    store.write(0, b"a" * (2 * big))  # (one 4 MiB region)
+    inner.write(0, b"z" * (2 * big))  # behind its back: a hit answers "a"
+    now[0] = 10.0
+    assert store.read(big, 10) == b"a" * 10 and store.misses == 0
+    now[0] = 20.0  # past ttl/2: this read goes to the bricks (and renews the region)
+    assert store.read(0, 10) == b"z" * 10 and store.misses == 1
+    now[0] = 35.0  # 35 s after the write, 15 after the renewal: still trusted
+    assert store.read(big + 100, 10) == b"a" * 10 and store.misses == 1
+    now[0] = 80.0  # left alone for more than the ttl: what was cached there is dropped
+    assert store.read(0, 10) == b"z" * 10 and store.misses == 2
+    assert store.read(big + 100, 10) == b"z" * 10 and store.misses == 3
+
+
+def test_the_keeper_renews_the_regions_a_cache_holds_so_they_stay_trusted_when_only_hit():
+    """A hot set read only from memory (or an idle LUN) does not touch the bricks, which then
+    forget this client after the volume's cache-invalidation-timeout: the whole cache used to
+    expire ttl after its fill (the benchmark's reads a minute after the prefill went to the
+    bricks). ``keep_alive`` (the keeper thread's pass) reads one unit at each end of every
+    region held and not touched for a quarter of the ttl, so those bytes stay trusted."""
+
+    class Watched(_Recording):
+        def watch_invalidations(self, cb):
+            return 40.0
+
+        def unwatch_invalidations(self, cb):
+            pass
+
+    big = 64 * KiB
+    region = 4 << 20
+    inner = Watched(2 * region)
+    now = [0.0]
+    store = CachedStore(inner, 2 * region, ledger_=CacheLedger(1 << 30), clock=lambda: now[0])
+    assert not store.kept  # (a test clock: no keeper thread, the test calls keep_alive)
+    store.write(0, b"a" * (2 * big))  # region 0
+    store.write(region, b"b" * big)  # region 1
+    inner.write(0, b"z" * (2 * big))  # behind its back: hits answer "a"
+    now[0] = 5.0
+    assert store.keep_alive() == 0 and not inner.reads  # touched 5 s ago: nothing due
+    now[0] = 11.0  # past ttl/4 = 10
+    assert store.keep_alive() == 2
+    assert sorted(inner.reads) == [(0, 4096), (region - 4096, 4096), (region, 4096),
+                                   (2 * region - 4096, 4096)]
+    for t in (21.0, 31.0, 41.0, 51.0, 61.0):  # only hits from now on, the keeper renewing
+        now[0] = t
+        store.keep_alive()
+        assert store.read(100, 10) == b"a" * 10
+    assert store.misses == 0 and store.expired == 0 and store.renewals >= 6
+    now[0] = 200.0  # the keeper stopped (say the bricks were away): dropped, not trusted
+    assert store.keep_alive() == 0 and store.expired == 2 and not store._chunks
+    assert store.read(100, 10) == b"z" * 10
+
+
+def test_a_cache_with_upcalls_on_real_time_is_kept_by_the_keeper_thread():
+    from gluster_iscsi.backstore import cache as cachemod
+
+    class Watched(MemoryStore):
+        def watch_invalidations(self, cb):
+            return 30.0
+
+        def unwatch_invalidations(self, cb):
+            pass
+
+    plain = CachedStore(MemoryStore(CHUNK), CHUNK, ledger_=CacheLedger(1 << 30))
+    watched = CachedStore(Watched(CHUNK), CHUNK, ledger_=CacheLedger(1 << 30))
+    try:
+        assert not plain.kept and watched.kept  # no upcalls: nothing to renew
+        keeper = cachemod._keeper
+        assert keeper is not None and keeper.is_alive() and keeper.daemon
+        assert watched.cache_status()["renewals"] == 0 and "expired" in watched.cache_status()
+    finally:
+        plain.close()
+        watched.close()

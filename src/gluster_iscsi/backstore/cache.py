@@ -2,7 +2,10 @@
 
 Reads through libgfapi go to the bricks every time, while a target on a FUSE file reads from
 the kernel's page cache. :class:`CachedStore` wraps a store and keeps recently read bytes in
-fixed chunks (:data:`DEFAULT_CHUNK`, 64 KiB) in LRU order. It sees bytes only, never CDBs:
+fixed chunks (:data:`DEFAULT_CHUNK`, 64 KiB) in LRU order, each with a bitmask of which of
+its units (:data:`DEFAULT_UNIT`, 4 KiB) hold the store's bytes: a random read that misses
+reads only the units it needs (a 64 KiB read at the bricks took 15-70% longer than 4 KiB),
+and one object per 64 KiB keeps a big cache cheap. It sees bytes only, never CDBs:
 every way the SCSI layer changes data ends in :meth:`write`, :meth:`writev`,
 :meth:`discard`, :meth:`write_zeroes` or :meth:`resize` of the store (WRITE/WRITE SAME/
 SANITIZE OVERWRITE/COMPARE AND WRITE/ORWRITE/XCOPY targets are writes, UNMAP and SANITIZE
@@ -15,9 +18,12 @@ A write (and discard, write_zeroes) goes to the store first, then, before the ca
 (so before the SCSI layer can answer GOOD), the chunks it touched are dropped, in a
 ``finally``: a failed or partial write drops them too. A read that hits the cache while a
 write is in flight may see the old bytes: the write is not acknowledged yet, so either
-answer is correct. A write that succeeded then puts the chunks back with its own bytes
-(copied before it returns): the whole chunks it covered, and the cached chunks it covered in
-part, patched. So the cache keeps what is written as the kernel's page cache does (a LUN
+answer is correct. A write that succeeded then keeps its own bytes (copied before it
+returns): the whole chunks it covered are cached, the cached chunks it covered in part are
+patched in place (the units it covered whole become valid); a chunk not cached that it
+covers in part stays out (a 64 KiB chunk for each 4K write cost more than the write's own
+path). A discard or write_zeroes clears the bits of the units it touched. So the cache
+keeps what is written as the kernel's page cache does (a LUN
 written end to end is read from memory, as tgt reads a FUSE file; a 4K write does not cost
 a cached 64K chunk). Not when
 another change of those chunks was numbered after the write began: two overlapping writes in
@@ -49,16 +55,23 @@ store.
 Writers the gateway does not know of (another Gluster client writing the file) are seen
 only through Gluster's upcalls: a store that can watch its file for invalidations
 (``watch_invalidations``, the gfapi store on a volume with ``features.cache-invalidation``)
-gets a callback that empties the whole cache for the file, and cached chunks then also
-expire after ``ttl`` seconds (the bricks send invalidations only to clients that touched
-the file within ``features.cache-invalidation-timeout``; a chunk read from the bricks less
-than that long ago is covered). Without upcalls :attr:`coherence` is ``"single-writer"``:
+gets a callback that empties the whole cache for the file. The bricks send invalidations
+only to clients that touched the inode (with sharding: the shard) within
+``features.cache-invalidation-timeout`` (``ttl`` is half of it). So the cache keeps, per
+4 MiB region of the file (inside one shard: shard sizes are multiples of 4 MiB), when it
+last reached the bricks there: a hit needs a touch within ttl/2 (else the read goes to the
+bricks, which renews the region), and a region not touched for longer than the ttl loses
+its chunks at the next touch. A keeper thread renews the regions a cache holds (one unit
+read at each end, a quarter ttl after the last touch: :meth:`CachedStore.keep_alive`), so
+bytes read only from memory (a hot set, an idle LUN) stay trusted; they used to expire ttl
+after their fill, busy or not. Without upcalls :attr:`coherence` is ``"single-writer"``:
 status says the cache is correct only while nothing else writes the file.
 
 Readahead
 ---------
-A stream of sequential reads issued one at a time (each starting where the previous ended,
-the third in a row) that misses fetches :data:`DEFAULT_READAHEAD` more bytes in the same
+A read that starts where the previous one ended (a sequential stream) and misses fills
+whole chunks; the third in a row, issued one at a time, fetches
+:data:`DEFAULT_READAHEAD` more bytes in the same
 call, so the next reads hit. Only while no other miss of the store is in flight: several
 reads in flight already fetch ahead by themselves, and a wider fetch would read bytes twice.
 What is fetched ahead is inserted like any fill (same generation check).
@@ -70,26 +83,33 @@ Each cache has its own cap (``capacity``) and all caches together a daemon-wide
 The cache also yields to commands: it takes no more than what the budget has left over the
 memory commands hold now, evicting its own LRU chunks to make room, so it never takes
 memory that commands need (it only reads ``budget.used``, it never charges the budget).
+A chunk counts whole (64 KiB) however few of its units are valid: the memory is taken. A
+new chunk reuses the buffer of the chunk it evicts (no allocation, no fresh pages).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from ..buffers import MemoryBudget, default_budget  # the one coupling to the command budget
+from ..buffers import default_budget  # (and the budget's two fields: the one coupling)
+from ._forward import ForwardsToInner
 from ._util import byte_view, check_range
 from .base import BackingStore, Buffer, Capabilities, Extent
 
-#: Bytes per cached chunk; reads that miss fetch whole chunks (clipped at the end of the LUN).
+#: Bytes per cached chunk (clipped at the end of the LUN); sequential misses fill whole chunks.
 DEFAULT_CHUNK = 64 << 10
 #: How far a miss of a sequential stream (the third read in a row that starts where the last
 #: ended, with no other miss in flight) reads beyond the request.
 DEFAULT_READAHEAD = 4 * DEFAULT_CHUNK
+#: What a random miss reads at least, aligned (the units a chunk's validity is kept in).
+DEFAULT_UNIT = 4 << 10
+#: Bricks forget a client per inode (per shard with sharding, 4 MiB at the least): the cache
+#: keeps when it last reached the bricks per region of this size (see ``CachedStore.ttl``).
+_REGION_SHIFT = 22
 #: A LUN's cache cap when neither its options nor ``serve --gfapi-cache`` say.
 DEFAULT_LUN_CAPACITY = 256 << 20
 #: Invalidations remembered for fills in flight (older ones: a fill that started before
@@ -97,11 +117,19 @@ DEFAULT_LUN_CAPACITY = 256 << 20
 _RING = 64
 
 
+class _Budget(Protocol):
+    """What the ledger reads of the command memory budget (``buffers.MemoryBudget``; a
+    Protocol, not the class: compiled code checks concrete classes, and tests pass fakes)."""
+
+    limit: int
+    used: int
+
+
 class CacheLedger:
     """The bytes all read caches of the daemon hold together, bounded by :attr:`limit` and by
     what the command memory budget (if any) leaves over. Thread-safe (fills run on workers)."""
 
-    def __init__(self, limit: int, budget: MemoryBudget | None = None) -> None:
+    def __init__(self, limit: int, budget: _Budget | None = None) -> None:
         self.limit = limit
         self.budget = budget
         self.used = 0
@@ -128,7 +156,7 @@ _default_capacity = DEFAULT_LUN_CAPACITY
 _config_lock = threading.Lock()
 
 
-def configure(budget: MemoryBudget | None, lun_default: int | None) -> CacheLedger:
+def configure(budget: _Budget | None, lun_default: int | None) -> CacheLedger:
     """Set the daemon-wide ledger from the command memory budget (a quarter of it) and the
     default per-LUN cap (``serve --gfapi-cache``; 0 disables caches of LUNs that set none)."""
     global _ledger, _default_capacity
@@ -155,7 +183,9 @@ def default_capacity() -> int:
 
 
 #: The caches open now (made by :class:`CachedStore`, left at its close), for :func:`summary`.
-_open_caches: weakref.WeakSet[CachedStore] = weakref.WeakSet()
+#: A plain set, not a WeakSet: compiled (mypyc), weak references to a CachedStore crashed
+#: the interpreter (a WeakSet.add segfaulted in the test suite). A store is always closed.
+_open_caches: set[CachedStore] = set()
 
 #: What :func:`summary` says of a daemon whose caches get no upcalls.
 SINGLE_WRITER_ONLY = "off (single-writer only)"
@@ -168,7 +198,9 @@ def summary(caches_: list[CachedStore] | None = None) -> dict[str, Any]:
     ``"on"`` (every cache), :data:`SINGLE_WRITER_ONLY` (none: correct only while this gateway
     is the file's only writer), ``"mixed"`` (per LUN in ``lun list --json``), None when no
     LUN has a cache. ``caches_``: these instead of every cache open now (tests)."""
-    caches = [c for c in (list(_open_caches) if caches_ is None else caches_) if c.capacity > 0]
+    with _config_lock:
+        everyone = list(_open_caches)
+    caches = [c for c in (everyone if caches_ is None else caches_) if c.capacity > 0]
     on = [c for c in caches if c.enabled]
     hits = sum(c.hits for c in caches)
     misses = sum(c.misses for c in caches)
@@ -221,8 +253,70 @@ def summary_line(s: dict[str, Any]) -> str:
             f"{min(s['capacity'], s['limit_all_luns']) >> 20} MiB), upcalls {s['upcalls']}")
 
 
-class CachedStore(BackingStore):
-    """``inner`` with a read cache of up to ``capacity`` bytes in front (see the module)."""
+_keeper: threading.Thread | None = None
+
+
+def _start_keeper_locked() -> None:
+    """Start the keeper thread once (under ``_config_lock``)."""
+    global _keeper
+    if _keeper is None:
+        _keeper = threading.Thread(target=_keep_loop, name="cache-keeper", daemon=True)
+        _keeper.start()
+
+
+def _keep_loop() -> None:
+    """The keeper: every eighth of the shortest ttl (at least 0.25 s, at most 30 s), each
+    cache with upcalls renews the regions it holds (:meth:`CachedStore.keep_alive`)."""
+    while True:
+        with _config_lock:
+            caches = [c for c in _open_caches if c.kept]
+        pause = 30.0
+        for c in caches:
+            ttl = c.ttl
+            if ttl is not None:
+                pause = min(pause, ttl / 8)
+            _keep_one(c)
+        time.sleep(max(0.25, pause))
+
+
+def _keep_one(cache: CachedStore) -> None:
+    try:
+        cache.keep_alive()
+    except Exception:  # a store closing under it: the next pass no longer sees it
+        pass
+
+
+class _Chunk:
+    """A cached chunk: its bytes (``chunk`` long, shorter at the end of the LUN) and which of
+    its units (bit ``u``: bytes ``[u * unit, (u + 1) * unit)``) hold the store's bytes."""
+
+    __slots__ = ("data", "valid")
+
+    def __init__(self, data: bytearray, valid: int) -> None:
+        self.data = data
+        self.valid = valid
+
+
+def _units(a: int, b: int, ushift: int) -> int:
+    """The bits of the units that overlap [a, b) (offsets inside a chunk, a < b)."""
+    u0 = a >> ushift
+    u1 = (b - 1) >> ushift
+    return ((1 << (u1 - u0 + 1)) - 1) << u0
+
+
+def _whole_units(a: int, b: int, n: int, ushift: int) -> int:
+    """The bits of the units that [a, b) covers whole in a chunk of ``n`` bytes (the last
+    unit of a short chunk ends at ``n``)."""
+    u0 = (a + (1 << ushift) - 1) >> ushift
+    u1 = (n + (1 << ushift) - 1) >> ushift if b >= n else b >> ushift
+    if u1 <= u0:
+        return 0
+    return ((1 << (u1 - u0)) - 1) << u0
+
+
+class CachedStore(BackingStore, ForwardsToInner):
+    """``inner`` with a read cache of up to ``capacity`` bytes in front (see the module).
+    Store-specific attributes (address, path, created, ...) are the inner's."""
 
     def __init__(
         self,
@@ -230,12 +324,16 @@ class CachedStore(BackingStore):
         capacity: int,
         *,
         chunk: int = DEFAULT_CHUNK,
+        unit: int = DEFAULT_UNIT,
         readahead: int = DEFAULT_READAHEAD,
         ledger_: CacheLedger | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if chunk <= 0 or chunk & (chunk - 1):
-            raise ValueError(f"cache chunk {chunk} is not a power of two")
+        if chunk <= 0 or chunk & (chunk - 1) or chunk > 1 << _REGION_SHIFT:
+            raise ValueError(f"cache chunk {chunk} is not a power of two up to 4 MiB")
+        if unit <= 0 or unit & (unit - 1):
+            raise ValueError(f"cache unit {unit} is not a power of two")
+        unit = min(unit, chunk)
         self.inner = inner
         self.blocking = inner.blocking
         self.name = inner.name
@@ -244,13 +342,15 @@ class CachedStore(BackingStore):
         self.lends_fd = False
         self.chunk = chunk
         self._shift = chunk.bit_length() - 1
+        self.unit = unit
+        self._ushift = unit.bit_length() - 1
         self.capacity = max(0, capacity)
         self._ledger = ledger_ if ledger_ is not None else ledger()
         self._clock = clock
         self._lock = threading.Lock()
-        # chunk index -> (bytes, time filled); OrderedDict order is LRU (oldest first). A
-        # chunk a write patched is a bytearray, changed in place under the lock.
-        self._chunks: OrderedDict[int, tuple[bytes | bytearray, float]] = OrderedDict()
+        # chunk index -> _Chunk; OrderedDict order is LRU (oldest first). A chunk's bytes
+        # change in place under the lock (readers copy out of them only under it).
+        self._chunks: OrderedDict[int, _Chunk] = OrderedDict()
         self.bytes = 0  # held now
         self._gen = 0
         self._floor = 0  # fills that started before this number insert nothing
@@ -258,8 +358,11 @@ class CachedStore(BackingStore):
         self._size: int | None = None
         #: False once another gateway may write the LUN (see the module): the cache is off.
         self.sole_writer = True
-        #: Seconds a chunk stays valid (None: until invalidated); set with upcalls on.
+        #: With upcalls: how long after this store last touched a region of the file at the
+        #: bricks its cached bytes there stay trusted (None: until invalidated).
         self.ttl: float | None = None
+        # region (offset >> _REGION_SHIFT) -> when this store last touched it at the bricks
+        self._contact: dict[int, float] = {}
         self.hits = 0
         self.misses = 0
         #: Bytes fetched ahead of a sequential stream on a miss (0: no readahead).
@@ -276,8 +379,16 @@ class CachedStore(BackingStore):
             ttl = watch(self.invalidate_all)
             if ttl is not None:
                 self.coherence = "upcall"
-                self.ttl = ttl
-        _open_caches.add(self)
+                self.ttl = float(ttl)
+        #: Whether the keeper thread renews this cache's regions (real time only: a store
+        #: on a test clock is renewed by calling :meth:`keep_alive`).
+        self.kept = self.ttl is not None and clock is time.monotonic
+        self.renewals = 0  # regions the keeper touched at the bricks
+        self.expired = 0  # regions dropped: not touched at the bricks for longer than the ttl
+        with _config_lock:
+            _open_caches.add(self)
+            if self.kept:
+                _start_keeper_locked()
 
     # -- the cache ------------------------------------------------------------------------------
 
@@ -311,80 +422,157 @@ class CachedStore(BackingStore):
         if freed:
             self._ledger.give(freed)
 
-    def _invalidate(self, offset: int, length: int, start: int = -1,
-                    data: memoryview | None = None) -> None:
-        """Drop the chunks of [offset, offset+length) and remember it for fills in flight.
+    def _free_locked(self, i: int) -> None:
+        entry = self._chunks.pop(i, None)
+        if entry is not None:
+            n = len(entry.data)
+            self.bytes -= n
+            self._ledger.give(n)
 
-        With ``data`` (the bytes a write that began at generation ``start`` has just put
-        there, successfully), the chunks are then cached with those bytes, as the page cache
-        keeps what is written: the whole chunks it covers, and the cached chunks it covers in
-        part, patched. Only if no other change of those chunks was numbered after ``start``,
-        since two overlapping writes in flight may land in either order."""
+    def _touch_locked(self, lo: int, hi: int, when: float) -> None:
+        """This store reached the bricks for [lo, hi) at ``when`` (with upcalls on). A region
+        it had not touched for longer than the ttl may have missed invalidations: its chunks
+        go. (The bricks forget a client that has not touched an inode, a shard with sharding,
+        for the volume's cache-invalidation-timeout, twice the ttl.)"""
+        ttl = self.ttl
+        if ttl is None or hi <= lo:
+            return
+        contact = self._contact
+        per = _REGION_SHIFT - self._shift
+        for r in range(lo >> _REGION_SHIFT, ((hi - 1) >> _REGION_SHIFT) + 1):
+            prev = contact.get(r)
+            if prev is None or when - prev > ttl:
+                if prev is not None:
+                    self.expired += 1
+                    for i in range(r << per, (r + 1) << per):
+                        self._free_locked(i)
+                contact[r] = when
+            elif when > prev:
+                contact[r] = when
+
+    def _fresh_locked(self, offset: int, end: int, now: float, ttl: float) -> bool:
+        """Whether every region of [offset, end) was touched at the bricks within half the
+        ttl: past that a read goes to the bricks (a miss), which renews the region, so a
+        region in use stays cached however long and one left alone expires."""
+        contact = self._contact
+        limit = ttl / 2
+        for r in range(offset >> _REGION_SHIFT, ((end - 1) >> _REGION_SHIFT) + 1):
+            t = contact.get(r)
+            if t is None or now - t > limit:
+                return False
+        return True
+
+    def _forget_locked(self, offset: int, end: int) -> None:
+        """The units of [offset, end) no longer hold the store's bytes (a change that is not
+        kept): their bits go, and chunks left with none."""
+        shift = self._shift
+        ushift = self._ushift
+        first = offset >> shift
+        last = (end - 1) >> shift
+        chunks = self._chunks
+        if last - first < len(chunks):
+            indexes = [i for i in range(first, last + 1) if i in chunks]
+        else:
+            indexes = [i for i in chunks if first <= i <= last]
+        for i in indexes:
+            entry = chunks[i]
+            base = i << shift
+            a = max(offset, base) - base
+            b = min(end - base, len(entry.data))
+            if b > a:
+                entry.valid &= ~_units(a, b, ushift)
+            if b <= a or not entry.valid:
+                self._free_locked(i)
+
+    def _invalidate(self, offset: int, length: int, start: int = -1,
+                    views: list[memoryview] | None = None, size: int = -1,
+                    when: float = 0.0) -> None:
+        """A change of [offset, offset+length) returns: remember it for fills in flight, and
+        either forget the units it touched or, with ``views`` (the bytes a write that began
+        at generation ``start`` has just put there, successfully), keep those bytes, as the
+        page cache keeps what is written: the cached chunks it touches are patched in place
+        and the units it covers whole are cached. Only if no other change of those chunks
+        was numbered after ``start``, since two overlapping writes in flight may land in
+        either order."""
         if length <= 0:
             return
+        with self._lock:
+            self._invalidate_locked(offset, length, start, views, size, when)
+
+    def _invalidate_locked(self, offset: int, length: int, start: int,
+                           views: list[memoryview] | None, size: int, when: float) -> None:
         shift = self._shift
         first = offset >> shift
         last = (offset + length - 1) >> shift
+        self._gen += 1
+        gen = self._gen
+        recent = self._recent
+        recent.append((gen, first, last))
+        if len(recent) > _RING:
+            self._floor = recent.popleft()[0]
+        if views is not None and not self._keeps_any_locked(offset, length, first, last):
+            return  # (a write into chunks not cached that covers none whole: nothing to do)
+        if (views is None or start < self._floor or not self.enabled
+                or self._raced_locked(start, gen, first, last)):
+            # not kept: failed, or a discard, or raced by another change of these chunks
+            # (two overlapping writes in flight may land in either order), or cleared
+            self._forget_locked(offset, offset + length)
+            return
+        self._touch_locked(offset, offset + length, when)
+        pos = offset
+        for v in views:
+            n = len(v)
+            if n:
+                self._patch_locked(pos, v, size)
+            pos += n
+
+    def _keeps_any_locked(self, offset: int, length: int, first: int, last: int) -> bool:
+        """Whether a write of [offset, +length) touches a cached chunk or covers one whole."""
+        shift = self._shift
+        if (offset + self.chunk - 1) >> shift < (offset + length) >> shift:
+            return True
+        chunks = self._chunks
+        if last - first < 8:
+            for i in range(first, last + 1):
+                if i in chunks:
+                    return True
+            return False
+        return True
+
+    def _patch_locked(self, offset: int, data: memoryview, size: int) -> None:
+        """Put a successful write's bytes ``data`` at ``offset`` into the cache: cached chunks
+        patched in place (the units it covers whole become valid, the others keep their
+        state), and the chunks not cached that it covers whole made."""
+        shift = self._shift
+        ushift = self._ushift
         chunk = self.chunk
-        keep_first = (offset + chunk - 1) >> shift  # the whole chunks the write covers
-        keep_last = ((offset + length) >> shift) - 1
-        pieces: list[bytes] = []
-        if data is not None and keep_first <= keep_last:
-            base = (keep_first << shift) - offset
-            pieces = [bytes(data[base + k * chunk : base + (k + 1) * chunk])
-                      for k in range(keep_last - keep_first + 1)]
-        with self._lock:
-            self._gen += 1
-            gen = self._gen
-            recent = self._recent
-            recent.append((gen, first, last))
-            if len(recent) > _RING:
-                self._floor = recent.popleft()[0]
-            chunks = self._chunks
-            freed = 0
-            edges: list[int] = []  # cached chunks the write covers in part: patched below
-            if last - first < len(chunks):
-                for i in range(first, last + 1):
-                    if data is not None and (i < keep_first or i > keep_last) and i in chunks:
-                        edges.append(i)
-                        continue
-                    entry = chunks.pop(i, None)
-                    if entry is not None:
-                        freed += len(entry[0])
+        end = offset + len(data)
+        chunks = self._chunks
+        for i in range(offset >> shift, ((end - 1) >> shift) + 1):
+            base = i << shift
+            a = max(offset, base)
+            b = min(end, base + chunk)
+            entry = chunks.get(i)
+            if entry is not None:
+                buf = entry.data
+                n = len(buf)
+                if b - base > n:  # runs past a short (last) chunk: the size changed
+                    self._free_locked(i)
+                else:
+                    buf[a - base : b - base] = data[a - offset : b - offset]
+                    entry.valid |= _whole_units(a - base, b - base, n, ushift)
+                    chunks.move_to_end(i)
             else:
-                for i in [i for i in chunks if first <= i <= last]:
-                    freed += len(chunks.pop(i)[0])
-            if freed:
-                self.bytes -= freed
-                self._ledger.give(freed)
-            if data is None or (not pieces and not edges):
-                return
-            if start < self._floor or not self.enabled or self._raced_locked(start, gen, first, last):
-                # another change of these chunks raced this write (two overlapping writes in
-                # flight may land in either order), or the cache was cleared meanwhile
-                self._drop_locked(edges)
-                return
-            now = self._clock()
-            for n, i in enumerate(edges):
-                old, filled = chunks[i]
-                lo_b = max(offset, i << shift)
-                hi_b = min(offset + length, (i << shift) + len(old))
-                if hi_b - lo_b != min(offset + length, (i + 1) << shift) - lo_b:
-                    self._drop_locked(edges[n:])  # runs past the cached (last, short) chunk
-                    break
-                # In place: readers copy out of chunks only under this lock.
-                buf = old if type(old) is bytearray else bytearray(old)
-                buf[lo_b - (i << shift) : hi_b - (i << shift)] = data[lo_b - offset : hi_b - offset]
-                # (the time it was filled stays: the bytes not written are that old)
-                chunks[i] = (buf, filled)
-                chunks.move_to_end(i)
-            size = self._size
-            if pieces and (size is None or (keep_last + 1) << shift <= size):
-                for k, piece in enumerate(pieces):
-                    if not self._make_room_locked(len(piece)):
-                        return
-                    chunks[keep_first + k] = (piece, now)
-                    self.bytes += len(piece)
+                # Only a chunk it writes whole is made (one copy of its bytes): a new chunk for
+                # a 4K write would cost a 64K allocation (and an eviction) for each, ~2.5x
+                # the cache's CPU per write, for bytes that random writes rarely read back.
+                n = min(chunk, size - base)
+                if a == base and b - base == n and n > 0:
+                    made = self._make_room_locked(n)
+                    if made is not None:
+                        made[:] = data[a - offset : b - offset]
+                        chunks[i] = _Chunk(made, _whole_units(0, n, n, ushift))
+                        self.bytes += n
 
     def _raced_locked(self, start: int, gen: int, first: int, last: int) -> bool:
         """Whether a change numbered between ``start`` and ``gen`` touched chunks
@@ -396,20 +584,77 @@ class CachedStore(BackingStore):
                 return True
         return False
 
-    def _drop_locked(self, indexes: list[int]) -> None:
-        freed = 0
-        for i in indexes:
-            entry = self._chunks.pop(i, None)
-            if entry is not None:
-                freed += len(entry[0])
-        if freed:
-            self.bytes -= freed
-            self._ledger.give(freed)
-
     def _known_size(self) -> int:
         size = self._size
         if size is None:
             size = self._size = self.inner.size
+        return size
+
+    def keep_alive(self) -> int:
+        """With upcalls: touch at the bricks each region that holds cached chunks and was
+        last touched more than a quarter of the ttl ago (one unit read at its start and one
+        at its end: with sharding a region lies in at most two shards), so the bricks go on
+        sending this client the region's invalidations and its cached bytes stay trusted
+        however long they are only read from memory (a hot set, an idle LUN). Regions not
+        touched for longer than the ttl are dropped instead. Returns the regions renewed.
+        The keeper thread calls it (:func:`_keep_loop`); it never holds the lock while it
+        reads."""
+        ttl = self.ttl
+        if ttl is None or not self.enabled:
+            return 0
+        with self._lock:
+            due = self._due_regions_locked(self._clock(), ttl)
+        if not due:
+            return 0
+        size = self._size_or_unknown()
+        renewed = 0
+        for r in due:
+            lo = r << _REGION_SHIFT
+            hi = min(lo + (1 << _REGION_SHIFT), size)
+            if hi > lo and self._renew(r, lo, hi):
+                renewed += 1
+        self.renewals += renewed
+        return renewed
+
+    def _renew(self, r: int, lo: int, hi: int) -> bool:
+        n = min(self.unit, hi - lo)
+        when = self._clock()
+        try:
+            self.inner.read_into(lo, memoryview(bytearray(n)))
+            if hi - n > lo:
+                self.inner.read_into(hi - n, memoryview(bytearray(n)))
+        except Exception:  # (closed meanwhile, or the bricks are away: the ttl decides)
+            return False
+        with self._lock:
+            self._touch_locked(lo, lo + 1, when)
+        return True
+
+    def _due_regions_locked(self, now: float, ttl: float) -> list[int]:
+        per = _REGION_SHIFT - self._shift
+        held = {i >> per for i in self._chunks}
+        contact = self._contact
+        due: list[int] = []
+        for r in sorted(held):
+            t = contact.get(r)
+            if t is None:
+                continue
+            if now - t > ttl:  # the bricks may have forgotten this client there
+                del contact[r]
+                self.expired += 1
+                for i in range(r << per, (r + 1) << per):
+                    self._free_locked(i)
+            elif now - t > ttl / 4:
+                due.append(r)
+        return due
+
+    def _size_or_unknown(self) -> int:
+        """The size, or -1 if the store cannot tell now (then a write caches no new chunk)."""
+        size = self._size
+        if size is None:
+            try:
+                size = self._known_size()
+            except Exception:
+                return -1
         return size
 
     def cache_status(self) -> dict[str, Any]:
@@ -421,10 +666,13 @@ class CachedStore(BackingStore):
             "capacity": self.capacity,
             "bytes": self.bytes,
             "chunk": self.chunk,
+            "unit": self.unit,
             "hits": self.hits,
             "misses": self.misses,
             "invalidations": self.invalidations,
             "readahead_bytes": self.readahead_bytes,
+            "expired": self.expired,
+            "renewals": self.renewals,
         }
 
     # -- reads ----------------------------------------------------------------------------------
@@ -438,14 +686,12 @@ class CachedStore(BackingStore):
         check_range(offset, length, self.name)
         if length == 0:
             return
-        shift = self._shift
-        first = offset >> shift
-        last = (offset + length - 1) >> shift
-        # Sequential-stream detection for readahead (racy counters: a hint, never data).
+        end = offset + length
+        # Sequential-stream detection (racy counters: a hint, never data).
         streak = self._streak + 1 if offset == self._next else 0
         self._streak = streak
-        self._next = offset + length
-        if self._copy_hits(offset, dst, first, last):
+        self._next = end
+        if self._copy_hits(offset, dst):
             self.hits += 1
             return
         self.misses += 1
@@ -453,35 +699,42 @@ class CachedStore(BackingStore):
             start = self._gen
             alone = not self._filling  # no other miss of this store in flight
             self._filling += 1
+        when = self._clock() if self.ttl is not None else 0.0
         try:
-            chunk = self.chunk
-            lo = first << shift
             size = self._known_size()
-            hi = min((last + 1) << shift, max(size, offset + length))
-            if alone and streak >= 2 and self.readahead and hi < size:
-                # A sequential stream read one call at a time: fetch the next window with
-                # this call (fewer round trips); never with several reads in flight, which
-                # fetch ahead by themselves and would only read the same bytes twice.
-                ahead = min(hi + self.readahead, size)
-                self.readahead_bytes += ahead - hi
-                hi = ahead
-            if lo == offset and hi == offset + length:
+            if streak:
+                # A sequential stream: whole chunks, and, read one call at a time, the next
+                # window with this call (fewer round trips); never with several reads in
+                # flight, which fetch ahead by themselves and would read the same bytes twice.
+                lo = offset >> self._shift << self._shift
+                hi = min(((end - 1) >> self._shift) + 1 << self._shift, max(size, end))
+                if alone and streak >= 2 and self.readahead and hi < size:
+                    ahead = min(hi + self.readahead, size)
+                    self.readahead_bytes += ahead - hi
+                    hi = ahead
+            else:
+                # A random read: only the units it needs (a 64 KiB read at the bricks took
+                # 15-70% longer than a 4 KiB one, BENCHMARKS.md, issue 19).
+                lo = offset >> self._ushift << self._ushift
+                hi = min(((end - 1) >> self._ushift) + 1 << self._ushift, max(size, end))
+            if lo == offset and hi == end:
                 self.inner.read_into(offset, dst)  # aligned already: straight into the caller's
                 data: memoryview = dst
             else:
                 scratch = bytearray(hi - lo)
                 self.inner.read_into(lo, memoryview(scratch))
                 data = memoryview(scratch)
-                dst[:] = data[offset - lo : offset - lo + length]
+                dst[:] = data[offset - lo : end - lo]
         finally:
             with self._lock:
                 self._filling -= 1
         if hi > size:  # read past the size we knew: the file grew elsewhere; learn it later
             return
-        self._insert(start, first, data, hi - lo, chunk)
+        with self._lock:
+            self._insert_locked(start, lo, data, size, when)
 
     def read_hit(self, offset: int, buf: memoryview) -> bool:
-        """:meth:`read_into` if every chunk is cached and fresh, else False with nothing done:
+        """:meth:`read_into` if every unit is cached and fresh, else False with nothing done:
         it never calls the store, so the command runner calls it on the event loop first and
         sends only misses to the store's workers (a hit then costs no thread hand-off)."""
         if not self.enabled:
@@ -490,8 +743,7 @@ class CachedStore(BackingStore):
         length = len(dst)
         if length == 0 or offset < 0:
             return False
-        shift = self._shift
-        if not self._copy_hits(offset, dst, offset >> shift, (offset + length - 1) >> shift):
+        if not self._copy_hits(offset, dst):
             return False
         self.hits += 1
         # (the sequential-stream hint of read_into, for the misses that follow)
@@ -499,90 +751,139 @@ class CachedStore(BackingStore):
         self._next = offset + length
         return True
 
-    def _copy_hits(self, offset: int, dst: memoryview, first: int, last: int) -> bool:
-        """Copy [offset, +len(dst)) from cached chunks if every one is there and fresh."""
-        shift = self._shift
+    def _copy_hits(self, offset: int, dst: memoryview) -> bool:
+        """Copy [offset, +len(dst)) from cached units if every one is there and fresh."""
         ttl = self.ttl
         now = self._clock() if ttl is not None else 0.0
+        with self._lock:
+            return self._copy_hits_locked(offset, dst, ttl, now)
+
+    def _copy_hits_locked(self, offset: int, dst: memoryview, ttl: float | None,
+                          now: float) -> bool:
         end = offset + len(dst)
-        with self._lock:
-            chunks = self._chunks
-            entries = []
-            for i in range(first, last + 1):
-                entry = chunks.get(i)
-                if entry is None or (ttl is not None and now - entry[1] > ttl):
-                    return False
-                entries.append(entry[0])
-            pos = 0
-            for i, data in zip(range(first, last + 1), entries, strict=True):
-                base = i << shift
-                a = max(offset, base) - base
-                b = min(end - base, len(data))
-                if b < min(end - base, self.chunk):
-                    return False  # a short last chunk (the end then) that does not cover it
-                dst[pos : pos + b - a] = data[a:b]
-                pos += b - a
-                chunks.move_to_end(i)
-            return pos == len(dst)
-
-    def _insert(self, start: int, first: int, data: memoryview, total: int, chunk: int) -> None:
-        n_chunks = (total + chunk - 1) // chunk
-        pieces = [bytes(data[k * chunk : min(total, (k + 1) * chunk)]) for k in range(n_chunks)]
-        now = self._clock()
-        with self._lock:
-            if start < self._floor or not self.enabled:
-                return
-            stale: set[int] = set()
-            for gen, lo, hi in self._recent:
-                if gen > start:
-                    stale.update(range(max(lo, first), min(hi, first + n_chunks - 1) + 1))
-            chunks = self._chunks
-            for k, piece in enumerate(pieces):
-                i = first + k
-                if i in stale:
-                    continue
-                old = chunks.pop(i, None)
-                if old is not None:
-                    self.bytes -= len(old[0])
-                    self._ledger.give(len(old[0]))
-                if not self._make_room_locked(len(piece)):
-                    return
-                chunks[i] = (piece, now)
-                self.bytes += len(piece)
-
-    def _make_room_locked(self, n: int) -> bool:
-        """Evict own LRU chunks until ``n`` more bytes fit the cap and the ledger; take them."""
-        if n > self.capacity:
+        if ttl is not None and not self._fresh_locked(offset, end, now, ttl):
             return False
+        shift = self._shift
+        ushift = self._ushift
+        first = offset >> shift
+        last = (end - 1) >> shift
         chunks = self._chunks
+        for i in range(first, last + 1):
+            entry = chunks.get(i)
+            if entry is None:
+                return False
+            base = i << shift
+            a = max(offset, base) - base
+            b = min(end, base + self.chunk) - base
+            if b > len(entry.data):
+                return False  # a short last chunk (the end then) that does not cover it
+            need = _units(a, b, ushift)
+            if entry.valid & need != need:
+                return False
+        pos = 0
+        for i in range(first, last + 1):
+            entry = chunks[i]
+            base = i << shift
+            a = max(offset, base) - base
+            b = min(end, base + self.chunk) - base
+            dst[pos : pos + b - a] = entry.data[a:b]
+            pos += b - a
+            chunks.move_to_end(i)
+        return True
+
+    def _insert_locked(self, start: int, lo: int, data: memoryview, size: int,
+                       when: float) -> None:
+        """A fill that began at generation ``start`` read ``data`` at ``lo``: cache it, but
+        not in the chunks a change numbered after ``start`` touched (the bricks may have
+        answered before it), and nothing if the ring forgot such changes."""
+        if start < self._floor or not self.enabled:
+            return
+        hi = lo + len(data)
+        shift = self._shift
+        first = lo >> shift
+        last = (hi - 1) >> shift
+        stale: list[tuple[int, int]] = []
+        for gen, a, b in reversed(self._recent):
+            if gen <= start:
+                break
+            if a <= last and b >= first:
+                stale.append((a, b))
+        self._touch_locked(lo, hi, when)
+        ushift = self._ushift
+        chunk = self.chunk
+        chunks = self._chunks
+        for i in range(first, last + 1):
+            if stale and any(a <= i <= b for a, b in stale):
+                continue
+            base = i << shift
+            a = max(lo, base)
+            b = min(hi, base + chunk)
+            entry = chunks.get(i)
+            if entry is None:
+                n = min(chunk, size - base)
+                mask = _whole_units(a - base, b - base, n, ushift) if b - base <= n else 0
+                new = self._make_room_locked(n) if mask else None
+                if new is not None:
+                    new[a - base : b - base] = data[a - lo : b - lo]
+                    chunks[i] = _Chunk(new, mask)
+                    self.bytes += n
+            elif b - base > len(entry.data):
+                self._free_locked(i)  # a short (last) chunk: the size changed
+            else:
+                n = len(entry.data)
+                mask = _whole_units(a - base, b - base, n, ushift)
+                # Only the units not cached yet: the cached ones are as new (no change of this
+                # chunk since ``start``), and a write may have patched part of a unit.
+                if mask & ~entry.valid:
+                    entry.data[a - base : b - base] = data[a - lo : b - lo]
+                    entry.valid |= mask
+                chunks.move_to_end(i)
+
+    def _make_room_locked(self, n: int) -> bytearray | None:
+        """Evict own LRU chunks until ``n`` more bytes fit the cap and the ledger; take them
+        and return a buffer of ``n`` bytes for the new chunk (an evicted chunk's, when one
+        is that long: no allocation, no fresh pages to fault in), or None if they do not fit.
+        (Its bytes are old: only the units the caller marks valid count.)"""
+        if n > self.capacity or n <= 0:
+            return None
+        chunks = self._chunks
+        spare: bytearray | None = None
         while self.bytes + n > self.capacity and chunks:
-            _, (old, _t) = chunks.popitem(last=False)
+            old = chunks.popitem(last=False)[1].data
             self.bytes -= len(old)
             self._ledger.give(len(old))
+            if len(old) == n:
+                spare = old
         while not self._ledger.take(n):
             if not chunks:
-                return False
-            _, (old, _t) = chunks.popitem(last=False)
+                return None
+            old = chunks.popitem(last=False)[1].data
             self.bytes -= len(old)
             self._ledger.give(len(old))
-        return True
+            if len(old) == n:
+                spare = old
+        return spare if spare is not None else bytearray(n)
 
     # -- writes: the store first, then the drop, before returning --------------------------------
 
     def write(self, offset: int, data: Buffer) -> None:
         view = byte_view(data)
         start = self._gen
+        when = self._clock() if self.ttl is not None else 0.0
         done = False
         try:
             self.inner.write(offset, data)
             done = True
         finally:
-            self._invalidate(offset, len(view), start, view if done and self.enabled else None)
+            keep = done and self.enabled
+            self._invalidate(offset, len(view), start, [view] if keep else None,
+                             self._size_or_unknown() if keep else -1, when)
 
     def writev(self, offset: int, buffers: list[Buffer]) -> None:
         views = [byte_view(b) for b in buffers]
         total = sum(len(v) for v in views)
         start = self._gen
+        when = self._clock() if self.ttl is not None else 0.0
         done = False
         try:
             writev = getattr(self.inner, "writev", None)
@@ -592,10 +893,9 @@ class CachedStore(BackingStore):
                 self.inner.write(offset, b"".join(views))
             done = True
         finally:
-            keep = None
-            if done and self.enabled:
-                keep = views[0] if len(views) == 1 else memoryview(b"".join(views))
-            self._invalidate(offset, total, start, keep)
+            keep = done and self.enabled
+            self._invalidate(offset, total, start, views if keep else None,
+                             self._size_or_unknown() if keep else -1, when)
 
     def discard(self, offset: int, length: int) -> None:
         try:
@@ -637,7 +937,8 @@ class CachedStore(BackingStore):
         return self.inner.extents(offset, length)
 
     def close(self, timeout: float | None = None) -> None:
-        _open_caches.discard(self)
+        with _config_lock:
+            _open_caches.discard(self)
         unwatch = getattr(self.inner, "unwatch_invalidations", None)
         if unwatch is not None:
             unwatch(self.invalidate_all)
@@ -649,12 +950,6 @@ class CachedStore(BackingStore):
             self.inner.close()
         else:
             self.inner.close(timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        # Store-specific attributes (address, path, created, o_direct, ...) are the inner's.
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def __repr__(self) -> str:
         return f"CachedStore({self.inner!r}, capacity={self.capacity})"

@@ -15,7 +15,8 @@ do not exist yet. Extra keyword ``options`` go to the store: ``o_direct`` for fi
 Gluster, ``log_file``/``log_level`` for Gluster (also as URL query: ``?o_direct=1``), and
 ``cache`` for Gluster: the read cache's size (``64MiB``; ``0`` or ``off``: none; default
 :func:`.cache.default_capacity`, set by ``serve --gfapi-cache``) and ``cache_chunk`` its
-unit (a power of two, 4KiB to 1MiB; default 64KiB: what a miss reads), see :mod:`.cache`.
+chunk (a power of two, 4KiB to 1MiB; default 64KiB: what a sequential miss fills; a
+random miss reads 4KiB units), see :mod:`.cache`.
 """
 
 from __future__ import annotations
