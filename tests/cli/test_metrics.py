@@ -163,3 +163,45 @@ def test_unit_attentions_queued_and_delivered_per_lun(tmp_path: Any) -> None:
     assert (m0[(ua, lun())], m0[(pending, lun())]) == (2, 0)
     assert (m1[(ua, lun())], m1[(pending, lun())]) == (2, 2)
     assert (m2[(ua, lun())], m2[(pending, lun())]) == (3, 1)
+
+
+def test_the_read_cache_counters_reach_the_metrics() -> None:
+    """A LUN's read cache (issue 19): hits, misses, bytes, upcall invalidations, expired
+    regions and readahead bytes are exported with the LUN's labels, as ``cache_status`` has
+    them at the scrape."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gluster_iscsi.backstore.cache import CachedStore, CacheLedger
+    from gluster_iscsi.backstore.memory import MemoryStore
+    from gluster_iscsi.server.metrics import DaemonCollector
+
+    store = CachedStore(MemoryStore(1 << 20), 1 << 19, ledger_=CacheLedger(1 << 30))
+    try:
+        buf = bytearray(4096)
+        store.read_into(0, memoryview(buf))  # a miss
+        store.read_into(0, memoryview(buf))  # a hit
+        store.invalidations, store.expired, store.readahead_bytes = 3, 5, 7 * 4096
+        lu = SimpleNamespace(store=store, alua=None)
+        daemon = SimpleNamespace(
+            lun_stats=lambda: [], group=None, tpgt=1, session_table=[], logins={},
+            login_refusals={}, budget=SimpleNamespace(used=0, limit=1), connections=[],
+            loop_lag=0.0, loop_lag_max=0.0,
+            registry=SimpleNamespace(targets={DEMO: SimpleNamespace(
+                device=SimpleNamespace(luns={1: lu}))}))
+        reg = CollectorRegistry()
+        reg.register(DaemonCollector(daemon))  # type: ignore[arg-type]
+        m: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for fam in text_string_to_metric_families(generate_latest(reg).decode()):
+            for s in fam.samples:
+                m[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        status = store.cache_status()
+        assert m[("gluster_iscsi_lun_cache_hits_total", lun())] == status["hits"] >= 1
+        assert m[("gluster_iscsi_lun_cache_misses_total", lun())] == status["misses"] >= 1
+        assert m[("gluster_iscsi_lun_cache_bytes", lun())] == status["bytes"] > 0
+        assert m[("gluster_iscsi_lun_cache_invalidations_total", lun())] == 3
+        assert m[("gluster_iscsi_lun_cache_expired_total", lun())] == 5
+        assert m[("gluster_iscsi_lun_cache_readahead_bytes_total", lun())] == 7 * 4096
+    finally:
+        store.close()

@@ -65,6 +65,15 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     P + "lun_cache_misses": ("counter", ("target", "lun"), "Reads through the gfapi read cache that "
                                                            "went to the bricks"),
     P + "lun_cache_bytes": ("gauge", ("target", "lun"), "Bytes the gfapi read cache holds"),
+    P + "lun_cache_invalidations": ("counter", ("target", "lun"), "Whole-cache drops of the gfapi "
+                                                                  "read cache by an upcall (another "
+                                                                  "client wrote the file)"),
+    P + "lun_cache_expired": ("counter", ("target", "lun"), "Regions the gfapi read cache dropped "
+                                                            "because they went untouched at the "
+                                                            "bricks past the upcall window"),
+    P + "lun_cache_readahead_bytes": ("counter", ("target", "lun"), "Bytes the gfapi read cache "
+                                                                    "read ahead for sequential "
+                                                                    "streams"),
     P + "lun_alua_state": ("gauge", ("target", "lun"), "This gateway's asymmetric access state for "
                                                        "the LU (SPC-4 codes: 0 active/optimized, 1 "
                                                        "active/non-optimized, 2 standby, 3 "
@@ -163,6 +172,9 @@ class DaemonCollector(Collector):
                     fam[P + "lun_cache_hits"].add_metric(lv, c["hits"])
                     fam[P + "lun_cache_misses"].add_metric(lv, c["misses"])
                     fam[P + "lun_cache_bytes"].add_metric(lv, c["bytes"])
+                    fam[P + "lun_cache_invalidations"].add_metric(lv, c["invalidations"])
+                    fam[P + "lun_cache_expired"].add_metric(lv, c["expired"])
+                    fam[P + "lun_cache_readahead_bytes"].add_metric(lv, c["readahead_bytes"])
         sessions: dict[str, int] = {}
         for name in d.registry.targets:
             sessions[name] = 0
