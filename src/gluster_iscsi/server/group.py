@@ -581,6 +581,11 @@ class GroupMember:
             log.warning("group: LUN %s: cannot read its lease: %s", glu.key, exc)
             lease.beat_failed(self.clock())
             return
+        # The record is dated from when the read returned, not from the beat's start: the
+        # read may have waited (the group worker, a slow volume) while the owner wrote it,
+        # and the owner's deadline counts from its beat's start, which came before that
+        # write, so before this moment; dated earlier, a live owner could be judged stale.
+        now = self.clock()
         rec = LeaseRecord.from_dict(got.data if got is not None else None)
         with contextlib.suppress(Exception):
             await self._poll_state(glu)

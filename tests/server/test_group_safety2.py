@@ -1,0 +1,72 @@
+"""The gateway group's second safety review (/work/REVIEW-G.md on branch fixg, docs/HA.md):
+a standby dates a record from after its read, no lock goes back while a store call of the LU
+still holds its I/O lock, a detached LU's lock is given back, a replaced LU's shared state
+goes through its own group entry. Members in one process on a tmp-dir group directory, a
+clock the tests move."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from gluster_iscsi.group.lease import Role
+from gluster_iscsi.server.group import lease_name
+from gluster_iscsi.server.runner import lu_state
+
+from .test_group import KEY, Group, arun
+
+
+class SlowLeaseRead:
+    """A member's group directory whose next read of the lease record takes ``seconds`` of
+    the test's clock, during which ``during`` runs (another member's beat)."""
+
+    def __init__(self, inner: Any, clock: Any, seconds: float, during: Any) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.seconds = seconds
+        self.during = during
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def read(self, name: str) -> Any:
+        if name == lease_name(KEY) and self.during is not None:
+            during, self.during = self.during, None
+            self.clock.now += self.seconds
+            during()
+        return self.inner.read(name)
+
+
+@arun
+async def test_a_standby_dates_the_record_from_after_its_read_never_before(tmp_path):
+    # G1: b's read of the lease record is slow; a beats meanwhile (its deadline counts from
+    # then). b must not call the record stale a lease after the *start* of its read: if the
+    # lock vanished (every brick restarted), b would take it and serve while a still issues.
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a, b = g.members["a"], g.members["b"]
+    loop = asyncio.get_running_loop()
+
+    def a_beats() -> None:
+        asyncio.run_coroutine_threadsafe(a.beat(), loop).result(10)
+
+    b.shared = SlowLeaseRead(b.shared, g.clock, 2.0, a_beats)  # type: ignore[assignment]
+    await b.beat()
+    a_deadline = lu_state(g.lus["a"]).issue_deadline
+    assert a_deadline == g.clock.now + 5.0  # a's beat started as b's read was returning
+    lock = a.luns[KEY].lock
+    assert lock is not None
+    # a beats no more (the bricks restart, its calls fail) but is alive until its deadline;
+    # its lock vanishes with the last brick's restart, a lease after b's read had started
+    for step in range(12):
+        g.clock.now += 0.5
+        if step == 5:
+            lock.release()
+        await b.beat()
+        b_deadline = lu_state(g.lus["b"]).issue_deadline
+        both = g.clock.now < a_deadline and g.clock.now < b_deadline
+        assert not both, "two gateways may issue to the LUN at once"
+    assert g.role("b") in (Role.OWNER, Role.FENCED)  # it did take over, in time
+    g.close()
