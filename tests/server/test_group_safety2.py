@@ -70,3 +70,70 @@ async def test_a_standby_dates_the_record_from_after_its_read_never_before(tmp_p
         assert not both, "two gateways may issue to the LUN at once"
     assert g.role("b") in (Role.OWNER, Role.FENCED)  # it did take over, in time
     g.close()
+
+
+@arun
+async def test_a_move_waits_for_a_store_call_whose_command_timed_out(tmp_path):
+    # G2: a command answered by its I/O timeout is no longer in flight, but its store call
+    # may still run (and land a write); it holds the LU's I/O lock until it returns.
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    io_lock = lu_state(g.lus["a"]).lock
+    io_lock.acquire_shared()  # the call of a command that timed out: still in the store
+    assert lu_state(g.lus["a"]).stats.in_flight == 0
+    await g.members["b"].move(KEY, "b")
+    for _ in range(12):  # past the drain's bound (a lease)
+        await asyncio.sleep(0.02)
+        await g.rounds(1)
+    assert g.members["a"].luns[KEY].lock is not None  # kept while the call may land
+    assert g.role("b") is not Role.OWNER
+    io_lock.release_shared()  # it returned: the next beats drain and hand over
+    for _ in range(4):
+        await asyncio.sleep(0.02)
+        await g.rounds(1)
+    assert g.role("b") is Role.OWNER and g.role("a") is Role.STANDBY
+    g.close()
+
+
+@arun
+async def test_a_planned_stop_keeps_the_lock_while_a_timed_out_call_runs(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    lu_state(g.lus["a"]).lock.acquire_shared()
+    a = g.members.pop("a")
+    stop = asyncio.ensure_future(a.stop(release=True))
+    while not stop.done():
+        await asyncio.sleep(0.01)
+        g.clock.now += 1.0  # the drain's bound passes
+    await stop
+    assert lu_state(g.lus["a"]).issue_deadline == -math.inf
+    assert a.luns[KEY].lock is not None  # kept: the process exit drops it
+    await g.rounds(1)
+    assert g.role("b") is not Role.OWNER
+    g.close()
+
+
+@arun
+async def test_a_detached_lu_gives_its_lock_back_only_once_its_timed_out_call_returned(tmp_path):
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a = g.members["a"]
+    glu = a.luns[KEY]
+    lock = glu.lock
+    assert lock is not None
+    io_lock = lu_state(g.lus["a"]).lock
+    io_lock.acquire_shared()
+    a.detach(g.lus["a"])
+    for _ in range(5):
+        await asyncio.sleep(0.02)
+    assert lock.held  # not given back while the call runs
+    io_lock.release_shared()
+    for _ in range(100):
+        if not lock.held:
+            break
+        await asyncio.sleep(0.01)
+    assert not lock.held
+    g.close()

@@ -300,14 +300,18 @@ class GroupMember:
                         self._io.submit(lock.release)
 
     async def _release_when_idle(self, glu: GroupLu, lock: Locked) -> None:
-        stats = lu_state(glu.lu).stats
-        while stats.in_flight > 0:
+        while self._busy(glu):
             await asyncio.sleep(0.005)
         await self._call(lock.release)
 
     def _busy(self, glu: GroupLu) -> bool:
-        """Commands of the LU still in flight (a store call may still be issued or run)."""
-        return bool(lu_state(glu.lu).stats.in_flight > 0)
+        """Commands of the LU still in flight (a store call may still be issued or run), or
+        a store call still running whose command already ended: one that timed out
+        (IoTimeout answers the command, the call goes on in the store). Every call that
+        touches the data holds the LU's I/O lock while it runs (the io_uring path until the
+        kernel is done), so a held lock means a write may still land."""
+        state = lu_state(glu.lu)
+        return bool(state.stats.in_flight > 0 or state.lock.held())
 
     def handle(self, lu: Any) -> GroupLu | None:
         key = getattr(lu_state(lu), "group_key", None)
@@ -568,9 +572,8 @@ class GroupMember:
 
     async def _drain(self, glu: GroupLu, timeout: float) -> None:
         """Wait (bounded) for the LU's commands in flight to end."""
-        stats = lu_state(glu.lu).stats
         end = self.clock() + timeout
-        while stats.in_flight > 0 and self.clock() < end:
+        while self._busy(glu) and self.clock() < end:
             await asyncio.sleep(0.005)
 
     async def _standby_read(self, glu: GroupLu, now: float) -> None:
