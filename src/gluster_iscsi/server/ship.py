@@ -603,6 +603,8 @@ class _Client:
         del self.pending[rid]
         self.aborting.discard(rid)
         entry[0](None, b"", TimeoutError("no answer from the owner"))
+        if self.backlog:  # room made: what waits behind goes out (or ends, if it expired)
+            self._flush()
 
     def _flush(self) -> None:
         writer = self.writer
@@ -688,6 +690,13 @@ class _Client:
                     loop.call_later(left, done, None, b"", lost)
                 else:
                     done(None, b"", lost)
+            if self._connecting is None:
+                # never sent, so the owner cannot issue them: they end now (04/0Ah); left
+                # here they would wait for a send to this address, which may never come
+                # (an owner that restarts listens on another port)
+                backlog, self.backlog = self.backlog, collections.deque()
+                for _, _, done, _, _ in backlog:
+                    done(None, b"", ConnectionError("ship connection lost"))
 
     def close(self) -> None:
         if self.writer is not None:

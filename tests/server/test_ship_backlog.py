@@ -1,0 +1,73 @@
+"""Command shipping's sender backlog (second safety review, G3 in /work/REVIEW-G.md): commands
+waiting behind a full connection are answered when it goes, and move on when the pending
+ones expire, never left waiting for ever."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gluster_iscsi.server import ship
+
+from .test_ship import KEY, Ships, Stuck, arun, write10
+
+
+def _fill(g: Ships, n: int) -> list[list[Any]]:
+    """Ship ``n`` writes from b to a straight through b's client; one answer list each."""
+    a, b = g.gw["a"], g.gw["b"]
+    client = b.shipper._client(a.server.address)  # type: ignore[arg-type]
+    nexus = b.nexus("y")
+    answers: list[list[Any]] = []
+    for i in range(n):
+        got: list[Any] = []
+        answers.append(got)
+        header = ship._header(KEY, 1, 0, nexus)
+        header.update(cdb=write10(i).hex(), attr=1, expected=512, read=False, write=True)
+        client.send(header, b"\x04" * 512, lambda h, d, e, got=got: got.append(e),
+                    b.shipper.timeout)
+    return answers
+
+
+async def _until(cond: Any, seconds: float) -> bool:
+    for _ in range(int(seconds / 0.01)):
+        if cond():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(cond())
+
+
+@arun
+async def test_commands_in_the_backlog_are_answered_when_the_connection_is_lost(tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    a.server.runner = stuck = Stuck()
+    b.member.lease_seconds = 0.3
+    try:
+        answers = _fill(g, ship.MAX_IN_FLIGHT + 3)
+        assert await _until(lambda: len(stuck.started) == ship.MAX_IN_FLIGHT, 10)
+        await a.server.stop()  # the owner goes (SIGKILL: its ship port never comes back)
+        assert await _until(lambda: all(answers), 10), \
+            f"{sum(1 for x in answers if not x)} commands never answered"
+        assert all(type(x[0]) is ConnectionError for x in answers)
+    finally:
+        await g.close()
+
+
+@arun
+async def test_the_backlog_moves_on_when_pending_commands_expire(tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    a.server.runner = stuck = Stuck()  # an owner that never answers, connection up
+    b.shipper.timeout = 0.05
+    b.member.lease_seconds = 0.2
+    try:
+        answers = _fill(g, ship.MAX_IN_FLIGHT + 3)
+        assert await _until(lambda: all(answers), 10), \
+            f"{sum(1 for x in answers if not x)} commands never answered"
+        # the last ones had expired by the time room was made: ended unsent
+        assert len(stuck.started) == ship.MAX_IN_FLIGHT
+        assert all(type(x[0]) is TimeoutError for x in answers)
+    finally:
+        await g.close()
