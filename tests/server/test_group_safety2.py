@@ -137,3 +137,48 @@ async def test_a_detached_lu_gives_its_lock_back_only_once_its_timed_out_call_re
         await asyncio.sleep(0.01)
     assert not lock.held
     g.close()
+
+
+class DetachDuringTry:
+    """A member's group directory whose next try of the lease byte runs ``during`` (on the
+    loop, waited for) before it tries: a LU detached while its beat awaits the take."""
+
+    def __init__(self, inner: Any, loop: Any, during: Any) -> None:
+        self.inner = inner
+        self.loop = loop
+        self.during = during
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def try_lock(self, name: str, byte: int) -> Any:
+        if byte == 0 and self.during is not None:
+            during, self.during = self.during, None
+            asyncio.run_coroutine_threadsafe(during(), self.loop).result(10)
+        return self.inner.try_lock(name, byte)
+
+
+@arun
+async def test_a_lu_detached_while_its_beat_takes_the_lease_gives_the_lock_back(tmp_path):
+    # G4: the take finished for a glu no longer attached: nothing would beat or release it,
+    # and every gateway would find the LUN held for good
+    g = Group(tmp_path, ["a", "b", "c"])
+    await g.start()
+    await g.rounds(2)
+    a = g.members.pop("a")
+    await a.stop(release=True)  # owner null: b takes at its next beat
+    b = g.members["b"]
+
+    async def detach() -> None:
+        b.detach(g.lus["b"])  # reconcile removed the LUN (or rolled back its new LU)
+
+    b.shared = DetachDuringTry(b.shared, asyncio.get_running_loop(), detach)  # type: ignore[assignment]
+    await b.beat()
+    assert lu_state(g.lus["b"]).issue_deadline == -math.inf
+    for _ in range(100):  # c takes it: the lock is free (after a lease: b wrote its take)
+        g.clock.now += 1.0
+        await g.members["c"].beat()
+        if g.role("c") is Role.OWNER:
+            break
+    assert g.role("c") is Role.OWNER
+    g.close()

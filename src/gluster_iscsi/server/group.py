@@ -144,6 +144,9 @@ class GroupLu:
         #: shared_update calls of this gateway under way (under the LU's state_lock): a load
         #: from a beat or a refresh meanwhile is left to the update (see GroupMember._load)
         self.updating = 0
+        #: detached (:meth:`GroupMember.detach`): a beat under way for it gives back a lock
+        #: it got meanwhile and writes no record any more
+        self.detached = False
 
 
 class GroupMember:
@@ -287,6 +290,7 @@ class GroupMember:
         for key, glu in list(self.luns.items()):
             if glu.lu is lu:
                 del self.luns[key]
+                glu.detached = True
                 self._set_deadline(glu, -math.inf)
                 state = lu_state(lu)
                 state.group = None
@@ -491,6 +495,30 @@ class GroupMember:
         return now - self._published_at < self.lease_seconds
 
     async def _step(self, glu: GroupLu) -> None:
+        if glu.detached:
+            return  # (detached after this beat listed it)
+        await self._step_lease(glu)
+        if glu.detached:
+            await self._let_go(glu)
+
+    async def _let_go(self, glu: GroupLu) -> None:
+        """A LU detached while its step awaited a call (a take under way got the lock, or
+        it owned the LU): give the lock back, after its store calls, as detach does; else
+        nothing beats or releases it again and every gateway finds the LUN held for good."""
+        self._set_deadline(glu, -math.inf)
+        lock, glu.lock = glu.lock, None
+        if lock is None:
+            return
+        log.warning("group: LUN %s: detached during its beat, lock given back", glu.key)
+        if self._busy(glu) and self._loop is not None:
+            self._loop.create_task(self._release_when_idle(glu, lock))
+            return
+        try:
+            await self._call(lock.release)
+        except Exception as exc:  # noqa: BLE001 - the bricks drop it with the fd anyway
+            log.warning("group: LUN %s: release: %s", glu.key, exc)
+
+    async def _step_lease(self, glu: GroupLu) -> None:
         lease = glu.lease
         now = self.clock()
         if self.yielded and glu.lock is not None:
@@ -535,6 +563,8 @@ class GroupMember:
                 await self._release(glu)
                 lease.released(self.clock())
                 return
+            if glu.detached:
+                return  # its lock went back with detach: only a holder writes the record
             await self._call(self.shared.write, lease_name(glu.key), new.to_dict())
             lease.beat_ok(start, new, self.clock())
             if lease.role is Role.MOVING_OUT and glu.drain is None:
@@ -663,7 +693,7 @@ class GroupMember:
 
     def _sync_deadline(self, glu: GroupLu) -> None:
         lease = glu.lease
-        if self.yielded and glu.lock is not None or lease.releasing:
+        if self.yielded and glu.lock is not None or lease.releasing or glu.detached:
             self._set_deadline(glu, -math.inf)
         elif lease.role in (Role.OWNER, Role.MOVING_OUT):
             self._set_deadline(glu, lease.issue_deadline)
