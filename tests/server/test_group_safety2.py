@@ -182,3 +182,40 @@ async def test_a_lu_detached_while_its_beat_takes_the_lease_gives_the_lock_back(
             break
     assert g.role("c") is Role.OWNER
     g.close()
+
+
+def _mode(lu: Any, **bits: Any) -> None:
+    lu.load_shared_state("mode", {**lu.shared_state("mode"), **bits})
+
+
+@arun
+async def test_a_replaced_lus_shared_state_goes_through_its_own_group_entry(tmp_path):
+    # G5: while a replacement is prepared, the old LU still serves under a side key and the
+    # new one is attached under the LUN's key (control/api.py _attach_lu); a PR OUT or MODE
+    # SELECT on the old LU must load the latest record into *that* LU before it changes it
+    from gluster_iscsi.server.group import state_name
+
+    from .test_group import make_lu
+
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a, b = g.members["a"], g.members["b"]
+    old_lu, lu_b = g.lus["a"], g.lus["b"]
+    a.luns[f"{KEY}#replaced"] = a.luns.pop(KEY)  # as _attach_lu does for a replacement
+    a.attach(make_lu(), KEY, "a")
+
+    async def update(m: Any, lu: Any, **bits: Any) -> None:
+        done = asyncio.ensure_future(asyncio.to_thread(m.shared_update, lu,
+                                                       lambda: _mode(lu, **bits)))
+        while not done.done():  # (a non-owner waits for the owner, at most a lease)
+            g.clock.now += 0.5
+            await asyncio.sleep(0.01)
+        await done
+
+    await update(b, lu_b, swp=True)  # through b, before a's next beat
+    await update(a, old_lu, d_sense=True)  # through the old LU, still serving on a
+    mode = g.dirs[0].read(state_name(KEY)).data["mode"]
+    assert mode["swp"] is True, "b's change was lost"
+    assert mode["d_sense"] is True
+    g.close()

@@ -318,8 +318,20 @@ class GroupMember:
         return bool(state.stats.in_flight > 0 or state.lock.held())
 
     def handle(self, lu: Any) -> GroupLu | None:
+        """``lu``'s own group entry. By its key, unless that is another LU's: a LU being
+        replaced keeps serving under a side key while the new one is attached under the
+        key (control/api.py), and its shared state must be loaded into and changed in it,
+        not in the new one."""
         key = getattr(lu_state(lu), "group_key", None)
-        return self.luns.get(key) if key is not None else None
+        if key is None:
+            return None
+        glu = self.luns.get(key)
+        if glu is not None and glu.lu is lu:
+            return glu
+        for other in list(self.luns.values()):
+            if other.lu is lu:
+                return other
+        return None
 
     # -- the view -------------------------------------------------------------------------------
 
