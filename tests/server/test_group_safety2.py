@@ -219,3 +219,51 @@ async def test_a_replaced_lus_shared_state_goes_through_its_own_group_entry(tmp_
     assert mode["swp"] is True, "b's change was lost"
     assert mode["d_sense"] is True
     g.close()
+
+
+class StallFirstStateRead:
+    """A member's group directory whose first read of the LU's state record blocks until
+    ``go`` (a PR IN's refresh stuck on a slow volume, or one of many queued state calls)."""
+
+    def __init__(self, inner: Any) -> None:
+        import threading
+
+        self.inner = inner
+        self.go = threading.Event()
+        self.entered = threading.Event()
+        self.armed = True
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def read(self, name: str) -> Any:
+        from gluster_iscsi.server.group import state_name
+
+        if name == state_name(KEY) and self.armed:
+            self.armed = False
+            self.entered.set()
+            self.go.wait(30)
+        return self.inner.read(name)
+
+
+@arun
+async def test_the_owners_heartbeat_never_waits_behind_shared_state_calls(tmp_path):
+    # G10: PR OUT/IN and MODE SELECT calls (their state lock tries every 10 ms, their
+    # waits for the owner polling the lease record, a stuck read) queued on the heartbeat's
+    # one worker: enough of them delay the beats until the owner fences its own LUNs
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a = g.members["a"]
+    stall = StallFirstStateRead(a.shared)
+    a.shared = stall  # type: ignore[assignment]
+    refresh = asyncio.ensure_future(asyncio.to_thread(a.shared_refresh, g.lus["a"]))
+    try:
+        assert await asyncio.to_thread(stall.entered.wait, 10)
+        g.clock.now += 1.0
+        await asyncio.wait_for(a.beat(), 10)  # the owner's beat goes on meanwhile
+        assert lu_state(g.lus["a"]).issue_deadline == g.clock.now + 5.0  # renewed
+    finally:
+        stall.go.set()
+        await refresh
+    g.close()

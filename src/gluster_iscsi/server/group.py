@@ -9,7 +9,8 @@ owner's target port group active/optimized, live non-owners standby, fenced or s
 gateways unavailable, both ends of a move transitioning).
 
 Every call to the group directory (the ``SharedDir``: blocking) runs on one worker thread of
-its own, never on the event loop. A call that hangs (a volume that stops answering) stalls
+its own, never on the event loop (and those of LU-wide state changes on a second one, so
+that they never delay a heartbeat). A call that hangs (a volume that stops answering) stalls
 the beats, not the sessions, and not the fencing: the issue deadline lives in the LU's
 runner state (``LuState.issue_deadline``) and the command runner compares it with its clock
 before every store call, and a timer on the loop (:meth:`GroupMember._watch`) reports the
@@ -177,6 +178,12 @@ class GroupMember:
         self.luns: dict[str, GroupLu] = {}
         self.gateways: dict[str, GatewaySeen] = {}
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"group-{gateway}")
+        # LU-wide state calls (PR OUT/IN, MODE SELECT, LUN RESET: shared_update and
+        # shared_refresh, from the runner's workers) on a worker of their own: their state
+        # lock tries, their waits for the owner and a stuck read must never queue the
+        # heartbeats, which would let this gateway's own LUNs fence themselves
+        self._state_io = ThreadPoolExecutor(max_workers=1,
+                                            thread_name_prefix=f"group-{gateway}-state")
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -265,6 +272,7 @@ class GroupMember:
             for glu in self.luns.values():
                 self._set_deadline(glu, -math.inf)
         self._io.shutdown(wait=False)
+        self._state_io.shutdown(wait=False)
 
     # -- LUs ------------------------------------------------------------------------------------
 
@@ -398,9 +406,11 @@ class GroupMember:
         return await loop.run_in_executor(self._io, functools.partial(fn, *args, **kw))
 
     def call_sync(self, timeout: float, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """A directory call from a thread that is not the loop, bounded by ``timeout``
-        (TimeoutError past it: the call may still run)."""
-        return self._io.submit(functools.partial(fn, *args, **kw)).result(max(timeout, 0.0))
+        """A directory call of the LU-wide state path from a thread that is not the loop, on
+        the state worker (not the heartbeat's), bounded by ``timeout`` (TimeoutError past
+        it: the call may still run)."""
+        return self._state_io.submit(functools.partial(fn, *args, **kw)).result(
+            max(timeout, 0.0))
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -963,7 +973,7 @@ class GroupMember:
 
     def _lock_state(self, glu: GroupLu, end: float) -> Locked:
         while True:
-            fut = self._io.submit(self.shared.try_lock, lease_name(glu.key), 1)
+            fut = self._state_io.submit(self.shared.try_lock, lease_name(glu.key), 1)
             try:
                 lock: Locked = fut.result(max(end - self.clock(), 0.0))
                 return lock
@@ -1064,7 +1074,9 @@ class GroupMember:
                             "%d within %gs; in force anyway (no owner issues without it)",
                             glu.key, version, self.lease_seconds)
                 return
-            time.sleep(min(0.02, self.beat_seconds / 10))
+            # (the owner says it applied a version with its heartbeat: a tenth of a beat
+            # between reads is plenty, and keeps many waiting changes off the volume)
+            time.sleep(max(0.02, self.beat_seconds / 10))
 
     # -- a hung owner -------------------------------------------------------------------------
 
