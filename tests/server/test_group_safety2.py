@@ -267,3 +267,22 @@ async def test_the_owners_heartbeat_never_waits_behind_shared_state_calls(tmp_pa
         stall.go.set()
         await refresh
     g.close()
+
+
+@arun
+async def test_a_move_to_a_gateway_that_is_down_is_refused_and_the_owner_keeps_the_lun(tmp_path):
+    # G11: the owner would hand the LUN to nobody: every other gateway leaves it to the
+    # target until the record goes stale, a lease without an owner
+    import pytest
+
+    g = Group(tmp_path, ["a", "b", "c"])
+    await g.start()
+    await g.rounds(2)
+    c = g.members.pop("c")
+    await c.stop(release=True)  # its record says stopped
+    await g.rounds(1)
+    with pytest.raises(ValueError, match="not up"):
+        await g.members["b"].move(KEY, "c")
+    await g.rounds(3)
+    assert g.role("a") is Role.OWNER
+    g.close()

@@ -384,6 +384,12 @@ class GroupMember:
             raise KeyError(f"no group LUN {key}")
         if to_gateway != self.gateway and to_gateway not in self.gateways:
             raise ValueError(f"no gateway {to_gateway!r} in the group")
+        seen = self.gateways.get(to_gateway) if to_gateway != self.gateway else None
+        if seen is not None and not self._live(seen, self.clock()):
+            # handed to a gateway that is down, the LUN would have no owner for a lease
+            # (the others leave it to the target until its record goes stale)
+            raise ValueError(f"gateway {to_gateway!r} is not up (stopped, or no beat for "
+                             f"{self.lease_seconds:g}s): it cannot take the LUN")
         glu = self.luns[key]
         if to_gateway == self.gateway and glu.lease.role is Role.OWNER:
             return
