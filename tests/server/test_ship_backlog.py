@@ -71,3 +71,29 @@ async def test_the_backlog_moves_on_when_pending_commands_expire(tmp_path):
         assert all(type(x[0]) is TimeoutError for x in answers)
     finally:
         await g.close()
+
+
+@arun
+async def test_a_gateways_new_connection_replaces_its_old_ones_so_leftovers_never_lock_it_out(
+        tmp_path):
+    # G12: a gateway whose host rebooted (or lost the network) leaves its connection open on
+    # the owner, which only answers and never hears of it; after a few, the per-source limit
+    # refused that gateway for good
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    server = g.gw["a"].server
+    host, _, port = server.address.rpartition(":")  # type: ignore[union-attr]
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(server.max_conns_per_source + 2):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            opened.append((reader, writer))
+            client = ship._Client(g.gw["b"].shipper, "unused")
+            await asyncio.wait_for(client._handshake(reader, writer), 10)  # never idles out
+        for reader, _ in opened[:-1]:  # the leftovers were closed by the owner
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        assert sum(server._sources.values()) <= 2
+    finally:
+        for _, w in opened:
+            w.close()
+        await g.close()

@@ -314,6 +314,9 @@ class ShipServer:
         self.max_conns_per_source = MAX_CONNS_PER_SOURCE
         #: source address -> connections open from it
         self._sources: dict[str, int] = {}
+        #: gateway name -> the task serving its authenticated connection (a newer one from
+        #: the same gateway replaces it, see _serve)
+        self._by_gateway: dict[str, asyncio.Task[Any]] = {}
         #: commands run for peers (tests, status)
         self.served = 0
 
@@ -350,8 +353,17 @@ class ShipServer:
         if task is not None:
             self._conns.add(task)
         conn = _Served(self, writer)
+        name: str | None = None
         try:
-            await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_SECONDS)
+            name = await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_SECONDS)
+            # A gateway keeps one connection to this owner: a new one replaces the last (its
+            # host rebooted or lost the network, and nothing tells this side, which only
+            # answers: left open, such leftovers would fill the per-source limit for good).
+            old = self._by_gateway.get(name)
+            if old is not None and old is not task:
+                old.cancel()
+            if task is not None:
+                self._by_gateway[name] = task
             while True:
                 if conn.in_flight >= MAX_IN_FLIGHT:  # stop reading: TCP pushes back
                     conn.room.clear()
@@ -394,6 +406,8 @@ class ShipServer:
         finally:
             if task is not None:
                 self._conns.discard(task)
+                if name is not None and self._by_gateway.get(name) is task:
+                    del self._by_gateway[name]
             left = sources.get(source, 1) - 1
             if left > 0:
                 sources[source] = left
