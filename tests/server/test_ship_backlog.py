@@ -97,3 +97,24 @@ async def test_a_gateways_new_connection_replaces_its_old_ones_so_leftovers_neve
         for _, w in opened:
             w.close()
         await g.close()
+
+
+@arun
+async def test_a_session_end_is_told_only_to_owners_still_listening(tmp_path):
+    # G13: a client per address the sender ever shipped to, kept for ever; every session end
+    # tried a connection to each, dead ports of restarted owners included
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    b = g.gw["b"]
+    try:
+        old = b.shipper._client("127.0.0.1:1")  # an owner that since restarted elsewhere
+        live = b.shipper._client(g.gw["a"].server.address)  # type: ignore[arg-type]
+        b.shipper.nexus_gone(b.nexus("y"))
+        assert old._connecting is None and "127.0.0.1:1" not in b.shipper.clients
+        assert live is b.shipper.clients[g.gw["a"].server.address]  # type: ignore[index]
+        before = g.gw["a"].server.served
+        assert await _until(lambda: live.writer is not None and not live.pending
+                            and not live.backlog, 10)
+        assert g.gw["a"].server.served == before  # (a notice, not a command)
+    finally:
+        await g.close()

@@ -791,7 +791,16 @@ class Shipper:
         the owner keeps for that nexus (an SPC-2 reservation, unit attentions) ends with it."""
         header = _header("", 0, 0, nexus)
         header["t"] = "gone"
-        for client in list(self.clients.values()):
+        live = set(self.member.ship_addresses.values())
+        for address, client in list(self.clients.items()):
+            if address not in live:
+                # no gateway listens there any more (it restarted on another port, or
+                # stopped): what it kept for the nexus went with it. Forgotten once idle,
+                # instead of a connection tried there at every session's end, for ever.
+                if not client.pending and not client.backlog and client._connecting is None:
+                    client.close()
+                    del self.clients[address]
+                continue
             client.send(dict(header), b"", _ignore, self.timeout)
 
     def _owner(self, lu: Any) -> tuple[Any, Any, str] | None:
