@@ -286,3 +286,37 @@ async def test_a_move_to_a_gateway_that_is_down_is_refused_and_the_owner_keeps_t
     await g.rounds(3)
     assert g.role("a") is Role.OWNER
     g.close()
+
+
+@arun
+async def test_a_heartbeat_renews_only_on_state_it_loaded_never_on_one_left_to_an_update(
+        tmp_path):
+    # G7: a beat's load is left to an update of this gateway under way (F4); if that update's
+    # own read then fails, the beat had renewed the deadline without a change another
+    # gateway wrote before it, and which that gateway counts on (_wait_enforced)
+    g = Group(tmp_path, ["a", "b"])
+    await g.start()
+    await g.rounds(2)
+    a, b = g.members["a"], g.members["b"]
+    lu_b = g.lus["b"]
+    done = asyncio.ensure_future(asyncio.to_thread(b.shared_update, lu_b,
+                                                   lambda: _mode(lu_b, swp=True)))
+    while not done.done():  # a does not beat: b waits out the lease
+        g.clock.now += 0.5
+        await asyncio.sleep(0.01)
+    await done
+    written = b.luns[KEY].applied
+    glu = a.luns[KEY]
+    assert glu.applied < written
+    glu.updating = 1  # an update of a under way ...
+
+    def failed() -> None:
+        glu.updating = 0  # ... whose read failed: it loaded nothing
+
+    asyncio.get_running_loop().call_later(0.05, failed)
+    start = g.clock.now
+    await a.beat()
+    renewed = lu_state(g.lus["a"]).issue_deadline >= start + 5.0
+    assert not renewed or glu.applied >= written, "renewed without the change"
+    assert glu.applied >= written and g.lus["a"].shared_state("mode")["swp"] is True
+    g.close()

@@ -148,6 +148,9 @@ class GroupLu:
         #: detached (:meth:`GroupMember.detach`): a beat under way for it gives back a lock
         #: it got meanwhile and writes no record any more
         self.detached = False
+        #: a load found a newer record but left it to an update of this gateway under way
+        #: (see GroupMember._poll_state_current)
+        self.load_skipped = False
 
 
 class GroupMember:
@@ -583,7 +586,7 @@ class GroupMember:
                     holding = False
             got = await self._call(self.shared.read, lease_name(glu.key))
             rec = LeaseRecord.from_dict(got.data if got is not None else None)
-            await self._poll_state(glu)
+            await self._poll_state_current(glu)
             new = lease.owner_read(rec, glu.applied, holding=holding)
             if new is None:
                 log.warning("group: LUN %s: lost (record %s), standing by", glu.key, rec)
@@ -681,7 +684,7 @@ class GroupMember:
             await self._call(self.shared.write, lease_name(glu.key), new.to_dict())
             # Load the state again before serving: a non-owner that wrote a change after the
             # load above saw no owner in the record and counts on this load (_wait_enforced).
-            await self._poll_state(glu)
+            await self._poll_state_current(glu)
             lease.took(start, new, self.clock())
             log.info("group: LUN %s: owner, epoch %d", glu.key, new.epoch)
             mv = await self._call(self.shared.read, move_name(glu.key))
@@ -853,6 +856,25 @@ class GroupMember:
         got = await self._call(self.shared.read, state_name(glu.key))
         self._load(glu, got.data if got is not None else None)
 
+    async def _poll_state_current(self, glu: GroupLu) -> None:
+        """:meth:`_poll_state` for a heartbeat or a take, which then serve on what they
+        loaded (decision 4: no owner issues past a lease without a change written before
+        its beat). A newer record left to an update of this gateway under way is not
+        loaded yet (that update's own read may still fail): wait for the update to end
+        (bounded), read again; still not loaded, the beat fails (the deadline stands)."""
+        glu.load_skipped = False
+        await self._poll_state(glu)
+        if not glu.load_skipped:
+            return
+        for _ in range(200):  # an update holds it for a read and a write (ms), at most ~1 s
+            if not glu.updating:
+                break
+            await asyncio.sleep(0.005)
+        glu.load_skipped = False
+        await self._poll_state(glu)
+        if glu.load_skipped:
+            raise BackingStoreError(errno.EBUSY, "state record: an update is still under way")
+
     def _load(self, glu: GroupLu, data: Any, own: bool = False) -> bool:
         """Load a state record newer than what the LU has (any thread). True if loaded.
         The version is compared under the LU's state lock, and no load but the update's own
@@ -867,7 +889,10 @@ class GroupMember:
         lu = glu.lu
         aborts: list[str] = []
         with lu.state_lock:
-            if version <= glu.applied or (glu.updating and not own):
+            if glu.updating and not own and version > glu.applied:
+                glu.load_skipped = True
+                return False
+            if version <= glu.applied:
                 return False
             for kind in STATE_KINDS:
                 if kind in data and hasattr(lu, "load_shared_state"):
