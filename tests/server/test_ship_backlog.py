@@ -118,3 +118,42 @@ async def test_a_session_end_is_told_only_to_owners_still_listening(tmp_path):
         assert g.gw["a"].server.served == before  # (a notice, not a command)
     finally:
         await g.close()
+
+
+@arun
+async def test_an_owner_reads_no_more_requests_while_a_peer_leaves_its_answers_unread(tmp_path):
+    # G6: answers leave the memory budget when written; a peer that sends and never reads
+    # made the owner buffer every answer, without bound
+    from .test_ship import TARGET, read10
+
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a = g.gw["a"]
+    host, _, port = a.server.address.rpartition(":")  # type: ignore[union-attr]
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        client = ship._Client(g.gw["b"].shipper, "unused")
+        await client._handshake(reader, writer)
+        epoch = a.member.luns[KEY].lease.epoch
+        n = 1000  # 64 KiB answers each: 64 MiB if all were buffered
+        for i in range(1, n + 1):
+            writer.write(ship.encode({
+                "t": "cmd", "id": i, "key": KEY, "epoch": epoch, "target": TARGET, "lun": 0,
+                "cdb": read10(0, 128).hex(), "expected": 128 * 512, "read": True,
+                "initiator": "iqn.x", "port": "iqn.x,i,0x1",
+                "target_port": f"{TARGET},t,0x0002", "relative_port": 2, "tpg": 2}))
+        last = -1
+        while a.server.served != last:  # until the owner stops reading
+            last = a.server.served
+            await asyncio.sleep(0.3)
+        assert 0 < a.server.served < n
+        # reading the answers lets it go on, to the last
+        got = 0
+        while got < n:
+            header, _ = await asyncio.wait_for(ship.read_frame(reader, 1 << 20), 20)
+            assert header["t"] == "res" and header["status"] == 0
+            got += 1
+        assert a.server.served == n
+    finally:
+        writer.close()
+        await g.close()

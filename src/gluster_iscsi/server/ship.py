@@ -63,6 +63,10 @@ MAX_HEADER = 16 << 10
 #: Commands one connection carries at once (the sender waits beyond; the owner stops
 #: reading the connection, so TCP pushes back).
 MAX_IN_FLIGHT = 64
+#: Bytes of answers an owner lets wait unsent on one connection before it reads no more of
+#: that peer's requests (answers leave the memory budget when written: a peer that does not
+#: read them must not make the owner hold more and more).
+MAX_UNSENT_ANSWERS = 4 << 20
 #: Connections the listener keeps at once from one source address, and in all (before and
 #: after authentication): beyond, a new one is closed at once, so that unauthenticated
 #: connections cannot use up the owner's descriptors (its record writes need them).
@@ -368,6 +372,8 @@ class ShipServer:
                 if conn.in_flight >= MAX_IN_FLIGHT:  # stop reading: TCP pushes back
                     conn.room.clear()
                     await conn.room.wait()
+                if writer.transport.get_write_buffer_size() > MAX_UNSENT_ANSWERS:
+                    await writer.drain()  # the peer reads its answers first
                 header, data, charged = await self._read_request(reader, conn)
                 if charged < 0:  # the budget said no: drained, answered BUSY
                     if header["t"] != "cmd" or not isinstance(header.get("id"), int):
