@@ -320,3 +320,104 @@ async def test_a_heartbeat_renews_only_on_state_it_loaded_never_on_one_left_to_a
     assert not renewed or glu.applied >= written, "renewed without the change"
     assert glu.applied >= written and g.lus["a"].shared_state("mode")["swp"] is True
     g.close()
+
+
+class HangingWrites:
+    """A blocking store whose writes wait until ``go`` (a Gluster client stuck on a brick)."""
+
+    def __init__(self, inner: Any) -> None:
+        import threading
+
+        self.inner = inner
+        self.blocking = True
+        self.go = threading.Event()
+        self.entered = threading.Event()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
+
+    def write(self, offset: int, data: Any) -> None:
+        self.entered.set()
+        self.go.wait(30)
+        self.inner.write(offset, data)
+
+
+@arun
+async def test_a_write_its_io_timeout_answered_still_holds_the_lease_until_it_returned(tmp_path):
+    # G2 end to end: the runner answers a write ETIMEDOUT while its call still runs in the
+    # store; a move must not hand the LUN over before that call returned
+    from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiTask
+    from gluster_iscsi.scsi.task import Status
+    from gluster_iscsi.server.iopool import IoPool
+    from gluster_iscsi.server.runner import Runner
+
+    g = Group(tmp_path, ["a", "b"])
+    lu = g.lus["a"]
+    store = HangingWrites(lu.store)
+    lu.store = store
+    await g.start()
+    await g.rounds(2)
+    loop = asyncio.get_running_loop()
+
+    class Engines:
+        io_timeout = 0.05
+        ring = None
+
+        def __init__(self) -> None:
+            self.pool = IoPool(loop, 2)
+
+            class Poller:
+                missed_at = None
+
+            self.poller = Poller()
+
+        def pool_for(self, s: object) -> Any:
+            return self.pool
+
+    engines = Engines()
+    runner = Runner(engines, clock=g.clock)  # type: ignore[arg-type]
+    nexus = Nexus("iqn.x:i", "iqn.x:i,i,0x1", "iqn.x:t,t,0x1", relative_port=1,
+                  target_port_group=1)
+    device = DeviceServer({0: lu})
+    device.nexus_added(nexus)
+    lu.clear_ua(nexus.initiator_port)
+    results: list[Any] = []
+
+    class Host:
+        def reserve(self, task: Any, n: int) -> bool:
+            return True
+
+        def full_status(self) -> Status:
+            return Status.BUSY
+
+        def alone(self) -> bool:
+            return False
+
+        def complete(self, task: Any, result: Any) -> None:
+            results.append(result)
+
+    task = ScsiTask(bytes.fromhex("2a000000000300000100"), 0, nexus,
+                    data_out=memoryview(b"\x05" * 512), expected_length=512, write=True)
+    runner.start(task, device.execute(task), lu, Host())
+    try:
+        assert await asyncio.to_thread(store.entered.wait, 10)
+        for _ in range(500):
+            if results:
+                break
+            await asyncio.sleep(0.01)
+        assert results and results[0].status == Status.CHECK_CONDITION  # ETIMEDOUT
+        assert lu_state(lu).stats.in_flight == 0  # the command ended; its call did not
+        await g.members["b"].move(KEY, "b")
+        for _ in range(12):
+            await asyncio.sleep(0.02)
+            await g.rounds(1)
+        assert g.members["a"].luns[KEY].lock is not None
+        assert g.role("b") is not Role.OWNER
+    finally:
+        store.go.set()
+    for _ in range(6):
+        await asyncio.sleep(0.05)
+        await g.rounds(1)
+    assert g.role("b") is Role.OWNER
+    engines.pool.shutdown()
+    g.close()
