@@ -243,7 +243,8 @@ class Lease:
     # -- standby: watching and taking ---------------------------------------------------------
 
     def observed(self, record: LeaseRecord | None, now: float) -> Do:
-        """A standby read the record: TRY_LOCK or NOTHING."""
+        """A standby read the record: TRY_LOCK or NOTHING. ``now``: when the read returned
+        (a record dated from before its read could make a live owner look stale)."""
         if self.role is not Role.STANDBY:
             return Do.NOTHING
         self.record = record

@@ -9,7 +9,8 @@ owner's target port group active/optimized, live non-owners standby, fenced or s
 gateways unavailable, both ends of a move transitioning).
 
 Every call to the group directory (the ``SharedDir``: blocking) runs on one worker thread of
-its own, never on the event loop. A call that hangs (a volume that stops answering) stalls
+its own, never on the event loop (and those of LU-wide state changes on a second one, so
+that they never delay a heartbeat). A call that hangs (a volume that stops answering) stalls
 the beats, not the sessions, and not the fencing: the issue deadline lives in the LU's
 runner state (``LuState.issue_deadline``) and the command runner compares it with its clock
 before every store call, and a timer on the loop (:meth:`GroupMember._watch`) reports the
@@ -144,6 +145,12 @@ class GroupLu:
         #: shared_update calls of this gateway under way (under the LU's state_lock): a load
         #: from a beat or a refresh meanwhile is left to the update (see GroupMember._load)
         self.updating = 0
+        #: detached (:meth:`GroupMember.detach`): a beat under way for it gives back a lock
+        #: it got meanwhile and writes no record any more
+        self.detached = False
+        #: a load found a newer record but left it to an update of this gateway under way
+        #: (see GroupMember._poll_state_current)
+        self.load_skipped = False
 
 
 class GroupMember:
@@ -174,6 +181,12 @@ class GroupMember:
         self.luns: dict[str, GroupLu] = {}
         self.gateways: dict[str, GatewaySeen] = {}
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"group-{gateway}")
+        # LU-wide state calls (PR OUT/IN, MODE SELECT, LUN RESET: shared_update and
+        # shared_refresh, from the runner's workers) on a worker of their own: their state
+        # lock tries, their waits for the owner and a stuck read must never queue the
+        # heartbeats, which would let this gateway's own LUNs fence themselves
+        self._state_io = ThreadPoolExecutor(max_workers=1,
+                                            thread_name_prefix=f"group-{gateway}-state")
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -262,6 +275,7 @@ class GroupMember:
             for glu in self.luns.values():
                 self._set_deadline(glu, -math.inf)
         self._io.shutdown(wait=False)
+        self._state_io.shutdown(wait=False)
 
     # -- LUs ------------------------------------------------------------------------------------
 
@@ -287,6 +301,7 @@ class GroupMember:
         for key, glu in list(self.luns.items()):
             if glu.lu is lu:
                 del self.luns[key]
+                glu.detached = True
                 self._set_deadline(glu, -math.inf)
                 state = lu_state(lu)
                 state.group = None
@@ -300,18 +315,34 @@ class GroupMember:
                         self._io.submit(lock.release)
 
     async def _release_when_idle(self, glu: GroupLu, lock: Locked) -> None:
-        stats = lu_state(glu.lu).stats
-        while stats.in_flight > 0:
+        while self._busy(glu):
             await asyncio.sleep(0.005)
         await self._call(lock.release)
 
     def _busy(self, glu: GroupLu) -> bool:
-        """Commands of the LU still in flight (a store call may still be issued or run)."""
-        return bool(lu_state(glu.lu).stats.in_flight > 0)
+        """Commands of the LU still in flight (a store call may still be issued or run), or
+        a store call still running whose command already ended: one that timed out
+        (IoTimeout answers the command, the call goes on in the store). Every call that
+        touches the data holds the LU's I/O lock while it runs (the io_uring path until the
+        kernel is done), so a held lock means a write may still land."""
+        state = lu_state(glu.lu)
+        return bool(state.stats.in_flight > 0 or state.lock.held())
 
     def handle(self, lu: Any) -> GroupLu | None:
+        """``lu``'s own group entry. By its key, unless that is another LU's: a LU being
+        replaced keeps serving under a side key while the new one is attached under the
+        key (control/api.py), and its shared state must be loaded into and changed in it,
+        not in the new one."""
         key = getattr(lu_state(lu), "group_key", None)
-        return self.luns.get(key) if key is not None else None
+        if key is None:
+            return None
+        glu = self.luns.get(key)
+        if glu is not None and glu.lu is lu:
+            return glu
+        for other in list(self.luns.values()):
+            if other.lu is lu:
+                return other
+        return None
 
     # -- the view -------------------------------------------------------------------------------
 
@@ -356,6 +387,12 @@ class GroupMember:
             raise KeyError(f"no group LUN {key}")
         if to_gateway != self.gateway and to_gateway not in self.gateways:
             raise ValueError(f"no gateway {to_gateway!r} in the group")
+        seen = self.gateways.get(to_gateway) if to_gateway != self.gateway else None
+        if seen is not None and not self._live(seen, self.clock()):
+            # handed to a gateway that is down, the LUN would have no owner for a lease
+            # (the others leave it to the target until its record goes stale)
+            raise ValueError(f"gateway {to_gateway!r} is not up (stopped, or no beat for "
+                             f"{self.lease_seconds:g}s): it cannot take the LUN")
         glu = self.luns[key]
         if to_gateway == self.gateway and glu.lease.role is Role.OWNER:
             return
@@ -378,9 +415,11 @@ class GroupMember:
         return await loop.run_in_executor(self._io, functools.partial(fn, *args, **kw))
 
     def call_sync(self, timeout: float, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """A directory call from a thread that is not the loop, bounded by ``timeout``
-        (TimeoutError past it: the call may still run)."""
-        return self._io.submit(functools.partial(fn, *args, **kw)).result(max(timeout, 0.0))
+        """A directory call of the LU-wide state path from a thread that is not the loop, on
+        the state worker (not the heartbeat's), bounded by ``timeout`` (TimeoutError past
+        it: the call may still run)."""
+        return self._state_io.submit(functools.partial(fn, *args, **kw)).result(
+            max(timeout, 0.0))
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -487,6 +526,30 @@ class GroupMember:
         return now - self._published_at < self.lease_seconds
 
     async def _step(self, glu: GroupLu) -> None:
+        if glu.detached:
+            return  # (detached after this beat listed it)
+        await self._step_lease(glu)
+        if glu.detached:
+            await self._let_go(glu)
+
+    async def _let_go(self, glu: GroupLu) -> None:
+        """A LU detached while its step awaited a call (a take under way got the lock, or
+        it owned the LU): give the lock back, after its store calls, as detach does; else
+        nothing beats or releases it again and every gateway finds the LUN held for good."""
+        self._set_deadline(glu, -math.inf)
+        lock, glu.lock = glu.lock, None
+        if lock is None:
+            return
+        log.warning("group: LUN %s: detached during its beat, lock given back", glu.key)
+        if self._busy(glu) and self._loop is not None:
+            self._loop.create_task(self._release_when_idle(glu, lock))
+            return
+        try:
+            await self._call(lock.release)
+        except Exception as exc:  # noqa: BLE001 - the bricks drop it with the fd anyway
+            log.warning("group: LUN %s: release: %s", glu.key, exc)
+
+    async def _step_lease(self, glu: GroupLu) -> None:
         lease = glu.lease
         now = self.clock()
         if self.yielded and glu.lock is not None:
@@ -523,7 +586,7 @@ class GroupMember:
                     holding = False
             got = await self._call(self.shared.read, lease_name(glu.key))
             rec = LeaseRecord.from_dict(got.data if got is not None else None)
-            await self._poll_state(glu)
+            await self._poll_state_current(glu)
             new = lease.owner_read(rec, glu.applied, holding=holding)
             if new is None:
                 log.warning("group: LUN %s: lost (record %s), standing by", glu.key, rec)
@@ -531,6 +594,8 @@ class GroupMember:
                 await self._release(glu)
                 lease.released(self.clock())
                 return
+            if glu.detached:
+                return  # its lock went back with detach: only a holder writes the record
             await self._call(self.shared.write, lease_name(glu.key), new.to_dict())
             lease.beat_ok(start, new, self.clock())
             if lease.role is Role.MOVING_OUT and glu.drain is None:
@@ -568,9 +633,8 @@ class GroupMember:
 
     async def _drain(self, glu: GroupLu, timeout: float) -> None:
         """Wait (bounded) for the LU's commands in flight to end."""
-        stats = lu_state(glu.lu).stats
         end = self.clock() + timeout
-        while stats.in_flight > 0 and self.clock() < end:
+        while self._busy(glu) and self.clock() < end:
             await asyncio.sleep(0.005)
 
     async def _standby_read(self, glu: GroupLu, now: float) -> None:
@@ -581,6 +645,11 @@ class GroupMember:
             log.warning("group: LUN %s: cannot read its lease: %s", glu.key, exc)
             lease.beat_failed(self.clock())
             return
+        # The record is dated from when the read returned, not from the beat's start: the
+        # read may have waited (the group worker, a slow volume) while the owner wrote it,
+        # and the owner's deadline counts from its beat's start, which came before that
+        # write, so before this moment; dated earlier, a live owner could be judged stale.
+        now = self.clock()
         rec = LeaseRecord.from_dict(got.data if got is not None else None)
         with contextlib.suppress(Exception):
             await self._poll_state(glu)
@@ -615,7 +684,7 @@ class GroupMember:
             await self._call(self.shared.write, lease_name(glu.key), new.to_dict())
             # Load the state again before serving: a non-owner that wrote a change after the
             # load above saw no owner in the record and counts on this load (_wait_enforced).
-            await self._poll_state(glu)
+            await self._poll_state_current(glu)
             lease.took(start, new, self.clock())
             log.info("group: LUN %s: owner, epoch %d", glu.key, new.epoch)
             mv = await self._call(self.shared.read, move_name(glu.key))
@@ -655,7 +724,7 @@ class GroupMember:
 
     def _sync_deadline(self, glu: GroupLu) -> None:
         lease = glu.lease
-        if self.yielded and glu.lock is not None or lease.releasing:
+        if self.yielded and glu.lock is not None or lease.releasing or glu.detached:
             self._set_deadline(glu, -math.inf)
         elif lease.role in (Role.OWNER, Role.MOVING_OUT):
             self._set_deadline(glu, lease.issue_deadline)
@@ -787,6 +856,25 @@ class GroupMember:
         got = await self._call(self.shared.read, state_name(glu.key))
         self._load(glu, got.data if got is not None else None)
 
+    async def _poll_state_current(self, glu: GroupLu) -> None:
+        """:meth:`_poll_state` for a heartbeat or a take, which then serve on what they
+        loaded (decision 4: no owner issues past a lease without a change written before
+        its beat). A newer record left to an update of this gateway under way is not
+        loaded yet (that update's own read may still fail): wait for the update to end
+        (bounded), read again; still not loaded, the beat fails (the deadline stands)."""
+        glu.load_skipped = False
+        await self._poll_state(glu)
+        if not glu.load_skipped:
+            return
+        for _ in range(200):  # an update holds it for a read and a write (ms), at most ~1 s
+            if not glu.updating:
+                break
+            await asyncio.sleep(0.005)
+        glu.load_skipped = False
+        await self._poll_state(glu)
+        if glu.load_skipped:
+            raise BackingStoreError(errno.EBUSY, "state record: an update is still under way")
+
     def _load(self, glu: GroupLu, data: Any, own: bool = False) -> bool:
         """Load a state record newer than what the LU has (any thread). True if loaded.
         The version is compared under the LU's state lock, and no load but the update's own
@@ -801,7 +889,10 @@ class GroupMember:
         lu = glu.lu
         aborts: list[str] = []
         with lu.state_lock:
-            if version <= glu.applied or (glu.updating and not own):
+            if glu.updating and not own and version > glu.applied:
+                glu.load_skipped = True
+                return False
+            if version <= glu.applied:
                 return False
             for kind in STATE_KINDS:
                 if kind in data and hasattr(lu, "load_shared_state"):
@@ -930,7 +1021,7 @@ class GroupMember:
 
     def _lock_state(self, glu: GroupLu, end: float) -> Locked:
         while True:
-            fut = self._io.submit(self.shared.try_lock, lease_name(glu.key), 1)
+            fut = self._state_io.submit(self.shared.try_lock, lease_name(glu.key), 1)
             try:
                 lock: Locked = fut.result(max(end - self.clock(), 0.0))
                 return lock
@@ -1031,7 +1122,9 @@ class GroupMember:
                             "%d within %gs; in force anyway (no owner issues without it)",
                             glu.key, version, self.lease_seconds)
                 return
-            time.sleep(min(0.02, self.beat_seconds / 10))
+            # (the owner says it applied a version with its heartbeat: a tenth of a beat
+            # between reads is plenty, and keeps many waiting changes off the volume)
+            time.sleep(max(0.02, self.beat_seconds / 10))
 
     # -- a hung owner -------------------------------------------------------------------------
 

@@ -137,6 +137,12 @@ class IoLock:
             self._cond.notify_all()
         mutex.release()
 
+    def held(self) -> bool:
+        """Whether a store call holds the lock now, shared or exclusive (read without the
+        mutex: a gateway group asks before it gives a LU's lease back, once no new call can
+        be issued; a call its command gave up on, IoTimeout, still holds it while it runs)."""
+        return bool(self._shared or self._exclusive)
+
     def acquire(self) -> None:
         with self._cond:
             self._waiting_exclusive += 1

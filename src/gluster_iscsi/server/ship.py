@@ -63,6 +63,10 @@ MAX_HEADER = 16 << 10
 #: Commands one connection carries at once (the sender waits beyond; the owner stops
 #: reading the connection, so TCP pushes back).
 MAX_IN_FLIGHT = 64
+#: Bytes of answers an owner lets wait unsent on one connection before it reads no more of
+#: that peer's requests (answers leave the memory budget when written: a peer that does not
+#: read them must not make the owner hold more and more).
+MAX_UNSENT_ANSWERS = 4 << 20
 #: Connections the listener keeps at once from one source address, and in all (before and
 #: after authentication): beyond, a new one is closed at once, so that unauthenticated
 #: connections cannot use up the owner's descriptors (its record writes need them).
@@ -318,6 +322,9 @@ class ShipServer:
         self.max_conns_per_source = MAX_CONNS_PER_SOURCE
         #: source address -> connections open from it
         self._sources: dict[str, int] = {}
+        #: gateway name -> the task serving its authenticated connection (a newer one from
+        #: the same gateway replaces it, see _serve)
+        self._by_gateway: dict[str, asyncio.Task[Any]] = {}
         #: commands run for peers (tests, status)
         self.served = 0
         #: the authenticated connections open now (their tasks: :meth:`abort_tasks`)
@@ -358,13 +365,24 @@ class ShipServer:
         if task is not None:
             self._conns.add(task)
         conn = _Served(self, writer)
+        name: str | None = None
         try:
-            await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_SECONDS)
+            name = await asyncio.wait_for(self._handshake(reader, writer), HANDSHAKE_SECONDS)
             self.connections.add(conn)
+            # A gateway keeps one connection to this owner: a new one replaces the last (its
+            # host rebooted or lost the network, and nothing tells this side, which only
+            # answers: left open, such leftovers would fill the per-source limit for good).
+            old = self._by_gateway.get(name)
+            if old is not None and old is not task:
+                old.cancel()
+            if task is not None:
+                self._by_gateway[name] = task
             while True:
                 if conn.in_flight >= MAX_IN_FLIGHT:  # stop reading: TCP pushes back
                     conn.room.clear()
                     await conn.room.wait()
+                if writer.transport.get_write_buffer_size() > MAX_UNSENT_ANSWERS:
+                    await writer.drain()  # the peer reads its answers first
                 header, data, charged = await self._read_request(reader, conn)
                 if charged < 0:  # the budget said no: drained, answered BUSY
                     if header["t"] != "cmd" or not isinstance(header.get("id"), int):
@@ -404,6 +422,8 @@ class ShipServer:
             self.connections.discard(conn)
             if task is not None:
                 self._conns.discard(task)
+                if name is not None and self._by_gateway.get(name) is task:
+                    del self._by_gateway[name]
             left = sources.get(source, 1) - 1
             if left > 0:
                 sources[source] = left
@@ -659,6 +679,8 @@ class _Client:
         del self.pending[rid]
         self.aborting.discard(rid)
         entry[0](None, b"", TimeoutError("no answer from the owner"))
+        if self.backlog:  # room made: what waits behind goes out (or ends, if it expired)
+            self._flush()
 
     def _flush(self) -> None:
         writer = self.writer
@@ -744,6 +766,13 @@ class _Client:
                     loop.call_later(left, done, None, b"", lost)
                 else:
                     done(None, b"", lost)
+            if self._connecting is None:
+                # never sent, so the owner cannot issue them: they end now (04/0Ah); left
+                # here they would wait for a send to this address, which may never come
+                # (an owner that restarts listens on another port)
+                backlog, self.backlog = self.backlog, collections.deque()
+                for _, _, done, _, _ in backlog:
+                    done(None, b"", ConnectionError("ship connection lost"))
 
     def close(self) -> None:
         if self.writer is not None:
@@ -824,7 +853,16 @@ class Shipper:
         the owner keeps for that nexus (an SPC-2 reservation, unit attentions) ends with it."""
         header = _header("", 0, 0, nexus)
         header["t"] = "gone"
-        for client in list(self.clients.values()):
+        live = set(self.member.ship_addresses.values())
+        for address, client in list(self.clients.items()):
+            if address not in live:
+                # no gateway listens there any more (it restarted on another port, or
+                # stopped): what it kept for the nexus went with it. Forgotten once idle,
+                # instead of a connection tried there at every session's end, for ever.
+                if not client.pending and not client.backlog and client._connecting is None:
+                    client.close()
+                    del self.clients[address]
+                continue
             client.send(dict(header), b"", _ignore, self.timeout)
 
     def _owner(self, lu: Any) -> tuple[Any, Any, str] | None:
