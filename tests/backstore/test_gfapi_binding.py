@@ -48,6 +48,79 @@ def test_pinned_buffer_cannot_be_resized_while_in_use():
     buf.extend(b"x")
 
 
+def test_hold_pins_writable_data_path_buffers_at_their_real_address():
+    # The cheap pin of pread_into/pwrite (issue 19): the holder is at the view's own bytes
+    # (a slice starts where the slice starts), and is what ctypes passes as the address.
+    buf = bytearray(b"0123456789")
+    held = gf._hold(memoryview(buf)[3:7])
+    assert held is not None
+    holder, n = held
+    assert n == 4
+    ctypes.memmove(holder, b"ABCD", 4)
+    del holder, held
+    assert buf == b"012ABCD789"
+    wide = memoryview(bytearray(8)).cast("I")  # nbytes, not items
+    held = gf._hold(wide)
+    assert held is not None and held[1] == 8
+
+
+def test_hold_keeps_the_buffer_from_being_resized_until_dropped():
+    buf = bytearray(16)
+    held = gf._hold(buf)
+    with pytest.raises(BufferError):
+        buf.extend(b"x")
+    del held
+    buf.extend(b"x")
+
+
+def test_hold_declines_what_it_cannot_pin_cheaply():
+    assert gf._hold(b"bytes") is None  # read-only: pinned() or the c_char_p path
+    assert gf._hold(memoryview(b"ro")) is None
+    assert gf._hold(bytearray()) is None  # empty: no first byte to point at
+    assert gf._hold(memoryview(bytearray(8))[::2]) is None  # not contiguous
+    import array
+
+    assert gf._hold(array.array("B", b"xy")) is None  # other types: pinned()
+
+
+class _RecordingVolume:
+    """A gf.Volume that records the calls made on it before a failing init."""
+
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def __init__(self, volume: str) -> None:
+        self.volume = volume
+
+    def set_volfile_server(self, host: str, port: int, transport: str) -> None:
+        self.calls.append(("server", (host,)))
+
+    def set_xlator_option(self, xlator: str, key: str, value: str) -> None:
+        self.calls.append(("xlator", (xlator, key, value)))
+
+    def init(self) -> None:
+        self.calls.append(("init", ()))
+        raise gf.GfapiError(errno.EIO, "glfs_init: I/O error", self.volume)
+
+    def fini(self) -> None:
+        pass
+
+
+def test_client_xlator_options_are_set_before_init(monkeypatch):
+    from gluster_iscsi.backstore.gfapi import store
+
+    monkeypatch.setattr(store.gf, "Volume", _RecordingVolume)
+    monkeypatch.setattr(store, "CLIENT_XLATOR_OPTIONS", [("*-io-threads", "pass-through", "true")])
+    monkeypatch.setattr(store, "_unreachable", lambda server: None)
+    _RecordingVolume.calls = []
+    with pytest.raises(BackingStoreError):
+        store.GfapiStore("gluster://127.0.0.1/vol/f.img")
+    assert _RecordingVolume.calls == [
+        ("server", ("127.0.0.1",)),
+        ("xlator", ("*-io-threads", "pass-through", "true")),
+        ("init", ()),
+    ]
+
+
 def test_gfapi_error_is_a_backing_store_error_with_errno_and_path():
     e = gf.GfapiError(errno.ENOTCONN, "glfs_pread: down", "/vol/disk")
     assert isinstance(e, BackingStoreError) and isinstance(e, OSError)

@@ -67,6 +67,10 @@ ClientKey = tuple[str, tuple[VolfileServer, ...]]
 #: per volume is the cheaper risk. :func:`release_idle` finishes idle clients on demand.
 IDLE_LINGER_SECONDS: float | None = None
 
+#: Translator options every new client gets before glfs_init, ``(xlator glob, key, value)``,
+#: on top of the volume's own (they change this process's graph only, not the volume).
+CLIENT_XLATOR_OPTIONS: list[tuple[str, str, str]] = []
+
 
 @dataclass(eq=False)
 class _Client:
@@ -157,6 +161,8 @@ def _acquire(addr: GlusterAddress, log_file: str | None, log_level: int | None) 
             try:
                 for s in addr.servers:
                     vol.set_volfile_server(s.host, s.port, s.transport)
+                for xlator, key, value in CLIENT_XLATOR_OPTIONS:
+                    vol.set_xlator_option(xlator, key, value)
                 if log_file is not None or log_level is not None:
                     level = gf.LOG_WARNING if log_level is None else log_level
                     vol.set_logging(log_file, level)
