@@ -161,8 +161,8 @@ def _acquire(addr: GlusterAddress, log_file: str | None, log_level: int | None) 
             try:
                 for s in addr.servers:
                     vol.set_volfile_server(s.host, s.port, s.transport)
-                for xlator, key, value in CLIENT_XLATOR_OPTIONS:
-                    vol.set_xlator_option(xlator, key, value)
+                for xlator, option, value in CLIENT_XLATOR_OPTIONS:
+                    vol.set_xlator_option(xlator, option, value)
                 if log_file is not None or log_level is not None:
                     level = gf.LOG_WARNING if log_level is None else log_level
                     vol.set_logging(log_file, level)
