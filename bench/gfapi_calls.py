@@ -187,17 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default="all")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--xlator-option", action="append", default=[], metavar="XL:KEY=VALUE",
-                    help="a translator option of this process's client, e.g. "
-                    "'*-io-threads:pass-through=true' (repeatable)")
+                    help="a translator option of this process's client on top of the store's "
+                    "defaults, e.g. '*-io-threads:pass-through=false' (repeatable)")
     ap.add_argument("--reps", type=int, default=1,
                     help="run every case this many times, order reversed every other time; "
                     "the median of each column is shown")
     args = ap.parse_args(argv)
     size = args.size_mib << 20
+    opts = []
     for opt in args.xlator_option:
         xl, _, kv = opt.partition(":")
         key, _, value = kv.partition("=")
-        gstore.CLIENT_XLATOR_OPTIONS.append((xl, key, value))
+        opts.append((xl, key, value))
+    gstore.set_client_xlator_options(opts)
     url = f"gluster://{args.host}/{args.volume}/{args.path}"
     store = GfapiStore(url, create_size=size)
     if store.created:  # written end to end: reads hit real data, not holes
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         for col in ("ops_s", "mean_us", "p50_us", "cpu_us"):
             row[col] = statistics.median(r[col] for r in rs)
         results.append(row)
-    print(f"# {url} {' '.join(args.xlator_option)}, {args.n} ops a case x {args.reps}, 4 KiB random, medians; "
+    print(f"# {url} {gstore.CLIENT_XLATOR_OPTIONS}, {args.n} ops a case x {args.reps}, 4 KiB random, medians; "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"{'case':26} {'qd':>3} {'thr':>4} {'ops/s':>8} {'mean us':>8} {'p50 us':>8} "
           f"{'cpu us/op':>9}")

@@ -121,6 +121,40 @@ def test_client_xlator_options_are_set_before_init(monkeypatch):
     ]
 
 
+class _RefusingVolume(_RecordingVolume):
+    def init(self) -> None:
+        raise gf.GfapiError(errno.EINVAL, "glfs_init: Invalid argument", self.volume)
+
+
+def test_a_refused_translator_option_is_named_not_blamed_on_the_volume(monkeypatch):
+    # glfs_init fails with EINVAL when a translator rejects an option's value (seen with
+    # '*-io-threads:pass-through=maybe'); the error says which options the client had.
+    from gluster_iscsi.backstore.gfapi import store
+
+    monkeypatch.setattr(store.gf, "Volume", _RefusingVolume)
+    monkeypatch.setattr(store, "CLIENT_XLATOR_OPTIONS", [])
+    store.set_client_xlator_options([("*-io-threads", "pass-through", "maybe")])
+    assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "pass-through", "maybe")]
+    with pytest.raises(BackingStoreError) as ei:
+        store.GfapiStore("gluster://127.0.0.1/vol/f.img")
+    assert ei.value.errno == errno.EINVAL
+    assert "*-io-threads:pass-through=maybe" in str(ei.value)
+    assert "--gfapi-xlator-option" in str(ei.value)
+
+
+def test_xlator_options_keep_the_defaults_the_user_does_not_replace(monkeypatch):
+    from gluster_iscsi.backstore.gfapi import store
+
+    monkeypatch.setattr(store, "CLIENT_XLATOR_OPTIONS", [])
+    store.set_client_xlator_options([])
+    assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "pass-through", "true")]
+    store.set_client_xlator_options([("*-write-behind", "cache-size", "4MB")])
+    assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "pass-through", "true"),
+                                           ("*-write-behind", "cache-size", "4MB")]
+    store.set_client_xlator_options([("*-io-threads", "pass-through", "false")])
+    assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "pass-through", "false")]
+
+
 def test_gfapi_error_is_a_backing_store_error_with_errno_and_path():
     e = gf.GfapiError(errno.ENOTCONN, "glfs_pread: down", "/vol/disk")
     assert isinstance(e, BackingStoreError) and isinstance(e, OSError)
@@ -158,6 +192,9 @@ class _NoServerVolume:
         self.volume = volume
 
     def set_volfile_server(self, host: str, port: int, transport: str) -> None:
+        pass
+
+    def set_xlator_option(self, xlator: str, key: str, value: str) -> None:
         pass
 
     def init(self) -> None:

@@ -69,7 +69,23 @@ IDLE_LINGER_SECONDS: float | None = None
 
 #: Translator options every new client gets before glfs_init, ``(xlator glob, key, value)``,
 #: on top of the volume's own (they change this process's graph only, not the volume).
-CLIENT_XLATOR_OPTIONS: list[tuple[str, str, str]] = []
+#: io-threads pass-through: the gluster-block profile turns on client-side io-threads (made
+#: for FUSE's single reader thread), which hands every call to one of its threads and back;
+#: our calls already run on worker threads of their own, so that hop is only CPU and
+#: latency (BENCHMARKS.md, issue 19: 4 KiB reads -14..-23% client CPU per call). Options a
+#: volume's translators do not know are ignored by gfapi.
+DEFAULT_CLIENT_XLATOR_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("*-io-threads", "pass-through", "true"),
+)
+CLIENT_XLATOR_OPTIONS: list[tuple[str, str, str]] = list(DEFAULT_CLIENT_XLATOR_OPTIONS)
+
+
+def set_client_xlator_options(options: list[tuple[str, str, str]]) -> None:
+    """The defaults with ``options`` on top (one for the same xlator and key replaces the
+    default's), for the clients made from now on (``serve --gfapi-xlator-option``)."""
+    given = {(x, k) for x, k, _ in options}
+    CLIENT_XLATOR_OPTIONS[:] = [o for o in DEFAULT_CLIENT_XLATOR_OPTIONS
+                                if (o[0], o[1]) not in given] + list(options)
 
 
 @dataclass(eq=False)
@@ -208,6 +224,17 @@ def _init_error(addr: GlusterAddress, err: gf.GfapiError) -> BackingStoreError:
             first[0],
             f"cannot reach the volume server{'s' if len(tcp) > 1 else ''} {hosts} of volume"
             f" {addr.volume} ({first[1]}): is glusterd running there?",
+            addr.url,
+        )
+    if err.errno == errno.EINVAL and CLIENT_XLATOR_OPTIONS:
+        # (an option value a translator rejects fails glfs_init with EINVAL; unknown keys
+        # are ignored)
+        given = ", ".join(f"{x}:{k}={v}" for x, k, v in CLIENT_XLATOR_OPTIONS)
+        return BackingStoreError(
+            errno.EINVAL,
+            f"the Gluster client of volume {addr.volume} refused its translator options"
+            f" ({given}; serve --gfapi-xlator-option) or the volume's (glfs_init:"
+            f" {os.strerror(errno.EINVAL)})",
             addr.url,
         )
     return BackingStoreError(
