@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--xlator-option", action="append", default=[], metavar="XL:KEY=VALUE",
                     help="a translator option of this process's client on top of the store's "
-                    "defaults, e.g. '*-io-threads:pass-through=false' (repeatable)")
+                    "defaults, e.g. '*-io-threads:pass-through=true' (repeatable)")
     ap.add_argument("--reps", type=int, default=1,
                     help="run every case this many times, order reversed every other time; "
                     "the median of each column is shown")

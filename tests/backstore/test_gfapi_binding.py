@@ -142,12 +142,14 @@ def test_a_refused_translator_option_is_named_not_blamed_on_the_volume(monkeypat
     assert "--gfapi-xlator-option" in str(ei.value)
 
 
-def test_xlator_options_keep_the_defaults_the_user_does_not_replace(monkeypatch):
+def test_xlator_options_replace_a_default_of_the_same_xlator_and_key(monkeypatch):
     from gluster_iscsi.backstore.gfapi import store
 
     monkeypatch.setattr(store, "CLIENT_XLATOR_OPTIONS", [])
     store.set_client_xlator_options([])
-    assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "pass-through", "true")]
+    assert store.CLIENT_XLATOR_OPTIONS == list(store.DEFAULT_CLIENT_XLATOR_OPTIONS)
+    monkeypatch.setattr(store, "DEFAULT_CLIENT_XLATOR_OPTIONS",
+                        (("*-io-threads", "pass-through", "true"),))
     store.set_client_xlator_options([("*-write-behind", "cache-size", "4MB")])
     assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "pass-through", "true"),
                                            ("*-write-behind", "cache-size", "4MB")]

@@ -242,11 +242,10 @@ Exit status:
                    "0 disables it. Default: 256MiB.")
 @click.option("--gfapi-xlator-option", "xlator_options", metavar="XLATOR:KEY=VALUE",
               multiple=True, callback=_xlator_options,
-              help="A translator option of this daemon's own Gluster clients (not the volume), "
-                   "e.g. '*-write-behind:cache-size=4MB'; repeatable, one for a (XLATOR, KEY) "
-                   "replaces the default. Default: '*-io-threads:pass-through=true' (the "
-                   "client-side io-threads of the gluster-block profile hand every call to "
-                   "another thread; our worker threads already run them in parallel).")
+              help="A translator option of this daemon's own Gluster clients (not the volume's), "
+                   "e.g. '*-io-threads:pass-through=true' (read-heavy LUNs: no hop through the "
+                   "client-side io-threads, less CPU per read, slower 4 KiB writes); repeatable. "
+                   "A value a translator refuses makes the LUN fail to open. Default: none.")
 @click.option("--metrics-listen", "metrics_listen", metavar="HOST:PORT",
               help="Serve Prometheus metrics (text format, GET /metrics) on this address, e.g. "
                    "127.0.0.1:9283: per LUN commands, bytes, errors by sense key, latency, I/O "

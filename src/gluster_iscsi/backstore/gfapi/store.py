@@ -69,14 +69,12 @@ IDLE_LINGER_SECONDS: float | None = None
 
 #: Translator options every new client gets before glfs_init, ``(xlator glob, key, value)``,
 #: on top of the volume's own (they change this process's graph only, not the volume).
-#: io-threads pass-through: the gluster-block profile turns on client-side io-threads (made
-#: for FUSE's single reader thread), which hands every call to one of its threads and back;
-#: our calls already run on worker threads of their own, so that hop is only CPU and
-#: latency (BENCHMARKS.md, issue 19: 4 KiB reads -14..-23% client CPU per call). Options a
-#: volume's translators do not know are ignored by gfapi.
-DEFAULT_CLIENT_XLATOR_OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("*-io-threads", "pass-through", "true"),
-)
+#: None by default: io-threads pass-through (``*-io-threads:pass-through=true``: no hop
+#: through the client-side io-threads of the gluster-block profile) measured 4 KiB reads
+#: 1.14x at QD32 with 9% less daemon CPU, but 4 KiB writes 0.83x at QD32 (BENCHMARKS.md,
+#: issue 19), and writes are where gfapi LUNs trail. Options a volume's translators do not
+#: know are ignored by gfapi; a value one refuses fails glfs_init with EINVAL.
+DEFAULT_CLIENT_XLATOR_OPTIONS: tuple[tuple[str, str, str], ...] = ()
 CLIENT_XLATOR_OPTIONS: list[tuple[str, str, str]] = list(DEFAULT_CLIENT_XLATOR_OPTIONS)
 
 
