@@ -44,6 +44,9 @@ from gluster_iscsi.backstore.gfapi.store import GfapiStore
 from gluster_iscsi.server.iopool import IoPool
 
 BS = 4096
+#: How the pool and async cases run their event loop (``--uvloop``: as the daemon does by
+#: default when uvloop is installed).
+run_loop: Callable[[Any], Any] = asyncio.run
 # void (*glfs_io_cbk)(glfs_fd_t *fd, ssize_t ret, struct glfs_stat *pre, struct glfs_stat *post,
 #                     void *data)   (Gluster >= 6)
 IO_CBK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_void_p,
@@ -86,7 +89,7 @@ def run_pool(name: str, fn: Callable[[int], Any], offs: list[int], qd: int,
         pool = IoPool(loop, threads, name="bench")
         fut: asyncio.Future[None] = loop.create_future()
         it = iter(offs)
-        state = {"left": len(offs), "err": None}
+        state: dict[str, Any] = {"left": len(offs), "err": None}
         lat: list[int] = []
 
         def issue() -> None:
@@ -120,7 +123,7 @@ def run_pool(name: str, fn: Callable[[int], Any], offs: list[int], qd: int,
                 "mean_us": statistics.mean(lat) / 1000, "p50_us": statistics.median(lat) / 1000,
                 "cpu_us": cpu / n * 1e6}
 
-    return asyncio.run(main())
+    return run_loop(main())
 
 
 def run_async(name: str, write: bool, fd: int, offs: list[int], qd: int) -> dict[str, Any]:
@@ -172,7 +175,7 @@ def run_async(name: str, write: bool, fd: int, offs: list[int], qd: int) -> dict
         return {"case": name, "qd": qd, "ops_s": n / wall, "mean_us": statistics.mean(lat) / 1000,
                 "p50_us": statistics.median(lat) / 1000, "cpu_us": cpu / n * 1e6}
 
-    return asyncio.run(main())
+    return run_loop(main())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,11 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--xlator-option", action="append", default=[], metavar="XL:KEY=VALUE",
                     help="a translator option of this process's client on top of the store's "
                     "defaults, e.g. '*-io-threads:pass-through=true' (repeatable)")
+    ap.add_argument("--uvloop", action="store_true",
+                    help="pool and async cases on uvloop's loop (the daemon's default)")
     ap.add_argument("--reps", type=int, default=1,
                     help="run every case this many times, order reversed every other time; "
                     "the median of each column is shown")
     args = ap.parse_args(argv)
     size = args.size_mib << 20
+    global run_loop
+    if args.uvloop:
+        import uvloop
+
+        run_loop = uvloop.run
     opts = []
     for opt in args.xlator_option:
         xl, _, kv = opt.partition(":")
@@ -286,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         for col in ("ops_s", "mean_us", "p50_us", "cpu_us"):
             row[col] = statistics.median(r[col] for r in rs)
         results.append(row)
-    print(f"# {url} {gstore.CLIENT_XLATOR_OPTIONS}, {args.n} ops a case x {args.reps}, 4 KiB random, medians; "
+    print(f"# {url} {gstore.CLIENT_XLATOR_OPTIONS} uvloop={args.uvloop}, {args.n} ops a case x {args.reps}, 4 KiB random, medians; "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"{'case':26} {'qd':>3} {'thr':>4} {'ops/s':>8} {'mean us':>8} {'p50 us':>8} "
           f"{'cpu us/op':>9}")

@@ -339,6 +339,9 @@ def client_refcounts() -> dict[ClientKey, int]:
 
 class GfapiStore(BackingStore):
     blocking = True
+    #: Worker threads the daemon gives this store's blocking calls, i.e. calls in flight on
+    #: the volume (None: the daemon's ``io_threads``). Workers start on demand.
+    io_threads: int | None = None
 
     def __init__(
         self,
