@@ -205,6 +205,24 @@ def test_concurrent_io_from_threads(gluster_volume, store_factory, name):
     assert not errors
 
 
+def test_vectored_write_and_read_of_mixed_buffers_are_byte_exact(gluster_volume, store_factory,
+                                                                 name):
+    # writev/preadv pin each buffer (a bytearray or writable view cheaply, bytes and
+    # read-only views through the buffer protocol): one iovec each, in order, no copies.
+    s = store_factory(gluster_volume.url(name), create_size=2 * MiB)
+    parts = [os.urandom(4096), bytearray(os.urandom(8192)), memoryview(os.urandom(512)),
+             memoryview(bytearray(os.urandom(65536)))[1024:5120], b""]
+    s.writev(12288, parts)
+    s.flush()
+    joined = b"".join(bytes(p) for p in parts)
+    assert _read_fuse(gluster_volume.fuse_path(name), 12288, len(joined)) == joined
+    a, b = bytearray(5000), memoryview(bytearray(20000))[3:3 + len(joined) - 5000]
+    assert s._fh.preadv_into([a, b], 12288) == len(joined)
+    assert bytes(a) + bytes(b) == joined
+    with pytest.raises(BufferError):  # nowhere to read into
+        s._fh.preadv_into([b"read-only"], 0)
+
+
 def test_a_client_with_its_own_translator_option_reads_and_writes_through_fuse(
     gluster_volume, store_factory, name, monkeypatch
 ):

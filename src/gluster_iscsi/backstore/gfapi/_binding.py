@@ -577,36 +577,48 @@ class File:
             raise _raise(f"glfs_pwrite {n} bytes at offset {offset}", self.path)
         return got
 
-    def _iovecs(self, stack: list[Any], buffers: Sequence[Buffer], writable: bool) -> Any:
+    def _iovecs(self, stack: list[Any], held: list[Any], buffers: Sequence[Buffer],
+                writable: bool) -> Any:
+        """An iovec array over ``buffers``, each pinned: cheaply (:func:`_hold`, kept in
+        ``held``) where it can, else by :func:`pinned` (entered, kept in ``stack``)."""
         iov = (Iovec * len(buffers))()
         for i, b in enumerate(buffers):
-            cm = pinned(b, writable=writable)
-            addr, n = cm.__enter__()
-            stack.append(cm)
+            h = _hold(b)
+            if h is not None:
+                held.append(h[0])
+                addr, n = ctypes.addressof(h[0]), h[1]
+            else:
+                cm = pinned(b, writable=writable)
+                addr, n = cm.__enter__()
+                stack.append(cm)
             iov[i].iov_base = addr
             iov[i].iov_len = n
         return iov
 
     def preadv_into(self, buffers: Sequence[Buffer], offset: int) -> int:
         stack: list[Any] = []
+        held: list[Any] = []
         try:
-            iov = self._iovecs(stack, buffers, True)
+            iov = self._iovecs(stack, held, buffers, True)
             got = lib().glfs_preadv(self.handle, iov, len(buffers), offset, 0)
         finally:
             for cm in reversed(stack):
                 cm.__exit__(None, None, None)
+            del held[:]
         if got < 0:
             raise _raise(f"glfs_preadv at offset {offset}", self.path)
         return got
 
     def pwritev(self, buffers: Sequence[Buffer], offset: int) -> int:
         stack: list[Any] = []
+        held: list[Any] = []
         try:
-            iov = self._iovecs(stack, buffers, False)
+            iov = self._iovecs(stack, held, buffers, False)
             got = lib().glfs_pwritev(self.handle, iov, len(buffers), offset, 0)
         finally:
             for cm in reversed(stack):
                 cm.__exit__(None, None, None)
+            del held[:]
         if got < 0:
             raise _raise(f"glfs_pwritev at offset {offset}", self.path)
         return got
