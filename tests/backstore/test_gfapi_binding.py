@@ -59,6 +59,14 @@ def test_hold_pins_writable_data_path_buffers_at_their_real_address():
     ctypes.memmove(holder, b"ABCD", 4)
     del holder, held
     assert buf == b"012ABCD789"
+    from gluster_iscsi.buffers import PooledBuffer
+
+    pooled = PooledBuffer(b"abcd")  # the buffer pool's own bytearrays
+    held = gf._hold(pooled)
+    assert held is not None and held[1] == 4
+    ctypes.memmove(held[0], b"WXYZ", 4)
+    del held
+    assert pooled == b"WXYZ"
     wide = memoryview(bytearray(8)).cast("I")  # nbytes, not items
     held = gf._hold(wide)
     assert held is not None and held[1] == 8

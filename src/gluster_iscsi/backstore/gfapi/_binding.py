@@ -166,15 +166,15 @@ _c_char = ctypes.c_char
 
 
 def _hold(buf: Buffer) -> tuple[Any, int] | None:
-    """The cheap pin of the common data-path buffer (a writable bytearray, or a writable
-    C-contiguous memoryview): ``(holder, nbytes)``, where ``holder`` is a ctypes object at
-    the buffer's bytes (a ``c_char`` array) that keeps the buffer exported (so not resized
-    or released) until it is dropped; ctypes passes it to a ``c_void_p`` argument as its address. None
-    for anything else (read-only or empty buffers, other types): use :func:`pinned`.
+    """The cheap pin of the common data-path buffer (a bytearray, or a writable C-contiguous
+    memoryview): ``(holder, nbytes)``, where ``holder`` is a ctypes ``c_char`` array over
+    the buffer's bytes that keeps the buffer exported (so not resized or released) until
+    it is dropped; ctypes passes it to a ``c_void_p`` argument as its address. None for
+    anything else (read-only or empty buffers, other types): use :func:`pinned`.
     ~0.4 us against ~2 us for :func:`pinned` (a generator and two C-API calls)."""
     if isinstance(buf, memoryview):
         n = buf.nbytes
-    elif type(buf) is bytearray:
+    elif isinstance(buf, bytearray):  # (and subclasses: buffers.PooledBuffer)
         n = len(buf)
     else:
         return None
