@@ -205,6 +205,50 @@ def test_concurrent_io_from_threads(gluster_volume, store_factory, name):
     assert not errors
 
 
+def test_vectored_write_and_read_of_mixed_buffers_are_byte_exact(gluster_volume, store_factory,
+                                                                 name):
+    # writev/preadv pin each buffer (a bytearray or writable view cheaply, bytes and
+    # read-only views through the buffer protocol): one iovec each, in order, no copies.
+    s = store_factory(gluster_volume.url(name), create_size=2 * MiB)
+    parts = [os.urandom(4096), bytearray(os.urandom(8192)), memoryview(os.urandom(512)),
+             memoryview(bytearray(os.urandom(65536)))[1024:5120], b""]
+    s.writev(12288, parts)
+    s.flush()
+    joined = b"".join(bytes(p) for p in parts)
+    assert _read_fuse(gluster_volume.fuse_path(name), 12288, len(joined)) == joined
+    a, b = bytearray(5000), memoryview(bytearray(20000))[3:3 + len(joined) - 5000]
+    assert s._fh.preadv_into([a, b], 12288) == len(joined)
+    assert bytes(a) + bytes(b) == joined
+    with pytest.raises(BufferError):  # nowhere to read into
+        s._fh.preadv_into([b"read-only"], 0)
+
+
+def test_a_client_with_its_own_translator_option_reads_and_writes_through_fuse(
+    gluster_volume, store_factory, name, monkeypatch
+):
+    # serve --gfapi-xlator-option (issue 19): the option reaches glfs_init of a new client
+    # (spelled "localhost": a client of its own, not the session's shared one) and the data
+    # path, with the bytearray/memoryview pinning of pread_into/pwrite, is byte-exact.
+    from gluster_iscsi.backstore.gfapi import store as gstore
+
+    monkeypatch.setattr(gstore, "CLIENT_XLATOR_OPTIONS",
+                        [("*-io-threads", "pass-through", "true")])
+    host = gluster_volume.host
+    other = "localhost" if host in ("127.0.0.1", "::1") else host
+    s = store_factory(f"gluster://{other}/{gluster_volume.volume}/{name}", create_size=2 * MiB)
+    data = bytearray(os.urandom(64 << 10))
+    s.write(4096, memoryview(data)[:8192])  # a writable view: _hold
+    s.write(65536, data)  # a bytearray: _hold
+    s.flush()
+    fuse = gluster_volume.fuse_path(name)
+    assert _read_fuse(fuse, 4096, 8192) == data[:8192]
+    assert _read_fuse(fuse, 65536, len(data)) == data
+    back = bytearray(len(data) + 4096)
+    s.read_into(61440, memoryview(back))  # into a writable view: _hold
+    assert back[:4096] == bytes(4096) and back[4096:] == data
+
+
+
 def test_read_only_store_refuses_writes_with_erofs(gluster_volume, store_factory, name):
     store_factory(gluster_volume.url(name), create_size=MiB).close()
     s = store_factory(gluster_volume.url(name), read_only=True)

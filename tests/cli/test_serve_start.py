@@ -137,3 +137,11 @@ def test_config_export_to_an_unwritable_place_is_a_message_and_exit_6(tmp_path):
             r = serve.cli("config", "export", "-o", out)
             assert r.returncode == 6 and "Traceback" not in r.stderr, r.stderr
             assert f"cannot write {out}" in r.stderr
+
+
+def test_a_malformed_gfapi_xlator_option_is_a_usage_error_with_the_form(tmp_path):
+    r = run_serve(tmp_path, "--listen", f"127.0.0.1:{free_port()}",
+                  "--gfapi-xlator-option", "*-io-threads:pass-through")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "XLATOR:KEY=VALUE" in r.stderr
+    assert not (tmp_path / "control.sock").exists()

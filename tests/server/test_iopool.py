@@ -116,3 +116,25 @@ def test_timeouts_of_different_lengths_each_expire_on_time():
         pool.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_store_may_ask_for_its_own_number_of_workers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``io_threads`` on a store (GfapiStore's hint, issue 19) sizes that store's pool; a
+    store without one gets the daemon's; each store keeps its own pool."""
+    import asyncio
+
+    from gluster_iscsi.server.daemon import Daemon
+
+    class Wide:
+        io_threads = 3
+
+    class Plain:
+        pass
+
+    async def main() -> tuple[int, int, int, bool]:
+        d = Daemon(tmp_path, io_threads=5)
+        wide, plain = Wide(), Plain()
+        a, b = d.pool_for(wide), d.pool_for(plain)
+        return a.max_threads, b.max_threads, d.pool_for(wide).max_threads, a is d.pool_for(wide)
+
+    assert asyncio.run(main()) == (3, 5, 3, True)

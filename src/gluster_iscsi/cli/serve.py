@@ -56,6 +56,19 @@ def _cache_size(ctx: click.Context, param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from exc
 
 
+def _xlator_options(ctx: click.Context, param: click.Parameter,
+                    value: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    out = []
+    for text in value:
+        xlator, sep, assignment = text.partition(":")
+        key, eq, setting = assignment.partition("=")
+        if not (sep and eq and xlator and key and setting):
+            raise click.BadParameter(f"{text!r}: write XLATOR:KEY=VALUE, e.g. "
+                                     "'*-io-threads:pass-through=false'")
+        out.append((xlator, key, setting))
+    return out
+
+
 class BadAddress(ValueError):
     """A HOST[:PORT] that cannot be listened on; the message says why and how to write it."""
 
@@ -227,6 +240,12 @@ Exit status:
               help="Read cache of each LUN on a gluster:// backing (a LUN's own `cache` option "
                    "wins), at most a quarter of --memory-budget for all LUNs together; "
                    "0 disables it. Default: 256MiB.")
+@click.option("--gfapi-xlator-option", "xlator_options", metavar="XLATOR:KEY=VALUE",
+              multiple=True, callback=_xlator_options,
+              help="A translator option of this daemon's own Gluster clients (not the volume's), "
+                   "e.g. '*-io-threads:pass-through=true' (read-heavy LUNs: no hop through the "
+                   "client-side io-threads, less CPU per read, slower 4 KiB writes); repeatable. "
+                   "A value a translator refuses makes the LUN fail to open. Default: none.")
 @click.option("--metrics-listen", "metrics_listen", metavar="HOST:PORT",
               help="Serve Prometheus metrics (text format, GET /metrics) on this address, e.g. "
                    "127.0.0.1:9283: per LUN commands, bytes, errors by sense key, latency, I/O "
@@ -238,9 +257,13 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
           uvloop: bool, io_uring: bool, max_connections: int | None,
           max_connections_per_host: int | None, max_prelogin: int | None,
           max_prelogin_per_host: int | None, memory_budget: int | None,
-          gfapi_cache: int | None, metrics_listen: str | None = None) -> None:
+          gfapi_cache: int | None, metrics_listen: str | None = None,
+          xlator_options: list[tuple[str, str, str]] | None = None) -> None:
     """Run the iSCSI target daemon in the foreground."""
+    from ..backstore.gfapi import store as gfapi_store
     from ..logs import configure
+
+    gfapi_store.set_client_xlator_options(xlator_options or [])
 
     configure(getattr(logging, log_level.upper()), log_format)
     sdir = _state_dir(ctx, state_dir)

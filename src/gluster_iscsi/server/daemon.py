@@ -211,7 +211,9 @@ class Daemon:
     def pool_for(self, store: object) -> IoPool:
         entry = self._pools.get(id(store))
         if entry is None or entry[0] is not store:
-            entry = (store, IoPool(asyncio.get_running_loop(), self.io_threads,
+            # A store may say how many calls in flight it serves best (``io_threads``).
+            threads = getattr(store, "io_threads", None) or self.io_threads
+            entry = (store, IoPool(asyncio.get_running_loop(), threads,
                                    name=f"io-{len(self._pools)}"))
             self._pools[id(store)] = entry
         return entry[1]

@@ -162,6 +162,30 @@ def pinned(data: Buffer, *, writable: bool = False) -> Iterator[tuple[int, int]]
         _PyBuffer_Release(ctypes.byref(view))
 
 
+_c_char = ctypes.c_char
+
+
+def _hold(buf: Buffer) -> tuple[Any, int] | None:
+    """The cheap pin of the common data-path buffer (a bytearray, or a writable C-contiguous
+    memoryview): ``(holder, nbytes)``, where ``holder`` is a ctypes ``c_char`` array over
+    the buffer's bytes that keeps the buffer exported (so not resized or released) until
+    it is dropped; ctypes passes it to a ``c_void_p`` argument as its address. None for
+    anything else (read-only or empty buffers, other types): use :func:`pinned`.
+    ~0.4 us against ~2 us for :func:`pinned` (a generator and two C-API calls)."""
+    if isinstance(buf, memoryview):
+        n = buf.nbytes
+    elif isinstance(buf, bytearray):  # (and subclasses: buffers.PooledBuffer)
+        n = len(buf)
+    else:
+        return None
+    if not n:
+        return None
+    try:
+        return (_c_char * n).from_buffer(buf), n  # (writable, C-contiguous, or it raises)
+    except (TypeError, ValueError, BufferError):
+        return None
+
+
 # -- library loading ----------------------------------------------------------------------------
 
 _glfs_p = c_void_p
@@ -172,6 +196,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "glfs_new": (_glfs_p, [c_char_p]),
     "glfs_set_volfile_server": (c_int, [_glfs_p, c_char_p, c_char_p, c_int]),
     "glfs_set_logging": (c_int, [_glfs_p, c_char_p, c_int]),
+    "glfs_set_xlator_option": (c_int, [_glfs_p, c_char_p, c_char_p, c_char_p]),
     "glfs_init": (c_int, [_glfs_p]),
     "glfs_fini": (c_int, [_glfs_p]),
     "glfs_open": (_glfd_p, [_glfs_p, c_char_p, c_int]),
@@ -350,6 +375,13 @@ class Volume:
         if lib().glfs_set_logging(self.handle, arg, level):
             raise _raise(f"glfs_set_logging {log_file}", self.volume)
 
+    def set_xlator_option(self, xlator: str, key: str, value: str) -> None:
+        """An option for the translators whose names match ``xlator`` (a glob, e.g.
+        ``*-io-threads``) in this client's graph only; call before :meth:`init`."""
+        if lib().glfs_set_xlator_option(self.handle, xlator.encode(), key.encode(),
+                                        value.encode()):
+            raise _raise(f"glfs_set_xlator_option {xlator} {key}={value}", self.volume)
+
     def init(self) -> None:
         """Fetch the volfile and connect (blocks, seconds if servers are down)."""
         with _lifecycle:
@@ -516,17 +548,28 @@ class File:
 
     def pread_into(self, buf: Buffer, offset: int) -> int:
         """One glfs_pread into ``buf`` (a writable buffer); returns the byte count (0 at EOF)."""
-        with pinned(buf, writable=True) as (addr, n):
-            got = lib().glfs_pread(self.handle, addr, n, offset, 0, None)
+        held = _hold(buf)
+        if held is not None:
+            holder, n = held
+            got = lib().glfs_pread(self.handle, holder, n, offset, 0, None)
+            del holder, held  # (the buffer may be resized again)
+        else:
+            with pinned(buf, writable=True) as (addr, n):
+                got = lib().glfs_pread(self.handle, addr, n, offset, 0, None)
         if got < 0:
             raise _raise(f"glfs_pread {n} bytes at offset {offset}", self.path)
         return got
 
     def pwrite(self, data: Buffer, offset: int) -> int:
         """One glfs_pwrite of ``data`` (any buffer, not copied); returns bytes written."""
+        held = None if isinstance(data, bytes) else _hold(data)
         if isinstance(data, bytes):
             n = len(data)
             got = lib().glfs_pwrite(self.handle, data, n, offset, 0, None, None)
+        elif held is not None:
+            holder, n = held
+            got = lib().glfs_pwrite(self.handle, holder, n, offset, 0, None, None)
+            del holder, held
         else:
             with pinned(data) as (addr, n):
                 got = lib().glfs_pwrite(self.handle, addr, n, offset, 0, None, None)
@@ -534,36 +577,48 @@ class File:
             raise _raise(f"glfs_pwrite {n} bytes at offset {offset}", self.path)
         return got
 
-    def _iovecs(self, stack: list[Any], buffers: Sequence[Buffer], writable: bool) -> Any:
+    def _iovecs(self, stack: list[Any], held: list[Any], buffers: Sequence[Buffer],
+                writable: bool) -> Any:
+        """An iovec array over ``buffers``, each pinned: cheaply (:func:`_hold`, kept in
+        ``held``) where it can, else by :func:`pinned` (entered, kept in ``stack``)."""
         iov = (Iovec * len(buffers))()
         for i, b in enumerate(buffers):
-            cm = pinned(b, writable=writable)
-            addr, n = cm.__enter__()
-            stack.append(cm)
+            h = _hold(b)
+            if h is not None:
+                held.append(h[0])
+                addr, n = ctypes.addressof(h[0]), h[1]
+            else:
+                cm = pinned(b, writable=writable)
+                addr, n = cm.__enter__()
+                stack.append(cm)
             iov[i].iov_base = addr
             iov[i].iov_len = n
         return iov
 
     def preadv_into(self, buffers: Sequence[Buffer], offset: int) -> int:
         stack: list[Any] = []
+        held: list[Any] = []
         try:
-            iov = self._iovecs(stack, buffers, True)
+            iov = self._iovecs(stack, held, buffers, True)
             got = lib().glfs_preadv(self.handle, iov, len(buffers), offset, 0)
         finally:
             for cm in reversed(stack):
                 cm.__exit__(None, None, None)
+            del held[:]
         if got < 0:
             raise _raise(f"glfs_preadv at offset {offset}", self.path)
         return got
 
     def pwritev(self, buffers: Sequence[Buffer], offset: int) -> int:
         stack: list[Any] = []
+        held: list[Any] = []
         try:
-            iov = self._iovecs(stack, buffers, False)
+            iov = self._iovecs(stack, held, buffers, False)
             got = lib().glfs_pwritev(self.handle, iov, len(buffers), offset, 0)
         finally:
             for cm in reversed(stack):
                 cm.__exit__(None, None, None)
+            del held[:]
         if got < 0:
             raise _raise(f"glfs_pwritev at offset {offset}", self.path)
         return got
