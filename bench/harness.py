@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import select
 import shutil
 import signal
 import statistics
@@ -19,13 +20,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from targets import (  # noqa: E402
+    HOT_LUN,
+    HOT_LUN_SIZE,
     LUN_SIZE,
     SESSION_PARAMS,
     Backing,
@@ -56,11 +59,13 @@ class Workload:
     random: bool
     desc: str
     span: int = 0      # bytes of the LUN used (0: all); latclient only
+    sessions: int = 1  # clients at once, each its own session (-xN): the row is their aggregate
+    lun: int = 1       # HOT_LUN: the hot-set LUN (HOT_LUN_SIZE), read whole before measuring
 
 
 #: The hot set: well inside the gfapi LUN's read cache (``serve --gfapi-cache``, 256 MiB by
 #: default) and tgt-on-FUSE's page cache alike; the cold set is the whole 1 GiB LUN, beyond it.
-HOT_SET = 64 << 20
+HOT_SET = HOT_LUN_SIZE
 
 
 WORKLOADS = [
@@ -78,7 +83,50 @@ WORKLOADS = [
              "4K random read, QD1, in a 64 MiB hot set (read once before: inside the caches)", HOT_SET),
     Workload("coldset-randread-4k-qd1", "latclient", "read", 4096, 1, True,
              "4K random read, QD1, over the whole LUN (beyond the gfapi read cache)"),
+    # the hot set again with the C client: iscsi-perf has no span option, so it reads all of
+    # the 64 MiB LUN 2 (its own file next to LUN 1's, read once whole before measuring)
+    Workload("hotset-randread-4k-qd32", "iscsi-perf", "read", 4096, 32, True,
+             "4K random read, QD32, all of the 64 MiB hot-set LUN 2 (read once before)", HOT_SET,
+             lun=HOT_LUN),
+    Workload("hotset-randread-4k-qd1-perf", "iscsi-perf", "read", 4096, 1, True,
+             "4K random read, QD1, all of the 64 MiB hot-set LUN 2 (read once before)", HOT_SET,
+             lun=HOT_LUN),
 ]
+
+#: Workloads also run as N sessions at once (`NAME-xN`, N = --sessions): what a user with several
+#: initiators sees (quote them with --pin none). Each client is its own session with its own
+#: initiator name; qemu-img writers on disjoint LBA ranges.
+MULTI_BASES = ("randread-4k-qd32", "randwrite-4k-qd32", "seqread-256k-qd16")
+DEFAULT_SESSIONS = 4
+
+
+def multi(w: Workload, n: int) -> Workload:
+    return replace(w, name=f"{w.name}-x{n}", sessions=n,
+                   desc=f"{w.desc}; {n} sessions at once, each its own initiator name (aggregate)")
+
+
+def workload_list(names: list[str], sessions: int) -> list[Workload]:
+    """The named workloads (all, and the -x`sessions` ones, when none are named). A name
+    NAME-xK of a MULTI_BASES workload is K sessions of NAME, whatever --sessions says."""
+    base = {w.name: w for w in WORKLOADS}
+    if not names:
+        return WORKLOADS + [multi(base[b], sessions) for b in MULTI_BASES]
+    out = []
+    for n in names:
+        m = re.fullmatch(r"(.+)-x(\d+)", n)
+        if n in base:
+            out.append(base[n])
+        elif m and m.group(1) in MULTI_BASES and int(m.group(2)) >= 1:
+            out.append(multi(base[m.group(1)], int(m.group(2))))
+        else:
+            raise SystemExit(f"unknown workload {n!r}; known: {sorted(base)} and "
+                             f"{', '.join(b + '-xN' for b in MULTI_BASES)}")
+    return out
+
+
+def initiator_name(k: int) -> str:
+    """Client k's initiator name in a multi-session workload (both targets accept ALL)."""
+    return f"iqn.2026-11.org.gluster-iscsi.bench:client{k}"
 
 
 @dataclass
@@ -115,7 +163,7 @@ def run_iscsi_perf(t: Target, w: Workload, seconds: float, block_size: int) -> S
     cmd = ["stdbuf", "-o0", "iscsi-perf", "-m", str(w.qd), "-b", str(w.size // block_size)]
     if w.random:
         cmd.append("-r")
-    cmd.append(t.url)
+    cmd.append(t.url_for(w.lun))
     c0 = _children_cpu()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ticks: list[tuple[float, int, float]] = []    # (time, iops current, daemon cpu)
@@ -176,7 +224,7 @@ def run_qemu_bench(t: Target, w: Workload, count: int, timeout: float = 120) -> 
            "-S", str(step), "-c", str(count)]
     if w.op == "write":
         cmd.append("-w")
-    cmd.append(t.url)
+    cmd.append(t.url_for(w.lun))
     c0 = _children_cpu()
     cpu0 = proc_stat(t.pid).cpu
     try:
@@ -194,7 +242,7 @@ def run_qemu_bench(t: Target, w: Workload, count: int, timeout: float = 120) -> 
 
 
 def run_latclient(t: Target, w: Workload, seconds: float, seed: int, count: int = 0) -> Sample:
-    cmd = [sys.executable, LATCLIENT, "bench", t.url, "--op", w.op, "--size", str(w.size),
+    cmd = [sys.executable, LATCLIENT, "bench", t.url_for(w.lun), "--op", w.op, "--size", str(w.size),
            "--seconds", str(seconds), "--seed", str(seed)]
     if count:
         cmd += ["--count", str(count)]
@@ -214,6 +262,127 @@ def run_latclient(t: Target, w: Workload, seconds: float, seed: int, count: int 
         return Sample(0, 0, 0, 0, 0, error="latclient: " + d["error"])
     return Sample(d["ops_per_s"], d["mb_per_s"], d["seconds"], d["bytes"], cpu1 - cpu0,
                   p50_us=d["lat_us"]["p50"], p99_us=d["lat_us"]["p99"],
+                  client_cpu_s=_children_cpu() - c0)
+
+
+def run_iscsi_perf_multi(t: Target, w: Workload, seconds: float, block_size: int) -> Sample:
+    """w.sessions iscsi-perf clients at once, each its own session (-i: its own initiator
+    name). Every client's first (ramp) report is dropped; the window opens when all of them
+    have reported once and closes `seconds` later, once each has reported again. ops/s = the
+    sum of the clients' mean reported rates in the window; daemon CPU = over the window."""
+    n = w.sessions
+    procs = []
+    for k in range(n):
+        cmd = ["stdbuf", "-o0", "iscsi-perf", "-i", initiator_name(k + 1), "-m", str(w.qd),
+               "-b", str(w.size // block_size)]
+        if w.random:
+            cmd.append("-r")
+        cmd.append(t.url_for(w.lun))
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    c0 = _children_cpu()
+    fds = {p.stdout.fileno(): i for i, p in enumerate(procs)}
+    for fd in fds:
+        os.set_blocking(fd, False)
+    ticks: list[list[int]] = [[] for _ in procs]
+    bufs = [b""] * n
+    outs = [b""] * n
+    closed: set[int] = set()
+    base: list[int] = []
+    t0 = t1 = cpu0 = cpu1 = 0.0
+    deadline = time.monotonic() + max(1.0, seconds) + 20
+    try:
+        while time.monotonic() < deadline and not closed:
+            ready, _, _ = select.select(list(fds), [], [], 0.1)
+            for fd in ready:
+                i = fds[fd]
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    closed.add(i)
+                    continue
+                outs[i] += chunk
+                bufs[i] += chunk
+                ticks[i] += [int(m.group(1)) for m in re.finditer(rb"iops current (\d+)", bufs[i])]
+                bufs[i] = (bufs[i][bufs[i].rfind(b"iops current") + 1:] if b"iops current" in bufs[i]
+                           else bufs[i][-200:])
+            now = time.monotonic()
+            if not base and all(ticks):
+                base, t0, cpu0 = [len(x) for x in ticks], now, proc_stat(t.pid).cpu
+            elif base and now - t0 >= max(1.0, seconds) and all(
+                    len(x) > b for x, b in zip(ticks, base, strict=True)):
+                t1, cpu1 = now, proc_stat(t.pid).cpu
+                break
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for i, p in enumerate(procs):
+            try:
+                rest, _ = p.communicate(timeout=10)
+                outs[i] += rest or b""
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
+    client_cpu = _children_cpu() - c0
+    if not t1:
+        bad = next((i for i, x in enumerate(ticks) if i in closed or not x), 0)
+        return Sample(0, 0, 0, 0, 0, error=f"iscsi-perf session {bad + 1} of {n}: "
+                      + outs[bad].decode(errors="replace")[-300:])
+    ops_s = float(sum(statistics.mean(x[b:]) for x, b in zip(ticks, base, strict=True)))
+    secs = t1 - t0
+    nbytes = int(ops_s * secs) * w.size
+    return Sample(ops_s, ops_s * w.size / 1e6, secs, nbytes, cpu1 - cpu0, client_cpu_s=client_cpu)
+
+
+def run_qemu_multi(t: Target, w: Workload, count: int, timeout: float = 120) -> Sample:
+    """w.sessions qemu-img bench clients at once, `count` requests each, each its own session
+    (--image-opts: its own initiator-name) on its own LBA range: sequential clients start at
+    k/N of the LUN; strided ones at position k/N of the stride's permutation of the LUN's
+    slots (qemu-img wraps modulo the image size), so up to slots/N requests each never touch
+    another client's blocks. ops/s = all requests / the longest client's run time."""
+    n = w.sessions
+    slots = LUN_SIZE // w.size if w.lun == 1 else HOT_LUN_SIZE // w.size
+    stride = QEMU_RANDOM_STRIDE if w.random else 1
+    if w.random:
+        count = min(count, slots // n)
+    procs = []
+    c0 = _children_cpu()
+    cpu0 = proc_stat(t.pid).cpu
+    for k in range(n):
+        first = (k * (slots // n) * stride) % slots
+        opts = (f"driver=raw,file.driver=iscsi,file.transport=tcp,file.portal=127.0.0.1:{t.port},"
+                f"file.target={t.iqn},file.lun={w.lun},file.initiator-name={initiator_name(k + 1)}")
+        cmd = ["qemu-img", "bench", "--image-opts", "-t", "writeback", "-d", str(w.qd),
+               "-s", str(w.size), "-S", str(w.size * stride), "-c", str(count),
+               "-o", str(first * w.size)]
+        if w.op == "write":
+            cmd.append("-w")
+        cmd.append(opts)
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    secs: list[float] = []
+    err = ""
+    deadline = time.monotonic() + timeout
+    for k, p in enumerate(procs):
+        try:
+            out, e = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            err = err or f"qemu-img bench session {k + 1} of {n}: no completion within {timeout:.0f} s"
+            continue
+        m = re.search(r"Run completed in ([\d.]+) seconds", out)
+        if p.returncode != 0 or not m:
+            err = err or f"qemu-img bench session {k + 1} of {n}: " + (e or out)[-300:]
+        else:
+            secs.append(max(float(m.group(1)), 1e-3))
+    cpu1 = proc_stat(t.pid).cpu
+    if err:
+        return Sample(0, 0, 0, 0, 0, error=err)
+    wall = max(secs)
+    nbytes = n * count * w.size
+    return Sample(n * count / wall, nbytes / wall / 1e6, wall, nbytes, cpu1 - cpu0,
                   client_cpu_s=_children_cpu() - c0)
 
 
@@ -541,6 +710,10 @@ def prefill(t: Target, seconds_cap: float) -> None:
         log(f"  prefill {t.name()}: {s.error}")
     else:
         log(f"  prefill {t.name()}: {s.mb_s:.0f} MB/s")
+    if t.hot_lun:
+        s = run_qemu_bench(t, replace(w, lun=t.hot_lun), HOT_LUN_SIZE >> 20)
+        if s.error:
+            log(f"  prefill {t.name()} LUN {t.hot_lun}: {s.error}")
 
 
 def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Namespace,
@@ -593,18 +766,35 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
         for w in workloads:
             wr = WorkloadResult(w)
             counts = {}
+            if w.lun != 1 and not (ta.hot_lun == w.lun and tb.hot_lun == w.lun):
+                why = f"skipped: no hot-set LUN {w.lun} on " + " and ".join(
+                    t.name() for t in (ta, tb) if t.hot_lun != w.lun)
+                wr.a.append(Sample(0, 0, 0, 0, 0, error=why))
+                wr.b.append(Sample(0, 0, 0, 0, 0, error=why))
+                log(f"{label}: {w.name}: skipped, a target has no hot-set LUN {w.lun}")
+                results.append(wr)
+                continue
+            multi_s = w.sessions > 1
             # warm-up: one short run on each; it also calibrates qemu-img's op count.
             for t, side in ((ta, "A"), (tb, "B")):
                 if w.span and w.op == "read":  # a hot set: read it once, on both sides alike
-                    whole = Workload("warm", "latclient", "read", 1 << 20, 1, False, "", w.span)
+                    whole = Workload("warm", "latclient", "read", 1 << 20, 1, False, "", w.span,
+                                     lun=w.lun)
                     run_latclient(t, whole, 3600, seed=0, count=max(1, w.span >> 20))
                 if w.client == "qemu-img":
                     c0 = max(16 * w.qd, int(args.calib_bytes // w.size))
-                    s = run_qemu_bench(t, w, c0, 60)
-                    rate = s.ops_s if not s.error and s.ops_s > 0 else c0
+                    if multi_s:  # per client: the same calibration, each of the N clients
+                        c0 = max(16 * w.qd, c0 // w.sessions)
+                        s = run_qemu_multi(t, w, c0, 60)
+                        rate = s.ops_s / w.sessions if not s.error and s.ops_s > 0 else c0
+                    else:
+                        s = run_qemu_bench(t, w, c0, 60)
+                        rate = s.ops_s if not s.error and s.ops_s > 0 else c0
                     counts[side] = max(w.qd * 4, int(rate * args.seconds))
                 elif args.warmup > 0:
-                    if w.client == "iscsi-perf":
+                    if w.client == "iscsi-perf" and multi_s:
+                        run_iscsi_perf_multi(t, w, 1, bs[side])
+                    elif w.client == "iscsi-perf":
                         run_iscsi_perf(t, w, 1, bs[side])
                     else:
                         run_latclient(t, w, args.warmup, seed=99)
@@ -613,8 +803,12 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
                 if args.order == "abba" and r % 2 == 1:
                     order = order[::-1]
                 for t, side in order:
-                    if w.client == "iscsi-perf":
+                    if w.client == "iscsi-perf" and multi_s:
+                        s = measured(run_iscsi_perf_multi, t, w, args.seconds, bs[side])
+                    elif w.client == "iscsi-perf":
                         s = measured(run_iscsi_perf, t, w, args.seconds, bs[side])
+                    elif w.client == "qemu-img" and multi_s:
+                        s = measured(run_qemu_multi, t, w, counts[side], 30 + 10 * args.seconds)
                     elif w.client == "qemu-img":
                         s = measured(run_qemu_bench, t, w, counts[side], 30 + 10 * args.seconds)
                     else:
@@ -630,7 +824,10 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
                 f"B/A {statistics.median(rs) if rs else float('nan'):.2f}")
             results.append(wr)
         sec["workloads"] = [
-            {"name": wr.workload.name, "client": wr.workload.client, "desc": wr.workload.desc,
+            {"name": wr.workload.name, "client": wr.workload.client
+             + (f" x{wr.workload.sessions}" if wr.workload.sessions > 1 else "")
+             + (f" (LUN {wr.workload.lun})" if wr.workload.lun != 1 else ""),
+             "desc": wr.workload.desc, "sessions": wr.workload.sessions, "lun": wr.workload.lun,
              "A": wr.summary("a"), "B": wr.summary("b"),
              "ratio": ({"median": statistics.median(wr.ratios()), "min": min(wr.ratios()),
                         "max": max(wr.ratios())} if wr.ratios() else None),
@@ -922,7 +1119,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group-lease", type=float, default=5.0, help="group-* backends: lease_seconds")
     ap.add_argument("--local-dir", default="/var/tmp",
                     help="group-local: directory on a local disk (not tmpfs: the LUN is opened O_DIRECT)")
-    ap.add_argument("--workloads", default="", help="comma list of workload names (default: all)")
+    ap.add_argument("--workloads", default="", help="comma list of workload names (default: all). "
+                    f"{', '.join(b + '-xN' for b in MULTI_BASES)}: N sessions at once (N clients, each its "
+                    "own initiator name), the row their aggregate")
+    ap.add_argument("--sessions", type=int, default=DEFAULT_SESSIONS,
+                    help="N of the -xN workloads in the default (all) list (default %(default)s); a named "
+                         "NAME-xK runs K")
     ap.add_argument("--rounds", type=int, default=3, help="measured A,B pairs per workload")
     ap.add_argument("--seconds", type=float, default=3.0, help="per measured run")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per workload and target")
@@ -1025,9 +1227,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--metrics-on {args.metrics_on}: that target must be ours (tgt has no metrics endpoint)")
 
     names = [n for n in args.workloads.split(",") if n]
-    workloads = [w for w in WORKLOADS if not names or w.name in names]
-    if names and len(workloads) != len(names):
-        raise SystemExit(f"unknown workload in {names}; known: {[w.name for w in WORKLOADS]}")
+    if args.sessions < 1:
+        raise SystemExit("--sessions: at least 1")
+    workloads = workload_list(names, args.sessions)
     backends = [b for b in args.backends.split(",") if b]
 
     t_begin = time.monotonic()
@@ -1151,7 +1353,7 @@ def main(argv: list[str] | None = None) -> int:
             broken.append(f"{be}: {sec['skipped']}")
         for w in sec.get("workloads", []):
             for side in "AB":
-                if "error" in w[side]:
+                if "error" in w[side] and not w[side]["error"].startswith("skipped"):
                     broken.append(f"{be}/{w['name']}/{side}: {w[side]['error'][:120]}")
     for lab, d in report.get("idle", {}).items():
         if "error" in d:

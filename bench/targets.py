@@ -23,6 +23,10 @@ import uuid
 from dataclasses import dataclass, field
 
 LUN_SIZE = 1 << 30
+#: A second LUN on every target the harness configures: the hot set's C client (iscsi-perf has
+#: no span option) reads all of LUN 2, backed by its own file of this size next to LUN 1's.
+HOT_LUN = 2
+HOT_LUN_SIZE = 64 << 20
 
 # Session parameters both targets are configured with (the target side of the
 # negotiation). The harness probes every target after start and reports any difference.
@@ -117,6 +121,7 @@ class Target:
         self.proc: subprocess.Popen | None = None
         self.notes: list[str] = []  # anything the report should say about this target
         self.cpus: set[int] | None = None  # CPU affinity for the daemon (set by the harness)
+        self.hot_lun = 0            # HOT_LUN once start() made it, else 0 (no hot-set LUN)
 
     def popen(self, cmd: list[str], log) -> subprocess.Popen:
         cpus = self.cpus
@@ -138,7 +143,10 @@ class Target:
     # -- common --
     @property
     def url(self) -> str:
-        return f"iscsi://127.0.0.1:{self.port}/{self.iqn}/{self.lun}"
+        return self.url_for(self.lun)
+
+    def url_for(self, lun: int) -> str:
+        return f"iscsi://127.0.0.1:{self.port}/{self.iqn}/{lun}"
 
     @property
     def pid(self) -> int:
@@ -195,14 +203,22 @@ class TgtTarget(Target):
                 raise RuntimeError("tgtd did not come up: " + tail(log.name))
             time.sleep(0.05)
         self.adm("--op", "new", "--mode", "target", "--tid", "1", "-T", self.iqn)
-        lu = ["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1",
-              "-b", self.backing_file]
-        if self.block_size != 512:
-            lu.append(f"--blocksize={self.block_size}")
+        def lu(lun: int, path: str) -> list[str]:
+            out = ["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", str(lun), "-b", path]
+            if self.block_size != 512:
+                out.append(f"--blocksize={self.block_size}")
+            if self.bsoflags:
+                out += ["--bsoflags", self.bsoflags]
+            return out
         if self.bsoflags:
-            lu += ["--bsoflags", self.bsoflags]
             self.notes.append(f"tgt backing store opened with --bsoflags {self.bsoflags}")
-        self.adm(*lu)
+        self.adm(*lu(1, self.backing_file))
+        # LUN 2: the hot set, its own file next to LUN 1's, opened the same way
+        self.hot_file = os.path.join(backing.directory, f"tgt-{self.label.lower()}-lun{HOT_LUN}.img")
+        with open(self.hot_file, "wb") as f:
+            f.truncate(HOT_LUN_SIZE)
+        self.adm(*lu(HOT_LUN, self.hot_file))
+        self.hot_lun = HOT_LUN
         for k, v in SESSION_PARAMS.items():
             self.adm("--op", "update", "--mode", "target", "--tid", "1", "--name", k,
                      "--value", str(v))
@@ -216,11 +232,12 @@ class TgtTarget(Target):
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGINT)  # tgtd -f ignores SIGTERM, exits on SIGINT
         self.proc = None
-        if getattr(self, "backing_file", None):
-            try:
-                os.unlink(self.backing_file)
-            except OSError:
-                pass
+        for f in (getattr(self, "backing_file", None), getattr(self, "hot_file", None)):
+            if f:
+                try:
+                    os.unlink(f)
+                except OSError:
+                    pass
 
 
 class OursTarget(Target):
@@ -250,6 +267,7 @@ class OursTarget(Target):
         self.iqn = f"iqn.2026-11.org.gluster-iscsi.bench:ours-{label.lower()}"
         self.state_dir = ""
         self.backing_file = ""
+        self.hot_file = ""
         self.metrics_port = 0       # > 0: serve with --metrics-listen 127.0.0.1:PORT
 
     @classmethod
@@ -308,6 +326,7 @@ class OursTarget(Target):
             self.cli("acl", "add", self.iqn, "ALL")
             self.cli("lun", "create", self.iqn, spec, "--lun", "1", "--size", "1GiB",
                      "--block-size", str(self.block_size))
+            self._hot_lun(backing, spec)
         except RuntimeError as e:
             if backing.kind == "gfapi":
                 raise
@@ -319,6 +338,22 @@ class OursTarget(Target):
             os.makedirs(self.state_dir)
             self._serve(["--demo"])
         self.apply_params()
+
+    def _hot_lun(self, backing: Backing, spec: str) -> None:
+        """LUN 2, the hot set: its own file next to LUN 1's, the same store and serve args."""
+        if backing.kind == "gfapi":
+            base, ext = os.path.splitext(spec)
+            hot = f"{base}-lun{HOT_LUN}{ext or '.img'}"
+        else:
+            self.hot_file = os.path.join(backing.directory, f"ours-{self.label.lower()}-lun{HOT_LUN}.img")
+            hot = self.hot_file
+        r = self.cli("lun", "create", self.iqn, hot, "--lun", str(HOT_LUN), "--size",
+                     f"{HOT_LUN_SIZE >> 20}MiB", "--block-size", str(self.block_size), check=False)
+        if r.returncode == 0:
+            self.hot_lun = HOT_LUN
+        else:
+            self.notes.append(f"{self.name()}: no hot-set LUN {HOT_LUN}: "
+                              f"{(r.stderr or r.stdout).strip()[-200:]}")
 
     def apply_params(self) -> None:
         """Offer SESSION_PARAMS (new sessions only, so before any client logs in)."""
@@ -337,11 +372,12 @@ class OursTarget(Target):
         self.stop_daemon()
         if self.state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
-        if self.backing_file:
-            try:
-                os.unlink(self.backing_file)
-            except OSError:
-                pass
+        for f in (self.backing_file, self.hot_file):
+            if f:
+                try:
+                    os.unlink(f)
+                except OSError:
+                    pass
 
 
 class OursConfigTarget(OursTarget):
