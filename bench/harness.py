@@ -646,6 +646,43 @@ def fuse_mounts() -> list[tuple[str, str]]:
     return out
 
 
+def fuse_client_pids(mountpoint: str) -> list[int]:
+    """The glusterfs processes serving the FUSE mount at ``mountpoint`` (its client side)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) in (b"glusterfs", b"glusterfsd") \
+                and os.path.normpath(mountpoint).encode() in argv[1:]:  # the mount's last argument
+            pids.append(int(d))
+    return pids
+
+
+def pin_threads(pid: int, cpus: set[int]) -> dict[int, set[int]]:
+    """Set every thread of ``pid`` to ``cpus``; returns what each had, for :func:`unpin`."""
+    before: dict[int, set[int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            before[int(tid)] = os.sched_getaffinity(int(tid))
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+    return before
+
+
+def unpin(before: dict[int, set[int]]) -> None:
+    for tid, cpus in before.items():
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass
+
+
 # --------------------------------------------------------------------------- orchestration
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -963,6 +1000,10 @@ def render(report: dict) -> str:
     pin = report["settings"]["pin"]
     L.append(f"- CPU placement: daemons on CPUs {pin['daemon'] or 'any'}, clients on CPUs {pin['client'] or 'any'}; "
              f"nice {report['settings'].get('nice', 0)} for both daemons and all clients")
+    if report["settings"].get("fuse_client_pinned"):
+        L.append(f"- gfapi vs FUSE: tgt's Gluster client (the FUSE mount's glusterfs) pinned to the daemon "
+                 f"CPUs {report['settings']['fuse_client_pinned']} too, as our gfapi client's threads are "
+                 "(they run in our daemon)")
     L.append("- Target session params set on both: " + ", ".join(f"{k}={v}" for k, v in SESSION_PARAMS.items()))
     L.append("- bg CPU = CPUs' worth of other work on the machine during the runs (other daemons, other users); "
              "well above 0 means the numbers were disturbed. CPU s/GiB = the daemon's user+system CPU per GiB moved.")
@@ -1294,10 +1335,25 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 os.makedirs(gdir, exist_ok=True)
                 host, vol = (fuse_src.split(":", 1) + [""])[:2] if ":" in fuse_src else ("127.0.0.1", "")
-                run_backend("gfapi-vs-fuse", Backing("file", directory=gdir),
-                            Backing("gfapi", volume=vol.strip("/"), host=host,
-                                    path=f"gluster-iscsi-bench-{os.getpid()}/ours-lun1.img"),
-                            args, workdir, workloads, report)
+                # Equal terms when pinned: our gfapi client's threads run in our daemon, on the
+                # daemon CPUs; tgt's Gluster client is the FUSE mount's glusterfs process, which
+                # would otherwise run on the client CPUs (the harness's affinity, inherited at
+                # mount) and give tgt a second CPU. So it goes on the daemon CPUs for this section.
+                pinned: list[dict[int, set[int]]] = []
+                if args.daemon_cpus and fuse_dir:
+                    for pid in fuse_client_pids(fuse_dir):
+                        pinned.append(pin_threads(pid, set(args.daemon_cpus)))
+                    log(f"gfapi: tgt's FUSE client (pids {fuse_client_pids(fuse_dir)}) pinned to the "
+                        f"daemon CPUs {sorted(args.daemon_cpus)} for this section")
+                    report["settings"]["fuse_client_pinned"] = sorted(args.daemon_cpus)
+                try:
+                    run_backend("gfapi-vs-fuse", Backing("file", directory=gdir),
+                                Backing("gfapi", volume=vol.strip("/"), host=host,
+                                        path=f"gluster-iscsi-bench-{os.getpid()}/ours-lun1.img"),
+                                args, workdir, workloads, report)
+                finally:
+                    for before in pinned:
+                        unpin(before)
             elif be == "gfapi-both":  # ours against ours, both on gfapi (--target-a ours)
                 if not gdir:
                     report.setdefault("backends", {})["gfapi-both"] = {"skipped": no_gluster}
