@@ -515,6 +515,29 @@ def test_killing_one_brick_during_writes_loses_nothing(gw, block_volume):
 # -- 3. the whole volume stopped under a logged-in session ------------------------------------
 
 
+def differs(gw: Daemon, vol: str, got: bytes, want: bytes, offset: int) -> str:
+    """What a read got wrong, for the failure message: the 4 KiB units that differ (by their
+    offset in the file, and what they hold instead: zeros, one repeated byte, or other), the
+    block LUN's cache counters and the volume's pending heals."""
+    bad = []
+    for u in range(0, len(want), 4096):
+        g = got[u : u + 4096]
+        if g != want[u : u + 4096]:
+            what = ("zeros" if not g.strip(b"\0") else f"{g[:1]!r}*" if g == g[:1] * len(g)
+                    else "other")
+            bad.append(f"{(offset + u) // 4096 * 4096:#x}:{what}")
+    try:
+        rows = json.loads(gw.cli("lun", "list", DEMO_IQN, "--json").stdout)
+        cache = {r["lun"]: r.get("cache") for r in rows}[BLOCK_LUN]
+    except Exception as e:  # (the message matters more)
+        cache = repr(e)
+    try:
+        heal = gluster("volume", "heal", vol, "info", timeout=30)
+    except AssertionError as e:
+        heal = str(e)
+    return f"{len(bad)} units differ: {bad[:16]}; cache {cache}; heal info:\n{heal}"
+
+
 RECOVERY_SECONDS = 60.0
 
 
@@ -613,12 +636,15 @@ def test_stopped_volume_gives_not_ready_then_the_same_session_recovers(gw, block
                 await asyncio.sleep(2)
             seen.append(f"READ good again {time.monotonic() - t0:.1f}s after the start, "
                         f"{tries} tries")
-            assert data == before, "data written before the outage changed"
+            assert data == before, ("data written before the outage changed: "
+                                    + differs(gw, vol, data, before, 200 * MiB))
             after = os.urandom(256 * 1024)
             await write_ok(s, BLOCK_LUN, base + 2048, after)
             st, _, sense = await cmd(s, sync_cache10_cdb(), lun=BLOCK_LUN)
             assert st == GOOD, f"SYNCHRONIZE CACHE after recovery: {st:#x} {sense.hex()}"
-            assert await read_ok(s, BLOCK_LUN, base + 2048, len(after)) == after
+            got = await read_ok(s, BLOCK_LUN, base + 2048, len(after))
+            assert got == after, ("the write after the recovery read back otherwise: "
+                                  + differs(gw, vol, got, after, 201 * MiB))
 
     try:
         asyncio.run(main())
