@@ -623,8 +623,9 @@ def test_stopped_volume_gives_not_ready_then_the_same_session_recovers(gw, block
             seen.append(f"volume stop took {time.monotonic() - t0:.1f}s")
             try:
                 # Reads must fail, each within the I/O timeout (+ slack), with a retryable sense.
-                # (Of a range the gateway never read: what its gfapi read cache holds, say
-                # `before`, it answers from there, correctly, as tgt does from the page cache.)
+                # (Of a range the gateway never read. The first failed store call empties the
+                # gfapi read cache: from then on nothing is answered from memory, and the
+                # read of `before` after the restart goes to the bricks.)
                 for attempt in range(2):
                     t = time.monotonic()
                     st, _, sense = await cmd(s, read10_cdb(base + 4096, 8), lun=BLOCK_LUN,
