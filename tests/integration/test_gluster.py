@@ -637,6 +637,12 @@ def test_stopped_volume_gives_not_ready_then_the_same_session_recovers(gw, block
                     assert st == CHECK_CONDITION, seen[-1]
                     assert key == NOT_READY, seen[-1]
                     assert took <= IO_TIMEOUT + 10, seen[-1]
+                # What the read cache held (`before`) is not answered across the loss either:
+                # the failed reads emptied it (upcalls are lost while the bricks are away).
+                st, _, sense = await cmd(s, read10_cdb(base, 8), lun=BLOCK_LUN, read_len=4096)
+                seen.append(f"READ of cached bytes while stopped: status {st:#x} "
+                            f"sense {sense_fields(sense)}")
+                assert st == CHECK_CONDITION and sense_fields(sense)[0] == NOT_READY, seen[-1]
                 # A write may be taken by the client's write-behind; the cache flush may not lie.
                 t = time.monotonic()
                 st, _, sense = await cmd(s, write10_cdb(base + 1024, 8), lun=BLOCK_LUN,
@@ -708,6 +714,9 @@ def test_stopped_volume_gives_not_ready_then_the_same_session_recovers(gw, block
         with capsys.disabled():
             print("\n" + "\n".join(seen))
     assert gw.proc is not None and gw.proc.poll() is None
+    rows = json.loads(gw.cli("lun", "list", DEMO_IQN, "--json").stdout)
+    cache = {r["lun"]: r.get("cache") for r in rows}[BLOCK_LUN]
+    assert cache["error_drops"] >= 1, cache  # the outage emptied the read cache
     # The failed store calls are in /metrics by errno (issue 18: the gfapi store has no
     # reconnect path to count; its errors are what an outage looks like). Typically one per
     # command that failed above (2 READs, WRITE FUA, SYNCHRONIZE CACHE: 5-6 seen), but how

@@ -633,8 +633,11 @@ class CachedStore(BackingStore, ForwardsToInner):
         for r in due:
             lo = r << _REGION_SHIFT
             hi = min(lo + (1 << _REGION_SHIFT), size)
-            if hi > lo and self._renew(r, lo, hi):
-                renewed += 1
+            if hi <= lo:
+                continue
+            if not self._renew(r, lo, hi):
+                break  # the cache is empty now (store_failed): nothing left to renew
+            renewed += 1
         self.renewals += renewed
         return renewed
 
