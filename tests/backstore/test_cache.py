@@ -835,3 +835,30 @@ def test_a_fill_that_read_before_a_store_failure_is_not_inserted_after_it():
     MemoryStore.write(inner, 0, b"z" * CHUNK)  # meanwhile, no upcall
     assert store.read(0, CHUNK) == b"z" * CHUNK
     store.close()
+
+
+def test_the_keeper_stops_at_the_first_failed_renewal():
+    """During an outage the keeper's pass used to read every held region at the bricks in
+    turn, each failing (18 ENOTCONN in one stopped-volume test, 5 without); the first
+    failure empties the cache, so the pass ends there and the next has nothing to renew."""
+    region = 4 << 20
+
+    class Counting(_Outage):
+        attempts = 0
+
+        def read_into(self, offset: int, buf: memoryview) -> None:
+            self.attempts += 1
+            super().read_into(offset, buf)
+
+    inner = Counting(3 * region)
+    now = [0.0]
+    store = CachedStore(inner, 3 * region, ledger_=CacheLedger(1 << 30), clock=lambda: now[0])
+    for r in range(3):
+        store.write(r * region, b"a" * (64 * KiB))
+    inner.down = True
+    now[0] = 11.0  # every region due (ttl 40: past ttl/4)
+    assert store.keep_alive() == 0
+    assert inner.attempts == 1 and store.error_drops == 1 and not store._chunks
+    now[0] = 22.0
+    assert store.keep_alive() == 0 and inner.attempts == 1
+    store.close()
