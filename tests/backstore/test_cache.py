@@ -10,6 +10,7 @@ deterministic interleaving pins the fill race, and worker threads race reads wit
 
 from __future__ import annotations
 
+import errno
 import threading
 
 import pytest
@@ -735,3 +736,129 @@ def test_a_cache_with_upcalls_on_real_time_is_kept_by_the_keeper_thread():
     finally:
         plain.close()
         watched.close()
+
+
+class _Outage(MemoryStore):
+    """A store with upcalls whose calls fail with ENOTCONN while ``down`` (the bricks away),
+    and whose bytes can change behind the cache's back with no upcall (another client's write
+    while this client was disconnected: the bricks forgot this client, so none was sent)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.down = False
+        self.pause_next = False
+        self.read_done = threading.Event()
+        self.release = threading.Event()
+
+    def watch_invalidations(self, cb):
+        return 40.0
+
+    def unwatch_invalidations(self, cb):
+        pass
+
+    def _unless_down(self) -> None:
+        if self.down:
+            raise BackingStoreError(errno.ENOTCONN, "Transport endpoint is not connected", "o")
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        self._unless_down()
+        super().read_into(offset, buf)
+        if self.pause_next:
+            self.pause_next = False
+            self.read_done.set()
+            assert self.release.wait(10)
+
+    def write(self, offset, data) -> None:
+        self._unless_down()
+        super().write(offset, data)
+
+    def flush(self) -> None:
+        self._unless_down()
+        super().flush()
+
+    def discard(self, offset: int, length: int) -> None:
+        self._unless_down()
+        super().discard(offset, length)
+
+
+@pytest.mark.parametrize("failed", ["read", "write", "flush", "discard", "keeper"])
+def test_a_failed_store_call_empties_the_cache_as_upcalls_may_have_been_lost(failed):
+    """Issue 19 follow-up (the stopped-volume test once read bytes older than a SYNCHRONIZE
+    CACHE'd write): what the cache held before the bricks were lost is not trusted after, as
+    the bricks sent no upcall for what changed meanwhile. A failed call (ENOTCONN here) is
+    how the loss shows: it empties the cache. Before, the chunks stayed, fresh by the clock,
+    and answered the old bytes."""
+    inner = _Outage(8 * CHUNK)
+    now = [0.0]
+    store = _cached(inner, clock=lambda: now[0])
+    store.write(0, b"a" * (2 * CHUNK))  # kept (whole chunks) and fresh
+    assert store.read(0, 2 * CHUNK) == b"a" * (2 * CHUNK) and store.hits == 1
+    inner.down = True
+    with pytest.raises(BackingStoreError):
+        if failed == "read":
+            store.read(4 * CHUNK, 10)  # a range not cached: it goes to the store
+        elif failed == "write":
+            store.write(4 * CHUNK, b"w" * 10)
+        elif failed == "flush":
+            store.flush()
+        elif failed == "discard":
+            store.discard(4 * CHUNK, CHUNK)
+        else:
+            now[0] = 11.0  # past ttl/4 (10 s): due for renewal, still fresh (ttl/2 = 20 s)
+            assert store.keep_alive() == 0
+            raise BackingStoreError(errno.ENOTCONN, "(the keeper swallows it)", "o")
+    inner.down = False
+    MemoryStore.write(inner, 0, b"z" * (2 * CHUNK))  # meanwhile, no upcall
+    assert store.read(0, 2 * CHUNK) == b"z" * (2 * CHUNK)
+    assert store.cache_status()["error_drops"] == 1
+    store.close()
+
+
+def test_a_fill_that_read_before_a_store_failure_is_not_inserted_after_it():
+    """A fill that read the bricks before they were lost and inserts after another call saw
+    the loss holds bytes nobody vouches for any more (an upcall for them may be lost)."""
+    inner = _Outage(8 * CHUNK)
+    store = _cached(inner, clock=lambda: 0.0)
+    MemoryStore.write(inner, 0, b"a" * CHUNK)
+    inner.pause_next = True
+    got = bytearray(CHUNK)
+    reader = threading.Thread(target=store.read_into, args=(0, memoryview(got)))
+    reader.start()
+    assert inner.read_done.wait(10)  # it read "a", not inserted yet
+    inner.down = True
+    with pytest.raises(BackingStoreError):
+        store.read(4 * CHUNK, 10)
+    inner.down = False
+    inner.release.set()
+    reader.join(10)
+    assert got == b"a" * CHUNK
+    MemoryStore.write(inner, 0, b"z" * CHUNK)  # meanwhile, no upcall
+    assert store.read(0, CHUNK) == b"z" * CHUNK
+    store.close()
+
+
+def test_the_keeper_stops_at_the_first_failed_renewal():
+    """During an outage the keeper's pass used to read every held region at the bricks in
+    turn, each failing (18 ENOTCONN in one stopped-volume test, 5 without); the first
+    failure empties the cache, so the pass ends there and the next has nothing to renew."""
+    region = 4 << 20
+
+    class Counting(_Outage):
+        attempts = 0
+
+        def read_into(self, offset: int, buf: memoryview) -> None:
+            self.attempts += 1
+            super().read_into(offset, buf)
+
+    inner = Counting(3 * region)
+    now = [0.0]
+    store = CachedStore(inner, 3 * region, ledger_=CacheLedger(1 << 30), clock=lambda: now[0])
+    for r in range(3):
+        store.write(r * region, b"a" * (64 * KiB))
+    inner.down = True
+    now[0] = 11.0  # every region due (ttl 40: past ttl/4)
+    assert store.keep_alive() == 0
+    assert inner.attempts == 1 and store.error_drops == 1 and not store._chunks
+    now[0] = 22.0
+    assert store.keep_alive() == 0 and inner.attempts == 1
+    store.close()

@@ -67,6 +67,19 @@ bytes read only from memory (a hot set, an idle LUN) stay trusted; they used to 
 after their fill, busy or not. Without upcalls :attr:`coherence` is ``"single-writer"``:
 status says the cache is correct only while nothing else writes the file.
 
+A failed store call empties the cache
+-------------------------------------
+Any call of the store that fails (a read, write, flush, discard, the keeper's renewal) clears
+the whole cache, as an upcall does, and discards every fill in flight: a failure is how a
+loss of the bricks shows here (ENOTCONN, EIO, EROFS; libgfapi reconnects by itself and tells
+nobody), and across that loss nothing held is trusted. The bricks forget this client on a
+disconnect (a restarted brick knows no client at all), so another client's writes meanwhile
+send no upcall here; a write the client's write-behind acknowledged may fail at the bricks
+later (only the next flush says so) while the cache kept its bytes; and a fill that read
+before the loss may land after it. (A loss that no call of this store saw is bounded by the
+keeper: it reads each held region at the bricks every quarter ttl, and a failed renewal
+clears.) Errors are the slow path: the clear costs nothing on the per-command path.
+
 Readahead
 ---------
 A read that starts where the previous one ended (a sequential stream) and misses fills
@@ -385,6 +398,8 @@ class CachedStore(BackingStore, ForwardsToInner):
         self.kept = self.ttl is not None and clock is time.monotonic
         self.renewals = 0  # regions the keeper touched at the bricks
         self.expired = 0  # regions dropped: not touched at the bricks for longer than the ttl
+        #: Whole-cache drops because a store call failed (the bricks may have been away).
+        self.error_drops = 0
         with _config_lock:
             _open_caches.add(self)
             if self.kept:
@@ -405,6 +420,13 @@ class CachedStore(BackingStore, ForwardsToInner):
     def invalidate_all(self) -> None:
         """Another writer changed the file (an upcall): forget every chunk and the size."""
         self.invalidations += 1
+        self.clear()
+
+    def store_failed(self) -> None:
+        """A call of the store failed: the bricks may have been lost meanwhile (and with them
+        the upcalls, or a write the client acknowledged early): forget everything, and every
+        fill in flight inserts nothing."""
+        self.error_drops += 1
         self.clear()
 
     def clear(self) -> None:
@@ -611,8 +633,11 @@ class CachedStore(BackingStore, ForwardsToInner):
         for r in due:
             lo = r << _REGION_SHIFT
             hi = min(lo + (1 << _REGION_SHIFT), size)
-            if hi > lo and self._renew(r, lo, hi):
-                renewed += 1
+            if hi <= lo:
+                continue
+            if not self._renew(r, lo, hi):
+                break  # the cache is empty now (store_failed): nothing left to renew
+            renewed += 1
         self.renewals += renewed
         return renewed
 
@@ -623,7 +648,8 @@ class CachedStore(BackingStore, ForwardsToInner):
             self.inner.read_into(lo, memoryview(bytearray(n)))
             if hi - n > lo:
                 self.inner.read_into(hi - n, memoryview(bytearray(n)))
-        except Exception:  # (closed meanwhile, or the bricks are away: the ttl decides)
+        except Exception:  # the bricks are away (or the store closed): nothing held is trusted
+            self.store_failed()
             return False
         with self._lock:
             self._touch_locked(lo, lo + 1, when)
@@ -673,6 +699,7 @@ class CachedStore(BackingStore, ForwardsToInner):
             "readahead_bytes": self.readahead_bytes,
             "expired": self.expired,
             "renewals": self.renewals,
+            "error_drops": self.error_drops,
         }
 
     # -- reads ----------------------------------------------------------------------------------
@@ -725,6 +752,9 @@ class CachedStore(BackingStore, ForwardsToInner):
                 self.inner.read_into(lo, memoryview(scratch))
                 data = memoryview(scratch)
                 dst[:] = data[offset - lo : end - lo]
+        except BaseException:
+            self.store_failed()
+            raise
         finally:
             with self._lock:
                 self._filling -= 1
@@ -878,6 +908,8 @@ class CachedStore(BackingStore, ForwardsToInner):
             keep = done and self.enabled
             self._invalidate(offset, len(view), start, [view] if keep else None,
                              self._size_or_unknown() if keep else -1, when)
+            if not done:
+                self.store_failed()
 
     def writev(self, offset: int, buffers: list[Buffer]) -> None:
         views = [byte_view(b) for b in buffers]
@@ -896,16 +928,24 @@ class CachedStore(BackingStore, ForwardsToInner):
             keep = done and self.enabled
             self._invalidate(offset, total, start, views if keep else None,
                              self._size_or_unknown() if keep else -1, when)
+            if not done:
+                self.store_failed()
 
     def discard(self, offset: int, length: int) -> None:
         try:
             self.inner.discard(offset, length)
+        except BaseException:
+            self.store_failed()
+            raise
         finally:
             self._invalidate(offset, length)
 
     def write_zeroes(self, offset: int, length: int) -> None:
         try:
             self.inner.write_zeroes(offset, length)
+        except BaseException:
+            self.store_failed()
+            raise
         finally:
             self._invalidate(offset, length)
 
@@ -931,7 +971,13 @@ class CachedStore(BackingStore, ForwardsToInner):
         return self.inner.capabilities
 
     def flush(self) -> None:
-        self.inner.flush()
+        try:
+            self.inner.flush()
+        except BaseException:
+            # (a write acknowledged by the client's write-behind, its bytes kept here, may
+            # be what failed: the bricks may hold older bytes than the cache)
+            self.store_failed()
+            raise
 
     def extents(self, offset: int, length: int) -> list[Extent]:
         return self.inner.extents(offset, length)
