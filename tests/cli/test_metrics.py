@@ -183,6 +183,7 @@ def test_the_read_cache_counters_reach_the_metrics() -> None:
         store.read_into(0, memoryview(buf))  # a miss
         store.read_into(0, memoryview(buf))  # a hit
         store.invalidations, store.expired, store.readahead_bytes = 3, 5, 7 * 4096
+        store.error_drops = 2
         lu = SimpleNamespace(store=store, alua=None)
         daemon = SimpleNamespace(
             lun_stats=lambda: [], group=None, tpgt=1, session_table=[], logins={},
@@ -203,5 +204,6 @@ def test_the_read_cache_counters_reach_the_metrics() -> None:
         assert m[("gluster_iscsi_lun_cache_invalidations_total", lun())] == 3
         assert m[("gluster_iscsi_lun_cache_expired_total", lun())] == 5
         assert m[("gluster_iscsi_lun_cache_readahead_bytes_total", lun())] == 7 * 4096
+        assert m[("gluster_iscsi_lun_cache_error_drops_total", lun())] == 2
     finally:
         store.close()

@@ -71,6 +71,9 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     P + "lun_cache_expired": ("counter", ("target", "lun"), "Regions the gfapi read cache dropped "
                                                             "because they went untouched at the "
                                                             "bricks past the upcall window"),
+    P + "lun_cache_error_drops": ("counter", ("target", "lun"), "Whole-cache drops of the gfapi read "
+                                                                "cache because a store call failed "
+                                                                "(upcalls may have been lost)"),
     P + "lun_cache_readahead_bytes": ("counter", ("target", "lun"), "Bytes the gfapi read cache "
                                                                     "read ahead for sequential "
                                                                     "streams"),
@@ -175,6 +178,7 @@ class DaemonCollector(Collector):
                     fam[P + "lun_cache_invalidations"].add_metric(lv, c["invalidations"])
                     fam[P + "lun_cache_expired"].add_metric(lv, c["expired"])
                     fam[P + "lun_cache_readahead_bytes"].add_metric(lv, c["readahead_bytes"])
+                    fam[P + "lun_cache_error_drops"].add_metric(lv, c["error_drops"])
         sessions: dict[str, int] = {}
         for name in d.registry.targets:
             sessions[name] = 0
