@@ -862,3 +862,22 @@ def test_the_keeper_stops_at_the_first_failed_renewal():
     now[0] = 22.0
     assert store.keep_alive() == 0 and inner.attempts == 1
     store.close()
+
+
+def test_the_cache_answers_for_its_inner_stores_own_attributes() -> None:
+    """The daemon reads store-specific attributes through the cache (``store_errors`` for
+    /metrics, ``o_direct``, ``address``, the gfapi client...). This runs compiled in the real
+    build too: a mypyc-compiled CachedStore once lost them all (``__getattr__`` of an
+    interpreted base is not consulted by a native class), and /metrics lost the gfapi
+    store's errors."""
+    inner = MemoryStore(1 << 20)
+    inner.store_errors = lambda: {"errno=ENOTCONN": 1}  # type: ignore[attr-defined]
+    inner.o_direct = True  # type: ignore[attr-defined]
+    store = CachedStore(inner, 1 << 19, ledger_=CacheLedger(1 << 30))
+    try:
+        assert getattr(store, "store_errors", None) is not None
+        assert store.store_errors() == {"errno=ENOTCONN": 1}  # type: ignore[attr-defined]
+        assert store.o_direct is True  # type: ignore[attr-defined]
+        assert getattr(store, "no_such_thing", None) is None
+    finally:
+        store.close()
