@@ -675,7 +675,7 @@ class Runner:
         # (a group LU's shared-state calls wait on the volume and the owner: bounded by the
         # group's lease, not by the store's I/O timeout)
         waits = type(req) is WaitJob or type(req) in (SharedUpdate, SharedRefresh)
-        rs = target.runner_state
+        rs: LuState | None = target.runner_state  # typed: native attribute access
         # A group LU's media call: whether it started is known to its command (set-once
         # marks, see _perform_fenced). None for anything else: nothing more per call.
         marks: dict[str, Any] | None = None

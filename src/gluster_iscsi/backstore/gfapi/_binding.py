@@ -562,11 +562,10 @@ class File:
 
     def pwrite(self, data: Buffer, offset: int) -> int:
         """One glfs_pwrite of ``data`` (any buffer, not copied); returns bytes written."""
-        held = None if isinstance(data, bytes) else _hold(data)
         if isinstance(data, bytes):
             n = len(data)
             got = lib().glfs_pwrite(self.handle, data, n, offset, 0, None, None)
-        elif held is not None:
+        elif (held := _hold(data)) is not None:
             holder, n = held
             got = lib().glfs_pwrite(self.handle, holder, n, offset, 0, None, None)
             del holder, held
