@@ -109,7 +109,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..buffers import default_budget  # (and the budget's two fields: the one coupling)
-from ._forward import ForwardsToInner
 from ._util import byte_view, check_range
 from .base import BackingStore, Buffer, Capabilities, Extent
 
@@ -328,9 +327,13 @@ def _whole_units(a: int, b: int, n: int, ushift: int) -> int:
     return ((1 << (u1 - u0)) - 1) << u0
 
 
-class CachedStore(BackingStore, ForwardsToInner):
+class CachedStore(BackingStore):
     """``inner`` with a read cache of up to ``capacity`` bytes in front (see the module).
-    Store-specific attributes (address, path, created, ...) are the inner's."""
+    Store-specific attributes that callers read off a LU's store (``store_errors``,
+    ``io_threads``, ``created``, ``path``, ...) are the inner's, each forwarded by its own
+    property (the end of the class): this class is compiled (mypyc), and a compiled class
+    has no ``__getattr__``. A property raises AttributeError where the inner has no such
+    attribute, so ``getattr(store, name, default)`` answers as it would for the inner."""
 
     def __init__(
         self,
@@ -956,8 +959,6 @@ class CachedStore(BackingStore, ForwardsToInner):
         finally:
             self.clear()
 
-    def allocate(self, offset: int, length: int) -> None:
-        self.inner.allocate(offset, length)  # type: ignore[attr-defined]
 
     # -- the rest is the store's ----------------------------------------------------------------
 
@@ -1000,3 +1001,58 @@ class CachedStore(BackingStore, ForwardsToInner):
 
     def __repr__(self) -> str:
         return f"CachedStore({self.inner!r}, capacity={self.capacity})"
+
+    # -- the inner store's own attributes, one property each --------------------------------
+    # Who reads each off a LU's store (tests/backstore/test_cache.py checks the list,
+    # FORWARDED): each raises AttributeError where the inner has none, as the inner would.
+
+    @property
+    def store_errors(self) -> Callable[[], dict[str, int]]:
+        """The gfapi store's failed calls by errno (server/metrics.py, /metrics)."""
+        return self.inner.store_errors  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def io_threads(self) -> int | None:
+        """Worker threads the store wants (server/daemon.py ``pool_for``)."""
+        return self.inner.io_threads  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def created(self) -> bool:
+        """Whether opening the store created its file (backstore/provision.py)."""
+        return self.inner.created  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def path(self) -> str:
+        """The file's path on its volume (backstore/provision.py ``remove_backing``)."""
+        return self.inner.path  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def _vol(self) -> Any:
+        """The gfapi store's volume (backstore/provision.py ``remove_backing``)."""
+        return self.inner._vol  # type: ignore[attr-defined]
+
+    @property
+    def allocate(self) -> Callable[[int, int], None]:
+        """Preallocation (backstore/provision.py; it changes no bytes: nothing to drop)."""
+        return self.inner.allocate  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def o_direct(self) -> bool:
+        """Whether the bricks open the file O_DIRECT (a group LU's; the gfapi tests)."""
+        return self.inner.o_direct  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def address(self) -> Any:
+        """The gfapi store's parsed gluster:// address."""
+        return self.inner.address  # type: ignore[attr-defined]
+
+    @property
+    def _client(self) -> Any:
+        """The shared gfapi client of the volume (tests: two stores share one)."""
+        return self.inner._client  # type: ignore[attr-defined]
+
+
+#: What :class:`CachedStore` forwards to its inner store (the tests check each, and that no
+#: other attribute is forwarded by accident).
+FORWARDED = ("store_errors", "io_threads", "created", "path", "_vol", "allocate",
+             "o_direct", "address", "_client")
