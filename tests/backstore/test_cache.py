@@ -39,10 +39,13 @@ class CacheModel(RuleBasedStateMachine):
         return MemoryStore(size)
 
     @initialize(size=st.integers(1, 40 * KiB), capacity=st.sampled_from([0, CHUNK, 3 * CHUNK, 64 * KiB]),
-                unit=st.sampled_from([512, 1024, CHUNK]))
-    def setup(self, size: int, capacity: int, unit: int) -> None:
+                unit=st.sampled_from([512, 1024, CHUNK]), ttl=st.sampled_from([None, 40.0]))
+    def setup(self, size: int, capacity: int, unit: int, ttl: float | None) -> None:
         self.inner = self.make_store(size)
-        self.store = _cached(self.inner, capacity, unit=unit, readahead=2 * CHUNK)
+        self.now = 0.0
+        self.store = _cached(self.inner, capacity, unit=unit, readahead=2 * CHUNK,
+                             clock=lambda: self.now)
+        self.store.ttl = ttl  # as with upcalls: regions trusted for a while (``tick``)
         self.ref = bytearray(size)
 
     def _range(self, data: st.DataObject) -> tuple[int, int]:
@@ -57,6 +60,21 @@ class CacheModel(RuleBasedStateMachine):
         buf = bytearray(length)
         self.store.read_into(offset, memoryview(buf))
         assert buf == self.ref[offset : offset + length], (offset, length)
+
+    @rule(data=st.data())
+    def read_hit(self, data: st.DataObject) -> None:
+        """What the runner tries on the loop first: the bytes, or False with none copied."""
+        offset, length = self._range(data)
+        buf = bytearray(b"\xee") * length
+        if self.store.read_hit(offset, memoryview(buf)):
+            assert buf == self.ref[offset : offset + length], (offset, length)
+        else:
+            assert buf == bytearray(b"\xee") * length
+
+    @rule(seconds=st.sampled_from([1.0, 15.0, 25.0, 50.0]))
+    def tick(self, seconds: float) -> None:
+        """Time passes (with a ttl: past ttl/2 a region is not fresh, past ttl it expires)."""
+        self.now += seconds
 
     @rule(length=st.integers(1, 2 * CHUNK))
     def read_next(self, length: int) -> None:

@@ -301,13 +301,16 @@ def _keep_one(cache: CachedStore) -> None:
 
 class _Chunk:
     """A cached chunk: its bytes (``chunk`` long, shorter at the end of the LUN) and which of
-    its units (bit ``u``: bytes ``[u * unit, (u + 1) * unit)``) hold the store's bytes."""
+    its units (bit ``u``: bytes ``[u * unit, (u + 1) * unit)``) hold the store's bytes.
+    ``view`` is a view of ``data`` that hits copy from (a slice of it copies no bytes, a
+    slice of the bytearray would copy them twice); ``data`` never changes length."""
 
-    __slots__ = ("data", "valid")
+    __slots__ = ("data", "valid", "view")
 
     def __init__(self, data: bytearray, valid: int) -> None:
         self.data = data
         self.valid = valid
+        self.view = memoryview(data)
 
 
 def _units(a: int, b: int, ushift: int) -> int:
@@ -789,19 +792,44 @@ class CachedStore(BackingStore):
         """Copy [offset, +len(dst)) from cached units if every one is there and fresh."""
         ttl = self.ttl
         now = self._clock() if ttl is not None else 0.0
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             return self._copy_hits_locked(offset, dst, ttl, now)
+        finally:
+            lock.release()
 
     def _copy_hits_locked(self, offset: int, dst: memoryview, ttl: float | None,
                           now: float) -> bool:
-        end = offset + len(dst)
-        if ttl is not None and not self._fresh_locked(offset, end, now, ttl):
-            return False
+        length = len(dst)
+        end = offset + length
+        if ttl is not None:
+            r = offset >> _REGION_SHIFT
+            if r == (end - 1) >> _REGION_SHIFT:  # one region (nearly every read)
+                t = self._contact.get(r)
+                if t is None or now - t > ttl / 2:
+                    return False
+            elif not self._fresh_locked(offset, end, now, ttl):
+                return False
         shift = self._shift
         ushift = self._ushift
         first = offset >> shift
         last = (end - 1) >> shift
         chunks = self._chunks
+        if first == last:  # inside one chunk (nearly every read): one lookup
+            entry = chunks.get(first)
+            if entry is None:
+                return False
+            a = offset - (first << shift)
+            b = a + length
+            if b > len(entry.data):
+                return False  # a short last chunk (the end then) that does not cover it
+            need = _units(a, b, ushift)
+            if entry.valid & need != need:
+                return False
+            dst[:] = entry.view[a:b]
+            chunks.move_to_end(first)
+            return True
         for i in range(first, last + 1):
             entry = chunks.get(i)
             if entry is None:
@@ -820,7 +848,7 @@ class CachedStore(BackingStore):
             base = i << shift
             a = max(offset, base) - base
             b = min(end, base + self.chunk) - base
-            dst[pos : pos + b - a] = entry.data[a:b]
+            dst[pos : pos + b - a] = entry.view[a:b]
             pos += b - a
             chunks.move_to_end(i)
         return True
