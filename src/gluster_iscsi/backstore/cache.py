@@ -195,9 +195,9 @@ def default_capacity() -> int:
 
 
 #: The caches open now (made by :class:`CachedStore`, left at its close), for :func:`summary`.
-#: A plain set, not a WeakSet: when this module was compiled (mypyc), weak references to a
-#: CachedStore crashed the interpreter (a WeakSet.add segfaulted in the test suite). A store
-#: is always closed.
+#: A plain set, not a WeakSet: this module is compiled (mypyc), and weak references to a
+#: compiled CachedStore crashed the interpreter (a WeakSet.add segfaulted in the test
+#: suite). A store is always closed.
 _open_caches: set[CachedStore] = set()
 
 #: What :func:`summary` says of a daemon whose caches get no upcalls.
