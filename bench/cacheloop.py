@@ -7,6 +7,7 @@ alternate the trees in one shell loop, so both see the same load (A B A B).
 
   cold   4K random reads over a file larger than the cache (QD1): misses
   hot    a hot set written through the cache, then 4K random reads inside it: hits
+  hit    as hot, through ``read_hit`` (what the command runner calls on the event loop)
   write  4K writes (random, aligned) with the cache against the bare store (--cache 0)
 
 ``--store memory`` measures the cache's own CPU (the store is a bytearray); ``--store
@@ -34,7 +35,7 @@ def open_inner(spec: str, size: int):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["cold", "hot", "write"])
+    ap.add_argument("mode", choices=["cold", "hot", "hit", "write"])
     ap.add_argument("--store", default="memory")
     ap.add_argument("--size", type=int, default=256 << 20)
     ap.add_argument("--cache", type=int, default=32 << 20, help="cache bytes (0: no cache)")
@@ -47,6 +48,8 @@ def main() -> int:
                     help="hot: sleep this many seconds after writing the hot set")
     ap.add_argument("--age", type=float, default=0.0,
                     help="hot: read the hot set at random this many seconds before measuring")
+    ap.add_argument("--ttl", type=float, default=None,
+                    help="as with upcalls: trust regions this long (each hit checks it)")
     args = ap.parse_args()
     from gluster_iscsi.backstore.cache import CachedStore, CacheLedger
 
@@ -56,15 +59,17 @@ def main() -> int:
         for off in range(0, args.size, len(block)):
             inner.write(off, block)
     store = CachedStore(inner, args.cache, ledger_=CacheLedger(1 << 34)) if args.cache else inner
+    if args.ttl is not None and args.cache:
+        store.ttl = args.ttl  # (the hot set's writes below touch its regions)
     rnd = random.Random(1)
     bs = args.bs
     buf = memoryview(bytearray(bs))
     data = bytes(range(256)) * (bs // 256)
-    if args.mode == "hot":
+    if args.mode in ("hot", "hit"):
         # the hot set written through the cache, as the benchmark's prefill does
         for off in range(0, args.hot, 1 << 20):
             store.write(off, bytes(range(256)) * 4096)
-    span = (args.hot if args.mode == "hot" else args.size) // bs
+    span = (args.hot if args.mode in ("hot", "hit") else args.size) // bs
     offsets = [rnd.randrange(span) * bs for _ in range(args.ops)]
     time.sleep(args.idle)  # the LUN idle (nothing read or written) before measuring
     deadline = time.monotonic() + args.age
@@ -78,6 +83,14 @@ def main() -> int:
     if args.mode == "write":
         for off in offsets:
             store.write(off, data)
+    elif args.mode == "hit":
+        pc = time.perf_counter
+        read_hit = store.read_hit
+        for off in offsets:
+            a = pc()
+            if not read_hit(off, buf):
+                raise SystemExit(f"a miss at {off}: not a hot set")
+            lat.append(pc() - a)
     else:
         pc = time.perf_counter
         for off in offsets:

@@ -6,7 +6,9 @@ them over, with a transport that only counts what is sent.
 It is the harness for finding where the time goes (``--profile``), not a comparison with tgt:
 the kernel's TCP work is not in it, so only compare its numbers with each other, on one machine.
 ``--dir`` on a file system other than tmpfs sends the I/O through the store's worker threads;
-their CPU counts too (process time).
+their CPU counts too (process time). ``--cache BYTES`` puts the gfapi read cache
+(backstore/cache.py) in front, blocking as a gfapi store is, and reads the LUN through it
+first: reads are then cache hits answered on the loop (the runner's ``read_hit``).
 
     .venv/bin/python bench/corepath.py                       # read and write, QD 32 and 1
     .venv/bin/python bench/corepath.py --workload read --qd 32 --profile
@@ -128,11 +130,20 @@ def feed(drv: ConnectionDriver, data: bytes) -> None:
         mv = mv[n:]
 
 
-async def run(workload: str, qd: int, commands: int, profile: bool, directory: str) -> float:
+async def run(workload: str, qd: int, commands: int, profile: bool, directory: str,
+              cache: int = 0) -> float:
     state = tempfile.mkdtemp(prefix="corepath-", dir=directory)
     path = os.path.join(state, "lun.img")
     store = FileStore(path, create_size=LUN_BYTES)
     os.posix_fallocate(store._fd, 0, LUN_BYTES)
+    if cache:
+        from gluster_iscsi.backstore.cache import CachedStore, CacheLedger
+
+        store = CachedStore(store, cache, ledger_=CacheLedger(1 << 34))  # type: ignore[assignment]
+        store.blocking = True  # as a gfapi store: hits on the loop, misses on the workers
+        warm = memoryview(bytearray(1 << 20))
+        for off in range(0, LUN_BYTES, len(warm)):
+            store.read_into(off, warm)
     lu = lu_on(store, serial="corepath1", naa=bytes.fromhex("6001405000000099"))
     d = Daemon(state, poll_usecs=0)
     d.add_target(Target(TNAME, 1, acl=[AccessRule(network="ALL")],
@@ -191,6 +202,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per case; the best is printed")
     ap.add_argument("--profile", action="store_true", help="cProfile one run, top functions by own time")
     ap.add_argument("--dir", default="/dev/shm", help="where the LUN file lives (tmpfs: inline I/O)")
+    ap.add_argument("--cache", type=int, default=0,
+                    help="bytes of gfapi read cache in front of the file (reads: hits)")
     args = ap.parse_args()
     try:
         import uvloop
@@ -206,7 +219,7 @@ def main() -> None:
                 loop = loop_factory()
                 try:
                     runs.append(loop.run_until_complete(
-                        run(w, qd, args.commands, args.profile, args.dir)))
+                        run(w, qd, args.commands, args.profile, args.dir, args.cache)))
                 finally:
                     loop.close()
             print(f"{w:5s} 4k qd{qd:<3d} {min(runs):6.2f} us CPU per command "

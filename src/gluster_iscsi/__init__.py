@@ -10,7 +10,7 @@ DATA_PATH_MODULES = (
     "iscsi.session", "iscsi.events",
     "scsi.device", "scsi.sbc", "scsi.task", "scsi.io", "scsi.lu",
     "server.driver", "server.iopool", "server.poller", "server.runner",
-    "backstore._util", "backstore.file", "buffers",
+    "backstore._util", "backstore.file", "backstore.cache", "buffers",
 )
 
 

@@ -39,10 +39,13 @@ class CacheModel(RuleBasedStateMachine):
         return MemoryStore(size)
 
     @initialize(size=st.integers(1, 40 * KiB), capacity=st.sampled_from([0, CHUNK, 3 * CHUNK, 64 * KiB]),
-                unit=st.sampled_from([512, 1024, CHUNK]))
-    def setup(self, size: int, capacity: int, unit: int) -> None:
+                unit=st.sampled_from([512, 1024, CHUNK]), ttl=st.sampled_from([None, 40.0]))
+    def setup(self, size: int, capacity: int, unit: int, ttl: float | None) -> None:
         self.inner = self.make_store(size)
-        self.store = _cached(self.inner, capacity, unit=unit, readahead=2 * CHUNK)
+        self.now = 0.0
+        self.store = _cached(self.inner, capacity, unit=unit, readahead=2 * CHUNK,
+                             clock=lambda: self.now)
+        self.store.ttl = ttl  # as with upcalls: regions trusted for a while (``tick``)
         self.ref = bytearray(size)
 
     def _range(self, data: st.DataObject) -> tuple[int, int]:
@@ -57,6 +60,21 @@ class CacheModel(RuleBasedStateMachine):
         buf = bytearray(length)
         self.store.read_into(offset, memoryview(buf))
         assert buf == self.ref[offset : offset + length], (offset, length)
+
+    @rule(data=st.data())
+    def read_hit(self, data: st.DataObject) -> None:
+        """What the runner tries on the loop first: the bytes, or False with none copied."""
+        offset, length = self._range(data)
+        buf = bytearray(b"\xee") * length
+        if self.store.read_hit(offset, memoryview(buf)):
+            assert buf == self.ref[offset : offset + length], (offset, length)
+        else:
+            assert buf == bytearray(b"\xee") * length
+
+    @rule(seconds=st.sampled_from([1.0, 15.0, 25.0, 50.0]))
+    def tick(self, seconds: float) -> None:
+        """Time passes (with a ttl: past ttl/2 a region is not fresh, past ttl it expires)."""
+        self.now += seconds
 
     @rule(length=st.integers(1, 2 * CHUNK))
     def read_next(self, length: int) -> None:
@@ -864,20 +882,110 @@ def test_the_keeper_stops_at_the_first_failed_renewal():
     store.close()
 
 
+#: What callers read off a LU's store that may be a CachedStore, beyond the BackingStore
+#: interface, and who reads it (a getattr with a default where the store may lack it):
+_READ_OFF_STORES = {
+    "store_errors": "server/metrics.py (getattr, None): /metrics lun_store_errors",
+    "io_threads": "server/daemon.py pool_for (getattr, None): the store's worker count",
+    "created": "backstore/provision.py create_backing (getattr, True)",
+    "path": "backstore/provision.py remove_backing",
+    "_vol": "backstore/provision.py remove_backing",
+    "allocate": "backstore/provision.py _fallocate (getattr, None)",
+    "o_direct": "tests/backstore/test_gfapi.py (a group LU's store)",
+    "address": "the gfapi store's identity (tests/backstore/test_gfapi.py)",
+    "_client": "tests/backstore/test_gfapi.py (two stores share one client)",
+    "cache_status": "control/api.py, server/metrics.py (the cache's own)",
+    "read_hit": "server/runner.py _read_hit (the cache's own)",
+    "lends_fd": "server/runner.py (getattr, False): never lend (the cache's own)",
+}
+
+
+def _gfapi_like_inner():
+    """A GfapiStore (the real class: its methods, properties, class attributes) on a memory
+    file, without a volume: what the cache wraps in the daemon."""
+    from gluster_iscsi.backstore.gfapi.store import GfapiStore
+
+    class Volume:
+        pass
+
+    class Client:
+        volume = Volume()
+
+    class Inner(GfapiStore):
+        def __init__(self) -> None:  # no volume: the attributes only
+            self.mem = MemoryStore(1 << 20)
+            self.name, self.path, self.read_only = "gluster://h/v/lun.img", "/lun.img", False
+            self.address = object()
+            self.o_direct = True
+            self.created = True
+            self.errors_by_errno = {errno.ENOTCONN: 2}
+            self._lock = threading.Lock()
+            self._client = Client()
+
+        def read_into(self, offset: int, buf: memoryview) -> None:
+            self.mem.read_into(offset, buf)
+
+        def watch_invalidations(self, callback):  # noqa: ANN001, ANN202
+            return None
+
+        def close(self, timeout: float | None = None) -> None:
+            pass
+
+    return Inner()
+
+
 def test_the_cache_answers_for_its_inner_stores_own_attributes() -> None:
     """The daemon reads store-specific attributes through the cache (``store_errors`` for
-    /metrics, ``o_direct``, ``address``, the gfapi client...). This runs compiled in the real
-    build too: a mypyc-compiled CachedStore once lost them all (``__getattr__`` of an
-    interpreted base is not consulted by a native class), and /metrics lost the gfapi
-    store's errors."""
-    inner = MemoryStore(1 << 20)
-    inner.store_errors = lambda: {"errno=ENOTCONN": 1}  # type: ignore[attr-defined]
-    inner.o_direct = True  # type: ignore[attr-defined]
+    /metrics, ``io_threads``, ``created``, the gfapi client...). Each is forwarded by its own
+    property: the class is compiled, and a compiled class has no ``__getattr__`` (a compiled
+    CachedStore on ``__getattr__`` forwarding once lost them all, and /metrics the gfapi
+    store's errors). This runs compiled in the real build too."""
+    from gluster_iscsi.backstore import cache as cachemod
+
+    inner = _gfapi_like_inner()
     store = CachedStore(inner, 1 << 19, ledger_=CacheLedger(1 << 30))
     try:
-        assert getattr(store, "store_errors", None) is not None
-        assert store.store_errors() == {"errno=ENOTCONN": 1}  # type: ignore[attr-defined]
-        assert store.o_direct is True  # type: ignore[attr-defined]
+        for name in _READ_OFF_STORES:
+            assert hasattr(store, name), name
+            if name not in ("cache_status", "read_hit", "lends_fd"):
+                assert getattr(store, name) == getattr(inner, name), name
+        assert store.store_errors() == {"ENOTCONN": 2}  # type: ignore[attr-defined]
+        assert store.io_threads is None and store.created is True  # type: ignore[attr-defined]
+        assert store._vol is inner._vol  # type: ignore[attr-defined]
+        assert store.lends_fd is False  # I/O on a lent descriptor would bypass the cache
         assert getattr(store, "no_such_thing", None) is None
+        # Nothing forwarded that no caller reads (the list above is the contract).
+        assert set(cachemod.FORWARDED) <= set(_READ_OFF_STORES)
+    finally:
+        store.close()
+    # Over an inner without them (a memory store) each is missing, as it is on the inner:
+    # ``getattr(store, name, default)`` callers get their default.
+    plain = CachedStore(MemoryStore(1 << 20), 1 << 19, ledger_=CacheLedger(1 << 30))
+    try:
+        for name in cachemod.FORWARDED:
+            assert getattr(plain, name, None) is None, name
+    finally:
+        plain.close()
+
+
+def test_every_store_attribute_the_sources_read_is_forwarded() -> None:
+    """Each ``getattr(<a store>, "name"...)`` in src/ names an attribute the cache answers
+    for (its own or forwarded): a new caller of a gfapi-only attribute must extend
+    ``FORWARDED`` (a compiled CachedStore cannot fall back to its inner)."""
+    import pathlib
+    import re
+
+    import gluster_iscsi
+
+    src = pathlib.Path(gluster_iscsi.__file__).parent
+    pattern = re.compile(r"getattr\(\s*[\w.]*store\w*\s*,\s*\"(\w+)\"")
+    names = {m.group(1) for path in src.rglob("*.py")
+             if path.name != "cache.py" for m in pattern.finditer(path.read_text())}
+    assert {"store_errors", "io_threads", "created", "allocate"} <= names  # the scan works
+    store = CachedStore(_gfapi_like_inner(), 1 << 19, ledger_=CacheLedger(1 << 30))
+    try:
+        missing = sorted(n for n in names if not hasattr(store, n))
+        assert not missing, f"read off stores, not answered by CachedStore: {missing}"
+        assert names <= set(_READ_OFF_STORES) | {"name", "blocking"}, sorted(names)
     finally:
         store.close()

@@ -262,6 +262,49 @@ def test_a_read_hit_that_raises_goes_to_the_workers_instead_of_failing_the_comma
     assert bytes(result.data or b"")[:4096] == b"\x5a" * 4096
 
 
+def test_read_hit_is_looked_up_once_per_lu_and_again_when_its_store_changes() -> None:
+    """R15: the runner finds a store's ``read_hit`` (the gfapi read cache) once per LU, not
+    with a getattr per read; a LU given another store has it looked up on that store."""
+
+    class Hits(MemoryStore):
+        lookups = 0
+
+        @property
+        def read_hit(self) -> Any:
+            self.lookups += 1
+
+            def hit(offset: int, buf: Any) -> bool:
+                self.read_into(offset, buf)
+                return True
+
+            return hit
+
+    def read(lu: Any, host: Host, engines: Engines) -> None:
+        task = ScsiTask(bytes.fromhex("28000000000000080000"), 0, N1, read=True,
+                        expected_length=4096)
+        Runner(engines).start(task, device.execute(task), lu, host)  # type: ignore[arg-type]
+
+    first, second = Hits(1 << 20), Hits(1 << 20)
+    for s, fill in ((first, b"\x11"), (second, b"\x22")):
+        s.write(0, fill * 4096)
+        s.blocking = True  # type: ignore[misc]  # as a gfapi store: a hit, or the workers
+    lu = lu_on(first, serial="once")
+    device = DeviceServer({0: lu})
+    device.nexus_added(N1)
+    lu.clear_ua(N1.initiator_port)
+    engines = Engines()
+    engines.pool = None  # type: ignore[assignment]  # a miss would fail: every read is a hit
+    host = Host()
+    for _ in range(3):
+        read(lu, host, engines)
+    assert first.lookups == 1
+    lu.store = second
+    read(lu, host, engines)
+    assert second.lookups == 1 and first.lookups == 1
+    assert [r.status for r in host.results] == [Status.GOOD] * 4
+    assert [bytes(r.data or b"")[:1] for r in host.results] == [b"\x11"] * 3 + [b"\x22"]
+
+
 # -- background jobs, on the test's clock --------------------------------------------------------
 
 

@@ -109,7 +109,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..buffers import default_budget  # (and the budget's two fields: the one coupling)
-from ._forward import ForwardsToInner
 from ._util import byte_view, check_range
 from .base import BackingStore, Buffer, Capabilities, Extent
 
@@ -196,9 +195,9 @@ def default_capacity() -> int:
 
 
 #: The caches open now (made by :class:`CachedStore`, left at its close), for :func:`summary`.
-#: A plain set, not a WeakSet: when this module was compiled (mypyc), weak references to a
-#: CachedStore crashed the interpreter (a WeakSet.add segfaulted in the test suite). A store
-#: is always closed.
+#: A plain set, not a WeakSet: this module is compiled (mypyc), and weak references to a
+#: compiled CachedStore crashed the interpreter (a WeakSet.add segfaulted in the test
+#: suite). A store is always closed.
 _open_caches: set[CachedStore] = set()
 
 #: What :func:`summary` says of a daemon whose caches get no upcalls.
@@ -302,13 +301,16 @@ def _keep_one(cache: CachedStore) -> None:
 
 class _Chunk:
     """A cached chunk: its bytes (``chunk`` long, shorter at the end of the LUN) and which of
-    its units (bit ``u``: bytes ``[u * unit, (u + 1) * unit)``) hold the store's bytes."""
+    its units (bit ``u``: bytes ``[u * unit, (u + 1) * unit)``) hold the store's bytes.
+    ``view`` is a view of ``data`` that hits copy from (a slice of it copies no bytes, a
+    slice of the bytearray would copy them twice); ``data`` never changes length."""
 
-    __slots__ = ("data", "valid")
+    __slots__ = ("data", "valid", "view")
 
     def __init__(self, data: bytearray, valid: int) -> None:
         self.data = data
         self.valid = valid
+        self.view = memoryview(data)
 
 
 def _units(a: int, b: int, ushift: int) -> int:
@@ -328,9 +330,13 @@ def _whole_units(a: int, b: int, n: int, ushift: int) -> int:
     return ((1 << (u1 - u0)) - 1) << u0
 
 
-class CachedStore(BackingStore, ForwardsToInner):
+class CachedStore(BackingStore):
     """``inner`` with a read cache of up to ``capacity`` bytes in front (see the module).
-    Store-specific attributes (address, path, created, ...) are the inner's."""
+    Store-specific attributes that callers read off a LU's store (``store_errors``,
+    ``io_threads``, ``created``, ``path``, ...) are the inner's, each forwarded by its own
+    property (the end of the class): this class is compiled (mypyc), and a compiled class
+    has no ``__getattr__``. A property raises AttributeError where the inner has no such
+    attribute, so ``getattr(store, name, default)`` answers as it would for the inner."""
 
     def __init__(
         self,
@@ -786,19 +792,44 @@ class CachedStore(BackingStore, ForwardsToInner):
         """Copy [offset, +len(dst)) from cached units if every one is there and fresh."""
         ttl = self.ttl
         now = self._clock() if ttl is not None else 0.0
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             return self._copy_hits_locked(offset, dst, ttl, now)
+        finally:
+            lock.release()
 
     def _copy_hits_locked(self, offset: int, dst: memoryview, ttl: float | None,
                           now: float) -> bool:
-        end = offset + len(dst)
-        if ttl is not None and not self._fresh_locked(offset, end, now, ttl):
-            return False
+        length = len(dst)
+        end = offset + length
+        if ttl is not None:
+            r = offset >> _REGION_SHIFT
+            if r == (end - 1) >> _REGION_SHIFT:  # one region (nearly every read)
+                t = self._contact.get(r)
+                if t is None or now - t > ttl / 2:
+                    return False
+            elif not self._fresh_locked(offset, end, now, ttl):
+                return False
         shift = self._shift
         ushift = self._ushift
         first = offset >> shift
         last = (end - 1) >> shift
         chunks = self._chunks
+        if first == last:  # inside one chunk (nearly every read): one lookup
+            entry = chunks.get(first)
+            if entry is None:
+                return False
+            a = offset - (first << shift)
+            b = a + length
+            if b > len(entry.data):
+                return False  # a short last chunk (the end then) that does not cover it
+            need = _units(a, b, ushift)
+            if entry.valid & need != need:
+                return False
+            dst[:] = entry.view[a:b]
+            chunks.move_to_end(first)
+            return True
         for i in range(first, last + 1):
             entry = chunks.get(i)
             if entry is None:
@@ -817,7 +848,7 @@ class CachedStore(BackingStore, ForwardsToInner):
             base = i << shift
             a = max(offset, base) - base
             b = min(end, base + self.chunk) - base
-            dst[pos : pos + b - a] = entry.data[a:b]
+            dst[pos : pos + b - a] = entry.view[a:b]
             pos += b - a
             chunks.move_to_end(i)
         return True
@@ -956,8 +987,6 @@ class CachedStore(BackingStore, ForwardsToInner):
         finally:
             self.clear()
 
-    def allocate(self, offset: int, length: int) -> None:
-        self.inner.allocate(offset, length)  # type: ignore[attr-defined]
 
     # -- the rest is the store's ----------------------------------------------------------------
 
@@ -1000,3 +1029,58 @@ class CachedStore(BackingStore, ForwardsToInner):
 
     def __repr__(self) -> str:
         return f"CachedStore({self.inner!r}, capacity={self.capacity})"
+
+    # -- the inner store's own attributes, one property each --------------------------------
+    # Who reads each off a LU's store (tests/backstore/test_cache.py checks the list,
+    # FORWARDED): each raises AttributeError where the inner has none, as the inner would.
+
+    @property
+    def store_errors(self) -> Callable[[], dict[str, int]]:
+        """The gfapi store's failed calls by errno (server/metrics.py, /metrics)."""
+        return self.inner.store_errors  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def io_threads(self) -> int | None:
+        """Worker threads the store wants (server/daemon.py ``pool_for``)."""
+        return self.inner.io_threads  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def created(self) -> bool:
+        """Whether opening the store created its file (backstore/provision.py)."""
+        return self.inner.created  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def path(self) -> str:
+        """The file's path on its volume (backstore/provision.py ``remove_backing``)."""
+        return self.inner.path  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def _vol(self) -> Any:
+        """The gfapi store's volume (backstore/provision.py ``remove_backing``)."""
+        return self.inner._vol  # type: ignore[attr-defined]
+
+    @property
+    def allocate(self) -> Callable[[int, int], None]:
+        """Preallocation (backstore/provision.py; it changes no bytes: nothing to drop)."""
+        return self.inner.allocate  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def o_direct(self) -> bool:
+        """Whether the bricks open the file O_DIRECT (a group LU's; the gfapi tests)."""
+        return self.inner.o_direct  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def address(self) -> Any:
+        """The gfapi store's parsed gluster:// address."""
+        return self.inner.address  # type: ignore[attr-defined]
+
+    @property
+    def _client(self) -> Any:
+        """The shared gfapi client of the volume (tests: two stores share one)."""
+        return self.inner._client  # type: ignore[attr-defined]
+
+
+#: What :class:`CachedStore` forwards to its inner store (the tests check each, and that no
+#: other attribute is forwarded by accident).
+FORWARDED = ("store_errors", "io_threads", "created", "path", "_vol", "allocate",
+             "o_direct", "address", "_client")

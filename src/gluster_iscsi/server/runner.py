@@ -279,6 +279,10 @@ class LuState:
         #: command shipper (``ship.Shipper``: its ``maybe_ship`` is True if it sent the
         #: command to the LU's owner); None: every command runs here
         self.ship: Any = None
+        #: the store ``hit_read`` was looked up on, and its ``read_hit`` (None: it has none);
+        #: looked up again when the LU's store is another (``_read_hit``)
+        self.hit_store: Any = None
+        self.hit_read: Any = None
 
 
 def lu_state(lu: Any) -> LuState:
@@ -311,11 +315,19 @@ def _read(runner: Runner, req: Read, store: Any, lock: Lock) -> memoryview:
     return buf
 
 
-def _read_hit(runner: Runner, req: Read, store: Any, lock: Lock) -> memoryview | None:
+def _read_hit(runner: Runner, req: Read, store: Any, rs: LuState | None,
+              lock: Lock) -> memoryview | None:
     """A read that a blocking store answers from memory (``store.read_hit``: the gfapi read
     cache, backstore/cache.py), here on the loop; None (nothing done): go to the workers,
-    also when ``read_hit`` raises (the workers' read then says what the store says)."""
-    read_hit = getattr(store, "read_hit", None)
+    also when ``read_hit`` raises (the workers' read then says what the store says). The
+    bound ``read_hit`` is looked up once per LU and store (``rs``), not per read."""
+    if rs is None:
+        read_hit = getattr(store, "read_hit", None)
+    elif rs.hit_store is store:
+        read_hit = rs.hit_read
+    else:
+        read_hit = rs.hit_read = getattr(store, "read_hit", None)
+        rs.hit_store = store
     if read_hit is None or not lock.try_acquire_shared():
         return None
     buf = runner.buffers.borrow(req.length)
@@ -641,7 +653,7 @@ class Runner:
                         # a group LU's shared-state requests do volume I/O: off the loop
                         or (t in self._memory_only_requests and rs is not None
                             and rs.group is not None))):
-                    hit = _read_hit(self, req, store, self._lock(target)) if t is Read else None
+                    hit = _read_hit(self, req, store, rs, self._lock(target)) if t is Read else None
                     if hit is None:
                         self._submit(task, gen, lu, host, req, target, t0)
                         return
