@@ -485,6 +485,11 @@ class ControlServer:
             cache_status = getattr(lu_obj.store, "cache_status", None)
             if cache_status is not None:
                 out["cache"] = cache_status()
+            # Writes acknowledged before they reach the store (server/runner.py): the
+            # window, what is pending now (a fake daemon of the tests has no runner).
+            wb_status = getattr(self.daemon, "write_behind_status", None)
+            if wb_status is not None:
+                out["write_behind"] = wb_status(lu_obj)
             naa = lu_obj.naa
             if isinstance(naa, bytes | bytearray):
                 out["naa"] = naa.hex()
@@ -547,6 +552,8 @@ class ControlServer:
             "connections": self._connections(),
             "group": self._group_summary(cfg),
             "read_cache": read_cache.summary(),
+            # serve --write-behind: each lone gfapi LUN's window, bytes (0: off)
+            "write_behind": {"window": getattr(self.daemon, "write_behind", 0)},
         }
 
     def _group_summary(self, cfg: dict[str, Any]) -> dict[str, Any] | None:
