@@ -369,9 +369,7 @@ async def close_lu_off_loop(daemon: DaemonControl, lu: Any) -> None:
     runner acknowledged early (write-behind) reach the store."""
     store = getattr(lu, "store", None)
     try:
-        drain = getattr(daemon, "write_behind_drain", None)  # (a test's fake daemon has none)
-        if drain is not None:
-            await drain(lu)
+        await daemon.write_behind_drain(lu)
         if store is None or getattr(store, "blocking", True):
             await _run_blocking(daemon, close_lu, lu)
             return
