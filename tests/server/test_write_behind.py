@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import random
+import struct
+import threading
 from typing import Any
 
 import pytest
@@ -24,6 +26,8 @@ from gluster_iscsi.scsi.lu import CACHING_PAGE, WCE
 from gluster_iscsi.scsi.sense import from_store_error, parse_sense
 from gluster_iscsi.server.iopool import IoTimeout
 from gluster_iscsi.server.runner import Runner, lu_on, lu_state
+
+from ..iscsi import initiator as I
 
 N1 = Nexus("iqn.x:i", "iqn.x:i,i,0x1", "iqn.x:t,t,0x1")
 BS = 512
@@ -486,5 +490,74 @@ def test_closing_a_lu_drains_its_pending_writes_and_ends_write_behind() -> None:
         rig.pool.drain()
         good(rig.host.results.pop(w))
         assert bytes(rig.inner._view[:512]) == b"\x01" * 512
+
+    asyncio.run(main())
+
+
+# -- a real daemon: what was acknowledged reaches the store before it closes --------------------
+
+
+class SlowStore(MemoryStore):
+    """A blocking store whose writes wait until released; says in which order its writes
+    landed and it was closed."""
+
+    blocking = True  # type: ignore[assignment]
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.release = threading.Event()
+        self.events: list[str] = []
+
+    def write(self, offset: int, data: Any) -> None:
+        self.release.wait(30)
+        super().write(offset, data)
+        self.events.append("write")
+
+    def close(self, timeout: float | None = None) -> None:
+        self.events.append("close")
+
+
+async def _write_acknowledged_early(tmp_path: Any, store: SlowStore) -> tuple[Any, bytes]:
+    from .test_driver import TNAME, command, login, next_pdu, start
+
+    d, port = await start(tmp_path)
+    d.registry.lookup(TNAME).device.add_lun(2, lu_on(store, serial="slow0002"))
+    r, w, reader = await login(port)
+    assert (await command(r, w, reader, 10, 1, lun=2))[0] == 0  # and the unit attention
+    payload = random.Random(7).randbytes(4096)
+    cdb = struct.pack(">BBIBHB", 0x2A, 0, 8, 0, 8, 0)  # WRITE(10), no FUA
+    w.write(I.scsi_cmd(cdb, itt=20, cmdsn=3, edtl=4096, write=True, data=payload, lun=2))
+    rsp = await next_pdu(r, reader, timeout=10)
+    assert rsp.opcode == 0x21 and rsp.b3 == 0  # GOOD ...
+    assert store.events == []  # ... before the store has it
+    w.close()
+    return d, payload
+
+
+@pytest.mark.parametrize("how", ["stop", "lun delete"])
+def test_writes_acknowledged_early_reach_the_store_before_it_closes(tmp_path: Any,
+                                                                    how: str) -> None:
+    """The daemon's stop (SIGTERM) and a LUN's removal (``close_lu_off_loop``: lun delete,
+    a config apply that replaces the store) first wait for the LU's write-behind writes."""
+    from gluster_iscsi.control.reconcile import close_lu_off_loop
+
+    async def main() -> None:
+        store = SlowStore(1 << 20)
+        d, payload = await _write_acknowledged_early(tmp_path, store)
+        try:
+            lu = next(lu for lu in d.registry.targets[next(iter(d.registry.targets))]
+                      .device.luns.values() if lu.store is store)
+            closing = asyncio.ensure_future(
+                d.stop() if how == "stop" else close_lu_off_loop(d, lu))
+            await asyncio.sleep(0.2)  # (whatever the delay: it has to wait for the write)
+            assert store.events == []
+            store.release.set()
+            await asyncio.wait_for(closing, 30)
+            assert store.events == ["write", "close"]
+            assert bytes(store._view[4096:8192]) == payload
+        finally:
+            store.release.set()
+            if how != "stop":
+                await d.stop()
 
     asyncio.run(main())
