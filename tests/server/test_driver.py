@@ -294,8 +294,7 @@ def test_a_timed_out_write_keeps_its_buffer_from_the_next_command(tmp_path):
             r, w, reader = await login(port)
             assert (await command(r, w, reader, 10, 1, lun=2))[0] == 0  # and the unit attention
             payload = os.urandom(64 << 10)  # the smallest size the pool keeps
-            # (FUA: a write that waits for the store, not one acknowledged early)
-            cdb = struct.pack(">BBIBHB", 0x2A, 0x08, 0, 0, 128, 0)
+            cdb = struct.pack(">BBIBHB", 0x2A, 0, 0, 0, 128, 0)
             pdu = I.scsi_cmd(cdb, itt=20, cmdsn=3, edtl=len(payload), write=True, data=payload,
                              lun=2)
             # The header first: a payload still to come is received into a pooled buffer.

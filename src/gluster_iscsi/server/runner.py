@@ -300,8 +300,8 @@ class LuState:
         self.wb_idle: list[Any] = []
         #: no write-behind any more (the LU is being closed)
         self.wb_off = False
-        #: the store whose eligibility :attr:`wb_ok` says (a blocking store that lends no
-        #: descriptor: the FUSE page cache already acknowledges a file's writes early)
+        #: the store whose eligibility :attr:`wb_ok` says (a blocking store that asks for it,
+        #: ``write_behind``: gfapi; a file's writes wait only for the page cache)
         self.wb_store: Any = None
         self.wb_ok = False
 
@@ -811,8 +811,9 @@ class Runner:
     def _write_behind(self, req: Write, target: Any, rs: LuState) -> bool:
         """Acknowledge a plain write now and write it in the background, if it may: a lone
         LU (the caller checked) whose write cache is on (WCE=1, so SBC lets a write be
-        volatile until SYNCHRONIZE CACHE or FUA), on a blocking store that lends no
-        descriptor (gfapi; the FUSE page cache already does this for a file), with room in
+        volatile until SYNCHRONIZE CACHE or FUA), on a blocking store that asks for it
+        (``store.write_behind``: gfapi, also under its read cache; a file's writes already
+        wait only for the kernel's page cache), with room in
         the LU's window (bytes and writes) and in the memory budget, no deferred error to
         report and nothing waiting for the pending writes (a flush waiting there must not be
         starved by new ones). The caller checked that it overlaps no pending write.
@@ -823,7 +824,7 @@ class Runner:
         store = target.store
         if rs.wb_store is not store:
             rs.wb_store = store
-            rs.wb_ok = bool(store.blocking) and not getattr(store, "lends_fd", False)
+            rs.wb_ok = bool(store.blocking) and bool(getattr(store, "write_behind", False))
         if not rs.wb_ok or req.fua or rs.wb_off or rs.wb_error is not None or rs.wb_parked:
             return False
         data = req.data
@@ -929,7 +930,7 @@ class Runner:
             why = "off (serve --write-behind 0)"
         elif rs.group is not None:
             why = "off (a gateway group LU: GOOD only once on the volume)"
-        elif not getattr(store, "blocking", False) or getattr(store, "lends_fd", False):
+        elif not getattr(store, "blocking", False) or not getattr(store, "write_behind", False):
             why = "off (not a gfapi store: the page cache does this for files)"
         elif rs.wb_off:
             why = "off (closing)"
