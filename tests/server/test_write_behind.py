@@ -23,7 +23,7 @@ from gluster_iscsi.backstore.file import FileStore
 from gluster_iscsi.backstore.gfapi.store import GfapiStore
 from gluster_iscsi.backstore.memory import MemoryStore
 from gluster_iscsi.buffers import BufferPool, MemoryBudget
-from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiResult, ScsiTask, Status
+from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiResult, ScsiTask, Status, io
 from gluster_iscsi.scsi.lu import CACHING_PAGE, WCE
 from gluster_iscsi.scsi.sense import from_store_error, parse_sense
 from gluster_iscsi.server.iopool import IoTimeout
@@ -566,3 +566,11 @@ def test_writes_acknowledged_early_reach_the_store_before_it_closes(tmp_path: An
                 await d.stop()
 
     asyncio.run(main())
+
+
+def test_a_buffer_that_cannot_be_copied_flat_goes_the_ordinary_way() -> None:
+    rig = Rig()
+    words = memoryview(bytearray(b"\x01" * 512)).cast("H")  # 256 two-byte items
+    req = io.Write(0, words)
+    assert not rig.runner._write_behind(req, rig.lu, rig.state)
+    assert rig.budget.used == 0 and rig.state.wb_count == 0

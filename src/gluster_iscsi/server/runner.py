@@ -839,7 +839,13 @@ class Runner:
         kept: Any = data
         if type(data) is not bytes:
             copy = self.buffers.borrow(n)
-            copy[:] = data
+            try:
+                copy[:] = data
+            except (TypeError, ValueError):  # not a flat byte buffer (never seen): the
+                self.buffers.give_back(copy)  # ordinary way takes any
+                if budget is not None:
+                    budget.release(self.wb_share, n)
+                return False
             kept = copy
         offset = req.offset
         span = (offset, offset + n)
