@@ -574,3 +574,24 @@ def test_a_buffer_that_cannot_be_copied_flat_goes_the_ordinary_way() -> None:
     req = io.Write(0, words)
     assert not rig.runner._write_behind(req, rig.lu, rig.state)
     assert rig.budget.used == 0 and rig.state.wb_count == 0
+
+
+# -- the option ------------------------------------------------------------------------------
+
+
+def test_serve_write_behind_option_and_the_daemons_runner(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from gluster_iscsi.cli.serve import _write_behind, _write_behind_or_default, serve
+    from gluster_iscsi.server.daemon import Daemon
+
+    assert _write_behind(None, None, "512KiB") == 512 << 10  # type: ignore[arg-type]
+    assert _write_behind(None, None, "0") == 0  # type: ignore[arg-type]
+    assert _write_behind_or_default(None) == 1 << 20  # Gluster's write-behind-window-size
+    for bad, says in (("plenty", "invalid size"), ("1GiB", "maximum of 64MiB")):
+        r = CliRunner().invoke(serve, ["--write-behind", bad])
+        assert r.exit_code == 2 and "--write-behind" in r.output and says in r.output, r.output
+    d = Daemon(tmp_path)
+    assert d.runner.wb_window == 1 << 20 and d.runner.wb_writes == 64
+    assert d.runner.budget is d.budget  # the copies count against the daemon's budget
+    assert Daemon(tmp_path, write_behind=0).runner.wb_window == 0
