@@ -545,6 +545,7 @@ def test_writes_acknowledged_early_reach_the_store_before_it_closes(tmp_path: An
     """The daemon's stop (SIGTERM) and a LUN's removal (``close_lu_off_loop``: lun delete,
     a config apply that replaces the store) first wait for the LU's write-behind writes."""
     from gluster_iscsi.control.reconcile import close_lu_off_loop
+    from gluster_iscsi.server.metrics import DaemonCollector
 
     async def main() -> None:
         store = SlowStore(1 << 20)
@@ -552,6 +553,17 @@ def test_writes_acknowledged_early_reach_the_store_before_it_closes(tmp_path: An
         try:
             lu = next(lu for lu in d.registry.targets[next(iter(d.registry.targets))]
                       .device.luns.values() if lu.store is store)
+            [row] = [r for r in d.lun_stats() if r["lun"] == 2]
+            assert (row["write_behind_writes"], row["write_behind_pending_bytes"],
+                    row["write_behind_deferred_errors"]) == (1, 4096, 0)
+            samples = {(m.name, sm.name): sm.value for m in DaemonCollector(d).collect()
+                       for sm in m.samples if sm.labels.get("lun") == "2"}
+            assert samples[("gluster_iscsi_lun_write_behind_pending_bytes",
+                            "gluster_iscsi_lun_write_behind_pending_bytes")] == 4096
+            assert samples[("gluster_iscsi_lun_write_behind_writes",
+                            "gluster_iscsi_lun_write_behind_writes_total")] == 1
+            status = d.write_behind_status(lu)
+            assert status["state"] == "on" and status["pending_bytes"] == 4096
             closing = asyncio.ensure_future(
                 d.stop() if how == "stop" else close_lu_off_loop(d, lu))
             await asyncio.sleep(0.2)  # (whatever the delay: it has to wait for the write)
