@@ -858,7 +858,7 @@ class Runner:
         timeout = engines.io_timeout
 
         def done(value: Any, exc: BaseException | None) -> None:
-            self._written_behind(target, rs, span, n, copy, exc, timeout)
+            self._written_behind(rs, span, n, copy, exc)
 
         engines.pool_for(store).submit(self._write_in_background,
                                        (store, offset, kept, self._lock(target)), done, timeout)
@@ -872,9 +872,8 @@ class Runner:
         finally:
             lock.release_shared()
 
-    def _written_behind(self, target: Any, rs: LuState, span: tuple[int, int], n: int,
-                        copy: memoryview | None, exc: BaseException | None,
-                        timeout: float) -> None:
+    def _written_behind(self, rs: LuState, span: tuple[int, int], n: int,
+                        copy: memoryview | None, exc: BaseException | None) -> None:
         """A write-behind write finished (on the loop): free its room, keep its error for the
         next flush, and go on with the commands that waited for it."""
         rs.wb_count -= 1
