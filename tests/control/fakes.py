@@ -91,6 +91,8 @@ class FakeDaemon:
         self.budget = FakeBudget()
         self.limits = FakeLimits()
         self.connections: set[object] = set()
+        #: LUs whose write-behind was drained before their store closed
+        self.drained: list[Any] = []
         self._portals: list[Portal] = []
         self.session_list: list[dict[str, Any]] = []
         self.calls: list[tuple[str, Any]] = []
@@ -149,6 +151,14 @@ class FakeDaemon:
         before = len(self.session_list)
         self.session_list = [s for s in self.session_list if s["tsih"] != tsih]
         return len(self.session_list) != before
+
+    write_behind = 0
+
+    def write_behind_status(self, lu: Any) -> dict[str, Any]:
+        return {"enabled": False, "state": "off (--write-behind 0)", "window": 0}
+
+    async def write_behind_drain(self, lu: Any) -> None:
+        self.drained.append(lu)
 
     def lun_stats(self) -> list[dict[str, Any]]:
         return [{"target": t.name, "lun": n, "reads": 0}

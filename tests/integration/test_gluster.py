@@ -806,3 +806,80 @@ def test_frozen_bricks_answer_not_ready_within_the_io_timeout(gw, block_volume):
         print("\n" + "\n".join(seen))
     # /metrics counts the READ that outlived --io-timeout (issue 18: I/O timeouts per LU).
     assert lun_metric(gw, "gluster_iscsi_lun_io_timeouts_total", BLOCK_LUN)[""] >= timeouts0 + 1
+
+
+# -- 5. write-behind: what was acknowledged early is on the volume after SIGTERM -------------
+
+
+def test_writes_acknowledged_early_are_on_the_volume_after_sigterm(tmp_path, block_volume):
+    """A lone gfapi LUN acknowledges plain writes before the bricks have them (write-behind,
+    WCE=1, issue 19). QD1 writes on the LUN opened O_DIRECT, the last ones while every brick is
+    frozen (SIGSTOP: they are acknowledged, and still pending), then SIGTERM; the bricks resume a few seconds later,
+    well within --io-timeout. The daemon writes what it acknowledged before it closes the
+    store (without that, closing gives a hung call one second and leaks it: the log says so),
+    so another Gluster client (the FUSE mount) reads every byte of it afterwards."""
+    import threading
+
+    d = Daemon(tmp_path / "state", demo=False, extra=["--io-timeout", str(IO_TIMEOUT),
+                                                      "--nop-interval", "0"])
+    d.start()
+    stopped = False
+    vol = block_volume.volume
+    pids: list[int] = []
+    try:
+        d.cli("target", "create", DEMO_IQN)
+        d.cli("acl", "add", DEMO_IQN, "ALL")
+        r = d.cli("--timeout", "90", "lun", "create", DEMO_IQN, block_volume.url("wb.img"),
+                  "--lun", "1", "--size", "16MiB", check=False, timeout=120)
+        assert r.returncode == 0, f"lun create -> {r.returncode}\n{r.stdout}{r.stderr}"
+        # O_DIRECT (as a group LUN opens): the volume's strict-o-direct keeps the gfapi
+        # client's own write-behind out of the way, so a write waits for the bricks
+        cfg = json.loads(d.cli("config", "export").stdout)
+        [lun_cfg] = cfg["targets"][0]["luns"]
+        lun_cfg["options"] = {**(lun_cfg.get("options") or {}), "o_direct": True}
+        (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+        d.cli("--timeout", "90", "config", "apply", str(tmp_path / "cfg.json"), timeout=120)
+        rnd = random.Random(19)
+        chunks = {lba: rnd.randbytes(4096) for lba in rnd.sample(range(0, 16 * MiB // BS, 8), 72)}
+        items = list(chunks.items())
+
+        async def write(part: list[tuple[int, bytes]]) -> None:
+            async with session(d, "wb") as s:
+                for lba, data in part:  # one at a time: QD1
+                    await write_ok(s, 1, lba, data)
+
+        asyncio.run(write(items[:32]))
+        [row] = json.loads(d.cli("lun", "list", DEMO_IQN, "--json").stdout)
+        wb = row["write_behind"]
+        assert wb["enabled"] and wb["state"] == "on" and wb["writes"] >= 32, wb
+        asyncio.run(write(items[32:64]))
+        wait_bricks_online(vol)
+        pids = [int(b["pid"]) for b in bricks(vol)]
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        asyncio.run(write(items[64:]))  # acknowledged early, pending on the frozen bricks
+        rcs: list[int] = []
+        stopper = threading.Thread(target=lambda: rcs.append(d.stop(timeout=IO_TIMEOUT + 30)))
+        stopper.start()  # SIGTERM right after the last GOOD
+        time.sleep(3)  # (any delay below --io-timeout: the daemon must wait for the bricks)
+        for p in pids:
+            os.kill(p, signal.SIGCONT)
+        pids = []
+        stopper.join()
+        stopped = True
+        log_text = d.log_text()
+        assert rcs == [0], log_text[-4000:]
+        # the store was closed after the acknowledged writes finished, not under them
+        assert "still running" not in log_text, log_text[-3000:]
+        fd = os.open(block_volume.fuse_path("wb.img"), os.O_RDONLY)
+        try:
+            bad = [lba for lba, data in items if os.pread(fd, 4096, lba * BS) != data]
+        finally:
+            os.close(fd)
+        assert not bad, (f"{len(bad)} of {len(items)} acknowledged writes missing: LBAs "
+                         f"{bad[:8]}\n{log_text[-3000:]}")
+    finally:
+        for p in pids:
+            os.kill(p, signal.SIGCONT)
+        if not stopped:
+            d.stop()

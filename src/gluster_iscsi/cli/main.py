@@ -111,6 +111,11 @@ def status(as_json: bool) -> None:
         click.echo(f"memory for commands' data: {human_size(mem['in_use'])} in use (peak "
                    f"{human_size(mem['peak'])}) of {human_size(mem['budget'])}, at most "
                    f"{human_size(mem['session_share'])} per session")
+    wb = info.get("write_behind")
+    if wb is not None:
+        click.echo("write-behind: " + (f"{human_size(wb['window'])} per gfapi LUN outside a group "
+                                       "(volatile until SYNCHRONIZE CACHE or FUA)"
+                                       if wb["window"] else "off (--write-behind 0)"))
     if conns:
         per_host = f"{conns['max_per_host']} per address, " if "max_per_host" in conns else ""
         click.echo(f"connections: {conns['open']} of at most {conns['max']} ({per_host}at most "

@@ -31,6 +31,12 @@ log = logging.getLogger("gluster_iscsi")
 MIN_MEMORY_BUDGET = 64 << 20
 
 
+#: The largest --write-behind window of a LUN (what a crash of the daemon may lose of
+#: acknowledged, unflushed writes; Gluster's own write-behind-window-size tops out at 1 GiB,
+#: but a window beyond a few MiB buys no latency, only more to lose).
+MAX_WRITE_BEHIND = 64 << 20
+
+
 def _memory_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
@@ -54,6 +60,20 @@ def _cache_size(ctx: click.Context, param: click.Parameter, value: str | None) -
         return parse_capacity(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+def _write_behind(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from ..backstore.size import parse_size
+
+    try:
+        n = parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if n > MAX_WRITE_BEHIND:
+        raise click.BadParameter(f"{value} is above the maximum of 64MiB")
+    return n
 
 
 def _xlator_options(ctx: click.Context, param: click.Parameter,
@@ -240,6 +260,13 @@ Exit status:
               help="Read cache of each LUN on a gluster:// backing (a LUN's own `cache` option "
                    "wins), at most a quarter of --memory-budget for all LUNs together; "
                    "0 disables it. Default: 256MiB.")
+@click.option("--write-behind", metavar="SIZE", callback=_write_behind,
+              help="Write-behind window of each LUN on a gluster:// backing outside a gateway "
+                   "group, while its write cache is on (WCE=1): plain writes are acknowledged "
+                   "before they reach the bricks, up to SIZE bytes (and 64 writes) at once, "
+                   "durable at the next SYNCHRONIZE CACHE or FUA write, which also reports a "
+                   "write that failed. 0 disables it. Default: 1MiB (Gluster's own "
+                   "write-behind-window-size).")
 @click.option("--gfapi-xlator-option", "xlator_options", metavar="XLATOR:KEY=VALUE",
               multiple=True, callback=_xlator_options,
               help="A translator option of this daemon's own Gluster clients (not the volume's), "
@@ -258,7 +285,8 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
           max_connections_per_host: int | None, max_prelogin: int | None,
           max_prelogin_per_host: int | None, memory_budget: int | None,
           gfapi_cache: int | None, metrics_listen: str | None = None,
-          xlator_options: list[tuple[str, str, str]] | None = None) -> None:
+          xlator_options: list[tuple[str, str, str]] | None = None,
+          write_behind: int | None = None) -> None:
     """Run the iSCSI target daemon in the foreground."""
     from ..backstore.gfapi import store as gfapi_store
     from ..logs import configure
@@ -295,10 +323,18 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
                                         "max_prelogin": max_prelogin,
                                         "max_prelogin_per_host": max_prelogin_per_host,
                                         "memory_budget": memory_budget,
-                                        "gfapi_cache": gfapi_cache}, metrics))
+                                        "gfapi_cache": gfapi_cache,
+                                        "write_behind": write_behind}, metrics))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
+
+
+def _write_behind_or_default(value: int | None) -> int:
+    """``--write-behind`` as given, or its default (1 MiB)."""
+    from ..server.runner import WRITE_BEHIND_DEFAULT
+
+    return WRITE_BEHIND_DEFAULT if value is None else value
 
 
 def _check_advertise(advertise: str) -> None:
@@ -376,13 +412,16 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
                     max_connections=limits.get("max_connections"), max_prelogin=limits.get("max_prelogin"),
                     max_prelogin_per_host=limits.get("max_prelogin_per_host"),
                     max_connections_per_host=limits.get("max_connections_per_host"),
-                    memory_budget=limits.get("memory_budget"))
+                    memory_budget=limits.get("memory_budget"),
+                    write_behind=_write_behind_or_default(limits.get("write_behind")))
     lim = daemon.limits
     log.info("connections: at most %d, %d per address, %d not logged in, %d of those per address",
              lim.max_connections, lim.max_connections_per_host, lim.max_prelogin,
              lim.max_prelogin_per_host)
     log.info("memory budget: %d MiB (%d MiB per session)", daemon.budget.limit >> 20,
              daemon.budget.share >> 20)
+    log.info("write-behind: %s per gfapi LUN outside a group",
+             f"{daemon.write_behind >> 10} KiB" if daemon.write_behind else "off")
     from ..backstore import cache as read_cache
 
     cache_ledger = read_cache.configure(daemon.budget, limits.get("gfapi_cache"))

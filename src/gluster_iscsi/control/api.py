@@ -485,6 +485,9 @@ class ControlServer:
             cache_status = getattr(lu_obj.store, "cache_status", None)
             if cache_status is not None:
                 out["cache"] = cache_status()
+            # Writes acknowledged before they reach the store (server/runner.py): on or
+            # not (and why), the window, what is pending now.
+            out["write_behind"] = self.daemon.write_behind_status(lu_obj)
             naa = lu_obj.naa
             if isinstance(naa, bytes | bytearray):
                 out["naa"] = naa.hex()
@@ -547,6 +550,8 @@ class ControlServer:
             "connections": self._connections(),
             "group": self._group_summary(cfg),
             "read_cache": read_cache.summary(),
+            # serve --write-behind: each lone gfapi LUN's window, bytes (0: off)
+            "write_behind": {"window": self.daemon.write_behind},
         }
 
     def _group_summary(self, cfg: dict[str, Any]) -> dict[str, Any] | None:

@@ -140,6 +140,18 @@ class DaemonControl(Protocol):
     def lun_stats(self) -> list[dict[str, Any]]:
         """Every LUN's counters, as ``lun stats --json`` shows them (docs/CLI-JSON.md)."""
 
+    # ------------------------------------------------------------------ write-behind
+    @property
+    def write_behind(self) -> int:
+        """Each lone gfapi LUN's write-behind window, bytes (``serve --write-behind``; 0: off)."""
+
+    def write_behind_status(self, lu: Any) -> dict[str, Any]:
+        """A LUN's write-behind as ``lun list --json`` shows it (docs/CLI-JSON.md)."""
+
+    def write_behind_drain(self, lu: Any) -> Awaitable[None]:
+        """Before the LUN's store closes: no more write-behind on it, and the writes it
+        acknowledged early written (each bounded by the I/O timeout)."""
+
     # ------------------------------------------------------------------ the gateway group
     def group_status(self) -> dict[str, Any] | None:
         """The gateway group as this daemon sees it (docs/HA.md): ``gateway``, ``number``,

@@ -365,9 +365,11 @@ async def close_lu_off_loop(daemon: DaemonControl, lu: Any) -> None:
     store executor, after the calls still running on its workers (``FileStore.close`` waits
     for them). An inline store (tmpfs) is called only on this event loop, and by a background
     job stopped first: it closes here, where no call of it can be running, so its hot calls
-    need not count themselves in and out (``FileStore.read_into``)."""
+    need not count themselves in and out (``FileStore.read_into``). First, the writes the
+    runner acknowledged early (write-behind) reach the store."""
     store = getattr(lu, "store", None)
     try:
+        await daemon.write_behind_drain(lu)
         if store is None or getattr(store, "blocking", True):
             await _run_blocking(daemon, close_lu, lu)
             return

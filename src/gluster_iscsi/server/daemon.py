@@ -32,7 +32,7 @@ from .driver import ConnectionDriver
 from .group import GroupMember
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
-from .runner import LAT_BUCKETS, LAT_SHIFT, Runner, lu_state
+from .runner import LAT_BUCKETS, LAT_SHIFT, WRITE_BEHIND_DEFAULT, Runner, lu_state
 from .uring import Ring
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class Daemon:
         max_connections_per_host: int | None = None,
         memory_budget: int | None = None,
         session_share: int | None = None,
+        write_behind: int = WRITE_BEHIND_DEFAULT,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.registry = TargetRegistry()
@@ -142,6 +143,9 @@ class Daemon:
         self._ring: Ring | None = None
         self._ring_tried = False
         self._runner: Runner | None = None
+        #: The write-behind window of each lone LUN on a blocking store (gfapi), bytes; 0: off
+        #: (``serve --write-behind``, ``runner.Runner._write_behind``).
+        self.write_behind = write_behind
         #: Bytes the daemon may hold for commands' data, all sessions together (see
         #: ``buffers.MemoryBudget``; default: sized to the machine), and the most
         #: one session may hold (default: a quarter of it).
@@ -191,7 +195,7 @@ class Daemon:
     def runner(self) -> Runner:
         """The command runner of every connection (made on first use, in the loop)."""
         if self._runner is None:
-            self._runner = Runner(self)
+            self._runner = Runner(self, write_behind=self.write_behind, budget=self.budget)
         return self._runner
 
     @property
@@ -517,10 +521,34 @@ class Daemon:
                     "errors": {SENSE_KEYS[k]: n for k, n in enumerate(st.errors) if n},
                     "busy": st.busy, "unit_attentions": st.errors[6],
                     "io_timeouts": st.timeouts, "in_flight": st.in_flight,
+                    "write_behind_pending_bytes": lu_state(lu).wb_bytes,
+                    "write_behind_writes": st.wb_writes,
+                    "write_behind_deferred_errors": st.wb_errors,
                     "latency": {"buckets": buckets, "sum_seconds": st.latency_ns / 1e9,
                                 "count": cumulative},
                 })
         return out
+
+    async def write_behind_drain(self, lu: Any) -> None:
+        """Before ``lu``'s store closes: no more write-behind on it, and its pending
+        write-behind writes finished (each ends by the I/O timeout at the latest; a deferred
+        error is logged there, nobody is left to report it to)."""
+        if self._runner is None:
+            return
+        idle = self._runner.write_behind_idle(lu)
+        if idle is None:
+            return
+        # (each write ends by its I/O timeout; without one, as long as commands may drain)
+        timeout = self.io_timeout + 1 if self.io_timeout else self.drain_timeout
+        try:
+            await asyncio.wait_for(idle, timeout)
+        except TimeoutError:
+            log.warning("write-behind writes still pending after %gs; closing the store anyway",
+                        timeout)
+
+    def write_behind_status(self, lu: Any) -> dict[str, Any]:
+        """``lun list``'s view of a LUN's write-behind (``Runner.write_behind_status``)."""
+        return self.runner.write_behind_status(lu)
 
     async def close_session(self, tsih: int) -> bool:
         session = self.session_table.by_tsih.get(tsih)
@@ -668,6 +696,7 @@ class Daemon:
             for lun in list(getattr(device, "luns", {})):
                 lu = device.lu(lun)
                 if lu is not None:
+                    await self.write_behind_drain(lu)  # acknowledged writes reach the store
                     try:
                         # Commands were drained above; a call still running is hung: do not
                         # hold the exit for it (the process ends, a leaked handle with it).

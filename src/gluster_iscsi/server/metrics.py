@@ -56,6 +56,17 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                                    "RESERVATION CONFLICT"),
     P + "lun_unit_attentions": ("counter", ("target", "lun"), "Unit attentions reported"),
     P + "lun_io_timeouts": ("counter", ("target", "lun"), "Store calls that exceeded the I/O timeout"),
+    P + "lun_write_behind_pending_bytes": ("gauge", ("target", "lun"), "Bytes of writes acknowledged "
+                                                                       "early (write-behind) not yet "
+                                                                       "on the store"),
+    P + "lun_write_behind_writes": ("counter", ("target", "lun"), "Writes acknowledged early "
+                                                                  "(write-behind; durable at the "
+                                                                  "next SYNCHRONIZE CACHE or FUA)"),
+    P + "lun_write_behind_deferred_errors": ("counter", ("target", "lun"), "Write-behind writes that "
+                                                                           "failed or timed out at "
+                                                                           "the store (reported by "
+                                                                           "the next SYNCHRONIZE "
+                                                                           "CACHE or FUA write)"),
     P + "lun_unit_attentions_pending": ("gauge", ("target", "lun"), "Unit attentions queued for the "
                                                                     "LU's initiator ports, not reported yet"),
     P + "lun_store_errors": ("counter", ("target", "lun", "errno"), "Store calls that failed, by errno "
@@ -144,6 +155,10 @@ class DaemonCollector(Collector):
             fam[P + "lun_unit_attentions"].add_metric(lv, s["unit_attentions"])
             fam[P + "lun_io_timeouts"].add_metric(lv, s["io_timeouts"])
             fam[P + "lun_commands_in_flight"].add_metric(lv, s["in_flight"])
+            fam[P + "lun_write_behind_pending_bytes"].add_metric(lv, s["write_behind_pending_bytes"])
+            fam[P + "lun_write_behind_writes"].add_metric(lv, s["write_behind_writes"])
+            fam[P + "lun_write_behind_deferred_errors"].add_metric(
+                lv, s["write_behind_deferred_errors"])
             lat = s["latency"]
             buckets = [(repr(le) if le is not None else "+Inf", n) for le, n in lat["buckets"]]
             fam[P + "lun_command_duration_seconds"].add_metric(lv, buckets, lat["sum_seconds"])

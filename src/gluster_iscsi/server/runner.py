@@ -49,7 +49,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..backstore.base import BackingStoreError
-from ..buffers import POOL, BufferPool
+from ..buffers import POOL, BudgetShare, BufferPool, MemoryBudget
 from ..logs import PROBLEMS
 from ..scsi.background import BackgroundJob, JobCancelled
 from ..scsi.io import (
@@ -226,6 +226,10 @@ class LuStats:
         self.timeouts = 0
         self.latency: list[int] = [0] * LAT_BUCKETS
         self.latency_ns = 0
+        #: writes acknowledged before they reached the store (write-behind), and those of
+        #: them that then failed or timed out there (deferred errors, see :class:`LuState`)
+        self.wb_writes = 0
+        self.wb_errors = 0
 
     def count(self, task: ScsiTask, result: ScsiResult, t0: int) -> None:
         self.in_flight -= 1
@@ -283,6 +287,27 @@ class LuState:
         #: looked up again when the LU's store is another (``_read_hit``)
         self.hit_store: Any = None
         self.hit_read: Any = None
+        # -- write-behind (``Runner._write_behind``; all of it on the event loop thread)
+        #: writes acknowledged and still running on the store's workers: their count,
+        #: bytes, and byte ranges (start, end)
+        self.wb_count = 0
+        self.wb_bytes = 0
+        self.wb_ranges: list[tuple[int, int]] = []
+        #: the first such write that failed (or timed out), not reported yet: the next
+        #: SYNCHRONIZE CACHE or FUA write gets it (then it is cleared); until then no write
+        #: is acknowledged early
+        self.wb_error: BaseException | None = None
+        #: commands waiting for write-behind writes to finish: (task, gen, lu, host, request,
+        #: t0), stepped again, in order, as each write finishes
+        self.wb_parked: list[tuple[Any, Any, Any, Any, Any, int]] = []
+        #: futures set once no write-behind write is pending (the LU's store is closing)
+        self.wb_idle: list[Any] = []
+        #: no write-behind any more (the LU is being closed)
+        self.wb_off = False
+        #: the store whose eligibility :attr:`wb_ok` says (a blocking store that asks for it,
+        #: ``write_behind``: gfapi; a file's writes wait only for the page cache)
+        self.wb_store: Any = None
+        self.wb_ok = False
 
 
 def lu_state(lu: Any) -> LuState:
@@ -445,6 +470,12 @@ def _shared_refresh(runner: Runner, req: SharedRefresh, store: Any, lock: Lock) 
     return None  # a lone gateway's memory is the latest state
 
 
+#: The default write-behind window of a LU (``serve --write-behind``): Gluster's own
+#: write-behind-window-size, and at most this many writes.
+WRITE_BEHIND_DEFAULT: Final = 1 << 20
+WRITE_BEHIND_WRITES: Final = 64
+
+
 #: Request type -> the call that does it. Every type in ``scsi.io.REQUEST_TYPES`` is here.
 STORE_CALLS: dict[type, StoreCall] = {
     Read: _read,
@@ -485,6 +516,25 @@ _CANCELLED: Final = object()
 _FINISHED: Final = object()
 #: The I/O timeout of an aborted command handed back once its call returned.
 _LATE: Final = IoTimeout("returned late")
+
+
+def _wb_waits(rs: LuState, t: type, req: Any) -> bool:
+    """Whether a request must wait for the LU's pending write-behind writes: a read or a
+    plain write that overlaps one of them (never older bytes; no reordering of acknowledged
+    writes), and anything else at all (a flush, a FUA write, UNMAP, WRITE SAME, COMPARE AND
+    WRITE, a size or a job: a barrier)."""
+    if t is Read:
+        start = req.offset
+        end = start + req.length
+    elif t is Write and not req.fua:
+        start = req.offset
+        end = start + len(req.data)
+    else:
+        return True
+    for a, b in rs.wb_ranges:
+        if a < end and start < b:
+            return True
+    return False
 
 
 def fenced_error(target: Any) -> BackingStoreError:
@@ -551,6 +601,9 @@ class Runner:
         locks: Locks | None = None,
         buffers: BufferPool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        write_behind: int = 0,
+        write_behind_writes: int = WRITE_BEHIND_WRITES,
+        budget: MemoryBudget | None = None,
     ) -> None:
         #: None: synchronous use only (:meth:`run`), every call inline.
         self.engines = engines
@@ -566,6 +619,14 @@ class Runner:
         #: The clock background jobs are paced by.
         self.clock = clock
         self._jobs: dict[BackgroundJob, JobRun] = {}
+        #: The write-behind window of each lone LU on a blocking store: bytes (0: off) and
+        #: writes (``serve --write-behind``; see :meth:`_write_behind`).
+        self.wb_window = write_behind if engines is not None else 0
+        self.wb_writes = write_behind_writes
+        #: The memory budget write-behind copies are charged to (None: not counted), as one
+        #: owner: the copies of all LUs together hold at most a session's share.
+        self.budget = budget
+        self.wb_share = BudgetShare()
 
     def _lock(self, target: Any) -> Lock:
         table = self._table
@@ -623,11 +684,16 @@ class Runner:
         self._step(task, run, lu, host, None, None, perf_counter_ns())
 
     def _step(self, task: ScsiTask, gen: Any, lu: LogicalUnit | None, host: Host, value: Any,
-              exc: BaseException | None, t0: int) -> None:
+              exc: BaseException | None, t0: int, again: Any = None) -> None:
+        """Step the command with ``value`` (or ``exc``), or, given ``again``, go on with that
+        request of it, which waited for write-behind writes."""
         result: ScsiResult
         try:
             while True:
-                req = gen.throw(exc) if exc is not None else gen.send(value)
+                if again is not None:
+                    req, again = again, None
+                else:
+                    req = gen.throw(exc) if exc is not None else gen.send(value)
                 exc = None
                 t = type(req)
                 if t is ScsiResult:  # the command's last item (scsi.task.CommandRun)
@@ -642,6 +708,19 @@ class Runner:
                         and (self.clock() >= rs.issue_deadline  # a group LU: the lease
                              or task.aborted):  # (a shipped task aborted by its sender)
                     exc, value = fenced_error(target), None
+                    continue
+                if rs is not None and (rs.wb_count or rs.wb_error is not None):
+                    # Write-behind writes pending or failed (``_write_behind``): what must
+                    # wait for them waits, and their error goes to the next flush.
+                    if rs.wb_count and _wb_waits(rs, t, req):
+                        rs.wb_parked.append((task, gen, lu, host, req, t0))
+                        return
+                    if rs.wb_error is not None and (t is Flush or (t is Write and req.fua)):
+                        exc, value, rs.wb_error = rs.wb_error, None, None
+                        continue
+                if t is Write and self.wb_window and rs is not None and rs.group is None \
+                        and self._write_behind(req, target, rs):
+                    value = None  # acknowledged: its store call goes on in the background
                     continue
                 # A read's buffer is charged to the daemon's memory budget before it is taken.
                 if t is Read and not host.reserve(task, req.length):
@@ -738,6 +817,149 @@ class Runner:
                 and self._submit_to_ring(ring, req, target, done, timeout)):
             return
         pool.submit(self._perform_boxed, (req, target, task, marks), done, timeout)
+
+    # -- write-behind ---------------------------------------------------------------------------
+
+    def _write_behind(self, req: Write, target: Any, rs: LuState) -> bool:
+        """Acknowledge a plain write now and write it in the background, if it may: a lone
+        LU (the caller checked) whose write cache is on (WCE=1, so SBC lets a write be
+        volatile until SYNCHRONIZE CACHE or FUA), on a blocking store that asks for it
+        (``store.write_behind``: gfapi, also under its read cache; a file's writes already
+        wait only for the kernel's page cache), with room in
+        the LU's window (bytes and writes) and in the memory budget, no deferred error to
+        report and nothing waiting for the pending writes (a flush waiting there must not be
+        starved by new ones). The caller checked that it overlaps no pending write.
+
+        The data is copied (the command's buffer goes back to its pool when it completes;
+        immediate data, ``bytes``, is kept as it is). False: nothing done, the write goes
+        the ordinary way."""
+        store = target.store
+        if rs.wb_store is not store:
+            rs.wb_store = store
+            rs.wb_ok = bool(store.blocking) and bool(getattr(store, "write_behind", False))
+        if not rs.wb_ok or req.fua or rs.wb_off or rs.wb_error is not None or rs.wb_parked:
+            return False
+        data = req.data
+        n = len(data)  # type: ignore[arg-type]  # byte-sized buffers
+        if rs.wb_bytes + n > self.wb_window or rs.wb_count >= self.wb_writes \
+                or not target.write_cache:
+            return False
+        budget = self.budget
+        if budget is not None and not budget.charge(self.wb_share, n):
+            return False
+        copy: memoryview | None = None
+        kept: Any = data
+        if type(data) is not bytes:
+            copy = self.buffers.borrow(n)
+            try:
+                copy[:] = data
+            except (TypeError, ValueError):  # not a flat byte buffer (never seen): the
+                self.buffers.give_back(copy)  # ordinary way takes any
+                if budget is not None:
+                    budget.release(self.wb_share, n)
+                return False
+            kept = copy
+        offset = req.offset
+        span = (offset, offset + n)
+        rs.wb_count += 1
+        rs.wb_bytes += n
+        rs.wb_ranges.append(span)
+        rs.stats.wb_writes += 1
+        engines = self.engines
+        assert engines is not None
+        timeout = engines.io_timeout
+
+        def done(value: Any, exc: BaseException | None) -> None:
+            self._written_behind(rs, span, n, copy, exc)
+
+        engines.pool_for(store).submit(self._write_in_background,
+                                       (store, offset, kept, self._lock(target)), done, timeout)
+        return True
+
+    def _write_in_background(self, box: tuple[Any, int, Any, Lock]) -> None:
+        store, offset, data, lock = box
+        lock.acquire_shared()  # (shared: COMPARE AND WRITE's read-compare-write stays atomic)
+        try:
+            store.write(offset, data)
+        finally:
+            lock.release_shared()
+
+    def _written_behind(self, rs: LuState, span: tuple[int, int], n: int,
+                        copy: memoryview | None, exc: BaseException | None) -> None:
+        """A write-behind write finished (on the loop): free its room, keep its error for the
+        next flush, and go on with the commands that waited for it."""
+        rs.wb_count -= 1
+        rs.wb_bytes -= n
+        rs.wb_ranges.remove(span)
+        budget = self.budget
+        if budget is not None:
+            budget.release(self.wb_share, n)
+        if exc is not None:
+            store = rs.wb_store
+            name = getattr(store, "name", None)
+            if type(exc) is IoTimeout:
+                if copy is not None:
+                    self.buffers.abandon(copy)  # the late call may still read it
+                copy = None
+                rs.stats.timeouts += 1
+                exc = BackingStoreError(errno.ETIMEDOUT, "I/O timed out", name)
+            if rs.wb_error is None:
+                rs.wb_error = exc
+            rs.stats.wb_errors += 1
+            # one line per store per interval; the error itself goes to the next flush
+            PROBLEMS.report(log, logging.ERROR, "write-behind failed", str(name),
+                            "%s: a write acknowledged early (write-behind, %d bytes at %d) "
+                            "failed: %s; the next SYNCHRONIZE CACHE or FUA write reports it",
+                            name or "store", n, span[0], exc)
+        if copy is not None:
+            self.buffers.give_back(copy)
+        parked = rs.wb_parked
+        if parked:
+            rs.wb_parked = []
+            for task, gen, lu, host, req, t0 in parked:
+                self._step(task, gen, lu, host, None, None, t0, req)
+        if not rs.wb_count and rs.wb_idle:
+            idle, rs.wb_idle = rs.wb_idle, []
+            for fut in idle:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def write_behind_idle(self, lu: Any) -> asyncio.Future[None] | None:
+        """Stop write-behind on ``lu`` (its store is about to close) and return a future set
+        once its pending write-behind writes finished; None if none is pending. (Each ends
+        by its I/O timeout at the latest.) On the event loop."""
+        rs: LuState | None = lu.runner_state
+        if rs is None:
+            return None
+        rs.wb_off = True
+        if not rs.wb_count:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        rs.wb_idle.append(fut)
+        return fut
+
+    def write_behind_status(self, lu: Any) -> dict[str, Any]:
+        """What ``lun list``/``status`` show of a LU's write-behind: on (and why not), the
+        window, what is pending, the counters."""
+        rs = lu_state(lu)
+        store = lu.store
+        if not self.wb_window:
+            why = "off (serve --write-behind 0)"
+        elif rs.group is not None:
+            why = "off (a gateway group LU: GOOD only once on the volume)"
+        elif not getattr(store, "blocking", False) or not getattr(store, "write_behind", False):
+            why = "off (not a gfapi store: the page cache does this for files)"
+        elif rs.wb_off:
+            why = "off (closing)"
+        elif not lu.write_cache:
+            why = "off (write cache disabled: WCE=0)"
+        else:
+            why = "on"
+        return {"enabled": why == "on", "state": why, "window": self.wb_window,
+                "window_writes": self.wb_writes, "pending_bytes": rs.wb_bytes,
+                "pending_writes": rs.wb_count, "writes": rs.stats.wb_writes,
+                "deferred_errors": rs.stats.wb_errors,
+                "error_pending": rs.wb_error is not None}
 
     def _perform_boxed(self, box: tuple[Any, Any, ScsiTask, dict[str, Any] | None]) -> Any:
         req, target, task, marks = box

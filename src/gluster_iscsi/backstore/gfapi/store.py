@@ -339,6 +339,11 @@ def client_refcounts() -> dict[ClientKey, int]:
 
 class GfapiStore(BackingStore):
     blocking = True
+    #: The server may acknowledge a plain write before this store has it, while the LUN's
+    #: write cache is on (``server.runner.Runner._write_behind``): a write otherwise waits
+    #: for the bricks, where a file's waits only for the page cache. (Not on the base class:
+    #: a read cache over this store forwards it, ``_forward.py``.)
+    write_behind = True
     #: Worker threads the daemon gives this store's blocking calls, i.e. calls in flight on
     #: the volume (None: the daemon's ``io_threads``). Workers start on demand.
     io_threads: int | None = None
