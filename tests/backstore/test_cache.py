@@ -893,6 +893,7 @@ _READ_OFF_STORES = {
     "allocate": "backstore/provision.py _fallocate (getattr, None)",
     "o_direct": "tests/backstore/test_gfapi.py (a group LU's store)",
     "address": "the gfapi store's identity (tests/backstore/test_gfapi.py)",
+    "write_behind": "server/runner.py _write_behind (getattr, False): writes acknowledged early",
     "_client": "tests/backstore/test_gfapi.py (two stores share one client)",
     "cache_status": "control/api.py, server/metrics.py (the cache's own)",
     "read_hit": "server/runner.py _read_hit (the cache's own)",

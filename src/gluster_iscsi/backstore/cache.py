@@ -1075,6 +1075,14 @@ class CachedStore(BackingStore):
         return self.inner.address  # type: ignore[attr-defined]
 
     @property
+    def write_behind(self) -> bool:
+        """Whether the runner may acknowledge this store's plain writes early (WCE=1, a lone
+        LU: ``server.runner.Runner._write_behind``): the gfapi store's answer. The cache's
+        own write path patches cached chunks in that background write, and the runner holds
+        every read overlapping it until it finished."""
+        return self.inner.write_behind  # type: ignore[attr-defined,no-any-return]
+
+    @property
     def _client(self) -> Any:
         """The shared gfapi client of the volume (tests: two stores share one)."""
         return self.inner._client  # type: ignore[attr-defined]
@@ -1083,4 +1091,4 @@ class CachedStore(BackingStore):
 #: What :class:`CachedStore` forwards to its inner store (the tests check each, and that no
 #: other attribute is forwarded by accident).
 FORWARDED = ("store_errors", "io_threads", "created", "path", "_vol", "allocate",
-             "o_direct", "address", "_client")
+             "o_direct", "address", "_client", "write_behind")
