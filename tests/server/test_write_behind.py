@@ -387,8 +387,39 @@ def test_a_background_write_that_times_out_is_a_deferred_error_and_its_copy_neve
     assert rig.budget.used == 0
     assert rig.buffers.borrow(128 << 10).obj is not backing  # the late call may still read it
     r = rig.result(rig.sync())
-    expected = from_store_error(BackingStoreError(errno.ETIMEDOUT, "x"), write=True)
+    # a lost write, not NOT READY (see the next test)
+    expected = from_store_error(BackingStoreError(errno.EIO, "x"), write=True)
     assert parse_sense(r.sense or b"") == (expected.key, expected.asc)
+
+
+@pytest.mark.parametrize("how", ["timeout", "ENOTCONN", "EAGAIN"])
+def test_a_deferred_error_is_reported_with_a_sense_initiators_do_not_retry(how: str) -> None:
+    """A volume that hangs or drops its bricks fails a background write with an error a
+    synchronous write reports as NOT READY (02/04/01, 02/04/0A): initiators retry on it
+    (Linux: NEEDS_RETRY, dm-multipath: another path). The flush that reports the deferred
+    error must not say so: its retry would get GOOD (the error is reported once) and the
+    initiator's fsync would succeed with the acknowledged write lost."""
+    rig = Rig()
+    good(rig.host.results.pop(rig.write(8, b"\x01" * 512)))
+    if how == "timeout":
+        rig.pool.time_out(0)
+    else:
+        err = getattr(errno, how)
+        rig.inner.write = lambda offset, data: (_ for _ in ()).throw(  # type: ignore[method-assign]
+            BackingStoreError(err, "brick gone", "gated"))
+        rig.pool.run(0)
+    assert rig.state.stats.wb_errors == 1
+    for cmd in ("sync", "fua"):
+        if cmd == "fua":
+            good(rig.host.results.pop(rig.write(16, b"\x02" * 512)))
+            (rig.pool.time_out if how == "timeout" else rig.pool.run)(0)
+            task = rig.write(24, b"\x03" * 512, fua=True)
+        else:
+            task = rig.sync()
+        r = rig.result(task)
+        assert r.status == Status.CHECK_CONDITION
+        key, asc = parse_sense(r.sense or b"")
+        assert (key, asc) == (0x03, 0x0C00), f"{cmd}: {key:#x}/{asc:#06x}"  # MEDIUM/WRITE ERROR
 
 
 # -- bounds and memory ----------------------------------------------------------------------

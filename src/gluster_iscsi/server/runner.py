@@ -68,7 +68,7 @@ from ..scsi.io import (
     WriteZeroes,
 )
 from ..scsi.lu import LogicalUnit
-from ..scsi.sense import build_sense
+from ..scsi.sense import SenseKey, build_sense, from_store_error
 from ..scsi.task import ScsiResult, ScsiTask, Status
 from .iopool import IoTimeout
 
@@ -518,6 +518,13 @@ _FINISHED: Final = object()
 _LATE: Final = IoTimeout("returned late")
 
 
+#: Sense keys an initiator retries a command on (Linux: NOT READY "becoming ready" or an
+#: ALUA transition, UNIT ATTENTION, ABORTED COMMAND; dm-multipath: another path). A deferred
+#: write-behind error reported with one of them is lost: the flush retried says GOOD.
+_RETRIED: Final = frozenset({SenseKey.NOT_READY, SenseKey.UNIT_ATTENTION,
+                             SenseKey.ABORTED_COMMAND})
+
+
 def _wb_waits(rs: LuState, t: type, req: Any) -> bool:
     """Whether a request must wait for the LU's pending write-behind writes: a read or a
     plain write that overlaps one of them (never older bytes; no reordering of acknowledged
@@ -904,7 +911,14 @@ class Runner:
                 rs.stats.timeouts += 1
                 exc = BackingStoreError(errno.ETIMEDOUT, "I/O timed out", name)
             if rs.wb_error is None:
-                rs.wb_error = exc
+                # An error a synchronous write reports as retryable (a hung or disconnected
+                # volume: NOT READY) is reported as what it is now, a lost write (MEDIUM
+                # ERROR, WRITE ERROR): a flush retried on it would get GOOD.
+                lost = exc
+                if isinstance(exc, OSError) and from_store_error(exc, write=True).key in _RETRIED:
+                    lost = BackingStoreError(errno.EIO, f"a write acknowledged early was lost: "
+                                             f"{exc}", name)
+                rs.wb_error = lost
             rs.stats.wb_errors += 1
             # one line per store per interval; the error itself goes to the next flush
             PROBLEMS.report(log, logging.ERROR, "write-behind failed", str(name),
