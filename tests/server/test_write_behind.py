@@ -422,6 +422,24 @@ def test_a_deferred_error_is_reported_with_a_sense_initiators_do_not_retry(how: 
         assert (key, asc) == (0x03, 0x0C00), f"{cmd}: {key:#x}/{asc:#06x}"  # MEDIUM/WRITE ERROR
 
 
+def test_a_background_write_that_timed_out_before_a_worker_took_it_is_never_issued() -> None:
+    """A hung volume: the workers are stuck, the write-behind writes queued behind them time
+    out (their error goes to the next flush) and the initiator goes on writing those blocks.
+    Once the volume is back a worker takes the queued stale write: it must not be written,
+    over the newer data."""
+    rig = Rig()
+    good(rig.host.results.pop(rig.write(0, b"\x01" * 512)))
+    fn, arg, callback, _ = rig.pool.queue.pop(0)
+    callback(None, IoTimeout())  # still queued: the timeout comes first
+    r = rig.result(rig.sync())
+    assert r.status == Status.CHECK_CONDITION
+    good(rig.result(rig.write(0, b"\x02" * 512)))  # the initiator writes the block again
+    rig.pool.drain()
+    assert rig.inner.writes == 1
+    fn(arg)  # the worker is free again and takes the stale call
+    assert rig.inner.writes == 1 and bytes(rig.inner._view[:512]) == b"\x02" * 512
+
+
 # -- bounds and memory ----------------------------------------------------------------------
 
 

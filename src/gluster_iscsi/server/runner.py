@@ -876,15 +876,24 @@ class Runner:
         assert engines is not None
         timeout = engines.io_timeout
 
+        # "start": set once, by the worker about to issue the write or by its timeout (as
+        # a group LU's media call, ``_perform_fenced``)
+        marks: dict[str, Any] = {}
+
         def done(value: Any, exc: BaseException | None) -> None:
+            if exc is not None and type(exc) is IoTimeout:
+                marks.setdefault("start", _CANCELLED)
             self._written_behind(rs, span, n, copy, exc)
 
         engines.pool_for(store).submit(self._write_in_background,
-                                       (store, offset, kept, self._lock(target)), done, timeout)
+                                       (store, offset, kept, self._lock(target), marks), done,
+                                       timeout)
         return True
 
-    def _write_in_background(self, box: tuple[Any, int, Any, Lock]) -> None:
-        store, offset, data, lock = box
+    def _write_in_background(self, box: tuple[Any, int, Any, Lock, dict[str, Any]]) -> None:
+        store, offset, data, lock, marks = box
+        if marks.setdefault("start", _RUNNING) is not _RUNNING:
+            return  # timed out in the queue, reported as failed: never over newer writes
         lock.acquire_shared()  # (shared: COMPARE AND WRITE's read-compare-write stays atomic)
         try:
             store.write(offset, data)
