@@ -547,6 +547,23 @@ def test_closing_a_lu_drains_its_pending_writes_and_ends_write_behind() -> None:
     asyncio.run(main())
 
 
+def test_a_deferred_error_nobody_was_told_of_is_logged_when_its_lu_closes(
+        tmp_path: Any, caplog: Any) -> None:
+    """The LU is closed (lun delete, a config change, the daemon's stop) before any flush
+    came to report the failed write: no initiator will hear of it, the log must say so."""
+    from gluster_iscsi.server.daemon import Daemon
+
+    rig = Rig()
+    rig.inner.fail_at.add(0)
+    good(rig.host.results.pop(rig.write(0, b"\x01" * 512)))
+    rig.pool.run(0)
+    d = Daemon(tmp_path)
+    d._runner = rig.runner
+    caplog.clear()
+    asyncio.run(d.write_behind_drain(rig.lu))
+    assert "never reported" in caplog.text and "brick said no" in caplog.text
+
+
 # -- a real daemon: what was acknowledged reaches the store before it closes --------------------
 
 

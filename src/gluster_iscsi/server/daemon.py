@@ -536,15 +536,22 @@ class Daemon:
         if self._runner is None:
             return
         idle = self._runner.write_behind_idle(lu)
-        if idle is None:
-            return
-        # (each write ends by its I/O timeout; without one, as long as commands may drain)
-        timeout = self.io_timeout + 1 if self.io_timeout else self.drain_timeout
-        try:
-            await asyncio.wait_for(idle, timeout)
-        except TimeoutError:
-            log.warning("write-behind writes still pending after %gs; closing the store anyway",
-                        timeout)
+        if idle is not None:
+            # (each write ends by its I/O timeout; without one, as long as commands may drain)
+            timeout = self.io_timeout + 1 if self.io_timeout else self.drain_timeout
+            try:
+                await asyncio.wait_for(idle, timeout)
+            except TimeoutError:
+                log.warning("write-behind writes still pending after %gs; closing the store "
+                            "anyway", timeout)
+        rs = getattr(lu, "runner_state", None)
+        lost = rs.wb_error if rs is not None else None
+        if lost is not None:  # (kept: a LU a failed config change puts back still reports it)
+            name = getattr(lu.store, "name", None) or "store"
+            PROBLEMS.report(log, logging.ERROR, "write-behind error unreported", name,
+                            "%s: taken out of service with a write acknowledged early that "
+                            "failed, never reported to an initiator (no SYNCHRONIZE CACHE or "
+                            "FUA write came after it): %s", name, lost, burst=1)
 
     def write_behind_status(self, lu: Any) -> dict[str, Any]:
         """``lun list``'s view of a LUN's write-behind (``Runner.write_behind_status``)."""
