@@ -564,6 +564,35 @@ def test_a_deferred_error_nobody_was_told_of_is_logged_when_its_lu_closes(
     assert "never reported" in caplog.text and "brick said no" in caplog.text
 
 
+def test_the_daemons_stop_drains_every_lu_at_once(tmp_path: Any) -> None:
+    """SIGTERM with a hung volume: each LU's drain waits up to the I/O timeout (without one,
+    the drain timeout); one LU after the other that was as many times that as LUs, past any
+    service manager's stop timeout. The drains run together."""
+    from gluster_iscsi.scsi import DeviceServer as Device
+    from gluster_iscsi.server.daemon import Daemon
+    from gluster_iscsi.model.targets import AccessRule, Target
+
+    async def main() -> None:
+        d = Daemon(tmp_path)
+        lus = {n: lu_on(MemoryStore(1 << 20), serial=f"hung{n:04d}") for n in (1, 2, 3)}
+        d.add_target(Target("iqn.2026-12.org.example:wb", 1, acl=[AccessRule(network="ALL")],
+                            device=Device(lus, target_name="iqn.2026-12.org.example:wb")))
+        entered: list[Any] = []
+        all_in = asyncio.Event()
+
+        async def drain(lu: Any) -> None:  # a hung volume: done only once all have begun
+            entered.append(lu)
+            if len(entered) == len(lus):
+                all_in.set()
+            await all_in.wait()
+
+        d.write_behind_drain = drain  # type: ignore[method-assign]
+        await asyncio.wait_for(d.stop(), 10)
+        assert sorted(map(id, entered)) == sorted(map(id, lus.values()))
+
+    asyncio.run(main())
+
+
 # -- a real daemon: what was acknowledged reaches the store before it closes --------------------
 
 

@@ -696,6 +696,11 @@ class Daemon:
             d.close("daemon shutting down")
         if drivers:
             await asyncio.wait([asyncio.ensure_future(d.closed.wait()) for d in drivers], timeout=5)
+        # Acknowledged writes reach the stores: every LU's at once (on a hung volume each
+        # waits up to the I/O timeout; one after the other, that many times over).
+        lus = [target.device.lu(n) for target in list(self.registry.targets.values())
+               if target.device is not None for n in list(getattr(target.device, "luns", {}))]
+        await asyncio.gather(*(self.write_behind_drain(lu) for lu in lus if lu is not None))
         for target in list(self.registry.targets.values()):
             device = target.device
             if device is None:
@@ -703,7 +708,6 @@ class Daemon:
             for lun in list(getattr(device, "luns", {})):
                 lu = device.lu(lun)
                 if lu is not None:
-                    await self.write_behind_drain(lu)  # acknowledged writes reach the store
                     try:
                         # Commands were drained above; a call still running is hung: do not
                         # hold the exit for it (the process ends, a leaked handle with it).
