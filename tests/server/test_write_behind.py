@@ -568,9 +568,9 @@ def test_the_daemons_stop_drains_every_lu_at_once(tmp_path: Any) -> None:
     """SIGTERM with a hung volume: each LU's drain waits up to the I/O timeout (without one,
     the drain timeout); one LU after the other that was as many times that as LUs, past any
     service manager's stop timeout. The drains run together."""
+    from gluster_iscsi.model.targets import AccessRule, Target
     from gluster_iscsi.scsi import DeviceServer as Device
     from gluster_iscsi.server.daemon import Daemon
-    from gluster_iscsi.model.targets import AccessRule, Target
 
     async def main() -> None:
         d = Daemon(tmp_path)
