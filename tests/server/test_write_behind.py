@@ -143,8 +143,9 @@ class Rig:
                              buffers=self.buffers)
         self.host = Host()
 
-    def send(self, cdb: bytes, data: bytes | None = None, *, read: int = 0) -> ScsiTask:
-        task = ScsiTask(cdb, 0, N1, data_out=memoryview(bytearray(data)) if data else None,
+    def send(self, cdb: bytes, data: bytes | None = None, *, read: int = 0,
+             nexus: Nexus = N1) -> ScsiTask:
+        task = ScsiTask(cdb, 0, nexus, data_out=memoryview(bytearray(data)) if data else None,
                         expected_length=read or (len(data) if data else 0),
                         read=bool(read), write=data is not None)
         self.runner.start(task, self.device.execute(task), self.lu, self.host)
@@ -158,18 +159,18 @@ class Rig:
             self.pool.run(rng.randrange(len(self.pool.queue)) if rng else 0)
         return self.host.results.pop(task)
 
-    def write(self, lba: int, data: bytes, fua: bool = False) -> ScsiTask:
+    def write(self, lba: int, data: bytes, fua: bool = False, nexus: Nexus = N1) -> ScsiTask:
         n = len(data) // BS
         cdb = bytes([0x2A, 0x08 if fua else 0]) + lba.to_bytes(4, "big") + b"\0" \
             + n.to_bytes(2, "big") + b"\0"
-        return self.send(cdb, data)
+        return self.send(cdb, data, nexus=nexus)
 
     def read(self, lba: int, n: int) -> ScsiTask:
         cdb = bytes([0x28, 0]) + lba.to_bytes(4, "big") + b"\0" + n.to_bytes(2, "big") + b"\0"
         return self.send(cdb, read=n * BS)
 
-    def sync(self) -> ScsiTask:
-        return self.send(bytes([0x35]) + bytes(9))
+    def sync(self, nexus: Nexus = N1) -> ScsiTask:
+        return self.send(bytes([0x35]) + bytes(9), nexus=nexus)
 
     def unmap(self, lba: int, n: int) -> ScsiTask:
         params = (22).to_bytes(2, "big") + (16).to_bytes(2, "big") + bytes(4) \
@@ -440,6 +441,34 @@ def test_a_background_write_that_timed_out_before_a_worker_took_it_is_never_issu
     assert rig.inner.writes == 1 and bytes(rig.inner._view[:512]) == b"\x02" * 512
 
 
+def test_a_deferred_error_goes_to_the_initiator_whose_write_failed() -> None:
+    """Two initiators share the LU (a cluster file system). A's write fails in the
+    background; B's flush comes first. A's own next flush must still fail: had B's taken
+    the error, A's fsync would succeed with its write lost. A's flush through its other
+    path (multipath: another session, the same initiator name) is A's too; B's flushes
+    are not failed for A's write."""
+    a1 = N1
+    a2 = Nexus("iqn.x:i", "iqn.x:i,i,0x2", "iqn.x:t,t,0x1")  # A's second path
+    b = Nexus("iqn.x:other", "iqn.x:other,i,0x1", "iqn.x:t,t,0x1")
+    for how in ("flush", "fua"):
+        rig = Rig()
+        for nexus in (a2, b):
+            rig.device.nexus_added(nexus)
+            rig.lu.clear_ua(nexus.initiator_port)
+        rig.inner.fail_at.add(0)
+        good(rig.host.results.pop(rig.write(0, b"\x01" * 512, nexus=a1)))
+        rig.pool.run(0)
+        if how == "flush":
+            good(rig.result(rig.sync(nexus=b)))
+        else:
+            good(rig.result(rig.write(16, b"\x02" * 512, fua=True, nexus=b)))
+        r = rig.result(rig.sync(nexus=a2))
+        assert r.status == Status.CHECK_CONDITION, how
+        good(rig.result(rig.sync(nexus=a1)))  # reported once
+        assert rig.state.wb_error is None
+        good(rig.host.results.pop(rig.write(24, b"\x03" * 512, nexus=b)))  # early again
+
+
 # -- bounds and memory ----------------------------------------------------------------------
 
 
@@ -679,7 +708,7 @@ def test_a_buffer_that_cannot_be_copied_flat_goes_the_ordinary_way() -> None:
     rig = Rig()
     words = memoryview(bytearray(b"\x01" * 512)).cast("H")  # 256 two-byte items
     req = io.Write(0, words)
-    assert not rig.runner._write_behind(req, rig.lu, rig.state)
+    assert not rig.runner._write_behind(req, rig.lu, rig.state, ScsiTask(b"", 0, N1))
     assert rig.budget.used == 0 and rig.state.wb_count == 0
 
 

@@ -551,7 +551,8 @@ class Daemon:
             PROBLEMS.report(log, logging.ERROR, "write-behind error unreported", name,
                             "%s: taken out of service with a write acknowledged early that "
                             "failed, never reported to an initiator (no SYNCHRONIZE CACHE or "
-                            "FUA write came after it): %s", name, lost, burst=1)
+                            "FUA write of %s came after it): %s", name,
+                            ", ".join(sorted(rs.wb_owed)), lost, burst=1)
 
     def write_behind_status(self, lu: Any) -> dict[str, Any]:
         """``lun list``'s view of a LUN's write-behind (``Runner.write_behind_status``)."""

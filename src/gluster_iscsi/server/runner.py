@@ -297,6 +297,11 @@ class LuState:
         #: SYNCHRONIZE CACHE or FUA write gets it (then it is cleared); until then no write
         #: is acknowledged early
         self.wb_error: BaseException | None = None
+        #: whom it is owed to: initiator name (all its paths) -> the error of its first
+        #: failed write; each one's next SYNCHRONIZE CACHE or FUA write gets its own (another
+        #: initiator's flush must not take it: its fsync would succeed); wb_error is cleared
+        #: with the last
+        self.wb_owed: dict[str, BaseException] = {}
         #: commands waiting for write-behind writes to finish: (task, gen, lu, host, request,
         #: t0), stepped again, in order, as each write finishes
         self.wb_parked: list[tuple[Any, Any, Any, Any, Any, int]] = []
@@ -723,10 +728,14 @@ class Runner:
                         rs.wb_parked.append((task, gen, lu, host, req, t0))
                         return
                     if rs.wb_error is not None and (t is Flush or (t is Write and req.fua)):
-                        exc, value, rs.wb_error = rs.wb_error, None, None
-                        continue
+                        owed = rs.wb_owed.pop(task.nexus.initiator_name, None)
+                        if not rs.wb_owed:
+                            rs.wb_error = None
+                        if owed is not None:
+                            exc, value = owed, None
+                            continue
                 if t is Write and self.wb_window and rs is not None and rs.group is None \
-                        and self._write_behind(req, target, rs):
+                        and self._write_behind(req, target, rs, task):
                     value = None  # acknowledged: its store call goes on in the background
                     continue
                 # A read's buffer is charged to the daemon's memory budget before it is taken.
@@ -827,7 +836,7 @@ class Runner:
 
     # -- write-behind ---------------------------------------------------------------------------
 
-    def _write_behind(self, req: Write, target: Any, rs: LuState) -> bool:
+    def _write_behind(self, req: Write, target: Any, rs: LuState, task: ScsiTask) -> bool:
         """Acknowledge a plain write now and write it in the background, if it may: a lone
         LU (the caller checked) whose write cache is on (WCE=1, so SBC lets a write be
         volatile until SYNCHRONIZE CACHE or FUA), on a blocking store that asks for it
@@ -872,6 +881,7 @@ class Runner:
         rs.wb_bytes += n
         rs.wb_ranges.append(span)
         rs.stats.wb_writes += 1
+        who = task.nexus.initiator_name  # (a failure is owed to it)
         engines = self.engines
         assert engines is not None
         timeout = engines.io_timeout
@@ -883,7 +893,7 @@ class Runner:
         def done(value: Any, exc: BaseException | None) -> None:
             if exc is not None and type(exc) is IoTimeout:
                 marks.setdefault("start", _CANCELLED)
-            self._written_behind(rs, span, n, copy, exc)
+            self._written_behind(rs, span, n, copy, exc, who)
 
         engines.pool_for(store).submit(self._write_in_background,
                                        (store, offset, kept, self._lock(target), marks), done,
@@ -901,7 +911,7 @@ class Runner:
             lock.release_shared()
 
     def _written_behind(self, rs: LuState, span: tuple[int, int], n: int,
-                        copy: memoryview | None, exc: BaseException | None) -> None:
+                        copy: memoryview | None, exc: BaseException | None, who: str) -> None:
         """A write-behind write finished (on the loop): free its room, keep its error for the
         next flush, and go on with the commands that waited for it."""
         rs.wb_count -= 1
@@ -919,21 +929,23 @@ class Runner:
                 copy = None
                 rs.stats.timeouts += 1
                 exc = BackingStoreError(errno.ETIMEDOUT, "I/O timed out", name)
+            # An error a synchronous write reports as retryable (a hung or disconnected
+            # volume: NOT READY) is reported as what it is now, a lost write (MEDIUM ERROR,
+            # WRITE ERROR): a flush retried on it would get GOOD.
+            lost = exc
+            if isinstance(exc, OSError) and from_store_error(exc, write=True).key in _RETRIED:
+                lost = BackingStoreError(errno.EIO, f"a write acknowledged early was lost: {exc}",
+                                         name)
             if rs.wb_error is None:
-                # An error a synchronous write reports as retryable (a hung or disconnected
-                # volume: NOT READY) is reported as what it is now, a lost write (MEDIUM
-                # ERROR, WRITE ERROR): a flush retried on it would get GOOD.
-                lost = exc
-                if isinstance(exc, OSError) and from_store_error(exc, write=True).key in _RETRIED:
-                    lost = BackingStoreError(errno.EIO, f"a write acknowledged early was lost: "
-                                             f"{exc}", name)
                 rs.wb_error = lost
+            if who not in rs.wb_owed:
+                rs.wb_owed[who] = lost
             rs.stats.wb_errors += 1
             # one line per store per interval; the error itself goes to the next flush
             PROBLEMS.report(log, logging.ERROR, "write-behind failed", str(name),
                             "%s: a write acknowledged early (write-behind, %d bytes at %d) "
-                            "failed: %s; the next SYNCHRONIZE CACHE or FUA write reports it",
-                            name or "store", n, span[0], exc)
+                            "failed: %s; %s's next SYNCHRONIZE CACHE or FUA write reports it",
+                            name or "store", n, span[0], exc, who)
         if copy is not None:
             self.buffers.give_back(copy)
         parked = rs.wb_parked
