@@ -27,7 +27,7 @@ from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiResult, ScsiTask, Status
 from gluster_iscsi.scsi.lu import CACHING_PAGE, WCE
 from gluster_iscsi.scsi.sense import from_store_error, parse_sense
 from gluster_iscsi.server.iopool import IoTimeout
-from gluster_iscsi.server.runner import Runner, lu_on, lu_state
+from gluster_iscsi.server.runner import _RUNNING, Runner, lu_on, lu_state
 
 from ..iscsi import initiator as I
 
@@ -467,6 +467,35 @@ def test_a_deferred_error_goes_to_the_initiator_whose_write_failed() -> None:
         good(rig.result(rig.sync(nexus=a1)))  # reported once
         assert rig.state.wb_error is None
         good(rig.host.results.pop(rig.write(24, b"\x03" * 512, nexus=b)))  # early again
+
+
+def test_a_background_write_still_under_way_at_its_timeout_holds_its_blocks_until_it_returned(
+        ) -> None:
+    """A write under way on a hung volume times out (its error goes to the flush) but may
+    still land when the volume answers. Until then a read of its blocks cannot say what
+    they hold, and a newer write there could be overwritten by it landing late: both fail
+    as a timeout does (NOT READY: the initiator retries); once it returned, they go on."""
+    async def main() -> None:
+        rig = Rig()
+        good(rig.host.results.pop(rig.write(0, b"\x01" * 1024)))
+        fn, arg, callback, _ = rig.pool.queue.pop(0)
+        arg[4].setdefault("start", _RUNNING)  # a worker took it: under way
+        callback(None, IoTimeout())
+        r = rig.result(rig.sync())
+        assert r.status == Status.CHECK_CONDITION  # the deferred error, at once
+        for task in (rig.read(1, 1), rig.write(0, b"\x02" * 512)):
+            r = rig.result(task)
+            assert r.status == Status.CHECK_CONDITION
+            assert parse_sense(r.sense or b"")[0] == 0x02  # NOT READY: retried
+        good(rig.host.results.pop(rig.write(8, b"\x03" * 512)))  # other blocks: as usual
+        fn(arg)  # the volume answers: the late write lands
+        await asyncio.sleep(0)
+        good(rig.result(rig.write(0, b"\x02" * 512)))  # the initiator's retry
+        rig.pool.drain()
+        assert bytes(rig.inner._view[:1024]) == b"\x02" * 512 + b"\x01" * 512
+        assert rig.state.wb_late == []
+
+    asyncio.run(main())
 
 
 # -- bounds and memory ----------------------------------------------------------------------

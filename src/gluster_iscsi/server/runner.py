@@ -302,6 +302,10 @@ class LuState:
         #: initiator's flush must not take it: its fsync would succeed); wb_error is cleared
         #: with the last
         self.wb_owed: dict[str, BaseException] = {}
+        #: byte ranges of write-behind writes that timed out under way (reported as failed,
+        #: but they may still land): a read or write there fails as a timeout does until the
+        #: call returned (``_landed_late``)
+        self.wb_late: list[tuple[int, int]] = []
         #: commands waiting for write-behind writes to finish: (task, gen, lu, host, request,
         #: t0), stepped again, in order, as each write finishes
         self.wb_parked: list[tuple[Any, Any, Any, Any, Any, int]] = []
@@ -549,6 +553,22 @@ def _wb_waits(rs: LuState, t: type, req: Any) -> bool:
     return False
 
 
+def _wb_late(rs: LuState, t: type, req: Any) -> bool:
+    """Whether a read or write overlaps a write-behind write that timed out under way."""
+    if t is Read:
+        start = req.offset
+        end = start + req.length
+    elif t is Write:
+        start = req.offset
+        end = start + len(req.data)
+    else:
+        return False
+    for a, b in rs.wb_late:
+        if a < end and start < b:
+            return True
+    return False
+
+
 def fenced_error(target: Any) -> BackingStoreError:
     """What a request of a group LU past its issue deadline gets instead of its store call:
     NOT READY, LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION (04/0Ah, the
@@ -721,9 +741,14 @@ class Runner:
                              or task.aborted):  # (a shipped task aborted by its sender)
                     exc, value = fenced_error(target), None
                     continue
-                if rs is not None and (rs.wb_count or rs.wb_error is not None):
+                if rs is not None and (rs.wb_count or rs.wb_error is not None or rs.wb_late):
                     # Write-behind writes pending or failed (``_write_behind``): what must
                     # wait for them waits, and their error goes to the next flush.
+                    if rs.wb_late and _wb_late(rs, t, req):
+                        exc, value = BackingStoreError(
+                            errno.ETIMEDOUT, "an earlier write there is still under way",
+                            getattr(store, "name", None)), None
+                        continue
                     if rs.wb_count and _wb_waits(rs, t, req):
                         rs.wb_parked.append((task, gen, lu, host, req, t0))
                         return
@@ -891,8 +916,14 @@ class Runner:
         marks: dict[str, Any] = {}
 
         def done(value: Any, exc: BaseException | None) -> None:
-            if exc is not None and type(exc) is IoTimeout:
-                marks.setdefault("start", _CANCELLED)
+            if exc is not None and type(exc) is IoTimeout \
+                    and marks.setdefault("start", _CANCELLED) is _RUNNING:
+                # Under way: it may still land; its blocks are held until it returned.
+                rs.wb_late.append(span)
+                marks["loop"] = asyncio.get_running_loop()
+                if marks.setdefault("end", functools.partial(self._landed_late, rs, span)) \
+                        is _FINISHED:
+                    self._landed_late(rs, span)  # (it returned meanwhile)
             self._written_behind(rs, span, n, copy, exc, who)
 
         engines.pool_for(store).submit(self._write_in_background,
@@ -909,6 +940,14 @@ class Runner:
             store.write(offset, data)
         finally:
             lock.release_shared()
+            then = marks.setdefault("end", _FINISHED)
+            if then is not _FINISHED:  # it timed out under way: the loop waits for it
+                marks["loop"].call_soon_threadsafe(then)
+
+    def _landed_late(self, rs: LuState, span: tuple[int, int]) -> None:
+        """A write-behind write that timed out under way returned (on the loop): its blocks
+        are free again."""
+        rs.wb_late.remove(span)
 
     def _written_behind(self, rs: LuState, span: tuple[int, int], n: int,
                         copy: memoryview | None, exc: BaseException | None, who: str) -> None:
