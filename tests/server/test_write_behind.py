@@ -483,7 +483,8 @@ def test_a_background_write_still_under_way_at_its_timeout_holds_its_blocks_unti
         callback(None, IoTimeout())
         r = rig.result(rig.sync())
         assert r.status == Status.CHECK_CONDITION  # the deferred error, at once
-        for task in (rig.read(1, 1), rig.write(0, b"\x02" * 512)):
+        for task in (rig.read(1, 1), rig.write(0, b"\x02" * 512), rig.unmap(1, 1),
+                     rig.write_same(0, 1, bytes(BS))):
             r = rig.result(task)
             assert r.status == Status.CHECK_CONDITION
             assert parse_sense(r.sense or b"")[0] == 0x02  # NOT READY: retried

@@ -554,11 +554,12 @@ def _wb_waits(rs: LuState, t: type, req: Any) -> bool:
 
 
 def _wb_late(rs: LuState, t: type, req: Any) -> bool:
-    """Whether a read or write overlaps a write-behind write that timed out under way."""
-    if t is Read:
+    """Whether a request that reads or changes blocks overlaps a write-behind write that
+    timed out under way."""
+    if t is Read or t is Unmap or t is WriteZeroes:
         start = req.offset
         end = start + req.length
-    elif t is Write:
+    elif t is Write or t is CompareAndWrite or t is OrWrite:
         start = req.offset
         end = start + len(req.data)
     else:
