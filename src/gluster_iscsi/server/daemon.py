@@ -546,7 +546,8 @@ class Daemon:
                             "anyway", timeout)
         rs = getattr(lu, "runner_state", None)
         lost = rs.wb_error if rs is not None else None
-        if lost is not None:  # (kept: a LU a failed config change puts back still reports it)
+        if rs is not None and lost is not None:  # (kept: a LU a failed config change puts
+            # back still reports it)
             name = getattr(lu.store, "name", None) or "store"
             PROBLEMS.report(log, logging.ERROR, "write-behind error unreported", name,
                             "%s: taken out of service with a write acknowledged early that "
