@@ -410,3 +410,32 @@ def test_an_online_grow_never_asks_the_store_its_size_on_the_event_loop(
     assert on_loop == []
     assert lu.block_count == (4 << 20) // 512
     assert lu.pop_ua("iqn.x,i,0x1") == Asc.CAPACITY_DATA_HAS_CHANGED
+
+
+def test_a_replaced_lun_is_drained_before_its_replacement_serves(tmp_path, fake_runtime):
+    """Writes acknowledged early (write-behind) on a LUN that a config change (``--force``)
+    replaces on the same backing must be written before the new LU takes its commands: a read
+    there (another store handle, another read cache) would otherwise return the bytes from
+    before the write, and a new write could be overwritten by the older one landing late."""
+    d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
+    seen = []
+
+    async def drain(lu):
+        seen.append((lu, d.registry.lookup(T1).device.lu(1)))
+
+    d.write_behind_drain = drain
+
+    async def scenario():
+        cfg = desired()
+        await r.apply(cfg)
+        old = d.registry.lookup(T1).device.lu(1)
+        new = copy.deepcopy(cfg)
+        new["targets"][0]["luns"][0]["read_only"] = True  # same backing: a new LU
+        await r.apply(new, force=True)
+        return old
+
+    old = run(scenario())
+    assert d.registry.lookup(T1).device.lu(1) is not old
+    drained = [serving for lu, serving in seen if lu is old]
+    assert drained and drained[0] is old  # drained while still the one serving

@@ -27,7 +27,7 @@ from gluster_iscsi.scsi import DeviceServer, Nexus, ScsiResult, ScsiTask, Status
 from gluster_iscsi.scsi.lu import CACHING_PAGE, WCE
 from gluster_iscsi.scsi.sense import from_store_error, parse_sense
 from gluster_iscsi.server.iopool import IoTimeout
-from gluster_iscsi.server.runner import Runner, lu_on, lu_state
+from gluster_iscsi.server.runner import _RUNNING, Runner, lu_on, lu_state
 
 from ..iscsi import initiator as I
 
@@ -143,8 +143,9 @@ class Rig:
                              buffers=self.buffers)
         self.host = Host()
 
-    def send(self, cdb: bytes, data: bytes | None = None, *, read: int = 0) -> ScsiTask:
-        task = ScsiTask(cdb, 0, N1, data_out=memoryview(bytearray(data)) if data else None,
+    def send(self, cdb: bytes, data: bytes | None = None, *, read: int = 0,
+             nexus: Nexus = N1) -> ScsiTask:
+        task = ScsiTask(cdb, 0, nexus, data_out=memoryview(bytearray(data)) if data else None,
                         expected_length=read or (len(data) if data else 0),
                         read=bool(read), write=data is not None)
         self.runner.start(task, self.device.execute(task), self.lu, self.host)
@@ -158,18 +159,18 @@ class Rig:
             self.pool.run(rng.randrange(len(self.pool.queue)) if rng else 0)
         return self.host.results.pop(task)
 
-    def write(self, lba: int, data: bytes, fua: bool = False) -> ScsiTask:
+    def write(self, lba: int, data: bytes, fua: bool = False, nexus: Nexus = N1) -> ScsiTask:
         n = len(data) // BS
         cdb = bytes([0x2A, 0x08 if fua else 0]) + lba.to_bytes(4, "big") + b"\0" \
             + n.to_bytes(2, "big") + b"\0"
-        return self.send(cdb, data)
+        return self.send(cdb, data, nexus=nexus)
 
     def read(self, lba: int, n: int) -> ScsiTask:
         cdb = bytes([0x28, 0]) + lba.to_bytes(4, "big") + b"\0" + n.to_bytes(2, "big") + b"\0"
         return self.send(cdb, read=n * BS)
 
-    def sync(self) -> ScsiTask:
-        return self.send(bytes([0x35]) + bytes(9))
+    def sync(self, nexus: Nexus = N1) -> ScsiTask:
+        return self.send(bytes([0x35]) + bytes(9), nexus=nexus)
 
     def unmap(self, lba: int, n: int) -> ScsiTask:
         params = (22).to_bytes(2, "big") + (16).to_bytes(2, "big") + bytes(4) \
@@ -387,8 +388,115 @@ def test_a_background_write_that_times_out_is_a_deferred_error_and_its_copy_neve
     assert rig.budget.used == 0
     assert rig.buffers.borrow(128 << 10).obj is not backing  # the late call may still read it
     r = rig.result(rig.sync())
-    expected = from_store_error(BackingStoreError(errno.ETIMEDOUT, "x"), write=True)
+    # a lost write, not NOT READY (see the next test)
+    expected = from_store_error(BackingStoreError(errno.EIO, "x"), write=True)
     assert parse_sense(r.sense or b"") == (expected.key, expected.asc)
+
+
+@pytest.mark.parametrize("how", ["timeout", "ENOTCONN", "EAGAIN"])
+def test_a_deferred_error_is_reported_with_a_sense_initiators_do_not_retry(how: str) -> None:
+    """A volume that hangs or drops its bricks fails a background write with an error a
+    synchronous write reports as NOT READY (02/04/01, 02/04/0A): initiators retry on it
+    (Linux: NEEDS_RETRY, dm-multipath: another path). The flush that reports the deferred
+    error must not say so: its retry would get GOOD (the error is reported once) and the
+    initiator's fsync would succeed with the acknowledged write lost."""
+    rig = Rig()
+    good(rig.host.results.pop(rig.write(8, b"\x01" * 512)))
+    if how == "timeout":
+        rig.pool.time_out(0)
+    else:
+        err = getattr(errno, how)
+        rig.inner.write = lambda offset, data: (_ for _ in ()).throw(  # type: ignore[method-assign]
+            BackingStoreError(err, "brick gone", "gated"))
+        rig.pool.run(0)
+    assert rig.state.stats.wb_errors == 1
+    for cmd in ("sync", "fua"):
+        if cmd == "fua":
+            good(rig.host.results.pop(rig.write(16, b"\x02" * 512)))
+            (rig.pool.time_out if how == "timeout" else rig.pool.run)(0)
+            task = rig.write(24, b"\x03" * 512, fua=True)
+        else:
+            task = rig.sync()
+        r = rig.result(task)
+        assert r.status == Status.CHECK_CONDITION
+        key, asc = parse_sense(r.sense or b"")
+        assert (key, asc) == (0x03, 0x0C00), f"{cmd}: {key:#x}/{asc:#06x}"  # MEDIUM/WRITE ERROR
+
+
+def test_a_background_write_that_timed_out_before_a_worker_took_it_is_never_issued() -> None:
+    """A hung volume: the workers are stuck, the write-behind writes queued behind them time
+    out (their error goes to the next flush) and the initiator goes on writing those blocks.
+    Once the volume is back a worker takes the queued stale write: it must not be written,
+    over the newer data."""
+    rig = Rig()
+    good(rig.host.results.pop(rig.write(0, b"\x01" * 512)))
+    fn, arg, callback, _ = rig.pool.queue.pop(0)
+    callback(None, IoTimeout())  # still queued: the timeout comes first
+    r = rig.result(rig.sync())
+    assert r.status == Status.CHECK_CONDITION
+    good(rig.result(rig.write(0, b"\x02" * 512)))  # the initiator writes the block again
+    rig.pool.drain()
+    assert rig.inner.writes == 1
+    fn(arg)  # the worker is free again and takes the stale call
+    assert rig.inner.writes == 1 and bytes(rig.inner._view[:512]) == b"\x02" * 512
+
+
+def test_a_deferred_error_goes_to_the_initiator_whose_write_failed() -> None:
+    """Two initiators share the LU (a cluster file system). A's write fails in the
+    background; B's flush comes first. A's own next flush must still fail: had B's taken
+    the error, A's fsync would succeed with its write lost. A's flush through its other
+    path (multipath: another session, the same initiator name) is A's too; B's flushes
+    are not failed for A's write."""
+    a1 = N1
+    a2 = Nexus("iqn.x:i", "iqn.x:i,i,0x2", "iqn.x:t,t,0x1")  # A's second path
+    b = Nexus("iqn.x:other", "iqn.x:other,i,0x1", "iqn.x:t,t,0x1")
+    for how in ("flush", "fua"):
+        rig = Rig()
+        for nexus in (a2, b):
+            rig.device.nexus_added(nexus)
+            rig.lu.clear_ua(nexus.initiator_port)
+        rig.inner.fail_at.add(0)
+        good(rig.host.results.pop(rig.write(0, b"\x01" * 512, nexus=a1)))
+        rig.pool.run(0)
+        if how == "flush":
+            good(rig.result(rig.sync(nexus=b)))
+        else:
+            good(rig.result(rig.write(16, b"\x02" * 512, fua=True, nexus=b)))
+        r = rig.result(rig.sync(nexus=a2))
+        assert r.status == Status.CHECK_CONDITION, how
+        good(rig.result(rig.sync(nexus=a1)))  # reported once
+        assert rig.state.wb_error is None
+        good(rig.host.results.pop(rig.write(24, b"\x03" * 512, nexus=b)))  # early again
+
+
+def test_a_background_write_still_under_way_at_its_timeout_holds_its_blocks_until_it_returned(
+        ) -> None:
+    """A write under way on a hung volume times out (its error goes to the flush) but may
+    still land when the volume answers. Until then a read of its blocks cannot say what
+    they hold, and a newer write there could be overwritten by it landing late: both fail
+    as a timeout does (NOT READY: the initiator retries); once it returned, they go on."""
+    async def main() -> None:
+        rig = Rig()
+        good(rig.host.results.pop(rig.write(0, b"\x01" * 1024)))
+        fn, arg, callback, _ = rig.pool.queue.pop(0)
+        arg[4].setdefault("start", _RUNNING)  # a worker took it: under way
+        callback(None, IoTimeout())
+        r = rig.result(rig.sync())
+        assert r.status == Status.CHECK_CONDITION  # the deferred error, at once
+        for task in (rig.read(1, 1), rig.write(0, b"\x02" * 512), rig.unmap(1, 1),
+                     rig.write_same(0, 1, bytes(BS))):
+            r = rig.result(task)
+            assert r.status == Status.CHECK_CONDITION
+            assert parse_sense(r.sense or b"")[0] == 0x02  # NOT READY: retried
+        good(rig.host.results.pop(rig.write(8, b"\x03" * 512)))  # other blocks: as usual
+        fn(arg)  # the volume answers: the late write lands
+        await asyncio.sleep(0)
+        good(rig.result(rig.write(0, b"\x02" * 512)))  # the initiator's retry
+        rig.pool.drain()
+        assert bytes(rig.inner._view[:1024]) == b"\x02" * 512 + b"\x01" * 512
+        assert rig.state.wb_late == []
+
+    asyncio.run(main())
 
 
 # -- bounds and memory ----------------------------------------------------------------------
@@ -498,6 +606,52 @@ def test_closing_a_lu_drains_its_pending_writes_and_ends_write_behind() -> None:
     asyncio.run(main())
 
 
+def test_a_deferred_error_nobody_was_told_of_is_logged_when_its_lu_closes(
+        tmp_path: Any, caplog: Any) -> None:
+    """The LU is closed (lun delete, a config change, the daemon's stop) before any flush
+    came to report the failed write: no initiator will hear of it, the log must say so."""
+    from gluster_iscsi.server.daemon import Daemon
+
+    rig = Rig()
+    rig.inner.fail_at.add(0)
+    good(rig.host.results.pop(rig.write(0, b"\x01" * 512)))
+    rig.pool.run(0)
+    d = Daemon(tmp_path)
+    d._runner = rig.runner
+    caplog.clear()
+    asyncio.run(d.write_behind_drain(rig.lu))
+    assert "never reported" in caplog.text and "brick said no" in caplog.text
+
+
+def test_the_daemons_stop_drains_every_lu_at_once(tmp_path: Any) -> None:
+    """SIGTERM with a hung volume: each LU's drain waits up to the I/O timeout (without one,
+    the drain timeout); one LU after the other that was as many times that as LUs, past any
+    service manager's stop timeout. The drains run together."""
+    from gluster_iscsi.model.targets import AccessRule, Target
+    from gluster_iscsi.scsi import DeviceServer as Device
+    from gluster_iscsi.server.daemon import Daemon
+
+    async def main() -> None:
+        d = Daemon(tmp_path)
+        lus = {n: lu_on(MemoryStore(1 << 20), serial=f"hung{n:04d}") for n in (1, 2, 3)}
+        d.add_target(Target("iqn.2026-12.org.example:wb", 1, acl=[AccessRule(network="ALL")],
+                            device=Device(lus, target_name="iqn.2026-12.org.example:wb")))
+        entered: list[Any] = []
+        all_in = asyncio.Event()
+
+        async def drain(lu: Any) -> None:  # a hung volume: done only once all have begun
+            entered.append(lu)
+            if len(entered) == len(lus):
+                all_in.set()
+            await all_in.wait()
+
+        d.write_behind_drain = drain  # type: ignore[method-assign]
+        await asyncio.wait_for(d.stop(), 10)
+        assert sorted(map(id, entered)) == sorted(map(id, lus.values()))
+
+    asyncio.run(main())
+
+
 # -- a real daemon: what was acknowledged reaches the store before it closes --------------------
 
 
@@ -584,7 +738,7 @@ def test_a_buffer_that_cannot_be_copied_flat_goes_the_ordinary_way() -> None:
     rig = Rig()
     words = memoryview(bytearray(b"\x01" * 512)).cast("H")  # 256 two-byte items
     req = io.Write(0, words)
-    assert not rig.runner._write_behind(req, rig.lu, rig.state)
+    assert not rig.runner._write_behind(req, rig.lu, rig.state, ScsiTask(b"", 0, N1))
     assert rig.budget.used == 0 and rig.state.wb_count == 0
 
 

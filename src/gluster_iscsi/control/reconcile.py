@@ -965,6 +965,14 @@ async def _commit(daemon: DaemonControl, st: _State, prep: _Prepared) -> None:
             await _run_blocking(daemon, store.resize, lu["size"])
             undo.append(functools.partial(_run_blocking, daemon, store.resize, current))
 
+        # The LUs this change takes out of service: the writes they acknowledged early
+        # (write-behind) written now, while they still serve, and no more after (a LU that
+        # the undo puts back keeps write-behind off). No await from here to the swap: a
+        # replacement on the same backing (another store handle and read cache) would
+        # otherwise read older bytes, or have a new write overwritten by an old one.
+        for lu_obj in _leaving(st, plan, prep):
+            await daemon.write_behind_drain(lu_obj)
+
         if st.default_params is None:
             st.default_params = dict(daemon.params)
             st.default_settings = _settings(daemon)
@@ -1141,6 +1149,18 @@ async def _commit(daemon: DaemonControl, st: _State, prep: _Prepared) -> None:
     st.applied_once = True
     for _, lu, lu_obj, _ in prep.grows:
         await _tell_group_capacity(lu_obj, lu["size"])
+
+
+def _leaving(st: _State, plan: Plan, prep: _Prepared) -> list[Any]:
+    """The LUs in service that :func:`_commit` replaces or removes."""
+    keys: set[tuple[str, int]] = set()
+    for o, t in plan.targets_changed:
+        nl = {lu["lun"] for lu in t["luns"]}
+        keys.update((_key(t), lu["lun"]) for lu in o["luns"]
+                    if lu["lun"] not in nl or (_key(t), lu["lun"]) in prep.opened)
+    for t in [*plan.targets_removed, *prep.rebuilt]:
+        keys.update((_key(t), lu["lun"]) for lu in t["luns"])
+    return [st.lus[k] for k in keys if k in st.lus]
 
 
 async def _tell_group_capacity(lu_obj: Any, size: int) -> None:

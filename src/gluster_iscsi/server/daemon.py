@@ -536,15 +536,24 @@ class Daemon:
         if self._runner is None:
             return
         idle = self._runner.write_behind_idle(lu)
-        if idle is None:
-            return
-        # (each write ends by its I/O timeout; without one, as long as commands may drain)
-        timeout = self.io_timeout + 1 if self.io_timeout else self.drain_timeout
-        try:
-            await asyncio.wait_for(idle, timeout)
-        except TimeoutError:
-            log.warning("write-behind writes still pending after %gs; closing the store anyway",
-                        timeout)
+        if idle is not None:
+            # (each write ends by its I/O timeout; without one, as long as commands may drain)
+            timeout = self.io_timeout + 1 if self.io_timeout else self.drain_timeout
+            try:
+                await asyncio.wait_for(idle, timeout)
+            except TimeoutError:
+                log.warning("write-behind writes still pending after %gs; closing the store "
+                            "anyway", timeout)
+        rs = getattr(lu, "runner_state", None)
+        lost = rs.wb_error if rs is not None else None
+        if rs is not None and lost is not None:  # (kept: a LU a failed config change puts
+            # back still reports it)
+            name = getattr(lu.store, "name", None) or "store"
+            PROBLEMS.report(log, logging.ERROR, "write-behind error unreported", name,
+                            "%s: taken out of service with a write acknowledged early that "
+                            "failed, never reported to an initiator (no SYNCHRONIZE CACHE or "
+                            "FUA write of %s came after it): %s", name,
+                            ", ".join(sorted(rs.wb_owed)), lost, burst=1)
 
     def write_behind_status(self, lu: Any) -> dict[str, Any]:
         """``lun list``'s view of a LUN's write-behind (``Runner.write_behind_status``)."""
@@ -689,6 +698,11 @@ class Daemon:
             d.close("daemon shutting down")
         if drivers:
             await asyncio.wait([asyncio.ensure_future(d.closed.wait()) for d in drivers], timeout=5)
+        # Acknowledged writes reach the stores: every LU's at once (on a hung volume each
+        # waits up to the I/O timeout; one after the other, that many times over).
+        lus = [target.device.lu(n) for target in list(self.registry.targets.values())
+               if target.device is not None for n in list(getattr(target.device, "luns", {}))]
+        await asyncio.gather(*(self.write_behind_drain(lu) for lu in lus if lu is not None))
         for target in list(self.registry.targets.values()):
             device = target.device
             if device is None:
@@ -696,7 +710,6 @@ class Daemon:
             for lun in list(getattr(device, "luns", {})):
                 lu = device.lu(lun)
                 if lu is not None:
-                    await self.write_behind_drain(lu)  # acknowledged writes reach the store
                     try:
                         # Commands were drained above; a call still running is hung: do not
                         # hold the exit for it (the process ends, a leaked handle with it).

@@ -68,7 +68,7 @@ from ..scsi.io import (
     WriteZeroes,
 )
 from ..scsi.lu import LogicalUnit
-from ..scsi.sense import build_sense
+from ..scsi.sense import SenseKey, build_sense, from_store_error
 from ..scsi.task import ScsiResult, ScsiTask, Status
 from .iopool import IoTimeout
 
@@ -297,6 +297,15 @@ class LuState:
         #: SYNCHRONIZE CACHE or FUA write gets it (then it is cleared); until then no write
         #: is acknowledged early
         self.wb_error: BaseException | None = None
+        #: whom it is owed to: initiator name (all its paths) -> the error of its first
+        #: failed write; each one's next SYNCHRONIZE CACHE or FUA write gets its own (another
+        #: initiator's flush must not take it: its fsync would succeed); wb_error is cleared
+        #: with the last
+        self.wb_owed: dict[str, BaseException] = {}
+        #: byte ranges of write-behind writes that timed out under way (reported as failed,
+        #: but they may still land): a read or write there fails as a timeout does until the
+        #: call returned (``_landed_late``)
+        self.wb_late: list[tuple[int, int]] = []
         #: commands waiting for write-behind writes to finish: (task, gen, lu, host, request,
         #: t0), stepped again, in order, as each write finishes
         self.wb_parked: list[tuple[Any, Any, Any, Any, Any, int]] = []
@@ -518,6 +527,13 @@ _FINISHED: Final = object()
 _LATE: Final = IoTimeout("returned late")
 
 
+#: Sense keys an initiator retries a command on (Linux: NOT READY "becoming ready" or an
+#: ALUA transition, UNIT ATTENTION, ABORTED COMMAND; dm-multipath: another path). A deferred
+#: write-behind error reported with one of them is lost: the flush retried says GOOD.
+_RETRIED: Final = frozenset({SenseKey.NOT_READY, SenseKey.UNIT_ATTENTION,
+                             SenseKey.ABORTED_COMMAND})
+
+
 def _wb_waits(rs: LuState, t: type, req: Any) -> bool:
     """Whether a request must wait for the LU's pending write-behind writes: a read or a
     plain write that overlaps one of them (never older bytes; no reordering of acknowledged
@@ -532,6 +548,23 @@ def _wb_waits(rs: LuState, t: type, req: Any) -> bool:
     else:
         return True
     for a, b in rs.wb_ranges:
+        if a < end and start < b:
+            return True
+    return False
+
+
+def _wb_late(rs: LuState, t: type, req: Any) -> bool:
+    """Whether a request that reads or changes blocks overlaps a write-behind write that
+    timed out under way."""
+    if t is Read or t is Unmap or t is WriteZeroes:
+        start = req.offset
+        end = start + req.length
+    elif t is Write or t is CompareAndWrite or t is OrWrite:
+        start = req.offset
+        end = start + len(req.data)
+    else:
+        return False
+    for a, b in rs.wb_late:
         if a < end and start < b:
             return True
     return False
@@ -709,17 +742,26 @@ class Runner:
                              or task.aborted):  # (a shipped task aborted by its sender)
                     exc, value = fenced_error(target), None
                     continue
-                if rs is not None and (rs.wb_count or rs.wb_error is not None):
+                if rs is not None and (rs.wb_count or rs.wb_error is not None or rs.wb_late):
                     # Write-behind writes pending or failed (``_write_behind``): what must
                     # wait for them waits, and their error goes to the next flush.
+                    if rs.wb_late and _wb_late(rs, t, req):
+                        exc, value = BackingStoreError(
+                            errno.ETIMEDOUT, "an earlier write there is still under way",
+                            getattr(store, "name", None)), None
+                        continue
                     if rs.wb_count and _wb_waits(rs, t, req):
                         rs.wb_parked.append((task, gen, lu, host, req, t0))
                         return
                     if rs.wb_error is not None and (t is Flush or (t is Write and req.fua)):
-                        exc, value, rs.wb_error = rs.wb_error, None, None
-                        continue
+                        owed = rs.wb_owed.pop(task.nexus.initiator_name, None)
+                        if not rs.wb_owed:
+                            rs.wb_error = None
+                        if owed is not None:
+                            exc, value = owed, None
+                            continue
                 if t is Write and self.wb_window and rs is not None and rs.group is None \
-                        and self._write_behind(req, target, rs):
+                        and self._write_behind(req, target, rs, task):
                     value = None  # acknowledged: its store call goes on in the background
                     continue
                 # A read's buffer is charged to the daemon's memory budget before it is taken.
@@ -820,7 +862,7 @@ class Runner:
 
     # -- write-behind ---------------------------------------------------------------------------
 
-    def _write_behind(self, req: Write, target: Any, rs: LuState) -> bool:
+    def _write_behind(self, req: Write, target: Any, rs: LuState, task: ScsiTask) -> bool:
         """Acknowledge a plain write now and write it in the background, if it may: a lone
         LU (the caller checked) whose write cache is on (WCE=1, so SBC lets a write be
         volatile until SYNCHRONIZE CACHE or FUA), on a blocking store that asks for it
@@ -865,27 +907,51 @@ class Runner:
         rs.wb_bytes += n
         rs.wb_ranges.append(span)
         rs.stats.wb_writes += 1
+        who = task.nexus.initiator_name  # (a failure is owed to it)
         engines = self.engines
         assert engines is not None
         timeout = engines.io_timeout
 
+        # "start": set once, by the worker about to issue the write or by its timeout (as
+        # a group LU's media call, ``_perform_fenced``)
+        marks: dict[str, Any] = {}
+
         def done(value: Any, exc: BaseException | None) -> None:
-            self._written_behind(rs, span, n, copy, exc)
+            if exc is not None and type(exc) is IoTimeout \
+                    and marks.setdefault("start", _CANCELLED) is _RUNNING:
+                # Under way: it may still land; its blocks are held until it returned.
+                rs.wb_late.append(span)
+                marks["loop"] = asyncio.get_running_loop()
+                if marks.setdefault("end", functools.partial(self._landed_late, rs, span)) \
+                        is _FINISHED:
+                    self._landed_late(rs, span)  # (it returned meanwhile)
+            self._written_behind(rs, span, n, copy, exc, who)
 
         engines.pool_for(store).submit(self._write_in_background,
-                                       (store, offset, kept, self._lock(target)), done, timeout)
+                                       (store, offset, kept, self._lock(target), marks), done,
+                                       timeout)
         return True
 
-    def _write_in_background(self, box: tuple[Any, int, Any, Lock]) -> None:
-        store, offset, data, lock = box
+    def _write_in_background(self, box: tuple[Any, int, Any, Lock, dict[str, Any]]) -> None:
+        store, offset, data, lock, marks = box
+        if marks.setdefault("start", _RUNNING) is not _RUNNING:
+            return  # timed out in the queue, reported as failed: never over newer writes
         lock.acquire_shared()  # (shared: COMPARE AND WRITE's read-compare-write stays atomic)
         try:
             store.write(offset, data)
         finally:
             lock.release_shared()
+            then = marks.setdefault("end", _FINISHED)
+            if then is not _FINISHED:  # it timed out under way: the loop waits for it
+                marks["loop"].call_soon_threadsafe(then)
+
+    def _landed_late(self, rs: LuState, span: tuple[int, int]) -> None:
+        """A write-behind write that timed out under way returned (on the loop): its blocks
+        are free again."""
+        rs.wb_late.remove(span)
 
     def _written_behind(self, rs: LuState, span: tuple[int, int], n: int,
-                        copy: memoryview | None, exc: BaseException | None) -> None:
+                        copy: memoryview | None, exc: BaseException | None, who: str) -> None:
         """A write-behind write finished (on the loop): free its room, keep its error for the
         next flush, and go on with the commands that waited for it."""
         rs.wb_count -= 1
@@ -903,14 +969,23 @@ class Runner:
                 copy = None
                 rs.stats.timeouts += 1
                 exc = BackingStoreError(errno.ETIMEDOUT, "I/O timed out", name)
+            # An error a synchronous write reports as retryable (a hung or disconnected
+            # volume: NOT READY) is reported as what it is now, a lost write (MEDIUM ERROR,
+            # WRITE ERROR): a flush retried on it would get GOOD.
+            lost = exc
+            if isinstance(exc, OSError) and from_store_error(exc, write=True).key in _RETRIED:
+                lost = BackingStoreError(errno.EIO, f"a write acknowledged early was lost: {exc}",
+                                         name)
             if rs.wb_error is None:
-                rs.wb_error = exc
+                rs.wb_error = lost
+            if who not in rs.wb_owed:
+                rs.wb_owed[who] = lost
             rs.stats.wb_errors += 1
             # one line per store per interval; the error itself goes to the next flush
             PROBLEMS.report(log, logging.ERROR, "write-behind failed", str(name),
                             "%s: a write acknowledged early (write-behind, %d bytes at %d) "
-                            "failed: %s; the next SYNCHRONIZE CACHE or FUA write reports it",
-                            name or "store", n, span[0], exc)
+                            "failed: %s; %s's next SYNCHRONIZE CACHE or FUA write reports it",
+                            name or "store", n, span[0], exc, who)
         if copy is not None:
             self.buffers.give_back(copy)
         parked = rs.wb_parked
