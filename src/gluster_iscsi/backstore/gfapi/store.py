@@ -69,11 +69,17 @@ IDLE_LINGER_SECONDS: float | None = None
 
 #: Translator options every new client gets before glfs_init, ``(xlator glob, key, value)``,
 #: on top of the volume's own (they change this process's graph only, not the volume).
-#: None by default: io-threads pass-through (``*-io-threads:pass-through=true``: no hop
+#: None by default. A larger write-behind window (``*-write-behind:cache-size=4MB``; the
+#: volume's ``performance.write-behind-window-size`` defaults to 1MB) keeps more writes in
+#: flight, which cost the bricks ~9% less CPU each: 4 KiB random writes at QD32 1.13-1.16x,
+#: but cold 4 KiB random reads at QD32 0.96-0.98x (2MB: writes 1.09x, reads 0.93x), so it is
+#: an option for write-heavy LUNs, not a default (BENCHMARKS.md "Stop 24: gfapi write CPU").
+#: Durability would not change: FUA and SYNCHRONIZE CACHE call glfs_fsync/fdatasync, which
+#: flush the window. io-threads pass-through (``*-io-threads:pass-through=true``: no hop
 #: through the client-side io-threads of the gluster-block profile) measured 4 KiB reads
-#: 1.14x at QD32 with 9% less daemon CPU, but 4 KiB writes 0.83x at QD32 (BENCHMARKS.md,
-#: issue 19), and writes are where gfapi LUNs trail. Options a volume's translators do not
-#: know are ignored by gfapi; a value one refuses fails glfs_init with EINVAL.
+#: 1.14x at QD32 with 9% less daemon CPU, but 4 KiB writes 0.83x at QD32 (issue 19).
+#: Options a volume's translators do not know are ignored by gfapi; a value one refuses
+#: fails glfs_init with EINVAL.
 DEFAULT_CLIENT_XLATOR_OPTIONS: tuple[tuple[str, str, str], ...] = ()
 CLIENT_XLATOR_OPTIONS: list[tuple[str, str, str]] = list(DEFAULT_CLIENT_XLATOR_OPTIONS)
 
