@@ -142,6 +142,7 @@ class Sample:
     error: str | None = None
     other_cpu: float = 0.0  # CPUs' worth busy with anything else (other daemons, other users)
     storage_cpu_s: float = 0.0  # CPU of the benchmark volume's Gluster processes (bricks, FUSE client)
+    brick_cpu_s: float = 0.0    # ... of which its bricks (glusterfsd): the rest is the FUSE client
 
 
 def system_busy() -> float:
@@ -389,12 +390,14 @@ def run_qemu_multi(t: Target, w: Workload, count: int, timeout: float = 120) -> 
 STORAGE_VOLUME = ""  # Gluster volume whose processes count as storage, not background
 
 
-def storage_cpu() -> float:
-    """utime+stime of the benchmark volume's bricks and FUSE client (not charged to any daemon)."""
+def storage_cpu() -> tuple[float, float]:
+    """utime+stime of the benchmark volume's bricks and FUSE client (not charged to any
+    daemon), and of its bricks alone: the bricks' cost per write differs between files of
+    one volume (BENCHMARKS.md "Stop 24"), the FUSE client's is tgt's Gluster client."""
     vol = STORAGE_VOLUME
     if not vol:
-        return 0.0
-    total = 0.0
+        return 0.0, 0.0
+    total = bricks = 0.0
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -408,10 +411,13 @@ def storage_cpu() -> float:
             with open(f"/proc/{d}/stat") as f:
                 st = f.read()
             fields = st[st.rindex(")") + 2:].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += used
+            if os.path.basename(argv[0]) == "glusterfsd":
+                bricks += used
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return total, bricks
 
 
 def measured(fn, t: Target, *a) -> Sample:
@@ -419,12 +425,13 @@ def measured(fn, t: Target, *a) -> Sample:
     def me() -> float:
         x = os.times()
         return x.user + x.system
-    g0 = storage_cpu()
+    g0, k0 = storage_cpu()
     b0, d0, c0, m0, w0 = system_busy(), proc_stat(t.pid).cpu, _children_cpu(), me(), time.monotonic()
     s = fn(t, *a)
     b1, d1, c1, m1, w1 = system_busy(), proc_stat(t.pid).cpu, _children_cpu(), me(), time.monotonic()
-    g1 = storage_cpu()
+    g1, k1 = storage_cpu()
     s.storage_cpu_s = g1 - g0
+    s.brick_cpu_s = k1 - k0
     s.other_cpu = max(0.0, ((b1 - b0) - (d1 - d0) - (c1 - c0) - (m1 - m0) - (g1 - g0))
                       / max(w1 - w0, 1e-3))
     return s
@@ -460,7 +467,8 @@ class WorkloadResult:
              "mb_s": statistics.median(x.mb_s for x in xs),
              "cpu_s_per_gib": (sum(x.cpu_s for x in xs) / (tot_bytes / GIB)) if tot_bytes else None,
              "n": len(xs), "other_cpu": statistics.mean(x.other_cpu for x in xs),
-             "storage_cpu_s_per_gib": (sum(x.storage_cpu_s for x in xs) / (tot_bytes / GIB)) if tot_bytes else None}
+             "storage_cpu_s_per_gib": (sum(x.storage_cpu_s for x in xs) / (tot_bytes / GIB)) if tot_bytes else None,
+             "brick_cpu_s_per_gib": (sum(x.brick_cpu_s for x in xs) / (tot_bytes / GIB)) if tot_bytes else None}
         if xs[0].p50_us is not None:
             d["p50_us"] = statistics.median(x.p50_us for x in xs)
             d["p99_us"] = statistics.median(x.p99_us for x in xs)
@@ -1056,8 +1064,8 @@ def render(report: dict) -> str:
             L.append("")
             L.append("| workload | client | A ops/s | B ops/s | A MB/s | B MB/s | A p50/p99 us | B p50/p99 us "
                      "| A CPU s/GiB | B CPU s/GiB | B/A ops/s [min..max] | B/A CPU per GiB [min..max] | bg CPU "
-                     "| Gluster CPU s/GiB A/B |")
-            L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                     "| Gluster CPU s/GiB A/B | of which bricks A/B |")
+            L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for w in sec["workloads"]:
                 A, B, r = w["A"], w["B"], w["ratio"]
 
@@ -1076,13 +1084,15 @@ def render(report: dict) -> str:
                 ctxt = f"{cr['median']:.2f} [{cr['min']:.2f}..{cr['max']:.2f}]" if cr else "-"
                 gs = [x.get("storage_cpu_s_per_gib") for x in (A, B)]
                 gtxt = (f"{gs[0]:.2f}/{gs[1]:.2f}" if all(g is not None for g in gs) and any(gs) else "-")
+                ks = [x.get("brick_cpu_s_per_gib") for x in (A, B)]
+                ktxt = (f"{ks[0]:.2f}/{ks[1]:.2f}" if all(k is not None for k in ks) and any(ks) else "-")
                 bg = [x["other_cpu"] for x in (A, B) if "other_cpu" in x]
                 bgtxt = f"{max(bg):.2f}" if bg else "-"
                 if bg and max(bg) > BG_DISTURBED:
                     rtxt += " *"
                 L.append(f"| {w['name']} | {w['client']} | {cell(A, 'ops_s')} | {cell(B, 'ops_s')} | "
                          f"{cell(A, 'mb_s')} | {cell(B, 'mb_s')} | {lat(A)} | {lat(B)} | "
-                         f"{cell(A, 'cpu_s_per_gib', 2)} | {cell(B, 'cpu_s_per_gib', 2)} | {rtxt} | {ctxt} | {bgtxt} | {gtxt} |")
+                         f"{cell(A, 'cpu_s_per_gib', 2)} | {cell(B, 'cpu_s_per_gib', 2)} | {rtxt} | {ctxt} | {bgtxt} | {gtxt} | {ktxt} |")
             if any(max([w[x].get("other_cpu", 0) for x in "AB"] or [0]) > BG_DISTURBED for w in sec["workloads"]):
                 L.append(f"\n\\* bg CPU > {BG_DISTURBED}: other work competed for the CPUs during these runs; "
                          "the ops/s ratio is not trustworthy there (the CPU-per-GiB ratio holds up much better).")
