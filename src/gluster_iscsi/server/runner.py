@@ -293,14 +293,11 @@ class LuState:
         self.wb_count = 0
         self.wb_bytes = 0
         self.wb_ranges: list[tuple[int, int]] = []
-        #: the first such write that failed (or timed out), not reported yet: the next
-        #: SYNCHRONIZE CACHE or FUA write gets it (then it is cleared); until then no write
-        #: is acknowledged early
-        self.wb_error: BaseException | None = None
-        #: whom it is owed to: initiator name (all its paths) -> the error of its first
-        #: failed write; each one's next SYNCHRONIZE CACHE or FUA write gets its own (another
-        #: initiator's flush must not take it: its fsync would succeed); wb_error is cleared
-        #: with the last
+        #: such writes that failed (or timed out), not reported yet, by whom they are owed
+        #: to: initiator name (all its paths) -> the error of its first failed write; each
+        #: one's next SYNCHRONIZE CACHE or FUA write gets its own (another initiator's flush
+        #: must not take it: its fsync would succeed); while any is owed, no write is
+        #: acknowledged early
         self.wb_owed: dict[str, BaseException] = {}
         #: byte ranges of write-behind writes that timed out under way (reported as failed,
         #: but they may still land): a read or write there fails as a timeout does until the
@@ -317,6 +314,14 @@ class LuState:
         #: ``write_behind``: gfapi; a file's writes wait only for the page cache)
         self.wb_store: Any = None
         self.wb_ok = False
+
+    @property
+    def wb_error(self) -> BaseException | None:
+        """The earliest write-behind failure not reported to everyone it is owed to (None:
+        none is owed)."""
+        for err in self.wb_owed.values():
+            return err
+        return None
 
 
 def lu_state(lu: Any) -> LuState:
@@ -534,6 +539,13 @@ _RETRIED: Final = frozenset({SenseKey.NOT_READY, SenseKey.UNIT_ATTENTION,
                              SenseKey.ABORTED_COMMAND})
 
 
+def _overlaps(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
+    for a, b in ranges:
+        if a < end and start < b:
+            return True
+    return False
+
+
 def _wb_waits(rs: LuState, t: type, req: Any) -> bool:
     """Whether a request must wait for the LU's pending write-behind writes: a read or a
     plain write that overlaps one of them (never older bytes; no reordering of acknowledged
@@ -547,10 +559,7 @@ def _wb_waits(rs: LuState, t: type, req: Any) -> bool:
         end = start + len(req.data)
     else:
         return True
-    for a, b in rs.wb_ranges:
-        if a < end and start < b:
-            return True
-    return False
+    return _overlaps(rs.wb_ranges, start, end)
 
 
 def _wb_late(rs: LuState, t: type, req: Any) -> bool:
@@ -564,10 +573,7 @@ def _wb_late(rs: LuState, t: type, req: Any) -> bool:
         end = start + len(req.data)
     else:
         return False
-    for a, b in rs.wb_late:
-        if a < end and start < b:
-            return True
-    return False
+    return _overlaps(rs.wb_late, start, end)
 
 
 def fenced_error(target: Any) -> BackingStoreError:
@@ -742,7 +748,7 @@ class Runner:
                              or task.aborted):  # (a shipped task aborted by its sender)
                     exc, value = fenced_error(target), None
                     continue
-                if rs is not None and (rs.wb_count or rs.wb_error is not None or rs.wb_late):
+                if rs is not None and (rs.wb_count or rs.wb_owed or rs.wb_late):
                     # Write-behind writes pending or failed (``_write_behind``): what must
                     # wait for them waits, and their error goes to the next flush.
                     if rs.wb_late and _wb_late(rs, t, req):
@@ -753,14 +759,13 @@ class Runner:
                     if rs.wb_count and _wb_waits(rs, t, req):
                         rs.wb_parked.append((task, gen, lu, host, req, t0))
                         return
-                    if rs.wb_error is not None and (t is Flush or (t is Write and req.fua)):
+                    if rs.wb_owed and (t is Flush or (t is Write and req.fua)):
                         owed = rs.wb_owed.pop(task.nexus.initiator_name, None)
-                        if not rs.wb_owed:
-                            rs.wb_error = None
                         if owed is not None:
                             exc, value = owed, None
                             continue
                 if t is Write and self.wb_window and rs is not None and rs.group is None \
+                        and (rs.wb_ok or rs.wb_store is not store) \
                         and self._write_behind(req, target, rs, task):
                     value = None  # acknowledged: its store call goes on in the background
                     continue
@@ -879,7 +884,7 @@ class Runner:
         if rs.wb_store is not store:
             rs.wb_store = store
             rs.wb_ok = bool(store.blocking) and bool(getattr(store, "write_behind", False))
-        if not rs.wb_ok or req.fua or rs.wb_off or rs.wb_error is not None or rs.wb_parked:
+        if not rs.wb_ok or req.fua or rs.wb_off or rs.wb_owed or rs.wb_parked:
             return False
         data = req.data
         n = len(data)  # type: ignore[arg-type]  # byte-sized buffers
@@ -976,8 +981,6 @@ class Runner:
             if isinstance(exc, OSError) and from_store_error(exc, write=True).key in _RETRIED:
                 lost = BackingStoreError(errno.EIO, f"a write acknowledged early was lost: {exc}",
                                          name)
-            if rs.wb_error is None:
-                rs.wb_error = lost
             if who not in rs.wb_owed:
                 rs.wb_owed[who] = lost
             rs.stats.wb_errors += 1
@@ -1034,7 +1037,7 @@ class Runner:
                 "window_writes": self.wb_writes, "pending_bytes": rs.wb_bytes,
                 "pending_writes": rs.wb_count, "writes": rs.stats.wb_writes,
                 "deferred_errors": rs.stats.wb_errors,
-                "error_pending": rs.wb_error is not None}
+                "error_pending": bool(rs.wb_owed)}
 
     def _perform_boxed(self, box: tuple[Any, Any, ScsiTask, dict[str, Any] | None]) -> Any:
         req, target, task, marks = box
