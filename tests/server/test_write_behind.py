@@ -89,6 +89,7 @@ class ManualPool:
 class Engines:
     io_timeout = 7.0
     ring = None
+    gfaio = None
 
     def __init__(self) -> None:
         self.pool = ManualPool()
