@@ -761,3 +761,23 @@ def test_serve_write_behind_option_and_the_daemons_runner(tmp_path: Any) -> None
     assert d.runner.wb_window == 1 << 20 and d.runner.wb_writes == 64
     assert d.runner.budget is d.budget  # the copies count against the daemon's budget
     assert Daemon(tmp_path, write_behind=0).runner.wb_window == 0
+
+
+def test_a_lu_that_serves_on_after_its_drain_writes_behind_again() -> None:
+    """A config change drained the LU to close it, then was undone (``write_behind_resume``)."""
+    async def main() -> None:
+        rig = Rig()
+        assert rig.state.wb_ok is False  # (the LU's runner state made, as by its commands)
+        assert rig.runner.write_behind_idle(rig.lu) is None
+        w = rig.write(0, b"\x01" * 512)
+        assert w not in rig.host.results  # off while closing
+        rig.pool.drain()
+        good(rig.host.results.pop(w))
+        assert "closing" in rig.runner.write_behind_status(rig.lu)["state"]
+        rig.runner.write_behind_resume(rig.lu)
+        assert rig.runner.write_behind_status(rig.lu)["state"] == "on"
+        good(rig.host.results.pop(rig.write(0, b"\x02" * 512)))  # early again
+        rig.pool.drain()
+        assert bytes(rig.inner._view[:512]) == b"\x02" * 512
+
+    asyncio.run(main())

@@ -555,6 +555,12 @@ class Daemon:
                             "FUA write of %s came after it): %s", name,
                             ", ".join(sorted(rs.wb_owed)), lost, burst=1)
 
+    def write_behind_resume(self, lu: Any) -> None:
+        """``lu`` serves on after :meth:`write_behind_drain` (a config change that would have
+        closed it was undone): write-behind on it again."""
+        if self._runner is not None:
+            self._runner.write_behind_resume(lu)
+
     def write_behind_status(self, lu: Any) -> dict[str, Any]:
         """``lun list``'s view of a LUN's write-behind (``Runner.write_behind_status``)."""
         return self.runner.write_behind_status(lu)

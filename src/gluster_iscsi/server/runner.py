@@ -308,7 +308,8 @@ class LuState:
         self.wb_parked: list[tuple[Any, Any, Any, Any, Any, int]] = []
         #: futures set once no write-behind write is pending (the LU's store is closing)
         self.wb_idle: list[Any] = []
-        #: no write-behind any more (the LU is being closed)
+        #: no write-behind any more (the LU is being closed; a config change that drained
+        #: it and was undone turns it back on: ``Runner.write_behind_resume``)
         self.wb_off = False
         #: the store whose eligibility :attr:`wb_ok` says (a blocking store that asks for it,
         #: ``write_behind``: gfapi; a file's writes wait only for the page cache)
@@ -1015,6 +1016,13 @@ class Runner:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         rs.wb_idle.append(fut)
         return fut
+
+    def write_behind_resume(self, lu: Any) -> None:
+        """Write-behind on ``lu`` again after :meth:`write_behind_idle` stopped it: the LU
+        serves on (a config change that drained it to close it was undone)."""
+        rs: LuState | None = lu.runner_state
+        if rs is not None:
+            rs.wb_off = False
 
     def write_behind_status(self, lu: Any) -> dict[str, Any]:
         """What ``lun list``/``status`` show of a LU's write-behind: on (and why not), the
