@@ -499,6 +499,44 @@ def test_a_background_write_still_under_way_at_its_timeout_holds_its_blocks_unti
     asyncio.run(main())
 
 
+def test_a_command_that_fails_when_restarted_ends_alone_and_the_others_go_on(
+        caplog: Any) -> None:
+    """Commands parked behind a pending write are restarted one by one once it landed. One
+    whose restart raises (here its connection's ``complete``, for a write acknowledged early
+    at once) ends with the internal error (04/4400) alone: the others parked with it still
+    run and answer, and nothing escapes into the pool's completion batch (the other
+    completions in it would be lost)."""
+    async def main() -> None:
+        rig = Rig()
+        good(rig.host.results.pop(rig.write(0, b"\x01" * 1024)))
+        first, second = rig.write(0, b"\x02" * 512), rig.write(1, b"\x03" * 512)
+        third = rig.sync()
+        assert not rig.host.results and len(rig.state.wb_parked) == 3
+        complete = rig.host.complete
+        broken: list[ScsiTask] = []
+
+        def fails_once(task: ScsiTask, result: ScsiResult) -> None:
+            if task is first and not broken:
+                broken.append(task)
+                raise RuntimeError("the connection's answer failed")
+            complete(task, result)
+
+        rig.host.complete = fails_once  # type: ignore[method-assign]
+        caplog.clear()
+        rig.pool.run(0)  # the write lands: the three go on
+        assert broken
+        r = rig.host.results.pop(first)
+        assert r.status == Status.CHECK_CONDITION
+        assert parse_sense(r.sense or b"") == (0x04, 0x4400)  # HARDWARE ERROR, INTERNAL
+        assert "the connection's answer failed" in caplog.text
+        good(rig.host.results.pop(second))  # acknowledged early on its restart
+        good(rig.result(third))  # the flush: after both
+        assert bytes(rig.inner._view[:1024]) == b"\x02" * 512 + b"\x03" * 512
+        assert rig.state.wb_parked == []
+
+    asyncio.run(main())
+
+
 # -- bounds and memory ----------------------------------------------------------------------
 
 

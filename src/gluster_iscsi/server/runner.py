@@ -995,13 +995,31 @@ class Runner:
         parked = rs.wb_parked
         if parked:
             rs.wb_parked = []
-            for task, gen, lu, host, req, t0 in parked:
-                self._step(task, gen, lu, host, None, None, t0, req)
+            for entry in parked:
+                self._restart(entry)
         if not rs.wb_count and rs.wb_idle:
             idle, rs.wb_idle = rs.wb_idle, []
             for fut in idle:
                 if not fut.done():
                     fut.set_result(None)
+
+    def _restart(self, parked: tuple[Any, Any, Any, Any, Any, int]) -> None:
+        """Go on with a command that waited for write-behind writes. What escapes its step (a
+        failure of its host's ``complete`` or of its counters: nobody above this loop callback
+        to take it) is that command's alone: it ends with the internal error, and the other
+        commands that waited go on."""
+        task, gen, lu, host, req, t0 = parked
+        try:
+            self._step(task, gen, lu, host, None, None, t0, req)
+        except Exception:  # noqa: BLE001 - this command only
+            log.exception("internal error going on with CDB %s after write-behind writes",
+                          bytes(task.cdb[:1]).hex())
+            key, asc = _INTERNAL_ERROR
+            try:
+                host.complete(task, ScsiResult(Status.CHECK_CONDITION, None,
+                                               build_sense(key, asc)))
+            except Exception:  # noqa: BLE001 - its connection is broken: the others go on
+                log.exception("answering CDB %s", bytes(task.cdb[:1]).hex())
 
     def write_behind_idle(self, lu: Any) -> asyncio.Future[None] | None:
         """Stop write-behind on ``lu`` (its store is about to close) and return a future set
