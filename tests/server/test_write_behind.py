@@ -659,6 +659,72 @@ def test_a_deferred_error_nobody_was_told_of_is_logged_when_its_lu_closes(
     caplog.clear()
     asyncio.run(d.write_behind_drain(rig.lu))
     assert "never reported" in caplog.text and "brick said no" in caplog.text
+    assert d.writes_lost() == ["gated"]  # (serve's exit status: 10)
+    # A config change that drained it was undone: the LU serves on, and its initiator's
+    # flush reports the error after all: nothing lost any more.
+    rig.runner.write_behind_resume(rig.lu)
+    assert rig.result(rig.sync()).status == Status.CHECK_CONDITION
+    assert d.writes_lost() == []
+
+
+@pytest.mark.parametrize("told", [False, True], ids=["never-told", "flushed"])
+def test_serve_exits_10_when_a_lost_write_was_never_reported(
+        tmp_path: Any, monkeypatch: Any, caplog: Any, told: bool) -> None:
+    """``serve`` in this process (its own daemon, worker threads and store close), with a
+    gfapi-like LUN whose write acknowledged early fails at the store; then SIGTERM. Nobody
+    was told (no flush came after it): the exit status is not 0 but 10, data may be lost.
+    Once the initiator's flush reported it, the stop is clean again (0)."""
+    import os
+    import signal
+
+    from gluster_iscsi.cli import serve as cli_serve
+    from gluster_iscsi.model.targets import AccessRule, Target
+
+    store = GatedStore(64 << 10)
+    store.fail_at.add(0)
+    lu = lu_on(store, serial="lost0001")
+    device = DeviceServer({0: lu}, target_name="iqn.2026-12.org.example:lost")
+    device.nexus_added(N1)
+    lu.clear_ua(N1.initiator_port)
+    host = Host()
+    steps: list[str] = []
+
+    async def command(daemon: Any, cdb: bytes, data: bytes | None = None) -> ScsiResult:
+        task = ScsiTask(cdb, 0, N1, data_out=memoryview(bytearray(data)) if data else None,
+                        expected_length=len(data) if data else 0, write=data is not None)
+        daemon.runner.start(task, device.execute(task), lu, host)
+        while task not in host.results:  # the store's worker thread answers
+            await asyncio.sleep(0.01)
+        return host.results.pop(task)
+
+    async def scenario(daemon: Any) -> None:
+        cdb = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])  # WRITE(10), LBA 0, no FUA
+        good(await command(daemon, cdb, b"\x01" * 512))  # acknowledged early ...
+        while not lu_state(lu).stats.wb_errors:  # ... and lost at the store
+            await asyncio.sleep(0.01)
+        steps.append("lost")
+        if told:
+            r = await command(daemon, bytes([0x35]) + bytes(9))  # SYNCHRONIZE CACHE
+            assert r.status == Status.CHECK_CONDITION
+            steps.append("told")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def start(state_dir: Any, daemon: Any, *args: Any) -> dict[str, Any]:
+        daemon.add_target(Target("iqn.2026-12.org.example:lost", 1,
+                                 acl=[AccessRule(network="ALL")], device=device))
+        asyncio.get_running_loop().create_task(scenario(daemon))
+        return {}
+
+    monkeypatch.setattr(cli_serve, "_start", start)
+    code = asyncio.run(asyncio.wait_for(
+        cli_serve._serve(tmp_path, [], None, False, 10.0, io_uring=False), 60))
+    assert steps == (["lost", "told"] if told else ["lost"])
+    if told:
+        assert code == 0
+    else:
+        assert code == 10
+        assert cli_serve.EXIT_WRITES_LOST == 10
+        assert "stopped with data lost" in caplog.text and "gated" in caplog.text
 
 
 def test_the_daemons_stop_drains_every_lu_at_once(tmp_path: Any) -> None:
