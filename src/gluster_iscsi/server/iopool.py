@@ -13,10 +13,11 @@ so a pool per backing store costs nothing while its LUN is quiet (or deleted).
 A call may carry a timeout: if it has not returned by then, its callback gets
 :class:`IoTimeout` and its late result is dropped. One still queued then is never issued (a
 write would land over what was written since); one under way cannot be pulled back, and its
-callback may ask to hear when it returned (:meth:`IoPool.when_returned`). Deadlines are kept in submission order
-(with the daemon's one I/O timeout, that is also deadline order) and watched by one timer armed
-at the oldest deadline, not by a timer per call: at tens of thousands of calls a second,
-creating and cancelling a loop timer for each was a measurable part of the hand-off.
+callback may ask to hear when it returned (:meth:`IoPool.when_returned`). Deadlines are kept
+in submission order (with the daemon's one I/O timeout, that is also deadline order) and
+watched by one timer armed at the oldest deadline, not by a timer per call: at tens of
+thousands of calls a second, creating and cancelling a loop timer for each was a measurable
+part of the hand-off.
 
 The store calls (``os.preadv``, ctypes into libgfapi) release the GIL while they block.
 """

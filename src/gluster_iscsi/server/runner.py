@@ -983,8 +983,8 @@ class Runner:
         engines = self.engines
         assert engines is not None
         ring = engines.ring  # (whichever of the two is timing it out now says so)
-        if engines.pool_for(store).when_returned(then) \
-                or (ring is not None and ring.when_returned(then)):
+        if (ring is not None and ring.when_returned(then)) \
+                or engines.pool_for(store).when_returned(then):
             rs.wb_late.append(span)
 
     def _written_behind(self, rs: LuState, span: tuple[int, int], n: int,
