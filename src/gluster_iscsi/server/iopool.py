@@ -137,17 +137,16 @@ class IoPool:
             fn, arg, callback, key = item
             with lock:
                 self._queued -= 1
+                self._busy += 1
                 if key:  # (the timer takes the lock to expire a call)
                     out = self._deadlines.get(key)
                     if out is not None:
                         out[3] = True  # started: under way, if it times out now
-                    else:
-                        key = -1  # it timed out while queued, its command was answered: a
-                        # write issued now would land over what was written since
-                if key >= 0:
-                    self._busy += 1
+                    else:  # it timed out while queued, its command was answered: a write
+                        self._busy -= 1  # issued now would land over what was written since
+                        key = -1
             if key < 0:
-                continue
+                continue  # never issued
             try:
                 entry = (callback, fn(arg), None, key)
             except BaseException as exc:  # noqa: BLE001 - delivered to the callback
