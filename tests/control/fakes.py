@@ -95,6 +95,8 @@ class FakeDaemon:
         self.connections: set[object] = set()
         #: LUs whose write-behind was drained before their store closed
         self.drained: list[Any] = []
+        #: LUs whose write-behind is off since (``id``): drained and not resumed
+        self.wb_off: set[int] = set()
         self._portals: list[Portal] = []
         self.session_list: list[dict[str, Any]] = []
         self.calls: list[tuple[str, Any]] = []
@@ -161,6 +163,10 @@ class FakeDaemon:
 
     async def write_behind_drain(self, lu: Any) -> None:
         self.drained.append(lu)
+        self.wb_off.add(id(lu))
+
+    def write_behind_resume(self, lu: Any) -> None:
+        self.wb_off.discard(id(lu))
 
     def lun_stats(self) -> list[dict[str, Any]]:
         return [{"target": t.name, "lun": n, "reads": 0}

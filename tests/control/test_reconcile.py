@@ -439,3 +439,28 @@ def test_a_replaced_lun_is_drained_before_its_replacement_serves(tmp_path, fake_
     assert d.registry.lookup(T1).device.lu(1) is not old
     drained = [serving for lu, serving in seen if lu is old]
     assert drained and drained[0] is old  # drained while still the one serving
+
+
+def test_a_lun_put_back_by_an_undone_change_writes_behind_again(tmp_path, fake_runtime):
+    """A config change drains the write-behind of the LUNs it replaces (which stops it on
+    them), then fails (a port in use) and is undone: the old LU serves on, and must write
+    behind again, not stay synchronous until the daemon restarts."""
+    d = FakeDaemon(tmp_path)
+    r = reconcile.Reconciler(d)
+    d.fail_portal = ("127.0.0.1", 3999)
+
+    async def scenario():
+        cfg = desired()
+        await r.apply(cfg)
+        old = d.registry.lookup(T1).device.lu(1)
+        new = copy.deepcopy(cfg)
+        new["targets"][0]["luns"][0]["read_only"] = True  # same backing: a new LU
+        new["portals"].append({"host": "127.0.0.1", "port": 3999, "advertise": None})
+        with pytest.raises(reconcile.ReconcileError, match="cannot listen"):
+            await r.apply(cfgmod.validate(new), force=True)
+        return old
+
+    old = run(scenario())
+    assert d.registry.lookup(T1).device.lu(1) is old and not old.store.closed
+    assert old in d.drained  # (the change got as far as draining it)
+    assert id(old) not in d.wb_off

@@ -138,3 +138,46 @@ def test_a_store_may_ask_for_its_own_number_of_workers(tmp_path) -> None:  # typ
         return a.max_threads, b.max_threads, d.pool_for(wide).max_threads, a is d.pool_for(wide)
 
     assert asyncio.run(main()) == (3, 5, 3, True)
+
+
+def test_a_call_that_timed_out_queued_never_runs_and_one_under_way_says_when_it_returned():
+    """A timed-out call still queued is never issued (a write would land over newer data);
+    the callback of one under way may ask to hear when it returned (``when_returned``)."""
+    from gluster_iscsi.server.iopool import IoTimeout
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        pool = IoPool(loop, 1, idle=5)
+        release, entered = threading.Event(), threading.Event()
+        ran: list = []
+        asked: dict = {}
+        returned: list = []
+
+        def hang(name):
+            ran.append(name)
+            entered.set()
+            release.wait(30)
+
+        def callback(name):
+            def cb(value, exc):
+                assert isinstance(exc, IoTimeout)
+                asked[name] = pool.when_returned(lambda: returned.append(name))
+            return cb
+
+        pool.submit(hang, "under way", callback("under way"), 3600)
+        assert await loop.run_in_executor(None, entered.wait, 30)
+        pool.submit(ran.append, "queued", callback("queued"), 3600)
+        pool._expire(loop.time() + 7200)  # the timeout passes for both
+        assert asked == {"under way": True, "queued": False}
+        assert not pool.when_returned(lambda: returned.append("outside"))
+        release.set()
+        done = loop.create_future()
+        pool.submit(ran.append, "after", lambda v, e: done.set_result(e))
+        assert await asyncio.wait_for(done, 10) is None
+        while not returned:
+            await asyncio.sleep(0.005)
+        assert returned == ["under way"]
+        assert ran == ["under way", "after"]  # never "queued"
+        pool.shutdown()
+
+    asyncio.run(main())

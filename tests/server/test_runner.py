@@ -145,6 +145,9 @@ class TimingOutPool:
         self.submitted.append((arg, timeout))
         callback(None, IoTimeout())
 
+    def when_returned(self, then: Any) -> bool:
+        return False  # timed out while queued: never issued
+
 
 class Engines:
     io_timeout = 7.0

@@ -178,6 +178,36 @@ def test_a_call_that_hangs_times_out_and_its_late_completion_is_dropped(tmp_path
     with_ring(main, r, w)
 
 
+def test_a_timed_out_call_tells_whoever_asked_once_the_kernel_is_done_with_it(tmp_path):
+    """A caller that hears IoTimeout may ask to hear when the call returned (the runner holds
+    a timed-out write's blocks until then): once, after the late completion; a call of the
+    kernel's is always under way. Asked outside a timeout's callback, there is nothing."""
+    r, w = fifo(tmp_path)
+
+    async def main(ring: Ring, calls: Calls) -> None:
+        returned: list[str] = []
+        asked: list[bool] = []
+
+        def callback(value: object, exc: BaseException | None) -> None:
+            asked.append(ring.when_returned(lambda: returned.append("late")))
+            calls.callback(value, exc)
+
+        assert not ring.when_returned(lambda: returned.append("never"))
+        buf = memoryview(bytearray(4))
+        assert ring.read(lend(r), buf, 0, callback, timeout=0.2, finish=calls.finish)
+        await calls.wait()
+        assert isinstance(calls.results[0][1], IoTimeout) and asked == [True]
+        assert returned == []
+        os.write(w, b"late")
+        for _ in range(500):
+            if returned:
+                break
+            await asyncio.sleep(0.01)
+        assert returned == ["late"] and calls.finished == 1 and len(calls.results) == 1
+
+    with_ring(main, r, w)
+
+
 def test_calls_beyond_capacity_are_refused_and_the_others_complete(tmp_path):
     r, w = fifo(tmp_path)
 

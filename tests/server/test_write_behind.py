@@ -76,6 +76,9 @@ class ManualPool:
             return
         callback(value, None)
 
+    def when_returned(self, then: Any) -> bool:
+        return False  # (time_out: the call never runs here)
+
     def time_out(self, i: int = 0) -> None:
         """The call is late: its command hears IoTimeout (the call itself never runs here)."""
         _, _, callback, _ = self.queue.pop(i)
@@ -500,6 +503,44 @@ def test_a_background_write_still_under_way_at_its_timeout_holds_its_blocks_unti
     asyncio.run(main())
 
 
+def test_a_command_that_fails_when_restarted_ends_alone_and_the_others_go_on(
+        caplog: Any) -> None:
+    """Commands parked behind a pending write are restarted one by one once it landed. One
+    whose restart raises (here its connection's ``complete``, for a write acknowledged early
+    at once) ends with the internal error (04/4400) alone: the others parked with it still
+    run and answer, and nothing escapes into the pool's completion batch (the other
+    completions in it would be lost)."""
+    async def main() -> None:
+        rig = Rig()
+        good(rig.host.results.pop(rig.write(0, b"\x01" * 1024)))
+        first, second = rig.write(0, b"\x02" * 512), rig.write(1, b"\x03" * 512)
+        third = rig.sync()
+        assert not rig.host.results and len(rig.state.wb_parked) == 3
+        complete = rig.host.complete
+        broken: list[ScsiTask] = []
+
+        def fails_once(task: ScsiTask, result: ScsiResult) -> None:
+            if task is first and not broken:
+                broken.append(task)
+                raise RuntimeError("the connection's answer failed")
+            complete(task, result)
+
+        rig.host.complete = fails_once  # type: ignore[method-assign]
+        caplog.clear()
+        rig.pool.run(0)  # the write lands: the three go on
+        assert broken
+        r = rig.host.results.pop(first)
+        assert r.status == Status.CHECK_CONDITION
+        assert parse_sense(r.sense or b"") == (0x04, 0x4400)  # HARDWARE ERROR, INTERNAL
+        assert "the connection's answer failed" in caplog.text
+        good(rig.host.results.pop(second))  # acknowledged early on its restart
+        good(rig.result(third))  # the flush: after both
+        assert bytes(rig.inner._view[:1024]) == b"\x02" * 512 + b"\x03" * 512
+        assert rig.state.wb_parked == []
+
+    asyncio.run(main())
+
+
 # -- bounds and memory ----------------------------------------------------------------------
 
 
@@ -622,6 +663,72 @@ def test_a_deferred_error_nobody_was_told_of_is_logged_when_its_lu_closes(
     caplog.clear()
     asyncio.run(d.write_behind_drain(rig.lu))
     assert "never reported" in caplog.text and "brick said no" in caplog.text
+    assert d.writes_lost() == ["gated"]  # (serve's exit status: 10)
+    # A config change that drained it was undone: the LU serves on, and its initiator's
+    # flush reports the error after all: nothing lost any more.
+    rig.runner.write_behind_resume(rig.lu)
+    assert rig.result(rig.sync()).status == Status.CHECK_CONDITION
+    assert d.writes_lost() == []
+
+
+@pytest.mark.parametrize("told", [False, True], ids=["never-told", "flushed"])
+def test_serve_exits_10_when_a_lost_write_was_never_reported(
+        tmp_path: Any, monkeypatch: Any, caplog: Any, told: bool) -> None:
+    """``serve`` in this process (its own daemon, worker threads and store close), with a
+    gfapi-like LUN whose write acknowledged early fails at the store; then SIGTERM. Nobody
+    was told (no flush came after it): the exit status is not 0 but 10, data may be lost.
+    Once the initiator's flush reported it, the stop is clean again (0)."""
+    import os
+    import signal
+
+    from gluster_iscsi.cli import serve as cli_serve
+    from gluster_iscsi.model.targets import AccessRule, Target
+
+    store = GatedStore(64 << 10)
+    store.fail_at.add(0)
+    lu = lu_on(store, serial="lost0001")
+    device = DeviceServer({0: lu}, target_name="iqn.2026-12.org.example:lost")
+    device.nexus_added(N1)
+    lu.clear_ua(N1.initiator_port)
+    host = Host()
+    steps: list[str] = []
+
+    async def command(daemon: Any, cdb: bytes, data: bytes | None = None) -> ScsiResult:
+        task = ScsiTask(cdb, 0, N1, data_out=memoryview(bytearray(data)) if data else None,
+                        expected_length=len(data) if data else 0, write=data is not None)
+        daemon.runner.start(task, device.execute(task), lu, host)
+        while task not in host.results:  # the store's worker thread answers
+            await asyncio.sleep(0.01)
+        return host.results.pop(task)
+
+    async def scenario(daemon: Any) -> None:
+        cdb = bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0])  # WRITE(10), LBA 0, no FUA
+        good(await command(daemon, cdb, b"\x01" * 512))  # acknowledged early ...
+        while not lu_state(lu).stats.wb_errors:  # ... and lost at the store
+            await asyncio.sleep(0.01)
+        steps.append("lost")
+        if told:
+            r = await command(daemon, bytes([0x35]) + bytes(9))  # SYNCHRONIZE CACHE
+            assert r.status == Status.CHECK_CONDITION
+            steps.append("told")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def start(state_dir: Any, daemon: Any, *args: Any) -> dict[str, Any]:
+        daemon.add_target(Target("iqn.2026-12.org.example:lost", 1,
+                                 acl=[AccessRule(network="ALL")], device=device))
+        asyncio.get_running_loop().create_task(scenario(daemon))
+        return {}
+
+    monkeypatch.setattr(cli_serve, "_start", start)
+    code = asyncio.run(asyncio.wait_for(
+        cli_serve._serve(tmp_path, [], None, False, 10.0, io_uring=False), 60))
+    assert steps == (["lost", "told"] if told else ["lost"])
+    if told:
+        assert code == 0
+    else:
+        assert code == 10
+        assert cli_serve.EXIT_WRITES_LOST == 10
+        assert "stopped with data lost" in caplog.text and "gated" in caplog.text
 
 
 def test_the_daemons_stop_drains_every_lu_at_once(tmp_path: Any) -> None:
@@ -762,3 +869,23 @@ def test_serve_write_behind_option_and_the_daemons_runner(tmp_path: Any) -> None
     assert d.runner.wb_window == 1 << 20 and d.runner.wb_writes == 64
     assert d.runner.budget is d.budget  # the copies count against the daemon's budget
     assert Daemon(tmp_path, write_behind=0).runner.wb_window == 0
+
+
+def test_a_lu_that_serves_on_after_its_drain_writes_behind_again() -> None:
+    """A config change drained the LU to close it, then was undone (``write_behind_resume``)."""
+    async def main() -> None:
+        rig = Rig()
+        assert rig.state.wb_ok is False  # (the LU's runner state made, as by its commands)
+        assert rig.runner.write_behind_idle(rig.lu) is None
+        w = rig.write(0, b"\x01" * 512)
+        assert w not in rig.host.results  # off while closing
+        rig.pool.drain()
+        good(rig.host.results.pop(w))
+        assert "closing" in rig.runner.write_behind_status(rig.lu)["state"]
+        rig.runner.write_behind_resume(rig.lu)
+        assert rig.runner.write_behind_status(rig.lu)["state"] == "on"
+        good(rig.host.results.pop(rig.write(0, b"\x02" * 512)))  # early again
+        rig.pool.drain()
+        assert bytes(rig.inner._view[:512]) == b"\x02" * 512
+
+    asyncio.run(main())

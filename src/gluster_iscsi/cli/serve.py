@@ -163,6 +163,9 @@ EXIT_CONFIG = 2
 EXIT_INVALID = 6
 EXIT_BUSY = 7
 EXIT_UNAVAILABLE = 9
+#: Stopped, but a LUN was closed with a write acknowledged early (write-behind) that failed
+#: and was never reported to its initiator: data may be lost (serve only).
+EXIT_WRITES_LOST = 10
 
 
 class StartError(Exception):
@@ -195,6 +198,10 @@ Exit status:
   6  invalid --listen, --advertise or --state-dir
   7  another daemon already runs with this state directory
   9  cannot listen on an address (port in use, address not local)
+  10 stopped, but a LUN was closed (stop, lun delete, a config change)
+     with a write acknowledged early (--write-behind) that failed at the
+     bricks and was never reported to its initiator (no SYNCHRONIZE CACHE
+     or FUA write came after it): data may be lost; the log names the LUN
 """
 
 
@@ -494,6 +501,12 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     if ticker is not None:
         ticker.cancel()
     notifier.close()
+    lost = daemon.writes_lost()
+    if lost:  # logged as it happened; said once more, last, with the exit status
+        log.error("stopped with data lost: a write acknowledged early (write-behind) failed "
+                  "on %s and no initiator was told (exit status %d)", ", ".join(lost),
+                  EXIT_WRITES_LOST)
+        return EXIT_WRITES_LOST
     return 0
 
 

@@ -160,6 +160,10 @@ class DaemonControl(Protocol):
         """Before the LUN's store closes: no more write-behind on it, and the writes it
         acknowledged early written (each bounded by the I/O timeout)."""
 
+    def write_behind_resume(self, lu: Any) -> None:
+        """The LUN serves on after :meth:`write_behind_drain` (the change that would have
+        closed it was undone): write-behind on it again."""
+
     # ------------------------------------------------------------------ the gateway group
     def group_status(self) -> dict[str, Any] | None:
         """The gateway group as this daemon sees it (docs/HA.md): ``gateway``, ``number``,

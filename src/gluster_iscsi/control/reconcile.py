@@ -966,11 +966,12 @@ async def _commit(daemon: DaemonControl, st: _State, prep: _Prepared) -> None:
             undo.append(functools.partial(_run_blocking, daemon, store.resize, current))
 
         # The LUs this change takes out of service: the writes they acknowledged early
-        # (write-behind) written now, while they still serve, and no more after (a LU that
-        # the undo puts back keeps write-behind off). No await from here to the swap: a
+        # (write-behind) written now, while they still serve, and no more after (the undo
+        # turns it back on for a LU it puts back). No await from here to the swap: a
         # replacement on the same backing (another store handle and read cache) would
         # otherwise read older bytes, or have a new write overwritten by an old one.
         for lu_obj in _leaving(st, plan, prep):
+            undo.append(functools.partial(daemon.write_behind_resume, lu_obj))
             await daemon.write_behind_drain(lu_obj)
 
         if st.default_params is None:

@@ -153,6 +153,9 @@ class Daemon:
         #: The write-behind window of each lone LUN on a blocking store (gfapi), bytes; 0: off
         #: (``serve --write-behind``, ``runner.Runner._write_behind``).
         self.write_behind = write_behind
+        #: LUs taken out of service with a write-behind failure still owed to an initiator
+        #: (``write_behind_drain``), by id: ``writes_lost`` names those still owed
+        self._wb_lost: dict[int, Any] = {}
         #: Bytes the daemon may hold for commands' data, all sessions together (see
         #: ``buffers.MemoryBudget``; default: sized to the machine), and the most
         #: one session may hold (default: a quarter of it).
@@ -572,12 +575,27 @@ class Daemon:
         lost = rs.wb_error if rs is not None else None
         if rs is not None and lost is not None:  # (kept: a LU a failed config change puts
             # back still reports it)
+            self._wb_lost[id(lu)] = lu
             name = getattr(lu.store, "name", None) or "store"
             PROBLEMS.report(log, logging.ERROR, "write-behind error unreported", name,
                             "%s: taken out of service with a write acknowledged early that "
                             "failed, never reported to an initiator (no SYNCHRONIZE CACHE or "
                             "FUA write of %s came after it): %s", name,
                             ", ".join(sorted(rs.wb_owed)), lost, burst=1)
+
+    def writes_lost(self) -> list[str]:
+        """The stores of the LUs taken out of service with a write acknowledged early that
+        failed and was never reported to its initiator (a LU a failed config change put back
+        and whose initiator was told since is not one): data may be lost (``serve``'s exit
+        status says so)."""
+        return sorted({getattr(lu.store, "name", None) or "store"
+                       for lu in self._wb_lost.values() if lu.runner_state.wb_owed})
+
+    def write_behind_resume(self, lu: Any) -> None:
+        """``lu`` serves on after :meth:`write_behind_drain` (a config change that would have
+        closed it was undone): write-behind on it again."""
+        if self._runner is not None:
+            self._runner.write_behind_resume(lu)
 
     def write_behind_status(self, lu: Any) -> dict[str, Any]:
         """``lun list``'s view of a LUN's write-behind (``Runner.write_behind_status``)."""

@@ -68,7 +68,7 @@ class _Call:
     """One read or write in flight: what to continue with after a short transfer, whom to tell."""
 
     __slots__ = ("op", "store", "glfd", "view", "offset", "done", "total", "callback", "name",
-                 "result", "deadline", "timeout", "timed_out", "finish")
+                 "result", "deadline", "timeout", "timed_out", "finish", "late")
 
     def __init__(self, op: int, store: Any, view: memoryview, offset: int, callback: Callback,
                  result: Any, finish: Finish | None) -> None:
@@ -86,6 +86,7 @@ class _Call:
         self.timeout = 0.0
         self.timed_out = False
         self.finish = finish
+        self.late: Callable[[], None] | None = None  # after a timeout: when gfapi returns
 
 
 def supported() -> bool:
@@ -134,6 +135,7 @@ class GfapiEngine:
         self._next_key = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._expiring: _Call | None = None  # the call whose IoTimeout callback runs now
         #: Calls started, and refused (the store or libgfapi said no, or the queue was full).
         self.submitted = 0
         self.refused = 0
@@ -289,13 +291,25 @@ class GfapiEngine:
         call.store.end_async(error)
         if call.finish is not None:
             call.finish(error is None)
-        if call.timed_out:
-            return  # its caller has had IoTimeout; the buffer is free now
+        if call.timed_out:  # its caller has had IoTimeout; the buffer is free now
+            if call.late is not None:
+                call.late()
+            return
         self._live -= 1
         if error is not None:
             call.callback(None, error)
         else:
             call.callback(call.result, None)
+
+    def when_returned(self, then: Callable[[], None]) -> bool:
+        """As ``IoPool.when_returned``: called by a callback as it gets IoTimeout, ``then()``
+        runs on the loop once gfapi returned the call (every call here is under way: it may
+        still land), and True; False when no call of this engine is timing out now."""
+        call = self._expiring
+        if call is None:
+            return False
+        call.late = then
+        return True
 
     def _expire(self) -> None:
         self._timer = None
@@ -310,7 +324,11 @@ class GfapiEngine:
                 continue
             call.timed_out = True
             self._live -= 1
-            call.callback(None, IoTimeout(f"no answer within {call.timeout:g} s"))
+            self._expiring = call
+            try:
+                call.callback(None, IoTimeout(f"no answer within {call.timeout:g} s"))
+            finally:
+                self._expiring = None
         if earliest is not None and not self._closed:
             self._timer = self.loop.call_at(earliest, self._expire)
 

@@ -11,10 +11,13 @@ Workers start on demand, up to ``threads``, and leave after ``idle`` seconds wit
 so a pool per backing store costs nothing while its LUN is quiet (or deleted).
 
 A call may carry a timeout: if it has not returned by then, its callback gets
-:class:`IoTimeout` and its late result is dropped. Deadlines are kept in submission order
-(with the daemon's one I/O timeout, that is also deadline order) and watched by one timer armed
-at the oldest deadline, not by a timer per call: at tens of thousands of calls a second,
-creating and cancelling a loop timer for each was a measurable part of the hand-off.
+:class:`IoTimeout` and its late result is dropped. One still queued then is never issued (a
+write would land over what was written since); one under way cannot be pulled back, and its
+callback may ask to hear when it returned (:meth:`IoPool.when_returned`). Deadlines are kept
+in submission order (with the daemon's one I/O timeout, that is also deadline order) and
+watched by one timer armed at the oldest deadline, not by a timer per call: at tens of
+thousands of calls a second, creating and cancelling a loop timer for each was a measurable
+part of the hand-off.
 
 The store calls (``os.preadv``, ctypes into libgfapi) release the GIL while they block.
 """
@@ -54,9 +57,15 @@ class IoPool:
         self._threads: set[threading.Thread] = set()
         self._closed = False
         self._serial = 0
-        # Calls with a timeout still out: key -> (callback, deadline, timeout), in submission
-        # order; _ordered while that is also deadline order (always, with one timeout value).
-        self._deadlines: dict[int, tuple[Callback, float, float]] = {}
+        # Calls with a timeout still out: key -> [callback, deadline, timeout, started], in
+        # submission order; _ordered while that is also deadline order (always, with one
+        # timeout value). "started" is set (under the lock) by the worker that issues it: a
+        # worker never issues a call whose key is gone (it timed out first).
+        self._deadlines: dict[int, list[Any]] = {}
+        # Calls that timed out under way: key -> what runs on the loop once they returned
+        # (when_returned), and the key of the one whose IoTimeout callback runs now.
+        self._late: dict[int, Callable[[], None]] = {}
+        self._expiring = 0
         self._last_deadline = 0.0
         self._ordered = True
         self._next_key = 0
@@ -85,7 +94,7 @@ class IoPool:
             if deadline < self._last_deadline:
                 self._ordered = False
             self._last_deadline = deadline
-            self._deadlines[key] = (callback, deadline, timeout)
+            self._deadlines[key] = [callback, deadline, timeout, False]
             timer = self._timer
             if timer is None or (not self._ordered and deadline < timer.when()):
                 if timer is not None:
@@ -125,10 +134,19 @@ class IoPool:
                     self._alive -= 1
                     self._threads.discard(threading.current_thread())
                 return
+            fn, arg, callback, key = item
             with lock:
                 self._queued -= 1
                 self._busy += 1
-            fn, arg, callback, key = item
+                if key:  # (the timer takes the lock to expire a call)
+                    out = self._deadlines.get(key)
+                    if out is not None:
+                        out[3] = True  # started: under way, if it times out now
+                    else:  # it timed out while queued, its command was answered: a write
+                        self._busy -= 1  # issued now would land over what was written since
+                        key = -1
+            if key < 0:
+                continue  # never issued
             try:
                 entry = (callback, fn(arg), None, key)
             except BaseException as exc:  # noqa: BLE001 - delivered to the callback
@@ -157,7 +175,11 @@ class IoPool:
                 break
             for callback, result, exc, key in batch:
                 if key and deadlines.pop(key, None) is None:
-                    continue  # it timed out already: its callback has had its answer
+                    # it timed out already (under way): its callback has had its answer
+                    then = self._late.pop(key, None) if self._late else None
+                    if then is not None:
+                        then()
+                    continue
                 callback(result, exc)
 
     def _on_timer(self) -> None:
@@ -169,21 +191,37 @@ class IoPool:
         deadlines = self._deadlines
         due = []
         earliest = None
-        for key, (callback, deadline, timeout) in deadlines.items():
+        for key, out in deadlines.items():
+            deadline = out[1]
             if deadline > now:
                 if earliest is None or deadline < earliest:
                     earliest = deadline
                 if self._ordered:
                     break  # the rest are later still
                 continue
-            due.append((key, callback, timeout))
-        for key, callback, timeout in due:
-            del deadlines[key]
-            callback(None, IoTimeout(f"no answer within {timeout:g} s"))
+            due.append((key, out))
+        for key, out in due:
+            with self._lock:  # no worker starts it from here on (see _work)
+                del deadlines[key]
+            self._expiring = key if out[3] else 0
+            try:
+                out[0](None, IoTimeout(f"no answer within {out[2]:g} s"))
+            finally:
+                self._expiring = 0
         if not deadlines:
             self._ordered = True
         elif earliest is not None and self._timer is None:
             self._timer = self.loop.call_at(earliest, self._on_timer)
+
+    def when_returned(self, then: Callable[[], None]) -> bool:
+        """Called by a callback as it gets :class:`IoTimeout` (on the loop): if its call is
+        under way, ``then()`` runs on the loop once it returned (it may still land), and True;
+        False if it was never issued and never will be (it timed out still queued)."""
+        key = self._expiring
+        if not key:
+            return False
+        self._late[key] = then
+        return True
 
     def shutdown(self) -> None:
         """Stop the workers once the calls queued before this one are done (a call stuck in a

@@ -301,16 +301,18 @@ class LuState:
         #: must not take it: its fsync would succeed); while any is owed, no write is
         #: acknowledged early
         self.wb_owed: dict[str, BaseException] = {}
-        #: byte ranges of write-behind writes that timed out under way (reported as failed,
-        #: but they may still land): a read or write there fails as a timeout does until the
-        #: call returned (``_landed_late``)
+        #: byte ranges of write-behind writes, and of a lone LU's requests that change
+        #: blocks, that timed out under way (reported as failed, but they may still land): a
+        #: read or write there fails as a timeout does until the call returned
+        #: (``_landed_late``, ``Runner._held_until_returned``)
         self.wb_late: list[tuple[int, int]] = []
         #: commands waiting for write-behind writes to finish: (task, gen, lu, host, request,
         #: t0), stepped again, in order, as each write finishes
         self.wb_parked: list[tuple[Any, Any, Any, Any, Any, int]] = []
         #: futures set once no write-behind write is pending (the LU's store is closing)
         self.wb_idle: list[Any] = []
-        #: no write-behind any more (the LU is being closed)
+        #: no write-behind any more (the LU is being closed; a config change that drained
+        #: it and was undone turns it back on: ``Runner.write_behind_resume``)
         self.wb_off = False
         #: the store whose eligibility :attr:`wb_ok` says (a blocking store that asks for it,
         #: ``write_behind``: gfapi; a file's writes wait only for the page cache)
@@ -602,8 +604,8 @@ def _wb_waits(rs: LuState, t: type, req: Any) -> bool:
 
 
 def _wb_late(rs: LuState, t: type, req: Any) -> bool:
-    """Whether a request that reads or changes blocks overlaps a write-behind write that
-    timed out under way."""
+    """Whether a request that reads or changes blocks overlaps a write (write-behind, or a
+    lone LU's) that timed out under way."""
     if t is Read or t is Unmap or t is WriteZeroes:
         start = req.offset
         end = start + req.length
@@ -646,6 +648,7 @@ class Workers(Protocol):
     def in_flight(self) -> bool: ...
     def submit(self, fn: Callable[[Any], Any], arg: Any,
                callback: Callable[[Any, BaseException | None], None], timeout: float = 0.0) -> None: ...
+    def when_returned(self, then: Callable[[], None]) -> bool: ...
 
 
 class Waker(Protocol):
@@ -874,6 +877,8 @@ class Runner:
                     if marks.setdefault("end", functools.partial(done, None, _LATE)) \
                             is not _FINISHED:
                         return  # the worker hands it back once the call returned
+                if marks is None:  # a lone LU's call: never issued now, or under way
+                    self._held_until_returned(req, target, store)
                 # The call may still read the command's data-out buffer (a write, late): it
                 # must not go back to the pool when the command now completes.
                 if task.data_out is not None:
@@ -1033,9 +1038,38 @@ class Runner:
                 marks["loop"].call_soon_threadsafe(then)
 
     def _landed_late(self, rs: LuState, span: tuple[int, int]) -> None:
-        """A write-behind write that timed out under way returned (on the loop): its blocks
-        are free again."""
+        """A write-behind write (or a lone LU's write, ``_held_until_returned``) that timed
+        out under way returned (on the loop): its blocks are free again."""
         rs.wb_late.remove(span)
+
+    def _held_until_returned(self, req: Any, target: Any, store: Any) -> None:
+        """A lone LU's request timed out (its command fails NOT READY, which initiators
+        retry). Still queued, its pool never issues it (``IoPool``: it would land over what
+        the initiator writes there next). Under way, it may still land, over a newer write
+        of its blocks, as a write-behind write may (W4): a request that changes blocks has
+        them held the same way (``LuState.wb_late``: a read or change of them fails as a
+        timeout does, and the initiator retries) until the call returned. (A group LU's
+        calls have their own marks, ``_perform_fenced``.)"""
+        t = type(req)
+        if t is Write or t is CompareAndWrite or t is OrWrite:
+            start = req.offset
+            end = start + len(req.data)
+        elif t is Unmap or t is WriteZeroes:
+            start = req.offset
+            end = start + req.length
+        else:
+            return  # changes no blocks
+        rs = lu_state(target)
+        span = (start, end)
+        then = functools.partial(self._landed_late, rs, span)
+        engines = self.engines
+        assert engines is not None
+        ring = engines.ring  # (whichever of them is timing it out now says so)
+        gfaio = engines.gfaio
+        if (ring is not None and ring.when_returned(then)) \
+                or (gfaio is not None and gfaio.when_returned(then)) \
+                or engines.pool_for(store).when_returned(then):
+            rs.wb_late.append(span)
 
     def _written_behind(self, rs: LuState, span: tuple[int, int], n: int,
                         copy: memoryview | None, exc: BaseException | None, who: str) -> None:
@@ -1076,13 +1110,31 @@ class Runner:
         parked = rs.wb_parked
         if parked:
             rs.wb_parked = []
-            for task, gen, lu, host, req, t0 in parked:
-                self._step(task, gen, lu, host, None, None, t0, req)
+            for entry in parked:
+                self._restart(entry)
         if not rs.wb_count and rs.wb_idle:
             idle, rs.wb_idle = rs.wb_idle, []
             for fut in idle:
                 if not fut.done():
                     fut.set_result(None)
+
+    def _restart(self, parked: tuple[Any, Any, Any, Any, Any, int]) -> None:
+        """Go on with a command that waited for write-behind writes. What escapes its step (a
+        failure of its host's ``complete`` or of its counters: nobody above this loop callback
+        to take it) is that command's alone: it ends with the internal error, and the other
+        commands that waited go on."""
+        task, gen, lu, host, req, t0 = parked
+        try:
+            self._step(task, gen, lu, host, None, None, t0, req)
+        except Exception:  # noqa: BLE001 - this command only
+            log.exception("internal error going on with CDB %s after write-behind writes",
+                          bytes(task.cdb[:1]).hex())
+            key, asc = _INTERNAL_ERROR
+            try:
+                host.complete(task, ScsiResult(Status.CHECK_CONDITION, None,
+                                               build_sense(key, asc)))
+            except Exception:  # noqa: BLE001 - its connection is broken: the others go on
+                log.exception("answering CDB %s", bytes(task.cdb[:1]).hex())
 
     def write_behind_idle(self, lu: Any) -> asyncio.Future[None] | None:
         """Stop write-behind on ``lu`` (its store is about to close) and return a future set
@@ -1097,6 +1149,13 @@ class Runner:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         rs.wb_idle.append(fut)
         return fut
+
+    def write_behind_resume(self, lu: Any) -> None:
+        """Write-behind on ``lu`` again after :meth:`write_behind_idle` stopped it: the LU
+        serves on (a config change that drained it to close it was undone)."""
+        rs: LuState | None = lu.runner_state
+        if rs is not None:
+            rs.wb_off = False
 
     def write_behind_status(self, lu: Any) -> dict[str, Any]:
         """What ``lun list``/``status`` show of a LU's write-behind: on (and why not), the

@@ -99,7 +99,7 @@ class _Call:
     """One read or write in flight: what to continue with after a short transfer, whom to tell."""
 
     __slots__ = ("op", "lend", "view", "offset", "done", "total", "callback", "name", "result",
-                 "deadline", "timeout", "timed_out", "finish", "keep")
+                 "deadline", "timeout", "timed_out", "finish", "keep", "late")
 
     def __init__(self, op: int, lend: Lend, view: memoryview, offset: int, callback: Callback,
                  name: str, result: Any, finish: Callable[[], None] | None) -> None:
@@ -117,6 +117,8 @@ class _Call:
         self.timed_out = False
         self.finish = finish  # runs once when the kernel is done (releases a lock), even late
         self.keep: Any = None  # the ctypes view whose address the kernel has
+        #: timed out: what runs once the kernel is done with it (``Ring.when_returned``)
+        self.late: Callable[[], None] | None = None
 
 
 class Ring:
@@ -146,6 +148,7 @@ class Ring:
         self._reap_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._expiring: _Call | None = None  # whose IoTimeout callback runs now
         #: Calls submitted and refused (ring full or the kernel said no): for tests and logs.
         self.submitted = 0
         self.refused = 0
@@ -343,13 +346,25 @@ class Ring:
         call.keep = None
         if call.finish is not None:
             call.finish()
-        if call.timed_out:
-            return  # its caller has had IoTimeout; the buffer is free now
+        if call.timed_out:  # its caller has had IoTimeout; the buffer is free now
+            if call.late is not None:
+                call.late()
+            return
         self._live -= 1
         if error is not None:
             call.callback(None, error)
         else:
             call.callback(call.result, None)
+
+    def when_returned(self, then: Callable[[], None]) -> bool:
+        """As ``IoPool.when_returned``: called by a callback as it gets IoTimeout, ``then()``
+        runs once the kernel is done with the call (a call handed to the kernel is under way:
+        it may still land), and True; False when no call of this ring is timing out now."""
+        call = self._expiring
+        if call is None:
+            return False
+        call.late = then
+        return True
 
     def _expire(self) -> None:
         self._timer = None
@@ -364,6 +379,10 @@ class Ring:
                 continue
             call.timed_out = True
             self._live -= 1
-            call.callback(None, IoTimeout(f"no answer within {call.timeout:g} s"))
+            self._expiring = call
+            try:
+                call.callback(None, IoTimeout(f"no answer within {call.timeout:g} s"))
+            finally:
+                self._expiring = None
         if earliest is not None and not self._closed:
             self._timer = self.loop.call_at(earliest, self._expire)
