@@ -30,7 +30,7 @@ import pytest
 
 from gluster_iscsi.backstore.base import BackingStoreError
 from gluster_iscsi.backstore.cache import CachedStore, CacheLedger
-from gluster_iscsi.scsi import ScsiResult, ScsiTask
+from gluster_iscsi.scsi import ScsiResult, ScsiTask, Status
 from gluster_iscsi.server import gfaio
 from gluster_iscsi.server.iopool import IoTimeout
 
@@ -612,6 +612,44 @@ def test_reads_see_every_acknowledged_write_with_asynchronous_calls(queue, seed:
             assert (st.wb_count, st.wb_bytes, st.wb_ranges, st.wb_parked) == (0, 0, [], [])
             if window:
                 assert st.stats.wb_writes > 20
+        finally:
+            engine.close()
+
+    asyncio.run(main())
+
+
+def test_a_timed_out_asynchronous_write_holds_its_blocks_until_gfapi_returned_it(queue):
+    """A lone LU's write past the I/O timeout fails its command, but gfapi has it (every
+    asynchronous call is under way): until it returns, its blocks are held (a read of them
+    fails as a timeout does, and the initiator retries), so it cannot land after, and over,
+    what the initiator writes there next."""
+    aio, efd = queue
+
+    async def main() -> None:
+        inner = AsyncGatedStore(32 << 10)
+        gf = FakeGfapi(0)
+        gf.data = inner._view  # type: ignore[assignment]
+        rig = Rig(32 << 10, window=0, inner=inner)  # (no write-behind: the ordinary write)
+        engine = gfaio.GfapiEngine(asyncio.get_running_loop(), aio, efd, gf.functions)
+        rig.engines.gfaio = engine  # type: ignore[attr-defined]
+        rig.engines.io_timeout = 0.02
+        try:
+            task = rig.write(8, b"\x01" * BS)
+            assert len(gf.pending) == 1
+            await settle(lambda: task in rig.host.results, timeout=2)
+            r = rig.host.results.pop(task)
+            assert r.status != Status.GOOD  # timed out
+            assert rig.state.wb_late == [(8 * BS, 9 * BS)]
+            held = rig.read(8, 1)
+            assert held in rig.host.results and rig.host.results.pop(held).status != Status.GOOD
+            gf.complete()  # gfapi returns it, late
+            await settle(lambda: not rig.state.wb_late)
+            back = rig.read(8, 1)
+            await settle(lambda: back in rig.host.results or gf.pending)
+            if gf.pending:
+                gf.complete()
+            await settle(lambda: back in rig.host.results)
+            assert data_of(rig.host.results.pop(back), BS) == b"\x01" * BS
         finally:
             engine.close()
 
