@@ -5,7 +5,8 @@ with native attribute access and calls, which cuts their CPU per command by 30-4
 (``bench/corepath.py``; BENCHMARKS.md). mypyc is mypy's own compiler: the code only has to be
 type-correct, which ``mypy src`` checks anyway.
 
-``GLUSTER_ISCSI_PURE=1`` skips compiling. Each extension is optional: without a C compiler or
+``GLUSTER_ISCSI_PURE=1`` skips compiling (also the one hand-written C module, the
+completion queue of libgfapi's asynchronous calls, ``backstore/gfapi/_aio.c``). Each extension is optional: without a C compiler or
 the Python headers the build warns and the package stays pure Python.
 
 Only modules whose objects live on the per-command path are compiled (the list is
@@ -44,23 +45,33 @@ def remove_old_builds() -> None:
         os.unlink(path)
 
 
+def c_modules() -> list:
+    """Hand-written C: the completion queue of libgfapi's asynchronous calls
+    (``backstore/gfapi/_aio.c``; without it gfapi calls run on worker threads)."""
+    from setuptools import Extension
+
+    return [Extension("gluster_iscsi.backstore.gfapi._aio", ["src/gluster_iscsi/backstore/gfapi/_aio.c"],
+                      extra_compile_args=["-O2"], optional=True)]
+
+
 def ext_modules() -> list:
     remove_old_builds()
     if os.environ.get("GLUSTER_ISCSI_PURE") == "1":
         return []
+    c_exts = c_modules()
     try:
         from mypyc.build import mypycify
     except ImportError:
         print("setup.py: mypyc not available, building pure Python")
-        return []
+        return c_exts
     try:
         exts = mypycify(HOT_MODULES, opt_level="3")
     except (Exception, SystemExit) as e:  # mypyc refused a module: say so, stay pure Python
         print(f"setup.py: WARNING: mypyc failed ({e!r}); building pure Python")
-        return []
+        return c_exts
     for ext in exts:
         ext.optional = True  # no compiler: warn, and the .py modules are used
-    return exts
+    return exts + c_exts
 
 
 setup(ext_modules=ext_modules())

@@ -521,6 +521,7 @@ def test_the_runner_answers_cache_hits_on_the_loop_and_sends_misses_to_the_worke
     class Engines:
         io_timeout = 7.0
         ring = None
+        gfaio = None
 
         class poller:
             missed_at = None

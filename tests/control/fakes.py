@@ -88,6 +88,8 @@ class FakeDaemon:
         self.store_executor: Executor | None = None
         self.io_uring = False
         self.ring_calls: int | None = None
+        self.gfapi_async = True
+        self.gfaio_calls: int | None = None
         self.budget = FakeBudget()
         self.limits = FakeLimits()
         self.connections: set[object] = set()

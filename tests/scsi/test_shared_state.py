@@ -230,6 +230,7 @@ class TimingOutPool:
 class Engines:
     io_timeout = 1.0
     ring = None
+    gfaio = None
 
     def __init__(self) -> None:
         self.pool = TimingOutPool()

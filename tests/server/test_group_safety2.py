@@ -362,6 +362,7 @@ async def test_a_write_its_io_timeout_answered_still_holds_the_lease_until_it_re
     class Engines:
         io_timeout = 0.05
         ring = None
+        gfaio = None
 
         def __init__(self) -> None:
             self.pool = IoPool(loop, 2)

@@ -152,6 +152,7 @@ class TimingOutPool:
 class Engines:
     io_timeout = 7.0
     ring = None
+    gfaio = None
 
     def __init__(self) -> None:
         self.pool = TimingOutPool()

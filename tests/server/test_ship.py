@@ -820,6 +820,7 @@ class PoolEngines:
     io_uring."""
 
     ring = None
+    gfaio = None
 
     def __init__(self, pool: IoPool, io_timeout: float = 0.0) -> None:
         self.pool = pool

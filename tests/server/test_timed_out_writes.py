@@ -52,6 +52,7 @@ class Rig:
         class Engines:
             io_timeout = 60.0
             ring = None
+            gfaio = None
 
             class poller:  # noqa: N801
                 missed_at = None

@@ -92,6 +92,7 @@ class ManualPool:
 class Engines:
     io_timeout = 7.0
     ring = None
+    gfaio = None
 
     def __init__(self) -> None:
         self.pool = ManualPool()
@@ -126,8 +127,8 @@ class Rig:
     """One LU on a gated store, a runner with write-behind, and helpers to send commands."""
 
     def __init__(self, size: int = 64 << 10, *, cached: bool = False, window: int = 16 << 10,
-                 writes: int = 8, budget: int = 1 << 30) -> None:
-        self.inner = GatedStore(size)
+                 writes: int = 8, budget: int = 1 << 30, inner: GatedStore | None = None) -> None:
+        self.inner = inner if inner is not None else GatedStore(size)
         store: Any = self.inner
         if cached:
             store = CachedStore(self.inner, 1 << 20, chunk=4096, unit=512,

@@ -313,6 +313,26 @@ class _Chunk:
         self.view = memoryview(data)
 
 
+class Fill:
+    """A miss in flight (:meth:`CachedStore.begin_fill`): the caller's ``dst`` (``length``
+    bytes at ``offset``) is read as ``view`` at ``lo`` (``view`` is ``dst`` itself when
+    aligned, else a scratch buffer covering ``[lo, hi)``); ``start``, ``size`` and ``when``
+    are what the insert checks against."""
+
+    __slots__ = ("start", "offset", "lo", "hi", "size", "when", "dst", "view")
+
+    def __init__(self, start: int, offset: int, lo: int, hi: int, size: int, when: float,
+                 dst: memoryview, view: memoryview) -> None:
+        self.start = start
+        self.offset = offset
+        self.lo = lo
+        self.hi = hi
+        self.size = size
+        self.when = when
+        self.dst = dst
+        self.view = view
+
+
 def _units(a: int, b: int, ushift: int) -> int:
     """The bits of the units that overlap [a, b) (offsets inside a chunk, a < b)."""
     u0 = a >> ushift
@@ -720,14 +740,41 @@ class CachedStore(BackingStore):
         check_range(offset, length, self.name)
         if length == 0:
             return
-        end = offset + length
         # Sequential-stream detection (racy counters: a hint, never data).
         streak = self._streak + 1 if offset == self._next else 0
         self._streak = streak
-        self._next = end
+        self._next = offset + length
         if self._copy_hits(offset, dst):
             self.hits += 1
             return
+        fill = self._plan_fill(offset, dst, streak)
+        ok = False
+        try:
+            self.inner.read_into(fill.lo, fill.view)
+            ok = True
+        finally:
+            self.end_fill(fill, ok)
+
+    def begin_fill(self, offset: int, buf: memoryview) -> Fill | None:
+        """A miss read by the caller itself (``server/gfaio.py``: an asynchronous call, not a
+        worker): what to read from the inner store, ``fill.view`` at ``fill.lo``; then
+        :meth:`end_fill` once that read ended, however it ended (also late, after the
+        command gave up on it). None: the cache is off, read ``buf`` at ``offset`` as it is.
+        The caller found no hit (``read_hit``) just before, on the same thread."""
+        if not self.enabled:
+            return None
+        dst = byte_view(buf)
+        length = len(dst)
+        check_range(offset, length, self.name)
+        streak = self._streak + 1 if offset == self._next else 0
+        self._streak = streak
+        self._next = offset + length
+        return self._plan_fill(offset, dst, streak)
+
+    def _plan_fill(self, offset: int, dst: memoryview, streak: int) -> Fill:
+        """Count a miss and decide what it reads: the units it needs, or for a sequential
+        stream whole chunks and maybe the next window (see the module)."""
+        end = offset + len(dst)
         self.misses += 1
         with self._lock:
             start = self._gen
@@ -736,39 +783,56 @@ class CachedStore(BackingStore):
         when = self._clock() if self.ttl is not None else 0.0
         try:
             size = self._known_size()
-            if streak:
-                # A sequential stream: whole chunks, and, read one call at a time, the next
-                # window with this call (fewer round trips); never with several reads in
-                # flight, which fetch ahead by themselves and would read the same bytes twice.
-                lo = offset >> self._shift << self._shift
-                hi = min(((end - 1) >> self._shift) + 1 << self._shift, max(size, end))
-                if alone and streak >= 2 and self.readahead and hi < size:
-                    ahead = min(hi + self.readahead, size)
-                    self.readahead_bytes += ahead - hi
-                    hi = ahead
-            else:
-                # A random read: only the units it needs (a 64 KiB read at the bricks took
-                # 15-70% longer than a 4 KiB one, BENCHMARKS.md, issue 19).
-                lo = offset >> self._ushift << self._ushift
-                hi = min(((end - 1) >> self._ushift) + 1 << self._ushift, max(size, end))
-            if lo == offset and hi == end:
-                self.inner.read_into(offset, dst)  # aligned already: straight into the caller's
-                data: memoryview = dst
-            else:
-                scratch = bytearray(hi - lo)
-                self.inner.read_into(lo, memoryview(scratch))
-                data = memoryview(scratch)
-                dst[:] = data[offset - lo : end - lo]
         except BaseException:
-            self.store_failed()
-            raise
-        finally:
             with self._lock:
                 self._filling -= 1
-        if hi > size:  # read past the size we knew: the file grew elsewhere; learn it later
+            self.store_failed()
+            raise
+        if streak:
+            # A sequential stream: whole chunks, and, read one call at a time, the next
+            # window with this call (fewer round trips); never with several reads in
+            # flight, which fetch ahead by themselves and would read the same bytes twice.
+            lo = offset >> self._shift << self._shift
+            hi = min(((end - 1) >> self._shift) + 1 << self._shift, max(size, end))
+            if alone and streak >= 2 and self.readahead and hi < size:
+                ahead = min(hi + self.readahead, size)
+                self.readahead_bytes += ahead - hi
+                hi = ahead
+        else:
+            # A random read: only the units it needs (a 64 KiB read at the bricks took
+            # 15-70% longer than a 4 KiB one, BENCHMARKS.md, issue 19).
+            lo = offset >> self._ushift << self._ushift
+            hi = min(((end - 1) >> self._ushift) + 1 << self._ushift, max(size, end))
+        if lo == offset and hi == end:
+            view = dst  # aligned already: straight into the caller's
+        else:
+            view = memoryview(bytearray(hi - lo))
+        return Fill(start, offset, lo, hi, size, when, dst, view)
+
+    def cancel_fill(self, fill: Fill) -> None:
+        """A fill from :meth:`begin_fill` that was never started (the caller read elsewhere)."""
+        with self._lock:
+            self._filling -= 1
+
+    def end_fill(self, fill: Fill, ok: bool) -> None:
+        """The inner read of ``fill`` ended: on success the caller's bytes are copied out
+        (unless the read was aligned and went there already) and the fill is inserted (if
+        no change raced it); on failure the cache is emptied, as any failed store call does."""
+        if not ok:
+            self.store_failed()
+        with self._lock:
+            self._filling -= 1
+        if not ok:
+            return
+        data = fill.view
+        dst = fill.dst
+        if data is not dst:
+            lo = fill.lo
+            dst[:] = data[fill.offset - lo : fill.offset - lo + len(dst)]
+        if fill.hi > fill.size:  # read past the size we knew: the file grew elsewhere
             return
         with self._lock:
-            self._insert_locked(start, lo, data, size, when)
+            self._insert_locked(fill.start, fill.lo, data, fill.size, fill.when)
 
     def read_hit(self, offset: int, buf: memoryview) -> bool:
         """:meth:`read_into` if every unit is cached and fresh, else False with nothing done:
@@ -930,18 +994,28 @@ class CachedStore(BackingStore):
 
     def write(self, offset: int, data: Buffer) -> None:
         view = byte_view(data)
-        start = self._gen
-        when = self._clock() if self.ttl is not None else 0.0
+        start, when = self.begin_write()
         done = False
         try:
             self.inner.write(offset, data)
             done = True
         finally:
-            keep = done and self.enabled
-            self._invalidate(offset, len(view), start, [view] if keep else None,
-                             self._size_or_unknown() if keep else -1, when)
-            if not done:
-                self.store_failed()
+            self.end_write(offset, view, start, when, done)
+
+    def begin_write(self) -> tuple[int, float]:
+        """A write the caller starts on the inner store itself (``server/gfaio.py``): what
+        :meth:`end_write` needs, taken before the write begins."""
+        return self._gen, (self._clock() if self.ttl is not None else 0.0)
+
+    def end_write(self, offset: int, view: memoryview, start: int, when: float,
+                  ok: bool) -> None:
+        """A write of ``view`` at ``offset`` on the inner store ended (before its command can
+        answer GOOD): drop or patch what it touched, and empty the cache if it failed."""
+        keep = ok and self.enabled
+        self._invalidate(offset, len(view), start, [view] if keep else None,
+                         self._size_or_unknown() if keep else -1, when)
+        if not ok:
+            self.store_failed()
 
     def writev(self, offset: int, buffers: list[Buffer]) -> None:
         views = [byte_view(b) for b in buffers]

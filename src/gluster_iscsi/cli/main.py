@@ -106,6 +106,17 @@ def status(as_json: bool) -> None:
         click.echo(f"file I/O: io_uring for lone commands on FUSE files ({ring['calls']} so far)")
     else:
         click.echo("file I/O: worker threads" + ("" if ring.get("enabled") else " (--no-io-uring)"))
+    gfa = info.get("gfapi_async") or {}
+    if gfa:
+        if not gfa.get("enabled"):
+            how = "worker threads (--no-gfapi-async)"
+        elif not gfa.get("supported"):
+            how = "worker threads (pure-Python build: scripts/install compiles the C module)"
+        elif gfa.get("in_use"):
+            how = f"asynchronous libgfapi calls ({gfa['calls']} so far)"
+        else:
+            how = "asynchronous libgfapi calls (from the first gluster:// command)"
+        click.echo(f"gfapi I/O: {how}")
     mem, conns = info.get("memory"), info.get("connections")
     if mem:
         click.echo(f"memory for commands' data: {human_size(mem['in_use'])} in use (peak "

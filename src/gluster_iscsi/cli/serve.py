@@ -242,6 +242,10 @@ Exit status:
 @click.option("--io-uring/--no-io-uring", "io_uring", default=True, show_default=True,
               help="Read and write LUNs on FUSE files (a Gluster FUSE mount) through io_uring "
                    "when a command is alone on its connection, instead of worker threads.")
+@click.option("--gfapi-async/--no-gfapi-async", "gfapi_async", default=True, show_default=True,
+              help="Read and write gluster:// LUNs with libgfapi's asynchronous calls, completed "
+                   "on the event loop, instead of worker threads (fewer thread hand-offs a "
+                   "command; needs the compiled build, else worker threads).")
 @click.option("--max-connections", type=click.IntRange(1), metavar="N",
               help="Connections in all, logged in or not. Default: from the descriptor limit "
                    "(ulimit -n), two per connection, an eighth (at least 64) kept in reserve "
@@ -291,7 +295,7 @@ Exit status:
 @click.pass_context
 def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, state_dir: str | None,
           demo: bool, log_level: str, log_format: str, nop_interval: float, io_timeout: float, poll_usecs: float,
-          uvloop: bool, io_uring: bool, max_connections: int | None,
+          uvloop: bool, io_uring: bool, gfapi_async: bool, max_connections: int | None,
           max_connections_per_host: int | None, max_prelogin: int | None,
           max_prelogin_per_host: int | None, memory_budget: int | None,
           gfapi_cache: int | None, metrics_listen: str | None = None,
@@ -334,7 +338,8 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
                                         "max_prelogin_per_host": max_prelogin_per_host,
                                         "memory_budget": memory_budget,
                                         "gfapi_cache": gfapi_cache,
-                                        "write_behind": write_behind}, metrics))
+                                        "write_behind": write_behind,
+                                        "gfapi_async": int(gfapi_async)}, metrics))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
@@ -423,6 +428,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
                     max_prelogin_per_host=limits.get("max_prelogin_per_host"),
                     max_connections_per_host=limits.get("max_connections_per_host"),
                     memory_budget=limits.get("memory_budget"),
+                    gfapi_async=limits.get("gfapi_async", 1) != 0,
                     write_behind=_write_behind_or_default(limits.get("write_behind")))
     lim = daemon.limits
     log.info("connections: at most %d, %d per address, %d not logged in, %d of those per address",

@@ -546,6 +546,7 @@ class ControlServer:
             "params": dict(self.daemon.params),
             "epoch": cfg["epoch"],
             "io_uring": self._io_uring(),
+            "gfapi_async": self._gfapi_async(),
             "memory": self._memory(),
             "connections": self._connections(),
             "group": self._group_summary(cfg),
@@ -605,6 +606,18 @@ class ControlServer:
         return {
             "enabled": self.daemon.io_uring,
             "available": calls is not None,
+            "calls": calls or 0,
+        }
+
+    def _gfapi_async(self) -> dict[str, Any]:
+        """Whether gfapi LUNs' reads and writes are asynchronous libgfapi calls, and how many."""
+        from ..server.gfaio import supported
+
+        calls = self.daemon.gfaio_calls
+        return {
+            "enabled": self.daemon.gfapi_async,
+            "supported": supported(),  # the C module is built
+            "in_use": calls is not None,
             "calls": calls or 0,
         }
 

@@ -91,6 +91,14 @@ class DaemonControl(Protocol):
         """Reads and writes io_uring has taken so far; None: no ring (off or refused)."""
 
     @property
+    def gfapi_async(self) -> bool:
+        """Whether asynchronous gfapi calls were asked for (``serve --no-gfapi-async``)."""
+
+    @property
+    def gfaio_calls(self) -> int | None:
+        """Reads and writes started as asynchronous gfapi calls; None: not in use (yet)."""
+
+    @property
     def budget(self) -> Budget: ...
 
     @property

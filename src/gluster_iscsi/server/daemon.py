@@ -29,6 +29,7 @@ from ..logs import PROBLEMS
 from ..model.targets import Portal, Target, TargetRegistry
 from .admission import Admission, Limits, Listener, Spare
 from .driver import ConnectionDriver
+from .gfaio import GfapiEngine
 from .group import GroupMember
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
@@ -93,6 +94,7 @@ class Daemon:
         io_timeout: float = 60.0,
         poll_usecs: float = 100.0,
         io_uring: bool = True,
+        gfapi_async: bool = True,
         max_connections: int | None = None,
         max_prelogin: int | None = None,
         max_prelogin_per_host: int | None = None,
@@ -142,6 +144,11 @@ class Daemon:
         self.io_uring = io_uring
         self._ring: Ring | None = None
         self._ring_tried = False
+        #: Reads and writes of gfapi stores as libgfapi's asynchronous calls completed through
+        #: an eventfd, instead of the worker pools (``gfaio.py``), where the build allows it.
+        self.gfapi_async = gfapi_async
+        self._gfaio: GfapiEngine | None = None
+        self._gfaio_tried = False
         self._runner: Runner | None = None
         #: The write-behind window of each lone LUN on a blocking store (gfapi), bytes; 0: off
         #: (``serve --write-behind``, ``runner.Runner._write_behind``).
@@ -192,6 +199,8 @@ class Daemon:
         sources: list[Pool] = [pool for _, pool in self._pools.values()]
         if self._ring is not None:
             sources.append(self._ring)
+        if self._gfaio is not None:
+            sources.append(self._gfaio)
         return sources
 
     @property
@@ -209,6 +218,21 @@ class Daemon:
             if self.io_uring:
                 self._ring = Ring.create(asyncio.get_running_loop())
         return self._ring
+
+    @property
+    def gfaio(self) -> GfapiEngine | None:
+        """The loop's asynchronous gfapi calls, made on first use; None if disabled or
+        unavailable (a pure-Python build, another loop of the process has them)."""
+        if not self._gfaio_tried:
+            self._gfaio_tried = True
+            if self.gfapi_async:
+                self._gfaio = GfapiEngine.create(asyncio.get_running_loop())
+        return self._gfaio
+
+    @property
+    def gfaio_calls(self) -> int | None:
+        """Reads and writes started as asynchronous gfapi calls so far; None: not used."""
+        return None if self._gfaio is None else self._gfaio.submitted
 
     @property
     def ring_calls(self) -> int | None:
@@ -721,6 +745,8 @@ class Daemon:
         lus = [target.device.lu(n) for target in list(self.registry.targets.values())
                if target.device is not None for n in list(getattr(target.device, "luns", {}))]
         await asyncio.gather(*(self.write_behind_drain(lu) for lu in lus if lu is not None))
+        if self._gfaio is not None:  # (their stores' close would wait for them, on this loop)
+            await self._gfaio.settle(SHUTDOWN_CLOSE_TIMEOUT)
         for target in list(self.registry.targets.values()):
             device = target.device
             if device is None:
@@ -738,6 +764,8 @@ class Daemon:
             pool.shutdown()
         if self._ring is not None:
             self._ring.close()
+        if self._gfaio is not None:
+            self._gfaio.close()
         self.store_executor.shutdown(wait=True, cancel_futures=False)
         if self._poller is not None:
             self._poller.close()

@@ -49,6 +49,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..backstore.base import BackingStoreError
+from ..backstore.cache import CachedStore
 from ..buffers import POOL, BudgetShare, BufferPool, MemoryBudget
 from ..logs import PROBLEMS
 from ..scsi.background import BackgroundJob, JobCancelled
@@ -74,6 +75,7 @@ from .iopool import IoTimeout
 
 if TYPE_CHECKING:
     from ..scsi.task import CommandRun, Execution
+    from .gfaio import GfapiEngine
     from .uring import Ring
 
 log = logging.getLogger(__name__)
@@ -405,6 +407,43 @@ def _write(runner: Runner, req: Write, store: Any, lock: Lock) -> None:
         store.flush()
 
 
+def _released(lock: Lock, ok: bool) -> None:
+    """An asynchronous store call is done (``Runner._submit_to_gfaio``)."""
+    lock.release_shared()
+
+
+def _filled(lock: Lock, cache: CachedStore, fill: Any, ok: bool) -> None:
+    """An asynchronous read of a cache miss is done: the cache takes what it read."""
+    try:
+        cache.end_fill(fill, ok)
+    finally:
+        lock.release_shared()
+
+
+def _written(lock: Lock, cache: CachedStore, offset: int, view: memoryview, begun: int,
+             when: float, ok: bool) -> None:
+    """An asynchronous write under the read cache is done, before its command answers."""
+    try:
+        cache.end_write(offset, view, begun, when, ok)
+    finally:
+        lock.release_shared()
+
+
+def _wrote_behind(lock: Lock, marks: dict[str, Any], cache: CachedStore | None, offset: int,
+                  view: memoryview, begun: int, when: float, ok: bool) -> None:
+    """A write-behind write made as an asynchronous call is done (even late): the cache
+    learns it, the lock is free, and a loop waiting for it since it timed out goes on
+    (``Runner._write_behind``'s ``marks``, as ``_write_in_background`` does on a worker)."""
+    try:
+        if cache is not None:
+            cache.end_write(offset, view, begun, when, ok)
+    finally:
+        lock.release_shared()
+        then = marks.setdefault("end", _FINISHED)
+        if then is not _FINISHED:  # it timed out under way: its blocks are free now
+            then()
+
+
 def _flush(runner: Runner, req: Flush, store: Any, lock: Lock) -> None:
     store.flush()
 
@@ -628,6 +667,8 @@ class Engines(Protocol):
     @property
     def ring(self) -> Ring | None: ...
     @property
+    def gfaio(self) -> GfapiEngine | None: ...
+    @property
     def poller(self) -> Waker: ...
     def pool_for(self, store: object) -> Workers: ...
 
@@ -817,6 +858,7 @@ class Runner:
         # group's lease, not by the store's I/O timeout)
         waits = type(req) is WaitJob or type(req) in (SharedUpdate, SharedRefresh)
         rs: LuState | None = target.runner_state  # typed: native attribute access
+        t = type(req)
         # A group LU's media call: whether it started is known to its command (set-once
         # marks, see _perform_fenced). None for anything else: nothing more per call.
         marks: dict[str, Any] | None = None
@@ -863,6 +905,12 @@ class Runner:
         # BENCHMARKS.md). Under load the pool does better (its completions come in batches;
         # through the ring, QD32 reads were 0.80x), so a burst, and anything while one is in
         # flight, goes to the pool.
+        if marks is None and (rs is None or rs.group is None) and (t is Read or t is Write):
+            # A gfapi store's plain read or write: an asynchronous libgfapi call made here,
+            # completed through an eventfd (``gfaio.py``), not a worker's blocking call.
+            gfaio = engines.gfaio
+            if gfaio is not None and self._submit_to_gfaio(gfaio, req, target, done, timeout):
+                return
         ring = engines.ring
         pool = engines.pool_for(store)
         if (ring is not None and host.alone() and not ring.in_flight() and not pool.in_flight()
@@ -937,10 +985,44 @@ class Runner:
                     self._landed_late(rs, span)  # (it returned meanwhile)
             self._written_behind(rs, span, n, copy, exc, who)
 
+        gfaio = engines.gfaio
+        if gfaio is not None and self._write_behind_async(gfaio, store, offset, kept,
+                                                          self._lock(target), marks, done,
+                                                          timeout):
+            return True
         engines.pool_for(store).submit(self._write_in_background,
                                        (store, offset, kept, self._lock(target), marks), done,
                                        timeout)
         return True
+
+    def _write_behind_async(self, engine: GfapiEngine, store: Any, offset: int, data: Any,
+                            lock: Lock, marks: dict[str, Any],
+                            done: Callable[[Any, BaseException | None], None],
+                            timeout: float) -> bool:
+        """A write-behind write of a gfapi store started now as an asynchronous call
+        (``gfaio.py``) instead of on a worker: under way at once (``marks["start"]``), the
+        LU's lock held shared until gfapi is done, and the read cache (if any) updated then,
+        as the workers' ``store.write`` would. False: nothing started, the workers do it."""
+        cache: CachedStore | None = None
+        inner: Any = store
+        if isinstance(store, CachedStore):
+            cache = store
+            inner = store.inner
+        if not getattr(inner, "async_io", False) or not lock.try_acquire_shared():
+            return False
+        view = data if type(data) is memoryview else memoryview(data)
+        if cache is None:
+            finish = functools.partial(_wrote_behind, lock, marks, None, offset, view, 0, 0.0)
+        else:
+            begun, when = cache.begin_write()
+            finish = functools.partial(_wrote_behind, lock, marks, cache, offset, view, begun,
+                                       when)
+        marks["start"] = _RUNNING
+        if engine.write(inner, view, offset, done, timeout=timeout, finish=finish):
+            return True
+        del marks["start"]
+        lock.release_shared()
+        return False
 
     def _write_in_background(self, box: tuple[Any, int, Any, Lock, dict[str, Any]]) -> None:
         store, offset, data, lock, marks = box
@@ -982,8 +1064,10 @@ class Runner:
         then = functools.partial(self._landed_late, rs, span)
         engines = self.engines
         assert engines is not None
-        ring = engines.ring  # (whichever of the two is timing it out now says so)
+        ring = engines.ring  # (whichever of them is timing it out now says so)
+        gfaio = engines.gfaio
         if (ring is not None and ring.when_returned(then)) \
+                or (gfaio is not None and gfaio.when_returned(then)) \
                 or engines.pool_for(store).when_returned(then):
             rs.wb_late.append(span)
 
@@ -1165,6 +1249,69 @@ class Runner:
                 lock.release_shared()
         if not started and (t is Read or copy is not None):
             buffers.give_back(view)
+        return started
+
+    def _submit_to_gfaio(self, engine: GfapiEngine, req: Any, target: Any,
+                         done: Callable[[Any, BaseException | None], None],
+                         timeout: float) -> bool:
+        """A read or a plain write of a gfapi store (also under its read cache) as an
+        asynchronous libgfapi call (``gfaio.py``), holding the LU's lock shared until gfapi is
+        done with it (as the workers' call would). A miss of the read cache reads what the
+        cache would (``CachedStore.begin_fill``) and is inserted when it returns; a write
+        updates the cache before its command can answer (``end_write``). False, with nothing
+        started: the workers do it (FUA writes, other stores, a COMPARE AND WRITE holding the
+        lock, a store that refuses, a full queue)."""
+        t = type(req)
+        if t is Write and req.fua:
+            return False
+        store = target.store
+        cache: CachedStore | None = None
+        inner: Any = store
+        if isinstance(store, CachedStore):
+            cache = store
+            inner = store.inner
+        if not getattr(inner, "async_io", False):
+            return False
+        lock = self._lock(target)
+        if not lock.try_acquire_shared():
+            return False
+        buffers = self.buffers
+        offset: int = req.offset
+        started = False
+        if t is Read:
+            view = buffers.borrow(req.length)
+            fill = None
+            if cache is not None:
+                try:
+                    fill = cache.begin_fill(offset, view)
+                except Exception:  # noqa: BLE001 - (the workers' read says what the store says)
+                    lock.release_shared()
+                    buffers.give_back(view)
+                    return False
+            if cache is None or fill is None:
+                started = engine.read(inner, view, offset, done, timeout=timeout,
+                                      finish=functools.partial(_released, lock))
+            else:
+                started = engine.read(inner, fill.view, fill.lo, done, result=view,
+                                      timeout=timeout,
+                                      finish=functools.partial(_filled, lock, cache, fill))
+                if not started:
+                    cache.cancel_fill(fill)
+            if not started:
+                buffers.give_back(view)
+        else:
+            data = req.data
+            wview = data if type(data) is memoryview else memoryview(data)
+            if cache is None:
+                started = engine.write(inner, wview, offset, done, timeout=timeout,
+                                       finish=functools.partial(_released, lock))
+            else:
+                begun, when = cache.begin_write()
+                started = engine.write(inner, wview, offset, done, timeout=timeout,
+                                       finish=functools.partial(_written, lock, cache, offset,
+                                                                wview, begun, when))
+        if not started:
+            lock.release_shared()
         return started
 
     # -- buffers ------------------------------------------------------------------------------

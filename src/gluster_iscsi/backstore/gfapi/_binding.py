@@ -305,6 +305,29 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
+#: The asynchronous calls whose addresses :func:`async_functions` gives (Gluster >= 6 forms:
+#: the callback gets pre/post stat arguments; ``_aio.c`` declares them).
+ASYNC_FUNCTIONS = ("glfs_pread_async", "glfs_pwrite_async", "glfs_fsync_async",
+                   "glfs_fdatasync_async")
+_async_addresses: dict[str, int] | None = None
+
+
+def async_functions() -> dict[str, int]:
+    """Addresses of libgfapi's asynchronous read, write and sync calls (their default symbol
+    versions, as ctypes binds them), for ``_aio.c`` to call with its C callback."""
+    global _async_addresses
+    if _async_addresses is None:
+        handle = lib()
+        found: dict[str, int] = {}
+        for name in ASYNC_FUNCTIONS:
+            address = ctypes.cast(getattr(handle, name), c_void_p).value
+            if not address:
+                raise GfapiUnavailable(_errno.ENOSYS, f"{name} not found in libgfapi")
+            found[name] = address
+        _async_addresses = found
+    return _async_addresses
+
+
 def available() -> bool:
     try:
         lib()

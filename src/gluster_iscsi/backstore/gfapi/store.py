@@ -353,6 +353,9 @@ class GfapiStore(BackingStore):
     #: Worker threads the daemon gives this store's blocking calls, i.e. calls in flight on
     #: the volume (None: the daemon's ``io_threads``). Workers start on demand.
     io_threads: int | None = None
+    #: Reads and writes may also be started without a worker thread, as libgfapi's
+    #: asynchronous calls (``server/gfaio.py``), under :meth:`begin_async`/:meth:`end_async`.
+    async_io = True
 
     def __init__(
         self,
@@ -474,6 +477,27 @@ class GfapiStore(BackingStore):
             self._calls -= 1
             if self._file is None and self._calls == 0:
                 self._idle.notify_all()  # close() is waiting
+
+    def begin_async(self, write: bool) -> int:
+        """Count in a read or write that the caller starts as an asynchronous libgfapi call
+        and return the address of the glfs_fd: it stays open until :meth:`end_async` (close()
+        waits for it, as for any call; libgfapi drops the completion of a call whose fd was
+        closed). Raises as the call would (EBADF closed, EROFS a write on a read-only store)."""
+        with self._lock:
+            f = self._file
+            if f is None:
+                raise BackingStoreError(errno.EBADF, "store is closed", self.name)
+            if write and self.read_only:
+                raise BackingStoreError(errno.EROFS, "store is read-only", self.name)
+            self._calls += 1
+            return f.handle
+
+    def end_async(self, error: BackingStoreError | None) -> None:
+        """An asynchronous call begun with :meth:`begin_async` completed (``error``: how it
+        failed, counted as a failed call is)."""
+        if error is not None:
+            self._failed(error)
+        self._leave()
 
     def _failed(self, e: BackingStoreError) -> None:
         """Count a failed call by errno, once (a call that falls back to another, e.g.
