@@ -57,8 +57,8 @@ def lba_and_length(cdb: bytes) -> tuple[int, int, int]:
     if op < 0x20:  # 6-byte
         n = cdb[4]
         return (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3], n, 4
-    if op < 0x60:  # 10-byte
-        return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big"), 7
+    if op < 0x60:  # 10-byte (READ/WRITE(10), the common case: bytes indexed, not sliced)
+        return cdb[2] << 24 | cdb[3] << 16 | cdb[4] << 8 | cdb[5], cdb[7] << 8 | cdb[8], 7
     if op == 0x89:  # COMPARE AND WRITE: NUMBER OF LOGICAL BLOCKS in byte 13
         return int.from_bytes(cdb[2:10], "big"), cdb[13], 13
     if op < 0xA0:  # 16-byte
