@@ -455,11 +455,16 @@ class PduReader:
     skipped without being stored, and the stream stays in sync.
     """
 
-    __slots__ = ("_buf", "_pos", "_end", "_skip", "header_digest", "data_digest", "max_recv_dsl",
-                 "place", "_pdu", "_dst", "_got", "_trailer", "_headers_alone")
+    __slots__ = ("_buf", "_view", "_pos", "_end", "_skip", "header_digest", "data_digest",
+                 "max_recv_dsl", "place", "_pdu", "_dst", "_got", "_trailer", "_headers_alone")
 
     def __init__(self, max_recv_dsl: int = 8192, place: Placement | None = None) -> None:
         self._buf = bytearray(_STAGE)
+        # One view of the staging area for the reader's life (a new one with a new area): a
+        # PDU's fields are copied out of it without a view made and released per PDU. (The
+        # area is never resized, which its view would forbid: ``_compact`` moves bytes within
+        # it, ``get_buffer`` makes a new one.)
+        self._view = memoryview(self._buf)
         self._pos = 0  # next unread byte of the staging area
         self._end = 0  # end of the received bytes in it
         self._skip = 0  # bytes of a refused PDU still to discard
@@ -541,7 +546,9 @@ class PduReader:
                 grown = bytearray(max(end + want, 2 * len(buf)))
                 grown[:end] = buf[:end]
                 self._buf = buf = grown
-        return memoryview(buf)[end : end + want] if exact else memoryview(buf)[end:]
+                self._view = memoryview(grown)
+        view = self._view
+        return view[end : end + want] if exact else view[end:]
 
     def buffer_updated(self, n: int) -> None:
         """``n`` bytes were received into the last :meth:`get_buffer` window."""
@@ -621,12 +628,12 @@ class PduReader:
             self._pos = pos + hdr_len + here
             return self._finish_direct()
         self._headers_alone = False
-        with memoryview(buf) as mv:  # one copy per field (a bytearray slice would add one)
-            pdu = Pdu(
-                bytes(mv[pos:start]),
-                bytes(mv[start : start + ahs_len]) if ahs_len else b"",
-                bytes(mv[pos + hdr_len : pos + hdr_len + dsl]) if dsl else b"",
-            )
+        mv = self._view  # one copy per field (a bytearray slice would add one)
+        pdu = Pdu(
+            bytes(mv[pos:start]),
+            bytes(mv[start : start + ahs_len]) if ahs_len else b"",
+            bytes(mv[pos + hdr_len : pos + hdr_len + dsl]) if dsl else b"",
+        )
         self._pos = pos + total
         if self.data_digest and dsl:
             want = _U32.unpack_from(buf, pos + hdr_len + padded)[0]
