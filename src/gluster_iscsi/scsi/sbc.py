@@ -113,7 +113,9 @@ def _write_data(ctx: Ctx, need: int) -> memoryview:
     write what was sent in whole blocks and let the transport report the residual overflow
     (what libiscsi's residual tests and Linux LIO expect); extra data-out is ignored.
     """
-    mv = ctx.parameter_list(need)
+    # (ctx.parameter_list(need), inline: Ctx is interpreted, its method a frame per write)
+    out = ctx.task.data_out
+    mv = memoryview(out).cast("B")[:need] if out is not None else memoryview(b"")
     usable = len(mv) - len(mv) % ctx.lu.block_size
     return mv[:usable]
 
