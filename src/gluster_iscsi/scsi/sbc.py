@@ -113,11 +113,16 @@ def _write_data(ctx: Ctx, need: int) -> memoryview:
     write what was sent in whole blocks and let the transport report the residual overflow
     (what libiscsi's residual tests and Linux LIO expect); extra data-out is ignored.
     """
-    # (ctx.parameter_list(need), inline: Ctx is interpreted, its method a frame per write)
+    # (ctx.parameter_list(need), inline: Ctx is interpreted, its method a frame per write;
+    # and one view made, not four: cast only what is not flat bytes already, one slice)
     out = ctx.task.data_out
-    mv = memoryview(out).cast("B")[:need] if out is not None else memoryview(b"")
-    usable = len(mv) - len(mv) % ctx.lu.block_size
-    return mv[:usable]
+    if out is None:
+        return memoryview(b"")
+    mv = memoryview(out)
+    if mv.ndim != 1 or mv.format != "B":
+        mv = mv.cast("B")
+    n = min(len(mv), need)
+    return mv[: n - n % ctx.lu.block_size]
 
 
 def write(ctx: Ctx) -> Execution:
