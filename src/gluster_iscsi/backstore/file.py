@@ -328,7 +328,7 @@ class FileStore(BackingStore):
         done = 0
         try:
             while done < total:
-                n = os.preadv(fd, [dst[done:]], offset + done)
+                n = os.preadv(fd, [dst[done:] if done else dst], offset + done)
                 if n == 0:
                     raise BackingStoreError(
                         errno.EIO,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..buffers import POOL, Buffer, MemoryBudget
 from . import pdu as P
@@ -55,6 +55,14 @@ MAX_CONNECTION_BUFFERS = 256 << 20
 _NO_MEMORY = -1
 
 
+# Opcodes tested on every PDU, as Final ints: compiled, a constant compare, not an enum
+# member's look-up and a rich comparison.
+_OP_NOP_OUT: Final = 0x00
+_OP_SCSI_CMD: Final = 0x01
+_OP_DATA_OUT: Final = 0x05
+_OP_SNACK: Final = 0x10
+
+
 def _numbered(pdu: Pdu) -> bool:
     """Whether a full-feature-phase request takes a CmdSN slot: every non-immediate one but
     Data-Out and SNACK (which carry no CmdSN) and a NOP-Out answering our ping (ITT
@@ -63,9 +71,9 @@ def _numbered(pdu: Pdu) -> bool:
     if b0 & 0x40:
         return False
     op = b0 & 0x3F
-    if op == Opcode.DATA_OUT or op == Opcode.SNACK:
+    if op == _OP_DATA_OUT or op == _OP_SNACK:
         return False
-    return not (op == Opcode.NOP_OUT and pdu.itt == NO_TAG)
+    return not (op == _OP_NOP_OUT and pdu.itt == NO_TAG)
 
 
 class Connection(Transfer):
@@ -317,7 +325,7 @@ class Connection(Transfer):
         when it is rejected before it became a task."""
         op = pdu.opcode
         s = self.session
-        early = numbered and (refuse > 0 or op != Opcode.SCSI_CMD)
+        early = numbered and (refuse > 0 or op != _OP_SCSI_CMD)
         if early and s is not None:
             s.retire()
         try:

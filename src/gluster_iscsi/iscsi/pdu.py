@@ -186,7 +186,8 @@ class Pdu:
 
     @property
     def cmdsn(self) -> int:  # every request but Data-Out and SNACK
-        return _U32.unpack_from(self.bhs, 24)[0]
+        b = self.bhs  # (read on every PDU: compiled, four byte reads beat a struct call)
+        return b[24] << 24 | b[25] << 16 | b[26] << 8 | b[27]
 
     @property
     def expstatsn(self) -> int:
@@ -454,11 +455,16 @@ class PduReader:
     skipped without being stored, and the stream stays in sync.
     """
 
-    __slots__ = ("_buf", "_pos", "_end", "_skip", "header_digest", "data_digest", "max_recv_dsl",
-                 "place", "_pdu", "_dst", "_got", "_trailer", "_headers_alone")
+    __slots__ = ("_buf", "_view", "_pos", "_end", "_skip", "header_digest", "data_digest",
+                 "max_recv_dsl", "place", "_pdu", "_dst", "_got", "_trailer", "_headers_alone")
 
     def __init__(self, max_recv_dsl: int = 8192, place: Placement | None = None) -> None:
         self._buf = bytearray(_STAGE)
+        # One view of the staging area for the reader's life (a new one with a new area): a
+        # PDU's fields are copied out of it without a view made and released per PDU. (The
+        # area is never resized, which its view would forbid: ``_compact`` moves bytes within
+        # it, ``get_buffer`` makes a new one.)
+        self._view = memoryview(self._buf)
         self._pos = 0  # next unread byte of the staging area
         self._end = 0  # end of the received bytes in it
         self._skip = 0  # bytes of a refused PDU still to discard
@@ -540,7 +546,9 @@ class PduReader:
                 grown = bytearray(max(end + want, 2 * len(buf)))
                 grown[:end] = buf[:end]
                 self._buf = buf = grown
-        return memoryview(buf)[end : end + want] if exact else memoryview(buf)[end:]
+                self._view = memoryview(grown)
+        view = self._view
+        return view[end : end + want] if exact else view[end:]
 
     def buffer_updated(self, n: int) -> None:
         """``n`` bytes were received into the last :meth:`get_buffer` window."""
@@ -581,7 +589,7 @@ class PduReader:
         if avail < BHS_LEN:
             return None
         ahs_len = buf[pos + 4] * 4
-        dsl = int.from_bytes(buf[pos + 5 : pos + 8], "big")
+        dsl = buf[pos + 5] << 16 | buf[pos + 6] << 8 | buf[pos + 7]  # (no slice, no call)
         hdr_len = BHS_LEN + ahs_len + (4 if self.header_digest else 0)
         if avail < hdr_len:
             return None
@@ -620,12 +628,12 @@ class PduReader:
             self._pos = pos + hdr_len + here
             return self._finish_direct()
         self._headers_alone = False
-        with memoryview(buf) as mv:  # one copy per field (a bytearray slice would add one)
-            pdu = Pdu(
-                bytes(mv[pos:start]),
-                bytes(mv[start : start + ahs_len]) if ahs_len else b"",
-                bytes(mv[pos + hdr_len : pos + hdr_len + dsl]) if dsl else b"",
-            )
+        mv = self._view  # one copy per field (a bytearray slice would add one)
+        pdu = Pdu(
+            bytes(mv[pos:start]),
+            bytes(mv[start : start + ahs_len]) if ahs_len else b"",
+            bytes(mv[pos + hdr_len : pos + hdr_len + dsl]) if dsl else b"",
+        )
         self._pos = pos + total
         if self.data_digest and dsl:
             want = _U32.unpack_from(buf, pos + hdr_len + padded)[0]

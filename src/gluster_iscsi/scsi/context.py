@@ -28,7 +28,7 @@ class Ctx:
     cheap __init__). Not compiled: ``lu`` is None for the commands that need no LU (REPORT
     LUNS to a LUN that does not exist), which compiled code would refuse."""
 
-    __slots__ = ("task", "lu", "server", "command")
+    __slots__ = ("task", "lu", "server", "command", "cdb")
 
     def __init__(self, task: ScsiTask, lu: LogicalUnit, server: DeviceServer,
                  command: Command) -> None:
@@ -36,10 +36,9 @@ class Ctx:
         self.lu = lu
         self.server = server
         self.command = command
-
-    @property
-    def cdb(self) -> bytes:
-        return self.task.cdb
+        #: the task's CDB (padded to 16 bytes by the device server before the handler runs;
+        #: a slot, not a property: interpreted, a property call costs a frame per command)
+        self.cdb: bytes = task.cdb
 
     @property
     def nexus(self) -> Nexus:

@@ -12,7 +12,7 @@ import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .alua import Alua
 from .background import BackgroundJob, JobBody
@@ -58,13 +58,14 @@ class ModePage:
         return cls(code, bytearray(head + body), head + body, bytes([0, 0]) + changeable)
 
 
-# Bit positions in mode pages that the server itself reads.
-CACHING_PAGE = 0x08
-CONTROL_PAGE = 0x0A
-IEC_PAGE = 0x1C
-WCE = 0x04  # caching page byte 2
-D_SENSE = 0x04  # control page byte 2
-SWP = 0x08  # control page byte 4
+# Bit positions in mode pages that the server itself reads. (Final: compiled, constants,
+# not module look-ups on every write's write_cache and write_protected.)
+CACHING_PAGE: Final = 0x08
+CONTROL_PAGE: Final = 0x0A
+IEC_PAGE: Final = 0x1C
+WCE: Final = 0x04  # caching page byte 2
+D_SENSE: Final = 0x04  # control page byte 2
+SWP: Final = 0x08  # control page byte 4
 
 
 class Capabilities(Protocol):

@@ -57,8 +57,8 @@ def lba_and_length(cdb: bytes) -> tuple[int, int, int]:
     if op < 0x20:  # 6-byte
         n = cdb[4]
         return (cdb[1] & 0x1F) << 16 | cdb[2] << 8 | cdb[3], n, 4
-    if op < 0x60:  # 10-byte
-        return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big"), 7
+    if op < 0x60:  # 10-byte (READ/WRITE(10), the common case: bytes indexed, not sliced)
+        return cdb[2] << 24 | cdb[3] << 16 | cdb[4] << 8 | cdb[5], cdb[7] << 8 | cdb[8], 7
     if op == 0x89:  # COMPARE AND WRITE: NUMBER OF LOGICAL BLOCKS in byte 13
         return int.from_bytes(cdb[2:10], "big"), cdb[13], 13
     if op < 0xA0:  # 16-byte
@@ -113,9 +113,16 @@ def _write_data(ctx: Ctx, need: int) -> memoryview:
     write what was sent in whole blocks and let the transport report the residual overflow
     (what libiscsi's residual tests and Linux LIO expect); extra data-out is ignored.
     """
-    mv = ctx.parameter_list(need)
-    usable = len(mv) - len(mv) % ctx.lu.block_size
-    return mv[:usable]
+    # (ctx.parameter_list(need), inline: Ctx is interpreted, its method a frame per write;
+    # and one view made, not four: cast only what is not flat bytes already, one slice)
+    out = ctx.task.data_out
+    if out is None:
+        return memoryview(b"")
+    mv = memoryview(out)
+    if mv.ndim != 1 or mv.format != "B":
+        mv = mv.cast("B")
+    n = min(len(mv), need)
+    return mv[: n - n % ctx.lu.block_size]
 
 
 def write(ctx: Ctx) -> Execution:

@@ -343,7 +343,10 @@ class ConnectionDriver(asyncio.BufferedProtocol):
     def complete(self, task: ScsiTask, result: ScsiResult) -> None:
         if result.extra:
             self._side_effects(task, result)
-        waiters = self._running.pop(task, None)
+        running = self._running
+        waiters = running.get(task)  # (get and del: compiled, native; pop is a method call)
+        if waiters is not None or task in running:
+            del running[task]
         self.commands += 1
         if result.status != 0:
             self.errors += 1
