@@ -13,6 +13,7 @@ CPU per write, and the brick fds open on the file's inode mid-run. Cases:
   fuse-uring-qd32     fio io_uring, iodepth 32, one fd on the FUSE file
   gfapi-qd1           fio's gfapi engine
   gfapi-qd32          fio's gfapi_async engine, iodepth 32
+  ours-seq1m-qd16     512 sequential 1 MiB writes at QD16 (per_write: per 1 MiB write)
   ours-qd1 / ours-qd32 [ours args after '--' go to `serve`]: qemu-img bench -w over a
                       gluster:// LUN of our daemon (env GISCSI: its executable)
   tgt-qd1 / tgt-qd32  qemu-img bench -w over tgtd (a private instance) on the FUSE file
@@ -105,9 +106,13 @@ def profile(vol: str) -> dict[str, dict[str, int]]:
             brick = os.path.basename(m.group(1))
             res[brick] = {}
             continue
-        m = re.match(r"\s+[\d.]+\s+[\d.]+ [nu]s\s+[\d.]+ [nu]s\s+[\d.]+ [nu]s\s+(\d+)\s+(\w+)\s*$", line)
+        m = re.match(r"\s+[\d.]+\s+([\d.]+) ([nu])s\s+[\d.]+ [nu]s\s+[\d.]+ [nu]s\s+(\d+)"
+                     r"\s+(\w+)\s*$", line)
         if m and brick:
-            res[brick][m.group(2)] = res[brick].get(m.group(2), 0) + int(m.group(1))
+            res[brick][m.group(4)] = res[brick].get(m.group(4), 0) + int(m.group(3))
+            if m.group(4) == "WRITE":  # the bricks' own time per WRITE (queue included), ns
+                ns = float(m.group(1)) * (1 if m.group(2) == "n" else 1000)
+                res[brick]["_write_ns"] = res[brick].get("_write_ns", 0) + int(ns)
     return res
 
 
@@ -248,6 +253,7 @@ def fio(*args: str) -> str:
 
 
 def run_case(vol: str, mnt: str, case: str, ours_args: list[str]) -> dict:
+    n = 512 if "seq1m" in case else N  # ours-seq1m-qd16: 512 sequential 1 MiB writes
     name = f"wprof-{case}-{os.getpid()}-{int(time.time())}.img"
     by_lun = os.environ.get("PREP") == "lun" and case.startswith("ours")
     if not by_lun:
@@ -271,7 +277,14 @@ def run_case(vol: str, mnt: str, case: str, ours_args: list[str]) -> dict:
     fds: list[dict] = []
 
     def sample() -> None:
-        time.sleep(3)
+        time.sleep(1)
+        out = os.environ.get("PERF")  # PERF=PREFIX: perf record the bricks for 4 s
+        if out:
+            subprocess.run(["perf", "record", "-q", "-F", "999", "-o", f"{out}.{case}.data",
+                            "-p", ",".join(map(str, pids)), "--", "sleep", "4"],
+                           capture_output=True, timeout=60)
+        else:
+            time.sleep(2)
         fds.append(brick_fds(pids))
 
     t = threading.Thread(target=sample)
@@ -293,6 +306,9 @@ def run_case(vol: str, mnt: str, case: str, ours_args: list[str]) -> dict:
     elif case == "gfapi-qd32":
         fio("--ioengine=gfapi_async", "--iodepth=32", f"--volume={vol}", "--brick=127.0.0.1",
             f"--filename={name}", f"--io_size={N * BS}")
+    elif server is not None and "seq1m" in case:
+        sh(*pinned(PIN_C, ["qemu-img"]), "bench", "-f", "raw", "-t", "writeback", "-w",
+           "-d", "16", "-s", str(1 << 20), "-c", str(n), server.url, timeout=900)
     elif server is not None:
         qemu_bench(server.url, 32 if case.endswith("qd32") else 1)
     else:
@@ -313,20 +329,26 @@ def run_case(vol: str, mnt: str, case: str, ours_args: list[str]) -> dict:
     for b in prof.values():
         for k, v in b.items():
             total[k] = total.get(k, 0) + v
+    write_us = round(total.pop("_write_ns", 0) / len(prof) / 1000, 1) if prof else 0
+    for b in after_close.values():
+        b.pop("_write_ns", None)
     closing = {}
     for b in after_close.values():
         for k, v in b.items():
             closing[k] = closing.get(k, 0) + v
     closing = {k: v - total.get(k, 0) for k, v in closing.items() if v - total.get(k, 0)}
     os.unlink(path)
+    time.sleep(10)  # shard deletes its shards in the background: not into the next case
     return {
         "case": case + (" " + " ".join(ours_args) if ours_args else "")
         + (f" PIN={PIN_D}:{PIN_C}" if PIN_D else ""),
         "secs": round(elapsed, 1),
-        "per_write": {k: round(v / N, 3) for k, v in sorted(total.items()) if v},
-        "brick_cpu_us_per_write": round((c1 - c0) / TCK * 1e6 / N, 1),
-        "brick_per_write": {k: round((k1[k] - k0[k]) / N, 2) for k in k0},
-        "client_per_write": {k: round((kc1[k] - kc0[k]) / N, 2) for k in kc0} if client else None,
+        "per_write": {k: round(v / n, 3) for k, v in sorted(total.items()) if v},
+        "brick_write_latency_us": write_us,
+        "writes_per_s": round(n / elapsed),
+        "brick_cpu_us_per_write": round((c1 - c0) / TCK * 1e6 / n, 1),
+        "brick_per_write": {k: round((k1[k] - k0[k]) / n, 2) for k in k0},
+        "client_per_write": {k: round((kc1[k] - kc0[k]) / n, 2) for k in kc0} if client else None,
         "brick_fds_midrun": fds,
         "fops_at_close": closing,
     }
