@@ -6,7 +6,10 @@
 Each CASE writes 16,384 random 4 KiB blocks into its own fresh 1 GiB file (written whole
 through the FUSE mount first) while `gluster volume profile` counts the fops each brick
 serves; it prints one JSON line per case: fops per write summed over the bricks, the bricks'
-CPU per write, and the brick fds open on the file's inode mid-run. Cases:
+average WRITE latency (their queue included), CPU, read/write syscalls and context switches
+per write (and the target's Gluster client's: our daemon, or the FUSE mount's glusterfs),
+the brick fds on the volume's files mid-run, and the fops sent when the target closed the
+file. The volume must have `gluster volume profile VOLUME start`. Cases:
 
   fuse-qd1            fio psync on the FUSE file
   fuse-32jobs         fio psync, 32 jobs (32 fds) on the FUSE file
@@ -17,6 +20,13 @@ CPU per write, and the brick fds open on the file's inode mid-run. Cases:
   ours-qd1 / ours-qd32 [ours args after '--' go to `serve`]: qemu-img bench -w over a
                       gluster:// LUN of our daemon (env GISCSI: its executable)
   tgt-qd1 / tgt-qd32  qemu-img bench -w over tgtd (a private instance) on the FUSE file
+
+Environment: PREP=lun fills an ours-* file through the LUN (1 MiB writes at QD16, as bench/run's
+prefill; else dd bs=1M on the FUSE mount), PREP=gfapi through fio's gfapi engine (bs=1M);
+SETTLE=SECONDS to wait before measuring (65: past features.cache-invalidation-timeout, so
+the filling client gets no upcalls); PIN=D:C puts the target (and the FUSE mount's glusterfs
+for tgt) on CPUs D and qemu-img on CPUs C, as bench/run pins; PERF=PREFIX records the bricks
+with `perf record` for 4 s into PREFIX.CASE.data.
 
 qemu-img bench has no random mode: like bench/run it strides by a prime number of 4 KiB
 slots, visiting the 1 GiB file as a permutation. Needs root (brick /proc/PID/fd), `gluster`,
