@@ -145,3 +145,13 @@ def test_a_malformed_gfapi_xlator_option_is_a_usage_error_with_the_form(tmp_path
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "XLATOR:KEY=VALUE" in r.stderr
     assert not (tmp_path / "control.sock").exists()
+
+
+@pytest.mark.parametrize("size", ["100", "6KiB", "64MiB", "lots"])
+def test_a_bad_gfapi_write_piece_is_a_usage_error_saying_what_fits(tmp_path, size):
+    r = run_serve(tmp_path, "--listen", f"127.0.0.1:{free_port()}", "--gfapi-write-piece", size)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "Invalid value for '--gfapi-write-piece'" in r.stderr
+    if size != "lots":
+        assert "multiple of 4KiB from 4KiB to 32MiB" in r.stderr
+    assert not (tmp_path / "control.sock").exists()

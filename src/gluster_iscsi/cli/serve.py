@@ -76,6 +76,20 @@ def _write_behind(ctx: click.Context, param: click.Parameter, value: str | None)
     return n
 
 
+def _write_piece(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from ..backstore.gfapi.store import set_buffered_write_piece
+    from ..backstore.size import parse_size
+
+    try:
+        n = parse_size(value)
+        set_buffered_write_piece(n)  # (checks it; serve sets it again, with the rest)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return n
+
+
 def _xlator_options(ctx: click.Context, param: click.Parameter,
                     value: tuple[str, ...]) -> list[tuple[str, str, str]]:
     out = []
@@ -287,6 +301,12 @@ Exit status:
                    "the volume's 1MB, cheaper random writes, slightly slower cold reads); "
                    "repeatable. "
                    "A value a translator refuses makes the LUN fail to open. Default: none.")
+@click.option("--gfapi-write-piece", metavar="SIZE", callback=_write_piece,
+              help="Hand the bricks a buffered write to a gluster:// backing in pieces of at "
+                   "most SIZE (a multiple of 4KiB), e.g. 128KiB as a FUSE mount does: 4 KiB "
+                   "writes later into a range filled with larger writes then cost the bricks "
+                   "less CPU (their page cache holds it in smaller folios), large sequential "
+                   "writes cost more. 0: whole writes. Default: 0.")
 @click.option("--metrics-listen", "metrics_listen", metavar="HOST:PORT",
               help="Serve Prometheus metrics (text format, GET /metrics) on this address, e.g. "
                    "127.0.0.1:9283: per LUN commands, bytes, errors by sense key, latency, I/O "
@@ -300,12 +320,13 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
           max_prelogin_per_host: int | None, memory_budget: int | None,
           gfapi_cache: int | None, metrics_listen: str | None = None,
           xlator_options: list[tuple[str, str, str]] | None = None,
-          write_behind: int | None = None) -> None:
+          write_behind: int | None = None, gfapi_write_piece: int | None = None) -> None:
     """Run the iSCSI target daemon in the foreground."""
     from ..backstore.gfapi import store as gfapi_store
     from ..logs import configure
 
     gfapi_store.set_client_xlator_options(xlator_options or [])
+    gfapi_store.set_buffered_write_piece(gfapi_write_piece or 0)
 
     configure(getattr(logging, log_level.upper()), log_format)
     sdir = _state_dir(ctx, state_dir)

@@ -51,6 +51,30 @@ from .address import GlusterAddress, VolfileServer, parse_gluster_url
 _NOT_SUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
 # Large requests are split so one call never exceeds what a brick RPC is happy with.
 _MAX_IO = 32 << 20
+#: The largest write a buffered store (not ``o_direct``) hands glfs_pwrite(v) in one call,
+#: longer ones going in pieces of this size, each its own brick WRITE; 0 (the default): whole
+#: writes (up to ``_MAX_IO``). ``serve --gfapi-write-piece`` sets it; 128 KiB is what a FUSE
+#: mount sends (the kernel's max_write). Why it matters after the write: the bricks write
+#: into their page cache, and Linux (ext4, kernel 6.18 here) caches a file in folios as
+#: large as the writes that filled it. A later 4 KiB write into a 1 MiB folio walks all 256
+#: of its block buffers (``ext4_block_write_begin``: 17-21% of the bricks' CPU against 3-4%),
+#: so 4 KiB random writes over a LUN filled with 1 MiB writes cost the bricks ~10-20% more
+#: CPU than over one filled through FUSE, whoever writes them. Pieces cost sequential writes
+#: instead: 1 MiB writes at QD16 with 128 KiB pieces make 8 brick WRITEs each, ~2x the
+#: bricks' CPU per MiB and 0.55-0.8x the rate (docs/notes/write-fops.md). An O_DIRECT store
+#: bypasses the bricks' page cache (strict-o-direct) and always keeps whole writes.
+BUFFERED_WRITE_PIECE = 0
+
+
+def set_buffered_write_piece(size: int) -> None:
+    """:data:`BUFFERED_WRITE_PIECE` for the writes from now on (0: whole writes). ValueError
+    unless 0 or a multiple of 4 KiB from 4 KiB to 32 MiB."""
+    if size and (size % 4096 or not 4096 <= size <= _MAX_IO):
+        raise ValueError(f"{size} is not 0 or a multiple of 4KiB from 4KiB to 32MiB")
+    global BUFFERED_WRITE_PIECE
+    BUFFERED_WRITE_PIECE = size
+
+
 #: How long close() waits for calls still running on the store before leaking its glfs_fd.
 CLOSE_TIMEOUT = 30.0
 
@@ -159,6 +183,25 @@ def _on_upcall(client: _Client, gfid: bytes, mode: int) -> None:
             return
     for cb in todo:
         cb()
+
+
+def _split(views: list[memoryview], piece: int) -> list[list[memoryview]]:
+    """``views`` (back to back) cut into runs of at most ``piece`` bytes, without copying."""
+    parts: list[list[memoryview]] = []
+    cur: list[memoryview] = []
+    room = piece
+    for v in views:
+        while len(v):
+            take = v[:room]
+            cur.append(take)
+            v = v[len(take):]
+            room -= len(take)
+            if room == 0:
+                parts.append(cur)
+                cur, room = [], piece
+    if cur:
+        parts.append(cur)
+    return parts
 
 
 _registry: dict[ClientKey, _Client] = {}
@@ -685,9 +728,14 @@ class GfapiStore(BackingStore):
                 )
             done += n
 
+    def _piece(self) -> int:
+        """The most one glfs_pwrite(v) call may write (see :data:`BUFFERED_WRITE_PIECE`)."""
+        return _MAX_IO if self.o_direct or not BUFFERED_WRITE_PIECE else BUFFERED_WRITE_PIECE
+
     def _write_(self, offset: int, data: Buffer) -> None:
         f = self._writable()
-        if isinstance(data, bytes) and len(data) <= _MAX_IO:
+        piece = self._piece()
+        if isinstance(data, bytes) and len(data) <= piece:
             check_range(offset, len(data), self.name)
             n = f.pwrite(data, offset)  # c_char_p path: no pinning needed
             if n == len(data):
@@ -700,7 +748,7 @@ class GfapiStore(BackingStore):
             done = 0
         total = len(src)
         while done < total:
-            n = f.pwrite(src[done : done + min(total - done, _MAX_IO)], offset + done)
+            n = f.pwrite(src[done : done + min(total - done, piece)], offset + done)
             if n == 0:
                 raise BackingStoreError(
                     errno.EIO, f"short write: {done} of {total} bytes at offset {offset}", self.name
@@ -712,10 +760,19 @@ class GfapiStore(BackingStore):
         f = self._writable()
         views = [byte_view(b) for b in buffers]
         total = sum(len(v) for v in views)
-        n = f.pwritev(views, offset) if views else 0
-        if n < total:  # finish a short vectored write piecewise
+        piece = self._piece()
+        if total > piece:  # in pieces of at most `piece` bytes, each one glfs_pwritev
+            done = 0
+            for part in _split(views, piece):
+                n = f.pwritev(part, offset + done)
+                done += n
+                if n < sum(len(v) for v in part):
+                    break
+        else:
+            done = f.pwritev(views, offset) if views else 0
+        if done < total:  # finish a short vectored write piecewise
             joined = b"".join(views)
-            self.write(offset + n, memoryview(joined)[n:])
+            self._write_(offset + done, memoryview(joined)[done:])
 
     def _flush_(self) -> None:
         self._fh.fdatasync()
