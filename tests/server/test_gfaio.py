@@ -129,10 +129,13 @@ class FakeStore:
         self.busy = 0
         self.errors: list[BackingStoreError] = []
         self.closed = False
+        self.piece = 1 << 30
 
-    def begin_async(self, write: bool) -> int:
+    def begin_async(self, write: bool, length: int) -> int:
         if self.closed:
             raise BackingStoreError(errno.EBADF, "store is closed", self.name)
+        if write and length > self.piece:
+            return 0
         self.busy += 1
         return GLFD
 
@@ -311,6 +314,9 @@ def test_a_refused_start_leaves_nothing_behind_and_the_workers_do_it(queue):
         assert not engine.read(store, memoryview(bytearray(0)), 0, calls.callback)
         big = memoryview(bytearray(gfaio.MAX_CALL + 512))
         assert not engine.write(store, big, 0, calls.callback)
+        store.piece = 8192  # a store that cuts longer writes itself (--gfapi-write-piece)
+        assert not engine.write(store, memoryview(bytes(16384)), 0, calls.callback)
+        assert store.busy == 0
         await settle()
         assert calls.results == [] and calls.order == [] and gf.started == 0
 
@@ -515,7 +521,7 @@ class AsyncGatedStore(GatedStore):
         super().__init__(size)
         self.busy = 0
 
-    def begin_async(self, write: bool) -> int:
+    def begin_async(self, write: bool, length: int) -> int:
         self.busy += 1
         return GLFD
 

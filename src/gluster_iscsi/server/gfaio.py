@@ -223,9 +223,12 @@ class GfapiEngine:
             self.refused += 1
             return False
         try:
-            call.glfd = call.store.begin_async(call.op == _WRITE)
+            call.glfd = call.store.begin_async(call.op == _WRITE, call.total)
         except BackingStoreError:
             self.refused += 1  # (the workers' call says what the store says)
+            return False
+        if not call.glfd:  # not as one call (the store cuts it): the workers
+            self.refused += 1
             return False
         self._next_key = key = self._next_key + 1
         self._calls[key] = call

@@ -521,11 +521,15 @@ class GfapiStore(BackingStore):
             if self._file is None and self._calls == 0:
                 self._idle.notify_all()  # close() is waiting
 
-    def begin_async(self, write: bool) -> int:
-        """Count in a read or write that the caller starts as an asynchronous libgfapi call
-        and return the address of the glfs_fd: it stays open until :meth:`end_async` (close()
-        waits for it, as for any call; libgfapi drops the completion of a call whose fd was
-        closed). Raises as the call would (EBADF closed, EROFS a write on a read-only store)."""
+    def begin_async(self, write: bool, length: int) -> int:
+        """Count in a read or write of ``length`` bytes that the caller starts as an
+        asynchronous libgfapi call and return the address of the glfs_fd: it stays open until
+        :meth:`end_async` (close() waits for it, as for any call; libgfapi drops the completion
+        of a call whose fd was closed). 0, nothing counted: not as one call (a write longer
+        than :data:`BUFFERED_WRITE_PIECE`, which :meth:`write` cuts), use :meth:`write`.
+        Raises as the call would (EBADF closed, EROFS a write on a read-only store)."""
+        if write and length > self._piece():
+            return 0
         with self._lock:
             f = self._file
             if f is None:
