@@ -306,7 +306,9 @@ Exit status:
                    "most SIZE (a multiple of 4KiB), e.g. 128KiB as a FUSE mount does: 4 KiB "
                    "writes later into a range filled with larger writes then cost the bricks "
                    "less CPU (their page cache holds it in smaller folios), large sequential "
-                   "writes cost more. 0: whole writes. Default: 0.")
+                   "writes cost more. 0: whole writes. Default: 128KiB (what tgt's FUSE "
+                   "file gets: 4K random writes 1.10x tgt instead of 0.80x, 1 MiB sequential "
+                   "writes 1.20x instead of 1.57x).")
 @click.option("--metrics-listen", "metrics_listen", metavar="HOST:PORT",
               help="Serve Prometheus metrics (text format, GET /metrics) on this address, e.g. "
                    "127.0.0.1:9283: per LUN commands, bytes, errors by sense key, latency, I/O "
@@ -326,7 +328,8 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
     from ..logs import configure
 
     gfapi_store.set_client_xlator_options(xlator_options or [])
-    gfapi_store.set_buffered_write_piece(gfapi_write_piece or 0)
+    gfapi_store.set_buffered_write_piece(gfapi_store.DEFAULT_WRITE_PIECE
+                                         if gfapi_write_piece is None else gfapi_write_piece)
 
     configure(getattr(logging, log_level.upper()), log_format)
     sdir = _state_dir(ctx, state_dir)

@@ -52,9 +52,10 @@ _NOT_SUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
 # Large requests are split so one call never exceeds what a brick RPC is happy with.
 _MAX_IO = 32 << 20
 #: The largest write a buffered store (not ``o_direct``) hands glfs_pwrite(v) in one call,
-#: longer ones going in pieces of this size, each its own brick WRITE; 0 (the default): whole
-#: writes (up to ``_MAX_IO``). ``serve --gfapi-write-piece`` sets it; 128 KiB is what a FUSE
-#: mount sends (the kernel's max_write). Why it matters after the write: the bricks write
+#: longer ones going in pieces of this size, each its own brick WRITE; 0: whole writes (up
+#: to ``_MAX_IO``). ``serve --gfapi-write-piece`` sets it; the default, 128 KiB, is what a
+#: FUSE mount sends (the kernel's max_write), so the bricks see what they see from tgt on a
+#: FUSE file. Why it matters after the write: the bricks write
 #: into their page cache, and Linux (ext4, kernel 6.18 here) caches a file in folios as
 #: large as the writes that filled it. A later 4 KiB write into a 1 MiB folio walks all 256
 #: of its block buffers (``ext4_block_write_begin``: 17-21% of the bricks' CPU against 3-4%),
@@ -63,7 +64,11 @@ _MAX_IO = 32 << 20
 #: instead: 1 MiB writes at QD16 with 128 KiB pieces make 8 brick WRITEs each, ~2x the
 #: bricks' CPU per MiB and 0.55-0.8x the rate (docs/notes/write-fops.md). An O_DIRECT store
 #: bypasses the bricks' page cache (strict-o-direct) and always keeps whole writes.
-BUFFERED_WRITE_PIECE = 0
+#: Measured against tgt on the FUSE file (bench/run, pinned, one run each; BENCHMARKS.md
+#: "Stop 25"): 4K random writes QD32 0.80 whole, 1.06 with 256 KiB, 1.10 with 128 KiB; QD1
+#: 0.72 / 0.80 / 0.92; 1 MiB sequential writes 1.57 / 1.46 / 1.20 (still ahead).
+DEFAULT_WRITE_PIECE = 128 << 10
+BUFFERED_WRITE_PIECE = DEFAULT_WRITE_PIECE
 
 
 def set_buffered_write_piece(size: int) -> None:
