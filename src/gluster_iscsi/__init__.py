@@ -9,7 +9,7 @@ DATA_PATH_MODULES = (
     "iscsi.pdu", "iscsi.connection", "iscsi.transfer", "iscsi.responses", "iscsi.tasks",
     "iscsi.session", "iscsi.events",
     "scsi.device", "scsi.sbc", "scsi.task", "scsi.io", "scsi.lu",
-    "server.driver", "server.iopool", "server.poller", "server.runner",
+    "server.driver", "server.iopool", "server.poller", "server.runner", "server.gfaio",
     "backstore._util", "backstore.file", "backstore.cache", "buffers",
 )
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -89,13 +90,17 @@ class _Call:
         self.late: Callable[[], None] | None = None  # after a timeout: when gfapi returns
 
 
+def _c_module() -> ModuleType | None:
+    """``backstore/gfapi/_aio`` (imported by name: this module may run compiled), or None."""
+    try:
+        return importlib.import_module("gluster_iscsi.backstore.gfapi._aio")
+    except ImportError:
+        return None
+
+
 def supported() -> bool:
     """Whether the C module is built (a pure-Python build has none)."""
-    try:
-        from ..backstore.gfapi import _aio  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _c_module() is not None
 
 
 def _setup_queue() -> tuple[ModuleType, int] | None:
@@ -103,9 +108,8 @@ def _setup_queue() -> tuple[ModuleType, int] | None:
     global _queue_ready
     if _queue_ready is not None:
         return _queue_ready
-    try:
-        from ..backstore.gfapi import _aio
-    except ImportError:
+    _aio = _c_module()
+    if _aio is None:
         return None
     efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     try:
