@@ -62,6 +62,9 @@ MAX_CALL = 32 << 20
 _READ, _WRITE = 0, 1
 
 _active: GfapiEngine | None = None  # the process's one engine, while open
+# The last token given to a call: unique in the process, not per engine, so a late completion
+# of a closed engine's call can never be taken for a later engine's call.
+_last_key = 0
 _queue_ready: tuple[ModuleType, int] | None = None  # (the C module, its eventfd), once set up
 
 
@@ -136,7 +139,6 @@ class GfapiEngine:
         self.capacity = CAPACITY
         self._calls: dict[int, _Call] = {}
         self._live = 0  # calls whose caller still waits (not timed out)
-        self._next_key = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._expiring: _Call | None = None  # the call whose IoTimeout callback runs now
@@ -234,7 +236,8 @@ class GfapiEngine:
         if not call.glfd:  # not as one call (the store cuts it): the workers
             self.refused += 1
             return False
-        self._next_key = key = self._next_key + 1
+        global _last_key
+        _last_key = key = _last_key + 1
         self._calls[key] = call
         err = self._submit(key, call)
         if err:
