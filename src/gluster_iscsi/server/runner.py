@@ -414,6 +414,17 @@ def _write(runner: Runner, req: Write, store: Any, lock: Lock) -> None:
         store.flush()
 
 
+def _async_parts(store: Any) -> tuple[CachedStore | None, Any]:
+    """(its read cache or None, the store that takes asynchronous calls or None) of a LU's
+    store: a gfapi store, alone or under its read cache (``gfaio.py``)."""
+    cache: CachedStore | None = None
+    inner: Any = store
+    if isinstance(store, CachedStore):
+        cache = store
+        inner = store.inner
+    return cache, (inner if getattr(inner, "async_io", False) else None)
+
+
 def _released(lock: Lock, ok: bool) -> None:
     """An asynchronous store call is done (``Runner._submit_to_gfaio``)."""
     lock.release_shared()
@@ -1010,12 +1021,8 @@ class Runner:
         (``gfaio.py``) instead of on a worker: under way at once (``marks["start"]``), the
         LU's lock held shared until gfapi is done, and the read cache (if any) updated then,
         as the workers' ``store.write`` would. False: nothing started, the workers do it."""
-        cache: CachedStore | None = None
-        inner: Any = store
-        if isinstance(store, CachedStore):
-            cache = store
-            inner = store.inner
-        if not getattr(inner, "async_io", False) or not lock.try_acquire_shared():
+        cache, inner = _async_parts(store)
+        if inner is None or not lock.try_acquire_shared():
             return False
         view = data if type(data) is memoryview else memoryview(data)
         if cache is None:
@@ -1272,12 +1279,8 @@ class Runner:
         if t is Write and req.fua:
             return False
         store = target.store
-        cache: CachedStore | None = None
-        inner: Any = store
-        if isinstance(store, CachedStore):
-            cache = store
-            inner = store.inner
-        if not getattr(inner, "async_io", False):
+        cache, inner = _async_parts(store)
+        if inner is None:
             return False
         lock = self._lock(target)
         if not lock.try_acquire_shared():
