@@ -991,3 +991,182 @@ def test_every_store_attribute_the_sources_read_is_forwarded() -> None:
         assert names <= set(_READ_OFF_STORES) | {"name", "blocking"}, sorted(names)
     finally:
         store.close()
+
+
+# -- admission: a thrashing cache stops paying for inserts (issue 19) ---------------------------
+
+
+class _CountingLedger(CacheLedger):
+    """A ledger that counts the chunks taken (each new chunk of a cache takes one)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.takes = 0
+
+    def take(self, n: int) -> bool:
+        self.takes += 1
+        return super().take(n)
+
+
+def _patterned(size: int) -> MemoryStore:
+    inner = MemoryStore(size)
+    inner.write(0, bytes(range(251)) * (size // 251) + bytes(size % 251))
+    return inner
+
+
+def _read_all(store: CachedStore, ref: MemoryStore, offsets: list[int], bs: int = 4096) -> float:
+    """Read each offset (checking the bytes); the hit ratio of these reads."""
+    h0, m0 = store.hits, store.misses
+    buf = memoryview(bytearray(bs))
+    for off in offsets:
+        store.read_into(off, buf)
+        assert buf == ref.read(off, bs), off
+    return (store.hits - h0) / (store.hits + store.misses - h0 - m0)
+
+
+def test_uniform_random_reads_beyond_the_cache_stop_inserting_and_keep_their_hits():
+    """Issue 19, cold set: 4K random reads over a LUN 4x the cache (the defaults: 64 KiB
+    chunks, 4 KiB units) inserted every miss, evicting a chunk for nearly each one, for a hit
+    ratio that no insert policy changes. Once the cache judges itself thrashing, only about one
+    miss in ADMIT_SAMPLE that needs a new chunk takes one: most misses are read straight into
+    the caller's and not inserted, the cache stays full and its hit ratio does not drop."""
+    import random
+
+    size = 16 << 20
+    inner = _patterned(size)
+    led = _CountingLedger(1 << 30)
+    store = CachedStore(inner, size // 4, ledger_=led)
+    rnd = random.Random(7)
+    units = size // 4096
+
+    def batch(n: int) -> list[int]:
+        return [rnd.randrange(units) * 4096 for _ in range(n)]
+
+    _read_all(store, inner, batch(4000))  # warm-up: the cache fills, the rule judges
+    takes0, misses0 = led.takes, store.misses
+    ratio = _read_all(store, inner, batch(20000))
+    misses = store.misses - misses0
+    assert led.takes - takes0 < misses // 5, (led.takes - takes0, misses)  # all: ~misses
+    assert store.bytes == store.capacity  # not emptied: held, just not churned
+    assert store.thrashing and store.skipped > misses // 2
+    assert store.cache_status()["skipped"] == store.skipped
+    # Against the same reads through a cache that inserts every miss (plain LRU).
+    lru = CachedStore(_patterned(size), size // 4, ledger_=CacheLedger(1 << 30), admit_sample=1)
+    rnd = random.Random(7)
+    _read_all(lru, inner, batch(4000))
+    lru_ratio = _read_all(lru, inner, batch(20000))
+    assert lru.skipped == 0 and lru.evictions > 3 * store.evictions
+    assert ratio >= 0.9 * lru_ratio, (ratio, lru_ratio)
+    for c in (store, lru):
+        c.close()
+
+
+@pytest.mark.parametrize("layout", ["dense", "strided"])
+def test_a_new_hot_set_gets_in_after_thrashing_and_the_rule_turns_off(layout):
+    """After a thrashing phase, a hot set half the cache's size read over and over gets in and
+    is answered from memory within a bounded number of passes, and the rule turns itself off.
+    ``dense``: 4K reads anywhere in 2 MiB (its chunks take all their units once admitted: a
+    miss into a cached chunk evicts nothing and is always inserted), mostly hits by the third
+    pass. ``strided``: one 4K unit per chunk (the worst case: each unit waits for its own
+    sample, 1 in 8 per pass), 32 units, mostly hits within 32 passes (one ADMIT_WINDOW of
+    these reads; 15-18 seen: sampling leaves out (7/8)**k of them after k passes). Either way
+    the rule, judged every ADMIT_WINDOW reads, is off once hits reach a third of a window."""
+    import random
+
+    size = 16 << 20
+    inner = _patterned(size)
+    store = CachedStore(inner, 4 << 20, ledger_=CacheLedger(1 << 30))
+    rnd = random.Random(3)
+    _read_all(store, inner, [rnd.randrange(size // 4096) * 4096 for _ in range(6000)])
+    assert store.thrashing and store.skipped
+    chunk = store.chunk
+    if layout == "dense":
+        hot = [8 * chunk + k * 4096 for k in range((2 << 20) // 4096)]
+        bound = 3
+    else:
+        hot = [(100 + 2 * k) * chunk + 4096 for k in range(32)]
+        bound = 32
+    rnd.shuffle(hot)
+    ratios = []
+    for _ in range(bound):
+        ratios.append(_read_all(store, inner, hot))
+    assert ratios[-1] >= 0.9, ratios
+    # the rule is off once a window of these reads is judged
+    _read_all(store, inner, hot * (store._window // len(hot) + 1))
+    assert not store.cache_status()["thrashing"] and not store.thrashing
+    skipped = store.skipped
+    assert _read_all(store, inner, hot) == 1.0 and store.skipped == skipped
+    store.close()
+
+
+def test_a_sequential_stream_is_inserted_and_reads_ahead_while_the_cache_thrashes():
+    """Sequential misses are not sampled: what a stream reads ahead pays back only if it is
+    inserted (one brick read per readahead window, not per read, also while thrashing)."""
+    import random
+
+    big = 64 * KiB
+    inner = _Recording(256 * big)
+    inner.write(0, bytes(range(256)) * (256 * big // 256))
+    store = CachedStore(inner, 16 * big, ledger_=CacheLedger(1 << 30))
+    rnd = random.Random(5)
+    _read_all(store, inner, [rnd.randrange(256 * big // 4096) * 4096 for _ in range(3000)])
+    assert store.thrashing
+    inner.reads.clear()
+    skipped = store.skipped
+    buf = memoryview(bytearray(4096))
+    for k in range(64):
+        store.read_into(200 * big + k * 4096, buf)
+    assert store.skipped - skipped <= 1  # (its first read is not known to be sequential yet)
+    assert len(inner.reads) <= 6, inner.reads
+
+
+def test_a_skipped_miss_reads_straight_into_the_callers_buffer_and_a_failure_still_clears():
+    """A miss not admitted reads exactly its bytes into the caller's buffer (also unaligned:
+    no scratch buffer, since nothing is inserted) and inserts nothing; through
+    ``begin_fill``/``end_fill`` (the runner's asynchronous path) as well; and a failed read of
+    such a miss empties the cache, as every failed store call does."""
+    size = 64 * CHUNK
+    inner = _Recording(size)
+    inner.write(0, bytes(range(256)) * (size // 256))
+    store = _cached(inner, capacity=4 * CHUNK, admit_window=8, admit_sample=1 << 20)
+    for i in range(0, 64, 2):  # every miss evicts: thrashing at the first judged window
+        store.read(i * CHUNK, 10)
+    assert store.thrashing
+    held, evictions = dict(store._chunks), store.evictions
+    order = list(store._chunks)
+    inner.reads.clear()
+    buf = bytearray(700)
+    store.read_into(41 * CHUNK + 100, memoryview(buf))
+    assert bytes(buf) == inner.read(41 * CHUNK + 100, 700)
+    assert inner.reads[0] == (41 * CHUNK + 100, 700)  # not widened to its units
+    assert store._chunks == held and list(store._chunks) == order
+    assert store.evictions == evictions and store.skipped >= 1
+    view = memoryview(bytearray(300))
+    fill = store.begin_fill(43 * CHUNK + 7, view)
+    assert fill is not None and not fill.admit
+    assert fill.view is view and (fill.lo, len(fill.view)) == (43 * CHUNK + 7, 300)
+    inner.read_into(fill.lo, fill.view)
+    store.end_fill(fill, True)
+    assert list(store._chunks) == order and bytes(view) == inner.read(43 * CHUNK + 7, 300)
+    store.cancel_fill(store.begin_fill(45 * CHUNK, memoryview(bytearray(10))))
+    assert store._filling == 0
+    fill = store.begin_fill(47 * CHUNK, memoryview(bytearray(10)))
+    assert fill is not None and not fill.admit
+    store.end_fill(fill, False)  # the bricks failed it
+    assert store.error_drops == 1 and not store._chunks and not store.thrashing
+
+
+def test_status_counts_skipped_misses_and_says_when_admission_is_sampled():
+    from gluster_iscsi.backstore import cache as cachemod
+
+    size = 64 * CHUNK
+    store = _cached(_patterned(size), capacity=4 * CHUNK, admit_window=8)
+    for i in range(0, 64):
+        store.read((i * 37 % 64) * CHUNK, 10)
+    s = cachemod.summary([store])
+    assert s["thrashing"] == 1 and s["skipped"] == store.skipped > 0
+    assert "admission sampled on 1 (thrashing)" in cachemod.summary_line(s)
+    store.clear()
+    s = cachemod.summary([store])
+    assert s["thrashing"] == 0 and "sampled" not in cachemod.summary_line(s)
+    store.close()

@@ -127,6 +127,11 @@ DEFAULT_LUN_CAPACITY = 256 << 20
 #: Invalidations remembered for fills in flight (older ones: a fill that started before
 #: them inserts nothing).
 _RING = 64
+#: Reads through a cache (hits and misses) per window of its admission rule ("Admission").
+ADMIT_WINDOW = 1024
+#: While a cache thrashes, one random miss in this many (a power of two) that would take a
+#: new chunk is inserted.
+ADMIT_SAMPLE = 8
 
 
 class _Budget(Protocol):
@@ -231,6 +236,8 @@ def summary(caches_: list[CachedStore] | None = None) -> dict[str, Any]:
         "lun_default": default_capacity(),
         "readahead_bytes": sum(c.readahead_bytes for c in caches),
         "invalidations": sum(c.invalidations for c in caches),
+        "skipped": sum(c.skipped for c in caches),
+        "thrashing": sum(1 for c in on if c.sampling()),
         "upcalls": (None if not caches else "on" if upcall == len(caches) else
                     SINGLE_WRITER_ONLY if not upcall else "mixed"),
     }
@@ -261,9 +268,12 @@ def summary_line(s: dict[str, Any]) -> str:
     if not s["luns"]:
         return "read cache: no gfapi LUN has one"
     ratio = "-" if s["hit_ratio"] is None else f"{100 * s['hit_ratio']:.1f}%"
+    thrashing = s.get("thrashing")
+    sampled = f", admission sampled on {thrashing} (thrashing)" if thrashing else ""
     return (f"read cache: {s['enabled']} of {s['luns']} LUNs on, hit ratio {ratio}, "
             f"{s['bytes_cached'] / (1 << 20):.1f} MiB cached (at most "
-            f"{min(s['capacity'], s['limit_all_luns']) >> 20} MiB), upcalls {s['upcalls']}")
+            f"{min(s['capacity'], s['limit_all_luns']) >> 20} MiB){sampled}, "
+            f"upcalls {s['upcalls']}")
 
 
 _keeper: threading.Thread | None = None
@@ -319,10 +329,10 @@ class Fill:
     aligned, else a scratch buffer covering ``[lo, hi)``); ``start``, ``size`` and ``when``
     are what the insert checks against."""
 
-    __slots__ = ("start", "offset", "lo", "hi", "size", "when", "dst", "view")
+    __slots__ = ("start", "offset", "lo", "hi", "size", "when", "dst", "view", "admit")
 
     def __init__(self, start: int, offset: int, lo: int, hi: int, size: int, when: float,
-                 dst: memoryview, view: memoryview) -> None:
+                 dst: memoryview, view: memoryview, admit: bool = True) -> None:
         self.start = start
         self.offset = offset
         self.lo = lo
@@ -331,6 +341,9 @@ class Fill:
         self.when = when
         self.dst = dst
         self.view = view
+        #: False: not admitted (a thrashing cache): ``view`` is ``dst`` at ``offset``, and
+        #: nothing is inserted when it ends (:meth:`CachedStore.end_fill`).
+        self.admit = admit
 
 
 def _units(a: int, b: int, ushift: int) -> int:
@@ -368,7 +381,12 @@ class CachedStore(BackingStore):
         readahead: int = DEFAULT_READAHEAD,
         ledger_: CacheLedger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        admit_window: int = ADMIT_WINDOW,
+        admit_sample: int = ADMIT_SAMPLE,
     ) -> None:
+        if admit_window <= 0 or admit_sample <= 0 or admit_sample & (admit_sample - 1):
+            raise ValueError(f"cache admission window {admit_window} or sample {admit_sample}"
+                             " is not positive (the sample a power of two)")
         if chunk <= 0 or chunk & (chunk - 1) or chunk > 1 << _REGION_SHIFT:
             raise ValueError(f"cache chunk {chunk} is not a power of two up to 4 MiB")
         if unit <= 0 or unit & (unit - 1):
@@ -411,6 +429,22 @@ class CachedStore(BackingStore):
         self._next = -1
         self._streak = 0
         self._filling = 0
+        # The admission rule (see the module): counters of the current window, read and
+        # written without the lock (a hint, never data, as the stream counters above).
+        #: Chunks evicted to make room (fills and writes).
+        self.evictions = 0
+        #: Misses not inserted because the cache thrashes (read straight into the caller's).
+        self.skipped = 0
+        #: Whether the last window judged the cache thrashing (misses are sampled meanwhile).
+        self.thrashing = False
+        self._refused = 0  # new chunks the ledger refused with nothing of ours left to evict
+        self._window = admit_window
+        self._sample_mask = admit_sample - 1
+        self._rand = 0x1D872B41  # the sampling's LCG state
+        self._w_lookups = 0  # hits + misses when the window began
+        self._w_hits = 0
+        self._w_full = 0  # evictions + refusals then
+        self._w_churn = 0  # evictions + refusals + skipped then
         self.invalidations = 0  # whole-cache drops from outside (upcalls)
         #: "upcall": other Gluster clients' writes invalidate it; "single-writer": they do not.
         self.coherence = "single-writer"
@@ -463,6 +497,52 @@ class CachedStore(BackingStore):
             self._recent.clear()
             self._drop_all_locked()
             self._size = None
+            # an empty cache does not thrash: misses go in again, judged afresh
+            self.thrashing = False
+            self._new_window(self.hits + self.misses)
+
+    # -- admission (see the module) ---------------------------------------------------------------
+
+    def _admits(self, offset: int, streak: int) -> bool:
+        """Whether a miss at ``offset`` (``streak``: of a sequential stream) is inserted: yes,
+        unless the cache thrashes, the miss would take a new chunk and is not the one in
+        ``ADMIT_SAMPLE`` the sampling picks (then it counts as ``skipped``). Called for each
+        miss only: a window is judged at the first miss past its end, so hits cost nothing."""
+        lookups = self.hits + self.misses
+        if lookups - self._w_lookups >= self._window:
+            self._judge(lookups)
+        if not self.thrashing or streak or (offset >> self._shift) in self._chunks:
+            return True  # (its chunk is cached: its units go in without evicting anything)
+        x = (self._rand * 1103515245 + 12345) & 0x7FFFFFFF  # (an LCG: no call, no object)
+        self._rand = x
+        if not (x >> 16) & self._sample_mask:
+            return True
+        self.skipped += 1
+        return False
+
+    def _judge(self, lookups: int) -> None:
+        """End a window: the cache thrashes if it is full (at its cap, or it evicted or was
+        refused in the window: the ledger's limit) and its hits were fewer than half the
+        misses that took, or would have taken, a new chunk."""
+        full = self.evictions + self._refused
+        churn = full + self.skipped
+        self.thrashing = ((self.bytes + self.chunk > self.capacity or full > self._w_full)
+                          and 2 * (self.hits - self._w_hits) < churn - self._w_churn)
+        self._new_window(lookups)
+
+    def sampling(self) -> bool:
+        """Whether misses are sampled now (for status): :attr:`thrashing`, with a window that
+        ended in hits alone judged here (the miss that would judge it has not come)."""
+        lookups = self.hits + self.misses
+        if lookups - self._w_lookups >= self._window:
+            self._judge(lookups)
+        return self.thrashing and self.enabled
+
+    def _new_window(self, lookups: int) -> None:
+        self._w_lookups = lookups
+        self._w_hits = self.hits
+        self._w_full = full = self.evictions + self._refused
+        self._w_churn = full + self.skipped
 
     def _drop_all_locked(self) -> None:
         freed = self.bytes
@@ -727,6 +807,9 @@ class CachedStore(BackingStore):
             "expired": self.expired,
             "renewals": self.renewals,
             "error_drops": self.error_drops,
+            "evictions": self.evictions,
+            "skipped": self.skipped,
+            "thrashing": self.sampling(),
         }
 
     # -- reads ----------------------------------------------------------------------------------
@@ -746,6 +829,17 @@ class CachedStore(BackingStore):
         self._next = offset + length
         if self._copy_hits(offset, dst):
             self.hits += 1
+            return
+        if not self._admits(offset, streak):
+            self.misses += 1
+            start = self._gen
+            when = self._clock() if self.ttl is not None else 0.0
+            done = False
+            try:
+                self.inner.read_into(offset, dst)  # straight into the caller's, not inserted
+                done = True
+            finally:
+                self._end_skipped(done, start, offset, offset + length, when)
             return
         fill = self._plan_fill(offset, dst, streak)
         ok = False
@@ -769,6 +863,10 @@ class CachedStore(BackingStore):
         streak = self._streak + 1 if offset == self._next else 0
         self._streak = streak
         self._next = offset + length
+        if not self._admits(offset, streak):
+            self.misses += 1
+            when = self._clock() if self.ttl is not None else 0.0
+            return Fill(self._gen, offset, offset, offset + length, -1, when, dst, dst, False)
         return self._plan_fill(offset, dst, streak)
 
     def _plan_fill(self, offset: int, dst: memoryview, streak: int) -> Fill:
@@ -811,6 +909,8 @@ class CachedStore(BackingStore):
 
     def cancel_fill(self, fill: Fill) -> None:
         """A fill from :meth:`begin_fill` that was never started (the caller read elsewhere)."""
+        if not fill.admit:
+            return
         with self._lock:
             self._filling -= 1
 
@@ -818,6 +918,9 @@ class CachedStore(BackingStore):
         """The inner read of ``fill`` ended: on success the caller's bytes are copied out
         (unless the read was aligned and went there already) and the fill is inserted (if
         no change raced it); on failure the cache is emptied, as any failed store call does."""
+        if not fill.admit:
+            self._end_skipped(ok, fill.start, fill.lo, fill.hi, fill.when)
+            return
         if not ok:
             self.store_failed()
         with self._lock:
@@ -833,6 +936,19 @@ class CachedStore(BackingStore):
             return
         with self._lock:
             self._insert_locked(fill.start, fill.lo, data, fill.size, fill.when)
+
+    def _end_skipped(self, ok: bool, start: int, lo: int, hi: int, when: float) -> None:
+        """A miss not admitted read [lo, hi) straight into the caller's: nothing is inserted.
+        A failure empties the cache (as every failed call does); with upcalls, the region's
+        touch at the bricks is noted as an insert would (not after a clear: see there)."""
+        if not ok:
+            self.store_failed()
+            return
+        if self.ttl is None:
+            return
+        with self._lock:
+            if start >= self._floor and self.enabled:
+                self._touch_locked(lo, hi, when)
 
     def read_hit(self, offset: int, buf: memoryview) -> bool:
         """:meth:`read_into` if every unit is cached and fresh, else False with nothing done:
@@ -978,14 +1094,17 @@ class CachedStore(BackingStore):
             old = chunks.popitem(last=False)[1].data
             self.bytes -= len(old)
             self._ledger.give(len(old))
+            self.evictions += 1
             if len(old) == n:
                 spare = old
         while not self._ledger.take(n):
             if not chunks:
+                self._refused += 1
                 return None
             old = chunks.popitem(last=False)[1].data
             self.bytes -= len(old)
             self._ledger.give(len(old))
+            self.evictions += 1
             if len(old) == n:
                 spare = old
         return spare if spare is not None else bytearray(n)
