@@ -1,6 +1,7 @@
 """The read cache (backstore/cache.py): never older than the last acknowledged write.
 
-A model-based test (hypothesis stateful) runs reads (random, sequential with readahead,
+A model-based test (hypothesis stateful), also with the admission rule active (a thrashing
+cache skips most misses), runs reads (random, sequential with readahead,
 straddling units and chunks), overlapping partial writes and writevs (WRITE, SANITIZE
 OVERWRITE, XCOPY targets), discards (UNMAP, SANITIZE BLOCK ERASE), write_zeroes (WRITE SAME)
 and resizes, with units (what a random miss reads) smaller than chunks, against a reference bytearray,
@@ -19,7 +20,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from gluster_iscsi.backstore.base import BackingStore, BackingStoreError
-from gluster_iscsi.backstore.cache import CachedStore, CacheLedger, parse_capacity
+from gluster_iscsi.backstore.cache import (
+    ADMIT_SAMPLE,
+    ADMIT_WINDOW,
+    CachedStore,
+    CacheLedger,
+    parse_capacity,
+)
 from gluster_iscsi.backstore.memory import MemoryStore
 
 CHUNK = 4096
@@ -39,14 +46,20 @@ class CacheModel(RuleBasedStateMachine):
         return MemoryStore(size)
 
     @initialize(size=st.integers(1, 40 * KiB), capacity=st.sampled_from([0, CHUNK, 3 * CHUNK, 64 * KiB]),
-                unit=st.sampled_from([512, 1024, CHUNK]), ttl=st.sampled_from([None, 40.0]))
-    def setup(self, size: int, capacity: int, unit: int, ttl: float | None) -> None:
+                unit=st.sampled_from([512, 1024, CHUNK]), ttl=st.sampled_from([None, 40.0]),
+                admit=st.sampled_from([(ADMIT_WINDOW, ADMIT_SAMPLE), (1, 2), (2, 1 << 20)]))
+    def setup(self, size: int, capacity: int, unit: int, ttl: float | None,
+              admit: tuple[int, int]) -> None:
         self.inner = self.make_store(size)
         self.now = 0.0
+        # admit: (window, sample) of the admission rule; with a window of 1 or 2 reads a cache
+        # smaller than the LUN thrashes within a few steps and skips (most) misses after
         self.store = _cached(self.inner, capacity, unit=unit, readahead=2 * CHUNK,
-                             clock=lambda: self.now)
+                             clock=lambda: self.now, admit_window=admit[0],
+                             admit_sample=admit[1])
         self.store.ttl = ttl  # as with upcalls: regions trusted for a while (``tick``)
         self.ref = bytearray(size)
+        self.pending: list = []  # fills begun whose read ended, not yet ended at the cache
 
     def _range(self, data: st.DataObject) -> tuple[int, int]:
         size = len(self.ref)
@@ -70,6 +83,25 @@ class CacheModel(RuleBasedStateMachine):
             assert buf == self.ref[offset : offset + length], (offset, length)
         else:
             assert buf == bytearray(b"\xee") * length
+
+    @rule(data=st.data())
+    def begin_fill(self, data: st.DataObject) -> None:
+        """The runner's asynchronous miss: ``begin_fill``, the store read now, and
+        ``end_fill`` only later (``end_fill`` rule), after whatever changes come between."""
+        offset, length = self._range(data)
+        buf = bytearray(length)
+        fill = self.store.begin_fill(offset, memoryview(buf))
+        if fill is None:
+            return
+        self.inner.read_into(fill.lo, fill.view)
+        self.pending.append((fill, buf, bytes(self.ref[offset : offset + length])))
+
+    @rule()
+    def end_fill(self) -> None:
+        if self.pending:
+            fill, buf, expected = self.pending.pop(0)
+            self.store.end_fill(fill, True)
+            assert buf == expected  # what the store held when it was read
 
     @rule(seconds=st.sampled_from([1.0, 15.0, 25.0, 50.0]))
     def tick(self, seconds: float) -> None:
