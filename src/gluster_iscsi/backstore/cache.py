@@ -89,6 +89,54 @@ call, so the next reads hit. Only while no other miss of the store is in flight:
 reads in flight already fetch ahead by themselves, and a wider fetch would read bytes twice.
 What is fetched ahead is inserted like any fill (same generation check).
 
+Admission
+---------
+Every miss used to be inserted. On a working set larger than the cache (4K random reads over
+a 1 GiB LUN, 256 MiB of cache) that never pays back: the cache holds a random part of the LUN
+whatever goes in, so the hit ratio stays the same, while each insert copies, moves the LRU and
+evicts a chunk (through the daemon the cache on cost 6% at QD1 and 22% at QD32 against
+``--gfapi-cache 0``). So each cache judges itself every :data:`ADMIT_WINDOW` (1024) reads
+through it (hits and misses): it *thrashes* if it is full (at its cap, or it evicted a chunk or
+the ledger refused one in the window) and its hits in the window were fewer than half the
+misses that took a new chunk (evictions, refusals) or would have (``skipped``). Fewer than one
+hit for two evictions: uniform random 4K reads over twice the cache already are (the LRU
+churns chunks that hold few valid units); a hot set that fits, or reads that come back soon
+to what was read, are not. (Sampling cannot lower the hits of uniform reads, but would those
+of reads that come back soon: the threshold leaves them alone.) While it thrashes, a random miss whose chunk is not cached is
+inserted only if a cheap generator (an LCG on an int: no call, no object) picks it, one in
+:data:`ADMIT_SAMPLE` (8); the others read exactly their bytes straight into the caller's
+buffer (no scratch buffer, aligned or not) and are inserted nowhere: no copy, no LRU move, no
+eviction, counted as ``skipped``. Such a read that fails still empties the cache, and with
+upcalls it notes its touch at the bricks as a fill does (not after a clear). A decision only
+ever skips an insert, so the guarantees above (generations, the ring, the floor,
+``sole_writer``, upcalls, the clear on a failure) are untouched.
+
+The counters are plain per-cache integers read at a miss: a hit does no work for the rule (a
+window that ends in hits alone is judged at the next miss, or when status asks:
+:meth:`CachedStore.sampling`). The rule turns itself off: a new hot set that fits gets in, since
+a chunk once admitted takes every later miss into it (that evicts nothing), so a hot set of
+dense 4K reads is mostly hits by the third pass, and even one unit per chunk (each waits for
+its own sample: (7/8)**k of them are out after k passes) within 32 passes; once hits are a
+third of a window, every miss goes in again. A clear (upcall, failure, resize, ownership)
+ends it too. Under the rule chunks stay longer and collect units, so the hit ratio of uniform
+reads goes up rather than down (4K reads at random through 4 MiB over 16 MiB: 2.2% -> 5%,
+over 8 MiB: 6% -> 18%).
+
+Not sampled, and why:
+- a miss into a cached chunk: it evicts nothing, and it is what lets a hot set in and the hit
+  ratio rise (one dictionary lookup to tell);
+- sequential streams (the second read in a row onwards): what readahead fetches pays back
+  only if it is inserted, and a stream's fill inserts whole chunks per brick read. A one-pass
+  scan of a big LUN therefore still pushes a hot set out as before (scan resistance would need
+  a second LRU list or hits that do not promote: not done);
+- writes: a write still keeps the whole uncached chunks it covers. Those are bytes most
+  likely read back soon (write then read, file system metadata), only aligned writes of 64 KiB
+  and more make chunks (the copy is small against the write's own path), and writes are not
+  reads of the window (their evictions do count as churn).
+
+Both numbers can be set per cache (``admit_window``, ``admit_sample``; a sample of 1 admits
+every miss: the cache as before).
+
 Memory
 ------
 Each cache has its own cap (``capacity``) and all caches together a daemon-wide
@@ -215,7 +263,9 @@ def summary(caches_: list[CachedStore] | None = None) -> dict[str, Any]:
     held against the caps, and whether upcalls keep them coherent with other Gluster clients:
     ``"on"`` (every cache), :data:`SINGLE_WRITER_ONLY` (none: correct only while this gateway
     is the file's only writer), ``"mixed"`` (per LUN in ``lun list --json``), None when no
-    LUN has a cache. ``caches_``: these instead of every cache open now (tests)."""
+    LUN has a cache; ``skipped``: misses not inserted, ``thrashing``: how many enabled caches
+    sample their misses now (see the module's "Admission"). ``caches_``: these instead of
+    every cache open now (tests)."""
     with _config_lock:
         everyone = list(_open_caches)
     caches = [c for c in (everyone if caches_ is None else caches_) if c.capacity > 0]
