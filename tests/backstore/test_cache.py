@@ -47,13 +47,19 @@ class CacheModel(RuleBasedStateMachine):
 
     @initialize(size=st.integers(1, 40 * KiB), capacity=st.sampled_from([0, CHUNK, 3 * CHUNK, 64 * KiB]),
                 unit=st.sampled_from([512, 1024, CHUNK]), ttl=st.sampled_from([None, 40.0]),
-                admit=st.sampled_from([(ADMIT_WINDOW, ADMIT_SAMPLE), (1, 2), (2, 1 << 20)]))
+                admit=st.sampled_from([(ADMIT_WINDOW, ADMIT_SAMPLE), (1, 2), (2, 1 << 20),
+                                       (1 << 40, 2), (1 << 40, 1 << 20)]))
     def setup(self, size: int, capacity: int, unit: int, ttl: float | None,
               admit: tuple[int, int]) -> None:
+        self._setup(size, capacity, unit, ttl, admit)
+
+    def _setup(self, size: int, capacity: int, unit: int, ttl: float | None,
+               admit: tuple[int, int]) -> None:
         self.inner = self.make_store(size)
         self.now = 0.0
         # admit: (window, sample) of the admission rule; with a window of 1 or 2 reads a cache
-        # smaller than the LUN thrashes within a few steps and skips (most) misses after
+        # smaller than the LUN thrashes within a few steps and skips (most) misses after; with
+        # a window that never ends the ``thrash`` rule sets what the rule decided
         self.store = _cached(self.inner, capacity, unit=unit, readahead=2 * CHUNK,
                              clock=lambda: self.now, admit_window=admit[0],
                              admit_sample=admit[1])
@@ -102,6 +108,42 @@ class CacheModel(RuleBasedStateMachine):
             fill, buf, expected = self.pending.pop(0)
             self.store.end_fill(fill, True)
             assert buf == expected  # what the store held when it was read
+            self.read_hit_at(fill.offset, len(buf))  # (what it inserted, if anything)
+
+    @rule(data=st.data(), fill=st.integers(1, 255))
+    def race_fill(self, data: st.DataObject, fill: int) -> None:
+        """A write or a discard of what the oldest fill in flight read, before it ends (the
+        race the generations guard)."""
+        if not self.pending:
+            return
+        offset, length = self.pending[0][0].offset, len(self.pending[0][1])
+        length = min(length, len(self.ref) - offset)
+        if length <= 0:
+            return
+        if data.draw(st.booleans()):
+            self.store.write(offset, bytes([fill]) * length)
+            self.ref[offset : offset + length] = bytes([fill]) * length
+        else:
+            self.store.discard(offset, length)
+            self.ref[offset : offset + length] = bytes(length)
+
+    def read_hit_at(self, offset: int, length: int) -> None:
+        """Every unit of [offset, +length) that hits holds the reference's bytes."""
+        unit = self.store.unit
+        end = min(offset + length, len(self.ref))
+        for u in range(offset // unit, (end + unit - 1) // unit):
+            a, b = max(offset, u * unit), min(end, (u + 1) * unit)
+            if b <= a:
+                continue
+            buf = bytearray(b - a)
+            if self.store.read_hit(a, memoryview(buf)):
+                assert buf == self.ref[a:b], (a, b)
+
+    @rule(on=st.booleans())
+    def thrash(self, on: bool) -> None:
+        """The admission rule's verdict, pinned (a window that never ends: never judged)."""
+        if self.store._window >= 1 << 40:
+            self.store.thrashing = on
 
     @rule(seconds=st.sampled_from([1.0, 15.0, 25.0, 50.0]))
     def tick(self, seconds: float) -> None:
@@ -171,6 +213,24 @@ class CacheModel(RuleBasedStateMachine):
 
 TestCacheModel = CacheModel.TestCase
 TestCacheModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+class ThrashingCacheModel(CacheModel):
+    """The model with the admission rule sampling from the start (and toggled by ``thrash``):
+    a LUN of many chunks behind a cache of one or two, so most misses, synchronous and
+    asynchronous, are skipped while writes, discards, resizes and fills in flight go on."""
+
+    @initialize(size=st.integers(6 * CHUNK, 40 * KiB), capacity=st.sampled_from([CHUNK, 2 * CHUNK]),
+                unit=st.sampled_from([512, CHUNK]), ttl=st.sampled_from([None, 40.0]),
+                sample=st.sampled_from([2, 1 << 20]))
+    def setup(self, size: int, capacity: int, unit: int, ttl: float | None,  # type: ignore[override]
+              sample: int) -> None:
+        self._setup(size, capacity, unit, ttl, (1 << 40, sample))
+        self.store.thrashing = True
+
+
+TestThrashingCacheModel = ThrashingCacheModel.TestCase
+TestThrashingCacheModel.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 
 
 class _PausingStore(MemoryStore):
@@ -1180,6 +1240,12 @@ def test_a_skipped_miss_reads_straight_into_the_callers_buffer_and_a_failure_sti
     inner.read_into(fill.lo, fill.view)
     store.end_fill(fill, True)
     assert list(store._chunks) == order and bytes(view) == inner.read(43 * CHUNK + 7, 300)
+    view = memoryview(bytearray(CHUNK))  # a whole unit: an insert would cache it
+    fill = store.begin_fill(44 * CHUNK, view)
+    assert fill is not None and not fill.admit and fill.view is view
+    inner.read_into(fill.lo, fill.view)
+    store.end_fill(fill, True)
+    assert list(store._chunks) == order and store.evictions == evictions
     store.cancel_fill(store.begin_fill(45 * CHUNK, memoryview(bytearray(10))))
     assert store._filling == 0
     fill = store.begin_fill(47 * CHUNK, memoryview(bytearray(10)))
