@@ -120,7 +120,9 @@ its own sample: (7/8)**k of them are out after k passes) within 32 passes; once 
 third of a window, every miss goes in again. A clear (upcall, failure, resize, ownership)
 ends it too. Under the rule chunks stay longer and collect units, so the hit ratio of uniform
 reads goes up rather than down (4K reads at random through 4 MiB over 16 MiB: 2.2% -> 5%,
-over 8 MiB: 6% -> 18%).
+over 8 MiB: 6% -> 18%). What it saves (``bench/cacheloop.py cold --store memory``, compiled,
+4K reads over 8x the cache): 5.0-5.4 -> 2.9-3.1 us of CPU per read (1.6 without a cache);
+under callgrind the cache's own instructions per read went from 20.0k to 7.8k.
 
 Not sampled, and why:
 - a miss into a cached chunk: it evicts nothing, and it is what lets a hot set in and the hit
