@@ -1,6 +1,7 @@
 """The read cache (backstore/cache.py): never older than the last acknowledged write.
 
-A model-based test (hypothesis stateful) runs reads (random, sequential with readahead,
+A model-based test (hypothesis stateful), also with the admission rule active (a thrashing
+cache skips most misses), runs reads (random, sequential with readahead,
 straddling units and chunks), overlapping partial writes and writevs (WRITE, SANITIZE
 OVERWRITE, XCOPY targets), discards (UNMAP, SANITIZE BLOCK ERASE), write_zeroes (WRITE SAME)
 and resizes, with units (what a random miss reads) smaller than chunks, against a reference bytearray,
@@ -19,7 +20,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from gluster_iscsi.backstore.base import BackingStore, BackingStoreError
-from gluster_iscsi.backstore.cache import CachedStore, CacheLedger, parse_capacity
+from gluster_iscsi.backstore.cache import (
+    ADMIT_SAMPLE,
+    ADMIT_WINDOW,
+    CachedStore,
+    CacheLedger,
+    parse_capacity,
+)
 from gluster_iscsi.backstore.memory import MemoryStore
 
 CHUNK = 4096
@@ -39,14 +46,26 @@ class CacheModel(RuleBasedStateMachine):
         return MemoryStore(size)
 
     @initialize(size=st.integers(1, 40 * KiB), capacity=st.sampled_from([0, CHUNK, 3 * CHUNK, 64 * KiB]),
-                unit=st.sampled_from([512, 1024, CHUNK]), ttl=st.sampled_from([None, 40.0]))
-    def setup(self, size: int, capacity: int, unit: int, ttl: float | None) -> None:
+                unit=st.sampled_from([512, 1024, CHUNK]), ttl=st.sampled_from([None, 40.0]),
+                admit=st.sampled_from([(ADMIT_WINDOW, ADMIT_SAMPLE), (1, 2), (2, 1 << 20),
+                                       (1 << 40, 2), (1 << 40, 1 << 20)]))
+    def setup(self, size: int, capacity: int, unit: int, ttl: float | None,
+              admit: tuple[int, int]) -> None:
+        self._setup(size, capacity, unit, ttl, admit)
+
+    def _setup(self, size: int, capacity: int, unit: int, ttl: float | None,
+               admit: tuple[int, int]) -> None:
         self.inner = self.make_store(size)
         self.now = 0.0
+        # admit: (window, sample) of the admission rule; with a window of 1 or 2 reads a cache
+        # smaller than the LUN thrashes within a few steps and skips (most) misses after; with
+        # a window that never ends the ``thrash`` rule sets what the rule decided
         self.store = _cached(self.inner, capacity, unit=unit, readahead=2 * CHUNK,
-                             clock=lambda: self.now)
+                             clock=lambda: self.now, admit_window=admit[0],
+                             admit_sample=admit[1])
         self.store.ttl = ttl  # as with upcalls: regions trusted for a while (``tick``)
         self.ref = bytearray(size)
+        self.pending: list = []  # fills begun whose read ended, not yet ended at the cache
 
     def _range(self, data: st.DataObject) -> tuple[int, int]:
         size = len(self.ref)
@@ -70,6 +89,61 @@ class CacheModel(RuleBasedStateMachine):
             assert buf == self.ref[offset : offset + length], (offset, length)
         else:
             assert buf == bytearray(b"\xee") * length
+
+    @rule(data=st.data())
+    def begin_fill(self, data: st.DataObject) -> None:
+        """The runner's asynchronous miss: ``begin_fill``, the store read now, and
+        ``end_fill`` only later (``end_fill`` rule), after whatever changes come between."""
+        offset, length = self._range(data)
+        buf = bytearray(length)
+        fill = self.store.begin_fill(offset, memoryview(buf))
+        if fill is None:
+            return
+        self.inner.read_into(fill.lo, fill.view)
+        self.pending.append((fill, buf, bytes(self.ref[offset : offset + length])))
+
+    @rule()
+    def end_fill(self) -> None:
+        if self.pending:
+            fill, buf, expected = self.pending.pop(0)
+            self.store.end_fill(fill, True)
+            assert buf == expected  # what the store held when it was read
+            self.read_hit_at(fill.offset, len(buf))  # (what it inserted, if anything)
+
+    @rule(data=st.data(), fill=st.integers(1, 255))
+    def race_fill(self, data: st.DataObject, fill: int) -> None:
+        """A write or a discard of what the oldest fill in flight read, before it ends (the
+        race the generations guard)."""
+        if not self.pending:
+            return
+        offset, length = self.pending[0][0].offset, len(self.pending[0][1])
+        length = min(length, len(self.ref) - offset)
+        if length <= 0:
+            return
+        if data.draw(st.booleans()):
+            self.store.write(offset, bytes([fill]) * length)
+            self.ref[offset : offset + length] = bytes([fill]) * length
+        else:
+            self.store.discard(offset, length)
+            self.ref[offset : offset + length] = bytes(length)
+
+    def read_hit_at(self, offset: int, length: int) -> None:
+        """Every unit of [offset, +length) that hits holds the reference's bytes."""
+        unit = self.store.unit
+        end = min(offset + length, len(self.ref))
+        for u in range(offset // unit, (end + unit - 1) // unit):
+            a, b = max(offset, u * unit), min(end, (u + 1) * unit)
+            if b <= a:
+                continue
+            buf = bytearray(b - a)
+            if self.store.read_hit(a, memoryview(buf)):
+                assert buf == self.ref[a:b], (a, b)
+
+    @rule(on=st.booleans())
+    def thrash(self, on: bool) -> None:
+        """The admission rule's verdict, pinned (a window that never ends: never judged)."""
+        if self.store._window >= 1 << 40:
+            self.store.thrashing = on
 
     @rule(seconds=st.sampled_from([1.0, 15.0, 25.0, 50.0]))
     def tick(self, seconds: float) -> None:
@@ -139,6 +213,24 @@ class CacheModel(RuleBasedStateMachine):
 
 TestCacheModel = CacheModel.TestCase
 TestCacheModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+class ThrashingCacheModel(CacheModel):
+    """The model with the admission rule sampling from the start (and toggled by ``thrash``):
+    a LUN of many chunks behind a cache of one or two, so most misses, synchronous and
+    asynchronous, are skipped while writes, discards, resizes and fills in flight go on."""
+
+    @initialize(size=st.integers(6 * CHUNK, 40 * KiB), capacity=st.sampled_from([CHUNK, 2 * CHUNK]),
+                unit=st.sampled_from([512, CHUNK]), ttl=st.sampled_from([None, 40.0]),
+                sample=st.sampled_from([2, 1 << 20]))
+    def setup(self, size: int, capacity: int, unit: int, ttl: float | None,  # type: ignore[override]
+              sample: int) -> None:
+        self._setup(size, capacity, unit, ttl, (1 << 40, sample))
+        self.store.thrashing = True
+
+
+TestThrashingCacheModel = ThrashingCacheModel.TestCase
+TestThrashingCacheModel.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 
 
 class _PausingStore(MemoryStore):
@@ -991,3 +1083,182 @@ def test_every_store_attribute_the_sources_read_is_forwarded() -> None:
         assert names <= set(_READ_OFF_STORES) | {"name", "blocking"}, sorted(names)
     finally:
         store.close()
+
+
+# -- admission: a thrashing cache stops paying for inserts (issue 19) ---------------------------
+
+
+def _patterned(size: int) -> MemoryStore:
+    inner = MemoryStore(size)
+    inner.write(0, bytes(range(251)) * (size // 251) + bytes(size % 251))
+    return inner
+
+
+def _read_all(store: CachedStore, ref: MemoryStore, offsets: list[int], bs: int = 4096,
+              made: list[int] | None = None) -> float:
+    """Read each offset (checking the bytes); the hit ratio of these reads. ``made``: add
+    the chunks these reads made (seen in the map: no counter of the cache's own)."""
+    h0, m0 = store.hits, store.misses
+    buf = memoryview(bytearray(bs))
+    held = set(store._chunks)
+    for off in offsets:
+        store.read_into(off, buf)
+        assert buf == ref.read(off, bs), off
+        if made is not None:
+            now = set(store._chunks)
+            made.append(len(now - held))
+            held = now
+    return (store.hits - h0) / (store.hits + store.misses - h0 - m0)
+
+
+def test_uniform_random_reads_beyond_the_cache_stop_inserting_and_keep_their_hits():
+    """Issue 19, cold set: 4K random reads over a LUN 4x the cache (the defaults: 64 KiB
+    chunks, 4 KiB units) inserted every miss, evicting a chunk for nearly each one, for a hit
+    ratio that no insert policy changes. Once the cache judges itself thrashing, only about one
+    miss in ADMIT_SAMPLE that needs a new chunk takes one: most misses are read straight into
+    the caller's and not inserted, the cache stays full and its hit ratio does not drop."""
+    import random
+
+    size = 16 << 20
+    inner = _patterned(size)
+    store = CachedStore(inner, size // 4, ledger_=CacheLedger(1 << 30))
+    rnd = random.Random(7)
+    units = size // 4096
+
+    def batch(n: int) -> list[int]:
+        return [rnd.randrange(units) * 4096 for _ in range(n)]
+
+    _read_all(store, inner, batch(4000))  # warm-up: the cache fills, the rule judges
+    misses0, made = store.misses, []
+    ratio = _read_all(store, inner, batch(20000), made=made)
+    misses = store.misses - misses0
+    assert sum(made) < misses // 5, (sum(made), misses)  # each would make one: ~90% of misses
+    assert store.bytes == store.capacity  # not emptied: held, just not churned
+    assert store.thrashing and store.skipped > misses // 2
+    assert store.cache_status()["skipped"] == store.skipped
+    # Against the same reads through a cache that inserts every miss (plain LRU).
+    lru = CachedStore(_patterned(size), size // 4, ledger_=CacheLedger(1 << 30), admit_sample=1)
+    rnd = random.Random(7)
+    _read_all(lru, inner, batch(4000))
+    lru_ratio = _read_all(lru, inner, batch(20000))
+    assert lru.skipped == 0 and lru.evictions > 3 * store.evictions
+    assert ratio >= 0.9 * lru_ratio, (ratio, lru_ratio)
+    for c in (store, lru):
+        c.close()
+
+
+@pytest.mark.parametrize("layout", ["dense", "strided"])
+def test_a_new_hot_set_gets_in_after_thrashing_and_the_rule_turns_off(layout):
+    """After a thrashing phase, a hot set half the cache's size read over and over gets in and
+    is answered from memory within a bounded number of passes, and the rule turns itself off.
+    ``dense``: 4K reads anywhere in 2 MiB (its chunks take all their units once admitted: a
+    miss into a cached chunk evicts nothing and is always inserted), mostly hits by the third
+    pass. ``strided``: one 4K unit per chunk (the worst case: each unit waits for its own
+    sample, 1 in 8 per pass), 32 units, mostly hits within 32 passes (one ADMIT_WINDOW of
+    these reads; 15-18 seen: sampling leaves out (7/8)**k of them after k passes). Either way
+    the rule, judged every ADMIT_WINDOW reads, is off once hits reach a third of a window."""
+    import random
+
+    size = 16 << 20
+    inner = _patterned(size)
+    store = CachedStore(inner, 4 << 20, ledger_=CacheLedger(1 << 30))
+    rnd = random.Random(3)
+    _read_all(store, inner, [rnd.randrange(size // 4096) * 4096 for _ in range(6000)])
+    assert store.thrashing and store.skipped
+    chunk = store.chunk
+    if layout == "dense":
+        hot = [8 * chunk + k * 4096 for k in range((2 << 20) // 4096)]
+        bound = 3
+    else:
+        hot = [(100 + 2 * k) * chunk + 4096 for k in range(32)]
+        bound = 32
+    rnd.shuffle(hot)
+    ratios = []
+    for _ in range(bound):
+        ratios.append(_read_all(store, inner, hot))
+    assert ratios[-1] >= 0.9, ratios
+    # the rule is off once a window of these reads is judged
+    _read_all(store, inner, hot * (store._window // len(hot) + 1))
+    assert not store.cache_status()["thrashing"] and not store.thrashing
+    skipped = store.skipped
+    assert _read_all(store, inner, hot) == 1.0 and store.skipped == skipped
+    store.close()
+
+
+def test_a_sequential_stream_is_inserted_and_reads_ahead_while_the_cache_thrashes():
+    """Sequential misses are not sampled: what a stream reads ahead pays back only if it is
+    inserted (one brick read per readahead window, not per read, also while thrashing)."""
+    import random
+
+    big = 64 * KiB
+    inner = _Recording(256 * big)
+    inner.write(0, bytes(range(256)) * (256 * big // 256))
+    store = CachedStore(inner, 16 * big, ledger_=CacheLedger(1 << 30))
+    rnd = random.Random(5)
+    _read_all(store, inner, [rnd.randrange(256 * big // 4096) * 4096 for _ in range(3000)])
+    assert store.thrashing
+    inner.reads.clear()
+    skipped = store.skipped
+    buf = memoryview(bytearray(4096))
+    for k in range(64):
+        store.read_into(200 * big + k * 4096, buf)
+    assert store.skipped - skipped <= 1  # (its first read is not known to be sequential yet)
+    assert len(inner.reads) <= 6, inner.reads
+
+
+def test_a_skipped_miss_reads_straight_into_the_callers_buffer_and_a_failure_still_clears():
+    """A miss not admitted reads exactly its bytes into the caller's buffer (also unaligned:
+    no scratch buffer, since nothing is inserted) and inserts nothing; through
+    ``begin_fill``/``end_fill`` (the runner's asynchronous path) as well; and a failed read of
+    such a miss empties the cache, as every failed store call does."""
+    size = 64 * CHUNK
+    inner = _Recording(size)
+    inner.write(0, bytes(range(256)) * (size // 256))
+    store = _cached(inner, capacity=4 * CHUNK, admit_window=8, admit_sample=1 << 20)
+    for i in range(0, 64, 2):  # every miss evicts: thrashing at the first judged window
+        store.read(i * CHUNK, 10)
+    assert store.thrashing
+    held, evictions = dict(store._chunks), store.evictions
+    order = list(store._chunks)
+    inner.reads.clear()
+    buf = bytearray(700)
+    store.read_into(41 * CHUNK + 100, memoryview(buf))
+    assert bytes(buf) == inner.read(41 * CHUNK + 100, 700)
+    assert inner.reads[0] == (41 * CHUNK + 100, 700)  # not widened to its units
+    assert store._chunks == held and list(store._chunks) == order
+    assert store.evictions == evictions and store.skipped >= 1
+    view = memoryview(bytearray(300))
+    fill = store.begin_fill(43 * CHUNK + 7, view)
+    assert fill is not None and not fill.admit
+    assert fill.view is view and (fill.lo, len(fill.view)) == (43 * CHUNK + 7, 300)
+    inner.read_into(fill.lo, fill.view)
+    store.end_fill(fill, True)
+    assert list(store._chunks) == order and bytes(view) == inner.read(43 * CHUNK + 7, 300)
+    view = memoryview(bytearray(CHUNK))  # a whole unit: an insert would cache it
+    fill = store.begin_fill(44 * CHUNK, view)
+    assert fill is not None and not fill.admit and fill.view is view
+    inner.read_into(fill.lo, fill.view)
+    store.end_fill(fill, True)
+    assert list(store._chunks) == order and store.evictions == evictions
+    store.cancel_fill(store.begin_fill(45 * CHUNK, memoryview(bytearray(10))))
+    assert store._filling == 0
+    fill = store.begin_fill(47 * CHUNK, memoryview(bytearray(10)))
+    assert fill is not None and not fill.admit
+    store.end_fill(fill, False)  # the bricks failed it
+    assert store.error_drops == 1 and not store._chunks and not store.thrashing
+
+
+def test_status_counts_skipped_misses_and_says_when_admission_is_sampled():
+    from gluster_iscsi.backstore import cache as cachemod
+
+    size = 64 * CHUNK
+    store = _cached(_patterned(size), capacity=4 * CHUNK, admit_window=8)
+    for i in range(0, 64):
+        store.read((i * 37 % 64) * CHUNK, 10)
+    s = cachemod.summary([store])
+    assert s["thrashing"] == 1 and s["skipped"] == store.skipped > 0
+    assert "admission sampled on 1 (thrashing)" in cachemod.summary_line(s)
+    store.clear()
+    s = cachemod.summary([store])
+    assert s["thrashing"] == 0 and "sampled" not in cachemod.summary_line(s)
+    store.close()
