@@ -171,3 +171,20 @@ def gluster_volume_fixture(
                 stop_volume(name)
 
     return _fixture
+
+
+def brick_write_sizes(volume: str) -> dict[int, int]:
+    """WRITEs by size bucket (``131072`` = 128 KiB up to 256 KiB), all bricks, from
+    ``gluster volume profile VOLUME info cumulative``."""
+    out = subprocess.run(["gluster", "--mode=script", "volume", "profile", volume, "info",
+                          "cumulative"], capture_output=True, text=True, timeout=60, check=True)
+    lines = out.stdout.splitlines()
+    sizes: dict[int, int] = {}
+    for i, line in enumerate(lines):
+        if line.strip().startswith("Block Size:"):
+            buckets = [int(b.rstrip("b+")) for b in line.split(":", 1)[1].split()]
+            for follow in lines[i + 1:i + 3]:
+                if follow.strip().startswith("No. of Writes:"):
+                    for b, n in zip(buckets, follow.split(":", 1)[1].split(), strict=True):
+                        sizes[b] = sizes.get(b, 0) + int(n)
+    return {b: n for b, n in sizes.items() if n}

@@ -988,6 +988,7 @@ _READ_OFF_STORES = {
     "address": "the gfapi store's identity (tests/backstore/test_gfapi.py)",
     "write_behind": "server/runner.py _write_behind (getattr, False): writes acknowledged early",
     "_client": "tests/backstore/test_gfapi.py (two stores share one client)",
+    "write_piece": "server/gfaio.py (getattr, 0): a write's asynchronous calls, one a piece",
     "cache_status": "control/api.py, server/metrics.py (the cache's own)",
     "read_hit": "server/runner.py _read_hit (the cache's own)",
     "lends_fd": "server/runner.py (getattr, False): never lend (the cache's own)",

@@ -14,6 +14,7 @@ import time
 import uuid
 
 import pytest
+from gluster_env import brick_write_sizes  # (tests/ is on sys.path: conftest.py)
 
 from gluster_iscsi.backstore.base import BackingStoreError, Extent
 from gluster_iscsi.backstore.open import open_store
@@ -579,23 +580,6 @@ def test_discard_and_zerofill_across_64mib_shard_boundaries(gluster_volume, stor
     assert _read_fuse(gluster_volume.fuse_path(name), 127 * MiB, 4096) == bytes(4096)
 
 
-def _brick_write_sizes(volume: str) -> dict[int, int]:
-    """WRITEs by size bucket (``131072`` = 128 KiB up to 256 KiB), all bricks, from
-    ``gluster volume profile VOLUME info cumulative``."""
-    out = subprocess.run(["gluster", "--mode=script", "volume", "profile", volume, "info",
-                          "cumulative"], capture_output=True, text=True, timeout=60, check=True)
-    lines = out.stdout.splitlines()
-    sizes: dict[int, int] = {}
-    for i, line in enumerate(lines):
-        if line.strip().startswith("Block Size:"):
-            buckets = [int(b.rstrip("b+")) for b in line.split(":", 1)[1].split()]
-            for follow in lines[i + 1:i + 3]:
-                if follow.strip().startswith("No. of Writes:"):
-                    for b, n in zip(buckets, follow.split(":", 1)[1].split(), strict=True):
-                        sizes[b] = sizes.get(b, 0) + int(n)
-    return {b: n for b, n in sizes.items() if n}
-
-
 def test_a_write_piece_reaches_the_bricks_as_fuse_sized_writes(
     gluster_volume, store_factory, name, monkeypatch
 ):
@@ -619,7 +603,7 @@ def test_a_write_piece_reaches_the_bricks_as_fuse_sized_writes(
         assert gluster("info", "clear").returncode == 0
         s.write(0, whole)
         s.flush()
-        before = _brick_write_sizes(vol)
+        before = brick_write_sizes(vol)
         assert sum(n for b, n in before.items() if b >= 512 * 1024) >= 3, before  # unsplit
 
         store_mod.set_buffered_write_piece(128 * 1024)
@@ -629,13 +613,12 @@ def test_a_write_piece_reaches_the_bricks_as_fuse_sized_writes(
         s.writev(2 * MiB, [bytearray(data[MiB:MiB + 300 * 1024]),
                            memoryview(data)[MiB + 300 * 1024:]])
         s.flush()
-        after = _brick_write_sizes(vol)
+        after = brick_write_sizes(vol)
         assert after and max(after) <= 256 * 1024, after
         assert _read_fuse(gluster_volume.fuse_path(name), 0, 4 * MiB) == whole + data
-        # an asynchronous call (server/gfaio.py) is never longer than a piece: the store
-        # hands such a write back to its own write(), which cuts it
-        assert s.begin_async(True, 256 * 1024) == 0
-        handle = s.begin_async(True, 128 * 1024)
+        # asynchronous calls (server/gfaio.py) cut a longer write at the store's piece
+        assert s.write_piece == 128 * 1024
+        handle = s.begin_async(True, 256 * 1024)
         assert handle
         s.end_async(None)
     finally:

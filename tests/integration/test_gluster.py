@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from ..gluster_env import gluster_volume_fixture
+from ..gluster_env import brick_write_sizes, gluster_volume_fixture
 from .conftest import need
 from .daemon import DEMO_IQN, Daemon
 from .pyinitiator import Session
@@ -365,6 +365,40 @@ def test_gfapi_reads_and_writes_are_asynchronous_calls_and_the_workers_still_do_
     assert rc == 0, d.log_text()[-4000:]
     with open(block_volume.fuse_path("workers.img"), "rb") as f:
         assert f.read(size) == payload, "the file on the FUSE mount differs"
+
+
+def test_a_write_longer_than_a_piece_goes_as_asynchronous_piece_sized_calls(gw, block_volume):
+    """A 1 MiB WRITE to a gfapi LUN (write-behind on, the default) goes as asynchronous calls
+    of a write piece each (128 KiB, --gfapi-write-piece), all in flight at once: status counts
+    it, the bricks see no WRITE longer than two pieces (Gluster's write-behind may join two),
+    and the bytes are on the volume (read through FUSE)."""
+    vol = block_volume.volume
+
+    def profile(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["gluster", "--mode=script", "volume", "profile", vol, *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    data = os.urandom(MiB)
+    lba = 160 * MiB // BS
+    profile("start")  # (already started: fine)
+    try:
+        assert profile("info", "clear").returncode == 0
+        before = gfapi_async_status(gw)["calls"]
+
+        async def main() -> None:
+            async with session(gw, "pieces") as s:
+                await write_ok(s, BLOCK_LUN, lba, data)
+                assert (await cmd(s, sync_cache10_cdb(), lun=BLOCK_LUN))[0] == GOOD
+
+        asyncio.run(main())
+        assert gfapi_async_status(gw)["calls"] > before  # not on the workers
+        sizes = brick_write_sizes(vol)
+        assert sizes and max(sizes) <= 256 * 1024, sizes
+    finally:
+        profile("stop")
+    with open(block_volume.fuse_path("lun1.img"), "rb") as f:
+        f.seek(lba * BS)
+        assert f.read(MiB) == data, "the file on the FUSE mount differs"
 
 
 def test_tgtadm_glfs_lun_on_a_file_made_through_fuse(gw, block_volume):

@@ -129,13 +129,11 @@ class FakeStore:
         self.busy = 0
         self.errors: list[BackingStoreError] = []
         self.closed = False
-        self.piece = 1 << 30
+        self.write_piece = 0  # (GfapiStore: --gfapi-write-piece) 0: no cut
 
     def begin_async(self, write: bool, length: int) -> int:
         if self.closed:
             raise BackingStoreError(errno.EBADF, "store is closed", self.name)
-        if write and length > self.piece:
-            return 0
         self.busy += 1
         return GLFD
 
@@ -314,8 +312,10 @@ def test_a_refused_start_leaves_nothing_behind_and_the_workers_do_it(queue):
         assert not engine.read(store, memoryview(bytearray(0)), 0, calls.callback)
         big = memoryview(bytearray(gfaio.MAX_CALL + 512))
         assert not engine.write(store, big, 0, calls.callback)
-        store.piece = 8192  # a store that cuts longer writes itself (--gfapi-write-piece)
-        assert not engine.write(store, memoryview(bytes(16384)), 0, calls.callback)
+        store.write_piece = 8192  # more pieces than the queue has room for: the workers
+        engine.capacity = 3
+        assert not engine.write(store, memoryview(bytes(32768)), 0, calls.callback)
+        engine.capacity = gfaio.CAPACITY
         assert store.busy == 0
         await settle()
         assert calls.results == [] and calls.order == [] and gf.started == 0
@@ -338,6 +338,126 @@ def test_a_full_queue_refuses_more_calls(queue, monkeypatch):
         assert engine.read(store, bufs[3], 0, calls.callback)  # room again
         gf.complete()
         await settle(lambda: len(calls.results) == 4)
+
+    run(main, queue, gf)
+
+
+def test_a_write_longer_than_a_piece_is_one_call_a_piece_all_in_flight_at_once(queue):
+    # --gfapi-write-piece: the bricks get piece-sized writes (docs/notes/write-fops.md); on
+    # the workers the pieces went one after another, one round trip each
+    gf = FakeGfapi(1 << 20)
+    store, calls = FakeStore(), Calls()
+    store.write_piece = 8192
+    data = os.urandom(8192 * 3 + 4096)
+
+    async def main(engine: gfaio.GfapiEngine) -> None:
+        assert engine.write(store, memoryview(data), 65536, calls.callback, finish=calls.finish)
+        assert [(c["offset"], c["count"]) for c in gf.pending] == [
+            (65536, 8192), (65536 + 8192, 8192), (65536 + 16384, 8192), (65536 + 24576, 4096)]
+        assert store.busy == 1 and engine.submitted == 1  # one call of the store's
+        gf.complete(3)
+        gf.complete(0)
+        gf.complete(1, ret=4096)  # short: its rest goes on
+        await settle(lambda: len(gf.pending) == 2)
+        assert calls.order == []  # not done before every piece is
+        assert [(c["offset"], c["count"]) for c in gf.pending] == [
+            (65536 + 8192, 8192), (65536 + 16384 + 4096, 4096)]
+        gf.complete(1)
+        gf.complete(0)
+        await settle(lambda: calls.results)
+        assert calls.results == [(None, None)] and calls.order == ["finish True", "callback"]
+        assert bytes(gf.data[65536:65536 + len(data)]) == data
+        assert store.busy == 0 and engine._calls == {} and not engine.in_flight()
+
+    run(main, queue, gf)
+
+
+def test_a_failed_piece_fails_the_write_once_every_piece_is_back(queue):
+    gf = FakeGfapi(1 << 20)
+    store, calls = FakeStore(), Calls()
+    store.write_piece = 4096
+
+    async def main(engine: gfaio.GfapiEngine) -> None:
+        assert engine.write(store, memoryview(bytes(4 * 4096)), 0, calls.callback,
+                            finish=calls.finish)
+        gf.complete(1, ret=-1, err=errno.ENOTCONN)
+        gf.complete(1, ret=-1, err=errno.EIO)  # (a second failure: the first is the one told)
+        await settle()
+        assert calls.order == [] and store.busy == 1  # two pieces still with gfapi
+        gf.complete(0)
+        gf.complete(0)
+        await settle(lambda: calls.results)
+        value, exc = calls.results[0]
+        assert value is None and isinstance(exc, BackingStoreError)
+        assert exc.errno == errno.ENOTCONN
+        assert calls.order == ["finish False", "callback"]
+        assert store.errors == [exc] and store.busy == 0 and engine._calls == {}
+
+    run(main, queue, gf)
+
+
+def test_a_piece_gfapi_refuses_after_others_started_fails_the_write_when_they_are_back(queue):
+    gf = FakeGfapi(1 << 20)
+    store, calls = FakeStore(), Calls()
+    store.write_piece = 4096
+    refuse_from = 2
+
+    def pwrite(*args: Any) -> int:  # gfapi refuses the third piece (no callback will come)
+        if gf.started >= refuse_from:
+            ctypes.set_errno(errno.ENOMEM)
+            return -1
+        return FakeGfapi._on_pwrite(gf, *args)
+
+    gf._pwrite = PWRITE(pwrite)
+    gf.functions["glfs_pwrite_async"] = ctypes.cast(gf._pwrite, c_void_p).value
+
+    async def main(engine: gfaio.GfapiEngine) -> None:
+        # the first piece refused: nothing under way, the workers do it
+        gf.started = refuse_from
+        assert not engine.write(store, memoryview(bytes(4 * 4096)), 0, calls.callback)
+        assert store.busy == 0 and engine._calls == {}
+        gf.started = 0
+        assert engine.write(store, memoryview(bytes(4 * 4096)), 0, calls.callback,
+                            finish=calls.finish)
+        assert len(gf.pending) == 2 and store.busy == 1
+        gf.complete()
+        gf.complete()
+        await settle(lambda: calls.results)
+        value, exc = calls.results[0]
+        assert isinstance(exc, BackingStoreError) and exc.errno == errno.ENOMEM
+        assert calls.order == ["finish False", "callback"] and store.busy == 0
+
+    run(main, queue, gf)
+
+
+def test_a_write_in_pieces_past_its_timeout_holds_its_buffer_until_every_piece_is_back(queue):
+    gf = FakeGfapi(1 << 20)
+    store, calls = FakeStore(), Calls()
+    store.write_piece = 4096
+    late: list[str] = []
+
+    def callback(value: Any, exc: BaseException | None) -> None:
+        calls.callback(value, exc)
+        assert engine_box[0].when_returned(lambda: late.append("returned"))
+
+    engine_box: list[gfaio.GfapiEngine] = []
+
+    async def main(engine: gfaio.GfapiEngine) -> None:
+        engine_box.append(engine)
+        assert engine.write(store, memoryview(bytes(3 * 4096)), 0, callback, timeout=0.05,
+                            finish=calls.finish)
+        gf.complete(0)
+        await settle(lambda: calls.results, timeout=2)
+        assert isinstance(calls.results[0][1], IoTimeout)
+        assert len(calls.results) == 1  # told once, not once a piece
+        assert store.busy == 1 and len(engine._calls) == 2 and late == []
+        gf.complete(0)
+        await settle()
+        assert late == [] and store.busy == 1  # one piece still with gfapi
+        gf.complete(0)
+        await settle(lambda: late)
+        assert late == ["returned"] and store.busy == 0 and engine._calls == {}
+        assert calls.order == ["callback", "finish True"]
 
     run(main, queue, gf)
 

@@ -1328,6 +1328,12 @@ class CachedStore(BackingStore):
         return self.inner.write_behind  # type: ignore[attr-defined,no-any-return]
 
     @property
+    def write_piece(self) -> int:
+        """The most one libgfapi write call of the gfapi store may carry (``server/gfaio.py``
+        cuts longer writes at it; the engine is handed the gfapi store itself)."""
+        return self.inner.write_piece  # type: ignore[attr-defined,no-any-return]
+
+    @property
     def _client(self) -> Any:
         """The shared gfapi client of the volume (tests: two stores share one)."""
         return self.inner._client  # type: ignore[attr-defined]
@@ -1336,4 +1342,4 @@ class CachedStore(BackingStore):
 #: What :class:`CachedStore` forwards to its inner store (the tests check each, and that no
 #: other attribute is forwarded by accident).
 FORWARDED = ("store_errors", "io_threads", "created", "path", "_vol", "allocate",
-             "o_direct", "address", "_client", "write_behind")
+             "o_direct", "address", "_client", "write_behind", "write_piece")

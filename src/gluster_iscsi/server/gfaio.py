@@ -27,6 +27,11 @@ Where it does not apply, the call goes to the worker pool as before: without the
 calls are fenced on the workers), when the store refuses (closed), and when the queue is full
 (:data:`CAPACITY` calls in flight in the process).
 
+A write longer than its store's write piece (``serve --gfapi-write-piece``) goes as one call a
+piece, all started at once, and completes when the last is back (the first failure is the
+write's; a timeout answers once and holds the buffer until every piece is back): the bricks
+get piece-sized WRITEs at the latency of one, where a worker writes the pieces one by one.
+
 One queue per process (the C callback's state outlives every Python object): one engine per
 process uses it; a second event loop in the same process (tests) gets None and the workers.
 The risk it takes: the wind runs on the loop's thread. It does no network wait, except when
@@ -69,19 +74,21 @@ _queue_ready: tuple[ModuleType, int] | None = None  # (the C module, its eventfd
 
 
 class _Call:
-    """One read or write in flight: what to continue with after a short transfer, whom to tell."""
+    """One read or write in flight, whom to tell when it is done. It goes as one libgfapi call,
+    or a write longer than its store's ``write_piece`` as one call per piece, all in flight at
+    once (:class:`_Part`): it is done when the last of them is."""
 
-    __slots__ = ("op", "store", "glfd", "view", "offset", "done", "total", "callback", "name",
-                 "result", "deadline", "timeout", "timed_out", "finish", "late")
+    __slots__ = ("op", "store", "glfd", "view", "offset", "total", "callback", "name",
+                 "result", "deadline", "timeout", "timed_out", "finish", "late", "pending",
+                 "error")
 
     def __init__(self, op: int, store: Any, view: memoryview, offset: int, callback: Callback,
                  result: Any, finish: Finish | None) -> None:
         self.op = op
         self.store = store
         self.glfd = 0
-        self.view = view  # the part still to transfer; holds the buffer until gfapi is done
+        self.view = view  # all of it: holds the buffer until gfapi is done with every part
         self.offset = offset
-        self.done = 0
         self.total = len(view)
         self.callback = callback
         self.name: str = getattr(store, "name", "") or ""
@@ -91,6 +98,21 @@ class _Call:
         self.timed_out = False
         self.finish = finish
         self.late: Callable[[], None] | None = None  # after a timeout: when gfapi returns
+        self.pending = 0  # parts gfapi has not returned yet
+        self.error: BackingStoreError | None = None  # the first part's failure
+
+
+class _Part:
+    """One libgfapi call of a :class:`_Call` (its token is the key in ``GfapiEngine._calls``):
+    the bytes still to transfer after a short transfer, and where."""
+
+    __slots__ = ("call", "view", "offset", "done")
+
+    def __init__(self, call: _Call, view: memoryview, offset: int) -> None:
+        self.call = call
+        self.view = view  # the part still to transfer
+        self.offset = offset  # where the part starts (``done`` bytes of it are transferred)
+        self.done = 0
 
 
 def _c_module() -> ModuleType | None:
@@ -137,7 +159,7 @@ class GfapiEngine:
         self._pread = functions["glfs_pread_async"]
         self._pwrite = functions["glfs_pwrite_async"]
         self.capacity = CAPACITY
-        self._calls: dict[int, _Call] = {}
+        self._calls: dict[int, _Part] = {}  # every libgfapi call in flight, by token
         self._live = 0  # calls whose caller still waits (not timed out)
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -217,34 +239,53 @@ class GfapiEngine:
 
     def write(self, store: Any, data: memoryview, offset: int, callback: Callback, *,
               timeout: float = 0.0, finish: Finish | None = None) -> bool:
-        """Write all of ``data`` (flat bytes) at ``offset``; as :meth:`read` (result None)."""
+        """Write all of ``data`` (flat bytes) at ``offset``; as :meth:`read` (result None).
+        Longer than the store's ``write_piece`` (if it has one): one call per piece, all
+        started now, so the bricks get the store's piece-sized writes (small folios in their
+        page cache, see ``GfapiStore``) at the latency of one call instead of one per piece."""
         return self._start(_Call(_WRITE, store, data, offset, callback, None, finish), timeout)
 
     def _start(self, call: _Call, timeout: float) -> bool:
         view = call.view
-        if (self._closed or len(self._calls) >= self.capacity or view.ndim != 1
+        total = call.total
+        piece = total
+        if call.op == _WRITE:
+            piece = int(getattr(call.store, "write_piece", 0)) or total
+        parts = (total + piece - 1) // piece if piece > 0 else 1
+        if (self._closed or len(self._calls) + parts > self.capacity or view.ndim != 1
                 or view.itemsize != 1 or not view.c_contiguous
                 or (call.op == _READ and view.readonly)
-                or not 0 < call.total <= MAX_CALL):
+                or not 0 < total <= MAX_CALL):
             self.refused += 1
             return False
         try:
-            call.glfd = call.store.begin_async(call.op == _WRITE, call.total)
+            call.glfd = call.store.begin_async(call.op == _WRITE, total)
         except BackingStoreError:
             self.refused += 1  # (the workers' call says what the store says)
             return False
-        if not call.glfd:  # not as one call (the store cuts it): the workers
+        if not call.glfd:  # not as asynchronous calls (the store says): the workers
             self.refused += 1
             return False
         global _last_key
-        _last_key = key = _last_key + 1
-        self._calls[key] = call
-        err = self._submit(key, call)
-        if err:
-            del self._calls[key]
-            call.store.end_async(None)
-            self.refused += 1  # (the workers' call fails the same way, or succeeds)
-            return False
+        calls = self._calls
+        at = 0
+        while at < total:
+            _last_key = key = _last_key + 1
+            part = _Part(call, view[at:at + piece] if parts > 1 else view, call.offset + at)
+            calls[key] = part
+            err = self._submit(key, part)
+            if err:
+                del calls[key]
+                if not at:  # nothing under way: the workers
+                    call.store.end_async(None)
+                    self.refused += 1  # (the workers' call fails the same way, or succeeds)
+                    return False
+                # earlier pieces are under way: the call fails once they are back
+                call.error = _error(err, f"glfs_pwrite_async: piece at offset {call.offset + at}"
+                                    f" refused: {os.strerror(err)}", call.name)
+                break
+            call.pending += 1
+            at += piece
         self._live += 1
         self.submitted += 1
         if timeout > 0:
@@ -257,12 +298,14 @@ class GfapiEngine:
                 self._timer = self.loop.call_at(call.deadline, self._expire)
         return True
 
-    def _submit(self, key: int, call: _Call) -> int:
-        """Start (the rest of) ``call``: 0, or the errno libgfapi refused it with."""
+    def _submit(self, key: int, part: _Part) -> int:
+        """Start (the rest of) ``part``: 0, or the errno libgfapi refused it with."""
         aio = self._aio
+        call = part.call
         if call.op == _READ:
-            return int(aio.pread(self._pread, call.glfd, call.view, call.offset + call.done, key))
-        return int(aio.pwrite(self._pwrite, call.glfd, call.view, call.offset + call.done, key))
+            return int(aio.pread(self._pread, call.glfd, part.view, part.offset + part.done,
+                                 key))
+        return int(aio.pwrite(self._pwrite, call.glfd, part.view, part.offset + part.done, key))
 
     # ------------------------------------------------------------------ completing
     def _reap(self) -> None:
@@ -274,30 +317,37 @@ class GfapiEngine:
             pass
         calls = self._calls
         for key, res, err in self._aio.drain():
-            call = calls.get(key)
-            if call is not None:  # (else: an engine of this process closed before)
-                self._complete(key, call, res, err)
+            part = calls.get(key)
+            if part is not None:  # (else: an engine of this process closed before)
+                self._complete(key, part, res, err)
 
-    def _complete(self, key: int, call: _Call, res: int, err: int) -> None:
+    def _complete(self, key: int, part: _Part, res: int, err: int) -> None:
+        call = part.call
         what = "read" if call.op == _READ else "write"
         error: BackingStoreError | None = None
         if res < 0:
             err = err or errno.EIO
-            error = _error(err, f"glfs_{'p' + what}_async {call.total} bytes at offset "
-                           f"{call.offset}: {os.strerror(err)}", call.name)
+            error = _error(err, f"glfs_{'p' + what}_async {part.done + len(part.view)} bytes "
+                           f"at offset {part.offset}: {os.strerror(err)}", call.name)
         elif res == 0:
-            error = _error(errno.EIO, f"short {what}: {call.done} of {call.total} bytes at "
-                           f"offset {call.offset}" + (" (end of file)" if call.op == _READ
-                                                      else ""), call.name)
-        elif res < len(call.view):
-            call.done += res
-            call.view = call.view[res:]
-            again = self._submit(key, call)  # (the store is still counted busy: fd open)
+            error = _error(errno.EIO, f"short {what}: {part.done} of "
+                           f"{part.done + len(part.view)} bytes at offset {part.offset}"
+                           + (" (end of file)" if call.op == _READ else ""), call.name)
+        elif res < len(part.view):
+            part.done += res
+            part.view = part.view[res:]
+            again = self._submit(key, part)  # (the store is still counted busy: fd open)
             if not again:
                 return  # the rest goes on
             error = _error(again, f"{what}: could not continue a short transfer at offset "
-                           f"{call.offset}: {os.strerror(again)}", call.name)
+                           f"{part.offset}: {os.strerror(again)}", call.name)
         del self._calls[key]
+        call.pending -= 1
+        if error is not None and call.error is None:
+            call.error = error
+        if call.pending:
+            return  # other pieces are still under way
+        error = call.error
         call.store.end_async(error)
         if call.finish is not None:
             call.finish(error is None)
@@ -325,7 +375,8 @@ class GfapiEngine:
         self._timer = None
         now = self.loop.time()
         earliest = None
-        for call in list(self._calls.values()):
+        for part in list(self._calls.values()):
+            call = part.call
             if call.timed_out or not call.deadline:
                 continue
             if call.deadline > now:

@@ -62,7 +62,9 @@ _MAX_IO = 32 << 20
 #: so 4 KiB random writes over a LUN filled with 1 MiB writes cost the bricks ~10-20% more
 #: CPU than over one filled through FUSE, whoever writes them. Pieces cost sequential writes
 #: instead: 1 MiB writes at QD16 with 128 KiB pieces make 8 brick WRITEs each, ~2x the
-#: bricks' CPU per MiB and 0.55-0.8x the rate (docs/notes/write-fops.md). An O_DIRECT store
+#: bricks' CPU per MiB and 0.55-0.8x the rate (docs/notes/write-fops.md); the event loop's
+#: asynchronous calls (server/gfaio.py) send a write's pieces together, one round trip for
+#: all (:attr:`GfapiStore.write_piece`), the workers one by one. An O_DIRECT store
 #: bypasses the bricks' page cache (strict-o-direct) and always keeps whole writes.
 #: Measured against tgt on the FUSE file (bench/run, pinned, one run each; BENCHMARKS.md
 #: "Stop 25"): 4K random writes QD32 0.80 whole, 1.06 with 256 KiB, 1.10 with 128 KiB; QD1
@@ -530,11 +532,10 @@ class GfapiStore(BackingStore):
         """Count in a read or write of ``length`` bytes that the caller starts as an
         asynchronous libgfapi call and return the address of the glfs_fd: it stays open until
         :meth:`end_async` (close() waits for it, as for any call; libgfapi drops the completion
-        of a call whose fd was closed). 0, nothing counted: not as one call (a write longer
-        than :data:`BUFFERED_WRITE_PIECE`, which :meth:`write` cuts), use :meth:`write`.
-        Raises as the call would (EBADF closed, EROFS a write on a read-only store)."""
-        if write and length > self._piece():
-            return 0
+        of a call whose fd was closed). A write longer than :attr:`write_piece` is the
+        caller's to cut, as :meth:`write` does (one call per piece; they may be in flight
+        together). Raises as the call would (EBADF closed, EROFS a write on a read-only
+        store)."""
         with self._lock:
             f = self._file
             if f is None:
@@ -736,6 +737,12 @@ class GfapiStore(BackingStore):
                     self.name,
                 )
             done += n
+
+    @property
+    def write_piece(self) -> int:
+        """The most one libgfapi write call of this store may carry (see
+        :data:`BUFFERED_WRITE_PIECE`; an O_DIRECT store, or pieces off: 32 MiB)."""
+        return self._piece()
 
     def _piece(self) -> int:
         """The most one glfs_pwrite(v) call may write (see :data:`BUFFERED_WRITE_PIECE`)."""
