@@ -514,11 +514,16 @@ def test_summary_for_status_hit_ratio_bytes_and_upcalls():
     assert s["upcalls"] == cachemod.SINGLE_WRITER_ONLY == "off (single-writer only)"
     line = cachemod.summary_line(s)
     assert "1 of 1 LUNs on" in line and "hit ratio 50.0%" in line
-    assert line.endswith("upcalls off (single-writer only)")
+    assert "upcalls off: single-writer only" in line
     assert cachemod.summary_line(empty) == "read cache: no gfapi LUN has one"
     watched = _cached(Watched(8 * CHUNK))
     assert cachemod.summary([watched])["upcalls"] == "on"
-    assert cachemod.summary([plain, watched])["upcalls"] == "mixed"
+    assert "coherent with other Gluster clients" in cachemod.summary_line(
+        cachemod.summary([watched]))
+    mixed = cachemod.summary([plain, watched])
+    assert mixed["upcalls"] == "mixed" and mixed["luns_with_upcalls"] == 1
+    assert "upcalls on 1 of 2 LUNs (the others single-writer only" in cachemod.summary_line(
+        mixed)
     off = _cached(MemoryStore(CHUNK), capacity=0)  # cache 0: not a cached LUN
     assert cachemod.summary([off])["luns"] == 0
     # Without an argument: every cache open now, and none once closed.

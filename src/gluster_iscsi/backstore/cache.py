@@ -292,6 +292,7 @@ def summary(caches_: list[CachedStore] | None = None) -> dict[str, Any]:
         "thrashing": sum(1 for c in on if c.sampling()),
         "upcalls": (None if not caches else "on" if upcall == len(caches) else
                     SINGLE_WRITER_ONLY if not upcall else "mixed"),
+        "luns_with_upcalls": upcall,
     }
 
 
@@ -316,7 +317,8 @@ def parse_capacity(value: Any) -> int:
 
 
 def summary_line(s: dict[str, Any]) -> str:
-    """:func:`summary` as the one line ``status`` prints."""
+    """:func:`summary` as the one line ``status`` prints (it says when a cache is correct only
+    while this gateway is the file's only writer: no upcalls)."""
     if not s["luns"]:
         return "read cache: no gfapi LUN has one"
     ratio = "-" if s["hit_ratio"] is None else f"{100 * s['hit_ratio']:.1f}%"
@@ -325,7 +327,17 @@ def summary_line(s: dict[str, Any]) -> str:
     return (f"read cache: {s['enabled']} of {s['luns']} LUNs on, hit ratio {ratio}, "
             f"{s['bytes_cached'] / (1 << 20):.1f} MiB cached (at most "
             f"{min(s['capacity'], s['limit_all_luns']) >> 20} MiB){sampled}, "
-            f"upcalls {s['upcalls']}")
+            f"{_upcalls_words(s)}")
+
+
+def _upcalls_words(s: dict[str, Any]) -> str:
+    if s["upcalls"] == "on":
+        return "coherent with other Gluster clients (upcalls)"
+    if s["upcalls"] == "mixed":
+        return (f"upcalls on {s.get('luns_with_upcalls', '?')} of {s['luns']} LUNs (the others "
+                "single-writer only: lun list --json says which)")
+    return ("upcalls off: single-writer only (correct while nothing else writes the files; "
+            "features.cache-invalidation on the volume turns them on)")
 
 
 _keeper: threading.Thread | None = None

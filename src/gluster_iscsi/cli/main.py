@@ -117,6 +117,11 @@ def status(as_json: bool) -> None:
         else:
             how = "asynchronous libgfapi calls (from the first gluster:// command)"
         click.echo(f"gfapi I/O: {how}")
+    rc = info.get("read_cache")
+    if rc and rc.get("luns"):
+        from ..backstore.cache import summary_line
+
+        click.echo(summary_line(rc))
     mem, conns = info.get("memory"), info.get("connections")
     if mem:
         click.echo(f"memory for commands' data: {human_size(mem['in_use'])} in use (peak "
