@@ -351,7 +351,7 @@ def test_a_store_that_watches_invalidations_is_coherent_and_an_upcall_empties_it
     class Watched(MemoryStore):
         callback = None
 
-        def watch_invalidations(self, cb):
+        def watch_invalidations(self, cb, on_range=None):
             self.callback = cb
             return 30.0
 
@@ -486,6 +486,34 @@ def test_serve_gfapi_cache_option_and_the_ledger_from_the_budget():
         cachemod._ledger, cachemod._default_capacity = saved
 
 
+def test_a_range_drop_from_the_store_forgets_that_range_only():
+    # the gfapi store's on_range: the bricks forgot one shard's inode (gfapi/store.py
+    # _on_upcall), so that shard's bytes are no longer covered by upcalls; the rest is
+    class Watched(MemoryStore):
+        on_range = None
+
+        def watch_invalidations(self, cb, on_range=None):
+            self.on_range = on_range
+            return 30.0
+
+        def unwatch_invalidations(self, cb):
+            pass
+
+    inner = Watched(4 * CHUNK)
+    store = _cached(inner, capacity=4 * CHUNK, clock=lambda: 0.0)
+    assert inner.on_range == store.invalidate_range
+    store.read(0, 4 * CHUNK)  # all cached
+    inner.write(CHUNK, b"n" * 10)  # another client, then its shard is forgotten
+    inner.write(3 * CHUNK, b"m" * 10)  # (a change outside the dropped range: still cached)
+    inner.on_range(CHUNK, CHUNK)
+    misses = store.misses
+    assert store.read(CHUNK, 10) == b"n" * 10 and store.misses == misses + 1
+    assert store.read(0, 10) == bytes(10) and store.read(2 * CHUNK, 10) == bytes(10)
+    assert store.read(3 * CHUNK, 10) == bytes(10)  # from memory: the range drop left it
+    assert store.misses == misses + 1 and store.cache_status()["invalidations"] == 1
+    store.close()
+
+
 def test_summary_for_status_hit_ratio_bytes_and_upcalls():
     """``cache.summary()``, the read caches in the daemon's ``status`` (issue 19): hit ratio,
     bytes held, and "off (single-writer only)" when no cache has upcalls."""
@@ -494,7 +522,7 @@ def test_summary_for_status_hit_ratio_bytes_and_upcalls():
     from gluster_iscsi.backstore import cache as cachemod
 
     class Watched(MemoryStore):
-        def watch_invalidations(self, cb):
+        def watch_invalidations(self, cb, on_range=None):
             return 30.0
 
         def unwatch_invalidations(self, cb):
@@ -770,7 +798,7 @@ def test_a_region_in_use_stays_cached_past_the_ttl_and_one_left_alone_expires():
     is dropped at the next touch."""
 
     class Watched(MemoryStore):
-        def watch_invalidations(self, cb):
+        def watch_invalidations(self, cb, on_range=None):
             return 30.0
 
         def unwatch_invalidations(self, cb):
@@ -801,7 +829,7 @@ def test_the_keeper_renews_the_regions_a_cache_holds_so_they_stay_trusted_when_o
     region held and not touched for a quarter of the ttl, so those bytes stay trusted."""
 
     class Watched(_Recording):
-        def watch_invalidations(self, cb):
+        def watch_invalidations(self, cb, on_range=None):
             return 40.0
 
         def unwatch_invalidations(self, cb):
@@ -836,7 +864,7 @@ def test_a_cache_with_upcalls_on_real_time_is_kept_by_the_keeper_thread():
     from gluster_iscsi.backstore import cache as cachemod
 
     class Watched(MemoryStore):
-        def watch_invalidations(self, cb):
+        def watch_invalidations(self, cb, on_range=None):
             return 30.0
 
         def unwatch_invalidations(self, cb):
@@ -866,7 +894,7 @@ class _Outage(MemoryStore):
         self.read_done = threading.Event()
         self.release = threading.Event()
 
-    def watch_invalidations(self, cb):
+    def watch_invalidations(self, cb, on_range=None):
         return 40.0
 
     def unwatch_invalidations(self, cb):
@@ -1025,7 +1053,7 @@ def _gfapi_like_inner():
         def read_into(self, offset: int, buf: memoryview) -> None:
             self.mem.read_into(offset, buf)
 
-        def watch_invalidations(self, callback):  # noqa: ANN001, ANN202
+        def watch_invalidations(self, callback, on_range=None):  # noqa: ANN001, ANN202
             return None
 
         def close(self, timeout: float | None = None) -> None:

@@ -580,6 +580,29 @@ def test_discard_and_zerofill_across_64mib_shard_boundaries(gluster_volume, stor
     assert _read_fuse(gluster_volume.fuse_path(name), 127 * MiB, 4096) == bytes(4096)
 
 
+def test_an_upcalls_gfid_is_looked_up_to_its_shard_and_an_unknown_one_to_none(
+    gluster_volume, store_factory, name
+):
+    # what the store does with an upcall that says the bricks forgot an inode (store.py
+    # _on_upcall): the GFID's path tells which shard of which file, or nothing
+    import uuid
+
+    s = store_factory(gluster_volume.url(name), create_size=2 * 64 * MiB)
+    s.write(64 * MiB + 4096, b"x" * 4096)  # makes shard 1 (the profile's shards: 64 MiB)
+    s.flush()
+    vol = s._vol
+    base = vol.gfid(s.path)
+    info = subprocess.run(["gluster", "--mode=script", "volume", "info", gluster_volume.volume],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    brick = next(line.split(":", 2)[2].strip() for line in info.splitlines()
+                 if line.startswith("Brick1:"))
+    shard = os.getxattr(os.path.join(brick, ".shard", f"{uuid.UUID(bytes=base)}.1"),
+                        "trusted.gfid")
+    assert vol.gfid_path(shard) == f"/.shard/{uuid.UUID(bytes=base)}.1"
+    assert vol.gfid_path(base) == s.path
+    assert vol.gfid_path(uuid.uuid4().bytes) is None
+
+
 def test_a_write_piece_reaches_the_bricks_as_fuse_sized_writes(
     gluster_volume, store_factory, name, monkeypatch
 ):

@@ -509,12 +509,12 @@ class CachedStore(BackingStore):
         self._w_hits = 0
         self._w_full = 0  # evictions + refusals then
         self._w_churn = 0  # evictions + refusals + skipped then
-        self.invalidations = 0  # whole-cache drops from outside (upcalls)
+        self.invalidations = 0  # drops from outside (upcalls): all of it, or a shard's range
         #: "upcall": other Gluster clients' writes invalidate it; "single-writer": they do not.
         self.coherence = "single-writer"
         watch = getattr(inner, "watch_invalidations", None)
         if watch is not None and self.capacity:
-            ttl = watch(self.invalidate_all)
+            ttl = watch(self.invalidate_all, self.invalidate_range)
             if ttl is not None:
                 self.coherence = "upcall"
                 self.ttl = float(ttl)
@@ -546,6 +546,13 @@ class CachedStore(BackingStore):
         """Another writer changed the file (an upcall): forget every chunk and the size."""
         self.invalidations += 1
         self.clear()
+
+    def invalidate_range(self, offset: int, length: int) -> None:
+        """Part of the file may have changed without an upcall to say so (the bricks forgot a
+        shard's inode, and with it that this client reads it): forget that range, as a
+        discard does (fills in flight over it insert nothing there)."""
+        self.invalidations += 1
+        self._invalidate(offset, length)
 
     def store_failed(self) -> None:
         """A call of the store failed: the bricks may have been lost meanwhile (and with them

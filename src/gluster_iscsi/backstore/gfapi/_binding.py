@@ -240,12 +240,15 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "glfs_h_lookupat": (c_void_p, [_glfs_p, c_void_p, c_char_p, POINTER(Stat), c_int]),
     "glfs_h_extract_handle": (c_int, [c_void_p, c_void_p, c_int]),
     "glfs_h_close": (c_int, [c_void_p]),
+    "glfs_h_create_from_handle": (c_void_p, [_glfs_p, c_char_p, c_int, POINTER(Stat)]),
+    "glfs_h_getxattrs": (c_int, [_glfs_p, c_void_p, c_char_p, c_void_p, c_size_t]),
     "glfs_upcall_register": (c_int, [_glfs_p, c_uint32, c_void_p, c_void_p]),
     "glfs_upcall_unregister": (c_int, [_glfs_p, c_uint32]),
     "glfs_upcall_get_reason": (c_int, [c_void_p]),
     "glfs_upcall_get_event": (c_void_p, [c_void_p]),
     "glfs_upcall_inode_get_object": (c_void_p, [c_void_p]),
     "glfs_upcall_inode_get_stat": (POINTER(Stat), [c_void_p]),
+    "glfs_upcall_inode_get_flags": (c_int, [c_void_p]),
     "glfs_free": (None, [c_void_p]),
     "glfs_mkdir": (c_int, [_glfs_p, c_char_p, c_uint]),
     # The group directory (group/shared.py): a lock owner per fd, directory listings.
@@ -471,11 +474,34 @@ class Volume:
         finally:
             lib().glfs_h_close(obj)
 
-    def register_upcalls(self, on_invalidate: Callable[[bytes, int], None]) -> bool:
-        """Have ``on_invalidate(gfid, st_mode)`` called (on a gfapi thread) for every inode
-        invalidation the bricks send this client (``features.cache-invalidation`` must be on
-        for them to send any; registering succeeds either way). ``st_mode`` is 0 when the
-        upcall carries no usable stat. Once per client; False if gfapi refused it."""
+    def gfid_path(self, gfid: bytes) -> str | None:
+        """The path of the inode with this GFID (a lookup by GFID at the bricks, then their
+        ``glusterfs.gfidtopath``, made from ``storage.gfid2path``: a shard is
+        ``/.shard/BASE-GFID.N``). None when the bricks say there is no such inode (ENOENT,
+        ESTALE); other failures raise GfapiError."""
+        st = Stat()
+        obj = lib().glfs_h_create_from_handle(self.handle, gfid, len(gfid), ctypes.byref(st))
+        if not obj:
+            if ctypes.get_errno() in (_errno.ENOENT, _errno.ESTALE):
+                return None
+            raise _raise("glfs_h_create_from_handle", gfid.hex())
+        try:
+            buf = ctypes.create_string_buffer(4096)
+            n = lib().glfs_h_getxattrs(self.handle, obj, b"glusterfs.gfidtopath", buf, 4096)
+            if n < 0:
+                if ctypes.get_errno() in (_errno.ENOENT, _errno.ESTALE):
+                    return None
+                raise _raise("glfs_h_getxattrs glusterfs.gfidtopath", gfid.hex())
+            return buf.raw[:n].rstrip(b"\0").decode("utf-8", "replace")
+        finally:
+            lib().glfs_h_close(obj)
+
+    def register_upcalls(self, on_invalidate: Callable[[bytes, int, int], None]) -> bool:
+        """Have ``on_invalidate(gfid, st_mode, flags)`` called (on a gfapi thread) for every
+        inode invalidation the bricks send this client (``features.cache-invalidation`` must
+        be on for them to send any; registering succeeds either way). ``st_mode`` is 0 when
+        the upcall carries no usable stat; ``flags`` says what changed (``UP_*``). Once per
+        client; False if gfapi refused it."""
         if self._upcall_cbk is not None:
             return True
 
@@ -491,7 +517,8 @@ class Volume:
                     return
                 st = lib().glfs_upcall_inode_get_stat(event)
                 mode = st.contents.st_mode if st else 0
-                on_invalidate(_extract_gfid(obj, self.volume), mode)
+                flags = lib().glfs_upcall_inode_get_flags(event)
+                on_invalidate(_extract_gfid(obj, self.volume), mode, flags)
             except Exception:  # noqa: BLE001 - nothing may escape into gfapi's thread
                 pass
             finally:

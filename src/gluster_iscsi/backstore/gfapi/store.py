@@ -34,11 +34,14 @@ import atexit
 import errno
 import logging
 import os
+import re
 import socket
 import stat
 import subprocess
 import threading
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -136,6 +139,16 @@ class _Client:
     coherence_ttl: float | None = None
     watchers: dict[bytes, list[Callable[[], None]]] = field(default_factory=dict)
     watch_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Per watched GFID: a watcher's callback for a part of the file (offset, length).
+    ranges: dict[bytes, dict[Callable[[], None], Callable[[int, int], None]]] = field(
+        default_factory=dict)
+    shard_size: int | None = None  # features.shard-block-size, if sharded (probed with upcalls)
+    # Upcalls of an inode forgotten, or without a stat, for a GFID nobody watches, to be
+    # looked up (see _on_upcall).
+    unresolved: deque[bytes] = field(default_factory=deque)
+    resolver: threading.Thread | None = None
+    #: Such upcalls found to name no inode (the bricks said ENOENT/ESTALE), or no file watched.
+    ignored_upcalls: int = 0
 
 
 #: How to learn whether a volume sends upcalls: ``probe(address) -> timeout seconds or None``
@@ -146,27 +159,8 @@ def probe_cache_invalidation(addr: GlusterAddress) -> float | None:
     so its ``features.cache-invalidation-timeout`` (the bricks notify only clients that
     touched the file within it). libgfapi has no call that tells: registering for upcalls
     succeeds on a volume that never sends any. None whenever it cannot be told."""
-    host = addr.servers[0].host if addr.servers else None
-    wheres: list[list[str]] = [[]]
-    if host and host not in ("localhost", "127.0.0.1", "::1"):
-        wheres.append([f"--remote-host={host}"])  # (glusterd may refuse remote `volume get`)
-
     def get(key: str) -> str | None:
-        for where in wheres:
-            try:
-                out = subprocess.run(
-                    ["gluster", "--mode=script", *where, "volume", "get", addr.volume, key],
-                    capture_output=True, text=True, timeout=15, check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-            if out.returncode != 0:
-                continue
-            for line in out.stdout.splitlines():
-                fields = line.split()
-                if len(fields) >= 2 and fields[0] == key:
-                    return fields[1]
-        return None
+        return _volume_option(addr, key)
 
     if (get("features.cache-invalidation") or "").lower() not in ("on", "enable", "true", "yes"):
         return None
@@ -176,20 +170,144 @@ def probe_cache_invalidation(addr: GlusterAddress) -> float | None:
         return 60.0
 
 
-def _on_upcall(client: _Client, gfid: bytes, mode: int) -> None:
+#: Upcalls without a stat waiting to be looked up, per client, at most; past it, every
+#: watcher is dropped at once (as before the lookup existed) and the backlog forgotten.
+_UNRESOLVED_MAX = 256
+
+
+def _volume_option(addr: GlusterAddress, key: str) -> str | None:
+    """A volume option as glusterd tells it (the local one, else the first volfile server's),
+    or None whenever it cannot be told."""
+    host = addr.servers[0].host if addr.servers else None
+    wheres: list[list[str]] = [[]]
+    if host and host not in ("localhost", "127.0.0.1", "::1"):
+        wheres.append([f"--remote-host={host}"])  # (glusterd may refuse remote `volume get`)
+    for where in wheres:
+        try:
+            out = subprocess.run(
+                ["gluster", "--mode=script", *where, "volume", "get", addr.volume, key],
+                capture_output=True, text=True, timeout=15, check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode != 0:
+            continue
+        for line in out.stdout.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == key:
+                return fields[1]
+    return None
+
+
+def probe_shard_size(addr: GlusterAddress) -> int | None:
+    """The volume's shard size in bytes if ``features.shard`` is on (Gluster's ``64MB`` is
+    64 MiB), else None (also when it cannot be told). Replaceable for tests."""
+    if (_volume_option(addr, "features.shard") or "").lower() not in ("on", "enable", "true",
+                                                                      "yes"):
+        return None
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?)B?", (_volume_option(addr, "features.shard-block-size")
+                                            or "").upper())
+    if not m:
+        return None
+    return int(m.group(1)) << (10 * " KMGT".index(m.group(2) or " "))
+
+
+#: ``UP_FORGET`` of the upcall flags: the bricks forgot the inode, and with it that this
+#: client reads it (no upcall will say when another client changes it).
+UP_FORGET = 0x100
+_SHARD_PATH = re.compile(r"/\.shard/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                         r"[0-9a-f]{12})\.(\d+)")
+
+
+def _on_upcall(client: _Client, gfid: bytes, mode: int, flags: int = 0) -> None:
     """An inode invalidation from the bricks (on a gfapi thread). A GFID we watch: its
-    watchers. Another regular file (or no stat): every watcher of this client, since it may be
-    a shard (``/.shard/GFID.N``) of a watched file. Directories: nobody."""
+    watchers. Another regular file: every watcher of this client, since it may be a shard
+    (``/.shard/GFID.N``) of a watched file. Directories: nobody.
+
+    An upcall that says the bricks forgot an inode (``UP_FORGET``, no stat), or any upcall
+    without a stat, for a GFID nobody watches is looked up first, on a thread of the client's
+    own (a gfapi call may not run on the thread that delivers upcalls). The bricks forget the
+    inodes of shards a sequential fill has just created now and then (concurrent writes that
+    create one shard: seen once in two to six 1 GiB fills at QD16): dropping every cache of the
+    client for each made a LUN's cache lose what the fill had just put in. The lookup tells
+    (:func:`_resolve_loop`): a GFID the bricks do not know, or a file that is not a shard of a
+    watched file, drops nothing; a shard of a watched file drops that shard's range of its
+    caches (the bricks no longer tell this client when another changes it; the next read
+    there goes to them and registers it again); a failed lookup drops every watcher."""
     with client.watch_lock:
         hit = client.watchers.get(gfid)
         if hit is not None:
             todo = list(hit)
-        elif mode == 0 or stat.S_ISREG(mode):
+        elif mode == 0 or flags & UP_FORGET:
+            if not client.watchers:
+                return
+            if len(client.unresolved) < _UNRESOLVED_MAX:
+                client.unresolved.append(gfid)
+                if client.resolver is None:
+                    client.resolver = threading.Thread(target=_resolve_loop, args=(client,),
+                                                       name="gfapi-upcall-lookup", daemon=True)
+                    client.resolver.start()
+                return
+            client.unresolved.clear()
+            todo = [cb for cbs in client.watchers.values() for cb in cbs]
+        elif stat.S_ISREG(mode):
             todo = [cb for cbs in client.watchers.values() for cb in cbs]
         else:
             return
     for cb in todo:
         cb()
+
+
+def _resolve_loop(client: _Client) -> None:
+    """The client's lookups of upcalls :func:`_on_upcall` could not place: one at a time, in
+    order; the thread ends when none is left (the next such upcall starts another)."""
+    while True:
+        with client.watch_lock:
+            if not client.unresolved:
+                client.resolver = None
+                return
+            gfid = client.unresolved.popleft()
+            vol = client.volume
+        for call in _placed(client, vol, gfid):
+            call()
+
+
+def _placed(client: _Client, vol: gf.Volume | None, gfid: bytes) -> list[Callable[[], None]]:
+    """What an upcall of ``gfid`` (an inode forgotten, or no stat) drops, once looked up."""
+    path: str | None = ""
+    if vol is not None:
+        try:
+            path = vol.gfid_path(gfid)
+        except Exception:  # noqa: BLE001 - cannot tell: every watcher, as before the lookup
+            path = ""
+    with client.watch_lock:
+        if path is None:  # the bricks know no such inode: it named nothing
+            client.ignored_upcalls += 1
+            return []
+        m = _SHARD_PATH.search(path) if path else None
+        if path and m is None:
+            hit = client.watchers.get(gfid)  # (watched since it was queued)
+            if hit is None:
+                client.ignored_upcalls += 1  # a file, not a shard, of no watched file
+                return []
+            return list(hit)
+        if m is None:
+            return [cb for cbs in client.watchers.values() for cb in cbs]
+        base = uuid.UUID(m.group(1)).bytes
+        cbs = client.watchers.get(base)
+        if not cbs:
+            client.ignored_upcalls += 1  # a shard of a file nobody here watches
+            return []
+        size = client.shard_size
+        ranges = client.ranges.get(base, {})
+        out: list[Callable[[], None]] = []
+        for cb in cbs:
+            on_range = ranges.get(cb)
+            if on_range is not None and size:
+                out.append(partial(on_range, int(m.group(2)) * size, size))
+            else:
+                out.append(cb)
+        return out
 
 
 def _split(views: list[memoryview], piece: int) -> list[list[memoryview]]:
@@ -579,9 +697,12 @@ class GfapiStore(BackingStore):
 
     # -- upcalls (backstore/cache.py) -----------------------------------------------------------
 
-    def watch_invalidations(self, callback: Callable[[], None]) -> float | None:
+    def watch_invalidations(self, callback: Callable[[], None],
+                            on_range: Callable[[int, int], None] | None = None) -> float | None:
         """Call ``callback()`` (on a gfapi thread) whenever another Gluster client changes
-        this file, as far as upcalls tell. Returns how long cached bytes may be trusted
+        this file, as far as upcalls tell; ``on_range(offset, length)`` instead, if given,
+        when only a part of it needs dropping (a shard the bricks forgot: see
+        :func:`_on_upcall`). Returns how long cached bytes may be trusted
         without a new brick read (half the volume's cache-invalidation-timeout), or None if
         the volume sends no upcalls (``features.cache-invalidation`` off, or not known) or
         gfapi refused to register: then the caller is coherent with no other writer."""
@@ -592,6 +713,8 @@ class GfapiStore(BackingStore):
                 timeout = probe_cache_invalidation(self.address)
                 if timeout is not None and not vol.register_upcalls(partial(_on_upcall, client)):
                     timeout = None
+                if timeout is not None:
+                    client.shard_size = probe_shard_size(self.address)
                 client.coherence_ttl = None if timeout is None else max(timeout / 2, 0.5)
                 client.coherence_probed = True
             ttl = client.coherence_ttl
@@ -603,6 +726,8 @@ class GfapiStore(BackingStore):
             return None
         with client.watch_lock:
             client.watchers.setdefault(gfid, []).append(callback)
+            if on_range is not None:
+                client.ranges.setdefault(gfid, {})[callback] = on_range
         self._gfid = gfid
         return ttl
 
@@ -615,8 +740,12 @@ class GfapiStore(BackingStore):
             cbs = client.watchers.get(gfid, [])
             if callback in cbs:
                 cbs.remove(callback)
+            ranges = client.ranges.get(gfid)
+            if ranges is not None:
+                ranges.pop(callback, None)
             if not cbs:
                 client.watchers.pop(gfid, None)
+                client.ranges.pop(gfid, None)
 
     # -- the contract ---------------------------------------------------------------------------
     # Each call counts itself in and out (see the module docstring); the work is in the
