@@ -160,3 +160,17 @@ def test_the_shard_size_is_read_in_gluster_units(monkeypatch, value, size):
     assert store_mod.probe_shard_size(None) == size  # type: ignore[arg-type]
     answers["features.shard"] = "off"
     assert store_mod.probe_shard_size(None) is None  # type: ignore[arg-type]
+
+
+def test_a_lookup_queued_when_the_last_watcher_leaves_is_not_made(client):
+    w = watch(client, BASE.bytes)
+    client.volume.gate.clear()  # the first lookup hangs
+    store_mod._on_upcall(client, PHANTOM, 0, store_mod.UP_FORGET)
+    time.sleep(0.05)
+    store_mod._on_upcall(client, SHARD3, 0, store_mod.UP_FORGET)  # queued behind it
+    with client.watch_lock:
+        client.watchers.clear()  # the LUN's cache closed meanwhile
+        client.ranges.clear()
+    client.volume.gate.set()
+    settle(client)
+    assert client.volume.looked_up == [PHANTOM] and w.events == []

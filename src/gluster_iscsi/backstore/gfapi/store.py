@@ -267,7 +267,9 @@ def _resolve_loop(client: _Client) -> None:
                 client.resolver = None
                 return
             gfid = client.unresolved.popleft()
-            vol = client.volume
+            vol = client.volume if client.watchers else None  # (none left: nothing to drop)
+        if vol is None:
+            continue  # (no lookup on a client with no cache: it may be finishing)
         for call in _placed(client, vol, gfid):
             call()
 
