@@ -579,9 +579,7 @@ class CachedStore(BackingStore):
         unless the cache thrashes, the miss would take a new chunk and is not the one in
         ``ADMIT_SAMPLE`` the sampling picks (then it counts as ``skipped``). Called for each
         miss only: a window is judged at the first miss past its end, so hits cost nothing."""
-        lookups = self.hits + self.misses
-        if lookups - self._w_lookups >= self._window:
-            self._judge(lookups)
+        self._judge_if_due()
         if not self.thrashing or streak or (offset >> self._shift) in self._chunks:
             return True  # (its chunk is cached: its units go in without evicting anything)
         x = (self._rand * 1103515245 + 12345) & 0x7FFFFFFF  # (an LCG: no call, no object)
@@ -591,10 +589,13 @@ class CachedStore(BackingStore):
         self.skipped += 1
         return False
 
-    def _judge(self, lookups: int) -> None:
-        """End a window: the cache thrashes if it is full (at its cap, or it evicted or was
-        refused in the window: the ledger's limit) and its hits were fewer than half the
-        misses that took, or would have taken, a new chunk."""
+    def _judge_if_due(self) -> None:
+        """End the window if it is over: the cache thrashes if it is full (at its cap, or it
+        evicted or was refused in the window: the ledger's limit) and its hits were fewer than
+        half the misses that took, or would have taken, a new chunk."""
+        lookups = self.hits + self.misses
+        if lookups - self._w_lookups < self._window:
+            return
         full = self.evictions + self._refused
         churn = full + self.skipped
         self.thrashing = ((self.bytes + self.chunk > self.capacity or full > self._w_full)
@@ -604,9 +605,7 @@ class CachedStore(BackingStore):
     def sampling(self) -> bool:
         """Whether misses are sampled now (for status): :attr:`thrashing`, with a window that
         ended in hits alone judged here (the miss that would judge it has not come)."""
-        lookups = self.hits + self.misses
-        if lookups - self._w_lookups >= self._window:
-            self._judge(lookups)
+        self._judge_if_due()
         return self.thrashing and self.enabled
 
     def _new_window(self, lookups: int) -> None:

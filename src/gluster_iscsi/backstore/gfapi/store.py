@@ -159,13 +159,10 @@ def probe_cache_invalidation(addr: GlusterAddress) -> float | None:
     so its ``features.cache-invalidation-timeout`` (the bricks notify only clients that
     touched the file within it). libgfapi has no call that tells: registering for upcalls
     succeeds on a volume that never sends any. None whenever it cannot be told."""
-    def get(key: str) -> str | None:
-        return _volume_option(addr, key)
-
-    if (get("features.cache-invalidation") or "").lower() not in ("on", "enable", "true", "yes"):
+    if not _volume_flag(addr, "features.cache-invalidation"):
         return None
     try:
-        return float(get("features.cache-invalidation-timeout") or 60)
+        return float(_volume_option(addr, "features.cache-invalidation-timeout") or 60)
     except ValueError:
         return 60.0
 
@@ -199,11 +196,15 @@ def _volume_option(addr: GlusterAddress, key: str) -> str | None:
     return None
 
 
+def _volume_flag(addr: GlusterAddress, key: str) -> bool:
+    """Whether a boolean volume option is on (False when it cannot be told)."""
+    return (_volume_option(addr, key) or "").lower() in ("on", "enable", "true", "yes")
+
+
 def probe_shard_size(addr: GlusterAddress) -> int | None:
     """The volume's shard size in bytes if ``features.shard`` is on (Gluster's ``64MB`` is
-    64 MiB), else None (also when it cannot be told). Replaceable for tests."""
-    if (_volume_option(addr, "features.shard") or "").lower() not in ("on", "enable", "true",
-                                                                      "yes"):
+    64 MiB), else None (also when it cannot be told)."""
+    if not _volume_flag(addr, "features.shard"):
         return None
     m = re.fullmatch(r"(\d+)\s*([KMGT]?)B?", (_volume_option(addr, "features.shard-block-size")
                                             or "").upper())
