@@ -69,6 +69,29 @@ def test_a_spin_without_work_runs_out_and_is_recorded():
     run(main())
 
 
+def test_the_spin_yields_the_cpu_on_every_turn_with_no_store_call_out(monkeypatch):
+    """A spin with nothing in flight still lets any thread ready on its CPU go first: on a
+    shared machine the bricks, libgfapi's threads and the initiator need that CPU."""
+    import os
+
+    yields = []
+    real = os.sched_yield
+    monkeypatch.setattr(os, "sched_yield", lambda: (yields.append(1), real())[1])
+
+    async def main():
+        a, b = socket.socketpair()
+        p = IdlePoller(asyncio.get_running_loop(), 0.002)  # no pools: nothing in flight
+        p.watch(a.fileno(), "conn")
+        p.kick()
+        await asyncio.sleep(0)
+        assert (p.spins, p.hits) == (1, 0)
+        p.close()
+        a.close(), b.close()
+
+    run(main())
+    assert len(yields) >= 1
+
+
 def test_the_spin_shrinks_to_nothing_when_work_comes_late_and_grows_back():
     async def main():
         p = IdlePoller(asyncio.get_running_loop(), 100e-6)
