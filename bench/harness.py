@@ -420,6 +420,39 @@ def storage_cpu() -> tuple[float, float]:
     return total, bricks
 
 
+def cache_counts(t: Target, lun: int) -> tuple[int, int] | None:
+    """(hits, misses) of our read cache on LUN ``lun`` (``lun list --json``), None if the
+    target is not ours or the LUN has no read cache (not gfapi, or ``--gfapi-cache 0``)."""
+    if not isinstance(t, OursTarget) or t.proc is None:
+        return None
+    try:
+        r = t.cli("lun", "list", "--json", check=False)
+        for x in json.loads(r.stdout or "[]"):
+            c = x.get("cache")
+            if x.get("lun") == lun and isinstance(c, dict) and c.get("enabled"):
+                return int(c["hits"]), int(c["misses"])
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+def hit_ratio(before: tuple[int, int] | None, after: tuple[int, int] | None) -> dict | None:
+    """The cache's hits and misses between two ``cache_counts`` (None if either is missing)."""
+    if before is None or after is None:
+        return None
+    hits, misses = after[0] - before[0], after[1] - before[1]
+    if hits < 0 or misses < 0 or hits + misses == 0:
+        return None  # (the cache was reset meanwhile, or nothing read through it)
+    return {"hits": hits, "misses": misses, "hit_ratio": hits / (hits + misses)}
+
+
+#: Workloads of ours on a gfapi LUN set against a job of fio's gfapi engine on the same volume
+#: in the same run (``ceilings``): the issue's "cold set within 10% of fio's gfapi engine".
+FIO_PAIRS = (("coldset-randread-4k-qd1", "randread-4k-qd1"),
+             ("randread-4k-qd1", "randread-4k-qd1"),
+             ("randread-4k-qd32", "randread-4k-qd32"))
+
+
 def measured(fn, t: Target, *a) -> Sample:
     """Run one client, note how much CPU the rest of the machine burnt meanwhile."""
     def me() -> float:
@@ -808,6 +841,7 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
             for t in ((ta,) if shared else (ta, tb)):
                 prefill(t, 60)
         results = []
+        caches: dict[str, dict] = {}  # workload -> side -> our read cache over its rounds
         for w in workloads:
             wr = WorkloadResult(w)
             counts = {}
@@ -843,6 +877,7 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
                         run_iscsi_perf(t, w, 1, bs[side])
                     else:
                         run_latclient(t, w, args.warmup, seed=99)
+            cache0 = {side: cache_counts(t, w.lun) for t, side in ((ta, "A"), (tb, "B"))}
             for r in range(args.rounds):
                 order = ((ta, "A"), (tb, "B"))
                 if args.order == "abba" and r % 2 == 1:
@@ -863,6 +898,9 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
                         log(f"  {w.name} {t.name()} round {r + 1}: ERROR {s.error}")
                     if t.proc is not None and t.proc.poll() is not None:
                         raise RuntimeError(f"{t.name()} died during {w.name}")
+            hits = {side: hit_ratio(cache0[side], cache_counts(t, w.lun))
+                    for t, side in ((ta, "A"), (tb, "B"))}
+            caches[w.name] = {side: h for side, h in hits.items() if h is not None}
             rs = wr.ratios()
             log(f"{label}: {w.name}: A {wr.summary('a').get('ops_s', 0):.0f} ops/s, "
                 f"B {wr.summary('b').get('ops_s', 0):.0f} ops/s, "
@@ -878,7 +916,8 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
                         "max": max(wr.ratios())} if wr.ratios() else None),
              "cpu_ratio": ({"median": statistics.median(wr.cpu_ratios()), "min": min(wr.cpu_ratios()),
                             "max": max(wr.cpu_ratios())} if wr.cpu_ratios() else None),
-             "samples": {"A": [s.__dict__ for s in wr.a], "B": [s.__dict__ for s in wr.b]}}
+             "samples": {"A": [s.__dict__ for s in wr.a], "B": [s.__dict__ for s in wr.b]},
+             "cache": caches.get(wr.workload.name) or None}
             for wr in results]
     except Exception as e:  # keep the other backends going, report the failure
         sec["error"] = f"{type(e).__name__}: {e}"
@@ -1096,6 +1135,7 @@ def render(report: dict) -> str:
             if any(max([w[x].get("other_cpu", 0) for x in "AB"] or [0]) > BG_DISTURBED for w in sec["workloads"]):
                 L.append(f"\n\\* bg CPU > {BG_DISTURBED}: other work competed for the CPUs during these runs; "
                          "the ops/s ratio is not trustworthy there (the CPU-per-GiB ratio holds up much better).")
+            L.extend(cache_lines(sec, report))
             errs = [(w["name"], s, w[s]["error"]) for w in sec["workloads"] for s in "AB" if "error" in w[s]]
             for name, s, e in errs:
                 L.append(f"- {name} {s}: {e.strip()[:200]}")
@@ -1115,6 +1155,35 @@ def render(report: dict) -> str:
                          f"{d['cpu_pct']:.2f} | {d['cpu_s']:.2f} / {d['window_s']:.0f} s |")
         L.append("")
     return "\n".join(L)
+
+
+def cache_lines(sec: dict, report: dict) -> list[str]:
+    """Below a backend's table: our read cache's hit ratio in each workload, and where B is
+    ours on gfapi, its random reads against fio's gfapi engine on the same volume."""
+    L: list[str] = []
+    rows = [(w["name"], side, w["cache"][side]) for w in sec["workloads"]
+            for side in "AB" if (w.get("cache") or {}).get(side)]
+    if rows:
+        L.append("- Read cache hit ratio of ours over the measured rounds: " + ", ".join(
+            f"{name} {side} {c['hit_ratio']:.2f}" for name, side, c in rows))
+    fio = report.get("ceilings", {}).get("fio", {}).get("gluster-gfapi", {})
+    if "gfapi" not in str(sec.get("backing_b", "")) or not fio or "error" in fio:
+        return L
+    by_name = {w["name"]: w for w in sec["workloads"]}
+    parts = []
+    for ours_name, fio_name in FIO_PAIRS:
+        w, f = by_name.get(ours_name), fio.get(fio_name, {})
+        ops = (w or {}).get("B", {}).get("ops_s")
+        if not ops or not f.get("ops_s"):
+            continue
+        hit = ((w or {}).get("cache") or {}).get("B")
+        parts.append(f"{ours_name} {ops / f['ops_s']:.2f} ({ops:,.0f} against fio {fio_name} "
+                     f"{f['ops_s']:,.0f} IOPS" + (f"; hit ratio {hit['hit_ratio']:.2f}" if hit else "")
+                     + ")")
+    if parts:
+        L.append("- B against fio's gfapi engine on the same volume in this run (fio in-process, "
+                 "no initiator or network round trip; QD32 with gfapi_async): " + "; ".join(parts))
+    return L
 
 
 def md_section(report: dict) -> str:

@@ -1,0 +1,75 @@
+"""The benchmark report's read-cache and fio lines (bench/harness.py), from saved results:
+they say what a run measured, so they are checked like code (no daemon, no Gluster)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+@functools.cache
+def harness():
+    """bench/harness.py under a name of its own. It imports its sibling ``targets`` by that
+    plain name, which another module of the suite (scripts/guest/targets.py) also has: the
+    import runs with bench/ first on the path and no ``targets`` loaded, and leaves both
+    ``sys.path`` and ``sys.modules`` as it found them."""
+    saved_path, saved = list(sys.path), sys.modules.pop("targets", None)
+    sys.path.insert(0, BENCH)
+    try:
+        spec = importlib.util.spec_from_file_location("bench_harness",
+                                                      os.path.join(BENCH, "harness.py"))
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["bench_harness"] = mod  # (its dataclasses look their module up there)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path[:] = saved_path
+        sys.modules.pop("targets", None)
+        if saved is not None:
+            sys.modules["targets"] = saved
+    return mod
+
+
+def test_hit_ratio_counts_only_what_was_read_between_the_two_snapshots():
+    h = harness()
+    assert h.hit_ratio((10, 90), (40, 150)) == {"hits": 30, "misses": 60, "hit_ratio": 30 / 90}
+    assert h.hit_ratio(None, (1, 1)) is None
+    assert h.hit_ratio((5, 5), (5, 5)) is None  # nothing read through the cache
+    assert h.hit_ratio((50, 50), (1, 2)) is None  # the cache was reset meanwhile
+
+
+def workload(name, ops_b, cache_b=None):
+    return {"name": name, "A": {"ops_s": 1.0}, "B": {"ops_s": ops_b},
+            "cache": {"B": cache_b} if cache_b else None}
+
+
+def test_ours_on_gfapi_is_set_against_fio_gfapi_engine_of_the_same_run():
+    h = harness()
+    sec = {"backing_b": "gfapi 127.0.0.1:vol/lun.img",
+           "workloads": [workload("coldset-randread-4k-qd1", 3000.0,
+                                  {"hits": 2, "misses": 98, "hit_ratio": 0.02}),
+                         workload("randread-4k-qd32", 9000.0),
+                         workload("seqread-256k-qd16", 500.0)]}
+    report = {"ceilings": {"fio": {"gluster-gfapi": {
+        "randread-4k-qd1": {"ops_s": 6000.0}, "randread-4k-qd32": {"ops_s": 12000.0}}}}}
+    lines = h.cache_lines(sec, report)
+    assert lines[0] == "- Read cache hit ratio of ours over the measured rounds: " \
+                       "coldset-randread-4k-qd1 B 0.02"
+    assert "coldset-randread-4k-qd1 0.50 (3,000 against fio randread-4k-qd1 6,000 IOPS; " \
+           "hit ratio 0.02)" in lines[1]
+    assert "randread-4k-qd32 0.75 (9,000 against fio randread-4k-qd32 12,000 IOPS)" in lines[1]
+    assert "seqread" not in lines[1]
+
+
+def test_no_fio_line_without_gfapi_or_without_fio():
+    h = harness()
+    wl = [workload("randread-4k-qd32", 9000.0)]
+    fio = {"ceilings": {"fio": {"gluster-gfapi": {"randread-4k-qd32": {"ops_s": 12000.0}}}}}
+    assert h.cache_lines({"backing_b": "file in /dev/shm/x", "workloads": wl}, fio) == []
+    assert h.cache_lines({"backing_b": "gfapi h:v/x", "workloads": wl}, {}) == []
+    assert h.cache_lines({"backing_b": "gfapi h:v/x", "workloads": wl},
+                         {"ceilings": {"fio": {"gluster-gfapi": {"error": "fio not installed"}}}}) == []
