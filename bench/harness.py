@@ -1173,10 +1173,10 @@ def cache_lines(sec: dict, report: dict) -> list[str]:
     parts = []
     for ours_name, fio_name in FIO_PAIRS:
         w, f = by_name.get(ours_name), fio.get(fio_name, {})
-        ops = (w or {}).get("B", {}).get("ops_s")
-        if not ops or not f.get("ops_s"):
+        ops = w["B"].get("ops_s") if w else None
+        if not w or not ops or not f.get("ops_s"):
             continue
-        hit = ((w or {}).get("cache") or {}).get("B")
+        hit = (w.get("cache") or {}).get("B")
         parts.append(f"{ours_name} {ops / f['ops_s']:.2f} ({ops:,.0f} against fio {fio_name} "
                      f"{f['ops_s']:,.0f} IOPS" + (f"; hit ratio {hit['hit_ratio']:.2f}" if hit else "")
                      + ")")

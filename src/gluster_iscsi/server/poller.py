@@ -116,18 +116,13 @@ class IdlePoller:
                 if poll(0):
                     self.hits += 1
                     return
-                # Spin politely: any thread ready on this CPU runs first. A store call out
-                # needs its worker (or libgfapi's threads) to get the CPU and the GIL at once;
-                # and on a small machine the initiator, the bricks and gfapi's threads share
-                # the CPUs with the loop: QD1 cold reads of a gfapi LUN (unpinned, 2 CPUs)
-                # made 0.90-0.99x of --poll-usecs 0 with a spin that yielded only for store
-                # calls, 1.00-1.04x with this, hits as fast as before (issue 19).
+                # (the yield, see above: QD1 cold gfapi reads, unpinned on 2 CPUs, made
+                # 0.90-0.99x of --poll-usecs 0 when only a store call out yielded, 1.00-1.04x)
                 os.sched_yield()
-                if pools:
-                    for p in pools:
-                        if p.has_done():
-                            self.hits += 1
-                            return
+                for p in pools:
+                    if p.has_done():
+                        self.hits += 1
+                        return
                 if clock() >= end:
                     break
         self.missed_at = start
