@@ -251,6 +251,64 @@ def test_a_client_with_its_own_translator_option_reads_and_writes_through_fuse(
 
 
 
+def _io_threads() -> set[int]:
+    """This process's client-side io-threads (libgfapi names them glfs_iotwrNNN)."""
+    out = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().startswith("glfs_iotwr"):
+                    out.add(int(tid))
+        except FileNotFoundError:  # (a thread that just ended)
+            pass
+    return out
+
+
+@pytest.mark.parametrize("given, most", [([], 1), ([("*-io-threads", "thread-count", "4")], 4)])
+def test_a_client_winds_through_as_many_io_threads_as_its_option_allows(
+    gluster_volume, store_factory, name, monkeypatch, given, most
+):
+    # The daemon's default client option (issue 19): one client-side io-thread, however many
+    # calls are in flight at once; a thread-count given with serve --gfapi-xlator-option
+    # replaces it (the second case shows the count is what limits them: 8 blocking reads at
+    # once spawn more than one). A client of its own: its two volfile servers are spelled
+    # differently per case, and no other test spells them so.
+    from gluster_iscsi.backstore.gfapi import store as gstore
+
+    if gluster_volume.host not in ("127.0.0.1", "::1"):
+        pytest.skip("needs the volume on this host (two spellings of it)")
+    monkeypatch.setattr(gstore, "CLIENT_XLATOR_OPTIONS", [])
+    gstore.set_client_xlator_options(given)
+    servers = "localhost,127.0.0.1" if given else "127.0.0.1,localhost"
+    before = _io_threads()
+    s = store_factory(f"gluster://{servers}/{gluster_volume.volume}/{name}",
+                      create_size=16 * MiB)
+    s.write(0, os.urandom(16 * MiB))
+    s.flush()
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def reader(i: int) -> None:
+        try:
+            start.wait()
+            buf = bytearray(4096)
+            for n in range(300):
+                s.read_into(((i * 7919 + n * 104729) % 4096) * 4096, memoryview(buf))
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    spawned = _io_threads() - before
+    assert 1 <= len(spawned) <= most
+    if most > 1:
+        assert len(spawned) > 1
+
+
 def test_read_only_store_refuses_writes_with_erofs(gluster_volume, store_factory, name):
     store_factory(gluster_volume.url(name), create_size=MiB).close()
     s = store_factory(gluster_volume.url(name), read_only=True)

@@ -142,7 +142,8 @@ def test_a_refused_translator_option_is_named_not_blamed_on_the_volume(monkeypat
     monkeypatch.setattr(store.gf, "Volume", _RefusingVolume)
     monkeypatch.setattr(store, "CLIENT_XLATOR_OPTIONS", [])
     store.set_client_xlator_options([("*-io-threads", "pass-through", "maybe")])
-    assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "pass-through", "maybe")]
+    assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "thread-count", "1"),
+                                           ("*-io-threads", "pass-through", "maybe")]
     with pytest.raises(BackingStoreError) as ei:
         store.GfapiStore("gluster://127.0.0.1/vol/f.img")
     assert ei.value.errno == errno.EINVAL
@@ -163,6 +164,22 @@ def test_xlator_options_replace_a_default_of_the_same_xlator_and_key(monkeypatch
                                            ("*-write-behind", "cache-size", "4MB")]
     store.set_client_xlator_options([("*-io-threads", "pass-through", "false")])
     assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "pass-through", "false")]
+
+
+def test_the_default_client_options_give_one_io_thread_and_a_given_count_replaces_it(
+    monkeypatch,
+):
+    # serve with no --gfapi-xlator-option: one client-side io-thread (issue 19); one
+    # given for the same translator and key is the only one the client gets.
+    from gluster_iscsi.backstore.gfapi import store
+
+    monkeypatch.setattr(store, "CLIENT_XLATOR_OPTIONS", [])
+    store.set_client_xlator_options([])
+    assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "thread-count", "1")]
+    store.set_client_xlator_options([("*-io-threads", "thread-count", "32"),
+                                     ("*-write-behind", "cache-size", "4MB")])
+    assert store.CLIENT_XLATOR_OPTIONS == [("*-io-threads", "thread-count", "32"),
+                                           ("*-write-behind", "cache-size", "4MB")]
 
 
 def test_gfapi_error_is_a_backing_store_error_with_errno_and_path():

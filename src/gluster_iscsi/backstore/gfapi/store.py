@@ -103,18 +103,38 @@ IDLE_LINGER_SECONDS: float | None = None
 
 #: Translator options every new client gets before glfs_init, ``(xlator glob, key, value)``,
 #: on top of the volume's own (they change this process's graph only, not the volume).
-#: None by default. A larger write-behind window (``*-write-behind:cache-size=4MB``; the
-#: volume's ``performance.write-behind-window-size`` defaults to 1MB) keeps more writes in
-#: flight, which cost the bricks ~9% less CPU each: 4 KiB random writes at QD32 1.13-1.16x,
-#: but cold 4 KiB random reads at QD32 0.96-0.98x (2MB: writes 1.09x, reads 0.93x), so it is
-#: an option for write-heavy LUNs, not a default (BENCHMARKS.md "Stop 24: gfapi write CPU").
-#: Durability would not change: FUA and SYNCHRONIZE CACHE call glfs_fsync/fdatasync, which
-#: flush the window. io-threads pass-through (``*-io-threads:pass-through=true``: no hop
-#: through the client-side io-threads of the gluster-block profile) measured 4 KiB reads
-#: 1.14x at QD32 with 9% less daemon CPU, but 4 KiB writes 0.83x at QD32 (issue 19).
+#:
+#: The default: one client-side io-thread (``*-io-threads:thread-count=1``) where the volume's
+#: profile has them (gluster-block: ``performance.client-io-threads on``, 32 threads). They
+#: are there for FUSE, whose one reader thread would otherwise wind every fop down the graph
+#: itself. Here the event loop is the only caller of the asynchronous calls, and with 32
+#: threads each of its calls woke a sleeping one: half of the loop's time in
+#: ``glfs_pread_async`` went to ``pthread_cond_signal`` and the preemption that follows
+#: (``perf``, cold 4 KiB reads at QD32). One thread is usually awake with work queued, so most
+#: calls only append to its queue; it still lets the wind of one call (write-behind, shard,
+#: AFR, the RPC) overlap the loop's work on the next. Measured (issue 19, BENCHMARKS.md
+#: "Stop 28"): cold 4 KiB reads at QD32 1.20-1.23x with 17% less daemon CPU a read, 0.91-0.94x
+#: of fio's gfapi engine on the same file (0.71-0.76x before); 2 threads 1.07-1.10x; QD1
+#: unchanged; unpinned writes 1.03-1.20x; pinned, every workload 0.96-1.05x. Nothing in the
+#: graph waits inside an io-thread (the translators below it wind and return), so one cannot
+#: hold up another fop. ``serve --gfapi-xlator-option '*-io-threads:thread-count=32'`` gives
+#: the volume's count back; a volume without client io-threads ignores it.
+#:
+#: Tried, and options rather than defaults: a larger write-behind window
+#: (``*-write-behind:cache-size=4MB``; the volume's ``performance.write-behind-window-size``
+#: defaults to 1MB) keeps more writes in flight, which cost the bricks ~9% less CPU each: 4 KiB
+#: random writes at QD32 1.13-1.16x, but cold 4 KiB random reads at QD32 0.96-0.98x (2MB:
+#: writes 1.09x, reads 0.93x), so it is an option for write-heavy LUNs (BENCHMARKS.md "Stop
+#: 24: gfapi write CPU"). Durability would not change: FUA and SYNCHRONIZE CACHE call
+#: glfs_fsync/fdatasync, which flush the window. io-threads pass-through
+#: (``*-io-threads:pass-through=true``: no io-threads at all, the loop winds down to the
+#: RPC itself) measured 4 KiB reads 1.14x at QD32 with 9% less daemon CPU, but 4 KiB writes
+#: 0.83x at QD32 (issue 19).
 #: Options a volume's translators do not know are ignored by gfapi; a value one refuses
 #: fails glfs_init with EINVAL.
-DEFAULT_CLIENT_XLATOR_OPTIONS: tuple[tuple[str, str, str], ...] = ()
+DEFAULT_CLIENT_XLATOR_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("*-io-threads", "thread-count", "1"),
+)
 CLIENT_XLATOR_OPTIONS: list[tuple[str, str, str]] = list(DEFAULT_CLIENT_XLATOR_OPTIONS)
 
 
