@@ -301,9 +301,10 @@ Exit status:
                    "the volume's 1MB, cheaper random writes, slightly slower cold reads); "
                    "repeatable. "
                    "A value a translator refuses makes the LUN fail to open. Default: "
-                   "'*-io-threads:thread-count=1' (one client-side io-thread, where the volume "
-                   "has them: the event loop is their only caller; give "
-                   "'*-io-threads:thread-count=32' for the volume's own).")
+                   "'*-io-threads:thread-count=1' when the daemon may run on two CPUs or more "
+                   "(one client-side io-thread, where the volume has them: the event loop is "
+                   "their only caller; give '*-io-threads:thread-count=32' for the volume's "
+                   "own), none on one CPU.")
 @click.option("--gfapi-write-piece", metavar="SIZE", callback=_write_piece,
               help="Hand the bricks a buffered write to a gluster:// backing in pieces of at "
                    "most SIZE (a multiple of 4KiB), e.g. 128KiB as a FUSE mount does: 4 KiB "

@@ -104,21 +104,24 @@ IDLE_LINGER_SECONDS: float | None = None
 #: Translator options every new client gets before glfs_init, ``(xlator glob, key, value)``,
 #: on top of the volume's own (they change this process's graph only, not the volume).
 #:
-#: The default: one client-side io-thread (``*-io-threads:thread-count=1``) where the volume's
-#: profile has them (gluster-block: ``performance.client-io-threads on``, 32 threads). They
-#: are there for FUSE, whose one reader thread would otherwise wind every fop down the graph
-#: itself. Here the event loop is the only caller of the asynchronous calls, and with 32
-#: threads each of its calls woke a sleeping one: half of the loop's time in
-#: ``glfs_pread_async`` went to ``pthread_cond_signal`` and the preemption that follows
-#: (``perf``, cold 4 KiB reads at QD32). One thread is usually awake with work queued, so most
-#: calls only append to its queue; it still lets the wind of one call (write-behind, shard,
-#: AFR, the RPC) overlap the loop's work on the next. Measured (issue 19, BENCHMARKS.md
-#: "Stop 28"): cold 4 KiB reads at QD32 1.20-1.23x with 17% less daemon CPU a read, 0.91-0.94x
-#: of fio's gfapi engine on the same file (0.71-0.76x before); 2 threads 1.07-1.10x; QD1
-#: unchanged; unpinned writes 1.03-1.20x; pinned, every workload 0.96-1.05x. Nothing in the
-#: graph waits inside an io-thread (the translators below it wind and return), so one cannot
-#: hold up another fop. ``serve --gfapi-xlator-option '*-io-threads:thread-count=32'`` gives
-#: the volume's count back; a volume without client io-threads ignores it.
+#: The default, where this process may run on two CPUs or more: one client-side io-thread
+#: (``*-io-threads:thread-count=1``) where the volume's profile has them (gluster-block:
+#: ``performance.client-io-threads on``, 32 threads). They are there for FUSE, whose one
+#: reader thread would otherwise wind every fop down the graph itself. Here the event loop is
+#: the only caller of the asynchronous calls, and with 32 threads each of its calls woke a
+#: sleeping one: half of the loop's time in ``glfs_pread_async`` went to
+#: ``pthread_cond_signal`` and the preemption that follows (``perf``, cold 4 KiB reads at
+#: QD32). One thread is usually awake with work queued, so most calls only append to its
+#: queue, and its wind (write-behind, shard, AFR, the RPC) still overlaps the loop's work on
+#: another CPU. Measured on 2 CPUs, unpinned (issue 19, BENCHMARKS.md "Stop 28"): cold 4 KiB
+#: reads at QD32 1.20-1.23x with 17% less daemon CPU a read, 0.91-0.94x of fio's gfapi engine
+#: on the same file (0.71-0.76x before); 2 threads 1.07-1.10x; QD1 reads unchanged; writes
+#: 0.93-1.20x. On one CPU there is nothing to overlap, and QD1 4 KiB writes cost 1.21x the
+#: CPU (gfapi's event threads used twice theirs a write), so a daemon confined to one CPU
+#: keeps the volume's count. The translators below io-threads wind and return: an io-thread
+#: never waits for a reply, so one cannot hold up another fop.
+#: ``serve --gfapi-xlator-option '*-io-threads:thread-count=32'`` gives the volume's count
+#: back; a volume without client io-threads ignores the option.
 #:
 #: Tried, and options rather than defaults: a larger write-behind window
 #: (``*-write-behind:cache-size=4MB``; the volume's ``performance.write-behind-window-size``
@@ -132,17 +135,30 @@ IDLE_LINGER_SECONDS: float | None = None
 #: 0.83x at QD32 (issue 19).
 #: Options a volume's translators do not know are ignored by gfapi; a value one refuses
 #: fails glfs_init with EINVAL.
+
+
 DEFAULT_CLIENT_XLATOR_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("*-io-threads", "thread-count", "1"),
 )
-CLIENT_XLATOR_OPTIONS: list[tuple[str, str, str]] = list(DEFAULT_CLIENT_XLATOR_OPTIONS)
+
+
+def default_client_xlator_options() -> tuple[tuple[str, str, str], ...]:
+    """The defaults above for the CPUs this process may run on now: none on one CPU."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = os.cpu_count() or 1
+    return DEFAULT_CLIENT_XLATOR_OPTIONS if cpus > 1 else ()
+
+
+CLIENT_XLATOR_OPTIONS: list[tuple[str, str, str]] = list(default_client_xlator_options())
 
 
 def set_client_xlator_options(options: list[tuple[str, str, str]]) -> None:
     """The defaults with ``options`` on top (one for the same xlator and key replaces the
     default's), for the clients made from now on (``serve --gfapi-xlator-option``)."""
     given = {(x, k) for x, k, _ in options}
-    CLIENT_XLATOR_OPTIONS[:] = [o for o in DEFAULT_CLIENT_XLATOR_OPTIONS
+    CLIENT_XLATOR_OPTIONS[:] = [o for o in default_client_xlator_options()
                                 if (o[0], o[1]) not in given] + list(options)
 
 
