@@ -116,6 +116,9 @@ def status(as_json: bool) -> None:
             how = f"asynchronous libgfapi calls ({gfa['calls']} so far)"
         else:
             how = "asynchronous libgfapi calls (from the first gluster:// command)"
+        opts = gfa.get("client_options")
+        if opts:
+            how += f"; client options {' '.join(opts)}"
         click.echo(f"gfapi I/O: {how}")
     rc = info.get("read_cache")
     if rc and rc.get("luns"):
