@@ -109,13 +109,13 @@ IDLE_LINGER_SECONDS: float | None = None
 #: ``performance.client-io-threads on``, 32 threads). They are there for FUSE, whose one
 #: reader thread would otherwise wind every fop down the graph itself. Here the event loop is
 #: the only caller of the asynchronous calls, and with 32 threads each of its calls woke a
-#: sleeping one: half of the loop's time in ``glfs_pread_async`` went to
+#: sleeping one: a third of the loop's time went to ``glfs_pread_async``, most of it in
 #: ``pthread_cond_signal`` and the preemption that follows (``perf``, cold 4 KiB reads at
 #: QD32). One thread is usually awake with work queued, so most calls only append to its
 #: queue, and its wind (write-behind, shard, AFR, the RPC) still overlaps the loop's work on
 #: another CPU. Measured on 2 CPUs, unpinned (issue 19, BENCHMARKS.md "Stop 28"): cold 4 KiB
-#: reads at QD32 1.20-1.23x with 17% less daemon CPU a read, 0.91-0.94x of fio's gfapi engine
-#: on the same file (0.71-0.76x before); 2 threads 1.07-1.10x; QD1 reads unchanged; writes
+#: reads at QD32 1.20-1.23x with 17% less daemon CPU a read, 0.85-0.94x of fio's gfapi engine
+#: on the same file (0.69-0.76x before); 2 threads 1.07-1.10x; QD1 reads unchanged; writes
 #: 0.93-1.20x. On one CPU there is nothing to overlap, and QD1 4 KiB writes cost 1.21x the
 #: CPU (gfapi's event threads used twice theirs a write), so a daemon confined to one CPU
 #: keeps the volume's count. The translators below io-threads wind and return: an io-thread
