@@ -140,6 +140,7 @@ def test_a_refused_translator_option_is_named_not_blamed_on_the_volume(monkeypat
     from gluster_iscsi.backstore.gfapi import store
 
     monkeypatch.setattr(store.gf, "Volume", _RefusingVolume)
+    monkeypatch.setattr(store, "_unreachable", lambda server: None)  # (glusterd up or not)
     monkeypatch.setattr(store, "CLIENT_XLATOR_OPTIONS", [])
     monkeypatch.setattr(store.os, "sched_getaffinity", lambda pid: {0, 1})
     store.set_client_xlator_options([("*-io-threads", "pass-through", "maybe")])
