@@ -269,9 +269,9 @@ def test_a_client_winds_through_as_many_io_threads_as_its_option_allows(
     gluster_volume, store_factory, name, monkeypatch, given, most
 ):
     # The daemon's default client option on two CPUs or more (issue 19): one client-side
-    # io-thread, however many calls are in flight at once; a thread-count given with serve --gfapi-xlator-option
-    # replaces it (the second case shows the count is what limits them: 8 blocking reads at
-    # once spawn more than one). A client of its own: its two volfile servers are spelled
+    # io-thread, however many calls are in flight at once; a thread-count given with
+    # serve --gfapi-xlator-option replaces it (the second case shows the count is what limits
+    # them: 8 blocking reads at once spawn more than one). A client of its own: its two volfile servers are spelled
     # differently per case, and no other test spells them so.
     from gluster_iscsi.backstore.gfapi import store as gstore
 

@@ -612,7 +612,7 @@ class ControlServer:
     def _gfapi_async(self) -> dict[str, Any]:
         """Whether gfapi LUNs' reads and writes are asynchronous libgfapi calls, and how many;
         the translator options the daemon's Gluster clients get (defaults included)."""
-        from ..backstore.gfapi.store import CLIENT_XLATOR_OPTIONS
+        from ..backstore.gfapi.store import client_xlator_option_texts
         from ..server.gfaio import supported
 
         calls = self.daemon.gfaio_calls
@@ -621,7 +621,7 @@ class ControlServer:
             "supported": supported(),  # the C module is built
             "in_use": calls is not None,
             "calls": calls or 0,
-            "client_options": [f"{x}:{k}={v}" for x, k, v in CLIENT_XLATOR_OPTIONS],
+            "client_options": client_xlator_option_texts(),
         }
 
     # ------------------------------------------------------------------ the group

@@ -115,7 +115,7 @@ IDLE_LINGER_SECONDS: float | None = None
 #: queue, and its wind (write-behind, shard, AFR, the RPC) still overlaps the loop's work on
 #: another CPU. Measured on 2 CPUs, unpinned (issue 19, BENCHMARKS.md "Stop 28"): cold 4 KiB
 #: reads at QD32 1.20-1.23x with 17% less daemon CPU a read, 0.85-0.94x of fio's gfapi engine
-#: on the same file (0.69-0.76x before); 2 threads 1.07-1.10x; QD1 reads unchanged; writes
+#: on the same file (0.69-0.76x before); 2 threads 0.80-0.89x of one; QD1 reads unchanged; writes
 #: 0.93-1.20x. On one CPU there is nothing to overlap, and QD1 4 KiB writes cost 1.21x the
 #: CPU (gfapi's event threads used twice theirs a write), so a daemon confined to one CPU
 #: keeps the volume's count. The translators below io-threads wind and return: an io-thread
@@ -152,6 +152,11 @@ def default_client_xlator_options() -> tuple[tuple[str, str, str], ...]:
 
 
 CLIENT_XLATOR_OPTIONS: list[tuple[str, str, str]] = list(default_client_xlator_options())
+
+
+def client_xlator_option_texts() -> list[str]:
+    """The options new clients get, as ``serve --gfapi-xlator-option`` spells them."""
+    return [f"{x}:{k}={v}" for x, k, v in CLIENT_XLATOR_OPTIONS]
 
 
 def set_client_xlator_options(options: list[tuple[str, str, str]]) -> None:
@@ -440,7 +445,7 @@ def _init_error(addr: GlusterAddress, err: gf.GfapiError) -> BackingStoreError:
     if err.errno == errno.EINVAL and CLIENT_XLATOR_OPTIONS:
         # (an option value a translator rejects fails glfs_init with EINVAL; unknown keys
         # are ignored)
-        given = ", ".join(f"{x}:{k}={v}" for x, k, v in CLIENT_XLATOR_OPTIONS)
+        given = ", ".join(client_xlator_option_texts())
         return BackingStoreError(
             errno.EINVAL,
             f"the Gluster client of volume {addr.volume} refused its translator options"
