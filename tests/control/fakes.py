@@ -158,6 +158,10 @@ class FakeDaemon:
 
     write_behind = 0
 
+    def scheduling_status(self) -> dict[str, Any]:
+        return {"gfapi_event_threads": "batch", "gfapi_event_threads_by_policy": {},
+                "refused": None}
+
     def write_behind_status(self, lu: Any) -> dict[str, Any]:
         return {"enabled": False, "state": "off (--write-behind 0)", "window": 0}
 

@@ -326,6 +326,30 @@ def gfapi_async_status(d: Daemon) -> dict:
     return json.loads(r.stdout)["gfapi_async"]
 
 
+def gfapi_thread_policies(d: Daemon, want: str, timeout: float = 15) -> tuple[dict, dict]:
+    """libgfapi's threads' policies, as status says and as /proc says (read from outside),
+    once every event thread is under ``want`` (the daemon moves new ones every 5 s)."""
+    deadline = time.monotonic() + timeout
+    expect = {"batch": os.SCHED_BATCH, "normal": os.SCHED_OTHER}[want]
+    while True:
+        info = json.loads(d.cli("status", "--json").stdout)
+        pid, seen = info["pid"], {"epoll": set(), "other glfs": set()}
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    name = f.read()
+                if name.startswith("glfs_"):
+                    kind = "epoll" if name.startswith("glfs_epoll") else "other glfs"
+                    seen[kind].add(os.sched_getscheduler(int(tid)))
+            except OSError:  # ended meanwhile
+                continue
+        said = list(info["scheduling"]["gfapi_event_threads_by_policy"])
+        if (seen["epoll"] == {expect} and said == [want]) or time.monotonic() > deadline:
+            seen["main"] = {os.sched_getscheduler(pid)}
+            return info["scheduling"], seen
+        time.sleep(0.5)
+
+
 def test_gfapi_reads_and_writes_are_asynchronous_calls_and_the_workers_still_do_them(
         gw, block_volume, tmp_path):
     """The default daemon reads and writes its gfapi LUN as libgfapi's asynchronous calls
@@ -350,9 +374,17 @@ def test_gfapi_reads_and_writes_are_asynchronous_calls_and_the_workers_still_do_
     # the clients' translator options: one io-thread where the daemon may use two CPUs
     one = ["*-io-threads:thread-count=1"] if len(os.sched_getaffinity(0)) > 1 else []
     assert after["client_options"] == one, after
+    # libgfapi's event threads under SCHED_BATCH; its io-threads and the event loop normal
+    sched, seen = gfapi_thread_policies(gw, "batch")
+    assert seen == {"epoll": {os.SCHED_BATCH}, "other glfs": {os.SCHED_OTHER},
+                    "main": {os.SCHED_OTHER}}, seen
+    assert sched["gfapi_event_threads"] == "batch" and sched["refused"] is None, sched
+    assert list(sched["gfapi_event_threads_by_policy"]) == ["batch"], sched
+    assert "libgfapi event threads: " in gw.cli("status").stdout
 
     d = Daemon(tmp_path / "workers", extra=["--io-timeout", str(IO_TIMEOUT), "--nop-interval",
-                                            "0", "--no-gfapi-async"])
+                                            "0", "--no-gfapi-async", "--gfapi-sched-policy",
+                                            "keep"])
     d.start()
     try:
         r = d.cli("--timeout", "90", "lun", "create", DEMO_IQN,
@@ -363,6 +395,11 @@ def test_gfapi_reads_and_writes_are_asynchronous_calls_and_the_workers_still_do_
         st = gfapi_async_status(d)
         assert not st["enabled"] and not st["in_use"] and st["calls"] == 0, st
         assert st["client_options"] == one, st
+        sched, seen = gfapi_thread_policies(d, "normal", timeout=6)  # two sweeps' time
+        assert seen == {"epoll": {os.SCHED_OTHER}, "other glfs": {os.SCHED_OTHER},
+                        "main": {os.SCHED_OTHER}}, seen
+        assert sched["gfapi_event_threads"] == "keep", sched
+        assert list(sched["gfapi_event_threads_by_policy"]) == ["normal"], sched
         assert "worker threads (--no-gfapi-async)" in d.cli("status").stdout
     finally:
         rc = d.stop()

@@ -120,6 +120,14 @@ def status(as_json: bool) -> None:
         if opts:
             how += f"; client options {' '.join(opts)}"
         click.echo(f"gfapi I/O: {how}")
+    sched = info.get("scheduling")
+    if sched and sched.get("gfapi_event_threads_by_policy"):
+        counts = ", ".join(f"{n} {p}"
+                           for p, n in sorted(sched["gfapi_event_threads_by_policy"].items()))
+        click.echo(f"libgfapi event threads: {counts} "
+                   f"(--gfapi-sched-policy {sched['gfapi_event_threads']})"
+                   + (f"; the kernel refused batch: {sched['refused']}" if sched.get("refused")
+                      else ""))
     rc = info.get("read_cache")
     if rc and rc.get("luns"):
         from ..backstore.cache import summary_line

@@ -251,6 +251,14 @@ Exit status:
               type=click.FloatRange(0, 100000),
               help="Microseconds to poll for the next request after answering one, before the "
                    "event loop sleeps: lower latency at queue depth 1 for a little CPU (0: off).")
+@click.option("--gfapi-sched-policy", "gfapi_sched", default="batch", show_default=True,
+              type=click.Choice(["batch", "keep"]),
+              help="batch: run libgfapi's event threads (glfs_epoll*) under SCHED_BATCH, so "
+                   "one a brick's reply wakes waits for the running thread to block instead of "
+                   "preempting it, and then finds more replies: fewer context switches a "
+                   "command on gluster:// LUNs (cold 4 KiB reads at QD32 1.15-1.38x, 4 KiB "
+                   "writes at QD32 1.06-1.15x). A policy set from outside (chrt) is kept. "
+                   "keep: leave them as started.")
 @click.option("--uvloop/--no-uvloop", default=True, show_default=True,
               help="Use uvloop's event loop when it is installed.")
 @click.option("--io-uring/--no-io-uring", "io_uring", default=True, show_default=True,
@@ -326,7 +334,8 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
           max_prelogin_per_host: int | None, memory_budget: int | None,
           gfapi_cache: int | None, metrics_listen: str | None = None,
           xlator_options: list[tuple[str, str, str]] | None = None,
-          write_behind: int | None = None, gfapi_write_piece: int | None = None) -> None:
+          write_behind: int | None = None, gfapi_write_piece: int | None = None,
+          gfapi_sched: str = "batch") -> None:
     """Run the iSCSI target daemon in the foreground."""
     from ..backstore.gfapi import store as gfapi_store
     from ..logs import configure
@@ -367,7 +376,8 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
                                         "memory_budget": memory_budget,
                                         "gfapi_cache": gfapi_cache,
                                         "write_behind": write_behind,
-                                        "gfapi_async": int(gfapi_async)}, metrics))
+                                        "gfapi_async": int(gfapi_async)}, metrics,
+                             gfapi_sched))
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
@@ -429,7 +439,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
                  demo: bool, nop_interval: float, io_timeout: float = 60.0,
                  poll_usecs: float = 100.0, io_uring: bool = True,
                  limits: dict[str, int | None] | None = None,
-                 metrics: tuple[str, int] | None = None) -> int:
+                 metrics: tuple[str, int] | None = None, gfapi_sched: str = "batch") -> int:
     """Start in this order: targets and LUNs, the control socket, the portals. A failure at
     any step undoes every earlier one (no listener, no control socket, no open store)."""
     from .. import DATA_PATH_MODULES, compiled_modules
@@ -457,7 +467,8 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
                     max_connections_per_host=limits.get("max_connections_per_host"),
                     memory_budget=limits.get("memory_budget"),
                     gfapi_async=limits.get("gfapi_async", 1) != 0,
-                    write_behind=_write_behind_or_default(limits.get("write_behind")))
+                    write_behind=_write_behind_or_default(limits.get("write_behind")),
+                    gfapi_sched=gfapi_sched)
     lim = daemon.limits
     log.info("connections: at most %d, %d per address, %d not logged in, %d of those per address",
              lim.max_connections, lim.max_connections_per_host, lim.max_prelogin,

@@ -547,6 +547,7 @@ class ControlServer:
             "epoch": cfg["epoch"],
             "io_uring": self._io_uring(),
             "gfapi_async": self._gfapi_async(),
+            "scheduling": self.daemon.scheduling_status(),
             "memory": self._memory(),
             "connections": self._connections(),
             "group": self._group_summary(cfg),

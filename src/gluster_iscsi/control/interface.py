@@ -98,6 +98,9 @@ class DaemonControl(Protocol):
     def gfaio_calls(self) -> int | None:
         """Reads and writes started as asynchronous gfapi calls; None: not in use (yet)."""
 
+    def scheduling_status(self) -> dict[str, Any]:
+        """libgfapi's event threads' CPU scheduling (``serve --gfapi-sched-policy``), for status."""
+
     @property
     def budget(self) -> Budget: ...
 

@@ -34,6 +34,7 @@ from .group import GroupMember
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
 from .runner import LAT_BUCKETS, LAT_SHIFT, WRITE_BEHIND_DEFAULT, Runner, lu_state
+from .scheduling import GfapiThreads
 from .uring import Ring
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class Daemon:
         memory_budget: int | None = None,
         session_share: int | None = None,
         write_behind: int = WRITE_BEHIND_DEFAULT,
+        gfapi_sched: str = "batch",
     ) -> None:
         self.state_dir = Path(state_dir)
         self.registry = TargetRegistry()
@@ -163,6 +165,9 @@ class Daemon:
         # The pool keeps at most an eighth of the budget for reuse, and less once idle.
         POOL.max_retained = self.budget.limit // 8
         self._trim_timer: asyncio.TimerHandle | None = None
+        #: libgfapi's event threads under SCHED_BATCH (``scheduling.py``, ``serve
+        #: --gfapi-sched-policy``), swept with the trim every POOL_TRIM_INTERVAL
+        self.gfapi_threads = GfapiThreads(gfapi_sched)
         #: Connections closed since the last collection of cyclic garbage (``_trim_pool``).
         self._closed_since_gc = 0
         _fix_malloc_thresholds()
@@ -187,6 +192,9 @@ class Daemon:
         #: active/non-optimized: this gateway's listener and its sender
         self.ship_server: Any = None
         self.shipper: Any = None
+
+    def scheduling_status(self) -> dict[str, Any]:
+        return self.gfapi_threads.summary()
 
     @property
     def poller(self) -> IdlePoller:
@@ -257,6 +265,9 @@ class Daemon:
         refer to each other, so they wait for Python's oldest-generation collection, which
         runs rarely in a daemon whose objects live long: after connections closed, collect
         them here (a few ms, at most once per interval), then give the heap back."""
+        # (the same timer: libgfapi's event threads started since, by a LUN opened, go under
+        # the batch policy)
+        self.gfapi_threads.sweep()
         freed = POOL.trim()
         if self._closed_since_gc:
             self._closed_since_gc = 0
