@@ -118,3 +118,30 @@ def test_a_thread_that_ended_meanwhile_is_skipped(monkeypatch):
 def test_threads_are_found_by_name():
     assert os.getpid() in scheduling.threads("")  # the main thread's tid is the pid
     assert scheduling.threads("no-such-thread-name") == []
+
+
+@pytest.mark.parametrize("loaded", [True, False])
+def test_the_daemon_sweeps_on_its_trim_timer_only_once_libgfapi_is_loaded(tmp_path, monkeypatch,
+                                                                          loaded):
+    import asyncio
+
+    from gluster_iscsi.server.daemon import Daemon
+
+    if loaded:
+        monkeypatch.setitem(sys.modules, scheduling.GFAPI_BINDING, sys.modules[__name__])
+    else:
+        monkeypatch.delitem(sys.modules, scheduling.GFAPI_BINDING, raising=False)
+    sweeps: list[int] = []
+
+    async def main() -> None:
+        d = Daemon(tmp_path)
+        assert d.gfapi_threads.choice == "batch"  # what serve gives it by default
+        monkeypatch.setattr(d.gfapi_threads, "sweep", lambda: sweeps.append(1) or 0)
+        try:
+            d._trim_pool()
+            d._trim_pool()
+        finally:
+            await d.stop()
+
+    asyncio.run(main())
+    assert len(sweeps) == (2 if loaded else 0)

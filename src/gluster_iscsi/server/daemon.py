@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +35,7 @@ from .group import GroupMember
 from .iopool import IoPool
 from .poller import IdlePoller, Pool
 from .runner import LAT_BUCKETS, LAT_SHIFT, WRITE_BEHIND_DEFAULT, Runner, lu_state
-from .scheduling import GfapiThreads
+from .scheduling import GFAPI_BINDING, GfapiThreads
 from .uring import Ring
 
 log = logging.getLogger(__name__)
@@ -266,8 +267,9 @@ class Daemon:
         runs rarely in a daemon whose objects live long: after connections closed, collect
         them here (a few ms, at most once per interval), then give the heap back."""
         # (the same timer: libgfapi's event threads started since, by a LUN opened, go under
-        # the batch policy)
-        self.gfapi_threads.sweep()
+        # the batch policy; a daemon that never loaded libgfapi has none to look for)
+        if GFAPI_BINDING in sys.modules:
+            self.gfapi_threads.sweep()
         freed = POOL.trim()
         if self._closed_since_gc:
             self._closed_since_gc = 0

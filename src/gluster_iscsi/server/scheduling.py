@@ -41,6 +41,10 @@ CHOICES = ("batch", "keep")
 #: ``glfs_...``: glfs_epoll000, glfs_iotwr000, glfs_timer ...).
 GFAPI_THREAD_PREFIX = "glfs_epoll"
 
+#: The module every Gluster client of this process goes through: until it is imported there
+#: are no event threads to look for (a sweep lists every thread: ~6 us each).
+GFAPI_BINDING = "gluster_iscsi.backstore.gfapi._binding"
+
 _NAMES = {
     os.SCHED_OTHER: "normal",
     os.SCHED_BATCH: "batch",
