@@ -84,20 +84,21 @@ def test_an_unknown_choice_is_refused():
 def test_a_refusal_is_said_once_and_ends_the_sweeps(monkeypatch, caplog):
     calls: list[int] = []
 
-    def refuse(tid: int, policy: int, param: object) -> None:
+    def refuse_the_second(tid: int, policy: int, param: object) -> None:
         calls.append(tid)
-        raise PermissionError(1, "Operation not permitted")
+        if tid == 12:
+            raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(scheduling, "threads", lambda: [11, 12])
+    monkeypatch.setattr(scheduling, "threads", lambda: [11, 12, 13])
     monkeypatch.setattr(scheduling, "policy_name", lambda tid=0: "normal")
-    monkeypatch.setattr(scheduling.os, "sched_setscheduler", refuse)
+    monkeypatch.setattr(scheduling.os, "sched_setscheduler", refuse_the_second)
     gt = scheduling.GfapiThreads()
     with caplog.at_level(logging.WARNING, logger="gluster_iscsi"):
+        assert gt.sweep() == 1  # the first one moved before the refusal
         assert gt.sweep() == 0
-        assert gt.sweep() == 0
-    assert calls == [11]
-    assert gt.refused == "Operation not permitted"
-    assert caplog.text.count("cannot put libgfapi's event threads under the batch policy") == 1
+    assert calls == [11, 12]  # none after the refusal, in this sweep or the next
+    assert gt.refused == "Operation not permitted" and gt.moved == 1
+    assert caplog.text.count("cannot put libgfapi's event threads under the batch") == 1
 
 
 def test_a_thread_that_ended_meanwhile_is_skipped(monkeypatch):

@@ -113,9 +113,9 @@ class GfapiThreads:
                 continue
             except OSError as exc:
                 self.refused = exc.strerror or str(exc)
-                log.warning("scheduling: cannot put libgfapi's event threads under the batch policy "
-                            "(%s); they keep the normal one", self.refused)
-                return moved
+                log.warning("scheduling: cannot put libgfapi's event threads under the batch "
+                            "policy (%s); the rest keep the normal one", self.refused)
+                break
             moved += 1
         self.moved += moved
         return moved
