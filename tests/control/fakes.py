@@ -158,6 +158,12 @@ class FakeDaemon:
 
     write_behind = 0
 
+    #: how many times reconcile said stores were opened
+    stores_opened_calls = 0
+
+    def stores_opened(self) -> None:
+        self.stores_opened_calls += 1
+
     def scheduling_status(self) -> dict[str, Any]:
         return {"gfapi_event_threads": "batch", "gfapi_event_threads_by_policy": {},
                 "refused": None}

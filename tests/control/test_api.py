@@ -55,6 +55,7 @@ def test_every_change_is_validated_applied_and_saved(api, tmp_path):
     assert saved["targets"][0]["acl"] == [{"network": "ALL"}]
     assert saved["epoch"] == 3
     assert d.registry.lookup(T1).allows("iqn.x:y", "1.2.3.4")
+    assert d.stores_opened_calls == 1  # the LUN's store: the daemon applies thread policies
 
 
 def test_a_rejected_change_changes_nothing(api, tmp_path):

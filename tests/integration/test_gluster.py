@@ -328,7 +328,8 @@ def gfapi_async_status(d: Daemon) -> dict:
 
 def gfapi_thread_policies(d: Daemon, want: str, timeout: float = 15) -> tuple[dict, dict]:
     """libgfapi's threads' policies, as status says and as /proc says (read from outside),
-    once every event thread is under ``want`` (the daemon moves new ones every 5 s)."""
+    once every event thread is under ``want`` (the daemon moves them when a LUN opens, and
+    any others on a 5 s timer)."""
     deadline = time.monotonic() + timeout
     expect = {"batch": os.SCHED_BATCH, "normal": os.SCHED_OTHER}[want]
     while True:

@@ -122,8 +122,8 @@ def test_threads_are_found_by_name():
 
 
 @pytest.mark.parametrize("loaded", [True, False])
-def test_the_daemon_sweeps_on_its_trim_timer_only_once_libgfapi_is_loaded(tmp_path, monkeypatch,
-                                                                          loaded):
+def test_the_daemon_sweeps_on_its_timer_and_after_opens_once_libgfapi_is_loaded(
+        tmp_path, monkeypatch, loaded):
     import asyncio
 
     from gluster_iscsi.server.daemon import Daemon
@@ -141,8 +141,9 @@ def test_the_daemon_sweeps_on_its_trim_timer_only_once_libgfapi_is_loaded(tmp_pa
         try:
             d._trim_pool()
             d._trim_pool()
+            d.stores_opened()  # what reconcile says after opening LUNs
         finally:
             await d.stop()
 
     asyncio.run(main())
-    assert len(sweeps) == (2 if loaded else 0)
+    assert len(sweeps) == (3 if loaded else 0)

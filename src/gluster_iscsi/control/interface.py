@@ -98,6 +98,10 @@ class DaemonControl(Protocol):
     def gfaio_calls(self) -> int | None:
         """Reads and writes started as asynchronous gfapi calls; None: not in use (yet)."""
 
+    def stores_opened(self) -> None:
+        """Stores were just opened (which may have started library threads: libgfapi's): the
+        daemon applies its thread policies to them now rather than at its next timer."""
+
     def scheduling_status(self) -> dict[str, Any]:
         """libgfapi's event threads' CPU scheduling (``serve --gfapi-sched-policy``), for status."""
 

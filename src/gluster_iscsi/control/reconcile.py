@@ -894,6 +894,8 @@ async def _prepare(
             if key in st.offline:
                 prep.back_online.add(key)
         prep.retry = retry
+        if prep.all_opened:
+            daemon.stores_opened()
         grows = []
         for tkey, lu, lu_obj, _ in prep.grows:
             store = lu_obj.store

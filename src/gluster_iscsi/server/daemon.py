@@ -167,7 +167,7 @@ class Daemon:
         POOL.max_retained = self.budget.limit // 8
         self._trim_timer: asyncio.TimerHandle | None = None
         #: libgfapi's event threads under SCHED_BATCH (``scheduling.py``, ``serve
-        #: --gfapi-sched-policy``), swept with the trim every POOL_TRIM_INTERVAL
+        #: --gfapi-sched-policy``), swept when stores were opened and on the trim timer
         self.gfapi_threads = GfapiThreads(gfapi_sched)
         #: Connections closed since the last collection of cyclic garbage (``_trim_pool``).
         self._closed_since_gc = 0
@@ -196,6 +196,15 @@ class Daemon:
 
     def scheduling_status(self) -> dict[str, Any]:
         return self.gfapi_threads.summary()
+
+    def stores_opened(self) -> None:
+        self._sweep_threads()
+
+    def _sweep_threads(self) -> None:
+        """libgfapi's event threads started since (by a LUN opened) go under the batch policy;
+        a daemon that never loaded libgfapi has none to look for."""
+        if GFAPI_BINDING in sys.modules:
+            self.gfapi_threads.sweep()
 
     @property
     def poller(self) -> IdlePoller:
@@ -266,10 +275,7 @@ class Daemon:
         refer to each other, so they wait for Python's oldest-generation collection, which
         runs rarely in a daemon whose objects live long: after connections closed, collect
         them here (a few ms, at most once per interval), then give the heap back."""
-        # (the same timer: libgfapi's event threads started since, by a LUN opened, go under
-        # the batch policy; a daemon that never loaded libgfapi has none to look for)
-        if GFAPI_BINDING in sys.modules:
-            self.gfapi_threads.sweep()
+        self._sweep_threads()  # (the same timer: threads a LUN opened elsewhere started)
         freed = POOL.trim()
         if self._closed_since_gc:
             self._closed_since_gc = 0

@@ -23,8 +23,9 @@ nothing until the loop sleeps), and the whole daemon made writes to FUSE-file LU
 
 The policy is a property of each thread, and a new thread inherits its creator's. libgfapi
 starts its event threads when a client connects, in whichever thread opened the LUN, so
-:meth:`GfapiThreads.sweep` runs on the daemon's trim timer, every few seconds. A thread given
-another policy from outside (``chrt``) is left alone: only normal becomes batch.
+:meth:`GfapiThreads.sweep` runs once the daemon has opened LUNs (``stores_opened``), and on
+its trim timer every 5 s for threads started otherwise. A thread given another policy from
+outside (``chrt``) is left alone: only normal becomes batch.
 """
 
 from __future__ import annotations
