@@ -328,8 +328,8 @@ def gfapi_async_status(d: Daemon) -> dict:
 
 def gfapi_thread_policies(d: Daemon, want: str, timeout: float = 15) -> tuple[dict, dict]:
     """libgfapi's threads' policies, as status says and as /proc says (read from outside),
-    once every event thread is under ``want`` (the daemon moves them when a LUN opens, and
-    any others on a 5 s timer)."""
+    once every event thread is under ``want`` and libglusterfs's others normal (the daemon
+    moves them when a LUN opens, and on a 5 s timer)."""
     deadline = time.monotonic() + timeout
     expect = {"batch": os.SCHED_BATCH, "normal": os.SCHED_OTHER}[want]
     while True:
@@ -345,7 +345,9 @@ def gfapi_thread_policies(d: Daemon, want: str, timeout: float = 15) -> tuple[di
             except OSError:  # ended meanwhile
                 continue
         said = list(info["scheduling"]["gfapi_event_threads_by_policy"])
-        if (seen["epoll"] == {expect} and said == [want]) or time.monotonic() > deadline:
+        # (a thread an event thread starts inherits batch until the next sweep puts it back)
+        settled = seen["epoll"] == {expect} and seen["other glfs"] <= {os.SCHED_OTHER}
+        if (settled and said == [want]) or time.monotonic() > deadline:
             seen["main"] = {os.sched_getscheduler(pid)}
             return info["scheduling"], seen
         time.sleep(0.5)

@@ -22,7 +22,9 @@ import ctypes, json, os, sys, threading
 from gluster_iscsi.server import scheduling
 libc = ctypes.CDLL(None, use_errno=True)
 names = [("glfs_epoll000",), ("glfs_epoll001",), ("glfs_iotwr000",), ("glfs_timer",),
-         ("store-ctl_0",), ("glfs_epoll002", os.SCHED_IDLE)]
+         ("store-ctl_0",), ("glfs_epoll002", os.SCHED_IDLE),
+         ("glfs_sproc0", os.SCHED_BATCH),  # started by an event thread: inherited batch
+         ("glfs_iotwr001", os.SCHED_IDLE)]
 ready, stop = threading.Barrier(len(names) + 1), threading.Event()
 tids = {}
 def named(name, policy=None):
@@ -36,6 +38,8 @@ threads = [threading.Thread(target=named, args=a) for a in names]
 for t in threads:
     t.start()
 ready.wait()
+if sys.argv[2] == "daemon-batch":  # chrt -b on the daemon: its own threads are batch
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 gt = scheduling.GfapiThreads(sys.argv[1])
 first = gt.sweep()
 second = gt.sweep()
@@ -49,9 +53,9 @@ print(json.dumps(out))
 """
 
 
-def run_child(choice: str) -> dict[str, object]:
-    r = subprocess.run([sys.executable, "-c", CHILD, choice], capture_output=True, text=True,
-                       timeout=60, check=True)
+def run_child(choice: str, start: str = "normal") -> dict[str, object]:
+    r = subprocess.run([sys.executable, "-c", CHILD, choice, start], capture_output=True,
+                       text=True, timeout=60, check=True)
     return json.loads(r.stdout)
 
 
@@ -62,7 +66,8 @@ def test_batch_moves_the_event_threads_and_nothing_else():
     # the loop, our own threads and libgfapi's others (io-threads: see scheduling.py)
     assert out["main"] == out["store-ctl_0"] == out["glfs_iotwr000"] == out["glfs_timer"] \
         == "normal"
-    assert out["glfs_epoll002"] == "idle"  # a policy given from outside is kept
+    assert out["glfs_epoll002"] == out["glfs_iotwr001"] == "idle"  # given from outside: kept
+    assert out["glfs_sproc0"] == "normal"  # what it inherited from an event thread: undone
     assert out["moved"] == [2, 0] and out["total"] == 2  # a thread is moved once
     assert out["summary"] == {"gfapi_event_threads": "batch", "refused": None,
                               "gfapi_event_threads_by_policy": {"batch": 2, "idle": 1}}
@@ -71,9 +76,17 @@ def test_batch_moves_the_event_threads_and_nothing_else():
 def test_keep_moves_nothing():
     out = run_child("keep")
     assert out["glfs_epoll000"] == out["glfs_epoll001"] == out["main"] == "normal"
+    assert out["glfs_sproc0"] == "batch"
     assert out["moved"] == [0, 0]
     assert out["summary"] == {"gfapi_event_threads": "keep", "refused": None,
                               "gfapi_event_threads_by_policy": {"normal": 2, "idle": 1}}
+
+
+def test_a_daemon_started_under_another_policy_keeps_every_thread_as_it_is():
+    out = run_child("batch", "daemon-batch")
+    assert out["main"] == out["glfs_sproc0"] == "batch"
+    assert out["glfs_epoll000"] == out["glfs_iotwr000"] == "normal"  # started before the chrt
+    assert out["moved"] == [0, 0]
 
 
 def test_an_unknown_choice_is_refused():
@@ -89,7 +102,8 @@ def test_a_refusal_is_said_once_and_ends_the_sweeps(monkeypatch, caplog):
         if tid == 12:
             raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(scheduling, "threads", lambda: [11, 12, 13])
+    monkeypatch.setattr(scheduling, "named_threads",
+                        lambda prefix: [(t, f"glfs_epoll00{t}") for t in (11, 12, 13)])
     monkeypatch.setattr(scheduling, "policy_name", lambda tid=0: "normal")
     monkeypatch.setattr(scheduling.os, "sched_setscheduler", refuse_the_second)
     gt = scheduling.GfapiThreads()
@@ -109,7 +123,8 @@ def test_a_thread_that_ended_meanwhile_is_skipped(monkeypatch):
             raise ProcessLookupError(3, "No such process")
         done.append(tid)
 
-    monkeypatch.setattr(scheduling, "threads", lambda: [11, 12, 13])
+    monkeypatch.setattr(scheduling, "named_threads",
+                        lambda prefix: [(t, f"glfs_epoll00{t}") for t in (11, 12, 13)])
     monkeypatch.setattr(scheduling, "policy_name", lambda tid=0: "normal")
     monkeypatch.setattr(scheduling.os, "sched_setscheduler", setscheduler)
     assert scheduling.GfapiThreads().sweep() == 2

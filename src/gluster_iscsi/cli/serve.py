@@ -257,7 +257,8 @@ Exit status:
                    "one a brick's reply wakes waits for the running thread to block instead of "
                    "preempting it, and then finds more replies: fewer context switches a "
                    "command on gluster:// LUNs (cold 4 KiB reads at QD32 1.15-1.38x, 4 KiB "
-                   "writes at QD32 1.06-1.15x). A policy set from outside (chrt) is kept. "
+                   "writes at QD32 1.06-1.15x). A daemon started under another policy (chrt) "
+                   "is left as it is. "
                    "keep: leave them as started.")
 @click.option("--uvloop/--no-uvloop", default=True, show_default=True,
               help="Use uvloop's event loop when it is installed.")

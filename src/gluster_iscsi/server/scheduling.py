@@ -24,8 +24,10 @@ nothing until the loop sleeps), and the whole daemon made writes to FUSE-file LU
 The policy is a property of each thread, and a new thread inherits its creator's. libgfapi
 starts its event threads when a client connects, in whichever thread opened the LUN, so
 :meth:`GfapiThreads.sweep` runs once the daemon has opened LUNs (``stores_opened``), and on
-its trim timer every 5 s for threads started otherwise. A thread given another policy from
-outside (``chrt``) is left alone: only normal becomes batch.
+its trim timer every 5 s for threads started otherwise. A thread an event thread starts (a
+synctask processor, an io-thread for a fop wound from a reply: seen in the integration test)
+inherits batch, and the sweep puts it back to normal. A daemon started under another policy
+(``chrt``) keeps every thread as it is, and so does a thread given idle or a real-time one.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ CHOICES = ("batch", "keep")
 #: The names of libgfapi's event threads (libglusterfs names every thread it starts
 #: ``glfs_...``: glfs_epoll000, glfs_iotwr000, glfs_timer ...).
 GFAPI_THREAD_PREFIX = "glfs_epoll"
+#: libglusterfs's other threads: one an event thread starts (a synctask processor, an
+#: io-thread for a fop wound from a reply) inherits its batch policy, and is put back.
+LIBGLUSTERFS_PREFIX = "glfs_"
 
 #: The module every Gluster client of this process goes through: until it is imported there
 #: are no event threads to look for (a sweep lists every thread: ~6 us each).
@@ -65,9 +70,9 @@ def policy_name(tid: int = 0) -> str:
     return _NAMES.get(policy & ~getattr(os, "SCHED_RESET_ON_FORK", 0), str(policy))
 
 
-def threads(prefix: str = GFAPI_THREAD_PREFIX) -> list[int]:
-    """This process's threads whose name starts with ``prefix``."""
-    out: list[int] = []
+def named_threads(prefix: str) -> list[tuple[int, str]]:
+    """This process's threads whose name starts with ``prefix``: (tid, name)."""
+    out: list[tuple[int, str]] = []
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:
@@ -75,12 +80,17 @@ def threads(prefix: str = GFAPI_THREAD_PREFIX) -> list[int]:
     for tid in tids:
         try:
             with open(f"/proc/self/task/{tid}/comm", "rb") as f:
-                name = f.read()
+                name = f.read().decode(errors="replace").rstrip("\n")
         except OSError:  # ended meanwhile
             continue
-        if name.startswith(prefix.encode()):
-            out.append(int(tid))
+        if name.startswith(prefix):
+            out.append((int(tid), name))
     return out
+
+
+def threads(prefix: str = GFAPI_THREAD_PREFIX) -> list[int]:
+    """This process's threads whose name starts with ``prefix``."""
+    return [tid for tid, _ in named_threads(prefix)]
 
 
 class GfapiThreads:
@@ -98,17 +108,26 @@ class GfapiThreads:
 
     def sweep(self) -> int:
         """Move every event thread still under the normal policy to batch; how many moved.
+        libglusterfs's other threads that inherited batch from an event thread go back to
+        normal (io-threads must not wait for the loop to sleep: see above).
 
-        A refusal is logged once and ends the sweeps: it is a matter of speed, not of
-        correctness, and the threads keep the normal policy."""
+        Only while the daemon itself runs under the normal policy: one started under another
+        (``chrt``) keeps every thread as it is. A refusal is logged once and ends the sweeps:
+        it is a matter of speed, not of correctness, and the threads keep the normal policy."""
         if self.choice != "batch" or self.refused is not None:
             return 0
+        if policy_name(os.getpid()) != "normal":
+            return 0  # the daemon was given a policy from outside
         moved = 0
         param = os.sched_param(0)
-        for tid in threads():
-            if policy_name(tid) != "normal":
-                continue  # batch already, or a policy given from outside
+        for tid, name in named_threads(LIBGLUSTERFS_PREFIX):
+            event = name.startswith(GFAPI_THREAD_PREFIX)
+            if policy_name(tid) != ("normal" if event else "batch"):
+                continue  # as it should be, or a policy given from outside (idle, real-time)
             try:
+                if not event:
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, param)
+                    continue
                 os.sched_setscheduler(tid, os.SCHED_BATCH, param)
             except ProcessLookupError:  # ended meanwhile
                 continue
