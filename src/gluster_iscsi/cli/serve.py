@@ -256,7 +256,7 @@ Exit status:
               help="batch: run libgfapi's event threads (glfs_epoll*) under SCHED_BATCH, so "
                    "one a brick's reply wakes waits for the running thread to block instead of "
                    "preempting it, and then finds more replies: fewer context switches a "
-                   "command on gluster:// LUNs (cold 4 KiB reads at QD32 1.15-1.38x, 4 KiB "
+                   "command on gluster:// LUNs (cold 4 KiB reads at QD32 1.14-1.38x, 4 KiB "
                    "writes at QD32 1.06-1.15x). A daemon started under another policy (chrt) "
                    "is left as it is. "
                    "keep: leave them as started.")

@@ -13,9 +13,9 @@ when it runs, finds several replies waiting. Nice values and fairness are unchan
 idle CPU still runs a woken thread at once.
 
 Only the event threads. Measured on 2 CPUs, A/B against the same daemon with ``keep``
-(issue 19, BENCHMARKS.md "Stop 29"), one CPU for the daemon: cold 4 KiB reads at QD32 1.38x
-with 28% less CPU a read, 256 KiB reads 1.25x, 4 KiB writes at QD32 1.15x, QD1 writes and
-reads 0.96-1.06x; unpinned, 1.02-1.15x for every row but four sessions of 256 KiB sequential
+(issue 19, BENCHMARKS.md "Stop 29"), one CPU for the daemon: cold 4 KiB reads at QD32
+1.14-1.38x with 13-28% less CPU a read, 256 KiB reads 1.25x, 4 KiB writes at QD32
+1.09-1.15x, QD1 writes and reads 0.96-1.06x; unpinned, 1.02-1.15x for every row but four sessions of 256 KiB sequential
 reads (0.93 [0.88..1.05]). Wider scopes were tried: every libgfapi thread made QD1 writes
 1.18-1.24x but QD32 writes 0.80-0.87x (an io-thread that does not preempt the loop winds
 nothing until the loop sleeps), and the whole daemon made writes to FUSE-file LUNs
