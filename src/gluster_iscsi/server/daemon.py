@@ -198,7 +198,10 @@ class Daemon:
         return self.gfapi_threads.summary()
 
     def stores_opened(self) -> None:
-        self._sweep_threads()
+        try:
+            self._sweep_threads()
+        except Exception:  # noqa: BLE001 - a matter of speed: never fails the change that opened them
+            log.exception("scheduling: the sweep of libgfapi's threads failed")
 
     def _sweep_threads(self) -> None:
         """libgfapi's event threads started since (by a LUN opened) go under the batch policy;
