@@ -198,16 +198,19 @@ class Daemon:
         return self.gfapi_threads.summary()
 
     def stores_opened(self) -> None:
-        try:
-            self._sweep_threads()
-        except Exception:  # noqa: BLE001 - a matter of speed: never fails the change that opened them
-            log.exception("scheduling: the sweep of libgfapi's threads failed")
+        self._sweep_threads()
 
     def _sweep_threads(self) -> None:
         """libgfapi's event threads started since (by a LUN opened) go under the batch policy;
-        a daemon that never loaded libgfapi has none to look for."""
-        if GFAPI_BINDING in sys.modules:
+        a daemon that never loaded libgfapi has none to look for. A failure is logged: it is
+        a matter of speed, and must fail neither the change that opened the LUNs nor the
+        trim timer."""
+        if GFAPI_BINDING not in sys.modules:
+            return
+        try:
             self.gfapi_threads.sweep()
+        except Exception:  # noqa: BLE001
+            log.exception("scheduling: the sweep of libgfapi's threads failed")
 
     @property
     def poller(self) -> IdlePoller:
