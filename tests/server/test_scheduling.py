@@ -162,3 +162,29 @@ def test_the_daemon_sweeps_on_its_timer_and_after_opens_once_libgfapi_is_loaded(
 
     asyncio.run(main())
     assert len(sweeps) == (3 if loaded else 0)
+
+
+def test_a_failed_sweep_is_logged_and_fails_neither_the_open_nor_the_timer(tmp_path, monkeypatch,
+                                                                          caplog):
+    import asyncio
+
+    from gluster_iscsi.server.daemon import Daemon
+
+    monkeypatch.setitem(sys.modules, scheduling.GFAPI_BINDING, sys.modules[__name__])
+
+    def broken() -> int:
+        raise RuntimeError("a bug")
+
+    async def main() -> None:
+        d = Daemon(tmp_path)
+        monkeypatch.setattr(d.gfapi_threads, "sweep", broken)
+        try:
+            d.stores_opened()
+            d._trim_pool()
+            assert d._trim_timer is not None  # rearmed
+        finally:
+            await d.stop()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    assert caplog.text.count("the sweep of libgfapi's threads failed") == 2
