@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..server.scheduling import CHOICES as SCHED_CHOICES
+
 if TYPE_CHECKING:
     from ..control.api import ControlServer
     from ..control.reconcile import Reconciler
@@ -252,7 +254,7 @@ Exit status:
               help="Microseconds to poll for the next request after answering one, before the "
                    "event loop sleeps: lower latency at queue depth 1 for a little CPU (0: off).")
 @click.option("--gfapi-sched-policy", "gfapi_sched", default="batch", show_default=True,
-              type=click.Choice(["batch", "keep"]),
+              type=click.Choice(SCHED_CHOICES),
               help="batch: run libgfapi's event threads (glfs_epoll*) under SCHED_BATCH, so "
                    "one a brick's reply wakes waits for the running thread to block instead of "
                    "preempting it, and then finds more replies: fewer context switches a "

@@ -38,7 +38,7 @@ import os
 log = logging.getLogger("gluster_iscsi")
 
 #: ``serve --gfapi-sched-policy`` choices.
-CHOICES = ("batch", "keep")
+CHOICES = ["batch", "keep"]
 
 #: The names of libgfapi's event threads (libglusterfs names every thread it starts
 #: ``glfs_...``: glfs_epoll000, glfs_iotwr000, glfs_timer ...).
