@@ -551,11 +551,16 @@ FIO_JOBS = [  # writes first: they lay the file out for the reads (fio's gfapi e
 ]
 
 
-def fio_ceiling(target_args: list[str], seconds: float, size: str, only: tuple[str, ...] = ()) -> dict:
+def fio_ceiling(target_args: list[str], seconds: float, size: str, only: tuple[str, ...] = (),
+                cpus: set[int] | None = None, layout: bool = True) -> dict:
+    """fio's jobs on one file; ``cpus``: fio confined to those (the daemon's, when pinned)."""
     if not shutil.which("fio"):
         return {"error": "fio not installed"}
-    out = {}
-    if any(a.startswith("--ioengine=gfapi") for a in target_args):
+    out: dict = {}
+    if cpus:
+        out["cpus"] = sorted(cpus)
+    pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+    if layout and any(a.startswith("--ioengine=gfapi") for a in target_args):
         # fio lays out no file through gfapi: write it whole first, else the read jobs run
         # past the end of what the time-bound write job wrote (0 IOPS)
         subprocess.run(["fio", "--name=layout", *target_args, f"--size={size}", "--rw=write",
@@ -569,7 +574,7 @@ def fio_ceiling(target_args: list[str], seconds: float, size: str, only: tuple[s
             engine = "gfapi_async" if "--iodepth=32" in args else "gfapi"
             args = [a for a in args if not a.startswith("--ioengine=")]
             target_args = [f"--ioengine={engine}"] + [a for a in target_args if not a.startswith("--ioengine=")]
-        cmd = ["fio", "--name=ceiling", *target_args, f"--size={size}", "--time_based",
+        cmd = [*pin, "fio", "--name=ceiling", *target_args, f"--size={size}", "--time_based",
                f"--runtime={max(1, round(seconds))}", "--numjobs=1", "--output-format=json",
                "--randrepeat=1", *args]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
@@ -1073,6 +1078,8 @@ def render(report: dict) -> str:
                 continue
             parts = []
             for name, j in jobs.items():
+                if name == "cpus":
+                    continue
                 if "error" in j:
                     parts.append(f"{name} ERROR")
                 elif name.startswith("rand"):
@@ -1080,7 +1087,8 @@ def render(report: dict) -> str:
                                  if name.endswith("qd1") else f"{name} {j['ops_s']:,.0f} IOPS")
                 else:
                     parts.append(f"{name} {j['mb_s']:,.0f} MB/s")
-            L.append(f"- fio on {be}: " + "; ".join(parts))
+            where = f" (on CPUs {','.join(map(str, jobs['cpus']))})" if jobs.get("cpus") else ""
+            L.append(f"- fio on {be}{where}: " + "; ".join(parts))
         L.append("")
     for be, sec in report.get("backends", {}).items():
         L.append(f"### Backend: {be} (A: {sec.get('backing_a')}; B: {sec.get('backing_b')})")
@@ -1166,23 +1174,29 @@ def cache_lines(sec: dict, report: dict) -> list[str]:
     if rows:
         L.append("- Read cache hit ratio of ours over the measured rounds: " + ", ".join(
             f"{name} {side} {c['hit_ratio']:.2f}" for name, side, c in rows))
-    fio = report.get("ceilings", {}).get("fio", {}).get("gluster-gfapi", {})
-    if "gfapi" not in str(sec.get("backing_b", "")) or not fio or "error" in fio:
+    ceilings = report.get("ceilings", {}).get("fio", {})
+    if "gfapi" not in str(sec.get("backing_b", "")):
         return L
     by_name = {w["name"]: w for w in sec["workloads"]}
-    parts = []
-    for ours_name, fio_name in FIO_PAIRS:
-        w, f = by_name.get(ours_name), fio.get(fio_name, {})
-        ops = w["B"].get("ops_s") if w else None
-        if not w or not ops or not f.get("ops_s"):
+    for key, how in (("gluster-gfapi", ""), ("gluster-gfapi-unpinned", ", fio unpinned")):
+        fio = ceilings.get(key, {})
+        if not fio or "error" in fio:
             continue
-        hit = (w.get("cache") or {}).get("B")
-        parts.append(f"{ours_name} {ops / f['ops_s']:.2f} ({ops:,.0f} against fio {fio_name} "
-                     f"{f['ops_s']:,.0f} IOPS" + (f"; hit ratio {hit['hit_ratio']:.2f}" if hit else "")
-                     + ")")
-    if parts:
-        L.append("- B against fio's gfapi engine on the same volume in this run (fio in-process, "
-                 "no initiator or network round trip; QD32 with gfapi_async): " + "; ".join(parts))
+        if fio.get("cpus"):
+            how = f", fio on CPUs {','.join(map(str, fio['cpus']))} as the daemons"
+        parts = []
+        for ours_name, fio_name in FIO_PAIRS:
+            w, f = by_name.get(ours_name), fio.get(fio_name, {})
+            ops = w["B"].get("ops_s") if w else None
+            if not w or not ops or not f.get("ops_s"):
+                continue
+            hit = (w.get("cache") or {}).get("B")
+            parts.append(f"{ours_name} {ops / f['ops_s']:.2f} ({ops:,.0f} against fio {fio_name} "
+                         f"{f['ops_s']:,.0f} IOPS" + (f"; hit ratio {hit['hit_ratio']:.2f}" if hit else "")
+                         + ")")
+        if parts:
+            L.append(f"- B against fio's gfapi engine on the same volume in this run (fio in-process, "
+                     f"no initiator or network round trip; QD32 with gfapi_async{how}): " + "; ".join(parts))
     return L
 
 
@@ -1386,12 +1400,20 @@ def main(argv: list[str] | None = None) -> int:
                 fio["gluster-fuse"] = fio_ceiling([f"--filename={gdir}/fio-ceiling.dat"], 1 if args.smoke else 2, "256m")
                 if "gfapi" in backends and ":" in fuse_src:
                     host, vol = fuse_src.split(":", 1)
-                    log("ceiling: fio gfapi engine")
-                    fio["gluster-gfapi"] = fio_ceiling(
-                        ["--ioengine=gfapi", f"--volume={vol.strip('/')}", f"--brick={host}",
-                         f"--filename=gluster-iscsi-bench-{os.getpid()}/gfapi-ceiling.dat"],
-                        # the LUN's size: its 4K random reads are the cold set's yardstick
-                        1 if args.smoke else 2, "256m" if args.smoke else "1g")
+                    gfapi_args = ["--ioengine=gfapi", f"--volume={vol.strip('/')}", f"--brick={host}",
+                                  f"--filename=gluster-iscsi-bench-{os.getpid()}/gfapi-ceiling.dat"]
+                    # the LUN's size: its 4K random reads are the cold set's yardstick
+                    secs, size = (1, "256m") if args.smoke else (2, "1g")
+                    # On equal terms with ours: fio's gfapi client is in fio, ours in the
+                    # daemon, so a pinned run confines fio to the daemon's CPUs as it does the
+                    # daemon (and tgt's FUSE client); the unpinned figure is kept beside it.
+                    log("ceiling: fio gfapi engine" + (f" on CPUs {sorted(args.daemon_cpus)}, as the daemons"
+                                                        if args.daemon_cpus else ""))
+                    fio["gluster-gfapi"] = fio_ceiling(gfapi_args, secs, size, cpus=args.daemon_cpus)
+                    if args.daemon_cpus and not args.smoke:
+                        log("ceiling: fio gfapi engine, unpinned")
+                        fio["gluster-gfapi-unpinned"] = fio_ceiling(
+                            gfapi_args, secs, size, ("randread-4k-qd1", "randread-4k-qd32"), layout=False)
             for f in os.listdir(shm):
                 os.unlink(os.path.join(shm, f))
 

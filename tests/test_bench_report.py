@@ -73,3 +73,16 @@ def test_no_fio_line_without_gfapi_or_without_fio():
     assert h.cache_lines({"backing_b": "gfapi h:v/x", "workloads": wl}, {}) == []
     assert h.cache_lines({"backing_b": "gfapi h:v/x", "workloads": wl},
                          {"ceilings": {"fio": {"gluster-gfapi": {"error": "fio not installed"}}}}) == []
+
+
+def test_a_pinned_run_sets_ours_against_fio_on_the_daemons_cpus_and_says_the_unpinned_too():
+    h = harness()
+    sec = {"backing_b": "gfapi 127.0.0.1:vol/lun.img",
+           "workloads": [workload("randread-4k-qd32", 9000.0)]}
+    report = {"ceilings": {"fio": {
+        "gluster-gfapi": {"cpus": [0], "randread-4k-qd32": {"ops_s": 10000.0}},
+        "gluster-gfapi-unpinned": {"randread-4k-qd32": {"ops_s": 12000.0}}}}}
+    lines = h.cache_lines(sec, report)
+    assert len(lines) == 2
+    assert "gfapi_async, fio on CPUs 0 as the daemons): randread-4k-qd32 0.90 (9,000" in lines[0]
+    assert "gfapi_async, fio unpinned): randread-4k-qd32 0.75 (9,000" in lines[1]
