@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import errno
+import gc
 import pathlib
 from typing import Any
 
@@ -264,6 +265,46 @@ def test_a_read_hit_that_raises_goes_to_the_workers_instead_of_failing_the_comma
     [result] = host.results
     assert result.status == Status.GOOD, result.sense
     assert bytes(result.data or b"")[:4096] == b"\x5a" * 4096
+
+
+def test_a_command_on_the_workers_leaves_no_reference_cycle_behind() -> None:
+    """A command that goes to its store's workers (gfapi, FUSE files: the ``_submit`` path
+    every gfapi read miss and write takes) is freed when it ends, by reference counts. A
+    cycle (the completion closure once named itself) left each command's task, generators and
+    request to the garbage collector: ~7 objects a command, and on cold gfapi reads a tenth of
+    the event loop's time went to collecting them."""
+    store = MemoryStore(1 << 20)
+    store.blocking = True  # type: ignore[misc]  # as a gfapi or FUSE store: on the workers
+    lu = lu_on(store, serial="cycles")
+    device = DeviceServer({0: lu})
+    device.nexus_added(N1)
+    lu.clear_ua(N1.initiator_port)
+    engines = Engines()
+    engines.pool = InlinePool()  # type: ignore[assignment]
+    runner = Runner(engines)  # type: ignore[arg-type]
+    host = Host()
+
+    def run(n: int) -> None:
+        for i in range(n):
+            if i % 2:
+                task = ScsiTask(bytes.fromhex("28000000000000080000"), 0, N1, read=True,
+                                expected_length=4096)
+            else:
+                data = bytes([i % 251]) * 4096
+                task = ScsiTask(bytes.fromhex("2a000000000000080000"), 0, N1, data_out=data,
+                                expected_length=4096, write=True)
+            runner.start(task, device.execute(task), lu, host)
+
+    run(8)  # (first-use state: the LU's runner state, lookups cached once)
+    gc.collect()
+    gc.disable()
+    try:
+        run(200)
+        found = gc.collect()  # what only the collector could free: cycles
+    finally:
+        gc.enable()
+    assert [r.status for r in host.results] == [Status.GOOD] * 208
+    assert found == 0
 
 
 def test_read_hit_is_looked_up_once_per_lu_and_again_when_its_store_changes() -> None:
