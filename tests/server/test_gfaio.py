@@ -22,6 +22,7 @@ import random
 import subprocess
 import sysconfig
 import threading
+from collections.abc import Callable
 from ctypes import c_int, c_int64, c_size_t, c_ssize_t, c_void_p
 from pathlib import Path
 from typing import Any
@@ -674,6 +675,13 @@ def test_reads_see_every_acknowledged_write_with_asynchronous_calls(queue, seed:
         rig = Rig(size, cached=cached, window=window, writes=6, inner=inner)
         engine = gfaio.GfapiEngine(asyncio.get_running_loop(), aio, efd, gf.functions)
         rig.engines.gfaio = engine  # type: ignore[attr-defined]
+        # as the daemon's: write-behind writes start on the loop's next turn, after their GOOD
+        loop = asyncio.get_running_loop()
+
+        def defer(callback: Callable[[], None]) -> None:
+            loop.call_soon(callback)
+
+        rig.engines.defer = defer  # type: ignore[method-assign]
 
         async def turn() -> None:
             for _ in range(3):
@@ -726,6 +734,7 @@ def test_reads_see_every_acknowledged_write_with_asynchronous_calls(queue, seed:
                         else:
                             gf.complete(i - len(rig.pool.queue))
                         await turn()
+            await turn()  # (write-behind writes start on the loop's next turn)
             while rig.pool.queue or gf.pending:
                 if gf.pending:
                     gf.complete(rng.randrange(len(gf.pending)))

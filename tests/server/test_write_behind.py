@@ -105,6 +105,16 @@ class Engines:
     def pool_for(self, store: object) -> Any:
         return self.pool
 
+    def defer(self, callback: Any) -> None:
+        """The loop's next turn: at once here (these tests drive the runner without a loop),
+        unless a test queues the deferred starts (``deferred``) to run them itself."""
+        if self.deferred is None:
+            callback()
+        else:
+            self.deferred.append(callback)
+
+    deferred: list[Any] | None = None
+
 
 class Host:
     def __init__(self) -> None:
@@ -159,9 +169,22 @@ class Rig:
         """The command's result, running queued store calls (in random order) until it has
         one: a command that waits for nothing queued would hang a real daemon."""
         while task not in self.host.results:
-            assert self.pool.queue, "the command waits for nothing that can finish"
-            self.pool.run(rng.randrange(len(self.pool.queue)) if rng else 0)
+            self.run_one(rng)
         return self.host.results.pop(task)
+
+    def run_one(self, rng: random.Random | None = None) -> None:
+        """Run one queued store call or deferred start (``Engines.deferred``), at random."""
+        deferred = self.engines.deferred or []
+        queue = self.pool.queue
+        assert queue or deferred, "the command waits for nothing that can finish"
+        i = rng.randrange(len(queue) + len(deferred)) if rng else 0
+        if i < len(queue):
+            self.pool.run(i)
+        else:
+            deferred.pop(i - len(queue))()
+
+    def pending(self) -> bool:
+        return bool(self.pool.queue or self.engines.deferred)
 
     def write(self, lba: int, data: bytes, fua: bool = False, nexus: Nexus = N1) -> ScsiTask:
         n = len(data) // BS
@@ -212,19 +235,23 @@ def data_of(r: ScsiResult, n: int) -> bytes:
 # -- the model: every read against the acknowledged writes -----------------------------------
 
 
+@pytest.mark.parametrize("later", [False, True], ids=["started-at-once", "started-later"])
 @pytest.mark.parametrize("cached", [False, True], ids=["plain", "read-cache"])
 @pytest.mark.parametrize("seed", range(12))
 def test_reads_see_every_acknowledged_write_and_a_flush_makes_them_all_durable(
-        seed: int, cached: bool) -> None:
+        seed: int, cached: bool, later: bool) -> None:
     """A random mix of writes (with and without FUA), reads, UNMAP, WRITE SAME (zeroes and a
     pattern), SYNCHRONIZE CACHE and READ CAPACITY, one command at a time while background
     writes finish in random order: every read returns the bytes of the writes acknowledged
     before it; after a flush, and at the end, the store holds exactly them (no acknowledged
-    write lost or reordered)."""
+    write lost or reordered). ``later``: the background writes start at random moments after
+    their acknowledgement (the daemon starts them on the loop's next turn), not at once."""
     rng = random.Random(seed)
     size = 32 << 10
     blocks = size // BS
     rig = Rig(size, cached=cached, window=8 << 10, writes=6)
+    if later:
+        rig.engines.deferred = []
     ref = bytearray(size)
     early = 0
     for step in range(400):
@@ -255,17 +282,66 @@ def test_reads_see_every_acknowledged_write_and_a_flush_makes_them_all_durable(
         elif op < 0.93:
             r = good(rig.result(rig.read_capacity(), rng))
             assert int.from_bytes(bytes(r.data or b"")[:4], "big") == blocks - 1  # type: ignore[arg-type]
-        # background writes finish at random moments, in random order
+        # background writes start and finish at random moments, in random order
         for _ in range(rng.randrange(3)):
-            if rig.pool.queue:
-                rig.pool.run(rng.randrange(len(rig.pool.queue)))
-    rig.pool.drain(rng)
+            if rig.pending():
+                rig.run_one(rng)
+    while rig.pending():
+        rig.run_one(rng)
     assert bytes(rig.inner._view) == bytes(ref)
     assert early > 20  # write-behind did acknowledge writes early (else the test tests nothing)
     st = rig.state
     assert (st.wb_count, st.wb_bytes, st.wb_ranges, st.wb_parked) == (0, 0, [], [])
     assert rig.budget.used == 0 and rig.runner.wb_share.used == 0
     assert st.stats.wb_writes >= early and st.stats.wb_errors == 0  # (+ WRITE SAME's writes)
+
+
+def test_a_write_behind_write_starts_after_its_acknowledgement_and_all_of_a_turn_at_once() -> None:
+    """The acknowledgement comes first: the store call is started by the loop's next turn
+    (``Engines.defer``), once for every write acknowledged in the turn; until then, what
+    overlaps it or must wait for it (a read of its blocks, a flush) waits as for a started
+    one, and gets its data."""
+    rig = Rig()
+    rig.engines.deferred = []
+    first = rig.write(0, b"\x11" * 4096)
+    second = rig.write(16, b"\x22" * 512)
+    good(rig.host.results.pop(first))  # acknowledged,
+    good(rig.host.results.pop(second))
+    assert rig.pool.queue == [] and rig.inner.writes == 0  # not started
+    assert len(rig.engines.deferred) == 1  # one start for the turn
+    read = rig.read(4, 4)
+    flush = rig.sync()
+    assert read not in rig.host.results and flush not in rig.host.results
+    assert rig.state.wb_count == 2
+    rig.engines.deferred.pop()()  # the loop's next turn
+    assert rig.engines.deferred == [] and len(rig.pool.queue) == 2
+    rig.pool.drain()
+    assert data_of(rig.result(read), 2048) == b"\x11" * 2048
+    good(rig.result(flush))
+    assert bytes(rig.inner._view[8192:8704]) == b"\x22" * 512
+    assert rig.state.wb_count == 0 and rig.budget.used == 0
+
+
+def test_a_write_behind_write_whose_start_fails_is_reported_at_the_next_flush() -> None:
+    """A start that raises (a bug) still ends its write: its room is freed and its error
+    goes to the next SYNCHRONIZE CACHE, never a write neither done nor failed."""
+    rig = Rig()
+    rig.engines.deferred = []
+    good(rig.result(rig.write(0, b"\x11" * 512)))
+
+    def broken(store: object) -> Any:
+        raise RuntimeError("a bug")
+
+    rig.engines.pool_for = broken  # type: ignore[method-assign]
+    rig.engines.deferred.pop()()
+    del rig.engines.pool_for  # (the class's again)
+    st = rig.state
+    assert (st.wb_count, st.wb_bytes, st.wb_ranges) == (0, 0, [])
+    assert rig.inner.writes == 0
+    r = rig.result(rig.sync())
+    assert r.status == Status.CHECK_CONDITION, r
+    assert parse_sense(r.sense or b"") == (4, 0x4400)  # HARDWARE ERROR, INTERNAL TARGET FAILURE
+    good(rig.result(rig.sync()))  # reported once
 
 
 def test_a_read_and_a_write_overlapping_a_pending_write_wait_for_it() -> None:

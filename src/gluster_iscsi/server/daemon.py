@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,11 @@ class Daemon:
     def ring_calls(self) -> int | None:
         """Reads and writes io_uring has taken so far; None: no ring (off or refused)."""
         return None if self._ring is None else self._ring.submitted
+
+    def defer(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the loop's current callback is done (the runner starts
+        write-behind writes so, after their acknowledgements were sent)."""
+        asyncio.get_running_loop().call_soon(callback)
 
     def pool_for(self, store: object) -> IoPool:
         entry = self._pools.get(id(store))

@@ -689,6 +689,9 @@ class Engines(Protocol):
     @property
     def poller(self) -> Waker: ...
     def pool_for(self, store: object) -> Workers: ...
+    def defer(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the loop once the current callback is done (``call_soon``)."""
+        ...
 
 
 class Runner:
@@ -728,6 +731,9 @@ class Runner:
         #: owner: the copies of all LUs together hold at most a session's share.
         self.budget = budget
         self.wb_share = BudgetShare()
+        #: Write-behind writes acknowledged and not yet started (``_start_behind``).
+        self._behind: list[tuple[Any, int, Any, Lock, dict[str, Any],
+                                 Callable[[Any, BaseException | None], None], float]] = []
 
     def _lock(self, target: Any) -> Lock:
         table = self._table
@@ -1019,15 +1025,36 @@ class Runner:
                     self._landed_late(rs, span)  # (it returned meanwhile)
             self._written_behind(rs, span, n, copy, exc, who)
 
-        gfaio = engines.gfaio
-        if gfaio is not None and self._write_behind_async(gfaio, store, offset, kept,
-                                                          self._lock(target), marks, done,
-                                                          timeout):
-            return True
-        engines.pool_for(store).submit(self._write_in_background,
-                                       (store, offset, kept, self._lock(target), marks), done,
-                                       timeout)
+        # Started once the acknowledgement is out (``_start_behind``), not here: starting
+        # it wakes a thread (libgfapi's io-thread, or a worker) that, on the loop's CPU,
+        # runs first and winds the write down the client's translators while the initiator
+        # waits for the GOOD it does not need to wait for.
+        behind = self._behind
+        behind.append((store, offset, kept, self._lock(target), marks, done, timeout))
+        if len(behind) == 1:
+            engines.defer(self._start_behind)
         return True
+
+    def _start_behind(self) -> None:
+        """Start the write-behind writes acknowledged since the last call (run by the loop
+        after the callback that acknowledged them, so after their responses were sent: the
+        driver sends at the end of its receive). Each goes as an asynchronous gfapi call
+        where it can, else to its store's workers."""
+        behind, self._behind = self._behind, []
+        engines = self.engines
+        assert engines is not None
+        gfaio = engines.gfaio
+        for store, offset, kept, lock, marks, done, timeout in behind:
+            try:
+                if gfaio is not None and self._write_behind_async(gfaio, store, offset, kept,
+                                                                  lock, marks, done, timeout):
+                    continue
+                engines.pool_for(store).submit(self._write_in_background,
+                                               (store, offset, kept, lock, marks), done,
+                                               timeout)
+            except Exception as e:  # (a bug) never a write that is neither done nor failed:
+                log.exception("internal error starting a write-behind write")
+                done(None, e)  # its error goes to the next flush, its room is freed
 
     def _write_behind_async(self, engine: GfapiEngine, store: Any, offset: int, data: Any,
                             lock: Lock, marks: dict[str, Any],
