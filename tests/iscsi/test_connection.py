@@ -496,6 +496,28 @@ def test_a_task_aborted_while_its_data_out_arrives_keeps_its_buffer_out_of_the_p
     assert nop.opcode == 0x20 and nop.itt == 5  # the stream is still in step
 
 
+@pytest.mark.parametrize("kept", [False, True], ids=["given-back", "kept"])
+def test_a_data_out_buffer_the_command_kept_is_not_given_back_to_the_pool(kept: bool):
+    """A write acknowledged before it is written (the runner's write-behind) keeps its
+    command's pooled data-out buffer past the command's end (``data_out_kept``): the
+    connection uncharges it but must not hand it to the next command meanwhile."""
+    from gluster_iscsi.buffers import POOL
+
+    conn = logged_in()
+    first, rest = bytes([1]) * 65536, bytes([2]) * 65536
+    _, (r2t,) = feed(conn, I.scsi_cmd(b"\x2a" + bytes(9), itt=3, cmdsn=1, edtl=131072,
+                                      write=True, data=first))
+    (e,) = feed(conn, I.data_out(rest, itt=3, ttt=r2t.ttt, offset=65536))[0]
+    target = e.task.data_out.obj
+    e.task.data_out_kept = kept
+    conn.complete_task(e.task, ScsiResult(Status.GOOD))
+    assert conn.buffered == 0 and conn.tasks == {}
+    reused = [POOL.borrow(131072) for _ in range(40)]
+    assert any(v.obj is target for v in reused) is not kept
+    for v in reused:
+        POOL.give_back(v)
+
+
 def test_a_completed_command_leaves_no_reference_cycle_for_the_collector():
     """Issue 19: a command's iSCSI task and its SCSI task referred to each other to the end,
     so every command left a cycle that only the garbage collector freed (a collection every

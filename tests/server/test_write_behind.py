@@ -651,6 +651,28 @@ def test_a_full_budget_sends_writes_the_synchronous_way() -> None:
     assert rig.state.stats.wb_writes == 0
 
 
+def test_the_commands_pooled_buffer_is_kept_not_copied_and_given_back_once_written() -> None:
+    """The transport's pooled data-out buffer is kept (``data_out_kept``), not copied: no
+    other buffer is borrowed, and it goes back to the pool once the write is done."""
+    from gluster_iscsi.buffers import PooledBuffer
+
+    rig = Rig()
+    own = rig.buffers.borrow(4096)
+    assert type(own.obj) is PooledBuffer
+    own[:] = b"\x05" * 4096
+    task = ScsiTask(bytes([0x2A, 0, 0, 0, 0, 0, 0, 0, 8, 0]), 0, N1, data_out=own,
+                    expected_length=4096, write=True)
+    rig.runner.start(task, rig.device.execute(task), rig.lu, rig.host)
+    good(rig.host.results.pop(task))
+    assert task.data_out_kept
+    assert rig.buffers.retained == 0  # nothing borrowed for a copy (and it is not back yet)
+    rig.pool.run(0)
+    assert bytes(rig.inner._view[:4096]) == b"\x05" * 4096
+    assert rig.buffers.retained == 4096  # back in the pool
+    again = rig.buffers.borrow(4096)
+    assert again.obj is own.obj
+
+
 def test_the_commands_buffer_is_not_kept() -> None:
     rig = Rig()
     task = rig.write(0, b"\x01" * 512)

@@ -78,7 +78,7 @@ class Transfer(Responder):
     def complete_task(self, task: ScsiTask, result: ScsiResult) -> None:
         """Send the response (and data-in) of a finished SCSI command."""
         it: IscsiTask = task.context
-        self._release(it, task.data_out)
+        self._release(it, task.data_out, task.data_out_kept)
         task.data_out = None
         charge = it.charge
         if charge:
@@ -165,12 +165,15 @@ class Transfer(Responder):
             return None
         return it.buf[offset : offset + n]
 
-    def _release(self, it: IscsiTask, view: memoryview | None) -> None:
+    def _release(self, it: IscsiTask, view: memoryview | None, kept: bool = False) -> None:
+        """The command's data-out buffer is done with: uncharge it, and give it back to the
+        pool unless a Data-Out still lands in it or the command kept it (``data_out_kept``:
+        whoever kept it gives it back)."""
         if view is not None:
             n = len(view)
             self.buffered -= n
             self.budget.release(self.share, n)
-            if not self.reader.receiving_into(view.obj):  # a Data-Out still landing in it
+            if not kept and not self.reader.receiving_into(view.obj):
                 POOL.give_back(view)
 
     # ------------------------------------------------------------------ commands and data-out

@@ -94,6 +94,10 @@ class ScsiTask:  # identity semantics: a task is a unique in-flight command
     #: it knows wait (SANITIZE IMMED=0). A long execution checks it between ops and returns
     #: early; its result is then discarded by the transport.
     aborted: bool = False
+    #: Set by what executes the command when it keeps ``data_out`` past the command's end
+    #: (a write acknowledged before it is written: the runner's write-behind gives the
+    #: buffer back to the pool itself once written): the transport then leaves it alone.
+    data_out_kept: bool = False
 
     # (An explicit __init__: compiled, see setup.py, it is native and ~4x cheaper than the
     # dataclass-generated one, and one of these is made for every command.)
@@ -112,6 +116,7 @@ class ScsiTask:  # identity semantics: a task is a unique in-flight command
         self.write = write
         self.context = context
         self.aborted = aborted
+        self.data_out_kept = False
 
 
 @dataclass(slots=True, init=False)
