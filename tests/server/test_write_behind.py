@@ -673,6 +673,32 @@ def test_the_commands_pooled_buffer_is_kept_not_copied_and_given_back_once_writt
     assert again.obj is own.obj
 
 
+def test_a_buffer_the_command_writes_from_again_is_copied_not_kept() -> None:
+    """Only a request that is the command's last use of its data (``Write.last``, a plain
+    WRITE) keeps the buffer: a command that writes the same bytes twice (as WRITE SAME and
+    SANITIZE write their pattern) gets copies, and both writes land."""
+    from gluster_iscsi.buffers import PooledBuffer
+
+    rig = Rig()
+    own = rig.buffers.borrow(4096)
+    assert type(own.obj) is PooledBuffer
+    own[:] = b"\x07" * 4096
+    task = ScsiTask(bytes([0x2A]) + bytes(9), 0, N1, data_out=own, expected_length=4096,
+                    write=True)
+
+    def twice() -> Any:
+        yield io.Write(0, own, False)
+        yield io.Write(8192, own, False)
+        yield ScsiResult(Status.GOOD)  # (a run's last item is its result)
+
+    rig.runner.start(task, twice(), rig.lu, rig.host)
+    good(rig.host.results.pop(task))
+    assert not task.data_out_kept and len(rig.pool.queue) == 2
+    own[:] = b"\x09" * 4096  # the transport reuses the command's buffer
+    rig.pool.drain()
+    assert bytes(rig.inner._view[:4096]) == bytes(rig.inner._view[8192:12288]) == b"\x07" * 4096
+
+
 def test_the_commands_buffer_is_not_kept() -> None:
     rig = Rig()
     task = rig.write(0, b"\x01" * 512)

@@ -49,18 +49,24 @@ class Read(Request):
 
 @dataclass(slots=True, init=False)
 class Write(Request):
-    """Write ``data`` at ``offset`` (then flush, if ``fua``)."""
+    """Write ``data`` at ``offset`` (then flush, if ``fua``). ``last``: the command uses
+    ``data`` no more once this is done (a plain WRITE's one request), so whoever runs it may
+    keep the buffer past the command's end; a command that writes the same bytes again
+    (WRITE SAME, SANITIZE's pattern) or reads them after (a verify) leaves it False."""
 
     offset: int
     data: Buffer
     fua: bool
     lu: Any
+    last: bool
 
-    def __init__(self, offset: int, data: Buffer, fua: bool = False, lu: Any = None) -> None:
+    def __init__(self, offset: int, data: Buffer, fua: bool = False, lu: Any = None,
+                 last: bool = False) -> None:
         self.offset = offset
         self.data = data
         self.fua = fua
         self.lu = lu
+        self.last = last
 
 
 @dataclass(slots=True, init=False)

@@ -143,7 +143,7 @@ def write(ctx: Ctx) -> Execution:
     fua = (not six and bool(cdb[1] & 0x08)) or not lu.write_cache
     data = _write_data(ctx, need)
     if len(data):
-        yield Write(lba * bs, data, fua)
+        yield Write(lba * bs, data, fua, last=True)
     return ScsiResult(transfer_length=need)
 
 

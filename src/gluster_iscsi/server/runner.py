@@ -970,7 +970,7 @@ class Runner:
         report and nothing waiting for the pending writes (a flush waiting there must not be
         starved by new ones). The caller checked that it overlaps no pending write.
 
-        The command's own pooled data-out buffer is kept (``ScsiTask.data_out_kept``: the
+        A plain WRITE's pooled data-out buffer is kept (``ScsiTask.data_out_kept``: the
         transport leaves it to us) and given back once written; other data is copied,
         except ``bytes``, kept as it is. False: nothing done, the write goes the ordinary
         way."""
@@ -991,11 +991,13 @@ class Runner:
         copy: memoryview | None = None
         kept: Any = data
         out = task.data_out
-        if type(data) is memoryview and out is not None and not task.data_out_kept \
-                and type(out.obj) is PooledBuffer and data.obj is out.obj:
-            # The command's own pooled buffer (the transport's, which nothing else writes
-            # once the command runs): kept as it is, not copied (a 256 KiB copy is ~15 us
-            # of the loop's time), and given back to the pool once written.
+        if req.last and type(data) is memoryview and out is not None \
+                and not task.data_out_kept and type(out.obj) is PooledBuffer \
+                and data.obj is out.obj:
+            # A plain WRITE's data, the command's own pooled buffer (the transport's, which
+            # nothing else writes once the command runs, and the command uses no more:
+            # ``Write.last``): kept as it is, not copied (a 256 KiB copy is ~15 us of the
+            # loop's time), and given back to the pool once written.
             task.data_out_kept = True
             copy = data
         elif type(data) is not bytes:
