@@ -134,7 +134,7 @@ class Gateway:
         self.runner = Runner(clock=g.clock)
         self.server = ship.ShipServer(self.member, self.runner, self.resolve, SECRET,
                                       MemoryBudget(64 << 20))
-        self.shipper = ship.Shipper(self.member, SECRET, timeout=10)
+        self.shipper = ship.Shipper(self.member, SECRET, self.runner, timeout=10)
 
     def resolve(self, target: str, lun: int) -> DeviceServer | None:
         return self.device if target == TARGET else None
@@ -263,7 +263,9 @@ async def test_a_reservation_made_through_the_owner_is_enforced_on_a_write_shipp
         assert (await a.command(write10(1), "x", b"\x02" * 512)).status == Status.GOOD
         read = await b.command(read10(1), "y", read=512)  # reads are not excluded
         assert read.status == Status.GOOD and bytes(read.data) == b"\x02" * 512
-        assert b.shipper.shipped == 3
+        # 3 commands; the first was sent twice: b had not loaded the PR OUTs' state version
+        # the owner applied, so the owner answered it ``stale``
+        assert b.shipper.shipped == 4
     finally:
         await g.close()
 
@@ -331,10 +333,75 @@ async def test_a_lun_reset_through_a_non_owner_resets_the_owner_lu(tmp_path):
         await asyncio.sleep(0.05)  # the abort of the owner's tasks is handed to the loop
         res = await a.command(bytes(6), "x")
         assert parse_sense(res.sense or b"") == (0x06, 0x2903)  # BUS DEVICE RESET FUNCTION
-        b.lu.clear_ua(b.nexus("y").initiator_port)
-        res = await b.command(bytes(6), "y")  # the owner's reset UA for y, then no conflict
+        res = await b.command(bytes(6), "y")  # b's own reset UA for y, then no conflict
         assert parse_sense(res.sense or b"") == (0x06, 0x2903)
+        assert (await b.command(bytes(6), "y")).status == Status.GOOD  # (none on the owner)
+    finally:
+        await g.close()
+
+
+@arun
+async def test_a_reset_reaches_each_nexus_of_every_gateway_once_and_never_late(tmp_path):
+    # A nexus's unit attentions are queued on the gateway its session is on; the owner
+    # answers ``stale`` to a command from a gateway that has not loaded the reset yet. Until
+    # 2026-12-07 the owner also queued them for shipped nexuses, and the non-owner queued
+    # them again at its next beat: each reported twice, the second a beat late
+    # (iscsi-test-cu MultipathIO.CompareAndWrite got 29h/03h after MultipathIO.Reset).
+    g = Ships(tmp_path, ["a", "b", "c"])
+    await g.start()
+    a, b, c = g.gw["a"], g.gw["b"], g.gw["c"]
+    who = {a: "x", b: "y", c: "z"}
+    aborted: dict[str, int] = {"a": 0, "b": 0, "c": 0}
+    try:
+        for gw in (a, b, c):
+            assert (await gw.command(bytes(6), who[gw])).status == Status.GOOD  # known
+            gw.member.abort_all = functools.partial(
+                lambda name, lu: aborted.__setitem__(name, aborted[name] + 1), gw.name)
+        shipped = c.shipper.shipped
+        b.device.lun_reset(0, b.nexus("y"))
+        reset = asyncio.ensure_future(_group_lun_reset(b.lu))
+        while not reset.done():
+            await a.member.beat()
+            g.clock.now += 0.1
+            await asyncio.sleep(0.01)
+        assert reset.result() is True
+        await asyncio.sleep(0.05)
+        key = KEY
+        assert c.member.luns[key].applied < a.member.luns[key].applied  # c has not loaded it
+        for gw in (b, c, a):  # once each, at once: c's first command is answered stale
+            res = await gw.command(bytes(6), who[gw])
+            assert parse_sense(res.sense or b"") == (0x06, 0x2903), gw.name
+            assert (await gw.command(bytes(6), who[gw])).status == Status.GOOD, gw.name
+        assert c.member.luns[key].applied == a.member.luns[key].applied
+        assert c.shipper.shipped == shipped + 2  # the stale one, then the GOOD one
+        await g.rounds(3)  # every gateway loads the record again: nothing new to anyone
+        for gw in (a, b, c):
+            res = await gw.command(bytes(6), who[gw])
+            assert res.status == Status.GOOD, (gw.name, parse_sense(res.sense or b""))
+        # tasks are aborted by the owner alone: a non-owner that loads the reset later has
+        # only commands sent after it in flight (ended without an answer, they would hang)
+        assert aborted == {"a": 1, "b": 0, "c": 0}
+    finally:
+        await g.close()
+
+
+@arun
+async def test_a_sender_always_behind_the_owner_gets_not_ready_after_three_stale_answers(
+        tmp_path):
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    try:
         assert (await b.command(bytes(6), "y")).status == Status.GOOD
+        shipped = b.shipper.shipped
+        a.member.luns[KEY].applied += 1000  # a version no load of b's ever reaches
+        res = await b.command(write10(3), "y", b"\x03" * 512)
+        assert parse_sense(res.sense or b"") == (0x02, 0x040A)  # retried by the initiator
+        assert b.shipper.shipped == shipped + 1 + ship.MAX_STALE
+        assert a.lu.store.read(3 * 512, 512) == bytes(512)  # never run
+        a.member.luns[KEY].applied -= 1000
+        assert (await b.command(write10(3), "y", b"\x03" * 512)).status == Status.GOOD
+        assert a.lu.store.read(3 * 512, 512) == b"\x03" * 512
     finally:
         await g.close()
 

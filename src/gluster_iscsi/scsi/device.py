@@ -51,6 +51,10 @@ class DeviceServer:
         #: relative target port identifier -> target port group, of every port seen.
         self._ports: dict[int, int] = {}
         self._port_names: dict[int, str] = {}
+        #: initiator ports known here only from the commands other gateways of a group
+        #: shipped (``server.ship.register``): their unit attentions are kept by the gateway
+        #: their session is on, which checks them before it ships (one queue per nexus)
+        self._shipped: set[str] = set()
         self._lock = threading.RLock()
 
     # -- LUN table ------------------------------------------------------------------------
@@ -69,7 +73,8 @@ class DeviceServer:
                 raise ValueError(f"LUN {lun} already exists")
             lu.lun_id = lun
             for port in self._nexuses:
-                lu.nexus_added(port)
+                if port not in self._shipped:
+                    lu.nexus_added(port)
             self.luns[lun] = lu
             self._luns_changed(except_lun=lun)
 
@@ -105,6 +110,7 @@ class DeviceServer:
         port = nexus.initiator_port
         with self._lock:
             self._nexuses[port] = nexus
+            self._shipped.discard(port)
             self._ports[nexus.relative_port] = nexus.target_port_group
             self._port_names[nexus.relative_port] = nexus.target_port
             departed = self._departed
@@ -132,6 +138,7 @@ class DeviceServer:
             if live is not None and live is not nexus:
                 return  # an older session of this port (reinstated): its successor lives on
             self._nexuses.pop(port, None)
+            self._shipped.discard(port)
             departed = self._departed
             departed[port] = None
             departed.move_to_end(port)

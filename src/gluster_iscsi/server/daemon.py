@@ -713,7 +713,7 @@ class Daemon:
             address = f"{socket.gethostname()}:{address.rpartition(':')[2]}"
         self.ship_server = server
         member.ship_address = address
-        self.shipper = ship.Shipper(member, secret,
+        self.shipper = ship.Shipper(member, secret, self.runner,
                                     timeout=self.io_timeout + member.lease_seconds)
         self.shipper.install()
         log.info("gateway group: command shipping on %s (non-owner paths active/non-optimized)",

@@ -911,6 +911,14 @@ class GroupMember:
                 aborts += [p for p in ev.get("abort") or () if isinstance(p, str)]
             reset = self._replay_lu_events(glu, fresh) if not first else False
             glu.applied = version
+        # Tasks are aborted where they are issued: by the owner (its own and those shipped
+        # to it), which applies the change before the command that made it is answered. A
+        # non-owner issues no media I/O, and applies the change whenever it next loads the
+        # record: what it has in flight then came later (a shipped command is answered by
+        # the owner, and one that left before the change is ``stale`` there, ship.py), so
+        # aborting it here would end, without an answer, commands sent after the reset.
+        if glu.lease.role in (Role.STANDBY, Role.TAKING):
+            aborts, reset = [], False
         if aborts and self.abort is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self.abort, lu, aborts)
         if reset and self.abort_all is not None and self._loop is not None:

@@ -7,8 +7,8 @@ those it can answer alone (:data:`LOCAL_OPCODES`) is sent over a gateway-to-gate
 to the LU's owner, which runs it through the same device
 server and command runner as a local one, with the sender's nexus (initiator port + the
 sender's target port, relative port and target port group). Reservations, COMPARE AND WRITE
-atomicity, unit attentions, fencing and the single writer all stay the owner's; no media I/O
-happens on a non-owner. INQUIRY, REPORT LUNS, RTPG, REQUEST SENSE (allowed in every access
+atomicity, task aborts, fencing and the single writer all stay the owner's; no media I/O
+happens on a non-owner (unit attentions: below). INQUIRY, REPORT LUNS, RTPG, REQUEST SENSE (allowed in every access
 state) and PR IN/OUT (through the shared state record) run where they arrived, as before.
 
 The channel (one TCP connection per pair of gateways, opened lazily, kept):
@@ -22,9 +22,16 @@ The channel (one TCP connection per pair of gateways, opened lazily, kept):
   secret is 32 random bytes in the group directory's ``secret`` record (created once, under
   its lock): whoever can read the group directory is already trusted with the LUNs.
 - **Request** ``{t: cmd, id, key, epoch, target, lun, cdb, attr, expected, read, write,
-  initiator, port, target_port, relative_port, tpg}`` + data-out; **response** ``{t: res, id,
-  status, sense, length}`` + data-in, or ``{t: res, id, not_owner: true}``: the sender ends
-  the command NOT READY 04/0Ah (initiators retry; by then the ALUA table moved).
+  initiator, port, target_port, relative_port, tpg, v}`` + data-out; **response** ``{t: res,
+  id, status, sense, length}`` + data-in, or ``{t: res, id, not_owner: true}``: the sender ends
+  the command NOT READY 04/0Ah (initiators retry; by then the ALUA table moved), or ``{t: res,
+  id, stale: version}``: the owner applied a later version of the LU's state record than the
+  sender's ``v``, and ran nothing; the sender loads the record and starts the command again.
+- **Unit attentions**: a nexus has one queue, on the gateway its session is on. The sender
+  delivers what it holds before it ships; ``stale`` makes sure that it holds, before the
+  owner runs a command of the nexus, every condition a change the owner applied owes it
+  (a LUN RESET, a reservation preempted, mode pages changed). The owner keeps none for a
+  shipped nexus (:func:`register`), else each would be reported twice, the second late.
 
 The codec and the handshake (:class:`FrameDecoder`, :func:`encode`, :func:`client_proof`,
 :func:`server_proof`) are pure; :class:`ShipServer` (the owner's side) and :class:`Shipper`
@@ -90,6 +97,10 @@ NOT_OWNER_SENSE = (0x02, 0x040A)
 LOCAL_OPCODES = frozenset({0x5E, 0x5F})
 
 
+#: Times a command is sent again after a ``stale`` answer (each after a load of the LU's
+#: state record) before it ends NOT READY 04/0Ah: only a state changing faster than a
+#: record is read gets there.
+MAX_STALE = 3
 #: How often a connection looks for aborted tasks among the shipped ones in flight.
 ABORT_SWEEP_SECONDS = 0.1
 
@@ -486,6 +497,14 @@ class ShipServer:
             self.budget.release(conn.share, charged)
             conn.answer({"t": "res", "id": rid, "not_owner": True}, b"")
             return
+        seen = h.get("v")
+        if type(seen) is int and seen < glu.applied:  # type: ignore[union-attr]
+            # the sender has not loaded a change of the LU's state this owner applied (a
+            # reset, a reservation, ...): it loads it, queues the unit attentions it owes
+            # its nexus, and sends the command again (or answers it with one)
+            self.budget.release(conn.share, charged)
+            conn.answer({"t": "res", "id": rid, "stale": glu.applied}, b"")  # type: ignore[union-attr]
+            return
         nexus = Nexus(str(h["initiator"]), str(h["port"]), str(h["target_port"]),
                       relative_port=int(h["relative_port"]), target_port_group=int(h["tpg"]))
         register(device, nexus)
@@ -565,19 +584,19 @@ class ShipServer:
 
 
 def register(device: Any, nexus: Nexus) -> None:
-    """Make a shipped nexus known to the owner's device server without the POWER ON/RESET
-    unit attention a login queues (the gateway it came through delivered its own): from now
-    on the owner queues unit attentions for it, delivered on its shipped commands."""
+    """Make a shipped nexus known to the owner's device server (its SPC-2 reservation, its
+    target port in RTPG) without a unit attention queue: those of a nexus are kept by the
+    gateway its session is on, which delivers them before it ships anything (``maybe_ship``),
+    and which is never behind the owner's state when it ships (``stale``). One queue per
+    nexus: a second one here delivered each LU-wide condition twice, the second late."""
     port = nexus.initiator_port
     if port in device._nexuses and nexus.relative_port in device._ports:
         return
     with device._lock:
         if port not in device._nexuses:
             device._nexuses[port] = nexus
+            device._shipped.add(port)
             device._departed.pop(port, None)
-            for lu in device.luns.values():
-                with lu.state_lock:
-                    lu._ua.setdefault(port, [])
         if nexus.relative_port not in device._ports:
             device._ports[nexus.relative_port] = nexus.target_port_group
             device._port_names[nexus.relative_port] = nexus.target_port
@@ -784,10 +803,14 @@ class Shipper:
     """The sender's side: the runner's per-LU hook (``LuState.ship``) and the connections to
     the owners. Installed on a member whose ``non_owner`` is ``non-optimized``."""
 
-    def __init__(self, member: Any, secret: bytes, *, max_data: int = MAX_TRANSFER_BYTES,
-                 timeout: float = 30.0) -> None:
+    def __init__(self, member: Any, secret: bytes, runner: Any, *,
+                 max_data: int = MAX_TRANSFER_BYTES, timeout: float = 30.0) -> None:
         self.member = member
         self.secret = secret
+        #: the command runner, to start again a command the owner found ``stale``
+        self.runner = runner
+        #: group LU key -> the load of its state record under way for ``stale`` answers
+        self._refreshing: dict[str, asyncio.Future[None]] = {}
         self.max_data = max_data
         #: seconds a shipped command may take before it ends NOT READY 04/0Ah
         self.timeout = timeout
@@ -814,9 +837,10 @@ class Shipper:
         for c in self.clients.values():
             c.close()
 
-    def maybe_ship(self, task: ScsiTask, run: Any, lu: Any, host: Any) -> bool:
+    def maybe_ship(self, task: ScsiTask, run: Any, lu: Any, host: Any, tries: int = 0) -> bool:
         """The runner's hook (``Runner.start``): True if the command went to the owner (its
-        generator closed unstarted), False to run it here as usual."""
+        generator is not started), False to run it here as usual. ``tries``: the times the
+        owner answered it ``stale`` already."""
         nexus = task.nexus
         if lu.alua.state_of(nexus.target_port_group) is not AccessState.ACTIVE_NON_OPTIMIZED:
             return False  # the owner (optimized), or a state whose refusal is local
@@ -834,16 +858,21 @@ class Shipper:
         if owner is None:
             return False  # nobody to ship to: here, where the lease refuses it 04/0Ah
         glu, rec, address = owner
-        if task.read and task.expected_length and not host.reserve(task, task.expected_length):
+        if task.read and task.expected_length and not tries \
+                and not host.reserve(task, task.expected_length):  # (once: kept if sent again)
             run.close()
             host.complete(task, ScsiResult(host.full_status()))
             return True
-        run.close()
         header = _header(glu.key, rec.epoch, task.lun, nexus)
+        # ``v``: the LU state version this gateway applied; an owner that applied a later
+        # one answers ``stale`` instead of running the command (the unit attentions the
+        # change owes this gateway's nexuses come first)
         header.update(cdb=bytes(cdb).hex(), attr=int(task.attr), expected=task.expected_length,
-                      read=task.read, write=task.write)
+                      read=task.read, write=task.write, v=glu.applied)
+        # (``run``, unstarted, is kept for a ``stale`` answer: it runs again from the start)
         self._client(address).send(header, task.data_out if task.data_out is not None else b"",
-                                   functools.partial(self._done, task, lu, host, address),
+                                   functools.partial(self._done, task, run, lu, host, address,
+                                                     tries),
                                    self.timeout, task)
         self.shipped += 1
         return True
@@ -882,11 +911,17 @@ class Shipper:
             client = self.clients[address] = _Client(self, address)
         return client
 
-    @staticmethod
-    def _done(task: ScsiTask, lu: Any, host: Any, address: str, answer: dict[str, Any] | None,
-              out: bytes, exc: BaseException | None) -> None:
+    def _done(self, task: ScsiTask, run: Any, lu: Any, host: Any, address: str, tries: int,
+              answer: dict[str, Any] | None, out: bytes, exc: BaseException | None) -> None:
         result: ScsiResult | None = None
-        if exc is None and answer is not None and not answer.get("not_owner"):
+        if exc is None and answer is not None and answer.get("stale") is not None \
+                and not task.aborted and tries < MAX_STALE:
+            asyncio.get_running_loop().create_task(
+                self._again(task, run, lu, host, tries + 1))
+            return
+        run.close()
+        if exc is None and answer is not None and not answer.get("not_owner") \
+                and answer.get("stale") is None:
             try:
                 sense = answer.get("sense")
                 result = ScsiResult(Status(int(answer["status"])), out if out else None,
@@ -903,6 +938,42 @@ class Shipper:
         if task.aborted:
             result = ScsiResult(Status.TASK_ABORTED)
         host.complete(task, result)
+
+
+    async def _again(self, task: ScsiTask, run: Any, lu: Any, host: Any, tries: int) -> None:
+        """The owner answered ``stale``: load the LU's state record (one load for every
+        command waiting on it), which queues the unit attentions the change owes this
+        gateway's nexuses, then start the command again: the first of them ends it here;
+        else it is shipped again. The record unreadable: NOT READY 04/0Ah (the initiator
+        retries), as for an owner out of reach."""
+        glu = self.member.handle(lu)
+        key = glu.key if glu is not None else ""
+        loading = self._refreshing.get(key)
+        try:
+            if loading is None:
+                loop = asyncio.get_running_loop()
+                loading = loop.run_in_executor(None, self.member.shared_refresh, lu)
+                self._refreshing[key] = loading
+                try:
+                    await loading
+                finally:
+                    if self._refreshing.get(key) is loading:
+                        del self._refreshing[key]
+            else:
+                await asyncio.shield(loading)
+        except Exception as exc:  # noqa: BLE001 - this command's answer: 04/0Ah
+            run.close()
+            PROBLEMS.report(log, logging.WARNING, "ship refresh", key,
+                            "command shipping: could not load the state of LUN %s: %s", key,
+                            str(exc) or type(exc).__name__)
+            host.complete(task, ScsiResult(Status.TASK_ABORTED) if task.aborted else _not_owner(lu))
+            return
+        if task.aborted:
+            run.close()
+            host.complete(task, ScsiResult(Status.TASK_ABORTED))
+            return
+        if not self.maybe_ship(task, run, lu, host, tries):
+            self.runner.start_here(task, run, lu, host)
 
 
 def _ignore(answer: dict[str, Any] | None, out: bytes, exc: BaseException | None) -> None:
