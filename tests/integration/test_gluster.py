@@ -28,6 +28,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from gluster_iscsi.backstore.gfapi.store import DEFAULT_WRITE_PIECE
+
 from ..gluster_env import brick_write_sizes, gluster_volume_fixture
 from .conftest import need
 from .daemon import DEMO_IQN, Daemon
@@ -362,7 +364,7 @@ def test_gfapi_reads_and_writes_are_asynchronous_calls_and_the_workers_still_do_
     before = gfapi_async_status(gw)
     size = 16 * MiB
     qemu_round_trip(gw.url(BLOCK_LUN), tmp_path, size)
-    # (qemu's writes are larger than a write piece, 128 KiB: those the workers cut; the reads
+    # (qemu's writes are larger than a write piece, 256 KiB: those the workers cut; the reads
     # back hit the read cache they filled) a read of what nothing cached yet:
     async def cold_reads() -> None:
         async with session(gw, "async") as s:
@@ -413,8 +415,8 @@ def test_gfapi_reads_and_writes_are_asynchronous_calls_and_the_workers_still_do_
 
 def test_a_write_longer_than_a_piece_goes_as_asynchronous_piece_sized_calls(gw, block_volume):
     """A 1 MiB WRITE to a gfapi LUN (write-behind on, the default) goes as asynchronous calls
-    of a write piece each (128 KiB, --gfapi-write-piece), all in flight at once: status counts
-    it, the bricks see no WRITE longer than two pieces (Gluster's write-behind may join two),
+    of a write piece each (256 KiB by default, --gfapi-write-piece), all in flight at once:
+    status counts it, the bricks see no WRITE longer than two pieces (Gluster's write-behind may join two),
     and the bytes are on the volume (read through FUSE)."""
     vol = block_volume.volume
 
@@ -437,7 +439,7 @@ def test_a_write_longer_than_a_piece_goes_as_asynchronous_piece_sized_calls(gw, 
         asyncio.run(main())
         assert gfapi_async_status(gw)["calls"] > before  # not on the workers
         sizes = brick_write_sizes(vol)
-        assert sizes and max(sizes) <= 256 * 1024, sizes
+        assert sizes and max(sizes) <= 2 * DEFAULT_WRITE_PIECE < MiB, sizes
     finally:
         profile("stop")
     with open(block_volume.fuse_path("lun1.img"), "rb") as f:

@@ -56,9 +56,8 @@ _NOT_SUPPORTED = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
 _MAX_IO = 32 << 20
 #: The largest write a buffered store (not ``o_direct``) hands glfs_pwrite(v) in one call,
 #: longer ones going in pieces of this size, each its own brick WRITE; 0: whole writes (up
-#: to ``_MAX_IO``). ``serve --gfapi-write-piece`` sets it; the default, 128 KiB, is what a
-#: FUSE mount sends (the kernel's max_write), so the bricks see what they see from tgt on a
-#: FUSE file. Why it matters after the write: the bricks write
+#: to ``_MAX_IO``). ``serve --gfapi-write-piece`` sets it; the default is 256 KiB (a FUSE
+#: mount sends 128 KiB, the kernel's max_write). Why it matters after the write: the bricks write
 #: into their page cache, and Linux (ext4, kernel 6.18 here) caches a file in folios as
 #: large as the writes that filled it. A later 4 KiB write into a 1 MiB folio walks all 256
 #: of its block buffers (``ext4_block_write_begin``: 17-21% of the bricks' CPU against 3-4%),
@@ -71,8 +70,13 @@ _MAX_IO = 32 << 20
 #: bypasses the bricks' page cache (strict-o-direct) and always keeps whole writes.
 #: Measured against tgt on the FUSE file (bench/run, pinned, one run each; BENCHMARKS.md
 #: "Stop 25"): 4K random writes QD32 0.80 whole, 1.06 with 256 KiB, 1.10 with 128 KiB; QD1
-#: 0.72 / 0.80 / 0.92; 1 MiB sequential writes 1.57 / 1.46 / 1.20 (still ahead).
-DEFAULT_WRITE_PIECE = 128 << 10
+#: 0.72 / 0.80 / 0.92; 1 MiB sequential writes 1.57 / 1.46 / 1.20 (still ahead). 128 KiB
+#: was the default until stop 33, when every other write row had moved well ahead of tgt but
+#: 256 KiB sequential writes stood at 0.96-0.98x (each in two pieces, twice the bricks'
+#: WRITEs); the same run with 256 KiB pieces (BENCHMARKS.md "Stop 33", pinned): 256 KiB
+#: sequential writes 1.30x (0.96x), 1 MiB 1.40x (1.01x), 4K random writes QD32 after them
+#: 1.57x (1.55x) with the bricks at 81.9 s/GiB (80.3), QD1 0.98x (0.97x).
+DEFAULT_WRITE_PIECE = 256 << 10
 BUFFERED_WRITE_PIECE = DEFAULT_WRITE_PIECE
 
 
