@@ -40,6 +40,65 @@ def test_a_readable_connection_ends_the_spin_at_once():
     run(main())
 
 
+def test_the_spin_hands_a_readable_connection_to_its_reader_at_once():
+    """What the spin sees readable is received there (``watch(..., read_now)``), not after the
+    loop's own epoll_wait, when it is the one connection readable and one that sent since
+    the last spin (``kick(fd)``); anything else is left to the loop, in its order."""
+
+    async def main():
+        a, b = socket.socketpair()
+        c, d = socket.socketpair()
+        e, f = socket.socketpair()
+        got: list[tuple[str, bytes]] = []
+        p = IdlePoller(asyncio.get_running_loop(), 10.0)
+        p.watch(a.fileno(), "conn-a", lambda: got.append(("a", a.recv(16))))
+        p.watch(c.fileno(), "conn-c", lambda: got.append(("c", c.recv(16))))
+        p.watch(e.fileno(), "conn-e")  # no reader
+        b.send(b"request")
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert (p.spins, p.hits) == (1, 1)
+        assert got == [("a", b"request")]  # c was not readable: not called
+        # readable, but another connection sent: a's answer may have queued what must run
+        # before c's next command (a Logout's response, then its session's end)
+        d.send(b"after a")
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert got == [("a", b"request")] and p.hits == 2
+        assert c.recv(16) == b"after a"
+        f.send(b"other")
+        p.kick(e.fileno())
+        await asyncio.sleep(0)
+        assert got == [("a", b"request")] and p.hits == 3
+        assert e.recv(16) == b"other"  # no reader: left where it was, for the loop
+        # two readable at once, both having sent: neither is received here (which came
+        # first, and whether one is an end the other's commands must follow, is the loop's)
+        b.send(b"one")
+        d.send(b"two")
+        p.kick(a.fileno())
+        p.kick(c.fileno())
+        await asyncio.sleep(0)
+        assert got == [("a", b"request")] and p.hits == 4
+        assert a.recv(16) == b"one" and c.recv(16) == b"two"
+        # one readable, but two sent: the other's send may have queued what must come first
+        b.send(b"three")
+        p.kick(c.fileno())
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert got == [("a", b"request")] and p.hits == 5
+        assert a.recv(16) == b"three"
+        p.unwatch(a.fileno(), "conn-a")
+        b.send(b"late")
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert got == [("a", b"request")]  # unwatched: its reader is gone too
+        p.close()
+        for s_ in (a, b, c, d, e, f):
+            s_.close()
+
+    run(main())
+
+
 def test_a_completed_store_call_ends_the_spin():
     async def main():
         pool = FakePool()

@@ -102,6 +102,9 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         self.closed = asyncio.Event()
         #: why the connection was closed, from the first CloseConnection ("" : the peer left)
         self.close_reason = ""
+        #: the error a receive of the idle poller's met (``read_now``): the kernel reports a
+        #: reset once, so it is the connection's end, told as such
+        self._read_error: OSError | None = None
         #: this connection's commands, those that did not end GOOD, and bytes of data in
         #: (written by the initiator) and out (read), counted where a command ends
         self.commands = 0
@@ -134,7 +137,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
         raw = transport.get_extra_info("socket")
         if raw is not None:
             self._fd = raw.fileno()
-            self._poller.watch(self._fd, self)
+            self._poller.watch(self._fd, self, self.read_now)
             # Socket options are set on a socket object of our own, over a duplicate of the
             # descriptor: uvloop's stand-in makes a new socket object (getsockname and all)
             # for every setsockopt, profiled at a fifth of the event loop's time for 1 MiB
@@ -182,6 +185,28 @@ class ConnectionDriver(asyncio.BufferedProtocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._deferred_flush)
 
+    def read_now(self) -> None:
+        """The idle poller saw this connection readable (``poller.py``): receive and handle
+        its bytes now, from the spin, not after the event loop's own ``epoll_wait`` and
+        dispatch. Nothing there yet, or the end of the stream: left to the transport's own
+        read, which sees it too. An error (a reset) is reported once, to this receive: the
+        connection ends with it, as the transport would have ended it."""
+        sock = self._sock
+        if sock is None or self.conn is None or self._paused or self._closing:
+            return
+        try:
+            n = sock.recv_into(self.get_buffer(-1), 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._read_error = exc
+            transport = self.transport
+            if transport is not None:
+                transport.abort()  # -> connection_lost, which reports exc
+            return
+        if n > 0:
+            self.buffer_updated(n)
+
     def _set_lowat(self) -> None:
         lowat = self._want_lowat
         if lowat != self._lowat and self._sock is not None:
@@ -193,6 +218,8 @@ class ConnectionDriver(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         conn = self.conn
+        if exc is None and self._read_error is not None:
+            exc = self._read_error  # (read_now's receive met it: the transport never saw it)
         if self._timer is not None:
             self._timer.cancel()
         self.daemon.connection_closed(self, exc)
@@ -242,7 +269,7 @@ class ConnectionDriver(asyncio.BufferedProtocol):
                 transport.write(b"".join(bufs))
             else:
                 transport.writelines(bufs)  # type: ignore[arg-type]
-            self._poller.kick()
+            self._poller.kick(self._fd)
         lent = self._lent
         if lent or conn.unsent:
             queued = transport.get_write_buffer_size()

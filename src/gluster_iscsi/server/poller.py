@@ -18,6 +18,15 @@ work came soon after (within ``budget``), it grows; when the work came later tha
 (a slow store, an initiator thinking), it shrinks, down to not spinning at all, so a loop
 waiting on Gluster round trips of a millisecond does not burn the CPU those need.
 
+When what the spin finds readable is the one connection that just sent, and nothing else
+is readable or under way (no store call out, no other connection sent since the last spin:
+the QD1 request-response case), the spin receives and handles the request itself
+(``watch(fd, owner, read_now)``), which saves the loop's own ``epoll_wait`` and dispatch;
+hot 4 KiB reads at QD1 gain a few per cent. Everything else is left to the loop, whose
+callbacks may hold what must happen first: a Logout's response is followed by its
+connection's close, and the end of that session (its SPC-2 reservation released) must come
+before another session's next command runs.
+
 It is an I/O-layer concern only: the iSCSI and SCSI cores never see it.
 """
 
@@ -51,6 +60,10 @@ class IdlePoller:
         self._pools = pools
         self._ep = select.epoll() if budget > 0 else None
         self._fds: dict[int, object] = {}  # fd -> the connection that registered it
+        #: fd -> what receives from it at once when the spin sees it readable (``watch``)
+        self._readers: dict[int, Callable[[], None]] = {}
+        #: the connections that sent since the last spin: the only ones it receives from
+        self._kicked: set[int] = set()
         self._armed = False
         #: The current spin length, adapted between 0 and ``budget``.
         self.current = budget
@@ -60,7 +73,12 @@ class IdlePoller:
         self.spins = 0
         self.hits = 0
 
-    def watch(self, fd: int, owner: object) -> None:
+    def watch(self, fd: int, owner: object,
+              read_now: Callable[[], None] | None = None) -> None:
+        """Watch ``fd`` for the spin. ``read_now``: called when the spin sees it readable, to
+        receive and handle its bytes at once; the loop would do so only after its own
+        ``epoll_wait`` and a dispatch (a system call and a loop turn on every QD1
+        request)."""
         ep = self._ep
         if ep is None or fd < 0:
             return
@@ -71,21 +89,30 @@ class IdlePoller:
         except OSError:
             return
         self._fds[fd] = owner
+        if read_now is not None:
+            self._readers[fd] = read_now
+        else:
+            self._readers.pop(fd, None)
 
     def unwatch(self, fd: int, owner: object) -> None:
         if self._ep is None or self._fds.get(fd) is not owner:
             return  # not ours, or the number already belongs to a newer connection
         del self._fds[fd]
+        self._readers.pop(fd, None)
         try:
             self._ep.unregister(fd)
         except (OSError, ValueError):  # already closed: the kernel dropped it with the file
             pass
 
-    def kick(self) -> None:
-        """Something was sent: spin once the loop has run the callbacks now ready."""
-        if self._ep is not None and not self._armed:
-            self._armed = True
-            self.loop.call_soon(self._spin)
+    def kick(self, fd: int = -1) -> None:
+        """Something was sent (on connection ``fd``): spin once the loop has run the
+        callbacks now ready."""
+        if self._ep is not None:
+            if fd >= 0:
+                self._kicked.add(fd)
+            if not self._armed:
+                self._armed = True
+                self.loop.call_soon(self._spin)
 
     def woke(self) -> None:
         """Work arrived after a spin ran out: adapt the spin length to the gap."""
@@ -101,6 +128,7 @@ class IdlePoller:
 
     def _spin(self) -> None:
         self._armed = False
+        kicked, self._kicked = self._kicked, set()
         ep = self._ep
         if ep is None:
             return
@@ -113,8 +141,27 @@ class IdlePoller:
             poll = ep.poll
             while True:
                 # epoll_wait(0) releases the GIL: a store worker can deliver its result meanwhile.
-                if poll(0):
+                events = poll(0)
+                if events:
                     self.hits += 1
+                    if not pools and len(events) == 1 and len(kicked) == 1 \
+                            and events[0][0] in kicked:
+                        # Only a loop that waits for nothing but its next request receives
+                        # here: with store calls out, the loop's own turn also reaps their
+                        # completions first (4K writes at QD1 and QD32 ran 0-7% slower when
+                        # the spin received them too, hot reads 1-5% faster either way).
+                        # And only one connection, the one that sent since the last spin
+                        # (the QD1 request-response case): anything else keeps the loop's
+                        # order.
+                        # What a send leads to may still be waiting among the loop's
+                        # callbacks, queued after this spin: a Logout's response is followed
+                        # by the connection's close, whose end of the session releases its
+                        # SPC-2 reservation, and another session's next command must not
+                        # run before it (libiscsi's Sanitize.Reset met RESERVATION CONFLICT
+                        # when the spin received from every connection).
+                        read_now = self._readers.get(events[0][0])
+                        if read_now is not None:
+                            read_now()
                     return
                 # (the yield, see above: QD1 cold gfapi reads, unpinned on 2 CPUs, made
                 # 0.90-0.99x of --poll-usecs 0 when only a store call out yielded, 1.00-1.04x)
@@ -132,3 +179,4 @@ class IdlePoller:
             self._ep.close()
             self._ep = None
             self._fds.clear()
+            self._readers.clear()
