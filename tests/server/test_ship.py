@@ -386,7 +386,7 @@ async def test_a_reset_reaches_each_nexus_of_every_gateway_once_and_never_late(t
 
 
 @arun
-async def test_a_sender_always_behind_the_owner_gets_not_ready_after_three_stale_answers(
+async def test_a_sender_always_behind_the_owner_gets_not_ready_once_sent_again_three_times(
         tmp_path):
     g = Ships(tmp_path, ["a", "b"])
     await g.start()

@@ -916,8 +916,10 @@ class Shipper:
         result: ScsiResult | None = None
         if exc is None and answer is not None and answer.get("stale") is not None \
                 and not task.aborted and tries < MAX_STALE:
-            asyncio.get_running_loop().create_task(
+            again = asyncio.get_running_loop().create_task(
                 self._again(task, run, lu, host, tries + 1))
+            self._inflight.add(again)  # (a task the loop holds only weakly)
+            again.add_done_callback(self._inflight.discard)
             return
         run.close()
         if exc is None and answer is not None and not answer.get("not_owner") \
@@ -938,7 +940,6 @@ class Shipper:
         if task.aborted:
             result = ScsiResult(Status.TASK_ABORTED)
         host.complete(task, result)
-
 
     async def _again(self, task: ScsiTask, run: Any, lu: Any, host: Any, tries: int) -> None:
         """The owner answered ``stale``: load the LU's state record (one load for every
