@@ -386,6 +386,37 @@ async def test_a_reset_reaches_each_nexus_of_every_gateway_once_and_never_late(t
 
 
 @arun
+async def test_a_stale_answer_the_sender_cannot_load_the_state_for_ends_not_ready_04_0a(
+        tmp_path):
+    # b is behind a's state (a registration made through a) and its group directory handle
+    # is unusable: the command ends 04/0Ah (the initiator retries), nothing is written, and
+    # a's own session goes on
+    g = Ships(tmp_path, ["a", "b"])
+    await g.start()
+    a, b = g.gw["a"], g.gw["b"]
+    try:
+        assert (await b.command(bytes(6), "y")).status == Status.GOOD
+        loop = asyncio.get_running_loop()
+        nexus = a.nexus("x")
+        a.device.nexus_added(nexus)
+        a.lu.clear_ua(nexus.initiator_port)
+        cdb, params = prout(0, sa_key=0xAA)
+        task = ScsiTask(cdb, 0, nexus, data_out=memoryview(params), expected_length=len(params),
+                        write=True)
+        done = await loop.run_in_executor(None, a.runner.run, a.device.execute(task), a.lu)
+        assert done.status == Status.GOOD
+        assert b.member.luns[KEY].applied < a.member.luns[KEY].applied
+        b.shared.close()  # every read of b's group directory now fails (EBADF)
+        res = await b.command(write10(6), "y", b"\x06" * 512)
+        assert parse_sense(res.sense or b"") == (0x02, 0x040A)
+        assert a.lu.store.read(6 * 512, 512) == bytes(512)
+        assert (await a.command(write10(6), "x", b"\x07" * 512)).status == Status.GOOD
+        assert a.lu.store.read(6 * 512, 512) == b"\x07" * 512
+    finally:
+        await g.close()
+
+
+@arun
 async def test_a_sender_always_behind_the_owner_gets_not_ready_once_sent_again_three_times(
         tmp_path):
     g = Ships(tmp_path, ["a", "b"])
