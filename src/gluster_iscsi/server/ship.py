@@ -914,16 +914,16 @@ class Shipper:
     def _done(self, task: ScsiTask, run: Any, lu: Any, host: Any, address: str, tries: int,
               answer: dict[str, Any] | None, out: bytes, exc: BaseException | None) -> None:
         result: ScsiResult | None = None
-        if exc is None and answer is not None and answer.get("stale") is not None \
-                and not task.aborted and tries < MAX_STALE:
+        stale = answer.get("stale") if exc is None and answer is not None else None
+        if stale is not None and not task.aborted and tries < MAX_STALE:
             again = asyncio.get_running_loop().create_task(
                 self._again(task, run, lu, host, tries + 1))
             self._inflight.add(again)  # (a task the loop holds only weakly)
             again.add_done_callback(self._inflight.discard)
             return
         run.close()
-        if exc is None and answer is not None and not answer.get("not_owner") \
-                and answer.get("stale") is None:
+        if exc is None and answer is not None and stale is None \
+                and not answer.get("not_owner"):
             try:
                 sense = answer.get("sense")
                 result = ScsiResult(Status(int(answer["status"])), out if out else None,
