@@ -376,8 +376,10 @@ def _keep_one(cache: CachedStore) -> None:
 class _Chunk:
     """A cached chunk: its bytes (``chunk`` long, shorter at the end of the LUN) and which of
     its units (bit ``u``: bytes ``[u * unit, (u + 1) * unit)``) hold the store's bytes.
-    ``view`` is a view of ``data`` that hits copy from (a slice of it copies no bytes, a
-    slice of the bytearray would copy them twice); ``data`` never changes length."""
+    ``view`` is a view of ``data`` that hits copy from and writes and fills copy into: a
+    slice of it copies no bytes, where a slice of the bytearray copies them, and assigning
+    a memoryview to a slice of the bytearray copies them twice (CPython first makes a
+    bytearray of them). ``data`` never changes length."""
 
     __slots__ = ("data", "valid", "view")
 
@@ -758,7 +760,7 @@ class CachedStore(BackingStore):
                 if b - base > n:  # runs past a short (last) chunk: the size changed
                     self._free_locked(i)
                 else:
-                    buf[a - base : b - base] = data[a - offset : b - offset]
+                    entry.view[a - base : b - base] = data[a - offset : b - offset]
                     entry.valid |= _whole_units(a - base, b - base, n, ushift)
                     chunks.move_to_end(i)
             else:
@@ -769,8 +771,9 @@ class CachedStore(BackingStore):
                 if a == base and b - base == n and n > 0:
                     made = self._make_room_locked(n)
                     if made is not None:
-                        made[:] = data[a - offset : b - offset]
-                        chunks[i] = _Chunk(made, _whole_units(0, n, n, ushift))
+                        made_entry = _Chunk(made, _whole_units(0, n, n, ushift))
+                        made_entry.view[:] = data[a - offset : b - offset]
+                        chunks[i] = made_entry
                         self.bytes += n
 
     def _raced_locked(self, start: int, gen: int, first: int, last: int) -> bool:
@@ -1136,8 +1139,9 @@ class CachedStore(BackingStore):
                 mask = _whole_units(a - base, b - base, n, ushift) if b - base <= n else 0
                 new = self._make_room_locked(n) if mask else None
                 if new is not None:
-                    new[a - base : b - base] = data[a - lo : b - lo]
-                    chunks[i] = _Chunk(new, mask)
+                    new_entry = _Chunk(new, mask)
+                    new_entry.view[a - base : b - base] = data[a - lo : b - lo]
+                    chunks[i] = new_entry
                     self.bytes += n
             elif b - base > len(entry.data):
                 self._free_locked(i)  # a short (last) chunk: the size changed
@@ -1147,7 +1151,7 @@ class CachedStore(BackingStore):
                 # Only the units not cached yet: the cached ones are as new (no change of this
                 # chunk since ``start``), and a write may have patched part of a unit.
                 if mask & ~entry.valid:
-                    entry.data[a - base : b - base] = data[a - lo : b - lo]
+                    entry.view[a - base : b - base] = data[a - lo : b - lo]
                     entry.valid |= mask
                 chunks.move_to_end(i)
 
@@ -1201,7 +1205,8 @@ class CachedStore(BackingStore):
         """A write of ``view`` at ``offset`` on the inner store ended (before its command can
         answer GOOD): drop or patch what it touched, and empty the cache if it failed."""
         keep = ok and self.enabled
-        self._invalidate(offset, len(view), start, [view] if keep else None,
+        # (flat unsigned bytes: what the chunks' views take in a slice assignment)
+        self._invalidate(offset, len(view), start, [byte_view(view)] if keep else None,
                          self._size_or_unknown() if keep else -1, when)
         if not ok:
             self.store_failed()
