@@ -1296,3 +1296,21 @@ def test_status_counts_skipped_misses_and_says_when_admission_is_sampled():
     s = cachemod.summary([store])
     assert s["thrashing"] == 0 and "sampled" not in cachemod.summary_line(s)
     store.close()
+
+
+def test_a_write_begun_elsewhere_keeps_its_bytes_whatever_the_views_format():
+    """``end_write`` (the asynchronous gfapi path, server/gfaio.py) copies a write's bytes into
+    the chunks through their memoryviews, which take only flat unsigned bytes: a view of
+    another byte format ('b', 'c') is made one first, the bytes kept are the write's, and
+    a later read hits them."""
+    inner = MemoryStore(8 * CHUNK)
+    store = _cached(inner)
+    store.read(0, 4 * CHUNK)  # chunks 0-3 cached
+    for k, fmt in enumerate(("b", "c", "B")):
+        data = bytes((k * 50 + i) % 256 for i in range(CHUNK + 512))
+        begun, when = store.begin_write()
+        inner.write(512, data)  # as gfapi would, outside the cache
+        store.end_write(512, memoryview(data).cast(fmt), begun, when, True)
+        hits = store.hits
+        assert store.read(512, len(data)) == data
+        assert store.hits > hits  # from the patched chunks, not from the store
