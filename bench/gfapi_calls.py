@@ -11,6 +11,8 @@ differences are what each layer adds:
   asyncio loop, one in flight (QD1) or ``--qd`` in flight with ``--threads`` workers;
 - ``async``: ``glfs_pread_async``/``glfs_pwrite_async`` from the loop, completions handed
   back with ``call_soon_threadsafe`` (the alternative to the pool the issue asks about);
+- ``engine``: the daemon's asynchronous path (``server/gfaio.py``: the C callback queues the
+  completion, the loop takes it through an eventfd), needs the compiled build;
 - ``+fdatasync``: a write followed by ``glfs_fdatasync`` (what FUA / WCE=0 costs);
 - ``odirect``: the same through a second fd opened O_DIRECT (how group LUNs are opened).
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import json
 import os
 import random
 import statistics
@@ -178,6 +181,59 @@ def run_async(name: str, write: bool, fd: int, offs: list[int], qd: int) -> dict
     return run_loop(main())
 
 
+def run_engine(name: str, write: bool, store: GfapiStore, offs: list[int], qd: int) -> dict[str, Any]:
+    """The daemon's own asynchronous path (``server/gfaio.py``): libgfapi's asynchronous
+    call made on the loop, its completion queued by the C callback (``_aio.c``) and taken
+    through an eventfd, as a command's miss takes it."""
+    from gluster_iscsi.server.gfaio import GfapiEngine
+
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        engine = GfapiEngine.create(loop)
+        if engine is None:
+            raise RuntimeError("no asynchronous gfapi engine here (a pure build?)")
+        fut: asyncio.Future[None] = loop.create_future()
+        it = iter(offs)
+        state: dict[str, Any] = {"left": len(offs), "err": None}
+        lat: list[int] = []
+        bufs = [memoryview(bytearray(b"\xa5" * BS)) for _ in range(qd)]
+
+        def issue(slot: int) -> None:
+            off = next(it, None)
+            if off is None:
+                return
+            s = time.perf_counter_ns()
+
+            def done(_v: Any, exc: BaseException | None) -> None:
+                lat.append(time.perf_counter_ns() - s)
+                if exc is not None and state["err"] is None:
+                    state["err"] = exc
+                state["left"] -= 1
+                if not state["left"]:
+                    fut.set_result(None)
+                else:
+                    issue(slot)
+
+            started = (engine.write(store, bufs[slot], off, done) if write
+                       else engine.read(store, bufs[slot], off, done))
+            if not started:
+                raise RuntimeError("the engine refused the call")
+
+        c0, t0 = time.process_time(), time.perf_counter()
+        for slot in range(qd):
+            issue(slot)
+        await fut
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        engine.close()
+        if state["err"] is not None:
+            raise state["err"]
+        n = len(offs)
+        return {"case": name, "qd": qd, "ops_s": n / wall, "mean_us": statistics.mean(lat) / 1000,
+                "p50_us": statistics.median(lat) / 1000, "cpu_us": cpu / n * 1e6}
+
+    return run_loop(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--volume", required=True)
@@ -194,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                     "defaults, e.g. '*-io-threads:pass-through=true' (repeatable)")
     ap.add_argument("--uvloop", action="store_true",
                     help="pool and async cases on uvloop's loop (the daemon's default)")
+    ap.add_argument("--json", metavar="FILE", help="also write the rows (medians) to FILE")
     ap.add_argument("--reps", type=int, default=1,
                     help="run every case this many times, order reversed every other time; "
                     "the median of each column is shown")
@@ -279,8 +336,12 @@ def main(argv: list[str] | None = None) -> int:
             for qd, t in [(1, 1)] + [(args.qd, t) for t in threads]:
                 plan.append((f"{kind}.pool/{qd}/{t}", lambda s, kind=kind, fn=fn, qd=qd, t=t:
                              run_pool(f"{kind}.pool", fn, offsets(args.n, size, s), qd, t)))
+        if wanted is None or f"{kind}.engine" in wanted:
+            for qd in sorted({1, args.qd}):
+                plan.append((f"{kind}.engine/{qd}", lambda s, kind=kind, qd=qd: run_engine(
+                    f"{kind}.engine", kind == "write", store, offsets(args.n, size, s), qd)))
         if wanted is None or f"{kind}.async" in wanted:
-            for qd in (1, args.qd):
+            for qd in sorted({1, args.qd}):
                 plan.append((f"{kind}.async/{qd}", lambda s, kind=kind, qd=qd: run_async(
                     f"{kind}.async", kind == "write", fd, offsets(args.n, size, s), qd)))
     runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _ in plan}
@@ -303,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['case']:26} {r['qd']:>3} {r.get('threads', '-')!s:>4} {r['ops_s']:>8.0f} "
               f"{r['mean_us']:>8.1f} {r['p50_us']:>8.1f} {r['cpu_us']:>9.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"url": url, "reps": args.reps, "n": args.n, "rows": results}, f, indent=1)
     direct.close()
     store.close()
     return 0
