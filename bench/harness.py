@@ -451,6 +451,8 @@ def hit_ratio(before: tuple[int, int] | None, after: tuple[int, int] | None) -> 
 FIO_PAIRS = (("coldset-randread-4k-qd1", "randread-4k-qd1"),
              ("randread-4k-qd1", "randread-4k-qd1"),
              ("randread-4k-qd32", "randread-4k-qd32"))
+#: fio's jobs run again on the gfapi LUN's own file after our rounds (``gluster-gfapi-lunfile``)
+FIO_LUN_JOBS = ("randread-4k-qd1", "randread-4k-qd32")
 
 
 def measured(fn, t: Target, *a) -> Sample:
@@ -588,6 +590,38 @@ def fio_ceiling(target_args: list[str], seconds: float, size: str, only: tuple[s
         except (ValueError, KeyError, IndexError):
             out[name] = {"error": (r.stderr or r.stdout)[-200:]}
     return out
+
+
+def gfapi_path_ceiling(host: str, vol: str, path: str, smoke: bool,
+                       cpus: set[int] | None = None) -> dict:
+    """Our own gfapi path without the iSCSI hop (``bench/gfapi_calls.py`` in a process of its
+    own, on the daemon's CPUs when pinned): a plain ``glfs_pread`` loop at QD1 (what fio's
+    gfapi engine does) and the daemon's asynchronous path (``server/gfaio.py``) at QD1 and
+    QD32, 4 KiB at random over the file. Against fio on the same file it says how much of
+    the distance to fio is our Gluster client path and how much the target around it."""
+    pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+    out_file = os.path.join(tempfile.gettempdir(), f"gfapi-path-{os.getpid()}.json")
+    n = 2000 if smoke else 12000
+    cmd = [*pin, sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gfapi_calls.py"),
+           "--volume", vol, "--host", host, "--path", path, "--size-mib", str(LUN_SIZE >> 20),
+           "--cases", "read.raw,read.engine", "--qd", "32", "--n", str(n), "--uvloop",
+           "--json", out_file]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if r.returncode:
+            return {"error": (r.stderr or r.stdout).strip()[-200:]}
+        with open(out_file) as f:
+            rows = json.load(f)["rows"]
+        out: dict = {f"{row['case']}-qd{row['qd']}": {"ops_s": row["ops_s"], "p50_us": row["p50_us"],
+                                                     "cpu_us": row["cpu_us"]} for row in rows}
+        if cpus:
+            out["cpus"] = sorted(cpus)
+        return out
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        if os.path.exists(out_file):
+            os.unlink(out_file)
 
 
 # --------------------------------------------------------------------------- idle
@@ -1089,6 +1123,16 @@ def render(report: dict) -> str:
                     parts.append(f"{name} {j['mb_s']:,.0f} MB/s")
             where = f" (on CPUs {','.join(map(str, jobs['cpus']))})" if jobs.get("cpus") else ""
             L.append(f"- fio on {be}{where}: " + "; ".join(parts))
+        gp = c.get("gfapi-path")
+        if gp:
+            if "error" in gp:
+                L.append(f"- our gfapi path in-process: {gp['error']}")
+            else:
+                where = f", on CPUs {','.join(map(str, gp['cpus']))}" if gp.get("cpus") else ""
+                L.append(f"- our gfapi path in-process on the LUN's own file, no iSCSI "
+                         f"(bench/gfapi_calls.py{where}): " + "; ".join(
+                             f"{k} {v['ops_s']:,.0f} IOPS (p50 {v['p50_us']:.0f} us)"
+                             for k, v in gp.items() if k != "cpus"))
         L.append("")
     for be, sec in report.get("backends", {}).items():
         L.append(f"### Backend: {be} (A: {sec.get('backing_a')}; B: {sec.get('backing_b')})")
@@ -1178,12 +1222,15 @@ def cache_lines(sec: dict, report: dict) -> list[str]:
     if "gfapi" not in str(sec.get("backing_b", "")):
         return L
     by_name = {w["name"]: w for w in sec["workloads"]}
-    for key, how in (("gluster-gfapi", ""), ("gluster-gfapi-unpinned", ", fio unpinned")):
+    for key, how in (("gluster-gfapi", ""), ("gluster-gfapi-unpinned", ", fio unpinned"),
+                     ("gluster-gfapi-lunfile", ", fio on the LUN's own file after our rounds"),
+                     ("gluster-gfapi-lunfile-unpinned",
+                      ", fio on the LUN's own file after our rounds, fio unpinned")):
         fio = ceilings.get(key, {})
         if not fio or "error" in fio:
             continue
         if fio.get("cpus"):
-            how = f", fio on CPUs {','.join(map(str, fio['cpus']))} as the daemons"
+            how += f", fio on CPUs {','.join(map(str, fio['cpus']))} as the daemons"
         parts = []
         for ours_name, fio_name in FIO_PAIRS:
             w, f = by_name.get(ours_name), fio.get(fio_name, {})
@@ -1197,6 +1244,20 @@ def cache_lines(sec: dict, report: dict) -> list[str]:
         if parts:
             L.append(f"- B against fio's gfapi engine on the same volume in this run (fio in-process, "
                      f"no initiator or network round trip; QD32 with gfapi_async{how}): " + "; ".join(parts))
+    # where the distance to fio is: our Gluster client path alone (no iSCSI) against fio, both
+    # on the LUN's own file after our rounds, on the same CPUs
+    gp, fio = report.get("ceilings", {}).get("gfapi-path") or {}, ceilings.get("gluster-gfapi-lunfile", {})
+    if gp and "error" not in gp and fio and "error" not in fio:
+        parts = []
+        for ours_name, fio_name in (("read.raw-qd1", "randread-4k-qd1"), ("read.engine-qd1", "randread-4k-qd1"),
+                                    ("read.engine-qd32", "randread-4k-qd32")):
+            o, f = gp.get(ours_name, {}), fio.get(fio_name, {})
+            if o.get("ops_s") and f.get("ops_s"):
+                parts.append(f"{ours_name} {o['ops_s'] / f['ops_s']:.2f} ({o['ops_s']:,.0f} against fio "
+                             f"{fio_name} {f['ops_s']:,.0f} IOPS)")
+        if parts:
+            L.append("- Our gfapi path without the iSCSI hop (bench/gfapi_calls.py, in-process) against fio, "
+                     "both on the LUN's own file: " + "; ".join(parts))
     return L
 
 
@@ -1447,14 +1508,36 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"gfapi: tgt's FUSE client (pids {fuse_client_pids(fuse_dir)}) pinned to the "
                         f"daemon CPUs {sorted(args.daemon_cpus)} for this section")
                     report["settings"]["fuse_client_pinned"] = sorted(args.daemon_cpus)
+                lun_path = f"gluster-iscsi-bench-{os.getpid()}/ours-lun1.img"
                 try:
                     run_backend("gfapi-vs-fuse", Backing("file", directory=gdir),
-                                Backing("gfapi", volume=vol.strip("/"), host=host,
-                                        path=f"gluster-iscsi-bench-{os.getpid()}/ours-lun1.img"),
+                                Backing("gfapi", volume=vol.strip("/"), host=host, path=lun_path),
                                 args, workdir, workloads, report)
                 finally:
                     for before in pinned:
                         unpin(before)
+                fio = report.get("ceilings", {}).get("fio")
+                if fio is not None and ":" in fuse_src and any(o in FIO_LUN_JOBS for o, _ in FIO_PAIRS
+                                                               if o in {w.name for w in workloads}):
+                    # fio's file was laid out by fio before our runs; the LUN's file was written
+                    # by our prefill and read by our rounds, so the bricks' page cache may hold
+                    # either differently. The same jobs on the LUN's own file, right after ours
+                    # (daemons stopped), compare the two clients on the same bytes.
+                    lun_args = ["--ioengine=gfapi", f"--volume={vol.strip('/')}", f"--brick={host}",
+                                f"--filename={lun_path}"]
+                    log("ceiling: fio gfapi engine on the LUN's own file"
+                        + (f", on CPUs {sorted(args.daemon_cpus)}" if args.daemon_cpus else ""))
+                    fio["gluster-gfapi-lunfile"] = fio_ceiling(
+                        lun_args, 1 if args.smoke else 2, "1g", FIO_LUN_JOBS, cpus=args.daemon_cpus,
+                        layout=False)
+                    if args.daemon_cpus and not args.smoke:
+                        log("ceiling: fio gfapi engine on the LUN's own file, unpinned")
+                        fio["gluster-gfapi-lunfile-unpinned"] = fio_ceiling(
+                            lun_args, 2, "1g", FIO_LUN_JOBS, layout=False)
+                    log("ceiling: our gfapi path in-process on the LUN's own file (no iSCSI)"
+                        + (f", on CPUs {sorted(args.daemon_cpus)}" if args.daemon_cpus else ""))
+                    report["ceilings"]["gfapi-path"] = gfapi_path_ceiling(
+                        host, vol.strip("/"), lun_path, args.smoke, args.daemon_cpus)
             elif be == "gfapi-both":  # ours against ours, both on gfapi (--target-a ours)
                 if not gdir:
                     report.setdefault("backends", {})["gfapi-both"] = {"skipped": no_gluster}
