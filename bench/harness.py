@@ -601,10 +601,10 @@ def gfapi_path_ceiling(host: str, vol: str, path: str, smoke: bool,
     the distance to fio is our Gluster client path and how much the target around it."""
     pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
     out_file = os.path.join(tempfile.gettempdir(), f"gfapi-path-{os.getpid()}.json")
-    n = 2000 if smoke else 12000
+    n, reps = (2000, 1) if smoke else (8000, 3)  # (medians of 3, order reversed every other)
     cmd = [*pin, sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gfapi_calls.py"),
            "--volume", vol, "--host", host, "--path", path, "--size-mib", str(LUN_SIZE >> 20),
-           "--cases", "read.raw,read.engine", "--qd", "32", "--n", str(n), "--uvloop",
+           "--cases", "read.raw,read.engine", "--qd", "32", "--n", str(n), "--reps", str(reps), "--uvloop",
            "--json", out_file]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
