@@ -1517,8 +1517,8 @@ def main(argv: list[str] | None = None) -> int:
                     for before in pinned:
                         unpin(before)
                 fio = report.get("ceilings", {}).get("fio")
-                if fio is not None and ":" in fuse_src and any(o in FIO_LUN_JOBS for o, _ in FIO_PAIRS
-                                                               if o in {w.name for w in workloads}):
+                names = {w.name for w in workloads}
+                if fio is not None and ":" in fuse_src and any(o in names for o, _ in FIO_PAIRS):
                     # fio's file was laid out by fio before our runs; the LUN's file was written
                     # by our prefill and read by our rounds, so the bricks' page cache may hold
                     # either differently. The same jobs on the LUN's own file, right after ours
