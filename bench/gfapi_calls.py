@@ -209,6 +209,8 @@ def run_engine(name: str, write: bool, store: GfapiStore, offs: list[int], qd: i
                 if exc is not None and state["err"] is None:
                     state["err"] = exc
                 state["left"] -= 1
+                if fut.done():
+                    return  # (the run already stopped: a refused call)
                 if not state["left"]:
                     fut.set_result(None)
                 else:
@@ -216,17 +218,23 @@ def run_engine(name: str, write: bool, store: GfapiStore, offs: list[int], qd: i
 
             started = (engine.write(store, bufs[slot], off, done) if write
                        else engine.read(store, bufs[slot], off, done))
-            if not started:
-                raise RuntimeError("the engine refused the call")
+            if not started and not fut.done():
+                # (may run in a completion: raising there would leave the run waiting)
+                state["err"] = RuntimeError("the engine refused the call")
+                fut.set_result(None)
 
-        c0, t0 = time.process_time(), time.perf_counter()
-        for slot in range(qd):
-            issue(slot)
-        await fut
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        engine.close()
-        if state["err"] is not None:
-            raise state["err"]
+        try:
+            c0, t0 = time.process_time(), time.perf_counter()
+            for slot in range(qd):
+                issue(slot)
+            await fut
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if state["err"] is not None:
+                # let calls still in flight come back before the engine stops reaping
+                await engine.settle(5.0)
+                raise state["err"]
+        finally:
+            engine.close()
         n = len(offs)
         return {"case": name, "qd": qd, "ops_s": n / wall, "mean_us": statistics.mean(lat) / 1000,
                 "p50_us": statistics.median(lat) / 1000, "cpu_us": cpu / n * 1e6}
