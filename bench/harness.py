@@ -1123,16 +1123,8 @@ def render(report: dict) -> str:
                     parts.append(f"{name} {j['mb_s']:,.0f} MB/s")
             where = f" (on CPUs {','.join(map(str, jobs['cpus']))})" if jobs.get("cpus") else ""
             L.append(f"- fio on {be}{where}: " + "; ".join(parts))
-        gp = c.get("gfapi-path")
-        if gp:
-            if "error" in gp:
-                L.append(f"- our gfapi path in-process: {gp['error']}")
-            else:
-                where = f", on CPUs {','.join(map(str, gp['cpus']))}" if gp.get("cpus") else ""
-                L.append(f"- our gfapi path in-process on the LUN's own file, no iSCSI "
-                         f"(bench/gfapi_calls.py{where}): " + "; ".join(
-                             f"{k} {v['ops_s']:,.0f} IOPS (p50 {v['p50_us']:.0f} us)"
-                             for k, v in gp.items() if k != "cpus"))
+        if c.get("gfapi-path"):
+            L.append(gfapi_path_line(c["gfapi-path"]))
         L.append("")
     for be, sec in report.get("backends", {}).items():
         L.append(f"### Backend: {be} (A: {sec.get('backing_a')}; B: {sec.get('backing_b')})")
@@ -1207,6 +1199,16 @@ def render(report: dict) -> str:
                          f"{d['cpu_pct']:.2f} | {d['cpu_s']:.2f} / {d['window_s']:.0f} s |")
         L.append("")
     return "\n".join(L)
+
+
+def gfapi_path_line(gp: dict) -> str:
+    """The ceilings' line of ``gfapi_path_ceiling``: its rows, or why there are none."""
+    if "error" in gp:
+        return f"- our gfapi path in-process: {gp['error']}"
+    where = f", on CPUs {','.join(map(str, gp['cpus']))}" if gp.get("cpus") else ""
+    return (f"- our gfapi path in-process on the LUN's own file, no iSCSI (bench/gfapi_calls.py{where}): "
+            + "; ".join(f"{k} {v['ops_s']:,.0f} IOPS (p50 {v['p50_us']:.0f} us)"
+                        for k, v in gp.items() if k != "cpus"))
 
 
 def cache_lines(sec: dict, report: dict) -> list[str]:
