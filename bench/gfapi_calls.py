@@ -216,16 +216,23 @@ def run_engine(name: str, write: bool, store: GfapiStore, offs: list[int], qd: i
                 else:
                     issue(slot)
 
-            started = (engine.write(store, bufs[slot], off, done) if write
-                       else engine.read(store, bufs[slot], off, done))
-            if not started and not fut.done():
-                # (may run in a completion: raising there would leave the run waiting)
-                state["err"] = RuntimeError("the engine refused the call")
+            # (this may run in a completion: raising there would leave the run waiting)
+            try:
+                started = (engine.write(store, bufs[slot], off, done) if write
+                           else engine.read(store, bufs[slot], off, done))
+                err: BaseException | None = None if started else RuntimeError(
+                    "the engine refused the call")
+            except Exception as e:
+                err = e
+            if err is not None and not fut.done():
+                state["err"] = err
                 fut.set_result(None)
 
         try:
             c0, t0 = time.process_time(), time.perf_counter()
             for slot in range(qd):
+                if fut.done():
+                    break  # (refused: start no more)
                 issue(slot)
             await fut
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -38,6 +38,7 @@ from targets import (  # noqa: E402
     Target,
     TgtTarget,
     free_port,
+    ours_exe,
     proc_stat,
     stop_process,
 )
@@ -602,23 +603,29 @@ def gfapi_path_ceiling(host: str, vol: str, path: str, smoke: bool,
     pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
     out_file = os.path.join(tempfile.gettempdir(), f"gfapi-path-{os.getpid()}.json")
     n, reps = (2000, 1) if smoke else (8000, 3)  # (medians of 3, order reversed every other)
-    cmd = [*pin, sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gfapi_calls.py"),
+    # the interpreter of the build the daemon runs (its console script's), not bench/run's
+    exe = ours_exe()
+    python = os.path.join(os.path.dirname(exe), "python") if exe else ""
+    if not os.access(python, os.X_OK):
+        python = sys.executable
+    cmd = [*pin, python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gfapi_calls.py"),
            "--volume", vol, "--host", host, "--path", path, "--size-mib", str(LUN_SIZE >> 20),
            "--cases", "read.raw,read.engine", "--qd", "32", "--n", str(n), "--reps", str(reps), "--uvloop",
            "--json", out_file]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if r.returncode:
-            return {"error": (r.stderr or r.stdout).strip()[-200:]}
+            return {"error": (r.stderr or r.stdout).strip()[-200:], "file": path}
         with open(out_file) as f:
             rows = json.load(f)["rows"]
         out: dict = {f"{row['case']}-qd{row['qd']}": {"ops_s": row["ops_s"], "p50_us": row["p50_us"],
                                                      "cpu_us": row["cpu_us"]} for row in rows}
+        out["file"] = path
         if cpus:
             out["cpus"] = sorted(cpus)
         return out
     except (OSError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
-        return {"error": f"{type(e).__name__}: {e}"}
+        return {"error": f"{type(e).__name__}: {e}", "file": path}
     finally:
         if os.path.exists(out_file):
             os.unlink(out_file)
@@ -1112,7 +1119,7 @@ def render(report: dict) -> str:
                 continue
             parts = []
             for name, j in jobs.items():
-                if name == "cpus":
+                if name in ("cpus", "file"):
                     continue
                 if "error" in j:
                     parts.append(f"{name} ERROR")
@@ -1201,6 +1208,12 @@ def render(report: dict) -> str:
     return "\n".join(L)
 
 
+def _on_file(ceiling: dict, sec: dict) -> bool:
+    """Whether a ceiling measured on a LUN's own file (``file``) was on this section's B."""
+    path = ceiling.get("file")
+    return bool(path) and str(sec.get("backing_b", "")).endswith(path)
+
+
 def gfapi_path_line(gp: dict) -> str:
     """The ceilings' line of ``gfapi_path_ceiling``: its rows, or why there are none."""
     if "error" in gp:
@@ -1208,7 +1221,7 @@ def gfapi_path_line(gp: dict) -> str:
     where = f", on CPUs {','.join(map(str, gp['cpus']))}" if gp.get("cpus") else ""
     return (f"- our gfapi path in-process on the LUN's own file, no iSCSI (bench/gfapi_calls.py{where}): "
             + "; ".join(f"{k} {v['ops_s']:,.0f} IOPS (p50 {v['p50_us']:.0f} us)"
-                        for k, v in gp.items() if k != "cpus"))
+                        for k, v in gp.items() if k not in ("cpus", "file")))
 
 
 def cache_lines(sec: dict, report: dict) -> list[str]:
@@ -1231,6 +1244,8 @@ def cache_lines(sec: dict, report: dict) -> list[str]:
         fio = ceilings.get(key, {})
         if not fio or "error" in fio:
             continue
+        if "lunfile" in key and not _on_file(fio, sec):
+            continue  # (another section's LUN file: the gfapi backend's, not this one's)
         if fio.get("cpus"):
             how += f", fio on CPUs {','.join(map(str, fio['cpus']))} as the daemons"
         parts = []
@@ -1249,7 +1264,7 @@ def cache_lines(sec: dict, report: dict) -> list[str]:
     # where the distance to fio is: our Gluster client path alone (no iSCSI) against fio, both
     # on the LUN's own file after our rounds, on the same CPUs
     gp, fio = report.get("ceilings", {}).get("gfapi-path") or {}, ceilings.get("gluster-gfapi-lunfile", {})
-    if gp and "error" not in gp and fio and "error" not in fio:
+    if gp and "error" not in gp and fio and "error" not in fio and _on_file(gp, sec) and _on_file(fio, sec):
         parts = []
         for ours_name, fio_name in (("read.raw-qd1", "randread-4k-qd1"), ("read.engine-qd1", "randread-4k-qd1"),
                                     ("read.engine-qd32", "randread-4k-qd32")):
@@ -1520,7 +1535,9 @@ def main(argv: list[str] | None = None) -> int:
                         unpin(before)
                 fio = report.get("ceilings", {}).get("fio")
                 names = {w.name for w in workloads}
-                if fio is not None and ":" in fuse_src and any(o in names for o, _ in FIO_PAIRS):
+                ran = report.get("backends", {}).get("gfapi-vs-fuse", {})
+                if (fio is not None and ":" in fuse_src and any(o in names for o, _ in FIO_PAIRS)
+                        and ran.get("workloads") and not ran.get("error")):
                     # fio's file was laid out by fio before our runs; the LUN's file was written
                     # by our prefill and read by our rounds, so the bricks' page cache may hold
                     # either differently. The same jobs on the LUN's own file, right after ours
@@ -1529,13 +1546,13 @@ def main(argv: list[str] | None = None) -> int:
                                 f"--filename={lun_path}"]
                     log("ceiling: fio gfapi engine on the LUN's own file"
                         + (f", on CPUs {sorted(args.daemon_cpus)}" if args.daemon_cpus else ""))
-                    fio["gluster-gfapi-lunfile"] = fio_ceiling(
+                    fio["gluster-gfapi-lunfile"] = dict(fio_ceiling(
                         lun_args, 1 if args.smoke else 2, "1g", FIO_LUN_JOBS, cpus=args.daemon_cpus,
-                        layout=False)
+                        layout=False), file=lun_path)
                     if args.daemon_cpus and not args.smoke:
                         log("ceiling: fio gfapi engine on the LUN's own file, unpinned")
-                        fio["gluster-gfapi-lunfile-unpinned"] = fio_ceiling(
-                            lun_args, 2, "1g", FIO_LUN_JOBS, layout=False)
+                        fio["gluster-gfapi-lunfile-unpinned"] = dict(fio_ceiling(
+                            lun_args, 2, "1g", FIO_LUN_JOBS, layout=False), file=lun_path)
                     log("ceiling: our gfapi path in-process on the LUN's own file (no iSCSI)"
                         + (f", on CPUs {sorted(args.daemon_cpus)}" if args.daemon_cpus else ""))
                     report["ceilings"]["gfapi-path"] = gfapi_path_ceiling(

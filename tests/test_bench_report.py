@@ -89,13 +89,17 @@ def test_a_pinned_run_sets_ours_against_fio_on_the_daemons_cpus_and_says_the_unp
 
 
 def test_fio_on_the_luns_own_file_gets_lines_of_its_own_pinned_and_unpinned():
+    """Only under the section whose B is that file: another gfapi section (ours against ours,
+    a gateway group) reads files of its own."""
     h = harness()
-    sec = {"backing_b": "gfapi 127.0.0.1:vol/lun.img",
+    sec = {"backing_b": "gfapi 127.0.0.1:vol/bench-1/ours-lun1.img",
            "workloads": [workload("randread-4k-qd32", 9000.0)]}
     report = {"ceilings": {"fio": {
         "gluster-gfapi": {"cpus": [0], "randread-4k-qd32": {"ops_s": 10000.0}},
-        "gluster-gfapi-lunfile": {"cpus": [0], "randread-4k-qd32": {"ops_s": 15000.0}},
-        "gluster-gfapi-lunfile-unpinned": {"randread-4k-qd32": {"ops_s": 18000.0}}}}}
+        "gluster-gfapi-lunfile": {"cpus": [0], "file": "bench-1/ours-lun1.img",
+                                  "randread-4k-qd32": {"ops_s": 15000.0}},
+        "gluster-gfapi-lunfile-unpinned": {"file": "bench-1/ours-lun1.img",
+                                           "randread-4k-qd32": {"ops_s": 18000.0}}}}}
     lines = h.cache_lines(sec, report)
     assert len(lines) == 3
     assert "gfapi_async, fio on CPUs 0 as the daemons): randread-4k-qd32 0.90 (9,000" in lines[0]
@@ -104,18 +108,23 @@ def test_fio_on_the_luns_own_file_gets_lines_of_its_own_pinned_and_unpinned():
         in lines[1]
     assert ("fio on the LUN's own file after our rounds, fio unpinned): randread-4k-qd32 0.50 "
             "(9,000 against fio randread-4k-qd32 18,000 IOPS)") in lines[2]
+    other = dict(sec, backing_b="gfapi 127.0.0.1:vol/bench-1/group-a-lun.img")
+    lines = h.cache_lines(other, report)
+    assert len(lines) == 1 and "own file" not in lines[0]
 
 
 def test_our_gfapi_path_alone_is_set_against_fio_on_the_luns_own_file():
     """bench/gfapi_calls.py's rows (no iSCSI) against fio on the same file: where the
-    distance to fio is. Only against the LUN-file fio, and not from a failed run."""
+    distance to fio is. Only under the section on that file, against the LUN-file fio, and
+    never from a run that failed (its rows, if any, are not a measurement)."""
     h = harness()
-    sec = {"backing_b": "gfapi 127.0.0.1:vol/lun.img",
+    sec = {"backing_b": "gfapi 127.0.0.1:vol/bench-1/ours-lun1.img",
            "workloads": [workload("randread-4k-qd32", 9000.0)]}
-    path = {"cpus": [0], "read.raw-qd1": {"ops_s": 6000.0, "p50_us": 150.0, "cpu_us": 50.0},
+    path = {"cpus": [0], "file": "bench-1/ours-lun1.img",
+            "read.raw-qd1": {"ops_s": 6000.0, "p50_us": 150.0, "cpu_us": 50.0},
             "read.engine-qd1": {"ops_s": 5000.0, "p50_us": 170.0, "cpu_us": 60.0},
             "read.engine-qd32": {"ops_s": 13500.0, "p50_us": 2000.0, "cpu_us": 45.0}}
-    fio_lun = {"cpus": [0], "randread-4k-qd1": {"ops_s": 6000.0},
+    fio_lun = {"cpus": [0], "file": "bench-1/ours-lun1.img", "randread-4k-qd1": {"ops_s": 6000.0},
                "randread-4k-qd32": {"ops_s": 15000.0}}
     report = {"ceilings": {"fio": {"gluster-gfapi-lunfile": fio_lun}, "gfapi-path": path}}
     lines = h.cache_lines(sec, report)
@@ -125,14 +134,20 @@ def test_our_gfapi_path_alone_is_set_against_fio_on_the_luns_own_file():
         "IOPS); read.engine-qd1 0.83 (5,000 against fio randread-4k-qd1 6,000 IOPS); "
         "read.engine-qd32 0.90 (13,500 against fio randread-4k-qd32 15,000 IOPS)")
     # the ceilings section lists the rows themselves
-    assert h.gfapi_path_line(path) == ("- our gfapi path in-process on the LUN's own file, no iSCSI (bench/gfapi_calls.py, "
-            "on CPUs 0): read.raw-qd1 6,000 IOPS (p50 150 us); read.engine-qd1 5,000 IOPS "
-            "(p50 170 us); read.engine-qd32 13,500 IOPS (p50 2000 us)")
-    # no fio on the LUN's file, or a failed path run: no comparison line
-    only_path = {"ceilings": {"gfapi-path": path}}
-    assert not any("Our gfapi path" in x for x in h.cache_lines(sec, only_path))
-    failed = {"ceilings": {"fio": {"gluster-gfapi-lunfile": fio_lun},
-                           "gfapi-path": {"error": "no asynchronous gfapi engine here"}}}
-    assert not any("Our gfapi path" in x for x in h.cache_lines(sec, failed))
-    assert h.gfapi_path_line(failed["ceilings"]["gfapi-path"]) == \
+    assert h.gfapi_path_line(path) == (
+        "- our gfapi path in-process on the LUN's own file, no iSCSI (bench/gfapi_calls.py, "
+        "on CPUs 0): read.raw-qd1 6,000 IOPS (p50 150 us); read.engine-qd1 5,000 IOPS "
+        "(p50 170 us); read.engine-qd32 13,500 IOPS (p50 2000 us)")
+
+    def path_line(rep, s=sec):
+        return [x for x in h.cache_lines(s, rep) if "Our gfapi path" in x]
+    # without fio on the LUN's file, with a failed path run or a failed fio (rows or not),
+    # or under another section: no comparison line
+    assert not path_line({"ceilings": {"gfapi-path": path}})
+    failed = dict(path, error="no asynchronous gfapi engine here")
+    assert not path_line({"ceilings": {"fio": {"gluster-gfapi-lunfile": fio_lun}, "gfapi-path": failed}})
+    fio_failed = dict(fio_lun, error="fio: gfapi engine crashed")
+    assert not path_line({"ceilings": {"fio": {"gluster-gfapi-lunfile": fio_failed}, "gfapi-path": path}})
+    assert not path_line(report, dict(sec, backing_b="gfapi 127.0.0.1:vol/bench-1/a-lun1.img"))
+    assert h.gfapi_path_line({"error": "no asynchronous gfapi engine here", "file": "x"}) == \
         "- our gfapi path in-process: no asynchronous gfapi engine here"
