@@ -85,46 +85,77 @@ def run_sync(name: str, op: Callable[[int], Any], offs: list[int]) -> dict[str, 
             "p50_us": statistics.median(lat) / 1000, "cpu_us": cpu / n * 1e6}
 
 
+Start = Callable[[int, int, Callable[[Any, BaseException | None], None]], bool]
+
+
+async def drive(offs: list[int], qd: int, start: Start) -> tuple[list[int], float, float, Any]:
+    """Keep ``qd`` calls in flight over ``offs`` until all are done: ``start(slot, offset,
+    done)`` starts one (False: refused, which ends the run; it may run inside a completion,
+    where raising would leave the run waiting, so an exception ends the run too). Returns the
+    latencies (ns), wall and process CPU seconds, and the first error (None)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    it = iter(offs)
+    state: dict[str, Any] = {"left": len(offs), "err": None}
+    lat: list[int] = []
+
+    def issue(slot: int) -> None:
+        off = next(it, None)
+        if off is None:
+            return
+        s = time.perf_counter_ns()
+
+        def done(_v: Any, exc: BaseException | None) -> None:
+            lat.append(time.perf_counter_ns() - s)
+            if exc is not None and state["err"] is None:
+                state["err"] = exc
+            state["left"] -= 1
+            if fut.done():
+                return  # (the run already stopped: a refused call)
+            if not state["left"]:
+                fut.set_result(None)
+            else:
+                issue(slot)
+
+        try:
+            err: BaseException | None = None if start(slot, off, done) else RuntimeError(
+                "the call was refused")
+        except Exception as e:
+            err = e
+        if err is not None and not fut.done():
+            state["err"] = err
+            fut.set_result(None)
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    for slot in range(qd):
+        if fut.done():
+            break  # (refused: start no more)
+        issue(slot)
+    await fut
+    return lat, time.perf_counter() - t0, time.process_time() - c0, state["err"]
+
+
+def _row(name: str, qd: int, n: int, lat: list[int], wall: float, cpu: float) -> dict[str, Any]:
+    return {"case": name, "qd": qd, "ops_s": n / wall, "mean_us": statistics.mean(lat) / 1000,
+            "p50_us": statistics.median(lat) / 1000, "cpu_us": cpu / n * 1e6}
+
+
 def run_pool(name: str, fn: Callable[[int], Any], offs: list[int], qd: int,
              threads: int) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        pool = IoPool(loop, threads, name="bench")
-        fut: asyncio.Future[None] = loop.create_future()
-        it = iter(offs)
-        state: dict[str, Any] = {"left": len(offs), "err": None}
-        lat: list[int] = []
+        pool = IoPool(asyncio.get_running_loop(), threads, name="bench")
 
-        def issue() -> None:
-            off = next(it, None)
-            if off is None:
-                return
-            s = time.perf_counter_ns()
-
-            def done(_v: Any, exc: BaseException | None) -> None:
-                lat.append(time.perf_counter_ns() - s)
-                if exc is not None and state["err"] is None:
-                    state["err"] = exc
-                state["left"] -= 1  # type: ignore[operator]
-                if not state["left"]:
-                    fut.set_result(None)
-                else:
-                    issue()
-
+        def start(_slot: int, off: int, done: Callable[[Any, BaseException | None], None]) -> bool:
             pool.submit(fn, off, done)
+            return True
 
-        c0, t0 = time.process_time(), time.perf_counter()
-        for _ in range(qd):
-            issue()
-        await fut
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        pool.shutdown()
-        if state["err"] is not None:
-            raise state["err"]  # type: ignore[misc]
-        n = len(offs)
-        return {"case": name, "qd": qd, "threads": threads, "ops_s": n / wall,
-                "mean_us": statistics.mean(lat) / 1000, "p50_us": statistics.median(lat) / 1000,
-                "cpu_us": cpu / n * 1e6}
+        try:
+            lat, wall, cpu, err = await drive(offs, qd, start)
+        finally:
+            pool.shutdown()
+        if err is not None:
+            raise err
+        return dict(_row(name, qd, len(offs), lat, wall, cpu), threads=threads)
 
     return run_loop(main())
 
@@ -188,63 +219,24 @@ def run_engine(name: str, write: bool, store: GfapiStore, offs: list[int], qd: i
     from gluster_iscsi.server.gfaio import GfapiEngine
 
     async def main() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        engine = GfapiEngine.create(loop)
+        engine = GfapiEngine.create(asyncio.get_running_loop())
         if engine is None:
             raise RuntimeError("no asynchronous gfapi engine here (a pure build?)")
-        fut: asyncio.Future[None] = loop.create_future()
-        it = iter(offs)
-        state: dict[str, Any] = {"left": len(offs), "err": None}
-        lat: list[int] = []
         bufs = [memoryview(bytearray(b"\xa5" * BS)) for _ in range(qd)]
 
-        def issue(slot: int) -> None:
-            off = next(it, None)
-            if off is None:
-                return
-            s = time.perf_counter_ns()
-
-            def done(_v: Any, exc: BaseException | None) -> None:
-                lat.append(time.perf_counter_ns() - s)
-                if exc is not None and state["err"] is None:
-                    state["err"] = exc
-                state["left"] -= 1
-                if fut.done():
-                    return  # (the run already stopped: a refused call)
-                if not state["left"]:
-                    fut.set_result(None)
-                else:
-                    issue(slot)
-
-            # (this may run in a completion: raising there would leave the run waiting)
-            try:
-                started = (engine.write(store, bufs[slot], off, done) if write
-                           else engine.read(store, bufs[slot], off, done))
-                err: BaseException | None = None if started else RuntimeError(
-                    "the engine refused the call")
-            except Exception as e:
-                err = e
-            if err is not None and not fut.done():
-                state["err"] = err
-                fut.set_result(None)
+        def start(slot: int, off: int, done: Callable[[Any, BaseException | None], None]) -> bool:
+            return (engine.write(store, bufs[slot], off, done) if write
+                    else engine.read(store, bufs[slot], off, done))
 
         try:
-            c0, t0 = time.process_time(), time.perf_counter()
-            for slot in range(qd):
-                if fut.done():
-                    break  # (refused: start no more)
-                issue(slot)
-            await fut
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            if state["err"] is not None:
+            lat, wall, cpu, err = await drive(offs, qd, start)
+            if err is not None:
                 # let calls still in flight come back before the engine stops reaping
                 await engine.settle(5.0)
-                raise state["err"]
+                raise err
         finally:
             engine.close()
-        n = len(offs)
-        return {"case": name, "qd": qd, "ops_s": n / wall, "mean_us": statistics.mean(lat) / 1000,
-                "p50_us": statistics.median(lat) / 1000, "cpu_us": cpu / n * 1e6}
+        return _row(name, qd, len(offs), lat, wall, cpu)
 
     return run_loop(main())
 

@@ -1244,8 +1244,8 @@ def cache_lines(sec: dict, report: dict) -> list[str]:
         fio = ceilings.get(key, {})
         if not fio or "error" in fio:
             continue
-        if "lunfile" in key and not _on_file(fio, sec):
-            continue  # (another section's LUN file: the gfapi backend's, not this one's)
+        if "file" in fio and not _on_file(fio, sec):
+            continue  # (measured on another section's LUN file)
         if fio.get("cpus"):
             how += f", fio on CPUs {','.join(map(str, fio['cpus']))} as the daemons"
         parts = []
