@@ -1275,7 +1275,42 @@ def cache_lines(sec: dict, report: dict) -> list[str]:
         if parts:
             L.append("- Our gfapi path without the iSCSI hop (bench/gfapi_calls.py, in-process) against fio, "
                      "both on the LUN's own file: " + "; ".join(parts))
+    hop = hop_line(by_name, ceilings, sec)
+    if hop:
+        L.append(hop)
     return L
+
+
+def hop_line(by_name: dict, ceilings: dict, sec: dict) -> str:
+    """Cold QD1 reads against fio plus the iSCSI hop, all measured in this run: fio's QD1
+    latency (p50) plus the round trip of a read ours answers from its cache at QD1 (the
+    hot-set latclient row, if all its reads were hits) is what a target whose cold read cost
+    nothing beyond those two would take. The cold row's p50 is set against that sum, if most
+    of its reads missed (not when the cache holds the whole LUN). fio on the LUN's own file
+    when it ran there (the same file as ours), else on its own file."""
+    cold, hot = by_name.get("coldset-randread-4k-qd1"), by_name.get("hotset-randread-4k-qd1")
+    if not cold or not hot:
+        return ""
+    cold_p50, hot_p50 = cold["B"].get("p50_us"), hot["B"].get("p50_us")
+    hot_cache = (hot.get("cache") or {}).get("B") or {}
+    cold_cache = (cold.get("cache") or {}).get("B")
+    if (not cold_p50 or not hot_p50 or hot_cache.get("hit_ratio", 0.0) < 0.99
+            or (cold_cache and cold_cache["hit_ratio"] >= 0.5)):
+        return ""  # (also a "cold" row mostly hits: a cache sized to the whole LUN)
+    for key in ("gluster-gfapi-lunfile", "gluster-gfapi"):
+        fio = ceilings.get(key, {})
+        f = fio.get("randread-4k-qd1", {}) if "error" not in fio else {}
+        if not f.get("p50_us") or ("file" in fio and not _on_file(fio, sec)):
+            continue
+        ideal = f["p50_us"] + hot_p50
+        return (f"- Cold QD1 reads against fio plus the iSCSI hop, p50 latencies of this run: "
+                f"ours {cold_p50:.0f} us (coldset-randread-4k-qd1"
+                + (f", hit ratio {cold_cache['hit_ratio']:.2f}" if cold_cache else "")
+                + f") against fio {f['p50_us']:.0f} us ({key} randread-4k-qd1) + ours from the "
+                f"cache {hot_p50:.0f} us (hotset-randread-4k-qd1) = {ideal:.0f} us: "
+                f"{ideal / cold_p50:.2f} (1.00: a cold read costs ours nothing beyond a hit's round "
+                f"trip and fio's gfapi read)")
+    return ""
 
 
 def md_section(report: dict) -> str:

@@ -151,3 +151,46 @@ def test_our_gfapi_path_alone_is_set_against_fio_on_the_luns_own_file():
     assert not path_line(report, dict(sec, backing_b="gfapi 127.0.0.1:vol/bench-1/a-lun1.img"))
     assert h.gfapi_path_line({"error": "no asynchronous gfapi engine here", "file": "x"}) == \
         "- our gfapi path in-process: no asynchronous gfapi engine here"
+
+
+def test_cold_qd1_is_set_against_fio_plus_the_round_trip_of_a_hit_of_the_same_run():
+    """The cold QD1 row's p50 against fio's QD1 p50 plus ours on a hit (the hot-set latclient
+    row): fio on the LUN's own file when it is this section's, else fio on its own file; no
+    line when the hot row was not all hits, the cold row mostly hits, or a latency or fio is
+    missing."""
+    h = harness()
+
+    def lat(name, p50, hit):
+        w = workload(name, 1000.0, {"hits": 0, "misses": 0, "hit_ratio": hit})
+        w["B"]["p50_us"] = p50
+        return w
+    sec = {"backing_b": "gfapi 127.0.0.1:vol/bench-1/ours-lun1.img",
+           "workloads": [lat("coldset-randread-4k-qd1", 400.0, 0.14),
+                         lat("hotset-randread-4k-qd1", 60.0, 1.0)]}
+    fio_own = {"cpus": [0], "randread-4k-qd1": {"ops_s": 5000.0, "p50_us": 180.0}}
+    fio_lun = {"cpus": [0], "file": "bench-1/ours-lun1.img",
+               "randread-4k-qd1": {"ops_s": 4800.0, "p50_us": 200.0}}
+
+    def hop(rep, s=sec):
+        return [x for x in h.cache_lines(s, {"ceilings": {"fio": rep}}) if "iSCSI hop" in x]
+    assert hop({"gluster-gfapi": fio_own, "gluster-gfapi-lunfile": fio_lun}) == [
+        "- Cold QD1 reads against fio plus the iSCSI hop, p50 latencies of this run: ours 400 us "
+        "(coldset-randread-4k-qd1, hit ratio 0.14) against fio 200 us (gluster-gfapi-lunfile "
+        "randread-4k-qd1) + ours from the cache 60 us (hotset-randread-4k-qd1) = 260 us: 0.65 "
+        "(1.00: a cold read costs ours nothing beyond a hit's round trip and fio's gfapi read)"]
+    # fio on its own file when the LUN-file fio is another section's, failed, or absent
+    other = dict(fio_lun, file="bench-1/group-a-lun.img")
+    for rep in ({"gluster-gfapi": fio_own, "gluster-gfapi-lunfile": other},
+                {"gluster-gfapi": fio_own, "gluster-gfapi-lunfile": dict(fio_lun, error="x")},
+                {"gluster-gfapi": fio_own}):
+        (line,) = hop(rep)
+        assert "against fio 180 us (gluster-gfapi randread-4k-qd1)" in line and ": 0.60 (" in line
+    # no line: a hot row with misses (not the round trip of a hit), no latency, no fio
+    missed = dict(sec, workloads=[sec["workloads"][0], lat("hotset-randread-4k-qd1", 60.0, 0.9)])
+    assert not hop({"gluster-gfapi": fio_own}, missed)
+    cached = dict(sec, workloads=[lat("coldset-randread-4k-qd1", 60.0, 1.0), sec["workloads"][1]])
+    assert not hop({"gluster-gfapi": fio_own}, cached)  # the whole LUN in the cache: not cold
+    no_p50 = dict(sec, workloads=[sec["workloads"][0], workload("hotset-randread-4k-qd1", 1.0)])
+    assert not hop({"gluster-gfapi": fio_own}, no_p50)
+    assert not hop({"gluster-gfapi": {"randread-4k-qd1": {"ops_s": 5000.0}}})
+    assert not hop({})
