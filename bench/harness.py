@@ -1214,6 +1214,12 @@ def _on_file(ceiling: dict, sec: dict) -> bool:
     return bool(path) and str(sec.get("backing_b", "")).endswith(path)
 
 
+def _fio_for(fio: dict, sec: dict) -> bool:
+    """Whether fio's figures can be set against this section's B: measured, not failed, and
+    if on a LUN's own file (``file``), on this section's."""
+    return bool(fio) and "error" not in fio and ("file" not in fio or _on_file(fio, sec))
+
+
 def gfapi_path_line(gp: dict) -> str:
     """The ceilings' line of ``gfapi_path_ceiling``: its rows, or why there are none."""
     if "error" in gp:
@@ -1242,10 +1248,8 @@ def cache_lines(sec: dict, report: dict) -> list[str]:
                      ("gluster-gfapi-lunfile-unpinned",
                       ", fio on the LUN's own file after our rounds, fio unpinned")):
         fio = ceilings.get(key, {})
-        if not fio or "error" in fio:
-            continue
-        if "file" in fio and not _on_file(fio, sec):
-            continue  # (measured on another section's LUN file)
+        if not _fio_for(fio, sec):
+            continue  # (none, failed, or measured on another section's LUN file)
         if fio.get("cpus"):
             how += f", fio on CPUs {','.join(map(str, fio['cpus']))} as the daemons"
         parts = []
@@ -1299,8 +1303,8 @@ def hop_line(by_name: dict, ceilings: dict, sec: dict) -> str:
         return ""  # (also a "cold" row mostly hits: a cache sized to the whole LUN)
     for key in ("gluster-gfapi-lunfile", "gluster-gfapi"):
         fio = ceilings.get(key, {})
-        f = fio.get("randread-4k-qd1", {}) if "error" not in fio else {}
-        if not f.get("p50_us") or ("file" in fio and not _on_file(fio, sec)):
+        f = fio.get("randread-4k-qd1", {}) if _fio_for(fio, sec) else {}
+        if not f.get("p50_us"):
             continue
         ideal = f["p50_us"] + hot_p50
         return (f"- Cold QD1 reads against fio plus the iSCSI hop, p50 latencies of this run: "
