@@ -201,3 +201,173 @@ def test_a_zero_budget_never_spins():
         p.close()
 
     run(main())
+
+
+class StorePool:
+    """A store whose call the received request starts (``start``); a thread may end it."""
+
+    def __init__(self) -> None:
+        self.flight = False
+        self.done = False
+
+    def start(self) -> None:
+        self.flight = True
+        self.done = False
+
+    def in_flight(self) -> bool:
+        return self.flight
+
+    def has_done(self) -> bool:
+        return self.done
+
+
+def _qd1(p: IdlePoller, pool: StorePool, a: socket.socket, miss: bool = True):
+    """Watch ``a`` with a reader that receives one request and, for a miss, starts a call."""
+
+    def read_now() -> None:
+        a.recv(64)
+        if miss:
+            pool.start()
+
+    p.watch(a.fileno(), "conn", read_now)
+
+
+def test_the_spin_waits_for_the_store_call_its_request_started():
+    """A QD1 miss: the request the spin received started a store call; the spin goes on
+    until the call completes (not until the budget runs out), so the CPU is awake then."""
+
+    async def main():
+        import threading
+
+        a, b = socket.socketpair()
+        pool = StorePool()
+        p = IdlePoller(asyncio.get_running_loop(), 10.0, lambda: [pool], store_budget=10.0)
+        _qd1(p, pool, a)
+        b.send(b"request")
+        threading.Timer(0.05, lambda: setattr(pool, "done", True)).start()
+        t0 = time.perf_counter()
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        waited = time.perf_counter() - t0
+        assert (p.store_spins, p.store_caught) == (1, 1)
+        assert 0.04 < waited < 5.0  # ended by the completion, not by the 10 s budget
+        p.close()
+        a.close(), b.close()
+
+    run(main())
+
+
+def test_the_store_wait_runs_out_and_a_readable_connection_ends_it():
+    async def main():
+        a, b = socket.socketpair()
+        c, d = socket.socketpair()
+        pool = StorePool()
+        p = IdlePoller(asyncio.get_running_loop(), 10.0, lambda: [pool], store_budget=0.02)
+        _qd1(p, pool, a)
+        p.watch(c.fileno(), "other")
+        b.send(b"request")
+        t0 = time.perf_counter()
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert time.perf_counter() - t0 >= 0.02
+        assert (p.store_spins, p.store_caught) == (1, 0)  # the call never completed
+        pool.flight = False
+        b.send(b"request")
+        d.send(b"another connection's")  # readable meanwhile: the loop has work, the wait ends
+        p.store_budget = 10.0
+        orig = pool.start
+
+        def start_then_other() -> None:
+            orig()
+            d.send(b"x")
+
+        pool.start = start_then_other  # type: ignore[method-assign]
+        c.recv(64)
+        t0 = time.perf_counter()
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert time.perf_counter() - t0 < 5.0
+        assert (p.store_spins, p.store_caught) == (2, 1)
+        p.close()
+        for s in (a, b, c, d):
+            s.close()
+
+    run(main())
+
+
+def test_no_store_wait_for_a_hit_for_calls_out_before_or_without_budget():
+    async def main():
+        a, b = socket.socketpair()
+        pool = StorePool()
+        p = IdlePoller(asyncio.get_running_loop(), 10.0, lambda: [pool], store_budget=10.0)
+        _qd1(p, pool, a, miss=False)  # answered at once: nothing in flight after it
+        b.send(b"hit")
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert (p.hits, p.store_spins) == (1, 0)
+        pool.flight = True  # a call was out before: the spin leaves the request to the loop
+        pool.done = True
+        b.send(b"request")
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert p.store_spins == 0
+        assert a.recv(64) == b"request"
+        p.close()
+        q = IdlePoller(asyncio.get_running_loop(), 10.0, lambda: [pool])  # no store budget
+        pool.flight = False
+        _qd1(q, pool, a)
+        b.send(b"request")
+        q.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert (q.hits, q.store_spins, pool.flight) == (1, 0, True)
+        q.close()
+        assert IdlePoller(asyncio.get_running_loop(), 0.0, store_budget=1.0).store_budget == 0.0
+        a.close(), b.close()
+
+    run(main())
+
+
+def test_the_store_wait_stops_while_calls_outlast_it_and_comes_back_when_they_do_not():
+    """A far volume (calls longer than the budget) costs one budget of spin per
+    STORE_PROBE_EVERY misses once a window ran out; probes that complete in time turn it on."""
+    from gluster_iscsi.server.poller import STORE_PROBE_EVERY, STORE_WINDOW
+
+    async def main():
+        a, b = socket.socketpair()
+        pool = StorePool()
+        p = IdlePoller(asyncio.get_running_loop(), 10.0, lambda: [pool], store_budget=0.001)
+
+        async def miss() -> None:
+            pool.flight = False
+            b.send(b"request")
+            p.kick(a.fileno())
+            await asyncio.sleep(0)
+
+        _qd1(p, pool, a)
+        for _ in range(STORE_WINDOW - 1):
+            await miss()
+        assert p.store_on and p.store_spins == STORE_WINDOW - 1
+        await miss()
+        assert not p.store_on and (p.store_spins, p.store_caught) == (STORE_WINDOW, 0)
+        for _ in range(STORE_PROBE_EVERY - 1):
+            await miss()
+        assert p.store_spins == STORE_WINDOW  # off: no wait
+        await miss()
+        assert p.store_spins == STORE_WINDOW + 1  # the probe
+        # the store got fast: its calls are done as soon as they start
+        orig = pool.start
+
+        def fast() -> None:
+            orig()
+            pool.done = True
+
+        pool.start = fast  # type: ignore[method-assign]
+        for _ in range((STORE_WINDOW - 1) * STORE_PROBE_EVERY):
+            await miss()
+        assert p.store_on and p.store_caught == STORE_WINDOW - 1
+        await miss()
+        assert p.store_spins == 2 * STORE_WINDOW + 1  # waits again on every miss
+        p.close()
+        a.close(), b.close()
+
+    run(main())

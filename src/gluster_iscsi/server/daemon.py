@@ -96,6 +96,7 @@ class Daemon:
         drain_timeout: float = 30.0,
         io_timeout: float = 60.0,
         poll_usecs: float = 100.0,
+        poll_store_usecs: float = 400.0,
         io_uring: bool = True,
         gfapi_async: bool = True,
         max_connections: int | None = None,
@@ -142,6 +143,9 @@ class Daemon:
         #: Microseconds the loop spins for the next request after it answered one (0: never);
         #: see ``poller.py``.
         self.poll_usecs = poll_usecs
+        #: Microseconds that spin goes on for a store call the request it received started
+        #: (a QD1 miss), so the CPU is awake when it completes (0: never); see ``poller.py``.
+        self.poll_store_usecs = poll_store_usecs
         self._poller: IdlePoller | None = None
         #: Lone reads and writes of FUSE file stores through io_uring instead of the worker
         #: pools (``uring.py``), where the kernel allows it.
@@ -217,7 +221,7 @@ class Daemon:
     def poller(self) -> IdlePoller:
         if self._poller is None:
             self._poller = IdlePoller(asyncio.get_running_loop(), self.poll_usecs * 1e-6,
-                                      self._completion_sources)
+                                      self._completion_sources, self.poll_store_usecs * 1e-6)
         return self._poller
 
     def _completion_sources(self) -> list[Pool]:
