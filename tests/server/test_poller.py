@@ -371,3 +371,30 @@ def test_the_store_wait_stops_while_calls_outlast_it_and_comes_back_when_they_do
         a.close(), b.close()
 
     run(main())
+
+
+def test_the_store_wait_watches_only_the_sources_it_was_given():
+    """The daemon waits for its gfapi engine's calls alone (``store_pools``): a FUSE file's
+    call out through another source is left to the loop, as before."""
+
+    async def main():
+        a, b = socket.socketpair()
+        fuse, gfapi = StorePool(), StorePool()
+        p = IdlePoller(asyncio.get_running_loop(), 10.0, lambda: [fuse, gfapi],
+                       store_budget=10.0, store_pools=lambda: [gfapi])
+        _qd1(p, fuse, a)  # the request starts a call of the other source
+        b.send(b"request")
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert (p.hits, p.store_spins, fuse.flight) == (1, 0, True)
+        fuse.flight = False
+        p.watch(a.fileno(), "conn", lambda: (a.recv(64), gfapi.start(),
+                                              setattr(gfapi, "done", True)))
+        b.send(b"request")
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert (p.store_spins, p.store_caught) == (1, 1)
+        p.close()
+        a.close(), b.close()
+
+    run(main())

@@ -257,9 +257,9 @@ Exit status:
 @click.option("--poll-store-usecs", default=400.0, show_default=True,
               type=click.FloatRange(0, 100000),
               help="Microseconds that poll goes on when the request it received started a "
-                   "backing-store call (a read at queue depth 1 that missed the cache), so the "
-                   "CPU is awake when the call completes: cold 4 KiB gluster:// reads at QD1 "
-                   "1.2-1.5x, for CPU that was idle. It stops by itself while calls take longer "
+                   "libgfapi call (a gluster:// read at queue depth 1 that missed the cache), so "
+                   "the CPU is awake when the call completes: cold 4 KiB reads at QD1 1.2-1.5x "
+                   "on a VM, for CPU that was idle. It stops by itself while calls take longer "
                    "(0: off; nothing without --poll-usecs).")
 @click.option("--gfapi-sched-policy", "gfapi_sched", default="batch", show_default=True,
               type=click.Choice(SCHED_CHOICES),

@@ -144,7 +144,8 @@ class Daemon:
         #: see ``poller.py``.
         self.poll_usecs = poll_usecs
         #: Microseconds that spin goes on for a store call the request it received started
-        #: (a QD1 miss), so the CPU is awake when it completes (0: never); see ``poller.py``.
+        #: (a QD1 gfapi read that missed the cache), so the CPU is awake when it completes (0:
+        #: never); see ``poller.py``.
         self.poll_store_usecs = poll_store_usecs
         self._poller: IdlePoller | None = None
         #: Lone reads and writes of FUSE file stores through io_uring instead of the worker
@@ -221,7 +222,8 @@ class Daemon:
     def poller(self) -> IdlePoller:
         if self._poller is None:
             self._poller = IdlePoller(asyncio.get_running_loop(), self.poll_usecs * 1e-6,
-                                      self._completion_sources, self.poll_store_usecs * 1e-6)
+                                      self._completion_sources, self.poll_store_usecs * 1e-6,
+                                      self._gfapi_sources)
         return self._poller
 
     def _completion_sources(self) -> list[Pool]:
@@ -231,6 +233,10 @@ class Daemon:
         if self._gfaio is not None:
             sources.append(self._gfaio)
         return sources
+
+    def _gfapi_sources(self) -> list[Pool]:
+        """What the poller's wait for a QD1 miss watches: the gfapi engine alone."""
+        return [] if self._gfaio is None else [self._gfaio]
 
     @property
     def runner(self) -> Runner:

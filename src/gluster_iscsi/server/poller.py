@@ -42,6 +42,12 @@ unpinned, 1.21-1.46x the reads/s, for ~60 us more of the loop's CPU a read (CPU 
 halted otherwise). Only that case: with other calls out, or several connections active, the
 loop has work of its own and sleeps as before; queue depth 32 never gets here.
 
+The daemon waits so for its gfapi calls only (``store_pools``): that is where it was measured
+to pay. A FUSE file's call completes through io_uring's kernel workers and the FUSE client's
+threads, which the bench pins to the daemon's CPU: there an A/B (``bench/run --backends fuse
+--target-a ours``, pinned, 4 rounds) gave 0.91-0.98x at the median, within a noise of
+0.88-1.15x, and no gain.
+
 It adapts in windows of :data:`STORE_WINDOW` waits: when the call completed within the budget
 in fewer than half of them (bricks farther away than the budget, a slow volume), it stops
 waiting, and then tries one wait in :data:`STORE_PROBE_EVERY` to find out whether the store
@@ -83,13 +89,17 @@ class IdlePoller:
     """One per event loop. ``watch``/``unwatch`` connection sockets; ``kick`` after a send."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, budget: float,
-                 pools: Callable[[], Iterable[Pool]] = tuple, store_budget: float = 0.0) -> None:
+                 pools: Callable[[], Iterable[Pool]] = tuple, store_budget: float = 0.0,
+                 store_pools: Callable[[], Iterable[Pool]] | None = None) -> None:
         self.loop = loop
         #: Seconds to spin before letting the loop sleep; 0 disables polling.
         self.budget = budget
         #: Seconds the spin goes on for a store call the request it received started (the QD1
         #: miss: see the module's docstring); 0: never. Nothing without ``budget``.
         self.store_budget = store_budget if budget > 0 else 0.0
+        #: Whose calls it waits for (default: every completion source). The daemon passes
+        #: its gfapi engine alone: see the module's docstring.
+        self._store_pools = store_pools if store_pools is not None else pools
         #: Whether it currently waits for store calls (adapted per :data:`STORE_WINDOW`).
         self.store_on = self.store_budget > 0
         #: Waits for a store call run, and of those, how many ended in work (a completion or a
@@ -224,7 +234,7 @@ class IdlePoller:
         """The request just received may have started a store call: spin until it completes
         (or a connection is readable, or ``store_budget`` runs out), so the CPU is awake when
         the completion comes. Adapts per :data:`STORE_WINDOW`."""
-        pools = [p for p in self._pools() if p.in_flight()]
+        pools = [p for p in self._store_pools() if p.in_flight()]
         if not pools:
             return  # answered at once (a cache hit, an error): nothing to wait for
         if not self.store_on:
