@@ -37,9 +37,9 @@ test VM (guest halt-polling off) a kept-busy CPU made fio's own gfapi QD1 reads 
 123-151 us at p50. So the spin goes on, with the same yield on every turn (the thread that
 completes the call runs first when it shares the CPU), until the call completes, a
 connection is readable, or ``store_budget`` runs out. Cold 4 KiB reads at QD1 through a
-``gluster://`` LUN on that VM: p50 336-343 -> 274-287 us pinned and 389-422 -> 294-297 us
-unpinned, 1.21-1.46x the reads/s, for ~60 us more of the loop's CPU a read (CPU that was
-halted otherwise). Only that case: with other calls out, or several connections active, the
+``gluster://`` LUN on that VM, against the same daemon without the wait: 1.06-1.26x the
+reads/s pinned and 1.20-1.46x unpinned (p50 335-342 -> 269-272 us pinned at best), for 60-90
+us more of the loop's CPU a read, CPU that was halted otherwise (BENCHMARKS.md "Stop 37"). Only that case: with other calls out, or several connections active, the
 loop has work of its own and sleeps as before; queue depth 32 never gets here.
 
 The daemon waits so for its gfapi calls only (``store_pools``): that is where it was measured
