@@ -258,8 +258,8 @@ Exit status:
               type=click.FloatRange(0, 100000),
               help="Microseconds that poll goes on when the request it received started a "
                    "libgfapi call (a gluster:// read at queue depth 1 that missed the cache), so "
-                   "the CPU is awake when the call completes: cold 4 KiB reads at QD1 1.2-1.5x "
-                   "on a VM, for CPU that was idle. It stops by itself while calls take longer "
+                   "the CPU is awake when the call completes: cold 4 KiB reads at QD1 1.06-1.46x "
+                   "on a 2-vCPU VM, for CPU that was idle. It stops by itself while calls take longer "
                    "(0: off; nothing without --poll-usecs).")
 @click.option("--gfapi-sched-policy", "gfapi_sched", default="batch", show_default=True,
               type=click.Choice(SCHED_CHOICES),
