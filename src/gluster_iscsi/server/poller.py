@@ -187,50 +187,56 @@ class IdlePoller:
         ep = self._ep
         if ep is None:
             return
-        clock = time.perf_counter
-        start = clock()
+        start = time.perf_counter()
         if self.current > 0:
             self.spins += 1
             pools = [p for p in self._pools() if p.in_flight()]
-            end = start + self.current
             poll = ep.poll
-            while True:
-                # epoll_wait(0) releases the GIL: a store worker can deliver its result meanwhile.
-                events = poll(0)
-                if events:
-                    self.hits += 1
-                    if not pools and len(events) == 1 and events[0][0] == kicked:
-                        # Only a loop that waits for nothing but its next request receives
-                        # here: with store calls out, the loop's own turn also reaps their
-                        # completions first (4K writes at QD1 and QD32 ran 0-7% slower when
-                        # the spin received them too, hot reads 1-5% faster either way).
-                        # And only one connection, the one that sent since the last spin
-                        # (the QD1 request-response case): anything else keeps the loop's
-                        # order.
-                        # What a send leads to may still be waiting among the loop's
-                        # callbacks, queued after this spin: a Logout's response is followed
-                        # by the connection's close, whose end of the session releases its
-                        # SPC-2 reservation, and another session's next command must not
-                        # run before it (libiscsi's Sanitize.Reset met RESERVATION CONFLICT
-                        # when the spin received from every connection).
-                        read_now = self._readers.get(events[0][0])
-                        if read_now is not None:
-                            read_now()
-                            if self.store_budget > 0:
-                                self._await_store()
-                    return
-                # (the yield, see above: QD1 cold gfapi reads, unpinned on 2 CPUs, made
-                # 0.90-0.99x of --poll-usecs 0 when only a store call out yielded, 1.00-1.04x)
-                os.sched_yield()
-                for p in pools:
-                    if p.has_done():
-                        self.hits += 1
-                        return
-                if clock() >= end:
-                    break
+            events = self._until_work(poll, pools, start + self.current)
+            if events is not None:
+                self.hits += 1
+                if events and not pools and len(events) == 1 and events[0][0] == kicked:
+                    # Only a loop that waits for nothing but its next request receives
+                    # here: with store calls out, the loop's own turn also reaps their
+                    # completions first (4K writes at QD1 and QD32 ran 0-7% slower when
+                    # the spin received them too, hot reads 1-5% faster either way).
+                    # And only one connection, the one that sent since the last spin
+                    # (the QD1 request-response case): anything else keeps the loop's
+                    # order.
+                    # What a send leads to may still be waiting among the loop's
+                    # callbacks, queued after this spin: a Logout's response is followed
+                    # by the connection's close, whose end of the session releases its
+                    # SPC-2 reservation, and another session's next command must not
+                    # run before it (libiscsi's Sanitize.Reset met RESERVATION CONFLICT
+                    # when the spin received from every connection).
+                    read_now = self._readers.get(events[0][0])
+                    if read_now is not None:
+                        read_now()
+                        if self.store_budget > 0:
+                            self._await_store(poll)
+                return
         self.missed_at = start
 
-    def _await_store(self) -> None:
+    def _until_work(self, poll: Callable[[float], list[tuple[int, int]]], pools: list[Pool],
+                    end: float) -> list[tuple[int, int]] | None:
+        """The spin's turns: until a watched connection is readable (its events), a call of
+        ``pools`` completed (an empty list), or ``end`` passed (None)."""
+        clock = time.perf_counter
+        while True:
+            # epoll_wait(0) releases the GIL: a store worker can deliver its result meanwhile.
+            events = poll(0)
+            if events:
+                return events
+            # (the yield, see above: QD1 cold gfapi reads, unpinned on 2 CPUs, made
+            # 0.90-0.99x of --poll-usecs 0 when only a store call out yielded, 1.00-1.04x)
+            os.sched_yield()
+            for p in pools:
+                if p.has_done():
+                    return []
+            if clock() >= end:
+                return None
+
+    def _await_store(self, poll: Callable[[float], list[tuple[int, int]]]) -> None:
         """The request just received may have started a store call: spin until it completes
         (or a connection is readable, or ``store_budget`` runs out), so the CPU is awake when
         the completion comes. Adapts per :data:`STORE_WINDOW`."""
@@ -242,27 +248,8 @@ class IdlePoller:
             if self._since_probe < STORE_PROBE_EVERY:
                 return
             self._since_probe = 0
-        ep = self._ep
-        if ep is None:
-            return
         self.store_spins += 1
-        clock = time.perf_counter
-        end = clock() + self.store_budget
-        poll = ep.poll
-        caught = False
-        while not caught:
-            for p in pools:
-                if p.has_done():
-                    caught = True
-                    break
-            else:
-                if poll(0):
-                    caught = True
-                elif clock() >= end:
-                    break
-                else:
-                    os.sched_yield()
-        if caught:
+        if self._until_work(poll, pools, time.perf_counter() + self.store_budget) is not None:
             self.store_caught += 1
             self._window_caught += 1
         self._window_spins += 1
