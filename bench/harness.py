@@ -454,6 +454,11 @@ FIO_PAIRS = (("coldset-randread-4k-qd1", "randread-4k-qd1"),
              ("randread-4k-qd32", "randread-4k-qd32"))
 #: fio's jobs run again on the gfapi LUN's own file after our rounds (``gluster-gfapi-lunfile``)
 FIO_LUN_JOBS = ("randread-4k-qd1", "randread-4k-qd32")
+#: ... and, for these workloads of ours, after each of their rounds too (``fio_rounds``): one
+#: fio run after our rounds sets a whole run's medians against one moment of the volume, and
+#: on a shared VM fio's own figures move by half within minutes (BENCHMARKS.md "Stop 38").
+#: Alternated with the rounds, as tgt is, each round gets a ratio of its own.
+FIO_ROUND_JOBS = dict(FIO_PAIRS)
 
 
 def measured(fn, t: Target, *a) -> Sample:
@@ -842,7 +847,11 @@ def prefill(t: Target, seconds_cap: float) -> None:
 
 def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Namespace,
                 workdir: str, workloads: list[Workload], report: dict,
-                targets: tuple[Target, Target] | None = None, do_prefill: bool = True) -> None:
+                targets: tuple[Target, Target] | None = None, do_prefill: bool = True,
+                fio_lun: list[str] | None = None) -> None:
+    """Both targets through every workload, rounds alternated. ``fio_lun``: fio's gfapi
+    arguments for B's LUN file (B ours on gfapi): fio's job of :data:`FIO_ROUND_JOBS` then
+    runs on it after each round of those workloads, on the daemons' CPUs (``fio_rounds``)."""
     sec = report.setdefault("backends", {}).setdefault(label, {})
     sec["backing_a"], sec["backing_b"] = back_a.describe(), back_b.describe()
     if targets is not None:
@@ -888,6 +897,10 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
                 prefill(t, 60)
         results = []
         caches: dict[str, dict] = {}  # workload -> side -> our read cache over its rounds
+        fio_rounds: dict[str, list[dict]] = {}  # workload -> fio's job after each round
+        if fio_lun:
+            sec["fio_paired"] = {"cpus": sorted(args.daemon_cpus) if args.daemon_cpus else None,
+                                 "args": fio_lun}
         for w in workloads:
             wr = WorkloadResult(w)
             counts = {}
@@ -944,6 +957,12 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
                         log(f"  {w.name} {t.name()} round {r + 1}: ERROR {s.error}")
                     if t.proc is not None and t.proc.poll() is not None:
                         raise RuntimeError(f"{t.name()} died during {w.name}")
+                job = FIO_ROUND_JOBS.get(w.name) if fio_lun else None
+                if job:
+                    f = fio_ceiling(fio_lun, args.seconds, "1g", (job,), cpus=args.daemon_cpus,
+                                    layout=False)
+                    fio_rounds.setdefault(w.name, []).append(
+                        f.get(job) or {"error": f.get("error", "fio gave no result")})
             hits = {side: hit_ratio(cache0[side], cache_counts(t, w.lun))
                     for t, side in ((ta, "A"), (tb, "B"))}
             caches[w.name] = {side: h for side, h in hits.items() if h is not None}
@@ -963,7 +982,8 @@ def run_backend(label: str, back_a: Backing, back_b: Backing, args: argparse.Nam
              "cpu_ratio": ({"median": statistics.median(wr.cpu_ratios()), "min": min(wr.cpu_ratios()),
                             "max": max(wr.cpu_ratios())} if wr.cpu_ratios() else None),
              "samples": {"A": [s.__dict__ for s in wr.a], "B": [s.__dict__ for s in wr.b]},
-             "cache": caches.get(wr.workload.name) or None}
+             "cache": caches.get(wr.workload.name) or None,
+             "fio_rounds": fio_rounds.get(wr.workload.name) or None}
             for wr in results]
     except Exception as e:  # keep the other backends going, report the failure
         sec["error"] = f"{type(e).__name__}: {e}"
@@ -1282,6 +1302,57 @@ def cache_lines(sec: dict, report: dict) -> list[str]:
     hop = hop_line(by_name, ceilings, sec)
     if hop:
         L.append(hop)
+    L.extend(paired_lines(by_name, sec))
+    return L
+
+
+def _per_round(w: dict | None) -> list[tuple[dict, dict]]:
+    """(ours' sample, fio's job right after it) for each round both measured."""
+    if not w:
+        return []
+    # (the same length: fio runs after each round; a section that failed mid-round has no
+    # workloads list at all)
+    pairs = zip((w.get("samples") or {}).get("B") or [], w.get("fio_rounds") or [], strict=False)
+    return [(o, f) for o, f in pairs
+            if not o.get("error") and o.get("ops_s") and not f.get("error") and f.get("ops_s")]
+
+
+def _spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f} [{min(xs):.2f}..{max(xs):.2f}]"
+
+
+def paired_lines(by_name: dict, sec: dict) -> list[str]:
+    """B against fio's job run right after each of its rounds on B's LUN file (``fio_rounds``):
+    a ratio per round, median [min..max]; and the cold QD1 round trip of :func:`hop_line`
+    round by round (ours' p50 of the round against fio's p50 right after it plus ours on a hit,
+    the hot-set row's p50), under the same conditions as that line."""
+    how = sec.get("fio_paired") or {}
+    if not how:
+        return []
+    where = f", on CPUs {','.join(map(str, how['cpus']))} as the daemons" if how.get("cpus") else ""
+    L, parts = [], []
+    for ours_name, fio_name in FIO_PAIRS:
+        pairs = _per_round(by_name.get(ours_name))
+        if pairs:
+            parts.append(f"{ours_name} {_spread([o['ops_s'] / f['ops_s'] for o, f in pairs])} "
+                         f"against fio {fio_name} over {len(pairs)} rounds")
+    if parts:
+        L.append("- B against fio's gfapi engine alternated with the rounds (fio on the LUN's own "
+                 f"file right after each round of ours{where}; ratio per round, median [min..max]): "
+                 + "; ".join(parts))
+    cold, hot = by_name.get("coldset-randread-4k-qd1"), by_name.get("hotset-randread-4k-qd1")
+    hot_p50 = (hot or {}).get("B", {}).get("p50_us")
+    hot_cache = ((hot or {}).get("cache") or {}).get("B") or {}
+    cold_cache = ((cold or {}).get("cache") or {}).get("B")
+    if (not hot_p50 or hot_cache.get("hit_ratio", 0.0) < 0.99
+            or (cold_cache and cold_cache["hit_ratio"] >= 0.5)):
+        return L  # (as hop_line: the round trip of a hit, against reads that mostly missed)
+    line = [(f["p50_us"] + hot_p50) / o["p50_us"] for o, f in _per_round(cold)
+            if o.get("p50_us") and f.get("p50_us")]
+    if line:
+        L.append(f"- Cold QD1 reads against fio plus the iSCSI hop, round by round (ours' p50 against "
+                 f"fio's p50 right after it + ours from the cache {hot_p50:.0f} us): "
+                 f"{_spread(line)} over {len(line)} rounds")
     return L
 
 
@@ -1565,10 +1636,16 @@ def main(argv: list[str] | None = None) -> int:
                         f"daemon CPUs {sorted(args.daemon_cpus)} for this section")
                     report["settings"]["fuse_client_pinned"] = sorted(args.daemon_cpus)
                 lun_path = f"gluster-iscsi-bench-{os.getpid()}/ours-lun1.img"
+                lun_args = ["--ioengine=gfapi", f"--volume={vol.strip('/')}", f"--brick={host}",
+                            f"--filename={lun_path}"]
+                # fio after each round of the workloads it is set against (FIO_ROUND_JOBS),
+                # where fio's ceilings run at all
+                paired = (lun_args if report.get("ceilings", {}).get("fio") is not None
+                          and ":" in fuse_src else None)
                 try:
                     run_backend("gfapi-vs-fuse", Backing("file", directory=gdir),
                                 Backing("gfapi", volume=vol.strip("/"), host=host, path=lun_path),
-                                args, workdir, workloads, report)
+                                args, workdir, workloads, report, fio_lun=paired)
                 finally:
                     for before in pinned:
                         unpin(before)
@@ -1581,8 +1658,6 @@ def main(argv: list[str] | None = None) -> int:
                     # by our prefill and read by our rounds, so the bricks' page cache may hold
                     # either differently. The same jobs on the LUN's own file, right after ours
                     # (daemons stopped), compare the two clients on the same bytes.
-                    lun_args = ["--ioengine=gfapi", f"--volume={vol.strip('/')}", f"--brick={host}",
-                                f"--filename={lun_path}"]
                     log("ceiling: fio gfapi engine on the LUN's own file"
                         + (f", on CPUs {sorted(args.daemon_cpus)}" if args.daemon_cpus else ""))
                     fio["gluster-gfapi-lunfile"] = dict(fio_ceiling(

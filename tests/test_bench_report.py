@@ -194,3 +194,49 @@ def test_cold_qd1_is_set_against_fio_plus_the_round_trip_of_a_hit_of_the_same_ru
     assert not hop({"gluster-gfapi": fio_own}, no_p50)
     assert not hop({"gluster-gfapi": {"randread-4k-qd1": {"ops_s": 5000.0}}})
     assert not hop({})
+
+
+def test_fio_alternated_with_the_rounds_gives_a_ratio_per_round():
+    """fio's job right after each round of ours on the LUN's file (``fio_rounds``): the ratio
+    of each round, median [min..max], rounds where either side failed left out; and the cold
+    QD1 round trip round by round, under hop_line's conditions."""
+    h = harness()
+
+    def rounds(name, ours, fio, hit, p50s=None, fio_p50s=None):
+        w = workload(name, 1.0, {"hits": 0, "misses": 0, "hit_ratio": hit})
+        w["samples"] = {"B": [{"ops_s": o, "p50_us": (p50s or [None] * len(ours))[i]}
+                              for i, o in enumerate(ours)]}
+        w["fio_rounds"] = [{"ops_s": f, "p50_us": (fio_p50s or [None] * len(fio))[i]}
+                           for i, f in enumerate(fio)]
+        return w
+    cold = rounds("coldset-randread-4k-qd1", [3000.0, 2000.0, 3300.0], [4000.0, 4000.0, 3000.0],
+                  0.12, p50s=[300.0, 400.0, 280.0], fio_p50s=[200.0, 250.0, 160.0])
+    qd32 = rounds("randread-4k-qd32", [9000.0, 8000.0, 7000.0], [10000.0, 8000.0, 0.0], 0.05)
+    qd32["fio_rounds"][2] = {"error": "fio: no gfapi"}
+    hot = workload("hotset-randread-4k-qd1", 1.0, {"hits": 9, "misses": 0, "hit_ratio": 1.0})
+    hot["B"]["p50_us"] = 60.0
+    sec = {"backing_b": "gfapi 127.0.0.1:vol/lun.img", "fio_paired": {"cpus": [0], "args": []},
+           "workloads": [cold, qd32, hot]}
+    lines = h.paired_lines({w["name"]: w for w in sec["workloads"]}, sec)
+    assert lines[0] == (
+        "- B against fio's gfapi engine alternated with the rounds (fio on the LUN's own file right "
+        "after each round of ours, on CPUs 0 as the daemons; ratio per round, median [min..max]): "
+        "coldset-randread-4k-qd1 0.75 [0.50..1.10] against fio randread-4k-qd1 over 3 rounds; "
+        "randread-4k-qd32 0.95 [0.90..1.00] against fio randread-4k-qd32 over 2 rounds")
+    # (200+60)/300, (250+60)/400, (160+60)/280
+    assert lines[1] == (
+        "- Cold QD1 reads against fio plus the iSCSI hop, round by round (ours' p50 against fio's "
+        "p50 right after it + ours from the cache 60 us): 0.79 [0.78..0.87] over 3 rounds")
+    assert lines == [x for x in h.cache_lines(sec, {}) if "alternated" in x or "round by round" in x]
+    # an errored round of ours is left out too
+    cold["samples"]["B"][1]["error"] = "client died"
+    (first, _) = h.paired_lines({w["name"]: w for w in sec["workloads"]}, sec)
+    assert "coldset-randread-4k-qd1 0.93 [0.75..1.10] against fio randread-4k-qd1 over 2 rounds" in first
+    # no round-by-round trip when the hot row was not all hits, or the cold row mostly hits
+    hot["cache"]["B"]["hit_ratio"] = 0.9
+    assert len(h.paired_lines({w["name"]: w for w in sec["workloads"]}, sec)) == 1
+    hot["cache"]["B"]["hit_ratio"] = 1.0
+    cold["cache"]["B"]["hit_ratio"] = 1.0
+    assert len(h.paired_lines({w["name"]: w for w in sec["workloads"]}, sec)) == 1
+    # nothing without fio after the rounds
+    assert h.paired_lines({w["name"]: w for w in sec["workloads"]}, dict(sec, fio_paired=None)) == []
