@@ -1340,13 +1340,10 @@ def paired_lines(by_name: dict, sec: dict) -> list[str]:
         L.append("- B against fio's gfapi engine alternated with the rounds (fio on the LUN's own "
                  f"file right after each round of ours{where}; ratio per round, median [min..max]): "
                  + "; ".join(parts))
-    cold, hot = by_name.get("coldset-randread-4k-qd1"), by_name.get("hotset-randread-4k-qd1")
-    hot_p50 = (hot or {}).get("B", {}).get("p50_us")
-    hot_cache = ((hot or {}).get("cache") or {}).get("B") or {}
-    cold_cache = ((cold or {}).get("cache") or {}).get("B")
-    if (not hot_p50 or hot_cache.get("hit_ratio", 0.0) < 0.99
-            or (cold_cache and cold_cache["hit_ratio"] >= 0.5)):
-        return L  # (as hop_line: the round trip of a hit, against reads that mostly missed)
+    terms = _hop_terms(by_name)
+    if terms is None:
+        return L
+    cold, hot_p50 = terms
     line = [(f["p50_us"] + hot_p50) / o["p50_us"] for o, f in _per_round(cold)
             if o.get("p50_us") and f.get("p50_us")]
     if line:
@@ -1356,6 +1353,22 @@ def paired_lines(by_name: dict, sec: dict) -> list[str]:
     return L
 
 
+def _hop_terms(by_name: dict) -> tuple[dict, float] | None:
+    """The cold-set row and the p50 of ours on a cache hit (the hot-set row), where the cold
+    QD1 read can be set against fio plus a hit: the hot row all hits, the cold row mostly
+    misses (not a cache sized to the whole LUN); else None."""
+    cold, hot = by_name.get("coldset-randread-4k-qd1"), by_name.get("hotset-randread-4k-qd1")
+    if not cold or not hot:
+        return None
+    hot_p50 = hot["B"].get("p50_us")
+    hot_cache = (hot.get("cache") or {}).get("B") or {}
+    cold_cache = (cold.get("cache") or {}).get("B")
+    if (not hot_p50 or hot_cache.get("hit_ratio", 0.0) < 0.99
+            or (cold_cache and cold_cache["hit_ratio"] >= 0.5)):
+        return None
+    return cold, hot_p50
+
+
 def hop_line(by_name: dict, ceilings: dict, sec: dict) -> str:
     """Cold QD1 reads against fio plus the iSCSI hop, all measured in this run: fio's QD1
     latency (p50) plus the round trip of a read ours answers from its cache at QD1 (the
@@ -1363,15 +1376,13 @@ def hop_line(by_name: dict, ceilings: dict, sec: dict) -> str:
     nothing beyond those two would take. The cold row's p50 is set against that sum, if most
     of its reads missed (not when the cache holds the whole LUN). fio on the LUN's own file
     when it ran there (the same file as ours), else on its own file."""
-    cold, hot = by_name.get("coldset-randread-4k-qd1"), by_name.get("hotset-randread-4k-qd1")
-    if not cold or not hot:
+    terms = _hop_terms(by_name)
+    if terms is None:
         return ""
-    cold_p50, hot_p50 = cold["B"].get("p50_us"), hot["B"].get("p50_us")
-    hot_cache = (hot.get("cache") or {}).get("B") or {}
-    cold_cache = (cold.get("cache") or {}).get("B")
-    if (not cold_p50 or not hot_p50 or hot_cache.get("hit_ratio", 0.0) < 0.99
-            or (cold_cache and cold_cache["hit_ratio"] >= 0.5)):
-        return ""  # (also a "cold" row mostly hits: a cache sized to the whole LUN)
+    cold, hot_p50 = terms
+    cold_p50, cold_cache = cold["B"].get("p50_us"), (cold.get("cache") or {}).get("B")
+    if not cold_p50:
+        return ""
     for key in ("gluster-gfapi-lunfile", "gluster-gfapi"):
         fio = ceilings.get(key, {})
         f = fio.get("randread-4k-qd1", {}) if _fio_for(fio, sec) else {}
