@@ -23,9 +23,12 @@ from gluster_iscsi.backstore.base import BackingStore, BackingStoreError
 from gluster_iscsi.backstore.cache import (
     ADMIT_SAMPLE,
     ADMIT_WINDOW,
+    AUTO,
     CachedStore,
     CacheLedger,
     parse_capacity,
+    rebalance,
+    shrink_to,
 )
 from gluster_iscsi.backstore.memory import MemoryStore
 
@@ -45,7 +48,8 @@ class CacheModel(RuleBasedStateMachine):
     def make_store(self, size: int) -> BackingStore:
         return MemoryStore(size)
 
-    @initialize(size=st.integers(1, 40 * KiB), capacity=st.sampled_from([0, CHUNK, 3 * CHUNK, 64 * KiB]),
+    @initialize(size=st.integers(1, 40 * KiB),
+                capacity=st.sampled_from([0, CHUNK, 3 * CHUNK, 64 * KiB, AUTO]),
                 unit=st.sampled_from([512, 1024, CHUNK]), ttl=st.sampled_from([None, 40.0]),
                 admit=st.sampled_from([(ADMIT_WINDOW, ADMIT_SAMPLE), (1, 2), (2, 1 << 20),
                                        (1 << 40, 2), (1 << 40, 1 << 20)]))
@@ -198,11 +202,28 @@ class CacheModel(RuleBasedStateMachine):
         else:
             self.ref.extend(bytes(new_size - old))
 
+    @rule(data=st.data())
+    def memory_target(self, data: st.DataObject) -> None:
+        """The daemon's memory target moves (server/memory.py): the ledger's limit changes and
+        the caches shrink to it, evicting LRU chunks, with fills in flight."""
+        limit = data.draw(st.integers(0, 16 * CHUNK))
+        self.store._ledger.limit = limit
+        shrink_to(limit, [self.store])
+        assert self.store.bytes <= limit
+
+    @rule(n=st.integers(1, 8 * CHUNK))
+    def shrink_by(self, n: int) -> None:
+        self.store.shrink_by(n)
+
     @invariant()
     def bounded(self) -> None:
         if hasattr(self, "store"):
             store = self.store
             assert store.bytes <= store.capacity
+            assert store.bytes <= store._ledger.limit or store._ledger.limit >= 1 << 30
+            assert store._ledger.used == store.bytes
+            if store.auto:
+                assert store.capacity == len(self.ref)
             assert store.bytes == sum(len(c.data) for c in store._chunks.values())
             assert all(c.valid for c in store._chunks.values())
 
@@ -320,13 +341,89 @@ def test_capacity_and_the_ledger_bound_the_cache_and_it_yields_to_commands():
     assert a.bytes == 4 * CHUNK and led.used == 4 * CHUNK  # its own cap, LRU kept the tail
     b.read(0, 8 * CHUNK)
     assert b.bytes <= 2 * CHUNK and led.used <= 6 * CHUNK  # the daemon-wide limit
-    budget.used = 10 * CHUNK  # commands hold the whole budget: the cache takes nothing more
+    a.shrink_by(4 * CHUNK)
+    budget.used = 7 * CHUNK  # commands hold under 3/4 of the budget: the cache still takes
+    b.read(12 * CHUNK, CHUNK)
+    assert led.used == b.bytes and led.yielded == 0
+    budget.used = 8 * CHUNK  # past 3/4: the cache takes nothing more, room or not
     before = led.used
     b.read(8 * CHUNK, CHUNK)
-    assert led.used <= before
+    assert led.used <= before and led.yielded >= 1
     a.close()
     b.close()
     assert led.used == 0
+
+
+def _patterned_store(n: int, seed: int) -> MemoryStore:
+    import random
+
+    inner = MemoryStore(n)
+    inner.write(0, random.Random(seed).randbytes(n))
+    return inner
+
+
+def test_the_memory_target_shrinks_the_largest_caches_first_and_nothing_stale_stays():
+    """Three LUNs' caches on one ledger: the target drops, the largest come down to one level
+    (water-filling), the smallest keeps all, and every read after matches the store, also where
+    writes changed bytes before and after the shrink."""
+    led = CacheLedger(1 << 30)
+    inners = [_patterned_store(32 * CHUNK, i) for i in range(3)]
+    caches = [CachedStore(inner, AUTO, chunk=CHUNK, ledger_=led) for inner in inners]
+    for c, chunks in zip(caches, (24, 12, 3), strict=True):
+        c.read(0, chunks * CHUNK)
+    assert [c.bytes // CHUNK for c in caches] == [24, 12, 3] and led.used == 39 * CHUNK
+    caches[1].write(CHUNK, b"w" * 100)  # a write patches a cached chunk
+    freed = shrink_to(21 * CHUNK, caches)
+    assert freed == 18 * CHUNK and led.used == 21 * CHUNK
+    assert [c.bytes // CHUNK for c in caches] == [9, 9, 3]  # 24 and 12 down to one level
+    # LRU: the largest kept its most recent chunks (the tail it read last)
+    assert sorted(caches[0]._chunks) == list(range(15, 24))
+    caches[0].write(20 * CHUNK, b"x" * CHUNK)  # after the shrink
+    for c, inner in zip(caches, inners, strict=True):
+        for off in range(0, 32 * CHUNK, 3 * CHUNK // 2):
+            assert c.read(off, 2000) == inner.read(off, 2000), off
+    assert shrink_to(1 << 30, caches) == 0  # nothing to do above what is held
+    for c in caches:
+        c.close()
+    assert led.used == 0
+
+
+def test_a_cache_refused_room_gets_some_from_the_largest_at_the_next_rebalance():
+    led = CacheLedger(16 * CHUNK)
+    big = CachedStore(_patterned_store(64 * CHUNK, 1), AUTO, chunk=CHUNK, ledger_=led)
+    small = CachedStore(_patterned_store(64 * CHUNK, 2), AUTO, chunk=CHUNK, ledger_=led)
+    big.read(0, 32 * CHUNK)
+    assert big.bytes == 16 * CHUNK  # the whole target (its own cap is its size: auto)
+    assert rebalance([big, small]) == 0  # nobody was refused
+    small.read(0, CHUNK)
+    assert small.bytes == 0 and small.squeezed == 1  # refused: the target is full
+    assert rebalance([big, small]) == CHUNK  # 1/16 of the largest
+    assert rebalance([big, small]) == 0  # (once per refusal seen)
+    for i in range(20):  # misses keep coming: the small one grows, tick by tick
+        small.read((4 * i) % 60 * CHUNK, 4 * CHUNK)
+        rebalance([big, small])
+    assert big.bytes <= 11 * CHUNK and small.bytes >= 4 * CHUNK, (big.bytes, small.bytes)
+    for _ in range(20):  # and it stops where the two are about even
+        small.read(0, 64 * CHUNK)
+        rebalance([big, small])
+    assert abs(big.bytes - small.bytes) <= 3 * CHUNK, (big.bytes, small.bytes)
+    assert led.used <= led.limit
+    big.close()
+    small.close()
+
+
+def test_auto_capacity_is_the_lun_size_and_follows_a_resize():
+    inner = MemoryStore(10 * CHUNK)
+    c = CachedStore(inner, AUTO, chunk=CHUNK, ledger_=CacheLedger(1 << 30))
+    assert c.auto and c.capacity == 10 * CHUNK
+    c.resize(20 * CHUNK)
+    assert c.capacity == 20 * CHUNK
+    assert parse_capacity("auto") == AUTO and parse_capacity("AUTO") == AUTO
+    fixed = CachedStore(MemoryStore(10 * CHUNK), 4 * CHUNK, chunk=CHUNK, ledger_=CacheLedger(1 << 30))
+    fixed.resize(20 * CHUNK)
+    assert not fixed.auto and fixed.capacity == 4 * CHUNK
+    c.close()
+    fixed.close()
 
 
 def test_not_sole_writer_turns_the_cache_off_and_empties_it():

@@ -172,8 +172,14 @@ DEFAULT_UNIT = 4 << 10
 #: Bricks forget a client per inode (per shard with sharding, 4 MiB at the least): the cache
 #: keeps when it last reached the bricks per region of this size (see ``CachedStore.ttl``).
 _REGION_SHIFT = 22
+#: A LUN's cache cap given as ``auto``: the LUN's own size (all of it may be cached; the
+#: daemon-wide memory target decides how much all caches hold together).
+AUTO = -1
 #: A LUN's cache cap when neither its options nor ``serve --gfapi-cache`` say.
-DEFAULT_LUN_CAPACITY = 256 << 20
+DEFAULT_LUN_CAPACITY = AUTO
+#: While commands hold more than this share of their memory budget (peers press the daemon),
+#: no cache takes a new chunk: commands come first.
+COMMANDS_FIRST = 0.75
 #: Invalidations remembered for fills in flight (older ones: a fill that started before
 #: them inserts nothing).
 _RING = 64
@@ -193,13 +199,17 @@ class _Budget(Protocol):
 
 
 class CacheLedger:
-    """The bytes all read caches of the daemon hold together, bounded by :attr:`limit` and by
-    what the command memory budget (if any) leaves over. Thread-safe (fills run on workers)."""
+    """The bytes all read caches of the daemon hold together, bounded by :attr:`limit` (the
+    memory target: ``cachetarget.py``, moved once a second by ``server/memory.py``) and
+    yielding to commands: no new chunk while commands hold more than :data:`COMMANDS_FIRST`
+    of their memory budget (if any). Thread-safe (fills run on workers)."""
 
     def __init__(self, limit: int, budget: _Budget | None = None) -> None:
         self.limit = limit
         self.budget = budget
         self.used = 0
+        #: Chunks refused because commands held their share of the budget.
+        self.yielded = 0
         self._lock = threading.Lock()
 
     def take(self, n: int) -> bool:
@@ -208,7 +218,8 @@ class CacheLedger:
             if used > self.limit:
                 return False
             budget = self.budget
-            if budget is not None and budget.used + used > budget.limit:
+            if budget is not None and budget.used > budget.limit * COMMANDS_FIRST:
+                self.yielded += 1
                 return False  # commands hold (nearly) all of the budget: they come first
             self.used = used
             return True
@@ -223,11 +234,15 @@ _default_capacity = DEFAULT_LUN_CAPACITY
 _config_lock = threading.Lock()
 
 
-def configure(budget: _Budget | None, lun_default: int | None) -> CacheLedger:
-    """Set the daemon-wide ledger from the command memory budget (a quarter of it) and the
-    default per-LUN cap (``serve --gfapi-cache``; 0 disables caches of LUNs that set none)."""
+def configure(budget: _Budget | None, lun_default: int | None,
+              total: int | None = None) -> CacheLedger:
+    """Set the daemon-wide ledger: its limit ``total`` (``serve --gfapi-cache-total``; None: a
+    quarter of the command memory budget until the memory target's first reading moves it),
+    the budget it yields to, and the default per-LUN cap (``serve --gfapi-cache``; :data:`AUTO`:
+    the LUN's size; 0 disables caches of LUNs that set none)."""
     global _ledger, _default_capacity
-    limit = (budget.limit if budget is not None else default_budget()) // 4
+    limit = total if total is not None else (
+        (budget.limit if budget is not None else default_budget()) // 4)
     with _config_lock:
         if _ledger is None:
             _ledger = CacheLedger(limit, budget)
@@ -247,6 +262,64 @@ def ledger() -> CacheLedger:
 
 def default_capacity() -> int:
     return _default_capacity
+
+
+def caches() -> list[CachedStore]:
+    """The caches open now."""
+    with _config_lock:
+        return list(_open_caches)
+
+
+def held() -> int:
+    """The bytes every cache open now holds (the ledger's count)."""
+    return ledger().used
+
+
+def shrink_to(target: int, caches_: list[CachedStore] | None = None) -> int:
+    """Evict LRU chunks until all caches together hold at most ``target`` bytes, the largest
+    caches first (water-filling from the top: every cache above some level comes down to it,
+    the others keep all). One cache's lock at a time, outside every other lock. Returns the
+    bytes freed (the caller gives the heap back: ``malloc_trim``)."""
+    everyone = [c for c in (caches() if caches_ is None else caches_) if c.bytes]
+    excess = sum(c.bytes for c in everyone) - target
+    if excess <= 0:
+        return 0
+    sizes = sorted((c.bytes for c in everyone), reverse=True)
+    # the level: the largest L with sum(max(0, b - L)) >= excess
+    above, level = 0, 0
+    for k, b in enumerate(sizes):
+        nxt = sizes[k + 1] if k + 1 < len(sizes) else 0
+        if above + (k + 1) * (b - nxt) >= excess:
+            level = b - (excess - above + k) // (k + 1)
+            break
+        above += (k + 1) * (b - nxt)
+    freed = 0
+    for c in everyone:
+        if c.bytes > level:
+            freed += c.shrink_by(c.bytes - level)
+    return freed
+
+
+def rebalance(caches_: list[CachedStore] | None = None) -> int:
+    """Give caches that were refused room by the memory target since the last call a chance:
+    for each, evict up to 1/16 of the largest other cache, while that one holds more than
+    this one (not inside a fill: a fill holds its own cache's lock, and taking another's there
+    could deadlock two fills). Returns the bytes freed."""
+    everyone = caches() if caches_ is None else caches_
+    freed = 0
+    for c in everyone:
+        squeezed = c.squeezed
+        if squeezed == c._squeezed_seen:
+            continue
+        c._squeezed_seen = squeezed
+        others = [o for o in everyone if o is not c]
+        if not others:
+            continue
+        big = max(others, key=lambda o: o.bytes)
+        gap = big.bytes - c.bytes
+        if gap > 2 * big.chunk:
+            freed += big.shrink_by(min(big.bytes // 16, gap // 2))
+    return freed
 
 
 #: The caches open now (made by :class:`CachedStore`, left at its close), for :func:`summary`.
@@ -285,7 +358,7 @@ def summary(caches_: list[CachedStore] | None = None) -> dict[str, Any]:
         "bytes_cached": sum(c.bytes for c in caches),
         "capacity": sum(c.capacity for c in caches),
         "limit_all_luns": led.limit,
-        "lun_default": default_capacity(),
+        "lun_default": "auto" if default_capacity() == AUTO else default_capacity(),
         "readahead_bytes": sum(c.readahead_bytes for c in caches),
         "invalidations": sum(c.invalidations for c in caches),
         "skipped": sum(c.skipped for c in caches),
@@ -297,7 +370,8 @@ def summary(caches_: list[CachedStore] | None = None) -> dict[str, Any]:
 
 
 def parse_capacity(value: Any) -> int:
-    """A LUN's ``cache`` option: a size (``64MiB``, bytes), ``0``/``off`` to disable."""
+    """A LUN's ``cache`` option: a size (``64MiB``, bytes), ``0``/``off`` to disable,
+    ``auto`` (:data:`AUTO`): the LUN's size, within the daemon-wide target."""
     from .size import parse_size
 
     if isinstance(value, bool):
@@ -308,6 +382,8 @@ def parse_capacity(value: Any) -> int:
         text = str(value).strip().lower()
         if text in ("off", "no", "false", "none"):
             return 0
+        if text == "auto":
+            return AUTO
         if text in ("on", "yes", "true"):
             return default_capacity()
         n = parse_size(text)
@@ -468,7 +544,9 @@ class CachedStore(BackingStore):
         self._shift = chunk.bit_length() - 1
         self.unit = unit
         self._ushift = unit.bit_length() - 1
-        self.capacity = max(0, capacity)
+        #: Whether the cap follows the LUN's size (``cache=auto``, the default).
+        self.auto = capacity == AUTO
+        self.capacity = max(0, inner.size if self.auto else capacity)
         self._ledger = ledger_ if ledger_ is not None else ledger()
         self._clock = clock
         self._lock = threading.Lock()
@@ -504,6 +582,12 @@ class CachedStore(BackingStore):
         #: Whether the last window judged the cache thrashing (misses are sampled meanwhile).
         self.thrashing = False
         self._refused = 0  # new chunks the ledger refused with nothing of ours left to evict
+        #: New chunks the ledger refused (the memory target is reached), whether or not this
+        #: cache then evicted its own to make room: :func:`rebalance` reads it.
+        self.squeezed = 0
+        self._squeezed_seen = 0
+        #: Bytes evicted because the memory target shrank or another cache needed room.
+        self.shrunk = 0
         self._window = admit_window
         self._sample_mask = admit_sample - 1
         self._rand = 0x1D872B41  # the sampling's LCG state
@@ -622,6 +706,21 @@ class CachedStore(BackingStore):
         self.bytes = 0
         if freed:
             self._ledger.give(freed)
+
+    def shrink_by(self, n: int) -> int:
+        """Evict LRU chunks until ``n`` bytes are freed (or none is left): the memory target
+        shrank (:func:`shrink_to`) or another cache needs room (:func:`rebalance`). Evicting
+        is not an invalidation: fills in flight still insert. Returns the bytes freed."""
+        freed = 0
+        with self._lock:
+            chunks = self._chunks
+            while freed < n and chunks:
+                freed += len(chunks.popitem(last=False)[1].data)
+            if freed:
+                self.bytes -= freed
+                self.shrunk += freed
+                self._ledger.give(freed)
+        return freed
 
     def _free_locked(self, i: int) -> None:
         entry = self._chunks.pop(i, None)
@@ -1171,7 +1270,11 @@ class CachedStore(BackingStore):
             self.evictions += 1
             if len(old) == n:
                 spare = old
+        squeezed = False
         while not self._ledger.take(n):
+            if not squeezed:
+                squeezed = True
+                self.squeezed += 1
             if not chunks:
                 self._refused += 1
                 return None
@@ -1254,6 +1357,11 @@ class CachedStore(BackingStore):
             self.inner.resize(new_size, **kw)
         finally:
             self.clear()
+            if self.auto and self.capacity:
+                try:
+                    self.capacity = max(1, self.inner.size)
+                except OSError:
+                    pass  # (the resize's own error, if any, is the one to raise)
 
 
     # -- the rest is the store's ----------------------------------------------------------------

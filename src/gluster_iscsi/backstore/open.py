@@ -13,8 +13,9 @@ spec                                               store
 ``size`` is the memory store's size, or for files the size to create them with when they
 do not exist yet. Extra keyword ``options`` go to the store: ``o_direct`` for files and
 Gluster, ``log_file``/``log_level`` for Gluster (also as URL query: ``?o_direct=1``), and
-``cache`` for Gluster: the read cache's size (``64MiB``; ``0`` or ``off``: none; default
-:func:`.cache.default_capacity`, set by ``serve --gfapi-cache``) and ``cache_chunk`` its
+``cache`` for Gluster: the read cache's size (``64MiB``; ``0`` or ``off``: none; ``auto``:
+the LUN's size, within the daemon-wide memory target; default :func:`.cache.default_capacity`,
+set by ``serve --gfapi-cache``) and ``cache_chunk`` its
 chunk (a power of two, 4KiB to 1MiB; default 64KiB: what a sequential miss fills; a
 random miss reads 4KiB units), see :mod:`.cache`.
 """
@@ -141,8 +142,7 @@ def open_store(
         log_level=int(log_level) if log_level is not None else None,
         o_direct=o_direct,
     )
-    capacity = min(capacity, cachemod.ledger().limit)
-    if capacity <= 0:
+    if capacity == 0:
         return store
     try:
         return cachemod.CachedStore(store, capacity, chunk=chunk)
