@@ -205,5 +205,26 @@ def test_the_read_cache_counters_reach_the_metrics() -> None:
         assert m[("gluster_iscsi_lun_cache_expired_total", lun())] == 5
         assert m[("gluster_iscsi_lun_cache_readahead_bytes_total", lun())] == 7 * 4096
         assert m[("gluster_iscsi_lun_cache_error_drops_total", lun())] == 2
+        assert ("gluster_iscsi_cache_target_bytes", ()) not in m  # no governor: not exported
+        # the memory target, with a governor on the same ledger (server/memory.py)
+        from gluster_iscsi.backstore.cachetarget import Readings
+        from gluster_iscsi.server.memory import MemoryGovernor
+
+        led = store._ledger
+        held = led.used
+        daemon.memory_governor = MemoryGovernor(  # type: ignore[attr-defined]
+            led, readings=lambda: Readings(64 << 30, 1 << 30, held), caches=lambda: [store])
+        m = {}
+        for fam in text_string_to_metric_families(generate_latest(reg).decode()):
+            for s in fam.samples:
+                m[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        assert m[("gluster_iscsi_cache_target_bytes", ())] == led.limit == 32 << 20  # the floor
+        assert m[("gluster_iscsi_cache_held_bytes", ())] == held > 0
+        daemon.memory_governor.shrinks["pressure"] = 2  # type: ignore[attr-defined]
+        m = {}
+        for fam in text_string_to_metric_families(generate_latest(reg).decode()):
+            for s in fam.samples:
+                m[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        assert m[("gluster_iscsi_cache_shrinks_total", (("reason", "pressure"),))] == 2
     finally:
         store.close()

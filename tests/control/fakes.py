@@ -91,6 +91,7 @@ class FakeDaemon:
         self.gfapi_async = True
         self.gfaio_calls: int | None = None
         self.budget = FakeBudget()
+        self.memory_governor = None
         self.limits = FakeLimits()
         self.connections: set[object] = set()
         #: LUs whose write-behind was drained before their store closed

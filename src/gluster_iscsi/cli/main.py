@@ -133,6 +133,9 @@ def status(as_json: bool) -> None:
         from ..backstore.cache import summary_line
 
         click.echo(summary_line(rc))
+        ct = info.get("cache_target")
+        if ct:
+            click.echo(cache_target_line(ct))
     mem, conns = info.get("memory"), info.get("connections")
     if mem:
         click.echo(f"memory for commands' data: {human_size(mem['in_use'])} in use (peak "
@@ -1217,6 +1220,19 @@ def group_show(as_json: bool) -> None:
               ",".join(f"{k}:{v}" for k, v in sorted(x["sessions"].items()))]
              for x in g["luns"]],
         ))  # fmt: skip
+
+
+def cache_target_line(ct: dict[str, Any]) -> str:
+    """The read caches' memory target in one line of ``status``: what they hold, the target and
+    what sets it, the pressure trigger, the last shrink."""
+    src = ct["source"]
+    how = ("fixed by --gfapi-cache-total" if ct["fixed"] else
+           f"from {src}, followed every second; pressure trigger {ct['pressure_trigger']}")
+    last = ct.get("last_shrink")
+    shrink = (f"; last shrink {last['seconds_ago']:.0f} s ago by "
+              f"{human_size(last['bytes'])} ({last['reason']})" if last else "")
+    return (f"read cache memory: {human_size(ct['held'])} held of a target of "
+            f"{human_size(ct['target'] or 0)} ({how}){shrink}")
 
 
 def _duplicate_text(d: dict[str, Any]) -> str:

@@ -65,6 +65,17 @@ def _cache_size(ctx: click.Context, param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from exc
 
 
+def _cache_total(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from ..backstore.size import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 def _write_behind(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
@@ -300,10 +311,16 @@ Exit status:
               help="Memory for commands' data, all sessions together (read and write buffers, "
                    "responses not yet sent), e.g. 1GiB; beyond it commands get TASK SET FULL "
                    "or BUSY. Default: an eighth of the machine's memory, 256MiB to 4GiB.")
-@click.option("--gfapi-cache", metavar="SIZE", callback=_cache_size,
-              help="Read cache of each LUN on a gluster:// backing (a LUN's own `cache` option "
-                   "wins), at most a quarter of --memory-budget for all LUNs together; "
-                   "0 disables it. Default: 256MiB.")
+@click.option("--gfapi-cache", metavar="SIZE|auto", callback=_cache_size,
+              help="The most the read cache of each LUN on a gluster:// backing holds (a LUN's "
+                   "own `cache` option wins); 0 disables it. Default: auto, the LUN's size: "
+                   "all LUNs share the memory target (--gfapi-cache-total).")
+@click.option("--gfapi-cache-total", metavar="SIZE", callback=_cache_total,
+              help="What the read caches of all gfapi LUNs hold together, fixed. Default: "
+                   "follow the machine, checked every second: up to half of its memory (0.8 "
+                   "of a cgroup's limit under one, minus what else the cgroup holds), keeping "
+                   "MemAvailable above 1/32 of RAM + 256MiB, given back at once under memory "
+                   "pressure.")
 @click.option("--write-behind", metavar="SIZE", callback=_write_behind,
               help="Write-behind window of each LUN on a gluster:// backing outside a gateway "
                    "group, while its write cache is on (WCE=1): plain writes are acknowledged "
@@ -343,7 +360,7 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
           poll_store_usecs: float, uvloop: bool, io_uring: bool, gfapi_async: bool, max_connections: int | None,
           max_connections_per_host: int | None, max_prelogin: int | None,
           max_prelogin_per_host: int | None, memory_budget: int | None,
-          gfapi_cache: int | None, metrics_listen: str | None = None,
+          gfapi_cache: int | None, gfapi_cache_total: int | None, metrics_listen: str | None = None,
           xlator_options: list[tuple[str, str, str]] | None = None,
           write_behind: int | None = None, gfapi_write_piece: int | None = None,
           gfapi_sched: str = "batch") -> None:
@@ -387,6 +404,7 @@ def serve(ctx: click.Context, listens: tuple[str, ...], advertise: str | None, s
                                         "max_prelogin_per_host": max_prelogin_per_host,
                                         "memory_budget": memory_budget,
                                         "gfapi_cache": gfapi_cache,
+                                        "gfapi_cache_total": gfapi_cache_total,
                                         "write_behind": write_behind,
                                         "gfapi_async": int(gfapi_async)}, metrics,
                              gfapi_sched))
@@ -490,10 +508,21 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
     log.info("write-behind: %s per gfapi LUN outside a group",
              f"{daemon.write_behind >> 10} KiB" if daemon.write_behind else "off")
     from ..backstore import cache as read_cache
+    from ..server.daemon import malloc_trim
+    from ..server.memory import MemoryGovernor
 
-    cache_ledger = read_cache.configure(daemon.budget, limits.get("gfapi_cache"))
-    log.info("gfapi read cache: %d MiB per LUN, %d MiB for all LUNs",
-             min(read_cache.default_capacity(), cache_ledger.limit) >> 20, cache_ledger.limit >> 20)
+    total = limits.get("gfapi_cache_total")
+    cache_ledger = read_cache.configure(daemon.budget, limits.get("gfapi_cache"), total)
+    daemon.memory_governor = governor = MemoryGovernor(cache_ledger, fixed=total,
+                                                       trim=malloc_trim)
+    governor.start()
+    lun_cap = read_cache.default_capacity()
+    log.info("gfapi read cache: %s per LUN, %d MiB for all LUNs now (%s)",
+             "the LUN's size" if lun_cap == read_cache.AUTO else f"{lun_cap >> 20} MiB",
+             cache_ledger.limit >> 20,
+             "fixed by --gfapi-cache-total" if total is not None else
+             f"from {governor.rule.source}, followed every second; pressure trigger "
+             f"{governor.pressure}")
     _ = daemon.ring  # made now, so the log and `status` say at once which file I/O runs
     control = ControlServer(daemon)
     demo_image = state_dir / "demo-lun1.img"

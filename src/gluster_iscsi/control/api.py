@@ -552,6 +552,9 @@ class ControlServer:
             "connections": self._connections(),
             "group": self._group_summary(cfg),
             "read_cache": read_cache.summary(),
+            # the memory target all read caches share (server/memory.py); None: none runs
+            "cache_target": (self.daemon.memory_governor.status()
+                             if self.daemon.memory_governor is not None else None),
             # serve --write-behind: each lone gfapi LUN's window, bytes (0: off)
             "write_behind": {"window": self.daemon.write_behind},
         }

@@ -108,6 +108,10 @@ class DaemonControl(Protocol):
     @property
     def budget(self) -> Budget: ...
 
+    #: The read caches' memory target (``server.memory.MemoryGovernor``: ``status()``), or
+    #: None where nothing drives it.
+    memory_governor: Any
+
     @property
     def limits(self) -> ConnectionLimits: ...
 

@@ -169,6 +169,9 @@ class Daemon:
         #: ``buffers.MemoryBudget``; default: sized to the machine), and the most
         #: one session may hold (default: a quarter of it).
         self.budget = MemoryBudget(memory_budget or default_budget(), session_share)
+        #: The read caches' memory target (``server/memory.py``), set by ``serve``; None
+        #: where nothing drives it (tests, library use): the ledger keeps its limit.
+        self.memory_governor: Any = None
         # The pool keeps at most an eighth of the budget for reuse, and less once idle.
         POOL.max_retained = self.budget.limit // 8
         self._trim_timer: asyncio.TimerHandle | None = None
@@ -304,7 +307,7 @@ class Daemon:
             gc.collect()
             freed = 1
         if freed:
-            _malloc_trim()
+            malloc_trim()
         if self._trim_timer is not None:
             self._trim_timer.cancel()  # (called early, as by a test: still one timer)
         self._trim_timer = asyncio.get_running_loop().call_later(POOL_TRIM_INTERVAL, self._trim_pool)
@@ -743,6 +746,8 @@ class Daemon:
     # ------------------------------------------------------------------ lifecycle
     async def stop(self) -> None:
         """Close portals, let commands in flight finish (bounded), close connections, stores."""
+        if self.memory_governor is not None:
+            self.memory_governor.stop()
         for portal in list(self._listeners):
             server = self._listeners.pop(portal)
             server.close()
@@ -863,7 +868,7 @@ def _fix_malloc_thresholds() -> None:
         mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
-def _malloc_trim() -> None:
+def malloc_trim() -> None:
     """glibc's malloc_trim(0), where there is one (a no-op elsewhere)."""
     global _libc_trim
     if _libc_trim is None:

@@ -107,6 +107,11 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     P + "target_logins": ("counter", ("target",), "Logins accepted"),
     P + "target_login_refusals": ("counter", ("target", "reason"), "Logins refused or timed out, "
                                                                    "by reason"),
+    P + "cache_target_bytes": ("gauge", (), "What the gfapi read caches may hold together now "
+                                             "(the memory target)"),
+    P + "cache_held_bytes": ("gauge", (), "What the gfapi read caches hold together now"),
+    P + "cache_shrinks": ("counter", ("reason",), "Times the read caches were shrunk to the memory "
+                                                  "target, by reason (memory, cgroup, pressure)"),
     P + "memory_budget_used_bytes": ("gauge", (), "Bytes of the memory budget in use"),
     P + "memory_budget_limit_bytes": ("gauge", (), "The memory budget"),
     P + "connections": ("gauge", (), "Connections now"),
@@ -211,6 +216,13 @@ class DaemonCollector(Collector):
                 gv = [gw, str(g["number"])]
                 fam[P + "group_gateway_up"].add_metric(gv, 1 if g["live"] else 0)
                 fam[P + "group_gateway_beat_age_seconds"].add_metric(gv, float(g["age"]))
+        gov = getattr(d, "memory_governor", None)  # (a daemon made without serve: none)
+        if gov is not None:
+            st = gov.status()
+            fam[P + "cache_target_bytes"].add_metric([], st["target"] or 0)
+            fam[P + "cache_held_bytes"].add_metric([], st["held"])
+            for reason, n in sorted(st["shrinks"].items()):
+                fam[P + "cache_shrinks"].add_metric([reason], n)
         fam[P + "memory_budget_used_bytes"].add_metric([], d.budget.used)
         fam[P + "memory_budget_limit_bytes"].add_metric([], d.budget.limit)
         conns = list(d.connections)
