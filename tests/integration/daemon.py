@@ -36,8 +36,10 @@ class Daemon:
     """A ``gluster-iscsi serve`` subprocess with its own state directory and port(s)."""
 
     def __init__(self, state_dir: Path, *, ports: list[int] | None = None, demo: bool = True,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, cgroup: Path | None = None) -> None:
         self.state_dir = Path(state_dir)
+        #: A cgroup directory the daemon starts in (its ``cgroup.procs``), or None.
+        self.cgroup = cgroup
         self.ports = ports or [free_port()]
         self.demo = demo
         self.extra = extra or []
@@ -67,7 +69,15 @@ class Daemon:
         cmd += self.extra
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, env=env)
+        procs = None if self.cgroup is None else str(self.cgroup / "cgroup.procs")
+
+        def enter() -> None:  # in the child, before exec: the daemon starts in the cgroup
+            if procs is not None:
+                with open(procs, "w") as f:
+                    f.write(str(os.getpid()))
+
+        self.proc = subprocess.Popen(cmd, stdout=self._logf, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=enter if procs is not None else None)
         for p in self.ports:
             wait_port(p, proc=self.proc)
         return self
