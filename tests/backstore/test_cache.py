@@ -345,10 +345,14 @@ def test_capacity_and_the_ledger_bound_the_cache_and_it_yields_to_commands():
     budget.used = 7 * CHUNK  # commands hold under 3/4 of the budget: the cache still takes
     b.read(12 * CHUNK, CHUNK)
     assert led.used == b.bytes and led.yielded == 0
-    budget.used = 8 * CHUNK  # past 3/4: the cache takes nothing more, room or not
-    before = led.used
+    budget.used = 8 * CHUNK  # past 3/4: the cache takes nothing more, room or not,
+    before, held, squeezed = led.used, b.bytes, b.squeezed
     b.read(8 * CHUNK, CHUNK)
-    assert led.used <= before and led.yielded >= 1
+    b.write(0, b"w" * CHUNK)  # (a whole-chunk write would insert a chunk)
+    # and keeps what it holds: evicting its own chunks would not make room
+    assert led.used == before and b.bytes == held and led.yielded == 2
+    assert b.squeezed == squeezed  # (not a refusal by the target: no rebalance for it)
+    assert b.read(0, CHUNK) == b"w" * CHUNK
     a.close()
     b.close()
     assert led.used == 0

@@ -37,6 +37,18 @@ def test_which_cgroup_holds_the_memory_controller():
     assert cgroup_dirs("0::/x\n", "") == ("", [])  # no mount found: no cgroup readings
 
 
+def test_a_mounted_subtree_is_followed_from_its_root():
+    # a container sees its own cgroup as the mount's root (the 4th field of mountinfo)
+    mounts = ("35 31 0:31 /docker/c1 /sys/fs/cgroup/memory rw,relatime - cgroup cgroup "
+              "rw,memory\n")
+    v, dirs = cgroup_dirs("4:memory:/docker/c1/system.slice/svc\n", mounts)
+    assert v == "v1" and [str(d) for d in dirs] == [
+        "/sys/fs/cgroup/memory/system.slice/svc", "/sys/fs/cgroup/memory/system.slice",
+        "/sys/fs/cgroup/memory"]
+    # a path outside the mounted subtree cannot be read there: no readings, not wrong ones
+    assert cgroup_dirs("4:memory:/other\n", mounts) == ("", [])
+
+
 def test_v2_limits_come_from_high_or_max_up_the_tree(tmp_path):
     root = tmp_path / "cg"
     svc = root / "system.slice" / "gluster-iscsi.service"
@@ -62,6 +74,10 @@ def test_v1_limits_and_no_limit(tmp_path):
     assert cgroup_limits("v1", [d]) == ()
     (d / "memory.limit_in_bytes").write_text(f"{512 * MiB}\n")
     assert cgroup_limits("v1", [d]) == (CgroupLimit(str(d), 512 * MiB, 1000),)
+    # page cache the kernel reclaims by itself does not count (as kubelet's working set)
+    (d / "memory.usage_in_bytes").write_text(f"{400 * MiB}\n")
+    (d / "memory.stat").write_text(f"cache 1\ntotal_inactive_file {300 * MiB}\n")
+    assert cgroup_limits("v1", [d]) == (CgroupLimit(str(d), 512 * MiB, 100 * MiB),)
 
 
 def test_meminfo(tmp_path):
@@ -118,11 +134,13 @@ def test_the_governor_moves_the_ledger_shrinks_the_caches_and_trims():
     step = gov.tick()
     assert step.reason == "memory" and led.limit == step.target < held
     assert led.used <= led.limit and trims == [1]
-    assert caches[0].bytes >= caches[1].bytes and caches[0].shrunk > 0  # the largest first
+    assert caches[0].shrunk == held - led.used and caches[1].shrunk == 0  # the largest first
     st = gov.status()
     assert st["shrinks"] == {"memory": 1} and st["last_shrink"]["reason"] == "memory"
     assert st["shrunk_bytes"] == held - led.used
-    # every read still matches its store
+    # every read still matches its store, also where a write changed cached bytes
+    caches[0].write(1000 * CHUNK + 100, b"n" * 5000)
+    gov.tick()
     for c in caches:
         assert c.read(0, 1024 * CHUNK) == c.inner.read(0, 1024 * CHUNK)
     # pressure: an eighth of what is held goes at once
@@ -140,9 +158,7 @@ def test_a_fixed_target_ignores_the_readings():
     m.available = 10 * MiB  # far below any reserve
     gov = MemoryGovernor(led, fixed=256 * MiB, readings=m.read, caches=lambda: [])
     assert led.limit == 256 * MiB and gov.status()["source"] == "option"
-    gov.start()  # no thread, no trigger: nothing to follow
-    assert gov._thread is None and gov.status()["pressure_trigger"].startswith("not used")
-    gov.stop()
+    assert gov.status()["pressure_trigger"] == "not set"
 
 
 def test_the_floor_holds_however_short_memory_is():
@@ -151,3 +167,26 @@ def test_the_floor_holds_however_short_memory_is():
     m.available = 0
     MemoryGovernor(led, readings=m.read, caches=lambda: [])
     assert led.limit == FLOOR
+
+
+def test_the_thread_ticks_and_stops_leaving_no_descriptor_behind():
+    led = CacheLedger(0)
+    m = Machine(led)
+    gov = MemoryGovernor(led, readings=m.read, caches=lambda: [])
+    before = sorted(os.listdir("/proc/self/fd"))
+    gov.start()
+    import time
+
+    deadline = time.monotonic() + 30
+    while gov.ticks < 3 and time.monotonic() < deadline:  # (the first came from __init__)
+        time.sleep(0.05)
+    assert gov.ticks >= 3, "the thread did not tick"
+    gov.stop()
+    assert gov._thread is None
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    # fixed: the thread still runs (the rebalance between LUNs), with no pressure trigger
+    fixed = MemoryGovernor(led, fixed=64 * MiB, readings=m.read, caches=lambda: [])
+    fixed.start()
+    assert fixed._thread is not None and fixed.pressure.startswith("not used")
+    fixed.stop()
+    assert sorted(os.listdir("/proc/self/fd")) == before

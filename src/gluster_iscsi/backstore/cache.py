@@ -141,12 +141,15 @@ every miss: the cache as before).
 
 Memory
 ------
-Each cache has its own cap (``capacity``) and all caches together a daemon-wide
-:class:`CacheLedger`, whose limit is a quarter of the daemon's memory budget by default.
-The cache also yields to commands: it takes no more than what the budget has left over the
-memory commands hold now, evicting its own LRU chunks to make room, so it never takes
-memory that commands need (it only reads ``budget.used``, it never charges the budget).
-A chunk counts whole (64 KiB) however few of its units are valid: the memory is taken. A
+Each cache has its own cap (``capacity``: by default :data:`AUTO`, the LUN's size) and all
+caches together a daemon-wide :class:`CacheLedger`, whose limit is the memory target
+(``cachetarget.py``; ``server/memory.py`` moves it every second from the machine's memory and
+the cgroup's limit, and calls :func:`shrink_to` when it falls below what is held). A fill that
+would pass it evicts its own cache's LRU chunks; a cache refused room gets some of the largest
+one's at the next :func:`rebalance`. The caches also yield to commands: while commands hold
+more than :data:`COMMANDS_FIRST` of the memory budget, no cache takes a new chunk (nor evicts
+one to make room: it keeps what it holds), so a cache never competes with commands for memory
+(it only reads ``budget.used``, it never charges the budget). A chunk counts whole (64 KiB) however few of its units are valid: the memory is taken. A
 new chunk reuses the buffer of the chunk it evicts (no allocation, no fresh pages).
 """
 
@@ -177,6 +180,10 @@ _REGION_SHIFT = 22
 AUTO = -1
 #: A LUN's cache cap when neither its options nor ``serve --gfapi-cache`` say.
 DEFAULT_LUN_CAPACITY = AUTO
+#: Chunks a shrink evicts under one hold of a cache's lock (``shrink_by``).
+_SHRINK_BATCH = 256
+#: What :func:`rebalance` evicts for a cache at most, per new refusal it saw: this many chunks.
+_REBALANCE_PER_REFUSAL = 4
 #: While commands hold more than this share of their memory budget (peers press the daemon),
 #: no cache takes a new chunk: commands come first.
 COMMANDS_FIRST = 0.75
@@ -212,15 +219,18 @@ class CacheLedger:
         self.yielded = 0
         self._lock = threading.Lock()
 
+    def yielding(self) -> bool:
+        """Whether commands hold more than :data:`COMMANDS_FIRST` of their budget: no cache
+        takes a new chunk then (and none evicts to make room: evicting would not help)."""
+        budget = self.budget
+        return budget is not None and budget.used > budget.limit * COMMANDS_FIRST
+
     def take(self, n: int) -> bool:
+        """Take ``n`` bytes within the limit (False: over it, or commands come first)."""
         with self._lock:
             used = self.used + n
-            if used > self.limit:
+            if used > self.limit or self.yielding():
                 return False
-            budget = self.budget
-            if budget is not None and budget.used > budget.limit * COMMANDS_FIRST:
-                self.yielded += 1
-                return False  # commands hold (nearly) all of the budget: they come first
             self.used = used
             return True
 
@@ -302,15 +312,18 @@ def shrink_to(target: int, caches_: list[CachedStore] | None = None) -> int:
 
 def rebalance(caches_: list[CachedStore] | None = None) -> int:
     """Give caches that were refused room by the memory target since the last call a chance:
-    for each, evict up to 1/16 of the largest other cache, while that one holds more than
-    this one (not inside a fill: a fill holds its own cache's lock, and taking another's there
-    could deadlock two fills). Returns the bytes freed."""
+    for each, evict from the largest other cache, while that one holds more than this one, up
+    to 1/16 of it, half the gap between the two, and :data:`_REBALANCE_PER_REFUSAL` chunks
+    per fill refused (so one refused miss does not cost the busy LUN a sixteenth of its cache:
+    room follows demand). Not inside a fill: a fill holds its own cache's lock, and taking
+    another's there could deadlock two fills. Returns the bytes freed."""
     everyone = caches() if caches_ is None else caches_
     freed = 0
     for c in everyone:
         squeezed = c.squeezed
         if squeezed == c._squeezed_seen:
             continue
+        refusals = squeezed - c._squeezed_seen
         c._squeezed_seen = squeezed
         others = [o for o in everyone if o is not c]
         if not others:
@@ -318,7 +331,8 @@ def rebalance(caches_: list[CachedStore] | None = None) -> int:
         big = max(others, key=lambda o: o.bytes)
         gap = big.bytes - c.bytes
         if gap > 2 * big.chunk:
-            freed += big.shrink_by(min(big.bytes // 16, gap // 2))
+            freed += big.shrink_by(min(big.bytes // 16, gap // 2,
+                                       refusals * _REBALANCE_PER_REFUSAL * c.chunk))
     return freed
 
 
@@ -710,16 +724,29 @@ class CachedStore(BackingStore):
     def shrink_by(self, n: int) -> int:
         """Evict LRU chunks until ``n`` bytes are freed (or none is left): the memory target
         shrank (:func:`shrink_to`) or another cache needs room (:func:`rebalance`). Evicting
-        is not an invalidation: fills in flight still insert. Returns the bytes freed."""
+        is not an invalidation: fills in flight still insert. In batches of
+        :data:`_SHRINK_BATCH` chunks, the lock and the interpreter let go between them (this
+        code may be compiled, which never yields the GIL by itself): a shrink of GiBs does not
+        hold up this LUN's reads or the event loop for its whole length. Returns the bytes
+        freed."""
         freed = 0
-        with self._lock:
-            chunks = self._chunks
-            while freed < n and chunks:
-                freed += len(chunks.popitem(last=False)[1].data)
-            if freed:
-                self.bytes -= freed
-                self.shrunk += freed
-                self._ledger.give(freed)
+        chunks = self._chunks
+        while freed < n:
+            batch = 0
+            with self._lock:
+                k = 0
+                while freed + batch < n and chunks and k < _SHRINK_BATCH:
+                    batch += len(chunks.popitem(last=False)[1].data)
+                    k += 1
+                if batch:
+                    self.bytes -= batch
+                    self.shrunk += batch
+                    self._ledger.give(batch)
+                done = not chunks
+            freed += batch
+            if done or not batch:
+                break
+            time.sleep(0)  # (lets the event loop and this LUN's readers in)
         return freed
 
     def _free_locked(self, i: int) -> None:
@@ -1272,6 +1299,9 @@ class CachedStore(BackingStore):
                 spare = old
         squeezed = False
         while not self._ledger.take(n):
+            if self._ledger.yielding():  # commands come first: keep what is held, take nothing
+                self._ledger.yielded += 1
+                return None
             if not squeezed:
                 squeezed = True
                 self.squeezed += 1

@@ -746,8 +746,8 @@ class Daemon:
     # ------------------------------------------------------------------ lifecycle
     async def stop(self) -> None:
         """Close portals, let commands in flight finish (bounded), close connections, stores."""
-        if self.memory_governor is not None:
-            self.memory_governor.stop()
+        if self.memory_governor is not None:  # (its thread may be mid-shrink: off the loop)
+            await asyncio.to_thread(self.memory_governor.stop)
         for portal in list(self._listeners):
             server = self._listeners.pop(portal)
             server.close()

@@ -64,8 +64,13 @@ def meminfo(path: str = "/proc/meminfo") -> tuple[int, int | None]:
     return total, avail
 
 
-def _mounts(mountinfo: str) -> tuple[str | None, str | None]:
-    """The cgroup2 mount point and the cgroup v1 memory controller's, from mountinfo text."""
+Mount = tuple[str, str]  # (the cgroup path at the mount's root, where it is mounted)
+
+
+def _mounts(mountinfo: str) -> tuple[Mount | None, Mount | None]:
+    """The cgroup2 mount and the cgroup v1 memory controller's, from mountinfo text: each
+    (root, mount point). The root is not "/" where a subtree is mounted (a container sees its
+    own cgroup as the mount's root)."""
     v2 = v1 = None
     for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
@@ -73,9 +78,9 @@ def _mounts(mountinfo: str) -> tuple[str | None, str | None]:
         if len(fields) < 5 or len(rfields) < 3:
             continue
         if rfields[0] == "cgroup2" and v2 is None:
-            v2 = fields[4]
+            v2 = (fields[3], fields[4])
         elif rfields[0] == "cgroup" and "memory" in rfields[2].split(",") and v1 is None:
-            v1 = fields[4]
+            v1 = (fields[3], fields[4])
     return v2, v1
 
 
@@ -93,8 +98,15 @@ def cgroup_dirs(proc_cgroup: str, mountinfo: str) -> tuple[str, list[Path]]:
         elif "memory" in controllers.split(","):
             v1_path = path
 
-    def chain(mount: str, path: str) -> list[Path]:
-        root = Path(mount)
+    def chain(mount: Mount, path: str) -> list[Path]:
+        top, where = mount
+        top = "/" + top.strip("/")
+        path = "/" + path.strip("/")
+        if top != "/":  # a subtree is mounted: our path must lie inside it
+            if path != top and not path.startswith(top + "/"):
+                return []
+            path = path[len(top):] or "/"
+        root = Path(where)
         here = root / path.lstrip("/")
         out = []
         while True:
@@ -104,7 +116,9 @@ def cgroup_dirs(proc_cgroup: str, mountinfo: str) -> tuple[str, list[Path]]:
             here = here.parent
 
     if v1_mount and v1_path is not None:
-        return "v1", chain(v1_mount, v1_path)
+        dirs = chain(v1_mount, v1_path)
+        if dirs:
+            return "v1", dirs
     if v2_mount and v2_path is not None:
         dirs = chain(v2_mount, v2_path)
         if any((d / "memory.max").exists() or (d / "memory.current").exists() for d in dirs):
@@ -126,18 +140,37 @@ def _read_int(path: Path) -> int | None:
     return None if n >= _NO_LIMIT else n
 
 
+def _stat(path: Path, key: str) -> int:
+    """One field of a cgroup's ``memory.stat`` (0 where it has none)."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                name, _, value = line.partition(b" ")
+                if name == key.encode():
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def cgroup_limits(version: str, dirs: list[Path]) -> tuple[CgroupLimit, ...]:
-    """Each cgroup of ``dirs`` that has a memory limit, with its usage now."""
+    """Each cgroup of ``dirs`` that has a memory limit, with its usage now: without its
+    inactive page cache, which the kernel reclaims by itself before the limit (as kubelet's
+    working set): a cgroup whose files were read sits near its limit, full of such pages,
+    and the caches must not shrink for them."""
     out = []
     for d in dirs:
         if version == "v2":
             limits = [n for n in (_read_int(d / "memory.high"), _read_int(d / "memory.max"))
                       if n is not None]
-            usage = _read_int(d / "memory.current")
+            usage = _read_int(d / "memory.current") if limits else None
+            inactive = "inactive_file"
         else:
             limits = [n for n in (_read_int(d / "memory.limit_in_bytes"),) if n is not None]
-            usage = _read_int(d / "memory.usage_in_bytes")
+            usage = _read_int(d / "memory.usage_in_bytes") if limits else None
+            inactive = "total_inactive_file"
         if limits and usage is not None:
+            usage = max(0, usage - _stat(d / "memory.stat", inactive))
             out.append(CgroupLimit(str(d), min(limits), usage))
     return tuple(out)
 
@@ -228,13 +261,13 @@ class MemoryGovernor:
         self.shrunk_bytes = 0
         self.rebalanced_bytes = 0
         self.pressure = "not set"
+        self.ticks = 0
         self.last: Readings | None = None
         self._logged_at = float("-inf")
         self._unlogged = 0
         self._lock = threading.Lock()  # a tick and a PSI event never run at once
         self._thread: threading.Thread | None = None
-        self._wake_r = self._wake_w = -1
-        self._psi: int | None = None
+        self._wake_w = -1
         self.tick()  # the target from the first reading, before any LUN opens
 
     # -- one step ---------------------------------------------------------------------------
@@ -244,6 +277,7 @@ class MemoryGovernor:
         with self._lock:
             r = self._read()
             self.last = r
+            self.ticks += 1
             step = self.rule.step(r, self._clock())
             return self._apply(step, rebalance=True)
 
@@ -284,57 +318,71 @@ class MemoryGovernor:
     # -- the thread -------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.rule.fixed is not None:
-            self.pressure = "not used (--gfapi-cache-total)"
-            return  # (a fixed target needs no readings)
+        """The thread: ticks every second (with a fixed target too: the rebalance between
+        LUNs), and the PSI trigger where the target follows the machine."""
         if self._thread is not None:
             return
-        cg = None
-        try:
-            version, dirs = cgroup_dirs(Path("/proc/self/cgroup").read_text(),
-                                        Path("/proc/self/mountinfo").read_text())
-            cg = dirs[0] if version == "v2" and dirs else None
-        except OSError:
-            pass
-        self._psi, self.pressure = open_pressure(cgroup_dir=cg)
-        if self._psi is None:
-            log.info("memory pressure trigger: %s; the caches follow the 1 s readings alone",
-                     self.pressure)
-            self.pressure = f"unavailable: {self.pressure}"
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._thread = threading.Thread(target=self._run, name="cache-target", daemon=True)
+        psi: int | None = None
+        if self.rule.fixed is not None:
+            self.pressure = "not used (--gfapi-cache-total)"
+        else:
+            cg = None
+            try:
+                version, dirs = cgroup_dirs(Path("/proc/self/cgroup").read_text(),
+                                            Path("/proc/self/mountinfo").read_text())
+                cg = dirs[0] if version == "v2" and dirs else None
+            except OSError:
+                pass
+            psi, self.pressure = open_pressure(cgroup_dir=cg)
+            if psi is None:
+                log.info("memory pressure trigger: %s; the caches follow the 1 s readings "
+                         "alone", self.pressure)
+                self.pressure = f"unavailable: {self.pressure}"
+        wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._run, args=(wake_r, psi),
+                                        name="cache-target", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread (blocking: up to a tick's work; the daemon calls it off its loop).
+        The thread closes its own descriptors as it ends, never under a live poll."""
         t, self._thread = self._thread, None
         if t is None:
             return
-        os.write(self._wake_w, b"x")
-        t.join(5)
-        for fd in (self._wake_r, self._wake_w, self._psi):
-            if fd is not None and fd >= 0:
-                os.close(fd)
-        self._psi, self._wake_r, self._wake_w = None, -1, -1
+        try:
+            os.write(self._wake_w, b"x")
+        finally:
+            t.join(10)
+            os.close(self._wake_w)
+            self._wake_w = -1
 
-    def _run(self) -> None:
+    def _run(self, wake_r: int, psi: int | None) -> None:
         poller = select.poll()
-        poller.register(self._wake_r, select.POLLIN)
-        if self._psi is not None:
-            poller.register(self._psi, select.POLLPRI)
+        poller.register(wake_r, select.POLLIN)
+        if psi is not None:
+            poller.register(psi, select.POLLPRI)
         due = time.monotonic() + TICK
-        while True:
-            wait = max(0.0, due - time.monotonic())
-            for fd, ev in poller.poll(wait * 1000):
-                if fd == self._wake_r:
-                    return
-                if ev & (select.POLLERR | select.POLLNVAL):
-                    poller.unregister(fd)  # (the trigger went away: the ticks go on)
-                    self.pressure = "unavailable: the trigger's file failed"
-                elif ev & select.POLLPRI:
-                    self._guarded(self.on_pressure)
-            if time.monotonic() >= due:
-                self._guarded(self.tick)
-                due = time.monotonic() + TICK
+        try:
+            while True:
+                wait = max(0.0, due - time.monotonic())
+                for fd, ev in poller.poll(wait * 1000):
+                    if fd == wake_r:
+                        return
+                    if ev & (select.POLLERR | select.POLLNVAL):
+                        poller.unregister(fd)  # (the trigger went away: the ticks go on)
+                        if psi is not None:
+                            os.close(psi)
+                            psi = None
+                        self.pressure = "unavailable: the trigger's file failed"
+                    elif ev & select.POLLPRI:
+                        self._guarded(self.on_pressure)
+                if time.monotonic() >= due:
+                    self._guarded(self.tick)
+                    due = time.monotonic() + TICK
+        finally:
+            os.close(wake_r)
+            if psi is not None:
+                os.close(psi)
 
     def _guarded(self, fn: Callable[[], Step]) -> None:
         try:

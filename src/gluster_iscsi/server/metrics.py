@@ -111,7 +111,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                              "(the memory target)"),
     P + "cache_held_bytes": ("gauge", (), "What the gfapi read caches hold together now"),
     P + "cache_shrinks": ("counter", ("reason",), "Times the read caches were shrunk to the memory "
-                                                  "target, by reason (memory, cgroup, pressure)"),
+                                                  "target, by reason (memory, cgroup, pressure; target: the target fell for another reason)"),
     P + "memory_budget_used_bytes": ("gauge", (), "Bytes of the memory budget in use"),
     P + "memory_budget_limit_bytes": ("gauge", (), "The memory budget"),
     P + "connections": ("gauge", (), "Connections now"),
