@@ -517,7 +517,7 @@ async def _serve(state_dir: Path, portals: list[tuple[str, int]], advertise: str
                                                        trim=malloc_trim)
     governor.start()
     lun_cap = read_cache.default_capacity()
-    log.info("gfapi read cache: %s per LUN, %d MiB for all LUNs now (%s)",
+    log.info("gfapi read cache: up to %s per LUN, %d MiB for all LUNs now (%s)",
              "the LUN's size" if lun_cap == read_cache.AUTO else f"{lun_cap >> 20} MiB",
              cache_ledger.limit >> 20,
              "fixed by --gfapi-cache-total" if total is not None else
