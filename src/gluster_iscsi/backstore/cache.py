@@ -149,8 +149,9 @@ would pass it evicts its own cache's LRU chunks; a cache refused room gets some 
 one's at the next :func:`rebalance`. The caches also yield to commands: while commands hold
 more than :data:`COMMANDS_FIRST` of the memory budget, no cache takes a new chunk (nor evicts
 one to make room: it keeps what it holds), so a cache never competes with commands for memory
-(it only reads ``budget.used``, it never charges the budget). A chunk counts whole (64 KiB) however few of its units are valid: the memory is taken. A
-new chunk reuses the buffer of the chunk it evicts (no allocation, no fresh pages).
+(it only reads ``budget.used``, it never charges the budget). A chunk counts whole (64 KiB)
+however few of its units are valid: the memory is taken. A new chunk reuses the buffer of the
+chunk it evicts (no allocation, no fresh pages).
 """
 
 from __future__ import annotations
