@@ -171,14 +171,23 @@ def default_budget(mem_total: int | None = None) -> int:
 
 
 def _mem_total() -> int:
+    return meminfo()[0]
+
+
+def meminfo(path: str = "/proc/meminfo") -> tuple[int, int | None]:
+    """(MemTotal, MemAvailable) in bytes from ``path``: 0 for a total it cannot read, None for
+    MemAvailable where the kernel has none (before 3.14)."""
+    total, avail = 0, None
     try:
-        with open("/proc/meminfo") as f:
+        with open(path, "rb") as f:
             for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(b"MemTotal:"):
+                    total = int(line.split()[1]) << 10
+                elif line.startswith(b"MemAvailable:"):
+                    avail = int(line.split()[1]) << 10
     except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return total, avail
 
 
 class BudgetShare:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import buffers
 from ..backstore import cache as read_cache
 from ..backstore.cachetarget import CgroupLimit, MemoryTarget, Readings, Step
 
@@ -47,18 +48,9 @@ _NO_LIMIT = 1 << 62
 
 
 def meminfo(path: str = "/proc/meminfo") -> tuple[int, int | None]:
-    """(MemTotal, MemAvailable) in bytes; MemAvailable None where the kernel has none. Falls
-    back to sysconf for the total if the file cannot be read."""
-    total, avail = 0, None
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.startswith(b"MemTotal:"):
-                    total = int(line.split()[1]) << 10
-                elif line.startswith(b"MemAvailable:"):
-                    avail = int(line.split()[1]) << 10
-    except (OSError, ValueError, IndexError):
-        pass
+    """(MemTotal, MemAvailable) in bytes (``buffers.meminfo``); MemAvailable None where the
+    kernel has none. Falls back to sysconf for the total if the file cannot be read."""
+    total, avail = buffers.meminfo(path)
     if not total:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return total, avail
@@ -175,13 +167,18 @@ def cgroup_limits(version: str, dirs: list[Path]) -> tuple[CgroupLimit, ...]:
     return tuple(out)
 
 
+def own_cgroup() -> tuple[str, list[Path]]:
+    """:func:`cgroup_dirs` of this process (``("", [])`` where /proc cannot say)."""
+    try:
+        return cgroup_dirs(Path("/proc/self/cgroup").read_text(),
+                           Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return "", []
+
+
 def host_readings() -> Callable[[], Readings]:
     """A reader of this machine's and this process's cgroups (the cgroup found once)."""
-    try:
-        version, dirs = cgroup_dirs(Path("/proc/self/cgroup").read_text(),
-                                    Path("/proc/self/mountinfo").read_text())
-    except OSError:
-        version, dirs = "", []
+    version, dirs = own_cgroup()
 
     def read() -> Readings:
         total, avail = meminfo()
@@ -326,14 +323,9 @@ class MemoryGovernor:
         if self.rule.fixed is not None:
             self.pressure = "not used (--gfapi-cache-total)"
         else:
-            cg = None
-            try:
-                version, dirs = cgroup_dirs(Path("/proc/self/cgroup").read_text(),
-                                            Path("/proc/self/mountinfo").read_text())
-                cg = dirs[0] if version == "v2" and dirs else None
-            except OSError:
-                pass
-            psi, self.pressure = open_pressure(cgroup_dir=cg)
+            version, dirs = own_cgroup()
+            psi, self.pressure = open_pressure(
+                cgroup_dir=dirs[0] if version == "v2" and dirs else None)
             if psi is None:
                 log.info("memory pressure trigger: %s; the caches follow the 1 s readings "
                          "alone", self.pressure)
