@@ -155,3 +155,13 @@ def test_a_bad_gfapi_write_piece_is_a_usage_error_saying_what_fits(tmp_path, siz
     if size != "lots":
         assert "multiple of 4KiB from 4KiB to 32MiB" in r.stderr
     assert not (tmp_path / "control.sock").exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--gfapi-cache-total", "plenty"),
+                                               ("--gfapi-cache-total", "-1GiB"),
+                                               ("--gfapi-cache", "most")])
+def test_a_bad_read_cache_size_is_a_usage_error_naming_the_option(tmp_path, option, value):
+    r = run_serve(tmp_path, "--listen", f"127.0.0.1:{free_port()}", option, value)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and f"Invalid value for '{option}'" in r.stderr
+    assert not (tmp_path / "control.sock").exists()
