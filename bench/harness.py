@@ -146,6 +146,7 @@ class Sample:
     other_cpu: float = 0.0  # CPUs' worth busy with anything else (other daemons, other users)
     storage_cpu_s: float = 0.0  # CPU of the benchmark volume's Gluster processes (bricks, FUSE client)
     brick_cpu_s: float = 0.0    # ... of which its bricks (glusterfsd): the rest is the FUSE client
+    wall_s: float = 0.0         # the client's whole run (login and ramp too): what those two cover
 
 
 def system_busy() -> float:
@@ -475,6 +476,7 @@ def measured(fn, t: Target, *a) -> Sample:
     g1, k1 = storage_cpu()
     s.storage_cpu_s = g1 - g0
     s.brick_cpu_s = k1 - k0
+    s.wall_s = w1 - w0
     s.other_cpu = max(0.0, ((b1 - b0) - (d1 - d0) - (c1 - c0) - (m1 - m0) - (g1 - g0))
                       / max(w1 - w0, 1e-3))
     return s
@@ -587,7 +589,9 @@ def fio_ceiling(target_args: list[str], seconds: float, size: str, only: tuple[s
         cmd = [*pin, "fio", "--name=ceiling", *target_args, f"--size={size}", "--time_based",
                f"--runtime={max(1, round(seconds))}", "--numjobs=1", "--output-format=json",
                "--randrepeat=1", *args]
+        _, k0 = storage_cpu()
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+        _, k1 = storage_cpu()
         try:
             j = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
             side = j["read"] if j["read"]["io_bytes"] else j["write"]
@@ -595,6 +599,11 @@ def fio_ceiling(target_args: list[str], seconds: float, size: str, only: tuple[s
             out[name] = {"ops_s": side["iops"], "mb_s": side["bw_bytes"] / 1e6,
                          "p50_us": pct.get("50.000000", 0) / 1000,
                          "p99_us": pct.get("99.000000", 0) / 1000}
+            # the bricks' CPU a completed op meanwhile. (Not fio's own: run without --thread,
+            # its job process's CPU was not in our children's times, 0.2 s for 34,000 reads.)
+            ops = side.get("total_ios") or 0
+            if ops and STORAGE_VOLUME:
+                out[name]["brick_cpu_us"] = (k1 - k0) / ops * 1e6
         except (ValueError, KeyError, IndexError):
             out[name] = {"error": (r.stderr or r.stdout)[-200:]}
     return out
@@ -1342,6 +1351,20 @@ def paired_lines(by_name: dict, sec: dict) -> list[str]:
         L.append("- B against fio's gfapi engine alternated with the rounds (fio on the LUN's own "
                  f"file right after each round of ours{where}; ratio per round, median [min..max]): "
                  + "; ".join(parts))
+    bricks = []
+    for ours_name, _ in FIO_PAIRS:
+        # (ours: over the client's whole run, at the rate of its window: its login and first
+        # report are in the bricks' CPU too)
+        pairs = [(o, f) for o, f in _per_round(by_name.get(ours_name))
+                 if o.get("wall_s") and f.get("brick_cpu_us") is not None]
+        if pairs:
+            ours_us = [o["brick_cpu_s"] / (o["ops_s"] * o["wall_s"]) * 1e6 for o, _ in pairs]
+            fio_us = [f["brick_cpu_us"] for _, f in pairs]
+            bricks.append(f"{ours_name} {statistics.median(ours_us):.0f} us under ours, "
+                          f"{statistics.median(fio_us):.0f} under fio")
+    if bricks:
+        L.append("- The bricks' CPU a read in those rounds, median (a daemon that costs them "
+                 "more a read than fio does would show here): " + "; ".join(bricks))
     terms = _hop_terms(by_name)
     if terms is None:
         return L

@@ -240,3 +240,24 @@ def test_fio_alternated_with_the_rounds_gives_a_ratio_per_round():
     assert len(h.paired_lines({w["name"]: w for w in sec["workloads"]}, sec)) == 1
     # nothing without fio after the rounds
     assert h.paired_lines({w["name"]: w for w in sec["workloads"]}, dict(sec, fio_paired=None)) == []
+
+
+def test_the_bricks_cpu_a_read_is_set_beside_fios_round_by_round():
+    """The bricks' CPU a read in each round of ours (over the client's whole run, at its
+    window's rate) and in fio's job after it: medians per workload; rounds without the
+    figures (results saved before they were taken) are left out, and no line without any."""
+    h = harness()
+    w = workload("randread-4k-qd32", 1.0, {"hits": 0, "misses": 9, "hit_ratio": 0.05})
+    # 9,000 reads/s over 4 s of client run: 36,000 reads; 3.6 s of bricks = 100 us a read
+    w["samples"] = {"B": [{"ops_s": 9000.0, "wall_s": 4.0, "brick_cpu_s": b}
+                          for b in (3.6, 2.88, 4.32)]}
+    w["fio_rounds"] = [{"ops_s": 10000.0, "brick_cpu_us": u} for u in (95.0, 70.0, 110.0)]
+    sec = {"backing_b": "gfapi 127.0.0.1:vol/lun.img", "fio_paired": {"cpus": [], "args": []},
+           "workloads": [w]}
+    lines = h.paired_lines({"randread-4k-qd32": w}, sec)
+    assert lines[1] == (
+        "- The bricks' CPU a read in those rounds, median (a daemon that costs them more a read "
+        "than fio does would show here): randread-4k-qd32 100 us under ours, 95 under fio")
+    for f in w["fio_rounds"]:
+        del f["brick_cpu_us"]
+    assert len(h.paired_lines({"randread-4k-qd32": w}, sec)) == 1
