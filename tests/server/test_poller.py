@@ -398,3 +398,48 @@ def test_the_store_wait_watches_only_the_sources_it_was_given():
         a.close(), b.close()
 
     run(main())
+
+
+def test_a_call_the_wait_saw_complete_is_completed_on_the_spot():
+    """The store wait that sees its call done completes it itself (``take_done``), not in the
+    loop's next turn; a wait that a readable connection or the budget ended leaves it alone."""
+
+    class Taking(StorePool):
+        def __init__(self) -> None:
+            super().__init__()
+            self.taken = 0
+
+        def take_done(self) -> None:
+            self.taken += 1
+            self.flight = self.done = False
+
+    async def main():
+        import threading
+
+        a, b = socket.socketpair()
+        pool = Taking()
+        p = IdlePoller(asyncio.get_running_loop(), 10.0, lambda: [pool], store_budget=10.0)
+        _qd1(p, pool, a)
+        b.send(b"request")
+        threading.Timer(0.02, lambda: setattr(pool, "done", True)).start()
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert (p.store_caught, pool.taken, pool.flight) == (1, 1, False)
+        # the budget runs out: nothing to take
+        p.store_budget = 0.005
+        b.send(b"request")
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert (p.store_spins, p.store_caught, pool.taken, pool.flight) == (2, 1, 1, True)
+        # another request readable ends the wait: left to the loop
+        pool.flight = False
+        p.store_budget = 10.0
+        p.watch(a.fileno(), "conn", lambda: (a.recv(64), pool.start(), b.send(b"next")))
+        b.send(b"request")
+        p.kick(a.fileno())
+        await asyncio.sleep(0)
+        assert (p.store_spins, p.store_caught, pool.taken) == (3, 2, 1)
+        p.close()
+        a.close(), b.close()
+
+    run(main())

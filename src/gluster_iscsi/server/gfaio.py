@@ -308,6 +308,11 @@ class GfapiEngine:
         return int(aio.pwrite(self._pwrite, call.glfd, part.view, part.offset + part.done, key))
 
     # ------------------------------------------------------------------ completing
+    def take_done(self) -> None:
+        """Complete what gfapi returned, now, as the loop's turn to the eventfd would (the
+        poller's wait for a QD1 miss: ``poller.IdlePoller._await_store``)."""
+        self._reap()
+
     def _reap(self) -> None:
         if self._closed:
             return
