@@ -599,8 +599,10 @@ def fio_ceiling(target_args: list[str], seconds: float, size: str, only: tuple[s
             out[name] = {"ops_s": side["iops"], "mb_s": side["bw_bytes"] / 1e6,
                          "p50_us": pct.get("50.000000", 0) / 1000,
                          "p99_us": pct.get("99.000000", 0) / 1000}
-            # the bricks' CPU a completed op meanwhile. (Not fio's own: run without --thread,
-            # its job process's CPU was not in our children's times, 0.2 s for 34,000 reads.)
+            # the bricks' CPU a completed op over fio's whole run (its volume setup and its
+            # glfs_fini, seconds long, too: a few us a read high). Not fio's own CPU: run
+            # without --thread, its job process's was not in our children's times (0.2 s for
+            # 34,000 reads).
             ops = side.get("total_ios") or 0
             if ops and STORAGE_VOLUME:
                 out[name]["brick_cpu_us"] = (k1 - k0) / ops * 1e6
