@@ -36,7 +36,10 @@ virtual machine that wake is a VM exit on the critical path of every miss: on th
 test VM (guest halt-polling off) a kept-busy CPU made fio's own gfapi QD1 reads 179-222 ->
 123-151 us at p50. So the spin goes on, with the same yield on every turn (the thread that
 completes the call runs first when it shares the CPU), until the call completes, a
-connection is readable, or ``store_budget`` runs out. Cold 4 KiB reads at QD1 through a
+connection is readable, or ``store_budget`` runs out. A call it sees done, with no connection
+readable, it completes there (the engine's ``take_done``), not in the loop's next turn: that
+turn (an ``epoll_wait``, the dispatch to the engine's eventfd) was 7-10 us of a cold read
+(BENCHMARKS.md "Stop 40"). Cold 4 KiB reads at QD1 through a
 ``gluster://`` LUN on that VM, against the same daemon without the wait: 1.06-1.26x the
 reads/s pinned and 1.20-1.46x unpinned (p50 335-342 -> 269-272 us pinned at best), for 60-90
 us more of the loop's CPU a read, CPU that was halted otherwise (BENCHMARKS.md "Stop 37"). Only that case: with other calls out, or several connections active, the
