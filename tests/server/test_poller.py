@@ -443,3 +443,35 @@ def test_a_call_the_wait_saw_complete_is_completed_on_the_spot():
         a.close(), b.close()
 
     run(main())
+
+
+def test_a_completion_that_raises_in_the_wait_leaves_the_poller_counting_and_waiting():
+    """What a completion taken in the wait raises reaches the loop's exception handler (as from
+    the engine's eventfd reader); the wait was counted, and the next miss is waited for."""
+
+    class Raising(StorePool):
+        def take_done(self) -> None:
+            self.flight = self.done = False
+            raise RuntimeError("a completion callback failed")
+
+    async def main():
+        import threading
+
+        loop = asyncio.get_running_loop()
+        seen: list[BaseException] = []
+        loop.set_exception_handler(lambda _loop, ctx: seen.append(ctx["exception"]))
+        a, b = socket.socketpair()
+        pool = Raising()
+        p = IdlePoller(loop, 10.0, lambda: [pool], store_budget=10.0)
+        _qd1(p, pool, a)
+        for n in (1, 2):
+            b.send(b"request")
+            threading.Timer(0.02, lambda: setattr(pool, "done", True)).start()
+            p.kick(a.fileno())
+            await asyncio.sleep(0)
+            assert (p.store_spins, p.store_caught, p._window_spins, len(seen)) == (n, n, n, n)
+        assert isinstance(seen[0], RuntimeError)
+        p.close()
+        a.close(), b.close()
+
+    run(main())

@@ -81,15 +81,13 @@ STORE_PROBE_EVERY: Final = 64
 
 
 class Pool(Protocol):
-    """What the poller asks of a store worker pool (``iopool.IoPool``)."""
+    """What the poller asks of a store worker pool (``iopool.IoPool``). One it waits for
+    (``store_pools``) may also have ``take_done()``: complete what is done, on the caller's
+    stack (the gfapi engine's; ``IdlePoller._await_store``)."""
 
     def in_flight(self) -> bool: ...
 
     def has_done(self) -> bool: ...
-
-
-# A store pool the poller waits for (``store_pools``) may also have ``take_done()``: complete
-# what is done, on the caller's stack (the gfapi engine's; ``IdlePoller._await_store``).
 
 
 class IdlePoller:
@@ -260,22 +258,23 @@ class IdlePoller:
         if events is not None:
             self.store_caught += 1
             self._window_caught += 1
-            if not events:
-                # The call completed and no connection is readable: complete it here rather
-                # than in the loop's next turn (its epoll_wait, the dispatch to the engine's
-                # eventfd reader: 7-10 us of a cold QD1 read, BENCHMARKS.md "Stop 40"). Only
-                # the calls this request started are out (none were before it), so nothing
-                # else can complete first; what the request queued on the loop meanwhile (a
-                # write-behind start, a flush) has no call out to wait for.
-                for p in pools:
-                    take = getattr(p, "take_done", None)
-                    if take is not None and p.has_done():
-                        take()
         self._window_spins += 1
         if self._window_spins >= STORE_WINDOW:
             self.store_on = self._window_caught * 2 >= self._window_spins
             self._window_spins = self._window_caught = 0
             self._since_probe = 0
+        if events == []:
+            # The call completed and no connection is readable: complete it here rather than
+            # in the loop's next turn (its epoll_wait, the dispatch to the engine's eventfd
+            # reader: 7-10 us of a cold QD1 read, BENCHMARKS.md "Stop 40"). Only the calls
+            # this request started are out (none were before it), so nothing else can
+            # complete first; what the request queued on the loop meanwhile (a write-behind
+            # start, a flush) has no call out to wait for. Last, after the bookkeeping: what
+            # a completion raises goes to the loop's handler as from the eventfd's reader.
+            for p in pools:
+                take = getattr(p, "take_done", None)
+                if take is not None and p.has_done():
+                    take()
 
     def close(self) -> None:
         if self._ep is not None:
